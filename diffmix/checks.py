@@ -1,0 +1,91 @@
+"""Up-front validation of audio layout, sample rates and values.
+
+Shape and dtype checks are free. The NaN/Inf check reads tensor values, which costs a
+host sync on CUDA; fitting loops that have already validated their inputs turn it off
+with ``with input_checks(False): ...``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import math
+from collections.abc import Iterator, Sequence
+
+import torch
+from torch import Tensor
+
+_VALUE_CHECKS = contextvars.ContextVar("diffmix_value_checks", default=True)
+
+
+@contextlib.contextmanager
+def input_checks(enabled: bool) -> Iterator[None]:
+    """Turn the per-call NaN/Inf scan of effect inputs on or off inside the block.
+
+    >>> with input_checks(False):
+    ...     pass
+    """
+    token = _VALUE_CHECKS.set(enabled)
+    try:
+        yield
+    finally:
+        _VALUE_CHECKS.reset(token)
+
+
+def value_checks_enabled() -> bool:
+    return _VALUE_CHECKS.get()
+
+
+def check_audio(
+    x: Tensor,
+    effect: str,
+    *,
+    channels: int | Sequence[int] | None = None,
+    name: str = "audio",
+) -> None:
+    """Check that ``x`` is finite floating ``(batch, channels, time)`` audio.
+
+    Raises:
+        ValueError: naming ``effect`` and what is wrong. Nothing is reshaped or clipped.
+    """
+    if not isinstance(x, Tensor):
+        raise ValueError(f"{effect}: {name} must be a torch.Tensor, got {type(x).__name__}")
+    if x.ndim != 3:
+        raise ValueError(
+            f"{effect}: {name} must be (batch, channels, time), got shape {tuple(x.shape)}"
+        )
+    if not x.is_floating_point():
+        raise ValueError(f"{effect}: {name} must be floating point, got {x.dtype}")
+    if channels is not None:
+        allowed = (channels,) if isinstance(channels, int) else tuple(channels)
+        if x.shape[1] not in allowed:
+            want = " or ".join(str(c) for c in allowed)
+            raise ValueError(f"{effect}: {name} must have {want} channel(s), got {x.shape[1]}")
+    if x.shape[-1] == 0:
+        raise ValueError(f"{effect}: {name} is empty (0 samples)")
+    if _VALUE_CHECKS.get() and not bool(torch.isfinite(x).all()):
+        raise ValueError(f"{effect}: {name} contains NaN or Inf")
+
+
+def check_multitrack(x: Tensor, effect: str, *, name: str = "stems") -> None:
+    """Check that ``x`` is finite floating ``(batch, tracks, channels, time)`` audio."""
+    if not isinstance(x, Tensor) or x.ndim != 4:
+        shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+        raise ValueError(f"{effect}: {name} must be (batch, tracks, channels, time), got {shape}")
+    check_audio(x.flatten(0, 1), effect, name=name)
+
+
+def check_sample_rate(sample_rate: float, effect: str) -> int:
+    """Return ``sample_rate`` as int, or raise ValueError if it is not a positive integer."""
+    if isinstance(sample_rate, bool) or not isinstance(sample_rate, (int, float)):
+        raise ValueError(f"{effect}: sample_rate must be a number, got {sample_rate!r}")
+    if not math.isfinite(sample_rate) or sample_rate <= 0 or int(sample_rate) != sample_rate:
+        raise ValueError(f"{effect}: sample_rate must be a positive integer, got {sample_rate!r}")
+    return int(sample_rate)
+
+
+def check_choice(value: str, choices: Sequence[str], effect: str, name: str) -> str:
+    """Return ``value`` if it is one of ``choices``, else raise ValueError naming both."""
+    if value not in choices:
+        raise ValueError(f"{effect}: unknown {name} {value!r}; choose one of {list(choices)}")
+    return value

@@ -1,0 +1,90 @@
+"""Modules for gain, polarity, pan, balance and width (see :mod:`diffmix.functional.gain`)."""
+
+from __future__ import annotations
+
+import torch  # noqa: F401  (doctest namespace)
+from torch import Tensor
+
+from diffmix.effects.base import Effect
+from diffmix.functional import gain as F
+from diffmix.params import ParamSpec, ParamValue
+
+
+class Gain(Effect):
+    """Gain in dB. Differentiable: ``gain_db``. CUDA: yes.
+
+    Args:
+        sample_rate: Hz.
+        gain_db: -80 to 24 dB, default 0.
+
+    >>> Gain(44100, gain_db=-6.0)(torch.ones(2, 1, 8)).shape
+    torch.Size([2, 1, 8])
+    """
+
+    specs = (ParamSpec("gain_db", -80.0, 24.0, 0.0),)
+
+    def __init__(self, sample_rate: int, gain_db: ParamValue | None = None) -> None:
+        super().__init__(sample_rate, gain_db=gain_db)
+
+    def forward(self, x: Tensor) -> Tensor:
+        self.check(x)
+        return F.gain(x, self.sample_rate, gain_db=self.p("gain_db"))
+
+
+class Polarity(Effect):
+    """Polarity inversion of all channels or of chosen ones. No parameters to fit."""
+
+    def __init__(self, sample_rate: int, invert: bool | list[bool] = True) -> None:
+        self._set_options(invert=invert)
+        super().__init__(sample_rate)
+        self.invert = invert
+
+    def forward(self, x: Tensor) -> Tensor:
+        self.check(x)
+        return F.polarity(x, self.sample_rate, invert=self.invert)
+
+
+class Pan(Effect):
+    """Constant-power pan of a mono or stereo source to stereo. Differentiable: ``pan``.
+
+    Args:
+        pan: -1 (hard left) to 1 (hard right), default 0.
+    """
+
+    specs = (ParamSpec("pan", -1.0, 1.0, 0.0),)
+    channels = (1, 2)
+
+    def __init__(self, sample_rate: int, pan: ParamValue | None = None) -> None:
+        super().__init__(sample_rate, pan=pan)
+
+    def forward(self, x: Tensor) -> Tensor:
+        self.check(x)
+        return F.pan(x, self.sample_rate, pan=self.p("pan"))
+
+
+class Balance(Effect):
+    """Constant-power stereo balance. Differentiable: ``balance`` (-1 to 1)."""
+
+    specs = (ParamSpec("balance", -1.0, 1.0, 0.0),)
+    channels = (2,)
+
+    def __init__(self, sample_rate: int, balance: ParamValue | None = None) -> None:
+        super().__init__(sample_rate, balance=balance)
+
+    def forward(self, x: Tensor) -> Tensor:
+        self.check(x)
+        return F.balance(x, self.sample_rate, balance=self.p("balance"))
+
+
+class Width(Effect):
+    """Mid/side width, level-compensated. Differentiable: ``width`` (0 mono to 4)."""
+
+    specs = (ParamSpec("width", 0.0, 4.0, 1.0),)
+    channels = (2,)
+
+    def __init__(self, sample_rate: int, width: ParamValue | None = None) -> None:
+        super().__init__(sample_rate, width=width)
+
+    def forward(self, x: Tensor) -> Tensor:
+        self.check(x)
+        return F.width(x, self.sample_rate, width=self.p("width"))

@@ -1,0 +1,108 @@
+"""Audio and text I/O with clear errors and atomic writes.
+
+Reading names the file and the problem (missing, unreadable, empty, NaN/Inf). Writing
+goes to a temporary file beside the target and is renamed into place, so a failure
+never leaves a half-written output, and an input is never overwritten.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import torch
+from torch import Tensor
+
+
+class AudioFileError(ValueError):
+    """An audio file that cannot be used: missing, unreadable, empty or non-finite."""
+
+
+def read_audio(path: str | Path, *, allow_silence: bool = True) -> tuple[Tensor, int]:
+    """Read any file soundfile can read.
+
+    Returns:
+        ``(audio, sample_rate)`` with audio float32 ``(channels, time)``.
+
+    Raises:
+        AudioFileError: one line naming the file and the problem.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise AudioFileError(f"{p}: file not found")
+    if p.is_dir():
+        raise AudioFileError(f"{p}: is a directory, not an audio file")
+    try:
+        data, sr = sf.read(str(p), dtype="float32", always_2d=True)
+    except (sf.LibsndfileError, RuntimeError, TypeError) as exc:
+        raise AudioFileError(f"{p}: cannot read audio ({_reason(exc)})") from exc
+    if data.shape[0] == 0:
+        raise AudioFileError(f"{p}: file is empty (0 samples)")
+    if not np.isfinite(data).all():
+        raise AudioFileError(f"{p}: audio contains NaN or Inf")
+    if not allow_silence and not np.any(data):
+        raise AudioFileError(f"{p}: audio is digital silence")
+    return torch.from_numpy(np.ascontiguousarray(data.T)), int(sr)
+
+
+def _reason(exc: Exception) -> str:
+    text = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+    return text.split(": ", 1)[-1] if text.startswith("Error opening") else text
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; rename it into place only on success."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(
+        prefix=f".{target.stem}.", suffix=f".partial{target.suffix}", dir=target.parent
+    )
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, target)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write ``text`` to ``path`` atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+def write_audio(
+    path: str | Path,
+    audio: Tensor,
+    sample_rate: int,
+    *,
+    subtype: str | None = None,
+    protect: tuple[str | Path, ...] = (),
+) -> Path:
+    """Write ``(channels, time)`` audio atomically. Format follows the extension.
+
+    Args:
+        subtype: soundfile subtype such as ``PCM_16``, ``PCM_24`` or ``FLOAT``;
+            default is the format's default.
+        protect: input paths that must never be overwritten.
+    """
+    target = Path(path)
+    for other in protect:
+        if Path(other).exists() and target.exists() and target.samefile(other):
+            raise AudioFileError(f"{target}: refusing to overwrite an input file")
+    if audio.ndim != 2:
+        raise ValueError(f"write_audio: audio must be (channels, time), got {tuple(audio.shape)}")
+    data = audio.detach().to("cpu", torch.float32).numpy().T
+    if not np.isfinite(data).all():
+        raise ValueError(f"{target}: refusing to write audio that contains NaN or Inf")
+    with atomic_path(target) as tmp:
+        sf.write(str(tmp), data, int(sample_rate), subtype=subtype)
+    return target

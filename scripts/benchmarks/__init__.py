@@ -1,0 +1,1 @@
+"""Benchmark workloads; each module has TITLE and run(quick) -> markdown."""

@@ -1,0 +1,41 @@
+"""The test matrix: dtype (float32, float64) x device (CPU always, CUDA when present)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+DTYPES = [torch.float32, torch.float64]
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)]
+SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "multitrack"
+
+torch.set_num_threads(max(1, torch.get_num_threads()))
+
+
+def pytest_collection_modifyitems(config, items):  # noqa: ANN001
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="no CUDA device on this machine")
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(params=DTYPES, ids=lambda d: str(d).replace("torch.", ""))
+def dtype(request) -> torch.dtype:  # noqa: ANN001
+    return request.param
+
+
+@pytest.fixture(params=DEVICES)
+def device(request) -> str:  # noqa: ANN001
+    return request.param
+
+
+@pytest.fixture
+def shared_multitrack() -> Path:
+    """The shared real multitrack sets; skipped where ../shared is absent (a user's machine)."""
+    if not SHARED.is_dir():
+        pytest.skip(f"shared multitrack data not found at {SHARED} (only CI and devs have it)")
+    return SHARED

@@ -1,0 +1,150 @@
+"""Gain, polarity, pan, balance and width: the effect contract plus physical checks."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from contract import (
+    assert_batch_consistent,
+    assert_finite_at_extremes,
+    assert_gradcheck,
+    assert_not_in_place,
+    assert_preset_round_trip,
+    noise,
+)
+from diffmix.effects import Balance, Gain, Pan, Polarity, Width
+from diffmix.functional.gain import mid_side
+
+SR = 44100
+CASES = {
+    "gain": (lambda v: Gain(SR, **v), {"gain_db": [-12.0, 3.0]}, 2),
+    "pan_mono": (lambda v: Pan(SR, **v), {"pan": [-0.7, 0.4]}, 1),
+    "pan_stereo": (lambda v: Pan(SR, **v), {"pan": [-0.7, 0.4]}, 2),
+    "balance": (lambda v: Balance(SR, **v), {"balance": [-0.5, 0.9]}, 2),
+    "width": (lambda v: Width(SR, **v), {"width": [0.3, 1.7]}, 2),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+class TestContract:
+    def test_gradcheck(self, case):
+        make, values, channels = CASES[case]
+        effect = make({k: v[0] for k, v in values.items()})
+        assert_gradcheck(effect, noise(2, channels, 64))
+
+    def test_batch_consistent(self, case, dtype, device):
+        make, values, channels = CASES[case]
+        per_item = [{k: v[i] for k, v in values.items()} for i in range(2)]
+        assert_batch_consistent(make, per_item, noise(2, channels, 256, dtype=dtype, device=device))
+
+    def test_not_in_place(self, case, dtype, device):
+        make, values, channels = CASES[case]
+        effect = make({}).to(dtype=dtype, device=device)
+        assert_not_in_place(effect, noise(2, channels, 256, dtype=dtype, device=device))
+
+    def test_finite_at_extremes(self, case, dtype, device):
+        make, _, channels = CASES[case]
+        effect = make({}).to(dtype=dtype, device=device)
+        assert_finite_at_extremes(effect, noise(2, channels, 256, dtype=dtype, device=device))
+
+    def test_preset_round_trip(self, case, tmp_path):
+        make, values, channels = CASES[case]
+        effect = make({k: v[1] for k, v in values.items()})
+        assert_preset_round_trip(effect, noise(1, channels, 128, dtype=torch.float32), tmp_path)
+
+
+def test_gain_db_is_amplitude_ratio():
+    y = Gain(SR, gain_db=-20.0)(torch.ones(1, 1, 4))
+    torch.testing.assert_close(y, torch.full((1, 1, 4), 0.1), rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize("position", [-1.0, -0.5, 0.0, 0.3, 1.0])
+def test_pan_law_constant_power_mono(position):
+    x = noise(1, 1, 1000)
+    y = Pan(SR, pan=position).double()(x)
+    torch.testing.assert_close(y.square().sum(1), x.square().sum(1), rtol=1e-9, atol=0)
+
+
+def test_pan_centre_is_minus_3db_and_extremes_are_hard():
+    x = torch.ones(1, 1, 1)
+    centre = Pan(SR, pan=0.0)(x).detach().flatten()
+    assert 20 * math.log10(float(centre[0])) == pytest.approx(-3.0103, abs=1e-3)
+    left = Pan(SR, pan=-1.0)(x).detach().flatten()
+    right = Pan(SR, pan=1.0)(x).detach().flatten()
+    assert left.tolist() == pytest.approx([1.0, 0.0], abs=1e-7)
+    assert right.tolist() == pytest.approx([0.0, 1.0], abs=1e-7)
+
+
+@pytest.mark.parametrize("position", [-1.0, -0.4, 0.0, 0.6, 1.0])
+def test_pan_stereo_preserves_each_channel_power(position):
+    x = noise(1, 2, 2000).double()
+    y = Pan(SR, pan=position).double()(x)
+    assert float(y.square().sum()) == pytest.approx(float(x.square().sum()), rel=0.02)
+    if position == 0.0:
+        torch.testing.assert_close(y, x)
+
+
+def test_pan_gradient_finite_at_hard_left_and_right():
+    for position in (-1.0, 1.0):
+        effect = Pan(SR, pan=position)
+        x = noise(1, 1, 64, dtype=torch.float32)
+        effect(x).sum().backward()
+        grad = effect.params["pan"].raw.grad
+        assert grad is not None and torch.isfinite(grad).all()
+
+
+def test_width_zero_is_mono_and_one_is_identity():
+    x = noise(1, 2, 512)
+    mono = Width(SR, width=0.0).double()(x)
+    torch.testing.assert_close(mono[:, 0], mono[:, 1])
+    torch.testing.assert_close(Width(SR, width=1.0).double()(x), x)
+
+
+@pytest.mark.parametrize("w", [0.0, 0.5, 2.0, 4.0])
+def test_width_keeps_power_of_decorrelated_stereo(w):
+    x = noise(1, 2, 200_000)
+    y = Width(SR, width=w).double()(x)
+    assert float(y.square().mean()) == pytest.approx(float(x.square().mean()), rel=0.02)
+    side = mid_side(y)[:, 1]
+    assert float(side.square().mean()) == pytest.approx(
+        float(mid_side(x)[:, 1].square().mean()) * w * w * 2 / (1 + w * w), rel=0.02
+    )
+
+
+def test_polarity_per_channel():
+    x = noise(1, 2, 16)
+    y = Polarity(SR, invert=[True, False])(x)
+    torch.testing.assert_close(y[:, 0], -x[:, 0])
+    torch.testing.assert_close(y[:, 1], x[:, 1])
+
+
+@pytest.mark.parametrize(
+    "effect, x, match",
+    [
+        (Gain(SR), torch.zeros(2, 8), r"Gain: audio must be \(batch, channels, time\)"),
+        (Width(SR), torch.zeros(1, 1, 8), "Width: audio must have 2 channel"),
+        (Pan(SR), torch.zeros(1, 3, 8), "Pan: audio must have 1 or 2 channel"),
+        (Gain(SR), torch.tensor([[[0.0, float("nan")]]]), "Gain: audio contains NaN or Inf"),
+        (Gain(SR), torch.zeros(1, 1, 0), "Gain: audio is empty"),
+    ],
+)
+def test_bad_input_names_the_problem(effect, x, match):
+    with pytest.raises(ValueError, match=match):
+        effect(x)
+
+
+def test_bad_values_name_effect_parameter_and_range():
+    with pytest.raises(ValueError, match=r"Pan: pan=2 is outside its range \[-1, 1\]"):
+        Pan(SR, pan=2.0)
+    with pytest.raises(ValueError, match=r"Gain: unknown parameter\(s\) \['gain'\]"):
+        Gain(SR).load_values({"gain": 1.0})
+    with pytest.raises(ValueError, match="sample_rate must be a positive integer"):
+        Gain(0)
+
+
+def test_per_item_param_shape_mismatch_is_an_error():
+    with pytest.raises(ValueError, match="gain_db has 3 values along batch, but the audio has 2"):
+        Gain(SR, gain_db=[0.0, 1.0, 2.0])(torch.zeros(2, 1, 8))
