@@ -82,17 +82,17 @@ def correlation(x: Tensor, eps: float = 1e-12) -> Tensor:
     """
     left, right = x[:, 0], x[:, 1]
     num = (left * right).mean(-1)
-    den = torch.sqrt(left.square().mean(-1) * right.square().mean(-1))
-    return torch.where(den > eps, num / den.clamp_min(eps), torch.ones_like(num))
+    energy = left.square().mean(-1) * right.square().mean(-1)
+    den = torch.sqrt(energy.clamp_min(eps * eps))  # clamped first: sqrt'(0) is infinite
+    return torch.where(energy > eps * eps, num / den, torch.ones_like(num))
 
 
 def crest_factor_db(x: Tensor, eps: float = 1e-12) -> Tensor:
-    """Peak over RMS in dB over all channels and time, ``(B, C, T) -> (B,)``.
+    """Sample peak over RMS in dB over all channels and time, ``(B, C, T) -> (B,)``.
 
-    Uses a soft maximum (log-sum-exp, sharp) so the gradient reaches every loud sample.
+    Differentiable (the peak's gradient goes to the loudest sample); 0 dB for silence.
     """
     flat = x.flatten(1)
-    rms = flat.square().mean(-1).clamp_min(eps).sqrt()
-    sharp = 200.0
-    soft_peak = torch.logsumexp(sharp * flat.abs(), -1) / sharp
-    return 20.0 * torch.log10(soft_peak.clamp_min(eps) / rms)
+    rms = flat.square().mean(-1).clamp_min(eps * eps).sqrt()
+    peak = flat.abs().amax(-1).clamp_min(eps)
+    return 20.0 * torch.log10(peak / rms)
