@@ -96,3 +96,29 @@ def crest_factor_db(x: Tensor, eps: float = 1e-12) -> Tensor:
     rms = flat.square().mean(-1).clamp_min(eps * eps).sqrt()
     peak = flat.abs().amax(-1).clamp_min(eps)
     return 20.0 * torch.log10(peak / rms)
+
+
+def side_mid_ratio_db(x: Tensor, eps: float = 1e-12) -> Tensor:
+    """Overall side-to-mid power ratio in dB, ``(B, 2, T) -> (B,)``."""
+    ms = mid_side(x)
+    power = ms.square().mean(-1)
+    return 10.0 * torch.log10((power[:, 1] + eps) / (power[:, 0] + eps))
+
+
+@torch.no_grad()
+def spectral_errors(y: Tensor, reference: Tensor, sample_rate: int, n_fft: int = 8192) -> dict[str, float]:
+    """How far ``y`` is from ``reference`` in tone and width (both ``(1, 2, T)``).
+
+    Returns RMS errors in dB of the level-free third-octave spectra of mid and side, and
+    the error of the overall side/mid ratio. These are the quality metrics of the master
+    benchmark.
+    """
+    fx = FeatureExtractor(sample_rate, n_fft).to(y.device)
+    a, b = fx(y.double()), fx(reference.double())
+    return {
+        "tone_mid_rms_db": float((a.tone_mid - b.tone_mid).square().mean().sqrt()),
+        "tone_side_rms_db": float((a.tone_side - b.tone_side).square().mean().sqrt()),
+        "side_mid_ratio_error_db": float(
+            (side_mid_ratio_db(y.double()) - side_mid_ratio_db(reference.double())).abs()[0]
+        ),
+    }

@@ -50,3 +50,17 @@ def test_feature_gradients_are_finite_on_silence():
     f = fx(x)
     (f.tone_mid.sum() + f.width_db.sum() + f.correlation.sum() + crest_factor_db(x).sum()).backward()
     assert torch.isfinite(x.grad).all()
+
+
+def test_spectral_errors_zero_on_self_and_see_differences():
+    from diffmix.features import side_mid_ratio_db, spectral_errors
+
+    x = noise(1, 2, 44100)
+    same = spectral_errors(x, x, 44100, 2048)
+    assert max(same.values()) < 1e-9
+    narrower = torch.stack([x[:, 0] + 0.5 * x[:, 1], x[:, 1] + 0.5 * x[:, 0]], 1)
+    diff = spectral_errors(narrower, x, 44100, 2048)
+    assert diff["side_mid_ratio_error_db"] == pytest.approx(
+        float(side_mid_ratio_db(x) - side_mid_ratio_db(narrower)), abs=1e-9
+    )
+    assert diff["side_mid_ratio_error_db"] > 5
