@@ -14,6 +14,7 @@ Routing, for stems ``(songs, tracks, channels, time)``::
 from __future__ import annotations
 
 import fnmatch
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -258,6 +259,25 @@ class Console(nn.Module):
             if on:
                 chosen.append(param.raw)
         return chosen
+
+    def prior(self, initial: Mapping[str, Tensor]) -> Tensor:
+        """Pull toward neutral: mean squared change of the fitted parameters since
+        ``initial`` (values by :meth:`named_values` key), each scaled by its range
+        (log-scaled parameters in the log domain). Differentiable."""
+        terms = []
+        for key, param in self.named_values().items():
+            if not param.raw.requires_grad or key not in initial:
+                continue
+            spec, now = param.spec, param()
+            start = initial[key].to(now.dtype)
+            if spec.scale == "log":
+                delta = (torch.log(now) - torch.log(start)) / (math.log(spec.max) - math.log(spec.min))
+            else:
+                delta = (now - start) / (spec.max - spec.min)
+            terms.append(delta.square().mean())
+        if not terms:
+            return torch.zeros(())
+        return torch.stack(terms).mean()
 
     def forward(self, stems: Tensor) -> Tensor:
         check_multitrack(stems, "Console")

@@ -126,3 +126,13 @@ def test_wrong_stem_shapes_are_errors():
         console(torch.zeros(1, 2, 2, 64, dtype=torch.float64))
     with pytest.raises(ValueError, match=r"\(batch, tracks, channels, time\)"):
         console(torch.zeros(3, 2, 64, dtype=torch.float64))
+
+
+def test_prior_is_zero_at_start_and_grows_with_the_change():
+    console = make_console()
+    console.select(["strip.fader.*"])
+    initial = {k: p.exact() for k, p in console.named_values().items()}
+    assert float(console.prior(initial)) == 0.0
+    console.load_values({"strip.fader.gain_db": [10.4, 0.0, 0.0]})
+    console.select(["strip.fader.*"])
+    assert float(console.prior(initial)) == pytest.approx((10.4 / 104.0) ** 2 / 3, rel=1e-6)
