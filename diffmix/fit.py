@@ -1,8 +1,9 @@
 """The fitting loop: seeded, on random excerpts, with plateau stopping and resumable checkpoints.
 
 The loop knows nothing about audio: it gets the tensors to optimise and a closure that
-returns ``(loss, terms)`` for a random draw. Jobs build the closure from a console or
-chain, the loss terms and the excerpt sampler.
+returns ``(loss, terms)`` for step ``k``. Random excerpts are drawn from generators seeded
+by ``(seed, item, step)`` (:func:`draw`), so a resumed fit continues exactly and an item
+fitted inside a batch sees the same excerpts as when fitted alone.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import json
 import math
 import sys
 import time
+import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +23,7 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
-Closure = Callable[[torch.Generator], tuple[Tensor, dict[str, float]]]
+Closure = Callable[[int], tuple[Tensor, dict[str, float]]]
 
 
 @dataclass
@@ -34,6 +36,12 @@ class FitResult:
     stopped: str
     seconds: float
     history: list[dict[str, float]] = field(default_factory=list)
+
+
+def draw(seed: int, step: int, item: str = "") -> torch.Generator:
+    """A generator seeded by ``(seed, item, step)`` alone: no state to save or share."""
+    key = zlib.crc32(f"{int(seed)}|{item}|{int(step)}".encode())
+    return torch.Generator().manual_seed(key)
 
 
 def excerpt_starts(
@@ -59,7 +67,6 @@ def fit(
     scheduler: Callable[[torch.optim.Optimizer], Any] | None = None,
     patience: int = 50,
     min_delta: float = 1e-4,
-    seed: int = 0,
     checkpoint: Path | None = None,
     checkpoint_every: int = 25,
     tag: str = "",
@@ -70,13 +77,12 @@ def fit(
 
     Args:
         params: leaf tensors (raw, unconstrained parameters) to optimise.
-        closure: draws an excerpt with the generator and returns ``(loss, terms)``.
+        closure: ``step -> (loss, terms)``; draws its excerpts with :func:`draw`.
         steps: maximum optimiser steps.
         optimizer: ``params -> Optimizer`` (a Hydra ``_partial_``).
         scheduler: ``optimizer -> LR scheduler`` or None.
         patience: stop when the smoothed loss has not improved by ``min_delta``
             (relative) for this many steps.
-        seed: seeds the excerpt draws; the same seed gives the same fit.
         checkpoint: file to save to every ``checkpoint_every`` steps and resume from.
         tag: identifies the problem; a checkpoint from another problem is not resumed.
         log_path: JSON-lines file receiving every step's loss terms.
@@ -86,7 +92,6 @@ def fit(
     params = list(params)
     opt = optimizer(params)
     sched = scheduler(opt) if scheduler is not None else None
-    gen = torch.Generator().manual_seed(int(seed))
     state = {"step": 0, "ema": math.inf, "best": math.inf, "since_best": 0}
     history: list[dict[str, float]] = []
     key = _fingerprint(params, tag)
@@ -99,7 +104,6 @@ def fit(
             opt.load_state_dict(saved["optimizer"])
             if sched is not None and saved.get("scheduler") is not None:
                 sched.load_state_dict(saved["scheduler"])
-            gen.set_state(saved["generator"])
             state, history = saved["state"], saved["history"]
     t0 = time.perf_counter()
     stopped = "steps"
@@ -111,7 +115,7 @@ def fit(
     try:
         while state["step"] < steps:
             opt.zero_grad(set_to_none=True)
-            loss, terms = closure(gen)
+            loss, terms = closure(state["step"])
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"fit: loss became {float(loss)} at step {state['step']}")
             loss.backward()
@@ -133,7 +137,7 @@ def fit(
             bar.update(1)
             bar.set_postfix(loss=f"{value:.4g}")
             if checkpoint is not None and state["step"] % checkpoint_every == 0:
-                _save(checkpoint, key, params, opt, sched, gen, state, history)
+                _save(checkpoint, key, params, opt, sched, state, history)
             if state["since_best"] >= patience:
                 stopped = "plateau"
                 break
@@ -142,7 +146,7 @@ def fit(
         if log is not None:
             log.close()
     if checkpoint is not None:
-        _save(checkpoint, key, params, opt, sched, gen, state, history)
+        _save(checkpoint, key, params, opt, sched, state, history)
     return FitResult(
         steps=state["step"],
         loss=history[-1]["loss"] if history else math.nan,
@@ -153,7 +157,7 @@ def fit(
     )
 
 
-def _save(path: Path, key: str, params, opt, sched, gen, state, history) -> None:  # noqa: ANN001
+def _save(path: Path, key: str, params, opt, sched, state, history) -> None:  # noqa: ANN001
     from diffmix.io import atomic_path
 
     blob = {
@@ -161,7 +165,6 @@ def _save(path: Path, key: str, params, opt, sched, gen, state, history) -> None
         "params": [p.detach().cpu().clone() for p in params],
         "optimizer": opt.state_dict(),
         "scheduler": sched.state_dict() if sched is not None else None,
-        "generator": gen.get_state(),
         "state": dict(state),
         "history": history,
     }

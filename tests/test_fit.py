@@ -11,7 +11,7 @@ import torch
 from contract import noise
 from diffmix.console import Console
 from diffmix.effects import Gain, Pan
-from diffmix.fit import excerpt_starts, fit
+from diffmix.fit import draw, excerpt_starts, fit
 
 SR = 8000
 
@@ -25,8 +25,8 @@ def problem(seed_gains=(-6.0, 2.0, -12.0)):
     console = Console(SR, 3, strip={"fader": Gain(SR), "pan": Pan(SR)})
     params = console.select(["strip.fader.*"])
 
-    def closure(gen):
-        start = excerpt_starts(stems.shape[-1], 1000, 1, gen)[0]
+    def closure(step, seed=0):
+        start = excerpt_starts(stems.shape[-1], 1000, 1, draw(seed, step))[0]
         y = console(stems[..., start : start + 1000])
         loss = (y - target[..., start : start + 1000]).square().mean() / target.square().mean()
         return loss, {"mse": float(loss.detach())}
@@ -49,7 +49,7 @@ def test_same_seed_same_result():
     runs = []
     for _ in range(2):
         console, params, closure = problem()
-        fit(params, closure, steps=30, optimizer=ADAM, progress=False, seed=3)
+        fit(params, lambda k: closure(k, seed=3), steps=30, optimizer=ADAM, progress=False)
         runs.append(console.named_values()["strip.fader.gain_db"].value())
     assert torch.equal(runs[0], runs[1])
 
@@ -57,13 +57,13 @@ def test_same_seed_same_result():
 def test_resume_continues_exactly(tmp_path):
     ckpt = tmp_path / "fit.pt"
     console, params, closure = problem()
-    fit(params, closure, steps=60, optimizer=ADAM, progress=False, seed=1)
+    fit(params, closure, steps=60, optimizer=ADAM, progress=False)
     straight = console.named_values()["strip.fader.gain_db"].value()
 
     console, params, closure = problem()
-    fit(params, closure, steps=25, optimizer=ADAM, progress=False, seed=1, checkpoint=ckpt)
+    fit(params, closure, steps=25, optimizer=ADAM, progress=False, checkpoint=ckpt)
     console, params, closure = problem()  # a new process: fresh parameters
-    result = fit(params, closure, steps=60, optimizer=ADAM, progress=False, seed=1, checkpoint=ckpt)
+    result = fit(params, closure, steps=60, optimizer=ADAM, progress=False, checkpoint=ckpt)
     assert result.steps == 60 and len(result.history) == 60
     torch.testing.assert_close(console.named_values()["strip.fader.gain_db"].value(), straight)
 
@@ -81,3 +81,10 @@ def test_non_finite_loss_is_an_error():
     x = torch.zeros(1, requires_grad=True)
     with pytest.raises(FloatingPointError, match="loss became nan"):
         fit([x], lambda g: (x.sum() * math.nan, {}), steps=3, optimizer=ADAM, progress=False)
+
+
+def test_draws_depend_only_on_seed_item_and_step():
+    a = torch.randint(0, 1000, (3,), generator=draw(1, 5, "song")).tolist()
+    b = torch.randint(0, 1000, (3,), generator=draw(1, 5, "song")).tolist()
+    c = torch.randint(0, 1000, (3,), generator=draw(1, 6, "song")).tolist()
+    assert a == b != c
