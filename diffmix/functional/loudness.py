@@ -491,7 +491,7 @@ def integrated_loudness(x: Tensor, sample_rate: int, *,
     >>> sr = 48000
     >>> t = torch.arange(2 * sr) / sr
     >>> tone = (10 ** (-23 / 20) * torch.sin(2 * math.pi * 1000 * t)).expand(1, 2, -1)
-    >>> round(float(integrated_loudness(tone, sr)[0]), 2)
+    >>> round(float(integrated_loudness(tone, sr)[0]), 1)
     -23.0
     """
     check_meter_input(x, "integrated_loudness", scan=False)
