@@ -44,3 +44,29 @@ def positive(cfg: DictConfig, key: str, *, integer: bool = False) -> float:
         kind = "a positive integer" if integer else "a positive number"
         raise ValueError(f"{key} must be {kind}, got {value!r}")
     return int(value) if integer else float(value)
+
+
+def summary(x: torch.Tensor, sample_rate: int) -> dict:
+    """The headline measurements of ``(1, C, T)`` audio for a job report.
+
+    Loudness in LUFS, LRA in LU, peaks in dBTP/dBFS (max over channels), ratios in dB.
+    Silence reads ``-inf`` (written to JSON as the string ``"-inf"``).
+    """
+    from diffmix.functional.analysis import analyze
+
+    r = analyze(x, sample_rate)
+    out = {
+        "integrated_lufs": float(r["integrated_lufs"][0]),
+        "lra_lu": float(r["loudness_range_lu"][0]),
+        "true_peak_dbtp": float(r["true_peak_dbtp"][0].amax()),
+        "sample_peak_dbfs": float(r["sample_peak_dbfs"][0].amax()),
+        "plr_db": float(r["plr_db"][0]),
+        "psr_db": float(r["psr_db"][0]),
+        "max_short_term_lufs": float(r["short_term_lufs"][0].amax()),
+        "clipped_samples": int(r["clipped_samples"][0].sum()),
+        "dc_offset": [float(v) for v in r["dc_offset"][0]],
+    }
+    if r["correlation"] is not None:
+        out["correlation"] = float(r["correlation"][0])
+        out["side_mid_db"] = float(r["side_mid_db"][0])
+    return out
