@@ -28,7 +28,7 @@ class Delay(Effect):
 
     >>> Delay(44100, time_ms=120.0, feedback=0.4)(torch.randn(2, 2, 4410)).shape
     torch.Size([2, 2, 4410])
-    >>> round(Delay.synced(44100, bpm=100.0, note="1/8").p("time_ms").item(), 3)
+    >>> round(Delay.synced(44100, bpm=100.0, note="1/8").p("time_ms").detach().item(), 3)
     300.0
     """
 

@@ -69,7 +69,7 @@ class Phaser(Effect):
 
     Args:
         sample_rate: Hz.
-        rate_hz: LFO rate, 0.02 to 10 Hz (log), default 0.5.
+        rate_hz: LFO rate, 0.025 to 10 Hz (log), default 0.5.
         depth: sweep in octaves either side of the centre, 0 to 1, default 0.8.
         centre_hz: centre break frequency, 100 to 8000 Hz (log), default 800.
         feedback: -0.9 to 0.9, default 0.3.
@@ -86,7 +86,7 @@ class Phaser(Effect):
     """
 
     specs = (
-        ParamSpec("rate_hz", 0.02, 10.0, 0.5, scale="log"),
+        ParamSpec("rate_hz", 0.025, 10.0, 0.5, scale="log"),
         ParamSpec("depth", 0.0, 1.0, 0.8),
         ParamSpec("centre_hz", 100.0, 8000.0, 800.0, scale="log"),
         ParamSpec("feedback", -0.9, 0.9, 0.3),

@@ -134,8 +134,10 @@ def reverb_ir(
     t = torch.arange(length, dtype=rt.dtype, device=rt.device) / sample_rate
     onset = -torch.expm1(-t * (1000.0 / ONSET_MS))
     rate = LN1000 / rt
-    # sum_n exp(-2 rate n / fs) ~ fs / (2 rate): unit energy per band, whatever the decay.
-    env = onset * torch.exp(-rate * t) * torch.sqrt(2.0 * rate / sample_rate)
+    # Unit energy per band: the integral of (onset(t) e^{-rate t})^2 in closed form.
+    c = 1000.0 / ONSET_MS
+    energy = 1.0 / (2.0 * rate) - 2.0 / (2.0 * rate + c) + 1.0 / (2.0 * rate + 2.0 * c)
+    env = onset * torch.exp(-rate * t) * torch.rsqrt(energy * sample_rate)
     if channels == 1:
         late = (bands[0] * env).sum(-2)
         early = er[:1]
