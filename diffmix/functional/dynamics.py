@@ -479,7 +479,10 @@ def limiter(
     lookahead = _lookahead_samples(lookahead_ms, sample_rate, effect)
 
     def param(v: ParamValue, name: str) -> Tensor:
-        return per_sample(v, x, name=name, effect=effect)[:, :1]
+        p = per_sample(v, x, name=name, effect=effect)
+        if p.shape[1] != 1:
+            raise ValueError(f"{effect}: channels are linked, so {name} is per item, not per channel")
+        return p
 
     ceiling = torch.exp(param(ceiling_db, "ceiling_db") / _DB_PER_NEPER)
     target = ceiling * (1.0 - _LIMIT_MARGIN)
