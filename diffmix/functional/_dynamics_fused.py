@@ -28,9 +28,8 @@ import math
 
 import numba
 import torch
-from numba import prange
 
-from diffmix.functional._dynamics_kernels import FLOOR_POWER
+from diffmix.functional._dynamics_kernels import FLOOR_POWER, over_rows
 
 _POW_DB = 10.0 / math.log(10.0)
 _AMP_DB = 20.0 / math.log(10.0)
@@ -148,34 +147,34 @@ def _fwd_row(x, side, r, amp, mean, kind, lookahead, thr, slope, knee, rng, a_do
                     out[r, c, t] = x[r, c, t] * wet
 
 
-@numba.njit(parallel=True, cache=True, nogil=True)
-def _fwd_mono_hold(x, side, amp, mean, kind, lookahead, thr, slope, knee, rng, a_down, a_up,  # noqa: ANN001, ANN202
+@numba.njit(cache=True, nogil=True)
+def _fwd_mono_hold(r0, r1, x, side, amp, mean, kind, lookahead, thr, slope, knee, rng, a_down, a_up,  # noqa: ANN001, ANN202
                    hold, makeup, mix, out, y, mode, store, k):
-    for r in prange(x.shape[0]):
+    for r in range(r0, r1):
         _fwd_row(x, side, r, amp, mean, kind, lookahead, thr, slope, knee, rng, a_down, a_up,
                  hold, makeup, mix, out, y, mode, store, k, True, True)
 
 
-@numba.njit(parallel=True, cache=True, nogil=True)
-def _fwd_mono(x, side, amp, mean, kind, lookahead, thr, slope, knee, rng, a_down, a_up,  # noqa: ANN001, ANN202
+@numba.njit(cache=True, nogil=True)
+def _fwd_mono(r0, r1, x, side, amp, mean, kind, lookahead, thr, slope, knee, rng, a_down, a_up,  # noqa: ANN001, ANN202
               hold, makeup, mix, out, y, mode, store, k):
-    for r in prange(x.shape[0]):
+    for r in range(r0, r1):
         _fwd_row(x, side, r, amp, mean, kind, lookahead, thr, slope, knee, rng, a_down, a_up,
                  hold, makeup, mix, out, y, mode, store, k, True, False)
 
 
-@numba.njit(parallel=True, cache=True, nogil=True)
-def _fwd_multi_hold(x, side, amp, mean, kind, lookahead, thr, slope, knee, rng, a_down, a_up,  # noqa: ANN001, ANN202
+@numba.njit(cache=True, nogil=True)
+def _fwd_multi_hold(r0, r1, x, side, amp, mean, kind, lookahead, thr, slope, knee, rng, a_down, a_up,  # noqa: ANN001, ANN202
                     hold, makeup, mix, out, y, mode, store, k):
-    for r in prange(x.shape[0]):
+    for r in range(r0, r1):
         _fwd_row(x, side, r, amp, mean, kind, lookahead, thr, slope, knee, rng, a_down, a_up,
                  hold, makeup, mix, out, y, mode, store, k, False, True)
 
 
-@numba.njit(parallel=True, cache=True, nogil=True)
-def _fwd_multi(x, side, amp, mean, kind, lookahead, thr, slope, knee, rng, a_down, a_up,  # noqa: ANN001, ANN202
+@numba.njit(cache=True, nogil=True)
+def _fwd_multi(r0, r1, x, side, amp, mean, kind, lookahead, thr, slope, knee, rng, a_down, a_up,  # noqa: ANN001, ANN202
                hold, makeup, mix, out, y, mode, store, k):
-    for r in prange(x.shape[0]):
+    for r in range(r0, r1):
         _fwd_row(x, side, r, amp, mean, kind, lookahead, thr, slope, knee, rng, a_down, a_up,
                  hold, makeup, mix, out, y, mode, store, k, False, False)
 
@@ -187,16 +186,16 @@ def fused_fwd(x, side, amp, mean, kind, lookahead, thr, slope, knee, rng, a_down
     holds = bool(hold.any())
     kernel = (_fwd_mono_hold if holds else _fwd_mono) if mono else (
         _fwd_multi_hold if holds else _fwd_multi)
-    kernel(x, side, amp, mean, kind, lookahead, thr, slope, knee, rng, a_down, a_up, hold,
-           makeup, mix, out, y, mode, store, k)
+    over_rows(kernel, x.shape[0], x.size, x, side, amp, mean, kind, lookahead, thr, slope, knee,
+              rng, a_down, a_up, hold, makeup, mix, out, y, mode, store, k)
 
 
-@numba.njit(parallel=True, cache=True, nogil=True)
-def fused_bwd(gout, x, side, amp, mean, kind, lookahead, thr, slope, knee, rng, a_down,  # noqa: ANN001, ANN201
+@numba.njit(cache=True, nogil=True)
+def _fused_bwd(r0, r1, gout, x, side, amp, mean, kind, lookahead, thr, slope, knee, rng, a_down,  # noqa: ANN001, ANN201
               a_up, makeup, mix, y, mode, side_is_x, gx, gside, grads, k):
-    rows, nc, n = x.shape
+    nc, n = x.shape[1], x.shape[2]
     n_side = side.shape[2]
-    for r in prange(rows):
+    for r in range(r0, r1):
         th = thr[r]
         sl = slope[r]
         half = k[4] * knee[r]
@@ -330,7 +329,7 @@ class FusedDynamics(torch.autograd.Function):
         gside = torch.empty((1, 1, 1), dtype=x.dtype) if side_is_x else torch.zeros_like(s)
         grads = torch.empty((x.shape[0], N_GRADS), dtype=torch.float64)
         np_params = [p.numpy() for p in params]
-        fused_bwd(gout.contiguous().numpy(), x.numpy(), s.numpy(), amp, mean, kind, lookahead,
+        over_rows(_fused_bwd, x.shape[0], x.numel(), gout.contiguous().numpy(), x.numpy(), s.numpy(), amp, mean, kind, lookahead,
                   *np_params, y.numpy(), mode.numpy(), side_is_x, gx.numpy(), gside.numpy(),
                   grads.numpy(), constants(x.dtype).numpy())
         g = grads.to(x.dtype).unbind(1)

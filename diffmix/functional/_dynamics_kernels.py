@@ -33,13 +33,15 @@ Backends:
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import torch
 from torch import Tensor
 
 try:  # numba is a runtime dependency; the torch solver keeps working without it
     import numba
-    from numba import prange
 
     HAVE_NUMBA = os.environ.get("DIFFMIX_DISABLE_NUMBA", "") in ("", "0")
 except ImportError:  # pragma: no cover - depends on the install
@@ -51,10 +53,10 @@ FLOOR_POWER = 1e-20  # detector power of digital silence (-200 dB): finite log a
 
 if HAVE_NUMBA:
 
-    @numba.njit(parallel=True, cache=True, nogil=True)
-    def _smooth_fwd_nb(g, a_down, a_up, hold, init, y, mode, store):  # noqa: ANN001, ANN202
-        rows, n = g.shape
-        for r in prange(rows):
+    @numba.njit(cache=True, nogil=True)
+    def _smooth_fwd_nb(r0, r1, g, a_down, a_up, hold, init, y, mode, store):  # noqa: ANN001, ANN202
+        n = g.shape[1]
+        for r in range(r0, r1):
             ad = a_down[r]
             au = a_up[r]
             h = hold[r]
@@ -77,10 +79,10 @@ if HAVE_NUMBA:
                 if store:
                     mode[r, t] = m
 
-    @numba.njit(parallel=True, cache=True, nogil=True)
-    def _smooth_bwd_nb(gy, g, y, mode, a_down, a_up, init, gg, gad, gau):  # noqa: ANN001, ANN202
-        rows, n = g.shape
-        for r in prange(rows):
+    @numba.njit(cache=True, nogil=True)
+    def _smooth_bwd_nb(r0, r1, gy, g, y, mode, a_down, a_up, init, gg, gad, gau):  # noqa: ANN001, ANN202
+        n = g.shape[1]
+        for r in range(r0, r1):
             ad = a_down[r]
             au = a_up[r]
             carry = 0.0
@@ -103,6 +105,30 @@ if HAVE_NUMBA:
                     carry = lam
             gad[r] = sad
             gau[r] = sau
+
+
+_POOL: ThreadPoolExecutor | None = None
+_MIN_PARALLEL_WORK = 1 << 17  # samples; below this a thread hand-off costs more than it saves
+
+
+def over_rows(kernel: Callable[..., None], rows: int, work: int, *args: Any) -> None:
+    """Run ``kernel(r0, r1, *args)`` over all rows, split across torch's CPU threads.
+
+    The kernels release the GIL (``nogil``), so plain threads run them in parallel. This
+    avoids numba's own threading layer, whose start-up costs milliseconds per call, which
+    dominates short signals (a fitting loop, gradcheck) and fights torch's OpenMP pool.
+    """
+    global _POOL
+    threads = min(torch.get_num_threads(), rows)
+    if threads <= 1 or work < _MIN_PARALLEL_WORK:
+        kernel(0, rows, *args)
+        return
+    if _POOL is None or _POOL._max_workers < threads:  # noqa: SLF001
+        _POOL = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="diffmix-dynamics")
+    bounds = [rows * i // threads for i in range(threads + 1)]
+    futures = [_POOL.submit(kernel, a, b, *args) for a, b in zip(bounds, bounds[1:]) if b > a]
+    for future in futures:
+        future.result()
 
 
 def linear_scan(c: Tensor, b: Tensor, init: Tensor) -> Tensor:
@@ -191,8 +217,8 @@ class _Smooth(torch.autograd.Function):
         if _use_kernel(g, backend):
             y = torch.empty_like(g)
             mode = torch.empty(g.shape if store else (1, 1), dtype=torch.uint8)
-            _smooth_fwd_nb(
-                g.numpy(), a_down.detach().contiguous().numpy(), a_up.detach().contiguous().numpy(),
+            over_rows(
+                _smooth_fwd_nb, g.shape[0], g.numel(), g.numpy(), a_down.detach().contiguous().numpy(), a_up.detach().contiguous().numpy(),
                 hold.contiguous().numpy(), init.contiguous().numpy(), y.numpy(), mode.numpy(), store,
             )
             ctx.kernel = True
@@ -211,8 +237,8 @@ class _Smooth(torch.autograd.Function):
             gg = torch.empty_like(g)
             gad = torch.empty(g.shape[0], dtype=torch.float64)
             gau = torch.empty(g.shape[0], dtype=torch.float64)
-            _smooth_bwd_nb(
-                gy.numpy(), g.numpy(), y.numpy(), mode.numpy(), a_down.contiguous().numpy(),
+            over_rows(
+                _smooth_bwd_nb, g.shape[0], g.numel(), gy.numpy(), g.numpy(), y.numpy(), mode.numpy(), a_down.contiguous().numpy(),
                 a_up.contiguous().numpy(), init.contiguous().numpy(), gg.numpy(), gad.numpy(),
                 gau.numpy(),
             )
