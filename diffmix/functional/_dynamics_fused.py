@@ -69,11 +69,14 @@ def _edge(kind, th, half, k):  # noqa: ANN001, ANN202
 
 
 @numba.njit(inline="always")
-def _curve(p, kind, th, sl, half, wc, rg, edge, k):  # noqa: ANN001, ANN202
-    """Static gain in dB; returns (gain, d, f, clamped)."""
-    if (kind == 0 and p <= edge) or (kind == 1 and p >= edge):
-        return k[3], -half, k[3], False
-    level = k[0] * math.log(max(p, k[2]))
+def _flat(p, kind, edge):  # noqa: ANN001, ANN202
+    """True where the detector power puts the curve on its flat 0 dB part (no log needed)."""
+    return p <= edge if kind == 0 else p >= edge
+
+
+@numba.njit(inline="always")
+def _curve(level, kind, th, sl, half, wc, rg, k):  # noqa: ANN001, ANN202
+    """Static gain in dB from a level in dB; returns (gain, d, f, clamped)."""
     d = level - th if kind == 0 else th - level
     if d >= half:
         f = d
@@ -92,7 +95,7 @@ def _curve(p, kind, th, sl, half, wc, rg, edge, k):  # noqa: ANN001, ANN202
 
 @numba.njit(inline="always")
 def _fwd_row(x, side, r, amp, mean, kind, lookahead, thr, slope, knee, rng, a_down, a_up,  # noqa: ANN001, ANN202
-             hold, makeup, mix, out, y, mode, store, k, mono, holds):
+             hold, makeup, mix, out, y, mode, lv, store, k, mono, holds):
     """One gain row. ``mono`` and ``holds`` are compile-time constants in each caller, so
     the single-channel, hold-free loop carries no dead work (it is 40 % faster)."""
     n = x.shape[2]
@@ -121,7 +124,12 @@ def _fwd_row(x, side, r, amp, mean, kind, lookahead, thr, slope, knee, rng, a_do
                 p = v * v if amp else v
             else:
                 p, _ = _power(side, r, tp, nc, amp, mean, k)
-        gc, _, _, _ = _curve(p, kind, th, sl, half, wc, rg, edge, k)
+        gc = k[3]
+        if not _flat(p, kind, edge):
+            level = k[0] * math.log(max(p, k[2]))
+            if store:
+                lv[r, tp] = level
+            gc, _, _, _ = _curve(level, kind, th, sl, half, wc, rg, k)
         if gc < prev:
             md = 1
             if holds:
@@ -148,145 +156,173 @@ def _fwd_row(x, side, r, amp, mean, kind, lookahead, thr, slope, knee, rng, a_do
 
 
 @numba.njit(cache=True, nogil=True)
-def _fwd_mono_hold(r0, r1, x, side, amp, mean, kind, lookahead, thr, slope, knee, rng, a_down, a_up,  # noqa: ANN001, ANN202
-                   hold, makeup, mix, out, y, mode, store, k):
+def _fwd_mono_hold(r0, r1, x, side, amp, mean, kind, lookahead, thr, slope, knee, rng, a_down,  # noqa: ANN001, ANN202
+                   a_up, hold, makeup, mix, out, y, mode, lv, store, k):
     for r in range(r0, r1):
         _fwd_row(x, side, r, amp, mean, kind, lookahead, thr, slope, knee, rng, a_down, a_up,
-                 hold, makeup, mix, out, y, mode, store, k, True, True)
+                 hold, makeup, mix, out, y, mode, lv, store, k, True, True)
 
 
 @numba.njit(cache=True, nogil=True)
-def _fwd_mono(r0, r1, x, side, amp, mean, kind, lookahead, thr, slope, knee, rng, a_down, a_up,  # noqa: ANN001, ANN202
-              hold, makeup, mix, out, y, mode, store, k):
+def _fwd_mono(r0, r1, x, side, amp, mean, kind, lookahead, thr, slope, knee, rng, a_down,  # noqa: ANN001, ANN202
+              a_up, hold, makeup, mix, out, y, mode, lv, store, k):
     for r in range(r0, r1):
         _fwd_row(x, side, r, amp, mean, kind, lookahead, thr, slope, knee, rng, a_down, a_up,
-                 hold, makeup, mix, out, y, mode, store, k, True, False)
+                 hold, makeup, mix, out, y, mode, lv, store, k, True, False)
 
 
 @numba.njit(cache=True, nogil=True)
-def _fwd_multi_hold(r0, r1, x, side, amp, mean, kind, lookahead, thr, slope, knee, rng, a_down, a_up,  # noqa: ANN001, ANN202
-                    hold, makeup, mix, out, y, mode, store, k):
+def _fwd_multi_hold(r0, r1, x, side, amp, mean, kind, lookahead, thr, slope, knee, rng, a_down,  # noqa: ANN001, ANN202
+                    a_up, hold, makeup, mix, out, y, mode, lv, store, k):
     for r in range(r0, r1):
         _fwd_row(x, side, r, amp, mean, kind, lookahead, thr, slope, knee, rng, a_down, a_up,
-                 hold, makeup, mix, out, y, mode, store, k, False, True)
+                 hold, makeup, mix, out, y, mode, lv, store, k, False, True)
 
 
 @numba.njit(cache=True, nogil=True)
-def _fwd_multi(r0, r1, x, side, amp, mean, kind, lookahead, thr, slope, knee, rng, a_down, a_up,  # noqa: ANN001, ANN202
-               hold, makeup, mix, out, y, mode, store, k):
+def _fwd_multi(r0, r1, x, side, amp, mean, kind, lookahead, thr, slope, knee, rng, a_down,  # noqa: ANN001, ANN202
+               a_up, hold, makeup, mix, out, y, mode, lv, store, k):
     for r in range(r0, r1):
         _fwd_row(x, side, r, amp, mean, kind, lookahead, thr, slope, knee, rng, a_down, a_up,
-                 hold, makeup, mix, out, y, mode, store, k, False, False)
+                 hold, makeup, mix, out, y, mode, lv, store, k, False, False)
 
 
-def fused_fwd(x, side, amp, mean, kind, lookahead, thr, slope, knee, rng, a_down, a_up,  # noqa: ANN001, ANN201
-              hold, makeup, mix, out, y, mode, store, k):
-    """Forward kernel: picks the variant compiled for this channel count and hold."""
-    mono = x.shape[1] == 1
-    holds = bool(hold.any())
-    kernel = (_fwd_mono_hold if holds else _fwd_mono) if mono else (
-        _fwd_multi_hold if holds else _fwd_multi)
-    over_rows(kernel, x.shape[0], x.size, x, side, amp, mean, kind, lookahead, thr, slope, knee,
-              rng, a_down, a_up, hold, makeup, mix, out, y, mode, store, k)
-
-
-@numba.njit(cache=True, nogil=True)
-def _fused_bwd(r0, r1, gout, x, side, amp, mean, kind, lookahead, thr, slope, knee, rng, a_down,  # noqa: ANN001, ANN201
-              a_up, makeup, mix, y, mode, side_is_x, gx, gside, grads, k):
-    nc, n = x.shape[1], x.shape[2]
+@numba.njit(inline="always")
+def _bwd_row(gout, x, side, r, amp, mean, kind, lookahead, thr, slope, knee, rng, a_down,  # noqa: ANN001, ANN202
+             a_up, makeup, mix, y, mode, lv, side_is_x, gx, gside, grads, k, mono):
+    n = x.shape[2]
+    nc = 1 if mono else x.shape[1]
     n_side = side.shape[2]
-    for r in range(r0, r1):
-        th = thr[r]
-        sl = slope[r]
-        half = k[4] * knee[r]
-        wc = max(knee[r], k[7])
-        rg = rng[r]
-        ad = a_down[r]
-        au = a_up[r]
-        mk = makeup[r]
-        m = mix[r]
-        edge = _edge(kind, th, half, k)
-        carry = 0.0
-        g_th = 0.0
-        g_sl = 0.0
-        g_kn = 0.0
-        g_rg = 0.0
-        g_ad = 0.0
-        g_au = 0.0
-        g_mk = 0.0
-        g_mx = 0.0
-        for tp in range(n + lookahead - 1, -1, -1):
-            t = tp - lookahead
-            dy = 0.0
-            if t >= 0:
-                gain = math.exp((y[r, tp] + mk) * k[1])
-                wet = 1.0 + m * (gain - 1.0)
+    th = thr[r]
+    sl = slope[r]
+    half = k[4] * knee[r]
+    wc = max(knee[r], k[7])
+    rg = rng[r]
+    ad = a_down[r]
+    au = a_up[r]
+    mk = makeup[r]
+    m = mix[r]
+    edge = _edge(kind, th, half, k)
+    inv_db = k[1]
+    one = k[5]
+    carry = 0.0
+    g_th = 0.0
+    g_sl = 0.0
+    g_kn = 0.0
+    g_rg = 0.0
+    g_ad = 0.0
+    g_au = 0.0
+    g_mk = 0.0
+    g_mx = 0.0
+    for tp in range(n + lookahead - 1, -1, -1):
+        t = tp - lookahead
+        dy = 0.0
+        if t >= 0:
+            gain = math.exp((y[r, tp] + mk) * inv_db)
+            wet = one + m * (gain - one)
+            if mono:
+                go = gout[r, 0, t]
+                gx[r, 0, t] = go * wet
+                dg = go * x[r, 0, t]
+            else:
                 dg = 0.0
                 for c in range(nc):
                     go = gout[r, c, t]
                     gx[r, c, t] = go * wet
                     dg += go * x[r, c, t]
-                g_mx += dg * (gain - 1.0)
-                dy = dg * m * gain / _AMP_DB
-                g_mk += dy
-            lam = dy + carry
-            md = mode[r, tp]
-            if md == 2:
-                carry = lam
-                continue
-            p = 0.0
-            best = 0
-            if tp < n_side:
+            g_mx += dg * (gain - one)
+            dy = dg * m * gain * inv_db
+            g_mk += dy
+        lam = dy + carry
+        md = mode[r, tp]
+        if md == 2:
+            carry = lam
+            continue
+        p = k[3]
+        best = 0
+        if tp < n_side:
+            if mono:
+                v = side[r, 0, tp]
+                p = v * v if amp else v
+            else:
                 p, best = _power(side, r, tp, nc, amp, mean, k)
-            gc, d, f, clamped = _curve(p, kind, th, sl, half, wc, rg, edge, k)
-            yp = y[r, tp - 1] if tp > 0 else 0.0
-            if md == 1:
-                dgc = (1.0 - ad) * lam
-                g_ad += lam * (yp - gc)
-                carry = ad * lam
+        flat = _flat(p, kind, edge)
+        gc = k[3]
+        if not flat:
+            gc, d, f, clamped = _curve(lv[r, tp], kind, th, sl, half, wc, rg, k)
+        yp = y[r, tp - 1] if tp > 0 else k[3]
+        if md == 1:
+            dgc = (1.0 - ad) * lam
+            g_ad += lam * (yp - gc)
+            carry = ad * lam
+        else:
+            dgc = (1.0 - au) * lam
+            g_au += lam * (yp - gc)
+            carry = au * lam
+        if flat:
+            continue
+        if clamped:
+            g_rg -= dgc
+            continue
+        g_sl += dgc * f
+        if d >= half:
+            dfd = 1.0
+        elif d <= -half:
+            continue
+        else:
+            u = d + half
+            dfd = u / wc
+            g_kn += dgc * sl * (u / (2.0 * wc) - u * u / (2.0 * wc * wc))
+        dd = dgc * sl * dfd
+        dlevel = dd if kind == 0 else -dd
+        g_th -= dlevel
+        if tp >= n_side or p <= k[2]:
+            continue
+        dp = dlevel * k[0] / p
+        if mono:
+            dv = dp * 2.0 * side[r, 0, tp] if amp else dp
+            if side_is_x:
+                gx[r, 0, tp] += dv
             else:
-                dgc = (1.0 - au) * lam
-                g_au += lam * (yp - gc)
-                carry = au * lam
-            if clamped:
-                g_rg -= dgc
-                continue
-            g_sl += dgc * f
-            if d >= half:
-                dfd = 1.0
-            elif d <= -half:
-                continue
+                gside[r, 0, tp] = dv
+            continue
+        for c in range(nc):
+            if mean:
+                dv = dp / nc
+            elif c == best:
+                dv = dp
             else:
-                u = d + half
-                dfd = u / wc
-                g_kn += dgc * sl * (u / (2.0 * wc) - u * u / (2.0 * wc * wc))
-            dd = dgc * sl * dfd
-            dlevel = dd if kind == 0 else -dd
-            g_th -= dlevel
-            if tp >= n_side or p <= k[2]:
                 continue
-            dp = dlevel * k[0] / p
-            for c in range(nc):
-                if mean:
-                    dv = dp / nc
-                elif c == best:
-                    dv = dp
-                else:
-                    continue
-                if amp:
-                    dv = dv * 2.0 * side[r, c, tp]
-                if side_is_x:
-                    gx[r, c, tp] += dv
-                else:
-                    gside[r, c, tp] = dv
-        grads[r, 0] = g_th
-        grads[r, 1] = g_sl
-        grads[r, 2] = g_kn
-        grads[r, 3] = g_rg
-        grads[r, 4] = g_ad
-        grads[r, 5] = g_au
-        grads[r, 6] = g_mk
-        grads[r, 7] = g_mx
+            if amp:
+                dv = dv * 2.0 * side[r, c, tp]
+            if side_is_x:
+                gx[r, c, tp] += dv
+            else:
+                gside[r, c, tp] = dv
+    grads[r, 0] = g_th
+    grads[r, 1] = g_sl
+    grads[r, 2] = g_kn
+    grads[r, 3] = g_rg
+    grads[r, 4] = g_ad
+    grads[r, 5] = g_au
+    grads[r, 6] = g_mk
+    grads[r, 7] = g_mx
+
+
+@numba.njit(cache=True, nogil=True)
+def _bwd_mono(r0, r1, gout, x, side, amp, mean, kind, lookahead, thr, slope, knee, rng, a_down,  # noqa: ANN001, ANN202
+              a_up, makeup, mix, y, mode, lv, side_is_x, gx, gside, grads, k):
+    for r in range(r0, r1):
+        _bwd_row(gout, x, side, r, amp, mean, kind, lookahead, thr, slope, knee, rng, a_down,
+                 a_up, makeup, mix, y, mode, lv, side_is_x, gx, gside, grads, k, True)
+
+
+@numba.njit(cache=True, nogil=True)
+def _bwd_multi(r0, r1, gout, x, side, amp, mean, kind, lookahead, thr, slope, knee, rng, a_down,  # noqa: ANN001, ANN202
+               a_up, makeup, mix, y, mode, lv, side_is_x, gx, gside, grads, k):
+    for r in range(r0, r1):
+        _bwd_row(gout, x, side, r, amp, mean, kind, lookahead, thr, slope, knee, rng, a_down,
+                 a_up, makeup, mix, y, mode, lv, side_is_x, gx, gside, grads, k, False)
 
 
 class FusedDynamics(torch.autograd.Function):
@@ -312,25 +348,31 @@ class FusedDynamics(torch.autograd.Function):
         shape = (rows, n + lookahead) if store else (1, 1)
         y = torch.empty(shape, dtype=x.dtype)
         mode = torch.empty(shape, dtype=torch.uint8)
+        level = torch.empty(shape, dtype=x.dtype)  # only read where the curve is not flat
         np_params = [p.numpy() for p in params]
-        fused_fwd(x.detach().numpy(), s.detach().numpy(), amp, mean, kind, lookahead, *np_params[:6],
-                  hold.contiguous().numpy(), *np_params[6:], out.numpy(), y.numpy(), mode.numpy(), store,
-                  constants(x.dtype).numpy())
+        hold = hold.contiguous()
+        holds = bool((hold > 0).any())
+        kernel = (_fwd_mono_hold if holds else _fwd_mono) if x.shape[1] == 1 else (
+            _fwd_multi_hold if holds else _fwd_multi)
+        over_rows(kernel, rows, x.numel(), x.detach().numpy(), s.detach().numpy(), amp, mean, kind,
+                  lookahead, *np_params[:6], hold.numpy(), *np_params[6:], out.numpy(), y.numpy(),
+                  mode.numpy(), level.numpy(), store, constants(x.dtype).numpy())
         ctx.opts = (kind, mean, lookahead, side_is_x, amp)
         if store:
-            ctx.save_for_backward(x, s, y, mode, *params)
+            ctx.save_for_backward(x, s, y, mode, level, *params)
         return out
 
     @staticmethod
     def backward(ctx, gout):  # noqa: ANN001, ANN205
         kind, mean, lookahead, side_is_x, amp = ctx.opts
-        x, s, y, mode, *params = ctx.saved_tensors
+        x, s, y, mode, level, *params = ctx.saved_tensors
         gx = torch.empty_like(x)
         gside = torch.empty((1, 1, 1), dtype=x.dtype) if side_is_x else torch.zeros_like(s)
         grads = torch.empty((x.shape[0], N_GRADS), dtype=torch.float64)
         np_params = [p.numpy() for p in params]
-        over_rows(_fused_bwd, x.shape[0], x.numel(), gout.contiguous().numpy(), x.numpy(), s.numpy(), amp, mean, kind, lookahead,
-                  *np_params, y.numpy(), mode.numpy(), side_is_x, gx.numpy(), gside.numpy(),
-                  grads.numpy(), constants(x.dtype).numpy())
+        kernel = _bwd_mono if x.shape[1] == 1 else _bwd_multi
+        over_rows(kernel, x.shape[0], x.numel(), gout.contiguous().numpy(), x.numpy(), s.numpy(),
+                  amp, mean, kind, lookahead, *np_params, y.numpy(), mode.numpy(), level.numpy(),
+                  side_is_x, gx.numpy(), gside.numpy(), grads.numpy(), constants(x.dtype).numpy())
         g = grads.to(x.dtype).unbind(1)
         return (gx, None if side_is_x else gside, *g, None)
