@@ -623,7 +623,10 @@ def multiband_compressor(
     effect = "multiband_compressor"
     freqs = crossover_hz if isinstance(crossover_hz, Tensor) else torch.as_tensor(crossover_hz)
     if freqs.ndim == 0 or freqs.shape[-1] + 1 not in BAND_COUNTS:
-        raise ValueError(f"{effect}: crossover_hz needs 2 or 3 frequencies (3 or 4 bands), got shape {tuple(freqs.shape)}")
+        raise ValueError(
+            f"{effect}: crossover_hz needs 2 or 3 frequencies (3 or 4 bands), "
+            f"got shape {tuple(freqs.shape)}"
+        )
     n = freqs.shape[-1] + 1
     freqs = broadcast_param(freqs.to(x.dtype), x, name="crossover_hz", effect=effect, trailing=1)
     bands = split_bands(x, sample_rate, crossover_hz=freqs.sort(-1).values)
