@@ -84,11 +84,11 @@ def expander_curve(
     return torch.maximum(gain, -range_db)
 
 
-def _rms_power(x: Tensor, sample_rate: int, rms_ms: float) -> Tensor:
+def _rms_power(x: Tensor, sample_rate: int, rms_ms: float, backend: str = "auto") -> Tensor:
     """One-pole mean square with time constant ``rms_ms``."""
     b, c, t = x.shape
     pole = torch.tensor(math.exp(-1000.0 / (rms_ms * sample_rate)), dtype=x.dtype, device=x.device)
-    return smooth((x * x).reshape(b * c, t), pole, pole).reshape(b, c, t)
+    return smooth((x * x).reshape(b * c, t), pole, pole, backend=backend).reshape(b, c, t)
 
 
 def _level_db(power: Tensor, link: str) -> Tensor:
@@ -101,7 +101,8 @@ def _level_db(power: Tensor, link: str) -> Tensor:
 
 
 def _smooth_db(
-    gain_db: Tensor, a_down: Tensor, a_up: Tensor, hold: Tensor | None, init: float
+    gain_db: Tensor, a_down: Tensor, a_up: Tensor, hold: Tensor | None, init: float,
+    backend: str = "auto",
 ) -> Tensor:
     """Branching smoother over ``(B, C, T)`` with poles shaped ``(B|1, C|1, 1)``."""
     b, c, t = gain_db.shape
@@ -111,7 +112,10 @@ def _smooth_db(
         return p.expand(b, c, 1).reshape(rows)
 
     hold_rows = None if hold is None else per_row(hold)
-    out = smooth(gain_db.reshape(rows, t), per_row(a_down), per_row(a_up), hold=hold_rows, init=init)
+    out = smooth(
+        gain_db.reshape(rows, t), per_row(a_down), per_row(a_up), hold=hold_rows, init=init,
+        backend=backend,
+    )
     return out.reshape(b, c, t)
 
 
@@ -163,7 +167,8 @@ def _run(
 ) -> Tensor:
     """Detector -> curve -> smoother -> gain, by the fused kernel or the composite path."""
     side = x if sidechain is None else sidechain
-    power = _rms_power(side, sample_rate, rms_ms) if detector == "rms" else None
+    solver = "torch" if backend == "torch" else "auto"
+    power = _rms_power(side, sample_rate, rms_ms, solver) if detector == "rms" else None
     b, c, t = x.shape
     per_channel = any(v.shape[1] != 1 for v in (*setting.values, setting.hold))
     fused = backend != "torch" and HAVE_NUMBA and x.device.type == "cpu"
@@ -189,7 +194,7 @@ def _run(
         power = F.pad(power, (0, lookahead))
     gain_db = setting.curve(_level_db(power, link))
     thr, slope, knee, rng, a_down, a_up, makeup, mix = setting.values
-    smoothed = _smooth_db(gain_db, a_down, a_up, setting.hold, 0.0)
+    smoothed = _smooth_db(gain_db, a_down, a_up, setting.hold, 0.0, solver)
     if lookahead:
         smoothed = smoothed[..., lookahead:]
     wet = torch.exp((smoothed + makeup) / _DB_PER_NEPER)
@@ -232,7 +237,7 @@ def compressor(
         lookahead_ms: the gain reacts this much ahead of the audio (no added latency).
         sidechain: external detector input (ducking), same shape as ``x``.
         backend: ``"auto"`` (fused numba kernel on CPU, composite torch path elsewhere) or
-            ``"torch"`` (the composite path everywhere).
+            ``"torch"`` (the composite path with the pure-PyTorch smoother, everywhere).
 
     Parameters are floats, ``(B,)`` or ``(B, C)``; all but the options are differentiable.
     CUDA: yes (torch solver; the numba kernel runs on CPU).
