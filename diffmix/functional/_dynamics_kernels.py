@@ -218,7 +218,8 @@ class _Smooth(torch.autograd.Function):
             y = torch.empty_like(g)
             mode = torch.empty(g.shape if store else (1, 1), dtype=torch.uint8)
             over_rows(
-                _smooth_fwd_nb, g.shape[0], g.numel(), g.numpy(), a_down.detach().contiguous().numpy(), a_up.detach().contiguous().numpy(),
+                _smooth_fwd_nb, g.shape[0], g.numel(), g.numpy(),
+                a_down.detach().contiguous().numpy(), a_up.detach().contiguous().numpy(),
                 hold.contiguous().numpy(), init.contiguous().numpy(), y.numpy(), mode.numpy(), store,
             )
             ctx.kernel = True
@@ -238,9 +239,9 @@ class _Smooth(torch.autograd.Function):
             gad = torch.empty(g.shape[0], dtype=torch.float64)
             gau = torch.empty(g.shape[0], dtype=torch.float64)
             over_rows(
-                _smooth_bwd_nb, g.shape[0], g.numel(), gy.numpy(), g.numpy(), y.numpy(), mode.numpy(), a_down.contiguous().numpy(),
-                a_up.contiguous().numpy(), init.contiguous().numpy(), gg.numpy(), gad.numpy(),
-                gau.numpy(),
+                _smooth_bwd_nb, g.shape[0], g.numel(), gy.numpy(), g.numpy(), y.numpy(),
+                mode.numpy(), a_down.contiguous().numpy(), a_up.contiguous().numpy(),
+                init.contiguous().numpy(), gg.numpy(), gad.numpy(), gau.numpy(),
             )
             gad, gau = gad.to(g.dtype), gau.to(g.dtype)
         else:

@@ -33,7 +33,8 @@ from torch import Tensor
 
 from diffmix.checks import check_choice
 from diffmix.functional._dynamics_kernels import FLOOR_POWER, HAVE_NUMBA, smooth
-from diffmix.params import ParamValue, per_sample
+from diffmix.functional.filters import linkwitz_riley
+from diffmix.params import ParamValue, broadcast_param, per_sample
 
 if HAVE_NUMBA:
     from diffmix.functional._dynamics_fused import FusedDynamics
@@ -83,11 +84,11 @@ def expander_curve(
     return torch.maximum(gain, -range_db)
 
 
-def _rms_power(x: Tensor, sample_rate: int, rms_ms: float) -> Tensor:
+def _rms_power(x: Tensor, sample_rate: int, rms_ms: float, backend: str = "auto") -> Tensor:
     """One-pole mean square with time constant ``rms_ms``."""
     b, c, t = x.shape
     pole = torch.tensor(math.exp(-1000.0 / (rms_ms * sample_rate)), dtype=x.dtype, device=x.device)
-    return smooth((x * x).reshape(b * c, t), pole, pole).reshape(b, c, t)
+    return smooth((x * x).reshape(b * c, t), pole, pole, backend=backend).reshape(b, c, t)
 
 
 def _level_db(power: Tensor, link: str) -> Tensor:
@@ -100,7 +101,8 @@ def _level_db(power: Tensor, link: str) -> Tensor:
 
 
 def _smooth_db(
-    gain_db: Tensor, a_down: Tensor, a_up: Tensor, hold: Tensor | None, init: float
+    gain_db: Tensor, a_down: Tensor, a_up: Tensor, hold: Tensor | None, init: float,
+    backend: str = "auto",
 ) -> Tensor:
     """Branching smoother over ``(B, C, T)`` with poles shaped ``(B|1, C|1, 1)``."""
     b, c, t = gain_db.shape
@@ -110,7 +112,10 @@ def _smooth_db(
         return p.expand(b, c, 1).reshape(rows)
 
     hold_rows = None if hold is None else per_row(hold)
-    out = smooth(gain_db.reshape(rows, t), per_row(a_down), per_row(a_up), hold=hold_rows, init=init)
+    out = smooth(
+        gain_db.reshape(rows, t), per_row(a_down), per_row(a_up), hold=hold_rows, init=init,
+        backend=backend,
+    )
     return out.reshape(b, c, t)
 
 
@@ -162,7 +167,8 @@ def _run(
 ) -> Tensor:
     """Detector -> curve -> smoother -> gain, by the fused kernel or the composite path."""
     side = x if sidechain is None else sidechain
-    power = _rms_power(side, sample_rate, rms_ms) if detector == "rms" else None
+    solver = "torch" if backend == "torch" else "auto"
+    power = _rms_power(side, sample_rate, rms_ms, solver) if detector == "rms" else None
     b, c, t = x.shape
     per_channel = any(v.shape[1] != 1 for v in (*setting.values, setting.hold))
     fused = backend != "torch" and HAVE_NUMBA and x.device.type == "cpu"
@@ -188,7 +194,7 @@ def _run(
         power = F.pad(power, (0, lookahead))
     gain_db = setting.curve(_level_db(power, link))
     thr, slope, knee, rng, a_down, a_up, makeup, mix = setting.values
-    smoothed = _smooth_db(gain_db, a_down, a_up, setting.hold, 0.0)
+    smoothed = _smooth_db(gain_db, a_down, a_up, setting.hold, 0.0, solver)
     if lookahead:
         smoothed = smoothed[..., lookahead:]
     wet = torch.exp((smoothed + makeup) / _DB_PER_NEPER)
@@ -231,7 +237,7 @@ def compressor(
         lookahead_ms: the gain reacts this much ahead of the audio (no added latency).
         sidechain: external detector input (ducking), same shape as ``x``.
         backend: ``"auto"`` (fused numba kernel on CPU, composite torch path elsewhere) or
-            ``"torch"`` (the composite path everywhere).
+            ``"torch"`` (the composite path with the pure-PyTorch smoother, everywhere).
 
     Parameters are floats, ``(B,)`` or ``(B, C)``; all but the options are differentiable.
     CUDA: yes (torch solver; the numba kernel runs on CPU).
@@ -521,3 +527,126 @@ def _exact_correction(
     # Residual overs after four passes (pathological input): scale each item down.
     peak = true_peak(y * total).amax(1, keepdim=True).unsqueeze(-1)
     return total * torch.minimum(target / peak, torch.ones_like(peak))
+
+
+# ---- multiband ------------------------------------------------------------------------
+
+BAND_COUNTS = (3, 4)
+
+
+def _band_values(value: ParamValue, x: Tensor, n: int, name: str, effect: str) -> Tensor:
+    """A per-band parameter as ``(B|1, C|1, n)``: a float applies to every band."""
+    t = value if isinstance(value, Tensor) else torch.as_tensor(value, dtype=x.dtype)
+    if t.ndim == 0:
+        t = t.expand(n)
+    if t.shape[-1] != n:
+        raise ValueError(f"{effect}: {name} needs one value per band ({n}), got shape {tuple(t.shape)}")
+    return broadcast_param(t, x, name=name, effect=effect, trailing=1)
+
+
+def split_bands(x: Tensor, sample_rate: int, *, crossover_hz: ParamValue) -> list[Tensor]:
+    """Split into ``len(crossover_hz) + 1`` phase-aligned Linkwitz-Riley (LR4) bands.
+
+    A tree of LR4 crossovers splits the signal, lowest crossover first; each band below
+    the top then passes through the allpass (low + high) of every higher crossover, so all
+    bands share one phase response and their sum is an allpass: flat magnitude.
+
+    Args:
+        x: audio.
+        sample_rate: Hz.
+        crossover_hz: ascending frequencies, ``(K,)``, ``(B, K)`` or ``(B, C, K)``.
+            Differentiable.
+
+    Shape:
+        ``(B, C, T)`` -> a list of ``K + 1`` tensors ``(B, C, T)``, low to high.
+
+    >>> bands = split_bands(torch.randn(1, 2, 4410), 44100, crossover_hz=[200.0, 2000.0])
+    >>> len(bands), bands[0].shape
+    (3, torch.Size([1, 2, 4410]))
+    """
+    freqs = crossover_hz if isinstance(crossover_hz, Tensor) else torch.as_tensor(crossover_hz)
+    freqs = broadcast_param(freqs.to(x.dtype), x, name="crossover_hz", effect="split_bands", trailing=1)
+    k = freqs.shape[-1]
+    bands, rest = [], x
+    for i in range(k):
+        low, rest = linkwitz_riley(rest, sample_rate, freq_hz=freqs[..., i])
+        bands.append(low)
+    bands.append(rest)
+    for i in range(k - 1):
+        for j in range(i + 1, k):
+            low, high = linkwitz_riley(bands[i], sample_rate, freq_hz=freqs[..., j])
+            bands[i] = low + high
+    return bands
+
+
+def multiband_compressor(
+    x: Tensor,
+    sample_rate: int,
+    *,
+    crossover_hz: ParamValue = (200.0, 2000.0),
+    threshold_db: ParamValue = -20.0,
+    ratio: ParamValue = 4.0,
+    knee_db: ParamValue = 6.0,
+    attack_ms: ParamValue = 10.0,
+    release_ms: ParamValue = 100.0,
+    makeup_db: ParamValue = 0.0,
+    mix: ParamValue = 1.0,
+    detector: str = "peak",
+    rms_ms: float = 10.0,
+    link: str = "max",
+    lookahead_ms: float = 0.0,
+) -> Tensor:
+    """3- or 4-band compressor on phase-aligned Linkwitz-Riley (LR4) bands.
+
+    The bands from :func:`split_bands` are compressed side by side (one batched call of
+    :func:`compressor`, each band with its own settings) and summed. With every band at
+    unity (ratio 1) the output is the input through an allpass: flat magnitude.
+
+    Args:
+        x: audio.
+        sample_rate: Hz.
+        crossover_hz: ``K = 2`` or ``3`` ascending crossover frequencies (3 or 4 bands),
+            ``(K,)``, ``(B, K)`` or ``(B, C, K)``. They are sorted before use, so bands stay
+            ordered low to high even if an optimiser pushes two past each other.
+        threshold_db, ratio, knee_db, attack_ms, release_ms, makeup_db, mix: per band: a
+            float for every band, or ``(n_bands,)``, ``(B, n_bands)``, ``(B, C, n_bands)``.
+        detector, rms_ms, link, lookahead_ms: as in :func:`compressor`.
+
+    Differentiable: every parameter, crossovers included. CUDA: yes.
+
+    Shape:
+        ``(B, C, T)`` -> ``(B, C, T)``.
+
+    Returns:
+        The compressed audio.
+
+    >>> y = multiband_compressor(torch.randn(1, 2, 4410), 44100, crossover_hz=[150.0, 1500.0, 6000.0],
+    ...                          threshold_db=[-30.0, -24.0, -20.0, -18.0])
+    >>> y.shape
+    torch.Size([1, 2, 4410])
+    """
+    effect = "multiband_compressor"
+    freqs = crossover_hz if isinstance(crossover_hz, Tensor) else torch.as_tensor(crossover_hz)
+    if freqs.ndim == 0 or freqs.shape[-1] + 1 not in BAND_COUNTS:
+        raise ValueError(
+            f"{effect}: crossover_hz needs 2 or 3 frequencies (3 or 4 bands), "
+            f"got shape {tuple(freqs.shape)}"
+        )
+    n = freqs.shape[-1] + 1
+    freqs = broadcast_param(freqs.to(x.dtype), x, name="crossover_hz", effect=effect, trailing=1)
+    bands = split_bands(x, sample_rate, crossover_hz=freqs.sort(-1).values)
+    b, c, t = x.shape
+    stacked = torch.stack(bands, 1).reshape(b * n, c, t)
+
+    def rows(value: ParamValue, name: str) -> Tensor:
+        v = _band_values(value, x, n, name, effect)  # (B|1, C|1, n)
+        v = v.permute(0, 2, 1).expand(b, n, v.shape[1])
+        return v.reshape(b * n, v.shape[2])
+
+    y = compressor(
+        stacked, sample_rate, threshold_db=rows(threshold_db, "threshold_db"), ratio=rows(ratio, "ratio"),
+        knee_db=rows(knee_db, "knee_db"), attack_ms=rows(attack_ms, "attack_ms"),
+        release_ms=rows(release_ms, "release_ms"), makeup_db=rows(makeup_db, "makeup_db"),
+        mix=rows(mix, "mix"), detector=detector, rms_ms=rms_ms, link=link, lookahead_ms=lookahead_ms,
+    )
+    return y.reshape(b, n, c, t).sum(1)
