@@ -35,6 +35,9 @@ from diffmix.params import ParamValue, broadcast_param
 
 BAND_TYPES = ("peak", "low_shelf", "high_shelf", "highpass", "lowpass", "notch", "bandpass")
 LR_ORDERS = (2, 4, 8)
+EQ_MODES = ("fft", "exact")
+STEREO_MODES = ("lr", "ms")
+MAX_ORDER = 8  # highest Butterworth order of a "highpassN"/"lowpassN" band
 
 
 def _as_tensor(value: ParamValue, like: Tensor | None = None) -> Tensor:
@@ -432,7 +435,13 @@ def sos_response_on_grid(b: Tensor, a: Tensor, n: int) -> Tensor:
 
 
 def linkwitz_riley(
-    x: Tensor, sample_rate: int, *, freq_hz: ParamValue, order: int = 4
+    x: Tensor,
+    sample_rate: int,
+    *,
+    freq_hz: ParamValue,
+    order: int = 4,
+    mode: str = "exact",
+    tail: int | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Split ``x`` into low and high bands with a Linkwitz-Riley crossover.
 
@@ -448,6 +457,10 @@ def linkwitz_riley(
         sample_rate: Hz.
         freq_hz: crossover frequency in Hz: float, ``(B,)`` or ``(B, C)``.
         order: 2, 4 (default) or 8.
+        mode: ``"exact"`` (default, the recursion) or ``"fft"`` (frequency sampling,
+            see :func:`sos_filter_fft`; agrees with the recursion to -120 dB).
+        tail: FFT mode only: the impulse response's length in samples; ``None`` reads it
+            from the poles with :func:`iir_tail` (a host sync on CUDA).
 
     Shape:
         ``(B, C, T)`` -> two ``(B, C, T)`` tensors ``(low, high)``.
@@ -464,10 +477,23 @@ def linkwitz_riley(
     >>> low.shape, high.shape
     (torch.Size([2, 2, 1000]), torch.Size([2, 2, 1000]))
     """
-    b_lo, a_lo, b_hi, a_hi = linkwitz_riley_coeffs(
-        broadcast_param(freq_hz, x, name="freq_hz", effect="linkwitz_riley"), order, sample_rate
+    check_choice(mode, EQ_MODES, "linkwitz_riley", "mode")
+    f = broadcast_param(freq_hz, x, name="freq_hz", effect="linkwitz_riley")
+    b_lo, a_lo, b_hi, a_hi = linkwitz_riley_coeffs(f.double(), order, sample_rate)
+    if mode == "exact":
+        xd = x.double()
+        return sos_filter(xd, b_lo, a_lo).to(x.dtype), sos_filter(xd, b_hi, a_hi).to(x.dtype)
+    if tail is None:
+        tail = iir_tail(torch.cat([a_lo, a_hi], dim=-2))
+    # Both sides in one convolution: stack them on the batch axis.
+    lead = (x.shape[0], f.shape[1], -1, -1)
+    both = _render_fft(
+        torch.cat([x, x], dim=0),
+        torch.cat([b_lo.expand(lead), b_hi.expand(lead)], dim=0),
+        torch.cat([a_lo.expand(lead), a_hi.expand(lead)], dim=0),
+        tail,
     )
-    return sos_filter(x, b_lo, a_lo), sos_filter(x, b_hi, a_hi)
+    return both[: x.shape[0]], both[x.shape[0] :]
 
 
 def linkwitz_riley_coeffs(
@@ -501,9 +527,6 @@ def linkwitz_riley_coeffs(
 # Parametric EQ
 # --------------------------------------------------------------------------------------
 
-EQ_MODES = ("fft", "exact")
-STEREO_MODES = ("lr", "ms")
-MAX_ORDER = 8
 
 
 def parse_band(band: str, effect: str = "parametric_eq") -> tuple[str, int]:
