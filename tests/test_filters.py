@@ -16,6 +16,7 @@ from diffmix.functional.filters import (
     biquad_coeffs,
     biquad_response,
     butterworth_coeffs,
+    fft_convolve,
     iir_tail,
     linkwitz_riley,
     linkwitz_riley_coeffs,
@@ -299,3 +300,15 @@ def _smooth(k: int) -> bool:
         while k % p == 0:
             k //= p
     return k == 1
+
+
+@pytest.mark.parametrize("n_time, length", [(1000, 64), (200_000, 3000), (150_001, 4097)])
+def test_fft_convolve_is_linear_convolution_in_both_regimes(n_time, length, dtype):
+    # The second and third cases take the overlap-save path (signal >> filter).
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 2, n_time, generator=g, dtype=torch.float64)
+    fir = torch.randn(2, 1, length, generator=g, dtype=torch.float64) / math.sqrt(length)
+    y = fft_convolve(x.to(dtype), fir.to(dtype)).double().numpy()
+    ref = signal.fftconvolve(x.numpy(), fir.numpy(), axes=-1)[..., :n_time]
+    err = np.abs(y - ref).max() / np.abs(ref).max()
+    assert err < (1e-12 if dtype == torch.float64 else 1e-5), err

