@@ -5,15 +5,19 @@ of second-order sections, ``(..., n_sections, 3)``. The leading dims broadcast a
 audio's ``(batch, channels)``. Everything is differentiable in the coefficients, in the
 design parameters behind them and in the input, and runs on CPU and CUDA.
 
-Two renderers:
+Renderers:
 
 - :func:`biquad` / :func:`sos_filter`: the exact time-domain recursion (torchaudio's
   ``lfilter``, run with ``clamp=False`` so nothing is clipped);
-- :func:`sos_filter_fft`: frequency sampling. The input is zero-padded by ``tail``
-  samples, its rfft multiplied by the cascade's response on the FFT grid and transformed
-  back. What the filter would ring past the padded end wraps onto the start, so the error
-  is bounded by the impulse response's energy after ``tail`` samples; :func:`iir_tail`
-  picks ``tail`` so that it is below ``-120 dB`` of the response's peak.
+- :func:`sos_filter_fft`: frequency sampling on the whole signal's FFT grid. The input
+  is zero-padded by ``tail`` samples; what the filter rings past that wraps onto the
+  start, so the error is bounded by the impulse response's energy after ``tail``
+  samples, which :func:`iir_tail` puts below -120 dB;
+- :func:`parametric_eq`'s FFT mode (also :func:`linkwitz_riley`'s): frequency sampling
+  on a ``tail``-point grid gives the impulse response (time-aliased only past
+  ``tail``), convolved by :func:`fft_convolve` with no wrap at all. Evaluating the
+  response on a few thousand bins instead of the signal's million is what makes it
+  fast.
 
 References:
     R. Bristow-Johnson, "Cookbook formulae for audio EQ biquad filter coefficients"
@@ -553,12 +557,6 @@ def parse_band(band: str, effect: str = "parametric_eq") -> tuple[str, int]:
     )
 
 
-def band_sections(band: str) -> int:
-    """Number of second-order sections a band renders as."""
-    kind, order = parse_band(band)
-    return 1 if order == 0 else (order + 1) // 2
-
-
 def eq_coeffs(
     bands: list[str] | tuple[str, ...],
     freq_hz: Tensor,
@@ -574,7 +572,8 @@ def eq_coeffs(
         sample_rate: Hz.
 
     Shape:
-        ``b, a``: ``(..., n_sections, 3)`` with ``n_sections = sum(band_sections(b))``.
+        ``b, a``: ``(..., n_sections, 3)``: one section per RBJ band, ``ceil(N / 2)`` per
+        order-N Butterworth band.
 
     >>> b, a = eq_coeffs(["low_shelf", "peak", "highpass4"], torch.tensor([100.0, 1e3, 30.0]),
     ...                  torch.full((3,), 0.7), torch.tensor([3.0, -2.0, 0.0]), 44100)
