@@ -16,6 +16,7 @@ from diffmix.functional.filters import (
     biquad_coeffs,
     biquad_response,
     butterworth_coeffs,
+    fft_convolve,
     iir_tail,
     linkwitz_riley,
     linkwitz_riley_coeffs,
@@ -193,9 +194,20 @@ def test_linkwitz_riley_sums_to_flat_allpass(order, fs, dtype, device):
     n = 1 << 15
     impulse = torch.zeros(2, 2, n, dtype=dtype, device=device)
     impulse[..., 0] = 1.0
-    low, high = linkwitz_riley(impulse, fs, freq_hz=f0, order=order)
-    spectrum = db(torch.fft.rfft((low + high).double(), dim=-1).cpu().numpy())
-    assert np.abs(spectrum[..., 1:]).max() < 0.01
+    for mode in ("exact", "fft"):
+        low, high = linkwitz_riley(impulse, fs, freq_hz=f0, order=order, mode=mode)
+        spectrum = db(torch.fft.rfft((low + high).double(), dim=-1).cpu().numpy())
+        assert np.abs(spectrum[..., 1:]).max() < 0.01, mode
+
+
+def test_linkwitz_riley_fft_mode_equals_the_recursion(dtype):
+    x = noise(3, 2, 5000, dtype=dtype)
+    for f0 in (90.0, torch.tensor([[300.0, 2000.0]]), torch.tensor([500.0, 1500.0, 7000.0])):
+        exact = linkwitz_riley(x, 48000, freq_hz=f0, order=4)
+        fast = linkwitz_riley(x, 48000, freq_hz=f0, order=4, mode="fft")
+        for e, f in zip(exact, fast):
+            assert e.dtype == dtype and f.dtype == dtype
+            assert float((e - f).abs().max() / e.abs().max()) < (1e-6 if dtype == torch.float64 else 2e-5)
 
 
 def test_linkwitz_riley_bands_are_low_and_high():
@@ -288,3 +300,15 @@ def _smooth(k: int) -> bool:
         while k % p == 0:
             k //= p
     return k == 1
+
+
+@pytest.mark.parametrize("n_time, length", [(1000, 64), (200_000, 3000), (150_001, 4097)])
+def test_fft_convolve_is_linear_convolution_in_both_regimes(n_time, length, dtype):
+    # The second and third cases take the overlap-save path (signal >> filter).
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 2, n_time, generator=g, dtype=torch.float64)
+    fir = torch.randn(2, 1, length, generator=g, dtype=torch.float64) / math.sqrt(length)
+    y = fft_convolve(x.to(dtype), fir.to(dtype)).double().numpy()
+    ref = signal.fftconvolve(x.numpy(), fir.numpy(), axes=-1)[..., :n_time]
+    err = np.abs(y - ref).max() / np.abs(ref).max()
+    assert err < (1e-12 if dtype == torch.float64 else 1e-5), err

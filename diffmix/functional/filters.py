@@ -5,15 +5,19 @@ of second-order sections, ``(..., n_sections, 3)``. The leading dims broadcast a
 audio's ``(batch, channels)``. Everything is differentiable in the coefficients, in the
 design parameters behind them and in the input, and runs on CPU and CUDA.
 
-Two renderers:
+Renderers:
 
 - :func:`biquad` / :func:`sos_filter`: the exact time-domain recursion (torchaudio's
   ``lfilter``, run with ``clamp=False`` so nothing is clipped);
-- :func:`sos_filter_fft`: frequency sampling. The input is zero-padded by ``tail``
-  samples, its rfft multiplied by the cascade's response on the FFT grid and transformed
-  back. What the filter would ring past the padded end wraps onto the start, so the error
-  is bounded by the impulse response's energy after ``tail`` samples; :func:`iir_tail`
-  picks ``tail`` so that it is below ``-120 dB`` of the response's peak.
+- :func:`sos_filter_fft`: frequency sampling on the whole signal's FFT grid. The input
+  is zero-padded by ``tail`` samples; what the filter rings past that wraps onto the
+  start, so the error is bounded by the impulse response's energy after ``tail``
+  samples, which :func:`iir_tail` puts below -120 dB;
+- :func:`parametric_eq`'s FFT mode (also :func:`linkwitz_riley`'s): frequency sampling
+  on a ``tail``-point grid gives the impulse response (time-aliased only past
+  ``tail``), convolved by :func:`fft_convolve` with no wrap at all. Evaluating the
+  response on a few thousand bins instead of the signal's million is what makes it
+  fast.
 
 References:
     R. Bristow-Johnson, "Cookbook formulae for audio EQ biquad filter coefficients"
@@ -35,6 +39,9 @@ from diffmix.params import ParamValue, broadcast_param
 
 BAND_TYPES = ("peak", "low_shelf", "high_shelf", "highpass", "lowpass", "notch", "bandpass")
 LR_ORDERS = (2, 4, 8)
+EQ_MODES = ("fft", "exact")
+STEREO_MODES = ("lr", "ms")
+MAX_ORDER = 8  # highest Butterworth order of a "highpassN"/"lowpassN" band
 
 
 def _as_tensor(value: ParamValue, like: Tensor | None = None) -> Tensor:
@@ -432,7 +439,13 @@ def sos_response_on_grid(b: Tensor, a: Tensor, n: int) -> Tensor:
 
 
 def linkwitz_riley(
-    x: Tensor, sample_rate: int, *, freq_hz: ParamValue, order: int = 4
+    x: Tensor,
+    sample_rate: int,
+    *,
+    freq_hz: ParamValue,
+    order: int = 4,
+    mode: str = "exact",
+    tail: int | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Split ``x`` into low and high bands with a Linkwitz-Riley crossover.
 
@@ -448,6 +461,10 @@ def linkwitz_riley(
         sample_rate: Hz.
         freq_hz: crossover frequency in Hz: float, ``(B,)`` or ``(B, C)``.
         order: 2, 4 (default) or 8.
+        mode: ``"exact"`` (default, the recursion) or ``"fft"`` (frequency sampling,
+            see :func:`sos_filter_fft`; agrees with the recursion to -120 dB).
+        tail: FFT mode only: the impulse response's length in samples; ``None`` reads it
+            from the poles with :func:`iir_tail` (a host sync on CUDA).
 
     Shape:
         ``(B, C, T)`` -> two ``(B, C, T)`` tensors ``(low, high)``.
@@ -464,10 +481,23 @@ def linkwitz_riley(
     >>> low.shape, high.shape
     (torch.Size([2, 2, 1000]), torch.Size([2, 2, 1000]))
     """
-    b_lo, a_lo, b_hi, a_hi = linkwitz_riley_coeffs(
-        broadcast_param(freq_hz, x, name="freq_hz", effect="linkwitz_riley"), order, sample_rate
+    check_choice(mode, EQ_MODES, "linkwitz_riley", "mode")
+    f = broadcast_param(freq_hz, x, name="freq_hz", effect="linkwitz_riley")
+    b_lo, a_lo, b_hi, a_hi = linkwitz_riley_coeffs(f.double(), order, sample_rate)
+    if mode == "exact":
+        xd = x.double()
+        return sos_filter(xd, b_lo, a_lo).to(x.dtype), sos_filter(xd, b_hi, a_hi).to(x.dtype)
+    if tail is None:
+        tail = iir_tail(torch.cat([a_lo, a_hi], dim=-2))
+    # Both sides in one convolution: stack them on the batch axis.
+    lead = (x.shape[0], f.shape[1], -1, -1)
+    both = _render_fft(
+        torch.cat([x, x], dim=0),
+        torch.cat([b_lo.expand(lead), b_hi.expand(lead)], dim=0),
+        torch.cat([a_lo.expand(lead), a_hi.expand(lead)], dim=0),
+        tail,
     )
-    return sos_filter(x, b_lo, a_lo), sos_filter(x, b_hi, a_hi)
+    return both[: x.shape[0]], both[x.shape[0] :]
 
 
 def linkwitz_riley_coeffs(
@@ -501,9 +531,6 @@ def linkwitz_riley_coeffs(
 # Parametric EQ
 # --------------------------------------------------------------------------------------
 
-EQ_MODES = ("fft", "exact")
-STEREO_MODES = ("lr", "ms")
-MAX_ORDER = 8
 
 
 def parse_band(band: str, effect: str = "parametric_eq") -> tuple[str, int]:
@@ -530,12 +557,6 @@ def parse_band(band: str, effect: str = "parametric_eq") -> tuple[str, int]:
     )
 
 
-def band_sections(band: str) -> int:
-    """Number of second-order sections a band renders as."""
-    kind, order = parse_band(band)
-    return 1 if order == 0 else (order + 1) // 2
-
-
 def eq_coeffs(
     bands: list[str] | tuple[str, ...],
     freq_hz: Tensor,
@@ -551,7 +572,8 @@ def eq_coeffs(
         sample_rate: Hz.
 
     Shape:
-        ``b, a``: ``(..., n_sections, 3)`` with ``n_sections = sum(band_sections(b))``.
+        ``b, a``: ``(..., n_sections, 3)``: one section per RBJ band, ``ceil(N / 2)`` per
+        order-N Butterworth band.
 
     >>> b, a = eq_coeffs(["low_shelf", "peak", "highpass4"], torch.tensor([100.0, 1e3, 30.0]),
     ...                  torch.full((3,), 0.7), torch.tensor([3.0, -2.0, 0.0]), 44100)
@@ -701,8 +723,55 @@ def _render_fft(x: Tensor, b: Tensor, a: Tensor, tail: int, mix: Tensor | None =
     if mix is not None:
         fir = mix.to(fir.dtype).unsqueeze(-1) * fir
         fir = torch.cat([fir[..., :1] + (1.0 - mix.to(fir.dtype).unsqueeze(-1)), fir[..., 1:]], dim=-1)
-    fir = fir.to(x.dtype)
-    n_time = x.shape[-1]
-    n = next_fast_len(n_time + length - 1)
-    spec = torch.fft.rfft(x, n=n) * torch.fft.rfft(fir, n=n)
-    return torch.fft.irfft(spec, n=n)[..., :n_time]
+    return fft_convolve(x, fir.to(x.dtype))
+
+
+def fft_convolve(x: Tensor, fir: Tensor) -> Tensor:
+    """Causal linear convolution ``y[t] = sum_m fir[m] x[t - m]``, cut to ``x``'s length.
+
+    Signals much longer than the filter are cut into overlapping blocks (overlap-save)
+    with an FFT size of 8-16x the filter: about the arithmetic of one long transform,
+    but each transform fits in cache, which made forward+backward ~1.5x faster on
+    30 s tracks (CPU); short signals take one transform.
+
+    Args:
+        x: ``(B, C, T)``.
+        fir: ``(B|1, C|1, L)`` impulse response.
+
+    Shape:
+        ``(B, C, T)``.
+
+    >>> fft_convolve(torch.tensor([[[1.0, 2.0, 3.0]]]), torch.tensor([[[1.0, 1.0]]])).tolist()
+    [[[1.0, 3.0, 5.0]]]
+    """
+    n_time, length = x.shape[-1], fir.shape[-1]
+    block = 1 << (max(8 * length, 1 << 15) - 1).bit_length()  # powers of 2: fastest on CPU and GPU
+    if n_time + length - 1 <= 2 * block:
+        n = next_fast_len(n_time + length - 1)
+        spec = _mul(torch.fft.rfft(x, n=n), torch.fft.rfft(fir, n=n))
+        return torch.fft.irfft(spec, n=n)[..., :n_time]
+    hop = block - length + 1
+    # Block j holds x[j hop - (length - 1) : (j + 1) hop]: it carries the length - 1
+    # samples before its hop, so the circular wrap of its transform only spoils those,
+    # which are dropped. Only the first and the last block need zeros; the rest are a
+    # strided view, gathered with them into one contiguous tensor (a single copy).
+    full = n_time // hop
+    pieces = [torch.nn.functional.pad(x[..., :hop], (length - 1, 0)).unsqueeze(-2)]
+    pieces.append(x[..., hop - (length - 1) :].unfold(-1, block, hop)[..., : full - 1, :])
+    if n_time % hop:
+        rest = x[..., full * hop - (length - 1) :]
+        pieces.append(torch.nn.functional.pad(rest, (0, block - rest.shape[-1])).unsqueeze(-2))
+    frames = torch.cat(pieces, dim=-2)  # (B, C, n_blocks, block)
+    spec = _mul(torch.fft.rfft(frames, n=block), torch.fft.rfft(fir, n=block).unsqueeze(-2))
+    out = torch.fft.irfft(spec, n=block)[..., length - 1 :]
+    return out.reshape(*out.shape[:-2], -1)[..., :n_time]
+
+
+def _mul(spec: Tensor, response: Tensor) -> Tensor:
+    """``spec * response``, in place when no gradient needs ``spec``'s old value.
+
+    A fresh 100 MB product costs more in page faults than the multiply itself.
+    """
+    if torch.is_grad_enabled() and (spec.requires_grad or response.requires_grad):
+        return spec * response
+    return spec.mul_(response)
