@@ -32,13 +32,16 @@ def test_job_help_shows_defaults(tmp_path):
     assert out.returncode == 0 and "sample_rate: 44100" in out.stdout
 
 
-def test_demo_writes_audio_and_summary(tmp_path):
-    out = diffmix("demo", "seconds=1.0", f"out={tmp_path / 'o'}", cwd=tmp_path)
+def test_demo_mixes_then_masters(tmp_path):
+    out = diffmix("demo", "seconds=3.0", "mix_steps=3", "progress=false", f"out={tmp_path / 'o'}", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     summary = json.loads((tmp_path / "o" / "summary.json").read_text())
-    info = sf.info(str(tmp_path / "o" / "demo_mix.wav"))
-    assert info.samplerate == 44100 and info.channels == 2 and info.frames == 44100
-    assert summary["peak_dbfs"] < 0
+    assert summary["mix"]["fit"]["steps"] == 3
+    assert abs(summary["master"]["achieved"]["lufs"] - -14.0) <= 0.1
+    assert summary["master"]["achieved"]["true_peak_dbtp"] <= -1.0
+    info = sf.info(summary["master"]["audio"])
+    assert info.frames == 3 * 44100 and info.channels == 2
+    assert len(list((tmp_path / "o" / "stems").iterdir())) == 8
 
 
 def test_unknown_job_and_bad_values_fail_in_one_line(tmp_path):

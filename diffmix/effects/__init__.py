@@ -4,13 +4,15 @@ from diffmix.effects.automation import VolumeAutomation
 from diffmix.effects.base import Chain, Effect, Parallel
 from diffmix.effects.delay import Delay
 from diffmix.effects.distortion import Saturation
+from diffmix.effects.dynamics import Compressor, Expander, Limiter, MultibandCompressor
 from diffmix.effects.eq import HighPass, LowPass, ParametricEQ
 from diffmix.effects.gain import Balance, Gain, Pan, Polarity, Width
 from diffmix.effects.modulation import Chorus, Phaser
 from diffmix.effects.reverb import Reverb
 
 __all__ = [
-    "Balance", "Chain", "Chorus", "Delay", "Effect", "Gain", "HighPass", "LowPass", "Pan",
+    "Balance", "Chain", "Chorus", "Compressor", "Delay", "Effect", "Expander", "Gain",
+    "HighPass", "Limiter", "LowPass", "MultibandCompressor", "Pan",
     "Parallel", "ParametricEQ", "Phaser", "Polarity", "Reverb", "Saturation",
     "VolumeAutomation", "Width",
 ]
