@@ -103,7 +103,9 @@ def fit_chain(
 ) -> FitResult:
     """Fit the parameters of ``chain`` (one set per song) matching the glob ``params``.
 
-    The loss is the *sum* over songs, so each song's gradient is its own.
+    The loss is the *sum* over songs, so each song's gradient is its own. The fit renders
+    the chain up to the limiter only: the limiter's drive is set afterwards by the loudness
+    solve, and at the fit's 0 dB drive it would cost time and change nothing the terms see.
     """
     chosen = select(chain, params)
     if not chosen or steps == 0:
@@ -113,7 +115,7 @@ def fit_chain(
 
     def closure(step: int):  # noqa: ANN202
         batch = song_excerpts(xs, keys, length, seed, step)
-        loss, terms = objective(chain(batch))
+        loss, terms = objective(chain(batch, until="limiter"))
         return loss.sum(), {k: float(v.detach().mean()) for k, v in terms.items()}
 
     try:
