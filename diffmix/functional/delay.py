@@ -173,7 +173,7 @@ def delay(
         The mixed signal.
 
     Differentiable in ``x``, ``time_ms``, ``feedback``, ``damping_hz`` and ``mix``.
-    CPU and CUDA; cost is two FFTs of ``~2T`` samples per channel.
+    CPU and CUDA; cost: three FFTs of ``~2T`` samples per channel (input, delay kernel, output).
 
     >>> x = torch.zeros(1, 1, 16); x[..., 0] = 1.0
     >>> y = delay(x, 1000, time_ms=4.0, feedback=0.5, mix=1.0)
