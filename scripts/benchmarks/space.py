@@ -89,20 +89,22 @@ def run(quick: bool) -> str:
     scale = seconds / excerpt
 
     def ratio(a: float, b: float) -> str:
-        return f"{a / b:.1f}x"
+        r = a / b
+        return f"{r:.0f}x" if r >= 10 else f"{r:.1f}x" if r >= 1 else f"{r:.2f}x"
 
+    rev_f, rev_b = t["reverb", False], t["reverb", True]
+    dasp_f, dasp_b = short["dasp", False] * scale, short["dasp", True] * scale
     rows = [
-        ["diffmix Reverb (FFT conv, synthesized IR)", fmt_s(t["reverb", False]), fmt_s(t["reverb", True]), "1.0x / 1.0x"],
+        ["diffmix Reverb (FFT conv, synthesized IR)", fmt_s(rev_f), fmt_s(rev_b), "-"],
         [
             f"dasp noise_shaped_reverberation (extrapolated x{scale:.0f} from {excerpt:g} s)",
-            fmt_s(short["dasp", False] * scale),
-            fmt_s(short["dasp", True] * scale),
-            f"{ratio(short['dasp', False] * scale, t['reverb', False])} / "
-            f"{ratio(short['dasp', True] * scale, t['reverb', True])} slower",
+            fmt_s(dasp_f),
+            fmt_s(dasp_b),
+            f"{ratio(dasp_f, rev_f)} / {ratio(dasp_b, rev_b)}",
         ],
-        ["pedalboard Reverb (C++, no gradients)", fmt_s(t["pb_reverb"]), "n/a", ratio(t["pb_reverb"], t["reverb", False]) + " of diffmix fwd"],
-        ["diffmix Delay (FFT-domain feedback loop)", fmt_s(t["delay", False]), fmt_s(t["delay", True]), "1.0x / 1.0x"],
-        ["pedalboard Delay (C++, no gradients)", fmt_s(t["pb_delay"]), "n/a", ratio(t["pb_delay"], t["delay", False]) + " of diffmix fwd"],
+        ["pedalboard Reverb (C++, no gradients)", fmt_s(t["pb_reverb"]), "n/a", ratio(t["pb_reverb"], rev_f)],
+        ["diffmix Delay (FFT-domain feedback loop)", fmt_s(t["delay", False]), fmt_s(t["delay", True]), "-"],
+        ["pedalboard Delay (C++, no gradients)", fmt_s(t["pb_delay"]), "n/a", ratio(t["pb_delay"], t["delay", False])],
     ]
     like = [
         ["diffmix Reverb", fmt_s(short["diffmix", False]), fmt_s(short["diffmix", True])],
@@ -119,7 +121,7 @@ def run(quick: bool) -> str:
         f"Workload: {TRACKS} stereo tracks x {seconds:g} s, float32, CPU; loss = mean square of "
         "the output, gradients to the effect parameters. Median of "
         f"{repeat} after a warm-up.\n\n"
-        + table(rows, ["effect", "forward", "forward+backward", "ratio (fwd / fwd+bwd)"])
+        + table(rows, ["effect", "forward", "forward+backward", "peer time / diffmix time (fwd / fwd+bwd)"])
         + f"\n\nLike for like on a {excerpt:g} s excerpt of the same tracks (dasp measured once):\n\n"
         + table(like, ["reverb", "forward", "forward+backward"])
         + f"\n\nGoal (reverb forward+backward >= 10x faster than dasp-pytorch): {verdict}, "
