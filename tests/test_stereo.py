@@ -130,6 +130,7 @@ def test_mono_compatibility_figures():
         (lambda: BandWidth(SR, low_hz=20.0), r"BandWidth: low_hz=20 is outside its range"),
         (lambda: band_width(torch.zeros(1, 2, 64), 8000, high_hz=6000.0), "high_hz=6000 must lie between 0 and Nyquist"),
         (lambda: mono_compatibility(torch.zeros(1, 3, 64), SR), "mono_compatibility: audio must have 2 channel"),
+        (lambda: mono_compatibility(torch.zeros(1, 2, 64), SR, crossover_hz=(500.0, 200.0)), "low_hz=500 must be below high_hz=200"),
     ],
 )
 def test_bad_input_raises_value_error(call, match):

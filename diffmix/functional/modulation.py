@@ -216,13 +216,12 @@ def phaser(
     tw = torch.arange(_NFFT, dtype=x.dtype, device=x.device) * alpha
     spec = torch.fft.rfft(frames * torch.exp(-tw[:_FRAME]), _NFFT)
     out = torch.fft.irfft(spec * h, _NFFT) * torch.exp(tw)  # (B, C, F, NFFT)
-    b = out.shape[0]
-    total = (n_frames - 1) * _HOP + _NFFT
-    wet = nnf.fold(
-        out.reshape(b * channels, n_frames, _NFFT).transpose(1, 2),
-        output_size=(1, total),
-        kernel_size=(1, _NFFT),
-        stride=(1, _HOP),
-    ).reshape(b, channels, total)[..., pad : pad + n]
+    # Overlap-add: each frame's FFT block is NFFT / HOP hops long; add hop-sized slices.
+    reach = _NFFT // _HOP
+    seg = out.reshape(*out.shape[:-2], n_frames, reach, _HOP)
+    acc = out.new_zeros(*out.shape[:-2], n_frames + reach - 1, _HOP)
+    for j in range(reach):
+        acc[..., j : j + n_frames, :] += seg[..., j, :]
+    wet = acc.flatten(-2)[..., pad : pad + n]
     m = param(mix, "mix")
     return x + m * (wet - x)

@@ -71,6 +71,8 @@ def _check_crossovers(x: Tensor, low_hz: ParamValue, high_hz: ParamValue, sample
     for name, value in (("low_hz", low_hz), ("high_hz", high_hz)):
         if isinstance(value, (int, float)) and not 0.0 < value < sample_rate / 2:
             raise ValueError(f"{effect}: {name}={value:g} must lie between 0 and Nyquist ({sample_rate / 2:g} Hz)")
+    if isinstance(low_hz, (int, float)) and isinstance(high_hz, (int, float)) and not low_hz < high_hz:
+        raise ValueError(f"{effect}: low_hz={low_hz:g} must be below high_hz={high_hz:g}")
     return lo, hi
 
 
