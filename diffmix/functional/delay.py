@@ -157,7 +157,8 @@ def delay(
     Args:
         x: audio ``(B, C, T)``; ping-pong needs ``C == 2``.
         sample_rate: Hz.
-        time_ms: delay between echoes in ms, > 0 (fractional samples are exact).
+        time_ms: delay between echoes in ms, > 0; fractional samples by a 64-tap
+            windowed-sinc delay, flat to 0.003 dB and 2e-4 rad up to 0.9 x Nyquist.
         feedback: gain of each recirculation, ``0 <= feedback < 1``. Default 0 (one echo).
         damping_hz: cut-off of the one-pole low-pass inside the loop; every repeat is one
             pass darker. Default 20000.
