@@ -86,46 +86,52 @@ def _fast_path(x: Tensor) -> bool:
 
 
 # --------------------------------------------------------------------------- K-weighting
-@functools.lru_cache(maxsize=1)
-def _analog_prototype() -> tuple[tuple[float, float, float, float], tuple[float, float, float]]:
-    # BS.1770 gives the K-weighting only as 48 kHz biquads. Each is the bilinear transform,
-    # pre-warped at its corner frequency, of an analog section
-    #   shelf: (Vh s^2 + Vb (w0/Q) s + w0^2) / (s^2 + (w0/Q) s + w0^2)
-    #   high-pass: g s^2 / (s^2 + (w0/Q) s + w0^2)
-    # With K = tan(pi f0 / fs) and a0 = 1 + K/Q + K^2 the digital coefficients are
-    #   a1 = 2 (K^2 - 1) / a0, a2 = (1 - K/Q + K^2) / a0,
-    #   b0 + b1 + b2 = 4 K^2 / a0 (shelf, unit gain at DC), b0 - b1 + b2 = 4 Vh / a0,
-    #   b0 - b2 = 2 Vb (K/Q) / a0,
-    # which we invert here for (f0, Q, Vh, Vb) and (f0, Q, g). Re-applying the transform at
-    # another rate keeps the analog response, corner and gains; at 48 kHz it returns the
-    # standard's coefficients to rounding. The high-pass keeps the standard's un-normalised
-    # numerator (1, -2, 1): its +0.043 dB passband gain is part of the -0.691 calibration,
-    # so g is held fixed rather than the numerator.
-    def poles(a1: float, a2: float) -> tuple[float, float, float]:
-        k2 = (1.0 + a1 + a2) / (1.0 - a1 + a2)
-        a0 = 4.0 / (1.0 - a1 + a2)
-        k = math.sqrt(k2)
-        k_over_q = (1.0 - a2) * a0 / 2.0
-        return k, k / k_over_q, a0
+CALIBRATION_HZ = 997.0  # BS.1770: -0.691 cancels the K-weighting's gain at 997 Hz
+HIGH_PASS_HZ = 38.0  # the RLB high-pass corner, where its stage is pre-warped
 
-    fs = 48000.0
-    k, q, a0 = poles(_SHELF_48K_A[1], _SHELF_48K_A[2])
-    b0, b1, b2 = _SHELF_48K_B
-    vh = (b0 - b1 + b2) * a0 / 4.0
-    vb = (b0 - b2) * a0 / (2.0 * k / q)
-    shelf = (fs * math.atan(k) / math.pi, q, vh, vb)
-    k, q, a0 = poles(_HP_48K_A[1], _HP_48K_A[2])
-    hp = (fs * math.atan(k) / math.pi, q, a0)
-    return shelf, hp
+
+def _bilinear_constant(sample_rate: float, warp_hz: float) -> float:
+    # s = c (z - 1) / (z + 1), pre-warped so that warp_hz maps exactly.
+    return 2.0 * math.pi * warp_hz / math.tan(math.pi * warp_hz / sample_rate)
+
+
+def _to_analog(b: Sequence[float], a: Sequence[float], fs: float,
+               warp_hz: float) -> tuple[tuple[float, ...], ...]:
+    # Invert the bilinear transform: substitute z^-1 = (c - s) / (c + s) and collect powers
+    # of s. Returns (B2, B1, B0), (A2, A1, A0) of H(s) = (B2 s^2 + B1 s + B0) / (A2 s^2 + ...).
+    c = _bilinear_constant(fs, warp_hz)
+
+    def poly(p: Sequence[float]) -> tuple[float, float, float]:
+        return (p[0] - p[1] + p[2], 2.0 * c * (p[0] - p[2]), c * c * (p[0] + p[1] + p[2]))
+
+    return poly(b), poly(a)
+
+
+def _to_digital(num: Sequence[float], den: Sequence[float], fs: float,
+                warp_hz: float):  # noqa: ANN202
+    c = _bilinear_constant(fs, warp_hz)
+
+    def poly(p: Sequence[float]) -> tuple[float, float, float]:
+        s2, s1, s0 = p[0] * c * c, p[1] * c, p[2]
+        return (s2 + s1 + s0, 2.0 * (s0 - s2), s2 - s1 + s0)
+
+    b, a = poly(num), poly(den)
+    return tuple(v / a[0] for v in b), tuple(v / a[0] for v in a)
 
 
 @functools.lru_cache(maxsize=64)
 def k_weighting_coefficients(sample_rate: int) -> tuple[tuple[float, ...], ...]:
     """The two K-weighting biquads at ``sample_rate``: ``(b_shelf, a_shelf, b_hp, a_hp)``.
 
-    Designed from the analog prototype behind BS.1770's 48 kHz coefficients (see the
-    comment in ``_analog_prototype``), so at 48 kHz it reproduces the standard's
-    coefficients to ~1e-14 and at other rates keeps the same analog response.
+    BS.1770 gives the K-weighting only as 48 kHz biquads. We recover the analog filter
+    behind them by inverting the bilinear transform, and discretise it again at
+    ``sample_rate``. The shelf's transforms are pre-warped at 997 Hz, the frequency whose
+    gain the standard's -0.691 dB cancels, so a 997 Hz tone reads the same at every rate;
+    the high-pass's at its 38 Hz corner, so the low end keeps its shape. At 48 kHz the
+    standard's coefficients come back to ~1e-14. (Pre-warping the shelf at its 1682 Hz
+    corner instead, as some meters do, would read a 997 Hz tone 0.2 dB low at 8 kHz.)
+    The high-pass keeps the analog gain of the standard's un-normalised (1, -2, 1)
+    numerator (+0.043 dB), which is part of the -0.691 calibration.
 
     Args:
         sample_rate: in Hz; above 2 x 1682 Hz, the shelf's corner.
@@ -138,22 +144,18 @@ def k_weighting_coefficients(sample_rate: int) -> tuple[tuple[float, ...], ...]:
     [1.53512486, -2.69169619, 1.19839281]
     """
     sr = check_sample_rate(sample_rate, "k_weighting")
-    (f_shelf, q_shelf, vh, vb), (f_hp, q_hp, g_hp) = _analog_prototype()
-    if sr <= 2.0 * f_shelf:
+    if sr <= _MIN_RATE:
         raise ValueError(
-            f"k_weighting: sample_rate must exceed {2 * f_shelf:.0f} Hz (twice the K-weighting "
+            f"k_weighting: sample_rate must exceed {_MIN_RATE:.0f} Hz (twice the K-weighting "
             f"shelf corner), got {sr}"
         )
-    k = math.tan(math.pi * f_shelf / sr)
-    a0 = 1.0 + k / q_shelf + k * k
-    b_shelf = ((vh + vb * k / q_shelf + k * k) / a0, 2.0 * (k * k - vh) / a0,
-               (vh - vb * k / q_shelf + k * k) / a0)
-    a_shelf = (1.0, 2.0 * (k * k - 1.0) / a0, (1.0 - k / q_shelf + k * k) / a0)
-    k = math.tan(math.pi * f_hp / sr)
-    a0 = 1.0 + k / q_hp + k * k
-    b_hp = (g_hp / a0, -2.0 * g_hp / a0, g_hp / a0)
-    a_hp = (1.0, 2.0 * (k * k - 1.0) / a0, (1.0 - k / q_hp + k * k) / a0)
-    return b_shelf, a_shelf, b_hp, a_hp
+    shelf = _to_digital(*_to_analog(_SHELF_48K_B, _SHELF_48K_A, 48000.0, CALIBRATION_HZ), sr,
+                        CALIBRATION_HZ)
+    hp = _to_digital(*_to_analog(_HP_48K_B, _HP_48K_A, 48000.0, HIGH_PASS_HZ), sr, HIGH_PASS_HZ)
+    return shelf[0], shelf[1], hp[0], hp[1]
+
+
+_MIN_RATE = 2 * 1682.0
 
 
 @functools.lru_cache(maxsize=64)
