@@ -107,14 +107,23 @@ class BoundedParam(nn.Module):
         super().__init__()
         self.spec = spec
         self.effect = effect
-        dtype = torch.get_default_dtype()
-        v = _as_value_tensor(value, spec, effect, dtype)
-        self.raw = nn.Parameter(spec.to_raw(v.double()).to(dtype), spec.differentiable)
-        self.register_buffer("anchor", v.clone())
-        self._anchor_on()
+        v = _as_value_tensor(value, spec, effect)
+        self.raw = nn.Parameter(
+            spec.to_raw(v).to(torch.get_default_dtype()), spec.differentiable
+        )
+        self._set_anchor(v)
 
-    def _anchor_on(self) -> None:
+    def _set_anchor(self, value: Tensor) -> None:
+        # Kept in float64 on the CPU, outside the state dict and untouched by .float() or
+        # .half(): the exact value in any dtype. Copies per (dtype, device) are cached.
+        self._exact = value.detach().to("cpu", torch.float64).clone()
+        self._copies: dict[tuple[torch.dtype, torch.device], Tensor] = {}
         self._anchor_key: tuple[Tensor, int] | None = (self.raw, self.raw._version)
+
+    @property
+    def anchor(self) -> Tensor:
+        """The exact physical value last set (float64, CPU)."""
+        return self._exact
 
     def _anchored(self) -> bool:
         key = self._anchor_key
@@ -123,27 +132,37 @@ class BoundedParam(nn.Module):
     def forward(self) -> Tensor:
         mapped = self.spec.from_raw(self.raw)
         if self._anchored():
+            where = (self.raw.dtype, self.raw.device)
+            exact = self._copies.get(where)
+            if exact is None:
+                exact = self._copies[where] = self._exact.to(self.raw.device, self.raw.dtype)
             # Exactly the stored physical value, with the mapping's gradient attached.
-            return self.anchor + (mapped - mapped.detach())
+            return exact + (mapped - mapped.detach())
         return mapped
 
     @torch.no_grad()
     def set(self, value: ParamValue) -> None:
         """Set the physical value (validated; the shape may change)."""
-        v = _as_value_tensor(value, self.spec, self.effect, self.raw.dtype).to(self.raw.device)
-        self.raw.data = self.spec.to_raw(v.double()).to(self.raw.dtype)
-        self.anchor = v.clone()
-        self._anchor_on()
+        v = _as_value_tensor(value, self.spec, self.effect)
+        self.raw.data = self.spec.to_raw(v).to(self.raw.device, self.raw.dtype)
+        self._set_anchor(v)
 
     def value(self) -> Tensor:
-        """Current physical value, detached."""
+        """Current physical value, detached, in the parameter's dtype and device."""
         return self().detach()
+
+    def exact(self) -> Tensor:
+        """Current physical value in float64 on the CPU: what presets store."""
+        if self._anchored():
+            return self._exact.clone()
+        with torch.no_grad():
+            return self.spec.from_raw(self.raw.detach().to("cpu", torch.float64))
 
     def _apply(self, fn, recurse=True):  # type: ignore[no-untyped-def]
         anchored = self._anchored()
         out = super()._apply(fn, recurse)
         if anchored:
-            self._anchor_on()
+            self._anchor_key = (self.raw, self.raw._version)
         else:
             self._anchor_key = None
         return out
@@ -152,12 +171,16 @@ class BoundedParam(nn.Module):
         return f"{self.spec.name}, shape={tuple(self.raw.shape)}"
 
 
-def _as_value_tensor(value: ParamValue, spec: ParamSpec, effect: str, dtype: torch.dtype) -> Tensor:
+def _as_value_tensor(value: ParamValue, spec: ParamSpec, effect: str) -> Tensor:
+    """The value as a float64 CPU tensor, validated against the spec."""
     try:
-        v = torch.as_tensor(value.detach() if isinstance(value, Tensor) else value, dtype=dtype)
+        if isinstance(value, Tensor):
+            v = value.detach().to("cpu", torch.float64)
+        else:
+            v = torch.as_tensor(value, dtype=torch.float64)
     except (TypeError, ValueError, RuntimeError) as exc:
         raise ValueError(f"{effect}: {spec.name} must be a number or tensor, got {value!r}") from exc
-    spec.check(v.double(), effect)
+    spec.check(v, effect)
     return v
 
 

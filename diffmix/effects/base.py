@@ -75,7 +75,7 @@ class Effect(nn.Module):
         node["sample_rate"] = self.sample_rate
         node.update({k: _plain(v) for k, v in self._options.items()})
         for name, param in self.params.items():
-            node[name] = _plain(param.value())
+            node[name] = _plain(param.exact())
         return node
 
     def load_values(self, values: dict[str, ParamValue]) -> None:
@@ -148,7 +148,7 @@ class Chain(nn.Module):
             "_target_": "diffmix.effects.base.Chain",
             "sample_rate": self.sample_rate,
             "effects": [e.preset() for e in self.effects],  # type: ignore[operator]
-            "mix": _plain(self.mix.value()),
+            "mix": _plain(self.mix.exact()),
         }
 
 

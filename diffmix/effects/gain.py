@@ -56,10 +56,12 @@ class Pan(Effect):
 
     def __init__(self, sample_rate: int, pan: ParamValue | None = None) -> None:
         super().__init__(sample_rate, pan=pan)
+        # Set by the console: items that are mono sources carried as two equal channels.
+        self.mono_items: Tensor | None = None
 
     def forward(self, x: Tensor) -> Tensor:
         self.check(x)
-        return F.pan(x, self.sample_rate, pan=self.p("pan"))
+        return F.pan(x, self.sample_rate, pan=self.p("pan"), mono_items=self.mono_items)
 
 
 class Balance(Effect):

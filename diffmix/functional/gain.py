@@ -53,7 +53,9 @@ def _pan_angles(position: Tensor) -> tuple[Tensor, Tensor]:
     return torch.cos(theta), torch.sin(theta)
 
 
-def pan(x: Tensor, sample_rate: int, *, pan: ParamValue) -> Tensor:
+def pan(
+    x: Tensor, sample_rate: int, *, pan: ParamValue, mono_items: Tensor | None = None
+) -> Tensor:
     """Constant-power pan to stereo; ``pan`` from -1 (hard left) to 1 (hard right).
 
     A mono source is placed at ``pan`` with gains ``cos θ, sin θ`` (θ = (pan+1)·π/4), so
@@ -61,6 +63,10 @@ def pan(x: Tensor, sample_rate: int, *, pan: ParamValue) -> Tensor:
     at ``pan = 0``; moving right, the left channel travels to the right (reaching it at
     ``pan = 1``) while the right channel stays put, and vice versa. Each input channel's
     power is preserved. Gradients are finite at both extremes.
+
+    ``mono_items`` (bool ``(B,)``) marks stereo-shaped items that are really mono sources
+    (dual-mono stems batched with stereo ones): those are panned from channel 0 with the
+    mono law.
 
     Shape:
         ``(B, 1 or 2, T)`` -> ``(B, 2, T)``.
@@ -71,10 +77,21 @@ def pan(x: Tensor, sample_rate: int, *, pan: ParamValue) -> Tensor:
     """
     p = per_sample(pan, x, name="pan", effect="pan")
     if x.shape[1] == 1:
-        gl, gr = _pan_angles(p)
-        return torch.cat([x * gl, x * gr], dim=1)
+        return _pan_mono(x, p)
     if x.shape[1] != 2:
         raise ValueError(f"pan: input must have 1 or 2 channels, got {x.shape[1]}")
+    if mono_items is not None:
+        mono = mono_items.view(-1, 1, 1).to(x.device)
+        return torch.where(mono, _pan_mono(x[:, :1], p), _pan_stereo(x, p))
+    return _pan_stereo(x, p)
+
+
+def _pan_mono(x: Tensor, p: Tensor) -> Tensor:
+    gl, gr = _pan_angles(p[:, :1])
+    return torch.cat([x * gl, x * gr], dim=1)
+
+
+def _pan_stereo(x: Tensor, p: Tensor) -> Tensor:
     pos_left = -1.0 + 2.0 * torch.relu(p)
     pos_right = 1.0 - 2.0 * torch.relu(-p)
     ll, lr = _pan_angles(pos_left[:, :1])

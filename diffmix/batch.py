@@ -1,0 +1,212 @@
+"""Batch runs over a manifest: resumable, failure-isolating, sharded across processes.
+
+A manifest lists items (CSV or JSONL with an ``input`` column, or a folder/glob of audio
+files). Each finished item appends one JSON line to a per-rank results file *after* its
+outputs are renamed into place, so a run killed at any instant resumes cleanly: items with
+an ``ok`` line whose outputs exist are skipped, everything else is redone. A failing item
+is recorded with its error and the others go on.
+
+Scale-out uses ``torch.distributed`` (launched by torchrun): rank ``r`` of ``w`` takes items
+``r, r + w, ...``; rank 0 waits at a barrier and merges every rank's results into
+``results.jsonl`` in manifest order. gloo on CPU, nccl on GPU.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from diffmix.inputs import AUDIO_SUFFIXES, expand_paths
+
+
+@dataclass
+class Item:
+    """One unit of work: an ``id``, an ``input`` path and any other manifest columns."""
+
+    id: str
+    input: str
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def read_manifest(spec: str | Path) -> list[Item]:
+    """Items from a CSV/JSONL manifest, or from a folder or glob of audio files.
+
+    CSV and JSONL rows need an ``input``; ``id`` defaults to the input's stem and must be
+    unique. Relative paths are resolved against the manifest's folder.
+    """
+    path = Path(str(spec))
+    if path.suffix.lower() in (".csv", ".jsonl"):
+        if not path.is_file():
+            raise ValueError(f"manifest {path}: file not found")
+        rows = _read_rows(path)
+        base = path.parent
+    else:
+        files = [p for p in expand_paths(str(spec), "manifest") if p.suffix.lower() in AUDIO_SUFFIXES]
+        rows = [{"input": str(p)} for p in files]
+        base = Path.cwd()
+    items, seen = [], set()
+    for i, row in enumerate(rows, 1):
+        if not row.get("input"):
+            raise ValueError(f"manifest {path}: row {i} has no 'input'")
+        inp = Path(str(row["input"]))
+        inp = inp if inp.is_absolute() else base / inp
+        item_id = str(row.get("id") or inp.stem)
+        if item_id in seen:
+            raise ValueError(f"manifest {path}: duplicate id {item_id!r} (row {i})")
+        seen.add(item_id)
+        extra = {k: v for k, v in row.items() if k not in ("id", "input") and v not in (None, "")}
+        items.append(Item(item_id, str(inp), extra))
+    if not items:
+        raise ValueError(f"manifest {path}: no items")
+    return items
+
+
+def _read_rows(path: Path) -> list[dict[str, Any]]:
+    if path.suffix.lower() == ".csv":
+        with path.open(newline="") as fh:
+            return list(csv.DictReader(fh))
+    rows = []
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"manifest {path}: line {n} is not JSON ({exc.msg})") from exc
+    return rows
+
+
+def shard(items: Sequence[Item], rank: int, world: int) -> list[Item]:
+    """Rank ``rank``'s disjoint share: every ``world``-th item from ``rank``."""
+    if not 0 <= rank < world:
+        raise ValueError(f"shard: rank {rank} outside world of {world}")
+    return list(items[rank::world])
+
+
+def load_results(path: Path) -> dict[str, dict[str, Any]]:
+    """Last record per item id from a results JSONL; a torn final line is ignored."""
+    out: dict[str, dict[str, Any]] = {}
+    if not path.exists():
+        return out
+    for line in path.read_text().splitlines():
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a line cut short by a kill
+        out[rec["id"]] = rec
+    return out
+
+
+def done(record: dict[str, Any] | None) -> bool:
+    """An item is done when its record says ok and every output it names exists."""
+    if not record or record.get("status") != "ok":
+        return False
+    return all(Path(p).exists() for p in record.get("outputs", {}).values())
+
+
+def append_result(path: Path, record: dict[str, Any]) -> None:
+    """Append one JSON line and flush it to disk before returning."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as fh:
+        fh.write(json.dumps(record, sort_keys=True) + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+Processor = Callable[[list[Item]], Iterable[dict[str, Any]]]
+
+
+def run_items(
+    items: Sequence[Item],
+    process: Processor,
+    results: Path,
+    *,
+    group_size: int = 1,
+    on_progress: Callable[[int], None] | None = None,
+) -> dict[str, dict[str, Any]]:
+    """Process the items not yet done, ``group_size`` at a time, isolating failures.
+
+    ``process(group)`` yields one record per item (``id``, ``status``, ``outputs``,
+    metrics...). If a whole group raises, each item is retried alone so one bad item
+    cannot fail the others.
+    """
+    previous = load_results(results)
+    todo = [it for it in items if not done(previous.get(it.id))]
+    if on_progress:
+        on_progress(len(items) - len(todo))
+    for start in range(0, len(todo), max(1, group_size)):
+        group = todo[start : start + max(1, group_size)]
+        try:
+            records = list(process(group))
+        except Exception:  # noqa: BLE001 - isolate: retry each item alone
+            if len(group) == 1:
+                records = [_failure(group[0])]
+            else:
+                records = []
+                for it in group:
+                    try:
+                        records += list(process([it]))
+                    except Exception:  # noqa: BLE001
+                        records.append(_failure(it))
+        for rec in records:
+            append_result(results, rec)
+            previous[rec["id"]] = rec
+        if on_progress:
+            on_progress(len(group))
+    return {it.id: previous[it.id] for it in items if it.id in previous}
+
+
+def _failure(item: Item) -> dict[str, Any]:
+    import sys
+
+    exc = sys.exc_info()[1]
+    return {"id": item.id, "input": item.input, "status": "failed", "error": _one_line(exc)}
+
+
+def _one_line(exc: BaseException | None) -> str:
+    if exc is None:
+        return "unknown error"
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
+
+
+def merge_results(parts: Sequence[Path], items: Sequence[Item], out: Path) -> list[dict[str, Any]]:
+    """Merge per-rank results into ``out`` (JSONL, manifest order), atomically."""
+    from diffmix.io import atomic_write_text
+
+    merged: dict[str, dict[str, Any]] = {}
+    for part in parts:
+        merged.update(load_results(part))
+    rows = [merged[it.id] for it in items if it.id in merged]
+    atomic_write_text(out, "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
+    return rows
+
+
+def dist_context() -> tuple[int, int]:
+    """``(rank, world)``, initialising torch.distributed when launched by torchrun.
+
+    gloo on CPU, nccl when CUDA is present. A plain run is rank 0 of 1.
+    """
+    import torch
+    import torch.distributed as dist
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1
+    if not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        dist.init_process_group(backend)
+        if backend == "nccl":
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    return dist.get_rank(), dist.get_world_size()
+
+
+def barrier() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()

@@ -1,0 +1,331 @@
+"""The mixing console: channel strips, subgroup buses, FX sends and a master bus.
+
+Tracks fold into the batch axis. A channel strip is one :class:`Bus` whose every
+parameter holds one value per track (and per song when several songs are mixed at once),
+so each effect type runs once for all tracks; there is no per-track Python loop.
+
+Routing, for stems ``(songs, tracks, channels, time)``::
+
+    track -> strip ----------------------------------------+--> master bus -> mix
+                   \\-> subgroup bus strip (if grouped) ----/
+                   \\-> send_db -> FX bus (reverb, delay) -> return_db
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from diffmix.checks import check_audio, check_multitrack, check_sample_rate
+from diffmix.effects.base import _plain
+from diffmix.functional.gain import db_to_amp
+from diffmix.params import BoundedParam, ParamSpec
+
+SEND_SPEC = ParamSpec("send_db", -80.0, 0.0, -80.0)
+RETURN_SPEC = ParamSpec("return_db", -40.0, 12.0, 0.0)
+
+
+def bounded_params(module: nn.Module) -> dict[str, BoundedParam]:
+    """Every :class:`BoundedParam` under ``module`` by dotted path."""
+    return {n: m for n, m in module.named_modules() if isinstance(m, BoundedParam)}
+
+
+class Bus(nn.Module):
+    """Named effects in series whose parameters hold one value per item (track, bus or song).
+
+    Args:
+        sample_rate: Hz.
+        effects: name -> effect, in processing order, built with single-item values.
+        items: how many items (tracks, buses or songs) run through the bus at once; every
+            parameter value gets a leading axis of this size.
+        values: optional ``{"<effect>.<param>": per-item physical values}`` overriding the
+            expanded defaults (as written by :meth:`preset`).
+
+    Shape:
+        ``(items, channels, time)`` -> ``(items, channels', time)``.
+
+    Differentiable in every parameter of every effect. CUDA: yes.
+    """
+
+    def __init__(
+        self,
+        sample_rate: int,
+        effects: Mapping[str, nn.Module],
+        items: int = 1,
+        values: Mapping[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        self.sample_rate = check_sample_rate(sample_rate, "Bus")
+        if int(items) < 1:
+            raise ValueError(f"Bus: items must be >= 1, got {items}")
+        self.items = int(items)
+        self.effects = nn.ModuleDict(dict(effects))
+        self._templates = {
+            name: effect.preset() for name, effect in self.effects.items()  # type: ignore[operator]
+        }
+        for param in bounded_params(self.effects).values():
+            single = param.anchor
+            param.set(single.expand(self.items, *single.shape).clone())
+        self._initial = {k: p.exact() for k, p in self.named_values().items()}
+        if values:
+            self.load_values(values)
+
+    def named_values(self) -> dict[str, BoundedParam]:
+        """``"<effect>.<param>"`` -> its :class:`BoundedParam`."""
+        return {
+            path.replace(".params.", "."): p for path, p in bounded_params(self.effects).items()
+        }
+
+    def load_values(self, values: Mapping[str, Any]) -> None:
+        params = self.named_values()
+        unknown = sorted(set(values) - set(params))
+        if unknown:
+            raise ValueError(f"Bus: unknown parameter(s) {unknown}; known: {sorted(params)}")
+        for key, value in values.items():
+            v = torch.as_tensor(value, dtype=torch.float64)
+            want = params[key].anchor.shape
+            if tuple(v.shape) != tuple(want):
+                raise ValueError(f"Bus: {key} needs shape {tuple(want)}, got {tuple(v.shape)}")
+            params[key].set(v)
+
+    def set_amount(self, effect: str, amount: float) -> None:
+        """Scale the change of ``effect``'s parameters since construction by ``amount`` (0..1).
+
+        Log-scaled parameters are interpolated geometrically.
+        """
+        if not 0.0 <= amount <= 1.0:
+            raise ValueError(f"Bus: amount for {effect!r} must be in [0, 1], got {amount}")
+        if effect not in self.effects:
+            raise ValueError(f"Bus: no effect named {effect!r}; have {list(self.effects)}")
+        for key, param in self.named_values().items():
+            if not key.startswith(effect + "."):
+                continue
+            start, now = self._initial[key], param.exact()
+            if param.spec.scale == "log":
+                target = start * (now / start) ** amount
+            else:
+                target = start + amount * (now - start)
+            param.set(target.clamp(param.spec.min, param.spec.max))
+
+    def forward(self, x: Tensor) -> Tensor:
+        for effect in self.effects.values():
+            x = effect(x)
+        return x
+
+    def preset(self) -> dict[str, Any]:
+        return {
+            "_target_": "diffmix.console.Bus",
+            "sample_rate": self.sample_rate,
+            "effects": self._templates,
+            "items": self.items,
+            "values": {k: _plain(p.exact()) for k, p in self.named_values().items()},
+        }
+
+
+class Console(nn.Module):
+    """A mixing console for ``songs`` multitracks of ``tracks`` stems each.
+
+    Args:
+        sample_rate: Hz.
+        tracks: stems per song.
+        strip: the channel strip: name -> effect (single-track values), e.g. input gain,
+            high-pass, EQ, compressor, pan, width, fader. Must turn its input stereo (a
+            ``Pan``) if stems can be mono.
+        master: the master bus: name -> effect.
+        groups: optional subgroup buses: bus name -> track indices or names.
+        group_strip: the strip of each subgroup bus (default: none, a plain sum).
+        sends: optional FX buses: name -> effect (run fully wet), fed post-fader by a
+            per-track ``send_db`` and returned at ``return_db``.
+        track_names: names of the tracks (for groups by name and for reports).
+        mono: which tracks are mono sources carried as two equal channels.
+        songs: multitracks processed at once; every parameter is per song.
+        values: fitted values as written by :meth:`preset`.
+
+    Shape:
+        ``(songs, tracks, 1 or 2, time)`` -> ``(songs, 2, time)``.
+
+    Differentiable in every effect parameter, send and return level. CUDA: yes.
+    """
+
+    def __init__(
+        self,
+        sample_rate: int,
+        tracks: int,
+        strip: Mapping[str, nn.Module],
+        master: Mapping[str, nn.Module] | None = None,
+        groups: Mapping[str, Sequence[int | str]] | None = None,
+        group_strip: Mapping[str, nn.Module] | None = None,
+        sends: Mapping[str, nn.Module] | None = None,
+        track_names: Sequence[str] | None = None,
+        mono: Sequence[bool] | None = None,
+        songs: int = 1,
+        values: Mapping[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        self.sample_rate = check_sample_rate(sample_rate, "Console")
+        if int(tracks) < 1 or int(songs) < 1:
+            raise ValueError(f"Console: tracks and songs must be >= 1, got {tracks}, {songs}")
+        self.tracks, self.songs = int(tracks), int(songs)
+        self.track_names = list(track_names) if track_names else [f"track{i}" for i in range(tracks)]
+        if len(self.track_names) != self.tracks:
+            raise ValueError(
+                f"Console: {len(self.track_names)} track names for {self.tracks} tracks"
+            )
+        n_items = self.songs * self.tracks
+        self.strip = Bus(sample_rate, strip, items=n_items)
+        self.master = Bus(sample_rate, master or {}, items=self.songs)
+        self.groups = {k: self._indices(k, v) for k, v in (groups or {}).items()}
+        routing = torch.zeros(len(self.groups), self.tracks)
+        for g, members in enumerate(self.groups.values()):
+            routing[g, members] = 1.0
+        if (routing.sum(0) > 1).any():
+            raise ValueError("Console: a track is routed to more than one group")
+        self.register_buffer("routing", routing)
+        self.register_buffer("direct", (routing.sum(0) == 0).to(torch.float32))
+        self.group_strip = Bus(
+            sample_rate, group_strip or {}, items=max(1, self.songs * len(self.groups))
+        )
+        self.sends = nn.ModuleDict(dict(sends or {}))
+        self.send_levels = nn.ModuleDict(
+            {k: BoundedParam(SEND_SPEC, torch.full((n_items,), SEND_SPEC.default), k) for k in self.sends}
+        )
+        self.return_levels = nn.ModuleDict(
+            {k: BoundedParam(RETURN_SPEC, torch.zeros(self.songs), k) for k in self.sends}
+        )
+        mono_flags = list(mono) if mono is not None else [False] * self.tracks
+        if len(mono_flags) != self.tracks:
+            raise ValueError(f"Console: {len(mono_flags)} mono flags for {self.tracks} tracks")
+        mono_items = torch.tensor(mono_flags, dtype=torch.bool).repeat(self.songs)
+        for effect in self.strip.effects.values():
+            if hasattr(effect, "mono_items"):
+                effect.mono_items = mono_items
+        self._config = {
+            "groups": {k: list(v) for k, v in self.groups.items()},
+            "mono": mono_flags,
+            "track_names": self.track_names,
+        }
+        if values:
+            self.load_values(values)
+
+    def _indices(self, group: str, members: Sequence[int | str]) -> list[int]:
+        out = []
+        for m in members:
+            if isinstance(m, str):
+                if m not in self.track_names:
+                    raise ValueError(f"Console: group {group!r} names unknown track {m!r}")
+                out.append(self.track_names.index(m))
+            elif 0 <= int(m) < self.tracks:
+                out.append(int(m))
+            else:
+                raise ValueError(f"Console: group {group!r} has track index {m} out of range")
+        return out
+
+    def named_values(self) -> dict[str, BoundedParam]:
+        """Every parameter by a readable path: ``strip.eq.gain_db``, ``sends.reverb.send_db``."""
+        out: dict[str, BoundedParam] = {}
+        for prefix, bus in (("strip", self.strip), ("group", self.group_strip), ("master", self.master)):
+            out.update({f"{prefix}.{k}": v for k, v in bus.named_values().items()})
+        for k, p in self.send_levels.items():
+            out[f"sends.{k}.send_db"] = p  # type: ignore[assignment]
+        for k, p in self.return_levels.items():
+            out[f"sends.{k}.return_db"] = p  # type: ignore[assignment]
+        for name, fx in self.sends.items():
+            for path, p in bounded_params(fx).items():
+                out[f"sends.{name}.{path.replace('params.', '')}"] = p
+        return out
+
+    def load_values(self, values: Mapping[str, Any]) -> None:
+        params = self.named_values()
+        unknown = sorted(set(values) - set(params))
+        if unknown:
+            raise ValueError(f"Console: unknown parameter(s) {unknown}")
+        for key, value in values.items():
+            params[key].set(torch.as_tensor(value, dtype=torch.float64))
+
+    def select(self, patterns: Sequence[str]) -> list[nn.Parameter]:
+        """Turn gradients on for parameters matching any glob pattern, off for the rest.
+
+        Returns the raw tensors to hand to an optimiser.
+        """
+        chosen = []
+        for key, param in self.named_values().items():
+            on = param.spec.differentiable and any(fnmatch.fnmatch(key, p) for p in patterns)
+            param.raw.requires_grad_(on)
+            if on:
+                chosen.append(param.raw)
+        return chosen
+
+    def prior(self, initial: Mapping[str, Tensor]) -> Tensor:
+        """Pull toward neutral: mean squared change of the fitted parameters since
+        ``initial`` (values by :meth:`named_values` key), each scaled by its range
+        (log-scaled parameters in the log domain). Differentiable."""
+        terms = []
+        for key, param in self.named_values().items():
+            if not param.raw.requires_grad or key not in initial:
+                continue
+            spec, now = param.spec, param()
+            start = initial[key].to(now.dtype)
+            if spec.scale == "log":
+                delta = (torch.log(now) - torch.log(start)) / (math.log(spec.max) - math.log(spec.min))
+            else:
+                delta = (now - start) / (spec.max - spec.min)
+            terms.append(delta.square().mean())
+        if not terms:
+            return torch.zeros(())
+        return torch.stack(terms).mean()
+
+    def forward(self, stems: Tensor) -> Tensor:
+        check_multitrack(stems, "Console")
+        s, n, c, t = stems.shape
+        if (s, n) != (self.songs, self.tracks):
+            raise ValueError(
+                f"Console: built for {self.songs} song(s) x {self.tracks} tracks, "
+                f"got stems of shape {tuple(stems.shape)}"
+            )
+        tracks = self.strip(stems.reshape(s * n, c, t))
+        if tracks.shape[1] != 2:
+            raise ValueError("Console: the channel strip must output stereo (add a Pan)")
+        tracks = tracks.view(s, n, 2, t)
+        master_in = (tracks * self.direct.view(1, n, 1, 1)).sum(1)
+        if self.groups:
+            g = len(self.groups)
+            bus_in = torch.einsum("gn,snct->sgct", self.routing.to(tracks.dtype), tracks)
+            master_in = master_in + self.group_strip(bus_in.reshape(s * g, 2, t)).view(s, g, 2, t).sum(1)
+        for name, fx in self.sends.items():
+            level = db_to_amp(self.send_levels[name]()).to(tracks.dtype).view(s, n, 1, 1)
+            ret = db_to_amp(self.return_levels[name]()).to(tracks.dtype).view(s, 1, 1)
+            master_in = master_in + ret * fx((tracks * level).sum(1))
+        return self.master(master_in)
+
+    def preset(self) -> dict[str, Any]:
+        return {
+            "_target_": "diffmix.console.Console",
+            "sample_rate": self.sample_rate,
+            "tracks": self.tracks,
+            "songs": self.songs,
+            "strip": self.strip._templates,
+            "master": self.master._templates,
+            "group_strip": self.group_strip._templates,
+            "sends": {k: fx.preset() for k, fx in self.sends.items()},  # type: ignore[operator]
+            **self._config,
+            "values": {k: _plain(p.exact()) for k, p in self.named_values().items()},
+        }
+
+
+def as_stereo_stems(stems: Sequence[Tensor], effect: str = "Console") -> tuple[Tensor, list[bool]]:
+    """Stack ``(channels, time)`` stems of equal length into ``(1, N, 2, T)``.
+
+    Mono stems become two equal channels and are flagged, so the console pans them with
+    the mono law.
+    """
+    out, mono = [], []
+    for i, stem in enumerate(stems):
+        check_audio(stem.unsqueeze(0), effect, channels=(1, 2), name=f"stem {i}")
+        mono.append(stem.shape[0] == 1)
+        out.append(stem.expand(2, -1) if stem.shape[0] == 1 else stem)
+    return torch.stack(out).unsqueeze(0), mono

@@ -1,0 +1,139 @@
+"""Delivery: sample-rate conversion, TPDF dither, quantisation and atomic writing.
+
+The final true-peak check runs on the *quantised* signal, the one the listener gets. If
+it exceeds the ceiling, the signal is re-limited (gain lowered by the overshoot) and
+requantised until it holds; the report says so.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from diffmix.inputs import resample
+from diffmix.io import write_audio
+
+FORMATS = {"wav": "WAV", "flac": "FLAC", "aiff": "AIFF"}
+SUBTYPES = {"16": "PCM_16", "24": "PCM_24", "float": "FLOAT"}
+# FLAC has no float samples.
+_ALLOWED = {("flac", "float")}
+
+
+@dataclass
+class DeliveryReport:
+    """What delivery did to the audio, for the job's JSON report."""
+
+    path: str
+    format: str
+    bit_depth: str
+    sample_rate: int
+    dithered: bool
+    true_peak_dbtp: float
+    ceiling_dbtp: float | None
+    relimited: bool
+    relimit_gain_db: float
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def check_format(fmt: str, bit_depth: str | int) -> tuple[str, str]:
+    """Validate a (format, bit depth) pair; returns normalised strings."""
+    fmt, depth = str(fmt).lower(), str(bit_depth).lower()
+    if fmt not in FORMATS:
+        raise ValueError(f"delivery: format must be one of {sorted(FORMATS)}, got {fmt!r}")
+    if depth not in SUBTYPES:
+        raise ValueError(f"delivery: bit_depth must be 16, 24 or float, got {bit_depth!r}")
+    if (fmt, depth) in _ALLOWED:
+        raise ValueError("delivery: FLAC cannot hold float samples; use bit_depth=16 or 24")
+    return fmt, depth
+
+
+def tpdf_dither(x: Tensor, bits: int, generator: torch.Generator) -> Tensor:
+    """Add triangular-PDF dither of ±1 LSB peak (the sum of two uniform ±½ LSB draws)."""
+    lsb = 2.0 ** (1 - bits)
+    u = torch.rand((2, *x.shape), generator=generator, dtype=torch.float64)
+    return x + ((u[0] - u[1]) * lsb).to(x.dtype)
+
+
+def quantise(x: Tensor, bits: int) -> Tensor:
+    """Round to ``bits``-bit PCM steps, clamped to the representable range."""
+    scale = 2.0 ** (bits - 1)
+    return torch.round(x.double() * scale).clamp(-scale, scale - 1).div(scale).to(x.dtype)
+
+
+def prepare(
+    audio: Tensor,
+    sample_rate: int,
+    *,
+    bit_depth: str,
+    target_rate: int | None = None,
+    dither: bool = True,
+    seed: int = 0,
+) -> tuple[Tensor, int, bool]:
+    """Convert the rate and quantise (with dither) as the file will store it.
+
+    Returns:
+        ``(audio, rate, dithered)`` with audio ``(channels, time)`` float64.
+    """
+    x, rate = audio.double(), int(sample_rate)
+    if target_rate and int(target_rate) != rate:
+        x, rate = resample(x, rate, int(target_rate)), int(target_rate)
+    if bit_depth == "float":
+        return x, rate, False
+    bits = int(bit_depth)
+    gen = torch.Generator().manual_seed(int(seed))
+    if dither:
+        x = tpdf_dither(x, bits, gen)
+    return quantise(x, bits), rate, dither
+
+
+def deliver(
+    audio: Tensor,
+    sample_rate: int,
+    path: str | Path,
+    *,
+    fmt: str = "wav",
+    bit_depth: str | int = 24,
+    target_rate: int | None = None,
+    dither: bool = True,
+    ceiling_dbtp: float | None = None,
+    true_peak_db: Callable[[Tensor, int], float] | None = None,
+    seed: int = 0,
+    protect: tuple[str | Path, ...] = (),
+) -> DeliveryReport:
+    """Convert, dither, quantise, check the true peak, re-limit if needed, write atomically.
+
+    Args:
+        audio: ``(channels, time)`` float audio.
+        ceiling_dbtp: true-peak ceiling checked after conversion and quantisation.
+        true_peak_db: ``(audio (1, C, T), rate) -> dBTP``; needed with a ceiling.
+        protect: input paths that must never be overwritten.
+    """
+    fmt, depth = check_format(fmt, bit_depth)
+    if ceiling_dbtp is not None and true_peak_db is None:
+        raise ValueError("delivery: a true-peak ceiling needs a true-peak meter")
+    relimit_db = 0.0
+    for _ in range(8):
+        gain = 10.0 ** (relimit_db / 20.0)
+        out, rate, dithered = prepare(
+            audio * gain, sample_rate, bit_depth=depth, target_rate=target_rate,
+            dither=dither, seed=seed,
+        )
+        tp = float(true_peak_db(out.unsqueeze(0), rate)) if true_peak_db else float("nan")
+        if ceiling_dbtp is None or tp <= ceiling_dbtp:
+            break
+        # Lower by the overshoot plus one quantisation step's worth of margin.
+        relimit_db -= (tp - ceiling_dbtp) + 0.01
+    else:  # pragma: no cover - eight rounds always suffice in practice
+        raise RuntimeError(f"delivery: could not bring the true peak under {ceiling_dbtp} dBTP")
+    written = write_audio(Path(path), out, rate, subtype=SUBTYPES[depth], protect=protect)
+    return DeliveryReport(
+        path=str(written), format=fmt, bit_depth=depth, sample_rate=rate, dithered=dithered,
+        true_peak_dbtp=tp, ceiling_dbtp=ceiling_dbtp, relimited=relimit_db < 0,
+        relimit_gain_db=relimit_db,
+    )

@@ -1,0 +1,76 @@
+"""Long-term spectra and fractional-octave bands. Differentiable; CPU and CUDA.
+
+The long-term spectrum is Welch's average of Hann-windowed periodograms. Bands follow
+IEC 61260-1 base-10 fractional-octave centres (1 kHz reference); a band's power is the
+sum of the bins between its edges, so band powers of a filtered signal are exactly the
+band sums of ``|H|²`` times the input's spectrum, which lets the master EQ be fitted in the
+frequency domain without rendering audio.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+
+def band_centres(fraction: int = 3, low_hz: float = 20.0, high_hz: float = 20000.0) -> Tensor:
+    """Exact base-10 centres ``1000 · 10^(0.3·k/fraction)`` between ``low_hz`` and ``high_hz``.
+
+    >>> [round(f) for f in band_centres(1).tolist()]
+    [32, 63, 126, 251, 501, 1000, 1995, 3981, 7943, 15849]
+    """
+    g = 10.0 ** (0.3 / fraction)
+    k_lo = math.ceil(math.log(low_hz / 1000.0, g) - 1e-9)
+    k_hi = math.floor(math.log(high_hz / 1000.0, g) + 1e-9)
+    k = torch.arange(k_lo, k_hi + 1, dtype=torch.float64)
+    return 1000.0 * g**k
+
+
+def band_matrix(
+    sample_rate: int, n_fft: int, fraction: int = 3, low_hz: float = 20.0, high_hz: float = 20000.0
+) -> tuple[Tensor, Tensor]:
+    """``(bands, n_fft // 2 + 1)`` 0/1 matrix summing rFFT bins into bands, and the centres.
+
+    Bands above Nyquist are dropped; bins are split at the band edges ``fc · G^(±1/2b)``.
+    """
+    centres = band_centres(fraction, low_hz, min(high_hz, sample_rate / 2 / 10 ** (0.15 / fraction)))
+    half = 10.0 ** (0.15 / fraction)
+    freqs = torch.arange(n_fft // 2 + 1, dtype=torch.float64) * sample_rate / n_fft
+    lo, hi = (centres / half).unsqueeze(1), (centres * half).unsqueeze(1)
+    matrix = ((freqs >= lo) & (freqs < hi)).to(torch.float64)
+    keep = matrix.sum(1) > 0
+    return matrix[keep], centres[keep]
+
+
+def welch_psd(x: Tensor, n_fft: int = 8192, hop: int | None = None) -> Tensor:
+    """Average power per rFFT bin of ``(..., time)`` audio: ``(..., n_fft // 2 + 1)``.
+
+    Hann window, 50% overlap by default; a signal shorter than ``n_fft`` is zero-padded.
+    Normalised so a full-scale sine's bins sum to its mean square (0.5).
+    """
+    hop = hop or n_fft // 2
+    t = x.shape[-1]
+    if t < n_fft:
+        x = torch.nn.functional.pad(x, (0, n_fft - t))
+        t = n_fft
+    frames = x.unfold(-1, n_fft, hop)
+    window = torch.hann_window(n_fft, periodic=True, dtype=x.dtype, device=x.device)
+    spec = torch.fft.rfft(frames * window, dim=-1)
+    power = spec.real.square() + spec.imag.square()
+    power = power.mean(-2) / window.square().sum() / n_fft * 2.0
+    power[..., 0] = power[..., 0] / 2.0
+    if n_fft % 2 == 0:
+        power[..., -1] = power[..., -1] / 2.0
+    return power
+
+
+def band_powers(psd: Tensor, matrix: Tensor) -> Tensor:
+    """Sum a ``(..., bins)`` PSD into ``(..., bands)`` powers."""
+    return psd @ matrix.to(psd.dtype).T
+
+
+def power_db(power: Tensor, floor: float = 1e-12) -> Tensor:
+    """Power to dB, floored so silence stays finite (and gradients finite)."""
+    return 10.0 * torch.log10(power + floor)

@@ -1,0 +1,176 @@
+"""The fitting objective: named, weighted terms chosen by the config.
+
+Terms (weight 0 or absent = off):
+
+==================  =========================================================  ==========
+term                what it compares                                           needs
+==================  =========================================================  ==========
+``mrstft``          multi-resolution STFT distance, L/R and M/S                aligned ref
+``tone_mid``        third-octave spectral shape of mid (dB², level-free)       reference
+``tone_side``       third-octave spectral shape of side (dB², level-free)      reference
+``width``           side/mid ratio in 4 bands (dB²)                            reference
+``correlation``     inter-channel correlation (squared difference)             reference
+``loudness``        integrated loudness (LU²)                                  reference
+``dynamics``        short-term loudness distribution around the integrated
+                    loudness, and crest factor (LU², dB²)                      reference
+``spec_lufs``       integrated loudness against the target (LU²)               target
+``spec_true_peak``  smooth true peak above the ceiling (one-sided, dB²)        target
+``spec_lra``        loudness range outside [min, max] (one-sided, LU²)         target
+``spec_plr``        peak-to-loudness ratio below the minimum (one-sided, LU²)  target
+==================  =========================================================  ==========
+
+"Match only the tone" is ``weights: {tone_mid: 1, tone_side: 1}``; "only loudness and
+dynamics" is ``{loudness: 1, dynamics: 1}``; "only the width" is ``{width: 1}``.
+Each term is ``(B,)``; the loss is their weighted sum. Differentiable in the audio.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from diffmix.features import FeatureExtractor, correlation, crest_factor_db
+from diffmix.functional.loudness import integrated_loudness, short_term_loudness
+from diffmix.functional.peaks import true_peak_soft
+from diffmix.losses import MRSTFTLoss, hinge
+
+TERMS = (
+    "mrstft", "tone_mid", "tone_side", "width", "correlation", "loudness", "dynamics",
+    "spec_lufs", "spec_true_peak", "spec_lra", "spec_plr",
+)
+REFERENCE_TERMS = ("tone_mid", "tone_side", "width", "correlation", "loudness", "dynamics")
+TARGET_TERMS = ("spec_lufs", "spec_true_peak", "spec_lra", "spec_plr")
+QUANTILES = (0.1, 0.5, 0.9, 0.95)
+
+
+def _finite_lufs(lufs: Tensor, floor: float = -70.0) -> Tensor:
+    """Silence measures -inf; a loss needs a finite value with a gradient."""
+    return torch.where(torch.isfinite(lufs), lufs, torch.full_like(lufs, floor))
+
+
+def dynamics_profile(x: Tensor, sample_rate: int) -> Tensor:
+    """Short-term loudness quantiles relative to the integrated loudness, ``(B, 4)`` LU.
+
+    Windows below -70 LUFS are ignored (their loudness is replaced by the integrated one).
+    """
+    st = short_term_loudness(x, sample_rate)
+    il = _finite_lufs(integrated_loudness(x, sample_rate)).unsqueeze(-1)
+    rel = torch.where(st > -70.0, st - il, torch.zeros_like(st))
+    q = torch.tensor(QUANTILES, dtype=x.dtype, device=x.device)
+    return torch.quantile(rel, q, dim=-1).T
+
+
+class Objective(nn.Module):
+    """Weighted sum of the terms above.
+
+    Args:
+        sample_rate: Hz.
+        weights: term -> weight.
+        reference: ``(1 or B, 2, T)`` reference audio whose features are matched, a list of
+            ``(1, 2, T_i)`` references (one per batch item, any lengths), or None.
+        target: loudness spec with keys ``lufs``, ``true_peak_db``, ``lra`` ([min, max] or
+            None) and ``plr`` (minimum, or None).
+        mrstft: keyword arguments for :class:`~diffmix.losses.MRSTFTLoss`.
+        n_fft: Welch segment length for the spectral features.
+
+    Shape:
+        ``y``: ``(B, 2, T)``; returns ``((B,), {term: (B,)})``.
+    """
+
+    def __init__(
+        self,
+        sample_rate: int,
+        weights: Mapping[str, float],
+        *,
+        reference: Tensor | Sequence[Tensor] | None = None,
+        target: Mapping[str, Any] | None = None,
+        mrstft: Mapping[str, Any] | None = None,
+        n_fft: int = 8192,
+    ) -> None:
+        super().__init__()
+        unknown = sorted(set(weights) - set(TERMS))
+        if unknown:
+            raise ValueError(f"objective: unknown term(s) {unknown}; choose from {list(TERMS)}")
+        bad = {k: v for k, v in weights.items() if not (float(v) >= 0)}
+        if bad:
+            raise ValueError(f"objective: weights must be >= 0, got {bad}")
+        self.sample_rate = sample_rate
+        self.weights = {k: float(v) for k, v in weights.items() if float(v) > 0}
+        if not self.weights:
+            raise ValueError("objective: every term has weight 0; nothing to fit")
+        need_ref = sorted(set(self.weights) & set(REFERENCE_TERMS))
+        if need_ref and reference is None:
+            raise ValueError(f"objective: term(s) {need_ref} need a reference")
+        self.target = dict(target or {})
+        for term, key in (("spec_lufs", "lufs"), ("spec_true_peak", "true_peak_db"),
+                          ("spec_lra", "lra"), ("spec_plr", "plr")):
+            if term in self.weights and self.target.get(key) is None:
+                raise ValueError(f"objective: term {term} needs target.{key}")
+        self.features = FeatureExtractor(sample_rate, n_fft)
+        self.mrstft = MRSTFTLoss(sample_rate, **dict(mrstft or {})) if "mrstft" in self.weights else None
+        self.ref: dict[str, Tensor] = {}
+        if reference is not None:
+            refs = [reference] if isinstance(reference, Tensor) else list(reference)
+            with torch.no_grad():
+                parts = [self._reference_features(r) for r in refs]
+            self.ref = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+
+    def _reference_features(self, ref: Tensor) -> dict[str, Tensor]:
+        f = self.features(ref)
+        out = {
+            "tone_mid": f.tone_mid, "tone_side": f.tone_side, "width": f.width_db,
+            "correlation": f.correlation,
+        }
+        if {"loudness", "dynamics"} & set(self.weights):
+            out["loudness"] = _finite_lufs(integrated_loudness(ref, self.sample_rate))
+        if "dynamics" in self.weights:
+            out["dynamics"] = dynamics_profile(ref, self.sample_rate)
+            out["crest"] = crest_factor_db(ref)
+        return out
+
+    def forward(self, y: Tensor, aligned: Tensor | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+        terms: dict[str, Tensor] = {}
+        w = self.weights
+        if "mrstft" in w:
+            if aligned is None:
+                raise ValueError("objective: mrstft needs the time-aligned reference excerpt")
+            terms["mrstft"] = self.mrstft(y, aligned)  # type: ignore[misc]
+        if set(w) & {"tone_mid", "tone_side", "width", "correlation"}:
+            f = self.features(y)
+            if "tone_mid" in w:
+                terms["tone_mid"] = (f.tone_mid - self.ref["tone_mid"]).square().mean(-1)
+            if "tone_side" in w:
+                terms["tone_side"] = (f.tone_side - self.ref["tone_side"]).square().mean(-1)
+            if "width" in w:
+                terms["width"] = (f.width_db - self.ref["width"]).square().mean(-1)
+            if "correlation" in w:
+                terms["correlation"] = (f.correlation - self.ref["correlation"]).square()
+        lufs = None
+        if set(w) & {"loudness", "dynamics", "spec_lufs", "spec_plr"}:
+            lufs = _finite_lufs(integrated_loudness(y, self.sample_rate))
+        if "loudness" in w:
+            terms["loudness"] = (lufs - self.ref["loudness"]).square()  # type: ignore[operator]
+        if "dynamics" in w:
+            prof = dynamics_profile(y, self.sample_rate)
+            terms["dynamics"] = (prof - self.ref["dynamics"]).square().mean(-1) + 0.25 * (
+                crest_factor_db(y) - self.ref["crest"]
+            ).square()
+        if "spec_lufs" in w:
+            terms["spec_lufs"] = (lufs - float(self.target["lufs"])).square()  # type: ignore[operator]
+        tp = None
+        if set(w) & {"spec_true_peak", "spec_plr"}:
+            tp = true_peak_soft(y, self.sample_rate)
+        if "spec_true_peak" in w:
+            terms["spec_true_peak"] = hinge(tp - float(self.target["true_peak_db"]))  # type: ignore[operator]
+        if "spec_plr" in w:
+            terms["spec_plr"] = hinge(float(self.target["plr"]) - (tp - lufs))  # type: ignore[operator]
+        if "spec_lra" in w:
+            lo, hi = (float(v) for v in self.target["lra"])
+            prof = dynamics_profile(y, self.sample_rate)
+            lra = prof[:, 3] - prof[:, 0]  # 95th minus 10th percentile, as Tech 3342
+            terms["spec_lra"] = hinge(lo - lra) + hinge(lra - hi)
+        loss = sum(w[k] * v for k, v in terms.items())
+        return loss, terms  # type: ignore[return-value]

@@ -1,0 +1,103 @@
+"""Job reports: JSON that represents every number unambiguously, and the PNG plot."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from diffmix.io import atomic_path, atomic_write_text
+
+
+def plain(value: Any) -> Any:
+    """Tensors, numpy values and non-finite floats -> JSON-safe values.
+
+    Non-finite numbers (the loudness of silence is -inf) become the strings ``"-inf"``,
+    ``"inf"`` or ``"nan"``: JSON has no such numbers, and ``null`` would hide which it was.
+    """
+    if isinstance(value, Tensor):
+        value = value.detach().cpu().tolist()
+    if hasattr(value, "tolist") and not isinstance(value, (str, bytes)):
+        value = value.tolist()
+    if isinstance(value, dict):
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def write_json(path: str | Path, data: dict[str, Any]) -> Path:
+    """Write ``data`` as indented JSON, atomically."""
+    atomic_write_text(Path(path), json.dumps(plain(data), indent=2, allow_nan=False) + "\n")
+    return Path(path)
+
+
+def gain_reduction_db(before: Tensor, after: Tensor, sample_rate: int, window_ms: float = 50.0) -> Tensor:
+    """Windowed peak level change from ``before`` to ``after`` (the limiter's work), dB.
+
+    ``(1, C, T)`` each -> ``(frames,)``, one value per ``window_ms``.
+    """
+    hop = max(1, int(sample_rate * window_ms / 1000))
+    n = (before.shape[-1] // hop) * hop
+    pk = lambda x: x[..., :n].abs().amax(1).reshape(-1, hop).amax(-1)  # noqa: E731
+    return 20 * torch.log10(pk(after).clamp_min(1e-9) / pk(before).clamp_min(1e-9)).clamp(max=0)
+
+
+def plot(
+    path: str | Path,
+    sample_rate: int,
+    *,
+    curves: dict[str, Tensor],
+    short_term: dict[str, Tensor],
+    gain_reduction: Tensor | None = None,
+    title: str = "",
+) -> Path:
+    """Spectra (third-octave, mid), short-term loudness over time, and gain reduction.
+
+    Args:
+        curves: label -> ``(1, 2, T)`` audio whose spectra are drawn (input, output, reference).
+        short_term: label -> short-term loudness series (LUFS, one value per 100 ms).
+        gain_reduction: the limiter's gain reduction in dB, or None.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from diffmix.features import FeatureExtractor
+
+    rows = 3 if gain_reduction is not None else 2
+    fig, axes = plt.subplots(rows, 1, figsize=(9, 3.2 * rows))
+    fx = FeatureExtractor(sample_rate)
+    for label, audio in curves.items():
+        f = fx(audio.double().cpu())
+        axes[0].semilogx(fx.centres.numpy(), f.mid_db[0].numpy(), label=label)
+    axes[0].set(xlabel="Hz", ylabel="dB (third octave, mid)", title=title or "Spectrum")
+    axes[0].legend()
+    axes[0].grid(True, which="both", alpha=0.3)
+    for label, series in short_term.items():
+        s = series.detach().double().cpu().flatten()
+        t = torch.arange(s.numel()) * 0.1
+        axes[1].plot(t.numpy(), s.clamp_min(-70).numpy(), label=label)
+    axes[1].set(xlabel="s", ylabel="LUFS (short-term)")
+    axes[1].legend()
+    axes[1].grid(True, alpha=0.3)
+    if gain_reduction is not None:
+        gr = gain_reduction.detach().cpu()
+        axes[2].plot((torch.arange(gr.numel()) * 0.05).numpy(), gr.numpy(), color="tab:red")
+        axes[2].set(xlabel="s", ylabel="dB", title="Limiter gain reduction")
+        axes[2].grid(True, alpha=0.3)
+    fig.tight_layout()
+    target = Path(path)
+    with atomic_path(target) as tmp:
+        fig.savefig(tmp, format="png", dpi=90)
+    plt.close(fig)
+    return target

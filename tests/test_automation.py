@@ -1,0 +1,147 @@
+"""VolumeAutomation: the effect contract, the curve's shape and its gradients."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from contract import (
+    assert_batch_consistent,
+    assert_finite_at_extremes,
+    assert_gradcheck,
+    assert_not_in_place,
+    assert_preset_round_trip,
+    noise,
+)
+from diffmix.effects.automation import VolumeAutomation
+from diffmix.functional.automation import gain_curve_db, volume_automation
+
+SR = 8000
+TIMES = [0.002, 0.01, 0.02, 0.03]  # within the 256-512-sample test signals at 8 kHz
+CASES = {
+    "cosine": (
+        lambda v: VolumeAutomation(SR, times_s=TIMES, **v),
+        [{"gain_db": [-6.0, 3.0, -20.0, 0.0], "amount": 0.8}, {"gain_db": [0.0, -12.0, 6.0, -3.0], "amount": 1.0}],
+    ),
+    "linear": (
+        lambda v: VolumeAutomation(SR, times_s=TIMES, curve="linear", **v),
+        [{"gain_db": [-6.0, 3.0, -20.0, 0.0]}, {"gain_db": [2.0, -1.0, 0.0, -40.0]}],
+    ),
+    "single_point": (
+        lambda v: VolumeAutomation(SR, times_s=[0.01], **v),
+        [{"gain_db": [-6.0]}, {"gain_db": [4.0]}],
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+class TestContract:
+    def test_gradcheck(self, case):
+        make, values = CASES[case]
+        assert_gradcheck(make(values[0]), noise(2, 2, 256))
+
+    def test_batch_consistent(self, case, dtype, device):
+        make, values = CASES[case]
+        assert_batch_consistent(make, values, noise(2, 2, 512, dtype=dtype, device=device))
+
+    def test_not_in_place(self, case, dtype, device):
+        make, values = CASES[case]
+        assert_not_in_place(make(values[0]).to(dtype=dtype, device=device), noise(2, 2, 256, dtype=dtype, device=device))
+
+    def test_finite_at_extremes(self, case, dtype, device):
+        make, values = CASES[case]
+        effect = make(values[0]).to(dtype=dtype, device=device)
+        assert_finite_at_extremes(effect, noise(1, 2, 256, dtype=dtype, device=device))
+
+    def test_preset_round_trip(self, case, tmp_path):
+        make, values = CASES[case]
+        assert_preset_round_trip(make(values[1]), noise(1, 2, 300, dtype=torch.float32), tmp_path)
+
+
+def test_curve_passes_through_breakpoints_and_holds_outside():
+    times = [0.5, 1.0, 2.5]
+    gains = torch.tensor([-10.0, 4.0, -2.0], dtype=torch.float64)
+    fs = 100
+    for curve in ("cosine", "linear"):
+        g = gain_curve_db(gains, times, 400, fs, curve=curve)
+        for t, v in zip(times, gains.tolist()):
+            assert float(g[round(t * fs)]) == pytest.approx(v, abs=1e-12)
+        assert torch.all(g[:50] == -10.0) and torch.all(g[250:] == -2.0)
+        # Between breakpoints the curve stays within its two ends (no overshoot).
+        seg = g[50:100]
+        assert float(seg.min()) >= -10.0 and float(seg.max()) <= 4.0
+        assert torch.all(seg.diff() >= 0)
+
+
+def test_cosine_segments_are_raised_cosines_with_zero_slope_at_breakpoints():
+    fs = 1000
+    g = gain_curve_db(torch.tensor([0.0, -12.0], dtype=torch.float64), [0.0, 1.0], fs + 1, fs).numpy()
+    u = np.arange(fs + 1) / fs
+    np.testing.assert_allclose(g, -12.0 * (0.5 - 0.5 * np.cos(np.pi * u)), atol=1e-12)
+    slope = np.diff(g) * fs  # dB per second
+    assert abs(slope[0]) < 0.05 and abs(slope[-1]) < 0.05 and abs(slope).max() == pytest.approx(6 * math.pi, rel=1e-3)
+
+
+def test_gain_is_applied_in_db():
+    x = torch.ones(1, 2, 101, dtype=torch.float64)
+    y = volume_automation(x, 100, times_s=[0.0, 1.0], gain_db=[-20.0, -20.0])
+    torch.testing.assert_close(y, torch.full_like(x, 0.1), rtol=1e-12, atol=0)
+    half = volume_automation(x, 100, times_s=[0.0, 1.0], gain_db=[-20.0, 0.0], amount=0.5)
+    assert float(half[0, 0, 0]) == pytest.approx(10 ** (-10 / 20), rel=1e-12)
+
+
+def test_per_channel_curves():
+    x = torch.ones(1, 2, 50, dtype=torch.float64)
+    gains = torch.tensor([[[0.0, -6.0], [-6.0, 0.0]]], dtype=torch.float64)
+    with torch.no_grad():
+        y = VolumeAutomation(100, times_s=[0.0, 0.4], gain_db=gains).double()(x)
+    assert float(y[0, 0, -1]) == pytest.approx(10 ** (-6 / 20), rel=1e-6)
+    assert float(y[0, 1, -1]) == pytest.approx(1.0, rel=1e-6)
+
+
+def test_gradient_of_each_breakpoint_is_local():
+    # A breakpoint only shapes its two neighbouring segments: the gradient of a loss on
+    # the audio after the third breakpoint reaches gains 3 and 4, not 1 and 2.
+    effect = VolumeAutomation(SR, times_s=TIMES, gain_db=[-6.0, 3.0, -20.0, 0.0]).double()
+    x = noise(1, 1, 400)
+    y = effect(x)
+    y[..., int(0.021 * SR) :].square().sum().backward()
+    grad = effect.params["gain_db"].raw.grad.flatten()
+    assert grad[0] == 0 and grad[1] == 0 and grad[2] != 0 and grad[3] != 0
+
+
+def test_no_python_loop_over_samples_long_signal_is_fast():
+    import time
+
+    x = torch.randn(4, 2, 44100 * 60)
+    effect = VolumeAutomation(44100, times_s=[float(t) for t in range(0, 60, 5)], gain_db=[0.0, -3.0] * 6)
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        effect(x)
+    assert time.perf_counter() - t0 < 5.0  # a per-sample loop would take minutes
+
+
+@pytest.mark.parametrize(
+    "build, match",
+    [
+        (lambda: VolumeAutomation(SR, times_s=[]), "times_s must be a non-empty list"),
+        (lambda: VolumeAutomation(SR, times_s=[0.0, 0.0]), "strictly increasing"),
+        (lambda: VolumeAutomation(SR, times_s=[-1.0]), "finite seconds >= 0"),
+        (lambda: VolumeAutomation(SR, times_s=[0.0, 1.0], gain_db=[0.0]), "trailing axis of 2 values"),
+        (lambda: VolumeAutomation(SR, times_s=[0.0], curve="spline"), "VolumeAutomation: unknown curve 'spline'"),
+        (lambda: VolumeAutomation(SR, times_s=[0.0], gain_db=[30.0]), r"gain_db=30 is outside its range \[-80, 24\]"),
+    ],
+)
+def test_bad_construction_raises(build, match):
+    with pytest.raises(ValueError, match=match):
+        build()
+
+
+def test_bad_audio_raises():
+    with pytest.raises(ValueError, match=r"VolumeAutomation: audio must be \(batch, channels, time\)"):
+        VolumeAutomation(SR)(torch.zeros(8))
+    with pytest.raises(ValueError, match="VolumeAutomation: audio contains NaN"):
+        VolumeAutomation(SR)(torch.full((1, 1, 4), float("inf")))

@@ -1,0 +1,55 @@
+"""The console command, run for real as a subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import soundfile as sf
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def diffmix(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run(
+        [sys.executable, "-m", "diffmix.cli", *args],
+        cwd=cwd, env=env, capture_output=True, text=True, timeout=300,
+    )
+
+
+def test_help_lists_jobs(tmp_path):
+    out = diffmix("--help", cwd=tmp_path)
+    assert out.returncode == 0
+    assert "demo" in out.stdout and "usage: diffmix <job>" in out.stdout
+
+
+def test_job_help_shows_defaults(tmp_path):
+    out = diffmix("demo", "--help", cwd=tmp_path)
+    assert out.returncode == 0 and "sample_rate: 44100" in out.stdout
+
+
+def test_demo_writes_audio_and_summary(tmp_path):
+    out = diffmix("demo", "seconds=1.0", f"out={tmp_path / 'o'}", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    summary = json.loads((tmp_path / "o" / "summary.json").read_text())
+    info = sf.info(str(tmp_path / "o" / "demo_mix.wav"))
+    assert info.samplerate == 44100 and info.channels == 2 and info.frames == 44100
+    assert summary["peak_dbfs"] < 0
+
+
+def test_unknown_job_and_bad_values_fail_in_one_line(tmp_path):
+    out = diffmix("nope", cwd=tmp_path)
+    assert out.returncode == 2 and out.stderr.strip().startswith("diffmix nope: error: unknown job")
+    out = diffmix("demo", "sample_rate=0", cwd=tmp_path)
+    assert out.returncode == 2
+    assert out.stderr.strip() == "diffmix demo: error: sample_rate must be a positive integer, got 0"
+    assert not any((tmp_path / "outputs").rglob("*.wav"))
+
+
+def test_unknown_config_key_is_refused(tmp_path):
+    out = diffmix("demo", "sampel_rate=1", cwd=tmp_path)
+    assert out.returncode != 0 and "sampel_rate" in out.stderr

@@ -1,0 +1,172 @@
+"""Delay: the effect contract, fractional placement, the feedback loop against a float64
+sample loop and against theory, ping-pong, tempo sync and bad input."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from contract import (
+    assert_batch_consistent,
+    assert_finite_at_extremes,
+    assert_gradcheck,
+    assert_not_in_place,
+    assert_preset_round_trip,
+    noise,
+)
+from diffmix.effects.delay import Delay
+from diffmix.functional.delay import delay, note_to_ms
+
+SR = 44100
+CASES = {
+    "delay": (
+        lambda v: Delay(SR, **v),
+        {"time_ms": [1.3, 2.71], "feedback": [0.5, 0.8], "damping_hz": [3000.0, 9000.0], "mix": [0.4, 0.9]},
+        2,
+    ),
+    "ping_pong": (
+        lambda v: Delay(SR, ping_pong=True, **v),
+        {"time_ms": [1.1, 1.9], "feedback": [0.7, 0.3], "damping_hz": [1000.0, 15000.0], "mix": [1.0, 0.5]},
+        2,
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+class TestContract:
+    def test_gradcheck(self, case):
+        make, values, channels = CASES[case]
+        effect = make({k: v[0] for k, v in values.items()})
+        assert_gradcheck(effect, noise(1, channels, 96), fast_mode=True)
+
+    def test_batch_consistent(self, case, dtype, device):
+        make, values, channels = CASES[case]
+        per_item = [{k: v[i] for k, v in values.items()} for i in range(2)]
+        atol = 1e-9 if dtype == torch.float64 else 2e-4
+        x = noise(2, channels, 512, dtype=dtype, device=device)
+        assert_batch_consistent(make, per_item, x, atol=atol)
+
+    def test_not_in_place(self, case, dtype, device):
+        make, _, channels = CASES[case]
+        assert_not_in_place(make({}).to(dtype=dtype, device=device), noise(2, channels, 256, dtype=dtype, device=device))
+
+    def test_finite_at_extremes(self, case, dtype, device):
+        make, _, channels = CASES[case]
+        effect = make({}).to(dtype=dtype, device=device)
+        assert_finite_at_extremes(effect, noise(2, channels, 256, dtype=dtype, device=device))
+
+    def test_preset_round_trip(self, case, tmp_path):
+        make, values, channels = CASES[case]
+        effect = make({k: v[1] for k, v in values.items()})
+        assert_preset_round_trip(effect, noise(1, channels, 128, dtype=torch.float32), tmp_path)
+
+
+def _impulse(n: int, channels: int = 1, dtype=torch.float64, device="cpu") -> torch.Tensor:  # noqa: ANN001
+    x = torch.zeros(1, channels, n, dtype=dtype, device=device)
+    x[..., 0] = 1.0
+    return x
+
+
+@pytest.mark.parametrize("sr", [44100, 48000])
+@pytest.mark.parametrize("samples", [100.0, 100.25, 237.4, 311.83])
+def test_impulse_lands_at_the_fractional_delay(sr, samples, dtype, device):
+    # The band-limited reference is the ideal delay e^{-jwD}: compare the delayed impulse's
+    # spectrum with it up to 0.9 x Nyquist, in level and in phase.
+    n = 1024
+    y = delay(_impulse(n, dtype=dtype, device=device), sr, time_ms=samples * 1000.0 / sr, mix=1.0)
+    y = y[0, 0].double().cpu().numpy()
+    spec = np.fft.rfft(y, 4 * n)
+    w = np.linspace(0.0, np.pi, 2 * n + 1)[: int(0.9 * 2 * n)]
+    ratio = spec[: len(w)] / np.exp(-1j * w * samples)
+    tol = 1e-6 if samples == int(samples) and dtype == torch.float64 else 1e-4
+    assert np.abs(20 * np.log10(np.abs(ratio))).max() < 0.005 + tol
+    assert np.abs(np.angle(ratio)).max() < 5e-4 + tol
+    assert int(np.abs(y).argmax()) == round(samples)
+    if samples == int(samples):
+        assert abs(y[int(samples)] - 1.0) < 1e-5
+
+
+def _loop_reference(x: np.ndarray, d: int, g: float, fc: float, sr: int) -> np.ndarray:
+    """float64 sample loop: wet[n] = x[n-D] + g * LP(wet)[n-D]."""
+    a = math.exp(-2.0 * math.pi * fc / sr)
+    wet, lp, state = np.zeros_like(x), np.zeros_like(x), 0.0
+    for i in range(len(x)):
+        wet[i] = (x[i - d] + g * lp[i - d]) if i >= d else 0.0
+        state = (1.0 - a) * wet[i] + a * state
+        lp[i] = state
+    return wet
+
+
+@pytest.mark.parametrize("g, fc", [(0.9, 3000.0), (0.5, 12000.0)])
+def test_feedback_loop_matches_a_float64_sample_loop(g, fc, dtype):
+    x = noise(1, 1, 3000, seed=3)
+    d = 73
+    y = delay(x.to(dtype), SR, time_ms=d * 1000.0 / SR, feedback=g, damping_hz=fc, mix=1.0)
+    ref = _loop_reference(x[0, 0].numpy(), d, g, fc, SR)
+    err = np.abs(y[0, 0].double().numpy() - ref).max() / np.abs(ref).max()
+    assert err < (1e-9 if dtype == torch.float64 else 2e-4), f"relative error {err:.2g}"
+
+
+@pytest.mark.parametrize("g, fc", [(0.7, 2500.0), (0.85, 8000.0), (0.6, 20000.0)])
+def test_energy_lost_per_repeat_matches_theory(g, fc):
+    # Echo k is the impulse through (k-1) loop passes: energy g^(2(k-1)) * mean |LP|^(2(k-1))
+    # over frequency (Parseval), LP the one-pole (1-a)/(1-a e^-jw).
+    d, repeats = 400, 8
+    y = delay(_impulse(d * (repeats + 1)), SR, time_ms=d * 1000.0 / SR, feedback=g, damping_hz=fc, mix=1.0)
+    echoes = y[0, 0, d:].reshape(repeats, d).square().sum(-1).numpy()
+    a = math.exp(-2.0 * math.pi * fc / SR)
+    w = np.linspace(0.0, 2.0 * np.pi, 1 << 16, endpoint=False)
+    lp2 = np.abs((1.0 - a) / (1.0 - a * np.exp(-1j * w))) ** 2
+    theory = np.array([g ** (2 * k) * np.mean(lp2**k) for k in range(repeats)])
+    np.testing.assert_allclose(echoes / echoes[0], theory, rtol=1e-6)
+    # Without damping the loss is exactly the feedback gain squared per repeat.
+    if fc == 20000.0:
+        assert echoes[1] / echoes[0] < g * g
+
+
+def test_ping_pong_alternates_sides():
+    d = 300
+    x = _impulse(d * 5, channels=2)
+    y = delay(x, SR, time_ms=d * 1000.0 / SR, feedback=0.5, damping_hz=20000.0, mix=1.0, ping_pong=True)
+    peaks = y[0, :, d::d][:, :4].abs()
+    left, right = peaks[0].tolist(), peaks[1].tolist()
+    assert left[0] > 0.49 and left[2] > 0.1 and right[1] > 0.2 and right[3] > 0.02
+    assert left[1] < 1e-6 and left[3] < 1e-6 and right[0] < 1e-6 and right[2] < 1e-6
+
+
+def test_time_is_differentiable_and_points_the_right_way():
+    target = delay(_impulse(512), SR, time_ms=5.0, mix=1.0)
+    effect = Delay(SR, time_ms=4.5, feedback=0.0, mix=1.0).double()
+    loss = (effect(_impulse(512)) - target).square().sum()
+    loss.backward()
+    # Increasing the (too short) time lowers the loss.
+    assert effect.params["time_ms"].raw.grad < 0
+
+
+def test_tempo_sync():
+    assert note_to_ms(120.0, "1/4") == 500.0
+    assert note_to_ms(120.0, "1/8d") == 375.0
+    assert note_to_ms(90.0, "1/4t") == pytest.approx(444.444, abs=1e-3)
+    effect = Delay.synced(48000, bpm=140.0, note="1/16", feedback=0.2)
+    assert float(effect.p("time_ms").detach()) == pytest.approx(60000.0 / 140.0 / 4.0, rel=1e-6)
+
+
+@pytest.mark.parametrize(
+    "call, match",
+    [
+        (lambda: Delay(SR, ping_pong=True)(torch.zeros(1, 1, 64)), "Delay: audio must have 2 channel"),
+        (lambda: delay(torch.zeros(1, 1, 64), SR, time_ms=5.0, ping_pong=True), "ping_pong needs stereo"),
+        (lambda: Delay(SR, feedback=1.0), r"Delay: feedback=1 is outside its range"),
+        (lambda: Delay(SR, time_ms=0.0), r"Delay: time_ms=0 is outside its range"),
+        (lambda: Delay(SR)(torch.zeros(64)), r"Delay: audio must be \(batch, channels, time\)"),
+        (lambda: note_to_ms(120.0, "1/3"), "unknown note value '1/3'"),
+        (lambda: note_to_ms(0.0), "bpm must be a positive number"),
+        (lambda: Delay(SR, ping_pong="yes"), "ping_pong must be True or False"),
+    ],
+)
+def test_bad_input_raises_value_error(call, match):
+    with pytest.raises(ValueError, match=match):
+        call()

@@ -1,0 +1,86 @@
+"""Delivery: formats, dither statistics, quantisation, re-limiting, atomic outputs; album."""
+
+from __future__ import annotations
+
+import pytest
+import soundfile as sf
+import torch
+
+from diffmix.album import cue_sheet, fade, sequence
+from diffmix.delivery import check_format, deliver, prepare, quantise, tpdf_dither
+
+
+def sample_peak_db(x, rate):
+    return float(20 * torch.log10(x.abs().max()))
+
+
+def test_tpdf_dither_is_triangular_with_one_lsb_peak():
+    gen = torch.Generator().manual_seed(0)
+    noise = tpdf_dither(torch.zeros(400_000, dtype=torch.float64), 16, gen) * 2.0**15
+    assert float(noise.abs().max()) <= 1.0
+    assert float(noise.var()) == pytest.approx(1 / 6, rel=0.02)  # variance of TPDF ±1 LSB
+    assert float(noise.mean()) == pytest.approx(0.0, abs=0.005)
+
+
+def test_quantise_hits_the_grid_and_clamps():
+    x = torch.tensor([0.3, -1.5, 1.5], dtype=torch.float64)
+    q = quantise(x, 16) * 2.0**15
+    assert torch.equal(q, q.round()) and q.tolist()[1:] == [-32768.0, 32767.0]
+
+
+def test_dither_decorrelates_quantisation_error_of_a_quiet_tone():
+    t = torch.arange(48000, dtype=torch.float64) / 48000
+    tone = 1.5 * 2.0**-15 * torch.sin(2 * torch.pi * 1000 * t).unsqueeze(0)
+    plain, _, _ = prepare(tone, 48000, bit_depth="16", dither=False)
+    dithered, _, _ = prepare(tone, 48000, bit_depth="16", dither=True)
+    # Undithered error is a deterministic function of the signal (harmonic distortion);
+    # dithered error is uncorrelated with it.
+    corr = lambda e: float((e * tone).sum() / (e.norm() * tone.norm()))  # noqa: E731
+    assert abs(corr(dithered - tone)) < 0.02 < abs(corr(plain - tone))
+
+
+@pytest.mark.parametrize("fmt, depth", [("wav", 16), ("wav", "float"), ("flac", 24), ("aiff", 16)])
+def test_formats_write_what_they_say(tmp_path, fmt, depth):
+    x = 0.5 * torch.sin(torch.linspace(0, 100, 4410)).expand(2, -1)
+    rep = deliver(x, 44100, tmp_path / f"out.{fmt}", fmt=fmt, bit_depth=depth, target_rate=48000)
+    info = sf.info(rep.path)
+    assert info.samplerate == 48000 and info.channels == 2
+    assert info.subtype == {"16": "PCM_16", "24": "PCM_24", "float": "FLOAT"}[str(depth)]
+    assert [p.name for p in tmp_path.iterdir()] == [f"out.{fmt}"]
+
+
+def test_ceiling_is_enforced_after_quantisation(tmp_path):
+    x = 0.999 * torch.sin(torch.linspace(0, 300, 8000, dtype=torch.float64)).expand(2, -1)
+    rep = deliver(
+        x, 8000, tmp_path / "o.wav", bit_depth=16, ceiling_dbtp=-1.0, true_peak_db=sample_peak_db
+    )
+    written, _ = sf.read(rep.path, always_2d=True)
+    assert rep.relimited and rep.relimit_gain_db < -0.9
+    assert 20 * torch.log10(torch.tensor(abs(written).max())) <= -1.0
+
+
+def test_bad_delivery_options():
+    with pytest.raises(ValueError, match="format must be one of"):
+        check_format("mp4", 16)
+    with pytest.raises(ValueError, match="bit_depth must be 16, 24 or float"):
+        check_format("wav", 12)
+    with pytest.raises(ValueError, match="FLAC cannot hold float"):
+        check_format("flac", "float")
+
+
+def test_sequence_gaps_fades_and_cue():
+    sr = 100
+    a, b = torch.ones(2, 300), torch.ones(2, 200)
+    album, starts = sequence([a, b], sr, gaps_s=1.5, fade_in_s=0.5, fade_out_s=0.5)
+    assert album.shape == (2, 650) and starts == [0, 450]
+    assert float(album[0, 0]) == 0.0 and float(album[0, 150]) == 1.0
+    assert float(album[0, 300:450].abs().max()) == 0.0
+    cue = cue_sheet("album.wav", ["one", "two"], starts, sr)
+    assert "INDEX 01 00:04:38" in cue  # 4.5 s = 4 s + 37.5 frames -> 38 (nearest)
+    with pytest.raises(ValueError, match="1 gaps for 3 tracks"):
+        sequence([a, a, a], sr, gaps_s=[1.0])
+
+
+def test_fade_is_monotone():
+    env = fade(torch.ones(1, 1000), 1000, 0.3, 0.0)[0]
+    assert (env[1:300] >= env[:299]).all() and float(env[0]) == 0.0

@@ -1,0 +1,149 @@
+"""Saturation: the effect contract, aliasing of a driven 5 kHz sine, curve shapes, the
+tone filter and bad input."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from contract import (
+    assert_batch_consistent,
+    assert_finite_at_extremes,
+    assert_gradcheck,
+    assert_not_in_place,
+    assert_preset_round_trip,
+    noise,
+)
+from diffmix.effects.distortion import Saturation
+from diffmix.functional.distortion import saturate, shape
+
+SR = 44100
+VALUES = {"drive_db": [6.0, 20.0], "tone_hz": [3000.0, 12000.0], "output_db": [-3.0, 2.0], "mix": [0.7, 1.0]}
+
+
+@pytest.mark.parametrize("curve", ["tanh", "soft", "tube"])
+class TestContract:
+    def test_gradcheck(self, curve):
+        effect = Saturation(SR, curve=curve, oversample=4, **{k: v[0] for k, v in VALUES.items()})
+        assert_gradcheck(effect, noise(1, 2, 64), fast_mode=True)
+
+    def test_batch_consistent(self, curve, dtype, device):
+        per_item = [{k: v[i] for k, v in VALUES.items()} for i in range(2)]
+        atol = 1e-9 if dtype == torch.float64 else 1e-4
+        x = noise(2, 2, 512, dtype=dtype, device=device)
+        assert_batch_consistent(lambda v: Saturation(SR, curve=curve, **v), per_item, x, atol=atol)
+
+    def test_not_in_place(self, curve, dtype, device):
+        x = noise(2, 1, 256, dtype=dtype, device=device)
+        assert_not_in_place(Saturation(SR, curve=curve).to(dtype=dtype, device=device), x)
+
+    def test_finite_at_extremes(self, curve, dtype, device):
+        x = noise(2, 2, 256, dtype=dtype, device=device)
+        assert_finite_at_extremes(Saturation(SR, curve=curve).to(dtype=dtype, device=device), x)
+
+    def test_preset_round_trip(self, curve, tmp_path):
+        effect = Saturation(SR, curve=curve, oversample=4, **{k: v[1] for k, v in VALUES.items()})
+        assert_preset_round_trip(effect, noise(1, 2, 128, dtype=torch.float32), tmp_path)
+
+
+def _spectrum(y: torch.Tensor, sr: int, f0: float) -> tuple[np.ndarray, np.ndarray]:
+    """Blackman-windowed magnitude spectrum of the steady middle of ``y``."""
+    sig = y[0, 0].double().cpu().numpy()
+    sig = sig[len(sig) // 10 : -len(sig) // 10]
+    mag = np.abs(np.fft.rfft(sig * np.blackman(len(sig))))
+    return np.fft.rfftfreq(len(sig), 1.0 / sr), mag
+
+
+def _alias_db(y: torch.Tensor, sr: int, f0: float) -> float:
+    """Strongest component that is not a harmonic of f0 (or DC), dB re the fundamental."""
+    f, mag = _spectrum(y, sr, f0)
+    keep = f > 30.0
+    for h in np.arange(f0, sr / 2, f0):
+        keep &= np.abs(f - h) > 60.0
+    fund = mag[np.abs(f - f0) < 30.0].max()
+    return 20.0 * math.log10(mag[keep].max() / fund)
+
+
+def _sine(f0: float, sr: int, n: int, amp: float = 0.5, dtype=torch.float64, device="cpu") -> torch.Tensor:  # noqa: ANN001
+    t = torch.arange(n, dtype=torch.float64) / sr
+    return (amp * torch.sin(2 * math.pi * f0 * t)).view(1, 1, -1).to(dtype=dtype, device=device)
+
+
+@pytest.mark.parametrize("curve", ["tanh", "soft", "tube"])
+def test_driven_5khz_sine_aliases_at_least_60db_down(curve, dtype, device):
+    x = _sine(5000.0, SR, SR // 2, dtype=dtype, device=device)
+    y = saturate(x, SR, drive_db=24.0, curve=curve, oversample=8)
+    assert _alias_db(y, SR, 5000.0) <= -60.0
+    # The check can fail: without oversampling the same drive aliases within ~20 dB.
+    assert _alias_db(saturate(x, SR, drive_db=24.0, curve=curve, oversample=1), SR, 5000.0) > -30.0
+
+
+@pytest.mark.parametrize("curve", ["tanh", "soft", "tube"])
+def test_small_signals_pass_through_only_the_post_filters(curve):
+    # Every curve has unit slope at 0, and the resamplers are transparent below 0.9 x
+    # Nyquist, so a quiet signal leaves through the tone low-pass (and, for tube, the DC
+    # blocker) alone: compare with scipy's lfilter of those recursions.
+    import scipy.signal as ss
+
+    n = 8192
+    t = np.arange(n) / SR
+    x = 1e-4 * (np.sin(2 * np.pi * 210 * t) + np.sin(2 * np.pi * 1130 * t + 1) + np.sin(2 * np.pi * 4300 * t))
+    y = saturate(torch.from_numpy(x).view(1, 1, -1), SR, drive_db=0.0, tone_hz=8000.0, curve=curve, oversample=4)
+    a = math.exp(-2 * math.pi * 8000.0 / SR)
+    want = ss.lfilter([1 - a], [1, -a], x)
+    if curve == "tube":
+        r = math.exp(-2 * math.pi * 10.0 / SR)
+        want = ss.lfilter([1, -1], [1, -r], want)
+    body = slice(n // 8, -n // 8)
+    err = np.abs(y[0, 0].numpy()[body] - want[body]).max() / np.abs(want[body]).max()
+    assert err < 1e-4, err
+
+
+def test_curves_are_bounded_odd_or_asymmetric():
+    u = torch.linspace(-20.0, 20.0, 4001, dtype=torch.float64)
+    for curve in ("tanh", "soft"):
+        y = shape(u, curve)
+        assert y.abs().max() <= 1.0 and torch.allclose(y, -shape(-u, curve))
+    tube = shape(u, "tube")
+    assert float(tube.max()) < 1.0 and float(-tube.min()) > 1.2  # clips later going negative
+
+
+def test_tube_adds_even_harmonics_and_tanh_does_not():
+    x = _sine(1000.0, SR, SR // 2)
+    for curve, even in (("tanh", False), ("tube", True)):
+        f, mag = _spectrum(saturate(x, SR, drive_db=12.0, curve=curve), SR, 1000.0)
+        fund = mag[np.abs(f - 1000) < 20].max()
+        second = 20 * math.log10(mag[np.abs(f - 2000) < 20].max() / fund)
+        assert (second > -40.0) if even else (second < -100.0), (curve, second)
+    # ...and its DC blocker removes the offset the asymmetry creates.
+    assert abs(float(saturate(x, SR, drive_db=18.0, curve="tube")[..., SR // 4 :].mean())) < 1e-3
+
+
+@pytest.mark.parametrize("fc", [1000.0, 5000.0])
+def test_tone_is_a_one_pole_low_pass(fc):
+    x = noise(1, 1, 8192) * 1e-4
+    y = saturate(x, SR, drive_db=0.0, tone_hz=fc, curve="tanh", oversample=1)
+    a = math.exp(-2 * math.pi * fc / SR)
+    w = 2 * math.pi * np.fft.rfftfreq(8192, 1 / SR) / SR
+    want = np.abs((1 - a) / (1 - a * np.exp(-1j * w)))
+    got = np.abs(np.fft.rfft(y[0, 0].numpy()) / np.fft.rfft(x[0, 0].numpy()))
+    # Signal edges make the ratio ragged; compare bins over the body of the spectrum.
+    np.testing.assert_allclose(np.median(got[100:3000] / want[100:3000]), 1.0, atol=2e-3)
+
+
+@pytest.mark.parametrize(
+    "call, match",
+    [
+        (lambda: Saturation(SR, curve="fuzz"), r"Saturation: unknown curve 'fuzz'"),
+        (lambda: Saturation(SR, oversample=3), "Saturation: oversample must be one of"),
+        (lambda: Saturation(SR, drive_db=50.0), r"Saturation: drive_db=50 is outside its range"),
+        (lambda: saturate(torch.zeros(1, 1, 8), SR, curve="x"), "saturate: unknown curve"),
+        (lambda: Saturation(SR)(torch.zeros(1, 8)), r"Saturation: audio must be \(batch, channels, time\)"),
+    ],
+)
+def test_bad_input_raises_value_error(call, match):
+    with pytest.raises(ValueError, match=match):
+        call()

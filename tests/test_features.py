@@ -1,0 +1,66 @@
+"""Matching features: physical checks."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from contract import noise
+from diffmix.features import FeatureExtractor, correlation, crest_factor_db
+
+
+def test_correlation_extremes_and_silence():
+    x = noise(1, 1, 4000)
+    assert float(correlation(torch.cat([x, x], 1))) == pytest.approx(1.0)
+    assert float(correlation(torch.cat([x, -x], 1))) == pytest.approx(-1.0)
+    assert float(correlation(torch.zeros(1, 2, 100))) == 1.0
+
+
+def test_crest_factor_of_a_sine_is_3db():
+    t = torch.arange(48000, dtype=torch.float64) / 48000
+    sine = 0.5 * torch.sin(2 * math.pi * 997 * t).view(1, 1, -1)
+    assert float(crest_factor_db(sine)) == pytest.approx(10 * math.log10(2), abs=0.05)
+
+
+def test_width_of_independent_noise_is_zero_db_and_mono_is_very_negative():
+    fx = FeatureExtractor(44100, 4096)
+    wide = fx(noise(1, 2, 44100 * 2))
+    assert wide.width_db.abs().max() < 0.5
+    mono = noise(1, 1, 44100 * 2).expand(-1, 2, -1)
+    assert fx(mono).width_db.max() < -60
+
+
+def test_tone_is_level_independent_and_sees_a_tilt():
+    fx = FeatureExtractor(44100, 4096)
+    x = noise(1, 2, 44100 * 2)
+    a, b = fx(x), fx(0.1 * x)
+    torch.testing.assert_close(a.tone_mid, b.tone_mid, atol=1e-3, rtol=0)
+    tilted = torch.cumsum(x, -1) * 0.01  # integrating gives a -6 dB/octave tilt
+    t = fx(tilted - tilted.mean(-1, keepdim=True)).tone_mid[0]
+    # Band power of white noise rises 3 dB/oct (bands widen); the integrator's -6 dB/oct
+    # leaves -3 dB/oct: 15 dB from 63 Hz (band 5) to 2 kHz (band 20).
+    assert float(t[5] - t[20]) == pytest.approx(15.0, abs=1.5)
+
+
+def test_feature_gradients_are_finite_on_silence():
+    fx = FeatureExtractor(44100, 2048).double()
+    x = torch.zeros(1, 2, 8192, dtype=torch.float64, requires_grad=True)
+    f = fx(x)
+    (f.tone_mid.sum() + f.width_db.sum() + f.correlation.sum() + crest_factor_db(x).sum()).backward()
+    assert torch.isfinite(x.grad).all()
+
+
+def test_spectral_errors_zero_on_self_and_see_differences():
+    from diffmix.features import side_mid_ratio_db, spectral_errors
+
+    x = noise(1, 2, 44100)
+    same = spectral_errors(x, x, 44100, 2048)
+    assert max(same.values()) < 1e-9
+    narrower = torch.stack([x[:, 0] + 0.5 * x[:, 1], x[:, 1] + 0.5 * x[:, 0]], 1)
+    diff = spectral_errors(narrower, x, 44100, 2048)
+    assert diff["side_mid_ratio_error_db"] == pytest.approx(
+        float(side_mid_ratio_db(x) - side_mid_ratio_db(narrower)), abs=1e-9
+    )
+    assert diff["side_mid_ratio_error_db"] > 5
