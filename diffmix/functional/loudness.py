@@ -179,7 +179,7 @@ def _coeff_array(sample_rate: int) -> np.ndarray:
 _LANES = 32  # segments filtered side by side: four AVX-512 vectors of float64
 
 
-def _kernel(x, rows, starts, nunits, unit, tile, warm, c, energy, y):  # pragma: no cover
+def _kernel(x, rows, starts, n_real, nunits, unit, tile, warm, c, energy, y):  # pragma: no cover
     # Each group of _LANES lanes walks its own stretch of the signal in lock step; a
     # small tile is transposed into ``buf`` so the inner loop over lanes vectorises.
     n_t = x.shape[1]
@@ -190,7 +190,7 @@ def _kernel(x, rows, starts, nunits, unit, tile, warm, c, energy, y):  # pragma:
     for grp in numba.prange(rows.shape[0] // _LANES):
         l0 = grp * _LANES
         st = np.zeros((5, _LANES))
-        buf = np.empty((tile, _LANES))
+        buf = np.empty((tile, _LANES), dtype=x.dtype)  # a copy: exact in the input dtype
         out = np.empty((tile, _LANES))
         for t1 in range(-warm, total - warm, tile):
             for g in range(_LANES):
@@ -219,14 +219,14 @@ def _kernel(x, rows, starts, nunits, unit, tile, warm, c, energy, y):  # pragma:
                     if y is not None:
                         out[i, g] = z
             if y is not None and t1 >= 0:
-                for g in range(_LANES):
+                for g in range(min(_LANES, n_real - l0)):
                     row = rows[l0 + g]
                     base = starts[l0 + g] + t1
                     for i in range(min(tile, n_t - base)):
                         y[row, base + i] = out[i, g]
             if t1 >= 0 and (t1 + tile) % unit == 0:
                 u = (t1 + tile) // unit - 1
-                for g in range(_LANES):
+                for g in range(min(_LANES, n_real - l0)):
                     uu = starts[l0 + g] // unit + u
                     if uu < n_units_out:
                         energy[rows[l0 + g], uu] = st[4, g]
@@ -253,19 +253,22 @@ def _kfilter_numpy(x: np.ndarray, sample_rate: int, unit: int, want_y: bool):
     warm = -(-warm // unit) * unit
     n_units = t // unit
     # Segments per row: enough lanes to fill the vectors on every core, but each segment
-    # at least ~16 warm-ups long so the warm-up overhead stays small.
+    # at least ~4 warm-ups long so the warm-up overhead stays small. Lanes beyond the real
+    # ones (to fill the last group) re-read the start of row 0 and store nothing.
     total_units = -(-t // unit)
     target = _LANES * numba.get_num_threads()
-    per_row = max(1, min(-(-target // n), total_units * unit // (16 * warm)))
+    per_row = max(1, min(-(-target // n), total_units * unit // (4 * warm)))
     units_per_lane = -(-total_units // per_row)
     rows = np.repeat(np.arange(n, dtype=np.int64), per_row)
     starts = np.tile(np.arange(per_row, dtype=np.int64) * units_per_lane * unit, n)
-    pad = (-rows.shape[0]) % _LANES
+    n_real = rows.shape[0]
+    pad = (-n_real) % _LANES
     rows = np.concatenate([rows, np.zeros(pad, np.int64)])
-    starts = np.concatenate([starts, np.full(pad, t + warm + unit, np.int64)])
+    starts = np.concatenate([starts, np.zeros(pad, np.int64)])
     energy = np.zeros((n, n_units))
     y = np.empty((n, t), dtype=x.dtype) if want_y else None
-    _kernel(x, rows, starts, units_per_lane, unit, tile, warm, _coeff_array(sample_rate), energy, y)
+    _kernel(x, rows, starts, n_real, units_per_lane, unit, tile, warm, _coeff_array(sample_rate),
+            energy, y)
     return energy, (y if want_y else None)
 
 
