@@ -65,7 +65,10 @@ def assert_batch_consistent(
         values: one dict per batch item (same keys).
         x: ``(len(values), C, T)`` audio.
     """
-    stacked = {k: torch.stack([torch.as_tensor(v[k]) for v in values]) for k in values[0]}
+    stacked = {
+        k: torch.stack([torch.as_tensor(v[k], dtype=torch.float64) for v in values])
+        for k in values[0]
+    }
     batched = make(stacked).to(dtype=x.dtype, device=x.device)
     with torch.no_grad():
         y = batched(x)

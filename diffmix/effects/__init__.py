@@ -1,6 +1,16 @@
 """Thin ``nn.Module`` effects around :mod:`diffmix.functional`, and the containers."""
 
+from diffmix.effects.automation import VolumeAutomation
 from diffmix.effects.base import Chain, Effect, Parallel
+from diffmix.effects.delay import Delay
+from diffmix.effects.distortion import Saturation
+from diffmix.effects.eq import HighPass, LowPass, ParametricEQ
 from diffmix.effects.gain import Balance, Gain, Pan, Polarity, Width
+from diffmix.effects.modulation import Chorus, Phaser
+from diffmix.effects.reverb import Reverb
 
-__all__ = ["Balance", "Chain", "Effect", "Gain", "Pan", "Parallel", "Polarity", "Width"]
+__all__ = [
+    "Balance", "Chain", "Chorus", "Delay", "Effect", "Gain", "HighPass", "LowPass", "Pan",
+    "Parallel", "ParametricEQ", "Phaser", "Polarity", "Reverb", "Saturation",
+    "VolumeAutomation", "Width",
+]
