@@ -301,11 +301,16 @@ class _KWeight(torch.autograd.Function):
         return _kfilter_rows(grad.flip(-1), ctx.sample_rate).flip(-1), None
 
 
+def _kernel_dtype(x: Tensor) -> Tensor:
+    return x if x.dtype in (torch.float32, torch.float64) else x.float()
+
+
 def _kfilter_rows(x: Tensor, sample_rate: int) -> Tensor:
     if x.device.type == "cpu" and numba is not None:
-        xn = np.ascontiguousarray(x.detach().numpy())
+        # The kernel takes float32/float64; half precisions are metered in float32.
+        xn = np.ascontiguousarray(_kernel_dtype(x.detach()).numpy())
         _, y = _kfilter_numpy(xn, sample_rate, _tile_for(meter_unit(sample_rate)), True)
-        return torch.from_numpy(y)
+        return torch.from_numpy(y).to(x.dtype)
     return _kfilter_torch(x.detach(), sample_rate)
 
 
@@ -387,7 +392,7 @@ def _unit_energies(x: Tensor, sample_rate: int, meter: str = "loudness") -> Tens
     b, c, t = x.shape
     n_units = t // unit
     if _fast_path(x):
-        xn = np.ascontiguousarray(x.detach().reshape(b * c, t).numpy())
+        xn = np.ascontiguousarray(_kernel_dtype(x.detach()).reshape(b * c, t).numpy())
         energy, _ = _kfilter_numpy(xn, sample_rate, unit, False)
         if value_checks_enabled() and not np.isfinite(energy).all():
             raise ValueError(f"{meter}: audio contains NaN or Inf (or is too large to meter)")
