@@ -46,7 +46,8 @@ def case_3341_integrated(case: int) -> tuple[Tensor, float]:
     if case == 3:
         return tone([(-36.0, 10.0), (-23.0, 60.0), (-36.0, 10.0)]), -23.0
     if case == 4:
-        return tone([(-72.0, 10.0), (-36.0, 10.0), (-23.0, 60.0), (-36.0, 10.0), (-72.0, 10.0)]), -23.0
+        levels = [(-72.0, 10.0), (-36.0, 10.0), (-23.0, 60.0), (-36.0, 10.0), (-72.0, 10.0)]
+        return tone(levels), -23.0
     if case == 5:
         return tone([(-26.0, 20.0), (-20.0, 20.1), (-26.0, 20.0)]), -23.0
     if case == 6:
@@ -163,7 +164,8 @@ def case_3341_true_peak(case: int) -> tuple[Tensor, int, float]:
         x = 0.8 * np.sinc(0.8 * d) * np.kaiser(960, 8.0)
     elif case == 23:
         sr, n = 44100, np.arange(44100)
-        x = 0.5 * np.sin(2 * math.pi * 7000 / sr * n) + 0.5 * np.sin(2 * math.pi * 11000 / sr * n + 1.0)
+        x = 0.5 * np.sin(2 * math.pi * 7000 / sr * n)
+        x = x + 0.5 * np.sin(2 * math.pi * 11000 / sr * n + 1.0)
     else:
         raise KeyError(case)
     x = x / _ideal_true_peak(x)
@@ -180,5 +182,6 @@ def case_3342(case: int) -> tuple[Tensor, float]:
     if case == 3:
         return tone([(-40.0, 20.0), (-20.0, 20.0)]), 20.0
     if case == 4:
-        return tone([(-50.0, 20.0), (-35.0, 20.0), (-20.0, 20.0), (-35.0, 20.0), (-50.0, 20.0)]), 15.0
+        levels = [(-50.0, 20.0), (-35.0, 20.0), (-20.0, 20.0), (-35.0, 20.0), (-50.0, 20.0)]
+        return tone(levels), 15.0
     raise KeyError(case)

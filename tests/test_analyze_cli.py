@@ -105,7 +105,8 @@ def test_command_writes_under_the_run_dir(tmp_path):
     reports = list((tmp_path / "outputs" / "analyze").rglob("analysis.json"))
     assert len(reports) == 1 and (reports[0].parent / "analysis.png").is_file()
     report = json.loads(reports[0].read_text())
-    assert report["sample_rate"] == 44100 and report["integrated_lufs"] == pytest.approx(-23.0, abs=0.02)
+    assert report["sample_rate"] == 44100
+    assert report["integrated_lufs"] == pytest.approx(-23.0, abs=0.02)
     assert "Integrated loudness" in out.stdout
 
 

@@ -452,7 +452,8 @@ def momentary_loudness(x: Tensor, sample_rate: int, *,
     """
     check_meter_input(x, "momentary_loudness", scan=False)
     sr = check_sample_rate(sample_rate, "momentary_loudness")
-    return _to_lufs(_window_power(x, sr, block_samples(sr)[1], 1, channel_weights, "momentary_loudness")).to(x.dtype)
+    power = _window_power(x, sr, block_samples(sr)[1], 1, channel_weights, "momentary_loudness")
+    return _to_lufs(power).to(x.dtype)
 
 
 def short_term_loudness(x: Tensor, sample_rate: int, *,
@@ -468,7 +469,8 @@ def short_term_loudness(x: Tensor, sample_rate: int, *,
     """
     check_meter_input(x, "short_term_loudness", scan=False)
     sr = check_sample_rate(sample_rate, "short_term_loudness")
-    return _to_lufs(_window_power(x, sr, block_samples(sr)[2], 1, channel_weights, "short_term_loudness")).to(x.dtype)
+    power = _window_power(x, sr, block_samples(sr)[2], 1, channel_weights, "short_term_loudness")
+    return _to_lufs(power).to(x.dtype)
 
 
 def _masked_mean(values: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:

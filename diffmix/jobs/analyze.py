@@ -18,7 +18,7 @@ from pathlib import Path
 import soundfile as sf
 from omegaconf import DictConfig, OmegaConf
 
-from diffmix.functional.analysis import STEREO_BANDS, analysis_report
+from diffmix.functional.analysis import analysis_report
 from diffmix.io import atomic_path, atomic_write_text, read_audio
 from diffmix.jobs._common import output_dir, pick_device
 
@@ -170,5 +170,3 @@ def write_plot(report: dict, path: Path) -> Path:
     plt.close(fig)
     return path
 
-
-__all__ = ["run", "format_table", "write_plot", "STEREO_BANDS"]

@@ -20,23 +20,17 @@ TITLE = "Loudness metering (3-minute stereo track, 44.1 kHz)"
 def _track(sr: int, seconds: float) -> np.ndarray:
     # Music-like and deterministic: tilted noise plus tones under a swelling envelope with
     # quiet gaps, so both gates and the LRA statistics have work to do.
+    from scipy.signal import lfilter
+
     rng = np.random.default_rng(0)
     n = int(sr * seconds)
     t = np.arange(n) / sr
     chans = []
     for _ in range(2):
-        white = rng.standard_normal(n)
-        tilt = np.empty(n)
-        acc = 0.0
-        pole = rng.uniform(0.5, 0.9)
-        # a one-pole tilt is cheap enough in numpy via cumulative filtering in blocks
-        from scipy.signal import lfilter
-
-        tilt = lfilter([1.0], [1.0, -pole], white)
+        tilt = lfilter([1.0], [1.0, -rng.uniform(0.5, 0.9)], rng.standard_normal(n))
         tones = sum(0.2 * np.sin(2 * math.pi * f * t + rng.uniform(0, 6))
                     for f in (55.0, 220.0, 660.0, 2500.0))
         chans.append(0.15 * tilt / tilt.std() + tones * 0.3)
-        del acc
     env = 10 ** ((-10 + 8 * np.sin(2 * math.pi * t / 40.0)) / 20)
     env[(t % 20.0) > 18.5] *= 10 ** (-30 / 20)
     return (np.stack(chans) * env * 0.5).astype(np.float32)
