@@ -124,7 +124,7 @@ def bursts_sequence(burst_s: float, gap_s: float) -> tuple[Tensor, list[tuple[in
 TRUE_PEAK_TOLERANCE = (-0.4, 0.2)  # dB, Tech 3341 cases 15-23
 
 
-def _ideal_true_peak(x: np.ndarray, oversample: int = 64) -> float:
+def _ideal_true_peak(x: np.ndarray, oversample: int = 32) -> float:
     # The band-limited reconstruction's maximum, by zero-padding the spectrum of the signal
     # with silence around it (a converter sees the same continuation).
     pad = np.pad(x, (4096, 4096))
