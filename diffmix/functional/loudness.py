@@ -75,7 +75,14 @@ def check_meter_input(x: Tensor, meter: str, *, scan: bool = True) -> None:
     """
     with input_checks(False):
         check_audio(x, meter)
-    if scan and value_checks_enabled() and not bool(torch.isfinite(x.detach().abs().amax())):
+    if not (scan and value_checks_enabled()):
+        return
+    xd = x.detach()
+    if xd.device.type == "cpu" and xd.dtype in (torch.float32, torch.float64):
+        finite = bool(np.isfinite(np.abs(xd.numpy()).max()))  # numpy: no thread-pool wake-up
+    else:
+        finite = bool(torch.isfinite(xd.abs().amax()))
+    if not finite:
         raise ValueError(f"{meter}: audio contains NaN or Inf")
 
 
@@ -382,6 +389,35 @@ def channel_weights(num_channels: int, weights: Sequence[float] | None = None) -
     return list(_DEFAULT_WEIGHTS[num_channels])
 
 
+class _UnitEnergy(torch.autograd.Function):
+    # Unit energies E_u = sum over unit u of y^2 with y = F x (F the K-weighting). Backward:
+    # dE/dx = F^T (2 y g_u), and F^T is the filter run backwards in time. Two kernel passes
+    # (y again, then the adjoint), all in numpy, so a gradient costs a few forward passes.
+    @staticmethod
+    def forward(ctx, x: Tensor, sample_rate: int, unit: int) -> Tensor:  # noqa: ANN001
+        ctx.save_for_backward(x)
+        ctx.sample_rate, ctx.unit = sample_rate, unit
+        b, c, t = x.shape
+        xn = np.ascontiguousarray(_kernel_dtype(x.detach()).reshape(b * c, t).numpy())
+        energy, _ = _kfilter_numpy(xn, sample_rate, unit, False)
+        return torch.from_numpy(energy).reshape(b, c, t // unit)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):  # noqa: ANN001, ANN205
+        (x,) = ctx.saved_tensors
+        sr, unit = ctx.sample_rate, ctx.unit
+        b, c, t = x.shape
+        xn = np.ascontiguousarray(_kernel_dtype(x.detach()).reshape(b * c, t).numpy())
+        _, y = _kfilter_numpy(xn.astype(np.float64), sr, unit, True)
+        n = grad.shape[-1] * unit
+        gy = np.zeros((b * c, t))
+        g = grad.detach().reshape(b * c, -1).numpy().astype(np.float64)
+        gy[:, :n] = 2.0 * y[:, :n] * np.repeat(g, unit, axis=1)
+        _, gx = _kfilter_numpy(np.ascontiguousarray(gy[:, ::-1]), sr, unit, True)
+        gx = torch.from_numpy(np.ascontiguousarray(gx[:, ::-1])).reshape(b, c, t)
+        return gx.to(x.dtype), None, None
+
+
 def _unit_energies(x: Tensor, sample_rate: int, meter: str = "loudness") -> Tensor:
     """Sum of squared K-weighted samples per channel per meter unit: ``(B, C, T // unit)``.
 
@@ -397,6 +433,8 @@ def _unit_energies(x: Tensor, sample_rate: int, meter: str = "loudness") -> Tens
         if value_checks_enabled() and not np.isfinite(energy).all():
             raise ValueError(f"{meter}: audio contains NaN or Inf (or is too large to meter)")
         return torch.from_numpy(energy).reshape(b, c, n_units)
+    if x.device.type == "cpu" and numba is not None:
+        return _UnitEnergy.apply(x, sample_rate, unit)  # the caller has scanned x
     y = k_weight(x, sample_rate)
     return y[..., : n_units * unit].reshape(b, c, n_units, unit).square().sum(-1)
 
