@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import torch
@@ -70,3 +71,10 @@ def summary(x: torch.Tensor, sample_rate: int) -> dict:
         out["correlation"] = float(r["correlation"][0])
         out["side_mid_db"] = float(r["side_mid_db"][0])
     return out
+
+
+def peak_dbtp(x: torch.Tensor, sample_rate: int) -> float:
+    """The highest true peak over items and channels, dBTP (the delivery check's meter)."""
+    from diffmix.functional.peaks import true_peak
+
+    return 20.0 * math.log10(max(float(true_peak(x, sample_rate).amax()), 1e-12))

@@ -1,0 +1,127 @@
+"""Master every item of a manifest, many songs per optimiser step, resumable and sharded.
+
+Options: ``manifest`` (CSV/JSONL with ``input`` and optional ``id``, ``reference``,
+``target``, ``lufs``, ``true_peak_db`` columns; or a folder/glob of mixes; required),
+``target`` (the default spec), ``group_size`` (songs per optimiser step; ``auto`` sizes
+it to the free memory), ``device``, and the master job's ``fit``/``loss``/``chain``/
+``delivery`` options. Under torchrun each rank takes a disjoint shard and rank 0 merges
+``results.jsonl``. Exit code 0 when every item succeeded, 3 when some failed.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from tqdm import tqdm
+
+from diffmix.batch import Item, barrier, dist_context, merge_results, read_manifest, run_items, shard
+from diffmix.inputs import load_mix
+from diffmix.jobs._common import output_dir, pick_device
+from diffmix.jobs._mastering import Song, master_group
+
+EXIT_SOME_FAILED = 3
+# Working memory of one song in the fit and the full-length render, per stereo sample:
+# the float32 audio, its pre-limiter copy, the oversampled true-peak path and the
+# autograd state of an excerpt, measured on the default chain (see BENCHMARKS.md).
+BYTES_PER_SAMPLE = 64
+
+
+def free_memory(device: torch.device) -> int:
+    """Bytes free for work on ``device`` (CUDA: the allocator's view; CPU: MemAvailable)."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free)
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 4 << 30
+
+
+def auto_group_size(device: torch.device, seconds: float, sample_rate: int, cap: int = 64) -> int:
+    """Songs per group so that half the free memory holds their working set."""
+    per_song = max(1.0, seconds * sample_rate * BYTES_PER_SAMPLE)
+    return int(max(1, min(cap, math.floor(0.5 * free_memory(device) / per_song))))
+
+
+def item_target(cfg: DictConfig, item: Item) -> dict:
+    target = dict(OmegaConf.to_container(cfg.target, resolve=True))  # type: ignore[arg-type]
+    if item.extra.get("target"):
+        path = Path(__file__).resolve().parents[2] / "configs" / "target" / f"{item.extra['target']}.yaml"
+        if not path.exists():
+            raise ValueError(f"{item.id}: unknown target {item.extra['target']!r}")
+        target.update(OmegaConf.to_container(OmegaConf.load(path)))  # type: ignore[arg-type]
+    for key in ("lufs", "true_peak_db"):
+        if item.extra.get(key) not in (None, ""):
+            target[key] = float(item.extra[key])
+    return target
+
+
+def run(cfg: DictConfig) -> int:
+    rank, world = dist_context()
+    device = pick_device(str(cfg.device))
+    if device.type == "cuda" and world > 1:
+        device = torch.device("cuda", torch.cuda.current_device())
+    items = read_manifest(str(cfg.manifest))
+    mine = shard(items, rank, world)
+    out = output_dir(cfg)
+    if world > 1:  # every rank must write under the same folder
+        out = Path(str(cfg.out)) if cfg.get("out") else out
+    results = out / f"results.rank{rank}.jsonl"
+
+    def process(group: list[Item]):  # noqa: ANN202
+        songs, rate = [], None
+        for item in group:
+            x, sr = load_mix(item.input, rate, what=item.id)
+            rate = rate or sr
+            ref = None
+            if item.extra.get("reference"):
+                ref, _ = load_mix(item.extra["reference"], sr, what=f"{item.id} reference")
+                ref = ref.to(device)
+            songs.append(Song(
+                key=item.id, audio=x.to(device), out=out / "items" / item.id,
+                stem=f"{item.id}_master", reference=ref, target=item_target(cfg, item),
+                protect=tuple(str(p) for p in (item.input, item.extra.get("reference")) if p),
+            ))
+        kinds = {s.reference is not None for s in songs}
+        groups = [[s for s in songs if (s.reference is not None) == k] for k in kinds]
+        for part in groups:
+            for song, report in zip(part, master_group(cfg, part, rate), strict=True):
+                yield {
+                    "id": song.key, "status": "ok", "input": str(group[[g.id for g in group].index(song.key)].input),
+                    "outputs": report["outputs"], "achieved": report["achieved"],
+                    "runtime_s": report["runtime_s"],
+                }
+
+    size = cfg.group_size
+    if str(size) == "auto":
+        size = auto_group_size(device, 240.0, 48000)
+    bar = tqdm(total=len(mine), desc=f"batch rank {rank}", disable=not cfg.progress, leave=False)
+    try:
+        run_items(mine, process, results, group_size=int(size), on_progress=bar.update)
+    finally:
+        bar.close()
+    barrier()
+    failed = 0
+    if rank == 0:
+        parts = [out / f"results.rank{r}.jsonl" for r in range(world)]
+        rows = merge_results(parts, items, out / "results.jsonl")
+        failed = sum(1 for r in rows if r["status"] != "ok")
+        print(f"batch: {len(rows) - failed} ok, {failed} failed -> {out / 'results.jsonl'}")
+    barrier()
+    if world > 1:
+        import torch.distributed as dist
+
+        flag = torch.tensor([failed], dtype=torch.int64)
+        dist.broadcast(flag, 0)
+        failed = int(flag)
+        dist.destroy_process_group()
+    return EXIT_SOME_FAILED if failed else 0
+
+
+

@@ -1,0 +1,157 @@
+"""Mix stems toward a reference mix: fit the console, write the mix, preset and report.
+
+Options: ``stems`` (folder, glob or list; required), ``reference`` (a mix), ``aligned``
+(the reference is a mix of these very stems, so waveforms can be compared with the
+MR-STFT term), ``console.*`` (strips, groups, sends, master), ``fit.*``, ``loss.weights``,
+``resample`` (false: stems at another rate are an error), ``delivery.*``, ``out``.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from diffmix.config import instantiate, save_preset
+from diffmix.console import Console
+from diffmix.delivery import check_format, deliver
+from diffmix.errors import UserError
+from diffmix.features import spectral_errors
+from diffmix.fit import draw, excerpt_starts, fit
+from diffmix.functional.loudness import integrated_loudness
+from diffmix.inputs import load_mix, load_stems
+from diffmix.jobs._common import output_dir, pick_device
+from diffmix.losses import MRSTFTLoss
+from diffmix.mastering import set_exact
+from diffmix.jobs._common import summary as measure
+from diffmix.objective import REFERENCE_TERMS, Objective
+from diffmix.report import write_json
+
+MIN_SECONDS = 1.0
+SIDE_TERMS = ("tone_side", "width", "correlation")
+
+
+def equal_loudness_gains(stems: torch.Tensor, sr: int, level_lufs: float = -30.0) -> torch.Tensor:
+    """Input gains (dB) that bring every stem to ``level_lufs``; silent stems get 0 dB."""
+    lufs = integrated_loudness(stems[0], sr)
+    gains = torch.where(torch.isfinite(lufs), level_lufs - lufs, torch.zeros_like(lufs))
+    return gains.clamp(-60.0, 24.0)
+
+
+def build_console(cfg: DictConfig, sr: int, names: list[str], mono: list[bool]) -> Console:
+    OmegaConf.update(cfg, "sample_rate", sr, force_add=True)
+    node = OmegaConf.to_container(cfg.console, resolve=True)
+    node.update(tracks=len(names), track_names=names, mono=mono)
+    return instantiate(OmegaConf.create(node), _convert_="all", where="console")
+
+
+def run(cfg: DictConfig) -> int:
+    t0 = time.perf_counter()
+    device = pick_device(str(cfg.device))
+    stems = load_stems(cfg.stems, resample_mismatched=bool(cfg.resample))
+    sr = stems.sample_rate
+    if stems.audio.shape[-1] < MIN_SECONDS * sr:
+        raise UserError(f"stems are too short to fit ({stems.audio.shape[-1] / sr:.2f} s; need {MIN_SECONDS:g} s)")
+    fmt, depth = check_format(cfg.delivery.format, cfg.delivery.bit_depth)
+    reference = None
+    mono_ref = False
+    if cfg.get("reference"):
+        reference, _ = load_mix(cfg.reference, sr, what="reference")
+        mono_ref = bool(torch.equal(reference[:, 0], reference[:, 1]))
+        if not torch.isfinite(integrated_loudness(reference, sr)).all():
+            raise UserError("reference is silent: there is nothing to match")
+    console = build_console(cfg, sr, stems.names, stems.mono).to(device)
+    audio = stems.audio.to(device)
+    start = equal_loudness_gains(audio, sr)
+    console.load_values({"strip.input.gain_db": start.cpu()})
+    weights = {k: float(v) for k, v in cfg.loss.weights.items() if float(v) > 0}
+    if mono_ref:
+        weights = {k: v for k, v in weights.items() if k not in SIDE_TERMS}
+    aligned = reference is not None and bool(cfg.aligned)
+    if not aligned:
+        weights.pop("mrstft", None)
+    if reference is None:
+        weights = {k: v for k, v in weights.items() if k not in REFERENCE_TERMS}
+    fit_report = None
+    if reference is not None and weights and cfg.fit.steps > 0:
+        ref = reference.to(device)
+        length_all = min(audio.shape[-1], ref.shape[-1]) if aligned else audio.shape[-1]
+        objective = Objective(
+            sr, {k: v for k, v in weights.items() if k != "mrstft"} or {"loudness": 0.0 + 1e-12},
+            reference=ref,
+        ).to(device)
+        mrstft = MRSTFTLoss(sr, **dict(cfg.loss.mrstft)).to(device) if "mrstft" in weights else None
+        length = min(length_all, int(round(float(cfg.fit.excerpt_s) * sr)))
+        params = console.select(list(cfg.fit.params))
+        prior_w = float(cfg.loss.get("prior", 0.0))
+        staging_w = float(cfg.loss.get("gain_staging", 0.0))
+        initial = {k: p.exact().to(device) for k, p in console.named_values().items()}
+
+        def closure(step: int):  # noqa: ANN202
+            total = audio.new_zeros(())
+            terms: dict[str, float] = {}
+            gen = draw(int(cfg.seed), step)
+            for s0 in excerpt_starts(length_all, length, int(cfg.fit.excerpts), gen):
+                y = console(audio[..., s0 : s0 + length])
+                loss, parts = objective(y)
+                if mrstft is not None:
+                    a, b = y, ref[..., s0 : s0 + length]
+                    if mono_ref:
+                        a, b = a.mean(1, keepdim=True), b.mean(1, keepdim=True)
+                    parts["mrstft"] = mrstft(a, b)
+                    loss = loss + weights["mrstft"] * parts["mrstft"]
+                if staging_w:
+                    peak_db = 20 * torch.log10(y.abs().amax().clamp_min(1e-9))
+                    parts["gain_staging"] = torch.relu(peak_db).square().view(1)
+                    loss = loss + staging_w * parts["gain_staging"]
+                total = total + loss.mean()
+                for k, v in parts.items():
+                    terms[k] = terms.get(k, 0.0) + float(v.detach().mean())
+            if prior_w:
+                prior = console.prior(initial)
+                total = total + prior_w * prior
+                terms["prior"] = float(prior.detach())
+            return total, terms
+
+        scheduler = instantiate(cfg.scheduler, where="scheduler") if cfg.get("scheduler") else None
+        out = output_dir(cfg)
+        result = fit(
+            params, closure, steps=int(cfg.fit.steps), optimizer=instantiate(cfg.optim, where="optim"),
+            scheduler=scheduler, patience=int(cfg.fit.patience),
+            checkpoint=Path(cfg.checkpoint) if cfg.get("checkpoint") else None,
+            progress=bool(cfg.progress), log_path=out / "fit_log.jsonl",
+            tag="mix:" + ",".join(stems.names),
+        )
+        fit_report = {k: v for k, v in vars(result).items() if k != "history"}
+    out = output_dir(cfg)
+    with torch.no_grad():
+        set_exact(console, True)
+        mix = console(audio)
+    peak = float(mix.abs().max())
+    if peak > 1.0:  # keep the written mix unclipped: lower it, and say so
+        mix = mix / peak * 10 ** (-0.1 / 20)
+    stem = cfg.get("output_name") or "mix"
+    protect = tuple(str(p) for p in stems.paths) + ((str(cfg.reference),) if cfg.get("reference") else ())
+    delivery = deliver(mix[0].cpu(), sr, out / f"{stem}.{fmt}", fmt=fmt, bit_depth=depth,
+                       target_rate=cfg.delivery.sample_rate, dither=bool(cfg.delivery.dither),
+                       seed=int(cfg.seed), protect=protect)
+    save_preset(console, out / f"{stem}_preset.yaml")
+    report = {
+        "job": "mix",
+        "stems": stems.names,
+        "outputs": {"audio": delivery.path, "preset": str(out / f"{stem}_preset.yaml")},
+        "mix": measure(mix.cpu().double(), sr),
+        "normalised_down_db": None if peak <= 1.0 else -20 * float(torch.log10(torch.tensor(peak))) - 0.1,
+        "fit": fit_report,
+        "params": console.preset(),
+        "delivery": delivery.as_dict(),
+    }
+    if reference is not None:
+        report["reference"] = measure(reference.double(), sr)
+        report["spectral_error"] = spectral_errors(mix.cpu(), reference.cpu(), sr)
+    report["runtime_s"] = round(time.perf_counter() - t0, 3)
+    write_json(out / f"{stem}_report.json", report)
+    print(f"mix: {delivery.path}  ({report['runtime_s']:.1f} s)")
+    return 0

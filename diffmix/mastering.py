@@ -1,0 +1,255 @@
+"""Mastering: fit a chain to references and/or loudness specs, then hit each target exactly.
+
+Several songs are mastered at once: the chain is a :class:`~diffmix.console.Bus` with one
+parameter set per song and one optimiser over them all. Every song's excerpts are drawn
+from ``(seed, song id, step)`` and its loss is its own, so a song's result is the same in
+a batch as alone (up to floating-point summation order).
+
+1. **Fit** (optional): tone, width and dynamics parameters are fitted on random excerpts
+   against the objective's terms, with the limiter in its smooth mode.
+2. **Loudness solve**: on the full-length render, each song's drive into the true-peak
+   limiter is adjusted in closed loop (secant steps) until its integrated loudness is
+   within ``tolerance_lu`` of its target; the limiter runs in its exact mode, so the
+   ceiling holds.
+
+The chain's last effect is named ``limiter`` and has a ``gain_db`` drive parameter.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from diffmix.console import Bus
+from diffmix.errors import UserError
+from diffmix.fit import FitResult, draw, excerpt_starts, fit
+from diffmix.functional.loudness import integrated_loudness
+from diffmix.objective import REFERENCE_TERMS, Objective
+
+
+@dataclass
+class LoudnessSolve:
+    """Result of the closed-loop loudness solve for one song."""
+
+    drive_db: float
+    achieved_lufs: float
+    target_lufs: float
+    iterations: int
+
+
+def set_exact(module: torch.nn.Module, exact: bool) -> None:
+    """Switch every effect with an exact/smooth render (the limiter) to ``exact``."""
+    for m in module.modules():
+        options = getattr(m, "_options", None)
+        if isinstance(options, dict) and isinstance(options.get("exact"), bool):
+            options["exact"] = exact
+
+
+def pad_batch(xs: Sequence[Tensor]) -> tuple[Tensor, list[int]]:
+    """Stack ``(1, C, T_i)`` songs into ``(S, C, max T)`` with zeros; returns the lengths."""
+    lengths = [int(x.shape[-1]) for x in xs]
+    longest = max(lengths)
+    return torch.cat([torch.nn.functional.pad(x, (0, longest - x.shape[-1])) for x in xs]), lengths
+
+
+def song_excerpts(
+    xs: Sequence[Tensor], keys: Sequence[str], length: int, seed: int, step: int
+) -> Tensor:
+    """One excerpt of ``length`` samples per song, drawn from ``(seed, key, step)``.
+
+    A song shorter than ``length`` is zero-padded (the loudness gate ignores the padding
+    and the tone features are level-free).
+    """
+    out = []
+    for x, key in zip(xs, keys, strict=True):
+        start = excerpt_starts(x.shape[-1], length, 1, draw(seed, step, key))[0]
+        crop = x[..., start : start + length]
+        out.append(torch.nn.functional.pad(crop, (0, length - crop.shape[-1])))
+    return torch.cat(out)
+
+
+def select(chain: Bus, patterns: Sequence[str]) -> list[Tensor]:
+    """Turn gradients on for the chain's parameters matching a glob, off for the rest."""
+    chosen = []
+    for key, p in chain.named_values().items():
+        on = p.spec.differentiable and any(fnmatch.fnmatch(key, pat) for pat in patterns)
+        p.raw.requires_grad_(on)
+        if on:
+            chosen.append(p.raw)
+    return chosen
+
+
+def fit_chain(
+    chain: Bus,
+    xs: Sequence[Tensor],
+    keys: Sequence[str],
+    objective: Objective,
+    *,
+    params: Sequence[str],
+    steps: int,
+    excerpt_s: float,
+    optimizer: Callable,
+    scheduler: Callable | None = None,
+    seed: int = 0,
+    patience: int = 50,
+    progress: bool = True,
+    checkpoint=None,  # noqa: ANN001
+    log_path=None,  # noqa: ANN001
+) -> FitResult:
+    """Fit the parameters of ``chain`` (one set per song) matching the glob ``params``.
+
+    The loss is the *sum* over songs, so each song's gradient is its own.
+    """
+    chosen = select(chain, params)
+    if not chosen or steps == 0:
+        return FitResult(0, math.nan, math.nan, "nothing to fit", 0.0)
+    length = int(round(excerpt_s * chain.sample_rate))
+    set_exact(chain, False)
+
+    def closure(step: int):  # noqa: ANN202
+        batch = song_excerpts(xs, keys, length, seed, step)
+        loss, terms = objective(chain(batch))
+        return loss.sum(), {k: float(v.detach().mean()) for k, v in terms.items()}
+
+    try:
+        return fit(
+            chosen, closure, steps=steps, optimizer=optimizer, scheduler=scheduler,
+            patience=patience, progress=progress, checkpoint=checkpoint, log_path=log_path,
+            tag="master:" + "|".join(keys),
+        )
+    finally:
+        set_exact(chain, True)
+
+
+def measure_lufs(y: Tensor, lengths: Sequence[int], sample_rate: int) -> Tensor:
+    """Integrated loudness of each song over its own length, ``(S,)``."""
+    return torch.stack(
+        [integrated_loudness(y[i : i + 1, :, :n], sample_rate)[0] for i, n in enumerate(lengths)]
+    )
+
+
+def solve_loudness(
+    render: Callable[[Tensor], Tensor],
+    lengths: Sequence[int],
+    sample_rate: int,
+    targets: Tensor,
+    *,
+    tolerance_lu: float = 0.02,
+    max_iter: int = 12,
+    drive_range: tuple[float, float] = (-40.0, 30.0),
+) -> tuple[Tensor, list[LoudnessSolve]]:
+    """Find per-song drives (dB) for which ``render(drives)`` measures ``targets`` (LUFS).
+
+    Loudness rises monotonically with the drive but flattens as the limiter works
+    harder, so each step divides the error by a secant estimate of the slope.
+
+    Raises:
+        UserError: when a target can't be reached (silence, or more loudness than the
+            ceiling allows), naming the song by its index.
+    """
+    lo, hi = drive_range
+    targets = targets.double()
+    drive = torch.zeros_like(targets)
+    y = render(drive)
+    lufs = measure_lufs(y, lengths, sample_rate).double()
+    silent = ~torch.isfinite(lufs)
+    if silent.any():
+        raise UserError(f"song {int(silent.nonzero()[0])} is silent: no gain can reach a loudness target")
+    prev_drive, prev_lufs = None, None
+    iters = torch.ones_like(targets)
+    for _ in range(max_iter):
+        err = targets - lufs
+        open_ = err.abs() > tolerance_lu
+        if not open_.any():
+            break
+        slope = torch.ones_like(drive)
+        if prev_drive is not None:
+            moved = (drive - prev_drive).abs() > 1e-9
+            secant = (lufs - prev_lufs) / torch.where(moved, drive - prev_drive, torch.ones_like(drive))
+            slope = torch.where(moved, secant.clamp(0.05, 1.0), slope)
+        prev_drive, prev_lufs = drive.clone(), lufs.clone()
+        drive = torch.where(open_, (drive + err / slope).clamp(lo, hi), drive)
+        iters = iters + open_.double()
+        y = render(drive)
+        lufs = measure_lufs(y, lengths, sample_rate).double()
+    err = (targets - lufs).abs()
+    if (err > tolerance_lu).any():
+        i = int((err > tolerance_lu).nonzero()[0])
+        raise UserError(
+            f"cannot reach {float(targets[i]):g} LUFS under the ceiling (song {i}): the closest "
+            f"was {float(lufs[i]):.2f} LUFS at {float(drive[i]):+.1f} dB drive"
+        )
+    solves = [
+        LoudnessSolve(float(d), float(v), float(t), int(k))
+        for d, v, t, k in zip(drive, lufs, targets, iters, strict=True)
+    ]
+    return y, solves
+
+
+def render_with_drive(chain: Bus, x: Tensor, limiter: str = "limiter") -> Callable[[Tensor], Tensor]:
+    """A ``drives (S,) -> output (S, C, T)`` renderer; what precedes the limiter runs once."""
+    names = list(chain.effects)
+    if limiter not in names:
+        raise ValueError(f"master chain needs an effect named {limiter!r}; it has {names}")
+    idx = names.index(limiter)
+    set_exact(chain, True)
+    with torch.no_grad():
+        pre = x
+        for name in names[:idx]:
+            pre = chain.effects[name](pre)
+    lim = chain.effects[limiter]
+    post = [chain.effects[n] for n in names[idx + 1 :]]
+
+    def render(drives: Tensor) -> Tensor:
+        lim.load_values({"gain_db": drives.detach().cpu().double()})
+        with torch.no_grad():
+            y = lim(pre)
+            for effect in post:
+                y = effect(y)
+        return y
+
+    render.pre = pre  # type: ignore[attr-defined]  # for the gain-reduction plot
+    return render
+
+
+def loudness_goals(
+    targets: Sequence[Mapping], references: Sequence[Tensor | None], sample_rate: int
+) -> list[float | None]:
+    """Each song's LUFS goal: its spec's, else its reference's loudness, else None."""
+    goals: list[float | None] = []
+    for target, ref in zip(targets, references, strict=True):
+        if target.get("lufs") is not None:
+            goals.append(float(target["lufs"]))
+        elif ref is not None:
+            value = float(integrated_loudness(ref, sample_rate)[0])
+            if not math.isfinite(value):
+                raise UserError("reference is silent: its loudness can't be matched")
+            goals.append(value)
+        else:
+            goals.append(None)
+    return goals
+
+
+def available_weights(
+    weights: Mapping[str, float], *, reference: bool, target: Mapping
+) -> dict[str, float]:
+    """Drop terms with nothing to compare against, and those met exactly elsewhere."""
+    out = {}
+    for k, v in weights.items():
+        if k in REFERENCE_TERMS and not reference:
+            continue
+        if k == "spec_lra" and target.get("lra") is None:
+            continue
+        if k == "spec_plr" and target.get("plr") is None:
+            continue
+        if k in ("spec_lufs", "spec_true_peak", "loudness", "mrstft"):
+            # Loudness and the ceiling are met exactly by the solve and the limiter; a
+            # master's reference is another song, so there is no waveform to align.
+            continue
+        out[k] = float(v)
+    return {k: v for k, v in out.items() if v > 0}

@@ -1,0 +1,137 @@
+"""The mix, album and batch jobs, run as real subprocesses on small synthetic files."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from jobs_helpers import ROOT, files, music, run_cli, write
+
+pytestmark = pytest.mark.slow
+
+
+def stems_dir(tmp_path, n=3, seconds=3.0):
+    d = tmp_path / "stems"
+    for i in range(n):
+        audio = music(seconds, seed=10 + i, level=0.2)
+        if i == 1:
+            audio = audio[:, :1]  # one mono stem
+        write(d / f"{i:02d}-stem.wav", audio)
+    return d
+
+
+def test_mix_fits_toward_a_reference_and_writes_everything(tmp_path):
+    d = stems_dir(tmp_path)
+    stems = [sf.read(str(p), always_2d=True)[0] for p in sorted(d.iterdir())]
+    stems = [s if s.shape[1] == 2 else np.repeat(s, 2, 1) for s in stems]
+    ref = write(tmp_path / "ref.wav", (0.5 * stems[0] + 1.0 * stems[1] + 0.25 * stems[2]).astype(np.float32))
+    out = run_cli("mix", f"stems={d}", f"reference={ref}", "fit.steps=5", "fit.excerpt_s=1.0",
+                  f"out={tmp_path / 'o'}", "progress=false", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    report = json.loads((tmp_path / "o" / "mix_report.json").read_text())
+    assert report["fit"]["steps"] == 5 and report["stems"] == ["00-stem", "01-stem", "02-stem"]
+    assert {"mix.wav", "mix_preset.yaml", "mix_report.json", "fit_log.jsonl"} <= set(files(tmp_path / "o"))
+    log = [json.loads(line) for line in (tmp_path / "o" / "fit_log.jsonl").read_text().splitlines()]
+    assert len(log) == 5 and "mrstft" in log[0]
+
+    out = run_cli("render", f"preset={tmp_path / 'o' / 'mix_preset.yaml'}", f"input={d}",
+                  f"out={tmp_path / 'r'}", "delivery.bit_depth=float", "delivery.dither=false", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    rendered, _ = sf.read(str(tmp_path / "r" / "stems_render.wav"))
+    assert rendered.shape == (3 * 44100, 2)
+
+
+def test_mix_stems_of_different_lengths_are_padded_with_a_warning(tmp_path):
+    d = tmp_path / "stems"
+    write(d / "a.wav", music(2.0, seed=1))
+    write(d / "b.wav", music(1.5, seed=2))
+    out = run_cli("mix", f"stems={d}", f"out={tmp_path / 'o'}", "progress=false", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "padded with silence" in out.stderr + out.stdout
+
+
+def test_album_is_consistent_and_has_a_cue_sheet(tmp_path):
+    d = tmp_path / "tracks"
+    write(d / "a.wav", music(3.0, seed=1, level=0.1))
+    write(d / "b.wav", music(3.0, seed=2, level=0.5))
+    out = run_cli("album", f"inputs={d}", "order=[b,a]", "gaps_s=1.0", "fit.steps=2", "fit.excerpt_s=1.5",
+                  f"out={tmp_path / 'o'}", "progress=false", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    report = json.loads((tmp_path / "o" / "album_report.json").read_text())
+    assert report["loudness_spread_lu"] < 0.1
+    assert [t["title"] for t in report["tracks"]] == ["b", "a"]
+    cue = (tmp_path / "o" / "album.cue").read_text()
+    assert 'TITLE "b"' in cue and "INDEX 01 00:04:00" in cue  # 3 s + 1 s gap
+    info = sf.info(str(tmp_path / "o" / "album.wav"))
+    assert info.frames == 7 * 44100
+
+
+def _manifest(tmp_path, names):
+    rows = ["id,input"]
+    for name in names:
+        if name == "corrupt":
+            (tmp_path / "corrupt.wav").write_bytes(b"RIFF....WAVEjunk")
+        else:
+            write(tmp_path / f"{name}.wav", music(2.0, seed=len(name)))
+        rows.append(f"{name},{name}.wav")
+    (tmp_path / "m.csv").write_text("\n".join(rows) + "\n")
+    return tmp_path / "m.csv"
+
+
+def test_batch_isolates_failures_and_resumes(tmp_path):
+    manifest = _manifest(tmp_path, ["a", "corrupt", "bb"])
+    args = ["batch", f"manifest={manifest}", f"out={tmp_path / 'o'}", "fit.steps=2", "progress=false", "group_size=2"]
+    out = run_cli(*args, cwd=tmp_path)
+    assert out.returncode == 3, out.stderr
+    rows = [json.loads(x) for x in (tmp_path / "o" / "results.jsonl").read_text().splitlines()]
+    assert [r["status"] for r in rows] == ["ok", "failed", "ok"]
+    assert "cannot read audio" in rows[1]["error"]
+    stamp = os.path.getmtime(rows[0]["outputs"]["audio"])
+    out = run_cli(*args, cwd=tmp_path)
+    assert out.returncode == 3
+    assert os.path.getmtime(rows[0]["outputs"]["audio"]) == stamp  # done items are skipped
+
+
+def test_batch_item_equals_the_item_alone(tmp_path):
+    manifest = _manifest(tmp_path, ["a", "bb", "ccc"])
+    common = ["fit.steps=3", "fit.excerpt_s=1.0", "progress=false", "delivery.bit_depth=float", "delivery.dither=false"]
+    assert run_cli("batch", f"manifest={manifest}", f"out={tmp_path / 'together'}", "group_size=3", *common, cwd=tmp_path).returncode == 0
+    assert run_cli("batch", f"manifest={manifest}", f"out={tmp_path / 'alone'}", "group_size=1", *common, cwd=tmp_path).returncode == 0
+    for name in ("a", "bb", "ccc"):
+        x, _ = sf.read(str(tmp_path / "together" / "items" / name / f"{name}_master.wav"))
+        y, _ = sf.read(str(tmp_path / "alone" / "items" / name / f"{name}_master.wav"))
+        # Stated tolerance: 1e-4 of full scale (float summation order differs in a batch).
+        assert np.abs(x - y).max() <= 1e-4
+
+
+def test_torchrun_two_processes_equal_one(tmp_path):
+    manifest = _manifest(tmp_path, ["a", "bb", "ccc"])
+    common = ["fit.steps=2", "fit.excerpt_s=1.0", "progress=false", "delivery.bit_depth=float", "delivery.dither=false", "group_size=1"]
+    # One thread per process in both runs (torch and numba), so every reduction and the
+    # loudness meter's tiling add in the same order: the results are then bit-identical.
+    threads = {"OMP_NUM_THREADS": "1", "NUMBA_NUM_THREADS": "1"}
+    one = run_cli("batch", f"manifest={manifest}", f"out={tmp_path / 'one'}", *common, cwd=tmp_path,
+                  env=threads)
+    assert one.returncode == 0, one.stderr
+    env = {**os.environ, "PYTHONPATH": str(ROOT), **threads}
+    two = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2", "--master-port=29517",
+         "-m", "diffmix.cli", "batch", f"manifest={manifest}", f"out={tmp_path / 'two'}", *common],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
+    )
+    assert two.returncode == 0, two.stderr[-2000:]
+    strip = lambda rows: [{k: v for k, v in r.items() if k not in ("runtime_s", "outputs")} for r in rows]  # noqa: E731
+    load = lambda d: [json.loads(x) for x in (tmp_path / d / "results.jsonl").read_text().splitlines()]  # noqa: E731
+    assert strip(load("one")) == strip(load("two"))
+    for name in ("a", "bb", "ccc"):
+        x, _ = sf.read(str(tmp_path / "one" / "items" / name / f"{name}_master.wav"))
+        y, _ = sf.read(str(tmp_path / "two" / "items" / name / f"{name}_master.wav"))
+        assert np.array_equal(x, y)
+    shutil.rmtree(tmp_path / "one")
