@@ -86,10 +86,12 @@ def test_bad_files_raise_audio_file_error(tmp_path, case):
         analyze.run(compose_cfg(input=str(path)))
 
 
-def test_bad_plot_value_is_refused(tmp_path):
+def test_bad_plot_value_is_refused_before_anything_is_written(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # outside Hydra the default output folder is the cwd
     src = write_tone(tmp_path / "tone.wav", seconds=0.5)
     with pytest.raises(ValueError, match="plot must be"):
         analyze.run(compose_cfg(input=str(src), plot=str(tmp_path / "x.jpg"), table=False))
+    assert [p.name for p in tmp_path.iterdir()] == ["tone.wav"]
 
 
 def diffmix(*args: str, cwd: Path) -> subprocess.CompletedProcess:

@@ -30,28 +30,23 @@ def run(cfg: DictConfig) -> int:
     if OmegaConf.is_missing(cfg, "input") or not cfg.get("input"):
         raise ValueError("input=<audio file> is required")
     path = Path(str(cfg.input))
-    audio, sr = read_audio(path)
+    plot = cfg.get("plot", False)
+    plot_on = plot is True or (isinstance(plot, str) and plot.lower() == "true")
+    plot_path = None
+    if not plot_on and plot and not (isinstance(plot, str) and plot.lower() == "false"):
+        plot_path = Path(str(plot))
+        if plot_path.suffix.lower() != ".png":
+            raise ValueError(f"plot must be true, false or a .png path, got {plot!r}")
     device = pick_device(str(cfg.get("device", "auto")))
+    audio, sr = read_audio(path)
     report = analysis_report(audio[None].to(device), sr)[0]
     info = sf.info(str(path))
     report = {"input": str(path), "format": info.format, "subtype": info.subtype, **report}
 
-    out = None
-    if cfg.get("json"):
-        json_path = Path(str(cfg.json))
-    else:
-        out = output_dir(cfg)
-        json_path = out / "analysis.json"
+    out = None if cfg.get("json") and not plot_on else output_dir(cfg)
+    json_path = Path(str(cfg.json)) if cfg.get("json") else out / "analysis.json"
     atomic_write_text(json_path, json.dumps(report, indent=2, allow_nan=False) + "\n")
-
-    png_path = None
-    plot = cfg.get("plot", False)
-    if plot is True or (isinstance(plot, str) and plot.lower() == "true"):
-        png_path = (out or output_dir(cfg)) / "analysis.png"
-    elif plot and not (isinstance(plot, str) and plot.lower() == "false"):
-        png_path = Path(str(plot))
-        if png_path.suffix.lower() != ".png":
-            raise ValueError(f"plot must be true, false or a .png path, got {plot!r}")
+    png_path = out / "analysis.png" if plot_on else plot_path
     if png_path is not None:
         write_plot(report, png_path)
 
