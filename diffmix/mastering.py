@@ -143,12 +143,14 @@ def solve_loudness(
     *,
     tolerance_lu: float = 0.02,
     max_iter: int = 12,
-    drive_range: tuple[float, float] = (-40.0, 30.0),
+    drive_range: tuple[float, float] = (-24.0, 48.0),
+    start_db: Tensor | None = None,
 ) -> tuple[Tensor, list[LoudnessSolve]]:
     """Find per-song drives (dB) for which ``render(drives)`` measures ``targets`` (LUFS).
 
     Loudness rises monotonically with the drive but flattens as the limiter works
-    harder, so each step divides the error by a secant estimate of the slope.
+    harder, so each step divides the error by a secant estimate of the slope. A good
+    ``start_db`` (the target minus the pre-limiter loudness) saves a full render.
 
     Raises:
         UserError: when a target can't be reached (silence, or more loudness than the
@@ -156,7 +158,7 @@ def solve_loudness(
     """
     lo, hi = drive_range
     targets = targets.double()
-    drive = torch.zeros_like(targets)
+    drive = torch.zeros_like(targets) if start_db is None else start_db.double().clamp(lo, hi)
     y = render(drive)
     lufs = measure_lufs(y, lengths, sample_rate).double()
     silent = ~torch.isfinite(lufs)
@@ -215,7 +217,7 @@ def render_with_drive(chain: Bus, x: Tensor, limiter: str = "limiter") -> Callab
                 y = effect(y)
         return y
 
-    render.pre = pre  # type: ignore[attr-defined]  # for the gain-reduction plot
+    render.pre = pre  # type: ignore[attr-defined]  # for the gain-reduction plot and the start
     return render
 
 
