@@ -6,7 +6,6 @@ them. All are differentiable in the rendered audio. CUDA: yes.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import torch

@@ -32,7 +32,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from diffmix.features import FeatureExtractor, correlation, crest_factor_db
+from diffmix.features import FeatureExtractor, crest_factor_db
 from diffmix.functional.loudness import integrated_loudness, short_term_loudness
 from diffmix.functional.peaks import true_peak_soft
 from diffmix.losses import MRSTFTLoss, hinge

@@ -7,7 +7,6 @@ import math
 import numpy as np
 import pytest
 import torch
-
 from contract import (
     assert_batch_consistent,
     assert_finite_at_extremes,
@@ -16,6 +15,7 @@ from contract import (
     assert_preset_round_trip,
     noise,
 )
+
 from diffmix.effects.automation import VolumeAutomation
 from diffmix.functional.automation import gain_curve_db, volume_automation
 
@@ -67,7 +67,7 @@ def test_curve_passes_through_breakpoints_and_holds_outside():
     fs = 100
     for curve in ("cosine", "linear"):
         g = gain_curve_db(gains, times, 400, fs, curve=curve)
-        for t, v in zip(times, gains.tolist()):
+        for t, v in zip(times, gains.tolist(), strict=False):
             assert float(g[round(t * fs)]) == pytest.approx(v, abs=1e-12)
         assert torch.all(g[:50] == -10.0) and torch.all(g[250:] == -2.0)
         # Between breakpoints the curve stays within its two ends (no overshoot).

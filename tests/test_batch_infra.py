@@ -6,7 +6,15 @@ import json
 
 import pytest
 
-from diffmix.batch import Item, append_result, load_results, merge_results, read_manifest, run_items, shard
+from diffmix.batch import (
+    Item,
+    append_result,
+    load_results,
+    merge_results,
+    read_manifest,
+    run_items,
+    shard,
+)
 
 
 def test_csv_and_jsonl_manifests(tmp_path):

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from contract import noise
+
 from diffmix.config import ConfigError, instantiate, load_preset, save_preset
 from diffmix.effects import Chain, Gain, Pan, Parallel, Width
 

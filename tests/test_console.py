@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from contract import noise
+
 from diffmix.config import load_preset
 from diffmix.console import Bus, Console, as_stereo_stems
 from diffmix.effects import Gain, Pan, Width

@@ -8,7 +8,6 @@ import math
 import numpy as np
 import pytest
 import torch
-
 from contract import (
     assert_batch_consistent,
     assert_finite_at_extremes,
@@ -17,6 +16,7 @@ from contract import (
     assert_preset_round_trip,
     noise,
 )
+
 from diffmix.effects.distortion import Saturation
 from diffmix.functional.distortion import saturate, shape
 

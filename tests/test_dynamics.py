@@ -9,7 +9,6 @@ import math
 import numpy as np
 import pytest
 import torch
-
 from contract import (
     assert_batch_consistent,
     assert_finite_at_extremes,
@@ -18,6 +17,7 @@ from contract import (
     assert_preset_round_trip,
     noise,
 )
+
 from diffmix.effects.dynamics import Compressor, Expander
 from diffmix.functional import dynamics as F
 from diffmix.functional._dynamics_kernels import smooth

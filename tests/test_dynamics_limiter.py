@@ -9,8 +9,6 @@ import math
 import numpy as np
 import pytest
 import torch
-from scipy.signal import resample_poly
-
 from contract import (
     assert_batch_consistent,
     assert_finite_at_extremes,
@@ -19,6 +17,8 @@ from contract import (
     assert_preset_round_trip,
     noise,
 )
+from scipy.signal import resample_poly
+
 from diffmix.effects.dynamics import Limiter
 from diffmix.functional import dynamics as F
 

@@ -7,7 +7,6 @@ import math
 
 import pytest
 import torch
-
 from contract import (
     assert_batch_consistent,
     assert_finite_at_extremes,
@@ -16,6 +15,7 @@ from contract import (
     assert_preset_round_trip,
     noise,
 )
+
 from diffmix.effects.dynamics import MultibandCompressor
 from diffmix.functional import dynamics as F
 

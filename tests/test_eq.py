@@ -7,8 +7,6 @@ import math
 import numpy as np
 import pytest
 import torch
-from scipy import signal
-
 from contract import (
     assert_batch_consistent,
     assert_finite_at_extremes,
@@ -17,6 +15,8 @@ from contract import (
     assert_preset_round_trip,
     noise,
 )
+from scipy import signal
+
 from diffmix.effects.eq import HighPass, LowPass, ParametricEQ, range_tail_bound
 from diffmix.functional.filters import eq_coeffs, parametric_eq
 from diffmix.functional.gain import left_right, mid_side

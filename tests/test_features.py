@@ -6,8 +6,8 @@ import math
 
 import pytest
 import torch
-
 from contract import noise
+
 from diffmix.features import FeatureExtractor, correlation, crest_factor_db
 
 

@@ -7,8 +7,8 @@ import math
 
 import pytest
 import torch
-
 from contract import noise
+
 from diffmix.console import Console
 from diffmix.effects import Gain, Pan
 from diffmix.fit import draw, excerpt_starts, fit
@@ -49,7 +49,7 @@ def test_same_seed_same_result():
     runs = []
     for _ in range(2):
         console, params, closure = problem()
-        fit(params, lambda k: closure(k, seed=3), steps=30, optimizer=ADAM, progress=False)
+        fit(params, functools.partial(closure, seed=3), steps=30, optimizer=ADAM, progress=False)
         runs.append(console.named_values()["strip.fader.gain_db"].value())
     assert torch.equal(runs[0], runs[1])
 

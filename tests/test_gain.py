@@ -6,7 +6,6 @@ import math
 
 import pytest
 import torch
-
 from contract import (
     assert_batch_consistent,
     assert_finite_at_extremes,
@@ -15,6 +14,7 @@ from contract import (
     assert_preset_round_trip,
     noise,
 )
+
 from diffmix.effects import Balance, Gain, Pan, Polarity, Width
 from diffmix.functional.gain import mid_side
 

@@ -7,8 +7,8 @@ import logging
 import pytest
 import torch
 
-from diffmix.io import AudioFileError, write_audio
 from diffmix.inputs import load_mix, load_stems
+from diffmix.io import AudioFileError, write_audio
 
 
 def _tone(n, sr, f=440.0, ch=2):

@@ -38,7 +38,7 @@ def test_errors_name_the_file_and_problem(tmp_path):
 def test_failed_write_leaves_nothing(tmp_path):
     with pytest.raises(ValueError, match="NaN or Inf"):
         write_audio(tmp_path / "out.wav", torch.tensor([[float("inf")]]), 44100)
-    with pytest.raises(Exception):
+    with pytest.raises(ValueError, match="NOT_A_SUBTYPE"):
         write_audio(tmp_path / "out.wav", torch.zeros(1, 10), 44100, subtype="NOT_A_SUBTYPE")
     assert list(tmp_path.iterdir()) == []
 

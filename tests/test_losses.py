@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from contract import noise
+
 from diffmix.losses import MRSTFTLoss, a_weighting, hinge, stereo_views
 
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import math
 
+import ebu_signals as ebu
 import numpy as np
 import pytest
 import torch
 from scipy.signal import freqz, lfilter
 
-import ebu_signals as ebu
 from diffmix.checks import input_checks
 from diffmix.functional import loudness as L
 from diffmix.functional.loudness import (

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from jobs_helpers import files, music, run_cli, write
 
 from diffmix.functional.loudness import integrated_loudness
 from diffmix.functional.peaks import true_peak
-from jobs_helpers import files, music, run_cli, write
 
 pytestmark = pytest.mark.slow
 

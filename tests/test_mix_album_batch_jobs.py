@@ -11,7 +11,6 @@ import sys
 import numpy as np
 import pytest
 import soundfile as sf
-
 from jobs_helpers import ROOT, files, music, run_cli, write
 
 pytestmark = pytest.mark.slow

@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import scipy.signal as ss
 import torch
-
 from contract import (
     assert_batch_consistent,
     assert_finite_at_extremes,
@@ -18,6 +17,7 @@ from contract import (
     assert_preset_round_trip,
     noise,
 )
+
 from diffmix.effects.modulation import Chorus, Phaser
 from diffmix.functional.modulation import chorus, phaser
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from contract import noise
+
 from diffmix.functional.gain import width as set_width
 from diffmix.objective import TERMS, Objective
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import math
 
+import ebu_signals as ebu
 import numpy as np
 import pytest
 import torch
 
-import ebu_signals as ebu
 from diffmix.functional.loudness import integrated_loudness, short_term_loudness
 from diffmix.functional.peaks import (
     amp_to_db,

@@ -16,7 +16,7 @@ def test_third_octave_centres_match_nominal_iec_values():
                20000]
     exact = band_centres(3).tolist()
     assert len(exact) == len(nominal)
-    for e, n in zip(exact, nominal):
+    for e, n in zip(exact, nominal, strict=False):
         assert e == pytest.approx(n, rel=0.03)
 
 

@@ -126,7 +126,7 @@ def over_rows(kernel: Callable[..., None], rows: int, work: int, *args: Any) -> 
     if _POOL is None or _POOL._max_workers < threads:  # noqa: SLF001
         _POOL = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="diffmix-dynamics")
     bounds = [rows * i // threads for i in range(threads + 1)]
-    futures = [_POOL.submit(kernel, a, b, *args) for a, b in zip(bounds, bounds[1:]) if b > a]
+    futures = [_POOL.submit(kernel, a, b, *args) for a, b in zip(bounds, bounds[1:], strict=False) if b > a]
     for future in futures:
         future.result()
 

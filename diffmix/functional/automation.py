@@ -30,7 +30,7 @@ def check_times(times_s: Sequence[float], effect: str = "volume_automation") -> 
         if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t) or t < 0:
             raise ValueError(f"{effect}: breakpoint times must be finite seconds >= 0, got {t!r}")
         out.append(float(t))
-    if any(b <= a for a, b in zip(out, out[1:])):
+    if any(b <= a for a, b in zip(out, out[1:], strict=False)):
         raise ValueError(f"{effect}: breakpoint times must be strictly increasing, got {out}")
     return out
 

@@ -16,8 +16,9 @@ from diffmix.delivery import check_format, deliver
 from diffmix.errors import UserError
 from diffmix.features import spectral_errors
 from diffmix.functional.loudness import short_term_loudness
-from diffmix.functional.peaks import true_peak
 from diffmix.io import read_audio
+from diffmix.jobs._common import peak_dbtp
+from diffmix.jobs._common import summary as measure
 from diffmix.mastering import (
     available_weights,
     fit_chain,
@@ -27,7 +28,6 @@ from diffmix.mastering import (
     render_with_drive,
     solve_loudness,
 )
-from diffmix.jobs._common import peak_dbtp, summary as measure
 from diffmix.objective import Objective
 from diffmix.report import gain_reduction_db, plot, write_json
 

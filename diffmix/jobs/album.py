@@ -19,10 +19,9 @@ from diffmix.album import cue_sheet, sequence
 from diffmix.delivery import check_format, deliver
 from diffmix.errors import UserError
 from diffmix.functional.loudness import integrated_loudness
-from diffmix.functional.peaks import true_peak
 from diffmix.inputs import expand_paths, load_mix
 from diffmix.io import atomic_write_text, read_audio
-from diffmix.jobs._common import peak_dbtp, output_dir, pick_device, summary
+from diffmix.jobs._common import output_dir, peak_dbtp, pick_device, summary
 from diffmix.jobs._mastering import Song, master_group
 from diffmix.report import write_json
 

@@ -17,7 +17,15 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from diffmix.batch import Item, barrier, dist_context, merge_results, read_manifest, run_items, shard
+from diffmix.batch import (
+    Item,
+    barrier,
+    dist_context,
+    merge_results,
+    read_manifest,
+    run_items,
+    shard,
+)
 from diffmix.inputs import load_mix
 from diffmix.jobs._common import output_dir, pick_device
 from diffmix.jobs._mastering import Song, master_group

@@ -23,9 +23,9 @@ from diffmix.fit import draw, excerpt_starts, fit
 from diffmix.functional.loudness import integrated_loudness
 from diffmix.inputs import load_mix, load_stems
 from diffmix.jobs._common import output_dir, pick_device
+from diffmix.jobs._common import summary as measure
 from diffmix.losses import MRSTFTLoss
 from diffmix.mastering import set_exact
-from diffmix.jobs._common import summary as measure
 from diffmix.objective import REFERENCE_TERMS, Objective
 from diffmix.report import write_json
 

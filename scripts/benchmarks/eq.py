@@ -90,7 +90,7 @@ def run(quick: bool) -> str:
     dasp = results.get("dasp-pytorch parametric_eq")
     rows = []
     for name, r in results.items():
-        ratio = lambda k: f"{dasp[k] / r[k]:.1f}x" if dasp else "n/a"  # noqa: E731
+        ratio = lambda k, r=r: f"{dasp[k] / r[k]:.1f}x" if dasp else "n/a"  # noqa: E731
         rows.append([name, fmt_s(r["fwd"]), fmt_s(r["fwd+bwd"]), ratio("fwd"), ratio("fwd+bwd")])
     body = table(rows, ["implementation", "forward", "forward+backward", "speed-up vs dasp (fwd)", "(fwd+bwd)"])
     note = (
