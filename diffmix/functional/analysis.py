@@ -37,6 +37,7 @@ from diffmix.functional.loudness import (
     short_term_loudness,
 )
 from diffmix.functional.peaks import amp_to_db, sample_peak, true_peak
+from diffmix.functional.spectrum import band_membership, band_powers, welch_psd
 
 # Band edges in Hz for the per-band stereo image: low, low-mid, mid, high-mid, high.
 STEREO_BANDS = (
@@ -182,22 +183,10 @@ def third_octave_spectrum(x: Tensor, sample_rate: int) -> tuple[Tensor, Tensor]:
     centres = third_octave_centres(sr)
     b, c, t = x.shape
     n_fft = 1 << max(8, math.ceil(math.log2(sr * 0.37)))
-    xd = x.detach().to(torch.float64).reshape(b * c, t)
-    if t < n_fft:
-        xd = torch.nn.functional.pad(xd, (0, n_fft - t))
-    window = torch.hann_window(n_fft, periodic=True, dtype=torch.float64, device=x.device)
-    frames = xd.unfold(-1, n_fft, n_fft // 2)
-    power = torch.fft.rfft(frames * window, dim=-1).abs().square().mean(-2)  # (N, F)
-    # Scale so that the sum over a band is the band's mean-square level: Parseval with the
-    # window's power, both spectral halves, and the zero padding of a short signal.
-    scale = torch.full((power.shape[-1],), 2.0, dtype=torch.float64, device=x.device)
-    scale[0] = scale[-1] = 1.0
-    power = power * scale / (n_fft * window.square().sum()) * (max(t, n_fft) / t)
-    freqs = torch.fft.rfftfreq(n_fft, 1.0 / sr).to(x.device)
-    lo = (centres * 10.0 ** (-1 / 20)).to(x.device)
-    hi = (centres * 10.0 ** (1 / 20)).to(x.device)
-    member = ((freqs[None, :] >= lo[:, None]) & (freqs[None, :] < hi[:, None])).to(power.dtype)
-    band_ms = power @ member.T  # (N, K)
+    # welch_psd's bins sum to the mean square; a short signal is zero-padded to one frame,
+    # so scale back to the mean square over its own length.
+    power = welch_psd(x.detach().to(torch.float64).reshape(b * c, t), n_fft) * (max(t, n_fft) / t)
+    band_ms = band_powers(power, band_membership(centres, sr, n_fft).to(x.device))
     level = 10.0 * torch.log10(2.0 * band_ms)  # AES17: mean square of a sine is peak^2 / 2
     return centres, level.reshape(b, c, -1).to(x.dtype)
 

@@ -28,18 +28,24 @@ def band_centres(fraction: int = 3, low_hz: float = 20.0, high_hz: float = 20000
     return 1000.0 * g**k
 
 
+def band_membership(centres: Tensor, sample_rate: int, n_fft: int, fraction: int = 3) -> Tensor:
+    """``(bands, n_fft // 2 + 1)`` 0/1 matrix: bin ``k`` belongs to the band whose edges
+    ``fc · 10^(±0.15/fraction)`` hold its frequency."""
+    half = 10.0 ** (0.15 / fraction)
+    freqs = torch.arange(n_fft // 2 + 1, dtype=torch.float64) * sample_rate / n_fft
+    lo, hi = (centres / half).unsqueeze(1), (centres * half).unsqueeze(1)
+    return ((freqs >= lo) & (freqs < hi)).to(torch.float64)
+
+
 def band_matrix(
     sample_rate: int, n_fft: int, fraction: int = 3, low_hz: float = 20.0, high_hz: float = 20000.0
 ) -> tuple[Tensor, Tensor]:
     """``(bands, n_fft // 2 + 1)`` 0/1 matrix summing rFFT bins into bands, and the centres.
 
-    Bands above Nyquist are dropped; bins are split at the band edges ``fc · G^(±1/2b)``.
+    Bands above Nyquist, and bands too narrow to hold a bin, are dropped.
     """
     centres = band_centres(fraction, low_hz, min(high_hz, sample_rate / 2 / 10 ** (0.15 / fraction)))
-    half = 10.0 ** (0.15 / fraction)
-    freqs = torch.arange(n_fft // 2 + 1, dtype=torch.float64) * sample_rate / n_fft
-    lo, hi = (centres / half).unsqueeze(1), (centres * half).unsqueeze(1)
-    matrix = ((freqs >= lo) & (freqs < hi)).to(torch.float64)
+    matrix = band_membership(centres, sample_rate, n_fft, fraction)
     keep = matrix.sum(1) > 0
     return matrix[keep], centres[keep]
 
