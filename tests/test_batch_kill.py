@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from tests.jobs_helpers import ROOT, music, write
+from jobs_helpers import ROOT, music, write
 
 pytestmark = pytest.mark.slow
 
