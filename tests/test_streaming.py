@@ -39,6 +39,7 @@ def song(tmp_path_factory):
     return write(root / "song.wav", audio, SR)
 
 
+@pytest.mark.slow
 def test_streamed_master_equals_the_in_memory_master(song, tmp_path):
     common = [f"input={song}", "fit.steps=8", "fit.excerpt_s=2.0", "plot=false", "progress=false"]
     mem = _cfg(*common, f"out={tmp_path / 'mem'}", "stream=false", "delivery.bit_depth=float",
@@ -50,9 +51,10 @@ def test_streamed_master_equals_the_in_memory_master(song, tmp_path):
     lufs_s, tp_s, y_s = _meter(tmp_path / "st" / "song_master.wav")
     assert sf.info(str(tmp_path / "st" / "song_master.wav")).subtype == "PCM_24"
     assert y_s.shape == y_m.shape == (int(SECONDS * SR), 2)
-    # Stated tolerance: 1e-4 of full scale sample by sample (context truncation ~1e-5,
-    # 24-bit TPDF dither ~2e-7), and the same loudness to 0.01 LU.
-    assert np.abs(y_s - y_m).max() <= 1e-4
+    # Stated tolerance: 2e-6 of full scale sample by sample: float32 rounding of the two
+    # renders (~5e-7 measured, float out) plus 24-bit TPDF dither and rounding (<= 1.5 LSB,
+    # 1.8e-7); the same loudness to 0.01 LU.
+    assert np.abs(y_s - y_m).max() <= 2e-6
     assert abs(lufs_s - lufs_m) <= 0.01
     assert abs(lufs_s - -14.0) <= 0.1 and tp_s <= -1.0
     assert not list((tmp_path / "st").glob(".*partial*"))  # the cache and temporaries are gone
