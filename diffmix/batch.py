@@ -109,12 +109,46 @@ def done(record: dict[str, Any] | None) -> bool:
 
 
 def append_result(path: Path, record: dict[str, Any]) -> None:
-    """Append one JSON line and flush it to disk before returning."""
+    """Append one JSON line and flush it to disk before returning.
+
+    A line torn by a kill has no trailing newline; the new record starts on a fresh line
+    so it is not glued onto the torn one (which :func:`load_results` then skips).
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
+    torn = False
+    if path.exists() and path.stat().st_size:
+        with path.open("rb") as fh:
+            fh.seek(-1, os.SEEK_END)
+            torn = fh.read(1) != b"\n"
     with path.open("a") as fh:
-        fh.write(json.dumps(record, sort_keys=True) + "\n")
+        fh.write(("\n" if torn else "") + json.dumps(record, sort_keys=True) + "\n")
         fh.flush()
         os.fsync(fh.fileno())
+
+
+# --- stale temporaries -------------------------------------------------------------
+# diffmix.io.atomic_path writes ``.<stem>.<random>.partial<suffix>`` beside its target and
+# removes it on any exception, but a SIGKILL (or power loss) leaves it behind. An item
+# that is redone, and a results file that is re-merged, first sweep their own folder.
+PARTIAL_GLOB = ".*.partial*"
+
+
+def clean_partials(folder: str | Path, *, recursive: bool = False) -> list[Path]:
+    """Remove temporaries left in ``folder`` by writes a kill interrupted; returns them.
+
+    Only files matching atomic_path's naming (``.NAME.XXXX.partial.EXT``) are touched.
+    Call it only where no other process is writing (an item about to be redone).
+    """
+    root = Path(folder)
+    if not root.is_dir():
+        return []
+    found = root.rglob(PARTIAL_GLOB) if recursive else root.glob(PARTIAL_GLOB)
+    removed = []
+    for p in found:
+        if p.is_file() and ".partial" in p.name:
+            p.unlink(missing_ok=True)
+            removed.append(p)
+    return removed
 
 
 Processor = Callable[[list[Item]], Iterable[dict[str, Any]]]

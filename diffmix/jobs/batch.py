@@ -20,6 +20,7 @@ from tqdm import tqdm
 from diffmix.batch import (
     Item,
     barrier,
+    clean_partials,
     dist_context,
     merge_results,
     read_manifest,
@@ -85,6 +86,8 @@ def run(cfg: DictConfig) -> int:
     def process(group: list[Item]):  # noqa: ANN202
         songs, rate = [], None
         for item in group:
+            # Redoing an item: drop what a killed earlier attempt left half-written.
+            clean_partials(out / "items" / item.id, recursive=True)
             x, sr = load_mix(item.input, rate, what=item.id)
             rate = rate or sr
             ref = None
@@ -117,6 +120,7 @@ def run(cfg: DictConfig) -> int:
     barrier()
     failed = 0
     if rank == 0:
+        clean_partials(out)  # a merge killed mid-write; rank 0 is the only writer here
         parts = [out / f"results.rank{r}.jsonl" for r in range(world)]
         rows = merge_results(parts, items, out / "results.jsonl")
         failed = sum(1 for r in rows if r["status"] != "ok")

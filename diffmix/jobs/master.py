@@ -16,11 +16,13 @@ from omegaconf import DictConfig, OmegaConf
 from diffmix.inputs import load_mix
 from diffmix.jobs._common import output_dir, pick_device
 from diffmix.jobs._mastering import Song, master_group
+from diffmix.streaming import DiskAudio, master_file, wants_streaming
 
 
 def run(cfg: DictConfig) -> int:
     device = pick_device(str(cfg.device))
-    x, sr = load_mix(cfg.input, what="input")
+    streaming = wants_streaming(cfg)
+    x, sr = (None, DiskAudio(cfg.input).sample_rate) if streaming else load_mix(cfg.input, what="input")
     reference = None
     if cfg.get("reference"):
         reference, _ = load_mix(cfg.reference, sr, what="reference")
@@ -28,6 +30,8 @@ def run(cfg: DictConfig) -> int:
     out = output_dir(cfg)
     stem = cfg.get("output_name") or f"{Path(str(cfg.input)).stem}_master"
     protect = tuple(str(p) for p in (cfg.input, cfg.get("reference")) if p)
+    if streaming:
+        return _run_streaming(cfg, out, stem, reference, protect, device)
     song = Song(
         key=stem, audio=x.to(device), out=out, stem=stem, reference=reference,
         target=OmegaConf.to_container(cfg.target, resolve=True), protect=protect,  # type: ignore[arg-type]
@@ -37,5 +41,20 @@ def run(cfg: DictConfig) -> int:
     print(
         f"master: {report['outputs']['audio']}  {a['lufs']:.2f} LUFS  "
         f"{a['true_peak_dbtp']:.2f} dBTP  LRA {a['lra_lu']:.1f} LU  ({report['runtime_s']:.1f} s)"
+    )
+    return 0
+
+
+# --- streaming (long files, bounded memory): see diffmix.streaming ----------------------
+def _run_streaming(cfg, out, stem, reference, protect, device) -> int:  # noqa: ANN001
+    report = master_file(
+        cfg, input=str(cfg.input), out=out, stem=stem, reference=reference,
+        target=OmegaConf.to_container(cfg.target, resolve=True), protect=protect,  # type: ignore[arg-type]
+        device=device,
+    )
+    a = report["achieved"]
+    print(
+        f"master (streamed): {report['outputs']['audio']}  {a['lufs']:.2f} LUFS  "
+        f"{a['true_peak_dbtp']:.2f} dBTP  ({report['runtime_s']:.1f} s)"
     )
     return 0
