@@ -71,6 +71,30 @@ _PEAK_CONTEXT = 256
 _TIME_CONSTANTS = 12.0
 
 
+def _load_malloc_trim() -> Callable[[int], int] | None:
+    try:
+        import ctypes
+
+        return ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):  # not glibc: nothing to trim
+        return None
+
+
+_MALLOC_TRIM = _load_malloc_trim()
+
+
+def release_memory() -> None:
+    """Hand freed heap pages back to the OS (glibc), once per chunk.
+
+    Chunk buffers (tens of MB, sizes varying with the context and the last chunk) raise
+    glibc's dynamic mmap threshold, after which they come from the heap and fragment it:
+    measured, the resident set then grew by ~100 MB per 10 minutes of audio per pass.
+    Trimming after each chunk keeps it flat (a fraction of a millisecond per chunk).
+    """
+    if _MALLOC_TRIM is not None:
+        _MALLOC_TRIM(0)
+
+
 # --------------------------------------------------------------------------- reading
 class DiskAudio:
     """A mix on disk that reads like a ``(1, 2, T)`` float32 tensor, one slice at a time.
@@ -230,6 +254,7 @@ def measure_file(path: str | Path, *, chunk_s: float = 30.0) -> dict[str, float]
     w = ChunkMeter.warmup(src.sample_rate)
     for start, stop in chunk_bounds(src.frames, src.sample_rate, chunk_s):
         meter.add(src.read(start - w, stop + _PEAK_CONTEXT), w, stop - start)
+        release_memory()
     return {
         "integrated_lufs": meter.integrated_lufs(),
         "true_peak_dbtp": meter.true_peak_dbtp(),
@@ -286,6 +311,8 @@ class StreamRenderer:
                     for effect in self.pre:
                         y = effect(y)
                     self.cache.append(y[..., self.left : self.left + stop - start])
+                    del y
+                    release_memory()
         except BaseException:
             self.cache.close()
             raise
@@ -306,6 +333,8 @@ class StreamRenderer:
                 for effect in self.post:
                     y = effect(y)
                 yield start, stop, y
+                del y
+                release_memory()
 
     def measure(self, drive_db: float) -> tuple[float, float]:
         """``(integrated LUFS, true peak dBTP)`` of the master at ``drive_db``."""

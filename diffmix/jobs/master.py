@@ -3,8 +3,10 @@
 Options: ``input`` (required), ``reference`` (optional), ``target`` (spotify, apple_music,
 youtube, amazon, ebu_r128, atsc_a85 or none), ``fit.*`` (steps, excerpt_s, params),
 ``loss.weights``, ``amount.<stage>`` (0..1), ``delivery.*`` (format, bit_depth,
-sample_rate, dither), ``plot``, ``out``. Writes the master, its preset (YAML, physical
-units), a JSON report and a PNG plot.
+sample_rate, dither), ``plot``, ``out``, ``stream`` (auto, true, false: master in chunks
+with bounded memory, :mod:`diffmix.streaming`; auto streams inputs longer than
+``streaming.auto_above_s``). Writes the master, its preset (YAML, physical units), a JSON
+report and a PNG plot (no plot when streamed).
 """
 
 from __future__ import annotations
