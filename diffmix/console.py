@@ -35,6 +35,27 @@ def bounded_params(module: nn.Module) -> dict[str, BoundedParam]:
     return {n: m for n, m in module.named_modules() if isinstance(m, BoundedParam)}
 
 
+def prior(params: Mapping[str, BoundedParam], initial: Mapping[str, Tensor]) -> Tensor:
+    """Pull toward neutral: the mean squared change of the fitted parameters since
+    ``initial`` (values by key), each scaled by its range (log-scaled parameters in the log
+    domain). Only parameters with gradients on count. Differentiable; 0 at the start.
+    """
+    terms = []
+    for key, param in params.items():
+        if not param.raw.requires_grad or key not in initial:
+            continue
+        spec, now = param.spec, param()
+        start = initial[key].to(now.dtype).to(now.device)
+        if spec.scale == "log":
+            delta = (torch.log(now) - torch.log(start)) / (math.log(spec.max) - math.log(spec.min))
+        else:
+            delta = (now - start) / (spec.max - spec.min)
+        terms.append(delta.square().mean())
+    if not terms:
+        return torch.zeros(())
+    return torch.stack(terms).mean()
+
+
 class Bus(nn.Module):
     """Named effects in series whose parameters hold one value per item (track, bus or song).
 
@@ -264,23 +285,8 @@ class Console(nn.Module):
         return chosen
 
     def prior(self, initial: Mapping[str, Tensor]) -> Tensor:
-        """Pull toward neutral: mean squared change of the fitted parameters since
-        ``initial`` (values by :meth:`named_values` key), each scaled by its range
-        (log-scaled parameters in the log domain). Differentiable."""
-        terms = []
-        for key, param in self.named_values().items():
-            if not param.raw.requires_grad or key not in initial:
-                continue
-            spec, now = param.spec, param()
-            start = initial[key].to(now.dtype)
-            if spec.scale == "log":
-                delta = (torch.log(now) - torch.log(start)) / (math.log(spec.max) - math.log(spec.min))
-            else:
-                delta = (now - start) / (spec.max - spec.min)
-            terms.append(delta.square().mean())
-        if not terms:
-            return torch.zeros(())
-        return torch.stack(terms).mean()
+        """:func:`prior` over the console's fitted parameters."""
+        return prior(self.named_values(), initial)
 
     def forward(self, stems: Tensor) -> Tensor:
         check_multitrack(stems, "Console")

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from diffmix.console import Bus
+from diffmix.console import Bus, prior
 from diffmix.errors import UserError
 from diffmix.fit import FitResult, draw, excerpt_starts, fit
 from diffmix.functional.loudness import integrated_loudness
@@ -97,11 +97,16 @@ def fit_chain(
     scheduler: Callable | None = None,
     seed: int = 0,
     patience: int = 50,
+    prior_weight: float = 0.0,
     progress: bool = True,
     checkpoint=None,  # noqa: ANN001
     log_path=None,  # noqa: ANN001
 ) -> FitResult:
     """Fit the parameters of ``chain`` (one set per song) matching the glob ``params``.
+
+    ``prior_weight`` scales :func:`~diffmix.console.prior`, which keeps the settings near
+    where they started: the matching terms are level-free, so without it nothing stops a
+    compressor running to its extremes while the tone still matches.
 
     The loss is the *sum* over songs, so each song's gradient is its own. The fit renders
     the chain up to the limiter only: the limiter's drive is set afterwards by the loudness
@@ -112,11 +117,19 @@ def fit_chain(
         return FitResult(0, math.nan, math.nan, "nothing to fit", 0.0)
     length = int(round(excerpt_s * chain.sample_rate))
     set_exact(chain, False)
+    initial = {k: p.exact() for k, p in chain.named_values().items()}
 
     def closure(step: int):  # noqa: ANN202
         batch = song_excerpts(xs, keys, length, seed, step)
         loss, terms = objective(chain(batch, until="limiter"))
-        return loss.sum(), {k: float(v.detach().mean()) for k, v in terms.items()}
+        total = loss.sum()
+        logged = {k: float(v.detach().mean()) for k, v in terms.items()}
+        if prior_weight:
+            # Per song: the prior is a mean over parameter entries, so scale by the songs.
+            reg = prior(chain.named_values(), initial) * len(keys)
+            total = total + prior_weight * reg
+            logged["prior"] = float(reg.detach())
+        return total, logged
 
     try:
         return fit(
@@ -163,7 +176,10 @@ def solve_loudness(
     lufs = measure_lufs(y, lengths, sample_rate).double()
     silent = ~torch.isfinite(lufs)
     if silent.any():
-        raise UserError(f"song {int(silent.nonzero()[0])} is silent: no gain can reach a loudness target")
+        raise UserError(
+            f"song {int(silent.nonzero()[0])} is silent (below the -70 LUFS gate): no gain "
+            "can reach a loudness target"
+        )
     prev_drive, prev_lufs = None, None
     iters = torch.ones_like(targets)
     for _ in range(max_iter):

@@ -136,3 +136,14 @@ def test_prior_is_zero_at_start_and_grows_with_the_change():
     console.load_values({"strip.fader.gain_db": [10.4, 0.0, 0.0]})
     console.select(["strip.fader.*"])
     assert float(console.prior(initial)) == pytest.approx((10.4 / 104.0) ** 2 / 3, rel=1e-6)
+
+
+def test_shared_prior_function_matches_console_prior():
+    from diffmix.console import prior
+
+    console = make_console()
+    console.select(["strip.pan.*"])
+    initial = {k: p.exact() for k, p in console.named_values().items()}
+    console.load_values({"strip.pan.pan": [0.5, 0.0, -0.5]})
+    console.select(["strip.pan.*"])
+    assert float(prior(console.named_values(), initial)) == pytest.approx((0.25**2 * 2) / 3, rel=1e-6)

@@ -99,7 +99,10 @@ def master_group(cfg: DictConfig, songs: list[Song], sample_rate: int) -> list[d
     else:
         targets = torch.tensor(goals, dtype=torch.float64)
         pre = measure_lufs(render.pre, lengths, sr).double()  # type: ignore[attr-defined]
-        start = torch.where(torch.isfinite(pre), targets - pre, torch.zeros_like(pre))
+        # A pre-limiter level under the -70 LUFS gate (but not silence) starts from its RMS.
+        rms = render.pre.double().square().mean((1, 2)).clamp_min(1e-30)  # type: ignore[attr-defined]
+        rough = 10 * torch.log10(rms).cpu() - 0.691 + 3.0  # RMS-based LUFS estimate
+        start = torch.where(torch.isfinite(pre), targets - pre, targets - rough)
         y, solves = solve_loudness(
             render, lengths, sr, targets, tolerance_lu=float(cfg.tolerance_lu), start_db=start
         )
