@@ -63,7 +63,9 @@ def check_audio(
             raise ValueError(f"{effect}: {name} must have {want} channel(s), got {x.shape[1]}")
     if x.shape[-1] == 0:
         raise ValueError(f"{effect}: {name} is empty (0 samples)")
-    if _VALUE_CHECKS.get() and not bool(torch.isfinite(x).all()):
+    # amax propagates NaN and keeps Inf, so one reduction answers the question; it is
+    # several times cheaper than isfinite(x).all() on long audio.
+    if _VALUE_CHECKS.get() and not bool(torch.isfinite(x.abs().amax())):
         raise ValueError(f"{effect}: {name} contains NaN or Inf")
 
 

@@ -112,8 +112,11 @@ class Bus(nn.Module):
                 target = start + amount * (now - start)
             param.set(target.clamp(param.spec.min, param.spec.max))
 
-    def forward(self, x: Tensor) -> Tensor:
-        for effect in self.effects.values():
+    def forward(self, x: Tensor, until: str | None = None) -> Tensor:
+        """Run the effects in order; with ``until``, stop before the effect of that name."""
+        for name, effect in self.effects.items():
+            if name == until:
+                break
             x = effect(x)
         return x
 

@@ -170,3 +170,11 @@ def test_tempo_sync():
 def test_bad_input_raises_value_error(call, match):
     with pytest.raises(ValueError, match=match):
         call()
+
+
+def test_delay_is_smooth_across_whole_samples():
+    # The windowed-sinc kernel re-centres on the next whole sample; the output must not jump.
+    x = noise(1, 1, 2048, seed=5)
+    below = delay(x, SR, time_ms=(100.0 - 1e-7) * 1000.0 / SR, feedback=0.6, mix=1.0)
+    above = delay(x, SR, time_ms=(100.0 + 1e-7) * 1000.0 / SR, feedback=0.6, mix=1.0)
+    assert float((above - below).abs().max()) < 1e-5

@@ -90,12 +90,12 @@ def test_chorus_matches_a_float64_sample_loop(g):
     y = chorus(torch.from_numpy(x).view(1, 1, -1), SR, rate_hz=2.0, depth=0.6, centre_ms=3.0,
                feedback=g, mix=1.0, voices=1)[0, 0].numpy()
     ref = _chorus_loop(x, 2.0, 0.6, 3.0, g)
-    # Without feedback the two are the same computation. With it, the loop interpolates its
-    # own interpolated output (a slight low-pass per pass) where the unrolled series reads
-    # the input at the exact composed delay; after the start-up the two agree to 0.5 %.
+    # Without feedback the two are the same computation. With it, both interpolate their
+    # own interpolated output, in a different order (per sample vs per doubling); after
+    # the start-up they agree to 0.2 %.
     body = slice(1000, None)
     err = np.abs(y[body] - ref[body]).max() / np.abs(ref[body]).max()
-    assert err < (1e-12 if g == 0.0 else 5e-3), err
+    assert err < (1e-12 if g == 0.0 else 2e-3), err
 
 
 def test_chorus_without_depth_is_a_fixed_delay():

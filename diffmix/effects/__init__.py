@@ -9,9 +9,10 @@ from diffmix.effects.eq import HighPass, LowPass, ParametricEQ
 from diffmix.effects.gain import Balance, Gain, Pan, Polarity, Width
 from diffmix.effects.modulation import Chorus, Phaser
 from diffmix.effects.reverb import Reverb
+from diffmix.effects.stereo import BandWidth
 
 __all__ = [
-    "Balance", "Chain", "Chorus", "Compressor", "Delay", "Effect", "Expander", "Gain",
+    "Balance", "BandWidth", "Chain", "Chorus", "Compressor", "Delay", "Effect", "Expander", "Gain",
     "HighPass", "Limiter", "LowPass", "MultibandCompressor", "Pan",
     "Parallel", "ParametricEQ", "Phaser", "Polarity", "Reverb", "Saturation",
     "VolumeAutomation", "Width",

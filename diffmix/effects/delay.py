@@ -15,7 +15,8 @@ class Delay(Effect):
 
     Args:
         sample_rate: Hz.
-        time_ms: 1 to 4000 ms (log), default 250. Fractional samples are exact.
+        time_ms: 1 to 4000 ms (log), default 250; fractional samples by a band-limited
+            (64-tap windowed-sinc) delay.
         feedback: 0 to 0.95, default 0.35.
         damping_hz: loop low-pass cut-off, 200 to 20000 Hz (log), default 6000.
         mix: 0 dry to 1 wet, default 0.5.

@@ -206,7 +206,7 @@ class Limiter(Effect):
 
     >>> lim = Limiter(48000, ceiling_db=-1.0, gain_db=12.0)
     >>> y = lim(0.5 * torch.randn(1, 2, 4800))
-    >>> bool(F.true_peak(y).max() <= 10 ** (-1.0 / 20))
+    >>> bool(F.true_peak(y, 48000).max() <= 10 ** (-1.0 / 20))
     True
     """
 

@@ -25,8 +25,8 @@ class Reverb(Effect):
         width: 0 mono tail to 1 fully decorrelated, default 1.
         mix: 0 dry to 1 wet, default 0.3.
         crossover_hz: (low/mid, mid/high) band edges in Hz, default (250, 4000).
-        tail_s: IR length in s; ``None`` follows the longest band RT60 (a host read per
-            call). Give a number to keep CUDA fitting loops free of syncs.
+        tail_s: IR length in s; ``None`` is 1.5 x the longest band RT60, 90 dB down (a
+            host read per call). Give a number to keep CUDA fitting loops free of syncs.
         seed: noise and reflection pattern, default 0.
 
     Shape:

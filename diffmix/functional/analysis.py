@@ -106,7 +106,8 @@ def band_stereo(x: Tensor, sample_rate: int) -> dict[str, Tensor]:
 
     Computed from the spectrum of the whole signal: by Parseval, ``sum(L R)`` within a band
     is the band's sum of ``Re(L_f conj(R_f))``, which equals what an ideal band-pass pair
-    would measure.
+    would measure. A band with less than -120 dB of the signal's energy counts as empty
+    (correlation 0, side/mid ``-inf``).
 
     Shape:
         ``(B, 2, T)`` -> ``{"correlation": (B, K), "side_mid_db": (B, K)}`` with K bands.
@@ -135,6 +136,10 @@ def band_stereo(x: Tensor, sample_rate: int) -> dict[str, Tensor]:
             (side.abs().square() * w).sum(-1),
         ))
     cross, el, er, em, es = (torch.stack(c, -1) for c in zip(*cols, strict=True))
+    # A band holding less than 1e-12 (-120 dB) of the signal's energy is empty: what is
+    # there is rounding leakage from other bands, whose "image" would be noise.
+    empty = (el + er) <= 1e-12 * (el + er).sum(-1, keepdim=True)
+    cross, el, er, em, es = (torch.where(empty, 0.0, v) for v in (cross, el, er, em, es))
     return {
         "correlation": _correlation(cross, el, er).to(x.dtype),
         "side_mid_db": _side_mid_db(em, es).to(x.dtype),

@@ -157,7 +157,8 @@ def delay(
     Args:
         x: audio ``(B, C, T)``; ping-pong needs ``C == 2``.
         sample_rate: Hz.
-        time_ms: delay between echoes in ms, > 0 (fractional samples are exact).
+        time_ms: delay between echoes in ms, > 0; fractional samples by a 64-tap
+            windowed-sinc delay, flat to 0.003 dB and 2e-4 rad up to 0.9 x Nyquist.
         feedback: gain of each recirculation, ``0 <= feedback < 1``. Default 0 (one echo).
         damping_hz: cut-off of the one-pole low-pass inside the loop; every repeat is one
             pass darker. Default 20000.
@@ -173,7 +174,7 @@ def delay(
         The mixed signal.
 
     Differentiable in ``x``, ``time_ms``, ``feedback``, ``damping_hz`` and ``mix``.
-    CPU and CUDA; cost is two FFTs of ``~2T`` samples per channel.
+    CPU and CUDA; cost: three FFTs of ``~2T`` samples per channel (input, delay kernel, output).
 
     >>> x = torch.zeros(1, 1, 16); x[..., 0] = 1.0
     >>> y = delay(x, 1000, time_ms=4.0, feedback=0.5, mix=1.0)

@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from diffmix.checks import check_choice
+from diffmix.functional import peaks as _peaks
 from diffmix.functional._dynamics_kernels import FLOOR_POWER, HAVE_NUMBA, smooth
 from diffmix.functional.filters import linkwitz_riley
 from diffmix.params import ParamValue, broadcast_param, per_sample
@@ -362,66 +363,33 @@ def expander(
 
 # ITU-R BS.1770-4 Annex 2: the 48-tap, 4-phase interpolating FIR of the true-peak meter, as
 # printed in the Recommendation (one row per phase; tap j multiplies x[n - j]).
-_BS1770_PHASES = (
-    (0.0017089843750, 0.0109863281250, -0.0196533203125, 0.0332031250000, -0.0594482421875,
-     0.1373291015625, 0.9721679687500, -0.1022949218750, 0.0476074218750, -0.0266113281250,
-     0.0148925781250, -0.0083007812500),
-    (-0.0291748046875, 0.0292968750000, -0.0517578125000, 0.0891113281250, -0.1665039062500,
-     0.4650878906250, 0.7797851562500, -0.2003173828125, 0.1015625000000, -0.0582275390625,
-     0.0330810546875, -0.0189208984375),
-    (-0.0189208984375, 0.0330810546875, -0.0582275390625, 0.1015625000000, -0.2003173828125,
-     0.7797851562500, 0.4650878906250, -0.1665039062500, 0.0891113281250, -0.0517578125000,
-     0.0292968750000, -0.0291748046875),
-    (-0.0083007812500, 0.0148925781250, -0.0266113281250, 0.0476074218750, -0.1022949218750,
-     0.9721679687500, 0.1373291015625, -0.0594482421875, 0.0332031250000, -0.0196533203125,
-     0.0109863281250, 0.0017089843750),
-)
-_TP_TAPS = 12
-# Output n of every phase estimates the waveform between input samples n - 6 and n - 5.
-_TP_DELAY = 6
+def true_peak(x: Tensor, sample_rate: int) -> Tensor:
+    """Linear true peak per channel with the project's meter, ``(B, C, T) -> (B, C)``.
 
-
-def oversample4(x: Tensor) -> Tensor:
-    """The BS.1770-4 Annex 2 4x interpolator, full convolution (nothing trimmed).
-
-    Shape:
-        ``(B, C, T)`` -> ``(B, C, 4, T + 11)``: ``[..., q, n]`` is phase ``q`` at input
-        step ``n``, an estimate of the waveform between samples ``n - 6`` and ``n - 5``.
-
-    >>> oversample4(torch.ones(1, 1, 8)).shape
-    torch.Size([1, 1, 4, 19])
-    """
-    b, c, t = x.shape
-    taps = torch.tensor(_BS1770_PHASES, dtype=x.dtype, device=x.device).flip(-1).unsqueeze(1)
-    flat = F.pad(x.reshape(b * c, 1, t), (_TP_TAPS - 1, _TP_TAPS - 1))
-    return F.conv1d(flat, taps).reshape(b, c, 4, t + _TP_TAPS - 1)
-
-
-def true_peak(x: Tensor) -> Tensor:
-    """Linear true peak per channel: the largest magnitude of the 4x oversampled signal.
-
-    Shape:
-        ``(B, C, T)`` -> ``(B, C)``.
-
-    References:
-        ITU-R BS.1770-4 Annex 2 (4x oversampling with the Recommendation's 48-tap filter).
+    The limiter meters with :mod:`diffmix.functional.peaks` (BS.1770 Annex 2
+    oversampling, 4x below 96 kHz), so its ceiling holds under the same meter that checks
+    deliveries and writes reports.
 
     >>> n = torch.arange(256.0)
     >>> x = torch.sin(math.pi / 2 * n + math.pi / 4).view(1, 1, -1)  # samples at +-0.707
-    >>> round(float(x.abs().max()), 3), round(float(true_peak(x)), 2)
-    (0.707, 1.01)
+    >>> round(float(x.abs().max()), 3), round(float(true_peak(x, 48000)), 1)
+    (0.707, 1.0)
     """
-    return oversample4(x).abs().amax((-2, -1))
+    return _peaks.true_peak(x, sample_rate)
 
 
-def _true_peak_envelope(x: Tensor) -> Tensor:
+def _true_peak_envelope(x: Tensor, sample_rate: int) -> Tensor:
     """Per-sample true-peak level: the largest oversampled magnitude within one sample of
     each sample (the intervals either side), so limiting sample ``n`` covers both."""
-    t = x.shape[-1]
-    per_step = oversample4(x).abs().amax(-2)  # (B, C, T + 11), step n ~ interval n - 6
-    interval = per_step[..., _TP_DELAY - 1 : _TP_DELAY + t]  # intervals -1 .. T - 1
-    env = torch.maximum(interval[..., :-1], interval[..., 1:])
-    return torch.maximum(env, x.abs())
+    factor = _peaks.oversampling_factor(sample_rate)
+    mag = x.abs()
+    if factor == 1:
+        return mag
+    b, c, t = x.shape
+    # _phases(...)[..., m] are the points between samples m and m + 1.
+    after = _peaks._phases(x.reshape(b * c, t), factor).abs().amax(1).reshape(b, c, t)
+    before = F.pad(after[..., :-1], (1, 0))
+    return torch.maximum(mag, torch.maximum(after, before))
 
 
 def _limit_gain(required: Tensor, lookahead: int, release: Tensor) -> Tensor:
@@ -485,7 +453,7 @@ def limiter(
         The limited audio.
 
     >>> y = limiter(4 * torch.randn(1, 2, 4800), 48000, ceiling_db=-1.0)
-    >>> bool(true_peak(y).max() <= 10 ** (-1 / 20))
+    >>> bool(true_peak(y, 48000).max() <= 10 ** (-1 / 20))
     True
     """
     effect = "limiter"
@@ -501,31 +469,35 @@ def limiter(
     target = ceiling * (1.0 - _LIMIT_MARGIN)
     release = ms_to_pole(param(release_ms, "release_ms"), sample_rate).expand(x.shape[0], 1, 1)
     driven = x * torch.exp(param(gain_db, "gain_db") / _DB_PER_NEPER)
-    meter = _true_peak_envelope if true_peak else torch.abs
-    level = meter(driven).amax(1, keepdim=True)
+    if true_peak:
+        level = _true_peak_envelope(driven, sample_rate).amax(1, keepdim=True)
+    else:
+        level = driven.abs().amax(1, keepdim=True)
     required = torch.minimum(target / level.clamp_min(1e-30), torch.ones_like(level))
     y = driven * _limit_gain(required, lookahead, release)
     if true_peak and exact:
-        y = y * _exact_correction(y.detach(), target, ceiling.detach(), lookahead, release.detach())
+        y = y * _exact_correction(
+            y.detach(), sample_rate, target, ceiling.detach(), lookahead, release.detach()
+        )
     return y
 
 
 @torch.no_grad()
 def _exact_correction(
-    y: Tensor, target: Tensor, ceiling: Tensor, lookahead: int, release: Tensor
+    y: Tensor, sample_rate: int, target: Tensor, ceiling: Tensor, lookahead: int, release: Tensor
 ) -> Tensor:
     """Gain ``(B, 1, T)`` that brings ``y``'s metered true peak under ``ceiling``."""
     target = target.detach()
     total = torch.ones_like(y[:, :1])
     for _ in range(4):
-        level = _true_peak_envelope(y * total).amax(1, keepdim=True)
+        level = _true_peak_envelope(y * total, sample_rate).amax(1, keepdim=True)
         over = level > target
         if not bool(over.any()):
             return total
         required = torch.where(over, target / level, torch.ones_like(level))
         total = total * _limit_gain(required, lookahead, release)
     # Residual overs after four passes (pathological input): scale each item down.
-    peak = true_peak(y * total).amax(1, keepdim=True).unsqueeze(-1)
+    peak = true_peak(y * total, sample_rate).amax(1, keepdim=True).unsqueeze(-1)
     return total * torch.minimum(target / peak, torch.ones_like(peak))
 
 

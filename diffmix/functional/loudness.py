@@ -75,7 +75,14 @@ def check_meter_input(x: Tensor, meter: str, *, scan: bool = True) -> None:
     """
     with input_checks(False):
         check_audio(x, meter)
-    if scan and value_checks_enabled() and not bool(torch.isfinite(x.detach().abs().amax())):
+    if not (scan and value_checks_enabled()):
+        return
+    xd = x.detach()
+    if xd.device.type == "cpu" and xd.dtype in (torch.float32, torch.float64):
+        finite = bool(np.isfinite(np.abs(xd.numpy()).max()))  # numpy: no thread-pool wake-up
+    else:
+        finite = bool(torch.isfinite(xd.abs().amax()))
+    if not finite:
         raise ValueError(f"{meter}: audio contains NaN or Inf")
 
 
@@ -86,46 +93,52 @@ def _fast_path(x: Tensor) -> bool:
 
 
 # --------------------------------------------------------------------------- K-weighting
-@functools.lru_cache(maxsize=1)
-def _analog_prototype() -> tuple[tuple[float, float, float, float], tuple[float, float, float]]:
-    # BS.1770 gives the K-weighting only as 48 kHz biquads. Each is the bilinear transform,
-    # pre-warped at its corner frequency, of an analog section
-    #   shelf: (Vh s^2 + Vb (w0/Q) s + w0^2) / (s^2 + (w0/Q) s + w0^2)
-    #   high-pass: g s^2 / (s^2 + (w0/Q) s + w0^2)
-    # With K = tan(pi f0 / fs) and a0 = 1 + K/Q + K^2 the digital coefficients are
-    #   a1 = 2 (K^2 - 1) / a0, a2 = (1 - K/Q + K^2) / a0,
-    #   b0 + b1 + b2 = 4 K^2 / a0 (shelf, unit gain at DC), b0 - b1 + b2 = 4 Vh / a0,
-    #   b0 - b2 = 2 Vb (K/Q) / a0,
-    # which we invert here for (f0, Q, Vh, Vb) and (f0, Q, g). Re-applying the transform at
-    # another rate keeps the analog response, corner and gains; at 48 kHz it returns the
-    # standard's coefficients to rounding. The high-pass keeps the standard's un-normalised
-    # numerator (1, -2, 1): its +0.043 dB passband gain is part of the -0.691 calibration,
-    # so g is held fixed rather than the numerator.
-    def poles(a1: float, a2: float) -> tuple[float, float, float]:
-        k2 = (1.0 + a1 + a2) / (1.0 - a1 + a2)
-        a0 = 4.0 / (1.0 - a1 + a2)
-        k = math.sqrt(k2)
-        k_over_q = (1.0 - a2) * a0 / 2.0
-        return k, k / k_over_q, a0
+CALIBRATION_HZ = 997.0  # BS.1770: -0.691 cancels the K-weighting's gain at 997 Hz
+HIGH_PASS_HZ = 38.0  # the RLB high-pass corner, where its stage is pre-warped
 
-    fs = 48000.0
-    k, q, a0 = poles(_SHELF_48K_A[1], _SHELF_48K_A[2])
-    b0, b1, b2 = _SHELF_48K_B
-    vh = (b0 - b1 + b2) * a0 / 4.0
-    vb = (b0 - b2) * a0 / (2.0 * k / q)
-    shelf = (fs * math.atan(k) / math.pi, q, vh, vb)
-    k, q, a0 = poles(_HP_48K_A[1], _HP_48K_A[2])
-    hp = (fs * math.atan(k) / math.pi, q, a0)
-    return shelf, hp
+
+def _bilinear_constant(sample_rate: float, warp_hz: float) -> float:
+    # s = c (z - 1) / (z + 1), pre-warped so that warp_hz maps exactly.
+    return 2.0 * math.pi * warp_hz / math.tan(math.pi * warp_hz / sample_rate)
+
+
+def _to_analog(b: Sequence[float], a: Sequence[float], fs: float,
+               warp_hz: float) -> tuple[tuple[float, ...], ...]:
+    # Invert the bilinear transform: substitute z^-1 = (c - s) / (c + s) and collect powers
+    # of s. Returns (B2, B1, B0), (A2, A1, A0) of H(s) = (B2 s^2 + B1 s + B0) / (A2 s^2 + ...).
+    c = _bilinear_constant(fs, warp_hz)
+
+    def poly(p: Sequence[float]) -> tuple[float, float, float]:
+        return (p[0] - p[1] + p[2], 2.0 * c * (p[0] - p[2]), c * c * (p[0] + p[1] + p[2]))
+
+    return poly(b), poly(a)
+
+
+def _to_digital(num: Sequence[float], den: Sequence[float], fs: float,
+                warp_hz: float):  # noqa: ANN202
+    c = _bilinear_constant(fs, warp_hz)
+
+    def poly(p: Sequence[float]) -> tuple[float, float, float]:
+        s2, s1, s0 = p[0] * c * c, p[1] * c, p[2]
+        return (s2 + s1 + s0, 2.0 * (s0 - s2), s2 - s1 + s0)
+
+    b, a = poly(num), poly(den)
+    return tuple(v / a[0] for v in b), tuple(v / a[0] for v in a)
 
 
 @functools.lru_cache(maxsize=64)
 def k_weighting_coefficients(sample_rate: int) -> tuple[tuple[float, ...], ...]:
     """The two K-weighting biquads at ``sample_rate``: ``(b_shelf, a_shelf, b_hp, a_hp)``.
 
-    Designed from the analog prototype behind BS.1770's 48 kHz coefficients (see the
-    comment in ``_analog_prototype``), so at 48 kHz it reproduces the standard's
-    coefficients to ~1e-14 and at other rates keeps the same analog response.
+    BS.1770 gives the K-weighting only as 48 kHz biquads. We recover the analog filter
+    behind them by inverting the bilinear transform, and discretise it again at
+    ``sample_rate``. The shelf's transforms are pre-warped at 997 Hz, the frequency whose
+    gain the standard's -0.691 dB cancels, so a 997 Hz tone reads the same at every rate;
+    the high-pass's at its 38 Hz corner, so the low end keeps its shape. At 48 kHz the
+    standard's coefficients come back to ~1e-14. (Pre-warping the shelf at its 1682 Hz
+    corner instead, as some meters do, would read a 997 Hz tone 0.2 dB low at 8 kHz.)
+    The high-pass keeps the analog gain of the standard's un-normalised (1, -2, 1)
+    numerator (+0.043 dB), which is part of the -0.691 calibration.
 
     Args:
         sample_rate: in Hz; above 2 x 1682 Hz, the shelf's corner.
@@ -138,22 +151,18 @@ def k_weighting_coefficients(sample_rate: int) -> tuple[tuple[float, ...], ...]:
     [1.53512486, -2.69169619, 1.19839281]
     """
     sr = check_sample_rate(sample_rate, "k_weighting")
-    (f_shelf, q_shelf, vh, vb), (f_hp, q_hp, g_hp) = _analog_prototype()
-    if sr <= 2.0 * f_shelf:
+    if sr <= _MIN_RATE:
         raise ValueError(
-            f"k_weighting: sample_rate must exceed {2 * f_shelf:.0f} Hz (twice the K-weighting "
+            f"k_weighting: sample_rate must exceed {_MIN_RATE:.0f} Hz (twice the K-weighting "
             f"shelf corner), got {sr}"
         )
-    k = math.tan(math.pi * f_shelf / sr)
-    a0 = 1.0 + k / q_shelf + k * k
-    b_shelf = ((vh + vb * k / q_shelf + k * k) / a0, 2.0 * (k * k - vh) / a0,
-               (vh - vb * k / q_shelf + k * k) / a0)
-    a_shelf = (1.0, 2.0 * (k * k - 1.0) / a0, (1.0 - k / q_shelf + k * k) / a0)
-    k = math.tan(math.pi * f_hp / sr)
-    a0 = 1.0 + k / q_hp + k * k
-    b_hp = (g_hp / a0, -2.0 * g_hp / a0, g_hp / a0)
-    a_hp = (1.0, 2.0 * (k * k - 1.0) / a0, (1.0 - k / q_hp + k * k) / a0)
-    return b_shelf, a_shelf, b_hp, a_hp
+    shelf = _to_digital(*_to_analog(_SHELF_48K_B, _SHELF_48K_A, 48000.0, CALIBRATION_HZ), sr,
+                        CALIBRATION_HZ)
+    hp = _to_digital(*_to_analog(_HP_48K_B, _HP_48K_A, 48000.0, HIGH_PASS_HZ), sr, HIGH_PASS_HZ)
+    return shelf[0], shelf[1], hp[0], hp[1]
+
+
+_MIN_RATE = 2 * 1682.0
 
 
 @functools.lru_cache(maxsize=64)
@@ -177,7 +186,7 @@ def _coeff_array(sample_rate: int) -> np.ndarray:
 _LANES = 32  # segments filtered side by side: four AVX-512 vectors of float64
 
 
-def _kernel(x, rows, starts, nunits, unit, tile, warm, c, energy, y):  # pragma: no cover
+def _kernel(x, rows, starts, n_real, nunits, unit, tile, warm, c, energy, y):  # pragma: no cover
     # Each group of _LANES lanes walks its own stretch of the signal in lock step; a
     # small tile is transposed into ``buf`` so the inner loop over lanes vectorises.
     n_t = x.shape[1]
@@ -188,7 +197,7 @@ def _kernel(x, rows, starts, nunits, unit, tile, warm, c, energy, y):  # pragma:
     for grp in numba.prange(rows.shape[0] // _LANES):
         l0 = grp * _LANES
         st = np.zeros((5, _LANES))
-        buf = np.empty((tile, _LANES))
+        buf = np.empty((tile, _LANES), dtype=x.dtype)  # a copy: exact in the input dtype
         out = np.empty((tile, _LANES))
         for t1 in range(-warm, total - warm, tile):
             for g in range(_LANES):
@@ -217,14 +226,14 @@ def _kernel(x, rows, starts, nunits, unit, tile, warm, c, energy, y):  # pragma:
                     if y is not None:
                         out[i, g] = z
             if y is not None and t1 >= 0:
-                for g in range(_LANES):
+                for g in range(min(_LANES, n_real - l0)):
                     row = rows[l0 + g]
                     base = starts[l0 + g] + t1
                     for i in range(min(tile, n_t - base)):
                         y[row, base + i] = out[i, g]
             if t1 >= 0 and (t1 + tile) % unit == 0:
                 u = (t1 + tile) // unit - 1
-                for g in range(_LANES):
+                for g in range(min(_LANES, n_real - l0)):
                     uu = starts[l0 + g] // unit + u
                     if uu < n_units_out:
                         energy[rows[l0 + g], uu] = st[4, g]
@@ -251,19 +260,22 @@ def _kfilter_numpy(x: np.ndarray, sample_rate: int, unit: int, want_y: bool):
     warm = -(-warm // unit) * unit
     n_units = t // unit
     # Segments per row: enough lanes to fill the vectors on every core, but each segment
-    # at least ~16 warm-ups long so the warm-up overhead stays small.
+    # at least ~4 warm-ups long so the warm-up overhead stays small. Lanes beyond the real
+    # ones (to fill the last group) re-read the start of row 0 and store nothing.
     total_units = -(-t // unit)
     target = _LANES * numba.get_num_threads()
-    per_row = max(1, min(-(-target // n), total_units * unit // (16 * warm)))
+    per_row = max(1, min(-(-target // n), total_units * unit // (4 * warm)))
     units_per_lane = -(-total_units // per_row)
     rows = np.repeat(np.arange(n, dtype=np.int64), per_row)
     starts = np.tile(np.arange(per_row, dtype=np.int64) * units_per_lane * unit, n)
-    pad = (-rows.shape[0]) % _LANES
+    n_real = rows.shape[0]
+    pad = (-n_real) % _LANES
     rows = np.concatenate([rows, np.zeros(pad, np.int64)])
-    starts = np.concatenate([starts, np.full(pad, t + warm + unit, np.int64)])
+    starts = np.concatenate([starts, np.zeros(pad, np.int64)])
     energy = np.zeros((n, n_units))
     y = np.empty((n, t), dtype=x.dtype) if want_y else None
-    _kernel(x, rows, starts, units_per_lane, unit, tile, warm, _coeff_array(sample_rate), energy, y)
+    _kernel(x, rows, starts, n_real, units_per_lane, unit, tile, warm, _coeff_array(sample_rate),
+            energy, y)
     return energy, (y if want_y else None)
 
 
@@ -296,11 +308,16 @@ class _KWeight(torch.autograd.Function):
         return _kfilter_rows(grad.flip(-1), ctx.sample_rate).flip(-1), None
 
 
+def _kernel_dtype(x: Tensor) -> Tensor:
+    return x if x.dtype in (torch.float32, torch.float64) else x.float()
+
+
 def _kfilter_rows(x: Tensor, sample_rate: int) -> Tensor:
     if x.device.type == "cpu" and numba is not None:
-        xn = np.ascontiguousarray(x.detach().numpy())
+        # The kernel takes float32/float64; half precisions are metered in float32.
+        xn = np.ascontiguousarray(_kernel_dtype(x.detach()).numpy())
         _, y = _kfilter_numpy(xn, sample_rate, _tile_for(meter_unit(sample_rate)), True)
-        return torch.from_numpy(y)
+        return torch.from_numpy(y).to(x.dtype)
     return _kfilter_torch(x.detach(), sample_rate)
 
 
@@ -372,6 +389,35 @@ def channel_weights(num_channels: int, weights: Sequence[float] | None = None) -
     return list(_DEFAULT_WEIGHTS[num_channels])
 
 
+class _UnitEnergy(torch.autograd.Function):
+    # Unit energies E_u = sum over unit u of y^2 with y = F x (F the K-weighting). Backward:
+    # dE/dx = F^T (2 y g_u), and F^T is the filter run backwards in time. Two kernel passes
+    # (y again, then the adjoint), all in numpy, so a gradient costs a few forward passes.
+    @staticmethod
+    def forward(ctx, x: Tensor, sample_rate: int, unit: int) -> Tensor:  # noqa: ANN001
+        ctx.save_for_backward(x)
+        ctx.sample_rate, ctx.unit = sample_rate, unit
+        b, c, t = x.shape
+        xn = np.ascontiguousarray(_kernel_dtype(x.detach()).reshape(b * c, t).numpy())
+        energy, _ = _kfilter_numpy(xn, sample_rate, unit, False)
+        return torch.from_numpy(energy).reshape(b, c, t // unit)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):  # noqa: ANN001, ANN205
+        (x,) = ctx.saved_tensors
+        sr, unit = ctx.sample_rate, ctx.unit
+        b, c, t = x.shape
+        xn = np.ascontiguousarray(_kernel_dtype(x.detach()).reshape(b * c, t).numpy())
+        _, y = _kfilter_numpy(xn.astype(np.float64), sr, unit, True)
+        n = grad.shape[-1] * unit
+        gy = np.zeros((b * c, t))
+        g = grad.detach().reshape(b * c, -1).numpy().astype(np.float64)
+        gy[:, :n] = 2.0 * y[:, :n] * np.repeat(g, unit, axis=1)
+        _, gx = _kfilter_numpy(np.ascontiguousarray(gy[:, ::-1]), sr, unit, True)
+        gx = torch.from_numpy(np.ascontiguousarray(gx[:, ::-1])).reshape(b, c, t)
+        return gx.to(x.dtype), None, None
+
+
 def _unit_energies(x: Tensor, sample_rate: int, meter: str = "loudness") -> Tensor:
     """Sum of squared K-weighted samples per channel per meter unit: ``(B, C, T // unit)``.
 
@@ -382,11 +428,13 @@ def _unit_energies(x: Tensor, sample_rate: int, meter: str = "loudness") -> Tens
     b, c, t = x.shape
     n_units = t // unit
     if _fast_path(x):
-        xn = np.ascontiguousarray(x.detach().reshape(b * c, t).numpy())
+        xn = np.ascontiguousarray(_kernel_dtype(x.detach()).reshape(b * c, t).numpy())
         energy, _ = _kfilter_numpy(xn, sample_rate, unit, False)
         if value_checks_enabled() and not np.isfinite(energy).all():
             raise ValueError(f"{meter}: audio contains NaN or Inf (or is too large to meter)")
         return torch.from_numpy(energy).reshape(b, c, n_units)
+    if x.device.type == "cpu" and numba is not None:
+        return _UnitEnergy.apply(x, sample_rate, unit)  # the caller has scanned x
     y = k_weight(x, sample_rate)
     return y[..., : n_units * unit].reshape(b, c, n_units, unit).square().sum(-1)
 
@@ -402,9 +450,18 @@ def _window_power(x: Tensor, sample_rate: int, window: int, step_units: int,
         y = k_weight(x, sample_rate).to(torch.float64)
         return (y.square().mean(-1) * w.to(torch.float64)).sum(-1, keepdim=True)
     unit = meter_unit(sample_rate)
+    per = window // unit
+    if _fast_path(x):
+        # The kernel's energies are numpy already; finishing in numpy also keeps torch's
+        # thread pool from waking while numba's threads are still spinning down.
+        e = _unit_energies(x, sample_rate, meter).numpy()
+        csum = np.concatenate([np.zeros(e.shape[:-1] + (1,)), np.cumsum(e, axis=-1)], axis=-1)
+        idx = np.arange(0, e.shape[-1] - per + 1, step_units)
+        sums = csum[..., idx + per] - csum[..., idx]
+        w64 = np.asarray(channel_weights(c, weights), dtype=np.float64)
+        return torch.from_numpy(np.einsum("bcn,c->bn", sums / window, w64))
     # Window sums from a float64 running sum: exact to ~1e-16 of the whole signal's energy.
     energy = _unit_energies(x, sample_rate, meter).to(torch.float64)
-    per = window // unit
     csum = torch.nn.functional.pad(energy, (1, 0)).cumsum(-1)
     idx = torch.arange(0, energy.shape[-1] - per + 1, step_units, device=x.device)
     sums = csum[..., idx + per] - csum[..., idx]
@@ -442,7 +499,8 @@ def momentary_loudness(x: Tensor, sample_rate: int, *,
     """
     check_meter_input(x, "momentary_loudness", scan=False)
     sr = check_sample_rate(sample_rate, "momentary_loudness")
-    return _to_lufs(_window_power(x, sr, block_samples(sr)[1], 1, channel_weights, "momentary_loudness")).to(x.dtype)
+    power = _window_power(x, sr, block_samples(sr)[1], 1, channel_weights, "momentary_loudness")
+    return _to_lufs(power).to(x.dtype)
 
 
 def short_term_loudness(x: Tensor, sample_rate: int, *,
@@ -458,7 +516,8 @@ def short_term_loudness(x: Tensor, sample_rate: int, *,
     """
     check_meter_input(x, "short_term_loudness", scan=False)
     sr = check_sample_rate(sample_rate, "short_term_loudness")
-    return _to_lufs(_window_power(x, sr, block_samples(sr)[2], 1, channel_weights, "short_term_loudness")).to(x.dtype)
+    power = _window_power(x, sr, block_samples(sr)[2], 1, channel_weights, "short_term_loudness")
+    return _to_lufs(power).to(x.dtype)
 
 
 def _masked_mean(values: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:

@@ -3,10 +3,12 @@
 **Chorus.** Each voice reads the input through a delay ``d(t) = centre · (1 + depth ·
 sin(2π·rate·t + φ))`` with linear interpolation (a gather, so the read position, and with
 it ``rate_hz``, ``depth`` and ``centre_ms``, is differentiable). Feedback
-``w(t) = x(t - d(t)) + g · w(t - d(t))`` unrolls into recirculations
-``w = Σ_k g^(k-1) x(t - τ_k(t))`` whose total delays obey ``τ_1 = d`` and
-``τ_k(t) = d(t) + τ_(k-1)(t - d(t))``: each one is a gather of the previous one, exact
-for a time-varying delay, and the series is cut where ``|g|^k`` falls below -80 dB.
+``w(t) = x(t - d(t)) + g · w(t - d(t))`` is ``w = (I - gS)^-1 S x`` for the operator
+``S f(t) = f(t - d(t))``; its series ``Σ g^k S^k`` factors into
+``Π_j (I + g^(2^j) S^(2^j))``, and ``S^(2m)`` is again a time-varying delay whose time
+composes as ``τ_2m(t) = τ_m(t) + τ_m(t - τ_m(t))``. So ``J`` gathers render ``2^J``
+recirculations exactly (up to the interpolation every pass of a real loop also makes);
+the series is cut where ``|g|^(2^J)`` is 80 dB down.
 
 **Phaser.** ``stages`` first-order all-passes whose break frequency sweeps as
 ``centre · 2^(depth · sin(2π·rate·t))`` (±1 octave at depth 1), with feedback around the
@@ -60,11 +62,13 @@ def _read(sig: Tensor, pos: Tensor, *, edge: bool = False) -> Tensor:
     return v0 + frac * (v1 - v0)
 
 
-def _recirculations(feedback: ParamValue) -> int:
+def _doublings(feedback: ParamValue) -> int:
+    """Doubling steps so that the echoes left out are 80 dB down: ``|g|^(2^J) <= 1e-4``."""
     bound = abs(float(feedback)) if isinstance(feedback, (int, float)) else CHORUS_FEEDBACK_MAX
     if bound == 0.0:
-        return 1
-    return max(1, math.ceil(math.log(1e-4) / math.log(min(bound, CHORUS_FEEDBACK_MAX))))
+        return 0
+    terms = math.log(1e-4) / math.log(min(bound, CHORUS_FEEDBACK_MAX))
+    return max(1, math.ceil(math.log2(terms)))
 
 
 def chorus(
@@ -99,8 +103,8 @@ def chorus(
         ``x + mix * (wet - x)``, the wet signal being the mean of the voices.
 
     Differentiable in ``x`` and every parameter. CPU and CUDA. With a tensor
-    ``feedback`` the series has 26 recirculations (the -80 dB point of |g| = 0.7); a
-    float ``feedback`` sets its own count (1 for no feedback).
+    ``feedback`` the series has 31 recirculations in 5 doublings (past the -80 dB point
+    of |g| = 0.7); a float ``feedback`` sets its own count (none for 0).
 
     >>> chorus(torch.randn(1, 2, 2000), 44100, depth=0.5, voices=3).shape
     torch.Size([1, 2, 2000])
@@ -119,14 +123,18 @@ def chorus(
     lfo = torch.sin(2.0 * math.pi * rate * (t / sample_rate) + _lfo_phase(x, channels, voices))
     d = centre * (sample_rate / 1000.0) * (1.0 + dep * lfo)  # (B, V, C, T) samples
     src = x.unsqueeze(1)
+    # (I - gS)^-1 S x with S the modulated delay, as the product of (I + g^(2^j) S^(2^j)):
+    # each factor is one gather of the running sum through the delay tau_(2^j), and the
+    # delays double by composition, tau_2m(t) = tau_m(t) + tau_m(t - tau_m(t)).
     tau = d
-    wet = _read(src, t - tau)
-    gain = torch.ones_like(g)
-    for _ in range(_recirculations(feedback) - 1):
-        # Before the start the delay only has to exceed t, which reading the edge keeps true.
-        tau = d + _read(tau, t - d, edge=True)
-        gain = gain * g
-        wet = wet + gain * _read(src, t - tau)
+    wet = _read(src, t - d)
+    gain = g
+    for level in range(_doublings(feedback)):
+        wet = wet + gain * _read(wet, t - tau)
+        if level + 1 < _doublings(feedback):
+            # Before the start the delay only has to exceed t, which reading the edge keeps.
+            tau = tau + _read(tau, t - tau, edge=True)
+            gain = gain * gain
     wet = wet.mean(1)
     m = broadcast_param(mix, x, name="mix", effect=effect).unsqueeze(-1)
     return x + m * (wet - x)
@@ -208,13 +216,12 @@ def phaser(
     tw = torch.arange(_NFFT, dtype=x.dtype, device=x.device) * alpha
     spec = torch.fft.rfft(frames * torch.exp(-tw[:_FRAME]), _NFFT)
     out = torch.fft.irfft(spec * h, _NFFT) * torch.exp(tw)  # (B, C, F, NFFT)
-    b = out.shape[0]
-    total = (n_frames - 1) * _HOP + _NFFT
-    wet = nnf.fold(
-        out.reshape(b * channels, n_frames, _NFFT).transpose(1, 2),
-        output_size=(1, total),
-        kernel_size=(1, _NFFT),
-        stride=(1, _HOP),
-    ).reshape(b, channels, total)[..., pad : pad + n]
+    # Overlap-add: each frame's FFT block is NFFT / HOP hops long; add hop-sized slices.
+    reach = _NFFT // _HOP
+    seg = out.reshape(*out.shape[:-2], n_frames, reach, _HOP)
+    acc = out.new_zeros(*out.shape[:-2], n_frames + reach - 1, _HOP)
+    for j in range(reach):
+        acc[..., j : j + n_frames, :] += seg[..., j, :]
+    wet = acc.flatten(-2)[..., pad : pad + n]
     m = param(mix, "mix")
     return x + m * (wet - x)

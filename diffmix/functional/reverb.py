@@ -41,6 +41,7 @@ LN1000 = math.log(1000.0)
 MAX_PRE_DELAY_MS = 250.0
 ER_START_MS, ER_END_MS, ER_TAPS = 3.0, 80.0, 24
 ONSET_MS = 8.0
+AUTO_TAIL = 1.5  # x the longest RT60: the tail is cut 90 dB down
 
 
 def band_masks(n_fft: int, sample_rate: int, crossover_hz: tuple[float, float]) -> Tensor:
@@ -61,6 +62,23 @@ def band_masks(n_fft: int, sample_rate: int, crossover_hz: tuple[float, float]) 
     return torch.stack([low, 1.0 - low - high, high])
 
 
+_BLOCK = 1 << 14
+_GUARD_S = 0.1
+
+
+def _white(seed: int, start: int, length: int) -> Tensor:
+    """``(2, length)`` white noise at absolute positions ``start ...``: each block of
+    ``_BLOCK`` samples has its own seeded generator, so a sample's value depends on its
+    position and the seed only, never on how long a buffer is asked for."""
+    first, last = start // _BLOCK, (start + length - 1) // _BLOCK
+    blocks = [
+        torch.randn(2, _BLOCK, generator=torch.Generator().manual_seed(seed * 1_000_003 + k), dtype=torch.float64)
+        for k in range(first, last + 1)
+    ]
+    offset = start - first * _BLOCK
+    return torch.cat(blocks, -1)[:, offset : offset + length]
+
+
 @functools.lru_cache(maxsize=8)
 def _buffers(
     sample_rate: int,
@@ -70,19 +88,27 @@ def _buffers(
     device: str,
     dtype: torch.dtype,
 ) -> tuple[Tensor, Tensor]:
-    """Band-split noise ``(2, 3, L)`` and early reflections ``(2, L)``; index 0 = M, 1 = S."""
-    gen = torch.Generator().manual_seed(seed)
-    noise = torch.randn(2, length, generator=gen, dtype=torch.float64)
-    masks = band_masks(length, sample_rate, crossover_hz)
-    bands = torch.fft.irfft(torch.fft.rfft(noise).unsqueeze(1) * masks, length)
-    er = torch.zeros(2, length, dtype=torch.float64)
-    times = ER_START_MS + (ER_END_MS - ER_START_MS) * torch.rand(2, ER_TAPS, generator=gen)
+    """Band-split noise ``(2, 3, L)`` and early reflections ``(2, L)``; index 0 = M, 1 = S.
+
+    A buffer of any length is a prefix of a longer one (to about -100 dB: the band split
+    is circular, and a 0.1 s guard either side keeps its wrap-around off the kept part),
+    so an IR does not change with the length chosen for it.
+    """
+    guard = int(math.ceil(_GUARD_S * sample_rate))
+    # Positions -guard ... length + guard: the guards absorb the circular split's wrap.
+    noise = _white(seed, 0, length + 2 * guard)
+    total = noise.shape[-1]
+    masks = band_masks(total, sample_rate, crossover_hz)
+    bands = torch.fft.irfft(torch.fft.rfft(noise).unsqueeze(1) * masks, total)[..., guard : guard + length]
+    gen = torch.Generator().manual_seed(seed * 1_000_003 - 1)
+    times = ER_START_MS + (ER_END_MS - ER_START_MS) * torch.rand(2, ER_TAPS, generator=gen, dtype=torch.float64)
     signs = torch.where(torch.rand(2, ER_TAPS, generator=gen) < 0.5, -1.0, 1.0)
-    gains = signs * torch.exp(-times.double() / (0.4 * ER_END_MS))
-    idx = torch.round(times * (sample_rate / 1000.0)).long().clamp_max(length - 1)
+    gains = signs * torch.exp(-times / (0.4 * ER_END_MS))
+    idx = torch.round(times * (sample_rate / 1000.0)).long()
+    gains = gains / gains.norm(dim=1, keepdim=True)
+    er = torch.zeros(2, max(length, int(idx.max()) + 1), dtype=torch.float64)
     er.scatter_add_(1, idx, gains)
-    er = er / er.norm(dim=1, keepdim=True)
-    return bands.to(device=device, dtype=dtype), er.to(device=device, dtype=dtype)
+    return bands.to(device=device, dtype=dtype), er[:, :length].to(device=device, dtype=dtype)
 
 
 def check_crossovers(crossover_hz: tuple[float, float], sample_rate: int, effect: str) -> tuple[float, float]:
@@ -180,9 +206,9 @@ def reverb(
         width: 0 the same IR in both channels, 1 decorrelated channels. Default 1.
         mix: 0 dry, 1 wet only. Default 0.3.
         crossover_hz: (low/mid, mid/high) band edges in Hz. Default (250, 4000).
-        tail_s: IR length in seconds. ``None`` takes the longest band RT60 (which reads
-            the parameter values on the host, one sync on CUDA); pass a number inside
-            fitting loops on CUDA.
+        tail_s: IR length in seconds. ``None`` takes 1.5 x the longest band RT60, where
+            the tail is 90 dB down (this reads the parameter values on the host, one sync
+            on CUDA); pass a number inside fitting loops on CUDA.
         seed: chooses the noise and reflection pattern. Default 0.
 
     Shape:
@@ -212,7 +238,7 @@ def reverb(
     pre = param(pre_delay_ms, "pre_delay_ms")
     if tail_s is None:
         longest = rt60.detach() * torch.maximum(low, high).detach().clamp_min(1.0)
-        tail_s = float(longest.max())
+        tail_s = AUTO_TAIL * float(longest.max())
     if not (isinstance(tail_s, (int, float)) and math.isfinite(tail_s) and tail_s > 0):
         raise ValueError(f"{effect}: tail_s must be a positive number of seconds, got {tail_s!r}")
     n = x.shape[-1]

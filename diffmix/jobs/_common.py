@@ -51,25 +51,31 @@ def summary(x: torch.Tensor, sample_rate: int) -> dict:
     """The headline measurements of ``(1, C, T)`` audio for a job report.
 
     Loudness in LUFS, LRA in LU, peaks in dBTP/dBFS (max over channels), ratios in dB.
-    Silence reads ``-inf`` (written to JSON as the string ``"-inf"``).
+    Silence reads ``-inf`` (written to JSON as the string ``"-inf"``). The full analysis
+    (series, spectra, per-band stereo) is the ``analyze`` job's.
     """
-    from diffmix.functional.analysis import analyze
+    from diffmix.functional.analysis import side_mid_ratio_db, stereo_correlation
+    from diffmix.functional.loudness import integrated_loudness, loudness_range, short_term_loudness
+    from diffmix.functional.peaks import true_peak
 
-    r = analyze(x, sample_rate)
-    out = {
-        "integrated_lufs": float(r["integrated_lufs"][0]),
-        "lra_lu": float(r["loudness_range_lu"][0]),
-        "true_peak_dbtp": float(r["true_peak_dbtp"][0].amax()),
-        "sample_peak_dbfs": float(r["sample_peak_dbfs"][0].amax()),
-        "plr_db": float(r["plr_db"][0]),
-        "psr_db": float(r["psr_db"][0]),
-        "max_short_term_lufs": float(r["short_term_lufs"][0].amax()),
-        "clipped_samples": int(r["clipped_samples"][0].sum()),
-        "dc_offset": [float(v) for v in r["dc_offset"][0]],
-    }
-    if r["correlation"] is not None:
-        out["correlation"] = float(r["correlation"][0])
-        out["side_mid_db"] = float(r["side_mid_db"][0])
+    with torch.no_grad():
+        lufs = float(integrated_loudness(x, sample_rate)[0])
+        tp = 20.0 * math.log10(max(float(true_peak(x, sample_rate).amax()), 1e-300))
+        sp = 20.0 * math.log10(max(float(x.abs().amax()), 1e-300))
+        st_max = float(short_term_loudness(x, sample_rate).amax())
+        rel = lambda peak, level: 0.0 if math.isinf(level) else peak - level  # noqa: E731
+        out = {
+            "integrated_lufs": lufs,
+            "lra_lu": float(loudness_range(x, sample_rate)[0]),
+            "true_peak_dbtp": tp if tp > -300 else -math.inf,
+            "sample_peak_dbfs": sp if sp > -300 else -math.inf,
+            "plr_db": rel(tp, lufs),
+            "psr_db": rel(tp, st_max),
+            "max_short_term_lufs": st_max,
+        }
+        if x.shape[1] == 2:
+            out["correlation"] = float(stereo_correlation(x, sample_rate)[0])
+            out["side_mid_db"] = float(side_mid_ratio_db(x, sample_rate)[0])
     return out
 
 

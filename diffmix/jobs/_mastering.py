@@ -22,6 +22,7 @@ from diffmix.mastering import (
     available_weights,
     fit_chain,
     loudness_goals,
+    measure_lufs,
     pad_batch,
     render_with_drive,
     solve_loudness,
@@ -96,8 +97,11 @@ def master_group(cfg: DictConfig, songs: list[Song], sample_rate: int) -> list[d
     if any(g is None for g in goals):
         y, solves = render(torch.zeros(len(songs), dtype=torch.float64)), [None] * len(songs)
     else:
+        targets = torch.tensor(goals, dtype=torch.float64)
+        pre = measure_lufs(render.pre, lengths, sr).double()  # type: ignore[attr-defined]
+        start = torch.where(torch.isfinite(pre), targets - pre, torch.zeros_like(pre))
         y, solves = solve_loudness(
-            render, lengths, sr, torch.tensor(goals), tolerance_lu=float(cfg.tolerance_lu)
+            render, lengths, sr, targets, tolerance_lu=float(cfg.tolerance_lu), start_db=start
         )
     reports = []
     for i, song in enumerate(songs):
