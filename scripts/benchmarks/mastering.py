@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import shutil
 import tempfile
 import time
@@ -44,6 +45,9 @@ TARGETS = {  # name -> (LUFS, dBTP), as in configs/target
 }
 SPEC_TARGETS = ["spotify", "amazon", "ebu_r128"]  # -14/-1, -14/-2, -23/-1 on the real mixes
 CEILING_DB = -1.0
+# Which reference pairs (b) runs: "all" (every mix toward every other, 6 with 3 mixes) or
+# "cycle" (each mix once as input and once as reference, 3): DIFFMIX_BENCH_MASTER_PAIRS.
+PAIRS = os.environ.get("DIFFMIX_BENCH_MASTER_PAIRS", "all")
 
 
 def _spec_cases(tmp: Path, quick: bool) -> list[tuple[str, Path, str]]:
@@ -63,11 +67,17 @@ def _loudness_spec(tmp: Path, quick: bool, steps: list[str]) -> str:
     rows, worst_lu, worst_over, failures = [], 0.0, -np.inf, 0
     for k, (name, path, target) in enumerate(_spec_cases(tmp, quick)):
         out = tmp / f"spec{k}"
-        took = cli("master", f"input={path}", f"target={target}", f"out={out}", "plot=false", *steps)
+        lufs, ceiling = TARGETS[target]
+        try:
+            took = cli("master", f"input={path}", f"target={target}", f"out={out}", "plot=false", *steps)
+        except RuntimeError as exc:  # a failed case is a failed case: record it, go on
+            failures += 1
+            rows.append([name, f"{target} ({lufs:g} LUFS, {ceiling:g} dBTP)", "failed", "-", "-", "-", "-", "-",
+                         f"**no**: {str(exc).splitlines()[-1][:160]}"])
+            continue
         written = next(out.glob("*_master.wav"))
         audio, sr = read(written)
         m = measure(audio, sr)
-        lufs, ceiling = TARGETS[target]
         err = m["lufs"] - lufs
         err_pyln = m["lufs_pyln"] - lufs
         over = m["tp_dbtp"] - ceiling
@@ -121,20 +131,32 @@ def _reference_pairs(tmp: Path, quick: bool, steps: list[str]) -> str:
     sets = shared_sets()
     if len(sets) < 2:
         return "### (b) Master to a reference beside matchering\n\nFewer than 2 shared mixes: not run."
-    pairs = list(itertools.permutations(sets, 2))[: 1 if quick else None]
-    rows, wins, total = [], {k: 0 for k in ("lufs_err", "over", "mid", "side", "sm")}, 0
+    pairs = list(itertools.permutations(sets, 2))
+    if PAIRS == "cycle" and len(sets) > 2:  # every mix once as input and once as reference
+        pairs = [(sets[0], sets[-1])] + [(sets[i + 1], sets[i]) for i in range(len(sets) - 1)]
+    pairs = pairs[: 1 if quick else None]
+    rows, wins, total, done = [], {k: 0 for k in ("lufs_err", "over", "mid", "side", "sm")}, 0, 0
+    failed: list[str] = []
     sums: dict[str, dict[str, float]] = {"diffmix": {}, "matchering": {}}
     for k, (a, b) in enumerate(pairs):
         ref, sr = read(b / "mix.flac")
         ref_m = measure(ref, sr)
         out = tmp / f"pair{k}"
-        t_dm = cli("master", f"input={a / 'mix.flac'}", f"reference={b / 'mix.flac'}", "target=none",
-                   f"out={out}", "plot=false", *steps)
-        dm = _pair_metrics(read(next(out.glob("*_master.wav")))[0], ref, ref_m, sr)
         mg_path = tmp / f"pair{k}_matchering.wav"
         t_mg = _matchering(a / "mix.flac", b / "mix.flac", mg_path)
         mg = _pair_metrics(read(mg_path)[0], ref, ref_m, sr)
         total += 1
+        try:
+            t_dm = cli("master", f"input={a / 'mix.flac'}", f"reference={b / 'mix.flac'}", "target=none",
+                       f"out={out}", "plot=false", *steps)
+        except RuntimeError as exc:  # diffmix failed on this pair: matchering wins every metric
+            failed.append(f"{a.name} -> {b.name}: {str(exc).splitlines()[-1][:200]}")
+            rows.append([f"{a.name} -> {b.name}", "diffmix", "**failed**"] + ["-"] * 7)
+            rows.append(["", "matchering", f"{mg['lufs_err']:.2f}", f"{mg['tp']:.2f}", f"{mg['over']:.2f}",
+                         f"{mg['over_ref']:.2f}", f"{mg['mid']:.2f}", f"{mg['side']:.2f}", f"{mg['sm']:.2f}", fmt_s(t_mg)])
+            continue
+        dm = _pair_metrics(read(next(out.glob("*_master.wav")))[0], ref, ref_m, sr)
+        done += 1
         for key in wins:
             # A tie at zero (no overs for either) counts for diffmix: "no worse" there.
             wins[key] += dm[key] < mg[key] or (key == "over" and dm[key] == mg[key] == 0.0)
@@ -147,8 +169,8 @@ def _reference_pairs(tmp: Path, quick: bool, steps: list[str]) -> str:
     head = ["pair (input -> reference)", "engine", "|LUFS err| LU", "true peak dBTP",
             "over -1 dBTP (dB)", "over ref TP (dB)", "mid 1/3-oct RMS dB", "side 1/3-oct RMS dB",
             "side/mid err dB", "wall time"]
-    means = [["mean", name] + [f"{sums[name][k] / total:.2f}" for k in ("lufs_err", "tp", "over", "over_ref", "mid", "side", "sm")]
-             + [fmt_s(sums[name]["time"] / total)] for name in ("diffmix", "matchering")]
+    means = [] if not done else [["mean over pairs diffmix finished", name] + [f"{sums[name][k] / done:.2f}" for k in ("lufs_err", "tp", "over", "over_ref", "mid", "side", "sm")]
+             + [fmt_s(sums[name]["time"] / done)] for name in ("diffmix", "matchering")]
     labels = {"lufs_err": "loudness error", "over": "true-peak overs", "mid": "mid spectrum",
               "side": "side spectrum", "sm": "side/mid ratio"}
     score = ", ".join(f"{labels[k]} {v}/{total}" for k, v in wins.items())
@@ -157,6 +179,7 @@ def _reference_pairs(tmp: Path, quick: bool, steps: list[str]) -> str:
         "### (b) Master to a reference, beside matchering "
         f"(matchering {__import__('matchering').__version__})\n\n"
         + table(rows + means, head)
+        + ("\n\n**diffmix failed on:** " + "; ".join(failed) if failed else "")
         + f"\n\nPairs where diffmix is better (overs: better or both zero): {score}. "
         f"Bar (better on every metric): {'met' if allwin else '**not met**'}. "
         "Overs are measured against -1 dBTP, the ceiling diffmix is given; matchering's own "
