@@ -1,0 +1,227 @@
+"""Mastering: loudness-spec accuracy, reference matching beside matchering, and speed.
+
+Workloads (issue 6 "Quality bars" and "Speed", issue 7 workload 4), each through the real
+CLI (``python -m diffmix.cli master ...`` as a subprocess, so load and write are timed):
+
+(a) **Loudness spec.** Each shared ``mix.flac`` and synthetic songs (a steady one and one
+    with a 12 dB quiet/loud step) are mastered to several named targets. The WRITTEN file
+    (24-bit WAV, dithered) is measured with diffmix's BS.1770 meter and, independently,
+    with pyloudnorm; true peak with diffmix's 4x-oversampled meter. Bar: within 0.1 LU of
+    the target and at or under the ceiling in every case.
+(b) **Reference matching beside matchering.** Each shared mix is mastered toward each
+    other shared mix (``target=none``: the reference's loudness, a -1 dBTP ceiling) and
+    with ``matchering.process`` on the same pair. Metrics on the written files:
+    integrated-loudness error vs the reference; true-peak over = max(0, output dBTP minus
+    the ceiling), ceiling = -1 dBTP (the delivery ceiling both are asked to respect; we
+    also show the over against the reference's own true peak); RMS error of the
+    level-free 1/3-octave spectrum in mid and in side and the side/mid ratio error
+    (``diffmix.features.spectral_errors``); wall time.
+(c) **Speed.** A 3-minute song (a shared mix looped) mastered to Spotify end to end.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from benchmarks._data import SR, cli, loop_to, measure, read, shared_sets, synthetic_song, write
+from benchmarks._timing import fmt_s, table
+from diffmix.features import spectral_errors
+
+TITLE = "Mastering: loudness specs, reference matching beside matchering, speed"
+TARGETS = {  # name -> (LUFS, dBTP), as in configs/target
+    "spotify": (-14.0, -1.0),
+    "apple_music": (-16.0, -1.0),
+    "amazon": (-14.0, -2.0),
+    "ebu_r128": (-23.0, -1.0),
+}
+SPEC_TARGETS = ["spotify", "amazon", "ebu_r128"]  # -14/-1, -14/-2, -23/-1 on the real mixes
+CEILING_DB = -1.0
+# Which reference pairs (b) runs: "all" (every mix toward every other, 6 with 3 mixes) or
+# "cycle" (each mix once as input and once as reference, 3): DIFFMIX_BENCH_MASTER_PAIRS.
+PAIRS = os.environ.get("DIFFMIX_BENCH_MASTER_PAIRS", "all")
+
+
+def _spec_cases(tmp: Path, quick: bool) -> list[tuple[str, Path, str]]:
+    cases: list[tuple[str, Path, str]] = []
+    for folder in shared_sets()[: 1 if quick else None]:
+        for t in ["spotify"] if quick else SPEC_TARGETS:
+            cases.append((folder.name, folder / "mix.flac", t))
+    if quick and cases:
+        return cases
+    steady = write(tmp / "synth_steady.wav", synthetic_song(20.0, 1, level_db=-24.0), SR)
+    dynamic = write(tmp / "synth_dynamic.wav", synthetic_song(20.0, 2, level_db=-30.0, dynamic=True), SR)
+    cases += [("synthetic steady", steady, "spotify"), ("synthetic quiet/loud", dynamic, "apple_music")]
+    return cases
+
+
+def _loudness_spec(tmp: Path, quick: bool, steps: list[str]) -> str:
+    rows, worst_lu, worst_over, failures = [], 0.0, -np.inf, 0
+    for k, (name, path, target) in enumerate(_spec_cases(tmp, quick)):
+        out = tmp / f"spec{k}"
+        lufs, ceiling = TARGETS[target]
+        try:
+            took = cli("master", f"input={path}", f"target={target}", f"out={out}", "plot=false", *steps)
+        except RuntimeError as exc:  # a failed case is a failed case: record it, go on
+            failures += 1
+            rows.append([name, f"{target} ({lufs:g} LUFS, {ceiling:g} dBTP)", "failed", "-", "-", "-", "-", "-",
+                         f"**no**: {str(exc).splitlines()[-1][:160]}"])
+            continue
+        written = next(out.glob("*_master.wav"))
+        audio, sr = read(written)
+        m = measure(audio, sr)
+        err = m["lufs"] - lufs
+        err_pyln = m["lufs_pyln"] - lufs
+        over = m["tp_dbtp"] - ceiling
+        ok = abs(err) <= 0.1 and abs(err_pyln) <= 0.1 and over <= 0.0
+        failures += not ok
+        worst_lu = max(worst_lu, abs(err), abs(err_pyln))
+        worst_over = max(worst_over, over)
+        rows.append([name, f"{target} ({lufs:g} LUFS, {ceiling:g} dBTP)", f"{m['lufs']:.2f}",
+                     f"{err:+.2f}", f"{m['lufs_pyln']:.2f}", f"{err_pyln:+.2f}", f"{m['tp_dbtp']:.2f}",
+                     fmt_s(took), "yes" if ok else "**no**"])
+    head = ["input", "target", "LUFS (diffmix meter)", "error LU", "LUFS (pyloudnorm)",
+            "error LU (pyln)", "true peak dBTP", "wall time", "within 0.1 LU and ceiling"]
+    verdict = "met" if failures == 0 else f"**not met** ({failures} of {len(rows)} cases fail)"
+    return (
+        "### (a) Master to a loudness spec (the written 24-bit file, re-measured)\n\n"
+        + table(rows, head)
+        + f"\n\nBar (within 0.1 LU and at/under the ceiling in every case): {verdict}; "
+        f"worst loudness error {worst_lu:.2f} LU, worst true peak vs ceiling {worst_over:+.2f} dB."
+    )
+
+
+def _tp_over(tp_dbtp: float, ceiling: float) -> float:
+    return max(0.0, tp_dbtp - ceiling)
+
+
+def _pair_metrics(out: np.ndarray, ref: np.ndarray, ref_m: dict, sr: int) -> dict[str, float]:
+    n = min(out.shape[-1], ref.shape[-1])
+    m = measure(out, sr)
+    spec = spectral_errors(torch.from_numpy(out[:, :n]).unsqueeze(0), torch.from_numpy(ref[:, :n]).unsqueeze(0), sr)
+    return {
+        "lufs_err": abs(m["lufs"] - ref_m["lufs"]),
+        "over": _tp_over(m["tp_dbtp"], CEILING_DB),
+        "over_ref": _tp_over(m["tp_dbtp"], ref_m["tp_dbtp"]),
+        "tp": m["tp_dbtp"],
+        "mid": spec["tone_mid_rms_db"],
+        "side": spec["tone_side_rms_db"],
+        "sm": spec["side_mid_ratio_error_db"],
+    }
+
+
+def _matchering(target: Path, reference: Path, out: Path) -> float:
+    import matchering
+
+    matchering.log(warning_handler=lambda *_: None, info_handler=lambda *_: None, debug_handler=lambda *_: None)
+    t0 = time.perf_counter()
+    matchering.process(target=str(target), reference=str(reference), results=[matchering.pcm24(str(out))])
+    return time.perf_counter() - t0
+
+
+def _reference_pairs(tmp: Path, quick: bool, steps: list[str]) -> str:
+    sets = shared_sets()
+    if len(sets) < 2:
+        return "### (b) Master to a reference beside matchering\n\nFewer than 2 shared mixes: not run."
+    pairs = list(itertools.permutations(sets, 2))
+    if PAIRS == "cycle" and len(sets) > 2:  # every mix once as input and once as reference
+        pairs = [(sets[0], sets[-1])] + [(sets[i + 1], sets[i]) for i in range(len(sets) - 1)]
+    pairs = pairs[: 1 if quick else None]
+    rows, wins, total, done = [], {k: 0 for k in ("lufs_err", "over", "mid", "side", "sm")}, 0, 0
+    failed: list[str] = []
+    sums: dict[str, dict[str, float]] = {"diffmix": {}, "matchering": {}}
+    for k, (a, b) in enumerate(pairs):
+        ref, sr = read(b / "mix.flac")
+        ref_m = measure(ref, sr)
+        out = tmp / f"pair{k}"
+        mg_path = tmp / f"pair{k}_matchering.wav"
+        t_mg = _matchering(a / "mix.flac", b / "mix.flac", mg_path)
+        mg = _pair_metrics(read(mg_path)[0], ref, ref_m, sr)
+        total += 1
+        try:
+            t_dm = cli("master", f"input={a / 'mix.flac'}", f"reference={b / 'mix.flac'}", "target=none",
+                       f"out={out}", "plot=false", *steps)
+        except RuntimeError as exc:  # diffmix failed on this pair: matchering wins every metric
+            failed.append(f"{a.name} -> {b.name}: {str(exc).splitlines()[-1][:200]}")
+            rows.append([f"{a.name} -> {b.name}", "diffmix", "**failed**"] + ["-"] * 7)
+            rows.append(["", "matchering", f"{mg['lufs_err']:.2f}", f"{mg['tp']:.2f}", f"{mg['over']:.2f}",
+                         f"{mg['over_ref']:.2f}", f"{mg['mid']:.2f}", f"{mg['side']:.2f}", f"{mg['sm']:.2f}", fmt_s(t_mg)])
+            continue
+        dm = _pair_metrics(read(next(out.glob("*_master.wav")))[0], ref, ref_m, sr)
+        done += 1
+        for key in wins:
+            # A tie at zero (no overs for either) counts for diffmix: "no worse" there.
+            wins[key] += dm[key] < mg[key] or (key == "over" and dm[key] == mg[key] == 0.0)
+        for name, m, t in (("diffmix", dm, t_dm), ("matchering", mg, t_mg)):
+            for key, v in {**m, "time": t}.items():
+                sums[name][key] = sums[name].get(key, 0.0) + v
+            rows.append([f"{a.name} -> {b.name}" if name == "diffmix" else "", name,
+                         f"{m['lufs_err']:.2f}", f"{m['tp']:.2f}", f"{m['over']:.2f}", f"{m['over_ref']:.2f}",
+                         f"{m['mid']:.2f}", f"{m['side']:.2f}", f"{m['sm']:.2f}", fmt_s(t)])
+    head = ["pair (input -> reference)", "engine", "|LUFS err| LU", "true peak dBTP",
+            "over -1 dBTP (dB)", "over ref TP (dB)", "mid 1/3-oct RMS dB", "side 1/3-oct RMS dB",
+            "side/mid err dB", "wall time"]
+    means = [] if not done else [["mean over pairs diffmix finished", name] + [f"{sums[name][k] / done:.2f}" for k in ("lufs_err", "tp", "over", "over_ref", "mid", "side", "sm")]
+             + [fmt_s(sums[name]["time"] / done)] for name in ("diffmix", "matchering")]
+    labels = {"lufs_err": "loudness error", "over": "true-peak overs", "mid": "mid spectrum",
+              "side": "side spectrum", "sm": "side/mid ratio"}
+    score = ", ".join(f"{labels[k]} {v}/{total}" for k, v in wins.items())
+    allwin = all(v == total for v in wins.values())
+    return (
+        "### (b) Master to a reference, beside matchering "
+        f"(matchering {__import__('matchering').__version__})\n\n"
+        + table(rows + means, head)
+        + ("\n\n**diffmix failed on:** " + "; ".join(failed) if failed else "")
+        + f"\n\nPairs where diffmix is better (overs: better or both zero): {score}. "
+        f"Bar (better on every metric): {'met' if allwin else '**not met**'}. "
+        "Overs are measured against -1 dBTP, the ceiling diffmix is given; matchering's own "
+        "limiter aims at 0 dBFS sample peak, so its -1 dBTP overs are by design."
+    )
+
+
+def _speed(tmp: Path, quick: bool) -> str:
+    sets = shared_sets()
+    seconds = 10.0 if quick else 180.0
+    if sets:
+        mix, sr = read(sets[0] / "mix.flac")
+        song, source = loop_to(mix, int(seconds * sr)), f"{sets[0].name} looped"
+    else:
+        song, sr, source = synthetic_song(seconds, 3), SR, "synthetic"
+    path = write(tmp / "song_3min.wav", song, sr)
+    out = tmp / "speed"
+    took = cli("master", f"input={path}", "target=spotify", f"out={out}")
+    report = json.loads(next(out.glob("*_report.json")).read_text())
+    inner = report.get("runtime_s")
+    goal = "met" if took <= 10.0 else "**not met**"
+    return (
+        "### (c) Speed: a song mastered to Spotify, end to end (CLI subprocess)\n\n"
+        + table([[f"{seconds:g} s stereo 44.1 kHz ({source})", fmt_s(took),
+                  f"{inner:.2f} s" if isinstance(inner, (int, float)) else "n/a",
+                  f"{seconds / took:.1f}x"]],
+                ["input", "wall time (start, load, fit, write, report, plot)", "job's own runtime_s", "real-time factor"])
+        + (f"\n\nGoal (3-minute song <= 10 s): {goal}." if not quick else "\n\n(quick run: 10 s song)")
+    )
+
+
+def run(quick: bool) -> str:
+    steps = ["fit.steps=5"] if quick else []
+    tmp = Path(tempfile.mkdtemp(prefix="diffmix_bench_master_"))
+    try:
+        parts = [
+            "Every case runs the real CLI with its default config"
+            + (" (quick: fit.steps=5)" if quick else "") + "; outputs are 24-bit WAV with TPDF dither.",
+            _loudness_spec(tmp, quick, steps),
+            _reference_pairs(tmp, quick, steps),
+            _speed(tmp, quick),
+        ]
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return "\n\n".join(parts)
