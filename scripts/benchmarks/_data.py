@@ -20,9 +20,8 @@ import soundfile as sf
 import torch
 
 ROOT = Path(__file__).resolve().parents[2]
+# ../shared beside the checkout; DIFFMIX_SHARED points elsewhere (e.g. from a worktree).
 SHARED = Path(os.environ.get("DIFFMIX_SHARED", ROOT.parent / "shared")) / "data" / "multitrack"
-if not SHARED.exists():  # worktrees sit one level deeper than the main checkout
-    SHARED = Path("/work/shared/data/multitrack")
 SR = 44100
 
 
