@@ -35,6 +35,18 @@ def bounded_params(module: nn.Module) -> dict[str, BoundedParam]:
     return {n: m for n, m in module.named_modules() if isinstance(m, BoundedParam)}
 
 
+def select(params: Mapping[str, BoundedParam], patterns: Sequence[str]) -> list[nn.Parameter]:
+    """Turn gradients on for parameters whose key matches any glob pattern, off for the
+    rest; returns the raw tensors to hand to an optimiser."""
+    chosen = []
+    for key, param in params.items():
+        on = param.spec.differentiable and any(fnmatch.fnmatch(key, p) for p in patterns)
+        param.raw.requires_grad_(on)
+        if on:
+            chosen.append(param.raw)
+    return chosen
+
+
 def prior(params: Mapping[str, BoundedParam], initial: Mapping[str, Tensor]) -> Tensor:
     """Pull toward neutral: the mean squared change of the fitted parameters since
     ``initial`` (values by key), each scaled by its range (log-scaled parameters in the log
@@ -272,17 +284,8 @@ class Console(nn.Module):
             params[key].set(torch.as_tensor(value, dtype=torch.float64))
 
     def select(self, patterns: Sequence[str]) -> list[nn.Parameter]:
-        """Turn gradients on for parameters matching any glob pattern, off for the rest.
-
-        Returns the raw tensors to hand to an optimiser.
-        """
-        chosen = []
-        for key, param in self.named_values().items():
-            on = param.spec.differentiable and any(fnmatch.fnmatch(key, p) for p in patterns)
-            param.raw.requires_grad_(on)
-            if on:
-                chosen.append(param.raw)
-        return chosen
+        """:func:`select` over the console's parameters."""
+        return select(self.named_values(), patterns)
 
     def prior(self, initial: Mapping[str, Tensor]) -> Tensor:
         """:func:`prior` over the console's fitted parameters."""

@@ -17,7 +17,6 @@ The chain's last effect is named ``limiter`` and has a ``gain_db`` drive paramet
 
 from __future__ import annotations
 
-import fnmatch
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -25,7 +24,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from diffmix.console import Bus, prior
+from diffmix.console import Bus, prior, select
 from diffmix.errors import UserError
 from diffmix.fit import FitResult, draw, excerpt_starts, fit
 from diffmix.functional.loudness import integrated_loudness
@@ -73,17 +72,6 @@ def song_excerpts(
     return torch.cat(out)
 
 
-def select(chain: Bus, patterns: Sequence[str]) -> list[Tensor]:
-    """Turn gradients on for the chain's parameters matching a glob, off for the rest."""
-    chosen = []
-    for key, p in chain.named_values().items():
-        on = p.spec.differentiable and any(fnmatch.fnmatch(key, pat) for pat in patterns)
-        p.raw.requires_grad_(on)
-        if on:
-            chosen.append(p.raw)
-    return chosen
-
-
 def fit_chain(
     chain: Bus,
     xs: Sequence[Tensor],
@@ -112,7 +100,7 @@ def fit_chain(
     the chain up to the limiter only: the limiter's drive is set afterwards by the loudness
     solve, and at the fit's 0 dB drive it would cost time and change nothing the terms see.
     """
-    chosen = select(chain, params)
+    chosen = select(chain.named_values(), params)
     if not chosen or steps == 0:
         return FitResult(0, math.nan, math.nan, "nothing to fit", 0.0)
     length = int(round(excerpt_s * chain.sample_rate))

@@ -46,7 +46,7 @@ import torch
 from omegaconf import DictConfig
 from torch import Tensor
 
-from diffmix.config import instantiate, save_preset
+from diffmix.config import save_preset
 from diffmix.delivery import SUBTYPES, check_format, prepare
 from diffmix.errors import UserError
 from diffmix.functional.loudness import (
@@ -61,7 +61,7 @@ from diffmix.functional.loudness import (
 )
 from diffmix.functional.peaks import oversample, oversampling_factor
 from diffmix.io import AudioFileError, atomic_path
-from diffmix.mastering import available_weights, fit_chain, loudness_goals, set_exact
+from diffmix.mastering import loudness_goals, set_exact
 
 log = logging.getLogger(__name__)
 
@@ -421,8 +421,7 @@ def master_file(cfg: DictConfig, *, input: str, out: Path, stem: str,  # noqa: A
     The same fit, loudness solve and delivery as the in-memory master job, chunked.
     Options from ``cfg.streaming``: ``chunk_s`` (30), ``context_s`` (2).
     """
-    from diffmix.jobs._mastering import MIN_SECONDS, chain_for
-    from diffmix.objective import Objective
+    from diffmix.jobs._mastering import MIN_SECONDS, chain_for, fit_stage
     from diffmix.report import write_json
 
     t0 = time.perf_counter()
@@ -438,23 +437,9 @@ def master_file(cfg: DictConfig, *, input: str, out: Path, stem: str,  # noqa: A
     if cfg.get("plot"):
         log.info("streaming: no plot for a streamed master (it would need the whole signal)")
     chain = chain_for(cfg, sr, 1).to(device)
-    weights = available_weights(cfg.loss.weights, reference=reference is not None, target=target)
-    fit_report = None
-    if weights and int(cfg.fit.steps) > 0:
-        objective = Objective(sr, weights, reference=[reference] if reference is not None else None,
-                              target=target).to(device)
-        scheduler = instantiate(cfg.scheduler, where="scheduler") if cfg.get("scheduler") else None
-        result = fit_chain(
-            chain, [src], [stem], objective,  # type: ignore[list-item]
-            params=list(cfg.fit.params), steps=int(cfg.fit.steps),
-            excerpt_s=float(cfg.fit.excerpt_s), optimizer=instantiate(cfg.optim, where="optim"),
-            scheduler=scheduler, seed=int(cfg.seed), patience=int(cfg.fit.patience),
-            progress=bool(cfg.progress),
-        )
-        fit_report = {k: v for k, v in vars(result).items() if k != "history"}
-    for stage, amount in (cfg.get("amount") or {}).items():
-        if stage in chain.effects:
-            chain.set_amount(stage, float(amount))
+    fit_report = fit_stage(
+        cfg, chain, [src], [stem], [reference] if reference is not None else None, target  # type: ignore[list-item]
+    )
     (goal,) = loudness_goals([target], [reference], sr)
     ceiling = target.get("true_peak_db")
     path = out / f"{stem}.{fmt}"

@@ -12,7 +12,6 @@ import time
 import numpy as np
 import pytest
 import soundfile as sf
-
 from jobs_helpers import ROOT, music, write
 
 pytestmark = pytest.mark.slow

@@ -7,9 +7,9 @@ import pyloudnorm
 import pytest
 import soundfile as sf
 import torch
+from jobs_helpers import run_cli
 
 from diffmix.functional.peaks import true_peak
-from jobs_helpers import run_cli
 
 pytestmark = pytest.mark.slow
 

@@ -7,12 +7,12 @@ import pytest
 import soundfile as sf
 import torch
 from hydra import compose, initialize_config_dir
+from jobs_helpers import ROOT, music, write
 
 from diffmix.functional.loudness import integrated_loudness
 from diffmix.functional.peaks import true_peak
 from diffmix.jobs import master
 from diffmix.streaming import ChunkMeter, DiskAudio, measure_file, wants_streaming
-from jobs_helpers import ROOT, music, write
 
 SR = 48000
 SECONDS = 40.0

@@ -35,6 +35,7 @@ import math
 import torch
 from torch import Tensor
 
+from diffmix.functional.filters import next_fast_len
 from diffmix.params import ParamValue, broadcast_param
 
 NOTE_VALUES = {
@@ -72,26 +73,6 @@ def note_to_ms(bpm: float, note: str = "1/4") -> float:
             "with an optional 'd' (dotted) or 't' (triplet)"
         )
     return 60000.0 / bpm * NOTE_VALUES[base] * factor
-
-
-def fast_len(n: int) -> int:
-    """Smallest ``2^a 3^b 5^c >= n``: a size pocketfft and cuFFT transform quickly.
-
-    >>> fast_len(1000), fast_len(1025)
-    (1000, 1080)
-    """
-    best = 1 << max(0, (n - 1).bit_length())
-    p5 = 1
-    while p5 < best:
-        p35 = p5
-        while p35 < best:
-            m = p35
-            while m < n:
-                m *= 2
-            best = min(best, m)
-            p35 *= 3
-        p5 *= 5
-    return best
 
 
 def delay_phasor(samples: Tensor, n_fft: int, *, damp: float = 0.0) -> Tensor:
@@ -193,7 +174,7 @@ def delay(
         d, g, fc = d[:, :1], g[:, :1], fc[:, :1]
 
     pad = max(n, 4 * FRACTIONAL_HALF_TAPS)
-    n_fft = fast_len(n + pad)
+    n_fft = next_fast_len(n + pad)
     alpha = _window_db(x.dtype) / 20.0 * math.log(10.0) / pad
     t = torch.arange(n, dtype=x.dtype, device=x.device)
     down = torch.exp(-alpha * t)

@@ -22,7 +22,8 @@ from torch import Tensor
 
 from diffmix._compat import import_torchaudio
 from diffmix.checks import check_choice
-from diffmix.functional.delay import delay_phasor, fast_len
+from diffmix.functional.delay import delay_phasor
+from diffmix.functional.filters import next_fast_len
 from diffmix.functional.gain import db_to_amp
 from diffmix.params import ParamValue, broadcast_param
 
@@ -62,7 +63,7 @@ def _post_filter(y: Tensor, sample_rate: int, tone_hz: Tensor, dc_block: bool) -
     # IIR filtering with wrap-around damped by 60 dB (float32) or 120 dB (float64).
     n = y.shape[-1]
     pad = max(n, 64)
-    n_fft = fast_len(n + pad)
+    n_fft = next_fast_len(n + pad)
     alpha = (120.0 if y.dtype == torch.float64 else 60.0) / 20.0 * math.log(10.0) / pad
     down = torch.exp(-alpha * torch.arange(n, dtype=y.dtype, device=y.device))
     spec = torch.fft.rfft(y * down, n_fft)

@@ -34,7 +34,8 @@ import math
 import torch
 from torch import Tensor
 
-from diffmix.functional.delay import delay_phasor, fast_len
+from diffmix.functional.delay import delay_phasor
+from diffmix.functional.filters import next_fast_len
 from diffmix.params import ParamValue, broadcast_param
 
 LN1000 = math.log(1000.0)
@@ -255,7 +256,7 @@ def reverb(
         crossover_hz=crossover_hz,
         seed=seed,
     )
-    n_fft = fast_len(n + length + int(math.ceil(MAX_PRE_DELAY_MS * sample_rate / 1000.0)))
+    n_fft = next_fast_len(n + length + int(math.ceil(MAX_PRE_DELAY_MS * sample_rate / 1000.0)))
     spec_ir = torch.fft.rfft(ir, n_fft)
     shift = delay_phasor((pre * (sample_rate / 1000.0)).unsqueeze(-1), n_fft).to(spec_ir.dtype)
     wet = torch.fft.irfft(torch.fft.rfft(x, n_fft) * (spec_ir * shift), n_fft)[..., :n]

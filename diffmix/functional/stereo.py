@@ -17,8 +17,8 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from diffmix.functional.delay import delay_phasor, fast_len
-from diffmix.functional.filters import linkwitz_riley_coeffs
+from diffmix.functional.delay import delay_phasor
+from diffmix.functional.filters import linkwitz_riley_coeffs, next_fast_len
 from diffmix.functional.gain import left_right, mid_side
 from diffmix.params import ParamValue, broadcast_param
 
@@ -60,7 +60,7 @@ def _windowed(x: Tensor) -> tuple[Tensor, Tensor, int, float]:
     pad = max(n, 64)
     alpha = (120.0 if x.dtype == torch.float64 else 60.0) / 20.0 * math.log(10.0) / pad
     down = torch.exp(-alpha * torch.arange(n, dtype=x.dtype, device=x.device))
-    return x * down, 1.0 / down, fast_len(n + pad), alpha
+    return x * down, 1.0 / down, next_fast_len(n + pad), alpha
 
 
 def _check_crossovers(x: Tensor, low_hz: ParamValue, high_hz: ParamValue, sample_rate: int, effect: str) -> tuple[Tensor, Tensor]:

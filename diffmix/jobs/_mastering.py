@@ -53,6 +53,40 @@ def chain_for(cfg: DictConfig, sample_rate: int, songs: int) -> Bus:
     return Bus(sample_rate, effects, items=songs)
 
 
+def fit_stage(
+    cfg: DictConfig,
+    chain: Bus,
+    audios: list,
+    keys: list[str],
+    references: list[torch.Tensor] | None,
+    target: dict[str, Any],
+) -> dict[str, Any] | None:
+    """Fit ``chain`` to what the config matches (if anything), then apply ``amount.*``.
+
+    ``audios`` are ``(1, 2, T)`` tensors or anything sliced like them (the streaming path
+    passes files on disk). Returns the fit's summary for the report, or None.
+    """
+    weights = available_weights(cfg.loss.weights, reference=references is not None, target=target)
+    fit_report = None
+    if weights and int(cfg.fit.steps) > 0:
+        sr = chain.sample_rate
+        device = next(chain.parameters()).device
+        objective = Objective(sr, weights, reference=references, target=target).to(device)
+        scheduler = instantiate(cfg.scheduler, where="scheduler") if cfg.get("scheduler") else None
+        result = fit_chain(
+            chain, audios, keys, objective, params=list(cfg.fit.params),
+            steps=int(cfg.fit.steps), excerpt_s=float(cfg.fit.excerpt_s),
+            optimizer=instantiate(cfg.optim, where="optim"), scheduler=scheduler,
+            seed=int(cfg.seed), patience=int(cfg.fit.patience),
+            prior_weight=float(cfg.loss.get("prior", 0.0)), progress=bool(cfg.progress),
+        )
+        fit_report = {k: v for k, v in vars(result).items() if k != "history"}
+    for stage, amount in (cfg.get("amount") or {}).items():
+        if stage in chain.effects:
+            chain.set_amount(stage, float(amount))
+    return fit_report
+
+
 def master_group(cfg: DictConfig, songs: list[Song], sample_rate: int) -> list[dict[str, Any]]:
     """Master ``songs`` together (one optimiser, per-song parameters); returns their reports.
 
@@ -72,25 +106,10 @@ def master_group(cfg: DictConfig, songs: list[Song], sample_rate: int) -> list[d
     has_ref = [s.reference is not None for s in songs]
     if len(set(has_ref)) > 1:
         raise ValueError("master_group: songs with and without references can't share a group")
-    weights = available_weights(cfg.loss.weights, reference=has_ref[0], target=songs[0].target)
-    fit_report = None
-    if weights and int(cfg.fit.steps) > 0:
-        objective = Objective(
-            sr, weights, reference=[s.reference for s in songs] if has_ref[0] else None,
-            target=songs[0].target,
-        ).to(device)
-        scheduler = instantiate(cfg.scheduler, where="scheduler") if cfg.get("scheduler") else None
-        result = fit_chain(
-            chain, [s.audio for s in songs], [s.key for s in songs], objective,
-            params=list(cfg.fit.params), steps=int(cfg.fit.steps),
-            excerpt_s=float(cfg.fit.excerpt_s), optimizer=instantiate(cfg.optim, where="optim"),
-            scheduler=scheduler, seed=int(cfg.seed), patience=int(cfg.fit.patience),
-            progress=bool(cfg.progress),
-        )
-        fit_report = {k: v for k, v in vars(result).items() if k != "history"}
-    for stage, amount in (cfg.get("amount") or {}).items():
-        if stage in chain.effects:
-            chain.set_amount(stage, float(amount))
+    fit_report = fit_stage(
+        cfg, chain, [s.audio for s in songs], [s.key for s in songs],
+        [s.reference for s in songs] if has_ref[0] else None, songs[0].target,
+    )
     x, lengths = pad_batch([s.audio for s in songs])
     render = render_with_drive(chain, x)
     goals = loudness_goals([s.target for s in songs], [s.reference for s in songs], sr)
