@@ -24,7 +24,10 @@ TIMES = [0.002, 0.01, 0.02, 0.03]  # within the 256-512-sample test signals at 8
 CASES = {
     "cosine": (
         lambda v: VolumeAutomation(SR, times_s=TIMES, **v),
-        [{"gain_db": [-6.0, 3.0, -20.0, 0.0], "amount": 0.8}, {"gain_db": [0.0, -12.0, 6.0, -3.0], "amount": 1.0}],
+        [
+            {"gain_db": [-6.0, 3.0, -20.0, 0.0], "amount": 0.8},
+            {"gain_db": [0.0, -12.0, 6.0, -3.0], "amount": 1.0},
+        ],
     ),
     "linear": (
         lambda v: VolumeAutomation(SR, times_s=TIMES, curve="linear", **v),
@@ -49,7 +52,9 @@ class TestContract:
 
     def test_not_in_place(self, case, dtype, device):
         make, values = CASES[case]
-        assert_not_in_place(make(values[0]).to(dtype=dtype, device=device), noise(2, 2, 256, dtype=dtype, device=device))
+        assert_not_in_place(
+            make(values[0]).to(dtype=dtype, device=device), noise(2, 2, 256, dtype=dtype, device=device)
+        )
 
     def test_finite_at_extremes(self, case, dtype, device):
         make, values = CASES[case]
@@ -82,7 +87,11 @@ def test_cosine_segments_are_raised_cosines_with_zero_slope_at_breakpoints():
     u = np.arange(fs + 1) / fs
     np.testing.assert_allclose(g, -12.0 * (0.5 - 0.5 * np.cos(np.pi * u)), atol=1e-12)
     slope = np.diff(g) * fs  # dB per second
-    assert abs(slope[0]) < 0.05 and abs(slope[-1]) < 0.05 and abs(slope).max() == pytest.approx(6 * math.pi, rel=1e-3)
+    assert (
+        abs(slope[0]) < 0.05
+        and abs(slope[-1]) < 0.05
+        and abs(slope).max() == pytest.approx(6 * math.pi, rel=1e-3)
+    )
 
 
 def test_gain_is_applied_in_db():
@@ -131,8 +140,14 @@ def test_no_python_loop_over_samples_long_signal_is_fast():
         (lambda: VolumeAutomation(SR, times_s=[0.0, 0.0]), "strictly increasing"),
         (lambda: VolumeAutomation(SR, times_s=[-1.0]), "finite seconds >= 0"),
         (lambda: VolumeAutomation(SR, times_s=[0.0, 1.0], gain_db=[0.0]), "trailing axis of 2 values"),
-        (lambda: VolumeAutomation(SR, times_s=[0.0], curve="spline"), "VolumeAutomation: unknown curve 'spline'"),
-        (lambda: VolumeAutomation(SR, times_s=[0.0], gain_db=[30.0]), r"gain_db=30 is outside its range \[-80, 24\]"),
+        (
+            lambda: VolumeAutomation(SR, times_s=[0.0], curve="spline"),
+            "VolumeAutomation: unknown curve 'spline'",
+        ),
+        (
+            lambda: VolumeAutomation(SR, times_s=[0.0], gain_db=[30.0]),
+            r"gain_db=30 is outside its range \[-80, 24\]",
+        ),
     ],
 )
 def test_bad_construction_raises(build, match):

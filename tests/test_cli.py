@@ -17,7 +17,11 @@ def diffmix(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     return subprocess.run(
         [sys.executable, "-m", "diffmix.cli", *args],
-        cwd=cwd, env=env, capture_output=True, text=True, timeout=300,
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
 
 
@@ -33,7 +37,9 @@ def test_job_help_shows_defaults(tmp_path):
 
 
 def test_demo_mixes_then_masters(tmp_path):
-    out = diffmix("demo", "seconds=3.0", "mix_steps=3", "progress=false", f"out={tmp_path / 'o'}", cwd=tmp_path)
+    out = diffmix(
+        "demo", "seconds=3.0", "mix_steps=3", "progress=false", f"out={tmp_path / 'o'}", cwd=tmp_path
+    )
     assert out.returncode == 0, out.stderr
     summary = json.loads((tmp_path / "o" / "summary.json").read_text())
     assert summary["mix"]["fit"]["steps"] == 3

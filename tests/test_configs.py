@@ -14,8 +14,13 @@ from diffmix.console import Bus, Console
 
 CONFIGS = str(Path(__file__).resolve().parents[1] / "configs")
 REQUIRED = {
-    "demo": [], "mix": ["stems=s"], "master": ["input=x"], "render": ["preset=p", "input=x"],
-    "album": ["inputs=t"], "batch": ["manifest=m"], "analyze": ["input=x"],
+    "demo": [],
+    "mix": ["stems=s"],
+    "master": ["input=x"],
+    "render": ["preset=p", "input=x"],
+    "album": ["inputs=t"],
+    "batch": ["manifest=m"],
+    "analyze": ["input=x"],
 }
 
 
@@ -51,8 +56,17 @@ def test_console_config_instantiates_and_runs():
     assert console(torch.randn(1, 3, 2, 4410) * 0.1).shape == (1, 2, 4410)
 
 
-@pytest.mark.parametrize("name, lufs, tp", [("spotify", -14, -1), ("apple_music", -16, -1), ("youtube", -14, -1),
-                                            ("amazon", -14, -2), ("ebu_r128", -23, -1), ("atsc_a85", -24, -2)])
+@pytest.mark.parametrize(
+    "name, lufs, tp",
+    [
+        ("spotify", -14, -1),
+        ("apple_music", -16, -1),
+        ("youtube", -14, -1),
+        ("amazon", -14, -2),
+        ("ebu_r128", -23, -1),
+        ("atsc_a85", -24, -2),
+    ],
+)
 def test_named_targets(name, lufs, tp):
     cfg = compose_job("master", f"target={name}")
     assert (cfg.target.lufs, cfg.target.true_peak_db) == (lufs, tp)
@@ -60,8 +74,11 @@ def test_named_targets(name, lufs, tp):
 
 @pytest.mark.parametrize(
     "match, terms",
-    [("tone", {"tone_mid", "tone_side"}), ("loudness_dynamics", {"loudness", "dynamics"}),
-     ("width", {"width", "correlation"})],
+    [
+        ("tone", {"tone_mid", "tone_side"}),
+        ("loudness_dynamics", {"loudness", "dynamics"}),
+        ("width", {"width", "correlation"}),
+    ],
 )
 @pytest.mark.parametrize("job", ["master", "mix"])
 def test_match_is_one_override(job, match, terms):

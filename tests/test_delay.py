@@ -51,7 +51,9 @@ class TestContract:
 
     def test_not_in_place(self, case, dtype, device):
         make, _, channels = CASES[case]
-        assert_not_in_place(make({}).to(dtype=dtype, device=device), noise(2, channels, 256, dtype=dtype, device=device))
+        assert_not_in_place(
+            make({}).to(dtype=dtype, device=device), noise(2, channels, 256, dtype=dtype, device=device)
+        )
 
     def test_finite_at_extremes(self, case, dtype, device):
         make, _, channels = CASES[case]

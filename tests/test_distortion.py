@@ -91,7 +91,9 @@ def test_small_signals_pass_through_only_the_post_filters(curve):
     n = 8192
     t = np.arange(n) / SR
     x = 1e-4 * (np.sin(2 * np.pi * 210 * t) + np.sin(2 * np.pi * 1130 * t + 1) + np.sin(2 * np.pi * 4300 * t))
-    y = saturate(torch.from_numpy(x).view(1, 1, -1), SR, drive_db=0.0, tone_hz=8000.0, curve=curve, oversample=4)
+    y = saturate(
+        torch.from_numpy(x).view(1, 1, -1), SR, drive_db=0.0, tone_hz=8000.0, curve=curve, oversample=4
+    )
     a = math.exp(-2 * math.pi * 8000.0 / SR)
     want = ss.lfilter([1 - a], [1, -a], x)
     if curve == "tube":

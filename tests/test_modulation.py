@@ -25,11 +25,23 @@ SR = 44100
 CASES = {
     "chorus": (
         lambda v: Chorus(SR, **v),
-        {"rate_hz": [0.7, 3.0], "depth": [0.3, 0.8], "centre_ms": [1.2, 1.9], "feedback": [0.4, -0.3], "mix": [0.5, 0.9]},
+        {
+            "rate_hz": [0.7, 3.0],
+            "depth": [0.3, 0.8],
+            "centre_ms": [1.2, 1.9],
+            "feedback": [0.4, -0.3],
+            "mix": [0.5, 0.9],
+        },
     ),
     "phaser": (
         lambda v: Phaser(SR, **v),
-        {"rate_hz": [2.0, 5.0], "depth": [0.5, 1.0], "centre_hz": [600.0, 2500.0], "feedback": [0.5, -0.4], "mix": [0.5, 0.8]},
+        {
+            "rate_hz": [2.0, 5.0],
+            "depth": [0.5, 1.0],
+            "centre_hz": [600.0, 2500.0],
+            "feedback": [0.5, -0.4],
+            "mix": [0.5, 0.8],
+        },
     ),
 }
 
@@ -46,7 +58,9 @@ class TestContract:
         make, values = CASES[case]
         per_item = [{k: v[i] for k, v in values.items()} for i in range(2)]
         atol = 1e-9 if dtype == torch.float64 else 1e-4
-        assert_batch_consistent(make, per_item, noise(2, channels, 512, dtype=dtype, device=device), atol=atol)
+        assert_batch_consistent(
+            make, per_item, noise(2, channels, 512, dtype=dtype, device=device), atol=atol
+        )
 
     def test_not_in_place(self, case, channels, dtype, device):
         make, _ = CASES[case]
@@ -87,8 +101,16 @@ def test_chorus_matches_a_float64_sample_loop(g):
     n = 5000
     t = np.arange(n) / SR
     x = np.sin(2 * np.pi * 110 * t) + 0.5 * np.sin(2 * np.pi * 430 * t + 1)
-    y = chorus(torch.from_numpy(x).view(1, 1, -1), SR, rate_hz=2.0, depth=0.6, centre_ms=3.0,
-               feedback=g, mix=1.0, voices=1)[0, 0].numpy()
+    y = chorus(
+        torch.from_numpy(x).view(1, 1, -1),
+        SR,
+        rate_hz=2.0,
+        depth=0.6,
+        centre_ms=3.0,
+        feedback=g,
+        mix=1.0,
+        voices=1,
+    )[0, 0].numpy()
     ref = _chorus_loop(x, 2.0, 0.6, 3.0, g)
     # Without feedback the two are the same computation. With it, both interpolate their
     # own interpolated output, in a different order (per sample vs per doubling); after
@@ -138,8 +160,15 @@ def test_phaser_mix_half_notches_where_the_cascade_inverts():
     t = torch.arange(SR // 2, dtype=torch.float64) / SR
     tone = torch.sin(2 * math.pi * fc * t).view(1, 1, -1)
     y = phaser(tone, SR, depth=0.0, centre_hz=fc, feedback=0.0, mix=0.5, stages=2)
-    off = phaser(torch.sin(2 * math.pi * 3 * fc * t).view(1, 1, -1), SR, depth=0.0, centre_hz=fc,
-                 feedback=0.0, mix=0.5, stages=2)
+    off = phaser(
+        torch.sin(2 * math.pi * 3 * fc * t).view(1, 1, -1),
+        SR,
+        depth=0.0,
+        centre_hz=fc,
+        feedback=0.0,
+        mix=0.5,
+        stages=2,
+    )
     body = slice(SR // 8, -SR // 8)
     assert float(y[..., body].abs().max()) < 1e-4
     assert float(off[..., body].abs().max()) > 0.3

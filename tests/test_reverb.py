@@ -91,13 +91,23 @@ def _param(v: float) -> torch.Tensor:
 def test_rt60_per_band_by_schroeder_integration(sr, rt60, low, high):
     length = int(1.1 * rt60 * max(low, high, 1.0) * sr)
     h = reverb_ir(
-        sr, length, rt60_s=_param(rt60), rt60_low_ratio=_param(low), rt60_high_ratio=_param(high),
-        early_late=_param(1.0), width=_param(1.0), channels=2,
+        sr,
+        length,
+        rt60_s=_param(rt60),
+        rt60_low_ratio=_param(low),
+        rt60_high_ratio=_param(high),
+        early_late=_param(1.0),
+        width=_param(1.0),
+        channels=2,
     )[0].numpy()
     # Bands well inside the low (< 250 Hz), mid and high (> 4 kHz) bands. The low band is
     # measured over 40-180 Hz: a single octave that low holds too few degrees of freedom
     # for a 10 % estimate of any noise-like decay (Davy's variance formula).
-    for edges, want in (((40.0, 180.0), rt60 * low), ((707.0, 1414.0), rt60), ((5657.0, 11314.0), rt60 * high)):
+    for edges, want in (
+        ((40.0, 180.0), rt60 * low),
+        ((707.0, 1414.0), rt60),
+        ((5657.0, 11314.0), rt60 * high),
+    ):
         sos = ss.butter(4, edges, "bandpass", fs=sr, output="sos")
         got = _t30(ss.sosfilt(sos, h, axis=-1), sr)
         assert got == pytest.approx(want, rel=0.10), f"{edges} Hz band"
@@ -109,8 +119,9 @@ def test_measured_rt60_of_the_rendered_effect():
     sr = 48000
     x = torch.zeros(1, 1, int(1.2 * sr), dtype=torch.float64)
     x[..., 0] = 1.0
-    y = Reverb(sr, rt60_s=0.9, rt60_low_ratio=1.0, rt60_high_ratio=1.0, early_late=0.8,
-               pre_delay_ms=20.0, mix=1.0).double()(x)
+    y = Reverb(
+        sr, rt60_s=0.9, rt60_low_ratio=1.0, rt60_high_ratio=1.0, early_late=0.8, pre_delay_ms=20.0, mix=1.0
+    ).double()(x)
     assert _t30(y[0, 0].detach().numpy(), sr) == pytest.approx(0.9, rel=0.10)
 
 
@@ -118,15 +129,35 @@ def test_deterministic_between_calls_and_instances():
     x = noise(2, 2, 4000, dtype=torch.float32)
     a = Reverb(SR, rt60_s=0.4)(x)
     assert torch.equal(a, Reverb(SR, rt60_s=0.4)(x))
-    assert torch.equal(a, reverb(x, SR, rt60_s=0.4, rt60_low_ratio=1.2, rt60_high_ratio=0.6,
-                                 pre_delay_ms=10.0, early_late=0.7, width=1.0, mix=0.3))
+    assert torch.equal(
+        a,
+        reverb(
+            x,
+            SR,
+            rt60_s=0.4,
+            rt60_low_ratio=1.2,
+            rt60_high_ratio=0.6,
+            pre_delay_ms=10.0,
+            early_late=0.7,
+            width=1.0,
+            mix=0.3,
+        ),
+    )
     assert not torch.equal(a, Reverb(SR, rt60_s=0.4, seed=1)(x))
 
 
 @pytest.mark.parametrize("w", [0.0, 0.5, 1.0])
 def test_width_sets_interchannel_correlation(w):
-    h = reverb_ir(SR, SR, rt60_s=_param(1.0), rt60_low_ratio=_param(1.0), rt60_high_ratio=_param(1.0),
-                  early_late=_param(1.0), width=_param(w), channels=2)[0].numpy()
+    h = reverb_ir(
+        SR,
+        SR,
+        rt60_s=_param(1.0),
+        rt60_low_ratio=_param(1.0),
+        rt60_high_ratio=_param(1.0),
+        early_late=_param(1.0),
+        width=_param(w),
+        channels=2,
+    )[0].numpy()
     corr = np.corrcoef(h)[0, 1]
     assert corr == pytest.approx((1 - w * w) / (1 + w * w), abs=0.03)
 

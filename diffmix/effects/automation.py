@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import cast
 
 import torch  # noqa: F401  (doctest namespace)
 from torch import Tensor
@@ -10,7 +11,7 @@ from torch import Tensor
 from diffmix.checks import check_choice
 from diffmix.effects.base import Effect
 from diffmix.functional import automation as F
-from diffmix.params import ParamSpec, ParamValue
+from diffmix.params import BoundedParam, ParamSpec, ParamValue
 
 
 class VolumeAutomation(Effect):
@@ -49,7 +50,7 @@ class VolumeAutomation(Effect):
         self._set_options(times_s=list(self.times_s), curve=curve)
         n = len(self.times_s)
         super().__init__(sample_rate, gain_db=[0.0] * n if gain_db is None else gain_db, amount=amount)
-        shape = tuple(self.params["gain_db"].anchor.shape)
+        shape = tuple(cast(BoundedParam, self.params["gain_db"]).anchor.shape)
         if len(shape) == 0 or shape[-1] != n:
             raise ValueError(
                 f"VolumeAutomation: gain_db needs a trailing axis of {n} values (one per "

@@ -9,7 +9,7 @@ constructor's arguments, in physical units, so a preset *is* a config.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import torch
 from torch import Tensor, nn
@@ -75,7 +75,7 @@ class Effect(nn.Module):
         node["sample_rate"] = self.sample_rate
         node.update({k: _plain(v) for k, v in self._options.items()})
         for name, param in self.params.items():
-            node[name] = _plain(param.exact())
+            node[name] = _plain(cast(BoundedParam, param).exact())
         return node
 
     def load_values(self, values: dict[str, ParamValue]) -> None:
@@ -86,7 +86,7 @@ class Effect(nn.Module):
                 f"{self.name}: unknown parameter(s) {unknown}; known: {sorted(self.params)}"
             )
         for name, value in values.items():
-            self.params[name].set(value)  # type: ignore[operator]
+            cast(BoundedParam, self.params[name]).set(value)
 
     def extra_repr(self) -> str:
         return f"sample_rate={self.sample_rate}"

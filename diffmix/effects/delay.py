@@ -60,7 +60,8 @@ class Delay(Effect):
 
     @classmethod
     def synced(cls, sample_rate: int, *, bpm: float, note: str = "1/4", **kwargs) -> Delay:  # noqa: ANN003
-        """A delay whose time is a note value at ``bpm`` (see :func:`~diffmix.functional.delay.note_to_ms`)."""
+        """A delay whose time is a note value at ``bpm`` (see
+        :func:`~diffmix.functional.delay.note_to_ms`)."""
         return cls(sample_rate, time_ms=F.note_to_ms(bpm, note), **kwargs)
 
     def forward(self, x: Tensor) -> Tensor:

@@ -298,7 +298,7 @@ def json_number(value: float, digits: int = 4) -> float | str:
 
 def _json_list(t: Tensor, digits: int = 4) -> list:
     if t.ndim == 0:
-        return json_number(t, digits)  # type: ignore[return-value]
+        return json_number(float(t), digits)  # type: ignore[return-value]
     return [_json_list(v, digits) for v in t]
 
 

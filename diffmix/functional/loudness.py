@@ -41,7 +41,7 @@ from diffmix.checks import check_audio, check_sample_rate, input_checks, value_c
 try:  # numba is a runtime dependency; the torch path below is the fallback.
     import numba
 except ImportError:  # pragma: no cover - depends on the install
-    numba = None
+    numba = None  # type: ignore[assignment]
 
 # BS.1770-5 Tables 1 and 2: the K-weighting stages at 48 kHz.
 _SHELF_48K_B = (1.53512485958697, -2.69169618940638, 1.19839281085285)
@@ -103,7 +103,7 @@ def _bilinear_constant(sample_rate: float, warp_hz: float) -> float:
 
 
 def _to_analog(b: Sequence[float], a: Sequence[float], fs: float,
-               warp_hz: float) -> tuple[tuple[float, ...], ...]:
+               warp_hz: float) -> tuple[tuple[float, ...], tuple[float, ...]]:
     # Invert the bilinear transform: substitute z^-1 = (c - s) / (c + s) and collect powers
     # of s. Returns (B2, B1, B0), (A2, A1, A0) of H(s) = (B2 s^2 + B1 s + B0) / (A2 s^2 + ...).
     c = _bilinear_constant(fs, warp_hz)
@@ -462,10 +462,10 @@ def _window_power(x: Tensor, sample_rate: int, window: int, step_units: int,
         return torch.from_numpy(np.einsum("bcn,c->bn", sums / window, w64))
     # Window sums from a float64 running sum: exact to ~1e-16 of the whole signal's energy.
     energy = _unit_energies(x, sample_rate, meter).to(torch.float64)
-    csum = torch.nn.functional.pad(energy, (1, 0)).cumsum(-1)
-    idx = torch.arange(0, energy.shape[-1] - per + 1, step_units, device=x.device)
-    sums = csum[..., idx + per] - csum[..., idx]
-    return ((sums / window) * w.to(torch.float64)[:, None]).sum(1)
+    running = torch.nn.functional.pad(energy, (1, 0)).cumsum(-1)
+    starts = torch.arange(0, energy.shape[-1] - per + 1, step_units, device=x.device)
+    window_sums = running[..., starts + per] - running[..., starts]
+    return ((window_sums / window) * w.to(torch.float64)[:, None]).sum(1)
 
 
 def _to_lufs(power: Tensor) -> Tensor:

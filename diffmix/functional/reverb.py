@@ -73,7 +73,9 @@ def _white(seed: int, start: int, length: int) -> Tensor:
     position and the seed only, never on how long a buffer is asked for."""
     first, last = start // _BLOCK, (start + length - 1) // _BLOCK
     blocks = [
-        torch.randn(2, _BLOCK, generator=torch.Generator().manual_seed(seed * 1_000_003 + k), dtype=torch.float64)
+        torch.randn(
+            2, _BLOCK, generator=torch.Generator().manual_seed(seed * 1_000_003 + k), dtype=torch.float64
+        )
         for k in range(first, last + 1)
     ]
     offset = start - first * _BLOCK
@@ -102,7 +104,9 @@ def _buffers(
     masks = band_masks(total, sample_rate, crossover_hz)
     bands = torch.fft.irfft(torch.fft.rfft(noise).unsqueeze(1) * masks, total)[..., guard : guard + length]
     gen = torch.Generator().manual_seed(seed * 1_000_003 - 1)
-    times = ER_START_MS + (ER_END_MS - ER_START_MS) * torch.rand(2, ER_TAPS, generator=gen, dtype=torch.float64)
+    times = ER_START_MS + (ER_END_MS - ER_START_MS) * torch.rand(
+        2, ER_TAPS, generator=gen, dtype=torch.float64
+    )
     signs = torch.where(torch.rand(2, ER_TAPS, generator=gen) < 0.5, -1.0, 1.0)
     gains = signs * torch.exp(-times / (0.4 * ER_END_MS))
     idx = torch.round(times * (sample_rate / 1000.0)).long()
@@ -153,9 +157,7 @@ def reverb_ir(
     Returns:
         ``(B|1, channels, length)``.
     """
-    bands, er = _buffers(
-        sample_rate, length, seed, crossover_hz, str(rt60_s.device), rt60_s.dtype
-    )
+    bands, er = _buffers(sample_rate, length, seed, crossover_hz, str(rt60_s.device), rt60_s.dtype)
     mid, low, high = torch.broadcast_tensors(rt60_s, rt60_low_ratio, rt60_high_ratio)
     rt = torch.stack([mid * low, mid, mid * high], -1).unsqueeze(-1)  # (B, C, 3, 1)
     t = torch.arange(length, dtype=rt.dtype, device=rt.device) / sample_rate

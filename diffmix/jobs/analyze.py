@@ -43,10 +43,11 @@ def run(cfg: DictConfig) -> int:
     info = sf.info(str(path))
     report = {"input": str(path), "format": info.format, "subtype": info.subtype, **report}
 
-    out = None if cfg.get("json") and not plot_on else output_dir(cfg)
-    json_path = Path(str(cfg.json)) if cfg.get("json") else out / "analysis.json"
+    # A run directory only when something is written there by default.
+    out = output_dir(cfg) if plot_on or not cfg.get("json") else None
+    json_path = Path(str(cfg.json)) if out is None or cfg.get("json") else out / "analysis.json"
     atomic_write_text(json_path, json.dumps(report, indent=2, allow_nan=False) + "\n")
-    png_path = out / "analysis.png" if plot_on else plot_path
+    png_path = out / "analysis.png" if out is not None and plot_on else plot_path
     if png_path is not None:
         write_plot(report, png_path)
 

@@ -45,7 +45,7 @@ def hidden_reference(stems: torch.Tensor, sr: int, seed: int) -> tuple[torch.Ten
 
 def run(cfg: DictConfig) -> int:
     t0 = time.perf_counter()
-    sr = positive(cfg, "sample_rate", integer=True)
+    sr = int(positive(cfg, "sample_rate", integer=True))
     seconds = positive(cfg, "seconds")
     out = output_dir(cfg)
     stems, names = demo_multitrack(sr, seconds, seed=int(cfg.seed))

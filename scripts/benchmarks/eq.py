@@ -59,7 +59,10 @@ def run(quick: bool) -> str:
 
         return fn
 
-    rows_spec = [("diffmix fft", lambda b: diffmix_case("fft", b)), ("diffmix exact", lambda b: diffmix_case("exact", b))]
+    rows_spec = [
+        ("diffmix fft", lambda b: diffmix_case("fft", b)),
+        ("diffmix exact", lambda b: diffmix_case("exact", b)),
+    ]
     peers = []
     try:
         from dasp_pytorch.functional import parametric_eq as dasp_eq
@@ -92,7 +95,9 @@ def run(quick: bool) -> str:
     for name, r in results.items():
         ratio = lambda k, r=r: f"{dasp[k] / r[k]:.1f}x" if dasp else "n/a"  # noqa: E731
         rows.append([name, fmt_s(r["fwd"]), fmt_s(r["fwd+bwd"]), ratio("fwd"), ratio("fwd+bwd")])
-    body = table(rows, ["implementation", "forward", "forward+backward", "speed-up vs dasp (fwd)", "(fwd+bwd)"])
+    body = table(
+        rows, ["implementation", "forward", "forward+backward", "speed-up vs dasp (fwd)", "(fwd+bwd)"]
+    )
     note = (
         f"\n\nWorkload: `(8, 2, {x.shape[-1]})` float32 on CPU, bands {BANDS}, per-track "
         "parameters; backward = gradients of a mean-square loss w.r.t. every band parameter. "

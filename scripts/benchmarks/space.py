@@ -104,7 +104,12 @@ def run(quick: bool) -> str:
         ],
         ["pedalboard Reverb (C++, no gradients)", fmt_s(t["pb_reverb"]), "n/a", ratio(t["pb_reverb"], rev_f)],
         ["diffmix Delay (FFT-domain feedback loop)", fmt_s(t["delay", False]), fmt_s(t["delay", True]), "-"],
-        ["pedalboard Delay (C++, no gradients)", fmt_s(t["pb_delay"]), "n/a", ratio(t["pb_delay"], t["delay", False])],
+        [
+            "pedalboard Delay (C++, no gradients)",
+            fmt_s(t["pb_delay"]),
+            "n/a",
+            ratio(t["pb_delay"], t["delay", False]),
+        ],
     ]
     like = [
         ["diffmix Reverb", fmt_s(short["diffmix", False]), fmt_s(short["diffmix", True])],
