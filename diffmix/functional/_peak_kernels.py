@@ -121,7 +121,7 @@ if HAVE_NUMBA:
 
     @numba.njit(cache=True, fastmath={"contract"})
     def _envelope_bwd_block(x, taps, code, g, gx, b, lo, hi):  # noqa: ANN001, ANN202
-        n_ch, t = x.shape[1], x.shape[2]
+        t = x.shape[2]
         n_taps = taps.shape[1]
         half = n_taps // 2
         for n in range(lo, hi):

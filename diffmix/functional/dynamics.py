@@ -538,7 +538,7 @@ def _exact_correction_local(
     neighbourhood saw a changed sample are re-metered. Every other block's level is
     bit-identical to a full re-meter, so nothing is traded for the speed.
     """
-    b, c, t = y.shape
+    b, _, t = y.shape
     yn = y.contiguous().numpy()
     taps = _pk._taps(sample_rate, y.dtype)
     level, code = _pk.envelope_numpy(yn, taps, want_code=False)
