@@ -23,7 +23,7 @@ from torch import Tensor, nn
 
 from diffmix.checks import check_audio, check_multitrack, check_sample_rate
 from diffmix.effects.base import _plain
-from diffmix.functional.gain import db_to_amp
+from diffmix.functional.gain import apply_matrix, db_to_amp
 from diffmix.params import BoundedParam, ParamSpec
 
 SEND_SPEC = ParamSpec("send_db", -80.0, 0.0, -80.0)
@@ -291,6 +291,17 @@ class Console(nn.Module):
         """:func:`prior` over the console's fitted parameters."""
         return prior(self.named_values(), initial)
 
+    def _matrix_tail(self) -> list[str]:
+        """The strip's trailing effects that are channel matrices (pan, width, balance,
+        fader gain): they fold into one matrix per track, applied in the track sum."""
+        names = list(self.strip.effects)
+        tail: list[str] = []
+        for name in reversed(names):
+            if not hasattr(self.strip.effects[name], "channel_matrix"):
+                break
+            tail.insert(0, name)
+        return tail
+
     def forward(self, stems: Tensor) -> Tensor:
         check_multitrack(stems, "Console")
         s, n, c, t = stems.shape
@@ -299,9 +310,28 @@ class Console(nn.Module):
                 f"Console: built for {self.songs} song(s) x {self.tracks} tracks, "
                 f"got stems of shape {tuple(stems.shape)}"
             )
-        tracks = self.strip(stems.reshape(s * n, c, t))
-        if tracks.shape[1] != 2:
+        tail = self._matrix_tail()
+        tracks = self.strip(stems.reshape(s * n, c, t), until=tail[0] if tail else None)
+        matrix = None
+        for name in tail:
+            # Pan, width and fader are linear and time-invariant: their product is one
+            # (tracks, 2, C) matrix, so the strip's last passes cost nothing on their own.
+            # The first sees (and checks) the audio; the rest only need its shape.
+            probe = tracks if matrix is None else tracks.new_zeros(s * n, matrix.shape[1], 1)
+            step = self.strip.effects[name].channel_matrix(probe)  # type: ignore[operator]
+            step = step.expand(s * n, *step.shape[1:])
+            matrix = step if matrix is None else torch.bmm(step, matrix)
+        if matrix is not None and matrix.shape[1] != 2 or matrix is None and tracks.shape[1] != 2:
             raise ValueError("Console: the channel strip must output stereo (add a Pan)")
+        if matrix is not None and not self.groups and not self.sends:
+            # Every track goes straight to the master, so the routing is one product
+            # (s, 2, n C) @ (s, n C, T): each track is read once and only the mix is
+            # written; its backward is two products as well.
+            ch = tracks.shape[1]
+            m = matrix.to(tracks.dtype).view(s, n, 2, ch).permute(0, 2, 1, 3).reshape(s, 2, n * ch)
+            return self.master(torch.bmm(m, tracks.reshape(s, n * ch, t)))
+        if matrix is not None:
+            tracks = apply_matrix(tracks, matrix)
         tracks = tracks.view(s, n, 2, t)
         master_in = (tracks * self.direct.view(1, n, 1, 1)).sum(1)
         if self.groups:

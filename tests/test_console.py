@@ -147,3 +147,32 @@ def test_shared_prior_function_matches_console_prior():
     console.load_values({"strip.pan.pan": [0.5, 0.0, -0.5]})
     console.select(["strip.pan.*"])
     assert float(prior(console.named_values(), initial)) == pytest.approx((0.25**2 * 2) / 3, rel=1e-6)
+
+
+@pytest.mark.parametrize("mono", [None, [True, False, False]])
+def test_folded_pan_width_fader_equal_the_effects_in_series(mono):
+    # The console folds the strip's trailing channel matrices into the track sum; the
+    # mix and every gradient must equal running the effects one by one and summing.
+    console = make_console(mono=mono)
+    console.load_values({
+        "strip.input.gain_db": torch.tensor([-3.0, 1.0, 4.0], dtype=torch.float64),
+        "strip.pan.pan": torch.tensor([-0.7, 0.2, 1.0], dtype=torch.float64),
+        "strip.width.width": torch.tensor([0.0, 1.6, 3.0], dtype=torch.float64),
+        "strip.fader.gain_db": torch.tensor([-6.0, 0.0, 2.5], dtype=torch.float64),
+    })
+    stems = noise(3, 2, 256).unsqueeze(0)
+    if mono:
+        stems[:, 0, 1] = stems[:, 0, 0]
+    params = console.select(["strip.*"])
+    folded = console(stems)
+    grads = torch.autograd.grad(folded.square().sum(), params)
+    tracks = stems[0]
+    for fx in console.strip.effects.values():
+        tracks = fx(tracks)
+    serial = console.master(tracks.sum(0, keepdim=True))
+    expected = torch.autograd.grad(serial.square().sum(), params)
+    assert folded.abs().max() > 0.1
+    torch.testing.assert_close(folded, serial, rtol=1e-12, atol=1e-12)
+    for got, want in zip(grads, expected, strict=True):
+        assert want.abs().max() > 0
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)

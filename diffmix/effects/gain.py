@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import torch  # noqa: F401  (doctest namespace)
+import torch
 from torch import Tensor
 
 from diffmix.effects.base import Effect
 from diffmix.functional import gain as F
-from diffmix.params import ParamSpec, ParamValue
+from diffmix.params import ParamSpec, ParamValue, per_sample
 
 
 class Gain(Effect):
@@ -29,6 +29,13 @@ class Gain(Effect):
     def forward(self, x: Tensor) -> Tensor:
         self.check(x)
         return F.gain(x, self.sample_rate, gain_db=self.p("gain_db"))
+
+    def channel_matrix(self, x: Tensor) -> Tensor:
+        """This gain as a channel matrix ``(B|1, C, C)`` for ``x`` (see
+        :func:`~diffmix.functional.gain.apply_matrix`); lets a console fold it into its sum."""
+        self.check(x)
+        g = F.db_to_amp(per_sample(self.p("gain_db"), x, name="gain_db", effect="gain"))
+        return torch.diag_embed(g[..., 0].expand(-1, x.shape[1]))
 
 
 class Polarity(Effect):
@@ -63,6 +70,12 @@ class Pan(Effect):
         self.check(x)
         return F.pan(x, self.sample_rate, pan=self.p("pan"), mono_items=self.mono_items)
 
+    def channel_matrix(self, x: Tensor) -> Tensor:
+        """This pan as a channel matrix ``(B|1, 2, C)`` for ``x`` (see
+        :func:`~diffmix.functional.gain.apply_matrix`); lets a console fold it into its sum."""
+        self.check(x)
+        return F.pan_matrix(self.p("pan"), x, mono_items=self.mono_items)
+
 
 class Balance(Effect):
     """Constant-power stereo balance. Differentiable: ``balance`` (-1 to 1)."""
@@ -77,6 +90,11 @@ class Balance(Effect):
         self.check(x)
         return F.balance(x, self.sample_rate, balance=self.p("balance"))
 
+    def channel_matrix(self, x: Tensor) -> Tensor:
+        """This balance as a channel matrix ``(B|1, 2, 2)`` for ``x``."""
+        self.check(x)
+        return F.balance_matrix(self.p("balance"), x)
+
 
 class Width(Effect):
     """Mid/side width, level-compensated. Differentiable: ``width`` (0 mono to 4)."""
@@ -90,3 +108,8 @@ class Width(Effect):
     def forward(self, x: Tensor) -> Tensor:
         self.check(x)
         return F.width(x, self.sample_rate, width=self.p("width"))
+
+    def channel_matrix(self, x: Tensor) -> Tensor:
+        """This width as a channel matrix ``(B|1, 2, 2)`` for ``x``."""
+        self.check(x)
+        return F.width_matrix(self.p("width"), x)

@@ -34,6 +34,7 @@ from torch import Tensor
 from torchaudio.functional import lfilter
 
 from diffmix.checks import check_choice
+from diffmix.functional._fft_conv import overlap_save
 from diffmix.functional.gain import left_right, mid_side
 from diffmix.params import ParamValue, broadcast_param
 
@@ -750,21 +751,8 @@ def fft_convolve(x: Tensor, fir: Tensor) -> Tensor:
         n = next_fast_len(n_time + length - 1)
         spec = _mul(torch.fft.rfft(x, n=n), torch.fft.rfft(fir, n=n))
         return torch.fft.irfft(spec, n=n)[..., :n_time]
-    hop = block - length + 1
-    # Block j holds x[j hop - (length - 1) : (j + 1) hop]: it carries the length - 1
-    # samples before its hop, so the circular wrap of its transform only spoils those,
-    # which are dropped. Only the first and the last block need zeros; the rest are a
-    # strided view, gathered with them into one contiguous tensor (a single copy).
-    full = n_time // hop
-    pieces = [torch.nn.functional.pad(x[..., :hop], (length - 1, 0)).unsqueeze(-2)]
-    pieces.append(x[..., hop - (length - 1) :].unfold(-1, block, hop)[..., : full - 1, :])
-    if n_time % hop:
-        rest = x[..., full * hop - (length - 1) :]
-        pieces.append(torch.nn.functional.pad(rest, (0, block - rest.shape[-1])).unsqueeze(-2))
-    frames = torch.cat(pieces, dim=-2)  # (B, C, n_blocks, block)
-    spec = _mul(torch.fft.rfft(frames, n=block), torch.fft.rfft(fir, n=block).unsqueeze(-2))
-    out = torch.fft.irfft(spec, n=block)[..., length - 1 :]
-    return out.reshape(*out.shape[:-2], -1)[..., :n_time]
+    # Overlap-save with a hand-written backward: see :mod:`diffmix.functional._fft_conv`.
+    return overlap_save(x, fir, block)
 
 
 def _mul(spec: Tensor, response: Tensor) -> Tensor:

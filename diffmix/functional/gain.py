@@ -53,6 +53,53 @@ def _pan_angles(position: Tensor) -> tuple[Tensor, Tensor]:
     return torch.cos(theta), torch.sin(theta)
 
 
+def apply_matrix(x: Tensor, matrix: Tensor) -> Tensor:
+    """Mix channels: ``y[b, i] = sum_j matrix[b, i, j] x[b, j]``.
+
+    One batched matrix product: it reads ``x`` once and writes the output once, and its
+    backward is two more products, where slicing channels apart and concatenating them
+    back costs a zero-filled gradient buffer per slice.
+
+    Shape:
+        ``x`` ``(B, C, T)``, ``matrix`` ``(B|1, C', C)`` -> ``(B, C', T)``.
+
+    >>> apply_matrix(torch.ones(1, 2, 3), torch.tensor([[[1.0, 1.0], [1.0, -1.0]]]))[0, :, 0]
+    tensor([2., 0.])
+    """
+    m = matrix.to(x.dtype)
+    b, c, t = x.shape
+    if m.shape[0] != b:
+        m = m.expand(b, *m.shape[1:])
+    if c == 1:  # a column: a broadcast multiply is the same product with no gemm set-up
+        return x * m
+    return torch.bmm(m, x)
+
+
+def pan_matrix(
+    pan: ParamValue, x: Tensor, *, mono_items: Tensor | None = None
+) -> Tensor:
+    """The gains of :func:`pan` as a channel matrix ``(B|1, 2, C)`` for ``x``'s ``C``.
+
+    Differentiable in ``pan``.
+    """
+    p = per_sample(pan, x, name="pan", effect="pan")[..., 0]  # (B|1, C|1)
+    gl, gr = _pan_angles(p[:, :1])
+    if x.shape[1] == 1:
+        return torch.stack([gl, gr], dim=1)  # (B|1, 2, 1)
+    if x.shape[1] != 2:
+        raise ValueError(f"pan: input must have 1 or 2 channels, got {x.shape[1]}")
+    # A stereo source: each input channel travels on its own constant-power arc.
+    ll, lr = _pan_angles(-1.0 + 2.0 * torch.relu(p[:, :1]))
+    rl, rr = _pan_angles(1.0 - 2.0 * torch.relu(-p[:, -1:]))
+    stereo = torch.stack([torch.cat([ll, rl], 1), torch.cat([lr, rr], 1)], dim=1)
+    if mono_items is None:
+        return stereo
+    zero = torch.zeros_like(gl)
+    mono = torch.stack([torch.cat([gl, zero], 1), torch.cat([gr, zero], 1)], dim=1)
+    flags = mono_items.to(device=x.device, dtype=torch.bool).view(-1, 1, 1)
+    return torch.where(flags, mono, stereo)
+
+
 def pan(
     x: Tensor, sample_rate: int, *, pan: ParamValue, mono_items: Tensor | None = None
 ) -> Tensor:
@@ -75,29 +122,16 @@ def pan(
     >>> [round(v, 4) for v in y.flatten().tolist()]
     [0.7071, 0.7071]
     """
-    p = per_sample(pan, x, name="pan", effect="pan")
-    if x.shape[1] == 1:
-        return _pan_mono(x, p)
+    return apply_matrix(x, pan_matrix(pan, x, mono_items=mono_items))
+
+
+def balance_matrix(balance: ParamValue, x: Tensor) -> Tensor:
+    """The gains of :func:`balance` as a diagonal channel matrix ``(B|1, 2, 2)``."""
     if x.shape[1] != 2:
-        raise ValueError(f"pan: input must have 1 or 2 channels, got {x.shape[1]}")
-    if mono_items is not None:
-        mono = mono_items.view(-1, 1, 1).to(x.device)
-        return torch.where(mono, _pan_mono(x[:, :1], p), _pan_stereo(x, p))
-    return _pan_stereo(x, p)
-
-
-def _pan_mono(x: Tensor, p: Tensor) -> Tensor:
-    gl, gr = _pan_angles(p[:, :1])
-    return torch.cat([x * gl, x * gr], dim=1)
-
-
-def _pan_stereo(x: Tensor, p: Tensor) -> Tensor:
-    pos_left = -1.0 + 2.0 * torch.relu(p)
-    pos_right = 1.0 - 2.0 * torch.relu(-p)
-    ll, lr = _pan_angles(pos_left[:, :1])
-    rl, rr = _pan_angles(pos_right[:, -1:])
-    left, right = x[:, :1], x[:, 1:]
-    return torch.cat([left * ll + right * rl, left * lr + right * rr], dim=1)
+        raise ValueError(f"balance: input must have 2 channels, got {x.shape[1]}")
+    b = per_sample(balance, x, name="balance", effect="balance")[..., 0]
+    gl, gr = _pan_angles(b[:, :1])
+    return torch.diag_embed(torch.cat([gl, gr], 1) * math.sqrt(2.0))
 
 
 def balance(x: Tensor, sample_rate: int, *, balance: ParamValue) -> Tensor:
@@ -106,21 +140,33 @@ def balance(x: Tensor, sample_rate: int, *, balance: ParamValue) -> Tensor:
     Shape:
         ``(B, 2, T)`` -> ``(B, 2, T)``.
     """
-    b = per_sample(balance, x, name="balance", effect="balance")
-    gl, gr = _pan_angles(b[:, :1])
-    return torch.cat([x[:, :1] * gl, x[:, 1:] * gr], dim=1) * math.sqrt(2.0)
+    return apply_matrix(x, balance_matrix(balance, x))
+
+
+_MS = ((0.5, 0.5), (0.5, -0.5))
+_LR = ((1.0, 1.0), (1.0, -1.0))
 
 
 def mid_side(x: Tensor) -> Tensor:
     """``(B, 2, T)`` left/right -> ``(B, 2, T)`` mid/side with ``M = (L+R)/2``, ``S = (L-R)/2``."""
-    left, right = x[:, :1], x[:, 1:]
-    return torch.cat([(left + right) * 0.5, (left - right) * 0.5], dim=1)
+    return apply_matrix(x, torch.tensor([_MS], dtype=x.dtype, device=x.device))
 
 
 def left_right(ms: Tensor) -> Tensor:
     """Inverse of :func:`mid_side`."""
-    mid, side = ms[:, :1], ms[:, 1:]
-    return torch.cat([mid + side, mid - side], dim=1)
+    return apply_matrix(ms, torch.tensor([_LR], dtype=ms.dtype, device=ms.device))
+
+
+def width_matrix(width: ParamValue, x: Tensor) -> Tensor:
+    """The mid/side :func:`width` as one channel matrix ``(B|1, 2, 2)`` on left/right:
+    ``LR · diag(c, w c) · MS`` with ``c = sqrt(2 / (1 + w²))``. Differentiable in ``width``."""
+    if x.shape[1] != 2:
+        raise ValueError(f"width: input must have 2 channels, got {x.shape[1]}")
+    w = per_sample(width, x, name="width", effect="width")[:, :1, 0]  # (B|1, 1)
+    comp = torch.sqrt(2.0 / (1.0 + w * w))
+    same = 0.5 * comp * (1.0 + w)  # L <- L and R <- R
+    cross = 0.5 * comp * (1.0 - w)  # L <- R and R <- L
+    return torch.stack([torch.cat([same, cross], 1), torch.cat([cross, same], 1)], dim=1)
 
 
 def width(x: Tensor, sample_rate: int, *, width: ParamValue) -> Tensor:
@@ -133,7 +179,4 @@ def width(x: Tensor, sample_rate: int, *, width: ParamValue) -> Tensor:
     Shape:
         ``(B, 2, T)`` -> ``(B, 2, T)``.
     """
-    w = per_sample(width, x, name="width", effect="width")[:, :1]
-    comp = torch.sqrt(2.0 / (1.0 + w * w))
-    ms = mid_side(x)
-    return left_right(torch.cat([ms[:, :1] * comp, ms[:, 1:] * (w * comp)], dim=1))
+    return apply_matrix(x, width_matrix(width, x))

@@ -181,18 +181,30 @@ def stage_profile(console: Console, x: torch.Tensor) -> list[list[str]]:
 
     rows, total = [], 0.0
     s, n, c, t = x.shape
+    tail = console._matrix_tail()
     with input_checks(False), torch.no_grad():
         console(x)
         y = x.reshape(s * n, c, t)
         for name, fx in console.strip.effects.items():
+            if name in tail:
+                break
             t0 = time.perf_counter()
             y = fx(y)
             dt = time.perf_counter() - t0
             total += dt
             rows.append([f"strip.{name}", fmt_s(dt)])
+        # The console folds the strip's trailing channel matrices (here the pan) into the
+        # track sum: one (2, tracks x 2) @ (tracks x 2, T) product.
         t0 = time.perf_counter()
-        m = y.view(s, n, 2, t).sum(1)
-        total += time.perf_counter() - t0
+        m = console.strip.effects[tail[0]].channel_matrix(y) if tail else None
+        if m is not None:
+            mm = m.expand(s * n, 2, y.shape[1]).view(s, n, 2, -1).permute(0, 2, 1, 3).reshape(s, 2, -1)
+            m = torch.bmm(mm, y.reshape(s, -1, t))
+        else:
+            m = y.view(s, n, 2, t).sum(1)
+        dt = time.perf_counter() - t0
+        total += dt
+        rows.append([f"strip.{tail[0] if tail else '(none)'} + track sum (one product)", fmt_s(dt)])
         for name, fx in console.master.effects.items():
             t0 = time.perf_counter()
             out = fx(m)

@@ -1,0 +1,92 @@
+"""Overlap-save FFT convolution with a hand-written backward.
+
+``y[t] = sum_m fir[m] x[t - m]`` for a long ``x`` and a short ``fir`` (length ``L``), cut
+into blocks of ``block`` samples that advance by ``hop = block - L + 1``: block ``j`` holds
+``x[j hop - (L - 1) : (j + 1) hop]`` and its circular convolution is exact past its first
+``L - 1`` points, which are dropped.
+
+Autograd through that graph keeps every intermediate spectrum, zero-fills a gradient
+buffer for each slice and pad, and forms the full ``(B, C, blocks, bins)`` product of
+the output gradient with the input spectrum before summing it. The adjoints are two
+correlations, computed per block with the same transforms::
+
+    dL/dfir[m] = sum_t g[t] x[t - m]   = irfft(sum_j G_j conj(X_j))[m],  m < L
+    dL/dx[s]   = sum_m fir[m] g[s + m] = overlap-add_j irfft(G_j conj(F))
+
+with ``G_j`` the rfft of block ``j``'s output gradient placed at its last ``hop`` points
+(zeros before). No circular wrap reaches a kept value: ``fir`` is zero past ``L`` and
+the gradient is zero on each block's first ``L - 1`` points. The input's gradient is
+skipped entirely when the input needs none (stems entering a console), and the block
+sum of the parameter gradient is taken in place, so only one block-sized spectrum is
+ever allocated in the backward.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def frames(x: Tensor, length: int, block: int) -> tuple[Tensor, int]:
+    """``(B, C, T)`` -> ``(B, C, n_blocks, block)`` overlap-save frames (one copy), and
+    the number of blocks."""
+    n_time = x.shape[-1]
+    hop = block - length + 1
+    full = n_time // hop
+    # Only the first and the last block need zeros; the rest are a strided view,
+    # gathered with them into one contiguous tensor.
+    pieces = [torch.nn.functional.pad(x[..., :hop], (length - 1, 0)).unsqueeze(-2)]
+    pieces.append(x[..., hop - (length - 1):].unfold(-1, block, hop)[..., : full - 1, :])
+    if n_time % hop:
+        rest = x[..., full * hop - (length - 1):]
+        pieces.append(torch.nn.functional.pad(rest, (0, block - rest.shape[-1])).unsqueeze(-2))
+    out = torch.cat(pieces, dim=-2)
+    return out, out.shape[-2]
+
+
+class _OverlapSave(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: Tensor, fir: Tensor, block: int) -> Tensor:  # noqa: ANN001
+        n_time, length = x.shape[-1], fir.shape[-1]
+        hop = block - length + 1
+        spec_x = torch.fft.rfft(frames(x, length, block)[0], n=block)
+        spec_f = torch.fft.rfft(fir, n=block).unsqueeze(-2)
+        ctx.meta = (n_time, length, block, hop, tuple(x.shape), tuple(fir.shape))
+        ctx.save_for_backward(spec_x if ctx.needs_input_grad[1] else None, spec_f)
+        prod = spec_x * spec_f if ctx.needs_input_grad[1] else spec_x.mul_(spec_f)
+        out = torch.fft.irfft(prod, n=block)[..., length - 1:]
+        return out.reshape(*out.shape[:-2], -1)[..., :n_time]
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):  # noqa: ANN001, ANN205
+        n_time, length, block, hop, x_shape, fir_shape = ctx.meta
+        spec_x, spec_f = ctx.saved_tensors
+        n_blocks = -(-n_time // hop)
+        g = torch.nn.functional.pad(grad, (0, n_blocks * hop - n_time))
+        g = g.reshape(*g.shape[:-1], n_blocks, hop)
+        # Each block's output gradient sits on its last hop points.
+        spec_g = torch.fft.rfft(torch.nn.functional.pad(g, (length - 1, 0)), n=block)
+        grad_x = grad_fir = None
+        if ctx.needs_input_grad[0]:
+            d = torch.fft.irfft(spec_g * spec_f.conj(), n=block)  # (B, C, n_blocks, block)
+            # Overlap-add: the last hop points of block j land on x[j hop : (j + 1) hop],
+            # its first L - 1 on the end of block j - 1's span (block 0's on the padding).
+            body = d[..., length - 1:].contiguous()
+            if length > 1 and n_blocks > 1:
+                body[..., :-1, hop - (length - 1):] += d[..., 1:, : length - 1]
+            grad_x = body.reshape(*body.shape[:-2], -1)[..., :n_time]
+            grad_x = grad_x.sum_to_size(x_shape) if tuple(grad_x.shape) != x_shape else grad_x
+        if ctx.needs_input_grad[1]:
+            corr = spec_g.mul_(spec_x.conj()).sum(-2)  # (B, C, bins)
+            grad_fir = torch.fft.irfft(corr, n=block)[..., :length]
+            grad_fir = grad_fir.sum_to_size(fir_shape).to(grad.dtype)
+        return grad_x, grad_fir, None
+
+
+def overlap_save(x: Tensor, fir: Tensor, block: int) -> Tensor:
+    """Causal convolution of ``x`` ``(B, C, T)`` with ``fir`` ``(B|1, C|1, L)`` by
+    overlap-save with ``block``-point transforms, cut to ``T`` (module docstring).
+    Differentiable in both; CPU and CUDA."""
+    if fir.shape[-1] > block // 2:
+        raise ValueError(f"fft_convolve: block {block} too short for a {fir.shape[-1]}-tap filter")
+    return _OverlapSave.apply(x, fir, block)
