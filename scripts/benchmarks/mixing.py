@@ -154,7 +154,8 @@ def _hidden(tmp: Path, quick: bool, extra: list[str]) -> str:
         judged_all += errors
         summary.append([folder.name, str(len(names)), f"{dist:.3f}", f"{worst:.2f}",
                         f"{sum(abs(e) <= 1.0 for e in errors)}/{len(errors)}",
-                        f"{report['fit']['steps']} ({report['fit']['stopped']})" if report.get("fit") else "-",
+                        f"{report['fit'].get('steps', 0)} ({report['fit'].get('stopped', 'closed form only')})"
+                        if report.get("fit") else "-",
                         fmt_s(took)])
     ok = all(abs(e) <= 1.0 for e in judged_all)
     return (
