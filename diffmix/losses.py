@@ -99,18 +99,43 @@ class MRSTFTLoss(nn.Module):
             mag = mag * a_weighting(freqs).to(mag.dtype).view(1, 1, -1, 1)
         return mag
 
+    def _compare(self, my: Tensor, mr: Tensor) -> Tensor:
+        """Spectral convergence plus mean log-magnitude distance, ``(B,)``."""
+        sc = torch.linalg.vector_norm((my - mr).flatten(1), dim=1) / torch.linalg.vector_norm(
+            mr.flatten(1), dim=1
+        ).clamp_min(self.eps)
+        logmag = (torch.log(my + self.eps) - torch.log(mr + self.eps)).abs().flatten(1).mean(1)
+        return sc + logmag
+
+    def reference(self, ref: Tensor) -> list[Tensor]:
+        """The reference's magnitudes at every resolution, to reuse across calls of
+        :meth:`distance` (a fit that compares against the same excerpt many times computes
+        them once). Not differentiable (computed without a graph)."""
+        with torch.no_grad():
+            ref = stereo_views(ref, self.stereo)
+            return [self.magnitudes(ref, n_fft) for n_fft in self.fft_sizes]
+
+    def distance(self, y: Tensor, ref_mags: Sequence[Tensor]) -> Tensor:
+        """The loss against magnitudes from :meth:`reference`: ``(B, C, T) -> (B,)``."""
+        y = stereo_views(y, self.stereo)
+        total = y.new_zeros(y.shape[0])
+        for n_fft, mr in zip(self.fft_sizes, ref_mags, strict=True):
+            my = self.magnitudes(y, n_fft)
+            if my.shape != mr.shape:
+                raise ValueError(
+                    f"MRSTFTLoss: magnitudes differ: {tuple(my.shape)} vs reference {tuple(mr.shape)}"
+                )
+            total = total + self._compare(my, mr)
+        return total / len(self.fft_sizes)
+
     def forward(self, y: Tensor, ref: Tensor) -> Tensor:
         if y.shape != ref.shape:
             raise ValueError(f"MRSTFTLoss: shapes differ: {tuple(y.shape)} vs {tuple(ref.shape)}")
-        y, ref = stereo_views(y, self.stereo), stereo_views(ref, self.stereo)
+        y_views, ref_views = stereo_views(y, self.stereo), stereo_views(ref, self.stereo)
         total = y.new_zeros(y.shape[0])
         for n_fft in self.fft_sizes:
-            my, mr = self.magnitudes(y, n_fft), self.magnitudes(ref, n_fft)
-            sc = torch.linalg.vector_norm((my - mr).flatten(1), dim=1) / torch.linalg.vector_norm(
-                mr.flatten(1), dim=1
-            ).clamp_min(self.eps)
-            logmag = (torch.log(my + self.eps) - torch.log(mr + self.eps)).abs().flatten(1).mean(1)
-            total = total + sc + logmag
+            my, mr = self.magnitudes(y_views, n_fft), self.magnitudes(ref_views, n_fft)
+            total = total + self._compare(my, mr)
         return total / len(self.fft_sizes)
 
 

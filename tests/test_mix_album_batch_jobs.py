@@ -39,6 +39,11 @@ def test_mix_fits_toward_a_reference_and_writes_everything(tmp_path):
     assert {"mix.wav", "mix_preset.yaml", "mix_report.json", "fit_log.jsonl"} <= set(files(tmp_path / "o"))
     log = [json.loads(line) for line in (tmp_path / "o" / "fit_log.jsonl").read_text().splitlines()]
     assert len(log) == 5 and "mrstft" in log[0]
+    # The closed-form start ran first (its accuracy is tested in test_mix_init; these three
+    # stems are the same kind of song, too alike in band powers to tell apart that way).
+    init = report["fit"]["init"]
+    assert init["method"] == "nnls" and init["lag_samples"] == 0 and init["explained"] > 0.9
+    assert len(init["gain_db"]) == 3
 
     out = run_cli("render", f"preset={tmp_path / 'o' / 'mix_preset.yaml'}", f"input={d}",
                   f"out={tmp_path / 'r'}", "delivery.bit_depth=float", "delivery.dither=false", cwd=tmp_path)

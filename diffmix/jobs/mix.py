@@ -4,6 +4,13 @@ Options: ``stems`` (folder, glob or list; required), ``reference`` (a mix), ``al
 (the reference is a mix of these very stems, so waveforms can be compared with the
 MR-STFT term), ``console.*`` (strips, groups, sends, master), ``fit.*``, ``loss.weights``,
 ``resample`` (false: stems at another rate are an error), ``delivery.*``, ``out``.
+
+The fit has two stages. ``fit.init=nnls`` (default) first sets every track's input gain
+and strip EQ in closed form from the audio (:mod:`diffmix.mix_init`: non-negative least
+squares of the reference's band powers on the stems', after aligning the two), so quiet
+tracks start where they belong; then ``fit.steps`` gradient steps refine the whole console
+on ``fit.excerpt_s`` excerpts drawn from a fixed pool of ``fit.pool`` (whose reference
+magnitudes and features are computed once). ``fit.init=none`` starts from equal loudness.
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ from diffmix.inputs import load_mix, load_stems
 from diffmix.jobs._common import output_dir, pick_device
 from diffmix.jobs._common import summary as measure
 from diffmix.losses import MRSTFTLoss
+from diffmix.mix_init import initialise_console
 from diffmix.mastering import set_exact
 from diffmix.objective import REFERENCE_TERMS, Objective
 from diffmix.report import write_json
@@ -38,6 +46,13 @@ def equal_loudness_gains(stems: torch.Tensor, sr: int, level_lufs: float = -30.0
     lufs = integrated_loudness(stems[0], sr)
     gains = torch.where(torch.isfinite(lufs), level_lufs - lufs, torch.zeros_like(lufs))
     return gains.clamp(-60.0, 24.0)
+
+
+def _excerpt_pool(length_all: int, length: int, count: int) -> list[int]:
+    """``count`` excerpt starts spread evenly over the song (the same every run)."""
+    if length >= length_all:
+        return [0]
+    return sorted({int(round(v)) for v in torch.linspace(0, length_all - length, count).tolist()})
 
 
 def build_console(cfg: DictConfig, sr: int, names: list[str], mono: list[bool]) -> Console:
@@ -66,6 +81,10 @@ def run(cfg: DictConfig) -> int:
     audio = stems.audio.to(device)
     start = equal_loudness_gains(audio, sr)
     console.load_values({"strip.input.gain_db": start.cpu()})
+    init_report = None
+    if reference is not None and str(cfg.fit.get("init", "nnls")) == "nnls":
+        # The first stage: gains and coarse tone in closed form (see diffmix.mix_init).
+        init_report = initialise_console(console, audio, reference.to(device), sr)
     weights = {k: float(v) for k, v in cfg.loss.weights.items() if float(v) > 0}
     if mono_ref:
         weights = {k: v for k, v in weights.items() if k not in SIDE_TERMS}
@@ -78,29 +97,47 @@ def run(cfg: DictConfig) -> int:
     if reference is not None and weights and cfg.fit.steps > 0:
         ref = reference.to(device)
         length_all = min(audio.shape[-1], ref.shape[-1]) if aligned else audio.shape[-1]
-        objective = Objective(
-            sr, {k: v for k, v in weights.items() if k != "mrstft"} or {"loudness": 0.0 + 1e-12},
-            reference=ref,
-        ).to(device)
-        mrstft = MRSTFTLoss(sr, **dict(cfg.loss.mrstft)).to(device) if "mrstft" in weights else None
         length = min(length_all, int(round(float(cfg.fit.excerpt_s) * sr)))
+        features = {k: v for k, v in weights.items() if k != "mrstft"}
+        mrstft = MRSTFTLoss(sr, **dict(cfg.loss.mrstft)).to(device) if "mrstft" in weights else None
+        pool = int(cfg.fit.get("pool", 0) or 0)
+        excerpts = _excerpt_pool(length_all, length, pool) if pool else []
+        # A fixed pool of excerpts spread over the song: each one's reference side (its
+        # MR-STFT magnitudes, its features) is computed once instead of every step.
+        cached = []
+        for s0 in excerpts:
+            piece = ref[..., s0 : s0 + length]
+            cached.append((
+                Objective(sr, features, reference=piece if aligned else ref).to(device) if features else None,
+                mrstft.reference(piece.mean(1, keepdim=True) if mono_ref else piece) if mrstft else None,
+            ))
+        objective = None
+        if not pool and features:
+            objective = Objective(sr, features, reference=ref).to(device)
         params = console.select(list(cfg.fit.params))
         prior_w = float(cfg.loss.get("prior", 0.0))
         staging_w = float(cfg.loss.get("gain_staging", 0.0))
         initial = {k: p.exact().to(device) for k, p in console.named_values().items()}
+        per_step = int(cfg.fit.excerpts)
 
         def closure(step: int):  # noqa: ANN202
             total = audio.new_zeros(())
             terms: dict[str, float] = {}
-            gen = draw(int(cfg.seed), step)
-            for s0 in excerpt_starts(length_all, length, int(cfg.fit.excerpts), gen):
+            if pool:
+                picks = [(step * per_step + j) % len(excerpts) for j in range(per_step)]
+                windows = [(excerpts[i], *cached[i]) for i in picks]
+            else:
+                starts = excerpt_starts(length_all, length, per_step, draw(int(cfg.seed), step))
+                windows = [(s0, objective, None) for s0 in starts]
+            for s0, obj, ref_mags in windows:
                 y = console(audio[..., s0 : s0 + length])
-                loss, parts = objective(y)
+                loss, parts = obj(y) if obj is not None else (y.new_zeros(y.shape[0]), {})
                 if mrstft is not None:
-                    a, b = y, ref[..., s0 : s0 + length]
-                    if mono_ref:
-                        a, b = a.mean(1, keepdim=True), b.mean(1, keepdim=True)
-                    parts["mrstft"] = mrstft(a, b)
+                    a = y.mean(1, keepdim=True) if mono_ref else y
+                    if ref_mags is None:
+                        b = ref[..., s0 : s0 + length]
+                        ref_mags = mrstft.reference(b.mean(1, keepdim=True) if mono_ref else b)
+                    parts["mrstft"] = mrstft.distance(a, ref_mags)
                     loss = loss + weights["mrstft"] * parts["mrstft"]
                 if staging_w:
                     peak_db = 20 * torch.log10(y.abs().amax().clamp_min(1e-9))
@@ -125,6 +162,8 @@ def run(cfg: DictConfig) -> int:
             tag="mix:" + ",".join(stems.names),
         )
         fit_report = {k: v for k, v in vars(result).items() if k != "history"}
+    if init_report is not None:
+        fit_report = {**(fit_report or {}), "init": init_report}
     out = output_dir(cfg)
     with torch.no_grad():
         set_exact(console, True)

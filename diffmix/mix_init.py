@@ -1,0 +1,332 @@
+"""The mix fit's first stage: per-stem gains and coarse tone, in closed form, from the audio.
+
+A mix is, to a good approximation, a sum of independently processed stems, and the
+energies of independent signals add. So in every frequency band ``b`` and analysis frame
+``f`` the reference's power is close to a non-negative combination of the stems' powers::
+
+    P_ref[c, b, f] ~= sum_k w[k, b] * P_k[c, b, f]        (c: left, right)
+
+where ``w[k, b]`` is stem ``k``'s power gain in band ``b`` (its fader and EQ together).
+Solving that by non-negative least squares (NNLS), band by band over all frames, recovers
+each stem's level and coarse tone without a gradient step and without seeing the setting
+that made the reference (the hidden values stay hidden: only the audio is read).
+
+Why this is a good start:
+
+- **Quiet tracks land right.** Every band's equation counts every frame, so a bass drum
+  20 LU under the lead is still fitted on the frames and bands where it carries energy;
+  a waveform (MR-STFT) gradient barely sees it.
+- **Robust to misalignment.** Frames are ~93 ms long, so stems that lead or lag the mix
+  by a few dozen samples (a producer's render is rarely sample-aligned with its stems)
+  give the same powers; the phase, which a waveform loss needs, is never used.
+- **Cheap.** One STFT of each stem and of the reference, then a handful of tiny NNLS
+  problems (frames x stems): a fraction of one gradient step.
+
+Each band's solve is pulled (ridge) toward a broadband solve, so a band where a stem
+has almost no energy keeps the stem's overall gain instead of an arbitrary value. The
+per-band gains are then split into an input gain (their K-weighted, energy-weighted mean:
+what a loudness meter hears) and an EQ curve, fitted to the console's own parametric EQ
+response (its band types and frequencies) by a few Gauss-Newton steps on its magnitude
+response, weighted by where the stem has energy. The gradient fit then refines
+everything (compression, pan, width, sends and the EQ itself) from there.
+
+References:
+    Lawson & Hanson, "Solving Least Squares Problems", 1974 (the NNLS active-set method,
+    as in :func:`scipy.optimize.nnls`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from scipy.optimize import nnls
+from torch import Tensor
+
+from diffmix.functional.filters import eq_coeffs, sos_response
+from diffmix.functional.loudness import k_weighting_coefficients
+
+N_FFT = 8192
+BANDS_PER_OCTAVE = 2
+LOW_HZ = 22.4
+GAIN_DB_RANGE = (-60.0, 24.0)
+
+
+@dataclass
+class MixEstimate:
+    """What the closed-form stage found.
+
+    Attributes:
+        gain_db: ``(N,)`` each stem's broadband gain (dB), K-weighted: what a loudness meter
+            hears of the stem in the reference, relative to the stem as given.
+        band_db: ``(N, n_bands)`` each stem's gain per analysis band (dB).
+        weight: ``(N, n_bands)`` how much each band of each stem is worth trusting (the
+            stem's K-weighted share of energy in that band, 0..1).
+        centres_hz: ``(n_bands,)`` analysis band centres.
+        explained: fraction of the reference's band power the fitted sum explains (1 is a
+            perfect fit; a producer's mix with effects and a master bus reads lower).
+        lag: samples by which the reference lags the stems (negative: leads).
+    """
+
+    gain_db: Tensor
+    band_db: Tensor
+    weight: Tensor
+    centres_hz: Tensor
+    explained: float
+    lag: int = 0
+
+
+def band_edges(sample_rate: int) -> np.ndarray:
+    """Half-octave band edges (Hz) from 22.4 Hz to the Nyquist frequency (or 20 kHz)."""
+    top = min(20000.0, 0.5 * sample_rate)
+    n = int(math.floor(BANDS_PER_OCTAVE * math.log2(top / LOW_HZ)))
+    edges = LOW_HZ * 2.0 ** (np.arange(n + 1) / BANDS_PER_OCTAVE)
+    return np.append(edges[edges < top], top)
+
+
+def band_powers(x: Tensor, sample_rate: int, edges: np.ndarray, n_fft: int = N_FFT) -> Tensor:
+    """Power per band and frame: ``(..., T)`` -> ``(..., n_bands, frames)`` float64.
+
+    Hann-windowed STFT with 50 % overlap; each band sums the power of its bins.
+    """
+    lead, t = x.shape[:-1], x.shape[-1]
+    n = min(n_fft, 1 << max(8, int(math.log2(max(t, 256)))))
+    spec = torch.stft(
+        x.reshape(-1, t).double(), n, n // 2, window=torch.hann_window(n, dtype=torch.float64, device=x.device),
+        return_complex=True, center=True,
+    )
+    power = spec.real.square() + spec.imag.square()
+    freqs = torch.fft.rfftfreq(n, 1.0 / sample_rate).to(x.device)
+    e = torch.as_tensor(edges, dtype=torch.float64, device=x.device)
+    member = ((freqs.unsqueeze(1) >= e[:-1]) & (freqs.unsqueeze(1) < e[1:])).double()  # (bins, bands)
+    out = torch.einsum("rft,fb->rbt", power, member)
+    return out.reshape(*lead, out.shape[-2], out.shape[-1])
+
+
+def _nnls(a: np.ndarray, b: np.ndarray, prior: np.ndarray | None = None, ridge: float = 0.0) -> np.ndarray:
+    """Non-negative ``w`` minimising ``|a w - b|^2 + ridge |n (w - prior)|^2``.
+
+    ``n`` are the column norms: the columns are solved normalised (``A^T A`` has a unit
+    diagonal), so ``ridge`` is relative to each stem's own contribution. A stem with no
+    power keeps its prior (or 0).
+    """
+    norms = np.linalg.norm(a, axis=0)
+    live = norms > 0
+    w = np.zeros(a.shape[1]) if prior is None else prior.astype(np.float64).copy()
+    if not live.any():
+        return w
+    an, bn = a[:, live] / norms[live], b
+    if prior is not None and ridge > 0:
+        m, s = int(live.sum()), math.sqrt(ridge)
+        an = np.vstack([an, s * np.eye(m)])
+        bn = np.concatenate([b, s * prior[live] * norms[live]])
+    u, _ = nnls(an, bn, maxiter=50 * an.shape[1])
+    w[live] = u / norms[live]
+    return w
+
+
+def estimate_lag(x: Tensor, reference: Tensor, max_lag: int) -> int:
+    """Samples by which ``reference`` lags ``x`` (negative: it leads), within ``+-max_lag``.
+
+    The peak of the cross-correlation of the two signals' mid channels, by FFT. A loud,
+    modulated stem shifted by even 20 samples moves a frame's power by a few per cent,
+    which is the whole contribution of a stem 20 dB under it: so the frames are aligned
+    first.
+    """
+    a, b = x.double().mean(0), reference.double().mean(0)
+    n = a.shape[-1] + b.shape[-1]
+    size = 1 << (n - 1).bit_length()
+    xc = torch.fft.irfft(torch.fft.rfft(b, size) * torch.fft.rfft(a, size).conj(), size)
+    lags = torch.cat([xc[: max_lag + 1], xc[-max_lag:]]) if max_lag > 0 else xc[:1]
+    k = int(torch.argmax(lags))
+    return k if k <= max_lag else k - (2 * max_lag + 1)
+
+
+def _k_weight_power(freqs_hz: np.ndarray, sample_rate: int) -> np.ndarray:
+    b1, a1, b2, a2 = (torch.tensor(c, dtype=torch.float64) for c in k_weighting_coefficients(sample_rate))
+    b, a = torch.stack([b1, b2]), torch.stack([a1, a2])
+    h = sos_response(b, a, torch.as_tensor(freqs_hz, dtype=torch.float64), sample_rate)
+    return h.abs().square().numpy()
+
+
+def estimate_mix(
+    stems: Tensor, reference: Tensor, sample_rate: int, *, ridge: float = 0.05, max_lag_ms: float = 50.0
+) -> MixEstimate:
+    """Per-stem gains and per-band tone that best explain the reference's band powers.
+
+    Args:
+        stems: ``(N, 2, T)`` the stems as they reach the console's EQ (after any fixed
+            routing such as a mono pan law).
+        reference: ``(2, T')`` the reference mix; ``min(T, T')`` samples are compared.
+        sample_rate: Hz.
+        ridge: pull of each band's solve toward the broadband one (relative; 0 = none).
+        max_lag_ms: the reference may lead or lag the stems by up to this; the lag is
+            found (:func:`estimate_lag`) and the frames aligned before comparing.
+
+    Returns:
+        :class:`MixEstimate`. Runs on the stems' device; the NNLS solves on the host.
+
+    Three noise stems that come and go at different times, mixed at +6, -6 and 0 dB:
+
+    >>> g = torch.Generator().manual_seed(0)
+    >>> t = torch.arange(88200) / 44100
+    >>> gates = torch.stack([(torch.sin(2 * torch.pi * r * t) > 0).float() for r in (1.0, 1.5, 2.5)])
+    >>> stems = torch.randn(3, 2, 88200, generator=g) * gates.unsqueeze(1) * 0.1
+    >>> ref = (stems * torch.tensor([2.0, 0.5, 1.0]).view(3, 1, 1)).sum(0)
+    >>> est = estimate_mix(stems, ref, 44100)
+    >>> [round(v) for v in est.gain_db.tolist()]
+    [6, -6, 0]
+    """
+    stems, reference = stems.detach(), reference.detach()
+    lag = estimate_lag(stems.sum(0), reference, int(max_lag_ms * 1e-3 * sample_rate))
+    if lag > 0:
+        reference = reference[..., lag:]
+    elif lag < 0:
+        stems = stems[..., -lag:]
+    t = min(stems.shape[-1], reference.shape[-1])
+    edges = band_edges(sample_rate)
+    ps = band_powers(stems[..., :t], sample_rate, edges).cpu().numpy()  # (N, 2, nb, F)
+    pr = band_powers(reference[..., :t], sample_rate, edges).cpu().numpy()  # (2, nb, F)
+    n, nb = ps.shape[0], ps.shape[2]
+    # Broadband: every band weighs the same (each band's rows divided by its reference power).
+    scale = 1.0 / np.maximum(pr.sum(axis=(0, 2)), 1e-30)  # (nb,)
+    a_all = (ps * scale[None, None, :, None]).transpose(1, 2, 3, 0).reshape(-1, n)
+    broad = _nnls(a_all, (pr * scale[None, :, None]).reshape(-1))
+    w = np.zeros((n, nb))
+    for b in range(nb):
+        a = ps[:, :, b, :].transpose(1, 2, 0).reshape(-1, n)
+        w[:, b] = _nnls(a, pr[:, b, :].reshape(-1), prior=broad, ridge=ridge)
+    fitted = np.einsum("kb,kcbf->cbf", w, ps)
+    explained = float(1.0 - np.abs(fitted - pr).sum() / max(pr.sum(), 1e-30))
+    centres = np.sqrt(edges[:-1] * edges[1:])
+    kw = _k_weight_power(centres, sample_rate)
+    energy = ps.sum(axis=(1, 3)) * kw  # (N, nb): K-weighted band energy of each stem
+    share = energy / np.maximum(energy.sum(axis=1, keepdims=True), 1e-30)
+    total = (w * share).sum(axis=1)
+    gain_db = 10 * np.log10(np.maximum(total, 1e-12))
+    band_db = 10 * np.log10(np.maximum(w, 1e-12))
+    lo, hi = GAIN_DB_RANGE
+    silent = energy.sum(axis=1) <= 0
+    gain_db = np.where(silent | (total <= 0), 0.0, np.clip(gain_db, lo, hi))
+    dev = stems.device
+    return MixEstimate(
+        gain_db=torch.as_tensor(gain_db, device=dev),
+        band_db=torch.as_tensor(np.clip(band_db, lo, hi), device=dev),
+        weight=torch.as_tensor(share, device=dev),
+        centres_hz=torch.as_tensor(centres, device=dev),
+        explained=explained,
+        lag=lag,
+    )
+
+
+def fit_eq_gains(
+    estimate: MixEstimate,
+    bands: tuple[str, ...] | list[str],
+    freq_hz: Tensor,
+    q: Tensor,
+    sample_rate: int,
+    *,
+    limit_db: float = 12.0,
+    ridge: float = 1e-2,
+    iterations: int = 8,
+) -> Tensor:
+    """EQ gains (dB) whose response best follows each stem's tone relative to its gain.
+
+    Weighted least squares on the dB response at the analysis band centres, by
+    Gauss-Newton (the response in dB is close to linear in the band gains); bands where
+    the stem has no energy carry no weight, and a small ridge keeps unobserved bands flat.
+
+    Args:
+        estimate: from :func:`estimate_mix`.
+        bands: the EQ's band types.
+        freq_hz, q: ``(N, n_eq)`` or ``(n_eq,)``, the EQ's (fixed) frequencies and Qs.
+        sample_rate: Hz.
+        limit_db: the gains are kept within +-this.
+
+    Returns:
+        ``(N, n_eq)`` gains in dB (float64, on the estimate's device).
+    """
+    target = (estimate.band_db - estimate.gain_db.unsqueeze(1)).double()  # (N, nb)
+    weight = estimate.weight.double()
+    f = estimate.centres_hz.double()
+    n = target.shape[0]
+    fz = torch.as_tensor(freq_hz, dtype=torch.float64, device=f.device).expand(n, len(bands))
+    qq = torch.as_tensor(q, dtype=torch.float64, device=f.device).expand(n, len(bands))
+    gains = torch.zeros(n, len(bands), dtype=torch.float64, device=f.device)
+
+    def response_db(g: Tensor) -> Tensor:  # (..., n_eq) -> (..., nb)
+        shape = g.shape
+        b, a = eq_coeffs(tuple(bands), fz.expand(*shape), qq.expand(*shape), g, sample_rate)
+        return 20 * torch.log10(sos_response(b, a, f, sample_rate).abs().clamp_min(1e-9))
+
+    m = len(bands)
+    fz, qq = fz.unsqueeze(1), qq.unsqueeze(1)  # (N, 1, n_eq): broadcast over the probes
+    eye = torch.eye(m, dtype=torch.float64, device=f.device)
+    step = 1e-3 * eye  # forward differences in float64: the response is smooth in dB
+    for _ in range(iterations):
+        probes = torch.cat([gains.unsqueeze(1), gains.unsqueeze(1) + step], dim=1)  # (N, 1+m, m)
+        resp = response_db(probes)  # (N, 1+m, nb)
+        jac = ((resp[:, 1:] - resp[:, :1]) / 1e-3).transpose(1, 2)  # (N, nb, m)
+        resid = target - resp[:, 0]
+        jw = jac * weight.unsqueeze(-1)
+        lhs = jw.transpose(1, 2) @ jac + ridge * eye
+        rhs = (jw.transpose(1, 2) @ resid.unsqueeze(-1)).squeeze(-1) - ridge * gains
+        gains = (gains + torch.linalg.solve(lhs, rhs)).clamp(-limit_db, limit_db)
+    return gains
+
+
+def initialise_console(
+    console: torch.nn.Module,
+    stems: Tensor,
+    reference: Tensor,
+    sample_rate: int,
+    *,
+    gain: str = "strip.input.gain_db",
+    eq: str = "eq",
+) -> dict[str, object]:
+    """Set a console's per-track input gains and strip EQ gains from :func:`estimate_mix`.
+
+    Args:
+        console: a :class:`~diffmix.console.Console` whose strip has a gain stage
+            (``gain``, a parameter path) and optionally a parametric EQ (effect ``eq``); a
+            strip without the gain stage is left as it is.
+        stems: ``(1, N, 2, T)`` as given to the console.
+        reference: ``(1, 2, T')`` the reference mix.
+        sample_rate: Hz.
+
+    Returns:
+        A summary for the report: the gains set (dB), how much of the reference they
+        explain, and the seconds taken.
+    """
+    import time
+
+    from diffmix.effects.eq import ParametricEQ
+
+    t0 = time.perf_counter()
+    values = console.named_values()  # type: ignore[operator]
+    if gain not in values:
+        return {"method": "none", "reason": f"the strip has no {gain}"}
+    # A mono source carried as two channels reaches the mix through the pan law: at the
+    # centre each side gets cos(pi/4) of it, which the estimate must see.
+    mono = torch.tensor(getattr(console, "_config", {}).get("mono", [False] * stems.shape[1]))
+    scale = torch.where(mono, math.sqrt(0.5), 1.0).to(stems.dtype).to(stems.device).view(-1, 1, 1)
+    est = estimate_mix(stems[0] * scale, reference[0], sample_rate)
+    update = {gain: est.gain_db.to(torch.float64).cpu()}
+    effect = console.strip.effects[eq] if eq in console.strip.effects else None  # type: ignore[union-attr]
+    if isinstance(effect, ParametricEQ):
+        freq = values[f"strip.{eq}.freq_hz"].exact().double()
+        q = values[f"strip.{eq}.q"].exact().double()
+        lo, hi = values[f"strip.{eq}.gain_db"].spec.min, values[f"strip.{eq}.gain_db"].spec.max
+        g = fit_eq_gains(est, effect.bands, freq.to(est.centres_hz.device), q.to(est.centres_hz.device),
+                         sample_rate, limit_db=min(12.0, -lo, hi))
+        update[f"strip.{eq}.gain_db"] = g.cpu().view(values[f"strip.{eq}.gain_db"].exact().shape)
+    console.load_values(update)  # type: ignore[operator]
+    return {
+        "method": "nnls",
+        "explained": round(est.explained, 4),
+        "lag_samples": est.lag,
+        "gain_db": [round(float(v), 2) for v in est.gain_db],
+        "seconds": round(time.perf_counter() - t0, 3),
+    }
