@@ -136,6 +136,38 @@ def measure_lufs(y: Tensor, lengths: Sequence[int], sample_rate: int) -> Tensor:
     )
 
 
+def rough_lufs(y: Tensor, lengths: Sequence[int]) -> Tensor:
+    """An ungated loudness estimate from the mean square, ``(S,)`` float64 on the CPU.
+
+    Used where BS.1770's -70 LUFS absolute gate reads ``-inf`` although the audio is not
+    silent: a quiet pre-limiter render, or a drive that left the song under the gate. The
+    +3 dB is the stereo channel sum, -0.691 the standard's offset. Digital silence gives
+    ``-inf``.
+    """
+    power = torch.stack([y[i, :, :n].double().square().mean() for i, n in enumerate(lengths)])
+    return (10 * torch.log10(power) - 0.691 + 3.0).cpu()
+
+
+def _loudness_for_solve(y: Tensor, lengths: Sequence[int], sample_rate: int) -> Tensor:
+    """Gated loudness where it is defined, else the ungated estimate; raises on silence.
+
+    (NaN or Inf audio is refused by the meter itself with a ValueError.)
+    """
+    lufs = measure_lufs(y, lengths, sample_rate).double().cpu()
+    if torch.isfinite(lufs).all():
+        return lufs
+    rough = rough_lufs(y, lengths)
+    silent = ~torch.isfinite(lufs) & ~torch.isfinite(rough)
+    if silent.any():
+        raise UserError(
+            f"song {int(silent.nonzero()[0])} is silent (digital silence): no gain can reach "
+            "a loudness target"
+        )
+    # Gated out at this drive but not silent: the ungated estimate sits near or below the
+    # gate, so the next secant step raises the drive rather than giving up.
+    return torch.where(torch.isfinite(lufs), lufs, rough)
+
+
 def solve_loudness(
     render: Callable[[Tensor], Tensor],
     lengths: Sequence[int],
@@ -161,13 +193,7 @@ def solve_loudness(
     targets = targets.double()
     drive = torch.zeros_like(targets) if start_db is None else start_db.double().clamp(lo, hi)
     y = render(drive)
-    lufs = measure_lufs(y, lengths, sample_rate).double()
-    silent = ~torch.isfinite(lufs)
-    if silent.any():
-        raise UserError(
-            f"song {int(silent.nonzero()[0])} is silent (below the -70 LUFS gate): no gain "
-            "can reach a loudness target"
-        )
+    lufs = _loudness_for_solve(y, lengths, sample_rate)
     prev_drive, prev_lufs = None, None
     iters = torch.ones_like(targets)
     for _ in range(max_iter):
@@ -184,7 +210,7 @@ def solve_loudness(
         drive = torch.where(open_, (drive + err / slope).clamp(lo, hi), drive)
         iters = iters + open_.double()
         y = render(drive)
-        lufs = measure_lufs(y, lengths, sample_rate).double()
+        lufs = _loudness_for_solve(y, lengths, sample_rate)
     err = (targets - lufs).abs()
     if (err > tolerance_lu).any():
         i = int((err > tolerance_lu).nonzero()[0])

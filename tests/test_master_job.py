@@ -75,7 +75,7 @@ def test_mono_and_48k_reference_is_handled(tmp_path):
         (lambda d: d / "missing.wav", "missing.wav: file not found"),
         (lambda d: (d / "bad.wav").write_bytes(b"RIFFjunkjunkjunk") and d / "bad.wav", "bad.wav: cannot read audio"),
         (lambda d: write(d / "nan.wav", np.full((44100, 2), np.nan, np.float32)), "nan.wav: audio contains NaN or Inf"),
-        (lambda d: write(d / "silent.wav", np.zeros((44100 * 2, 2), np.float32)), "is silent (below the -70 LUFS gate)"),
+        (lambda d: write(d / "silent.wav", np.zeros((44100 * 2, 2), np.float32)), "is silent (digital silence): no gain can reach a loudness target"),
         (lambda d: write(d / "short.wav", music(0.3)), "too short to master"),
     ],
     ids=["missing", "corrupt", "nan", "silent", "short"],

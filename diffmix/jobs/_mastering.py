@@ -26,6 +26,7 @@ from diffmix.mastering import (
     measure_lufs,
     pad_batch,
     render_with_drive,
+    rough_lufs,
     solve_loudness,
 )
 from diffmix.objective import Objective
@@ -117,10 +118,9 @@ def master_group(cfg: DictConfig, songs: list[Song], sample_rate: int) -> list[d
         y, solves = render(torch.zeros(len(songs), dtype=torch.float64)), [None] * len(songs)
     else:
         targets = torch.tensor(goals, dtype=torch.float64)
-        pre = measure_lufs(render.pre, lengths, sr).double()  # type: ignore[attr-defined]
+        pre = measure_lufs(render.pre, lengths, sr).double().cpu()  # type: ignore[attr-defined]
         # A pre-limiter level under the -70 LUFS gate (but not silence) starts from its RMS.
-        rms = render.pre.double().square().mean((1, 2)).clamp_min(1e-30)  # type: ignore[attr-defined]
-        rough = 10 * torch.log10(rms).cpu() - 0.691 + 3.0  # RMS-based LUFS estimate
+        rough = rough_lufs(render.pre, lengths).clamp_min(-300.0)  # type: ignore[attr-defined]
         start = torch.where(torch.isfinite(pre), targets - pre, targets - rough)
         y, solves = solve_loudness(
             render, lengths, sr, targets, tolerance_lu=float(cfg.tolerance_lu), start_db=start
