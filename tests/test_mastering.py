@@ -66,3 +66,36 @@ def test_rough_lufs_moves_with_gain_and_is_minus_inf_on_silence():
     padded = torch.nn.functional.pad(x, (0, x.shape[-1]))
     assert abs(float(rough_lufs(padded, [x.shape[-1]])[0] - a[0])) < 1e-9
     assert rough_lufs(torch.zeros(1, 2, 100), [100]).isneginf().all()
+
+
+def test_lookahead_ramp_equals_the_limiters_pools():
+    import torch.nn.functional as F
+
+    from diffmix.mastering import lookahead_ramp
+
+    g = torch.Generator().manual_seed(3)
+    req = torch.rand(3, 997, generator=g, dtype=torch.float64).clamp_min(0.2) ** 3
+    for lookahead in (1, 7, 220):
+        padded = F.pad(req.unsqueeze(1), (lookahead, lookahead), value=1.0)
+        held = -F.max_pool1d(-padded, lookahead + 1, stride=1)
+        want = F.avg_pool1d(held, lookahead + 1, stride=1)[:, 0]
+        torch.testing.assert_close(lookahead_ramp(req, lookahead), want, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("true_peak", [True, False])
+def test_smooth_proxy_tracks_the_limiter_and_the_solve_uses_it(true_peak):
+    from diffmix.functional.dynamics import limiter
+
+    x = (quiet_song(-20.0, seed=4) * 4).float()
+    chain = Bus(SR, {"limiter": Limiter(SR, ceiling_db=-1.0, release_ms=80.0, true_peak=true_peak)}, items=1)
+    render = render_with_drive(chain, x)
+    drive = torch.tensor([9.0], dtype=torch.float64)
+    smooth = limiter(x, SR, ceiling_db=-1.0, release_ms=80.0, gain_db=9.0, true_peak=true_peak, exact=False)
+    # float32: the pools and the cumulative sum round differently (~4 ulp at full scale).
+    torch.testing.assert_close(render.proxy(drive), smooth, rtol=0, atol=1e-5)
+    calls = []
+    y, (solve,) = solve_loudness(lambda d: calls.append(d) or render(d), [x.shape[-1]], SR,
+                                 torch.tensor([-9.0]), start_db=torch.zeros(1), proxy=render.proxy)
+    assert abs(solve.achieved_lufs + 9.0) <= 0.02
+    assert len(calls) == 1  # the proxy found the drive; one exact render confirmed it
+    torch.testing.assert_close(y, render(torch.tensor([solve.drive_db])))

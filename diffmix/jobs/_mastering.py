@@ -35,6 +35,19 @@ from diffmix.report import gain_reduction_db, plot, write_json
 MIN_SECONDS = 1.0
 
 
+class _Clock:
+    """Seconds spent per stage, for the report's ``timings_s``."""
+
+    def __init__(self) -> None:
+        self.last = time.perf_counter()
+        self.spent: dict[str, float] = {}
+
+    def __call__(self, stage: str) -> None:
+        now = time.perf_counter()
+        self.spent[stage] = round(self.spent.get(stage, 0.0) + now - self.last, 3)
+        self.last = now
+
+
 @dataclass
 class Song:
     """One song to master: ``audio`` and ``reference`` are ``(1, 2, T)``."""
@@ -94,6 +107,7 @@ def master_group(cfg: DictConfig, songs: list[Song], sample_rate: int) -> list[d
     Songs in a group must agree on whether they have a reference and on the fit terms.
     """
     t0 = time.perf_counter()
+    clock = _Clock()
     sr = sample_rate
     for s in songs:
         if s.audio.shape[-1] < MIN_SECONDS * sr:
@@ -111,8 +125,10 @@ def master_group(cfg: DictConfig, songs: list[Song], sample_rate: int) -> list[d
         cfg, chain, [s.audio for s in songs], [s.key for s in songs],
         [s.reference for s in songs] if has_ref[0] else None, songs[0].target,
     )
+    clock("fit")
     x, lengths = pad_batch([s.audio for s in songs])
     render = render_with_drive(chain, x)
+    clock("render_chain")
     goals = loudness_goals([s.target for s in songs], [s.reference for s in songs], sr)
     if any(g is None for g in goals):
         y, solves = render(torch.zeros(len(songs), dtype=torch.float64)), [None] * len(songs)
@@ -123,8 +139,10 @@ def master_group(cfg: DictConfig, songs: list[Song], sample_rate: int) -> list[d
         rough = rough_lufs(render.pre, lengths).clamp_min(-300.0)  # type: ignore[attr-defined]
         start = torch.where(torch.isfinite(pre), targets - pre, targets - rough)
         y, solves = solve_loudness(
-            render, lengths, sr, targets, tolerance_lu=float(cfg.tolerance_lu), start_db=start
+            render, lengths, sr, targets, tolerance_lu=float(cfg.tolerance_lu), start_db=start,
+            proxy=render.proxy,  # type: ignore[attr-defined]
         )
+    clock("loudness_solve")
     reports = []
     for i, song in enumerate(songs):
         yi = y[i : i + 1, :, : lengths[i]]
@@ -136,6 +154,7 @@ def master_group(cfg: DictConfig, songs: list[Song], sample_rate: int) -> list[d
             true_peak_db=peak_dbtp,
             seed=int(cfg.seed), protect=song.protect,
         )
+        clock("deliver")
         written, wrate = read_audio(delivery.path)
         after = measure(written.unsqueeze(0).double(), wrate)
         goal = goals[i]
@@ -163,6 +182,7 @@ def master_group(cfg: DictConfig, songs: list[Song], sample_rate: int) -> list[d
                 "before": spectral_errors(song.audio.cpu(), song.reference.cpu(), sr),
                 "after": spectral_errors(yi.cpu(), song.reference.cpu(), sr),
             }
+        clock("measure")
         preset = chain_for(cfg, sr, 1)
         preset.load_values({k: v.exact()[i : i + 1] for k, v in chain.named_values().items()})
         save_preset(preset, song.out / f"{song.stem}_preset.yaml")
@@ -178,7 +198,9 @@ def master_group(cfg: DictConfig, songs: list[Song], sample_rate: int) -> list[d
                 plot(song.out / f"{song.stem}.png", sr, curves=curves, short_term=st,
                      gain_reduction=gr, title=song.stem)
             )
+            clock("plot")
         report["runtime_s"] = round((time.perf_counter() - t0) / len(songs), 3)
+        report["timings_s"] = dict(clock.spent)  # for the whole group, per stage
         write_json(song.out / f"{song.stem}_report.json", report)
         report["outputs"]["report"] = str(song.out / f"{song.stem}_report.json")
         reports.append(report)
