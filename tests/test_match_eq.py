@@ -64,6 +64,8 @@ def test_bad_options_and_shapes_are_refused():
         MatchEQ(SR, n_fir=1001)
     with pytest.raises(ValueError, match="MatchEQ: mid_gain_db needs a trailing band axis of 29"):
         MatchEQ(SR, mid_gain_db=[0.0] * 5)
+    with pytest.raises(ValueError, match="MatchEQ: side_gain_db=-70 is outside"):
+        MatchEQ(SR, side_gain_db=[-70.0] * 29)
     with pytest.raises(ValueError, match="MatchEQ: mid_gain_db=30 is outside"):
         MatchEQ(SR, mid_gain_db=[30.0] * 29)
     with pytest.raises(ValueError, match="MatchEQ"):

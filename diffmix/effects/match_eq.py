@@ -10,6 +10,7 @@ from diffmix.functional import match_eq as F
 from diffmix.params import ParamSpec, ParamValue
 
 GAIN_MAX_DB = 24.0
+SIDE_MIN_DB = -60.0  # a wide mix matched to a mono-bass reference cuts its side this far
 
 
 class MatchEQ(Effect):
@@ -23,7 +24,7 @@ class MatchEQ(Effect):
         low_hz, high_hz: band range in Hz (options), default 20 and 20000.
         n_fir: FIR length in taps (option, even); default ~0.75 s of audio (32768 at 44.1 kHz).
         mid_gain_db: per band, -24 to 24 dB, default 0. ``(bands,)`` or ``(B, bands)``.
-        side_gain_db: per band, -24 to 24 dB, default 0.
+        side_gain_db: per band, -60 to 24 dB, default 0.
         mix: dry/wet, 0 to 1, default 1.
 
     Differentiable: ``mid_gain_db``, ``side_gain_db``, ``mix``.
@@ -96,7 +97,7 @@ class MatchEQ(Effect):
     def param_specs(self) -> tuple[ParamSpec, ...]:
         return (
             ParamSpec("mid_gain_db", -GAIN_MAX_DB, GAIN_MAX_DB, 0.0),
-            ParamSpec("side_gain_db", -GAIN_MAX_DB, GAIN_MAX_DB, 0.0),
+            ParamSpec("side_gain_db", SIDE_MIN_DB, GAIN_MAX_DB, 0.0),
             ParamSpec("mix", 0.0, 1.0, 1.0),
         )
 
@@ -114,7 +115,8 @@ class MatchEQ(Effect):
         centres = self.centres_hz
         per_item = self.params["mid_gain_db"].anchor.dim() > 1
         x = x.detach()
-        mid, side = F.match_gains(x, reference, self.sample_rate, centres, limit_db=GAIN_MAX_DB)
+        ranges = {"mid_range_db": (-GAIN_MAX_DB, GAIN_MAX_DB), "side_range_db": (SIDE_MIN_DB, GAIN_MAX_DB)}
+        mid, side = F.match_gains(x, reference, self.sample_rate, centres, **ranges)
         for step in range(refine + 1):
             if not per_item:
                 mid, side = mid[:1], side[:1]
@@ -122,9 +124,11 @@ class MatchEQ(Effect):
                               "side_gain_db": (side if per_item else side[0]).double().cpu()})
             if step == refine:
                 break
-            dm, ds = F.match_gains(self(x), reference, self.sample_rate, centres, limit_db=2 * GAIN_MAX_DB)
+            wide = (-120.0, 120.0)
+            dm, ds = F.match_gains(self(x), reference, self.sample_rate, centres, mid_range_db=wide,
+                                   side_range_db=wide)
             mid = (mid + dm).clamp(-GAIN_MAX_DB, GAIN_MAX_DB)
-            side = (side + ds).clamp(-GAIN_MAX_DB, GAIN_MAX_DB)
+            side = (side + ds).clamp(SIDE_MIN_DB, GAIN_MAX_DB)
         return self.p("mid_gain_db").detach(), self.p("side_gain_db").detach()
 
     def forward(self, x: Tensor) -> Tensor:

@@ -205,7 +205,8 @@ def match_gains(
     sample_rate: int,
     centres_hz: Tensor,
     *,
-    limit_db: float = 24.0,
+    mid_range_db: tuple[float, float] = (-24.0, 24.0),
+    side_range_db: tuple[float, float] = (-60.0, 24.0),
     n_fft: int = 8192,
 ) -> tuple[Tensor, Tensor]:
     """Closed-form band gains that move ``x``'s mid and side tone onto ``reference``'s.
@@ -214,11 +215,13 @@ def match_gains(
     does (minus the power-weighted mean of the mid's band levels), so the side's gains
     also carry the side/mid balance. The gains are then shifted together so the mid's
     power-weighted mean gain is 0 dB (the level is the loudness solve's job), or as near
-    to that as keeps them all inside ``+-limit_db``, and clipped to it.
+    to that as keeps them all inside their ranges, and clipped to the ranges.
 
     Args:
         x: ``(B, 2, T)`` input; reference: ``(1 | B, 2, T_ref)``.
-        sample_rate: Hz. centres_hz: band centres. limit_db: gain bound, dB.
+        sample_rate: Hz. centres_hz: band centres.
+        mid_range_db, side_range_db: allowed gains, dB (the side may cut further: a wide
+            mix matched to a mono-bass reference needs it).
 
     Returns:
         ``(mid_gain_db, side_gain_db)``, each ``(B, bands)`` in ``x``'s dtype.
@@ -237,11 +240,13 @@ def match_gains(
     diff = tr - tx  # (B, 2, bands)
     p = torch.pow(10.0, lx[:, 0] / 10.0)
     offset = (p / p.sum(-1, keepdim=True) * diff[:, 0]).sum(-1)
-    # Where the gains span less than the range but the level-keeping shift pushes some
-    # out of it, shift only as far as needed to fit (the level is re-set downstream).
-    top, bottom = diff.flatten(1).amax(-1), diff.flatten(1).amin(-1)
-    lo_shift, hi_shift = top - limit_db, bottom + limit_db  # offsets that keep all inside
+    lo = diff.new_tensor([mid_range_db[0], side_range_db[0]]).view(1, 2, 1)
+    hi = diff.new_tensor([mid_range_db[1], side_range_db[1]]).view(1, 2, 1)
+    # Where the gains fit their ranges but the level-keeping shift pushes some out, shift
+    # only as far as needed to fit (the level is re-set downstream).
+    lo_shift = (diff - hi).flatten(1).amax(-1)  # offsets that keep every gain inside
+    hi_shift = (diff - lo).flatten(1).amin(-1)
     fits = lo_shift <= hi_shift
     offset = torch.where(fits, torch.minimum(torch.maximum(offset, lo_shift), hi_shift), offset)
-    gains = (diff - offset.view(-1, 1, 1)).clamp(-limit_db, limit_db).to(x.dtype)
+    gains = torch.minimum(torch.maximum(diff - offset.view(-1, 1, 1), lo), hi).to(x.dtype)
     return gains[:, 0], gains[:, 1]

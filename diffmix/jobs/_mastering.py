@@ -61,10 +61,63 @@ class Song:
     protect: tuple[str, ...] = ()
 
 
-def chain_for(cfg: DictConfig, sample_rate: int, songs: int) -> Bus:
+MATCH = "match"  # the chain's reference-matching EQ stage (absent without a reference)
+
+
+def chain_for(cfg: DictConfig, sample_rate: int, songs: int, *, match: bool = False) -> Bus:
+    """The configured master chain for ``songs`` items; its ``match`` stage only with ``match``.
+
+    A match EQ has nothing to match without a reference, so it is left out rather than
+    run neutral (and the streaming path, whose chunks carry no right-hand context for its
+    zero-phase FIR, leaves it out too).
+    """
     OmegaConf.update(cfg, "sample_rate", sample_rate, force_add=True)
     effects = instantiate(cfg.chain, _convert_="all", where="chain")
+    if not match:
+        effects.pop(MATCH, None)
     return Bus(sample_rate, effects, items=songs)
+
+
+@torch.no_grad()
+def refine_match(chain: Bus, y: torch.Tensor, lengths: list[int], references: list[torch.Tensor]) -> None:
+    """Add to each song's match-EQ gains what its rendered master ``y`` still misses."""
+    from diffmix.functional.match_eq import match_gains
+
+    stage = chain.effects[MATCH]
+    params = chain.named_values()
+    keys = ("mid_gain_db", "side_gain_db")
+    rows = {k: params[f"{MATCH}.{k}"].exact().clone() for k in keys}
+    wide = (-120.0, 120.0)  # a correction; the sum is clipped to the parameters' ranges
+    for i, (n, reference) in enumerate(zip(lengths, references, strict=True)):
+        dm, ds = match_gains(y[i : i + 1, :, :n], reference.to(y.device), stage.sample_rate,
+                             stage.centres_hz, mid_range_db=wide, side_range_db=wide)
+        rows["mid_gain_db"][i] += dm[0].double().cpu()
+        rows["side_gain_db"][i] += ds[0].double().cpu()
+    chain.load_values({
+        f"{MATCH}.{k}": v.clamp(params[f"{MATCH}.{k}"].spec.min, params[f"{MATCH}.{k}"].spec.max)
+        for k, v in rows.items()
+    })
+
+
+@torch.no_grad()
+def init_match(chain: Bus, audios: list, references: list[torch.Tensor]) -> None:
+    """Set each song's match-EQ gains in closed form from its input and its reference.
+
+    Each song gets its own single-item :class:`~diffmix.effects.match_eq.MatchEQ` with the
+    chain's options (so songs of different lengths never share a padded spectrum); its
+    gains become that song's row of the chain's parameters.
+    """
+    from diffmix.effects.match_eq import MatchEQ
+
+    stage = chain.effects[MATCH]
+    node = {k: v for k, v in stage.preset().items() if k not in ("_target_", "mix", "mid_gain_db", "side_gain_db")}
+    rows: dict[str, list[torch.Tensor]] = {"mid_gain_db": [], "side_gain_db": []}
+    for audio, reference in zip(audios, references, strict=True):
+        single = MatchEQ(**node).to(audio.device)
+        mid, side = single.match(audio, reference.to(audio.device))
+        rows["mid_gain_db"].append(mid.double().cpu())
+        rows["side_gain_db"].append(side.double().cpu())
+    chain.load_values({f"{MATCH}.{k}": torch.stack(v) for k, v in rows.items()})
 
 
 def fit_stage(
@@ -82,6 +135,8 @@ def fit_stage(
     """
     weights = available_weights(cfg.loss.weights, reference=references is not None, target=target)
     fit_report = None
+    if references is not None and MATCH in chain.effects:
+        init_match(chain, audios, references)
     if weights and int(cfg.fit.steps) > 0:
         sr = chain.sample_rate
         device = next(chain.parameters()).device
@@ -117,31 +172,46 @@ def master_group(cfg: DictConfig, songs: list[Song], sample_rate: int) -> list[d
             )
     fmt, depth = check_format(cfg.delivery.format, cfg.delivery.bit_depth)
     device = songs[0].audio.device
-    chain = chain_for(cfg, sr, len(songs)).to(device)
     has_ref = [s.reference is not None for s in songs]
     if len(set(has_ref)) > 1:
         raise ValueError("master_group: songs with and without references can't share a group")
+    match = has_ref[0] and bool(cfg.get("match_eq", False))
+    chain = chain_for(cfg, sr, len(songs), match=match).to(device)
     fit_report = fit_stage(
         cfg, chain, [s.audio for s in songs], [s.key for s in songs],
         [s.reference for s in songs] if has_ref[0] else None, songs[0].target,
     )
     clock("fit")
     x, lengths = pad_batch([s.audio for s in songs])
-    render = render_with_drive(chain, x)
-    clock("render_chain")
     goals = loudness_goals([s.target for s in songs], [s.reference for s in songs], sr)
-    if any(g is None for g in goals):
-        y, solves = render(torch.zeros(len(songs), dtype=torch.float64)), [None] * len(songs)
-    else:
+
+    def render_and_solve(start: torch.Tensor | None = None):  # noqa: ANN202
+        render = render_with_drive(chain, x)
+        clock("render_chain")
+        if any(g is None for g in goals):
+            return render, render(torch.zeros(len(songs), dtype=torch.float64)), [None] * len(songs)
         targets = torch.tensor(goals, dtype=torch.float64)
-        pre = measure_lufs(render.pre, lengths, sr).double().cpu()  # type: ignore[attr-defined]
-        # A pre-limiter level under the -70 LUFS gate (but not silence) starts from its RMS.
-        rough = rough_lufs(render.pre, lengths).clamp_min(-300.0)  # type: ignore[attr-defined]
-        start = torch.where(torch.isfinite(pre), targets - pre, targets - rough)
+        if start is None:
+            pre = measure_lufs(render.pre, lengths, sr).double().cpu()  # type: ignore[attr-defined]
+            # A pre-limiter level under the -70 LUFS gate (but not silence) starts from its RMS.
+            rough = rough_lufs(render.pre, lengths).clamp_min(-300.0)  # type: ignore[attr-defined]
+            start = torch.where(torch.isfinite(pre), targets - pre, targets - rough)
         y, solves = solve_loudness(
             render, lengths, sr, targets, tolerance_lu=float(cfg.tolerance_lu), start_db=start,
             proxy=render.proxy,  # type: ignore[attr-defined]
         )
+        return render, y, solves
+
+    render, y, solves = render_and_solve()
+    if match:
+        # The fit matched excerpts through the smooth limiter; the delivered tone is the
+        # whole song's through the exact one. Measure that, fold what is left into the
+        # match EQ, and render and solve again (from the last drives).
+        for _ in range(int(cfg.get("match_refine", 2))):
+            refine_match(chain, y, lengths, [s.reference for s in songs])  # type: ignore[misc]
+            clock("loudness_solve")
+            last = None if solves[0] is None else torch.tensor([s.drive_db for s in solves])
+            render, y, solves = render_and_solve(last)
     clock("loudness_solve")
     reports = []
     for i, song in enumerate(songs):
@@ -183,7 +253,7 @@ def master_group(cfg: DictConfig, songs: list[Song], sample_rate: int) -> list[d
                 "after": spectral_errors(yi.cpu(), song.reference.cpu(), sr),
             }
         clock("measure")
-        preset = chain_for(cfg, sr, 1)
+        preset = chain_for(cfg, sr, 1, match=MATCH in chain.effects)
         preset.load_values({k: v.exact()[i : i + 1] for k, v in chain.named_values().items()})
         save_preset(preset, song.out / f"{song.stem}_preset.yaml")
         report["params"] = preset.preset()
