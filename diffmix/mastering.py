@@ -274,29 +274,39 @@ def render_with_drive(chain: Bus, x: Tensor, limiter: str = "limiter") -> Callab
     lim = chain.effects[limiter]
     post = [chain.effects[n] for n in names[idx + 1 :]]
 
+    fast = _smooth_limiter_proxy(lim, pre, post)
+
     def render(drives: Tensor) -> Tensor:
-        lim.load_values({"gain_db": drives.detach().cpu().double()})
+        lim.load_values({"gain_db": drives.detach().cpu().double()})  # the preset keeps it
         with torch.no_grad():
+            if fast is not None:
+                return fast[1](drives)
             y = lim(pre)
             for effect in post:
                 y = effect(y)
         return y
 
     render.pre = pre  # type: ignore[attr-defined]  # for the gain-reduction plot and the start
-    render.proxy = _smooth_limiter_proxy(lim, pre, post)  # type: ignore[attr-defined]
+    render.proxy = None if fast is None else fast[0]  # type: ignore[attr-defined]
     return render
 
 
-def _smooth_limiter_proxy(lim: torch.nn.Module, pre: Tensor, post: Sequence) -> Callable | None:
-    """A cheap ``drives -> output`` stand-in for :class:`~diffmix.effects.dynamics.Limiter`.
+def _smooth_limiter_proxy(
+    lim: torch.nn.Module, pre: Tensor, post: Sequence
+) -> tuple[Callable, Callable] | None:
+    """Cheap ``drives -> output`` renders of :class:`~diffmix.effects.dynamics.Limiter`:
+    ``(smooth, exact)``.
 
     The limiter's level detector is linear in its drive (the true-peak envelope of
     ``g · x`` is ``g`` times that of ``x``), so the envelope is metered once here and
     every drive after that costs one gain ramp: the same lookahead minimum and moving
     average as the limiter's, done with O(T) block minima and a cumulative sum, then its
-    release smoother. What it leaves out is the final metered correction, which only ever
-    lowers the level a hair; :func:`solve_loudness` checks its answer with the real
-    limiter. None when the limiter isn't the stock one or effects follow it.
+    release smoother. ``smooth`` leaves out the limiter's final metered correction, which
+    only ever lowers the level a hair; ``exact`` is ``smooth`` times that correction (the
+    limiter's own ``_exact_correction``, which meters the very output it returns, so the
+    ceiling holds exactly as in the limiter). It equals ``Limiter.forward`` to float
+    rounding and costs one ramp and one true-peak read instead of a second envelope and
+    the pools. None when the limiter isn't the stock one or effects follow it.
     """
     from diffmix.effects.dynamics import Limiter
     from diffmix.functional import dynamics as D
@@ -328,7 +338,16 @@ def _smooth_limiter_proxy(lim: torch.nn.Module, pre: Tensor, post: Sequence) -> 
             gain = D.smooth(ramp, zero, release, init=1.0)
             return pre * (g * gain.unsqueeze(1))
 
-    return proxy
+    def exact(drives: Tensor) -> Tensor:
+        y = proxy(drives)
+        if not (opts["true_peak"] and opts["exact"]):
+            return y  # sample-peak mode: the smooth gain already holds the ceiling
+        with torch.no_grad():
+            return y * D._exact_correction(
+                y, sr, target, ceiling.to(pre.dtype), lookahead, release.view(-1, 1, 1)
+            )
+
+    return proxy, exact
 
 
 def lookahead_ramp(required: Tensor, lookahead: int) -> Tensor:

@@ -99,3 +99,12 @@ def test_smooth_proxy_tracks_the_limiter_and_the_solve_uses_it(true_peak):
     assert abs(solve.achieved_lufs + 9.0) <= 0.02
     assert len(calls) == 1  # the proxy found the drive; one exact render confirmed it
     torch.testing.assert_close(y, render(torch.tensor([solve.drive_db])))
+    # The fast exact render is the limiter's own output (to float32 rounding), and the
+    # drive is left on the limiter for the preset.
+    lim = Limiter(SR, ceiling_db=-1.0, release_ms=80.0, gain_db=solve.drive_db, true_peak=true_peak)
+    torch.testing.assert_close(y, lim(x), rtol=0, atol=1e-5)
+    assert abs(float(chain.named_values()["limiter.gain_db"].exact()[0]) - solve.drive_db) < 1e-6
+    from diffmix.functional.peaks import true_peak as meter
+
+    level = meter(y, SR) if true_peak else y.abs().amax(-1)
+    assert float(level.amax()) <= 10 ** (-1.0 / 20)
