@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -213,6 +214,34 @@ def master_group(cfg: DictConfig, songs: list[Song], sample_rate: int) -> list[d
             last = None if solves[0] is None else torch.tensor([s.drive_db for s in solves])
             render, y, solves = render_and_solve(last)
     clock("loudness_solve")
+    # The plot (spectra, short-term loudness, matplotlib) needs only the rendered master, so
+    # it is drawn on a worker thread while the main one dithers, writes and measures: the
+    # torch and numba work on both sides releases the GIL.
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="diffmix-plot") if cfg.get("plot") else None
+    plots = [] if pool is None else [pool.submit(_draw, song, y[i : i + 1, :, : lengths[i]],
+                                                 render.pre[i : i + 1, :, : lengths[i]], sr)  # type: ignore[attr-defined]
+                                     for i, song in enumerate(songs)]
+    try:
+        return _deliver_and_report(cfg, songs, y, lengths, goals, solves, fit_report, chain, plots,
+                                   clock, t0, fmt, depth)
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _draw(song: Song, yi: torch.Tensor, pre: torch.Tensor, sr: int) -> str:
+    curves = {"input": song.audio.cpu(), "master": yi.cpu()}
+    st = {k: short_term_loudness(v, sr)[0] for k, v in curves.items()}
+    if song.reference is not None:
+        curves["reference"] = song.reference.cpu()
+    gr = gain_reduction_db(pre.cpu(), yi.cpu(), sr)
+    return str(plot(song.out / f"{song.stem}.png", sr, curves=curves, short_term=st,
+                    gain_reduction=gr, title=song.stem))
+
+
+def _deliver_and_report(cfg, songs, y, lengths, goals, solves, fit_report, chain, plots, clock, t0,  # noqa: ANN001, ANN202, PLR0913
+                        fmt, depth):
+    sr = chain.sample_rate
     reports = []
     for i, song in enumerate(songs):
         yi = y[i : i + 1, :, : lengths[i]]
@@ -258,16 +287,8 @@ def master_group(cfg: DictConfig, songs: list[Song], sample_rate: int) -> list[d
         save_preset(preset, song.out / f"{song.stem}_preset.yaml")
         report["params"] = preset.preset()
         report["outputs"]["preset"] = str(song.out / f"{song.stem}_preset.yaml")
-        if cfg.get("plot"):
-            curves = {"input": song.audio.cpu(), "master": yi.cpu()}
-            st = {k: short_term_loudness(v, sr)[0] for k, v in curves.items()}
-            if song.reference is not None:
-                curves["reference"] = song.reference.cpu()
-            gr = gain_reduction_db(render.pre[i : i + 1, :, : lengths[i]].cpu(), yi.cpu(), sr)  # type: ignore[attr-defined]
-            report["outputs"]["plot"] = str(
-                plot(song.out / f"{song.stem}.png", sr, curves=curves, short_term=st,
-                     gain_reduction=gr, title=song.stem)
-            )
+        if plots:
+            report["outputs"]["plot"] = plots[i].result()
             clock("plot")
         report["runtime_s"] = round((time.perf_counter() - t0) / len(songs), 3)
         report["timings_s"] = dict(clock.spent)  # for the whole group, per stage
