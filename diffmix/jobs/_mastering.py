@@ -66,7 +66,8 @@ MATCH = "match"  # the chain's reference-matching EQ stage (absent without a ref
 
 
 def chain_for(cfg: DictConfig, sample_rate: int, songs: int, *, match: bool = False) -> Bus:
-    """The configured master chain for ``songs`` items; its ``match`` stage only with ``match``.
+    """The configured master chain for ``songs`` items, led by ``cfg.match_eq`` (as stage
+    ``match``) when ``match`` is true and the config has one.
 
     A match EQ has nothing to match without a reference, so it is left out rather than
     run neutral (and the streaming path, whose chunks carry no right-hand context for its
@@ -74,8 +75,8 @@ def chain_for(cfg: DictConfig, sample_rate: int, songs: int, *, match: bool = Fa
     """
     OmegaConf.update(cfg, "sample_rate", sample_rate, force_add=True)
     effects = instantiate(cfg.chain, _convert_="all", where="chain")
-    if not match:
-        effects.pop(MATCH, None)
+    if match and cfg.get("match_eq"):
+        effects = {MATCH: instantiate(cfg.match_eq, _convert_="all", where="match_eq"), **effects}
     return Bus(sample_rate, effects, items=songs)
 
 
