@@ -136,6 +136,38 @@ def measure_lufs(y: Tensor, lengths: Sequence[int], sample_rate: int) -> Tensor:
     )
 
 
+def rough_lufs(y: Tensor, lengths: Sequence[int]) -> Tensor:
+    """An ungated loudness estimate from the mean square, ``(S,)`` float64 on the CPU.
+
+    Used where BS.1770's -70 LUFS absolute gate reads ``-inf`` although the audio is not
+    silent: a quiet pre-limiter render, or a drive that left the song under the gate. The
+    +3 dB is the stereo channel sum, -0.691 the standard's offset. Digital silence gives
+    ``-inf``.
+    """
+    power = torch.stack([y[i, :, :n].double().square().mean() for i, n in enumerate(lengths)])
+    return (10 * torch.log10(power) - 0.691 + 3.0).cpu()
+
+
+def _loudness_for_solve(y: Tensor, lengths: Sequence[int], sample_rate: int) -> Tensor:
+    """Gated loudness where it is defined, else the ungated estimate; raises on silence.
+
+    (NaN or Inf audio is refused by the meter itself with a ValueError.)
+    """
+    lufs = measure_lufs(y, lengths, sample_rate).double().cpu()
+    if torch.isfinite(lufs).all():
+        return lufs
+    rough = rough_lufs(y, lengths)
+    silent = ~torch.isfinite(lufs) & ~torch.isfinite(rough)
+    if silent.any():
+        raise UserError(
+            f"song {int(silent.nonzero()[0])} is silent (digital silence): no gain can reach "
+            "a loudness target"
+        )
+    # Gated out at this drive but not silent: the ungated estimate sits near or below the
+    # gate, so the next secant step raises the drive rather than giving up.
+    return torch.where(torch.isfinite(lufs), lufs, rough)
+
+
 def solve_loudness(
     render: Callable[[Tensor], Tensor],
     lengths: Sequence[int],
@@ -146,45 +178,35 @@ def solve_loudness(
     max_iter: int = 12,
     drive_range: tuple[float, float] = (-24.0, 48.0),
     start_db: Tensor | None = None,
+    proxy: Callable[[Tensor], Tensor] | None = None,
 ) -> tuple[Tensor, list[LoudnessSolve]]:
     """Find per-song drives (dB) for which ``render(drives)`` measures ``targets`` (LUFS).
 
     Loudness rises monotonically with the drive but flattens as the limiter works
     harder, so each step divides the error by a secant estimate of the slope. A good
-    ``start_db`` (the target minus the pre-limiter loudness) saves a full render.
+    ``start_db`` (the target minus the pre-limiter loudness) saves a render.
+
+    ``proxy`` is an optional cheap renderer that tracks ``render`` closely (the smooth
+    limiter without its final metered correction): the secant runs on it first, then
+    ``render`` is called at its answer and the secant goes on with ``render`` only while
+    the exact result is outside the tolerance, which usually means one exact render.
 
     Raises:
-        UserError: when a target can't be reached (silence, or more loudness than the
-            ceiling allows), naming the song by its index.
+        UserError: when a target can't be reached (digital silence, or more loudness than
+            the ceiling allows), naming the song by its index.
     """
     lo, hi = drive_range
-    targets = targets.double()
-    drive = torch.zeros_like(targets) if start_db is None else start_db.double().clamp(lo, hi)
-    y = render(drive)
-    lufs = measure_lufs(y, lengths, sample_rate).double()
-    silent = ~torch.isfinite(lufs)
-    if silent.any():
-        raise UserError(
-            f"song {int(silent.nonzero()[0])} is silent (below the -70 LUFS gate): no gain "
-            "can reach a loudness target"
-        )
-    prev_drive, prev_lufs = None, None
-    iters = torch.ones_like(targets)
-    for _ in range(max_iter):
-        err = targets - lufs
-        open_ = err.abs() > tolerance_lu
-        if not open_.any():
-            break
-        slope = torch.ones_like(drive)
-        if prev_drive is not None:
-            moved = (drive - prev_drive).abs() > 1e-9
-            secant = (lufs - prev_lufs) / torch.where(moved, drive - prev_drive, torch.ones_like(drive))
-            slope = torch.where(moved, secant.clamp(0.05, 1.0), slope)
-        prev_drive, prev_lufs = drive.clone(), lufs.clone()
-        drive = torch.where(open_, (drive + err / slope).clamp(lo, hi), drive)
-        iters = iters + open_.double()
-        y = render(drive)
-        lufs = measure_lufs(y, lengths, sample_rate).double()
+    targets = targets.double().cpu()
+    drive = torch.zeros_like(targets) if start_db is None else start_db.double().cpu().clamp(lo, hi)
+    iters = torch.zeros_like(targets)
+    state = None
+    if proxy is not None:
+        # A quarter of the tolerance: the exact correction only ever lowers the level a
+        # hair, so the exact render should land inside without another step.
+        drive, _, _, state = _secant(proxy, lengths, sample_rate, targets, drive, tolerance_lu / 4,
+                                     max_iter, (lo, hi))
+    drive, y, lufs, _ = _secant(render, lengths, sample_rate, targets, drive, tolerance_lu, max_iter,
+                                (lo, hi), state, counter=iters)
     err = (targets - lufs).abs()
     if (err > tolerance_lu).any():
         i = int((err > tolerance_lu).nonzero()[0])
@@ -197,6 +219,45 @@ def solve_loudness(
         for d, v, t, k in zip(drive, lufs, targets, iters, strict=True)
     ]
     return y, solves
+
+
+def _secant(
+    render: Callable[[Tensor], Tensor],
+    lengths: Sequence[int],
+    sample_rate: int,
+    targets: Tensor,
+    drive: Tensor,
+    tolerance_lu: float,
+    max_iter: int,
+    drive_range: tuple[float, float],
+    state: tuple[Tensor, Tensor] | None = None,
+    counter: Tensor | None = None,
+) -> tuple[Tensor, Tensor, Tensor, tuple[Tensor, Tensor]]:
+    """Secant steps on ``render`` from ``drive``; ``state`` is a previous (drive, lufs) pair
+    whose slope seeds the first step. Returns drive, output, loudness and the last pair."""
+    lo, hi = drive_range
+    y = render(drive)
+    lufs = _loudness_for_solve(y, lengths, sample_rate)
+    if counter is not None:
+        counter += 1
+    prev_drive, prev_lufs = state if state is not None else (None, None)
+    for _ in range(max_iter):
+        err = targets - lufs
+        open_ = err.abs() > tolerance_lu
+        if not open_.any():
+            break
+        slope = torch.ones_like(drive)
+        if prev_drive is not None:
+            moved = (drive - prev_drive).abs() > 1e-9
+            secant = (lufs - prev_lufs) / torch.where(moved, drive - prev_drive, torch.ones_like(drive))
+            slope = torch.where(moved, secant.clamp(0.05, 1.0), slope)
+        prev_drive, prev_lufs = drive.clone(), lufs.clone()
+        drive = torch.where(open_, (drive + err / slope).clamp(lo, hi), drive)
+        if counter is not None:
+            counter += open_.double()
+        y = render(drive)
+        lufs = _loudness_for_solve(y, lengths, sample_rate)
+    return drive, y, lufs, (drive.clone(), lufs.clone())
 
 
 def render_with_drive(chain: Bus, x: Tensor, limiter: str = "limiter") -> Callable[[Tensor], Tensor]:
@@ -213,16 +274,104 @@ def render_with_drive(chain: Bus, x: Tensor, limiter: str = "limiter") -> Callab
     lim = chain.effects[limiter]
     post = [chain.effects[n] for n in names[idx + 1 :]]
 
+    fast = _smooth_limiter_proxy(lim, pre, post)
+
     def render(drives: Tensor) -> Tensor:
-        lim.load_values({"gain_db": drives.detach().cpu().double()})
+        lim.load_values({"gain_db": drives.detach().cpu().double()})  # the preset keeps it
         with torch.no_grad():
+            if fast is not None:
+                return fast[1](drives)
             y = lim(pre)
             for effect in post:
                 y = effect(y)
         return y
 
     render.pre = pre  # type: ignore[attr-defined]  # for the gain-reduction plot and the start
+    render.proxy = None if fast is None else fast[0]  # type: ignore[attr-defined]
     return render
+
+
+def _smooth_limiter_proxy(
+    lim: torch.nn.Module, pre: Tensor, post: Sequence
+) -> tuple[Callable, Callable] | None:
+    """Cheap ``drives -> output`` renders of :class:`~diffmix.effects.dynamics.Limiter`:
+    ``(smooth, exact)``.
+
+    The limiter's level detector is linear in its drive (the true-peak envelope of
+    ``g · x`` is ``g`` times that of ``x``), so the envelope is metered once here and
+    every drive after that costs one gain ramp: the same lookahead minimum and moving
+    average as the limiter's, done with O(T) block minima and a cumulative sum, then its
+    release smoother. ``smooth`` leaves out the limiter's final metered correction, which
+    only ever lowers the level a hair; ``exact`` is ``smooth`` times that correction (the
+    limiter's own ``_exact_correction``, which meters the very output it returns, so the
+    ceiling holds exactly as in the limiter). It equals ``Limiter.forward`` to float
+    rounding and costs one ramp and one true-peak read instead of a second envelope and
+    the pools. None when the limiter isn't the stock one or effects follow it.
+    """
+    from diffmix.effects.dynamics import Limiter
+    from diffmix.functional import dynamics as D
+
+    if type(lim) is not Limiter or post:
+        return None
+    sr = lim.sample_rate
+    opts = lim._options
+    lookahead = D._lookahead_samples(float(opts["lookahead_ms"]), sr, "Limiter")
+    with torch.no_grad():
+        ceiling = torch.exp(lim.p("ceiling_db").detach() / D._DB_PER_NEPER).reshape(-1, 1, 1)
+        target = (ceiling * (1.0 - D._LIMIT_MARGIN)).to(pre.dtype)
+        release = D.ms_to_pole(lim.p("release_ms").detach(), sr).reshape(-1).to(pre.dtype)
+        release = release.expand(pre.shape[0]).contiguous()
+    cache: list[Tensor] = []
+
+    def proxy(drives: Tensor) -> Tensor:
+        g = torch.pow(10.0, drives.to(pre.device, torch.float64) / 20.0).to(pre.dtype).view(-1, 1, 1)
+        with torch.no_grad():
+            if not cache:  # metered on first use: a job without a loudness goal never pays
+                if opts["true_peak"]:
+                    cache.append(D._true_peak_envelope(pre, sr).amax(1, keepdim=True))
+                else:
+                    cache.append(pre.abs().amax(1, keepdim=True))
+            level = cache[0]
+            required = torch.minimum(target / (g * level).clamp_min(1e-30), torch.ones_like(level))
+            ramp = lookahead_ramp(required[:, 0], lookahead)
+            zero = torch.zeros((), dtype=pre.dtype, device=pre.device)
+            gain = D.smooth(ramp, zero, release, init=1.0)
+            return pre * (g * gain.unsqueeze(1))
+
+    def exact(drives: Tensor) -> Tensor:
+        y = proxy(drives)
+        if not (opts["true_peak"] and opts["exact"]):
+            return y  # sample-peak mode: the smooth gain already holds the ceiling
+        with torch.no_grad():
+            return y * D._exact_correction(
+                y, sr, target, ceiling.to(pre.dtype), lookahead, release.view(-1, 1, 1)
+            )
+
+    return proxy, exact
+
+
+def lookahead_ramp(required: Tensor, lookahead: int) -> Tensor:
+    """``(R, T)``: the minimum of ``required`` over the next ``lookahead + 1`` samples,
+    averaged over the previous ``lookahead + 1`` (1.0 beyond the ends), in O(T).
+
+    Equal to the limiter's ``max_pool1d``/``avg_pool1d`` pair (whose cost grows with the
+    lookahead): the sliding minimum is van Herk/Gil-Werman's (block prefix and suffix
+    minima), the average a float64 cumulative sum.
+    """
+    if lookahead <= 0:
+        return required
+    r, t = required.shape
+    w = lookahead + 1
+    padded = torch.nn.functional.pad(required, (lookahead, lookahead), value=1.0)  # T + 2L
+    n_held = t + lookahead
+    blocks = -(-(n_held + w - 1) // w)
+    full = torch.nn.functional.pad(padded, (0, blocks * w - padded.shape[-1]), value=1.0)
+    full = full.reshape(r, blocks, w)
+    prefix = full.cummin(-1).values.reshape(r, -1)
+    suffix = full.flip(-1).cummin(-1).values.flip(-1).reshape(r, -1)
+    held = torch.minimum(suffix[:, :n_held], prefix[:, w - 1 : w - 1 + n_held])
+    cs = torch.nn.functional.pad(held.double().cumsum(-1), (1, 0))
+    return ((cs[:, w:] - cs[:, :-w]) / w).to(required.dtype)
 
 
 def loudness_goals(

@@ -35,6 +35,7 @@ def test_master_to_a_loudness_spec_lands_on_target(tmp_path, target, lufs, ceili
     assert abs(achieved - lufs) <= 0.1 and tp <= ceiling + 1e-6
     report = json.loads((tmp_path / "o" / "song_master_report.json").read_text())
     assert report["target"]["lufs"] == lufs and report["achieved"]["under_ceiling"]
+    assert "match" not in report["params"]["effects"]  # no reference: no match EQ stage
     assert src.read_bytes() == before
 
 
@@ -48,6 +49,11 @@ def test_master_to_a_reference_writes_preset_report_and_plot(tmp_path):
     assert report["fit"]["steps"] == 4
     assert set(report["spectral_error"]["after"]) == {"tone_mid_rms_db", "tone_side_rms_db", "side_mid_ratio_error_db"}
     assert abs(report["achieved"]["lufs"] - report["reference"]["integrated_lufs"]) < 0.1
+    # The match EQ stage ran: closed-form start, fit, refined on the whole master.
+    assert "match" in report["params"]["effects"]
+    before, after = report["spectral_error"]["before"], report["spectral_error"]["after"]
+    assert after["tone_mid_rms_db"] < 0.5 * before["tone_mid_rms_db"]
+    assert after["tone_side_rms_db"] < 1.0 and after["side_mid_ratio_error_db"] < 0.5
     assert files(tmp_path / "o") == sorted(
         ["song_master.wav", "song_master_preset.yaml", "song_master_report.json", "song_master.png"]
     )
@@ -75,7 +81,7 @@ def test_mono_and_48k_reference_is_handled(tmp_path):
         (lambda d: d / "missing.wav", "missing.wav: file not found"),
         (lambda d: (d / "bad.wav").write_bytes(b"RIFFjunkjunkjunk") and d / "bad.wav", "bad.wav: cannot read audio"),
         (lambda d: write(d / "nan.wav", np.full((44100, 2), np.nan, np.float32)), "nan.wav: audio contains NaN or Inf"),
-        (lambda d: write(d / "silent.wav", np.zeros((44100 * 2, 2), np.float32)), "is silent (below the -70 LUFS gate)"),
+        (lambda d: write(d / "silent.wav", np.zeros((44100 * 2, 2), np.float32)), "is silent (digital silence): no gain can reach a loudness target"),
         (lambda d: write(d / "short.wav", music(0.3)), "too short to master"),
     ],
     ids=["missing", "corrupt", "nan", "silent", "short"],

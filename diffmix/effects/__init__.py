@@ -7,6 +7,7 @@ from diffmix.effects.distortion import Saturation
 from diffmix.effects.dynamics import Compressor, Expander, Limiter, MultibandCompressor
 from diffmix.effects.eq import HighPass, LowPass, ParametricEQ
 from diffmix.effects.gain import Balance, Gain, Pan, Polarity, Width
+from diffmix.effects.match_eq import MatchEQ
 from diffmix.effects.modulation import Chorus, Phaser
 from diffmix.effects.reverb import Reverb
 from diffmix.effects.stereo import BandWidth

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,12 +27,26 @@ from diffmix.mastering import (
     measure_lufs,
     pad_batch,
     render_with_drive,
+    rough_lufs,
     solve_loudness,
 )
 from diffmix.objective import Objective
 from diffmix.report import gain_reduction_db, plot, write_json
 
 MIN_SECONDS = 1.0
+
+
+class _Clock:
+    """Seconds spent per stage, for the report's ``timings_s``."""
+
+    def __init__(self) -> None:
+        self.last = time.perf_counter()
+        self.spent: dict[str, float] = {}
+
+    def __call__(self, stage: str) -> None:
+        now = time.perf_counter()
+        self.spent[stage] = round(self.spent.get(stage, 0.0) + now - self.last, 3)
+        self.last = now
 
 
 @dataclass
@@ -47,10 +62,64 @@ class Song:
     protect: tuple[str, ...] = ()
 
 
-def chain_for(cfg: DictConfig, sample_rate: int, songs: int) -> Bus:
+MATCH = "match"  # the chain's reference-matching EQ stage (absent without a reference)
+
+
+def chain_for(cfg: DictConfig, sample_rate: int, songs: int, *, match: bool = False) -> Bus:
+    """The configured master chain for ``songs`` items, led by ``cfg.match_eq`` (as stage
+    ``match``) when ``match`` is true and the config has one.
+
+    A match EQ has nothing to match without a reference, so it is left out rather than
+    run neutral (and the streaming path, whose chunks carry no right-hand context for its
+    zero-phase FIR, leaves it out too).
+    """
     OmegaConf.update(cfg, "sample_rate", sample_rate, force_add=True)
     effects = instantiate(cfg.chain, _convert_="all", where="chain")
+    if match and cfg.get("match_eq"):
+        effects = {MATCH: instantiate(cfg.match_eq, _convert_="all", where="match_eq"), **effects}
     return Bus(sample_rate, effects, items=songs)
+
+
+@torch.no_grad()
+def refine_match(chain: Bus, y: torch.Tensor, lengths: list[int], references: list[torch.Tensor]) -> None:
+    """Add to each song's match-EQ gains what its rendered master ``y`` still misses."""
+    from diffmix.functional.match_eq import match_gains
+
+    stage = chain.effects[MATCH]
+    params = chain.named_values()
+    keys = ("mid_gain_db", "side_gain_db")
+    rows = {k: params[f"{MATCH}.{k}"].exact().clone() for k in keys}
+    wide = (-120.0, 120.0)  # a correction; the sum is clipped to the parameters' ranges
+    for i, (n, reference) in enumerate(zip(lengths, references, strict=True)):
+        dm, ds = match_gains(y[i : i + 1, :, :n], reference.to(y.device), stage.sample_rate,
+                             stage.centres_hz, mid_range_db=wide, side_range_db=wide)
+        rows["mid_gain_db"][i] += dm[0].double().cpu()
+        rows["side_gain_db"][i] += ds[0].double().cpu()
+    chain.load_values({
+        f"{MATCH}.{k}": v.clamp(params[f"{MATCH}.{k}"].spec.min, params[f"{MATCH}.{k}"].spec.max)
+        for k, v in rows.items()
+    })
+
+
+@torch.no_grad()
+def init_match(chain: Bus, audios: list, references: list[torch.Tensor]) -> None:
+    """Set each song's match-EQ gains in closed form from its input and its reference.
+
+    Each song gets its own single-item :class:`~diffmix.effects.match_eq.MatchEQ` with the
+    chain's options (so songs of different lengths never share a padded spectrum); its
+    gains become that song's row of the chain's parameters.
+    """
+    from diffmix.effects.match_eq import MatchEQ
+
+    stage = chain.effects[MATCH]
+    node = {k: v for k, v in stage.preset().items() if k not in ("_target_", "mix", "mid_gain_db", "side_gain_db")}
+    rows: dict[str, list[torch.Tensor]] = {"mid_gain_db": [], "side_gain_db": []}
+    for audio, reference in zip(audios, references, strict=True):
+        single = MatchEQ(**node).to(audio.device)
+        mid, side = single.match(audio, reference.to(audio.device))
+        rows["mid_gain_db"].append(mid.double().cpu())
+        rows["side_gain_db"].append(side.double().cpu())
+    chain.load_values({f"{MATCH}.{k}": torch.stack(v) for k, v in rows.items()})
 
 
 def fit_stage(
@@ -68,6 +137,8 @@ def fit_stage(
     """
     weights = available_weights(cfg.loss.weights, reference=references is not None, target=target)
     fit_report = None
+    if references is not None and MATCH in chain.effects:
+        init_match(chain, audios, references)
     if weights and int(cfg.fit.steps) > 0:
         sr = chain.sample_rate
         device = next(chain.parameters()).device
@@ -93,6 +164,7 @@ def master_group(cfg: DictConfig, songs: list[Song], sample_rate: int) -> list[d
     Songs in a group must agree on whether they have a reference and on the fit terms.
     """
     t0 = time.perf_counter()
+    clock = _Clock()
     sr = sample_rate
     for s in songs:
         if s.audio.shape[-1] < MIN_SECONDS * sr:
@@ -102,29 +174,75 @@ def master_group(cfg: DictConfig, songs: list[Song], sample_rate: int) -> list[d
             )
     fmt, depth = check_format(cfg.delivery.format, cfg.delivery.bit_depth)
     device = songs[0].audio.device
-    chain = chain_for(cfg, sr, len(songs)).to(device)
     has_ref = [s.reference is not None for s in songs]
     if len(set(has_ref)) > 1:
         raise ValueError("master_group: songs with and without references can't share a group")
+    match = has_ref[0] and bool(cfg.get("match_eq", False))
+    chain = chain_for(cfg, sr, len(songs), match=match).to(device)
     fit_report = fit_stage(
         cfg, chain, [s.audio for s in songs], [s.key for s in songs],
         [s.reference for s in songs] if has_ref[0] else None, songs[0].target,
     )
+    clock("fit")
     x, lengths = pad_batch([s.audio for s in songs])
-    render = render_with_drive(chain, x)
     goals = loudness_goals([s.target for s in songs], [s.reference for s in songs], sr)
-    if any(g is None for g in goals):
-        y, solves = render(torch.zeros(len(songs), dtype=torch.float64)), [None] * len(songs)
-    else:
+
+    def render_and_solve(start: torch.Tensor | None = None):  # noqa: ANN202
+        render = render_with_drive(chain, x)
+        clock("render_chain")
+        if any(g is None for g in goals):
+            return render, render(torch.zeros(len(songs), dtype=torch.float64)), [None] * len(songs)
         targets = torch.tensor(goals, dtype=torch.float64)
-        pre = measure_lufs(render.pre, lengths, sr).double()  # type: ignore[attr-defined]
-        # A pre-limiter level under the -70 LUFS gate (but not silence) starts from its RMS.
-        rms = render.pre.double().square().mean((1, 2)).clamp_min(1e-30)  # type: ignore[attr-defined]
-        rough = 10 * torch.log10(rms).cpu() - 0.691 + 3.0  # RMS-based LUFS estimate
-        start = torch.where(torch.isfinite(pre), targets - pre, targets - rough)
+        if start is None:
+            pre = measure_lufs(render.pre, lengths, sr).double().cpu()  # type: ignore[attr-defined]
+            # A pre-limiter level under the -70 LUFS gate (but not silence) starts from its RMS.
+            rough = rough_lufs(render.pre, lengths).clamp_min(-300.0)  # type: ignore[attr-defined]
+            start = torch.where(torch.isfinite(pre), targets - pre, targets - rough)
         y, solves = solve_loudness(
-            render, lengths, sr, targets, tolerance_lu=float(cfg.tolerance_lu), start_db=start
+            render, lengths, sr, targets, tolerance_lu=float(cfg.tolerance_lu), start_db=start,
+            proxy=render.proxy,  # type: ignore[attr-defined]
         )
+        return render, y, solves
+
+    render, y, solves = render_and_solve()
+    if match:
+        # The fit matched excerpts through the smooth limiter; the delivered tone is the
+        # whole song's through the exact one. Measure that, fold what is left into the
+        # match EQ, and render and solve again (from the last drives).
+        for _ in range(int(cfg.get("match_refine", 2))):
+            refine_match(chain, y, lengths, [s.reference for s in songs])  # type: ignore[misc]
+            clock("loudness_solve")
+            last = None if solves[0] is None else torch.tensor([s.drive_db for s in solves])
+            render, y, solves = render_and_solve(last)
+    clock("loudness_solve")
+    # The plot (spectra, short-term loudness, matplotlib) needs only the rendered master, so
+    # it is drawn on a worker thread while the main one dithers, writes and measures: the
+    # torch and numba work on both sides releases the GIL.
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="diffmix-plot") if cfg.get("plot") else None
+    plots = [] if pool is None else [pool.submit(_draw, song, y[i : i + 1, :, : lengths[i]],
+                                                 render.pre[i : i + 1, :, : lengths[i]], sr)  # type: ignore[attr-defined]
+                                     for i, song in enumerate(songs)]
+    try:
+        return _deliver_and_report(cfg, songs, y, lengths, goals, solves, fit_report, chain, plots,
+                                   clock, t0, fmt, depth)
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _draw(song: Song, yi: torch.Tensor, pre: torch.Tensor, sr: int) -> str:
+    curves = {"input": song.audio.cpu(), "master": yi.cpu()}
+    st = {k: short_term_loudness(v, sr)[0] for k, v in curves.items()}
+    if song.reference is not None:
+        curves["reference"] = song.reference.cpu()
+    gr = gain_reduction_db(pre.cpu(), yi.cpu(), sr)
+    return str(plot(song.out / f"{song.stem}.png", sr, curves=curves, short_term=st,
+                    gain_reduction=gr, title=song.stem))
+
+
+def _deliver_and_report(cfg, songs, y, lengths, goals, solves, fit_report, chain, plots, clock, t0,  # noqa: ANN001, ANN202, PLR0913
+                        fmt, depth):
+    sr = chain.sample_rate
     reports = []
     for i, song in enumerate(songs):
         yi = y[i : i + 1, :, : lengths[i]]
@@ -136,6 +254,7 @@ def master_group(cfg: DictConfig, songs: list[Song], sample_rate: int) -> list[d
             true_peak_db=peak_dbtp,
             seed=int(cfg.seed), protect=song.protect,
         )
+        clock("deliver")
         written, wrate = read_audio(delivery.path)
         after = measure(written.unsqueeze(0).double(), wrate)
         goal = goals[i]
@@ -163,22 +282,17 @@ def master_group(cfg: DictConfig, songs: list[Song], sample_rate: int) -> list[d
                 "before": spectral_errors(song.audio.cpu(), song.reference.cpu(), sr),
                 "after": spectral_errors(yi.cpu(), song.reference.cpu(), sr),
             }
-        preset = chain_for(cfg, sr, 1)
+        clock("measure")
+        preset = chain_for(cfg, sr, 1, match=MATCH in chain.effects)
         preset.load_values({k: v.exact()[i : i + 1] for k, v in chain.named_values().items()})
         save_preset(preset, song.out / f"{song.stem}_preset.yaml")
         report["params"] = preset.preset()
         report["outputs"]["preset"] = str(song.out / f"{song.stem}_preset.yaml")
-        if cfg.get("plot"):
-            curves = {"input": song.audio.cpu(), "master": yi.cpu()}
-            st = {k: short_term_loudness(v, sr)[0] for k, v in curves.items()}
-            if song.reference is not None:
-                curves["reference"] = song.reference.cpu()
-            gr = gain_reduction_db(render.pre[i : i + 1, :, : lengths[i]].cpu(), yi.cpu(), sr)  # type: ignore[attr-defined]
-            report["outputs"]["plot"] = str(
-                plot(song.out / f"{song.stem}.png", sr, curves=curves, short_term=st,
-                     gain_reduction=gr, title=song.stem)
-            )
+        if plots:
+            report["outputs"]["plot"] = plots[i].result()
+            clock("plot")
         report["runtime_s"] = round((time.perf_counter() - t0) / len(songs), 3)
+        report["timings_s"] = dict(clock.spent)  # for the whole group, per stage
         write_json(song.out / f"{song.stem}_report.json", report)
         report["outputs"]["report"] = str(song.out / f"{song.stem}_report.json")
         reports.append(report)

@@ -1,0 +1,110 @@
+"""The loudness solve of :mod:`diffmix.mastering` on its edge cases."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from diffmix.console import Bus
+from diffmix.effects.dynamics import Limiter
+from diffmix.errors import UserError
+from diffmix.mastering import render_with_drive, rough_lufs, solve_loudness
+
+SR = 44100
+
+
+def quiet_song(level_db: float, seconds: float = 4.0, seed: int = 0) -> torch.Tensor:
+    """Stereo noise with a slow swell, RMS ``level_db`` dBFS, ``(1, 2, T)`` float64."""
+    g = torch.Generator().manual_seed(seed)
+    n = int(seconds * SR)
+    x = torch.randn(1, 2, n, generator=g, dtype=torch.float64)
+    x = x * (0.5 + 0.5 * torch.sin(torch.linspace(0, 6 * math.pi, n, dtype=torch.float64)).abs())
+    return x * 10 ** (level_db / 20) / x.square().mean().sqrt()
+
+
+def test_a_render_under_the_gate_is_not_reported_silent():
+    # Regression (mastering benchmark, Alf42red-Mauiwowi -> Shovon): a render whose level
+    # sits under BS.1770's -70 LUFS absolute gate reads -inf; the solve called that
+    # "silent" and gave up, though a few dB more drive reach the target.
+    x = quiet_song(-80.0)
+
+    def render(drive: torch.Tensor) -> torch.Tensor:
+        return x * 10 ** (drive.view(-1, 1, 1) / 20)
+
+    _, (solve,) = solve_loudness(render, [x.shape[-1]], SR, torch.tensor([-40.0]), start_db=torch.zeros(1))
+    assert abs(solve.achieved_lufs + 40.0) <= 0.02
+    assert solve.iterations >= 2  # the first render was gated out and the solve went on
+
+
+def test_gated_start_through_the_real_limiter_reaches_the_target():
+    x = quiet_song(-78.0, seed=1).float()
+    chain = Bus(SR, {"limiter": Limiter(SR, ceiling_db=-1.0)}, items=1)
+    render = render_with_drive(chain, x)
+    y, (solve,) = solve_loudness(render, [x.shape[-1]], SR, torch.tensor([-35.0]), start_db=torch.zeros(1))
+    assert abs(solve.achieved_lufs + 35.0) <= 0.02
+    assert y.abs().amax() < 10 ** (-1.0 / 20)
+
+
+def test_digital_silence_is_silent_and_nan_is_refused():
+    z = torch.zeros(1, 2, SR * 2, dtype=torch.float64)
+    with pytest.raises(UserError, match="is silent"):
+        solve_loudness(lambda d: z, [z.shape[-1]], SR, torch.tensor([-14.0]))
+    bad = z.clone()
+    bad[..., 1000] = float("nan")
+    with pytest.raises(ValueError, match="NaN"):
+        solve_loudness(lambda d: bad, [bad.shape[-1]], SR, torch.tensor([-14.0]))
+
+
+def test_rough_lufs_moves_with_gain_and_is_minus_inf_on_silence():
+    x = quiet_song(-30.0, seed=2)
+    a, b = rough_lufs(x, [x.shape[-1]]), rough_lufs(x * 10 ** (-12 / 20), [x.shape[-1]])
+    assert abs(float(a[0]) - (-30.0 - 0.691 + 3.0)) < 1e-9  # mean square of a -30 dBFS RMS song
+    assert abs(float(a[0] - b[0]) - 12.0) < 1e-9
+    # Only the song's own length counts: padding must not lower the estimate.
+    padded = torch.nn.functional.pad(x, (0, x.shape[-1]))
+    assert abs(float(rough_lufs(padded, [x.shape[-1]])[0] - a[0])) < 1e-9
+    assert rough_lufs(torch.zeros(1, 2, 100), [100]).isneginf().all()
+
+
+def test_lookahead_ramp_equals_the_limiters_pools():
+    import torch.nn.functional as F
+
+    from diffmix.mastering import lookahead_ramp
+
+    g = torch.Generator().manual_seed(3)
+    req = torch.rand(3, 997, generator=g, dtype=torch.float64).clamp_min(0.2) ** 3
+    for lookahead in (1, 7, 220):
+        padded = F.pad(req.unsqueeze(1), (lookahead, lookahead), value=1.0)
+        held = -F.max_pool1d(-padded, lookahead + 1, stride=1)
+        want = F.avg_pool1d(held, lookahead + 1, stride=1)[:, 0]
+        torch.testing.assert_close(lookahead_ramp(req, lookahead), want, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("true_peak", [True, False])
+def test_smooth_proxy_tracks_the_limiter_and_the_solve_uses_it(true_peak):
+    from diffmix.functional.dynamics import limiter
+
+    x = (quiet_song(-20.0, seed=4) * 4).float()
+    chain = Bus(SR, {"limiter": Limiter(SR, ceiling_db=-1.0, release_ms=80.0, true_peak=true_peak)}, items=1)
+    render = render_with_drive(chain, x)
+    drive = torch.tensor([9.0], dtype=torch.float64)
+    smooth = limiter(x, SR, ceiling_db=-1.0, release_ms=80.0, gain_db=9.0, true_peak=true_peak, exact=False)
+    # float32: the pools and the cumulative sum round differently (~4 ulp at full scale).
+    torch.testing.assert_close(render.proxy(drive), smooth, rtol=0, atol=1e-5)
+    calls = []
+    y, (solve,) = solve_loudness(lambda d: calls.append(d) or render(d), [x.shape[-1]], SR,
+                                 torch.tensor([-9.0]), start_db=torch.zeros(1), proxy=render.proxy)
+    assert abs(solve.achieved_lufs + 9.0) <= 0.02
+    assert len(calls) == 1  # the proxy found the drive; one exact render confirmed it
+    torch.testing.assert_close(y, render(torch.tensor([solve.drive_db])))
+    # The fast exact render is the limiter's own output (to float32 rounding), and the
+    # drive is left on the limiter for the preset.
+    lim = Limiter(SR, ceiling_db=-1.0, release_ms=80.0, gain_db=solve.drive_db, true_peak=true_peak)
+    torch.testing.assert_close(y, lim(x), rtol=0, atol=1e-5)
+    assert abs(float(chain.named_values()["limiter.gain_db"].exact()[0]) - solve.drive_db) < 1e-6
+    from diffmix.functional.peaks import true_peak as meter
+
+    level = meter(y, SR) if true_peak else y.abs().amax(-1)
+    assert float(level.amax()) <= 10 ** (-1.0 / 20)
