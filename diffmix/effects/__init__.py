@@ -14,7 +14,7 @@ from diffmix.effects.stereo import BandWidth
 
 __all__ = [
     "Balance", "BandWidth", "Chain", "Chorus", "Compressor", "Delay", "Effect", "Expander", "Gain",
-    "HighPass", "Limiter", "LowPass", "MultibandCompressor", "Pan",
+    "HighPass", "Limiter", "LowPass", "MatchEQ", "MultibandCompressor", "Pan",
     "Parallel", "ParametricEQ", "Phaser", "Polarity", "Reverb", "Saturation",
     "VolumeAutomation", "Width",
 ]
