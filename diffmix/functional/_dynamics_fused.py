@@ -326,6 +326,8 @@ def _bwd_row(gout, x, side, r, amp, mean, kind, lookahead, thr, slope, knee, rng
     half = k[4] * kn
     wc = max(kn, k[7])
     den = k[6] * wc
+    inv_den = k[5] / den  # the per-sample loop multiplies: a division each costs more
+    inv_wc = k[5] / wc
     lo = -k[8] if kind == 0 else -rng[r]
     ad = a_down[r]
     au = a_up[r]
@@ -394,7 +396,7 @@ def _bwd_row(gout, x, side, r, amp, mean, kind, lookahead, thr, slope, knee, rng
             md = mode[r, b0 + i]
             d = sgn * (lbuf[i] - th)
             u = min(max(d + half, zero), kn)
-            f = d if d >= half else u * u / den
+            f = d if d >= half else u * u * inv_den
             gc = sl * f
             clamped = gc < lo
             gc = max(gc, lo)
@@ -406,8 +408,8 @@ def _bwd_row(gout, x, side, r, amp, mean, kind, lookahead, thr, slope, knee, rng
             live = zero if clamped else dgc
             terms[3, i] = live * f
             inside = (d > -half) & (d < half)
-            terms[4, i] = live * sl * (u / den - u * u / (den * wc)) if inside else zero
-            dfd = one if d >= half else (u / wc if inside else zero)
+            terms[4, i] = live * sl * (u * inv_den - u * u * inv_den * inv_wc) if inside else zero
+            dfd = one if d >= half else (u * inv_wc if inside else zero)
             dlevel = sgn * (live * sl * dfd)
             terms[5, i] = dlevel
             p = pbuf[i]
