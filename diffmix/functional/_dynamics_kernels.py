@@ -123,9 +123,12 @@ def over_rows(kernel: Callable[..., None], rows: int, work: int, *args: Any) -> 
     if threads <= 1 or work < _MIN_PARALLEL_WORK:
         kernel(0, rows, *args)
         return
-    if _POOL is None or _POOL._max_workers < threads:  # noqa: SLF001
+    if _POOL is None or _POOL._max_workers != threads:  # noqa: SLF001
         _POOL = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="diffmix-dynamics")
-    bounds = [rows * i // threads for i in range(threads + 1)]
+    # A few chunks per thread, handed out as threads free up: on a shared machine one
+    # descheduled thread then delays only its current chunk, not half the work.
+    chunks = min(rows, 4 * threads)
+    bounds = [rows * i // chunks for i in range(chunks + 1)]
     futures = [_POOL.submit(kernel, a, b, *args) for a, b in zip(bounds, bounds[1:], strict=False) if b > a]
     for future in futures:
         future.result()
