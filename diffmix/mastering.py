@@ -299,9 +299,8 @@ def _smooth_limiter_proxy(
 
     The limiter's level detector is linear in its drive (the true-peak envelope of
     ``g · x`` is ``g`` times that of ``x``), so the envelope is metered once here and
-    every drive after that costs one gain ramp: the same lookahead minimum and moving
-    average as the limiter's, done with O(T) block minima and a cumulative sum, then its
-    release smoother. ``smooth`` leaves out the limiter's final metered correction, which
+    every drive after that costs one gain ramp (the limiter's own ``_limit_gain``:
+    lookahead minimum, moving average, release smoother). ``smooth`` leaves out the limiter's final metered correction, which
     only ever lowers the level a hair; ``exact`` is ``smooth`` times that correction (the
     limiter's own ``_exact_correction``, which meters the very output it returns, so the
     ceiling holds exactly as in the limiter). It equals ``Limiter.forward`` to float
@@ -327,16 +326,10 @@ def _smooth_limiter_proxy(
         g = torch.pow(10.0, drives.to(pre.device, torch.float64) / 20.0).to(pre.dtype).view(-1, 1, 1)
         with torch.no_grad():
             if not cache:  # metered on first use: a job without a loudness goal never pays
-                if opts["true_peak"]:
-                    cache.append(D._true_peak_envelope(pre, sr).amax(1, keepdim=True))
-                else:
-                    cache.append(pre.abs().amax(1, keepdim=True))
+                cache.append(D._linked_level(pre, sr, bool(opts["true_peak"])))
             level = cache[0]
             required = torch.minimum(target / (g * level).clamp_min(1e-30), torch.ones_like(level))
-            ramp = lookahead_ramp(required[:, 0], lookahead)
-            zero = torch.zeros((), dtype=pre.dtype, device=pre.device)
-            gain = D.smooth(ramp, zero, release, init=1.0)
-            return pre * (g * gain.unsqueeze(1))
+            return pre * (g * D._limit_gain(required, lookahead, release))
 
     def exact(drives: Tensor) -> Tensor:
         y = proxy(drives)
@@ -348,30 +341,6 @@ def _smooth_limiter_proxy(
             )
 
     return proxy, exact
-
-
-def lookahead_ramp(required: Tensor, lookahead: int) -> Tensor:
-    """``(R, T)``: the minimum of ``required`` over the next ``lookahead + 1`` samples,
-    averaged over the previous ``lookahead + 1`` (1.0 beyond the ends), in O(T).
-
-    Equal to the limiter's ``max_pool1d``/``avg_pool1d`` pair (whose cost grows with the
-    lookahead): the sliding minimum is van Herk/Gil-Werman's (block prefix and suffix
-    minima), the average a float64 cumulative sum.
-    """
-    if lookahead <= 0:
-        return required
-    r, t = required.shape
-    w = lookahead + 1
-    padded = torch.nn.functional.pad(required, (lookahead, lookahead), value=1.0)  # T + 2L
-    n_held = t + lookahead
-    blocks = -(-(n_held + w - 1) // w)
-    full = torch.nn.functional.pad(padded, (0, blocks * w - padded.shape[-1]), value=1.0)
-    full = full.reshape(r, blocks, w)
-    prefix = full.cummin(-1).values.reshape(r, -1)
-    suffix = full.flip(-1).cummin(-1).values.flip(-1).reshape(r, -1)
-    held = torch.minimum(suffix[:, :n_held], prefix[:, w - 1 : w - 1 + n_held])
-    cs = torch.nn.functional.pad(held.double().cumsum(-1), (1, 0))
-    return ((cs[:, w:] - cs[:, :-w]) / w).to(required.dtype)
 
 
 def loudness_goals(

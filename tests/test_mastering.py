@@ -68,20 +68,6 @@ def test_rough_lufs_moves_with_gain_and_is_minus_inf_on_silence():
     assert rough_lufs(torch.zeros(1, 2, 100), [100]).isneginf().all()
 
 
-def test_lookahead_ramp_equals_the_limiters_pools():
-    import torch.nn.functional as F
-
-    from diffmix.mastering import lookahead_ramp
-
-    g = torch.Generator().manual_seed(3)
-    req = torch.rand(3, 997, generator=g, dtype=torch.float64).clamp_min(0.2) ** 3
-    for lookahead in (1, 7, 220):
-        padded = F.pad(req.unsqueeze(1), (lookahead, lookahead), value=1.0)
-        held = -F.max_pool1d(-padded, lookahead + 1, stride=1)
-        want = F.avg_pool1d(held, lookahead + 1, stride=1)[:, 0]
-        torch.testing.assert_close(lookahead_ramp(req, lookahead), want, rtol=0, atol=1e-12)
-
-
 @pytest.mark.parametrize("true_peak", [True, False])
 def test_smooth_proxy_tracks_the_limiter_and_the_solve_uses_it(true_peak):
     from diffmix.functional.dynamics import limiter

@@ -221,7 +221,8 @@ def true_peak(x: Tensor, sample_rate: int, *, factor: int | None = None) -> Tens
         check_meter_input(x, "true_peak", scan=False)
         xn = x.detach()
         xn = (xn if xn.dtype in (torch.float32, torch.float64) else xn.float()).reshape(b * c, t)
-        peak = np.abs(xn.numpy()).max(-1)
+        xs = xn.numpy()
+        peak = np.maximum(xs.max(-1), -xs.min(-1))  # |x| max without a full-size temporary
         if value_checks_enabled() and not np.isfinite(peak).all():
             raise ValueError("true_peak: audio contains NaN or Inf")
         between = _between_peak(xn, f).numpy()
