@@ -56,9 +56,7 @@ def pad_batch(xs: Sequence[Tensor]) -> tuple[Tensor, list[int]]:
     return torch.cat([torch.nn.functional.pad(x, (0, longest - x.shape[-1])) for x in xs]), lengths
 
 
-def song_excerpts(
-    xs: Sequence[Tensor], keys: Sequence[str], length: int, seed: int, step: int
-) -> Tensor:
+def song_excerpts(xs: Sequence[Tensor], keys: Sequence[str], length: int, seed: int, step: int) -> Tensor:
     """One excerpt of ``length`` samples per song, drawn from ``(seed, key, step)``.
 
     A song shorter than ``length`` is zero-padded (the loudness gate ignores the padding
@@ -121,8 +119,15 @@ def fit_chain(
 
     try:
         return fit(
-            chosen, closure, steps=steps, optimizer=optimizer, scheduler=scheduler,
-            patience=patience, progress=progress, checkpoint=checkpoint, log_path=log_path,
+            chosen,
+            closure,
+            steps=steps,
+            optimizer=optimizer,
+            scheduler=scheduler,
+            patience=patience,
+            progress=progress,
+            checkpoint=checkpoint,
+            log_path=log_path,
             tag="master:" + "|".join(keys),
         )
     finally:
@@ -203,10 +208,12 @@ def solve_loudness(
     if proxy is not None:
         # A quarter of the tolerance: the exact correction only ever lowers the level a
         # hair, so the exact render should land inside without another step.
-        drive, _, _, state = _secant(proxy, lengths, sample_rate, targets, drive, tolerance_lu / 4,
-                                     max_iter, (lo, hi))
-    drive, y, lufs, _ = _secant(render, lengths, sample_rate, targets, drive, tolerance_lu, max_iter,
-                                (lo, hi), state, counter=iters)
+        drive, _, _, state = _secant(
+            proxy, lengths, sample_rate, targets, drive, tolerance_lu / 4, max_iter, (lo, hi)
+        )
+    drive, y, lufs, _ = _secant(
+        render, lengths, sample_rate, targets, drive, tolerance_lu, max_iter, (lo, hi), state, counter=iters
+    )
     err = (targets - lufs).abs()
     if (err > tolerance_lu).any():
         i = int((err > tolerance_lu).nonzero()[0])
@@ -300,12 +307,13 @@ def _smooth_limiter_proxy(
     The limiter's level detector is linear in its drive (the true-peak envelope of
     ``g · x`` is ``g`` times that of ``x``), so the envelope is metered once here and
     every drive after that costs one gain ramp (the limiter's own ``_limit_gain``:
-    lookahead minimum, moving average, release smoother). ``smooth`` leaves out the limiter's final metered correction, which
-    only ever lowers the level a hair; ``exact`` is ``smooth`` times that correction (the
-    limiter's own ``_exact_correction``, which meters the very output it returns, so the
-    ceiling holds exactly as in the limiter). It equals ``Limiter.forward`` to float
-    rounding and costs one ramp and one true-peak read instead of a second envelope and
-    the pools. None when the limiter isn't the stock one or effects follow it.
+    lookahead minimum, moving average, release smoother). ``smooth`` leaves out the
+    limiter's final metered correction, which only ever lowers the level a hair; ``exact``
+    is ``smooth`` times that correction (the limiter's own ``_exact_correction``, which
+    meters the very output it returns, so the ceiling holds exactly as in the limiter). It
+    equals ``Limiter.forward`` to float rounding and costs one ramp and one true-peak read
+    instead of a second envelope. None when the limiter isn't the stock one or effects
+    follow it.
     """
     from diffmix.effects.dynamics import Limiter
     from diffmix.functional import dynamics as D
@@ -361,9 +369,7 @@ def loudness_goals(
     return goals
 
 
-def available_weights(
-    weights: Mapping[str, float], *, reference: bool, target: Mapping
-) -> dict[str, float]:
+def available_weights(weights: Mapping[str, float], *, reference: bool, target: Mapping) -> dict[str, float]:
     """Drop terms with nothing to compare against, and those met exactly elsewhere."""
     out = {}
     for k, v in weights.items():

@@ -94,8 +94,12 @@ def band_powers(x: Tensor, sample_rate: int, edges: np.ndarray, n_fft: int = N_F
     lead, t = x.shape[:-1], x.shape[-1]
     n = min(n_fft, 1 << max(8, int(math.log2(max(t, 256)))))
     spec = torch.stft(
-        x.reshape(-1, t).double(), n, n // 2, window=torch.hann_window(n, dtype=torch.float64, device=x.device),
-        return_complex=True, center=True,
+        x.reshape(-1, t).double(),
+        n,
+        n // 2,
+        window=torch.hann_window(n, dtype=torch.float64, device=x.device),
+        return_complex=True,
+        center=True,
     )
     power = spec.real.square() + spec.imag.square()
     freqs = torch.fft.rfftfreq(n, 1.0 / sample_rate).to(x.device)
@@ -319,8 +323,14 @@ def initialise_console(
         freq = values[f"strip.{eq}.freq_hz"].exact().double()
         q = values[f"strip.{eq}.q"].exact().double()
         lo, hi = values[f"strip.{eq}.gain_db"].spec.min, values[f"strip.{eq}.gain_db"].spec.max
-        g = fit_eq_gains(est, effect.bands, freq.to(est.centres_hz.device), q.to(est.centres_hz.device),
-                         sample_rate, limit_db=min(12.0, -lo, hi))
+        g = fit_eq_gains(
+            est,
+            effect.bands,
+            freq.to(est.centres_hz.device),
+            q.to(est.centres_hz.device),
+            sample_rate,
+            limit_db=min(12.0, -lo, hi),
+        )
         update[f"strip.{eq}.gain_db"] = g.cpu().view(values[f"strip.{eq}.gain_db"].exact().shape)
     console.load_values(update)  # type: ignore[operator]
     return {

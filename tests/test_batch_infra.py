@@ -60,6 +60,7 @@ def _processor(log, tmp_path, fail=()):
             out = tmp_path / f"{it.id}.out"
             out.write_text("x")
             yield {"id": it.id, "status": "ok", "outputs": {"audio": str(out)}}
+
     return process
 
 
@@ -90,5 +91,10 @@ def test_merge_keeps_manifest_order(tmp_path):
             append_result(tmp_path / f"rank{r}.jsonl", {"id": it.id, "status": "ok"})
     rows = merge_results([tmp_path / "rank0.jsonl", tmp_path / "rank1.jsonl"], items, tmp_path / "all.jsonl")
     assert [r["id"] for r in rows] == ["0", "1", "2", "3"]
-    assert [json.loads(x)["id"] for x in (tmp_path / "all.jsonl").read_text().splitlines()] == ["0", "1", "2", "3"]
+    assert [json.loads(x)["id"] for x in (tmp_path / "all.jsonl").read_text().splitlines()] == [
+        "0",
+        "1",
+        "2",
+        "3",
+    ]
     assert set(load_results(tmp_path / "all.jsonl")) == {"0", "1", "2", "3"}

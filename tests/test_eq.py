@@ -174,8 +174,12 @@ def tone_db(effect, freq: float, fs: int, channels: int = 1) -> float:
 def test_minus_3db_points_of_highpass_and_lowpass_modules(fs):
     for order in (1, 2, 4, 8):
         for mode in ("exact", "fft"):
-            assert tone_db(HighPass(fs, freq_hz=250.0, order=order, mode=mode), 250.0, fs) == pytest.approx(-3.0103, abs=0.01)
-            assert tone_db(LowPass(fs, freq_hz=4000.0, order=order, mode=mode), 4000.0, fs) == pytest.approx(-3.0103, abs=0.01)
+            assert tone_db(HighPass(fs, freq_hz=250.0, order=order, mode=mode), 250.0, fs) == pytest.approx(
+                -3.0103, abs=0.01
+            )
+            assert tone_db(LowPass(fs, freq_hz=4000.0, order=order, mode=mode), 4000.0, fs) == pytest.approx(
+                -3.0103, abs=0.01
+            )
     # Slopes: 6 dB/octave per order, two octaves out (within the bilinear warping).
     assert tone_db(HighPass(fs, freq_hz=1000.0, order=4), 250.0, fs) == pytest.approx(-48.2, abs=0.5)
 
@@ -184,16 +188,31 @@ def test_minus_3db_points_of_highpass_and_lowpass_modules(fs):
 @pytest.mark.parametrize("channels", [1, 2])
 def test_shelf_and_peak_gains_at_their_frequencies(fs, channels):
     eq = ParametricEQ(
-        fs, bands=["low_shelf", "peak", "high_shelf"], freq_hz=[100.0, 1000.0, 10000.0],
-        q=[0.7071, 1.0, 0.7071], gain_db=[6.0, -9.0, 4.0],
+        fs,
+        bands=["low_shelf", "peak", "high_shelf"],
+        freq_hz=[100.0, 1000.0, 10000.0],
+        q=[0.7071, 1.0, 0.7071],
+        gain_db=[6.0, -9.0, 4.0],
     )
     # The other bands add a little at each probe: compare against the product of the
     # three designs, and check each design alone at its own frequency.
-    assert tone_db(ParametricEQ(fs, bands=["peak"], freq_hz=[1000.0], q=[1.0], gain_db=[-9.0]), 1000.0, fs, channels) == pytest.approx(-9.0, abs=0.01)
-    assert tone_db(ParametricEQ(fs, bands=["low_shelf"], freq_hz=[100.0], gain_db=[6.0]), 100.0, fs, channels) == pytest.approx(3.0, abs=0.01)
-    assert tone_db(ParametricEQ(fs, bands=["low_shelf"], freq_hz=[100.0], gain_db=[6.0]), 10.0, fs, channels) == pytest.approx(6.0, abs=0.02)
-    assert tone_db(ParametricEQ(fs, bands=["high_shelf"], freq_hz=[10000.0], gain_db=[4.0]), 10000.0, fs, channels) == pytest.approx(2.0, abs=0.01)
-    sos = scipy_sos(["low_shelf", "peak", "high_shelf"], {"freq_hz": [100.0, 1000.0, 10000.0], "q": [0.7071, 1.0, 0.7071], "gain_db": [6.0, -9.0, 4.0]}, fs)
+    assert tone_db(
+        ParametricEQ(fs, bands=["peak"], freq_hz=[1000.0], q=[1.0], gain_db=[-9.0]), 1000.0, fs, channels
+    ) == pytest.approx(-9.0, abs=0.01)
+    assert tone_db(
+        ParametricEQ(fs, bands=["low_shelf"], freq_hz=[100.0], gain_db=[6.0]), 100.0, fs, channels
+    ) == pytest.approx(3.0, abs=0.01)
+    assert tone_db(
+        ParametricEQ(fs, bands=["low_shelf"], freq_hz=[100.0], gain_db=[6.0]), 10.0, fs, channels
+    ) == pytest.approx(6.0, abs=0.02)
+    assert tone_db(
+        ParametricEQ(fs, bands=["high_shelf"], freq_hz=[10000.0], gain_db=[4.0]), 10000.0, fs, channels
+    ) == pytest.approx(2.0, abs=0.01)
+    sos = scipy_sos(
+        ["low_shelf", "peak", "high_shelf"],
+        {"freq_hz": [100.0, 1000.0, 10000.0], "q": [0.7071, 1.0, 0.7071], "gain_db": [6.0, -9.0, 4.0]},
+        fs,
+    )
     for f in (100.0, 1000.0, 10000.0):
         _, h = signal.sosfreqz(sos, worN=[f], fs=fs)
         assert tone_db(eq, f, fs, channels) == pytest.approx(20 * math.log10(abs(h[0])), abs=0.01)
@@ -202,17 +221,30 @@ def test_shelf_and_peak_gains_at_their_frequencies(fs, channels):
 def test_mid_side_mode_filters_mid_and_side_separately():
     x = noise(1, 2, 4000)
     gains = torch.tensor([[[6.0, 0.0], [0.0, -9.0]]], dtype=torch.float64)  # (1, C=2 -> M, S, 2 bands)
-    eq = ParametricEQ(SR, bands=["low_shelf", "high_shelf"], freq_hz=[200.0, 5000.0], gain_db=gains, stereo="ms", mode="exact").double()
+    eq = ParametricEQ(
+        SR,
+        bands=["low_shelf", "high_shelf"],
+        freq_hz=[200.0, 5000.0],
+        gain_db=gains,
+        stereo="ms",
+        mode="exact",
+    ).double()
     y = eq(x)
     ms_in, ms_out = mid_side(x), mid_side(y)
-    mid_only = parametric_eq(ms_in[:, :1], SR, bands=["low_shelf"], freq_hz=200.0, q=math.sqrt(0.5), gain_db=6.0, mode="exact")
-    side_only = parametric_eq(ms_in[:, 1:], SR, bands=["high_shelf"], freq_hz=5000.0, q=math.sqrt(0.5), gain_db=-9.0, mode="exact")
+    mid_only = parametric_eq(
+        ms_in[:, :1], SR, bands=["low_shelf"], freq_hz=200.0, q=math.sqrt(0.5), gain_db=6.0, mode="exact"
+    )
+    side_only = parametric_eq(
+        ms_in[:, 1:], SR, bands=["high_shelf"], freq_hz=5000.0, q=math.sqrt(0.5), gain_db=-9.0, mode="exact"
+    )
     # The module stores its values in the default dtype (float32): compare to 1e-8.
     torch.testing.assert_close(ms_out[:, :1], mid_only, rtol=0, atol=1e-8)
     torch.testing.assert_close(ms_out[:, 1:], side_only, rtol=0, atol=1e-8)
     # Mono material has no side: a side-only EQ leaves it untouched.
     mono = left_right(torch.cat([ms_in[:, :1], torch.zeros_like(ms_in[:, :1])], 1))
-    side_eq = ParametricEQ(SR, bands=["peak"], freq_hz=[1000.0], gain_db=[[[0.0], [12.0]]], stereo="ms").double()
+    side_eq = ParametricEQ(
+        SR, bands=["peak"], freq_hz=[1000.0], gain_db=[[[0.0], [12.0]]], stereo="ms"
+    ).double()
     torch.testing.assert_close(side_eq(mono), mono, rtol=0, atol=1e-12)
 
 
@@ -220,7 +252,9 @@ def test_mix_blends_dry_and_wet_and_zero_gain_is_identity():
     x = noise(2, 2, 3000)
     for mode in ("fft", "exact"):
         wet = ParametricEQ(SR, bands=SIX, gain_db=[6.0, -4.0, 3.0, 2.0, -5.0, 4.0], mode=mode).double()
-        half = ParametricEQ(SR, bands=SIX, gain_db=[6.0, -4.0, 3.0, 2.0, -5.0, 4.0], mix=0.25, mode=mode).double()
+        half = ParametricEQ(
+            SR, bands=SIX, gain_db=[6.0, -4.0, 3.0, 2.0, -5.0, 4.0], mix=0.25, mode=mode
+        ).double()
         torch.testing.assert_close(half(x), x + 0.25 * (wet(x) - x), rtol=0, atol=1e-12)
         dry = ParametricEQ(SR, bands=SIX, gain_db=[6.0] * 6, mix=0.0, mode=mode).double()
         torch.testing.assert_close(dry(x), x, rtol=0, atol=1e-12)
@@ -242,11 +276,17 @@ def test_gradients_reach_every_band_parameter():
         (lambda: ParametricEQ(SR, bands=["bell"]), "ParametricEQ: unknown band type 'bell'"),
         (lambda: ParametricEQ(SR, bands=["highpass9"]), "N = 1..8"),
         (lambda: ParametricEQ(SR, bands=[]), "non-empty list"),
-        (lambda: ParametricEQ(SR, bands=["peak", "peak"], gain_db=[1.0, 2.0, 3.0]), "trailing band axis of 2"),
+        (
+            lambda: ParametricEQ(SR, bands=["peak", "peak"], gain_db=[1.0, 2.0, 3.0]),
+            "trailing band axis of 2",
+        ),
         (lambda: ParametricEQ(SR, mode="iir"), "ParametricEQ: unknown mode 'iir'"),
         (lambda: ParametricEQ(SR, stereo="xy"), "ParametricEQ: unknown stereo mode 'xy'"),
         (lambda: ParametricEQ(SR, fft_tail_s=0.0), "fft_tail_s must be a positive"),
-        (lambda: ParametricEQ(SR, bands=["peak"], freq_hz=[30000.0]), r"freq_hz=30000 is outside its range \[20, 19845\]"),
+        (
+            lambda: ParametricEQ(SR, bands=["peak"], freq_hz=[30000.0]),
+            r"freq_hz=30000 is outside its range \[20, 19845\]",
+        ),
         (lambda: ParametricEQ(SR, bands=["peak"], q=[0.0]), r"q=0 is outside its range \[0.1, 10\]"),
         (lambda: HighPass(SR, order=0), "HighPass: order must be an integer 1..8"),
     ],

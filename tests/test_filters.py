@@ -28,7 +28,13 @@ from diffmix.functional.filters import (
 
 RATES = [44100, 48000]
 # (freq_hz, q, gain_db) designs that span the audio band, narrow and wide, cut and boost.
-DESIGNS = [(30.0, 0.7071, 9.0), (250.0, 2.5, -12.0), (1000.0, 0.5, 6.0), (6000.0, 4.0, 3.0), (16000.0, 0.9, -6.0)]
+DESIGNS = [
+    (30.0, 0.7071, 9.0),
+    (250.0, 2.5, -12.0),
+    (1000.0, 0.5, 6.0),
+    (6000.0, 4.0, 3.0),
+    (16000.0, 0.9, -6.0),
+]
 
 
 def rbj_reference(kind: str, f0: float, q: float, gain_db: float, fs: int) -> np.ndarray:
@@ -41,11 +47,19 @@ def rbj_reference(kind: str, f0: float, q: float, gain_db: float, fs: int) -> np
     b, a = {
         "peak": ([1 + al * A, -2 * c, 1 - al * A], [1 + al / A, -2 * c, 1 - al / A]),
         "low_shelf": (
-            [A * ((A + 1) - (A - 1) * c + sa), 2 * A * ((A - 1) - (A + 1) * c), A * ((A + 1) - (A - 1) * c - sa)],
+            [
+                A * ((A + 1) - (A - 1) * c + sa),
+                2 * A * ((A - 1) - (A + 1) * c),
+                A * ((A + 1) - (A - 1) * c - sa),
+            ],
             [(A + 1) + (A - 1) * c + sa, -2 * ((A - 1) + (A + 1) * c), (A + 1) + (A - 1) * c - sa],
         ),
         "high_shelf": (
-            [A * ((A + 1) + (A - 1) * c + sa), -2 * A * ((A - 1) + (A + 1) * c), A * ((A + 1) + (A - 1) * c - sa)],
+            [
+                A * ((A + 1) + (A - 1) * c + sa),
+                -2 * A * ((A - 1) + (A + 1) * c),
+                A * ((A + 1) + (A - 1) * c - sa),
+            ],
             [(A + 1) - (A - 1) * c + sa, 2 * ((A - 1) - (A + 1) * c), (A + 1) - (A - 1) * c - sa],
         ),
         "lowpass": ([(1 - c) / 2, 1 - c, (1 - c) / 2], [1 + al, -2 * c, 1 - al]),

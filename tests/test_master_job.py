@@ -24,12 +24,21 @@ def measure(path):
     return lufs, tp
 
 
-@pytest.mark.parametrize("target, lufs, ceiling", [("spotify", -14.0, -1.0), ("amazon", -14.0, -2.0), ("ebu_r128", -23.0, -1.0)])
+@pytest.mark.parametrize(
+    "target, lufs, ceiling", [("spotify", -14.0, -1.0), ("amazon", -14.0, -2.0), ("ebu_r128", -23.0, -1.0)]
+)
 def test_master_to_a_loudness_spec_lands_on_target(tmp_path, target, lufs, ceiling):
     src = write(tmp_path / "in" / "song.wav", music(4.0))
     before = src.read_bytes()
-    out = run_cli("master", f"input={src}", f"target={target}", f"out={tmp_path / 'o'}",
-                  "progress=false", "plot=false", cwd=tmp_path)
+    out = run_cli(
+        "master",
+        f"input={src}",
+        f"target={target}",
+        f"out={tmp_path / 'o'}",
+        "progress=false",
+        "plot=false",
+        cwd=tmp_path,
+    )
     assert out.returncode == 0, out.stderr
     achieved, tp = measure(tmp_path / "o" / "song_master.wav")
     assert abs(achieved - lufs) <= 0.1 and tp <= ceiling + 1e-6
@@ -42,12 +51,25 @@ def test_master_to_a_loudness_spec_lands_on_target(tmp_path, target, lufs, ceili
 def test_master_to_a_reference_writes_preset_report_and_plot(tmp_path):
     src = write(tmp_path / "song.wav", music(4.0, seed=1))
     ref = write(tmp_path / "ref.wav", music(4.0, seed=2, level=0.4))
-    out = run_cli("master", f"input={src}", f"reference={ref}", "target=none", "fit.steps=4",
-                  "fit.excerpt_s=2.0", f"out={tmp_path / 'o'}", "progress=false", cwd=tmp_path)
+    out = run_cli(
+        "master",
+        f"input={src}",
+        f"reference={ref}",
+        "target=none",
+        "fit.steps=4",
+        "fit.excerpt_s=2.0",
+        f"out={tmp_path / 'o'}",
+        "progress=false",
+        cwd=tmp_path,
+    )
     assert out.returncode == 0, out.stderr
     report = json.loads((tmp_path / "o" / "song_master_report.json").read_text())
     assert report["fit"]["steps"] == 4
-    assert set(report["spectral_error"]["after"]) == {"tone_mid_rms_db", "tone_side_rms_db", "side_mid_ratio_error_db"}
+    assert set(report["spectral_error"]["after"]) == {
+        "tone_mid_rms_db",
+        "tone_side_rms_db",
+        "side_mid_ratio_error_db",
+    }
     assert abs(report["achieved"]["lufs"] - report["reference"]["integrated_lufs"]) < 0.1
     # The match EQ stage ran: closed-form start, fit, refined on the whole master.
     assert "match" in report["params"]["effects"]
@@ -60,8 +82,13 @@ def test_master_to_a_reference_writes_preset_report_and_plot(tmp_path):
 
     # render: the saved preset applied to new audio, no fitting
     other = write(tmp_path / "other.wav", music(3.0, seed=5))
-    out = run_cli("render", f"preset={tmp_path / 'o' / 'song_master_preset.yaml'}", f"input={other}",
-                  f"out={tmp_path / 'r'}", cwd=tmp_path)
+    out = run_cli(
+        "render",
+        f"preset={tmp_path / 'o' / 'song_master_preset.yaml'}",
+        f"input={other}",
+        f"out={tmp_path / 'r'}",
+        cwd=tmp_path,
+    )
     assert out.returncode == 0, out.stderr
     info = sf.info(str(tmp_path / "r" / "other_render.wav"))
     assert info.frames == 3 * 44100 and info.channels == 2
@@ -70,8 +97,17 @@ def test_master_to_a_reference_writes_preset_report_and_plot(tmp_path):
 def test_mono_and_48k_reference_is_handled(tmp_path):
     src = write(tmp_path / "song.wav", music(3.0))
     ref = write(tmp_path / "ref.wav", music(3.0, sr=48000, seed=3)[:, :1], sr=48000)
-    out = run_cli("master", f"input={src}", f"reference={ref}", "fit.steps=2", "fit.excerpt_s=1.5",
-                  f"out={tmp_path / 'o'}", "progress=false", "plot=false", cwd=tmp_path)
+    out = run_cli(
+        "master",
+        f"input={src}",
+        f"reference={ref}",
+        "fit.steps=2",
+        "fit.excerpt_s=1.5",
+        f"out={tmp_path / 'o'}",
+        "progress=false",
+        "plot=false",
+        cwd=tmp_path,
+    )
     assert out.returncode == 0, out.stderr
 
 
@@ -79,9 +115,18 @@ def test_mono_and_48k_reference_is_handled(tmp_path):
     "make, message",
     [
         (lambda d: d / "missing.wav", "missing.wav: file not found"),
-        (lambda d: (d / "bad.wav").write_bytes(b"RIFFjunkjunkjunk") and d / "bad.wav", "bad.wav: cannot read audio"),
-        (lambda d: write(d / "nan.wav", np.full((44100, 2), np.nan, np.float32)), "nan.wav: audio contains NaN or Inf"),
-        (lambda d: write(d / "silent.wav", np.zeros((44100 * 2, 2), np.float32)), "is silent (digital silence): no gain can reach a loudness target"),
+        (
+            lambda d: (d / "bad.wav").write_bytes(b"RIFFjunkjunkjunk") and d / "bad.wav",
+            "bad.wav: cannot read audio",
+        ),
+        (
+            lambda d: write(d / "nan.wav", np.full((44100, 2), np.nan, np.float32)),
+            "nan.wav: audio contains NaN or Inf",
+        ),
+        (
+            lambda d: write(d / "silent.wav", np.zeros((44100 * 2, 2), np.float32)),
+            "is silent (digital silence): no gain can reach a loudness target",
+        ),
         (lambda d: write(d / "short.wav", music(0.3)), "too short to master"),
     ],
     ids=["missing", "corrupt", "nan", "silent", "short"],
@@ -99,7 +144,13 @@ def test_unknown_key_and_untrusted_target_are_refused(tmp_path):
     src = write(tmp_path / "song.wav", music(2.0))
     out = run_cli("master", f"input={src}", "fit.stepz=3", cwd=tmp_path)
     assert out.returncode != 0 and "stepz" in out.stderr
-    out = run_cli("master", f"input={src}", "chain.width._target_=os.system", "+chain.width.command=touch pwned",
-                  f"out={tmp_path / 'o'}", cwd=tmp_path)
+    out = run_cli(
+        "master",
+        f"input={src}",
+        "chain.width._target_=os.system",
+        "+chain.width.command=touch pwned",
+        f"out={tmp_path / 'o'}",
+        cwd=tmp_path,
+    )
     assert out.returncode == 2 and "is not allowed" in out.stderr
     assert not (tmp_path / "pwned").exists()

@@ -37,11 +37,17 @@ class TestContract:
 
     def test_batch_consistent(self, dtype, device):
         n = MatchEQ(SR, **SMALL).num_bands
-        per_item = [{"mid_gain_db": gains(n, i), "side_gain_db": gains(n, 10 + i), "mix": m}
-                    for i, m in enumerate((1.0, 0.6))]
+        per_item = [
+            {"mid_gain_db": gains(n, i), "side_gain_db": gains(n, 10 + i), "mix": m}
+            for i, m in enumerate((1.0, 0.6))
+        ]
         atol = 1e-5 if dtype == torch.float32 else 1e-9
-        assert_batch_consistent(lambda v: MatchEQ(SR, **SMALL, **v), per_item,
-                                noise(2, 2, 512, dtype=dtype, device=device), atol=atol)
+        assert_batch_consistent(
+            lambda v: MatchEQ(SR, **SMALL, **v),
+            per_item,
+            noise(2, 2, 512, dtype=dtype, device=device),
+            atol=atol,
+        )
 
     def test_not_in_place(self, dtype, device):
         effect = MatchEQ(SR, **SMALL).to(dtype=dtype, device=device)
@@ -103,10 +109,17 @@ def test_a_plus_6_db_band_reads_plus_6_db_at_its_centre(sr, channel):
     t = torch.arange(4 * n, dtype=torch.float64) / sr
     tone = torch.sin(2 * torch.pi * float(centres[k]) * t)
     off = torch.sin(2 * torch.pi * float(centres[k + 3]) * t)  # one octave up: untouched
-    ms = torch.stack([tone + off, 0.5 * (tone + off)]) if channel == "mid" else torch.stack([0.5 * (tone + off), tone + off])
+    ms = (
+        torch.stack([tone + off, 0.5 * (tone + off)])
+        if channel == "mid"
+        else torch.stack([0.5 * (tone + off), tone + off])
+    )
     x = left_right(ms.unsqueeze(0))
-    kw = {"mid_gain_db": g, "side_gain_db": torch.zeros_like(g)} if channel == "mid" else \
-         {"mid_gain_db": torch.zeros_like(g), "side_gain_db": g}
+    kw = (
+        {"mid_gain_db": g, "side_gain_db": torch.zeros_like(g)}
+        if channel == "mid"
+        else {"mid_gain_db": torch.zeros_like(g), "side_gain_db": g}
+    )
     y = match_eq(x, sr, **kw)
     from diffmix.functional.gain import mid_side
 
@@ -115,7 +128,12 @@ def test_a_plus_6_db_band_reads_plus_6_db_at_its_centre(sr, channel):
     spec = np.abs(np.fft.rfft(ys.numpy() * np.hanning(2 * n)))
     spec_o = np.abs(np.fft.rfft(other.numpy() * np.hanning(2 * n)))
     bins = (np.round(np.array([centres[k], centres[k + 3]]) * 2 * n / sr)).astype(int)
-    ref = np.array([np.abs(np.fft.rfft(s[n : 3 * n].numpy() * np.hanning(2 * n)))[b] for s, b in zip((tone, off), bins)])
+    ref = np.array(
+        [
+            np.abs(np.fft.rfft(s[n : 3 * n].numpy() * np.hanning(2 * n)))[b]
+            for s, b in zip((tone, off), bins, strict=True)
+        ]
+    )
     level = 20 * np.log10(spec[bins] / ref)
     assert abs(level[0] - 6.0) < 0.02 and abs(level[1]) < 0.02
     assert abs(20 * np.log10(spec_o[bins[0]] / ref[0]) - 20 * np.log10(0.5)) < 0.02  # other channel flat

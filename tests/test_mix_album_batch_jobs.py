@@ -31,8 +31,16 @@ def test_mix_fits_toward_a_reference_and_writes_everything(tmp_path):
     stems = [sf.read(str(p), always_2d=True)[0] for p in sorted(d.iterdir())]
     stems = [s if s.shape[1] == 2 else np.repeat(s, 2, 1) for s in stems]
     ref = write(tmp_path / "ref.wav", (0.5 * stems[0] + 1.0 * stems[1] + 0.25 * stems[2]).astype(np.float32))
-    out = run_cli("mix", f"stems={d}", f"reference={ref}", "fit.steps=5", "fit.excerpt_s=1.0",
-                  f"out={tmp_path / 'o'}", "progress=false", cwd=tmp_path)
+    out = run_cli(
+        "mix",
+        f"stems={d}",
+        f"reference={ref}",
+        "fit.steps=5",
+        "fit.excerpt_s=1.0",
+        f"out={tmp_path / 'o'}",
+        "progress=false",
+        cwd=tmp_path,
+    )
     assert out.returncode == 0, out.stderr
     report = json.loads((tmp_path / "o" / "mix_report.json").read_text())
     assert report["fit"]["steps"] == 5 and report["stems"] == ["00-stem", "01-stem", "02-stem"]
@@ -45,8 +53,15 @@ def test_mix_fits_toward_a_reference_and_writes_everything(tmp_path):
     assert init["method"] == "nnls" and init["lag_samples"] == 0 and init["explained"] > 0.9
     assert len(init["gain_db"]) == 3
 
-    out = run_cli("render", f"preset={tmp_path / 'o' / 'mix_preset.yaml'}", f"input={d}",
-                  f"out={tmp_path / 'r'}", "delivery.bit_depth=float", "delivery.dither=false", cwd=tmp_path)
+    out = run_cli(
+        "render",
+        f"preset={tmp_path / 'o' / 'mix_preset.yaml'}",
+        f"input={d}",
+        f"out={tmp_path / 'r'}",
+        "delivery.bit_depth=float",
+        "delivery.dither=false",
+        cwd=tmp_path,
+    )
     assert out.returncode == 0, out.stderr
     rendered, _ = sf.read(str(tmp_path / "r" / "stems_render.wav"))
     assert rendered.shape == (3 * 44100, 2)
@@ -65,8 +80,17 @@ def test_album_is_consistent_and_has_a_cue_sheet(tmp_path):
     d = tmp_path / "tracks"
     write(d / "a.wav", music(3.0, seed=1, level=0.1))
     write(d / "b.wav", music(3.0, seed=2, level=0.5))
-    out = run_cli("album", f"inputs={d}", "order=[b,a]", "gaps_s=1.0", "fit.steps=2", "fit.excerpt_s=1.5",
-                  f"out={tmp_path / 'o'}", "progress=false", cwd=tmp_path)
+    out = run_cli(
+        "album",
+        f"inputs={d}",
+        "order=[b,a]",
+        "gaps_s=1.0",
+        "fit.steps=2",
+        "fit.excerpt_s=1.5",
+        f"out={tmp_path / 'o'}",
+        "progress=false",
+        cwd=tmp_path,
+    )
     assert out.returncode == 0, out.stderr
     report = json.loads((tmp_path / "o" / "album_report.json").read_text())
     assert report["loudness_spread_lu"] < 0.1
@@ -91,7 +115,14 @@ def _manifest(tmp_path, names):
 
 def test_batch_isolates_failures_and_resumes(tmp_path):
     manifest = _manifest(tmp_path, ["a", "corrupt", "bb"])
-    args = ["batch", f"manifest={manifest}", f"out={tmp_path / 'o'}", "fit.steps=2", "progress=false", "group_size=2"]
+    args = [
+        "batch",
+        f"manifest={manifest}",
+        f"out={tmp_path / 'o'}",
+        "fit.steps=2",
+        "progress=false",
+        "group_size=2",
+    ]
     out = run_cli(*args, cwd=tmp_path)
     assert out.returncode == 3, out.stderr
     rows = [json.loads(x) for x in (tmp_path / "o" / "results.jsonl").read_text().splitlines()]
@@ -105,9 +136,35 @@ def test_batch_isolates_failures_and_resumes(tmp_path):
 
 def test_batch_item_equals_the_item_alone(tmp_path):
     manifest = _manifest(tmp_path, ["a", "bb", "ccc"])
-    common = ["fit.steps=3", "fit.excerpt_s=1.0", "progress=false", "delivery.bit_depth=float", "delivery.dither=false"]
-    assert run_cli("batch", f"manifest={manifest}", f"out={tmp_path / 'together'}", "group_size=3", *common, cwd=tmp_path).returncode == 0
-    assert run_cli("batch", f"manifest={manifest}", f"out={tmp_path / 'alone'}", "group_size=1", *common, cwd=tmp_path).returncode == 0
+    common = [
+        "fit.steps=3",
+        "fit.excerpt_s=1.0",
+        "progress=false",
+        "delivery.bit_depth=float",
+        "delivery.dither=false",
+    ]
+    assert (
+        run_cli(
+            "batch",
+            f"manifest={manifest}",
+            f"out={tmp_path / 'together'}",
+            "group_size=3",
+            *common,
+            cwd=tmp_path,
+        ).returncode
+        == 0
+    )
+    assert (
+        run_cli(
+            "batch",
+            f"manifest={manifest}",
+            f"out={tmp_path / 'alone'}",
+            "group_size=1",
+            *common,
+            cwd=tmp_path,
+        ).returncode
+        == 0
+    )
     for name in ("a", "bb", "ccc"):
         x, _ = sf.read(str(tmp_path / "together" / "items" / name / f"{name}_master.wav"))
         y, _ = sf.read(str(tmp_path / "alone" / "items" / name / f"{name}_master.wav"))
@@ -117,18 +174,41 @@ def test_batch_item_equals_the_item_alone(tmp_path):
 
 def test_torchrun_two_processes_equal_one(tmp_path):
     manifest = _manifest(tmp_path, ["a", "bb", "ccc"])
-    common = ["fit.steps=2", "fit.excerpt_s=1.0", "progress=false", "delivery.bit_depth=float", "delivery.dither=false", "group_size=1"]
+    common = [
+        "fit.steps=2",
+        "fit.excerpt_s=1.0",
+        "progress=false",
+        "delivery.bit_depth=float",
+        "delivery.dither=false",
+        "group_size=1",
+    ]
     # One thread per process in both runs (torch and numba), so every reduction and the
     # loudness meter's tiling add in the same order: the results are then bit-identical.
     threads = {"OMP_NUM_THREADS": "1", "NUMBA_NUM_THREADS": "1"}
-    one = run_cli("batch", f"manifest={manifest}", f"out={tmp_path / 'one'}", *common, cwd=tmp_path,
-                  env=threads)
+    one = run_cli(
+        "batch", f"manifest={manifest}", f"out={tmp_path / 'one'}", *common, cwd=tmp_path, env=threads
+    )
     assert one.returncode == 0, one.stderr
     env = {**os.environ, "PYTHONPATH": str(ROOT), **threads}
     two = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2", "--master-port=29517",
-         "-m", "diffmix.cli", "batch", f"manifest={manifest}", f"out={tmp_path / 'two'}", *common],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc-per-node=2",
+            "--master-port=29517",
+            "-m",
+            "diffmix.cli",
+            "batch",
+            f"manifest={manifest}",
+            f"out={tmp_path / 'two'}",
+            *common,
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert two.returncode == 0, two.stderr[-2000:]
     strip = lambda rows: [{k: v for k, v in r.items() if k not in ("runtime_s", "outputs")} for r in rows]  # noqa: E731

@@ -33,8 +33,12 @@ def _stems(seconds: float = 3.0, seed: int = 0) -> torch.Tensor:
     n = int(seconds * SR)
     t = torch.arange(n, dtype=torch.float64) / SR
     parts = []
-    for (lo, hi), rate, phase in (((30, 250), 2.0, 0.0), ((200, 2000), 3.0, 0.3),
-                                  ((1500, 8000), 5.0, 0.6), ((40, 16000), 1.25, 0.1)):
+    for (lo, hi), rate, phase in (
+        ((30, 250), 2.0, 0.0),
+        ((200, 2000), 3.0, 0.3),
+        ((1500, 8000), 5.0, 0.6),
+        ((40, 16000), 1.25, 0.1),
+    ):
         env = (0.2 + torch.relu(torch.sin(2 * math.pi * (rate * t + phase)))) ** 2
         x = _band_noise(n, lo, hi, g) * env
         parts.append(x / x.square().mean().sqrt() * 0.05)
@@ -74,8 +78,10 @@ def test_estimate_recovers_gains_including_a_quiet_stem(lag):
 def test_estimate_recovers_tone_and_the_eq_fit_reproduces_it():
     stems = _stems(seed=1)
     n = stems.shape[0]
-    shelf = torch.tensor([[6.0, 0.0, 0.0, -4.0], [0.0, 3.0, 0.0, 0.0],
-                          [0.0, 0.0, -5.0, 0.0], [-3.0, 0.0, 0.0, 4.0]], dtype=torch.float64)
+    shelf = torch.tensor(
+        [[6.0, 0.0, 0.0, -4.0], [0.0, 3.0, 0.0, 0.0], [0.0, 0.0, -5.0, 0.0], [-3.0, 0.0, 0.0, 4.0]],
+        dtype=torch.float64,
+    )
     eq = ParametricEQ(SR, bands=list(BANDS), freq_hz=list(FREQS), gain_db=shelf.unsqueeze(1))
     ref = eq(stems).sum(0)
     est = estimate_mix(stems, ref, SR)
@@ -84,10 +90,17 @@ def test_estimate_recovers_tone_and_the_eq_fit_reproduces_it():
     # Judge by what is heard: the fitted gain + EQ against the true EQ, where each stem
     # has energy (a shelf over a band a stem never reaches is unobservable, and harmless).
     f = est.centres_hz.double()
+
     def resp(g):  # noqa: E306
-        b, a = eq_coeffs(BANDS, torch.tensor(FREQS).double().expand(n, 4),
-                         torch.full((n, 4), 1 / math.sqrt(2), dtype=torch.float64), g, SR)
+        b, a = eq_coeffs(
+            BANDS,
+            torch.tensor(FREQS).double().expand(n, 4),
+            torch.full((n, 4), 1 / math.sqrt(2), dtype=torch.float64),
+            g,
+            SR,
+        )
         return 20 * torch.log10(sos_response(b, a, f, SR).abs())
+
     fitted = resp(gains) + est.gain_db.double().unsqueeze(1)
     heard = est.weight > 0.05
     assert (fitted - resp(shelf))[heard].abs().max() < 1.5
@@ -96,11 +109,21 @@ def test_estimate_recovers_tone_and_the_eq_fit_reproduces_it():
 def test_initialise_console_puts_each_contribution_within_1_db():
     stems = _stems(seed=2).float()
     n = stems.shape[0]
+
     def strip():  # noqa: ANN202
-        return {"input": Gain(SR), "eq": ParametricEQ(SR, bands=list(BANDS), freq_hz=list(FREQS)), "pan": Pan(SR)}
+        return {
+            "input": Gain(SR),
+            "eq": ParametricEQ(SR, bands=list(BANDS), freq_hz=list(FREQS)),
+            "pan": Pan(SR),
+        }
+
     truth = Console(SR, n, strip=strip())
-    truth.load_values({"strip.input.gain_db": torch.tensor([3.0, -6.0, -20.0, 0.0]),
-                       "strip.eq.gain_db": torch.tensor([[4.0, 0, 0, -3], [0, -4, 0, 0], [0, 0, 3, 0], [2, 0, 0, 0]])})
+    truth.load_values(
+        {
+            "strip.input.gain_db": torch.tensor([3.0, -6.0, -20.0, 0.0]),
+            "strip.eq.gain_db": torch.tensor([[4.0, 0, 0, -3], [0, -4, 0, 0], [0, 0, 3, 0], [2, 0, 0, 0]]),
+        }
+    )
     fitted = Console(SR, n, strip=strip())
     with torch.no_grad():
         ref = truth(stems.unsqueeze(0))

@@ -20,7 +20,9 @@ def music_like(seed=0, seconds=3.5):
 
 def test_all_terms_zero_on_the_reference_itself():
     ref = music_like()
-    obj = Objective(SR, {t: 1.0 for t in TERMS if not t.startswith("spec") and t != "mrstft"}, reference=ref, n_fft=2048)
+    obj = Objective(
+        SR, {t: 1.0 for t in TERMS if not t.startswith("spec") and t != "mrstft"}, reference=ref, n_fft=2048
+    )
     loss, terms = obj(ref)
     assert set(terms) == {"tone_mid", "tone_side", "width", "correlation", "loudness", "dynamics"}
     assert float(loss) < 1e-6
@@ -48,8 +50,13 @@ def test_spec_terms():
 
 def test_gradients_reach_the_audio_and_are_finite_on_silence():
     ref = music_like()
-    obj = Objective(SR, {t: 1.0 for t in TERMS if t != "mrstft"}, reference=ref,
-                    target={"lufs": -14, "true_peak_db": -1, "lra": [3, 8], "plr": 8}, n_fft=2048)
+    obj = Objective(
+        SR,
+        {t: 1.0 for t in TERMS if t != "mrstft"},
+        reference=ref,
+        target={"lufs": -14, "true_peak_db": -1, "lra": [3, 8], "plr": 8},
+        n_fft=2048,
+    )
     for y, silent in ((music_like(seed=3), False), (torch.zeros_like(ref), True)):
         y = y.clone().requires_grad_(True)
         loss, _ = obj(y)

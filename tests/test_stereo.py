@@ -42,7 +42,9 @@ class TestContract:
         assert_batch_consistent(lambda v: BandWidth(SR, **v), per_item, x, atol=atol)
 
     def test_not_in_place(self, dtype, device):
-        assert_not_in_place(BandWidth(SR).to(dtype=dtype, device=device), noise(2, 2, 256, dtype=dtype, device=device))
+        assert_not_in_place(
+            BandWidth(SR).to(dtype=dtype, device=device), noise(2, 2, 256, dtype=dtype, device=device)
+        )
 
     def test_finite_at_extremes(self, dtype, device):
         x = noise(2, 2, 256, dtype=dtype, device=device)
@@ -75,8 +77,14 @@ def test_low_band_side_is_zero_at_zero_width(sr, low_hz, dtype):
     # LR4 skirt: -24 dB/octave from the crossover, -6 dB at it, so -18 dB an octave down.
     assert _rms(ms[:, 1]) / _rms(side) < 10 ** (-17 / 20)
     # Strictly two octaves and more down, the side is gone (< -60 dB).
-    deep = band_width(torch.stack([mid + _tones([low_hz / 8], n, sr), mid - _tones([low_hz / 8], n, sr)]).unsqueeze(0).to(dtype),
-                      sr, low_width=0.0, low_hz=low_hz)
+    deep = band_width(
+        torch.stack([mid + _tones([low_hz / 8], n, sr), mid - _tones([low_hz / 8], n, sr)])
+        .unsqueeze(0)
+        .to(dtype),
+        sr,
+        low_width=0.0,
+        low_hz=low_hz,
+    )
     assert _rms(mid_side(deep.double())[:, 1, n // 10 : -n // 10]) < 10 ** (-60 / 20)
     # ...and the mid keeps its level.
     assert _rms(ms[:, 0]) == pytest.approx(_rms(mid), rel=1e-3)
@@ -87,7 +95,9 @@ def test_unity_widths_are_an_all_pass():
     y = band_width(x, SR, low_width=1.0, mid_width=1.0, high_width=1.0, low_hz=150.0, high_hz=4000.0)
     # Same magnitude spectrum (to the FFT's resolution at the signal edges), same energy.
     assert float(y.square().sum() / x.square().sum()) == pytest.approx(1.0, abs=2e-3)
-    torch.testing.assert_close(mono_compatibility(y, SR).correlation, mono_compatibility(x, SR).correlation, atol=5e-3, rtol=0)
+    torch.testing.assert_close(
+        mono_compatibility(y, SR).correlation, mono_compatibility(x, SR).correlation, atol=5e-3, rtol=0
+    )
 
 
 @pytest.mark.parametrize("band, freq", [("mid_width", 1000.0), ("high_width", 10000.0)])
@@ -117,8 +127,12 @@ def test_mono_compatibility_figures():
     x = torch.stack([top + mono_bass + bass, top + mono_bass - bass]).unsqueeze(0)
     bands = mono_compatibility(x, SR, crossover_hz=(150.0, 4000.0))
     assert bands.correlation.shape == (1, 3)
-    assert bands.correlation[0, 0] < -0.8 and bands.correlation[0, 1] > 0.99 and bands.correlation[0, 2] > 0.99
-    fixed = mono_compatibility(band_width(x, SR, low_width=0.0, low_hz=150.0), SR, crossover_hz=(150.0, 4000.0))
+    assert (
+        bands.correlation[0, 0] < -0.8 and bands.correlation[0, 1] > 0.99 and bands.correlation[0, 2] > 0.99
+    )
+    fixed = mono_compatibility(
+        band_width(x, SR, low_width=0.0, low_hz=150.0), SR, crossover_hz=(150.0, 4000.0)
+    )
     assert fixed.correlation[0, 0] > 0.99 and fixed.fold_down_db[0, 0] > -0.01
 
 
@@ -128,9 +142,18 @@ def test_mono_compatibility_figures():
         (lambda: BandWidth(SR)(torch.zeros(1, 1, 64)), "BandWidth: audio must have 2 channel"),
         (lambda: BandWidth(16000), "BandWidth: sample_rate must be at least 22050"),
         (lambda: BandWidth(SR, low_hz=20.0), r"BandWidth: low_hz=20 is outside its range"),
-        (lambda: band_width(torch.zeros(1, 2, 64), 8000, high_hz=6000.0), "high_hz=6000 must lie between 0 and Nyquist"),
-        (lambda: mono_compatibility(torch.zeros(1, 3, 64), SR), "mono_compatibility: audio must have 2 channel"),
-        (lambda: mono_compatibility(torch.zeros(1, 2, 64), SR, crossover_hz=(500.0, 200.0)), "low_hz=500 must be below high_hz=200"),
+        (
+            lambda: band_width(torch.zeros(1, 2, 64), 8000, high_hz=6000.0),
+            "high_hz=6000 must lie between 0 and Nyquist",
+        ),
+        (
+            lambda: mono_compatibility(torch.zeros(1, 3, 64), SR),
+            "mono_compatibility: audio must have 2 channel",
+        ),
+        (
+            lambda: mono_compatibility(torch.zeros(1, 2, 64), SR, crossover_hz=(500.0, 200.0)),
+            "low_hz=500 must be below high_hz=200",
+        ),
     ],
 )
 def test_bad_input_raises_value_error(call, match):

@@ -33,7 +33,9 @@ def _default_freqs(bands: Sequence[str], top: float) -> list[float]:
     kinds = [F.parse_band(b)[0] for b in bands]
     bells = [i for i, k in enumerate(kinds) if k not in ("low_shelf", "high_shelf", "highpass", "lowpass")]
     spread = (
-        [200.0 * (25.0 ** (j / max(1, len(bells) - 1))) for j in range(len(bells))] if len(bells) > 1 else [1000.0]
+        [200.0 * (25.0 ** (j / max(1, len(bells) - 1))) for j in range(len(bells))]
+        if len(bells) > 1
+        else [1000.0]
     )
     edge = {"low_shelf": 100.0, "high_shelf": 8000.0, "highpass": 30.0, "lowpass": 18000.0}
     out, it = [], iter(spread)
@@ -113,7 +115,9 @@ class ParametricEQ(Effect):
         if fft_tail_s is not None and (
             isinstance(fft_tail_s, bool) or not isinstance(fft_tail_s, (int, float)) or not fft_tail_s > 0
         ):
-            raise ValueError(f"ParametricEQ: fft_tail_s must be a positive number of seconds, got {fft_tail_s!r}")
+            raise ValueError(
+                f"ParametricEQ: fft_tail_s must be a positive number of seconds, got {fft_tail_s!r}"
+            )
         self.fft_tail_s = None if fft_tail_s is None else float(fft_tail_s)
         self._set_options(bands=list(self.bands), mode=mode, stereo=stereo, fft_tail_s=self.fft_tail_s)
         n = len(self.bands)
@@ -166,7 +170,10 @@ class ParametricEQ(Effect):
         )
 
     def extra_repr(self) -> str:
-        return f"sample_rate={self.sample_rate}, bands={list(self.bands)}, mode={self.mode!r}, stereo={self.stereo!r}"
+        return (
+            f"sample_rate={self.sample_rate}, bands={list(self.bands)}, mode={self.mode!r}, "
+            f"stereo={self.stereo!r}"
+        )
 
 
 class _Pass(Effect):
@@ -181,7 +188,9 @@ class _Pass(Effect):
         mode: str = "exact",
     ) -> None:
         if isinstance(order, bool) or not isinstance(order, int) or not 1 <= order <= F.MAX_ORDER:
-            raise ValueError(f"{type(self).__name__}: order must be an integer 1..{F.MAX_ORDER}, got {order!r}")
+            raise ValueError(
+                f"{type(self).__name__}: order must be an integer 1..{F.MAX_ORDER}, got {order!r}"
+            )
         self.order = order
         self.mode = check_choice(mode, F.EQ_MODES, type(self).__name__, "mode")
         self._set_options(order=order, mode=mode)
@@ -189,7 +198,10 @@ class _Pass(Effect):
 
     def param_specs(self) -> tuple[ParamSpec, ...]:
         default = 80.0 if self.kind == "highpass" else 12000.0
-        return (_freq_spec(self.sample_rate, default), ParamSpec("q", Q_MIN, Q_MAX, 1.0 / math.sqrt(2.0), scale="log"))
+        return (
+            _freq_spec(self.sample_rate, default),
+            ParamSpec("q", Q_MIN, Q_MAX, 1.0 / math.sqrt(2.0), scale="log"),
+        )
 
     def forward(self, x: Tensor) -> Tensor:
         self.check(x)

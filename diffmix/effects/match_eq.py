@@ -56,11 +56,19 @@ class MatchEQ(Effect):
         mix: ParamValue | None = None,
     ) -> None:
         name = type(self).__name__
-        if isinstance(bands_per_octave, bool) or not isinstance(bands_per_octave, int) or not 1 <= bands_per_octave <= 24:
+        if (
+            isinstance(bands_per_octave, bool)
+            or not isinstance(bands_per_octave, int)
+            or not 1 <= bands_per_octave <= 24
+        ):
             raise ValueError(f"{name}: bands_per_octave must be an integer 1..24, got {bands_per_octave!r}")
-        if not (isinstance(low_hz, (int, float)) and isinstance(high_hz, (int, float)) and 0 < low_hz < high_hz):
+        if not (
+            isinstance(low_hz, (int, float)) and isinstance(high_hz, (int, float)) and 0 < low_hz < high_hz
+        ):
             raise ValueError(f"{name}: need 0 < low_hz < high_hz, got {low_hz!r} and {high_hz!r}")
-        if n_fir is not None and (isinstance(n_fir, bool) or not isinstance(n_fir, int) or n_fir < 64 or n_fir % 2):
+        if n_fir is not None and (
+            isinstance(n_fir, bool) or not isinstance(n_fir, int) or n_fir < 64 or n_fir % 2
+        ):
             raise ValueError(f"{name}: n_fir must be an even integer >= 64, got {n_fir!r}")
         if not (isinstance(sample_rate, int) and sample_rate > 0):
             raise ValueError(f"{name}: sample_rate must be a positive integer, got {sample_rate!r}")
@@ -68,8 +76,9 @@ class MatchEQ(Effect):
         if centres.numel() < 2:
             raise ValueError(f"{name}: the range {low_hz:g}..{high_hz:g} Hz holds fewer than 2 bands")
         self.n_fir = F.fir_length(sample_rate) if n_fir is None else n_fir
-        self._set_options(bands_per_octave=bands_per_octave, low_hz=float(low_hz), high_hz=float(high_hz),
-                          n_fir=n_fir)
+        self._set_options(
+            bands_per_octave=bands_per_octave, low_hz=float(low_hz), high_hz=float(high_hz), n_fir=n_fir
+        )
         n = centres.numel()
         super().__init__(
             sample_rate,
@@ -120,13 +129,18 @@ class MatchEQ(Effect):
         for step in range(refine + 1):
             if not per_item:
                 mid, side = mid[:1], side[:1]
-            self.load_values({"mid_gain_db": (mid if per_item else mid[0]).double().cpu(),
-                              "side_gain_db": (side if per_item else side[0]).double().cpu()})
+            self.load_values(
+                {
+                    "mid_gain_db": (mid if per_item else mid[0]).double().cpu(),
+                    "side_gain_db": (side if per_item else side[0]).double().cpu(),
+                }
+            )
             if step == refine:
                 break
             wide = (-120.0, 120.0)
-            dm, ds = F.match_gains(self(x), reference, self.sample_rate, centres, mid_range_db=wide,
-                                   side_range_db=wide)
+            dm, ds = F.match_gains(
+                self(x), reference, self.sample_rate, centres, mid_range_db=wide, side_range_db=wide
+            )
             mid = (mid + dm).clamp(-GAIN_MAX_DB, GAIN_MAX_DB)
             side = (side + ds).clamp(SIDE_MIN_DB, GAIN_MAX_DB)
         return self.p("mid_gain_db").detach(), self.p("side_gain_db").detach()

@@ -183,9 +183,7 @@ def butterworth_qs(order: int) -> tuple[list[float], bool]:
     return qs, order % 2 == 1
 
 
-def butterworth_coeffs(
-    kind: str, freq_hz: Tensor, order: int, sample_rate: int
-) -> tuple[Tensor, Tensor]:
+def butterworth_coeffs(kind: str, freq_hz: Tensor, order: int, sample_rate: int) -> tuple[Tensor, Tensor]:
     """Butterworth low- or high-pass of any order as second-order sections.
 
     Shape:
@@ -203,7 +201,9 @@ def butterworth_coeffs(
     qs, odd = butterworth_qs(order)
     bs, as_ = [], []
     for q in qs:
-        b, a = biquad_coeffs(kind, freq_hz, torch.full_like(freq_hz, q), torch.zeros_like(freq_hz), sample_rate)
+        b, a = biquad_coeffs(
+            kind, freq_hz, torch.full_like(freq_hz, q), torch.zeros_like(freq_hz), sample_rate
+        )
         bs.append(b)
         as_.append(a)
     if odd:
@@ -415,7 +415,8 @@ def sos_filter_fft(x: Tensor, b: Tensor, a: Tensor, *, tail: int) -> Tensor:
 
     >>> b, a = butterworth_coeffs("lowpass", torch.tensor(1000.0), 2, 48000)
     >>> x = torch.randn(1, 1, 4800, dtype=torch.float64)
-    >>> err = (sos_filter_fft(x, b.double(), a.double(), tail=iir_tail(a)) - sos_filter(x, b.double(), a.double()))
+    >>> b, a = b.double(), a.double()
+    >>> err = sos_filter_fft(x, b, a, tail=iir_tail(a)) - sos_filter(x, b, a)
     >>> bool(err.abs().max() < 1e-6)
     True
     """
@@ -517,7 +518,9 @@ def linkwitz_riley_coeffs(
     sides = []
     for kind in ("lowpass", "highpass"):
         if order == 2:
-            b, a = biquad_coeffs(kind, freq_hz, torch.full_like(freq_hz, 0.5), torch.zeros_like(freq_hz), sample_rate)
+            b, a = biquad_coeffs(
+                kind, freq_hz, torch.full_like(freq_hz, 0.5), torch.zeros_like(freq_hz), sample_rate
+            )
             b, a = b.unsqueeze(-2), a.unsqueeze(-2)
             if kind == "highpass":
                 b = -b
@@ -531,7 +534,6 @@ def linkwitz_riley_coeffs(
 # --------------------------------------------------------------------------------------
 # Parametric EQ
 # --------------------------------------------------------------------------------------
-
 
 
 def parse_band(band: str, effect: str = "parametric_eq") -> tuple[str, int]:
@@ -608,8 +610,7 @@ def _band_param(value: ParamValue, x: Tensor, n_bands: int, name: str) -> Tensor
     p = broadcast_param(t, x, name=name, effect="parametric_eq", trailing=1)
     if p.shape[-1] not in (1, n_bands):
         raise ValueError(
-            f"parametric_eq: {name} has {p.shape[-1]} values on its band axis, but there are "
-            f"{n_bands} bands"
+            f"parametric_eq: {name} has {p.shape[-1]} values on its band axis, but there are {n_bands} bands"
         )
     return p
 

@@ -63,14 +63,18 @@ def _windowed(x: Tensor) -> tuple[Tensor, Tensor, int, float]:
     return x * down, 1.0 / down, next_fast_len(n + pad), alpha
 
 
-def _check_crossovers(x: Tensor, low_hz: ParamValue, high_hz: ParamValue, sample_rate: int, effect: str) -> tuple[Tensor, Tensor]:
+def _check_crossovers(
+    x: Tensor, low_hz: ParamValue, high_hz: ParamValue, sample_rate: int, effect: str
+) -> tuple[Tensor, Tensor]:
     if x.shape[1] != 2:
         raise ValueError(f"{effect}: audio must have 2 channel(s), got {x.shape[1]}")
     lo = broadcast_param(low_hz, x, name="low_hz", effect=effect)[:, :1]
     hi = broadcast_param(high_hz, x, name="high_hz", effect=effect)[:, :1]
     for name, value in (("low_hz", low_hz), ("high_hz", high_hz)):
         if isinstance(value, (int, float)) and not 0.0 < value < sample_rate / 2:
-            raise ValueError(f"{effect}: {name}={value:g} must lie between 0 and Nyquist ({sample_rate / 2:g} Hz)")
+            raise ValueError(
+                f"{effect}: {name}={value:g} must lie between 0 and Nyquist ({sample_rate / 2:g} Hz)"
+            )
     if isinstance(low_hz, (int, float)) and isinstance(high_hz, (int, float)) and not low_hz < high_hz:
         raise ValueError(f"{effect}: low_hz={low_hz:g} must be below high_hz={high_hz:g}")
     return lo, hi
@@ -119,8 +123,10 @@ def band_width(
     effect = "band_width"
     lo, hi = _check_crossovers(x, low_hz, high_hz, sample_rate, effect)
     widths = torch.stack(
-        [broadcast_param(w, x, name=n, effect=effect)[:, :1] for n, w in
-         (("low_width", low_width), ("mid_width", mid_width), ("high_width", high_width))]
+        [
+            broadcast_param(w, x, name=n, effect=effect)[:, :1]
+            for n, w in (("low_width", low_width), ("mid_width", mid_width), ("high_width", high_width))
+        ]
     )  # (3, B|1, 1)
     ms, up, n_fft, alpha = _windowed(mid_side(x))
     spec = torch.fft.rfft(ms, n_fft)

@@ -91,14 +91,22 @@ def refine_match(chain: Bus, y: torch.Tensor, lengths: list[int], references: li
     rows = {k: params[f"{MATCH}.{k}"].exact().clone() for k in keys}
     wide = (-120.0, 120.0)  # a correction; the sum is clipped to the parameters' ranges
     for i, (n, reference) in enumerate(zip(lengths, references, strict=True)):
-        dm, ds = match_gains(y[i : i + 1, :, :n], reference.to(y.device), stage.sample_rate,
-                             stage.centres_hz, mid_range_db=wide, side_range_db=wide)
+        dm, ds = match_gains(
+            y[i : i + 1, :, :n],
+            reference.to(y.device),
+            stage.sample_rate,
+            stage.centres_hz,
+            mid_range_db=wide,
+            side_range_db=wide,
+        )
         rows["mid_gain_db"][i] += dm[0].double().cpu()
         rows["side_gain_db"][i] += ds[0].double().cpu()
-    chain.load_values({
-        f"{MATCH}.{k}": v.clamp(params[f"{MATCH}.{k}"].spec.min, params[f"{MATCH}.{k}"].spec.max)
-        for k, v in rows.items()
-    })
+    chain.load_values(
+        {
+            f"{MATCH}.{k}": v.clamp(params[f"{MATCH}.{k}"].spec.min, params[f"{MATCH}.{k}"].spec.max)
+            for k, v in rows.items()
+        }
+    )
 
 
 @torch.no_grad()
@@ -112,7 +120,9 @@ def init_match(chain: Bus, audios: list, references: list[torch.Tensor]) -> None
     from diffmix.effects.match_eq import MatchEQ
 
     stage = chain.effects[MATCH]
-    node = {k: v for k, v in stage.preset().items() if k not in ("_target_", "mix", "mid_gain_db", "side_gain_db")}
+    node = {
+        k: v for k, v in stage.preset().items() if k not in ("_target_", "mix", "mid_gain_db", "side_gain_db")
+    }
     rows: dict[str, list[torch.Tensor]] = {"mid_gain_db": [], "side_gain_db": []}
     for audio, reference in zip(audios, references, strict=True):
         single = MatchEQ(**node).to(audio.device)
@@ -145,11 +155,19 @@ def fit_stage(
         objective = Objective(sr, weights, reference=references, target=target).to(device)
         scheduler = instantiate(cfg.scheduler, where="scheduler") if cfg.get("scheduler") else None
         result = fit_chain(
-            chain, audios, keys, objective, params=list(cfg.fit.params),
-            steps=int(cfg.fit.steps), excerpt_s=float(cfg.fit.excerpt_s),
-            optimizer=instantiate(cfg.optim, where="optim"), scheduler=scheduler,
-            seed=int(cfg.seed), patience=int(cfg.fit.patience),
-            prior_weight=float(cfg.loss.get("prior", 0.0)), progress=bool(cfg.progress),
+            chain,
+            audios,
+            keys,
+            objective,
+            params=list(cfg.fit.params),
+            steps=int(cfg.fit.steps),
+            excerpt_s=float(cfg.fit.excerpt_s),
+            optimizer=instantiate(cfg.optim, where="optim"),
+            scheduler=scheduler,
+            seed=int(cfg.seed),
+            patience=int(cfg.fit.patience),
+            prior_weight=float(cfg.loss.get("prior", 0.0)),
+            progress=bool(cfg.progress),
         )
         fit_report = {k: v for k, v in vars(result).items() if k != "history"}
     for stage, amount in (cfg.get("amount") or {}).items():
@@ -180,8 +198,12 @@ def master_group(cfg: DictConfig, songs: list[Song], sample_rate: int) -> list[d
     match = has_ref[0] and bool(cfg.get("match_eq", False))
     chain = chain_for(cfg, sr, len(songs), match=match).to(device)
     fit_report = fit_stage(
-        cfg, chain, [s.audio for s in songs], [s.key for s in songs],
-        [s.reference for s in songs] if has_ref[0] else None, songs[0].target,
+        cfg,
+        chain,
+        [s.audio for s in songs],
+        [s.key for s in songs],
+        [s.reference for s in songs] if has_ref[0] else None,
+        songs[0].target,
     )
     clock("fit")
     x, lengths = pad_batch([s.audio for s in songs])
@@ -199,7 +221,12 @@ def master_group(cfg: DictConfig, songs: list[Song], sample_rate: int) -> list[d
             rough = rough_lufs(render.pre, lengths).clamp_min(-300.0)  # type: ignore[attr-defined]
             start = torch.where(torch.isfinite(pre), targets - pre, targets - rough)
         y, solves = solve_loudness(
-            render, lengths, sr, targets, tolerance_lu=float(cfg.tolerance_lu), start_db=start,
+            render,
+            lengths,
+            sr,
+            targets,
+            tolerance_lu=float(cfg.tolerance_lu),
+            start_db=start,
             proxy=render.proxy,  # type: ignore[attr-defined]
         )
         return render, y, solves
@@ -219,12 +246,20 @@ def master_group(cfg: DictConfig, songs: list[Song], sample_rate: int) -> list[d
     # it is drawn on a worker thread while the main one dithers, writes and measures: the
     # torch and numba work on both sides releases the GIL.
     pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="diffmix-plot") if cfg.get("plot") else None
-    plots = [] if pool is None else [pool.submit(_draw, song, y[i : i + 1, :, : lengths[i]],
-                                                 render.pre[i : i + 1, :, : lengths[i]], sr)  # type: ignore[attr-defined]
-                                     for i, song in enumerate(songs)]
+    plots = (
+        []
+        if pool is None
+        else [
+            pool.submit(
+                _draw, song, y[i : i + 1, :, : lengths[i]], render.pre[i : i + 1, :, : lengths[i]], sr
+            )  # type: ignore[attr-defined]
+            for i, song in enumerate(songs)
+        ]
+    )
     try:
-        return _deliver_and_report(cfg, songs, y, lengths, goals, solves, fit_report, chain, plots,
-                                   clock, t0, fmt, depth)
+        return _deliver_and_report(
+            cfg, songs, y, lengths, goals, solves, fit_report, chain, plots, clock, t0, fmt, depth
+        )
     finally:
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
@@ -236,23 +271,50 @@ def _draw(song: Song, yi: torch.Tensor, pre: torch.Tensor, sr: int) -> str:
     if song.reference is not None:
         curves["reference"] = song.reference.cpu()
     gr = gain_reduction_db(pre.cpu(), yi.cpu(), sr)
-    return str(plot(song.out / f"{song.stem}.png", sr, curves=curves, short_term=st,
-                    gain_reduction=gr, title=song.stem))
+    return str(
+        plot(
+            song.out / f"{song.stem}.png",
+            sr,
+            curves=curves,
+            short_term=st,
+            gain_reduction=gr,
+            title=song.stem,
+        )
+    )
 
 
-def _deliver_and_report(cfg, songs, y, lengths, goals, solves, fit_report, chain, plots, clock, t0,  # noqa: ANN001, ANN202, PLR0913
-                        fmt, depth):
+def _deliver_and_report(
+    cfg,
+    songs,
+    y,
+    lengths,
+    goals,
+    solves,
+    fit_report,
+    chain,
+    plots,
+    clock,
+    t0,  # noqa: ANN001, ANN202, PLR0913
+    fmt,
+    depth,
+):
     sr = chain.sample_rate
     reports = []
     for i, song in enumerate(songs):
         yi = y[i : i + 1, :, : lengths[i]]
         ceiling = song.target.get("true_peak_db")
         delivery = deliver(
-            yi[0].cpu(), sr, song.out / f"{song.stem}.{fmt}", fmt=fmt, bit_depth=depth,
-            target_rate=cfg.delivery.sample_rate, dither=bool(cfg.delivery.dither),
+            yi[0].cpu(),
+            sr,
+            song.out / f"{song.stem}.{fmt}",
+            fmt=fmt,
+            bit_depth=depth,
+            target_rate=cfg.delivery.sample_rate,
+            dither=bool(cfg.delivery.dither),
             ceiling_dbtp=ceiling,
             true_peak_db=peak_dbtp,
-            seed=int(cfg.seed), protect=song.protect,
+            seed=int(cfg.seed),
+            protect=song.protect,
         )
         clock("deliver")
         written, wrate = read_audio(delivery.path)

@@ -94,18 +94,27 @@ def run(cfg: DictConfig) -> int:
             if item.extra.get("reference"):
                 ref, _ = load_mix(item.extra["reference"], sr, what=f"{item.id} reference")
                 ref = ref.to(device)
-            songs.append(Song(
-                key=item.id, audio=x.to(device), out=out / "items" / item.id,
-                stem=f"{item.id}_master", reference=ref, target=item_target(cfg, item),
-                protect=tuple(str(p) for p in (item.input, item.extra.get("reference")) if p),
-            ))
+            songs.append(
+                Song(
+                    key=item.id,
+                    audio=x.to(device),
+                    out=out / "items" / item.id,
+                    stem=f"{item.id}_master",
+                    reference=ref,
+                    target=item_target(cfg, item),
+                    protect=tuple(str(p) for p in (item.input, item.extra.get("reference")) if p),
+                )
+            )
         kinds = {s.reference is not None for s in songs}
         groups = [[s for s in songs if (s.reference is not None) == k] for k in kinds]
         for part in groups:
             for song, report in zip(part, master_group(cfg, part, rate), strict=True):
                 yield {
-                    "id": song.key, "status": "ok", "input": str(group[[g.id for g in group].index(song.key)].input),
-                    "outputs": report["outputs"], "achieved": report["achieved"],
+                    "id": song.key,
+                    "status": "ok",
+                    "input": str(group[[g.id for g in group].index(song.key)].input),
+                    "outputs": report["outputs"],
+                    "achieved": report["achieved"],
                     "runtime_s": report["runtime_s"],
                 }
 
@@ -134,6 +143,3 @@ def run(cfg: DictConfig) -> int:
         failed = int(flag)
         dist.destroy_process_group()
     return EXIT_SOME_FAILED if failed else 0
-
-
-

@@ -32,8 +32,8 @@ from diffmix.inputs import load_mix, load_stems
 from diffmix.jobs._common import output_dir, pick_device
 from diffmix.jobs._common import summary as measure
 from diffmix.losses import MRSTFTLoss
-from diffmix.mix_init import initialise_console
 from diffmix.mastering import set_exact
+from diffmix.mix_init import initialise_console
 from diffmix.objective import REFERENCE_TERMS, Objective
 from diffmix.report import write_json
 
@@ -68,7 +68,9 @@ def run(cfg: DictConfig) -> int:
     stems = load_stems(cfg.stems, resample_mismatched=bool(cfg.resample))
     sr = stems.sample_rate
     if stems.audio.shape[-1] < MIN_SECONDS * sr:
-        raise UserError(f"stems are too short to fit ({stems.audio.shape[-1] / sr:.2f} s; need {MIN_SECONDS:g} s)")
+        raise UserError(
+            f"stems are too short to fit ({stems.audio.shape[-1] / sr:.2f} s; need {MIN_SECONDS:g} s)"
+        )
     fmt, depth = check_format(cfg.delivery.format, cfg.delivery.bit_depth)
     reference = None
     mono_ref = False
@@ -107,10 +109,14 @@ def run(cfg: DictConfig) -> int:
         cached = []
         for s0 in excerpts:
             piece = ref[..., s0 : s0 + length]
-            cached.append((
-                Objective(sr, features, reference=piece if aligned else ref).to(device) if features else None,
-                mrstft.reference(piece.mean(1, keepdim=True) if mono_ref else piece) if mrstft else None,
-            ))
+            cached.append(
+                (
+                    Objective(sr, features, reference=piece if aligned else ref).to(device)
+                    if features
+                    else None,
+                    mrstft.reference(piece.mean(1, keepdim=True) if mono_ref else piece) if mrstft else None,
+                )
+            )
         objective = None
         if not pool and features:
             objective = Objective(sr, features, reference=ref).to(device)
@@ -155,10 +161,15 @@ def run(cfg: DictConfig) -> int:
         scheduler = instantiate(cfg.scheduler, where="scheduler") if cfg.get("scheduler") else None
         out = output_dir(cfg)
         result = fit(
-            params, closure, steps=int(cfg.fit.steps), optimizer=instantiate(cfg.optim, where="optim"),
-            scheduler=scheduler, patience=int(cfg.fit.patience),
+            params,
+            closure,
+            steps=int(cfg.fit.steps),
+            optimizer=instantiate(cfg.optim, where="optim"),
+            scheduler=scheduler,
+            patience=int(cfg.fit.patience),
             checkpoint=Path(cfg.checkpoint) if cfg.get("checkpoint") else None,
-            progress=bool(cfg.progress), log_path=out / "fit_log.jsonl",
+            progress=bool(cfg.progress),
+            log_path=out / "fit_log.jsonl",
             tag="mix:" + ",".join(stems.names),
         )
         fit_report = {k: v for k, v in vars(result).items() if k != "history"}
@@ -173,9 +184,17 @@ def run(cfg: DictConfig) -> int:
         mix = mix / peak * 10 ** (-0.1 / 20)
     stem = cfg.get("output_name") or "mix"
     protect = tuple(str(p) for p in stems.paths) + ((str(cfg.reference),) if cfg.get("reference") else ())
-    delivery = deliver(mix[0].cpu(), sr, out / f"{stem}.{fmt}", fmt=fmt, bit_depth=depth,
-                       target_rate=cfg.delivery.sample_rate, dither=bool(cfg.delivery.dither),
-                       seed=int(cfg.seed), protect=protect)
+    delivery = deliver(
+        mix[0].cpu(),
+        sr,
+        out / f"{stem}.{fmt}",
+        fmt=fmt,
+        bit_depth=depth,
+        target_rate=cfg.delivery.sample_rate,
+        dither=bool(cfg.delivery.dither),
+        seed=int(cfg.seed),
+        protect=protect,
+    )
     save_preset(console, out / f"{stem}_preset.yaml")
     report = {
         "job": "mix",

@@ -50,7 +50,9 @@ def loop_to(audio: np.ndarray, samples: int) -> np.ndarray:
     return np.tile(audio, (1, reps))[:, :samples]
 
 
-def synthetic_song(seconds: float, seed: int, *, level_db: float = -20.0, dynamic: bool = False) -> np.ndarray:
+def synthetic_song(
+    seconds: float, seed: int, *, level_db: float = -20.0, dynamic: bool = False
+) -> np.ndarray:
     """A stereo song-like signal ``(2, T)``: bass line, chords, drums and a wide pad.
 
     ``dynamic`` makes a quiet verse and a loud chorus (a 12 dB step), to exercise the gate.
@@ -99,7 +101,11 @@ def cli(job: str, *overrides: str, timeout: float = 900) -> float:
     t0 = time.perf_counter()
     proc = subprocess.run(
         [sys.executable, "-m", "diffmix.cli", job, *overrides, "progress=false"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout,
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
     took = time.perf_counter() - t0
     if proc.returncode != 0:

@@ -37,7 +37,9 @@ def _songs(folder: Path, n: int, seconds: float) -> None:
 
 
 def _run(manifest: Path, out: Path, device: str, group: int, extra: list[str]) -> tuple[float, list[dict]]:
-    took = cli("batch", f"manifest={manifest}", f"out={out}", f"device={device}", f"group_size={group}", *extra)
+    took = cli(
+        "batch", f"manifest={manifest}", f"out={out}", f"device={device}", f"group_size={group}", *extra
+    )
     rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines() if line.strip()]
     return took, rows
 
@@ -74,16 +76,46 @@ def run(quick: bool) -> str:
                 ok, worst_lu, worst_tp = _check(results)
                 per_min = 60.0 * n / took
                 base = base or per_min
-                rows.append([device, str(n), f"{seconds:g} s", str(group), f"{took:.1f} s", f"{per_min:.2f}",
-                             f"{per_min / base:.2f}x", f"{ok}/{n}", f"{worst_lu:.2f}", f"{worst_tp:.2f}"])
+                rows.append(
+                    [
+                        device,
+                        str(n),
+                        f"{seconds:g} s",
+                        str(group),
+                        f"{took:.1f} s",
+                        f"{per_min:.2f}",
+                        f"{per_min / base:.2f}x",
+                        f"{ok}/{n}",
+                        f"{worst_lu:.2f}",
+                        f"{worst_tp:.2f}",
+                    ]
+                )
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    note = ("" if torch.cuda.is_available() else
-            "\n\nNo GPU in this run: GPU throughput and the 64-song batch goal (>= 50x this CPU) are not measured here.")
+    note = (
+        ""
+        if torch.cuda.is_available()
+        else "\n\nNo GPU in this run: GPU throughput and the 64-song batch goal (>= 50x this CPU) "
+        "are not measured here."
+    )
     return (
         f"Synthetic stereo songs at {SR} Hz mastered to Spotify (-14 LUFS, -1 dBTP) by the batch job"
-        + (" (quick: 5 fit steps)" if quick else "") + ". Wall time includes process start and every write.\n\n"
-        + table(rows, ["device", "songs", "length", "group size", "wall time", "songs / minute",
-                       "vs group 1", "ok", "worst |LUFS - target| LU", "worst true peak dBTP"])
+        + (" (quick: 5 fit steps)" if quick else "")
+        + ". Wall time includes process start and every write.\n\n"
+        + table(
+            rows,
+            [
+                "device",
+                "songs",
+                "length",
+                "group size",
+                "wall time",
+                "songs / minute",
+                "vs group 1",
+                "ok",
+                "worst |LUFS - target| LU",
+                "worst true peak dBTP",
+            ],
+        )
         + note
     )

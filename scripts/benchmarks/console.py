@@ -68,12 +68,16 @@ def stems(tracks: int, seconds: float, device: str = "cpu") -> torch.Tensor:
 def build_console(tracks: int, device: str = "cpu") -> Console:
     strip = {
         "input": Gain(SR, gain_db=TRACK_GAIN_DB),
-        "eq": ParametricEQ(SR, bands=STRIP_BANDS, freq_hz=STRIP_FREQS, gain_db=STRIP_GAINS, q=[Q] * 6, mode="fft"),
+        "eq": ParametricEQ(
+            SR, bands=STRIP_BANDS, freq_hz=STRIP_FREQS, gain_db=STRIP_GAINS, q=[Q] * 6, mode="fft"
+        ),
         "comp": Compressor(SR, **COMP),
         "pan": Pan(SR),
     }
     master = {
-        "eq": ParametricEQ(SR, bands=MASTER_BANDS, freq_hz=MASTER_FREQS, gain_db=MASTER_GAINS, q=[Q] * 3, mode="fft"),
+        "eq": ParametricEQ(
+            SR, bands=MASTER_BANDS, freq_hz=MASTER_FREQS, gain_db=MASTER_GAINS, q=[Q] * 3, mode="fft"
+        ),
         "comp": Compressor(SR, **MASTER_COMP),
         "limiter": Limiter(SR, ceiling_db=CEILING_DB),
     }
@@ -128,13 +132,30 @@ def _dasp(x: torch.Tensor, grad: bool) -> None:
     names = ["low_shelf", "band0", "band1", "band2", "band3", "high_shelf"]
     with torch.set_grad_enabled(grad):
         y = D.gain(x[0], SR, p["gain"])
-        y = D.parametric_eq(y, SR, *[p[f"{b}_{k}"] for b in names for k in ("gain_db", "cutoff_freq", "q_factor")])
-        y = D.compressor(y, SR, *[p["c_" + k] for k in ("threshold_db", "ratio", "attack_ms", "release_ms", "knee_db", "makeup")])
+        y = D.parametric_eq(
+            y, SR, *[p[f"{b}_{k}"] for b in names for k in ("gain_db", "cutoff_freq", "q_factor")]
+        )
+        y = D.compressor(
+            y,
+            SR,
+            *[p["c_" + k] for k in ("threshold_db", "ratio", "attack_ms", "release_ms", "knee_db", "makeup")],
+        )
         y = D.stereo_panner(y.mean(1).unsqueeze(0), SR, p["pan"])  # (1, 2, tracks, T)
         mix = y.sum(2)
-        mix = D.parametric_eq(mix, SR, *[p[f"m_{b}_{k}"] for b in names for k in ("gain_db", "cutoff_freq", "q_factor")])
-        mix = D.compressor(mix, SR, *[p["mc_" + k] for k in ("threshold_db", "ratio", "attack_ms", "release_ms", "knee_db", "makeup")])
-        mix = D.compressor(mix, SR, p["l_threshold"], p["l_ratio"], p["l_attack"], p["l_release"], p["l_knee"], p["l_makeup"])
+        mix = D.parametric_eq(
+            mix, SR, *[p[f"m_{b}_{k}"] for b in names for k in ("gain_db", "cutoff_freq", "q_factor")]
+        )
+        mix = D.compressor(
+            mix,
+            SR,
+            *[
+                p["mc_" + k]
+                for k in ("threshold_db", "ratio", "attack_ms", "release_ms", "knee_db", "makeup")
+            ],
+        )
+        mix = D.compressor(
+            mix, SR, p["l_threshold"], p["l_ratio"], p["l_attack"], p["l_release"], p["l_knee"], p["l_makeup"]
+        )
         if grad:
             mix.square().mean().backward()
 
@@ -147,17 +168,29 @@ def _pedalboard_boards():
         fx = [pb.Gain(gain_db=TRACK_GAIN_DB), pb.LowShelfFilter(STRIP_FREQS[0], STRIP_GAINS[0], Q)]
         fx += [pb.PeakFilter(f, g, Q) for f, g in zip(STRIP_FREQS[1:5], STRIP_GAINS[1:5], strict=True)]
         fx += [pb.HighShelfFilter(STRIP_FREQS[5], STRIP_GAINS[5], Q)]
-        fx += [pb.Compressor(threshold_db=COMP["threshold_db"], ratio=COMP["ratio"],
-                             attack_ms=COMP["attack_ms"], release_ms=COMP["release_ms"])]
+        fx += [
+            pb.Compressor(
+                threshold_db=COMP["threshold_db"],
+                ratio=COMP["ratio"],
+                attack_ms=COMP["attack_ms"],
+                release_ms=COMP["release_ms"],
+            )
+        ]
         strips.append(pb.Pedalboard(fx))
-    master = pb.Pedalboard([
-        pb.LowShelfFilter(MASTER_FREQS[0], MASTER_GAINS[0], Q),
-        pb.PeakFilter(MASTER_FREQS[1], MASTER_GAINS[1], Q),
-        pb.HighShelfFilter(MASTER_FREQS[2], MASTER_GAINS[2], Q),
-        pb.Compressor(threshold_db=MASTER_COMP["threshold_db"], ratio=MASTER_COMP["ratio"],
-                      attack_ms=MASTER_COMP["attack_ms"], release_ms=MASTER_COMP["release_ms"]),
-        pb.Limiter(threshold_db=CEILING_DB, release_ms=80.0),
-    ])
+    master = pb.Pedalboard(
+        [
+            pb.LowShelfFilter(MASTER_FREQS[0], MASTER_GAINS[0], Q),
+            pb.PeakFilter(MASTER_FREQS[1], MASTER_GAINS[1], Q),
+            pb.HighShelfFilter(MASTER_FREQS[2], MASTER_GAINS[2], Q),
+            pb.Compressor(
+                threshold_db=MASTER_COMP["threshold_db"],
+                ratio=MASTER_COMP["ratio"],
+                attack_ms=MASTER_COMP["attack_ms"],
+                release_ms=MASTER_COMP["release_ms"],
+            ),
+            pb.Limiter(threshold_db=CEILING_DB, release_ms=80.0),
+        ]
+    )
     theta = (np.asarray(PANS[:TRACKS]) + 1) * np.pi / 4
     pans = np.stack([np.cos(theta), np.sin(theta)], 1).astype(np.float32)[:, :, None] * math.sqrt(2)
     return strips, master, pans
@@ -238,12 +271,27 @@ def run(quick: bool) -> str:
     times["pedalboard fwd"] = median_time(lambda: _pedalboard(xn, boards), repeat=max(repeat, 3))
     audio_s = seconds  # one mix of `seconds` seconds per call
     rows = [
-        ["diffmix", fmt_s(times["diffmix fwd"]), fmt_s(times["diffmix fwd+bwd"]),
-         f"{audio_s / times['diffmix fwd']:.0f}x", f"{audio_s / times['diffmix fwd+bwd']:.0f}x"],
-        ["dasp-pytorch", fmt_s(times["dasp fwd"]), fmt_s(times["dasp fwd+bwd"]),
-         f"{audio_s / times['dasp fwd']:.1f}x", f"{audio_s / times['dasp fwd+bwd']:.1f}x"],
-        ["pedalboard (C++, no gradients)", fmt_s(times["pedalboard fwd"]), "n/a",
-         f"{audio_s / times['pedalboard fwd']:.0f}x", "n/a"],
+        [
+            "diffmix",
+            fmt_s(times["diffmix fwd"]),
+            fmt_s(times["diffmix fwd+bwd"]),
+            f"{audio_s / times['diffmix fwd']:.0f}x",
+            f"{audio_s / times['diffmix fwd+bwd']:.0f}x",
+        ],
+        [
+            "dasp-pytorch",
+            fmt_s(times["dasp fwd"]),
+            fmt_s(times["dasp fwd+bwd"]),
+            f"{audio_s / times['dasp fwd']:.1f}x",
+            f"{audio_s / times['dasp fwd+bwd']:.1f}x",
+        ],
+        [
+            "pedalboard (C++, no gradients)",
+            fmt_s(times["pedalboard fwd"]),
+            "n/a",
+            f"{audio_s / times['pedalboard fwd']:.0f}x",
+            "n/a",
+        ],
     ]
     bwd_vs_dasp = times["dasp fwd+bwd"] / times["diffmix fwd+bwd"]
     fwd_vs_dasp = times["dasp fwd"] / times["diffmix fwd"]
@@ -255,20 +303,35 @@ def run(quick: bool) -> str:
         "",
         table(rows, ["engine", "forward", "forward+backward", "RT forward", "RT fwd+bwd"]),
         "",
-        table([
-            ["forward+backward: dasp / diffmix", f"{bwd_vs_dasp:.1f}x", ">= 20x",
-             "met" if bwd_vs_dasp >= 20 else "not met"],
-            ["forward: dasp / diffmix", f"{fwd_vs_dasp:.1f}x", "-", "-"],
-            ["forward: pedalboard / diffmix", f"{fwd_vs_pb:.2f}x", ">= 1x (no slower)",
-             "met" if fwd_vs_pb >= 1 else "not met"],
-        ], ["ratio", "measured", "goal", "status"]),
+        table(
+            [
+                [
+                    "forward+backward: dasp / diffmix",
+                    f"{bwd_vs_dasp:.1f}x",
+                    ">= 20x",
+                    "met" if bwd_vs_dasp >= 20 else "not met",
+                ],
+                ["forward: dasp / diffmix", f"{fwd_vs_dasp:.1f}x", "-", "-"],
+                [
+                    "forward: pedalboard / diffmix",
+                    f"{fwd_vs_pb:.2f}x",
+                    ">= 1x (no slower)",
+                    "met" if fwd_vs_pb >= 1 else "not met",
+                ],
+            ],
+            ["ratio", "measured", "goal", "status"],
+        ),
         "",
         "dasp-pytorch runs the same chain as closely as it can express it: its panner takes "
         "mono sources (each track's mid), it has no limiter (a 20:1, 0.1 ms compressor stands "
         "in) and no release times. pedalboard pans with numpy gains (it has no pan).",
     ]
-    lines += ["", "Where diffmix's forward time goes (one call per stage, same signal):", "",
-              table(stage_profile(console, x), ["stage", "forward time"])]
+    lines += [
+        "",
+        "Where diffmix's forward time goes (one call per stage, same signal):",
+        "",
+        table(stage_profile(console, x), ["stage", "forward time"]),
+    ]
     if torch.cuda.is_available():
         xg = x.cuda()
         cg = build_console(TRACKS, "cuda")
@@ -277,13 +340,17 @@ def run(quick: bool) -> str:
             def inner():  # noqa: ANN202
                 fn()
                 torch.cuda.synchronize()
+
             return inner
 
         tg = median_time(_sync(lambda: _diffmix(cg, xg, True)), repeat=5)
         tf = median_time(_sync(lambda: _diffmix(cg, xg, False)), repeat=5)
-        lines += ["", f"On {torch.cuda.get_device_name(0)}: forward {fmt_s(tf)} "
-                  f"({audio_s / tf:.0f}x real time), forward+backward {fmt_s(tg)} "
-                  f"({audio_s / tg:.0f}x real time; goal >= 2000x)."]
+        lines += [
+            "",
+            f"On {torch.cuda.get_device_name(0)}: forward {fmt_s(tf)} "
+            f"({audio_s / tf:.0f}x real time), forward+backward {fmt_s(tg)} "
+            f"({audio_s / tg:.0f}x real time; goal >= 2000x).",
+        ]
     else:
         lines += ["", "No GPU in this run: the >= 2000x real-time goal on an H100 is not measured here."]
     return "\n".join(lines)

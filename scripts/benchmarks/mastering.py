@@ -72,8 +72,19 @@ def _loudness_spec(tmp: Path, quick: bool, steps: list[str]) -> str:
             took = cli("master", f"input={path}", f"target={target}", f"out={out}", "plot=false", *steps)
         except RuntimeError as exc:  # a failed case is a failed case: record it, go on
             failures += 1
-            rows.append([name, f"{target} ({lufs:g} LUFS, {ceiling:g} dBTP)", "failed", "-", "-", "-", "-", "-",
-                         f"**no**: {str(exc).splitlines()[-1][:160]}"])
+            rows.append(
+                [
+                    name,
+                    f"{target} ({lufs:g} LUFS, {ceiling:g} dBTP)",
+                    "failed",
+                    "-",
+                    "-",
+                    "-",
+                    "-",
+                    "-",
+                    f"**no**: {str(exc).splitlines()[-1][:160]}",
+                ]
+            )
             continue
         written = next(out.glob("*_master.wav"))
         audio, sr = read(written)
@@ -85,11 +96,30 @@ def _loudness_spec(tmp: Path, quick: bool, steps: list[str]) -> str:
         failures += not ok
         worst_lu = max(worst_lu, abs(err), abs(err_pyln))
         worst_over = max(worst_over, over)
-        rows.append([name, f"{target} ({lufs:g} LUFS, {ceiling:g} dBTP)", f"{m['lufs']:.2f}",
-                     f"{err:+.2f}", f"{m['lufs_pyln']:.2f}", f"{err_pyln:+.2f}", f"{m['tp_dbtp']:.2f}",
-                     fmt_s(took), "yes" if ok else "**no**"])
-    head = ["input", "target", "LUFS (diffmix meter)", "error LU", "LUFS (pyloudnorm)",
-            "error LU (pyln)", "true peak dBTP", "wall time", "within 0.1 LU and ceiling"]
+        rows.append(
+            [
+                name,
+                f"{target} ({lufs:g} LUFS, {ceiling:g} dBTP)",
+                f"{m['lufs']:.2f}",
+                f"{err:+.2f}",
+                f"{m['lufs_pyln']:.2f}",
+                f"{err_pyln:+.2f}",
+                f"{m['tp_dbtp']:.2f}",
+                fmt_s(took),
+                "yes" if ok else "**no**",
+            ]
+        )
+    head = [
+        "input",
+        "target",
+        "LUFS (diffmix meter)",
+        "error LU",
+        "LUFS (pyloudnorm)",
+        "error LU (pyln)",
+        "true peak dBTP",
+        "wall time",
+        "within 0.1 LU and ceiling",
+    ]
     verdict = "met" if failures == 0 else f"**not met** ({failures} of {len(rows)} cases fail)"
     return (
         "### (a) Master to a loudness spec (the written 24-bit file, re-measured)\n\n"
@@ -106,7 +136,9 @@ def _tp_over(tp_dbtp: float, ceiling: float) -> float:
 def _pair_metrics(out: np.ndarray, ref: np.ndarray, ref_m: dict, sr: int) -> dict[str, float]:
     n = min(out.shape[-1], ref.shape[-1])
     m = measure(out, sr)
-    spec = spectral_errors(torch.from_numpy(out[:, :n]).unsqueeze(0), torch.from_numpy(ref[:, :n]).unsqueeze(0), sr)
+    spec = spectral_errors(
+        torch.from_numpy(out[:, :n]).unsqueeze(0), torch.from_numpy(ref[:, :n]).unsqueeze(0), sr
+    )
     return {
         "lufs_err": abs(m["lufs"] - ref_m["lufs"]),
         "over": _tp_over(m["tp_dbtp"], CEILING_DB),
@@ -121,7 +153,9 @@ def _pair_metrics(out: np.ndarray, ref: np.ndarray, ref_m: dict, sr: int) -> dic
 def _matchering(target: Path, reference: Path, out: Path) -> float:
     import matchering
 
-    matchering.log(warning_handler=lambda *_: None, info_handler=lambda *_: None, debug_handler=lambda *_: None)
+    matchering.log(
+        warning_handler=lambda *_: None, info_handler=lambda *_: None, debug_handler=lambda *_: None
+    )
     t0 = time.perf_counter()
     matchering.process(target=str(target), reference=str(reference), results=[matchering.pcm24(str(out))])
     return time.perf_counter() - t0
@@ -147,13 +181,32 @@ def _reference_pairs(tmp: Path, quick: bool, steps: list[str]) -> str:
         mg = _pair_metrics(read(mg_path)[0], ref, ref_m, sr)
         total += 1
         try:
-            t_dm = cli("master", f"input={a / 'mix.flac'}", f"reference={b / 'mix.flac'}", "target=none",
-                       f"out={out}", "plot=false", *steps)
+            t_dm = cli(
+                "master",
+                f"input={a / 'mix.flac'}",
+                f"reference={b / 'mix.flac'}",
+                "target=none",
+                f"out={out}",
+                "plot=false",
+                *steps,
+            )
         except RuntimeError as exc:  # diffmix failed on this pair: matchering wins every metric
             failed.append(f"{a.name} -> {b.name}: {str(exc).splitlines()[-1][:200]}")
             rows.append([f"{a.name} -> {b.name}", "diffmix", "**failed**"] + ["-"] * 7)
-            rows.append(["", "matchering", f"{mg['lufs_err']:.2f}", f"{mg['tp']:.2f}", f"{mg['over']:.2f}",
-                         f"{mg['over_ref']:.2f}", f"{mg['mid']:.2f}", f"{mg['side']:.2f}", f"{mg['sm']:.2f}", fmt_s(t_mg)])
+            rows.append(
+                [
+                    "",
+                    "matchering",
+                    f"{mg['lufs_err']:.2f}",
+                    f"{mg['tp']:.2f}",
+                    f"{mg['over']:.2f}",
+                    f"{mg['over_ref']:.2f}",
+                    f"{mg['mid']:.2f}",
+                    f"{mg['side']:.2f}",
+                    f"{mg['sm']:.2f}",
+                    fmt_s(t_mg),
+                ]
+            )
             continue
         dm = _pair_metrics(read(next(out.glob("*_master.wav")))[0], ref, ref_m, sr)
         done += 1
@@ -163,16 +216,52 @@ def _reference_pairs(tmp: Path, quick: bool, steps: list[str]) -> str:
         for name, m, t in (("diffmix", dm, t_dm), ("matchering", mg, t_mg)):
             for key, v in {**m, "time": t}.items():
                 sums[name][key] = sums[name].get(key, 0.0) + v
-            rows.append([f"{a.name} -> {b.name}" if name == "diffmix" else "", name,
-                         f"{m['lufs_err']:.2f}", f"{m['tp']:.2f}", f"{m['over']:.2f}", f"{m['over_ref']:.2f}",
-                         f"{m['mid']:.2f}", f"{m['side']:.2f}", f"{m['sm']:.2f}", fmt_s(t)])
-    head = ["pair (input -> reference)", "engine", "|LUFS err| LU", "true peak dBTP",
-            "over -1 dBTP (dB)", "over ref TP (dB)", "mid 1/3-oct RMS dB", "side 1/3-oct RMS dB",
-            "side/mid err dB", "wall time"]
-    means = [] if not done else [["mean over pairs diffmix finished", name] + [f"{sums[name][k] / done:.2f}" for k in ("lufs_err", "tp", "over", "over_ref", "mid", "side", "sm")]
-             + [fmt_s(sums[name]["time"] / done)] for name in ("diffmix", "matchering")]
-    labels = {"lufs_err": "loudness error", "over": "true-peak overs", "mid": "mid spectrum",
-              "side": "side spectrum", "sm": "side/mid ratio"}
+            rows.append(
+                [
+                    f"{a.name} -> {b.name}" if name == "diffmix" else "",
+                    name,
+                    f"{m['lufs_err']:.2f}",
+                    f"{m['tp']:.2f}",
+                    f"{m['over']:.2f}",
+                    f"{m['over_ref']:.2f}",
+                    f"{m['mid']:.2f}",
+                    f"{m['side']:.2f}",
+                    f"{m['sm']:.2f}",
+                    fmt_s(t),
+                ]
+            )
+    head = [
+        "pair (input -> reference)",
+        "engine",
+        "|LUFS err| LU",
+        "true peak dBTP",
+        "over -1 dBTP (dB)",
+        "over ref TP (dB)",
+        "mid 1/3-oct RMS dB",
+        "side 1/3-oct RMS dB",
+        "side/mid err dB",
+        "wall time",
+    ]
+    means = (
+        []
+        if not done
+        else [
+            ["mean over pairs diffmix finished", name]
+            + [
+                f"{sums[name][k] / done:.2f}"
+                for k in ("lufs_err", "tp", "over", "over_ref", "mid", "side", "sm")
+            ]
+            + [fmt_s(sums[name]["time"] / done)]
+            for name in ("diffmix", "matchering")
+        ]
+    )
+    labels = {
+        "lufs_err": "loudness error",
+        "over": "true-peak overs",
+        "mid": "mid spectrum",
+        "side": "side spectrum",
+        "sm": "side/mid ratio",
+    }
     score = ", ".join(f"{labels[k]} {v}/{total}" for k, v in wins.items())
     allwin = all(v == total for v in wins.values())
     return (
@@ -205,12 +294,28 @@ def _speed(tmp: Path, quick: bool) -> str:
     split = ", ".join(f"{k} {v:.2f} s" for k, v in stages.items())
     return (
         "### (c) Speed: a song mastered to Spotify, end to end (CLI subprocess)\n\n"
-        + table([[f"{seconds:g} s stereo 44.1 kHz ({source})", fmt_s(took),
-                  f"{inner:.2f} s" if isinstance(inner, (int, float)) else "n/a",
-                  f"{seconds / took:.1f}x"]],
-                ["input", "wall time (start, load, fit, write, report, plot)", "job's own runtime_s", "real-time factor"])
-        + (f"\n\nInside the job (report's `timings_s`): {split}; the rest of the wall time is "
-           "Python start, imports (torch ~2 s), Hydra and loading." if split else "")
+        + table(
+            [
+                [
+                    f"{seconds:g} s stereo 44.1 kHz ({source})",
+                    fmt_s(took),
+                    f"{inner:.2f} s" if isinstance(inner, (int, float)) else "n/a",
+                    f"{seconds / took:.1f}x",
+                ]
+            ],
+            [
+                "input",
+                "wall time (start, load, fit, write, report, plot)",
+                "job's own runtime_s",
+                "real-time factor",
+            ],
+        )
+        + (
+            f"\n\nInside the job (report's `timings_s`): {split}; the rest of the wall time is "
+            "Python start, imports (torch ~2 s), Hydra and loading."
+            if split
+            else ""
+        )
         + (f"\n\nGoal (3-minute song <= 10 s): {goal}." if not quick else "\n\n(quick run: 10 s song)")
     )
 
@@ -221,7 +326,8 @@ def run(quick: bool) -> str:
     try:
         parts = [
             "Every case runs the real CLI with its default config"
-            + (" (quick: fit.steps=5)" if quick else "") + "; outputs are 24-bit WAV with TPDF dither.",
+            + (" (quick: fit.steps=5)" if quick else "")
+            + "; outputs are 24-bit WAV with TPDF dither.",
             _loudness_spec(tmp, quick, steps),
             _reference_pairs(tmp, quick, steps),
             _speed(tmp, quick),

@@ -63,10 +63,14 @@ def hidden_setting(n: int, seed: int) -> list[dict[str, float]]:
     return [
         {
             "gain_db": float(rng.uniform(-9, 9)),
-            "low_db": float(rng.uniform(-4, 4)), "low_hz": float(rng.uniform(80, 250)),
-            "peak_db": float(rng.uniform(-4, 4)), "peak_hz": float(rng.uniform(400, 4000)),
-            "high_db": float(rng.uniform(-4, 4)), "high_hz": float(rng.uniform(5000, 10000)),
-            "threshold_db": float(rng.uniform(-30, -15)), "ratio": float(rng.uniform(2, 4)),
+            "low_db": float(rng.uniform(-4, 4)),
+            "low_hz": float(rng.uniform(80, 250)),
+            "peak_db": float(rng.uniform(-4, 4)),
+            "peak_hz": float(rng.uniform(400, 4000)),
+            "high_db": float(rng.uniform(-4, 4)),
+            "high_hz": float(rng.uniform(5000, 10000)),
+            "threshold_db": float(rng.uniform(-30, -15)),
+            "ratio": float(rng.uniform(2, 4)),
         }
         for _ in range(n)
     ]
@@ -78,13 +82,17 @@ def render_hidden(stems: list[np.ndarray], sr: int, setting: list[dict[str, floa
 
     out = []
     for x, s in zip(stems, setting, strict=True):
-        board = pb.Pedalboard([
-            pb.Gain(s["gain_db"]),
-            pb.LowShelfFilter(s["low_hz"], s["low_db"], 0.707),
-            pb.PeakFilter(s["peak_hz"], s["peak_db"], 1.0),
-            pb.HighShelfFilter(s["high_hz"], s["high_db"], 0.707),
-            pb.Compressor(threshold_db=s["threshold_db"], ratio=s["ratio"], attack_ms=10.0, release_ms=100.0),
-        ])
+        board = pb.Pedalboard(
+            [
+                pb.Gain(s["gain_db"]),
+                pb.LowShelfFilter(s["low_hz"], s["low_db"], 0.707),
+                pb.PeakFilter(s["peak_hz"], s["peak_db"], 1.0),
+                pb.HighShelfFilter(s["high_hz"], s["high_db"], 0.707),
+                pb.Compressor(
+                    threshold_db=s["threshold_db"], ratio=s["ratio"], attack_ms=10.0, release_ms=100.0
+                ),
+            ]
+        )
         out.append(board(x.astype(np.float32), sr).astype(np.float64))
     return out
 
@@ -137,8 +145,12 @@ def _hidden(tmp: Path, quick: bool, extra: list[str]) -> str:
         mix_written, _ = read(out / "mix.wav")
         m = min(mix_written.shape[-1], n)
         mrstft = MRSTFTLoss(sr, fft_sizes=(2048, 512, 128))
-        dist = float(mrstft(torch.from_numpy(mix_written[:, :m]).unsqueeze(0),
-                            torch.from_numpy(reference[:, :m]).unsqueeze(0))[0])
+        dist = float(
+            mrstft(
+                torch.from_numpy(mix_written[:, :m]).unsqueeze(0),
+                torch.from_numpy(reference[:, :m]).unsqueeze(0),
+            )[0]
+        )
         ref_lufs = _lufs(reference, sr)
         errors = []
         for name, h, f, s in zip(names, hidden, fitted, setting, strict=True):
@@ -147,24 +159,53 @@ def _hidden(tmp: Path, quick: bool, extra: list[str]) -> str:
             err = got - want
             if audible:
                 errors.append(err)
-            rows.append([folder.name, name, f"{s['gain_db']:+.1f}", f"{want:.1f}", f"{got:.1f}",
-                         f"{err:+.2f}" if audible else f"({err:+.2f}, inaudible)",
-                         "yes" if audible and abs(err) <= 1.0 else ("-" if not audible else "**no**")])
+            rows.append(
+                [
+                    folder.name,
+                    name,
+                    f"{s['gain_db']:+.1f}",
+                    f"{want:.1f}",
+                    f"{got:.1f}",
+                    f"{err:+.2f}" if audible else f"({err:+.2f}, inaudible)",
+                    "yes" if audible and abs(err) <= 1.0 else ("-" if not audible else "**no**"),
+                ]
+            )
         worst = max(abs(e) for e in errors)
         judged_all += errors
-        summary.append([folder.name, str(len(names)), f"{dist:.3f}", f"{worst:.2f}",
-                        f"{sum(abs(e) <= 1.0 for e in errors)}/{len(errors)}",
-                        f"{report['fit'].get('steps', 0)} ({report['fit'].get('stopped', 'closed form only')})"
-                        if report.get("fit") else "-",
-                        fmt_s(took)])
+        summary.append(
+            [
+                folder.name,
+                str(len(names)),
+                f"{dist:.3f}",
+                f"{worst:.2f}",
+                f"{sum(abs(e) <= 1.0 for e in errors)}/{len(errors)}",
+                f"{report['fit'].get('steps', 0)} ({report['fit'].get('stopped', 'closed form only')})"
+                if report.get("fit")
+                else "-",
+                fmt_s(took),
+            ]
+        )
     ok = all(abs(e) <= 1.0 for e in judged_all)
     return (
         "### (a) Mix to a hidden setting (pedalboard-rendered reference, fit from neutral)\n\n"
-        + table(summary, ["set", "tracks", "MR-STFT distance", "worst |gain error| dB",
-                          "tracks within 1 dB", "fit steps", "wall time"])
+        + table(
+            summary,
+            [
+                "set",
+                "tracks",
+                "MR-STFT distance",
+                "worst |gain error| dB",
+                "tracks within 1 dB",
+                "fit steps",
+                "wall time",
+            ],
+        )
         + "\n\n<details><summary>Per track: hidden gain, loudness contribution (LUFS) in the reference "
         "and in the fitted mix</summary>\n\n"
-        + table(rows, ["set", "track", "hidden gain dB", "reference LUFS", "fitted LUFS", "error dB", "within 1 dB"])
+        + table(
+            rows,
+            ["set", "track", "hidden gain dB", "reference LUFS", "fitted LUFS", "error dB", "within 1 dB"],
+        )
         + "\n\n</details>\n\n"
         + f"Goal (every audible track's gain within 1 dB): {'met' if ok else '**not met**'} "
         f"({sum(abs(e) <= 1.0 for e in judged_all)}/{len(judged_all)} tracks; worst "
@@ -197,20 +238,41 @@ def _producer(tmp: Path, quick: bool, extra: list[str]) -> str:
         n = min(ref.shape[-1], mix.shape[-1], baseline.shape[-1])
         loss = MRSTFTLoss(sr, fft_sizes=(2048, 512, 128))
 
-        def d(a: np.ndarray) -> float:
-            return float(loss(torch.from_numpy(a[:, :n]).unsqueeze(0), torch.from_numpy(ref[:, :n]).unsqueeze(0))[0])
+        def d(a: np.ndarray, loss=loss, ref=ref, n=n) -> float:  # noqa: ANN001
+            return float(
+                loss(torch.from_numpy(a[:, :n]).unsqueeze(0), torch.from_numpy(ref[:, :n]).unsqueeze(0))[0]
+            )
 
         fitted = d(mix)
         matched = d(mix * 10 ** ((ref_lufs - _lufs(mix, sr)) / 20))
         base = d(baseline)
         ratio = fitted / base
         ok_all &= ratio <= 0.6
-        rows.append([folder.name, f"{base:.3f}", f"{fitted:.3f}", f"{matched:.3f}", f"{100 * ratio:.0f} %",
-                     "met" if ratio <= 0.6 else "**not met**", fmt_s(took)])
+        rows.append(
+            [
+                folder.name,
+                f"{base:.3f}",
+                f"{fitted:.3f}",
+                f"{matched:.3f}",
+                f"{100 * ratio:.0f} %",
+                "met" if ratio <= 0.6 else "**not met**",
+                fmt_s(took),
+            ]
+        )
     return (
         "### (b) Mix toward the producer's mix.flac\n\n"
-        + table(rows, ["set", "equal-loudness sum", "diffmix (written file)", "diffmix, loudness-matched",
-                       "diffmix / baseline", "<= 60 %", "wall time"])
+        + table(
+            rows,
+            [
+                "set",
+                "equal-loudness sum",
+                "diffmix (written file)",
+                "diffmix, loudness-matched",
+                "diffmix / baseline",
+                "<= 60 %",
+                "wall time",
+            ],
+        )
         + f"\n\nBar (MR-STFT distance at most 60 % of the equal-loudness sum's, every set): "
         f"{'met' if ok_all else '**not met**'}. The bar is judged on the written file as delivered."
     )
@@ -240,14 +302,31 @@ def _speed(tmp: Path, quick: bool) -> str:
     goal = "met" if took <= 60.0 else "**not met**"
     return (
         "### (c) Speed: fitting an 8-stem console to a 30 s reference (CLI, end to end)\n\n"
-        + table([[f"8 stereo stems x {seconds:g} s ({folder.name}, looped)",
-                  f"{fit.get('steps', '-')} ({fit.get('stopped', '-')})", fmt_s(took),
-                  fmt_s(init.get("seconds", 0.0)), fmt_s(fit.get("seconds", 0.0)), f"{per_step:.2f} s",
-                  fmt_s(overhead)]],
-                ["input", "steps run", "wall time", "closed-form start", "gradient fit", "per step",
-                 "everything else (start-up, load, full render, write, report)"])
+        + table(
+            [
+                [
+                    f"8 stereo stems x {seconds:g} s ({folder.name}, looped)",
+                    f"{fit.get('steps', '-')} ({fit.get('stopped', '-')})",
+                    fmt_s(took),
+                    fmt_s(init.get("seconds", 0.0)),
+                    fmt_s(fit.get("seconds", 0.0)),
+                    f"{per_step:.2f} s",
+                    fmt_s(overhead),
+                ]
+            ],
+            [
+                "input",
+                "steps run",
+                "wall time",
+                "closed-form start",
+                "gradient fit",
+                "per step",
+                "everything else (start-up, load, full render, write, report)",
+            ],
+        )
         + f"\n\nThe default config ({DEFAULT_MIX_STEPS} steps at most, plateau stopping) end to end: "
-        f"{took:.1f} s; goal (<= 60 s): {goal}" + (" (quick: 10 s, 5 steps; not the goal's case)." if quick else ".")
+        f"{took:.1f} s; goal (<= 60 s): {goal}"
+        + (" (quick: 10 s, 5 steps; not the goal's case)." if quick else ".")
     )
 
 
@@ -263,9 +342,14 @@ def run(quick: bool) -> str:
             "master EQ + compressor): the closed-form start (per-band NNLS, `diffmix.mix_init`), "
             f"then at most {DEFAULT_MIX_STEPS} gradient steps on 1 s excerpts"
             + (" (quick: fit.steps=5)" if quick else "")
-            + (f". **(a) and (b) capped at fit.steps={STEPS}** (DIFFMIX_BENCH_MIX_STEPS) to fit the "
-               f"session's time; the default is {DEFAULT_MIX_STEPS} with plateau stopping" if STEPS and not quick else "")
-            + (f". Sets: {', '.join(SETS)} (DIFFMIX_BENCH_MIX_SETS)" if SETS and not quick else "") + ".",
+            + (
+                f". **(a) and (b) capped at fit.steps={STEPS}** (DIFFMIX_BENCH_MIX_STEPS) to fit the "
+                f"session's time; the default is {DEFAULT_MIX_STEPS} with plateau stopping"
+                if STEPS and not quick
+                else ""
+            )
+            + (f". Sets: {', '.join(SETS)} (DIFFMIX_BENCH_MIX_SETS)" if SETS and not quick else "")
+            + ".",
             _hidden(tmp, quick, extra),
             _producer(tmp, quick, extra),
             _speed(tmp, quick),
