@@ -94,7 +94,7 @@ def fit(
     params = list(params)
     opt = optimizer(params)
     sched = scheduler(opt) if scheduler is not None else None
-    state = {"step": 0, "ema": math.inf, "best": math.inf, "since_best": 0}
+    state: dict[str, Any] = {"step": 0, "ema": math.inf, "best": math.inf, "since_best": 0}
     history: list[dict[str, float]] = []
     key = _fingerprint(params, tag)
     if checkpoint is not None and checkpoint.exists():

@@ -4,9 +4,15 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Any, cast
 
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
+
+
+def to_dict(node: Any) -> dict[str, Any]:
+    """A resolved config mapping as a plain ``dict``."""
+    return cast(dict, OmegaConf.to_container(node, resolve=True))
 
 
 def output_dir(cfg: DictConfig) -> Path:

@@ -21,7 +21,7 @@ from diffmix.errors import UserError
 from diffmix.functional.loudness import integrated_loudness
 from diffmix.inputs import expand_paths, load_mix
 from diffmix.io import atomic_write_text, read_audio
-from diffmix.jobs._common import output_dir, peak_dbtp, pick_device, summary
+from diffmix.jobs._common import output_dir, peak_dbtp, pick_device, summary, to_dict
 from diffmix.jobs._mastering import Song, master_group
 from diffmix.report import write_json
 
@@ -53,7 +53,7 @@ def run(cfg: DictConfig) -> int:
         raise UserError("album: needs at least two tracks")
     first, sr = load_mix(paths[0], what=paths[0].name)
     tracks = [first] + [load_mix(p, sr, what=p.name)[0] for p in paths[1:]]
-    target = OmegaConf.to_container(cfg.target, resolve=True)
+    target = to_dict(cfg.target)
     goal = target.get("lufs") if target.get("lufs") is not None else -16.0
     if cfg.get("reference"):
         reference, _ = load_mix(cfg.reference, sr, what="reference")

@@ -13,10 +13,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from diffmix.inputs import load_mix
-from diffmix.jobs._common import output_dir, pick_device
+from diffmix.jobs._common import output_dir, pick_device, to_dict
 from diffmix.jobs._mastering import Song, master_group
 from diffmix.streaming import DiskAudio, master_file, wants_streaming
 
@@ -36,7 +36,7 @@ def run(cfg: DictConfig) -> int:
         return _run_streaming(cfg, out, stem, reference, protect, device)
     song = Song(
         key=stem, audio=x.to(device), out=out, stem=stem, reference=reference,
-        target=OmegaConf.to_container(cfg.target, resolve=True), protect=protect,  # type: ignore[arg-type]
+        target=to_dict(cfg.target), protect=protect,
     )
     (report,) = master_group(cfg, [song], sr)
     a = report["achieved"]
@@ -51,7 +51,7 @@ def run(cfg: DictConfig) -> int:
 def _run_streaming(cfg, out, stem, reference, protect, device) -> int:  # noqa: ANN001
     report = master_file(
         cfg, input=str(cfg.input), out=out, stem=stem, reference=reference,
-        target=OmegaConf.to_container(cfg.target, resolve=True), protect=protect,  # type: ignore[arg-type]
+        target=to_dict(cfg.target), protect=protect,
         device=device,
     )
     a = report["achieved"]

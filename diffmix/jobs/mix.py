@@ -29,7 +29,7 @@ from diffmix.features import spectral_errors
 from diffmix.fit import draw, excerpt_starts, fit
 from diffmix.functional.loudness import integrated_loudness
 from diffmix.inputs import load_mix, load_stems
-from diffmix.jobs._common import output_dir, pick_device
+from diffmix.jobs._common import output_dir, pick_device, to_dict
 from diffmix.jobs._common import summary as measure
 from diffmix.losses import MRSTFTLoss
 from diffmix.mastering import set_exact
@@ -57,7 +57,7 @@ def _excerpt_pool(length_all: int, length: int, count: int) -> list[int]:
 
 def build_console(cfg: DictConfig, sr: int, names: list[str], mono: list[bool]) -> Console:
     OmegaConf.update(cfg, "sample_rate", sr, force_add=True)
-    node = OmegaConf.to_container(cfg.console, resolve=True)
+    node = to_dict(cfg.console)
     node.update(tracks=len(names), track_names=names, mono=mono)
     return instantiate(OmegaConf.create(node), _convert_="all", where="console")
 

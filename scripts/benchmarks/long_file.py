@@ -24,6 +24,7 @@ import soundfile as sf
 from benchmarks._timing import table
 
 TITLE = "Reliability: one-hour stereo 48 kHz master in bounded memory"
+TARGET_LUFS = -14.0  # spotify, the target every run here is mastered to
 
 SR = 48000
 ROOT = Path(__file__).resolve().parents[2]
@@ -119,10 +120,12 @@ def run(quick: bool) -> str:
             f"grows with the length (whole-signal FFT EQ, 4x oversampled true-peak paths), "
             f"which is why `stream=auto` streams inputs above 10 minutes. Synthesising the "
             f"long input on disk took {synth_s:.0f} s (not counted)."
-            " A master a few hundredths of an LU under the target was re-limited by delivery:"
-            " the limiter's own 48-tap true-peak meter reads ~0.03 dB below the"
-            " `diffmix.functional.peaks` meter that the delivery check uses (in memory too)."
         )
+        if any(abs(r["lufs"] - TARGET_LUFS) >= 0.005 for r in (mem, st, long)):
+            note += (
+                " A master off its target by a few hundredths of an LU was re-limited by"
+                " delivery, whose true-peak check on the quantised file read over the ceiling."
+            )
         return body + note
     finally:
         shutil.rmtree(work, ignore_errors=True)
