@@ -65,6 +65,11 @@ class Effect(nn.Module):
         """The physical value of parameter ``name`` (differentiable through ``raw``)."""
         return self.params[name]()
 
+    def values(self) -> dict[str, Any]:
+        """Every parameter's physical value by name (differentiable), for the functional
+        core's keyword arguments."""
+        return {name: self.p(name) for name in self.params}
+
     def check(self, x: Tensor) -> None:
         check_audio(x, self.name, channels=self.channels)
 

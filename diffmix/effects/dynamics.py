@@ -109,7 +109,7 @@ class Compressor(Effect):
     def forward(self, x: Tensor, sidechain: Tensor | None = None) -> Tensor:
         self.check(x)
         _check_sidechain(x, sidechain, self.name)
-        values = {name: self.p(name) for name in self.params}
+        values = self.values()
         return F.compressor(x, self.sample_rate, **values, **self._options, sidechain=sidechain)
 
 
@@ -182,7 +182,7 @@ class Expander(Effect):
     def forward(self, x: Tensor, sidechain: Tensor | None = None) -> Tensor:
         self.check(x)
         _check_sidechain(x, sidechain, self.name)
-        values = {name: self.p(name) for name in self.params}
+        values = self.values()
         return F.expander(x, self.sample_rate, **values, **self._options, sidechain=sidechain)
 
 
@@ -237,7 +237,7 @@ class Limiter(Effect):
 
     def forward(self, x: Tensor) -> Tensor:
         self.check(x)
-        values = {name: self.p(name) for name in self.params}
+        values = self.values()
         return F.limiter(x, self.sample_rate, **values, **self._options)
 
 
@@ -323,5 +323,5 @@ class MultibandCompressor(Effect):
 
     def forward(self, x: Tensor) -> Tensor:
         self.check(x)
-        values = {name: self.p(name) for name in self.params}
+        values = self.values()
         return F.multiband_compressor(x, self.sample_rate, **values, **self._options)

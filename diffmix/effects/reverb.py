@@ -90,7 +90,7 @@ class Reverb(Effect):
         return F.reverb(
             x,
             self.sample_rate,
-            **{name: self.p(name) for name in self.params},
+            **self.values(),
             crossover_hz=self.crossover_hz,
             tail_s=self.tail_s,
             seed=self.seed,
