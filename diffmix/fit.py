@@ -69,6 +69,7 @@ def fit(
     scheduler: Callable[[torch.optim.Optimizer], Any] | None = None,
     patience: int = 50,
     min_delta: float = 1e-4,
+    cycle: int = 1,
     checkpoint: Path | None = None,
     checkpoint_every: int = 25,
     tag: str = "",
@@ -85,6 +86,9 @@ def fit(
         scheduler: ``optimizer -> LR scheduler`` or None.
         patience: stop when the smoothed loss has not improved by ``min_delta``
             (relative) for this many steps.
+        cycle: the closure scores a repeating cycle of this many excerpts (a fixed pool);
+            the smoothed loss is then the mean over the last whole cycle, so that easy and
+            hard excerpts don't read as progress or as a plateau. 1: an exponential average.
         checkpoint: file to save to every ``checkpoint_every`` steps and resume from.
         tag: identifies the problem; a checkpoint from another problem is not resumed.
         log_path: JSON-lines file receiving every step's loss terms.
@@ -121,21 +125,25 @@ def fit(
             with input_checks(False):
                 loss, terms = closure(state["step"])
             if not torch.isfinite(loss):
-                raise FloatingPointError(f"fit: loss became {float(loss)} at step {state['step']}")
+                raise FloatingPointError(f"fit: loss became {float(loss.detach())} at step {state['step']}")
             loss.backward()
             opt.step()
             if sched is not None:
                 sched.step()
             value = float(loss.detach())
             state["step"] += 1
-            ema = value if math.isinf(state["ema"]) else 0.9 * state["ema"] + 0.1 * value
-            state["ema"] = ema
-            if ema < state["best"] * (1 - min_delta):
-                state["best"], state["since_best"] = ema, 0
-            else:
-                state["since_best"] += 1
             row = {"step": state["step"], "loss": value, **terms}
             history.append(row)
+            if cycle > 1:
+                smooth = sum(h["loss"] for h in history[-cycle:]) / cycle if len(history) >= cycle else None
+            else:
+                smooth = value if math.isinf(state["ema"]) else 0.9 * state["ema"] + 0.1 * value
+            if smooth is not None:
+                state["ema"] = smooth
+                if smooth < state["best"] * (1 - min_delta):
+                    state["best"], state["since_best"] = smooth, 0
+                else:
+                    state["since_best"] += 1
             if log is not None:
                 log.write(json.dumps(row) + "\n")
             bar.update(1)

@@ -77,6 +77,24 @@ def test_plateau_stops_early():
     assert result.stopped == "plateau" and result.steps == 11
 
 
+def test_a_pool_cycle_is_judged_as_a_whole():
+    # Four excerpts of very different difficulty, each improving 1 % per visit: step by
+    # step the loss jumps around, but every pass through the pool is better than the last.
+    x = torch.zeros(1, requires_grad=True)
+    difficulty = [1.0, 3.0, 0.5, 2.0]
+
+    def closure(step):  # noqa: ANN001, ANN202
+        return (x * 0).sum() + difficulty[step % 4] * 0.99 ** (step // 4), {}
+
+    pooled = fit([x], closure, steps=80, optimizer=ADAM, patience=6, cycle=4, progress=False)
+    assert pooled.stopped == "steps" and pooled.steps == 80
+    per_step = fit([x], closure, steps=80, optimizer=ADAM, patience=6, progress=False)
+    assert per_step.stopped == "plateau"  # the exponential average reads the cycle as a plateau
+    flat = fit([x], lambda g: ((x * 0).sum() + difficulty[g % 4], {}), steps=80, optimizer=ADAM,
+               patience=6, cycle=4, progress=False)
+    assert flat.stopped == "plateau" and flat.steps == 10  # best set at step 4, then 6 without gain
+
+
 def test_non_finite_loss_is_an_error():
     x = torch.zeros(1, requires_grad=True)
     with pytest.raises(FloatingPointError, match="loss became nan"):

@@ -167,6 +167,9 @@ def run(cfg: DictConfig) -> int:
             optimizer=instantiate(cfg.optim, where="optim"),
             scheduler=scheduler,
             patience=int(cfg.fit.patience),
+            # With a fixed pool each step scores another excerpt: progress is judged on the
+            # mean over whole passes through the pool.
+            cycle=max(1, len(excerpts)),
             checkpoint=Path(cfg.checkpoint) if cfg.get("checkpoint") else None,
             progress=bool(cfg.progress),
             log_path=out / "fit_log.jsonl",
