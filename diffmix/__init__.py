@@ -7,7 +7,7 @@ Every effect is a pure function in :mod:`diffmix.functional` plus a thin ``nn.Mo
 
 import os
 
-# Before torch's first allocation: its CPU allocator then backs buffers of 2 MB and more with
+# Read at torch's first large CPU allocation: its allocator then backs buffers of 2 MB and more with
 # transparent huge pages, so first touching a fresh 80 MB buffer (30 s of 16 tracks) costs
 # about a third of the page faults' time. A value the user set is kept.
 os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
