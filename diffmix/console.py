@@ -180,6 +180,9 @@ class Console(nn.Module):
         track_names: names of the tracks (for groups by name and for reports).
         mono: which tracks are mono sources carried as two equal channels.
         songs: multitracks processed at once; every parameter is per song.
+        offset_samples: moves the mix on its timeline (positive: later, negative:
+            earlier; the vacated start or end is silence), e.g. to line it up with a
+            reference rendered with some latency. An option, not fitted; default 0.
         values: fitted values as written by :meth:`preset`.
 
     Shape:
@@ -200,10 +203,14 @@ class Console(nn.Module):
         track_names: Sequence[str] | None = None,
         mono: Sequence[bool] | None = None,
         songs: int = 1,
+        offset_samples: int = 0,
         values: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self.sample_rate = check_sample_rate(sample_rate, "Console")
+        if int(offset_samples) != offset_samples:
+            raise ValueError(f"Console: offset_samples must be a whole number, got {offset_samples}")
+        self.offset_samples = int(offset_samples)
         if int(tracks) < 1 or int(songs) < 1:
             raise ValueError(f"Console: tracks and songs must be >= 1, got {tracks}, {songs}")
         self.tracks, self.songs = int(tracks), int(songs)
@@ -244,6 +251,7 @@ class Console(nn.Module):
             "groups": {k: list(v) for k, v in self.groups.items()},
             "mono": mono_flags,
             "track_names": self.track_names,
+            "offset_samples": self.offset_samples,
         }
         if values:
             self.load_values(values)
@@ -329,7 +337,7 @@ class Console(nn.Module):
             # written; its backward is two products as well.
             ch = tracks.shape[1]
             m = matrix.to(tracks.dtype).view(s, n, 2, ch).permute(0, 2, 1, 3).reshape(s, 2, n * ch)
-            return self.master(torch.bmm(m, tracks.reshape(s, n * ch, t)))
+            return self._place(self.master(torch.bmm(m, tracks.reshape(s, n * ch, t))))
         if matrix is not None:
             tracks = apply_matrix(tracks, matrix)
         tracks = tracks.view(s, n, 2, t)
@@ -342,7 +350,18 @@ class Console(nn.Module):
             level = db_to_amp(self.send_levels[name]()).to(tracks.dtype).view(s, n, 1, 1)
             ret = db_to_amp(self.return_levels[name]()).to(tracks.dtype).view(s, 1, 1)
             master_in = master_in + ret * fx((tracks * level).sum(1))
-        return self.master(master_in)
+        return self._place(self.master(master_in))
+
+    def _place(self, mix: Tensor) -> Tensor:
+        """The mix moved by ``offset_samples``, same length (differentiable)."""
+        k = self.offset_samples
+        if k == 0:
+            return mix
+        if abs(k) >= mix.shape[-1]:
+            return torch.zeros_like(mix)
+        if k > 0:
+            return torch.nn.functional.pad(mix[..., :-k], (k, 0))
+        return torch.nn.functional.pad(mix[..., -k:], (0, -k))
 
     def preset(self) -> dict[str, Any]:
         return {

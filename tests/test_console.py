@@ -88,6 +88,27 @@ def test_preset_round_trip_is_bit_exact(tmp_path):
         assert torch.equal(console(stems), loaded(stems))
 
 
+@pytest.mark.parametrize("offset", [7, -5])
+@pytest.mark.parametrize("routed", [False, True])  # the one-product path, or sends
+def test_offset_moves_the_mix_on_its_timeline_and_survives_the_preset(offset, routed):
+    extra = {"sends": {"fx": Width(SR)}} if routed else {}
+    plain, moved = make_console(**extra), make_console(offset_samples=offset, **extra)
+    for c in (plain, moved):
+        c.load_values({"strip.fader.gain_db": [-1.0, 2.0, 0.5], "strip.pan.pan": [-0.4, 0.1, 0.7]})
+    stems = noise(3, 2, 256).unsqueeze(0)
+    with torch.no_grad():
+        ref, out = plain(stems), moved(stems)
+        again = load_preset(moved.preset()).double()(stems)
+    k = abs(offset)
+    if offset > 0:  # later: silence first, the end cut
+        assert torch.equal(out[..., :k], torch.zeros_like(out[..., :k]))
+        torch.testing.assert_close(out[..., k:], ref[..., :-k], rtol=0, atol=1e-12)
+    else:  # earlier: the start cut, silence last
+        assert torch.equal(out[..., -k:], torch.zeros_like(out[..., -k:]))
+        torch.testing.assert_close(out[..., :-k], ref[..., k:], rtol=0, atol=1e-12)
+    assert moved.preset()["offset_samples"] == offset and torch.equal(again, out)
+
+
 def test_select_turns_gradients_on_only_for_matching_parameters():
     console = make_console()
     chosen = console.select(["strip.fader.*", "master.*"])
@@ -113,6 +134,7 @@ def test_amount_scales_the_change():
         ({"groups": {"a": ["nope"]}}, "unknown track 'nope'"),
         ({"groups": {"a": [7]}}, "out of range"),
         ({"track_names": ["a"]}, "1 track names for 3 tracks"),
+        ({"offset_samples": 2.5}, "offset_samples must be a whole number"),
     ],
 )
 def test_bad_console_configs(kwargs, match):

@@ -67,6 +67,33 @@ def test_mix_fits_toward_a_reference_and_writes_everything(tmp_path):
     assert rendered.shape == (3 * 44100, 2)
 
 
+@pytest.mark.parametrize("lag", [12, -9])
+def test_mix_lines_up_with_a_reference_rendered_with_latency(tmp_path, lag):
+    d = stems_dir(tmp_path, seconds=2.0)
+    stems = [sf.read(str(p), always_2d=True)[0] for p in sorted(d.iterdir())]
+    total = sum(s if s.shape[1] == 2 else np.repeat(s, 2, 1) for s in stems)
+    late = np.roll(total, lag, axis=0)  # the reference's renderer added (or removed) latency
+    ref = write(tmp_path / "ref.wav", late.astype(np.float32))
+    args = [f"stems={d}", f"reference={ref}", "fit.steps=0", "progress=false", "delivery.bit_depth=float"]
+    out = run_cli("mix", *args, f"out={tmp_path / 'o'}", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    report = json.loads((tmp_path / "o" / "mix_report.json").read_text())
+    assert report["alignment"]["offset_samples"] == lag
+    assert report["params"]["offset_samples"] == lag  # in the preset too: render repeats it
+    mix, _ = sf.read(str(tmp_path / "o" / "mix.wav"))
+    a, b = mix.mean(1), late.mean(1)
+    corr = [float(np.dot(np.roll(a, k), b)) for k in range(-20, 21)]
+    assert int(np.argmax(corr)) - 20 == 0  # the written mix sits on the reference's timeline
+    if lag < 0:
+        return  # switching it off, and a bad value: once is enough
+    off = run_cli("mix", *args, "align_ms=0", f"out={tmp_path / 'p'}", cwd=tmp_path)
+    assert off.returncode == 0, off.stderr
+    assert json.loads((tmp_path / "p" / "mix_report.json").read_text())["alignment"]["offset_samples"] == 0
+    bad = run_cli("mix", *args, "align_ms=-5", f"out={tmp_path / 'q'}", cwd=tmp_path)
+    assert bad.returncode != 0 and "align_ms must be between 0 and 1000 ms" in bad.stderr
+    assert not (tmp_path / "q" / "mix.wav").exists()
+
+
 def test_mix_stems_of_different_lengths_are_padded_with_a_warning(tmp_path):
     d = tmp_path / "stems"
     write(d / "a.wav", music(2.0, seed=1))

@@ -3,7 +3,14 @@
 Options: ``stems`` (folder, glob or list; required), ``reference`` (a mix), ``aligned``
 (the reference is a mix of these very stems, so waveforms can be compared with the
 MR-STFT term), ``console.*`` (strips, groups, sends, master), ``fit.*``, ``loss.weights``,
-``resample`` (false: stems at another rate are an error), ``delivery.*``, ``out``.
+``resample`` (false: stems at another rate are an error), ``align_ms``, ``delivery.*``,
+``out``.
+
+A reference rendered from these stems often carries its renderer's latency (tens of
+samples). With ``align_ms`` > 0 (default 50) and ``aligned``, that lag is found by
+cross-correlation (:func:`diffmix.mix_init.estimate_lag`, within +-``align_ms``) and the
+console's ``offset_samples`` moves the mix onto the reference's timeline: the fit then
+compares like with like, and the written mix lines up with the reference sample for sample.
 
 The fit has two stages. ``fit.init=nnls`` (default) first sets every track's input gain
 and strip EQ in closed form from the audio (:mod:`diffmix.mix_init`: non-negative least
@@ -33,7 +40,7 @@ from diffmix.jobs._common import output_dir, pick_device, to_dict
 from diffmix.jobs._common import summary as measure
 from diffmix.losses import MRSTFTLoss
 from diffmix.mastering import set_exact
-from diffmix.mix_init import initialise_console
+from diffmix.mix_init import estimate_lag, initialise_console
 from diffmix.objective import REFERENCE_TERMS, Objective
 from diffmix.report import write_json
 
@@ -55,10 +62,12 @@ def _excerpt_pool(length_all: int, length: int, count: int) -> list[int]:
     return sorted({int(round(v)) for v in torch.linspace(0, length_all - length, count).tolist()})
 
 
-def build_console(cfg: DictConfig, sr: int, names: list[str], mono: list[bool]) -> Console:
+def build_console(
+    cfg: DictConfig, sr: int, names: list[str], mono: list[bool], offset_samples: int = 0
+) -> Console:
     OmegaConf.update(cfg, "sample_rate", sr, force_add=True)
     node = to_dict(cfg.console)
-    node.update(tracks=len(names), track_names=names, mono=mono)
+    node.update(tracks=len(names), track_names=names, mono=mono, offset_samples=offset_samples)
     return instantiate(OmegaConf.create(node), _convert_="all", where="console")
 
 
@@ -79,7 +88,13 @@ def run(cfg: DictConfig) -> int:
         mono_ref = bool(torch.equal(reference[:, 0], reference[:, 1]))
         if not torch.isfinite(integrated_loudness(reference, sr)).all():
             raise UserError("reference is silent: there is nothing to match")
-    console = build_console(cfg, sr, stems.names, stems.mono).to(device)
+    align_ms = float(cfg.get("align_ms") or 0.0)
+    if not 0.0 <= align_ms <= 1000.0:
+        raise UserError(f"align_ms must be between 0 and 1000 ms, got {align_ms:g}")
+    offset = 0
+    if reference is not None and bool(cfg.aligned) and align_ms > 0:
+        offset = estimate_lag(stems.audio[0].sum(0), reference[0], int(align_ms * 1e-3 * sr))
+    console = build_console(cfg, sr, stems.names, stems.mono, offset).to(device)
     audio = stems.audio.to(device)
     start = equal_loudness_gains(audio, sr)
     console.load_values({"strip.input.gain_db": start.cpu()})
@@ -206,6 +221,7 @@ def run(cfg: DictConfig) -> int:
         "mix": measure(mix.cpu().double(), sr),
         "normalised_down_db": None if peak <= 1.0 else -20 * float(torch.log10(torch.tensor(peak))) - 0.1,
         "fit": fit_report,
+        "alignment": {"offset_samples": offset, "offset_ms": round(1e3 * offset / sr, 3)},
         "params": console.preset(),
         "delivery": delivery.as_dict(),
     }
