@@ -317,6 +317,7 @@ def _smooth_limiter_proxy(
     """
     from diffmix.effects.dynamics import Limiter
     from diffmix.functional import dynamics as D
+    from diffmix.functional import limiter as L
 
     if type(lim) is not Limiter or post:
         return None
@@ -325,7 +326,7 @@ def _smooth_limiter_proxy(
     lookahead = D._lookahead_samples(float(opts["lookahead_ms"]), sr, "Limiter")
     with torch.no_grad():
         ceiling = torch.exp(lim.p("ceiling_db").detach() / D._DB_PER_NEPER).reshape(-1, 1, 1)
-        target = (ceiling * (1.0 - D._LIMIT_MARGIN)).to(pre.dtype)
+        target = (ceiling * (1.0 - L._LIMIT_MARGIN)).to(pre.dtype)
         release = D.ms_to_pole(lim.p("release_ms").detach(), sr).reshape(-1).to(pre.dtype)
         release = release.expand(pre.shape[0]).contiguous()
     cache: list[Tensor] = []
@@ -334,17 +335,17 @@ def _smooth_limiter_proxy(
         g = torch.pow(10.0, drives.to(pre.device, torch.float64) / 20.0).to(pre.dtype).view(-1, 1, 1)
         with torch.no_grad():
             if not cache:  # metered on first use: a job without a loudness goal never pays
-                cache.append(D._linked_level(pre, sr, bool(opts["true_peak"])))
+                cache.append(L._linked_level(pre, sr, bool(opts["true_peak"])))
             level = cache[0]
             required = torch.minimum(target / (g * level).clamp_min(1e-30), torch.ones_like(level))
-            return pre * (g * D._limit_gain(required, lookahead, release))
+            return pre * (g * L._limit_gain(required, lookahead, release))
 
     def exact(drives: Tensor) -> Tensor:
         y = proxy(drives)
         if not (opts["true_peak"] and opts["exact"]):
             return y  # sample-peak mode: the smooth gain already holds the ceiling
         with torch.no_grad():
-            return y * D._exact_correction(
+            return y * L._exact_correction(
                 y, sr, target, ceiling.to(pre.dtype), lookahead, release.view(-1, 1, 1)
             )
 

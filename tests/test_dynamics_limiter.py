@@ -20,7 +20,7 @@ from contract import (
 from scipy.signal import resample_poly
 
 from diffmix.effects.dynamics import Limiter
-from diffmix.functional import dynamics as F
+from diffmix.functional import limiter as F
 
 SR = 44100
 CASES = {

@@ -17,7 +17,7 @@ from contract import (
 )
 
 from diffmix.effects.dynamics import MultibandCompressor
-from diffmix.functional import dynamics as F
+from diffmix.functional import multiband as F
 
 SR = 44100
 CASES = {

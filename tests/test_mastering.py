@@ -70,7 +70,7 @@ def test_rough_lufs_moves_with_gain_and_is_minus_inf_on_silence():
 
 @pytest.mark.parametrize("true_peak", [True, False])
 def test_smooth_proxy_tracks_the_limiter_and_the_solve_uses_it(true_peak):
-    from diffmix.functional.dynamics import limiter
+    from diffmix.functional.limiter import limiter
 
     x = (quiet_song(-20.0, seed=4) * 4).float()
     chain = Bus(SR, {"limiter": Limiter(SR, ceiling_db=-1.0, release_ms=80.0, true_peak=true_peak)}, items=1)

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 from diffmix.functional import _peak_kernels as pk
 from diffmix.functional import dynamics as D
+from diffmix.functional import limiter as L
 from diffmix.functional.peaks import true_peak
 
 pytestmark = pytest.mark.skipif(not pk.HAVE_NUMBA, reason="numba kernels not available")
@@ -29,7 +30,7 @@ def test_envelope_equals_the_oversampled_definition(sample_rate, dtype):
     g = torch.Generator().manual_seed(3)
     # 3 items x 2 channels, 1000 samples: several 256-sample blocks and a ragged end.
     x = torch.randn(3, 2, 1000, generator=g).to(dtype)
-    want = D._true_peak_envelope(x, sample_rate).amax(1, keepdim=True)
+    want = L._true_peak_envelope(x, sample_rate).amax(1, keepdim=True)
     got = pk.envelope(x, sample_rate)
     eps = torch.finfo(dtype).eps
     assert got.shape == want.shape
@@ -41,7 +42,7 @@ def test_envelope_gradient_matches_autograd_of_the_definition():
     x = torch.randn(2, 2, 600, dtype=torch.float64, generator=g, requires_grad=True)
     up = torch.rand(2, 1, 600, dtype=torch.float64, generator=g)
     got = torch.autograd.grad(pk.envelope(x, 44100), x, up)[0]
-    ref = D._true_peak_envelope(x, 44100).amax(1, keepdim=True)
+    ref = L._true_peak_envelope(x, 44100).amax(1, keepdim=True)
     want = torch.autograd.grad(ref, x, up)[0]
     assert want.abs().max() > 0.1
     assert (got - want).abs().max() <= 1e-12 * want.abs().max()
@@ -74,16 +75,16 @@ def test_local_exact_correction_holds_the_ceiling_like_the_torch_loop(sample_rat
     burst = (torch.sin(math.pi / 2 * t + math.pi / 4) * (1 + (t % 997 < 300).float() * 3))
     x = torch.stack([burst, 0.8 * burst.roll(13)]).unsqueeze(0) * 2.0
     ceiling_db = -1.0
-    y = D.limiter(x, sample_rate, ceiling_db=ceiling_db, release_ms=30.0)
+    y = L.limiter(x, sample_rate, ceiling_db=ceiling_db, release_ms=30.0)
     assert float(true_peak(y, sample_rate).max()) <= 10 ** (ceiling_db / 20)
     # The local correction alone, on the smooth-limited signal: it must act (the smooth
     # stage leaves overs here), only ever reduce, and meet the meter's ceiling.
-    smooth = D.limiter(x, sample_rate, ceiling_db=ceiling_db, release_ms=30.0, exact=False)
+    smooth = L.limiter(x, sample_rate, ceiling_db=ceiling_db, release_ms=30.0, exact=False)
     ceiling = torch.tensor(10 ** (ceiling_db / 20)).view(1, 1, 1)
-    target = ceiling * (1 - D._LIMIT_MARGIN)
+    target = ceiling * (1 - L._LIMIT_MARGIN)
     lookahead = D._lookahead_samples(5.0, sample_rate, "limiter")
     release = D.ms_to_pole(torch.tensor(30.0).view(1, 1, 1), sample_rate)
-    local = D._exact_correction_local(smooth, sample_rate, target, ceiling, lookahead, release)
+    local = L._exact_correction_local(smooth, sample_rate, target, ceiling, lookahead, release)
     assert float(true_peak(smooth * local, sample_rate).max()) <= float(ceiling)
     assert float(local.min()) < 1.0  # the correction acted
     assert float(local.max()) <= 1.0

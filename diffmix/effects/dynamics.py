@@ -1,4 +1,8 @@
-"""Modules for the compressor, expander/gate and limiter (see :mod:`diffmix.functional.dynamics`)."""
+"""Modules for the compressor, expander/gate, limiter and multiband compressor.
+
+The maths: :mod:`diffmix.functional.dynamics`, :mod:`~diffmix.functional.limiter` and
+:mod:`~diffmix.functional.multiband`.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +12,8 @@ from torch import Tensor
 from diffmix.checks import check_audio, check_choice
 from diffmix.effects.base import Effect
 from diffmix.functional import dynamics as F
+from diffmix.functional import limiter as L
+from diffmix.functional import multiband as M
 from diffmix.params import ParamSpec, ParamValue
 
 _ATTACK = ParamSpec("attack_ms", 0.05, 500.0, 10.0, scale="log")
@@ -206,7 +212,7 @@ class Limiter(Effect):
 
     >>> lim = Limiter(48000, ceiling_db=-1.0, gain_db=12.0)
     >>> y = lim(0.5 * torch.randn(1, 2, 4800))
-    >>> bool(F.true_peak(y, 48000).max() <= 10 ** (-1.0 / 20))
+    >>> bool(L.true_peak(y, 48000).max() <= 10 ** (-1.0 / 20))
     True
     """
 
@@ -238,7 +244,7 @@ class Limiter(Effect):
     def forward(self, x: Tensor) -> Tensor:
         self.check(x)
         values = self.values()
-        return F.limiter(x, self.sample_rate, **values, **self._options)
+        return L.limiter(x, self.sample_rate, **values, **self._options)
 
 
 class MultibandCompressor(Effect):
@@ -288,7 +294,7 @@ class MultibandCompressor(Effect):
             crossover_hz.detach() if isinstance(crossover_hz, Tensor) else crossover_hz,
             dtype=torch.float64,
         )
-        if freqs.ndim == 0 or freqs.shape[-1] + 1 not in F.BAND_COUNTS:
+        if freqs.ndim == 0 or freqs.shape[-1] + 1 not in M.BAND_COUNTS:
             raise ValueError(
                 f"{name}: crossover_hz needs 2 or 3 frequencies (3 or 4 bands), got {crossover_hz!r}"
             )
@@ -324,4 +330,4 @@ class MultibandCompressor(Effect):
     def forward(self, x: Tensor) -> Tensor:
         self.check(x)
         values = self.values()
-        return F.multiband_compressor(x, self.sample_rate, **values, **self._options)
+        return M.multiband_compressor(x, self.sample_rate, **values, **self._options)

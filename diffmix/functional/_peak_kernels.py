@@ -22,7 +22,7 @@ length (running sum in float64, so a 30-minute row loses nothing to cancellation
 backward is the transposed moving average (another running sum) scattered to the sample
 that held each minimum.
 
-Both run on CPU with numba; :mod:`diffmix.functional.dynamics` falls back to the torch
+Both run on CPU with numba; :mod:`diffmix.functional.limiter` falls back to the torch
 formulation (``conv1d`` phases, ``max_pool1d``/``avg_pool1d``) on other devices.
 """
 
