@@ -45,7 +45,8 @@ import torch
 from scipy.optimize import nnls
 from torch import Tensor
 
-from diffmix.functional.filters import eq_coeffs, sos_response
+from diffmix.functional.eq import eq_coeffs
+from diffmix.functional.filters import sos_response
 from diffmix.functional.loudness import k_weighting_coefficients
 
 N_FFT = 8192

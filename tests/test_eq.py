@@ -18,7 +18,7 @@ from contract import (
 from scipy import signal
 
 from diffmix.effects.eq import HighPass, LowPass, ParametricEQ, range_tail_bound
-from diffmix.functional.filters import eq_coeffs, parametric_eq
+from diffmix.functional.eq import eq_coeffs, parametric_eq
 from diffmix.functional.gain import left_right, mid_side
 
 SR = 44100

@@ -11,7 +11,8 @@ import torch
 from diffmix.console import Console
 from diffmix.effects.eq import ParametricEQ
 from diffmix.effects.gain import Gain, Pan
-from diffmix.functional.filters import eq_coeffs, sos_response
+from diffmix.functional.eq import eq_coeffs
+from diffmix.functional.filters import sos_response
 from diffmix.functional.loudness import integrated_loudness
 from diffmix.jobs.mix import _excerpt_pool
 from diffmix.mix_init import band_edges, estimate_mix, fit_eq_gains, initialise_console

@@ -1,4 +1,4 @@
-"""Parametric EQ and high/low-pass modules (see :func:`diffmix.functional.filters.parametric_eq`)."""
+"""Parametric EQ and high/low-pass modules (see :func:`diffmix.functional.eq.parametric_eq`)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from torch import Tensor
 
 from diffmix.checks import check_choice
 from diffmix.effects.base import Effect
+from diffmix.functional import eq as E
 from diffmix.functional import filters as F
 from diffmix.params import ParamSpec, ParamValue
 
@@ -30,7 +31,7 @@ def _freq_spec(sample_rate: int, default: float = 1000.0) -> ParamSpec:
 
 def _default_freqs(bands: Sequence[str], top: float) -> list[float]:
     """Musically placed defaults: shelves and passes at the edges, bells spread log-evenly."""
-    kinds = [F.parse_band(b)[0] for b in bands]
+    kinds = [E.parse_band(b)[0] for b in bands]
     bells = [i for i, k in enumerate(kinds) if k not in ("low_shelf", "high_shelf", "highpass", "lowpass")]
     spread = (
         [200.0 * (25.0 ** (j / max(1, len(bells) - 1))) for j in range(len(bells))]
@@ -54,7 +55,7 @@ def range_tail_bound(bands: tuple[str, ...], sample_rate: int, freq_min: float) 
     """
     corners = list(itertools.product((freq_min,), (Q_MIN, Q_MAX), (-GAIN_MAX_DB, 0.0, GAIN_MAX_DB)))
     f, q, g = (torch.tensor([[c[i]] * len(bands) for c in corners], dtype=torch.float64) for i in range(3))
-    _, a = F.eq_coeffs(list(bands), f, q, g, sample_rate)
+    _, a = E.eq_coeffs(list(bands), f, q, g, sample_rate)
     return F.iir_tail(a)
 
 
@@ -109,9 +110,9 @@ class ParametricEQ(Effect):
             raise ValueError(f"ParametricEQ: bands must be a non-empty list of band types, got {bands!r}")
         self.bands = tuple(str(b) for b in bands)
         for band in self.bands:
-            F.parse_band(band, "ParametricEQ")
+            E.parse_band(band, "ParametricEQ")
         self.mode = check_choice(mode, F.EQ_MODES, "ParametricEQ", "mode")
-        self.stereo = check_choice(stereo, F.STEREO_MODES, "ParametricEQ", "stereo mode")
+        self.stereo = check_choice(stereo, E.STEREO_MODES, "ParametricEQ", "stereo mode")
         if fft_tail_s is not None and (
             isinstance(fft_tail_s, bool) or not isinstance(fft_tail_s, (int, float)) or not fft_tail_s > 0
         ):
@@ -156,7 +157,7 @@ class ParametricEQ(Effect):
 
     def forward(self, x: Tensor) -> Tensor:
         self.check(x)
-        return F.parametric_eq(
+        return E.parametric_eq(
             x,
             self.sample_rate,
             bands=self.bands,
@@ -206,7 +207,7 @@ class _Pass(Effect):
     def forward(self, x: Tensor) -> Tensor:
         self.check(x)
         band = self.kind if self.order == 2 else f"{self.kind}{self.order}"
-        return F.parametric_eq(
+        return E.parametric_eq(
             x,
             self.sample_rate,
             bands=[band],
