@@ -33,11 +33,12 @@ from diffmix.jobs._common import output_dir, pick_device, to_dict
 from diffmix.jobs._common import summary as measure
 from diffmix.losses import MRSTFTLoss
 from diffmix.mastering import set_exact
-from diffmix.mix_init import initialise_console
+from diffmix.mix_init import console_estimate, initialise_console, polish_levels
 from diffmix.objective import REFERENCE_TERMS, Objective
 from diffmix.report import write_json
 
 MIN_SECONDS = 1.0
+POLISH_CHUNK_S = 10.0
 SIDE_TERMS = ("tone_side", "width", "correlation")
 
 
@@ -84,9 +85,19 @@ def run(cfg: DictConfig) -> int:
     start = equal_loudness_gains(audio, sr)
     console.load_values({"strip.input.gain_db": start.cpu()})
     init_report = None
+    estimate = None
     if reference is not None and str(cfg.fit.get("init", "nnls")) == "nnls":
         # The first stage: gains and coarse tone in closed form (see diffmix.mix_init).
-        init_report = initialise_console(console, audio, reference.to(device), sr)
+        t_init = time.perf_counter()
+        estimate = console_estimate(
+            console,
+            audio,
+            reference.to(device),
+            sr,
+            coherent=bool(cfg.aligned) and bool(cfg.fit.get("coherent", True)),
+        )
+        init_report = initialise_console(console, audio, reference.to(device), sr, estimate=estimate)
+        init_report["seconds"] = round(time.perf_counter() - t_init, 3)
     weights = {k: float(v) for k, v in cfg.loss.weights.items() if float(v) > 0}
     if mono_ref:
         weights = {k: v for k, v in weights.items() if k not in SIDE_TERMS}
@@ -176,6 +187,15 @@ def run(cfg: DictConfig) -> int:
             tag="mix:" + ",".join(stems.names),
         )
         fit_report = {k: v for k, v in vars(result).items() if k != "history"}
+        if estimate is not None and aligned and bool(cfg.fit.get("polish", True)):
+            # The last stage: each track's loudness back to the closed-form estimate, which
+            # sees quiet tracks that the waveform loss trades away (diffmix.mix_init).
+            # Measured over the whole song (in chunks): a sparse track (a crash) may sound in
+            # none of the excerpts.
+            chunk = min(audio.shape[-1], int(POLISH_CHUNK_S * sr))
+            fit_report["polish"] = polish_levels(
+                console, audio, estimate, sr, starts=list(range(0, audio.shape[-1], chunk)), length=chunk
+            )
     if init_report is not None:
         fit_report = {**(fit_report or {}), "init": init_report}
     out = output_dir(cfg)
