@@ -38,7 +38,7 @@ References:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -52,6 +52,14 @@ N_FFT = 8192
 BANDS_PER_OCTAVE = 2
 LOW_HZ = 22.4
 GAIN_DB_RANGE = (-60.0, 24.0)
+# The coherent solve is used when it explains at least this share of the reference's
+# power (a mix of the stems through EQs and compressors: ~0.98; a producer's mix with
+# effects the stems lack: ~0.2); otherwise the band powers are.
+MIN_COHERENT_EXPLAINED = 0.5
+# A stem holding at least this share of the mix whose band-power estimate is this many
+# times its coherent one is carried processed (out of phase) by the reference.
+LOUD_SHARE = 0.1
+INCOHERENT_RATIO = 2.0
 
 
 @dataclass
@@ -69,6 +77,8 @@ class MixEstimate:
             perfect fit; a producer's mix with effects and a master bus reads lower).
         lag: samples by which the reference lags the stems (negative: leads).
         coherent: solved on complex spectra (True) or band powers.
+        incoherent: with ``coherent``, the loud stems the reference carries out of phase
+            (processed), whose gains come from band powers instead.
     """
 
     gain_db: Tensor
@@ -78,6 +88,7 @@ class MixEstimate:
     explained: float
     lag: int = 0
     coherent: bool = False
+    incoherent: list[int] = field(default_factory=list)
 
 
 def band_edges(sample_rate: int) -> np.ndarray:
@@ -283,15 +294,36 @@ def estimate_mix(
         stems = stems[..., -lag:]
     t = min(stems.shape[-1], reference.shape[-1])
     edges = band_edges(sample_rate)
-    if ridge is None:
-        ridge = 0.02 if coherent else 0.05
-    if coherent:
-        w, stem_energy, explained = _solve_coherent(stems[..., :t], reference[..., :t], sample_rate, edges, ridge)
-    else:
-        w, stem_energy, explained = _solve_powers(stems[..., :t], reference[..., :t], sample_rate, edges, ridge)
-    n = w.shape[0]
     centres = np.sqrt(edges[:-1] * edges[1:])
     kw = _k_weight_power(centres, sample_rate)
+    w, stem_energy, explained = _solve_powers(
+        stems[..., :t], reference[..., :t], sample_rate, edges, 0.05 if ridge is None else ridge
+    )
+    incoherent: list[int] = []
+    if coherent:
+        wc, ec, explained_c = _solve_coherent(
+            stems[..., :t], reference[..., :t], sample_rate, edges, 0.02 if ridge is None else ridge
+        )
+        coherent = explained_c >= MIN_COHERENT_EXPLAINED
+        if coherent:
+            # A stem the reference carries processed out of phase with the stem (delayed,
+            # re-amped, through a reverb) is louder in band powers than in the coherent
+            # solve. For a loud stem the band powers are the better measure (their cross-terms
+            # with other stems are small beside it); for a quiet one they are not (cross-terms
+            # with the loud stems swamp it), and the coherent solve stands.
+            # Each path's powers have their own STFT scale: compare gains (a stem's
+            # predicted contribution over its own energy, K-weighted) across the paths,
+            # contributions only within one.
+            p_pow = (w * stem_energy * kw).sum(axis=1)
+            g_pow = p_pow / np.maximum((stem_energy * kw).sum(axis=1), 1e-30)
+            g_coh = (wc * ec * kw).sum(axis=1) / np.maximum((ec * kw).sum(axis=1), 1e-30)
+            loud = p_pow >= LOUD_SHARE * p_pow.sum()
+            incoherent = np.nonzero(loud & (g_pow > INCOHERENT_RATIO * g_coh))[0].tolist()
+            keep = np.ones(len(p_pow), dtype=bool)
+            keep[incoherent] = False
+            w = np.where(keep[:, None], wc, w)
+            stem_energy, explained = ec, explained_c
+    n = w.shape[0]
     energy = stem_energy * kw  # (N, nb): K-weighted band energy of each stem
     share = energy / np.maximum(energy.sum(axis=1, keepdims=True), 1e-30)
     total = (w * share).sum(axis=1)
@@ -309,6 +341,7 @@ def estimate_mix(
         explained=explained,
         lag=lag,
         coherent=coherent,
+        incoherent=incoherent,
     )
 
 
@@ -496,6 +529,9 @@ def initialise_console(
     return {
         "method": "nnls",
         "spectra": "complex" if est.coherent else "power",
+        "incoherent": [console.track_names[k] for k in est.incoherent]  # type: ignore[union-attr]
+        if hasattr(console, "track_names")
+        else est.incoherent,
         "explained": round(est.explained, 4),
         "lag_samples": est.lag,
         "gain_db": [round(float(v), 2) for v in est.gain_db],
