@@ -301,24 +301,27 @@ def estimate_mix(
     )
     incoherent: list[int] = []
     if coherent:
-        wc, ec, explained_c = _solve_coherent(
+        wc, ec, explained_c, resid = _solve_coherent(
             stems[..., :t], reference[..., :t], sample_rate, edges, 0.02 if ridge is None else ridge
         )
         coherent = explained_c >= MIN_COHERENT_EXPLAINED
         if coherent:
             # A stem the reference carries processed out of phase with the stem (delayed,
             # re-amped, through a reverb) is louder in band powers than in the coherent
-            # solve. For a loud stem the band powers are the better measure (their cross-terms
-            # with other stems are small beside it); for a quiet one they are not (cross-terms
-            # with the loud stems swamp it), and the coherent solve stands.
-            # Each path's powers have their own STFT scale: compare gains (a stem's
-            # predicted contribution over its own energy, K-weighted) across the paths,
-            # contributions only within one.
+            # solve, and what the coherent solve misses of it is left in its residual. So a
+            # stem is judged incoherent when the residual, band by band, can hold the gap
+            # between the two estimates and that gap at least doubles the coherent one
+            # (with no residual the coherent solve explains the reference, whatever cross
+            # terms between alike stems do to the band powers). Only loud stems are judged:
+            # band powers misread a quiet one by more than that (cross-terms with the loud
+            # stems swamp it). Both in the coherent path's units (each path's STFT has its
+            # own scale; gains are scale-free).
             p_pow = (w * stem_energy * kw).sum(axis=1)
-            g_pow = p_pow / np.maximum((stem_energy * kw).sum(axis=1), 1e-30)
-            g_coh = (wc * ec * kw).sum(axis=1) / np.maximum((ec * kw).sum(axis=1), 1e-30)
+            gap = np.minimum(np.maximum(w - wc, 0.0) * ec, resid[None, :])
+            held = (gap * kw).sum(axis=1)
+            p_coh = (wc * ec * kw).sum(axis=1)
             loud = p_pow >= LOUD_SHARE * p_pow.sum()
-            incoherent = np.nonzero(loud & (g_pow > INCOHERENT_RATIO * g_coh))[0].tolist()
+            incoherent = np.nonzero(loud & (held > (INCOHERENT_RATIO - 1) * p_coh))[0].tolist()
             keep = np.ones(len(p_pow), dtype=bool)
             keep[incoherent] = False
             w = np.where(keep[:, None], wc, w)
@@ -368,14 +371,15 @@ def _solve_powers(
 
 def _solve_coherent(
     stems: Tensor, reference: Tensor, sample_rate: int, edges: np.ndarray, ridge: float
-) -> tuple[np.ndarray, np.ndarray, float]:
+) -> tuple[np.ndarray, np.ndarray, float, np.ndarray]:
     """As :func:`_solve_powers`, by least squares on the complex spectra.
 
     Each band's gain is complex: the hidden chain's filters turn the phase as well as the
     level (a +-4 dB shelf by up to ~20 degrees near its corner), and a real gain would
     read only the in-phase part, while the quadrature part of a loud stem leaks into a
     quiet, correlated one (two kick drums). The broadband solve, non-negative and real,
-    is the prior each band is pulled toward. Returns ``|w|^2`` (power gains).
+    is the prior each band is pulled toward. Returns ``|w|^2`` (power gains), the stems'
+    band energies, the share explained and the residual power per band.
     """
     gram, cross, pr, ps = coherent_band_stats(stems, reference, sample_rate, edges)
     scale = 1.0 / np.maximum(pr, 1e-30)
@@ -397,7 +401,7 @@ def _solve_coherent(
         # |R - sum w S|^2 = |R|^2 - 2 Re(w^H h) + w^H G w
         resid[b] = pr[b] - 2 * np.real(np.vdot(w, cross[b])) + np.real(w.conj() @ gram[b] @ w)
     explained = float(1.0 - np.maximum(resid, 0.0).sum() / max(pr.sum(), 1e-30))
-    return np.abs(amp) ** 2, ps, explained
+    return np.abs(amp) ** 2, ps, explained, np.maximum(resid, 0.0)
 
 
 def fit_eq_gains(
