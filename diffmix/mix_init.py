@@ -22,13 +22,25 @@ Why this is a good start:
 - **Cheap.** One STFT of each stem and of the reference, then a handful of tiny NNLS
   problems (frames x stems): a fraction of one gradient step.
 
+When the reference is a mix of these very stems (the hidden-setting case), the same least
+squares runs on the complex STFT instead (``coherent``): ``R[c, f, t] ~= sum_k w[k, b] *
+S_k[c, f, t]`` with a complex ``w`` per band, whose ``|w|^2`` is the power gain. Two stems
+with energy in the same bands and frames (two kick drums on one beat) are then told apart
+by their waveforms, and a complex gain absorbs the phase the reference's own filters
+turned, which a real one would leak into the quieter stem. It is used where it explains at
+least half of the reference's power (a producer's render with its own effects: ~0.2-0.3),
+and, stem by stem, not for a loud stem the reference carries out of phase (what it misses
+of that stem is then in its residual); band powers stand in for those.
+
 Each band's solve is pulled (ridge) toward a broadband solve, so a band where a stem
 has almost no energy keeps the stem's overall gain instead of an arbitrary value. The
 per-band gains are then split into an input gain (their K-weighted, energy-weighted mean:
 what a loudness meter hears) and an EQ curve, fitted to the console's own parametric EQ
 response (its band types and frequencies) by a few Gauss-Newton steps on its magnitude
 response, weighted by where the stem has energy. The gradient fit then refines
-everything (compression, pan, width, sends and the EQ itself) from there.
+everything (compression, pan, width, sends and the EQ itself) from there, and
+:func:`polish_levels` finally sets each fader so the track's loudness through the fitted
+console is the estimate's again (a waveform loss trades quiet tracks' levels away).
 
 References:
     Lawson & Hanson, "Solving Least Squares Problems", 1974 (the NNLS active-set method,
@@ -635,7 +647,8 @@ def polish_levels(
     change = change.clamp(-limit_db, limit_db)
     spec = values[fader].spec
     now = values[fader].exact().double().cpu()
-    console.load_values({fader: (now + change.view_as(now)).clamp(spec.min, spec.max)})  # type: ignore[operator]
+    moved = (now + change.view_as(now)).clamp(spec.min, spec.max)
+    console.load_values({fader: moved})  # type: ignore[operator]
     return {
         "method": "closed-form loudness per track, on the fader",
         "change_db": [round(float(v), 2) for v in change],

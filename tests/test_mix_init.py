@@ -197,7 +197,11 @@ def _two_kicks() -> tuple[torch.Tensor, list[torch.Tensor]]:
     a_ = 10 ** (4.0 / 40)  # RBJ low shelf, +4 dB at 120 Hz, written out as scipy's oracle
     w0 = 2 * math.pi * 120.0 / SR
     al, c, r = math.sin(w0) / 2 * math.sqrt(2), math.cos(w0), 2 * math.sqrt(a_)
-    b = [a_ * ((a_ + 1) - (a_ - 1) * c + r * al), 2 * a_ * ((a_ - 1) - (a_ + 1) * c), a_ * ((a_ + 1) - (a_ - 1) * c - r * al)]
+    b = [
+        a_ * ((a_ + 1) - (a_ - 1) * c + r * al),
+        2 * a_ * ((a_ - 1) - (a_ + 1) * c),
+        a_ * ((a_ + 1) - (a_ - 1) * c - r * al),
+    ]
     a = [(a_ + 1) + (a_ - 1) * c + r * al, -2 * ((a_ - 1) + (a_ + 1) * c), (a_ + 1) + (a_ - 1) * c - r * al]
     env = torch.nn.functional.avg_pool1d(
         loud.square().mean(0, keepdim=True).unsqueeze(0), 441, 1, 220, count_include_pad=False
@@ -237,7 +241,8 @@ def test_coherent_estimate_falls_back_to_band_powers_where_the_reference_is_not_
     assert abs(float(est.gain_db[2]) - 20 * math.log10(0.7)) < 1.0
     assert (est.gain_db.double() - 20 * torch.log10(gains.view(-1)))[[0, 1, 3]].abs().max() < 0.5
     # Nothing coherent left at all (every stem delayed): the whole solve is band powers.
-    scrambled = torch.stack([torch.roll(s, 400 * (k + 1), dims=-1) for k, s in enumerate(stems * gains)]).sum(0)
+    delayed = [torch.roll(s, 400 * (k + 1), dims=-1) for k, s in enumerate(stems * gains)]
+    scrambled = torch.stack(delayed).sum(0)
     est = estimate_mix(stems, scrambled * flip, SR, coherent=True)
     assert not est.coherent and est.incoherent == []
     assert (est.gain_db.double() - 20 * torch.log10(gains.view(-1))).abs().max() < 1.5
@@ -308,7 +313,8 @@ def test_polish_levels_puts_back_what_the_gradient_steps_traded_away():
         # loud ones a little down.
         g = fitted.named_values()["strip.eq.gain_db"].exact().clone()
         g[2] += 6.0
-        fitted.load_values({"strip.eq.gain_db": g, "strip.fader.gain_db": torch.tensor([-0.7, 0.5, 0.0, -0.4])})
+        faders = torch.tensor([-0.7, 0.5, 0.0, -0.4])
+        fitted.load_values({"strip.eq.gain_db": g, "strip.fader.gain_db": faders})
         want = torch.tensor([_lufs(c.double()) for c in _solos(truth, stems)])
         before = torch.tensor([_lufs(c.double()) for c in _solos(fitted, stems)])
         summary = polish_levels(fitted, stems, est, SR, starts=[0, SR], length=SR)

@@ -5,12 +5,16 @@ Options: ``stems`` (folder, glob or list; required), ``reference`` (a mix), ``al
 MR-STFT term), ``console.*`` (strips, groups, sends, master), ``fit.*``, ``loss.weights``,
 ``resample`` (false: stems at another rate are an error), ``delivery.*``, ``out``.
 
-The fit has two stages. ``fit.init=nnls`` (default) first sets every track's input gain
-and strip EQ in closed form from the audio (:mod:`diffmix.mix_init`: non-negative least
-squares of the reference's band powers on the stems', after aligning the two), so quiet
-tracks start where they belong; then ``fit.steps`` gradient steps refine the whole console
-on ``fit.excerpt_s`` excerpts drawn from a fixed pool of ``fit.pool`` (whose reference
-magnitudes and features are computed once). ``fit.init=none`` starts from equal loudness.
+The fit has three stages. ``fit.init=nnls`` (default) first sets every track's input gain
+and strip EQ in closed form from the audio (:mod:`diffmix.mix_init`: after aligning the
+two, least squares of the reference on the stems per band, on complex spectra when the
+reference is a mix of these stems (``aligned`` and ``fit.coherent``), else non-negative
+on band powers), so quiet tracks start where they belong; then ``fit.steps`` gradient
+steps refine the whole console on ``fit.excerpt_s`` excerpts drawn from a fixed pool of
+``fit.pool`` (whose reference magnitudes and features are computed once); last, with the
+coherent start, ``fit.polish`` re-sets each fader so the track's loudness is the closed
+form's (the waveform loss trades quiet tracks' levels away). ``fit.init=none`` starts
+from equal loudness.
 """
 
 from __future__ import annotations
