@@ -338,3 +338,50 @@ def test_polish_levels_leaves_a_strip_without_a_fader_alone():
     summary = polish_levels(console, stems, est, SR, starts=[0], length=SR)
     assert summary["method"] == "none"
     assert all(torch.equal(before[k], p.exact()) for k, p in console.named_values().items())
+
+
+@pytest.mark.slow
+def test_shared_stems_through_an_independent_hidden_chain_are_resolved(shared_multitrack):
+    """Shovon's stems through pedalboard gains, shelves, a peak and compressors (another
+    engine): the closed form puts each track's loudness within 1 dB, the bassdrum 20 LU
+    under the pluck included (band powers put it 1.4 dB high)."""
+    import pedalboard as pb
+    import soundfile as sf
+
+    files = sorted((shared_multitrack / "Shovon-ProgressiveHousePluckDemo" / "stems").glob("*.flac"))
+    stems = []
+    for f in files:
+        data, sr = sf.read(str(f), always_2d=True, dtype="float32")
+        stems.append(np.ascontiguousarray(np.broadcast_to(data.T, (2, data.shape[0]))))
+    n = min(s.shape[-1] for s in stems)
+    setting = [  # gain, low shelf, peak, high shelf, compressor threshold and ratio
+        (-6.1, (138.0, -2.0), (2300.0, 2.2), (9900.0, 3.4), -16.0, 2.3),
+        (-4.6, (140.0, -3.1), (2340.0, 2.2), (9970.0, 3.4), -16.2, 2.3),
+        (1.6, (200.0, 3.0), (800.0, -3.0), (6000.0, -2.0), -22.0, 3.5),
+    ]
+    parts = []
+    for x, (gain, low, peak, high, thr, ratio) in zip(stems, setting, strict=True):
+        board = pb.Pedalboard(
+            [
+                pb.Gain(gain),
+                pb.LowShelfFilter(low[0], low[1], 0.707),
+                pb.PeakFilter(peak[0], peak[1], 1.0),
+                pb.HighShelfFilter(high[0], high[1], 0.707),
+                pb.Compressor(threshold_db=thr, ratio=ratio, attack_ms=10.0, release_ms=100.0),
+            ]
+        )
+        parts.append(torch.from_numpy(board(x[:, :n], sr).astype(np.float64)))
+    ref = sum(parts)
+    st = torch.from_numpy(np.stack([s[:, :n] for s in stems])).double()
+    truth = torch.tensor(
+        [
+            float(integrated_loudness(p.unsqueeze(0), sr)[0] - integrated_loudness(s.unsqueeze(0), sr)[0])
+            for p, s in zip(parts, st, strict=True)
+        ]
+    )
+    under = integrated_loudness(parts[1].unsqueeze(0), sr)[0] - integrated_loudness(ref.unsqueeze(0), sr)[0]
+    assert float(under) < -15.0
+    est = estimate_mix(st, ref, sr, coherent=True)
+    assert est.coherent and est.explained > 0.95
+    assert (est.gain_db.double() - truth).abs().max() < 0.5, (est.gain_db, truth)
+    assert float(estimate_mix(st, ref, sr).gain_db[1] - truth[1]) > 1.0
