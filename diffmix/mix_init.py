@@ -72,6 +72,7 @@ MIN_COHERENT_EXPLAINED = 0.5
 # times its coherent one is carried processed (out of phase) by the reference.
 LOUD_SHARE = 0.1
 INCOHERENT_RATIO = 2.0
+STATS_BLOCK_FRAMES = 128  # STFT frames per block when summing the coherent statistics
 
 
 @dataclass
@@ -203,30 +204,45 @@ def coherent_band_stats(
     """
     n, c, t = stems.shape
     size = min(n_fft, 1 << max(8, int(math.log2(max(t, 256)))))
-    # float32 spectra halve the memory of a long song; each band is promoted to double
-    # before its inner products are summed.
+    hop = size // 2
     window = torch.hann_window(size, dtype=torch.float32, device=stems.device)
-
-    def stft(x: Tensor) -> Tensor:
-        return torch.stft(x.float().reshape(-1, t), size, size // 2, window=window, return_complex=True)
-
-    spec = stft(stems)
-    spec = spec.view(n, c, *spec.shape[-2:]).transpose(1, 2)  # (N, bins, C, frames)
-    ref = stft(reference[..., :t]).transpose(0, 1)  # (bins, C, frames)
+    # Frames of a centred STFT, taken a block of frames at a time: the sums are exact and
+    # a five-minute song with 16 stems needs ~100 MB of spectra at once instead of GBs.
+    # float32 spectra; each band is promoted to double before its products are summed.
+    xs = torch.nn.functional.pad(stems.float(), (hop, hop))
+    xr = torch.nn.functional.pad(reference[..., :t].float(), (hop, hop))
+    frames = 1 + (t + 2 * hop - size) // hop
     freqs = torch.fft.rfftfreq(size, 1.0 / sample_rate).numpy()
     nb = len(edges) - 1
-    gram, cross = np.zeros((nb, n, n), dtype=np.complex128), np.zeros((nb, n), dtype=np.complex128)
-    ref_power = np.zeros(nb)
+    spans = []
     for b in range(nb):
         bins = np.nonzero((freqs >= edges[b]) & (freqs < edges[b + 1]))[0]
-        if len(bins) == 0:  # a band narrower than one bin (the lowest, on a short signal)
-            continue
-        lo, hi = int(bins[0]), int(bins[-1]) + 1
-        a = spec[:, lo:hi].reshape(n, -1).to(torch.complex128)
-        r = ref[lo:hi].reshape(-1).to(torch.complex128)
-        gram[b] = (a.conj() @ a.T).cpu().numpy()
-        cross[b] = (a.conj() @ r).cpu().numpy()
-        ref_power[b] = float(r.abs().square().sum())
+        # a band narrower than one bin (the lowest, on a short signal) stays empty
+        spans.append((int(bins[0]), int(bins[-1]) + 1) if len(bins) else None)
+    gram = torch.zeros(nb, n, n, dtype=torch.complex128, device=stems.device)
+    cross = torch.zeros(nb, n, dtype=torch.complex128, device=stems.device)
+    ref_power = torch.zeros(nb, dtype=torch.float64, device=stems.device)
+
+    def stft(x: Tensor) -> Tensor:
+        return torch.stft(
+            x.reshape(-1, x.shape[-1]), size, hop, window=window, center=False, return_complex=True
+        )
+
+    for f0 in range(0, frames, STATS_BLOCK_FRAMES):
+        count = min(STATS_BLOCK_FRAMES, frames - f0)
+        s0, s1 = f0 * hop, f0 * hop + (count - 1) * hop + size
+        spec = stft(xs[..., s0:s1])
+        spec = spec.view(n, c, *spec.shape[-2:]).transpose(1, 2)  # (N, bins, C, frames)
+        ref = stft(xr[..., s0:s1]).transpose(0, 1)  # (bins, C, frames)
+        for b, span in enumerate(spans):
+            if span is None:
+                continue
+            a = spec[:, span[0] : span[1]].reshape(n, -1).to(torch.complex128)
+            r = ref[span[0] : span[1]].reshape(-1).to(torch.complex128)
+            gram[b] += a.conj() @ a.T
+            cross[b] += a.conj() @ r
+            ref_power[b] += r.abs().square().sum()
+    gram, cross, ref_power = gram.cpu().numpy(), cross.cpu().numpy(), ref_power.cpu().numpy()
     stem_power = np.real(np.einsum("bkk->kb", gram)).copy()
     return gram, cross, ref_power, stem_power
 

@@ -248,6 +248,25 @@ def test_coherent_estimate_falls_back_to_band_powers_where_the_reference_is_not_
     assert (est.gain_db.double() - 20 * torch.log10(gains.view(-1))).abs().max() < 1.5
 
 
+def test_coherent_statistics_summed_in_blocks_equal_one_pass(monkeypatch):
+    import diffmix.mix_init as mi
+
+    stems = _stems(1.0, seed=7).float()
+    ref = stems.sum(0) * 0.5
+    edges = band_edges(SR)
+    whole = mi.coherent_band_stats(stems, ref, SR, edges)
+    monkeypatch.setattr(mi, "STATS_BLOCK_FRAMES", 3)
+    blocks = mi.coherent_band_stats(stems, ref, SR, edges)
+    for a, b in zip(whole, blocks, strict=True):
+        assert np.abs(a - b).max() <= 1e-9 * np.abs(a).max()
+    # The reference is half the stems' sum, so its products with the stems and its power
+    # follow from the Gram matrix: the normal equations are consistent.
+    gram, cross, ref_power, stem_power = whole
+    assert np.allclose(cross, 0.5 * gram.sum(axis=2), rtol=1e-6, atol=1e-9 * np.abs(cross).max())
+    assert np.allclose(ref_power, 0.25 * gram.sum(axis=(1, 2)).real, rtol=1e-6)
+    assert np.allclose(stem_power.T, np.einsum("bkk->bk", gram).real)
+
+
 def _console(n: int, sends: bool = False, groups: dict | None = None) -> Console:
     from diffmix.effects.dynamics import Compressor
     from diffmix.effects.reverb import Reverb
