@@ -22,13 +22,25 @@ Why this is a good start:
 - **Cheap.** One STFT of each stem and of the reference, then a handful of tiny NNLS
   problems (frames x stems): a fraction of one gradient step.
 
+When the reference is a mix of these very stems (the hidden-setting case), the same least
+squares runs on the complex STFT instead (``coherent``): ``R[c, f, t] ~= sum_k w[k, b] *
+S_k[c, f, t]`` with a complex ``w`` per band, whose ``|w|^2`` is the power gain. Two stems
+with energy in the same bands and frames (two kick drums on one beat) are then told apart
+by their waveforms, and a complex gain absorbs the phase the reference's own filters
+turned, which a real one would leak into the quieter stem. It is used where it explains at
+least half of the reference's power (a producer's render with its own effects: ~0.2-0.3),
+and, stem by stem, not for a loud stem the reference carries out of phase (what it misses
+of that stem is then in its residual); band powers stand in for those.
+
 Each band's solve is pulled (ridge) toward a broadband solve, so a band where a stem
 has almost no energy keeps the stem's overall gain instead of an arbitrary value. The
 per-band gains are then split into an input gain (their K-weighted, energy-weighted mean:
 what a loudness meter hears) and an EQ curve, fitted to the console's own parametric EQ
 response (its band types and frequencies) by a few Gauss-Newton steps on its magnitude
 response, weighted by where the stem has energy. The gradient fit then refines
-everything (compression, pan, width, sends and the EQ itself) from there.
+everything (compression, pan, width, sends and the EQ itself) from there, and
+:func:`polish_levels` finally sets each fader so the track's loudness through the fitted
+console is the estimate's again (a waveform loss trades quiet tracks' levels away).
 
 References:
     Lawson & Hanson, "Solving Least Squares Problems", 1974 (the NNLS active-set method,
@@ -38,7 +50,7 @@ References:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -53,6 +65,15 @@ N_FFT = 8192
 BANDS_PER_OCTAVE = 2
 LOW_HZ = 22.4
 GAIN_DB_RANGE = (-60.0, 24.0)
+# The coherent solve is used when it explains at least this share of the reference's
+# power (a mix of the stems through EQs and compressors: ~0.98; a producer's mix with
+# effects the stems lack: ~0.2); otherwise the band powers are.
+MIN_COHERENT_EXPLAINED = 0.5
+# A stem holding at least this share of the mix whose band-power estimate is this many
+# times its coherent one is carried processed (out of phase) by the reference.
+LOUD_SHARE = 0.1
+INCOHERENT_RATIO = 2.0
+STATS_BLOCK_FRAMES = 128  # STFT frames per block when summing the coherent statistics
 
 
 @dataclass
@@ -69,6 +90,9 @@ class MixEstimate:
         explained: fraction of the reference's band power the fitted sum explains (1 is a
             perfect fit; a producer's mix with effects and a master bus reads lower).
         lag: samples by which the reference lags the stems (negative: leads).
+        coherent: solved on complex spectra (True) or band powers.
+        incoherent: with ``coherent``, the loud stems the reference carries out of phase
+            (processed), whose gains come from band powers instead.
     """
 
     gain_db: Tensor
@@ -77,6 +101,8 @@ class MixEstimate:
     centres_hz: Tensor
     explained: float
     lag: int = 0
+    coherent: bool = False
+    incoherent: list[int] = field(default_factory=list)
 
 
 def band_edges(sample_rate: int) -> np.ndarray:
@@ -132,6 +158,96 @@ def _nnls(a: np.ndarray, b: np.ndarray, prior: np.ndarray | None = None, ridge: 
     return w
 
 
+def _gram_nnls(
+    gram: np.ndarray, rhs: np.ndarray, prior: np.ndarray | None = None, ridge: float = 0.0
+) -> np.ndarray:
+    """:func:`_nnls` from the normal equations: non-negative ``w`` minimising
+    ``w^T G w - 2 h^T w + ridge |n (w - prior)|^2`` with ``n = sqrt(diag G)``.
+
+    The data enter only through ``G = A^T A`` and ``h = A^T b`` (a few stems squared,
+    however many STFT bins were summed); ``G = L L^T`` turns it back into the ordinary
+    problem ``|L^T w - L^-1 h|^2`` for the active-set solver.
+    """
+    n = gram.shape[0]
+    norms = np.sqrt(np.maximum(np.diag(gram), 0.0))
+    live = norms > 1e-12 * max(float(norms.max(initial=0.0)), 1e-300)
+    w = np.zeros(n) if prior is None else prior.astype(np.float64).copy()
+    if not live.any():
+        return w
+    d = norms[live]
+    g = gram[np.ix_(live, live)] / np.outer(d, d)
+    h = rhs[live] / d
+    m = int(live.sum())
+    if prior is not None and ridge > 0:
+        g = g + ridge * np.eye(m)
+        h = h + ridge * prior[live] * d
+    # Two stems that are the same signal make G singular: a whisker of ridge keeps the
+    # factorisation defined without moving any well-posed solution.
+    chol = np.linalg.cholesky(g + 1e-9 * np.eye(m))
+    u, _ = nnls(chol.T, np.linalg.solve(chol, h), maxiter=100 * m)
+    w[live] = u / d
+    return w
+
+
+def coherent_band_stats(
+    stems: Tensor, reference: Tensor, sample_rate: int, edges: np.ndarray, n_fft: int = 4096
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Per band, the stems' complex Gram matrix and their inner products with the reference.
+
+    Args:
+        stems: ``(N, C, T)``; reference: ``(C, T)``, aligned with the stems.
+
+    Returns:
+        ``gram (nb, N, N)`` (Hermitian, ``G[j, k] = sum conj(S_j) S_k``), ``cross (nb, N)``
+        (``sum conj(S_k) R``), ``ref_power (nb,)`` and ``stem_power (N, nb)``, each summed
+        over channels, frames and the band's STFT bins: the normal equations of
+        ``R ~= sum_k w_k S_k`` per band. Complex128 / float64 on the host.
+    """
+    n, c, t = stems.shape
+    size = min(n_fft, 1 << max(8, int(math.log2(max(t, 256)))))
+    hop = size // 2
+    window = torch.hann_window(size, dtype=torch.float32, device=stems.device)
+    # Frames of a centred STFT, taken a block of frames at a time: the sums are exact and
+    # a five-minute song with 16 stems needs ~100 MB of spectra at once instead of GBs.
+    # float32 spectra; each band is promoted to double before its products are summed.
+    xs = torch.nn.functional.pad(stems.float(), (hop, hop))
+    xr = torch.nn.functional.pad(reference[..., :t].float(), (hop, hop))
+    frames = 1 + (t + 2 * hop - size) // hop
+    freqs = torch.fft.rfftfreq(size, 1.0 / sample_rate).numpy()
+    nb = len(edges) - 1
+    spans = []
+    for b in range(nb):
+        bins = np.nonzero((freqs >= edges[b]) & (freqs < edges[b + 1]))[0]
+        # a band narrower than one bin (the lowest, on a short signal) stays empty
+        spans.append((int(bins[0]), int(bins[-1]) + 1) if len(bins) else None)
+    gram = torch.zeros(nb, n, n, dtype=torch.complex128, device=stems.device)
+    cross = torch.zeros(nb, n, dtype=torch.complex128, device=stems.device)
+    ref_power = torch.zeros(nb, dtype=torch.float64, device=stems.device)
+
+    def stft(x: Tensor) -> Tensor:
+        return torch.stft(
+            x.reshape(-1, x.shape[-1]), size, hop, window=window, center=False, return_complex=True
+        )
+
+    for f0 in range(0, frames, STATS_BLOCK_FRAMES):
+        count = min(STATS_BLOCK_FRAMES, frames - f0)
+        s0, s1 = f0 * hop, f0 * hop + (count - 1) * hop + size
+        spec = stft(xs[..., s0:s1])
+        spec = spec.view(n, c, *spec.shape[-2:]).transpose(1, 2)  # (N, bins, C, frames)
+        ref = stft(xr[..., s0:s1]).transpose(0, 1)  # (bins, C, frames)
+        for b, span in enumerate(spans):
+            if span is None:
+                continue
+            a = spec[:, span[0] : span[1]].reshape(n, -1).to(torch.complex128)
+            r = ref[span[0] : span[1]].reshape(-1).to(torch.complex128)
+            gram[b] += a.conj() @ a.T
+            cross[b] += a.conj() @ r
+            ref_power[b] += r.abs().square().sum()
+    gram, cross, ref_power = gram.cpu().numpy(), cross.cpu().numpy(), ref_power.cpu().numpy()
+    stem_power = np.real(np.einsum("bkk->kb", gram)).copy()
+    return gram, cross, ref_power, stem_power
+
+
 def estimate_lag(x: Tensor, reference: Tensor, max_lag: int) -> int:
     """Samples by which ``reference`` lags ``x`` (negative: it leads), within ``+-max_lag``.
 
@@ -157,7 +273,13 @@ def _k_weight_power(freqs_hz: np.ndarray, sample_rate: int) -> np.ndarray:
 
 
 def estimate_mix(
-    stems: Tensor, reference: Tensor, sample_rate: int, *, ridge: float = 0.05, max_lag_ms: float = 50.0
+    stems: Tensor,
+    reference: Tensor,
+    sample_rate: int,
+    *,
+    ridge: float | None = None,
+    max_lag_ms: float = 50.0,
+    coherent: bool = False,
 ) -> MixEstimate:
     """Per-stem gains and per-band tone that best explain the reference's band powers.
 
@@ -166,9 +288,18 @@ def estimate_mix(
             routing such as a mono pan law).
         reference: ``(2, T')`` the reference mix; ``min(T, T')`` samples are compared.
         sample_rate: Hz.
-        ridge: pull of each band's solve toward the broadband one (relative; 0 = none).
+        ridge: pull of each band's solve toward the broadband one (relative; 0 = none;
+            default 0.05 on band powers, 0.02 on complex spectra).
         max_lag_ms: the reference may lead or lag the stems by up to this; the lag is
             found (:func:`estimate_lag`) and the frames aligned before comparing.
+        coherent: solve on the complex spectra (phase included) instead of band powers:
+            for a reference that is a mix of these very stems (sample-aligned after the
+            lag). Each band's least squares then separates stems by their waveforms, not
+            only by when and where they carry energy, so a quiet track sharing its band
+            and its beat with a loud one (two kick drums) is still resolved; on the
+            shared multitracks it puts every stem's loudness within ~0.5 dB where band
+            powers miss by up to 6 dB. False (default): powers, which tolerate a
+            reference with effects the stems lack (reverb, a producer's own processing).
 
     Returns:
         :class:`MixEstimate`. Runs on the stems' device; the NNLS solves on the host.
@@ -192,22 +323,39 @@ def estimate_mix(
         stems = stems[..., -lag:]
     t = min(stems.shape[-1], reference.shape[-1])
     edges = band_edges(sample_rate)
-    ps = band_powers(stems[..., :t], sample_rate, edges).cpu().numpy()  # (N, 2, nb, F)
-    pr = band_powers(reference[..., :t], sample_rate, edges).cpu().numpy()  # (2, nb, F)
-    n, nb = ps.shape[0], ps.shape[2]
-    # Broadband: every band weighs the same (each band's rows divided by its reference power).
-    scale = 1.0 / np.maximum(pr.sum(axis=(0, 2)), 1e-30)  # (nb,)
-    a_all = (ps * scale[None, None, :, None]).transpose(1, 2, 3, 0).reshape(-1, n)
-    broad = _nnls(a_all, (pr * scale[None, :, None]).reshape(-1))
-    w = np.zeros((n, nb))
-    for b in range(nb):
-        a = ps[:, :, b, :].transpose(1, 2, 0).reshape(-1, n)
-        w[:, b] = _nnls(a, pr[:, b, :].reshape(-1), prior=broad, ridge=ridge)
-    fitted = np.einsum("kb,kcbf->cbf", w, ps)
-    explained = float(1.0 - np.abs(fitted - pr).sum() / max(pr.sum(), 1e-30))
     centres = np.sqrt(edges[:-1] * edges[1:])
     kw = _k_weight_power(centres, sample_rate)
-    energy = ps.sum(axis=(1, 3)) * kw  # (N, nb): K-weighted band energy of each stem
+    w, stem_energy, explained = _solve_powers(
+        stems[..., :t], reference[..., :t], sample_rate, edges, 0.05 if ridge is None else ridge
+    )
+    incoherent: list[int] = []
+    if coherent:
+        wc, ec, explained_c, resid = _solve_coherent(
+            stems[..., :t], reference[..., :t], sample_rate, edges, 0.02 if ridge is None else ridge
+        )
+        coherent = explained_c >= MIN_COHERENT_EXPLAINED
+        if coherent:
+            # A stem the reference carries processed out of phase with the stem (delayed,
+            # re-amped, through a reverb) is louder in band powers than in the coherent
+            # solve, and what the coherent solve misses of it is left in its residual. So a
+            # stem is judged incoherent when the residual, band by band, can hold the gap
+            # between the two estimates and that gap at least doubles the coherent one
+            # (with no residual the coherent solve explains the reference, whatever cross
+            # terms between alike stems do to the band powers). Only loud stems are judged:
+            # band powers misread a quiet one by more than that (cross-terms with the loud
+            # stems swamp it). Both in the coherent path's units (each path's STFT has its
+            # own scale; gains are scale-free).
+            p_pow = (w * stem_energy * kw).sum(axis=1)
+            gap = np.minimum(np.maximum(w - wc, 0.0) * ec, resid[None, :])
+            held = (gap * kw).sum(axis=1)
+            p_coh = (wc * ec * kw).sum(axis=1)
+            loud = p_pow >= LOUD_SHARE * p_pow.sum()
+            incoherent = np.nonzero(loud & (held > (INCOHERENT_RATIO - 1) * p_coh))[0].tolist()
+            keep = np.ones(len(p_pow), dtype=bool)
+            keep[incoherent] = False
+            w = np.where(keep[:, None], wc, w)
+            stem_energy, explained = ec, explained_c
+    energy = stem_energy * kw  # (N, nb): K-weighted band energy of each stem
     share = energy / np.maximum(energy.sum(axis=1, keepdims=True), 1e-30)
     total = (w * share).sum(axis=1)
     gain_db = 10 * np.log10(np.maximum(total, 1e-12))
@@ -223,7 +371,65 @@ def estimate_mix(
         centres_hz=torch.as_tensor(centres, device=dev),
         explained=explained,
         lag=lag,
+        coherent=coherent,
+        incoherent=incoherent,
     )
+
+
+def _solve_powers(
+    stems: Tensor, reference: Tensor, sample_rate: int, edges: np.ndarray, ridge: float
+) -> tuple[np.ndarray, np.ndarray, float]:
+    """Per-band power gains ``(N, nb)`` from band powers per frame, the stems' band
+    energies ``(N, nb)`` and the share of the reference explained."""
+    ps = band_powers(stems, sample_rate, edges).cpu().numpy()  # (N, 2, nb, F)
+    pr = band_powers(reference, sample_rate, edges).cpu().numpy()  # (2, nb, F)
+    n, nb = ps.shape[0], ps.shape[2]
+    # Broadband: every band weighs the same (each band's rows divided by its reference power).
+    scale = 1.0 / np.maximum(pr.sum(axis=(0, 2)), 1e-30)  # (nb,)
+    a_all = (ps * scale[None, None, :, None]).transpose(1, 2, 3, 0).reshape(-1, n)
+    broad = _nnls(a_all, (pr * scale[None, :, None]).reshape(-1))
+    w = np.zeros((n, nb))
+    for b in range(nb):
+        a = ps[:, :, b, :].transpose(1, 2, 0).reshape(-1, n)
+        w[:, b] = _nnls(a, pr[:, b, :].reshape(-1), prior=broad, ridge=ridge)
+    fitted = np.einsum("kb,kcbf->cbf", w, ps)
+    explained = float(1.0 - np.abs(fitted - pr).sum() / max(pr.sum(), 1e-30))
+    return w, ps.sum(axis=(1, 3)), explained
+
+
+def _solve_coherent(
+    stems: Tensor, reference: Tensor, sample_rate: int, edges: np.ndarray, ridge: float
+) -> tuple[np.ndarray, np.ndarray, float, np.ndarray]:
+    """As :func:`_solve_powers`, by least squares on the complex spectra.
+
+    Each band's gain is complex: the hidden chain's filters turn the phase as well as the
+    level (a +-4 dB shelf by up to ~20 degrees near its corner), and a real gain would
+    read only the in-phase part, while the quadrature part of a loud stem leaks into a
+    quiet, correlated one (two kick drums). The broadband solve, non-negative and real,
+    is the prior each band is pulled toward. Returns ``|w|^2`` (power gains), the stems'
+    band energies, the share explained and the residual power per band.
+    """
+    gram, cross, pr, ps = coherent_band_stats(stems, reference, sample_rate, edges)
+    scale = 1.0 / np.maximum(pr, 1e-30)
+    broad = _gram_nnls((gram.real * scale[:, None, None]).sum(0), (cross.real * scale[:, None]).sum(0))
+    n, nb = gram.shape[1], len(pr)
+    amp = np.zeros((n, nb), dtype=np.complex128)
+    resid = np.zeros(nb)
+    for b in range(nb):
+        norms = np.sqrt(np.maximum(ps[:, b], 0.0))
+        live = norms > 1e-12 * max(float(norms.max(initial=0.0)), 1e-300)
+        amp[:, b] = broad
+        if live.any():
+            d = norms[live]
+            g = gram[b][np.ix_(live, live)] / np.outer(d, d)
+            h = cross[b][live] / d + ridge * broad[live] * d
+            m = int(live.sum())
+            amp[live, b] = np.linalg.solve(g + (ridge + 1e-9) * np.eye(m), h) / d
+        w = amp[:, b]
+        # |R - sum w S|^2 = |R|^2 - 2 Re(w^H h) + w^H G w
+        resid[b] = pr[b] - 2 * np.real(np.vdot(w, cross[b])) + np.real(w.conj() @ gram[b] @ w)
+    explained = float(1.0 - np.maximum(resid, 0.0).sum() / max(pr.sum(), 1e-30))
+    return np.abs(amp) ** 2, ps, explained, np.maximum(resid, 0.0)
 
 
 def fit_eq_gains(
@@ -282,6 +488,21 @@ def fit_eq_gains(
     return gains
 
 
+def _strip_scale(console: torch.nn.Module, stems: Tensor) -> Tensor:
+    """``(N, 1, 1)``: a mono source carried as two channels reaches the mix through the
+    pan law (at the centre each side gets cos(pi/4) of it), which the estimate must see."""
+    mono = torch.tensor(getattr(console, "_config", {}).get("mono", [False] * stems.shape[1]))
+    return torch.where(mono, math.sqrt(0.5), 1.0).to(stems.dtype).to(stems.device).view(-1, 1, 1)
+
+
+def console_estimate(
+    console: torch.nn.Module, stems: Tensor, reference: Tensor, sample_rate: int, *, coherent: bool = False
+) -> MixEstimate:
+    """:func:`estimate_mix` of ``(1, N, C, T)`` stems as the console's strips receive them
+    against a ``(1, 2, T')`` reference."""
+    return estimate_mix(stems[0] * _strip_scale(console, stems), reference[0], sample_rate, coherent=coherent)
+
+
 def initialise_console(
     console: torch.nn.Module,
     stems: Tensor,
@@ -290,6 +511,8 @@ def initialise_console(
     *,
     gain: str = "strip.input.gain_db",
     eq: str = "eq",
+    coherent: bool = False,
+    estimate: MixEstimate | None = None,
 ) -> dict[str, object]:
     """Set a console's per-track input gains and strip EQ gains from :func:`estimate_mix`.
 
@@ -300,6 +523,9 @@ def initialise_console(
         stems: ``(1, N, 2, T)`` as given to the console.
         reference: ``(1, 2, T')`` the reference mix.
         sample_rate: Hz.
+        coherent: the reference is a mix of these very stems: solve on complex spectra
+            (see :func:`estimate_mix`).
+        estimate: a :func:`console_estimate` already made (then ``reference`` is unused).
 
     Returns:
         A summary for the report: the gains set (dB), how much of the reference they
@@ -313,11 +539,9 @@ def initialise_console(
     values = console.named_values()  # type: ignore[operator]
     if gain not in values:
         return {"method": "none", "reason": f"the strip has no {gain}"}
-    # A mono source carried as two channels reaches the mix through the pan law: at the
-    # centre each side gets cos(pi/4) of it, which the estimate must see.
-    mono = torch.tensor(getattr(console, "_config", {}).get("mono", [False] * stems.shape[1]))
-    scale = torch.where(mono, math.sqrt(0.5), 1.0).to(stems.dtype).to(stems.device).view(-1, 1, 1)
-    est = estimate_mix(stems[0] * scale, reference[0], sample_rate)
+    est = estimate if estimate is not None else console_estimate(
+        console, stems, reference, sample_rate, coherent=coherent
+    )
     update = {gain: est.gain_db.to(torch.float64).cpu()}
     effect = console.strip.effects[eq] if eq in console.strip.effects else None  # type: ignore[union-attr]
     if isinstance(effect, ParametricEQ):
@@ -336,8 +560,113 @@ def initialise_console(
     console.load_values(update)  # type: ignore[operator]
     return {
         "method": "nnls",
+        "spectra": "complex" if est.coherent else "power",
+        "incoherent": [console.track_names[k] for k in est.incoherent]  # type: ignore[union-attr]
+        if hasattr(console, "track_names")
+        else est.incoherent,
         "explained": round(est.explained, 4),
         "lag_samples": est.lag,
         "gain_db": [round(float(v), 2) for v in est.gain_db],
+        "seconds": round(time.perf_counter() - t0, 3),
+    }
+
+
+def contributions(console: torch.nn.Module, stems: Tensor) -> Tensor:
+    """Each track alone through the console, master bus included: ``(1, N, C, T)`` ->
+    ``(N, 2, T)``, what track ``k`` adds to the mix on its own.
+
+    The strips already run track by track, so one strip pass serves every track; each
+    track's send returns are added and the ``N`` solo signals go through the master bus
+    as a batch (its parameters are per song and broadcast), instead of ``N`` renders of
+    the whole console. Sends fed at most -60 dB are left out (they add under 0.001 % of
+    the track's energy). With subgroups the tracks are rendered solo, one at a time.
+    """
+    from diffmix.console import Console
+
+    if not isinstance(console, Console) or console.songs != 1 or stems.shape[0] != 1:
+        raise ValueError("contributions: needs a one-song Console and stems of shape (1, N, C, T)")
+    n = stems.shape[1]
+    if console.groups:
+        out = []
+        for k in range(n):
+            solo = torch.zeros_like(stems)
+            solo[:, k] = stems[:, k]
+            out.append(console(solo)[0])
+        return torch.stack(out)
+    tracks = console.strip(stems[0])
+    pre = tracks
+    for name, fx in console.sends.items():
+        level_db = console.send_levels[name]().detach()
+        if float(level_db.max()) <= -60.0:
+            continue
+        level = (10 ** (level_db / 20)).to(tracks.dtype).view(n, 1, 1)
+        ret = (10 ** (console.return_levels[name]().detach() / 20)).to(tracks.dtype).view(-1, 1, 1)
+        pre = pre + ret * fx(tracks * level)
+    return console.master(pre)
+
+
+def polish_levels(
+    console: torch.nn.Module,
+    stems: Tensor,
+    estimate: MixEstimate,
+    sample_rate: int,
+    *,
+    starts: list[int],
+    length: int,
+    fader: str = "strip.fader.gain_db",
+    limit_db: float = 12.0,
+) -> dict[str, object]:
+    """After the gradient fit, set each track's loudness back to the closed-form estimate.
+
+    A waveform loss barely sees a track 20 LU under the lead: the gradient fit trades its
+    level (through its EQ as much as its gain) for small gains elsewhere, while the
+    closed-form estimate resolves it (see :func:`estimate_mix` with ``coherent``). So the
+    gradient fit keeps what it is good at (tone, dynamics, pan, width) and the level of
+    each track's contribution is re-set on its fader (after the compressor, so the change
+    is exactly a gain on the strip): the K-weighted energy of the track rendered alone
+    through the fitted console, master included, is brought to the K-weighted energy the
+    estimate predicts for it (the stem's band energies times its band gains) on the same
+    excerpts.
+
+    Args:
+        console: the fitted :class:`~diffmix.console.Console` (its strip has ``fader``).
+        stems: ``(1, N, C, T)`` as given to the console.
+        estimate: from :func:`estimate_mix` on these stems (as they reach the strip).
+        sample_rate: Hz.
+        starts, length: the excerpts (samples) on which both energies are measured.
+        limit_db: no fader moves by more than this.
+
+    Returns:
+        A summary for the report: each fader's change (dB) and the seconds taken.
+    """
+    import time
+
+    t0 = time.perf_counter()
+    values = console.named_values()  # type: ignore[operator]
+    if fader not in values:
+        return {"method": "none", "reason": f"the strip has no {fader}"}
+    edges = band_edges(sample_rate)
+    kw = torch.as_tensor(_k_weight_power(np.sqrt(edges[:-1] * edges[1:]), sample_rate))
+    scale = _strip_scale(console, stems)
+    gains = 10 ** (estimate.band_db.double().cpu() / 10)  # power gains per band
+    want = torch.zeros(stems.shape[1], dtype=torch.float64)
+    have = torch.zeros_like(want)
+    with torch.no_grad():
+        for s0 in starts:
+            piece = stems[..., s0 : s0 + length]
+            e_in = band_powers(piece[0] * scale, sample_rate, edges).sum(dim=(1, 3)).cpu()  # (N, nb)
+            e_out = band_powers(contributions(console, piece), sample_rate, edges).sum(dim=(1, 3)).cpu()
+            want += (e_in * gains * kw).sum(1)
+            have += (e_out * kw).sum(1)
+    live = (want > 0) & (have > 0)
+    change = torch.where(live, 10 * torch.log10(want / have.clamp_min(1e-30)), torch.zeros_like(want))
+    change = change.clamp(-limit_db, limit_db)
+    spec = values[fader].spec
+    now = values[fader].exact().double().cpu()
+    moved = (now + change.view_as(now)).clamp(spec.min, spec.max)
+    console.load_values({fader: moved})  # type: ignore[operator]
+    return {
+        "method": "closed-form loudness per track, on the fader",
+        "change_db": [round(float(v), 2) for v in change],
         "seconds": round(time.perf_counter() - t0, 3),
     }

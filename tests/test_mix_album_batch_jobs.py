@@ -52,6 +52,11 @@ def test_mix_fits_toward_a_reference_and_writes_everything(tmp_path):
     init = report["fit"]["init"]
     assert init["method"] == "nnls" and init["lag_samples"] == 0 and init["explained"] > 0.9
     assert len(init["gain_db"]) == 3
+    # The reference is a plain sum of these stems: solved on complex spectra, and every
+    # fader re-set to the closed form's loudness after the gradient steps.
+    assert init["spectra"] == "complex" and init["incoherent"] == []
+    polish = report["fit"]["polish"]
+    assert len(polish["change_db"]) == 3 and all(abs(v) <= 12.0 for v in polish["change_db"])
 
     out = run_cli(
         "render",

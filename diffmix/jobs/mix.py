@@ -12,12 +12,16 @@ cross-correlation (:func:`diffmix.mix_init.estimate_lag`, within +-``align_ms``)
 console's ``offset_samples`` moves the mix onto the reference's timeline: the fit then
 compares like with like, and the written mix lines up with the reference sample for sample.
 
-The fit has two stages. ``fit.init=nnls`` (default) first sets every track's input gain
-and strip EQ in closed form from the audio (:mod:`diffmix.mix_init`: non-negative least
-squares of the reference's band powers on the stems', after aligning the two), so quiet
-tracks start where they belong; then ``fit.steps`` gradient steps refine the whole console
-on ``fit.excerpt_s`` excerpts drawn from a fixed pool of ``fit.pool`` (whose reference
-magnitudes and features are computed once). ``fit.init=none`` starts from equal loudness.
+The fit has three stages. ``fit.init=nnls`` (default) first sets every track's input gain
+and strip EQ in closed form from the audio (:mod:`diffmix.mix_init`: after aligning the
+two, least squares of the reference on the stems per band, on complex spectra when the
+reference is a mix of these stems (``aligned`` and ``fit.coherent``), else non-negative
+on band powers), so quiet tracks start where they belong; then ``fit.steps`` gradient
+steps refine the whole console on ``fit.excerpt_s`` excerpts drawn from a fixed pool of
+``fit.pool`` (whose reference magnitudes and features are computed once); last, with the
+coherent start, ``fit.polish`` re-sets each fader so the track's loudness is the closed
+form's (the waveform loss trades quiet tracks' levels away). ``fit.init=none`` starts
+from equal loudness.
 """
 
 from __future__ import annotations
@@ -40,11 +44,12 @@ from diffmix.jobs._common import output_dir, pick_device, to_dict
 from diffmix.jobs._common import summary as measure
 from diffmix.losses import MRSTFTLoss
 from diffmix.mastering import set_exact
-from diffmix.mix_init import estimate_lag, initialise_console
+from diffmix.mix_init import console_estimate, estimate_lag, initialise_console, polish_levels
 from diffmix.objective import REFERENCE_TERMS, Objective
 from diffmix.report import write_json
 
 MIN_SECONDS = 1.0
+POLISH_CHUNK_S = 10.0
 SIDE_TERMS = ("tone_side", "width", "correlation")
 
 
@@ -99,9 +104,19 @@ def run(cfg: DictConfig) -> int:
     start = equal_loudness_gains(audio, sr)
     console.load_values({"strip.input.gain_db": start.cpu()})
     init_report = None
+    estimate = None
     if reference is not None and str(cfg.fit.get("init", "nnls")) == "nnls":
         # The first stage: gains and coarse tone in closed form (see diffmix.mix_init).
-        init_report = initialise_console(console, audio, reference.to(device), sr)
+        t_init = time.perf_counter()
+        estimate = console_estimate(
+            console,
+            audio,
+            reference.to(device),
+            sr,
+            coherent=bool(cfg.aligned) and bool(cfg.fit.get("coherent", True)),
+        )
+        init_report = initialise_console(console, audio, reference.to(device), sr, estimate=estimate)
+        init_report["seconds"] = round(time.perf_counter() - t_init, 3)
     weights = {k: float(v) for k, v in cfg.loss.weights.items() if float(v) > 0}
     if mono_ref:
         weights = {k: v for k, v in weights.items() if k not in SIDE_TERMS}
@@ -191,6 +206,15 @@ def run(cfg: DictConfig) -> int:
             tag="mix:" + ",".join(stems.names),
         )
         fit_report = {k: v for k, v in vars(result).items() if k != "history"}
+        if estimate is not None and aligned and bool(cfg.fit.get("polish", True)):
+            # The last stage: each track's loudness back to the closed-form estimate, which
+            # sees quiet tracks that the waveform loss trades away (diffmix.mix_init).
+            # Measured over the whole song (in chunks): a sparse track (a crash) may sound in
+            # none of the excerpts.
+            chunk = min(audio.shape[-1], int(POLISH_CHUNK_S * sr))
+            fit_report["polish"] = polish_levels(
+                console, audio, estimate, sr, starts=list(range(0, audio.shape[-1], chunk)), length=chunk
+            )
     if init_report is not None:
         fit_report = {**(fit_report or {}), "init": init_report}
     out = output_dir(cfg)
