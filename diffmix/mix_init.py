@@ -571,40 +571,6 @@ def initialise_console(
     }
 
 
-def contributions(console: torch.nn.Module, stems: Tensor) -> Tensor:
-    """Each track alone through the console, master bus included: ``(1, N, C, T)`` ->
-    ``(N, 2, T)``, what track ``k`` adds to the mix on its own.
-
-    The strips already run track by track, so one strip pass serves every track; each
-    track's send returns are added and the ``N`` solo signals go through the master bus
-    as a batch (its parameters are per song and broadcast), instead of ``N`` renders of
-    the whole console. Sends fed at most -60 dB are left out (they add under 0.001 % of
-    the track's energy). With subgroups the tracks are rendered solo, one at a time.
-    """
-    from diffmix.console import Console
-
-    if not isinstance(console, Console) or console.songs != 1 or stems.shape[0] != 1:
-        raise ValueError("contributions: needs a one-song Console and stems of shape (1, N, C, T)")
-    n = stems.shape[1]
-    if console.groups:
-        out = []
-        for k in range(n):
-            solo = torch.zeros_like(stems)
-            solo[:, k] = stems[:, k]
-            out.append(console(solo)[0])
-        return torch.stack(out)
-    tracks = console.strip(stems[0])
-    pre = tracks
-    for name, fx in console.sends.items():
-        level_db = console.send_levels[name]().detach()
-        if float(level_db.max()) <= -60.0:
-            continue
-        level = (10 ** (level_db / 20)).to(tracks.dtype).view(n, 1, 1)
-        ret = (10 ** (console.return_levels[name]().detach() / 20)).to(tracks.dtype).view(-1, 1, 1)
-        pre = pre + ret * fx(tracks * level)
-    return console.master(pre)
-
-
 def polish_levels(
     console: torch.nn.Module,
     stems: Tensor,
@@ -655,7 +621,7 @@ def polish_levels(
         for s0 in starts:
             piece = stems[..., s0 : s0 + length]
             e_in = band_powers(piece[0] * scale, sample_rate, edges).sum(dim=(1, 3)).cpu()  # (N, nb)
-            e_out = band_powers(contributions(console, piece), sample_rate, edges).sum(dim=(1, 3)).cpu()
+            e_out = band_powers(console.solo(piece), sample_rate, edges).sum(dim=(1, 3)).cpu()
             want += (e_in * gains * kw).sum(1)
             have += (e_out * kw).sum(1)
     live = (want > 0) & (have > 0)

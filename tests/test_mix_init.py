@@ -171,7 +171,7 @@ def test_estimate_lag_finds_the_shift(lag):
     assert estimate_lag(stems.sum(0), ref, 2205) == lag
 
 
-# --- the coherent (complex-spectrum) solve, the per-track contributions and the polish ---
+# --- the coherent (complex-spectrum) solve, the per-track solo renders and the polish ---
 
 
 def _kick(seconds: float, f0: float, seed: int, click: float) -> torch.Tensor:
@@ -299,16 +299,16 @@ def _solos(console: Console, stems: torch.Tensor) -> torch.Tensor:
     return torch.stack(out)
 
 
-@pytest.mark.parametrize("routing", ["direct", "sends", "groups"])
-def test_contributions_equal_each_track_rendered_alone(routing):
-    from diffmix.mix_init import contributions
-
+@pytest.mark.parametrize("routing", ["direct", "sends", "groups", "offset"])
+def test_console_solo_equals_each_track_rendered_alone(routing):
     stems = _stems(0.5, seed=5).float().unsqueeze(0)
     console = _console(4, sends=routing == "sends", groups={"a": [0, 1]} if routing == "groups" else None)
+    if routing == "offset":
+        console.offset_samples = -7  # a mix moved onto a reference's timeline
     if routing == "sends":
         console.load_values({"sends.reverb.send_db": torch.tensor([-6.0, -70.0, -12.0, -20.0])})
     with torch.no_grad():
-        got, want = contributions(console, stems), _solos(console, stems)
+        got, want = console.solo(stems), _solos(console, stems)
     assert got.shape == (4, 2, stems.shape[-1])
     assert (got - want).abs().max() <= 1e-5 * want.abs().max()
 
