@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -9,7 +10,10 @@ import torch
 
 DTYPES = [torch.float32, torch.float64]
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)]
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "multitrack"
+# ../shared beside the checkout, as for the benchmarks; DIFFMIX_SHARED points elsewhere
+# (e.g. from a git worktree).
+_ROOT = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("DIFFMIX_SHARED", _ROOT.parent / "shared")) / "data" / "multitrack"
 
 torch.set_num_threads(max(1, torch.get_num_threads()))
 
