@@ -123,7 +123,9 @@ def run(quick: bool) -> str:
     repeat = 1 if quick else 5
     x = _signal(16, seconds)
     # Warm every implementation on a short signal (numba compilation, caches) first; the
-    # peers are >= 10x slower, so one timed run of each is enough to fix the ratio.
+    # first full-length call of each also pays first touch of fresh memory (~0.6 s here), so
+    # it is an untimed warm-up too. Peers' times swing between runs on a shared VM as much as
+    # diffmix's: they get a median as well (of 3 runs; one in --quick).
     short = x[:, :4410]
     for warm in (_diffmix, _torchcomp, _dasp):
         try:
@@ -133,7 +135,7 @@ def run(quick: bool) -> str:
     rows: list[list[str]] = []
     ours: dict[str, float] = {}
     for label, grad in (("forward", False), ("forward+backward", True)):
-        ours[label] = median_time(lambda g=grad: _diffmix(x, g), repeat=repeat, warmup=0)
+        ours[label] = median_time(lambda g=grad: _diffmix(x, g), repeat=repeat, warmup=1)
         rows.append(["**diffmix** (knee, makeup, lookahead)", label, fmt_s(ours[label]), "1.00"])
     peers = [
         ("torchcomp `compexp_gain` (+ makeup, lookahead)", _torchcomp, (False, True)),
@@ -143,7 +145,7 @@ def run(quick: bool) -> str:
         for grad in modes:
             label = "forward+backward" if grad else "forward"
             try:
-                took = median_time(lambda f=fn, g=grad: f(x, g), repeat=1, warmup=0)
+                took = median_time(lambda f=fn, g=grad: f(x, g), repeat=min(repeat, 3), warmup=1)
             except ImportError as exc:  # a peer missing from this environment
                 rows.append([name, label, f"not installed ({exc.name})", "-"])
                 continue
