@@ -255,17 +255,18 @@ def stage_profile(console: Console, x: torch.Tensor) -> list[list[str]]:
 
 def run(quick: bool) -> str:
     seconds = 3.0 if quick else 30.0
-    repeat = 1 if quick else 2
+    repeat = 1 if quick else 3
     torch.manual_seed(0)
     x = stems(TRACKS, seconds)
     console = build_console(TRACKS)
     times: dict[str, float] = {}
     times["diffmix fwd"] = median_time(lambda: _diffmix(console, x, False), repeat=repeat)
     times["diffmix fwd+bwd"] = median_time(lambda: _diffmix(console, x, True), repeat=repeat)
-    # dasp compiles nothing, so one untimed call only warms the allocator; at 30 s its
-    # forward+backward takes minutes, so it is timed once.
-    times["dasp fwd"] = median_time(lambda: _dasp(x, False), repeat=1, warmup=0)
-    times["dasp fwd+bwd"] = median_time(lambda: _dasp(x, True), repeat=1, warmup=0)
+    # Every implementation gets an untimed full-length warm-up: the first call also pays
+    # first touch of fresh memory (~0.6 s on this VM). dasp's forward+backward takes tens of
+    # seconds, so after its warm-up it is timed once.
+    times["dasp fwd"] = median_time(lambda: _dasp(x, False), repeat=1, warmup=1)
+    times["dasp fwd+bwd"] = median_time(lambda: _dasp(x, True), repeat=1, warmup=1)
     xn = x[0].numpy()
     boards = _pedalboard_boards()
     times["pedalboard fwd"] = median_time(lambda: _pedalboard(xn, boards), repeat=max(repeat, 3))
