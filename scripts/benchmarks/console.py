@@ -260,13 +260,16 @@ def run(quick: bool) -> str:
     x = stems(TRACKS, seconds)
     console = build_console(TRACKS)
     times: dict[str, float] = {}
-    times["diffmix fwd"] = median_time(lambda: _diffmix(console, x, False), repeat=repeat)
-    times["diffmix fwd+bwd"] = median_time(lambda: _diffmix(console, x, True), repeat=repeat)
-    # Every implementation gets an untimed full-length warm-up: the first call also pays
-    # first touch of fresh memory (~0.6 s on this VM). dasp's forward+backward takes tens of
-    # seconds, so after its warm-up it is timed once.
-    times["dasp fwd"] = median_time(lambda: _dasp(x, False), repeat=1, warmup=1)
-    times["dasp fwd+bwd"] = median_time(lambda: _dasp(x, True), repeat=1, warmup=1)
+    warm = 1 if quick else 2
+    times["diffmix fwd"] = median_time(lambda: _diffmix(console, x, False), repeat=repeat, warmup=warm)
+    times["diffmix fwd+bwd"] = median_time(
+        lambda: _diffmix(console, x, True), repeat=repeat, warmup=warm
+    )
+    # Every implementation gets the same untimed full-length warm-ups and a median of
+    # `repeat` runs: the first calls also pay first touch of fresh memory (the first ~1 s more
+    # on this VM, the second still some).
+    times["dasp fwd"] = median_time(lambda: _dasp(x, False), repeat=repeat, warmup=warm)
+    times["dasp fwd+bwd"] = median_time(lambda: _dasp(x, True), repeat=repeat, warmup=warm)
     xn = x[0].numpy()
     boards = _pedalboard_boards()
     times["pedalboard fwd"] = median_time(lambda: _pedalboard(xn, boards), repeat=max(repeat, 3))

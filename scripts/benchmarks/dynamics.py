@@ -121,11 +121,12 @@ def _cpu_time_per_sample(x: torch.Tensor, repeat: int) -> str:
 def run(quick: bool) -> str:
     seconds = 1.0 if quick else 30.0
     repeat = 1 if quick else 5
+    warmups = 0 if quick else 2
     x = _signal(16, seconds)
     # Warm every implementation on a short signal (numba compilation, caches) first; the
-    # first full-length call of each also pays first touch of fresh memory (~0.6 s here), so
-    # it is an untimed warm-up too. Peers' times swing between runs on a shared VM as much as
-    # diffmix's: they get a median as well (of 3 runs; one in --quick).
+    # first full-length calls of each also pay first touch of fresh memory (the first ~0.6 s
+    # more, the second still some on this VM), so two are untimed warm-ups. Peers' times
+    # swing between runs as much as diffmix's: they get a median too (of 3; 1 in --quick).
     short = x[:, :4410]
     for warm in (_diffmix, _torchcomp, _dasp):
         try:
@@ -135,7 +136,7 @@ def run(quick: bool) -> str:
     rows: list[list[str]] = []
     ours: dict[str, float] = {}
     for label, grad in (("forward", False), ("forward+backward", True)):
-        ours[label] = median_time(lambda g=grad: _diffmix(x, g), repeat=repeat, warmup=1)
+        ours[label] = median_time(lambda g=grad: _diffmix(x, g), repeat=repeat, warmup=warmups)
         rows.append(["**diffmix** (knee, makeup, lookahead)", label, fmt_s(ours[label]), "1.00"])
     peers = [
         ("torchcomp `compexp_gain` (+ makeup, lookahead)", _torchcomp, (False, True)),
@@ -145,7 +146,7 @@ def run(quick: bool) -> str:
         for grad in modes:
             label = "forward+backward" if grad else "forward"
             try:
-                took = median_time(lambda f=fn, g=grad: f(x, g), repeat=min(repeat, 3), warmup=1)
+                took = median_time(lambda f=fn, g=grad: f(x, g), repeat=min(repeat, 3), warmup=warmups)
             except ImportError as exc:  # a peer missing from this environment
                 rows.append([name, label, f"not installed ({exc.name})", "-"])
                 continue
