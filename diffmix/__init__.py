@@ -9,7 +9,7 @@ import os
 
 # Read at torch's first large CPU allocation: its allocator then backs buffers of 2 MB and more with
 # transparent huge pages, so first touching a fresh 80 MB buffer (30 s of 16 tracks) costs
-# about a third of the page faults' time. A value the user set is kept.
+# a third to a half of the page faults' time. A value the user set is kept.
 os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
 
 from diffmix._compat import check_torch_pair  # noqa: E402
