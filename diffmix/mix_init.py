@@ -280,6 +280,7 @@ def estimate_mix(
     ridge: float | None = None,
     max_lag_ms: float = 50.0,
     coherent: bool = False,
+    lag: int | None = None,
 ) -> MixEstimate:
     """Per-stem gains and per-band tone that best explain the reference's band powers.
 
@@ -300,6 +301,9 @@ def estimate_mix(
             shared multitracks it puts every stem's loudness within ~0.5 dB where band
             powers miss by up to 6 dB. False (default): powers, which tolerate a
             reference with effects the stems lack (reverb, a producer's own processing).
+        lag: samples by which the reference lags the stems, when the caller has already
+            found it (a full-length cross-correlation costs seconds on a whole song);
+            ``None`` (default): found here within ``+-max_lag_ms``.
 
     Returns:
         :class:`MixEstimate`. Runs on the stems' device; the NNLS solves on the host.
@@ -316,7 +320,8 @@ def estimate_mix(
     [6, -6, 0]
     """
     stems, reference = stems.detach(), reference.detach()
-    lag = estimate_lag(stems.sum(0), reference, int(max_lag_ms * 1e-3 * sample_rate))
+    if lag is None:
+        lag = estimate_lag(stems.sum(0), reference, int(max_lag_ms * 1e-3 * sample_rate))
     if lag > 0:
         reference = reference[..., lag:]
     elif lag < 0:
@@ -496,11 +501,19 @@ def _strip_scale(console: torch.nn.Module, stems: Tensor) -> Tensor:
 
 
 def console_estimate(
-    console: torch.nn.Module, stems: Tensor, reference: Tensor, sample_rate: int, *, coherent: bool = False
+    console: torch.nn.Module,
+    stems: Tensor,
+    reference: Tensor,
+    sample_rate: int,
+    *,
+    coherent: bool = False,
+    lag: int | None = None,
 ) -> MixEstimate:
     """:func:`estimate_mix` of ``(1, N, C, T)`` stems as the console's strips receive them
     against a ``(1, 2, T')`` reference."""
-    return estimate_mix(stems[0] * _strip_scale(console, stems), reference[0], sample_rate, coherent=coherent)
+    return estimate_mix(
+        stems[0] * _strip_scale(console, stems), reference[0], sample_rate, coherent=coherent, lag=lag
+    )
 
 
 def initialise_console(

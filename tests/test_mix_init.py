@@ -74,6 +74,12 @@ def test_estimate_recovers_gains_including_a_quiet_stem(lag):
     heard = est.weight[[0, 1, 3]] > 0.05
     dev = (est.band_db - est.gain_db.unsqueeze(1))[[0, 1, 3]][heard]
     assert dev.abs().max() < 1.0
+    assert est.lag == lag
+    # A lag the caller already found (the mix job's alignment) is used as given.
+    given = estimate_mix(stems, ref, SR, lag=lag)
+    assert given.lag == lag and torch.equal(given.gain_db, est.gain_db)
+    wrong = estimate_mix(stems, ref, SR, lag=lag + 400)
+    assert wrong.lag == lag + 400 and wrong.explained < est.explained
 
 
 def test_estimate_recovers_tone_and_the_eq_fit_reproduces_it():

@@ -96,9 +96,9 @@ def run(cfg: DictConfig) -> int:
     align_ms = float(cfg.get("align_ms") or 0.0)
     if not 0.0 <= align_ms <= 1000.0:
         raise UserError(f"align_ms must be between 0 and 1000 ms, got {align_ms:g}")
-    offset = 0
+    offset, lag = 0, None
     if reference is not None and bool(cfg.aligned) and align_ms > 0:
-        offset = estimate_lag(stems.audio[0].sum(0), reference[0], int(align_ms * 1e-3 * sr))
+        offset = lag = estimate_lag(stems.audio[0].sum(0), reference[0], int(align_ms * 1e-3 * sr))
     console = build_console(cfg, sr, stems.names, stems.mono, offset).to(device)
     audio = stems.audio.to(device)
     start = equal_loudness_gains(audio, sr)
@@ -114,6 +114,7 @@ def run(cfg: DictConfig) -> int:
             reference.to(device),
             sr,
             coherent=bool(cfg.aligned) and bool(cfg.fit.get("coherent", True)),
+            lag=lag,  # already found for the alignment: not a second cross-correlation
         )
         init_report = initialise_console(console, audio, reference.to(device), sr, estimate=estimate)
         init_report["seconds"] = round(time.perf_counter() - t_init, 3)
