@@ -120,12 +120,14 @@ def _detect(side, r, b0, m, amp, mean, pbuf, k, mono):  # noqa: ANN001, ANN202
     """Linked detector power of samples ``b0 .. b0+m`` into ``pbuf`` (0 past the end)."""
     nc = 1 if mono else side.shape[1]
     m_in = min(max(side.shape[2] - b0, 0), m)
-    for i in range(m_in):
-        v = side[r, 0, b0 + i]
+    s0 = side[r, 0, b0:b0 + m_in]  # 1-D views: an index like b0 + i may be negative as far
+    for i in range(m_in):  # as numba knows, and its wraparound check blocks vector loads
+        v = s0[i]
         pbuf[i] = v * v if amp else v
     for c in range(1, nc):
+        sc = side[r, c, b0:b0 + m_in]
         for i in range(m_in):
-            v = side[r, c, b0 + i]
+            v = sc[i]
             if amp:
                 v = v * v
             pbuf[i] = pbuf[i] + v if mean else max(pbuf[i], v)
@@ -241,11 +243,13 @@ def _fwd_row(x, side, r, amp, mean, kind, lookahead, thr, slope, knee, rng, a_do
                 prev = fall if gc < prev else rise
                 ybuf[i + 1] = prev
             if store:  # the same comparisons again, now vectorised
+                mb = mode[r, b0:b0 + m]
                 for i in range(m):
-                    mode[r, b0 + i] = 1 if gbuf[i] < ybuf[i] else 0
+                    mb[i] = 1 if gbuf[i] < ybuf[i] else 0
         if store:
+            yb = y[r, b0:b0 + m]
             for i in range(m):
-                y[r, b0 + i] = ybuf[i + 1]
+                yb[i] = ybuf[i + 1]
         # first sample whose output index (tp - lookahead) is >= 0; loops below that must
         # skip samples run from 0 with an offset rather than from i0 (vectorised only so)
         i0 = min(max(lookahead - b0, 0), m)
@@ -256,8 +260,10 @@ def _fwd_row(x, side, r, amp, mean, kind, lookahead, thr, slope, knee, rng, a_do
             gbuf[i] = one + mx * (gbuf[i] - one)
         t1 = t0 + i0
         for c in range(nc):
+            xb = x[r, c, t1:t1 + m - i0]
+            ob = out[r, c, t1:t1 + m - i0]
             for j in range(m - i0):
-                out[r, c, t1 + j] = x[r, c, t1 + j] * gbuf[i0 + j]
+                ob[j] = xb[j] * gbuf[i0 + j]
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy")
@@ -358,17 +364,22 @@ def _bwd_row(gout, x, side, r, amp, mean, kind, lookahead, thr, slope, knee, rng
         # output side: dx through the gain, the mix and makeup terms, and dL/dy
         i0 = min(max(lookahead - b0, 0), m)
         t0 = b0 - lookahead
+        yb = y[r, b0:b0 + m]
+        mb = mode[r, b0:b0 + m]
         for i in range(m):
-            gbuf[i] = y[r, b0 + i]
+            gbuf[i] = yb[i]
         _gains(gbuf, gbuf, 0, m, mk, fast, k, mf, mi)  # whole blocks vectorise
         for i in range(m):
             lam[i] = zero
         t1 = t0 + i0
         for c in range(nc):
+            gob = gout[r, c, t1:t1 + m - i0]
+            gxb = gx[r, c, t1:t1 + m - i0]
+            xb = x[r, c, t1:t1 + m - i0]
             for j in range(m - i0):
-                go = gout[r, c, t1 + j]
-                gx[r, c, t1 + j] = go * (one + mx * (gbuf[i0 + j] - one))
-                lam[i0 + j] += go * x[r, c, t1 + j]
+                go = gob[j]
+                gxb[j] = go * (one + mx * (gbuf[i0 + j] - one))
+                lam[i0 + j] += go * xb[j]
         for i in range(m):
             dg = lam[i]
             terms[0, i] = dg * (gbuf[i] - one)
@@ -377,7 +388,7 @@ def _bwd_row(gout, x, side, r, amp, mean, kind, lookahead, thr, slope, knee, rng
         g[6] += _bsum(lam, 0, m, lanes)
         # the smoother's adjoint, the only sequential part: lam[t] = dy[t] + c[t+1] lam[t+1]
         for i in range(m):
-            md = mode[r, b0 + i]
+            md = mb[i]
             cbuf[i] = ad if md == 1 else (au if md == 0 else one)
         for i in range(m - 1, -1, -1):
             v = lam[i] + carry
@@ -386,14 +397,18 @@ def _bwd_row(gout, x, side, r, amp, mean, kind, lookahead, thr, slope, knee, rng
         # the static curve's terms, recomputed from the side-chain
         m_in = _detect(side, r, b0, m, amp, mean, pbuf, k, mono)
         _levels(pbuf, lbuf, m, fast, k, q, qi, mf, mi)
-        st = 1 if b0 == 0 else 0
-        for j in range(m - st):
-            gbuf[st + j] = y[r, b0 + st + j - 1]
         if b0 == 0:
             gbuf[0] = zero  # the smoother starts from 0 dB
+            for j in range(1, m):
+                gbuf[j] = yb[j - 1]
+        else:
+            yp = y[r, b0 - 1:b0 - 1 + m]
+            for j in range(m):
+                gbuf[j] = yp[j]
+        pdb = k[0]
         for i in range(m):
             v = lam[i]
-            md = mode[r, b0 + i]
+            md = mb[i]
             d = sgn * (lbuf[i] - th)
             u = min(max(d + half, zero), kn)
             f = d if d >= half else u * u * inv_den
@@ -413,7 +428,7 @@ def _bwd_row(gout, x, side, r, amp, mean, kind, lookahead, thr, slope, knee, rng
             dlevel = sgn * (live * sl * dfd)
             terms[5, i] = dlevel
             p = pbuf[i]
-            dpb[i] = dlevel * k[0] / p if p > floor else zero
+            dpb[i] = dlevel * pdb / p if p > floor else zero
         g[4] += _bsum(terms[0], 0, m, lanes)
         g[5] += _bsum(terms[1], 0, m, lanes)
         g[3] += _bsum(terms[2], 0, m, lanes)
@@ -423,14 +438,17 @@ def _bwd_row(gout, x, side, r, amp, mean, kind, lookahead, thr, slope, knee, rng
         # side-chain gradient (into gx when the side-chain is the input itself)
         if mono:
             if amp:
+                s0 = side[r, 0, b0:b0 + m_in]
+                two = k[6]
                 for i in range(m_in):
-                    dpb[i] = dpb[i] * k[6] * side[r, 0, b0 + i]
+                    dpb[i] = dpb[i] * two * s0[i]
+            dst = gx[r, 0, b0:b0 + m_in] if side_is_x else gside[r, 0, b0:b0 + m_in]
             if side_is_x:
                 for i in range(m_in):
-                    gx[r, 0, b0 + i] += dpb[i]
+                    dst[i] += dpb[i]
             else:
                 for i in range(m_in):
-                    gside[r, 0, b0 + i] = dpb[i]
+                    dst[i] = dpb[i]
         else:
             for i in range(m_in):
                 dp = dpb[i]
