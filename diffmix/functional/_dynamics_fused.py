@@ -349,6 +349,9 @@ def _bwd_row(gout, x, side, r, amp, mean, kind, lookahead, thr, slope, knee, rng
     lam = np.empty(BLOCK, x.dtype)
     cbuf = np.empty(BLOCK, x.dtype)
     dpb = np.empty(BLOCK, x.dtype)
+    taken = np.empty(BLOCK, x.dtype)
+    taken[0] = nc
+    inv_nc = one / taken[0]  # in the audio's dtype: float32 math stays float32
     terms = np.empty((6, BLOCK), x.dtype)  # per-sample parameter-gradient terms
     lanes = np.empty(LANES, np.float64)
     q = np.empty(BLOCK, np.float32)
@@ -450,27 +453,29 @@ def _bwd_row(gout, x, side, r, amp, mean, kind, lookahead, thr, slope, knee, rng
                 for i in range(m_in):
                     dst[i] = dpb[i]
         else:
-            for i in range(m_in):
-                dp = dpb[i]
-                if dp == zero:
-                    continue
-                p = pbuf[i]
-                for c in range(nc):
+            # channel by channel over the block; a max link feeds only the first channel
+            # that holds the maximum (``taken`` marks the samples already fed)
+            two = k[6]
+            if not mean:
+                for i in range(m_in):
+                    taken[i] = zero
+            for c in range(nc):
+                sc = side[r, c, b0:b0 + m_in]
+                dst = gx[r, c, b0:b0 + m_in] if side_is_x else gside[r, c, b0:b0 + m_in]
+                for i in range(m_in):
+                    v = sc[i]
                     if mean:
-                        dv = dp / nc
+                        dv = dpb[i] * inv_nc
                     else:
-                        v = side[r, c, b0 + i]
-                        if (v * v if amp else v) != p:
-                            continue
-                        dv = dp
+                        hit = ((v * v if amp else v) == pbuf[i]) & (taken[i] == zero)
+                        dv = dpb[i] if hit else zero
+                        taken[i] = one if hit else taken[i]
                     if amp:
-                        dv = dv * k[6] * side[r, c, b0 + i]
+                        dv = dv * two * v
                     if side_is_x:
-                        gx[r, c, b0 + i] += dv
+                        dst[i] += dv
                     else:
-                        gside[r, c, b0 + i] = dv
-                    if not mean:
-                        break  # a max link feeds only the first channel at the maximum
+                        dst[i] = dv
     for j in range(N_GRADS):
         grads[r, j] += g[j]
 
