@@ -301,24 +301,15 @@ def _fwd_multi(r0, r1, x, side, amp, mean, kind, lookahead, thr, slope, knee, rn
                  hold, makeup, mix, out, y, mode, store, fast, k, False, False)
 
 
-LANES = 16
-
-
-@numba.njit(inline="always", error_model="numpy")
-def _bsum(buf, i0, i1, lanes):  # noqa: ANN001, ANN202
-    """Sum of ``buf[i0:i1]`` in float64 over ``LANES`` partial sums: a plain running sum is
-    a serial chain that LLVM may not reorder (no fast-math), this one vectorises."""
-    for j in range(LANES):
-        lanes[j] = 0.0
-    full = i0 + (i1 - i0) // LANES * LANES
-    for b in range(i0, full, LANES):
-        for j in range(LANES):
-            lanes[j] += buf[b + j]
+@numba.njit(cache=True, nogil=True, error_model="numpy", fastmath={"reassoc"})
+def _bsum(buf, i0, i1):  # noqa: ANN001, ANN202
+    """Sum of ``buf[i0:i1]`` in float64. Its own function so that only this loop may be
+    reassociated (vectorised with several partial sums): the polynomial ``log``/``exp``
+    above must keep their order. A hand-unrolled 16-lane sum in the caller measured
+    3 ns/sample of the backward's 10; this one about 1."""
     total = 0.0
-    for i in range(full, i1):
+    for i in range(i0, i1):
         total += buf[i]
-    for j in range(LANES):
-        total += lanes[j]
     return total
 
 
@@ -356,7 +347,6 @@ def _bwd_row(gout, x, side, r, amp, mean, kind, lookahead, thr, slope, knee, rng
     taken[0] = nc
     inv_nc = one / taken[0]  # in the audio's dtype: float32 math stays float32
     terms = np.empty((6, BLOCK), x.dtype)  # per-sample parameter-gradient terms
-    lanes = np.empty(LANES, np.float64)
     q = np.empty(BLOCK, np.float32)
     mf = np.empty(BLOCK, np.float32)
     qi = q.view(np.int32)
@@ -390,8 +380,8 @@ def _bwd_row(gout, x, side, r, amp, mean, kind, lookahead, thr, slope, knee, rng
             dg = lam[i]
             terms[0, i] = dg * (gbuf[i] - one)
             lam[i] = dg * mx * gbuf[i] * inv_db
-        g[7] += _bsum(terms[0], 0, m, lanes)
-        g[6] += _bsum(lam, 0, m, lanes)
+        g[7] += _bsum(terms[0], 0, m)
+        g[6] += _bsum(lam, 0, m)
         # the smoother's adjoint, the only sequential part: lam[t] = dy[t] + c[t+1] lam[t+1]
         for i in range(m):
             md = mb[i]
@@ -436,12 +426,12 @@ def _bwd_row(gout, x, side, r, amp, mean, kind, lookahead, thr, slope, knee, rng
             terms[5, i] = dlevel
             p = pbuf[i]
             dpb[i] = dlevel * pdb / p if p > floor else zero
-        g[4] += _bsum(terms[0], 0, m, lanes)
-        g[5] += _bsum(terms[1], 0, m, lanes)
-        g[3] += _bsum(terms[2], 0, m, lanes)
-        g[1] += _bsum(terms[3], 0, m, lanes)
-        g[2] += _bsum(terms[4], 0, m, lanes)
-        g[0] -= _bsum(terms[5], 0, m, lanes)
+        g[4] += _bsum(terms[0], 0, m)
+        g[5] += _bsum(terms[1], 0, m)
+        g[3] += _bsum(terms[2], 0, m)
+        g[1] += _bsum(terms[3], 0, m)
+        g[2] += _bsum(terms[4], 0, m)
+        g[0] -= _bsum(terms[5], 0, m)
         # side-chain gradient (into gx when the side-chain is the input itself)
         if mono:
             if amp:
