@@ -9,8 +9,8 @@ Envelope. For every sample ``n`` of an item, the level the limiter must hold is:
 with the meter's polyphase interpolator (:func:`diffmix.functional.peaks.interpolation_filter`),
 so limiting sample ``n`` covers the inter-sample peaks on both sides of it. Materialising
 the oversampled signal costs ``factor`` full-length copies; the kernel instead accumulates
-each phase of a block of 256 points tap by tap in registers (contiguous loads, so it
-vectorises) and keeps only the running maxima. The forward records which point won at
+each phase of a block of 256 points eight taps at a time (contiguous loads, so it
+vectorises; shared with the meter's kernel) and keeps only the running maxima. The forward records which point won at
 every sample (channel, phase, side) in one ``int32``; the backward replays it: ``level[n]``
 is ``|v|`` of one point ``v = sum_k taps[p, k] x[c, m - 23 + k]``, so its gradient adds
 ``g[n] sign(v) taps[p, k]`` to ``x[c, m - 23 + k]``. Blocks of the backward scatter into
@@ -33,7 +33,7 @@ import torch
 from torch import Tensor
 
 from diffmix.functional._dynamics_kernels import HAVE_NUMBA
-from diffmix.functional.peaks import interpolation_filter, oversampling_factor
+from diffmix.functional.peaks import _accumulate_phase, interpolation_filter, oversampling_factor
 
 BLOCK = 256  # samples per envelope block (one vectorised accumulator per phase)
 _SIDE = 8  # code = channel * _SIDE + kind; kind 0: the sample, 1..3: after, 4..6: before
@@ -70,11 +70,7 @@ if HAVE_NUMBA:
                     for i in range(w):
                         ap[i] = 0.0
                     if inside:
-                        for k in range(n_taps):
-                            tap = taps[p, k]
-                            xs = xr[start + k: start + k + w]
-                            for i in range(w):
-                                ap[i] += tap * xs[i]
+                        _accumulate_phase(ap, xr[start: start + w + n_taps - 1], taps, p, w)
                     else:
                         for k in range(n_taps):
                             tap = taps[p, k]
