@@ -1,8 +1,9 @@
 """Reliability: master a one-hour stereo 48 kHz file in bounded memory (peak RSS of the job).
 
 The file is synthesised on disk in chunks (never whole in memory), then
-``python -m diffmix.cli master input=... target=spotify`` runs as a child process; its
-peak resident set comes from ``os.wait4`` (that child's own rusage, not the runner's).
+``python -m diffmix.cli master input=... target=spotify`` runs as a child process (forked
+from a small launcher); its peak resident set comes from ``os.wait4`` (that child's own
+rusage, not the runner's).
 The written master is metered in chunks (:func:`diffmix.streaming.measure_file`).
 For scale, a shorter file is also mastered both ways (``stream=true`` and
 ``stream=false``), so the in-memory path's growth with length is measured in the same run.
@@ -10,6 +11,7 @@ For scale, a shorter file is also mastered both ways (``stream=true`` and
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -56,6 +58,23 @@ def synthesise(path: Path, seconds: float, *, block_s: float = 10.0, seed: int =
     return path
 
 
+# Runs the job as its grandchild and writes its wall time and peak RSS as JSON. Linux
+# carries a forked child's peak RSS over from its parent's at fork (the copied memory
+# map keeps the parent's high-water mark), so a job forked straight from this runner,
+# after other sections grew it to gigabytes, would report the runner's peak; forked
+# from this small launcher it reports its own.
+_LAUNCH = """
+import json, os, subprocess, sys, time
+t0 = time.perf_counter()
+proc = subprocess.Popen(sys.argv[2:])
+_, status, usage = os.wait4(proc.pid, 0)
+wall = time.perf_counter() - t0
+with open(sys.argv[1], "w") as fh:
+    json.dump({"wall_s": wall, "rss": usage.ru_maxrss * 1024}, fh)
+sys.exit(os.waitstatus_to_exitcode(status))
+"""
+
+
 def master(path: Path, out: Path, *extra: str) -> dict:
     """Run the master job as a child; its wall time and peak RSS (bytes)."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -63,23 +82,21 @@ def master(path: Path, out: Path, *extra: str) -> dict:
            f"out={out}", "progress=false", "plot=false", *extra]
     out.mkdir(parents=True, exist_ok=True)
     logs = out / "stdout.txt", out / "stderr.txt"
-    t0 = time.perf_counter()
-    # Output to files, not pipes: nobody reads a pipe while wait4 blocks.
+    usage_file = out / "usage.json"
+    # Output to files, not pipes: nobody reads a pipe while the launcher waits.
     with logs[0].open("w") as so, logs[1].open("w") as se:
-        proc = subprocess.Popen(cmd, cwd=out.parent, env=env, stdout=so, stderr=se)
-        # wait4 gives this child's own rusage (RUSAGE_CHILDREN would mix in every earlier child).
-        _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - t0
+        code = subprocess.call([sys.executable, "-c", _LAUNCH, str(usage_file), *cmd],
+                               cwd=out.parent, env=env, stdout=so, stderr=se)
     stdout, stderr = logs[0].read_text(), logs[1].read_text()
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    if proc.returncode != 0:
-        raise RuntimeError(f"master failed ({proc.returncode}): {stderr[-2000:]}")
+    if code != 0:
+        raise RuntimeError(f"master failed ({code}): {stderr[-2000:]}")
+    usage = json.loads(usage_file.read_text())
     from diffmix.streaming import measure_file
 
     written = out / f"{path.stem}_master.wav"
     m = measure_file(written)
     return {
-        "wall_s": wall, "rss": usage.ru_maxrss * 1024, "lufs": m["integrated_lufs"],
+        "wall_s": usage["wall_s"], "rss": usage["rss"], "lufs": m["integrated_lufs"],
         "tp": m["true_peak_dbtp"], "seconds": m["seconds"], "stdout": stdout.strip(),
     }
 
