@@ -238,6 +238,69 @@ def test_static_curve_through_the_effect_on_steady_tones(sr):
     torch.testing.assert_close(out_db, -30.0 + (levels + 30.0) / 4.0, rtol=0, atol=1e-6)
 
 
+# ---- behaviour against pedalboard (JUCE's compressor and noise gate, compiled C++) ------
+
+# JUCE's ballistics filter reaches 1 - e^(-2 pi) of a step in the time it is set to, so its
+# time constant is that time / 2 pi; ours are time constants (63.2 % of a step).
+_JUCE_TAU = 1.0 / (2.0 * math.pi)
+
+
+def _steady_tone_change_db(effect, peer, level_db: float, sr: int) -> tuple[float, float]:
+    """Level change (dB, RMS of the last half second) that diffmix ``effect`` and pedalboard
+    ``peer`` apply to a steady 1 kHz sine whose peak is ``level_db`` dBFS."""
+    t = np.arange(int(1.5 * sr)) / sr
+    x = (10 ** (level_db / 20) * np.sin(2 * np.pi * 1000.0 * t)).astype(np.float32)
+    ours = effect(torch.from_numpy(x).view(1, 1, -1)).detach().numpy()[0, 0]
+    theirs = peer(x[None], sr)[0]
+
+    def change(y: np.ndarray) -> float:
+        tail = slice(sr, None)
+        return float(10 * np.log10(np.mean(y[tail] ** 2) / np.mean(x[tail] ** 2)))
+
+    return change(ours), change(theirs)
+
+
+@pytest.mark.parametrize("ratio", [2.0, 4.0, 10.0])
+@pytest.mark.parametrize("level_db", [-30.0, -14.0, -6.0, 0.0])
+def test_compressor_matches_pedalboard_on_steady_tones(ratio, level_db):
+    """Gain reduction on a steady sine, peak detector and hard knee, agrees with pedalboard's
+    Compressor to 0.1 dB, and sits within 0.3 dB of the static curve at the peak level (the
+    gain ripples a little within each cycle, as the release acts between peaks)."""
+    import pedalboard as pb
+
+    sr, thr, attack, release = 48000, -20.0, 1.0, 200.0
+    ours, theirs = _steady_tone_change_db(
+        Compressor(sr, threshold_db=thr, ratio=ratio, knee_db=0.0, attack_ms=attack * _JUCE_TAU,
+                   release_ms=release * _JUCE_TAU),
+        pb.Compressor(threshold_db=thr, ratio=ratio, attack_ms=attack, release_ms=release),
+        level_db, sr,
+    )
+    assert ours == pytest.approx(theirs, abs=0.1)
+    theory = min(0.0, (1 / ratio - 1) * (level_db - thr))
+    assert ours == pytest.approx(theory, abs=0.3)
+    if level_db > thr:
+        assert ours < -1.0  # the tone really is compressed, not passed through
+
+
+@pytest.mark.parametrize("ratio", [2.0, 4.0, 10.0])
+@pytest.mark.parametrize("level_db", [-50.0, -45.0, -40.0, -30.0])
+def test_gate_matches_pedalboard_noise_gate_on_steady_tones(ratio, level_db):
+    """Downward expansion of a steady sine agrees with pedalboard's NoiseGate to 0.05 dB: the
+    hold bridges the sine's zero crossings, so the gate follows the peak level as JUCE's
+    envelope does."""
+    import pedalboard as pb
+
+    sr, thr, attack, release = 48000, -40.0, 1.0, 200.0
+    ours, theirs = _steady_tone_change_db(
+        Expander(sr, threshold_db=thr, ratio=ratio, knee_db=0.0, attack_ms=attack * _JUCE_TAU,
+                 release_ms=release * _JUCE_TAU, hold_ms=10.0, range_db=120.0),
+        pb.NoiseGate(threshold_db=thr, ratio=ratio, attack_ms=attack, release_ms=release),
+        level_db, sr,
+    )
+    assert ours == pytest.approx(theirs, abs=0.05)
+    assert ours == pytest.approx(min(0.0, (ratio - 1) * (level_db - thr)), abs=0.05)
+
+
 def test_knee_zero_at_threshold_has_finite_gradients():
     x = torch.full((1, 1, 64), 0.1, dtype=torch.float64)  # exactly -20 dB
     params = {k: torch.tensor(v, dtype=torch.float64, requires_grad=True)
