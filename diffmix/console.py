@@ -191,6 +191,10 @@ class Console(nn.Module):
     Differentiable in every effect parameter, send and return level. CUDA: yes.
     """
 
+    # Buffers registered in __init__ (declared for the type checker).
+    routing: Tensor
+    direct: Tensor
+
     def __init__(
         self,
         sample_rate: int,

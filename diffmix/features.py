@@ -45,6 +45,11 @@ class FeatureExtractor(torch.nn.Module):
         n_fft: Welch segment length (8192 at 44.1 kHz resolves ~5 Hz).
     """
 
+    # Buffers registered in __init__ (declared for the type checker).
+    third: Tensor
+    centres: Tensor
+    coarse: Tensor
+
     def __init__(self, sample_rate: int, n_fft: int = 8192) -> None:
         super().__init__()
         self.sample_rate = sample_rate

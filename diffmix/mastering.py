@@ -20,11 +20,13 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 from torch import Tensor
 
 from diffmix.console import Bus, prior, select
+from diffmix.effects.base import Effect
 from diffmix.errors import UserError
 from diffmix.fit import FitResult, draw, excerpt_starts, fit
 from diffmix.functional.loudness import integrated_loudness
@@ -247,18 +249,19 @@ def _secant(
     lufs = _loudness_for_solve(y, lengths, sample_rate)
     if counter is not None:
         counter += 1
-    prev_drive, prev_lufs = state if state is not None else (None, None)
+    prev = state  # the last (drive, lufs) pair, None before the first step
     for _ in range(max_iter):
         err = targets - lufs
         open_ = err.abs() > tolerance_lu
         if not open_.any():
             break
         slope = torch.ones_like(drive)
-        if prev_drive is not None:
+        if prev is not None:
+            prev_drive, prev_lufs = prev
             moved = (drive - prev_drive).abs() > 1e-9
             secant = (lufs - prev_lufs) / torch.where(moved, drive - prev_drive, torch.ones_like(drive))
             slope = torch.where(moved, secant.clamp(0.05, 1.0), slope)
-        prev_drive, prev_lufs = drive.clone(), lufs.clone()
+        prev = (drive.clone(), lufs.clone())
         drive = torch.where(open_, (drive + err / slope).clamp(lo, hi), drive)
         if counter is not None:
             counter += open_.double()
@@ -278,7 +281,8 @@ def render_with_drive(chain: Bus, x: Tensor, limiter: str = "limiter") -> Callab
         pre = x
         for name in names[:idx]:
             pre = chain.effects[name](pre)
-    lim = chain.effects[limiter]
+    # The limiter stage is an Effect: its drive is set through load_values (gain_db).
+    lim = cast(Effect, chain.effects[limiter])
     post = [chain.effects[n] for n in names[idx + 1 :]]
 
     fast = _smooth_limiter_proxy(lim, pre, post)

@@ -51,6 +51,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -60,6 +61,9 @@ from torch import Tensor
 from diffmix.functional.eq import eq_coeffs
 from diffmix.functional.filters import sos_response
 from diffmix.functional.loudness import k_weighting_coefficients
+
+if TYPE_CHECKING:
+    from diffmix.console import Console
 
 N_FFT = 8192
 BANDS_PER_OCTAVE = 2
@@ -243,9 +247,9 @@ def coherent_band_stats(
             gram[b] += a.conj() @ a.T
             cross[b] += a.conj() @ r
             ref_power[b] += r.abs().square().sum()
-    gram, cross, ref_power = gram.cpu().numpy(), cross.cpu().numpy(), ref_power.cpu().numpy()
-    stem_power = np.real(np.einsum("bkk->kb", gram)).copy()
-    return gram, cross, ref_power, stem_power
+    gram_np, cross_np, ref_power_np = gram.cpu().numpy(), cross.cpu().numpy(), ref_power.cpu().numpy()
+    stem_power = np.real(np.einsum("bkk->kb", gram_np)).copy()
+    return gram_np, cross_np, ref_power_np, stem_power
 
 
 def estimate_lag(x: Tensor, reference: Tensor, max_lag: int) -> int:
@@ -517,7 +521,7 @@ def console_estimate(
 
 
 def initialise_console(
-    console: torch.nn.Module,
+    console: Console,
     stems: Tensor,
     reference: Tensor,
     sample_rate: int,
@@ -549,14 +553,14 @@ def initialise_console(
     from diffmix.effects.eq import ParametricEQ
 
     t0 = time.perf_counter()
-    values = console.named_values()  # type: ignore[operator]
+    values = console.named_values()
     if gain not in values:
         return {"method": "none", "reason": f"the strip has no {gain}"}
     est = estimate if estimate is not None else console_estimate(
         console, stems, reference, sample_rate, coherent=coherent
     )
     update = {gain: est.gain_db.to(torch.float64).cpu()}
-    effect = console.strip.effects[eq] if eq in console.strip.effects else None  # type: ignore[union-attr]
+    effect = console.strip.effects[eq] if eq in console.strip.effects else None
     if isinstance(effect, ParametricEQ):
         freq = values[f"strip.{eq}.freq_hz"].exact().double()
         q = values[f"strip.{eq}.q"].exact().double()
@@ -570,11 +574,11 @@ def initialise_console(
             limit_db=min(12.0, -lo, hi),
         )
         update[f"strip.{eq}.gain_db"] = g.cpu().view(values[f"strip.{eq}.gain_db"].exact().shape)
-    console.load_values(update)  # type: ignore[operator]
+    console.load_values(update)
     return {
         "method": "nnls",
         "spectra": "complex" if est.coherent else "power",
-        "incoherent": [console.track_names[k] for k in est.incoherent]  # type: ignore[union-attr]
+        "incoherent": [console.track_names[k] for k in est.incoherent]
         if hasattr(console, "track_names")
         else est.incoherent,
         "explained": round(est.explained, 4),
@@ -585,7 +589,7 @@ def initialise_console(
 
 
 def polish_levels(
-    console: torch.nn.Module,
+    console: Console,
     stems: Tensor,
     estimate: MixEstimate,
     sample_rate: int,
@@ -621,7 +625,7 @@ def polish_levels(
     import time
 
     t0 = time.perf_counter()
-    values = console.named_values()  # type: ignore[operator]
+    values = console.named_values()
     if fader not in values:
         return {"method": "none", "reason": f"the strip has no {fader}"}
     edges = band_edges(sample_rate)
@@ -643,7 +647,7 @@ def polish_levels(
     spec = values[fader].spec
     now = values[fader].exact().double().cpu()
     moved = (now + change.view_as(now)).clamp(spec.min, spec.max)
-    console.load_values({fader: moved})  # type: ignore[operator]
+    console.load_values({fader: moved})
     return {
         "method": "closed-form loudness per track, on the fader",
         "change_db": [round(float(v), 2) for v in change],

@@ -148,25 +148,29 @@ class Objective(nn.Module):
                 terms["width"] = (f.width_db - self.ref["width"]).square().mean(-1)
             if "correlation" in w:
                 terms["correlation"] = (f.correlation - self.ref["correlation"]).square()
-        lufs = None
+        lufs: Tensor | None = None
         if set(w) & {"loudness", "dynamics", "spec_lufs", "spec_plr"}:
             lufs = _finite_lufs(integrated_loudness(y, self.sample_rate))
         if "loudness" in w:
-            terms["loudness"] = (lufs - self.ref["loudness"]).square()  # type: ignore[operator]
+            assert lufs is not None  # set above for these terms
+            terms["loudness"] = (lufs - self.ref["loudness"]).square()
         if "dynamics" in w:
             prof = dynamics_profile(y, self.sample_rate)
             terms["dynamics"] = (prof - self.ref["dynamics"]).square().mean(-1) + 0.25 * (
                 crest_factor_db(y) - self.ref["crest"]
             ).square()
         if "spec_lufs" in w:
-            terms["spec_lufs"] = (lufs - float(self.target["lufs"])).square()  # type: ignore[operator]
-        tp = None
+            assert lufs is not None
+            terms["spec_lufs"] = (lufs - float(self.target["lufs"])).square()
+        tp: Tensor | None = None
         if set(w) & {"spec_true_peak", "spec_plr"}:
             tp = true_peak_soft(y, self.sample_rate)
         if "spec_true_peak" in w:
-            terms["spec_true_peak"] = hinge(tp - float(self.target["true_peak_db"]))  # type: ignore[operator]
+            assert tp is not None  # set above for these terms
+            terms["spec_true_peak"] = hinge(tp - float(self.target["true_peak_db"]))
         if "spec_plr" in w:
-            terms["spec_plr"] = hinge(float(self.target["plr"]) - (tp - lufs))  # type: ignore[operator]
+            assert tp is not None and lufs is not None
+            terms["spec_plr"] = hinge(float(self.target["plr"]) - (tp - lufs))
         if "spec_lra" in w:
             lo, hi = (float(v) for v in self.target["lra"])
             prof = dynamics_profile(y, self.sample_rate)

@@ -31,7 +31,9 @@ class Effect(nn.Module):
     """
 
     specs: ClassVar[tuple[ParamSpec, ...]] = ()
-    channels: ClassVar[tuple[int, ...] | None] = None  # allowed channel counts; None = any
+    # Allowed channel counts; None = any. A class default that an instance may override
+    # (Delay with ping_pong, ParametricEQ in mid/side), so not a ClassVar.
+    channels: tuple[int, ...] | None = None
 
     def __init__(self, sample_rate: int, **values: ParamValue | None) -> None:
         super().__init__()

@@ -56,7 +56,7 @@ class Delay(Effect):
             sample_rate, time_ms=time_ms, feedback=feedback, damping_hz=damping_hz, mix=mix
         )
         self.ping_pong = ping_pong
-        self.channels = (2,) if ping_pong else None  # type: ignore[misc]
+        self.channels = (2,) if ping_pong else None
 
     @classmethod
     def synced(cls, sample_rate: int, *, bpm: float, note: str = "1/4", **kwargs) -> Delay:  # noqa: ANN003

@@ -6,6 +6,7 @@ import itertools
 import math
 from collections.abc import Sequence
 from functools import lru_cache
+from typing import cast
 
 import torch
 from torch import Tensor
@@ -14,7 +15,7 @@ from diffmix.checks import check_choice
 from diffmix.effects.base import Effect
 from diffmix.functional import eq as E
 from diffmix.functional import filters as F
-from diffmix.params import ParamSpec, ParamValue
+from diffmix.params import BoundedParam, ParamSpec, ParamValue
 
 DEFAULT_BANDS = ("low_shelf", "peak", "peak", "peak", "peak", "high_shelf")
 FREQ_MIN_HZ, FREQ_MAX_HZ = 20.0, 20000.0
@@ -131,7 +132,7 @@ class ParametricEQ(Effect):
             mix=mix,
         )
         for name in ("freq_hz", "q", "gain_db"):
-            shape = tuple(self.params[name].anchor.shape)
+            shape = tuple(cast(BoundedParam, self.params[name]).anchor.shape)
             if len(shape) == 0 or shape[-1] != n:
                 raise ValueError(
                     f"ParametricEQ: {name} needs a trailing band axis of {n} values, got shape {shape}"

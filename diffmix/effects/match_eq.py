@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 from torch import Tensor
 
 from diffmix.effects.base import Effect
 from diffmix.functional import match_eq as F
-from diffmix.params import ParamSpec, ParamValue
+from diffmix.params import BoundedParam, ParamSpec, ParamValue
 
 GAIN_MAX_DB = 24.0
 SIDE_MIN_DB = -60.0  # a wide mix matched to a mono-bass reference cuts its side this far
@@ -90,7 +92,7 @@ class MatchEQ(Effect):
         # and a preset must render the same after .float() or .double().
         self._centres = tuple(float(c) for c in centres.tolist())
         for key in ("mid_gain_db", "side_gain_db"):
-            shape = tuple(self.params[key].anchor.shape)
+            shape = tuple(cast(BoundedParam, self.params[key]).anchor.shape)
             if len(shape) == 0 or shape[-1] != n:
                 raise ValueError(f"{name}: {key} needs a trailing band axis of {n} values, got shape {shape}")
 
@@ -122,10 +124,12 @@ class MatchEQ(Effect):
         bands)`` when the module holds one set per item, else ``(bands,)`` from item 0.
         """
         centres = self.centres_hz
-        per_item = self.params["mid_gain_db"].anchor.dim() > 1
+        per_item = cast(BoundedParam, self.params["mid_gain_db"]).anchor.dim() > 1
         x = x.detach()
-        ranges = {"mid_range_db": (-GAIN_MAX_DB, GAIN_MAX_DB), "side_range_db": (SIDE_MIN_DB, GAIN_MAX_DB)}
-        mid, side = F.match_gains(x, reference, self.sample_rate, centres, **ranges)
+        mid, side = F.match_gains(
+            x, reference, self.sample_rate, centres,
+            mid_range_db=(-GAIN_MAX_DB, GAIN_MAX_DB), side_range_db=(SIDE_MIN_DB, GAIN_MAX_DB),
+        )
         for step in range(refine + 1):
             if not per_item:
                 mid, side = mid[:1], side[:1]

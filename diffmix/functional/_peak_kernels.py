@@ -10,11 +10,12 @@ with the meter's polyphase interpolator (:func:`diffmix.functional.peaks.interpo
 so limiting sample ``n`` covers the inter-sample peaks on both sides of it. Materialising
 the oversampled signal costs ``factor`` full-length copies; the kernel instead accumulates
 each phase of a block of 256 points eight taps at a time (contiguous loads, so it
-vectorises; shared with the meter's kernel) and keeps only the running maxima. The forward records which point won at
-every sample (channel, phase, side) in one ``int32``; the backward replays it: ``level[n]``
-is ``|v|`` of one point ``v = sum_k taps[p, k] x[c, m - 23 + k]``, so its gradient adds
-``g[n] sign(v) taps[p, k]`` to ``x[c, m - 23 + k]``. Blocks of the backward scatter into
-overlapping 48-sample neighbourhoods, so even blocks run in parallel, then odd ones.
+vectorises; shared with the meter's kernel) and keeps only the running maxima. The
+forward records which point won at every sample (channel, phase, side) in one ``int32``;
+the backward replays it: ``level[n]`` is ``|v|`` of one point
+``v = sum_k taps[p, k] x[c, m - 23 + k]``, so its gradient adds ``g[n] sign(v) taps[p, k]``
+to ``x[c, m - 23 + k]``. Blocks of the backward scatter into overlapping 48-sample
+neighbourhoods, so even blocks run in parallel, then odd ones.
 
 Ramp. :func:`ramp` is the limiter's lookahead: a running minimum of the required gain over
 the next ``L + 1`` samples (monotonic deque, O(T)) followed by a moving average of the same

@@ -13,6 +13,7 @@ References:
 from __future__ import annotations
 
 import math  # noqa: F401  (doctest namespace)
+from typing import cast
 
 import numpy as np
 import torch
@@ -227,7 +228,8 @@ def _exact_correction_local(
         # Blocks whose samples, or whose neighbours' within the 24-tap reach, changed.
         per_block = np.zeros((b, n_blocks * _pk.BLOCK), dtype=bool)
         per_block[:, :t] = gain != 1.0
-        todo = per_block.reshape(b, n_blocks, _pk.BLOCK).any(-1)
+        # any(axis) on a 3-d array is a 2-d array (numpy's stubs also allow a scalar).
+        todo = cast(np.ndarray, per_block.reshape(b, n_blocks, _pk.BLOCK).any(-1))
         todo[:, 1:] |= todo[:, :-1].copy()
         todo[:, :-1] |= todo[:, 1:].copy()
         _pk.envelope_numpy(yn * total[:, None, :], taps, level, code, todo.astype(np.uint8), False)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import math
+from types import ModuleType
 
 import numpy as np
 import torch
@@ -31,6 +32,7 @@ from diffmix.functional.loudness import (
 
 _HALF_TAPS = 24  # taps each side of the interpolated point: 48 taps per phase
 _KAISER_BETA = 9.0
+numba: ModuleType | None
 try:  # numba is a runtime dependency; conv1d is the fallback and the CUDA path.
     import numba
 except ImportError:  # pragma: no cover - depends on the install
@@ -144,9 +146,9 @@ def _between_peak(rows: Tensor, factor: int) -> Tensor:
     n, t = rows.shape
     if rows.device.type == "cpu" and numba is not None:
         xn = np.ascontiguousarray(rows.numpy())
-        taps = interpolation_filter(factor).astype(xn.dtype)
+        np_taps = interpolation_filter(factor).astype(xn.dtype)
         out = np.zeros((n, -(-t // _BLOCK)), dtype=np.float64)
-        _peak_kernel(xn, taps, out)
+        _peak_kernel(xn, np_taps, out)
         return torch.from_numpy(out.max(1)).to(rows.dtype)
     seg = min(_SEGMENT, t)
     n_seg = -(-t // seg)
@@ -243,11 +245,11 @@ def true_peak(x: Tensor, sample_rate: int, *, factor: int | None = None) -> Tens
         xn = x.detach()
         xn = (xn if xn.dtype in (torch.float32, torch.float64) else xn.float()).reshape(b * c, t)
         xs = xn.numpy()
-        peak = np.maximum(xs.max(-1), -xs.min(-1))  # |x| max without a full-size temporary
-        if value_checks_enabled() and not np.isfinite(peak).all():
+        np_peak = np.maximum(xs.max(-1), -xs.min(-1))  # |x| max without a full-size temporary
+        if value_checks_enabled() and not np.isfinite(np_peak).all():
             raise ValueError("true_peak: audio contains NaN or Inf")
-        between = _between_peak(xn, f).numpy()
-        return torch.from_numpy(np.maximum(peak, between)).reshape(b, c).to(x.dtype)
+        np_between = _between_peak(xn, f).numpy()
+        return torch.from_numpy(np.maximum(np_peak, np_between)).reshape(b, c).to(x.dtype)
     check_meter_input(x, "true_peak")
     peak = x.abs().amax(-1)
     if f == 1:

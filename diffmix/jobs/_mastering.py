@@ -6,7 +6,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -83,9 +83,10 @@ def chain_for(cfg: DictConfig, sample_rate: int, songs: int, *, match: bool = Fa
 @torch.no_grad()
 def refine_match(chain: Bus, y: torch.Tensor, lengths: list[int], references: list[torch.Tensor]) -> None:
     """Add to each song's match-EQ gains what its rendered master ``y`` still misses."""
+    from diffmix.effects.match_eq import MatchEQ
     from diffmix.functional.match_eq import match_gains
 
-    stage = chain.effects[MATCH]
+    stage = cast(MatchEQ, chain.effects[MATCH])
     params = chain.named_values()
     keys = ("mid_gain_db", "side_gain_db")
     rows = {k: params[f"{MATCH}.{k}"].exact().clone() for k in keys}
@@ -119,7 +120,7 @@ def init_match(chain: Bus, audios: list, references: list[torch.Tensor]) -> None
     """
     from diffmix.effects.match_eq import MatchEQ
 
-    stage = chain.effects[MATCH]
+    stage = cast(MatchEQ, chain.effects[MATCH])
     node = {
         k: v for k, v in stage.preset().items() if k not in ("_target_", "mix", "mid_gain_db", "side_gain_db")
     }
@@ -195,6 +196,7 @@ def master_group(cfg: DictConfig, songs: list[Song], sample_rate: int) -> list[d
     has_ref = [s.reference is not None for s in songs]
     if len(set(has_ref)) > 1:
         raise ValueError("master_group: songs with and without references can't share a group")
+    references = [s.reference for s in songs if s.reference is not None]  # every song's, or none
     match = has_ref[0] and bool(cfg.get("match_eq", False))
     chain = chain_for(cfg, sr, len(songs), match=match).to(device)
     fit_report = fit_stage(
@@ -202,7 +204,7 @@ def master_group(cfg: DictConfig, songs: list[Song], sample_rate: int) -> list[d
         chain,
         [s.audio for s in songs],
         [s.key for s in songs],
-        [s.reference for s in songs] if has_ref[0] else None,
+        references if has_ref[0] else None,
         songs[0].target,
     )
     clock("fit")
@@ -237,7 +239,7 @@ def master_group(cfg: DictConfig, songs: list[Song], sample_rate: int) -> list[d
         # whole song's through the exact one. Measure that, fold what is left into the
         # match EQ, and render and solve again (from the last drives).
         for _ in range(int(cfg.get("match_refine", 2))):
-            refine_match(chain, y, lengths, [s.reference for s in songs])  # type: ignore[misc]
+            refine_match(chain, y, lengths, references)
             clock("loudness_solve")
             last = None if solves[0] is None else torch.tensor([s.drive_db for s in solves])
             render, y, solves = render_and_solve(last)

@@ -54,7 +54,9 @@ def run(cfg: DictConfig) -> int:
     first, sr = load_mix(paths[0], what=paths[0].name)
     tracks = [first] + [load_mix(p, sr, what=p.name)[0] for p in paths[1:]]
     target = to_dict(cfg.target)
-    goal = target.get("lufs") if target.get("lufs") is not None else -16.0
+    goal = target.get("lufs")
+    if goal is None:
+        goal = -16.0
     if cfg.get("reference"):
         reference, _ = load_mix(cfg.reference, sr, what="reference")
     else:

@@ -108,6 +108,7 @@ def run(cfg: DictConfig) -> int:
         kinds = {s.reference is not None for s in songs}
         groups = [[s for s in songs if (s.reference is not None) == k] for k in kinds]
         for part in groups:
+            assert rate is not None  # a non-empty group: its first item set the rate
             for song, report in zip(part, master_group(cfg, part, rate), strict=True):
                 yield {
                     "id": song.key,

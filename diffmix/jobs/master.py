@@ -34,6 +34,7 @@ def run(cfg: DictConfig) -> int:
     protect = tuple(str(p) for p in (cfg.input, cfg.get("reference")) if p)
     if streaming:
         return _run_streaming(cfg, out, stem, reference, protect, device)
+    assert x is not None  # loaded above: only the streaming path leaves it None
     song = Song(
         key=stem, audio=x.to(device), out=out, stem=stem, reference=reference,
         target=to_dict(cfg.target), protect=protect,
