@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 import yaml
+from hydra.errors import InstantiationException
 from hydra.utils import get_object
 from hydra.utils import instantiate as _hydra_instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf
@@ -93,7 +94,15 @@ def instantiate(cfg: Any, *args: Any, where: str = "config", **kwargs: Any) -> A
     """
     check_targets(cfg, where)
     check_keys(cfg, where)
-    return _hydra_instantiate(cfg, *args, **kwargs)
+    try:
+        return _hydra_instantiate(cfg, *args, **kwargs)
+    except InstantiationException as exc:
+        # A constructor refusing a value (out of range, wrong type) is a config error: report
+        # the constructor's own message, which names the effect, parameter and range.
+        cause = exc.__cause__
+        if isinstance(cause, (ValueError, TypeError)):
+            raise ConfigError(f"{where}: {cause}") from cause
+        raise
 
 
 def save_preset(module: Any, path: str | Path) -> None:

@@ -62,3 +62,19 @@ def test_unknown_job_and_bad_values_fail_in_one_line(tmp_path):
 def test_unknown_config_key_is_refused(tmp_path):
     out = diffmix("demo", "sampel_rate=1", cwd=tmp_path)
     assert out.returncode != 0 and "sampel_rate" in out.stderr
+
+
+def test_preset_with_a_value_out_of_range_fails_in_one_line(tmp_path):
+    # Hydra wraps a constructor's ValueError in its own multi-line exception; the CLI must
+    # still report the effect's message in one line, exit 2 and write nothing.
+    preset = tmp_path / "bad.yaml"
+    preset.write_text("_target_: diffmix.effects.gain.Pan\nsample_rate: 44100\npan: 3.0\n")
+    song = tmp_path / "song.wav"
+    sf.write(str(song), [[0.1, -0.1]] * 4410, 44100)
+    before = song.read_bytes()
+    out = diffmix("render", f"preset={preset}", f"input={song}", "out=o", cwd=tmp_path)
+    assert out.returncode == 2
+    assert out.stderr.strip() == (
+        f"diffmix render: error: preset {preset}: Pan: pan=3 is outside its range [-1, 1]"
+    )
+    assert song.read_bytes() == before and not (tmp_path / "o").exists()

@@ -33,7 +33,7 @@ def test_preset_with_unknown_parameter_names_effect_and_key():
 
 def test_preset_with_value_out_of_range_names_the_range():
     node = {"_target_": "diffmix.effects.gain.Pan", "sample_rate": 44100, "pan": 3.0}
-    with pytest.raises(Exception, match=r"Pan: pan=3 is outside its range \[-1, 1\]"):
+    with pytest.raises(ConfigError, match=r"^preset: Pan: pan=3 is outside its range \[-1, 1\]$"):
         load_preset(node)
 
 
