@@ -31,10 +31,36 @@ def compose_job(job, *overrides):
     return cfg
 
 
+RUN_TIME = {"mix": {"console.tracks"}}  # ??? values a job fills itself (mix: from the stems)
+
+
+def sample_rates(node, path=""):
+    """``{path: value}`` of every ``sample_rate`` key in a resolved config."""
+    found = {}
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key == "sample_rate":
+                found[path + key] = value
+            found.update(sample_rates(value, f"{path}{key}."))
+    return found
+
+
 @pytest.mark.parametrize("job", sorted(REQUIRED))
 def test_every_job_config_composes_and_resolves(job):
     cfg = compose_job(job)
-    OmegaConf.to_container(cfg, resolve=True)  # every interpolation resolves
+    resolved = OmegaConf.to_container(cfg, resolve=True)  # every interpolation resolves
+    # REQUIRED names exactly the ??? values a user must give; the rest the job fills.
+    with initialize_config_dir(CONFIGS, version_base="1.3"):
+        bare = compose(job)
+    given = {override.split("=")[0] for override in REQUIRED[job]}
+    assert OmegaConf.missing_keys(bare) == given | RUN_TIME.get(job, set())
+    assert OmegaConf.missing_keys(cfg) == RUN_TIME.get(job, set())
+    # The working rate reaches every effect; delivery's rate is a conversion target, null = keep.
+    rates = sample_rates(resolved)
+    assert rates.pop("delivery.sample_rate", None) is None
+    assert set(rates.values()) == {44100}
+    if "chain" in resolved:
+        assert resolved["chain"]["limiter"]["ceiling_db"] == resolved["target"]["true_peak_db"]
 
 
 @pytest.mark.parametrize("job", ["master", "album", "batch"])

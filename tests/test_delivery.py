@@ -45,7 +45,10 @@ def test_formats_write_what_they_say(tmp_path, fmt, depth):
     rep = deliver(x, 44100, tmp_path / f"out.{fmt}", fmt=fmt, bit_depth=depth, target_rate=48000)
     info = sf.info(rep.path)
     assert info.samplerate == 48000 and info.channels == 2
+    assert info.frames == 4800  # 4410 samples at 44.1 kHz resampled to 48 kHz
     assert info.subtype == {"16": "PCM_16", "24": "PCM_24", "float": "FLOAT"}[str(depth)]
+    written, _ = sf.read(rep.path, always_2d=True)
+    assert float(abs(written).max()) == pytest.approx(0.5, abs=0.02)
     assert [p.name for p in tmp_path.iterdir()] == [f"out.{fmt}"]
 
 
@@ -84,3 +87,5 @@ def test_sequence_gaps_fades_and_cue():
 def test_fade_is_monotone():
     env = fade(torch.ones(1, 1000), 1000, 0.3, 0.0)[0]
     assert (env[1:300] >= env[:299]).all() and float(env[0]) == 0.0
+    # 0.3 s at 1 kHz = a 300-sample ramp: halfway up mid-ramp, fully open from its last sample on
+    assert 0.0 < float(env[150]) < 1.0 and torch.all(env[299:] == 1.0)

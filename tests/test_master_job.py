@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+import scipy.signal
 import soundfile as sf
 import torch
 from jobs_helpers import files, music, run_cli, write
@@ -109,6 +110,19 @@ def test_mono_and_48k_reference_is_handled(tmp_path):
         cwd=tmp_path,
     )
     assert out.returncode == 0, out.stderr
+    report = json.loads((tmp_path / "o" / "song_master_report.json").read_text())
+    assert "match" in report["params"]["effects"]  # the reference was used: match EQ stage
+    # The mono reference is used as centred dual mono (one-sided would be 3 LU quieter),
+    # resampled to 44.1 kHz (its sample peak then lies 0.3 dB below the 48 kHz file's).
+    measured = report["reference"]
+    assert measured["correlation"] == 1.0 and measured["side_mid_db"] == "-inf"
+    mono, _ = sf.read(str(ref), always_2d=True)
+    at_44k = scipy.signal.resample_poly(mono, 147, 160, axis=0)
+    dual = torch.from_numpy(np.repeat(at_44k.T, 2, axis=0)).unsqueeze(0)
+    assert measured["integrated_lufs"] == pytest.approx(float(integrated_loudness(dual, 44100)[0]), abs=0.1)
+    assert measured["sample_peak_dbfs"] == pytest.approx(20 * np.log10(np.abs(at_44k).max()), abs=0.15)
+    info = sf.info(str(tmp_path / "o" / "song_master.wav"))
+    assert (info.frames, info.channels, info.samplerate) == (3 * 44100, 2, 44100)
 
 
 @pytest.mark.parametrize(

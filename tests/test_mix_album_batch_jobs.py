@@ -106,6 +106,9 @@ def test_mix_stems_of_different_lengths_are_padded_with_a_warning(tmp_path):
     out = run_cli("mix", f"stems={d}", f"out={tmp_path / 'o'}", "progress=false", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     assert "padded with silence" in out.stderr + out.stdout
+    mix, sr = sf.read(str(tmp_path / "o" / "mix.wav"), always_2d=True)
+    assert mix.shape == (2 * 44100, 2) and sr == 44100  # as long as the longest stem
+    assert np.abs(mix[int(1.6 * sr) :]).max() > 0.01  # whose last half second still sounds
 
 
 def test_album_is_consistent_and_has_a_cue_sheet(tmp_path):

@@ -42,10 +42,23 @@ def test_spec_terms():
     x = music_like()
     target = {"lufs": -14.0, "true_peak_db": -1.0, "lra": [1.0, 2.0], "plr": 12.0}
     obj = Objective(SR, {"spec_lufs": 1, "spec_true_peak": 1, "spec_lra": 1, "spec_plr": 1}, target=target)
-    _, t = obj(x / x.abs().max() * 0.99)  # peaks near 0 dBTP: 1 dB over the ceiling
+    loud = x / x.abs().max() * 0.99
+    _, t = obj(loud)  # peaks near 0 dBTP: 1 dB over the ceiling
     assert float(t["spec_true_peak"]) > 0.8
+    # PLR is about 9 LU (under the 12 minimum), LRA about 0 LU (under the 1 minimum)
+    assert float(t["spec_plr"]) > 1.0 and float(t["spec_lra"]) > 0.1
     _, quiet = obj(x / x.abs().max() * 0.1)
     assert float(quiet["spec_true_peak"]) == 0.0 and float(quiet["spec_lufs"]) > 100
+    # PLR and LRA are level-free
+    assert float(quiet["spec_plr"]) == pytest.approx(float(t["spec_plr"]), rel=1e-6)
+    assert float(quiet["spec_lra"]) == pytest.approx(float(t["spec_lra"]), rel=1e-6)
+    stepped = torch.cat([music_like(seed=1, seconds=5), 0.1 * music_like(seed=2, seconds=5)], -1)
+    _, steps = obj(stepped)  # a 20 dB step: LRA about 20 LU, over the 2 maximum
+    assert float(steps["spec_lra"]) > 100
+    admits = Objective(SR, {"spec_lra": 1, "spec_plr": 1}, target={"lra": [0.0, 50.0], "plr": 0.0})
+    for y in (loud, stepped):
+        _, ok = admits(y)
+        assert float(ok["spec_lra"]) == 0.0 and float(ok["spec_plr"]) == 0.0
 
 
 def test_gradients_reach_the_audio_and_are_finite_on_silence():
