@@ -124,9 +124,10 @@ def test_energy_lost_per_repeat_matches_theory(g, fc):
     lp2 = np.abs((1.0 - a) / (1.0 - a * np.exp(-1j * w))) ** 2
     theory = np.array([g ** (2 * k) * np.mean(lp2**k) for k in range(repeats)])
     np.testing.assert_allclose(echoes / echoes[0], theory, rtol=1e-6)
-    # Without damping the loss is exactly the feedback gain squared per repeat.
+    # Even wide open (20 kHz at 44.1 kHz) the one-pole keeps only (1-a)/(1+a) ~ 0.89 of the
+    # energy per pass, so a repeat loses a little more than g^2, but not much more.
     if fc == 20000.0:
-        assert echoes[1] / echoes[0] < g * g
+        assert 0.85 * g * g < echoes[1] / echoes[0] < g * g
 
 
 @pytest.mark.parametrize("feedback, mix", [(0.0, 0.5), (0.5, 0.5), (0.7, 1.0), (0.3, 0.25)])

@@ -131,7 +131,10 @@ def test_limiter_meters_with_the_project_meter():
     from diffmix.functional.peaks import true_peak as meter
 
     x = torch.cat([_drums(48000, 4800), 2 * _isp(48000, 4800), _square(48000, 4800, 997.0)], -1)
+    # The contract: the limiter's meter is the project's meter, not a second one that could
+    # drift from it (so a limited file reads under the ceiling on diffmix's own meter).
     assert torch.equal(F.true_peak(x, 48000), meter(x, 48000))
+    # And that meter finds the inter-sample peak of a 0 dBTP tone whose samples are -3 dB.
     assert float(F.true_peak(_isp(48000, 4800), 48000).max()) == pytest.approx(1.0, abs=0.011)
 
 
@@ -157,6 +160,9 @@ def test_sample_peak_ceiling_holds(sr, signal):
     x = SIGNALS[signal](sr, sr // 4).float() * 10 ** (20 / 20)
     y = F.limiter(x, sr, ceiling_db=-0.3, true_peak=False)
     assert float(y.abs().max()) <= 10 ** (-0.3 / 20)
+    # Driven 20 dB into it, the peaks sit at the ceiling, not far under it (measured within
+    # 0.001 dB): a limiter that crushed everything would pass the line above.
+    assert float(y.abs().max()) >= 10 ** (-0.4 / 20)
 
 
 def test_transparent_below_the_ceiling():

@@ -16,9 +16,10 @@ from contract import (
     noise,
 )
 from scipy import signal
+from test_filters import rbj_reference
 
 from diffmix.effects.eq import HighPass, LowPass, ParametricEQ, range_tail_bound
-from diffmix.functional.eq import eq_coeffs, parametric_eq
+from diffmix.functional.eq import parametric_eq
 from diffmix.functional.gain import left_right, mid_side
 
 SR = 44100
@@ -95,10 +96,17 @@ class TestContract:
 
 
 def scipy_sos(bands, values, fs) -> np.ndarray:
-    """The same RBJ cascade as scipy sos rows, designed in float64."""
-    t = {k: torch.tensor(v, dtype=torch.float64) for k, v in values.items()}
-    b, a = eq_coeffs(bands, t["freq_hz"], t["q"], t["gain_db"], fs)
-    return torch.cat([b, a], dim=-1).numpy()
+    """The cascade as scipy sos rows, designed band by band without diffmix: scipy's own
+    Butterworth for "highpassN"/"lowpassN", the plain cookbook formulas for the rest."""
+    rows = []
+    for band, f, q, g in zip(bands, values["freq_hz"], values["q"], values["gain_db"], strict=True):
+        kind = band.rstrip("0123456789")
+        if kind != band:  # "highpass4" -> an order-4 "high" Butterworth
+            order = int(band[len(kind) :])
+            rows.append(signal.butter(order, f, btype=kind[: -len("pass")], fs=fs, output="sos"))
+        else:
+            rows.append(rbj_reference(kind, f, q, g, fs)[None])
+    return np.concatenate(rows)
 
 
 def impulse_response_db(effect, n: int, dtype, device) -> np.ndarray:

@@ -78,6 +78,12 @@ def test_pan_centre_is_minus_3db_and_extremes_are_hard():
     assert right.tolist() == pytest.approx([0.0, 1.0], abs=1e-7)
 
 
+def _mono_law(place: float) -> tuple[float, float]:
+    """The documented mono pan gains (L, R) = (cos θ, sin θ), θ = (place + 1)·π/4."""
+    theta = (place + 1) * math.pi / 4
+    return math.cos(theta), math.sin(theta)
+
+
 @pytest.mark.parametrize("position", [-1.0, -0.4, 0.0, 0.6, 1.0])
 def test_pan_stereo_preserves_each_channel_power(position):
     x = noise(1, 2, 2000).double()
@@ -85,6 +91,14 @@ def test_pan_stereo_preserves_each_channel_power(position):
     assert float(y.square().sum()) == pytest.approx(float(x.square().sum()), rel=0.02)
     if position == 0.0:
         torch.testing.assert_close(y, x)
+    # The documented law, exactly: each input channel is a mono source on the mono law;
+    # panning right walks the left channel from hard left (-1) to hard right (1) while the
+    # right one stays put, and vice versa.
+    l_to_l, l_to_r = _mono_law(-1.0 + 2.0 * max(position, 0.0))
+    r_to_l, r_to_r = _mono_law(1.0 - 2.0 * max(-position, 0.0))
+    left, right = x[:, 0], x[:, 1]
+    want = torch.stack([l_to_l * left + r_to_l * right, l_to_r * left + r_to_r * right], 1)
+    torch.testing.assert_close(y, want, rtol=1e-9, atol=1e-12)
 
 
 def test_pan_gradient_finite_at_hard_left_and_right():
@@ -94,6 +108,17 @@ def test_pan_gradient_finite_at_hard_left_and_right():
         effect(x).sum().backward()
         grad = effect.params["pan"].raw.grad
         assert grad is not None and torch.isfinite(grad).all()
+
+
+@pytest.mark.parametrize("position", [-1.0, -0.5, 0.0, 0.9, 1.0])
+def test_balance_is_the_documented_constant_power_law(position):
+    # Channel gains √2·cos θ and √2·sin θ, θ = (balance + 1)·π/4: unity at 0, one side
+    # silent and the other +3 dB at the extremes, and no crosstalk between channels.
+    x = noise(1, 2, 1000)
+    y = Balance(SR, balance=position).double()(x).detach()
+    theta = (position + 1) * math.pi / 4
+    want = math.sqrt(2.0) * torch.stack([math.cos(theta) * x[:, 0], math.sin(theta) * x[:, 1]], 1)
+    torch.testing.assert_close(y, want, rtol=1e-9, atol=1e-12)
 
 
 def test_width_zero_is_mono_and_one_is_identity():

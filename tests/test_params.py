@@ -25,6 +25,10 @@ def test_no_optimiser_step_leaves_the_range(spec):
             opt.step()
             value = float(bp().detach())
             assert spec.min <= value <= spec.max
+        if direction > 0:
+            # The steps really moved it: pushed down this hard, it sits on the bound (a
+            # value stuck at the default would pass the range check above).
+            assert value == pytest.approx(spec.min, rel=1e-5, abs=1e-5)
 
 
 @pytest.mark.parametrize("spec", SPECS, ids=lambda s: s.name)
@@ -34,6 +38,13 @@ def test_value_is_exact_until_the_raw_tensor_changes(spec):
         assert float(bp().detach()) == float(torch.tensor(value, dtype=torch.float32))
         bp.double()
         assert float(bp().detach()) == value
+        # An optimiser step changes raw in place; from then on the value is the mapping's,
+        # not the stored anchor.
+        with torch.no_grad():
+            bp.raw.sub_(0.5)
+        moved = float(bp().detach())
+        assert moved == pytest.approx(float(spec.from_raw(bp.raw.detach())), rel=1e-12)
+        assert moved != value
 
 
 def test_gradient_flows_and_is_finite_at_bounds():
