@@ -44,7 +44,7 @@ console is the estimate's again (a waveform loss trades quiet tracks' levels awa
 
 References:
     Lawson & Hanson, "Solving Least Squares Problems", 1974 (the NNLS active-set method,
-    as in :func:`scipy.optimize.nnls`).
+    as in :func:`diffmix.linalg.nnls`).
 """
 
 from __future__ import annotations
@@ -55,12 +55,12 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-from scipy.optimize import nnls
 from torch import Tensor
 
 from diffmix.functional.eq import eq_coeffs
 from diffmix.functional.filters import sos_response
 from diffmix.functional.loudness import k_weighting_coefficients
+from diffmix.linalg import nnls
 
 if TYPE_CHECKING:
     from diffmix.console import Console
