@@ -40,7 +40,12 @@ def nnls(a: np.ndarray, b: np.ndarray, maxiter: int | None = None) -> tuple[np.n
     atb = a.T @ b
     x = np.zeros(n)
     passive = np.zeros(n, dtype=bool)
-    tol = 10.0 * max(a.shape) * np.finfo(np.float64).eps * max(float(np.abs(ata).sum(axis=0).max(initial=0.0)), 1.0)
+    tol = (
+        10.0
+        * max(a.shape)
+        * np.finfo(np.float64).eps
+        * max(float(np.abs(ata).sum(axis=0).max(initial=0.0)), 1.0)
+    )
     w = atb.copy()
     outer = 0
     while (~passive).any() and (w[~passive] > tol).any() and outer < max(maxiter, n) * 3:

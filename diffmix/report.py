@@ -10,7 +10,10 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
+from diffmix.errors import UserError
 from diffmix.io import atomic_path, atomic_write_text
+
+SHORT_TERM_S = 3.0  # the short-term meter's window: its first value is at the window's end
 
 if TYPE_CHECKING:
     from diffmix.features import FeatureExtractor
@@ -71,20 +74,21 @@ def plot_spectrum_db(audio: Tensor, fx: FeatureExtractor, max_frames: int = 256)
     return power_db(band_powers(psd.double(), fx.third.cpu()))[0, 0]
 
 
-def plot(
-    path: str | Path,
+def figure(
     sample_rate: int,
     *,
     curves: dict[str, Tensor],
     short_term: dict[str, Tensor],
     gain_reduction: Tensor | None = None,
     title: str = "",
-) -> Path:
-    """Spectra (third-octave, mid), short-term loudness over time, and gain reduction.
+):  # noqa: ANN201 - a matplotlib Figure
+    """The plot's matplotlib figure: spectra, short-term loudness and gain reduction, time in seconds.
 
     Args:
         curves: label -> ``(1, 2, T)`` audio whose spectra are drawn (input, output, reference).
-        short_term: label -> short-term loudness series (LUFS, one value per 100 ms).
+        short_term: label -> short-term loudness series (LUFS) from
+            :func:`~diffmix.functional.loudness.short_term_loudness`: one value per meter
+            unit (10 ms), drawn at the end of its 3 s window, in seconds.
         gain_reduction: the limiter's gain reduction in dB, or None.
     """
     import matplotlib
@@ -102,19 +106,43 @@ def plot(
     axes[0].set(xlabel="Hz", ylabel="dB (third octave, mid)", title=title or "Spectrum")
     axes[0].legend()
     axes[0].grid(True, which="both", alpha=0.3)
+    from diffmix.functional.loudness import meter_unit
+
     for label, series in short_term.items():
         s = series.detach().double().cpu().flatten()
-        t = torch.arange(s.numel()) * 0.1
+        step_s = meter_unit(sample_rate) / sample_rate
+        t = SHORT_TERM_S + torch.arange(s.numel(), dtype=torch.float64) * step_s
         axes[1].plot(t.numpy(), s.clamp_min(-70).numpy(), label=label)
-    axes[1].set(xlabel="s", ylabel="LUFS (short-term)")
+    axes[1].set(xlabel="time (s, end of the 3 s window)", ylabel="LUFS (short-term)")
     axes[1].legend()
     axes[1].grid(True, alpha=0.3)
     if gain_reduction is not None:
         gr = gain_reduction.detach().cpu()
         axes[2].plot((torch.arange(gr.numel()) * 0.05).numpy(), gr.numpy(), color="tab:red")
-        axes[2].set(xlabel="s", ylabel="dB", title="Limiter gain reduction")
+        axes[2].set(xlabel="time (s)", ylabel="dB", title="Limiter gain reduction")
         axes[2].grid(True, alpha=0.3)
     fig.tight_layout()
+    return fig
+
+
+def plot(
+    path: str | Path,
+    sample_rate: int,
+    *,
+    curves: dict[str, Tensor],
+    short_term: dict[str, Tensor],
+    gain_reduction: Tensor | None = None,
+    title: str = "",
+) -> Path:
+    """Write :func:`figure` as a PNG (needs the ``plot`` extra: matplotlib)."""
+    try:
+        import matplotlib.pyplot as plt
+    except ImportError as exc:
+        raise UserError(
+            "plot=true needs matplotlib: pip install 'diffmix[plot]' (or plot=false; report.html has plots)"
+        ) from exc
+    fig = figure(sample_rate, curves=curves, short_term=short_term, gain_reduction=gain_reduction,
+                 title=title)
     target = Path(path)
     with atomic_path(target) as tmp:
         fig.savefig(tmp, format="png", dpi=90)

@@ -61,6 +61,7 @@ def test_master_to_a_reference_writes_preset_report_and_plot(tmp_path):
         "fit.excerpt_s=2.0",
         f"out={tmp_path / 'o'}",
         "progress=false",
+        "plot=true",
         cwd=tmp_path,
     )
     assert out.returncode == 0, out.stderr
@@ -78,8 +79,11 @@ def test_master_to_a_reference_writes_preset_report_and_plot(tmp_path):
     assert after["tone_mid_rms_db"] < 0.5 * before["tone_mid_rms_db"]
     assert after["tone_side_rms_db"] < 1.0 and after["side_mid_ratio_error_db"] < 0.5
     assert files(tmp_path / "o") == sorted(
-        ["song_master.wav", "song_master_preset.yaml", "song_master_report.json", "song_master.png"]
+        ["song_master.wav", "song_master_preset.yaml", "song_master_report.json", "song_master.png",
+         "song_master_report.html", "song_master_report_audio/input.flac",
+         "song_master_report_audio/reference.flac"]
     )
+    assert report["outputs"]["listening_report"] == str(tmp_path / "o" / "song_master_report.html")
 
     # render: the saved preset applied to new audio, no fitting
     other = write(tmp_path / "other.wav", music(3.0, seed=5))

@@ -90,3 +90,15 @@ def peak_dbtp(x: torch.Tensor, sample_rate: int) -> float:
     from diffmix.functional.peaks import true_peak
 
     return 20.0 * math.log10(max(float(true_peak(x, sample_rate).amax()), 1e-12))
+
+
+def listening_report(cfg: DictConfig, path: Path, **kwargs: Any) -> str | None:
+    """Write the job's HTML listening report (:mod:`diffmix.listen`) unless ``report=false``.
+
+    Returns the page's path as a string, or None when turned off.
+    """
+    if not bool(cfg.get("report", True)):
+        return None
+    from diffmix.listen import write_listening_report
+
+    return str(write_listening_report(path, **kwargs))

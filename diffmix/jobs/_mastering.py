@@ -18,8 +18,9 @@ from diffmix.errors import UserError
 from diffmix.features import spectral_errors
 from diffmix.functional.loudness import short_term_loudness
 from diffmix.io import read_audio
-from diffmix.jobs._common import peak_dbtp
+from diffmix.jobs._common import listening_report, peak_dbtp
 from diffmix.jobs._common import summary as measure
+from diffmix.listen import Take, job_warnings
 from diffmix.mastering import (
     available_weights,
     fit_chain,
@@ -260,7 +261,8 @@ def master_group(cfg: DictConfig, songs: list[Song], sample_rate: int) -> list[d
     )
     try:
         return _deliver_and_report(
-            cfg, songs, y, lengths, goals, solves, fit_report, chain, plots, clock, t0, fmt, depth
+            cfg, songs, y, lengths, goals, solves, fit_report, chain, plots, clock, t0, fmt, depth,
+            render.pre,  # type: ignore[attr-defined]
         )
     finally:
         if pool is not None:
@@ -299,6 +301,7 @@ def _deliver_and_report(
     t0,  # noqa: ANN001, ANN202, PLR0913
     fmt,
     depth,
+    pre,
 ):
     sr = chain.sample_rate
     reports = []
@@ -355,6 +358,22 @@ def _deliver_and_report(
         if plots:
             report["outputs"]["plot"] = plots[i].result()
             clock("plot")
+        before = song.audio[..., : lengths[i]].cpu()
+        report["qc"] = job_warnings(after, written, wrate, song.target, song.target.get("name"))
+        takes = [Take("input", before), Take("result", yi.cpu(), Path(delivery.path))]
+        if song.reference is not None:
+            takes.append(Take("reference", song.reference.cpu()))
+        page = listening_report(
+            cfg, song.out / f"{song.stem}_report.html", title=song.stem, sample_rate=sr, takes=takes,
+            job="master", target=song.target, achieved=report["achieved"],
+            measures={"input": report["before"], "result": after,
+                      **({"reference": report["reference"]} if "reference" in report else {})},
+            params=report["params"], gain_reduction=(pre[i : i + 1, :, : lengths[i]], yi),
+            warnings=report["qc"],
+        )
+        if page:
+            report["outputs"]["listening_report"] = page
+        clock("listening_report")
         report["runtime_s"] = round((time.perf_counter() - t0) / len(songs), 3)
         report["timings_s"] = dict(clock.spent)  # for the whole group, per stage
         write_json(song.out / f"{song.stem}_report.json", report)

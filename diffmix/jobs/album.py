@@ -11,6 +11,7 @@ file, a cue sheet and a JSON report.
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -21,8 +22,9 @@ from diffmix.errors import UserError
 from diffmix.functional.loudness import integrated_loudness
 from diffmix.inputs import expand_paths, load_mix
 from diffmix.io import atomic_write_text, read_audio
-from diffmix.jobs._common import output_dir, peak_dbtp, pick_device, summary, to_dict
+from diffmix.jobs._common import listening_report, output_dir, peak_dbtp, pick_device, summary, to_dict
 from diffmix.jobs._mastering import Song, master_group
+from diffmix.listen import Take, job_warnings
 from diffmix.report import write_json
 
 
@@ -102,8 +104,25 @@ def run(cfg: DictConfig) -> int:
         "album": summary(read_audio(delivery.path)[0].unsqueeze(0).double(), rate),
         "outputs": {"album": delivery.path, "cue": str(cue_path),
                     "tracks": [r["outputs"]["audio"] for r in reports]},
-        "runtime_s": round(time.perf_counter() - t0, 3),
     }
+    written, wrate = read_audio(delivery.path)
+    report["qc"] = job_warnings(report["album"], written, wrate, target, target.get("name"))
+    takes = [Take("result", written, Path(delivery.path))]
+    if wrate == sr:  # the unmastered tracks, sequenced the same way, to compare against
+        raw, _ = sequence([t[0].double().cpu() for t in tracks], sr,
+                          gaps_s=list(cfg.gaps_s) if OmegaConf.is_list(cfg.gaps_s) else float(cfg.gaps_s))
+        takes.insert(0, Take("input", raw))
+    page = listening_report(
+        cfg, out / "album_report.html", title=str(cfg.title), sample_rate=wrate, takes=takes, job="album",
+        target=target, achieved={"lufs": report["album"]["integrated_lufs"],
+                                 "true_peak_dbtp": report["album"]["true_peak_dbtp"]},
+        measures={"album": report["album"]}, warnings=report["qc"],
+        notes=[f"{len(paths)} tracks, loudness spread {report['loudness_spread_lu']:.2f} LU; "
+               "each track's own page is beside its master under tracks/"],
+    )
+    if page:
+        report["outputs"]["listening_report"] = page
+    report["runtime_s"] = round(time.perf_counter() - t0, 3)
     write_json(out / "album_report.json", report)
     print(f"album: {delivery.path}  {len(paths)} tracks, loudness spread "
           f"{report['loudness_spread_lu']:.2f} LU  ({report['runtime_s']:.1f} s)")

@@ -18,6 +18,7 @@ from pathlib import Path
 import soundfile as sf
 from omegaconf import DictConfig, OmegaConf
 
+from diffmix.errors import UserError
 from diffmix.functional.analysis import analysis_report
 from diffmix.io import atomic_path, atomic_write_text, read_audio
 from diffmix.jobs._common import output_dir, pick_device
@@ -112,8 +113,10 @@ def _floats(values: list) -> list[float]:
 def write_plot(report: dict, path: Path) -> Path:
     """PNG: momentary and short-term loudness over time, true and sample peaks per channel,
     and the long-term 1/3-octave spectrum."""
-    import matplotlib
-
+    try:
+        import matplotlib
+    except ImportError as exc:
+        raise UserError("plot needs matplotlib: pip install 'diffmix[plot]' (or plot=false)") from exc
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 

@@ -74,10 +74,14 @@ def run(cfg: DictConfig) -> int:
                 "spectral_error": mix_report.get("spectral_error")},
         "master": {"audio": master_report["outputs"]["audio"], "target": master_report["target"],
                    "achieved": master_report["achieved"]},
+        "listening_reports": [r["outputs"].get("listening_report") for r in (mix_report, master_report)],
         "runtime_s": round(time.perf_counter() - t0, 3),
     }
     atomic_write_text(out / "summary.json", json.dumps(plain(summary), indent=2) + "\n")
     a = master_report["achieved"]
     print(f"demo: master {a['lufs']:.2f} LUFS, {a['true_peak_dbtp']:.2f} dBTP "
           f"({summary['runtime_s']:.1f} s) -> {out / 'summary.json'}")
+    for page in summary["listening_reports"]:
+        if page:
+            print(f"demo: listen and compare in a browser: {page}")
     return 0

@@ -40,8 +40,9 @@ from diffmix.features import spectral_errors
 from diffmix.fit import draw, excerpt_starts, fit
 from diffmix.functional.loudness import integrated_loudness
 from diffmix.inputs import load_mix, load_stems
-from diffmix.jobs._common import output_dir, pick_device, to_dict
+from diffmix.jobs._common import listening_report, output_dir, pick_device, to_dict
 from diffmix.jobs._common import summary as measure
+from diffmix.listen import Take, job_warnings
 from diffmix.losses import MRSTFTLoss
 from diffmix.mastering import set_exact
 from diffmix.mix_init import console_estimate, estimate_lag, initialise_console, polish_levels
@@ -253,6 +254,22 @@ def run(cfg: DictConfig) -> int:
     if reference is not None:
         report["reference"] = measure(reference.double(), sr)
         report["spectral_error"] = spectral_errors(mix.cpu(), reference.cpu(), sr)
+    report["qc"] = job_warnings(report["mix"], mix.cpu(), sr)
+    # "stems": the stems as given, summed at unity (lowered only if that would clip).
+    summed = stems.audio.sum(1).cpu()
+    summed = summed / max(1.0, float(summed.abs().max()) / 0.99)
+    takes = [Take("stems", summed), Take("result", mix.cpu(), Path(delivery.path))]
+    if reference is not None:
+        takes.append(Take("reference", reference.cpu()))
+    page = listening_report(
+        cfg, out / f"{stem}_report.html", title=stem, sample_rate=sr, takes=takes, job="mix",
+        measures={"result": report["mix"],
+                  **({"reference": report["reference"]} if reference is not None else {})},
+        params=report["params"], warnings=report["qc"],
+        notes=[f"{len(stems.names)} stems: " + ", ".join(stems.names)],
+    )
+    if page:
+        report["outputs"]["listening_report"] = page
     report["runtime_s"] = round(time.perf_counter() - t0, 3)
     write_json(out / f"{stem}_report.json", report)
     print(f"mix: {delivery.path}  ({report['runtime_s']:.1f} s)")

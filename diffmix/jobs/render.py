@@ -18,7 +18,8 @@ from diffmix.console import Console
 from diffmix.delivery import check_format, deliver
 from diffmix.errors import UserError
 from diffmix.inputs import load_mix, load_stems
-from diffmix.jobs._common import output_dir, pick_device, summary
+from diffmix.jobs._common import listening_report, output_dir, pick_device, summary
+from diffmix.listen import Take, job_warnings
 from diffmix.mastering import set_exact
 from diffmix.report import write_json
 
@@ -61,8 +62,20 @@ def run(cfg: DictConfig) -> int:
         "outputs": {"audio": delivery.path},
         "output": summary(y.double(), sr),
         "delivery": delivery.as_dict(),
-        "runtime_s": round(time.perf_counter() - t0, 3),
     }
+    report["qc"] = job_warnings(report["output"], y, sr)
+    source = (x.sum(1) if x.dim() == 4 else x).cpu()  # a console's stems, summed at unity
+    source = source / max(1.0, float(source.abs().max()) / 0.99)  # lowered only if that would clip
+    page = listening_report(
+        cfg, out / f"{stem}_report.html", title=stem, sample_rate=sr, job="render",
+        takes=[Take("stems" if x.dim() == 4 else "input", source),
+               Take("result", y, Path(delivery.path))],
+        measures={"result": report["output"]}, params=model.preset(), warnings=report["qc"],
+        notes=[f"preset: {cfg.preset}"],
+    )
+    if page:
+        report["outputs"]["listening_report"] = page
+    report["runtime_s"] = round(time.perf_counter() - t0, 3)
     write_json(out / f"{stem}_report.json", report)
     print(f"render: {delivery.path}  ({report['runtime_s']:.1f} s)")
     return 0
