@@ -125,3 +125,22 @@ def test_command_fails_in_one_line(tmp_path, make, message):
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("diffmix analyze: error: ")
     assert message in lines[0]
+
+
+def test_findings_say_what_needs_attention_and_why(tmp_path, capsys):
+    sr = 48000
+    t = np.arange(sr * 4) / sr
+    # A hot tone (true peak over -1 dBTP) riding on a 2 % DC offset on the left channel.
+    x = np.stack([0.97 * np.sin(2 * math.pi * 997 * t) * 0.95 + 0.02, 0.5 * np.sin(2 * math.pi * 997 * t)], 1)
+    src = tmp_path / "hot.wav"
+    sf.write(str(src), x, sr, subtype="FLOAT")
+    analyze.run(compose_cfg(input=str(src), json=str(tmp_path / "r.json"), target="spotify"))
+    report = json.loads((tmp_path / "r.json").read_text())
+    text = " | ".join(report["findings"])
+    assert "True peak" in text and "over the -1.0 dBTP ceiling" in text
+    assert "DC offset on L is -34.0 dBFS" in text and "DC offset on R" not in text
+    assert "over spotify's -14.0 LUFS" in text
+    assert "Attention" in capsys.readouterr().out
+    clean = write_tone(tmp_path / "clean.wav", level_db=-20.0)
+    analyze.run(compose_cfg(input=str(clean), json=str(tmp_path / "c.json"), table=False))
+    assert json.loads((tmp_path / "c.json").read_text())["findings"] == []

@@ -19,6 +19,7 @@ import soundfile as sf
 from omegaconf import DictConfig, OmegaConf
 
 from diffmix.errors import UserError
+from diffmix.qc import findings
 from diffmix.functional.analysis import analysis_report
 from diffmix.io import atomic_path, atomic_write_text, read_audio
 from diffmix.jobs._common import output_dir, pick_device
@@ -43,6 +44,8 @@ def run(cfg: DictConfig) -> int:
     report = analysis_report(audio[None].to(device), sr)[0]
     info = sf.info(str(path))
     report = {"input": str(path), "format": info.format, "subtype": info.subtype, **report}
+    target = OmegaConf.to_container(cfg.target) if cfg.get("target") else None
+    report["findings"] = analysis_findings(report, target)  # type: ignore[arg-type]
 
     # A run directory only when something is written there by default.
     out = output_dir(cfg) if plot_on or not cfg.get("json") else None
@@ -100,10 +103,34 @@ def format_table(report: dict, json_path: Path | None = None, png_path: Path | N
         rows.append(("JSON report", str(json_path)))
     if png_path is not None:
         rows.append(("Plot", str(png_path)))
+    for i, finding in enumerate(report.get("findings", [])):
+        rows.append(("Attention" if i == 0 else "", finding))
+    if not report.get("findings"):
+        rows.append(("QC", "nothing needs attention"))
     width = max(len(k) for k, _ in rows)
     head = (f"{report['input']}: {report['sample_rate']} Hz, {ch} channel(s), "
             f"{int(minutes)}:{seconds:06.3f}" + ("  [digital silence]" if report["silent"] else ""))
     return "\n".join([head, *(f"  {k:<{width}}  {v}" for k, v in rows)])
+
+
+def analysis_findings(report: dict, target: dict | None = None) -> list[str]:
+    """QC findings in words (:func:`diffmix.qc.findings`) for an analysis report.
+
+    ``target``: a loudness spec (``lufs``, ``true_peak_db``, ``name``) to judge against.
+    """
+    spec = target or {}
+    num = lambda v: float(v) if not isinstance(v, str) else float(v.replace("inf", "Infinity"))  # noqa: E731
+    return findings(
+        lufs=num(report["integrated_lufs"]),
+        true_peak_dbtp=num(report["true_peak_dbtp"]),
+        dc_offset=[num(v) for v in report["dc_offset_per_channel"]],
+        clipped_samples=int(report["clipped_samples"]),
+        clipped_runs=report.get("clipped_runs"),
+        clicks_per_minute=report.get("clicks_per_minute"),
+        target_lufs=spec.get("lufs"),
+        target_name=spec.get("name"),
+        ceiling_dbtp=spec.get("true_peak_db"),
+    )
 
 
 def _floats(values: list) -> list[float]:
