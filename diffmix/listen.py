@@ -26,6 +26,7 @@ import soundfile as sf
 import torch
 from torch import Tensor
 
+from diffmix.functional.analysis import CLIP_LEVEL
 from diffmix.io import atomic_path, atomic_write_text
 from diffmix.qc import findings as qc_findings
 
@@ -49,27 +50,22 @@ class Take:
 
     Args:
         label: ``input``, ``result``, ``reference`` or any short name.
-        audio: ``(C, T)`` or ``(1, C, T)`` at ``sample_rate``, what is measured and drawn.
-        file: an audio file already in the output folder to play; ``None`` writes a 16-bit
-            FLAC preview of ``audio`` beside the page (inputs live outside ``out=``, so the
-            page carries its own copy and the folder moves as one).
+        audio: ``(C, T)`` or ``(1, C, T)`` at the page's sample rate, what is measured and
+            drawn; ``None`` reads ``file`` in chunks instead (a streamed master: memory
+            stays at one chunk).
+        file: an audio file to play. One inside the output folder is played where it is;
+            with ``audio`` given and the file elsewhere (or absent, or not playable), a
+            16-bit FLAC preview of ``audio`` is written beside the page, so the folder
+            moves as one. A file read in chunks that lies outside the folder is played from
+            where it is, by relative path (no hour-long copy).
     """
 
     label: str
-    audio: Tensor
+    audio: Tensor | None
     file: Path | None = None
 
 
 # --------------------------------------------------------------------------- measurements
-def _audio(take: Take) -> Tensor:
-    x = take.audio.detach()
-    return (x if x.dim() == 3 else x.unsqueeze(0)).to("cpu", torch.float64)
-
-
-def _stereo(x: Tensor) -> Tensor:
-    return x if x.shape[1] == 2 else x[:, :1].expand(-1, 2, -1)
-
-
 def _decimate(values: Tensor, points: int = MAX_POINTS, reduce: str = "mean") -> tuple[Tensor, int]:
     """``(N,)`` -> at most ``points`` values (bin means, or minima), and the bin size."""
     n = values.numel()
@@ -81,36 +77,142 @@ def _decimate(values: Tensor, points: int = MAX_POINTS, reduce: str = "mean") ->
     return (binned.amin(-1) if reduce == "min" else binned.mean(-1)), step
 
 
-def short_term_series(x: Tensor, sample_rate: int) -> tuple[list[float], list[float]]:
-    """Short-term loudness (LUFS) against time in seconds (the 3 s window's end).
+@dataclass
+class Drawn:
+    """What the page shows of one source: series in seconds, spectra and width in dB."""
 
-    ``(1, C, T)`` -> ``(times_s, lufs)``; the meter steps every
-    :func:`~diffmix.functional.loudness.meter_unit` samples, decimated for drawing.
+    lufs: float
+    seconds: float
+    short_term: tuple[list[float], list[float]]
+    correlation: tuple[list[float], list[float]]
+    centres_hz: list[float]
+    mid_db: list[float]
+    side_db: list[float]
+    band_names: list[str]
+    side_mid_db: list[float]
+    dc_offset: list[float]
+    clipped_samples: int
+
+
+class PageMeter:
+    """Measures one source for the page over consecutive chunks; in memory is one chunk.
+
+    :meth:`add` takes each chunk with up to 3 s of left context (for the short-term
+    meter's window): ``(1, C, T)`` float audio whose first ``left`` samples repeat the end
+    of the previous chunk. Chunks must be whole numbers of 100 ms, as
+    :func:`diffmix.streaming.chunk_bounds` makes them. Not differentiable.
     """
-    from diffmix.functional.loudness import meter_unit, short_term_loudness
 
-    st = short_term_loudness(x, sample_rate)[0].clamp_min(-70.0)
-    step_s = meter_unit(sample_rate) / sample_rate
-    first = min(3.0, x.shape[-1] / sample_rate)
-    values, k = _decimate(st)
-    times = [first + (i * k + (k - 1) / 2) * step_s for i in range(values.numel())]
-    return times, values.tolist()
+    CORRELATION_S = 0.4  # the correlation plot's window: four 100 ms hops
+
+    def __init__(self, sample_rate: int, n_fft: int = 8192) -> None:
+        from diffmix.features import FeatureExtractor
+        from diffmix.functional.loudness import block_samples, meter_unit
+
+        self.sr = sample_rate
+        self.n_fft = n_fft
+        self.fx = FeatureExtractor(sample_rate, n_fft)
+        self.hop = block_samples(sample_rate)[0]
+        self.unit = meter_unit(sample_rate)
+        self.window = block_samples(sample_rate)[2]
+        self.psd = torch.zeros(2, n_fft // 2 + 1, dtype=torch.float64)
+        self.psd_frames = 0
+        self.short_term: list[Tensor] = []
+        self.hops: list[Tensor] = []  # per 100 ms: sum LR, LL, RR
+        self.frames = 0
+        self.sum = torch.zeros(2, dtype=torch.float64)
+        self.clipped = 0
+
+    def add(self, chunk: Tensor, left: int = 0) -> None:
+        from diffmix.functional.gain import mid_side
+        from diffmix.functional.loudness import short_term_loudness
+        from diffmix.functional.spectrum import welch_psd
+
+        x = chunk.detach().to("cpu", torch.float64)
+        x = x if x.shape[1] == 2 else x[:, :1].expand(-1, 2, -1)
+        new = x[..., left:]
+        n = new.shape[-1]
+        if n == 0:
+            return
+        frames = max(1, (max(n, self.n_fft) - self.n_fft) // (self.n_fft // 2) + 1)
+        self.psd += welch_psd(mid_side(new), self.n_fft)[0] * frames
+        self.psd_frames += frames
+        st = short_term_loudness(x, self.sr)[0]
+        # With a full window of context, the first value's window ends where the previous
+        # chunk's last one did.
+        self.short_term.append(st[1:] if self.frames > 0 and left >= self.window else st)
+        m = (n // self.hop) * self.hop
+        if m:
+            h = new[0, :, :m].reshape(2, -1, self.hop)
+            self.hops.append(
+                torch.stack([(h[0] * h[1]).sum(-1), h[0].square().sum(-1), h[1].square().sum(-1)])
+            )
+        self.sum += new[0].sum(-1)
+        self.clipped += int((new.abs() >= CLIP_LEVEL).sum())
+        self.frames += n
+
+    def result(self, lufs: float) -> Drawn:
+        """The drawn series; ``lufs`` is the source's integrated loudness (metered elsewhere)."""
+        from diffmix.functional.analysis import STEREO_BANDS
+        from diffmix.functional.spectrum import band_powers, power_db
+
+        sr, seconds = self.sr, self.frames / self.sr
+        st = torch.cat(self.short_term).clamp_min(-70.0) if self.short_term else torch.zeros(0)
+        values, k = _decimate(st)
+        step = self.unit / sr
+        first = min(self.window, self.frames) / sr
+        st_times = [first + (i * k + (k - 1) / 2) * step for i in range(values.numel())]
+        per = round(self.CORRELATION_S * sr / self.hop)
+        sums = torch.cat(self.hops, -1) if self.hops else torch.zeros(3, 0, dtype=torch.float64)
+        w = sums.shape[-1] // per
+        win = sums[:, : w * per].reshape(3, w, per).sum(-1)
+        den = (win[1] * win[2]).sqrt()
+        corr = torch.where(den > 1e-20, win[0] / den.clamp_min(1e-300), torch.zeros_like(den))
+        cv, ck = _decimate(corr)
+        c_times = [(i * ck + ck / 2) * self.CORRELATION_S for i in range(cv.numel())]
+        psd = self.psd / max(self.psd_frames, 1)
+        db = power_db(band_powers(psd, self.fx.third.cpu())).clamp_min(-150.0)
+        freqs = torch.arange(psd.shape[-1], dtype=torch.float64) * sr / self.n_fft
+        ratio = []
+        for _, lo, hi in STEREO_BANDS:
+            band = (freqs >= lo) & (freqs < hi)
+            mid, side = float(psd[0, band].sum()), float(psd[1, band].sum())
+            ratio.append(max(10.0 * math.log10(side / mid), -60.0) if mid > 0 and side > 0 else -60.0)
+        return Drawn(
+            lufs=lufs,
+            seconds=seconds,
+            short_term=(st_times, values.tolist()),
+            correlation=(c_times, cv.tolist()),
+            centres_hz=self.fx.centres.tolist(),
+            mid_db=db[0].tolist(),
+            side_db=db[1].tolist(),
+            band_names=[name for name, _, _ in STEREO_BANDS],
+            side_mid_db=ratio,
+            dc_offset=(self.sum / max(self.frames, 1)).tolist(),
+            clipped_samples=self.clipped,
+        )
 
 
-def correlation_series(x: Tensor, sample_rate: int, window_s: float = 0.4) -> tuple[list[float], list[float]]:
-    """Left/right correlation in ``window_s`` windows: ``(times_s, correlation)``."""
-    x = _stereo(x)
-    hop = max(1, int(window_s * sample_rate))
-    n = x.shape[-1] // hop
-    if n == 0:
-        return [], []
-    frames = x[0, :, : n * hop].reshape(2, n, hop)
-    left, right = frames[0], frames[1]
-    den = (left.square().sum(-1) * right.square().sum(-1)).sqrt()
-    corr = torch.where(den > 1e-20, (left * right).sum(-1) / den.clamp_min(1e-300), torch.zeros_like(den))
-    values, k = _decimate(corr)
-    times = [(i * k + k / 2) * window_s for i in range(values.numel())]
-    return times, values.tolist()
+def draw_tensor(x: Tensor, sample_rate: int) -> Drawn:
+    """:class:`Drawn` of in-memory ``(C, T)`` or ``(1, C, T)`` audio (one chunk)."""
+    from diffmix.functional.loudness import integrated_loudness
+
+    x = (x if x.dim() == 3 else x.unsqueeze(0)).detach().to("cpu", torch.float64)
+    meter = PageMeter(sample_rate)
+    meter.add(x)
+    return meter.result(float(integrated_loudness(x, sample_rate)[0]))
+
+
+def draw_file(path: str | Path, chunk_s: float = 30.0) -> tuple[Drawn, int]:
+    """:class:`Drawn` of an audio file read in chunks (memory: one chunk); and its rate."""
+    from diffmix.streaming import DiskAudio, chunk_bounds, measure_file
+
+    src = DiskAudio(path)
+    meter = PageMeter(src.sample_rate)
+    for start, stop in chunk_bounds(src.frames, src.sample_rate, chunk_s):
+        left = min(meter.window, start)
+        meter.add(src.read(start - left, stop), left)
+    return meter.result(measure_file(path, chunk_s=chunk_s)["integrated_lufs"]), src.sample_rate
 
 
 def gain_reduction_series(before: Tensor, after: Tensor, sample_rate: int) -> tuple[list[float], list[float]]:
@@ -121,37 +223,6 @@ def gain_reduction_series(before: Tensor, after: Tensor, sample_rate: int) -> tu
     values, k = _decimate(gr, reduce="min")
     times = [(i * k + k / 2) * 0.05 for i in range(values.numel())]
     return times, values.tolist()
-
-
-def spectrum(x: Tensor, sample_rate: int) -> tuple[list[float], list[float], list[float]]:
-    """Third-octave mid and side spectra (dB): ``(centres_hz, mid_db, side_db)``."""
-    from diffmix.features import FeatureExtractor
-    from diffmix.functional.gain import mid_side
-    from diffmix.functional.spectrum import band_powers, power_db, welch_psd
-
-    fx = FeatureExtractor(sample_rate)
-    xs = _stereo(x).float()
-    n_fft = min(fx.n_fft, 1 << max(8, int(math.log2(max(xs.shape[-1], 256)))))
-    if n_fft != fx.n_fft:
-        fx = FeatureExtractor(sample_rate, n_fft)
-    hop = max(n_fft // 2, (xs.shape[-1] - n_fft) // 255)
-    psd = welch_psd(mid_side(xs), n_fft, hop=hop)
-    db = power_db(band_powers(psd.double(), fx.third.cpu()))[0].clamp_min(-150.0)
-    return fx.centres.tolist(), db[0].tolist(), db[1].tolist()
-
-
-def band_width(x: Tensor, sample_rate: int) -> tuple[list[str], list[float]]:
-    """Side/mid ratio (dB) in each stereo band: ``(band names, side_mid_db)``."""
-    from diffmix.functional.analysis import STEREO_BANDS, band_stereo
-
-    res = band_stereo(_stereo(x), sample_rate)["side_mid_db"][0].clamp_min(-60.0)
-    return [name for name, _, _ in STEREO_BANDS], res.tolist()
-
-
-def integrated_lufs(x: Tensor, sample_rate: int) -> float:
-    from diffmix.functional.loudness import integrated_loudness
-
-    return float(integrated_loudness(x, sample_rate)[0])
 
 
 # --------------------------------------------------------------------------- SVG charts
@@ -472,9 +543,10 @@ def _flatten(values: Any) -> list[Any]:
 
 
 def _write_preview(take: Take, sample_rate: int, folder: Path) -> Path:
+    assert take.audio is not None
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{take.label}.flac"
-    x = _audio(take)[0].clamp(-1.0, 1.0)
+    x = take.audio.detach().reshape(-1, take.audio.shape[-1]).cpu().clamp(-1.0, 1.0)
     with atomic_path(path) as tmp:
         sf.write(str(tmp), x.T.float().numpy(), sample_rate, format="FLAC", subtype="PCM_16")
     return path
@@ -499,7 +571,7 @@ def write_listening_report(
 
     Args:
         title: the page heading (the song or output name).
-        sample_rate: Hz of every take's ``audio``.
+        sample_rate: Hz of every take's ``audio`` (takes read from files keep their own).
         takes: the sources to hear and draw; the first with a ``file`` is the result.
         job: the job's name, for the sub-heading.
         target, achieved: the loudness spec and what the output measured (``lufs``,
@@ -518,17 +590,21 @@ def write_listening_report(
     base = page.parent
     previews = base / f"{page.stem}_audio"
     with torch.no_grad():
-        audio = {t.label: _audio(t) for t in takes}
-        lufs = {label: integrated_lufs(x, sample_rate) for label, x in audio.items()}
+        drawn: dict[str, Drawn] = {}
         sources = []
         for take in takes:
-            file = take.file
-            if file is None or Path(file).suffix.lower() not in PLAYABLE:
-                file = _write_preview(take, sample_rate, previews)
-            sources.append((take.label, _rel(Path(file), base), lufs[take.label]))
-        duration = max(x.shape[-1] for x in audio.values()) / sample_rate
-        charts = [_spectrum_chart(audio, sample_rate)]
-        charts.append(_loudness_chart(audio, sample_rate, duration))
+            file = Path(take.file) if take.file is not None else None
+            if take.audio is None:
+                assert file is not None, f"take {take.label!r} has neither audio nor a file"
+                drawn[take.label], _ = draw_file(file)
+            else:
+                drawn[take.label] = draw_tensor(take.audio, sample_rate)
+                inside = file is not None and base.resolve() in file.resolve().parents
+                if file is None or not inside or file.suffix.lower() not in PLAYABLE:
+                    file = _write_preview(take, sample_rate, previews)
+            sources.append((take.label, _rel(file, base), drawn[take.label].lufs))
+        duration = max(d.seconds for d in drawn.values())
+        charts = [_spectrum_chart(drawn, sample_rate), _loudness_chart(drawn, duration)]
         if gain_reduction is not None:
             t, gr = gain_reduction_series(gain_reduction[0], gain_reduction[1], sample_rate)
             charts.append(
@@ -542,8 +618,8 @@ def write_listening_report(
                     kind="gain_reduction",
                 )
             )
-        charts.append(_correlation_chart(audio, sample_rate, duration))
-        charts.append(_width_chart(audio, sample_rate))
+        charts.append(_correlation_chart(drawn, duration))
+        charts.append(_width_chart(drawn))
     body = [
         f"<h1>{html.escape(title)}</h1>",
         f'<p class="sub">diffmix {html.escape(job)} · {sample_rate} Hz · {duration:.1f} s</p>',
@@ -608,14 +684,11 @@ def _json_blob(sources: list[tuple[str, str, float]], duration: float) -> str:
     return json.dumps(data).replace("</", "<\\/")
 
 
-def _spectrum_chart(audio: Mapping[str, Tensor], sr: int) -> str:
+def _spectrum_chart(drawn: Mapping[str, Drawn], sr: int) -> str:
     series = []
-    centres: list[float] = []
-    for label, x in audio.items():
-        centres, mid, side = spectrum(x, sr)
-        series.append((f"{label}", centres, mid))
-        if x.shape[1] == 2:
-            series.append((f"{label} side", centres, side))
+    for label, d in drawn.items():
+        series.append((label, d.centres_hz, d.mid_db))
+        series.append((f"{label} side", d.centres_hz, d.side_db))
     top = max((max(y for y in ys if math.isfinite(y)) for _, _, ys in series), default=0.0)
     return svg_chart(
         series,
@@ -629,8 +702,8 @@ def _spectrum_chart(audio: Mapping[str, Tensor], sr: int) -> str:
     )
 
 
-def _loudness_chart(audio: Mapping[str, Tensor], sr: int, duration: float) -> str:
-    series = [(label, *short_term_series(x, sr)) for label, x in audio.items()]
+def _loudness_chart(drawn: Mapping[str, Drawn], duration: float) -> str:
+    series = [(label, *d.short_term) for label, d in drawn.items()]
     return svg_chart(
         series,
         xlabel="time (s)",
@@ -641,8 +714,8 @@ def _loudness_chart(audio: Mapping[str, Tensor], sr: int, duration: float) -> st
     )
 
 
-def _correlation_chart(audio: Mapping[str, Tensor], sr: int, duration: float) -> str:
-    series = [(label, *correlation_series(x, sr)) for label, x in audio.items()]
+def _correlation_chart(drawn: Mapping[str, Drawn], duration: float) -> str:
+    series = [(label, *d.correlation) for label, d in drawn.items()]
     return svg_chart(
         series,
         xlabel="time (s)",
@@ -654,12 +727,11 @@ def _correlation_chart(audio: Mapping[str, Tensor], sr: int, duration: float) ->
     )
 
 
-def _width_chart(audio: Mapping[str, Tensor], sr: int) -> str:
-    series = []
-    names: list[str] = []
-    for label, x in audio.items():
-        names, values = band_width(x, sr)
-        series.append((label, [float(i) for i in range(len(names))], values))
+def _width_chart(drawn: Mapping[str, Drawn]) -> str:
+    series = [
+        (label, [float(i) for i in range(len(d.band_names))], d.side_mid_db) for label, d in drawn.items()
+    ]
+    names = next(iter(drawn.values())).band_names
     ticks = [(float(i), n.replace("_", " ")) for i, n in enumerate(names)]
     return svg_chart(
         series,
@@ -674,19 +746,28 @@ def _width_chart(audio: Mapping[str, Tensor], sr: int) -> str:
 
 def job_warnings(
     measures: Mapping[str, Any],
-    audio: Tensor,
+    audio: Tensor | str | Path,
     sample_rate: int,
     target: Mapping[str, Any] | None = None,
     target_name: str | None = None,
 ) -> list[str]:
-    """QC findings in words for a job's output: ``measures`` from the job summary plus the audio."""
+    """QC findings in words for a job's output.
+
+    ``measures`` from the job summary (``integrated_lufs``, ``true_peak_dbtp``); DC and
+    clipping are read from ``audio``: ``(C, T)``/``(1, C, T)`` in memory, or a file path
+    read in chunks.
+    """
     from diffmix.functional.analysis import clipped_samples, dc_offset
 
-    x = audio.detach()
-    x = (x if x.dim() == 3 else x.unsqueeze(0)).cpu()
-    with torch.no_grad():
-        dc = dc_offset(x, sample_rate)[0].tolist()
-        clipped = int(clipped_samples(x, sample_rate)[0].sum())
+    if isinstance(audio, (str, Path)):
+        drawn, _ = draw_file(audio)
+        dc, clipped = drawn.dc_offset, drawn.clipped_samples
+    else:
+        x = audio.detach()
+        x = (x if x.dim() == 3 else x.unsqueeze(0)).cpu()
+        with torch.no_grad():
+            dc = dc_offset(x, sample_rate)[0].tolist()
+            clipped = int(clipped_samples(x, sample_rate)[0].sum())
     return qc_findings(
         lufs=_number(measures.get("integrated_lufs")),
         true_peak_dbtp=_number(measures.get("true_peak_dbtp")),

@@ -422,6 +422,7 @@ def master_file(cfg: DictConfig, *, input: str, out: Path, stem: str,  # noqa: A
     Options from ``cfg.streaming``: ``chunk_s`` (30), ``context_s`` (2).
     """
     from diffmix.jobs._mastering import MIN_SECONDS, chain_for, fit_stage
+    from diffmix.listen import Take, job_warnings, write_listening_report
     from diffmix.report import write_json
 
     t0 = time.perf_counter()
@@ -494,8 +495,23 @@ def master_file(cfg: DictConfig, *, input: str, out: Path, stem: str,  # noqa: A
         "fit": fit_report,
         "params": chain.preset(),
         "streaming": {"chunk_s": chunk_s, "left_context_s": left / sr, "limiter_passes": passes},
-        "runtime_s": round(time.perf_counter() - t0, 3),
     }
+    report["qc"] = job_warnings(after, path, sr, target, target.get("name"))
+    if bool(cfg.get("report", True)):
+        # Read back in chunks like everything here; the input is played where it lies.
+        takes = [Take("input", None, Path(input)), Take("result", None, path)]
+        if reference is not None:
+            takes.append(Take("reference", reference.cpu()))
+        page = write_listening_report(
+            out / f"{stem}_report.html", title=stem, sample_rate=sr, takes=takes, job="master (streamed)",
+            target=target, achieved=report["achieved"],
+            measures={"input": report["before"], "result": after}, params=report["params"],
+            warnings=report["qc"],
+            notes=["Streamed in chunks: the limiter's gain reduction is not drawn, and the input plays "
+                   "from its own location."],
+        )
+        report["outputs"]["listening_report"] = str(page)
+    report["runtime_s"] = round(time.perf_counter() - t0, 3)
     write_json(out / f"{stem}_report.json", report)
     report["outputs"]["report"] = str(out / f"{stem}_report.json")
     return report

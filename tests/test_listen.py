@@ -15,7 +15,7 @@ from browser import Page, find_browser
 from jobs_helpers import ROOT, music, run_cli, write
 
 from diffmix.functional.loudness import meter_unit, short_term_loudness
-from diffmix.listen import Take, correlation_series, short_term_series, write_listening_report
+from diffmix.listen import Take, draw_file, draw_tensor, write_listening_report
 from diffmix.qc import findings
 
 SR = 44100
@@ -32,16 +32,41 @@ def _tone(seconds: float, level: float = 0.1) -> torch.Tensor:
 @pytest.mark.parametrize("seconds", [0.7, 4.0, 8.0, 61.3])
 def test_short_term_axis_is_in_seconds_and_spans_the_audio(seconds):
     x = _tone(seconds)
-    times, values = short_term_series(x, SR)
+    drawn = draw_tensor(x, SR)
+    times, values = drawn.short_term
     n = short_term_loudness(x, SR).shape[-1]
     step = meter_unit(SR) / SR
     # The last value's window ends at the audio's end; the first's at 3 s (or the end).
     assert times[0] == pytest.approx(min(3.0, seconds), abs=step * (math.ceil(n / 600) + 1))
     assert times[-1] == pytest.approx(seconds, abs=step * math.ceil(n / 600) + 1e-9)
-    assert len(values) <= 600
-    ctimes, _ = correlation_series(x, SR)
+    assert len(values) <= 600 and drawn.seconds == pytest.approx(seconds, abs=1 / SR)
+    ctimes, _ = drawn.correlation
     if ctimes:
         assert 0 < ctimes[0] and ctimes[-1] <= seconds
+
+
+def test_chunked_measurement_equals_the_whole_signal(tmp_path):
+    # The streamed page reads files in chunks; in memory is the one-chunk case of the same meter.
+    g = torch.Generator().manual_seed(7)
+    seconds = 23.0
+    t = torch.arange(int(seconds * SR), dtype=torch.float64) / SR
+    noise = torch.randn(2, t.numel(), generator=g, dtype=torch.float64) * 0.05
+    x = noise * (1 + torch.sin(2 * math.pi * 0.2 * t)) + 0.1 * torch.sin(2 * math.pi * 220 * t)
+    x[1] = 0.6 * x[1] + 0.4 * x[0]
+    path = tmp_path / "x.wav"
+    sf.write(str(path), x.T.numpy(), SR, subtype="DOUBLE")
+    whole = draw_tensor(x, SR)
+    chunked, rate = draw_file(path, chunk_s=5.0)
+    assert rate == SR and chunked.seconds == pytest.approx(whole.seconds)
+    assert chunked.short_term[0] == pytest.approx(whole.short_term[0], abs=1e-9)
+    # Files are read as float32: 1e-4 LU is that rounding, far below a drawn pixel.
+    assert chunked.short_term[1] == pytest.approx(whole.short_term[1], abs=1e-4)
+    assert chunked.correlation[1] == pytest.approx(whole.correlation[1], abs=1e-6)
+    assert chunked.lufs == pytest.approx(whole.lufs, abs=1e-4)
+    assert chunked.dc_offset == pytest.approx(whole.dc_offset, abs=1e-8)
+    # Welch frames that straddle a chunk edge are lost: the spectra agree to a fraction of a dB.
+    assert max(abs(a - b) for a, b in zip(chunked.mid_db, whole.mid_db, strict=True)) < 0.3
+    assert chunked.side_mid_db == pytest.approx(whole.side_mid_db, abs=0.2)
 
 
 def test_png_plot_axis_matches_the_audio_length():

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import soundfile as sf
@@ -58,6 +60,10 @@ def test_streamed_master_equals_the_in_memory_master(song, tmp_path):
     assert abs(lufs_s - lufs_m) <= 0.01
     assert abs(lufs_s - -14.0) <= 0.1 and tp_s <= -1.0
     assert not list((tmp_path / "st").glob(".*partial*"))  # the cache and temporaries are gone
+    # The streamed master's listening report: read back in chunks, the input played in place.
+    page = (tmp_path / "st" / "song_master_report.html").read_text()
+    assert 'src="song_master.wav"' in page and f'src="{os.path.relpath(song, tmp_path / "st")}"' in page
+    assert page.count('<svg class="chart"') == 4 and "gain_reduction" not in page
 
 
 def test_chunked_meter_equals_the_whole_file_meter(song):

@@ -19,10 +19,10 @@ import soundfile as sf
 from omegaconf import DictConfig, OmegaConf
 
 from diffmix.errors import UserError
-from diffmix.qc import findings
 from diffmix.functional.analysis import analysis_report
 from diffmix.io import atomic_path, atomic_write_text, read_audio
 from diffmix.jobs._common import output_dir, pick_device
+from diffmix.qc import findings
 
 CHANNEL_NAMES = {1: ["M"], 2: ["L", "R"], 6: ["L", "R", "C", "LFE", "Ls", "Rs"],
                  5: ["L", "R", "C", "Ls", "Rs"]}
