@@ -315,3 +315,25 @@ def test_bad_inputs():
                          torch.zeros(1, 1, 1, 3), hop=10)
     with pytest.raises(ValueError, match="batch, channels, time"):
         declick(torch.zeros(10), SR)
+
+
+def test_analysis_reports_clicks_and_clipped_runs_with_times():
+    from diffmix.functional.analysis import analysis_report
+
+    seed = 13
+    print("seed", seed)
+    rng = np.random.default_rng(seed)
+    a = stable_ar(rng, pairs=2)
+    sig = np.stack([ar_signal(a, SR, rng) for _ in range(2)])
+    sig *= 0.1 / sig.std()
+    sig[1, 30000] += 1.0
+    sig[0] = np.clip(sig[0], -0.12, 0.12)
+    rep = analysis_report(torch.from_numpy(sig).float()[None], SR)[0]["defects"]
+    assert rep["clicks_count"] == 1 and rep["clicks_per_minute"] == 60.0
+    click = rep["clicks"][0]
+    assert click["channel"] == 1 and abs(click["time_s"] - 30000 / SR) < 5 / SR
+    expected = int(np.sum(np.diff(np.pad((np.abs(sig[0]) >= 0.12).astype(int), 1)) == 1))
+    assert rep["clipped_runs_count"] == expected > 10
+    assert all(r["channel"] == 0 for r in rep["clipped_runs"])
+    silent = analysis_report(torch.zeros(1, 2, 4800), 48000)[0]["defects"]
+    assert silent["clicks_count"] == silent["clipped_runs_count"] == 0

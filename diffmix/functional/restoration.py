@@ -516,3 +516,34 @@ def remove_dc(x: Tensor, sample_rate: int) -> tuple[Tensor, Tensor]:
     check_sample_rate(sample_rate, "remove_dc")
     offset = x.mean(-1, keepdim=True)
     return x - offset, offset
+
+
+def defects(x: Tensor, sample_rate: int, *, max_listed: int = 1000) -> list[dict]:
+    """Clicks and clipped runs per batch item, for reports: what :func:`declick` and
+    :func:`declip` would repair.
+
+    Returns, per item: ``{"clicks_per_minute", "clicks": [...], "clipped_runs": [...],
+    "clipped_runs_count", "clicks_count"}``, each listed span ``{"channel", "time_s",
+    "samples"}`` (at most ``max_listed`` of each, earliest first; the counts are complete).
+    """
+    sr = check_sample_rate(sample_rate, "defects")
+    b, c, t = x.shape
+    clicks, _, _ = detect_clicks(x, sr)
+    clipped = detect_clipping(x, sr)
+    out = []
+    minutes = t / sr / 60.0
+    for i in range(b):
+        items = {}
+        for key, mask in (("clicks", clicks[i : i + 1]), ("clipped_runs", clipped[i : i + 1])):
+            found = sorted(spans(mask), key=lambda s: (s["start"], s["channel"]))
+            items[key] = [
+                {"channel": s["channel"], "time_s": round(s["start"] / sr, 6),
+                 "samples": s["end"] - s["start"]}
+                for s in found[:max_listed]
+            ]
+            items[f"{key}_count"] = len(found)
+        out.append({
+            "clicks_per_minute": round(items["clicks_count"] / minutes, 3) if minutes else 0.0,
+            **items,
+        })
+    return out
