@@ -102,3 +102,21 @@ def test_bad_inputs_fail_in_one_line(tmp_path, case):
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("diffmix repair: error: ") and expect in lines[0]
     assert not out.exists() or files(out) == []
+
+
+def test_master_polish_auto_repairs_and_reports(tmp_path):
+    src, clicks = _damaged(tmp_path)
+    out = tmp_path / "m"
+    res = run_cli("master", f"input={src}", f"out={out}", "polish=auto", "fit.steps=2",
+                  "fit.excerpt_s=1.5", "progress=false", "plot=false", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    report = json.loads((out / "song_master_report.json").read_text())
+    polished = report["polish"]
+    assert polished["clicks"]["count"] == len(clicks)
+    for s, ch in clicks:
+        assert any(sp["channel"] == ch and sp["start"] <= s and s + 4 <= sp["end"]
+                   for sp in polished["clicks"]["spans"])
+    assert polished["dc"]["offset_per_channel"][0] == pytest.approx(0.01, abs=2e-3)
+    assert polished["clipping"]["count"] == 0
+    bad = run_cli("master", f"input={src}", f"out={tmp_path / 'b'}", "polish=maybe", cwd=tmp_path)
+    assert bad.returncode == 2 and "polish must be auto or off" in bad.stderr
