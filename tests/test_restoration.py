@@ -124,10 +124,11 @@ def test_declick_finds_and_repairs_a_click_on_an_ar_signal():
     found = runs(mask).tolist()
     assert len(found) == 1, found
     _, s, e = found[0]
-    assert s <= 9000 and e >= 9004 and e - s <= 4 + 2 * 3
+    assert s <= 9000 and e >= 9004 and e - s <= 4 + 2 * 6 + 2  # pad: 6 samples a side
     err_before = np.abs(damaged - clean)[9000:9004].max()
-    err_after = np.abs(y[0, 0].numpy() - clean)[8990:9014].max()
-    assert err_after < 0.1 * err_before
+    err = (y[0, 0].numpy() - clean)[s:e]
+    assert np.abs(err).max() < 0.15 * err_before
+    assert np.sqrt((err**2).mean()) < 0.5 * clean.std()  # well beyond zero-filling the span
     # untouched elsewhere
     keep = ~mask[0, 0].numpy()
     np.testing.assert_array_equal(y[0, 0].numpy()[keep], damaged[keep])
@@ -331,7 +332,7 @@ def test_analysis_reports_clicks_and_clipped_runs_with_times():
     rep = analysis_report(torch.from_numpy(sig).float()[None], SR)[0]["defects"]
     assert rep["clicks_count"] == 1 and rep["clicks_per_minute"] == 60.0
     click = rep["clicks"][0]
-    assert click["channel"] == 1 and abs(click["time_s"] - 30000 / SR) < 5 / SR
+    assert click["channel"] == 1 and 0 <= 30000 / SR - click["time_s"] <= 8 / SR
     expected = int(np.sum(np.diff(np.pad((np.abs(sig[0]) >= 0.12).astype(int), 1)) == 1))
     assert rep["clipped_runs_count"] == expected > 10
     assert all(r["channel"] == 0 for r in rep["clipped_runs"])

@@ -241,7 +241,7 @@ def lsar_interpolate(
         row, start = seg[:, 0], seg[:, 1]
         pos = torch.arange(lb + 2 * p, device=x.device)
         idx = start[:, None] + pos  # window [start - p, start + lb + p) in padded coords
-        xs = xpad[row[:, None], idx]
+        xs = xpad[row[:, None], idx].to(torch.float64)  # the Gram matrix can be ill-conditioned
         inside = (pos[None, p : p + lb] - p) < ls[:, None]
         unknown = mpad[row[:, None], idx][:, p : p + lb] & inside
         frame = ((start + ls // 2) // hop).clamp(max=frames - 1)
@@ -303,7 +303,7 @@ def _periodicity(res: Tensor, bursts: Tensor, sample_rate: int) -> Tensor:
     not. ``(K,)`` in [0, 1]."""
     half, lmin, lmax = 16, int(0.0015 * sample_rate), int(0.020 * sample_rate)
     n = 2 * half
-    padded = tnf.pad(res, (lmax + half, lmax + half))
+    padded = tnf.pad(res.to(torch.float64), (lmax + half, lmax + half))  # energies by cumsum
     centre = (bursts[:, 1] + bursts[:, 2]) // 2  # in padded coordinates: + lmax + half
     region = padded[bursts[:, 0, None], centre[:, None] + torch.arange(2 * lmax + n, device=res.device)]
     seg = region[:, lmax : lmax + n]
@@ -313,7 +313,7 @@ def _periodicity(res: Tensor, bursts: Tensor, sample_rate: int) -> Tensor:
     energy = tnf.pad(region.square(), (1, 0)).cumsum(-1)
     e_ref = energy[:, n : n + 2 * lmax + 1] - energy[:, : 2 * lmax + 1]
     e_seg = seg.square().sum(-1, keepdim=True)
-    ncc = dots / (e_ref * e_seg).sqrt().clamp(min=1e-30)
+    ncc = (dots / (e_ref.clamp(min=0) * e_seg).sqrt().clamp(min=1e-30)).clamp(-1.0, 1.0)
     ncc = tnf.max_pool1d(ncc[:, None], 3, 1, 1)[:, 0]
     later, earlier = ncc[:, lmax + lmin :], ncc[:, : lmax - lmin + 1].flip(-1)
     return torch.minimum(later, earlier).amax(-1).clamp(min=0.0)
@@ -326,16 +326,16 @@ def detect_clicks(
     order: int = 32,
     hop_ms: float = 20.0,
     threshold: float = 10.0,
-    max_click_ms: float = 1.5,
-    merge: int = 8,
-    step_db: float = 100.0,
+    max_click_ms: float = 2.0,
+    merge: int = 24,
     floor_db: float = -90.0,
-    pad: int = 3,
+    pad: int = 6,
     clamp: float = 3.0,
     periodic: float = 0.6,
+    passes: int = 2,
 ) -> tuple[Tensor, Tensor, int]:
-    """Flag clicks: short, isolated bursts that the AR model of their surroundings cannot
-    predict, forwards or backwards, and across which the programme level does not step.
+    """Flag clicks: short bursts that the AR model of their surroundings cannot predict,
+    forwards or backwards, and that do not recur period after period.
 
     A sample is a candidate when ``min(|forward error|, |backward error|)`` exceeds
     ``threshold`` times the larger of two robust local scales of the prediction error:
@@ -350,13 +350,19 @@ def detect_clicks(
       unpredictable after its first sample as on it;
     * candidates closer than ``merge`` samples join into bursts, and a burst longer than
       ``max_click_ms`` is not a click;
-    * a burst across which the signal's own robust level steps by more than ``step_db``
-      (before vs after) is an onset or a stop (a rimshot, a pluck), not a click.
+    * a burst whose prediction error repeats one period earlier *and* one period later
+      (1.5-20 ms, normalised correlation above ``periodic``) is the cusp of a buzzy or
+      pulse-like waveform, not a click.
+
+    The models are fitted on the signal clamped to ``clamp`` times its robust local level;
+    with ``passes=2`` they are refitted on the signal with the first pass's clicks
+    interpolated, and the detection is run again on the original.
 
     Args:
         order: AR order. hop_ms: AR frame length (ms; the model is fitted on 2 hops).
         threshold: detection threshold in local-scale units. floor_db: errors below this
-            level (dBFS) never count. pad: samples added to each side of a burst.
+            level (dBFS) never count. pad: samples added to each side of a burst (the
+            edges of a burst are often below the threshold).
 
     Returns:
         ``(mask, coeffs, hop)``: ``mask (B, C, T)`` bool (detached), the AR filters
@@ -366,37 +372,36 @@ def detect_clicks(
     sr = check_sample_rate(sample_rate, "detect_clicks")
     hop = _hop(sr, hop_ms)
     width = max(4, int(round(0.016 * sr / _SUB)))
+    max_len = max(1, int(round(max_click_ms * 1e-3 * sr)))
     with torch.no_grad():
         xd = x.detach()
         s_before, s_after = _local_scale(rows.detach(), width // 2)
         level = torch.maximum(s_before, s_after).repeat_interleave(_SUB, -1)[:, :t]
-        coeffs = ar_coefficients(xd, sr, order=order, hop=hop, limit=(clamp * level).reshape(b, c, t) + 1e-9)
-        fwd, bwd = ar_residuals(xd, coeffs, hop)
-        fwd, bwd = fwd.reshape(b * c, t), bwd.reshape(b * c, t)
-        stat = torch.minimum(fwd.abs(), bwd.abs())
-        e_before, e_after = _local_scale((fwd.square() + bwd.square()).mul(0.5).sqrt(), width)
-        scale = torch.maximum(e_before, e_after).repeat_interleave(_SUB, -1)[:, :t]
-        floor = 10.0 ** (floor_db / 20.0)
-        flags = stat > torch.clamp(threshold * scale, min=floor)
-        # Closing: join candidates closer than `merge` samples into one burst.
-        f = flags[:, None].to(rows.dtype)
-        k = 2 * (merge // 2) + 1
-        closed = -tnf.max_pool1d(-tnf.max_pool1d(f, k, 1, k // 2), k, 1, k // 2)
-        bursts = runs((closed[:, 0] > 0) | flags)
-        max_len = max(1, int(round(max_click_ms * 1e-3 * sr)))
-        bursts = bursts[(bursts[:, 2] - bursts[:, 1]) <= max_len]
-        if len(bursts) and periodic < 1.0:
-            bursts = bursts[_periodicity(fwd, bursts, sr) < periodic]
-        if len(bursts):
-            nsb = s_before.shape[-1]
-            first = (bursts[:, 1] // _SUB).clamp(max=nsb - 1)
-            last = ((bursts[:, 2] - 1) // _SUB).clamp(max=nsb - 1)
-            lo = s_before[bursts[:, 0], first].clamp(min=1e-12)
-            hi = s_after[bursts[:, 0], last].clamp(min=1e-12)
-            step = 20.0 * torch.log10(hi / lo).abs()
-            bursts = bursts[step <= step_db]
-        mask = _mask_from_runs(bursts, (b * c, t), pad, x.device)
-    return mask.reshape(b, c, t), coeffs.reshape(b, c, -1, order + 1), hop
+        fit_on = xd
+        for step in range(passes):
+            coeffs = ar_coefficients(fit_on, sr, order=order, hop=hop,
+                                     limit=(clamp * level).reshape(b, c, t) + 1e-9)
+            fwd, bwd = ar_residuals(xd, coeffs, hop)
+            fwd, bwd = fwd.reshape(b * c, t), bwd.reshape(b * c, t)
+            stat = torch.minimum(fwd.abs(), bwd.abs())
+            e_before, e_after = _local_scale((fwd.square() + bwd.square()).mul(0.5).sqrt(), width)
+            scale = torch.maximum(e_before, e_after).repeat_interleave(_SUB, -1)[:, :t]
+            flags = stat > torch.clamp(threshold * scale, min=10.0 ** (floor_db / 20.0))
+            # Closing: join candidates closer than `merge` samples into one burst.
+            f = flags[:, None].to(rows.dtype)
+            k = 2 * (merge // 2) + 1
+            closed = -tnf.max_pool1d(-tnf.max_pool1d(f, k, 1, k // 2), k, 1, k // 2)
+            bursts = runs((closed[:, 0] > 0) | flags)
+            bursts = bursts[(bursts[:, 2] - bursts[:, 1]) <= max_len]
+            if len(bursts) and periodic < 1.0:
+                bursts = bursts[_periodicity(fwd, bursts, sr) < periodic]
+            mask = _mask_from_runs(bursts, (b * c, t), pad, x.device).reshape(b, c, t)
+            if len(bursts) == 0 or step == passes - 1:
+                break
+            # A loud click whitens the model of its frame (the clamp only limits it), which
+            # hides quieter clicks nearby: refit on the signal with these interpolated.
+            fit_on = lsar_interpolate(xd, mask, coeffs, hop)
+    return mask, coeffs, hop
 
 
 def declick(
@@ -406,8 +411,11 @@ def declick(
     order: int = 32,
     hop_ms: float = 20.0,
     threshold: float = 10.0,
-    max_click_ms: float = 1.5,
-    step_db: float = 100.0,
+    max_click_ms: float = 2.0,
+    merge: int = 24,
+    pad: int = 6,
+    passes: int = 2,
+    repair_order: int = 48,
 ) -> tuple[Tensor, Tensor]:
     """Find clicks (:func:`detect_clicks`) and repair them by LSAR interpolation.
 
@@ -429,13 +437,13 @@ def declick(
     sr = check_sample_rate(sample_rate, "declick")
     mask, coeffs, hop = detect_clicks(
         x, sr, order=order, hop_ms=hop_ms, threshold=threshold, max_click_ms=max_click_ms,
-        step_db=step_db,
+        merge=merge, pad=pad, passes=passes,
     )
     if not bool(mask.any()):
         return x, mask
     with torch.no_grad():
         first = lsar_interpolate(x.detach(), mask, coeffs, hop)
-        coeffs = ar_coefficients(first, sr, order=order, hop=hop)
+        coeffs = ar_coefficients(first, sr, order=repair_order, hop=hop)
     return lsar_interpolate(x, mask, coeffs, hop), mask
 
 
