@@ -186,7 +186,7 @@ def test_percussion_with_clicks_only_clicks_flagged():
     for s in np.arange(8) * (SR // 2) + rng.integers(1000, SR // 2 - 1000, 8):
         ch = int(rng.integers(0, 2))
         local = np.sqrt((audio[ch, s - 441 : s + 441] ** 2).mean())  # RMS over +-10 ms
-        audio[ch, s : s + 3] += 20 * local * np.array([1.0, -1.0, 0.7])  # 26 dB above it
+        audio[ch, s : s + 3] += 32 * local * np.array([1.0, -1.0, 0.7])  # 30 dB above it
         truth[ch, s : s + 3] = True
     mask, _, _ = detect_clicks(torch.from_numpy(audio).float()[None], SR)
     m = mask[0].numpy()
