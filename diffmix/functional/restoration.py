@@ -453,7 +453,7 @@ def declick(
 
 
 def detect_clipping(
-    x: Tensor, sample_rate: int, *, min_runs: int = 3, tolerance: float = 1e-6
+    x: Tensor, sample_rate: int, *, min_runs: int = 2, tolerance: float = 1e-6
 ) -> Tensor:
     """Flag clipped samples: samples at a channel's positive or negative rail (its maximum
     or minimum, within ``tolerance`` relative), where that rail holds at least
@@ -488,7 +488,7 @@ def declip(
     *,
     order: int = 48,
     hop_ms: float = 20.0,
-    min_runs: int = 3,
+    min_runs: int = 2,
     max_run_ms: float = 20.0,
 ) -> tuple[Tensor, Tensor]:
     """Find clipped runs (:func:`detect_clipping`) and rebuild them by LSAR constrained to
