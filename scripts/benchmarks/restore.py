@@ -151,6 +151,7 @@ def run(quick: bool) -> str:
     warm = torch.from_numpy(songs[0][1][:, : songs[0][2]].astype(np.float32))[None]
     declick(warm, songs[0][2])  # first-call overheads out of the timings
     declip(warm.clamp(-0.1, 0.1), songs[0][2])
+    goals: dict = {"f1": [], "gain": [], "clip": []}
     with tempfile.TemporaryDirectory() as td:
         tmp = Path(td)
         # False alarms on the clean mixes.
@@ -188,6 +189,8 @@ def run(quick: bool) -> str:
                     gains["ff"][0] += ((damaged - clean)[mask] ** 2).sum()
                     gains["ff"][1] += ((out - clean)[mask] ** 2).sum()
             row = [f"{rate:g}/s"]
+            goals["f1"].append(_pool(agg["ours"])["f1"])
+            goals["gain"].append([10 * math.log10(v[0] / max(v[1], 1e-30)) for v in gains.values()])
             for who in ("ours", "ff"):
                 if who == "ff" and not have_ff:
                     row += ["skipped", "skipped"]
@@ -218,12 +221,38 @@ def run(quick: bool) -> str:
                     res["ff"][0] += ((damaged - clean)[mask] ** 2).sum()
                     res["ff"][1] += ((out - clean)[mask] ** 2).sum()
             frac = sum((np.abs(c) > np.abs(c).max() * 10 ** (level / 20)).mean() for _, c, _ in songs)
-            gain = {k: 10 * math.log10(v[0] / max(v[1], 1e-30)) for k, v in res.items()}
+            gain = {k: 10 * math.log10(v[0] / max(v[1], 1e-30)) if v[0] else 0.0
+                    for k, v in res.items()}
+            goals["clip"].append((gain["ours"], gain["ff"]))
             clip_rows.append([f"{level:g} dB", f"{100 * frac / len(songs):.2f} %",
                               f"{gain['ours']:+.1f} dB",
                               f"{gain['ff']:+.1f} dB" if have_ff else "skipped"])
             speed.append([f"declip, {level:g} dB", f"{total_s / t_o:.0f}x",
                           f"{total_s / t_f:.0f}x" if have_ff else "skipped"])
+    def met(ok: bool) -> str:
+        return "met" if ok else "**not met**"
+
+    f1_ok = sum(f >= 0.95 for f in goals["f1"])
+    summary = [
+        "**Goals** (issue 22):",
+        "",
+        f"- click detection F1 >= 0.95: {met(f1_ok == len(RATES))} "
+        f"({f1_ok} of {len(RATES)} rates; F1 {', '.join(f'{f:.3f}' for f in goals['f1'])}).",
+        f"- false alarms <= 1 per minute on the clean mixes: {met(fa_ours / minutes <= 1)} "
+        f"({fa_ours / minutes:.1f} per minute).",
+        f"- speed >= 100x real time (declick, clean stereo): {met(total_s / t_ours >= 100)} "
+        f"({total_s / t_ours:.0f}x).",
+    ]
+    if have_ff:
+        gain_ok = sum(o >= f + 3 for o, f in goals["gain"])
+        clip_ok = sum(o >= f for o, f in goals["clip"])
+        summary += [
+            f"- SNR gain >= adeclick's + 3 dB: {met(gain_ok == len(RATES))} ({gain_ok} of "
+            f"{len(RATES)} rates; diffmix - adeclick: "
+            f"{', '.join(f'{o - f:+.1f} dB' for o, f in goals['gain'])}).",
+            f"- declip SNR gain >= adeclip's at every level: {met(clip_ok == len(CLIP_DB))} "
+            f"({clip_ok} of {len(CLIP_DB)}).",
+        ]
     body = [
         " ".join(notes),
         "",
@@ -239,6 +268,8 @@ def run(quick: bool) -> str:
         "**Speed** (real-time factor, stereo 44.1 kHz, one thread):",
         "",
         table(speed, ["workload", "diffmix", "ffmpeg"]),
+        "",
+        *summary,
     ]
     return "\n".join(body)
 
