@@ -339,3 +339,15 @@ def test_analysis_reports_clicks_and_clipped_runs_with_times():
     assert all(r["channel"] == 0 for r in rep["clipped_runs"])
     silent = analysis_report(torch.zeros(1, 2, 4800), 48000)[0]["defects"]
     assert silent["clicks_count"] == silent["clipped_runs_count"] == 0
+
+
+def test_clipping_rail_needs_a_histogram_spike():
+    n = np.arange(4000)
+    x = np.sin(2 * math.pi * n / 400.0) * 0.5
+    one_run = x.copy()
+    one_run[1000:1005] = 0.6  # one clipped run of five samples at the top
+    got = detect_clipping(torch.from_numpy(one_run)[None, None], SR)[0, 0].numpy()
+    assert got.sum() == 5 and got[1000:1005].all()
+    pair = x.copy()
+    pair[1000:1002] = 0.6  # quantised music may reach its peak twice in a row: not clipping
+    assert not detect_clipping(torch.from_numpy(pair)[None, None], SR).any()

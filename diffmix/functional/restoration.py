@@ -472,12 +472,12 @@ def declick(
 
 
 def detect_clipping(
-    x: Tensor, sample_rate: int, *, min_runs: int = 2, tolerance: float = 1e-6
+    x: Tensor, sample_rate: int, *, min_samples: int = 3, tolerance: float = 1e-6
 ) -> Tensor:
     """Flag clipped samples: samples at a channel's positive or negative rail (its maximum
     or minimum, within ``tolerance`` relative), where that rail holds at least
-    ``min_runs`` runs of two or more consecutive samples (a spike in the histogram at the
-    extreme value, which unclipped music does not have).
+    ``min_samples`` samples, two of them consecutive (a spike in the histogram at the
+    extreme value: unclipped music reaches its peak once, or twice in a row when quantised).
 
     Shape:
         ``(B, C, T)`` -> ``(B, C, T)`` bool (detached).
@@ -493,9 +493,8 @@ def detect_clipping(
         masks = []
         for sgn, rail in ((1.0, xd.amax(-1, keepdim=True)), (-1.0, -xd.amin(-1, keepdim=True))):
             at = (sgn * xd >= rail * (1.0 - tolerance)) & (rail > 0)
-            pair = at[:, 1:] & at[:, :-1]
-            starts = pair & ~tnf.pad(pair, (1, 0))[:, :-1]  # first pair of each run
-            clipped = starts.sum(-1, keepdim=True) >= min_runs
+            pair = (at[:, 1:] & at[:, :-1]).any(-1, keepdim=True)
+            clipped = pair & (at.sum(-1, keepdim=True) >= min_samples)
             masks.append(at & clipped)
         mask = masks[0] | masks[1]
     return mask.reshape(b, c, t)
@@ -507,7 +506,7 @@ def declip(
     *,
     order: int = 48,
     hop_ms: float = 20.0,
-    min_runs: int = 2,
+    min_samples: int = 3,
     max_run_ms: float = 20.0,
 ) -> tuple[Tensor, Tensor]:
     """Find clipped runs (:func:`detect_clipping`) and rebuild them by LSAR constrained to
@@ -522,14 +521,15 @@ def declip(
         ``(B, C, T)`` -> ``(repaired (B, C, T), mask (B, C, T) bool)``.
     """
     sr = check_sample_rate(sample_rate, "declip")
-    mask = detect_clipping(x, sr, min_runs=min_runs)
+    mask = detect_clipping(x, sr, min_samples=min_samples)
     if not bool(mask.any()):
         return x, mask
     hop = _hop(sr, hop_ms)
     span = max(8, int(round(max_run_ms * 1e-3 * sr)))
     with torch.no_grad():
         coeffs = ar_coefficients(x.detach(), sr, order=order, hop=hop)
-        first = lsar_interpolate(x.detach(), mask, coeffs, hop, beyond=True, max_span=span)
+        first = lsar_interpolate(x.detach(), mask, coeffs, hop, beyond=True, max_span=span,
+                                 iterations=2)
         coeffs = ar_coefficients(first, sr, order=order, hop=hop)
     return lsar_interpolate(x, mask, coeffs, hop, beyond=True, max_span=span), mask
 

@@ -144,6 +144,9 @@ def run(quick: bool) -> str:
     have_ff = ffmpeg() is not None
     notes = [f"Seed {SEED} (numpy `default_rng`), songs: {', '.join(n for n, _, _ in songs)} "
              f"({sum(a.shape[1] / sr for _, a, sr in songs):.0f} s of stereo music)."]
+    if hasattr(os, "getloadavg"):
+        notes.append(f"Load average at the start: {os.getloadavg()[0]:.1f} (the speed rows "
+                     "share the machine with whatever else runs; compare the two columns).")
     if not have_ff:
         notes.append("**ffmpeg is absent: its columns are skipped.**")
     total_s = sum(a.shape[1] / sr for _, a, sr in songs)
