@@ -227,7 +227,7 @@ def run(quick: bool) -> str:
             gain = {k: 10 * math.log10(v[0] / max(v[1], 1e-30)) if v[0] else 0.0
                     for k, v in res.items()}
             goals["clip"].append((gain["ours"], gain["ff"]))
-            clip_rows.append([f"{level:g} dB", f"{100 * frac / len(songs):.2f} %",
+            clip_rows.append([f"{level:g} dB", f"{100 * frac / len(songs):.3f} %",
                               f"{gain['ours']:+.1f} dB",
                               f"{gain['ff']:+.1f} dB" if have_ff else "skipped"])
             speed.append([f"declip, {level:g} dB", f"{total_s / t_o:.0f}x",
