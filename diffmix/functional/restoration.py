@@ -155,6 +155,8 @@ def spans(mask: Tensor) -> list[dict]:
 
 def _mask_from_runs(r: Tensor, shape: tuple[int, int], pad: int, device: torch.device) -> Tensor:
     n, t = shape
+    if len(r) == 0:
+        return torch.zeros(n, t, dtype=torch.bool, device=device)
     delta = torch.zeros(n, t + 1, dtype=torch.int32, device=device)
     if len(r):
         start = (r[:, 1] - pad).clamp(0, t)
@@ -397,11 +399,8 @@ def detect_clicks(
             e_before, e_after = _local_scale((fwd.square() + bwd.square()).mul(0.5).sqrt(), width)
             scale = torch.maximum(e_before, e_after).repeat_interleave(_SUB, -1)[:, :t]
             flags = stat > torch.clamp(threshold * scale, min=10.0 ** (floor_db / 20.0))
-            # Closing: join candidates closer than `merge` samples into one burst.
-            f = flags[:, None].to(rows.dtype)
-            k = 2 * (merge // 2) + 1
-            closed = -tnf.max_pool1d(-tnf.max_pool1d(f, k, 1, k // 2), k, 1, k // 2)
-            bursts = runs((closed[:, 0] > 0) | flags)
+            # Join candidates with at most `merge` samples between them into one burst.
+            bursts = _segments(runs(flags), merge + 1)
             bursts = bursts[(bursts[:, 2] - bursts[:, 1]) <= max_len]
             if len(bursts) and periodic < 1.0:
                 bursts = bursts[_periodicity(fwd, bursts, sr) < periodic]
