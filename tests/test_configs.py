@@ -21,6 +21,7 @@ REQUIRED = {
     "album": ["inputs=t"],
     "batch": ["manifest=m"],
     "analyze": ["input=x"],
+    "repair": ["input=x"],
 }
 
 

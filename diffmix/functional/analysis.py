@@ -306,7 +306,8 @@ def analysis_report(x: Tensor, sample_rate: int, *, series_step_s: float = 0.1) 
     """JSON-ready report per batch item: every measurement of :func:`analyze`.
 
     Non-finite values are the strings ``"-inf"``/``"inf"``; loudness series are given
-    every ``series_step_s`` seconds (a multiple of the meter step).
+    every ``series_step_s`` seconds (a multiple of the meter step). ``defects`` lists the
+    clicks and clipped runs found (:func:`diffmix.functional.restoration.defects`).
 
     >>> r = analysis_report(torch.zeros(1, 2, 4800), 48000)[0]
     >>> r["integrated_lufs"], r["silent"], r["stereo"]["correlation"]
@@ -315,6 +316,9 @@ def analysis_report(x: Tensor, sample_rate: int, *, series_step_s: float = 0.1) 
     sr = check_sample_rate(sample_rate, "analyze")
     res = analyze(x, sr)
     step = max(1, round(series_step_s / res["series_step_s"]))
+    from diffmix.functional.restoration import defects
+
+    found = defects(x.detach(), sr)
     reports = []
     for i in range(x.shape[0]):
         stereo = None
@@ -354,6 +358,7 @@ def analysis_report(x: Tensor, sample_rate: int, *, series_step_s: float = 0.1) 
             "dc_offset_per_channel": _json_list(res["dc_offset"][i], 7),
             "clipped_samples_per_channel": [int(v) for v in res["clipped_samples"][i]],
             "clipped_samples": int(res["clipped_samples"][i].sum()),
+            "defects": found[i],
             "stereo": stereo,
             "third_octave": {
                 "centre_hz": [round(float(f), 2) for f in res["third_octave_hz"]],

@@ -61,6 +61,7 @@ class Song:
     reference: torch.Tensor | None = None
     target: dict[str, Any] = field(default_factory=dict)
     protect: tuple[str, ...] = ()
+    polish: dict[str, Any] | None = None  # what the polish stage repaired (None: stage off)
 
 
 MATCH = "match"  # the chain's reference-matching EQ stage (absent without a reference)
@@ -178,6 +179,30 @@ def fit_stage(
     return fit_report
 
 
+def polish_mode(cfg: DictConfig) -> str:
+    """``cfg.polish`` as ``"off"`` or ``"auto"`` (ValueError otherwise)."""
+    value = cfg.get("polish", False)
+    if value in (False, None, "off", "none", "false"):
+        return "off"
+    if value in (True, "auto", "true"):
+        return "auto"
+    raise ValueError(f"polish must be auto or off, got {value!r}")
+
+
+DC_LIMIT = 1e-3  # polish=auto removes a DC offset only above -60 dBFS
+
+
+def polish_auto(audio: torch.Tensor, sample_rate: int) -> tuple[torch.Tensor, dict[str, Any]]:
+    """The ``polish=auto`` stage before the chain: repair the clipped runs and clicks that
+    analysis finds, and a DC offset above :data:`DC_LIMIT`; returns ``(audio, report)``."""
+    from diffmix.polish import polish
+
+    dc = bool(audio.mean(-1).abs().amax() > DC_LIMIT)
+    with torch.no_grad():
+        out, report = polish(audio, sample_rate, dc=dc)
+    return out, report
+
+
 def master_group(cfg: DictConfig, songs: list[Song], sample_rate: int) -> list[dict[str, Any]]:
     """Master ``songs`` together (one optimiser, per-song parameters); returns their reports.
 
@@ -193,6 +218,9 @@ def master_group(cfg: DictConfig, songs: list[Song], sample_rate: int) -> list[d
                 f"need at least {MIN_SECONDS:g} s)"
             )
     fmt, depth = check_format(cfg.delivery.format, cfg.delivery.bit_depth)
+    if polish_mode(cfg) == "auto":
+        for s in songs:
+            s.audio, s.polish = polish_auto(s.audio, sr)
     device = songs[0].audio.device
     has_ref = [s.reference is not None for s in songs]
     if len(set(has_ref)) > 1:
@@ -343,6 +371,8 @@ def _deliver_and_report(
             "delivery": delivery.as_dict(),
             "fit": fit_report,
         }
+        if song.polish is not None:
+            report["polish"] = song.polish
         if song.reference is not None:
             report["reference"] = measure(song.reference.double().cpu(), sr)
             report["spectral_error"] = {

@@ -4,7 +4,8 @@ Options: ``input`` (required; any file soundfile reads), ``json`` (report path; 
 ``<out>/analysis.json``), ``plot`` (``true`` for ``<out>/analysis.png`` or a PNG path),
 ``table`` (print the table), ``out`` (folder; default the Hydra run dir), ``device``.
 
-The JSON holds every measurement of :func:`diffmix.functional.analysis.analysis_report`.
+The JSON holds every measurement of :func:`diffmix.functional.analysis.analysis_report`,
+including ``defects``: clicks per minute, and the clicks and clipped runs with their times.
 Values that are minus or plus infinity (the loudness and peaks of digital silence) are the
 strings ``"-inf"`` / ``"inf"``, so the file stays strict JSON; nothing is ever NaN.
 """
@@ -99,6 +100,12 @@ def format_table(report: dict, json_path: Path | None = None, png_path: Path | N
         ("Clipped samples", f"{report['clipped_samples']}  "
                             f"({_per_channel(report['clipped_samples_per_channel'], names, 0)})"),
     ]
+    found = report.get("defects")
+    if found is not None:
+        rows.append(("Clicks", f"{found['clicks_count']}  ({found['clicks_per_minute']:.1f} per minute)"
+                     + _first_times(found["clicks"])))
+        rows.append(("Clipped runs", f"{found['clipped_runs_count']}"
+                     + _first_times(found["clipped_runs"])))
     if json_path is not None:
         rows.append(("JSON report", str(json_path)))
     if png_path is not None:
@@ -125,12 +132,19 @@ def analysis_findings(report: dict, target: dict | None = None) -> list[str]:
         true_peak_dbtp=num(report["true_peak_dbtp"]),
         dc_offset=[num(v) for v in report["dc_offset_per_channel"]],
         clipped_samples=int(report["clipped_samples"]),
-        clipped_runs=report.get("clipped_runs"),
-        clicks_per_minute=report.get("clicks_per_minute"),
+        clipped_runs=(report.get("defects") or {}).get("clipped_runs_count"),
+        clicks_per_minute=(report.get("defects") or {}).get("clicks_per_minute"),
         target_lufs=spec.get("lufs"),
         target_name=spec.get("name"),
         ceiling_dbtp=spec.get("true_peak_db"),
     )
+
+
+def _first_times(listed: list[dict], n: int = 5) -> str:
+    if not listed:
+        return ""
+    times = ", ".join(f"{s['time_s']:.3f} s" for s in listed[:n])
+    return f"  at {times}" + (", ..." if len(listed) > n else "")
 
 
 def _floats(values: list) -> list[float]:

@@ -5,7 +5,9 @@ youtube, amazon, ebu_r128, atsc_a85 or none), ``fit.*`` (steps, excerpt_s, param
 ``loss.weights``, ``amount.<stage>`` (0..1), ``delivery.*`` (format, bit_depth,
 sample_rate, dither), ``plot``, ``out``, ``stream`` (auto, true, false: master in chunks
 with bounded memory, :mod:`diffmix.streaming`; auto streams inputs longer than
-``streaming.auto_above_s``). Writes the master, its preset (YAML, physical units), a JSON
+``streaming.auto_above_s``), ``polish`` (off or auto: repair the clicks, clipped runs
+and DC offset that analysis finds before the chain; the report's ``polish`` lists every
+repaired span). Writes the master, its preset (YAML, physical units), a JSON
 report and a PNG plot (no plot when streamed).
 """
 
@@ -17,7 +19,7 @@ from omegaconf import DictConfig
 
 from diffmix.inputs import load_mix
 from diffmix.jobs._common import output_dir, pick_device, to_dict
-from diffmix.jobs._mastering import Song, master_group
+from diffmix.jobs._mastering import Song, master_group, polish_mode
 from diffmix.streaming import DiskAudio, master_file, wants_streaming
 
 
@@ -33,6 +35,8 @@ def run(cfg: DictConfig) -> int:
     stem = cfg.get("output_name") or f"{Path(str(cfg.input)).stem}_master"
     protect = tuple(str(p) for p in (cfg.input, cfg.get("reference")) if p)
     if streaming:
+        if polish_mode(cfg) != "off":
+            raise ValueError("polish=auto needs the whole file in memory: use stream=false")
         return _run_streaming(cfg, out, stem, reference, protect, device)
     assert x is not None  # loaded above: only the streaming path leaves it None
     song = Song(

@@ -1,0 +1,292 @@
+"""Restoration on real music: clicks and clipping inserted with a known mask into the
+shared mixes, repaired by diffmix (``declick``, ``declip``) and by ffmpeg's ``adeclick`` /
+``adeclip`` (defaults) on the same signals, in the same run.
+
+Clicks: bursts of white noise 1-50 samples long (log-uniform), 3-30 dB (uniform) above
+the local RMS (+-10 ms of the clean signal, floored at -60 dBFS), at Poisson times, each
+channel independently, at 0.1 to 50 events per second. Clipping: the clean mix hard
+clipped at -1, -3 and -6 dB below its peak. False alarms: detections per minute on the
+clean mixes. The seed of every draw is printed in the section.
+
+Scores: detection precision/recall/F1 by event (an inserted burst is found when a
+flagged span overlaps it; a flagged span is right when it overlaps a burst; ffmpeg's
+flags are the samples it changed); SNR gain over the damaged samples
+``10 log10(sum (damaged - clean)^2 / sum (output - clean)^2)``; speed as real-time factor
+(seconds of stereo audio per second of wall time, one thread for torch, ffmpeg's own
+timing of the filter run on a wav file, decode and encode included).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import torch
+
+from benchmarks._data import SHARED
+from benchmarks._timing import table
+
+TITLE = "Restoration: clicks and clipping on the shared mixes, against ffmpeg adeclick/adeclip"
+SEED = 2026
+RATES = (0.1, 1.0, 10.0, 50.0)
+CLIP_DB = (-1.0, -3.0, -6.0)
+
+
+def mixes() -> list[tuple[str, np.ndarray, int]]:
+    """``(name, (2, T) float64, sr)`` for each shared ``mix.flac``."""
+    out = []
+    if SHARED.is_dir():
+        for path in sorted(SHARED.glob("*/mix.flac")):
+            data, sr = sf.read(str(path), dtype="float64", always_2d=True)
+            out.append((path.parent.name, np.ascontiguousarray(data.T), int(sr)))
+    return out
+
+
+def insert_clicks(
+    clean: np.ndarray, sr: int, rate: float, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Add click bursts: returns ``(damaged, mask (C, T) bool, events (K, 3) row/start/end)``."""
+    c, t = clean.shape
+    half = int(0.010 * sr)
+    power = np.pad(clean**2, ((0, 0), (1, 0))).cumsum(-1)
+    damaged, mask, events = clean.copy(), np.zeros(clean.shape, bool), []
+    for ch in range(c):
+        n = rng.poisson(rate * t / sr)
+        starts = np.sort(rng.integers(half, t - half - 50, n))
+        for s in starts:
+            length = int(np.clip(np.round(np.exp(rng.uniform(0, math.log(50)))), 1, 50))
+            lo, hi = s - half, s + half
+            local = max(math.sqrt((power[ch, hi] - power[ch, lo]) / (hi - lo)), 1e-3)
+            amp = local * 10 ** (rng.uniform(3.0, 30.0) / 20)
+            burst = rng.standard_normal(length)
+            burst *= amp / np.abs(burst).max()
+            damaged[ch, s : s + length] += burst
+            mask[ch, s : s + length] = True
+            events.append((ch, s, s + length))
+    return damaged, mask, np.array(events, dtype=np.int64).reshape(-1, 3)
+
+
+def spans_of(mask: np.ndarray) -> np.ndarray:
+    """Runs of True in a ``(C, T)`` mask: ``(K, 3)`` (channel, start, end)."""
+    out = []
+    for ch in range(mask.shape[0]):
+        d = np.diff(np.pad(mask[ch].astype(np.int8), 1))
+        s, e = np.nonzero(d == 1)[0], np.nonzero(d == -1)[0]
+        out += [(ch, a, b) for a, b in zip(s, e, strict=True)]
+    return np.array(out, dtype=np.int64).reshape(-1, 3)
+
+
+def _hits(spans: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    cs = np.pad(mask.astype(np.int64), ((0, 0), (1, 0))).cumsum(-1)
+    return (cs[spans[:, 0], spans[:, 2]] - cs[spans[:, 0], spans[:, 1]]) > 0
+
+
+def event_scores(events: np.ndarray, true_mask: np.ndarray, flagged: np.ndarray) -> dict:
+    det = spans_of(flagged)
+    found = _hits(events, flagged).sum() if len(events) else 0
+    right = _hits(det, true_mask).sum() if len(det) else 0
+    recall = found / len(events) if len(events) else 1.0
+    precision = right / len(det) if len(det) else 1.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return {"precision": precision, "recall": recall, "f1": f1, "detections": len(det),
+            "false": len(det) - right, "found": int(found), "events": len(events)}
+
+
+def snr_gain(clean: np.ndarray, damaged: np.ndarray, out: np.ndarray, mask: np.ndarray) -> float:
+    before = ((damaged - clean)[mask] ** 2).sum()
+    after = ((out - clean)[mask] ** 2).sum()
+    return 10 * math.log10(before / max(after, 1e-30))
+
+
+def ffmpeg() -> str | None:
+    return shutil.which("ffmpeg")
+
+
+def run_ffmpeg(audio: np.ndarray, sr: int, filt: str, tmp: Path) -> tuple[np.ndarray, float]:
+    """``(output (C, T), filter wall time in s)``: ffmpeg reads and writes float wavs."""
+    src, dst = tmp / "in.wav", tmp / "out.wav"
+    sf.write(str(src), audio.T.astype(np.float32), sr, subtype="FLOAT")
+    t0 = time.perf_counter()
+    subprocess.run(["ffmpeg", "-v", "error", "-y", "-threads", "1", "-i", str(src), "-af", filt,
+                    "-c:a", "pcm_f32le", str(dst)], check=True)
+    took = time.perf_counter() - t0
+    out, _ = sf.read(str(dst), dtype="float64", always_2d=True)
+    out = out.T[:, : audio.shape[1]]
+    if out.shape[1] < audio.shape[1]:
+        out = np.pad(out, ((0, 0), (0, audio.shape[1] - out.shape[1])))
+    return out, took
+
+
+def _ours(fn, audio: np.ndarray, sr: int) -> tuple[np.ndarray, np.ndarray, float]:
+    x = torch.from_numpy(audio.astype(np.float32))[None]
+    t0 = time.perf_counter()
+    y, mask = fn(x, sr)
+    took = time.perf_counter() - t0
+    return y[0].double().numpy(), mask[0].numpy(), took
+
+
+def run(quick: bool) -> str:
+    from diffmix.functional.restoration import declick, declip
+
+    torch.set_num_threads(1)
+    songs = mixes()
+    if not songs:
+        return "_Skipped: the shared multitracks are absent._"
+    if quick:
+        songs = [(n, a[:, : 5 * sr], sr) for n, a, sr in songs[:1]]
+    have_ff = ffmpeg() is not None
+    notes = [f"Seed {SEED} (numpy `default_rng`), songs: {', '.join(n for n, _, _ in songs)} "
+             f"({sum(a.shape[1] / sr for _, a, sr in songs):.0f} s of stereo music)."]
+    if hasattr(os, "getloadavg"):
+        notes.append(f"Load average at the start: {os.getloadavg()[0]:.1f} (the speed rows "
+                     "share the machine with whatever else runs; compare the two columns).")
+    if not have_ff:
+        notes.append("**ffmpeg is absent: its columns are skipped.**")
+    total_s = sum(a.shape[1] / sr for _, a, sr in songs)
+    rng = np.random.default_rng(SEED)
+    warm = torch.from_numpy(songs[0][1][:, : songs[0][2]].astype(np.float32))[None]
+    declick(warm, songs[0][2])  # first-call overheads out of the timings
+    declip(warm.clamp(-0.1, 0.1), songs[0][2])
+    goals: dict = {"f1": [], "gain": [], "clip": []}
+    with tempfile.TemporaryDirectory() as td:
+        tmp = Path(td)
+        # False alarms on the clean mixes.
+        fa_ours = fa_ff = 0
+        t_ours = t_ff = 0.0
+        for _, clean, sr in songs:
+            y, m, took = _ours(declick, clean, sr)
+            fa_ours += len(spans_of(m))
+            t_ours += took
+            if have_ff:
+                out, took = run_ffmpeg(clean, sr, "adeclick", tmp)
+                fa_ff += len(spans_of(np.abs(out - clean.astype(np.float32)) > 1e-6))
+                t_ff += took
+        minutes = total_s / 60
+        click_rows = [["none (clean): false alarms per minute", f"{fa_ours / minutes:.2f}",
+                       f"{fa_ff / minutes:.2f}" if have_ff else "skipped", "-", "-"]]
+        speed = [["declick, clean", f"{total_s / t_ours:.0f}x",
+                  f"{total_s / t_ff:.0f}x" if have_ff else "skipped"]]
+        for rate in RATES:
+            agg = {"ours": [], "ff": []}
+            gains = {"ours": [0.0, 0.0], "ff": [0.0, 0.0]}
+            t_o = t_f = 0.0
+            for _, clean, sr in songs:
+                damaged, mask, events = insert_clicks(clean, sr, rate, rng)
+                y, m, took = _ours(declick, damaged, sr)
+                t_o += took
+                agg["ours"].append(event_scores(events, mask, m))
+                gains["ours"][0] += ((damaged - clean)[mask] ** 2).sum()
+                gains["ours"][1] += ((y - clean)[mask] ** 2).sum()
+                if have_ff:
+                    out, took = run_ffmpeg(damaged, sr, "adeclick", tmp)
+                    t_f += took
+                    changed = np.abs(out - damaged.astype(np.float32)) > 1e-6
+                    agg["ff"].append(event_scores(events, mask, changed))
+                    gains["ff"][0] += ((damaged - clean)[mask] ** 2).sum()
+                    gains["ff"][1] += ((out - clean)[mask] ** 2).sum()
+            row = [f"{rate:g}/s"]
+            goals["f1"].append(_pool(agg["ours"])["f1"])
+            goals["gain"].append([10 * math.log10(v[0] / max(v[1], 1e-30)) for v in gains.values()])
+            for who in ("ours", "ff"):
+                if who == "ff" and not have_ff:
+                    row += ["skipped", "skipped"]
+                    continue
+                s = _pool(agg[who])
+                g = 10 * math.log10(gains[who][0] / max(gains[who][1], 1e-30))
+                row += [f"F1 {s['f1']:.3f} (P {s['precision']:.3f}, R {s['recall']:.3f})",
+                        f"{g:+.1f} dB"]
+            click_rows.append([row[0], row[1], row[3], row[2], row[4]])
+            if rate == RATES[-1]:
+                speed.append([f"declick, {rate:g} clicks/s", f"{total_s / t_o:.0f}x",
+                              f"{total_s / t_f:.0f}x" if have_ff else "skipped"])
+        clip_rows = []
+        for level in CLIP_DB:
+            res = {"ours": [0.0, 0.0], "ff": [0.0, 0.0]}
+            t_o = t_f = 0.0
+            for _, clean, sr in songs:
+                rail = np.abs(clean).max() * 10 ** (level / 20)
+                damaged = np.clip(clean, -rail, rail)
+                mask = np.abs(clean) > rail
+                y, m, took = _ours(declip, damaged, sr)
+                t_o += took
+                res["ours"][0] += ((damaged - clean)[mask] ** 2).sum()
+                res["ours"][1] += ((y - clean)[mask] ** 2).sum()
+                if have_ff:
+                    out, took = run_ffmpeg(damaged, sr, "adeclip", tmp)
+                    t_f += took
+                    res["ff"][0] += ((damaged - clean)[mask] ** 2).sum()
+                    res["ff"][1] += ((out - clean)[mask] ** 2).sum()
+            frac = sum((np.abs(c) > np.abs(c).max() * 10 ** (level / 20)).mean() for _, c, _ in songs)
+            gain = {k: 10 * math.log10(v[0] / max(v[1], 1e-30)) if v[0] else 0.0
+                    for k, v in res.items()}
+            goals["clip"].append((gain["ours"], gain["ff"]))
+            clip_rows.append([f"{level:g} dB", f"{100 * frac / len(songs):.3f} %",
+                              f"{gain['ours']:+.1f} dB",
+                              f"{gain['ff']:+.1f} dB" if have_ff else "skipped"])
+            speed.append([f"declip, {level:g} dB", f"{total_s / t_o:.0f}x",
+                          f"{total_s / t_f:.0f}x" if have_ff else "skipped"])
+    def met(ok: bool) -> str:
+        return "met" if ok else "**not met**"
+
+    f1_ok = sum(f >= 0.95 for f in goals["f1"])
+    summary = [
+        "**Goals** (issue 22):",
+        "",
+        f"- click detection F1 >= 0.95: {met(f1_ok == len(RATES))} "
+        f"({f1_ok} of {len(RATES)} rates; F1 {', '.join(f'{f:.3f}' for f in goals['f1'])}).",
+        f"- false alarms <= 1 per minute on the clean mixes: {met(fa_ours / minutes <= 1)} "
+        f"({fa_ours / minutes:.1f} per minute).",
+        f"- speed >= 100x real time (declick, clean stereo): {met(total_s / t_ours >= 100)} "
+        f"({total_s / t_ours:.0f}x).",
+    ]
+    if have_ff:
+        gain_ok = sum(o >= f + 3 for o, f in goals["gain"])
+        clip_ok = sum(o >= f for o, f in goals["clip"])
+        summary += [
+            f"- SNR gain >= adeclick's + 3 dB: {met(gain_ok == len(RATES))} ({gain_ok} of "
+            f"{len(RATES)} rates; diffmix - adeclick: "
+            f"{', '.join(f'{o - f:+.1f} dB' for o, f in goals['gain'])}).",
+            f"- declip SNR gain >= adeclip's at every level: {met(clip_ok == len(CLIP_DB))} "
+            f"({clip_ok} of {len(CLIP_DB)}).",
+        ]
+    body = [
+        " ".join(notes),
+        "",
+        "**Clicks** (detection by event; SNR gain over the damaged samples, all songs pooled):",
+        "",
+        table(click_rows, ["clicks per second", "diffmix detection", "adeclick detection",
+                           "diffmix SNR gain", "adeclick SNR gain"]),
+        "",
+        "**Clipping** (SNR gain over the clipped samples):",
+        "",
+        table(clip_rows, ["clip level", "samples clipped", "diffmix declip", "adeclip"]),
+        "",
+        "**Speed** (real-time factor, stereo 44.1 kHz, one thread):",
+        "",
+        table(speed, ["workload", "diffmix", "ffmpeg"]),
+        "",
+        *summary,
+    ]
+    return "\n".join(body)
+
+
+def _pool(scores: list[dict]) -> dict:
+    """Event scores pooled over songs (counts summed, not ratios averaged)."""
+    det = sum(s["detections"] for s in scores)
+    false = sum(s["false"] for s in scores)
+    found = sum(s["found"] for s in scores)
+    events = sum(s["events"] for s in scores)
+    precision = (det - false) / det if det else 1.0
+    recall = found / events if events else 1.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return {"precision": precision, "recall": recall, "f1": f1}
+
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")

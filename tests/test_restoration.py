@@ -1,0 +1,353 @@
+"""Restoration: LSAR interpolation against an independent float64 least-squares solve,
+click detection on pure AR signals and on percussion, declipping, DC, gradients."""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from diffmix.functional.restoration import (
+    ar_coefficients,
+    declick,
+    declip,
+    detect_clicks,
+    detect_clipping,
+    levinson,
+    lsar_interpolate,
+    remove_dc,
+    runs,
+)
+
+SR = 44100
+SHARED = Path(os.environ.get("DIFFMIX_SHARED", Path(__file__).resolve().parents[2] / "shared"))
+
+
+def ar_signal(a: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+    """A pure AR process ``sum_k a[k] x[n - k] = w[n]`` (a[0] = 1), float64 loop."""
+    p = len(a) - 1
+    w = rng.standard_normal(n + 500)
+    x = np.zeros(n + 500)
+    for i in range(n + 500):
+        acc = w[i]
+        for k in range(1, p + 1):
+            if i - k >= 0:
+                acc -= a[k] * x[i - k]
+        x[i] = acc
+    return x[500:]
+
+
+def stable_ar(rng: np.random.Generator, pairs: int) -> np.ndarray:
+    """Prediction-error filter with resonant pole pairs inside the unit circle."""
+    poly = np.array([1.0])
+    for _ in range(pairs):
+        r, th = rng.uniform(0.85, 0.98), rng.uniform(0.05, 2.5)
+        poly = np.convolve(poly, [1.0, -2 * r * math.cos(th), r * r])
+    return poly
+
+
+def numpy_lsar(x: np.ndarray, a: np.ndarray, unknown: np.ndarray) -> np.ndarray:
+    """Independent LSAR: minimise ||A x||^2 over the unknown samples by lstsq, where A has
+    one row per prediction error e[n] = sum_k a[k] x[n - k], n = p .. T - 1."""
+    p, t = len(a) - 1, len(x)
+    rows = np.zeros((t - p, t))
+    for i, n in enumerate(range(p, t)):
+        rows[i, n - p : n + 1] = a[::-1]
+    au, ak = rows[:, unknown], rows[:, ~unknown]
+    u, *_ = np.linalg.lstsq(au, -ak @ x[~unknown], rcond=None)
+    out = x.copy()
+    out[unknown] = u
+    return out
+
+
+def one_frame(a: np.ndarray, t: int) -> torch.Tensor:
+    return torch.from_numpy(a)[None, None, None].expand(1, 1, 1, -1).clone()
+
+
+def test_levinson_matches_normal_equations():
+    seed = 11
+    print("seed", seed)
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal(4000)
+    p = 6
+    r = np.array([x[: len(x) - k] @ x[k:] for k in range(p + 1)])
+    toeplitz = np.array([[r[abs(i - j)] for j in range(p)] for i in range(p)])
+    expected = np.concatenate([[1.0], np.linalg.solve(toeplitz, -r[1:])])
+    got = levinson(torch.from_numpy(r)).numpy()
+    np.testing.assert_allclose(got, expected, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("case", range(4))
+def test_lsar_matches_numpy_least_squares(case):
+    # Random AR model, click positions and lengths; the oracle is a dense lstsq in float64.
+    seed = 1000 + case
+    print("seed", seed)
+    rng = np.random.default_rng(seed)
+    a = stable_ar(rng, pairs=rng.integers(1, 4))
+    t = 600
+    clean = ar_signal(a, t, rng)
+    damaged = clean.copy()
+    unknown = np.zeros(t, bool)
+    start = int(rng.integers(150, 300))
+    length = int(rng.integers(1, 30))
+    unknown[start : start + length] = True
+    # a second run closer than the order for some cases: one joint segment
+    if case % 2:
+        s2 = start + length + int(rng.integers(1, len(a)))
+        unknown[s2 : s2 + 3] = True
+    damaged[unknown] += rng.standard_normal(unknown.sum()) * 20 * clean.std()
+    x = torch.from_numpy(damaged)[None, None]
+    got = lsar_interpolate(x, torch.from_numpy(unknown)[None, None], one_frame(a, t), hop=t)
+    expected = numpy_lsar(damaged, a, unknown)
+    np.testing.assert_allclose(got[0, 0].numpy(), expected, rtol=0, atol=1e-9 * clean.std())
+    # physics: the interpolant is far closer to the clean signal than the click was
+    err = np.abs(got[0, 0].numpy() - clean)[unknown].max()
+    assert err < 0.25 * np.abs(damaged - clean)[unknown].max()
+
+
+def test_declick_finds_and_repairs_a_click_on_an_ar_signal():
+    seed = 7
+    print("seed", seed)
+    rng = np.random.default_rng(seed)
+    a = stable_ar(rng, pairs=3)
+    clean = ar_signal(a, 2 * SR // 5, rng)
+    clean *= 0.1 / clean.std()
+    damaged = clean.copy()
+    damaged[9000:9004] += [0.5, -0.4, 0.6, -0.3]
+    x = torch.from_numpy(damaged)[None, None]
+    y, mask = declick(x, SR)
+    found = runs(mask).tolist()
+    assert len(found) == 1, found
+    _, s, e = found[0]
+    assert s <= 9000 and e >= 9004 and e - s <= 4 + 2 * 6 + 2  # pad: 6 samples a side
+    err_before = np.abs(damaged - clean)[9000:9004].max()
+    err = (y[0, 0].numpy() - clean)[s:e]
+    assert np.abs(err).max() < 0.15 * err_before
+    assert np.sqrt((err**2).mean()) < 0.5 * clean.std()  # well beyond zero-filling the span
+    # untouched elsewhere
+    keep = ~mask[0, 0].numpy()
+    np.testing.assert_array_equal(y[0, 0].numpy()[keep], damaged[keep])
+
+
+def _percussion(seed: int) -> np.ndarray:
+    """Hi-hats, rimshots and plucked strings over a soft pad, stereo (2, T), 4 s."""
+    rng = np.random.default_rng(seed)
+    t = 4 * SR
+    out = np.zeros((2, t))
+    n = np.arange(t) / SR
+    out += 0.05 * np.sin(2 * math.pi * 110 * n) + 0.03 * np.sin(2 * math.pi * 164.8 * n)
+    for beat in range(16):  # hi-hats: high-passed noise, 30-80 ms decays
+        s = beat * SR // 4 + int(rng.integers(0, 200))
+        length = SR // 8
+        noise = rng.standard_normal((2, length))
+        noise = np.diff(noise, axis=-1, prepend=0.0)
+        env = np.exp(-np.arange(length) / (rng.uniform(0.03, 0.08) * SR))
+        out[:, s : s + length] += rng.uniform(0.1, 0.3) * noise * env
+    for beat in range(4):  # rimshots: an impulse into two resonators, plus a noise tick
+        s = beat * SR + SR // 2
+        length = SR // 5
+        k = np.arange(length)
+        ring = sum(np.exp(-k / (0.02 * SR)) * np.sin(2 * math.pi * f * k / SR) for f in (420, 1650))
+        tick = rng.standard_normal(length) * np.exp(-k / (0.002 * SR))
+        out[:, s : s + length] += 0.3 * ring + 0.2 * tick
+    for beat in range(6):  # plucks: Karplus-Strong
+        s = beat * SR * 2 // 3 + SR // 8
+        period = int(rng.integers(60, 300))
+        length = SR // 2
+        buf = rng.uniform(-1, 1, period)
+        y = np.zeros(length)
+        for i in range(length):  # test-signal synthesis only
+            y[i] = buf[i % period]
+            buf[i % period] = 0.996 * 0.5 * (buf[i % period] + buf[(i + 1) % period])
+        out[:, s : s + length] += 0.2 * y
+    return out
+
+
+def test_percussion_is_not_flagged():
+    seed = 3
+    print("seed", seed)
+    x = torch.from_numpy(_percussion(seed)).float()[None]
+    mask, _, _ = detect_clicks(x, SR)
+    assert runs(mask).tolist() == []
+
+
+def test_percussion_with_clicks_only_clicks_flagged():
+    seed = 4
+    print("seed", seed)
+    audio = _percussion(seed)
+    rng = np.random.default_rng(seed)
+    truth = np.zeros(audio.shape, bool)
+    # one click per half second, anywhere in it: over hi-hats, rimshots, plucks or the pad
+    for s in np.arange(8) * (SR // 2) + rng.integers(1000, SR // 2 - 1000, 8):
+        ch = int(rng.integers(0, 2))
+        local = np.sqrt((audio[ch, s - 441 : s + 441] ** 2).mean())  # RMS over +-10 ms
+        audio[ch, s : s + 3] += 32 * local * np.array([1.0, -1.0, 0.7])  # 30 dB above it
+        truth[ch, s : s + 3] = True
+    mask, _, _ = detect_clicks(torch.from_numpy(audio).float()[None], SR)
+    m = mask[0].numpy()
+    for ch, s, e in runs(mask).tolist():
+        assert truth[ch % 2, max(s - 5, 0) : e + 5].any(), ("false alarm", ch, s / SR)
+    assert m[truth].mean() == 1.0
+
+
+def test_real_mix_excerpt_is_not_flagged():
+    path = SHARED / "data" / "multitrack" / "Alf42red-Mauiwowi" / "mix.flac"
+    if not path.exists():
+        pytest.skip("shared multitracks absent")
+    data, sr = sf.read(str(path), dtype="float32", always_2d=True, frames=10 * 44100)
+    mask, _, _ = detect_clicks(torch.from_numpy(data.T.copy())[None], sr)
+    assert runs(mask).tolist() == []
+
+
+def test_declick_batch_matches_items_and_leaves_input():
+    seed = 5
+    print("seed", seed)
+    rng = np.random.default_rng(seed)
+    items = []
+    for _ in range(2):
+        a = stable_ar(rng, pairs=2)
+        sig = np.stack([ar_signal(a, SR // 4, rng) for _ in range(2)]) * 0.02
+        sig[int(rng.integers(0, 2)), int(rng.integers(2000, 9000))] += 0.5
+        items.append(sig)
+    x = torch.from_numpy(np.stack(items)).float()
+    before = x.clone()
+    y, mask = declick(x, SR)
+    assert torch.equal(x, before)
+    for i in range(2):
+        yi, mi = declick(x[i : i + 1], SR)
+        assert torch.equal(mi, mask[i : i + 1])
+        torch.testing.assert_close(yi, y[i : i + 1], rtol=0, atol=1e-6)
+
+
+def _music(seconds: float, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    n = np.arange(int(seconds * SR)) / SR
+    x = sum(rng.uniform(0.2, 1.0) * np.sin(2 * math.pi * f * n + rng.uniform(0, 6))
+            for f in rng.uniform(60, 2000, 6))
+    return x / np.abs(x).max()
+
+
+@pytest.mark.parametrize("clip_db", [-1.0, -3.0, -6.0])
+def test_declip_beats_the_clipped_signal(clip_db):
+    seed = 21
+    print("seed", seed)
+    clean = np.stack([_music(1.0, seed), _music(1.0, seed + 1)])
+    rail = 10 ** (clip_db / 20)
+    clipped = np.clip(clean, -rail, rail)
+    truth = np.abs(clean) > rail
+    x = torch.from_numpy(clipped)[None]
+    y, mask = declip(x, SR)
+    m = mask[0].numpy()
+    assert (m == (np.abs(clipped) >= rail * (1 - 1e-9))).all()
+    out = y[0].numpy()
+    snr_in = 10 * np.log10((clean[truth] ** 2).sum() / ((clipped - clean)[truth] ** 2).sum())
+    snr_out = 10 * np.log10((clean[truth] ** 2).sum() / ((out - clean)[truth] ** 2).sum())
+    assert snr_out > snr_in + 10.0, (snr_in, snr_out)
+    # beyond the rail, never pulled inside it; unclipped samples untouched
+    assert (np.abs(out[m]) >= rail - 1e-12).all() and np.abs(out).max() > rail * 1.01
+    np.testing.assert_array_equal(out[~m], clipped[~m])
+
+
+def test_clean_music_is_not_declipped():
+    x = torch.from_numpy(np.stack([_music(1.0, 30), _music(1.0, 31)]))[None]
+    assert not detect_clipping(x, SR).any()
+    y, mask = declip(x, SR)
+    assert y is x and not mask.any()
+
+
+def test_remove_dc_exact_and_linear():
+    seed = 8
+    print("seed", seed)
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(2, 3, 1000, generator=g, dtype=torch.float64) + 0.3
+    y, dc = remove_dc(x, SR)
+    torch.testing.assert_close(y + dc, x, rtol=0, atol=1e-15)
+    torch.testing.assert_close(y.mean(-1), torch.zeros(2, 3, dtype=torch.float64), rtol=0, atol=1e-15)
+
+
+def test_gradcheck_lsar_with_fixed_mask():
+    seed = 9
+    print("seed", seed)
+    rng = np.random.default_rng(seed)
+    a = stable_ar(rng, pairs=2)
+    t = 120
+    x = torch.from_numpy(ar_signal(a, t, rng))[None, None].repeat(1, 2, 1).requires_grad_()
+    mask = torch.zeros(1, 2, t, dtype=torch.bool)
+    mask[0, 0, 40:46] = True
+    mask[0, 1, 70:72] = True
+    coeffs = torch.from_numpy(a)[None, None, None].expand(1, 2, 2, -1).clone()
+    assert torch.autograd.gradcheck(lambda v: lsar_interpolate(v, mask, coeffs, hop=64), (x,))
+    assert torch.autograd.gradcheck(lambda v: remove_dc(v, SR)[0], (x,))
+
+
+def test_declick_gradient_is_the_fixed_mask_linear_map():
+    seed = 10
+    print("seed", seed)
+    rng = np.random.default_rng(seed)
+    a = stable_ar(rng, pairs=2)
+    clean = ar_signal(a, 8000, rng)
+    clean *= 0.1 / clean.std()
+    clean[4000] += 1.0  # 20 dB above the signal's RMS
+    x = torch.from_numpy(clean)[None, None].requires_grad_()
+    y, mask = declick(x, SR)
+    assert mask[0, 0, 4000]
+    (g,) = torch.autograd.grad(y[0, 0, 4000], x)
+    assert g[0, 0, 4000] == 0  # the repaired sample does not depend on the click
+    assert g.abs().sum() > 0
+
+
+def test_ar_coefficients_recover_a_known_model():
+    seed = 12
+    print("seed", seed)
+    rng = np.random.default_rng(seed)
+    a = stable_ar(rng, pairs=2)
+    x = torch.from_numpy(ar_signal(a, 20000, rng))[None, None]
+    got = ar_coefficients(x, SR, order=4, hop=4096)[0, 0, 2].numpy()
+    np.testing.assert_allclose(got, a, atol=0.05)
+
+
+def test_bad_inputs():
+    with pytest.raises(ValueError, match="mask shape"):
+        lsar_interpolate(torch.zeros(1, 1, 10), torch.zeros(1, 1, 9, dtype=torch.bool),
+                         torch.zeros(1, 1, 1, 3), hop=10)
+    with pytest.raises(ValueError, match="batch, channels, time"):
+        declick(torch.zeros(10), SR)
+
+
+def test_analysis_reports_clicks_and_clipped_runs_with_times():
+    from diffmix.functional.analysis import analysis_report
+
+    seed = 13
+    print("seed", seed)
+    rng = np.random.default_rng(seed)
+    a = stable_ar(rng, pairs=2)
+    sig = np.stack([ar_signal(a, SR, rng) for _ in range(2)])
+    sig *= 0.1 / sig.std()
+    sig[1, 30000] += 1.0
+    sig[0] = np.clip(sig[0], -0.12, 0.12)
+    rep = analysis_report(torch.from_numpy(sig).float()[None], SR)[0]["defects"]
+    assert rep["clicks_count"] == 1 and rep["clicks_per_minute"] == 60.0
+    click = rep["clicks"][0]
+    assert click["channel"] == 1 and 0 <= 30000 / SR - click["time_s"] <= 8 / SR
+    expected = int(np.sum(np.diff(np.pad((np.abs(sig[0]) >= 0.12).astype(int), 1)) == 1))
+    assert rep["clipped_runs_count"] == expected > 10
+    assert all(r["channel"] == 0 for r in rep["clipped_runs"])
+    silent = analysis_report(torch.zeros(1, 2, 4800), 48000)[0]["defects"]
+    assert silent["clicks_count"] == silent["clipped_runs_count"] == 0
+
+
+def test_clipping_rail_needs_a_histogram_spike():
+    n = np.arange(4000)
+    x = np.sin(2 * math.pi * n / 400.0) * 0.5
+    one_run = x.copy()
+    one_run[1000:1005] = 0.6  # one clipped run of five samples at the top
+    got = detect_clipping(torch.from_numpy(one_run)[None, None], SR)[0, 0].numpy()
+    assert got.sum() == 5 and got[1000:1005].all()
+    pair = x.copy()
+    pair[1000:1002] = 0.6  # quantised music may reach its peak twice in a row: not clipping
+    assert not detect_clipping(torch.from_numpy(pair)[None, None], SR).any()
