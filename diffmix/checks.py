@@ -15,6 +15,11 @@ from collections.abc import Iterator, Sequence
 import torch
 from torch import Tensor
 
+# The rates a preset may name: the effects' ranges are designed from 8 kHz up, and above
+# 192 kHz the true-peak meter no longer oversamples (and memory grows without bound).
+MIN_SAMPLE_RATE = 8000
+MAX_SAMPLE_RATE = 192000
+
 _VALUE_CHECKS = contextvars.ContextVar("diffmix_value_checks", default=True)
 
 
