@@ -169,3 +169,66 @@ def test_load_preset_on_folder_int_list_and_binary(tmp_path):
     binary.write_bytes(b"\x89PNG\r\n\x1a\n\xff\xfe")
     with pytest.raises(ConfigError, match=rf"^preset {binary}: not UTF-8 text \(byte 0\)$"):
         load_preset(binary)
+
+
+# --- paths taken from data stay under out= -----------------------------------------------
+
+
+@pytest.mark.parametrize("bad_id", ["../../../x", "/some/where", "/", "..", ".", "a/b", "a\\b",
+                                    ".hidden", "new\nline", "", "x" * 201])
+def test_manifest_ids_that_would_escape_are_refused_in_one_line(tmp_path, bad_id):
+    import json
+
+    from diffmix.batch import read_manifest
+
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text(json.dumps({"id": "ok", "input": "a.wav"}) + "\n"
+                        + json.dumps({"id": bad_id, "input": "b.wav"}) + "\n")
+    if bad_id == "":  # an empty id falls back to the input's stem, which is fine
+        assert [it.id for it in read_manifest(manifest)] == ["ok", "b"]
+        return
+    with pytest.raises(ValueError, match=r"^manifest .*m.jsonl: row 2: id .* must name one folder") as info:
+        read_manifest(manifest)
+    assert "\n" not in str(info.value)
+
+
+def test_clean_partials_never_leaves_its_folder(tmp_path):
+    from diffmix.batch import clean_partials
+
+    out, outside = tmp_path / "out", tmp_path / "elsewhere"
+    (out / "items" / "a").mkdir(parents=True)
+    outside.mkdir()
+    stray = outside / ".x.abc.partial.wav"
+    stray.write_text("not ours")
+    ours = out / "items" / "a" / ".a_master.q1.partial.wav"
+    ours.write_text("torn")
+    (out / "items" / "a" / "link").symlink_to(outside, target_is_directory=True)
+    with pytest.raises(ValueError, match="is outside"):
+        clean_partials(out / "items" / ".." / ".." / "elsewhere", recursive=True, within=out)
+    with pytest.raises(ValueError, match="is outside"):
+        clean_partials("/", recursive=True, within=out)
+    assert clean_partials(out / "items" / "a", recursive=True, within=out) == [ours]
+    assert stray.exists() and not ours.exists()
+
+
+@pytest.mark.parametrize("name", ["../../../etc/passwd", "/etc/hostname", "spotify.yaml", "tidal"])
+def test_manifest_target_names_a_spec_never_a_file(name):
+    from omegaconf import OmegaConf
+
+    from diffmix.batch import Item
+    from diffmix.jobs.batch import item_target
+
+    cfg = OmegaConf.create({"target": {"lufs": -14.0, "true_peak_db": -1.0}})
+    with pytest.raises(ValueError, match=rf"^x: unknown target '{name}'; choose one of \["):
+        item_target(cfg, Item("x", "x.wav", {"target": name}))
+    assert item_target(cfg, Item("x", "x.wav", {"target": "amazon"}))["true_peak_db"] == -2.0
+
+
+def test_binary_manifest_names_the_file(tmp_path):
+    from diffmix.batch import read_manifest
+
+    for suffix in (".csv", ".jsonl"):
+        manifest = tmp_path / f"m{suffix}"
+        manifest.write_bytes(b"input\n\xff\xfe\x00garbage")
+        with pytest.raises(ValueError, match=rf"^manifest {manifest}: not UTF-8 text \(byte 6\)$"):
+            read_manifest(manifest)
