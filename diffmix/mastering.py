@@ -322,6 +322,7 @@ def _smooth_limiter_proxy(
     from diffmix.effects.dynamics import Limiter
     from diffmix.functional import dynamics as D
     from diffmix.functional import limiter as L
+    from diffmix.functional.peaks import strict_envelope
 
     if type(lim) is not Limiter or post:
         return None
@@ -339,7 +340,11 @@ def _smooth_limiter_proxy(
         g = torch.pow(10.0, drives.to(pre.device, torch.float64) / 20.0).to(pre.dtype).view(-1, 1, 1)
         with torch.no_grad():
             if not cache:  # metered on first use: a job without a loudness goal never pays
-                cache.append(L._linked_level(pre, sr, bool(opts["true_peak"])))
+                level = L._linked_level(pre, sr, bool(opts["true_peak"]))
+                if opts["true_peak"] and opts["exact"]:  # as the limiter's exact mode does
+                    strict = strict_envelope(pre, sr).unsqueeze(1).to(level)
+                    level = torch.maximum(level, strict)
+                cache.append(level)
             level = cache[0]
             required = torch.minimum(target / (g * level).clamp_min(1e-30), torch.ones_like(level))
             return pre * (g * L._limit_gain(required, lookahead, release))
