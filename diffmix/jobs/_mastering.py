@@ -317,6 +317,10 @@ def _deliver_and_report(
             true_peak_db=peak_dbtp,
             seed=int(cfg.seed),
             protect=song.protect,
+            # The solve met the goal within its tolerance; dither and a last re-limit may
+            # add a few hundredths, never more (else deliver refuses, in one line).
+            lufs_goal=goals[i],
+            lufs_tolerance=float(cfg.tolerance_lu) + 0.03,
         )
         clock("deliver")
         written, wrate = read_audio(delivery.path)

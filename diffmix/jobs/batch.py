@@ -95,7 +95,8 @@ def run(cfg: DictConfig) -> int:
     results = out / f"results.rank{rank}.jsonl"
 
     def process(group: list[Item]):  # noqa: ANN202
-        songs, rate = [], None
+        # Master at the delivery rate (see the master job), else at the first item's.
+        songs, rate = [], int(cfg.delivery.sample_rate) if cfg.delivery.get("sample_rate") else None
         for item in group:
             # Redoing an item: drop what a killed earlier attempt left half-written.
             clean_partials(out / "items" / item.id, recursive=True, within=out)
