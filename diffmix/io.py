@@ -118,6 +118,19 @@ def _umask() -> int:
     return mask
 
 
+def check_outputs(outputs: tuple[str | Path, ...], inputs: tuple[str | Path, ...]) -> None:
+    """Refuse, before any work, outputs that would overwrite an input (audio, preset,
+    manifest, anything read): AudioFileError naming both."""
+    for out in outputs:
+        o = Path(out)
+        for inp in inputs:
+            i = Path(inp)
+            if o.exists() and i.exists() and o.samefile(i) or o.resolve() == i.resolve():
+                raise AudioFileError(
+                    f"{o}: refusing to overwrite an input ({i}); pick another output_name or out="
+                )
+
+
 def atomic_write_text(path: str | Path, text: str) -> None:
     """Write ``text`` to ``path`` atomically."""
     with atomic_path(path) as tmp:
