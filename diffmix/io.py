@@ -161,6 +161,12 @@ def write_audio(
     data = audio.detach().to("cpu", torch.float32).numpy().T
     if not np.isfinite(data).all():
         raise ValueError(f"{target}: refusing to write audio that contains NaN or Inf")
-    with atomic_path(target) as tmp:
-        sf.write(str(tmp), data, int(sample_rate), subtype=subtype)
+    try:
+        with atomic_path(target) as tmp:
+            sf.write(str(tmp), data, int(sample_rate), subtype=subtype)
+    except (sf.LibsndfileError, RuntimeError) as exc:  # libsndfile hides the errno
+        raise AudioFileError(
+            f"{target}: cannot write audio ({_reason(exc)}); is the disk full or a file-size "
+            "limit (ulimit -f) reached?"
+        ) from exc
     return target
