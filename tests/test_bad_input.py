@@ -45,7 +45,8 @@ def test_half_precision_is_refused_in_one_line(dtype):
 
     x = torch.zeros(1, 2, 4410, dtype=dtype)
     for call in (lambda: Compressor(SR)(x), lambda: true_peak(x, SR), lambda: integrated_loudness(x, SR)):
-        with pytest.raises(ValueError, match=rf"must be float32 or float64, got {dtype}; convert with x.float\(\)$"):
+        want = rf"must be float32 or float64, got {dtype}; convert with x.float\(\)$"
+        with pytest.raises(ValueError, match=want):
             call()
 
 
@@ -92,7 +93,8 @@ def test_truncated_wav_is_refused_naming_the_file(tmp_path):
     cut = tmp_path / "cut.wav"
     data = whole.read_bytes()
     cut.write_bytes(data[: len(data) // 2])
-    with pytest.raises(AudioFileError, match=rf"^{cut}: truncated: its header declares \d+ bytes of audio but the file holds \d+ \(50%\)$"):
+    want = rf"^{cut}: truncated: its header declares \d+ bytes of audio but the file holds \d+ \(50%\)$"
+    with pytest.raises(AudioFileError, match=want):
         read_audio(cut)
     read_audio(whole)  # the intact file reads
 
@@ -131,7 +133,8 @@ def test_delivery_refuses_a_file_a_relimit_moved_off_target(tmp_path):
     x = 0.5 * torch.randn(2, 3 * SR, generator=g, dtype=torch.float64)
     x = x / x.abs().amax() * 10 ** (-0.5 / 20)  # 0.5 dB over a -1 dBTP ceiling, at least
     goal = float(integrated_loudness(x.unsqueeze(0), SR)[0])
-    with pytest.raises(UserError, match=r"^delivery: out.wav would measure .* LU off the .* nothing was written$"):
+    want = r"^delivery: out.wav would measure .* LU off the .* nothing was written$"
+    with pytest.raises(UserError, match=want):
         deliver(x, SR, tmp_path / "out.wav", ceiling_dbtp=-1.0, true_peak_db=peak_dbtp, lufs_goal=goal)
     assert list(tmp_path.iterdir()) == []
     # The same audio under a ceiling it already meets is written.
@@ -210,7 +213,8 @@ def test_cli_bad_input_cases_end_in_one_line_with_exit_2(tmp_path):
     master = ["master", "progress=false"]
     cases = {
         "unknown key": ([*master, "input=song.wav", "fit.stepz=5", "out=o"],
-                        "unknown option fit.stepz (see `diffmix master --help`; +fit.stepz=... adds a new key)"),
+                        "unknown option fit.stepz (see `diffmix master --help`; "
+                        "+fit.stepz=... adds a new key)"),
         "unknown target": ([*master, "input=song.wav", "target=tidal", "out=o"],
                            "target=tidal: no such option; choose one of ['amazon', 'apple_music', "
                            "'atsc_a85', 'ebu_r128', 'none', 'spotify', 'youtube']"),
@@ -234,11 +238,13 @@ def test_cli_bad_input_cases_end_in_one_line_with_exit_2(tmp_path):
                        "fit.steps must be a whole number >= 0 (0: no fit), got 'abc'"),
         "8 kHz": ([*master, "input=low.wav", "out=o"],
                   "low.wav: 8000 Hz is below the 22050 Hz the mastering chain is designed for "
-                  "(supported: 22050 to 192000 Hz); pass delivery.sample_rate=44100 to master it at 44.1 kHz"),
+                  "(supported: 22050 to 192000 Hz); pass delivery.sample_rate=44100 to master "
+                  "it at 44.1 kHz"),
         "silent": ([*master, "input=silent.wav", "out=o"],
                    "silent.wav is silent (digital silence): no gain can reach a loudness target"),
         "truncated": ([*master, "input=cut.wav", "out=o"], "cut.wav: truncated: its header declares"),
-        "render over its preset": (["render", "preset=x_report.json", "input=song.wav", "output_name=x", "out=."],
+        "render over its preset": (["render", "preset=x_report.json", "input=song.wav",
+                                    "output_name=x", "out=."],
                                    "x_report.json: refusing to overwrite an input (x_report.json)"),
     }
     results = _run_cases([args for args, _ in cases.values()], tmp_path)

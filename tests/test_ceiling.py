@@ -125,3 +125,36 @@ def test_ceiling_holds_on_independent_meters_for_real_music(shared_multitrack, t
         data, sr = sf.read(str(song / "mix.flac"), dtype="float64", always_2d=True)
         assert sr == SR
         _master_and_check(data[: 10 * sr].T.copy(), tmp_path, song.name)
+
+
+def test_master_cli_delivers_on_target_after_a_rate_change(tmp_path):
+    # Issue 16: delivery.sample_rate=48000 gave -14.43 LUFS on dense HF noise, and a DC
+    # offset made the re-limit cost 0.17 LU, both with exit 0. Now the master is made at the
+    # delivery rate: on target and under the ceiling on the independent meters, or exit 2.
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    x = hf_noise(8.0, seed=16) + 0.05  # a DC offset on top
+    sf.write(str(tmp_path / "dense.wav"), x.T, SR, subtype="FLOAT")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(
+        [sys.executable, "-m", "diffmix.cli", "master", "input=dense.wav", "target=spotify",
+         "delivery.sample_rate=48000", "fit.steps=5", "progress=false", "out=o"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads((tmp_path / "o" / "dense_master_report.json").read_text())
+    written, rate = sf.read(str(tmp_path / report["outputs"]["audio"]), dtype="float64", always_2d=True)
+    assert rate == 48000
+    import pyloudnorm
+
+    lufs = pyloudnorm.Meter(rate).integrated_loudness(written)
+    print("delivered", lufs, "LUFS; report", report["achieved"])
+    assert abs(report["achieved"]["lufs"] + 14.0) <= 0.05
+    assert abs(lufs + 14.0) <= 0.1  # pyloudnorm's gating differs from BS.1770's by ~0.04 LU
+    z = written.T
+    assert max(annex2(z), poly(z, 4), poly(z, 8)) <= -1.0
+    assert fft_interp(z) <= -1.0 + 0.1
