@@ -247,7 +247,8 @@ def main(argv: list[str] | None = None) -> int:
         except (ValueError, AudioFileError, FileNotFoundError, OSError, sf.LibsndfileError,
                 OmegaConfBaseException) as exc:
             status["code"] = _fail(name, _message(exc))
-            _undo(out, before, existed)
+            if int(os.environ.get("WORLD_SIZE", "1")) <= 1:  # other ranks may be writing
+                _undo(out, before, existed)
             _remove_bookkeeping_only_run_dir()
 
     saved = sys.argv

@@ -15,8 +15,10 @@ References:
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
+from collections.abc import Iterator
 from types import ModuleType
 
 import numpy as np
@@ -318,6 +320,30 @@ def _ideal_between(rows: Tensor, factor: int = _IDEAL_FACTOR) -> Tensor:
     padded = torch.nn.functional.pad(rows, (overlap, n_blocks * core - t + overlap))
     lanes = padded.unfold(1, width, core).reshape(n * n_blocks, width)
     out = torch.empty(n * n_blocks, core, dtype=rows.dtype, device=rows.device)
+    with _one_thread(rows.device):
+        _ideal_blocks(lanes, out, factor, overlap, core)
+    return out.reshape(n, n_blocks * core)[:, :t].to(dtype)
+
+
+@contextlib.contextmanager
+def _one_thread(device: torch.device) -> Iterator[None]:
+    """torch on one CPU thread inside: after numba's OpenMP kernels have run, torch's
+    two-thread element-wise passes over these blocks were measured 3-5x slower than one
+    thread on the shared 2-core box (the FFTs themselves are single-threaded)."""
+    if device.type != "cpu":
+        yield
+        return
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(saved)
+
+
+def _ideal_blocks(lanes: Tensor, out: Tensor, factor: int, overlap: int, core: int) -> None:
+    """Fill ``out`` ``(blocks, core)`` from ``lanes`` ``(blocks, core + 2 overlap)``, 8 at a time."""
+    width = lanes.shape[1]
     for i in range(0, lanes.shape[0], 8):
         spec = torch.fft.rfft(lanes[i: i + 8])
         spec[:, -1] *= 0.5  # width is even: the last bin is Nyquist, shared by +-fs/2
@@ -326,7 +352,6 @@ def _ideal_between(rows: Tensor, factor: int = _IDEAL_FACTOR) -> Tensor:
         # Point 0 of each group is the sample itself (the caller's level includes it): the
         # reduction over whole contiguous groups is several times faster than over 1..7.
         out[i: i + 8] = seg.reshape(-1, core, factor).amax(-1).mul_(factor)
-    return out.reshape(n, n_blocks * core)[:, :t].to(dtype)
 
 
 def strict_envelope(x: Tensor, sample_rate: int) -> Tensor:
@@ -404,7 +429,26 @@ def strict_true_peak(x: Tensor, sample_rate: int) -> Tensor:
     check_meter_input(x, "strict_true_peak")
     b, c, t = x.shape
     with torch.no_grad():
-        return torch.stack([strict_envelope(x[:, i: i + 1], sample_rate) for i in range(c)], 1).amax(-1)
+        x = x.detach()
+        x = x if x.dtype in (torch.float32, torch.float64) else x.float()
+        rows = x.reshape(b * c, t)
+        # The peak alone, without the per-sample envelope: the meter's block-max kernel for
+        # the FIR phases, and each row's largest ideal point.
+        peak = torch.maximum(rows.abs().amax(-1), _ideal_between(rows).amax(-1))
+        f = oversampling_factor(sample_rate)
+        for taps in (_strict_rows(), interpolation_filter(f) if f > 1 else None):
+            if taps is None:
+                continue
+            if x.device.type == "cpu" and numba is not None:
+                xn = np.ascontiguousarray(rows.numpy())
+                out = np.zeros((b * c, -(-t // _BLOCK)), dtype=np.float64)
+                _peak_kernel(xn, np.ascontiguousarray(taps, dtype=xn.dtype), out)
+                between = torch.from_numpy(out.max(1)).to(rows.dtype)
+            else:
+                between = _fir_envelope(rows.reshape(b * c, 1, t), taps)
+                between = between.amax(-1)
+            peak = torch.maximum(peak, between)
+        return peak.reshape(b, c)
 
 
 def amp_to_db(amp: Tensor) -> Tensor:
