@@ -14,6 +14,8 @@ Scale-out uses ``torch.distributed`` (launched by torchrun): rank ``r`` of ``w``
 from __future__ import annotations
 
 import csv
+import fnmatch
+import io
 import json
 import os
 from collections.abc import Callable, Iterable, Sequence
@@ -37,7 +39,8 @@ def read_manifest(spec: str | Path) -> list[Item]:
     """Items from a CSV/JSONL manifest, or from a folder or glob of audio files.
 
     CSV and JSONL rows need an ``input``; ``id`` defaults to the input's stem and must be
-    unique. Relative paths are resolved against the manifest's folder.
+    unique. Relative paths are resolved against the manifest's folder. A manifest is data
+    from anyone: an id names one folder under ``out=`` (:func:`check_id`), nothing else.
     """
     path = Path(str(spec))
     if path.suffix.lower() in (".csv", ".jsonl"):
@@ -55,7 +58,7 @@ def read_manifest(spec: str | Path) -> list[Item]:
             raise ValueError(f"manifest {path}: row {i} has no 'input'")
         inp = Path(str(row["input"]))
         inp = inp if inp.is_absolute() else base / inp
-        item_id = str(row.get("id") or inp.stem)
+        item_id = check_id(str(row.get("id") or inp.stem), f"manifest {path}: row {i}")
         if item_id in seen:
             raise ValueError(f"manifest {path}: duplicate id {item_id!r} (row {i})")
         seen.add(item_id)
@@ -66,17 +69,51 @@ def read_manifest(spec: str | Path) -> list[Item]:
     return items
 
 
+_MAX_ID = 200
+
+
+def check_id(item_id: str, where: str) -> str:
+    """``item_id`` if it names exactly one folder (no separator, not ``.``/``..``, no
+    leading dot, printable, at most 200 characters); else ValueError naming it.
+
+    >>> check_id("song 1", "m")
+    'song 1'
+    >>> check_id("../../x", "m")
+    Traceback (most recent call last):
+    ...
+    ValueError: m: id '../../x' must name one folder (no '/', '\\', leading '.' or control characters)
+    """
+    bad = (
+        not item_id or len(item_id) > _MAX_ID or item_id.startswith(".")
+        or any(c in item_id for c in "/\\") or not item_id.isprintable()
+    )
+    if bad:
+        raise ValueError(
+            f"{where}: id {item_id[:_MAX_ID]!r} must name one folder "
+            "(no '/', '\\', leading '.' or control characters)"
+        )
+    return item_id
+
+
 def _read_rows(path: Path) -> list[dict[str, Any]]:
+    from diffmix.safe_yaml import read_text
+
+    text = read_text(path, "manifest", max_bytes=1 << 30)
     if path.suffix.lower() == ".csv":
-        with path.open(newline="") as fh:
-            return list(csv.DictReader(fh))
+        rows = list(csv.DictReader(io.StringIO(text, newline="")))
+        if rows and None in rows[0]:
+            raise ValueError(f"manifest {path}: row 1 has more fields than the header")
+        return rows
     rows = []
-    for n, line in enumerate(path.read_text().splitlines(), 1):
+    for n, line in enumerate(text.splitlines(), 1):
         if line.strip():
             try:
-                rows.append(json.loads(line))
+                row = json.loads(line)
             except json.JSONDecodeError as exc:
                 raise ValueError(f"manifest {path}: line {n} is not JSON ({exc.msg})") from exc
+            if not isinstance(row, dict):
+                raise ValueError(f"manifest {path}: line {n} is not a JSON object")
+            rows.append(row)
     return rows
 
 
@@ -133,19 +170,30 @@ def append_result(path: Path, record: dict[str, Any]) -> None:
 PARTIAL_GLOB = ".*.partial*"
 
 
-def clean_partials(folder: str | Path, *, recursive: bool = False) -> list[Path]:
+def clean_partials(
+    folder: str | Path, *, recursive: bool = False, within: str | Path | None = None
+) -> list[Path]:
     """Remove temporaries left in ``folder`` by writes a kill interrupted; returns them.
 
     Only files matching atomic_path's naming (``.NAME.XXXX.partial.EXT``) are touched.
-    Call it only where no other process is writing (an item about to be redone).
+    Call it only where no other process is writing (an item about to be redone). With
+    ``within``, ``folder`` must resolve inside it (ValueError otherwise); symbolic links
+    to folders are never followed.
     """
     root = Path(folder)
-    if not root.is_dir():
+    if within is not None:
+        base = Path(within).resolve()
+        if not root.resolve().is_relative_to(base):
+            raise ValueError(f"clean_partials: {root} is outside {base}")
+    if not root.is_dir() or root.is_symlink():
         return []
-    found = root.rglob(PARTIAL_GLOB) if recursive else root.glob(PARTIAL_GLOB)
+    if recursive:
+        found = [Path(d) / f for d, _, names in os.walk(root) for f in names]
+    else:
+        found = list(root.iterdir())
     removed = []
     for p in found:
-        if p.is_file() and ".partial" in p.name:
+        if fnmatch.fnmatch(p.name, PARTIAL_GLOB) and p.is_file() and not p.is_symlink():
             p.unlink(missing_ok=True)
             removed.append(p)
     return removed

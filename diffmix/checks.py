@@ -15,6 +15,11 @@ from collections.abc import Iterator, Sequence
 import torch
 from torch import Tensor
 
+# The rates a preset may name: the effects' ranges are designed from 8 kHz up, and above
+# 192 kHz the true-peak meter no longer oversamples (and memory grows without bound).
+MIN_SAMPLE_RATE = 8000
+MAX_SAMPLE_RATE = 192000
+
 _VALUE_CHECKS = contextvars.ContextVar("diffmix_value_checks", default=True)
 
 
@@ -56,6 +61,14 @@ def check_audio(
         )
     if not x.is_floating_point():
         raise ValueError(f"{effect}: {name} must be floating point, got {x.dtype}")
+    if x.dtype not in (torch.float32, torch.float64):
+        # The kernels and filters are float32/float64 only; half precision would also lose
+        # the filters' state (a 16-bit mantissa).
+        raise ValueError(
+            f"{effect}: {name} must be float32 or float64, got {x.dtype}; convert with x.float()"
+        )
+    if x.shape[0] == 0:
+        raise ValueError(f"{effect}: {name} is an empty batch (0 items)")
     if channels is not None:
         allowed = (channels,) if isinstance(channels, int) else tuple(channels)
         if x.shape[1] not in allowed:

@@ -79,6 +79,106 @@ def _fail(job: str, message: str) -> int:
     return EXIT_USER_ERROR
 
 
+def _quote_non_ascii(args: list[str]) -> list[str]:
+    """``input=ünï/sóng.wav`` -> ``input='ünï/sóng.wav'``: Hydra's override grammar takes
+    non-ASCII characters only inside quotes, so unquoted paths would otherwise fail."""
+    out = []
+    for arg in args:
+        key, eq, value = arg.partition("=")
+        plain = eq and value and not value.isascii() and value[0] not in "'\"[{"
+        if plain and not any(c in value for c in "'\\,"):
+            arg = f"{key}='{value}'"
+        out.append(arg)
+    return out
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+def _check_overrides(name: str, args: list[str]) -> str | None:
+    """Compose the job's config with ``args`` first: an unknown key, a missing group option
+    or a required value left out becomes one line here instead of Hydra's traceback."""
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import MissingConfigException
+    from omegaconf import OmegaConf
+
+    overrides = [a for a in args if not a.lstrip("+~").startswith(("hydra.", "hydra/"))]
+    try:
+        with initialize_config_dir(str(config_dir()), version_base="1.3"):
+            cfg = compose(config_name=name, overrides=overrides)
+    except MissingConfigException as exc:
+        group = next((a.split("=", 1) for a in overrides if "=" in a
+                      and f"'{a.split('=', 1)[0].lstrip('+~')}/" in str(exc)), None)
+        options = sorted(getattr(exc, "options", None) or [])
+        if group is not None:
+            choose = f"; choose one of {options}" if options else ""
+            return f"{group[0]}={group[1]}: no such option{choose}"
+        return _one_line(exc)
+    except Exception as exc:  # noqa: BLE001 - Hydra raises several kinds, all user errors here
+        text = str(exc)
+        if "is not in struct" in text or "Could not override" in text:
+            key = next((a.split("=", 1)[0].lstrip("+~") for a in overrides
+                        if f"'{a.split('=', 1)[0].lstrip('+~')}'" in text), None)
+            if key is not None:
+                return f"unknown option {key} (see `diffmix {name} --help`; +{key}=... adds a new key)"
+        return _one_line(text)
+    missing = [k for k in OmegaConf.missing_keys(cfg) if "." not in k and "[" not in k]
+    if missing:
+        return f"missing required option(s) {missing}: pass " + " ".join(f"{k}=..." for k in missing)
+    return None
+
+
+def _out_arg(args: list[str]) -> Path | None:
+    for arg in args:
+        if arg.startswith("out="):
+            value = arg[4:].strip()
+            if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+                value = value[1:-1]
+            return Path(value) if value and value != "null" else None
+    return None
+
+
+def _check_out(out: Path) -> str | None:
+    """``out=`` must be a folder we can write, or creatable: checked before any work."""
+    if out.exists() and not out.is_dir():
+        return f"out={out} is a file, not a folder"
+    probe = out
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir():
+        return f"out={out}: {probe} is a file, not a folder"
+    import tempfile
+
+    try:  # a real write: permissions, read-only mounts and root all answer truthfully
+        with tempfile.TemporaryFile(dir=probe):
+            pass
+    except OSError as exc:
+        return f"out={out}: {probe} is not writable ({exc.strerror or exc})"
+    return None
+
+
+def _files(folder: Path | None) -> set[Path]:
+    if folder is None or not folder.is_dir():
+        return set()
+    return {p for p in folder.rglob("*")}
+
+
+def _undo(out: Path | None, before: set[Path], existed: bool) -> None:
+    """After a failed job, remove what it wrote under ``out`` (never what was there)."""
+    if out is None or not out.is_dir():
+        return
+    import shutil
+
+    for p in sorted(_files(out) - before, key=lambda q: len(q.parts), reverse=True):
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
+    if not existed and not any(out.iterdir()):
+        out.rmdir()
+
+
 def _remove_bookkeeping_only_run_dir() -> None:
     """After a failed job, remove Hydra's run dir if it holds only Hydra's own files."""
     import shutil
@@ -113,17 +213,42 @@ def main(argv: list[str] | None = None) -> int:
         print(job_help(name, module))
         return 0
 
-    import hydra
-    from omegaconf import DictConfig
+    import signal
+    import tempfile
 
+    import hydra
+    import soundfile as sf
+    from omegaconf import DictConfig
+    from omegaconf.errors import OmegaConfBaseException
+
+    if hasattr(signal, "SIGXFSZ"):  # a file-size limit: an OSError to report, not a kill
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    rest = _quote_non_ascii(rest)
+    multirun = "-m" in rest or "--multirun" in rest
+    out = _out_arg(rest)
+    run_dir = None
+    if not multirun:
+        problem = _check_overrides(name, rest) or (_check_out(out) if out else None)
+        if problem:
+            return _fail(name, problem)
+        if out is not None and not any(a.startswith("hydra.run.dir=") for a in rest):
+            # Outputs go to out=; Hydra's bookkeeping goes to a temporary run dir, removed
+            # after, instead of an outputs/<job>/<time>/ folder in the working directory.
+            run_dir = tempfile.mkdtemp(prefix="diffmix-hydra-")
+            rest = [*rest, f"hydra.run.dir={run_dir}", "hydra.output_subdir=null"]
     status = {"code": 0}
 
     @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name=name)
     def _task(cfg: DictConfig) -> None:
+        existed = out is not None and out.exists()
+        before = _files(out)
         try:
             status["code"] = max(status["code"], int(module.run(cfg) or 0))
-        except (ValueError, AudioFileError, FileNotFoundError) as exc:
-            status["code"] = _fail(name, str(exc).splitlines()[0] if str(exc) else repr(exc))
+        except (ValueError, AudioFileError, FileNotFoundError, OSError, sf.LibsndfileError,
+                OmegaConfBaseException) as exc:
+            status["code"] = _fail(name, _message(exc))
+            if int(os.environ.get("WORLD_SIZE", "1")) <= 1:  # other ranks may be writing
+                _undo(out, before, existed)
             _remove_bookkeeping_only_run_dir()
 
     saved = sys.argv
@@ -132,7 +257,36 @@ def main(argv: list[str] | None = None) -> int:
         _task()
     finally:
         sys.argv = saved
+        if run_dir is not None:
+            _close_logs(run_dir)
+            import shutil
+
+            shutil.rmtree(run_dir, ignore_errors=True)
     return status["code"]
+
+
+def _message(exc: BaseException) -> str:
+    """One line for the user: the exception's first line, with the file for OS errors."""
+    from omegaconf.errors import MissingMandatoryValue
+
+    if isinstance(exc, MissingMandatoryValue):
+        key = getattr(exc, "full_key", None) or str(exc).split(":")[-1].strip()
+        return f"missing required option {key}: pass {key}=..."
+    if isinstance(exc, OSError) and not isinstance(exc, FileNotFoundError) and exc.strerror:
+        where = f"{exc.filename}: " if exc.filename else ""
+        return f"cannot write or read {where}{exc.strerror}".replace("read : ", "read: ")
+    text = str(exc).strip()
+    return _one_line(text.splitlines()[0]) if text else repr(exc)
+
+
+def _close_logs(run_dir: str) -> None:
+    import logging
+
+    for logger in (logging.getLogger(), *(logging.getLogger(n) for n in logging.root.manager.loggerDict)):
+        for handler in list(getattr(logger, "handlers", [])):
+            if isinstance(handler, logging.FileHandler) and handler.baseFilename.startswith(run_dir):
+                handler.close()
+                logger.removeHandler(handler)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,11 @@
-"""Safe instantiation of Hydra configs and presets.
+"""Safe instantiation of Hydra configs, and presets.
 
-A config is user input, so ``_target_`` may name only diffmix's own classes and torch's
-optimisers and learning-rate schedulers. Targets are resolved and checked before
-anything is built; ``os.system`` and friends are refused with a clear error.
+A job config is user input, so ``_target_`` may name only diffmix's own classes and
+torch's optimisers and learning-rate schedulers. Interpolations are resolved first and
+targets checked on the result, by name before any import, so ``os.system``, an
+``${oc.create:...}`` node and a module in the working folder are refused before
+anything is imported or built. Presets are data from anyone: :func:`load_preset` reads
+them with :mod:`diffmix.safe_yaml` (no Hydra, no interpolation, an allowlist of classes).
 """
 
 from __future__ import annotations
@@ -23,6 +26,10 @@ class ConfigError(ValueError):
     """A config or preset that diffmix refuses to build."""
 
 
+# Only these packages are ever imported to look a target up; anything else is refused by name.
+_TRUSTED_PREFIXES = ("diffmix.", "torch.optim.")
+
+
 def _allowed(obj: Any) -> bool:
     if inspect.isclass(obj):
         if obj.__module__.split(".")[0] == "diffmix":
@@ -39,6 +46,11 @@ def check_targets(cfg: Any, where: str = "config") -> None:
         items = cfg.items_ex(resolve=False) if isinstance(cfg, DictConfig) else cfg.items()
         for key, value in items:
             if key == "_target_":
+                if not str(value).startswith(_TRUSTED_PREFIXES):
+                    raise ConfigError(
+                        f"{where}: _target_ {value!r} is not allowed; configs may build only "
+                        "diffmix classes and torch optimisers or schedulers"
+                    )
                 try:
                     obj = get_object(str(value))
                 except Exception as exc:  # hydra raises ImportError or its own errors
@@ -53,6 +65,9 @@ def check_targets(cfg: Any, where: str = "config") -> None:
     elif isinstance(cfg, (ListConfig, list, tuple)):
         for i, value in enumerate(cfg):
             check_targets(value, f"{where}[{i}]")
+    elif isinstance(cfg, str) and "${" in cfg:
+        # What is left after resolving (an escaped ``\${...}``) would be resolved again.
+        raise ConfigError(f"{where}: {cfg!r} would be read as an interpolation")
 
 
 def check_keys(cfg: Any, where: str = "config") -> None:
@@ -92,6 +107,13 @@ def instantiate(cfg: Any, *args: Any, where: str = "config", **kwargs: Any) -> A
     ...
     diffmix.config.ConfigError: config: _target_ 'os.system' is not allowed; ...
     """
+    if isinstance(cfg, (DictConfig, ListConfig)):
+        # Resolve first: instantiate would resolve ``${oc.create:{_target_: ...}}`` into a
+        # node after the raw config had been checked. Check and build the resolved copy.
+        try:
+            cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
+        except Exception as exc:  # noqa: BLE001 - omegaconf raises many kinds
+            raise ConfigError(f"{where}: {' '.join(str(exc).split())}") from exc
     check_targets(cfg, where)
     check_keys(cfg, where)
     try:
@@ -114,20 +136,23 @@ def save_preset(module: Any, path: str | Path) -> None:
 
 
 def load_preset(source: str | Path | dict[str, Any]) -> Any:
-    """Build an effect or chain from a preset file or dict (validated, trusted targets only)."""
-    where = "preset"
-    if isinstance(source, dict):
-        node = source
-    else:
-        path = Path(source)
-        where = f"preset {path}"
-        try:
-            node = yaml.safe_load(path.read_text())
-        except FileNotFoundError as exc:
-            raise ConfigError(f"{where}: file not found") from exc
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{where}: not valid YAML ({exc})") from exc
-    if not isinstance(node, dict) or "_target_" not in node:
-        raise ConfigError(f"{where}: expected a mapping with a _target_")
-    cfg = OmegaConf.create(node)
-    return instantiate(cfg, where=where, _convert_="all")
+    """Build an effect, chain or console from a preset file or dict.
+
+    The file is data from anyone: parsed without interpolation or aliases, built only from
+    diffmix's allowlisted classes (:mod:`diffmix.safe_yaml`), every value checked.
+
+    Raises:
+        ConfigError: one line naming the file, key and value.
+    """
+    from diffmix.safe_yaml import DataError, build, load_yaml
+
+    try:
+        if isinstance(source, dict):
+            return build(source, "preset")
+        if not isinstance(source, (str, Path)):
+            raise ConfigError(
+                f"preset: expected a file path or a mapping, got {type(source).__name__}"
+            )
+        return build(load_yaml(source, "preset"), f"preset {Path(source)}")
+    except DataError as exc:
+        raise ConfigError(str(exc)) from exc

@@ -106,6 +106,8 @@ def deliver(
     true_peak_db: Callable[[Tensor, int], float] | None = None,
     seed: int = 0,
     protect: tuple[str | Path, ...] = (),
+    lufs_goal: float | None = None,
+    lufs_tolerance: float = 0.05,
 ) -> DeliveryReport:
     """Convert, dither, quantise, check the true peak, re-limit if needed, write atomically.
 
@@ -114,6 +116,9 @@ def deliver(
         ceiling_dbtp: true-peak ceiling checked after conversion and quantisation.
         true_peak_db: ``(audio (1, C, T), rate) -> dBTP``; needed with a ceiling.
         protect: input paths that must never be overwritten.
+        lufs_goal: integrated loudness the delivered samples must meet within
+            ``lufs_tolerance`` LU after conversion and any re-limit; otherwise nothing is
+            written and :class:`~diffmix.errors.UserError` says by how much it missed.
     """
     fmt, depth = check_format(fmt, bit_depth)
     if ceiling_dbtp is not None and true_peak_db is None:
@@ -132,6 +137,17 @@ def deliver(
         relimit_db -= (tp - ceiling_dbtp) + 0.01
     else:  # pragma: no cover - eight rounds always suffice in practice
         raise RuntimeError(f"delivery: could not bring the true peak under {ceiling_dbtp} dBTP")
+    if lufs_goal is not None:
+        from diffmix.errors import UserError
+        from diffmix.functional.loudness import integrated_loudness
+
+        lufs = float(integrated_loudness(out.unsqueeze(0), rate)[0])
+        if not abs(lufs - lufs_goal) <= lufs_tolerance:
+            raise UserError(
+                f"delivery: {Path(path).name} would measure {lufs:.2f} LUFS at {rate} Hz, "
+                f"{lufs - lufs_goal:+.2f} LU off the {lufs_goal:g} LUFS target (re-limited by "
+                f"{relimit_db:.2f} dB to hold {ceiling_dbtp} dBTP); nothing was written"
+            )
     written = write_audio(Path(path), out, rate, subtype=SUBTYPES[depth], protect=protect)
     return DeliveryReport(
         path=str(written), format=fmt, bit_depth=depth, sample_rate=rate, dithered=dithered,

@@ -37,6 +37,7 @@ def read_audio(path: str | Path, *, allow_silence: bool = True) -> tuple[Tensor,
         raise AudioFileError(f"{p}: file not found")
     if p.is_dir():
         raise AudioFileError(f"{p}: is a directory, not an audio file")
+    _check_not_truncated(p)
     try:
         data, sr = sf.read(str(p), dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError, TypeError) as exc:
@@ -48,6 +49,34 @@ def read_audio(path: str | Path, *, allow_silence: bool = True) -> tuple[Tensor,
     if not allow_silence and not np.any(data):
         raise AudioFileError(f"{p}: audio is digital silence")
     return torch.from_numpy(np.ascontiguousarray(data.T)), int(sr)
+
+
+def _check_not_truncated(p: Path) -> None:
+    """Refuse a WAV whose data chunk declares more bytes than the file holds.
+
+    libsndfile reads what is there and says nothing, so a copy cut short (a failed
+    download, a full disk) would be mastered as half a song.
+    """
+    try:
+        with p.open("rb") as fh:
+            head = fh.read(1 << 16)
+            size = os.fstat(fh.fileno()).st_size
+    except OSError:
+        return  # soundfile reports unreadable files with its own message
+    if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+        return
+    pos = 12
+    while pos + 8 <= len(head):
+        cid, n = head[pos: pos + 4], int.from_bytes(head[pos + 4: pos + 8], "little")
+        if cid == b"data":
+            have = size - (pos + 8)
+            if n != 0xFFFFFFFF and n > have:
+                raise AudioFileError(
+                    f"{p}: truncated: its header declares {n} bytes of audio but the file "
+                    f"holds {max(have, 0)} ({100 * max(have, 0) / n:.0f}%)"
+                )
+            return
+        pos += 8 + n + (n & 1)
 
 
 def _reason(exc: Exception) -> str:
@@ -65,12 +94,41 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     )
     os.close(fd)
     tmp_path = Path(tmp)
+    # mkstemp makes the file 0600 and os.replace keeps that: give it the mode a plain
+    # open() would have (0666 less the umask), so other users and services can read it.
+    os.chmod(tmp_path, 0o666 & ~_umask())
     try:
         yield tmp_path
         os.replace(tmp_path, target)
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+def _umask() -> int:
+    """The process umask, read without changing it where /proc allows (threads write too)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def check_outputs(outputs: tuple[str | Path, ...], inputs: tuple[str | Path, ...]) -> None:
+    """Refuse, before any work, outputs that would overwrite an input (audio, preset,
+    manifest, anything read): AudioFileError naming both."""
+    for out in outputs:
+        o = Path(out)
+        for inp in inputs:
+            i = Path(inp)
+            if o.exists() and i.exists() and o.samefile(i) or o.resolve() == i.resolve():
+                raise AudioFileError(
+                    f"{o}: refusing to overwrite an input ({i}); pick another output_name or out="
+                )
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
@@ -103,6 +161,12 @@ def write_audio(
     data = audio.detach().to("cpu", torch.float32).numpy().T
     if not np.isfinite(data).all():
         raise ValueError(f"{target}: refusing to write audio that contains NaN or Inf")
-    with atomic_path(target) as tmp:
-        sf.write(str(tmp), data, int(sample_rate), subtype=subtype)
+    try:
+        with atomic_path(target) as tmp:
+            sf.write(str(tmp), data, int(sample_rate), subtype=subtype)
+    except (sf.LibsndfileError, RuntimeError) as exc:  # libsndfile hides the errno
+        raise AudioFileError(
+            f"{target}: cannot write audio ({_reason(exc)}); is the disk full or a file-size "
+            "limit (ulimit -f) reached?"
+        ) from exc
     return target

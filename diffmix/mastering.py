@@ -155,7 +155,9 @@ def rough_lufs(y: Tensor, lengths: Sequence[int]) -> Tensor:
     return (10 * torch.log10(power) - 0.691 + 3.0).cpu()
 
 
-def _loudness_for_solve(y: Tensor, lengths: Sequence[int], sample_rate: int) -> Tensor:
+def _loudness_for_solve(
+    y: Tensor, lengths: Sequence[int], sample_rate: int, names: Sequence[str] | None = None
+) -> Tensor:
     """Gated loudness where it is defined, else the ungated estimate; raises on silence.
 
     (NaN or Inf audio is refused by the meter itself with a ValueError.)
@@ -167,12 +169,17 @@ def _loudness_for_solve(y: Tensor, lengths: Sequence[int], sample_rate: int) -> 
     silent = ~torch.isfinite(lufs) & ~torch.isfinite(rough)
     if silent.any():
         raise UserError(
-            f"song {int(silent.nonzero()[0])} is silent (digital silence): no gain can reach "
+            f"{_song(int(silent.nonzero()[0]), names)} is silent (digital silence): no gain can reach "
             "a loudness target"
         )
     # Gated out at this drive but not silent: the ungated estimate sits near or below the
     # gate, so the next secant step raises the drive rather than giving up.
     return torch.where(torch.isfinite(lufs), lufs, rough)
+
+
+def _song(i: int, names: Sequence[str] | None) -> str:
+    """How messages name song ``i``: its name (the input file) when given."""
+    return names[i] if names is not None else f"song {i}"
 
 
 def solve_loudness(
@@ -186,6 +193,7 @@ def solve_loudness(
     drive_range: tuple[float, float] = (-24.0, 48.0),
     start_db: Tensor | None = None,
     proxy: Callable[[Tensor], Tensor] | None = None,
+    names: Sequence[str] | None = None,
 ) -> tuple[Tensor, list[LoudnessSolve]]:
     """Find per-song drives (dB) for which ``render(drives)`` measures ``targets`` (LUFS).
 
@@ -200,7 +208,7 @@ def solve_loudness(
 
     Raises:
         UserError: when a target can't be reached (digital silence, or more loudness than
-            the ceiling allows), naming the song by its index.
+            the ceiling allows), naming the song by ``names[i]`` (else its index).
     """
     lo, hi = drive_range
     targets = targets.double().cpu()
@@ -211,16 +219,18 @@ def solve_loudness(
         # A quarter of the tolerance: the exact correction only ever lowers the level a
         # hair, so the exact render should land inside without another step.
         drive, _, _, state = _secant(
-            proxy, lengths, sample_rate, targets, drive, tolerance_lu / 4, max_iter, (lo, hi)
+            proxy, lengths, sample_rate, targets, drive, tolerance_lu / 4, max_iter, (lo, hi),
+            names=names,
         )
     drive, y, lufs, _ = _secant(
-        render, lengths, sample_rate, targets, drive, tolerance_lu, max_iter, (lo, hi), state, counter=iters
+        render, lengths, sample_rate, targets, drive, tolerance_lu, max_iter, (lo, hi), state, counter=iters,
+        names=names,
     )
     err = (targets - lufs).abs()
     if (err > tolerance_lu).any():
         i = int((err > tolerance_lu).nonzero()[0])
         raise UserError(
-            f"cannot reach {float(targets[i]):g} LUFS under the ceiling (song {i}): the closest "
+            f"cannot reach {float(targets[i]):g} LUFS under the ceiling ({_song(i, names)}): the closest "
             f"was {float(lufs[i]):.2f} LUFS at {float(drive[i]):+.1f} dB drive"
         )
     solves = [
@@ -241,12 +251,13 @@ def _secant(
     drive_range: tuple[float, float],
     state: tuple[Tensor, Tensor] | None = None,
     counter: Tensor | None = None,
+    names: Sequence[str] | None = None,
 ) -> tuple[Tensor, Tensor, Tensor, tuple[Tensor, Tensor]]:
     """Secant steps on ``render`` from ``drive``; ``state`` is a previous (drive, lufs) pair
     whose slope seeds the first step. Returns drive, output, loudness and the last pair."""
     lo, hi = drive_range
     y = render(drive)
-    lufs = _loudness_for_solve(y, lengths, sample_rate)
+    lufs = _loudness_for_solve(y, lengths, sample_rate, names)
     if counter is not None:
         counter += 1
     prev = state  # the last (drive, lufs) pair, None before the first step
@@ -266,7 +277,7 @@ def _secant(
         if counter is not None:
             counter += open_.double()
         y = render(drive)
-        lufs = _loudness_for_solve(y, lengths, sample_rate)
+        lufs = _loudness_for_solve(y, lengths, sample_rate, names)
     return drive, y, lufs, (drive.clone(), lufs.clone())
 
 
@@ -322,6 +333,7 @@ def _smooth_limiter_proxy(
     from diffmix.effects.dynamics import Limiter
     from diffmix.functional import dynamics as D
     from diffmix.functional import limiter as L
+    from diffmix.functional.peaks import strict_envelope
 
     if type(lim) is not Limiter or post:
         return None
@@ -339,7 +351,11 @@ def _smooth_limiter_proxy(
         g = torch.pow(10.0, drives.to(pre.device, torch.float64) / 20.0).to(pre.dtype).view(-1, 1, 1)
         with torch.no_grad():
             if not cache:  # metered on first use: a job without a loudness goal never pays
-                cache.append(L._linked_level(pre, sr, bool(opts["true_peak"])))
+                level = L._linked_level(pre, sr, bool(opts["true_peak"]))
+                if opts["true_peak"] and opts["exact"]:  # as the limiter's exact mode does
+                    strict = strict_envelope(pre, sr).unsqueeze(1).to(level)
+                    level = torch.maximum(level, strict)
+                cache.append(level)
             level = cache[0]
             required = torch.minimum(target / (g * level).clamp_min(1e-30), torch.ones_like(level))
             return pre * (g * L._limit_gain(required, lookahead, release))

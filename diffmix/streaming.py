@@ -136,9 +136,20 @@ class DiskAudio:
         lo, hi = max(start, 0), min(stop, self.frames)
         out = np.zeros((2, max(n, 0)), dtype=np.float32)
         if hi > lo:
-            with sf.SoundFile(str(self.path)) as f:
-                f.seek(lo)
-                data = f.read(hi - lo, dtype="float32", always_2d=True)
+            try:
+                with sf.SoundFile(str(self.path)) as f:
+                    f.seek(lo)
+                    data = f.read(hi - lo, dtype="float32", always_2d=True)
+            except (sf.LibsndfileError, RuntimeError) as exc:
+                raise AudioFileError(
+                    f"{self.path}: cannot read samples {lo}..{hi} of the {self.frames} its header "
+                    f"declares ({' '.join(str(exc).split())}); is the file cut short?"
+                ) from exc
+            if data.shape[0] < hi - lo:
+                raise AudioFileError(
+                    f"{self.path}: truncated: its header declares {self.frames} samples but "
+                    f"reading stopped at {lo + data.shape[0]}"
+                )
             if not np.isfinite(data).all():
                 raise AudioFileError(f"{self.path}: audio contains NaN or Inf (near sample {lo})")
             out[:, lo - start : lo - start + data.shape[0]] = data.T  # mono broadcasts

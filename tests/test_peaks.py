@@ -53,14 +53,15 @@ def test_true_peak_tracks_the_ideal_reconstruction(case):
 def test_interpolator_is_flat_and_exact_at_dc():
     taps = interpolation_filter(4)
     np.testing.assert_allclose(taps.sum(1), 1.0, atol=1e-12)
-    # Each phase delays a complex tone by its fraction of a sample with < 0.01 dB ripple
-    # up to 0.42 fs.
-    for frac in np.linspace(0.01, 0.42, 30):
+    # Each phase delays a complex tone by its fraction of a sample with < 0.015 dB ripple
+    # up to 0.47 fs (the issue 16 bar; 48 taps reached only 0.42 fs).
+    assert taps.shape == (3, 80)
+    for frac in np.linspace(0.01, 0.47, 47):
         w = 2 * math.pi * frac
         for p in range(1, 4):
-            h = np.sum(taps[p - 1] * np.exp(1j * w * (np.arange(48) - 23))) / np.exp(1j * w * p / 4)
-            assert abs(20 * math.log10(abs(h))) < 0.01
-            assert abs(np.angle(h)) < 1e-3
+            h = np.sum(taps[p - 1] * np.exp(1j * w * (np.arange(80) - 39))) / np.exp(1j * w * p / 4)
+            assert abs(20 * math.log10(abs(h))) < 0.015
+            assert abs(np.angle(h)) < 2e-3
 
 
 def test_oversampling_factor_and_passthrough():

@@ -103,7 +103,7 @@ def saturate(
         ``(B, C, T)`` -> ``(B, C, T)``. The resamplers are zero-phase: no latency.
 
     Returns:
-        ``x + mix * (wet - x)``.
+        ``mix * wet + (1 - mix) * x``.
 
     Differentiable in ``x``, ``drive_db``, ``tone_hz``, ``output_db`` and ``mix`` (the
     soft clip's gradient is zero where it is flat). CPU and CUDA.
@@ -126,4 +126,5 @@ def saturate(
     else:
         wet = shape(x * drive, curve)
     wet = _post_filter(wet, sample_rate, tone, dc_block=curve == "tube") * out
-    return x + m * (wet - x)
+    # Not x + m (wet - x): for |x| >= 1e8 that cancels to 0 in float32 at mix 1.
+    return m * wet + (1.0 - m) * x

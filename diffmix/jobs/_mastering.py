@@ -11,13 +11,14 @@ from typing import Any, cast
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from diffmix.checks import MAX_SAMPLE_RATE
 from diffmix.config import instantiate, save_preset
 from diffmix.console import Bus
 from diffmix.delivery import check_format, deliver
 from diffmix.errors import UserError
 from diffmix.features import spectral_errors
 from diffmix.functional.loudness import short_term_loudness
-from diffmix.io import read_audio
+from diffmix.io import check_outputs, read_audio
 from diffmix.jobs._common import listening_report, peak_dbtp
 from diffmix.jobs._common import summary as measure
 from diffmix.listen import Take, job_warnings
@@ -35,6 +36,7 @@ from diffmix.objective import Objective
 from diffmix.report import gain_reduction_db, plot, write_json
 
 MIN_SECONDS = 1.0
+MIN_JOB_RATE = 22050  # the default chain's EQ bands and filters need this much bandwidth
 
 
 class _Clock:
@@ -148,6 +150,9 @@ def fit_stage(
     ``audios`` are ``(1, 2, T)`` tensors or anything sliced like them (the streaming path
     passes files on disk). Returns the fit's summary for the report, or None.
     """
+    steps = cfg.fit.get("steps")
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+        raise UserError(f"fit.steps must be a whole number >= 0 (0: no fit), got {steps!r}")
     weights = available_weights(cfg.loss.weights, reference=references is not None, target=target)
     fit_report = None
     if references is not None and MATCH in chain.effects:
@@ -217,7 +222,19 @@ def master_group(cfg: DictConfig, songs: list[Song], sample_rate: int) -> list[d
                 f"{s.key}: input is too short to master ({s.audio.shape[-1] / sr:.2f} s; "
                 f"need at least {MIN_SECONDS:g} s)"
             )
+    if sr < MIN_JOB_RATE:
+        raise UserError(
+            f"{songs[0].protect[0] if songs[0].protect else songs[0].key}: {sr} Hz is below "
+            f"the {MIN_JOB_RATE} Hz the mastering chain is designed for (supported: "
+            f"{MIN_JOB_RATE} to {MAX_SAMPLE_RATE} Hz); pass delivery.sample_rate=44100 to "
+            "master it at 44.1 kHz"
+        )
+    if sr > MAX_SAMPLE_RATE:
+        raise UserError(f"{songs[0].key}: {sr} Hz is above the supported {MAX_SAMPLE_RATE} Hz")
     fmt, depth = check_format(cfg.delivery.format, cfg.delivery.bit_depth)
+    for song in songs:  # the preset, reports and plot may not overwrite an input either
+        check_outputs(tuple(song.out / f"{song.stem}{s}" for s in (
+            f".{fmt}", "_preset.yaml", "_report.json", "_report.html", ".png")), song.protect)
     if polish_mode(cfg) == "auto":
         for s in songs:
             s.audio, s.polish = polish_auto(s.audio, sr)
@@ -259,6 +276,7 @@ def master_group(cfg: DictConfig, songs: list[Song], sample_rate: int) -> list[d
             tolerance_lu=float(cfg.tolerance_lu),
             start_db=start,
             proxy=render.proxy,  # type: ignore[attr-defined]
+            names=[str(s.protect[0]) if s.protect else s.key for s in songs],
         )
         return render, y, solves
 
@@ -348,6 +366,10 @@ def _deliver_and_report(
             true_peak_db=peak_dbtp,
             seed=int(cfg.seed),
             protect=song.protect,
+            # The solve met the goal within its tolerance; dither and a last re-limit may
+            # add a few hundredths, never more (else deliver refuses, in one line).
+            lufs_goal=goals[i],
+            lufs_tolerance=float(cfg.tolerance_lu) + 0.03,
         )
         clock("deliver")
         written, wrate = read_audio(delivery.path)

@@ -27,9 +27,11 @@ from diffmix.batch import (
     run_items,
     shard,
 )
+from diffmix.cli import config_dir
 from diffmix.inputs import load_mix
 from diffmix.jobs._common import output_dir, pick_device
 from diffmix.jobs._mastering import Song, master_group
+from diffmix.safe_yaml import load_yaml
 
 EXIT_SOME_FAILED = 3
 # Working memory of one song in the fit and the full-length render, per stereo sample:
@@ -58,13 +60,22 @@ def auto_group_size(device: torch.device, seconds: float, sample_rate: int, cap:
     return int(max(1, min(cap, math.floor(0.5 * free_memory(device) / per_song))))
 
 
+def target_names() -> list[str]:
+    """The named delivery specs: the files of ``configs/target``."""
+    return sorted(p.stem for p in (config_dir() / "target").glob("*.yaml"))
+
+
 def item_target(cfg: DictConfig, item: Item) -> dict:
     target = dict(OmegaConf.to_container(cfg.target, resolve=True))  # type: ignore[arg-type]
-    if item.extra.get("target"):
-        path = Path(__file__).resolve().parents[2] / "configs" / "target" / f"{item.extra['target']}.yaml"
-        if not path.exists():
-            raise ValueError(f"{item.id}: unknown target {item.extra['target']!r}")
-        target.update(OmegaConf.to_container(OmegaConf.load(path)))  # type: ignore[arg-type]
+    name = item.extra.get("target")
+    if name:
+        # A manifest's target names a spec; it is never a path to a file.
+        if name not in target_names():
+            raise ValueError(f"{item.id}: unknown target {name!r}; choose one of {target_names()}")
+        spec = load_yaml(config_dir() / "target" / f"{name}.yaml", "target")
+        if not isinstance(spec, dict):
+            raise ValueError(f"{item.id}: target {name!r} is not a mapping")
+        target.update(spec)
     for key in ("lufs", "true_peak_db"):
         if item.extra.get(key) not in (None, ""):
             target[key] = float(item.extra[key])
@@ -84,10 +95,11 @@ def run(cfg: DictConfig) -> int:
     results = out / f"results.rank{rank}.jsonl"
 
     def process(group: list[Item]):  # noqa: ANN202
-        songs, rate = [], None
+        # Master at the delivery rate (see the master job), else at the first item's.
+        songs, rate = [], int(cfg.delivery.sample_rate) if cfg.delivery.get("sample_rate") else None
         for item in group:
             # Redoing an item: drop what a killed earlier attempt left half-written.
-            clean_partials(out / "items" / item.id, recursive=True)
+            clean_partials(out / "items" / item.id, recursive=True, within=out)
             x, sr = load_mix(item.input, rate, what=item.id)
             rate = rate or sr
             ref = None

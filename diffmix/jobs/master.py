@@ -26,7 +26,13 @@ from diffmix.streaming import DiskAudio, master_file, wants_streaming
 def run(cfg: DictConfig) -> int:
     device = pick_device(str(cfg.device))
     streaming = wants_streaming(cfg)
-    x, sr = (None, DiskAudio(cfg.input).sample_rate) if streaming else load_mix(cfg.input, what="input")
+    # Master at the delivery rate: the limiter then holds the ceiling, and the solve the
+    # loudness, on the very samples delivered (resampling after them missed both).
+    rate = int(cfg.delivery.sample_rate) if cfg.delivery.get("sample_rate") else None
+    x, sr = (
+        (None, DiskAudio(cfg.input).sample_rate) if streaming
+        else load_mix(cfg.input, rate, what="input")
+    )
     reference = None
     if cfg.get("reference"):
         reference, _ = load_mix(cfg.reference, sr, what="reference")

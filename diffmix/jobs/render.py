@@ -18,6 +18,7 @@ from diffmix.console import Console
 from diffmix.delivery import check_format, deliver
 from diffmix.errors import UserError
 from diffmix.inputs import load_mix, load_stems
+from diffmix.io import check_outputs
 from diffmix.jobs._common import listening_report, output_dir, pick_device, summary
 from diffmix.listen import Take, job_warnings
 from diffmix.mastering import set_exact
@@ -28,6 +29,11 @@ def run(cfg: DictConfig) -> int:
     t0 = time.perf_counter()
     device = pick_device(str(cfg.device))
     fmt, depth = check_format(cfg.delivery.format, cfg.delivery.bit_depth)
+    out_cfg = Path(str(cfg.out)) if cfg.get("out") else None
+    stem = cfg.get("output_name") or f"{Path(str(cfg.input)).stem}_render"
+    if out_cfg is not None:  # every output checked against every input before any work
+        check_outputs(tuple(out_cfg / f"{stem}{s}" for s in (f".{fmt}", "_report.json", "_report.html")),
+                      (str(cfg.preset), str(cfg.input)))
     model = load_preset(str(cfg.preset))
     protect: tuple[str, ...] = (str(cfg.preset),)
     if isinstance(model, Console):
@@ -50,7 +56,7 @@ def run(cfg: DictConfig) -> int:
     with torch.no_grad():
         y = model(x.to(device)).cpu()
     out = output_dir(cfg)
-    stem = cfg.get("output_name") or f"{Path(str(cfg.input)).stem}_render"
+    check_outputs((out / f"{stem}.{fmt}", out / f"{stem}_report.json", out / f"{stem}_report.html"), protect)
     delivery = deliver(
         y[0], sr, out / f"{stem}.{fmt}", fmt=fmt, bit_depth=depth,
         target_rate=cfg.delivery.sample_rate, dither=bool(cfg.delivery.dither),
