@@ -96,7 +96,7 @@ def test_bad_inputs_fail_in_one_line(tmp_path, case):
         args += [f"input={src}", "clicks=maybe"]
         expect = "clicks must be true or false"
     else:
-        expect = "input=<audio file> is required"
+        expect = "missing required option(s) ['input']: pass input="
     res = run_cli("repair", *args, cwd=tmp_path)
     assert res.returncode == 2, res.stderr
     lines = res.stderr.strip().splitlines()
