@@ -19,10 +19,12 @@ byte per sample) so the backward pass replays exactly the decisions it made; the
 gradient is exact wherever the decisions are locally constant (everywhere but a
 measure-zero set of ties).
 
-Backends:
+Backends (chosen by :func:`diffmix.kernels.backend.resolve`):
 
-- CPU: numba kernels, parallel over rows, compiled once and cached on disk;
-- any other device (CUDA, MPS): a pure-PyTorch solver. The linear recursion for fixed
+- ``"numba"`` (CPU): numba kernels, parallel over rows, compiled once and cached on disk;
+- ``"triton"`` (CUDA; CPU tensors under Triton's interpreter): block scans that settle the
+  decisions block by block (:mod:`diffmix.kernels._triton_dynamics`);
+- ``"torch"`` (any device): a pure-PyTorch solver. The linear recursion for fixed
   decisions is solved with a log-depth parallel scan; the decisions are then re-derived
   from the result and the two steps repeat until they agree. Each pass fixes at least
   the first wrong decision, so it terminates, and in practice it takes a handful of
@@ -32,7 +34,6 @@ Backends:
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -40,12 +41,13 @@ from typing import Any
 import torch
 from torch import Tensor
 
-try:  # numba is a runtime dependency; the torch solver keeps working without it
-    import numba
+from diffmix.kernels.backend import numba_available, resolve
 
-    HAVE_NUMBA = os.environ.get("DIFFMIX_DISABLE_NUMBA", "") in ("", "0")
-except ImportError:  # pragma: no cover - depends on the install
-    HAVE_NUMBA = False
+# Whether the numba kernels exist at all; which backend runs is decided per call by
+# diffmix.kernels.backend.resolve (DIFFMIX_BACKEND / DIFFMIX_DISABLE_NUMBA are read there).
+HAVE_NUMBA = numba_available()
+if HAVE_NUMBA:
+    import numba
 
 RISING, FALLING, HOLD = 0, 1, 2
 FLOOR_POWER = 1e-20  # detector power of digital silence (-200 dB): finite log and gradient
@@ -202,22 +204,12 @@ def _smooth_bwd_torch(gy, g, y, mode, a_down, a_up, init):  # noqa: ANN001, ANN2
     return gg, gad, gau
 
 
-def _use_kernel(t: Tensor, backend: str) -> bool:
-    if backend == "torch":
-        return False
-    if backend == "numba":
-        if not (HAVE_NUMBA and t.device.type == "cpu"):
-            raise ValueError("smooth: the numba backend needs numba and a CPU tensor")
-        return True
-    return HAVE_NUMBA and t.device.type == "cpu"
-
-
 class _Smooth(torch.autograd.Function):
     @staticmethod
     def forward(ctx, g, a_down, a_up, hold, init, backend):  # noqa: ANN001, ANN205
         g = g.contiguous()
         store = g.requires_grad or a_down.requires_grad or a_up.requires_grad
-        if _use_kernel(g, backend):
+        if backend == "numba":
             y = torch.empty_like(g)
             mode = torch.empty(g.shape if store else (1, 1), dtype=torch.uint8)
             over_rows(
@@ -269,15 +261,23 @@ def smooth(
         a_up: pole used while rising, ``(rows,)`` in ``[0, 1)``. Differentiable.
         hold: samples to hold at the start of each falling run, ``(rows,)`` integers.
         init: state before the first sample.
-        backend: ``"auto"`` (numba on CPU, torch elsewhere), ``"numba"`` or ``"torch"``.
+        backend: ``"auto"``, ``"numba"``, ``"triton"`` or ``"torch"``
+            (:mod:`diffmix.kernels.backend`).
 
     Returns:
         ``(rows, T)``, differentiable in ``g``, ``a_down`` and ``a_up``.
     """
+    kernel = resolve(backend, g, "smooth")
     rows = g.shape[0]
+    holds = hold is not None
     if hold is None:
         hold = torch.zeros(rows, dtype=torch.int64, device=g.device)
     init_t = torch.full((rows,), float(init), dtype=g.dtype, device=g.device)
     a_down = a_down.to(g.dtype).expand(rows)
     a_up = a_up.to(g.dtype).expand(rows)
-    return _Smooth.apply(g, a_down, a_up, hold.to(torch.int64).expand(rows), init_t, backend)
+    hold = hold.to(torch.int64).expand(rows)
+    if kernel == "triton":
+        from diffmix.kernels.triton_ops import TritonSmooth
+
+        return TritonSmooth.apply(g, a_down, a_up, hold, init_t, holds)
+    return _Smooth.apply(g, a_down, a_up, hold, init_t, kernel)

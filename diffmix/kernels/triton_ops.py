@@ -1,0 +1,205 @@
+"""Launchers and autograd wrappers for the Triton kernels (:mod:`._triton_dynamics`).
+
+The kernels run compiled on CUDA tensors and under Triton's interpreter on CPU tensors, in
+one process: the kernel module is executed twice, once with ``TRITON_INTERPRET=1`` (its
+``@triton.jit`` decorators then build interpreted functions) and once without, because
+Triton reads that variable when a function is decorated, not when it is launched. With
+``TRITON_INTERPRET=1`` in the environment everything is interpreted, as Triton documents.
+
+Triton itself is imported only here, inside functions, on first use.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import os
+import threading
+from pathlib import Path
+from types import ModuleType
+
+import torch
+from torch import Tensor
+
+_SOURCE = Path(__file__).with_name("_triton_dynamics.py")
+_LOADED: dict[bool, ModuleType] = {}
+_LOCK = threading.Lock()
+# Samples per time block: wide on a GPU (one program per row streams long blocks); small
+# under the interpreter so that tests on short signals still cross block boundaries.
+BLOCK = {"cuda": 1024, "interpreter": 16}
+FLOOR_POWER = 1e-20  # as diffmix.functional._dynamics_kernels
+N_GRADS = 8
+
+
+def interpreted(x: Tensor) -> bool:
+    """Whether kernels for ``x`` run under the interpreter (CPU tensors, or the env)."""
+    return x.device.type != "cuda" or os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def kernels(interpret: bool) -> ModuleType:
+    """The kernel module, compiled (``False``) or interpreted (``True``); loaded once."""
+    with _LOCK:
+        if interpret in _LOADED:
+            return _LOADED[interpret]
+        # Triton's own library (and the launcher module it imports lazily) is decorated
+        # under the caller's setting first, so that toggling the variable below only
+        # affects our kernels.
+        import triton
+        import triton.language  # noqa: F401
+
+        try:
+            import triton.experimental.gluon  # noqa: F401
+        except ImportError:  # pragma: no cover - older Triton
+            pass
+        interpret = interpret or os.environ.get("TRITON_INTERPRET", "0") == "1"
+        old = os.environ.get("TRITON_INTERPRET")
+        os.environ["TRITON_INTERPRET"] = "1" if interpret else "0"
+        try:
+            name = f"diffmix.kernels._triton_dynamics_{'interpreted' if interpret else 'compiled'}"
+            spec = importlib.util.spec_from_file_location(name, _SOURCE)
+            assert spec is not None and spec.loader is not None
+            module = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(module)
+        finally:
+            if old is None:
+                del os.environ["TRITON_INTERPRET"]
+            else:
+                os.environ["TRITON_INTERPRET"] = old
+        del triton
+        _LOADED[interpret] = module
+        return module
+
+
+def _launch(x: Tensor, total: int) -> tuple[ModuleType, int]:
+    interp = interpreted(x)
+    block = BLOCK["interpreter" if interp else "cuda"]
+    block = min(block, max(16, 1 << max(0, total - 1).bit_length()))
+    return kernels(interp), block
+
+
+def constants(dtype: torch.dtype, device: torch.device) -> Tensor:
+    """The kernels' literals in the audio's dtype (a float literal in Triton is float32)."""
+    values = [10.0 / math.log(10.0), math.log(10.0) / 20.0, FLOOR_POWER, 0.0, 0.5, 1.0, 2.0,
+              1e-6, math.inf]
+    return torch.tensor(values, dtype=dtype, device=device)
+
+
+def smooth_forward(g: Tensor, a_down: Tensor, a_up: Tensor, hold: Tensor, init: Tensor,
+                   store: bool, holds: bool) -> tuple[Tensor, Tensor]:
+    """Branching smoother over ``(rows, T)``: ``(y, mode)`` (``mode`` empty unless ``store``)."""
+    g = g.contiguous()
+    rows, t = g.shape
+    y = torch.empty_like(g)
+    mode = torch.empty((rows, t) if store else (1,), dtype=torch.uint8, device=g.device)
+    if rows and t:
+        k, block = _launch(g, t)
+        k.smooth_fwd[(rows,)](
+            g, a_down.contiguous(), a_up.contiguous(), hold.contiguous(), init.contiguous(),
+            y, mode, t, STORE=store, HOLDS=holds, BLOCK=block,
+        )
+    return y, mode
+
+
+def smooth_backward(gy: Tensor, g: Tensor, y: Tensor, mode: Tensor, a_down: Tensor,
+                    a_up: Tensor, init: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Exact backward of :func:`smooth_forward` from its recorded decisions."""
+    rows, t = g.shape
+    gg = torch.empty_like(g)
+    gad = torch.zeros(rows, dtype=torch.float64, device=g.device)
+    gau = torch.zeros(rows, dtype=torch.float64, device=g.device)
+    if rows and t:
+        k, block = _launch(g, t)
+        k.smooth_bwd[(rows,)](
+            gy.contiguous(), g, y, mode, a_down.contiguous(), a_up.contiguous(),
+            init.contiguous(), gg, gad, gau, t, BLOCK=block,
+        )
+    return gg, gad.to(g.dtype), gau.to(g.dtype)
+
+
+class TritonSmooth(torch.autograd.Function):
+    """``(g, a_down, a_up, hold, init, holds)`` -> ``y``, as
+    :func:`diffmix.functional._dynamics_kernels.smooth`."""
+
+    @staticmethod
+    def forward(ctx, g, a_down, a_up, hold, init, holds):  # noqa: ANN001, ANN205
+        store = g.requires_grad or a_down.requires_grad or a_up.requires_grad
+        a_down, a_up = a_down.detach(), a_up.detach()
+        y, mode = smooth_forward(g.detach(), a_down, a_up, hold, init, store, holds)
+        if store:
+            ctx.save_for_backward(g.detach().contiguous(), y, mode, a_down, a_up, init)
+        return y
+
+    @staticmethod
+    def backward(ctx, gy):  # noqa: ANN001, ANN205
+        g, y, mode, a_down, a_up, init = ctx.saved_tensors
+        gg, gad, gau = smooth_backward(gy, g, y, mode, a_down, a_up, init)
+        return gg, gad, gau, None, None, None
+
+
+def dynamics_forward(x: Tensor, side: Tensor, params: Tensor, hold: Tensor, kind: int,
+                     mean: bool, lookahead: int, amp: bool, store: bool) -> tuple[Tensor, Tensor, Tensor]:
+    """Fused compressor/expander over gain rows ``x`` ``(rows, nc, T)`` with detector input
+    ``side`` (the same shape; amplitudes if ``amp``, else powers) and ``params``
+    ``(rows, 8)``: threshold, slope, knee, range, a_down, a_up, makeup, mix. Returns
+    ``(out, y, mode)``; ``y`` (smoothed gain in dB) and ``mode`` only if ``store``."""
+    rows, nc, n = x.shape
+    total = n + lookahead
+    out = torch.empty_like(x)
+    shape = (rows, total) if store else (1,)
+    y = torch.empty(shape, dtype=x.dtype, device=x.device)
+    mode = torch.empty(shape, dtype=torch.uint8, device=x.device)
+    if rows and n:
+        k, block = _launch(x, total)
+        k.dyn_fwd[(rows,)](
+            x, side, params, constants(x.dtype, x.device), hold, out, y, mode, nc, n, lookahead,
+            KIND=kind, MEAN=mean, AMP=amp, STORE=store, HOLDS=kind == 1, BLOCK=block,
+        )
+    return out, y, mode
+
+
+def dynamics_backward(gout: Tensor, x: Tensor, side: Tensor, params: Tensor, y: Tensor,
+                      mode: Tensor, kind: int, mean: bool, lookahead: int,
+                      amp: bool) -> tuple[Tensor, Tensor, Tensor]:
+    """Exact backward of :func:`dynamics_forward`: ``(dx via the gain, dside, dparams)``,
+    ``dparams`` ``(rows, 8)`` in the audio's dtype."""
+    rows, nc, n = x.shape
+    gx = torch.empty_like(x)
+    gs = torch.empty_like(side)
+    grads = torch.zeros((rows, N_GRADS), dtype=torch.float64, device=x.device)
+    if rows and n:
+        k, block = _launch(x, n + lookahead)
+        k.dyn_bwd[(rows,)](
+            gout.contiguous(), x, side, params, constants(x.dtype, x.device), y, mode, gx, gs,
+            grads, nc, n, lookahead, KIND=kind, MEAN=mean, AMP=amp, BLOCK=block,
+        )
+    return gx, gs, grads.to(x.dtype)
+
+
+class TritonDynamics(torch.autograd.Function):
+    """Autograd wrapper with the calling convention of
+    :class:`diffmix.functional._dynamics_fused.FusedDynamics`."""
+
+    @staticmethod
+    def forward(ctx, x, side, thr, slope, knee, rng, a_down, a_up, makeup, mix, opts):  # noqa: ANN001, ANN205
+        kind, mean, lookahead, hold, amp, store = opts
+        x = x.detach().contiguous()
+        side_is_x = side is None
+        s = x if side_is_x else side.detach().contiguous()
+        params = torch.stack(
+            [p.detach() for p in (thr, slope, knee, rng, a_down, a_up, makeup, mix)], 1
+        ).contiguous()
+        out, y, mode = dynamics_forward(x, s, params, hold.contiguous(), kind, mean, lookahead,
+                                        amp, store)
+        ctx.opts = (kind, mean, lookahead, side_is_x, amp)
+        if store:
+            ctx.save_for_backward(x, s, params, y, mode)
+        return out
+
+    @staticmethod
+    def backward(ctx, gout):  # noqa: ANN001, ANN205
+        kind, mean, lookahead, side_is_x, amp = ctx.opts
+        x, s, params, y, mode = ctx.saved_tensors
+        gx, gs, grads = dynamics_backward(gout, x, s, params, y, mode, kind, mean, lookahead, amp)
+        if side_is_x:
+            gx = gx + gs
+        return (gx, None if side_is_x else gs, *grads.unbind(1), None)
