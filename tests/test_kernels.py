@@ -62,13 +62,14 @@ def test_resolve_auto_env_and_explicit(monkeypatch):
 
 
 def test_resolve_rejects_bad_names_and_devices(monkeypatch):
-    with pytest.raises(ValueError, match=r"^compressor: backend must be one of auto, numba, triton, torch, got 'cuda'$"):
+    names = "auto, numba, triton, torch"
+    with pytest.raises(ValueError, match=rf"^compressor: backend must be one of {names}, got 'cuda'$"):
         F.compressor(torch.zeros(1, 1, 8), SR, backend="cuda")
-    with pytest.raises(ValueError, match=r"^smooth: backend 'numba' needs numba and a CPU tensor, got meta$"):
+    with pytest.raises(ValueError, match=r"^smooth: backend 'numba' needs numba and a CPU tensor, got meta"):
         B.resolve("numba", torch.zeros(1, device="meta"), "smooth")
     assert B.resolve("auto", torch.zeros(1, device="meta"), "smooth") == "torch"
     monkeypatch.setenv(B.ENV, "gpu")
-    with pytest.raises(ValueError, match=r"^DIFFMIX_BACKEND must be one of auto, numba, triton, torch, got 'gpu'$"):
+    with pytest.raises(ValueError, match=rf"^DIFFMIX_BACKEND must be one of {names}, got 'gpu'$"):
         B.resolve("auto", torch.zeros(1), "op")
 
 
@@ -197,14 +198,70 @@ def test_triton_kernels_run_from_the_environment_switch(monkeypatch):
     _close(got, want, torch.float64, "output")
 
 
+# --------------------------------------------------------------------------- CUDA (./scripts/gpu-check)
+CUDA_OPTIONS = [("compressor", "peak", "max", 2.0, False), ("compressor", "rms", "mean", 0.0, True),
+                ("expander", "peak", "none", 1.0, False), ("expander", "rms", "max", 0.0, True)]
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
+@pytest.mark.parametrize("fn,detector,link,lookahead_ms,side", CUDA_OPTIONS,
+                         ids=["-".join(map(str, o)) for o in CUDA_OPTIONS])
+def test_compiled_triton_dynamics_on_cuda_equal_numba(fn, detector, link, lookahead_ms, side, dtype):
+    # Long enough for many 1024-sample blocks; the compiled kernels against numba on the CPU.
+    gen = torch.Generator().manual_seed(9)
+    t = torch.arange(48000, dtype=torch.float64)
+    env = 10 ** (-2.0 + 1.9 * (0.5 + 0.5 * torch.sin(t / 900.0)))
+    x = (env * torch.randn(2, 2, 48000, generator=gen, dtype=torch.float64)).to(dtype)
+    sc = (0.5 * torch.randn(2, 2, 48000, generator=gen, dtype=torch.float64)).to(dtype) if side else None
+    kw = dict(threshold_db=-20.0, attack_ms=2.0, release_ms=30.0, detector=detector, link=link,
+              lookahead_ms=lookahead_ms)
+    if fn == "expander":
+        kw |= dict(hold_ms=5.0, range_db=30.0)
+    outs = {}
+    for device, backend in (("cpu", "numba"), ("cuda", "triton")):
+        xd = x.to(device).requires_grad_()
+        sd = None if sc is None else sc.to(device).requires_grad_()
+        y = getattr(F, fn)(xd, SR, **kw, sidechain=sd, backend=backend)
+        w = torch.randn(y.shape, generator=torch.Generator().manual_seed(1), dtype=dtype).to(device)
+        leaves = [xd] + ([sd] if side else [])
+        outs[device] = [v.cpu() for v in (y, *torch.autograd.grad((y * w).sum(), leaves))]
+    for a, b in zip(outs["cuda"], outs["cpu"], strict=True):
+        _close(a, b, dtype, fn)
+
+
+@pytest.mark.cuda
+def test_console_forward_backward_on_cuda_has_no_host_sync():
+    from diffmix.checks import input_checks
+    from diffmix.console import Console
+    from diffmix.effects.dynamics import Compressor, Limiter
+    from diffmix.effects.eq import ParametricEQ
+    from diffmix.effects.gain import Gain, Pan
+
+    strip = {"input": Gain(SR), "eq": ParametricEQ(SR), "comp": Compressor(SR), "pan": Pan(SR)}
+    master = {"eq": ParametricEQ(SR), "comp": Compressor(SR),
+              "limiter": Limiter(SR, exact=False)}  # the exact step reads the meter on the host
+    console = Console(SR, 4, strip, master).cuda()
+    console.select(["*"])
+    x = 0.3 * torch.randn(1, 4, 2, SR, device="cuda")
+    with input_checks(False):
+        console(x).square().mean().backward()  # warm-up: compiles the kernels
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            console(x).square().mean().backward()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+
+
 # --------------------------------------------------------------------------- torch contract
 # The effect contract of the effects with hand-written kernels, rerun with
 # DIFFMIX_BACKEND=torch so the composite path is covered as well (these classes are
 # collected here a second time; the fixture below switches the backend for them). The
 # multiband compressor is its bands' compressors (covered here) and crossovers (no kernel);
 # its contract on the torch path took 2.5 minutes, beyond this file's budget.
-from test_dynamics import TestContract as TestDynamicsContractTorch  # noqa: E402
-from test_dynamics_limiter import TestContract as TestLimiterContractTorch  # noqa: E402
+from test_dynamics import TestContract as TestDynamicsContractTorch  # noqa: E402, F401
+from test_dynamics_limiter import TestContract as TestLimiterContractTorch  # noqa: E402, F401
 
 
 @pytest.fixture(autouse=True)

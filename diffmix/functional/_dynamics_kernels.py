@@ -41,6 +41,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from diffmix.kernels import ops
 from diffmix.kernels.backend import numba_available, resolve
 
 # Whether the numba kernels exist at all; which backend runs is decided per call by
@@ -204,23 +205,43 @@ def _smooth_bwd_torch(gy, g, y, mode, a_down, a_up, init):  # noqa: ANN001, ANN2
     return gg, gad, gau
 
 
-class _Smooth(torch.autograd.Function):
+def smooth_forward_numba(g: Tensor, a_down: Tensor, a_up: Tensor, hold: Tensor, init: Tensor,
+                         store: bool) -> tuple[Tensor, Tensor]:
+    """The numba forward over ``(rows, T)``: ``(y, mode)``, ``mode`` ``(1, 1)`` unless ``store``."""
+    g = g.detach().contiguous()
+    y = torch.empty_like(g)
+    mode = torch.empty(g.shape if store else (1, 1), dtype=torch.uint8)
+    over_rows(
+        _smooth_fwd_nb, g.shape[0], g.numel(), g.numpy(), a_down.detach().contiguous().numpy(),
+        a_up.detach().contiguous().numpy(), hold.contiguous().numpy(),
+        init.detach().contiguous().numpy(), y.numpy(), mode.numpy(), store,
+    )
+    return y, mode
+
+
+def smooth_backward_numba(gy: Tensor, g: Tensor, y: Tensor, mode: Tensor, a_down: Tensor,
+                          a_up: Tensor, init: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Exact backward of :func:`smooth_forward_numba` from its recorded decisions."""
+    g = g.detach().contiguous()
+    gg = torch.empty_like(g)
+    gad = torch.empty(g.shape[0], dtype=torch.float64)
+    gau = torch.empty(g.shape[0], dtype=torch.float64)
+    over_rows(
+        _smooth_bwd_nb, g.shape[0], g.numel(), gy.contiguous().numpy(), g.numpy(), y.numpy(),
+        mode.numpy(), a_down.detach().contiguous().numpy(), a_up.detach().contiguous().numpy(),
+        init.detach().contiguous().numpy(), gg.numpy(), gad.numpy(), gau.numpy(),
+    )
+    return gg, gad.to(g.dtype), gau.to(g.dtype)
+
+
+class _SmoothTorch(torch.autograd.Function):
+    """The composite solver (any device); not traceable by ``torch.compile`` (it loops
+    until the decisions settle, with a host sync per pass)."""
+
     @staticmethod
-    def forward(ctx, g, a_down, a_up, hold, init, backend):  # noqa: ANN001, ANN205
-        g = g.contiguous()
+    def forward(ctx, g, a_down, a_up, hold, init):  # noqa: ANN001, ANN205
         store = g.requires_grad or a_down.requires_grad or a_up.requires_grad
-        if backend == "numba":
-            y = torch.empty_like(g)
-            mode = torch.empty(g.shape if store else (1, 1), dtype=torch.uint8)
-            over_rows(
-                _smooth_fwd_nb, g.shape[0], g.numel(), g.numpy(),
-                a_down.detach().contiguous().numpy(), a_up.detach().contiguous().numpy(),
-                hold.contiguous().numpy(), init.contiguous().numpy(), y.numpy(), mode.numpy(), store,
-            )
-            ctx.kernel = True
-        else:
-            y, mode = _smooth_fwd_torch(g, a_down.detach(), a_up.detach(), hold, init)
-            ctx.kernel = False
+        y, mode = _smooth_fwd_torch(g.contiguous(), a_down.detach(), a_up.detach(), hold, init)
         if store:
             ctx.save_for_backward(g, y, mode, a_down.detach(), a_up.detach(), init)
         return y
@@ -228,20 +249,8 @@ class _Smooth(torch.autograd.Function):
     @staticmethod
     def backward(ctx, gy):  # noqa: ANN001, ANN205
         g, y, mode, a_down, a_up, init = ctx.saved_tensors
-        gy = gy.contiguous()
-        if ctx.kernel:
-            gg = torch.empty_like(g)
-            gad = torch.empty(g.shape[0], dtype=torch.float64)
-            gau = torch.empty(g.shape[0], dtype=torch.float64)
-            over_rows(
-                _smooth_bwd_nb, g.shape[0], g.numel(), gy.numpy(), g.numpy(), y.numpy(),
-                mode.numpy(), a_down.contiguous().numpy(), a_up.contiguous().numpy(),
-                init.contiguous().numpy(), gg.numpy(), gad.numpy(), gau.numpy(),
-            )
-            gad, gau = gad.to(g.dtype), gau.to(g.dtype)
-        else:
-            gg, gad, gau = _smooth_bwd_torch(gy, g, y, mode, a_down, a_up, init)
-        return gg, gad, gau, None, None, None
+        gg, gad, gau = _smooth_bwd_torch(gy.contiguous(), g, y, mode, a_down, a_up, init)
+        return gg, gad, gau, None, None
 
 
 def smooth(
@@ -276,8 +285,7 @@ def smooth(
     a_down = a_down.to(g.dtype).expand(rows)
     a_up = a_up.to(g.dtype).expand(rows)
     hold = hold.to(torch.int64).expand(rows)
-    if kernel == "triton":
-        from diffmix.kernels.triton_ops import TritonSmooth
-
-        return TritonSmooth.apply(g, a_down, a_up, hold, init_t, holds)
-    return _Smooth.apply(g, a_down, a_up, hold, init_t, kernel)
+    if kernel == "torch":
+        return _SmoothTorch.apply(g, a_down, a_up, hold, init_t)
+    store = torch.is_grad_enabled() and (g.requires_grad or a_down.requires_grad or a_up.requires_grad)
+    return ops.smooth(g, a_down, a_up, hold, init_t, holds, store, kernel)[0]

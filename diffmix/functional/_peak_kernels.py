@@ -34,8 +34,8 @@ import torch
 from torch import Tensor
 
 from diffmix.functional._dynamics_kernels import HAVE_NUMBA
-from diffmix.kernels.backend import numba_threads, resolve
 from diffmix.functional.peaks import _accumulate_phase, interpolation_filter, oversampling_factor
+from diffmix.kernels.backend import numba_threads, resolve
 
 BLOCK = 256  # samples per envelope block (one vectorised accumulator per phase)
 _SIDE = 8  # code = channel * _SIDE + kind; kind 0: the sample, 1..3: after, 4..6: before

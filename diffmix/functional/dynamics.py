@@ -32,12 +32,10 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from diffmix.checks import check_choice
-from diffmix.functional._dynamics_kernels import FLOOR_POWER, HAVE_NUMBA, smooth
+from diffmix.functional._dynamics_kernels import FLOOR_POWER, smooth
+from diffmix.kernels import ops
 from diffmix.kernels.backend import resolve
 from diffmix.params import ParamValue, per_sample
-
-if HAVE_NUMBA:
-    from diffmix.functional._dynamics_fused import FusedDynamics
 
 DETECTORS = ("peak", "rms")
 LINKS = ("max", "mean", "none")
@@ -179,16 +177,14 @@ def _run(
 
         side_in = power if power is not None else (None if sidechain is None else sidechain)
         side_rows = None if side_in is None else side_in.reshape(rows, nc, t)
-        values = [per_row(v.to(x.dtype)) for v in setting.values]
+        params = torch.stack([per_row(v.to(x.dtype)) for v in setting.values], 1)
         store = torch.is_grad_enabled() and any(
-            v is not None and v.requires_grad for v in (x, side_rows, *values)
+            v is not None and v.requires_grad for v in (x, side_rows, params)
         )
-        opts = (setting.kind, link == "mean", lookahead, per_row(setting.hold), power is None, store)
-        if solver == "triton":
-            from diffmix.kernels.triton_ops import TritonDynamics as fused
-        else:
-            fused = FusedDynamics
-        out = fused.apply(x.reshape(rows, nc, t), side_rows, *values, opts)
+        out = ops.dynamics(
+            x.reshape(rows, nc, t), side_rows, params, per_row(setting.hold), setting.kind,
+            link == "mean", lookahead, power is None, store, solver,
+        )[0]
         return out.reshape(b, c, t)
     if power is None:
         power = side * side

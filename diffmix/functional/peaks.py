@@ -24,13 +24,13 @@ import torch
 from torch import Tensor
 
 from diffmix.checks import check_sample_rate, value_checks_enabled
-from diffmix.kernels.backend import check as check_backend
-from diffmix.kernels.backend import numba_threads, resolve
 from diffmix.functional.loudness import (
     check_meter_input,
     integrated_loudness,
     short_term_loudness,
 )
+from diffmix.kernels.backend import check as check_backend
+from diffmix.kernels.backend import numba_threads, resolve
 
 _HALF_TAPS = 24  # taps each side of the interpolated point: 48 taps per phase
 _KAISER_BETA = 9.0

@@ -27,7 +27,6 @@ numba's thread count to it first (:func:`numba_threads`), so one knob
 
 from __future__ import annotations
 
-import functools
 import importlib.util
 import os
 
@@ -39,20 +38,19 @@ ENV = "DIFFMIX_BACKEND"
 LEGACY_ENV = "DIFFMIX_DISABLE_NUMBA"
 
 
-@functools.cache
+# Looked up once at import (plain constants, which torch.compile reads without tracing).
+_NUMBA = importlib.util.find_spec("numba") is not None
+_TRITON = importlib.util.find_spec("triton") is not None
+
+
 def numba_available() -> bool:
-    """Whether numba imports (a runtime dependency; absent only on broken installs)."""
-    try:
-        import numba  # noqa: F401
-    except ImportError:  # pragma: no cover - depends on the install
-        return False
-    return True
+    """Whether numba is installed (a runtime dependency; absent only on broken installs)."""
+    return _NUMBA
 
 
-@functools.cache
 def triton_available() -> bool:
     """Whether Triton is installed (it ships with torch's Linux wheels)."""
-    return importlib.util.find_spec("triton") is not None
+    return _TRITON
 
 
 def forced() -> str | None:

@@ -86,16 +86,17 @@ def constants(dtype: torch.dtype, device: torch.device) -> Tensor:
 
 def smooth_forward(g: Tensor, a_down: Tensor, a_up: Tensor, hold: Tensor, init: Tensor,
                    store: bool, holds: bool) -> tuple[Tensor, Tensor]:
-    """Branching smoother over ``(rows, T)``: ``(y, mode)`` (``mode`` empty unless ``store``)."""
-    g = g.contiguous()
+    """Branching smoother over ``(rows, T)``: ``(y, mode)`` (``mode`` ``(1, 1)`` unless
+    ``store``); ``holds`` compiles the hold counter in."""
+    g = g.detach().contiguous()
     rows, t = g.shape
     y = torch.empty_like(g)
-    mode = torch.empty((rows, t) if store else (1,), dtype=torch.uint8, device=g.device)
+    mode = torch.empty((rows, t) if store else (1, 1), dtype=torch.uint8, device=g.device)
     if rows and t:
         k, block = _launch(g, t)
         k.smooth_fwd[(rows,)](
-            g, a_down.contiguous(), a_up.contiguous(), hold.contiguous(), init.contiguous(),
-            y, mode, t, STORE=store, HOLDS=holds, BLOCK=block,
+            g, a_down.detach().contiguous(), a_up.detach().contiguous(), hold.contiguous(),
+            init.detach().contiguous(), y, mode, t, STORE=store, HOLDS=holds, BLOCK=block,
         )
     return y, mode
 
@@ -103,6 +104,7 @@ def smooth_forward(g: Tensor, a_down: Tensor, a_up: Tensor, hold: Tensor, init: 
 def smooth_backward(gy: Tensor, g: Tensor, y: Tensor, mode: Tensor, a_down: Tensor,
                     a_up: Tensor, init: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """Exact backward of :func:`smooth_forward` from its recorded decisions."""
+    g = g.detach().contiguous()
     rows, t = g.shape
     gg = torch.empty_like(g)
     gad = torch.zeros(rows, dtype=torch.float64, device=g.device)
@@ -110,42 +112,26 @@ def smooth_backward(gy: Tensor, g: Tensor, y: Tensor, mode: Tensor, a_down: Tens
     if rows and t:
         k, block = _launch(g, t)
         k.smooth_bwd[(rows,)](
-            gy.contiguous(), g, y, mode, a_down.contiguous(), a_up.contiguous(),
-            init.contiguous(), gg, gad, gau, t, BLOCK=block,
+            gy.contiguous(), g, y, mode, a_down.detach().contiguous(),
+            a_up.detach().contiguous(), init.detach().contiguous(), gg, gad, gau, t, BLOCK=block,
         )
     return gg, gad.to(g.dtype), gau.to(g.dtype)
 
 
-class TritonSmooth(torch.autograd.Function):
-    """``(g, a_down, a_up, hold, init, holds)`` -> ``y``, as
-    :func:`diffmix.functional._dynamics_kernels.smooth`."""
-
-    @staticmethod
-    def forward(ctx, g, a_down, a_up, hold, init, holds):  # noqa: ANN001, ANN205
-        store = g.requires_grad or a_down.requires_grad or a_up.requires_grad
-        a_down, a_up = a_down.detach(), a_up.detach()
-        y, mode = smooth_forward(g.detach(), a_down, a_up, hold, init, store, holds)
-        if store:
-            ctx.save_for_backward(g.detach().contiguous(), y, mode, a_down, a_up, init)
-        return y
-
-    @staticmethod
-    def backward(ctx, gy):  # noqa: ANN001, ANN205
-        g, y, mode, a_down, a_up, init = ctx.saved_tensors
-        gg, gad, gau = smooth_backward(gy, g, y, mode, a_down, a_up, init)
-        return gg, gad, gau, None, None, None
-
-
-def dynamics_forward(x: Tensor, side: Tensor, params: Tensor, hold: Tensor, kind: int,
+def dynamics_forward(x: Tensor, side: Tensor | None, params: Tensor, hold: Tensor, kind: int,
                      mean: bool, lookahead: int, amp: bool, store: bool) -> tuple[Tensor, Tensor, Tensor]:
     """Fused compressor/expander over gain rows ``x`` ``(rows, nc, T)`` with detector input
-    ``side`` (the same shape; amplitudes if ``amp``, else powers) and ``params``
+    ``side`` (the same shape, or ``None`` for ``x``; amplitudes if ``amp``, else powers) and
+    ``params``
     ``(rows, 8)``: threshold, slope, knee, range, a_down, a_up, makeup, mix. Returns
     ``(out, y, mode)``; ``y`` (smoothed gain in dB) and ``mode`` only if ``store``."""
+    x = x.detach().contiguous()
+    side = x if side is None else side.detach().contiguous()
+    params = params.detach().contiguous()
     rows, nc, n = x.shape
     total = n + lookahead
     out = torch.empty_like(x)
-    shape = (rows, total) if store else (1,)
+    shape = (rows, total) if store else (1, 1)
     y = torch.empty(shape, dtype=x.dtype, device=x.device)
     mode = torch.empty(shape, dtype=torch.uint8, device=x.device)
     if rows and n:
@@ -157,11 +143,16 @@ def dynamics_forward(x: Tensor, side: Tensor, params: Tensor, hold: Tensor, kind
     return out, y, mode
 
 
-def dynamics_backward(gout: Tensor, x: Tensor, side: Tensor, params: Tensor, y: Tensor,
+def dynamics_backward(gout: Tensor, x: Tensor, side: Tensor | None, params: Tensor, y: Tensor,
                       mode: Tensor, kind: int, mean: bool, lookahead: int,
                       amp: bool) -> tuple[Tensor, Tensor, Tensor]:
-    """Exact backward of :func:`dynamics_forward`: ``(dx via the gain, dside, dparams)``,
-    ``dparams`` ``(rows, 8)`` in the audio's dtype."""
+    """Exact backward of :func:`dynamics_forward`: ``(dx, dside, dparams)``; with ``side``
+    ``None`` the side-chain's share is added into ``dx`` and ``dside`` is empty. ``dparams``
+    is ``(rows, 8)`` in the audio's dtype."""
+    side_is_x = side is None
+    x = x.detach().contiguous()
+    side = x if side is None else side.detach().contiguous()
+    params = params.detach().contiguous()
     rows, nc, n = x.shape
     gx = torch.empty_like(x)
     gs = torch.empty_like(side)
@@ -172,34 +163,6 @@ def dynamics_backward(gout: Tensor, x: Tensor, side: Tensor, params: Tensor, y: 
             gout.contiguous(), x, side, params, constants(x.dtype, x.device), y, mode, gx, gs,
             grads, nc, n, lookahead, KIND=kind, MEAN=mean, AMP=amp, BLOCK=block,
         )
+    if side_is_x:
+        return gx + gs, x.new_empty(0), grads.to(x.dtype)
     return gx, gs, grads.to(x.dtype)
-
-
-class TritonDynamics(torch.autograd.Function):
-    """Autograd wrapper with the calling convention of
-    :class:`diffmix.functional._dynamics_fused.FusedDynamics`."""
-
-    @staticmethod
-    def forward(ctx, x, side, thr, slope, knee, rng, a_down, a_up, makeup, mix, opts):  # noqa: ANN001, ANN205
-        kind, mean, lookahead, hold, amp, store = opts
-        x = x.detach().contiguous()
-        side_is_x = side is None
-        s = x if side_is_x else side.detach().contiguous()
-        params = torch.stack(
-            [p.detach() for p in (thr, slope, knee, rng, a_down, a_up, makeup, mix)], 1
-        ).contiguous()
-        out, y, mode = dynamics_forward(x, s, params, hold.contiguous(), kind, mean, lookahead,
-                                        amp, store)
-        ctx.opts = (kind, mean, lookahead, side_is_x, amp)
-        if store:
-            ctx.save_for_backward(x, s, params, y, mode)
-        return out
-
-    @staticmethod
-    def backward(ctx, gout):  # noqa: ANN001, ANN205
-        kind, mean, lookahead, side_is_x, amp = ctx.opts
-        x, s, params, y, mode = ctx.saved_tensors
-        gx, gs, grads = dynamics_backward(gout, x, s, params, y, mode, kind, mean, lookahead, amp)
-        if side_is_x:
-            gx = gx + gs
-        return (gx, None if side_is_x else gs, *grads.unbind(1), None)
