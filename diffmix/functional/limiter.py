@@ -74,10 +74,10 @@ def limiter_envelope(x: Tensor, sample_rate: int, *, true_peak: bool = True,
     Args:
         x: audio. sample_rate: Hz.
         true_peak: include the inter-sample points of the true-peak meter.
-        backend: :mod:`diffmix.kernels.backend`. With numba (CPU) the true-peak envelope is
-            one compiled pass that never materialises the oversampled signal
-            (:mod:`diffmix.functional._peak_kernels`), with an exact backward; the torch
-            path (and, for now, ``"triton"``) convolves every phase.
+        backend: :mod:`diffmix.kernels.backend`. numba (CPU) and Triton (CUDA) meter the
+            in-between points without materialising the oversampled signal
+            (:mod:`diffmix.functional._peak_kernels`, :mod:`diffmix.kernels._triton_peaks`),
+            with an exact backward; the torch path convolves every phase.
 
     Shape:
         ``(B, C, T)`` -> ``(B, 1, T)``, linear. Differentiable in ``x``.
@@ -89,6 +89,11 @@ def limiter_envelope(x: Tensor, sample_rate: int, *, true_peak: bool = True,
         return x.abs().amax(1, keepdim=True)
     if _pk.available(x, backend):
         return _pk.envelope(x, sample_rate)
+    if resolve(backend, x, "limiter") == "triton":
+        from diffmix.kernels.triton_ops import TritonEnvelope
+
+        taps = _peaks.interpolation_filter(_peaks.oversampling_factor(sample_rate))
+        return TritonEnvelope.apply(x, torch.as_tensor(taps, dtype=x.dtype, device=x.device))
     return _true_peak_envelope(x, sample_rate).amax(1, keepdim=True)
 
 

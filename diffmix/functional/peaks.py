@@ -223,7 +223,8 @@ def true_peak(
         sample_rate: in Hz.
         factor: oversampling factor; default 4 below 96 kHz, 2 below 192 kHz, else 1.
         backend: ``"auto"``, ``"numba"``, ``"triton"`` or ``"torch"``
-            (:mod:`diffmix.kernels.backend`; ``"triton"`` runs the torch path for now).
+            (:mod:`diffmix.kernels.backend`); numba and Triton never materialise the
+            oversampled signal.
 
     Shape:
         ``(B, C, T)`` -> ``(B, C)`` linear; ``20 log10`` of it is dBTP.
@@ -263,6 +264,11 @@ def true_peak(
     if f == 1:
         return peak
     rows = x.reshape(b * c, t)
+    if kernel == "triton" and not (torch.is_grad_enabled() and x.requires_grad):
+        from diffmix.kernels.triton_ops import between
+
+        taps = torch.as_tensor(interpolation_filter(f), dtype=x.dtype, device=x.device)
+        return torch.maximum(peak, between(rows, taps)[0].abs().amax(-1).reshape(b, c))
     if torch.is_grad_enabled() and x.requires_grad:
         between = _phases(rows, f).abs().amax((-1, -2))
     else:

@@ -21,8 +21,8 @@ from types import ModuleType
 import torch
 from torch import Tensor
 
-_SOURCE = Path(__file__).with_name("_triton_dynamics.py")
-_LOADED: dict[bool, ModuleType] = {}
+_SOURCES = {"dynamics": "_triton_dynamics.py", "peaks": "_triton_peaks.py"}
+_LOADED: dict[tuple[str, bool], ModuleType] = {}
 _LOCK = threading.Lock()
 # Samples per time block: wide on a GPU (one program per row streams long blocks); small
 # under the interpreter so that tests on short signals still cross block boundaries.
@@ -36,11 +36,12 @@ def interpreted(x: Tensor) -> bool:
     return x.device.type != "cuda" or os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
-def kernels(interpret: bool) -> ModuleType:
-    """The kernel module, compiled (``False``) or interpreted (``True``); loaded once."""
+def kernels(interpret: bool, source: str = "dynamics") -> ModuleType:
+    """A kernel module (``source`` in ``_SOURCES``), compiled (``interpret=False``) or
+    interpreted; each loaded once."""
     with _LOCK:
-        if interpret in _LOADED:
-            return _LOADED[interpret]
+        if (source, interpret) in _LOADED:
+            return _LOADED[(source, interpret)]
         # Triton's own library (and the launcher module it imports lazily) is decorated
         # under the caller's setting first, so that toggling the variable below only
         # affects our kernels.
@@ -55,8 +56,9 @@ def kernels(interpret: bool) -> ModuleType:
         old = os.environ.get("TRITON_INTERPRET")
         os.environ["TRITON_INTERPRET"] = "1" if interpret else "0"
         try:
-            name = f"diffmix.kernels._triton_dynamics_{'interpreted' if interpret else 'compiled'}"
-            spec = importlib.util.spec_from_file_location(name, _SOURCE)
+            path = Path(__file__).with_name(_SOURCES[source])
+            name = f"diffmix.kernels.{path.stem}_{'interpreted' if interpret else 'compiled'}"
+            spec = importlib.util.spec_from_file_location(name, path)
             assert spec is not None and spec.loader is not None
             module = importlib.util.module_from_spec(spec)
             spec.loader.exec_module(module)
@@ -66,7 +68,7 @@ def kernels(interpret: bool) -> ModuleType:
             else:
                 os.environ["TRITON_INTERPRET"] = old
         del triton
-        _LOADED[interpret] = module
+        _LOADED[(source, interpret)] = module
         return module
 
 
@@ -166,3 +168,83 @@ def dynamics_backward(gout: Tensor, x: Tensor, side: Tensor | None, params: Tens
     if side_is_x:
         return gx + gs, x.new_empty(0), grads.to(x.dtype)
     return gx, gs, grads.to(x.dtype)
+
+
+# --------------------------------------------------------------------------- true peak
+PEAK_BLOCK = {"cuda": 256, "interpreter": 64}
+
+
+def between(x: Tensor, taps: Tensor) -> tuple[Tensor, Tensor]:
+    """The in-between points of ``x`` ``(rows, T)`` with the interpolator ``taps``
+    ``(phases, K)``: per point ``m``, the signed value of the phase with the largest
+    magnitude and that phase, ``((rows, T), (rows, T) int32)``."""
+    x = x.detach().contiguous()
+    rows, t = x.shape
+    taps = taps.to(x.dtype).contiguous()
+    val = torch.empty_like(x)
+    arg = torch.empty((rows, t), dtype=torch.int32, device=x.device)
+    if rows and t:
+        interp = interpreted(x)
+        block = PEAK_BLOCK["interpreter" if interp else "cuda"]
+        grid = (rows, -(-t // block))
+        kernels(interp, "peaks").between_fwd[grid](
+            x, taps, val, arg, t, P=taps.shape[0], K=taps.shape[1], BLOCK=block)
+    return val, arg
+
+
+def between_adjoint(w: Tensor, arg: Tensor, taps: Tensor) -> Tensor:
+    """The gradient reaching ``x`` from gradients ``w`` ``(rows, T)`` on the points that
+    :func:`between` chose (phase ``arg``): the interpolator's transpose, as a gather."""
+    w = w.contiguous()
+    rows, t = w.shape
+    taps = taps.to(w.dtype).contiguous()
+    gx = torch.empty_like(w)
+    if rows and t:
+        interp = interpreted(w)
+        block = PEAK_BLOCK["interpreter" if interp else "cuda"]
+        kernels(interp, "peaks").between_bwd[(rows, -(-t // block))](
+            w, arg.contiguous(), taps, gx, t, K=taps.shape[1], BLOCK=block)
+    return gx
+
+
+def _winners(x: Tensor, val: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Per sample, the limiter's level over channels and what set it, with the numba
+    kernel's tie order: the sample, else the point after it, else the point before it
+    (strictly larger wins), and the first channel of the largest."""
+    mag = x.abs()
+    after = val.abs()
+    before = torch.nn.functional.pad(after[..., :-1], (1, 0))
+    kind = torch.where(after > mag, 1, 0)
+    best = torch.maximum(after, mag)
+    kind = torch.where(before > best, 2, kind)
+    best = torch.maximum(before, best)
+    level, channel = best.max(1, keepdim=True)
+    return level, channel, kind
+
+
+class TritonEnvelope(torch.autograd.Function):
+    """``(x (B, C, T), taps)`` -> the limiter's true-peak level ``(B, 1, T)``."""
+
+    @staticmethod
+    def forward(ctx, x, taps):  # noqa: ANN001, ANN205
+        b, c, t = x.shape
+        val, arg = between(x.reshape(b * c, t), taps)
+        val, arg = val.reshape(b, c, t), arg.reshape(b, c, t)
+        level, channel, kind = _winners(x.detach(), val)
+        ctx.save_for_backward(x.detach(), val, arg, channel, kind, taps)
+        return level
+
+    @staticmethod
+    def backward(ctx, grad):  # noqa: ANN001, ANN205
+        x, val, arg, channel, kind, taps = ctx.saved_tensors
+        b, c, t = x.shape
+        chosen = torch.arange(c, device=x.device).view(1, c, 1) == channel
+        g = grad.to(x.dtype)
+        gx = torch.where(chosen & (kind == 0), g * torch.sign(x), 0.0)
+        # point m collects its "after" win (sample m) and its "before" win (sample m + 1)
+        sign = torch.sign(val)
+        w = torch.where(chosen & (kind == 1), g * sign, 0.0)
+        wb = torch.where(chosen & (kind == 2), g, 0.0)[..., 1:]
+        w = w + torch.nn.functional.pad(wb * sign[..., :-1], (0, 1))
+        gx = gx + between_adjoint(w.reshape(b * c, t), arg.reshape(b * c, t), taps).reshape(b, c, t)
+        return gx, None
