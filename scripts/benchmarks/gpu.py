@@ -88,7 +88,6 @@ def _batch_master(quick: bool) -> tuple[list[str], float]:
         torch.cuda.reset_peak_memory_stats()
         t_gpu = _sync_time(lambda: gpu_chain(x), repeat=3)
         mem = torch.cuda.max_memory_allocated() / 2**30
-        del x
         cpu_chain = _chain(1)
         one = _songs(1, seconds, "cpu")
         t_cpu_one = median_time(lambda: cpu_chain(one), repeat=3, warmup=1)
