@@ -20,7 +20,9 @@ accuracy.
 Rows are gain rows: ``(B, C, T)`` audio is viewed as ``(rows, nc, T)`` where a linked
 detector makes each item one row of ``nc = C`` channels and an unlinked one makes each
 channel its own row. Per-row parameters are ``(rows,)`` arrays. The composite path is the
-reference: tests check that both give the same audio and gradients.
+reference: tests check that both give the same audio and gradients. The Triton kernels
+(:mod:`diffmix.kernels._triton_dynamics`) implement the same contract for CUDA; both are
+reached through the custom op ``diffmix::dynamics`` (:mod:`diffmix.kernels.ops`).
 
 Backward, with ``G = 10^((y + makeup)/20)`` and ``out = x (1 + mix (G - 1))``::
 

@@ -312,7 +312,7 @@ def expander(
         hold_ms: time the gain stays put before closing, ms (not differentiable: it
             counts whole samples).
         range_db: largest attenuation, dB.
-        detector, rms_ms, link, lookahead_ms, sidechain: as in :func:`compressor`.
+        detector, rms_ms, link, lookahead_ms, sidechain, backend: as in :func:`compressor`.
 
     Differentiable: all parameters but ``hold_ms``. CUDA: yes.
 
