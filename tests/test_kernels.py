@@ -234,9 +234,26 @@ def test_triton_true_peak_meter_equals_numba(dtype):
     _close(got, want[:, 0].to(dtype), dtype, "between-sample peak")
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
+@pytest.mark.parametrize("lookahead", [1, 4, 9])
+def test_triton_lookahead_ramp_equals_numba(lookahead, dtype):
+    # Ties (equal minima: the latest holds the gradient) and stretches at 1.0 next to the
+    # padding (the padding wins), as the numba deque decides them.
+    gen = torch.Generator().manual_seed(lookahead)
+    req = torch.rand(2, 37, generator=gen, dtype=torch.float64).clamp_max(0.9).to(dtype)
+    req[:, 5:9] = 1.0
+    req[:, 20] = req[:, 22]
+    req[0, :3] = 1.0
+    leaves = [req.clone().requires_grad_() for _ in range(2)]
+    got = triton_ops.TritonRamp.apply(leaves[0], lookahead)
+    want = _peak_kernels.ramp(leaves[1], lookahead)
+    _close(got, want, dtype, "ramp")
+    _close(_grads(got, leaves[:1], 3)[0], _grads(want, leaves[1:], 3)[0], dtype, "drequired")
+
+
 def test_triton_limiter_with_the_meters_filter_equals_numba():
-    # The real 48-tap interpolator end to end: envelope (Triton), ramp (torch), release
-    # (Triton smoother), against the numba kernels; and the meter through true_peak().
+    # The real 48-tap interpolator end to end: envelope, ramp and release smoother on
+    # Triton against the numba kernels; and the meter through true_peak().
     dtype = torch.float64
     x = (1.5 * torch.randn(1, 2, 40, generator=torch.Generator().manual_seed(12), dtype=dtype))
     x.requires_grad_()

@@ -110,8 +110,8 @@ def limiter_gain(required: Tensor, lookahead: int, release: Tensor, *,
         required: the gain each sample needs, ``(B, 1, T)`` in ``(0, 1]``.
         lookahead: ramp length in samples.
         release: release pole per item, ``(B,)`` or ``(B, 1, 1)`` (:func:`ms_to_pole`).
-        backend: :mod:`diffmix.kernels.backend` (the ramp is numba or torch; the release
-            smoother follows the backend, Triton included).
+        backend: :mod:`diffmix.kernels.backend`: the ramp's running minimum and the
+            release smoother run on numba, Triton or torch.
 
     Shape:
         ``(B, 1, T)`` -> ``(B, 1, T)``. Differentiable in ``required`` and ``release``.
@@ -120,7 +120,11 @@ def limiter_gain(required: Tensor, lookahead: int, release: Tensor, *,
     [[[0.75, 0.5, 0.75]]]
     """
     b, _, t = required.shape
-    if lookahead and _pk.available(required, backend):
+    if lookahead and resolve(backend, required, "limiter") == "triton":
+        from diffmix.kernels.triton_ops import TritonRamp
+
+        required = TritonRamp.apply(required.reshape(b, t), int(lookahead)).reshape(b, 1, t)
+    elif lookahead and _pk.available(required, backend):
         # O(T) running minimum and running sum, instead of pools that cost O(T * L).
         required = _pk.ramp(required.reshape(b, t), lookahead).reshape(b, 1, t)
     elif lookahead:

@@ -52,3 +52,31 @@ def between_bwd(w_ptr, arg_ptr, taps_ptr, gx_ptr, T, K: tl.constexpr, BLOCK: tl.
         p = tl.load(arg_ptr + row * T + m, mask=ok, other=0)
         acc += tl.load(taps_ptr + p * K + k, mask=ok, other=0.0) * wv
     tl.store(gx_ptr + row * T + j, acc, mask=valid)
+
+
+@triton.jit
+def window_min(req_ptr, held_ptr, arg_ptr, T, L, BLOCK: tl.constexpr):
+    """The limiter ramp's running minimum: for ``i < T + L``, the minimum of ``req`` over
+    ``i - L .. i`` with 1 outside ``[0, T)``, and the sample holding it (the latest of
+    equal minima, -1 for the padding), as the numba kernel's deque keeps them."""
+    row = tl.program_id(0).to(tl.int64)
+    i = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    n = T + L
+    valid = i < n
+    base = req_ptr + row * T
+    first = tl.load(base + i * 0, mask=valid, other=1.0)
+    best = first * 0 + float("inf")
+    arg = tl.full((BLOCK,), -1, tl.int64)
+    d = 0
+    while d <= L:  # newest to oldest: only a strictly smaller value replaces the latest
+        k = i - d
+        ok = valid & (k >= 0) & (k < T)
+        v = tl.load(base + k, mask=ok, other=float("inf"))
+        better = v < best
+        best = tl.where(better, v, best)
+        arg = tl.where(better, k.to(tl.int64), arg)
+        d += 1
+    inside = (i >= L) & (i < T)
+    keep = (best < 1.0) | inside
+    tl.store(held_ptr + row * n + i, tl.where(keep, best, 1.0), mask=valid)
+    tl.store(arg_ptr + row * n + i, tl.where(keep, arg, -1), mask=valid)

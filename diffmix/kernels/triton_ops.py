@@ -248,3 +248,48 @@ class TritonEnvelope(torch.autograd.Function):
         w = w + torch.nn.functional.pad(wb * sign[..., :-1], (0, 1))
         gx = gx + between_adjoint(w.reshape(b * c, t), arg.reshape(b * c, t), taps).reshape(b, c, t)
         return gx, None
+
+
+# --------------------------------------------------------------------------- lookahead ramp
+def _window_min(required: Tensor, lookahead: int) -> tuple[Tensor, Tensor]:
+    req = required.detach().contiguous()
+    rows, t = req.shape
+    n = t + lookahead
+    held = torch.empty((rows, n), dtype=req.dtype, device=req.device)
+    arg = torch.empty((rows, n), dtype=torch.int64, device=req.device)
+    if rows and t:
+        interp = interpreted(req)
+        block = PEAK_BLOCK["interpreter" if interp else "cuda"]
+        kernels(interp, "peaks").window_min[(rows, -(-n // block))](
+            req, held, arg, t, lookahead, BLOCK=block)
+    return held, arg
+
+
+def _window_sums(v: Tensor, span: int) -> Tensor:
+    """``out[j] = sum(v[j .. j + span - 1])`` from a float64 prefix sum."""
+    csum = torch.nn.functional.pad(v.to(torch.float64).cumsum(-1), (1, 0))
+    return csum[..., span:] - csum[..., :-span]
+
+
+class TritonRamp(torch.autograd.Function):
+    """The limiter's lookahead ramp ``(rows, T)`` (as :func:`diffmix.functional._peak_kernels.ramp`):
+    the mean over ``j .. j + L`` of the running minimum, the minimum on the Triton kernel
+    and the sums as float64 prefix sums."""
+
+    @staticmethod
+    def forward(ctx, required, lookahead):  # noqa: ANN001, ANN205
+        held, arg = _window_min(required, lookahead)
+        ctx.save_for_backward(arg)
+        ctx.lookahead, ctx.length = lookahead, required.shape[-1]
+        return (_window_sums(held, lookahead + 1) / (lookahead + 1)).to(required.dtype)
+
+    @staticmethod
+    def backward(ctx, grad):  # noqa: ANN001, ANN205
+        (arg,) = ctx.saved_tensors
+        span = ctx.lookahead + 1
+        # held[i] feeds out[j] for j in i - L .. i (inside [0, T)): sums of the padded grad.
+        padded = torch.nn.functional.pad(grad.to(torch.float64), (ctx.lookahead, ctx.lookahead))
+        per_held = _window_sums(padded, span) / span
+        greq = torch.zeros(grad.shape, dtype=torch.float64, device=grad.device)
+        greq.scatter_add_(1, arg.clamp_min(0), torch.where(arg >= 0, per_held, 0.0))
+        return greq.to(grad.dtype), None
