@@ -80,10 +80,14 @@ def _smooth_setup(ctx, inputs, output) -> None:  # noqa: ANN001
     g, a_down, a_up, _hold, init, _holds, _store, backend = inputs
     y, mode = output
     ctx.backend = backend
+    ctx.mark_non_differentiable(mode)
+    ctx.set_materialize_grads(False)  # no full-length zeros for the unused outputs
     ctx.save_for_backward(g, y, mode, a_down, a_up, init)
 
 
 def _smooth_grad(ctx, gy, _gmode):  # noqa: ANN001, ANN202
+    if gy is None:
+        return None, None, None, None, None, None, None, None
     g, y, mode, a_down, a_up, init = ctx.saved_tensors
     gg, gad, gau = smooth_backward(gy, g, y, mode, a_down, a_up, init, ctx.backend)
     return gg, gad, gau, None, None, None, None, None
@@ -140,12 +144,18 @@ def _(gout, x, side, params, y, mode, kind, mean, lookahead, amp, backend):  # n
 def _dynamics_setup(ctx, inputs, output) -> None:  # noqa: ANN001
     x, side, params, _hold, kind, mean, lookahead, amp, _store, backend = inputs
     _out, y, mode = output
+    # y and mode are what backward replays, not results: no gradient flows into them, and
+    # none is materialised (a full-length buffer of zeros per call otherwise).
+    ctx.mark_non_differentiable(y, mode)
+    ctx.set_materialize_grads(False)
     ctx.opts = (kind, mean, lookahead, amp, backend)
     ctx.has_side = side is not None
     ctx.save_for_backward(x, side, params, y, mode)
 
 
 def _dynamics_grad(ctx, gout, _gy, _gmode):  # noqa: ANN001, ANN202
+    if gout is None:
+        return None, None, None, None, None, None, None, None, None, None
     x, side, params, y, mode = ctx.saved_tensors
     kind, mean, lookahead, amp, backend = ctx.opts
     gx, gside, gparams = dynamics_backward(gout, x, side if ctx.has_side else None, params, y,
