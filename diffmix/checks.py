@@ -38,6 +38,10 @@ def input_checks(enabled: bool) -> Iterator[None]:
 
 
 def value_checks_enabled() -> bool:
+    """Whether the NaN/Inf scans run: on unless :func:`input_checks` turned them off, and
+    off inside ``torch.compile`` (a scan is a host sync, which a graph cannot hold)."""
+    if torch.compiler.is_compiling():
+        return False
     return _VALUE_CHECKS.get()
 
 
@@ -78,7 +82,7 @@ def check_audio(
         raise ValueError(f"{effect}: {name} is empty (0 samples)")
     # amax propagates NaN and keeps Inf, so one reduction answers the question; it is
     # several times cheaper than isfinite(x).all() on long audio.
-    if _VALUE_CHECKS.get() and not bool(torch.isfinite(x.abs().amax())):
+    if value_checks_enabled() and not bool(torch.isfinite(x.abs().amax())):
         raise ValueError(f"{effect}: {name} contains NaN or Inf")
 
 

@@ -321,10 +321,10 @@ def _smooth_limiter_proxy(
 
     The limiter's level detector is linear in its drive (the true-peak envelope of
     ``g · x`` is ``g`` times that of ``x``), so the envelope is metered once here and
-    every drive after that costs one gain ramp (the limiter's own ``_limit_gain``:
+    every drive after that costs one gain ramp (the limiter's own ``limiter_gain``:
     lookahead minimum, moving average, release smoother). ``smooth`` leaves out the
     limiter's final metered correction, which only ever lowers the level a hair; ``exact``
-    is ``smooth`` times that correction (the limiter's own ``_exact_correction``, which
+    is ``smooth`` times that correction (the limiter's own ``limiter_correction``, which
     meters the very output it returns, so the ceiling holds exactly as in the limiter). It
     equals ``Limiter.forward`` to float rounding and costs one ramp and one true-peak read
     instead of a second envelope. None when the limiter isn't the stock one or effects
@@ -351,21 +351,21 @@ def _smooth_limiter_proxy(
         g = torch.pow(10.0, drives.to(pre.device, torch.float64) / 20.0).to(pre.dtype).view(-1, 1, 1)
         with torch.no_grad():
             if not cache:  # metered on first use: a job without a loudness goal never pays
-                level = L._linked_level(pre, sr, bool(opts["true_peak"]))
+                level = L.limiter_envelope(pre, sr, true_peak=bool(opts["true_peak"]))
                 if opts["true_peak"] and opts["exact"]:  # as the limiter's exact mode does
                     strict = strict_envelope(pre, sr).unsqueeze(1).to(level)
                     level = torch.maximum(level, strict)
                 cache.append(level)
             level = cache[0]
             required = torch.minimum(target / (g * level).clamp_min(1e-30), torch.ones_like(level))
-            return pre * (g * L._limit_gain(required, lookahead, release))
+            return pre * (g * L.limiter_gain(required, lookahead, release))
 
     def exact(drives: Tensor) -> Tensor:
         y = proxy(drives)
         if not (opts["true_peak"] and opts["exact"]):
             return y  # sample-peak mode: the smooth gain already holds the ceiling
         with torch.no_grad():
-            return y * L._exact_correction(
+            return y * L.limiter_correction(
                 y, sr, target, ceiling.to(pre.dtype), lookahead, release.view(-1, 1, 1)
             )
 

@@ -131,7 +131,9 @@ class BoundedParam(nn.Module):
 
     def forward(self) -> Tensor:
         mapped = self.spec.from_raw(self.raw)
-        if self._anchored():
+        # torch.compile cannot trace the version counter: a compiled graph uses the
+        # mapping itself (the anchored value to rounding).
+        if not torch.compiler.is_compiling() and self._anchored():
             where = (self.raw.dtype, self.raw.device)
             exact = self._copies.get(where)
             if exact is None:

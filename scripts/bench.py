@@ -7,8 +7,9 @@ Usage:
     python scripts/bench.py --quick eq      # short signals, for a smoke run (not recorded)
 
 Each workload is a module ``scripts/benchmarks/<name>.py`` with ``TITLE`` and
-``run(quick: bool) -> str``, returning a markdown body whose ratios were measured in the
-same run as the peers. The runner stamps the machine and the command.
+``run(quick: bool) -> str | None``, returning a markdown body whose ratios were measured in
+the same run as the peers (``None``: it cannot run on this machine, e.g. ``gpu`` without a
+GPU, and its section is kept). The runner stamps the machine and the command.
 """
 
 from __future__ import annotations
@@ -88,6 +89,9 @@ def main() -> int:
         t0 = time.perf_counter()
         body = module.run(quick=args.quick)
         took = time.perf_counter() - t0
+        if body is None:  # the workload cannot run here (e.g. no GPU): keep its section
+            print(f"{name}: skipped on this machine; BENCHMARKS.md keeps its section")
+            continue
         stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d")
         section = (
             f"## {module.TITLE}\n\n_Machine: {machine()}._  \n"

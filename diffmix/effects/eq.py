@@ -122,6 +122,8 @@ class ParametricEQ(Effect):
             )
         self.fft_tail_s = None if fft_tail_s is None else float(fft_tail_s)
         self._set_options(bands=list(self.bands), mode=mode, stereo=stereo, fft_tail_s=self.fft_tail_s)
+        # Computed here, outside any traced code: torch.compile then reads a constant.
+        self._range_tail = range_tail_bound(self.bands, sample_rate, FREQ_MIN_HZ)
         n = len(self.bands)
         top = min(FREQ_MAX_HZ, 0.45 * sample_rate) if sample_rate > 0 else FREQ_MAX_HZ
         super().__init__(
@@ -152,9 +154,9 @@ class ParametricEQ(Effect):
         """The FFT mode's tail in samples for audio ``x`` (``None``: read from the poles)."""
         if self.fft_tail_s is not None:
             return max(1, round(self.fft_tail_s * self.sample_rate))
-        if x.device.type == "cpu":
-            return None
-        return range_tail_bound(self.bands, self.sample_rate, FREQ_MIN_HZ)
+        if x.device.type == "cpu" and not torch.compiler.is_compiling():
+            return None  # reading the poles is cheap on the CPU (no graph to keep whole)
+        return self._range_tail
 
     def forward(self, x: Tensor) -> Tensor:
         self.check(x)
@@ -197,6 +199,8 @@ class _Pass(Effect):
         self.mode = check_choice(mode, F.EQ_MODES, type(self).__name__, "mode")
         self._set_options(order=order, mode=mode)
         super().__init__(sample_rate, freq_hz=freq_hz, q=q)
+        band = self.kind if order == 2 else f"{self.kind}{order}"
+        self._range_tail = range_tail_bound((band,), self.sample_rate, FREQ_MIN_HZ)
 
     def param_specs(self) -> tuple[ParamSpec, ...]:
         default = 80.0 if self.kind == "highpass" else 12000.0
@@ -216,7 +220,8 @@ class _Pass(Effect):
             q=self.p("q").unsqueeze(-1),
             gain_db=0.0,
             mode=self.mode,
-            tail=None if x.device.type == "cpu" else range_tail_bound((band,), self.sample_rate, FREQ_MIN_HZ),
+            tail=None if x.device.type == "cpu" and not torch.compiler.is_compiling()
+            else self._range_tail,
         )
 
 

@@ -87,11 +87,18 @@ class Reverb(Effect):
 
     def forward(self, x: Tensor) -> Tensor:
         self.check(x)
+        tail_s = self.tail_s
+        if tail_s is None and torch.compiler.is_compiling():
+            # The automatic tail reads the RT60 values (a host sync a graph cannot hold):
+            # a compiled graph sizes the tail for the longest RT60 the ranges allow.
+            specs = {spec.name: spec for spec in self.param_specs()}
+            ratio = max(specs["rt60_low_ratio"].max, specs["rt60_high_ratio"].max)
+            tail_s = F.AUTO_TAIL * specs["rt60_s"].max * ratio
         return F.reverb(
             x,
             self.sample_rate,
             **self.values(),
             crossover_hz=self.crossover_hz,
-            tail_s=self.tail_s,
+            tail_s=tail_s,
             seed=self.seed,
         )

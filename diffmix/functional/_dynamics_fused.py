@@ -20,7 +20,9 @@ accuracy.
 Rows are gain rows: ``(B, C, T)`` audio is viewed as ``(rows, nc, T)`` where a linked
 detector makes each item one row of ``nc = C`` channels and an unlinked one makes each
 channel its own row. Per-row parameters are ``(rows,)`` arrays. The composite path is the
-reference: tests check that both give the same audio and gradients.
+reference: tests check that both give the same audio and gradients. The Triton kernels
+(:mod:`diffmix.kernels._triton_dynamics`) implement the same contract for CUDA; both are
+reached through the custom op ``diffmix::dynamics`` (:mod:`diffmix.kernels.ops`).
 
 Backward, with ``G = 10^((y + makeup)/20)`` and ``out = x (1 + mix (G - 1))``::
 
@@ -493,54 +495,51 @@ def _bwd_multi(r0, r1, gout, x, side, amp, mean, kind, lookahead, thr, slope, kn
                  a_up, makeup, mix, y, mode, side_is_x, gx, gside, grads, fast, k, False)
 
 
-class FusedDynamics(torch.autograd.Function):
-    """Autograd wrapper: ``(x, side, thr, slope, knee, rng, a_down, a_up, makeup, mix)``.
+def fused_forward(x: torch.Tensor, side: torch.Tensor | None, params: torch.Tensor,
+                  hold: torch.Tensor, kind: int, mean: bool, lookahead: int, amp: bool,
+                  store: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The compressor (``kind`` 0) or expander (1) over gain rows; ``(out, y, mode)``.
 
-    ``x`` is ``(rows, nc, T)``; ``side`` is ``None`` (detect on ``x``) or ``(rows, nc, T)``;
-    each parameter is ``(rows,)``. ``opts = (kind, mean, lookahead, hold, amp, store)`` with
-    ``kind`` 0 for the compressor and 1 for the expander, ``hold`` a ``(rows,)`` int64 tensor,
-    ``amp`` true when ``side`` holds amplitudes (squared inside) rather than powers, and
-    ``store`` whether autograd will call backward (decided by the caller: grad mode is off
-    inside ``forward``).
+    ``x`` is ``(rows, nc, T)``; ``side`` is ``None`` (detect on ``x``) or ``(rows, nc, T)``,
+    amplitudes if ``amp`` (squared inside), else powers; ``params`` is ``(rows, 8)``:
+    threshold, slope, knee, range, a_down, a_up, makeup, mix; ``hold`` ``(rows,)`` int64.
+    ``y`` (smoothed gain in dB, ``(rows, T + lookahead)``) and ``mode`` (branch bytes) are
+    filled only if ``store`` (else ``(1, 1)``): what :func:`fused_backward` replays.
     """
+    x = x.detach().contiguous()
+    s = x if side is None else side.detach().contiguous()
+    np_params = [p.contiguous().numpy() for p in params.detach().unbind(1)]
+    rows, _, n = x.shape
+    out = empty(tuple(x.shape), x.dtype)
+    shape = (rows, n + lookahead) if store else (1, 1)
+    y = empty(shape, x.dtype)
+    mode = empty(shape, torch.uint8)
+    hold = hold.contiguous()
+    holds = bool((hold > 0).any())
+    kernel = (_fwd_mono_hold if holds else _fwd_mono) if x.shape[1] == 1 else (
+        _fwd_multi_hold if holds else _fwd_multi)
+    over_rows(kernel, rows, x.numel(), x.numpy(), s.numpy(), amp, mean, kind, lookahead,
+              *np_params[:6], hold.numpy(), *np_params[6:], out.numpy(), y.numpy(), mode.numpy(),
+              store, x.dtype == torch.float32, constants(x.dtype).numpy())
+    return out, y, mode
 
-    @staticmethod
-    def forward(ctx, x, side, thr, slope, knee, rng, a_down, a_up, makeup, mix, opts):  # noqa: ANN001, ANN205
-        kind, mean, lookahead, hold, amp, store = opts
-        x = x.contiguous()
-        side_is_x = side is None
-        s = x if side_is_x else side.contiguous()
-        params = [p.detach().contiguous() for p in (thr, slope, knee, rng, a_down, a_up, makeup, mix)]
-        rows, _, n = x.shape
-        out = empty(tuple(x.shape), x.dtype)
-        shape = (rows, n + lookahead) if store else (1, 1)
-        y = empty(shape, x.dtype)
-        mode = empty(shape, torch.uint8)
-        np_params = [p.numpy() for p in params]
-        hold = hold.contiguous()
-        holds = bool((hold > 0).any())
-        kernel = (_fwd_mono_hold if holds else _fwd_mono) if x.shape[1] == 1 else (
-            _fwd_multi_hold if holds else _fwd_multi)
-        over_rows(kernel, rows, x.numel(), x.detach().numpy(), s.detach().numpy(), amp, mean, kind,
-                  lookahead, *np_params[:6], hold.numpy(), *np_params[6:], out.numpy(), y.numpy(),
-                  mode.numpy(), store, x.dtype == torch.float32, constants(x.dtype).numpy())
-        ctx.opts = (kind, mean, lookahead, side_is_x, amp)
-        if store:
-            ctx.save_for_backward(x, s, y, mode, *params)
-        return out
 
-    @staticmethod
-    def backward(ctx, gout):  # noqa: ANN001, ANN205
-        kind, mean, lookahead, side_is_x, amp = ctx.opts
-        x, s, y, mode, *params = ctx.saved_tensors
-        gx = empty(tuple(x.shape), x.dtype)
-        gside = torch.empty((1, 1, 1), dtype=x.dtype) if side_is_x else torch.zeros_like(s)
-        grads = torch.zeros((x.shape[0], N_GRADS), dtype=torch.float64)
-        np_params = [p.numpy() for p in params]
-        kernel = _bwd_mono if x.shape[1] == 1 else _bwd_multi
-        over_rows(kernel, x.shape[0], x.numel(), gout.contiguous().numpy(), x.numpy(), s.numpy(),
-                  amp, mean, kind, lookahead, *np_params, y.numpy(), mode.numpy(), side_is_x,
-                  gx.numpy(), gside.numpy(), grads.numpy(), x.dtype == torch.float32,
-                  constants(x.dtype).numpy())
-        g = grads.to(x.dtype).unbind(1)
-        return (gx, None if side_is_x else gside, *g, None)
+def fused_backward(gout: torch.Tensor, x: torch.Tensor, side: torch.Tensor | None,
+                   params: torch.Tensor, y: torch.Tensor, mode: torch.Tensor, kind: int,
+                   mean: bool, lookahead: int,
+                   amp: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Exact backward of :func:`fused_forward`: ``(dx, dside, dparams)``; ``dside`` is empty
+    when ``side`` is ``None`` (its share is in ``dx``), ``dparams`` ``(rows, 8)``."""
+    x = x.detach().contiguous()
+    side_is_x = side is None
+    s = x if side is None else side.detach().contiguous()
+    gx = empty(tuple(x.shape), x.dtype)
+    gside = torch.empty((1, 1, 1), dtype=x.dtype) if side_is_x else torch.zeros_like(s)
+    grads = torch.zeros((x.shape[0], N_GRADS), dtype=torch.float64)
+    np_params = [p.contiguous().numpy() for p in params.detach().unbind(1)]
+    kernel = _bwd_mono if x.shape[1] == 1 else _bwd_multi
+    over_rows(kernel, x.shape[0], x.numel(), gout.contiguous().numpy(), x.numpy(), s.numpy(),
+              amp, mean, kind, lookahead, *np_params, y.numpy(), mode.numpy(), side_is_x,
+              gx.numpy(), gside.numpy(), grads.numpy(), x.dtype == torch.float32,
+              constants(x.dtype).numpy())
+    return gx, (x.new_empty(0) if side_is_x else gside), grads.to(x.dtype)

@@ -19,10 +19,12 @@ byte per sample) so the backward pass replays exactly the decisions it made; the
 gradient is exact wherever the decisions are locally constant (everywhere but a
 measure-zero set of ties).
 
-Backends:
+Backends (chosen by :func:`diffmix.kernels.backend.resolve`):
 
-- CPU: numba kernels, parallel over rows, compiled once and cached on disk;
-- any other device (CUDA, MPS): a pure-PyTorch solver. The linear recursion for fixed
+- ``"numba"`` (CPU): numba kernels, parallel over rows, compiled once and cached on disk;
+- ``"triton"`` (CUDA; CPU tensors under Triton's interpreter): block scans that settle the
+  decisions block by block (:mod:`diffmix.kernels._triton_dynamics`);
+- ``"torch"`` (any device): a pure-PyTorch solver. The linear recursion for fixed
   decisions is solved with a log-depth parallel scan; the decisions are then re-derived
   from the result and the two steps repeat until they agree. Each pass fixes at least
   the first wrong decision, so it terminates, and in practice it takes a handful of
@@ -32,7 +34,6 @@ Backends:
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -40,12 +41,14 @@ from typing import Any
 import torch
 from torch import Tensor
 
-try:  # numba is a runtime dependency; the torch solver keeps working without it
-    import numba
+from diffmix.kernels import ops
+from diffmix.kernels.backend import numba_available, resolve
 
-    HAVE_NUMBA = os.environ.get("DIFFMIX_DISABLE_NUMBA", "") in ("", "0")
-except ImportError:  # pragma: no cover - depends on the install
-    HAVE_NUMBA = False
+# Whether the numba kernels exist at all; which backend runs is decided per call by
+# diffmix.kernels.backend.resolve (DIFFMIX_BACKEND / DIFFMIX_DISABLE_NUMBA are read there).
+HAVE_NUMBA = numba_available()
+if HAVE_NUMBA:
+    import numba
 
 RISING, FALLING, HOLD = 0, 1, 2
 FLOOR_POWER = 1e-20  # detector power of digital silence (-200 dB): finite log and gradient
@@ -202,33 +205,43 @@ def _smooth_bwd_torch(gy, g, y, mode, a_down, a_up, init):  # noqa: ANN001, ANN2
     return gg, gad, gau
 
 
-def _use_kernel(t: Tensor, backend: str) -> bool:
-    if backend == "torch":
-        return False
-    if backend == "numba":
-        if not (HAVE_NUMBA and t.device.type == "cpu"):
-            raise ValueError("smooth: the numba backend needs numba and a CPU tensor")
-        return True
-    return HAVE_NUMBA and t.device.type == "cpu"
+def smooth_forward_numba(g: Tensor, a_down: Tensor, a_up: Tensor, hold: Tensor, init: Tensor,
+                         store: bool) -> tuple[Tensor, Tensor]:
+    """The numba forward over ``(rows, T)``: ``(y, mode)``, ``mode`` ``(1, 1)`` unless ``store``."""
+    g = g.detach().contiguous()
+    y = torch.empty_like(g)
+    mode = torch.empty(g.shape if store else (1, 1), dtype=torch.uint8)
+    over_rows(
+        _smooth_fwd_nb, g.shape[0], g.numel(), g.numpy(), a_down.detach().contiguous().numpy(),
+        a_up.detach().contiguous().numpy(), hold.contiguous().numpy(),
+        init.detach().contiguous().numpy(), y.numpy(), mode.numpy(), store,
+    )
+    return y, mode
 
 
-class _Smooth(torch.autograd.Function):
+def smooth_backward_numba(gy: Tensor, g: Tensor, y: Tensor, mode: Tensor, a_down: Tensor,
+                          a_up: Tensor, init: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Exact backward of :func:`smooth_forward_numba` from its recorded decisions."""
+    g = g.detach().contiguous()
+    gg = torch.empty_like(g)
+    gad = torch.empty(g.shape[0], dtype=torch.float64)
+    gau = torch.empty(g.shape[0], dtype=torch.float64)
+    over_rows(
+        _smooth_bwd_nb, g.shape[0], g.numel(), gy.contiguous().numpy(), g.numpy(), y.numpy(),
+        mode.numpy(), a_down.detach().contiguous().numpy(), a_up.detach().contiguous().numpy(),
+        init.detach().contiguous().numpy(), gg.numpy(), gad.numpy(), gau.numpy(),
+    )
+    return gg, gad.to(g.dtype), gau.to(g.dtype)
+
+
+class _SmoothTorch(torch.autograd.Function):
+    """The composite solver (any device); not traceable by ``torch.compile`` (it loops
+    until the decisions settle, with a host sync per pass)."""
+
     @staticmethod
-    def forward(ctx, g, a_down, a_up, hold, init, backend):  # noqa: ANN001, ANN205
-        g = g.contiguous()
+    def forward(ctx, g, a_down, a_up, hold, init):  # noqa: ANN001, ANN205
         store = g.requires_grad or a_down.requires_grad or a_up.requires_grad
-        if _use_kernel(g, backend):
-            y = torch.empty_like(g)
-            mode = torch.empty(g.shape if store else (1, 1), dtype=torch.uint8)
-            over_rows(
-                _smooth_fwd_nb, g.shape[0], g.numel(), g.numpy(),
-                a_down.detach().contiguous().numpy(), a_up.detach().contiguous().numpy(),
-                hold.contiguous().numpy(), init.contiguous().numpy(), y.numpy(), mode.numpy(), store,
-            )
-            ctx.kernel = True
-        else:
-            y, mode = _smooth_fwd_torch(g, a_down.detach(), a_up.detach(), hold, init)
-            ctx.kernel = False
+        y, mode = _smooth_fwd_torch(g.contiguous(), a_down.detach(), a_up.detach(), hold, init)
         if store:
             ctx.save_for_backward(g, y, mode, a_down.detach(), a_up.detach(), init)
         return y
@@ -236,20 +249,8 @@ class _Smooth(torch.autograd.Function):
     @staticmethod
     def backward(ctx, gy):  # noqa: ANN001, ANN205
         g, y, mode, a_down, a_up, init = ctx.saved_tensors
-        gy = gy.contiguous()
-        if ctx.kernel:
-            gg = torch.empty_like(g)
-            gad = torch.empty(g.shape[0], dtype=torch.float64)
-            gau = torch.empty(g.shape[0], dtype=torch.float64)
-            over_rows(
-                _smooth_bwd_nb, g.shape[0], g.numel(), gy.numpy(), g.numpy(), y.numpy(),
-                mode.numpy(), a_down.contiguous().numpy(), a_up.contiguous().numpy(),
-                init.contiguous().numpy(), gg.numpy(), gad.numpy(), gau.numpy(),
-            )
-            gad, gau = gad.to(g.dtype), gau.to(g.dtype)
-        else:
-            gg, gad, gau = _smooth_bwd_torch(gy, g, y, mode, a_down, a_up, init)
-        return gg, gad, gau, None, None, None
+        gg, gad, gau = _smooth_bwd_torch(gy.contiguous(), g, y, mode, a_down, a_up, init)
+        return gg, gad, gau, None, None
 
 
 def smooth(
@@ -269,15 +270,22 @@ def smooth(
         a_up: pole used while rising, ``(rows,)`` in ``[0, 1)``. Differentiable.
         hold: samples to hold at the start of each falling run, ``(rows,)`` integers.
         init: state before the first sample.
-        backend: ``"auto"`` (numba on CPU, torch elsewhere), ``"numba"`` or ``"torch"``.
+        backend: ``"auto"``, ``"numba"``, ``"triton"`` or ``"torch"``
+            (:mod:`diffmix.kernels.backend`).
 
     Returns:
         ``(rows, T)``, differentiable in ``g``, ``a_down`` and ``a_up``.
     """
+    kernel = resolve(backend, g, "smooth")
     rows = g.shape[0]
+    holds = hold is not None
     if hold is None:
         hold = torch.zeros(rows, dtype=torch.int64, device=g.device)
     init_t = torch.full((rows,), float(init), dtype=g.dtype, device=g.device)
     a_down = a_down.to(g.dtype).expand(rows)
     a_up = a_up.to(g.dtype).expand(rows)
-    return _Smooth.apply(g, a_down, a_up, hold.to(torch.int64).expand(rows), init_t, backend)
+    hold = hold.to(torch.int64).expand(rows)
+    if kernel == "torch":
+        return _SmoothTorch.apply(g, a_down, a_up, hold, init_t)
+    store = torch.is_grad_enabled() and (g.requires_grad or a_down.requires_grad or a_up.requires_grad)
+    return ops.smooth(g, a_down, a_up, hold, init_t, holds, store, kernel)[0]

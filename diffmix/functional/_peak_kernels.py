@@ -35,6 +35,7 @@ from torch import Tensor
 
 from diffmix.functional._dynamics_kernels import HAVE_NUMBA
 from diffmix.functional.peaks import _accumulate_phase, interpolation_filter, oversampling_factor
+from diffmix.kernels.backend import numba_threads, resolve
 
 BLOCK = 256  # samples per envelope block (one vectorised accumulator per phase)
 _SIDE = 8  # code = channel * _SIDE + kind; kind 0: the sample, 1..3: after, 4..6: before
@@ -225,9 +226,11 @@ if HAVE_NUMBA:
                     greq[r, a] += acc / span
 
 
-def available(x: Tensor) -> bool:
-    """Whether the compiled kernels serve ``x`` (CPU, float32/float64, numba present)."""
-    return HAVE_NUMBA and x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64)
+def available(x: Tensor, backend: str = "auto") -> bool:
+    """Whether the compiled kernels serve ``x``: ``backend`` resolves to numba
+    (:mod:`diffmix.kernels.backend`) and ``x`` is float32/float64."""
+    return (HAVE_NUMBA and resolve(backend, x, "limiter") == "numba"
+            and x.dtype in (torch.float32, torch.float64))
 
 
 def _taps(sample_rate: int, dtype: torch.dtype) -> np.ndarray:
@@ -248,6 +251,7 @@ def envelope_numpy(
         code = np.zeros((b, t), dtype=np.int32)
     if todo is None:
         todo = np.ones((b, -(-t // BLOCK)), dtype=np.uint8)
+    numba_threads()
     _envelope_nb(x, taps, todo, level, code, want_code)
     return level, code
 
@@ -267,6 +271,7 @@ class _Envelope(torch.autograd.Function):
         (xn,) = ctx.saved_tensors
         gx = np.zeros(xn.shape, dtype=ctx.taps.dtype)
         g = np.ascontiguousarray(grad.detach()[:, 0].to(xn.dtype).numpy())
+        numba_threads()
         _envelope_bwd_nb(xn.numpy(), ctx.taps, ctx.code, g, gx)
         return torch.from_numpy(gx), None
 
@@ -283,6 +288,7 @@ class _Ramp(torch.autograd.Function):
         req = required.detach().contiguous().numpy()
         out = np.empty_like(req)
         arg = np.empty((req.shape[0], req.shape[1] + lookahead), dtype=np.int64)
+        numba_threads()
         _ramp_nb(req, lookahead, out, arg)
         ctx.arg, ctx.lookahead = arg, lookahead
         return torch.from_numpy(out)
@@ -291,6 +297,7 @@ class _Ramp(torch.autograd.Function):
     def backward(ctx, grad: Tensor):  # noqa: ANN001, ANN205
         g = np.ascontiguousarray(grad.detach().numpy())
         greq = np.zeros_like(g)
+        numba_threads()
         _ramp_bwd_nb(g, ctx.lookahead, ctx.arg, greq)
         return torch.from_numpy(greq), None
 

@@ -32,11 +32,10 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from diffmix.checks import check_choice
-from diffmix.functional._dynamics_kernels import FLOOR_POWER, HAVE_NUMBA, smooth
+from diffmix.functional._dynamics_kernels import FLOOR_POWER, smooth
+from diffmix.kernels import ops
+from diffmix.kernels.backend import resolve
 from diffmix.params import ParamValue, per_sample
-
-if HAVE_NUMBA:
-    from diffmix.functional._dynamics_fused import FusedDynamics
 
 DETECTORS = ("peak", "rms")
 LINKS = ("max", "mean", "none")
@@ -161,14 +160,15 @@ def _run(
     sidechain: Tensor | None,
     backend: str,
 ) -> Tensor:
-    """Detector -> curve -> smoother -> gain, by the fused kernel or the composite path."""
+    """Detector -> curve -> smoother -> gain, by a fused kernel (numba or Triton) or the
+    composite path (``backend`` as :func:`diffmix.kernels.backend.resolve`)."""
+    solver = resolve(backend, x, "compressor" if setting.kind == 0 else "expander")
     side = x if sidechain is None else sidechain
-    solver = "torch" if backend == "torch" else "auto"
     power = _rms_power(side, sample_rate, rms_ms, solver) if detector == "rms" else None
     b, c, t = x.shape
     per_channel = any(v.shape[1] != 1 for v in (*setting.values, setting.hold))
-    fused = backend != "torch" and HAVE_NUMBA and x.device.type == "cpu"
-    if fused and not (per_channel and link != "none" and c > 1):
+    # A per-channel setting on a linked detector has no single gain row: composite path.
+    if solver != "torch" and not (per_channel and link != "none" and c > 1):
         linked = link != "none" or c == 1
         rows, nc = (b, c) if linked else (b * c, 1)
 
@@ -177,12 +177,14 @@ def _run(
 
         side_in = power if power is not None else (None if sidechain is None else sidechain)
         side_rows = None if side_in is None else side_in.reshape(rows, nc, t)
-        values = [per_row(v.to(x.dtype)) for v in setting.values]
+        params = torch.stack([per_row(v.to(x.dtype)) for v in setting.values], 1)
         store = torch.is_grad_enabled() and any(
-            v is not None and v.requires_grad for v in (x, side_rows, *values)
+            v is not None and v.requires_grad for v in (x, side_rows, params)
         )
-        opts = (setting.kind, link == "mean", lookahead, per_row(setting.hold), power is None, store)
-        out = FusedDynamics.apply(x.reshape(rows, nc, t), side_rows, *values, opts)
+        out = ops.dynamics(
+            x.reshape(rows, nc, t), side_rows, params, per_row(setting.hold), setting.kind,
+            link == "mean", lookahead, power is None, store, solver,
+        )[0]
         return out.reshape(b, c, t)
     if power is None:
         power = side * side
@@ -232,11 +234,12 @@ def compressor(
         link: ``"max"`` or ``"mean"`` of the channels' detector power, or ``"none"``.
         lookahead_ms: the gain reacts this much ahead of the audio (no added latency).
         sidechain: external detector input (ducking), same shape as ``x``.
-        backend: ``"auto"`` (fused numba kernel on CPU, composite torch path elsewhere) or
-            ``"torch"`` (the composite path with the pure-PyTorch smoother, everywhere).
+        backend: ``"auto"`` (the fused numba kernel on CPU, the fused Triton kernel on
+            CUDA), ``"numba"``, ``"triton"`` or ``"torch"`` (the composite path with the
+            pure-PyTorch smoother, everywhere); see :mod:`diffmix.kernels.backend`.
 
     Parameters are floats, ``(B,)`` or ``(B, C)``; all but the options are differentiable.
-    CUDA: yes (torch solver; the numba kernel runs on CPU).
+    CUDA: yes (Triton kernel; the numba kernel runs on CPU).
 
     Shape:
         ``(B, C, T)`` -> ``(B, C, T)``.
@@ -309,7 +312,7 @@ def expander(
         hold_ms: time the gain stays put before closing, ms (not differentiable: it
             counts whole samples).
         range_db: largest attenuation, dB.
-        detector, rms_ms, link, lookahead_ms, sidechain: as in :func:`compressor`.
+        detector, rms_ms, link, lookahead_ms, sidechain, backend: as in :func:`compressor`.
 
     Differentiable: all parameters but ``hold_ms``. CUDA: yes.
 

@@ -24,6 +24,7 @@ from diffmix.functional import _peak_kernels as _pk
 from diffmix.functional import peaks as _peaks
 from diffmix.functional._dynamics_kernels import smooth
 from diffmix.functional.dynamics import _DB_PER_NEPER, _lookahead_samples, ms_to_pole
+from diffmix.kernels.backend import resolve
 from diffmix.params import ParamValue, per_sample
 
 # The limiter aims this far below its ceiling (relative, -0.0009 dB) so that float rounding
@@ -62,29 +63,68 @@ def _true_peak_envelope(x: Tensor, sample_rate: int) -> Tensor:
     return torch.maximum(mag, torch.maximum(after, before))
 
 
-def _linked_level(x: Tensor, sample_rate: int, true_peak: bool) -> Tensor:
-    """The level to hold under the ceiling, channels linked: ``(B, C, T) -> (B, 1, T)``.
+def limiter_envelope(x: Tensor, sample_rate: int, *, true_peak: bool = True,
+                     backend: str = "auto") -> Tensor:
+    """The level the limiter holds under its ceiling, channels linked.
 
-    On CPU the true-peak envelope is one compiled pass that never materialises the
-    oversampled signal (:mod:`diffmix.functional._peak_kernels`), with an exact backward.
+    Per sample, the largest of ``|x|`` and (with ``true_peak``) the oversampled points on
+    either side of it, over all channels. Linear in ``x``: the envelope of ``g x`` is ``g``
+    times that of ``x``.
+
+    Args:
+        x: audio. sample_rate: Hz.
+        true_peak: include the inter-sample points of the true-peak meter.
+        backend: :mod:`diffmix.kernels.backend`. numba (CPU) and Triton (CUDA) meter the
+            in-between points without materialising the oversampled signal
+            (:mod:`diffmix.functional._peak_kernels`, :mod:`diffmix.kernels._triton_peaks`),
+            with an exact backward; the torch path convolves every phase.
+
+    Shape:
+        ``(B, C, T)`` -> ``(B, 1, T)``, linear. Differentiable in ``x``.
+
+    >>> limiter_envelope(torch.tensor([[[0.5, -1.0], [0.25, 0.0]]]), 48000, true_peak=False)
+    tensor([[[0.5000, 1.0000]]])
     """
     if not true_peak or _peaks.oversampling_factor(sample_rate) == 1:
         return x.abs().amax(1, keepdim=True)
-    if _pk.available(x):
+    if _pk.available(x, backend):
         return _pk.envelope(x, sample_rate)
+    if resolve(backend, x, "limiter") == "triton":
+        from diffmix.kernels.triton_ops import TritonEnvelope
+
+        taps = _peaks.interpolation_filter(_peaks.oversampling_factor(sample_rate))
+        return TritonEnvelope.apply(x, torch.as_tensor(taps, dtype=x.dtype, device=x.device))
     return _true_peak_envelope(x, sample_rate).amax(1, keepdim=True)
 
 
-def _limit_gain(required: Tensor, lookahead: int, release: Tensor) -> Tensor:
+def limiter_gain(required: Tensor, lookahead: int, release: Tensor, *,
+                 backend: str = "auto") -> Tensor:
     """Smallest-effort gain ``<= required`` everywhere: lookahead ramp, instant attack,
-    one-pole release. ``required`` is ``(B, 1, T)`` in ``(0, 1]``.
+    one-pole release.
 
     A minimum over the next ``lookahead + 1`` samples followed by a moving average of the
     same length can never exceed ``required`` (every averaged term already covers the
     current sample), and ramps into each peak linearly over the lookahead.
+
+    Args:
+        required: the gain each sample needs, ``(B, 1, T)`` in ``(0, 1]``.
+        lookahead: ramp length in samples.
+        release: release pole per item, ``(B,)`` or ``(B, 1, 1)`` (:func:`ms_to_pole`).
+        backend: :mod:`diffmix.kernels.backend`: the ramp's running minimum and the
+            release smoother run on numba, Triton or torch.
+
+    Shape:
+        ``(B, 1, T)`` -> ``(B, 1, T)``. Differentiable in ``required`` and ``release``.
+
+    >>> limiter_gain(torch.tensor([[[1.0, 0.5, 1.0]]]), 1, torch.zeros(1)).tolist()
+    [[[0.75, 0.5, 0.75]]]
     """
     b, _, t = required.shape
-    if lookahead and _pk.available(required):
+    if lookahead and resolve(backend, required, "limiter") == "triton":
+        from diffmix.kernels.triton_ops import TritonRamp
+
+        required = TritonRamp.apply(required.reshape(b, t), int(lookahead)).reshape(b, 1, t)
+    elif lookahead and _pk.available(required, backend):
         # O(T) running minimum and running sum, instead of pools that cost O(T * L).
         required = _pk.ramp(required.reshape(b, t), lookahead).reshape(b, 1, t)
     elif lookahead:
@@ -92,8 +132,9 @@ def _limit_gain(required: Tensor, lookahead: int, release: Tensor) -> Tensor:
         held = -F.max_pool1d(-padded, lookahead + 1, stride=1)
         required = F.avg_pool1d(held, lookahead + 1, stride=1)
     zero = torch.zeros((), dtype=required.dtype, device=required.device)
-    out = smooth(required.reshape(b, t), zero, release.reshape(-1), init=1.0)
+    out = smooth(required.reshape(b, t), zero, release.reshape(-1), init=1.0, backend=backend)
     return out.reshape(b, 1, t)
+
 
 
 def limiter(
@@ -106,6 +147,7 @@ def limiter(
     lookahead_ms: float = 5.0,
     true_peak: bool = True,
     exact: bool = True,
+    backend: str = "auto",
 ) -> Tensor:
     """Lookahead brickwall limiter with a guaranteed ceiling, channels linked.
 
@@ -129,6 +171,8 @@ def limiter(
         lookahead_ms: ramp-in time, ms (option; latency-free).
         true_peak: limit 4x-oversampled true peaks instead of sample peaks.
         exact: apply the final metered correction (true-peak mode).
+        backend: :mod:`diffmix.kernels.backend`, for the envelope, the gain and the
+            correction.
 
     Differentiable: ``ceiling_db``, ``release_ms``, ``gain_db`` and ``x``. CUDA: yes.
 
@@ -155,32 +199,45 @@ def limiter(
     target = ceiling * (1.0 - _LIMIT_MARGIN)
     release = ms_to_pole(param(release_ms, "release_ms"), sample_rate).expand(x.shape[0], 1, 1)
     driven = x * torch.exp(param(gain_db, "gain_db") / _DB_PER_NEPER)
-    level = _linked_level(driven, sample_rate, true_peak)
+    resolve(backend, x, effect)
+    level = limiter_envelope(driven, sample_rate, true_peak=true_peak, backend=backend)
     if true_peak and exact:
         # Hold the strict level (every usual meter) already in the smooth gain, so the exact
         # correction below only trims residuals. A constant for autograd.
         level = torch.maximum(level, _peaks.strict_envelope(driven, sample_rate).unsqueeze(1).to(level))
     required = torch.minimum(target / level.clamp_min(1e-30), torch.ones_like(level))
-    y = driven * _limit_gain(required, lookahead, release)
+    y = driven * limiter_gain(required, lookahead, release, backend=backend)
     if true_peak and exact:
-        y = y * _exact_correction(
-            y.detach(), sample_rate, target, ceiling.detach(), lookahead, release.detach()
+        y = y * limiter_correction(
+            y.detach(), sample_rate, target, ceiling.detach(), lookahead, release.detach(),
+            backend=backend,
         )
     return y
 
 
 @torch.no_grad()
-def _exact_correction(
-    y: Tensor, sample_rate: int, target: Tensor, ceiling: Tensor, lookahead: int, release: Tensor
+def limiter_correction(
+    y: Tensor, sample_rate: int, target: Tensor, ceiling: Tensor, lookahead: int,
+    release: Tensor, *, backend: str = "auto",
 ) -> Tensor:
-    """Gain ``(B, 1, T)`` that brings ``y``'s true peak under ``ceiling`` on every meter.
+    """Gain ``(B, 1, T)`` that brings ``y``'s true peak under ``ceiling`` on every meter: the
+    limiter's exact step (:func:`limiter`), never differentiated.
 
     First on the project's meter (fast, local), then on :func:`~diffmix.functional.peaks.strict_envelope`
     (BS.1770 Annex 2's own filter and ideal 8x interpolation too), with the same
     lookahead/release shape: a master of content dense near Nyquist read up to 1.3 dB over
     on ideal interpolation while this meter read its ceiling.
+
+    Args:
+        y: limited audio ``(B, C, T)``. sample_rate: Hz.
+        target: the level to pull overs down to, linear, ``(B, 1, 1)`` (a hair under the
+            ceiling). ceiling: linear, ``(B, 1, 1)``.
+        lookahead, release: as :func:`limiter_gain`.
+        backend: :mod:`diffmix.kernels.backend`, for the first (project-meter) stage: numba
+            re-meters only the blocks a pass changed; the torch path (and, for now,
+            ``"triton"``) re-meters in full. The strict stage runs in torch.
     """
-    total = _meter_correction(y, sample_rate, target, ceiling, lookahead, release)
+    total = _meter_correction(y, sample_rate, target, ceiling, lookahead, release, backend=backend)
     target = target.detach().reshape(-1, 1).to(torch.float64)
     ceil = ceiling.detach().reshape(-1, 1).to(torch.float64) * (1.0 - 1e-6)
     pole = release.to(torch.float64)
@@ -191,7 +248,7 @@ def _exact_correction(
             return total
         over = (level > target) & item_over
         required = torch.where(over, target / level.clamp_min(1e-30), torch.ones_like(level))
-        gain = _limit_gain(required.unsqueeze(1), lookahead, pole).to(total.dtype)
+        gain = limiter_gain(required.unsqueeze(1), lookahead, pole, backend=backend).to(total.dtype)
         total = total * gain
         # Re-meter only the stretches whose gain changed, with context for every filter.
         t = y.shape[-1]
@@ -225,11 +282,12 @@ def _spans(mask: np.ndarray, reach: int) -> list[tuple[int, int]]:
 
 @torch.no_grad()
 def _meter_correction(
-    y: Tensor, sample_rate: int, target: Tensor, ceiling: Tensor, lookahead: int, release: Tensor
+    y: Tensor, sample_rate: int, target: Tensor, ceiling: Tensor, lookahead: int, release: Tensor,
+    *, backend: str = "auto",
 ) -> Tensor:
-    """Gain ``(B, 1, T)`` that brings ``y``'s metered true peak under ``ceiling``."""
+    """Gain ``(B, 1, T)`` that brings ``y``'s metered true peak under ``ceiling`` (the project's meter)."""
     target = target.detach()
-    if _pk.available(y) and _peaks.oversampling_factor(sample_rate) > 1:
+    if _pk.available(y, backend) and _peaks.oversampling_factor(sample_rate) > 1:
         return _exact_correction_local(y, sample_rate, target, ceiling, lookahead, release)
     total = torch.ones_like(y[:, :1])
     # The smooth stage aims a hair under the ceiling with the same meter, so usually nothing
@@ -243,7 +301,7 @@ def _meter_correction(
         if not bool(over.any()):
             return total
         required = torch.where(over, target / level, torch.ones_like(level))
-        total = total * _limit_gain(required, lookahead, release)
+        total = total * limiter_gain(required, lookahead, release, backend=backend)
     # Residual overs after four passes (pathological input): scale each item down.
     peak = true_peak(y * total, sample_rate).amax(1, keepdim=True).unsqueeze(-1)
     return total * torch.minimum(target / peak, torch.ones_like(peak))
@@ -280,7 +338,8 @@ def _exact_correction_local(
             return torch.from_numpy(total).unsqueeze(1)
         over = (level > tgt.astype(yn.dtype)) & item_over[:, None]
         required = np.where(over, tgt / np.maximum(level, 1e-30), 1.0)
-        gain64 = _limit_gain(torch.from_numpy(required).unsqueeze(1), lookahead, pole)
+        gain64 = limiter_gain(torch.from_numpy(required).unsqueeze(1), lookahead, pole,
+                              backend="numba")
         gain = gain64[:, 0].numpy().astype(yn.dtype)
         total *= gain
         # Blocks whose samples, or whose neighbours' within the 24-tap reach, changed.

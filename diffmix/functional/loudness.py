@@ -37,6 +37,7 @@ from torch import Tensor
 
 from diffmix._compat import import_torchaudio
 from diffmix.checks import check_audio, check_sample_rate, input_checks, value_checks_enabled
+from diffmix.kernels.backend import numba_threads, use_numba
 
 try:  # numba is a runtime dependency; the torch path below is the fallback.
     import numba
@@ -87,9 +88,13 @@ def check_meter_input(x: Tensor, meter: str, *, scan: bool = True) -> None:
 
 
 def _fast_path(x: Tensor) -> bool:
-    return x.device.type == "cpu" and numba is not None and not (
-        torch.is_grad_enabled() and x.requires_grad
-    )
+    return _numba(x) and not (torch.is_grad_enabled() and x.requires_grad)
+
+
+def _numba(x: Tensor) -> bool:
+    """Whether the numba K-filter serves ``x`` (:mod:`diffmix.kernels.backend`; the
+    environment switch reaches it, and ``"triton"`` runs the torch path for now)."""
+    return numba is not None and use_numba(x, "loudness")
 
 
 # --------------------------------------------------------------------------- K-weighting
@@ -255,6 +260,7 @@ def _tile_for(unit: int) -> int:
 def _kfilter_numpy(x: np.ndarray, sample_rate: int, unit: int, want_y: bool):
     """K-weight rows of ``x`` (N, T) on the CPU; unit energies (N, T // unit) and optionally y."""
     n, t = x.shape
+    numba_threads()
     warm = _warmup(sample_rate)
     tile = _tile_for(unit)
     warm = -(-warm // unit) * unit
@@ -313,7 +319,7 @@ def _kernel_dtype(x: Tensor) -> Tensor:
 
 
 def _kfilter_rows(x: Tensor, sample_rate: int) -> Tensor:
-    if x.device.type == "cpu" and numba is not None:
+    if _numba(x):
         # The kernel takes float32/float64; half precisions are metered in float32.
         xn = np.ascontiguousarray(_kernel_dtype(x.detach()).numpy())
         _, y = _kfilter_numpy(xn, sample_rate, _tile_for(meter_unit(sample_rate)), True)
@@ -433,7 +439,7 @@ def _unit_energies(x: Tensor, sample_rate: int, meter: str = "loudness") -> Tens
         if value_checks_enabled() and not np.isfinite(energy).all():
             raise ValueError(f"{meter}: audio contains NaN or Inf (or is too large to meter)")
         return torch.from_numpy(energy).reshape(b, c, n_units)
-    if x.device.type == "cpu" and numba is not None:
+    if _numba(x):
         return _UnitEnergy.apply(x, sample_rate, unit)  # the caller has scanned x
     y = k_weight(x, sample_rate)
     return y[..., : n_units * unit].reshape(b, c, n_units, unit).square().sum(-1)

@@ -31,6 +31,8 @@ from diffmix.functional.loudness import (
     integrated_loudness,
     short_term_loudness,
 )
+from diffmix.kernels.backend import check as check_backend
+from diffmix.kernels.backend import numba_threads, resolve
 
 _HALF_TAPS = 40  # taps each side of the interpolated point: 80 taps per phase
 _KAISER_BETA = 8.0
@@ -160,17 +162,18 @@ if numba is not None:
     _peak_kernel = numba.njit(parallel=True, cache=True, fastmath={"contract"})(_peak_kernel)
 
 
-def _between_peak(rows: Tensor, factor: int) -> Tensor:
+def _between_peak(rows: Tensor, factor: int, kernel: str = "numba") -> Tensor:
     """Peak of the in-between points per row, in bounded memory and parallel segments.
 
     One long row convolves on a single thread; cutting it into overlapping segments
     batched together is several times faster and lets memory stay bounded.
     """
     n, t = rows.shape
-    if rows.device.type == "cpu" and numba is not None:
+    if kernel == "numba" and rows.device.type == "cpu" and numba is not None:
         xn = np.ascontiguousarray(rows.numpy())
         np_taps = interpolation_filter(factor).astype(xn.dtype)
         out = np.zeros((n, -(-t // _BLOCK)), dtype=np.float64)
+        numba_threads()
         _peak_kernel(xn, np_taps, out)
         return torch.from_numpy(out.max(1)).to(rows.dtype)
     seg = min(_SEGMENT, t)
@@ -233,13 +236,18 @@ def sample_peak(x: Tensor, sample_rate: int) -> Tensor:
     return x.abs().amax(-1)
 
 
-def true_peak(x: Tensor, sample_rate: int, *, factor: int | None = None) -> Tensor:
+def true_peak(
+    x: Tensor, sample_rate: int, *, factor: int | None = None, backend: str = "auto"
+) -> Tensor:
     """True peak per channel, BS.1770 Annex 2 (oversampled peak).
 
     Args:
         x: audio.
         sample_rate: in Hz.
         factor: oversampling factor; default 4 below 96 kHz, 2 below 192 kHz, else 1.
+        backend: ``"auto"``, ``"numba"``, ``"triton"`` or ``"torch"``
+            (:mod:`diffmix.kernels.backend`); numba and Triton never materialise the
+            oversampled signal.
 
     Shape:
         ``(B, C, T)`` -> ``(B, C)`` linear; ``20 log10`` of it is dBTP.
@@ -259,7 +267,8 @@ def true_peak(x: Tensor, sample_rate: int, *, factor: int | None = None) -> Tens
     """
     f = oversampling_factor(sample_rate) if factor is None else _check_factor(factor)
     b, c, t = x.shape
-    if x.device.type == "cpu" and numba is not None and f > 1 and not (
+    kernel = resolve(check_backend(backend, "true_peak"), x, "true_peak")
+    if kernel == "numba" and f > 1 and not (
         torch.is_grad_enabled() and x.requires_grad
     ):
         # All in numpy and numba: one read for the sample peak (NaN propagates to the
@@ -271,17 +280,22 @@ def true_peak(x: Tensor, sample_rate: int, *, factor: int | None = None) -> Tens
         np_peak = np.maximum(xs.max(-1), -xs.min(-1))  # |x| max without a full-size temporary
         if value_checks_enabled() and not np.isfinite(np_peak).all():
             raise ValueError("true_peak: audio contains NaN or Inf")
-        np_between = _between_peak(xn, f).numpy()
+        np_between = _between_peak(xn, f, kernel).numpy()
         return torch.from_numpy(np.maximum(np_peak, np_between)).reshape(b, c).to(x.dtype)
     check_meter_input(x, "true_peak")
     peak = x.abs().amax(-1)
     if f == 1:
         return peak
     rows = x.reshape(b * c, t)
+    if kernel == "triton" and not (torch.is_grad_enabled() and x.requires_grad):
+        from diffmix.kernels.triton_ops import between
+
+        taps = torch.as_tensor(interpolation_filter(f), dtype=x.dtype, device=x.device)
+        return torch.maximum(peak, between(rows, taps)[0].abs().amax(-1).reshape(b, c))
     if torch.is_grad_enabled() and x.requires_grad:
         between = _phases(rows, f).abs().amax((-1, -2))
     else:
-        between = _between_peak(rows.detach(), f)
+        between = _between_peak(rows.detach(), f, kernel)
     return torch.maximum(peak, between.reshape(b, c))
 
 

@@ -116,6 +116,21 @@ def _buffers(
     return bands.to(device=device, dtype=dtype), er[:, :length].to(device=device, dtype=dtype)
 
 
+@torch.library.custom_op("diffmix::reverb_buffers", mutates_args=())
+def _buffers_op(like: Tensor, sample_rate: int, length: int, seed: int,
+                crossover_hz: list[float]) -> tuple[Tensor, Tensor]:
+    """:func:`_buffers` as an op, for ``torch.compile``: it cannot trace the seeded
+    generators, and the buffers are constants of the graph (copies of the cached ones)."""
+    bands, er = _buffers(sample_rate, length, seed, (crossover_hz[0], crossover_hz[1]),
+                         str(like.device), like.dtype)
+    return bands.clone(), er.clone()
+
+
+@_buffers_op.register_fake
+def _(like, sample_rate, length, seed, crossover_hz):  # noqa: ANN001, ANN202
+    return like.new_empty((2, 3, length)), like.new_empty((2, length))
+
+
 def check_crossovers(crossover_hz: tuple[float, float], sample_rate: int, effect: str) -> tuple[float, float]:
     """Validate the two band edges: at least an octave apart, inside (20 Hz, Nyquist/√2)."""
     try:
@@ -157,7 +172,10 @@ def reverb_ir(
     Returns:
         ``(B|1, channels, length)``.
     """
-    bands, er = _buffers(sample_rate, length, seed, crossover_hz, str(rt60_s.device), rt60_s.dtype)
+    if torch.compiler.is_compiling():
+        bands, er = _buffers_op(rt60_s.detach(), sample_rate, length, seed, list(crossover_hz))
+    else:
+        bands, er = _buffers(sample_rate, length, seed, crossover_hz, str(rt60_s.device), rt60_s.dtype)
     mid, low, high = torch.broadcast_tensors(rt60_s, rt60_low_ratio, rt60_high_ratio)
     rt = torch.stack([mid * low, mid, mid * high], -1).unsqueeze(-1)  # (B, C, 3, 1)
     t = torch.arange(length, dtype=rt.dtype, device=rt.device) / sample_rate
