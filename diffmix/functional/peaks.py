@@ -412,7 +412,9 @@ def _fir_envelope(x: Tensor, taps: np.ndarray) -> Tensor:
     row of ``taps`` (over ``x[m - half + 1 .. m + half]``) between ``n - 1`` and ``n + 1``,
     channels linked. The limiter's compiled kernel on CPU, ``conv1d`` elsewhere."""
     b, c, t = x.shape
-    if x.device.type == "cpu" and numba is not None:
+    from diffmix.kernels.backend import use_numba
+
+    if x.device.type == "cpu" and use_numba(x, "strict_envelope"):
         from diffmix.functional._peak_kernels import envelope_numpy
 
         xn = np.ascontiguousarray(x.numpy())
