@@ -13,6 +13,7 @@ import soundfile as sf
 import torch
 
 from diffmix.functional.restoration import (
+    _periodicity,
     ar_coefficients,
     declick,
     declip,
@@ -351,3 +352,25 @@ def test_clipping_rail_needs_a_histogram_spike():
     pair = x.copy()
     pair[1000:1002] = 0.6  # quantised music may reach its peak twice in a row: not clipping
     assert not detect_clipping(torch.from_numpy(pair)[None, None], SR).any()
+
+
+
+@pytest.mark.parametrize("seed", [21, 22, 23])
+def test_periodicity_needs_repeats_at_the_same_level(seed):
+    """The periodicity guard: an error spike that repeats a period earlier and later is a
+    buzzy waveform's cusp (score ~1, vetoed as a click); the same spike 20-30 dB louder
+    than its neighbours is a click that happens to fall on a cusp (score far below the
+    0.6 veto), though its shape correlates perfectly (shape alone scored it ~1 and
+    vetoed loud clicks in buzzy music)."""
+    print("seed", seed)
+    rng = np.random.default_rng(seed)
+    period = int(rng.integers(90, 800))  # 2-18 ms: inside the guard's 1.5-20 ms lags
+    res = 1e-4 * rng.standard_normal((1, SR // 2))
+    res[0, 1000::period] += 1.0 + 0.3 * rng.uniform(-1, 1, len(res[0, 1000::period]))
+    at = 1000 + period * int(rng.integers(10, 20))
+    burst = torch.tensor([[0, at, at + 1]])
+    cusp = float(_periodicity(torch.from_numpy(res), burst, SR)[0])
+    res[0, at] *= 10 ** (rng.uniform(20, 30) / 20)
+    click = float(_periodicity(torch.from_numpy(res), burst, SR)[0])
+    assert cusp > 0.9 and click < 0.5, (cusp, click)  # the veto is at 0.6
+

@@ -35,6 +35,7 @@ from torch import Tensor
 from diffmix.checks import check_audio, check_sample_rate
 
 _SUB = 32  # samples per sub-block of the robust local scales
+_PERIOD_DB = 10.0  # level mismatch (dB) a periodic repeat may have at no cost
 
 
 def _rows(x: Tensor, what: str) -> tuple[Tensor, tuple[int, int, int]]:
@@ -307,7 +308,9 @@ def _periodicity(res: Tensor, bursts: Tensor, sample_rate: int) -> Tensor:
     samples centred on the burst with those one lag later and one lag earlier (best of
     three neighbouring lags each). A waveform with a cusp every period (a buzzy synth, a
     pulse wave) repeats its error spike on both sides; a click, even among others, does
-    not. ``(K,)`` in [0, 1]."""
+    not. A repeat counts only as much as its level matches (more than ``_PERIOD_DB``
+    apart, the correlation is scaled down by the excess): a loud click in a buzzy sound
+    correlates in shape with the sound's cusps but is far above them. ``(K,)`` in [0, 1]."""
     half, lmin, lmax = 16, int(0.0015 * sample_rate), int(0.020 * sample_rate)
     n = 2 * half
     padded = tnf.pad(res, (lmax + half, lmax + half))
@@ -320,7 +323,13 @@ def _periodicity(res: Tensor, bursts: Tensor, sample_rate: int) -> Tensor:
     energy = tnf.pad(region.to(torch.float64).square(), (1, 0)).cumsum(-1)  # no cancellation
     e_ref = energy[:, n : n + 2 * lmax + 1] - energy[:, : 2 * lmax + 1]
     e_seg = seg.square().sum(-1, keepdim=True)
-    ncc = (dots / (e_ref.clamp(min=0) * e_seg).sqrt().clamp(min=1e-30)).clamp(-1.0, 1.0)
+    e_ref = e_ref.clamp(min=0)
+    ncc = (dots / (e_ref * e_seg).sqrt().clamp(min=1e-30)).clamp(-1.0, 1.0)
+    # A repeat must also match in level, within `_PERIOD_DB` (a decaying pluck's error
+    # spikes lose a few dB a period): a click far louder than the music's own error spikes
+    # a period away is not periodic however their shapes correlate.
+    ratio = ((e_ref + 1e-30) / (e_seg + 1e-30)).log10().abs().mul(10.0)  # dB apart
+    ncc = ncc * (10.0 ** ((_PERIOD_DB - ratio).clamp(max=0.0) / 20.0))
     ncc = tnf.max_pool1d(ncc[:, None], 3, 1, 1)[:, 0]
     later, earlier = ncc[:, lmax + lmin :], ncc[:, : lmax - lmin + 1].flip(-1)
     return torch.minimum(later, earlier).amax(-1).clamp(min=0.0)
