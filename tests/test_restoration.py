@@ -13,6 +13,7 @@ import soundfile as sf
 import torch
 
 from diffmix.functional.restoration import (
+    _frames_near,
     _periodicity,
     ar_coefficients,
     declick,
@@ -374,3 +375,26 @@ def test_periodicity_needs_repeats_at_the_same_level(seed):
     click = float(_periodicity(torch.from_numpy(res), burst, SR)[0])
     assert cusp > 0.9 and click < 0.5, (cusp, click)  # the veto is at 0.6
 
+
+
+def test_refit_of_some_frames_matches_the_full_fit():
+    """Refitting only the frames near changed samples (``_frames_near`` + ``frames=``)
+    gives exactly the full refit: every frame whose model changes is in the subset."""
+    seed = 31
+    print("seed", seed)
+    rng = np.random.default_rng(seed)
+    hop = 441
+    x = torch.from_numpy(rng.standard_normal((1, 2, 20 * hop)))
+    base = ar_coefficients(x, SR, order=8, hop=hop)
+    starts = rng.integers(0, 20 * hop - 60, 6)
+    r = torch.tensor(sorted((int(rng.integers(0, 2)), int(s), int(s) + int(rng.integers(1, 60)))
+                            for s in starts))
+    changed = x.clone()
+    for row, s, e in r.tolist():
+        changed[0, row, max(s - 3, 0) : e + 3] += 5.0  # reach 3 samples beyond each run
+    full = ar_coefficients(changed, SR, order=8, hop=hop)
+    near = _frames_near(r, hop, base.shape[-2], 3)
+    part = ar_coefficients(changed, SR, order=8, hop=hop, frames=near, into=base)
+    torch.testing.assert_close(part, full, rtol=0, atol=0)
+    differs = (full != base).any(-1)[0].nonzero().tolist()
+    assert sorted(map(tuple, differs)) == sorted(map(tuple, near.tolist()))

@@ -72,7 +72,14 @@ def levinson(r: Tensor) -> Tensor:
 
 
 def ar_coefficients(
-    x: Tensor, sample_rate: int, *, order: int = 32, hop: int, limit: Tensor | None = None
+    x: Tensor,
+    sample_rate: int,
+    *,
+    order: int = 32,
+    hop: int,
+    limit: Tensor | None = None,
+    frames: Tensor | None = None,
+    into: Tensor | None = None,
 ) -> Tensor:
     """AR prediction-error filters per ``hop``-sample frame (autocorrelation method).
 
@@ -80,7 +87,10 @@ def ar_coefficients(
     Hann-windowed ``2 hop`` samples centred on it. A -60 dB white floor is added to each
     autocorrelation (so silence and pure tones give stable, well-conditioned filters).
     With ``limit`` (``(B, C, T)``, positive) the signal is clamped to ``+-limit`` before
-    fitting, so a loud click does not turn the model of its frame white. Not
+    fitting, so a loud click does not turn the model of its frame white. With ``frames``
+    (``(K, 2)`` int64 rows ``(batch * C + channel, frame)``) only those frames are fitted
+    and written into a copy of ``into`` (``(B, C, F, order + 1)``; zeros when ``None``):
+    a refit after a few samples changed costs what they touch, not the whole signal. Not
     differentiable (fitted on ``x.detach()``).
 
     Shape:
@@ -88,6 +98,7 @@ def ar_coefficients(
     """
     rows, (b, c, t) = _rows(x, "ar_coefficients")
     check_sample_rate(sample_rate, "ar_coefficients")
+    subset = frames
     frames = -(-t // hop)
     half = hop // 2
     rows = rows.detach()
@@ -96,6 +107,8 @@ def ar_coefficients(
         rows = torch.maximum(torch.minimum(rows, lim), -lim)
     xp = tnf.pad(rows, (half, frames * hop - t + 2 * hop - half))
     seg = xp.unfold(-1, 2 * hop, hop)[:, :frames]  # (N, F, 2 hop)
+    if subset is not None:
+        seg = seg[subset[:, 0], subset[:, 1]]  # (K, 2 hop)
     win = torch.hann_window(2 * hop, periodic=False, dtype=seg.dtype, device=seg.device)
     n_fft = 1 << math.ceil(math.log2(2 * hop + order + 1))
     spec = torch.fft.rfft(seg * win, n_fft)
@@ -103,7 +116,29 @@ def ar_coefficients(
     r = r.to(torch.float64)
     r0 = r[..., :1]
     r = torch.cat([r0 * (1.0 + 1e-6) + 1e-20, r[..., 1:]], -1)
-    return levinson(r).reshape(b, c, frames, order + 1)
+    if subset is None:
+        return levinson(r).reshape(b, c, frames, order + 1)
+    out = (torch.zeros(b * c, frames, order + 1, dtype=torch.float64, device=x.device)
+           if into is None else into.reshape(b * c, frames, order + 1).clone())
+    if len(subset):
+        out[subset[:, 0], subset[:, 1]] = levinson(r)
+    return out.reshape(b, c, frames, order + 1)
+
+
+def _frames_near(r: Tensor, hop: int, frames: int, reach: int) -> Tensor:
+    """``(row, frame)`` pairs (``(K, 2)``, unique) of the frames whose analysis window
+    (two hops centred on the frame) comes within ``reach`` samples of a run ``(row,
+    start, end)``: the frames a change to those samples can alter."""
+    if len(r) == 0:
+        return r[:, :2]
+    half = hop // 2
+    lo = torch.div(r[:, 1] - reach + half - 2 * hop, hop, rounding_mode="floor") + 1
+    hi = torch.div(r[:, 2] + reach + half - 1, hop, rounding_mode="floor")
+    steps = torch.arange(int((hi - lo).max()) + 1, device=r.device)
+    f = lo[:, None] + steps
+    ok = (f <= hi[:, None]) & (f >= 0) & (f < frames)
+    rows = r[:, :1].expand(-1, len(steps))
+    return torch.unique(torch.stack([rows[ok], f[ok]], -1), dim=0)
 
 
 def ar_residuals(x: Tensor, coeffs: Tensor, hop: int) -> tuple[Tensor, Tensor]:
@@ -398,10 +433,12 @@ def detect_clicks(
         xd = x.detach()
         s_before, s_after = _local_scale(rows.detach(), width // 2)
         level = torch.maximum(s_before, s_after).repeat_interleave(_SUB, -1)[:, :t]
-        fit_on = xd
+        fit_on, near, coeffs = xd, None, None
+        limit = (clamp * level).reshape(b, c, t) + 1e-9
         for step in range(passes):
-            coeffs = ar_coefficients(fit_on, sr, order=order, hop=hop,
-                                     limit=(clamp * level).reshape(b, c, t) + 1e-9)
+            # Later passes refit only the frames whose windows the repairs changed.
+            coeffs = ar_coefficients(fit_on, sr, order=order, hop=hop, limit=limit,
+                                     frames=near, into=None if near is None else coeffs)
             fwd, bwd = ar_residuals(xd, coeffs, hop)
             fwd, bwd = fwd.reshape(b * c, t), bwd.reshape(b * c, t)
             stat = torch.minimum(fwd.abs(), bwd.abs())
@@ -431,7 +468,8 @@ def detect_clicks(
                 break
             # A loud click whitens the model of its frame (the clamp only limits it), which
             # hides quieter clicks nearby: refit on the signal with them interpolated.
-            fit_on = repaired
+            fit_on = torch.where(mask, repaired, xd)  # the bursts kept, not those vetoed
+            near = _frames_near(bursts, hop, coeffs.shape[-2], pad)
     return mask, coeffs, hop
 
 
@@ -475,7 +513,9 @@ def declick(
         return x, mask
     with torch.no_grad():
         first = lsar_interpolate(x.detach(), mask, coeffs, hop)
-        coeffs = ar_coefficients(first, sr, order=repair_order, hop=hop)
+        # Only the frames around the clicks are used by the repair: fit just those.
+        near = _frames_near(runs(mask), hop, coeffs.shape[-2], repair_order)
+        coeffs = ar_coefficients(first, sr, order=repair_order, hop=hop, frames=near)
     return lsar_interpolate(x, mask, coeffs, hop), mask
 
 
