@@ -197,13 +197,27 @@ def test_percussion_with_clicks_only_clicks_flagged():
     assert m[truth].mean() == 1.0
 
 
-def test_real_mix_excerpt_is_not_flagged():
-    path = SHARED / "data" / "multitrack" / "Alf42red-Mauiwowi" / "mix.flac"
+FALSE_ALARMS_PER_MINUTE = 1.0  # issue 22's goal on click-free music
+
+
+@pytest.mark.parametrize("song", [
+    "Alf42red-Mauiwowi",
+    "CapDan-ReggaeTry",
+    pytest.param("Shovon-ProgressiveHousePluckDemo", marks=pytest.mark.xfail(
+        strict=True, reason="goal not met: two kick-drum beater clicks (the bassdrum stem "
+        "alone is flagged there) are taken for clicks")),
+])
+def test_real_mix_false_alarms_within_the_goal(song):
+    """Click-free shared mixes (hi-hats, rimshots, slap bass, kicks): at most the goal's
+    false alarms per minute, rounded down over the mix's length (0 for a 20 s mix)."""
+    path = SHARED / "data" / "multitrack" / song / "mix.flac"
     if not path.exists():
         pytest.skip("shared multitracks absent")
-    data, sr = sf.read(str(path), dtype="float32", always_2d=True, frames=10 * 44100)
+    data, sr = sf.read(str(path), dtype="float32", always_2d=True)
+    allowed = math.floor(FALSE_ALARMS_PER_MINUTE * data.shape[0] / sr / 60.0)
     mask, _, _ = detect_clicks(torch.from_numpy(data.T.copy())[None], sr)
-    assert runs(mask).tolist() == []
+    found = [(ch, round(s / sr, 3)) for ch, s, _ in runs(mask).tolist()]
+    assert len(found) <= allowed, found
 
 
 def test_declick_batch_matches_items_and_leaves_input():
