@@ -355,16 +355,16 @@ def _periodicity(res: Tensor, bursts: Tensor, sample_rate: int) -> Tensor:
     n_fft = 1 << math.ceil(math.log2(2 * lmax + 2 * n))
     dots = torch.fft.irfft(torch.fft.rfft(region, n_fft) * torch.fft.rfft(seg, n_fft).conj(), n_fft)
     dots = dots[:, : 2 * lmax + 1]  # dots[:, j] = <seg, region[j : j + n]>, lag j - lmax
-    energy = tnf.pad(region.to(torch.float64).square(), (1, 0)).cumsum(-1)  # no cancellation
-    e_ref = energy[:, n : n + 2 * lmax + 1] - energy[:, : 2 * lmax + 1]
+    e_ref = tnf.avg_pool1d(region[:, None].square(), n, 1)[:, 0, : 2 * lmax + 1] * n
     e_seg = seg.square().sum(-1, keepdim=True)
-    e_ref = e_ref.clamp(min=0)
-    ncc = (dots / (e_ref * e_seg).sqrt().clamp(min=1e-30)).clamp(-1.0, 1.0)
     # A repeat must also match in level, within `_PERIOD_DB` (a decaying pluck's error
-    # spikes lose a few dB a period): a click far louder than the music's own error spikes
-    # a period away is not periodic however their shapes correlate.
-    ratio = ((e_ref + 1e-30) / (e_seg + 1e-30)).log10().abs().mul(10.0)  # dB apart
-    ncc = ncc * (10.0 ** ((_PERIOD_DB - ratio).clamp(max=0.0) / 20.0))
+    # spikes lose a few dB a period): the correlation <a, b> / (|a| |b|) times
+    # min(1, k min(|a|/|b|, |b|/|a|)) with k = 10^(_PERIOD_DB / 20), which is the smaller
+    # of the correlation and k <a, b> / max(|a|^2, |b|^2). A click far louder than the
+    # music's own error spikes a period away is not periodic however their shapes match.
+    ncc = dots / (e_ref * e_seg).sqrt().clamp(min=1e-30)
+    level = dots * (10.0 ** (_PERIOD_DB / 20.0)) / torch.maximum(e_ref, e_seg).clamp(min=1e-30)
+    ncc = torch.minimum(ncc, level).clamp(-1.0, 1.0)
     ncc = tnf.max_pool1d(ncc[:, None], 3, 1, 1)[:, 0]
     later, earlier = ncc[:, lmax + lmin :], ncc[:, : lmax - lmin + 1].flip(-1)
     return torch.minimum(later, earlier).amax(-1).clamp(min=0.0)
