@@ -370,6 +370,32 @@ def _periodicity(res: Tensor, bursts: Tensor, sample_rate: int) -> Tensor:
     return torch.minimum(later, earlier).amax(-1).clamp(min=0.0)
 
 
+def _explained(
+    x: Tensor, repaired: Tensor, bursts: Tensor, coeffs: Tensor, hop: int, pad: int, max_len: int
+) -> Tensor:
+    """How much the repair of each burst explains: the energy of the forward prediction
+    error over the padded burst and the ``p`` samples after it (every error term the burst
+    enters), before over after the repair, in dB. ``x``, ``repaired`` ``(N, T)``, ``bursts``
+    ``(K, 3)``, ``coeffs`` ``(N, F, p + 1)`` -> ``(K,)``."""
+    p = coeffs.shape[-1] - 1
+    t = x.shape[-1]
+    width = max_len + 2 * pad + p
+    pos = torch.arange(-p, width, device=x.device)
+    idx = bursts[:, 1:2] - pad + pos  # (K, width + p): p samples of history first
+    ok = (idx >= 0) & (idx < t)
+    idx = idx.clamp(0, t - 1)
+    frame = ((bursts[:, 1] + bursts[:, 2]) // 2 // hop).clamp(max=coeffs.shape[1] - 1)
+    a = coeffs[bursts[:, 0], frame].to(x.dtype)  # (K, p + 1)
+    # error term n counts when it lies in [start - pad, end + pad + p)
+    inside = pos[p:] < (bursts[:, 2:3] - bursts[:, 1:2] + 2 * pad + p)
+    energy = []
+    for sig in (x, repaired):
+        w = torch.where(ok, sig[bursts[:, 0:1], idx], 0.0)
+        e = w.unfold(-1, p + 1, 1) @ a.flip(-1)[..., None]  # (K, width, 1)
+        energy.append(torch.where(inside, e[..., 0].square(), 0.0).sum(-1))
+    return 10.0 * torch.log10(energy[0].clamp(min=1e-30) / energy[1].clamp(min=1e-30))
+
+
 def detect_clicks(
     x: Tensor,
     sample_rate: int,
@@ -384,7 +410,8 @@ def detect_clicks(
     clamp: float = 3.0,
     periodic: float = 0.6,
     passes: int = 2,
-    above_db: float | None = 6.0,
+    above_db: float | None = 3.0,
+    explain_db: float | None = 10.0,
 ) -> tuple[Tensor, Tensor, int]:
     """Flag clicks: short bursts that the AR model of their surroundings cannot predict,
     forwards or backwards, and that do not recur period after period.
@@ -408,7 +435,13 @@ def detect_clicks(
     * what the repair would remove (the burst minus its LSAR interpolation) must peak at
       least ``above_db`` over the programme's robust local level (the median RMS of
       0.7 ms sub-blocks over 8 ms before or after, the larger): a kick's or a slapped
-      string's attack is unpredictable, but no louder than the note it starts.
+      string's attack is unpredictable, but no louder than the note it starts;
+    * the repair must explain the burst: the forward prediction error over every term
+      the burst enters (the padded burst and the ``p`` samples after it) must fall by at
+      least ``explain_db`` once the burst is interpolated. A click is added to music
+      that goes on, so without it the error drops to the music's own; an attack starts a
+      sound the model of the samples before it cannot predict, so interpolating the
+      attack leaves most of the error.
 
     The models are fitted on the signal clamped to ``clamp`` times its robust local level;
     with ``passes=2`` they are refitted on the signal with the first pass's clicks
@@ -418,7 +451,8 @@ def detect_clicks(
         order: AR order. hop_ms: AR frame length (ms; the model is fitted on 2 hops).
         threshold: detection threshold in local-scale units. floor_db: errors below this
             level (dBFS) never count. pad: samples added to each side of a burst (the
-            edges of a burst are often below the threshold).
+            edges of a burst are often below the threshold). above_db, explain_db: the
+            last two guards (``None`` turns one off).
 
     Returns:
         ``(mask, coeffs, hop)``: ``mask (B, C, T)`` bool (detached), the AR filters
@@ -464,6 +498,11 @@ def detect_clicks(
                 peak = torch.where(inside, removed[bursts[:, 0:1], idx], 0.0).amax(-1)
                 bursts = bursts[peak >= 10.0 ** (above_db / 20.0)]
                 mask = _mask_from_runs(bursts, (b * c, t), pad, x.device).reshape(b, c, t)
+            if explain_db is not None and len(bursts):
+                gain = _explained(xd.reshape(b * c, t), repaired.reshape(b * c, t), bursts,
+                                  coeffs.reshape(b * c, -1, order + 1), hop, pad, max_len)
+                bursts = bursts[gain >= explain_db]
+                mask = _mask_from_runs(bursts, (b * c, t), pad, x.device).reshape(b, c, t)
             if len(bursts) == 0 or step == passes - 1:
                 break
             # A loud click whitens the model of its frame (the clamp only limits it), which
@@ -484,7 +523,8 @@ def declick(
     merge: int = 24,
     pad: int = 6,
     passes: int = 2,
-    above_db: float | None = 6.0,
+    above_db: float | None = 3.0,
+    explain_db: float | None = 10.0,
     repair_order: int = 48,
 ) -> tuple[Tensor, Tensor]:
     """Find clicks (:func:`detect_clicks`) and repair them by LSAR interpolation.
@@ -507,7 +547,7 @@ def declick(
     sr = check_sample_rate(sample_rate, "declick")
     mask, coeffs, hop = detect_clicks(
         x, sr, order=order, hop_ms=hop_ms, threshold=threshold, max_click_ms=max_click_ms,
-        merge=merge, pad=pad, passes=passes, above_db=above_db,
+        merge=merge, pad=pad, passes=passes, above_db=above_db, explain_db=explain_db,
     )
     if not bool(mask.any()):
         return x, mask
