@@ -13,6 +13,8 @@ import soundfile as sf
 import torch
 
 from diffmix.functional.restoration import (
+    _frames_near,
+    _periodicity,
     ar_coefficients,
     declick,
     declip,
@@ -176,6 +178,18 @@ def test_percussion_is_not_flagged():
     assert runs(mask).tolist() == []
 
 
+@pytest.mark.parametrize("seed", [3, 5, 7])
+def test_attacks_the_repair_cannot_explain_are_not_clicks(seed):
+    """The explanation guard: a plucked string's or a rimshot's attack is unpredictable,
+    but interpolating it leaves the error of the sound it starts (the repair explains
+    less than ``explain_db`` of the error it touches); without the guard these synthetic
+    percussion tracks get false alarms, with it none."""
+    print("seed", seed)
+    x = torch.from_numpy(_percussion(seed)).float()[None]
+    assert runs(detect_clicks(x, SR, explain_db=None)[0]).tolist() != []
+    assert runs(detect_clicks(x, SR)[0]).tolist() == []
+
+
 def test_percussion_with_clicks_only_clicks_flagged():
     seed = 4
     print("seed", seed)
@@ -195,13 +209,23 @@ def test_percussion_with_clicks_only_clicks_flagged():
     assert m[truth].mean() == 1.0
 
 
-def test_real_mix_excerpt_is_not_flagged():
-    path = SHARED / "data" / "multitrack" / "Alf42red-Mauiwowi" / "mix.flac"
+FALSE_ALARMS_PER_MINUTE = 1.0  # issue 22's goal on click-free music
+
+
+@pytest.mark.parametrize(
+    "song", ["Alf42red-Mauiwowi", "CapDan-ReggaeTry", "Shovon-ProgressiveHousePluckDemo"]
+)
+def test_real_mix_false_alarms_within_the_goal(song):
+    """Click-free shared mixes (hi-hats, rimshots, slap bass, kicks): at most the goal's
+    false alarms per minute, rounded down over the mix's length (0 for a 20 s mix)."""
+    path = SHARED / "data" / "multitrack" / song / "mix.flac"
     if not path.exists():
         pytest.skip("shared multitracks absent")
-    data, sr = sf.read(str(path), dtype="float32", always_2d=True, frames=10 * 44100)
+    data, sr = sf.read(str(path), dtype="float32", always_2d=True)
+    allowed = math.floor(FALSE_ALARMS_PER_MINUTE * data.shape[0] / sr / 60.0)
     mask, _, _ = detect_clicks(torch.from_numpy(data.T.copy())[None], sr)
-    assert runs(mask).tolist() == []
+    found = [(ch, round(s / sr, 3)) for ch, s, _ in runs(mask).tolist()]
+    assert len(found) <= allowed, found
 
 
 def test_declick_batch_matches_items_and_leaves_input():
@@ -351,3 +375,48 @@ def test_clipping_rail_needs_a_histogram_spike():
     pair = x.copy()
     pair[1000:1002] = 0.6  # quantised music may reach its peak twice in a row: not clipping
     assert not detect_clipping(torch.from_numpy(pair)[None, None], SR).any()
+
+
+
+@pytest.mark.parametrize("seed", [21, 22, 23])
+def test_periodicity_needs_repeats_at_the_same_level(seed):
+    """The periodicity guard: an error spike that repeats a period earlier and later is a
+    buzzy waveform's cusp (score ~1, vetoed as a click); the same spike 20-30 dB louder
+    than its neighbours is a click that happens to fall on a cusp (score far below the
+    0.6 veto), though its shape correlates perfectly (shape alone scored it ~1 and
+    vetoed loud clicks in buzzy music)."""
+    print("seed", seed)
+    rng = np.random.default_rng(seed)
+    period = int(rng.integers(90, 800))  # 2-18 ms: inside the guard's 1.5-20 ms lags
+    res = 1e-4 * rng.standard_normal((1, SR // 2))
+    res[0, 1000::period] += 1.0 + 0.3 * rng.uniform(-1, 1, len(res[0, 1000::period]))
+    at = 1000 + period * int(rng.integers(10, 20))
+    burst = torch.tensor([[0, at, at + 1]])
+    cusp = float(_periodicity(torch.from_numpy(res), burst, SR)[0])
+    res[0, at] *= 10 ** (rng.uniform(20, 30) / 20)
+    click = float(_periodicity(torch.from_numpy(res), burst, SR)[0])
+    assert cusp > 0.9 and click < 0.5, (cusp, click)  # the veto is at 0.6
+
+
+
+def test_refit_of_some_frames_matches_the_full_fit():
+    """Refitting only the frames near changed samples (``_frames_near`` + ``frames=``)
+    gives exactly the full refit: every frame whose model changes is in the subset."""
+    seed = 31
+    print("seed", seed)
+    rng = np.random.default_rng(seed)
+    hop = 441
+    x = torch.from_numpy(rng.standard_normal((1, 2, 20 * hop)))
+    base = ar_coefficients(x, SR, order=8, hop=hop)
+    starts = rng.integers(0, 20 * hop - 60, 6)
+    r = torch.tensor(sorted((int(rng.integers(0, 2)), int(s), int(s) + int(rng.integers(1, 60)))
+                            for s in starts))
+    changed = x.clone()
+    for row, s, e in r.tolist():
+        changed[0, row, max(s - 3, 0) : e + 3] += 5.0  # reach 3 samples beyond each run
+    full = ar_coefficients(changed, SR, order=8, hop=hop)
+    near = _frames_near(r, hop, base.shape[-2], 3)
+    part = ar_coefficients(changed, SR, order=8, hop=hop, frames=near, into=base)
+    torch.testing.assert_close(part, full, rtol=0, atol=0)
+    differs = (full != base).any(-1)[0].nonzero().tolist()
+    assert sorted(map(tuple, differs)) == sorted(map(tuple, near.tolist()))

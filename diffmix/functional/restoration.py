@@ -35,6 +35,7 @@ from torch import Tensor
 from diffmix.checks import check_audio, check_sample_rate
 
 _SUB = 32  # samples per sub-block of the robust local scales
+_PERIOD_DB = 10.0  # level mismatch (dB) a periodic repeat may have at no cost
 
 
 def _rows(x: Tensor, what: str) -> tuple[Tensor, tuple[int, int, int]]:
@@ -71,7 +72,14 @@ def levinson(r: Tensor) -> Tensor:
 
 
 def ar_coefficients(
-    x: Tensor, sample_rate: int, *, order: int = 32, hop: int, limit: Tensor | None = None
+    x: Tensor,
+    sample_rate: int,
+    *,
+    order: int = 32,
+    hop: int,
+    limit: Tensor | None = None,
+    frames: Tensor | None = None,
+    into: Tensor | None = None,
 ) -> Tensor:
     """AR prediction-error filters per ``hop``-sample frame (autocorrelation method).
 
@@ -79,7 +87,10 @@ def ar_coefficients(
     Hann-windowed ``2 hop`` samples centred on it. A -60 dB white floor is added to each
     autocorrelation (so silence and pure tones give stable, well-conditioned filters).
     With ``limit`` (``(B, C, T)``, positive) the signal is clamped to ``+-limit`` before
-    fitting, so a loud click does not turn the model of its frame white. Not
+    fitting, so a loud click does not turn the model of its frame white. With ``frames``
+    (``(K, 2)`` int64 rows ``(batch * C + channel, frame)``) only those frames are fitted
+    and written into a copy of ``into`` (``(B, C, F, order + 1)``; zeros when ``None``):
+    a refit after a few samples changed costs what they touch, not the whole signal. Not
     differentiable (fitted on ``x.detach()``).
 
     Shape:
@@ -87,6 +98,7 @@ def ar_coefficients(
     """
     rows, (b, c, t) = _rows(x, "ar_coefficients")
     check_sample_rate(sample_rate, "ar_coefficients")
+    subset = frames
     frames = -(-t // hop)
     half = hop // 2
     rows = rows.detach()
@@ -95,6 +107,8 @@ def ar_coefficients(
         rows = torch.maximum(torch.minimum(rows, lim), -lim)
     xp = tnf.pad(rows, (half, frames * hop - t + 2 * hop - half))
     seg = xp.unfold(-1, 2 * hop, hop)[:, :frames]  # (N, F, 2 hop)
+    if subset is not None:
+        seg = seg[subset[:, 0], subset[:, 1]]  # (K, 2 hop)
     win = torch.hann_window(2 * hop, periodic=False, dtype=seg.dtype, device=seg.device)
     n_fft = 1 << math.ceil(math.log2(2 * hop + order + 1))
     spec = torch.fft.rfft(seg * win, n_fft)
@@ -102,7 +116,29 @@ def ar_coefficients(
     r = r.to(torch.float64)
     r0 = r[..., :1]
     r = torch.cat([r0 * (1.0 + 1e-6) + 1e-20, r[..., 1:]], -1)
-    return levinson(r).reshape(b, c, frames, order + 1)
+    if subset is None:
+        return levinson(r).reshape(b, c, frames, order + 1)
+    out = (torch.zeros(b * c, frames, order + 1, dtype=torch.float64, device=x.device)
+           if into is None else into.reshape(b * c, frames, order + 1).clone())
+    if len(subset):
+        out[subset[:, 0], subset[:, 1]] = levinson(r)
+    return out.reshape(b, c, frames, order + 1)
+
+
+def _frames_near(r: Tensor, hop: int, frames: int, reach: int) -> Tensor:
+    """``(row, frame)`` pairs (``(K, 2)``, unique) of the frames whose analysis window
+    (two hops centred on the frame) comes within ``reach`` samples of a run ``(row,
+    start, end)``: the frames a change to those samples can alter."""
+    if len(r) == 0:
+        return r[:, :2]
+    half = hop // 2
+    lo = torch.div(r[:, 1] - reach + half - 2 * hop, hop, rounding_mode="floor") + 1
+    hi = torch.div(r[:, 2] + reach + half - 1, hop, rounding_mode="floor")
+    steps = torch.arange(int((hi - lo).max()) + 1, device=r.device)
+    f = lo[:, None] + steps
+    ok = (f <= hi[:, None]) & (f >= 0) & (f < frames)
+    rows = r[:, :1].expand(-1, len(steps))
+    return torch.unique(torch.stack([rows[ok], f[ok]], -1), dim=0)
 
 
 def ar_residuals(x: Tensor, coeffs: Tensor, hop: int) -> tuple[Tensor, Tensor]:
@@ -307,7 +343,9 @@ def _periodicity(res: Tensor, bursts: Tensor, sample_rate: int) -> Tensor:
     samples centred on the burst with those one lag later and one lag earlier (best of
     three neighbouring lags each). A waveform with a cusp every period (a buzzy synth, a
     pulse wave) repeats its error spike on both sides; a click, even among others, does
-    not. ``(K,)`` in [0, 1]."""
+    not. A repeat counts only as much as its level matches (more than ``_PERIOD_DB``
+    apart, the correlation is scaled down by the excess): a loud click in a buzzy sound
+    correlates in shape with the sound's cusps but is far above them. ``(K,)`` in [0, 1]."""
     half, lmin, lmax = 16, int(0.0015 * sample_rate), int(0.020 * sample_rate)
     n = 2 * half
     padded = tnf.pad(res, (lmax + half, lmax + half))
@@ -317,13 +355,45 @@ def _periodicity(res: Tensor, bursts: Tensor, sample_rate: int) -> Tensor:
     n_fft = 1 << math.ceil(math.log2(2 * lmax + 2 * n))
     dots = torch.fft.irfft(torch.fft.rfft(region, n_fft) * torch.fft.rfft(seg, n_fft).conj(), n_fft)
     dots = dots[:, : 2 * lmax + 1]  # dots[:, j] = <seg, region[j : j + n]>, lag j - lmax
-    energy = tnf.pad(region.to(torch.float64).square(), (1, 0)).cumsum(-1)  # no cancellation
-    e_ref = energy[:, n : n + 2 * lmax + 1] - energy[:, : 2 * lmax + 1]
+    e_ref = tnf.avg_pool1d(region[:, None].square(), n, 1)[:, 0, : 2 * lmax + 1] * n
     e_seg = seg.square().sum(-1, keepdim=True)
-    ncc = (dots / (e_ref.clamp(min=0) * e_seg).sqrt().clamp(min=1e-30)).clamp(-1.0, 1.0)
+    # A repeat must also match in level, within `_PERIOD_DB` (a decaying pluck's error
+    # spikes lose a few dB a period): the correlation <a, b> / (|a| |b|) times
+    # min(1, k min(|a|/|b|, |b|/|a|)) with k = 10^(_PERIOD_DB / 20), which is the smaller
+    # of the correlation and k <a, b> / max(|a|^2, |b|^2). A click far louder than the
+    # music's own error spikes a period away is not periodic however their shapes match.
+    ncc = dots / (e_ref * e_seg).sqrt().clamp(min=1e-30)
+    level = dots * (10.0 ** (_PERIOD_DB / 20.0)) / torch.maximum(e_ref, e_seg).clamp(min=1e-30)
+    ncc = torch.minimum(ncc, level).clamp(-1.0, 1.0)
     ncc = tnf.max_pool1d(ncc[:, None], 3, 1, 1)[:, 0]
     later, earlier = ncc[:, lmax + lmin :], ncc[:, : lmax - lmin + 1].flip(-1)
     return torch.minimum(later, earlier).amax(-1).clamp(min=0.0)
+
+
+def _explained(
+    x: Tensor, repaired: Tensor, bursts: Tensor, coeffs: Tensor, hop: int, pad: int, max_len: int
+) -> Tensor:
+    """How much the repair of each burst explains: the energy of the forward prediction
+    error over the padded burst and the ``p`` samples after it (every error term the burst
+    enters), before over after the repair, in dB. ``x``, ``repaired`` ``(N, T)``, ``bursts``
+    ``(K, 3)``, ``coeffs`` ``(N, F, p + 1)`` -> ``(K,)``."""
+    p = coeffs.shape[-1] - 1
+    t = x.shape[-1]
+    width = max_len + 2 * pad + p
+    pos = torch.arange(-p, width, device=x.device)
+    idx = bursts[:, 1:2] - pad + pos  # (K, width + p): p samples of history first
+    ok = (idx >= 0) & (idx < t)
+    idx = idx.clamp(0, t - 1)
+    frame = ((bursts[:, 1] + bursts[:, 2]) // 2 // hop).clamp(max=coeffs.shape[1] - 1)
+    a = coeffs[bursts[:, 0], frame].to(x.dtype)  # (K, p + 1)
+    # error term n counts when it lies in [start - pad, end + pad + p)
+    inside = pos[p:] < (bursts[:, 2:3] - bursts[:, 1:2] + 2 * pad + p)
+    energy = []
+    for sig in (x, repaired):
+        w = torch.where(ok, sig[bursts[:, 0:1], idx], 0.0)
+        e = w.unfold(-1, p + 1, 1) @ a.flip(-1)[..., None]  # (K, width, 1)
+        energy.append(torch.where(inside, e[..., 0].square(), 0.0).sum(-1))
+    return 10.0 * torch.log10(energy[0].clamp(min=1e-30) / energy[1].clamp(min=1e-30))
 
 
 def detect_clicks(
@@ -340,7 +410,8 @@ def detect_clicks(
     clamp: float = 3.0,
     periodic: float = 0.6,
     passes: int = 2,
-    above_db: float | None = 6.0,
+    above_db: float | None = 3.0,
+    explain_db: float | None = 10.0,
 ) -> tuple[Tensor, Tensor, int]:
     """Flag clicks: short bursts that the AR model of their surroundings cannot predict,
     forwards or backwards, and that do not recur period after period.
@@ -364,7 +435,13 @@ def detect_clicks(
     * what the repair would remove (the burst minus its LSAR interpolation) must peak at
       least ``above_db`` over the programme's robust local level (the median RMS of
       0.7 ms sub-blocks over 8 ms before or after, the larger): a kick's or a slapped
-      string's attack is unpredictable, but no louder than the note it starts.
+      string's attack is unpredictable, but no louder than the note it starts;
+    * the repair must explain the burst: the forward prediction error over every term
+      the burst enters (the padded burst and the ``p`` samples after it) must fall by at
+      least ``explain_db`` once the burst is interpolated. A click is added to music
+      that goes on, so without it the error drops to the music's own; an attack starts a
+      sound the model of the samples before it cannot predict, so interpolating the
+      attack leaves most of the error.
 
     The models are fitted on the signal clamped to ``clamp`` times its robust local level;
     with ``passes=2`` they are refitted on the signal with the first pass's clicks
@@ -374,7 +451,8 @@ def detect_clicks(
         order: AR order. hop_ms: AR frame length (ms; the model is fitted on 2 hops).
         threshold: detection threshold in local-scale units. floor_db: errors below this
             level (dBFS) never count. pad: samples added to each side of a burst (the
-            edges of a burst are often below the threshold).
+            edges of a burst are often below the threshold). above_db, explain_db: the
+            last two guards (``None`` turns one off).
 
     Returns:
         ``(mask, coeffs, hop)``: ``mask (B, C, T)`` bool (detached), the AR filters
@@ -389,10 +467,12 @@ def detect_clicks(
         xd = x.detach()
         s_before, s_after = _local_scale(rows.detach(), width // 2)
         level = torch.maximum(s_before, s_after).repeat_interleave(_SUB, -1)[:, :t]
-        fit_on = xd
+        fit_on, near, coeffs = xd, None, None
+        limit = (clamp * level).reshape(b, c, t) + 1e-9
         for step in range(passes):
-            coeffs = ar_coefficients(fit_on, sr, order=order, hop=hop,
-                                     limit=(clamp * level).reshape(b, c, t) + 1e-9)
+            # Later passes refit only the frames whose windows the repairs changed.
+            coeffs = ar_coefficients(fit_on, sr, order=order, hop=hop, limit=limit,
+                                     frames=near, into=None if near is None else coeffs)
             fwd, bwd = ar_residuals(xd, coeffs, hop)
             fwd, bwd = fwd.reshape(b * c, t), bwd.reshape(b * c, t)
             stat = torch.minimum(fwd.abs(), bwd.abs())
@@ -418,11 +498,17 @@ def detect_clicks(
                 peak = torch.where(inside, removed[bursts[:, 0:1], idx], 0.0).amax(-1)
                 bursts = bursts[peak >= 10.0 ** (above_db / 20.0)]
                 mask = _mask_from_runs(bursts, (b * c, t), pad, x.device).reshape(b, c, t)
+            if explain_db is not None and len(bursts):
+                gain = _explained(xd.reshape(b * c, t), repaired.reshape(b * c, t), bursts,
+                                  coeffs.reshape(b * c, -1, order + 1), hop, pad, max_len)
+                bursts = bursts[gain >= explain_db]
+                mask = _mask_from_runs(bursts, (b * c, t), pad, x.device).reshape(b, c, t)
             if len(bursts) == 0 or step == passes - 1:
                 break
             # A loud click whitens the model of its frame (the clamp only limits it), which
             # hides quieter clicks nearby: refit on the signal with them interpolated.
-            fit_on = repaired
+            fit_on = torch.where(mask, repaired, xd)  # the bursts kept, not those vetoed
+            near = _frames_near(bursts, hop, coeffs.shape[-2], pad)
     return mask, coeffs, hop
 
 
@@ -437,7 +523,8 @@ def declick(
     merge: int = 24,
     pad: int = 6,
     passes: int = 2,
-    above_db: float | None = 6.0,
+    above_db: float | None = 3.0,
+    explain_db: float | None = 10.0,
     repair_order: int = 48,
 ) -> tuple[Tensor, Tensor]:
     """Find clicks (:func:`detect_clicks`) and repair them by LSAR interpolation.
@@ -460,13 +547,15 @@ def declick(
     sr = check_sample_rate(sample_rate, "declick")
     mask, coeffs, hop = detect_clicks(
         x, sr, order=order, hop_ms=hop_ms, threshold=threshold, max_click_ms=max_click_ms,
-        merge=merge, pad=pad, passes=passes, above_db=above_db,
+        merge=merge, pad=pad, passes=passes, above_db=above_db, explain_db=explain_db,
     )
     if not bool(mask.any()):
         return x, mask
     with torch.no_grad():
         first = lsar_interpolate(x.detach(), mask, coeffs, hop)
-        coeffs = ar_coefficients(first, sr, order=repair_order, hop=hop)
+        # Only the frames around the clicks are used by the repair: fit just those.
+        near = _frames_near(runs(mask), hop, coeffs.shape[-2], repair_order)
+        coeffs = ar_coefficients(first, sr, order=repair_order, hop=hop, frames=near)
     return lsar_interpolate(x, mask, coeffs, hop), mask
 
 
