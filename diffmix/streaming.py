@@ -59,7 +59,7 @@ from diffmix.functional.loudness import (
     channel_weights,
     meter_unit,
 )
-from diffmix.functional.peaks import oversample, oversampling_factor
+from diffmix.functional.peaks import oversample, oversampling_factor, strict_envelope
 from diffmix.io import AudioFileError, atomic_path
 from diffmix.mastering import loudness_goals, set_exact
 
@@ -67,6 +67,9 @@ log = logging.getLogger(__name__)
 
 # True-peak context either side of a chunk: more than half the interpolation filter.
 _PEAK_CONTEXT = 256
+# The strict meter's reach (peaks.strict_envelope: its ideal interpolation's FFT blocks and
+# every FIR upsampler), so a chunk read with this much context meters as the whole file does.
+_STRICT_CONTEXT = 4096
 # Left context in time constants of the slowest attack/release: exp(-12) ~ 6e-6.
 _TIME_CONSTANTS = 12.0
 
@@ -197,12 +200,15 @@ class ChunkMeter:
     """Integrated loudness and true peak of a long signal fed chunk by chunk.
 
     Feed each chunk with ``left`` samples of the signal before it (at least
-    :meth:`warmup` of them, zeros before the start) and ``_PEAK_CONTEXT`` after it.
-    Chunks must start on multiples of the 100 ms gating hop.
+    :meth:`warmup` of them, zeros before the start) and ``_PEAK_CONTEXT`` after it
+    (``_STRICT_CONTEXT`` each side with ``strict``). Chunks must start on multiples of the
+    100 ms gating hop. ``strict`` meters the true peak on
+    :func:`~diffmix.functional.peaks.strict_envelope` (every usual meter): the delivery
+    ceiling's check.
     """
 
-    def __init__(self, sample_rate: int, channels: int) -> None:
-        self.sr, self.channels = sample_rate, channels
+    def __init__(self, sample_rate: int, channels: int, *, strict: bool = False) -> None:
+        self.sr, self.channels, self.strict = sample_rate, channels, strict
         self.unit = meter_unit(sample_rate)
         self.energies: list[Tensor] = []
         self.peak = 0.0
@@ -222,10 +228,17 @@ class ChunkMeter:
         y = y.detach()
         e = _unit_energies(y[..., left - w : left + n], self.sr)
         self.energies.append(e[..., w // self.unit :].cpu())
-        f = oversampling_factor(self.sr)
-        p = _PEAK_CONTEXT
-        over = oversample(y[..., left - p : left + n + p], self.sr)
-        self.peak = max(self.peak, float(over[..., p * f : (p + n) * f].abs().amax()))
+        if self.strict:
+            q = _STRICT_CONTEXT
+            if left < q or y.shape[-1] < left + n + q:
+                raise ValueError(f"ChunkMeter: the strict meter needs {q} samples each side of a chunk")
+            level = strict_envelope(y[..., left - q : left + n + q], self.sr)
+            self.peak = max(self.peak, float(level[..., q : q + n].amax()))
+        else:
+            f = oversampling_factor(self.sr)
+            p = _PEAK_CONTEXT
+            over = oversample(y[..., left - p : left + n + p], self.sr)
+            self.peak = max(self.peak, float(over[..., p * f : (p + n) * f].abs().amax()))
         self.sample_peak = max(self.sample_peak, float(y[..., left : left + n].abs().amax()))
 
     def integrated_lufs(self) -> float:
@@ -253,18 +266,22 @@ def chunk_bounds(frames: int, sample_rate: int, chunk_s: float) -> Iterator[tupl
         yield start, min(start + size, frames)
 
 
-def measure_file(path: str | Path, *, chunk_s: float = 30.0) -> dict[str, float]:
+def measure_file(path: str | Path, *, chunk_s: float = 30.0, strict: bool = False) -> dict[str, float]:
     """Integrated loudness (LUFS), true peak (dBTP) and sample peak (dBFS) of a file, in chunks.
 
     Memory stays at one chunk however long the file is. Same figures as
     :func:`~diffmix.functional.loudness.integrated_loudness` and
-    :func:`~diffmix.functional.peaks.true_peak` on the whole file (to ~1e-9 LU).
+    :func:`~diffmix.functional.peaks.true_peak` on the whole file (to ~1e-9 LU); with
+    ``strict``, the true peak is :func:`~diffmix.functional.peaks.strict_true_peak`'s.
     """
     src = DiskAudio(path)
-    meter = ChunkMeter(src.sample_rate, 2)
+    meter = ChunkMeter(src.sample_rate, 2, strict=strict)
     w = ChunkMeter.warmup(src.sample_rate)
+    right = _PEAK_CONTEXT
+    if strict:
+        w, right = max(w, _STRICT_CONTEXT), _STRICT_CONTEXT
     for start, stop in chunk_bounds(src.frames, src.sample_rate, chunk_s):
-        meter.add(src.read(start - w, stop + _PEAK_CONTEXT), w, stop - start)
+        meter.add(src.read(start - w, stop + right), w, stop - start)
         release_memory()
     return {
         "integrated_lufs": meter.integrated_lufs(),
@@ -471,7 +488,7 @@ def master_file(cfg: DictConfig, *, input: str, out: Path, stem: str,  # noqa: A
         for _ in range(8):
             write_master(renderer, drive, path, bit_depth=depth, dither=bool(cfg.delivery.dither),
                          seed=int(cfg.seed), gain_db=relimit_db)
-            after = measure_file(path, chunk_s=chunk_s)
+            after = measure_file(path, chunk_s=chunk_s, strict=True)  # the ceiling on every meter
             if ceiling is None or after["true_peak_dbtp"] <= ceiling:
                 break
             relimit_db -= (after["true_peak_dbtp"] - ceiling) + 0.01
