@@ -1,4 +1,4 @@
-"""The mix fit's closed-form first stage (diffmix.mix_init): gains and tone from band powers."""
+"""The mix fit's closed-form first stage (diffmix.mixing): gains and tone from band powers."""
 
 from __future__ import annotations
 
@@ -14,8 +14,10 @@ from diffmix.effects.gain import Gain, Pan
 from diffmix.functional.eq import eq_coeffs
 from diffmix.functional.filters import sos_response
 from diffmix.functional.loudness import integrated_loudness
-from diffmix.jobs.mix import _excerpt_pool
-from diffmix.mix_init import band_edges, estimate_mix, fit_eq_gains, initialise_console
+from diffmix.mixing.console_fit import excerpt_pool as _excerpt_pool
+from diffmix.mixing.analysis import band_edges
+from diffmix.mixing.solvers import estimate_mix, fit_eq_gains
+from diffmix.mixing.wiring import initialise_console
 
 SR = 44100
 BANDS = ("low_shelf", "peak", "peak", "high_shelf")
@@ -172,7 +174,7 @@ def test_excerpt_pool_spreads_over_the_song_and_is_fixed():
 def test_estimate_lag_finds_the_shift(lag):
     stems = _stems(1.0)
     ref = torch.roll(stems.sum(0), lag, dims=-1)
-    from diffmix.mix_init import estimate_lag
+    from diffmix.mixing.analysis import estimate_lag
 
     assert estimate_lag(stems.sum(0), ref, 2205) == lag
 
@@ -256,7 +258,7 @@ def test_coherent_estimate_falls_back_to_band_powers_where_the_reference_is_not_
 
 
 def test_coherent_statistics_summed_in_blocks_equal_one_pass(monkeypatch):
-    import diffmix.mix_init as mi
+    import diffmix.mixing.analysis as mi
 
     stems = _stems(1.0, seed=7).float()
     ref = stems.sum(0) * 0.5
@@ -320,7 +322,7 @@ def test_console_solo_equals_each_track_rendered_alone(routing):
 
 
 def test_polish_levels_puts_back_what_the_gradient_steps_traded_away():
-    from diffmix.mix_init import console_estimate, polish_levels
+    from diffmix.mixing.wiring import console_estimate, polish_levels
 
     stems = _stems(2.0, seed=6).float().unsqueeze(0)
     truth = _console(4)
@@ -355,7 +357,7 @@ def test_polish_levels_puts_back_what_the_gradient_steps_traded_away():
 
 
 def test_polish_levels_leaves_a_strip_without_a_fader_alone():
-    from diffmix.mix_init import console_estimate, polish_levels
+    from diffmix.mixing.wiring import console_estimate, polish_levels
 
     stems = _stems(1.0).float().unsqueeze(0)
     console = Console(SR, 4, strip={"input": Gain(SR), "pan": Pan(SR)})

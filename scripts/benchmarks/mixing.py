@@ -353,7 +353,7 @@ def run(quick: bool) -> str:
             "input gain, high-pass, 5-band EQ, compressor, pan, width, fader, reverb send; "
             "master EQ + compressor): the closed-form start (per-band least squares on complex "
             "spectra, or NNLS on band powers where those don't explain the reference, "
-            f"`diffmix.mix_init`), then at most {DEFAULT_MIX_STEPS} gradient steps on 1 s excerpts, "
+            f"`diffmix.mixing`), then at most {DEFAULT_MIX_STEPS} gradient steps on 1 s excerpts, "
             "then (with the coherent start) each fader re-set to the closed form's loudness"
             + (" (quick: fit.steps=5)" if quick else "")
             + (

@@ -1,0 +1,220 @@
+"""The mix fit as a library call: closed-form start, gradient refinement, polish.
+
+:func:`fit_console` takes a built console, the stems, a reference and typed options
+(:class:`MixFitOptions`), and runs the stages in order, each reported in the returned
+summary. The Hydra job (:mod:`diffmix.jobs.mix`) only turns its config into these
+arguments and writes the files.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from diffmix.console import Console
+from diffmix.fit import draw, excerpt_starts, fit
+from diffmix.functional.loudness import integrated_loudness
+from diffmix.losses import MRSTFTLoss
+from diffmix.mixing.wiring import console_estimate, initialise_console, polish_levels
+from diffmix.objective import REFERENCE_TERMS, Objective
+
+POLISH_CHUNK_S = 10.0
+SIDE_TERMS = ("tone_side", "width", "correlation")
+
+
+@dataclass
+class MixFitOptions:
+    """How :func:`fit_console` fits (the ``fit`` and ``loss`` groups of ``configs/mix.yaml``).
+
+    Attributes:
+        weights: objective term -> weight (``mrstft`` and :mod:`diffmix.objective` terms).
+        params: parameter path patterns the gradient steps move.
+        init: ``"nnls"`` (closed-form start) or ``"none"``.
+        coherent: with ``aligned``, the closed form solves on complex spectra.
+        polish: with ``aligned``, re-set each fader to the closed form's loudness.
+        steps, excerpt_s, excerpts, pool, patience, seed: the gradient stage.
+        prior, gain_staging: weights of the pull toward the start and of the clip penalty.
+        mrstft: keyword arguments of :class:`~diffmix.losses.MRSTFTLoss`.
+        aligned: the reference is a mix of these very stems.
+    """
+
+    weights: dict[str, float]
+    params: Sequence[str]
+    init: str = "nnls"
+    coherent: bool = True
+    polish: bool = True
+    steps: int = 40
+    excerpt_s: float = 1.0
+    excerpts: int = 1
+    pool: int = 8
+    patience: int = 12
+    seed: int = 0
+    prior: float = 0.1
+    gain_staging: float = 0.1
+    mrstft: dict[str, Any] = field(default_factory=dict)
+    aligned: bool = True
+
+
+def equal_loudness_gains(stems: Tensor, sr: int, level_lufs: float = -30.0) -> Tensor:
+    """Input gains (dB) that bring every stem of ``(1, N, C, T)`` to ``level_lufs``;
+    silent stems get 0 dB."""
+    lufs = integrated_loudness(stems[0], sr)
+    gains = torch.where(torch.isfinite(lufs), level_lufs - lufs, torch.zeros_like(lufs))
+    return gains.clamp(-60.0, 24.0)
+
+
+def excerpt_pool(length_all: int, length: int, count: int) -> list[int]:
+    """``count`` excerpt starts spread evenly over the song (the same every run)."""
+    if length >= length_all:
+        return [0]
+    return sorted({int(round(v)) for v in torch.linspace(0, length_all - length, count).tolist()})
+
+
+def fit_console(
+    console: Console,
+    audio: Tensor,
+    reference: Tensor | None,
+    sample_rate: int,
+    options: MixFitOptions,
+    *,
+    optimizer: Callable[[Sequence[Tensor]], torch.optim.Optimizer],
+    scheduler: Callable[[torch.optim.Optimizer], Any] | None = None,
+    lag: int | None = None,
+    checkpoint: Path | None = None,
+    progress: bool = False,
+    log_path: Path | None = None,
+    tag: str = "mix",
+) -> dict[str, Any] | None:
+    """Fit ``console`` so that it mixes ``audio`` toward ``reference``.
+
+    Args:
+        console: a one-song :class:`~diffmix.console.Console` for the stems (modified).
+        audio: ``(1, N, 2, T)`` stems on the console's device.
+        reference: ``(1, 2, T')`` the reference mix, or None (equal loudness only).
+        sample_rate: Hz.
+        options: :class:`MixFitOptions`.
+        optimizer, scheduler: factories (Hydra ``_partial_`` objects).
+        lag: the reference's lag against the stems when already found (samples).
+        checkpoint, progress, log_path, tag: passed to :func:`diffmix.fit.fit`.
+
+    Returns:
+        The fit summary for the report (the gradient stage's result, ``init`` and
+        ``polish`` summaries), or None when nothing was fitted.
+    """
+    sr = sample_rate
+    console.load_values({"strip.input.gain_db": equal_loudness_gains(audio, sr).cpu()})
+    init_report = None
+    estimate = None
+    if reference is not None and options.init == "nnls":
+        # The first stage: gains and coarse tone in closed form (see diffmix.mixing.solvers).
+        t_init = time.perf_counter()
+        estimate = console_estimate(
+            console, audio, reference, sr, coherent=options.aligned and options.coherent, lag=lag
+        )
+        init_report = initialise_console(console, audio, reference, sr, estimate=estimate)
+        init_report["seconds"] = round(time.perf_counter() - t_init, 3)
+    mono_ref = reference is not None and bool(torch.equal(reference[:, 0], reference[:, 1]))
+    weights = {k: float(v) for k, v in options.weights.items() if float(v) > 0}
+    if mono_ref:
+        weights = {k: v for k, v in weights.items() if k not in SIDE_TERMS}
+    aligned = reference is not None and options.aligned
+    if not aligned:
+        weights.pop("mrstft", None)
+    if reference is None:
+        weights = {k: v for k, v in weights.items() if k not in REFERENCE_TERMS}
+    fit_report: dict[str, Any] | None = None
+    if reference is not None and weights and options.steps > 0:
+        ref = reference
+        length_all = min(audio.shape[-1], ref.shape[-1]) if aligned else audio.shape[-1]
+        length = min(length_all, int(round(options.excerpt_s * sr)))
+        features = {k: v for k, v in weights.items() if k != "mrstft"}
+        mrstft = MRSTFTLoss(sr, **dict(options.mrstft)).to(audio.device) if "mrstft" in weights else None
+        pool = int(options.pool or 0)
+        excerpts = excerpt_pool(length_all, length, pool) if pool else []
+        # A fixed pool of excerpts spread over the song: each one's reference side (its
+        # MR-STFT magnitudes, its features) is computed once instead of every step.
+        cached = []
+        for s0 in excerpts:
+            piece = ref[..., s0 : s0 + length]
+            cached.append(
+                (
+                    Objective(sr, features, reference=piece if aligned else ref).to(audio.device)
+                    if features
+                    else None,
+                    mrstft.reference(piece.mean(1, keepdim=True) if mono_ref else piece) if mrstft else None,
+                )
+            )
+        objective = None
+        if not pool and features:
+            objective = Objective(sr, features, reference=ref).to(audio.device)
+        params = console.select(list(options.params))
+        prior_w, staging_w = float(options.prior), float(options.gain_staging)
+        initial = {k: p.exact().to(audio.device) for k, p in console.named_values().items()}
+        per_step = int(options.excerpts)
+
+        def closure(step: int) -> tuple[Tensor, dict[str, float]]:
+            total = audio.new_zeros(())
+            terms: dict[str, float] = {}
+            if pool:
+                picks = [(step * per_step + j) % len(excerpts) for j in range(per_step)]
+                windows = [(excerpts[i], *cached[i]) for i in picks]
+            else:
+                starts = excerpt_starts(length_all, length, per_step, draw(int(options.seed), step))
+                windows = [(s0, objective, None) for s0 in starts]
+            for s0, obj, ref_mags in windows:
+                y = console(audio[..., s0 : s0 + length])
+                loss, parts = obj(y) if obj is not None else (y.new_zeros(y.shape[0]), {})
+                if mrstft is not None:
+                    a = y.mean(1, keepdim=True) if mono_ref else y
+                    if ref_mags is None:
+                        b = ref[..., s0 : s0 + length]
+                        ref_mags = mrstft.reference(b.mean(1, keepdim=True) if mono_ref else b)
+                    parts["mrstft"] = mrstft.distance(a, ref_mags)
+                    loss = loss + weights["mrstft"] * parts["mrstft"]
+                if staging_w:
+                    peak_db = 20 * torch.log10(y.abs().amax().clamp_min(1e-9))
+                    parts["gain_staging"] = torch.relu(peak_db).square().view(1)
+                    loss = loss + staging_w * parts["gain_staging"]
+                total = total + loss.mean()
+                for k, v in parts.items():
+                    terms[k] = terms.get(k, 0.0) + float(v.detach().mean())
+            if prior_w:
+                prior = console.prior(initial)
+                total = total + prior_w * prior
+                terms["prior"] = float(prior.detach())
+            return total, terms
+
+        result = fit(
+            params,
+            closure,
+            steps=int(options.steps),
+            optimizer=optimizer,
+            scheduler=scheduler,
+            patience=int(options.patience),
+            # With a fixed pool each step scores another excerpt: progress is judged on the
+            # mean over whole passes through the pool.
+            cycle=max(1, len(excerpts)),
+            checkpoint=checkpoint,
+            progress=progress,
+            log_path=log_path,
+            tag=tag,
+        )
+        fit_report = {k: v for k, v in vars(result).items() if k != "history"}
+        if estimate is not None and aligned and options.polish:
+            # The last stage: each track's loudness back to the closed-form estimate, which
+            # sees quiet tracks that the waveform loss trades away (diffmix.mixing.wiring).
+            # Measured over the whole song (in chunks): a sparse track (a crash) may sound in
+            # none of the excerpts.
+            chunk = min(audio.shape[-1], int(POLISH_CHUNK_S * sr))
+            fit_report["polish"] = polish_levels(
+                console, audio, estimate, sr, starts=list(range(0, audio.shape[-1], chunk)), length=chunk
+            )
+    if init_report is not None:
+        fit_report = {**(fit_report or {}), "init": init_report}
+    return fit_report
