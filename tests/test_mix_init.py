@@ -261,18 +261,21 @@ def test_coherent_statistics_summed_in_blocks_equal_one_pass(monkeypatch):
     import diffmix.mixing.analysis as mi
 
     stems = _stems(1.0, seed=7).float()
+    regs = stems.reshape(-1, stems.shape[-1])  # every stem channel its own regressor
     ref = stems.sum(0) * 0.5
     edges = band_edges(SR)
-    whole = mi.coherent_band_stats(stems, ref, SR, edges)
+    whole = mi.coherent_band_stats(regs, ref, SR, edges)
     monkeypatch.setattr(mi, "STATS_BLOCK_FRAMES", 3)
-    blocks = mi.coherent_band_stats(stems, ref, SR, edges)
+    blocks = mi.coherent_band_stats(regs, ref, SR, edges)
     for a, b in zip(whole, blocks, strict=True):
         assert np.abs(a - b).max() <= 1e-9 * np.abs(a).max()
-    # The reference is half the stems' sum, so its products with the stems and its power
-    # follow from the Gram matrix: the normal equations are consistent.
+    # Each reference channel is half the stems' same channel, so its products with the
+    # regressors and its power follow from the Gram matrix: the normal equations are consistent.
     gram, cross, ref_power, stem_power = whole
-    assert np.allclose(cross, 0.5 * gram.sum(axis=2), rtol=1e-6, atol=1e-9 * np.abs(cross).max())
-    assert np.allclose(ref_power, 0.25 * gram.sum(axis=(1, 2)).real, rtol=1e-6)
+    for c in range(2):
+        same = gram[:, :, c::2].sum(axis=2)  # products with channel c of every stem
+        assert np.allclose(cross[:, :, c], 0.5 * same, rtol=1e-6, atol=1e-9 * np.abs(cross).max())
+        assert np.allclose(ref_power[:, c], 0.25 * gram[:, c::2, c::2].sum(axis=(1, 2)).real, rtol=1e-6)
     assert np.allclose(stem_power.T, np.einsum("bkk->bk", gram).real)
 
 

@@ -68,6 +68,8 @@ def fit_options(cfg: DictConfig) -> MixFitOptions:
         gain_staging=float(cfg.loss.get("gain_staging", 0.0)),
         mrstft=dict(to_dict(cfg.loss.mrstft)),
         aligned=bool(cfg.aligned),
+        compressor_start=bool(cfg.fit.get("compressor_start", True)),
+        match_loudness=bool(cfg.fit.get("match_loudness", True)),
     )
 
 

@@ -8,6 +8,7 @@ arguments and writes the files.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -21,7 +22,7 @@ from diffmix.console import Console
 from diffmix.fit import draw, excerpt_starts, fit
 from diffmix.functional.loudness import integrated_loudness
 from diffmix.losses import MRSTFTLoss
-from diffmix.mixing.wiring import console_estimate, initialise_console, polish_levels
+from diffmix.mixing.wiring import compressor_start, console_estimate, initialise_console, polish_levels
 from diffmix.objective import REFERENCE_TERMS, Objective
 
 POLISH_CHUNK_S = 10.0
@@ -42,6 +43,13 @@ class MixFitOptions:
         prior, gain_staging: weights of the pull toward the start and of the clip penalty.
         mrstft: keyword arguments of :class:`~diffmix.losses.MRSTFTLoss`.
         aligned: the reference is a mix of these very stems.
+        compressor_start: with the coherent start, start each compressor from the gain
+            the mix shows (:func:`~diffmix.mixing.wiring.compressor_start`).
+        match_loudness: last, move every fader by one amount so the mix's integrated
+            loudness is the reference's.
+
+    Every stage is kept only where it lowers the objective on the full length
+    (:class:`FullLengthJudge`); the summary lists each with its score before and after.
     """
 
     weights: dict[str, float]
@@ -59,6 +67,8 @@ class MixFitOptions:
     gain_staging: float = 0.1
     mrstft: dict[str, Any] = field(default_factory=dict)
     aligned: bool = True
+    compressor_start: bool = True
+    match_loudness: bool = True
 
 
 def equal_loudness_gains(stems: Tensor, sr: int, level_lufs: float = -30.0) -> Tensor:
@@ -109,16 +119,6 @@ def fit_console(
     """
     sr = sample_rate
     console.load_values({"strip.input.gain_db": equal_loudness_gains(audio, sr).cpu()})
-    init_report = None
-    estimate = None
-    if reference is not None and options.init == "nnls":
-        # The first stage: gains and coarse tone in closed form (see diffmix.mixing.solvers).
-        t_init = time.perf_counter()
-        estimate = console_estimate(
-            console, audio, reference, sr, coherent=options.aligned and options.coherent, lag=lag
-        )
-        init_report = initialise_console(console, audio, reference, sr, estimate=estimate)
-        init_report["seconds"] = round(time.perf_counter() - t_init, 3)
     mono_ref = reference is not None and bool(torch.equal(reference[:, 0], reference[:, 1]))
     weights = {k: float(v) for k, v in options.weights.items() if float(v) > 0}
     if mono_ref:
@@ -128,6 +128,25 @@ def fit_console(
         weights.pop("mrstft", None)
     if reference is None:
         weights = {k: v for k, v in weights.items() if k not in REFERENCE_TERMS}
+    judge = FullLengthJudge(console, audio, reference, sr, weights, options) if reference is not None else None
+    stages: list[dict[str, Any]] = []
+    init_report = None
+    estimate = None
+    if reference is not None and options.init == "nnls":
+        # The first stage: gains, pan, width and coarse tone in closed form
+        # (diffmix.mixing.solvers), then each compressor from the gain the mix shows.
+        t_init = time.perf_counter()
+        estimate = console_estimate(
+            console, audio, reference, sr, coherent=options.aligned and options.coherent, lag=lag
+        )
+        init_report = judge.stage(
+            "closed form", lambda: initialise_console(console, audio, reference, sr, estimate=estimate), stages
+        )
+        if estimate.frame_gain is not None and options.compressor_start:
+            init_report["compressor"] = judge.stage(
+                "compressor start", lambda: compressor_start(console, audio, estimate, sr), stages
+            )
+        init_report["seconds"] = round(time.perf_counter() - t_init, 3)
     fit_report: dict[str, Any] | None = None
     if reference is not None and weights and options.steps > 0:
         ref = reference
@@ -190,6 +209,7 @@ def fit_console(
                 terms["prior"] = float(prior.detach())
             return total, terms
 
+        before_fit = judge.snapshot() if judge is not None else None
         result = fit(
             params,
             closure,
@@ -206,15 +226,116 @@ def fit_console(
             tag=tag,
         )
         fit_report = {k: v for k, v in vars(result).items() if k != "history"}
+        if judge is not None and before_fit is not None:
+            judge.judge("gradient steps", before_fit, stages)
         if estimate is not None and aligned and options.polish:
-            # The last stage: each track's loudness back to the closed-form estimate, which
-            # sees quiet tracks that the waveform loss trades away (diffmix.mixing.wiring).
-            # Measured over the whole song (in chunks): a sparse track (a crash) may sound in
-            # none of the excerpts.
+            # Each track's loudness back to the closed-form estimate, which sees quiet
+            # tracks that the waveform loss trades away (diffmix.mixing.wiring). Measured
+            # over the whole song (in chunks): a sparse track (a crash) may sound in none
+            # of the excerpts.
             chunk = min(audio.shape[-1], int(POLISH_CHUNK_S * sr))
-            fit_report["polish"] = polish_levels(
-                console, audio, estimate, sr, starts=list(range(0, audio.shape[-1], chunk)), length=chunk
+            fit_report["polish"] = judge.stage(  # type: ignore[union-attr]
+                "polish",
+                lambda: polish_levels(
+                    console, audio, estimate, sr, starts=list(range(0, audio.shape[-1], chunk)), length=chunk
+                ),
+                stages,
             )
+    if judge is not None and options.match_loudness and "strip.fader.gain_db" in console.named_values():
+        fit_report = fit_report or {}
+        fit_report["loudness"] = judge.stage("loudness", lambda: match_loudness(console, audio, reference, sr), stages)
     if init_report is not None:
         fit_report = {**(fit_report or {}), "init": init_report}
+    if stages:
+        fit_report = {**(fit_report or {}), "stages": stages}
     return fit_report
+
+
+class FullLengthJudge:
+    """Scores the console on the whole song and keeps a stage only if it lowers the score.
+
+    The score is the fit's own objective (its weighted terms, MR-STFT included) on the
+    full-length render against the whole reference, so a stage judged on excerpts or on
+    a proxy (the closed form, the polish) cannot make the mix worse unnoticed.
+    """
+
+    def __init__(
+        self,
+        console: Console,
+        audio: Tensor,
+        reference: Tensor,
+        sample_rate: int,
+        weights: dict[str, float],
+        options: MixFitOptions,
+    ) -> None:
+        self.console, self.audio, self.sample_rate = console, audio, sample_rate
+        aligned = options.aligned
+        n = min(audio.shape[-1], reference.shape[-1]) if aligned else audio.shape[-1]
+        self.length = n
+        self.reference = reference[..., :n] if aligned else reference
+        features = {k: v for k, v in weights.items() if k != "mrstft"}
+        self.objective = Objective(sample_rate, features, reference=self.reference) if features else None
+        self.mrstft_w = weights.get("mrstft", 0.0)
+        self.mrstft = MRSTFTLoss(sample_rate, **dict(options.mrstft)).to(audio.device) if self.mrstft_w else None
+        self.score_now: float | None = None
+
+    def score(self) -> float:
+        with torch.no_grad():
+            y = self.console(self.audio[..., : self.length])
+            total = 0.0
+            if self.objective is not None:
+                total += float(self.objective(y)[0].mean())
+            if self.mrstft is not None:
+                total += self.mrstft_w * float(self.mrstft(y, self.reference).mean())
+        return total
+
+    def snapshot(self) -> dict[str, Tensor]:
+        return {k: p.exact().detach().clone() for k, p in self.console.named_values().items()}
+
+    def judge(self, name: str, before: dict[str, Tensor], stages: list[dict[str, Any]]) -> bool:
+        """Score the change since ``before``; revert it unless it lowered the score."""
+        was = self.score_now if self.score_now is not None else self._score_of(before)
+        got = self.score()
+        kept = got < was
+        if not kept:
+            self.console.load_values(before)
+        self.score_now = got if kept else was
+        stages.append({"stage": name, "before": round(was, 5), "after": round(got, 5), "kept": kept})
+        return kept
+
+    def _score_of(self, values: dict[str, Tensor]) -> float:
+        current = self.snapshot()
+        self.console.load_values(values)
+        s = self.score()
+        self.console.load_values(current)
+        return s
+
+    def stage(self, name: str, run: Callable[[], dict[str, Any]], stages: list[dict[str, Any]]) -> dict[str, Any]:
+        """Run one stage and keep it only if the full-length score went down."""
+        before = self.snapshot()
+        if self.score_now is None:
+            self.score_now = self.score()
+        report = run()
+        report["kept"] = self.judge(name, before, stages)
+        return report
+
+
+def match_loudness(console: Console, audio: Tensor, reference: Tensor, sample_rate: int) -> dict[str, Any]:
+    """Move every fader by one amount so the mix's integrated loudness is the reference's.
+
+    Loudness is homogeneous in the level, so one step lands where the console is linear
+    after the faders (no master compressor working); a second corrects what a master
+    compressor bends.
+    """
+    moved = 0.0
+    for _ in range(3):
+        with torch.no_grad():
+            mix = console(audio)
+        diff = float(integrated_loudness(reference.double(), sample_rate)[0] - integrated_loudness(mix.double(), sample_rate)[0])
+        if not math.isfinite(diff) or abs(diff) < 0.01:
+            break
+        values = console.named_values()
+        fader = values["strip.fader.gain_db"]
+        fader.set((fader.exact().double() + diff).clamp(fader.spec.min, fader.spec.max))
+        moved += diff
+    return {"method": "one gain on every fader", "change_db": round(moved, 3)}

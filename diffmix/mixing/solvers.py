@@ -67,6 +67,7 @@ from diffmix.mixing.analysis import (
     band_powers,
     coherent_band_stats,
     estimate_lag,
+    frame_gains,
     k_weight_power,
 )
 
@@ -99,6 +100,15 @@ class MixEstimate:
         coherent: solved on complex spectra (True) or band powers.
         incoherent: with ``coherent``, the loud stems the reference carries out of phase
             (processed), whose gains come from band powers instead.
+        matrix: with ``coherent``, ``(N, 2, 2)`` each stem's broadband channel matrix (stem
+            channels as given -> left/right of the mix; a mono stem's second column is 0):
+            its gain, pan and width together, with the tone taken out.
+        tone_db: with ``coherent``, ``(N, n_bands)`` each stem's tone (dB) relative to
+            ``matrix``: the part of its per-band response both channels share (its EQ).
+        frame_gain, frame_energy: with ``coherent``, ``(N, frames)`` each stem's gain per
+            STFT frame against its static fit (a compressor's moving gain) and its fitted
+            energy per frame (:func:`~diffmix.mixing.analysis.frame_gains`), on the grid of
+            :func:`~diffmix.mixing.analysis.stft_frames` from stem sample ``frame_offset``.
     """
 
     gain_db: Tensor
@@ -109,6 +119,11 @@ class MixEstimate:
     lag: int = 0
     coherent: bool = False
     incoherent: list[int] = field(default_factory=list)
+    matrix: Tensor | None = None
+    tone_db: Tensor | None = None
+    frame_gain: Tensor | None = None
+    frame_energy: Tensor | None = None
+    frame_offset: int = 0
 
 
 
@@ -134,37 +149,6 @@ def _nnls(a: np.ndarray, b: np.ndarray, prior: np.ndarray | None = None, ridge: 
     return w
 
 
-def _gram_nnls(
-    gram: np.ndarray, rhs: np.ndarray, prior: np.ndarray | None = None, ridge: float = 0.0
-) -> np.ndarray:
-    """:func:`_nnls` from the normal equations: non-negative ``w`` minimising
-    ``w^T G w - 2 h^T w + ridge |n (w - prior)|^2`` with ``n = sqrt(diag G)``.
-
-    The data enter only through ``G = A^T A`` and ``h = A^T b`` (a few stems squared,
-    however many STFT bins were summed); ``G = L L^T`` turns it back into the ordinary
-    problem ``|L^T w - L^-1 h|^2`` for the active-set solver.
-    """
-    n = gram.shape[0]
-    norms = np.sqrt(np.maximum(np.diag(gram), 0.0))
-    live = norms > 1e-12 * max(float(norms.max(initial=0.0)), 1e-300)
-    w = np.zeros(n) if prior is None else prior.astype(np.float64).copy()
-    if not live.any():
-        return w
-    d = norms[live]
-    g = gram[np.ix_(live, live)] / np.outer(d, d)
-    h = rhs[live] / d
-    m = int(live.sum())
-    if prior is not None and ridge > 0:
-        g = g + ridge * np.eye(m)
-        h = h + ridge * prior[live] * d
-    # Two stems that are the same signal make G singular: a whisker of ridge keeps the
-    # factorisation defined without moving any well-posed solution.
-    chol = np.linalg.cholesky(g + 1e-9 * np.eye(m))
-    u, _ = nnls(chol.T, np.linalg.solve(chol, h), maxiter=100 * m)
-    w[live] = u / d
-    return w
-
-
 def estimate_mix(
     stems: Tensor,
     reference: Tensor,
@@ -174,6 +158,7 @@ def estimate_mix(
     max_lag_ms: float = 50.0,
     coherent: bool = False,
     lag: int | None = None,
+    mono: list[bool] | None = None,
 ) -> MixEstimate:
     """Per-stem gains and per-band tone that best explain the reference's band powers.
 
@@ -197,6 +182,8 @@ def estimate_mix(
         lag: samples by which the reference lags the stems, when the caller has already
             found it (a full-length cross-correlation costs seconds on a whole song);
             ``None`` (default): found here within ``+-max_lag_ms``.
+        mono: which stems are mono sources carried as two equal channels (one regressor
+            each in the coherent solve instead of two).
 
     Returns:
         :class:`MixEstimate`. Runs on the stems' device; the NNLS solves on the host.
@@ -227,9 +214,11 @@ def estimate_mix(
         stems[..., :t], reference[..., :t], sample_rate, edges, 0.05 if ridge is None else ridge
     )
     incoherent: list[int] = []
+    matrix = tone = frames = None
     if coherent:
-        wc, ec, explained_c, resid = _solve_coherent(
-            stems[..., :t], reference[..., :t], sample_rate, edges, 0.02 if ridge is None else ridge
+        flags = list(mono) if mono is not None else [False] * stems.shape[0]
+        wc, ec, explained_c, resid, matrix, tone, frames = _solve_stereo(
+            stems[..., :t], reference[..., :t], sample_rate, edges, 0.02 if ridge is None else ridge, flags
         )
         coherent = explained_c >= MIN_COHERENT_EXPLAINED
         if coherent:
@@ -253,6 +242,8 @@ def estimate_mix(
             keep[incoherent] = False
             w = np.where(keep[:, None], wc, w)
             stem_energy, explained = ec, explained_c
+        else:
+            matrix = tone = frames = None
     energy = stem_energy * kw  # (N, nb): K-weighted band energy of each stem
     share = energy / np.maximum(energy.sum(axis=1, keepdims=True), 1e-30)
     total = (w * share).sum(axis=1)
@@ -261,6 +252,13 @@ def estimate_mix(
     lo, hi = GAIN_DB_RANGE
     silent = energy.sum(axis=1) <= 0
     gain_db = np.where(silent | (total <= 0), 0.0, np.clip(gain_db, lo, hi))
+    if matrix is not None:
+        for k in incoherent:
+            # No trustworthy channel matrix: the stem as given, at its band-power gains.
+            matrix[k] = 10 ** (gain_db[k] / 20) * np.array([[1.0, 0.0], [0.0, 1.0]])
+            if flags[k]:
+                matrix[k] = 10 ** (gain_db[k] / 20) * np.array([[1.0, 0.0], [1.0, 0.0]])
+            tone[k] = band_db[k] - gain_db[k]
     dev = stems.device
     return MixEstimate(
         gain_db=torch.as_tensor(gain_db, device=dev),
@@ -271,6 +269,11 @@ def estimate_mix(
         lag=lag,
         coherent=coherent,
         incoherent=incoherent,
+        matrix=None if matrix is None else torch.as_tensor(matrix, device=dev),
+        tone_db=None if tone is None else torch.as_tensor(np.clip(tone, lo, hi), device=dev),
+        frame_gain=None if frames is None else torch.as_tensor(frames[0]),
+        frame_energy=None if frames is None else torch.as_tensor(frames[1]),
+        frame_offset=max(0, -lag),
     )
 
 
@@ -295,39 +298,83 @@ def _solve_powers(
     return w, ps.sum(axis=(1, 3)), explained
 
 
-def _solve_coherent(
-    stems: Tensor, reference: Tensor, sample_rate: int, edges: np.ndarray, ridge: float
-) -> tuple[np.ndarray, np.ndarray, float, np.ndarray]:
-    """As :func:`_solve_powers`, by least squares on the complex spectra.
+def _solve_stereo(
+    stems: Tensor, reference: Tensor, sample_rate: int, edges: np.ndarray, ridge: float, mono: list[bool]
+) -> tuple[
+    np.ndarray, np.ndarray, float, np.ndarray, np.ndarray, np.ndarray, tuple[np.ndarray, np.ndarray]
+]:
+    """Least squares of each reference channel on every stem channel, band by band, on the
+    complex spectra; then each stem's channel matrix and tone.
 
-    Each band's gain is complex: the hidden chain's filters turn the phase as well as the
-    level (a +-4 dB shelf by up to ~20 degrees near its corner), and a real gain would
-    read only the in-phase part, while the quadrature part of a loud stem leaks into a
-    quiet, correlated one (two kick drums). The broadband solve, non-negative and real,
-    is the prior each band is pulled toward. Returns ``|w|^2`` (power gains), the stems'
-    band energies, the share explained and the residual power per band.
+    Per band ``b`` and mix channel ``c``: ``R_c ~= sum_j A_b[j, c] X_j`` over the stems'
+    channels ``X_j`` (one for a mono stem), complex ``A`` (the hidden chain's filters turn
+    the phase as well as the level). A stem's pan and width are a real 2x2 matrix ``M``
+    shared by every band, its EQ a complex gain ``e_b`` shared by both channels, so its
+    block of ``A_b`` is ``e_b M``: ``M`` is the leading eigenvector of
+    ``Re(sum_b s_b a_b a_b^H)`` over the bands' vectorised blocks ``a_b`` (weighted by the
+    stem's K-weighted energy share ``s_b``), and ``e_b = M . a_b``. Each band is pulled
+    (ridge) toward the broadband real solve.
+
+    Returns:
+        Power gains per band ``(N, nb)`` (the stem's contribution over its own energy, both
+        channels), the stems' band energies ``(N, nb)``, the share of the reference
+        explained, the residual power per band ``(nb,)``, the channel matrices
+        ``(N, 2, 2)``, the tones ``(N, nb)`` in dB (mean power 1 over ``s_b``), and the
+        frame gains and energies of :func:`~diffmix.mixing.analysis.frame_gains`.
     """
-    gram, cross, pr, ps = coherent_band_stats(stems, reference, sample_rate, edges)
-    scale = 1.0 / np.maximum(pr, 1e-30)
-    broad = _gram_nnls((gram.real * scale[:, None, None]).sum(0), (cross.real * scale[:, None]).sum(0))
-    n, nb = gram.shape[1], len(pr)
-    amp = np.zeros((n, nb), dtype=np.complex128)
+    n = stems.shape[0]
+    cols = [(k, d) for k in range(n) for d in ((0,) if mono[k] else (0, 1))]
+    regs = torch.stack([stems[k, d] for k, d in cols])
+    gram, cross, pr, px = coherent_band_stats(regs, reference, sample_rate, edges)
+    nb, m = gram.shape[0], gram.shape[1]
+    centres = np.sqrt(edges[:-1] * edges[1:])
+    kw = k_weight_power(centres, sample_rate)
+    # Broadband: every band weighs the same (each divided by the reference's power in it).
+    scale = 1.0 / np.maximum(pr.sum(axis=1), 1e-30)
+    gb = (gram.real * scale[:, None, None]).sum(0)
+    hb = (cross.real * scale[:, None, None]).sum(0)
+    dn = np.sqrt(np.maximum(np.diag(gb), 1e-300))
+    broad = np.linalg.solve(gb / np.outer(dn, dn) + 1e-6 * np.eye(m), hb / dn[:, None]) / dn[:, None]
+    amp = np.zeros((nb, m, 2), dtype=np.complex128)
     resid = np.zeros(nb)
     for b in range(nb):
-        norms = np.sqrt(np.maximum(ps[:, b], 0.0))
+        norms = np.sqrt(np.maximum(px[:, b], 0.0))
         live = norms > 1e-12 * max(float(norms.max(initial=0.0)), 1e-300)
-        amp[:, b] = broad
+        amp[b] = broad
         if live.any():
             d = norms[live]
             g = gram[b][np.ix_(live, live)] / np.outer(d, d)
-            h = cross[b][live] / d + ridge * broad[live] * d
-            m = int(live.sum())
-            amp[live, b] = np.linalg.solve(g + (ridge + 1e-9) * np.eye(m), h) / d
-        w = amp[:, b]
-        # |R - sum w S|^2 = |R|^2 - 2 Re(w^H h) + w^H G w
-        resid[b] = pr[b] - 2 * np.real(np.vdot(w, cross[b])) + np.real(w.conj() @ gram[b] @ w)
+            h = cross[b][live] / d[:, None] + ridge * broad[live] * d[:, None]
+            amp[b, live] = np.linalg.solve(g + (ridge + 1e-9) * np.eye(int(live.sum())), h) / d[:, None]
+        for c in range(2):
+            a = amp[b, :, c]
+            # |R - sum a X|^2 = |R|^2 - 2 Re(a^H h) + a^H G a
+            resid[b] += pr[b, c] - 2 * np.real(np.vdot(a, cross[b, :, c])) + np.real(a.conj() @ gram[b] @ a)
     explained = float(1.0 - np.maximum(resid, 0.0).sum() / max(pr.sum(), 1e-30))
-    return np.abs(amp) ** 2, ps, explained, np.maximum(resid, 0.0)
+    power = np.zeros((n, nb))
+    energy = np.zeros((n, nb))
+    matrix = np.zeros((n, 2, 2))
+    tone = np.zeros((n, nb))
+    for k in range(n):
+        idx = [i for i, (j, _) in enumerate(cols) if j == k]
+        gk = gram[:, idx][:, :, idx]  # (nb, d, d)
+        ak = amp[:, idx, :]  # (nb, d, 2)
+        out = np.real(np.einsum("bdc,bde,bec->b", ak.conj(), gk, ak))  # contribution per band
+        # A mono stem as given is two equal channels: its energy counts both.
+        energy[k] = px[idx].sum(0) * (2.0 if mono[k] else 1.0)
+        power[k] = np.maximum(out, 0.0) / np.maximum(energy[k], 1e-30)
+        share = energy[k] * kw
+        share = share / max(share.sum(), 1e-30)
+        vec = ak.transpose(0, 2, 1).reshape(nb, -1)  # (nb, 2 d): a_b, output-major
+        cov = np.real(np.einsum("b,bi,bj->ij", share, vec, vec.conj()))
+        vals, vecs = np.linalg.eigh(cov)
+        v = vecs[:, -1] * (1.0 if vecs[:, -1].sum() >= 0 else -1.0)
+        e = vec @ v  # (nb,) complex: the tone, both channels
+        level = math.sqrt(max(float((share * np.abs(e) ** 2).sum()), 1e-30))
+        matrix[k, :, : len(idx)] = (level * v).reshape(2, len(idx))
+        tone[k] = 20 * np.log10(np.maximum(np.abs(e) / level, 1e-6))
+    frames = frame_gains(regs, [k for k, _ in cols], amp, reference, sample_rate, edges)
+    return power, energy, explained, np.maximum(resid, 0.0), matrix, tone, frames
 
 
 def fit_eq_gains(
@@ -357,7 +404,10 @@ def fit_eq_gains(
     Returns:
         ``(N, n_eq)`` gains in dB (float64, on the estimate's device).
     """
-    target = (estimate.band_db - estimate.gain_db.unsqueeze(1)).double()  # (N, nb)
+    if estimate.tone_db is not None:
+        target = estimate.tone_db.double()
+    else:
+        target = (estimate.band_db - estimate.gain_db.unsqueeze(1)).double()  # (N, nb)
     weight = estimate.weight.double()
     f = estimate.centres_hz.double()
     n = target.shape[0]
