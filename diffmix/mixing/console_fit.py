@@ -243,7 +243,11 @@ def fit_console(
             )
     if judge is not None and options.match_loudness and "strip.fader.gain_db" in console.named_values():
         fit_report = fit_report or {}
-        fit_report["loudness"] = judge.stage("loudness", lambda: match_loudness(console, audio, reference, sr), stages)
+        # Not judged: the reference's loudness is a target in its own right (an MR-STFT
+        # optimum can sit a few tenths of a dB off it); its score is still reported.
+        fit_report["loudness"] = judge.stage(
+            "loudness", lambda: match_loudness(console, audio, reference, sr), stages, required=True
+        )
     if init_report is not None:
         fit_report = {**(fit_report or {}), "init": init_report}
     if stages:
@@ -292,11 +296,14 @@ class FullLengthJudge:
     def snapshot(self) -> dict[str, Tensor]:
         return {k: p.exact().detach().clone() for k, p in self.console.named_values().items()}
 
-    def judge(self, name: str, before: dict[str, Tensor], stages: list[dict[str, Any]]) -> bool:
-        """Score the change since ``before``; revert it unless it lowered the score."""
+    def judge(
+        self, name: str, before: dict[str, Tensor], stages: list[dict[str, Any]], required: bool = False
+    ) -> bool:
+        """Score the change since ``before``; revert it unless it lowered the score (or is
+        ``required``)."""
         was = self.score_now if self.score_now is not None else self._score_of(before)
         got = self.score()
-        kept = got < was
+        kept = got < was or required
         if not kept:
             self.console.load_values(before)
         self.score_now = got if kept else was
@@ -310,32 +317,53 @@ class FullLengthJudge:
         self.console.load_values(current)
         return s
 
-    def stage(self, name: str, run: Callable[[], dict[str, Any]], stages: list[dict[str, Any]]) -> dict[str, Any]:
-        """Run one stage and keep it only if the full-length score went down."""
+    def stage(
+        self, name: str, run: Callable[[], dict[str, Any]], stages: list[dict[str, Any]], required: bool = False
+    ) -> dict[str, Any]:
+        """Run one stage and keep it only if the full-length score went down (or it is
+        ``required``)."""
         before = self.snapshot()
         if self.score_now is None:
             self.score_now = self.score()
         report = run()
-        report["kept"] = self.judge(name, before, stages)
+        report["kept"] = self.judge(name, before, stages, required)
         return report
 
 
 def match_loudness(console: Console, audio: Tensor, reference: Tensor, sample_rate: int) -> dict[str, Any]:
-    """Move every fader by one amount so the mix's integrated loudness is the reference's.
+    """Put the mix's integrated loudness on the reference's.
 
-    Loudness is homogeneous in the level, so one step lands where the console is linear
-    after the faders (no master compressor working); a second corrects what a master
-    compressor bends.
+    On the master bus's last stage when it is a :class:`~diffmix.effects.gain.Gain`
+    (loudness is homogeneous in the level, so one step is exact); otherwise every fader by
+    one amount, by secant steps (a master compressor passes only part of a fader move).
     """
-    moved = 0.0
-    for _ in range(3):
+    from diffmix.effects.gain import Gain
+
+    target = float(integrated_loudness(reference.double(), sample_rate)[0])
+    values = console.named_values()
+    effects = list(console.master.effects.items())
+    if effects and isinstance(effects[-1][1], Gain):
+        param = values[f"master.{effects[-1][0]}.gain_db"]
+        how = "the master bus's output gain"
+        slope = 1.0
+    else:
+        param = values["strip.fader.gain_db"]
+        how = "one gain on every fader"
+        slope = 1.0
+    moved, last = 0.0, None
+    for _ in range(8):
         with torch.no_grad():
-            mix = console(audio)
-        diff = float(integrated_loudness(reference.double(), sample_rate)[0] - integrated_loudness(mix.double(), sample_rate)[0])
-        if not math.isfinite(diff) or abs(diff) < 0.01:
+            got = float(integrated_loudness(console(audio).double(), sample_rate)[0])
+        diff = target - got
+        if not math.isfinite(diff) or abs(diff) < 0.005:
             break
-        values = console.named_values()
-        fader = values["strip.fader.gain_db"]
-        fader.set((fader.exact().double() + diff).clamp(fader.spec.min, fader.spec.max))
-        moved += diff
-    return {"method": "one gain on every fader", "change_db": round(moved, 3)}
+        if last is not None and abs(last[1]) > 1e-6:
+            slope = min(max((got - last[0]) / last[1], 0.05), 1.0)
+        step = diff / slope
+        now = param.exact().double()
+        new = (now + step).clamp(param.spec.min, param.spec.max)
+        param.set(new)
+        taken = float((new - now).flatten()[0])
+        moved += taken
+        last = (got, taken)
+    return {"method": how, "change_db": round(moved, 3)}

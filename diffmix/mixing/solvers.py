@@ -80,6 +80,9 @@ MIN_COHERENT_EXPLAINED = 0.5
 # times its coherent one is carried processed (out of phase) by the reference.
 LOUD_SHARE = 0.1
 INCOHERENT_RATIO = 2.0
+# A stem whose side (L-R) energy is at most this share of its mid (L+R) energy is solved
+# as one channel (-40 dB: quantisation differences between two copies of one signal).
+MONO_SIDE = 1e-4
 
 
 
@@ -109,6 +112,9 @@ class MixEstimate:
             STFT frame against its static fit (a compressor's moving gain) and its fitted
             energy per frame (:func:`~diffmix.mixing.analysis.frame_gains`), on the grid of
             :func:`~diffmix.mixing.analysis.stft_frames` from stem sample ``frame_offset``.
+        one_column: with ``coherent``, the stems solved as one channel (mono, or two
+            channels carrying the same signal): their ``matrix`` holds column 0 only, the
+            gains of channel 0 standing for both.
     """
 
     gain_db: Tensor
@@ -124,6 +130,7 @@ class MixEstimate:
     frame_gain: Tensor | None = None
     frame_energy: Tensor | None = None
     frame_offset: int = 0
+    one_column: list[bool] = field(default_factory=list)
 
 
 
@@ -221,6 +228,7 @@ def estimate_mix(
             stems[..., :t], reference[..., :t], sample_rate, edges, 0.02 if ridge is None else ridge, flags
         )
         coherent = explained_c >= MIN_COHERENT_EXPLAINED
+        flags = list(frames[2])
         if coherent:
             # A stem the reference carries processed out of phase with the stem (delayed,
             # re-amped, through a reverb) is louder in band powers than in the coherent
@@ -274,6 +282,7 @@ def estimate_mix(
         frame_gain=None if frames is None else torch.as_tensor(frames[0]),
         frame_energy=None if frames is None else torch.as_tensor(frames[1]),
         frame_offset=max(0, -lag),
+        one_column=[] if frames is None else list(frames[2]),
     )
 
 
@@ -296,6 +305,63 @@ def _solve_powers(
     fitted = np.einsum("kb,kcbf->cbf", w, ps)
     explained = float(1.0 - np.abs(fitted - pr).sum() / max(pr.sum(), 1e-30))
     return w, ps.sum(axis=(1, 3)), explained
+
+
+def _shared_tone_fit(
+    gram: np.ndarray,
+    cross: np.ndarray,
+    owner: np.ndarray,
+    e: np.ndarray,
+    m_lr: np.ndarray,
+    shares: np.ndarray,
+    ridge: float,
+    iterations: int = 12,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Least squares of ``R_c ~= sum_k e_k(b) sum_d M_k[c, d] X_kd`` by alternating solves.
+
+    The realisable structure of a strip: a tone ``e_k(b)`` (complex, per band) that both
+    channels share, then a placement ``M_k`` (real, broadband). With ``M`` fixed each band
+    is a least squares in ``e`` (one unknown per stem, pulled by ``ridge`` toward a flat 1
+    where a stem has little energy); with ``e`` fixed every band at once is a least squares
+    in ``M``. Two correlated stems (two kick drums) can trade a band's energy between
+    channels in an unconstrained solve; here a stem's placement is fitted on all its bands.
+
+    Args:
+        gram, cross: :func:`~diffmix.mixing.analysis.coherent_band_stats`.
+        owner: ``(M,)`` the stem of each regressor; ``e`` ``(nb, N)`` and ``m_lr`` ``(M, 2)``
+            (``m_lr[j, c] = M_owner(j)[c, d_j]``) the start; ``shares`` ``(N, nb)`` the stems'
+            K-weighted energy shares per band.
+
+    Returns:
+        ``e`` normalised to mean power 1 over ``shares`` and ``m_lr`` carrying the level.
+    """
+    nb, m = gram.shape[0], gram.shape[1]
+    n = e.shape[1]
+    one = np.zeros((m, n))
+    one[np.arange(m), owner] = 1.0
+    e, m_lr = e.copy(), m_lr.copy()
+    for _ in range(iterations):
+        for b in range(nb):
+            p = [one * m_lr[:, c : c + 1] for c in range(2)]  # (M, N) per output channel
+            ga = sum(p[c].T @ gram[b] @ p[c] for c in range(2))
+            ha = sum(p[c].T @ cross[b, :, c] for c in range(2))
+            d = np.sqrt(np.maximum(np.real(np.diag(ga)), 0.0))
+            live = d > 1e-12 * max(float(d.max(initial=0.0)), 1e-300)
+            if not live.any():
+                continue
+            dl = d[live]
+            g = ga[np.ix_(live, live)] / np.outer(dl, dl)
+            h = ha[live] / dl + ridge * dl
+            e[b, live] = np.linalg.solve(g + (ridge + 1e-9) * np.eye(int(live.sum())), h) / dl
+        ee = e[:, owner]  # (nb, M)
+        gb = np.real(np.einsum("bi,bij,bj->ij", ee.conj(), gram, ee))
+        hb = np.real(np.einsum("bj,bjc->jc", ee.conj(), cross))
+        dn = np.sqrt(np.maximum(np.diag(gb), 1e-300))
+        m_lr = np.linalg.solve(gb / np.outer(dn, dn) + 1e-6 * np.eye(m), hb / dn[:, None]) / dn[:, None]
+        level = np.sqrt(np.maximum(np.einsum("kb,bk->k", shares, np.abs(e) ** 2), 1e-30))
+        e = e / level[None, :]
+        m_lr = m_lr * level[owner, None]
+    return e, m_lr
 
 
 def _solve_stereo(
@@ -323,6 +389,12 @@ def _solve_stereo(
         frame gains and energies of :func:`~diffmix.mixing.analysis.frame_gains`.
     """
     n = stems.shape[0]
+    # A stem whose channels are (nearly) the same signal cannot show how its two channels
+    # were placed, only their sum: it is one regressor, as a mono stem is (two nearly
+    # collinear ones would trade huge opposite gains on noise).
+    side = (stems[:, 0] - stems[:, 1]).double().square().sum(-1)
+    mid = (stems[:, 0] + stems[:, 1]).double().square().sum(-1)
+    mono = [bool(m) or bool(sd <= MONO_SIDE * md) for m, sd, md in zip(mono, side, mid, strict=True)]
     cols = [(k, d) for k in range(n) for d in ((0,) if mono[k] else (0, 1))]
     regs = torch.stack([stems[k, d] for k, d in cols])
     gram, cross, pr, px = coherent_band_stats(regs, reference, sample_rate, edges)
@@ -334,7 +406,7 @@ def _solve_stereo(
     gb = (gram.real * scale[:, None, None]).sum(0)
     hb = (cross.real * scale[:, None, None]).sum(0)
     dn = np.sqrt(np.maximum(np.diag(gb), 1e-300))
-    broad = np.linalg.solve(gb / np.outer(dn, dn) + 1e-6 * np.eye(m), hb / dn[:, None]) / dn[:, None]
+    broad = np.linalg.solve(gb / np.outer(dn, dn) + 1e-3 * np.eye(m), hb / dn[:, None]) / dn[:, None]
     amp = np.zeros((nb, m, 2), dtype=np.complex128)
     resid = np.zeros(nb)
     for b in range(nb):
@@ -351,30 +423,47 @@ def _solve_stereo(
             # |R - sum a X|^2 = |R|^2 - 2 Re(a^H h) + a^H G a
             resid[b] += pr[b, c] - 2 * np.real(np.vdot(a, cross[b, :, c])) + np.real(a.conj() @ gram[b] @ a)
     explained = float(1.0 - np.maximum(resid, 0.0).sum() / max(pr.sum(), 1e-30))
-    power = np.zeros((n, nb))
+    owner = np.array([k for k, _ in cols])
     energy = np.zeros((n, nb))
+    shares = np.zeros((n, nb))
+    m_init = np.zeros((m, 2))
+    e = np.ones((nb, n), dtype=np.complex128)
+    for k in range(n):
+        idx = np.nonzero(owner == k)[0]
+        # A mono stem as given is two equal channels: its energy counts both.
+        energy[k] = px[idx].sum(0) * (2.0 if len(idx) == 1 else 1.0)
+        share = energy[k] * kw
+        shares[k] = share / max(share.sum(), 1e-30)
+        # The start: the leading rank-1 part of the stem's unconstrained per-band blocks.
+        vec = amp[:, idx, :].transpose(0, 2, 1).reshape(nb, -1)  # (nb, 2 d): output-major
+        cov = np.real(np.einsum("b,bi,bj->ij", shares[k], vec, vec.conj()))
+        v = np.linalg.eigh(cov)[1][:, -1]
+        v = v * (1.0 if v.sum() >= 0 else -1.0)
+        e[:, k] = vec @ v
+        m_init[idx] = v.reshape(2, len(idx)).T
+    m_lr = _shared_tone_fit(gram, cross, owner, e, m_init, shares, ridge)
+    e, m_lr = m_lr
+    amp = e[:, owner, None] * m_lr[None, :, :]  # (nb, M, 2)
+    resid = np.zeros(nb)
+    for b in range(nb):
+        for c in range(2):
+            a = amp[b, :, c]
+            # |R - sum a X|^2 = |R|^2 - 2 Re(a^H h) + a^H G a
+            resid[b] += pr[b, c] - 2 * np.real(np.vdot(a, cross[b, :, c])) + np.real(a.conj() @ gram[b] @ a)
+    explained = float(1.0 - np.maximum(resid, 0.0).sum() / max(pr.sum(), 1e-30))
+    power = np.zeros((n, nb))
     matrix = np.zeros((n, 2, 2))
     tone = np.zeros((n, nb))
     for k in range(n):
-        idx = [i for i, (j, _) in enumerate(cols) if j == k]
+        idx = np.nonzero(owner == k)[0]
         gk = gram[:, idx][:, :, idx]  # (nb, d, d)
         ak = amp[:, idx, :]  # (nb, d, 2)
         out = np.real(np.einsum("bdc,bde,bec->b", ak.conj(), gk, ak))  # contribution per band
-        # A mono stem as given is two equal channels: its energy counts both.
-        energy[k] = px[idx].sum(0) * (2.0 if mono[k] else 1.0)
         power[k] = np.maximum(out, 0.0) / np.maximum(energy[k], 1e-30)
-        share = energy[k] * kw
-        share = share / max(share.sum(), 1e-30)
-        vec = ak.transpose(0, 2, 1).reshape(nb, -1)  # (nb, 2 d): a_b, output-major
-        cov = np.real(np.einsum("b,bi,bj->ij", share, vec, vec.conj()))
-        vals, vecs = np.linalg.eigh(cov)
-        v = vecs[:, -1] * (1.0 if vecs[:, -1].sum() >= 0 else -1.0)
-        e = vec @ v  # (nb,) complex: the tone, both channels
-        level = math.sqrt(max(float((share * np.abs(e) ** 2).sum()), 1e-30))
-        matrix[k, :, : len(idx)] = (level * v).reshape(2, len(idx))
-        tone[k] = 20 * np.log10(np.maximum(np.abs(e) / level, 1e-6))
+        matrix[k, :, : len(idx)] = m_lr[idx].T
+        tone[k] = 20 * np.log10(np.maximum(np.abs(e[:, k]), 1e-6))
     frames = frame_gains(regs, [k for k, _ in cols], amp, reference, sample_rate, edges)
-    return power, energy, explained, np.maximum(resid, 0.0), matrix, tone, frames
+    return power, energy, explained, np.maximum(resid, 0.0), matrix, tone, (*frames, mono)
 
 
 def fit_eq_gains(

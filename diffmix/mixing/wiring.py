@@ -73,7 +73,9 @@ def _placement_matrices(
     return total
 
 
-def stereo_placement(console: Console, matrix: Tensor, steps: int = 401) -> dict[str, Tensor]:
+def stereo_placement(
+    console: Console, matrix: Tensor, one_column: list[bool] | None = None, steps: int = 401
+) -> dict[str, Tensor]:
     """Each track's input gain, pan and width whose product in the strip best gives its
     channel matrix (from :func:`estimate_mix` with ``coherent``).
 
@@ -87,6 +89,8 @@ def stereo_placement(console: Console, matrix: Tensor, steps: int = 401) -> dict
             :class:`~diffmix.effects.gain.Width` (other stages are left as they are).
         matrix: ``(N, 2, 2)`` from the estimate (mono stems: column 0, on the stem scaled
             by the mono pan law's centre gain, as :func:`console_estimate` gives it).
+        one_column: the stems whose matrix holds column 0 only (their two channels carry
+            one signal); default: the console's mono tracks.
 
     Returns:
         ``{"gain_db": (N,), "strip.<pan>.pan": (N,), "strip.<width>.width": (N,)}`` as far as
@@ -104,8 +108,10 @@ def stereo_placement(console: Console, matrix: Tensor, steps: int = 401) -> dict
     out_gain, out_pan, out_width = [], [], []
     for k in range(matrix.shape[0]):
         mono = bool(console.mono[k])
+        single = mono or bool(one_column[k] if one_column else False)
         target = matrix[k].double().cpu()
-        target = target[:, :1] * math.sqrt(0.5) if mono else target
+        if single:
+            target = target[:, :1] * (math.sqrt(0.5) if mono else 1.0)
         best_p, best_w = 0.0, 1.0
         p_step = 2.0 / (steps - 1) if has_pan else 0.0
         w_step = (w_hi - w_lo) / (steps - 1) if w_spec else 0.0
@@ -118,13 +124,13 @@ def stereo_placement(console: Console, matrix: Tensor, steps: int = 401) -> dict
             pp, ww = torch.meshgrid(ps if has_pan else ps[:1] * 0, ws if w_spec else ws[:1] * 0 + 1, indexing="ij")
             pp, ww = pp.reshape(-1), ww.reshape(-1)
             eff = _placement_matrices(stages, pp, ww, mono)
-            eff = eff.sum(-1, keepdim=True) if mono else eff  # two equal channels in
+            eff = eff.sum(-1, keepdim=True) if single else eff  # two equal channels in
             num = (eff * target).sum((1, 2))
             den = (eff * eff).sum((1, 2)).clamp_min(1e-30)
             gain = num.clamp_min(0.0) / den
             norm = float(target.square().sum()) or 1.0
             err = (target - gain.view(-1, 1, 1) * eff).square().sum((1, 2)) / norm
-            err = err + 1e-6 * (ww - 1.0).square()  # ties (a mono track): width 1
+            err = err + 1e-6 * (ww - 1.0).square()  # ties (one signal in both channels): width 1
             i = int(torch.argmin(err))
             best_p, best_w, best_g = float(pp[i]), float(ww[i]), float(gain[i])
         out_gain.append(20 * math.log10(max(best_g, 1e-6)))
@@ -179,7 +185,7 @@ def initialise_console(
     if est.matrix is not None:
         # The stereo image from the channel solve: each track's gain, pan and width (the
         # tone, shared by both channels, goes to the EQ below).
-        placed = stereo_placement(console, est.matrix)
+        placed = stereo_placement(console, est.matrix, est.one_column)
         lo, hi = GAIN_DB_RANGE
         update[gain] = placed.pop("gain_db").clamp(lo, hi)
         update.update({k: v.view(values[k].exact().shape) for k, v in placed.items()})
