@@ -83,6 +83,8 @@ INCOHERENT_RATIO = 2.0
 # A stem whose side (L-R) energy is at most this share of its mid (L+R) energy is solved
 # as one channel (-40 dB: quantisation differences between two copies of one signal).
 MONO_SIDE = 1e-4
+# Pull of each stem's placement toward its neutral one, relative to the data's own weight.
+PLACE_RIDGE = 5e-3
 
 
 
@@ -357,7 +359,18 @@ def _shared_tone_fit(
         gb = np.real(np.einsum("bi,bij,bj->ij", ee.conj(), gram, ee))
         hb = np.real(np.einsum("bj,bjc->jc", ee.conj(), cross))
         dn = np.sqrt(np.maximum(np.diag(gb), 1e-300))
-        m_lr = np.linalg.solve(gb / np.outer(dn, dn) + 1e-6 * np.eye(m), hb / dn[:, None]) / dn[:, None]
+        # Pulled (PLACE_RIDGE, relative) toward the stem's neutral placement (its own
+        # channels, centred, at its mean level): a direction the data barely show (the
+        # side of a nearly mono stem) then stays neutral instead of taking up residue.
+        prior = np.zeros((m, 2))
+        for k in range(n):
+            idx = np.nonzero(owner == k)[0]
+            if len(idx) == 2:
+                prior[idx[0], 0] = prior[idx[1], 1] = 0.5 * (m_lr[idx[0], 0] + m_lr[idx[1], 1])
+            else:
+                prior[idx[0]] = m_lr[idx[0]]
+        rhs = hb / dn[:, None] + PLACE_RIDGE * prior * dn[:, None]
+        m_lr = np.linalg.solve(gb / np.outer(dn, dn) + (PLACE_RIDGE + 1e-6) * np.eye(m), rhs) / dn[:, None]
         level = np.sqrt(np.maximum(np.einsum("kb,bk->k", shares, np.abs(e) ** 2), 1e-30))
         e = e / level[None, :]
         m_lr = m_lr * level[owner, None]
