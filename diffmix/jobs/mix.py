@@ -12,16 +12,10 @@ cross-correlation (:func:`diffmix.mixing.analysis.estimate_lag`, within +-``alig
 console's ``offset_samples`` moves the mix onto the reference's timeline: the fit then
 compares like with like, and the written mix lines up with the reference sample for sample.
 
-The fit has three stages. ``fit.init=nnls`` (default) first sets every track's input gain
-and strip EQ in closed form from the audio (:mod:`diffmix.mixing`: after aligning the
-two, least squares of the reference on the stems per band, on complex spectra when the
-reference is a mix of these stems (``aligned`` and ``fit.coherent``), else non-negative
-on band powers), so quiet tracks start where they belong; then ``fit.steps`` gradient
-steps refine the whole console on ``fit.excerpt_s`` excerpts drawn from a fixed pool of
-``fit.pool`` (whose reference magnitudes and features are computed once); last, with the
-coherent start, ``fit.polish`` re-sets each fader so the track's loudness is the closed
-form's (the waveform loss trades quiet tracks' levels away). ``fit.init=none`` starts
-from equal loudness.
+The fit is :func:`diffmix.mixing.fit_console` (closed-form start with pan, width and
+compressors, gradient steps, polish, loudness; each stage kept only where it lowers the
+objective on the full length); this module turns the config into its arguments
+(:func:`fit_options`) and writes the mix, the preset and the report.
 """
 
 from __future__ import annotations

@@ -1,9 +1,16 @@
 """Mixing: fit the console to a hidden setting and toward the producer's mix; fit speed.
 
-Workloads (issue 6 "Quality bars" and "Speed"), each through the real CLI
+Workloads (issues 6 and 17), each through the real CLI
 (``python -m diffmix.cli mix stems=... reference=...`` as a subprocess, default config):
 
-(a) **Hidden setting.** Each shared stem set is rendered through a seeded random setting
+(a) **Random hidden settings** drawn by :func:`diffmix.mixing.hidden.draw_setting` for
+    ``DIFFMIX_BENCH_MIX_SEEDS`` seeds (default 10) on every shared song and on
+    ``DIFFMIX_BENCH_MIX_SYNTHETIC`` synthetic multitracks (default 2), rendered through
+    diffmix's own console (realisable by construction): per song and seed, every track's
+    contribution loudness and L/R balance error, the mix's loudness and side/mid error and
+    MR-STFT against the equal-loudness sum's.
+
+(a2) **Hidden setting, independent renderer.** Each shared stem set is rendered through a seeded random setting
     with pedalboard (an independent engine): per-track gain in +-9 dB, a low shelf, a
     peak and a high shelf (+-4 dB each), and a compressor (threshold -30..-15 dB, ratio
     2..4); the sum is the reference. diffmix fits its console from neutral (its own
@@ -485,11 +492,14 @@ def run(quick: bool) -> str:
     try:
         parts = [
             "Every fit runs the real `diffmix mix` CLI with its default config (console/default: "
-            "input gain, high-pass, 5-band EQ, compressor, pan, width, fader, reverb send; "
-            "master EQ + compressor): the closed-form start (per-band least squares on complex "
-            "spectra, or NNLS on band powers where those don't explain the reference, "
-            f"`diffmix.mixing`), then at most {DEFAULT_MIX_STEPS} gradient steps on 1 s excerpts, "
-            "then (with the coherent start) each fader re-set to the closed form's loudness"
+            "input gain, high-pass, 5-band EQ, compressor, width, pan, fader, reverb send; "
+            "master EQ, compressor, output gain) through `diffmix.mixing.fit_console`: the closed-form "
+            "start (each reference channel on every stem channel per band, complex, a shared tone and "
+            "a broadband placement per stem, searched onto width/pan/gain; compressors from the "
+            "frame-wise gains; band-power NNLS where the complex solve explains under half), then at "
+            f"most {DEFAULT_MIX_STEPS} gradient steps on 1 s excerpts, the fader polish, each stage kept "
+            "only where it lowers the objective on the full length, and last the output gain on the "
+            "reference's loudness"
             + (" (quick: fit.steps=5)" if quick else "")
             + (
                 f". **(a) and (b) capped at fit.steps={STEPS}** (DIFFMIX_BENCH_MIX_STEPS) to fit the "
