@@ -243,10 +243,13 @@ def fit_console(
             )
     if judge is not None and options.match_loudness and "strip.fader.gain_db" in console.named_values():
         fit_report = fit_report or {}
-        # Not judged: the reference's loudness is a target in its own right (an MR-STFT
-        # optimum can sit a few tenths of a dB off it); its score is still reported.
+        # Where the reference is a mix of these stems (the coherent start held) its loudness
+        # is a target in its own right (an MR-STFT optimum can sit a few tenths of a dB off
+        # it): not judged, its score still reported. Toward a producer's render, which
+        # carries its own processing, it is judged like any stage.
+        required = estimate is not None and estimate.coherent
         fit_report["loudness"] = judge.stage(
-            "loudness", lambda: match_loudness(console, audio, reference, sr), stages, required=True
+            "loudness", lambda: match_loudness(console, audio, reference, sr), stages, required=required
         )
     if init_report is not None:
         fit_report = {**(fit_report or {}), "init": init_report}
