@@ -14,8 +14,8 @@ from diffmix.effects.gain import Gain, Pan
 from diffmix.functional.eq import eq_coeffs
 from diffmix.functional.filters import sos_response
 from diffmix.functional.loudness import integrated_loudness
-from diffmix.mixing.console_fit import excerpt_pool as _excerpt_pool
 from diffmix.mixing.analysis import band_edges
+from diffmix.mixing.console_fit import excerpt_pool as _excerpt_pool
 from diffmix.mixing.solvers import estimate_mix, fit_eq_gains
 from diffmix.mixing.wiring import initialise_console
 

@@ -37,7 +37,7 @@ from diffmix.jobs._common import output_dir, pick_device, to_dict
 from diffmix.jobs._common import summary as measure
 from diffmix.mastering import set_exact
 from diffmix.mixing.analysis import estimate_lag
-from diffmix.mixing.console_fit import MixFitOptions, equal_loudness_gains, excerpt_pool, fit_console
+from diffmix.mixing.console_fit import MixFitOptions, equal_loudness_gains, fit_console
 from diffmix.report import write_json
 
 MIN_SECONDS = 1.0

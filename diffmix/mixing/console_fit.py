@@ -128,7 +128,9 @@ def fit_console(
         weights.pop("mrstft", None)
     if reference is None:
         weights = {k: v for k, v in weights.items() if k not in REFERENCE_TERMS}
-    judge = FullLengthJudge(console, audio, reference, sr, weights, options) if reference is not None else None
+    judge = None
+    if reference is not None:
+        judge = FullLengthJudge(console, audio, reference, sr, weights, options)
     stages: list[dict[str, Any]] = []
     init_report = None
     estimate = None
@@ -139,11 +141,13 @@ def fit_console(
         estimate = console_estimate(
             console, audio, reference, sr, coherent=options.aligned and options.coherent, lag=lag
         )
-        init_report = judge.stage(
-            "closed form", lambda: initialise_console(console, audio, reference, sr, estimate=estimate), stages
+        init_report = judge.stage(  # type: ignore[union-attr]
+            "closed form",
+            lambda: initialise_console(console, audio, reference, sr, estimate=estimate),
+            stages,
         )
         if estimate.frame_gain is not None and options.compressor_start:
-            init_report["compressor"] = judge.stage(
+            init_report["compressor"] = judge.stage(  # type: ignore[union-attr]
                 "compressor start", lambda: compressor_start(console, audio, estimate, sr), stages
             )
         init_report["seconds"] = round(time.perf_counter() - t_init, 3)
@@ -283,7 +287,9 @@ class FullLengthJudge:
         features = {k: v for k, v in weights.items() if k != "mrstft"}
         self.objective = Objective(sample_rate, features, reference=self.reference) if features else None
         self.mrstft_w = weights.get("mrstft", 0.0)
-        self.mrstft = MRSTFTLoss(sample_rate, **dict(options.mrstft)).to(audio.device) if self.mrstft_w else None
+        self.mrstft = (
+            MRSTFTLoss(sample_rate, **dict(options.mrstft)).to(audio.device) if self.mrstft_w else None
+        )
         self.score_now: float | None = None
 
     def score(self) -> float:
@@ -321,7 +327,11 @@ class FullLengthJudge:
         return s
 
     def stage(
-        self, name: str, run: Callable[[], dict[str, Any]], stages: list[dict[str, Any]], required: bool = False
+        self,
+        name: str,
+        run: Callable[[], dict[str, Any]],
+        stages: list[dict[str, Any]],
+        required: bool = False,
     ) -> dict[str, Any]:
         """Run one stage and keep it only if the full-length score went down (or it is
         ``required``)."""

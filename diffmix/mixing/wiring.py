@@ -119,9 +119,11 @@ def stereo_placement(
             scale = 1.0 if rnd == 0 else 40.0
             span = steps // 2 if rnd == 0 else 40
             centre_p, centre_w = (0.0, 0.5 * (w_lo + w_hi)) if rnd == 0 else (best_p, best_w)
-            ps = (centre_p + torch.arange(-span, span + 1, dtype=torch.float64) * p_step / scale).clamp(-1, 1)
-            ws = (centre_w + torch.arange(-span, span + 1, dtype=torch.float64) * w_step / scale).clamp(w_lo, w_hi)
-            pp, ww = torch.meshgrid(ps if has_pan else ps[:1] * 0, ws if w_spec else ws[:1] * 0 + 1, indexing="ij")
+            offsets = torch.arange(-span, span + 1, dtype=torch.float64) / scale
+            still = torch.zeros(1, dtype=torch.float64)  # a stage the strip lacks: its neutral value
+            ps = (centre_p + offsets * p_step).clamp(-1, 1) if has_pan else still
+            ws = (centre_w + offsets * w_step).clamp(w_lo, w_hi) if w_spec else still + 1.0
+            pp, ww = torch.meshgrid(ps, ws, indexing="ij")
             pp, ww = pp.reshape(-1), ww.reshape(-1)
             eff = _placement_matrices(stages, pp, ww, mono)
             eff = eff.sum(-1, keepdim=True) if single else eff  # two equal channels in
@@ -370,7 +372,8 @@ def compressor_start(
             )
             y = y[..., a * hop - s_start :].square().sum(1, keepdim=True)
             out = torch.nn.functional.conv1d(y, window.view(1, 1, -1), stride=hop)[:, 0, : b - a]
-            cand = 10 * np.log10(np.maximum(out.double().numpy(), 1e-30) / np.maximum(frames_in.numpy(), 1e-30))
+            ratio_out = np.maximum(out.double().numpy(), 1e-30) / np.maximum(frames_in.numpy(), 1e-30)
+            cand = 10 * np.log10(ratio_out)
             diff = meas[None, :] - cand
             c = (diff * w).sum(1) / max(w.sum(), 1e-30)
             err = ((diff - c[:, None]) ** 2 * w).sum(1) / max(w.sum(), 1e-30)
@@ -382,7 +385,8 @@ def compressor_start(
         thr_grid = torch.arange(top - 30.0, top + 1.0, 3.0, dtype=torch.float64)
         ratios = torch.tensor([1.5, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0], dtype=torch.float64)
         tt, rr = torch.meshgrid(thr_grid, ratios, indexing="ij")
-        tt = torch.cat([torch.tensor([top]), tt.reshape(-1)]).clamp(specs["threshold_db"].min, specs["threshold_db"].max)
+        thr_spec = specs["threshold_db"]
+        tt = torch.cat([torch.tensor([top]), tt.reshape(-1)]).clamp(thr_spec.min, thr_spec.max)
         rr = torch.cat([torch.tensor([1.0]), rr.reshape(-1)])
         i, c, err = score(tt, rr, torch.full_like(tt, att0), torch.full_like(tt, rel0))
         thr, ratio, att, rel = float(tt[i]), float(rr[i]), att0, rel0

@@ -10,8 +10,8 @@ Workloads (issues 6 and 17), each through the real CLI
     contribution loudness and L/R balance error, the mix's loudness and side/mid error and
     MR-STFT against the equal-loudness sum's.
 
-(a2) **Hidden setting, independent renderer.** Each shared stem set is rendered through a seeded random setting
-    with pedalboard (an independent engine): per-track gain in +-9 dB, a low shelf, a
+(a2) **Hidden setting, independent renderer.** Each shared stem set is rendered through a seeded
+    random setting with pedalboard (an independent engine): per-track gain in +-9 dB, a low shelf, a
     peak and a high shelf (+-4 dB each), and a compressor (threshold -30..-15 dB, ratio
     2..4); the sum is the reference. diffmix fits its console from neutral (its own
     equal-loudness start) toward it.
@@ -240,7 +240,9 @@ def synthetic_stems(seconds: float, seed: int, sr: int = 44100) -> dict[str, np.
     phase = (t % beat) / beat
     mono = {
         "bass": 0.5 * np.sin(2 * np.pi * root * t) * (0.6 + 0.4 * np.cos(2 * np.pi * t / beat)),
-        "chords": sum(0.15 * np.sin(2 * np.pi * root * 4 * r * t + rng.random() * 6) for r in (1.0, 1.26, 1.5))
+        "chords": sum(
+            0.15 * np.sin(2 * np.pi * root * 4 * r * t + rng.random() * 6) for r in (1.0, 1.26, 1.5)
+        )
         * (0.5 + 0.5 * (np.sin(2 * np.pi * t / (4 * beat)) > 0)),
         "kick": np.exp(-phase * 30) * np.sin(2 * np.pi * 55 * t * (1 + np.exp(-phase * 40))),
         "hats": np.exp(-((t + beat / 2) % (beat / 2)) / beat * 60) * rng.standard_normal(n) * 0.2,
@@ -303,7 +305,8 @@ def _hidden_console(tmp: Path, quick: bool, extra: list[str]) -> str:
 
             def d(a: np.ndarray, loss=loss, ref=ref) -> float:  # noqa: ANN001
                 m = min(a.shape[-1], ref.shape[-1])
-                return float(loss(torch.from_numpy(a[:, :m]).unsqueeze(0), torch.from_numpy(ref[:, :m]).unsqueeze(0))[0])
+                pair = (torch.from_numpy(a[:, :m]).unsqueeze(0), torch.from_numpy(ref[:, :m]).unsqueeze(0))
+                return float(loss(*pair)[0])
 
             ratio = d(mix) / d(baseline)
             ratios.append(ratio)
@@ -318,40 +321,48 @@ def _hidden_console(tmp: Path, quick: bool, extra: list[str]) -> str:
                     ok_tracks += abs(lg - lw) <= 1.0
                     errs.append(lg - lw)
                     bal_errs.append(bal)
-                tracks.append([song, str(seed), name, f"{lw:.1f}", f"{lg - lw:+.2f}" if audible else f"({lg - lw:+.2f})",
-                               f"{bal:+.2f}" if audible else "-"])
+                err = f"{lg - lw:+.2f}" if audible else f"({lg - lw:+.2f})"
+                tracks.append([song, str(seed), name, f"{lw:.1f}", err, f"{bal:+.2f}" if audible else "-"])
             stages = (report.get("fit") or {}).get("stages", [])
-            rows.append([song, str(seed), f"{ok_tracks}/{judged}", f"{mix_err:+.2f}", f"{sm_err:+.2f}",
-                         f"{100 * ratio:.0f} %", " ".join(("+" if s["kept"] else "-") + s["stage"].split()[0] for s in stages),
-                         fmt_s(took)])
+            kept = " ".join(("+" if st_["kept"] else "-") + st_["stage"].split()[0] for st_ in stages)
+            rows.append(
+                [song, str(seed), f"{ok_tracks}/{judged}", f"{mix_err:+.2f}", f"{sm_err:+.2f}",
+                 f"{100 * ratio:.0f} %", kept, fmt_s(took)]
+            )
     within = sum(abs(e) <= 1.0 for e in errs)
     share = within / max(1, len(errs))
     worst = max((abs(e) for e in errs), default=float("nan"))
     worst_bal = max((abs(e) for e in bal_errs), default=float("nan"))
     goals = [
-        ("audible tracks within 1 LU of their hidden contribution >= 95 %", f"{100 * share:.0f} % ({within}/{len(errs)})", share >= 0.95),
+        ("audible tracks within 1 LU of their hidden contribution >= 95 %",
+         f"{100 * share:.0f} % ({within}/{len(errs)})", share >= 0.95),
         ("no audible track beyond 2 LU", f"worst {worst:.2f} LU", worst <= 2.0),
         ("every track's L/R balance within 1.5 dB", f"worst {worst_bal:.2f} dB", worst_bal <= 1.5),
         ("mix integrated loudness within 0.2 LU", f"worst {worst_mix:.2f} LU", worst_mix <= 0.2),
         ("side/mid energy ratio within 1 dB", f"worst {worst_sm:.2f} dB", worst_sm <= 1.0),
-        ("MR-STFT <= 25 % of the equal-loudness sum's", f"worst {100 * max(ratios):.0f} %", max(ratios) <= 0.25),
+        ("MR-STFT <= 25 % of the equal-loudness sum's", f"worst {100 * max(ratios):.0f} %",
+         max(ratios) <= 0.25),
     ]
     return (
         "### (a) Mix to a hidden setting drawn at random (diffmix console render, fit from neutral)\n\n"
-        f"Settings from `diffmix.mixing.hidden.draw_setting(seed)` for seeds {seeds.start}..{seeds.stop - 1} on every "
-        "shared song and on synthetic multitracks (5 stems, 12 s: four mono, one wide pad): per track a gain "
-        "(+-9 dB around equal loudness), width (30 % narrowed to mono), pan (+-0.9), 1-3 EQ bands at random "
-        "frequencies, gains (+-6 dB) and Qs, a compressor on about half (ratio 1.5-8, attack 1-50 ms, release "
-        "30-500 ms, threshold 3-20 dB under the stem's peak), a reverb send on about 30 %; a master compressor. "
-        "A track's error is the integrated loudness of its contribution to the fitted mix minus that to the "
-        "reference (`contributions`: strip, sends, and the master's dynamics keyed by the whole mix); audible: "
+        f"Settings from `diffmix.mixing.hidden.draw_setting(seed)` for seeds {seeds.start}.."
+        f"{seeds.stop - 1} on every shared song and on synthetic multitracks (5 stems, 12 s: four mono, "
+        "one wide pad): per track a gain (+-9 dB around equal loudness), width (30 % narrowed to mono), "
+        "pan (+-0.9), 1-3 EQ bands at random frequencies, gains (+-6 dB) and Qs, a compressor on about "
+        "half (ratio 1.5-8, attack 1-50 ms, release 30-500 ms, threshold 3-20 dB under the stem's peak), "
+        "a reverb send on about 30 %; a master compressor. A track's error is the integrated loudness of "
+        "its contribution to the fitted mix minus that to the reference (`contributions`: strip, sends, "
+        "and the master's dynamics keyed by the whole mix); audible: "
         f"within {AUDIBLE_LU:g} LU of the mix. Stages: + kept, - reverted (judged on the full length).\n\n"
-        + table(goals and [[g, v, "met" if ok else "**not met**"] for g, v, ok in goals], ["goal", "measured", ""])
+        + table([[g, v, "met" if ok else "**not met**"] for g, v, ok in goals], ["goal", "measured", ""])
         + "\n\n"
-        + table(rows, ["song", "seed", "tracks within 1 LU", "mix loudness error LU", "side/mid error dB",
-                       "MR-STFT / equal-loudness sum", "stages", "wall time"])
-        + "\n\n<details><summary>Every track: hidden contribution (LUFS), loudness error (LU), L/R balance error (dB)"
-        "</summary>\n\n"
+        + table(
+            rows,
+            ["song", "seed", "tracks within 1 LU", "mix loudness error LU", "side/mid error dB",
+             "MR-STFT / equal-loudness sum", "stages", "wall time"],
+        )
+        + "\n\n<details><summary>Every track: hidden contribution (LUFS), loudness error (LU), "
+        "L/R balance error (dB)</summary>\n\n"
         + table(tracks, ["song", "seed", "track", "hidden LUFS", "error LU", "balance error dB"])
         + "\n\n</details>"
     )
