@@ -247,6 +247,7 @@ class Console(nn.Module):
         mono_flags = list(mono) if mono is not None else [False] * self.tracks
         if len(mono_flags) != self.tracks:
             raise ValueError(f"Console: {len(mono_flags)} mono flags for {self.tracks} tracks")
+        self.mono = list(mono_flags)  # which tracks are mono sources carried as two channels
         mono_items = torch.tensor(mono_flags, dtype=torch.bool).repeat(self.songs)
         for effect in self.strip.effects.values():
             if hasattr(effect, "mono_items"):

@@ -63,6 +63,11 @@ class Effect(nn.Module):
         """Record non-parameter constructor arguments so :meth:`preset` can emit them."""
         self._options = dict(options)
 
+    @property
+    def options(self) -> dict[str, Any]:
+        """The effect's options (not parameters), as passed to its functional core."""
+        return dict(self._options)
+
     def p(self, name: str) -> Tensor:
         """The physical value of parameter ``name`` (differentiable through ``raw``)."""
         return self.params[name]()

@@ -1,10 +1,17 @@
 """Mixing: fit the console to a hidden setting and toward the producer's mix; fit speed.
 
-Workloads (issue 6 "Quality bars" and "Speed"), each through the real CLI
+Workloads (issues 6 and 17), each through the real CLI
 (``python -m diffmix.cli mix stems=... reference=...`` as a subprocess, default config):
 
-(a) **Hidden setting.** Each shared stem set is rendered through a seeded random setting
-    with pedalboard (an independent engine): per-track gain in +-9 dB, a low shelf, a
+(a) **Random hidden settings** drawn by :func:`diffmix.mixing.hidden.draw_setting` for
+    ``DIFFMIX_BENCH_MIX_SEEDS`` seeds (default 10) on every shared song and on
+    ``DIFFMIX_BENCH_MIX_SYNTHETIC`` synthetic multitracks (default 2), rendered through
+    diffmix's own console (realisable by construction): per song and seed, every track's
+    contribution loudness and L/R balance error, the mix's loudness and side/mid error and
+    MR-STFT against the equal-loudness sum's.
+
+(a2) **Hidden setting, independent renderer.** Each shared stem set is rendered through a seeded
+    random setting with pedalboard (an independent engine): per-track gain in +-9 dB, a low shelf, a
     peak and a high shelf (+-4 dB each), and a compressor (threshold -30..-15 dB, ratio
     2..4); the sum is the reference. diffmix fits its console from neutral (its own
     equal-loudness start) toward it.
@@ -189,7 +196,7 @@ def _hidden(tmp: Path, quick: bool, extra: list[str]) -> str:
         )
     ok = all(abs(e) <= 1.0 for e in judged_all)
     return (
-        "### (a) Mix to a hidden setting (pedalboard-rendered reference, fit from neutral)\n\n"
+        "### (a2) Mix to a hidden setting rendered by pedalboard (gains, EQ, compressors; no pan)\n\n"
         + table(
             summary,
             [
@@ -212,6 +219,152 @@ def _hidden(tmp: Path, quick: bool, extra: list[str]) -> str:
         + f"Goal (every audible track's gain within 1 dB): {'met' if ok else '**not met**'} "
         f"({sum(abs(e) <= 1.0 for e in judged_all)}/{len(judged_all)} tracks; worst "
         f"{max(abs(e) for e in judged_all):.2f} dB)."
+    )
+
+
+def _default_console(sr: int, names: list[str], mono: list[bool]):  # noqa: ANN202
+    from diffmix.config import instantiate
+
+    node = OmegaConf.load(ROOT / "configs" / "console" / "default.yaml")
+    node.sample_rate, node.tracks, node.track_names, node.mono = sr, len(names), names, mono
+    return instantiate(node, _convert_="all", where="console")
+
+
+def synthetic_stems(seconds: float, seed: int, sr: int = 44100) -> dict[str, np.ndarray]:
+    """Five stems of a song-like multitrack: bass, chords, kick, hats (mono) and a wide pad."""
+    rng = np.random.default_rng(seed)
+    n = int(seconds * sr)
+    t = np.arange(n) / sr
+    beat = 60.0 / (90 + 50 * rng.random())
+    root = 40 + 20 * rng.random()
+    phase = (t % beat) / beat
+    mono = {
+        "bass": 0.5 * np.sin(2 * np.pi * root * t) * (0.6 + 0.4 * np.cos(2 * np.pi * t / beat)),
+        "chords": sum(
+            0.15 * np.sin(2 * np.pi * root * 4 * r * t + rng.random() * 6) for r in (1.0, 1.26, 1.5)
+        )
+        * (0.5 + 0.5 * (np.sin(2 * np.pi * t / (4 * beat)) > 0)),
+        "kick": np.exp(-phase * 30) * np.sin(2 * np.pi * 55 * t * (1 + np.exp(-phase * 40))),
+        "hats": np.exp(-((t + beat / 2) % (beat / 2)) / beat * 60) * rng.standard_normal(n) * 0.2,
+    }
+    out = {k: np.stack([v, v]) for k, v in mono.items()}
+    out["pad"] = np.stack(
+        [np.convolve(rng.standard_normal(n), np.ones(64) / 64, "same") * 0.6 for _ in range(2)]
+    ) * (0.3 + 0.7 * np.abs(np.sin(np.pi * t / (8 * beat))))
+    return {k: v / np.sqrt(np.mean(v**2)) * 0.05 for k, v in out.items()}
+
+
+SEEDS = int(os.environ.get("DIFFMIX_BENCH_MIX_SEEDS", "10") or 10)
+SYNTHETIC = int(os.environ.get("DIFFMIX_BENCH_MIX_SYNTHETIC", "2") or 0)
+AUDIBLE_LU = 30.0
+
+
+def _energy_db(x: np.ndarray) -> float:
+    return 10 * np.log10(max(float(np.sum(x**2)), 1e-30))
+
+
+def _side_mid_db(x: np.ndarray) -> float:
+    return _energy_db(x[0] - x[1]) - _energy_db(x[0] + x[1])
+
+
+def _hidden_console(tmp: Path, quick: bool, extra: list[str]) -> str:
+    """Hidden settings drawn by diffmix.mixing.hidden and rendered through diffmix's console."""
+    from diffmix.mixing.hidden import contributions, draw_setting
+
+    songs: list[tuple[str, Path]] = [(f.name, f / "stems") for f in _sets(quick)]
+    for j in range(0 if quick else SYNTHETIC):
+        folder = tmp / f"synthetic{j}"
+        for name, x in synthetic_stems(12.0, seed=1000 + j).items():
+            write(folder / f"{name}.wav", x, 44100, subtype="FLOAT")
+        songs.append((f"synthetic{j}", folder))
+    seeds = range(1 if quick else SEEDS)
+    rows, tracks, errs, bal_errs = [], [], [], []
+    worst_mix, worst_sm, ratios = 0.0, 0.0, []
+    for song, stem_dir in songs:
+        st = load_stems(str(stem_dir))
+        sr = st.sample_rate
+        for seed in seeds:
+            hidden = _default_console(sr, st.names, st.mono)
+            hidden.load_values(draw_setting(hidden, st.audio, seed))
+            with torch.no_grad(), input_checks(False):
+                ref = hidden(st.audio)[0].double().numpy()
+                want = contributions(hidden, st.audio).double().numpy()
+            ref_path = write(tmp / f"{song}_{seed}_ref.wav", ref, sr, subtype="FLOAT")
+            out = tmp / f"{song}_{seed}"
+            took, report = _mix(stem_dir, ref_path, out, *extra)
+            fitted = load_preset(out / "mix_preset.yaml").eval()
+            fitted.offset_samples = 0
+            with torch.no_grad(), input_checks(False):
+                got = contributions(fitted, st.audio).double().numpy()
+                mix = fitted(st.audio)[0].double().numpy()
+            ref_lufs = _lufs(ref, sr)
+            mix_err = _lufs(mix, sr) - ref_lufs
+            sm_err = _side_mid_db(mix) - _side_mid_db(ref)
+            loss = MRSTFTLoss(sr, fft_sizes=(2048, 512, 128))
+            baseline = _equal_loudness_sum([x for x in st.audio[0].double().numpy()], sr, ref_lufs)
+
+            def d(a: np.ndarray, loss=loss, ref=ref) -> float:  # noqa: ANN001
+                m = min(a.shape[-1], ref.shape[-1])
+                pair = (torch.from_numpy(a[:, :m]).unsqueeze(0), torch.from_numpy(ref[:, :m]).unsqueeze(0))
+                return float(loss(*pair)[0])
+
+            ratio = d(mix) / d(baseline)
+            ratios.append(ratio)
+            worst_mix, worst_sm = max(worst_mix, abs(mix_err)), max(worst_sm, abs(sm_err))
+            ok_tracks, judged = 0, 0
+            for name, h, f in zip(st.names, want, got, strict=True):
+                lw, lg = _lufs(h, sr), _lufs(f, sr)
+                audible = np.isfinite(lw) and lw > ref_lufs - AUDIBLE_LU
+                bal = (_energy_db(f[0]) - _energy_db(f[1])) - (_energy_db(h[0]) - _energy_db(h[1]))
+                if audible:
+                    judged += 1
+                    ok_tracks += abs(lg - lw) <= 1.0
+                    errs.append(lg - lw)
+                    bal_errs.append(bal)
+                err = f"{lg - lw:+.2f}" if audible else f"({lg - lw:+.2f})"
+                tracks.append([song, str(seed), name, f"{lw:.1f}", err, f"{bal:+.2f}" if audible else "-"])
+            stages = (report.get("fit") or {}).get("stages", [])
+            kept = " ".join(("+" if st_["kept"] else "-") + st_["stage"].split()[0] for st_ in stages)
+            rows.append(
+                [song, str(seed), f"{ok_tracks}/{judged}", f"{mix_err:+.2f}", f"{sm_err:+.2f}",
+                 f"{100 * ratio:.0f} %", kept, fmt_s(took)]
+            )
+    within = sum(abs(e) <= 1.0 for e in errs)
+    share = within / max(1, len(errs))
+    worst = max((abs(e) for e in errs), default=float("nan"))
+    worst_bal = max((abs(e) for e in bal_errs), default=float("nan"))
+    goals = [
+        ("audible tracks within 1 LU of their hidden contribution >= 95 %",
+         f"{100 * share:.0f} % ({within}/{len(errs)})", share >= 0.95),
+        ("no audible track beyond 2 LU", f"worst {worst:.2f} LU", worst <= 2.0),
+        ("every track's L/R balance within 1.5 dB", f"worst {worst_bal:.2f} dB", worst_bal <= 1.5),
+        ("mix integrated loudness within 0.2 LU", f"worst {worst_mix:.2f} LU", worst_mix <= 0.2),
+        ("side/mid energy ratio within 1 dB", f"worst {worst_sm:.2f} dB", worst_sm <= 1.0),
+        ("MR-STFT <= 25 % of the equal-loudness sum's", f"worst {100 * max(ratios):.0f} %",
+         max(ratios) <= 0.25),
+    ]
+    return (
+        "### (a) Mix to a hidden setting drawn at random (diffmix console render, fit from neutral)\n\n"
+        f"Settings from `diffmix.mixing.hidden.draw_setting(seed)` for seeds {seeds.start}.."
+        f"{seeds.stop - 1} on every shared song and on synthetic multitracks (5 stems, 12 s: four mono, "
+        "one wide pad): per track a gain (+-9 dB around equal loudness), width (30 % narrowed to mono), "
+        "pan (+-0.9), 1-3 EQ bands at random frequencies, gains (+-6 dB) and Qs, a compressor on about "
+        "half (ratio 1.5-8, attack 1-50 ms, release 30-500 ms, threshold 3-20 dB under the stem's peak), "
+        "a reverb send on about 30 %; a master compressor. A track's error is the integrated loudness of "
+        "its contribution to the fitted mix minus that to the reference (`contributions`: strip, sends, "
+        "and the master's dynamics keyed by the whole mix); audible: "
+        f"within {AUDIBLE_LU:g} LU of the mix. Stages: + kept, - reverted (judged on the full length).\n\n"
+        + table([[g, v, "met" if ok else "**not met**"] for g, v, ok in goals], ["goal", "measured", ""])
+        + "\n\n"
+        + table(
+            rows,
+            ["song", "seed", "tracks within 1 LU", "mix loudness error LU", "side/mid error dB",
+             "MR-STFT / equal-loudness sum", "stages", "wall time"],
+        )
+        + "\n\n<details><summary>Every track: hidden contribution (LUFS), loudness error (LU), "
+        "L/R balance error (dB)</summary>\n\n"
+        + table(tracks, ["song", "seed", "track", "hidden LUFS", "error LU", "balance error dB"])
+        + "\n\n</details>"
     )
 
 
@@ -350,11 +503,14 @@ def run(quick: bool) -> str:
     try:
         parts = [
             "Every fit runs the real `diffmix mix` CLI with its default config (console/default: "
-            "input gain, high-pass, 5-band EQ, compressor, pan, width, fader, reverb send; "
-            "master EQ + compressor): the closed-form start (per-band least squares on complex "
-            "spectra, or NNLS on band powers where those don't explain the reference, "
-            f"`diffmix.mix_init`), then at most {DEFAULT_MIX_STEPS} gradient steps on 1 s excerpts, "
-            "then (with the coherent start) each fader re-set to the closed form's loudness"
+            "input gain, high-pass, 5-band EQ, compressor, width, pan, fader, reverb send; "
+            "master EQ, compressor, output gain) through `diffmix.mixing.fit_console`: the closed-form "
+            "start (each reference channel on every stem channel per band, complex, a shared tone and "
+            "a broadband placement per stem, searched onto width/pan/gain; compressors from the "
+            "frame-wise gains; band-power NNLS where the complex solve explains under half), then at "
+            f"most {DEFAULT_MIX_STEPS} gradient steps on 1 s excerpts, the fader polish, each stage kept "
+            "only where it lowers the objective on the full length, and last the output gain on the "
+            "reference's loudness"
             + (" (quick: fit.steps=5)" if quick else "")
             + (
                 f". **(a) and (b) capped at fit.steps={STEPS}** (DIFFMIX_BENCH_MIX_STEPS) to fit the "
@@ -364,6 +520,7 @@ def run(quick: bool) -> str:
             )
             + (f". Sets: {', '.join(SETS)} (DIFFMIX_BENCH_MIX_SETS)" if SETS and not quick else "")
             + ".",
+            _hidden_console(tmp, quick, extra),
             _hidden(tmp, quick, extra),
             _producer(tmp, quick, extra),
             _speed(tmp, quick),

@@ -1,0 +1,220 @@
+"""Spectral analysis for the mix fit's closed-form start: bands, band powers, the stems'
+complex statistics against a reference, the lag between them, K-weighting per band.
+
+Pure functions on tensors (no console, no solve); :mod:`diffmix.mixing.solvers` turns
+their output into gains.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from diffmix.functional.filters import sos_response
+from diffmix.functional.loudness import k_weighting_coefficients
+
+N_FFT = 8192
+BANDS_PER_OCTAVE = 2
+LOW_HZ = 22.4
+STATS_BLOCK_FRAMES = 128  # STFT frames per block when summing the coherent statistics
+
+
+
+def band_edges(sample_rate: int) -> np.ndarray:
+    """Half-octave band edges (Hz) from 22.4 Hz to the Nyquist frequency (or 20 kHz)."""
+    top = min(20000.0, 0.5 * sample_rate)
+    n = int(math.floor(BANDS_PER_OCTAVE * math.log2(top / LOW_HZ)))
+    edges = LOW_HZ * 2.0 ** (np.arange(n + 1) / BANDS_PER_OCTAVE)
+    return np.append(edges[edges < top], top)
+
+
+def band_powers(x: Tensor, sample_rate: int, edges: np.ndarray, n_fft: int = N_FFT) -> Tensor:
+    """Power per band and frame: ``(..., T)`` -> ``(..., n_bands, frames)`` float64.
+
+    Hann-windowed STFT with 50 % overlap; each band sums the power of its bins.
+    """
+    lead, t = x.shape[:-1], x.shape[-1]
+    n = min(n_fft, 1 << max(8, int(math.log2(max(t, 256)))))
+    spec = torch.stft(
+        x.reshape(-1, t).double(),
+        n,
+        n // 2,
+        window=torch.hann_window(n, dtype=torch.float64, device=x.device),
+        return_complex=True,
+        center=True,
+    )
+    power = spec.real.square() + spec.imag.square()
+    freqs = torch.fft.rfftfreq(n, 1.0 / sample_rate).to(x.device)
+    e = torch.as_tensor(edges, dtype=torch.float64, device=x.device)
+    member = ((freqs.unsqueeze(1) >= e[:-1]) & (freqs.unsqueeze(1) < e[1:])).double()  # (bins, bands)
+    out = torch.einsum("rft,fb->rbt", power, member)
+    return out.reshape(*lead, out.shape[-2], out.shape[-1])
+
+
+
+
+def coherent_band_stats(
+    stems: Tensor, reference: Tensor, sample_rate: int, edges: np.ndarray, n_fft: int = 4096
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Per band, the stem channels' complex Gram matrix and their inner products with each
+    reference channel: the normal equations of ``R_c ~= sum_j A[j, c] X_j`` per band, where
+    the regressors ``X_j`` are the stems' channels.
+
+    Args:
+        stems: ``(M, T)`` regressors (each stem channel to be fitted on its own; a mono stem
+            carried as two equal channels gives one); reference: ``(C, T)``, aligned.
+
+    Returns:
+        ``gram (nb, M, M)`` (Hermitian, ``G[i, j] = sum conj(X_i) X_j``), ``cross (nb, M, C)``
+        (``sum conj(X_j) R_c``), ``ref_power (nb, C)`` and ``stem_power (M, nb)``, each summed
+        over frames and the band's STFT bins. Complex128 / float64 on the host.
+    """
+    m, t = stems.shape
+    c = reference.shape[0]
+    size = min(n_fft, 1 << max(8, int(math.log2(max(t, 256)))))
+    hop = size // 2
+    window = torch.hann_window(size, dtype=torch.float32, device=stems.device)
+    # Frames of a centred STFT, taken a block of frames at a time: the sums are exact and
+    # a five-minute song with 16 stems needs ~100 MB of spectra at once instead of GBs.
+    # float32 spectra; each band is promoted to double before its products are summed.
+    xs = torch.nn.functional.pad(stems.float(), (hop, hop))
+    xr = torch.nn.functional.pad(reference[..., :t].float(), (hop, hop))
+    frames = 1 + (t + 2 * hop - size) // hop
+    freqs = torch.fft.rfftfreq(size, 1.0 / sample_rate).numpy()
+    nb = len(edges) - 1
+    spans = []
+    for b in range(nb):
+        bins = np.nonzero((freqs >= edges[b]) & (freqs < edges[b + 1]))[0]
+        # a band narrower than one bin (the lowest, on a short signal) stays empty
+        spans.append((int(bins[0]), int(bins[-1]) + 1) if len(bins) else None)
+    gram = torch.zeros(nb, m, m, dtype=torch.complex128, device=stems.device)
+    cross = torch.zeros(nb, m, c, dtype=torch.complex128, device=stems.device)
+    ref_power = torch.zeros(nb, c, dtype=torch.float64, device=stems.device)
+
+    def stft(x: Tensor) -> Tensor:
+        return torch.stft(x, size, hop, window=window, center=False, return_complex=True)
+
+    for f0 in range(0, frames, STATS_BLOCK_FRAMES):
+        count = min(STATS_BLOCK_FRAMES, frames - f0)
+        s0, s1 = f0 * hop, f0 * hop + (count - 1) * hop + size
+        spec = stft(xs[..., s0:s1])  # (M, bins, frames)
+        ref = stft(xr[..., s0:s1])  # (C, bins, frames)
+        for b, span in enumerate(spans):
+            if span is None:
+                continue
+            a = spec[:, span[0] : span[1]].reshape(m, -1).to(torch.complex128)
+            r = ref[:, span[0] : span[1]].reshape(c, -1).to(torch.complex128)
+            gram[b] += a.conj() @ a.T
+            cross[b] += a.conj() @ r.T
+            ref_power[b] += r.abs().square().sum(-1)
+    gram_np, cross_np, ref_power_np = gram.cpu().numpy(), cross.cpu().numpy(), ref_power.cpu().numpy()
+    stem_power = np.real(np.einsum("bkk->kb", gram_np)).copy()
+    return gram_np, cross_np, ref_power_np, stem_power
+
+
+def estimate_lag(x: Tensor, reference: Tensor, max_lag: int) -> int:
+    """Samples by which ``reference`` lags ``x`` (negative: it leads), within ``+-max_lag``.
+
+    The peak of the cross-correlation of the two signals' mid channels, by FFT. A loud,
+    modulated stem shifted by even 20 samples moves a frame's power by a few per cent,
+    which is the whole contribution of a stem 20 dB under it: so the frames are aligned
+    first.
+    """
+    a, b = x.double().mean(0), reference.double().mean(0)
+    n = a.shape[-1] + b.shape[-1]
+    size = 1 << (n - 1).bit_length()
+    xc = torch.fft.irfft(torch.fft.rfft(b, size) * torch.fft.rfft(a, size).conj(), size)
+    lags = torch.cat([xc[: max_lag + 1], xc[-max_lag:]]) if max_lag > 0 else xc[:1]
+    k = int(torch.argmax(lags))
+    return k if k <= max_lag else k - (2 * max_lag + 1)
+
+
+def k_weight_power(freqs_hz: np.ndarray, sample_rate: int) -> np.ndarray:
+    b1, a1, b2, a2 = (torch.tensor(c, dtype=torch.float64) for c in k_weighting_coefficients(sample_rate))
+    b, a = torch.stack([b1, b2]), torch.stack([a1, a2])
+    h = sos_response(b, a, torch.as_tensor(freqs_hz, dtype=torch.float64), sample_rate)
+    return h.abs().square().numpy()
+
+
+
+def stft_frames(t: int, n_fft: int = 4096) -> tuple[int, int, int]:
+    """The frame grid of :func:`coherent_band_stats` for ``t`` samples: ``(size, hop,
+    frames)``; frame ``f`` covers samples ``f * hop - hop`` to ``f * hop - hop + size``."""
+    size = min(n_fft, 1 << max(8, int(math.log2(max(t, 256)))))
+    hop = size // 2
+    return size, hop, 1 + (t + 2 * hop - size) // hop
+
+
+def frame_energy(x: Tensor, n_fft: int = 4096) -> Tensor:
+    """Hann²-weighted energy per frame of :func:`stft_frames`'s grid: ``(..., T)`` ->
+    ``(..., frames)``, summed over channels when ``x`` is ``(..., C, T)`` with ``sum_channels``."""
+    size, hop, frames = stft_frames(x.shape[-1], n_fft)
+    w = torch.hann_window(size, dtype=x.dtype, device=x.device).square()
+    xp = torch.nn.functional.pad(x, (hop, hop))
+    return (xp.unfold(-1, size, hop)[..., :frames, :].square() * w).sum(-1)
+
+
+def frame_gains(
+    stems: Tensor,
+    owner: list[int],
+    amp: np.ndarray,
+    reference: Tensor,
+    sample_rate: int,
+    edges: np.ndarray,
+    n_fft: int = 4096,
+    ridge: float = 0.05,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Each stem's gain frame by frame against its static (per-band) fit.
+
+    With ``Y_k`` stem ``k`` through its per-band channel gains ``amp`` (the static fit),
+    each frame's real gains ``g_k(t)`` minimise ``sum |R - sum_k g_k(t) Y_k|^2`` over the
+    frame's bins and both channels, pulled toward 1 by ``ridge`` (relative to each stem's
+    energy in the frame): a compressor's moving gain, as the mix shows it.
+
+    Args:
+        stems: ``(M, T)`` the regressors of :func:`coherent_band_stats`; ``owner[j]`` the
+            stem of regressor ``j``; ``amp`` ``(nb, M, 2)`` their per-band gains.
+        reference: ``(2, T)`` aligned.
+
+    Returns:
+        ``gain (N, frames)`` and ``energy (N, frames)`` (each stem's fitted energy per frame:
+        how much its frame's gain is worth), float64 on the host.
+    """
+    m, t = stems.shape
+    n = max(owner) + 1
+    size, hop, frames = stft_frames(t, n_fft)
+    window = torch.hann_window(size, dtype=torch.float32, device=stems.device)
+    xs = torch.nn.functional.pad(stems.float(), (hop, hop))
+    xr = torch.nn.functional.pad(reference[..., :t].float(), (hop, hop))
+    freqs = torch.fft.rfftfreq(size, 1.0 / sample_rate).numpy()
+    band = np.searchsorted(edges, freqs, side="right") - 1
+    inside = (band >= 0) & (band < len(edges) - 1)
+    # Per-bin gains (M, 2, bins) from the per-band ones; bins outside the bands get 0.
+    per_bin = np.zeros((m, 2, len(freqs)), dtype=np.complex64)
+    per_bin[:, :, inside] = amp[band[inside]].transpose(1, 2, 0)
+    gains_bin = torch.as_tensor(per_bin, device=stems.device)
+    sel = torch.zeros(n, m, dtype=torch.complex64, device=stems.device)
+    sel[torch.as_tensor(owner), torch.arange(m)] = 1.0
+    out_g = np.ones((n, frames))
+    out_e = np.zeros((n, frames))
+
+    def stft(x: Tensor) -> Tensor:
+        return torch.stft(x, size, hop, window=window, center=False, return_complex=True)
+
+    for f0 in range(0, frames, STATS_BLOCK_FRAMES):
+        count = min(STATS_BLOCK_FRAMES, frames - f0)
+        s0, s1 = f0 * hop, f0 * hop + (count - 1) * hop + size
+        spec = stft(xs[..., s0:s1])  # (M, bins, fr)
+        ref = stft(xr[..., s0:s1])  # (2, bins, fr)
+        y = torch.einsum("nm,mcb,mbt->ncbt", sel, gains_bin, spec)  # (N, 2, bins, frames)
+        gram = torch.einsum("ncbt,kcbt->tnk", y.conj(), y).real.double()
+        cross = torch.einsum("ncbt,cbt->tn", y.conj(), ref).real.double()
+        diag = torch.diagonal(gram, dim1=1, dim2=2)  # (fr, N)
+        lam = ridge * diag + 1e-12 * diag.amax(1, keepdim=True).clamp_min(1e-30)
+        g = torch.linalg.solve(gram + torch.diag_embed(lam), (cross + lam).unsqueeze(-1)).squeeze(-1)
+        out_g[:, f0 : f0 + count] = g.T.cpu().numpy()
+        out_e[:, f0 : f0 + count] = diag.T.cpu().numpy()
+    return out_g, out_e

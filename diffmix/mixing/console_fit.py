@@ -1,0 +1,382 @@
+"""The mix fit as a library call: closed-form start, gradient refinement, polish.
+
+:func:`fit_console` takes a built console, the stems, a reference and typed options
+(:class:`MixFitOptions`), and runs the stages in order, each reported in the returned
+summary. The Hydra job (:mod:`diffmix.jobs.mix`) only turns its config into these
+arguments and writes the files.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from diffmix.console import Console
+from diffmix.fit import draw, excerpt_starts, fit
+from diffmix.functional.loudness import integrated_loudness
+from diffmix.losses import MRSTFTLoss
+from diffmix.mixing.wiring import compressor_start, console_estimate, initialise_console, polish_levels
+from diffmix.objective import REFERENCE_TERMS, Objective
+
+POLISH_CHUNK_S = 10.0
+SIDE_TERMS = ("tone_side", "width", "correlation")
+
+
+@dataclass
+class MixFitOptions:
+    """How :func:`fit_console` fits (the ``fit`` and ``loss`` groups of ``configs/mix.yaml``).
+
+    Attributes:
+        weights: objective term -> weight (``mrstft`` and :mod:`diffmix.objective` terms).
+        params: parameter path patterns the gradient steps move.
+        init: ``"nnls"`` (closed-form start) or ``"none"``.
+        coherent: with ``aligned``, the closed form solves on complex spectra.
+        polish: with ``aligned``, re-set each fader to the closed form's loudness.
+        steps, excerpt_s, excerpts, pool, patience, seed: the gradient stage.
+        prior, gain_staging: weights of the pull toward the start and of the clip penalty.
+        mrstft: keyword arguments of :class:`~diffmix.losses.MRSTFTLoss`.
+        aligned: the reference is a mix of these very stems.
+        compressor_start: with the coherent start, start each compressor from the gain
+            the mix shows (:func:`~diffmix.mixing.wiring.compressor_start`).
+        match_loudness: last, move every fader by one amount so the mix's integrated
+            loudness is the reference's.
+
+    Every stage is kept only where it lowers the objective on the full length
+    (:class:`FullLengthJudge`); the summary lists each with its score before and after.
+    """
+
+    weights: dict[str, float]
+    params: Sequence[str]
+    init: str = "nnls"
+    coherent: bool = True
+    polish: bool = True
+    steps: int = 40
+    excerpt_s: float = 1.0
+    excerpts: int = 1
+    pool: int = 8
+    patience: int = 12
+    seed: int = 0
+    prior: float = 0.1
+    gain_staging: float = 0.1
+    mrstft: dict[str, Any] = field(default_factory=dict)
+    aligned: bool = True
+    compressor_start: bool = True
+    match_loudness: bool = True
+
+
+def equal_loudness_gains(stems: Tensor, sr: int, level_lufs: float = -30.0) -> Tensor:
+    """Input gains (dB) that bring every stem of ``(1, N, C, T)`` to ``level_lufs``;
+    silent stems get 0 dB."""
+    lufs = integrated_loudness(stems[0], sr)
+    gains = torch.where(torch.isfinite(lufs), level_lufs - lufs, torch.zeros_like(lufs))
+    return gains.clamp(-60.0, 24.0)
+
+
+def excerpt_pool(length_all: int, length: int, count: int) -> list[int]:
+    """``count`` excerpt starts spread evenly over the song (the same every run)."""
+    if length >= length_all:
+        return [0]
+    return sorted({int(round(v)) for v in torch.linspace(0, length_all - length, count).tolist()})
+
+
+def fit_console(
+    console: Console,
+    audio: Tensor,
+    reference: Tensor | None,
+    sample_rate: int,
+    options: MixFitOptions,
+    *,
+    optimizer: Callable[[Sequence[Tensor]], torch.optim.Optimizer],
+    scheduler: Callable[[torch.optim.Optimizer], Any] | None = None,
+    lag: int | None = None,
+    checkpoint: Path | None = None,
+    progress: bool = False,
+    log_path: Path | None = None,
+    tag: str = "mix",
+) -> dict[str, Any] | None:
+    """Fit ``console`` so that it mixes ``audio`` toward ``reference``.
+
+    Args:
+        console: a one-song :class:`~diffmix.console.Console` for the stems (modified).
+        audio: ``(1, N, 2, T)`` stems on the console's device.
+        reference: ``(1, 2, T')`` the reference mix, or None (equal loudness only).
+        sample_rate: Hz.
+        options: :class:`MixFitOptions`.
+        optimizer, scheduler: factories (Hydra ``_partial_`` objects).
+        lag: the reference's lag against the stems when already found (samples).
+        checkpoint, progress, log_path, tag: passed to :func:`diffmix.fit.fit`.
+
+    Returns:
+        The fit summary for the report (the gradient stage's result, ``init`` and
+        ``polish`` summaries), or None when nothing was fitted.
+    """
+    sr = sample_rate
+    console.load_values({"strip.input.gain_db": equal_loudness_gains(audio, sr).cpu()})
+    mono_ref = reference is not None and bool(torch.equal(reference[:, 0], reference[:, 1]))
+    weights = {k: float(v) for k, v in options.weights.items() if float(v) > 0}
+    if mono_ref:
+        weights = {k: v for k, v in weights.items() if k not in SIDE_TERMS}
+    aligned = reference is not None and options.aligned
+    if not aligned:
+        weights.pop("mrstft", None)
+    if reference is None:
+        weights = {k: v for k, v in weights.items() if k not in REFERENCE_TERMS}
+    judge = None
+    if reference is not None:
+        judge = FullLengthJudge(console, audio, reference, sr, weights, options)
+    stages: list[dict[str, Any]] = []
+    init_report = None
+    estimate = None
+    if reference is not None and options.init == "nnls":
+        # The first stage: gains, pan, width and coarse tone in closed form
+        # (diffmix.mixing.solvers), then each compressor from the gain the mix shows.
+        t_init = time.perf_counter()
+        estimate = console_estimate(
+            console, audio, reference, sr, coherent=options.aligned and options.coherent, lag=lag
+        )
+        init_report = judge.stage(  # type: ignore[union-attr]
+            "closed form",
+            lambda: initialise_console(console, audio, reference, sr, estimate=estimate),
+            stages,
+        )
+        if estimate.frame_gain is not None and options.compressor_start:
+            init_report["compressor"] = judge.stage(  # type: ignore[union-attr]
+                "compressor start", lambda: compressor_start(console, audio, estimate, sr), stages
+            )
+        init_report["seconds"] = round(time.perf_counter() - t_init, 3)
+    fit_report: dict[str, Any] | None = None
+    if reference is not None and weights and options.steps > 0:
+        ref = reference
+        length_all = min(audio.shape[-1], ref.shape[-1]) if aligned else audio.shape[-1]
+        length = min(length_all, int(round(options.excerpt_s * sr)))
+        features = {k: v for k, v in weights.items() if k != "mrstft"}
+        mrstft = MRSTFTLoss(sr, **dict(options.mrstft)).to(audio.device) if "mrstft" in weights else None
+        pool = int(options.pool or 0)
+        excerpts = excerpt_pool(length_all, length, pool) if pool else []
+        # A fixed pool of excerpts spread over the song: each one's reference side (its
+        # MR-STFT magnitudes, its features) is computed once instead of every step.
+        cached = []
+        for s0 in excerpts:
+            piece = ref[..., s0 : s0 + length]
+            cached.append(
+                (
+                    Objective(sr, features, reference=piece if aligned else ref).to(audio.device)
+                    if features
+                    else None,
+                    mrstft.reference(piece.mean(1, keepdim=True) if mono_ref else piece) if mrstft else None,
+                )
+            )
+        objective = None
+        if not pool and features:
+            objective = Objective(sr, features, reference=ref).to(audio.device)
+        params = console.select(list(options.params))
+        prior_w, staging_w = float(options.prior), float(options.gain_staging)
+        initial = {k: p.exact().to(audio.device) for k, p in console.named_values().items()}
+        per_step = int(options.excerpts)
+
+        def closure(step: int) -> tuple[Tensor, dict[str, float]]:
+            total = audio.new_zeros(())
+            terms: dict[str, float] = {}
+            if pool:
+                picks = [(step * per_step + j) % len(excerpts) for j in range(per_step)]
+                windows = [(excerpts[i], *cached[i]) for i in picks]
+            else:
+                starts = excerpt_starts(length_all, length, per_step, draw(int(options.seed), step))
+                windows = [(s0, objective, None) for s0 in starts]
+            for s0, obj, ref_mags in windows:
+                y = console(audio[..., s0 : s0 + length])
+                loss, parts = obj(y) if obj is not None else (y.new_zeros(y.shape[0]), {})
+                if mrstft is not None:
+                    a = y.mean(1, keepdim=True) if mono_ref else y
+                    if ref_mags is None:
+                        b = ref[..., s0 : s0 + length]
+                        ref_mags = mrstft.reference(b.mean(1, keepdim=True) if mono_ref else b)
+                    parts["mrstft"] = mrstft.distance(a, ref_mags)
+                    loss = loss + weights["mrstft"] * parts["mrstft"]
+                if staging_w:
+                    peak_db = 20 * torch.log10(y.abs().amax().clamp_min(1e-9))
+                    parts["gain_staging"] = torch.relu(peak_db).square().view(1)
+                    loss = loss + staging_w * parts["gain_staging"]
+                total = total + loss.mean()
+                for k, v in parts.items():
+                    terms[k] = terms.get(k, 0.0) + float(v.detach().mean())
+            if prior_w:
+                prior = console.prior(initial)
+                total = total + prior_w * prior
+                terms["prior"] = float(prior.detach())
+            return total, terms
+
+        before_fit = judge.snapshot() if judge is not None else None
+        result = fit(
+            params,
+            closure,
+            steps=int(options.steps),
+            optimizer=optimizer,
+            scheduler=scheduler,
+            patience=int(options.patience),
+            # With a fixed pool each step scores another excerpt: progress is judged on the
+            # mean over whole passes through the pool.
+            cycle=max(1, len(excerpts)),
+            checkpoint=checkpoint,
+            progress=progress,
+            log_path=log_path,
+            tag=tag,
+        )
+        fit_report = {k: v for k, v in vars(result).items() if k != "history"}
+        if judge is not None and before_fit is not None:
+            judge.judge("gradient steps", before_fit, stages)
+        if estimate is not None and aligned and options.polish:
+            # Each track's loudness back to the closed-form estimate, which sees quiet
+            # tracks that the waveform loss trades away (diffmix.mixing.wiring). Measured
+            # over the whole song (in chunks): a sparse track (a crash) may sound in none
+            # of the excerpts.
+            chunk = min(audio.shape[-1], int(POLISH_CHUNK_S * sr))
+            fit_report["polish"] = judge.stage(  # type: ignore[union-attr]
+                "polish",
+                lambda: polish_levels(
+                    console, audio, estimate, sr, starts=list(range(0, audio.shape[-1], chunk)), length=chunk
+                ),
+                stages,
+            )
+    if judge is not None and options.match_loudness and "strip.fader.gain_db" in console.named_values():
+        fit_report = fit_report or {}
+        # Where the reference is a mix of these stems (the coherent start held) its loudness
+        # is a target in its own right (an MR-STFT optimum can sit a few tenths of a dB off
+        # it): not judged, its score still reported. Toward a producer's render, which
+        # carries its own processing, it is judged like any stage.
+        required = estimate is not None and estimate.coherent
+        fit_report["loudness"] = judge.stage(
+            "loudness", lambda: match_loudness(console, audio, reference, sr), stages, required=required
+        )
+    if init_report is not None:
+        fit_report = {**(fit_report or {}), "init": init_report}
+    if stages:
+        fit_report = {**(fit_report or {}), "stages": stages}
+    return fit_report
+
+
+class FullLengthJudge:
+    """Scores the console on the whole song and keeps a stage only if it lowers the score.
+
+    The score is the fit's own objective (its weighted terms, MR-STFT included) on the
+    full-length render against the whole reference, so a stage judged on excerpts or on
+    a proxy (the closed form, the polish) cannot make the mix worse unnoticed.
+    """
+
+    def __init__(
+        self,
+        console: Console,
+        audio: Tensor,
+        reference: Tensor,
+        sample_rate: int,
+        weights: dict[str, float],
+        options: MixFitOptions,
+    ) -> None:
+        self.console, self.audio, self.sample_rate = console, audio, sample_rate
+        aligned = options.aligned
+        n = min(audio.shape[-1], reference.shape[-1]) if aligned else audio.shape[-1]
+        self.length = n
+        self.reference = reference[..., :n] if aligned else reference
+        features = {k: v for k, v in weights.items() if k != "mrstft"}
+        self.objective = Objective(sample_rate, features, reference=self.reference) if features else None
+        self.mrstft_w = weights.get("mrstft", 0.0)
+        self.mrstft = (
+            MRSTFTLoss(sample_rate, **dict(options.mrstft)).to(audio.device) if self.mrstft_w else None
+        )
+        self.score_now: float | None = None
+
+    def score(self) -> float:
+        with torch.no_grad():
+            y = self.console(self.audio[..., : self.length])
+            total = 0.0
+            if self.objective is not None:
+                total += float(self.objective(y)[0].mean())
+            if self.mrstft is not None:
+                total += self.mrstft_w * float(self.mrstft(y, self.reference).mean())
+        return total
+
+    def snapshot(self) -> dict[str, Tensor]:
+        return {k: p.exact().detach().clone() for k, p in self.console.named_values().items()}
+
+    def judge(
+        self, name: str, before: dict[str, Tensor], stages: list[dict[str, Any]], required: bool = False
+    ) -> bool:
+        """Score the change since ``before``; revert it unless it lowered the score (or is
+        ``required``)."""
+        was = self.score_now if self.score_now is not None else self._score_of(before)
+        got = self.score()
+        kept = got < was or required
+        if not kept:
+            self.console.load_values(before)
+        self.score_now = got if kept else was
+        stages.append({"stage": name, "before": round(was, 5), "after": round(got, 5), "kept": kept})
+        return kept
+
+    def _score_of(self, values: dict[str, Tensor]) -> float:
+        current = self.snapshot()
+        self.console.load_values(values)
+        s = self.score()
+        self.console.load_values(current)
+        return s
+
+    def stage(
+        self,
+        name: str,
+        run: Callable[[], dict[str, Any]],
+        stages: list[dict[str, Any]],
+        required: bool = False,
+    ) -> dict[str, Any]:
+        """Run one stage and keep it only if the full-length score went down (or it is
+        ``required``)."""
+        before = self.snapshot()
+        if self.score_now is None:
+            self.score_now = self.score()
+        report = run()
+        report["kept"] = self.judge(name, before, stages, required)
+        return report
+
+
+def match_loudness(console: Console, audio: Tensor, reference: Tensor, sample_rate: int) -> dict[str, Any]:
+    """Put the mix's integrated loudness on the reference's.
+
+    On the master bus's last stage when it is a :class:`~diffmix.effects.gain.Gain`
+    (loudness is homogeneous in the level, so one step is exact); otherwise every fader by
+    one amount, by secant steps (a master compressor passes only part of a fader move).
+    """
+    from diffmix.effects.gain import Gain
+
+    target = float(integrated_loudness(reference.double(), sample_rate)[0])
+    values = console.named_values()
+    effects = list(console.master.effects.items())
+    if effects and isinstance(effects[-1][1], Gain):
+        param = values[f"master.{effects[-1][0]}.gain_db"]
+        how = "the master bus's output gain"
+        slope = 1.0
+    else:
+        param = values["strip.fader.gain_db"]
+        how = "one gain on every fader"
+        slope = 1.0
+    moved, last = 0.0, None
+    for _ in range(8):
+        with torch.no_grad():
+            got = float(integrated_loudness(console(audio).double(), sample_rate)[0])
+        diff = target - got
+        if not math.isfinite(diff) or abs(diff) < 0.005:
+            break
+        if last is not None and abs(last[1]) > 1e-6:
+            slope = min(max((got - last[0]) / last[1], 0.05), 1.0)
+        step = diff / slope
+        now = param.exact().double()
+        new = (now + step).clamp(param.spec.min, param.spec.max)
+        param.set(new)
+        taken = float((new - now).flatten()[0])
+        moved += taken
+        last = (got, taken)
+    return {"method": how, "change_db": round(moved, 3)}

@@ -1,0 +1,423 @@
+"""Console wiring for the mix fit: the closed-form estimate as the console's strips see
+the stems, written onto the console (input gains, strip EQ), and the fader polish.
+
+Everything here reads and writes the console through its public surface
+(:meth:`~diffmix.console.Console.named_values`, :meth:`~diffmix.console.Console.load_values`,
+``mono``, ``track_names``, :meth:`~diffmix.console.Console.solo`).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from diffmix.effects.dynamics import Compressor
+from diffmix.effects.eq import ParametricEQ
+from diffmix.effects.gain import Pan, Width
+from diffmix.functional.gain import pan_matrix, width_matrix
+from diffmix.mixing.analysis import band_edges, band_powers, k_weight_power, stft_frames
+from diffmix.mixing.solvers import GAIN_DB_RANGE, MixEstimate, estimate_mix, fit_eq_gains
+
+if TYPE_CHECKING:
+    from diffmix.console import Console
+
+
+
+def _strip_scale(console: Console, stems: Tensor) -> Tensor:
+    """``(N, 1, 1)``: a mono source carried as two channels reaches the mix through the
+    pan law (at the centre each side gets cos(pi/4) of it), which the estimate must see."""
+    mono = torch.tensor(list(console.mono))
+    return torch.where(mono, math.sqrt(0.5), 1.0).to(stems.dtype).to(stems.device).view(-1, 1, 1)
+
+
+def console_estimate(
+    console: Console,
+    stems: Tensor,
+    reference: Tensor,
+    sample_rate: int,
+    *,
+    coherent: bool = False,
+    lag: int | None = None,
+) -> MixEstimate:
+    """:func:`estimate_mix` of ``(1, N, C, T)`` stems as the console's strips receive them
+    against a ``(1, 2, T')`` reference."""
+    return estimate_mix(
+        stems[0] * _strip_scale(console, stems),
+        reference[0],
+        sample_rate,
+        coherent=coherent,
+        lag=lag,
+        mono=list(console.mono),
+    )
+
+
+def _placement_matrices(
+    stages: list[tuple[str, object]], pan: Tensor, width: Tensor, mono: bool
+) -> Tensor:
+    """The strip's pan and width stages (in strip order) as one ``(G, 2, 2)`` matrix per
+    candidate ``(pan[g], width[g])``; a mono item is two equal channels panned by the mono law."""
+    probe = torch.zeros(pan.shape[0], 2, 1, dtype=torch.float64)
+    total = torch.eye(2, dtype=torch.float64).expand(pan.shape[0], 2, 2)
+    for kind, _ in stages:
+        if kind == "pan":
+            flags = torch.full((pan.shape[0],), mono) if mono else None
+            step = pan_matrix(pan, probe, mono_items=flags)
+        else:
+            step = width_matrix(width, probe)
+        total = step.to(torch.float64) @ total
+    return total
+
+
+def stereo_placement(
+    console: Console, matrix: Tensor, one_column: list[bool] | None = None, steps: int = 401
+) -> dict[str, Tensor]:
+    """Each track's input gain, pan and width whose product in the strip best gives its
+    channel matrix (from :func:`estimate_mix` with ``coherent``).
+
+    A search over a ``steps x steps`` grid of pan (-1..1) and width (its range), then a
+    grid 40 times finer around the best; the gain is the least-squares scale of each
+    candidate. A mono track's width only scales it (or, after the pan, spreads it): among
+    equal fits the one nearest width 1 is kept.
+
+    Args:
+        console: the console whose strip holds a :class:`~diffmix.effects.gain.Pan` and/or
+            :class:`~diffmix.effects.gain.Width` (other stages are left as they are).
+        matrix: ``(N, 2, 2)`` from the estimate (mono stems: column 0, on the stem scaled
+            by the mono pan law's centre gain, as :func:`console_estimate` gives it).
+        one_column: the stems whose matrix holds column 0 only (their two channels carry
+            one signal); default: the console's mono tracks.
+
+    Returns:
+        ``{"gain_db": (N,), "strip.<pan>.pan": (N,), "strip.<width>.width": (N,)}`` as far as
+        the strip has them.
+    """
+    stages = [
+        ("pan" if isinstance(e, Pan) else "width", name)
+        for name, e in console.strip.effects.items()
+        if isinstance(e, (Pan, Width))
+    ]
+    values = console.named_values()
+    w_spec = next((values[f"strip.{n}.width"].spec for k, n in stages if k == "width"), None)
+    w_lo, w_hi = (w_spec.min, w_spec.max) if w_spec else (1.0, 1.0)
+    has_pan = any(k == "pan" for k, _ in stages)
+    out_gain, out_pan, out_width = [], [], []
+    for k in range(matrix.shape[0]):
+        mono = bool(console.mono[k])
+        single = mono or bool(one_column[k] if one_column else False)
+        target = matrix[k].double().cpu()
+        if single:
+            target = target[:, :1] * (math.sqrt(0.5) if mono else 1.0)
+        best_p, best_w = 0.0, 1.0
+        p_step = 2.0 / (steps - 1) if has_pan else 0.0
+        w_step = (w_hi - w_lo) / (steps - 1) if w_spec else 0.0
+        for rnd in range(2):
+            scale = 1.0 if rnd == 0 else 40.0
+            span = steps // 2 if rnd == 0 else 40
+            centre_p, centre_w = (0.0, 0.5 * (w_lo + w_hi)) if rnd == 0 else (best_p, best_w)
+            offsets = torch.arange(-span, span + 1, dtype=torch.float64) / scale
+            still = torch.zeros(1, dtype=torch.float64)  # a stage the strip lacks: its neutral value
+            ps = (centre_p + offsets * p_step).clamp(-1, 1) if has_pan else still
+            ws = (centre_w + offsets * w_step).clamp(w_lo, w_hi) if w_spec else still + 1.0
+            pp, ww = torch.meshgrid(ps, ws, indexing="ij")
+            pp, ww = pp.reshape(-1), ww.reshape(-1)
+            eff = _placement_matrices(stages, pp, ww, mono)
+            eff = eff.sum(-1, keepdim=True) if single else eff  # two equal channels in
+            num = (eff * target).sum((1, 2))
+            den = (eff * eff).sum((1, 2)).clamp_min(1e-30)
+            gain = num.clamp_min(0.0) / den
+            norm = float(target.square().sum()) or 1.0
+            err = (target - gain.view(-1, 1, 1) * eff).square().sum((1, 2)) / norm
+            err = err + 1e-6 * (ww - 1.0).square()  # ties (one signal in both channels): width 1
+            i = int(torch.argmin(err))
+            best_p, best_w, best_g = float(pp[i]), float(ww[i]), float(gain[i])
+        out_gain.append(20 * math.log10(max(best_g, 1e-6)))
+        out_pan.append(best_p)
+        out_width.append(best_w)
+    result = {"gain_db": torch.tensor(out_gain, dtype=torch.float64)}
+    for kind, name in stages:
+        if kind == "pan":
+            result[f"strip.{name}.pan"] = torch.tensor(out_pan, dtype=torch.float64)
+        else:
+            result[f"strip.{name}.width"] = torch.tensor(out_width, dtype=torch.float64)
+    return result
+
+
+def initialise_console(
+    console: Console,
+    stems: Tensor,
+    reference: Tensor,
+    sample_rate: int,
+    *,
+    gain: str = "strip.input.gain_db",
+    eq: str = "eq",
+    coherent: bool = False,
+    estimate: MixEstimate | None = None,
+) -> dict[str, object]:
+    """Set a console's per-track input gains and strip EQ gains from :func:`estimate_mix`.
+
+    Args:
+        console: a :class:`~diffmix.console.Console` whose strip has a gain stage
+            (``gain``, a parameter path) and optionally a parametric EQ (effect ``eq``); a
+            strip without the gain stage is left as it is.
+        stems: ``(1, N, 2, T)`` as given to the console.
+        reference: ``(1, 2, T')`` the reference mix.
+        sample_rate: Hz.
+        coherent: the reference is a mix of these very stems: solve on complex spectra
+            (see :func:`estimate_mix`).
+        estimate: a :func:`console_estimate` already made (then ``reference`` is unused).
+
+    Returns:
+        A summary for the report: the gains set (dB), how much of the reference they
+        explain, and the seconds taken.
+    """
+    t0 = time.perf_counter()
+    values = console.named_values()
+    if gain not in values:
+        return {"method": "none", "reason": f"the strip has no {gain}"}
+    est = estimate if estimate is not None else console_estimate(
+        console, stems, reference, sample_rate, coherent=coherent
+    )
+    update = {gain: est.gain_db.to(torch.float64).cpu()}
+    placed = {}
+    if est.matrix is not None:
+        # The stereo image from the channel solve: each track's gain, pan and width (the
+        # tone, shared by both channels, goes to the EQ below).
+        placed = stereo_placement(console, est.matrix, est.one_column)
+        lo, hi = GAIN_DB_RANGE
+        update[gain] = placed.pop("gain_db").clamp(lo, hi)
+        update.update({k: v.view(values[k].exact().shape) for k, v in placed.items()})
+    effect = console.strip.effects[eq] if eq in console.strip.effects else None
+    if isinstance(effect, ParametricEQ):
+        freq = values[f"strip.{eq}.freq_hz"].exact().double()
+        q = values[f"strip.{eq}.q"].exact().double()
+        lo, hi = values[f"strip.{eq}.gain_db"].spec.min, values[f"strip.{eq}.gain_db"].spec.max
+        g = fit_eq_gains(
+            est,
+            effect.bands,
+            freq.to(est.centres_hz.device),
+            q.to(est.centres_hz.device),
+            sample_rate,
+            limit_db=min(12.0, -lo, hi),
+        )
+        update[f"strip.{eq}.gain_db"] = g.cpu().view(values[f"strip.{eq}.gain_db"].exact().shape)
+    console.load_values(update)
+    return {
+        "method": "nnls",
+        "spectra": "complex" if est.coherent else "power",
+        "incoherent": [console.track_names[k] for k in est.incoherent]
+        if hasattr(console, "track_names")
+        else est.incoherent,
+        "explained": round(est.explained, 4),
+        "lag_samples": est.lag,
+        "gain_db": [round(float(v), 2) for v in update[gain]],
+        **{k.split(".")[-1]: [round(float(v), 3) for v in placed[k].flatten()] for k in placed},
+        "seconds": round(time.perf_counter() - t0, 3),
+    }
+
+
+def polish_levels(
+    console: Console,
+    stems: Tensor,
+    estimate: MixEstimate,
+    sample_rate: int,
+    *,
+    starts: list[int],
+    length: int,
+    fader: str = "strip.fader.gain_db",
+    limit_db: float = 12.0,
+) -> dict[str, object]:
+    """After the gradient fit, set each track's loudness back to the closed-form estimate.
+
+    A waveform loss barely sees a track 20 LU under the lead: the gradient fit trades its
+    level (through its EQ as much as its gain) for small gains elsewhere, while the
+    closed-form estimate resolves it (see :func:`estimate_mix` with ``coherent``). So the
+    gradient fit keeps what it is good at (tone, dynamics, pan, width) and the level of
+    each track's contribution is re-set on its fader (after the compressor, so the change
+    is exactly a gain on the strip): the K-weighted energy of the track rendered alone
+    through the fitted console, master included, is brought to the K-weighted energy the
+    estimate predicts for it (the stem's band energies times its band gains) on the same
+    excerpts.
+
+    Args:
+        console: the fitted :class:`~diffmix.console.Console` (its strip has ``fader``).
+        stems: ``(1, N, C, T)`` as given to the console.
+        estimate: from :func:`estimate_mix` on these stems (as they reach the strip).
+        sample_rate: Hz.
+        starts, length: the excerpts (samples) on which both energies are measured.
+        limit_db: no fader moves by more than this.
+
+    Returns:
+        A summary for the report: each fader's change (dB) and the seconds taken.
+    """
+    t0 = time.perf_counter()
+    values = console.named_values()
+    if fader not in values:
+        return {"method": "none", "reason": f"the strip has no {fader}"}
+    edges = band_edges(sample_rate)
+    kw = torch.as_tensor(k_weight_power(np.sqrt(edges[:-1] * edges[1:]), sample_rate))
+    scale = _strip_scale(console, stems)
+    gains = 10 ** (estimate.band_db.double().cpu() / 10)  # power gains per band
+    want = torch.zeros(stems.shape[1], dtype=torch.float64)
+    have = torch.zeros_like(want)
+    with torch.no_grad():
+        for s0 in starts:
+            piece = stems[..., s0 : s0 + length]
+            e_in = band_powers(piece[0] * scale, sample_rate, edges).sum(dim=(1, 3)).cpu()  # (N, nb)
+            e_out = band_powers(console.solo(piece), sample_rate, edges).sum(dim=(1, 3)).cpu()
+            want += (e_in * gains * kw).sum(1)
+            have += (e_out * kw).sum(1)
+    live = (want > 0) & (have > 0)
+    change = torch.where(live, 10 * torch.log10(want / have.clamp_min(1e-30)), torch.zeros_like(want))
+    change = change.clamp(-limit_db, limit_db)
+    spec = values[fader].spec
+    now = values[fader].exact().double().cpu()
+    moved = (now + change.view_as(now)).clamp(spec.min, spec.max)
+    console.load_values({fader: moved})
+    return {
+        "method": "closed-form loudness per track, on the fader",
+        "change_db": [round(float(v), 2) for v in change],
+        "seconds": round(time.perf_counter() - t0, 3),
+    }
+
+
+def _frame_window(energy: np.ndarray, frames: int) -> tuple[int, int]:
+    """The ``frames``-long run of frames with the most energy: ``(first, end)``."""
+    if len(energy) <= frames:
+        return 0, len(energy)
+    run = np.convolve(energy, np.ones(frames), mode="valid")
+    first = int(np.argmax(run))
+    return first, first + frames
+
+
+def compressor_start(
+    console: Console,
+    stems: Tensor,
+    estimate: MixEstimate,
+    sample_rate: int,
+    *,
+    comp: str = "comp",
+    fader: str = "strip.fader.gain_db",
+    seconds: float = 6.0,
+    warm_s: float = 0.5,
+) -> dict[str, object]:
+    """Start each track's compressor from the gain the mix shows it moving by.
+
+    :func:`estimate_mix` (``coherent``) measures each stem's gain frame by frame against
+    its static fit. Here each track's compressor input (the strip up to ``comp``, with the
+    start's gain and EQ) is run through the strip's own compressor for a grid of
+    thresholds and ratios (ratio 1: none), then of attack and release times, on the
+    stem's loudest ``seconds``; the frame-wise gain (output over input energy, on the same
+    frames) that best follows the measured one (energy-weighted, up to a constant, which
+    goes to the fader) is kept. A track the mix holds steady keeps ratio 1.
+
+    Returns:
+        A summary for the report: each track's threshold, ratio, attack, release, the
+        fader change and the fit's RMS error in dB.
+    """
+    from diffmix.functional.dynamics import compressor
+
+    t0 = time.perf_counter()
+    effect = console.strip.effects[comp] if comp in console.strip.effects else None
+    values = console.named_values()
+    if not isinstance(effect, Compressor) or estimate.frame_gain is None or fader not in values:
+        return {"method": "none", "reason": "no strip compressor, coherent estimate or fader"}
+    n = stems.shape[1]
+    size, hop, n_frames = stft_frames(stems.shape[-1] - estimate.frame_offset)
+    with torch.no_grad():
+        x_in = console.strip(stems[0], until=comp)[..., estimate.frame_offset :].double()
+    x_pad = torch.nn.functional.pad(x_in, (hop, hop)).float()
+    window = torch.hann_window(size, dtype=torch.float32).square()
+    g_meas = estimate.frame_gain.numpy()
+    e_fit = estimate.frame_energy.numpy()
+    now = {k: values[f"strip.{comp}.{k}"].exact().double().cpu().clone() for k in
+           ("threshold_db", "ratio", "attack_ms", "release_ms")}
+    knee = values[f"strip.{comp}.knee_db"].exact().double().cpu()
+    specs = {k: values[f"strip.{comp}.{k}"].spec for k in now}
+    fade = values[fader].exact().double().cpu().clone()
+    summary = {k: [] for k in ("threshold_db", "ratio", "attack_ms", "release_ms", "fader_db", "error_db")}
+    warm = int(warm_s * sample_rate)
+    for k in range(n):
+        e = e_fit[k]
+        use = (e > 1e-4 * e.max(initial=0.0)) & (g_meas[k] > 0.05) if e.max(initial=0.0) > 0 else e > 1
+        a, b = _frame_window(e * use, max(1, int(seconds * sample_rate / hop)))
+        s_start = max(0, a * hop - warm)
+        seg = x_pad[k, :, s_start : (b - 1) * hop + size]
+        if not use[a:b].any() or seg.shape[-1] < size:
+            for key in summary:
+                summary[key].append(None)
+            continue
+        piece = x_pad[k, :, a * hop : (b - 1) * hop + size].square().sum(0).view(1, 1, -1)
+        frames_in = torch.nn.functional.conv1d(piece, window.view(1, 1, -1), stride=hop)[0, 0].double()
+        keep = use[a:b] & (frames_in.numpy() > 0)
+        w = np.sqrt(e[a:b]) * keep
+        meas = 20 * np.log10(np.maximum(g_meas[k, a:b], 1e-3))
+        level = 10 * np.log10(np.maximum(frames_in.numpy() / window.sum().item(), 1e-12))
+        top = float(np.max(np.where(keep, level, -120.0)))
+
+        def score(  # this iteration's stem, bound now (it is called within the iteration)
+            thr: Tensor, ratio: Tensor, att: Tensor, rel: Tensor, *, seg: Tensor = seg, k: int = k,
+            a: int = a, b: int = b, s_start: int = s_start, frames_in: Tensor = frames_in,
+            meas: np.ndarray = meas, w: np.ndarray = w,
+        ) -> tuple[int, float, float]:
+            y = compressor(
+                seg.expand(len(thr), -1, -1),
+                sample_rate,
+                threshold_db=thr.float(),
+                ratio=ratio.float(),
+                knee_db=float(knee[k]) if knee.ndim else float(knee),
+                attack_ms=att.float(),
+                release_ms=rel.float(),
+                **effect.options,
+            )
+            y = y[..., a * hop - s_start :].square().sum(1, keepdim=True)
+            out = torch.nn.functional.conv1d(y, window.view(1, 1, -1), stride=hop)[:, 0, : b - a]
+            ratio_out = np.maximum(out.double().numpy(), 1e-30) / np.maximum(frames_in.numpy(), 1e-30)
+            cand = 10 * np.log10(ratio_out)
+            diff = meas[None, :] - cand
+            c = (diff * w).sum(1) / max(w.sum(), 1e-30)
+            err = ((diff - c[:, None]) ** 2 * w).sum(1) / max(w.sum(), 1e-30)
+            i = int(np.argmin(err))
+            return i, float(c[i]), float(err[i])
+
+        att0, rel0 = float(now["attack_ms"].flatten()[k]), float(now["release_ms"].flatten()[k])
+        # Pass 1: threshold x ratio at the current times (ratio 1: no compression).
+        thr_grid = torch.arange(top - 30.0, top + 1.0, 3.0, dtype=torch.float64)
+        ratios = torch.tensor([1.5, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0], dtype=torch.float64)
+        tt, rr = torch.meshgrid(thr_grid, ratios, indexing="ij")
+        thr_spec = specs["threshold_db"]
+        tt = torch.cat([torch.tensor([top]), tt.reshape(-1)]).clamp(thr_spec.min, thr_spec.max)
+        rr = torch.cat([torch.tensor([1.0]), rr.reshape(-1)])
+        i, c, err = score(tt, rr, torch.full_like(tt, att0), torch.full_like(tt, rel0))
+        thr, ratio, att, rel = float(tt[i]), float(rr[i]), att0, rel0
+        if ratio > 1.0:
+            # Pass 2: attack x release x threshold nearby.
+            grid = torch.cartesian_prod(
+                torch.tensor([1.0, 3.0, 10.0, 30.0], dtype=torch.float64),
+                torch.tensor([30.0, 80.0, 200.0, 500.0], dtype=torch.float64),
+                torch.tensor([thr - 2.0, thr, thr + 2.0], dtype=torch.float64),
+                torch.tensor([ratio], dtype=torch.float64),
+            )
+            j, c2, err2 = score(
+                grid[:, 2].clamp(specs["threshold_db"].min, specs["threshold_db"].max),
+                grid[:, 3].clamp(specs["ratio"].min, specs["ratio"].max),
+                grid[:, 0],
+                grid[:, 1],
+            )
+            if err2 < err:
+                att, rel = float(grid[j, 0]), float(grid[j, 1])
+                thr, ratio, c, err = float(grid[j, 2]), float(grid[j, 3]), c2, err2
+        for key, v in (("threshold_db", thr), ("ratio", ratio), ("attack_ms", att), ("release_ms", rel)):
+            flat = now[key].view(-1)
+            flat[k if flat.numel() == n else 0] = min(max(v, specs[key].min), specs[key].max)
+        fade.view(-1)[k] += c
+        for key, v in (("threshold_db", thr), ("ratio", ratio), ("attack_ms", att), ("release_ms", rel),
+                       ("fader_db", c), ("error_db", math.sqrt(err))):
+            summary[key].append(round(v, 2))
+    console.load_values({f"strip.{comp}.{k}": v for k, v in now.items()} | {fader: fade})
+    return {"method": "frame gains vs the strip's compressor", **summary,
+            "seconds": round(time.perf_counter() - t0, 3)}

@@ -1,0 +1,191 @@
+"""The mix fit's stages (diffmix.mixing): the stereo closed-form start, the compressor
+start, the full-length judge, the loudness match and the hidden-setting generator.
+
+Each stage has a case it must pass and a case that shows it matters. References are
+rendered through diffmix's own console from known settings, so a perfect fit exists.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from diffmix.console import Console
+from diffmix.effects.dynamics import Compressor
+from diffmix.effects.eq import ParametricEQ
+from diffmix.effects.gain import Gain, Pan, Width
+from diffmix.functional.loudness import integrated_loudness
+from diffmix.mixing.console_fit import FullLengthJudge, MixFitOptions, match_loudness
+from diffmix.mixing.hidden import contributions, draw_setting
+from diffmix.mixing.wiring import compressor_start, console_estimate, initialise_console
+
+SR = 44100
+BANDS = ("low_shelf", "peak", "peak", "high_shelf")
+FREQS = (150.0, 800.0, 3000.0, 8000.0)
+
+
+def _stems(seconds: float, seed: int) -> torch.Tensor:
+    """Four stereo stems ``(1, 4, 2, T)`` with their own bands and rhythms; stem 1 carries
+    one signal in both channels (a mono source in a stereo file)."""
+    g = torch.Generator().manual_seed(seed)
+    n = int(seconds * SR)
+    t = torch.arange(n, dtype=torch.float64) / SR
+    f = torch.fft.rfftfreq(n, 1 / SR, dtype=torch.float64)
+    parts = []
+    for (lo, hi), rate, phase in (((30, 250), 2.0, 0.0), ((200, 2000), 3.0, 0.3),
+                                  ((1500, 8000), 5.0, 0.6), ((40, 16000), 1.25, 0.1)):
+        spec = torch.fft.rfft(torch.randn(2, n, generator=g, dtype=torch.float64))
+        x = torch.fft.irfft(spec * ((f >= lo) & (f < hi)), n)
+        env = (0.2 + torch.relu(torch.sin(2 * math.pi * (rate * t + phase)))) ** 2
+        x = x * env
+        parts.append(x / x.square().mean().sqrt() * 0.2)
+    stems = torch.stack(parts)
+    stems[1, 1] = stems[1, 0]
+    return stems.float().unsqueeze(0)
+
+
+def _console(comp: bool = True) -> Console:
+    strip = {"input": Gain(SR), "eq": ParametricEQ(SR, bands=list(BANDS), freq_hz=list(FREQS))}
+    if comp:
+        strip["comp"] = Compressor(SR, threshold_db=-10.0, ratio=1.5, attack_ms=10.0, release_ms=120.0)
+    strip.update({"width": Width(SR), "pan": Pan(SR), "fader": Gain(SR)})
+    return Console(SR, 4, strip=strip)
+
+
+def _balance_db(x: torch.Tensor) -> torch.Tensor:
+    """``(N, 2, T)`` -> each track's left/right energy ratio in dB."""
+    e = x.double().square().sum(-1)
+    return 10 * torch.log10(e[:, 0] / e[:, 1])
+
+
+PLACED = {
+    "strip.input.gain_db": [3.0, -6.0, -12.0, 0.0],
+    "strip.pan.pan": [0.6, -0.4, 0.0, -0.7],
+    "strip.width.width": [0.0, 1.0, 1.7, 0.4],  # stem 0 narrowed to mono, then panned
+    "strip.eq.gain_db": [[3.0, 0, 0, -2], [0, -3, 0, 0], [0, 0, 2, 0], [1, 0, 0, 0]],
+}
+
+
+def test_stereo_start_recovers_pan_width_and_balance():
+    stems = _stems(3.0, seed=1)
+    truth = _console(comp=False)
+    truth.load_values({k: torch.tensor(v) for k, v in PLACED.items()})
+    with torch.no_grad():
+        ref = truth(stems)
+        fitted = _console(comp=False)
+        est = console_estimate(fitted, stems, ref, SR, coherent=True)
+        initialise_console(fitted, stems, ref, SR, estimate=est)
+        values = fitted.named_values()
+        pan = values["strip.pan.pan"].exact()
+        width = values["strip.width.width"].exact()
+        got, want = fitted.solo(stems), truth.solo(stems)
+    assert est.one_column == [False, True, False, False]
+    # Stem 1 is one signal in both channels: its width only scales it, its pan is seen.
+    assert (pan - torch.tensor(PLACED["strip.pan.pan"])).abs().max() < 0.02, pan
+    assert width[0] < 0.02 and abs(float(width[2]) - 1.7) < 0.05 and abs(float(width[3]) - 0.4) < 0.02
+    assert (_balance_db(got) - _balance_db(want)).abs().max() < 0.2
+    lufs = integrated_loudness(got.double(), SR) - integrated_loudness(want.double(), SR)
+    assert lufs.abs().max() < 0.3, lufs
+
+
+def test_without_the_channel_solve_panned_stems_land_centred():
+    """What the stereo start adds: with the shared-gain start (no channel matrix) the
+    panned and narrowed stems are placed in the centre, several dB off in balance."""
+    stems = _stems(3.0, seed=1)
+    truth = _console(comp=False)
+    truth.load_values({k: torch.tensor(v) for k, v in PLACED.items()})
+    with torch.no_grad():
+        ref = truth(stems)
+        fitted = _console(comp=False)
+        est = console_estimate(fitted, stems, ref, SR, coherent=True)
+        est.matrix = None  # the start without the stereo image
+        est.tone_db = None
+        initialise_console(fitted, stems, ref, SR, estimate=est)
+        off = (_balance_db(fitted.solo(stems)) - _balance_db(truth.solo(stems))).abs()
+    assert off[0] > 6.0 and off[3] > 6.0, off
+
+
+def test_compressor_start_finds_compression_where_the_mix_shows_it():
+    stems = _stems(4.0, seed=2) * 2
+    truth = _console()
+    truth.load_values(
+        {
+            "strip.input.gain_db": torch.tensor([0.0, -6.0, 0.0, -3.0]),
+            "strip.comp.threshold_db": torch.tensor([-30.0, -10.0, -28.0, -10.0]),
+            "strip.comp.ratio": torch.tensor([6.0, 1.0, 4.0, 1.0]),  # 0, 2 compressed hard
+            "strip.comp.attack_ms": torch.tensor([5.0, 10.0, 20.0, 10.0]),
+            "strip.comp.release_ms": torch.tensor([100.0, 100.0, 300.0, 100.0]),
+            "strip.pan.pan": torch.tensor([0.3, -0.3, 0.0, 0.5]),
+        }
+    )
+    with torch.no_grad():
+        ref = truth(stems)
+        fitted = _console()
+        est = console_estimate(fitted, stems, ref, SR, coherent=True)
+        initialise_console(fitted, stems, ref, SR, estimate=est)
+        before = float((fitted(stems) - ref).square().sum() / ref.square().sum())
+        summary = compressor_start(fitted, stems, est, SR)
+        after = float((fitted(stems) - ref).square().sum() / ref.square().sum())
+    ratio = summary["ratio"]
+    assert ratio[0] >= 2.5 and ratio[2] >= 2.5, summary  # heavily compressed: found
+    assert ratio[1] <= 1.5 and ratio[3] <= 1.5, summary  # uncompressed: left alone
+    # The static start leaves the compressed stems' moving gain in the residual.
+    assert after < 0.5 * before, (before, after)
+
+
+def test_judge_keeps_a_stage_that_helps_and_reverts_one_that_hurts():
+    stems = _stems(2.0, seed=3)
+    truth = _console(comp=False)
+    truth.load_values({"strip.input.gain_db": torch.tensor([2.0, -4.0, 0.0, -8.0])})
+    with torch.no_grad():
+        ref = truth(stems)
+    fitted = _console(comp=False)
+    judge = FullLengthJudge(fitted, stems, ref, SR, {"mrstft": 1.0}, MixFitOptions(weights={}, params=[]))
+    stages: list[dict] = []
+    good = {"strip.input.gain_db": torch.tensor([2.0, -4.0, 0.0, -8.0], dtype=torch.float64)}
+    assert judge.stage("good", lambda: fitted.load_values(good) or {}, stages)["kept"]
+    bad = {"strip.fader.gain_db": torch.tensor([6.0, 0.0, -6.0, 0.0], dtype=torch.float64)}
+    assert not judge.stage("bad", lambda: fitted.load_values(bad) or {}, stages)["kept"]
+    assert torch.equal(fitted.named_values()["strip.fader.gain_db"].exact(), torch.zeros(4))
+    assert [s["kept"] for s in stages] == [True, False] and stages[1]["after"] > stages[1]["before"]
+
+
+def test_match_loudness_lands_within_a_tenth_of_a_lu_through_a_master_compressor():
+    stems = _stems(2.0, seed=4)
+    console = Console(SR, 4, strip={"pan": Pan(SR), "fader": Gain(SR)},
+                      master={"comp": Compressor(SR, threshold_db=-30.0, ratio=4.0)})
+    console.load_values({"strip.fader.gain_db": torch.full((4,), 5.0)})
+    with torch.no_grad():
+        ref = console(stems)  # the same console 5 dB hotter into its compressor
+    console.load_values({"strip.fader.gain_db": torch.zeros(4)})
+    summary = match_loudness(console, stems, ref, SR)
+    with torch.no_grad():
+        diff = integrated_loudness(console(stems).double(), SR) - integrated_loudness(ref.double(), SR)
+    # The compressor passes about a quarter of a fader move: one plain step would stop short.
+    assert abs(float(diff)) < 0.05 and abs(summary["change_db"] - 5.0) < 0.1, (diff, summary)
+
+
+@pytest.mark.parametrize("seed", [0, 7])
+def test_hidden_setting_is_seeded_realisable_and_its_contributions_sum_to_the_mix(seed):
+    from jobs_helpers import ROOT
+    from omegaconf import OmegaConf
+
+    from diffmix.config import instantiate
+
+    print("seed", seed)
+    stems = _stems(1.0, seed=seed)
+    node = OmegaConf.load(ROOT / "configs" / "console" / "default.yaml")
+    node.sample_rate, node.tracks = SR, 4
+    console = instantiate(node, _convert_="all", where="console")
+    a, b = draw_setting(console, stems, seed), draw_setting(console, stems, seed)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    console.load_values(a)  # in range: load_values raises otherwise
+    ratio = a["strip.comp.ratio"].flatten()
+    assert ((ratio == 1.0) | ((ratio >= 1.5) & (ratio <= 8.0))).all()
+    with torch.no_grad():
+        parts, mix = contributions(console, stems), console(stems)[0]
+    assert (parts.sum(0) - mix).abs().max() <= 1e-5 * mix.abs().max()
+    assert np.isfinite(float(integrated_loudness(mix.unsqueeze(0).double(), SR)[0]))
