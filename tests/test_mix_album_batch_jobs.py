@@ -169,6 +169,21 @@ def test_batch_isolates_failures_and_resumes(tmp_path):
     assert os.path.getmtime(rows[0]["outputs"]["audio"]) == stamp  # done items are skipped
 
 
+def test_a_batch_item_that_fails_late_leaves_none_of_its_outputs(tmp_path):
+    # Its report can't be written (a folder stands at its path), after the master was.
+    manifest = _manifest(tmp_path, ["a"])
+    blocker = tmp_path / "o" / "items" / "a" / "a_master_report.json"
+    blocker.mkdir(parents=True)
+    out = run_cli("batch", f"manifest={manifest}", f"out={tmp_path / 'o'}", "fit.steps=2", "progress=false",
+                  cwd=tmp_path)
+    assert out.returncode == 3, out.stderr
+    rows = [json.loads(x) for x in (tmp_path / "o" / "results.jsonl").read_text().splitlines()]
+    assert [r["status"] for r in rows] == ["failed"]
+    left = sorted(p.relative_to(tmp_path / "o" / "items" / "a").as_posix()
+                  for p in (tmp_path / "o" / "items" / "a").rglob("*"))
+    assert left == ["a_master_report.json"]  # what was there before, and nothing new
+
+
 def test_batch_item_equals_the_item_alone(tmp_path):
     manifest = _manifest(tmp_path, ["a", "bb", "ccc"])
     common = [

@@ -95,6 +95,17 @@ def run(cfg: DictConfig) -> int:
     results = out / f"results.rank{rank}.jsonl"
 
     def process(group: list[Item]):  # noqa: ANN202
+        # An item's outputs appear together or not at all: what a failed attempt created
+        # under its folder (a master whose report then failed to write, say) is removed.
+        folders = [out / "items" / item.id for item in group]
+        before = {p for d in folders if d.exists() for p in d.rglob("*")}
+        try:
+            yield from master_items(group)
+        except BaseException:
+            remove_new(folders, before)
+            raise
+
+    def master_items(group: list[Item]):  # noqa: ANN202
         # Master at the delivery rate (see the master job), else at the first item's.
         songs, rate = [], int(cfg.delivery.sample_rate) if cfg.delivery.get("sample_rate") else None
         for item in group:
@@ -156,3 +167,19 @@ def run(cfg: DictConfig) -> int:
         failed = int(flag)
         dist.destroy_process_group()
     return EXIT_SOME_FAILED if failed else 0
+
+
+def remove_new(folders: list[Path], before: set[Path]) -> None:
+    """Delete what appeared under ``folders`` since ``before`` was listed (files, then the
+    folders left empty), never following links and never touching what was there."""
+    for folder in folders:
+        if not folder.exists():
+            continue
+        new = [p for p in folder.rglob("*") if p not in before]
+        for p in sorted(new, key=lambda q: len(q.parts), reverse=True):
+            if p.is_symlink() or p.is_file():
+                p.unlink(missing_ok=True)
+            elif p.is_dir() and not any(p.iterdir()):
+                p.rmdir()
+        if folder not in before and folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()
