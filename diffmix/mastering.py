@@ -352,7 +352,7 @@ def _smooth_limiter_proxy(
         with torch.no_grad():
             if not cache:  # metered on first use: a job without a loudness goal never pays
                 level = L.limiter_envelope(pre, sr, true_peak=bool(opts["true_peak"]))
-                if opts["true_peak"] and opts["exact"]:  # as the limiter's exact mode does
+                if opts["true_peak"] and opts["exact"] and opts.get("strict"):  # as the limiter does
                     strict = strict_envelope(pre, sr).unsqueeze(1).to(level)
                     level = torch.maximum(level, strict)
                 cache.append(level)
@@ -366,7 +366,8 @@ def _smooth_limiter_proxy(
             return y  # sample-peak mode: the smooth gain already holds the ceiling
         with torch.no_grad():
             return y * L.limiter_correction(
-                y, sr, target, ceiling.to(pre.dtype), lookahead, release.view(-1, 1, 1)
+                y, sr, target, ceiling.to(pre.dtype), lookahead, release.view(-1, 1, 1),
+                strict=bool(opts.get("strict")),
             )
 
     return proxy, exact

@@ -95,7 +95,7 @@ def clicks(seconds: float, seed: int) -> np.ndarray:
 
 
 def _master_and_check(x: np.ndarray, tmp_path, name: str) -> None:
-    y = limiter(torch.from_numpy(x).float()[None], SR, ceiling_db=CEILING, gain_db=12.0)
+    y = limiter(torch.from_numpy(x).float()[None], SR, ceiling_db=CEILING, gain_db=12.0, strict=True)
     report = deliver(y[0], SR, tmp_path / f"{name}.wav", bit_depth=24, ceiling_dbtp=CEILING,
                      true_peak_db=peak_dbtp)
     written, rate = sf.read(report.path, dtype="float64", always_2d=True)
@@ -158,3 +158,17 @@ def test_master_cli_delivers_on_target_after_a_rate_change(tmp_path):
     z = written.T
     assert max(annex2(z), poly(z, 4), poly(z, 8)) <= -1.0
     assert fft_interp(z) <= -1.0 + 0.1
+
+
+def test_strict_is_what_holds_the_independent_meters(tmp_path):
+    # Without `strict` the limiter holds the ceiling on this project's meter only; the
+    # delivery check (strict) then has to re-limit. Both still deliver under the ceiling.
+    x = hf_noise(4.0, seed=3)
+    y_plain = limiter(torch.from_numpy(x).float()[None], SR, ceiling_db=CEILING, gain_db=12.0)
+    y_strict = limiter(torch.from_numpy(x).float()[None], SR, ceiling_db=CEILING, gain_db=12.0, strict=True)
+    plain = fft_interp(y_plain[0].double().numpy())
+    strict = fft_interp(y_strict[0].double().numpy())
+    assert strict <= CEILING + 0.1 < plain  # the strict stage is what keeps ideal interpolation in
+    report = deliver(y_plain[0], SR, tmp_path / "plain.wav", bit_depth=24, ceiling_dbtp=CEILING,
+                     true_peak_db=peak_dbtp)
+    assert report.relimited

@@ -73,7 +73,9 @@ def test_smooth_proxy_tracks_the_limiter_and_the_solve_uses_it(true_peak):
     from diffmix.functional.limiter import limiter
 
     x = (quiet_song(-20.0, seed=4) * 4).float()
-    chain = Bus(SR, {"limiter": Limiter(SR, ceiling_db=-1.0, release_ms=80.0, true_peak=true_peak)}, items=1)
+    # strict, as in the mastering chain (configs/chain/mastering.yaml)
+    lim_opts = {"ceiling_db": -1.0, "release_ms": 80.0, "true_peak": true_peak, "strict": True}
+    chain = Bus(SR, {"limiter": Limiter(SR, **lim_opts)}, items=1)
     render = render_with_drive(chain, x)
     drive = torch.tensor([9.0], dtype=torch.float64)
     smooth = limiter(x, SR, ceiling_db=-1.0, release_ms=80.0, gain_db=9.0, true_peak=true_peak, exact=False)
@@ -95,7 +97,7 @@ def test_smooth_proxy_tracks_the_limiter_and_the_solve_uses_it(true_peak):
     torch.testing.assert_close(y, render(torch.tensor([solve.drive_db])))
     # The fast exact render is the limiter's own output (to float32 rounding), and the
     # drive is left on the limiter for the preset.
-    lim = Limiter(SR, ceiling_db=-1.0, release_ms=80.0, gain_db=solve.drive_db, true_peak=true_peak)
+    lim = Limiter(SR, gain_db=solve.drive_db, **lim_opts)
     torch.testing.assert_close(y, lim(x), rtol=0, atol=1e-5)
     assert abs(float(chain.named_values()["limiter.gain_db"].exact()[0]) - solve.drive_db) < 1e-6
     from diffmix.functional.peaks import true_peak as meter

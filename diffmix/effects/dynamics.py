@@ -204,6 +204,9 @@ class Limiter(Effect):
         true_peak: limit 4x-oversampled true peaks (option, default True).
         exact: apply the final metered correction that makes the true-peak ceiling exact
             (option, default True; set False for the purely smooth version when fitting).
+        strict: with ``exact``, hold the ceiling on every usual true-peak meter, not only
+            this project's (option, default False; the mastering chain turns it on: see
+            :func:`~diffmix.functional.limiter.limiter`).
 
     Differentiable: ``ceiling_db``, ``release_ms``, ``gain_db``. CUDA: yes.
 
@@ -231,13 +234,15 @@ class Limiter(Effect):
         lookahead_ms: float = 5.0,
         true_peak: bool = True,
         exact: bool = True,
+        strict: bool = False,
     ) -> None:
         name = type(self).__name__
-        for flag, value in (("true_peak", true_peak), ("exact", exact)):
+        for flag, value in (("true_peak", true_peak), ("exact", exact), ("strict", strict)):
             if not isinstance(value, bool):
                 raise ValueError(f"{name}: {flag} must be True or False, got {value!r}")
         self._set_options(
-            lookahead_ms=_check_lookahead(lookahead_ms, name, 50.0), true_peak=true_peak, exact=exact
+            lookahead_ms=_check_lookahead(lookahead_ms, name, 50.0), true_peak=true_peak, exact=exact,
+            strict=strict,
         )
         super().__init__(sample_rate, ceiling_db=ceiling_db, release_ms=release_ms, gain_db=gain_db)
 

@@ -147,6 +147,7 @@ def limiter(
     lookahead_ms: float = 5.0,
     true_peak: bool = True,
     exact: bool = True,
+    strict: bool = False,
     backend: str = "auto",
 ) -> Tensor:
     """Lookahead brickwall limiter with a guaranteed ceiling, channels linked.
@@ -171,6 +172,11 @@ def limiter(
         lookahead_ms: ramp-in time, ms (option; latency-free).
         true_peak: limit 4x-oversampled true peaks instead of sample peaks.
         exact: apply the final metered correction (true-peak mode).
+        strict: with ``exact``, hold the ceiling on every usual meter
+            (:func:`~diffmix.functional.peaks.strict_envelope`: BS.1770 Annex 2, the common
+            4x/8x upsamplers and ideal 8x interpolation), not only on this project's meter.
+            What a delivered master needs; it costs an ideal interpolation per render, so
+            it is off by default (a console's bus limiter) and on in the mastering chain.
         backend: :mod:`diffmix.kernels.backend`, for the envelope, the gain and the
             correction.
 
@@ -201,7 +207,7 @@ def limiter(
     driven = x * torch.exp(param(gain_db, "gain_db") / _DB_PER_NEPER)
     resolve(backend, x, effect)
     level = limiter_envelope(driven, sample_rate, true_peak=true_peak, backend=backend)
-    if true_peak and exact:
+    if true_peak and exact and strict:
         # Hold the strict level (every usual meter) already in the smooth gain, so the exact
         # correction below only trims residuals. A constant for autograd.
         level = torch.maximum(level, _peaks.strict_envelope(driven, sample_rate).unsqueeze(1).to(level))
@@ -210,7 +216,7 @@ def limiter(
     if true_peak and exact:
         y = y * limiter_correction(
             y.detach(), sample_rate, target, ceiling.detach(), lookahead, release.detach(),
-            backend=backend,
+            strict=strict, backend=backend,
         )
     return y
 
@@ -218,7 +224,7 @@ def limiter(
 @torch.no_grad()
 def limiter_correction(
     y: Tensor, sample_rate: int, target: Tensor, ceiling: Tensor, lookahead: int,
-    release: Tensor, *, backend: str = "auto",
+    release: Tensor, *, strict: bool = True, backend: str = "auto",
 ) -> Tensor:
     """Gain ``(B, 1, T)`` that brings ``y``'s true peak under ``ceiling`` on every meter: the
     limiter's exact step (:func:`limiter`), never differentiated.
@@ -238,6 +244,8 @@ def limiter_correction(
             ``"triton"``) re-meters in full. The strict stage runs in torch.
     """
     total = _meter_correction(y, sample_rate, target, ceiling, lookahead, release, backend=backend)
+    if not strict:  # the project's meter only
+        return total
     target = target.detach().reshape(-1, 1).to(torch.float64)
     ceil = ceiling.detach().reshape(-1, 1).to(torch.float64) * (1.0 - 1e-6)
     pole = release.to(torch.float64)
