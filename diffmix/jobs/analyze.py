@@ -126,11 +126,11 @@ def analysis_findings(report: dict, target: dict | None = None) -> list[str]:
     ``target``: a loudness spec (``lufs``, ``true_peak_db``, ``name``) to judge against.
     """
     spec = target or {}
-    num = lambda v: float(v) if not isinstance(v, str) else float(v.replace("inf", "Infinity"))  # noqa: E731
+    lufs, true_peak = _floats([report["integrated_lufs"], report["true_peak_dbtp"]])
     return findings(
-        lufs=num(report["integrated_lufs"]),
-        true_peak_dbtp=num(report["true_peak_dbtp"]),
-        dc_offset=[num(v) for v in report["dc_offset_per_channel"]],
+        lufs=lufs,
+        true_peak_dbtp=true_peak,
+        dc_offset=_floats(report["dc_offset_per_channel"]),
         clipped_samples=int(report["clipped_samples"]),
         clipped_runs=(report.get("defects") or {}).get("clipped_runs_count"),
         clicks_per_minute=(report.get("defects") or {}).get("clicks_per_minute"),
