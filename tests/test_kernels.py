@@ -268,6 +268,46 @@ def test_triton_limiter_with_the_meters_filter_equals_numba():
            "true_peak")
 
 
+def test_triton_exact_correction_equals_numba():
+    # The limiter's exact step with residual overs to close (an unlimited signal over two
+    # ceilings): the Triton passes (envelope, ramp, smoother; no host sync) against the
+    # numba kernel's local re-metering. Both hold the meter at the ceiling.
+    dtype = torch.float64
+    y = 1.3 * torch.randn(2, 2, 48, generator=torch.Generator().manual_seed(21), dtype=dtype)
+    ceiling = torch.tensor([0.9, 0.8], dtype=dtype).view(2, 1, 1)
+    release = F.ms_to_pole(torch.tensor([0.5, 1.0], dtype=dtype).view(2, 1, 1), SR)
+    got, want = (L.limiter_correction(y, SR, ceiling * (1 - 1e-4), ceiling, 4, release,
+                                      strict=False, backend=b) for b in ("triton", "numba"))
+    assert float(want.min()) < 0.9  # the correction acted
+    _close(got, want, dtype, "correction")
+    assert (peaks.true_peak(y * got, SR).amax(1).view(2, 1, 1) <= ceiling).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
+def test_triton_k_weighting_equals_numba(dtype, monkeypatch):
+    # The K-filter cascade at the lowest rate the meter takes (the shortest warm-up, so the
+    # interpreter stays fast): through k_weight's dispatch (the environment switch), forward
+    # and the adjoint (the same kernel on the reversed gradient); then the kernel alone with
+    # short segments, so that lanes start mid-row from their warm-up.
+    sr, seed = 3400, 5
+    print("seed", seed)
+    x = (0.3 * torch.randn(1, 2, 90, generator=torch.Generator().manual_seed(seed),
+                           dtype=torch.float64)).to(dtype)
+    outs = {}
+    for backend in ("numba", "triton"):
+        monkeypatch.setenv(B.ENV, backend)
+        leaf = x.clone().requires_grad_(dtype == torch.float64)
+        y = loudness.k_weight(leaf, sr)
+        outs[backend] = (y, *(_grads(y, [leaf], seed) if leaf.requires_grad else ()))
+    for a, b in zip(outs["triton"], outs["numba"], strict=True):
+        _close(a, b, dtype, "k_weight")
+    long = torch.cat([x, x.flip(-1), -x], -1)[0]  # (2, 270): four lanes of 64 per row
+    coefficients = torch.from_numpy(loudness._coeff_array(sr))
+    got = triton_ops.kfilter(long, coefficients, loudness._warmup(sr), 64)
+    monkeypatch.setenv(B.ENV, "numba")
+    _close(got, loudness.k_weight(long[None], sr)[0], dtype, "k_weight segments")
+
+
 # --------------------------------------------------------------------------- CUDA (./scripts/gpu-check)
 CUDA_OPTIONS = [("compressor", "peak", "max", 2.0, False), ("compressor", "rms", "mean", 0.0, True),
                 ("expander", "peak", "none", 1.0, False), ("expander", "rms", "max", 0.0, True)]
@@ -309,8 +349,7 @@ def test_console_forward_backward_on_cuda_has_no_host_sync():
     from diffmix.effects.gain import Gain, Pan
 
     strip = {"input": Gain(SR), "eq": ParametricEQ(SR), "comp": Compressor(SR), "pan": Pan(SR)}
-    master = {"eq": ParametricEQ(SR), "comp": Compressor(SR),
-              "limiter": Limiter(SR, exact=False)}  # the exact step reads the meter on the host
+    master = {"eq": ParametricEQ(SR), "comp": Compressor(SR), "limiter": Limiter(SR)}
     console = Console(SR, 4, strip, master).cuda()
     console.select(["*"])
     x = 0.3 * torch.randn(1, 4, 2, SR, device="cuda")

@@ -240,8 +240,8 @@ def limiter_correction(
             ceiling). ceiling: linear, ``(B, 1, 1)``.
         lookahead, release: as :func:`limiter_gain`.
         backend: :mod:`diffmix.kernels.backend`, for the first (project-meter) stage: numba
-            re-meters only the blocks a pass changed; the torch path (and, for now,
-            ``"triton"``) re-meters in full. The strict stage runs in torch.
+            re-meters only the blocks a pass changed; Triton and the torch path run four
+            full passes without a host synchronisation. The strict stage runs in torch.
     """
     total = _meter_correction(y, sample_rate, target, ceiling, lookahead, release, backend=backend)
     if not strict:  # the project's meter only
@@ -297,22 +297,23 @@ def _meter_correction(
     target = target.detach()
     if _pk.available(y, backend) and _peaks.oversampling_factor(sample_rate) > 1:
         return _exact_correction_local(y, sample_rate, target, ceiling, lookahead, release)
+    # Triton (CUDA, or the interpreter) and the torch path: a fixed four passes with no
+    # host synchronisation. Each pass pulls every level above ``target`` of each item that
+    # still reads over the ceiling down to it (an item under the ceiling asks for 1.0, so
+    # the pass leaves it unchanged); the envelope, ramp and smoother run on ``backend``.
+    ceil = ceiling.detach().reshape(-1, 1, 1) * (1.0 - 1e-6)
     total = torch.ones_like(y[:, :1])
-    # The smooth stage aims a hair under the ceiling with the same meter, so usually nothing
-    # is over: one fast true-peak read (no oversampled copy) settles that, and the
-    # envelope passes below run only for the items actually over the ceiling.
-    if bool((true_peak(y, sample_rate).amax(1) <= ceiling.reshape(-1, 1)[:, 0]).all()):
-        return total
     for _ in range(4):
-        level = _true_peak_envelope(y * total, sample_rate).amax(1, keepdim=True)
-        over = level > target
-        if not bool(over.any()):
-            return total
-        required = torch.where(over, target / level, torch.ones_like(level))
-        total = total * limiter_gain(required, lookahead, release, backend=backend)
-    # Residual overs after four passes (pathological input): scale each item down.
-    peak = true_peak(y * total, sample_rate).amax(1, keepdim=True).unsqueeze(-1)
-    return total * torch.minimum(target / peak, torch.ones_like(peak))
+        level = limiter_envelope(y * total, sample_rate, backend=backend)
+        item_over = level.amax(-1, keepdim=True) > ceil
+        over = (level > target) & item_over
+        required = torch.where(over, target / level.clamp_min(1e-30), torch.ones_like(level))
+        # The release smoother returns 1.0 to within an ulp: items not over stay bit-exact.
+        gain = limiter_gain(required, lookahead, release, backend=backend)
+        total = torch.where(item_over, total * gain, total)
+    # Residual overs after four passes (pathological input): scale those items down.
+    peak = _peaks.true_peak(y * total, sample_rate, backend=backend).amax(1).view(-1, 1, 1)
+    return total * torch.where(peak > ceil, target / peak, torch.ones_like(peak))
 
 
 def _exact_correction_local(

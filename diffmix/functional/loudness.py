@@ -37,7 +37,7 @@ from torch import Tensor
 
 from diffmix._compat import import_torchaudio
 from diffmix.checks import check_audio, check_sample_rate, input_checks, value_checks_enabled
-from diffmix.kernels.backend import numba_threads, use_numba
+from diffmix.kernels.backend import numba_threads, resolve, use_numba
 
 try:  # numba is a runtime dependency; the torch path below is the fallback.
     import numba
@@ -93,7 +93,7 @@ def _fast_path(x: Tensor) -> bool:
 
 def _numba(x: Tensor) -> bool:
     """Whether the numba K-filter serves ``x`` (:mod:`diffmix.kernels.backend`; the
-    environment switch reaches it, and ``"triton"`` runs the torch path for now)."""
+    environment switch reaches it)."""
     return numba is not None and use_numba(x, "loudness")
 
 
@@ -324,6 +324,13 @@ def _kfilter_rows(x: Tensor, sample_rate: int) -> Tensor:
         xn = np.ascontiguousarray(_kernel_dtype(x.detach()).numpy())
         _, y = _kfilter_numpy(xn, sample_rate, _tile_for(meter_unit(sample_rate)), True)
         return torch.from_numpy(y).to(x.dtype)
+    if resolve("auto", x, "loudness") == "triton":
+        from diffmix.kernels.triton_ops import kfilter
+
+        warm = _warmup(sample_rate)
+        segment = max(4 * warm, -(-x.shape[-1] // 256))
+        coefficients = torch.from_numpy(_coeff_array(sample_rate))
+        return kfilter(_kernel_dtype(x.detach()), coefficients, warm, segment).to(x.dtype)
     return _kfilter_torch(x.detach(), sample_rate)
 
 
@@ -337,7 +344,8 @@ def k_weight(x: Tensor, sample_rate: int) -> Tensor:
     Shape:
         ``(B, C, T)`` -> ``(B, C, T)``.
 
-    Differentiable in ``x``; CPU (numba, parallel segments) and CUDA (torchaudio).
+    Differentiable in ``x``. Parallel segments on every backend
+    (:mod:`diffmix.kernels.backend`): numba on CPU, Triton on CUDA, torchaudio otherwise.
 
     >>> k_weight(torch.zeros(1, 2, 100), 48000).shape
     torch.Size([1, 2, 100])

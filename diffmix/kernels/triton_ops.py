@@ -21,7 +21,8 @@ from types import ModuleType
 import torch
 from torch import Tensor
 
-_SOURCES = {"dynamics": "_triton_dynamics.py", "peaks": "_triton_peaks.py"}
+_SOURCES = {"dynamics": "_triton_dynamics.py", "peaks": "_triton_peaks.py",
+            "loudness": "_triton_loudness.py"}
 _LOADED: dict[tuple[str, bool], ModuleType] = {}
 _LOCK = threading.Lock()
 # Samples per time block: wide on a GPU (one program per row streams long blocks); small
@@ -293,3 +294,27 @@ class TritonRamp(torch.autograd.Function):
         greq = torch.zeros(grad.shape, dtype=torch.float64, device=grad.device)
         greq.scatter_add_(1, arg.clamp_min(0), torch.where(arg >= 0, per_held, 0.0))
         return greq.to(grad.dtype), None
+
+
+# --------------------------------------------------------------------------- K-weighting
+# Lanes (segments) per program: one warp's worth on a GPU, a few under the interpreter.
+KFILTER_BLOCK = {"cuda": 32, "interpreter": 8}
+
+
+def kfilter(x: Tensor, coefficients: Tensor, warm: int, segment: int) -> Tensor:
+    """K-weight rows of ``x`` ``(rows, T)`` (float32/float64) with the two-biquad cascade
+    ``coefficients`` (10 values, float64), in parallel segments of ``segment`` samples,
+    each started ``warm`` samples early from zero state."""
+    x = x.detach().contiguous()
+    rows, t = x.shape
+    y = torch.empty_like(x)
+    if rows and t:
+        segment = min(segment, t)
+        n_seg = -(-t // segment)
+        lanes = rows * n_seg
+        interp = interpreted(x)
+        block = KFILTER_BLOCK["interpreter" if interp else "cuda"]
+        kernels(interp, "loudness").kfilter[(-(-lanes // block),)](
+            x, y, coefficients.to(device=x.device, dtype=torch.float64).contiguous(), t,
+            segment, warm, n_seg, lanes, BLOCK=block)
+    return y
