@@ -42,3 +42,26 @@ def test_default_console_compiles_as_one_graph_forward_and_backward():
     for name, g in g_eager.items():
         tol = 5e-3 * float(g.abs().max()) + 1e-6 * scale
         assert float((g_comp[name] - g).abs().max()) <= tol, name
+
+
+def test_mastering_limiter_compiles_as_one_graph_forward_and_backward():
+    # The limiter's envelope and ramp are custom ops too: the smooth limiter (what a fit
+    # differentiates; the exact step is a host-side render correction) traces whole, and
+    # its output and every gradient (input, ceiling, release, drive) equal eager mode.
+    from diffmix.effects.dynamics import Limiter
+
+    limiter = Limiter(44100, exact=False).double()
+    x = 2.0 * torch.randn(2, 2, 2205, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    compiled = torch.compile(limiter, fullgraph=True, backend="aot_eager")
+    outs = {}
+    with input_checks(False):
+        for name, model in [("eager", limiter), ("compiled", compiled)]:
+            leaf = x.clone().requires_grad_()
+            params = [p for p in limiter.parameters() if p.requires_grad]
+            y = model(leaf)
+            grads = torch.autograd.grad(y.square().sum(), [leaf, *params])
+            outs[name] = (y.detach(), *grads)
+    assert len(outs["eager"]) >= 3
+    # AOT autograd reorders the parameter mappings' arithmetic: agreement to ~1e-9 (float64).
+    for a, b in zip(outs["compiled"], outs["eager"], strict=True):
+        assert float((a - b).abs().max()) <= 1e-7 * max(1.0, float(b.abs().max()))

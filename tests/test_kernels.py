@@ -19,6 +19,7 @@ from diffmix.functional import dynamics as F
 from diffmix.functional import limiter as L
 from diffmix.functional._dynamics_kernels import smooth
 from diffmix.kernels import backend as B
+from diffmix.kernels import ops
 
 pytest.importorskip("triton")
 from diffmix.kernels import triton_ops  # noqa: E402
@@ -213,7 +214,7 @@ def test_triton_true_peak_envelope_equals_numba(channels, dtype):
     x = (0.5 * torch.randn(2, channels, 70, generator=torch.Generator().manual_seed(seed),
                            dtype=torch.float64)).to(dtype).requires_grad_()
     taps = _taps(dtype, seed)
-    got = triton_ops.TritonEnvelope.apply(x, taps)
+    got = ops.limiter_envelope(x, taps, True, "triton")[0]
     xn, tn = x.detach().numpy(), taps.numpy()
     level, code = _peak_kernels.envelope_numpy(xn, tn)
     _close(got[:, 0], torch.from_numpy(level), dtype, "level")
@@ -245,7 +246,7 @@ def test_triton_lookahead_ramp_equals_numba(lookahead, dtype):
     req[:, 20] = req[:, 22]
     req[0, :3] = 1.0
     leaves = [req.clone().requires_grad_() for _ in range(2)]
-    got = triton_ops.TritonRamp.apply(leaves[0], lookahead)
+    got = ops.limiter_ramp(leaves[0], lookahead, "triton")[0]
     want = _peak_kernels.ramp(leaves[1], lookahead)
     _close(got, want, dtype, "ramp")
     _close(_grads(got, leaves[:1], 3)[0], _grads(want, leaves[1:], 3)[0], dtype, "drequired")

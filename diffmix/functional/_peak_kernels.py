@@ -256,54 +256,58 @@ def envelope_numpy(
     return level, code
 
 
-class _Envelope(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x: Tensor, sample_rate: int) -> Tensor:  # noqa: ANN001
-        xn = x.detach().contiguous()
-        taps = _taps(sample_rate, x.dtype)
-        level, code = envelope_numpy(xn.numpy(), taps, want_code=x.requires_grad)
-        ctx.save_for_backward(xn)
-        ctx.code, ctx.taps = code, taps
-        return torch.from_numpy(level).unsqueeze(1)
+def envelope_forward(x: Tensor, taps: Tensor, want_code: bool) -> tuple[Tensor, Tensor]:
+    """The ``diffmix::limiter_envelope`` op on numba: level ``(B, 1, T)`` of ``x``
+    ``(B, C, T)`` and the winner codes ``(B, T)`` (``(1, 1)`` unless ``want_code``)."""
+    xn = x.detach().contiguous().numpy()
+    level, code = envelope_numpy(xn, taps.detach().to(x.dtype).contiguous().numpy(), want_code=want_code)
+    code_t = torch.from_numpy(code) if want_code else torch.zeros((1, 1), dtype=torch.int32)
+    return torch.from_numpy(level).unsqueeze(1), code_t
 
-    @staticmethod
-    def backward(ctx, grad: Tensor):  # noqa: ANN001, ANN205
-        (xn,) = ctx.saved_tensors
-        gx = np.zeros(xn.shape, dtype=ctx.taps.dtype)
-        g = np.ascontiguousarray(grad.detach()[:, 0].to(xn.dtype).numpy())
-        numba_threads()
-        _envelope_bwd_nb(xn.numpy(), ctx.taps, ctx.code, g, gx)
-        return torch.from_numpy(gx), None
+
+def envelope_backward(grad: Tensor, x: Tensor, taps: Tensor, code: Tensor) -> Tensor:
+    """The envelope's exact backward on numba: ``dx`` ``(B, C, T)`` from ``grad`` ``(B, 1, T)``."""
+    xn = x.detach().contiguous().numpy()
+    gx = np.zeros(xn.shape, dtype=xn.dtype)
+    g = np.ascontiguousarray(grad.detach()[:, 0].to(x.dtype).numpy())
+    numba_threads()
+    _envelope_bwd_nb(xn, taps.detach().to(x.dtype).contiguous().numpy(), code.contiguous().numpy(), g, gx)
+    return torch.from_numpy(gx)
 
 
 def envelope(x: Tensor, sample_rate: int) -> Tensor:
     """True-peak level per sample, channels linked: ``(B, C, T) -> (B, 1, T)`` (module
     docstring). Differentiable in ``x``. CPU only (see :func:`available`); factor > 1."""
-    return _Envelope.apply(x, sample_rate)
+    from diffmix.kernels import ops
+
+    taps = torch.from_numpy(_taps(sample_rate, x.dtype))
+    return ops.limiter_envelope(x, taps, x.requires_grad, "numba")[0]
 
 
-class _Ramp(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, required: Tensor, lookahead: int) -> Tensor:  # noqa: ANN001
-        req = required.detach().contiguous().numpy()
-        out = np.empty_like(req)
-        arg = np.empty((req.shape[0], req.shape[1] + lookahead), dtype=np.int64)
-        numba_threads()
-        _ramp_nb(req, lookahead, out, arg)
-        ctx.arg, ctx.lookahead = arg, lookahead
-        return torch.from_numpy(out)
+def ramp_forward(required: Tensor, lookahead: int) -> tuple[Tensor, Tensor]:
+    """The ``diffmix::limiter_ramp`` op on numba: the ramp ``(rows, T)`` and, per window
+    ``i < T + L``, the sample holding its minimum (``-1``: the padding)."""
+    req = required.detach().contiguous().numpy()
+    out = np.empty_like(req)
+    arg = np.empty((req.shape[0], req.shape[1] + lookahead), dtype=np.int64)
+    numba_threads()
+    _ramp_nb(req, lookahead, out, arg)
+    return torch.from_numpy(out), torch.from_numpy(arg)
 
-    @staticmethod
-    def backward(ctx, grad: Tensor):  # noqa: ANN001, ANN205
-        g = np.ascontiguousarray(grad.detach().numpy())
-        greq = np.zeros_like(g)
-        numba_threads()
-        _ramp_bwd_nb(g, ctx.lookahead, ctx.arg, greq)
-        return torch.from_numpy(greq), None
+
+def ramp_backward(grad: Tensor, arg: Tensor, lookahead: int) -> Tensor:
+    """The ramp's exact backward on numba: ``drequired`` ``(rows, T)``."""
+    g = np.ascontiguousarray(grad.detach().numpy())
+    greq = np.zeros_like(g)
+    numba_threads()
+    _ramp_bwd_nb(g, lookahead, arg.contiguous().numpy(), greq)
+    return torch.from_numpy(greq)
 
 
 def ramp(required: Tensor, lookahead: int) -> Tensor:
     """Lookahead ramp ``(rows, T)``: the mean over ``j .. j + L`` of the minimum of
     ``required`` over each window ``i - L .. i`` (1 outside). Never above ``required``;
     differentiable. CPU only (see :func:`available`)."""
-    return _Ramp.apply(required, int(lookahead))
+    from diffmix.kernels import ops
+
+    return ops.limiter_ramp(required, int(lookahead), "numba")[0]

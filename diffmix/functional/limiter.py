@@ -24,6 +24,7 @@ from diffmix.functional import _peak_kernels as _pk
 from diffmix.functional import peaks as _peaks
 from diffmix.functional._dynamics_kernels import smooth
 from diffmix.functional.dynamics import _DB_PER_NEPER, _lookahead_samples, ms_to_pole
+from diffmix.kernels import ops
 from diffmix.kernels.backend import resolve
 from diffmix.params import ParamValue, per_sample
 
@@ -87,13 +88,12 @@ def limiter_envelope(x: Tensor, sample_rate: int, *, true_peak: bool = True,
     """
     if not true_peak or _peaks.oversampling_factor(sample_rate) == 1:
         return x.abs().amax(1, keepdim=True)
-    if _pk.available(x, backend):
-        return _pk.envelope(x, sample_rate)
-    if resolve(backend, x, "limiter") == "triton":
-        from diffmix.kernels.triton_ops import TritonEnvelope
-
+    kernel = resolve(backend, x, "limiter")
+    if kernel == "triton" or _pk.available(x, backend):
         taps = _peaks.interpolation_filter(_peaks.oversampling_factor(sample_rate))
-        return TritonEnvelope.apply(x, torch.as_tensor(taps, dtype=x.dtype, device=x.device))
+        taps_t = torch.as_tensor(taps, dtype=x.dtype, device=x.device)
+        want_code = torch.is_grad_enabled() and x.requires_grad
+        return ops.limiter_envelope(x, taps_t, want_code, kernel)[0]
     return _true_peak_envelope(x, sample_rate).amax(1, keepdim=True)
 
 
@@ -120,13 +120,11 @@ def limiter_gain(required: Tensor, lookahead: int, release: Tensor, *,
     [[[0.75, 0.5, 0.75]]]
     """
     b, _, t = required.shape
-    if lookahead and resolve(backend, required, "limiter") == "triton":
-        from diffmix.kernels.triton_ops import TritonRamp
-
-        required = TritonRamp.apply(required.reshape(b, t), int(lookahead)).reshape(b, 1, t)
-    elif lookahead and _pk.available(required, backend):
+    kernel = resolve(backend, required, "limiter")
+    if lookahead and (kernel == "triton" or _pk.available(required, backend)):
         # O(T) running minimum and running sum, instead of pools that cost O(T * L).
-        required = _pk.ramp(required.reshape(b, t), lookahead).reshape(b, 1, t)
+        rows = required.reshape(b, t).contiguous()
+        required = ops.limiter_ramp(rows, int(lookahead), kernel)[0].reshape(b, 1, t)
     elif lookahead:
         padded = F.pad(required, (lookahead, lookahead), value=1.0)
         held = -F.max_pool1d(-padded, lookahead + 1, stride=1)

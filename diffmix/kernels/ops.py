@@ -13,7 +13,11 @@ Ops:
 - ``diffmix::smooth`` / ``diffmix::smooth_backward``: the branching smoother
   (:mod:`diffmix.functional._dynamics_kernels`);
 - ``diffmix::dynamics`` / ``diffmix::dynamics_backward``: the fused compressor/expander
-  (:mod:`diffmix.functional._dynamics_fused`, :mod:`diffmix.kernels._triton_dynamics`).
+  (:mod:`diffmix.functional._dynamics_fused`, :mod:`diffmix.kernels._triton_dynamics`);
+- ``diffmix::limiter_envelope`` / ``diffmix::limiter_envelope_backward``: the limiter's
+  true-peak envelope, and ``diffmix::limiter_ramp`` / ``diffmix::limiter_ramp_backward``:
+  its lookahead ramp (:mod:`diffmix.functional._peak_kernels`,
+  :mod:`diffmix.kernels._triton_peaks`).
 
 The ``"torch"`` backend is composite PyTorch code and needs no op.
 """
@@ -164,3 +168,102 @@ def _dynamics_grad(ctx, gout, _gy, _gmode):  # noqa: ANN001, ANN202
 
 
 dynamics.register_autograd(_dynamics_grad, setup_context=_dynamics_setup)
+
+
+# --------------------------------------------------------------------------- limiter
+def _peak_kernels(backend: str):  # noqa: ANN202
+    triton_ops = _kernels(backend)
+    if triton_ops is not None:
+        return triton_ops
+    from diffmix.functional import _peak_kernels
+
+    return _peak_kernels
+
+
+@torch.library.custom_op("diffmix::limiter_envelope", mutates_args=())
+def limiter_envelope(x: Tensor, taps: Tensor, want_code: bool, backend: str) -> tuple[Tensor, Tensor]:
+    """True-peak level ``(B, 1, T)`` of ``x`` ``(B, C, T)`` with the interpolator ``taps``
+    ``(phases, K)``, and the winner per sample ``(B, T)`` int32 (``(1, 1)`` unless
+    ``want_code``) that the backward replays."""
+    return _peak_kernels(backend).envelope_forward(x, taps, want_code)
+
+
+@limiter_envelope.register_fake
+def _(x, taps, want_code, backend):  # noqa: ANN001, ANN202
+    b, _, t = x.shape
+    code = x.new_empty((b, t), dtype=torch.int32) if want_code else _no_store(x, torch.int32)
+    return x.new_empty((b, 1, t)), code
+
+
+@torch.library.custom_op("diffmix::limiter_envelope_backward", mutates_args=())
+def limiter_envelope_backward(grad: Tensor, x: Tensor, taps: Tensor, code: Tensor,
+                              backend: str) -> Tensor:
+    """``dx`` ``(B, C, T)`` from the level's gradient ``(B, 1, T)``."""
+    return _peak_kernels(backend).envelope_backward(grad, x, taps, code)
+
+
+@limiter_envelope_backward.register_fake
+def _(grad, x, taps, code, backend):  # noqa: ANN001, ANN202
+    return torch.empty_like(x)
+
+
+def _envelope_setup(ctx, inputs, output) -> None:  # noqa: ANN001
+    x, taps, _want, backend = inputs
+    _level, code = output
+    ctx.backend = backend
+    ctx.mark_non_differentiable(code)
+    ctx.set_materialize_grads(False)
+    ctx.save_for_backward(x, taps, code)
+
+
+def _envelope_grad(ctx, grad, _gcode):  # noqa: ANN001, ANN202
+    if grad is None:
+        return None, None, None, None
+    x, taps, code = ctx.saved_tensors
+    return limiter_envelope_backward(grad, x, taps, code, ctx.backend), None, None, None
+
+
+limiter_envelope.register_autograd(_envelope_grad, setup_context=_envelope_setup)
+
+
+@torch.library.custom_op("diffmix::limiter_ramp", mutates_args=())
+def limiter_ramp(required: Tensor, lookahead: int, backend: str) -> tuple[Tensor, Tensor]:
+    """The limiter's lookahead ramp over ``(rows, T)`` and, per window ``i < T + L``, the
+    sample holding its minimum (int64, ``-1`` for the padding), for the backward."""
+    return _peak_kernels(backend).ramp_forward(required, lookahead)
+
+
+@limiter_ramp.register_fake
+def _(required, lookahead, backend):  # noqa: ANN001, ANN202
+    rows, t = required.shape
+    return torch.empty_like(required), required.new_empty((rows, t + lookahead), dtype=torch.int64)
+
+
+@torch.library.custom_op("diffmix::limiter_ramp_backward", mutates_args=())
+def limiter_ramp_backward(grad: Tensor, arg: Tensor, lookahead: int, backend: str) -> Tensor:
+    """``drequired`` ``(rows, T)``."""
+    return _peak_kernels(backend).ramp_backward(grad, arg, lookahead)
+
+
+@limiter_ramp_backward.register_fake
+def _(grad, arg, lookahead, backend):  # noqa: ANN001, ANN202
+    return torch.empty_like(grad)
+
+
+def _ramp_setup(ctx, inputs, output) -> None:  # noqa: ANN001
+    _required, lookahead, backend = inputs
+    _out, arg = output
+    ctx.lookahead, ctx.backend = lookahead, backend
+    ctx.mark_non_differentiable(arg)
+    ctx.set_materialize_grads(False)
+    ctx.save_for_backward(arg)
+
+
+def _ramp_grad(ctx, grad, _garg):  # noqa: ANN001, ANN202
+    if grad is None:
+        return None, None, None
+    (arg,) = ctx.saved_tensors
+    return limiter_ramp_backward(grad.contiguous(), arg, ctx.lookahead, ctx.backend), None, None
+
+
+limiter_ramp.register_autograd(_ramp_grad, setup_context=_ramp_setup)

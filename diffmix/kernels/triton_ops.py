@@ -223,32 +223,42 @@ def _winners(x: Tensor, val: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     return level, channel, kind
 
 
-class TritonEnvelope(torch.autograd.Function):
-    """``(x (B, C, T), taps)`` -> the limiter's true-peak level ``(B, 1, T)``."""
+def envelope_forward(x: Tensor, taps: Tensor, want_code: bool) -> tuple[Tensor, Tensor]:
+    """The ``diffmix::limiter_envelope`` op on Triton: level ``(B, 1, T)`` and the numba
+    kernel's winner codes ``(B, T)`` (channel * 8 + kind; kind 0: the sample, 1 + p: the
+    point after it at phase p, 4 + p: the point before it), ``(1, 1)`` unless ``want_code``."""
+    x = x.detach()
+    b, c, t = x.shape
+    val, arg = between(x.reshape(b * c, t), taps)
+    val, arg = val.reshape(b, c, t), arg.reshape(b, c, t)
+    level, channel, kind = _winners(x, val)
+    if not want_code:
+        return level, torch.zeros((1, 1), dtype=torch.int32, device=x.device)
+    before = torch.nn.functional.pad(arg[..., :-1], (1, 0))
+    phase = torch.where(kind == 1, 1 + arg, torch.where(kind == 2, 4 + before, 0))
+    chosen = torch.gather(phase, 1, channel)
+    code = (channel * 8 + chosen)[:, 0].to(torch.int32)
+    return level, code
 
-    @staticmethod
-    def forward(ctx, x, taps):  # noqa: ANN001, ANN205
-        b, c, t = x.shape
-        val, arg = between(x.reshape(b * c, t), taps)
-        val, arg = val.reshape(b, c, t), arg.reshape(b, c, t)
-        level, channel, kind = _winners(x.detach(), val)
-        ctx.save_for_backward(x.detach(), val, arg, channel, kind, taps)
-        return level
 
-    @staticmethod
-    def backward(ctx, grad):  # noqa: ANN001, ANN205
-        x, val, arg, channel, kind, taps = ctx.saved_tensors
-        b, c, t = x.shape
-        chosen = torch.arange(c, device=x.device).view(1, c, 1) == channel
-        g = grad.to(x.dtype)
-        gx = torch.where(chosen & (kind == 0), g * torch.sign(x), 0.0)
-        # point m collects its "after" win (sample m) and its "before" win (sample m + 1)
-        sign = torch.sign(val)
-        w = torch.where(chosen & (kind == 1), g * sign, 0.0)
-        wb = torch.where(chosen & (kind == 2), g, 0.0)[..., 1:]
-        w = w + torch.nn.functional.pad(wb * sign[..., :-1], (0, 1))
-        gx = gx + between_adjoint(w.reshape(b * c, t), arg.reshape(b * c, t), taps).reshape(b, c, t)
-        return gx, None
+def envelope_backward(grad: Tensor, x: Tensor, taps: Tensor, code: Tensor) -> Tensor:
+    """The envelope's exact backward on Triton: ``dx`` ``(B, C, T)`` from ``grad``
+    ``(B, 1, T)`` and the forward's codes (the points are re-interpolated for their sign)."""
+    x = x.detach()
+    b, c, t = x.shape
+    val, arg = between(x.reshape(b * c, t), taps)
+    val = val.reshape(b, c, t)
+    code = code.to(torch.int64).unsqueeze(1)  # (B, 1, T)
+    chosen = torch.arange(c, device=x.device).view(1, c, 1) == code // 8
+    kind = code % 8
+    g = grad.to(x.dtype)
+    gx = torch.where(chosen & (kind == 0), g * torch.sign(x), 0.0)
+    # point m collects its "after" win (sample m) and its "before" win (sample m + 1)
+    sign = torch.sign(val)
+    w = torch.where(chosen & (kind >= 1) & (kind < 4), g * sign, 0.0)
+    wb = torch.where(chosen & (kind >= 4), g, 0.0)[..., 1:]
+    w = w + torch.nn.functional.pad(wb * sign[..., :-1], (0, 1))
+    return gx + between_adjoint(w.reshape(b * c, t), arg, taps).reshape(b, c, t)
 
 
 # --------------------------------------------------------------------------- lookahead ramp
@@ -272,28 +282,23 @@ def _window_sums(v: Tensor, span: int) -> Tensor:
     return csum[..., span:] - csum[..., :-span]
 
 
-class TritonRamp(torch.autograd.Function):
-    """The limiter's lookahead ramp ``(rows, T)`` (as :func:`diffmix.functional._peak_kernels.ramp`):
-    the mean over ``j .. j + L`` of the running minimum, the minimum on the Triton kernel
-    and the sums as float64 prefix sums."""
+def ramp_forward(required: Tensor, lookahead: int) -> tuple[Tensor, Tensor]:
+    """The ``diffmix::limiter_ramp`` op on Triton (as :func:`diffmix.functional._peak_kernels.ramp`):
+    the mean over ``j .. j + L`` of the running minimum (the minimum on the Triton kernel,
+    the sums as float64 prefix sums), and the sample holding each window's minimum."""
+    held, arg = _window_min(required, lookahead)
+    return (_window_sums(held, lookahead + 1) / (lookahead + 1)).to(required.dtype), arg
 
-    @staticmethod
-    def forward(ctx, required, lookahead):  # noqa: ANN001, ANN205
-        held, arg = _window_min(required, lookahead)
-        ctx.save_for_backward(arg)
-        ctx.lookahead, ctx.length = lookahead, required.shape[-1]
-        return (_window_sums(held, lookahead + 1) / (lookahead + 1)).to(required.dtype)
 
-    @staticmethod
-    def backward(ctx, grad):  # noqa: ANN001, ANN205
-        (arg,) = ctx.saved_tensors
-        span = ctx.lookahead + 1
-        # held[i] feeds out[j] for j in i - L .. i (inside [0, T)): sums of the padded grad.
-        padded = torch.nn.functional.pad(grad.to(torch.float64), (ctx.lookahead, ctx.lookahead))
-        per_held = _window_sums(padded, span) / span
-        greq = torch.zeros(grad.shape, dtype=torch.float64, device=grad.device)
-        greq.scatter_add_(1, arg.clamp_min(0), torch.where(arg >= 0, per_held, 0.0))
-        return greq.to(grad.dtype), None
+def ramp_backward(grad: Tensor, arg: Tensor, lookahead: int) -> Tensor:
+    """``drequired``: held[i] feeds out[j] for j in i - L .. i (inside [0, T)), so each
+    window's gradient is a sum of the padded output gradient, scattered to its sample."""
+    span = lookahead + 1
+    padded = torch.nn.functional.pad(grad.to(torch.float64), (lookahead, lookahead))
+    per_held = _window_sums(padded, span) / span
+    greq = torch.zeros(grad.shape, dtype=torch.float64, device=grad.device)
+    greq.scatter_add_(1, arg.clamp_min(0), torch.where(arg >= 0, per_held, 0.0))
+    return greq.to(grad.dtype)
 
 
 # --------------------------------------------------------------------------- K-weighting
