@@ -133,3 +133,14 @@ def test_per_item_param_shape_mismatch_is_an_error():
     with pytest.raises(ValueError, match="gain_db has 3 values along batch, but the audio has 2"):
         Gain(SR, gain_db=[0.0, 1.0, 2.0])(torch.zeros(2, 1, 8))
 
+
+def test_amp_to_db_has_one_meaning():
+    """amp_to_db reads -inf for silence wherever it is imported from; the finite variant
+    has its own name."""
+    from diffmix.functional import analysis, gain, peaks
+
+    assert peaks.amp_to_db is gain.amp_to_db and analysis.amp_to_db is gain.amp_to_db
+    amp = torch.tensor([1.0, 0.1, 0.0], dtype=torch.float64)
+    assert gain.amp_to_db(amp).tolist() == [0.0, -20.0, -math.inf]
+    assert gain.amp_to_db_floored(amp).tolist() == [0.0, -20.0, -240.0]
+    assert gain.amp_to_db_floored(amp, floor=1e-6)[-1] == -120.0
