@@ -1,7 +1,9 @@
-"""Gain, polarity, constant-power pan, balance and mid/side width.
+"""Gain, polarity, constant-power pan, balance and mid/side width, and the dB/amplitude
+conversions.
 
-All functions take ``(batch, channels, time)`` audio and are differentiable in their
-parameters and the input (polarity excepted: it is a switch). CPU and CUDA.
+The effects take ``(batch, channels, time)`` audio and are differentiable in their
+parameters and the input (polarity excepted: it is a switch); the conversions take any
+tensor. CPU and CUDA.
 """
 
 from __future__ import annotations

@@ -1,4 +1,6 @@
-"""Helpers shared by the CLI jobs."""
+"""Helpers shared by the CLI jobs: the output folder, the device, option checks, a
+report's headline measurements (:func:`summary`), the delivery check's true peak and the
+listening report switch."""
 
 from __future__ import annotations
 
