@@ -103,8 +103,10 @@ def crest_factor_db(x: Tensor, eps: float = 1e-12) -> Tensor:
     return 20.0 * torch.log10(peak / rms)
 
 
-def side_mid_ratio_db(x: Tensor, eps: float = 1e-12) -> Tensor:
-    """Overall side-to-mid power ratio in dB, ``(B, 2, T) -> (B,)``."""
+def side_mid_ratio_db_floored(x: Tensor, eps: float = 1e-12) -> Tensor:
+    """Overall side-to-mid power ratio in dB, ``(B, 2, T) -> (B,)``, with ``eps`` added to
+    both powers so it stays finite (and differentiable) on mono and silence. The meter,
+    which reads ``-inf``/``+inf`` there, is :func:`diffmix.functional.analysis.side_mid_ratio_db`."""
     ms = mid_side(x)
     power = ms.square().mean(-1)
     return 10.0 * torch.log10((power[:, 1] + eps) / (power[:, 0] + eps))
@@ -124,6 +126,6 @@ def spectral_errors(y: Tensor, reference: Tensor, sample_rate: int, n_fft: int =
         "tone_mid_rms_db": float((a.tone_mid - b.tone_mid).square().mean().sqrt()),
         "tone_side_rms_db": float((a.tone_side - b.tone_side).square().mean().sqrt()),
         "side_mid_ratio_error_db": float(
-            (side_mid_ratio_db(y.double()) - side_mid_ratio_db(reference.double())).abs()[0]
+            (side_mid_ratio_db_floored(y.double()) - side_mid_ratio_db_floored(reference.double())).abs()[0]
         ),
     }

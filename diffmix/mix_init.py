@@ -1,7 +1,8 @@
 """Former home of the mix fit's closed-form start, kept so old imports work.
 
 The code lives in :mod:`diffmix.mixing` (``analysis``, ``solvers``, ``wiring``); new code
-imports from there.
+imports from there. The per-frame band powers are ``band_frame_powers`` (once
+``band_powers``, the name :func:`diffmix.functional.spectrum.band_powers` keeps).
 """
 
 from diffmix.mixing.analysis import (  # noqa: F401
@@ -10,7 +11,7 @@ from diffmix.mixing.analysis import (  # noqa: F401
     N_FFT,
     STATS_BLOCK_FRAMES,
     band_edges,
-    band_powers,
+    band_frame_powers,
     coherent_band_stats,
     estimate_lag,
     k_weight_power,

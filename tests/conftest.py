@@ -37,6 +37,19 @@ def device(request) -> str:  # noqa: ANN001
     return request.param
 
 
+@pytest.fixture(scope="module")
+def _single_thread():
+    """One torch thread for a module (``pytestmark = pytest.mark.usefixtures("_single_thread")``).
+
+    Effect tests run on short signals: threads buy nothing, and on a loaded 2-core machine
+    OpenMP barriers made them ~10x slower.
+    """
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture
 def shared_multitrack() -> Path:
     """The shared real multitrack sets; skipped where ../shared is absent (a user's machine)."""

@@ -184,3 +184,27 @@ def test_report_of_silence_says_minus_inf():
     assert report["loudness_range_lu"] == 0.0 and report["plr_db"] == 0.0
     assert report["stereo"]["correlation"] == 0.0 and report["stereo"]["side_mid_db"] == "-inf"
     assert set(report["third_octave"]["level_db_per_channel"][0]) == {"-inf"}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
+def test_plr_and_psr_have_one_definition(dtype):
+    """analyze(), peaks.plr/psr and the job summary all take PLR and PSR from
+    peaks.peak_ratio_db: analyze() equals plr()/psr() bit for bit, the summary equals the
+    ratio of its own float64 figures, and silence reads 0 dB everywhere."""
+    from diffmix.functional.peaks import peak_ratio_db, plr, psr
+    from diffmix.jobs._common import summary
+
+    seed = 18
+    print("seed", seed)
+    x = torch.cat([noise(2, 3 * SR, seed=seed, dtype=dtype), torch.zeros(1, 2, 3 * SR, dtype=dtype)])
+    r = analyze(x, SR)
+    assert torch.equal(r["plr_db"], plr(x, SR))
+    assert torch.equal(r["psr_db"], psr(x, SR))
+    assert r["plr_db"][1] == 0.0 and r["psr_db"][1] == 0.0
+    for i in range(2):
+        s = summary(x[i : i + 1], SR)
+        lufs, tp, st = s["integrated_lufs"], s["true_peak_dbtp"], s["max_short_term_lufs"]
+        assert s["plr_db"] == (0.0 if math.isinf(lufs) else tp - lufs)
+        assert s["psr_db"] == (0.0 if math.isinf(st) else tp - st)
+    ratio = peak_ratio_db(torch.tensor([-1.0, -3.0, -1.0]), torch.tensor([-14.0, -math.inf, math.inf]))
+    assert ratio.tolist() == [13.0, 0.0, -math.inf]

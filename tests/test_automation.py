@@ -1,4 +1,5 @@
-"""VolumeAutomation: the effect contract, the curve's shape and its gradients."""
+"""VolumeAutomation: the curve's shape and its gradients (the effect contract is in
+test_contract.py)."""
 
 from __future__ import annotations
 
@@ -7,63 +8,13 @@ import math
 import numpy as np
 import pytest
 import torch
-from contract import (
-    assert_batch_consistent,
-    assert_finite_at_extremes,
-    assert_gradcheck,
-    assert_not_in_place,
-    assert_preset_round_trip,
-    noise,
-)
+from contract import noise
 
 from diffmix.effects.automation import VolumeAutomation
 from diffmix.functional.automation import gain_curve_db, volume_automation
 
 SR = 8000
 TIMES = [0.002, 0.01, 0.02, 0.03]  # within the 256-512-sample test signals at 8 kHz
-CASES = {
-    "cosine": (
-        lambda v: VolumeAutomation(SR, times_s=TIMES, **v),
-        [
-            {"gain_db": [-6.0, 3.0, -20.0, 0.0], "amount": 0.8},
-            {"gain_db": [0.0, -12.0, 6.0, -3.0], "amount": 1.0},
-        ],
-    ),
-    "linear": (
-        lambda v: VolumeAutomation(SR, times_s=TIMES, curve="linear", **v),
-        [{"gain_db": [-6.0, 3.0, -20.0, 0.0]}, {"gain_db": [2.0, -1.0, 0.0, -40.0]}],
-    ),
-    "single_point": (
-        lambda v: VolumeAutomation(SR, times_s=[0.01], **v),
-        [{"gain_db": [-6.0]}, {"gain_db": [4.0]}],
-    ),
-}
-
-
-@pytest.mark.parametrize("case", sorted(CASES))
-class TestContract:
-    def test_gradcheck(self, case):
-        make, values = CASES[case]
-        assert_gradcheck(make(values[0]), noise(2, 2, 256))
-
-    def test_batch_consistent(self, case, dtype, device):
-        make, values = CASES[case]
-        assert_batch_consistent(make, values, noise(2, 2, 512, dtype=dtype, device=device))
-
-    def test_not_in_place(self, case, dtype, device):
-        make, values = CASES[case]
-        assert_not_in_place(
-            make(values[0]).to(dtype=dtype, device=device), noise(2, 2, 256, dtype=dtype, device=device)
-        )
-
-    def test_finite_at_extremes(self, case, dtype, device):
-        make, values = CASES[case]
-        effect = make(values[0]).to(dtype=dtype, device=device)
-        assert_finite_at_extremes(effect, noise(1, 2, 256, dtype=dtype, device=device))
-
-    def test_preset_round_trip(self, case, tmp_path):
-        make, values = CASES[case]
-        assert_preset_round_trip(make(values[1]), noise(1, 2, 300, dtype=torch.float32), tmp_path)
 
 
 def test_curve_passes_through_breakpoints_and_holds_outside():

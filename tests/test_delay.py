@@ -1,5 +1,5 @@
-"""Delay: the effect contract, fractional placement, the feedback loop against a float64
-sample loop and against theory, ping-pong, tempo sync and bad input."""
+"""Delay: fractional placement, the feedback loop against a float64 sample loop and against
+theory, ping-pong, tempo sync and bad input (the effect contract is in test_contract.py)."""
 
 from __future__ import annotations
 
@@ -8,62 +8,12 @@ import math
 import numpy as np
 import pytest
 import torch
-from contract import (
-    assert_batch_consistent,
-    assert_finite_at_extremes,
-    assert_gradcheck,
-    assert_not_in_place,
-    assert_preset_round_trip,
-    noise,
-)
+from contract import noise
 
 from diffmix.effects.delay import Delay
 from diffmix.functional.delay import delay, note_to_ms
 
 SR = 44100
-CASES = {
-    "delay": (
-        lambda v: Delay(SR, **v),
-        {"time_ms": [1.3, 2.71], "feedback": [0.5, 0.8], "damping_hz": [3000.0, 9000.0], "mix": [0.4, 0.9]},
-        2,
-    ),
-    "ping_pong": (
-        lambda v: Delay(SR, ping_pong=True, **v),
-        {"time_ms": [1.1, 1.9], "feedback": [0.7, 0.3], "damping_hz": [1000.0, 15000.0], "mix": [1.0, 0.5]},
-        2,
-    ),
-}
-
-
-@pytest.mark.parametrize("case", sorted(CASES))
-class TestContract:
-    def test_gradcheck(self, case):
-        make, values, channels = CASES[case]
-        effect = make({k: v[0] for k, v in values.items()})
-        assert_gradcheck(effect, noise(1, channels, 96), fast_mode=True)
-
-    def test_batch_consistent(self, case, dtype, device):
-        make, values, channels = CASES[case]
-        per_item = [{k: v[i] for k, v in values.items()} for i in range(2)]
-        atol = 1e-9 if dtype == torch.float64 else 2e-4
-        x = noise(2, channels, 512, dtype=dtype, device=device)
-        assert_batch_consistent(make, per_item, x, atol=atol)
-
-    def test_not_in_place(self, case, dtype, device):
-        make, _, channels = CASES[case]
-        assert_not_in_place(
-            make({}).to(dtype=dtype, device=device), noise(2, channels, 256, dtype=dtype, device=device)
-        )
-
-    def test_finite_at_extremes(self, case, dtype, device):
-        make, _, channels = CASES[case]
-        effect = make({}).to(dtype=dtype, device=device)
-        assert_finite_at_extremes(effect, noise(2, channels, 256, dtype=dtype, device=device))
-
-    def test_preset_round_trip(self, case, tmp_path):
-        make, values, channels = CASES[case]
-        effect = make({k: v[1] for k, v in values.items()})
-        assert_preset_round_trip(effect, noise(1, channels, 128, dtype=torch.float32), tmp_path)
 
 
 def _impulse(n: int, channels: int = 1, dtype=torch.float64, device="cpu") -> torch.Tensor:  # noqa: ANN001

@@ -1,5 +1,5 @@
-"""Saturation: the effect contract, aliasing of a driven 5 kHz sine, curve shapes, the
-tone filter and bad input."""
+"""Saturation: aliasing of a driven 5 kHz sine, curve shapes, the tone filter and bad input
+(the effect contract is in test_contract.py)."""
 
 from __future__ import annotations
 
@@ -8,45 +8,12 @@ import math
 import numpy as np
 import pytest
 import torch
-from contract import (
-    assert_batch_consistent,
-    assert_finite_at_extremes,
-    assert_gradcheck,
-    assert_not_in_place,
-    assert_preset_round_trip,
-    noise,
-)
+from contract import noise
 
 from diffmix.effects.distortion import Saturation
 from diffmix.functional.distortion import saturate, shape
 
 SR = 44100
-VALUES = {"drive_db": [6.0, 20.0], "tone_hz": [3000.0, 12000.0], "output_db": [-3.0, 2.0], "mix": [0.7, 1.0]}
-
-
-@pytest.mark.parametrize("curve", ["tanh", "soft", "tube"])
-class TestContract:
-    def test_gradcheck(self, curve):
-        effect = Saturation(SR, curve=curve, oversample=4, **{k: v[0] for k, v in VALUES.items()})
-        assert_gradcheck(effect, noise(1, 2, 64), fast_mode=True)
-
-    def test_batch_consistent(self, curve, dtype, device):
-        per_item = [{k: v[i] for k, v in VALUES.items()} for i in range(2)]
-        atol = 1e-9 if dtype == torch.float64 else 1e-4
-        x = noise(2, 2, 512, dtype=dtype, device=device)
-        assert_batch_consistent(lambda v: Saturation(SR, curve=curve, **v), per_item, x, atol=atol)
-
-    def test_not_in_place(self, curve, dtype, device):
-        x = noise(2, 1, 256, dtype=dtype, device=device)
-        assert_not_in_place(Saturation(SR, curve=curve).to(dtype=dtype, device=device), x)
-
-    def test_finite_at_extremes(self, curve, dtype, device):
-        x = noise(2, 2, 256, dtype=dtype, device=device)
-        assert_finite_at_extremes(Saturation(SR, curve=curve, oversample=4).to(dtype=dtype, device=device), x)
-
-    def test_preset_round_trip(self, curve, tmp_path):
-        effect = Saturation(SR, curve=curve, oversample=4, **{k: v[1] for k, v in VALUES.items()})
-        assert_preset_round_trip(effect, noise(1, 2, 128, dtype=torch.float32), tmp_path)
 
 
 def _spectrum(y: torch.Tensor, sr: int, f0: float) -> tuple[np.ndarray, np.ndarray]:

@@ -1,6 +1,6 @@
-"""Compressor and expander/gate: the effect contract, a float64 reference loop, the static
-curve against theory, measured attack/release times, the torch fallback against the kernel,
-and bad input."""
+"""Compressor and expander/gate: a float64 reference loop, the static curve against theory,
+measured attack/release times, the torch fallback against the kernel, and bad input (the
+effect contract is in test_contract.py)."""
 
 from __future__ import annotations
 
@@ -9,85 +9,13 @@ import math
 import numpy as np
 import pytest
 import torch
-from contract import (
-    assert_batch_consistent,
-    assert_finite_at_extremes,
-    assert_gradcheck,
-    assert_not_in_place,
-    assert_preset_round_trip,
-    noise,
-)
 
 from diffmix.effects.dynamics import Compressor, Expander
 from diffmix.functional import dynamics as F
 from diffmix.functional._dynamics_kernels import smooth
 
 SR = 44100
-CASES = {
-    "comp_peak_max": (
-        lambda v: Compressor(SR, **v),
-        {"threshold_db": [-30.0, -12.0], "ratio": [4.0, 2.5], "attack_ms": [0.5, 2.0],
-         "release_ms": [5.0, 40.0], "knee_db": [6.0, 0.0], "makeup_db": [3.0, -1.0],
-         "mix": [0.7, 1.0]},
-        2,
-    ),
-    "comp_rms_none_lookahead": (
-        lambda v: Compressor(SR, detector="rms", rms_ms=0.5, link="none", lookahead_ms=0.1, **v),
-        {"threshold_db": [-25.0, -18.0], "ratio": [8.0, 3.0], "attack_ms": [1.0, 0.3],
-         "release_ms": [10.0, 3.0]},
-        2,
-    ),
-    "comp_mean_mono": (
-        lambda v: Compressor(SR, link="mean", **v),
-        {"threshold_db": [-20.0, -15.0], "knee_db": [12.0, 3.0]},
-        1,
-    ),
-    "expander": (
-        lambda v: Expander(SR, hold_ms=0.05, **v),
-        {"threshold_db": [-12.0, -20.0], "ratio": [3.0, 1.5], "attack_ms": [0.2, 1.0],
-         "release_ms": [2.0, 5.0], "range_db": [30.0, 12.0], "knee_db": [6.0, 0.0]},
-        2,
-    ),
-}
-
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """Test signals are short: threads buy nothing, and on a loaded 2-core machine OpenMP
-    barriers made these tests ~10x slower. Run the module single-threaded."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-
-@pytest.mark.parametrize("case", sorted(CASES))
-class TestContract:
-    def test_gradcheck(self, case):
-        make, values, channels = CASES[case]
-        effect = make({k: v[0] for k, v in values.items()})
-        assert_gradcheck(effect, noise(1, channels, 96))
-
-    def test_batch_consistent(self, case, dtype, device):
-        make, values, channels = CASES[case]
-        per_item = [{k: v[i] for k, v in values.items()} for i in range(2)]
-        assert_batch_consistent(make, per_item, noise(2, channels, 512, dtype=dtype, device=device))
-
-    def test_not_in_place(self, case, dtype, device):
-        make, _, channels = CASES[case]
-        effect = make({}).to(dtype=dtype, device=device)
-        assert_not_in_place(effect, noise(2, channels, 256, dtype=dtype, device=device))
-
-    def test_finite_at_extremes(self, case, dtype, device):
-        make, _, channels = CASES[case]
-        effect = make({}).to(dtype=dtype, device=device)
-        assert_finite_at_extremes(effect, noise(2, channels, 256, dtype=dtype, device=device))
-
-    def test_preset_round_trip(self, case, tmp_path):
-        make, values, channels = CASES[case]
-        effect = make({k: v[1] for k, v in values.items()})
-        assert_preset_round_trip(effect, noise(1, channels, 128, dtype=torch.float32), tmp_path)
-
+pytestmark = pytest.mark.usefixtures("_single_thread")
 
 # ---- a float64 per-sample reference ---------------------------------------------------
 

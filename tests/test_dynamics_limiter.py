@@ -1,6 +1,6 @@
-"""Limiter: the effect contract, the guaranteed ceiling on adversarial signals at 44.1, 48
-and 96 kHz (4x true-peak meter, plus an independent polyphase resampler as a cross-check),
-transparency below the ceiling, release time and gradients."""
+"""Limiter: the guaranteed ceiling on adversarial signals at 44.1, 48 and 96 kHz (4x
+true-peak meter, plus an independent polyphase resampler as a cross-check), transparency
+below the ceiling, release time and gradients (the effect contract is in test_contract.py)."""
 
 from __future__ import annotations
 
@@ -9,75 +9,13 @@ import math
 import numpy as np
 import pytest
 import torch
-from contract import (
-    assert_batch_consistent,
-    assert_finite_at_extremes,
-    assert_gradcheck,
-    assert_not_in_place,
-    assert_preset_round_trip,
-    noise,
-)
 from scipy.signal import resample_poly
 
 from diffmix.effects.dynamics import Limiter
 from diffmix.functional import limiter as F
 
 SR = 44100
-CASES = {
-    "sample_peak": (
-        lambda v: Limiter(SR, true_peak=False, lookahead_ms=0.2, **v),
-        {"ceiling_db": [-3.0, -1.0], "release_ms": [2.0, 10.0], "gain_db": [6.0, 9.0]},
-    ),
-    "true_peak_smooth": (
-        lambda v: Limiter(SR, true_peak=True, exact=False, lookahead_ms=0.1, **v),
-        {"ceiling_db": [-2.0, -0.5], "release_ms": [5.0, 1.5], "gain_db": [8.0, 3.0]},
-    ),
-    "true_peak_exact": (
-        lambda v: Limiter(SR, **v),
-        {"ceiling_db": [-1.0, -6.0], "release_ms": [50.0, 20.0], "gain_db": [12.0, 0.0]},
-    ),
-}
-
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """Test signals are short: threads buy nothing, and on a loaded 2-core machine OpenMP
-    barriers made these tests ~10x slower. Run the module single-threaded."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-
-@pytest.mark.parametrize("case", sorted(CASES))
-class TestContract:
-    def test_gradcheck(self, case):
-        make, values = CASES[case]
-        if case == "true_peak_exact":
-            pytest.skip("the exact step is a render-time correction; fit with exact=False")
-        effect = make({k: v[0] for k, v in values.items()})
-        assert_gradcheck(effect, noise(1, 2, 96))
-
-    def test_batch_consistent(self, case, dtype, device):
-        make, values = CASES[case]
-        per_item = [{k: v[i] for k, v in values.items()} for i in range(2)]
-        assert_batch_consistent(make, per_item, noise(2, 2, 512, dtype=dtype, device=device))
-
-    def test_not_in_place(self, case, dtype, device):
-        make, _ = CASES[case]
-        effect = make({}).to(dtype=dtype, device=device)
-        assert_not_in_place(effect, noise(2, 2, 256, dtype=dtype, device=device))
-
-    def test_finite_at_extremes(self, case, dtype, device):
-        make, _ = CASES[case]
-        effect = make({}).to(dtype=dtype, device=device)
-        assert_finite_at_extremes(effect, noise(2, 2, 256, dtype=dtype, device=device))
-
-    def test_preset_round_trip(self, case, tmp_path):
-        make, values = CASES[case]
-        effect = make({k: v[1] for k, v in values.items()})
-        assert_preset_round_trip(effect, noise(1, 2, 128, dtype=torch.float32), tmp_path)
-
+pytestmark = pytest.mark.usefixtures("_single_thread")
 
 # ---- adversarial signals ------------------------------------------------------------------
 

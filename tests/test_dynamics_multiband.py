@@ -1,5 +1,5 @@
-"""Multiband compressor: the effect contract, the bands summing flat at unity, per-band
-settings acting on their own band only, and bad input."""
+"""Multiband compressor: the bands summing flat at unity, per-band settings acting on their
+own band only, and bad input (the effect contract is in test_contract.py)."""
 
 from __future__ import annotations
 
@@ -7,76 +7,12 @@ import math
 
 import pytest
 import torch
-from contract import (
-    assert_batch_consistent,
-    assert_finite_at_extremes,
-    assert_gradcheck,
-    assert_not_in_place,
-    assert_preset_round_trip,
-    noise,
-)
 
 from diffmix.effects.dynamics import MultibandCompressor
 from diffmix.functional import multiband as F
 
 SR = 44100
-CASES = {
-    "three_bands": (
-        lambda v: MultibandCompressor(SR, **v),
-        {"crossover_hz": [[150.0, 2500.0], [300.0, 4000.0]],
-         "threshold_db": [[-30.0, -25.0, -20.0], [-18.0, -22.0, -26.0]],
-         "ratio": [[3.0, 2.0, 4.0], [6.0, 1.5, 2.0]],
-         "attack_ms": [[2.0, 1.0, 0.5], [3.0, 2.0, 1.0]],
-         "release_ms": [[20.0, 10.0, 5.0], [30.0, 15.0, 8.0]],
-         "makeup_db": [[1.0, 0.0, -1.0], [0.0, 2.0, 0.5]]},
-    ),
-    "four_bands_rms_unlinked": (
-        lambda v: MultibandCompressor(SR, detector="rms", rms_ms=1.0, link="none", **v),
-        {"crossover_hz": [[120.0, 1000.0, 6000.0], [200.0, 1500.0, 8000.0]],
-         "threshold_db": [[-30.0, -25.0, -22.0, -20.0], [-20.0, -20.0, -20.0, -20.0]],
-         "mix": [[1.0, 0.5, 0.8, 1.0], [0.3, 1.0, 1.0, 0.6]]},
-    ),
-}
-
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """Test signals are short: threads buy nothing, and on a loaded 2-core machine OpenMP
-    barriers made these tests ~10x slower. Run the module single-threaded."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-
-@pytest.mark.parametrize("case", sorted(CASES))
-class TestContract:
-    def test_gradcheck(self, case):
-        make, values = CASES[case]
-        effect = make({k: v[0] for k, v in values.items()})
-        # fast_mode: the LR4 band tree makes each full Jacobian column cost 24 biquad passes.
-        assert_gradcheck(effect, noise(1, 2, 128), fast_mode=True)
-
-    def test_batch_consistent(self, case, dtype, device):
-        make, values = CASES[case]
-        per_item = [{k: v[i] for k, v in values.items()} for i in range(2)]
-        assert_batch_consistent(make, per_item, noise(2, 2, 1024, dtype=dtype, device=device))
-
-    def test_not_in_place(self, case, dtype, device):
-        make, values = CASES[case]
-        effect = make({"crossover_hz": values["crossover_hz"][0]}).to(dtype=dtype, device=device)
-        assert_not_in_place(effect, noise(2, 2, 256, dtype=dtype, device=device))
-
-    def test_finite_at_extremes(self, case, dtype, device):
-        make, values = CASES[case]
-        effect = make({"crossover_hz": values["crossover_hz"][0]}).to(dtype=dtype, device=device)
-        assert_finite_at_extremes(effect, noise(2, 2, 256, dtype=dtype, device=device))
-
-    def test_preset_round_trip(self, case, tmp_path):
-        make, values = CASES[case]
-        effect = make({k: v[1] for k, v in values.items()})
-        assert_preset_round_trip(effect, noise(1, 2, 256, dtype=torch.float32), tmp_path)
-
+pytestmark = pytest.mark.usefixtures("_single_thread")
 
 @pytest.mark.parametrize("sr", [44100, 48000, 96000])
 @pytest.mark.parametrize("crossovers", [[200.0, 2000.0], [80.0, 800.0, 8000.0], [40.0, 41.0, 15000.0]])

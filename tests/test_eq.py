@@ -1,4 +1,5 @@
-"""ParametricEQ, HighPass, LowPass: the effect contract, scipy oracles and physical checks."""
+"""ParametricEQ, HighPass, LowPass: scipy oracles and physical checks (the effect contract
+is in test_contract.py)."""
 
 from __future__ import annotations
 
@@ -7,14 +8,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from contract import (
-    assert_batch_consistent,
-    assert_finite_at_extremes,
-    assert_gradcheck,
-    assert_not_in_place,
-    assert_preset_round_trip,
-    noise,
-)
+from contract import noise
 from scipy import signal
 from test_filters import rbj_reference
 
@@ -38,61 +32,6 @@ SETTINGS = [
     },
 ]
 SIX = ["low_shelf", "peak", "peak", "peak", "peak", "high_shelf"]
-
-CASES = {
-    # name: (make(values) -> module, per-item values, channels)
-    "eq_fft": (lambda v: ParametricEQ(SR, bands=BANDS, **v), SETTINGS, 2),
-    "eq_exact": (lambda v: ParametricEQ(SR, bands=BANDS, mode="exact", **v), SETTINGS, 1),
-    # Per-channel (M, S) values are checked in test_mid_side_mode_*: a lone item's (C, bands)
-    # would read as (B, bands), so the batch contract runs per-item values here.
-    "eq_ms": (
-        lambda v: ParametricEQ(SR, bands=SIX, stereo="ms", **v),
-        [
-            {"gain_db": [2.0, -3.0, 1.0, 0.0, 4.0, -2.0], "mix": 0.7},
-            {"gain_db": [-1.0, 0.0, 5.0, 2.0, 0.0, 1.0], "mix": 1.0},
-        ],
-        2,
-    ),
-    "highpass4": (lambda v: HighPass(SR, order=4, **v), [{"freq_hz": 80.0}, {"freq_hz": 300.0}], 2),
-    "lowpass_fft": (
-        lambda v: LowPass(SR, mode="fft", **v),
-        [{"freq_hz": 3000.0, "q": 2.0}, {"freq_hz": 9000.0, "q": 0.6}],
-        1,
-    ),
-}
-
-
-@pytest.mark.parametrize("case", sorted(CASES))
-class TestContract:
-    def test_gradcheck(self, case):
-        make, values, channels = CASES[case]
-        # fast_mode: a random projection of the full Jacobian, so every raw parameter and
-        # the input are still checked, at a fraction of the cost of the dense one.
-        assert_gradcheck(make(values[0]), noise(2, channels, 96), fast_mode=True)
-
-    def test_batch_consistent(self, case, dtype, device):
-        make, values, channels = CASES[case]
-        tol = 1e-9 if dtype == torch.float64 else 2e-5
-        assert_batch_consistent(make, values, noise(2, channels, 512, dtype=dtype, device=device), atol=tol)
-
-    def test_not_in_place(self, case, dtype, device):
-        make, values, channels = CASES[case]
-        effect = make(values[0]).to(dtype=dtype, device=device)
-        assert_not_in_place(effect, noise(2, channels, 256, dtype=dtype, device=device))
-
-    def test_finite_at_extremes(self, case, dtype, device):
-        make, values, channels = CASES[case]
-        # A short fixed tail keeps the FFT size small at the slowest-ringing corners; what
-        # is checked here is finiteness, not the tail.
-        effect = make(values[0])
-        if isinstance(effect, ParametricEQ):
-            effect.fft_tail_s = 0.05
-        effect = effect.to(dtype=dtype, device=device)
-        assert_finite_at_extremes(effect, noise(1, channels, 256, dtype=dtype, device=device))
-
-    def test_preset_round_trip(self, case, tmp_path):
-        make, values, channels = CASES[case]
-        assert_preset_round_trip(make(values[1]), noise(1, channels, 300, dtype=torch.float32), tmp_path)
 
 
 def scipy_sos(bands, values, fs) -> np.ndarray:

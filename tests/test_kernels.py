@@ -365,13 +365,22 @@ def test_console_forward_backward_on_cuda_has_no_host_sync():
 
 
 # --------------------------------------------------------------------------- torch contract
-# The effect contract of the effects with hand-written kernels, rerun with
-# DIFFMIX_BACKEND=torch so the composite path is covered as well (these classes are
-# collected here a second time; the fixture below switches the backend for them). The
-# multiband compressor is its bands' compressors (covered here) and crossovers (no kernel);
-# its contract on the torch path took 2.5 minutes, beyond this file's budget.
-from test_dynamics import TestContract as TestDynamicsContractTorch  # noqa: E402, F401
-from test_dynamics_limiter import TestContract as TestLimiterContractTorch  # noqa: E402, F401
+# The effect contract (tests/contract.py) of the effects with hand-written kernels, rerun
+# with DIFFMIX_BACKEND=torch so the composite path is covered as well (the fixture below
+# switches the backend for this class). The multiband compressor is its bands' compressors
+# (covered here) and crossovers (no kernel); its contract on the torch path took 2.5
+# minutes, beyond this file's budget.
+from contract import CASES, Contract  # noqa: E402
+
+from diffmix.effects import Compressor, Expander, Limiter  # noqa: E402
+
+KERNEL_CASES = sorted(n for n, c in CASES.items() if c.effect_class() in (Compressor, Expander, Limiter))
+
+
+@pytest.mark.usefixtures("_single_thread")
+@pytest.mark.parametrize("case", KERNEL_CASES)
+class TestKernelEffectsContractTorch(Contract):
+    pass
 
 
 @pytest.fixture(autouse=True)

@@ -1,5 +1,6 @@
-"""Chorus and phaser: the effect contract, the chorus against a float64 sample loop, the
-static phaser against scipy's lfilter, notches, the phaser's sweep and bad input."""
+"""Chorus and phaser: the chorus against a float64 sample loop, the static phaser against
+scipy's lfilter, notches, the phaser's sweep and bad input (the effect contract is in
+test_contract.py)."""
 
 from __future__ import annotations
 
@@ -9,73 +10,12 @@ import numpy as np
 import pytest
 import scipy.signal as ss
 import torch
-from contract import (
-    assert_batch_consistent,
-    assert_finite_at_extremes,
-    assert_gradcheck,
-    assert_not_in_place,
-    assert_preset_round_trip,
-    noise,
-)
+from contract import noise
 
 from diffmix.effects.modulation import Chorus, Phaser
 from diffmix.functional.modulation import chorus, phaser
 
 SR = 44100
-CASES = {
-    "chorus": (
-        lambda v: Chorus(SR, **v),
-        {
-            "rate_hz": [0.7, 3.0],
-            "depth": [0.3, 0.8],
-            "centre_ms": [1.2, 1.9],
-            "feedback": [0.4, -0.3],
-            "mix": [0.5, 0.9],
-        },
-    ),
-    "phaser": (
-        lambda v: Phaser(SR, **v),
-        {
-            "rate_hz": [2.0, 5.0],
-            "depth": [0.5, 1.0],
-            "centre_hz": [600.0, 2500.0],
-            "feedback": [0.5, -0.4],
-            "mix": [0.5, 0.8],
-        },
-    ),
-}
-
-
-@pytest.mark.parametrize("channels", [1, 2])
-@pytest.mark.parametrize("case", sorted(CASES))
-class TestContract:
-    def test_gradcheck(self, case, channels):
-        make, values = CASES[case]
-        effect = make({k: v[0] for k, v in values.items()})
-        assert_gradcheck(effect, noise(1, channels, 128), fast_mode=True)
-
-    def test_batch_consistent(self, case, channels, dtype, device):
-        make, values = CASES[case]
-        per_item = [{k: v[i] for k, v in values.items()} for i in range(2)]
-        atol = 1e-9 if dtype == torch.float64 else 1e-4
-        assert_batch_consistent(
-            make, per_item, noise(2, channels, 512, dtype=dtype, device=device), atol=atol
-        )
-
-    def test_not_in_place(self, case, channels, dtype, device):
-        make, _ = CASES[case]
-        x = noise(2, channels, 256, dtype=dtype, device=device)
-        assert_not_in_place(make({}).to(dtype=dtype, device=device), x)
-
-    def test_finite_at_extremes(self, case, channels, dtype, device):
-        make, _ = CASES[case]
-        x = noise(2, channels, 256, dtype=dtype, device=device)
-        assert_finite_at_extremes(make({}).to(dtype=dtype, device=device), x)
-
-    def test_preset_round_trip(self, case, channels, tmp_path):
-        make, values = CASES[case]
-        effect = make({k: v[1] for k, v in values.items()})
-        assert_preset_round_trip(effect, noise(1, channels, 128, dtype=torch.float32), tmp_path)
 
 
 def _chorus_loop(x: np.ndarray, rate: float, depth: float, centre_ms: float, g: float) -> np.ndarray:

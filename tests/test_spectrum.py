@@ -54,3 +54,33 @@ def test_gradient_is_finite_on_silence():
     m, _ = band_matrix(44100, 2048)
     (10 * torch.log10(band_powers(welch_psd(x, 2048), m) + 1e-12)).sum().backward()
     assert torch.isfinite(x.grad).all()
+
+
+RATES = [8000, 11025, 16000, 22050, 24000, 32000, 44100, 48000, 88200, 96000, 176400, 192000]
+
+
+@pytest.mark.parametrize("sr", RATES)
+def test_every_band_set_is_drawn_from_band_centres(sr):
+    """The analysis spectrum, the features and the match EQ take their centres from
+    band_centres; the analysis set is what its own formula gave before (the IEC series
+    1000 * 10^(k/10) from the 20 Hz band to 20 kHz, upper edge at or below Nyquist): the
+    same bands to 1e-14, the same FFT bins in each."""
+    import math
+
+    from diffmix.features import FeatureExtractor
+    from diffmix.functional.analysis import third_octave_centres
+    from diffmix.functional.match_eq import match_centres
+    from diffmix.functional.spectrum import band_membership
+
+    k = torch.arange(-17, 14, dtype=torch.float64)
+    before = 1000.0 * 10.0 ** (k / 10.0)
+    before = before[before * 10.0 ** (1 / 20) <= sr / 2]
+    now = third_octave_centres(sr)
+    assert now.shape == before.shape
+    assert float(((now - before).abs() / before).max()) < 1e-14
+    n_fft = 1 << max(8, math.ceil(math.log2(sr * 0.37)))  # third_octave_spectrum's
+    assert torch.equal(band_membership(now, sr, n_fft), band_membership(before, sr, n_fft))
+
+    series = band_centres(3, 1.0, 100000.0)
+    for centres in (now, FeatureExtractor(sr, 4096).centres, match_centres(sr)):
+        assert all(bool((series == c).any()) for c in centres), "a centre not from band_centres"

@@ -1,5 +1,5 @@
-"""Per-band width and the mono-compatibility check: the effect contract, mono lows,
-all-pass reconstruction, band gains and the check's figures."""
+"""Per-band width and the mono-compatibility check: mono lows, all-pass reconstruction, band
+gains and the check's figures (the effect contract is in test_contract.py)."""
 
 from __future__ import annotations
 
@@ -7,52 +7,13 @@ import math
 
 import pytest
 import torch
-from contract import (
-    assert_batch_consistent,
-    assert_finite_at_extremes,
-    assert_gradcheck,
-    assert_not_in_place,
-    assert_preset_round_trip,
-    noise,
-)
+from contract import noise
 
 from diffmix.effects.stereo import BandWidth
 from diffmix.functional.gain import mid_side
 from diffmix.functional.stereo import band_width, mono_compatibility
 
 SR = 44100
-VALUES = {
-    "low_width": [0.0, 0.6],
-    "mid_width": [1.3, 0.8],
-    "high_width": [1.7, 0.2],
-    "low_hz": [120.0, 300.0],
-    "high_hz": [3000.0, 6000.0],
-}
-
-
-class TestContract:
-    def test_gradcheck(self):
-        effect = BandWidth(SR, **{k: v[1] for k, v in VALUES.items()})
-        assert_gradcheck(effect, noise(1, 2, 128), fast_mode=True)
-
-    def test_batch_consistent(self, dtype, device):
-        per_item = [{k: v[i] for k, v in VALUES.items()} for i in range(2)]
-        atol = 1e-9 if dtype == torch.float64 else 1e-4
-        x = noise(2, 2, 512, dtype=dtype, device=device)
-        assert_batch_consistent(lambda v: BandWidth(SR, **v), per_item, x, atol=atol)
-
-    def test_not_in_place(self, dtype, device):
-        assert_not_in_place(
-            BandWidth(SR).to(dtype=dtype, device=device), noise(2, 2, 256, dtype=dtype, device=device)
-        )
-
-    def test_finite_at_extremes(self, dtype, device):
-        x = noise(2, 2, 256, dtype=dtype, device=device)
-        assert_finite_at_extremes(BandWidth(SR).to(dtype=dtype, device=device), x)
-
-    def test_preset_round_trip(self, tmp_path):
-        effect = BandWidth(SR, **{k: v[1] for k, v in VALUES.items()})
-        assert_preset_round_trip(effect, noise(1, 2, 128, dtype=torch.float32), tmp_path)
 
 
 def _tones(freqs: list[float], n: int, sr: int) -> torch.Tensor:

@@ -78,8 +78,8 @@ def constants(dtype: torch.dtype) -> torch.Tensor:
 
 def empty(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
     """A CPU tensor from numpy's allocator: numpy asks the kernel for transparent huge pages
-    on large buffers, which makes first touch (the page faults of a fresh 80 MB buffer) about
-    4x cheaper than torch's allocator on this kind of machine."""
+    on large buffers, which makes first touch (the page faults of a fresh buffer) cheaper
+    than with torch's allocator (measured: BENCHMARKS.md, profile notes)."""
     return torch.from_numpy(np.empty(shape, dtype=torch.empty((), dtype=dtype).numpy().dtype))
 
 
@@ -308,8 +308,8 @@ def _fwd_multi(r0, r1, x, side, amp, mean, kind, lookahead, thr, slope, knee, rn
 def _bsum(buf, n):  # noqa: ANN001, ANN202
     """Sum of ``buf[:n]`` in float64. Its own function so that only this loop may be
     reassociated (vectorised with several partial sums): the polynomial ``log``/``exp``
-    above must keep their order. A hand-unrolled 16-lane sum in the caller measured
-    3 ns/sample of the backward's 10; this one about 1."""
+    above must keep their order. A hand-unrolled 16-lane sum in the caller was about three
+    times slower (BENCHMARKS.md, profile notes)."""
     total = 0.0
     for i in range(n):
         total += buf[i]

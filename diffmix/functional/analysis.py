@@ -28,6 +28,7 @@ import torch
 from torch import Tensor
 
 from diffmix.checks import check_sample_rate
+from diffmix.functional.gain import amp_to_db
 from diffmix.functional.loudness import (
     check_meter_input,
     integrated_loudness,
@@ -36,8 +37,15 @@ from diffmix.functional.loudness import (
     momentary_loudness,
     short_term_loudness,
 )
-from diffmix.functional.peaks import amp_to_db, sample_peak, true_peak
-from diffmix.functional.spectrum import band_membership, band_powers, welch_psd
+from diffmix.functional.peaks import peak_ratio_db, sample_peak, true_peak
+from diffmix.functional.spectrum import (
+    NOMINAL_20_HZ,
+    band_centres,
+    band_membership,
+    band_powers,
+    top_centre_hz,
+    welch_psd,
+)
 
 # Band edges in Hz for the per-band stereo image: low, low-mid, mid, high-mid, high.
 STEREO_BANDS = (
@@ -155,9 +163,7 @@ def third_octave_centres(sample_rate: int) -> Tensor:
     [20, 1000, 19953]
     """
     sr = check_sample_rate(sample_rate, "third_octave_spectrum")
-    k = torch.arange(-17, 14, dtype=torch.float64)
-    centres = 1000.0 * 10.0 ** (k / 10.0)
-    return centres[centres * 10.0 ** (1 / 20) <= sr / 2]
+    return band_centres(3, NOMINAL_20_HZ, min(20000.0, top_centre_hz(sr, 3)))
 
 
 def third_octave_spectrum(x: Tensor, sample_rate: int) -> tuple[Tensor, Tensor]:
@@ -255,8 +261,8 @@ def analyze(x: Tensor, sample_rate: int) -> dict[str, Any]:
             "series_step_s": meter_unit(sr) / sr,
             "true_peak_dbtp": tp,
             "sample_peak_dbfs": sp,
-            "plr_db": _ratio(tp_max, integrated),
-            "psr_db": _ratio(tp_max, short.amax(-1)),
+            "plr_db": peak_ratio_db(tp_max, integrated),
+            "psr_db": peak_ratio_db(tp_max, short.amax(-1)),
             "crest_factor_db": torch.where(
                 rms > 0, sp.to(torch.float64) - amp_to_db(rms), 0.0
             ).to(x.dtype),
@@ -276,10 +282,6 @@ def analyze(x: Tensor, sample_rate: int) -> dict[str, Any]:
             out.update(correlation=None, side_mid_db=None, band_correlation=None,
                        band_side_mid_db=None)
     return out
-
-
-def _ratio(peak_db: Tensor, level: Tensor) -> Tensor:
-    return torch.where(torch.isneginf(level), torch.zeros_like(peak_db), peak_db - level)
 
 
 def json_number(value: float, digits: int = 4) -> float | str:

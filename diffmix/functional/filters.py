@@ -564,8 +564,8 @@ def fft_convolve(x: Tensor, fir: Tensor) -> Tensor:
 
     Signals much longer than the filter are cut into overlapping blocks (overlap-save)
     with an FFT size of 8-16x the filter: about the arithmetic of one long transform,
-    but each transform fits in cache, which made forward+backward ~1.5x faster on
-    30 s tracks (CPU); short signals take one transform.
+    but each transform fits in cache, which made forward+backward faster on long tracks
+    (CPU; BENCHMARKS.md, profile notes); short signals take one transform.
 
     Args:
         x: ``(B, C, T)``.

@@ -1,7 +1,9 @@
-"""Gain, polarity, constant-power pan, balance and mid/side width.
+"""Gain, polarity, constant-power pan, balance and mid/side width, and the dB/amplitude
+conversions.
 
-All functions take ``(batch, channels, time)`` audio and are differentiable in their
-parameters and the input (polarity excepted: it is a switch). CPU and CUDA.
+The effects take ``(batch, channels, time)`` audio and are differentiable in their
+parameters and the input (polarity excepted: it is a switch); the conversions take any
+tensor. CPU and CUDA.
 """
 
 from __future__ import annotations
@@ -19,8 +21,21 @@ def db_to_amp(db: Tensor) -> Tensor:
     return torch.pow(10.0, db / 20.0)
 
 
-def amp_to_db(amp: Tensor, floor: float = 1e-12) -> Tensor:
-    """Linear amplitude to decibels, clamped at ``floor`` to stay finite on silence."""
+def amp_to_db(amp: Tensor) -> Tensor:
+    """Linear amplitude to decibels, ``20 log10(amp)``: ``-inf`` (not NaN) for zero.
+
+    For meters and reports, where silence reads ``-inf``; a loss wants
+    :func:`amp_to_db_floored`.
+
+    >>> amp_to_db(torch.tensor([1.0, 0.1, 0.0])).tolist()
+    [0.0, -20.0, -inf]
+    """
+    return 20.0 * torch.log10(amp)
+
+
+def amp_to_db_floored(amp: Tensor, floor: float = 1e-12) -> Tensor:
+    """Linear amplitude to decibels, clamped at ``floor`` to stay finite on silence (and
+    keep gradients finite): ``-240`` dB for zero at the default floor."""
     return 20.0 * torch.log10(amp.clamp_min(floor))
 
 

@@ -1,13 +1,14 @@
-"""Lookahead brickwall limiter with a guaranteed (true-)peak ceiling, and 4x true-peak metering.
+"""Lookahead brickwall limiter with a guaranteed (true-)peak ceiling.
 
 The gain is the smallest effort that keeps the linked (true-)peak level under the ceiling:
 a running minimum over the lookahead, a moving average of the same length (a linear ramp
 into each peak that never overshoots), instant attack and a one-pole release. The smooth
 gain is what fitting differentiates; with ``exact`` the render adds a final correction
-that re-meters the output with the project's true-peak meter and closes any residual over.
+that re-meters the output with the project's true-peak meter (:mod:`diffmix.functional.peaks`)
+and closes any residual over; ``strict`` holds the ceiling on every usual meter as well.
 
 References:
-    ITU-R BS.1770-4 Annex 2, true-peak measurement by 4x oversampling.
+    ITU-R BS.1770-4 Annex 2, true-peak measurement by oversampling (in :mod:`~diffmix.functional.peaks`).
 """
 
 from __future__ import annotations
@@ -33,8 +34,6 @@ from diffmix.params import ParamValue, per_sample
 _LIMIT_MARGIN = 1e-4
 
 
-# ITU-R BS.1770-4 Annex 2: the 48-tap, 4-phase interpolating FIR of the true-peak meter, as
-# printed in the Recommendation (one row per phase; tap j multiplies x[n - j]).
 def true_peak(x: Tensor, sample_rate: int) -> Tensor:
     """Linear true peak per channel with the project's meter, ``(B, C, T) -> (B, C)``.
 

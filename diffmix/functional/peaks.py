@@ -26,6 +26,7 @@ import torch
 from torch import Tensor
 
 from diffmix.checks import check_sample_rate, value_checks_enabled
+from diffmix.functional.gain import amp_to_db
 from diffmix.functional.loudness import (
     check_meter_input,
     integrated_loudness,
@@ -467,11 +468,6 @@ def strict_true_peak(x: Tensor, sample_rate: int) -> Tensor:
         return peak.reshape(b, c)
 
 
-def amp_to_db(amp: Tensor) -> Tensor:
-    """``20 log10(amp)`` with ``-inf`` (not NaN) for zero."""
-    return 20.0 * torch.log10(amp)
-
-
 def true_peak_soft(
     x: Tensor, sample_rate: int, *, temperature_db: float = 0.05, factor: int | None = None
 ) -> Tensor:
@@ -502,9 +498,16 @@ def true_peak_soft(
     return temperature_db * torch.logsumexp(level.flatten(1) / temperature_db, dim=-1)
 
 
-def _ratio_db(peak_db: Tensor, level_db: Tensor) -> Tensor:
-    silent = torch.isinf(level_db) & (level_db < 0)
-    return torch.where(silent, torch.zeros_like(peak_db), peak_db - level_db)
+def peak_ratio_db(peak_db: Tensor, loudness: Tensor) -> Tensor:
+    """A peak level over a loudness, in dB: ``peak_db - loudness``, and ``0.0`` where the
+    loudness is ``-inf`` (silence). The one definition of PLR and PSR (:func:`plr`,
+    :func:`psr`, :func:`diffmix.functional.analysis.analyze`, the job reports).
+
+    >>> peak_ratio_db(torch.tensor([-1.0, -90.0]), torch.tensor([-14.0, -math.inf])).tolist()
+    [13.0, 0.0]
+    """
+    silent = torch.isinf(loudness) & (loudness < 0)
+    return torch.where(silent, torch.zeros_like(peak_db), peak_db - loudness)
 
 
 def plr(x: Tensor, sample_rate: int) -> Tensor:
@@ -517,7 +520,7 @@ def plr(x: Tensor, sample_rate: int) -> Tensor:
         EBU R 128 s1 (2016); AES TD1004.
     """
     tp = amp_to_db(true_peak(x, sample_rate).amax(-1))
-    return _ratio_db(tp, integrated_loudness(x, sample_rate))
+    return peak_ratio_db(tp, integrated_loudness(x, sample_rate))
 
 
 def psr(x: Tensor, sample_rate: int) -> Tensor:
@@ -528,7 +531,7 @@ def psr(x: Tensor, sample_rate: int) -> Tensor:
         ``(B, C, T)`` -> ``(B,)`` dB; ``0.0`` for silence.
     """
     tp = amp_to_db(true_peak(x, sample_rate).amax(-1))
-    return _ratio_db(tp, short_term_loudness(x, sample_rate).amax(-1))
+    return peak_ratio_db(tp, short_term_loudness(x, sample_rate).amax(-1))
 
 
 def crest_factor(x: Tensor, sample_rate: int) -> Tensor:

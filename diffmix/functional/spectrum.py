@@ -14,9 +14,16 @@ import math
 import torch
 from torch import Tensor
 
+# The exact centre of the third-octave band nominally called 20 Hz (IEC 61260-1: 19.95 Hz),
+# the lowest band of the analysis spectrum.
+NOMINAL_20_HZ = 1000.0 * 10.0**-1.7
+
 
 def band_centres(fraction: int = 3, low_hz: float = 20.0, high_hz: float = 20000.0) -> Tensor:
     """Exact base-10 centres ``1000 · 10^(0.3·k/fraction)`` between ``low_hz`` and ``high_hz``.
+
+    The one definition of fractional-octave band centres: the features, the match EQ and
+    the analysis spectrum all take theirs from here (each with its own range).
 
     >>> [round(f) for f in band_centres(1).tolist()]
     [32, 63, 126, 251, 501, 1000, 1995, 3981, 7943, 15849]
@@ -37,6 +44,12 @@ def band_membership(centres: Tensor, sample_rate: int, n_fft: int, fraction: int
     return ((freqs >= lo) & (freqs < hi)).to(torch.float64)
 
 
+def top_centre_hz(sample_rate: int, fraction: int = 3) -> float:
+    """The highest centre (Hz) whose band's upper edge ``fc · 10^(0.15/fraction)`` is at or
+    below Nyquist."""
+    return sample_rate / 2 / 10 ** (0.15 / fraction)
+
+
 def band_matrix(
     sample_rate: int, n_fft: int, fraction: int = 3, low_hz: float = 20.0, high_hz: float = 20000.0
 ) -> tuple[Tensor, Tensor]:
@@ -44,7 +57,7 @@ def band_matrix(
 
     Bands above Nyquist, and bands too narrow to hold a bin, are dropped.
     """
-    centres = band_centres(fraction, low_hz, min(high_hz, sample_rate / 2 / 10 ** (0.15 / fraction)))
+    centres = band_centres(fraction, low_hz, min(high_hz, top_centre_hz(sample_rate, fraction)))
     matrix = band_membership(centres, sample_rate, n_fft, fraction)
     keep = matrix.sum(1) > 0
     return matrix[keep], centres[keep]

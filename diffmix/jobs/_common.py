@@ -1,4 +1,6 @@
-"""Helpers shared by the CLI jobs."""
+"""Helpers shared by the CLI jobs: the output folder, the device, option checks, a
+report's headline measurements (:func:`summary`), the delivery check's true peak and the
+listening report switch."""
 
 from __future__ import annotations
 
@@ -62,14 +64,17 @@ def summary(x: torch.Tensor, sample_rate: int) -> dict:
     """
     from diffmix.functional.analysis import side_mid_ratio_db, stereo_correlation
     from diffmix.functional.loudness import integrated_loudness, loudness_range, short_term_loudness
-    from diffmix.functional.peaks import true_peak
+    from diffmix.functional.peaks import peak_ratio_db, true_peak
+
+    def rel(peak: float, level: float) -> float:  # PLR and PSR, as the meters define them
+        return float(peak_ratio_db(torch.tensor(peak, dtype=torch.float64),
+                                   torch.tensor(level, dtype=torch.float64)))
 
     with torch.no_grad():
         lufs = float(integrated_loudness(x, sample_rate)[0])
         tp = 20.0 * math.log10(max(float(true_peak(x, sample_rate).amax()), 1e-300))
         sp = 20.0 * math.log10(max(float(x.abs().amax()), 1e-300))
         st_max = float(short_term_loudness(x, sample_rate).amax())
-        rel = lambda peak, level: 0.0 if math.isinf(level) else peak - level  # noqa: E731
         out = {
             "integrated_lufs": lufs,
             "lra_lu": float(loudness_range(x, sample_rate)[0]),

@@ -31,7 +31,7 @@ def band_edges(sample_rate: int) -> np.ndarray:
     return np.append(edges[edges < top], top)
 
 
-def band_powers(x: Tensor, sample_rate: int, edges: np.ndarray, n_fft: int = N_FFT) -> Tensor:
+def band_frame_powers(x: Tensor, sample_rate: int, edges: np.ndarray, n_fft: int = N_FFT) -> Tensor:
     """Power per band and frame: ``(..., T)`` -> ``(..., n_bands, frames)`` float64.
 
     Hann-windowed STFT with 50 % overlap; each band sums the power of its bins.

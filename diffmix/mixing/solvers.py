@@ -61,7 +61,7 @@ from diffmix.functional.filters import sos_response
 from diffmix.linalg import nnls
 from diffmix.mixing.analysis import (
     band_edges,
-    band_powers,
+    band_frame_powers,
     coherent_band_stats,
     estimate_lag,
     frame_gains,
@@ -290,8 +290,8 @@ def _solve_powers(
 ) -> tuple[np.ndarray, np.ndarray, float]:
     """Per-band power gains ``(N, nb)`` from band powers per frame, the stems' band
     energies ``(N, nb)`` and the share of the reference explained."""
-    ps = band_powers(stems, sample_rate, edges).cpu().numpy()  # (N, 2, nb, F)
-    pr = band_powers(reference, sample_rate, edges).cpu().numpy()  # (2, nb, F)
+    ps = band_frame_powers(stems, sample_rate, edges).cpu().numpy()  # (N, 2, nb, F)
+    pr = band_frame_powers(reference, sample_rate, edges).cpu().numpy()  # (2, nb, F)
     n, nb = ps.shape[0], ps.shape[2]
     # Broadband: every band weighs the same (each band's rows divided by its reference power).
     scale = 1.0 / np.maximum(pr.sum(axis=(0, 2)), 1e-30)  # (nb,)

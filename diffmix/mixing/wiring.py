@@ -20,7 +20,7 @@ from diffmix.effects.dynamics import Compressor
 from diffmix.effects.eq import ParametricEQ
 from diffmix.effects.gain import Pan, Width
 from diffmix.functional.gain import pan_matrix, width_matrix
-from diffmix.mixing.analysis import band_edges, band_powers, k_weight_power, stft_frames
+from diffmix.mixing.analysis import band_edges, band_frame_powers, k_weight_power, stft_frames
 from diffmix.mixing.solvers import GAIN_DB_RANGE, MixEstimate, estimate_mix, fit_eq_gains
 
 if TYPE_CHECKING:
@@ -267,8 +267,8 @@ def polish_levels(
     with torch.no_grad():
         for s0 in starts:
             piece = stems[..., s0 : s0 + length]
-            e_in = band_powers(piece[0] * scale, sample_rate, edges).sum(dim=(1, 3)).cpu()  # (N, nb)
-            e_out = band_powers(console.solo(piece), sample_rate, edges).sum(dim=(1, 3)).cpu()
+            e_in = band_frame_powers(piece[0] * scale, sample_rate, edges).sum(dim=(1, 3)).cpu()  # (N, nb)
+            e_out = band_frame_powers(console.solo(piece), sample_rate, edges).sum(dim=(1, 3)).cpu()
             want += (e_in * gains * kw).sum(1)
             have += (e_out * kw).sum(1)
     live = (want > 0) & (have > 0)
