@@ -365,16 +365,16 @@ def test_console_forward_backward_on_cuda_has_no_host_sync():
 
 
 # --------------------------------------------------------------------------- torch contract
-# The effect contract (tests/contract.py) of the effects with hand-written kernels, rerun
-# with DIFFMIX_BACKEND=torch so the composite path is covered as well (the fixture below
-# switches the backend for this class). The multiband compressor is its bands' compressors
-# (covered here) and crossovers (no kernel); its contract on the torch path took 2.5
-# minutes, beyond this file's budget.
+# The effect contract (tests/contract.py) of every effect with a hand-written kernel (the
+# compressor, expander, multiband compressor and limiter), rerun with DIFFMIX_BACKEND=torch
+# so the composite path is covered as well (the fixture below switches the backend for
+# this class). Every other effect runs the same code on every backend.
 from contract import CASES, Contract  # noqa: E402
 
-from diffmix.effects import Compressor, Expander, Limiter  # noqa: E402
+from diffmix.effects import Compressor, Expander, Limiter, MultibandCompressor  # noqa: E402
 
-KERNEL_CASES = sorted(n for n, c in CASES.items() if c.effect_class() in (Compressor, Expander, Limiter))
+KERNEL_CASES = sorted(n for n, c in CASES.items()
+                      if c.effect_class() in (Compressor, Expander, Limiter, MultibandCompressor))
 
 
 @pytest.mark.usefixtures("_single_thread")
