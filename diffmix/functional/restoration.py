@@ -142,14 +142,20 @@ def _frames_near(r: Tensor, hop: int, frames: int, reach: int) -> Tensor:
     return torch.unique(torch.stack([rows[ok], f[ok]], -1), dim=0)
 
 
-def ar_residuals(x: Tensor, coeffs: Tensor, hop: int) -> tuple[Tensor, Tensor]:
-    """Forward and backward prediction errors of each sample under its frame's AR model.
+def ar_residuals(x: Tensor, coeffs: Tensor, hop: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Forward, backward and interpolation errors of each sample under its frame's AR
+    model (zeros beyond the ends). Linear in ``x`` (coefficients fixed).
 
-    ``forward[n] = sum_k a[k] x[n - k]``, ``backward[n] = sum_k a[k] x[n + k]``
-    (zeros beyond the ends). Linear in ``x`` (coefficients fixed).
+    ``forward[n] = sum_k a[k] x[n - k]`` and ``backward[n] = sum_k a[k] x[n + k]``;
+    ``interpolation[n] = sum_k r[k] x[n + k] / sqrt(r[0])`` (``k = -p .. p``) with ``r``
+    the autocorrelation of the prediction-error filter ``a``: the forward error filtered
+    backwards by the same filter, normalised. The last is the matched filter for an
+    impulse in the AR process: a click of height ``A`` on one sample gives
+    ``A sqrt(r[0])`` against a background of the innovation's standard deviation, where a
+    one-sided error gives ``A`` (``r[0] = sum a_k^2`` is 10 to 1000 for tonal music).
 
     Shape:
-        ``x (B, C, T)``, ``coeffs (B, C, F, p + 1)`` -> two ``(B, C, T)`` tensors.
+        ``x (B, C, T)``, ``coeffs (B, C, F, p + 1)`` -> three ``(B, C, T)`` tensors.
     """
     rows, (b, c, t) = _rows(x, "ar_residuals")
     p = coeffs.shape[-1] - 1
@@ -159,37 +165,14 @@ def ar_residuals(x: Tensor, coeffs: Tensor, hop: int) -> tuple[Tensor, Tensor]:
     seg = xp.unfold(-1, hop + 2 * p, hop)[:, :frames]  # (N, F, hop + 2p)
     n_fft = 1 << math.ceil(math.log2(hop + 3 * p + 1))
     sx = torch.fft.rfft(seg, n_fft)
-    fwd = torch.fft.irfft(sx * torch.fft.rfft(a, n_fft), n_fft)[..., p : p + hop]
-    bwd = torch.fft.irfft(sx * torch.fft.rfft(a.flip(-1), n_fft), n_fft)[..., 2 * p : 2 * p + hop]
-    fwd = fwd.reshape(b * c, frames * hop)[:, :t].reshape(b, c, t)
-    bwd = bwd.reshape(b * c, frames * hop)[:, :t].reshape(b, c, t)
-    return fwd, bwd
-
-
-def interpolation_errors(x: Tensor, coeffs: Tensor, hop: int) -> Tensor:
-    """The one-sample interpolation error of each sample under its frame's AR model,
-    normalised: ``z[n] = sum_k r[k] x[n + k] / sqrt(r[0])`` with ``r`` the autocorrelation
-    of the prediction-error filter (``k = -p .. p``), i.e. the forward error filtered
-    backwards by the same filter. It is the matched filter for an impulse in the AR
-    process: a click of height ``A`` on one sample gives ``A sqrt(r[0])`` against a
-    background of standard deviation ``sigma`` (the innovation's), where the forward error
-    alone gives ``A`` (``r[0] = sum a_k^2`` is 10 to 1000 for tonal music). Linear in
-    ``x`` (coefficients fixed); zeros beyond the ends.
-
-    Shape:
-        ``x (B, C, T)``, ``coeffs (B, C, F, p + 1)`` -> ``(B, C, T)``.
-    """
-    rows, (b, c, t) = _rows(x, "interpolation_errors")
-    p = coeffs.shape[-1] - 1
-    frames = coeffs.shape[-2]
-    a = coeffs.reshape(b * c, frames, p + 1).to(rows.dtype)
-    xp = tnf.pad(rows, (p, frames * hop - t + p))
-    seg = xp.unfold(-1, hop + 2 * p, hop)[:, :frames]  # (N, F, hop + 2p)
-    n_fft = 1 << math.ceil(math.log2(hop + 3 * p + 1))
-    spec = torch.fft.rfft(a, n_fft)
-    power = (spec.real.square() + spec.imag.square()) * a.square().sum(-1, keepdim=True).rsqrt()
-    z = torch.fft.irfft(torch.fft.rfft(seg, n_fft) * power, n_fft)[..., p : p + hop]
-    return z.reshape(b * c, frames * hop)[:, :t].reshape(b, c, t)
+    sa = torch.fft.rfft(a, n_fft)
+    power = (sa.real.square() + sa.imag.square()) * a.square().sum(-1, keepdim=True).rsqrt()
+    out = (
+        torch.fft.irfft(sx * sa, n_fft)[..., p : p + hop],
+        torch.fft.irfft(sx * sa.conj(), n_fft)[..., p : p + hop],  # correlation with a
+        torch.fft.irfft(sx * power, n_fft)[..., p : p + hop],
+    )
+    return tuple(e.reshape(b * c, frames * hop)[:, :t].reshape(b, c, t) for e in out)
 
 
 def runs(mask: Tensor) -> Tensor:
@@ -447,7 +430,7 @@ def detect_clicks(
     A sample is a candidate when ``min(|forward error|, |backward error|)`` exceeds
     ``threshold`` times the larger of two robust local scales of the prediction error
     (the median sub-block RMS over about 16 ms before it and over 16 ms after it) *and*
-    its interpolation error (:func:`interpolation_errors`, the matched filter for a click
+    its interpolation error (:func:`ar_residuals`, the matched filter for a click
     in an AR process, ``sqrt(sum a_k^2)`` times more sensitive than either one-sided
     error) exceeds ``z_threshold`` times its own robust local scale, taken the same way.
     The second test finds quiet clicks in tonal music that the first misses at a high
@@ -506,15 +489,13 @@ def detect_clicks(
             # Later passes refit only the frames whose windows the repairs changed.
             coeffs = ar_coefficients(fit_on, sr, order=order, hop=hop, limit=limit,
                                      frames=near, into=None if near is None else coeffs)
-            fwd, bwd = ar_residuals(xd, coeffs, hop)
-            fwd, bwd = fwd.reshape(b * c, t), bwd.reshape(b * c, t)
+            fwd, bwd, z = (e.reshape(b * c, t) for e in ar_residuals(xd, coeffs, hop))
             stat = torch.minimum(fwd.abs(), bwd.abs())
             e_before, e_after = _local_scale((fwd.square() + bwd.square()).mul(0.5).sqrt(), width)
             scale = torch.maximum(e_before, e_after).repeat_interleave(_SUB, -1)[:, :t]
             # Candidates: samples that neither direction predicts (the minimum error, which
             # localises a click and spares an attack) *and* that the interpolation error,
             # the matched filter for a click, marks.
-            z = interpolation_errors(xd, coeffs, hop).reshape(b * c, t)
             z_before, z_after = _local_scale(z, width)
             z_scale = torch.maximum(z_before, z_after).repeat_interleave(_SUB, -1)[:, :t]
             flags = (stat > torch.clamp(threshold * scale, min=10.0 ** (floor_db / 20.0))) & (
@@ -566,7 +547,7 @@ def declick(
     passes: int = 2,
     above_db: float | None = 3.0,
     explain_db: float | None = 10.0,
-    repair_order: int = 48,
+    repair_order: int = 96,
 ) -> tuple[Tensor, Tensor]:
     """Find clicks (:func:`detect_clicks`) and repair them by LSAR interpolation.
 
