@@ -200,17 +200,17 @@ def spans(mask: Tensor) -> list[dict]:
 
 
 def _mask_from_runs(r: Tensor, shape: tuple[int, int], pad: int, device: torch.device) -> Tensor:
+    """``(N, T)`` bool mask of the runs ``r`` (``(K, 3)`` row, start, end), each widened
+    by ``pad`` samples a side (clipped to the signal). Costs the runs' length, not ``T``."""
     n, t = shape
+    mask = torch.zeros(n, t, dtype=torch.bool, device=device)
     if len(r) == 0:
-        return torch.zeros(n, t, dtype=torch.bool, device=device)
-    delta = torch.zeros(n, t + 1, dtype=torch.int32, device=device)
-    if len(r):
-        start = (r[:, 1] - pad).clamp(0, t)
-        end = (r[:, 2] + pad).clamp(0, t)
-        ones = torch.ones(len(r), dtype=torch.int32, device=device)
-        delta.index_put_((r[:, 0], start), ones, accumulate=True)
-        delta.index_put_((r[:, 0], end), -ones, accumulate=True)
-    return delta.cumsum(-1)[:, :t] > 0
+        return mask
+    width = int((r[:, 2] - r[:, 1]).max()) + 2 * pad
+    idx = r[:, 1:2] - pad + torch.arange(width, device=device)
+    ok = (idx < r[:, 2:3] + pad) & (idx >= 0) & (idx < t)
+    mask[r[:, 0:1].expand(-1, width)[ok], idx[ok]] = True
+    return mask
 
 
 def _segments(r: Tensor, gap: int) -> Tensor:
@@ -330,19 +330,23 @@ def lsar_interpolate(
 
 def _local_scale(v: Tensor, width: int) -> tuple[Tensor, Tensor]:
     """Robust local RMS of ``v`` (N, T) on a grid of ``_SUB``-sample sub-blocks: the
-    median of the sub-block RMS over the ``width`` sub-blocks before and after each one
-    (excluding it). Returns ``(before, after)``, each ``(N, nsb)``."""
+    median of the sub-block RMS over the ``width`` (rounded down to a multiple of 4)
+    sub-blocks before and after each one (excluding it). Returns ``(before, after)``, each ``(N, nsb)``."""
     n, t = v.shape
     nsb = -(-t // _SUB)
     ms = tnf.pad(v.square(), (0, nsb * _SUB - t)).reshape(n, nsb, _SUB).mean(-1).sqrt()
     # Medians on a grid of `stride` sub-blocks (sorting every window costs more than the
     # rest of the detector), each window shifted to end (start) just before (after) the
     # first (last) sub-block of its grid cell.
+    # The width is a whole number of cells, so the window after a cell is the window
+    # before the cell `width / stride + 1` cells later: one median per cell serves both.
     stride = 4
+    width = max(stride, width // stride * stride)
     cells = -(-nsb // stride)
     padded = tnf.pad(ms[:, None], (width, width + cells * stride - nsb + stride), mode="replicate")[:, 0]
-    before = padded.unfold(-1, width, stride)[:, :cells].median(-1).values
-    after = padded[:, width + stride :].unfold(-1, width, stride)[:, :cells].median(-1).values
+    med = padded.unfold(-1, width, stride).median(-1).values
+    later = width // stride + 1
+    before, after = med[:, :cells], med[:, later : later + cells]
     return (before.repeat_interleave(stride, -1)[:, :nsb],
             after.repeat_interleave(stride, -1)[:, :nsb])
 
@@ -423,6 +427,7 @@ def detect_clicks(
     passes: int = 2,
     above_db: float | None = 3.0,
     explain_db: float | None = 10.0,
+    loud_db: float | None = 12.0,
 ) -> tuple[Tensor, Tensor, int]:
     """Flag clicks: short bursts that the AR model of their surroundings cannot predict,
     forwards or backwards, and that do not recur period after period.
@@ -457,7 +462,9 @@ def detect_clicks(
       least ``explain_db`` once the burst is interpolated. A click is added to music
       that goes on, so without it the error drops to the music's own; an attack starts a
       sound the model of the samples before it cannot predict, so interpolating the
-      attack leaves most of the error.
+      attack leaves most of the error. A burst whose removed part peaks ``loud_db`` or
+      more over the programme's level is kept without this test (it is no attack: far
+      louder than the music around it), so a loud click among others is not lost.
 
     The models are fitted on the signal clamped to ``clamp`` times its robust local level;
     with ``passes=2`` they are refitted on the signal with the first pass's clicks
@@ -467,8 +474,8 @@ def detect_clicks(
         order: AR order. hop_ms: AR frame length (ms; the model is fitted on 2 hops).
         threshold, z_threshold: detection thresholds in local-scale units. floor_db: errors below this
             level (dBFS) never count. pad: samples added to each side of a burst (the
-            edges of a burst are often below the threshold). above_db, explain_db: the
-            last two guards (``None`` turns one off).
+            edges of a burst are often below the threshold). above_db, explain_db,
+            loud_db: the last guards (``None`` turns one off).
 
     Returns:
         ``(mask, coeffs, hop)``: ``mask (B, C, T)`` bool (detached), the AR filters
@@ -491,15 +498,21 @@ def detect_clicks(
                                      frames=near, into=None if near is None else coeffs)
             fwd, bwd, z = (e.reshape(b * c, t) for e in ar_residuals(xd, coeffs, hop))
             stat = torch.minimum(fwd.abs(), bwd.abs())
-            e_before, e_after = _local_scale((fwd.square() + bwd.square()).mul(0.5).sqrt(), width)
-            scale = torch.maximum(e_before, e_after).repeat_interleave(_SUB, -1)[:, :t]
+            # The local scales of the two-sided error and of the interpolation error, in one go.
+            e_before, e_after = _local_scale(
+                torch.cat([(fwd.square() + bwd.square()).mul(0.5).sqrt(), z]), width)
+            scales = torch.maximum(e_before, e_after)[..., None]  # (2N, nsb, 1)
+            scale, z_scale = scales[: b * c], scales[b * c :]
             # Candidates: samples that neither direction predicts (the minimum error, which
             # localises a click and spares an attack) *and* that the interpolation error,
-            # the matched filter for a click, marks.
-            z_before, z_after = _local_scale(z, width)
-            z_scale = torch.maximum(z_before, z_after).repeat_interleave(_SUB, -1)[:, :t]
-            flags = (stat > torch.clamp(threshold * scale, min=10.0 ** (floor_db / 20.0))) & (
-                z.abs() > z_threshold * z_scale)
+            # the matched filter for a click, marks. Compared sub-block by sub-block.
+            nsb = scales.shape[1]
+            grid = (b * c, nsb, _SUB)
+            flags = (
+                tnf.pad(stat, (0, nsb * _SUB - t)).reshape(grid)
+                > torch.clamp(threshold * scale, min=10.0 ** (floor_db / 20.0))
+            ) & (tnf.pad(z.abs(), (0, nsb * _SUB - t)).reshape(grid) > z_threshold * z_scale)
+            flags = flags.reshape(b * c, nsb * _SUB)[:, :t]
             # Join candidates with at most `merge` samples between them into one burst.
             bursts = _segments(runs(flags), merge + 1)
             bursts = bursts[(bursts[:, 2] - bursts[:, 1]) <= max_len]
@@ -509,21 +522,25 @@ def detect_clicks(
             if len(bursts) == 0:
                 break
             repaired = lsar_interpolate(xd, mask, coeffs, hop)
+            # What the repair would remove, peak over the programme's robust local level.
+            removed = (xd - repaired).abs().reshape(b * c, t) / level.clamp(min=1e-9)
+            span = max_len + 2 * pad
+            idx = (bursts[:, 1:2] - pad + torch.arange(span, device=x.device)).clamp(0, t - 1)
+            inside = idx < (bursts[:, 2:3] + pad)
+            peak = torch.where(inside, removed[bursts[:, 0:1], idx], 0.0).amax(-1)
+            keep = torch.ones_like(peak, dtype=torch.bool)
             if above_db is not None:
-                # What the repair would remove must stand out of the programme's level:
-                # an onset the model cannot predict is no louder than the music it starts.
-                removed = (xd - repaired).abs().reshape(b * c, t) / level.clamp(min=1e-9)
-                span = max_len + 2 * pad
-                idx = (bursts[:, 1:2] - pad + torch.arange(span, device=x.device)).clamp(0, t - 1)
-                inside = idx < (bursts[:, 2:3] + pad)
-                peak = torch.where(inside, removed[bursts[:, 0:1], idx], 0.0).amax(-1)
-                bursts = bursts[peak >= 10.0 ** (above_db / 20.0)]
-                mask = _mask_from_runs(bursts, (b * c, t), pad, x.device).reshape(b, c, t)
-            if explain_db is not None and len(bursts):
+                # It must stand out: an onset the model cannot predict is no louder than
+                # the music it starts.
+                keep &= peak >= 10.0 ** (above_db / 20.0)
+            if explain_db is not None:
                 gain = _explained(xd.reshape(b * c, t), repaired.reshape(b * c, t), bursts,
                                   coeffs.reshape(b * c, -1, order + 1), hop, pad, max_len)
-                bursts = bursts[gain >= explain_db]
-                mask = _mask_from_runs(bursts, (b * c, t), pad, x.device).reshape(b, c, t)
+                # ...and the repair must explain it, unless it is far above the music.
+                loud = peak >= 10.0 ** (loud_db / 20.0) if loud_db is not None else False
+                keep &= (gain >= explain_db) | loud
+            bursts = bursts[keep]
+            mask = _mask_from_runs(bursts, (b * c, t), pad, x.device).reshape(b, c, t)
             if len(bursts) == 0 or step == passes - 1:
                 break
             # A loud click whitens the model of its frame (the clamp only limits it), which
@@ -547,6 +564,7 @@ def declick(
     passes: int = 2,
     above_db: float | None = 3.0,
     explain_db: float | None = 10.0,
+    loud_db: float | None = 12.0,
     repair_order: int = 96,
 ) -> tuple[Tensor, Tensor]:
     """Find clicks (:func:`detect_clicks`) and repair them by LSAR interpolation.
@@ -571,6 +589,7 @@ def declick(
         x, sr, order=order, hop_ms=hop_ms, threshold=threshold, z_threshold=z_threshold,
         max_click_ms=max_click_ms,
         merge=merge, pad=pad, passes=passes, above_db=above_db, explain_db=explain_db,
+        loud_db=loud_db,
     )
     if not bool(mask.any()):
         return x, mask
