@@ -428,6 +428,7 @@ def detect_clicks(
     above_db: float | None = 3.0,
     explain_db: float | None = 10.0,
     loud_db: float | None = 12.0,
+    onset_db: float | None = 20.0,
 ) -> tuple[Tensor, Tensor, int]:
     """Flag clicks: short bursts that the AR model of their surroundings cannot predict,
     forwards or backwards, and that do not recur period after period.
@@ -465,6 +466,9 @@ def detect_clicks(
       attack leaves most of the error. A burst whose removed part peaks ``loud_db`` or
       more over the programme's level is kept without this test (it is no attack: far
       louder than the music around it), so a loud click among others is not lost.
+    * a burst after which the programme is ``onset_db`` louder than before it (10 ms each
+      side, the burst repaired) starts a sound: a kick out of silence, whose body the
+      model of the samples after it predicts well backwards, is no click.
 
     The models are fitted on the signal clamped to ``clamp`` times its robust local level;
     with ``passes=2`` they are refitted on the signal with the first pass's clicks
@@ -475,7 +479,7 @@ def detect_clicks(
         threshold, z_threshold: detection thresholds in local-scale units. floor_db: errors below this
             level (dBFS) never count. pad: samples added to each side of a burst (the
             edges of a burst are often below the threshold). above_db, explain_db,
-            loud_db: the last guards (``None`` turns one off).
+            loud_db, onset_db: the last guards (``None`` turns one off).
 
     Returns:
         ``(mask, coeffs, hop)``: ``mask (B, C, T)`` bool (detached), the AR filters
@@ -539,6 +543,19 @@ def detect_clicks(
                 # ...and the repair must explain it, unless it is far above the music.
                 loud = peak >= 10.0 ** (loud_db / 20.0) if loud_db is not None else False
                 keep &= (gain >= explain_db) | loud
+            if onset_db is not None:
+                # A sound that starts here (its level after the burst far above the level
+                # before it, as a kick out of silence) is an attack, however well the
+                # model of its own body explains it; a click is added to music that goes
+                # on. Levels over 10 ms of the repaired signal either side.
+                near = int(round(0.010 * sr))
+                ar = torch.arange(near, device=x.device)
+                rep = repaired.reshape(b * c, t)
+                pre = (bursts[:, 1:2] - pad - near + ar).clamp(0, t - 1)
+                post = (bursts[:, 2:3] + pad + ar).clamp(0, t - 1)
+                e_pre = rep[bursts[:, 0:1], pre].square().mean(-1)
+                e_post = rep[bursts[:, 0:1], post].square().mean(-1)
+                keep &= e_post <= e_pre * 10.0 ** (onset_db / 10.0)
             bursts = bursts[keep]
             mask = _mask_from_runs(bursts, (b * c, t), pad, x.device).reshape(b, c, t)
             if len(bursts) == 0 or step == passes - 1:
@@ -565,12 +582,18 @@ def declick(
     above_db: float | None = 3.0,
     explain_db: float | None = 10.0,
     loud_db: float | None = 12.0,
-    repair_order: int = 96,
+    onset_db: float | None = 20.0,
+    repair_order: int = 64,
+    repair_hop_ms: float = 40.0,
 ) -> tuple[Tensor, Tensor]:
     """Find clicks (:func:`detect_clicks`) and repair them by LSAR interpolation.
 
-    The AR models used for the repair are refitted on the signal with the clicks already
-    interpolated once, so a loud click does not bias the model that fills it in.
+    Each flagged span (the click widened by ``pad`` samples a side) is solved jointly by
+    LSAR from the samples on both sides (:func:`lsar_interpolate`). The AR models used
+    for the repair (order ``repair_order``, fitted on ``2 repair_hop_ms`` around each
+    frame: at least 50 samples per coefficient keeps the fit's own error small) are fitted
+    on the signal with the clicks already interpolated once, so a loud click does not bias
+    the model that fills it in.
 
     Differentiable with respect to ``x`` (mask and AR models fixed: the repair is linear).
     CUDA: yes.
@@ -589,16 +612,17 @@ def declick(
         x, sr, order=order, hop_ms=hop_ms, threshold=threshold, z_threshold=z_threshold,
         max_click_ms=max_click_ms,
         merge=merge, pad=pad, passes=passes, above_db=above_db, explain_db=explain_db,
-        loud_db=loud_db,
+        loud_db=loud_db, onset_db=onset_db,
     )
     if not bool(mask.any()):
         return x, mask
     with torch.no_grad():
         first = lsar_interpolate(x.detach(), mask, coeffs, hop)
         # Only the frames around the clicks are used by the repair: fit just those.
-        near = _frames_near(runs(mask), hop, coeffs.shape[-2], repair_order)
-        coeffs = ar_coefficients(first, sr, order=repair_order, hop=hop, frames=near)
-    return lsar_interpolate(x, mask, coeffs, hop), mask
+        rhop = _hop(sr, repair_hop_ms)
+        near = _frames_near(runs(mask), rhop, -(-x.shape[-1] // rhop), repair_order)
+        coeffs = ar_coefficients(first, sr, order=repair_order, hop=rhop, frames=near)
+    return lsar_interpolate(x, mask, coeffs, rhop), mask
 
 
 def detect_clipping(
