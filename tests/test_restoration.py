@@ -310,6 +310,26 @@ def test_real_mix_false_alarms_within_the_goal(song):
     assert len(found) <= allowed, found
 
 
+@pytest.mark.parametrize("seed", [61, 62])
+def test_a_loud_click_where_the_music_starts_is_still_a_click(seed):
+    """The onset guard spares a sound that starts out of silence; a click far above the
+    music (``loud_db``) right where the music starts is repaired all the same."""
+    print("seed", seed)
+    rng = np.random.default_rng(seed)
+    a = stable_ar(rng, pairs=3)
+    music = ar_signal(a, SR // 2, rng)
+    music *= 0.1 / music.std() * np.minimum(1.0, np.arange(music.size) / 200.0)  # 5 ms fade-in
+    x = np.concatenate([np.zeros(SR // 4), music])
+    at = SR // 4 + int(rng.integers(5, 60))
+    length = int(rng.integers(5, 30))
+    clean = x.copy()
+    x[at : at + length] += rng.standard_normal(length) * 1.0  # ~30 dB over the music
+    y, mask = declick(torch.from_numpy(x)[None, None], SR)
+    assert mask[0, 0, at : at + length].any()
+    before = ((x - clean)[at : at + length] ** 2).sum()
+    assert ((y[0, 0].numpy() - clean)[at : at + length] ** 2).sum() < 0.05 * before
+
+
 PERCUSSION_STEMS = [
     "Alf42red-Mauiwowi/05-hihat-closed05", "Alf42red-Mauiwowi/07-snare01",
     "Alf42red-Mauiwowi/08-bassdrum-acoustic01", "Alf42red-Mauiwowi/09-crash01",

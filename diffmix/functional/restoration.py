@@ -468,7 +468,8 @@ def detect_clicks(
       louder than the music around it), so a loud click among others is not lost.
     * a burst after which the programme is ``onset_db`` louder than before it (10 ms each
       side, the burst repaired) starts a sound: a kick out of silence, whose body the
-      model of the samples after it predicts well backwards, is no click.
+      model of the samples after it predicts well backwards, is no click (unless it is
+      ``loud_db`` over the programme, as above: a loud click where the music starts).
 
     The models are fitted on the signal clamped to ``clamp`` times its robust local level;
     with ``passes=2`` they are refitted on the signal with the first pass's clicks
@@ -533,6 +534,8 @@ def detect_clicks(
             inside = idx < (bursts[:, 2:3] + pad)
             peak = torch.where(inside, removed[bursts[:, 0:1], idx], 0.0).amax(-1)
             keep = torch.ones_like(peak, dtype=torch.bool)
+            # Far above the music around it: no attack, whatever the tests below say.
+            loud = peak >= 10.0 ** (loud_db / 20.0) if loud_db is not None else ~keep
             if above_db is not None:
                 # It must stand out: an onset the model cannot predict is no louder than
                 # the music it starts.
@@ -541,7 +544,6 @@ def detect_clicks(
                 gain = _explained(xd.reshape(b * c, t), repaired.reshape(b * c, t), bursts,
                                   coeffs.reshape(b * c, -1, order + 1), hop, pad, max_len)
                 # ...and the repair must explain it, unless it is far above the music.
-                loud = peak >= 10.0 ** (loud_db / 20.0) if loud_db is not None else False
                 keep &= (gain >= explain_db) | loud
             if onset_db is not None:
                 # A sound that starts here (its level after the burst far above the level
@@ -555,7 +557,7 @@ def detect_clicks(
                 post = (bursts[:, 2:3] + pad + ar).clamp(0, t - 1)
                 e_pre = rep[bursts[:, 0:1], pre].square().mean(-1)
                 e_post = rep[bursts[:, 0:1], post].square().mean(-1)
-                keep &= e_post <= e_pre * 10.0 ** (onset_db / 10.0)
+                keep &= (e_post <= e_pre * 10.0 ** (onset_db / 10.0)) | loud
             bursts = bursts[keep]
             mask = _mask_from_runs(bursts, (b * c, t), pad, x.device).reshape(b, c, t)
             if len(bursts) == 0 or step == passes - 1:
