@@ -24,6 +24,7 @@ from diffmix.functional.restoration import (
     levinson,
     lsar_interpolate,
     remove_dc,
+    repair_clicks,
     runs,
 )
 
@@ -478,6 +479,23 @@ def test_bad_inputs():
                          torch.zeros(1, 1, 1, 3), hop=10)
     with pytest.raises(ValueError, match="batch, channels, time"):
         declick(torch.zeros(10), SR)
+    with pytest.raises(ValueError, match="repair_clicks: mask shape"):
+        repair_clicks(torch.zeros(1, 1, 10), torch.zeros(1, 2, 10, dtype=torch.bool), SR)
+
+
+def test_repair_clicks_with_the_detected_mask_is_declick():
+    # declick = detect_clicks + repair_clicks with the detection's models (one concept)
+    seed = 15
+    print("seed", seed)
+    rng = np.random.default_rng(seed)
+    x = torch.from_numpy(np.stack([_music(0.5, seed), _music(0.5, seed + 1)]) * 0.3)[None]
+    for s in rng.integers(2000, 20000, 4):
+        x[0, int(rng.integers(0, 2)), s : s + 5] += 0.8
+    y, mask = declick(x, SR)
+    found, coeffs, hop = detect_clicks(x, SR)
+    y2, mask2 = repair_clicks(x, found, SR, coeffs=coeffs, hop=hop)
+    assert int(runs(found).shape[0]) == 4
+    assert torch.equal(mask, mask2) and torch.equal(y, y2)
 
 
 def test_analysis_reports_clicks_and_clipped_runs_with_times():

@@ -620,14 +620,45 @@ def declick(
         merge=merge, pad=pad, passes=passes, above_db=above_db, explain_db=explain_db,
         loud_db=loud_db, onset_db=onset_db,
     )
+    return repair_clicks(x, mask, sr, coeffs=coeffs, hop=hop, order=repair_order,
+                         hop_ms=repair_hop_ms, edge_sigma=edge_sigma)
+
+
+def repair_clicks(
+    x: Tensor,
+    mask: Tensor,
+    sample_rate: int,
+    *,
+    coeffs: Tensor | None = None,
+    hop: int | None = None,
+    order: int = 64,
+    hop_ms: float = 40.0,
+    edge_sigma: float | None = 3.0,
+) -> tuple[Tensor, Tensor]:
+    """The repair step of :func:`declick` for a given mask: a first LSAR interpolation
+    with ``coeffs`` (frame length ``hop``; by default order-32 models fitted on ``x``
+    itself, 20 ms frames), models of order ``order`` refitted on it (frames of
+    ``hop_ms``), the mask's ends tightened (``edge_sigma``, see :func:`declick`), and the
+    final LSAR interpolation. Differentiable w.r.t. ``x`` (linear once mask and models
+    are fixed).
+
+    Shape:
+        ``x (B, C, T)``, ``mask (B, C, T)`` -> ``(repaired (B, C, T), mask used)``.
+    """
+    sr = check_sample_rate(sample_rate, "repair_clicks")
+    if mask.shape != x.shape:
+        raise ValueError(f"repair_clicks: mask shape {tuple(mask.shape)} != audio {tuple(x.shape)}")
     if not bool(mask.any()):
         return x, mask
     with torch.no_grad():
+        if coeffs is None or hop is None:
+            hop = _hop(sr, 20.0)
+            coeffs = ar_coefficients(x, sr, order=32, hop=hop)
         first = lsar_interpolate(x.detach(), mask, coeffs, hop)
         # Only the frames around the clicks are used by the repair: fit just those.
-        rhop = _hop(sr, repair_hop_ms)
-        near = _frames_near(runs(mask), rhop, -(-x.shape[-1] // rhop), repair_order)
-        coeffs = ar_coefficients(first, sr, order=repair_order, hop=rhop, frames=near)
+        rhop = _hop(sr, hop_ms)
+        near = _frames_near(runs(mask), rhop, -(-x.shape[-1] // rhop), order)
+        coeffs = ar_coefficients(first, sr, order=order, hop=rhop, frames=near)
         if edge_sigma is not None:
             mask = _tighten(x.detach(), first, mask, coeffs, rhop, edge_sigma)
     return lsar_interpolate(x, mask, coeffs, rhop), mask
