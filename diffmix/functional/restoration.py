@@ -353,14 +353,17 @@ def _local_scale(v: Tensor, width: int) -> tuple[Tensor, Tensor]:
 
 def _periodicity(res: Tensor, bursts: Tensor, sample_rate: int) -> Tensor:
     """How periodic the prediction error around each burst is: the largest ``L`` in
-    1.5-20 ms of ``min(ncc(+L), ncc(-L))``, the normalised correlation of the 32 error
+    1.5-20 ms of ``min(ncc(+L), ncc(-L))``, the normalised correlation of the 64 error
     samples centred on the burst with those one lag later and one lag earlier (best of
     three neighbouring lags each). A waveform with a cusp every period (a buzzy synth, a
     pulse wave) repeats its error spike on both sides; a click, even among others, does
     not. A repeat counts only as much as its level matches (more than ``_PERIOD_DB``
     apart, the correlation is scaled down by the excess): a loud click in a buzzy sound
-    correlates in shape with the sound's cusps but is far above them. ``(K,)`` in [0, 1]."""
-    half, lmin, lmax = 16, int(0.0015 * sample_rate), int(0.020 * sample_rate)
+    correlates in shape with the sound's cusps but is far above them. 64 samples, not
+    fewer: two independent noise bursts (dense clicks a period apart) correlate by chance
+    with a standard deviation of 1 / sqrt(n), and the best of some 800 lags reached the
+    0.6 threshold with 32. ``(K,)`` in [0, 1]."""
+    half, lmin, lmax = 32, int(0.0015 * sample_rate), int(0.020 * sample_rate)
     n = 2 * half
     padded = tnf.pad(res, (lmax + half, lmax + half))
     centre = (bursts[:, 1] + bursts[:, 2]) // 2  # in padded coordinates: + lmax + half
