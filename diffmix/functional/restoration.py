@@ -36,6 +36,7 @@ from diffmix.checks import check_audio, check_sample_rate
 
 _SUB = 32  # samples per sub-block of the robust local scales
 _PERIOD_DB = 10.0
+_TIGHTEN = 4  # rounds of repair and tightening of the click spans
 _ONSET_S = 0.010  # level mismatch (dB) a periodic repeat may have at no cost
 
 
@@ -641,8 +642,9 @@ def repair_clicks(
     """The repair step of :func:`declick` for a given mask: a first LSAR interpolation
     with ``coeffs`` (frame length ``hop``; by default order-32 models fitted on ``x``
     itself, 20 ms frames), models of order ``order`` refitted on it (frames of
-    ``hop_ms``), the mask's ends tightened (``edge_sigma``, see :func:`declick`), and the
-    final LSAR interpolation. Differentiable w.r.t. ``x`` (linear once mask and models
+    ``hop_ms``), the mask's ends tightened (``edge_sigma``, see :func:`declick`; repaired
+    and tightened again until the mask holds, at most 4 rounds), and the final LSAR
+    interpolation. Differentiable w.r.t. ``x`` (linear once mask and models
     are fixed).
 
     Shape:
@@ -663,7 +665,16 @@ def repair_clicks(
         near = _frames_near(runs(mask), rhop, -(-x.shape[-1] // rhop), order)
         coeffs = ar_coefficients(first, sr, order=order, hop=rhop, frames=near)
         if edge_sigma is not None:
+            # A shorter span is repaired better, which shows more of its ends to agree
+            # with the model: tighten, repair, tighten again, until the mask holds
+            # (at most `_TIGHTEN` rounds).
             mask = _tighten(x.detach(), first, mask, coeffs, rhop, edge_sigma)
+            for _ in range(_TIGHTEN):
+                better = lsar_interpolate(x.detach(), mask, coeffs, rhop)
+                tighter = _tighten(x.detach(), better, mask, coeffs, rhop, edge_sigma)
+                if torch.equal(tighter, mask):
+                    break
+                mask = tighter
     return lsar_interpolate(x, mask, coeffs, rhop), mask
 
 
