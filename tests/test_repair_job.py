@@ -74,34 +74,64 @@ def test_stages_can_be_turned_off(tmp_path):
     assert json.loads((out / "song_repaired_report.json").read_text())["repairs"] == {}
 
 
-@pytest.mark.parametrize("case", ["missing", "corrupt", "nan", "flag", "no_input"])
+BAD = ["missing", "corrupt", "nan", "inf", "empty", "directory", "flag", "difference_flag",
+       "device", "overwrite", "no_input"]
+
+
+@pytest.mark.parametrize("case", BAD)
 def test_bad_inputs_fail_in_one_line(tmp_path, case):
     out = tmp_path / "out"
     args = [f"out={out}"]
+    src = None
     if case == "missing":
         args.append(f"input={tmp_path / 'nope.wav'}")
         expect = "file not found"
     elif case == "corrupt":
-        bad = tmp_path / "bad.wav"
-        bad.write_bytes(b"RIFF not really a wav file")
-        args.append(f"input={bad}")
+        src = tmp_path / "bad.wav"
+        src.write_bytes(b"RIFF not really a wav file")
+        args.append(f"input={src}")
         expect = "cannot read audio"
-    elif case == "nan":
+    elif case in ("nan", "inf"):
         data = np.zeros((1000, 2), np.float32)
-        data[10, 0] = np.nan
-        args.append(f"input={write(tmp_path / 'nan.wav', data)}")
-        expect = "NaN"
-    elif case == "flag":
+        data[10, 0] = np.nan if case == "nan" else np.inf
+        src = write(tmp_path / f"{case}.wav", data)
+        args.append(f"input={src}")
+        expect = "NaN or Inf"
+    elif case == "empty":
+        src = write(tmp_path / "empty.wav", np.zeros((0, 2), np.float32))
+        args.append(f"input={src}")
+        expect = "file is empty"
+    elif case == "directory":
+        args.append(f"input={tmp_path}")
+        expect = "is a directory"
+    elif case in ("flag", "difference_flag", "device"):
         src, _ = _damaged(tmp_path)
-        args += [f"input={src}", "clicks=maybe"]
-        expect = "clicks must be true or false"
+        key, value, expect = {
+            "flag": ("clicks", "maybe", "clicks must be true or false"),
+            "difference_flag": ("difference", "1", "difference must be true or false"),
+            "device": ("device", "tpu", "device must be auto, cpu or cuda"),
+        }[case]
+        args += [f"input={src}", f"{key}={value}"]
+    elif case == "overwrite":
+        src, _ = _damaged(tmp_path)
+        out = src.parent  # the output would land on the input itself
+        args = [f"input={src}", f"out={out}", "output_name=song"]
+        expect = "refusing to overwrite an input file"
     else:
         expect = "missing required option(s) ['input']: pass input="
+    before = _digest(src) if src is not None else None
+    listed = files(out) if out.exists() else []
     res = run_cli("repair", *args, cwd=tmp_path)
     assert res.returncode == 2, res.stderr
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("diffmix repair: error: ") and expect in lines[0]
-    assert not out.exists() or files(out) == []
+    assert (files(out) if out.exists() else []) == listed  # nothing (half-)written
+    if src is not None:
+        assert _digest(src) == before  # the input is never modified
+
+
+def _digest(path) -> str:  # noqa: ANN001
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def test_master_polish_auto_repairs_and_reports(tmp_path):

@@ -16,6 +16,7 @@ from diffmix.functional.restoration import (
     _frames_near,
     _periodicity,
     ar_coefficients,
+    ar_residuals,
     declick,
     declip,
     detect_clicks,
@@ -23,6 +24,7 @@ from diffmix.functional.restoration import (
     levinson,
     lsar_interpolate,
     remove_dc,
+    repair_clicks,
     runs,
 )
 
@@ -136,6 +138,87 @@ def test_declick_finds_and_repairs_a_click_on_an_ar_signal():
     np.testing.assert_array_equal(y[0, 0].numpy()[keep], damaged[keep])
 
 
+def test_ar_residuals_match_direct_sums():
+    # Forward, backward and interpolation errors against float64 loops, frame by frame,
+    # at the frame edges and the signal ends (zeros beyond them).
+    seed = 14
+    print("seed", seed)
+    rng = np.random.default_rng(seed)
+    t, hop, p = 3000, 700, 7
+    x = rng.standard_normal(t)
+    a = rng.standard_normal((5, p + 1)) * 0.3
+    a[:, 0] = 1.0
+    got = [e[0, 0].numpy() for e in ar_residuals(
+        torch.from_numpy(x)[None, None], torch.from_numpy(a)[None, None], hop)]
+
+    def at(i: int) -> float:
+        return x[i] if 0 <= i < t else 0.0
+
+    for n in [0, 1, p, hop - 1, hop, 2 * hop + 3, t - p, t - 1, *rng.integers(0, t, 20)]:
+        f = a[n // hop]
+        r = np.correlate(f, f, "full")  # lags -p .. p
+        fwd = sum(f[k] * at(n - k) for k in range(p + 1))
+        bwd = sum(f[k] * at(n + k) for k in range(p + 1))
+        interp = sum(r[j + p] * at(n + j) for j in range(-p, p + 1)) / math.sqrt(r[p])
+        np.testing.assert_allclose([g[n] for g in got], [fwd, bwd, interp], rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("seed", [41, 42, 43])
+def test_declick_repair_is_exact_on_a_deterministic_ar_signal(seed):
+    """A sum of sinusoids is an AR(2k) process with no innovation: its samples are exactly
+    predictable, so LSAR interpolation of a known click recovers the clean signal (to the
+    -60 dB floor the AR fit adds), and the detected span covers the click exactly once."""
+    print("seed", seed)
+    rng = np.random.default_rng(seed)
+    n = np.arange(SR // 4) / SR
+    clean = sum(rng.uniform(0.1, 0.3) * np.sin(2 * math.pi * f * n + rng.uniform(0, 6))
+                for f in rng.uniform(80, 4000, 3))
+    start, length = int(rng.integers(3000, 8000)), int(rng.integers(1, 40))
+    damaged = clean.copy()
+    click = rng.standard_normal(length)
+    damaged[start : start + length] += click * 0.8 / np.abs(click).max()
+    y, mask = declick(torch.from_numpy(damaged)[None, None], SR)
+    found = runs(mask).tolist()
+    assert len(found) == 1, found
+    _, s, e = found[0]
+    assert s <= start and e >= start + length and (e - s) - length <= 2 * 6 + 2
+    err = np.abs(y[0, 0].numpy() - clean).max()
+    assert err < 1e-3 * np.abs(clean).max(), err
+
+
+@pytest.mark.parametrize("seed", [51, 52, 53])
+def test_declick_repair_near_the_oracle_on_a_noisy_ar_signal(seed):
+    """On an AR process with innovation the best repair of a span is the LSAR
+    interpolation with the *true* model (the conditional mean of the missing samples).
+    declick fits its own models: over ten clicks its error energy must stay within 1.5x
+    of that oracle's on the same spans (an order-96 model fitted on 40 ms windows gives
+    1.7x for seed 52), and every click must be found. The oracle is
+    :func:`lsar_interpolate` with the true filter, itself checked against lstsq above."""
+    print("seed", seed)
+    rng = np.random.default_rng(seed)
+    a = stable_ar(rng, pairs=int(rng.integers(2, 6)))
+    clean = ar_signal(a, SR // 2, rng)
+    clean *= 0.05 / clean.std()
+    damaged, truth = clean.copy(), np.zeros(clean.size, bool)
+    for s in np.arange(1, 11) * (SR // 22):
+        length = int(rng.integers(1, 30))
+        damaged[s : s + length] += rng.standard_normal(length) * 0.5
+        truth[s : s + length] = True
+    x = torch.from_numpy(damaged)[None, None]
+    y, mask = declick(x, SR)
+    m = mask[0, 0].numpy()
+    damage = (damaged - clean) ** 2
+    # every click is found; its samples left out of the span are the few quiet ones
+    for s in np.arange(1, 11) * (SR // 22):
+        assert m[s : s + 30][truth[s : s + 30]].any()
+    assert damage[truth & ~m].sum() < 1e-3 * damage[truth].sum()
+    oracle = lsar_interpolate(x, mask, one_frame(a, clean.size), hop=clean.size)[0, 0].numpy()
+    ours = ((y[0, 0].numpy() - clean)[truth] ** 2).sum()
+    best = ((oracle - clean)[truth] ** 2).sum()
+    assert ours <= 1.5 * best, (ours / best)
+    assert ours < 0.01 * ((damaged - clean)[truth] ** 2).sum()
+
+
 def _percussion(seed: int) -> np.ndarray:
     """Hi-hats, rimshots and plucked strings over a soft pad, stereo (2, T), 4 s."""
     rng = np.random.default_rng(seed)
@@ -226,6 +309,61 @@ def test_real_mix_false_alarms_within_the_goal(song):
     mask, _, _ = detect_clicks(torch.from_numpy(data.T.copy())[None], sr)
     found = [(ch, round(s / sr, 3)) for ch, s, _ in runs(mask).tolist()]
     assert len(found) <= allowed, found
+
+
+@pytest.mark.parametrize("seed", [61, 62])
+def test_a_loud_click_where_the_music_starts_is_still_a_click(seed):
+    """The onset guard spares a sound that starts out of silence; a click far above the
+    music (``loud_db``) right where the music starts is repaired all the same."""
+    print("seed", seed)
+    rng = np.random.default_rng(seed)
+    a = stable_ar(rng, pairs=3)
+    music = ar_signal(a, SR // 2, rng)
+    music *= 0.1 / music.std() * np.minimum(1.0, np.arange(music.size) / 200.0)  # 5 ms fade-in
+    x = np.concatenate([np.zeros(SR // 4), music])
+    at = SR // 4 + int(rng.integers(5, 60))
+    length = int(rng.integers(5, 30))
+    clean = x.copy()
+    x[at : at + length] += rng.standard_normal(length) * 1.0  # ~30 dB over the music
+    y, mask = declick(torch.from_numpy(x)[None, None], SR)
+    assert mask[0, 0, at : at + length].any()
+    before = ((x - clean)[at : at + length] ** 2).sum()
+    assert ((y[0, 0].numpy() - clean)[at : at + length] ** 2).sum() < 0.05 * before
+
+
+PERCUSSION_STEMS = [
+    "Alf42red-Mauiwowi/05-hihat-closed05", "Alf42red-Mauiwowi/07-snare01",
+    "Alf42red-Mauiwowi/08-bassdrum-acoustic01", "Alf42red-Mauiwowi/09-crash01",
+    "Alf42red-Mauiwowi/12-ride3", "Alf42red-Mauiwowi/13-snare-muffled02",
+    "Alf42red-Mauiwowi/14-kick", "Alf42red-Mauiwowi/15-wood", "CapDan-ReggaeTry/05-bd-03",
+    "CapDan-ReggaeTry/06-snare-05", "CapDan-ReggaeTry/07-snare-06",
+    "CapDan-ReggaeTry/08-open-hihat-02", "CapDan-ReggaeTry/09-closed-hihhat-03",
+    "Shovon-ProgressiveHousePluckDemo/02-bassdrum04", "Shovon-ProgressiveHousePluckDemo/03-kick01",
+]
+# Percussive stems that still get false alarms (per 20 s): known, not accepted. strict:
+# when one passes, move it up.
+PERCUSSION_KNOWN = {
+    "Alf42red-Mauiwowi/06-hollow-wood-2": 4, "Alf42red-Mauiwowi/16-wood2": 2,
+    "CapDan-ReggaeTry/02-bass-slap-02": 19,
+}
+
+
+@pytest.mark.parametrize("stem", PERCUSSION_STEMS + [
+    pytest.param(k, marks=pytest.mark.xfail(strict=True, reason=f"{v} false alarms"))
+    for k, v in PERCUSSION_KNOWN.items()])
+def test_real_percussion_stems_are_untouched(stem):
+    """Solo hi-hats, snares, cymbals, kicks (one out of digital silence) and woodblocks
+    from the shared multitracks, nothing to mask an attack: declick leaves them bit for
+    bit as they are."""
+    song, name = stem.split("/")
+    path = SHARED / "data" / "multitrack" / song / "stems" / f"{name}.flac"
+    if not path.exists():
+        pytest.skip("shared multitracks absent")
+    data, sr = sf.read(str(path), dtype="float32", always_2d=True)
+    x = torch.from_numpy(data.T.copy())[None]
+    y, mask = declick(x, sr)
+    assert [(ch, round(s / sr, 3)) for ch, s, _ in runs(mask).tolist()] == []
+    assert torch.equal(y, x)
 
 
 def test_declick_batch_matches_items_and_leaves_input():
@@ -341,6 +479,23 @@ def test_bad_inputs():
                          torch.zeros(1, 1, 1, 3), hop=10)
     with pytest.raises(ValueError, match="batch, channels, time"):
         declick(torch.zeros(10), SR)
+    with pytest.raises(ValueError, match="repair_clicks: mask shape"):
+        repair_clicks(torch.zeros(1, 1, 10), torch.zeros(1, 2, 10, dtype=torch.bool), SR)
+
+
+def test_repair_clicks_with_the_detected_mask_is_declick():
+    # declick = detect_clicks + repair_clicks with the detection's models (one concept)
+    seed = 15
+    print("seed", seed)
+    rng = np.random.default_rng(seed)
+    x = torch.from_numpy(np.stack([_music(0.5, seed), _music(0.5, seed + 1)]) * 0.3)[None]
+    for s in rng.integers(2000, 20000, 4):
+        x[0, int(rng.integers(0, 2)), s : s + 5] += 0.8
+    y, mask = declick(x, SR)
+    found, coeffs, hop = detect_clicks(x, SR)
+    y2, mask2 = repair_clicks(x, found, SR, coeffs=coeffs, hop=hop)
+    assert int(runs(found).shape[0]) == 4
+    assert torch.equal(mask, mask2) and torch.equal(y, y2)
 
 
 def test_analysis_reports_clicks_and_clipped_runs_with_times():
