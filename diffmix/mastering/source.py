@@ -13,7 +13,6 @@ one); :func:`measure_file` meters a file that way.
 
 from __future__ import annotations
 
-import logging
 import math
 import os
 import tempfile
@@ -30,8 +29,6 @@ from diffmix.errors import UserError
 from diffmix.functional.loudness import GatedMeter, block_samples
 from diffmix.functional.peaks import oversample, oversampling_factor, strict_envelope
 from diffmix.io import AudioFileError
-
-log = logging.getLogger(__name__)
 
 # True-peak context either side of a chunk: more than half the interpolation filter.
 _PEAK_CONTEXT = 256
