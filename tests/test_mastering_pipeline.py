@@ -60,7 +60,7 @@ def test_the_config_stops_at_the_jobs():
     assert hydra == [], hydra
 
 
-def test_the_rule_sees_a_climb(tmp_path):
+def test_the_rule_sees_a_climb():
     # The walk above must catch what it forbids.
     tree = ast.parse("from diffmix.jobs._common import summary\ndef f(cfg: DictConfig) -> None: ...\n")
     assert "diffmix.jobs._common" in _imports(tree)
