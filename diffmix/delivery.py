@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 from torch import Tensor
@@ -93,6 +94,29 @@ def prepare(
     return quantise(x, bits), rate, dither
 
 
+T = TypeVar("T")
+
+
+def relimit(attempt: Callable[[float], tuple[float, T]], ceiling_dbtp: float | None,
+            rounds: int = 8) -> tuple[float, float, T]:
+    """The last re-limit: ``attempt(gain_db)`` delivers at that gain and returns ``(true
+    peak dBTP of what it delivered, what it delivered)``; the gain starts at 0 dB and is
+    lowered by each overshoot (plus 0.01 dB) until the true peak holds ``ceiling_dbtp``.
+
+    Returns ``(gain_db, true_peak_dbtp, delivered)``. RuntimeError after ``rounds`` tries.
+    """
+    relimit_db = 0.0
+    for _ in range(rounds):
+        tp, delivered = attempt(relimit_db)
+        if ceiling_dbtp is None or tp <= ceiling_dbtp:
+            return relimit_db, tp, delivered
+        # Lower by the overshoot plus one quantisation step's worth of margin.
+        relimit_db -= (tp - ceiling_dbtp) + 0.01
+    raise RuntimeError(  # pragma: no cover - eight rounds always suffice in practice
+        f"delivery: could not bring the true peak under {ceiling_dbtp} dBTP"
+    )
+
+
 def deliver(
     audio: Tensor,
     sample_rate: int,
@@ -123,20 +147,17 @@ def deliver(
     fmt, depth = check_format(fmt, bit_depth)
     if ceiling_dbtp is not None and true_peak_db is None:
         raise ValueError("delivery: a true-peak ceiling needs a true-peak meter")
-    relimit_db = 0.0
-    for _ in range(8):
+
+    def attempt(relimit_db: float) -> tuple[float, tuple[Tensor, int, bool]]:
         gain = 10.0 ** (relimit_db / 20.0)
         out, rate, dithered = prepare(
             audio * gain, sample_rate, bit_depth=depth, target_rate=target_rate,
             dither=dither, seed=seed,
         )
         tp = float(true_peak_db(out.unsqueeze(0), rate)) if true_peak_db else float("nan")
-        if ceiling_dbtp is None or tp <= ceiling_dbtp:
-            break
-        # Lower by the overshoot plus one quantisation step's worth of margin.
-        relimit_db -= (tp - ceiling_dbtp) + 0.01
-    else:  # pragma: no cover - eight rounds always suffice in practice
-        raise RuntimeError(f"delivery: could not bring the true peak under {ceiling_dbtp} dBTP")
+        return tp, (out, rate, dithered)
+
+    relimit_db, tp, (out, rate, dithered) = relimit(attempt, ceiling_dbtp)
     if lufs_goal is not None:
         from diffmix.errors import UserError
         from diffmix.functional.loudness import integrated_loudness

@@ -100,7 +100,7 @@ class PageMeter:
     :meth:`add` takes each chunk with up to 3 s of left context (for the short-term
     meter's window): ``(1, C, T)`` float audio whose first ``left`` samples repeat the end
     of the previous chunk. Chunks must be whole numbers of 100 ms, as
-    :func:`diffmix.streaming.chunk_bounds` makes them. Not differentiable.
+    :func:`diffmix.mastering.source.chunk_bounds` makes them. Not differentiable.
     """
 
     CORRELATION_S = 0.4  # the correlation plot's window: four 100 ms hops
@@ -205,7 +205,7 @@ def draw_tensor(x: Tensor, sample_rate: int) -> Drawn:
 
 def draw_file(path: str | Path, chunk_s: float = 30.0) -> tuple[Drawn, int]:
     """:class:`Drawn` of an audio file read in chunks (memory: one chunk); and its rate."""
-    from diffmix.streaming import DiskAudio, chunk_bounds, measure_file
+    from diffmix.mastering.source import DiskAudio, chunk_bounds, measure_file
 
     src = DiskAudio(path)
     meter = PageMeter(src.sample_rate)

@@ -1,4 +1,5 @@
-"""Job reports: JSON that represents every number unambiguously, and the PNG plot."""
+"""Job reports: the headline measurements of a signal, JSON that represents every number
+unambiguously (:func:`plain`, :func:`write_json`: the one JSON encoder), and the PNG plot."""
 
 from __future__ import annotations
 
@@ -44,6 +45,49 @@ def write_json(path: str | Path, data: dict[str, Any]) -> Path:
     """Write ``data`` as indented JSON, atomically."""
     atomic_write_text(Path(path), json.dumps(plain(data), indent=2, allow_nan=False) + "\n")
     return Path(path)
+
+
+def summary(x: torch.Tensor, sample_rate: int) -> dict:
+    """The headline measurements of ``(1, C, T)`` audio for a job report.
+
+    Loudness in LUFS, LRA in LU, peaks in dBTP/dBFS (max over channels), ratios in dB.
+    Silence reads ``-inf`` (written to JSON as the string ``"-inf"``). The full analysis
+    (series, spectra, per-band stereo) is the ``analyze`` job's.
+    """
+    from diffmix.functional.analysis import side_mid_ratio_db, stereo_correlation
+    from diffmix.functional.loudness import integrated_loudness, loudness_range, short_term_loudness
+    from diffmix.functional.peaks import peak_ratio_db, true_peak
+
+    def rel(peak: float, level: float) -> float:  # PLR and PSR, as the meters define them
+        return float(peak_ratio_db(torch.tensor(peak, dtype=torch.float64),
+                                   torch.tensor(level, dtype=torch.float64)))
+
+    with torch.no_grad():
+        lufs = float(integrated_loudness(x, sample_rate)[0])
+        tp = 20.0 * math.log10(max(float(true_peak(x, sample_rate).amax()), 1e-300))
+        sp = 20.0 * math.log10(max(float(x.abs().amax()), 1e-300))
+        st_max = float(short_term_loudness(x, sample_rate).amax())
+        out = {
+            "integrated_lufs": lufs,
+            "lra_lu": float(loudness_range(x, sample_rate)[0]),
+            "true_peak_dbtp": tp if tp > -300 else -math.inf,
+            "sample_peak_dbfs": sp if sp > -300 else -math.inf,
+            "plr_db": rel(tp, lufs),
+            "psr_db": rel(tp, st_max),
+            "max_short_term_lufs": st_max,
+        }
+        if x.shape[1] == 2:
+            out["correlation"] = float(stereo_correlation(x, sample_rate)[0])
+            out["side_mid_db"] = float(side_mid_ratio_db(x, sample_rate)[0])
+    return out
+
+
+def peak_dbtp(x: torch.Tensor, sample_rate: int) -> float:
+    """The highest true peak over items and channels, dBTP, on the strict meter (BS.1770
+    Annex 2, the common 4x/8x upsamplers and ideal 8x interpolation): the delivery check's."""
+    from diffmix.functional.peaks import strict_true_peak
+
+    return 20.0 * math.log10(max(float(strict_true_peak(x, sample_rate).amax()), 1e-12))
 
 
 def gain_reduction_db(before: Tensor, after: Tensor, sample_rate: int, window_ms: float = 50.0) -> Tensor:

@@ -100,7 +100,7 @@ def test_truncated_wav_is_refused_naming_the_file(tmp_path):
 
 
 def test_flac_whose_header_lies_is_refused_when_streamed(tmp_path):
-    from diffmix.streaming import DiskAudio
+    from diffmix.mastering.source import DiskAudio
 
     flac = tmp_path / "song.flac"
     t = np.arange(3 * SR) / SR

@@ -14,7 +14,8 @@ from jobs_helpers import ROOT, music, write
 from diffmix.functional.loudness import integrated_loudness
 from diffmix.functional.peaks import true_peak
 from diffmix.jobs import master
-from diffmix.streaming import ChunkMeter, DiskAudio, measure_file, wants_streaming
+from diffmix.jobs._mastering import wants_streaming
+from diffmix.mastering.source import ChunkMeter, DiskAudio, measure_file
 
 SR = 48000
 SECONDS = 40.0

@@ -213,12 +213,14 @@ def test_clean_partials_never_leaves_its_folder(tmp_path):
 
 @pytest.mark.parametrize("name", ["../../../etc/passwd", "/etc/hostname", "spotify.yaml", "tidal"])
 def test_manifest_target_names_a_spec_never_a_file(name):
-    from omegaconf import OmegaConf
+    from hydra import compose, initialize_config_dir
 
     from diffmix.batch import Item
+    from diffmix.cli import config_dir
     from diffmix.jobs.batch import item_target
 
-    cfg = OmegaConf.create({"target": {"lufs": -14.0, "true_peak_db": -1.0}})
+    with initialize_config_dir(str(config_dir()), version_base="1.3"):
+        cfg = compose("batch", overrides=["manifest=m.csv"])  # the named specs come through Hydra
     with pytest.raises(ValueError, match=rf"^x: unknown target '{name}'; choose one of \["):
         item_target(cfg, Item("x", "x.wav", {"target": name}))
     assert item_target(cfg, Item("x", "x.wav", {"target": "amazon"}))["true_peak_db"] == -2.0

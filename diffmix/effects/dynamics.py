@@ -251,6 +251,42 @@ class Limiter(Effect):
         values = self.values()
         return L.limiter(x, self.sample_rate, **values, **self._options)
 
+    @property
+    def exact(self) -> bool:
+        """Whether renders apply the final metered correction (the ceiling holds exactly);
+        fitting switches it off for the purely smooth limiter."""
+        return bool(self._options["exact"])
+
+    @exact.setter
+    def exact(self, value: bool) -> None:
+        if not isinstance(value, bool):
+            raise ValueError(f"Limiter: exact must be True or False, got {value!r}")
+        self._options["exact"] = value
+
+    def drive_renders(self, x: Tensor):  # noqa: ANN201 - a pair of callables
+        """Cheap ``drives (B,) dB -> output`` renders of this limiter over the fixed input
+        ``x`` ``(B, C, T)``, its ``gain_db`` replaced by the drive: ``(smooth, exact)``.
+
+        The envelope of ``x`` is metered once; each drive then costs one gain ramp (and,
+        for ``exact``, one metered correction). ``exact`` equals :meth:`forward` at that
+        drive to float rounding; ``smooth`` leaves out the final correction. What the
+        loudness solve iterates on. See :func:`~diffmix.functional.limiter.drive_renders`.
+        """
+        opts = self._options
+        return L.drive_renders(
+            x, self.sample_rate, ceiling_db=self.p("ceiling_db"), release_ms=self.p("release_ms"),
+            lookahead_ms=float(opts["lookahead_ms"]), true_peak=bool(opts["true_peak"]),
+            exact=bool(opts["exact"]), strict=bool(opts.get("strict")),
+        )
+
+
+def set_exact(module: torch.nn.Module, exact: bool) -> None:
+    """Switch every :class:`Limiter` in ``module`` to its exact (``True``: the ceiling holds)
+    or smooth (``False``: for fitting) render."""
+    for m in module.modules():
+        if isinstance(m, Limiter):
+            m.exact = exact
+
 
 class MultibandCompressor(Effect):
     """3- or 4-band compressor on phase-aligned Linkwitz-Riley (LR4) crossovers.

@@ -362,3 +362,56 @@ def _exact_correction_local(
     # Residual overs after four passes (pathological input): scale each item down.
     peak = true_peak(y * out, sample_rate).amax(1, keepdim=True).unsqueeze(-1)
     return out * torch.minimum(target.to(y.dtype) / peak, torch.ones_like(peak))
+
+
+def drive_renders(
+    x: Tensor, sample_rate: int, *, ceiling_db: Tensor, release_ms: Tensor, lookahead_ms: float = 5.0,
+    true_peak: bool = True, exact: bool = True, strict: bool = False,
+):  # noqa: ANN201 - a pair of callables
+    """Cheap ``drives (B,) dB -> output (B, C, T)`` renders of :func:`limiter` over a fixed
+    input: ``(smooth, exact)``.
+
+    The limiter's level detector is linear in its drive (the true-peak envelope of ``g · x``
+    is ``g`` times that of ``x``), so the envelope of ``x`` is metered once (on first use)
+    and every drive after that costs one gain ramp (:func:`limiter_gain`). ``smooth`` leaves
+    out the final metered correction, which only ever lowers the level a hair; ``exact`` is
+    ``smooth`` times that correction (:func:`limiter_correction`, which meters the very
+    output it returns, so the ceiling holds exactly as in :func:`limiter`). ``exact`` equals
+    :func:`limiter` at that ``gain_db`` to float rounding. No gradient.
+
+    Args:
+        x: the limiter's input at 0 dB drive, ``(B, C, T)``.
+        ceiling_db, release_ms: per item, any shape with ``B`` elements.
+        lookahead_ms, true_peak, exact, strict: as :func:`limiter`.
+    """
+    lookahead = _lookahead_samples(float(lookahead_ms), sample_rate, "limiter")
+    with torch.no_grad():
+        ceiling = torch.exp(ceiling_db.detach() / _DB_PER_NEPER).reshape(-1, 1, 1)
+        target = (ceiling * (1.0 - _LIMIT_MARGIN)).to(x.dtype)
+        release = ms_to_pole(release_ms.detach(), sample_rate).reshape(-1).to(x.dtype)
+        release = release.expand(x.shape[0]).contiguous()
+    cache: list[Tensor] = []
+
+    def smooth(drives: Tensor) -> Tensor:
+        g = torch.pow(10.0, drives.to(x.device, torch.float64) / 20.0).to(x.dtype).view(-1, 1, 1)
+        with torch.no_grad():
+            if not cache:  # metered on first use: a job without a loudness goal never pays
+                level = limiter_envelope(x, sample_rate, true_peak=true_peak)
+                if true_peak and exact and strict:  # as limiter() does
+                    strict_level = _peaks.strict_envelope(x, sample_rate).unsqueeze(1).to(level)
+                    level = torch.maximum(level, strict_level)
+                cache.append(level)
+            level = cache[0]
+            required = torch.minimum(target / (g * level).clamp_min(1e-30), torch.ones_like(level))
+            return x * (g * limiter_gain(required, lookahead, release))
+
+    def corrected(drives: Tensor) -> Tensor:
+        y = smooth(drives)
+        if not (true_peak and exact):
+            return y  # sample-peak mode: the smooth gain already holds the ceiling
+        with torch.no_grad():
+            return y * limiter_correction(
+                y, sample_rate, target, ceiling.to(x.dtype), lookahead, release.view(-1, 1, 1), strict=strict,
+            )
+
+    return smooth, corrected

@@ -474,12 +474,20 @@ def _window_power(x: Tensor, sample_rate: int, window: int, step_units: int,
         sums = csum[..., idx + per] - csum[..., idx]
         w64 = np.asarray(channel_weights(c, weights), dtype=np.float64)
         return torch.from_numpy(np.einsum("bcn,c->bn", sums / window, w64))
-    # Window sums from a float64 running sum: exact to ~1e-16 of the whole signal's energy.
     energy = _unit_energies(x, sample_rate, meter).to(torch.float64)
+    return _energy_windows(energy, window, per, step_units, w.to(torch.float64))
+
+
+def _energy_windows(energy: Tensor, window: int, per: int, step_units: int, w: Tensor) -> Tensor:
+    """Weighted mean-square power of each window of ``per`` meter units (``window`` samples),
+    every ``step_units``, from float64 unit energies ``(B, C, U)``: ``(B, N)``.
+
+    Window sums come from a float64 running sum: exact to ~1e-16 of the whole signal's energy.
+    """
     running = torch.nn.functional.pad(energy, (1, 0)).cumsum(-1)
-    starts = torch.arange(0, energy.shape[-1] - per + 1, step_units, device=x.device)
+    starts = torch.arange(0, energy.shape[-1] - per + 1, step_units, device=energy.device)
     window_sums = running[..., starts + per] - running[..., starts]
-    return ((window_sums / window) * w.to(torch.float64)[:, None]).sum(1)
+    return ((window_sums / window) * w[:, None]).sum(1)
 
 
 def _to_lufs(power: Tensor) -> Tensor:
@@ -575,12 +583,20 @@ def integrated_loudness(x: Tensor, sample_rate: int, *,
     return _gated_loudness(power, ABSOLUTE_GATE_LUFS, RELATIVE_GATE_LU).to(x.dtype)
 
 
+@torch.no_grad()
+def _gate(power: Tensor, absolute_lufs: float, relative_lu: float) -> Tensor:
+    """BS.1770's two gates on block powers ``(B, N)``: the blocks kept, ``(B, N)`` bool.
+
+    Above ``absolute_lufs``, then above the mean power of those blocks plus ``relative_lu``.
+    """
+    p = power.detach()
+    keep = p > 10.0 ** ((absolute_lufs - LUFS_OFFSET) / 10.0)
+    mean_abs, _ = _masked_mean(p, keep)
+    return keep & (p > mean_abs.unsqueeze(-1) * 10.0 ** (relative_lu / 10.0))
+
+
 def _gated_loudness(power: Tensor, absolute_lufs: float, relative_lu: float) -> Tensor:
-    with torch.no_grad():
-        p = power.detach()
-        keep = p > 10.0 ** ((absolute_lufs - LUFS_OFFSET) / 10.0)
-        mean_abs, _ = _masked_mean(p, keep)
-        keep = keep & (p > mean_abs.unsqueeze(-1) * 10.0 ** (relative_lu / 10.0))
+    keep = _gate(power, absolute_lufs, relative_lu)
     mean, count = _masked_mean(power, keep)
     return torch.where(count > 0, _to_lufs(mean), torch.full_like(mean, -math.inf))
 
@@ -622,10 +638,81 @@ def loudness_range(x: Tensor, sample_rate: int, *,
     with torch.no_grad():
         power = _window_power(x.detach(), sr, short, hop // meter_unit(sr), channel_weights,
                               "loudness_range")
-        p = power
-        keep = p > 10.0 ** ((ABSOLUTE_GATE_LUFS - LUFS_OFFSET) / 10.0)
-        mean_abs, _ = _masked_mean(p, keep)
-        keep = keep & (p > mean_abs.unsqueeze(-1) * 10.0 ** (LRA_RELATIVE_GATE_LU / 10.0))
-        lufs = LUFS_OFFSET + 10.0 * torch.log10(p.clamp_min(1e-300))
-        lra = _masked_quantile(lufs, keep, 0.95) - _masked_quantile(lufs, keep, 0.10)
+        lra = _range_of(power)
     return lra.to(x.dtype)
+
+
+@torch.no_grad()
+def _range_of(power: Tensor) -> Tensor:
+    """EBU Tech 3342's LRA from short-term window powers ``(B, N)``: ``(B,)`` LU."""
+    keep = _gate(power, ABSOLUTE_GATE_LUFS, LRA_RELATIVE_GATE_LU)
+    lufs = LUFS_OFFSET + 10.0 * torch.log10(power.clamp_min(1e-300))
+    return _masked_quantile(lufs, keep, 0.95) - _masked_quantile(lufs, keep, 0.10)
+
+
+class GatedMeter:
+    """Integrated loudness and loudness range of a long signal fed in consecutive chunks.
+
+    The one gated meter over chunks: each chunk's K-weighted energies per meter unit
+    (:func:`meter_unit`) are kept (``(C, T / unit)`` float64, ~2.4 kB per channel-minute),
+    and the 400 ms and 3 s windows and BS.1770 / EBU Tech 3342 gates run over all of them at
+    the end, globally, exactly as :func:`integrated_loudness` and :func:`loudness_range`
+    do on the whole signal (to ~1e-9 LU).
+
+    Feed each chunk with at least :meth:`warmup` samples of the signal before it (zeros
+    before the start), so the K-filter has settled; chunks must start on multiples of the
+    meter unit. Not differentiable.
+
+    >>> sr = 48000
+    >>> x = 0.1 * torch.randn(1, 2, 4 * sr, generator=torch.Generator().manual_seed(0))
+    >>> m, w = GatedMeter(sr, 2), GatedMeter.warmup(sr)
+    >>> padded = torch.nn.functional.pad(x, (w, 0))
+    >>> for start in range(0, 4 * sr, sr):
+    ...     m.add(padded[..., start : start + w + sr], w, sr)
+    >>> abs(m.integrated_lufs() - float(integrated_loudness(x, sr)[0])) < 1e-6
+    True
+    """
+
+    def __init__(self, sample_rate: int, channels: int) -> None:
+        self.sr, self.channels = check_sample_rate(sample_rate, "GatedMeter"), channels
+        self.unit = meter_unit(sample_rate)
+        self.weights = torch.tensor(channel_weights(channels), dtype=torch.float64)
+        self.energies: list[Tensor] = []
+
+    @staticmethod
+    def warmup(sample_rate: int) -> int:
+        """Left context the K-filter needs, in samples (a whole number of meter units)."""
+        unit = meter_unit(sample_rate)
+        return math.ceil(_warmup(sample_rate) / unit) * unit
+
+    def add(self, y: Tensor, left: int, n: int) -> None:
+        """Meter ``y[..., left : left + n]`` of ``y`` ``(1, C, >= left + n)``, ``left`` at
+        least :meth:`warmup` samples of what came before."""
+        w = self.warmup(self.sr)
+        if left < w or y.shape[-1] < left + n:
+            raise ValueError(f"GatedMeter: need {w} samples before a chunk")
+        e = _unit_energies(y.detach()[..., left - w : left + n], self.sr)
+        self.energies.append(e[..., w // self.unit :].cpu())
+
+    def _powers(self, window: int) -> Tensor | None:
+        energy = torch.cat(self.energies, -1).to(torch.float64)
+        per = window // self.unit
+        if energy.shape[-1] < per:
+            return None
+        hop = block_samples(self.sr)[0]
+        return _energy_windows(energy, window, per, hop // self.unit, self.weights)
+
+    def integrated_lufs(self) -> float:
+        """BS.1770 gated loudness over every 400 ms block of every chunk (global gating).
+
+        Raises ValueError on less than one block."""
+        power = self._powers(block_samples(self.sr)[1])
+        if power is None:
+            raise ValueError("GatedMeter: audio shorter than one 400 ms gating block")
+        return float(_gated_loudness(power, ABSOLUTE_GATE_LUFS, RELATIVE_GATE_LU)[0])
+
+    def loudness_range(self) -> float:
+        """EBU Tech 3342 loudness range (LU); ``0.0`` under one 3 s window, as
+        :func:`loudness_range` reads a signal with a single short-term value."""
+        power = self._powers(block_samples(self.sr)[2])
+        return 0.0 if power is None else float(_range_of(power)[0])

@@ -1,15 +1,18 @@
-"""Helpers shared by the CLI jobs: the output folder, the device, option checks, a
-report's headline measurements (:func:`summary`), the delivery check's true peak and the
-listening report switch."""
+"""Helpers shared by the CLI jobs: the output folder, the device, option checks and the
+listening report switch (a report's headline measurements, :func:`~diffmix.report.summary`
+and :func:`~diffmix.report.peak_dbtp`, are re-exported from :mod:`diffmix.report`)."""
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any, cast
 
 import torch
 from omegaconf import DictConfig, OmegaConf
+
+from diffmix.report import peak_dbtp, summary
+
+__all__ = ["listening_report", "output_dir", "peak_dbtp", "pick_device", "positive", "summary", "to_dict"]
 
 
 def to_dict(node: Any) -> dict[str, Any]:
@@ -53,49 +56,6 @@ def positive(cfg: DictConfig, key: str, *, integer: bool = False) -> float:
         kind = "a positive integer" if integer else "a positive number"
         raise ValueError(f"{key} must be {kind}, got {value!r}")
     return int(value) if integer else float(value)
-
-
-def summary(x: torch.Tensor, sample_rate: int) -> dict:
-    """The headline measurements of ``(1, C, T)`` audio for a job report.
-
-    Loudness in LUFS, LRA in LU, peaks in dBTP/dBFS (max over channels), ratios in dB.
-    Silence reads ``-inf`` (written to JSON as the string ``"-inf"``). The full analysis
-    (series, spectra, per-band stereo) is the ``analyze`` job's.
-    """
-    from diffmix.functional.analysis import side_mid_ratio_db, stereo_correlation
-    from diffmix.functional.loudness import integrated_loudness, loudness_range, short_term_loudness
-    from diffmix.functional.peaks import peak_ratio_db, true_peak
-
-    def rel(peak: float, level: float) -> float:  # PLR and PSR, as the meters define them
-        return float(peak_ratio_db(torch.tensor(peak, dtype=torch.float64),
-                                   torch.tensor(level, dtype=torch.float64)))
-
-    with torch.no_grad():
-        lufs = float(integrated_loudness(x, sample_rate)[0])
-        tp = 20.0 * math.log10(max(float(true_peak(x, sample_rate).amax()), 1e-300))
-        sp = 20.0 * math.log10(max(float(x.abs().amax()), 1e-300))
-        st_max = float(short_term_loudness(x, sample_rate).amax())
-        out = {
-            "integrated_lufs": lufs,
-            "lra_lu": float(loudness_range(x, sample_rate)[0]),
-            "true_peak_dbtp": tp if tp > -300 else -math.inf,
-            "sample_peak_dbfs": sp if sp > -300 else -math.inf,
-            "plr_db": rel(tp, lufs),
-            "psr_db": rel(tp, st_max),
-            "max_short_term_lufs": st_max,
-        }
-        if x.shape[1] == 2:
-            out["correlation"] = float(stereo_correlation(x, sample_rate)[0])
-            out["side_mid_db"] = float(side_mid_ratio_db(x, sample_rate)[0])
-    return out
-
-
-def peak_dbtp(x: torch.Tensor, sample_rate: int) -> float:
-    """The highest true peak over items and channels, dBTP, on the strict meter (BS.1770
-    Annex 2, the common 4x/8x upsamplers and ideal 8x interpolation): the delivery check's."""
-    from diffmix.functional.peaks import strict_true_peak
-
-    return 20.0 * math.log10(max(float(strict_true_peak(x, sample_rate).amax()), 1e-12))
 
 
 def listening_report(cfg: DictConfig, path: Path, **kwargs: Any) -> str | None:

@@ -2,10 +2,11 @@
 
 Options: ``manifest`` (CSV/JSONL with ``input`` and optional ``id``, ``reference``,
 ``target``, ``lufs``, ``true_peak_db`` columns; or a folder/glob of mixes; required),
-``target`` (the default spec), ``group_size`` (songs per optimiser step; ``auto`` sizes
-it to the free memory), ``device``, and the master job's ``fit``/``loss``/``chain``/
-``delivery`` options. Under torchrun each rank takes a disjoint shard and rank 0 merges
-``results.jsonl``. Exit code 0 when every item succeeded, 3 when some failed.
+``target`` (the default spec; ``targets`` holds every named spec a row may choose),
+``group_size`` (songs per optimiser step; ``auto`` sizes it to the free memory),
+``device``, and the master job's ``fit``/``loss``/``chain``/``delivery`` options. Under
+torchrun each rank takes a disjoint shard and rank 0 merges ``results.jsonl``. Exit code
+0 when every item succeeded, 3 when some failed.
 """
 
 from __future__ import annotations
@@ -27,11 +28,10 @@ from diffmix.batch import (
     run_items,
     shard,
 )
-from diffmix.cli import config_dir
 from diffmix.inputs import load_mix
 from diffmix.jobs._common import output_dir, pick_device
-from diffmix.jobs._mastering import Song, master_group
-from diffmix.safe_yaml import load_yaml
+from diffmix.jobs._mastering import chain_spec, fit_options, master_options
+from diffmix.mastering import Song, master_group
 
 EXIT_SOME_FAILED = 3
 # Working memory of one song in the fit and the full-length render, per stereo sample:
@@ -60,19 +60,16 @@ def auto_group_size(device: torch.device, seconds: float, sample_rate: int, cap:
     return int(max(1, min(cap, math.floor(0.5 * free_memory(device) / per_song))))
 
 
-def target_names() -> list[str]:
-    """The named delivery specs: the files of ``configs/target``."""
-    return sorted(p.stem for p in (config_dir() / "target").glob("*.yaml"))
-
-
 def item_target(cfg: DictConfig, item: Item) -> dict:
+    """The item's delivery spec: ``cfg.target``, or the named spec of ``cfg.targets`` its
+    manifest row chooses (a name, never a path), with its own ``lufs``/``true_peak_db``."""
     target = dict(OmegaConf.to_container(cfg.target, resolve=True))  # type: ignore[arg-type]
     name = item.extra.get("target")
     if name:
-        # A manifest's target names a spec; it is never a path to a file.
-        if name not in target_names():
-            raise ValueError(f"{item.id}: unknown target {name!r}; choose one of {target_names()}")
-        spec = load_yaml(config_dir() / "target" / f"{name}.yaml", "target")
+        names = sorted(cfg.get("targets") or {})
+        if name not in names:
+            raise ValueError(f"{item.id}: unknown target {name!r}; choose one of {names}")
+        spec = OmegaConf.to_container(cfg.targets[name], resolve=True)
         if not isinstance(spec, dict):
             raise ValueError(f"{item.id}: target {name!r} is not a mapping")
         target.update(spec)
@@ -132,7 +129,8 @@ def run(cfg: DictConfig) -> int:
         groups = [[s for s in songs if (s.reference is not None) == k] for k in kinds]
         for part in groups:
             assert rate is not None  # a non-empty group: its first item set the rate
-            for song, report in zip(part, master_group(cfg, part, rate), strict=True):
+            reports = master_group(part, rate, chain_spec(cfg, rate), fit_options(cfg), master_options(cfg))
+            for song, report in zip(part, reports, strict=True):
                 yield {
                     "id": song.key,
                     "status": "ok",

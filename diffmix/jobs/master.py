@@ -4,7 +4,7 @@ Options: ``input`` (required), ``reference`` (optional), ``target`` (spotify, ap
 youtube, amazon, ebu_r128, atsc_a85 or none), ``fit.*`` (steps, excerpt_s, params),
 ``loss.weights``, ``amount.<stage>`` (0..1), ``delivery.*`` (format, bit_depth,
 sample_rate, dither), ``plot``, ``out``, ``stream`` (auto, true, false: master in chunks
-with bounded memory, :mod:`diffmix.streaming`; auto streams inputs longer than
+with bounded memory, :func:`diffmix.mastering.master_file`; auto streams inputs longer than
 ``streaming.auto_above_s``), ``polish`` (off or auto: repair the clicks, clipped runs
 and DC offset that analysis finds before the chain; the report's ``polish`` lists every
 repaired span). Writes the master, its preset (YAML, physical units), a JSON
@@ -19,8 +19,8 @@ from omegaconf import DictConfig
 
 from diffmix.inputs import load_mix
 from diffmix.jobs._common import output_dir, pick_device, to_dict
-from diffmix.jobs._mastering import Song, master_group, polish_mode
-from diffmix.streaming import DiskAudio, master_file, wants_streaming
+from diffmix.jobs._mastering import chain_spec, fit_options, master_options, polish_mode, wants_streaming
+from diffmix.mastering import DiskAudio, Song, master_file, master_group
 
 
 def run(cfg: DictConfig) -> int:
@@ -40,34 +40,28 @@ def run(cfg: DictConfig) -> int:
     out = output_dir(cfg)
     stem = cfg.get("output_name") or f"{Path(str(cfg.input)).stem}_master"
     protect = tuple(str(p) for p in (cfg.input, cfg.get("reference")) if p)
+    if streaming and polish_mode(cfg) != "off":
+        raise ValueError("polish=auto needs the whole file in memory: use stream=false")
+    spec, fit, options = chain_spec(cfg, sr), fit_options(cfg), master_options(cfg)
     if streaming:
-        if polish_mode(cfg) != "off":
-            raise ValueError("polish=auto needs the whole file in memory: use stream=false")
-        return _run_streaming(cfg, out, stem, reference, protect, device)
+        report = master_file(
+            str(cfg.input), out, stem, spec, fit, options, reference=reference, target=to_dict(cfg.target),
+            protect=protect, device=device,
+        )
+        print(
+            f"master (streamed): {report['outputs']['audio']}  {report['achieved']['lufs']:.2f} LUFS  "
+            f"{report['achieved']['true_peak_dbtp']:.2f} dBTP  ({report['runtime_s']:.1f} s)"
+        )
+        return 0
     assert x is not None  # loaded above: only the streaming path leaves it None
     song = Song(
         key=stem, audio=x.to(device), out=out, stem=stem, reference=reference,
         target=to_dict(cfg.target), protect=protect,
     )
-    (report,) = master_group(cfg, [song], sr)
+    (report,) = master_group([song], sr, spec, fit, options)
     a = report["achieved"]
     print(
         f"master: {report['outputs']['audio']}  {a['lufs']:.2f} LUFS  "
         f"{a['true_peak_dbtp']:.2f} dBTP  LRA {a['lra_lu']:.1f} LU  ({report['runtime_s']:.1f} s)"
-    )
-    return 0
-
-
-# --- streaming (long files, bounded memory): see diffmix.streaming ----------------------
-def _run_streaming(cfg, out, stem, reference, protect, device) -> int:  # noqa: ANN001
-    report = master_file(
-        cfg, input=str(cfg.input), out=out, stem=stem, reference=reference,
-        target=to_dict(cfg.target), protect=protect,
-        device=device,
-    )
-    a = report["achieved"]
-    print(
-        f"master (streamed): {report['outputs']['audio']}  {a['lufs']:.2f} LUFS  "
-        f"{a['true_peak_dbtp']:.2f} dBTP  ({report['runtime_s']:.1f} s)"
     )
     return 0

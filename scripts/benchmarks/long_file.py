@@ -4,7 +4,7 @@ The file is synthesised on disk in chunks (never whole in memory), then
 ``python -m diffmix.cli master input=... target=spotify`` runs as a child process (forked
 from a small launcher); its peak resident set comes from ``os.wait4`` (that child's own
 rusage, not the runner's).
-The written master is metered in chunks (:func:`diffmix.streaming.measure_file`).
+The written master is metered in chunks (:func:`diffmix.mastering.source.measure_file`).
 For scale, a shorter file is also mastered both ways (``stream=true`` and
 ``stream=false``), so the in-memory path's growth with length is measured in the same run.
 """
@@ -91,7 +91,7 @@ def master(path: Path, out: Path, *extra: str) -> dict:
     if code != 0:
         raise RuntimeError(f"master failed ({code}): {stderr[-2000:]}")
     usage = json.loads(usage_file.read_text())
-    from diffmix.streaming import measure_file
+    from diffmix.mastering.source import measure_file
 
     written = out / f"{path.stem}_master.wav"
     m = measure_file(written)

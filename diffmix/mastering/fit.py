@@ -1,0 +1,281 @@
+"""The mastering fit: tone, width and dynamics fitted on random excerpts of each song.
+
+Several songs are fitted at once: the chain runs in a :class:`~diffmix.console.Bus` with one
+parameter set per song and one optimiser over them all. Every song's excerpts are drawn
+from ``(seed, song id, step)`` and its loss is its own, so a song's result is the same in
+a batch as alone (up to floating-point summation order). The limiter runs in its smooth
+mode; its drive is set afterwards by the loudness solve (:mod:`diffmix.mastering.loudness`).
+
+Where the fit starts is one argument of :func:`fit_stage` (``start``): by default the
+match EQ's closed-form gains (:func:`match_start`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+import torch
+from torch import Tensor
+
+from diffmix.console import Bus, prior, select
+from diffmix.effects.dynamics import set_exact
+from diffmix.errors import UserError
+from diffmix.fit import FitResult, draw, excerpt_starts, fit
+from diffmix.mastering.chain import MATCH
+from diffmix.objective import REFERENCE_TERMS, Objective
+
+# Where a fit starts: sets the chain's values from (bus, audios, references or None).
+Start = Callable[[Bus, Sequence[Any], "Sequence[Tensor] | None"], None]
+
+
+@dataclass
+class FitOptions:
+    """What the fit matches and how long it runs (the master job's ``fit.*``, ``loss.*``,
+    ``optim``, ``scheduler`` and ``amount.*``).
+
+    Args:
+        steps: optimiser steps (0: no fit).
+        excerpt_s: excerpt length, seconds.
+        patience: steps without improvement before stopping.
+        params: globs of ``"<effect>.<param>"`` names to fit.
+        weights: objective term -> weight (terms with nothing to compare are dropped,
+            :func:`available_weights`).
+        prior_weight: scales :func:`~diffmix.console.prior` (keeps settings near the start).
+        optimizer: ``params -> torch.optim.Optimizer``; default Adam at lr 0.05.
+        scheduler: ``optimizer -> LR scheduler``, or None.
+        seed: excerpt draws.
+        progress: show a progress bar.
+        amount: stage -> 0..1, how much of its fitted change to keep.
+    """
+
+    steps: int = 120
+    excerpt_s: float = 8.0
+    patience: int = 40
+    params: Sequence[str] = ()
+    weights: Mapping[str, float] = field(default_factory=dict)
+    prior_weight: float = 0.0
+    optimizer: Callable | None = None
+    scheduler: Callable | None = None
+    seed: int = 0
+    progress: bool = True
+    amount: Mapping[str, float] = field(default_factory=dict)
+
+
+def pad_batch(xs: Sequence[Tensor]) -> tuple[Tensor, list[int]]:
+    """Stack ``(1, C, T_i)`` songs into ``(S, C, max T)`` with zeros; returns the lengths."""
+    lengths = [int(x.shape[-1]) for x in xs]
+    longest = max(lengths)
+    return torch.cat([torch.nn.functional.pad(x, (0, longest - x.shape[-1])) for x in xs]), lengths
+
+
+def song_excerpts(xs: Sequence[Any], keys: Sequence[str], length: int, seed: int, step: int) -> Tensor:
+    """One excerpt of ``length`` samples per song, drawn from ``(seed, key, step)``.
+
+    A song is a ``(1, 2, T)`` tensor or anything sliced like one
+    (:class:`~diffmix.mastering.source.DiskAudio`). A song shorter than ``length`` is
+    zero-padded (the loudness gate ignores the padding and the tone features are level-free).
+    """
+    out = []
+    for x, key in zip(xs, keys, strict=True):
+        start = excerpt_starts(x.shape[-1], length, 1, draw(seed, step, key))[0]
+        crop = x[..., start : start + length]
+        out.append(torch.nn.functional.pad(crop, (0, length - crop.shape[-1])))
+    return torch.cat(out)
+
+
+def fit_chain(
+    bus: Bus,
+    xs: Sequence[Any],
+    keys: Sequence[str],
+    objective: Objective,
+    *,
+    params: Sequence[str],
+    steps: int,
+    excerpt_s: float,
+    optimizer: Callable,
+    scheduler: Callable | None = None,
+    seed: int = 0,
+    patience: int = 50,
+    prior_weight: float = 0.0,
+    progress: bool = True,
+    checkpoint=None,  # noqa: ANN001
+    log_path=None,  # noqa: ANN001
+) -> FitResult:
+    """Fit the parameters of ``bus`` (one set per song) matching the glob ``params``.
+
+    ``prior_weight`` scales :func:`~diffmix.console.prior`, which keeps the settings near
+    where they started: the matching terms are level-free, so without it nothing stops a
+    compressor running to its extremes while the tone still matches.
+
+    The loss is the *sum* over songs, so each song's gradient is its own. The fit renders
+    the chain up to the limiter only: the limiter's drive is set afterwards by the loudness
+    solve, and at the fit's 0 dB drive it would cost time and change nothing the terms see.
+    """
+    chosen = select(bus.named_values(), params)
+    if not chosen or steps == 0:
+        return FitResult(0, math.nan, math.nan, "nothing to fit", 0.0)
+    length = int(round(excerpt_s * bus.sample_rate))
+    set_exact(bus, False)
+    initial = {k: p.exact() for k, p in bus.named_values().items()}
+
+    def closure(step: int):  # noqa: ANN202
+        batch = song_excerpts(xs, keys, length, seed, step)
+        loss, terms = objective(bus(batch, until="limiter"))
+        total = loss.sum()
+        logged = {k: float(v.detach().mean()) for k, v in terms.items()}
+        if prior_weight:
+            # Per song: the prior is a mean over parameter entries, so scale by the songs.
+            reg = prior(bus.named_values(), initial) * len(keys)
+            total = total + prior_weight * reg
+            logged["prior"] = float(reg.detach())
+        return total, logged
+
+    try:
+        return fit(
+            chosen,
+            closure,
+            steps=steps,
+            optimizer=optimizer,
+            scheduler=scheduler,
+            patience=patience,
+            progress=progress,
+            checkpoint=checkpoint,
+            log_path=log_path,
+            tag="master:" + "|".join(keys),
+        )
+    finally:
+        set_exact(bus, True)
+
+
+def available_weights(weights: Mapping[str, float], *, reference: bool, target: Mapping) -> dict[str, float]:
+    """Drop terms with nothing to compare against, and those met exactly elsewhere."""
+    out = {}
+    for k, v in weights.items():
+        if k in REFERENCE_TERMS and not reference:
+            continue
+        if k == "spec_lra" and target.get("lra") is None:
+            continue
+        if k == "spec_plr" and target.get("plr") is None:
+            continue
+        if k in ("spec_lufs", "spec_true_peak", "loudness", "mrstft"):
+            # Loudness and the ceiling are met exactly by the solve and the limiter; a
+            # master's reference is another song, so there is no waveform to align.
+            continue
+        out[k] = float(v)
+    return {k: v for k, v in out.items() if v > 0}
+
+
+@torch.no_grad()
+def init_match(bus: Bus, audios: Sequence[Any], references: Sequence[Tensor]) -> None:
+    """Set each song's match-EQ gains in closed form from its input and its reference.
+
+    Each song gets its own single-item :class:`~diffmix.effects.match_eq.MatchEQ` with the
+    chain's options (so songs of different lengths never share a padded spectrum); its
+    gains become that song's row of the chain's parameters.
+    """
+    from diffmix.effects.match_eq import MatchEQ
+
+    stage = cast(MatchEQ, bus.effects[MATCH])
+    node = {
+        k: v for k, v in stage.preset().items() if k not in ("_target_", "mix", "mid_gain_db", "side_gain_db")
+    }
+    rows: dict[str, list[Tensor]] = {"mid_gain_db": [], "side_gain_db": []}
+    for audio, reference in zip(audios, references, strict=True):
+        single = MatchEQ(**node).to(audio.device)
+        mid, side = single.match(audio, reference.to(audio.device))
+        rows["mid_gain_db"].append(mid.double().cpu())
+        rows["side_gain_db"].append(side.double().cpu())
+    bus.load_values({f"{MATCH}.{k}": torch.stack(v) for k, v in rows.items()})
+
+
+@torch.no_grad()
+def refine_match(bus: Bus, y: Tensor, lengths: Sequence[int], references: Sequence[Tensor]) -> None:
+    """Add to each song's match-EQ gains what its rendered master ``y`` still misses."""
+    from diffmix.effects.match_eq import MatchEQ
+    from diffmix.functional.match_eq import match_gains
+
+    stage = cast(MatchEQ, bus.effects[MATCH])
+    params = bus.named_values()
+    keys = ("mid_gain_db", "side_gain_db")
+    rows = {k: params[f"{MATCH}.{k}"].exact().clone() for k in keys}
+    wide = (-120.0, 120.0)  # a correction; the sum is clipped to the parameters' ranges
+    for i, (n, reference) in enumerate(zip(lengths, references, strict=True)):
+        dm, ds = match_gains(
+            y[i : i + 1, :, :n],
+            reference.to(y.device),
+            stage.sample_rate,
+            stage.centres_hz,
+            mid_range_db=wide,
+            side_range_db=wide,
+        )
+        rows["mid_gain_db"][i] += dm[0].double().cpu()
+        rows["side_gain_db"][i] += ds[0].double().cpu()
+    bus.load_values(
+        {
+            f"{MATCH}.{k}": v.clamp(params[f"{MATCH}.{k}"].spec.min, params[f"{MATCH}.{k}"].spec.max)
+            for k, v in rows.items()
+        }
+    )
+
+
+def match_start(bus: Bus, audios: Sequence[Any], references: Sequence[Tensor] | None) -> None:
+    """The default start of the fit: with references and a ``match`` stage, its gains in
+    closed form (:func:`init_match`); otherwise the chain's configured values."""
+    if references is not None and MATCH in bus.effects:
+        init_match(bus, audios, references)
+
+
+def fit_stage(
+    bus: Bus,
+    audios: Sequence[Any],
+    keys: Sequence[str],
+    references: Sequence[Tensor] | None,
+    target: Mapping[str, Any],
+    options: FitOptions,
+    *,
+    start: Start = match_start,
+) -> dict[str, Any] | None:
+    """Start ``bus`` (``start``), fit it to what ``options`` match (if anything), then
+    apply ``options.amount``.
+
+    ``audios`` are ``(1, 2, T)`` tensors or anything sliced like them (the streamed master
+    passes files on disk). Returns the fit's summary for the report, or None.
+    """
+    steps = options.steps
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+        raise UserError(f"fit.steps must be a whole number >= 0 (0: no fit), got {steps!r}")
+    weights = available_weights(options.weights, reference=references is not None, target=target)
+    fit_report = None
+    start(bus, audios, references)
+    if weights and steps > 0:
+        sr = bus.sample_rate
+        device = next(bus.parameters()).device
+        objective = Objective(sr, weights, reference=references, target=target).to(device)
+        optimizer = options.optimizer
+        if optimizer is None:
+            from functools import partial
+
+            optimizer = partial(torch.optim.Adam, lr=0.05)
+        result = fit_chain(
+            bus,
+            audios,
+            keys,
+            objective,
+            params=list(options.params),
+            steps=steps,
+            excerpt_s=float(options.excerpt_s),
+            optimizer=optimizer,
+            scheduler=options.scheduler,
+            seed=int(options.seed),
+            patience=int(options.patience),
+            prior_weight=float(options.prior_weight),
+            progress=bool(options.progress),
+        )
+        fit_report = {k: v for k, v in vars(result).items() if k != "history"}
+    for stage, amount in options.amount.items():
+        if stage in bus.effects:
+            bus.set_amount(stage, float(amount))
+    return fit_report

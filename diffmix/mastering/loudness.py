@@ -1,0 +1,221 @@
+"""The loudness solve: each song's drive into the limiter, found in closed loop.
+
+Loudness rises monotonically with the drive but flattens as the limiter works harder, so
+each secant step divides the error by a secant estimate of the slope. One iteration
+serves the in-memory master (:func:`solve_loudness`, several songs at once) and the
+streamed one (:func:`solve`, each render one chunked pass); the drive's range is the
+limiter's own ``gain_db`` range (its :class:`~diffmix.params.ParamSpec`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from diffmix.effects.dynamics import Limiter
+from diffmix.errors import UserError
+from diffmix.functional.loudness import integrated_loudness
+
+_GAIN = next(s for s in Limiter.specs if s.name == "gain_db")
+DRIVE_RANGE = (_GAIN.min, _GAIN.max)  # the stock limiter's drive range, dB (-24..48)
+
+# A render at some drives: (its output, each song's loudness in LUFS, (S,) float64 on the CPU).
+Measure = Callable[[Tensor], "tuple[Any, Tensor]"]
+
+
+@dataclass
+class LoudnessSolve:
+    """Result of the closed-loop loudness solve for one song."""
+
+    drive_db: float
+    achieved_lufs: float
+    target_lufs: float
+    iterations: int
+
+
+def measure_lufs(y: Tensor, lengths: Sequence[int], sample_rate: int) -> Tensor:
+    """Integrated loudness of each song over its own length, ``(S,)``."""
+    return torch.stack(
+        [integrated_loudness(y[i : i + 1, :, :n], sample_rate)[0] for i, n in enumerate(lengths)]
+    )
+
+
+def rough_lufs(y: Tensor, lengths: Sequence[int]) -> Tensor:
+    """An ungated loudness estimate from the mean square, ``(S,)`` float64 on the CPU.
+
+    Used where BS.1770's -70 LUFS absolute gate reads ``-inf`` although the audio is not
+    silent: a quiet pre-limiter render, or a drive that left the song under the gate. The
+    +3 dB is the stereo channel sum, -0.691 the standard's offset. Digital silence gives
+    ``-inf``.
+    """
+    power = torch.stack([y[i, :, :n].double().square().mean() for i, n in enumerate(lengths)])
+    return (10 * torch.log10(power) - 0.691 + 3.0).cpu()
+
+
+def solvable(lufs: Tensor, rough: Callable[[], Tensor], names: Sequence[str] | None = None) -> Tensor:
+    """Gated loudness ``lufs`` where it is defined, else the ungated estimate ``rough()``;
+    raises :class:`~diffmix.errors.UserError` on digital silence.
+
+    (NaN or Inf audio is refused by the meters themselves with a ValueError.)
+    """
+    lufs = lufs.double().cpu()
+    if torch.isfinite(lufs).all():
+        return lufs
+    estimate = rough().double().cpu()
+    silent = ~torch.isfinite(lufs) & ~torch.isfinite(estimate)
+    if silent.any():
+        raise UserError(
+            f"{_song(int(silent.nonzero()[0]), names)} is silent (digital silence): no gain can reach "
+            "a loudness target"
+        )
+    # Gated out at this drive but not silent: the ungated estimate sits near or below the
+    # gate, so the next secant step raises the drive rather than giving up.
+    return torch.where(torch.isfinite(lufs), lufs, estimate)
+
+
+def _song(i: int, names: Sequence[str] | None) -> str:
+    """How messages name song ``i``: its name (the input file) when given."""
+    return names[i] if names is not None else f"song {i}"
+
+
+def solve_loudness(
+    render: Callable[[Tensor], Tensor],
+    lengths: Sequence[int],
+    sample_rate: int,
+    targets: Tensor,
+    *,
+    tolerance_lu: float = 0.02,
+    max_iter: int = 12,
+    drive_range: tuple[float, float] | None = None,
+    start_db: Tensor | None = None,
+    proxy: Callable[[Tensor], Tensor] | None = None,
+    names: Sequence[str] | None = None,
+) -> tuple[Tensor, list[LoudnessSolve]]:
+    """Find per-song drives (dB) for which ``render(drives)`` ``(S, C, T)`` measures
+    ``targets`` (LUFS), each song over its own length in ``lengths``.
+
+    A good ``start_db`` (the target minus the pre-limiter loudness) saves a render.
+    ``proxy`` is an optional cheap renderer that tracks ``render`` closely (the smooth
+    limiter without its final metered correction): the secant runs on it first, then
+    ``render`` is called at its answer and the secant goes on with ``render`` only while
+    the exact result is outside the tolerance, which usually means one exact render.
+    ``drive_range`` defaults to ``render.drive_range`` (a
+    :func:`~diffmix.mastering.render.render_with_drive` renderer's: its limiter's), else
+    :data:`DRIVE_RANGE`.
+
+    Raises:
+        UserError: when a target can't be reached (digital silence, or more loudness than
+            the ceiling allows), naming the song by ``names[i]`` (else its index).
+    """
+
+    def metered(fn: Callable[[Tensor], Tensor]) -> Measure:
+        def measure(drives: Tensor) -> tuple[Tensor, Tensor]:
+            y = fn(drives)
+            return y, solvable(measure_lufs(y, lengths, sample_rate), lambda: rough_lufs(y, lengths), names)
+
+        return measure
+
+    if drive_range is None:
+        drive_range = getattr(render, "drive_range", DRIVE_RANGE)
+    return solve(
+        metered(render), targets, tolerance_lu=tolerance_lu, max_iter=max_iter, drive_range=drive_range,
+        start_db=start_db, proxy=None if proxy is None else metered(proxy), names=names,
+    )
+
+
+def solve(
+    measure: Measure,
+    targets: Tensor,
+    *,
+    tolerance_lu: float = 0.02,
+    max_iter: int = 12,
+    drive_range: tuple[float, float] = DRIVE_RANGE,
+    start_db: Tensor | None = None,
+    proxy: Measure | None = None,
+    names: Sequence[str] | None = None,
+) -> tuple[Any, list[LoudnessSolve]]:
+    """The secant solve on any renderer: ``measure(drives (S,) dB) -> (output, LUFS (S,))``
+    (see :func:`solvable` for a loudness the solve can step from). Returns the output at
+    the solved drives and one :class:`LoudnessSolve` per song; as :func:`solve_loudness`."""
+    lo, hi = drive_range
+    targets = targets.double().cpu()
+    drive = torch.zeros_like(targets) if start_db is None else start_db.double().cpu().clamp(lo, hi)
+    iters = torch.zeros_like(targets)
+    state = None
+    if proxy is not None:
+        # A quarter of the tolerance: the exact correction only ever lowers the level a
+        # hair, so the exact render should land inside without another step.
+        drive, _, _, state = _secant(proxy, targets, drive, tolerance_lu / 4, max_iter, (lo, hi))
+    drive, y, lufs, _ = _secant(measure, targets, drive, tolerance_lu, max_iter, (lo, hi), state,
+                                counter=iters)
+    err = (targets - lufs).abs()
+    if (err > tolerance_lu).any():
+        i = int((err > tolerance_lu).nonzero()[0])
+        raise UserError(
+            f"cannot reach {float(targets[i]):g} LUFS under the ceiling ({_song(i, names)}): the closest "
+            f"was {float(lufs[i]):.2f} LUFS at {float(drive[i]):+.1f} dB drive"
+        )
+    solves = [
+        LoudnessSolve(float(d), float(v), float(t), int(k))
+        for d, v, t, k in zip(drive, lufs, targets, iters, strict=True)
+    ]
+    return y, solves
+
+
+def _secant(
+    measure: Measure,
+    targets: Tensor,
+    drive: Tensor,
+    tolerance_lu: float,
+    max_iter: int,
+    drive_range: tuple[float, float],
+    state: tuple[Tensor, Tensor] | None = None,
+    counter: Tensor | None = None,
+) -> tuple[Tensor, Any, Tensor, tuple[Tensor, Tensor]]:
+    """Secant steps on ``measure`` from ``drive``; ``state`` is a previous (drive, lufs) pair
+    whose slope seeds the first step. Returns drive, output, loudness and the last pair."""
+    lo, hi = drive_range
+    y, lufs = measure(drive)
+    if counter is not None:
+        counter += 1
+    prev = state  # the last (drive, lufs) pair, None before the first step
+    for _ in range(max_iter):
+        err = targets - lufs
+        open_ = err.abs() > tolerance_lu
+        if not open_.any():
+            break
+        slope = torch.ones_like(drive)
+        if prev is not None:
+            prev_drive, prev_lufs = prev
+            moved = (drive - prev_drive).abs() > 1e-9
+            secant = (lufs - prev_lufs) / torch.where(moved, drive - prev_drive, torch.ones_like(drive))
+            slope = torch.where(moved, secant.clamp(0.05, 1.0), slope)
+        prev = (drive.clone(), lufs.clone())
+        drive = torch.where(open_, (drive + err / slope).clamp(lo, hi), drive)
+        if counter is not None:
+            counter += open_.double()
+        y, lufs = measure(drive)
+    return drive, y, lufs, (drive.clone(), lufs.clone())
+
+
+def loudness_goals(
+    targets: Sequence[Mapping], references: Sequence[Tensor | None], sample_rate: int
+) -> list[float | None]:
+    """Each song's LUFS goal: its spec's, else its reference's loudness, else None."""
+    goals: list[float | None] = []
+    for target, ref in zip(targets, references, strict=True):
+        if target.get("lufs") is not None:
+            goals.append(float(target["lufs"]))
+        elif ref is not None:
+            value = float(integrated_loudness(ref, sample_rate)[0])
+            if not math.isfinite(value):
+                raise UserError("reference is silent: its loudness can't be matched")
+            goals.append(value)
+        else:
+            goals.append(None)
+    return goals

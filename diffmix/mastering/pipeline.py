@@ -1,0 +1,358 @@
+"""Mastering one song or a group of songs: fit, solve, deliver, report.
+
+:func:`master_group` masters songs held in memory together (one optimiser, per-song
+parameters); :func:`master_file` masters one file of any length in bounded memory, chunk
+by chunk, with the same fit, loudness solve, delivery and report. Both take typed
+arguments: a :class:`~diffmix.mastering.chain.ChainSpec`, :class:`~diffmix.mastering.fit.FitOptions`
+and :class:`MasterOptions`; the jobs build them from their configs.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from diffmix.checks import MAX_SAMPLE_RATE
+from diffmix.config import save_preset
+from diffmix.console import Bus
+from diffmix.errors import UserError
+from diffmix.features import spectral_errors
+from diffmix.io import AudioFileError, check_outputs, read_audio
+from diffmix.listen import Take, job_warnings, write_listening_report
+from diffmix.mastering.chain import MATCH, ChainSpec
+from diffmix.mastering.deliver import DeliveryOptions, deliver_master, deliver_stream
+from diffmix.mastering.fit import FitOptions, Start, fit_stage, match_start, pad_batch, refine_match
+from diffmix.mastering.loudness import (
+    loudness_goals,
+    measure_lufs,
+    rough_lufs,
+    solvable,
+    solve,
+    solve_loudness,
+)
+from diffmix.mastering.render import StreamRenderer, render_with_drive
+from diffmix.mastering.report import draw, finish, master_report
+from diffmix.mastering.source import DiskAudio, measure_file
+from diffmix.report import summary as measure
+
+log = logging.getLogger(__name__)
+
+MIN_SECONDS = 1.0
+MIN_JOB_RATE = 22050  # the default chain's EQ bands and filters need this much bandwidth
+DC_LIMIT = 1e-3  # polish=auto removes a DC offset only above -60 dBFS
+
+
+@dataclass
+class MasterOptions:
+    """How songs are mastered beyond the chain and the fit (the master job's options).
+
+    Args:
+        tolerance_lu: the loudness solve stops within this of the target.
+        match_refine: with a match EQ, passes that fold the whole master's remaining tone
+            error into it.
+        polish: ``"off"`` or ``"auto"`` (repair clicks, clipped runs and DC before the chain).
+        plot: also write a PNG of the plots (in memory only).
+        report: write the HTML listening report.
+        seed: the dither's.
+        delivery: how the master is written.
+        chunk_s, context_s: the streamed master's chunk and base left context, seconds.
+    """
+
+    tolerance_lu: float = 0.02
+    match_refine: int = 2
+    polish: str = "off"
+    plot: bool = False
+    report: bool = True
+    seed: int = 0
+    delivery: DeliveryOptions = field(default_factory=DeliveryOptions)
+    chunk_s: float = 30.0
+    context_s: float = 2.0
+
+    def __post_init__(self) -> None:
+        if self.polish not in ("off", "auto"):
+            raise ValueError(f"polish must be auto or off, got {self.polish!r}")
+
+
+class _Clock:
+    """Seconds spent per stage, for the report's ``timings_s``."""
+
+    def __init__(self) -> None:
+        self.last = time.perf_counter()
+        self.spent: dict[str, float] = {}
+
+    def __call__(self, stage: str) -> None:
+        now = time.perf_counter()
+        self.spent[stage] = round(self.spent.get(stage, 0.0) + now - self.last, 3)
+        self.last = now
+
+
+@dataclass
+class Song:
+    """One song to master: ``audio`` and ``reference`` are ``(1, 2, T)``."""
+
+    key: str
+    audio: torch.Tensor
+    out: Path
+    stem: str
+    reference: torch.Tensor | None = None
+    target: dict[str, Any] = field(default_factory=dict)
+    protect: tuple[str, ...] = ()
+    polish: dict[str, Any] | None = None  # what the polish stage repaired (None: stage off)
+
+
+def polish_auto(audio: torch.Tensor, sample_rate: int) -> tuple[torch.Tensor, dict[str, Any]]:
+    """The ``polish=auto`` stage before the chain: repair the clipped runs and clicks that
+    analysis finds, and a DC offset above :data:`DC_LIMIT`; returns ``(audio, report)``."""
+    from diffmix.polish import polish
+
+    dc = bool(audio.mean(-1).abs().amax() > DC_LIMIT)
+    with torch.no_grad():
+        out, report = polish(audio, sample_rate, dc=dc)
+    return out, report
+
+
+def _save_preset(bus: Bus, path: Path) -> dict[str, Any]:
+    save_preset(bus, path)
+    return bus.preset()
+
+
+def master_group(
+    songs: list[Song], sample_rate: int, spec: ChainSpec, fit: FitOptions, options: MasterOptions,
+    *, start: Start = match_start,
+) -> list[dict[str, Any]]:
+    """Master ``songs`` together (one optimiser, per-song parameters); returns their reports.
+
+    Songs in a group must agree on whether they have a reference and on the fit terms.
+    ``start`` sets where the fit starts (:func:`~diffmix.mastering.fit.fit_stage`).
+    """
+    t0 = time.perf_counter()
+    clock = _Clock()
+    sr = sample_rate
+    for s in songs:
+        if s.audio.shape[-1] < MIN_SECONDS * sr:
+            raise UserError(
+                f"{s.key}: input is too short to master ({s.audio.shape[-1] / sr:.2f} s; "
+                f"need at least {MIN_SECONDS:g} s)"
+            )
+    if sr < MIN_JOB_RATE:
+        raise UserError(
+            f"{songs[0].protect[0] if songs[0].protect else songs[0].key}: {sr} Hz is below "
+            f"the {MIN_JOB_RATE} Hz the mastering chain is designed for (supported: "
+            f"{MIN_JOB_RATE} to {MAX_SAMPLE_RATE} Hz); pass delivery.sample_rate=44100 to "
+            "master it at 44.1 kHz"
+        )
+    if sr > MAX_SAMPLE_RATE:
+        raise UserError(f"{songs[0].key}: {sr} Hz is above the supported {MAX_SAMPLE_RATE} Hz")
+    fmt, _ = options.delivery.checked()
+    for song in songs:  # the preset, reports and plot may not overwrite an input either
+        check_outputs(tuple(song.out / f"{song.stem}{s}" for s in (
+            f".{fmt}", "_preset.yaml", "_report.json", "_report.html", ".png")), song.protect)
+    if options.polish == "auto":
+        for s in songs:
+            s.audio, s.polish = polish_auto(s.audio, sr)
+    device = songs[0].audio.device
+    has_ref = [s.reference is not None for s in songs]
+    if len(set(has_ref)) > 1:
+        raise ValueError("master_group: songs with and without references can't share a group")
+    references = [s.reference for s in songs if s.reference is not None]  # every song's, or none
+    match = has_ref[0] and bool(spec.match_eq)
+    bus = spec.build(len(songs), match=match).to(device)
+    fit_report = fit_stage(
+        bus, [s.audio for s in songs], [s.key for s in songs], references if has_ref[0] else None,
+        songs[0].target, fit, start=start,
+    )
+    clock("fit")
+    x, lengths = pad_batch([s.audio for s in songs])
+    goals = loudness_goals([s.target for s in songs], [s.reference for s in songs], sr)
+
+    def render_and_solve(start_db: torch.Tensor | None = None):  # noqa: ANN202
+        render = render_with_drive(bus, x)
+        clock("render_chain")
+        if any(g is None for g in goals):
+            return render, render(torch.zeros(len(songs), dtype=torch.float64)), [None] * len(songs)
+        targets = torch.tensor(goals, dtype=torch.float64)
+        if start_db is None:
+            pre = measure_lufs(render.pre, lengths, sr).double().cpu()  # type: ignore[attr-defined]
+            # A pre-limiter level under the -70 LUFS gate (but not silence) starts from its RMS.
+            rough = rough_lufs(render.pre, lengths).clamp_min(-300.0)  # type: ignore[attr-defined]
+            start_db = torch.where(torch.isfinite(pre), targets - pre, targets - rough)
+        y, solves = solve_loudness(
+            render, lengths, sr, targets, tolerance_lu=float(options.tolerance_lu), start_db=start_db,
+            proxy=render.proxy,  # type: ignore[attr-defined]
+            names=[str(s.protect[0]) if s.protect else s.key for s in songs],
+        )
+        return render, y, solves
+
+    render, y, solves = render_and_solve()
+    if match:
+        # The fit matched excerpts through the smooth limiter; the delivered tone is the
+        # whole song's through the exact one. Measure that, fold what is left into the
+        # match EQ, and render and solve again (from the last drives).
+        for _ in range(int(options.match_refine)):
+            refine_match(bus, y, lengths, references)
+            clock("loudness_solve")
+            last = None if solves[0] is None else torch.tensor([s.drive_db for s in solves])
+            render, y, solves = render_and_solve(last)
+    clock("loudness_solve")
+    pre = render.pre  # type: ignore[attr-defined]
+    # The plot (spectra, short-term loudness, matplotlib) needs only the rendered master, so
+    # it is drawn on a worker thread while the main one dithers, writes and measures: the
+    # torch and numba work on both sides releases the GIL.
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="diffmix-plot") if options.plot else None
+    plots = [] if pool is None else [
+        pool.submit(draw, song.out / f"{song.stem}.png", song.stem, sr, song.audio,
+                    y[i : i + 1, :, : lengths[i]], pre[i : i + 1, :, : lengths[i]], song.reference)
+        for i, song in enumerate(songs)
+    ]
+    try:
+        reports = []
+        for i, song in enumerate(songs):
+            report = _deliver_song(
+                song, i, y[i : i + 1, :, : lengths[i]], pre[i : i + 1, :, : lengths[i]], sr, goals[i],
+                solves[i], fit_report, bus, spec, options, plots, clock,
+            )
+            # timings_s: for the whole group, per stage
+            reports.append(finish(report, song.out / f"{song.stem}_report.json", t0, len(songs), clock.spent))
+        return reports
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _deliver_song(song: Song, i: int, yi: torch.Tensor, pre: torch.Tensor, sr: int, goal: float | None,
+                  solve: Any, fit_report: dict[str, Any] | None, bus: Bus, spec: ChainSpec,
+                  options: MasterOptions, plots: list, clock: _Clock) -> dict[str, Any]:
+    """Deliver song ``i`` of the group and build its report (all but the runtime)."""
+    delivery = deliver_master(
+        yi[0], sr, song.out / f"{song.stem}.{options.delivery.checked()[0]}", options.delivery,
+        ceiling=song.target.get("true_peak_db"), goal=goal, tolerance_lu=float(options.tolerance_lu),
+        seed=int(options.seed), protect=song.protect,
+    )
+    clock("deliver")
+    written, wrate = read_audio(delivery.path)
+    after = measure(written.unsqueeze(0).double(), wrate)
+    before_audio = song.audio[..., : yi.shape[-1]]
+    report = master_report(
+        song.key, song.target, goal, before=measure(before_audio.double().cpu(), sr), after=after,
+        solve=vars(solve) if solve else None, delivery=delivery.as_dict(), fit=fit_report,
+    )
+    if song.polish is not None:
+        report["polish"] = song.polish
+    if song.reference is not None:
+        report["reference"] = measure(song.reference.double().cpu(), sr)
+        report["spectral_error"] = {
+            "before": spectral_errors(song.audio.cpu(), song.reference.cpu(), sr),
+            "after": spectral_errors(yi.cpu(), song.reference.cpu(), sr),
+        }
+    clock("measure")
+    preset = spec.build(1, match=MATCH in bus.effects)
+    preset.load_values({k: v.exact()[i : i + 1] for k, v in bus.named_values().items()})
+    report["params"] = _save_preset(preset, song.out / f"{song.stem}_preset.yaml")
+    report["outputs"]["preset"] = str(song.out / f"{song.stem}_preset.yaml")
+    if plots:
+        report["outputs"]["plot"] = plots[i].result()
+        clock("plot")
+    report["qc"] = job_warnings(after, written, wrate, song.target, song.target.get("name"))
+    if options.report:
+        takes = [Take("input", before_audio.cpu()), Take("result", yi.cpu(), Path(delivery.path))]
+        if song.reference is not None:
+            takes.append(Take("reference", song.reference.cpu()))
+        page = write_listening_report(
+            song.out / f"{song.stem}_report.html", title=song.stem, sample_rate=sr, takes=takes,
+            job="master", target=song.target, achieved=report["achieved"],
+            measures={"input": report["before"], "result": after,
+                      **({"reference": report["reference"]} if "reference" in report else {})},
+            params=report["params"], gain_reduction=(pre, yi), warnings=report["qc"],
+        )
+        report["outputs"]["listening_report"] = str(page)
+    clock("listening_report")
+    return report
+
+
+def master_file(
+    input: str | Path, out: Path, stem: str, spec: ChainSpec, fit: FitOptions,  # noqa: A002
+    options: MasterOptions, *, reference: torch.Tensor | None = None, target: dict[str, Any] | None = None,
+    protect: tuple[str, ...] = (), device: torch.device | str = "cpu", start: Start = match_start,
+) -> dict[str, Any]:
+    """Master one file in bounded memory; writes the master, preset and report.
+
+    The same fit, loudness solve, delivery and report as :func:`master_group`, chunked
+    (``options.chunk_s``, ``options.context_s``): the fit reads its excerpts from disk, the
+    pre-limiter render is cached on disk beside the output, each drive of the solve is one
+    chunked pass of the limiter, and the delivered file is metered in chunks. Agreement
+    with the in-memory master (float output, no dither, 5 s chunks): max abs difference 5e-7
+    of full scale (float32 rounding) and the same loudness (``tests/test_streaming.py``).
+    One exception: the limiter's last-resort whole-item scaling (pathological input, after
+    four metered passes) acts per chunk here. No match EQ and no plot (each would need the
+    whole signal); ``spec.sample_rate`` must be the file's.
+    """
+    t0 = time.perf_counter()
+    target = dict(target or {})
+    chunk_s, context_s = float(options.chunk_s), float(options.context_s)
+    fmt, _ = options.delivery.checked()
+    src = DiskAudio(input, device)
+    sr = src.sample_rate
+    if options.delivery.sample_rate and int(options.delivery.sample_rate) != sr:
+        raise UserError("streaming: delivery.sample_rate conversion is not supported; use stream=false")
+    if src.frames < MIN_SECONDS * sr:
+        raise UserError(f"{stem}: input is too short to master ({src.frames / sr:.2f} s)")
+    if options.plot:
+        log.info("streaming: no plot for a streamed master (it would need the whole signal)")
+    bus = spec.build(1).to(device)
+    fit_report = fit_stage(bus, [src], [stem], [reference] if reference is not None else None, target,
+                           fit, start=start)
+    (goal,) = loudness_goals([target], [reference], sr)
+    path = out / f"{stem}.{fmt}"
+    for other in protect:
+        if Path(other).exists() and path.exists() and path.samefile(other):
+            raise AudioFileError(f"{path}: refusing to overwrite an input file")
+    renderer = StreamRenderer(bus, src, out, chunk_s=chunk_s, context_s=context_s)
+    try:
+        solved, drive = None, 0.0
+        if goal is not None:
+            def metered(drives: torch.Tensor) -> tuple[None, torch.Tensor]:
+                meter = renderer.meter(float(drives[0]))
+                lufs = torch.tensor([meter.integrated_lufs()], dtype=torch.float64)
+                return None, solvable(lufs, lambda: torch.tensor([meter.rough_lufs()]), [stem])
+
+            _, (solved,) = solve(
+                metered, torch.tensor([goal], dtype=torch.float64), tolerance_lu=float(options.tolerance_lu),
+                drive_range=renderer.drive_range, names=[stem],
+            )
+            drive = solved.drive_db
+        delivery, after = deliver_stream(renderer, drive, path, options.delivery,
+                                         ceiling=target.get("true_peak_db"), seed=int(options.seed),
+                                         chunk_s=chunk_s)
+        passes, left = renderer.passes, renderer.left
+    finally:
+        renderer.close()
+    report = master_report(
+        stem, target, goal, before=measure_file(input, chunk_s=chunk_s), after=after,
+        solve=vars(solved) if solved else None, delivery=delivery.as_dict(), fit=fit_report,
+    )
+    preset_path = out / f"{stem}_preset.yaml"
+    report["params"] = _save_preset(bus, preset_path)
+    report["outputs"]["preset"] = str(preset_path)
+    report["streaming"] = {"chunk_s": chunk_s, "left_context_s": left / sr, "limiter_passes": passes}
+    report["qc"] = job_warnings(after, path, sr, target, target.get("name"))
+    if options.report:
+        # Read back in chunks like everything here; the input is played where it lies.
+        takes = [Take("input", None, Path(input)), Take("result", None, path)]
+        if reference is not None:
+            takes.append(Take("reference", reference.cpu()))
+        page = write_listening_report(
+            out / f"{stem}_report.html", title=stem, sample_rate=sr, takes=takes, job="master (streamed)",
+            target=target, achieved=report["achieved"],
+            measures={"input": report["before"], "result": after}, params=report["params"],
+            warnings=report["qc"],
+            notes=["Streamed in chunks: the limiter's gain reduction is not drawn, and the input plays "
+                   "from its own location."],
+        )
+        report["outputs"]["listening_report"] = str(page)
+    return finish(report, out / f"{stem}_report.json", t0)
