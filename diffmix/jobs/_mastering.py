@@ -157,6 +157,13 @@ def fit_stage(
     fit_report = None
     if references is not None and MATCH in chain.effects:
         init_match(chain, audios, references)
+    init = cfg.fit.get("init", "default")
+    if init not in ("default", "learned"):
+        raise UserError(f"fit.init must be default or learned, got {init!r}")
+    if init == "learned":  # the fit (or, with fit.steps=0, the master) starts from the prediction
+        from diffmix.learned import apply_prediction
+
+        apply_prediction(chain, audios, references, target, cfg.get("model"))
     if weights and int(cfg.fit.steps) > 0:
         sr = chain.sample_rate
         device = next(chain.parameters()).device
