@@ -129,7 +129,9 @@ def run(cfg: DictConfig) -> int:
     t_data = time.perf_counter() - t0
     mean = train[0].mean(0)
     std = train[0].std(0).clamp_min(1e-3)
-    model = Predictor(train[0].shape[1], heads, list(cfg.model.hidden), mean=mean, std=std)
+    model = Predictor(
+        train[0].shape[1], heads, list(cfg.model.hidden), float(cfg.model.get("dropout", 0.0)), mean=mean, std=std
+    )
     s1 = cfg.stage1
     metrics = train_regression(
         model,
@@ -146,9 +148,10 @@ def run(cfg: DictConfig) -> int:
         checkpoint_every=int(cfg.checkpoint_every),
         progress=bool(cfg.progress),
     )
-    corpus = [{**f.as_dict(), "split": "train"} for f in train_files] + [
-        {**f.as_dict(), "split": "val"} for f in val_files
-    ]
+    spec = Path(str(cfg.corpus))
+    root = spec if spec.is_dir() else spec.parent if spec.is_file() else None
+    corpus = [{**f.as_dict(root), "split": "train"} for f in train_files]
+    corpus += [{**f.as_dict(root), "split": "val"} for f in val_files]
     info = {
         "diffmix_version": diffmix.__version__,
         "features": {

@@ -40,6 +40,7 @@ def save_checkpoint(path: str | Path, model: Predictor, info: Mapping[str, Any])
         **dict(meta.get("model", {})),
         "kind": "mlp",
         "hidden": model.hidden,
+        "dropout": model.dropout,
         "n_features": model.n_features,
         "weights": model.weight_count(),
     }
@@ -66,7 +67,7 @@ def load_checkpoint(path: str | Path | None) -> Predictor:
         if dims.get("kind") != "mlp":
             raise ValueError(f"model kind {dims.get('kind')!r} is not supported here")
         heads = [Head.from_dict(d) for d in info["params"]]
-        model = Predictor(int(dims["n_features"]), heads, dims["hidden"])
+        model = Predictor(int(dims["n_features"]), heads, dims["hidden"], float(dims.get("dropout", 0.0)))
         model.load_state_dict(tensors, strict=True)
     except UserError:
         raise

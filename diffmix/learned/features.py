@@ -21,7 +21,7 @@ from diffmix.functional.loudness import integrated_loudness
 from diffmix.inputs import resample
 from diffmix.objective import _finite_lufs, dynamics_profile
 
-FEATURE_VERSION = 1
+FEATURE_VERSION = 2
 N_FFT = 8192
 _SCALAR_NAMES = (
     "width_0",
@@ -49,11 +49,8 @@ def names(sample_rate: int) -> list[str]:
     """The feature vector's entries by name, in order."""
     nb = band_count(sample_rate)
     one = [f"tone_mid_{i}" for i in range(nb)] + [f"side_mid_{i}" for i in range(nb)] + list(_SCALAR_NAMES)
-    return (
-        [f"input.{n}" for n in one]
-        + [f"reference.{n}" for n in one]
-        + ["has_reference", "target_lufs", "target_true_peak_db"]
-    )
+    blocks = [f"{who}.{n}" for who in ("input", "reference", "difference") for n in one]
+    return blocks + ["has_reference", "target_lufs", "target_true_peak_db"]
 
 
 @torch.no_grad()
@@ -105,6 +102,10 @@ def feature_vector(
 ) -> Tensor:
     """The predictor's input ``(B, F)`` from per-signal features.
 
+    Blocks: the input's, the reference's, their difference (reference minus input: what
+    the chain has to do, which a small model learns from far fewer songs than the two
+    blocks apart), the reference flag, the target loudness and ceiling.
+
     Args:
         inputs: ``(B, S)`` :func:`signal_features` of the inputs.
         references: ``(B, S)`` of the references, or None (spec only: zeros and a 0 flag).
@@ -112,22 +113,12 @@ def feature_vector(
         target_true_peak_db: ``(B,)`` the ceiling, dBTP.
     """
     b = inputs.shape[0]
-    has = (
-        torch.ones(b, 1, dtype=inputs.dtype)
-        if references is not None
-        else torch.zeros(b, 1, dtype=inputs.dtype)
-    )
+    flag = 1.0 if references is not None else 0.0
+    has = torch.full((b, 1), flag, dtype=inputs.dtype)
     ref = references if references is not None else torch.zeros_like(inputs)
-    return torch.cat(
-        [
-            inputs,
-            ref,
-            has,
-            target_lufs.reshape(b, 1).to(inputs.dtype),
-            target_true_peak_db.reshape(b, 1).to(inputs.dtype),
-        ],
-        -1,
-    )
+    diff = (ref - inputs) * flag
+    extra = [target_lufs.reshape(b, 1).to(inputs.dtype), target_true_peak_db.reshape(b, 1).to(inputs.dtype)]
+    return torch.cat([inputs, ref, diff, has, *extra], -1)
 
 
 def window(x, seconds: float, sample_rate: int):  # noqa: ANN001, ANN201 - tensors or DiskAudio

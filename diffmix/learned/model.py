@@ -72,6 +72,7 @@ class Predictor(nn.Module):
         n_features: length of the feature vector.
         heads: the predicted parameters, in order.
         hidden: widths of the hidden layers (GELU between them).
+        dropout: dropout after each hidden layer while training.
         mean, std: feature normalisation statistics, ``(F,)`` (identity when None).
 
     :meth:`values` maps raw outputs to physical values per head, inside each range.
@@ -87,6 +88,7 @@ class Predictor(nn.Module):
         n_features: int,
         heads: Sequence[Head],
         hidden: Sequence[int] = (256, 256),
+        dropout: float = 0.0,
         mean: Tensor | None = None,
         std: Tensor | None = None,
     ) -> None:
@@ -94,11 +96,14 @@ class Predictor(nn.Module):
         self.heads = list(heads)
         self.hidden = [int(h) for h in hidden]
         self.n_features = int(n_features)
+        self.dropout = float(dropout)
         n_out = sum(h.size for h in self.heads)
         layers: list[nn.Module] = []
         width = self.n_features
         for h in self.hidden:
             layers += [nn.Linear(width, h), nn.GELU()]
+            if self.dropout > 0:
+                layers.append(nn.Dropout(self.dropout))
             width = h
         last = nn.Linear(width, n_out)
         nn.init.zeros_(last.weight)  # an untrained model predicts the start exactly
@@ -121,7 +126,8 @@ class Predictor(nn.Module):
         out, i = {}, 0
         for h in self.heads:
             part = raw[:, i : i + h.size].reshape(raw.shape[0], *h.shape)
-            out[h.key] = h.spec.from_raw(part)
+            # float64, then clamped: exp(log(max)) may round a hair past the bound otherwise.
+            out[h.key] = h.spec.from_raw(part.double()).clamp(h.spec.min, h.spec.max)
             i += h.size
         return out
 

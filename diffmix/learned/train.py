@@ -65,8 +65,11 @@ def head_errors(heads: Sequence[Head], per_entry: Tensor) -> dict[str, float]:
     return out
 
 
-def _state_tensors(model: Predictor, opt: torch.optim.Optimizer) -> dict[str, Tensor]:
+def _state_tensors(
+    model: Predictor, opt: torch.optim.Optimizer, best: Mapping[str, Tensor] | None = None
+) -> dict[str, Tensor]:
     tensors = {f"model.{k}": v.detach().clone() for k, v in model.state_dict().items()}
+    tensors.update({f"best.{k}": v for k, v in (best or {}).items()})
     for i, p in enumerate(model.net.parameters()):
         st = opt.state.get(p, {})
         for name in ("exp_avg", "exp_avg_sq"):
@@ -77,8 +80,16 @@ def _state_tensors(model: Predictor, opt: torch.optim.Optimizer) -> dict[str, Te
     return tensors
 
 
-def save_state(path: Path, model: Predictor, opt: torch.optim.Optimizer, info: Mapping[str, Any]) -> None:
-    tensorfile.save(path, _state_tensors(model, opt), {"state": json.dumps(dict(info), sort_keys=True)})
+def save_state(
+    path: Path,
+    model: Predictor,
+    opt: torch.optim.Optimizer,
+    info: Mapping[str, Any],
+    best: Mapping[str, Tensor] | None = None,
+) -> None:
+    """Weights, Adam moments, the best-validation weights so far, and ``info`` (JSON)."""
+    meta = {"state": json.dumps(dict(info), sort_keys=True)}
+    tensorfile.save(path, _state_tensors(model, opt, best), meta)
 
 
 def load_state(
@@ -99,6 +110,7 @@ def load_state(
                 "exp_avg": tensors[f"opt.{i}.exp_avg"].clone(),
                 "exp_avg_sq": tensors[f"opt.{i}.exp_avg_sq"].clone(),
             }
+    info["best_state"] = {k[5:]: v for k, v in tensors.items() if k.startswith("best.")}
     return info
 
 
@@ -150,8 +162,10 @@ def train_regression(
     """Stage 1: fit ``model`` to predict the targets from the features, resuming from
     ``out/state.safetensors`` when it belongs to this run (same ``fingerprint``).
 
-    Returns the last validation metrics. Batches are drawn from ``(seed, epoch)`` only, so a
-    resumed run takes the same steps as an uninterrupted one.
+    Validation runs every epoch; the model ends with the weights of the best validation
+    loss (early stopping without stopping), whose metrics are returned. Batches and dropout
+    are drawn from ``(seed, epoch)`` and ``(seed, step)`` only, so a resumed run takes the
+    same steps as an uninterrupted one.
     """
     x, y = train
     scales = loss_scales(model.heads, prior)
@@ -159,19 +173,21 @@ def train_regression(
     per_epoch = max(1, math.ceil(x.shape[0] / batch_size))
     total = epochs * per_epoch
     state_path = out / "state.safetensors"
-    info = load_state(state_path, model, opt, fingerprint) or {"step": 0, "val": {}}
+    info = load_state(state_path, model, opt, fingerprint) or {"step": 0, "best": {}, "best_state": {}}
     step = int(info["step"])
+    best: dict[str, Any] = dict(info.get("best", {}))
+    best_state: dict[str, Tensor] = dict(info.get("best_state", {}))
     log = _Log(out / "log.jsonl", step)
     bar = tqdm(
         total=total, initial=step, disable=not progress, file=sys.stderr, desc="train", dynamic_ncols=True
     )
-    metrics: dict[str, Any] = dict(info.get("val", {}))
     xf, yf = x.float(), y.double()
     try:
         while step < total:
             epoch, k = divmod(step, per_epoch)
             order = torch.randperm(x.shape[0], generator=draw(seed, epoch, "order"))
             idx = order[k * batch_size : (k + 1) * batch_size]
+            torch.manual_seed(draw(seed, step, "dropout").initial_seed())
             model.train()
             loss, _ = regression_loss(model, xf[idx], yf[idx], scales)
             opt.zero_grad(set_to_none=True)
@@ -184,12 +200,19 @@ def train_regression(
             if step % per_epoch == 0:
                 metrics = validate(model, val, scales)
                 log({"step": step, "epoch": epoch, **{f"val/{k}": v for k, v in metrics.items()}})
+                if not best or metrics["loss"] < best["loss"]:
+                    best = {**metrics, "epoch": epoch, "step": step}
+                    best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
             if step % checkpoint_every == 0 or step == total:
-                save_state(state_path, model, opt, {"step": step, "fingerprint": fingerprint, "val": metrics})
+                state = {"step": step, "fingerprint": fingerprint, "best": best}
+                save_state(state_path, model, opt, state, best_state)
     finally:
         bar.close()
         log.close()
-    return metrics
+    if best_state:
+        model.load_state_dict(best_state)
+    model.eval()
+    return best
 
 
 @torch.no_grad()
