@@ -107,9 +107,10 @@ def test_tensorfile_refuses_malformed_files(tmp_path: Path, payload: bytes) -> N
 
 def _heads() -> list[Head]:
     return [
-        Head("eq.gain_db", (3,), ParamSpec("gain_db", -24.0, 24.0, 0.0), (0.0, 0.0, 0.0)),
-        Head("comp.ratio", (), ParamSpec("ratio", 1.0, 100.0, 4.0, scale="log"), (1.5,)),
-        Head("width.width", (), ParamSpec("width", 0.0, 4.0, 1.0), (1.0,)),
+        Head("eq.gain_db", (3,), ParamSpec("gain_db", -24.0, 24.0, 0.0), (0.0, 0.0, 0.0), (-6.0, 6.0)),
+        Head("comp.ratio", (), ParamSpec("ratio", 1.0, 100.0, 4.0, scale="log"), (1.5,), (1.0, 4.0)),
+        Head("width.width", (), ParamSpec("width", 0.0, 4.0, 1.0), (1.0,), (0.6, 1.6)),
+        Head("eq.q", (3,), ParamSpec("q", 0.1, 10.0, 0.7, scale="log"), (0.7, 0.8, 0.9)),  # fixed
     ]
 
 
@@ -121,13 +122,19 @@ def test_predictions_stay_in_range_and_start_at_the_start() -> None:
     v = model.values(model(torch.randn(4, 10)))
     assert torch.allclose(v["comp.ratio"], torch.full((4,), 1.5, dtype=torch.float64), rtol=1e-5)
     assert torch.allclose(v["eq.gain_db"], torch.zeros(4, 3, dtype=torch.float64), atol=1e-4)
-    # Any weights, any features: every value inside its ParamSpec.
+    # Any weights, any features: every value inside its training range (inside its
+    # ParamSpec), both ends reached; a head without a range stays at its start.
     with torch.no_grad():
         for p in model.net.parameters():
             p.normal_(0.0, 50.0)
-    v = model.values(model(torch.randn(64, 10, dtype=torch.float32) * 1e4))
+    with torch.no_grad():
+        v = model.values(model(torch.randn(64, 10, dtype=torch.float32) * 1e4))
     for h in model.heads:
-        assert bool(((v[h.key] >= h.spec.min) & (v[h.key] <= h.spec.max)).all()), h.key
+        lo, hi = h.range if h.range is not None else (min(h.start), max(h.start))
+        assert h.spec.min <= lo and hi <= h.spec.max
+        assert bool(((v[h.key] >= lo) & (v[h.key] <= hi)).all()), h.key
+    assert torch.equal(v["eq.q"], torch.tensor([0.7, 0.8, 0.9], dtype=torch.float64).expand(64, 3))
+    assert float(v["comp.ratio"].min()) == 1.0 and float(v["comp.ratio"].max()) == pytest.approx(4.0)
 
 
 def test_checkpoint_round_trips_and_refuses_a_mismatch(tmp_path: Path) -> None:

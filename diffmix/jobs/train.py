@@ -85,10 +85,10 @@ def run(cfg: DictConfig) -> int:
     out = Path(str(cfg.out))
     out.mkdir(parents=True, exist_ok=True)
     make_chain = _chain_maker(cfg, sr)
-    heads = heads_for(make_chain(1), list(cfg.params))
+    prior = {str(k): [float(v) for v in r] for k, r in (cfg.prior or {}).items()}
+    heads = heads_for(make_chain(1), list(cfg.params), prior)
     if not heads:
         raise UserError(f"params={list(cfg.params)} match no parameter of the chain")
-    prior = {str(k): [float(v) for v in r] for k, r in (cfg.prior or {}).items()}
     unknown = sorted(set(prior) - {h.key for h in heads})
     if unknown:
         raise UserError(f"prior names {unknown}, which are not predicted (params: {[h.key for h in heads]})")

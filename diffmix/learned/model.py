@@ -1,13 +1,17 @@
 """The predictor: normalised features -> an MLP -> one unconstrained value per chain setting,
-mapped onto each parameter's :class:`~diffmix.params.ParamSpec` range.
+mapped onto its range.
 
-Every head's output goes through ``spec.from_raw`` (a sigmoid onto ``[min, max]``, in the
-log domain for log-scaled parameters), so no prediction can leave its range. An untrained
+Each head's output goes through a sigmoid onto its *training* range (the prior its
+settings were drawn from, in the log domain for log-scaled parameters), which lies inside
+the parameter's :class:`~diffmix.params.ParamSpec` range: no prediction can leave the
+spec, and none goes where training never went (a song unlike the corpus can't push a
+compressor to 100:1). A head without a training range stays at its start. An untrained
 model predicts the chain's configured start (the heads' offsets are its raw values).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -27,6 +31,37 @@ class Head:
     shape: tuple[int, ...]
     spec: ParamSpec
     start: tuple[float, ...]
+    range: tuple[float, float] | None = None  # training range (physical); None: fixed at start
+
+    def bounds(self) -> tuple[float, float] | None:
+        """The training range clipped to the spec, warped (log for log scales); None: fixed."""
+        if self.range is None:
+            return None
+        lo, hi = max(float(self.range[0]), self.spec.min), min(float(self.range[1]), self.spec.max)
+        if not lo < hi:
+            return None
+        return (math.log(lo), math.log(hi)) if self.spec.scale == "log" else (lo, hi)
+
+    def to_raw(self, value: Tensor) -> Tensor:
+        """Physical value -> raw (the inverse of :meth:`from_raw`, clamped inside the range)."""
+        b = self.bounds()
+        if b is None:
+            return torch.zeros_like(value)
+        unit = ((self.warp(value) - b[0]) / (b[1] - b[0])).clamp(1e-6, 1 - 1e-6)
+        return torch.logit(unit)
+
+    def from_raw(self, raw: Tensor) -> Tensor:
+        """Raw ``(B, *shape)`` -> physical values, float64, inside the training range and
+        the spec. Differentiable in ``raw``."""
+        b = self.bounds()
+        raw = raw.double()
+        if b is None:
+            start = torch.tensor(self.start, dtype=torch.float64, device=raw.device).reshape(self.shape)
+            return start + 0.0 * raw  # keeps the graph (a zero gradient) and the batch shape
+        v = b[0] + (b[1] - b[0]) * torch.sigmoid(raw)
+        v = torch.exp(v) if self.spec.scale == "log" else v
+        # exp(log(max)) may round a hair past the bound: clamp onto the spec.
+        return v.clamp(self.spec.min, self.spec.max)
 
     @property
     def size(self) -> int:
@@ -45,6 +80,7 @@ class Head:
             "default": s.default,
             "scale": s.scale,
             "start": list(self.start),
+            "range": None if self.range is None else [float(v) for v in self.range],
         }
 
     @classmethod
@@ -56,8 +92,13 @@ class Head:
             float(d["default"]),
             scale=str(d["scale"]),
         )
+        rng = d.get("range")
         return cls(
-            str(d["key"]), tuple(int(s) for s in d["shape"]), spec, tuple(float(v) for v in d["start"])
+            str(d["key"]),
+            tuple(int(s) for s in d["shape"]),
+            spec,
+            tuple(float(v) for v in d["start"]),
+            None if rng is None else (float(rng[0]), float(rng[1])),
         )
 
     def warp(self, value: Tensor) -> Tensor:
@@ -111,10 +152,7 @@ class Predictor(nn.Module):
         self.net = nn.Sequential(*layers, last)
         self.register_buffer("mean", torch.zeros(n_features) if mean is None else mean.float().clone())
         self.register_buffer("std", torch.ones(n_features) if std is None else std.float().clone())
-        offset = [
-            h.spec.to_raw(torch.tensor(h.start, dtype=torch.float64).reshape(h.shape)).reshape(-1)
-            for h in self.heads
-        ]
+        offset = [h.to_raw(torch.tensor(h.start, dtype=torch.float64).reshape(h.shape)).reshape(-1) for h in self.heads]
         self.register_buffer("offset", torch.cat(offset).float())
 
     def forward(self, features: Tensor) -> Tensor:
@@ -126,8 +164,7 @@ class Predictor(nn.Module):
         out, i = {}, 0
         for h in self.heads:
             part = raw[:, i : i + h.size].reshape(raw.shape[0], *h.shape)
-            # float64, then clamped: exp(log(max)) may round a hair past the bound otherwise.
-            out[h.key] = h.spec.from_raw(part.double()).clamp(h.spec.min, h.spec.max)
+            out[h.key] = h.from_raw(part)
             i += h.size
         return out
 

@@ -19,14 +19,26 @@ from diffmix.learned.model import Head, Predictor
 _CACHE: dict[tuple[str, float], Predictor] = {}
 
 
-def heads_for(chain: Bus, patterns: Sequence[str]) -> list[Head]:
+def heads_for(
+    chain: Bus, patterns: Sequence[str], ranges: Mapping[str, Sequence[float]] | None = None
+) -> list[Head]:
     """The chain's differentiable parameters matching any glob in ``patterns``, in chain
-    order, with their current (configured) values as start. The chain has one item."""
+    order, with their current (configured) values as start and their training ``ranges``
+    (physical ``[lo, hi]``; a parameter without one stays at its start). One-item chain."""
     heads = []
     for key, p in chain.named_values().items():
         if p.spec.differentiable and any(fnmatch.fnmatch(key, pat) for pat in patterns):
             start = p.exact()[0]
-            heads.append(Head(key, tuple(start.shape), p.spec, tuple(float(v) for v in start.reshape(-1))))
+            rng = (ranges or {}).get(key)
+            heads.append(
+                Head(
+                    key,
+                    tuple(start.shape),
+                    p.spec,
+                    tuple(float(v) for v in start.reshape(-1)),
+                    None if rng is None else (float(rng[0]), float(rng[1])),
+                )
+            )
     return heads
 
 
