@@ -24,6 +24,7 @@ import diffmix
 from diffmix.config import instantiate
 from diffmix.console import Bus
 from diffmix.errors import UserError
+from diffmix.jobs._common import pick_device
 from diffmix.learned import tensorfile
 from diffmix.learned.checkpoint import chain_effects, save_checkpoint
 from diffmix.learned.data import list_corpus, load_songs, make_examples, split
@@ -102,6 +103,7 @@ def run(cfg: DictConfig) -> int:
 
     def make():  # noqa: ANN202
         common = dict(
+            device=pick_device(str(cfg.device)),
             per_excerpt=int(d.per_excerpt),
             excerpt_s=float(d.excerpt_s),
             input_gain_db=list(d.input_gain_db),

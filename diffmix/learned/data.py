@@ -167,6 +167,7 @@ def make_examples(
     seed: int,
     tag: str,
     batch: int = 16,
+    device: torch.device | str = "cpu",
     progress: Callable[[int], None] | None = None,
 ) -> tuple[Tensor, Tensor]:
     """``count`` examples: features ``(count, F)`` float64 and targets ``(count, n_out)``
@@ -178,7 +179,7 @@ def make_examples(
     sr = chain_for(1).sample_rate
     feats, targets = [], []
     n_batches = math.ceil(count / batch)
-    chain = chain_for(batch)
+    chain = chain_for(batch).to(device)
     set_exact(chain, False)
     for k in range(n_batches):
         gen = draw(seed, k, tag)
@@ -200,9 +201,9 @@ def make_examples(
         values = draw_values(heads, prior, batch, gen)
         chain.load_values(values)
         with torch.no_grad():
-            ref = chain(a)
-        ins = signal_features(b, sr).repeat_interleave(per_excerpt, 0)[:batch]
-        refs = signal_features(ref, sr)
+            ref = chain(a.to(device))
+        ins = signal_features(b.to(device), sr).cpu().repeat_interleave(per_excerpt, 0)[:batch]
+        refs = signal_features(ref, sr).cpu()
         f = feature_vector(ins, refs, refs[:, -3], torch.full((batch,), ceiling_db, dtype=torch.float64), sr)
         y = flat(heads, values)
         drop = torch.rand(batch, generator=gen) < spec_only
