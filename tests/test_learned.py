@@ -276,4 +276,5 @@ def test_master_in_one_pass_from_the_prediction(corpus: Path, trained: Path, tmp
             assert torch.allclose(torch.tensor(got[key], dtype=torch.float64), value, rtol=1e-6), key
     bad = run_cli("master", f"input={song}", f"out={tmp_path / 'bad'}", "fit.init=learned",
                   f"model={tmp_path / 'missing.safetensors'}", cwd=tmp_path)
-    assert bad.returncode == 2 and "checkpoint not found" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+    assert bad.returncode == 2 and "checkpoint not found" in bad.stderr
+    assert len(bad.stderr.strip().splitlines()) == 1

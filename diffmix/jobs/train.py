@@ -132,7 +132,8 @@ def run(cfg: DictConfig) -> int:
     mean = train[0].mean(0)
     std = train[0].std(0).clamp_min(1e-3)
     model = Predictor(
-        train[0].shape[1], heads, list(cfg.model.hidden), float(cfg.model.get("dropout", 0.0)), mean=mean, std=std
+        train[0].shape[1], heads, list(cfg.model.hidden), float(cfg.model.get("dropout", 0.0)),
+        mean=mean, std=std,
     )
     s1 = cfg.stage1
     metrics = train_regression(
@@ -179,7 +180,8 @@ def run(cfg: DictConfig) -> int:
     path = Path(str(cfg.checkpoint)) if cfg.get("checkpoint") else out / "model.safetensors"
     save_checkpoint(path, model, info)
     print(
-        f"train: {path}  ({model.weight_count()} weights, {len(train_files)} train / {len(val_files)} val songs, "
-        f"val loss {metrics.get('loss', float('nan')):.4f}, data {t_data:.0f} s, total {time.perf_counter() - t0:.0f} s)"
+        f"train: {path}  ({model.weight_count()} weights, {len(train_files)} train / {len(val_files)} val "
+        f"songs, val loss {metrics.get('loss', float('nan')):.4f}, data {t_data:.0f} s, "
+        f"total {time.perf_counter() - t0:.0f} s)"
     )
     return 0

@@ -152,7 +152,8 @@ class Predictor(nn.Module):
         self.net = nn.Sequential(*layers, last)
         self.register_buffer("mean", torch.zeros(n_features) if mean is None else mean.float().clone())
         self.register_buffer("std", torch.ones(n_features) if std is None else std.float().clone())
-        offset = [h.to_raw(torch.tensor(h.start, dtype=torch.float64).reshape(h.shape)).reshape(-1) for h in self.heads]
+        starts = [torch.tensor(h.start, dtype=torch.float64).reshape(h.shape) for h in self.heads]
+        offset = [h.to_raw(v).reshape(-1) for h, v in zip(self.heads, starts, strict=True)]
         self.register_buffer("offset", torch.cat(offset).float())
 
     def forward(self, features: Tensor) -> Tensor:

@@ -63,10 +63,10 @@ def _seconds(text: str) -> float:
 
 
 def _matchering_ok() -> str | None:
-    try:
-        import matchering
-    except ImportError as exc:
-        return f"matchering is not importable here ({exc}); its arm is skipped"
+    import importlib.util
+
+    if importlib.util.find_spec("matchering") is None:
+        return "matchering is not importable here; its arm is skipped"
     return None
 
 
@@ -75,7 +75,8 @@ def run(quick: bool) -> str | None:
     if len(sets) < 2:
         return "Fewer than 2 shared mixes: not run."
     # DIFFMIX_BENCH_LEARNED_MODEL: another checkpoint than the shipped one.
-    ckpt = Path(os.environ.get("DIFFMIX_BENCH_LEARNED_MODEL", ROOT / "checkpoints" / "mastering_mlp.safetensors"))
+    shipped = ROOT / "checkpoints" / "mastering_mlp.safetensors"
+    ckpt = Path(os.environ.get("DIFFMIX_BENCH_LEARNED_MODEL", shipped))
     if not ckpt.exists():
         return f"No checkpoint at {ckpt}: not run."
     MODEL[:] = [ckpt]
@@ -92,9 +93,11 @@ def run(quick: bool) -> str | None:
             ref_m = measure(ref, SR)
             results = {}
             for i, (arm, overrides) in enumerate(ARMS.items()):
-                took, report = _master(a / "mix.flac", b / "mix.flac", tmp / f"pair{k}" / f"arm{i}", overrides)
+                out = tmp / f"pair{k}" / f"arm{i}"
+                took, report = _master(a / "mix.flac", b / "mix.flac", out, overrides)
                 audio, sr = read(Path(report["outputs"]["audio"]))
-                results[arm] = (_pair_metrics(audio, ref, ref_m, sr), took, report.get("fit"), report["cpu_s"])
+                m = _pair_metrics(audio, ref, ref_m, sr)
+                results[arm] = (m, took, report.get("fit"), report["cpu_s"])
             if mg_note is None:
                 mg_path = tmp / f"pair{k}_matchering.wav"
                 c0 = time.process_time()
@@ -107,7 +110,7 @@ def run(quick: bool) -> str | None:
                 for key in METRICS:
                     wins[key] += p[key] < m[key] or (key == "over" and p[key] == m[key] == 0.0)
             first = True
-            for arm, (m, took, fit, cpu) in results.items():
+            for arm, (m, took, _, cpu) in results.items():
                 per_arm.setdefault(arm, []).append(m)
                 rows.append([f"{a.name} -> {b.name}" if first else "", arm, f"{m['lufs_err']:.2f}",
                              f"{m['over']:.2f}", f"{m['mid']:.2f}", f"{m['side']:.2f}", f"{m['sm']:.2f}",
@@ -116,9 +119,11 @@ def run(quick: bool) -> str | None:
             d, p30 = results["default fit (120 steps)"][2], results["predictor + 30 steps"][2]
             fits.append((f"{a.name} -> {b.name}", d, p30))
         for arm, ms in per_arm.items():
-            rows.append(["mean over pairs", arm, *(f"{np.mean([m[k] for m in ms]):.2f}" for k in METRICS), "", ""])
-        head = ["pair (input -> reference)", "arm", "|LUFS err| LU", "over -1 dBTP (dB)", "mid 1/3-oct RMS dB",
-                "side 1/3-oct RMS dB", "side/mid err dB", "job wall time", "job CPU time"]
+            means = [f"{np.mean([m[k] for m in ms]):.2f}" for k in METRICS]
+            rows.append(["mean over pairs", arm, *means, "", ""])
+        head = ["pair (input -> reference)", "arm", "|LUFS err| LU", "over -1 dBTP (dB)",
+                "mid 1/3-oct RMS dB", "side 1/3-oct RMS dB", "side/mid err dB", "job wall time",
+                "job CPU time"]
         text = [
             f"Load average while measuring (1/5/15 min): {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} on "
             f"{os.cpu_count()} cores (shared machine). Checkpoint: `{ckpt.name}`. "
@@ -146,7 +151,7 @@ def run(quick: bool) -> str | None:
             "(the report's `fit.seconds`).\n\n"
             + table(frows, ["pair", "default: objective", "default: fit time", "default: steps",
                             "+30: objective", "+30: fit time", "+30 reaches default", "time ratio"])
-            + f"\n\nBar (reaches the default's objective in at most 1/3 of its time): "
+            + "\n\nBar (reaches the default's objective in at most 1/3 of its time): "
             + ("met" if ok == len(fits) else f"**not met** ({ok}/{len(fits)} pairs)") + "."
         )
         # (c) a 3-minute song
