@@ -160,6 +160,11 @@ def test_checkpoint_round_trips_and_refuses_a_mismatch(tmp_path: Path) -> None:
     check_chain(back, chain(["peak", "peak", "peak"]))  # matches: no error
     with pytest.raises(UserError, match=r"eq.gain_db with shape \[3\], the chain has \[4\]"):
         check_chain(back, chain(["peak"] * 4))
+    spec = ParamSpec("gain_db", -48.0, 48.0, 0.0)
+    wide = Predictor(10, [Head("eq.gain_db", (3,), spec, (0.0,) * 3, (-30.0, 30.0))])
+    message = r"eq.gain_db in \[-30, 30\] \(linear\), outside the chain's range \[-24, 24\]"
+    with pytest.raises(UserError, match=message):
+        check_chain(wide, chain(["peak", "peak", "peak"]))
     with pytest.raises(UserError, match="predicts width.width, which the mastering chain does not have"):
         check_chain(back, Bus(44100, {"eq": ParametricEQ(44100, bands=["peak"] * 3, freq_hz=[1e2, 1e3, 5e3]),
                                       "comp": Compressor(44100)}))

@@ -105,10 +105,13 @@ def check_chain(model: Predictor, chain: Bus, where: str = "checkpoint") -> None
                 f"{where} predicts {h.key} with shape {list(h.shape)}, the chain has {list(shape)}"
             )
         s = p.spec
-        if (s.min, s.max, s.scale) != (h.spec.min, h.spec.max, h.spec.scale):
+        lo, hi = h.output_range()
+        if s.scale != h.spec.scale or lo < s.min or hi > s.max:
+            # What matters is that every prediction is a valid value of the chain's parameter
+            # (a spec's bounds may follow the sample rate, as an EQ frequency's does).
             raise UserError(
-                f"{where} predicts {h.key} in [{h.spec.min:g}, {h.spec.max:g}] ({h.spec.scale}), "
-                f"the chain's range is [{s.min:g}, {s.max:g}] ({s.scale})"
+                f"{where} predicts {h.key} in [{lo:g}, {hi:g}] ({h.spec.scale}), outside the chain's "
+                f"range [{s.min:g}, {s.max:g}] ({s.scale})"
             )
     known = getattr(model, "info", {}).get("effects") or {}
     for name, cls in chain_effects(chain, model.heads).items():

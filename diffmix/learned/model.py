@@ -42,6 +42,13 @@ class Head:
             return None
         return (math.log(lo), math.log(hi)) if self.spec.scale == "log" else (lo, hi)
 
+    def output_range(self) -> tuple[float, float]:
+        """The lowest and highest value the head can output (physical)."""
+        if self.bounds() is None:
+            return min(self.start), max(self.start)
+        lo, hi = float(self.range[0]), float(self.range[1])  # type: ignore[index]
+        return max(lo, self.spec.min), min(hi, self.spec.max)
+
     def to_raw(self, value: Tensor) -> Tensor:
         """Physical value -> raw (the inverse of :meth:`from_raw`, clamped inside the range)."""
         b = self.bounds()
