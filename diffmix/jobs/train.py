@@ -84,7 +84,6 @@ def run(cfg: DictConfig) -> int:
     if cfg.model.get("kind", "mlp") != "mlp":
         raise UserError(f"model.kind={cfg.model.kind}: only mlp is implemented")
     out = Path(str(cfg.out))
-    out.mkdir(parents=True, exist_ok=True)
     make_chain = _chain_maker(cfg, sr)
     prior = {str(k): [float(v) for v in r] for k, r in (cfg.prior or {}).items()}
     heads = heads_for(make_chain(1), list(cfg.params), prior)
@@ -96,6 +95,7 @@ def run(cfg: DictConfig) -> int:
     files = list_corpus(str(cfg.corpus), cfg.get("source"), cfg.get("licence"))
     train_files, val_files = split(files, float(cfg.val_fraction), int(cfg.seed))
     fingerprint = _fingerprint(cfg, files)
+    out.mkdir(parents=True, exist_ok=True)  # only once the corpus is known good
     if not cfg.resume:
         for stale in ("state.safetensors", "dataset.safetensors", "log.jsonl"):
             (out / stale).unlink(missing_ok=True)
