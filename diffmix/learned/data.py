@@ -30,10 +30,11 @@ from diffmix.errors import UserError
 from diffmix.fit import draw
 from diffmix.inputs import load_mix
 from diffmix.learned.checkpoint import file_sha256
-from diffmix.learned.features import feature_vector, signal_features
+from diffmix.learned.features import LUFS, feature_vector, signal_features
 from diffmix.learned.model import Head
 from diffmix.mastering import set_exact
 
+DRIVE = "limiter.gain_db"  # the one setting a spec-only example keeps: the target loudness sets it
 AUDIO = (".wav", ".flac", ".ogg", ".opus", ".mp3", ".aif", ".aiff")
 
 
@@ -204,13 +205,12 @@ def make_examples(
             ref = chain(a.to(device))
         ins = signal_features(b.to(device), sr).cpu().repeat_interleave(per_excerpt, 0)[:batch]
         refs = signal_features(ref, sr).cpu()
-        f = feature_vector(ins, refs, refs[:, -3], torch.full((batch,), ceiling_db, dtype=torch.float64), sr)
+        ceiling = torch.full((batch,), ceiling_db, dtype=torch.float64)
+        f = feature_vector(ins, refs, refs[:, LUFS], ceiling, sr)
         y = flat(heads, values)
         drop = torch.rand(batch, generator=gen) < spec_only
         if drop.any():
-            f_spec = feature_vector(
-                ins, None, refs[:, -3], torch.full((batch,), ceiling_db, dtype=torch.float64), sr
-            )
+            f_spec = feature_vector(ins, None, refs[:, LUFS], ceiling, sr)
             f = torch.where(drop[:, None], f_spec, f)
             neutral = flat(
                 heads,
@@ -222,7 +222,7 @@ def make_examples(
             drive = torch.zeros(y.shape[-1], dtype=torch.bool)
             i = 0
             for h in heads:
-                if h.key.endswith("limiter.gain_db") or h.key == "limiter.gain_db":
+                if h.key == DRIVE:
                     drive[i : i + h.size] = True
                 i += h.size
             y = torch.where(drop[:, None] & ~drive, neutral, y)

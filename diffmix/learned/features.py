@@ -22,6 +22,7 @@ from diffmix.inputs import resample
 from diffmix.objective import _finite_lufs, dynamics_profile
 
 FEATURE_VERSION = 2
+LUFS = -3  # where the integrated loudness sits in a signal_features row
 N_FFT = 8192
 _SCALAR_NAMES = (
     "width_0",

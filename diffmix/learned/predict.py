@@ -13,7 +13,7 @@ from torch import Tensor
 
 from diffmix.console import Bus
 from diffmix.learned.checkpoint import check_chain, load_checkpoint
-from diffmix.learned.features import at_rate, feature_vector, signal_features, window
+from diffmix.learned.features import LUFS, at_rate, feature_vector, signal_features, window
 from diffmix.learned.model import Head, Predictor
 
 _CACHE: dict[tuple[str, float], Predictor] = {}
@@ -99,7 +99,7 @@ def predict_values(
     if goal is not None:
         lufs = torch.full((len(wins),), float(goal), dtype=torch.float64)
     else:  # the reference's loudness (as the job's goal), else the input's own
-        lufs = (refs if refs is not None else ins)[:, -3].clone()
+        lufs = (refs if refs is not None else ins)[:, LUFS].clone()
     ceiling = target.get("true_peak_db")
     tp = torch.full((len(wins),), -1.0 if ceiling is None else float(ceiling), dtype=torch.float64)
     feats = feature_vector(ins, refs, lufs, tp, fr)
