@@ -35,6 +35,11 @@ ARMS = {  # name -> overrides
     "default fit (120 steps)": ["fit.init=default"],
 }
 METRICS = ("lufs_err", "over", "mid", "side", "sm")
+NOTE_C = (
+    "With `fit.steps=0` the job's `fit` stage is the closed-form match-EQ start plus the prediction "
+    "(features of a 30 s window and the MLP); the rest of the job is the full-length render, the "
+    "loudness solve (with the match-EQ refinement passes), delivery and measurement, which every arm pays."
+)
 MODEL: list[Path] = []  # the checkpoint the arms use (set by run)
 
 
@@ -200,6 +205,7 @@ def run(quick: bool) -> str | None:
             f"### (c) A 3-minute song ({a.name} looped) toward {b.name}: job time\n\n"
             + table(trow, ["arm", "job wall time (in process; start-up excluded)", "job CPU time",
                            "report timings_s (wall, s)"])
+            + "\n\n" + NOTE_C
             + f"\n\nBar (predictor only <= 1.5 s): {'met' if took <= 1.5 else '**not met**'} "
             f"(wall {fmt_s(took)}, CPU {fmt_s(cpu)} on this loaded machine)."
         )
