@@ -22,6 +22,7 @@ REQUIRED = {
     "batch": ["manifest=m"],
     "analyze": ["input=x"],
     "repair": ["input=x"],
+    "train": ["corpus=c"],
 }
 
 

@@ -9,7 +9,9 @@ import soundfile as sf
 from omegaconf import DictConfig, OmegaConf
 
 from diffmix.config import ConfigError, instantiate
+from diffmix.errors import UserError
 from diffmix.mastering import ChainSpec, DeliveryOptions, FitOptions, MasterOptions
+from diffmix.mastering.fit import Start, match_start
 
 
 def _plain(node: Any, where: str) -> dict[str, Any]:
@@ -43,6 +45,20 @@ def fit_options(cfg: DictConfig) -> FitOptions:
         progress=bool(cfg.progress),
         amount={str(k): float(v) for k, v in (cfg.get("amount") or {}).items()},
     )
+
+
+def fit_start(cfg: DictConfig) -> Start:
+    """``cfg.fit.init``: ``default`` (the chain's configured start, the match EQ in closed
+    form) or ``learned`` (then the prediction of ``cfg.model``, null: the shipped one)."""
+    init = cfg.fit.get("init", "default")
+    if init not in ("default", "learned"):
+        raise UserError(f"fit.init must be default or learned, got {init!r}")
+    if init == "default":
+        return match_start
+    from diffmix.learned import learned_start
+
+    model = cfg.get("model")
+    return learned_start(None if model is None else str(model))
 
 
 def polish_mode(cfg: DictConfig) -> str:

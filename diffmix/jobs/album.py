@@ -23,7 +23,7 @@ from diffmix.functional.loudness import integrated_loudness
 from diffmix.inputs import expand_paths, load_mix
 from diffmix.io import atomic_write_text, read_audio
 from diffmix.jobs._common import listening_report, output_dir, peak_dbtp, pick_device, summary, to_dict
-from diffmix.jobs._mastering import chain_spec, fit_options, master_options
+from diffmix.jobs._mastering import chain_spec, fit_options, fit_start, master_options
 from diffmix.listen import Take, job_warnings
 from diffmix.mastering import Song, master_group
 from diffmix.report import write_json
@@ -71,7 +71,8 @@ def run(cfg: DictConfig) -> int:
              protect=tuple(str(q) for q in paths))
         for i, (p, x) in enumerate(zip(paths, tracks, strict=True), 1)
     ]
-    reports = master_group(songs, sr, chain_spec(cfg, sr), fit_options(cfg), master_options(cfg))
+    reports = master_group(songs, sr, chain_spec(cfg, sr), fit_options(cfg), master_options(cfg),
+                           start=fit_start(cfg))
     mastered = [read_audio(r["outputs"]["audio"])[0] for r in reports]
     rate = reports[0]["delivery"]["sample_rate"]
     album, starts = sequence(

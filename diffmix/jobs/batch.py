@@ -30,7 +30,7 @@ from diffmix.batch import (
 )
 from diffmix.inputs import load_mix
 from diffmix.jobs._common import output_dir, pick_device
-from diffmix.jobs._mastering import chain_spec, fit_options, master_options
+from diffmix.jobs._mastering import chain_spec, fit_options, fit_start, master_options
 from diffmix.mastering import Song, master_group
 
 EXIT_SOME_FAILED = 3
@@ -129,7 +129,8 @@ def run(cfg: DictConfig) -> int:
         groups = [[s for s in songs if (s.reference is not None) == k] for k in kinds]
         for part in groups:
             assert rate is not None  # a non-empty group: its first item set the rate
-            reports = master_group(part, rate, chain_spec(cfg, rate), fit_options(cfg), master_options(cfg))
+            reports = master_group(part, rate, chain_spec(cfg, rate), fit_options(cfg),
+                                   master_options(cfg), start=fit_start(cfg))
             for song, report in zip(part, reports, strict=True):
                 yield {
                     "id": song.key,

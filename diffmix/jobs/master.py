@@ -19,7 +19,14 @@ from omegaconf import DictConfig
 
 from diffmix.inputs import load_mix
 from diffmix.jobs._common import output_dir, pick_device, to_dict
-from diffmix.jobs._mastering import chain_spec, fit_options, master_options, polish_mode, wants_streaming
+from diffmix.jobs._mastering import (
+    chain_spec,
+    fit_options,
+    fit_start,
+    master_options,
+    polish_mode,
+    wants_streaming,
+)
 from diffmix.mastering import DiskAudio, Song, master_file, master_group
 
 
@@ -46,7 +53,7 @@ def run(cfg: DictConfig) -> int:
     if streaming:
         report = master_file(
             str(cfg.input), out, stem, spec, fit, options, reference=reference, target=to_dict(cfg.target),
-            protect=protect, device=device,
+            protect=protect, device=device, start=fit_start(cfg),
         )
         print(
             f"master (streamed): {report['outputs']['audio']}  {report['achieved']['lufs']:.2f} LUFS  "
@@ -58,7 +65,7 @@ def run(cfg: DictConfig) -> int:
         key=stem, audio=x.to(device), out=out, stem=stem, reference=reference,
         target=to_dict(cfg.target), protect=protect,
     )
-    (report,) = master_group([song], sr, spec, fit, options)
+    (report,) = master_group([song], sr, spec, fit, options, start=fit_start(cfg))
     a = report["achieved"]
     print(
         f"master: {report['outputs']['audio']}  {a['lufs']:.2f} LUFS  "

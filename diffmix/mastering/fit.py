@@ -27,8 +27,8 @@ from diffmix.fit import FitResult, draw, excerpt_starts, fit
 from diffmix.mastering.chain import MATCH
 from diffmix.objective import REFERENCE_TERMS, Objective
 
-# Where a fit starts: sets the chain's values from (bus, audios, references or None).
-Start = Callable[[Bus, Sequence[Any], "Sequence[Tensor] | None"], None]
+# Where a fit starts: sets the chain's values from (bus, audios, references or None, target).
+Start = Callable[[Bus, Sequence[Any], "Sequence[Tensor] | None", Mapping[str, Any]], None]
 
 
 @dataclass
@@ -221,7 +221,8 @@ def refine_match(bus: Bus, y: Tensor, lengths: Sequence[int], references: Sequen
     )
 
 
-def match_start(bus: Bus, audios: Sequence[Any], references: Sequence[Tensor] | None) -> None:
+def match_start(bus: Bus, audios: Sequence[Any], references: Sequence[Tensor] | None,
+                target: Mapping[str, Any] | None = None) -> None:
     """The default start of the fit: with references and a ``match`` stage, its gains in
     closed form (:func:`init_match`); otherwise the chain's configured values."""
     if references is not None and MATCH in bus.effects:
@@ -249,7 +250,7 @@ def fit_stage(
         raise UserError(f"fit.steps must be a whole number >= 0 (0: no fit), got {steps!r}")
     weights = available_weights(options.weights, reference=references is not None, target=target)
     fit_report = None
-    start(bus, audios, references)
+    start(bus, audios, references, target)
     if weights and steps > 0:
         sr = bus.sample_rate
         device = next(bus.parameters()).device

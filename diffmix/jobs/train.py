@@ -1,0 +1,187 @@
+"""Learn mastering settings from a corpus of mastered audio and write a checkpoint.
+
+Options: ``corpus`` (required: folder, glob or manifest), ``source``/``licence`` (recorded
+in the checkpoint), ``out`` (run folder; the same command again resumes a killed run),
+``checkpoint`` (where the model goes), ``model.*`` (hidden widths), ``data.*`` (examples,
+excerpts, levels), ``prior.*`` (training ranges of the settings), ``stage1.*`` (epochs,
+batch size, learning rate), ``seed``. Writes ``log.jsonl`` (losses, validation every
+epoch), ``state.safetensors`` (every ``checkpoint_every`` steps) and the checkpoint
+(safetensors weights + JSON metadata). Use it with ``diffmix master ... fit.init=learned
+model=PATH``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+import diffmix
+from diffmix.config import instantiate
+from diffmix.console import Bus
+from diffmix.errors import UserError
+from diffmix.jobs._common import pick_device
+from diffmix.learned import tensorfile
+from diffmix.learned.checkpoint import chain_effects, save_checkpoint
+from diffmix.learned.data import list_corpus, load_songs, make_examples, split
+from diffmix.learned.features import FEATURE_VERSION, names
+from diffmix.learned.model import Predictor
+from diffmix.learned.predict import heads_for
+from diffmix.learned.train import train_regression
+
+
+def _chain_maker(cfg: DictConfig, sample_rate: int):  # noqa: ANN202
+    OmegaConf.update(cfg, "sample_rate", sample_rate, force_add=True)
+
+    def make(items: int) -> Bus:
+        return Bus(sample_rate, instantiate(cfg.chain, _convert_="all", where="chain"), items=items)
+
+    return make
+
+
+def _fingerprint(cfg: DictConfig, files: list) -> str:
+    keep = {
+        k: OmegaConf.to_container(cfg[k], resolve=True) if OmegaConf.is_config(cfg[k]) else cfg[k]
+        for k in (
+            "chain",
+            "model",
+            "params",
+            "data",
+            "prior",
+            "stage1",
+            "seed",
+            "sample_rate",
+            "val_fraction",
+        )
+    }
+    keep["files"] = [f.sha256 for f in files]
+    return hashlib.sha256(json.dumps(keep, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _dataset(path: Path, fingerprint: str, make):  # noqa: ANN001, ANN202
+    """The examples, cached in the run folder (a resumed run doesn't draw them again)."""
+    if path.exists():
+        tensors, meta = tensorfile.load(path)
+        if meta.get("fingerprint") == fingerprint:
+            return (tensors["train_x"], tensors["train_y"]), (tensors["val_x"], tensors["val_y"])
+    train, val = make()
+    tensorfile.save(
+        path,
+        {"train_x": train[0], "train_y": train[1], "val_x": val[0], "val_y": val[1]},
+        {"fingerprint": fingerprint},
+    )
+    return train, val
+
+
+def run(cfg: DictConfig) -> int:
+    t0 = time.perf_counter()
+    torch.manual_seed(int(cfg.seed))
+    sr = int(cfg.sample_rate)
+    if cfg.model.get("kind", "mlp") != "mlp":
+        raise UserError(f"model.kind={cfg.model.kind}: only mlp is implemented")
+    out = Path(str(cfg.out))
+    make_chain = _chain_maker(cfg, sr)
+    prior = {str(k): [float(v) for v in r] for k, r in (cfg.prior or {}).items()}
+    heads = heads_for(make_chain(1), list(cfg.params), prior)
+    if not heads:
+        raise UserError(f"params={list(cfg.params)} match no parameter of the chain")
+    unknown = sorted(set(prior) - {h.key for h in heads})
+    if unknown:
+        raise UserError(f"prior names {unknown}, which are not predicted (params: {[h.key for h in heads]})")
+    files = list_corpus(str(cfg.corpus), cfg.get("source"), cfg.get("licence"))
+    train_files, val_files = split(files, float(cfg.val_fraction), int(cfg.seed))
+    fingerprint = _fingerprint(cfg, files)
+    out.mkdir(parents=True, exist_ok=True)  # only once the corpus is known good
+    if not cfg.resume:
+        for stale in ("state.safetensors", "dataset.safetensors", "log.jsonl"):
+            (out / stale).unlink(missing_ok=True)
+    d = cfg.data
+
+    def make():  # noqa: ANN202
+        common = dict(
+            device=pick_device(str(cfg.device)),
+            per_excerpt=int(d.per_excerpt),
+            excerpt_s=float(d.excerpt_s),
+            input_gain_db=list(d.input_gain_db),
+            spec_only=float(d.spec_only),
+            ceiling_db=float(cfg.target.true_peak_db),
+            seed=int(cfg.seed),
+        )
+        from tqdm import tqdm
+
+        sets = []
+        for what, fs, count in (
+            ("train", train_files, int(d.examples)),
+            ("val", val_files, int(d.val_examples)),
+        ):
+            songs = load_songs(fs, sr, float(d.max_song_s))
+            with tqdm(total=count, desc=f"examples ({what})", disable=not cfg.progress, leave=False) as bar:
+                sets.append(
+                    make_examples(
+                        songs, make_chain, heads, prior, count=count, tag=what, progress=bar.update, **common
+                    )
+                )
+        return sets
+
+    train, val = _dataset(out / "dataset.safetensors", fingerprint, make)
+    t_data = time.perf_counter() - t0
+    mean = train[0].mean(0)
+    std = train[0].std(0).clamp_min(1e-3)
+    model = Predictor(
+        train[0].shape[1], heads, list(cfg.model.hidden), float(cfg.model.get("dropout", 0.0)),
+        mean=mean, std=std,
+    )
+    s1 = cfg.stage1
+    metrics = train_regression(
+        model,
+        train,
+        val,
+        prior,
+        out=out,
+        epochs=int(s1.epochs),
+        batch_size=int(s1.batch_size),
+        lr=float(s1.lr),
+        weight_decay=float(s1.weight_decay),
+        seed=int(cfg.seed),
+        fingerprint=fingerprint,
+        checkpoint_every=int(cfg.checkpoint_every),
+        progress=bool(cfg.progress),
+    )
+    spec = Path(str(cfg.corpus))
+    root = spec if spec.is_dir() else spec.parent if spec.is_file() else None
+    corpus = [{**f.as_dict(root), "split": "train"} for f in train_files]
+    corpus += [{**f.as_dict(root), "split": "val"} for f in val_files]
+    info = {
+        "diffmix_version": diffmix.__version__,
+        "features": {
+            "version": FEATURE_VERSION,
+            "sample_rate": sr,
+            "window_s": float(d.window_s),
+            "names": names(sr),
+            "normalisation": "tensors mean and std (train-split statistics)",
+        },
+        "effects": chain_effects(make_chain(1), heads),
+        "corpus": {"spec": Path(str(cfg.corpus)).name, "files": corpus},
+        "training": {
+            "seed": int(cfg.seed),
+            "examples": int(train[0].shape[0]),
+            "val_examples": int(val[0].shape[0]),
+            "prior": prior,
+            "stage1": OmegaConf.to_container(s1, resolve=True),
+            "data": OmegaConf.to_container(d, resolve=True),
+            "fingerprint": fingerprint,
+        },
+        "validation": metrics,
+    }
+    path = Path(str(cfg.checkpoint)) if cfg.get("checkpoint") else out / "model.safetensors"
+    save_checkpoint(path, model, info)
+    print(
+        f"train: {path}  ({model.weight_count()} weights, {len(train_files)} train / {len(val_files)} val "
+        f"songs, val loss {metrics.get('loss', float('nan')):.4f}, data {t_data:.0f} s, "
+        f"total {time.perf_counter() - t0:.0f} s)"
+    )
+    return 0
