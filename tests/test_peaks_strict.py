@@ -38,7 +38,8 @@ def _ideal_points(x: np.ndarray) -> np.ndarray:
         spec = np.fft.rfft(padded[i * core: i * core + width])
         spec[-1] *= 0.5
         up = np.fft.irfft(spec, UP * width) * UP
-        out[i * core: (i + 1) * core] = np.abs(up[UP * OVERLAP: UP * (OVERLAP + core)]).reshape(core, UP).max(1)
+        points = np.abs(up[UP * OVERLAP: UP * (OVERLAP + core)])
+        out[i * core: (i + 1) * core] = points.reshape(core, UP).max(1)
     return out[:t]
 
 
