@@ -353,7 +353,7 @@ def _smooth_limiter_proxy(
             if not cache:  # metered on first use: a job without a loudness goal never pays
                 level = L.limiter_envelope(pre, sr, true_peak=bool(opts["true_peak"]))
                 if opts["true_peak"] and opts["exact"] and opts.get("strict"):  # as the limiter does
-                    strict = strict_envelope(pre, sr).unsqueeze(1).to(level)
+                    strict = strict_envelope(pre, sr, meter=False).unsqueeze(1).to(level)
                     level = torch.maximum(level, strict)
                 cache.append(level)
             level = cache[0]

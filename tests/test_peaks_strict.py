@@ -133,3 +133,14 @@ def test_left_out_rows_never_read_higher():
     k4, k8 = _kaiser_resampler(4), _kaiser_resampler(8)
     assert (np.abs(k4).sum(1) <= np.abs(k8[::2]).sum(1)).all()
     assert math.isclose(gain, k8[0].max(), rel_tol=0, abs_tol=0)
+
+
+def test_without_the_meter_plus_the_limiters_envelope_is_the_whole_level():
+    from diffmix.functional.limiter import limiter_envelope
+
+    g = torch.Generator().manual_seed(11)
+    x = 0.3 * torch.randn(2, 2, 9000, generator=g)
+    whole = strict_envelope(x, SR)
+    parts = torch.maximum(strict_envelope(x, SR, meter=False), limiter_envelope(x, SR)[:, 0])
+    assert torch.equal(parts, whole)
+    assert (strict_envelope(x, SR, meter=False) < whole).any()  # the meter's points count

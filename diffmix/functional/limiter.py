@@ -210,7 +210,9 @@ def limiter(
     if true_peak and exact and strict:
         # Hold the strict level (every usual meter) already in the smooth gain, so the exact
         # correction below only trims residuals. A constant for autograd.
-        level = torch.maximum(level, _peaks.strict_envelope(driven, sample_rate).unsqueeze(1).to(level))
+        # Its own envelope already holds this meter's points (meter=False).
+        strict_level = _peaks.strict_envelope(driven, sample_rate, meter=False)
+        level = torch.maximum(level, strict_level.unsqueeze(1).to(level))
     required = torch.minimum(target / level.clamp_min(1e-30), torch.ones_like(level))
     y = driven * limiter_gain(required, lookahead, release, backend=backend)
     if true_peak and exact:

@@ -19,6 +19,7 @@ import contextlib
 import functools
 import math
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from types import ModuleType
 
 import numpy as np
@@ -338,9 +339,21 @@ def _ideal_between(rows: Tensor, factor: int = _IDEAL_FACTOR) -> Tensor:
     padded = torch.nn.functional.pad(rows, (overlap, n_blocks * core - t + overlap))
     lanes = padded.unfold(1, width, core).reshape(n * n_blocks, width)
     out = torch.empty(n * n_blocks, core, dtype=rows.dtype, device=rows.device)
+    threads = min(torch.get_num_threads(), -(-lanes.shape[0] // 2)) if rows.device.type == "cpu" else 1
     with _one_thread(rows.device):
-        _ideal_blocks(lanes, out, factor, overlap, core)
+        if threads <= 1:
+            _ideal_blocks(lanes, out, factor, overlap, core)
+        else:  # one-thread torch ops on plain threads (they release the GIL), pairs of lanes
+            list(_pool(threads).map(
+                lambda i: _ideal_blocks(lanes[i: i + 2], out[i: i + 2], factor, overlap, core),
+                range(0, lanes.shape[0], 2),
+            ))
     return out.reshape(n, n_blocks * core)[:, :t].to(dtype)
+
+
+@functools.lru_cache(maxsize=4)
+def _pool(threads: int) -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(max_workers=threads, thread_name_prefix="diffmix-peaks")
 
 
 @contextlib.contextmanager
@@ -393,7 +406,7 @@ def _phase_twists(width: int, factor: int, dtype: torch.dtype, device: str) -> T
     return twist.to(device, torch.complex64 if dtype == torch.float32 else torch.complex128)
 
 
-def strict_envelope(x: Tensor, sample_rate: int) -> Tensor:
+def strict_envelope(x: Tensor, sample_rate: int, *, meter: bool = True) -> Tensor:
     """Per-sample level that no usual true-peak meter exceeds, channels linked.
 
     ``level[b, n]`` is the largest of ``|x[n]|`` and, on both sides of sample ``n``, the
@@ -401,7 +414,8 @@ def strict_envelope(x: Tensor, sample_rate: int) -> Tensor:
     48-tap filter and the common Kaiser polyphase upsampler at 4x and 8x (both pass images
     near Nyquist, so they read above the ideal there), and ideal 8x interpolation (which
     sees content up to Nyquist and peaks between 4x points). A ceiling held on this level
-    holds on each of those meters by construction.
+    holds on each of those meters by construction. ``meter=False`` leaves out this module's
+    meter, for a caller that takes the maximum with its envelope anyway (the limiter's).
 
     Shape:
         ``(B, C, T)`` -> ``(B, T)`` linear. Not differentiable (a max); CPU and CUDA.
@@ -420,7 +434,7 @@ def strict_envelope(x: Tensor, sample_rate: int) -> Tensor:
         mag = x.abs().amax(1)
         level = torch.maximum(level, gain * torch.maximum(mag, torch.nn.functional.pad(mag[:, :-1], (1, 0))))
         f = oversampling_factor(sample_rate)
-        for rows_taps in (taps, interpolation_filter(f) if f > 1 else None):
+        for rows_taps in (taps, interpolation_filter(f) if f > 1 and meter else None):
             if rows_taps is not None:
                 level = torch.maximum(level, _fir_envelope(x, rows_taps))
         return level
