@@ -46,13 +46,6 @@ def draw(seed: int, step: int, item: str = "") -> torch.Generator:
     return torch.Generator().manual_seed(key)
 
 
-def content_key(length: int) -> str:
-    """The key a song's excerpts are drawn with (:func:`draw`): its length in samples, not
-    its name, so the same audio under another file name is fitted on the same excerpts, in
-    the same steps and time (a renamed song ran 86 steps instead of 41)."""
-    return f"T{int(length)}"
-
-
 def excerpt_starts(
     length: int, excerpt: int, count: int, generator: torch.Generator
 ) -> list[int]:

@@ -28,7 +28,7 @@ from torch import Tensor
 from diffmix.console import Bus, prior, select
 from diffmix.effects.base import Effect
 from diffmix.errors import UserError
-from diffmix.fit import FitResult, content_key, draw, excerpt_starts, fit
+from diffmix.fit import FitResult, draw, excerpt_starts, fit
 from diffmix.functional.loudness import integrated_loudness
 from diffmix.objective import REFERENCE_TERMS, Objective
 
@@ -107,10 +107,8 @@ def fit_chain(
     set_exact(chain, False)
     initial = {k: p.exact() for k, p in chain.named_values().items()}
 
-    draw_keys = [content_key(x.shape[-1]) for x in xs]  # not the names: same audio, same fit
-
     def closure(step: int):  # noqa: ANN202
-        batch = song_excerpts(xs, draw_keys, length, seed, step)
+        batch = song_excerpts(xs, keys, length, seed, step)
         loss, terms = objective(chain(batch, until="limiter"))
         total = loss.sum()
         logged = {k: float(v.detach().mean()) for k, v in terms.items()}
