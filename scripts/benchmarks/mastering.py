@@ -16,7 +16,10 @@ CLI (``python -m diffmix.cli master ...`` as a subprocess, so load and write are
     also show the over against the reference's own true peak); RMS error of the
     level-free 1/3-octave spectrum in mid and in side and the side/mid ratio error
     (``diffmix.features.spectral_errors``); wall time.
-(c) **Speed.** A 3-minute song (a shared mix looped) mastered to Spotify end to end.
+(c) **Speed** (issue 19). 3-minute songs (shared mixes looped), each CLI run a child
+    process: to Spotify (median of 3 after a warm-up; goal <= 5 s), and to a reference
+    beside matchering on the same pair in the same run (wall time and each child's own
+    peak RSS from ``os.wait4``; goal: at most matchering's).
 """
 
 from __future__ import annotations
