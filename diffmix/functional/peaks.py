@@ -19,7 +19,6 @@ import contextlib
 import functools
 import math
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from types import ModuleType
 
 import numpy as np
@@ -339,21 +338,11 @@ def _ideal_between(rows: Tensor, factor: int = _IDEAL_FACTOR) -> Tensor:
     padded = torch.nn.functional.pad(rows, (overlap, n_blocks * core - t + overlap))
     lanes = padded.unfold(1, width, core).reshape(n * n_blocks, width)
     out = torch.empty(n * n_blocks, core, dtype=rows.dtype, device=rows.device)
-    threads = min(torch.get_num_threads(), -(-lanes.shape[0] // 2)) if rows.device.type == "cpu" else 1
+    # One thread: a pool of two (pairs of lanes each) was slower under any load on the
+    # shared 2-core box (0.33 against 0.27 s for 3 minutes of stereo, load 4).
     with _one_thread(rows.device):
-        if threads <= 1:
-            _ideal_blocks(lanes, out, factor, overlap, core)
-        else:  # one-thread torch ops on plain threads (they release the GIL), pairs of lanes
-            list(_pool(threads).map(
-                lambda i: _ideal_blocks(lanes[i: i + 2], out[i: i + 2], factor, overlap, core),
-                range(0, lanes.shape[0], 2),
-            ))
+        _ideal_blocks(lanes, out, factor, overlap, core)
     return out.reshape(n, n_blocks * core)[:, :t].to(dtype)
-
-
-@functools.lru_cache(maxsize=4)
-def _pool(threads: int) -> ThreadPoolExecutor:
-    return ThreadPoolExecutor(max_workers=threads, thread_name_prefix="diffmix-peaks")
 
 
 @contextlib.contextmanager
