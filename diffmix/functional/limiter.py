@@ -207,7 +207,9 @@ def limiter(
     if true_peak and exact and strict:
         # Hold the strict level (every usual meter) already in the smooth gain, so the exact
         # correction below only trims residuals. A constant for autograd.
-        level = torch.maximum(level, _peaks.strict_envelope(driven, sample_rate).unsqueeze(1).to(level))
+        # Its own envelope already holds this meter's points (meter=False).
+        strict_level = _peaks.strict_envelope(driven, sample_rate, meter=False)
+        level = torch.maximum(level, strict_level.unsqueeze(1).to(level))
     required = torch.minimum(target / level.clamp_min(1e-30), torch.ones_like(level))
     y = driven * limiter_gain(required, lookahead, release, backend=backend)
     if true_peak and exact:
@@ -398,7 +400,7 @@ def drive_renders(
             if not cache:  # metered on first use: a job without a loudness goal never pays
                 level = limiter_envelope(x, sample_rate, true_peak=true_peak)
                 if true_peak and exact and strict:  # as limiter() does
-                    strict_level = _peaks.strict_envelope(x, sample_rate).unsqueeze(1).to(level)
+                    strict_level = _peaks.strict_envelope(x, sample_rate, meter=False).unsqueeze(1).to(level)
                     level = torch.maximum(level, strict_level)
                 cache.append(level)
             level = cache[0]

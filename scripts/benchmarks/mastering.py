@@ -16,7 +16,10 @@ CLI (``python -m diffmix.cli master ...`` as a subprocess, so load and write are
     also show the over against the reference's own true peak); RMS error of the
     level-free 1/3-octave spectrum in mid and in side and the side/mid ratio error
     (``diffmix.features.spectral_errors``); wall time.
-(c) **Speed.** A 3-minute song (a shared mix looped) mastered to Spotify end to end.
+(c) **Speed** (issue 19). 3-minute songs (shared mixes looped), each CLI run a child
+    process: to Spotify (median of 3 after a warm-up; goal <= 5 s), and to a reference
+    beside matchering on the same pair in the same run (wall time and each child's own
+    peak RSS from ``os.wait4``; goal: at most matchering's).
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ import itertools
 import json
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -32,7 +37,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchmarks._data import SR, cli, loop_to, measure, read, shared_sets, synthetic_song, write
+from benchmarks._data import ROOT, SR, cli, loop_to, measure, read, shared_sets, synthetic_song, write
 from benchmarks._timing import fmt_s, table
 from diffmix.features import spectral_errors
 
@@ -276,7 +281,34 @@ def _reference_pairs(tmp: Path, quick: bool, steps: list[str]) -> str:
     )
 
 
+def _child(argv: list[str]) -> tuple[float, int]:
+    """Run ``argv`` from this checkout; (wall seconds, the child's own peak RSS in bytes)."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - t0
+    err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise RuntimeError(f"{argv[2:5]} failed: {err[-1500:]}")
+    return wall, usage.ru_maxrss * 1024
+
+
+def _master_cli(*overrides: str) -> list[str]:
+    return [sys.executable, "-m", "diffmix.cli", "master", *overrides, "progress=false"]
+
+
+_MATCHERING = (
+    "import sys, matchering; matchering.log(lambda *a, **k: None, lambda *a, **k: None, "
+    "lambda *a, **k: None); matchering.process(target=sys.argv[1], reference=sys.argv[2], "
+    "results=[matchering.pcm24(sys.argv[3])])"
+)
+
+
 def _speed(tmp: Path, quick: bool) -> str:
+    """3-minute songs end to end, each a child process (start-up, load, fit, write, report):
+    to a spec (median of 3 after a warm-up run), and to a reference beside matchering on
+    the same pair in the same run (wall time and the child's own peak RSS)."""
     sets = shared_sets()
     seconds = 10.0 if quick else 180.0
     if sets:
@@ -285,38 +317,51 @@ def _speed(tmp: Path, quick: bool) -> str:
     else:
         song, sr, source = synthetic_song(seconds, 3), SR, "synthetic"
     path = write(tmp / "song_3min.wav", song, sr)
-    out = tmp / "speed"
-    took = cli("master", f"input={path}", "target=spotify", f"out={out}")
-    report = json.loads(next(out.glob("*_report.json")).read_text())
+    load0 = os.getloadavg()
+    spec = [_master_cli(f"input={path}", "target=spotify", f"out={tmp / f'speed{k}'}") for k in range(4)]
+    runs = [_child(argv) for argv in spec]  # the first is the warm-up (numba's caches, disk)
+    walls = sorted(w for w, _ in runs[1:])
+    took, rss = walls[len(walls) // 2], max(r for _, r in runs[1:])
+    report = json.loads(next((tmp / "speed1").glob("*_report.json")).read_text())
     inner = report.get("runtime_s")
     stages = report.get("timings_s") or {}
-    goal = "met" if took <= 10.0 else "**not met**"
     split = ", ".join(f"{k} {v:.2f} s" for k, v in stages.items())
+    rows = [[f"to Spotify: {seconds:g} s stereo 44.1 kHz ({source})", "diffmix", fmt_s(took),
+             f"{rss / 2**20:.0f} MiB", f"{inner:.2f} s" if isinstance(inner, (int, float)) else "n/a"]]
+    ref_rows: list[list[str]] = []
+    ratio = ""
+    if len(sets) >= 2:
+        other, _ = read(sets[-1] / "mix.flac")
+        ref = write(tmp / "ref_3min.wav", loop_to(other, int(seconds * sr)), sr)
+        pair = f"to a reference: {sets[0].name} -> {sets[-1].name}, both looped to {seconds:g} s"
+        dm = _child(_master_cli(f"input={path}", f"reference={ref}", "target=none", f"out={tmp / 'ref'}"))
+        ref_report = json.loads(next((tmp / "ref").glob("*_report.json")).read_text())
+        fit = ref_report.get("fit") or {}
+        try:
+            import matchering  # noqa: F401
+
+            mg = _child([sys.executable, "-c", _MATCHERING, str(path), str(ref), str(tmp / "mg.wav")])
+        except ImportError:
+            mg = None
+        ref_rows.append([pair, "diffmix", fmt_s(dm[0]), f"{dm[1] / 2**20:.0f} MiB",
+                         f"{ref_report.get('runtime_s', float('nan')):.2f} s (fit: {fit.get('steps')} steps, "
+                         f"{fit.get('stopped')}, {fit.get('seconds', float('nan')):.1f} s)"])
+        if mg is not None:
+            ref_rows.append(["", "matchering", fmt_s(mg[0]), f"{mg[1] / 2**20:.0f} MiB", "-"])
+            ratio = (f" Reference master: diffmix takes {dm[0] / mg[0]:.2f}x matchering's time and "
+                     f"{dm[1] / mg[1]:.2f}x its peak RSS (goal: at most 1x each: "
+                     f"{'met' if dm[0] <= mg[0] and dm[1] <= mg[1] else '**not met**'}).")
+    load1 = os.getloadavg()
+    goal = "met" if took <= 5.0 else "**not met**"
     return (
-        "### (c) Speed: a song mastered to Spotify, end to end (CLI subprocess)\n\n"
-        + table(
-            [
-                [
-                    f"{seconds:g} s stereo 44.1 kHz ({source})",
-                    fmt_s(took),
-                    f"{inner:.2f} s" if isinstance(inner, (int, float)) else "n/a",
-                    f"{seconds / took:.1f}x",
-                ]
-            ],
-            [
-                "input",
-                "wall time (start, load, fit, write, report, plot)",
-                "job's own runtime_s",
-                "real-time factor",
-            ],
-        )
-        + (
-            f"\n\nInside the job (report's `timings_s`): {split}; the rest of the wall time is "
-            "Python start, imports (torch ~2 s), Hydra and loading."
-            if split
-            else ""
-        )
-        + (f"\n\nGoal (3-minute song <= 10 s): {goal}." if not quick else "\n\n(quick run: 10 s song)")
+        "### (c) Speed: 3-minute masters end to end (CLI child processes)\n\n"
+        + table(rows + ref_rows, ["master", "engine", "wall time", "peak RSS (child)", "job's own runtime_s"])
+        + (f"\n\nTo a spec, inside the job (report's `timings_s`): {split}; the rest of the wall "
+           "time is Python start, imports, Hydra and loading." if split else "")
+        + f"\n\nLoad average (1 min) at the start {load0[0]:.1f}, at the end {load1[0]:.1f} "
+        "(2 cores; the rows share the machine with whatever else runs)."
+        + (f"\n\nGoal (3-minute song to a spec <= 5 s): {goal}.{ratio}" if not quick
+           else "\n\n(quick run: 10 s song)")
     )
 
 

@@ -1,0 +1,146 @@
+"""The strict meter (issue 16) is fast (issue 19) without reading lower than its exhaustive
+definition: every FIR row of every usual upsampler and ideal 8x interpolation, here in
+float64 numpy, written from the definition (one zero-padded 8x inverse transform per block,
+each filter row by ``np.convolve``), with no shortcut of the library's."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from diffmix.functional.peaks import (
+    _kaiser_resampler,
+    _strict_rows,
+    _strict_rows_all,
+    interpolation_filter,
+    strict_envelope,
+    strict_true_peak,
+)
+
+SR = 44100
+CORE, OVERLAP, UP = 1 << 15, 1 << 11, 8  # the meter's FFT blocks (a definition, not a knob)
+DB = 1e-6  # the fast meter may read at most this many dB below the exhaustive one
+
+
+def _ideal_points(x: np.ndarray) -> np.ndarray:
+    """``(T,)`` -> ``(T,)``: largest ideal 8x point from sample m up to m + 1, per block."""
+    t = len(x)
+    core = min(CORE, t + t % 2)
+    n_blocks = -(-t // core)
+    padded = np.pad(x, (OVERLAP, n_blocks * core - t + OVERLAP))
+    width = core + 2 * OVERLAP
+    out = np.empty(n_blocks * core)
+    for i in range(n_blocks):
+        spec = np.fft.rfft(padded[i * core: i * core + width])
+        spec[-1] *= 0.5
+        up = np.fft.irfft(spec, UP * width) * UP
+        points = np.abs(up[UP * OVERLAP: UP * (OVERLAP + core)])
+        out[i * core: (i + 1) * core] = points.reshape(core, UP).max(1)
+    return out[:t]
+
+
+def _fir_points(x: np.ndarray, taps: np.ndarray) -> np.ndarray:
+    """``(T,)`` -> ``(T,)``: largest ``|row . x[m - half + 1 .. m + half]|`` over the rows."""
+    half = taps.shape[1] // 2
+    padded = np.pad(x, (half - 1, half))
+    return np.max([np.abs(np.convolve(padded, row[::-1], "valid")) for row in taps], axis=0)
+
+
+def exhaustive(x: np.ndarray, sample_rate: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(C, T)`` -> envelope ``(T,)`` (channels linked) and true peak ``(C,)``."""
+    points = []
+    for row in x:
+        p = np.maximum(_ideal_points(row), _fir_points(row, _strict_rows_all()))
+        if sample_rate < 96000:
+            p = np.maximum(p, _fir_points(row, interpolation_filter(4 if sample_rate < 96000 else 2)))
+        points.append(p)
+    points = np.stack(points)
+    before = np.pad(points[:, :-1], ((0, 0), (1, 0)))
+    level = np.maximum(np.abs(x), np.maximum(points, before))
+    return level.max(0), level.max(1)
+
+
+def _signals(seed: int) -> dict[str, np.ndarray]:
+    g = np.random.default_rng(seed)
+    n = 2 * CORE + 1234  # three FFT blocks, the last partial
+    t = np.arange(n) / SR
+    spec = np.fft.rfft(g.standard_normal((2, n)))
+    spec *= np.where(np.fft.rfftfreq(n, 1 / SR) > 15000, 1.0, 0.3)  # dense near Nyquist
+    clicks = 0.001 * g.standard_normal((2, n))
+    clicks[:, g.integers(0, n, 40)] = g.choice([-0.9, 0.9], (2, 40))
+    return {
+        "white": 0.3 * g.standard_normal((2, n)),
+        "hf": 0.1 * np.fft.irfft(spec, n),
+        "clicks": clicks,
+        "square": 0.5 * np.stack([np.sign(np.sin(2 * np.pi * 997 * t)),
+                                  np.sign(np.sin(2 * np.pi * 11025.3 * t))]),
+        "nyquist": 0.7 * np.stack([np.cos(np.pi * np.arange(n) + 0.3), np.sin(np.pi * np.arange(n))]),
+        "short odd": 0.5 * g.standard_normal((2, 777)),
+        "one sample": g.standard_normal((2, 1)),
+        "spiky": 0.2 * g.standard_normal((2, n)) ** 5,
+    }
+
+
+def _check(name: str, x: np.ndarray, sample_rate: int = SR) -> None:
+    low = 10 ** (-DB / 20)
+    for dtype in (torch.float32, torch.float64):
+        xt = torch.from_numpy(x).to(dtype)[None]
+        want_env, want_peak = exhaustive(xt[0].double().numpy(), sample_rate)  # what it saw
+        env = strict_envelope(xt, sample_rate)[0].double().numpy()
+        peak = strict_true_peak(xt, sample_rate)[0].double().numpy()
+        gap_db = 20 * np.log10(peak / want_peak)
+        top = want_peak.max()
+        print(f"{name} {dtype}: peak - exhaustive {gap_db} dB; envelope - exhaustive "
+              f"{(env - want_env).min() / top:.2e} .. {(env - want_env).max() / top:.2e} of the peak")
+        assert (peak >= want_peak * low).all(), (name, dtype, gap_db)
+        # Per sample, relative to the item's peak: float64 input is metered exactly (the
+        # ideal points' float32 transforms carry a bound on their rounding); float32 input
+        # rounds the FIR rows' sums in float32 (measured 3.5e-7; the peak stays in DB).
+        slack = 1e-12 if dtype == torch.float64 else 1e-6
+        assert (env >= want_env - slack * top).all(), (name, dtype)
+        # And tight, so a limiter holding this level is not pulled lower: 4e-6 of the
+        # block's peak is the ideal points' rounding bound.
+        assert (env <= want_env + 1e-5 * top).all(), (name, dtype)
+        assert (peak <= want_peak * (1 + 1e-5)).all(), (name, dtype)
+
+
+@pytest.mark.parametrize("seed", [19, 2019])
+def test_fast_strict_meter_never_reads_below_the_exhaustive_one(seed):
+    print(f"seed {seed}")
+    for name, x in _signals(seed).items():
+        _check(name, x)
+
+
+def test_fast_strict_meter_on_real_music(shared_multitrack):
+    for song in sorted(p for p in shared_multitrack.iterdir() if (p / "mix.flac").exists()):
+        data, sr = sf.read(str(song / "mix.flac"), dtype="float64", always_2d=True, frames=3 * CORE)
+        _check(song.name, 1.2 * data.T.copy(), sr)
+
+
+def test_left_out_rows_never_read_higher():
+    # The Kaiser 4x phases are the 8x even phases scaled down; phase 0 is a gain on the
+    # sample. So the reduced rows plus that gain read exactly what all 16 rows read.
+    g = np.random.default_rng(5)
+    x = g.standard_normal(5000)
+    rows, gain = _strict_rows()
+    full = np.maximum(_fir_points(x, _strict_rows_all()), np.abs(x))
+    reduced = np.maximum(_fir_points(x, rows), gain * np.abs(x))
+    assert reduced == pytest.approx(full, rel=1e-12, abs=1e-15)
+    k4, k8 = _kaiser_resampler(4), _kaiser_resampler(8)
+    assert (np.abs(k4).sum(1) <= np.abs(k8[::2]).sum(1)).all()
+    assert math.isclose(gain, k8[0].max(), rel_tol=0, abs_tol=0)
+
+
+def test_without_the_meter_plus_the_limiters_envelope_is_the_whole_level():
+    from diffmix.functional.limiter import limiter_envelope
+
+    g = torch.Generator().manual_seed(11)
+    x = 0.3 * torch.randn(2, 2, 9000, generator=g)
+    whole = strict_envelope(x, SR)
+    parts = torch.maximum(strict_envelope(x, SR, meter=False), limiter_envelope(x, SR)[:, 0])
+    assert torch.equal(parts, whole)
+    assert (strict_envelope(x, SR, meter=False) < whole).any()  # the meter's points count
