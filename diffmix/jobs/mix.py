@@ -64,6 +64,7 @@ def fit_options(cfg: DictConfig) -> MixFitOptions:
         mrstft=dict(to_dict(cfg.loss.mrstft)),
         aligned=bool(cfg.aligned),
         compressor_start=bool(cfg.fit.get("compressor_start", True)),
+        placement=bool(cfg.fit.get("placement", True)),
         match_loudness=bool(cfg.fit.get("match_loudness", True)),
     )
 

@@ -22,7 +22,13 @@ from diffmix.console import Console
 from diffmix.fit import draw, excerpt_starts, fit
 from diffmix.functional.loudness import integrated_loudness
 from diffmix.losses import MRSTFTLoss
-from diffmix.mixing.wiring import compressor_start, console_estimate, initialise_console, polish_levels
+from diffmix.mixing.wiring import (
+    compressor_start,
+    console_estimate,
+    initialise_console,
+    placement_resolve,
+    polish_levels,
+)
 from diffmix.objective import REFERENCE_TERMS, Objective
 
 POLISH_CHUNK_S = 10.0
@@ -45,6 +51,8 @@ class MixFitOptions:
         aligned: the reference is a mix of these very stems.
         compressor_start: with the coherent start, start each compressor from the gain
             the mix shows (:func:`~diffmix.mixing.wiring.compressor_start`).
+        placement: with the coherent start, re-solve each track's pan, width and fader on
+            its strip's output (:func:`~diffmix.mixing.wiring.placement_resolve`).
         match_loudness: last, move every fader by one amount so the mix's integrated
             loudness is the reference's.
 
@@ -68,6 +76,7 @@ class MixFitOptions:
     mrstft: dict[str, Any] = field(default_factory=dict)
     aligned: bool = True
     compressor_start: bool = True
+    placement: bool = True
     match_loudness: bool = True
 
 
@@ -149,6 +158,12 @@ def fit_console(
         if estimate.frame_gain is not None and options.compressor_start:
             init_report["compressor"] = judge.stage(  # type: ignore[union-attr]
                 "compressor start", lambda: compressor_start(console, audio, estimate, sr), stages
+            )
+        if estimate.coherent and options.placement:
+            # Pan, width and fader again, on what the strips now make of the stems
+            # (compressors included): the first solve's residual leaks into quiet tracks.
+            init_report["placement"] = judge.stage(  # type: ignore[union-attr]
+                "placement", lambda: placement_resolve(console, audio, reference, sr), stages
             )
         init_report["seconds"] = round(time.perf_counter() - t_init, 3)
     fit_report: dict[str, Any] | None = None
