@@ -12,7 +12,6 @@ import pytest
 import torch
 
 from diffmix.console import Console
-from diffmix.effects.dynamics import Compressor
 from diffmix.effects.gain import Gain, Pan, Width
 from diffmix.functional.gain import pan_matrix, width_matrix
 from diffmix.mixing.wiring import stereo_placement
@@ -54,7 +53,8 @@ def test_placement_is_weighted_by_what_the_stem_holds(pan, width):
     # The side column off as the solve left it on a real song (CapDan's e-piano, hidden
     # seed 0: its side, 33 dB under its mid, sent out of phase to left and right), with a
     # random tilt.
-    out = torch.tensor([0.56, -0.83], dtype=torch.float64) + 0.2 * torch.randn(2, generator=g, dtype=torch.float64)
+    tilt = 0.2 * torch.randn(2, generator=g, dtype=torch.float64)
+    out = torch.tensor([0.56, -0.83], dtype=torch.float64) + tilt
     seen = truth + 0.7 * truth.norm() * torch.outer(out / out.norm(), basis[:, 1])
     console = _placement_console()
     want = _balance(truth, gram)

@@ -389,8 +389,8 @@ def _solve_stereo(
     mono: list[bool],
     with_frames: bool = True,
 ) -> tuple[
-    np.ndarray, np.ndarray, float, np.ndarray, np.ndarray, np.ndarray, tuple[np.ndarray, np.ndarray, list[bool]],
-    np.ndarray,
+    np.ndarray, np.ndarray, float, np.ndarray, np.ndarray, np.ndarray,
+    tuple[np.ndarray | None, np.ndarray | None, list[bool]], np.ndarray,
 ]:
     """Least squares of each reference channel on every stem channel, band by band, on the
     complex spectra; then each stem's channel matrix and tone.

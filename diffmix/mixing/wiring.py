@@ -19,8 +19,7 @@ from torch import Tensor
 from diffmix.effects.dynamics import Compressor
 from diffmix.effects.eq import ParametricEQ
 from diffmix.effects.gain import Gain, Pan, Width
-from diffmix.functional.gain import db_to_amp
-from diffmix.functional.gain import pan_matrix, width_matrix
+from diffmix.functional.gain import db_to_amp, pan_matrix, width_matrix
 from diffmix.mixing.analysis import band_edges, band_powers, k_weight_power, stft_frames
 from diffmix.mixing.solvers import GAIN_DB_RANGE, MixEstimate, estimate_mix, fit_eq_gains, solve_placement
 
@@ -482,7 +481,8 @@ def placement_resolve(
     t0 = time.perf_counter()
     values = console.named_values()
     names = list(console.strip.effects)
-    first = next((i for i, e in enumerate(console.strip.effects.values()) if isinstance(e, (Pan, Width))), None)
+    placing = [isinstance(e, (Pan, Width)) for e in console.strip.effects.values()]
+    first = placing.index(True) if any(placing) else None
     tail = names[first:] if first is not None else []
     if (
         first is None
