@@ -146,8 +146,8 @@ def test_send_levels_are_solved_from_the_reverb_tail():
     stems[0, 1, 1] = stems[0, 1, 0]
 
     def console() -> Console:
-        return Console(SR, n, strip={"input": Gain(SR), "width": Width(SR), "pan": Pan(SR), "fader": Gain(SR)},
-                       sends={"reverb": Reverb(SR, rt60_s=0.6, tail_s=1.0, mix=1.0)})
+        strip = {"input": Gain(SR), "width": Width(SR), "pan": Pan(SR), "fader": Gain(SR)}
+        return Console(SR, n, strip=strip, sends={"reverb": Reverb(SR, rt60_s=0.6, tail_s=1.0, mix=1.0)})
 
     setting = {"strip.pan.pan": torch.tensor([0.5, -0.3, 0.0, -0.8]),
                "strip.width.width": torch.tensor([1.0, 1.0, 0.5, 1.3]),
