@@ -22,6 +22,7 @@ from diffmix.console import Console
 from diffmix.fit import draw, excerpt_starts, fit
 from diffmix.functional.loudness import integrated_loudness
 from diffmix.losses import MRSTFTLoss
+from diffmix.mixing.style import style_start
 from diffmix.mixing.wiring import (
     compressor_start,
     console_estimate,
@@ -143,7 +144,16 @@ def fit_console(
     stages: list[dict[str, Any]] = []
     init_report = None
     estimate = None
-    if reference is not None and options.init == "nnls":
+    if reference is not None and options.init == "nnls" and not aligned:
+        # Another song's mix: no waveform in common, so its tone, width and dynamics are
+        # approached as features (diffmix.mixing.style), each step judged.
+        t_init = time.perf_counter()
+        init_report = style_start(
+            console, audio, reference, sr,
+            lambda name, run: judge.stage(name, run, stages),  # type: ignore[union-attr]
+        )
+        init_report["seconds"] = round(time.perf_counter() - t_init, 3)
+    elif reference is not None and options.init == "nnls":
         # The first stage: gains, pan, width and coarse tone in closed form
         # (diffmix.mixing.solvers), then each compressor from the gain the mix shows.
         t_init = time.perf_counter()
