@@ -151,6 +151,7 @@ def fit_console(
         init_report = style_start(
             console, audio, reference, sr,
             lambda name, run: judge.stage(name, run, stages),  # type: ignore[union-attr]
+            level=lambda: match_loudness(console, audio, reference, sr),
         )
         init_report["seconds"] = round(time.perf_counter() - t_init, 3)
     elif reference is not None and options.init == "nnls":

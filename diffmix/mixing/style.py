@@ -255,12 +255,31 @@ def style_start(
     reference: Tensor,
     sample_rate: int,
     stage: Callable[[str, Callable[[], dict[str, Any]]], dict[str, Any]],
+    level: Callable[[], dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """The closed-form start toward another song: tone, width, dynamics, each run through
     ``stage(name, run)`` (the fit's full-length judge, which keeps a step only where it
-    lowers the objective)."""
-    return {
-        "tone": stage("tone", lambda: tone_start(console, audio, reference, sample_rate)),
-        "width": stage("width", lambda: width_start(console, audio, reference, sample_rate)),
-        "dynamics": stage("dynamics", lambda: dynamics_start(console, audio, reference, sample_rate)),
-    }
+    lowers the objective).
+
+    ``level`` (the loudness match) runs first and again inside each step: an EQ or a
+    compressor moves the mix's loudness, and the judge would otherwise weigh that against
+    the step's gain in tone or dynamics.
+    """
+    out: dict[str, Any] = {}
+
+    def leveled(run: Callable[[], dict[str, Any]]) -> Callable[[], dict[str, Any]]:
+        def both() -> dict[str, Any]:
+            report = run()
+            if level is not None:
+                report["level"] = level()
+            return report
+
+        return both
+
+    if level is not None:
+        out["loudness"] = stage("loudness first", level)
+    out["tone"] = stage("tone", leveled(lambda: tone_start(console, audio, reference, sample_rate)))
+    out["width"] = stage("width", leveled(lambda: width_start(console, audio, reference, sample_rate)))
+    dyn = leveled(lambda: dynamics_start(console, audio, reference, sample_rate))
+    out["dynamics"] = stage("dynamics", dyn)
+    return out

@@ -131,7 +131,7 @@ def _fitted_contributions(preset: Path, stem_dir: Path) -> tuple[list[np.ndarray
 
 
 def _mix(stem_dir: Path, reference: Path, out: Path, *extra: str) -> tuple[float, dict]:
-    took = cli("mix", f"stems={stem_dir}", f"reference={reference}", f"out={out}", *extra)
+    took = cli("mix", f"stems={stem_dir}", f"reference={reference}", f"out={out}", *extra, timeout=TIMEOUT_S)
     report = json.loads((out / "mix_report.json").read_text())
     return took, report
 
@@ -255,6 +255,8 @@ def synthetic_stems(seconds: float, seed: int, sr: int = 44100) -> dict[str, np.
 
 
 SEEDS = int(os.environ.get("DIFFMIX_BENCH_MIX_SEEDS", "10") or 10)
+# Seconds one CLI fit may take (a loaded shared machine needs more than the default).
+TIMEOUT_S = float(os.environ.get("DIFFMIX_BENCH_MIX_TIMEOUT", "900") or 900)
 # DIFFMIX_BENCH_MIX_PARTIAL=<file>: (a)'s section is rewritten there after every fit.
 PARTIAL = os.environ.get("DIFFMIX_BENCH_MIX_PARTIAL", "")
 # The hidden settings of a run are drawn from seeds BASE_SEED, BASE_SEED + 1, ...: a fresh
