@@ -16,8 +16,9 @@ The fit is :func:`diffmix.mixing.fit_console` (toward a mix of these stems: clos
 start with pan, width and compressors, the placement and send re-solve on the strips'
 outputs, gradient steps, polish, loudness; toward another song, ``aligned=false``: the
 loudness, then tone, width and the master compressor from the song's features; each
-stage kept only where it lowers the objective on the full length); this module turns the config into its arguments
-(:func:`fit_options`) and writes the mix, the preset and the report.
+stage kept only where it lowers the objective on the full length); this module turns the
+config into its arguments (:func:`fit_options`) and writes the mix, the preset and the
+report.
 """
 
 from __future__ import annotations
