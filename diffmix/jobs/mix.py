@@ -12,10 +12,13 @@ cross-correlation (:func:`diffmix.mixing.analysis.estimate_lag`, within +-``alig
 console's ``offset_samples`` moves the mix onto the reference's timeline: the fit then
 compares like with like, and the written mix lines up with the reference sample for sample.
 
-The fit is :func:`diffmix.mixing.fit_console` (closed-form start with pan, width and
-compressors, gradient steps, polish, loudness; each stage kept only where it lowers the
-objective on the full length); this module turns the config into its arguments
-(:func:`fit_options`) and writes the mix, the preset and the report.
+The fit is :func:`diffmix.mixing.fit_console` (toward a mix of these stems: closed-form
+start with pan, width and compressors, the placement and send re-solve on the strips'
+outputs, gradient steps, polish, loudness; toward another song, ``aligned=false``: the
+loudness, then tone, width and the master compressor from the song's features; each
+stage kept only where it lowers the objective on the full length); this module turns the
+config into its arguments (:func:`fit_options`) and writes the mix, the preset and the
+report.
 """
 
 from __future__ import annotations
@@ -64,6 +67,7 @@ def fit_options(cfg: DictConfig) -> MixFitOptions:
         mrstft=dict(to_dict(cfg.loss.mrstft)),
         aligned=bool(cfg.aligned),
         compressor_start=bool(cfg.fit.get("compressor_start", True)),
+        placement=bool(cfg.fit.get("placement", True)),
         match_loudness=bool(cfg.fit.get("match_loudness", True)),
     )
 

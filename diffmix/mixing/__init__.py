@@ -3,12 +3,15 @@
 - :mod:`~diffmix.mixing.analysis`: bands, band powers, complex statistics, lag, K-weighting.
 - :mod:`~diffmix.mixing.solvers`: the closed-form start (per-band least squares, EQ gains).
 - :mod:`~diffmix.mixing.wiring`: the estimate as the console sees it, written onto it.
+- :mod:`~diffmix.mixing.style`: toward another song's mix: feature distances and a start.
+- :mod:`~diffmix.mixing.hidden`: random realisable settings for tests and benchmarks.
 - :mod:`~diffmix.mixing.console_fit`: :func:`fit_console`, every stage in order.
 """
 
 from diffmix.mixing.console_fit import MixFitOptions, equal_loudness_gains, excerpt_pool, fit_console
 from diffmix.mixing.solvers import MixEstimate, estimate_mix, fit_eq_gains
-from diffmix.mixing.wiring import console_estimate, initialise_console, polish_levels
+from diffmix.mixing.style import style_distances
+from diffmix.mixing.wiring import console_estimate, initialise_console, placement_resolve, polish_levels
 
 __all__ = [
     "MixEstimate",
@@ -20,5 +23,7 @@ __all__ = [
     "fit_console",
     "fit_eq_gains",
     "initialise_console",
+    "placement_resolve",
     "polish_levels",
+    "style_distances",
 ]

@@ -22,7 +22,14 @@ from diffmix.console import Console
 from diffmix.fit import draw, excerpt_starts, fit
 from diffmix.functional.loudness import integrated_loudness
 from diffmix.losses import MRSTFTLoss
-from diffmix.mixing.wiring import compressor_start, console_estimate, initialise_console, polish_levels
+from diffmix.mixing.style import style_start
+from diffmix.mixing.wiring import (
+    compressor_start,
+    console_estimate,
+    initialise_console,
+    placement_resolve,
+    polish_levels,
+)
 from diffmix.objective import REFERENCE_TERMS, Objective
 
 POLISH_CHUNK_S = 10.0
@@ -45,6 +52,8 @@ class MixFitOptions:
         aligned: the reference is a mix of these very stems.
         compressor_start: with the coherent start, start each compressor from the gain
             the mix shows (:func:`~diffmix.mixing.wiring.compressor_start`).
+        placement: with the coherent start, re-solve each track's pan, width and fader on
+            its strip's output (:func:`~diffmix.mixing.wiring.placement_resolve`).
         match_loudness: last, move every fader by one amount so the mix's integrated
             loudness is the reference's.
 
@@ -68,6 +77,7 @@ class MixFitOptions:
     mrstft: dict[str, Any] = field(default_factory=dict)
     aligned: bool = True
     compressor_start: bool = True
+    placement: bool = True
     match_loudness: bool = True
 
 
@@ -134,7 +144,17 @@ def fit_console(
     stages: list[dict[str, Any]] = []
     init_report = None
     estimate = None
-    if reference is not None and options.init == "nnls":
+    if reference is not None and options.init == "nnls" and not aligned:
+        # Another song's mix: no waveform in common, so its tone, width and dynamics are
+        # approached as features (diffmix.mixing.style), each step judged.
+        t_init = time.perf_counter()
+        init_report = style_start(
+            console, audio, reference, sr,
+            lambda name, run: judge.stage(name, run, stages),  # type: ignore[union-attr]
+            level=lambda: match_loudness(console, audio, reference, sr),
+        )
+        init_report["seconds"] = round(time.perf_counter() - t_init, 3)
+    elif reference is not None and options.init == "nnls":
         # The first stage: gains, pan, width and coarse tone in closed form
         # (diffmix.mixing.solvers), then each compressor from the gain the mix shows.
         t_init = time.perf_counter()
@@ -149,6 +169,12 @@ def fit_console(
         if estimate.frame_gain is not None and options.compressor_start:
             init_report["compressor"] = judge.stage(  # type: ignore[union-attr]
                 "compressor start", lambda: compressor_start(console, audio, estimate, sr), stages
+            )
+        if estimate.coherent and options.placement:
+            # Pan, width and fader again, on what the strips now make of the stems
+            # (compressors included): the first solve's residual leaks into quiet tracks.
+            init_report["placement"] = judge.stage(  # type: ignore[union-attr]
+                "placement", lambda: placement_resolve(console, audio, reference, sr), stages
             )
         init_report["seconds"] = round(time.perf_counter() - t_init, 3)
     fit_report: dict[str, Any] | None = None

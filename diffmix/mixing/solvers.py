@@ -114,6 +114,10 @@ class MixEstimate:
         one_column: with ``coherent``, the stems solved as one channel (mono, or two
             channels carrying the same signal): their ``matrix`` holds column 0 only, the
             gains of channel 0 standing for both.
+        channel_gram: with ``coherent``, ``(N, 2, 2)`` each stem's channel Gram matrix
+            through its tone (real, trace 1; a one-column stem: ``[[1, 0], [0, 0]]``): the
+            weight of each direction of ``matrix`` in the stem's output energy, since
+            ``|(M - M') X|^2 = tr((M - M') C (M - M')^T)``.
     """
 
     gain_db: Tensor
@@ -130,6 +134,7 @@ class MixEstimate:
     frame_energy: Tensor | None = None
     frame_offset: int = 0
     one_column: list[bool] = field(default_factory=list)
+    channel_gram: Tensor | None = None
 
 
 
@@ -220,10 +225,10 @@ def estimate_mix(
         stems[..., :t], reference[..., :t], sample_rate, edges, 0.05 if ridge is None else ridge
     )
     incoherent: list[int] = []
-    matrix = tone = frames = None
+    matrix = tone = frames = chan = None
     if coherent:
         flags = list(mono) if mono is not None else [False] * stems.shape[0]
-        wc, ec, explained_c, resid, matrix, tone, frames = _solve_stereo(
+        wc, ec, explained_c, resid, matrix, tone, frames, chan = _solve_stereo(
             stems[..., :t], reference[..., :t], sample_rate, edges, 0.02 if ridge is None else ridge, flags
         )
         coherent = explained_c >= MIN_COHERENT_EXPLAINED
@@ -282,6 +287,7 @@ def estimate_mix(
         frame_energy=None if frames is None else torch.as_tensor(frames[1]),
         frame_offset=max(0, -lag),
         one_column=[] if frames is None else list(frames[2]),
+        channel_gram=None if matrix is None else torch.as_tensor(chan),
     )
 
 
@@ -375,9 +381,16 @@ def _shared_tone_fit(
 
 
 def _solve_stereo(
-    stems: Tensor, reference: Tensor, sample_rate: int, edges: np.ndarray, ridge: float, mono: list[bool]
+    stems: Tensor,
+    reference: Tensor,
+    sample_rate: int,
+    edges: np.ndarray,
+    ridge: float,
+    mono: list[bool],
+    with_frames: bool = True,
 ) -> tuple[
-    np.ndarray, np.ndarray, float, np.ndarray, np.ndarray, np.ndarray, tuple[np.ndarray, np.ndarray]
+    np.ndarray, np.ndarray, float, np.ndarray, np.ndarray, np.ndarray,
+    tuple[np.ndarray | None, np.ndarray | None, list[bool]], np.ndarray,
 ]:
     """Least squares of each reference channel on every stem channel, band by band, on the
     complex spectra; then each stem's channel matrix and tone.
@@ -396,7 +409,9 @@ def _solve_stereo(
         channels), the stems' band energies ``(N, nb)``, the share of the reference
         explained, the residual power per band ``(nb,)``, the channel matrices
         ``(N, 2, 2)``, the tones ``(N, nb)`` in dB (mean power 1 over ``s_b``), and the
-        frame gains and energies of :func:`~diffmix.mixing.analysis.frame_gains`.
+        frame gains and energies of :func:`~diffmix.mixing.analysis.frame_gains` with the
+        one-column flags, and each stem's channel Gram through its tone ``(N, 2, 2)``
+        (:attr:`MixEstimate.channel_gram`).
     """
     n = stems.shape[0]
     # A stem whose channels are (nearly) the same signal cannot show how its two channels
@@ -464,16 +479,48 @@ def _solve_stereo(
     power = np.zeros((n, nb))
     matrix = np.zeros((n, 2, 2))
     tone = np.zeros((n, nb))
+    chan = np.zeros((n, 2, 2))
     for k in range(n):
         idx = np.nonzero(owner == k)[0]
         gk = gram[:, idx][:, :, idx]  # (nb, d, d)
+        ck = np.real(np.einsum("b,bde->de", np.abs(e[:, k]) ** 2, gk))
+        chan[k, : len(idx), : len(idx)] = ck / max(float(np.trace(ck)), 1e-300)
         ak = amp[:, idx, :]  # (nb, d, 2)
         out = np.real(np.einsum("bdc,bde,bec->b", ak.conj(), gk, ak))  # contribution per band
         power[k] = np.maximum(out, 0.0) / np.maximum(energy[k], 1e-30)
         matrix[k, :, : len(idx)] = m_lr[idx].T
         tone[k] = 20 * np.log10(np.maximum(np.abs(e[:, k]), 1e-6))
-    frames = frame_gains(regs, [k for k, _ in cols], amp, reference, sample_rate, edges)
-    return power, energy, explained, np.maximum(resid, 0.0), matrix, tone, (*frames, mono)
+    frames = (
+        frame_gains(regs, [k for k, _ in cols], amp, reference, sample_rate, edges)
+        if with_frames
+        else (None, None)
+    )
+    return power, energy, explained, np.maximum(resid, 0.0), matrix, tone, (*frames, mono), chan
+
+
+def solve_placement(
+    stems: Tensor, reference: Tensor, sample_rate: int, *, mono: list[bool], ridge: float = 0.02
+) -> tuple[Tensor, list[bool], Tensor, float]:
+    """Each stem's channel matrix from an aligned reference, by the coherent solve of
+    :func:`estimate_mix` (per band and reference channel, a shared tone and a broadband
+    placement per stem), without the band-power and frame-gain passes.
+
+    Args:
+        stems: ``(N, 2, T)`` signals that reach the mix only through their channel
+            matrices (a strip's output before its width and pan, through the master bus).
+        reference: ``(2, T')`` the mix, sample-aligned with ``stems``.
+        mono: which stems are mono sources carried as two equal channels.
+
+    Returns:
+        ``matrix (N, 2, 2)``, the one-column flags, ``channel_gram (N, 2, 2)`` (as in
+        :class:`MixEstimate`) and the share of the reference explained.
+    """
+    t = min(stems.shape[-1], reference.shape[-1])
+    edges = band_edges(sample_rate)
+    _, _, explained, _, matrix, _, frames, chan = _solve_stereo(
+        stems[..., :t].detach(), reference[..., :t].detach(), sample_rate, edges, ridge, list(mono), False
+    )
+    return torch.as_tensor(matrix), list(frames[2]), torch.as_tensor(chan), explained
 
 
 def fit_eq_gains(

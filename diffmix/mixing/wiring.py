@@ -18,10 +18,11 @@ from torch import Tensor
 
 from diffmix.effects.dynamics import Compressor
 from diffmix.effects.eq import ParametricEQ
-from diffmix.effects.gain import Pan, Width
-from diffmix.functional.gain import pan_matrix, width_matrix
+from diffmix.effects.gain import Gain, Pan, Width
+from diffmix.functional.gain import db_to_amp, pan_matrix, width_matrix
+from diffmix.linalg import nnls
 from diffmix.mixing.analysis import band_edges, band_frame_powers, k_weight_power, stft_frames
-from diffmix.mixing.solvers import GAIN_DB_RANGE, MixEstimate, estimate_mix, fit_eq_gains
+from diffmix.mixing.solvers import GAIN_DB_RANGE, MixEstimate, estimate_mix, fit_eq_gains, solve_placement
 
 if TYPE_CHECKING:
     from diffmix.console import Console
@@ -74,15 +75,23 @@ def _placement_matrices(
 
 
 def stereo_placement(
-    console: Console, matrix: Tensor, one_column: list[bool] | None = None, steps: int = 401
+    console: Console,
+    matrix: Tensor,
+    one_column: list[bool] | None = None,
+    steps: int = 401,
+    channel_gram: Tensor | None = None,
 ) -> dict[str, Tensor]:
     """Each track's input gain, pan and width whose product in the strip best gives its
     channel matrix (from :func:`estimate_mix` with ``coherent``).
 
     A search over a ``steps x steps`` grid of pan (-1..1) and width (its range), then a
     grid 40 times finer around the best; the gain is the least-squares scale of each
-    candidate. A mono track's width only scales it (or, after the pan, spreads it): among
-    equal fits the one nearest width 1 is kept.
+    candidate. The distance between two matrices is the energy of the difference of
+    what they make of the stem, ``tr((M - M') C (M - M')^T)`` with ``C`` the stem's
+    channel Gram (``channel_gram``; default: the identity): a nearly mono stem's side,
+    which the solve barely sees and which carries little of its sound, then cannot pull
+    the placement of its mid (where its balance is) off. A mono track's width only scales
+    it (or, after the pan, spreads it): among equal fits the one nearest width 1 is kept.
 
     Args:
         console: the console whose strip holds a :class:`~diffmix.effects.gain.Pan` and/or
@@ -91,6 +100,7 @@ def stereo_placement(
             by the mono pan law's centre gain, as :func:`console_estimate` gives it).
         one_column: the stems whose matrix holds column 0 only (their two channels carry
             one signal); default: the console's mono tracks.
+        channel_gram: ``(N, 2, 2)`` (:attr:`~diffmix.mixing.solvers.MixEstimate.channel_gram`).
 
     Returns:
         ``{"gain_db": (N,), "strip.<pan>.pan": (N,), "strip.<width>.width": (N,)}`` as far as
@@ -112,6 +122,16 @@ def stereo_placement(
         target = matrix[k].double().cpu()
         if single:
             target = target[:, :1] * (math.sqrt(0.5) if mono else 1.0)
+            root = torch.ones(1, 1, dtype=torch.float64)
+        elif channel_gram is not None:
+            # C^(1/2): |(M - M') C^(1/2)|_F^2 is the energy of the difference on the stem
+            c = channel_gram[k].double().cpu()
+            val, vec = torch.linalg.eigh(0.5 * (c + c.T))
+            root = vec @ torch.diag(val.clamp_min(0.0).sqrt()) @ vec.T
+            root = root / root.square().sum().sqrt().clamp_min(1e-30)
+        else:
+            root = torch.eye(2, dtype=torch.float64)
+        target = target @ root
         best_p, best_w = 0.0, 1.0
         p_step = 2.0 / (steps - 1) if has_pan else 0.0
         w_step = (w_hi - w_lo) / (steps - 1) if w_spec else 0.0
@@ -126,7 +146,7 @@ def stereo_placement(
             pp, ww = torch.meshgrid(ps, ws, indexing="ij")
             pp, ww = pp.reshape(-1), ww.reshape(-1)
             eff = _placement_matrices(stages, pp, ww, mono)
-            eff = eff.sum(-1, keepdim=True) if single else eff  # two equal channels in
+            eff = (eff.sum(-1, keepdim=True) if single else eff) @ root  # single: two equal channels in
             num = (eff * target).sum((1, 2))
             den = (eff * eff).sum((1, 2)).clamp_min(1e-30)
             gain = num.clamp_min(0.0) / den
@@ -187,7 +207,7 @@ def initialise_console(
     if est.matrix is not None:
         # The stereo image from the channel solve: each track's gain, pan and width (the
         # tone, shared by both channels, goes to the EQ below).
-        placed = stereo_placement(console, est.matrix, est.one_column)
+        placed = stereo_placement(console, est.matrix, est.one_column, channel_gram=est.channel_gram)
         lo, hi = GAIN_DB_RANGE
         update[gain] = placed.pop("gain_db").clamp(lo, hi)
         update.update({k: v.view(values[k].exact().shape) for k, v in placed.items()})
@@ -421,3 +441,157 @@ def compressor_start(
     console.load_values({f"strip.{comp}.{k}": v for k, v in now.items()} | {fader: fade})
     return {"method": "frame gains vs the strip's compressor", **summary,
             "seconds": round(time.perf_counter() - t0, 3)}
+
+
+def _keyed_master(console: Console, signals: Tensor, key: Tensor) -> Tensor:
+    """``(B, 2, T)`` signals through the master bus with every compressor keyed by the
+    ``(1, 2, T)`` mix ``key``, on the console's timeline: the master as the linear,
+    time-varying map it is for a given mix (its gain curve set by the whole mix)."""
+    for effect in console.master.effects.values():
+        if isinstance(effect, Compressor):
+            signals = effect(signals, sidechain=key.expand_as(signals))
+        else:
+            signals = effect(signals)
+        key = effect(key)
+    return console._place(signals)  # noqa: SLF001 - the console's own timeline shift
+
+
+def _send_returns(console: Console, parts: Tensor) -> Tensor:
+    """The send buses' returns for the ``(N, 2, T)`` placed tracks: ``(1, 2, T)``."""
+    n = parts.shape[0]
+    out = parts.new_zeros(1, *parts.shape[1:])
+    for name, fx in console.sends.items():
+        level = db_to_amp(console.send_levels[name]()).to(parts.dtype).view(n, 1, 1)
+        ret = db_to_amp(console.return_levels[name]()).to(parts.dtype).view(1, 1, 1)
+        out = out + ret * fx((parts * level).sum(0, keepdim=True))
+    return out
+
+
+def _solve_sends(console: Console, parts: Tensor, reference: Tensor) -> dict[str, list[float]]:
+    """Every track's send level to every send bus, by non-negative least squares.
+
+    A send bus is linear in what it is fed (:class:`~diffmix.effects.reverb.Reverb`
+    convolves), so its return is ``sum_k a_k ret fx(track_k)`` and, through the master as
+    keyed by the current mix, the reference less the dry mix is a non-negative
+    combination of each track's return at unit send: its waveform, not only its energy,
+    so a reverb's decorrelated tail is told from the dry sound. Sets ``send_db``
+    (``20 log10 a``, within its range; ``a = 0``: the range's floor).
+    """
+    n = parts.shape[0]
+    names = list(console.sends)
+    if not names:
+        return {}
+    dry = (parts * console.direct.to(parts.dtype).view(n, 1, 1)).sum(0, keepdim=True)
+    key = dry + _send_returns(console, parts)
+    cols = []
+    for name in names:
+        ret = db_to_amp(console.return_levels[name]()).to(parts.dtype).view(1, 1, 1)
+        cols.append(_keyed_master(console, ret * console.sends[name](parts), key))  # (N, 2, T)
+    z = torch.cat(cols).reshape(len(names) * n, -1).double()
+    wet = reference[0, :, : parts.shape[-1]].double() - _keyed_master(console, dry, key)[0].double()
+    r = wet.reshape(-1)
+    gram, h = (z @ z.T).cpu().numpy(), (z @ r).cpu().numpy()
+    d = np.sqrt(np.maximum(np.diag(gram), 1e-300))
+    # |z a - r|^2 = |L^T a - L^-1 h|^2 + const with L L^T = gram (columns scaled to unit norm)
+    chol = np.linalg.cholesky(gram / np.outer(d, d) + 1e-9 * np.eye(len(d)))
+    a, _ = nnls(chol.T, np.linalg.solve(chol, h / d))
+    a = a / d
+    out = {}
+    for j, name in enumerate(names):
+        spec = console.send_levels[name].spec
+        amp = a[j * n : (j + 1) * n]
+        db = np.where(amp > 0, 20 * np.log10(np.maximum(amp, 1e-30)), spec.min).clip(spec.min, spec.max)
+        console.load_values({f"sends.{name}.send_db": torch.as_tensor(db)})
+        out[name] = [round(float(v), 2) for v in db]
+    return out
+
+
+def placement_resolve(
+    console: Console,
+    stems: Tensor,
+    reference: Tensor,
+    sample_rate: int,
+    *,
+    fader: str = "strip.fader.gain_db",
+    max_s: float = 60.0,
+    passes: int = 2,
+    sends: bool = True,
+) -> dict[str, object]:
+    """Re-solve each track's pan, width and fader, and its send levels, on what its strip
+    now makes of its stem.
+
+    The first closed form models a strip as a tone and a matrix: a compressor's moving
+    gain, the EQ's shape inside an analysis band and the master bus's dynamics are left
+    in its residual, which leaks into the placement of a quiet track whose stem is alike
+    a loud one's (two kick drums), and it cannot see a reverb send (decorrelated from the
+    stems). Here every track's strip output before its width and pan (its gain, EQ and
+    compressor as they now are), through the master bus with its dynamics keyed by the
+    current mix, is a regressor; the current send returns are taken off the reference;
+    the same coherent solve (:func:`~diffmix.mixing.solvers.solve_placement`) then gives
+    each track's channel matrix, which :func:`stereo_placement` (weighted by the track's
+    channel Gram) turns into width, pan and the fader. Then, with the tracks placed, each
+    send level by :func:`_solve_sends`. Everything after the compressor is linear in these
+    values, so with the strip's dynamics right the solve is exact.
+
+    Args:
+        console: a one-song console whose strip ends in width/pan/gain stages (``fader``
+            the last gain), without subgroups.
+        stems: ``(1, N, C, T)``; reference: ``(1, 2, T')`` on the console's timeline
+            (``offset_samples`` applied to the regressors).
+        max_s: at most this many seconds from the start are used.
+        passes: the send returns and the master's key depend on the placement and the
+            placement's target on the sends: each pass takes them from the last one's.
+        sends: also solve the send levels.
+
+    Returns:
+        A summary for the report: the pans, widths, fader changes, send levels, the share
+        explained and the seconds taken.
+    """
+    t0 = time.perf_counter()
+    values = console.named_values()
+    names = list(console.strip.effects)
+    placing = [isinstance(e, (Pan, Width)) for e in console.strip.effects.values()]
+    first = placing.index(True) if any(placing) else None
+    tail = names[first:] if first is not None else []
+    if (
+        first is None
+        or console.groups
+        or fader not in values
+        or not all(isinstance(console.strip.effects[k], (Pan, Width, Gain)) for k in tail)
+        or f"strip.{tail[-1]}.gain_db" != fader
+    ):
+        return {"method": "none", "reason": "needs a strip ending in width/pan and the fader, no groups"}
+    n = stems.shape[1]
+    t = min(stems.shape[-1], reference.shape[-1], int(max_s * sample_rate))
+    x = stems[..., :t]
+    spec = values[fader].spec
+    start = values[fader].exact().double().cpu().clone()
+    send_db: dict[str, list[float]] = {}
+    with torch.no_grad():
+        y = console.strip(x[0], until=names[first])  # (N, C, T): before the placement
+        y = y.expand(n, 2, t) if y.shape[1] == 1 else y
+    for _ in range(passes):
+        with torch.no_grad():
+            parts = console.strip(x[0])
+            returns = _send_returns(console, parts)
+            key = (parts * console.direct.to(parts.dtype).view(n, 1, 1)).sum(0, keepdim=True) + returns
+            pre = _keyed_master(console, torch.cat([y, returns]), key)
+            z, rest = pre[:n], pre[n]
+            target = reference[0, :, :t].to(z.dtype) - rest
+            matrix, one_col, chan, explained = solve_placement(
+                z * _strip_scale(console, z), target, sample_rate, mono=list(console.mono)
+            )
+        placed = stereo_placement(console, matrix, one_col, channel_gram=chan)
+        new = placed.pop("gain_db").view_as(start).clamp(spec.min, spec.max)
+        console.load_values({fader: new, **{k: v.view(values[k].exact().shape) for k, v in placed.items()}})
+        if sends and console.sends:
+            with torch.no_grad():
+                send_db = _solve_sends(console, console.strip(x[0]), reference[..., :t])
+    return {
+        "method": "coherent solve on the strips' outputs before the placement; sends by NNLS",
+        "explained": round(explained, 4),
+        **{k.split(".")[-1]: [round(float(v), 3) for v in placed[k].flatten()] for k in placed},
+        "fader_change_db": [round(float(v), 2) for v in (new - start).flatten()],
+        "send_db": send_db,
+        "seconds": round(time.perf_counter() - t0, 3),
+    }

@@ -131,7 +131,7 @@ def _fitted_contributions(preset: Path, stem_dir: Path) -> tuple[list[np.ndarray
 
 
 def _mix(stem_dir: Path, reference: Path, out: Path, *extra: str) -> tuple[float, dict]:
-    took = cli("mix", f"stems={stem_dir}", f"reference={reference}", f"out={out}", *extra)
+    took = cli("mix", f"stems={stem_dir}", f"reference={reference}", f"out={out}", *extra, timeout=TIMEOUT_S)
     report = json.loads((out / "mix_report.json").read_text())
     return took, report
 
@@ -255,6 +255,13 @@ def synthetic_stems(seconds: float, seed: int, sr: int = 44100) -> dict[str, np.
 
 
 SEEDS = int(os.environ.get("DIFFMIX_BENCH_MIX_SEEDS", "10") or 10)
+# Seconds one CLI fit may take (a loaded shared machine needs more than the default).
+TIMEOUT_S = float(os.environ.get("DIFFMIX_BENCH_MIX_TIMEOUT", "900") or 900)
+# DIFFMIX_BENCH_MIX_PARTIAL=<file>: (a)'s section is rewritten there after every fit.
+PARTIAL = os.environ.get("DIFFMIX_BENCH_MIX_PARTIAL", "")
+# The hidden settings of a run are drawn from seeds BASE_SEED, BASE_SEED + 1, ...: a fresh
+# base every run (printed, so a run can be repeated with DIFFMIX_BENCH_MIX_SEED=<base>).
+BASE_SEED = int(os.environ.get("DIFFMIX_BENCH_MIX_SEED") or np.random.SeedSequence().entropy % 100000)
 SYNTHETIC = int(os.environ.get("DIFFMIX_BENCH_MIX_SYNTHETIC", "2") or 0)
 AUDIBLE_LU = 30.0
 
@@ -274,98 +281,109 @@ def _hidden_console(tmp: Path, quick: bool, extra: list[str]) -> str:
     songs: list[tuple[str, Path]] = [(f.name, f / "stems") for f in _sets(quick)]
     for j in range(0 if quick else SYNTHETIC):
         folder = tmp / f"synthetic{j}"
-        for name, x in synthetic_stems(12.0, seed=1000 + j).items():
+        for name, x in synthetic_stems(12.0, seed=BASE_SEED + 1000 + j).items():
             write(folder / f"{name}.wav", x, 44100, subtype="FLOAT")
         songs.append((f"synthetic{j}", folder))
-    seeds = range(1 if quick else SEEDS)
+    seeds = range(BASE_SEED, BASE_SEED + (1 if quick else SEEDS))
+    print(f"mixing (a): hidden settings from seeds {seeds.start}..{seeds.stop - 1} "
+          f"(DIFFMIX_BENCH_MIX_SEED={BASE_SEED})", flush=True)
     rows, tracks, errs, bal_errs = [], [], [], []
     worst_mix, worst_sm, ratios = 0.0, 0.0, []
-    for song, stem_dir in songs:
-        st = load_stems(str(stem_dir))
-        sr = st.sample_rate
-        for seed in seeds:
-            hidden = _default_console(sr, st.names, st.mono)
-            hidden.load_values(draw_setting(hidden, st.audio, seed))
-            with torch.no_grad(), input_checks(False):
-                ref = hidden(st.audio)[0].double().numpy()
-                want = contributions(hidden, st.audio).double().numpy()
-            ref_path = write(tmp / f"{song}_{seed}_ref.wav", ref, sr, subtype="FLOAT")
-            out = tmp / f"{song}_{seed}"
-            took, report = _mix(stem_dir, ref_path, out, *extra)
-            fitted = load_preset(out / "mix_preset.yaml").eval()
-            fitted.offset_samples = 0
-            with torch.no_grad(), input_checks(False):
-                got = contributions(fitted, st.audio).double().numpy()
-                mix = fitted(st.audio)[0].double().numpy()
-            ref_lufs = _lufs(ref, sr)
-            mix_err = _lufs(mix, sr) - ref_lufs
-            sm_err = _side_mid_db(mix) - _side_mid_db(ref)
-            loss = MRSTFTLoss(sr, fft_sizes=(2048, 512, 128))
-            baseline = _equal_loudness_sum([x for x in st.audio[0].double().numpy()], sr, ref_lufs)
-
-            def d(a: np.ndarray, loss=loss, ref=ref) -> float:  # noqa: ANN001
-                m = min(a.shape[-1], ref.shape[-1])
-                pair = (torch.from_numpy(a[:, :m]).unsqueeze(0), torch.from_numpy(ref[:, :m]).unsqueeze(0))
-                return float(loss(*pair)[0])
-
-            ratio = d(mix) / d(baseline)
-            ratios.append(ratio)
-            worst_mix, worst_sm = max(worst_mix, abs(mix_err)), max(worst_sm, abs(sm_err))
-            ok_tracks, judged = 0, 0
-            for name, h, f in zip(st.names, want, got, strict=True):
-                lw, lg = _lufs(h, sr), _lufs(f, sr)
-                audible = np.isfinite(lw) and lw > ref_lufs - AUDIBLE_LU
-                bal = (_energy_db(f[0]) - _energy_db(f[1])) - (_energy_db(h[0]) - _energy_db(h[1]))
-                if audible:
-                    judged += 1
-                    ok_tracks += abs(lg - lw) <= 1.0
-                    errs.append(lg - lw)
-                    bal_errs.append(bal)
-                err = f"{lg - lw:+.2f}" if audible else f"({lg - lw:+.2f})"
-                tracks.append([song, str(seed), name, f"{lw:.1f}", err, f"{bal:+.2f}" if audible else "-"])
-            stages = (report.get("fit") or {}).get("stages", [])
-            kept = " ".join(("+" if st_["kept"] else "-") + st_["stage"].split()[0] for st_ in stages)
-            rows.append(
-                [song, str(seed), f"{ok_tracks}/{judged}", f"{mix_err:+.2f}", f"{sm_err:+.2f}",
-                 f"{100 * ratio:.0f} %", kept, fmt_s(took)]
+    def render() -> str:
+        within = sum(abs(e) <= 1.0 for e in errs)
+        share = within / max(1, len(errs))
+        worst = max((abs(e) for e in errs), default=float("nan"))
+        worst_bal = max((abs(e) for e in bal_errs), default=float("nan"))
+        goals = [
+            ("audible tracks within 1 LU of their hidden contribution >= 95 %",
+             f"{100 * share:.0f} % ({within}/{len(errs)})", share >= 0.95),
+            ("no audible track beyond 2 LU", f"worst {worst:.2f} LU", worst <= 2.0),
+            ("every track's L/R balance within 1.5 dB", f"worst {worst_bal:.2f} dB", worst_bal <= 1.5),
+            ("mix integrated loudness within 0.2 LU", f"worst {worst_mix:.2f} LU", worst_mix <= 0.2),
+            ("side/mid energy ratio within 1 dB", f"worst {worst_sm:.2f} dB", worst_sm <= 1.0),
+            ("MR-STFT <= 25 % of the equal-loudness sum's", f"worst {100 * max(ratios):.0f} %",
+             max(ratios) <= 0.25),
+        ]
+        return (
+            "### (a) Mix to a hidden setting drawn at random (diffmix console render, fit from neutral)\n\n"
+            f"Settings from `diffmix.mixing.hidden.draw_setting(seed)` for seeds {seeds.start}.."
+            f"{seeds.stop - 1} (base seed drawn for this run: DIFFMIX_BENCH_MIX_SEED={BASE_SEED})"
+            " on every shared song and on synthetic multitracks (5 stems, 12 s: four mono, "
+            "one wide pad): per track a gain (+-9 dB around equal loudness), width (30 % narrowed to mono), "
+            "pan (+-0.9), 1-3 EQ bands at random frequencies, gains (+-6 dB) and Qs, a compressor on about "
+            "half (ratio 1.5-8, attack 1-50 ms, release 30-500 ms, threshold 3-20 dB under the stem's peak), "
+            "a reverb send on about 30 %; a master compressor. A track's error is the integrated loudness of "
+            "its contribution to the fitted mix minus that to the reference (`contributions`: strip, sends, "
+            "and the master's dynamics keyed by the whole mix); audible: "
+            f"within {AUDIBLE_LU:g} LU of the mix. Stages: + kept, - reverted (judged on the full "
+            "length).\n\n"
+            + table([[g, v, "met" if ok else "**not met**"] for g, v, ok in goals], ["goal", "measured", ""])
+            + "\n\n"
+            + table(
+                rows,
+                ["song", "seed", "tracks within 1 LU", "mix loudness error LU", "side/mid error dB",
+                 "MR-STFT / equal-loudness sum", "stages", "wall time"],
             )
-    within = sum(abs(e) <= 1.0 for e in errs)
-    share = within / max(1, len(errs))
-    worst = max((abs(e) for e in errs), default=float("nan"))
-    worst_bal = max((abs(e) for e in bal_errs), default=float("nan"))
-    goals = [
-        ("audible tracks within 1 LU of their hidden contribution >= 95 %",
-         f"{100 * share:.0f} % ({within}/{len(errs)})", share >= 0.95),
-        ("no audible track beyond 2 LU", f"worst {worst:.2f} LU", worst <= 2.0),
-        ("every track's L/R balance within 1.5 dB", f"worst {worst_bal:.2f} dB", worst_bal <= 1.5),
-        ("mix integrated loudness within 0.2 LU", f"worst {worst_mix:.2f} LU", worst_mix <= 0.2),
-        ("side/mid energy ratio within 1 dB", f"worst {worst_sm:.2f} dB", worst_sm <= 1.0),
-        ("MR-STFT <= 25 % of the equal-loudness sum's", f"worst {100 * max(ratios):.0f} %",
-         max(ratios) <= 0.25),
-    ]
-    return (
-        "### (a) Mix to a hidden setting drawn at random (diffmix console render, fit from neutral)\n\n"
-        f"Settings from `diffmix.mixing.hidden.draw_setting(seed)` for seeds {seeds.start}.."
-        f"{seeds.stop - 1} on every shared song and on synthetic multitracks (5 stems, 12 s: four mono, "
-        "one wide pad): per track a gain (+-9 dB around equal loudness), width (30 % narrowed to mono), "
-        "pan (+-0.9), 1-3 EQ bands at random frequencies, gains (+-6 dB) and Qs, a compressor on about "
-        "half (ratio 1.5-8, attack 1-50 ms, release 30-500 ms, threshold 3-20 dB under the stem's peak), "
-        "a reverb send on about 30 %; a master compressor. A track's error is the integrated loudness of "
-        "its contribution to the fitted mix minus that to the reference (`contributions`: strip, sends, "
-        "and the master's dynamics keyed by the whole mix); audible: "
-        f"within {AUDIBLE_LU:g} LU of the mix. Stages: + kept, - reverted (judged on the full length).\n\n"
-        + table([[g, v, "met" if ok else "**not met**"] for g, v, ok in goals], ["goal", "measured", ""])
-        + "\n\n"
-        + table(
-            rows,
-            ["song", "seed", "tracks within 1 LU", "mix loudness error LU", "side/mid error dB",
-             "MR-STFT / equal-loudness sum", "stages", "wall time"],
+            + "\n\n<details><summary>Every track: hidden contribution (LUFS), loudness error (LU), "
+            "L/R balance error (dB)</summary>\n\n"
+            + table(tracks, ["song", "seed", "track", "hidden LUFS", "error LU", "balance error dB"])
+            + "\n\n</details>"
         )
-        + "\n\n<details><summary>Every track: hidden contribution (LUFS), loudness error (LU), "
-        "L/R balance error (dB)</summary>\n\n"
-        + table(tracks, ["song", "seed", "track", "hidden LUFS", "error LU", "balance error dB"])
-        + "\n\n</details>"
-    )
+
+    # Seeds outer, songs inner: a run cut short still has every song.
+    loaded = {song: load_stems(str(stem_dir)) for song, stem_dir in songs}
+    for seed, (song, stem_dir) in ((s, x) for s in seeds for x in songs):
+        st = loaded[song]
+        sr = st.sample_rate
+        hidden = _default_console(sr, st.names, st.mono)
+        hidden.load_values(draw_setting(hidden, st.audio, seed))
+        with torch.no_grad(), input_checks(False):
+            ref = hidden(st.audio)[0].double().numpy()
+            want = contributions(hidden, st.audio).double().numpy()
+        ref_path = write(tmp / f"{song}_{seed}_ref.wav", ref, sr, subtype="FLOAT")
+        out = tmp / f"{song}_{seed}"
+        took, report = _mix(stem_dir, ref_path, out, *extra)
+        fitted = load_preset(out / "mix_preset.yaml").eval()
+        fitted.offset_samples = 0
+        with torch.no_grad(), input_checks(False):
+            got = contributions(fitted, st.audio).double().numpy()
+            mix = fitted(st.audio)[0].double().numpy()
+        ref_lufs = _lufs(ref, sr)
+        mix_err = _lufs(mix, sr) - ref_lufs
+        sm_err = _side_mid_db(mix) - _side_mid_db(ref)
+        loss = MRSTFTLoss(sr, fft_sizes=(2048, 512, 128))
+        baseline = _equal_loudness_sum([x for x in st.audio[0].double().numpy()], sr, ref_lufs)
+
+        def d(a: np.ndarray, loss=loss, ref=ref) -> float:  # noqa: ANN001
+            m = min(a.shape[-1], ref.shape[-1])
+            pair = (torch.from_numpy(a[:, :m]).unsqueeze(0), torch.from_numpy(ref[:, :m]).unsqueeze(0))
+            return float(loss(*pair)[0])
+
+        ratio = d(mix) / d(baseline)
+        ratios.append(ratio)
+        worst_mix, worst_sm = max(worst_mix, abs(mix_err)), max(worst_sm, abs(sm_err))
+        ok_tracks, judged = 0, 0
+        for name, h, f in zip(st.names, want, got, strict=True):
+            lw, lg = _lufs(h, sr), _lufs(f, sr)
+            audible = np.isfinite(lw) and lw > ref_lufs - AUDIBLE_LU
+            bal = (_energy_db(f[0]) - _energy_db(f[1])) - (_energy_db(h[0]) - _energy_db(h[1]))
+            if audible:
+                judged += 1
+                ok_tracks += abs(lg - lw) <= 1.0
+                errs.append(lg - lw)
+                bal_errs.append(bal)
+            err = f"{lg - lw:+.2f}" if audible else f"({lg - lw:+.2f})"
+            tracks.append([song, str(seed), name, f"{lw:.1f}", err, f"{bal:+.2f}" if audible else "-"])
+        stages = (report.get("fit") or {}).get("stages", [])
+        kept = " ".join(("+" if st_["kept"] else "-") + st_["stage"].split()[0] for st_ in stages)
+        rows.append(
+            [song, str(seed), f"{ok_tracks}/{judged}", f"{mix_err:+.2f}", f"{sm_err:+.2f}",
+             f"{100 * ratio:.0f} %", kept, fmt_s(took)]
+        )
+        print("mixing (a):", " | ".join(rows[-1]), flush=True)
+        if PARTIAL:
+            Path(PARTIAL).write_text(render())
+    return render()
 
 
 def _equal_loudness_sum(stems: list[np.ndarray], sr: int, ref_lufs: float) -> np.ndarray:
@@ -440,6 +458,53 @@ def _producer(tmp: Path, quick: bool, extra: list[str]) -> str:
         + f"\n\nBar (MR-STFT distance at most 60 % of the equal-loudness sum's, every set): "
         f"{'met' if ok_all else '**not met**'}. The bar is judged on the written file as delivered, "
         "default config; the high-pass column is the same fit with `~console.strip.hpf`."
+    )
+
+
+STYLE_OVERRIDES = ["aligned=false", "+loss.weights.dynamics=0.01"]
+
+
+def _toward_song(tmp: Path, quick: bool, extra: list[str]) -> str:
+    """(d) Every shared song's stems mixed toward every other shared song's mix.flac."""
+    from diffmix.mixing.style import STYLE_TERMS, style_distances
+
+    sets = _sets(quick) if not quick else shared_sets()[:2]
+    rows, ok_all = [], True
+    for a in sets:
+        st = load_stems(str(a / "stems"))
+        sr = st.sample_rate
+        gains = torch.as_tensor([-30.0 - _lufs(x.double().numpy(), sr) for x in st.audio[0]])
+        gains = torch.where(torch.isfinite(gains), gains, torch.zeros_like(gains))
+        base = (st.audio[0].double() * 10 ** (gains.view(-1, 1, 1) / 20)).sum(0, keepdim=True)
+        for b in sets:
+            if b == a:
+                continue
+            ref_np, _ = read(b / "mix.flac")
+            ref = torch.from_numpy(ref_np).unsqueeze(0)
+            out = tmp / f"style_{a.name}_{b.name}"
+            took, report = _mix(a / "stems", b / "mix.flac", out, *STYLE_OVERRIDES, *extra)
+            mix, _ = read(out / "mix.wav")
+            before = style_distances(base, ref, sr)
+            after = style_distances(torch.from_numpy(mix).unsqueeze(0), ref, sr)
+            ok = all(after[k] <= 0.5 * before[k] for k in STYLE_TERMS)
+            ok_all &= ok
+            stages = (report.get("fit") or {}).get("stages", [])
+            kept = " ".join(("+" if s_["kept"] else "-") + s_["stage"].split()[0] for s_ in stages)
+            rows.append([a.name, b.name, *[f"{before[k]:.2f} -> {after[k]:.2f}" for k in STYLE_TERMS],
+                         "met" if ok else "**not met**", kept, fmt_s(took)])
+            print("mixing (d):", " | ".join(rows[-1]), flush=True)
+    return (
+        "### (d) Mix toward another song's mix.flac (aligned=false)\n\n"
+        f"`diffmix mix stems=<song A> reference=<song B>/mix.flac {' '.join(STYLE_OVERRIDES)}` for every "
+        "ordered pair of shared songs. Distances (before: the equal-loudness sum, every stem at "
+        "-30 LUFS, as the fit starts; after: the written mix.wav): tone mid / side = RMS dB difference "
+        "of the third-octave shapes over the bands live in both; width = RMS dB difference of side/mid "
+        "in 4 bands; loudness, LRA in LU; crest in dB. Goal: every distance at most half the "
+        "equal-loudness sum's.\n\n"
+        + table(rows, ["stems", "reference", *[f"{k} before -> after" for k in STYLE_TERMS], "<= half",
+                       "stages", "wall time"])
+        + f"\n\nGoal (every distance at most half the equal-loudness sum's, every pair): "
+        f"{'met' if ok_all else '**not met**'}."
     )
 
 
@@ -523,6 +588,7 @@ def run(quick: bool) -> str:
             _hidden_console(tmp, quick, extra),
             _hidden(tmp, quick, extra),
             _producer(tmp, quick, extra),
+            _toward_song(tmp, quick, extra),
             _speed(tmp, quick),
         ]
     finally:
