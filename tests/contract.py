@@ -229,8 +229,8 @@ _GAIN = {"gradcheck": (2, 64), "batch_n": 256}
 _DYNAMICS = {"gradcheck": (1, 96)}
 _LOOSE = (1e-4, 1e-9)  # effects whose batched FFTs round differently in float32
 
-_EQ_BANDS = ["highpass2", "low_shelf", "peak", "notch", "bandpass", "high_shelf", "lowpass"]
-_EQ_SETTINGS = (
+EQ_BANDS = ["highpass2", "low_shelf", "peak", "notch", "bandpass", "high_shelf", "lowpass"]
+EQ_SETTINGS = (  # two per-item settings of EQ_BANDS
     {
         "freq_hz": [30.0, 120.0, 900.0, 3000.0, 5000.0, 9000.0, 16000.0],
         "q": [0.7071, 0.8, 2.0, 4.0, 0.5, 0.7071, 1.2],
@@ -242,7 +242,7 @@ _EQ_SETTINGS = (
         "gain_db": [0.0, -3.0, 9.0, 0.0, 0.0, -5.0, 0.0],
     },
 )
-_SIX = ["low_shelf", "peak", "peak", "peak", "peak", "high_shelf"]
+EQ_SIX = ["low_shelf", "peak", "peak", "peak", "peak", "high_shelf"]
 # EQ: a random projection of the full Jacobian keeps every band in the gradcheck at a
 # fraction of the dense cost; the extremes run with a short fixed FFT tail (finiteness is
 # checked there, not the tail).
@@ -348,14 +348,14 @@ CASES: dict[str, Case] = {
         for name, values in _MULTIBAND_VALUES.items()
     },
     # eq.py
-    "eq_fft": Case(lambda v: ParametricEQ(SR, bands=_EQ_BANDS, **v), _EQ_SETTINGS,
-                   plain={**_EQ_SETTINGS[0], "fft_tail_s": 0.05}, **_EQ),
-    "eq_exact": Case(lambda v: ParametricEQ(SR, bands=_EQ_BANDS, mode="exact", **v), _EQ_SETTINGS,
-                     channels=1, plain={**_EQ_SETTINGS[0], "fft_tail_s": 0.05}, **_EQ),
+    "eq_fft": Case(lambda v: ParametricEQ(SR, bands=EQ_BANDS, **v), EQ_SETTINGS,
+                   plain={**EQ_SETTINGS[0], "fft_tail_s": 0.05}, **_EQ),
+    "eq_exact": Case(lambda v: ParametricEQ(SR, bands=EQ_BANDS, mode="exact", **v), EQ_SETTINGS,
+                     channels=1, plain={**EQ_SETTINGS[0], "fft_tail_s": 0.05}, **_EQ),
     # Per-channel (M, S) values are checked in test_eq's mid/side test: a lone item's
     # (C, bands) would read as (B, bands), so the batch check runs per-item values here.
     "eq_ms": Case(
-        lambda v: ParametricEQ(SR, bands=_SIX, stereo="ms", **v),
+        lambda v: ParametricEQ(SR, bands=EQ_SIX, stereo="ms", **v),
         ({"gain_db": [2.0, -3.0, 1.0, 0.0, 4.0, -2.0], "mix": 0.7},
          {"gain_db": [-1.0, 0.0, 5.0, 2.0, 0.0, 1.0], "mix": 1.0}),
         plain={"gain_db": [2.0, -3.0, 1.0, 0.0, 4.0, -2.0], "mix": 0.7, "fft_tail_s": 0.05},

@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from contract import noise
+from contract import EQ_BANDS, EQ_SETTINGS, EQ_SIX, noise
 from scipy import signal
 from test_filters import rbj_reference
 
@@ -17,21 +17,8 @@ from diffmix.functional.eq import parametric_eq
 from diffmix.functional.gain import left_right, mid_side
 
 SR = 44100
-BANDS = ["highpass2", "low_shelf", "peak", "notch", "bandpass", "high_shelf", "lowpass"]
-# Two settings of BANDS (per-item values in the batch tests).
-SETTINGS = [
-    {
-        "freq_hz": [30.0, 120.0, 900.0, 3000.0, 5000.0, 9000.0, 16000.0],
-        "q": [0.7071, 0.8, 2.0, 4.0, 0.5, 0.7071, 1.2],
-        "gain_db": [0.0, 4.0, -6.0, 0.0, 0.0, 3.0, 0.0],
-    },
-    {
-        "freq_hz": [45.0, 200.0, 2500.0, 1000.0, 700.0, 6000.0, 18000.0],
-        "q": [1.5, 0.5, 0.7, 8.0, 2.0, 1.0, 0.7071],
-        "gain_db": [0.0, -3.0, 9.0, 0.0, 0.0, -5.0, 0.0],
-    },
-]
-SIX = ["low_shelf", "peak", "peak", "peak", "peak", "high_shelf"]
+# The EQ settings the contract uses (tests/contract.py): BANDS, two per-item SETTINGS of it, SIX.
+BANDS, SETTINGS, SIX = EQ_BANDS, EQ_SETTINGS, EQ_SIX
 
 
 def scipy_sos(bands, values, fs) -> np.ndarray:

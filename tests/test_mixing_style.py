@@ -54,37 +54,32 @@ def _reference() -> torch.Tensor:
         return other(_song(11))
 
 
-def test_tone_start_halves_the_mid_shape_distance():
+def _around(start):  # noqa: ANN001, ANN202
+    """Style distances of a fresh console toward the reference before and after ``start``,
+    and its summary."""
     stems, ref = _song(3), _reference()
     console = _console()
     with torch.no_grad():
         before = style_distances(console(stems), ref, SR)
-    summary = tone_start(console, stems, ref, SR)
+    summary = start(console, stems, ref, SR)
     with torch.no_grad():
         after = style_distances(console(stems), ref, SR)
+    return before, after, summary
+
+
+def test_tone_start_halves_the_mid_shape_distance():
+    before, after, summary = _around(tone_start)
     assert before["tone_mid"] > 3.0, before  # the two songs differ in tone: the step matters
     assert after["tone_mid"] < 0.5 * before["tone_mid"], (before, after, summary)
 
 
 def test_width_start_halves_the_width_distance():
-    stems, ref = _song(3), _reference()
-    console = _console()
-    with torch.no_grad():
-        before = style_distances(console(stems), ref, SR)
-    summary = width_start(console, stems, ref, SR)
-    with torch.no_grad():
-        after = style_distances(console(stems), ref, SR)
+    before, after, summary = _around(width_start)
     assert before["width"] > 3.0, before
     assert after["width"] < 0.5 * before["width"], (before, after, summary)
 
 
 def test_dynamics_start_brings_crest_and_lra_toward_a_squashed_reference():
-    stems, ref = _song(3), _reference()
-    console = _console()
-    with torch.no_grad():
-        before = style_distances(console(stems), ref, SR)
-    summary = dynamics_start(console, stems, ref, SR)
-    with torch.no_grad():
-        after = style_distances(console(stems), ref, SR)
+    before, after, summary = _around(dynamics_start)
     assert before["crest"] > 1.0, before
     assert summary["ratio"] > 1.0 and after["crest"] < 0.5 * before["crest"], (before, after, summary)
