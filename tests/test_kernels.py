@@ -387,3 +387,22 @@ class TestKernelEffectsContractTorch(Contract):
 def _torch_backend_for_contracts(request, monkeypatch):
     if request.cls is not None and request.cls.__name__.endswith("ContractTorch"):
         monkeypatch.setenv(B.ENV, "torch")
+
+
+def test_ops_do_not_import_dynamo():
+    """Calling the ops (forward and backward) in a fresh process leaves ``torch._dynamo``
+    unimported: ``torch.library.custom_op`` would import it (about 0.7 s) on the first call."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, torch\n"
+        "from diffmix.effects import Compressor, Limiter\n"
+        "x = torch.randn(1, 2, 4410, requires_grad=True)\n"
+        "(Limiter(44100)(Compressor(44100)(x))).sum().backward()\n"
+        "assert x.grad is not None and torch.isfinite(x.grad).all()\n"
+        "print('torch._dynamo' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         check=True).stdout
+    assert out.strip() == "False"

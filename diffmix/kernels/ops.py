@@ -20,12 +20,45 @@ Ops:
   :mod:`diffmix.kernels._triton_peaks`).
 
 The ``"torch"`` backend is composite PyTorch code and needs no op.
+
+The ops are defined on a :class:`torch.library.Library` directly (:func:`_op`) rather than
+with ``torch.library.custom_op``: the latter wraps every implementation in
+``torch._disable_dynamo``, which imports ``torch._dynamo`` (about 0.7 s) on the first call
+in every process, compiled or not.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import torch
 from torch import Tensor
+
+_LIB = torch.library.Library("diffmix", "DEF")
+
+
+def _op(name: str) -> Callable[[Callable[..., Any]], torch._ops.OpOverload]:
+    """Define ``diffmix::<name>`` with the decorated function's signature (no argument is
+    mutated) and implement it by that function on every device; returns the op."""
+
+    def define(fn: Callable[..., Any]) -> torch._ops.OpOverload:
+        _LIB.define(name + torch.library.infer_schema(fn, mutates_args=()))
+        _LIB.impl(name, fn, "CompositeExplicitAutograd")
+        op = getattr(torch.ops.diffmix, name).default
+        op.__doc__ = fn.__doc__
+        return op
+
+    return define
+
+
+def _fake(op: torch._ops.OpOverload) -> Callable[[Callable[..., Any]], Any]:
+    """Register the decorated function as ``op``'s shape-only implementation."""
+    return torch.library.register_fake(op, lib=_LIB)
+
+
+def _autograd(op: torch._ops.OpOverload, backward: Callable[..., Any], setup: Callable[..., Any]) -> None:
+    torch.library.register_autograd(op, backward, setup_context=setup, lib=_LIB)
 
 
 def _kernels(backend: str):  # noqa: ANN202
@@ -44,7 +77,7 @@ def _no_store(x: Tensor, dtype: torch.dtype) -> Tensor:
 
 
 # --------------------------------------------------------------------------- smoother
-@torch.library.custom_op("diffmix::smooth", mutates_args=())
+@_op("smooth")
 def smooth(g: Tensor, a_down: Tensor, a_up: Tensor, hold: Tensor, init: Tensor, holds: bool,
            store: bool, backend: str) -> tuple[Tensor, Tensor]:
     """Branching smoother over ``(rows, T)``: ``(y, mode)``; ``mode`` (the branch taken per
@@ -57,13 +90,13 @@ def smooth(g: Tensor, a_down: Tensor, a_up: Tensor, hold: Tensor, init: Tensor, 
     return smooth_forward_numba(g, a_down, a_up, hold, init, store)
 
 
-@smooth.register_fake
+@_fake(smooth)
 def _(g, a_down, a_up, hold, init, holds, store, backend):  # noqa: ANN001, ANN202
     mode = g.new_empty(g.shape, dtype=torch.uint8) if store else _no_store(g, torch.uint8)
     return torch.empty_like(g), mode
 
 
-@torch.library.custom_op("diffmix::smooth_backward", mutates_args=())
+@_op("smooth_backward")
 def smooth_backward(gy: Tensor, g: Tensor, y: Tensor, mode: Tensor, a_down: Tensor,
                     a_up: Tensor, init: Tensor, backend: str) -> tuple[Tensor, Tensor, Tensor]:
     """``(dg, da_down, da_up)`` from the decisions ``mode`` the forward recorded."""
@@ -75,7 +108,7 @@ def smooth_backward(gy: Tensor, g: Tensor, y: Tensor, mode: Tensor, a_down: Tens
     return smooth_backward_numba(gy, g, y, mode, a_down, a_up, init)
 
 
-@smooth_backward.register_fake
+@_fake(smooth_backward)
 def _(gy, g, y, mode, a_down, a_up, init, backend):  # noqa: ANN001, ANN202
     return torch.empty_like(g), torch.empty_like(a_down), torch.empty_like(a_up)
 
@@ -97,11 +130,11 @@ def _smooth_grad(ctx, gy, _gmode):  # noqa: ANN001, ANN202
     return gg, gad, gau, None, None, None, None, None
 
 
-smooth.register_autograd(_smooth_grad, setup_context=_smooth_setup)
+_autograd(smooth, _smooth_grad, _smooth_setup)
 
 
 # --------------------------------------------------------------------------- compressor/expander
-@torch.library.custom_op("diffmix::dynamics", mutates_args=())
+@_op("dynamics")
 def dynamics(x: Tensor, side: Tensor | None, params: Tensor, hold: Tensor, kind: int,
              mean: bool, lookahead: int, amp: bool, store: bool,
              backend: str) -> tuple[Tensor, Tensor, Tensor]:
@@ -116,7 +149,7 @@ def dynamics(x: Tensor, side: Tensor | None, params: Tensor, hold: Tensor, kind:
     return fused_forward(x, side, params, hold, kind, mean, lookahead, amp, store)
 
 
-@dynamics.register_fake
+@_fake(dynamics)
 def _(x, side, params, hold, kind, mean, lookahead, amp, store, backend):  # noqa: ANN001, ANN202
     rows, _, n = x.shape
     if store:
@@ -125,7 +158,7 @@ def _(x, side, params, hold, kind, mean, lookahead, amp, store, backend):  # noq
     return torch.empty_like(x), _no_store(x, x.dtype), _no_store(x, torch.uint8)
 
 
-@torch.library.custom_op("diffmix::dynamics_backward", mutates_args=())
+@_op("dynamics_backward")
 def dynamics_backward(gout: Tensor, x: Tensor, side: Tensor | None, params: Tensor, y: Tensor,
                       mode: Tensor, kind: int, mean: bool, lookahead: int, amp: bool,
                       backend: str) -> tuple[Tensor, Tensor, Tensor]:
@@ -139,7 +172,7 @@ def dynamics_backward(gout: Tensor, x: Tensor, side: Tensor | None, params: Tens
     return fused_backward(gout, x, side, params, y, mode, kind, mean, lookahead, amp)
 
 
-@dynamics_backward.register_fake
+@_fake(dynamics_backward)
 def _(gout, x, side, params, y, mode, kind, mean, lookahead, amp, backend):  # noqa: ANN001, ANN202
     gside = x.new_empty(0) if side is None else torch.empty_like(side)
     return torch.empty_like(x), gside, torch.empty_like(params)
@@ -167,7 +200,7 @@ def _dynamics_grad(ctx, gout, _gy, _gmode):  # noqa: ANN001, ANN202
     return gx, (gside if ctx.has_side else None), gparams, None, None, None, None, None, None, None
 
 
-dynamics.register_autograd(_dynamics_grad, setup_context=_dynamics_setup)
+_autograd(dynamics, _dynamics_grad, _dynamics_setup)
 
 
 # --------------------------------------------------------------------------- limiter
@@ -180,7 +213,7 @@ def _peak_kernels(backend: str):  # noqa: ANN202
     return _peak_kernels
 
 
-@torch.library.custom_op("diffmix::limiter_envelope", mutates_args=())
+@_op("limiter_envelope")
 def limiter_envelope(x: Tensor, taps: Tensor, want_code: bool, backend: str) -> tuple[Tensor, Tensor]:
     """True-peak level ``(B, 1, T)`` of ``x`` ``(B, C, T)`` with the interpolator ``taps``
     ``(phases, K)``, and the winner per sample ``(B, T)`` int32 (``(1, 1)`` unless
@@ -188,21 +221,21 @@ def limiter_envelope(x: Tensor, taps: Tensor, want_code: bool, backend: str) -> 
     return _peak_kernels(backend).envelope_forward(x, taps, want_code)
 
 
-@limiter_envelope.register_fake
+@_fake(limiter_envelope)
 def _(x, taps, want_code, backend):  # noqa: ANN001, ANN202
     b, _, t = x.shape
     code = x.new_empty((b, t), dtype=torch.int32) if want_code else _no_store(x, torch.int32)
     return x.new_empty((b, 1, t)), code
 
 
-@torch.library.custom_op("diffmix::limiter_envelope_backward", mutates_args=())
+@_op("limiter_envelope_backward")
 def limiter_envelope_backward(grad: Tensor, x: Tensor, taps: Tensor, code: Tensor,
                               backend: str) -> Tensor:
     """``dx`` ``(B, C, T)`` from the level's gradient ``(B, 1, T)``."""
     return _peak_kernels(backend).envelope_backward(grad, x, taps, code)
 
 
-@limiter_envelope_backward.register_fake
+@_fake(limiter_envelope_backward)
 def _(grad, x, taps, code, backend):  # noqa: ANN001, ANN202
     return torch.empty_like(x)
 
@@ -223,29 +256,29 @@ def _envelope_grad(ctx, grad, _gcode):  # noqa: ANN001, ANN202
     return limiter_envelope_backward(grad, x, taps, code, ctx.backend), None, None, None
 
 
-limiter_envelope.register_autograd(_envelope_grad, setup_context=_envelope_setup)
+_autograd(limiter_envelope, _envelope_grad, _envelope_setup)
 
 
-@torch.library.custom_op("diffmix::limiter_ramp", mutates_args=())
+@_op("limiter_ramp")
 def limiter_ramp(required: Tensor, lookahead: int, backend: str) -> tuple[Tensor, Tensor]:
     """The limiter's lookahead ramp over ``(rows, T)`` and, per window ``i < T + L``, the
     sample holding its minimum (int64, ``-1`` for the padding), for the backward."""
     return _peak_kernels(backend).ramp_forward(required, lookahead)
 
 
-@limiter_ramp.register_fake
+@_fake(limiter_ramp)
 def _(required, lookahead, backend):  # noqa: ANN001, ANN202
     rows, t = required.shape
     return torch.empty_like(required), required.new_empty((rows, t + lookahead), dtype=torch.int64)
 
 
-@torch.library.custom_op("diffmix::limiter_ramp_backward", mutates_args=())
+@_op("limiter_ramp_backward")
 def limiter_ramp_backward(grad: Tensor, arg: Tensor, lookahead: int, backend: str) -> Tensor:
     """``drequired`` ``(rows, T)``."""
     return _peak_kernels(backend).ramp_backward(grad, arg, lookahead)
 
 
-@limiter_ramp_backward.register_fake
+@_fake(limiter_ramp_backward)
 def _(grad, arg, lookahead, backend):  # noqa: ANN001, ANN202
     return torch.empty_like(grad)
 
@@ -266,4 +299,4 @@ def _ramp_grad(ctx, grad, _garg):  # noqa: ANN001, ANN202
     return limiter_ramp_backward(grad.contiguous(), arg, ctx.lookahead, ctx.backend), None, None
 
 
-limiter_ramp.register_autograd(_ramp_grad, setup_context=_ramp_setup)
+_autograd(limiter_ramp, _ramp_grad, _ramp_setup)
