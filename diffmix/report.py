@@ -1,4 +1,5 @@
-"""Job reports: the headline measurements of a signal, JSON that represents every number
+"""Job reports: the headline measurements of a signal (:class:`ChunkMeter`, fed chunk by
+chunk, and :func:`summary`, its one-chunk case), JSON that represents every number
 unambiguously (:func:`plain`, :func:`write_json`: the one JSON encoder), and the PNG plot."""
 
 from __future__ import annotations
@@ -12,9 +13,16 @@ import torch
 from torch import Tensor
 
 from diffmix.errors import UserError
+from diffmix.functional.loudness import GatedMeter
+from diffmix.functional.peaks import oversample, oversampling_factor, peak_ratio_db, strict_envelope
 from diffmix.io import atomic_path, atomic_write_text
 
 SHORT_TERM_S = 3.0  # the short-term meter's window: its first value is at the window's end
+# True-peak context either side of a chunk: more than half the interpolation filter.
+PEAK_CONTEXT = 256
+# The strict meter's reach (peaks.strict_envelope: its ideal interpolation's FFT blocks and
+# every FIR upsampler), so a chunk read with this much context meters as the whole file does.
+STRICT_CONTEXT = 4096
 
 if TYPE_CHECKING:
     from diffmix.features import FeatureExtractor
@@ -48,38 +56,125 @@ def write_json(path: str | Path, data: dict[str, Any]) -> Path:
 
 
 def summary(x: torch.Tensor, sample_rate: int) -> dict:
-    """The headline measurements of ``(1, C, T)`` audio for a job report.
+    """The headline measurements of ``(1, C, T)`` audio for a job report: a
+    :class:`ChunkMeter` fed the whole signal as one chunk (:meth:`ChunkMeter.summary`).
 
     Loudness in LUFS, LRA in LU, peaks in dBTP/dBFS (max over channels), ratios in dB.
     Silence reads ``-inf`` (written to JSON as the string ``"-inf"``). The full analysis
     (series, spectra, per-band stereo) is the ``analyze`` job's.
     """
-    from diffmix.functional.analysis import side_mid_ratio_db, stereo_correlation
-    from diffmix.functional.loudness import integrated_loudness, loudness_range, short_term_loudness
-    from diffmix.functional.peaks import peak_ratio_db, true_peak
-
-    def rel(peak: float, level: float) -> float:  # PLR and PSR, as the meters define them
-        return float(peak_ratio_db(torch.tensor(peak, dtype=torch.float64),
-                                   torch.tensor(level, dtype=torch.float64)))
-
+    meter = ChunkMeter(sample_rate, x.shape[1])
+    w = ChunkMeter.warmup(sample_rate)
     with torch.no_grad():
-        lufs = float(integrated_loudness(x, sample_rate)[0])
-        tp = 20.0 * math.log10(max(float(true_peak(x, sample_rate).amax()), 1e-300))
-        sp = 20.0 * math.log10(max(float(x.abs().amax()), 1e-300))
-        st_max = float(short_term_loudness(x, sample_rate).amax())
+        meter.add(torch.nn.functional.pad(x.detach(), (w, PEAK_CONTEXT)), w, x.shape[-1])
+    return meter.summary()
+
+
+class ChunkMeter:
+    """The headline measurements of a signal fed chunk by chunk (:meth:`summary`): loudness,
+    loudness range, true and sample peaks, and for stereo the correlation and side/mid.
+
+    Feed each chunk with ``left`` samples of the signal before it (at least
+    :meth:`warmup` of them, zeros before the start) and ``PEAK_CONTEXT`` after it
+    (``STRICT_CONTEXT`` each side with ``strict``). Chunks must start on multiples of the
+    100 ms gating hop. Loudness is :class:`~diffmix.functional.loudness.GatedMeter`'s;
+    ``strict`` meters the true peak on :func:`~diffmix.functional.peaks.strict_envelope`
+    (every usual meter): the delivery ceiling's check.
+    """
+
+    def __init__(self, sample_rate: int, channels: int, *, strict: bool = False) -> None:
+        self.sr, self.channels, self.strict = sample_rate, channels, strict
+        self.gated = GatedMeter(sample_rate, channels)
+        self.peak = 0.0
+        self.sample_peak = 0.0
+        self.square_sum = 0.0  # for the ungated estimate (rough_lufs)
+        self.samples = 0
+        self.stereo = torch.zeros(5, dtype=torch.float64)  # sums of LR, LL, RR, MM, SS
+
+    @staticmethod
+    def warmup(sample_rate: int) -> int:
+        """Left context the meter needs, in samples (a whole number of meter units)."""
+        return max(PEAK_CONTEXT, GatedMeter.warmup(sample_rate))
+
+    def add(self, y: Tensor, left: int, n: int) -> None:
+        """Meter ``y[..., left : left + n]`` of ``y`` ``(1, C, left + n + right)``."""
+        w = self.warmup(self.sr)
+        if left < w or y.shape[-1] < left + n + PEAK_CONTEXT:
+            raise ValueError(f"ChunkMeter: need {w} samples before and {PEAK_CONTEXT} after a chunk")
+        y = y.detach()
+        self.gated.add(y, left, n)
+        if self.strict:
+            q = STRICT_CONTEXT
+            if left < q or y.shape[-1] < left + n + q:
+                raise ValueError(f"ChunkMeter: the strict meter needs {q} samples each side of a chunk")
+            level = strict_envelope(y[..., left - q : left + n + q], self.sr)
+            self.peak = max(self.peak, float(level[..., q : q + n].amax()))
+        else:
+            f = oversampling_factor(self.sr)
+            p = PEAK_CONTEXT
+            over = oversample(y[..., left - p : left + n + p], self.sr)
+            self.peak = max(self.peak, float(over[..., p * f : (p + n) * f].abs().amax()))
+        mid = y[..., left : left + n]
+        self.sample_peak = max(self.sample_peak, float(mid.abs().amax()))
+        mid64 = mid.double()
+        self.square_sum += float(mid64.square().sum())
+        self.samples += mid.numel()
+        if self.channels == 2:
+            left_, right_ = mid64[:, 0], mid64[:, 1]
+            m, s = (left_ + right_) * 0.5, (left_ - right_) * 0.5
+            self.stereo += torch.stack([(left_ * right_).sum(), left_.square().sum(), right_.square().sum(),
+                                        m.square().sum(), s.square().sum()]).cpu()
+
+    def integrated_lufs(self) -> float:
+        """BS.1770 gated loudness over every block of every chunk (global gating)."""
+        try:
+            return self.gated.integrated_lufs()
+        except ValueError:
+            raise UserError("streaming: audio shorter than one 400 ms gating block") from None
+
+    def loudness_range(self) -> float:
+        """EBU Tech 3342 loudness range (LU) over every chunk."""
+        return self.gated.loudness_range()
+
+    def rough_lufs(self) -> float:
+        """The ungated estimate of :func:`~diffmix.mastering.loudness.rough_lufs`:
+        the mean square over every channel and sample, ``-inf`` for digital silence."""
+        power = self.square_sum / max(self.samples, 1)
+        return 10 * math.log10(power) - 0.691 + 3.0 if power > 0 else -math.inf
+
+    def true_peak_dbtp(self) -> float:
+        return 20.0 * math.log10(max(self.peak, 1e-12))
+
+    def summary(self) -> dict[str, float]:
+        """The report's measurements: ``integrated_lufs``, ``lra_lu``, ``true_peak_dbtp``,
+        ``sample_peak_dbfs``, ``plr_db``, ``psr_db``, ``max_short_term_lufs`` and, for
+        stereo, ``correlation`` and ``side_mid_db``. Silence reads ``-inf``."""
+        from diffmix.functional.analysis import correlation_from_sums, side_mid_db_from_sums
+
+        def db(amp: float) -> float:
+            level = 20.0 * math.log10(max(amp, 1e-300))
+            return level if level > -300 else -math.inf
+
+        def rel(peak: float, level: float) -> float:  # PLR and PSR, as the meters define them
+            return float(peak_ratio_db(torch.tensor(peak, dtype=torch.float64),
+                                       torch.tensor(level, dtype=torch.float64)))
+
+        lufs, tp, st_max = self.integrated_lufs(), db(self.peak), self.gated.max_short_term_lufs()
         out = {
             "integrated_lufs": lufs,
-            "lra_lu": float(loudness_range(x, sample_rate)[0]),
-            "true_peak_dbtp": tp if tp > -300 else -math.inf,
-            "sample_peak_dbfs": sp if sp > -300 else -math.inf,
+            "lra_lu": self.loudness_range(),
+            "true_peak_dbtp": tp,
+            "sample_peak_dbfs": db(self.sample_peak),
             "plr_db": rel(tp, lufs),
             "psr_db": rel(tp, st_max),
             "max_short_term_lufs": st_max,
         }
-        if x.shape[1] == 2:
-            out["correlation"] = float(stereo_correlation(x, sample_rate)[0])
-            out["side_mid_db"] = float(side_mid_ratio_db(x, sample_rate)[0])
-    return out
+        if self.channels == 2:
+            lr, ll, rr, mm, ss = self.stereo.unbind()
+            out["correlation"] = float(correlation_from_sums(lr, ll, rr))
+            out["side_mid_db"] = float(side_mid_db_from_sums(mm, ss))
+        return out
+
 
 
 def peak_dbtp(x: torch.Tensor, sample_rate: int) -> float:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 
 import numpy as np
@@ -65,12 +66,26 @@ def test_streamed_master_equals_the_in_memory_master(song, tmp_path):
     page = (tmp_path / "st" / "song_master_report.html").read_text()
     assert 'src="song_master.wav"' in page and f'src="{os.path.relpath(song, tmp_path / "st")}"' in page
     assert page.count('<svg class="chart"') == 4 and "gain_reduction" not in page
+    # One report schema: the same measurements before and after, and the same input read
+    # the same either way (a tensor in one chunk, the file in 5 s chunks).
+    rep_m, rep_s = (json.loads((tmp_path / d / "song_master_report.json").read_text()) for d in ("mem", "st"))
+    for block in ("before", "after", "achieved", "delivery"):
+        assert rep_m[block].keys() == rep_s[block].keys(), block
+    for key, value in rep_m["before"].items():
+        assert rep_s["before"][key] == pytest.approx(value, abs=1e-4), key
 
 
 def test_chunked_meter_equals_the_whole_file_meter(song):
+    from diffmix.report import summary
+
     got = measure_file(song, chunk_s=3.0)
-    lufs, tp, _ = _meter(song)
+    lufs, tp, data = _meter(song)
     assert abs(got["integrated_lufs"] - lufs) <= 1e-6
+    # The report's summary of the whole signal is the same meter fed one chunk.
+    whole = summary(torch.from_numpy(data.T.copy()).unsqueeze(0), SR)
+    assert whole.keys() == got.keys()
+    for key, value in whole.items():
+        assert got[key] == pytest.approx(value, abs=1e-5), key
     # The chunked meter interpolates in the file's float32, the reference in float64:
     # 1e-5 dB is ~1e-6 relative, a few float32 roundings.
     assert abs(got["true_peak_dbtp"] - tp) <= 1e-5

@@ -64,12 +64,14 @@ def _check_stereo(x: Tensor, what: str) -> None:
         raise ValueError(f"{what}: needs 2 channels (L, R), got {x.shape[1]}")
 
 
-def _correlation(cross: Tensor, left: Tensor, right: Tensor) -> Tensor:
+def correlation_from_sums(cross: Tensor, left: Tensor, right: Tensor) -> Tensor:
+    """Correlation from the sums of ``L R``, ``L^2`` and ``R^2`` (0 where a channel is silent)."""
     denom = (left * right).sqrt()
     return torch.where(denom > 0, cross / torch.where(denom > 0, denom, 1.0), 0.0)
 
 
-def _side_mid_db(mid: Tensor, side: Tensor) -> Tensor:
+def side_mid_db_from_sums(mid: Tensor, side: Tensor) -> Tensor:
+    """Side over mid energy in dB from their sums (``-inf`` without side, ``+inf`` without mid)."""
     out = 10.0 * torch.log10(side / torch.where(mid > 0, mid, 1.0))
     out = torch.where(mid > 0, out, torch.full_like(out, math.inf))
     return torch.where(side > 0, out, torch.full_like(out, -math.inf))
@@ -91,7 +93,7 @@ def stereo_correlation(x: Tensor, sample_rate: int) -> Tensor:
     xd = x.detach().to(torch.float64)
     left, right = xd[:, 0], xd[:, 1]
     cross = (left * right).sum(-1)
-    return _correlation(cross, left.square().sum(-1), right.square().sum(-1)).to(x.dtype)
+    return correlation_from_sums(cross, left.square().sum(-1), right.square().sum(-1)).to(x.dtype)
 
 
 def side_mid_ratio_db(x: Tensor, sample_rate: int) -> Tensor:
@@ -107,7 +109,7 @@ def side_mid_ratio_db(x: Tensor, sample_rate: int) -> Tensor:
     xd = x.detach().to(torch.float64)
     mid = ((xd[:, 0] + xd[:, 1]) * 0.5).square().sum(-1)
     side = ((xd[:, 0] - xd[:, 1]) * 0.5).square().sum(-1)
-    return _side_mid_db(mid, side).to(x.dtype)
+    return side_mid_db_from_sums(mid, side).to(x.dtype)
 
 
 def band_stereo(x: Tensor, sample_rate: int) -> dict[str, Tensor]:
@@ -150,8 +152,8 @@ def band_stereo(x: Tensor, sample_rate: int) -> dict[str, Tensor]:
     empty = (el + er) <= 1e-12 * (el + er).sum(-1, keepdim=True)
     cross, el, er, em, es = (torch.where(empty, 0.0, v) for v in (cross, el, er, em, es))
     return {
-        "correlation": _correlation(cross, el, er).to(x.dtype),
-        "side_mid_db": _side_mid_db(em, es).to(x.dtype),
+        "correlation": correlation_from_sums(cross, el, er).to(x.dtype),
+        "side_mid_db": side_mid_db_from_sums(em, es).to(x.dtype),
     }
 
 

@@ -716,3 +716,15 @@ class GatedMeter:
         :func:`loudness_range` reads a signal with a single short-term value."""
         power = self._powers(block_samples(self.sr)[2])
         return 0.0 if power is None else float(_range_of(power)[0])
+
+    def max_short_term_lufs(self) -> float:
+        """The highest short-term loudness (3 s windows every meter unit, as
+        :func:`short_term_loudness`); one window over everything when shorter."""
+        window = block_samples(self.sr)[2]
+        energy = torch.cat(self.energies, -1).to(torch.float64)
+        per = window // self.unit
+        if energy.shape[-1] < per:
+            power = (energy.sum(-1) / max(energy.shape[-1] * self.unit, 1) * self.weights).sum(-1)
+        else:
+            power = _energy_windows(energy, window, per, 1, self.weights)
+        return float(_to_lufs(power.amax()))

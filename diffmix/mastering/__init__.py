@@ -53,7 +53,8 @@ from diffmix.mastering.pipeline import (
     polish_auto,
 )
 from diffmix.mastering.render import StreamRenderer, render_with_drive
-from diffmix.mastering.source import ChunkMeter, DiskAudio, chunk_bounds, measure_file
+from diffmix.mastering.source import DiskAudio, chunk_bounds, measure_file
+from diffmix.report import ChunkMeter
 
 __all__ = [
     "DRIVE_RANGE", "LIMITER", "MATCH", "MIN_JOB_RATE", "MIN_SECONDS", "ChainSpec", "ChunkMeter",

@@ -1,10 +1,11 @@
-"""Delivering a master: the file the listener gets, checked against the ceiling on the
-strict meter and re-limited if it crosses it (:func:`diffmix.delivery.relimit`, the one
-re-limit loop), in memory or chunk by chunk.
+"""Delivering a master: the file the listener gets, written chunk by chunk (an in-memory
+master is one chunk), checked against the ceiling on the strict meter and re-limited if it
+crosses it (:func:`diffmix.delivery.relimit`, the one re-limit loop).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -12,12 +13,12 @@ from typing import Any
 import numpy as np
 import soundfile as sf
 import torch
+from torch import Tensor
 
-from diffmix.delivery import SUBTYPES, DeliveryReport, check_format, deliver, prepare, relimit
-from diffmix.io import atomic_path
-from diffmix.mastering.render import StreamRenderer
+from diffmix.delivery import FORMATS, SUBTYPES, DeliveryReport, check_format, prepare, relimit
+from diffmix.errors import UserError
+from diffmix.io import AudioFileError, atomic_path
 from diffmix.mastering.source import measure_file
-from diffmix.report import peak_dbtp
 
 
 @dataclass
@@ -36,60 +37,80 @@ class DeliveryOptions:
         return check_format(self.format, self.bit_depth)
 
 
-def deliver_master(
-    y: torch.Tensor, sample_rate: int, path: Path, options: DeliveryOptions, *, ceiling: float | None,
-    goal: float | None, tolerance_lu: float, seed: int, protect: tuple[str, ...],
-) -> DeliveryReport:
-    """Deliver an in-memory master ``(C, T)`` to ``path`` (:func:`~diffmix.delivery.deliver`).
+def write_chunks(chunks: Iterable[Tensor], path: Path, sample_rate: int, *, fmt: str, bit_depth: str,
+                 dither: bool, seed: int, gain_db: float = 0.0, target_rate: int | None = None) -> int:
+    """Write ``(C, n)`` chunks (converted to ``target_rate``, dithered and quantised, as
+    :func:`~diffmix.delivery.prepare` does) to ``path``; returns the written rate.
 
-    The solve met ``goal`` within ``tolerance_lu``; dither and a last re-limit may add a
-    few hundredths, never more (else nothing is written and a one-line error says why).
+    Chunk ``k`` is dithered with its own generator, seeded by ``seed`` for the first and
+    by ``(seed, k)`` after it: reproducible and independent. Rate conversion needs the
+    whole signal, so it takes one chunk. NaN or Inf is refused."""
+    gain = 10.0 ** (gain_db / 20.0)
+    fh = None
+    try:
+        for k, y in enumerate(chunks):
+            if k and target_rate:
+                raise ValueError("delivery: sample-rate conversion needs the whole signal in one chunk")
+            chunk_seed = seed if k == 0 else int(np.random.SeedSequence([int(seed), k]).generate_state(1)[0])
+            q, rate, _ = prepare(y.cpu() * gain, sample_rate, bit_depth=bit_depth, target_rate=target_rate,
+                                 dither=dither, seed=chunk_seed)
+            data = q.to(torch.float32).numpy().T
+            if not np.isfinite(data).all():
+                raise ValueError(f"{path}: refusing to write audio that contains NaN or Inf")
+            if fh is None:
+                fh = sf.SoundFile(str(path), "w", samplerate=rate, channels=data.shape[1],
+                                  format=FORMATS[fmt], subtype=SUBTYPES[bit_depth])
+            fh.write(data)
+    except (sf.LibsndfileError, RuntimeError) as exc:  # libsndfile hides the errno
+        reason = " ".join(str(exc).split())
+        raise AudioFileError(f"{path}: cannot write audio ({reason}); is the disk full?") from exc
+    finally:
+        if fh is not None:
+            fh.close()
+    return rate
+
+
+def deliver_chunks(
+    chunks: Callable[[], Iterable[Tensor]], sample_rate: int, path: Path, options: DeliveryOptions, *,
+    ceiling: float | None, seed: int, goal: float | None = None, tolerance_lu: float = 0.02,
+    chunk_s: float = 30.0, protect: tuple[str | Path, ...] = (),
+) -> tuple[DeliveryReport, dict[str, Any]]:
+    """Deliver a master given as ``(C, n)`` chunks (``chunks()`` yields them afresh for
+    each attempt; an in-memory master is one chunk) to ``path``.
+
+    Each attempt is written beside ``path``, metered in chunks on the strict meter (the
+    ceiling holds on every usual meter) and re-limited until it holds ``ceiling``
+    (:func:`~diffmix.delivery.relimit`). The solve met ``goal`` within ``tolerance_lu``;
+    dither and a last re-limit may add a few hundredths, never more, else nothing is
+    written and a one-line error says why. Only then does the file replace ``path``.
+    Returns the delivery's report and the written file's measurements
+    (:func:`~diffmix.mastering.source.measure_file`, the same schema as
+    :func:`~diffmix.report.summary`).
     """
     fmt, depth = options.checked()
-    return deliver(
-        y.cpu(), sample_rate, path, fmt=fmt, bit_depth=depth, target_rate=options.sample_rate,
-        dither=bool(options.dither), ceiling_dbtp=ceiling, true_peak_db=peak_dbtp, seed=seed,
-        protect=protect, lufs_goal=goal, lufs_tolerance=tolerance_lu + 0.03,
-    )
+    for other in protect:
+        if Path(other).exists() and path.exists() and path.samefile(other):
+            raise AudioFileError(f"{path}: refusing to overwrite an input file")
+    rate = sample_rate
+    with atomic_path(path) as tmp:
+        def attempt(gain_db: float) -> tuple[float, dict[str, Any]]:
+            nonlocal rate
+            rate = write_chunks(chunks(), tmp, sample_rate, fmt=fmt, bit_depth=depth,
+                                dither=bool(options.dither), seed=seed, gain_db=gain_db,
+                                target_rate=options.sample_rate)
+            after = measure_file(tmp, chunk_s=chunk_s, strict=True)
+            return after["true_peak_dbtp"], after
 
-
-def write_master(renderer: StreamRenderer, drive_db: float, path: Path, *, bit_depth: str,
-                 dither: bool, seed: int, gain_db: float = 0.0) -> None:
-    """Render at ``drive_db``, dither/quantise per chunk, write atomically to ``path``.
-
-    Each chunk is dithered with its own generator, seeded by ``(seed, chunk)``:
-    reproducible and independent."""
-    sr = renderer.sr
-    gain = 10.0 ** (gain_db / 20.0)
-    with atomic_path(path) as tmp, sf.SoundFile(
-        str(tmp), "w", samplerate=sr, channels=2, subtype=SUBTYPES[bit_depth]
-    ) as fh:
-        for k, (start, stop, y) in enumerate(renderer.limited(drive_db)):
-            mid = y[0, :, renderer.left : renderer.left + stop - start].cpu() * gain
-            chunk_seed = int(np.random.SeedSequence([int(seed), k]).generate_state(1)[0])
-            q, _, _ = prepare(mid, sr, bit_depth=bit_depth, dither=dither, seed=chunk_seed)
-            fh.write(q.numpy().T)
-
-
-def deliver_stream(
-    renderer: StreamRenderer, drive_db: float, path: Path, options: DeliveryOptions, *,
-    ceiling: float | None, seed: int, chunk_s: float,
-) -> tuple[DeliveryReport, dict[str, Any]]:
-    """Deliver a streamed master at ``drive_db`` to ``path``: written, then metered in
-    chunks on the strict meter (the ceiling on every usual meter) and re-limited until it
-    holds ``ceiling``. Returns the delivery's report and the written file's measurements
-    (:func:`~diffmix.mastering.source.measure_file`)."""
-    fmt, depth = options.checked()
-
-    def attempt(gain_db: float) -> tuple[float, dict[str, Any]]:
-        write_master(renderer, drive_db, path, bit_depth=depth, dither=bool(options.dither), seed=seed,
-                     gain_db=gain_db)
-        after = measure_file(path, chunk_s=chunk_s, strict=True)
-        return after["true_peak_dbtp"], after
-
-    relimit_db, tp, after = relimit(attempt, ceiling)
+        relimit_db, tp, after = relimit(attempt, ceiling)
+        lufs = after["integrated_lufs"]
+        if goal is not None and not abs(lufs - goal) <= tolerance_lu + 0.03:
+            raise UserError(
+                f"delivery: {path.name} would measure {lufs:.2f} LUFS at {rate} Hz, {lufs - goal:+.2f} LU "
+                f"off the {goal:g} LUFS target (re-limited by {relimit_db:.2f} dB to hold {ceiling} dBTP); "
+                "nothing was written"
+            )
     report = DeliveryReport(
-        path=str(path), format=fmt, bit_depth=depth, sample_rate=renderer.sr,
+        path=str(path), format=fmt, bit_depth=depth, sample_rate=rate,
         dithered=bool(options.dither) and depth != "float", true_peak_dbtp=tp, ceiling_dbtp=ceiling,
         relimited=relimit_db < 0, relimit_gain_db=relimit_db,
     )

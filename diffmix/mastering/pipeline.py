@@ -2,7 +2,9 @@
 
 :func:`master_group` masters songs held in memory together (one optimiser, per-song
 parameters); :func:`master_file` masters one file of any length in bounded memory, chunk
-by chunk, with the same fit, loudness solve, delivery and report. Both take typed
+by chunk, with the same fit, loudness solve, delivery and report: each song is delivered
+and measured by one path (:func:`~diffmix.mastering.deliver.deliver_chunks`), for which an
+in-memory song is a single chunk. Both take typed
 arguments: a :class:`~diffmix.mastering.chain.ChainSpec`, :class:`~diffmix.mastering.fit.FitOptions`
 and :class:`MasterOptions`; the jobs build them from their configs.
 """
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,10 +26,10 @@ from diffmix.config import save_preset
 from diffmix.console import Bus
 from diffmix.errors import UserError
 from diffmix.features import spectral_errors
-from diffmix.io import AudioFileError, check_outputs, read_audio
+from diffmix.io import check_outputs
 from diffmix.listen import Take, job_warnings, write_listening_report
 from diffmix.mastering.chain import MATCH, ChainSpec
-from diffmix.mastering.deliver import DeliveryOptions, deliver_master, deliver_stream
+from diffmix.mastering.deliver import DeliveryOptions, deliver_chunks
 from diffmix.mastering.fit import FitOptions, Start, fit_stage, match_start, pad_batch, refine_match
 from diffmix.mastering.loudness import (
     loudness_goals,
@@ -228,20 +231,14 @@ def master_group(
 def _deliver_song(song: Song, i: int, yi: torch.Tensor, pre: torch.Tensor, sr: int, goal: float | None,
                   solve: Any, fit_report: dict[str, Any] | None, bus: Bus, spec: ChainSpec,
                   options: MasterOptions, plots: list, clock: _Clock) -> dict[str, Any]:
-    """Deliver song ``i`` of the group and build its report (all but the runtime)."""
-    delivery = deliver_master(
-        yi[0], sr, song.out / f"{song.stem}.{options.delivery.checked()[0]}", options.delivery,
-        ceiling=song.target.get("true_peak_db"), goal=goal, tolerance_lu=float(options.tolerance_lu),
-        seed=int(options.seed), protect=song.protect,
+    """Deliver song ``i`` of the group (one chunk) and build its report (all but the runtime)."""
+    before_audio = song.audio[..., : yi.shape[-1]]
+    report, path = _deliver(
+        song.key, song.out, song.stem, song.target, goal, solve, fit_report, options,
+        lambda: iter([yi[0]]), sr, before=lambda: measure(before_audio.double().cpu(), sr),
+        protect=song.protect,
     )
     clock("deliver")
-    written, wrate = read_audio(delivery.path)
-    after = measure(written.unsqueeze(0).double(), wrate)
-    before_audio = song.audio[..., : yi.shape[-1]]
-    report = master_report(
-        song.key, song.target, goal, before=measure(before_audio.double().cpu(), sr), after=after,
-        solve=vars(solve) if solve else None, delivery=delivery.as_dict(), fit=fit_report,
-    )
     if song.polish is not None:
         report["polish"] = song.polish
     if song.reference is not None:
@@ -250,29 +247,59 @@ def _deliver_song(song: Song, i: int, yi: torch.Tensor, pre: torch.Tensor, sr: i
             "before": spectral_errors(song.audio.cpu(), song.reference.cpu(), sr),
             "after": spectral_errors(yi.cpu(), song.reference.cpu(), sr),
         }
-    clock("measure")
     preset = spec.build(1, match=MATCH in bus.effects)
     preset.load_values({k: v.exact()[i : i + 1] for k, v in bus.named_values().items()})
-    report["params"] = _save_preset(preset, song.out / f"{song.stem}_preset.yaml")
-    report["outputs"]["preset"] = str(song.out / f"{song.stem}_preset.yaml")
+    _finish_song(report, preset, song.out, song.stem, song.target)
+    clock("measure")
     if plots:
         report["outputs"]["plot"] = plots[i].result()
         clock("plot")
-    report["qc"] = job_warnings(after, written, wrate, song.target, song.target.get("name"))
     if options.report:
-        takes = [Take("input", before_audio.cpu()), Take("result", yi.cpu(), Path(delivery.path))]
+        takes = [Take("input", before_audio.cpu()), Take("result", yi.cpu(), path)]
         if song.reference is not None:
             takes.append(Take("reference", song.reference.cpu()))
-        page = write_listening_report(
-            song.out / f"{song.stem}_report.html", title=song.stem, sample_rate=sr, takes=takes,
-            job="master", target=song.target, achieved=report["achieved"],
-            measures={"input": report["before"], "result": after,
-                      **({"reference": report["reference"]} if "reference" in report else {})},
-            params=report["params"], gain_reduction=(pre, yi), warnings=report["qc"],
-        )
-        report["outputs"]["listening_report"] = str(page)
+        _listening_report(report, song.out, song.stem, song.target, takes, sr, job="master",
+                          gain_reduction=(pre, yi))
     clock("listening_report")
     return report
+
+
+def _deliver(key: str, out: Path, stem: str, target: dict[str, Any], goal: float | None, solve: Any,
+             fit_report: dict[str, Any] | None, options: MasterOptions,
+             chunks: Callable[[], Iterable[torch.Tensor]], sr: int, *, before: Callable[[], dict[str, Any]],
+             protect: tuple[str, ...]) -> tuple[dict[str, Any], Path]:
+    """Deliver one master from its chunks and start its report: ``(report, written path)``."""
+    path = out / f"{stem}.{options.delivery.checked()[0]}"
+    delivery, after = deliver_chunks(
+        chunks, sr, path, options.delivery, ceiling=target.get("true_peak_db"), seed=int(options.seed),
+        goal=goal, tolerance_lu=float(options.tolerance_lu), chunk_s=float(options.chunk_s), protect=protect,
+    )
+    report = master_report(key, target, goal, before=before(), after=after,
+                           solve=vars(solve) if solve else None, delivery=delivery.as_dict(), fit=fit_report)
+    return report, path
+
+
+def _finish_song(report: dict[str, Any], preset: Bus, out: Path, stem: str, target: dict[str, Any]) -> None:
+    """Save the preset and add it and the QC findings to ``report``."""
+    preset_path = out / f"{stem}_preset.yaml"
+    report["params"] = _save_preset(preset, preset_path)
+    report["outputs"]["preset"] = str(preset_path)
+    report["qc"] = job_warnings(report["after"], Path(report["outputs"]["audio"]),
+                                int(report["delivery"]["sample_rate"]), target, target.get("name"))
+
+
+def _listening_report(report: dict[str, Any], out: Path, stem: str, target: dict[str, Any], takes: list[Take],
+                      sr: int, *, job: str, gain_reduction: tuple[torch.Tensor, torch.Tensor] | None = None,
+                      notes: Sequence[str] = ()) -> None:
+    """Write the HTML listening report of one master (``takes`` at ``sr``) and link it."""
+    measures = {"input": report["before"], "result": report["after"],
+                **({"reference": report["reference"]} if "reference" in report else {})}
+    page = write_listening_report(
+        out / f"{stem}_report.html", title=stem, sample_rate=sr,
+        takes=takes, job=job, target=target, achieved=report["achieved"], measures=measures,
+        params=report["params"], gain_reduction=gain_reduction, warnings=report["qc"], notes=list(notes),
+    )
+    report["outputs"]["listening_report"] = str(page)
 
 
 def master_file(
@@ -295,7 +322,7 @@ def master_file(
     t0 = time.perf_counter()
     target = dict(target or {})
     chunk_s, context_s = float(options.chunk_s), float(options.context_s)
-    fmt, _ = options.delivery.checked()
+    options.delivery.checked()  # a format that can't be written fails before any work
     src = DiskAudio(input, device)
     sr = src.sample_rate
     if options.delivery.sample_rate and int(options.delivery.sample_rate) != sr:
@@ -308,10 +335,6 @@ def master_file(
     fit_report = fit_stage(bus, [src], [stem], [reference] if reference is not None else None, target,
                            fit, start=start)
     (goal,) = loudness_goals([target], [reference], sr)
-    path = out / f"{stem}.{fmt}"
-    for other in protect:
-        if Path(other).exists() and path.exists() and path.samefile(other):
-            raise AudioFileError(f"{path}: refusing to overwrite an input file")
     renderer = StreamRenderer(bus, src, out, chunk_s=chunk_s, context_s=context_s)
     try:
         solved, drive = None, 0.0
@@ -326,33 +349,21 @@ def master_file(
                 drive_range=renderer.drive_range, names=[stem],
             )
             drive = solved.drive_db
-        delivery, after = deliver_stream(renderer, drive, path, options.delivery,
-                                         ceiling=target.get("true_peak_db"), seed=int(options.seed),
-                                         chunk_s=chunk_s)
+        report, path = _deliver(
+            stem, out, stem, target, goal, solved, fit_report, options, lambda: renderer.middles(drive), sr,
+            before=lambda: measure_file(input, chunk_s=chunk_s), protect=protect,
+        )
         passes, left = renderer.passes, renderer.left
     finally:
         renderer.close()
-    report = master_report(
-        stem, target, goal, before=measure_file(input, chunk_s=chunk_s), after=after,
-        solve=vars(solved) if solved else None, delivery=delivery.as_dict(), fit=fit_report,
-    )
-    preset_path = out / f"{stem}_preset.yaml"
-    report["params"] = _save_preset(bus, preset_path)
-    report["outputs"]["preset"] = str(preset_path)
+    _finish_song(report, bus, out, stem, target)
     report["streaming"] = {"chunk_s": chunk_s, "left_context_s": left / sr, "limiter_passes": passes}
-    report["qc"] = job_warnings(after, path, sr, target, target.get("name"))
     if options.report:
         # Read back in chunks like everything here; the input is played where it lies.
         takes = [Take("input", None, Path(input)), Take("result", None, path)]
         if reference is not None:
             takes.append(Take("reference", reference.cpu()))
-        page = write_listening_report(
-            out / f"{stem}_report.html", title=stem, sample_rate=sr, takes=takes, job="master (streamed)",
-            target=target, achieved=report["achieved"],
-            measures={"input": report["before"], "result": after}, params=report["params"],
-            warnings=report["qc"],
-            notes=["Streamed in chunks: the limiter's gain reduction is not drawn, and the input plays "
-                   "from its own location."],
-        )
-        report["outputs"]["listening_report"] = str(page)
+        _listening_report(report, out, stem, target, takes, sr, job="master (streamed)", notes=[
+            "Streamed in chunks: the limiter's gain reduction is not drawn, and the input plays "
+            "from its own location."])
     return finish(report, out / f"{stem}_report.json", t0)

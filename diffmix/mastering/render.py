@@ -22,14 +22,8 @@ from torch import Tensor
 
 from diffmix.console import Bus
 from diffmix.mastering.chain import LIMITER, LimiterStage
-from diffmix.mastering.source import (
-    _PEAK_CONTEXT,
-    CacheFile,
-    ChunkMeter,
-    DiskAudio,
-    chunk_bounds,
-    release_memory,
-)
+from diffmix.mastering.source import CacheFile, DiskAudio, chunk_bounds, release_memory
+from diffmix.report import PEAK_CONTEXT, ChunkMeter
 
 # Left context in time constants of the slowest attack/release: exp(-12) ~ 6e-6.
 _TIME_CONSTANTS = 12.0
@@ -86,7 +80,7 @@ class StreamRenderer:
         self.src, self.sr = source, source.sample_rate
         self.chunk_s = chunk_s
         self.left = context_samples(bus, self.sr, context_s)
-        self.right = max(_PEAK_CONTEXT, int(math.ceil(right_s * self.sr)))
+        self.right = max(PEAK_CONTEXT, int(math.ceil(right_s * self.sr)))
         self.device = source.device
         self.passes = 0
         self.cache = CacheFile(folder, 2, source.frames)
@@ -118,6 +112,11 @@ class StreamRenderer:
             yield start, stop, y
             del y
             release_memory()
+
+    def middles(self, drive_db: float) -> Iterator[Tensor]:
+        """The master at ``drive_db`` chunk by chunk, ``(C, n)`` without context."""
+        for start, stop, y in self.limited(drive_db):
+            yield y[0, :, self.left : self.left + stop - start]
 
     def meter(self, drive_db: float) -> ChunkMeter:
         """The master at ``drive_db``, metered (loudness, true peak) chunk by chunk."""

@@ -2,7 +2,8 @@
 
 Keys: ``job``, ``id``, ``outputs``, ``target``, ``achieved`` (``lufs``,
 ``true_peak_dbtp``, ``lra_lu``, ``lufs_error_lu``, ``under_ceiling``), ``before`` and
-``after`` (measurements of the input and the delivered file), ``loudness_solve``,
+``after`` (the input and the delivered file, each a :meth:`~diffmix.report.ChunkMeter.summary`;
+``after``'s true peak is the strict meter's, the one the ceiling holds on), ``loudness_solve``,
 ``delivery``, ``fit``, ``params``, ``qc``, ``runtime_s``; the in-memory master adds
 ``timings_s`` (and ``polish``, ``reference``, ``spectral_error`` where they apply), the
 streamed one ``streaming``.

@@ -6,14 +6,12 @@ A song is read through one interface: ``x[..., a:b]`` gives samples ``[a, b)`` a
 from either (:func:`~diffmix.mastering.fit.song_excerpts`) and a long file is mastered in
 bounded memory (:mod:`diffmix.mastering.render`: :class:`~diffmix.mastering.render.StreamRenderer`).
 
-:class:`ChunkMeter` meters a signal fed chunk by chunk (the gated loudness is
-:class:`~diffmix.functional.loudness.GatedMeter`'s, the same meter as the whole-signal
-one); :func:`measure_file` meters a file that way.
+:func:`measure_file` meters a file chunk by chunk with :class:`~diffmix.report.ChunkMeter`,
+the meter whose one-chunk case is :func:`~diffmix.report.summary`.
 """
 
 from __future__ import annotations
 
-import math
 import os
 import tempfile
 from collections.abc import Callable, Iterator
@@ -25,16 +23,10 @@ import soundfile as sf
 import torch
 from torch import Tensor
 
-from diffmix.errors import UserError
-from diffmix.functional.loudness import GatedMeter, block_samples
-from diffmix.functional.peaks import oversample, oversampling_factor, strict_envelope
+from diffmix.functional.loudness import block_samples
 from diffmix.io import AudioFileError
+from diffmix.report import PEAK_CONTEXT, STRICT_CONTEXT, ChunkMeter
 
-# True-peak context either side of a chunk: more than half the interpolation filter.
-_PEAK_CONTEXT = 256
-# The strict meter's reach (peaks.strict_envelope: its ideal interpolation's FFT blocks and
-# every FIR upsampler), so a chunk read with this much context meters as the whole file does.
-_STRICT_CONTEXT = 4096
 # Left context in time constants of the slowest attack/release: exp(-12) ~ 6e-6.
 _TIME_CONSTANTS = 12.0
 
@@ -160,75 +152,6 @@ class CacheFile:
         self.path.unlink(missing_ok=True)
 
 
-# --------------------------------------------------------------------------- metering
-class ChunkMeter:
-    """Integrated loudness, loudness range and true peak of a long signal fed chunk by chunk.
-
-    Feed each chunk with ``left`` samples of the signal before it (at least
-    :meth:`warmup` of them, zeros before the start) and ``_PEAK_CONTEXT`` after it
-    (``_STRICT_CONTEXT`` each side with ``strict``). Chunks must start on multiples of the
-    100 ms gating hop. Loudness is :class:`~diffmix.functional.loudness.GatedMeter`'s;
-    ``strict`` meters the true peak on :func:`~diffmix.functional.peaks.strict_envelope`
-    (every usual meter): the delivery ceiling's check.
-    """
-
-    def __init__(self, sample_rate: int, channels: int, *, strict: bool = False) -> None:
-        self.sr, self.channels, self.strict = sample_rate, channels, strict
-        self.gated = GatedMeter(sample_rate, channels)
-        self.peak = 0.0
-        self.sample_peak = 0.0
-        self.square_sum = 0.0  # for the ungated estimate (rough_lufs)
-        self.samples = 0
-
-    @staticmethod
-    def warmup(sample_rate: int) -> int:
-        """Left context the meter needs, in samples (a whole number of meter units)."""
-        return max(_PEAK_CONTEXT, GatedMeter.warmup(sample_rate))
-
-    def add(self, y: Tensor, left: int, n: int) -> None:
-        """Meter ``y[..., left : left + n]`` of ``y`` ``(1, C, left + n + right)``."""
-        w = self.warmup(self.sr)
-        if left < w or y.shape[-1] < left + n + _PEAK_CONTEXT:
-            raise ValueError(f"ChunkMeter: need {w} samples before and {_PEAK_CONTEXT} after a chunk")
-        y = y.detach()
-        self.gated.add(y, left, n)
-        if self.strict:
-            q = _STRICT_CONTEXT
-            if left < q or y.shape[-1] < left + n + q:
-                raise ValueError(f"ChunkMeter: the strict meter needs {q} samples each side of a chunk")
-            level = strict_envelope(y[..., left - q : left + n + q], self.sr)
-            self.peak = max(self.peak, float(level[..., q : q + n].amax()))
-        else:
-            f = oversampling_factor(self.sr)
-            p = _PEAK_CONTEXT
-            over = oversample(y[..., left - p : left + n + p], self.sr)
-            self.peak = max(self.peak, float(over[..., p * f : (p + n) * f].abs().amax()))
-        mid = y[..., left : left + n]
-        self.sample_peak = max(self.sample_peak, float(mid.abs().amax()))
-        self.square_sum += float(mid.double().square().sum())
-        self.samples += mid.numel()
-
-    def integrated_lufs(self) -> float:
-        """BS.1770 gated loudness over every block of every chunk (global gating)."""
-        try:
-            return self.gated.integrated_lufs()
-        except ValueError:
-            raise UserError("streaming: audio shorter than one 400 ms gating block") from None
-
-    def loudness_range(self) -> float:
-        """EBU Tech 3342 loudness range (LU) over every chunk."""
-        return self.gated.loudness_range()
-
-    def rough_lufs(self) -> float:
-        """The ungated estimate of :func:`~diffmix.mastering.loudness.rough_lufs`:
-        the mean square over every channel and sample, ``-inf`` for digital silence."""
-        power = self.square_sum / max(self.samples, 1)
-        return 10 * math.log10(power) - 0.691 + 3.0 if power > 0 else -math.inf
-
-    def true_peak_dbtp(self) -> float:
-        return 20.0 * math.log10(max(self.peak, 1e-12))
-
-
 def chunk_bounds(frames: int, sample_rate: int, chunk_s: float) -> Iterator[tuple[int, int]]:
     """``(start, stop)`` of consecutive chunks, each a whole number of 100 ms hops."""
     hop = block_samples(sample_rate)[0]
@@ -238,8 +161,8 @@ def chunk_bounds(frames: int, sample_rate: int, chunk_s: float) -> Iterator[tupl
 
 
 def measure_file(path: str | Path, *, chunk_s: float = 30.0, strict: bool = False) -> dict[str, float]:
-    """Integrated loudness (LUFS), loudness range (LU), true peak (dBTP) and sample peak
-    (dBFS) of a file, in chunks.
+    """A file's :meth:`~diffmix.report.ChunkMeter.summary` (the report's measurements, as
+    :func:`~diffmix.report.summary` gives for a tensor), metered in chunks.
 
     Memory stays at one chunk however long the file is. Same figures as
     :func:`~diffmix.functional.loudness.integrated_loudness`,
@@ -250,18 +173,10 @@ def measure_file(path: str | Path, *, chunk_s: float = 30.0, strict: bool = Fals
     src = DiskAudio(path)
     meter = ChunkMeter(src.sample_rate, 2, strict=strict)
     w = ChunkMeter.warmup(src.sample_rate)
-    right = _PEAK_CONTEXT
+    right = PEAK_CONTEXT
     if strict:
-        w, right = max(w, _STRICT_CONTEXT), _STRICT_CONTEXT
+        w, right = max(w, STRICT_CONTEXT), STRICT_CONTEXT
     for start, stop in chunk_bounds(src.frames, src.sample_rate, chunk_s):
         meter.add(src.read(start - w, stop + right), w, stop - start)
         release_memory()
-    return {
-        "integrated_lufs": meter.integrated_lufs(),
-        "lra_lu": meter.loudness_range(),
-        "true_peak_dbtp": meter.true_peak_dbtp(),
-        "sample_peak_dbfs": 20.0 * math.log10(max(meter.sample_peak, 1e-12)),
-        "seconds": src.frames / src.sample_rate,
-    }
-
-
+    return meter.summary()

@@ -97,7 +97,7 @@ def master(path: Path, out: Path, *extra: str) -> dict:
     m = measure_file(written)
     return {
         "wall_s": usage["wall_s"], "rss": usage["rss"], "lufs": m["integrated_lufs"],
-        "tp": m["true_peak_dbtp"], "seconds": m["seconds"], "stdout": stdout.strip(),
+        "tp": m["true_peak_dbtp"], "seconds": sf.info(str(written)).duration, "stdout": stdout.strip(),
     }
 
 
