@@ -13,6 +13,7 @@ import torch
 from torch import Tensor
 
 from diffmix.errors import UserError
+from diffmix.functional.analysis import CLIP_LEVEL
 from diffmix.functional.loudness import GatedMeter
 from diffmix.functional.peaks import oversample, oversampling_factor, peak_ratio_db, strict_envelope
 from diffmix.io import atomic_path, atomic_write_text
@@ -55,6 +56,23 @@ def write_json(path: str | Path, data: dict[str, Any]) -> Path:
     return Path(path)
 
 
+def _middle_true_peak(y: Tensor, left: int, n: int, sample_rate: int) -> float:
+    """True peak (linear, channels linked) of ``y[..., left : left + n]``, with
+    :data:`PEAK_CONTEXT` samples of ``y`` either side as the interpolator's support."""
+    from diffmix.functional import _peak_kernels
+
+    p = PEAK_CONTEXT
+    seg = y[..., left - p : left + n + p]
+    f = oversampling_factor(sample_rate)
+    if f > 1 and _peak_kernels.available(seg):
+        # The limiter's per-sample true-peak level (numba: no oversampled copy is made),
+        # a channel at a time: each channel's slice is contiguous, so nothing is copied.
+        return max(float(_peak_kernels.envelope(seg[:, c : c + 1], sample_rate)[..., p : p + n].amax())
+                   for c in range(seg.shape[1]))
+    over = oversample(seg, sample_rate)
+    return float(over[..., p * f : (p + n) * f].abs().amax())
+
+
 def summary(x: torch.Tensor, sample_rate: int) -> dict:
     """The headline measurements of ``(1, C, T)`` audio for a job report: a
     :class:`ChunkMeter` fed the whole signal as one chunk (:meth:`ChunkMeter.summary`).
@@ -90,6 +108,8 @@ class ChunkMeter:
         self.square_sum = 0.0  # for the ungated estimate (rough_lufs)
         self.samples = 0
         self.stereo = torch.zeros(5, dtype=torch.float64)  # sums of LR, LL, RR, MM, SS
+        self.dc_sum = torch.zeros(channels, dtype=torch.float64)
+        self.clipped = 0
 
     @staticmethod
     def warmup(sample_rate: int) -> int:
@@ -110,20 +130,20 @@ class ChunkMeter:
             level = strict_envelope(y[..., left - q : left + n + q], self.sr)
             self.peak = max(self.peak, float(level[..., q : q + n].amax()))
         else:
-            f = oversampling_factor(self.sr)
-            p = PEAK_CONTEXT
-            over = oversample(y[..., left - p : left + n + p], self.sr)
-            self.peak = max(self.peak, float(over[..., p * f : (p + n) * f].abs().amax()))
+            self.peak = max(self.peak, _middle_true_peak(y, left, n, self.sr))
         mid = y[..., left : left + n]
-        self.sample_peak = max(self.sample_peak, float(mid.abs().amax()))
-        mid64 = mid.double()
-        self.square_sum += float(mid64.square().sum())
+        magnitude = mid.abs()
+        self.sample_peak = max(self.sample_peak, float(magnitude.amax()))
+        self.clipped += int((magnitude >= CLIP_LEVEL).sum())
+        rows = mid[0].double()
+        self.dc_sum += rows.sum(-1).cpu()
+        gram = (rows @ rows.T).cpu()  # sums of every channel product, one pass
+        self.square_sum += float(gram.diagonal().sum())
         self.samples += mid.numel()
         if self.channels == 2:
-            left_, right_ = mid64[:, 0], mid64[:, 1]
-            m, s = (left_ + right_) * 0.5, (left_ - right_) * 0.5
-            self.stereo += torch.stack([(left_ * right_).sum(), left_.square().sum(), right_.square().sum(),
-                                        m.square().sum(), s.square().sum()]).cpu()
+            ll, lr, rr = gram[0, 0], gram[0, 1], gram[1, 1]
+            # mid (L+R)/2 and side (L-R)/2 energies from the same sums
+            self.stereo += torch.stack([lr, ll, rr, (ll + 2 * lr + rr) / 4, (ll - 2 * lr + rr) / 4])
 
     def integrated_lufs(self) -> float:
         """BS.1770 gated loudness over every block of every chunk (global gating)."""
@@ -147,8 +167,10 @@ class ChunkMeter:
 
     def summary(self) -> dict[str, float]:
         """The report's measurements: ``integrated_lufs``, ``lra_lu``, ``true_peak_dbtp``,
-        ``sample_peak_dbfs``, ``plr_db``, ``psr_db``, ``max_short_term_lufs`` and, for
-        stereo, ``correlation`` and ``side_mid_db``. Silence reads ``-inf``."""
+        ``sample_peak_dbfs``, ``plr_db``, ``psr_db``, ``max_short_term_lufs``,
+        ``dc_offset`` (per channel, linear), ``clipped_samples`` (at or beyond
+        :data:`~diffmix.functional.analysis.CLIP_LEVEL`) and, for stereo, ``correlation`` and
+        ``side_mid_db``. Silence reads ``-inf``."""
         from diffmix.functional.analysis import correlation_from_sums, side_mid_db_from_sums
 
         def db(amp: float) -> float:
@@ -168,6 +190,8 @@ class ChunkMeter:
             "plr_db": rel(tp, lufs),
             "psr_db": rel(tp, st_max),
             "max_short_term_lufs": st_max,
+            "dc_offset": (self.dc_sum / max(self.samples // self.channels, 1)).tolist(),
+            "clipped_samples": self.clipped,
         }
         if self.channels == 2:
             lr, ll, rr, mm, ss = self.stereo.unbind()

@@ -691,8 +691,10 @@ class GatedMeter:
         w = self.warmup(self.sr)
         if left < w or y.shape[-1] < left + n:
             raise ValueError(f"GatedMeter: need {w} samples before a chunk")
-        e = _unit_energies(y.detach()[..., left - w : left + n], self.sr)
-        self.energies.append(e[..., w // self.unit :].cpu())
+        # Everything from the warm-up on (a slice to the end stays contiguous when it
+        # starts at 0), keeping the whole units of the chunk itself.
+        e = _unit_energies(y.detach()[..., left - w :], self.sr)
+        self.energies.append(e[..., w // self.unit : (w + n) // self.unit].cpu())
 
     def _powers(self, window: int) -> Tensor | None:
         energy = torch.cat(self.energies, -1).to(torch.float64)
