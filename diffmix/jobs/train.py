@@ -25,7 +25,7 @@ from diffmix.config import instantiate
 from diffmix.console import Bus
 from diffmix.errors import UserError
 from diffmix.jobs._common import pick_device
-from diffmix.learned import tensorfile
+from diffmix.learned import dist, tensorfile
 from diffmix.learned.checkpoint import chain_effects, save_checkpoint
 from diffmix.learned.data import list_corpus, load_songs, make_examples, split
 from diffmix.learned.features import FEATURE_VERSION, names
@@ -43,20 +43,14 @@ def _chain_maker(cfg: DictConfig, sample_rate: int):  # noqa: ANN202
     return make
 
 
-def _fingerprint(cfg: DictConfig, files: list) -> str:
+DATA_KEYS = ("chain", "params", "data", "prior", "seed", "sample_rate", "val_fraction", "target")
+
+
+def _fingerprint(cfg: DictConfig, files: list, keys: tuple[str, ...]) -> str:
+    """A hash of the config nodes ``keys`` and the corpus's content."""
+    nodes = {k: OmegaConf.select(cfg, k) for k in keys}
     keep = {
-        k: OmegaConf.to_container(cfg[k], resolve=True) if OmegaConf.is_config(cfg[k]) else cfg[k]
-        for k in (
-            "chain",
-            "model",
-            "params",
-            "data",
-            "prior",
-            "stage1",
-            "seed",
-            "sample_rate",
-            "val_fraction",
-        )
+        k: OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else v for k, v in nodes.items()
     }
     keep["files"] = [f.sha256 for f in files]
     return hashlib.sha256(json.dumps(keep, sort_keys=True, default=str).encode()).hexdigest()[:16]
@@ -69,16 +63,30 @@ def _dataset(path: Path, fingerprint: str, make):  # noqa: ANN001, ANN202
         if meta.get("fingerprint") == fingerprint:
             return (tensors["train_x"], tensors["train_y"]), (tensors["val_x"], tensors["val_y"])
     train, val = make()
-    tensorfile.save(
-        path,
-        {"train_x": train[0], "train_y": train[1], "val_x": val[0], "val_y": val[1]},
-        {"fingerprint": fingerprint},
-    )
+    if dist.world()[0] == 0:
+        tensorfile.save(
+            path,
+            {"train_x": train[0], "train_y": train[1], "val_x": val[0], "val_y": val[1]},
+            {"fingerprint": fingerprint},
+        )
     return train, val
 
 
 def run(cfg: DictConfig) -> int:
+    """The job; under ``torchrun`` every rank runs it (:mod:`diffmix.learned.dist`)."""
+    device = dist.init(pick_device(str(cfg.device)))
+    ok = False
+    try:
+        code = _run(cfg, device)
+        ok = True
+        return code
+    finally:
+        dist.close(wait=ok)  # a failing rank leaves at once (torchrun then stops the others)
+
+
+def _run(cfg: DictConfig, device: torch.device) -> int:
     t0 = time.perf_counter()
+    rank, world = dist.world()
     torch.manual_seed(int(cfg.seed))
     sr = int(cfg.sample_rate)
     if cfg.model.get("kind", "mlp") != "mlp":
@@ -94,16 +102,20 @@ def run(cfg: DictConfig) -> int:
         raise UserError(f"prior names {unknown}, which are not predicted (params: {[h.key for h in heads]})")
     files = list_corpus(str(cfg.corpus), cfg.get("source"), cfg.get("licence"))
     train_files, val_files = split(files, float(cfg.val_fraction), int(cfg.seed))
-    fingerprint = _fingerprint(cfg, files)
+    # The examples depend on the data options only (a new model width reuses them); a
+    # resumable state on everything that shapes the weights.
+    data_print = _fingerprint(cfg, files, DATA_KEYS + (("model.mel",) if "mel" in cfg.model else ()))
+    fingerprint = _fingerprint(cfg, files, DATA_KEYS + ("model", "stage1"))
     out.mkdir(parents=True, exist_ok=True)  # only once the corpus is known good
-    if not cfg.resume:
+    if not cfg.resume and rank == 0:
         for stale in ("state.safetensors", "dataset.safetensors", "log.jsonl"):
             (out / stale).unlink(missing_ok=True)
+    dist.barrier()  # every rank sees the run folder as rank 0 left it
     d = cfg.data
 
     def make():  # noqa: ANN202
         common = dict(
-            device=pick_device(str(cfg.device)),
+            device=device,
             per_excerpt=int(d.per_excerpt),
             excerpt_s=float(d.excerpt_s),
             input_gain_db=list(d.input_gain_db),
@@ -119,7 +131,8 @@ def run(cfg: DictConfig) -> int:
             ("val", val_files, int(d.val_examples)),
         ):
             songs = load_songs(fs, sr, float(d.max_song_s))
-            with tqdm(total=count, desc=f"examples ({what})", disable=not cfg.progress, leave=False) as bar:
+            shown = bool(cfg.progress) and rank == 0
+            with tqdm(total=count, desc=f"examples ({what})", disable=not shown, leave=False) as bar:
                 sets.append(
                     make_examples(
                         songs, make_chain, heads, prior, count=count, tag=what, progress=bar.update, **common
@@ -127,14 +140,14 @@ def run(cfg: DictConfig) -> int:
                 )
         return sets
 
-    train, val = _dataset(out / "dataset.safetensors", fingerprint, make)
+    train, val = _dataset(out / "dataset.safetensors", data_print, make)
     t_data = time.perf_counter() - t0
     mean = train[0].mean(0)
     std = train[0].std(0).clamp_min(1e-3)
     model = Predictor(
         train[0].shape[1], heads, list(cfg.model.hidden), float(cfg.model.get("dropout", 0.0)),
         mean=mean, std=std,
-    )
+    ).to(device)
     s1 = cfg.stage1
     metrics = train_regression(
         model,
@@ -168,6 +181,7 @@ def run(cfg: DictConfig) -> int:
         "corpus": {"spec": Path(str(cfg.corpus)).name, "files": corpus},
         "training": {
             "seed": int(cfg.seed),
+            "processes": world,
             "examples": int(train[0].shape[0]),
             "val_examples": int(val[0].shape[0]),
             "prior": prior,
@@ -178,10 +192,12 @@ def run(cfg: DictConfig) -> int:
         "validation": metrics,
     }
     path = Path(str(cfg.checkpoint)) if cfg.get("checkpoint") else out / "model.safetensors"
+    if rank > 0:
+        return 0
     save_checkpoint(path, model, info)
     print(
         f"train: {path}  ({model.weight_count()} weights, {len(train_files)} train / {len(val_files)} val "
-        f"songs, val loss {metrics.get('loss', float('nan')):.4f}, data {t_data:.0f} s, "
+        f"songs, val loss {metrics.get('loss', float('nan')):.4f}, {world} process(es), data {t_data:.0f} s, "
         f"total {time.perf_counter() - t0:.0f} s)"
     )
     return 0

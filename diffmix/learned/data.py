@@ -29,8 +29,9 @@ from diffmix.console import Bus
 from diffmix.errors import UserError
 from diffmix.fit import draw
 from diffmix.inputs import load_mix
+from diffmix.learned import dist
 from diffmix.learned.checkpoint import file_sha256
-from diffmix.learned.features import LUFS, feature_vector, signal_features
+from diffmix.learned.features import LUFS, feature_vector, names, signal_features
 from diffmix.learned.model import Head
 from diffmix.mastering import set_exact
 
@@ -175,14 +176,17 @@ def make_examples(
     (physical values in head order). Deterministic in ``(seed, tag)``.
 
     Every ``per_excerpt`` examples share one (song, A, B, level) draw and differ in their
-    settings, so the input's features are measured once for them.
+    settings, so the input's features are measured once for them. Under ``torchrun`` each
+    rank draws every ``W``-th batch and the ranks exchange them: every rank returns the
+    whole set, equal to one process's.
     """
     sr = chain_for(1).sample_rate
-    feats, targets = [], []
     n_batches = math.ceil(count / batch)
+    feats = torch.zeros(n_batches, batch, len(names(sr)), dtype=torch.float64)
+    targets = torch.zeros(n_batches, batch, sum(h.size for h in heads), dtype=torch.float64)
     chain = chain_for(batch).to(device)
     set_exact(chain, False)
-    for k in range(n_batches):
+    for k in dist.mine(range(n_batches)):
         gen = draw(seed, k, tag)
         bases = math.ceil(batch / per_excerpt)
         a_list, b_list = [], []
@@ -226,8 +230,9 @@ def make_examples(
                     drive[i : i + h.size] = True
                 i += h.size
             y = torch.where(drop[:, None] & ~drive, neutral, y)
-        feats.append(f)
-        targets.append(y)
+        feats[k] = f
+        targets[k] = y
         if progress is not None:
             progress(batch)
-    return torch.cat(feats)[:count], torch.cat(targets)[:count]
+    feats, targets = dist.assemble(feats), dist.assemble(targets)
+    return feats.reshape(-1, feats.shape[-1])[:count], targets.reshape(-1, targets.shape[-1])[:count]
