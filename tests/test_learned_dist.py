@@ -5,7 +5,8 @@
   raw gradient, which Adam's scale invariance would hide).
 - ``torchrun --nproc-per-node=2 -m diffmix.cli train``, SIGKILLed mid-training and run
   again, draws the same examples as one process (bit for bit) and ends with the weights
-  of a one-process run on the same global batches, within float summation order.
+  of a one-process run on the same global batches, within float summation order, after
+  stage 1 and after a few steps of stage 2.
 """
 
 from __future__ import annotations
@@ -90,7 +91,10 @@ def test_all_reduced_gradients_equal_one_process(tmp_path: Path) -> None:
 # --- torchrun through the real CLI --------------------------------------------------------
 STEPS = 100
 EXACT = [*(a for a in TINY if not a.startswith(("stage1.epochs", "checkpoint_every"))),
-         "model.dropout=0", f"stage1.epochs={STEPS // 2}", "checkpoint_every=20"]
+         "model.dropout=0", f"stage1.epochs={STEPS // 2}", "checkpoint_every=20",
+         # and two steps of stage 2, its items split by rank too
+         "stage2.steps=2", "stage2.batch_size=3", "stage2.excerpt_s=0.5", "stage2.val_every=2",
+         "stage2.val_items=3"]
 
 
 def _torchrun(args: list[str]) -> list[str]:
@@ -134,14 +138,19 @@ def test_torchrun_two_processes_resume_and_match_one_process(
     b, _ = tensorfile.load(two / "dataset.safetensors")
     assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)
     # The weights after all steps (the states) and the losses: one process's, to rounding.
+    for state in ("state.safetensors", "state2.safetensors"):
+        a, _ = tensorfile.load(one / state)
+        b, _ = tensorfile.load(two / state)
+        for k in (k for k in a if k.startswith("model.net.")):
+            gap = float((a[k] - b[k]).abs().max())
+            assert torch.allclose(a[k], b[k], rtol=1e-4, atol=1e-5), (state, k, gap)
     a, _ = tensorfile.load(one / "state.safetensors")
-    b, _ = tensorfile.load(two / "state.safetensors")
-    for k in (k for k in a if k.startswith("model.net.")):
-        assert torch.allclose(a[k], b[k], rtol=1e-4, atol=1e-5), (k, float((a[k] - b[k]).abs().max()))
     assert not torch.allclose(a["model.net.0.weight"], tensorfile.load(trained / "state.safetensors")[0][
         "model.net.0.weight"], atol=1e-3)  # the comparison can tell runs apart (dropout 0.3 there)
     log_a = [json.loads(line) for line in (one / "log.jsonl").read_text().splitlines()]
     log_b = [json.loads(line) for line in (two / "log.jsonl").read_text().splitlines()]
     assert [x["step"] for x in log_b] == [x["step"] for x in log_a]  # each step once: rank 0 logs
-    losses = [(x["loss"], y["loss"]) for x, y in zip(log_a, log_b, strict=True) if "loss" in x]
-    assert len(losses) == STEPS and all(abs(p - q) <= 1e-4 * abs(p) + 1e-6 for p, q in losses), losses[-3:]
+    losses = [(x[k], y[k]) for x, y in zip(log_a, log_b, strict=True) for k in ("loss", "loss2", "val2/loss")
+              if k in x]
+    assert len(losses) == STEPS + 2 + 2
+    assert all(abs(p - q) <= 1e-4 * abs(p) + 1e-6 for p, q in losses), losses[-3:]

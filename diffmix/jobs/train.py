@@ -2,11 +2,14 @@
 
 Options: ``corpus`` (required: folder, glob or manifest), ``source``/``licence`` (recorded
 in the checkpoint), ``out`` (run folder; the same command again resumes a killed run),
-``checkpoint`` (where the model goes), ``model.*`` (hidden widths), ``data.*`` (examples,
-excerpts, levels), ``prior.*`` (training ranges of the settings), ``stage1.*`` (epochs,
-batch size, learning rate), ``seed``. Writes ``log.jsonl`` (losses, validation every
-epoch), ``state.safetensors`` (every ``checkpoint_every`` steps) and the checkpoint
-(safetensors weights + JSON metadata). Use it with ``diffmix master ... fit.init=learned
+``checkpoint`` (where the model goes), ``model`` (``configs/predictor/``: ``mlp`` or ``cnn``),
+``data.*`` (examples, excerpts, levels), ``prior.*`` (training ranges of the settings),
+``stage1.*`` (parameter regression: epochs, batch size, learning rate), ``stage2.*`` (end to
+end through the chain against ``loss.weights``; ``stage2.steps=0`` skips it), ``device``,
+``seed``. Writes ``log.jsonl`` (losses, validation every epoch), ``state.safetensors`` /
+``state2.safetensors`` (every ``checkpoint_every`` steps) and the checkpoint (safetensors
+weights + JSON metadata). Several processes: ``torchrun --nproc-per-node=N -m diffmix.cli
+train ...`` (:mod:`diffmix.learned.dist`). Use it with ``diffmix master ... fit.init=learned
 model=PATH``.
 """
 
@@ -14,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import time
 from pathlib import Path
 
@@ -31,7 +35,8 @@ from diffmix.learned.data import list_corpus, load_songs, make_examples, split
 from diffmix.learned.features import FEATURE_VERSION, names
 from diffmix.learned.model import Predictor
 from diffmix.learned.predict import heads_for
-from diffmix.learned.train import train_regression
+from diffmix.learned.stage2 import train_end_to_end
+from diffmix.learned.train import loss_scales, train_regression
 
 
 def _chain_maker(cfg: DictConfig, sample_rate: int):  # noqa: ANN202
@@ -72,6 +77,50 @@ def _dataset(path: Path, fingerprint: str, make):  # noqa: ANN001, ANN202
     return train, val
 
 
+def _stage2(cfg, model, make_chain, train_files, val_files, train, prior, out, files, device):  # noqa: ANN001, ANN202, PLR0913
+    """Stage 2 from ``cfg.stage2`` and ``cfg.loss`` (:mod:`diffmix.learned.stage2`)."""
+    from diffmix.mastering.fit import available_weights
+
+    s2, d, sr = cfg.stage2, cfg.data, int(cfg.sample_rate)
+    weights = available_weights({str(k): float(v) for k, v in cfg.loss.weights.items()},
+                                reference=True, target={})
+    if not weights:
+        raise UserError(f"stage2: loss.weights {dict(cfg.loss.weights)} has no reference term to train on")
+    scales = loss_scales(model.heads, prior)
+    return train_end_to_end(
+        model,
+        load_songs(train_files, sr, float(d.max_song_s)),
+        load_songs(val_files, sr, float(d.max_song_s)),
+        make_chain,
+        weights=weights,
+        steps=int(s2.steps),
+        batch_size=int(s2.batch_size),
+        excerpt_s=float(s2.excerpt_s),
+        lr=float(s2.lr),
+        weight_decay=float(s2.weight_decay),
+        input_gain_db=list(d.input_gain_db),
+        flatten=list(s2.flatten),
+        expand=list(s2.expand),
+        width=list(s2.width),
+        ceiling_db=float(cfg.target.true_peak_db),
+        regression=(train[0], train[1], scales),
+        regression_weight=float(s2.regression),
+        val_every=int(s2.val_every),
+        val_items=int(s2.val_items),
+        out=out,
+        first_step=_stage1_steps(cfg, int(train[0].shape[0])),
+        seed=int(cfg.seed),
+        fingerprint=_fingerprint(cfg, files, DATA_KEYS + ("model", "stage1", "stage2", "loss")),
+        checkpoint_every=int(cfg.checkpoint_every),
+        device=device,
+        progress=bool(cfg.progress),
+    )
+
+
+def _stage1_steps(cfg: DictConfig, examples: int) -> int:
+    return int(cfg.stage1.epochs) * max(1, math.ceil(examples / int(cfg.stage1.batch_size)))
+
+
 def run(cfg: DictConfig) -> int:
     """The job; under ``torchrun`` every rank runs it (:mod:`diffmix.learned.dist`)."""
     device = dist.init(pick_device(str(cfg.device)))
@@ -108,7 +157,7 @@ def _run(cfg: DictConfig, device: torch.device) -> int:
     fingerprint = _fingerprint(cfg, files, DATA_KEYS + ("model", "stage1"))
     out.mkdir(parents=True, exist_ok=True)  # only once the corpus is known good
     if not cfg.resume and rank == 0:
-        for stale in ("state.safetensors", "dataset.safetensors", "log.jsonl"):
+        for stale in ("state.safetensors", "state2.safetensors", "dataset.safetensors", "log.jsonl"):
             (out / stale).unlink(missing_ok=True)
     dist.barrier()  # every rank sees the run folder as rank 0 left it
     d = cfg.data
@@ -164,6 +213,10 @@ def _run(cfg: DictConfig, device: torch.device) -> int:
         checkpoint_every=int(cfg.checkpoint_every),
         progress=bool(cfg.progress),
     )
+    s2 = cfg.stage2
+    if int(s2.steps) > 0:
+        metrics = {**metrics, "stage2": _stage2(cfg, model, make_chain, train_files, val_files, train, prior,
+                                                 out, files, device)}
     spec = Path(str(cfg.corpus))
     root = spec if spec.is_dir() else spec.parent if spec.is_file() else None
     corpus = [{**f.as_dict(root), "split": "train"} for f in train_files]
@@ -186,6 +239,8 @@ def _run(cfg: DictConfig, device: torch.device) -> int:
             "val_examples": int(val[0].shape[0]),
             "prior": prior,
             "stage1": OmegaConf.to_container(s1, resolve=True),
+            "stage2": OmegaConf.to_container(s2, resolve=True) if int(s2.steps) > 0 else None,
+            "loss": OmegaConf.to_container(cfg.loss, resolve=True) if int(s2.steps) > 0 else None,
             "data": OmegaConf.to_container(d, resolve=True),
             "fingerprint": fingerprint,
         },

@@ -208,7 +208,7 @@ def train_regression(
     best: dict[str, Any] = dict(info.get("best", {}))
     best_state: dict[str, Tensor] = dict(info.get("best_state", {}))
     rank, _ = dist.world()
-    log = open_log(out / "log.jsonl", step)
+    log = open_log(out / "log.jsonl", step if step < total else sys.maxsize)  # done: stage 2's lines stay
     bar = tqdm(
         total=total, initial=step, disable=not progress or rank > 0, file=sys.stderr, desc="train",
         dynamic_ncols=True,
