@@ -2,8 +2,8 @@
 
 Options: ``corpus`` (required: folder, glob or manifest), ``source``/``licence`` (recorded
 in the checkpoint), ``out`` (run folder; the same command again resumes a killed run),
-``checkpoint`` (where the model goes), ``model`` (``configs/predictor/``: ``mlp`` or ``cnn``),
-``data.*`` (examples, excerpts, levels), ``prior.*`` (training ranges of the settings),
+``checkpoint`` (where the model goes), ``predictor`` (``mlp`` or ``cnn``: ``configs/predictor/``,
+the ``model`` node), ``data.*`` (examples, excerpts, levels), ``prior.*`` (training ranges of the settings),
 ``stage1.*`` (parameter regression: epochs, batch size, learning rate), ``stage2.*`` (end to
 end through the chain against ``loss.weights``; ``stage2.steps=0`` skips it), ``device``,
 ``seed``. Writes ``log.jsonl`` (losses, validation every epoch), ``state.safetensors`` /
@@ -33,7 +33,7 @@ from diffmix.learned import dist, tensorfile
 from diffmix.learned.checkpoint import chain_effects, save_checkpoint
 from diffmix.learned.data import list_corpus, load_songs, make_examples, split
 from diffmix.learned.features import FEATURE_VERSION, names
-from diffmix.learned.model import Predictor
+from diffmix.learned.model import KINDS, build
 from diffmix.learned.predict import heads_for
 from diffmix.learned.stage2 import train_end_to_end
 from diffmix.learned.train import loss_scales, train_regression
@@ -138,8 +138,10 @@ def _run(cfg: DictConfig, device: torch.device) -> int:
     rank, world = dist.world()
     torch.manual_seed(int(cfg.seed))
     sr = int(cfg.sample_rate)
-    if cfg.model.get("kind", "mlp") != "mlp":
-        raise UserError(f"model.kind={cfg.model.kind}: only mlp is implemented")
+    kind = str(cfg.model.get("kind", "mlp"))
+    if kind not in KINDS:
+        raise UserError(f"model.kind={kind}: choose one of {sorted(KINDS)} (configs/predictor/)")
+    mel = OmegaConf.to_container(cfg.model.mel, resolve=True) if kind == "cnn" else None
     out = Path(str(cfg.out))
     make_chain = _chain_maker(cfg, sr)
     prior = {str(k): [float(v) for v in r] for k, r in (cfg.prior or {}).items()}
@@ -171,6 +173,7 @@ def _run(cfg: DictConfig, device: torch.device) -> int:
             spec_only=float(d.spec_only),
             ceiling_db=float(cfg.target.true_peak_db),
             seed=int(cfg.seed),
+            mel=mel,
         )
         from tqdm import tqdm
 
@@ -193,10 +196,8 @@ def _run(cfg: DictConfig, device: torch.device) -> int:
     t_data = time.perf_counter() - t0
     mean = train[0].mean(0)
     std = train[0].std(0).clamp_min(1e-3)
-    model = Predictor(
-        train[0].shape[1], heads, list(cfg.model.hidden), float(cfg.model.get("dropout", 0.0)),
-        mean=mean, std=std,
-    ).to(device)
+    dims = {**OmegaConf.to_container(cfg.model, resolve=True), "n_features": len(names(sr))}  # type: ignore[dict-item]
+    model = build(dims, heads, mean, std).to(device)
     s1 = cfg.stage1
     metrics = train_regression(
         model,

@@ -33,7 +33,7 @@ from diffmix.fit import draw
 from diffmix.functional.gain import width as width_fn
 from diffmix.functional.match_eq import band_levels_db, match_centres, match_eq
 from diffmix.learned import dist
-from diffmix.learned.features import LUFS, feature_vector, signal_features
+from diffmix.learned.features import LUFS, feature_vector, mel_input, signal_features
 from diffmix.learned.model import Predictor
 from diffmix.learned.train import load_state, open_log, regression_loss, save_state, step_loss
 from diffmix.objective import Objective
@@ -153,7 +153,12 @@ def item_losses(
     ins = signal_features(inputs, sr).cpu()
     refs = signal_features(references, sr).cpu()
     tp = torch.full((inputs.shape[0],), ceiling_db, dtype=torch.float64)
-    feats = feature_vector(ins, refs, refs[:, LUFS], tp, sr).to(model.mean.device)
+    feats = feature_vector(ins, refs, refs[:, LUFS], tp, sr)
+    mel = getattr(model, "mel", None)
+    if mel is not None:  # the CNN's spectrograms
+        feats = torch.cat([feats, mel_input(inputs, references, sr, **{k: int(mel[k]) for k in
+                                                                      ("bands", "frames", "n_fft")})], -1)
+    feats = feats.to(model.mean.device)
     values = model.values(model(feats))
     y = render(chain, values, inputs)
     objective = Objective(sr, weights, reference=references).to(inputs.device)
@@ -204,7 +209,7 @@ def train_end_to_end(
     sr = make_chain(1).sample_rate
     shortest = min(int(s.shape[-1]) // 2 for s in (*train_songs, *val_songs))
     length = min(int(round(excerpt_s * sr)), shortest)
-    params = list(model.net.parameters())
+    params = list(model.parameters())
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     state_path = out / "state2.safetensors"
     info = load_state(state_path, model, opt, fingerprint) or {"step": 0, "best": {}, "best_state": {}}

@@ -71,7 +71,7 @@ def _state_tensors(
 ) -> dict[str, Tensor]:
     tensors = {f"model.{k}": v.detach().clone() for k, v in model.state_dict().items()}
     tensors.update({f"best.{k}": v for k, v in (best or {}).items()})
-    for i, p in enumerate(model.net.parameters()):
+    for i, p in enumerate(model.parameters()):
         st = opt.state.get(p, {})
         for name in ("exp_avg", "exp_avg_sq"):
             if name in st:
@@ -104,7 +104,7 @@ def load_state(
     if info.get("fingerprint") != fingerprint:
         return None
     model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")}, strict=True)
-    for i, p in enumerate(model.net.parameters()):
+    for i, p in enumerate(model.parameters()):
         if f"opt.{i}.exp_avg" in tensors:
             opt.state[p] = {
                 "step": tensors[f"opt.{i}.step"].reshape(()).float(),
@@ -199,7 +199,7 @@ def train_regression(
     """
     x, y = train
     scales = loss_scales(model.heads, prior)
-    opt = torch.optim.AdamW(model.net.parameters(), lr=lr, weight_decay=weight_decay)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     per_epoch = max(1, math.ceil(x.shape[0] / batch_size))
     total = epochs * per_epoch
     state_path = out / "state.safetensors"
@@ -215,7 +215,7 @@ def train_regression(
     )
     device = model.mean.device
     xf, yf = x.float().to(device), y.double().to(device)
-    params = list(model.net.parameters())
+    params = list(model.parameters())
     try:
         while step < total:
             epoch, k = divmod(step, per_epoch)
