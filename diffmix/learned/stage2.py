@@ -115,9 +115,10 @@ def draw_items(
     expand: Sequence[float],
     width: Sequence[float],
     sample_rate: int,
+    device: torch.device | str = "cpu",
 ) -> tuple[Tensor, Tensor]:
-    """``(inputs, references)``, each ``(len(rows), 2, length)``: item ``i`` of ``rows``
-    drawn from ``(seed, step, tag, i)`` alone (the same item on any rank)."""
+    """``(inputs, references)``, each ``(len(rows), 2, length)`` on ``device``: item ``i``
+    of ``rows`` drawn from ``(seed, step, tag, i)`` alone (the same item on any rank)."""
     a_list, b_list, amounts = [], [], []
     for i in rows:
         gen = draw(seed, step, f"{tag}.{i}")
@@ -131,10 +132,10 @@ def draw_items(
         amounts.append([float(r[0]) + (float(r[1]) - float(r[0])) * u[j] for j, r in enumerate(ranges)])
         a_list.append(s[:, a0 : a0 + length])
         b_list.append(s[:, b0 : b0 + length])
-    a, b = torch.stack(a_list), torch.stack(b_list)
+    a, b = torch.stack(a_list).to(device), torch.stack(b_list).to(device)
     k = torch.tensor(amounts, dtype=torch.float64)
     inputs = pseudo_unmastered(b, sample_rate, flatten=k[:, 1], expand=k[:, 2], width=k[:, 3])
-    return inputs * (10.0 ** (k[:, 0] / 20.0)).to(inputs.dtype)[:, None, None], a
+    return inputs * (10.0 ** (k[:, 0] / 20.0)).to(inputs)[:, None, None], a
 
 
 def item_losses(
@@ -229,11 +230,11 @@ def train_end_to_end(
         return chains[n]
 
     draw_opts = dict(length=length, input_gain_db=input_gain_db, flatten=flatten, expand=expand,
-                     width=width, sample_rate=sr, seed=seed)
+                     width=width, sample_rate=sr, seed=seed, device=device)
 
     def batch_loss(rows: Tensor, songs: Sequence[Tensor], at: int, tag: str) -> Tensor:
         ins, refs = draw_items(songs, rows.tolist(), step=at, tag=tag, **draw_opts)  # type: ignore[arg-type]
-        return item_losses(model, chain(len(rows)), ins.to(device), refs.to(device), weights, ceiling_db)
+        return item_losses(model, chain(len(rows)), ins, refs, weights, ceiling_db)
 
     def validate() -> float:
         model.eval()
