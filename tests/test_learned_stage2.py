@@ -5,7 +5,12 @@ and ``diffmix train stage2.steps=...`` lowers the objective on held-out syntheti
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -21,7 +26,7 @@ from diffmix.functional.match_eq import band_levels_db, match_centres
 from diffmix.learned import tensorfile
 from diffmix.learned.checkpoint import load_checkpoint
 from diffmix.learned.stage2 import pseudo_unmastered, render
-from tests.jobs_helpers import music, run_cli
+from tests.jobs_helpers import ROOT, music, run_cli
 from tests.test_learned import ONE_THREAD, TINY, corpus, trained  # noqa: F401 - shared fixtures
 
 SEED = 777
@@ -90,18 +95,28 @@ def test_render_with_values_is_the_chain_set_to_them() -> None:
 
 
 STAGE2 = ["stage2.steps=12", "stage2.batch_size=4", "stage2.excerpt_s=1.0", "stage2.val_every=6",
-          "stage2.val_items=4", "stage2.lr=1e-3"]
+          "stage2.val_items=4", "stage2.lr=1e-3", "checkpoint_every=4"]
 
 
-def test_stage2_lowers_the_objective_on_held_out_audio(
-    corpus: Path, trained: Path, tmp_path: Path  # noqa: F811 - fixtures
-) -> None:
-    # Stage 1 is the fixture's run (its examples and final state, so it is not redone).
+def _after_stage1(stage1: Path, songs: Path, out: Path) -> list[str]:
+    """The train command for ``out``, where stage 1 is the run ``stage1``'s (its examples
+    and final state are copied: it is not redone)."""
+    out.mkdir(exist_ok=True)
     for name in ("dataset.safetensors", "state.safetensors", "log.jsonl"):
-        shutil.copy(trained / name, tmp_path / name)
-    r = run_cli("train", f"corpus={corpus / 'manifest.csv'}", f"out={tmp_path}", *TINY, *STAGE2,
-                cwd=tmp_path, env=ONE_THREAD)
+        shutil.copy(stage1 / name, out / name)
+    return ["train", f"corpus={songs / 'manifest.csv'}", f"out={out}", *TINY, *STAGE2]
+
+
+@pytest.fixture(scope="module")
+def stage2(corpus: Path, trained: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:  # noqa: F811
+    out = tmp_path_factory.mktemp("stage2")
+    r = run_cli(*_after_stage1(trained, corpus, out), cwd=out, env=ONE_THREAD)
     assert r.returncode == 0, r.stderr[-2000:]
+    return out
+
+
+def test_stage2_lowers_the_objective_on_held_out_audio(stage2: Path, trained: Path) -> None:  # noqa: F811
+    tmp_path = stage2
     log = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
     stage1 = [x for x in log if "stage" not in x]
     assert len([x for x in stage1 if "loss" in x]) == 200  # stage 1's log kept, not redone
@@ -118,3 +133,28 @@ def test_stage2_lowers_the_objective_on_held_out_audio(
     a, _ = tensorfile.load(trained / "model.safetensors")
     b, _ = tensorfile.load(tmp_path / "model.safetensors")
     assert not torch.equal(a["net.0.weight"], b["net.0.weight"])
+
+
+def test_a_killed_stage2_run_resumes_to_the_same_weights(
+    corpus: Path, trained: Path, stage2: Path, tmp_path: Path  # noqa: F811 - fixtures
+) -> None:
+    args = _after_stage1(trained, corpus, tmp_path)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), **ONE_THREAD}
+    proc = subprocess.Popen([sys.executable, "-m", "diffmix.cli", *args], cwd=tmp_path, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    state = tmp_path / "state2.safetensors"
+    deadline = time.monotonic() + 120
+    while not state.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert state.exists(), "the run ended before stage 2 wrote its first state"
+    killed_at = json.loads(tensorfile.load(state)[1]["state"])["step"]
+    assert killed_at < 12 and not (tmp_path / "model.safetensors").exists()
+    r = run_cli(*args, cwd=tmp_path, env=ONE_THREAD)
+    assert r.returncode == 0, r.stderr[-2000:]
+    a, _ = tensorfile.load(stage2 / "model.safetensors")
+    b, _ = tensorfile.load(tmp_path / "model.safetensors")
+    assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a), f"killed at stage-2 step {killed_at}"
+    log_a = (stage2 / "log.jsonl").read_text()
+    assert (tmp_path / "log.jsonl").read_text() == log_a  # each step logged once, the same values
