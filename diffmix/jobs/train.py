@@ -2,11 +2,14 @@
 
 Options: ``corpus`` (required: folder, glob or manifest), ``source``/``licence`` (recorded
 in the checkpoint), ``out`` (run folder; the same command again resumes a killed run),
-``checkpoint`` (where the model goes), ``model.*`` (hidden widths), ``data.*`` (examples,
-excerpts, levels), ``prior.*`` (training ranges of the settings), ``stage1.*`` (epochs,
-batch size, learning rate), ``seed``. Writes ``log.jsonl`` (losses, validation every
-epoch), ``state.safetensors`` (every ``checkpoint_every`` steps) and the checkpoint
-(safetensors weights + JSON metadata). Use it with ``diffmix master ... fit.init=learned
+``checkpoint`` (where the model goes), ``predictor`` (``mlp`` or ``cnn``: ``configs/predictor/``,
+the ``model`` node), ``data.*`` (examples, excerpts, levels), ``prior.*`` (training ranges of the settings),
+``stage1.*`` (parameter regression: epochs, batch size, learning rate), ``stage2.*`` (end to
+end through the chain against ``loss.weights``; ``stage2.steps=0`` skips it), ``device``,
+``seed``. Writes ``log.jsonl`` (losses, validation every epoch), ``state.safetensors`` /
+``state2.safetensors`` (every ``checkpoint_every`` steps) and the checkpoint (safetensors
+weights + JSON metadata). Several processes: ``torchrun --nproc-per-node=N -m diffmix.cli
+train ...`` (:mod:`diffmix.learned.dist`). Use it with ``diffmix master ... fit.init=learned
 model=PATH``.
 """
 
@@ -14,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import time
 from pathlib import Path
 
@@ -25,13 +29,14 @@ from diffmix.config import instantiate
 from diffmix.console import Bus
 from diffmix.errors import UserError
 from diffmix.jobs._common import pick_device
-from diffmix.learned import tensorfile
+from diffmix.learned import dist, tensorfile
 from diffmix.learned.checkpoint import chain_effects, save_checkpoint
 from diffmix.learned.data import list_corpus, load_songs, make_examples, split
 from diffmix.learned.features import FEATURE_VERSION, names
-from diffmix.learned.model import Predictor
+from diffmix.learned.model import KINDS, build
 from diffmix.learned.predict import heads_for
-from diffmix.learned.train import train_regression
+from diffmix.learned.stage2 import train_end_to_end
+from diffmix.learned.train import loss_scales, train_regression
 
 
 def _chain_maker(cfg: DictConfig, sample_rate: int):  # noqa: ANN202
@@ -43,20 +48,14 @@ def _chain_maker(cfg: DictConfig, sample_rate: int):  # noqa: ANN202
     return make
 
 
-def _fingerprint(cfg: DictConfig, files: list) -> str:
+DATA_KEYS = ("chain", "params", "data", "prior", "seed", "sample_rate", "val_fraction", "target")
+
+
+def _fingerprint(cfg: DictConfig, files: list, keys: tuple[str, ...]) -> str:
+    """A hash of the config nodes ``keys`` and the corpus's content."""
+    nodes = {k: OmegaConf.select(cfg, k) for k in keys}
     keep = {
-        k: OmegaConf.to_container(cfg[k], resolve=True) if OmegaConf.is_config(cfg[k]) else cfg[k]
-        for k in (
-            "chain",
-            "model",
-            "params",
-            "data",
-            "prior",
-            "stage1",
-            "seed",
-            "sample_rate",
-            "val_fraction",
-        )
+        k: OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else v for k, v in nodes.items()
     }
     keep["files"] = [f.sha256 for f in files]
     return hashlib.sha256(json.dumps(keep, sort_keys=True, default=str).encode()).hexdigest()[:16]
@@ -69,20 +68,80 @@ def _dataset(path: Path, fingerprint: str, make):  # noqa: ANN001, ANN202
         if meta.get("fingerprint") == fingerprint:
             return (tensors["train_x"], tensors["train_y"]), (tensors["val_x"], tensors["val_y"])
     train, val = make()
-    tensorfile.save(
-        path,
-        {"train_x": train[0], "train_y": train[1], "val_x": val[0], "val_y": val[1]},
-        {"fingerprint": fingerprint},
-    )
+    if dist.world()[0] == 0:
+        tensorfile.save(
+            path,
+            {"train_x": train[0], "train_y": train[1], "val_x": val[0], "val_y": val[1]},
+            {"fingerprint": fingerprint},
+        )
     return train, val
 
 
+def _stage2(cfg, model, make_chain, train_files, val_files, train, prior, out, files, device):  # noqa: ANN001, ANN202, PLR0913
+    """Stage 2 from ``cfg.stage2`` and ``cfg.loss`` (:mod:`diffmix.learned.stage2`)."""
+    from diffmix.mastering.fit import available_weights
+
+    s2, d, sr = cfg.stage2, cfg.data, int(cfg.sample_rate)
+    weights = available_weights({str(k): float(v) for k, v in cfg.loss.weights.items()},
+                                reference=True, target={})
+    if not weights:
+        raise UserError(f"stage2: loss.weights {dict(cfg.loss.weights)} has no reference term to train on")
+    scales = loss_scales(model.heads, prior)
+    return train_end_to_end(
+        model,
+        load_songs(train_files, sr, float(d.max_song_s)),
+        load_songs(val_files, sr, float(d.max_song_s)),
+        make_chain,
+        weights=weights,
+        steps=int(s2.steps),
+        batch_size=int(s2.batch_size),
+        excerpt_s=float(s2.excerpt_s),
+        lr=float(s2.lr),
+        weight_decay=float(s2.weight_decay),
+        input_gain_db=list(d.input_gain_db),
+        flatten=list(s2.flatten),
+        expand=list(s2.expand),
+        width=list(s2.width),
+        ceiling_db=float(cfg.target.true_peak_db),
+        regression=(train[0], train[1], scales),
+        regression_weight=float(s2.regression),
+        val_every=int(s2.val_every),
+        val_items=int(s2.val_items),
+        out=out,
+        first_step=_stage1_steps(cfg, int(train[0].shape[0])),
+        seed=int(cfg.seed),
+        fingerprint=_fingerprint(cfg, files, DATA_KEYS + ("model", "stage1", "stage2", "loss")),
+        checkpoint_every=int(cfg.checkpoint_every),
+        device=device,
+        progress=bool(cfg.progress),
+    )
+
+
+def _stage1_steps(cfg: DictConfig, examples: int) -> int:
+    return int(cfg.stage1.epochs) * max(1, math.ceil(examples / int(cfg.stage1.batch_size)))
+
+
 def run(cfg: DictConfig) -> int:
+    """The job; under ``torchrun`` every rank runs it (:mod:`diffmix.learned.dist`)."""
+    device = dist.init(pick_device(str(cfg.device)))
+    ok = False
+    try:
+        code = _run(cfg, device)
+        ok = True
+        return code
+    finally:
+        dist.close(wait=ok)  # a failing rank leaves at once (torchrun then stops the others)
+
+
+def _run(cfg: DictConfig, device: torch.device) -> int:
     t0 = time.perf_counter()
+    rank, world = dist.world()
     torch.manual_seed(int(cfg.seed))
     sr = int(cfg.sample_rate)
-    if cfg.model.get("kind", "mlp") != "mlp":
-        raise UserError(f"model.kind={cfg.model.kind}: only mlp is implemented")
+    kind = str(cfg.model.get("kind", "mlp"))
+    if kind not in KINDS:
+        raise UserError(f"model.kind={kind}: choose one of {sorted(KINDS)} (configs/predictor/)")
+    mel = OmegaConf.to_container(cfg.model.mel, resolve=True) if kind == "cnn" else None
     out = Path(str(cfg.out))
     make_chain = _chain_maker(cfg, sr)
     prior = {str(k): [float(v) for v in r] for k, r in (cfg.prior or {}).items()}
@@ -94,22 +153,27 @@ def run(cfg: DictConfig) -> int:
         raise UserError(f"prior names {unknown}, which are not predicted (params: {[h.key for h in heads]})")
     files = list_corpus(str(cfg.corpus), cfg.get("source"), cfg.get("licence"))
     train_files, val_files = split(files, float(cfg.val_fraction), int(cfg.seed))
-    fingerprint = _fingerprint(cfg, files)
+    # The examples depend on the data options only (a new model width reuses them); a
+    # resumable state on everything that shapes the weights.
+    data_print = _fingerprint(cfg, files, DATA_KEYS + (("model.mel",) if "mel" in cfg.model else ()))
+    fingerprint = _fingerprint(cfg, files, DATA_KEYS + ("model", "stage1"))
     out.mkdir(parents=True, exist_ok=True)  # only once the corpus is known good
-    if not cfg.resume:
-        for stale in ("state.safetensors", "dataset.safetensors", "log.jsonl"):
+    if not cfg.resume and rank == 0:
+        for stale in ("state.safetensors", "state2.safetensors", "dataset.safetensors", "log.jsonl"):
             (out / stale).unlink(missing_ok=True)
+    dist.barrier()  # every rank sees the run folder as rank 0 left it
     d = cfg.data
 
     def make():  # noqa: ANN202
         common = dict(
-            device=pick_device(str(cfg.device)),
+            device=device,
             per_excerpt=int(d.per_excerpt),
             excerpt_s=float(d.excerpt_s),
             input_gain_db=list(d.input_gain_db),
             spec_only=float(d.spec_only),
             ceiling_db=float(cfg.target.true_peak_db),
             seed=int(cfg.seed),
+            mel=mel,
         )
         from tqdm import tqdm
 
@@ -119,7 +183,8 @@ def run(cfg: DictConfig) -> int:
             ("val", val_files, int(d.val_examples)),
         ):
             songs = load_songs(fs, sr, float(d.max_song_s))
-            with tqdm(total=count, desc=f"examples ({what})", disable=not cfg.progress, leave=False) as bar:
+            shown = bool(cfg.progress) and rank == 0
+            with tqdm(total=count, desc=f"examples ({what})", disable=not shown, leave=False) as bar:
                 sets.append(
                     make_examples(
                         songs, make_chain, heads, prior, count=count, tag=what, progress=bar.update, **common
@@ -127,14 +192,12 @@ def run(cfg: DictConfig) -> int:
                 )
         return sets
 
-    train, val = _dataset(out / "dataset.safetensors", fingerprint, make)
+    train, val = _dataset(out / "dataset.safetensors", data_print, make)
     t_data = time.perf_counter() - t0
     mean = train[0].mean(0)
     std = train[0].std(0).clamp_min(1e-3)
-    model = Predictor(
-        train[0].shape[1], heads, list(cfg.model.hidden), float(cfg.model.get("dropout", 0.0)),
-        mean=mean, std=std,
-    )
+    dims = {**OmegaConf.to_container(cfg.model, resolve=True), "n_features": len(names(sr))}  # type: ignore[dict-item]
+    model = build(dims, heads, mean, std).to(device)
     s1 = cfg.stage1
     metrics = train_regression(
         model,
@@ -151,6 +214,10 @@ def run(cfg: DictConfig) -> int:
         checkpoint_every=int(cfg.checkpoint_every),
         progress=bool(cfg.progress),
     )
+    s2 = cfg.stage2
+    if int(s2.steps) > 0:
+        metrics = {**metrics, "stage2": _stage2(cfg, model, make_chain, train_files, val_files, train, prior,
+                                                 out, files, device)}
     spec = Path(str(cfg.corpus))
     root = spec if spec.is_dir() else spec.parent if spec.is_file() else None
     corpus = [{**f.as_dict(root), "split": "train"} for f in train_files]
@@ -168,20 +235,25 @@ def run(cfg: DictConfig) -> int:
         "corpus": {"spec": Path(str(cfg.corpus)).name, "files": corpus},
         "training": {
             "seed": int(cfg.seed),
+            "processes": world,
             "examples": int(train[0].shape[0]),
             "val_examples": int(val[0].shape[0]),
             "prior": prior,
             "stage1": OmegaConf.to_container(s1, resolve=True),
+            "stage2": OmegaConf.to_container(s2, resolve=True) if int(s2.steps) > 0 else None,
+            "loss": OmegaConf.to_container(cfg.loss, resolve=True) if int(s2.steps) > 0 else None,
             "data": OmegaConf.to_container(d, resolve=True),
             "fingerprint": fingerprint,
         },
         "validation": metrics,
     }
     path = Path(str(cfg.checkpoint)) if cfg.get("checkpoint") else out / "model.safetensors"
+    if rank > 0:
+        return 0
     save_checkpoint(path, model, info)
     print(
         f"train: {path}  ({model.weight_count()} weights, {len(train_files)} train / {len(val_files)} val "
-        f"songs, val loss {metrics.get('loss', float('nan')):.4f}, data {t_data:.0f} s, "
+        f"songs, val loss {metrics.get('loss', float('nan')):.4f}, {world} process(es), data {t_data:.0f} s, "
         f"total {time.perf_counter() - t0:.0f} s)"
     )
     return 0

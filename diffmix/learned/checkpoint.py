@@ -20,7 +20,7 @@ import torch
 from diffmix.console import Bus
 from diffmix.errors import UserError
 from diffmix.learned import tensorfile
-from diffmix.learned.model import Head, Predictor
+from diffmix.learned.model import Head, Predictor, build
 
 FORMAT = "diffmix.learned/1"
 META_KEY = "diffmix.learned"
@@ -36,21 +36,16 @@ def save_checkpoint(path: str | Path, model: Predictor, info: Mapping[str, Any])
     """Write ``model``'s weights and ``info`` (plus its heads and dims) to ``path``."""
     meta = dict(info)
     meta["format"] = FORMAT
-    meta["model"] = {
-        **dict(meta.get("model", {})),
-        "kind": "mlp",
-        "hidden": model.hidden,
-        "dropout": model.dropout,
-        "n_features": model.n_features,
-        "weights": model.weight_count(),
-    }
+    meta["model"] = {**dict(meta.get("model", {})), **model.dims()}
     meta["params"] = [h.as_dict() for h in model.heads]
     tensors = {k: v.detach().float() for k, v in model.state_dict().items()}
     tensorfile.save(path, tensors, {META_KEY: json.dumps(meta, sort_keys=True)})
 
 
-def load_checkpoint(path: str | Path | None) -> Predictor:
-    """A :class:`Predictor` from a checkpoint (None: the shipped one); UserError if unusable.
+def load_checkpoint(path: str | Path | None, kind: str | None = None) -> Predictor:
+    """A :class:`Predictor` (or :class:`~diffmix.learned.model.MelCNN`, as its metadata
+    says) from a checkpoint (None: the shipped one); UserError if unusable, or if ``kind``
+    is given and the checkpoint's model is another kind.
 
     The metadata is on ``model.info``.
     """
@@ -64,10 +59,11 @@ def load_checkpoint(path: str | Path | None) -> Predictor:
         if info.get("format") != FORMAT:
             raise ValueError(f"format {info.get('format')!r}, expected {FORMAT!r}")
         dims = info["model"]
-        if dims.get("kind") != "mlp":
-            raise ValueError(f"model kind {dims.get('kind')!r} is not supported here")
+        if kind is not None and dims.get("kind") != kind:
+            found = dims.get("kind")
+            raise UserError(f"{p}: model kind {found}, expected {kind} (a checkpoint loads as its own kind)")
         heads = [Head.from_dict(d) for d in info["params"]]
-        model = Predictor(int(dims["n_features"]), heads, dims["hidden"], float(dims.get("dropout", 0.0)))
+        model = build(dims, heads)
         model.load_state_dict(tensors, strict=True)
     except UserError:
         raise

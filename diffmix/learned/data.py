@@ -29,9 +29,10 @@ from diffmix.console import Bus
 from diffmix.errors import UserError
 from diffmix.fit import draw
 from diffmix.inputs import load_mix
+from diffmix.learned import dist
 from diffmix.learned.checkpoint import file_sha256
-from diffmix.learned.features import LUFS, feature_vector, signal_features
-from diffmix.learned.model import Head
+from diffmix.learned.features import LUFS, feature_vector, mel_input, names, signal_features
+from diffmix.learned.model import MEL_CHANNELS, Head
 from diffmix.mastering import set_exact
 
 DRIVE = "limiter.gain_db"  # the one setting a spec-only example keeps: the target loudness sets it
@@ -170,19 +171,26 @@ def make_examples(
     batch: int = 16,
     device: torch.device | str = "cpu",
     progress: Callable[[int], None] | None = None,
+    mel: Mapping[str, Any] | None = None,
 ) -> tuple[Tensor, Tensor]:
     """``count`` examples: features ``(count, F)`` float64 and targets ``(count, n_out)``
     (physical values in head order). Deterministic in ``(seed, tag)``.
 
     Every ``per_excerpt`` examples share one (song, A, B, level) draw and differ in their
-    settings, so the input's features are measured once for them.
+    settings, so the input's features are measured once for them. With ``mel``
+    (``{"bands", "frames", "n_fft"}``), each row goes on with the excerpts' log-mel
+    spectrograms (:func:`~diffmix.learned.features.mel_input`), for the CNN. Under ``torchrun`` each
+    rank draws every ``W``-th batch and the ranks exchange them: every rank returns the
+    whole set, equal to one process's.
     """
     sr = chain_for(1).sample_rate
-    feats, targets = [], []
     n_batches = math.ceil(count / batch)
+    n_mel = 0 if mel is None else MEL_CHANNELS * int(mel["bands"]) * int(mel["frames"])
+    feats = torch.zeros(n_batches, batch, len(names(sr)) + n_mel, dtype=torch.float64)
+    targets = torch.zeros(n_batches, batch, sum(h.size for h in heads), dtype=torch.float64)
     chain = chain_for(batch).to(device)
     set_exact(chain, False)
-    for k in range(n_batches):
+    for k in dist.mine(range(n_batches)):
         gen = draw(seed, k, tag)
         bases = math.ceil(batch / per_excerpt)
         a_list, b_list = [], []
@@ -208,9 +216,17 @@ def make_examples(
         ceiling = torch.full((batch,), ceiling_db, dtype=torch.float64)
         f = feature_vector(ins, refs, refs[:, LUFS], ceiling, sr)
         y = flat(heads, values)
+        if mel is not None:
+            opts = {k: int(mel[k]) for k in ("bands", "frames", "n_fft")}
+            m = mel_input(b.to(device), None, sr, **opts)[:, : n_mel // 2]
+            m = m.repeat_interleave(per_excerpt, 0)[:batch]
+            f = torch.cat([f, m, mel_input(ref, None, sr, **opts)[:, : n_mel // 2]], -1)
         drop = torch.rand(batch, generator=gen) < spec_only
         if drop.any():
             f_spec = feature_vector(ins, None, refs[:, LUFS], ceiling, sr)
+            if mel is not None:  # the reference's spectrograms are withheld too
+                f_spec = torch.cat([f_spec, f[:, f_spec.shape[1] : f_spec.shape[1] + n_mel // 2],
+                                    torch.zeros(batch, n_mel // 2, dtype=f.dtype)], -1)
             f = torch.where(drop[:, None], f_spec, f)
             neutral = flat(
                 heads,
@@ -226,8 +242,9 @@ def make_examples(
                     drive[i : i + h.size] = True
                 i += h.size
             y = torch.where(drop[:, None] & ~drive, neutral, y)
-        feats.append(f)
-        targets.append(y)
+        feats[k] = f
+        targets[k] = y
         if progress is not None:
             progress(batch)
-    return torch.cat(feats)[:count], torch.cat(targets)[:count]
+    feats, targets = dist.assemble(feats), dist.assemble(targets)
+    return feats.reshape(-1, feats.shape[-1])[:count], targets.reshape(-1, targets.shape[-1])[:count]

@@ -122,6 +122,40 @@ def feature_vector(
     return torch.cat([inputs, ref, diff, has, *extra], -1)
 
 
+_MELS: dict[tuple[int, int, int, str], torch.nn.Module] = {}
+
+
+@torch.no_grad()
+def mel_input(
+    inputs: Tensor, references: Tensor | None, sample_rate: int, *, bands: int, frames: int, n_fft: int
+) -> Tensor:
+    """Log-mel spectrograms for :class:`~diffmix.learned.model.MelCNN`, ``(B, 4 * bands * frames)``
+    float64: mid and side of the input, then of the reference (zeros without one).
+
+    Each signal's powers are in dB relative to the mean of its mid's (level-free; the side
+    keeps its balance to the mid), floored at -80 dB, and averaged into ``frames`` equal
+    spans of time (hop ``n_fft / 4``). Not differentiable.
+    """
+    import torchaudio
+
+    key = (sample_rate, bands, n_fft, str(inputs.device))
+    if key not in _MELS:
+        _MELS[key] = torchaudio.transforms.MelSpectrogram(
+            sample_rate, n_fft=n_fft, hop_length=n_fft // 4, n_mels=bands, power=2.0
+        ).to(inputs.device)
+    mel = _MELS[key]
+
+    def one(x: Tensor) -> Tensor:
+        ms = torch.stack([x[:, 0] + x[:, 1], x[:, 0] - x[:, 1]], 1).float() * 0.5
+        db = 10.0 * torch.log10(mel(ms).clamp_min(1e-12))  # (B, 2, bands, time)
+        db = (db - db[:, :1].mean((-2, -1), keepdim=True)).clamp(-80.0, 40.0)
+        return torch.nn.functional.adaptive_avg_pool2d(db, (bands, frames))
+
+    a = one(inputs)
+    b = one(references) if references is not None else torch.zeros_like(a)
+    return torch.cat([a, b], 1).flatten(1).double().cpu()
+
+
 def window(x, seconds: float, sample_rate: int):  # noqa: ANN001, ANN201 - tensors or DiskAudio
     """At most ``seconds`` of ``x`` (``(1, 2, T)`` or anything sliced like it) around its middle."""
     n = int(x.shape[-1])

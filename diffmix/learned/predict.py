@@ -13,8 +13,8 @@ from torch import Tensor
 
 from diffmix.console import Bus
 from diffmix.learned.checkpoint import check_chain, load_checkpoint
-from diffmix.learned.features import LUFS, at_rate, feature_vector, signal_features, window
-from diffmix.learned.model import Head, Predictor
+from diffmix.learned.features import LUFS, at_rate, feature_vector, mel_input, signal_features, window
+from diffmix.learned.model import MEL_CHANNELS, Head, Predictor
 
 _CACHE: dict[tuple[str, float], Predictor] = {}
 
@@ -103,6 +103,18 @@ def predict_values(
     ceiling = target.get("true_peak_db")
     tp = torch.full((len(wins),), -1.0 if ceiling is None else float(ceiling), dtype=torch.float64)
     feats = feature_vector(ins, refs, lufs, tp, fr)
+    mel = getattr(model, "mel", None)
+    if mel is not None:  # the CNN: spectrograms of a centred excerpt as long as it was trained on
+        opts = {k: int(mel[k]) for k in ("bands", "frames", "n_fft")}
+        sec = float(mel["seconds"])
+        half = MEL_CHANNELS // 2 * opts["bands"] * opts["frames"]
+        m_in = torch.cat([mel_input(at_rate(window(x[i : i + 1, :, :n], sec, sr), sr, fr), None, fr, **opts)
+                          for i, n in enumerate(lengths)])[:, :half]
+        m_ref = torch.zeros_like(m_in)
+        if references is not None:
+            m_ref = torch.cat([mel_input(at_rate(window(window(r, window_s, sr), sec, sr).to(device), sr, fr),
+                                         None, fr, **opts) for r in references])[:, :half]
+        feats = torch.cat([feats, m_in, m_ref], -1)
     model = model.to(device)
     raw = model(feats.to(device))
     return {k: v.double().cpu() for k, v in model.values(raw).items()}

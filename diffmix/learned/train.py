@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from diffmix.fit import draw
 from diffmix.io import atomic_write_text
-from diffmix.learned import tensorfile
+from diffmix.learned import dist, tensorfile
 from diffmix.learned.model import Head, Predictor
 
 
@@ -50,8 +50,9 @@ def regression_loss(model: Predictor, x: Tensor, y: Tensor, scales: Tensor) -> t
     """Mean squared scaled error, and the per-entry absolute warped error ``(n_out,)``."""
     raw = model(x)
     pred = torch.cat([v.reshape(v.shape[0], -1) for v in model.values(raw).values()], -1)
-    err = (warp_flat(model.heads, pred) - warp_flat(model.heads, y.to(pred.dtype))) / scales.to(pred.dtype)
-    return err.square().mean(), (err.detach().abs() * scales.to(pred.dtype)).mean(0)
+    scales = scales.to(pred)
+    err = (warp_flat(model.heads, pred) - warp_flat(model.heads, y.to(pred))) / scales
+    return err.square().mean(), (err.detach().abs() * scales).mean(0)
 
 
 def head_errors(heads: Sequence[Head], per_entry: Tensor) -> dict[str, float]:
@@ -70,7 +71,7 @@ def _state_tensors(
 ) -> dict[str, Tensor]:
     tensors = {f"model.{k}": v.detach().clone() for k, v in model.state_dict().items()}
     tensors.update({f"best.{k}": v for k, v in (best or {}).items()})
-    for i, p in enumerate(model.net.parameters()):
+    for i, p in enumerate(model.parameters()):
         st = opt.state.get(p, {})
         for name in ("exp_avg", "exp_avg_sq"):
             if name in st:
@@ -103,15 +104,44 @@ def load_state(
     if info.get("fingerprint") != fingerprint:
         return None
     model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")}, strict=True)
-    for i, p in enumerate(model.net.parameters()):
+    for i, p in enumerate(model.parameters()):
         if f"opt.{i}.exp_avg" in tensors:
             opt.state[p] = {
                 "step": tensors[f"opt.{i}.step"].reshape(()).float(),
-                "exp_avg": tensors[f"opt.{i}.exp_avg"].clone(),
-                "exp_avg_sq": tensors[f"opt.{i}.exp_avg_sq"].clone(),
+                "exp_avg": tensors[f"opt.{i}.exp_avg"].to(p.device),
+                "exp_avg_sq": tensors[f"opt.{i}.exp_avg_sq"].to(p.device),
             }
     info["best_state"] = {k[5:]: v for k, v in tensors.items() if k.startswith("best.")}
     return info
+
+
+class _NoLog:
+    """What ranks other than 0 log: nothing."""
+
+    def __call__(self, record: dict[str, Any]) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def open_log(path: Path, keep_until: int) -> _Log | _NoLog:
+    """Rank 0's log (see :class:`_Log`); the other ranks' is silent."""
+    return _Log(path, keep_until) if dist.world()[0] == 0 else _NoLog()
+
+
+def step_loss(loss_of, n: int, params: Sequence[Tensor]) -> Tensor:  # noqa: ANN001
+    """This rank's share of the mean loss of a global batch of ``n`` items.
+
+    ``loss_of(rows)`` is the mean loss over ``rows`` (this rank's, :func:`dist.rows`);
+    scaled by their share of ``n``, the shares add up over ranks to the global batch's
+    mean, so the summed gradients (:func:`dist.all_reduce_grads`) are one process's. A
+    rank with no rows (a batch smaller than the world) contributes zero.
+    """
+    rows = dist.rows(n)
+    if len(rows) == 0:
+        return sum(p.sum() for p in params) * 0.0  # type: ignore[return-value]
+    return loss_of(rows) * (len(rows) / n)
 
 
 class _Log:
@@ -169,7 +199,7 @@ def train_regression(
     """
     x, y = train
     scales = loss_scales(model.heads, prior)
-    opt = torch.optim.AdamW(model.net.parameters(), lr=lr, weight_decay=weight_decay)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     per_epoch = max(1, math.ceil(x.shape[0] / batch_size))
     total = epochs * per_epoch
     state_path = out / "state.safetensors"
@@ -177,33 +207,42 @@ def train_regression(
     step = int(info["step"])
     best: dict[str, Any] = dict(info.get("best", {}))
     best_state: dict[str, Tensor] = dict(info.get("best_state", {}))
-    log = _Log(out / "log.jsonl", step)
+    rank, _ = dist.world()
+    log = open_log(out / "log.jsonl", step if step < total else sys.maxsize)  # done: stage 2's lines stay
     bar = tqdm(
-        total=total, initial=step, disable=not progress, file=sys.stderr, desc="train", dynamic_ncols=True
+        total=total, initial=step, disable=not progress or rank > 0, file=sys.stderr, desc="train",
+        dynamic_ncols=True,
     )
-    xf, yf = x.float(), y.double()
+    device = model.mean.device
+    xf, yf = x.float().to(device), y.double().to(device)
+    params = list(model.parameters())
     try:
         while step < total:
             epoch, k = divmod(step, per_epoch)
             order = torch.randperm(x.shape[0], generator=draw(seed, epoch, "order"))
             idx = order[k * batch_size : (k + 1) * batch_size]
-            torch.manual_seed(draw(seed, step, "dropout").initial_seed())
+            # Dropout masks: one process draws them from the step; a rank from (step, rank).
+            torch.manual_seed(draw(seed, step, "dropout" if rank == 0 else f"dropout.{rank}").initial_seed())
             model.train()
-            loss, _ = regression_loss(model, xf[idx], yf[idx], scales)
+            loss = step_loss(
+                lambda r, idx=idx: regression_loss(model, xf[idx[r]], yf[idx[r]], scales)[0], len(idx), params
+            )
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            dist.all_reduce_grads(params)
             opt.step()
             step += 1
+            shown = float(dist.total(loss.detach()))
             bar.update(1)
-            bar.set_postfix(loss=f"{float(loss.detach()):.4f}")
-            log({"step": step, "epoch": epoch, "loss": float(loss.detach())})
+            bar.set_postfix(loss=f"{shown:.4f}")
+            log({"step": step, "epoch": epoch, "loss": shown})
             if step % per_epoch == 0:
                 metrics = validate(model, val, scales)
                 log({"step": step, "epoch": epoch, **{f"val/{k}": v for k, v in metrics.items()}})
                 if not best or metrics["loss"] < best["loss"]:
                     best = {**metrics, "epoch": epoch, "step": step}
                     best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-            if step % checkpoint_every == 0 or step == total:
+            if (step % checkpoint_every == 0 or step == total) and rank == 0:
                 state = {"step": step, "fingerprint": fingerprint, "best": best}
                 save_state(state_path, model, opt, state, best_state)
     finally:
@@ -219,7 +258,8 @@ def train_regression(
 def validate(model: Predictor, val: tuple[Tensor, Tensor], scales: Tensor) -> dict[str, Any]:
     """Validation loss and mean absolute error per head (log-scaled heads: as a factor)."""
     model.eval()
-    loss, per_entry = regression_loss(model, val[0].float(), val[1].double(), scales)
+    device = model.mean.device
+    loss, per_entry = regression_loss(model, val[0].float().to(device), val[1].double().to(device), scales)
     return {
         "loss": float(loss),
         **{f"mae/{k}": round(v, 4) for k, v in head_errors(model.heads, per_entry).items()},
