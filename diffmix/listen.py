@@ -194,18 +194,20 @@ class PageMeter:
         )
 
 
-def draw_tensor(x: Tensor, sample_rate: int) -> Drawn:
-    """:class:`Drawn` of in-memory ``(C, T)`` or ``(1, C, T)`` audio (one chunk)."""
+def draw_tensor(x: Tensor, sample_rate: int, lufs: float | None = None) -> Drawn:
+    """:class:`Drawn` of in-memory ``(C, T)`` or ``(1, C, T)`` audio (one chunk); ``lufs``,
+    its integrated loudness where already measured."""
     from diffmix.functional.loudness import integrated_loudness
 
     x = (x if x.dim() == 3 else x.unsqueeze(0)).detach().to("cpu", torch.float64)
     meter = PageMeter(sample_rate)
     meter.add(x)
-    return meter.result(float(integrated_loudness(x, sample_rate)[0]))
+    return meter.result(float(integrated_loudness(x, sample_rate)[0]) if lufs is None else lufs)
 
 
-def draw_file(path: str | Path, chunk_s: float = 30.0) -> tuple[Drawn, int]:
-    """:class:`Drawn` of an audio file read in chunks (memory: one chunk); and its rate."""
+def draw_file(path: str | Path, chunk_s: float = 30.0, lufs: float | None = None) -> tuple[Drawn, int]:
+    """:class:`Drawn` of an audio file read in chunks (memory: one chunk), and its rate;
+    ``lufs``, its integrated loudness where already measured."""
     from diffmix.mastering.source import DiskAudio, chunk_bounds, measure_file
 
     src = DiskAudio(path)
@@ -213,7 +215,9 @@ def draw_file(path: str | Path, chunk_s: float = 30.0) -> tuple[Drawn, int]:
     for start, stop in chunk_bounds(src.frames, src.sample_rate, chunk_s):
         left = min(meter.window, start)
         meter.add(src.read(start - left, stop), left)
-    return meter.result(measure_file(path, chunk_s=chunk_s)["integrated_lufs"]), src.sample_rate
+    if lufs is None:
+        lufs = measure_file(path, chunk_s=chunk_s)["integrated_lufs"]
+    return meter.result(lufs), src.sample_rate
 
 
 def gain_reduction_series(before: Tensor, after: Tensor, sample_rate: int) -> tuple[list[float], list[float]]:
@@ -595,11 +599,14 @@ def write_listening_report(
         sources = []
         for take in takes:
             file = Path(take.file) if take.file is not None else None
+            # The take's loudness where the job measured it already (one meter pass fewer).
+            lufs = (measures or {}).get(take.label, {}).get("integrated_lufs")
+            lufs = float(lufs) if isinstance(lufs, (int, float)) else None
             if take.audio is None:
                 assert file is not None, f"take {take.label!r} has neither audio nor a file"
-                drawn[take.label], _ = draw_file(file)
+                drawn[take.label], _ = draw_file(file, lufs=lufs)
             else:
-                drawn[take.label] = draw_tensor(take.audio, sample_rate)
+                drawn[take.label] = draw_tensor(take.audio, sample_rate, lufs)
                 inside = file is not None and base.resolve() in file.resolve().parents
                 if file is None or not inside or file.suffix.lower() not in PLAYABLE:
                     file = _write_preview(take, sample_rate, previews)
