@@ -73,6 +73,45 @@ def _middle_true_peak(y: Tensor, left: int, n: int, sample_rate: int) -> float:
     return float(over[..., p * f : (p + n) * f].abs().amax())
 
 
+class SequentialMeter:
+    """A :class:`ChunkMeter` fed consecutive ``(C, n)`` pieces of a signal with no context
+    (as they are written, say): it keeps the context each piece needs and meters a stretch
+    once the samples after it have arrived. :meth:`summary` ends the signal (silence after
+    it, as before its start) and returns :meth:`ChunkMeter.summary`."""
+
+    PIECE_S = 10.0  # the longest stretch metered at once, seconds
+
+    def __init__(self, sample_rate: int, channels: int, *, strict: bool = False) -> None:
+        from diffmix.functional.loudness import block_samples
+
+        self.meter = ChunkMeter(sample_rate, channels, strict=strict)
+        self.left = max(ChunkMeter.warmup(sample_rate), STRICT_CONTEXT if strict else 0)
+        self.right = STRICT_CONTEXT if strict else PEAK_CONTEXT
+        self.hop = block_samples(sample_rate)[0]
+        self.buf: Tensor | None = None  # self.left samples of context, then the unmetered ones
+
+    def push(self, x: Tensor) -> None:
+        x = x.detach()
+        if self.buf is None:
+            self.buf = x.new_zeros((x.shape[0], self.left))
+        self.buf = torch.cat([self.buf, x], -1)
+        ready = (self.buf.shape[-1] - self.left - self.right) // self.hop * self.hop
+        start = 0
+        while start < ready:  # in pieces of at most PIECE_S: the meters' buffers stay small
+            n = min(ready - start, round(self.PIECE_S * self.meter.sr / self.hop) * self.hop)
+            self.meter.add(self.buf[None, :, start : start + self.left + n + self.right], self.left, n)
+            start += n
+        self.buf = self.buf[:, ready:]
+
+    def summary(self) -> dict[str, float]:
+        if self.buf is not None and self.buf.shape[-1] > self.left:
+            rest = self.buf.shape[-1] - self.left
+            tail = torch.nn.functional.pad(self.buf, (0, self.right))
+            self.meter.add(tail[None], self.left, rest)
+        self.buf = None
+        return self.meter.summary()
+
+
 def summary(x: torch.Tensor, sample_rate: int) -> dict:
     """The headline measurements of ``(1, C, T)`` audio for a job report: a
     :class:`ChunkMeter` fed the whole signal as one chunk (:meth:`ChunkMeter.summary`).

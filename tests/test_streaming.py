@@ -119,3 +119,27 @@ def test_stream_auto_switches_on_duration(song):
     assert wants_streaming(_cfg(f"input={song}", "streaming.auto_above_s=10"))
     with pytest.raises(ValueError, match="stream must be"):
         wants_streaming(_cfg(f"input={song}", "stream=maybe"))
+
+
+@pytest.mark.parametrize("strict", [False, True])
+def test_sequential_meter_equals_the_whole_signal_meter(strict):
+    """Pieces of any length, pushed with no context (as delivery writes them), meter as the
+    whole signal does."""
+    from diffmix.report import PEAK_CONTEXT, STRICT_CONTEXT, ChunkMeter, SequentialMeter
+
+    seed = int(np.random.SeedSequence().entropy % 2**32)
+    print("seed", seed)
+    rng = np.random.default_rng(seed)
+    x = torch.from_numpy(music(13.0, SR, seed=seed % 1000).T.copy()).float()
+    meter = SequentialMeter(SR, 2, strict=strict)
+    cuts = np.sort(rng.integers(1, x.shape[-1], size=6))
+    for a, b in zip(np.r_[0, cuts], np.r_[cuts, x.shape[-1]], strict=True):
+        meter.push(x[:, a:b])
+    got = meter.summary()
+    whole = ChunkMeter(SR, 2, strict=strict)
+    ctx = max(ChunkMeter.warmup(SR), STRICT_CONTEXT)
+    padded = torch.nn.functional.pad(x, (ctx, STRICT_CONTEXT if strict else PEAK_CONTEXT))
+    whole.add(padded[None], ctx, x.shape[-1])
+    want = whole.summary()
+    for key, value in want.items():
+        assert got[key] == pytest.approx(value, abs=1e-6), key

@@ -18,7 +18,7 @@ from torch import Tensor
 from diffmix.delivery import FORMATS, SUBTYPES, DeliveryReport, check_format, prepare, relimit
 from diffmix.errors import UserError
 from diffmix.io import AudioFileError, atomic_path
-from diffmix.mastering.source import measure_file
+from diffmix.report import SequentialMeter
 
 
 @dataclass
@@ -38,15 +38,19 @@ class DeliveryOptions:
 
 
 def write_chunks(chunks: Iterable[Tensor], path: Path, sample_rate: int, *, fmt: str, bit_depth: str,
-                 dither: bool, seed: int, gain_db: float = 0.0, target_rate: int | None = None) -> int:
+                 dither: bool, seed: int, gain_db: float = 0.0,
+                 target_rate: int | None = None) -> tuple[int, dict[str, Any]]:
     """Write ``(C, n)`` chunks (converted to ``target_rate``, dithered and quantised, as
-    :func:`~diffmix.delivery.prepare` does) to ``path``; returns the written rate.
+    :func:`~diffmix.delivery.prepare` does) to ``path``; returns the written rate and the
+    written samples' :meth:`~diffmix.report.ChunkMeter.summary` on the strict meter,
+    metered as they are written (exactly the file's samples: 16/24-bit steps and float32
+    are what it stores and reads back).
 
     Chunk ``k`` is dithered with its own generator, seeded by ``seed`` for the first and
     by ``(seed, k)`` after it: reproducible and independent. Rate conversion needs the
     whole signal, so it takes one chunk. NaN or Inf is refused."""
     gain = 10.0 ** (gain_db / 20.0)
-    fh = None
+    fh, meter, rate = None, None, sample_rate
     try:
         for k, y in enumerate(chunks):
             if k and target_rate:
@@ -54,26 +58,31 @@ def write_chunks(chunks: Iterable[Tensor], path: Path, sample_rate: int, *, fmt:
             chunk_seed = seed if k == 0 else int(np.random.SeedSequence([int(seed), k]).generate_state(1)[0])
             q, rate, _ = prepare(y.cpu() * gain, sample_rate, bit_depth=bit_depth, target_rate=target_rate,
                                  dither=dither, seed=chunk_seed)
-            data = q.to(torch.float32).numpy().T
+            stored = q.to(torch.float32)
+            data = stored.numpy().T
             if not np.isfinite(data).all():
                 raise ValueError(f"{path}: refusing to write audio that contains NaN or Inf")
             if fh is None:
                 fh = sf.SoundFile(str(path), "w", samplerate=rate, channels=data.shape[1],
                                   format=FORMATS[fmt], subtype=SUBTYPES[bit_depth])
+                meter = SequentialMeter(rate, 2, strict=True)
             fh.write(data)
+            meter.push(stored if stored.shape[0] == 2 else stored.expand(2, -1))  # type: ignore[union-attr]
     except (sf.LibsndfileError, RuntimeError) as exc:  # libsndfile hides the errno
         reason = " ".join(str(exc).split())
         raise AudioFileError(f"{path}: cannot write audio ({reason}); is the disk full?") from exc
     finally:
         if fh is not None:
             fh.close()
-    return rate
+    if meter is None:
+        raise ValueError(f"{path}: nothing to write (no samples)")
+    return rate, meter.summary()
 
 
 def deliver_chunks(
     chunks: Callable[[], Iterable[Tensor]], sample_rate: int, path: Path, options: DeliveryOptions, *,
     ceiling: float | None, seed: int, goal: float | None = None, tolerance_lu: float = 0.02,
-    chunk_s: float = 30.0, protect: tuple[str | Path, ...] = (),
+    protect: tuple[str | Path, ...] = (),
 ) -> tuple[DeliveryReport, dict[str, Any]]:
     """Deliver a master given as ``(C, n)`` chunks (``chunks()`` yields them afresh for
     each attempt; an in-memory master is one chunk) to ``path``.
@@ -83,9 +92,8 @@ def deliver_chunks(
     (:func:`~diffmix.delivery.relimit`). The solve met ``goal`` within ``tolerance_lu``;
     dither and a last re-limit may add a few hundredths, never more, else nothing is
     written and a one-line error says why. Only then does the file replace ``path``.
-    Returns the delivery's report and the written file's measurements
-    (:func:`~diffmix.mastering.source.measure_file`, the same schema as
-    :func:`~diffmix.report.summary`).
+    Returns the delivery's report and the written samples' measurements
+    (:func:`write_chunks`: the schema of :func:`~diffmix.report.summary`).
     """
     fmt, depth = options.checked()
     for other in protect:
@@ -95,10 +103,9 @@ def deliver_chunks(
     with atomic_path(path) as tmp:
         def attempt(gain_db: float) -> tuple[float, dict[str, Any]]:
             nonlocal rate
-            rate = write_chunks(chunks(), tmp, sample_rate, fmt=fmt, bit_depth=depth,
-                                dither=bool(options.dither), seed=seed, gain_db=gain_db,
-                                target_rate=options.sample_rate)
-            after = measure_file(tmp, chunk_s=chunk_s, strict=True)
+            rate, after = write_chunks(chunks(), tmp, sample_rate, fmt=fmt, bit_depth=depth,
+                                       dither=bool(options.dither), seed=seed, gain_db=gain_db,
+                                       target_rate=options.sample_rate)
             return after["true_peak_dbtp"], after
 
         relimit_db, tp, after = relimit(attempt, ceiling)

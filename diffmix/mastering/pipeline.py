@@ -272,7 +272,7 @@ def _deliver(key: str, out: Path, stem: str, target: dict[str, Any], goal: float
     path = out / f"{stem}.{options.delivery.checked()[0]}"
     delivery, after = deliver_chunks(
         chunks, sr, path, options.delivery, ceiling=target.get("true_peak_db"), seed=int(options.seed),
-        goal=goal, tolerance_lu=float(options.tolerance_lu), chunk_s=float(options.chunk_s), protect=protect,
+        goal=goal, tolerance_lu=float(options.tolerance_lu), protect=protect,
     )
     report = master_report(key, target, goal, before=before(), after=after,
                            solve=vars(solve) if solve else None, delivery=delivery.as_dict(), fit=fit_report)
