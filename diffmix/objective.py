@@ -17,6 +17,7 @@ term                what it compares                                           n
 ``spec_true_peak``  smooth true peak above the ceiling (one-sided, dB²)        target
 ``spec_lra``        loudness range outside [min, max] (one-sided, LU²)         target
 ``spec_plr``        peak-to-loudness ratio below the minimum (one-sided, LU²)  target
+``gain_staging``    sample peak above 0 dBFS (one-sided, dB²)                  nothing
 ==================  =========================================================  ==========
 
 "Match only the tone" is ``weights: {tone_mid: 1, tone_side: 1}``; "only loudness and
@@ -39,7 +40,7 @@ from diffmix.losses import MRSTFTLoss, hinge
 
 TERMS = (
     "mrstft", "tone_mid", "tone_side", "width", "correlation", "loudness", "dynamics",
-    "spec_lufs", "spec_true_peak", "spec_lra", "spec_plr",
+    "spec_lufs", "spec_true_peak", "spec_lra", "spec_plr", "gain_staging",
 )
 REFERENCE_TERMS = ("tone_mid", "tone_side", "width", "correlation", "loudness", "dynamics")
 TARGET_TERMS = ("spec_lufs", "spec_true_peak", "spec_lra", "spec_plr")
@@ -75,9 +76,12 @@ class Objective(nn.Module):
             None) and ``plr`` (minimum, or None).
         mrstft: keyword arguments for :class:`~diffmix.losses.MRSTFTLoss`.
         n_fft: Welch segment length for the spectral features.
+        mono: compare the MR-STFT on the channels' mean (a mono reference).
 
     Shape:
-        ``y``: ``(B, 2, T)``; returns ``((B,), {term: (B,)})``.
+        ``y``: ``(B, 2, T)``; ``aligned``: the time-aligned reference excerpt, or
+        ``aligned_mags``: its :meth:`mrstft_reference` (computed once for many calls);
+        returns ``((B,), {term: (B,)})``.
     """
 
     def __init__(
@@ -89,6 +93,7 @@ class Objective(nn.Module):
         target: Mapping[str, Any] | None = None,
         mrstft: Mapping[str, Any] | None = None,
         n_fft: int = 8192,
+        mono: bool = False,
     ) -> None:
         super().__init__()
         unknown = sorted(set(weights) - set(TERMS))
@@ -98,6 +103,7 @@ class Objective(nn.Module):
         if bad:
             raise ValueError(f"objective: weights must be >= 0, got {bad}")
         self.sample_rate = sample_rate
+        self.mono = mono
         self.weights = {k: float(v) for k, v in weights.items() if float(v) > 0}
         if not self.weights:
             raise ValueError("objective: every term has weight 0; nothing to fit")
@@ -131,13 +137,23 @@ class Objective(nn.Module):
             out["crest"] = crest_factor_db(ref)
         return out
 
-    def forward(self, y: Tensor, aligned: Tensor | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+    def _mrstft_view(self, x: Tensor) -> Tensor:
+        return x.mean(1, keepdim=True) if self.mono else x
+
+    def mrstft_reference(self, aligned: Tensor) -> list[Tensor]:
+        """The aligned reference excerpt's MR-STFT magnitudes, for ``forward(aligned_mags=)``."""
+        assert self.mrstft is not None, "objective: no mrstft term"
+        return self.mrstft.reference(self._mrstft_view(aligned))
+
+    def forward(self, y: Tensor, aligned: Tensor | None = None, *,
+                aligned_mags: Sequence[Tensor] | None = None) -> tuple[Tensor, dict[str, Tensor]]:
         terms: dict[str, Tensor] = {}
         w = self.weights
         if "mrstft" in w:
-            if aligned is None:
+            if aligned_mags is None and aligned is None:
                 raise ValueError("objective: mrstft needs the time-aligned reference excerpt")
-            terms["mrstft"] = self.mrstft(y, aligned)  # type: ignore[misc]
+            mags = aligned_mags if aligned_mags is not None else self.mrstft_reference(aligned)  # type: ignore[arg-type]
+            terms["mrstft"] = self.mrstft.distance(self._mrstft_view(y), mags)  # type: ignore[union-attr]
         if set(w) & {"tone_mid", "tone_side", "width", "correlation"}:
             f = self.features(y)
             if "tone_mid" in w:
@@ -176,5 +192,13 @@ class Objective(nn.Module):
             prof = dynamics_profile(y, self.sample_rate)
             lra = prof[:, 3] - prof[:, 0]  # 95th minus 10th percentile, as Tech 3342
             terms["spec_lra"] = hinge(lo - lra) + hinge(lra - hi)
-        loss = sum(w[k] * v for k, v in terms.items())
+        if "gain_staging" in w:
+            peak_db = 20 * torch.log10(y.abs().amax((-2, -1)).clamp_min(1e-9))
+            terms["gain_staging"] = hinge(peak_db)
+        # The feature terms, then the waveform and clip terms (their order in the sum).
+        late = ("mrstft", "gain_staging")
+        loss = sum(w[k] * v for k, v in terms.items() if k not in late)
+        for k in late:
+            if k in terms:
+                loss = loss + w[k] * terms[k]
         return loss, terms  # type: ignore[return-value]

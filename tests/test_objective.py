@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from contract import noise
@@ -21,7 +23,8 @@ def music_like(seed=0, seconds=3.5):
 def test_all_terms_zero_on_the_reference_itself():
     ref = music_like()
     obj = Objective(
-        SR, {t: 1.0 for t in TERMS if not t.startswith("spec") and t != "mrstft"}, reference=ref, n_fft=2048
+        SR, {t: 1.0 for t in TERMS if not t.startswith("spec") and t not in ("mrstft", "gain_staging")},
+        reference=ref, n_fft=2048,
     )
     loss, terms = obj(ref)
     assert set(terms) == {"tone_mid", "tone_side", "width", "correlation", "loudness", "dynamics"}
@@ -87,3 +90,25 @@ def test_bad_configs():
         Objective(SR, {"spec_lufs": 1.0}, target={})
     with pytest.raises(ValueError, match="nothing to fit"):
         Objective(SR, {"loudness": 0.0})
+
+
+def test_gain_staging_penalises_each_items_peak_above_full_scale():
+    y = music_like(seed=5)
+    y = torch.stack([0.5 * y[0] / y.abs().amax(), 2.0 * y[0] / y.abs().amax()])  # -6 and +6 dBFS
+    loss, terms = Objective(SR, {"gain_staging": 3.0})(y)
+    over = 20 * math.log10(2.0)
+    assert terms["gain_staging"].tolist() == pytest.approx([0.0, over**2])
+    assert loss.tolist() == pytest.approx([0.0, 3.0 * over**2])
+
+
+def test_mrstft_on_precomputed_magnitudes_and_mono():
+    ref, y = music_like(seed=1), music_like(seed=2)
+    obj = Objective(SR, {"mrstft": 1.0})
+    direct, _ = obj(y, ref)
+    cached, _ = obj(y, aligned_mags=obj.mrstft_reference(ref))
+    assert torch.equal(direct, cached)
+    assert torch.allclose(direct, obj.mrstft(y, ref))
+    mono = Objective(SR, {"mrstft": 1.0}, mono=True)
+    m, _ = mono(y, ref)
+    assert torch.allclose(m, mono.mrstft(y.mean(1, keepdim=True), ref.mean(1, keepdim=True)))
+    assert not torch.allclose(m, direct)  # the mean is another comparison
