@@ -149,11 +149,8 @@ class Objective(nn.Module):
                 aligned_mags: Sequence[Tensor] | None = None) -> tuple[Tensor, dict[str, Tensor]]:
         terms: dict[str, Tensor] = {}
         w = self.weights
-        if "mrstft" in w:
-            if aligned_mags is None and aligned is None:
-                raise ValueError("objective: mrstft needs the time-aligned reference excerpt")
-            mags = aligned_mags if aligned_mags is not None else self.mrstft_reference(aligned)  # type: ignore[arg-type]
-            terms["mrstft"] = self.mrstft.distance(self._mrstft_view(y), mags)  # type: ignore[union-attr]
+        if "mrstft" in w and aligned_mags is None and aligned is None:
+            raise ValueError("objective: mrstft needs the time-aligned reference excerpt")
         if set(w) & {"tone_mid", "tone_side", "width", "correlation"}:
             f = self.features(y)
             if "tone_mid" in w:
@@ -192,6 +189,9 @@ class Objective(nn.Module):
             prof = dynamics_profile(y, self.sample_rate)
             lra = prof[:, 3] - prof[:, 0]  # 95th minus 10th percentile, as Tech 3342
             terms["spec_lra"] = hinge(lo - lra) + hinge(lra - hi)
+        if "mrstft" in w:
+            mags = aligned_mags if aligned_mags is not None else self.mrstft_reference(aligned)  # type: ignore[arg-type]
+            terms["mrstft"] = self.mrstft.distance(self._mrstft_view(y), mags)  # type: ignore[union-attr]
         if "gain_staging" in w:
             peak_db = 20 * torch.log10(y.abs().amax((-2, -1)).clamp_min(1e-9))
             terms["gain_staging"] = hinge(peak_db)

@@ -182,8 +182,17 @@ def fit_console(
         ref = reference
         length_all = min(audio.shape[-1], ref.shape[-1]) if aligned else audio.shape[-1]
         length = min(length_all, int(round(options.excerpt_s * sr)))
-        features = {k: v for k, v in weights.items() if k != "mrstft"}
-        mrstft = MRSTFTLoss(sr, **dict(options.mrstft)).to(audio.device) if "mrstft" in weights else None
+        # Every term of the step's loss is the objective's: the features, the MR-STFT
+        # against the aligned reference, and the clip penalty (gain staging).
+        terms = dict(weights)
+        if float(options.gain_staging):
+            terms["gain_staging"] = float(options.gain_staging)
+        mrstft = "mrstft" in terms
+
+        def objective_for(piece: Tensor | None) -> Objective:
+            return Objective(sr, terms, reference=piece if aligned and piece is not None else ref,
+                             mrstft=options.mrstft, mono=mono_ref).to(audio.device)
+
         pool = int(options.pool or 0)
         excerpts = excerpt_pool(length_all, length, pool) if pool else []
         # A fixed pool of excerpts spread over the song: each one's reference side (its
@@ -191,25 +200,17 @@ def fit_console(
         cached = []
         for s0 in excerpts:
             piece = ref[..., s0 : s0 + length]
-            cached.append(
-                (
-                    Objective(sr, features, reference=piece if aligned else ref).to(audio.device)
-                    if features
-                    else None,
-                    mrstft.reference(piece.mean(1, keepdim=True) if mono_ref else piece) if mrstft else None,
-                )
-            )
-        objective = None
-        if not pool and features:
-            objective = Objective(sr, features, reference=ref).to(audio.device)
+            obj = objective_for(piece)
+            cached.append((obj, obj.mrstft_reference(piece) if mrstft else None))
+        objective = None if pool else objective_for(None)
         params = console.select(list(options.params))
-        prior_w, staging_w = float(options.prior), float(options.gain_staging)
+        prior_w = float(options.prior)
         initial = {k: p.exact().to(audio.device) for k, p in console.named_values().items()}
         per_step = int(options.excerpts)
 
         def closure(step: int) -> tuple[Tensor, dict[str, float]]:
             total = audio.new_zeros(())
-            terms: dict[str, float] = {}
+            terms_out: dict[str, float] = {}
             if pool:
                 picks = [(step * per_step + j) % len(excerpts) for j in range(per_step)]
                 windows = [(excerpts[i], *cached[i]) for i in picks]
@@ -218,26 +219,17 @@ def fit_console(
                 windows = [(s0, objective, None) for s0 in starts]
             for s0, obj, ref_mags in windows:
                 y = console(audio[..., s0 : s0 + length])
-                loss, parts = obj(y) if obj is not None else (y.new_zeros(y.shape[0]), {})
-                if mrstft is not None:
-                    a = y.mean(1, keepdim=True) if mono_ref else y
-                    if ref_mags is None:
-                        b = ref[..., s0 : s0 + length]
-                        ref_mags = mrstft.reference(b.mean(1, keepdim=True) if mono_ref else b)
-                    parts["mrstft"] = mrstft.distance(a, ref_mags)
-                    loss = loss + weights["mrstft"] * parts["mrstft"]
-                if staging_w:
-                    peak_db = 20 * torch.log10(y.abs().amax().clamp_min(1e-9))
-                    parts["gain_staging"] = torch.relu(peak_db).square().view(1)
-                    loss = loss + staging_w * parts["gain_staging"]
+                if mrstft and ref_mags is None:
+                    ref_mags = obj.mrstft_reference(ref[..., s0 : s0 + length])
+                loss, parts = obj(y, aligned_mags=ref_mags)
                 total = total + loss.mean()
                 for k, v in parts.items():
-                    terms[k] = terms.get(k, 0.0) + float(v.detach().mean())
+                    terms_out[k] = terms_out.get(k, 0.0) + float(v.detach().mean())
             if prior_w:
                 prior = console.prior(initial)
                 total = total + prior_w * prior
-                terms["prior"] = float(prior.detach())
-            return total, terms
+                terms_out["prior"] = float(prior.detach())
+            return total, terms_out
 
         before_fit = judge.snapshot() if judge is not None else None
         result = fit(
