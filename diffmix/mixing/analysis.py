@@ -227,9 +227,8 @@ def frame_gains(
     # Per-bin gains (M, 2, bins) from the per-band ones; bins outside the bands get 0.
     per_bin = np.zeros((m, 2, len(freqs)), dtype=np.complex64)
     per_bin[:, :, inside] = amp[band[inside]].transpose(1, 2, 0)
-    gains_bin = torch.as_tensor(per_bin, device=stems.device)
-    sel = torch.zeros(n, m, dtype=torch.complex64, device=stems.device)
-    sel[torch.as_tensor(owner), torch.arange(m)] = 1.0
+    gains_bin = torch.as_tensor(per_bin, device=stems.device).unsqueeze(-1)  # (M, 2, bins, 1)
+    owners = torch.as_tensor(owner, device=stems.device)
     out_g = np.ones((n, frames))
     out_e = np.zeros((n, frames))
 
@@ -241,9 +240,13 @@ def frame_gains(
         s0, s1 = f0 * hop, f0 * hop + (count - 1) * hop + size
         spec = stft(xs[..., s0:s1])  # (M, bins, fr)
         ref = stft(xr[..., s0:s1])  # (2, bins, fr)
-        y = torch.einsum("nm,mcb,mbt->ncbt", sel, gains_bin, spec)  # (N, 2, bins, frames)
-        gram = torch.einsum("ncbt,kcbt->tnk", y.conj(), y).real.double()
-        cross = torch.einsum("ncbt,cbt->tn", y.conj(), ref).real.double()
+        # Each stem's fitted spectrum, frames first: (frames, N, 2 bins); then per frame
+        # the normal equations as two batched products.
+        parts = (gains_bin * spec.unsqueeze(1)).permute(3, 0, 1, 2)  # (fr, M, 2, bins)
+        y = parts.new_zeros(count, n, *parts.shape[2:]).index_add_(1, owners, parts).flatten(2)
+        yh = y.conj()
+        gram = (yh @ y.transpose(1, 2)).real.double()  # (fr, N, N)
+        cross = (yh @ ref.permute(2, 0, 1).reshape(count, -1, 1)).real.double()[..., 0]  # (fr, N)
         diag = torch.diagonal(gram, dim1=1, dim2=2)  # (fr, N)
         lam = ridge * diag + 1e-12 * diag.amax(1, keepdim=True).clamp_min(1e-30)
         g = torch.linalg.solve(gram + torch.diag_embed(lam), (cross + lam).unsqueeze(-1)).squeeze(-1)

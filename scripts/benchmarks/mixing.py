@@ -262,6 +262,8 @@ PARTIAL = os.environ.get("DIFFMIX_BENCH_MIX_PARTIAL", "")
 # The hidden settings of a run are drawn from seeds BASE_SEED, BASE_SEED + 1, ...: a fresh
 # base every run (printed, so a run can be repeated with DIFFMIX_BENCH_MIX_SEED=<base>).
 BASE_SEED = int(os.environ.get("DIFFMIX_BENCH_MIX_SEED") or np.random.SeedSequence().entropy % 100000)
+# Which parts run: DIFFMIX_BENCH_MIX_PARTS=a,c (default all: a, a2, b, c, d).
+PARTS = [p for p in os.environ.get("DIFFMIX_BENCH_MIX_PARTS", "a,a2,b,c,d").split(",") if p]
 SYNTHETIC = int(os.environ.get("DIFFMIX_BENCH_MIX_SYNTHETIC", "2") or 0)
 AUDIBLE_LU = 30.0
 
@@ -585,11 +587,16 @@ def run(quick: bool) -> str:
             )
             + (f". Sets: {', '.join(SETS)} (DIFFMIX_BENCH_MIX_SETS)" if SETS and not quick else "")
             + ".",
-            _hidden_console(tmp, quick, extra),
-            _hidden(tmp, quick, extra),
-            _producer(tmp, quick, extra),
-            _toward_song(tmp, quick, extra),
-            _speed(tmp, quick),
+            *(
+                f() if key in PARTS else f"### ({key}) not run in this run (DIFFMIX_BENCH_MIX_PARTS)"
+                for key, f in (
+                    ("a", lambda: _hidden_console(tmp, quick, extra)),
+                    ("a2", lambda: _hidden(tmp, quick, extra)),
+                    ("b", lambda: _producer(tmp, quick, extra)),
+                    ("d", lambda: _toward_song(tmp, quick, extra)),
+                    ("c", lambda: _speed(tmp, quick)),
+                )
+            ),
         ]
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
