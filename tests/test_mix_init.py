@@ -179,6 +179,37 @@ def test_estimate_lag_finds_the_shift(lag):
     assert estimate_lag(stems.sum(0), ref, 2205) == lag
 
 
+@pytest.mark.parametrize("seconds", [1.0, 3.0])  # one zero-padded frame; averaged frames
+@pytest.mark.parametrize("lag", [-20, 0, 13])
+def test_estimate_lag_is_not_pulled_by_a_filters_phase_on_a_loud_low_stem(lag, seconds):
+    # The mechanism of the hidden-setting failure on Alf42red seed 5003 (every track's
+    # loudness off by up to 11 LU): the reference's kick went through the strip's high-pass
+    # and a low shelf, which turn the phase of its 55 Hz body; a plain cross-correlation,
+    # ruled by that body's energy, peaked 226 samples early, and the whole fit ran on a
+    # shifted timeline. Here a 2nd-order high-pass at 80 Hz turns a 55 Hz kick by ~100
+    # degrees: the plain peak sits ~100 samples off; weighed by coherence, the delay holds.
+    from scipy.signal import butter, sosfilt
+
+    from diffmix.mixing.analysis import estimate_lag
+
+    seed = int(np.random.default_rng().integers(1 << 31))
+    print("seed", seed)
+    g = torch.Generator().manual_seed(seed)
+    n = int(seconds * SR)
+    kick = _kick(seconds, 55.0, seed, 0.0)
+    t = torch.arange(n, dtype=torch.float64) / SR
+    hats = torch.randn(2, n, generator=g, dtype=torch.float64) * torch.exp(-((t + 0.25) % 0.25) * 40) * 0.05
+    mix = torch.from_numpy(sosfilt(butter(2, 80.0, "highpass", fs=SR, output="sos"), kick.numpy())) + hats
+    ref = torch.nn.functional.pad(mix, (lag, 0))[..., :n] if lag >= 0 else torch.nn.functional.pad(
+        mix[..., -lag:], (0, -lag)
+    )
+    spec = torch.fft.rfft(ref.mean(0), 2 * n) * torch.fft.rfft((kick + hats).mean(0), 2 * n).conj()
+    xc = torch.fft.irfft(spec)
+    plain = int(torch.argmax(torch.cat([xc[-2205:], xc[:2206]]))) - 2205
+    assert abs(plain - lag) > 50  # the case shows the mechanism
+    assert estimate_lag(kick + hats, ref, 2205) == lag
+
+
 # --- the coherent (complex-spectrum) solve, the per-track solo renders and the polish ---
 
 

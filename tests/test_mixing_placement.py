@@ -166,3 +166,63 @@ def test_send_levels_are_solved_from_the_reverb_tail():
     assert send[1] < -40.0 and send[3] < -40.0, summary
     assert dry > 0.01, dry
     assert after < 1e-4, after
+
+
+def test_sends_are_judged_apart_from_the_placement():
+    """Must pass: a loud track compressed hard in the reference (ratio 8) but not in the
+    fit, and a quiet one panned off: the placement stage (no sends) lands every pan and
+    is kept, and the send stage, whose NNLS fills the compressor's residual with reverb
+    the reference lacks, raises the full-length score and is dropped (sends stay at the
+    floor). Matters: solved together (the joint re-solve, as before), the same sends ride
+    on the placement's gain and end with a worse score (on Shovon's hidden seed 5002 the
+    joint stage was dropped whole, and a quiet kick kept 1.4 LU and 1.6 dB of error)."""
+    from hydra import compose, initialize_config_dir
+    from jobs_helpers import ROOT
+
+    from diffmix.jobs.mix import fit_options
+    from diffmix.mixing.console_fit import FullLengthJudge
+    from diffmix.mixing.wiring import placement_resolve, send_resolve
+
+    seed = int(torch.randint(0, 1 << 30, ()).item())
+    print("seed", seed)
+    g = torch.Generator().manual_seed(seed)
+    t = 2 * SR
+    tt = torch.arange(t) / SR
+
+    def burst(rate: float, level: float) -> torch.Tensor:
+        x = torch.randn(t, generator=g) * torch.exp(-((tt * rate) % 1.0) * 12) * level
+        return torch.stack([x, x])
+
+    stems = torch.stack([burst(2.0, 0.3), burst(3.0, 0.05), burst(1.5, 0.1)]).unsqueeze(0)
+    names, mono = ["loud", "quiet", "third"], [True, True, True]
+    common = {"strip.comp.threshold_db": torch.tensor([-30.0, -10.0, -10.0]),
+              "strip.comp.attack_ms": torch.tensor([1.0, 10.0, 10.0]),
+              "strip.comp.release_ms": torch.tensor([300.0, 100.0, 100.0]),
+              "sends.reverb.send_db": torch.full((3,), -80.0)}
+    truth = _default_console(SR, names, mono)
+    truth.load_values(common | {"strip.comp.ratio": torch.tensor([8.0, 1.0, 1.0]),
+                                "strip.pan.pan": torch.tensor([0.0, 0.8, -0.5])})
+    with torch.no_grad():
+        ref = truth(stems)
+    start = common | {"strip.comp.ratio": torch.ones(3), "strip.pan.pan": torch.tensor([0.0, 0.6, -0.5])}
+    with initialize_config_dir(str(ROOT / "configs"), version_base="1.3"):
+        options = fit_options(compose("mix", overrides=["stems=unused"]))
+    weights = {k: v for k, v in options.weights.items() if v > 0}
+    scores = {}
+    for how in ("split", "joint"):
+        console = _default_console(SR, names, mono)
+        console.load_values(start)
+        judge, stages = FullLengthJudge(console, stems, ref, SR, weights, options), []
+        if how == "split":
+            judge.stage("placement", lambda c=console: placement_resolve(c, stems, ref, SR, sends=False),
+                        stages)
+            judge.stage("sends", lambda c=console: send_resolve(c, stems, ref, SR), stages)
+            pan = console.named_values()["strip.pan.pan"].exact().flatten()
+            send = console.named_values()["sends.reverb.send_db"].exact().flatten()
+            assert [s["kept"] for s in stages] == [True, False], stages
+            assert (pan - torch.tensor([0.0, 0.8, -0.5], dtype=pan.dtype)).abs().max() < 0.02, pan
+            assert (send <= -79.9).all(), send
+        else:
+            judge.stage("placement", lambda c=console: placement_resolve(c, stems, ref, SR), stages)
+        scores[how] = judge.score_now
+    assert scores["joint"] > scores["split"] * 1.01, scores

@@ -7,14 +7,15 @@ MR-STFT term), ``console.*`` (strips, groups, sends, master), ``fit.*``, ``loss.
 ``out``.
 
 A reference rendered from these stems often carries its renderer's latency (tens of
-samples). With ``align_ms`` > 0 (default 50) and ``aligned``, that lag is found by
-cross-correlation (:func:`diffmix.mixing.analysis.estimate_lag`, within +-``align_ms``) and the
+samples). With ``align_ms`` > 0 (default 50) and ``aligned``, that lag is found by a
+coherence-weighted cross-correlation (:func:`diffmix.mixing.analysis.estimate_lag`, within
++-``align_ms``: every frequency weighs alike, so a filter's phase on a loud bass cannot pull it) and the
 console's ``offset_samples`` moves the mix onto the reference's timeline: the fit then
 compares like with like, and the written mix lines up with the reference sample for sample.
 
 The fit is :func:`diffmix.mixing.fit_console` (toward a mix of these stems: closed-form
-start with pan, width and compressors, the placement and send re-solve on the strips'
-outputs, gradient steps, polish, loudness; toward another song, ``aligned=false``: the
+start with pan, width and compressors, the placement re-solve on the strips' outputs,
+the send levels, gradient steps, polish, loudness; toward another song, ``aligned=false``: the
 loudness, then tone, width and the master compressor from the song's features; each
 stage kept only where it lowers the objective on the full length); this module turns the
 config into its arguments (:func:`fit_options`) and writes the mix, the preset and the

@@ -11,7 +11,13 @@
 from diffmix.mixing.console_fit import MixFitOptions, equal_loudness_gains, excerpt_pool, fit_console
 from diffmix.mixing.solvers import MixEstimate, estimate_mix, fit_eq_gains
 from diffmix.mixing.style import style_distances
-from diffmix.mixing.wiring import console_estimate, initialise_console, placement_resolve, polish_levels
+from diffmix.mixing.wiring import (
+    console_estimate,
+    initialise_console,
+    placement_resolve,
+    polish_levels,
+    send_resolve,
+)
 
 __all__ = [
     "MixEstimate",
@@ -25,5 +31,6 @@ __all__ = [
     "initialise_console",
     "placement_resolve",
     "polish_levels",
+    "send_resolve",
     "style_distances",
 ]

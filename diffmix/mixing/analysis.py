@@ -118,16 +118,48 @@ def coherent_band_stats(
 def estimate_lag(x: Tensor, reference: Tensor, max_lag: int) -> int:
     """Samples by which ``reference`` lags ``x`` (negative: it leads), within ``+-max_lag``.
 
-    The peak of the cross-correlation of the two signals' mid channels, by FFT. A loud,
-    modulated stem shifted by even 20 samples moves a frame's power by a few per cent,
-    which is the whole contribution of a stem 20 dB under it: so the frames are aligned
-    first.
+    The peak of the coherence-weighted cross-correlation (the smoothed coherence
+    transform) of the two signals' mid channels: the cross-spectrum averaged over Hann
+    frames, divided by the geometric mean of the two power spectra, back to the lag
+    domain. Every frequency then weighs by how coherent the signals are there, not by
+    its energy. A plain cross-correlation is ruled by the loudest band, the lows of a
+    kick drum, where the reference's filters (a high-pass, a low shelf) turn the phase:
+    a quarter turn at 55 Hz moves its peak by 200 samples, while the delay itself turns
+    every frequency's phase in proportion. A loud, modulated stem shifted by even 20
+    samples moves a frame's power by a few per cent, which is the whole contribution of
+    a stem 20 dB under it: so the frames are aligned first.
+
+    Args:
+        x: ``(C, T)`` the stems' sum; reference: ``(C', T')``.
+        max_lag: samples (>= 0).
+
+    References:
+        Carter, Nuttall & Cable, "The smoothed coherence transform", Proc. IEEE 61(10), 1973;
+        Knapp & Carter, "The generalized correlation method for estimation of time delay",
+        IEEE Trans. ASSP 24(4), 1976.
     """
+    if max_lag <= 0:
+        return 0
     a, b = x.double().mean(0), reference.double().mean(0)
-    n = a.shape[-1] + b.shape[-1]
-    size = 1 << (n - 1).bit_length()
-    xc = torch.fft.irfft(torch.fft.rfft(b, size) * torch.fft.rfft(a, size).conj(), size)
-    lags = torch.cat([xc[: max_lag + 1], xc[-max_lag:]]) if max_lag > 0 else xc[:1]
+    t = min(a.shape[-1], b.shape[-1])
+    a, b = a[:t], b[:t]
+    size = max(4096, 1 << (4 * max_lag - 1).bit_length())
+    if t < 2 * size:
+        # Too short to average over frames: one frame, zero-padded past the largest lag
+        # (every bin then weighs the same: the phase transform).
+        size = 1 << (t + max_lag - 1).bit_length()
+        fa, fb = torch.fft.rfft(a, size).unsqueeze(0), torch.fft.rfft(b, size).unsqueeze(0)
+    else:
+        hop = size // 2
+        window = torch.hann_window(size, dtype=torch.float64, device=a.device)
+        fa = torch.fft.rfft(a.unfold(-1, size, hop) * window)
+        fb = torch.fft.rfft(b.unfold(-1, size, hop) * window)
+    cross = (fa.conj() * fb).sum(0)
+    power = (fa.abs().square().sum(0) * fb.abs().square().sum(0)).sqrt()
+    live = power > 1e-12 * power.max().clamp_min(1e-300)
+    coherence = torch.where(live, cross / power.clamp_min(1e-300), torch.zeros_like(cross))
+    xc = torch.fft.irfft(coherence, size)
+    lags = torch.cat([xc[: max_lag + 1], xc[-max_lag:]])
     k = int(torch.argmax(lags))
     return k if k <= max_lag else k - (2 * max_lag + 1)
 
@@ -195,9 +227,8 @@ def frame_gains(
     # Per-bin gains (M, 2, bins) from the per-band ones; bins outside the bands get 0.
     per_bin = np.zeros((m, 2, len(freqs)), dtype=np.complex64)
     per_bin[:, :, inside] = amp[band[inside]].transpose(1, 2, 0)
-    gains_bin = torch.as_tensor(per_bin, device=stems.device)
-    sel = torch.zeros(n, m, dtype=torch.complex64, device=stems.device)
-    sel[torch.as_tensor(owner), torch.arange(m)] = 1.0
+    gains_bin = torch.as_tensor(per_bin, device=stems.device).unsqueeze(-1)  # (M, 2, bins, 1)
+    owners = torch.as_tensor(owner, device=stems.device)
     out_g = np.ones((n, frames))
     out_e = np.zeros((n, frames))
 
@@ -209,9 +240,13 @@ def frame_gains(
         s0, s1 = f0 * hop, f0 * hop + (count - 1) * hop + size
         spec = stft(xs[..., s0:s1])  # (M, bins, fr)
         ref = stft(xr[..., s0:s1])  # (2, bins, fr)
-        y = torch.einsum("nm,mcb,mbt->ncbt", sel, gains_bin, spec)  # (N, 2, bins, frames)
-        gram = torch.einsum("ncbt,kcbt->tnk", y.conj(), y).real.double()
-        cross = torch.einsum("ncbt,cbt->tn", y.conj(), ref).real.double()
+        # Each stem's fitted spectrum, frames first: (frames, N, 2 bins); then per frame
+        # the normal equations as two batched products.
+        parts = (gains_bin * spec.unsqueeze(1)).permute(3, 0, 1, 2)  # (fr, M, 2, bins)
+        y = parts.new_zeros(count, n, *parts.shape[2:]).index_add_(1, owners, parts).flatten(2)
+        yh = y.conj()
+        gram = (yh @ y.transpose(1, 2)).real.double()  # (fr, N, N)
+        cross = (yh @ ref.permute(2, 0, 1).reshape(count, -1, 1)).real.double()[..., 0]  # (fr, N)
         diag = torch.diagonal(gram, dim1=1, dim2=2)  # (fr, N)
         lam = ridge * diag + 1e-12 * diag.amax(1, keepdim=True).clamp_min(1e-30)
         g = torch.linalg.solve(gram + torch.diag_embed(lam), (cross + lam).unsqueeze(-1)).squeeze(-1)

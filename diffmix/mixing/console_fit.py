@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from diffmix.checks import check_audio, check_multitrack, input_checks
 from diffmix.console import Console
 from diffmix.fit import draw, excerpt_starts, fit
 from diffmix.functional.loudness import integrated_loudness
@@ -29,6 +30,7 @@ from diffmix.mixing.wiring import (
     initialise_console,
     placement_resolve,
     polish_levels,
+    send_resolve,
 )
 from diffmix.objective import REFERENCE_TERMS, Objective
 
@@ -53,7 +55,9 @@ class MixFitOptions:
         compressor_start: with the coherent start, start each compressor from the gain
             the mix shows (:func:`~diffmix.mixing.wiring.compressor_start`).
         placement: with the coherent start, re-solve each track's pan, width and fader on
-            its strip's output (:func:`~diffmix.mixing.wiring.placement_resolve`).
+            its strip's output (:func:`~diffmix.mixing.wiring.placement_resolve`), then,
+            as a stage of its own, the send levels
+            (:func:`~diffmix.mixing.wiring.send_resolve`).
         match_loudness: last, move every fader by one amount so the mix's integrated
             loudness is the reference's.
 
@@ -127,6 +131,32 @@ def fit_console(
         The fit summary for the report (the gradient stage's result, ``init`` and
         ``polish`` summaries), or None when nothing was fitted.
     """
+    check_multitrack(audio, "fit_console", name="audio")
+    if reference is not None:
+        check_audio(reference, "fit_console", name="reference")
+    # Checked once here: the per-effect NaN/Inf scans (a host sync each) stay off inside.
+    with input_checks(False):
+        return _fit_console(
+            console, audio, reference, sample_rate, options, optimizer=optimizer, scheduler=scheduler,
+            lag=lag, checkpoint=checkpoint, progress=progress, log_path=log_path, tag=tag,
+        )
+
+
+def _fit_console(
+    console: Console,
+    audio: Tensor,
+    reference: Tensor | None,
+    sample_rate: int,
+    options: MixFitOptions,
+    *,
+    optimizer: Callable[[Sequence[Tensor]], torch.optim.Optimizer],
+    scheduler: Callable[[torch.optim.Optimizer], Any] | None,
+    lag: int | None,
+    checkpoint: Path | None,
+    progress: bool,
+    log_path: Path | None,
+    tag: str,
+) -> dict[str, Any] | None:
     sr = sample_rate
     console.load_values({"strip.input.gain_db": equal_loudness_gains(audio, sr).cpu()})
     mono_ref = reference is not None and bool(torch.equal(reference[:, 0], reference[:, 1]))
@@ -174,8 +204,14 @@ def fit_console(
             # Pan, width and fader again, on what the strips now make of the stems
             # (compressors included): the first solve's residual leaks into quiet tracks.
             init_report["placement"] = judge.stage(  # type: ignore[union-attr]
-                "placement", lambda: placement_resolve(console, audio, reference, sr), stages
+                "placement", lambda: placement_resolve(console, audio, reference, sr, sends=False), stages
             )
+            if console.sends:
+                # The send levels judged on their own: a reverb that takes up what the
+                # strips' dynamics miss must not cost the placement its place.
+                init_report["sends"] = judge.stage(  # type: ignore[union-attr]
+                    "sends", lambda: send_resolve(console, audio, reference, sr), stages
+                )
         init_report["seconds"] = round(time.perf_counter() - t_init, 3)
     fit_report: dict[str, Any] | None = None
     if reference is not None and weights and options.steps > 0:
@@ -308,6 +344,8 @@ class FullLengthJudge:
         self.mrstft = (
             MRSTFTLoss(sample_rate, **dict(options.mrstft)).to(audio.device) if self.mrstft_w else None
         )
+        # The reference side of the MR-STFT is fixed: its magnitudes once, not every score.
+        self.ref_mags = self.mrstft.reference(self.reference) if self.mrstft is not None else None
         self.score_now: float | None = None
 
     def score(self) -> float:
@@ -316,8 +354,8 @@ class FullLengthJudge:
             total = 0.0
             if self.objective is not None:
                 total += float(self.objective(y)[0].mean())
-            if self.mrstft is not None:
-                total += self.mrstft_w * float(self.mrstft(y, self.reference).mean())
+            if self.mrstft is not None and self.ref_mags is not None:
+                total += self.mrstft_w * float(self.mrstft.distance(y, self.ref_mags).mean())
         return total
 
     def snapshot(self) -> dict[str, Tensor]:

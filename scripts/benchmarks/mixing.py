@@ -55,9 +55,11 @@ from diffmix.losses import MRSTFTLoss
 
 TITLE = "Mixing: hidden-setting fit, fit toward the producer's mix, fit speed"
 INAUDIBLE_LU = 40.0
-# Optimiser steps per fit for (a) and (b): DIFFMIX_BENCH_MIX_STEPS=<n> caps them (unset or
-# 0: the config's default). Speed (c) always runs the real default configuration.
-STEPS = int(os.environ.get("DIFFMIX_BENCH_MIX_STEPS", "0") or 0)
+# Optimiser steps per fit for (a) and (b): DIFFMIX_BENCH_MIX_STEPS=<n> caps them (0: none, the
+# closed-form stages only; unset or empty: the config's default). Speed (c) always runs the real
+# default configuration.
+_STEPS = os.environ.get("DIFFMIX_BENCH_MIX_STEPS", "")
+STEPS = int(_STEPS) if _STEPS else None
 # Which shared sets (a) and (b) use: DIFFMIX_BENCH_MIX_SETS=<name>,<name> (default all).
 SETS = [n for n in os.environ.get("DIFFMIX_BENCH_MIX_SETS", "").split(",") if n]
 DEFAULT_MIX_STEPS = int(OmegaConf.load(ROOT / "configs" / "mix.yaml").fit.steps)
@@ -262,6 +264,8 @@ PARTIAL = os.environ.get("DIFFMIX_BENCH_MIX_PARTIAL", "")
 # The hidden settings of a run are drawn from seeds BASE_SEED, BASE_SEED + 1, ...: a fresh
 # base every run (printed, so a run can be repeated with DIFFMIX_BENCH_MIX_SEED=<base>).
 BASE_SEED = int(os.environ.get("DIFFMIX_BENCH_MIX_SEED") or np.random.SeedSequence().entropy % 100000)
+# Which parts run: DIFFMIX_BENCH_MIX_PARTS=a,c (default all: a, a2, b, c, d).
+PARTS = [p for p in os.environ.get("DIFFMIX_BENCH_MIX_PARTS", "a,a2,b,c,d").split(",") if p]
 SYNTHETIC = int(os.environ.get("DIFFMIX_BENCH_MIX_SYNTHETIC", "2") or 0)
 AUDIBLE_LU = 30.0
 
@@ -563,16 +567,19 @@ def _speed(tmp: Path, quick: bool) -> str:
 def run(quick: bool) -> str:
     if not shared_sets():
         return "The shared multitracks are absent: nothing to measure."
-    extra = ["fit.steps=5"] if quick else ([f"fit.steps={STEPS}"] if STEPS else [])
+    extra = ["fit.steps=5"] if quick else ([f"fit.steps={STEPS}"] if STEPS is not None else [])
     tmp = Path(tempfile.mkdtemp(prefix="diffmix_bench_mix_"))
     try:
         parts = [
             "Every fit runs the real `diffmix mix` CLI with its default config (console/default: "
             "input gain, high-pass, 5-band EQ, compressor, width, pan, fader, reverb send; "
-            "master EQ, compressor, output gain) through `diffmix.mixing.fit_console`: the closed-form "
+            "master EQ, compressor, output gain) through `diffmix.mixing.fit_console`: the reference's "
+            "lag by the coherence-weighted cross-correlation, the closed-form "
             "start (each reference channel on every stem channel per band, complex, a shared tone and "
             "a broadband placement per stem, searched onto width/pan/gain; compressors from the "
-            "frame-wise gains; band-power NNLS where the complex solve explains under half), then at "
+            "frame-wise gains; band-power NNLS where the complex solve explains under half), the "
+            "placement re-solve (pan, width, fader on the strips' outputs through the keyed master bus), "
+            "the send levels by NNLS as a stage of their own, then at "
             f"most {DEFAULT_MIX_STEPS} gradient steps on 1 s excerpts, the fader polish, each stage kept "
             "only where it lowers the objective on the full length, and last the output gain on the "
             "reference's loudness"
@@ -580,16 +587,21 @@ def run(quick: bool) -> str:
             + (
                 f". **(a) and (b) capped at fit.steps={STEPS}** (DIFFMIX_BENCH_MIX_STEPS) to fit the "
                 f"session's time; the default is {DEFAULT_MIX_STEPS} with plateau stopping"
-                if STEPS and not quick
+                if STEPS is not None and not quick
                 else ""
             )
             + (f". Sets: {', '.join(SETS)} (DIFFMIX_BENCH_MIX_SETS)" if SETS and not quick else "")
             + ".",
-            _hidden_console(tmp, quick, extra),
-            _hidden(tmp, quick, extra),
-            _producer(tmp, quick, extra),
-            _toward_song(tmp, quick, extra),
-            _speed(tmp, quick),
+            *(
+                f() if key in PARTS else f"### ({key}) not run in this run (DIFFMIX_BENCH_MIX_PARTS)"
+                for key, f in (
+                    ("a", lambda: _hidden_console(tmp, quick, extra)),
+                    ("a2", lambda: _hidden(tmp, quick, extra)),
+                    ("b", lambda: _producer(tmp, quick, extra)),
+                    ("d", lambda: _toward_song(tmp, quick, extra)),
+                    ("c", lambda: _speed(tmp, quick)),
+                )
+            ),
         ]
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
