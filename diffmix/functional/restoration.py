@@ -234,6 +234,8 @@ def lsar_interpolate(
     max_span: int = 4096,
     beyond: bool = False,
     iterations: int = 4,
+    innovation: Tensor | None = None,
+    em_steps: int = 4,
 ) -> Tensor:
     """Least-squares AR interpolation of the masked samples.
 
@@ -248,8 +250,20 @@ def lsar_interpolate(
     back inside the clip level are fixed at it and the rest re-solved (an active-set
     iteration, ``iterations`` rounds; any violator left is held at the rail).
 
-    Differentiable with respect to ``x``: for a fixed mask, coefficients (and active set)
-    the result is linear in ``x``. ``coeffs`` and ``mask`` get no gradient.
+    With ``innovation`` (the innovation's standard deviation ``sigma_e`` per frame) the
+    masked samples are not missing but observed through additive Gaussian noise (the
+    click) of unknown variance ``sigma_n^2``, one per segment: the repair is the
+    posterior mean, which minimises ``||A x||^2 / sigma_e^2 + ||y_u - x_u||^2 / sigma_n^2``,
+    that is ``(A_u^T A_u + lam I) x_u = -A_u^T A_k x_k + lam y_u`` with
+    ``lam = sigma_e^2 / sigma_n^2``. ``sigma_n^2`` is fitted by EM (``em_steps`` rounds
+    from the plain LSAR solution): the mean of ``(y_u - x_u)^2`` plus the posterior
+    variance ``sigma_e^2 diag((A_u^T A_u + lam I)^-1)``. A loud click gets ``lam``
+    near 0 (plain LSAR); a quiet one, or clean samples in the span, keep part of what
+    they tell about the signal. Not with ``beyond``.
+
+    Differentiable with respect to ``x``: for a fixed mask, coefficients (and active set,
+    and ``lam``) the result is linear in ``x``. ``coeffs``, ``mask`` and ``innovation``
+    get no gradient.
 
     Args:
         x: audio.
@@ -257,16 +271,21 @@ def lsar_interpolate(
         coeffs: prediction-error filters per frame (:func:`ar_coefficients`).
         hop: frame length of ``coeffs`` in samples.
         max_span: segments longer than this are left as they are.
+        innovation: ``(B, C, F)``, positive, or ``None`` (the masked samples are missing).
 
     Shape:
         ``x (B, C, T)``, ``mask (B, C, T)``, ``coeffs (B, C, F, p + 1)`` -> ``(B, C, T)``.
 
     References:
-        Godsill and Rayner (1998), section 5.2.2, the LSAR interpolator.
+        Godsill and Rayner (1998), section 5.2.2, the LSAR interpolator; the click as
+        additive noise on the observed samples, their Bayesian treatment (ch. 9).
     """
     rows, (b, c, t) = _rows(x, "lsar_interpolate")
     if mask.shape != x.shape:
         raise ValueError(f"lsar_interpolate: mask shape {tuple(mask.shape)} != audio {tuple(x.shape)}")
+    if innovation is not None and beyond:
+        raise ValueError("lsar_interpolate: innovation (a noisy observation) and beyond "
+                         "(a clipped one) do not combine")
     p = coeffs.shape[-1] - 1
     frames = coeffs.shape[-2]
     a_all = coeffs.reshape(b * c, frames, p + 1).detach()
@@ -313,6 +332,23 @@ def lsar_interpolate(
             mat = d[:, :, None] * gram * d[:, None, :] + torch.diag_embed(1 - d)
             chol, _ = torch.linalg.cholesky_ex(mat)
             u = torch.cholesky_solve(-d[..., None] * g, chol)[..., 0]
+            if innovation is not None:
+                # EM for the click variance: start from plain LSAR (lam = 0), then solve
+                # with lam = sigma_e^2 / sigma_n^2 and re-estimate sigma_n^2. lam is
+                # detached, so the last solve is linear in x.
+                s2 = innovation.reshape(b * c, frames)[row, frame].detach().to(xs.dtype).square()
+                y = xs[:, p : p + lb]
+                lam = torch.zeros_like(d)
+                for step in range(em_steps + 1):
+                    if step:
+                        chol, _ = torch.linalg.cholesky_ex(mat + torch.diag_embed(lam))
+                        u = torch.cholesky_solve((-d * g[..., 0] + lam * y)[..., None], chol)[..., 0]
+                    if step == em_steps:
+                        break
+                    post = s2[:, None] * torch.cholesky_inverse(chol).diagonal(dim1=-2, dim2=-1)
+                    noise = (((y.detach() - u.detach()).square() + post) * d).sum(-1)
+                    noise = noise / d.sum(-1).clamp(min=1)
+                    lam = (s2 / noise.clamp(min=1e-30))[:, None] * d
             if not beyond:
                 break
             bad = unk & (sign * u.detach() < level)
@@ -592,6 +628,8 @@ def declick(
     repair_order: int = 64,
     repair_hop_ms: float = 40.0,
     edge_sigma: float | None = 3.0,
+    noisy: bool = True,
+    stereo_taps: int | None = 4,
 ) -> tuple[Tensor, Tensor]:
     """Find clicks (:func:`detect_clicks`) and repair them by LSAR interpolation.
 
@@ -603,10 +641,13 @@ def declick(
     the model that fills it in. The padding covers a click's quiet edges, but every
     sample interpolated that needed not be costs accuracy: padded end samples that the
     first repair leaves within ``edge_sigma`` innovation standard deviations are kept as
-    observed (``None``: keep the whole padded span).
+    observed (``None``: keep the whole padded span). With ``noisy`` the span's samples
+    are read as signal plus a click of fitted variance rather than as missing, and a
+    stereo click is repaired from the other channel where that predicts better
+    (``stereo_taps``): see :func:`repair_clicks`.
 
-    Differentiable with respect to ``x`` (mask and AR models fixed: the repair is linear).
-    CUDA: yes.
+    Differentiable with respect to ``x`` (mask, AR models, filters and click variances
+    fixed: the repair is linear). CUDA: yes.
 
     Shape:
         ``(B, C, T)`` -> ``(repaired (B, C, T), mask (B, C, T) bool)``.
@@ -625,7 +666,8 @@ def declick(
         loud_db=loud_db, onset_db=onset_db,
     )
     return repair_clicks(x, mask, sr, coeffs=coeffs, hop=hop, order=repair_order,
-                         hop_ms=repair_hop_ms, edge_sigma=edge_sigma)
+                         hop_ms=repair_hop_ms, edge_sigma=edge_sigma, noisy=noisy,
+                         stereo_taps=stereo_taps)
 
 
 def repair_clicks(
@@ -638,17 +680,39 @@ def repair_clicks(
     order: int = 64,
     hop_ms: float = 40.0,
     edge_sigma: float | None = 3.0,
+    noisy: bool = True,
+    stereo_taps: int | None = 4,
 ) -> tuple[Tensor, Tensor]:
-    """The repair step of :func:`declick` for a given mask: a first LSAR interpolation
-    with ``coeffs`` (frame length ``hop``; by default order-32 models fitted on ``x``
-    itself, 20 ms frames), models of order ``order`` refitted on it (frames of
-    ``hop_ms``), the mask's ends tightened (``edge_sigma``, see :func:`declick`; repaired
-    and tightened again until the mask holds, at most 4 rounds), and the final LSAR
-    interpolation. Differentiable w.r.t. ``x`` (linear once mask and models
+    """The repair step of :func:`declick` for a given mask.
+
+    1. A first LSAR interpolation with ``coeffs`` (frame length ``hop``; by default
+       order-32 models fitted on ``x`` itself, 20 ms frames).
+    2. Models of order ``order`` refitted on it (frames of ``hop_ms``), the mask's ends
+       tightened (``edge_sigma``, see :func:`declick`; repaired and tightened again until
+       the mask holds, at most 4 rounds), and the repair proper: with ``noisy`` the
+       flagged samples are read as the signal plus a click of unknown variance, fitted
+       by EM per segment (:func:`lsar_interpolate` with ``innovation``), so a quiet
+       click or a clean sample inside the span keeps what it tells; otherwise plain LSAR.
+    3. Stereo (``C == 2``, ``stereo_taps`` not ``None``): a click is rarely in both
+       channels at once, and the two channels of a mix share most of their content. Per
+       frame, the two-sided FIR ``h`` (``2 stereo_taps + 1`` taps) that best predicts
+       each channel from the other's repair (step 2) is fitted, and the residual
+       ``x - h * other`` is repaired as in step 2 with AR models fitted on it; the
+       repair is ``h * other`` plus the repaired residual. It replaces step 2 in the
+       frames where the residual's innovation is the smaller (the conditional model
+       predicts better); independent channels keep step 2.
+
+    Differentiable w.r.t. ``x`` (linear once mask, models, filters and click variances
     are fixed).
 
     Shape:
         ``x (B, C, T)``, ``mask (B, C, T)`` -> ``(repaired (B, C, T), mask used)``.
+
+    References:
+        Godsill and Rayner (1998), ch. 5 (LSAR) and the Bayesian click model of their
+        later chapters (corrupted samples as signal plus Gaussian noise); Dempster,
+        Laird and Rubin, "Maximum likelihood from incomplete data via the EM
+        algorithm", J. R. Stat. Soc. B, 1977.
     """
     sr = check_sample_rate(sample_rate, "repair_clicks")
     if mask.shape != x.shape:
@@ -662,20 +726,109 @@ def repair_clicks(
         first = lsar_interpolate(x.detach(), mask, coeffs, hop)
         # Only the frames around the clicks are used by the repair: fit just those.
         rhop = _hop(sr, hop_ms)
-        near = _frames_near(runs(mask), rhop, -(-x.shape[-1] // rhop), order)
-        coeffs = ar_coefficients(first, sr, order=order, hop=rhop, frames=near)
+        near = _frames_near(runs(mask), rhop, -(-x.shape[-1] // rhop), order + (stereo_taps or 0))
+    y, used, sigma = _repair(x, mask, first, sr, order, rhop, near, edge_sigma, noisy)
+    if stereo_taps is None or x.shape[1] != 2:
+        return y, used
+    with torch.no_grad():
+        h = _cross_filters(y.detach(), y.detach().flip(1), rhop, stereo_taps, near)
+    pred = _fir_frames(y.flip(1), h, rhop)  # from the other channel's repair (linear in x)
+    ys, used_s, sigma_s = _repair(x - pred, mask, (first - pred).detach(), sr, order, rhop, near,
+                                  edge_sigma, noisy)
+    use = (sigma_s < sigma).repeat_interleave(rhop, -1)[..., : x.shape[-1]]
+    return torch.where(use, ys + pred, y), torch.where(use, used_s, used)
+
+
+def _repair(
+    x: Tensor, mask: Tensor, first: Tensor, sr: int, order: int, hop: int, near: Tensor,
+    edge_sigma: float | None, noisy: bool,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Step 2 of :func:`repair_clicks`: ``(repaired, mask used, innovation (B, C, F))``,
+    the last the RMS prediction error of each frame (zero outside ``near``)."""
+    with torch.no_grad():
+        coeffs = ar_coefficients(first, sr, order=order, hop=hop, frames=near)
+        xd = x.detach()
+        last = first
         if edge_sigma is not None:
             # A shorter span is repaired better, which shows more of its ends to agree
             # with the model: tighten, repair, tighten again, until the mask holds
             # (at most `_TIGHTEN` rounds).
-            mask = _tighten(x.detach(), first, mask, coeffs, rhop, edge_sigma)
+            mask = _tighten(xd, first, mask, coeffs, hop, edge_sigma)
             for _ in range(_TIGHTEN):
-                better = lsar_interpolate(x.detach(), mask, coeffs, rhop)
-                tighter = _tighten(x.detach(), better, mask, coeffs, rhop, edge_sigma)
+                last = lsar_interpolate(xd, mask, coeffs, hop)
+                tighter = _tighten(xd, last, mask, coeffs, hop, edge_sigma)
                 if torch.equal(tighter, mask):
                     break
                 mask = tighter
-    return lsar_interpolate(x, mask, coeffs, rhop), mask
+        last = lsar_interpolate(xd, mask, coeffs, hop)
+        innovation = _innovation(last, mask, coeffs, hop)
+    y = lsar_interpolate(x, mask, coeffs, hop, innovation=innovation if noisy else None)
+    return y, mask, innovation
+
+
+def _cross_filters(x: Tensor, ref: Tensor, hop: int, q: int, frames: Tensor) -> Tensor:
+    """Per frame, the two-sided FIR ``h`` (taps ``-q .. q``) that best predicts ``x`` from
+    ``ref`` over the Hann-windowed two hops centred on the frame (the autocorrelation
+    method, as :func:`ar_coefficients`; a -60 dB white floor keeps it well posed). Only
+    the ``frames`` (``(K, 2)`` rows ``(batch * C + channel, frame)``) are fitted.
+
+    Shape:
+        ``x, ref (B, C, T)`` -> ``(B, C, F, 2q + 1)`` float64 (zeros outside ``frames``).
+    """
+    b, c, t = x.shape
+    nf = -(-t // hop)
+    half = hop // 2
+    taps = 2 * q + 1
+
+    def windows(v: Tensor) -> Tensor:
+        vp = tnf.pad(v.reshape(b * c, t), (half, nf * hop - t + 2 * hop - half))
+        return vp.unfold(-1, 2 * hop, hop)[:, :nf][frames[:, 0], frames[:, 1]]
+
+    win = torch.hann_window(2 * hop, periodic=False, dtype=x.dtype, device=x.device)
+    n_fft = 1 << math.ceil(math.log2(2 * hop + taps))
+    fx = torch.fft.rfft(windows(x) * win, n_fft)
+    fr = torch.fft.rfft(windows(ref) * win, n_fft)
+    auto = torch.fft.irfft(fr.real.square() + fr.imag.square(), n_fft)[..., :taps].double()
+    cross = torch.fft.irfft(fx * fr.conj(), n_fft).double()  # [k] = sum_n x[n] ref[n - k]
+    cross = torch.cat([cross[..., n_fft - q :], cross[..., : q + 1]], -1)  # lags -q .. q
+    lag = (torch.arange(taps, device=x.device)[:, None]
+           - torch.arange(taps, device=x.device)[None]).abs()
+    eye = torch.eye(taps, dtype=auto.dtype, device=x.device)
+    normal = auto[..., lag] + eye * (auto[..., :1, None] * 1e-6 + 1e-20)
+    out = torch.zeros(b * c, nf, taps, dtype=torch.float64, device=x.device)
+    if len(frames):
+        out[frames[:, 0], frames[:, 1]] = torch.linalg.solve(normal, cross[..., None])[..., 0]
+    return out.reshape(b, c, nf, taps)
+
+
+def _fir_frames(ref: Tensor, h: Tensor, hop: int) -> Tensor:
+    """``y[n] = sum_k h_f[k] ref[n - k]`` (``k = -q .. q``) with ``f`` the frame of ``n``:
+    ``ref (B, C, T)``, ``h (B, C, F, 2q + 1)`` -> ``(B, C, T)``. Linear in ``ref``."""
+    b, c, t = ref.shape
+    nf, taps = h.shape[-2], h.shape[-1]
+    q = taps // 2
+    xp = tnf.pad(ref.reshape(b * c, t), (q, nf * hop - t + q))
+    seg = xp.unfold(-1, hop + 2 * q, hop)[:, :nf]  # (N, F, hop + 2q)
+    n_fft = 1 << math.ceil(math.log2(hop + 4 * q + 1))
+    filt = torch.fft.rfft(h.reshape(b * c, nf, taps).to(ref.dtype), n_fft)
+    y = torch.fft.irfft(torch.fft.rfft(seg, n_fft) * filt, n_fft)[..., 2 * q : 2 * q + hop]
+    return y.reshape(b * c, nf * hop)[:, :t].reshape(b, c, t)
+
+
+def _innovation(x: Tensor, mask: Tensor, coeffs: Tensor, hop: int) -> Tensor:
+    """RMS forward prediction error per frame of ``x`` under its frame's model, over the
+    samples whose error terms no masked sample enters: ``(B, C, F)``."""
+    b, c, t = x.shape
+    p = coeffs.shape[-1] - 1
+    frames = coeffs.shape[-2]
+    fwd = ar_residuals(x, coeffs, hop)[0].reshape(b * c, t)
+    # error terms n .. n + p see sample n: a masked sample spoils the p terms after it
+    touched = tnf.max_pool1d(tnf.pad(mask.reshape(b * c, 1, t).to(x.dtype), (p, 0)), p + 1, 1)[:, 0] > 0
+    w = (~touched).to(fwd.dtype)
+    pad = frames * hop - t
+    e2 = tnf.pad(fwd.square() * w, (0, pad)).reshape(b * c, frames, hop).sum(-1)
+    n = tnf.pad(w, (0, pad)).reshape(b * c, frames, hop).sum(-1)
+    return (e2 / n.clamp(min=1)).sqrt().reshape(b, c, frames)
 
 
 def _tighten(

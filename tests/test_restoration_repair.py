@@ -1,0 +1,194 @@
+"""Click repair beyond plain LSAR: the noisy-observation (EM) repair against a dense float64
+oracle, and the two improvements measured against the plain method on signals with a known
+mask, so that a regression in either shows as a failure."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy.signal import lfilter
+
+from diffmix.functional.restoration import lsar_interpolate, repair_clicks
+
+SR = 44100
+
+
+def resonant(rng: np.random.Generator, pairs: int, radius: tuple[float, float]) -> np.ndarray:
+    """A prediction-error filter with ``pairs`` resonant pole pairs."""
+    poly = np.array([1.0])
+    for _ in range(pairs):
+        r, th = rng.uniform(*radius), rng.uniform(0.02, 2.8)
+        poly = np.convolve(poly, [1.0, -2 * r * math.cos(th), r * r])
+    return poly
+
+
+def ar_process(poly: np.ndarray, shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
+    """Unit-innovation AR process (scipy's lfilter), warm-up discarded."""
+    w = rng.standard_normal((*shape[:-1], shape[-1] + 4096))
+    return lfilter([1.0], poly, w)[..., 4096:]
+
+
+def clicks(clean: np.ndarray, rate: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """White-noise bursts of 1-50 samples, peak 3-30 dB above the RMS, each channel on its
+    own (as the restore benchmark draws them): ``(damaged, mask)``."""
+    damaged, mask = clean.copy(), np.zeros(clean.shape, bool)
+    rms = clean.std(-1)
+    for ch in range(clean.shape[0]):
+        for s in np.sort(rng.integers(200, clean.shape[-1] - 300, rng.poisson(rate * clean.shape[-1] / SR))):
+            n = int(np.clip(np.round(np.exp(rng.uniform(0, math.log(50)))), 1, 50))
+            burst = rng.standard_normal(n)
+            damaged[ch, s : s + n] += burst * rms[ch] * 10 ** (rng.uniform(3, 30) / 20) / np.abs(burst).max()
+            mask[ch, s : s + n] = True
+    return damaged, mask
+
+
+def error_db(clean: np.ndarray, damaged: np.ndarray, out: np.ndarray, mask: np.ndarray) -> float:
+    """SNR gain over the damaged samples (dB), as the restore benchmark scores it."""
+    return 10 * math.log10(((damaged - clean)[mask] ** 2).sum() / ((out - clean)[mask] ** 2).sum())
+
+
+def dense_noisy_lsar(y: np.ndarray, a: np.ndarray, unknown: np.ndarray, s2: float, steps: int):
+    """Independent oracle: the posterior mean of the unknown samples under the AR model
+    (innovation variance ``s2``) with the observations ``y_u = x_u + n``, ``n`` white of
+    variance fitted by EM, from dense float64 matrices (one row per error term)."""
+    p, t = len(a) - 1, len(y)
+    rows = np.zeros((t + p, t))  # every error term touching the signal, zeros beyond it
+    for n in range(t + p):
+        for k in range(p + 1):
+            if 0 <= n - k < t:
+                rows[n, n - k] = a[k]
+    au, ak = rows[:, unknown], rows[:, ~unknown]
+    gram, rhs = au.T @ au, -au.T @ (ak @ y[~unknown])
+    yu = y[unknown]
+    lam = 0.0
+    for step in range(steps + 1):
+        mat = gram + lam * np.eye(len(yu))
+        u = np.linalg.solve(mat, rhs + lam * yu)
+        if step == steps:
+            break
+        noise = (((yu - u) ** 2) + s2 * np.diag(np.linalg.inv(mat))).mean()
+        lam = s2 / noise
+    out = y.copy()
+    out[unknown] = u
+    return out
+
+
+@pytest.mark.parametrize("case", range(3))
+def test_noisy_lsar_matches_the_dense_em_oracle(case):
+    seed = 300 + case
+    print("seed", seed)
+    rng = np.random.default_rng(seed)
+    a = resonant(rng, int(rng.integers(1, 4)), (0.85, 0.98))
+    t = 500
+    clean = ar_process(a, (t,), rng)
+    unknown = np.zeros(t, bool)
+    start, length = int(rng.integers(150, 300)), int(rng.integers(2, 40))
+    unknown[start : start + length] = True
+    # 3 to 20 dB above the signal: the observations carry weight (lam well above 0)
+    damaged = clean + unknown * rng.standard_normal(t) * clean.std() * 10 ** (rng.uniform(3, 20) / 20)
+    x = torch.from_numpy(damaged)[None, None]
+    coeffs = torch.from_numpy(a)[None, None, None].clone()
+    got = lsar_interpolate(x, torch.from_numpy(unknown)[None, None], coeffs, hop=t,
+                           innovation=torch.ones(1, 1, 1, dtype=torch.float64), em_steps=4)
+    expected = dense_noisy_lsar(damaged, a, unknown, 1.0, steps=4)
+    np.testing.assert_allclose(got[0, 0].numpy(), expected, rtol=0, atol=1e-9 * clean.std())
+    # and it moved away from plain LSAR towards the observations
+    plain = lsar_interpolate(x, torch.from_numpy(unknown)[None, None], coeffs, hop=t)
+    assert np.abs(plain[0, 0].numpy() - expected).max() > 1e-3 * clean.std()
+
+
+def test_noisy_lsar_rejects_beyond():
+    x = torch.zeros(1, 1, 100)
+    with pytest.raises(ValueError, match="lsar_interpolate: innovation"):
+        lsar_interpolate(x, x > 0, torch.ones(1, 1, 1, 3), 100, beyond=True,
+                         innovation=torch.ones(1, 1, 1))
+
+
+def test_noisy_observation_beats_missing_data():
+    """With the true AR model, reading the flagged samples as signal plus a click of fitted
+    variance (the posterior mean) beats discarding them (plain LSAR, the conditional mean
+    given the neighbours only): over some 200 clicks of 3-30 dB the error energy falls by
+    1.5-1.8 dB (eight groups of seeds measured); it must fall by at least 1 dB. Pooled
+    over four signals because a single click's error varies far more than the mean."""
+    before = plain_err = noisy_err = 0.0
+    for seed in (500, 501, 502, 503):
+        print("seed", seed)
+        rng = np.random.default_rng(seed)
+        a = resonant(rng, int(rng.integers(2, 7)), (0.85, 0.995))
+        clean = ar_process(a, (1, 5 * SR), rng)
+        scale = 0.1 / clean.std()
+        clean *= scale
+        damaged, mask = clicks(clean, 10.0, rng)
+        x, m = torch.from_numpy(damaged)[None], torch.from_numpy(mask)[None]
+        coeffs = torch.from_numpy(a)[None, None, None].clone()
+        plain = lsar_interpolate(x, m, coeffs, hop=clean.shape[-1])[0].numpy()
+        sigma = torch.full((1, 1, 1), scale, dtype=torch.float64)  # the innovation's std
+        noisy = lsar_interpolate(x, m, coeffs, hop=clean.shape[-1], innovation=sigma)[0].numpy()
+        before += ((damaged - clean)[mask] ** 2).sum()
+        plain_err += ((plain - clean)[mask] ** 2).sum()
+        noisy_err += ((noisy - clean)[mask] ** 2).sum()
+    gain = 10 * math.log10(plain_err / noisy_err)
+    print(f"plain {10 * math.log10(before / plain_err):.2f} dB, noisy "
+          f"{10 * math.log10(before / noisy_err):.2f} dB, gain {gain:.2f} dB")
+    assert gain >= 1.0
+
+
+def _stereo(seed: int, side_db: float | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(clean, damaged, mask)``, stereo 2 s at 10 clicks/s per channel: a shared AR
+    source plus an independent AR part per channel ``side_db`` below it (``None``: the
+    channels are independent AR processes)."""
+    rng = np.random.default_rng(seed)
+    a = resonant(rng, int(rng.integers(2, 7)), (0.85, 0.995))
+    if side_db is None:
+        clean = ar_process(a, (2, 2 * SR), rng)
+    else:
+        side = ar_process(resonant(rng, 3, (0.85, 0.99)), (2, 2 * SR), rng)
+        mid = ar_process(a, (1, 2 * SR), rng)
+        clean = mid + side * mid.std() / side.std(-1, keepdims=True) * 10 ** (side_db / 20)
+    clean *= 0.1 / clean.std()
+    return (clean, *clicks(clean, 10.0, rng))
+
+
+def _gains(clean, damaged, mask, **variants) -> dict[str, float]:
+    x, m = torch.from_numpy(damaged)[None], torch.from_numpy(mask)[None]
+    return {k: error_db(clean, damaged, repair_clicks(x, m, SR, **kw)[0][0].numpy(), mask)
+            for k, kw in variants.items()}
+
+
+VARIANTS = {"new": {}, "mono": {"stereo_taps": None},
+            "previous": {"noisy": False, "stereo_taps": None}}
+
+
+@pytest.mark.parametrize("seed", [600, 601])
+def test_stereo_repair_uses_the_other_channel(seed):
+    """A click in one channel of a stereo pair whose channels share most of their content
+    (a side part 20 dB down): the residual after predicting the channel from the other is
+    far easier to interpolate than the channel. Measured 10-17 dB better than the mono
+    repair on six seeds; it must be at least 6 dB better than both the mono repair and
+    the previous method (plain LSAR, channels apart)."""
+    print("seed", seed)
+    g = _gains(*_stereo(seed, -20.0), **VARIANTS)
+    print({k: round(v, 2) for k, v in g.items()})
+    assert g["new"] >= g["mono"] + 6.0
+    assert g["new"] >= g["previous"] + 6.0
+
+
+def test_stereo_repair_keeps_the_mono_model_for_independent_channels():
+    """Independent channels: the other channel predicts nothing, the per-frame choice keeps
+    the mono model, and the repair is no worse than it (pooled over three seeds)."""
+    pooled = {k: [0.0, 0.0] for k in VARIANTS}
+    for seed in (610, 611, 612):
+        print("seed", seed)
+        clean, damaged, mask = _stereo(seed, None)
+        x, m = torch.from_numpy(damaged)[None], torch.from_numpy(mask)[None]
+        for k, kw in VARIANTS.items():
+            y = repair_clicks(x, m, SR, **kw)[0][0].numpy()
+            pooled[k][0] += ((damaged - clean)[mask] ** 2).sum()
+            pooled[k][1] += ((y - clean)[mask] ** 2).sum()
+    g = {k: 10 * math.log10(v[0] / v[1]) for k, v in pooled.items()}
+    print({k: round(v, 2) for k, v in g.items()})
+    assert g["new"] >= g["mono"] - 0.3
+    assert g["new"] >= g["previous"] + 0.5
