@@ -38,6 +38,7 @@ _SUB = 32  # samples per sub-block of the robust local scales
 _PERIOD_DB = 10.0
 _TIGHTEN = 4  # rounds of repair and tightening of the click spans
 _ONSET_S = 0.010  # level mismatch (dB) a periodic repeat may have at no cost
+_ALONE = 0.5
 
 
 def _rows(x: Tensor, what: str) -> tuple[Tensor, tuple[int, int, int]]:
@@ -450,6 +451,101 @@ def _explained(
     return 10.0 * torch.log10(energy[0].clamp(min=1e-30) / energy[1].clamp(min=1e-30))
 
 
+def _guards(
+    x: Tensor, repaired: Tensor, bursts: Tensor, level: Tensor, coeffs: Tensor, hop: int,
+    pad: int, max_len: int, sr: int, *, above_db: float | None, explain_db: float | None,
+    loud_db: float | None, onset_db: float | None,
+) -> Tensor:
+    """The last tests of :func:`detect_clicks` (see there): which ``bursts`` (``(K, 3)``)
+    are clicks, given the rows ``x`` and their repair ``repaired`` ``(N, T)``, the
+    programme's robust local level ``(N, T)`` and the AR models ``(N, F, p + 1)``."""
+    t = x.shape[-1]
+    # What the repair would remove, peak over the programme's robust local level.
+    removed = (x - repaired).abs() / level.clamp(min=1e-9)
+    span = max_len + 2 * pad
+    idx = (bursts[:, 1:2] - pad + torch.arange(span, device=x.device)).clamp(0, t - 1)
+    inside = idx < (bursts[:, 2:3] + pad)
+    peak = torch.where(inside, removed[bursts[:, 0:1], idx], 0.0).amax(-1)
+    keep = torch.ones_like(peak, dtype=torch.bool)
+    # Far above the music around it: no attack, whatever the tests below say.
+    loud = peak >= 10.0 ** (loud_db / 20.0) if loud_db is not None else ~keep
+    if above_db is not None:
+        # It must stand out: an onset the model cannot predict is no louder than
+        # the music it starts.
+        keep &= peak >= 10.0 ** (above_db / 20.0)
+    if explain_db is not None:
+        gain = _explained(x, repaired, bursts, coeffs, hop, pad, max_len)
+        # ...and the repair must explain it, unless it is far above the music.
+        keep &= (gain >= explain_db) | loud
+    if onset_db is not None:
+        # A sound that starts here (its level after the burst far above the level
+        # before it, as a kick out of silence) is an attack, however well the
+        # model of its own body explains it; a click is added to music that goes
+        # on. Levels over 10 ms of the repaired signal either side.
+        near = int(round(0.010 * sr))
+        ar = torch.arange(near, device=x.device)
+        pre = (bursts[:, 1:2] - pad - near + ar).clamp(0, t - 1)
+        post = (bursts[:, 2:3] + pad + ar).clamp(0, t - 1)
+        e_pre = repaired[bursts[:, 0:1], pre].square().mean(-1)
+        e_post = repaired[bursts[:, 0:1], post].square().mean(-1)
+        keep &= (e_post <= e_pre * 10.0 ** (onset_db / 10.0)) | loud
+    return keep
+
+
+def _stereo_guards(
+    x: Tensor, repaired: Tensor, bursts: Tensor, judge: Tensor, sr: int, order: int, hop: int,
+    pad: int, max_len: int, width: int, taps: int, **guards: float | None,
+) -> Tensor:
+    """Second look, in stereo, at the bursts the guards vetoed (``~keep``): an attack
+    sounds in both channels of a mix, a click in one. Each channel minus what the other
+    channel predicts of it (the FIR of :func:`repair_clicks`, fitted on the signal with
+    every burst interpolated) is the part of the music the other channel does not
+    explain; a burst that passes the same guards there, with AR models and the local
+    level of that residual, is a click. An attack heard in both channels cancels; one in
+    a single channel is judged as before. Returns ``(K,)`` bool: rescued bursts."""
+    b, c, t = x.shape
+    vetoed = judge.nonzero()[:, 0]
+    if len(vetoed) == 0:
+        return judge
+    cand = bursts[vetoed]
+    frames = -(-t // hop)
+    near = _frames_near(cand, hop, frames, order + taps + pad)
+    # The signal with every burst interpolated: the filters and models see no burst.
+    clean = repaired
+    other = clean.flip(1)
+    h = _cross_filters(clean, other, hop, taps, near)
+    pred = _fir_frames(other, h, hop)
+    resid = (x - pred).reshape(b * c, t)
+    resid_clean = (clean - pred)
+    coeffs = ar_coefficients(resid_clean, sr, order=order, hop=hop, frames=near)
+    mask = _mask_from_runs(cand, (b * c, t), pad, x.device).reshape(b, c, t)
+    rep = lsar_interpolate(resid.reshape(b, c, t), mask, coeffs, hop).reshape(b * c, t)
+    level = _burst_level(resid, cand, width, max_len + 2 * pad)
+    ok = _guards(resid, rep, cand, level, coeffs.reshape(b * c, frames, order + 1), hop, pad,
+                 max_len, sr, **guards)
+    out = torch.zeros_like(judge)
+    out[vetoed[ok]] = True
+    return out
+
+
+def _burst_level(rows: Tensor, bursts: Tensor, width: int, span: int) -> Tensor:
+    """The robust local level of :func:`detect_clicks` (``_local_scale`` of ``rows`` over
+    ``width`` sub-blocks a side, the larger) computed only around each burst, written
+    into an ``(N, T)`` tensor (ones elsewhere)."""
+    n, t = rows.shape
+    reach = (width + 2) * _SUB
+    start = (bursts[:, 1] - reach) // _SUB * _SUB  # aligned to the sub-block grid
+    length = (span + 2 * reach) // _SUB * _SUB + 2 * _SUB
+    idx = start[:, None] + torch.arange(length, device=rows.device)
+    ok = (idx >= 0) & (idx < t)
+    seg = torch.where(ok, rows[bursts[:, 0:1], idx.clamp(0, t - 1)], 0.0)
+    before, after = _local_scale(seg, width)
+    local = torch.maximum(before, after).repeat_interleave(_SUB, -1)[:, :length]
+    out = torch.ones_like(rows)
+    out[bursts[:, 0:1].expand(-1, length)[ok], idx[ok]] = local[ok]
+    return out
+
+
 def detect_clicks(
     x: Tensor,
     sample_rate: int,
@@ -469,6 +565,7 @@ def detect_clicks(
     explain_db: float | None = 10.0,
     loud_db: float | None = 12.0,
     onset_db: float | None = 20.0,
+    stereo_taps: int | None = 4,
 ) -> tuple[Tensor, Tensor, int]:
     """Flag clicks: short bursts that the AR model of their surroundings cannot predict,
     forwards or backwards, and that do not recur period after period.
@@ -531,6 +628,8 @@ def detect_clicks(
     hop = _hop(sr, hop_ms)
     width = max(4, int(round(0.016 * sr / _SUB)))
     max_len = max(1, int(round(max_click_ms * 1e-3 * sr)))
+    guards = {"above_db": above_db, "explain_db": explain_db, "loud_db": loud_db,
+              "onset_db": onset_db}
     with torch.no_grad():
         xd = x.detach()
         s_before, s_after = _local_scale(rows.detach(), width // 2)
@@ -567,37 +666,21 @@ def detect_clicks(
             if len(bursts) == 0:
                 break
             repaired = lsar_interpolate(xd, mask, coeffs, hop)
-            # What the repair would remove, peak over the programme's robust local level.
-            removed = (xd - repaired).abs().reshape(b * c, t) / level.clamp(min=1e-9)
-            span = max_len + 2 * pad
-            idx = (bursts[:, 1:2] - pad + torch.arange(span, device=x.device)).clamp(0, t - 1)
-            inside = idx < (bursts[:, 2:3] + pad)
-            peak = torch.where(inside, removed[bursts[:, 0:1], idx], 0.0).amax(-1)
-            keep = torch.ones_like(peak, dtype=torch.bool)
-            # Far above the music around it: no attack, whatever the tests below say.
-            loud = peak >= 10.0 ** (loud_db / 20.0) if loud_db is not None else ~keep
-            if above_db is not None:
-                # It must stand out: an onset the model cannot predict is no louder than
-                # the music it starts.
-                keep &= peak >= 10.0 ** (above_db / 20.0)
-            if explain_db is not None:
-                gain = _explained(xd.reshape(b * c, t), repaired.reshape(b * c, t), bursts,
-                                  coeffs.reshape(b * c, -1, order + 1), hop, pad, max_len)
-                # ...and the repair must explain it, unless it is far above the music.
-                keep &= (gain >= explain_db) | loud
-            if onset_db is not None:
-                # A sound that starts here (its level after the burst far above the level
-                # before it, as a kick out of silence) is an attack, however well the
-                # model of its own body explains it; a click is added to music that goes
-                # on. Levels over 10 ms of the repaired signal either side.
-                near = int(round(0.010 * sr))
-                ar = torch.arange(near, device=x.device)
-                rep = repaired.reshape(b * c, t)
-                pre = (bursts[:, 1:2] - pad - near + ar).clamp(0, t - 1)
-                post = (bursts[:, 2:3] + pad + ar).clamp(0, t - 1)
-                e_pre = rep[bursts[:, 0:1], pre].square().mean(-1)
-                e_post = rep[bursts[:, 0:1], post].square().mean(-1)
-                keep &= (e_post <= e_pre * 10.0 ** (onset_db / 10.0)) | loud
+            keep = _guards(xd.reshape(b * c, t), repaired.reshape(b * c, t), bursts, level,
+                           coeffs.reshape(b * c, -1, order + 1), hop, pad, max_len, sr,
+                           **guards)
+            last = step == passes - 1 or not bool(keep.any())
+            if stereo_taps is not None and c == 2 and last and not bool(keep.all()):
+                # Vetoed bursts the other channel does not share (no candidate-level
+                # interpolation error there): judged again on the cross-channel residual.
+                z_ratio = z.abs() / (z_threshold * z_scale[..., 0]).repeat_interleave(_SUB, -1)[:, :t]
+                span = max_len + 2 * pad
+                idx = (bursts[:, 1:2] - pad + torch.arange(span, device=x.device)).clamp(0, t - 1)
+                inside = idx < (bursts[:, 2:3] + pad)
+                partner = bursts[:, 0:1] + 1 - 2 * (bursts[:, 0:1] % 2)
+                alone = torch.where(inside, z_ratio[partner, idx], 0.0).amax(-1) < _ALONE
+                keep |= _stereo_guards(xd, repaired, bursts, ~keep & alone, sr, order, hop, pad,
+                                       max_len, width // 2, stereo_taps, **guards)
             bursts = bursts[keep]
             mask = _mask_from_runs(bursts, (b * c, t), pad, x.device).reshape(b, c, t)
             if len(bursts) == 0 or step == passes - 1:
@@ -663,7 +746,7 @@ def declick(
         x, sr, order=order, hop_ms=hop_ms, threshold=threshold, z_threshold=z_threshold,
         max_click_ms=max_click_ms,
         merge=merge, pad=pad, passes=passes, above_db=above_db, explain_db=explain_db,
-        loud_db=loud_db, onset_db=onset_db,
+        loud_db=loud_db, onset_db=onset_db, stereo_taps=stereo_taps,
     )
     return repair_clicks(x, mask, sr, coeffs=coeffs, hop=hop, order=repair_order,
                          hop_ms=repair_hop_ms, edge_sigma=edge_sigma, noisy=noisy,
