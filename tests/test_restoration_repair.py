@@ -1,6 +1,7 @@
-"""Click repair beyond plain LSAR: the noisy-observation (EM) repair against a dense float64
-oracle, and the two improvements measured against the plain method on signals with a known
-mask, so that a regression in either shows as a failure."""
+"""Clicks beyond the mono, missing-data method: the noisy-observation (EM) repair against a
+dense float64 oracle; the noisy and the stereo repair, and the stereo look at vetoed bursts,
+each measured against the method without it on signals with a known mask, so that a
+regression in any shows as a failure."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import pytest
 import torch
 from scipy.signal import lfilter
 
-from diffmix.functional.restoration import lsar_interpolate, repair_clicks
+from diffmix.functional.restoration import detect_clicks, lsar_interpolate, repair_clicks, runs
 
 SR = 44100
 
@@ -192,3 +193,38 @@ def test_stereo_repair_keeps_the_mono_model_for_independent_channels():
     print({k: round(v, 2) for k, v in g.items()})
     assert g["new"] >= g["mono"] - 0.3
     assert g["new"] >= g["previous"] + 0.5
+
+
+def test_stereo_look_finds_the_quiet_clicks_the_mono_guards_veto():
+    """Clicks 3-12 dB above the RMS, one channel at a time, in a stereo pair that shares
+    most of its content: the mono guards veto many as attacks (they are no louder than
+    the music); in stereo the other channel shows nothing there, and on the cross-channel
+    residual they stand out. Measured over seeds 700-704: mono finds 37 of 50, stereo 50.
+    Stereo must find at least 48 and 8 more than mono, with no span off a click."""
+    found = {"mono": 0, "stereo": 0}
+    for seed in range(700, 705):
+        print("seed", seed)
+        rng = np.random.default_rng(seed)
+        a = resonant(rng, int(rng.integers(2, 7)), (0.85, 0.995))
+        side = ar_process(resonant(rng, 3, (0.85, 0.99)), (2, SR), rng)
+        mid = ar_process(a, (1, SR), rng)
+        clean = mid + side * mid.std() / side.std(-1, keepdims=True) * 0.1
+        clean *= 0.1 / clean.std()
+        damaged, truth = clean.copy(), np.zeros(clean.shape, bool)
+        for k, db in enumerate(np.linspace(3, 12, 10)):
+            s, n = 3000 + k * 4000, int(rng.integers(5, 40))
+            burst = rng.standard_normal(n)
+            damaged[k % 2, s : s + n] += burst * 0.1 * 10 ** (db / 20) / np.abs(burst).max()
+            truth[k % 2, s : s + n] = True
+        x = torch.from_numpy(damaged).float()[None]
+        for name, taps in (("mono", None), ("stereo", 4)):
+            mask = detect_clicks(x, SR, stereo_taps=taps)[0][0].numpy()
+            for k in range(10):
+                ch, s = k % 2, 3000 + k * 4000
+                found[name] += bool((mask[ch, s : s + 40] & truth[ch, s : s + 40]).any())
+            if name == "stereo":
+                for r, s, e in runs(torch.from_numpy(mask)[None]).tolist():
+                    assert truth[r, s:e].any(), (r, s, e)
+    print(found)
+    assert found["stereo"] >= 48
+    assert found["stereo"] >= found["mono"] + 8
