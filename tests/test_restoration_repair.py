@@ -228,3 +228,34 @@ def test_stereo_look_finds_the_quiet_clicks_the_mono_guards_veto():
     print(found)
     assert found["stereo"] >= 48
     assert found["stereo"] >= found["mono"] + 8
+
+
+def test_grow_repairs_the_click_edges_the_mask_missed():
+    """Masks that miss the last 1-4 samples of each click (as a detection does when a
+    click's edge is quiet): an edge sample left in the data pulls the interpolation after
+    it. Growing the span over samples whose interpolation error in the repair exceeds 4
+    innovation standard deviations takes them in: pooled over three signals the error
+    falls by 6.6 dB (5.2 -> 11.8 dB gain, measured); it must fall by at least 3 dB."""
+    errs = {0: [0.0, 0.0], 6: [0.0, 0.0]}
+    for seed in (800, 801, 802):
+        print("seed", seed)
+        rng = np.random.default_rng(seed)
+        a = resonant(rng, int(rng.integers(2, 7)), (0.85, 0.995))
+        clean = ar_process(a, (1, SR), rng)
+        clean *= 0.1 / clean.std()
+        damaged, given = clean.copy(), np.zeros(clean.shape, bool)
+        truth = np.zeros(clean.shape, bool)
+        for k in range(20):
+            s, n = 1000 + k * 2100, int(rng.integers(8, 40))
+            burst = rng.standard_normal(n)
+            damaged[0, s : s + n] += burst * 0.1 * 10 ** (rng.uniform(10, 30) / 20) / np.abs(burst).max()
+            truth[0, s : s + n] = True
+            given[0, s : s + n - int(rng.integers(1, 5))] = True
+        x, m = torch.from_numpy(damaged)[None], torch.from_numpy(given)[None]
+        for g in errs:
+            y = repair_clicks(x, m, SR, grow=g)[0][0].numpy()
+            errs[g][0] += ((damaged - clean)[truth] ** 2).sum()
+            errs[g][1] += ((y - clean)[truth] ** 2).sum()
+    gain = {g: 10 * math.log10(v[0] / v[1]) for g, v in errs.items()}
+    print({g: round(v, 2) for g, v in gain.items()})
+    assert gain[6] >= gain[0] + 3.0

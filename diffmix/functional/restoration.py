@@ -38,7 +38,10 @@ _SUB = 32  # samples per sub-block of the robust local scales
 _PERIOD_DB = 10.0
 _TIGHTEN = 4  # rounds of repair and tightening of the click spans
 _ONSET_S = 0.010  # level mismatch (dB) a periodic repeat may have at no cost
-_ALONE = 0.5
+_GROW = 3  # rounds of growing the click spans over missed edges
+# A Gaussian noise's largest value over a few milliseconds stays under about 3.5 standard
+# deviations: beyond 4, a matched-filter output is taken as a sign of something there.
+_NOISE_MAX = 4.0
 
 
 def _rows(x: Tensor, what: str) -> tuple[Tensor, tuple[int, int, int]]:
@@ -684,12 +687,12 @@ def detect_clicks(
             if stereo_taps is not None and c == 2 and last and not bool(keep.all()):
                 # Vetoed bursts the other channel does not share (no candidate-level
                 # interpolation error there): judged again on the cross-channel residual.
-                z_ratio = z.abs() / (z_threshold * z_scale[..., 0]).repeat_interleave(_SUB, -1)[:, :t]
+                z_ratio = z.abs() / z_scale[..., 0].repeat_interleave(_SUB, -1)[:, :t]
                 span = max_len + 2 * pad
                 idx = (bursts[:, 1:2] - pad + torch.arange(span, device=x.device)).clamp(0, t - 1)
                 inside = idx < (bursts[:, 2:3] + pad)
                 partner = bursts[:, 0:1] + 1 - 2 * (bursts[:, 0:1] % 2)
-                alone = torch.where(inside, z_ratio[partner, idx], 0.0).amax(-1) < _ALONE
+                alone = torch.where(inside, z_ratio[partner, idx], 0.0).amax(-1) < _NOISE_MAX
                 keep |= _stereo_guards(xd, repaired, bursts, ~keep & alone, sr, order, hop, pad,
                                        max_len, width // 2, stereo_taps, **guards)
             bursts = bursts[keep]
@@ -724,6 +727,7 @@ def declick(
     edge_sigma: float | None = 3.0,
     noisy: bool = True,
     stereo_taps: int | None = 4,
+    grow: int = 6,
 ) -> tuple[Tensor, Tensor]:
     """Find clicks (:func:`detect_clicks`) and repair them by LSAR interpolation.
 
@@ -738,7 +742,8 @@ def declick(
     observed (``None``: keep the whole padded span). With ``noisy`` the span's samples
     are read as signal plus a click of fitted variance rather than as missing, and a
     stereo click is repaired from the other channel where that predicts better
-    (``stereo_taps``): see :func:`repair_clicks`.
+    (``stereo_taps``), and spans grow over click edges the detection missed (``grow``):
+    see :func:`repair_clicks`.
 
     Differentiable with respect to ``x`` (mask, AR models, filters and click variances
     fixed: the repair is linear). CUDA: yes.
@@ -761,7 +766,7 @@ def declick(
     )
     return repair_clicks(x, mask, sr, coeffs=coeffs, hop=hop, order=repair_order,
                          hop_ms=repair_hop_ms, edge_sigma=edge_sigma, noisy=noisy,
-                         stereo_taps=stereo_taps)
+                         stereo_taps=stereo_taps, grow=grow)
 
 
 def repair_clicks(
@@ -776,6 +781,7 @@ def repair_clicks(
     edge_sigma: float | None = 3.0,
     noisy: bool = True,
     stereo_taps: int | None = 4,
+    grow: int = 6,
 ) -> tuple[Tensor, Tensor]:
     """The repair step of :func:`declick` for a given mask.
 
@@ -783,7 +789,9 @@ def repair_clicks(
        order-32 models fitted on ``x`` itself, 20 ms frames).
     2. Models of order ``order`` refitted on it (frames of ``hop_ms``), the mask's ends
        tightened (``edge_sigma``, see :func:`declick`; repaired and tightened again until
-       the mask holds, at most 4 rounds), and the repair proper: with ``noisy`` the
+       the mask holds, at most 4 rounds), then grown over the click edges the mask missed
+       (up to ``grow`` samples a side, :func:`_grow`: an edge sample left in the data
+       pulls the whole interpolation after it), and the repair proper: with ``noisy`` the
        flagged samples are read as the signal plus a click of unknown variance, fitted
        by EM per segment (:func:`lsar_interpolate` with ``innovation``), so a quiet
        click or a clean sample inside the span keeps what it tells; otherwise plain LSAR.
@@ -821,21 +829,21 @@ def repair_clicks(
         # Only the frames around the clicks are used by the repair: fit just those.
         rhop = _hop(sr, hop_ms)
         near = _frames_near(runs(mask), rhop, -(-x.shape[-1] // rhop), order + (stereo_taps or 0))
-    y, used, sigma = _repair(x, mask, first, sr, order, rhop, near, edge_sigma, noisy)
+    y, used, sigma = _repair(x, mask, first, sr, order, rhop, near, edge_sigma, noisy, grow)
     if stereo_taps is None or x.shape[1] != 2:
         return y, used
     with torch.no_grad():
         h = _cross_filters(y.detach(), y.detach().flip(1), rhop, stereo_taps, near)
     pred = _fir_frames(y.flip(1), h, rhop)  # from the other channel's repair (linear in x)
     ys, used_s, sigma_s = _repair(x - pred, mask, (first - pred).detach(), sr, order, rhop, near,
-                                  edge_sigma, noisy)
+                                  edge_sigma, noisy, grow)
     use = (sigma_s < sigma).repeat_interleave(rhop, -1)[..., : x.shape[-1]]
     return torch.where(use, ys + pred, y), torch.where(use, used_s, used)
 
 
 def _repair(
     x: Tensor, mask: Tensor, first: Tensor, sr: int, order: int, hop: int, near: Tensor,
-    edge_sigma: float | None, noisy: bool,
+    edge_sigma: float | None, noisy: bool, grow: int,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Step 2 of :func:`repair_clicks`: ``(repaired, mask used, innovation (B, C, F))``,
     the last the RMS prediction error of each frame (zero outside ``near``)."""
@@ -856,6 +864,14 @@ def _repair(
                 mask = tighter
         last = lsar_interpolate(xd, mask, coeffs, hop)
         innovation = _innovation(last, mask, coeffs, hop)
+        # Click edges the detection missed: grow, repair, grow again while the mask
+        # changes (at most `_GROW` rounds).
+        for _ in range(_GROW if grow else 0):
+            grown = _grow(last, mask, coeffs, hop, innovation, _NOISE_MAX, grow)
+            if torch.equal(grown, mask):
+                break
+            mask = grown
+            last = lsar_interpolate(xd, mask, coeffs, hop)
     y = lsar_interpolate(x, mask, coeffs, hop, innovation=innovation if noisy else None)
     return y, mask, innovation
 
@@ -923,6 +939,28 @@ def _innovation(x: Tensor, mask: Tensor, coeffs: Tensor, hop: int) -> Tensor:
     e2 = tnf.pad(fwd.square() * w, (0, pad)).reshape(b * c, frames, hop).sum(-1)
     n = tnf.pad(w, (0, pad)).reshape(b * c, frames, hop).sum(-1)
     return (e2 / n.clamp(min=1)).sqrt().reshape(b, c, frames)
+
+
+def _grow(x: Tensor, mask: Tensor, coeffs: Tensor, hop: int, innovation: Tensor,
+          kappa: float, reach: int) -> Tensor:
+    """Extend each masked run outwards over the consecutive samples (at most ``reach``)
+    whose interpolation error (:func:`ar_residuals`, the matched filter for an impulse,
+    standard deviation ``sigma_e`` on a clean AR signal) in the repaired ``x`` exceeds
+    ``kappa`` innovation standard deviations of their frame: click edges detection missed."""
+    b, c, t = x.shape
+    z = ar_residuals(x, coeffs, hop)[2].reshape(b * c, t)
+    sig = innovation.reshape(b * c, -1).repeat_interleave(hop, -1)[:, :t].to(z.dtype)
+    big = (z.abs() > kappa * sig) & (sig > 0)
+    r = runs(mask)
+    ar = torch.arange(1, reach + 1, device=x.device)
+    before = (r[:, 1:2] - ar).clamp(0, t - 1)
+    after = (r[:, 2:3] - 1 + ar).clamp(0, t - 1)
+    ok_b = big[r[:, 0:1], before] & (r[:, 1:2] - ar >= 0)
+    ok_a = big[r[:, 0:1], after] & (r[:, 2:3] - 1 + ar < t)
+    n_b = ok_b.to(torch.int8).cumprod(-1).sum(-1)  # consecutive from the run's edge
+    n_a = ok_a.to(torch.int8).cumprod(-1).sum(-1)
+    new = torch.stack([r[:, 0], r[:, 1] - n_b, r[:, 2] + n_a], -1)
+    return _mask_from_runs(new, (b * c, t), 0, x.device).reshape(b, c, t) | mask
 
 
 def _tighten(
