@@ -16,7 +16,10 @@ Shared machinery:
   merge into one segment) is solved jointly by least squares, batched over segments of
   similar length (one Cholesky solve per power-of-two length bucket).
 
-The click detector (why it leaves drums alone) is documented in :func:`detect_clicks`.
+The click detector (why it leaves drums alone, and its second look in stereo) is
+documented in :func:`detect_clicks`; the click repair (the flagged samples read as signal
+plus a click of EM-fitted variance, a stereo click repaired from the other channel, spans
+grown over missed click edges) in :func:`repair_clicks`.
 
 References:
     S. J. Godsill and P. J. W. Rayner, *Digital Audio Restoration*, Springer 1998,
@@ -872,6 +875,7 @@ def _repair(
                 break
             mask = grown
             last = lsar_interpolate(xd, mask, coeffs, hop)
+            innovation = _innovation(last, mask, coeffs, hop)
     y = lsar_interpolate(x, mask, coeffs, hop, innovation=innovation if noisy else None)
     return y, mask, innovation
 
