@@ -841,7 +841,9 @@ def repair_clicks(
     ys, used_s, sigma_s = _repair(x - pred, mask, (first - pred).detach(), sr, order, rhop, near,
                                   edge_sigma, noisy, grow)
     use = (sigma_s < sigma).repeat_interleave(rhop, -1)[..., : x.shape[-1]]
-    return torch.where(use, ys + pred, y), torch.where(use, used_s, used)
+    # Outside its mask the residual repair returns x exactly, not (x - pred) + pred.
+    return (torch.where(use, torch.where(used_s, ys + pred, x), y),
+            torch.where(use, used_s, used))
 
 
 def _repair(
