@@ -281,3 +281,57 @@ def test_repair_gradient_is_the_linear_map_it_applies():
     # untouched outside the mask it used: the identity there
     keep = ~used
     torch.testing.assert_close(y.detach()[keep], x.detach()[keep], rtol=0, atol=0)
+
+
+
+def bench_ar_draw(seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The restore benchmark's synthetic AR draw at 1 click/s for seed ``seed`` (its
+    ``ar_signals`` and ``insert_clicks``, repeated here): ``[(damaged, truth)]``, three
+    stereo signals of 10 s."""
+    rng = np.random.default_rng(seed)
+    out, signals = [], []
+    for _ in range(3):
+        poly = np.array([1.0])
+        for _ in range(int(rng.integers(2, 7))):
+            r, th = rng.uniform(0.85, 0.995), rng.uniform(0.01, 3.0)
+            poly = np.convolve(poly, [1.0, -2 * r * math.cos(th), r * r])
+        sig = lfilter([1.0], poly, rng.standard_normal((2, 10 * SR + 4096)))[:, 4096:]
+        signals.append(0.1 * sig / sig.std())
+    half = int(0.010 * SR)
+    for clean in signals:
+        power = np.pad(clean**2, ((0, 0), (1, 0))).cumsum(-1)
+        damaged, truth = clean.copy(), np.zeros(clean.shape, bool)
+        for ch in range(2):
+            for s in np.sort(rng.integers(half, clean.shape[1] - half - 50, rng.poisson(10.0))):
+                n = int(np.clip(np.round(np.exp(rng.uniform(0, math.log(50)))), 1, 50))
+                local = max(math.sqrt((power[ch, s + half] - power[ch, s - half]) / (2 * half)), 1e-3)
+                amp = local * 10 ** (rng.uniform(3, 30) / 20)
+                burst = rng.standard_normal(n)
+                damaged[ch, s : s + n] += burst * amp / np.abs(burst).max()
+                truth[ch, s : s + n] = True
+        out.append((damaged, truth))
+    return out
+
+
+def test_second_pass_keeps_the_clicks_the_first_found():
+    """The second detection pass refits the models with the first pass's clicks
+    interpolated, which can move a click near the candidate threshold under it by chance;
+    it must judge the clicks the first pass kept again by the guards, not drop them. The
+    benchmark's synthetic AR draw, seed 2 (its seed 1's AR rows; printed): the first pass
+    finds 57 of the clicks, and without the re-judging the second pass lost one of them
+    (a 12-sample click 14 dB over the RMS, in a process the model predicts by 6 dB only)."""
+    seed = 2
+    print("seed", seed)
+    lost, total = 0, {1: 0, 2: 0}
+    for damaged, truth in bench_ar_draw(seed):
+        x = torch.from_numpy(damaged).float()[None]
+        events = runs(torch.from_numpy(truth)[None]).tolist()
+        found = {}
+        for passes in (1, 2):
+            mask = detect_clicks(x, SR, passes=passes)[0][0].numpy()
+            found[passes] = {(r, s) for r, s, e in events if mask[r, s:e].any()}
+            total[passes] += len(found[passes])
+        lost += len(found[1] - found[2])
+    print("lost", lost, "found", total)
+    assert total[1] >= 50
+    assert lost == 0

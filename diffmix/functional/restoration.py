@@ -652,6 +652,7 @@ def detect_clicks(
         s_before, s_after = _local_scale(rows.detach(), width // 2)
         level = torch.maximum(s_before, s_after).repeat_interleave(_SUB, -1)[:, :t]
         fit_on, near, coeffs = xd, None, None
+        kept = torch.zeros(b * c, t, dtype=torch.bool, device=x.device)
         limit = (clamp * level).reshape(b, c, t) + 1e-9
         for step in range(passes):
             # Later passes refit only the frames whose windows the repairs changed.
@@ -673,7 +674,11 @@ def detect_clicks(
                 tnf.pad(stat, (0, nsb * _SUB - t)).reshape(grid)
                 > torch.clamp(threshold * scale, min=10.0 ** (floor_db / 20.0))
             ) & (tnf.pad(z.abs(), (0, nsb * _SUB - t)).reshape(grid) > z_threshold * z_scale)
-            flags = flags.reshape(b * c, nsb * _SUB)[:, :t]
+            # A later pass judges again the bursts an earlier one kept, whatever their
+            # candidate statistic now: its models are fitted with them interpolated, which
+            # moves a click near the threshold by chance to either side of it; the guards,
+            # not the threshold, decide what is a click.
+            flags = flags.reshape(b * c, nsb * _SUB)[:, :t] | kept
             # Join candidates with at most `merge` samples between them into one burst.
             bursts = _segments(runs(flags), merge + 1)
             bursts = bursts[(bursts[:, 2] - bursts[:, 1]) <= max_len]
@@ -699,6 +704,7 @@ def detect_clicks(
                 keep |= _stereo_guards(xd, repaired, bursts, ~keep & alone, sr, order, hop, pad,
                                        max_len, width // 2, stereo_taps, **guards)
             bursts = bursts[keep]
+            kept = _mask_from_runs(bursts, (b * c, t), 0, x.device)
             mask = _mask_from_runs(bursts, (b * c, t), pad, x.device).reshape(b, c, t)
             if len(bursts) == 0 or step == passes - 1:
                 break
