@@ -625,7 +625,9 @@ def detect_clicks(
 
     The models are fitted on the signal clamped to ``clamp`` times its robust local level;
     with ``passes=2`` they are refitted on the signal with the first pass's clicks
-    interpolated, and the detection is run again on the original.
+    interpolated, and the detection is run again on the original; the bursts the first
+    pass kept are judged again by the guards there whatever their candidate statistic
+    (the refit moves a click near the threshold to either side of it by chance).
 
     Args:
         order: AR order. hop_ms: AR frame length (ms; the model is fitted on 2 hops).
