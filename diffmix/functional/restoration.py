@@ -572,6 +572,8 @@ def detect_clicks(
     loud_db: float | None = 12.0,
     onset_db: float | None = 20.0,
     stereo_taps: int | None = 4,
+    z_strong: float | None = 16.0,
+    threshold_strong: float = 4.0,
 ) -> tuple[Tensor, Tensor, int]:
     """Flag clicks: short bursts that the AR model of their surroundings cannot predict,
     forwards or backwards, and that do not recur period after period.
@@ -583,7 +585,11 @@ def detect_clicks(
     in an AR process, ``sqrt(sum a_k^2)`` times more sensitive than either one-sided
     error) exceeds ``z_threshold`` times its own robust local scale, taken the same way.
     The second test finds quiet clicks in tonal music that the first misses at a high
-    threshold; the first localises the click and spares attacks. Why this leaves
+    threshold; the first localises the click and spares attacks. The two trade evidence:
+    a sample whose interpolation error exceeds ``z_strong`` scales (twice the test) is a
+    candidate at ``threshold_strong`` (a fifth less) on the first: a loud click in dense,
+    nearly white music (the model predicts a few dB only) stands far out of the matched
+    filter while its one-sided errors, spread over the burst, barely reach the threshold. Why this leaves
     percussion alone:
 
     * the *minimum* of the forward and backward errors is large only on the damaged
@@ -637,6 +643,7 @@ def detect_clicks(
             loud_db, onset_db: the last guards (``None`` turns one off).
         stereo_taps: half-length of the cross-channel FIR of the stereo look (``None``:
             channels judged apart).
+        z_strong, threshold_strong: the second candidate rule (``None``: off).
 
     Returns:
         ``(mask, coeffs, hop)``: ``mask (B, C, T)`` bool (detached), the AR filters
@@ -672,10 +679,14 @@ def detect_clicks(
             # the matched filter for a click, marks. Compared sub-block by sub-block.
             nsb = scales.shape[1]
             grid = (b * c, nsb, _SUB)
-            flags = (
-                tnf.pad(stat, (0, nsb * _SUB - t)).reshape(grid)
-                > torch.clamp(threshold * scale, min=10.0 ** (floor_db / 20.0))
-            ) & (tnf.pad(z.abs(), (0, nsb * _SUB - t)).reshape(grid) > z_threshold * z_scale)
+            floor = 10.0 ** (floor_db / 20.0)
+            sg = tnf.pad(stat, (0, nsb * _SUB - t)).reshape(grid)
+            zg = tnf.pad(z.abs(), (0, nsb * _SUB - t)).reshape(grid)
+            flags = (sg > torch.clamp(threshold * scale, min=floor)) & (zg > z_threshold * z_scale)
+            if z_strong is not None:
+                # Stronger evidence from the matched filter buys a laxer localisation test.
+                flags |= (sg > torch.clamp(threshold_strong * scale, min=floor)) & (
+                    zg > z_strong * z_scale)
             # A later pass judges again the bursts an earlier one kept, whatever their
             # candidate statistic now: its models are fitted with them interpolated, which
             # moves a click near the threshold by chance to either side of it; the guards,
