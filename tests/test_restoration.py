@@ -456,11 +456,16 @@ def test_declick_gradient_is_the_fixed_mask_linear_map():
     clean *= 0.1 / clean.std()
     clean[4000] += 1.0  # 20 dB above the signal's RMS
     x = torch.from_numpy(clean)[None, None].requires_grad_()
-    y, mask = declick(x, SR)
+    y, mask = declick(x, SR, noisy=False)
     assert mask[0, 0, 4000]
     (g,) = torch.autograd.grad(y[0, 0, 4000], x)
-    assert g[0, 0, 4000] == 0  # the repaired sample does not depend on the click
+    assert g[0, 0, 4000] == 0  # plain LSAR: the repaired sample does not depend on the click
     assert g.abs().sum() > 0
+    # The noisy-observation repair weighs the click by lam / (G + lam), lam = sigma_e^2 /
+    # sigma_n^2: almost nothing for a click 20 dB above the signal, but not zero.
+    y, mask = declick(x, SR)
+    (g,) = torch.autograd.grad(y[0, 0, 4000], x)
+    assert 0 < g[0, 0, 4000] < 1e-4, float(g[0, 0, 4000])
 
 
 def test_ar_coefficients_recover_a_known_model():

@@ -16,7 +16,10 @@ Shared machinery:
   merge into one segment) is solved jointly by least squares, batched over segments of
   similar length (one Cholesky solve per power-of-two length bucket).
 
-The click detector (why it leaves drums alone) is documented in :func:`detect_clicks`.
+The click detector (why it leaves drums alone, and its second look in stereo) is
+documented in :func:`detect_clicks`; the click repair (the flagged samples read as signal
+plus a click of EM-fitted variance, a stereo click repaired from the other channel, spans
+grown over missed click edges) in :func:`repair_clicks`.
 
 References:
     S. J. Godsill and P. J. W. Rayner, *Digital Audio Restoration*, Springer 1998,
@@ -38,6 +41,10 @@ _SUB = 32  # samples per sub-block of the robust local scales
 _PERIOD_DB = 10.0
 _TIGHTEN = 4  # rounds of repair and tightening of the click spans
 _ONSET_S = 0.010  # level mismatch (dB) a periodic repeat may have at no cost
+_GROW = 3  # rounds of growing the click spans over missed edges
+# A Gaussian noise's largest value over a few milliseconds stays under about 3.5 standard
+# deviations: beyond 4, a matched-filter output is taken as a sign of something there.
+_NOISE_MAX = 4.0
 
 
 def _rows(x: Tensor, what: str) -> tuple[Tensor, tuple[int, int, int]]:
@@ -234,6 +241,8 @@ def lsar_interpolate(
     max_span: int = 4096,
     beyond: bool = False,
     iterations: int = 4,
+    innovation: Tensor | None = None,
+    em_steps: int = 4,
 ) -> Tensor:
     """Least-squares AR interpolation of the masked samples.
 
@@ -248,8 +257,20 @@ def lsar_interpolate(
     back inside the clip level are fixed at it and the rest re-solved (an active-set
     iteration, ``iterations`` rounds; any violator left is held at the rail).
 
-    Differentiable with respect to ``x``: for a fixed mask, coefficients (and active set)
-    the result is linear in ``x``. ``coeffs`` and ``mask`` get no gradient.
+    With ``innovation`` (the innovation's standard deviation ``sigma_e`` per frame) the
+    masked samples are not missing but observed through additive Gaussian noise (the
+    click) of unknown variance ``sigma_n^2``, one per segment: the repair is the
+    posterior mean, which minimises ``||A x||^2 / sigma_e^2 + ||y_u - x_u||^2 / sigma_n^2``,
+    that is ``(A_u^T A_u + lam I) x_u = -A_u^T A_k x_k + lam y_u`` with
+    ``lam = sigma_e^2 / sigma_n^2``. ``sigma_n^2`` is fitted by EM (``em_steps`` rounds
+    from the plain LSAR solution): the mean of ``(y_u - x_u)^2`` plus the posterior
+    variance ``sigma_e^2 diag((A_u^T A_u + lam I)^-1)``. A loud click gets ``lam``
+    near 0 (plain LSAR); a quiet one, or clean samples in the span, keep part of what
+    they tell about the signal. Not with ``beyond``.
+
+    Differentiable with respect to ``x``: for a fixed mask, coefficients (and active set,
+    and ``lam``) the result is linear in ``x``. ``coeffs``, ``mask`` and ``innovation``
+    get no gradient.
 
     Args:
         x: audio.
@@ -257,16 +278,21 @@ def lsar_interpolate(
         coeffs: prediction-error filters per frame (:func:`ar_coefficients`).
         hop: frame length of ``coeffs`` in samples.
         max_span: segments longer than this are left as they are.
+        innovation: ``(B, C, F)``, positive, or ``None`` (the masked samples are missing).
 
     Shape:
         ``x (B, C, T)``, ``mask (B, C, T)``, ``coeffs (B, C, F, p + 1)`` -> ``(B, C, T)``.
 
     References:
-        Godsill and Rayner (1998), section 5.2.2, the LSAR interpolator.
+        Godsill and Rayner (1998), section 5.2.2, the LSAR interpolator; the click as
+        additive noise on the observed samples, their Bayesian treatment (ch. 9).
     """
     rows, (b, c, t) = _rows(x, "lsar_interpolate")
     if mask.shape != x.shape:
         raise ValueError(f"lsar_interpolate: mask shape {tuple(mask.shape)} != audio {tuple(x.shape)}")
+    if innovation is not None and beyond:
+        raise ValueError("lsar_interpolate: innovation (a noisy observation) and beyond "
+                         "(a clipped one) do not combine")
     p = coeffs.shape[-1] - 1
     frames = coeffs.shape[-2]
     a_all = coeffs.reshape(b * c, frames, p + 1).detach()
@@ -313,6 +339,23 @@ def lsar_interpolate(
             mat = d[:, :, None] * gram * d[:, None, :] + torch.diag_embed(1 - d)
             chol, _ = torch.linalg.cholesky_ex(mat)
             u = torch.cholesky_solve(-d[..., None] * g, chol)[..., 0]
+            if innovation is not None:
+                # EM for the click variance: start from plain LSAR (lam = 0), then solve
+                # with lam = sigma_e^2 / sigma_n^2 and re-estimate sigma_n^2. lam is
+                # detached, so the last solve is linear in x.
+                s2 = innovation.reshape(b * c, frames)[row, frame].detach().to(xs.dtype).square()
+                y = xs[:, p : p + lb]
+                lam = torch.zeros_like(d)
+                for step in range(em_steps + 1):
+                    if step:
+                        chol, _ = torch.linalg.cholesky_ex(mat + torch.diag_embed(lam))
+                        u = torch.cholesky_solve((-d * g[..., 0] + lam * y)[..., None], chol)[..., 0]
+                    if step == em_steps:
+                        break
+                    post = s2[:, None] * torch.cholesky_inverse(chol).diagonal(dim1=-2, dim2=-1)
+                    noise = (((y.detach() - u.detach()).square() + post) * d).sum(-1)
+                    noise = noise / d.sum(-1).clamp(min=1)
+                    lam = (s2 / noise.clamp(min=1e-30))[:, None] * d
             if not beyond:
                 break
             bad = unk & (sign * u.detach() < level)
@@ -414,6 +457,101 @@ def _explained(
     return 10.0 * torch.log10(energy[0].clamp(min=1e-30) / energy[1].clamp(min=1e-30))
 
 
+def _guards(
+    x: Tensor, repaired: Tensor, bursts: Tensor, level: Tensor, coeffs: Tensor, hop: int,
+    pad: int, max_len: int, sr: int, *, above_db: float | None, explain_db: float | None,
+    loud_db: float | None, onset_db: float | None,
+) -> Tensor:
+    """The last tests of :func:`detect_clicks` (see there): which ``bursts`` (``(K, 3)``)
+    are clicks, given the rows ``x`` and their repair ``repaired`` ``(N, T)``, the
+    programme's robust local level ``(N, T)`` and the AR models ``(N, F, p + 1)``."""
+    t = x.shape[-1]
+    # What the repair would remove, peak over the programme's robust local level.
+    removed = (x - repaired).abs() / level.clamp(min=1e-9)
+    span = max_len + 2 * pad
+    idx = (bursts[:, 1:2] - pad + torch.arange(span, device=x.device)).clamp(0, t - 1)
+    inside = idx < (bursts[:, 2:3] + pad)
+    peak = torch.where(inside, removed[bursts[:, 0:1], idx], 0.0).amax(-1)
+    keep = torch.ones_like(peak, dtype=torch.bool)
+    # Far above the music around it: no attack, whatever the tests below say.
+    loud = peak >= 10.0 ** (loud_db / 20.0) if loud_db is not None else ~keep
+    if above_db is not None:
+        # It must stand out: an onset the model cannot predict is no louder than
+        # the music it starts.
+        keep &= peak >= 10.0 ** (above_db / 20.0)
+    if explain_db is not None:
+        gain = _explained(x, repaired, bursts, coeffs, hop, pad, max_len)
+        # ...and the repair must explain it, unless it is far above the music.
+        keep &= (gain >= explain_db) | loud
+    if onset_db is not None:
+        # A sound that starts here (its level after the burst far above the level
+        # before it, as a kick out of silence) is an attack, however well the
+        # model of its own body explains it; a click is added to music that goes
+        # on. Levels over 10 ms of the repaired signal either side.
+        near = int(round(0.010 * sr))
+        ar = torch.arange(near, device=x.device)
+        pre = (bursts[:, 1:2] - pad - near + ar).clamp(0, t - 1)
+        post = (bursts[:, 2:3] + pad + ar).clamp(0, t - 1)
+        e_pre = repaired[bursts[:, 0:1], pre].square().mean(-1)
+        e_post = repaired[bursts[:, 0:1], post].square().mean(-1)
+        keep &= (e_post <= e_pre * 10.0 ** (onset_db / 10.0)) | loud
+    return keep
+
+
+def _stereo_guards(
+    x: Tensor, repaired: Tensor, bursts: Tensor, judge: Tensor, sr: int, order: int, hop: int,
+    pad: int, max_len: int, width: int, taps: int, **guards: float | None,
+) -> Tensor:
+    """Second look, in stereo, at the bursts the guards vetoed (``~keep``): an attack
+    sounds in both channels of a mix, a click in one. Each channel minus what the other
+    channel predicts of it (the FIR of :func:`repair_clicks`, fitted on the signal with
+    every burst interpolated) is the part of the music the other channel does not
+    explain; a burst that passes the same guards there, with AR models and the local
+    level of that residual, is a click. An attack heard in both channels cancels; one in
+    a single channel is judged as before. Returns ``(K,)`` bool: rescued bursts."""
+    b, c, t = x.shape
+    vetoed = judge.nonzero()[:, 0]
+    if len(vetoed) == 0:
+        return judge
+    cand = bursts[vetoed]
+    frames = -(-t // hop)
+    near = _frames_near(cand, hop, frames, order + taps + pad)
+    # The signal with every burst interpolated: the filters and models see no burst.
+    clean = repaired
+    other = clean.flip(1)
+    h = _cross_filters(clean, other, hop, taps, near)
+    pred = _fir_frames(other, h, hop)
+    resid = (x - pred).reshape(b * c, t)
+    resid_clean = (clean - pred)
+    coeffs = ar_coefficients(resid_clean, sr, order=order, hop=hop, frames=near)
+    mask = _mask_from_runs(cand, (b * c, t), pad, x.device).reshape(b, c, t)
+    rep = lsar_interpolate(resid.reshape(b, c, t), mask, coeffs, hop).reshape(b * c, t)
+    level = _burst_level(resid, cand, width, max_len + 2 * pad)
+    ok = _guards(resid, rep, cand, level, coeffs.reshape(b * c, frames, order + 1), hop, pad,
+                 max_len, sr, **guards)
+    out = torch.zeros_like(judge)
+    out[vetoed[ok]] = True
+    return out
+
+
+def _burst_level(rows: Tensor, bursts: Tensor, width: int, span: int) -> Tensor:
+    """The robust local level of :func:`detect_clicks` (``_local_scale`` of ``rows`` over
+    ``width`` sub-blocks a side, the larger) computed only around each burst, written
+    into an ``(N, T)`` tensor (ones elsewhere)."""
+    n, t = rows.shape
+    reach = (width + 2) * _SUB
+    start = (bursts[:, 1] - reach) // _SUB * _SUB  # aligned to the sub-block grid
+    length = (span + 2 * reach) // _SUB * _SUB + 2 * _SUB
+    idx = start[:, None] + torch.arange(length, device=rows.device)
+    ok = (idx >= 0) & (idx < t)
+    seg = torch.where(ok, rows[bursts[:, 0:1], idx.clamp(0, t - 1)], 0.0)
+    before, after = _local_scale(seg, width)
+    local = torch.maximum(before, after).repeat_interleave(_SUB, -1)[:, :length]
+    out = torch.ones_like(rows)
+    out[bursts[:, 0:1].expand(-1, length)[ok], idx[ok]] = local[ok]
+    return out
+
+
 def detect_clicks(
     x: Tensor,
     sample_rate: int,
@@ -433,6 +571,9 @@ def detect_clicks(
     explain_db: float | None = 10.0,
     loud_db: float | None = 12.0,
     onset_db: float | None = 20.0,
+    stereo_taps: int | None = 4,
+    z_strong: float | None = 16.0,
+    threshold_strong: float = 4.0,
 ) -> tuple[Tensor, Tensor, int]:
     """Flag clicks: short bursts that the AR model of their surroundings cannot predict,
     forwards or backwards, and that do not recur period after period.
@@ -444,7 +585,11 @@ def detect_clicks(
     in an AR process, ``sqrt(sum a_k^2)`` times more sensitive than either one-sided
     error) exceeds ``z_threshold`` times its own robust local scale, taken the same way.
     The second test finds quiet clicks in tonal music that the first misses at a high
-    threshold; the first localises the click and spares attacks. Why this leaves
+    threshold; the first localises the click and spares attacks. The two trade evidence:
+    a sample whose interpolation error exceeds ``z_strong`` scales (twice the test) is a
+    candidate at ``threshold_strong`` (a fifth less) on the first: a loud click in dense,
+    nearly white music (the model predicts a few dB only) stands far out of the matched
+    filter while its one-sided errors, spread over the burst, barely reach the threshold. Why this leaves
     percussion alone:
 
     * the *minimum* of the forward and backward errors is large only on the damaged
@@ -475,9 +620,20 @@ def detect_clicks(
       model of the samples after it predicts well backwards, is no click (unless it is
       ``loud_db`` over the programme, as above: a loud click where the music starts).
 
+    * stereo (``C == 2``, ``stereo_taps`` not ``None``): a burst vetoed by the last three
+      tests gets a second look when the other channel shows nothing at the same place
+      (its interpolation error under 4 robust scales, where noise over a 3 ms span
+      reaches about 3.5): an attack sounds in both channels of a mix, a click in one.
+      The burst is judged again by the same tests on the channel minus what the other
+      channel predicts of it (the FIR of :func:`repair_clicks`), with AR models and the
+      robust level of that residual, fitted with every burst interpolated; in a mix
+      whose channels share most of their content a quiet click stands out there.
+
     The models are fitted on the signal clamped to ``clamp`` times its robust local level;
     with ``passes=2`` they are refitted on the signal with the first pass's clicks
-    interpolated, and the detection is run again on the original.
+    interpolated, and the detection is run again on the original; the bursts the first
+    pass kept are judged again by the guards there whatever their candidate statistic
+    (the refit moves a click near the threshold to either side of it by chance).
 
     Args:
         order: AR order. hop_ms: AR frame length (ms; the model is fitted on 2 hops).
@@ -485,6 +641,9 @@ def detect_clicks(
             level (dBFS) never count. pad: samples added to each side of a burst (the
             edges of a burst are often below the threshold). above_db, explain_db,
             loud_db, onset_db: the last guards (``None`` turns one off).
+        stereo_taps: half-length of the cross-channel FIR of the stereo look (``None``:
+            channels judged apart).
+        z_strong, threshold_strong: the second candidate rule (``None``: off).
 
     Returns:
         ``(mask, coeffs, hop)``: ``mask (B, C, T)`` bool (detached), the AR filters
@@ -495,11 +654,14 @@ def detect_clicks(
     hop = _hop(sr, hop_ms)
     width = max(4, int(round(0.016 * sr / _SUB)))
     max_len = max(1, int(round(max_click_ms * 1e-3 * sr)))
+    guards = {"above_db": above_db, "explain_db": explain_db, "loud_db": loud_db,
+              "onset_db": onset_db}
     with torch.no_grad():
         xd = x.detach()
         s_before, s_after = _local_scale(rows.detach(), width // 2)
         level = torch.maximum(s_before, s_after).repeat_interleave(_SUB, -1)[:, :t]
         fit_on, near, coeffs = xd, None, None
+        kept = torch.zeros(b * c, t, dtype=torch.bool, device=x.device)
         limit = (clamp * level).reshape(b, c, t) + 1e-9
         for step in range(passes):
             # Later passes refit only the frames whose windows the repairs changed.
@@ -517,11 +679,19 @@ def detect_clicks(
             # the matched filter for a click, marks. Compared sub-block by sub-block.
             nsb = scales.shape[1]
             grid = (b * c, nsb, _SUB)
-            flags = (
-                tnf.pad(stat, (0, nsb * _SUB - t)).reshape(grid)
-                > torch.clamp(threshold * scale, min=10.0 ** (floor_db / 20.0))
-            ) & (tnf.pad(z.abs(), (0, nsb * _SUB - t)).reshape(grid) > z_threshold * z_scale)
-            flags = flags.reshape(b * c, nsb * _SUB)[:, :t]
+            floor = 10.0 ** (floor_db / 20.0)
+            sg = tnf.pad(stat, (0, nsb * _SUB - t)).reshape(grid)
+            zg = tnf.pad(z.abs(), (0, nsb * _SUB - t)).reshape(grid)
+            flags = (sg > torch.clamp(threshold * scale, min=floor)) & (zg > z_threshold * z_scale)
+            if z_strong is not None:
+                # Stronger evidence from the matched filter buys a laxer localisation test.
+                flags |= (sg > torch.clamp(threshold_strong * scale, min=floor)) & (
+                    zg > z_strong * z_scale)
+            # A later pass judges again the bursts an earlier one kept, whatever their
+            # candidate statistic now: its models are fitted with them interpolated, which
+            # moves a click near the threshold by chance to either side of it; the guards,
+            # not the threshold, decide what is a click.
+            flags = flags.reshape(b * c, nsb * _SUB)[:, :t] | kept
             # Join candidates with at most `merge` samples between them into one burst.
             bursts = _segments(runs(flags), merge + 1)
             bursts = bursts[(bursts[:, 2] - bursts[:, 1]) <= max_len]
@@ -531,38 +701,23 @@ def detect_clicks(
             if len(bursts) == 0:
                 break
             repaired = lsar_interpolate(xd, mask, coeffs, hop)
-            # What the repair would remove, peak over the programme's robust local level.
-            removed = (xd - repaired).abs().reshape(b * c, t) / level.clamp(min=1e-9)
-            span = max_len + 2 * pad
-            idx = (bursts[:, 1:2] - pad + torch.arange(span, device=x.device)).clamp(0, t - 1)
-            inside = idx < (bursts[:, 2:3] + pad)
-            peak = torch.where(inside, removed[bursts[:, 0:1], idx], 0.0).amax(-1)
-            keep = torch.ones_like(peak, dtype=torch.bool)
-            # Far above the music around it: no attack, whatever the tests below say.
-            loud = peak >= 10.0 ** (loud_db / 20.0) if loud_db is not None else ~keep
-            if above_db is not None:
-                # It must stand out: an onset the model cannot predict is no louder than
-                # the music it starts.
-                keep &= peak >= 10.0 ** (above_db / 20.0)
-            if explain_db is not None:
-                gain = _explained(xd.reshape(b * c, t), repaired.reshape(b * c, t), bursts,
-                                  coeffs.reshape(b * c, -1, order + 1), hop, pad, max_len)
-                # ...and the repair must explain it, unless it is far above the music.
-                keep &= (gain >= explain_db) | loud
-            if onset_db is not None:
-                # A sound that starts here (its level after the burst far above the level
-                # before it, as a kick out of silence) is an attack, however well the
-                # model of its own body explains it; a click is added to music that goes
-                # on. Levels over 10 ms of the repaired signal either side.
-                near = int(round(0.010 * sr))
-                ar = torch.arange(near, device=x.device)
-                rep = repaired.reshape(b * c, t)
-                pre = (bursts[:, 1:2] - pad - near + ar).clamp(0, t - 1)
-                post = (bursts[:, 2:3] + pad + ar).clamp(0, t - 1)
-                e_pre = rep[bursts[:, 0:1], pre].square().mean(-1)
-                e_post = rep[bursts[:, 0:1], post].square().mean(-1)
-                keep &= (e_post <= e_pre * 10.0 ** (onset_db / 10.0)) | loud
+            keep = _guards(xd.reshape(b * c, t), repaired.reshape(b * c, t), bursts, level,
+                           coeffs.reshape(b * c, -1, order + 1), hop, pad, max_len, sr,
+                           **guards)
+            last = step == passes - 1 or not bool(keep.any())
+            if stereo_taps is not None and c == 2 and last and not bool(keep.all()):
+                # Vetoed bursts the other channel does not share (no candidate-level
+                # interpolation error there): judged again on the cross-channel residual.
+                z_ratio = z.abs() / z_scale[..., 0].repeat_interleave(_SUB, -1)[:, :t]
+                span = max_len + 2 * pad
+                idx = (bursts[:, 1:2] - pad + torch.arange(span, device=x.device)).clamp(0, t - 1)
+                inside = idx < (bursts[:, 2:3] + pad)
+                partner = bursts[:, 0:1] + 1 - 2 * (bursts[:, 0:1] % 2)
+                alone = torch.where(inside, z_ratio[partner, idx], 0.0).amax(-1) < _NOISE_MAX
+                keep |= _stereo_guards(xd, repaired, bursts, ~keep & alone, sr, order, hop, pad,
+                                       max_len, width // 2, stereo_taps, **guards)
             bursts = bursts[keep]
+            kept = _mask_from_runs(bursts, (b * c, t), 0, x.device)
             mask = _mask_from_runs(bursts, (b * c, t), pad, x.device).reshape(b, c, t)
             if len(bursts) == 0 or step == passes - 1:
                 break
@@ -592,6 +747,9 @@ def declick(
     repair_order: int = 64,
     repair_hop_ms: float = 40.0,
     edge_sigma: float | None = 3.0,
+    noisy: bool = True,
+    stereo_taps: int | None = 4,
+    grow: int = 6,
 ) -> tuple[Tensor, Tensor]:
     """Find clicks (:func:`detect_clicks`) and repair them by LSAR interpolation.
 
@@ -603,10 +761,14 @@ def declick(
     the model that fills it in. The padding covers a click's quiet edges, but every
     sample interpolated that needed not be costs accuracy: padded end samples that the
     first repair leaves within ``edge_sigma`` innovation standard deviations are kept as
-    observed (``None``: keep the whole padded span).
+    observed (``None``: keep the whole padded span). With ``noisy`` the span's samples
+    are read as signal plus a click of fitted variance rather than as missing, and a
+    stereo click is repaired from the other channel where that predicts better
+    (``stereo_taps``), and spans grow over click edges the detection missed (``grow``):
+    see :func:`repair_clicks`.
 
-    Differentiable with respect to ``x`` (mask and AR models fixed: the repair is linear).
-    CUDA: yes.
+    Differentiable with respect to ``x`` (mask, AR models, filters and click variances
+    fixed: the repair is linear). CUDA: yes.
 
     Shape:
         ``(B, C, T)`` -> ``(repaired (B, C, T), mask (B, C, T) bool)``.
@@ -622,10 +784,11 @@ def declick(
         x, sr, order=order, hop_ms=hop_ms, threshold=threshold, z_threshold=z_threshold,
         max_click_ms=max_click_ms,
         merge=merge, pad=pad, passes=passes, above_db=above_db, explain_db=explain_db,
-        loud_db=loud_db, onset_db=onset_db,
+        loud_db=loud_db, onset_db=onset_db, stereo_taps=stereo_taps,
     )
     return repair_clicks(x, mask, sr, coeffs=coeffs, hop=hop, order=repair_order,
-                         hop_ms=repair_hop_ms, edge_sigma=edge_sigma)
+                         hop_ms=repair_hop_ms, edge_sigma=edge_sigma, noisy=noisy,
+                         stereo_taps=stereo_taps, grow=grow)
 
 
 def repair_clicks(
@@ -638,17 +801,42 @@ def repair_clicks(
     order: int = 64,
     hop_ms: float = 40.0,
     edge_sigma: float | None = 3.0,
+    noisy: bool = True,
+    stereo_taps: int | None = 4,
+    grow: int = 6,
 ) -> tuple[Tensor, Tensor]:
-    """The repair step of :func:`declick` for a given mask: a first LSAR interpolation
-    with ``coeffs`` (frame length ``hop``; by default order-32 models fitted on ``x``
-    itself, 20 ms frames), models of order ``order`` refitted on it (frames of
-    ``hop_ms``), the mask's ends tightened (``edge_sigma``, see :func:`declick`; repaired
-    and tightened again until the mask holds, at most 4 rounds), and the final LSAR
-    interpolation. Differentiable w.r.t. ``x`` (linear once mask and models
+    """The repair step of :func:`declick` for a given mask.
+
+    1. A first LSAR interpolation with ``coeffs`` (frame length ``hop``; by default
+       order-32 models fitted on ``x`` itself, 20 ms frames).
+    2. Models of order ``order`` refitted on it (frames of ``hop_ms``), the mask's ends
+       tightened (``edge_sigma``, see :func:`declick`; repaired and tightened again until
+       the mask holds, at most 4 rounds), then grown over the click edges the mask missed
+       (up to ``grow`` samples a side, :func:`_grow`: an edge sample left in the data
+       pulls the whole interpolation after it), and the repair proper: with ``noisy`` the
+       flagged samples are read as the signal plus a click of unknown variance, fitted
+       by EM per segment (:func:`lsar_interpolate` with ``innovation``), so a quiet
+       click or a clean sample inside the span keeps what it tells; otherwise plain LSAR.
+    3. Stereo (``C == 2``, ``stereo_taps`` not ``None``): a click is rarely in both
+       channels at once, and the two channels of a mix share most of their content. Per
+       frame, the two-sided FIR ``h`` (``2 stereo_taps + 1`` taps) that best predicts
+       each channel from the other's repair (step 2) is fitted, and the residual
+       ``x - h * other`` is repaired as in step 2 with AR models fitted on it; the
+       repair is ``h * other`` plus the repaired residual. It replaces step 2 in the
+       frames where the residual's innovation is the smaller (the conditional model
+       predicts better); independent channels keep step 2.
+
+    Differentiable w.r.t. ``x`` (linear once mask, models, filters and click variances
     are fixed).
 
     Shape:
         ``x (B, C, T)``, ``mask (B, C, T)`` -> ``(repaired (B, C, T), mask used)``.
+
+    References:
+        Godsill and Rayner (1998), ch. 5 (LSAR) and the Bayesian click model of their
+        later chapters (corrupted samples as signal plus Gaussian noise); Dempster,
+        Laird and Rubin, "Maximum likelihood from incomplete data via the EM
+        algorithm", J. R. Stat. Soc. B, 1977.
     """
     sr = check_sample_rate(sample_rate, "repair_clicks")
     if mask.shape != x.shape:
@@ -662,20 +850,142 @@ def repair_clicks(
         first = lsar_interpolate(x.detach(), mask, coeffs, hop)
         # Only the frames around the clicks are used by the repair: fit just those.
         rhop = _hop(sr, hop_ms)
-        near = _frames_near(runs(mask), rhop, -(-x.shape[-1] // rhop), order)
-        coeffs = ar_coefficients(first, sr, order=order, hop=rhop, frames=near)
+        near = _frames_near(runs(mask), rhop, -(-x.shape[-1] // rhop), order + (stereo_taps or 0))
+    y, used, sigma = _repair(x, mask, first, sr, order, rhop, near, edge_sigma, noisy, grow)
+    if stereo_taps is None or x.shape[1] != 2:
+        return y, used
+    with torch.no_grad():
+        h = _cross_filters(y.detach(), y.detach().flip(1), rhop, stereo_taps, near)
+    pred = _fir_frames(y.flip(1), h, rhop)  # from the other channel's repair (linear in x)
+    ys, used_s, sigma_s = _repair(x - pred, mask, (first - pred).detach(), sr, order, rhop, near,
+                                  edge_sigma, noisy, grow)
+    use = (sigma_s < sigma).repeat_interleave(rhop, -1)[..., : x.shape[-1]]
+    # Outside its mask the residual repair returns x exactly, not (x - pred) + pred.
+    return (torch.where(use, torch.where(used_s, ys + pred, x), y),
+            torch.where(use, used_s, used))
+
+
+def _repair(
+    x: Tensor, mask: Tensor, first: Tensor, sr: int, order: int, hop: int, near: Tensor,
+    edge_sigma: float | None, noisy: bool, grow: int,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Step 2 of :func:`repair_clicks`: ``(repaired, mask used, innovation (B, C, F))``,
+    the last the RMS prediction error of each frame (zero outside ``near``)."""
+    with torch.no_grad():
+        coeffs = ar_coefficients(first, sr, order=order, hop=hop, frames=near)
+        xd = x.detach()
+        last = first
         if edge_sigma is not None:
             # A shorter span is repaired better, which shows more of its ends to agree
             # with the model: tighten, repair, tighten again, until the mask holds
             # (at most `_TIGHTEN` rounds).
-            mask = _tighten(x.detach(), first, mask, coeffs, rhop, edge_sigma)
+            mask = _tighten(xd, first, mask, coeffs, hop, edge_sigma)
             for _ in range(_TIGHTEN):
-                better = lsar_interpolate(x.detach(), mask, coeffs, rhop)
-                tighter = _tighten(x.detach(), better, mask, coeffs, rhop, edge_sigma)
+                last = lsar_interpolate(xd, mask, coeffs, hop)
+                tighter = _tighten(xd, last, mask, coeffs, hop, edge_sigma)
                 if torch.equal(tighter, mask):
                     break
                 mask = tighter
-    return lsar_interpolate(x, mask, coeffs, rhop), mask
+        last = lsar_interpolate(xd, mask, coeffs, hop)
+        innovation = _innovation(last, mask, coeffs, hop)
+        # Click edges the detection missed: grow, repair, grow again while the mask
+        # changes (at most `_GROW` rounds).
+        for _ in range(_GROW if grow else 0):
+            grown = _grow(last, mask, coeffs, hop, innovation, _NOISE_MAX, grow)
+            if torch.equal(grown, mask):
+                break
+            mask = grown
+            last = lsar_interpolate(xd, mask, coeffs, hop)
+            innovation = _innovation(last, mask, coeffs, hop)
+    y = lsar_interpolate(x, mask, coeffs, hop, innovation=innovation if noisy else None)
+    return y, mask, innovation
+
+
+def _cross_filters(x: Tensor, ref: Tensor, hop: int, q: int, frames: Tensor) -> Tensor:
+    """Per frame, the two-sided FIR ``h`` (taps ``-q .. q``) that best predicts ``x`` from
+    ``ref`` over the Hann-windowed two hops centred on the frame (the autocorrelation
+    method, as :func:`ar_coefficients`; a -60 dB white floor keeps it well posed). Only
+    the ``frames`` (``(K, 2)`` rows ``(batch * C + channel, frame)``) are fitted.
+
+    Shape:
+        ``x, ref (B, C, T)`` -> ``(B, C, F, 2q + 1)`` float64 (zeros outside ``frames``).
+    """
+    b, c, t = x.shape
+    nf = -(-t // hop)
+    half = hop // 2
+    taps = 2 * q + 1
+
+    def windows(v: Tensor) -> Tensor:
+        vp = tnf.pad(v.reshape(b * c, t), (half, nf * hop - t + 2 * hop - half))
+        return vp.unfold(-1, 2 * hop, hop)[:, :nf][frames[:, 0], frames[:, 1]]
+
+    win = torch.hann_window(2 * hop, periodic=False, dtype=x.dtype, device=x.device)
+    n_fft = 1 << math.ceil(math.log2(2 * hop + taps))
+    fx = torch.fft.rfft(windows(x) * win, n_fft)
+    fr = torch.fft.rfft(windows(ref) * win, n_fft)
+    auto = torch.fft.irfft(fr.real.square() + fr.imag.square(), n_fft)[..., :taps].double()
+    cross = torch.fft.irfft(fx * fr.conj(), n_fft).double()  # [k] = sum_n x[n] ref[n - k]
+    cross = torch.cat([cross[..., n_fft - q :], cross[..., : q + 1]], -1)  # lags -q .. q
+    lag = (torch.arange(taps, device=x.device)[:, None]
+           - torch.arange(taps, device=x.device)[None]).abs()
+    eye = torch.eye(taps, dtype=auto.dtype, device=x.device)
+    normal = auto[..., lag] + eye * (auto[..., :1, None] * 1e-6 + 1e-20)
+    out = torch.zeros(b * c, nf, taps, dtype=torch.float64, device=x.device)
+    if len(frames):
+        out[frames[:, 0], frames[:, 1]] = torch.linalg.solve(normal, cross[..., None])[..., 0]
+    return out.reshape(b, c, nf, taps)
+
+
+def _fir_frames(ref: Tensor, h: Tensor, hop: int) -> Tensor:
+    """``y[n] = sum_k h_f[k] ref[n - k]`` (``k = -q .. q``) with ``f`` the frame of ``n``:
+    ``ref (B, C, T)``, ``h (B, C, F, 2q + 1)`` -> ``(B, C, T)``. Linear in ``ref``."""
+    b, c, t = ref.shape
+    nf, taps = h.shape[-2], h.shape[-1]
+    q = taps // 2
+    xp = tnf.pad(ref.reshape(b * c, t), (q, nf * hop - t + q))
+    seg = xp.unfold(-1, hop + 2 * q, hop)[:, :nf]  # (N, F, hop + 2q)
+    n_fft = 1 << math.ceil(math.log2(hop + 4 * q + 1))
+    filt = torch.fft.rfft(h.reshape(b * c, nf, taps).to(ref.dtype), n_fft)
+    y = torch.fft.irfft(torch.fft.rfft(seg, n_fft) * filt, n_fft)[..., 2 * q : 2 * q + hop]
+    return y.reshape(b * c, nf * hop)[:, :t].reshape(b, c, t)
+
+
+def _innovation(x: Tensor, mask: Tensor, coeffs: Tensor, hop: int) -> Tensor:
+    """RMS forward prediction error per frame of ``x`` under its frame's model, over the
+    samples whose error terms no masked sample enters: ``(B, C, F)``."""
+    b, c, t = x.shape
+    p = coeffs.shape[-1] - 1
+    frames = coeffs.shape[-2]
+    fwd = ar_residuals(x, coeffs, hop)[0].reshape(b * c, t)
+    # error terms n .. n + p see sample n: a masked sample spoils the p terms after it
+    touched = tnf.max_pool1d(tnf.pad(mask.reshape(b * c, 1, t).to(x.dtype), (p, 0)), p + 1, 1)[:, 0] > 0
+    w = (~touched).to(fwd.dtype)
+    pad = frames * hop - t
+    e2 = tnf.pad(fwd.square() * w, (0, pad)).reshape(b * c, frames, hop).sum(-1)
+    n = tnf.pad(w, (0, pad)).reshape(b * c, frames, hop).sum(-1)
+    return (e2 / n.clamp(min=1)).sqrt().reshape(b, c, frames)
+
+
+def _grow(x: Tensor, mask: Tensor, coeffs: Tensor, hop: int, innovation: Tensor,
+          kappa: float, reach: int) -> Tensor:
+    """Extend each masked run outwards over the consecutive samples (at most ``reach``)
+    whose interpolation error (:func:`ar_residuals`, the matched filter for an impulse,
+    standard deviation ``sigma_e`` on a clean AR signal) in the repaired ``x`` exceeds
+    ``kappa`` innovation standard deviations of their frame: click edges detection missed."""
+    b, c, t = x.shape
+    z = ar_residuals(x, coeffs, hop)[2].reshape(b * c, t)
+    sig = innovation.reshape(b * c, -1).repeat_interleave(hop, -1)[:, :t].to(z.dtype)
+    big = (z.abs() > kappa * sig) & (sig > 0)
+    r = runs(mask)
+    ar = torch.arange(1, reach + 1, device=x.device)
+    before = (r[:, 1:2] - ar).clamp(0, t - 1)
+    after = (r[:, 2:3] - 1 + ar).clamp(0, t - 1)
+    ok_b = big[r[:, 0:1], before] & (r[:, 1:2] - ar >= 0)
+    ok_a = big[r[:, 0:1], after] & (r[:, 2:3] - 1 + ar < t)
+    n_b = ok_b.to(torch.int8).cumprod(-1).sum(-1)  # consecutive from the run's edge
+    n_a = ok_a.to(torch.int8).cumprod(-1).sum(-1)
+    new = torch.stack([r[:, 0], r[:, 1] - n_b, r[:, 2] + n_a], -1)
+    return _mask_from_runs(new, (b * c, t), 0, x.device).reshape(b, c, t) | mask
 
 
 def _tighten(
