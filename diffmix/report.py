@@ -79,8 +79,6 @@ class SequentialMeter:
     once the samples after it have arrived. :meth:`summary` ends the signal (silence after
     it, as before its start) and returns :meth:`ChunkMeter.summary`."""
 
-    PIECE_S = 10.0  # the longest stretch metered at once, seconds
-
     def __init__(self, sample_rate: int, channels: int, *, strict: bool = False) -> None:
         from diffmix.functional.loudness import block_samples
 
@@ -96,12 +94,9 @@ class SequentialMeter:
             self.buf = x.new_zeros((x.shape[0], self.left))
         self.buf = torch.cat([self.buf, x], -1)
         ready = (self.buf.shape[-1] - self.left - self.right) // self.hop * self.hop
-        start = 0
-        while start < ready:  # in pieces of at most PIECE_S: the meters' buffers stay small
-            n = min(ready - start, round(self.PIECE_S * self.meter.sr / self.hop) * self.hop)
-            self.meter.add(self.buf[None, :, start : start + self.left + n + self.right], self.left, n)
-            start += n
-        self.buf = self.buf[:, ready:]
+        if ready > 0:
+            self.meter.add(self.buf[None], self.left, ready)
+            self.buf = self.buf[:, ready:]
 
     def summary(self) -> dict[str, float]:
         if self.buf is not None and self.buf.shape[-1] > self.left:
@@ -166,8 +161,12 @@ class ChunkMeter:
             q = STRICT_CONTEXT
             if left < q or y.shape[-1] < left + n + q:
                 raise ValueError(f"ChunkMeter: the strict meter needs {q} samples each side of a chunk")
-            level = strict_envelope(y[..., left - q : left + n + q], self.sr)
-            self.peak = max(self.peak, float(level[..., q : q + n].amax()))
+            # The first chunk starts at the signal's start (the meter pads the silence
+            # before it itself), so its FFT blocks fall where a whole-signal meter's do: a
+            # signal fed as one chunk reads exactly as strict_true_peak reads it whole.
+            a = 0 if self.samples == 0 else q
+            level = strict_envelope(y[..., left - a : left + n + q], self.sr)
+            self.peak = max(self.peak, float(level[..., a : a + n].amax()))
         else:
             self.peak = max(self.peak, _middle_true_peak(y, left, n, self.sr))
         mid = y[..., left : left + n]
