@@ -1,14 +1,18 @@
-"""Rendering a fitted chain at any limiter drive: the whole song at once, or in chunks.
+"""Rendering a fitted chain at any limiter drive, chunk by chunk: an in-memory song is
+the one-chunk case.
 
-In memory (:func:`render_with_drive`), the effects before the limiter run once and each
-drive costs the limiter alone (through the limiter's own cheap drive renders). Streamed
-(:class:`StreamRenderer`), the pre-limiter render is written chunk by chunk into a float32
-cache file on disk; each chunk is rendered with *left context* (the EQ's impulse tail, and
-twelve time constants of the slowest attack/release in the chain, so the recursive state
-has converged to ~1e-5 of its level) and *right context* for lookahead, and only its
-middle is kept. Before sample 0 and after the end, context is digital silence, which is
-exactly what the in-memory render sees (every effect starts from rest; lookahead pads with
-zeros). Each drive is then one chunked pass of the limiter over the cache.
+:class:`StreamRenderer` renders what precedes the limiter once and each drive costs the
+limiter (and what follows) alone. Over a file (:class:`~diffmix.mastering.source.DiskAudio`)
+the pre-limiter render is written chunk by chunk into a float32 cache file on disk; each
+chunk is rendered with *left context* (the EQ's impulse tail, and twelve time constants
+of the slowest attack/release in the chain, so the recursive state has converged to ~1e-5
+of its level) and *right context* for lookahead, and only its middle is kept. Before
+sample 0 and after the end, context is digital silence, which is exactly what the
+in-memory render sees (every effect starts from rest; lookahead pads with zeros). Over an
+in-memory batch of songs (a tensor) the whole signal is the one chunk: no context, no
+cache file, and each drive goes through the limiter's own cheap drive renders
+(:meth:`~diffmix.mastering.chain.LimiterStage.drive_renders`).
+:func:`render_with_drive` is that one-chunk renderer as a ``drives -> output`` function.
 """
 
 from __future__ import annotations
@@ -30,24 +34,22 @@ _TIME_CONSTANTS = 12.0
 
 
 def render_with_drive(bus: Bus, x: Tensor, limiter: str = LIMITER) -> Callable[[Tensor], Tensor]:
-    """A ``drives (S,) -> output (S, C, T)`` renderer; what precedes the limiter runs once.
+    """A ``drives (S,) -> output (S, C, T)`` renderer of the in-memory batch ``x``: the
+    one-chunk :class:`StreamRenderer`; what precedes the limiter runs once.
 
     The renderer carries ``pre`` (the pre-limiter signal, for the gain-reduction plot and
     the solve's start), ``proxy`` (the smooth limiter's cheap render, or None) and
     ``drive_range`` (the limiter's drive range, dB).
     """
-    stage = LimiterStage(bus, limiter)
-    pre = stage.before(x)
-    fast = stage.drive_renders(pre)
+    renderer = StreamRenderer(bus, x, limiter=limiter)
 
     def render(drives: Tensor) -> Tensor:
-        stage.set_drive(drives)
-        with torch.no_grad():
-            return fast[1](drives) if fast is not None else stage.after(pre)
+        ((_, _, y),) = renderer.limited(drives)
+        return y
 
-    render.pre = pre  # type: ignore[attr-defined]
-    render.proxy = None if fast is None else fast[0]  # type: ignore[attr-defined]
-    render.drive_range = stage.drive_range  # type: ignore[attr-defined]
+    render.pre = renderer.pre  # type: ignore[attr-defined]
+    render.proxy = renderer.proxy  # type: ignore[attr-defined]
+    render.drive_range = renderer.drive_range  # type: ignore[attr-defined]
     return render
 
 
@@ -62,27 +64,39 @@ def context_samples(bus: Bus, sample_rate: int, context_s: float) -> int:
 
 
 class StreamRenderer:
-    """Chunked render of a mastering chain over a file, pre-limiter stage cached on disk.
+    """Chunked render of a mastering chain, pre-limiter stage cached (on disk for a file).
 
     Args:
-        bus: the fitted chain's :class:`~diffmix.console.Bus` for one song; its last effects
-            from ``limiter`` on are re-run for each drive.
-        source: the input.
-        folder: where the cache file lives (beside the output: never a RAM-backed /tmp).
+        bus: the fitted chain's :class:`~diffmix.console.Bus`; its last effects from
+            ``limiter`` on are re-run for each drive.
+        source: the input: a file (one song), or an in-memory ``(S, C, T)`` batch, which is
+            rendered as one chunk (no context, no cache file, ``chunk_s`` unused).
+        folder: where a file's cache lives (beside the output: never a RAM-backed /tmp).
         chunk_s: chunk length in seconds.
         context_s: base left context in seconds (see :func:`context_samples`).
         right_s: right context for lookahead, seconds.
     """
 
-    def __init__(self, bus: Bus, source: DiskAudio, folder: Path, *, chunk_s: float,
-                 context_s: float, right_s: float = 0.1, limiter: str = LIMITER) -> None:
+    def __init__(self, bus: Bus, source: DiskAudio | Tensor, folder: Path | None = None, *,
+                 chunk_s: float = 30.0, context_s: float = 2.0, right_s: float = 0.1,
+                 limiter: str = LIMITER) -> None:
         self.stage = LimiterStage(bus, limiter)
-        self.src, self.sr = source, source.sample_rate
-        self.chunk_s = chunk_s
+        self.src, self.chunk_s, self.passes = source, chunk_s, 0
+        self.cache: CacheFile | None = None
+        self.proxy: Callable[[Tensor], Tensor] | None = None
+        if isinstance(source, Tensor):  # in memory: the one-chunk case
+            self.sr, self.device, self.frames = bus.sample_rate, source.device, source.shape[-1]
+            self.left = self.right = 0
+            self.pre = self.stage.before(source)
+            fast = self.stage.drive_renders(self.pre)
+            self._fast = None if fast is None else fast[1]
+            self.proxy = None if fast is None else fast[0]
+            return
+        self.sr, self.device, self.frames = source.sample_rate, source.device, source.frames
         self.left = context_samples(bus, self.sr, context_s)
         self.right = max(PEAK_CONTEXT, int(math.ceil(right_s * self.sr)))
-        self.device = source.device
-        self.passes = 0
+        if folder is None:
+            raise ValueError("StreamRenderer: a file's pre-limiter cache needs a folder")
         self.cache = CacheFile(folder, 2, source.frames)
         try:
             for start, stop in self.chunks():
@@ -99,14 +113,22 @@ class StreamRenderer:
         return self.stage.drive_range
 
     def chunks(self) -> Iterator[tuple[int, int]]:
-        return chunk_bounds(self.src.frames, self.sr, self.chunk_s)
+        if self.cache is None:
+            return iter([(0, self.frames)])
+        return chunk_bounds(self.frames, self.sr, self.chunk_s)
 
-    def limited(self, drive_db: float) -> Iterator[tuple[int, int, Tensor]]:
-        """``(start, stop, y)`` per chunk: the limiter (and what follows) at ``drive_db``,
-        ``y`` holding ``self.left`` samples of context before the chunk and
-        ``self.right`` after it."""
-        self.stage.set_drive(torch.tensor([float(drive_db)], dtype=torch.float64))
+    def limited(self, drive_db: float | Tensor) -> Iterator[tuple[int, int, Tensor]]:
+        """``(start, stop, y)`` per chunk: the limiter (and what follows) at ``drive_db``
+        (one per song, dB), ``y`` holding ``self.left`` samples of context before the chunk
+        and ``self.right`` after it."""
+        drives = torch.as_tensor(drive_db, dtype=torch.float64).reshape(-1)
+        self.stage.set_drive(drives)
         self.passes += 1
+        if self.cache is None:
+            with torch.no_grad():
+                y = self._fast(drives) if self._fast is not None else self.stage.after(self.pre)
+            yield 0, self.frames, y
+            return
         for start, stop in self.chunks():
             y = self.stage.after(self.cache.read(start - self.left, stop + self.right, self.device))
             yield start, stop, y
@@ -126,4 +148,5 @@ class StreamRenderer:
         return meter
 
     def close(self) -> None:
-        self.cache.close()
+        if self.cache is not None:
+            self.cache.close()
