@@ -142,7 +142,10 @@ def test_sequential_meter_equals_the_whole_signal_meter(strict):
     whole.add(padded[None], ctx, x.shape[-1])
     want = whole.summary()
     for key, value in want.items():
-        assert got[key] == pytest.approx(value, abs=1e-6), key
+        # The strict meter's ideal interpolation runs in FFT blocks that fall elsewhere in
+        # pieces than in the whole (~1e-3 dB, as test_strict_chunked_meter_... states).
+        tol = 5e-3 if strict and key in ("true_peak_dbtp", "plr_db", "psr_db") else 1e-6
+        assert got[key] == pytest.approx(value, abs=tol), key
 
 
 def test_a_file_in_chunks_renders_as_the_song_in_memory_as_one_chunk(song, tmp_path):

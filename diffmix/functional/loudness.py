@@ -465,15 +465,7 @@ def _window_power(x: Tensor, sample_rate: int, window: int, step_units: int,
         return (y.square().mean(-1) * w.to(torch.float64)).sum(-1, keepdim=True)
     unit = meter_unit(sample_rate)
     per = window // unit
-    if _fast_path(x):
-        # The kernel's energies are numpy already; finishing in numpy also keeps torch's
-        # thread pool from waking while numba's threads are still spinning down.
-        e = _unit_energies(x, sample_rate, meter).numpy()
-        csum = np.concatenate([np.zeros(e.shape[:-1] + (1,)), np.cumsum(e, axis=-1)], axis=-1)
-        idx = np.arange(0, e.shape[-1] - per + 1, step_units)
-        sums = csum[..., idx + per] - csum[..., idx]
-        w64 = np.asarray(channel_weights(c, weights), dtype=np.float64)
-        return torch.from_numpy(np.einsum("bcn,c->bn", sums / window, w64))
+    # One windowing for every meter, whole or fed in chunks (GatedMeter).
     energy = _unit_energies(x, sample_rate, meter).to(torch.float64)
     return _energy_windows(energy, window, per, step_units, w.to(torch.float64))
 
