@@ -225,4 +225,7 @@ def test_sends_are_judged_apart_from_the_placement():
         else:
             judge.stage("placement", lambda c=console: placement_resolve(c, stems, ref, SR), stages)
         scores[how] = judge.score_now
-    assert scores["joint"] > scores["split"] * 1.01, scores
+    # Judged apart, the sends can only help: never a worse score than the joint stage (on
+    # most draws the joint stage keeps reverb in the compressor's residual and scores >1 %
+    # worse; on some, e.g. seed 1046248374, its send solve adds nothing and they tie).
+    assert scores["joint"] >= scores["split"] - 1e-12, scores
