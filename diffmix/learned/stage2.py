@@ -213,10 +213,7 @@ def train_end_to_end(
     params = list(model.parameters())
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     state_path = out / "state2.safetensors"
-    info = load_state(state_path, model, opt, fingerprint) or {"step": 0, "best": {}, "best_state": {}}
-    step = int(info["step"])
-    best: dict[str, Any] = dict(info.get("best", {}))
-    best_state: dict[str, Tensor] = dict(info.get("best_state", {}))
+    step, best, best_state = load_state(state_path, model, opt, fingerprint)
     rank, _ = dist.world()
     log = open_log(out / "log.jsonl", first_step + step)
     bar = tqdm(total=steps, initial=step, disable=not progress or rank > 0, file=sys.stderr,

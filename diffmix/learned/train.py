@@ -95,14 +95,16 @@ def save_state(
 
 def load_state(
     path: Path, model: Predictor, opt: torch.optim.Optimizer, fingerprint: str
-) -> dict[str, Any] | None:
-    """Restore weights and Adam moments saved by :func:`save_state`; None if it is another run's."""
+) -> tuple[int, dict[str, Any], dict[str, Tensor]]:
+    """Restore weights and Adam moments saved by :func:`save_state`; returns the step
+    reached, the best validation metrics and the best weights (``0, {}, {}`` for a fresh
+    run: no state, or another run's)."""
     if not path.exists():
-        return None
+        return 0, {}, {}
     tensors, meta = tensorfile.load(path)
     info = json.loads(meta.get("state", "{}"))
     if info.get("fingerprint") != fingerprint:
-        return None
+        return 0, {}, {}
     model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")}, strict=True)
     for i, p in enumerate(model.parameters()):
         if f"opt.{i}.exp_avg" in tensors:
@@ -111,8 +113,8 @@ def load_state(
                 "exp_avg": tensors[f"opt.{i}.exp_avg"].to(p.device),
                 "exp_avg_sq": tensors[f"opt.{i}.exp_avg_sq"].to(p.device),
             }
-    info["best_state"] = {k[5:]: v for k, v in tensors.items() if k.startswith("best.")}
-    return info
+    best_state = {k[5:]: v for k, v in tensors.items() if k.startswith("best.")}
+    return int(info["step"]), dict(info.get("best", {})), best_state
 
 
 class _NoLog:
@@ -203,10 +205,7 @@ def train_regression(
     per_epoch = max(1, math.ceil(x.shape[0] / batch_size))
     total = epochs * per_epoch
     state_path = out / "state.safetensors"
-    info = load_state(state_path, model, opt, fingerprint) or {"step": 0, "best": {}, "best_state": {}}
-    step = int(info["step"])
-    best: dict[str, Any] = dict(info.get("best", {}))
-    best_state: dict[str, Tensor] = dict(info.get("best_state", {}))
+    step, best, best_state = load_state(state_path, model, opt, fingerprint)
     rank, _ = dist.world()
     log = open_log(out / "log.jsonl", step if step < total else sys.maxsize)  # done: stage 2's lines stay
     bar = tqdm(

@@ -136,184 +136,164 @@ def fit_console(
         check_audio(reference, "fit_console", name="reference")
     # Checked once here: the per-effect NaN/Inf scans (a host sync each) stay off inside.
     with input_checks(False):
-        return _fit_console(
-            console, audio, reference, sample_rate, options, optimizer=optimizer, scheduler=scheduler,
-            lag=lag, checkpoint=checkpoint, progress=progress, log_path=log_path, tag=tag,
-        )
-
-
-def _fit_console(
-    console: Console,
-    audio: Tensor,
-    reference: Tensor | None,
-    sample_rate: int,
-    options: MixFitOptions,
-    *,
-    optimizer: Callable[[Sequence[Tensor]], torch.optim.Optimizer],
-    scheduler: Callable[[torch.optim.Optimizer], Any] | None,
-    lag: int | None,
-    checkpoint: Path | None,
-    progress: bool,
-    log_path: Path | None,
-    tag: str,
-) -> dict[str, Any] | None:
-    sr = sample_rate
-    console.load_values({"strip.input.gain_db": equal_loudness_gains(audio, sr).cpu()})
-    mono_ref = reference is not None and bool(torch.equal(reference[:, 0], reference[:, 1]))
-    weights = {k: float(v) for k, v in options.weights.items() if float(v) > 0}
-    if mono_ref:
-        weights = {k: v for k, v in weights.items() if k not in SIDE_TERMS}
-    aligned = reference is not None and options.aligned
-    if not aligned:
-        weights.pop("mrstft", None)
-    if reference is None:
-        weights = {k: v for k, v in weights.items() if k not in REFERENCE_TERMS}
-    judge = None
-    if reference is not None:
-        judge = FullLengthJudge(console, audio, reference, sr, weights, options)
-    stages: list[dict[str, Any]] = []
-    init_report = None
-    estimate = None
-    if reference is not None and options.init == "nnls" and not aligned:
-        # Another song's mix: no waveform in common, so its tone, width and dynamics are
-        # approached as features (diffmix.mixing.style), each step judged.
-        t_init = time.perf_counter()
-        init_report = style_start(
-            console, audio, reference, sr,
-            lambda name, run: judge.stage(name, run, stages),  # type: ignore[union-attr]
-            level=lambda: match_loudness(console, audio, reference, sr),
-        )
-        init_report["seconds"] = round(time.perf_counter() - t_init, 3)
-    elif reference is not None and options.init == "nnls":
-        # The first stage: gains, pan, width and coarse tone in closed form
-        # (diffmix.mixing.solvers), then each compressor from the gain the mix shows.
-        t_init = time.perf_counter()
-        estimate = console_estimate(
-            console, audio, reference, sr, coherent=options.aligned and options.coherent, lag=lag
-        )
-        init_report = judge.stage(  # type: ignore[union-attr]
-            "closed form",
-            lambda: initialise_console(console, audio, reference, sr, estimate=estimate),
-            stages,
-        )
-        if estimate.frame_gain is not None and options.compressor_start:
-            init_report["compressor"] = judge.stage(  # type: ignore[union-attr]
-                "compressor start", lambda: compressor_start(console, audio, estimate, sr), stages
+        sr = sample_rate
+        console.load_values({"strip.input.gain_db": equal_loudness_gains(audio, sr).cpu()})
+        mono_ref = reference is not None and bool(torch.equal(reference[:, 0], reference[:, 1]))
+        weights = {k: float(v) for k, v in options.weights.items() if float(v) > 0}
+        if mono_ref:
+            weights = {k: v for k, v in weights.items() if k not in SIDE_TERMS}
+        aligned = reference is not None and options.aligned
+        if not aligned:
+            weights.pop("mrstft", None)
+        if reference is None:
+            weights = {k: v for k, v in weights.items() if k not in REFERENCE_TERMS}
+        judge = None
+        if reference is not None:
+            judge = FullLengthJudge(console, audio, reference, sr, weights, options)
+        stages: list[dict[str, Any]] = []
+        init_report = None
+        estimate = None
+        if reference is not None and options.init == "nnls" and not aligned:
+            # Another song's mix: no waveform in common, so its tone, width and dynamics are
+            # approached as features (diffmix.mixing.style), each step judged.
+            t_init = time.perf_counter()
+            init_report = style_start(
+                console, audio, reference, sr,
+                lambda name, run: judge.stage(name, run, stages),  # type: ignore[union-attr]
+                level=lambda: match_loudness(console, audio, reference, sr),
             )
-        if estimate.coherent and options.placement:
-            # Pan, width and fader again, on what the strips now make of the stems
-            # (compressors included): the first solve's residual leaks into quiet tracks.
-            init_report["placement"] = judge.stage(  # type: ignore[union-attr]
-                "placement", lambda: placement_resolve(console, audio, reference, sr, sends=False), stages
+            init_report["seconds"] = round(time.perf_counter() - t_init, 3)
+        elif reference is not None and options.init == "nnls":
+            # The first stage: gains, pan, width and coarse tone in closed form
+            # (diffmix.mixing.solvers), then each compressor from the gain the mix shows.
+            t_init = time.perf_counter()
+            estimate = console_estimate(
+                console, audio, reference, sr, coherent=options.aligned and options.coherent, lag=lag
             )
-            if console.sends:
-                # The send levels judged on their own: a reverb that takes up what the
-                # strips' dynamics miss must not cost the placement its place.
-                init_report["sends"] = judge.stage(  # type: ignore[union-attr]
-                    "sends", lambda: send_resolve(console, audio, reference, sr), stages
-                )
-        init_report["seconds"] = round(time.perf_counter() - t_init, 3)
-    fit_report: dict[str, Any] | None = None
-    if reference is not None and weights and options.steps > 0:
-        ref = reference
-        length_all = min(audio.shape[-1], ref.shape[-1]) if aligned else audio.shape[-1]
-        length = min(length_all, int(round(options.excerpt_s * sr)))
-        # Every term of the step's loss is the objective's: the features, the MR-STFT
-        # against the aligned reference, and the clip penalty (gain staging).
-        terms = dict(weights)
-        if float(options.gain_staging):
-            terms["gain_staging"] = float(options.gain_staging)
-        mrstft = "mrstft" in terms
-
-        def objective_for(piece: Tensor | None) -> Objective:
-            return Objective(sr, terms, reference=piece if aligned and piece is not None else ref,
-                             mrstft=options.mrstft, mono=mono_ref).to(audio.device)
-
-        pool = int(options.pool or 0)
-        excerpts = excerpt_pool(length_all, length, pool) if pool else []
-        # A fixed pool of excerpts spread over the song: each one's reference side (its
-        # MR-STFT magnitudes, its features) is computed once instead of every step.
-        cached = []
-        for s0 in excerpts:
-            piece = ref[..., s0 : s0 + length]
-            obj = objective_for(piece)
-            cached.append((obj, obj.mrstft_reference(piece) if mrstft else None))
-        objective = None if pool else objective_for(None)
-        params = console.select(list(options.params))
-        prior_w = float(options.prior)
-        initial = {k: p.exact().to(audio.device) for k, p in console.named_values().items()}
-        per_step = int(options.excerpts)
-
-        def closure(step: int) -> tuple[Tensor, dict[str, float]]:
-            total = audio.new_zeros(())
-            terms_out: dict[str, float] = {}
-            if pool:
-                picks = [(step * per_step + j) % len(excerpts) for j in range(per_step)]
-                windows = [(excerpts[i], *cached[i]) for i in picks]
-            else:
-                starts = excerpt_starts(length_all, length, per_step, draw(int(options.seed), step))
-                windows = [(s0, objective, None) for s0 in starts]
-            for s0, obj, ref_mags in windows:
-                y = console(audio[..., s0 : s0 + length])
-                if mrstft and ref_mags is None:
-                    ref_mags = obj.mrstft_reference(ref[..., s0 : s0 + length])
-                loss, parts = obj(y, aligned_mags=ref_mags)
-                total = total + loss.mean()
-                for k, v in parts.items():
-                    terms_out[k] = terms_out.get(k, 0.0) + float(v.detach().mean())
-            if prior_w:
-                prior = console.prior(initial)
-                total = total + prior_w * prior
-                terms_out["prior"] = float(prior.detach())
-            return total, terms_out
-
-        before_fit = judge.snapshot() if judge is not None else None
-        result = fit(
-            params,
-            closure,
-            steps=int(options.steps),
-            optimizer=optimizer,
-            scheduler=scheduler,
-            patience=int(options.patience),
-            # With a fixed pool each step scores another excerpt: progress is judged on the
-            # mean over whole passes through the pool.
-            cycle=max(1, len(excerpts)),
-            checkpoint=checkpoint,
-            progress=progress,
-            log_path=log_path,
-            tag=tag,
-        )
-        fit_report = {k: v for k, v in vars(result).items() if k != "history"}
-        if judge is not None and before_fit is not None:
-            judge.judge("gradient steps", before_fit, stages)
-        if estimate is not None and aligned and options.polish:
-            # Each track's loudness back to the closed-form estimate, which sees quiet
-            # tracks that the waveform loss trades away (diffmix.mixing.wiring). Measured
-            # over the whole song (in chunks): a sparse track (a crash) may sound in none
-            # of the excerpts.
-            chunk = min(audio.shape[-1], int(POLISH_CHUNK_S * sr))
-            fit_report["polish"] = judge.stage(  # type: ignore[union-attr]
-                "polish",
-                lambda: polish_levels(
-                    console, audio, estimate, sr, starts=list(range(0, audio.shape[-1], chunk)), length=chunk
-                ),
+            init_report = judge.stage(  # type: ignore[union-attr]
+                "closed form",
+                lambda: initialise_console(console, audio, reference, sr, estimate=estimate),
                 stages,
             )
-    if judge is not None and options.match_loudness and "strip.fader.gain_db" in console.named_values():
-        fit_report = fit_report or {}
-        # Where the reference is a mix of these stems (the coherent start held) its loudness
-        # is a target in its own right (an MR-STFT optimum can sit a few tenths of a dB off
-        # it): not judged, its score still reported. Toward a producer's render, which
-        # carries its own processing, it is judged like any stage.
-        required = estimate is not None and estimate.coherent
-        fit_report["loudness"] = judge.stage(
-            "loudness", lambda: match_loudness(console, audio, reference, sr), stages, required=required
-        )
-    if init_report is not None:
-        fit_report = {**(fit_report or {}), "init": init_report}
-    if stages:
-        fit_report = {**(fit_report or {}), "stages": stages}
-    return fit_report
+            if estimate.frame_gain is not None and options.compressor_start:
+                init_report["compressor"] = judge.stage(  # type: ignore[union-attr]
+                    "compressor start", lambda: compressor_start(console, audio, estimate, sr), stages
+                )
+            if estimate.coherent and options.placement:
+                # Pan, width and fader again, on what the strips now make of the stems
+                # (compressors included): the first solve's residual leaks into quiet tracks.
+                init_report["placement"] = judge.stage(  # type: ignore[union-attr]
+                    "placement", lambda: placement_resolve(console, audio, reference, sr, sends=False), stages
+                )
+                if console.sends:
+                    # The send levels judged on their own: a reverb that takes up what the
+                    # strips' dynamics miss must not cost the placement its place.
+                    init_report["sends"] = judge.stage(  # type: ignore[union-attr]
+                        "sends", lambda: send_resolve(console, audio, reference, sr), stages
+                    )
+            init_report["seconds"] = round(time.perf_counter() - t_init, 3)
+        fit_report: dict[str, Any] | None = None
+        if reference is not None and weights and options.steps > 0:
+            ref = reference
+            length_all = min(audio.shape[-1], ref.shape[-1]) if aligned else audio.shape[-1]
+            length = min(length_all, int(round(options.excerpt_s * sr)))
+            # Every term of the step's loss is the objective's: the features, the MR-STFT
+            # against the aligned reference, and the clip penalty (gain staging).
+            terms = dict(weights)
+            if float(options.gain_staging):
+                terms["gain_staging"] = float(options.gain_staging)
+            mrstft = "mrstft" in terms
+
+            def objective_for(piece: Tensor | None) -> Objective:
+                return Objective(sr, terms, reference=piece if aligned and piece is not None else ref,
+                                 mrstft=options.mrstft, mono=mono_ref).to(audio.device)
+
+            pool = int(options.pool or 0)
+            excerpts = excerpt_pool(length_all, length, pool) if pool else []
+            # A fixed pool of excerpts spread over the song: each one's reference side (its
+            # MR-STFT magnitudes, its features) is computed once instead of every step.
+            cached = []
+            for s0 in excerpts:
+                piece = ref[..., s0 : s0 + length]
+                obj = objective_for(piece)
+                cached.append((obj, obj.mrstft_reference(piece) if mrstft else None))
+            objective = None if pool else objective_for(None)
+            params = console.select(list(options.params))
+            prior_w = float(options.prior)
+            initial = {k: p.exact().to(audio.device) for k, p in console.named_values().items()}
+            per_step = int(options.excerpts)
+
+            def closure(step: int) -> tuple[Tensor, dict[str, float]]:
+                total = audio.new_zeros(())
+                terms_out: dict[str, float] = {}
+                if pool:
+                    picks = [(step * per_step + j) % len(excerpts) for j in range(per_step)]
+                    windows = [(excerpts[i], *cached[i]) for i in picks]
+                else:
+                    starts = excerpt_starts(length_all, length, per_step, draw(int(options.seed), step))
+                    windows = [(s0, objective, None) for s0 in starts]
+                for s0, obj, ref_mags in windows:
+                    y = console(audio[..., s0 : s0 + length])
+                    if mrstft and ref_mags is None:
+                        ref_mags = obj.mrstft_reference(ref[..., s0 : s0 + length])
+                    loss, parts = obj(y, aligned_mags=ref_mags)
+                    total = total + loss.mean()
+                    for k, v in parts.items():
+                        terms_out[k] = terms_out.get(k, 0.0) + float(v.detach().mean())
+                if prior_w:
+                    prior = console.prior(initial)
+                    total = total + prior_w * prior
+                    terms_out["prior"] = float(prior.detach())
+                return total, terms_out
+
+            before_fit = judge.snapshot() if judge is not None else None
+            result = fit(
+                params,
+                closure,
+                steps=int(options.steps),
+                optimizer=optimizer,
+                scheduler=scheduler,
+                patience=int(options.patience),
+                # With a fixed pool each step scores another excerpt: progress is judged on the
+                # mean over whole passes through the pool.
+                cycle=max(1, len(excerpts)),
+                checkpoint=checkpoint,
+                progress=progress,
+                log_path=log_path,
+                tag=tag,
+            )
+            fit_report = {k: v for k, v in vars(result).items() if k != "history"}
+            if judge is not None and before_fit is not None:
+                judge.judge("gradient steps", before_fit, stages)
+            if estimate is not None and aligned and options.polish:
+                # Each track's loudness back to the closed-form estimate, which sees quiet
+                # tracks that the waveform loss trades away (diffmix.mixing.wiring). Measured
+                # over the whole song (in chunks): a sparse track (a crash) may sound in none
+                # of the excerpts.
+                chunk = min(audio.shape[-1], int(POLISH_CHUNK_S * sr))
+                fit_report["polish"] = judge.stage(  # type: ignore[union-attr]
+                    "polish",
+                    lambda: polish_levels(
+                        console, audio, estimate, sr, starts=list(range(0, audio.shape[-1], chunk)),
+                        length=chunk,
+                    ),
+                    stages,
+                )
+        if judge is not None and options.match_loudness and "strip.fader.gain_db" in console.named_values():
+            fit_report = fit_report or {}
+            # Where the reference is a mix of these stems (the coherent start held) its loudness
+            # is a target in its own right (an MR-STFT optimum can sit a few tenths of a dB off
+            # it): not judged, its score still reported. Toward a producer's render, which
+            # carries its own processing, it is judged like any stage.
+            required = estimate is not None and estimate.coherent
+            fit_report["loudness"] = judge.stage(
+                "loudness", lambda: match_loudness(console, audio, reference, sr), stages, required=required
+            )
+        if init_report is not None:
+            fit_report = {**(fit_report or {}), "init": init_report}
+        if stages:
+            fit_report = {**(fit_report or {}), "stages": stages}
+        return fit_report
 
 
 class FullLengthJudge:
