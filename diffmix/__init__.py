@@ -11,6 +11,11 @@ import os
 # transparent huge pages, so first touching a fresh 80 MB buffer (30 s of 16 tracks) costs
 # a third to a half of the page faults' time. A value the user set is kept.
 os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
+# torch and numba each load their own OpenMP runtime, whose idle threads spin between
+# parallel regions by default; the fit and the limiter alternate the two, so each pool's
+# spinning threads stole the cores the other was computing on. Read when each runtime
+# loads (torch's on import, numba's at its first parallel kernel). A value the user set is kept.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from diffmix._compat import check_torch_pair  # noqa: E402
 
