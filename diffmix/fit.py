@@ -55,6 +55,15 @@ def excerpt_starts(
     return torch.randint(0, length - excerpt + 1, (count,), generator=generator).tolist()
 
 
+def excerpt_pool(length_all: int, length: int, count: int) -> list[int]:
+    """``count`` excerpt starts spread evenly over ``length_all`` samples (the same every
+    run, whatever the song is called); one start at 0 when the song is no longer than an
+    excerpt."""
+    if length >= length_all:
+        return [0]
+    return sorted({int(round(v)) for v in torch.linspace(0, length_all - length, count).tolist()})
+
+
 def _fingerprint(params: Sequence[Tensor], tag: str) -> str:
     shapes = ";".join(str(tuple(p.shape)) for p in params)
     return hashlib.sha256(f"{tag}|{shapes}".encode()).hexdigest()[:16]

@@ -126,9 +126,12 @@ class MatchEQ(Effect):
         centres = self.centres_hz
         per_item = cast(BoundedParam, self.params["mid_gain_db"]).anchor.dim() > 1
         x = x.detach()
+        # The reference is analysed once for the closed form and every refine pass.
+        ref_db = F.band_levels_db(reference.detach().double(), self.sample_rate, centres)
         mid, side = F.match_gains(
             x, reference, self.sample_rate, centres,
             mid_range_db=(-GAIN_MAX_DB, GAIN_MAX_DB), side_range_db=(SIDE_MIN_DB, GAIN_MAX_DB),
+            reference_db=ref_db,
         )
         for step in range(refine + 1):
             if not per_item:
@@ -143,7 +146,8 @@ class MatchEQ(Effect):
                 break
             wide = (-120.0, 120.0)
             dm, ds = F.match_gains(
-                self(x), reference, self.sample_rate, centres, mid_range_db=wide, side_range_db=wide
+                self(x), reference, self.sample_rate, centres, mid_range_db=wide, side_range_db=wide,
+                reference_db=ref_db,
             )
             mid = (mid + dm).clamp(-GAIN_MAX_DB, GAIN_MAX_DB)
             side = (side + ds).clamp(SIDE_MIN_DB, GAIN_MAX_DB)

@@ -208,6 +208,7 @@ def match_gains(
     mid_range_db: tuple[float, float] = (-24.0, 24.0),
     side_range_db: tuple[float, float] = (-60.0, 24.0),
     n_fft: int = 8192,
+    reference_db: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Closed-form band gains that move ``x``'s mid and side tone onto ``reference``'s.
 
@@ -222,6 +223,9 @@ def match_gains(
         sample_rate: Hz. centres_hz: band centres.
         mid_range_db, side_range_db: allowed gains, dB (the side may cut further: a wide
             mix matched to a mono-bass reference needs it).
+        reference_db: the reference's :func:`band_levels_db` where already measured (a
+            fixed reference matched several times is analysed once); ``reference`` is
+            then unused.
 
     Returns:
         ``(mid_gain_db, side_gain_db)``, each ``(B, bands)`` in ``x``'s dtype.
@@ -230,7 +234,9 @@ def match_gains(
     """
     centres_hz = centres_hz.detach().to("cpu", torch.float64)
     lx = band_levels_db(x.double(), sample_rate, centres_hz, n_fft)
-    lr = band_levels_db(reference.double(), sample_rate, centres_hz, n_fft).to(x.device)
+    if reference_db is None:
+        reference_db = band_levels_db(reference.double(), sample_rate, centres_hz, n_fft)
+    lr = reference_db.to(x.device, torch.float64)
 
     def level(levels: Tensor) -> Tensor:
         p = torch.pow(10.0, levels[:, 0] / 10.0)

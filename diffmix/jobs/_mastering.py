@@ -35,7 +35,9 @@ def fit_options(cfg: DictConfig) -> FitOptions:
     return FitOptions(
         steps=fit.get("steps"),
         excerpt_s=float(fit.excerpt_s),
+        pool=int(fit.pool),
         patience=int(fit.patience),
+        min_delta=float(fit.min_delta),
         params=list(fit.params),
         weights={str(k): v for k, v in cfg.loss.weights.items()},
         prior_weight=float(cfg.loss.get("prior", 0.0)),

@@ -1,9 +1,12 @@
-"""The mastering fit: tone, width and dynamics fitted on random excerpts of each song.
+"""The mastering fit: tone, width and dynamics fitted on excerpts of each song.
 
 Several songs are fitted at once: the chain runs in a :class:`~diffmix.console.Bus` with one
-parameter set per song and one optimiser over them all. Every song's excerpts are drawn
-from ``(seed, song id, step)`` and its loss is its own, so a song's result is the same in
-a batch as alone (up to floating-point summation order). The limiter runs in its smooth
+parameter set per song and one optimiser over them all. Each step renders one excerpt of
+every song from a fixed pool spread evenly over it (:func:`~diffmix.fit.excerpt_pool`),
+in turn, and the plateau is judged on the mean loss over one pass through the pool: what
+the fit sees, and so when it stops, depends on the audio alone, never on a file's name.
+Every song's loss is its own, so a song's result is the same in a batch as alone (up to
+floating-point summation order). The limiter runs in its smooth
 mode; its drive is set afterwards by the loudness solve (:mod:`diffmix.mastering.loudness`).
 
 Where the fit starts is one argument of :func:`fit_stage` (``start``): by default the
@@ -23,7 +26,7 @@ from torch import Tensor
 from diffmix.console import Bus, prior, select
 from diffmix.effects.dynamics import set_exact
 from diffmix.errors import UserError
-from diffmix.fit import FitResult, draw, excerpt_starts, fit
+from diffmix.fit import FitResult, draw, excerpt_pool, excerpt_starts, fit
 from diffmix.mastering.chain import MATCH
 from diffmix.objective import REFERENCE_TERMS, Objective
 
@@ -39,21 +42,27 @@ class FitOptions:
     Args:
         steps: optimiser steps (0: no fit).
         excerpt_s: excerpt length, seconds.
-        patience: steps without improvement before stopping.
+        pool: excerpts per song in the fixed pool the steps cycle through (0: a fresh
+            random excerpt each step, drawn from ``seed``).
+        patience: steps without the mean loss over one pass through the pool improving
+            on its best by ``min_delta`` (relative) before stopping.
+        min_delta: the relative improvement that counts (0.005: a pass must gain 0.5 %).
         params: globs of ``"<effect>.<param>"`` names to fit.
         weights: objective term -> weight (terms with nothing to compare are dropped,
             :func:`available_weights`).
         prior_weight: scales :func:`~diffmix.console.prior` (keeps settings near the start).
         optimizer: ``params -> torch.optim.Optimizer``; default Adam at lr 0.05.
         scheduler: ``optimizer -> LR scheduler``, or None.
-        seed: excerpt draws.
+        seed: excerpt draws when ``pool`` is 0.
         progress: show a progress bar.
         amount: stage -> 0..1, how much of its fitted change to keep.
     """
 
     steps: int = 120
     excerpt_s: float = 8.0
-    patience: int = 40
+    pool: int = 8
+    patience: int = 24
+    min_delta: float = 0.005
     params: Sequence[str] = ()
     weights: Mapping[str, float] = field(default_factory=dict)
     prior_weight: float = 0.0
@@ -71,16 +80,22 @@ def pad_batch(xs: Sequence[Tensor]) -> tuple[Tensor, list[int]]:
     return torch.cat([torch.nn.functional.pad(x, (0, longest - x.shape[-1])) for x in xs]), lengths
 
 
-def song_excerpts(xs: Sequence[Any], keys: Sequence[str], length: int, seed: int, step: int) -> Tensor:
-    """One excerpt of ``length`` samples per song, drawn from ``(seed, key, step)``.
+def song_excerpts(xs: Sequence[Any], length: int, step: int, *, pool: int = 8, seed: int = 0) -> Tensor:
+    """Step ``step``'s excerpt of ``length`` samples from each song: number ``step % pool``
+    of its :func:`~diffmix.fit.excerpt_pool`, or with ``pool`` 0 a random one drawn from
+    ``(seed, step)``. Depends on the songs' audio and lengths only.
 
     A song is a ``(1, 2, T)`` tensor or anything sliced like one
     (:class:`~diffmix.mastering.source.DiskAudio`). A song shorter than ``length`` is
     zero-padded (the loudness gate ignores the padding and the tone features are level-free).
     """
     out = []
-    for x, key in zip(xs, keys, strict=True):
-        start = excerpt_starts(x.shape[-1], length, 1, draw(seed, step, key))[0]
+    for x in xs:
+        if pool:
+            starts = excerpt_pool(x.shape[-1], length, pool)
+            start = starts[step % len(starts)]
+        else:
+            start = excerpt_starts(x.shape[-1], length, 1, draw(seed, step))[0]
         crop = x[..., start : start + length]
         out.append(torch.nn.functional.pad(crop, (0, length - crop.shape[-1])))
     return torch.cat(out)
@@ -96,9 +111,11 @@ def fit_chain(
     steps: int,
     excerpt_s: float,
     optimizer: Callable,
+    pool: int = 8,
     scheduler: Callable | None = None,
     seed: int = 0,
     patience: int = 50,
+    min_delta: float = 1e-4,
     prior_weight: float = 0.0,
     progress: bool = True,
     checkpoint=None,  # noqa: ANN001
@@ -122,7 +139,7 @@ def fit_chain(
     initial = {k: p.exact() for k, p in bus.named_values().items()}
 
     def closure(step: int):  # noqa: ANN202
-        batch = song_excerpts(xs, keys, length, seed, step)
+        batch = song_excerpts(xs, length, step, pool=pool, seed=seed)
         loss, terms = objective(bus(batch, until="limiter"))
         total = loss.sum()
         logged = {k: float(v.detach().mean()) for k, v in terms.items()}
@@ -141,6 +158,8 @@ def fit_chain(
             optimizer=optimizer,
             scheduler=scheduler,
             patience=patience,
+            min_delta=min_delta,
+            cycle=max(int(pool), 1),
             progress=progress,
             checkpoint=checkpoint,
             log_path=log_path,
@@ -192,8 +211,21 @@ def init_match(bus: Bus, audios: Sequence[Any], references: Sequence[Tensor]) ->
 
 
 @torch.no_grad()
-def refine_match(bus: Bus, y: Tensor, lengths: Sequence[int], references: Sequence[Tensor]) -> None:
-    """Add to each song's match-EQ gains what its rendered master ``y`` still misses."""
+def reference_levels(bus: Bus, references: Sequence[Tensor]) -> list[Tensor]:
+    """Each reference's mid and side band levels as the match stage measures them
+    (:func:`~diffmix.functional.match_eq.band_levels_db`), for :func:`refine_match`'s passes."""
+    from diffmix.effects.match_eq import MatchEQ
+    from diffmix.functional.match_eq import band_levels_db
+
+    stage = cast(MatchEQ, bus.effects[MATCH])
+    return [band_levels_db(r.double(), stage.sample_rate, stage.centres_hz) for r in references]
+
+
+@torch.no_grad()
+def refine_match(bus: Bus, y: Tensor, lengths: Sequence[int], references: Sequence[Tensor],
+                 reference_db: Sequence[Tensor] | None = None) -> None:
+    """Add to each song's match-EQ gains what its rendered master ``y`` still misses;
+    ``reference_db``: :func:`reference_levels`, where already measured."""
     from diffmix.effects.match_eq import MatchEQ
     from diffmix.functional.match_eq import match_gains
 
@@ -210,6 +242,7 @@ def refine_match(bus: Bus, y: Tensor, lengths: Sequence[int], references: Sequen
             stage.centres_hz,
             mid_range_db=wide,
             side_range_db=wide,
+            reference_db=None if reference_db is None else reference_db[i],
         )
         rows["mid_gain_db"][i] += dm[0].double().cpu()
         rows["side_gain_db"][i] += ds[0].double().cpu()
@@ -268,10 +301,12 @@ def fit_stage(
             params=list(options.params),
             steps=steps,
             excerpt_s=float(options.excerpt_s),
+            pool=int(options.pool),
             optimizer=optimizer,
             scheduler=options.scheduler,
             seed=int(options.seed),
             patience=int(options.patience),
+            min_delta=float(options.min_delta),
             prior_weight=float(options.prior_weight),
             progress=bool(options.progress),
         )

@@ -30,7 +30,15 @@ from diffmix.io import check_outputs
 from diffmix.listen import Take, job_warnings, write_listening_report
 from diffmix.mastering.chain import MATCH, ChainSpec
 from diffmix.mastering.deliver import DeliveryOptions, deliver_chunks
-from diffmix.mastering.fit import FitOptions, Start, fit_stage, match_start, pad_batch, refine_match
+from diffmix.mastering.fit import (
+    FitOptions,
+    Start,
+    fit_stage,
+    match_start,
+    pad_batch,
+    reference_levels,
+    refine_match,
+)
 from diffmix.mastering.loudness import (
     loudness_goals,
     measure_lufs,
@@ -39,7 +47,7 @@ from diffmix.mastering.loudness import (
     solve,
     solve_loudness,
 )
-from diffmix.mastering.render import StreamRenderer, render_with_drive
+from diffmix.mastering.render import StreamRenderer, render_with_drive, smooth_render
 from diffmix.mastering.report import draw, finish, master_report
 from diffmix.mastering.source import DiskAudio, measure_file
 from diffmix.report import summary as measure
@@ -193,15 +201,20 @@ def master_group(
         return render, y, solves
 
     render, y, solves = render_and_solve()
-    if match:
-        # The fit matched excerpts through the smooth limiter; the delivered tone is the
-        # whole song's through the exact one. Measure that, fold what is left into the
-        # match EQ, and render and solve again (from the last drives).
-        for _ in range(int(options.match_refine)):
-            refine_match(bus, y, lengths, references)
-            clock("loudness_solve")
-            last = None if solves[0] is None else torch.tensor([s.drive_db for s in solves])
-            render, y, solves = render_and_solve(last)
+    passes = int(options.match_refine) if match else 0
+    if passes:
+        # The fit matched excerpts; the delivered tone is the whole song's. Measure it, fold
+        # what is left into the match EQ, and render again: between passes at the solved
+        # drives through the smooth limiter (the tone is the same; the drives barely move),
+        # after the last one exactly, solving the loudness again from those drives.
+        last = torch.tensor([0.0 if s is None else s.drive_db for s in solves], dtype=torch.float64)
+        ref_db = reference_levels(bus, references)
+        for k in range(passes):
+            refine_match(bus, y, lengths, references, ref_db)
+            if k < passes - 1:
+                y = smooth_render(bus, x, last)
+        clock("loudness_solve")
+        render, y, solves = render_and_solve(None if solves[0] is None else last)
     clock("loudness_solve")
     pre = render.pre  # type: ignore[attr-defined]
     # The plot (spectra, short-term loudness, matplotlib) needs only the rendered master, so

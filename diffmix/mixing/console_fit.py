@@ -20,7 +20,7 @@ from torch import Tensor
 
 from diffmix.checks import check_audio, check_multitrack, input_checks
 from diffmix.console import Console
-from diffmix.fit import draw, excerpt_starts, fit
+from diffmix.fit import draw, excerpt_pool, excerpt_starts, fit
 from diffmix.functional.loudness import integrated_loudness
 from diffmix.losses import MRSTFTLoss
 from diffmix.mixing.style import style_start
@@ -91,13 +91,6 @@ def equal_loudness_gains(stems: Tensor, sr: int, level_lufs: float = -30.0) -> T
     lufs = integrated_loudness(stems[0], sr)
     gains = torch.where(torch.isfinite(lufs), level_lufs - lufs, torch.zeros_like(lufs))
     return gains.clamp(-60.0, 24.0)
-
-
-def excerpt_pool(length_all: int, length: int, count: int) -> list[int]:
-    """``count`` excerpt starts spread evenly over the song (the same every run)."""
-    if length >= length_all:
-        return [0]
-    return sorted({int(round(v)) for v in torch.linspace(0, length_all - length, count).tolist()})
 
 
 def fit_console(
