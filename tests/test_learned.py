@@ -352,3 +352,8 @@ def test_a_narrow_mix_matched_to_a_wide_reference_gets_its_side_from_the_width()
     # every band 30 dB short before, 12.04 dB (the width's reach) less after, to 1 dB
     assert (clipped + 30.0).abs().max() < 1.0
     assert (width_error() - clipped - 20 * np.log10(4.0)).abs().max() < 1.0
+    # Per song in a batch: the same narrow mix beside one matched to itself (width 1).
+    pair = chain_spec(cfg, sr).build(2, match=True)
+    match_start(pair, [narrow, x], [x, x])
+    fold_side_into_width(pair, [narrow, x], [x, x])
+    assert pair.named_values()["width.width"].exact().reshape(-1).tolist() == [4.0, 1.0]
