@@ -285,3 +285,75 @@ def test_master_in_one_pass_from_the_prediction(corpus: Path, trained: Path, tmp
                   f"model={tmp_path / 'missing.safetensors'}", cwd=tmp_path)
     assert bad.returncode == 2 and "checkpoint not found" in bad.stderr
     assert len(bad.stderr.strip().splitlines()) == 1
+
+
+def test_side_width_shift_minimises_what_the_clipped_side_gains_miss() -> None:
+    from scipy.optimize import minimize_scalar
+
+    from diffmix.learned.predict import side_width_db
+
+    seed = SEED + 5
+    g = torch.Generator().manual_seed(seed)
+    print(f"seed {seed}")
+    lo, hi, top = -60.0, 24.0, 20.0 * np.log10(4.0)
+    # Inside the range: nothing to move (width 1), whatever the gains.
+    inside = torch.rand(3, 29, generator=g, dtype=torch.float64) * 80.0 - 58.0
+    assert torch.equal(side_width_db(inside, lo, hi, 4.0), torch.zeros(3, dtype=torch.float64))
+    # A reference wider than the mix: gains past +24 dB in some bands. The oracle minimises
+    # the same convex piecewise-quadratic miss with scipy, inside the width's reach.
+    need = torch.rand(6, 29, generator=g, dtype=torch.float64) * 30.0
+    need = need + torch.linspace(0.0, 20.0, 6, dtype=torch.float64).view(-1, 1)
+    got = side_width_db(need, lo, hi, 4.0)
+    for row, s in zip(need.numpy(), got.tolist(), strict=True):
+        def miss(v: float, row: np.ndarray = row) -> float:
+            return float(np.square(row - v - np.clip(row - v, lo, hi)).sum())
+        best = minimize_scalar(miss, bounds=(-(hi - lo), top), method="bounded", options={"xatol": 1e-6})
+        # on a 0.01 dB grid the miss (curvature at most 2 per band) is within bands * 0.01^2
+        assert miss(s) <= best.fun + row.size * 1e-4, (s, best.x)
+        assert miss(s - 0.02) > best.fun  # of the best shifts, the one nearest 0 dB
+        assert 0.0 < s <= top + 1e-9
+    # Every band 30 dB past the top: the width's whole reach (+12.04 dB), the rest clipped.
+    assert abs(float(side_width_db(torch.full((1, 29), hi + 30.0), lo, hi, 4.0)[0]) - top) < 1e-12
+
+
+def test_a_narrow_mix_matched_to_a_wide_reference_gets_its_side_from_the_width() -> None:
+    from hydra import compose, initialize_config_dir
+
+    from diffmix.features import FeatureExtractor
+    from diffmix.jobs._mastering import chain_spec
+    from diffmix.learned.predict import fold_side_into_width
+    from diffmix.mastering.fit import match_start
+
+    sr, seed = 44100, SEED + 6
+    print(f"seed {seed}")
+    x = torch.as_tensor(music(6.0, seed=seed, level=0.1)).float().T.unsqueeze(0).contiguous()
+    mid, side = (x[:, 0] + x[:, 1]) / 2, (x[:, 0] - x[:, 1]) / 2
+    # Side 54 dB down: 30 dB past the side gains' +24 dB (the mid's range can't make it up,
+    # so match_gains leaves the mid at its level); the width's reach takes 12 of them.
+    narrow = torch.stack([mid + 0.002 * side, mid - 0.002 * side], 1)
+    with initialize_config_dir(str(ROOT / "configs"), version_base="1.3"):
+        cfg = compose(config_name="master", overrides=["input=x.wav"])
+    bus = chain_spec(cfg, sr).build(1, match=True)
+    match_start(bus, [narrow], [x])
+    params = bus.named_values()
+    assert float(params["match.side_gain_db"].exact().amax()) == params["match.side_gain_db"].spec.max
+    feats = FeatureExtractor(sr)
+
+    def width_error() -> torch.Tensor:  # (4,) dB: each coarse band's side/mid against the reference's
+        with torch.no_grad():
+            y = bus(narrow, until="comp")
+            y = bus.effects["width"](y)
+        return (feats(y).width_db - feats(x).width_db)[0]
+
+    clipped = width_error()
+    fold_side_into_width(bus, [narrow], [x])
+    w = float(bus.named_values()["width.width"].exact())
+    assert w == 4.0
+    # every band 30 dB short before, 12.04 dB (the width's reach) less after, to 1 dB
+    assert (clipped + 30.0).abs().max() < 1.0
+    assert (width_error() - clipped - 20 * np.log10(4.0)).abs().max() < 1.0
+    # Per song in a batch: the same narrow mix beside one matched to itself (width 1).
+    pair = chain_spec(cfg, sr).build(2, match=True)
+    match_start(pair, [narrow, x], [x, x])
+    fold_side_into_width(pair, [narrow, x], [x, x])
+    assert pair.named_values()["width.width"].exact().reshape(-1).tolist() == [4.0, 1.0]
