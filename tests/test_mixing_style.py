@@ -146,7 +146,7 @@ def test_dynamics_stage_compresses_toward_a_squashed_song():
 
 def test_dynamics_stage_expands_toward_a_more_dynamic_song():
     # A compressor can only take range away: only the expander reaches this reference.
-    before, after, report = _dyn_case({"exp": Expander(SR, threshold_db=-16.0, ratio=2.0, attack_ms=5.0,
+    before, after, report = _dyn_case({"exp": Expander(SR, threshold_db=-16.0, ratio=3.0, attack_ms=5.0,
                                                        release_ms=200.0, range_db=30.0)})
     assert report["chosen"] == "expander", report
     assert before["lra"] > 1.0, before
