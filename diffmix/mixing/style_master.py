@@ -33,7 +33,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch import Tensor
@@ -46,6 +46,7 @@ from diffmix.features import crest_factor_db
 from diffmix.functional.dynamics import compressor, expander
 from diffmix.functional.loudness import integrated_loudness, loudness_range
 from diffmix.functional.match_eq import band_levels_db, match_gains
+from diffmix.params import BoundedParam, ParamValue
 
 if TYPE_CHECKING:
     from diffmix.console import Console
@@ -86,6 +87,10 @@ def _after(console: Console, name: str) -> str | None:
     return names[i] if i < len(names) else None
 
 
+def _param(effect: torch.nn.Module, name: str) -> BoundedParam:
+    return cast(BoundedParam, effect.params[name])  # type: ignore[index]
+
+
 def _lufs(x: Tensor, sample_rate: int) -> float:
     return float(integrated_loudness(x.double(), sample_rate)[0])
 
@@ -111,7 +116,7 @@ def tone_width_stage(
     if isinstance(width, Width):
         # The side the bands still lack beyond the EQ's +24 dB (the most over the bands where
         # the reference's side is within 30 dB of its loudest): the width takes it broadband.
-        spec = width.params["width"].spec
+        spec = _param(width, "width").spec
         x = _run(console, pre, until=WIDTH)
         ref_side = band_levels_db(reference, sample_rate, eq.centres_hz)[0, 1]
         heard = (ref_side > ref_side.max() - 30.0).to(x.device)
@@ -167,7 +172,7 @@ def _render(kind: str, effect: Compressor | Expander, x: Tensor, settings: dict[
     """``x`` ``(1, 2, T)`` through ``effect``'s function at each of ``settings`` (per-item
     values by parameter name), its other settings kept: ``(G, 2, T)``."""
     v = {k: float(t.detach().flatten()[0]) for k, t in effect.values().items() if k not in settings}
-    fn = compressor if kind == COMP else expander
+    fn: Callable[..., Tensor] = compressor if kind == COMP else expander
     g = len(next(iter(settings.values())))
     out = []
     for i in range(0, g, batch):
@@ -206,7 +211,7 @@ def dynamics_stage(
     lra_goal = float(loudness_range(ref, sample_rate)[0])
     crest_goal = float(crest_factor_db(ref)[0])
     keys = ("threshold_db", "ratio", "attack_ms", "release_ms")
-    start = {name: {k: e.params[k].exact().clone() for k in keys} for name, e in kinds}
+    start = {name: {k: _param(e, k).exact().clone() for k in keys} for name, e in kinds}
 
     def neutral() -> None:
         for name, e in kinds:
@@ -221,7 +226,7 @@ def dynamics_stage(
             peak = 20 * math.log10(max(float(x.abs().max()), 1e-9))
             timing = (float(start[name][k].flatten()[0]) for k in ("attack_ms", "release_ms"))
             grid = _grid(name, peak, *timing)
-            spec_t = e.params["threshold_db"].spec
+            spec_t = _param(e, "threshold_db").spec
             grid["threshold_db"] = grid["threshold_db"].clamp(spec_t.min, spec_t.max)
             y = _render(name, e, x, grid, sample_rate)
             y = _run(console, y, start=tail, until=LIMITER) if tail and tail != LIMITER else y
@@ -247,7 +252,8 @@ def dynamics_stage(
             finals.append((score, name, setting))
     except BaseException:
         for name, e in kinds:
-            e.load_values(start[name])
+            values: dict[str, ParamValue] = dict(start[name])
+            e.load_values(values)
         raise
     score, name, setting = min(finals, key=lambda c: c[0])
     neutral()
@@ -274,7 +280,7 @@ def range_stage(console: Console, pre: Tensor, reference: Tensor, sample_rate: i
         return {"method": "none", "reason": "no master compressor or expander at work"}
     name, effect = active[0]
     goal = float(loudness_range(reference.double(), sample_rate)[0])
-    spec = effect.params["threshold_db"].spec
+    spec = _param(effect, "threshold_db").spec
 
     def final(thr: float) -> float:
         effect.load_values({"threshold_db": torch.tensor([thr], dtype=torch.float64)})
@@ -321,7 +327,7 @@ def level_stage(
     ref = reference.double()
     goal = _lufs(ref, sample_rate)
     crest_goal = float(crest_factor_db(ref)[0])
-    spec = limiter.params["ceiling_db"].spec
+    spec = _param(limiter, "ceiling_db").spec
     ceiling = float(limiter.p("ceiling_db").detach().flatten()[0])
     last = list(console.master.effects)[-1] == LIMITER
     into = _run(console, pre, until=LIMITER) if last else pre  # what precedes the limiter, once
@@ -353,7 +359,7 @@ def level_stage(
             # the last ceiling that reached it stays (or, if none did, the loudest drive).
             note = str(exc)
             if good is None:
-                good = (ceiling, float(limiter.params["gain_db"].spec.max), math.nan)
+                good = (ceiling, float(_param(limiter, "gain_db").spec.max), math.nan)
             break
         start = torch.tensor([solved.drive_db], dtype=torch.float64)
         crest = float(crest_factor_db(y.double())[0])
@@ -411,8 +417,9 @@ def style_master(console: Console, audio: Tensor, reference: Tensor, sample_rate
     t0 = time.perf_counter()
     pre = master_input(console, audio).double()
     ref = reference.to(pre.device).double()
-    if LIMITER in console.master.effects:
-        console.master.effects[LIMITER].exact = True  # type: ignore[union-attr]
+    limiter = console.master.effects[LIMITER] if LIMITER in console.master.effects else None
+    if isinstance(limiter, Limiter):
+        limiter.exact = True
 
     def then(*runs: Callable[[], dict[str, Any]]) -> Callable[[], dict[str, Any]]:
         def all_of() -> dict[str, Any]:
