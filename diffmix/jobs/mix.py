@@ -16,10 +16,10 @@ compares like with like, and the written mix lines up with the reference sample 
 The fit is :func:`diffmix.mixing.fit_console` (toward a mix of these stems: closed-form
 start with pan, width and compressors, the placement re-solve on the strips' outputs,
 the send levels, gradient steps, polish, loudness; toward another song, ``aligned=false``: the
-loudness, then tone, width and the master compressor from the song's features; each
-stage kept only where it lowers the objective on the full length); this module turns the
-config into its arguments (:func:`fit_options`) and writes the mix, the preset and the
-report.
+master bus, which gains the ``toward_song`` effects (:func:`toward_song_master`), set toward
+the song's features by :mod:`diffmix.mixing.style_master`; each stage kept only where it
+lowers the objective on the full length); this module turns the config into its arguments
+(:func:`fit_options`) and writes the mix, the preset and the report.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ from diffmix.mixing.console_fit import MixFitOptions, equal_loudness_gains, fit_
 from diffmix.report import write_json
 
 MIN_SECONDS = 1.0
-__all__ = ["build_console", "equal_loudness_gains", "fit_options", "run"]
+__all__ = ["build_console", "equal_loudness_gains", "fit_options", "run", "toward_song_master"]
 
 
 def fit_options(cfg: DictConfig) -> MixFitOptions:
@@ -79,7 +79,19 @@ def build_console(
     OmegaConf.update(cfg, "sample_rate", sr, force_add=True)
     node = to_dict(cfg.console)
     node.update(tracks=len(names), track_names=names, mono=mono, offset_samples=offset_samples)
+    if cfg.get("reference") and not bool(cfg.aligned) and cfg.get("toward_song"):
+        node["master"] = toward_song_master(node.get("master") or {}, to_dict(cfg.toward_song))
     return instantiate(OmegaConf.create(node), _convert_="all", where="console")
+
+
+def toward_song_master(master: dict, style: dict) -> dict:
+    """The master bus toward another song: ``style["before"]``'s effects, the console's
+    own master effects, then ``style["after"]``'s (:mod:`diffmix.mixing.style_master`)."""
+    before, after = dict(style.get("before") or {}), dict(style.get("after") or {})
+    clash = sorted((set(before) | set(after)) & set(master))
+    if clash:
+        raise UserError(f"toward_song: the console's master bus already has effect(s) {clash}")
+    return {**before, **master, **after}
 
 
 def run(cfg: DictConfig) -> int:

@@ -3,7 +3,8 @@
 - :mod:`~diffmix.mixing.analysis`: bands, band powers, complex statistics, lag, K-weighting.
 - :mod:`~diffmix.mixing.solvers`: the closed-form start (per-band least squares, EQ gains).
 - :mod:`~diffmix.mixing.wiring`: the estimate as the console sees it, written onto it.
-- :mod:`~diffmix.mixing.style`: toward another song's mix: feature distances and a start.
+- :mod:`~diffmix.mixing.style`: toward another song's mix: its feature distances.
+- :mod:`~diffmix.mixing.style_master`: toward another song's mix: the master-bus stages.
 - :mod:`~diffmix.mixing.hidden`: random realisable settings for tests and benchmarks.
 - :mod:`~diffmix.mixing.console_fit`: :func:`fit_console`, every stage in order.
 """

@@ -23,7 +23,7 @@ from diffmix.console import Console
 from diffmix.fit import draw, excerpt_pool, excerpt_starts, fit
 from diffmix.functional.loudness import integrated_loudness
 from diffmix.losses import MRSTFTLoss
-from diffmix.mixing.style import style_start
+from diffmix.mixing.style_master import LIMITER, style_master
 from diffmix.mixing.wiring import (
     compressor_start,
     console_estimate,
@@ -146,16 +146,16 @@ def fit_console(
         stages: list[dict[str, Any]] = []
         init_report = None
         estimate = None
+        # Another song's mix: no waveform in common, so its tone, width, dynamics and level
+        # are set as features on the master bus (diffmix.mixing.style_master), each stage
+        # judged; its limiter then holds the loudness, and no excerpt can show a loudness
+        # range, so the gradient steps and the fader loudness stage are left out.
+        toward_song = reference is not None and not aligned and LIMITER in console.master.effects
         if reference is not None and options.init == "nnls" and not aligned:
-            # Another song's mix: no waveform in common, so its tone, width and dynamics are
-            # approached as features (diffmix.mixing.style), each step judged.
-            t_init = time.perf_counter()
-            init_report = style_start(
+            init_report = style_master(
                 console, audio, reference, sr,
                 lambda name, run: judge.stage(name, run, stages),  # type: ignore[union-attr]
-                level=lambda: match_loudness(console, audio, reference, sr),
             )
-            init_report["seconds"] = round(time.perf_counter() - t_init, 3)
         elif reference is not None and options.init == "nnls":
             # The first stage: gains, pan, width and coarse tone in closed form
             # (diffmix.mixing.solvers), then each compressor from the gain the mix shows.
@@ -186,7 +186,7 @@ def fit_console(
                     )
             init_report["seconds"] = round(time.perf_counter() - t_init, 3)
         fit_report: dict[str, Any] | None = None
-        if reference is not None and weights and options.steps > 0:
+        if reference is not None and weights and options.steps > 0 and not toward_song:
             ref = reference
             length_all = min(audio.shape[-1], ref.shape[-1]) if aligned else audio.shape[-1]
             length = min(length_all, int(round(options.excerpt_s * sr)))
@@ -272,7 +272,8 @@ def fit_console(
                     ),
                     stages,
                 )
-        if judge is not None and options.match_loudness and "strip.fader.gain_db" in console.named_values():
+        if (judge is not None and options.match_loudness and not toward_song
+                and "strip.fader.gain_db" in console.named_values()):
             fit_report = fit_report or {}
             # Where the reference is a mix of these stems (the coherent start held) its loudness
             # is a target in its own right (an MR-STFT optimum can sit a few tenths of a dB off

@@ -52,6 +52,7 @@ from diffmix.config import load_preset
 from diffmix.functional.loudness import integrated_loudness
 from diffmix.inputs import load_stems
 from diffmix.losses import MRSTFTLoss
+from diffmix.mixing.style import STYLE_TERMS
 
 TITLE = "Mixing: hidden-setting fit, fit toward the producer's mix, fit speed"
 INAUDIBLE_LU = 40.0
@@ -468,45 +469,100 @@ def _producer(tmp: Path, quick: bool, extra: list[str]) -> str:
 STYLE_OVERRIDES = ["aligned=false", "+loss.weights.dynamics=0.01"]
 
 
-def _toward_song(tmp: Path, quick: bool, extra: list[str]) -> str:
-    """(d) Every shared song's stems mixed toward every other shared song's mix.flac."""
+def _style_row(stem_dir: Path, ref: torch.Tensor, ref_path: Path, out: Path, names: tuple[str, str],
+               extra: list[str]) -> tuple[list[str], bool]:
+    """One (d) row: the CLI mix of ``stem_dir`` toward ``ref_path``, its feature distances
+    before (the equal-loudness sum) and after (the written mix.wav)."""
     from diffmix.mixing.style import STYLE_TERMS, style_distances
 
+    st = load_stems(str(stem_dir))
+    sr = st.sample_rate
+    gains = torch.as_tensor([-30.0 - _lufs(x.double().numpy(), sr) for x in st.audio[0]])
+    gains = torch.where(torch.isfinite(gains), gains, torch.zeros_like(gains))
+    base = (st.audio[0].double() * 10 ** (gains.view(-1, 1, 1) / 20)).sum(0, keepdim=True)
+    took, report = _mix(stem_dir, ref_path, out, *STYLE_OVERRIDES, *extra)
+    mix, _ = read(out / "mix.wav")
+    before = style_distances(base, ref, sr)
+    after = style_distances(torch.from_numpy(mix).unsqueeze(0), ref, sr)
+    ok = all(after[k] <= 0.5 * before[k] for k in STYLE_TERMS)
+    stages = (report.get("fit") or {}).get("stages", [])
+    kept = ", ".join(("+" if s_["kept"] else "-") + s_["stage"] for s_ in stages)
+    row = [*names, *[f"{before[k]:.2f} -> {after[k]:.2f}" for k in STYLE_TERMS],
+           "met" if ok else "**not met**", kept, fmt_s(took)]
+    print("mixing (d):", " | ".join(row), flush=True)
+    return row, ok
+
+
+def _synthetic_reference(seed: int, seconds: float, sr: int) -> np.ndarray:
+    """Another synthetic song, mixed and processed by pedalboard (an independent engine):
+    random stem gains, its side scaled, two shelves and a peak, a compressor and a limiter,
+    all drawn from ``seed``."""
+    import pedalboard as pb
+
+    rng = np.random.default_rng(seed)
+    stems = synthetic_stems(seconds, seed, sr)
+    mix = sum(x * 10 ** (rng.uniform(-9, 9) / 20) for x in stems.values())
+    mid, side = (mix[0] + mix[1]) / 2, (mix[0] - mix[1]) / 2 * rng.uniform(0.3, 3.0)
+    board = pb.Pedalboard([
+        pb.LowShelfFilter(float(rng.uniform(80, 250)), float(rng.uniform(-6, 6)), 0.707),
+        pb.PeakFilter(float(rng.uniform(400, 4000)), float(rng.uniform(-6, 6)), 1.0),
+        pb.HighShelfFilter(float(rng.uniform(5000, 10000)), float(rng.uniform(-6, 6)), 0.707),
+        pb.Compressor(threshold_db=float(rng.uniform(-30, -15)), ratio=float(rng.uniform(1.5, 6)),
+                      attack_ms=float(rng.uniform(1, 30)), release_ms=float(rng.uniform(50, 400))),
+        pb.Gain(float(rng.uniform(0, 12))),
+        pb.Limiter(threshold_db=-1.0, release_ms=100.0),
+    ])
+    return board(np.stack([mid + side, mid - side]).astype(np.float32), sr).astype(np.float64)
+
+
+def _toward_song(tmp: Path, quick: bool, extra: list[str]) -> str:
+    """(d) Every shared song's stems mixed toward every other shared song's mix.flac, and
+    synthetic multitracks (seeds from BASE_SEED) toward a pedalboard-processed synthetic
+    song and toward a shared mix."""
     sets = _sets(quick) if not quick else shared_sets()[:2]
     rows, ok_all = [], True
     for a in sets:
-        st = load_stems(str(a / "stems"))
-        sr = st.sample_rate
-        gains = torch.as_tensor([-30.0 - _lufs(x.double().numpy(), sr) for x in st.audio[0]])
-        gains = torch.where(torch.isfinite(gains), gains, torch.zeros_like(gains))
-        base = (st.audio[0].double() * 10 ** (gains.view(-1, 1, 1) / 20)).sum(0, keepdim=True)
         for b in sets:
             if b == a:
                 continue
             ref_np, _ = read(b / "mix.flac")
-            ref = torch.from_numpy(ref_np).unsqueeze(0)
-            out = tmp / f"style_{a.name}_{b.name}"
-            took, report = _mix(a / "stems", b / "mix.flac", out, *STYLE_OVERRIDES, *extra)
-            mix, _ = read(out / "mix.wav")
-            before = style_distances(base, ref, sr)
-            after = style_distances(torch.from_numpy(mix).unsqueeze(0), ref, sr)
-            ok = all(after[k] <= 0.5 * before[k] for k in STYLE_TERMS)
+            row, ok = _style_row(a / "stems", torch.from_numpy(ref_np).unsqueeze(0), b / "mix.flac",
+                                 tmp / f"style_{a.name}_{b.name}", (a.name, b.name), extra)
+            rows.append(row)
             ok_all &= ok
-            stages = (report.get("fit") or {}).get("stages", [])
-            kept = " ".join(("+" if s_["kept"] else "-") + s_["stage"].split()[0] for s_ in stages)
-            rows.append([a.name, b.name, *[f"{before[k]:.2f} -> {after[k]:.2f}" for k in STYLE_TERMS],
-                         "met" if ok else "**not met**", kept, fmt_s(took)])
-            print("mixing (d):", " | ".join(rows[-1]), flush=True)
+    synthetic_rows = []
+    for k in range(0 if quick else SYNTHETIC):
+        seed, sr = BASE_SEED + 500 + k, 44100
+        stem_dir = tmp / f"style_synthetic{seed}" / "stems"
+        for name, x in synthetic_stems(20.0, seed, sr).items():
+            write(stem_dir / f"{name}.wav", x, sr, subtype="FLOAT")
+        ref_np = _synthetic_reference(seed + 1, 20.0, sr)
+        ref_path = write(tmp / f"style_synthetic{seed}" / "reference.wav", ref_np, sr, subtype="FLOAT")
+        targets = [(f"synthetic song {seed + 1} (pedalboard)", ref_path, ref_np)]
+        if sets:
+            shared_ref, _ = read(sets[k % len(sets)] / "mix.flac")
+            targets.append((sets[k % len(sets)].name, sets[k % len(sets)] / "mix.flac", shared_ref))
+        for j, (label, path, ref_np) in enumerate(targets):
+            row, ok = _style_row(stem_dir, torch.from_numpy(ref_np).unsqueeze(0), path,
+                                 tmp / f"style_synthetic{seed}_{j}", (f"synthetic {seed}", label), extra)
+            synthetic_rows.append(row)
+            ok_all &= ok
+    header = ["stems", "reference", *[f"{k} before -> after" for k in STYLE_TERMS], "<= half", "stages",
+              "wall time"]
     return (
         "### (d) Mix toward another song's mix.flac (aligned=false)\n\n"
         f"`diffmix mix stems=<song A> reference=<song B>/mix.flac {' '.join(STYLE_OVERRIDES)}` for every "
         "ordered pair of shared songs. Distances (before: the equal-loudness sum, every stem at "
         "-30 LUFS, as the fit starts; after: the written mix.wav): tone mid / side = RMS dB difference "
         "of the third-octave shapes over the bands live in both; width = RMS dB difference of side/mid "
-        "in 4 bands; loudness, LRA in LU; crest in dB. Goal: every distance at most half the "
-        "equal-loudness sum's.\n\n"
-        + table(rows, ["stems", "reference", *[f"{k} before -> after" for k in STYLE_TERMS], "<= half",
-                       "stages", "wall time"])
+        "in 4 bands; loudness, LRA (EBU Tech 3342) in LU; crest in dB. Goal: every distance at most half "
+        "the equal-loudness sum's.\n\n"
+        + table(rows, header)
+        + (f"\n\nNot tuned to the shared songs: synthetic multitracks (`synthetic_stems`, 20 s, seeds "
+           f"{BASE_SEED + 500}.., from DIFFMIX_BENCH_MIX_SEED={BASE_SEED}) toward another synthetic song "
+           "mixed and processed by pedalboard (random gains, side x0.3-3, shelves and a peak +-6 dB, a "
+           "compressor, a limiter; `_synthetic_reference`) and toward a shared mix:\n\n"
+           + table(synthetic_rows, header) if synthetic_rows else "")
         + f"\n\nGoal (every distance at most half the equal-loudness sum's, every pair): "
         f"{'met' if ok_all else '**not met**'}."
     )
