@@ -42,6 +42,9 @@ _PERIOD_DB = 10.0
 _TIGHTEN = 4  # rounds of repair and tightening of the click spans
 _ONSET_S = 0.010  # level mismatch (dB) a periodic repeat may have at no cost
 _GROW = 3  # rounds of growing the click spans over missed edges
+# A click's noise burst crosses zero: some of its samples are as small as the music's own
+# error. Growing a span outwards carries on over up to this many quiet samples in a row.
+_GROW_GAP = 8
 # A Gaussian noise's largest value over a few milliseconds stays under about 3.5 standard
 # deviations: beyond 4, a matched-filter output is taken as a sign of something there.
 _NOISE_MAX = 4.0
@@ -749,7 +752,7 @@ def declick(
     edge_sigma: float | None = 3.0,
     noisy: bool = True,
     stereo_taps: int | None = 4,
-    grow: int = 6,
+    grow: int = 24,
 ) -> tuple[Tensor, Tensor]:
     """Find clicks (:func:`detect_clicks`) and repair them by LSAR interpolation.
 
@@ -803,7 +806,7 @@ def repair_clicks(
     edge_sigma: float | None = 3.0,
     noisy: bool = True,
     stereo_taps: int | None = 4,
-    grow: int = 6,
+    grow: int = 24,
 ) -> tuple[Tensor, Tensor]:
     """The repair step of :func:`declick` for a given mask.
 
@@ -812,8 +815,10 @@ def repair_clicks(
     2. Models of order ``order`` refitted on it (frames of ``hop_ms``), the mask's ends
        tightened (``edge_sigma``, see :func:`declick`; repaired and tightened again until
        the mask holds, at most 4 rounds), then grown over the click edges the mask missed
-       (up to ``grow`` samples a side, :func:`_grow`: an edge sample left in the data
-       pulls the whole interpolation after it), and the repair proper: with ``noisy`` the
+       (up to ``grow`` samples a side per round, across short quiet stretches of the
+       burst, :func:`_grow`: an edge sample left in the data pulls the whole
+       interpolation after it, and a long noise burst is often flagged only around its
+       peaks), and the repair proper: with ``noisy`` the
        flagged samples are read as the signal plus a click of unknown variance, fitted
        by EM per segment (:func:`lsar_interpolate` with ``innovation``), so a quiet
        click or a clean sample inside the span keeps what it tells; otherwise plain LSAR.
@@ -968,10 +973,12 @@ def _innovation(x: Tensor, mask: Tensor, coeffs: Tensor, hop: int) -> Tensor:
 
 def _grow(x: Tensor, mask: Tensor, coeffs: Tensor, hop: int, innovation: Tensor,
           kappa: float, reach: int) -> Tensor:
-    """Extend each masked run outwards over the consecutive samples (at most ``reach``)
+    """Extend each masked run outwards (at most ``reach`` samples a side) over the samples
     whose interpolation error (:func:`ar_residuals`, the matched filter for an impulse,
     standard deviation ``sigma_e`` on a clean AR signal) in the repaired ``x`` exceeds
-    ``kappa`` innovation standard deviations of their frame: click edges detection missed."""
+    ``kappa`` innovation standard deviations of their frame, up to the farthest such
+    sample reached without crossing ``_GROW_GAP`` quiet samples in a row (a noise burst
+    crosses zero): the parts of a click detection missed."""
     b, c, t = x.shape
     z = ar_residuals(x, coeffs, hop)[2].reshape(b * c, t)
     sig = innovation.reshape(b * c, -1).repeat_interleave(hop, -1)[:, :t].to(z.dtype)
@@ -982,10 +989,22 @@ def _grow(x: Tensor, mask: Tensor, coeffs: Tensor, hop: int, innovation: Tensor,
     after = (r[:, 2:3] - 1 + ar).clamp(0, t - 1)
     ok_b = big[r[:, 0:1], before] & (r[:, 1:2] - ar >= 0)
     ok_a = big[r[:, 0:1], after] & (r[:, 2:3] - 1 + ar < t)
-    n_b = ok_b.to(torch.int8).cumprod(-1).sum(-1)  # consecutive from the run's edge
-    n_a = ok_a.to(torch.int8).cumprod(-1).sum(-1)
+    n_b, n_a = (_reach_with_gaps(ok, _GROW_GAP) for ok in (ok_b, ok_a))
     new = torch.stack([r[:, 0], r[:, 1] - n_b, r[:, 2] + n_a], -1)
     return _mask_from_runs(new, (b * c, t), 0, x.device).reshape(b, c, t) | mask
+
+
+def _reach_with_gaps(ok: Tensor, gap: int) -> Tensor:
+    """Per row of ``ok`` (``(K, R)``, samples outwards from a run's edge), how far the run
+    extends: to just past the farthest ``True`` reached from the edge without crossing
+    ``gap`` or more ``False`` in a row. ``(K,)`` int64."""
+    k, r = ok.shape
+    pos = torch.arange(r, device=ok.device)
+    last = torch.where(ok, pos, -1).cummax(-1).values  # the last True at or before each
+    broken = (pos - last) >= gap  # a gap of `gap` Falses ends at this sample
+    first = torch.where(broken.any(-1), broken.to(torch.int8).argmax(-1), r)
+    upto = last.gather(-1, (first - 1).clamp(min=0)[:, None])[:, 0]
+    return torch.where(first > 0, upto + 1, 0).clamp(min=0)
 
 
 def _tighten(
