@@ -290,7 +290,7 @@ def test_master_in_one_pass_from_the_prediction(corpus: Path, trained: Path, tmp
 def test_side_width_shift_minimises_what_the_clipped_side_gains_miss() -> None:
     from scipy.optimize import minimize_scalar
 
-    from diffmix.learned.predict import side_width_db
+    from diffmix.mastering.fit import side_width_db
 
     seed = SEED + 5
     g = torch.Generator().manual_seed(seed)
@@ -321,8 +321,7 @@ def test_a_narrow_mix_matched_to_a_wide_reference_gets_its_side_from_the_width()
 
     from diffmix.features import FeatureExtractor
     from diffmix.jobs._mastering import chain_spec
-    from diffmix.learned.predict import fold_side_into_width
-    from diffmix.mastering.fit import match_start
+    from diffmix.mastering.fit import fold_side_into_width, init_match, match_start
 
     sr, seed = 44100, SEED + 6
     print(f"seed {seed}")
@@ -334,7 +333,7 @@ def test_a_narrow_mix_matched_to_a_wide_reference_gets_its_side_from_the_width()
     with initialize_config_dir(str(ROOT / "configs"), version_base="1.3"):
         cfg = compose(config_name="master", overrides=["input=x.wav"])
     bus = chain_spec(cfg, sr).build(1, match=True)
-    match_start(bus, [narrow], [x])
+    init_match(bus, [narrow], [x])
     params = bus.named_values()
     assert float(params["match.side_gain_db"].exact().amax()) == params["match.side_gain_db"].spec.max
     feats = FeatureExtractor(sr)
@@ -354,6 +353,5 @@ def test_a_narrow_mix_matched_to_a_wide_reference_gets_its_side_from_the_width()
     assert (width_error() - clipped - 20 * np.log10(4.0)).abs().max() < 1.0
     # Per song in a batch: the same narrow mix beside one matched to itself (width 1).
     pair = chain_spec(cfg, sr).build(2, match=True)
-    match_start(pair, [narrow, x], [x, x])
-    fold_side_into_width(pair, [narrow, x], [x, x])
+    match_start(pair, [narrow, x], [x, x])  # the default start folds the width too
     assert pair.named_values()["width.width"].exact().reshape(-1).tolist() == [4.0, 1.0]

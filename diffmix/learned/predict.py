@@ -4,7 +4,6 @@ whole answer with ``fit.steps=0``)."""
 from __future__ import annotations
 
 import fnmatch
-import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -148,65 +147,6 @@ def apply_prediction(
     return values
 
 
-@torch.no_grad()
-def side_width_db(side_db: Tensor, lo_db: float, hi_db: float, width_max: float) -> Tensor:
-    """The broadband side/mid change (dB) a width stage takes off side gains that a match
-    EQ cannot reach: ``side_db`` ``(S, bands)`` are the gains each song's side needs; the
-    shift ``s`` minimises what ``clip(side_db - s, lo_db, hi_db)`` still misses (squared dB,
-    summed over bands), for ``s`` between ``-(hi_db - lo_db)`` and ``20 log10(width_max)``,
-    and of the best shifts, the nearest to 0 (no clipping: 0). ``(S,)`` dB, float64."""
-    top = 20.0 * math.log10(width_max)
-    # a 0.01 dB grid of whole hundredths, so 0 is on it exactly
-    shifts = torch.arange(-round(100 * (hi_db - lo_db)), math.floor(100 * top) + 1, dtype=torch.float64) / 100
-    shifts = torch.cat([shifts, shifts.new_tensor([top])])  # and the width's whole reach
-    g = side_db.double().unsqueeze(1) - shifts.view(1, -1, 1)  # (S, shifts, bands)
-    miss = (g - g.clamp(lo_db, hi_db)).square().sum(-1)
-    best = miss.amin(-1, keepdim=True)
-    # ties within a thousandth of a dB^2: the shift nearest 0 (the width left at 1)
-    near = torch.where(miss <= best + 1e-3, shifts.abs().view(1, -1), torch.full_like(miss, math.inf))
-    return shifts[near.argmin(-1)]
-
-
-@torch.no_grad()
-def fold_side_into_width(bus: Bus, audios: Sequence[Any], references: Sequence[Tensor]) -> None:
-    """Set the width stage in closed form, with the match EQ's side gains.
-
-    The match EQ's side gains carry each band's side/mid balance, but only up to their
-    range (+24 dB): a narrow mix matched to a wide reference needs more in many bands, and
-    clipped gains leave the side's shape and level wrong. A level-compensated width ``w``
-    moves every band's side/mid by ``20 log10 w`` dB, so the broadband part of the excess
-    goes to the width (:func:`side_width_db`) and the side gains keep the rest; with no
-    clipping the width is 1. The compressor is linked and the EQ the same on mid and side,
-    so nothing else in the chain changes side/mid. One row per song.
-    """
-    from diffmix.effects.match_eq import SIDE_MIN_DB
-    from diffmix.functional.match_eq import match_gains
-    from diffmix.mastering.chain import MATCH
-
-    params = bus.named_values()
-    side_p, width_p = params[f"{MATCH}.side_gain_db"], params["width.width"]
-    stage = bus.effects[MATCH]
-    mid = params[f"{MATCH}.mid_gain_db"].exact()  # (S, bands): the refined closed-form gains
-    side = side_p.exact().clone()
-    hi = float(side_p.spec.max)
-    need = []
-    for i, (audio, reference) in enumerate(zip(audios, references, strict=True)):
-        x = torch.as_tensor(audio[..., :])
-        m, s = match_gains(x, reference.to(x.device), bus.sample_rate, stage.centres_hz,
-                           mid_range_db=(-240.0, 240.0), side_range_db=(-240.0, 240.0))
-        # Unclipped gains with the mid at its level-keeping offset; the start shifted mid and
-        # side together to fit their ranges (match_gains): the side needed beside that mid.
-        shift = (m[0].double().cpu() - mid[i]).median()
-        need.append(torch.where(side[i] >= hi - 1e-6, s[0].double().cpu() - shift, side[i]))
-    need = torch.stack(need)
-    shift = side_width_db(need, max(SIDE_MIN_DB, float(side_p.spec.min)), hi, float(width_p.spec.max))
-    bus.load_values({
-        f"{MATCH}.side_gain_db": (need - shift.unsqueeze(-1)).clamp(float(side_p.spec.min), hi),
-        "width.width": torch.pow(10.0, shift / 20.0).clamp(float(width_p.spec.min), float(width_p.spec.max))
-        .reshape(width_p.exact().shape),
-    })
-
-
 def learned_start(checkpoint: str | Path | Predictor | None = None):  # noqa: ANN201
     """A fit start (:data:`diffmix.mastering.fit.Start`) from a checkpoint: the match EQ's
     closed-form gains as by default, then the prediction (:func:`apply_prediction`) for
@@ -214,11 +154,14 @@ def learned_start(checkpoint: str | Path | Predictor | None = None):  # noqa: AN
     width in closed form with the match EQ's side gains (:func:`fold_side_into_width`).
     With ``fit.steps=0`` the master is this start, its drive set by the loudness solve."""
     from diffmix.mastering.chain import MATCH
-    from diffmix.mastering.fit import match_start
+    from diffmix.mastering.fit import fold_side_into_width, init_match
 
     def start(bus: Bus, audios: Sequence[Any], references: Sequence[Tensor] | None,
               target: Mapping[str, Any]) -> None:
-        match_start(bus, audios, references)
+        # As the default start (match_start), with the prediction between the match EQ's
+        # closed form and the width's: the width is folded once, from the gains at width 1.
+        if references is not None and MATCH in bus.effects:
+            init_match(bus, audios, references)
         apply_prediction(bus, audios, references, target, checkpoint)
         if references is not None and MATCH in bus.effects and "width" in bus.effects:
             fold_side_into_width(bus, audios, references)
