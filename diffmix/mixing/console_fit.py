@@ -28,6 +28,7 @@ from diffmix.mixing.wiring import (
     compressor_start,
     console_estimate,
     initialise_console,
+    master_compressor_start,
     placement_resolve,
     polish_levels,
     send_resolve,
@@ -176,6 +177,14 @@ def fit_console(
                 stages,
             )
             if estimate.frame_gain is not None and options.compressor_start:
+                # The master compressor first (one gain curve on every track, read off the
+                # reference against the mix), then each strip's from its own frame gains with
+                # the master's taken out.
+                init_report["master compressor"] = judge.stage(  # type: ignore[union-attr]
+                    "master compressor",
+                    lambda: master_compressor_start(console, audio, reference, sr),
+                    stages,
+                )
                 init_report["compressor"] = judge.stage(  # type: ignore[union-attr]
                     "compressor start", lambda: compressor_start(console, audio, estimate, sr), stages
                 )
