@@ -34,10 +34,12 @@ def constant_key(*values: Tensor | Hashable) -> tuple | None:
 
 
 class ValueCache:
-    """At most ``size`` results, least recently used dropped first."""
+    """At most ``size`` results holding at most ``max_bytes`` together, least recently used
+    dropped first; a result larger than ``max_bytes`` is not kept (memory stays bounded
+    whatever the signal's length)."""
 
-    def __init__(self, size: int) -> None:
-        self.size = size
+    def __init__(self, size: int, max_bytes: int) -> None:
+        self.size, self.max_bytes = size, max_bytes
         self._items: OrderedDict[tuple, Tensor] = OrderedDict()
 
     def get(self, key: tuple | None, make: Callable[[], Tensor]) -> Tensor:
@@ -48,8 +50,12 @@ class ValueCache:
             self._items.move_to_end(key)
             return self._items[key]
         out = make()
-        if not out.requires_grad:
+        if not out.requires_grad and _nbytes(out) <= self.max_bytes:
             self._items[key] = out
-            if len(self._items) > self.size:
+            while len(self._items) > self.size or sum(map(_nbytes, self._items.values())) > self.max_bytes:
                 self._items.popitem(last=False)
         return out
+
+
+def _nbytes(t: Tensor) -> int:
+    return t.numel() * t.element_size()

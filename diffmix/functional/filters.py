@@ -42,7 +42,7 @@ from diffmix.params import ParamValue, broadcast_param
 BAND_TYPES = ("peak", "low_shelf", "high_shelf", "highpass", "lowpass", "notch", "bandpass")
 LR_ORDERS = (2, 4, 8)
 EQ_MODES = ("fft", "exact")
-_FIRS = ValueCache(16)  # impulse responses of fixed sections (render_fft)
+_FIRS = ValueCache(16, 64 << 20)  # impulse responses of fixed sections (render_fft)
 MAX_ORDER = 8  # highest Butterworth order of a "highpassN"/"lowpassN" band
 
 

@@ -44,7 +44,7 @@ MAX_PRE_DELAY_MS = 250.0
 ER_START_MS, ER_END_MS, ER_TAPS = 3.0, 80.0, 24
 ONSET_MS = 8.0
 AUTO_TAIL = 1.5  # x the longest RT60: the tail is cut 90 dB down
-_RESPONSES = ValueCache(4)  # spectra of fixed settings (reverb)
+_RESPONSES = ValueCache(4, 128 << 20)  # spectra of fixed settings (reverb)
 
 
 def band_masks(n_fft: int, sample_rate: int, crossover_hz: tuple[float, float]) -> Tensor:
