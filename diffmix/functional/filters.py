@@ -35,12 +35,14 @@ from torch import Tensor
 from torchaudio.functional import lfilter
 
 from diffmix.checks import check_choice
+from diffmix.functional._cache import ValueCache, constant_key
 from diffmix.functional._fft_conv import overlap_save
 from diffmix.params import ParamValue, broadcast_param
 
 BAND_TYPES = ("peak", "low_shelf", "high_shelf", "highpass", "lowpass", "notch", "bandpass")
 LR_ORDERS = (2, 4, 8)
 EQ_MODES = ("fft", "exact")
+_FIRS = ValueCache(16, 64 << 20)  # impulse responses of fixed sections (render_fft)
 MAX_ORDER = 8  # highest Butterworth order of a "highpassN"/"lowpassN" band
 
 
@@ -552,7 +554,9 @@ def render_fft(x: Tensor, b: Tensor, a: Tensor, tail: int, mix: Tensor | None = 
     if tail < 1:
         raise ValueError(f"parametric_eq: tail must be >= 1 sample, got {tail}")
     length = next_fast_len(max(tail, 16))
-    fir = fir_from_sections(b, a, length)  # (B|1, C|1, length), float64
+    # (B|1, C|1, length), float64; the same sections (a fixed high-pass, an EQ between
+    # steps) give the same response: designed once, not at every render.
+    fir = _FIRS.get(constant_key("fir", b, a, length), lambda: fir_from_sections(b, a, length))
     if mix is not None:
         fir = mix.to(fir.dtype).unsqueeze(-1) * fir
         fir = torch.cat([fir[..., :1] + (1.0 - mix.to(fir.dtype).unsqueeze(-1)), fir[..., 1:]], dim=-1)

@@ -34,6 +34,7 @@ import math
 import torch
 from torch import Tensor
 
+from diffmix.functional._cache import ValueCache, constant_key
 from diffmix.functional.delay import delay_phasor
 from diffmix.functional.filters import next_fast_len
 from diffmix.params import ParamValue, broadcast_param
@@ -43,6 +44,7 @@ MAX_PRE_DELAY_MS = 250.0
 ER_START_MS, ER_END_MS, ER_TAPS = 3.0, 80.0, 24
 ONSET_MS = 8.0
 AUTO_TAIL = 1.5  # x the longest RT60: the tail is cut 90 dB down
+_RESPONSES = ValueCache(4, 128 << 20)  # spectra of fixed settings (reverb)
 
 
 def band_masks(n_fft: int, sample_rate: int, crossover_hz: tuple[float, float]) -> Tensor:
@@ -264,21 +266,30 @@ def reverb(
         raise ValueError(f"{effect}: tail_s must be a positive number of seconds, got {tail_s!r}")
     n = x.shape[-1]
     length = max(2, int(math.ceil(tail_s * sample_rate)))
-    ir = reverb_ir(
-        sample_rate,
-        length,
-        rt60_s=rt60,
-        rt60_low_ratio=low,
-        rt60_high_ratio=high,
-        early_late=param(early_late, "early_late"),
-        width=param(width, "width"),
-        channels=x.shape[1],
-        crossover_hz=crossover_hz,
-        seed=seed,
-    )
+    el, wd = param(early_late, "early_late"), param(width, "width")
     n_fft = next_fast_len(n + length + int(math.ceil(MAX_PRE_DELAY_MS * sample_rate / 1000.0)))
-    spec_ir = torch.fft.rfft(ir, n_fft)
-    shift = delay_phasor((pre * (sample_rate / 1000.0)).unsqueeze(-1), n_fft).to(spec_ir.dtype)
-    wet = torch.fft.irfft(torch.fft.rfft(x, n_fft) * (spec_ir * shift), n_fft)[..., :n]
+
+    def response() -> Tensor:
+        ir = reverb_ir(
+            sample_rate,
+            length,
+            rt60_s=rt60,
+            rt60_low_ratio=low,
+            rt60_high_ratio=high,
+            early_late=el,
+            width=wd,
+            channels=x.shape[1],
+            crossover_hz=crossover_hz,
+            seed=seed,
+        )
+        spec_ir = torch.fft.rfft(ir, n_fft)
+        shift = delay_phasor((pre * (sample_rate / 1000.0)).unsqueeze(-1), n_fft).to(spec_ir.dtype)
+        return spec_ir * shift
+
+    # Fixed settings (a send bus whose reverb is not fitted) give the same spectrum: made
+    # once, not at every render.
+    key = constant_key("reverb", sample_rate, length, n_fft, seed, crossover_hz, x.shape[1],
+                       rt60, low, high, pre, el, wd)
+    wet = torch.fft.irfft(torch.fft.rfft(x, n_fft) * _RESPONSES.get(key, response), n_fft)[..., :n]
     m = param(mix, "mix").unsqueeze(-1)
     return x + m * (wet - x)

@@ -28,6 +28,7 @@ from diffmix.mixing.wiring import (
     compressor_start,
     console_estimate,
     initialise_console,
+    master_compressor_start,
     placement_resolve,
     polish_levels,
     send_resolve,
@@ -52,8 +53,11 @@ class MixFitOptions:
         prior, gain_staging: weights of the pull toward the start and of the clip penalty.
         mrstft: keyword arguments of :class:`~diffmix.losses.MRSTFTLoss`.
         aligned: the reference is a mix of these very stems.
-        compressor_start: with the coherent start, start each compressor from the gain
-            the mix shows (:func:`~diffmix.mixing.wiring.compressor_start`).
+        compressor_start: with the coherent start, start the master compressor from the
+            gain the reference shows against the mix
+            (:func:`~diffmix.mixing.wiring.master_compressor_start`), then each strip
+            compressor from its own frame gains with the master's taken out
+            (:func:`~diffmix.mixing.wiring.compressor_start`); two judged stages.
         placement: with the coherent start, re-solve each track's pan, width and fader on
             its strip's output (:func:`~diffmix.mixing.wiring.placement_resolve`), then,
             as a stage of its own, the send levels
@@ -169,6 +173,14 @@ def fit_console(
                 stages,
             )
             if estimate.frame_gain is not None and options.compressor_start:
+                # The master compressor first (one gain curve on every track, read off the
+                # reference against the mix), then each strip's from its own frame gains with
+                # the master's taken out.
+                init_report["master compressor"] = judge.stage(  # type: ignore[union-attr]
+                    "master compressor",
+                    lambda: master_compressor_start(console, audio, reference, sr),
+                    stages,
+                )
                 init_report["compressor"] = judge.stage(  # type: ignore[union-attr]
                     "compressor start", lambda: compressor_start(console, audio, estimate, sr), stages
                 )

@@ -82,6 +82,12 @@ INCOHERENT_RATIO = 2.0
 MONO_SIDE = 1e-4
 # Pull of each stem's placement toward its neutral one, relative to the data's own weight.
 PLACE_RIDGE = 5e-3
+# The most a stem's tone may lift one band above its typical level (dB): what a strip's EQ
+# can give (bands of +-12 dB overlapping). In a band where a stem has next to no energy an
+# unbounded complex gain takes up whatever residual of the other stems it correlates with
+# (x1000 and more), and through its weight in the placement solve that residual's left/right
+# balance becomes the stem's.
+TONE_BOOST_DB = 12.0
 
 
 
@@ -312,6 +318,27 @@ def _solve_powers(
     return w, ps.sum(axis=(1, 3)), explained
 
 
+def _typical(mag: np.ndarray, weight: np.ndarray) -> np.ndarray:
+    """The weighted median over axis 0 of ``mag`` ``(nb, K)`` with weights ``(nb, K)``."""
+    order = np.argsort(mag, axis=0)
+    m = np.take_along_axis(mag, order, 0)
+    w = np.take_along_axis(weight, order, 0)
+    cum = np.cumsum(w, axis=0)
+    half = 0.5 * cum[-1:]
+    i = np.clip((cum < half).sum(axis=0), 0, mag.shape[0] - 1)
+    return m[i, np.arange(mag.shape[1])]
+
+
+def _bound_tone(gain: np.ndarray, shares: np.ndarray) -> np.ndarray:
+    """``gain`` ``(nb, K, ...)`` (per band, per stem) with each band's magnitude held to at
+    most :data:`TONE_BOOST_DB` above the stem's typical one (the share-weighted median over
+    its bands, ``shares`` ``(nb, K)``); cuts are left as they are."""
+    mag = np.sqrt((np.abs(gain.reshape(gain.shape[0], gain.shape[1], -1)) ** 2).sum(-1))
+    cap = 10 ** (TONE_BOOST_DB / 20) * _typical(mag, shares)[None, :]
+    scale = np.where(mag > cap, cap / np.maximum(mag, 1e-300), 1.0)
+    return gain * scale.reshape(scale.shape + (1,) * (gain.ndim - 2))
+
+
 def _shared_tone_fit(
     gram: np.ndarray,
     cross: np.ndarray,
@@ -358,6 +385,7 @@ def _shared_tone_fit(
             g = ga[np.ix_(live, live)] / np.outer(dl, dl)
             h = ha[live] / dl + ridge * dl
             e[b, live] = np.linalg.solve(g + (ridge + 1e-9) * np.eye(int(live.sum())), h) / dl
+        e = _bound_tone(e, shares.T)
         ee = e[:, owner]  # (nb, M)
         gb = np.real(np.einsum("bi,bij,bj->ij", ee.conj(), gram, ee))
         hb = np.real(np.einsum("bj,bjc->jc", ee.conj(), cross))
@@ -461,6 +489,7 @@ def _solve_stereo(
         shares[k] = share / max(share.sum(), 1e-30)
         # The start: the leading rank-1 part of the stem's unconstrained per-band blocks.
         vec = amp[:, idx, :].transpose(0, 2, 1).reshape(nb, -1)  # (nb, 2 d): output-major
+        vec = _bound_tone(vec[:, None, :], shares[k][:, None])[:, 0]
         cov = np.real(np.einsum("b,bi,bj->ij", shares[k], vec, vec.conj()))
         v = np.linalg.eigh(cov)[1][:, -1]
         v = v * (1.0 if v.sum() >= 0 else -1.0)

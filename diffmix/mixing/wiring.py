@@ -21,7 +21,7 @@ from diffmix.effects.eq import ParametricEQ
 from diffmix.effects.gain import Gain, Pan, Width
 from diffmix.functional.gain import db_to_amp, pan_matrix, width_matrix
 from diffmix.linalg import nnls
-from diffmix.mixing.analysis import band_edges, band_frame_powers, k_weight_power, stft_frames
+from diffmix.mixing.analysis import band_edges, band_frame_powers, frame_energy, k_weight_power, stft_frames
 from diffmix.mixing.solvers import GAIN_DB_RANGE, MixEstimate, estimate_mix, fit_eq_gains, solve_placement
 
 if TYPE_CHECKING:
@@ -316,6 +316,124 @@ def _frame_window(energy: np.ndarray, frames: int) -> tuple[int, int]:
     return first, first + frames
 
 
+RATIOS = (1.5, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0)
+ATTACKS_MS = (1.0, 3.0, 10.0, 30.0)
+RELEASES_MS = (30.0, 80.0, 200.0, 500.0)
+
+
+def _search_compressor(
+    seg: Tensor,
+    lead: int,
+    frames_in: np.ndarray,
+    meas: np.ndarray,
+    w: np.ndarray,
+    top: float,
+    effect: Compressor,
+    knee: float,
+    specs: dict,
+    times: tuple[float, float],
+    sample_rate: int,
+    hop: int,
+    window: Tensor,
+) -> tuple[float, float, float, float, float, float]:
+    """The compressor setting whose frame-wise gain best follows ``meas`` (dB per frame).
+
+    ``seg`` ``(C, S)`` is the compressor's input from ``lead`` samples before the first
+    frame (a warm-up); ``frames_in`` its energy per frame, ``w`` each frame's weight and
+    ``top`` its loudest frame's level (dB). A candidate's error is the weighted spread of
+    ``meas`` less its gain about their weighted mean difference (the constant, which goes
+    to a gain after the compressor). Three passes, each keeping the best so far:
+    threshold x ratio at ``times`` (ratio 1: none), attack x release x threshold nearby,
+    then threshold x ratio again at those times (a wrong time constant is otherwise made
+    up by a ratio at the range's edge).
+
+    Returns:
+        ``(threshold_db, ratio, attack_ms, release_ms, constant_db, error_db2)``.
+    """
+    from diffmix.functional.dynamics import compressor
+
+    frames = len(meas)
+    wsum = max(float(w.sum()), 1e-30)
+
+    def score(thr: Tensor, ratio: Tensor, att: Tensor, rel: Tensor) -> tuple[int, float, float]:
+        thr = thr.clamp(specs["threshold_db"].min, specs["threshold_db"].max)
+        y = compressor(
+            seg.expand(len(thr), -1, -1), sample_rate, threshold_db=thr.float(), ratio=ratio.float(),
+            knee_db=knee, attack_ms=att.float(), release_ms=rel.float(), **effect.options,
+        )
+        y = y[..., lead:].square().sum(1, keepdim=True)
+        out = torch.nn.functional.conv1d(y, window.view(1, 1, -1), stride=hop)[:, 0, :frames]
+        cand = 10 * np.log10(np.maximum(out.double().numpy(), 1e-30) / np.maximum(frames_in, 1e-30))
+        diff = meas[None, :] - cand
+        c = (diff * w).sum(1) / wsum
+        err = ((diff - c[:, None]) ** 2 * w).sum(1) / wsum
+        i = int(np.argmin(err))
+        return i, float(c[i]), float(err[i])
+
+    f64 = torch.float64
+    ratios = torch.tensor(RATIOS, dtype=f64).clamp(specs["ratio"].min, specs["ratio"].max)
+
+    def thr_ratio(att: float, rel: float, thr_grid: Tensor) -> tuple:
+        tt, rr = torch.meshgrid(thr_grid, ratios, indexing="ij")
+        tt = torch.cat([torch.tensor([top], dtype=f64), tt.reshape(-1)])
+        rr = torch.cat([torch.tensor([1.0], dtype=f64), rr.reshape(-1)])
+        i, c, err = score(tt, rr, torch.full_like(tt, att), torch.full_like(tt, rel))
+        return float(tt[i].clamp(specs["threshold_db"].min, specs["threshold_db"].max)), float(rr[i]), c, err
+
+    att, rel = times
+    thr, ratio, c, err = thr_ratio(att, rel, torch.arange(top - 30.0, top + 1.0, 3.0, dtype=f64))
+    if ratio > 1.0:
+        grid = torch.cartesian_prod(
+            torch.tensor(ATTACKS_MS, dtype=f64), torch.tensor(RELEASES_MS, dtype=f64),
+            torch.tensor([thr - 2.0, thr, thr + 2.0], dtype=f64),
+        )
+        j, c2, err2 = score(grid[:, 2], torch.full_like(grid[:, 0], ratio), grid[:, 0], grid[:, 1])
+        if err2 < err:
+            att, rel = float(grid[j, 0]), float(grid[j, 1])
+            thr = float(grid[j, 2].clamp(specs["threshold_db"].min, specs["threshold_db"].max))
+            c, err = c2, err2
+            t3, r3, c3, err3 = thr_ratio(att, rel, torch.arange(thr - 6.0, thr + 6.5, 1.5, dtype=f64))
+            if err3 < err:
+                thr, ratio, c, err = t3, r3, c3, err3
+    return thr, ratio, att, rel, c, err
+
+
+def _master_input(console: Console, stems: Tensor, until: str | None = None) -> Tensor:
+    """``(1, N, C, T)`` stems -> ``(1, 2, T)``: the master bus's input (every strip, placed,
+    and the send returns), through the master's stages before ``until`` (all: None), not
+    yet moved by ``offset_samples``. One song, without subgroups."""
+    parts = console.strip(stems[0])
+    n = parts.shape[0]
+    mix = (parts * console.direct.to(parts.dtype).view(n, 1, 1)).sum(0, keepdim=True)
+    mix = mix + _send_returns(console, parts)
+    return console.master(mix, until=until) if until is not None else mix
+
+
+def master_frame_gain(
+    console: Console, stems: Tensor, frame_offset: int = 0, comp: str = "comp"
+) -> Tensor | None:
+    """The master compressor's gain per frame (amplitude, ``(frames,)``) on the grid of
+    :func:`~diffmix.mixing.analysis.stft_frames` from stem sample ``frame_offset``: the
+    gain it applies to every track alike (it is keyed by the whole mix). None without a
+    master compressor or with subgroups."""
+    effect = console.master.effects[comp] if comp in console.master.effects else None
+    if not isinstance(effect, Compressor) or console.groups:
+        return None
+    with torch.no_grad():
+        pre = _master_input(console, stems, until=comp)[..., frame_offset:]
+        post = effect(pre)
+    e_in = frame_energy(pre.double()).sum(-2)[0]
+    e_out = frame_energy(post.double()).sum(-2)[0]
+    return torch.where(e_in > 0, (e_out / e_in.clamp_min(1e-300)).sqrt(), torch.ones_like(e_in))
+
+
+def _loudest_run(
+    energy: np.ndarray, use: np.ndarray, seconds: float, sample_rate: int, hop: int
+) -> tuple[int, int]:
+    """The run of ``seconds`` of frames (hop ``hop``) with the most energy among ``use``."""
+    return _frame_window(energy * use, max(1, int(seconds * sample_rate / hop)))
+
+
 def compressor_start(
     console: Console,
     stems: Tensor,
@@ -330,19 +448,19 @@ def compressor_start(
     """Start each track's compressor from the gain the mix shows it moving by.
 
     :func:`estimate_mix` (``coherent``) measures each stem's gain frame by frame against
-    its static fit. Here each track's compressor input (the strip up to ``comp``, with the
-    start's gain and EQ) is run through the strip's own compressor for a grid of
-    thresholds and ratios (ratio 1: none), then of attack and release times, on the
-    stem's loudest ``seconds``; the frame-wise gain (output over input energy, on the same
-    frames) that best follows the measured one (energy-weighted, up to a constant, which
-    goes to the fader) is kept. A track the mix holds steady keeps ratio 1.
+    its static fit; the master compressor's gain on the current mix
+    (:func:`master_frame_gain`, the same for every track) is taken out of it, so a loud
+    kick that pumps the master bus is not read as a strip compressor of its own. Each
+    track's compressor input (the strip up to ``comp``, with the start's gain and EQ) is
+    then run through the strip's own compressor for a grid of settings on the stem's
+    loudest ``seconds`` (:func:`_search_compressor`); the frame-wise gain that best follows
+    the measured one (energy-weighted, up to a constant, which goes to the fader) is kept.
+    A track the mix holds steady keeps ratio 1.
 
     Returns:
         A summary for the report: each track's threshold, ratio, attack, release, the
         fader change and the fit's RMS error in dB.
     """
-    from diffmix.functional.dynamics import compressor
-
     t0 = time.perf_counter()
     effect = console.strip.effects[comp] if comp in console.strip.effects else None
     values = console.named_values()
@@ -354,7 +472,11 @@ def compressor_start(
         x_in = console.strip(stems[0], until=comp)[..., estimate.frame_offset :].double()
     x_pad = torch.nn.functional.pad(x_in, (hop, hop)).float()
     window = torch.hann_window(size, dtype=torch.float32).square()
-    g_meas = estimate.frame_gain.numpy()
+    g_meas = estimate.frame_gain.numpy().copy()
+    master = master_frame_gain(console, stems, estimate.frame_offset)
+    if master is not None:
+        m = master.numpy()[: g_meas.shape[1]]
+        g_meas[:, : len(m)] /= np.maximum(m, 1e-3)[None, :]
     e_fit = estimate.frame_energy.numpy()
     now = {k: values[f"strip.{comp}.{k}"].exact().double().cpu().clone() for k in
            ("threshold_db", "ratio", "attack_ms", "release_ms")}
@@ -366,7 +488,7 @@ def compressor_start(
     for k in range(n):
         e = e_fit[k]
         use = (e > 1e-4 * e.max(initial=0.0)) & (g_meas[k] > 0.05) if e.max(initial=0.0) > 0 else e > 1
-        a, b = _frame_window(e * use, max(1, int(seconds * sample_rate / hop)))
+        a, b = _loudest_run(e, use, seconds, sample_rate, hop)
         s_start = max(0, a * hop - warm)
         seg = x_pad[k, :, s_start : (b - 1) * hop + size]
         if not use[a:b].any() or seg.shape[-1] < size:
@@ -374,65 +496,18 @@ def compressor_start(
                 summary[key].append(None)
             continue
         piece = x_pad[k, :, a * hop : (b - 1) * hop + size].square().sum(0).view(1, 1, -1)
-        frames_in = torch.nn.functional.conv1d(piece, window.view(1, 1, -1), stride=hop)[0, 0].double()
-        keep = use[a:b] & (frames_in.numpy() > 0)
+        frames_in = torch.nn.functional.conv1d(piece, window.view(1, 1, -1), stride=hop)[0, 0]
+        frames_in = frames_in.double().numpy()
+        keep = use[a:b] & (frames_in > 0)
         w = np.sqrt(e[a:b]) * keep
         meas = 20 * np.log10(np.maximum(g_meas[k, a:b], 1e-3))
-        level = 10 * np.log10(np.maximum(frames_in.numpy() / window.sum().item(), 1e-12))
+        level = 10 * np.log10(np.maximum(frames_in / window.sum().item(), 1e-12))
         top = float(np.max(np.where(keep, level, -120.0)))
-
-        def score(  # this iteration's stem, bound now (it is called within the iteration)
-            thr: Tensor, ratio: Tensor, att: Tensor, rel: Tensor, *, seg: Tensor = seg, k: int = k,
-            a: int = a, b: int = b, s_start: int = s_start, frames_in: Tensor = frames_in,
-            meas: np.ndarray = meas, w: np.ndarray = w,
-        ) -> tuple[int, float, float]:
-            y = compressor(
-                seg.expand(len(thr), -1, -1),
-                sample_rate,
-                threshold_db=thr.float(),
-                ratio=ratio.float(),
-                knee_db=float(knee[k]) if knee.ndim else float(knee),
-                attack_ms=att.float(),
-                release_ms=rel.float(),
-                **effect.options,
-            )
-            y = y[..., a * hop - s_start :].square().sum(1, keepdim=True)
-            out = torch.nn.functional.conv1d(y, window.view(1, 1, -1), stride=hop)[:, 0, : b - a]
-            ratio_out = np.maximum(out.double().numpy(), 1e-30) / np.maximum(frames_in.numpy(), 1e-30)
-            cand = 10 * np.log10(ratio_out)
-            diff = meas[None, :] - cand
-            c = (diff * w).sum(1) / max(w.sum(), 1e-30)
-            err = ((diff - c[:, None]) ** 2 * w).sum(1) / max(w.sum(), 1e-30)
-            i = int(np.argmin(err))
-            return i, float(c[i]), float(err[i])
-
-        att0, rel0 = float(now["attack_ms"].flatten()[k]), float(now["release_ms"].flatten()[k])
-        # Pass 1: threshold x ratio at the current times (ratio 1: no compression).
-        thr_grid = torch.arange(top - 30.0, top + 1.0, 3.0, dtype=torch.float64)
-        ratios = torch.tensor([1.5, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0], dtype=torch.float64)
-        tt, rr = torch.meshgrid(thr_grid, ratios, indexing="ij")
-        thr_spec = specs["threshold_db"]
-        tt = torch.cat([torch.tensor([top]), tt.reshape(-1)]).clamp(thr_spec.min, thr_spec.max)
-        rr = torch.cat([torch.tensor([1.0]), rr.reshape(-1)])
-        i, c, err = score(tt, rr, torch.full_like(tt, att0), torch.full_like(tt, rel0))
-        thr, ratio, att, rel = float(tt[i]), float(rr[i]), att0, rel0
-        if ratio > 1.0:
-            # Pass 2: attack x release x threshold nearby.
-            grid = torch.cartesian_prod(
-                torch.tensor([1.0, 3.0, 10.0, 30.0], dtype=torch.float64),
-                torch.tensor([30.0, 80.0, 200.0, 500.0], dtype=torch.float64),
-                torch.tensor([thr - 2.0, thr, thr + 2.0], dtype=torch.float64),
-                torch.tensor([ratio], dtype=torch.float64),
-            )
-            j, c2, err2 = score(
-                grid[:, 2].clamp(specs["threshold_db"].min, specs["threshold_db"].max),
-                grid[:, 3].clamp(specs["ratio"].min, specs["ratio"].max),
-                grid[:, 0],
-                grid[:, 1],
-            )
-            if err2 < err:
-                att, rel = float(grid[j, 0]), float(grid[j, 1])
-                thr, ratio, c, err = float(grid[j, 2]), float(grid[j, 3]), c2, err2
+        times = (float(now["attack_ms"].flatten()[k]), float(now["release_ms"].flatten()[k]))
+        thr, ratio, att, rel, c, err = _search_compressor(
+            seg, a * hop - s_start, frames_in, meas, w, top, effect,
+            float(knee[k]) if knee.ndim else float(knee), specs, times, sample_rate, hop, window,
+        )
         for key, v in (("threshold_db", thr), ("ratio", ratio), ("attack_ms", att), ("release_ms", rel)):
             flat = now[key].view(-1)
             flat[k if flat.numel() == n else 0] = min(max(v, specs[key].min), specs[key].max)
@@ -441,7 +516,82 @@ def compressor_start(
                        ("fader_db", c), ("error_db", math.sqrt(err))):
             summary[key].append(round(v, 2))
     console.load_values({f"strip.{comp}.{k}": v for k, v in now.items()} | {fader: fade})
-    return {"method": "frame gains vs the strip's compressor", **summary,
+    return {"method": "frame gains (the master's taken out) vs the strip's compressor", **summary,
+            "seconds": round(time.perf_counter() - t0, 3)}
+
+
+def master_compressor_start(
+    console: Console,
+    stems: Tensor,
+    reference: Tensor,
+    sample_rate: int,
+    *,
+    comp: str = "comp",
+    gain: str = "gain",
+    seconds: float = 6.0,
+    warm_s: float = 0.5,
+) -> dict[str, object]:
+    """Start the master bus's compressor from the gain the reference shows against the
+    current mix.
+
+    The master compressor is keyed by the whole mix, so where the strips are right the
+    reference is the master's input (:func:`_master_input`, through the master's stages
+    before ``comp``) times one gain curve. Its frame-wise gain (the reference's energy over
+    the input's, per frame, on the reference's timeline) is fitted by the master's own
+    compressor on the mix's loudest ``seconds`` (:func:`_search_compressor`, energy-weighted
+    up to a constant, which goes to the master's output gain ``gain``, or to every fader).
+
+    Returns:
+        A summary for the report: the threshold, ratio, attack, release, the gain change
+        and the fit's RMS error in dB.
+    """
+    t0 = time.perf_counter()
+    effect = console.master.effects[comp] if comp in console.master.effects else None
+    if not isinstance(effect, Compressor) or console.groups:
+        return {"method": "none", "reason": "no master compressor, or subgroups"}
+    values = console.named_values()
+    with torch.no_grad():
+        pre = console._place(_master_input(console, stems, until=comp))[0].double()  # noqa: SLF001
+    t = min(pre.shape[-1], reference.shape[-1])
+    pre, ref = pre[:, :t], reference[0, :, :t].double()
+    size, hop, _ = stft_frames(t)
+    window = torch.hann_window(size, dtype=torch.float32).square()
+    e_pre = frame_energy(pre).sum(0).numpy()
+    e_ref = frame_energy(ref).sum(0).numpy()
+    use = (e_ref > 1e-4 * e_ref.max(initial=0.0)) & (e_pre > 1e-4 * e_pre.max(initial=0.0))
+    if not use.any():
+        return {"method": "none", "reason": "a silent mix or reference"}
+    a, b = _loudest_run(e_ref, use, seconds, sample_rate, hop)
+    x_pad = torch.nn.functional.pad(pre, (hop, hop)).float()
+    s_start = max(0, a * hop - int(warm_s * sample_rate))
+    seg = x_pad[:, s_start : (b - 1) * hop + size]
+    frames_in = e_pre[a:b]
+    keep = use[a:b]
+    w = np.sqrt(e_ref[a:b]) * keep
+    meas = 10 * np.log10(np.maximum(e_ref[a:b], 1e-30) / np.maximum(frames_in, 1e-30))
+    level = 10 * np.log10(np.maximum(frames_in / window.sum().item(), 1e-12))
+    top = float(np.max(np.where(keep, level, -120.0)))
+    keys = ("threshold_db", "ratio", "attack_ms", "release_ms")
+    specs = {k: values[f"master.{comp}.{k}"].spec for k in keys}
+    knee = float(values[f"master.{comp}.knee_db"].exact().flatten()[0])
+    att0, rel0 = (float(values[f"master.{comp}.{k}"].exact().flatten()[0]) for k in keys[2:])
+    piece = x_pad[:, a * hop : (b - 1) * hop + size].square().sum(0).view(1, 1, -1)
+    frames_seg = torch.nn.functional.conv1d(piece, window.view(1, 1, -1), stride=hop)[0, 0].double().numpy()
+    thr, ratio, att, rel, c, err = _search_compressor(
+        seg, a * hop - s_start, frames_seg, meas, w, top, effect, knee, specs, (att0, rel0), sample_rate, hop,
+        window,
+    )
+    update = {}
+    for k, v in zip(keys, (thr, ratio, att, rel), strict=True):
+        path = f"master.{comp}.{k}"
+        v = min(max(v, specs[k].min), specs[k].max)
+        update[path] = torch.full_like(values[path].exact().double().cpu(), v)
+    target = f"master.{gain}.gain_db" if f"master.{gain}.gain_db" in values else "strip.fader.gain_db"
+    update[target] = values[target].exact().double().cpu() + c
+    console.load_values(update)
+    return {"method": "frame gains of the reference vs the master's input, through the master's compressor",
+            "threshold_db": round(thr, 2), "ratio": round(ratio, 2), "attack_ms": round(att, 2),
+            "release_ms": round(rel, 2), "gain_db": round(c, 2), "error_db": round(math.sqrt(err), 2),
             "seconds": round(time.perf_counter() - t0, 3)}
 
 

@@ -1,0 +1,61 @@
+"""A small cache for what a render derives from fixed values only (an EQ's impulse
+response, a reverb's spectrum): keyed by the values themselves, so a changed value is a
+different entry and the result is the same as computing it afresh.
+
+Used only where nothing is differentiated (no value requires a gradient, no gradient
+recorded) and the values are on the CPU (reading them is then no device sync) and outside
+``torch.compile``; everywhere else the caller computes as before.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable, Hashable
+
+import torch
+from torch import Tensor
+
+
+def constant_key(*values: Tensor | Hashable) -> tuple | None:
+    """A hashable key of ``values`` (tensors by dtype, shape and content), or None where a
+    tensor is on another device than the CPU or needs a gradient, or while compiling."""
+    if torch.compiler.is_compiling():
+        return None
+    key: list[Hashable] = []
+    for v in values:
+        if isinstance(v, Tensor):
+            if v.device.type != "cpu" or v.requires_grad or v.is_complex():
+                return None
+            raw = v.detach().reshape(-1).contiguous().view(torch.uint8).numpy().tobytes()
+            key.append((str(v.dtype), tuple(v.shape), raw))
+        else:
+            key.append(v)
+    return tuple(key)
+
+
+class ValueCache:
+    """At most ``size`` results holding at most ``max_bytes`` together, least recently used
+    dropped first; a result larger than ``max_bytes`` is not kept (memory stays bounded
+    whatever the signal's length)."""
+
+    def __init__(self, size: int, max_bytes: int) -> None:
+        self.size, self.max_bytes = size, max_bytes
+        self._items: OrderedDict[tuple, Tensor] = OrderedDict()
+
+    def get(self, key: tuple | None, make: Callable[[], Tensor]) -> Tensor:
+        """``make()``, or its stored result for ``key`` (None: never stored)."""
+        if key is None:
+            return make()
+        if key in self._items:
+            self._items.move_to_end(key)
+            return self._items[key]
+        out = make()
+        if not out.requires_grad and _nbytes(out) <= self.max_bytes:
+            self._items[key] = out
+            while len(self._items) > self.size or sum(map(_nbytes, self._items.values())) > self.max_bytes:
+                self._items.popitem(last=False)
+        return out
+
+
+def _nbytes(t: Tensor) -> int:
+    return t.numel() * t.element_size()

@@ -1,0 +1,54 @@
+"""Fixed computations of a render made once (diffmix.functional._cache): the EQ's impulse
+response and the reverb's spectrum. A cached result must equal a fresh one bit for bit, a
+changed value must not hit an old entry, nothing differentiated is cached, and memory
+stays bounded."""
+
+from __future__ import annotations
+
+import torch
+
+from diffmix.functional import filters, reverb
+from diffmix.functional._cache import ValueCache, constant_key
+from diffmix.functional.eq import parametric_eq
+
+SR = 44100
+
+
+def test_reverb_spectrum_is_reused_only_for_the_same_settings():
+    x = torch.randn(2, 2, SR, generator=torch.Generator().manual_seed(0))
+    reverb._RESPONSES._items.clear()
+    first = reverb.reverb(x, SR, rt60_s=torch.tensor(1.2), mix=1.0)
+    assert len(reverb._RESPONSES._items) == 1
+    again = reverb.reverb(x, SR, rt60_s=torch.tensor(1.2), mix=1.0)
+    other = reverb.reverb(x, SR, rt60_s=torch.tensor(1.3), mix=1.0)
+    reverb._RESPONSES._items.clear()
+    fresh = reverb.reverb(x, SR, rt60_s=torch.tensor(1.3), mix=1.0)
+    assert torch.equal(first, again)
+    assert torch.equal(other, fresh) and not torch.equal(other, first)
+
+
+def test_eq_response_is_not_cached_while_its_gains_are_fitted():
+    x = torch.randn(1, 2, SR // 2, generator=torch.Generator().manual_seed(1))
+    filters._FIRS._items.clear()
+    gain = torch.tensor([4.0, -3.0], requires_grad=True)
+    kw = {"bands": ["low_shelf", "peak"], "freq_hz": [120.0, 2000.0], "q": 0.7}
+    y = parametric_eq(x, SR, gain_db=gain, **kw)
+    y.square().sum().backward()
+    assert gain.grad is not None and torch.all(gain.grad != 0)
+    assert not filters._FIRS._items  # the response depends on a fitted value
+    fixed = parametric_eq(x, SR, gain_db=gain.detach(), **kw)
+    assert len(filters._FIRS._items) == 1
+    assert torch.equal(parametric_eq(x, SR, gain_db=gain.detach(), **kw), fixed)
+    assert torch.equal(fixed, y.detach())
+
+
+def test_cache_keys_and_bounds():
+    assert constant_key(torch.ones(2, requires_grad=True)) is None
+    assert constant_key(torch.ones(2)) != constant_key(torch.ones(2, dtype=torch.float64))
+    assert constant_key(torch.ones(2)) != constant_key(torch.ones(1, 2))
+    cache = ValueCache(2, max_bytes=1000)
+    big = cache.get(("big",), lambda: torch.zeros(1000))  # 4000 bytes: returned, not kept
+    assert big.numel() == 1000 and not cache._items
+    for i in range(3):
+        cache.get((i,), lambda: torch.zeros(10))
+    assert list(cache._items) == [(1,), (2,)]  # at most two, the oldest dropped
