@@ -267,3 +267,20 @@ def test_the_mix_config_builds_the_master_bus_toward_a_song():
     assert list(console("reference=r.wav").master.effects) == ["eq", "comp", "gain"]
     with pytest.raises(UserError, match=r"already has effect\(s\) \['width'\]"):
         toward_song_master({"width": {}}, {"before": {"width": {}}})
+
+
+def test_toward_a_song_the_objective_judges_dynamics_by_default():
+    # The plain `aligned=false` command is judged on the loudness range and crest too
+    # (toward_song.dynamics_weight); a weight the user sets wins; aligned, nothing is added.
+    from hydra import compose, initialize_config_dir
+
+    from diffmix.jobs.mix import fit_options
+
+    def weights(*overrides: str) -> dict[str, float]:
+        with initialize_config_dir(str(ROOT / "configs"), version_base="1.3"):
+            return fit_options(compose("mix", overrides=["stems=s", *overrides])).weights
+
+    assert weights("reference=r.wav", "aligned=false")["dynamics"] == 0.01
+    assert weights("reference=r.wav", "aligned=false", "+loss.weights.dynamics=0.5")["dynamics"] == 0.5
+    assert "dynamics" not in weights("reference=r.wav")
+    assert "dynamics" not in weights()

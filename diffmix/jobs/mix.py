@@ -51,8 +51,12 @@ __all__ = ["build_console", "equal_loudness_gains", "fit_options", "run", "towar
 
 def fit_options(cfg: DictConfig) -> MixFitOptions:
     """The ``fit`` and ``loss`` groups of the config as :class:`MixFitOptions`."""
+    weights = {k: float(v) for k, v in cfg.loss.weights.items()}
+    if cfg.get("reference") and not bool(cfg.aligned) and cfg.get("toward_song"):
+        # Toward another song its dynamics are matched too: judged on them by default.
+        weights.setdefault("dynamics", float(cfg.toward_song.get("dynamics_weight", 0.0)))
     return MixFitOptions(
-        weights={k: float(v) for k, v in cfg.loss.weights.items()},
+        weights=weights,
         params=[str(p) for p in cfg.fit.params],
         init=str(cfg.fit.get("init", "nnls")),
         coherent=bool(cfg.fit.get("coherent", True)),

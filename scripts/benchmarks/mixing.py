@@ -472,7 +472,7 @@ def _producer(tmp: Path, quick: bool, extra: list[str]) -> str:
     )
 
 
-STYLE_OVERRIDES = ["aligned=false", "+loss.weights.dynamics=0.01"]
+STYLE_OVERRIDES = ["aligned=false"]  # the objective's dynamics term: toward_song.dynamics_weight
 
 
 def _style_row(stem_dir: Path, ref: torch.Tensor, ref_path: Path, out: Path, names: tuple[str, str],
