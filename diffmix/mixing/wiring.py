@@ -434,6 +434,19 @@ def _loudest_run(
     return _frame_window(energy * use, max(1, int(seconds * sample_rate / hop)))
 
 
+def _run_frames(x_pad: Tensor, a: int, b: int, hop: int, window: Tensor) -> np.ndarray:
+    """Windowed energy (channels summed) of frames ``a .. b - 1`` of the hop-padded
+    ``(C, T)`` signal ``x_pad``, float64: what :func:`_search_compressor` compares with."""
+    piece = x_pad[:, a * hop : (b - 1) * hop + window.numel()].square().sum(0).view(1, 1, -1)
+    return torch.nn.functional.conv1d(piece, window.view(1, 1, -1), stride=hop)[0, 0].double().numpy()
+
+
+def _top_level_db(frames: np.ndarray, keep: np.ndarray, window: Tensor) -> float:
+    """The loudest kept frame's mean-square level, dB (-120 when none is kept)."""
+    level = 10 * np.log10(np.maximum(frames / window.sum().item(), 1e-12))
+    return float(np.max(np.where(keep, level, -120.0)))
+
+
 def compressor_start(
     console: Console,
     stems: Tensor,
@@ -495,14 +508,11 @@ def compressor_start(
             for key in summary:
                 summary[key].append(None)
             continue
-        piece = x_pad[k, :, a * hop : (b - 1) * hop + size].square().sum(0).view(1, 1, -1)
-        frames_in = torch.nn.functional.conv1d(piece, window.view(1, 1, -1), stride=hop)[0, 0]
-        frames_in = frames_in.double().numpy()
+        frames_in = _run_frames(x_pad[k], a, b, hop, window)
         keep = use[a:b] & (frames_in > 0)
         w = np.sqrt(e[a:b]) * keep
         meas = 20 * np.log10(np.maximum(g_meas[k, a:b], 1e-3))
-        level = 10 * np.log10(np.maximum(frames_in / window.sum().item(), 1e-12))
-        top = float(np.max(np.where(keep, level, -120.0)))
+        top = _top_level_db(frames_in, keep, window)
         times = (float(now["attack_ms"].flatten()[k]), float(now["release_ms"].flatten()[k]))
         thr, ratio, att, rel, c, err = _search_compressor(
             seg, a * hop - s_start, frames_in, meas, w, top, effect,
@@ -569,14 +579,12 @@ def master_compressor_start(
     keep = use[a:b]
     w = np.sqrt(e_ref[a:b]) * keep
     meas = 10 * np.log10(np.maximum(e_ref[a:b], 1e-30) / np.maximum(frames_in, 1e-30))
-    level = 10 * np.log10(np.maximum(frames_in / window.sum().item(), 1e-12))
-    top = float(np.max(np.where(keep, level, -120.0)))
+    top = _top_level_db(frames_in, keep, window)
     keys = ("threshold_db", "ratio", "attack_ms", "release_ms")
     specs = {k: values[f"master.{comp}.{k}"].spec for k in keys}
     knee = float(values[f"master.{comp}.knee_db"].exact().flatten()[0])
     att0, rel0 = (float(values[f"master.{comp}.{k}"].exact().flatten()[0]) for k in keys[2:])
-    piece = x_pad[:, a * hop : (b - 1) * hop + size].square().sum(0).view(1, 1, -1)
-    frames_seg = torch.nn.functional.conv1d(piece, window.view(1, 1, -1), stride=hop)[0, 0].double().numpy()
+    frames_seg = _run_frames(x_pad, a, b, hop, window)
     thr, ratio, att, rel, c, err = _search_compressor(
         seg, a * hop - s_start, frames_seg, meas, w, top, effect, knee, specs, (att0, rel0), sample_rate, hop,
         window,
