@@ -56,11 +56,15 @@ def check_format(fmt: str, bit_depth: str | int) -> tuple[str, str]:
 
 def tpdf_dither(x: Tensor, bits: int, generator: torch.Generator) -> Tensor:
     """Add triangular-PDF dither of ±1 LSB peak (the sum of two uniform ±½ LSB draws)."""
-    lsb = 2.0 ** (1 - bits)
     # float32 draws: 2^-24 of an LSB is resolution enough for dither, at half the memory.
     u = torch.rand((2, *x.shape), generator=generator, dtype=torch.float32)
-    # In place on fresh buffers: a 3-minute master's passes are memory-bound.
-    return torch.sub(u[0], u[1], out=u[0]).double().mul_(lsb).to(x.dtype).add_(x)
+    return _tpdf(u, bits).to(x.dtype).add_(x)
+
+
+def _tpdf(u: Tensor, bits: int) -> Tensor:
+    """TPDF dither ``(...)`` float64 from the uniform draws ``u`` ``(2, ...)``: ``(u[0] - u[1])``
+    LSBs (``u[0]`` is overwritten)."""
+    return torch.sub(u[0], u[1], out=u[0]).double().mul_(2.0 ** (1 - bits))
 
 
 def quantise(x: Tensor, bits: int) -> Tensor:
@@ -81,18 +85,32 @@ def prepare(
     """Convert the rate and quantise (with dither) as the file will store it.
 
     Returns:
-        ``(audio, rate, dithered)`` with audio ``(channels, time)`` float64.
+        ``(audio, rate, dithered)`` with audio ``(channels, time)`` float32: the file's
+        samples exactly (16/24-bit steps are float32 values). The same as
+        ``quantise(tpdf_dither(audio.double(), ...))``, a block at a time (no full-length
+        float64 copies).
     """
-    x, rate = audio.double(), int(sample_rate)
+    x, rate = audio, int(sample_rate)
     if target_rate and int(target_rate) != rate:
-        x, rate = resample(x, rate, int(target_rate)), int(target_rate)
+        x, rate = resample(x.double(), rate, int(target_rate)), int(target_rate)
     if bit_depth == "float":
-        return x, rate, False
+        return x.to(torch.float32), rate, False
     bits = int(bit_depth)
-    gen = torch.Generator().manual_seed(int(seed))
-    if dither:
-        x = tpdf_dither(x, bits, gen)
-    return quantise(x, bits), rate, dither
+    # The draws for the whole signal at once, in the order tpdf_dither takes them.
+    u = torch.rand((2, *x.shape), generator=torch.Generator().manual_seed(int(seed)),
+                   dtype=torch.float32) if dither else None
+    out = torch.empty(x.shape, dtype=torch.float32)
+    t = x.shape[-1]
+    for a in range(0, t, _BLOCK):
+        b = min(t, a + _BLOCK)
+        xb = x[..., a:b].double()
+        if u is not None:
+            xb = _tpdf(u[..., a:b], bits).add_(xb)
+        out[..., a:b] = quantise(xb, bits)
+    return out, rate, dither
+
+
+_BLOCK = 1 << 16  # samples per block of prepare's dither and quantisation
 
 
 T = TypeVar("T")

@@ -17,7 +17,7 @@ import html
 import json
 import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -194,37 +194,45 @@ class PageMeter:
         )
 
 
-def draw_tensor(x: Tensor, sample_rate: int, lufs: float | None = None) -> Drawn:
-    """:class:`Drawn` of in-memory ``(C, T)`` or ``(1, C, T)`` audio (one chunk); ``lufs``,
-    its integrated loudness where already measured."""
+def draw_tensor(x: Tensor, sample_rate: int, lufs: float | None = None, chunk_s: float = 30.0) -> Drawn:
+    """:class:`Drawn` of in-memory ``(C, T)`` or ``(1, C, T)`` audio, metered in chunks as a
+    file is (no full-length float64 copies); ``lufs``, its integrated loudness where
+    already measured."""
     from diffmix.functional.loudness import integrated_loudness
 
-    x = (x if x.dim() == 3 else x.unsqueeze(0)).detach().to("cpu", torch.float64)
-    meter = PageMeter(sample_rate)
-    meter.add(x)
-    return meter.result(float(integrated_loudness(x, sample_rate)[0]) if lufs is None else lufs)
+    x = (x if x.dim() == 3 else x.unsqueeze(0)).detach()
+    drawn = _draw_chunks(lambda a, z: x[..., a:z].cpu(), x.shape[-1], sample_rate, chunk_s)
+    return drawn.result(float(integrated_loudness(x, sample_rate)[0]) if lufs is None else lufs)
 
 
 def draw_file(path: str | Path, chunk_s: float = 30.0, lufs: float | None = None) -> tuple[Drawn, int]:
     """:class:`Drawn` of an audio file read in chunks (memory: one chunk), and its rate;
     ``lufs``, its integrated loudness where already measured."""
-    from diffmix.mastering.source import DiskAudio, chunk_bounds, measure_file
+    from diffmix.mastering.source import DiskAudio, measure_file
 
     src = DiskAudio(path)
-    meter = PageMeter(src.sample_rate)
-    for start, stop in chunk_bounds(src.frames, src.sample_rate, chunk_s):
-        left = min(meter.window, start)
-        meter.add(src.read(start - left, stop), left)
+    meter = _draw_chunks(src.read, src.frames, src.sample_rate, chunk_s)
     if lufs is None:
         lufs = measure_file(path, chunk_s=chunk_s)["integrated_lufs"]
     return meter.result(lufs), src.sample_rate
+
+
+def _draw_chunks(read: Callable[[int, int], Tensor], frames: int, sample_rate: int, chunk_s: float) -> PageMeter:
+    """A :class:`PageMeter` fed ``read(a, z)`` (samples ``a .. z``, ``(1, C, z - a)``) chunk by chunk."""
+    from diffmix.mastering.source import chunk_bounds
+
+    meter = PageMeter(sample_rate)
+    for start, stop in chunk_bounds(frames, sample_rate, chunk_s):
+        left = min(meter.window, start)
+        meter.add(read(start - left, stop), left)
+    return meter
 
 
 def gain_reduction_series(before: Tensor, after: Tensor, sample_rate: int) -> tuple[list[float], list[float]]:
     """The limiter's gain reduction (dB, <= 0) against time in seconds, 50 ms windows."""
     from diffmix.report import gain_reduction_db
 
-    gr = gain_reduction_db(before.detach().cpu().double(), after.detach().cpu().double(), sample_rate)
+    gr = gain_reduction_db(before.detach().cpu(), after.detach().cpu(), sample_rate)
     values, k = _decimate(gr, reduce="min")
     times = [(i * k + k / 2) * 0.05 for i in range(values.numel())]
     return times, values.tolist()
@@ -551,9 +559,12 @@ def _write_preview(take: Take, sample_rate: int, folder: Path) -> Path:
     assert take.audio is not None
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{take.label}.flac"
-    x = take.audio.detach().reshape(-1, take.audio.shape[-1]).cpu().clamp(-1.0, 1.0)
-    with atomic_path(path) as tmp:
-        sf.write(str(tmp), x.T.float().numpy(), sample_rate, format="FLAC", subtype="PCM_16")
+    x = take.audio.detach().reshape(-1, take.audio.shape[-1]).cpu()
+    step = 1 << 16  # frames per write: no full-length clipped or interleaved copy
+    with atomic_path(path) as tmp, sf.SoundFile(str(tmp), "w", samplerate=sample_rate, channels=x.shape[0],
+                                                format="FLAC", subtype="PCM_16") as fh:
+        for a in range(0, x.shape[-1], step):
+            fh.write(x[:, a : a + step].clamp(-1.0, 1.0).T.float().numpy())
     return path
 
 

@@ -24,6 +24,7 @@ PEAK_CONTEXT = 256
 # The strict meter's reach (peaks.strict_envelope: its ideal interpolation's FFT blocks and
 # every FIR upsampler), so a chunk read with this much context meters as the whole file does.
 STRICT_CONTEXT = 4096
+_STATS_BLOCK = 1 << 16  # samples per block of a chunk's sample statistics on CPU
 
 if TYPE_CHECKING:
     from diffmix.features import FeatureExtractor
@@ -107,18 +108,25 @@ class SequentialMeter:
         return self.meter.summary()
 
 
-def summary(x: torch.Tensor, sample_rate: int) -> dict:
+def summary(x: torch.Tensor, sample_rate: int, chunk_s: float = 30.0) -> dict:
     """The headline measurements of ``(1, C, T)`` audio for a job report: a
-    :class:`ChunkMeter` fed the whole signal as one chunk (:meth:`ChunkMeter.summary`).
+    :class:`ChunkMeter` fed the signal in float64, ``chunk_s`` at a time (no full-length
+    copy), as :func:`~diffmix.mastering.source.measure_file` meters a file.
 
     Loudness in LUFS, LRA in LU, peaks in dBTP/dBFS (max over channels), ratios in dB.
     Silence reads ``-inf`` (written to JSON as the string ``"-inf"``). The full analysis
     (series, spectra, per-band stereo) is the ``analyze`` job's.
     """
+    from diffmix.mastering.source import chunk_bounds
+
     meter = ChunkMeter(sample_rate, x.shape[1])
-    w = ChunkMeter.warmup(sample_rate)
+    w, t = ChunkMeter.warmup(sample_rate), x.shape[-1]
     with torch.no_grad():
-        meter.add(torch.nn.functional.pad(x.detach(), (w, PEAK_CONTEXT)), w, x.shape[-1])
+        x = x.detach()
+        for start, stop in list(chunk_bounds(t, sample_rate, chunk_s)) or [(0, 0)]:
+            a, z = start - w, stop + PEAK_CONTEXT  # the chunk with its context, zeros outside
+            part = x[..., max(a, 0) : min(z, t)].to(torch.float64)
+            meter.add(torch.nn.functional.pad(part, (max(0, -a), max(0, z - t))), w, stop - start)
     return meter.summary()
 
 
@@ -169,13 +177,24 @@ class ChunkMeter:
             self.peak = max(self.peak, float(level[..., a : a + n].amax()))
         else:
             self.peak = max(self.peak, _middle_true_peak(y, left, n, self.sr))
-        mid = y[..., left : left + n]
-        magnitude = mid.abs()
-        self.sample_peak = max(self.sample_peak, float(magnitude.amax()))
-        self.clipped += int((magnitude >= CLIP_LEVEL).sum())
-        rows = mid[0].double()
-        self.dc_sum += rows.sum(-1).cpu()
-        gram = (rows @ rows.T).cpu()  # sums of every channel product, one pass
+        mid = y[0, :, left : left + n]
+        # A block at a time on CPU: no full-length copies (the magnitude, float64 rows).
+        step = _STATS_BLOCK if mid.device.type == "cpu" else max(n, 1)
+        peak, clipped = mid.new_zeros(()), torch.zeros((), dtype=torch.int64, device=mid.device)
+        gram = torch.zeros(mid.shape[0], mid.shape[0], dtype=torch.float64, device=mid.device)
+        dc = torch.zeros(mid.shape[0], dtype=torch.float64, device=mid.device)
+        for a in range(0, n, step):
+            part = mid[:, a : a + step]
+            magnitude = part.abs()
+            peak = torch.maximum(peak, magnitude.amax())
+            clipped += (magnitude >= CLIP_LEVEL).sum()
+            rows = part.double()
+            dc += rows.sum(-1)
+            gram += rows @ rows.T  # sums of every channel product
+        self.sample_peak = max(self.sample_peak, float(peak))
+        self.clipped += int(clipped)
+        self.dc_sum += dc.cpu()
+        gram = gram.cpu()
         self.square_sum += float(gram.diagonal().sum())
         self.samples += mid.numel()
         if self.channels == 2:
@@ -254,7 +273,11 @@ def gain_reduction_db(before: Tensor, after: Tensor, sample_rate: int, window_ms
     """
     hop = max(1, int(sample_rate * window_ms / 1000))
     n = (before.shape[-1] // hop) * hop
-    pk = lambda x: x[..., :n].abs().amax(1).reshape(-1, hop).amax(-1)  # noqa: E731
+
+    def pk(x: Tensor) -> Tensor:  # each window's peak |x| over channels, without an |x| copy
+        w = x[0, :, :n].reshape(x.shape[1], -1, hop)
+        return torch.maximum(w.amax(-1), -w.amin(-1)).amax(0).double()
+
     return 20 * torch.log10(pk(after).clamp_min(1e-9) / pk(before).clamp_min(1e-9)).clamp(max=0)
 
 

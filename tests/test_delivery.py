@@ -28,6 +28,19 @@ def test_quantise_hits_the_grid_and_clamps():
     assert torch.equal(q, q.round()) and q.tolist()[1:] == [-32768.0, 32767.0]
 
 
+@pytest.mark.parametrize("bits", [16, 24])
+def test_prepare_is_dither_then_quantise_a_block_at_a_time(bits):
+    # prepare works a block at a time (memory) and returns the file's float32 samples: the
+    # same values as dithering and quantising the whole signal in float64.
+    x = 0.4 * torch.randn(2, 150_001, generator=torch.Generator().manual_seed(5))
+    q, rate, dithered = prepare(x, 44100, bit_depth=str(bits), seed=9)
+    whole = quantise(tpdf_dither(x.double(), bits, torch.Generator().manual_seed(9)), bits)
+    assert q.dtype == torch.float32 and rate == 44100 and dithered
+    assert torch.equal(q.double(), whole)
+    plain, _, _ = prepare(x, 44100, bit_depth=str(bits), dither=False)
+    assert torch.equal(plain.double(), quantise(x.double(), bits))
+
+
 def test_dither_decorrelates_quantisation_error_of_a_quiet_tone():
     t = torch.arange(48000, dtype=torch.float64) / 48000
     tone = 1.5 * 2.0**-15 * torch.sin(2 * torch.pi * 1000 * t).unsqueeze(0)

@@ -144,3 +144,23 @@ def test_without_the_meter_plus_the_limiters_envelope_is_the_whole_level():
     parts = torch.maximum(strict_envelope(x, SR, meter=False), limiter_envelope(x, SR)[:, 0])
     assert torch.equal(parts, whole)
     assert (strict_envelope(x, SR, meter=False) < whole).any()  # the meter's points count
+
+
+def test_a_few_blocks_at_a_time_reads_exactly_as_the_whole_signal(monkeypatch):
+    # On CPU the envelope runs a few FFT blocks at a time (memory); every part, FIR rows
+    # included, must read bit for bit as the whole signal does, with and without a gain.
+    import diffmix.functional.peaks as peaks
+
+    seed = 20261205
+    print(f"seed {seed}")
+    g = torch.Generator().manual_seed(seed)
+    x = 0.3 * torch.randn(2, 2, 5 * CORE + 777, generator=g)
+    x[..., ::5] *= 3.0
+    gain = 0.5 + torch.rand(2, 1, x.shape[-1], generator=g)
+    monkeypatch.setattr(peaks, "_STRICT_PART_BLOCKS", 2)
+    parts, gained = strict_envelope(x, SR), strict_envelope(x, SR, gain=gain)
+    monkeypatch.setattr(peaks, "_STRICT_PART_BLOCKS", 10**9)
+    assert torch.equal(parts, strict_envelope(x, SR))
+    assert torch.equal(gained, strict_envelope(x * gain, SR))
+    with pytest.raises(ValueError, match="gain must be"):
+        strict_envelope(x, SR, gain=gain[:, :, :-1])

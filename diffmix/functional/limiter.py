@@ -248,7 +248,7 @@ def limiter_correction(
     target = target.detach().reshape(-1, 1).to(torch.float64)
     ceil = ceiling.detach().reshape(-1, 1).to(torch.float64) * (1.0 - 1e-6)
     pole = release.to(torch.float64)
-    level = _peaks.strict_envelope(y * total, sample_rate).to(torch.float64)  # (B, T)
+    level = _peaks.strict_envelope(y, sample_rate, gain=total).to(torch.float64)  # (B, T)
     for _ in range(4):
         item_over = level.amax(1, keepdim=True) > ceil
         if not bool(item_over.any()):
@@ -262,7 +262,7 @@ def limiter_correction(
         for lo, hi in _spans((gain[:, 0] != 1.0).any(0).cpu().numpy(), _STRICT_REACH):
             a = lo + _STRICT_REACH if lo > 0 else 0  # levels the change can reach, all
             b = hi - _STRICT_REACH if hi < t else t  # computed with full context
-            part = _peaks.strict_envelope(y[..., lo:hi] * total[..., lo:hi], sample_rate)
+            part = _peaks.strict_envelope(y[..., lo:hi], sample_rate, gain=total[..., lo:hi])
             level[:, a:b] = part[:, a - lo: b - lo].to(torch.float64)
     # Residual overs after four passes (pathological input): scale each item down.
     peak = _peaks.strict_true_peak(y * total, sample_rate).amax(1).view(-1, 1, 1)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from types import ModuleType
 
 import numpy as np
@@ -327,23 +327,39 @@ def _ideal_between(rows: Tensor, factor: int = _IDEAL_FACTOR) -> Tensor:
     above Nyquist, the Nyquist bin split evenly as numpy's FFT resampling does) over the
     ``factor - 1`` points strictly between samples ``m`` and ``m + 1``; zero beyond the ends.
 
-    FFT blocks of 32768 samples with 2048 of context either side, in batches, so memory
-    stays at a few blocks' oversampled copies whatever the length.
+    FFT blocks of 32768 samples with 2048 of context either side (:func:`_ideal_part`).
     """
     n, t = rows.shape
-    dtype = rows.dtype
-    rows = rows.float()  # float32 resolves a peak to 1e-6 dB, at a third of the time
-    core, overlap = min(_IDEAL_CORE, t + (t % 2)), _IDEAL_OVERLAP
-    n_blocks = -(-t // core)
-    width = core + 2 * overlap
-    padded = torch.nn.functional.pad(rows, (overlap, n_blocks * core - t + overlap))
-    lanes = padded.unfold(1, width, core).reshape(n * n_blocks, width)
-    out = torch.empty(n * n_blocks, core, dtype=rows.dtype, device=rows.device)
-    # One thread: a pool of two (pairs of lanes each) was slower under any load on the
-    # shared 2-core box (0.33 against 0.27 s for 3 minutes of stereo, load 4).
     with _one_thread(rows.device):
-        _ideal_blocks(lanes, out, factor, overlap, core)
-    return out.reshape(n, n_blocks * core)[:, :t].to(dtype)
+        whole = _ideal_part(lambda a, z: rows[:, a:z], t, 0, _ideal_grid(t)[2], factor)
+    return whole.to(rows.dtype)
+
+
+def _ideal_grid(t: int) -> tuple[int, int, int]:
+    """``(core, overlap, blocks)``: the ideal interpolation's FFT block grid over ``t``
+    samples (block ``j`` holds samples ``j core .. (j + 1) core``, with ``overlap`` of
+    context either side, zeros beyond the ends)."""
+    core = min(_IDEAL_CORE, t + (t % 2))
+    return core, _IDEAL_OVERLAP, -(-t // core)
+
+
+def _ideal_part(source: Callable[[int, int], Tensor], t: int, j0: int, j1: int,
+                factor: int = _IDEAL_FACTOR) -> Tensor:
+    """``(N, hi - lo)`` float32: :func:`_ideal_between` over the samples ``lo = j0 core ..
+    hi = min(t, j1 core)`` of blocks ``j0 .. j1`` of the grid (:func:`_ideal_grid`), from
+    ``source(a, z)``, the signal's samples ``a .. z`` ``(N, z - a)``. Blocks are transformed
+    on their own, so a part reads exactly as the same samples of the whole signal."""
+    core, overlap, _ = _ideal_grid(t)
+    lo, hi = j0 * core, min(t, j1 * core)
+    a, z = max(0, lo - overlap), min(t, j1 * core + overlap)
+    part = source(a, z).float()  # float32 resolves a peak to 1e-6 dB, at a third of the time
+    n = part.shape[0]
+    width = core + 2 * overlap
+    padded = torch.nn.functional.pad(part, (overlap - (lo - a), j1 * core + overlap - z))
+    lanes = padded.unfold(1, width, core).reshape(n * (j1 - j0), width)
+    out = torch.empty(n * (j1 - j0), core, dtype=part.dtype, device=part.device)
+    _ideal_blocks(lanes, out, factor, overlap, core)
+    return out.reshape(n, (j1 - j0) * core)[:, : hi - lo]
 
 
 @contextlib.contextmanager
@@ -396,7 +412,7 @@ def _phase_twists(width: int, factor: int, dtype: torch.dtype, device: str) -> T
     return twist.to(device, torch.complex64 if dtype == torch.float32 else torch.complex128)
 
 
-def strict_envelope(x: Tensor, sample_rate: int, *, meter: bool = True) -> Tensor:
+def strict_envelope(x: Tensor, sample_rate: int, *, meter: bool = True, gain: Tensor | None = None) -> Tensor:
     """Per-sample level that no usual true-peak meter exceeds, channels linked.
 
     ``level[b, n]`` is the largest of ``|x[n]|`` and, on both sides of sample ``n``, the
@@ -406,28 +422,60 @@ def strict_envelope(x: Tensor, sample_rate: int, *, meter: bool = True) -> Tenso
     sees content up to Nyquist and peaks between 4x points). A ceiling held on this level
     holds on each of those meters by construction. ``meter=False`` leaves out this module's
     meter, for a caller that takes the maximum with its envelope anyway (the limiter's).
+    ``gain`` ``(B, 1, T)`` meters ``x * gain`` without a full-length copy of it.
 
     Shape:
         ``(B, C, T)`` -> ``(B, T)`` linear. Not differentiable (a max); CPU and CUDA.
     """
     check_meter_input(x, "strict_envelope")
     b, c, t = x.shape
+    if gain is not None and gain.shape != (b, 1, t):
+        raise ValueError(f"strict_envelope: gain must be (B, 1, T) = {(b, 1, t)}, got {tuple(gain.shape)}")
     with torch.no_grad():
         x = x.detach()
         x = x if x.dtype in (torch.float32, torch.float64) else x.float()
-        rows = x.reshape(b * c, t)
-        between = _ideal_between(rows)  # (N, T)
-        before = torch.nn.functional.pad(between[:, :-1], (1, 0))
-        level = torch.maximum(rows.abs(), torch.maximum(between, before)).reshape(b, c, t).amax(1)
-        taps, gain = _strict_rows()
-        # The Kaiser phase 0 on both sides of sample n: the samples n - 1 and n times a gain.
-        mag = x.abs().amax(1)
-        level = torch.maximum(level, gain * torch.maximum(mag, torch.nn.functional.pad(mag[:, :-1], (1, 0))))
+
+        def source(a: int, z: int) -> Tensor:  # the metered signal's samples a .. z, (B, C, z - a)
+            return x[..., a:z] if gain is None else x[..., a:z] * gain[..., a:z].to(x.dtype)
+
+        taps, phase0 = _strict_rows()
         f = oversampling_factor(sample_rate)
-        for rows_taps in (taps, interpolation_filter(f) if f > 1 and meter else None):
-            if rows_taps is not None:
-                level = torch.maximum(level, _fir_envelope(x, rows_taps))
+        firs = [taps, *([interpolation_filter(f)] if f > 1 and meter else [])]
+        # Context that makes each FIR point exact, on the compiled kernel's block grid (its
+        # vectorised sums group by blocks from the first sample: a part reads as the whole).
+        reach = -(-max(r.shape[1] for r in firs) // _BLOCK) * _BLOCK
+        level = torch.empty(b, t, dtype=x.dtype, device=x.device)
+        core, _, blocks = _ideal_grid(t)
+        # Parts of a few blocks keep every temporary small (on CPU): a whole-length copy per
+        # step cost more in page faults than in arithmetic. Each part reads as the whole would.
+        step = _STRICT_PART_BLOCKS if x.device.type == "cpu" else blocks
+        last = x.new_zeros(b * c)  # the ideal level between the sample before a part and its first
+        last_mag = x.new_zeros(b)  # |x| at the sample before a part, channels linked
+        with _one_thread(x.device):
+            for j0 in range(0, blocks, step):
+                j1 = min(blocks, j0 + step)
+                lo, hi = j0 * core, min(t, j1 * core)
+                between = _ideal_part(lambda a, z: source(a, z).reshape(b * c, z - a), t, j0, j1).to(x.dtype)
+                before = torch.cat([last[:, None], between[:, :-1]], 1)
+                last = between[:, -1]
+                a, z = max(0, lo - reach), min(t, hi + reach)
+                part = source(a, z)
+                mid = part[..., lo - a : hi - a]
+                peak = torch.maximum(between, before).view(b, c, hi - lo)
+                out = torch.maximum(mid.abs(), peak).amax(1)
+                # The Kaiser phase 0 on both sides of sample n: the samples n - 1 and n times a gain.
+                mag = mid.abs().amax(1)
+                mag_before = torch.cat([last_mag[:, None], mag[:, :-1]], 1)
+                last_mag = mag[:, -1]
+                torch.maximum(out, phase0 * torch.maximum(mag, mag_before), out=out)
+                for rows_taps in firs:
+                    torch.maximum(out, _fir_envelope(part, rows_taps)[:, lo - a : hi - a], out=out)
+                level[:, lo:hi] = out
         return level
+
+
+# Ideal-interpolation blocks per part of the strict envelope on CPU (8 x 32768 samples).
+_STRICT_PART_BLOCKS = 8
 
 
 @functools.lru_cache(maxsize=1)

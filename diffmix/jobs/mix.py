@@ -160,7 +160,7 @@ def run(cfg: DictConfig) -> int:
         "job": "mix",
         "stems": stems.names,
         "outputs": {"audio": delivery.path, "preset": str(out / f"{stem}_preset.yaml")},
-        "mix": measure(mix.cpu().double(), sr),
+        "mix": measure(mix, sr),
         "normalised_down_db": None if peak <= 1.0 else -20 * float(torch.log10(torch.tensor(peak))) - 0.1,
         "fit": fit_report,
         "alignment": {"offset_samples": offset, "offset_ms": round(1e3 * offset / sr, 3)},
@@ -168,7 +168,7 @@ def run(cfg: DictConfig) -> int:
         "delivery": delivery.as_dict(),
     }
     if reference is not None:
-        report["reference"] = measure(reference.double(), sr)
+        report["reference"] = measure(reference, sr)
         report["spectral_error"] = spectral_errors(mix.cpu(), reference.cpu(), sr)
     report["qc"] = job_warnings(report["mix"], mix.cpu(), sr)
     # "stems": the stems as given, summed at unity (lowered only if that would clip).

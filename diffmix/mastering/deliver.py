@@ -21,6 +21,9 @@ from diffmix.io import AudioFileError, atomic_path
 from diffmix.report import SequentialMeter
 
 
+_WRITE_FRAMES = 1 << 16  # frames per write call
+
+
 @dataclass
 class DeliveryOptions:
     """How a master is written (the jobs' ``delivery.*``): ``format`` wav | flac | aiff,
@@ -56,9 +59,9 @@ def write_chunks(chunks: Iterable[Tensor], path: Path, sample_rate: int, *, fmt:
             if k and target_rate:
                 raise ValueError("delivery: sample-rate conversion needs the whole signal in one chunk")
             chunk_seed = seed if k == 0 else int(np.random.SeedSequence([int(seed), k]).generate_state(1)[0])
-            q, rate, _ = prepare(y.cpu() * gain, sample_rate, bit_depth=bit_depth, target_rate=target_rate,
-                                 dither=dither, seed=chunk_seed)
-            stored = q.to(torch.float32)
+            y = y.cpu()
+            stored, rate, _ = prepare(y if gain == 1.0 else y * gain, sample_rate, bit_depth=bit_depth,
+                                      target_rate=target_rate, dither=dither, seed=chunk_seed)
             data = stored.numpy().T
             if not np.isfinite(data).all():
                 raise ValueError(f"{path}: refusing to write audio that contains NaN or Inf")
@@ -66,7 +69,8 @@ def write_chunks(chunks: Iterable[Tensor], path: Path, sample_rate: int, *, fmt:
                 fh = sf.SoundFile(str(path), "w", samplerate=rate, channels=data.shape[1],
                                   format=FORMATS[fmt], subtype=SUBTYPES[bit_depth])
                 meter = SequentialMeter(rate, 2, strict=True)
-            fh.write(data)
+            for a in range(0, data.shape[0], _WRITE_FRAMES):  # no interleaved copy of the whole chunk
+                fh.write(data[a : a + _WRITE_FRAMES])
             meter.push(stored if stored.shape[0] == 2 else stored.expand(2, -1))  # type: ignore[union-attr]
     except (sf.LibsndfileError, RuntimeError) as exc:  # libsndfile hides the errno
         reason = " ".join(str(exc).split())

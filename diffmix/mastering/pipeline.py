@@ -248,14 +248,14 @@ def _deliver_song(song: Song, i: int, yi: torch.Tensor, pre: torch.Tensor, sr: i
     before_audio = song.audio[..., : yi.shape[-1]]
     report, path = _deliver(
         song.key, song.out, song.stem, song.target, goal, solve, fit_report, options,
-        lambda: iter([yi[0]]), sr, before=lambda: measure(before_audio.double().cpu(), sr),
+        lambda: iter([yi[0]]), sr, before=lambda: measure(before_audio, sr),
         protect=song.protect,
     )
     clock("deliver")
     if song.polish is not None:
         report["polish"] = song.polish
     if song.reference is not None:
-        report["reference"] = measure(song.reference.double().cpu(), sr)
+        report["reference"] = measure(song.reference, sr)
         report["spectral_error"] = {
             "before": spectral_errors(song.audio.cpu(), song.reference.cpu(), sr),
             "after": spectral_errors(yi.cpu(), song.reference.cpu(), sr),
