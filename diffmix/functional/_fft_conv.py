@@ -89,4 +89,32 @@ def overlap_save(x: Tensor, fir: Tensor, block: int) -> Tensor:
     Differentiable in both; CPU and CUDA."""
     if fir.shape[-1] > block // 2:
         raise ValueError(f"fft_convolve: block {block} too short for a {fir.shape[-1]}-tap filter")
-    return _OverlapSave.apply(x, fir, block)
+    if torch.is_grad_enabled() and (x.requires_grad or fir.requires_grad):
+        return _OverlapSave.apply(x, fir, block)
+    return _render(x, fir, block)
+
+
+_GROUP = 32  # blocks transformed together by the no-gradient render (CPU)
+
+
+def _render(x: Tensor, fir: Tensor, block: int) -> Tensor:
+    """:func:`overlap_save` with no gradient: a group of blocks at a time, written into the
+    output, so no full-length frames, spectra or product exist (on CPU; one group on CUDA).
+    The same transforms block for block as the autograd path, so the same values."""
+    n_time, length = x.shape[-1], fir.shape[-1]
+    hop = block - length + 1
+    n_blocks = -(-n_time // hop)
+    spec_f = torch.fft.rfft(fir, n=block).unsqueeze(-2)
+    out = torch.empty(torch.broadcast_shapes(x.shape[:-1], fir.shape[:-1]) + (n_time,),
+                      dtype=torch.result_type(x, fir), device=x.device)
+    group = _GROUP if x.device.type == "cpu" else n_blocks
+    for j0 in range(0, n_blocks, group):
+        j1 = min(n_blocks, j0 + group)
+        lo, hi = j0 * hop, min(n_time, j1 * hop)  # the outputs of blocks j0 .. j1
+        a = lo - (length - 1)  # block j0's first input sample
+        part = x[..., max(a, 0) : min(n_time, j1 * hop)]
+        part = torch.nn.functional.pad(part, (max(0, -a), (j1 - j0) * hop + length - 1 - part.shape[-1] - max(0, -a)))
+        spec = torch.fft.rfft(part.unfold(-1, block, hop), n=block).mul_(spec_f)
+        y = torch.fft.irfft(spec, n=block)[..., length - 1 :]
+        out[..., lo:hi] = y.reshape(*y.shape[:-2], -1)[..., : hi - lo]
+    return out

@@ -101,7 +101,8 @@ class StreamRenderer:
         if isinstance(source, Tensor):  # in memory: the one-chunk case
             self.sr, self.device, self.frames = bus.sample_rate, source.device, source.shape[-1]
             self.left = self.right = 0
-            self.pre = self.stage.before(source)
+            with torch.no_grad():  # a render: no graph holding every stage's intermediates
+                self.pre = self.stage.before(source)
             fast = self.stage.drive_renders(self.pre)
             self._fast = None if fast is None else fast[1]
             self.proxy = None if fast is None else fast[0]
@@ -114,7 +115,8 @@ class StreamRenderer:
         self.cache = CacheFile(folder, 2, source.frames)
         try:
             for start, stop in self.chunks():
-                y = self.stage.before(source.read(start - self.left, stop + self.right))
+                with torch.no_grad():
+                    y = self.stage.before(source.read(start - self.left, stop + self.right))
                 self.cache.append(y[..., self.left : self.left + stop - start])
                 del y
                 release_memory()
