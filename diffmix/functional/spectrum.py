@@ -63,6 +63,9 @@ def band_matrix(
     return matrix[keep], centres[keep]
 
 
+_WELCH_GROUP = 64  # frames per group of the no-gradient Welch average on CPU
+
+
 def welch_psd(x: Tensor, n_fft: int = 8192, hop: int | None = None) -> Tensor:
     """Average power per rFFT bin of ``(..., time)`` audio: ``(..., n_fft // 2 + 1)``.
 
@@ -76,9 +79,17 @@ def welch_psd(x: Tensor, n_fft: int = 8192, hop: int | None = None) -> Tensor:
         t = n_fft
     frames = x.unfold(-1, n_fft, hop)
     window = torch.hann_window(n_fft, periodic=True, dtype=x.dtype, device=x.device)
-    spec = torch.fft.rfft(frames * window, dim=-1)
-    power = spec.real.square() + spec.imag.square()
-    power = power.mean(-2) / window.square().sum() / n_fft * 2.0
+
+    def power_of(f: Tensor) -> Tensor:
+        spec = torch.fft.rfft(f * window, dim=-1)
+        return spec.real.square() + spec.imag.square()
+
+    n = frames.shape[-2]
+    if (torch.is_grad_enabled() and x.requires_grad) or n <= _WELCH_GROUP or x.device.type != "cpu":
+        power = power_of(frames).mean(-2)
+    else:  # no gradient: a group of frames at a time, so no full-length framed copy or spectrum
+        power = sum(power_of(frames[..., j : j + _WELCH_GROUP, :]).sum(-2) for j in range(0, n, _WELCH_GROUP)) / n
+    power = power / window.square().sum() / n_fft * 2.0
     power[..., 0] = power[..., 0] / 2.0
     if n_fft % 2 == 0:
         power[..., -1] = power[..., -1] / 2.0
