@@ -36,7 +36,7 @@ import torch
 from torch import Tensor
 
 from diffmix.checks import check_audio
-from diffmix.functional.filters import next_fast_len
+from diffmix.functional.filters import fft_convolve
 from diffmix.functional.gain import left_right, mid_side
 from diffmix.functional.spectrum import band_centres, band_matrix, power_db, welch_psd
 from diffmix.params import ParamValue, broadcast_param, per_sample
@@ -166,12 +166,11 @@ def match_eq(
     h = design_fir(gains, centres, sample_rate, n_fir)  # (B|1, 2, n_fir)
     half = n_fir // 2
     t = x.shape[-1]
-    # Zero-phase taps reach half the FIR both ways: pad that much so no lag wraps around.
-    n = next_fast_len(max(t + half, n_fir))
-    kernel = torch.cat([h[..., :half], h.new_zeros(*h.shape[:-1], n - n_fir), h[..., half:]], dim=-1)
-    ms = mid_side(x)
-    wet = torch.fft.irfft(torch.fft.rfft(ms, n=n) * torch.fft.rfft(kernel, n=n), n=n)[..., :t]
-    wet = left_right(wet)
+    # Zero-phase taps reach half the FIR both ways: the causal filter (the taps rolled by
+    # half) over the signal and half a filter of zeros, read half a filter later. Long
+    # signals take overlap-save blocks (fft_convolve), not one transform of the whole song.
+    ms = torch.nn.functional.pad(mid_side(x), (0, half))
+    wet = left_right(fft_convolve(ms, torch.roll(h, half, dims=-1).to(x.dtype))[..., half:])
     m = per_sample(mix, x, name="mix", effect="match_eq")
     return x + m * (wet - x)
 
