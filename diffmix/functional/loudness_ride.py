@@ -103,7 +103,8 @@ def loudness_ride(x: Tensor, sample_rate: int, *, range_scale: ParamValue,
         The ridden audio, ``x``'s dtype.
 
     Differentiable in ``x`` and ``range_scale`` (the gates' decisions carry no gradient,
-    as in the meter). CPU and CUDA; no host sync.
+    as in the meter). CPU and CUDA; no host sync beyond the meters' NaN/Inf check of the
+    input (off under :func:`~diffmix.checks.input_checks` ``(False)``).
 
     References:
         EBU Tech 3342 (2016), loudness range; ITU-R BS.1770 K-weighting.
