@@ -39,6 +39,7 @@ from diffmix.effects import (
     Gain,
     HighPass,
     Limiter,
+    LoudnessRide,
     LowPass,
     MatchEQ,
     MultibandCompressor,
@@ -320,6 +321,12 @@ CASES: dict[str, Case] = {
         _pairs({"threshold_db": [-12.0, -20.0], "ratio": [3.0, 1.5], "attack_ms": [0.2, 1.0],
                 "release_ms": [2.0, 5.0], "range_db": [30.0, 12.0], "knee_db": [6.0, 0.0]}),
         **_DYNAMICS,
+    ),
+    # The ride reads 3 s windows: under 3.1 s it has nothing to ride, so its gradcheck,
+    # batch and preset checks run on 4 s (the gradcheck on a random projection).
+    "loudness_ride": Case(
+        lambda v: LoudnessRide(SR, **v), _pairs({"range_scale": [0.4, 1.7]}),
+        gradcheck=(1, 4 * SR), fast_mode=True, batch_n=4 * SR, preset_n=4 * SR,
     ),
     "limiter_sample_peak": Case(
         lambda v: Limiter(SR, true_peak=False, lookahead_ms=0.2, **v),

@@ -14,17 +14,20 @@ import torch
 
 from diffmix.checks import input_checks
 from diffmix.console import Console
-from diffmix.effects.dynamics import Compressor, Expander, Limiter
+from diffmix.effects.dynamics import Compressor, Expander, Limiter, LoudnessRide
 from diffmix.effects.gain import Gain, Pan, Width
 from diffmix.effects.match_eq import MatchEQ
 from diffmix.features import crest_factor_db
+from diffmix.functional.dynamics import compressor
 from diffmix.functional.loudness import integrated_loudness, loudness_range
 from diffmix.functional.match_eq import band_levels_db
 from diffmix.mixing.style import style_distances
 from diffmix.mixing.style_master import (
+    _run,
     dynamics_stage,
     level_stage,
     master_input,
+    ride_stage,
     style_master,
     tone_width_stage,
 )
@@ -33,9 +36,10 @@ from tests.jobs_helpers import ROOT, run_cli
 SR = 44100
 
 
-def _stems(seed: int, seconds: float = 8.0, mono: bool = False) -> torch.Tensor:
+def _stems(seed: int, seconds: float = 8.0, mono: bool = False, sections_db: float = 9.0) -> torch.Tensor:
     """Four stems ``(1, 4, 2, T)``: band-limited noise with its own rhythm each and
-    partly correlated channels (identical channels with ``mono``)."""
+    partly correlated channels (identical channels with ``mono``), each swelling by
+    +-``sections_db`` over 7 s."""
     print("seed", seed)
     g = torch.Generator().manual_seed(seed)
     n = int(seconds * SR)
@@ -50,7 +54,7 @@ def _stems(seed: int, seconds: float = 8.0, mono: bool = False) -> torch.Tensor:
         depth = float(torch.rand((), generator=g)) * 0.8
         phase = 6 * float(torch.rand((), generator=g))
         x = x * (1.0 - depth + depth * torch.relu(torch.sin(2 * math.pi * rate * t + phase)))
-        x = x * 10 ** (9.0 * torch.sin(2 * math.pi * t / 7.0 + phase) / 20)  # sections, +-9 dB
+        x = x * 10 ** (sections_db * torch.sin(2 * math.pi * t / 7.0 + phase) / 20)  # sections
         parts.append(x / x.square().mean().sqrt() * 0.05)
     return torch.stack(parts).float().unsqueeze(0)
 
@@ -63,7 +67,7 @@ def _console(master: dict | None = None) -> Console:
                   "comp": Compressor(SR, threshold_db=-6.0, ratio=1.0),
                   "expander": Expander(SR, threshold_db=-60.0, ratio=1.0, knee_db=6.0, attack_ms=5.0,
                                        release_ms=200.0, hold_ms=20.0, range_db=24.0),
-                  "limiter": Limiter(SR, ceiling_db=0.0, release_ms=80.0)}
+                  "limiter": Limiter(SR, ceiling_db=0.0, release_ms=80.0), "ride": LoudnessRide(SR)}
     return Console(SR, 4, strip=strip, master=master)
 
 
@@ -173,6 +177,57 @@ def test_level_stage_hits_loudness_and_crest_with_the_ceiling_held():
     assert float(plain.abs().max()) > 1.0
 
 
+def _bass_and_bright(seed: int, seconds: float, swell_db: float) -> torch.Tensor:
+    """Four stems ``(1, 4, 2, T)``: a loud steady bass (40-90 Hz, what a level detector
+    sees), a bright part (3-12 kHz, what K-weighting lifts) swelling by +-``swell_db``
+    over 11 s, and two quiet mid parts."""
+    print("seed", seed)
+    g = torch.Generator().manual_seed(seed)
+    n = int(seconds * SR)
+    t = torch.arange(n, dtype=torch.float64) / SR
+    f = torch.fft.rfftfreq(n, 1 / SR, dtype=torch.float64)
+
+    def band(lo: float, hi: float) -> torch.Tensor:
+        x = torch.randn(2, n, generator=g, dtype=torch.float64)
+        x = torch.fft.irfft(torch.fft.rfft(x) * ((f >= lo) & (f < hi)), n)
+        return x / x.square().mean().sqrt()
+
+    phase = 2 * math.pi * float(torch.rand((), generator=g))
+    bass = 0.3 * band(40, 90) * (1 + 0.3 * torch.sin(2 * math.pi * 2 * t))
+    bright = 0.05 * band(3000, 12000) * 10 ** (swell_db * torch.sin(2 * math.pi * t / 11 + phase) / 20)
+    return torch.stack([bass, bright, 0.02 * band(300, 2000), 0.02 * band(300, 2000)]).float().unsqueeze(0)
+
+
+@pytest.mark.parametrize("seed", [int(np.random.SeedSequence().entropy % 10**6)])
+def test_ride_stage_lands_the_loudness_range_a_compressor_cannot(seed):
+    # The loudness swells with a bright part K-weighting hears, under a steady bass that
+    # holds the waveform's level: the ride (after the limiter, solved on the output) lands
+    # the reference's LRA at its loudness; a broadband compressor, at any threshold, ratio
+    # or timing the dynamics stage tries, cannot (its detector sees the bass).
+    stems = _bass_and_bright(seed, 16.0, 8.0)
+    console = _console()
+    with torch.no_grad(), input_checks(False):
+        reference = _bass_and_bright(seed + 1, 16.0, 1.0)[0].sum(0, keepdim=True).double()
+        goal = float(loudness_range(reference, SR)[0])
+        pre = master_input(console, stems).double()
+        level_stage(console, pre, reference, SR)
+        before = _run(console, pre)
+        report = ride_stage(console, pre, reference, SR)
+        y = _run(console, pre)
+        swept = [float(loudness_range(compressor(pre.float(), SR, threshold_db=thr, ratio=ratio,
+                                                 attack_ms=a, release_ms=r), SR)[0])
+                 for thr in range(-44, 1, 4) for ratio in (4.0, 10.0)
+                 for a, r in ((2.0, 100.0), (200.0, 1500.0))]
+    lra_before, lra = float(loudness_range(before, SR)[0]), float(loudness_range(y, SR)[0])
+    print(report, goal, lra_before, lra, min(swept, key=lambda v: abs(v - goal)))
+    assert abs(lra_before - goal) > 0.5, (lra_before, goal)
+    assert abs(lra - goal) < 0.05, report
+    assert report["range_scale"] < 1.0
+    assert abs(float(integrated_loudness(y, SR)[0] - integrated_loudness(reference, SR)[0])) < 0.05
+    assert float(y.abs().max()) <= 1.0
+    assert min(abs(v - goal) for v in swept) > 0.5 * abs(lra_before - goal), swept
+
+
 @pytest.mark.parametrize("seed", [int(np.random.SeedSequence().entropy % 10**6)])
 def test_style_master_halves_every_distance_toward_a_differently_processed_song(seed):
     # A random synthetic multitrack toward another, processed through a random M/S EQ, a
@@ -219,7 +274,8 @@ def test_style_master_halves_every_distance_toward_a_differently_processed_song(
     for k in ("tone_mid", "tone_side", "width", "loudness"):
         assert end[k] <= 0.5 * start[k] + 0.02, (k, start, end)
     assert sum(end.values()) <= 0.5 * sum(start.values()), (start, end)
-    assert [s[0] for s in stages] == ["loudness and crest", "tone and width", "dynamics", "tone refine"]
+    assert [s[0] for s in stages] == ["loudness and crest", "tone and width", "dynamics", "loudness ride",
+                                      "tone refine"]
 
 
 def test_mix_cli_toward_another_song_reports_the_master_stages(tmp_path):
@@ -239,9 +295,9 @@ def test_mix_cli_toward_another_song_reports_the_master_stages(tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     report = json.loads((tmp_path / "out" / "mix_report.json").read_text())
     names = [s["stage"] for s in report["fit"]["stages"]]
-    assert names[:3] == ["loudness and crest", "tone and width", "dynamics"], names
+    assert names[:4] == ["loudness and crest", "tone and width", "dynamics", "loudness ride"], names
     assert "gradient steps" not in names and "loudness" not in names
-    assert {"width", "match", "expander", "limiter"} <= set(report["params"]["master"])
+    assert {"width", "match", "expander", "limiter", "ride"} <= set(report["params"]["master"])
     mix, _ = sf.read(str(tmp_path / "out" / "mix.wav"), always_2d=True)
     got = float(integrated_loudness(torch.from_numpy(mix.T).unsqueeze(0), SR)[0])
     assert abs(got - float(integrated_loudness(reference, SR)[0])) < 0.1
@@ -262,7 +318,8 @@ def test_the_mix_config_builds_the_master_bus_toward_a_song():
         return build_console(cfg, SR, ["a", "b"], [False, True])
 
     toward = console("reference=r.wav", "aligned=false")
-    assert list(toward.master.effects) == ["width", "match", "eq", "comp", "gain", "expander", "limiter"]
+    assert list(toward.master.effects) == ["width", "match", "eq", "comp", "gain", "expander", "limiter",
+                                           "ride"]
     assert toward(torch.randn(1, 2, 2, 4410) * 0.1).shape == (1, 2, 4410)
     assert list(console("reference=r.wav").master.effects) == ["eq", "comp", "gain"]
     with pytest.raises(UserError, match=r"already has effect\(s\) \['width'\]"):

@@ -1,7 +1,7 @@
 """Modules for the compressor, expander/gate, limiter and multiband compressor.
 
-The maths: :mod:`diffmix.functional.dynamics`, :mod:`~diffmix.functional.limiter` and
-:mod:`~diffmix.functional.multiband`.
+The maths: :mod:`diffmix.functional.dynamics`, :mod:`~diffmix.functional.limiter`,
+:mod:`~diffmix.functional.multiband` and :mod:`~diffmix.functional.loudness_ride`.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from diffmix.checks import check_audio, check_choice
 from diffmix.effects.base import Effect
 from diffmix.functional import dynamics as F
 from diffmix.functional import limiter as L
+from diffmix.functional import loudness_ride as R
 from diffmix.functional import multiband as M
 from diffmix.params import ParamSpec, ParamValue
 
@@ -278,6 +279,38 @@ class Limiter(Effect):
             lookahead_ms=float(opts["lookahead_ms"]), true_peak=bool(opts["true_peak"]),
             exact=bool(opts["exact"]), strict=bool(opts.get("strict")),
         )
+
+
+class LoudnessRide(Effect):
+    """A slow gain on the K-weighted short-term loudness (3 s windows every 100 ms, the
+    meter's for EBU Tech 3342's LRA) that scales its range about the median: a leveller
+    below ``range_scale`` 1, a spreader above. Non-causal (reads the whole signal).
+
+    Args:
+        sample_rate: Hz.
+        range_scale: -1 to 4, default 1 (no change); each window's loudness is moved to
+            ``median + range_scale * (L - median)``, ``L`` clipped to the 10th-95th
+            percentiles, less a constant so the gain never exceeds 0 dB; below 0 it
+            over-corrects, for a loudness that moves within the 3 s windows (see
+            :func:`~diffmix.functional.loudness_ride.loudness_ride`).
+
+    Differentiable: ``range_scale`` (and the input). CUDA: yes.
+
+    Shape:
+        ``(B, C, T)`` -> ``(B, C, T)``; under 3.1 s the output is the input.
+
+    >>> LoudnessRide(8000, range_scale=0.5)(0.1 * torch.randn(1, 2, 8000 * 5)).shape
+    torch.Size([1, 2, 40000])
+    """
+
+    specs = (ParamSpec("range_scale", -1.0, 4.0, 1.0),)
+
+    def __init__(self, sample_rate: int, range_scale: ParamValue | None = None) -> None:
+        super().__init__(sample_rate, range_scale=range_scale)
+
+    def forward(self, x: Tensor) -> Tensor:
+        self.check(x)
+        return R.loudness_ride(x, self.sample_rate, range_scale=self.p("range_scale"))
 
 
 def set_exact(module: torch.nn.Module, exact: bool) -> None:

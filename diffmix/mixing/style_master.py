@@ -7,7 +7,7 @@ The stems keep their equal-loudness balance; what another song's mix shows (and 
 input is rendered once. The master bus for this mode (``configs/mix.yaml``,
 ``toward_song``) holds, around the console's own master effects::
 
-    width -> match -> (console.master: eq, comp, gain) -> expander -> limiter
+    width -> match -> (console.master: eq, comp, gain) -> expander -> limiter -> ride
 
 - **tone and width** (:func:`tone_width_stage`): a mid/side third-octave match EQ
   (:class:`~diffmix.effects.match_eq.MatchEQ`, closed form from the ratio of the two
@@ -17,6 +17,10 @@ input is rendered once. The master bus for this mode (``configs/mix.yaml``,
 - **dynamics** (:func:`dynamics_stage`): the loudness range and crest factor, from a grid
   of the master compressor (downward: less range, lower crest) and the expander (more
   range, higher crest), the nearest setting then refined on its threshold.
+- **loudness range** (:func:`ride_stage`): what the dynamics left of the LRA, by a gain
+  ride on the K-weighted short-term loudness (:class:`~diffmix.effects.dynamics.
+  LoudnessRide`, the very windows the LRA measures): its range scale from the ratio of
+  the two LRAs, then secant steps on the output's LRA.
 - **loudness and crest** (:func:`level_stage`): the limiter's drive puts the integrated
   loudness on the reference's (the mastering loudness solve,
   :func:`~diffmix.mastering.loudness.solve_loudness`) and its ceiling, at most 0 dBTP,
@@ -38,7 +42,7 @@ from typing import TYPE_CHECKING, Any, cast
 import torch
 from torch import Tensor
 
-from diffmix.effects.dynamics import Compressor, Expander, Limiter
+from diffmix.effects.dynamics import Compressor, Expander, Limiter, LoudnessRide
 from diffmix.effects.gain import Width
 from diffmix.effects.match_eq import GAIN_MAX_DB, SIDE_MIN_DB, MatchEQ
 from diffmix.errors import UserError
@@ -51,9 +55,9 @@ from diffmix.params import BoundedParam, ParamValue
 if TYPE_CHECKING:
     from diffmix.console import Console
 
-WIDTH, MATCH, COMP, EXPANDER, LIMITER = "width", "match", "comp", "expander", "limiter"
+WIDTH, MATCH, COMP, EXPANDER, RIDE, LIMITER = "width", "match", "comp", "expander", "ride", "limiter"
 # The master effects this mode adds around the console's own: before them, and after them.
-BEFORE, AFTER = (WIDTH, MATCH), (EXPANDER, LIMITER)
+BEFORE, AFTER = (WIDTH, MATCH), (EXPANDER, LIMITER, RIDE)
 Stage = Callable[[str, Callable[[], dict[str, Any]]], dict[str, Any]]
 
 
@@ -308,6 +312,71 @@ def range_stage(console: Console, pre: Tensor, reference: Tensor, sample_rate: i
 
 
 @torch.no_grad()
+def ride_stage(console: Console, pre: Tensor, reference: Tensor, sample_rate: int, *,
+               steps: int = 4, tolerance_lu: float = 0.02) -> dict[str, Any]:
+    """The master's loudness ride (:class:`~diffmix.effects.dynamics.LoudnessRide`, after
+    the limiter) set so the loudness range of the master's output, with the limiter at
+    the reference's loudness and crest (:func:`level_stage`), is the reference's.
+
+    The ride scales its input's short-term loudness range by about ``range_scale`` (exactly,
+    were its gain constant over each 3 s window), so the first try is the ratio of the
+    reference's LRA to the ride's input's; the second corrects it by the ratio the output
+    then shows (the output's LRA taken as proportional to the scale), and secant steps on
+    the output's LRA follow. The try nearest in LRA is kept, unless the start is nearer
+    the reference in LRA and crest factor together (squared distances, as the dynamics
+    stage's finalists): at the reference's loudness under a 0 dBTP ceiling, more range can
+    cost crest.
+    """
+    t0 = time.perf_counter()
+    ride = console.master.effects[RIDE] if RIDE in console.master.effects else None
+    if not isinstance(ride, LoudnessRide):
+        return {"method": "none", "reason": f"the master bus has no LoudnessRide {RIDE!r}"}
+    ref = reference.double()
+    goal = float(loudness_range(ref, sample_rate)[0])
+    crest_goal = float(crest_factor_db(ref)[0])
+    spec = _param(ride, "range_scale").spec
+    start = float(ride.p("range_scale").detach().flatten()[0])
+    into = float(loudness_range(_run(console, pre, until=RIDE).double(), sample_rate)[0])
+    if into < 0.05:  # no range to scale (a steady or short signal)
+        return {"method": "none", "reason": f"the ride's input has no loudness range ({into:.3f} LU)"}
+
+    def clip(v: float) -> float:
+        return min(spec.max, max(spec.min, v))
+
+    def final(scale: float) -> tuple[float, float, float]:
+        ride.load_values({"range_scale": torch.tensor([scale], dtype=torch.float64)})
+        level_stage(console, pre, reference, sample_rate)
+        y = _run(console, pre).double()
+        return scale, float(loudness_range(y, sample_rate)[0]), float(crest_factor_db(y)[0])
+
+    tried = [final(start), final(clip(start * goal / into))]
+    if tried[-1][1] > 1e-6:
+        tried.append(final(clip(tried[-1][0] * goal / tried[-1][1])))
+    while len(tried) < steps + 1:
+        (sa, ea, _), (sb, eb, _) = tried[-2:]
+        ea, eb = ea - goal, eb - goal
+        if abs(eb) < tolerance_lu or abs(eb - ea) < 1e-4 or sa == sb:
+            break
+        tried.append(final(clip(sb - eb * (sb - sa) / (eb - ea))))
+    # The try nearest in LRA, unless the start is nearer in LRA and crest together (a
+    # crest out of the limiter's reach must not pick among tries by its noise).
+    scale, lra, crest = min(tried[1:], key=lambda t: abs(t[1] - goal))
+    def distance(lra_: float, crest_: float) -> float:
+        return (lra_ - goal) ** 2 + (crest_ - crest_goal) ** 2
+
+    if distance(*tried[0][1:]) < distance(lra, crest):
+        scale, lra, crest = tried[0]
+    if scale != tried[-1][0]:
+        final(scale)
+    return {"method": "master loudness ride: range scale from the LRA ratio, secant steps on the "
+                      "output's LRA; the try nearest in LRA kept (the start if nearer in LRA and crest)",
+            "range_scale": round(scale, 4), "lra_goal": round(goal, 3), "lra_in": round(into, 3),
+            "lra_out": round(lra, 3), "crest_goal": round(crest_goal, 3), "crest_out": round(crest, 3),
+            "tried": [[round(s_, 4), round(e_, 3), round(c_, 3)] for s_, e_, c_ in tried],
+            "seconds": round(time.perf_counter() - t0, 3)}
+
+
+@torch.no_grad()
 def level_stage(
     console: Console, pre: Tensor, reference: Tensor, sample_rate: int, *, iterations: int = 4,
     tolerance_lu: float = 0.02,
@@ -329,14 +398,14 @@ def level_stage(
     crest_goal = float(crest_factor_db(ref)[0])
     spec = _param(limiter, "ceiling_db").spec
     ceiling = float(limiter.p("ceiling_db").detach().flatten()[0])
-    last = list(console.master.effects)[-1] == LIMITER
-    into = _run(console, pre, until=LIMITER) if last else pre  # what precedes the limiter, once
+    # What precedes the limiter runs once; the limiter and what follows it (the ride) per drive.
+    names = list(console.master.effects)
+    tail = torch.nn.ModuleDict({k: console.master.effects[k] for k in names[names.index(LIMITER):]})
+    into = _run(console, pre, until=LIMITER)
 
     def renderer() -> Callable[[Tensor], Tensor]:
-        if not last:
-            return render_with_drive(console.master, pre)
         saved = console.master.effects
-        console.master.effects = torch.nn.ModuleDict({LIMITER: limiter})
+        console.master.effects = tail
         try:
             return render_with_drive(console.master, into)
         finally:
@@ -410,7 +479,9 @@ def style_master(console: Console, audio: Tensor, reference: Tensor, sample_rate
     is judged at the reference's level. The dynamics stage chooses the compressor or
     expander from a grid (:func:`dynamics_stage`), closes the loop on the output's loudness
     range (:func:`range_stage`) and folds what it moved in the tone back into the match EQ
-    (:func:`refine_stage`) before it is judged.
+    (:func:`refine_stage`) before it is judged. The loudness ride then takes the output's
+    LRA the rest of the way (:func:`ride_stage`; a broadband gain on the K-weighted
+    short-term loudness, which a compressor's level detector does not see).
 
     ``audio``: the stems ``(1, N, C, T)``; ``reference``: ``(1, 2, T')``.
     """
@@ -442,11 +513,15 @@ def style_master(console: Console, audio: Tensor, reference: Tensor, sample_rate
     def dynamics() -> dict[str, Any]:
         return dynamics_stage(console, pre, ref, sample_rate)
 
+    def ride() -> dict[str, Any]:
+        return ride_stage(console, pre, ref, sample_rate)
+
     out: dict[str, Any] = {}
     out["loudness"] = stage("loudness and crest", level)
     out["tone"] = stage("tone and width",
                         then(lambda: tone_width_stage(console, pre, ref, sample_rate), level))
     out["dynamics"] = stage("dynamics", then(dynamics, loudness_range_loop, refine, level))
+    out["ride"] = stage("loudness ride", then(ride, refine, level))
     out["refine"] = stage("tone refine", then(refine, level))
     out["seconds"] = round(time.perf_counter() - t0, 3)
     return out
