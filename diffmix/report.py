@@ -110,8 +110,8 @@ class SequentialMeter:
 
 def summary(x: torch.Tensor, sample_rate: int, chunk_s: float = 30.0) -> dict:
     """The headline measurements of ``(1, C, T)`` audio for a job report: a
-    :class:`ChunkMeter` fed the signal in float64, ``chunk_s`` at a time (no full-length
-    copy), as :func:`~diffmix.mastering.source.measure_file` meters a file.
+    :class:`ChunkMeter` fed the signal in float64 on the CPU, ``chunk_s`` at a time (no
+    full-length copy), as :func:`~diffmix.mastering.source.measure_file` meters a file.
 
     Loudness in LUFS, LRA in LU, peaks in dBTP/dBFS (max over channels), ratios in dB.
     Silence reads ``-inf`` (written to JSON as the string ``"-inf"``). The full analysis
@@ -125,7 +125,7 @@ def summary(x: torch.Tensor, sample_rate: int, chunk_s: float = 30.0) -> dict:
         x = x.detach()
         for start, stop in list(chunk_bounds(t, sample_rate, chunk_s)) or [(0, 0)]:
             a, z = start - w, stop + PEAK_CONTEXT  # the chunk with its context, zeros outside
-            part = x[..., max(a, 0) : min(z, t)].to(torch.float64)
+            part = x[..., max(a, 0) : min(z, t)].to("cpu", torch.float64)
             meter.add(torch.nn.functional.pad(part, (max(0, -a), max(0, z - t))), w, stop - start)
     return meter.summary()
 
