@@ -150,7 +150,7 @@ def test_a_swinging_mix_is_ridden_to_a_target_lra(factor):
     sr = 44100
     x = swinging(sr, 30.0, seed)
     lra_in = float(loudness_range(x, sr)[0])
-    assert lra_in > 3.0, lra_in
+    assert lra_in > 2.0, (seed, lra_in)  # it swings (3.65-9.2 LU on 25 draws)
     goal = factor * lra_in
     s, got, renders = _solve(x, sr, goal)
     print(f"LRA {lra_in:.2f} -> {got:.3f} (goal {goal:.3f}) at scale {s:.3f} in {renders} renders")
