@@ -434,3 +434,27 @@ def test_strong_matched_filter_evidence_relaxes_the_localisation_test():
                     assert truth[r, s:e].any(), (r, s, e)
     print(found)
     assert found["on"] >= found["off"] + 2
+
+
+def test_stereo_rule_lets_the_two_tests_meet_on_nearby_samples():
+    """The third candidate rule (``z_reach``): the matched filter is matched to an impulse,
+    so over a noise burst (whose frame's model is whitened by the burst itself) its peak
+    need not fall on the sample where the one-sided errors pass their test, and the
+    burst passes each test on some sample but both on none. Where the other channel
+    shows nothing, the two tests may hold within ``z_reach`` samples of each other. The
+    benchmark's synthetic AR draw, seed 2 (printed; its seed 1's AR rows, the draw with
+    the lowest recall): 62 of 77 clicks found with the rule, 58 without (measured), and
+    nothing flagged off a click either way."""
+    seed = 2
+    print("seed", seed)
+    found = {"on": 0, "off": 0}
+    for damaged, truth in bench_ar_draw(seed):
+        x = torch.from_numpy(damaged).float()[None]
+        events = runs(torch.from_numpy(truth)[None]).tolist()
+        for key, reach in (("on", 8), ("off", None)):
+            mask = detect_clicks(x, SR, z_reach=reach)[0][0].numpy()
+            found[key] += sum(bool(mask[r, s:e].any()) for r, s, e in events)
+            for r, s, e in runs(torch.from_numpy(mask)[None]).tolist():
+                assert truth[r, s:e].any(), (key, r, s, e)
+    print(found)
+    assert found["on"] >= found["off"] + 3

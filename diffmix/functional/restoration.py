@@ -48,6 +48,10 @@ _GROW_GAP = 8
 # A Gaussian noise's largest value over a few milliseconds stays under about 3.5 standard
 # deviations: beyond 4, a matched-filter output is taken as a sign of something there.
 _NOISE_MAX = 4.0
+# How far (samples, about 1.5 ms at 44.1 kHz) the other channel must show nothing for the
+# stereo candidate rule of `detect_clicks`: an attack in both channels of a mix need not
+# line up to the sample.
+_PARTNER_REACH = 64
 
 
 def _rows(x: Tensor, what: str) -> tuple[Tensor, tuple[int, int, int]]:
@@ -577,6 +581,7 @@ def detect_clicks(
     stereo_taps: int | None = 4,
     z_strong: float | None = 16.0,
     threshold_strong: float = 4.0,
+    z_reach: int | None = 8,
 ) -> tuple[Tensor, Tensor, int]:
     """Flag clicks: short bursts that the AR model of their surroundings cannot predict,
     forwards or backwards, and that do not recur period after period.
@@ -592,8 +597,17 @@ def detect_clicks(
     a sample whose interpolation error exceeds ``z_strong`` scales (twice the test) is a
     candidate at ``threshold_strong`` (a fifth less) on the first: a loud click in dense,
     nearly white music (the model predicts a few dB only) stands far out of the matched
-    filter while its one-sided errors, spread over the burst, barely reach the threshold. Why this leaves
-    percussion alone:
+    filter while its one-sided errors, spread over the burst, barely reach the threshold.
+    In stereo (``C == 2``, ``z_reach`` not ``None``) a third rule lets the two tests meet
+    on different samples: a sample is also a candidate when the first test holds on it
+    and the second holds within ``z_reach`` samples of it, where the other channel's
+    interpolation error stays under 4 of its robust scales (noise alone, see the stereo
+    look below) within ``_PARTNER_REACH`` samples. The matched filter is matched to an
+    impulse: over a noise burst its peak falls where the burst's samples add up in its
+    kernel, not on the sample whose one-sided errors peak, and a burst whose own model
+    is whitened by it (the model of its frame is fitted with the burst in it) may pass
+    each test on some sample but both on none. An attack heard in both channels keeps
+    the strict rule. Why this leaves percussion alone:
 
     * the *minimum* of the forward and backward errors is large only on the damaged
       samples themselves (a click spoils the forward prediction of the ``p`` samples
@@ -647,6 +661,7 @@ def detect_clicks(
         stereo_taps: half-length of the cross-channel FIR of the stereo look (``None``:
             channels judged apart).
         z_strong, threshold_strong: the second candidate rule (``None``: off).
+        z_reach: the third (stereo) candidate rule's reach in samples (``None``: off).
 
     Returns:
         ``(mask, coeffs, hop)``: ``mask (B, C, T)`` bool (detached), the AR filters
@@ -685,7 +700,16 @@ def detect_clicks(
             floor = 10.0 ** (floor_db / 20.0)
             sg = tnf.pad(stat, (0, nsb * _SUB - t)).reshape(grid)
             zg = tnf.pad(z.abs(), (0, nsb * _SUB - t)).reshape(grid)
-            flags = (sg > torch.clamp(threshold * scale, min=floor)) & (zg > z_threshold * z_scale)
+            one_sided = sg > torch.clamp(threshold * scale, min=floor)
+            z_ratio = (zg / z_scale.clamp(min=1e-30)).reshape(b * c, nsb * _SUB)
+            flags = one_sided & (zg > z_threshold * z_scale)
+            if z_reach is not None and c == 2:
+                # The two tests on nearby samples, where the other channel shows nothing.
+                near_z = tnf.max_pool1d(z_ratio[:, None], 2 * z_reach + 1, 1, z_reach)[:, 0]
+                partner = tnf.max_pool1d(z_ratio[:, None], 2 * _PARTNER_REACH + 1, 1,
+                                         _PARTNER_REACH)[:, 0]
+                partner = partner.reshape(b, c, -1).flip(1).reshape(grid)
+                flags |= one_sided & (near_z.reshape(grid) > z_threshold) & (partner < _NOISE_MAX)
             if z_strong is not None:
                 # Stronger evidence from the matched filter buys a laxer localisation test.
                 flags |= (sg > torch.clamp(threshold_strong * scale, min=floor)) & (
