@@ -541,6 +541,28 @@ def _stereo_guards(
     return out
 
 
+def _near_and_alone(cand: Tensor, z_ratio: Tensor, reach: int, z_threshold: float) -> Tensor:
+    """The stereo candidate rule of :func:`detect_clicks`: of the samples ``cand``
+    (``(N, T)`` bool, rows ``batch * 2 + channel``), those whose row's ``z_ratio``
+    (``(N, T)``, interpolation error over its robust scale) exceeds ``z_threshold``
+    within ``reach`` samples while the other channel's stays under ``_NOISE_MAX`` within
+    ``_PARTNER_REACH`` samples. ``(N, T)`` bool."""
+    n, t = cand.shape
+    at = cand.nonzero()
+    out = torch.zeros_like(cand)
+    if len(at) == 0:
+        return out
+
+    def peak(rows: Tensor, half: int) -> Tensor:
+        pos = (at[:, 1:2] + torch.arange(-half, half + 1, device=cand.device)).clamp(0, t - 1)
+        return z_ratio[rows[:, None], pos].amax(-1)
+
+    partner = at[:, 0] + 1 - 2 * (at[:, 0] % 2)
+    ok = (peak(at[:, 0], reach) > z_threshold) & (peak(partner, _PARTNER_REACH) < _NOISE_MAX)
+    out[at[ok, 0], at[ok, 1]] = True
+    return out
+
+
 def _burst_level(rows: Tensor, bursts: Tensor, width: int, span: int) -> Tensor:
     """The robust local level of :func:`detect_clicks` (``_local_scale`` of ``rows`` over
     ``width`` sub-blocks a side, the larger) computed only around each burst, written
@@ -704,12 +726,10 @@ def detect_clicks(
             z_ratio = (zg / z_scale.clamp(min=1e-30)).reshape(b * c, nsb * _SUB)
             flags = one_sided & (zg > z_threshold * z_scale)
             if z_reach is not None and c == 2:
-                # The two tests on nearby samples, where the other channel shows nothing.
-                near_z = tnf.max_pool1d(z_ratio[:, None], 2 * z_reach + 1, 1, z_reach)[:, 0]
-                partner = tnf.max_pool1d(z_ratio[:, None], 2 * _PARTNER_REACH + 1, 1,
-                                         _PARTNER_REACH)[:, 0]
-                partner = partner.reshape(b, c, -1).flip(1).reshape(grid)
-                flags |= one_sided & (near_z.reshape(grid) > z_threshold) & (partner < _NOISE_MAX)
+                # The two tests on nearby samples, where the other channel shows nothing;
+                # looked at only where the first test holds (few samples).
+                flags |= _near_and_alone(one_sided.reshape(b * c, -1), z_ratio, z_reach,
+                                         z_threshold).reshape(grid)
             if z_strong is not None:
                 # Stronger evidence from the matched filter buys a laxer localisation test.
                 flags |= (sg > torch.clamp(threshold_strong * scale, min=floor)) & (
