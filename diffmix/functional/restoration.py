@@ -541,6 +541,26 @@ def _stereo_guards(
     return out
 
 
+def _keep_inside(bursts: Tensor, long: Tensor, kept: Tensor, t: int) -> Tensor:
+    """``bursts`` (``(K, 3)`` rows ``(row, start, end)``, sorted) and the runs of
+    ``kept`` that lie inside one of the ``long`` runs holding two or more of them, sorted
+    by row then start. Two clicks kept by an earlier pass with candidates between them
+    are dense clicks (the refitted models, sharper, flag more of the error each spreads
+    over the other); one kept burst at the start of a long run of candidates is the start
+    of a sound (as a slapped string's or a woodblock's attack), and goes as before."""
+    if len(kept) == 0 or len(long) == 0:
+        return bursts
+    key = long[:, 0] * (t + 1) + long[:, 1]  # sorted, as the runs are
+    i = torch.searchsorted(key, kept[:, 0] * (t + 1) + kept[:, 1], right=True) - 1
+    inside = (i >= 0) & (long[i.clamp(min=0), 0] == kept[:, 0]) & (
+        long[i.clamp(min=0), 2] >= kept[:, 2])
+    count = torch.zeros(len(long), dtype=torch.long, device=long.device)
+    count.index_add_(0, i[inside], torch.ones_like(i[inside]))
+    inside &= count[i.clamp(min=0)] >= 2
+    out = torch.cat([bursts, kept[inside]])
+    return out[torch.argsort(out[:, 0] * (t + 1) + out[:, 1])]
+
+
 def _near_and_alone(cand: Tensor, z_ratio: Tensor, reach: int, z_threshold: float) -> Tensor:
     """The stereo candidate rule of :func:`detect_clicks`: of the samples ``cand``
     (``(N, T)`` bool, rows ``batch * 2 + channel``), those whose row's ``z_ratio``
@@ -741,7 +761,14 @@ def detect_clicks(
             flags = flags.reshape(b * c, nsb * _SUB)[:, :t] | kept
             # Join candidates with at most `merge` samples between them into one burst.
             bursts = _segments(runs(flags), merge + 1)
-            bursts = bursts[(bursts[:, 2] - bursts[:, 1]) <= max_len]
+            short = (bursts[:, 2] - bursts[:, 1]) <= max_len
+            if step and not bool(short.all()):
+                # Dense clicks: the candidates between two kept bursts can join them into
+                # one burst too long to be a click. The kept bursts inside stay bursts
+                # (where there are two or more, see `_keep_inside`).
+                bursts = _keep_inside(bursts[short], bursts[~short], runs(kept), t)
+            else:
+                bursts = bursts[short]
             if len(bursts) and periodic < 1.0:
                 bursts = bursts[_periodicity(fwd, bursts, sr) < periodic]
             mask = _mask_from_runs(bursts, (b * c, t), pad, x.device).reshape(b, c, t)
