@@ -567,7 +567,7 @@ def _near_and_alone(cand: Tensor, z_ratio: Tensor, reach: int, z_threshold: floa
     (``(N, T)``, interpolation error over its robust scale) exceeds ``z_threshold``
     within ``reach`` samples while the other channel's stays under ``_NOISE_MAX`` within
     ``_PARTNER_REACH`` samples. ``(N, T)`` bool."""
-    n, t = cand.shape
+    t = cand.shape[-1]
     at = cand.nonzero()
     out = torch.zeros_like(cand)
     if len(at) == 0:
