@@ -48,6 +48,10 @@ _GROW_GAP = 8
 # A Gaussian noise's largest value over a few milliseconds stays under about 3.5 standard
 # deviations: beyond 4, a matched-filter output is taken as a sign of something there.
 _NOISE_MAX = 4.0
+# How far (samples, about 1.5 ms at 44.1 kHz) the other channel must show nothing for the
+# stereo candidate rule of `detect_clicks`: an attack in both channels of a mix need not
+# line up to the sample.
+_PARTNER_REACH = 64
 
 
 def _rows(x: Tensor, what: str) -> tuple[Tensor, tuple[int, int, int]]:
@@ -537,6 +541,48 @@ def _stereo_guards(
     return out
 
 
+def _keep_inside(bursts: Tensor, long: Tensor, kept: Tensor, t: int) -> Tensor:
+    """``bursts`` (``(K, 3)`` rows ``(row, start, end)``, sorted) and the runs of
+    ``kept`` that lie inside one of the ``long`` runs holding two or more of them, sorted
+    by row then start. Two clicks kept by an earlier pass with candidates between them
+    are dense clicks (the refitted models, sharper, flag more of the error each spreads
+    over the other); one kept burst at the start of a long run of candidates is the start
+    of a sound (as a slapped string's or a woodblock's attack), and goes as before."""
+    if len(kept) == 0 or len(long) == 0:
+        return bursts
+    key = long[:, 0] * (t + 1) + long[:, 1]  # sorted, as the runs are
+    i = torch.searchsorted(key, kept[:, 0] * (t + 1) + kept[:, 1], right=True) - 1
+    inside = (i >= 0) & (long[i.clamp(min=0), 0] == kept[:, 0]) & (
+        long[i.clamp(min=0), 2] >= kept[:, 2])
+    count = torch.zeros(len(long), dtype=torch.long, device=long.device)
+    count.index_add_(0, i[inside], torch.ones_like(i[inside]))
+    inside &= count[i.clamp(min=0)] >= 2
+    out = torch.cat([bursts, kept[inside]])
+    return out[torch.argsort(out[:, 0] * (t + 1) + out[:, 1])]
+
+
+def _near_and_alone(cand: Tensor, z_ratio: Tensor, reach: int, z_threshold: float) -> Tensor:
+    """The stereo candidate rule of :func:`detect_clicks`: of the samples ``cand``
+    (``(N, T)`` bool, rows ``batch * 2 + channel``), those whose row's ``z_ratio``
+    (``(N, T)``, interpolation error over its robust scale) exceeds ``z_threshold``
+    within ``reach`` samples while the other channel's stays under ``_NOISE_MAX`` within
+    ``_PARTNER_REACH`` samples. ``(N, T)`` bool."""
+    t = cand.shape[-1]
+    at = cand.nonzero()
+    out = torch.zeros_like(cand)
+    if len(at) == 0:
+        return out
+
+    def peak(rows: Tensor, half: int) -> Tensor:
+        pos = (at[:, 1:2] + torch.arange(-half, half + 1, device=cand.device)).clamp(0, t - 1)
+        return z_ratio[rows[:, None], pos].amax(-1)
+
+    partner = at[:, 0] + 1 - 2 * (at[:, 0] % 2)
+    ok = (peak(at[:, 0], reach) > z_threshold) & (peak(partner, _PARTNER_REACH) < _NOISE_MAX)
+    out[at[ok, 0], at[ok, 1]] = True
+    return out
+
+
 def _burst_level(rows: Tensor, bursts: Tensor, width: int, span: int) -> Tensor:
     """The robust local level of :func:`detect_clicks` (``_local_scale`` of ``rows`` over
     ``width`` sub-blocks a side, the larger) computed only around each burst, written
@@ -577,6 +623,7 @@ def detect_clicks(
     stereo_taps: int | None = 4,
     z_strong: float | None = 16.0,
     threshold_strong: float = 4.0,
+    z_reach: int | None = 8,
 ) -> tuple[Tensor, Tensor, int]:
     """Flag clicks: short bursts that the AR model of their surroundings cannot predict,
     forwards or backwards, and that do not recur period after period.
@@ -592,8 +639,17 @@ def detect_clicks(
     a sample whose interpolation error exceeds ``z_strong`` scales (twice the test) is a
     candidate at ``threshold_strong`` (a fifth less) on the first: a loud click in dense,
     nearly white music (the model predicts a few dB only) stands far out of the matched
-    filter while its one-sided errors, spread over the burst, barely reach the threshold. Why this leaves
-    percussion alone:
+    filter while its one-sided errors, spread over the burst, barely reach the threshold.
+    In stereo (``C == 2``, ``z_reach`` not ``None``) a third rule lets the two tests meet
+    on different samples: a sample is also a candidate when the first test holds on it
+    and the second holds within ``z_reach`` samples of it, where the other channel's
+    interpolation error stays under 4 of its robust scales (noise alone, see the stereo
+    look below) within ``_PARTNER_REACH`` samples. The matched filter is matched to an
+    impulse: over a noise burst its peak falls where the burst's samples add up in its
+    kernel, not on the sample whose one-sided errors peak, and a burst whose own model
+    is whitened by it (the model of its frame is fitted with the burst in it) may pass
+    each test on some sample but both on none. An attack heard in both channels keeps
+    the strict rule. Why this leaves percussion alone:
 
     * the *minimum* of the forward and backward errors is large only on the damaged
       samples themselves (a click spoils the forward prediction of the ``p`` samples
@@ -647,6 +703,7 @@ def detect_clicks(
         stereo_taps: half-length of the cross-channel FIR of the stereo look (``None``:
             channels judged apart).
         z_strong, threshold_strong: the second candidate rule (``None``: off).
+        z_reach: the third (stereo) candidate rule's reach in samples (``None``: off).
 
     Returns:
         ``(mask, coeffs, hop)``: ``mask (B, C, T)`` bool (detached), the AR filters
@@ -685,7 +742,14 @@ def detect_clicks(
             floor = 10.0 ** (floor_db / 20.0)
             sg = tnf.pad(stat, (0, nsb * _SUB - t)).reshape(grid)
             zg = tnf.pad(z.abs(), (0, nsb * _SUB - t)).reshape(grid)
-            flags = (sg > torch.clamp(threshold * scale, min=floor)) & (zg > z_threshold * z_scale)
+            one_sided = sg > torch.clamp(threshold * scale, min=floor)
+            z_ratio = (zg / z_scale.clamp(min=1e-30)).reshape(b * c, nsb * _SUB)
+            flags = one_sided & (zg > z_threshold * z_scale)
+            if z_reach is not None and c == 2:
+                # The two tests on nearby samples, where the other channel shows nothing;
+                # looked at only where the first test holds (few samples).
+                flags |= _near_and_alone(one_sided.reshape(b * c, -1), z_ratio, z_reach,
+                                         z_threshold).reshape(grid)
             if z_strong is not None:
                 # Stronger evidence from the matched filter buys a laxer localisation test.
                 flags |= (sg > torch.clamp(threshold_strong * scale, min=floor)) & (
@@ -697,7 +761,14 @@ def detect_clicks(
             flags = flags.reshape(b * c, nsb * _SUB)[:, :t] | kept
             # Join candidates with at most `merge` samples between them into one burst.
             bursts = _segments(runs(flags), merge + 1)
-            bursts = bursts[(bursts[:, 2] - bursts[:, 1]) <= max_len]
+            short = (bursts[:, 2] - bursts[:, 1]) <= max_len
+            if step and not bool(short.all()):
+                # Dense clicks: the candidates between two kept bursts can join them into
+                # one burst too long to be a click. The kept bursts inside stay bursts
+                # (where there are two or more, see `_keep_inside`).
+                bursts = _keep_inside(bursts[short], bursts[~short], runs(kept), t)
+            else:
+                bursts = bursts[short]
             if len(bursts) and periodic < 1.0:
                 bursts = bursts[_periodicity(fwd, bursts, sr) < periodic]
             mask = _mask_from_runs(bursts, (b * c, t), pad, x.device).reshape(b, c, t)
