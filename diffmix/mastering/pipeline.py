@@ -182,7 +182,9 @@ def master_group(
     x, lengths = pad_batch([s.audio for s in songs])
     goals = loudness_goals([s.target for s in songs], [s.reference for s in songs], sr)
 
-    def render_and_solve(start_db: torch.Tensor | None = None):  # noqa: ANN202
+    def render_and_solve(start_db: torch.Tensor | None = None, exact: bool = True):  # noqa: ANN202
+        """The chain rendered and its drives solved; ``exact=False`` solves on the smooth
+        limiter alone where it has one (a render whose tone is measured, not delivered)."""
         render = render_with_drive(bus, x)
         clock("render_chain")
         if any(g is None for g in goals):
@@ -193,15 +195,19 @@ def master_group(
             # A pre-limiter level under the -70 LUFS gate (but not silence) starts from its RMS.
             rough = rough_lufs(render.pre, lengths).clamp_min(-300.0)  # type: ignore[attr-defined]
             start_db = torch.where(torch.isfinite(pre), targets - pre, targets - rough)
+        proxy = render.proxy  # type: ignore[attr-defined]
         y, solves = solve_loudness(
-            render, lengths, sr, targets, tolerance_lu=float(options.tolerance_lu), start_db=start_db,
-            proxy=render.proxy,  # type: ignore[attr-defined]
+            render if exact or proxy is None else proxy, lengths, sr, targets,
+            tolerance_lu=float(options.tolerance_lu), start_db=start_db, proxy=proxy if exact else None,
+            drive_range=render.drive_range,  # type: ignore[attr-defined]
             names=[str(s.protect[0]) if s.protect else s.key for s in songs],
         )
         return render, y, solves
 
-    render, y, solves = render_and_solve()
     passes = int(options.match_refine) if match else 0
+    # With refine passes to come, the first master is only measured for its tone: the smooth
+    # limiter's (the exact correction moves a band by < 0.01 dB) at drives solved on it.
+    render, y, solves = render_and_solve(exact=not passes)
     if passes:
         # The fit matched excerpts; the delivered tone is the whole song's. Measure it, fold
         # what is left into the match EQ, and render again: between passes at the solved
