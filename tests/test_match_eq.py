@@ -3,6 +3,7 @@ contract is in test_contract.py)."""
 
 from __future__ import annotations
 
+import math
 import numpy as np
 import pytest
 import scipy.signal
@@ -130,3 +131,18 @@ def test_closed_form_match_moves_tone_and_width_onto_the_reference():
     assert before["tone_mid_rms_db"] > 4 and before["tone_side_rms_db"] > 8
     assert after["tone_mid_rms_db"] < 0.5 and after["tone_side_rms_db"] < 0.6
     assert after["side_mid_ratio_error_db"] < 0.3 < before["side_mid_ratio_error_db"]
+
+
+def test_a_signals_band_levels_are_measured_once_and_again_after_an_in_place_change():
+    from diffmix.functional.match_eq import band_levels_db, match_centres, signal_band_levels_db
+
+    g = torch.Generator().manual_seed(4)
+    x = 0.1 * torch.randn(1, 2, 20_000, generator=g)
+    c = match_centres(44100)
+    first = signal_band_levels_db(x, 44100, c)
+    assert torch.equal(first, band_levels_db(x.double(), 44100, c)) and first.dtype == torch.float64
+    assert signal_band_levels_db(x, 44100, c) is first  # the same signal: measured once
+    assert signal_band_levels_db(x.clone(), 44100, c) is not first  # another tensor: measured
+    x.mul_(2.0)  # changed in place: its version moved, so it is measured again
+    again = signal_band_levels_db(x, 44100, c)
+    assert again is not first and torch.allclose(again, first + 20 * math.log10(2.0), atol=1e-9)

@@ -127,7 +127,7 @@ class MatchEQ(Effect):
         per_item = cast(BoundedParam, self.params["mid_gain_db"]).anchor.dim() > 1
         x = x.detach()
         # The reference is analysed once for the closed form and every refine pass.
-        ref_db = F.band_levels_db(reference.detach().double(), self.sample_rate, centres)
+        ref_db = F.signal_band_levels_db(reference, self.sample_rate, centres)
         mid, side = F.match_gains(
             x, reference, self.sample_rate, centres,
             mid_range_db=(-GAIN_MAX_DB, GAIN_MAX_DB), side_range_db=(SIDE_MIN_DB, GAIN_MAX_DB),

@@ -215,10 +215,10 @@ def reference_levels(bus: Bus, references: Sequence[Tensor]) -> list[Tensor]:
     """Each reference's mid and side band levels as the match stage measures them
     (:func:`~diffmix.functional.match_eq.band_levels_db`), for :func:`refine_match`'s passes."""
     from diffmix.effects.match_eq import MatchEQ
-    from diffmix.functional.match_eq import band_levels_db
+    from diffmix.functional.match_eq import signal_band_levels_db
 
     stage = cast(MatchEQ, bus.effects[MATCH])
-    return [band_levels_db(r.double(), stage.sample_rate, stage.centres_hz) for r in references]
+    return [signal_band_levels_db(r, stage.sample_rate, stage.centres_hz) for r in references]
 
 
 @torch.no_grad()
