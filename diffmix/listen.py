@@ -217,7 +217,8 @@ def draw_file(path: str | Path, chunk_s: float = 30.0, lufs: float | None = None
     return meter.result(lufs), src.sample_rate
 
 
-def _draw_chunks(read: Callable[[int, int], Tensor], frames: int, sample_rate: int, chunk_s: float) -> PageMeter:
+def _draw_chunks(read: Callable[[int, int], Tensor], frames: int, sample_rate: int,
+                 chunk_s: float) -> PageMeter:
     """A :class:`PageMeter` fed ``read(a, z)`` (samples ``a .. z``, ``(1, C, z - a)``) chunk by chunk."""
     from diffmix.mastering.source import chunk_bounds
 

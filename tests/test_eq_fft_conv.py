@@ -50,8 +50,9 @@ def test_overlap_save_matches_one_fft_values_and_gradients(x_shape, fir_shape, n
     ],
 )
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_render_without_gradient_is_the_same_values_a_group_at_a_time(x_shape, fir_shape, n_time, length, block,
-                                                                       dtype):
+def test_render_without_gradient_is_the_same_values_a_group_at_a_time(
+    x_shape, fir_shape, n_time, length, block, dtype
+):
     # Rendering (no gradient) transforms a group of blocks at a time into the output: the
     # same values, bit for bit, as the autograd path, and the one-transform reference.
     g = torch.Generator().manual_seed(n_time)

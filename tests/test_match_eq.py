@@ -4,6 +4,7 @@ contract is in test_contract.py)."""
 from __future__ import annotations
 
 import math
+
 import numpy as np
 import pytest
 import scipy.signal

@@ -113,7 +113,8 @@ def _render(x: Tensor, fir: Tensor, block: int) -> Tensor:
         lo, hi = j0 * hop, min(n_time, j1 * hop)  # the outputs of blocks j0 .. j1
         a = lo - (length - 1)  # block j0's first input sample
         part = x[..., max(a, 0) : min(n_time, j1 * hop)]
-        part = torch.nn.functional.pad(part, (max(0, -a), (j1 - j0) * hop + length - 1 - part.shape[-1] - max(0, -a)))
+        right = (j1 - j0) * hop + length - 1 - part.shape[-1] - max(0, -a)  # zeros past the end
+        part = torch.nn.functional.pad(part, (max(0, -a), right))
         spec = torch.fft.rfft(part.unfold(-1, block, hop), n=block).mul_(spec_f)
         y = torch.fft.irfft(spec, n=block)[..., length - 1 :]
         out[..., lo:hi] = y.reshape(*y.shape[:-2], -1)[..., : hi - lo]

@@ -166,7 +166,6 @@ def match_eq(
     gains = torch.cat(torch.broadcast_tensors(mid, side), dim=1)  # (B|1, 2, bands)
     h = design_fir(gains, centres, sample_rate, n_fir)  # (B|1, 2, n_fir)
     half = n_fir // 2
-    t = x.shape[-1]
     # Zero-phase taps reach half the FIR both ways: the causal filter (the taps rolled by
     # half) over the signal and half a filter of zeros, read half a filter later. Long
     # signals take overlap-save blocks (fft_convolve), not one transform of the whole song.

@@ -12,14 +12,12 @@ from typing import Any
 
 import numpy as np
 import soundfile as sf
-import torch
 from torch import Tensor
 
 from diffmix.delivery import FORMATS, SUBTYPES, DeliveryReport, check_format, prepare, relimit
 from diffmix.errors import UserError
 from diffmix.io import AudioFileError, atomic_path
 from diffmix.report import SequentialMeter
-
 
 _WRITE_FRAMES = 1 << 16  # frames per write call
 
