@@ -191,6 +191,11 @@ def parametric_eq(
     if tail is None:
         tail = iir_tail(a)
     if stereo == "ms":
-        return x + m.unsqueeze(-1) * (left_right(render_fft(inp, b, a, tail)) - x)
+        wet = left_right(render_fft(inp, b, a, tail))
+        del inp
+        m = m.unsqueeze(-1)
+        if torch.is_grad_enabled() and (wet.requires_grad or x.requires_grad or m.requires_grad):
+            return x + m * (wet - x)
+        return wet.sub_(x).mul_(m).add_(x)  # a render: the same sums, no full-length temporaries
     # Dry/wet is linear, so it folds into the impulse response: (1 - m) delta + m h.
     return render_fft(x, b, a, tail, mix=m)
