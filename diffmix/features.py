@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from diffmix.functional._cache import SignalMemo
 from diffmix.functional.gain import mid_side
 from diffmix.functional.spectrum import band_matrix, band_powers, power_db, welch_psd
 
@@ -120,12 +121,25 @@ def spectral_errors(y: Tensor, reference: Tensor, sample_rate: int, n_fft: int =
     the error of the overall side/mid ratio. These are the quality metrics of the master
     benchmark.
     """
-    fx = FeatureExtractor(sample_rate, n_fft).to(y.device)
-    a, b = fx(y.double()), fx(reference.double())
+    (mid_a, side_a, ratio_a), (mid_b, side_b, ratio_b) = (_tone(v, sample_rate, n_fft)
+                                                          for v in (y, reference))
     return {
-        "tone_mid_rms_db": float((a.tone_mid - b.tone_mid).square().mean().sqrt()),
-        "tone_side_rms_db": float((a.tone_side - b.tone_side).square().mean().sqrt()),
-        "side_mid_ratio_error_db": float(
-            (side_mid_ratio_db_floored(y.double()) - side_mid_ratio_db_floored(reference.double())).abs()[0]
-        ),
+        "tone_mid_rms_db": float((mid_a - mid_b).square().mean().sqrt()),
+        "tone_side_rms_db": float((side_a - side_b).square().mean().sqrt()),
+        "side_mid_ratio_error_db": float((ratio_a - ratio_b).abs()[0]),
     }
+
+
+def _tone(x: Tensor, sample_rate: int, n_fft: int) -> tuple[Tensor, Tensor, Tensor]:
+    """``x``'s mid and side tone and side/mid ratio in float64, measured once per signal
+    (a job compares its input and its master with one reference)."""
+
+    def make() -> tuple[Tensor, Tensor, Tensor]:
+        xd = x.detach().double()
+        f = FeatureExtractor(sample_rate, n_fft).to(x.device)(xd)
+        return f.tone_mid, f.tone_side, side_mid_ratio_db_floored(xd)
+
+    return _TONES.get(x, (int(sample_rate), int(n_fft)), make)
+
+
+_TONES = SignalMemo(8)

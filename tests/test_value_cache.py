@@ -52,3 +52,22 @@ def test_cache_keys_and_bounds():
     for i in range(3):
         cache.get((i,), lambda: torch.zeros(10))
     assert list(cache._items) == [(1,), (2,)]  # at most two, the oldest dropped
+
+
+def test_a_signal_memo_keys_by_the_tensor_and_its_version_not_by_content():
+    from diffmix.functional._cache import SignalMemo
+
+    memo, calls = SignalMemo(size=2), []
+
+    def make(x):
+        calls.append(1)
+        return float(x.sum())
+
+    x, twin = torch.ones(5), torch.ones(5)
+    assert memo.get(x, "k", lambda: make(x)) == 5.0 and memo.get(x, "k", lambda: make(x)) == 5.0
+    assert len(calls) == 1  # the same tensor: made once
+    assert memo.get(twin, "k", lambda: make(twin)) == 5.0 and len(calls) == 2  # equal content, another tensor
+    assert memo.get(x, "other", lambda: make(x)) == 5.0 and len(calls) == 3  # another key
+    x.mul_(2.0)  # in place: a new version, made again
+    assert memo.get(x, "k", lambda: make(x)) == 10.0 and len(calls) == 4
+    assert len(memo._items) == 2  # bounded

@@ -9,8 +9,10 @@ recorded) and the values are on the CPU (reading them is then no device sync) an
 
 from __future__ import annotations
 
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -59,3 +61,27 @@ class ValueCache:
 
 def _nbytes(t: Tensor) -> int:
     return t.numel() * t.element_size()
+
+
+class SignalMemo:
+    """What a job derives from one signal several times (an input's or a reference's band
+    levels or features), kept per tensor object and its version counter (an in-place change
+    is a new entry), never keyed by content: at most ``size`` entries, least recently used
+    dropped first. Results must be small and are shared: callers don't modify them."""
+
+    def __init__(self, size: int = 16) -> None:
+        self.size = size
+        self._items: OrderedDict[tuple, tuple[weakref.ref, Any]] = OrderedDict()
+
+    def get(self, x: Tensor, extra: Hashable, make: Callable[[], Any]) -> Any:
+        """``make()`` for ``x`` and ``extra``, or its stored result."""
+        key = (id(x), x._version, extra)
+        hit = self._items.get(key)
+        if hit is not None and hit[0]() is x:  # the same live tensor, not a reused id
+            self._items.move_to_end(key)
+            return hit[1]
+        out = make()
+        self._items[key] = (weakref.ref(x), out)
+        while len(self._items) > self.size:
+            self._items.popitem(last=False)
+        return out

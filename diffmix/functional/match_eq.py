@@ -30,13 +30,13 @@ References:
 from __future__ import annotations
 
 import math
-import weakref
 from functools import lru_cache
 
 import torch
 from torch import Tensor
 
 from diffmix.checks import check_audio
+from diffmix.functional._cache import SignalMemo
 from diffmix.functional.filters import fft_convolve
 from diffmix.functional.gain import left_right, mid_side
 from diffmix.functional.spectrum import band_centres, band_matrix, power_db, welch_psd
@@ -176,24 +176,19 @@ def match_eq(
 
 
 def signal_band_levels_db(x: Tensor, sample_rate: int, centres_hz: Tensor, n_fft: int = 8192) -> Tensor:
-    """:func:`band_levels_db` of ``x`` in float64, measured once per signal: a job that
-    matches one input to one reference analyses each several times (the closed form, the
-    width, the refine passes). Keyed by the tensor itself and its version counter (an
-    in-place change is a new entry), never by content; not differentiable."""
-    key = (id(x), x._version, int(sample_rate), tuple(centres_hz.tolist()), int(n_fft))
-    hit = _LEVELS.get(key)
-    if hit is not None and hit[0]() is x:
-        return hit[1]
-    with torch.no_grad():
-        levels = band_levels_db(x.detach().double(), sample_rate, centres_hz, n_fft)
-    _LEVELS[key] = (weakref.ref(x), levels)
-    while len(_LEVELS) > _LEVELS_KEPT:
-        _LEVELS.pop(next(iter(_LEVELS)))
-    return levels
+    """:func:`band_levels_db` of ``x`` in float64, measured once per signal
+    (:class:`~diffmix.functional._cache.SignalMemo`): a job that matches one input to one
+    reference analyses each several times (the closed form, the width, the refine passes).
+    Not differentiable."""
+
+    def make() -> Tensor:
+        with torch.no_grad():
+            return band_levels_db(x.detach().double(), sample_rate, centres_hz, n_fft)
+
+    return _LEVELS.get(x, (int(sample_rate), tuple(centres_hz.tolist()), int(n_fft)), make)
 
 
-_LEVELS: dict[tuple, tuple[weakref.ref, Tensor]] = {}
-_LEVELS_KEPT = 16  # signals' levels kept (each a few hundred numbers)
+_LEVELS = SignalMemo()
 
 
 def band_levels_db(x: Tensor, sample_rate: int, centres_hz: Tensor, n_fft: int = 8192) -> Tensor:
