@@ -53,7 +53,9 @@ def rough_lufs(y: Tensor, lengths: Sequence[int]) -> Tensor:
     +3 dB is the stereo channel sum, -0.691 the standard's offset. Digital silence gives
     ``-inf``.
     """
-    power = torch.stack([y[i, :, :n].double().square().mean() for i, n in enumerate(lengths)])
+    # the sum of squares accumulated in float64 without a float64 copy of the song
+    power = torch.stack([torch.linalg.vector_norm(y[i, :, :n], dtype=torch.float64).square()
+                         / max(n * y.shape[1], 1) for i, n in enumerate(lengths)])
     return (10 * torch.log10(power) - 0.691 + 3.0).cpu()
 
 

@@ -192,9 +192,11 @@ def master_group(
         targets = torch.tensor(goals, dtype=torch.float64)
         if start_db is None:
             pre = measure_lufs(render.pre, lengths, sr).double().cpu()  # type: ignore[attr-defined]
-            # A pre-limiter level under the -70 LUFS gate (but not silence) starts from its RMS.
-            rough = rough_lufs(render.pre, lengths).clamp_min(-300.0)  # type: ignore[attr-defined]
-            start_db = torch.where(torch.isfinite(pre), targets - pre, targets - rough)
+            start_db = targets - pre
+            if not torch.isfinite(pre).all():
+                # A pre-limiter level under the -70 LUFS gate (but not silence) starts from its RMS.
+                rough = rough_lufs(render.pre, lengths).clamp_min(-300.0)  # type: ignore[attr-defined]
+                start_db = torch.where(torch.isfinite(pre), start_db, targets - rough)
         proxy = render.proxy  # type: ignore[attr-defined]
         y, solves = solve_loudness(
             render if exact or proxy is None else proxy, lengths, sr, targets,
