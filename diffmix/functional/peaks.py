@@ -19,6 +19,7 @@ import contextlib
 import functools
 import math
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from types import ModuleType
 
 import numpy as np
@@ -451,11 +452,26 @@ def strict_envelope(x: Tensor, sample_rate: int, *, meter: bool = True, gain: Te
         step = _STRICT_PART_BLOCKS if x.device.type == "cpu" else blocks
         last = x.new_zeros(b * c)  # the ideal level between the sample before a part and its first
         last_mag = x.new_zeros(b)  # |x| at the sample before a part, channels linked
-        with _one_thread(x.device):
-            for j0 in range(0, blocks, step):
+        def ideal(j0: int) -> Tensor:
+            j1 = min(blocks, j0 + step)
+            return _ideal_part(lambda a, z: source(a, z).reshape(b * c, z - a), t, j0, j1).to(x.dtype)
+
+        starts = list(range(0, blocks, step))
+        # On CPU the next part's transforms run on a second thread while this one's FIR rows
+        # and maxima run (torch releases the GIL; each side on one torch thread).
+        pool = ThreadPoolExecutor(max_workers=1) if x.device.type == "cpu" and len(starts) > 1 else None
+        with _one_thread(x.device), contextlib.ExitStack() as stack:
+            if pool is not None:
+                stack.callback(pool.shutdown, cancel_futures=True)
+            ahead = pool.submit(ideal, starts[0]) if pool is not None else None
+            for k, j0 in enumerate(starts):
                 j1 = min(blocks, j0 + step)
                 lo, hi = j0 * core, min(t, j1 * core)
-                between = _ideal_part(lambda a, z: source(a, z).reshape(b * c, z - a), t, j0, j1).to(x.dtype)
+                if ahead is not None:
+                    between = ahead.result()
+                    ahead = pool.submit(ideal, starts[k + 1]) if k + 1 < len(starts) else None
+                else:
+                    between = ideal(j0)
                 before = torch.cat([last[:, None], between[:, :-1]], 1)
                 last = between[:, -1]
                 a, z = max(0, lo - reach), min(t, hi + reach)
