@@ -71,6 +71,7 @@ def fit_options(cfg: DictConfig) -> MixFitOptions:
         gain_staging=float(cfg.loss.get("gain_staging", 0.0)),
         mrstft=dict(to_dict(cfg.loss.mrstft)),
         aligned=bool(cfg.aligned),
+        eq_bands=bool(cfg.fit.get("eq_bands", True)),
         compressor_start=bool(cfg.fit.get("compressor_start", True)),
         placement=bool(cfg.fit.get("placement", True)),
         match_loudness=bool(cfg.fit.get("match_loudness", True)),
