@@ -651,10 +651,11 @@ def fit_eq_bands(
     Weighted least squares of the tone in dB (weights: the stem's K-weighted energy share
     per analysis band, so bands where it has no energy do not drive it) against the EQ's
     power response averaged over each analysis band, plus one offset (dB, for the input
-    gain: the tone is normalised to mean power 1). Two starts per stem, the better kept:
-    the EQ as it is (``freq_hz``, ``q``, ``gain_db``), and a greedy placement (each bell
+    gain: the tone is normalised to mean power 1). Three starts per stem, the best kept:
+    the EQ as it is (``freq_hz``, ``q``, ``gain_db``), and two greedy placements (each bell
     in turn at the band where the weighted residual ``w r^2`` is largest, its gain that
-    residual, its Q from the width of the residual's lobe, then all refined). Each start is
+    residual, its Q from the width of the residual's lobe, then all refined; the shelves
+    free from the start or only after the bells). Each start is
     refined by Levenberg-Marquardt on (log f, log Q, gain, offset), bounded by the given
     ranges; shelves move in frequency and gain (their Q stays), other band types stay.
 
@@ -750,37 +751,42 @@ def fit_eq_bands(
     offset_only[:, -1] = True
     fixed = refine(start, offset_only)
     as_is = refine(fixed, active)
-    # Greedy: every movable gain at 0, then each bell where the weighted residual is largest.
-    greedy = start.clone()
-    greedy[:, 2 * m : 3 * m] = torch.where(move_f, 0.0, greedy[:, 2 * m : 3 * m])
-    greedy = refine(greedy, offset_only)
-    placed = ~torch.tensor([j in bells for j in range(m)])  # what the LM may move so far
     log_c = centres.log()
-    for j in bells:
-        res = target - response(greedy)
-        score = weight * res.square()
-        b = score.argmax(1)  # (N,)
-        peak = res.gather(1, b[:, None]).squeeze(1)
-        # The lobe: neighbouring bands whose residual keeps the sign and half the peak.
-        same = (res * peak[:, None] > 0) & (res.abs() >= 0.5 * peak.abs()[:, None])
-        width = torch.ones(n, dtype=torch.float64)
-        for k in range(n):
-            lo_i = hi_i = int(b[k])
-            while lo_i > 0 and bool(same[k, lo_i - 1]):
-                lo_i -= 1
-            while hi_i < nb - 1 and bool(same[k, hi_i + 1]):
-                hi_i += 1
-            width[k] = (hi_i - lo_i + 1) / BANDS_PER_OCTAVE  # octaves
-        qb = 1.0 / (2.0 * torch.sinh(math.log(2.0) * width / 2.0))
-        greedy[:, j] = log_c[b]
-        greedy[:, m + j] = qb.log()
-        greedy[:, 2 * m + j] = peak.clamp(-limit_db, limit_db)
-        greedy = torch.maximum(torch.minimum(greedy, hi_t), lo_t)
-        placed[j] = True
-        greedy = refine(greedy, active & torch.cat([placed, placed, placed, torch.tensor([True])]))
-    greedy = refine(greedy, active)
-    c_as_is, c_greedy = cost(as_is), cost(greedy)
-    best = torch.where((c_greedy < c_as_is).unsqueeze(1), greedy, as_is)
+    bell = torch.tensor([j in bells for j in range(m)])
+
+    def greedy(shelves_first: bool) -> Tensor:
+        """Every movable gain at 0, then each bell in turn where the weighted residual
+        ``w r^2`` is largest, all placed bands refined after each; the shelves move from
+        the start (``shelves_first``) or only once every bell is placed."""
+        theta = start.clone()
+        theta[:, 2 * m : 3 * m] = torch.where(move_f, 0.0, theta[:, 2 * m : 3 * m])
+        placed = ~bell if shelves_first else torch.zeros(m, dtype=torch.bool)
+        theta = refine(theta, active & torch.cat([placed, placed, placed, torch.tensor([True])]))
+        for j in bells:
+            res = target - response(theta)
+            b = (weight * res.square()).argmax(1)  # (N,)
+            peak = res.gather(1, b[:, None]).squeeze(1)
+            # The lobe: neighbouring bands whose residual keeps the sign and half the peak.
+            same = (res * peak[:, None] > 0) & (res.abs() >= 0.5 * peak.abs()[:, None])
+            width = torch.ones(n, dtype=torch.float64)
+            for k in range(n):
+                lo_i = hi_i = int(b[k])
+                while lo_i > 0 and bool(same[k, lo_i - 1]):
+                    lo_i -= 1
+                while hi_i < nb - 1 and bool(same[k, hi_i + 1]):
+                    hi_i += 1
+                width[k] = (hi_i - lo_i + 1) / BANDS_PER_OCTAVE  # octaves
+            theta[:, j] = log_c[b]
+            theta[:, m + j] = (1.0 / (2.0 * torch.sinh(math.log(2.0) * width / 2.0))).log()
+            theta[:, 2 * m + j] = peak.clamp(-limit_db, limit_db)
+            theta = torch.maximum(torch.minimum(theta, hi_t), lo_t)
+            placed[j] = True
+            theta = refine(theta, active & torch.cat([placed, placed, placed, torch.tensor([True])]))
+        return refine(theta, active)
+
+    best = as_is
+    for candidate in (greedy(True), greedy(False)):
+        best = torch.where((cost(candidate) < cost(best)).unsqueeze(1), candidate, best)
     silent = weight.sum(1) <= 0
     best = torch.where(silent.unsqueeze(1), start, best)
 
