@@ -37,7 +37,9 @@ has almost no energy keeps the stem's overall gain instead of an arbitrary value
 per-band gains are then split into an input gain (their K-weighted, energy-weighted mean:
 what a loudness meter hears) and an EQ curve, fitted to the console's own parametric EQ
 response (its band types and frequencies) by a few Gauss-Newton steps on its magnitude
-response, weighted by where the stem has energy. The gradient fit then refines
+response, weighted by where the stem has energy; :func:`fit_eq_bands` then fits the band
+frequencies and Qs too (a hidden EQ's bands need not sit on the console's). The gradient
+fit then refines
 everything (compression, pan, width, sends and the EQ itself) from there, and
 :func:`polish_levels` finally sets each fader so the track's loudness through the fitted
 console is the estimate's again (a waveform loss trades quiet tracks' levels away).
