@@ -145,3 +145,29 @@ def test_fit_console_runs_and_reports_the_eq_bands_stage():
     fit_console(fixed, stems, ref, SR, MixFitOptions(**{**vars(options), "eq_bands": False}),
                 optimizer=lambda p: torch.optim.Adam(p))
     assert float((_strip_db(fixed) - _strip_db(truth)).abs().max()) > 1.5
+
+
+def test_fit_eq_bands_leaves_bands_it_does_not_move_and_silent_stems_as_they_are():
+    """A band type without a movable frequency (a resonant high-pass, a notch) keeps its
+    values exactly, even outside what the fit may give a bell (Q 8 and 9); a stem with no
+    energy keeps its EQ and gets no offset."""
+    from diffmix.mixing.analysis import band_edges
+    from diffmix.mixing.solvers import MixEstimate, fit_eq_bands
+
+    edges = band_edges(SR)
+    centres = torch.as_tensor(np.sqrt(edges[:-1] * edges[1:]))
+    tone = torch.zeros(2, len(centres), dtype=torch.float64)
+    tone[:, 8] = 3.0
+    weight = torch.full_like(tone, 1.0 / len(centres))
+    weight[1] = 0.0
+    est = MixEstimate(gain_db=torch.zeros(2), band_db=tone, weight=weight, centres_hz=centres,
+                      explained=1.0, tone_db=tone)
+    freq = torch.tensor([[30.0, 1000.0, 3000.0, 8000.0]] * 2)
+    q = torch.tensor([[8.0, 0.7, 9.0, 0.7]] * 2)
+    out = fit_eq_bands(est, ("highpass", "peak", "notch", "high_shelf"), freq, q, torch.zeros(2, 4), SR,
+                       freq_range=(20.0, 19845.0), q_range=(0.1, 10.0))
+    for k, start in (("freq_hz", freq), ("q", q)):
+        assert torch.equal(out[k][:, [0, 2]], start[:, [0, 2]].double()), out[k]
+        assert torch.equal(out[k][1], start[1].double()), out[k]
+    assert float(out["offset_db"][1]) == 0.0 and not out["gain_db"][1].any()
+    assert float(out["rms_db"][0]) < float(out["rms_fixed_db"][0])

@@ -657,9 +657,9 @@ def fit_eq_bands(
     the EQ as it is (``freq_hz``, ``q``, ``gain_db``), and two greedy placements (each bell
     in turn at the band where the weighted residual ``w r^2`` is largest, its gain that
     residual, its Q from the width of the residual's lobe, then all refined; the shelves
-    free from the start or only after the bells). Each start is
-    refined by Levenberg-Marquardt on (log f, log Q, gain, offset), bounded by the given
-    ranges; shelves move in frequency and gain (their Q stays), other band types stay.
+    free from the start or only after the bells). Each start is refined by
+    Levenberg-Marquardt on (log f, log Q, gain, offset), bounded by the given ranges;
+    shelves move in frequency and gain (their Q stays), other band types stay.
 
     Args:
         estimate: from :func:`estimate_mix` (``tone_db`` where it has one).
@@ -735,7 +735,7 @@ def fit_eq_bands(
             lhs = jtj + mu.view(-1, 1, 1) * torch.diag_embed(diag + 1e-9)
             lhs = lhs + torch.diag_embed((~active).double())  # frozen: a zero step
             step = torch.linalg.solve(lhs, (jtr * active).unsqueeze(-1)).squeeze(-1)
-            trial = torch.maximum(torch.minimum(theta + step * active, hi_t), lo_t)
+            trial = torch.where(active, torch.maximum(torch.minimum(theta + step, hi_t), lo_t), theta)
             c0 = r0.square().sum(1)
             c1 = residuals(trial, response(trial)).square().sum(1)
             better = c1 < c0
@@ -748,7 +748,8 @@ def fit_eq_bands(
 
     active = free.expand(n, -1).clone()
     start = torch.cat([f0.log(), q0.log(), g0, torch.zeros(n, 1, dtype=torch.float64)], dim=1)
-    start = torch.maximum(torch.minimum(start, hi_t), lo_t)
+    # Only what moves is held to the ranges: a band that stays keeps its values exactly.
+    start = torch.where(free, torch.maximum(torch.minimum(start, hi_t), lo_t), start)
     offset_only = torch.zeros_like(active)
     offset_only[:, -1] = True
     fixed = refine(start, offset_only)
@@ -781,7 +782,7 @@ def fit_eq_bands(
             theta[:, j] = log_c[b]
             theta[:, m + j] = (1.0 / (2.0 * torch.sinh(math.log(2.0) * width / 2.0))).log()
             theta[:, 2 * m + j] = peak.clamp(-limit_db, limit_db)
-            theta = torch.maximum(torch.minimum(theta, hi_t), lo_t)
+            theta = torch.where(free, torch.maximum(torch.minimum(theta, hi_t), lo_t), theta)
             placed[j] = True
             theta = refine(theta, active & torch.cat([placed, placed, placed, torch.tensor([True])]))
         return refine(theta, active)
