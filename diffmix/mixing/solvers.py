@@ -797,9 +797,11 @@ def fit_eq_bands(
         return (weight * (target - response(theta)).square()).sum(1).sqrt()
 
     return {
-        "freq_hz": best[:, :m].exp(),
-        "q": best[:, m : 2 * m].exp(),
-        "gain_db": best[:, 2 * m : 3 * m],
+        # A band that does not move, and a silent stem, keep the values as given (no log/exp
+        # round trip).
+        "freq_hz": torch.where(move_f & ~silent[:, None], best[:, :m].exp(), f0),
+        "q": torch.where(move_q & ~silent[:, None], best[:, m : 2 * m].exp(), q0),
+        "gain_db": torch.where(move_f & ~silent[:, None], best[:, 2 * m : 3 * m], g0),
         "offset_db": best[:, -1],
         "rms_db": rms(best),
         "rms_fixed_db": rms(fixed),
