@@ -14,7 +14,7 @@ console's ``offset_samples`` moves the mix onto the reference's timeline: the fi
 compares like with like, and the written mix lines up with the reference sample for sample.
 
 The fit is :func:`diffmix.mixing.fit_console` (toward a mix of these stems: closed-form
-start with pan, width and compressors, the placement re-solve on the strips' outputs,
+start with pan, width, the strip EQ's bands and compressors, the placement re-solve on the strips' outputs,
 the send levels, gradient steps, polish, loudness; toward another song, ``aligned=false``: the
 master bus, which gains the ``toward_song`` effects (:func:`toward_song_master`), set toward
 the song's features by :mod:`diffmix.mixing.style_master`; each stage kept only where it
@@ -71,6 +71,7 @@ def fit_options(cfg: DictConfig) -> MixFitOptions:
         gain_staging=float(cfg.loss.get("gain_staging", 0.0)),
         mrstft=dict(to_dict(cfg.loss.mrstft)),
         aligned=bool(cfg.aligned),
+        eq_bands=bool(cfg.fit.get("eq_bands", True)),
         compressor_start=bool(cfg.fit.get("compressor_start", True)),
         placement=bool(cfg.fit.get("placement", True)),
         match_loudness=bool(cfg.fit.get("match_loudness", True)),

@@ -27,6 +27,7 @@ from diffmix.mixing.style_master import LIMITER, style_master
 from diffmix.mixing.wiring import (
     compressor_start,
     console_estimate,
+    eq_band_start,
     initialise_console,
     master_compressor_start,
     placement_resolve,
@@ -53,6 +54,9 @@ class MixFitOptions:
         prior, gain_staging: weights of the pull toward the start and of the clip penalty.
         mrstft: keyword arguments of :class:`~diffmix.losses.MRSTFTLoss`.
         aligned: the reference is a mix of these very stems.
+        eq_bands: with the coherent start, set each strip EQ's band frequencies, gains and
+            Qs from the tone the start measured for its stem
+            (:func:`~diffmix.mixing.wiring.eq_band_start`); a judged stage.
         compressor_start: with the coherent start, start the master compressor from the
             gain the reference shows against the mix
             (:func:`~diffmix.mixing.wiring.master_compressor_start`), then each strip
@@ -84,6 +88,7 @@ class MixFitOptions:
     gain_staging: float = 0.1
     mrstft: dict[str, Any] = field(default_factory=dict)
     aligned: bool = True
+    eq_bands: bool = True
     compressor_start: bool = True
     placement: bool = True
     match_loudness: bool = True
@@ -172,6 +177,13 @@ def fit_console(
                 lambda: initialise_console(console, audio, reference, sr, estimate=estimate),
                 stages,
             )
+            if options.eq_bands and estimate.tone_db is not None and init_report.get("kept"):
+                # The strip EQ's band frequencies, gains and Qs from the stem's measured tone
+                # (the closed form fits only the gains, at the console's fixed frequencies);
+                # on the closed form's levels, so only where that stage was kept.
+                init_report["eq bands"] = judge.stage(  # type: ignore[union-attr]
+                    "eq bands", lambda: eq_band_start(console, estimate, sr), stages
+                )
             if estimate.frame_gain is not None and options.compressor_start:
                 # The master compressor first (one gain curve on every track, read off the
                 # reference against the mix), then each strip's from its own frame gains with

@@ -37,7 +37,9 @@ has almost no energy keeps the stem's overall gain instead of an arbitrary value
 per-band gains are then split into an input gain (their K-weighted, energy-weighted mean:
 what a loudness meter hears) and an EQ curve, fitted to the console's own parametric EQ
 response (its band types and frequencies) by a few Gauss-Newton steps on its magnitude
-response, weighted by where the stem has energy. The gradient fit then refines
+response, weighted by where the stem has energy; :func:`fit_eq_bands` then fits the band
+frequencies and Qs too (a hidden EQ's bands need not sit on the console's). The gradient
+fit then refines
 everything (compression, pan, width, sends and the EQ itself) from there, and
 :func:`polish_levels` finally sets each fader so the track's loudness through the fitted
 console is the estimate's again (a waveform loss trades quiet tracks' levels away).
@@ -56,10 +58,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from diffmix.functional.eq import eq_coeffs
+from diffmix.functional.eq import eq_coeffs, parse_band
 from diffmix.functional.filters import sos_response
 from diffmix.linalg import nnls
 from diffmix.mixing.analysis import (
+    BANDS_PER_OCTAVE,
     band_edges,
     band_frame_powers,
     coherent_band_stats,
@@ -611,3 +614,195 @@ def fit_eq_gains(
     return gains
 
 
+
+
+# Sub-points per analysis band at which an EQ's power response is averaged: the estimate's
+# tone is a band's mean, and a bell narrower than a band sits between two centres.
+EQ_SUBPOINTS = 6
+# Ridges of the band fit, on the weighted mean square error in dB^2 (the weights sum to 1):
+# a band's gain toward 0 dB and its log Q toward its start, so a band the data do not ask
+# for stays flat and a flat band's frequency and Q stay put (~0.01 dB rms of bias).
+EQ_GAIN_RIDGE = 1e-4
+EQ_LOGQ_RIDGE = 1e-4
+MOVABLE = ("peak", "low_shelf", "high_shelf")
+
+
+def _bell_q_limit() -> float:
+    """The highest Q the analysis bands resolve: a bell half an analysis band wide
+    (``Q = 1 / (2 sinh(ln 2 * bw / 2))``, ``bw`` in octaves)."""
+    bw = 0.5 / BANDS_PER_OCTAVE
+    return 1.0 / (2.0 * math.sinh(math.log(2.0) * bw / 2.0))
+
+
+def fit_eq_bands(
+    estimate: MixEstimate,
+    bands: tuple[str, ...] | list[str],
+    freq_hz: Tensor,
+    q: Tensor,
+    gain_db: Tensor,
+    sample_rate: int,
+    *,
+    freq_range: tuple[float, float],
+    q_range: tuple[float, float],
+    limit_db: float = 12.0,
+    iterations: int = 40,
+) -> dict[str, Tensor]:
+    """Each stem's EQ bands (frequency, gain, Q) and a level offset whose response follows
+    its measured tone, with the band frequencies free.
+
+    Weighted least squares of the tone in dB (weights: the stem's K-weighted energy share
+    per analysis band, so bands where it has no energy do not drive it) against the EQ's
+    power response averaged over each analysis band, plus one offset (dB, for the input
+    gain: the tone is normalised to mean power 1). Three starts per stem, the best kept:
+    the EQ as it is (``freq_hz``, ``q``, ``gain_db``), and two greedy placements (each bell
+    in turn at the band where the weighted residual ``w r^2`` is largest, its gain that
+    residual, its Q from the width of the residual's lobe, then all refined; the shelves
+    free from the start or only after the bells). Each start is refined by
+    Levenberg-Marquardt on (log f, log Q, gain, offset), bounded by the given ranges;
+    shelves move in frequency and gain (their Q stays), other band types stay.
+
+    Args:
+        estimate: from :func:`estimate_mix` (``tone_db`` where it has one).
+        bands: the EQ's band types.
+        freq_hz, q, gain_db: ``(N, n_eq)`` the EQ as it stands.
+        freq_range, q_range: the EQ's parameter ranges (Hz; Q is further held to what the
+            half-octave bands resolve).
+        limit_db: band gains within +-this.
+
+    Returns:
+        ``{"freq_hz", "q", "gain_db": (N, n_eq), "offset_db": (N,), "rms_db": (N,) the
+        weighted rms error after, "rms_fixed_db": (N,) with the EQ as it stands (offset
+        fitted)}`` in float64 on the CPU.
+    """
+    if estimate.tone_db is not None:
+        target = estimate.tone_db.double().cpu()
+    else:
+        target = (estimate.band_db - estimate.gain_db.unsqueeze(1)).double().cpu()
+    weight = estimate.weight.double().cpu()
+    weight = weight / weight.sum(1, keepdim=True).clamp_min(1e-30)
+    centres = estimate.centres_hz.double().cpu()
+    n, nb = target.shape
+    m = len(bands)
+    kinds = [parse_band(b)[0] for b in bands]
+    move_f = torch.tensor([k in MOVABLE for k in kinds])
+    move_q = torch.tensor([k == "peak" for k in kinds])
+    bells = [j for j, k in enumerate(kinds) if k == "peak"]
+    # Sub-points spread over each half-octave band around its centre.
+    s = (torch.arange(EQ_SUBPOINTS, dtype=torch.float64) + 0.5) / EQ_SUBPOINTS - 0.5
+    grid = (centres[:, None] * 2.0 ** (s[None, :] / BANDS_PER_OCTAVE)).reshape(-1)
+    grid = grid.clamp(max=0.49 * sample_rate)
+
+    f0 = torch.as_tensor(freq_hz, dtype=torch.float64).cpu().expand(n, m).clone()
+    q0 = torch.as_tensor(q, dtype=torch.float64).cpu().expand(n, m).clone()
+    g0 = torch.as_tensor(gain_db, dtype=torch.float64).cpu().expand(n, m).clone()
+    q_hi = min(q_range[1], _bell_q_limit())
+    lo_t = torch.cat([torch.full((m,), math.log(freq_range[0])), torch.full((m,), math.log(q_range[0])),
+                      torch.full((m,), -limit_db), torch.tensor([-60.0])]).double()
+    hi_t = torch.cat([torch.full((m,), math.log(freq_range[1])), torch.full((m,), math.log(q_hi)),
+                      torch.full((m,), limit_db), torch.tensor([60.0])]).double()
+    # A parameter that does not move (a fixed band's frequency, a shelf's Q) keeps its start.
+    free = torch.cat([move_f, move_q, move_f, torch.tensor([True])])
+    logq_prior = q0.log()
+
+    def response(theta: Tensor) -> Tensor:  # (..., 3m+1) -> (..., nb) dB
+        f, qq, g = theta[..., :m].exp(), theta[..., m : 2 * m].exp(), theta[..., 2 * m : 3 * m]
+        b, a = eq_coeffs(tuple(bands), f, qq, g, sample_rate)
+        p = sos_response(b, a, grid, sample_rate).abs().square().reshape(*theta.shape[:-1], nb, -1)
+        return 10 * torch.log10(p.mean(-1).clamp_min(1e-12)) + theta[..., -1:]
+
+    def residuals(theta: Tensor, resp: Tensor) -> Tensor:  # (N, nb + 2m) weighted
+        r = (target - resp) * weight.sqrt()
+        rg = math.sqrt(EQ_GAIN_RIDGE) * theta[:, 2 * m : 3 * m] * move_f
+        rq = math.sqrt(EQ_LOGQ_RIDGE) * (theta[:, m : 2 * m] - logq_prior) * move_q
+        return torch.cat([r, -rg, -rq], dim=1)
+
+    def refine(theta: Tensor, active: Tensor) -> Tensor:
+        """Levenberg-Marquardt on the ``active`` ``(N, P)`` parameters, bounded."""
+        p = theta.shape[1]
+        mu = torch.full((n,), 1e-2, dtype=torch.float64)
+        h = 1e-5
+        eye = torch.eye(p, dtype=torch.float64)
+        for _ in range(iterations):
+            probes = theta.unsqueeze(1) + h * eye * active.unsqueeze(1)  # (N, P, P)
+            both = torch.cat([theta.unsqueeze(1), probes], dim=1)  # (N, 1+P, P): one design
+            resp = response(both)
+            r0 = residuals(theta, resp[:, 0])
+            rp = torch.stack([residuals(probes[:, i], resp[:, 1 + i]) for i in range(p)], dim=2)
+            jac = (r0.unsqueeze(2) - rp) / h  # d(-r)/dtheta = -(rp - r0)/h: J of the model
+            jtj = jac.transpose(1, 2) @ jac
+            jtr = (jac.transpose(1, 2) @ r0.unsqueeze(-1)).squeeze(-1)
+            diag = torch.diagonal(jtj, dim1=1, dim2=2)
+            lhs = jtj + mu.view(-1, 1, 1) * torch.diag_embed(diag + 1e-9)
+            lhs = lhs + torch.diag_embed((~active).double())  # frozen: a zero step
+            step = torch.linalg.solve(lhs, (jtr * active).unsqueeze(-1)).squeeze(-1)
+            trial = torch.where(active, torch.maximum(torch.minimum(theta + step, hi_t), lo_t), theta)
+            c0 = r0.square().sum(1)
+            c1 = residuals(trial, response(trial)).square().sum(1)
+            better = c1 < c0
+            theta = torch.where(better.unsqueeze(1), trial, theta)
+            mu = torch.where(better, mu / 3.0, mu * 4.0).clamp(1e-9, 1e9)
+        return theta
+
+    def cost(theta: Tensor) -> Tensor:
+        return residuals(theta, response(theta)).square().sum(1)
+
+    active = free.expand(n, -1).clone()
+    start = torch.cat([f0.log(), q0.log(), g0, torch.zeros(n, 1, dtype=torch.float64)], dim=1)
+    # Only what moves is held to the ranges: a band that stays keeps its values exactly.
+    start = torch.where(free, torch.maximum(torch.minimum(start, hi_t), lo_t), start)
+    offset_only = torch.zeros_like(active)
+    offset_only[:, -1] = True
+    fixed = refine(start, offset_only)
+    as_is = refine(fixed, active)
+    log_c = centres.log()
+    bell = torch.tensor([j in bells for j in range(m)])
+
+    def greedy(shelves_first: bool) -> Tensor:
+        """Every movable gain at 0, then each bell in turn where the weighted residual
+        ``w r^2`` is largest, all placed bands refined after each; the shelves move from
+        the start (``shelves_first``) or only once every bell is placed."""
+        theta = start.clone()
+        theta[:, 2 * m : 3 * m] = torch.where(move_f, 0.0, theta[:, 2 * m : 3 * m])
+        placed = ~bell if shelves_first else torch.zeros(m, dtype=torch.bool)
+        theta = refine(theta, active & torch.cat([placed, placed, placed, torch.tensor([True])]))
+        for j in bells:
+            res = target - response(theta)
+            b = (weight * res.square()).argmax(1)  # (N,)
+            peak = res.gather(1, b[:, None]).squeeze(1)
+            # The lobe: neighbouring bands whose residual keeps the sign and half the peak.
+            same = (res * peak[:, None] > 0) & (res.abs() >= 0.5 * peak.abs()[:, None])
+            width = torch.ones(n, dtype=torch.float64)
+            for k in range(n):
+                lo_i = hi_i = int(b[k])
+                while lo_i > 0 and bool(same[k, lo_i - 1]):
+                    lo_i -= 1
+                while hi_i < nb - 1 and bool(same[k, hi_i + 1]):
+                    hi_i += 1
+                width[k] = (hi_i - lo_i + 1) / BANDS_PER_OCTAVE  # octaves
+            theta[:, j] = log_c[b]
+            theta[:, m + j] = (1.0 / (2.0 * torch.sinh(math.log(2.0) * width / 2.0))).log()
+            theta[:, 2 * m + j] = peak.clamp(-limit_db, limit_db)
+            theta = torch.where(free, torch.maximum(torch.minimum(theta, hi_t), lo_t), theta)
+            placed[j] = True
+            theta = refine(theta, active & torch.cat([placed, placed, placed, torch.tensor([True])]))
+        return refine(theta, active)
+
+    best = as_is
+    for candidate in (greedy(True), greedy(False)):
+        best = torch.where((cost(candidate) < cost(best)).unsqueeze(1), candidate, best)
+    silent = weight.sum(1) <= 0
+    best = torch.where(silent.unsqueeze(1), start, best)
+
+    def rms(theta: Tensor) -> Tensor:
+        return (weight * (target - response(theta)).square()).sum(1).sqrt()
+
+    return {
+        # A band that does not move, and a silent stem, keep the values as given (no log/exp
+        # round trip).
+        "freq_hz": torch.where(move_f & ~silent[:, None], best[:, :m].exp(), f0),
+        "q": torch.where(move_q & ~silent[:, None], best[:, m : 2 * m].exp(), q0),
+        "gain_db": torch.where(move_f & ~silent[:, None], best[:, 2 * m : 3 * m], g0),
+        "offset_db": best[:, -1],
+        "rms_db": rms(best),
+        "rms_fixed_db": rms(fixed),
+    }

@@ -22,7 +22,14 @@ from diffmix.effects.gain import Gain, Pan, Width
 from diffmix.functional.gain import db_to_amp, pan_matrix, width_matrix
 from diffmix.linalg import nnls
 from diffmix.mixing.analysis import band_edges, band_frame_powers, frame_energy, k_weight_power, stft_frames
-from diffmix.mixing.solvers import GAIN_DB_RANGE, MixEstimate, estimate_mix, fit_eq_gains, solve_placement
+from diffmix.mixing.solvers import (
+    GAIN_DB_RANGE,
+    MixEstimate,
+    estimate_mix,
+    fit_eq_bands,
+    fit_eq_gains,
+    solve_placement,
+)
 
 if TYPE_CHECKING:
     from diffmix.console import Console
@@ -238,6 +245,73 @@ def initialise_console(
         "lag_samples": est.lag,
         "gain_db": [round(float(v), 2) for v in update[gain]],
         **{k.split(".")[-1]: [round(float(v), 3) for v in placed[k].flatten()] for k in placed},
+        "seconds": round(time.perf_counter() - t0, 3),
+    }
+
+
+def eq_band_start(
+    console: Console,
+    estimate: MixEstimate,
+    sample_rate: int,
+    *,
+    gain: str = "strip.input.gain_db",
+    eq: str = "eq",
+) -> dict[str, object]:
+    """Set each strip EQ's band frequencies, gains and Qs from the tone the closed form
+    measured for its stem (:func:`~diffmix.mixing.solvers.fit_eq_bands`); the level the
+    tone's normalisation leaves goes to the input gain ``gain``.
+
+    The closed form's EQ keeps the console's band frequencies and fits only the gains: a
+    hidden EQ's bands at other frequencies and Qs then leave a tone error, which the
+    channels of a stem with different spectra weigh differently (a balance error).
+
+    Returns:
+        A summary for the report: per track its bands (Hz, dB, Q) and the weighted rms
+        tone error (dB) with the frequencies as they were and as fitted.
+    """
+    t0 = time.perf_counter()
+    values = console.named_values()
+    effect = console.strip.effects[eq] if eq in console.strip.effects else None
+    if not isinstance(effect, ParametricEQ) or gain not in values:
+        return {"method": "none", "reason": f"the strip has no parametric {eq} or no {gain}"}
+    n = len(console.mono)
+    keys = {k: f"strip.{eq}.{k}" for k in ("freq_hz", "q", "gain_db")}
+    now = {k: values[p].exact().double().cpu() for k, p in keys.items()}
+    m = len(effect.bands)
+    f_spec, q_spec, g_spec = (values[keys[k]].spec for k in ("freq_hz", "q", "gain_db"))
+    out = fit_eq_bands(
+        estimate,
+        effect.bands,
+        now["freq_hz"].expand(n, m) if now["freq_hz"].numel() == m else now["freq_hz"].reshape(n, m),
+        now["q"].expand(n, m) if now["q"].numel() == m else now["q"].reshape(n, m),
+        now["gain_db"].expand(n, m) if now["gain_db"].numel() == m else now["gain_db"].reshape(n, m),
+        sample_rate,
+        freq_range=(f_spec.min, f_spec.max),
+        q_range=(q_spec.min, q_spec.max),
+        limit_db=min(12.0, -g_spec.min, g_spec.max),
+    )
+    update = {}
+    for k, p in keys.items():
+        shape = values[p].exact().shape
+        v = out[k]
+        update[p] = v.reshape(shape) if v.numel() == values[p].exact().numel() else v
+    lo, hi = GAIN_DB_RANGE
+    g_now = values[gain].exact().double().cpu()
+    update[gain] = (g_now + out["offset_db"].view(g_now.shape)).clamp(lo, hi)
+    console.load_values(update)
+    names = list(getattr(console, "track_names", range(n)))
+    return {
+        "method": "fit_eq_bands",
+        "bands": {
+            str(names[i]): [
+                [round(float(out["freq_hz"][i, j]), 1), round(float(out["gain_db"][i, j]), 2),
+                 round(float(out["q"][i, j]), 3)]
+                for j in range(m)
+            ]
+            for i in range(n)
+        },
+        "tone_rms_db_fixed": [round(float(v), 3) for v in out["rms_fixed_db"]],
+        "tone_rms_db": [round(float(v), 3) for v in out["rms_db"]],
         "seconds": round(time.perf_counter() - t0, 3),
     }
 
