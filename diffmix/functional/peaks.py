@@ -452,6 +452,7 @@ def strict_envelope(x: Tensor, sample_rate: int, *, meter: bool = True, gain: Te
         step = _STRICT_PART_BLOCKS if x.device.type == "cpu" else blocks
         last = x.new_zeros(b * c)  # the ideal level between the sample before a part and its first
         last_mag = x.new_zeros(b)  # |x| at the sample before a part, channels linked
+
         def ideal(j0: int) -> Tensor:
             j1 = min(blocks, j0 + step)
             return _ideal_part(lambda a, z: source(a, z).reshape(b * c, z - a), t, j0, j1).to(x.dtype)
@@ -469,7 +470,7 @@ def strict_envelope(x: Tensor, sample_rate: int, *, meter: bool = True, gain: Te
                 lo, hi = j0 * core, min(t, j1 * core)
                 if ahead is not None:
                     between = ahead.result()
-                    ahead = pool.submit(ideal, starts[k + 1]) if k + 1 < len(starts) else None
+                    ahead = pool.submit(ideal, starts[k + 1]) if pool and k + 1 < len(starts) else None
                 else:
                     between = ideal(j0)
                 before = torch.cat([last[:, None], between[:, :-1]], 1)

@@ -88,8 +88,10 @@ def welch_psd(x: Tensor, n_fft: int = 8192, hop: int | None = None) -> Tensor:
     if (torch.is_grad_enabled() and x.requires_grad) or n <= _WELCH_GROUP or x.device.type != "cpu":
         power = power_of(frames).mean(-2)
     else:  # no gradient: a group of frames at a time, so no full-length framed copy or spectrum
-        groups = (frames[..., j : j + _WELCH_GROUP, :] for j in range(0, n, _WELCH_GROUP))
-        power = sum(power_of(f).sum(-2) for f in groups) / n
+        power = power_of(frames[..., :_WELCH_GROUP, :]).sum(-2)
+        for j in range(_WELCH_GROUP, n, _WELCH_GROUP):
+            power += power_of(frames[..., j : j + _WELCH_GROUP, :]).sum(-2)
+        power = power / n
     power = power / window.square().sum() / n_fft * 2.0
     power[..., 0] = power[..., 0] / 2.0
     if n_fft % 2 == 0:
