@@ -51,10 +51,14 @@ def test_overlap_save_matches_one_fft_values_and_gradients(x_shape, fir_shape, n
 )
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_render_without_gradient_is_the_same_values_a_group_at_a_time(
-    x_shape, fir_shape, n_time, length, block, dtype
+    x_shape, fir_shape, n_time, length, block, dtype, monkeypatch
 ):
-    # Rendering (no gradient) transforms a group of blocks at a time into the output: the
-    # same values, bit for bit, as the autograd path, and the one-transform reference.
+    # Rendering (no gradient) transforms a group of blocks at a time into the output (here 4,
+    # so every case has many groups): the same values, bit for bit, as the autograd path,
+    # and the one-transform reference.
+    import diffmix.functional._fft_conv as fft_conv
+
+    monkeypatch.setattr(fft_conv, "_GROUP_SAMPLES", 4 * block)
     g = torch.Generator().manual_seed(n_time)
     x = torch.randn(*x_shape, n_time, dtype=dtype, generator=g)
     fir = torch.randn(*fir_shape, length, dtype=dtype, generator=g)

@@ -94,11 +94,13 @@ def overlap_save(x: Tensor, fir: Tensor, block: int) -> Tensor:
     return _render(x, fir, block)
 
 
-_GROUP = 32  # blocks transformed together by the no-gradient render (CPU)
+# Samples per channel transformed together by the no-gradient render (CPU): its buffers stay
+# a few MiB, which the allocator reuses (fresh pages cost more than the transforms here).
+_GROUP_SAMPLES = 1 << 19
 
 
 def _render(x: Tensor, fir: Tensor, block: int) -> Tensor:
-    """:func:`overlap_save` with no gradient: a group of blocks at a time, written into the
+    """:func:`overlap_save` with no gradient: a few blocks at a time, written into the
     output, so no full-length frames, spectra or product exist (on CPU; one group on CUDA).
     The same transforms block for block as the autograd path, so the same values."""
     n_time, length = x.shape[-1], fir.shape[-1]
@@ -107,7 +109,7 @@ def _render(x: Tensor, fir: Tensor, block: int) -> Tensor:
     spec_f = torch.fft.rfft(fir, n=block).unsqueeze(-2)
     out = torch.empty(torch.broadcast_shapes(x.shape[:-1], fir.shape[:-1]) + (n_time,),
                       dtype=torch.result_type(x, fir), device=x.device)
-    group = _GROUP if x.device.type == "cpu" else n_blocks
+    group = max(1, _GROUP_SAMPLES // block) if x.device.type == "cpu" else n_blocks
     for j0 in range(0, n_blocks, group):
         j1 = min(n_blocks, j0 + group)
         lo, hi = j0 * hop, min(n_time, j1 * hop)  # the outputs of blocks j0 .. j1
