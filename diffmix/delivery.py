@@ -55,16 +55,25 @@ def check_format(fmt: str, bit_depth: str | int) -> tuple[str, str]:
 
 
 def tpdf_dither(x: Tensor, bits: int, generator: torch.Generator) -> Tensor:
-    """Add triangular-PDF dither of ±1 LSB peak (the sum of two uniform ±½ LSB draws)."""
-    # float32 draws: 2^-24 of an LSB is resolution enough for dither, at half the memory.
-    u = torch.rand((2, *x.shape), generator=generator, dtype=torch.float32)
-    return _tpdf(u, bits).to(x.dtype).add_(x)
+    """Add triangular-PDF dither of ±1 LSB peak (the sum of two uniform ±½ LSB draws).
+
+    The draws are taken a block of samples at a time (:func:`_noise_blocks`), so the same
+    generator gives the same noise here and in :func:`prepare`."""
+    out = torch.empty_like(x)
+    for a, b, noise in _noise_blocks(x.shape, bits, generator):
+        out[..., a:b] = noise.to(x.dtype).add_(x[..., a:b])
+    return out
 
 
-def _tpdf(u: Tensor, bits: int) -> Tensor:
-    """TPDF dither ``(...)`` float64 from the uniform draws ``u`` ``(2, ...)``: ``(u[0] - u[1])``
-    LSBs (``u[0]`` is overwritten)."""
-    return torch.sub(u[0], u[1], out=u[0]).double().mul_(2.0 ** (1 - bits))
+def _noise_blocks(shape: tuple[int, ...], bits: int, generator: torch.Generator):  # noqa: ANN202
+    """``(start, stop, dither)`` for each block of :data:`_BLOCK` samples of a signal of
+    ``shape`` ``(..., T)``: TPDF dither in LSBs of ``bits``, float64, from ``generator``'s
+    float32 draws (2^-24 of an LSB is resolution enough for dither), block by block."""
+    t = shape[-1]
+    for a in range(0, t, _BLOCK):
+        b = min(t, a + _BLOCK)
+        u = torch.rand((2, *shape[:-1], b - a), generator=generator, dtype=torch.float32)
+        yield a, b, torch.sub(u[0], u[1], out=u[0]).double().mul_(2.0 ** (1 - bits))
 
 
 def quantise(x: Tensor, bits: int) -> Tensor:
@@ -96,21 +105,19 @@ def prepare(
     if bit_depth == "float":
         return x.to(torch.float32), rate, False
     bits = int(bit_depth)
-    # The draws for the whole signal at once, in the order tpdf_dither takes them.
-    u = torch.rand((2, *x.shape), generator=torch.Generator().manual_seed(int(seed)),
-                   dtype=torch.float32) if dither else None
     out = torch.empty(x.shape, dtype=torch.float32)
     t = x.shape[-1]
+    noise = _noise_blocks(tuple(x.shape), bits, torch.Generator().manual_seed(int(seed))) if dither else None
     for a in range(0, t, _BLOCK):
         b = min(t, a + _BLOCK)
         xb = x[..., a:b].double()
-        if u is not None:
-            xb = _tpdf(u[..., a:b], bits).add_(xb)
+        if noise is not None:
+            xb = next(noise)[2].add_(xb)
         out[..., a:b] = quantise(xb, bits)
     return out, rate, dither
 
 
-_BLOCK = 1 << 16  # samples per block of prepare's dither and quantisation
+_BLOCK = 1 << 16  # samples per block of the dither's draws and prepare's quantisation
 
 
 T = TypeVar("T")
