@@ -404,8 +404,11 @@ def drive_renders(
                     level = torch.maximum(level, strict_level)
                 cache.append(level)
             level = cache[0]
-            required = torch.minimum(target / (g * level).clamp_min(1e-30), torch.ones_like(level))
-            return x * (g * limiter_gain(required, lookahead, release))
+            # min(target / max(g level, 1e-30), 1) in place: each full-length temporary is
+            # fresh memory, which costs more here than the arithmetic.
+            required = (g * level).clamp_min_(1e-30)
+            torch.div(target, required, out=required).clamp_max_(1.0)
+            return x * limiter_gain(required, lookahead, release).mul_(g)
 
     def corrected(drives: Tensor) -> Tensor:
         y = smooth(drives)
