@@ -414,9 +414,9 @@ def drive_renders(
         y = smooth(drives)
         if not (true_peak and exact):
             return y  # sample-peak mode: the smooth gain already holds the ceiling
-        with torch.no_grad():
-            return y * limiter_correction(
+        with torch.no_grad():  # y is this call's own render: corrected in place
+            return y.mul_(limiter_correction(
                 y, sample_rate, target, ceiling.to(x.dtype), lookahead, release.view(-1, 1, 1), strict=strict,
-            )
+            ))
 
     return smooth, corrected
