@@ -12,7 +12,9 @@ import torch
 from scipy.signal import resample_poly
 
 from diffmix.effects.dynamics import Limiter
+from diffmix.functional import _peak_kernels as _pk
 from diffmix.functional import limiter as F
+from diffmix.kernels import ops
 
 SR = 44100
 pytestmark = pytest.mark.usefixtures("_single_thread")
@@ -152,3 +154,22 @@ def test_limiter_bad_input_raises():
         Limiter(SR, lookahead_ms=80.0)
     with pytest.raises(ValueError, match=r"limiter: channels are linked, so ceiling_db is per item"):
         F.limiter(torch.zeros(2, 2, 16), SR, ceiling_db=torch.zeros(2, 2))
+
+
+@pytest.mark.skipif(not _pk.HAVE_NUMBA, reason="numba is not installed")
+def test_the_render_ramp_is_the_ops_ramp_without_the_backwards_indices():
+    # A render (no gradient) takes the numba ramp without the argmin indices its backward
+    # needs: the same values bit for bit, and with a gradient the op still carries them.
+    g = torch.Generator().manual_seed(12)
+    for dtype in (torch.float32, torch.float64):
+        for t, lookahead in [(7, 20), (1000, 220), (30_001, 220)]:
+            req = torch.rand(3, t, generator=g, dtype=dtype).clamp_min(0.05)
+            req[:, ::3] = 1.0
+            ramp, arg = ops.limiter_ramp(req, lookahead, "numba")
+            assert torch.equal(_pk.ramp_values(req, lookahead), ramp) and arg.shape == (3, t + lookahead)
+    release = torch.full((1,), 0.999, dtype=torch.float64)
+    req = torch.rand(1, 1, 5000, generator=g, dtype=torch.float64).clamp_min(0.1)
+    with torch.no_grad():
+        rendered = F.limiter_gain(req, 220, release)
+    graphed = F.limiter_gain(req.clone().requires_grad_(), 220, release)
+    assert torch.equal(rendered, graphed.detach()) and graphed.requires_grad

@@ -168,9 +168,10 @@ if HAVE_NUMBA:
                 _envelope_bwd_block(x, taps, code, g, gx, b, lo, min(t, lo + BLOCK))
 
     @numba.njit(parallel=True, cache=True)
-    def _ramp_nb(req, lookahead, out, arg):  # noqa: ANN001, ANN202
+    def _ramp_nb(req, lookahead, out, arg, want_arg):  # noqa: ANN001, ANN202
         # held[i] = min(req[i - L .. i]) (1 outside), i = 0 .. T + L - 1; arg[i] is the
-        # sample that holds it (-1: padding); out[j] = mean(held[j .. j + L]). Deque and
+        # sample that holds it (-1: padding), written only if want_arg (the backward's);
+        # out[j] = mean(held[j .. j + L]). Deque and
         # the last L + 1 held values live in power-of-two rings (a mask, not a division).
         n_rows, t = req.shape
         span = lookahead + 1
@@ -202,7 +203,8 @@ if HAVE_NUMBA:
                     if m < 1.0 or (i >= lookahead and i < t):
                         h = m
                         a = dq[head]
-                arg[r, i] = a
+                if want_arg:
+                    arg[r, i] = a
                 acc += h
                 if i >= span:
                     acc -= hist[(i - span) & mask]
@@ -291,8 +293,18 @@ def ramp_forward(required: Tensor, lookahead: int) -> tuple[Tensor, Tensor]:
     out = np.empty_like(req)
     arg = np.empty((req.shape[0], req.shape[1] + lookahead), dtype=np.int64)
     numba_threads()
-    _ramp_nb(req, lookahead, out, arg)
+    _ramp_nb(req, lookahead, out, arg, True)
     return torch.from_numpy(out), torch.from_numpy(arg)
+
+
+def ramp_values(required: Tensor, lookahead: int) -> Tensor:
+    """:func:`ramp_forward`'s ramp alone, for a render (no gradient): the backward's
+    indices (int64, one per sample and lookahead) are neither written nor allocated."""
+    req = required.detach().contiguous().numpy()
+    out = np.empty_like(req)
+    numba_threads()
+    _ramp_nb(req, lookahead, out, np.empty((1, 1), dtype=np.int64), False)
+    return torch.from_numpy(out)
 
 
 def ramp_backward(grad: Tensor, arg: Tensor, lookahead: int) -> Tensor:

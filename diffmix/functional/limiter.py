@@ -123,7 +123,12 @@ def limiter_gain(required: Tensor, lookahead: int, release: Tensor, *,
     if lookahead and (kernel == "triton" or _pk.available(required, backend)):
         # O(T) running minimum and running sum, instead of pools that cost O(T * L).
         rows = required.reshape(b, t).contiguous()
-        required = ops.limiter_ramp(rows, int(lookahead), kernel)[0].reshape(b, 1, t)
+        if kernel == "numba" and not torch.compiler.is_compiling() and not (
+            torch.is_grad_enabled() and rows.requires_grad
+        ):  # a render: the ramp without the backward's indices
+            required = _pk.ramp_values(rows, int(lookahead)).reshape(b, 1, t)
+        else:
+            required = ops.limiter_ramp(rows, int(lookahead), kernel)[0].reshape(b, 1, t)
     elif lookahead:
         padded = F.pad(required, (lookahead, lookahead), value=1.0)
         held = -F.max_pool1d(-padded, lookahead + 1, stride=1)
