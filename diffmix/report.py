@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -117,16 +118,33 @@ def summary(x: torch.Tensor, sample_rate: int, chunk_s: float = 30.0) -> dict:
     Silence reads ``-inf`` (written to JSON as the string ``"-inf"``). The full analysis
     (series, spectra, per-band stereo) is the ``analyze`` job's.
     """
+    t = x.shape[-1]
+    x = x.detach()
+
+    def read(a: int, z: int) -> Tensor:  # samples a .. z, zeros outside the signal
+        part = x[..., max(a, 0) : min(z, t)].to("cpu", torch.float64)
+        return torch.nn.functional.pad(part, (max(0, -a), max(0, z - t)))
+
+    with torch.no_grad():
+        return meter_chunks(read, t, sample_rate, x.shape[1], chunk_s=chunk_s)
+
+
+def meter_chunks(read: Callable[[int, int], Tensor], frames: int, sample_rate: int, channels: int, *,
+                 chunk_s: float = 30.0, strict: bool = False,
+                 after_chunk: Callable[[], None] | None = None) -> dict[str, float]:
+    """:meth:`ChunkMeter.summary` of a signal of ``frames`` samples read chunk by chunk:
+    ``read(a, z)`` gives samples ``a .. z`` as ``(1, C, z - a)``, silence outside the
+    signal; ``after_chunk`` runs after each chunk is metered."""
     from diffmix.mastering.source import chunk_bounds
 
-    meter = ChunkMeter(sample_rate, x.shape[1])
-    w, t = ChunkMeter.warmup(sample_rate), x.shape[-1]
-    with torch.no_grad():
-        x = x.detach()
-        for start, stop in list(chunk_bounds(t, sample_rate, chunk_s)) or [(0, 0)]:
-            a, z = start - w, stop + PEAK_CONTEXT  # the chunk with its context, zeros outside
-            part = x[..., max(a, 0) : min(z, t)].to("cpu", torch.float64)
-            meter.add(torch.nn.functional.pad(part, (max(0, -a), max(0, z - t))), w, stop - start)
+    meter = ChunkMeter(sample_rate, channels, strict=strict)
+    w, right = ChunkMeter.warmup(sample_rate), PEAK_CONTEXT
+    if strict:
+        w, right = max(w, STRICT_CONTEXT), STRICT_CONTEXT
+    for start, stop in list(chunk_bounds(frames, sample_rate, chunk_s)) or [(0, 0)]:
+        meter.add(read(start - w, stop + right), w, stop - start)
+        if after_chunk is not None:
+            after_chunk()
     return meter.summary()
 
 

@@ -16,7 +16,8 @@ from diffmix.functional.loudness import integrated_loudness
 from diffmix.functional.peaks import true_peak
 from diffmix.jobs import master
 from diffmix.jobs._mastering import wants_streaming
-from diffmix.mastering.source import ChunkMeter, DiskAudio, measure_file
+from diffmix.mastering.source import DiskAudio, measure_file
+from diffmix.report import ChunkMeter
 
 SR = 48000
 SECONDS = 40.0

@@ -25,7 +25,7 @@ from torch import Tensor
 
 from diffmix.functional.loudness import block_samples
 from diffmix.io import AudioFileError
-from diffmix.report import PEAK_CONTEXT, STRICT_CONTEXT, ChunkMeter
+from diffmix.report import meter_chunks
 
 # Left context in time constants of the slowest attack/release: exp(-12) ~ 6e-6.
 _TIME_CONSTANTS = 12.0
@@ -171,12 +171,5 @@ def measure_file(path: str | Path, *, chunk_s: float = 30.0, strict: bool = Fals
     ``strict``, the true peak is :func:`~diffmix.functional.peaks.strict_true_peak`'s.
     """
     src = DiskAudio(path)
-    meter = ChunkMeter(src.sample_rate, 2, strict=strict)
-    w = ChunkMeter.warmup(src.sample_rate)
-    right = PEAK_CONTEXT
-    if strict:
-        w, right = max(w, STRICT_CONTEXT), STRICT_CONTEXT
-    for start, stop in chunk_bounds(src.frames, src.sample_rate, chunk_s):
-        meter.add(src.read(start - w, stop + right), w, stop - start)
-        release_memory()
-    return meter.summary()
+    return meter_chunks(src.read, src.frames, src.sample_rate, 2, chunk_s=chunk_s, strict=strict,
+                        after_chunk=release_memory)
