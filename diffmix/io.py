@@ -18,6 +18,8 @@ import soundfile as sf
 import torch
 from torch import Tensor
 
+from diffmix.checks import all_finite
+
 
 class AudioFileError(ValueError):
     """An audio file that cannot be used: missing, unreadable, empty or non-finite."""
@@ -44,7 +46,7 @@ def read_audio(path: str | Path, *, allow_silence: bool = True) -> tuple[Tensor,
         raise AudioFileError(f"{p}: cannot read audio ({_reason(exc)})") from exc
     if data.shape[0] == 0:
         raise AudioFileError(f"{p}: file is empty (0 samples)")
-    if not np.isfinite(data).all():
+    if not all_finite(data):
         raise AudioFileError(f"{p}: audio contains NaN or Inf")
     if not allow_silence and not np.any(data):
         raise AudioFileError(f"{p}: audio is digital silence")
@@ -159,7 +161,7 @@ def write_audio(
     if audio.ndim != 2:
         raise ValueError(f"write_audio: audio must be (channels, time), got {tuple(audio.shape)}")
     data = audio.detach().to("cpu", torch.float32).numpy().T
-    if not np.isfinite(data).all():
+    if not all_finite(data):
         raise ValueError(f"{target}: refusing to write audio that contains NaN or Inf")
     try:
         with atomic_path(target) as tmp:

@@ -14,6 +14,7 @@ import numpy as np
 import soundfile as sf
 from torch import Tensor
 
+from diffmix.checks import all_finite
 from diffmix.delivery import FORMATS, SUBTYPES, DeliveryReport, check_format, prepare, relimit
 from diffmix.errors import UserError
 from diffmix.io import AudioFileError, atomic_path
@@ -61,7 +62,7 @@ def write_chunks(chunks: Iterable[Tensor], path: Path, sample_rate: int, *, fmt:
             stored, rate, _ = prepare(y if gain == 1.0 else y * gain, sample_rate, bit_depth=bit_depth,
                                       target_rate=target_rate, dither=dither, seed=chunk_seed)
             data = stored.numpy().T
-            if not np.isfinite(data).all():
+            if not all_finite(data):
                 raise ValueError(f"{path}: refusing to write audio that contains NaN or Inf")
             if fh is None:
                 fh = sf.SoundFile(str(path), "w", samplerate=rate, channels=data.shape[1],

@@ -23,6 +23,7 @@ import soundfile as sf
 import torch
 from torch import Tensor
 
+from diffmix.checks import all_finite
 from diffmix.functional.loudness import block_samples
 from diffmix.io import AudioFileError
 from diffmix.report import meter_chunks
@@ -110,7 +111,7 @@ class DiskAudio:
                     f"{self.path}: truncated: its header declares {self.frames} samples but "
                     f"reading stopped at {lo + data.shape[0]}"
                 )
-            if not np.isfinite(data).all():
+            if not all_finite(data):
                 raise AudioFileError(f"{self.path}: audio contains NaN or Inf (near sample {lo})")
             out[:, lo - start : lo - start + data.shape[0]] = data.T  # mono broadcasts
         return torch.from_numpy(out).unsqueeze(0).to(self.device)
