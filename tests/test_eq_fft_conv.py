@@ -47,6 +47,7 @@ def test_overlap_save_matches_one_fft_values_and_gradients(x_shape, fir_shape, n
         ((2, 2), (2, 1), 200_003, 100, 1024),  # many groups of blocks, a ragged last group
         ((1, 2), (1, 1), 64 * 449 + 448, 64, 512),  # ends where a group does, less a sample
         ((2, 1), (1, 1), 30_000, 1, 64),  # a one-tap filter
+        ((1, 2), (3, 2), 30_001, 64, 512),  # a filter per item over one signal
     ],
 )
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -86,6 +87,39 @@ def test_fft_convolve_long_signal_takes_overlap_save_and_agrees():
     y = fft_convolve(x, fir)
     want = _reference(x.double(), fir.double())
     assert (y.double() - want).abs().max() <= 1e-5 * want.abs().max()
+
+
+@pytest.mark.parametrize("x_batch, fir_batch, fir_channels", [(2, 2, 2), (1, 3, 2), (2, 1, 2), (2, 2, 1)])
+@pytest.mark.parametrize("grad", [False, True])
+def test_mid_side_convolution_is_the_mid_and_side_filtered_alone(x_batch, fir_batch, fir_channels, grad,
+                                                                  monkeypatch):
+    # ms=True: fir's channels filter M = (L + R) / 2 and S = (L - R) / 2, the result is
+    # L = M + S, R = M - S. The render takes the sums on each block's spectrum (groups of 4
+    # blocks here, so many); the oracle filters mid and side as signals in one transform.
+    import diffmix.functional._fft_conv as fft_conv
+
+    monkeypatch.setattr(fft_conv, "_GROUP_SAMPLES", 4 * 512)
+    g = torch.Generator().manual_seed(7)
+    x = torch.randn(x_batch, 2, 20_011, dtype=torch.float64, generator=g)
+    fir = torch.randn(fir_batch, fir_channels, 64, dtype=torch.float64, generator=g).requires_grad_(grad)
+    mid, side = (x[:, 0] + x[:, 1]) / 2, (x[:, 0] - x[:, 1]) / 2
+    m = _reference(mid.unsqueeze(1), fir[:, :1])[:, 0]
+    s = _reference(side.unsqueeze(1), fir[:, -1:])[:, 0]
+    want = torch.stack([m + s, m - s], 1)
+    with torch.set_grad_enabled(grad):
+        y = overlap_save(x, fir, 512, ms=True)
+    assert y.shape == want.shape
+    assert (y - want).abs().max() <= 1e-13 * want.abs().max()
+    if grad:
+        up = torch.randn(want.shape, dtype=torch.float64, generator=g)
+        (got,), (ref,) = torch.autograd.grad(y, fir, up), torch.autograd.grad(want, fir, up)
+        assert (got - ref).abs().max() <= 1e-12 * ref.abs().max()
+
+
+def test_mid_side_needs_two_channels():
+    with pytest.raises(ValueError, match=r"fft_convolve: ms needs 2 channels"):
+        with torch.no_grad():
+            overlap_save(torch.zeros(1, 1, 100), torch.zeros(1, 2, 4), 64, ms=True)
 
 
 def test_block_too_short_is_an_error():

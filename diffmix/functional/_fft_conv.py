@@ -26,6 +26,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from diffmix.functional.gain import left_right, mid_side
+
 
 def frames(x: Tensor, length: int, block: int) -> tuple[Tensor, int]:
     """``(B, C, T)`` -> ``(B, C, n_blocks, block)`` overlap-save frames (one copy), and
@@ -83,15 +85,18 @@ class _OverlapSave(torch.autograd.Function):
         return grad_x, grad_fir, None
 
 
-def overlap_save(x: Tensor, fir: Tensor, block: int) -> Tensor:
+def overlap_save(x: Tensor, fir: Tensor, block: int, *, ms: bool = False) -> Tensor:
     """Causal convolution of ``x`` ``(B, C, T)`` with ``fir`` ``(B|1, C|1, L)`` by
     overlap-save with ``block``-point transforms, cut to ``T`` (module docstring).
-    Differentiable in both; CPU and CUDA."""
+    ``ms``: ``x`` and the output are left/right, ``fir``'s two channels filter mid and
+    side (:func:`~diffmix.functional.gain.mid_side`). Differentiable in both; CPU and CUDA."""
     if fir.shape[-1] > block // 2:
         raise ValueError(f"fft_convolve: block {block} too short for a {fir.shape[-1]}-tap filter")
     if torch.is_grad_enabled() and (x.requires_grad or fir.requires_grad):
+        if ms:
+            return left_right(_OverlapSave.apply(mid_side(x), fir, block))
         return _OverlapSave.apply(x, fir, block)
-    return _render(x, fir, block)
+    return _render(x, fir, block, ms=ms)
 
 
 # Samples per channel transformed together by the no-gradient render (CPU): its buffers stay
@@ -99,16 +104,25 @@ def overlap_save(x: Tensor, fir: Tensor, block: int) -> Tensor:
 _GROUP_SAMPLES = 1 << 19
 
 
-def _render(x: Tensor, fir: Tensor, block: int) -> Tensor:
+def _render(x: Tensor, fir: Tensor, block: int, *, ms: bool = False) -> Tensor:
     """:func:`overlap_save` with no gradient: a few blocks at a time, written into the
     output, so no full-length frames, spectra or product exist (on CPU; one group on CUDA).
-    The same transforms block for block as the autograd path, so the same values."""
+    The same transforms block for block as the autograd path, so the same values; with
+    ``ms`` the mid/side sums are taken on each block's spectrum (the transform is linear),
+    so no mid/side copy of the signal exists either."""
     n_time, length = x.shape[-1], fir.shape[-1]
     hop = block - length + 1
     n_blocks = -(-n_time // hop)
     spec_f = torch.fft.rfft(fir, n=block).unsqueeze(-2)
+    if ms:
+        if x.shape[1] != 2 or fir.shape[1] not in (1, 2):
+            raise ValueError("fft_convolve: ms needs 2 channels of audio and 1 or 2 of filter (mid, side)")
+        # M = (L + R) / 2, S = (L - R) / 2 and back L = M + S, R = M - S: the halves go
+        # into the responses.
+        spec_f = spec_f * 0.5
     out = torch.empty(torch.broadcast_shapes(x.shape[:-1], fir.shape[:-1]) + (n_time,),
                       dtype=torch.result_type(x, fir), device=x.device)
+    wider = spec_f.shape[0] > x.shape[0]
     group = max(1, _GROUP_SAMPLES // block) if x.device.type == "cpu" else n_blocks
     for j0 in range(0, n_blocks, group):
         j1 = min(n_blocks, j0 + group)
@@ -117,7 +131,15 @@ def _render(x: Tensor, fir: Tensor, block: int) -> Tensor:
         part = x[..., max(a, 0) : min(n_time, j1 * hop)]
         right = (j1 - j0) * hop + length - 1 - part.shape[-1] - max(0, -a)  # zeros past the end
         part = torch.nn.functional.pad(part, (max(0, -a), right))
-        spec = torch.fft.rfft(part.unfold(-1, block, hop), n=block).mul_(spec_f)
+        spec = torch.fft.rfft(part.unfold(-1, block, hop), n=block)
+        if ms:
+            mid = (spec[:, 0] + spec[:, 1]) * spec_f[:, 0]
+            side = (spec[:, 0] - spec[:, 1]) * spec_f[:, -1]
+            spec = torch.stack([mid + side, mid.sub_(side)], 1)
+        elif wider:  # a filter per item over one signal: the product is the larger
+            spec = spec * spec_f
+        else:
+            spec.mul_(spec_f)
         y = torch.fft.irfft(spec, n=block)[..., length - 1 :]
         out[..., lo:hi] = y.reshape(*y.shape[:-2], -1)[..., : hi - lo]
     return out

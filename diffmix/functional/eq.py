@@ -181,8 +181,8 @@ def parametric_eq(
     b, a = eq_coeffs(bands, f, qq, g, sample_rate)  # (B|1, C|1, S, 3), float64
 
     m = broadcast_param(mix, x, name="mix", effect="parametric_eq")
-    inp = mid_side(x) if stereo == "ms" else x
     if mode == "exact":
+        inp = mid_side(x) if stereo == "ms" else x
         wet = sos_filter(inp.double(), b, a).to(x.dtype)
         if stereo == "ms":
             wet = left_right(wet)
@@ -191,8 +191,7 @@ def parametric_eq(
     if tail is None:
         tail = iir_tail(a)
     if stereo == "ms":
-        wet = left_right(render_fft(inp, b, a, tail))
-        del inp
+        wet = render_fft(x, b, a, tail, ms=True)
         m = m.unsqueeze(-1)
         if torch.is_grad_enabled() and (wet.requires_grad or x.requires_grad or m.requires_grad):
             return x + m * (wet - x)

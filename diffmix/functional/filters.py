@@ -37,6 +37,7 @@ from torchaudio.functional import lfilter
 from diffmix.checks import check_choice
 from diffmix.functional._cache import ValueCache, constant_key
 from diffmix.functional._fft_conv import overlap_save
+from diffmix.functional.gain import left_right, mid_side
 from diffmix.params import ParamValue, broadcast_param
 
 BAND_TYPES = ("peak", "low_shelf", "high_shelf", "highpass", "lowpass", "notch", "bandpass")
@@ -546,10 +547,12 @@ def fir_from_sections(b: Tensor, a: Tensor, length: int) -> Tensor:
     return torch.fft.irfft(sos_response_on_grid(b, a, length), n=length)
 
 
-def render_fft(x: Tensor, b: Tensor, a: Tensor, tail: int, mix: Tensor | None = None) -> Tensor:
+def render_fft(x: Tensor, b: Tensor, a: Tensor, tail: int, mix: Tensor | None = None, *,
+               ms: bool = False) -> Tensor:
     """Second-order sections ``(B|1, C|1, S, 3)`` applied to ``x`` ``(B, C, T)`` as an FIR:
     their impulse response, frequency-sampled on a grid of at least ``tail`` points, then
-    :func:`fft_convolve`. ``mix`` ``(B|1, C|1)`` folds dry/wet into the response.
+    :func:`fft_convolve` (``ms``: the sections' two channels filter mid and side of a
+    left/right ``x``). ``mix`` ``(B|1, C|1)`` folds dry/wet into the response.
     Differentiable in ``x``, ``b``, ``a`` and ``mix``; CPU and CUDA."""
     if tail < 1:
         raise ValueError(f"parametric_eq: tail must be >= 1 sample, got {tail}")
@@ -560,10 +563,10 @@ def render_fft(x: Tensor, b: Tensor, a: Tensor, tail: int, mix: Tensor | None = 
     if mix is not None:
         fir = mix.to(fir.dtype).unsqueeze(-1) * fir
         fir = torch.cat([fir[..., :1] + (1.0 - mix.to(fir.dtype).unsqueeze(-1)), fir[..., 1:]], dim=-1)
-    return fft_convolve(x, fir.to(x.dtype))
+    return fft_convolve(x, fir.to(x.dtype), ms=ms)
 
 
-def fft_convolve(x: Tensor, fir: Tensor) -> Tensor:
+def fft_convolve(x: Tensor, fir: Tensor, *, ms: bool = False) -> Tensor:
     """Causal linear convolution ``y[t] = sum_m fir[m] x[t - m]``, cut to ``x``'s length.
 
     Signals much longer than the filter are cut into overlapping blocks (overlap-save)
@@ -574,6 +577,9 @@ def fft_convolve(x: Tensor, fir: Tensor) -> Tensor:
     Args:
         x: ``(B, C, T)``.
         fir: ``(B|1, C|1, L)`` impulse response.
+        ms: ``x`` and the result are left/right and ``fir``'s two channels filter its mid
+            and side (:func:`~diffmix.functional.gain.mid_side`): without a gradient, on a
+            long signal, the mid/side sums are taken block by block (no full-length copies).
 
     Shape:
         ``(B, C, T)``.
@@ -582,13 +588,16 @@ def fft_convolve(x: Tensor, fir: Tensor) -> Tensor:
     [[[1.0, 3.0, 5.0]]]
     """
     n_time, length = x.shape[-1], fir.shape[-1]
+    ms = ms and fir.shape[1] != 1  # one response for mid and side is the same on left and right
     block = 1 << (max(8 * length, 1 << 15) - 1).bit_length()  # powers of 2: fastest on CPU and GPU
     if n_time + length - 1 <= 2 * block:
+        if ms:
+            return left_right(fft_convolve(mid_side(x), fir))
         n = next_fast_len(n_time + length - 1)
         spec = _mul(torch.fft.rfft(x, n=n), torch.fft.rfft(fir, n=n))
         return torch.fft.irfft(spec, n=n)[..., :n_time]
     # Overlap-save with a hand-written backward: see :mod:`diffmix.functional._fft_conv`.
-    return overlap_save(x, fir, block)
+    return overlap_save(x, fir, block, ms=ms)
 
 
 def _mul(spec: Tensor, response: Tensor) -> Tensor:

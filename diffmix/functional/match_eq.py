@@ -38,7 +38,7 @@ from torch import Tensor
 from diffmix.checks import check_audio
 from diffmix.functional._cache import SignalMemo
 from diffmix.functional.filters import fft_convolve
-from diffmix.functional.gain import left_right, mid_side
+from diffmix.functional.gain import mid_side
 from diffmix.functional.spectrum import band_centres, band_matrix, power_db, welch_psd
 from diffmix.params import ParamValue, broadcast_param, per_sample
 
@@ -169,10 +169,13 @@ def match_eq(
     # Zero-phase taps reach half the FIR both ways: the causal filter (the taps rolled by
     # half) over the signal and half a filter of zeros, read half a filter later. Long
     # signals take overlap-save blocks (fft_convolve), not one transform of the whole song.
-    ms = torch.nn.functional.pad(mid_side(x), (0, half))
-    wet = left_right(fft_convolve(ms, torch.roll(h, half, dims=-1).to(x.dtype))[..., half:])
+    padded = torch.nn.functional.pad(x, (0, half))
+    wet = fft_convolve(padded, torch.roll(h, half, dims=-1).to(x.dtype), ms=True)[..., half:]
+    del padded
     m = per_sample(mix, x, name="mix", effect="match_eq")
-    return x + m * (wet - x)
+    if torch.is_grad_enabled() and (wet.requires_grad or x.requires_grad or m.requires_grad):
+        return x + m * (wet - x)
+    return wet.sub_(x).mul_(m).add_(x)  # a render: the same sums, no full-length temporaries
 
 
 def signal_band_levels_db(x: Tensor, sample_rate: int, centres_hz: Tensor, n_fft: int = 8192) -> Tensor:
