@@ -569,6 +569,25 @@ def _write_preview(take: Take, sample_rate: int, folder: Path) -> Path:
     return path
 
 
+def draw_take(take: Take, page: str | Path, sample_rate: int, lufs: float | None = None, *,
+              drawn: Drawn | None = None) -> tuple[Drawn, Path]:
+    """What the listening report ``page`` shows of ``take``: its :class:`Drawn` series
+    (``drawn`` where drawn already; ``lufs``, its integrated loudness where measured) and
+    the file the page plays (``take.file``, or a preview written beside the page; see
+    :class:`Take`)."""
+    page = Path(page)
+    file = Path(take.file) if take.file is not None else None
+    with torch.no_grad():
+        if take.audio is None:
+            assert file is not None, f"take {take.label!r} has neither audio nor a file"
+            return drawn or draw_file(file, lufs=lufs)[0], file
+        drawn = drawn or draw_tensor(take.audio, sample_rate, lufs)
+    inside = file is not None and page.parent.resolve() in file.resolve().parents
+    if file is None or not inside or file.suffix.lower() not in PLAYABLE:
+        file = _write_preview(take, sample_rate, page.parent / f"{page.stem}_audio")
+    return drawn, file
+
+
 def write_listening_report(
     path: str | Path,
     *,
@@ -583,6 +602,7 @@ def write_listening_report(
     gain_reduction: tuple[Tensor, Tensor] | None = None,
     warnings: Sequence[str] = (),
     notes: Sequence[str] = (),
+    ready: Mapping[str, Drawn] | None = None,
 ) -> Path:
     """Write the listening report ``path`` (HTML) and any audio previews beside it.
 
@@ -599,29 +619,23 @@ def write_listening_report(
             limiter's gain-reduction plot.
         warnings: findings in words (the QC findings are added here).
         notes: extra lines shown under the heading.
+        ready: takes already drawn (:func:`draw_tensor`), by label: a job draws its input
+            while it renders.
 
     Returns:
         The page's path. Previews go to ``<page stem>_audio/<label>.flac``.
     """
     page = Path(path)
     base = page.parent
-    previews = base / f"{page.stem}_audio"
     with torch.no_grad():
         drawn: dict[str, Drawn] = {}
         sources = []
         for take in takes:
-            file = Path(take.file) if take.file is not None else None
             # The take's loudness where the job measured it already (one meter pass fewer).
             lufs = (measures or {}).get(take.label, {}).get("integrated_lufs")
-            lufs = float(lufs) if isinstance(lufs, (int, float)) else None
-            if take.audio is None:
-                assert file is not None, f"take {take.label!r} has neither audio nor a file"
-                drawn[take.label], _ = draw_file(file, lufs=lufs)
-            else:
-                drawn[take.label] = draw_tensor(take.audio, sample_rate, lufs)
-                inside = file is not None and base.resolve() in file.resolve().parents
-                if file is None or not inside or file.suffix.lower() not in PLAYABLE:
-                    file = _write_preview(take, sample_rate, previews)
+            drawn[take.label], file = draw_take(
+                take, page, sample_rate, float(lufs) if isinstance(lufs, (int, float)) else None,
+                drawn=(ready or {}).get(take.label))
             sources.append((take.label, _rel(file, base), drawn[take.label].lufs))
         duration = max(d.seconds for d in drawn.values())
         charts = [_spectrum_chart(drawn, sample_rate), _loudness_chart(drawn, duration)]

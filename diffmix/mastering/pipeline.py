@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,7 +27,7 @@ from diffmix.console import Bus
 from diffmix.errors import UserError
 from diffmix.features import spectral_errors
 from diffmix.io import check_outputs
-from diffmix.listen import Take, job_warnings, write_listening_report
+from diffmix.listen import Drawn, Take, draw_tensor, job_warnings, write_listening_report
 from diffmix.mastering.chain import MATCH, ChainSpec
 from diffmix.mastering.deliver import DeliveryOptions, deliver_chunks
 from diffmix.mastering.fit import (
@@ -167,6 +167,29 @@ def master_group(
     if options.polish == "auto":
         for s in songs:
             s.audio, s.polish = polish_auto(s.audio, sr)
+    # What depends on the inputs alone (their report measurements, their drawing on the
+    # listening page and its preview) is measured on a worker thread while the main one
+    # fits and renders, and the plot drawn there after it: the chain's recursions leave a
+    # core free, and the torch and numba work on both sides releases the GIL.
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="diffmix-worker")
+    try:
+        inputs = [pool.submit(_measure_input, s, sr, options.report) for s in songs]
+        return _master(songs, sr, spec, fit, options, start, pool, inputs, t0, clock)
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _measure_input(song: Song, sr: int, page: bool) -> tuple[dict[str, Any], Drawn | None]:
+    """The input's report measurements, and with ``page`` its drawing on the listening page
+    (its preview file is written with the page, once the master is delivered)."""
+    before = measure(song.audio, sr)
+    return before, draw_tensor(song.audio, sr, before["integrated_lufs"]) if page else None
+
+
+def _master(songs: list[Song], sr: int, spec: ChainSpec, fit: FitOptions, options: MasterOptions,
+            start: Start, pool: ThreadPoolExecutor, inputs: list[Future], t0: float,
+            clock: _Clock) -> list[dict[str, Any]]:
+    """:func:`master_group` after its checks, with the inputs measured on ``pool``."""
     device = songs[0].audio.device
     has_ref = [s.reference is not None for s in songs]
     if len(set(has_ref)) > 1:
@@ -225,38 +248,32 @@ def master_group(
         render, y, solves = render_and_solve(None if solves[0] is None else last)
     clock("loudness_solve")
     pre = render.pre  # type: ignore[attr-defined]
-    # The plot (spectra, short-term loudness, matplotlib) needs only the rendered master, so
-    # it is drawn on a worker thread while the main one dithers, writes and measures: the
-    # torch and numba work on both sides releases the GIL.
-    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="diffmix-plot") if options.plot else None
-    plots = [] if pool is None else [
+    # The plot (spectra, short-term loudness, matplotlib) needs only the rendered master: it
+    # is drawn on the worker while the main thread dithers, writes and measures.
+    plots = [
         pool.submit(draw, song.out / f"{song.stem}.png", song.stem, sr, song.audio,
                     y[i : i + 1, :, : lengths[i]], pre[i : i + 1, :, : lengths[i]], song.reference)
         for i, song in enumerate(songs)
-    ]
-    try:
-        reports = []
-        for i, song in enumerate(songs):
-            report = _deliver_song(
-                song, i, y[i : i + 1, :, : lengths[i]], pre[i : i + 1, :, : lengths[i]], sr, goals[i],
-                solves[i], fit_report, bus, spec, options, plots, clock,
-            )
-            # timings_s: for the whole group, per stage
-            reports.append(finish(report, song.out / f"{song.stem}_report.json", t0, len(songs), clock.spent))
-        return reports
-    finally:
-        if pool is not None:
-            pool.shutdown(wait=True, cancel_futures=True)
+    ] if options.plot else []
+    reports = []
+    for i, song in enumerate(songs):
+        report = _deliver_song(
+            song, i, y[i : i + 1, :, : lengths[i]], pre[i : i + 1, :, : lengths[i]], sr, goals[i],
+            solves[i], fit_report, bus, spec, options, plots, inputs[i], clock,
+        )
+        # timings_s: for the whole group, per stage
+        reports.append(finish(report, song.out / f"{song.stem}_report.json", t0, len(songs), clock.spent))
+    return reports
 
 
 def _deliver_song(song: Song, i: int, yi: torch.Tensor, pre: torch.Tensor, sr: int, goal: float | None,
                   solve: Any, fit_report: dict[str, Any] | None, bus: Bus, spec: ChainSpec,
-                  options: MasterOptions, plots: list, clock: _Clock) -> dict[str, Any]:
-    """Deliver song ``i`` of the group (one chunk) and build its report (all but the runtime)."""
-    before_audio = song.audio[..., : yi.shape[-1]]
+                  options: MasterOptions, plots: list, measured: Future, clock: _Clock) -> dict[str, Any]:
+    """Deliver song ``i`` of the group (one chunk) and build its report (all but the runtime);
+    ``measured``: :func:`_measure_input`'s result for it, to come."""
     report, path = _deliver(
         song.key, song.out, song.stem, song.target, goal, solve, fit_report, options,
-        lambda: iter([yi[0]]), sr, before=lambda: measure(before_audio, sr),
+        lambda: iter([yi[0]]), sr, before=lambda: measured.result()[0],
         protect=song.protect,
     )
     clock("deliver")
@@ -276,11 +293,12 @@ def _deliver_song(song: Song, i: int, yi: torch.Tensor, pre: torch.Tensor, sr: i
         report["outputs"]["plot"] = plots[i].result()
         clock("plot")
     if options.report:
-        takes = [Take("input", before_audio.cpu()), Take("result", yi.cpu(), path)]
+        takes = [Take("input", song.audio.cpu()), Take("result", yi.cpu(), path)]
         if song.reference is not None:
             takes.append(Take("reference", song.reference.cpu()))
+        drawn_input = measured.result()[1]
         _listening_report(report, song.out, song.stem, song.target, takes, sr, job="master",
-                          gain_reduction=(pre, yi))
+                          gain_reduction=(pre, yi), ready={"input": drawn_input} if drawn_input else None)
     clock("listening_report")
     return report
 
@@ -311,7 +329,7 @@ def _finish_song(report: dict[str, Any], preset: Bus, out: Path, stem: str, targ
 
 def _listening_report(report: dict[str, Any], out: Path, stem: str, target: dict[str, Any], takes: list[Take],
                       sr: int, *, job: str, gain_reduction: tuple[torch.Tensor, torch.Tensor] | None = None,
-                      notes: Sequence[str] = ()) -> None:
+                      notes: Sequence[str] = (), ready: dict[str, Drawn] | None = None) -> None:
     """Write the HTML listening report of one master (``takes`` at ``sr``) and link it."""
     measures = {"input": report["before"], "result": report["after"],
                 **({"reference": report["reference"]} if "reference" in report else {})}
@@ -319,6 +337,7 @@ def _listening_report(report: dict[str, Any], out: Path, stem: str, target: dict
         out / f"{stem}_report.html", title=stem, sample_rate=sr,
         takes=takes, job=job, target=target, achieved=report["achieved"], measures=measures,
         params=report["params"], gain_reduction=gain_reduction, warnings=report["qc"], notes=list(notes),
+        ready=ready,
     )
     report["outputs"]["listening_report"] = str(page)
 
