@@ -14,6 +14,7 @@ Nothing here is differentiable: it runs once, on the finished audio, under ``no_
 from __future__ import annotations
 
 import html
+import io
 import json
 import math
 import os
@@ -556,36 +557,44 @@ def _flatten(values: Any) -> list[Any]:
     return out
 
 
-def _write_preview(take: Take, sample_rate: int, folder: Path) -> Path:
-    assert take.audio is not None
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{take.label}.flac"
-    x = take.audio.detach().reshape(-1, take.audio.shape[-1]).cpu()
+def _encode_preview(audio: Tensor, sample_rate: int) -> bytes:
+    """``audio`` ``(C, T)`` or ``(1, C, T)`` as a 16-bit FLAC file's bytes."""
+    x = audio.detach().reshape(-1, audio.shape[-1]).cpu()
     step = 1 << 16  # frames per write: no full-length clipped or interleaved copy
-    with atomic_path(path) as tmp, sf.SoundFile(str(tmp), "w", samplerate=sample_rate, channels=x.shape[0],
-                                                format="FLAC", subtype="PCM_16") as fh:
+    buf = io.BytesIO()
+    with sf.SoundFile(buf, "w", samplerate=sample_rate, channels=x.shape[0], format="FLAC",
+                      subtype="PCM_16") as fh:
         for a in range(0, x.shape[-1], step):
             fh.write(x[:, a : a + step].clamp(-1.0, 1.0).T.float().numpy())
-    return path
+    return buf.getvalue()
 
 
-def draw_take(take: Take, page: str | Path, sample_rate: int, lufs: float | None = None, *,
-              drawn: Drawn | None = None) -> tuple[Drawn, Path]:
-    """What the listening report ``page`` shows of ``take``: its :class:`Drawn` series
-    (``drawn`` where drawn already; ``lufs``, its integrated loudness where measured) and
-    the file the page plays (``take.file``, or a preview written beside the page; see
-    :class:`Take`)."""
+@dataclass
+class PreparedTake:
+    """A take ready for the page (:func:`prepare_take`): its drawn series, and the 16-bit
+    FLAC preview the page plays (encoded in memory, written with the page) or ``None``
+    where it plays ``file``."""
+
+    drawn: Drawn
+    file: Path | None
+    preview: bytes | None = None
+
+
+def prepare_take(take: Take, page: str | Path, sample_rate: int, lufs: float | None = None) -> PreparedTake:
+    """What the listening report ``page`` needs of ``take``, with no file written: a job
+    prepares its takes while it works and writes the page (:func:`write_listening_report`)
+    once it has delivered. ``lufs``: the take's integrated loudness where already measured."""
     page = Path(page)
     file = Path(take.file) if take.file is not None else None
     with torch.no_grad():
         if take.audio is None:
             assert file is not None, f"take {take.label!r} has neither audio nor a file"
-            return drawn or draw_file(file, lufs=lufs)[0], file
-        drawn = drawn or draw_tensor(take.audio, sample_rate, lufs)
+            return PreparedTake(draw_file(file, lufs=lufs)[0], file)
+        drawn = draw_tensor(take.audio, sample_rate, lufs)
     inside = file is not None and page.parent.resolve() in file.resolve().parents
     if file is None or not inside or file.suffix.lower() not in PLAYABLE:
-        file = _write_preview(take, sample_rate, page.parent / f"{page.stem}_audio")
-    return drawn, file
+        return PreparedTake(drawn, None, _encode_preview(take.audio, sample_rate))
+    return PreparedTake(drawn, file)
 
 
 def write_listening_report(
@@ -602,7 +611,7 @@ def write_listening_report(
     gain_reduction: tuple[Tensor, Tensor] | None = None,
     warnings: Sequence[str] = (),
     notes: Sequence[str] = (),
-    ready: Mapping[str, Drawn] | None = None,
+    ready: Mapping[str, PreparedTake] | None = None,
 ) -> Path:
     """Write the listening report ``path`` (HTML) and any audio previews beside it.
 
@@ -619,8 +628,8 @@ def write_listening_report(
             limiter's gain-reduction plot.
         warnings: findings in words (the QC findings are added here).
         notes: extra lines shown under the heading.
-        ready: takes already drawn (:func:`draw_tensor`), by label: a job draws its input
-            while it renders.
+        ready: takes already prepared (:func:`prepare_take`), by label: a job prepares
+            them while it works.
 
     Returns:
         The page's path. Previews go to ``<page stem>_audio/<label>.flac``.
@@ -631,11 +640,19 @@ def write_listening_report(
         drawn: dict[str, Drawn] = {}
         sources = []
         for take in takes:
-            # The take's loudness where the job measured it already (one meter pass fewer).
-            lufs = (measures or {}).get(take.label, {}).get("integrated_lufs")
-            drawn[take.label], file = draw_take(
-                take, page, sample_rate, float(lufs) if isinstance(lufs, (int, float)) else None,
-                drawn=(ready or {}).get(take.label))
+            prepared = (ready or {}).get(take.label)
+            if prepared is None:
+                # The take's loudness where the job measured it already (one meter pass fewer).
+                lufs = (measures or {}).get(take.label, {}).get("integrated_lufs")
+                prepared = prepare_take(take, page, sample_rate,
+                                        float(lufs) if isinstance(lufs, (int, float)) else None)
+            drawn[take.label], file = prepared.drawn, prepared.file
+            if prepared.preview is not None:
+                file = base / f"{page.stem}_audio" / f"{take.label}.flac"
+                file.parent.mkdir(parents=True, exist_ok=True)
+                with atomic_path(file) as tmp:
+                    tmp.write_bytes(prepared.preview)
+            assert file is not None
             sources.append((take.label, _rel(file, base), drawn[take.label].lufs))
         duration = max(d.seconds for d in drawn.values())
         charts = [_spectrum_chart(drawn, sample_rate), _loudness_chart(drawn, duration)]

@@ -9,6 +9,7 @@ recorded) and the values are on the CPU (reading them is then no device sync) an
 
 from __future__ import annotations
 
+import threading
 import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
@@ -43,19 +44,23 @@ class ValueCache:
     def __init__(self, size: int, max_bytes: int) -> None:
         self.size, self.max_bytes = size, max_bytes
         self._items: OrderedDict[tuple, Tensor] = OrderedDict()
+        self._lock = threading.Lock()  # a job measures on a worker thread too
 
     def get(self, key: tuple | None, make: Callable[[], Tensor]) -> Tensor:
         """``make()``, or its stored result for ``key`` (None: never stored)."""
         if key is None:
             return make()
-        if key in self._items:
-            self._items.move_to_end(key)
-            return self._items[key]
-        out = make()
+        with self._lock:
+            if key in self._items:
+                self._items.move_to_end(key)
+                return self._items[key]
+        out = make()  # outside the lock: two threads may both make it, and agree
         if not out.requires_grad and _nbytes(out) <= self.max_bytes:
-            self._items[key] = out
-            while len(self._items) > self.size or sum(map(_nbytes, self._items.values())) > self.max_bytes:
-                self._items.popitem(last=False)
+            with self._lock:
+                self._items[key] = out
+                items = self._items
+                while len(items) > self.size or sum(map(_nbytes, items.values())) > self.max_bytes:
+                    items.popitem(last=False)
         return out
 
 
@@ -72,16 +77,19 @@ class SignalMemo:
     def __init__(self, size: int = 16) -> None:
         self.size = size
         self._items: OrderedDict[tuple, tuple[weakref.ref, Any]] = OrderedDict()
+        self._lock = threading.Lock()  # a job measures on a worker thread too
 
     def get(self, x: Tensor, extra: Hashable, make: Callable[[], Any]) -> Any:
         """``make()`` for ``x`` and ``extra``, or its stored result."""
         key = (id(x), x._version, extra)
-        hit = self._items.get(key)
-        if hit is not None and hit[0]() is x:  # the same live tensor, not a reused id
-            self._items.move_to_end(key)
-            return hit[1]
-        out = make()
-        self._items[key] = (weakref.ref(x), out)
-        while len(self._items) > self.size:
-            self._items.popitem(last=False)
+        with self._lock:
+            hit = self._items.get(key)
+            if hit is not None and hit[0]() is x:  # the same live tensor, not a reused id
+                self._items.move_to_end(key)
+                return hit[1]
+        out = make()  # outside the lock: two threads may both make it, and agree
+        with self._lock:
+            self._items[key] = (weakref.ref(x), out)
+            while len(self._items) > self.size:
+                self._items.popitem(last=False)
         return out

@@ -11,7 +11,9 @@ and :class:`MasterOptions`; the jobs build them from their configs.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import math
 import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -27,7 +29,7 @@ from diffmix.console import Bus
 from diffmix.errors import UserError
 from diffmix.features import spectral_errors
 from diffmix.io import check_outputs
-from diffmix.listen import Drawn, Take, draw_tensor, job_warnings, write_listening_report
+from diffmix.listen import Take, job_warnings, prepare_take, write_listening_report
 from diffmix.mastering.chain import MATCH, ChainSpec
 from diffmix.mastering.deliver import DeliveryOptions, deliver_chunks
 from diffmix.mastering.fit import (
@@ -179,11 +181,30 @@ def master_group(
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _measure_input(song: Song, sr: int, page: bool) -> tuple[dict[str, Any], Drawn | None]:
-    """The input's report measurements, and with ``page`` its drawing on the listening page
-    (its preview file is written with the page, once the master is delivered)."""
-    before = measure(song.audio, sr)
-    return before, draw_tensor(song.audio, sr, before["integrated_lufs"]) if page else None
+def _measure_input(song: Song, sr: int, page: bool) -> dict[str, Any]:
+    """What the report shows of the song's input and reference, which the master does not
+    change: their measurements (``before``, ``reference``), the input's tone error against
+    the reference (``error_before``), and with ``page`` the listening page's takes
+    (``takes``: label -> :class:`~diffmix.listen.PreparedTake`; previews are written with
+    the page, once the master is delivered)."""
+    out: dict[str, Any] = {"before": measure(song.audio, sr), "takes": {}}
+    if song.reference is not None:
+        out["reference"] = measure(song.reference, sr)
+        out["error_before"] = spectral_errors(song.audio.cpu(), song.reference.cpu(), sr)
+    if page:
+        for label, audio in (("input", song.audio), ("reference", song.reference)):
+            if audio is not None:
+                lufs = out["before" if label == "input" else "reference"]["integrated_lufs"]
+                out["takes"][label] = prepare_take(Take(label, audio.cpu()), _page(song), sr, lufs)
+    return out
+
+
+def _page(song: Song) -> Path:
+    return song.out / f"{song.stem}_report.html"
+
+
+def _delivered_path(out: Path, stem: str, options: MasterOptions) -> Path:
+    return out / f"{stem}.{options.delivery.checked()[0]}"
 
 
 def _master(songs: list[Song], sr: int, spec: ChainSpec, fit: FitOptions, options: MasterOptions,
@@ -255,11 +276,18 @@ def _master(songs: list[Song], sr: int, spec: ChainSpec, fit: FitOptions, option
                     y[i : i + 1, :, : lengths[i]], pre[i : i + 1, :, : lengths[i]], song.reference)
         for i, song in enumerate(songs)
     ] if options.plot else []
+    # The master's page drawing (its loudness is filled in once the file is measured).
+    drawings = [
+        pool.submit(prepare_take, Take("result", y[i : i + 1, :, : lengths[i]].cpu(),
+                                       _delivered_path(song.out, song.stem, options)),
+                    _page(song), sr, math.nan)
+        for i, song in enumerate(songs)
+    ] if options.report else [None] * len(songs)
     reports = []
     for i, song in enumerate(songs):
         report = _deliver_song(
             song, i, y[i : i + 1, :, : lengths[i]], pre[i : i + 1, :, : lengths[i]], sr, goals[i],
-            solves[i], fit_report, bus, spec, options, plots, inputs[i], clock,
+            solves[i], fit_report, bus, spec, options, plots, inputs[i], drawings[i], clock,
         )
         # timings_s: for the whole group, per stage
         reports.append(finish(report, song.out / f"{song.stem}_report.json", t0, len(songs), clock.spent))
@@ -268,21 +296,24 @@ def _master(songs: list[Song], sr: int, spec: ChainSpec, fit: FitOptions, option
 
 def _deliver_song(song: Song, i: int, yi: torch.Tensor, pre: torch.Tensor, sr: int, goal: float | None,
                   solve: Any, fit_report: dict[str, Any] | None, bus: Bus, spec: ChainSpec,
-                  options: MasterOptions, plots: list, measured: Future, clock: _Clock) -> dict[str, Any]:
+                  options: MasterOptions, plots: list, measured: Future, drawing: Future | None,
+                  clock: _Clock) -> dict[str, Any]:
     """Deliver song ``i`` of the group (one chunk) and build its report (all but the runtime);
-    ``measured``: :func:`_measure_input`'s result for it, to come."""
+    ``measured``: :func:`_measure_input`'s result for it, ``drawing`` the master's prepared
+    page take, both to come."""
     report, path = _deliver(
         song.key, song.out, song.stem, song.target, goal, solve, fit_report, options,
-        lambda: iter([yi[0]]), sr, before=lambda: measured.result()[0],
+        lambda: iter([yi[0]]), sr, before=lambda: measured.result()["before"],
         protect=song.protect,
     )
     clock("deliver")
+    inputs = measured.result()
     if song.polish is not None:
         report["polish"] = song.polish
     if song.reference is not None:
-        report["reference"] = measure(song.reference, sr)
+        report["reference"] = inputs["reference"]
         report["spectral_error"] = {
-            "before": spectral_errors(song.audio.cpu(), song.reference.cpu(), sr),
+            "before": inputs["error_before"],
             "after": spectral_errors(yi.cpu(), song.reference.cpu(), sr),
         }
     preset = spec.build(1, match=MATCH in bus.effects)
@@ -296,9 +327,13 @@ def _deliver_song(song: Song, i: int, yi: torch.Tensor, pre: torch.Tensor, sr: i
         takes = [Take("input", song.audio.cpu()), Take("result", yi.cpu(), path)]
         if song.reference is not None:
             takes.append(Take("reference", song.reference.cpu()))
-        drawn_input = measured.result()[1]
+        result = drawing.result() if drawing is not None else None
+        ready = dict(inputs["takes"])
+        if result is not None:
+            drawn = dataclasses.replace(result.drawn, lufs=float(report["after"]["integrated_lufs"]))
+            ready["result"] = dataclasses.replace(result, drawn=drawn)
         _listening_report(report, song.out, song.stem, song.target, takes, sr, job="master",
-                          gain_reduction=(pre, yi), ready={"input": drawn_input} if drawn_input else None)
+                          gain_reduction=(pre, yi), ready=ready)
     clock("listening_report")
     return report
 
@@ -308,7 +343,7 @@ def _deliver(key: str, out: Path, stem: str, target: dict[str, Any], goal: float
              chunks: Callable[[], Iterable[torch.Tensor]], sr: int, *, before: Callable[[], dict[str, Any]],
              protect: tuple[str, ...]) -> tuple[dict[str, Any], Path]:
     """Deliver one master from its chunks and start its report: ``(report, written path)``."""
-    path = out / f"{stem}.{options.delivery.checked()[0]}"
+    path = _delivered_path(out, stem, options)
     delivery, after = deliver_chunks(
         chunks, sr, path, options.delivery, ceiling=target.get("true_peak_db"), seed=int(options.seed),
         goal=goal, tolerance_lu=float(options.tolerance_lu), protect=protect,
@@ -329,7 +364,7 @@ def _finish_song(report: dict[str, Any], preset: Bus, out: Path, stem: str, targ
 
 def _listening_report(report: dict[str, Any], out: Path, stem: str, target: dict[str, Any], takes: list[Take],
                       sr: int, *, job: str, gain_reduction: tuple[torch.Tensor, torch.Tensor] | None = None,
-                      notes: Sequence[str] = (), ready: dict[str, Drawn] | None = None) -> None:
+                      notes: Sequence[str] = (), ready: dict[str, Any] | None = None) -> None:
     """Write the HTML listening report of one master (``takes`` at ``sr``) and link it."""
     measures = {"input": report["before"], "result": report["after"],
                 **({"reference": report["reference"]} if "reference" in report else {})}
