@@ -171,5 +171,10 @@ def test_the_render_ramp_is_the_ops_ramp_without_the_backwards_indices():
     req = torch.rand(1, 1, 5000, generator=g, dtype=torch.float64).clamp_min(0.1)
     with torch.no_grad():
         rendered = F.limiter_gain(req, 220, release)
+        buffer = torch.full_like(req, float("nan"))
+        into = F.limiter_gain(req, 220, release, out=buffer)  # the render's ramp and smoother in place
+        torch_path = F.limiter_gain(req, 220, release, backend="torch", out=torch.empty_like(req))
     graphed = F.limiter_gain(req.clone().requires_grad_(), 220, release)
     assert torch.equal(rendered, graphed.detach()) and graphed.requires_grad
+    assert into is buffer and torch.equal(into, rendered)
+    assert (torch_path - rendered).abs().max() < 1e-12

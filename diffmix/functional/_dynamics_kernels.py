@@ -206,10 +206,12 @@ def _smooth_bwd_torch(gy, g, y, mode, a_down, a_up, init):  # noqa: ANN001, ANN2
 
 
 def smooth_forward_numba(g: Tensor, a_down: Tensor, a_up: Tensor, hold: Tensor, init: Tensor,
-                         store: bool) -> tuple[Tensor, Tensor]:
-    """The numba forward over ``(rows, T)``: ``(y, mode)``, ``mode`` ``(1, 1)`` unless ``store``."""
+                         store: bool, out: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """The numba forward over ``(rows, T)``: ``(y, mode)``, ``mode`` ``(1, 1)`` unless ``store``;
+    ``y`` is written into ``out`` where given (contiguous, ``g``'s shape; ``g`` itself
+    works: each sample is read before its output is written)."""
     g = g.detach().contiguous()
-    y = torch.empty_like(g)
+    y = torch.empty_like(g) if out is None else out
     mode = torch.empty(g.shape if store else (1, 1), dtype=torch.uint8)
     over_rows(
         _smooth_fwd_nb, g.shape[0], g.numel(), g.numpy(), a_down.detach().contiguous().numpy(),

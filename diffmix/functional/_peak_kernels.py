@@ -297,14 +297,16 @@ def ramp_forward(required: Tensor, lookahead: int) -> tuple[Tensor, Tensor]:
     return torch.from_numpy(out), torch.from_numpy(arg)
 
 
-def ramp_values(required: Tensor, lookahead: int) -> Tensor:
+def ramp_values(required: Tensor, lookahead: int, out: Tensor | None = None) -> Tensor:
     """:func:`ramp_forward`'s ramp alone, for a render (no gradient): the backward's
-    indices (int64, one per sample and lookahead) are neither written nor allocated."""
+    indices (int64, one per sample and lookahead) are neither written nor allocated. The
+    ramp is written into ``out`` where given (contiguous, ``required``'s shape, not
+    ``required`` itself)."""
     req = required.detach().contiguous().numpy()
-    out = np.empty_like(req)
+    res = torch.from_numpy(np.empty_like(req)) if out is None else out
     numba_threads()
-    _ramp_nb(req, lookahead, out, np.empty((1, 1), dtype=np.int64), False)
-    return torch.from_numpy(out)
+    _ramp_nb(req, lookahead, res.numpy(), np.empty((1, 1), dtype=np.int64), False)
+    return res
 
 
 def ramp_backward(grad: Tensor, arg: Tensor, lookahead: int) -> Tensor:

@@ -23,7 +23,7 @@ from torch import Tensor
 
 from diffmix.functional import _peak_kernels as _pk
 from diffmix.functional import peaks as _peaks
-from diffmix.functional._dynamics_kernels import smooth
+from diffmix.functional._dynamics_kernels import smooth, smooth_forward_numba
 from diffmix.functional.dynamics import _DB_PER_NEPER, _lookahead_samples, ms_to_pole
 from diffmix.kernels import ops
 from diffmix.kernels.backend import resolve
@@ -97,7 +97,7 @@ def limiter_envelope(x: Tensor, sample_rate: int, *, true_peak: bool = True,
 
 
 def limiter_gain(required: Tensor, lookahead: int, release: Tensor, *,
-                 backend: str = "auto") -> Tensor:
+                 backend: str = "auto", out: Tensor | None = None) -> Tensor:
     """Smallest-effort gain ``<= required`` everywhere: lookahead ramp, instant attack,
     one-pole release.
 
@@ -111,6 +111,8 @@ def limiter_gain(required: Tensor, lookahead: int, release: Tensor, *,
         release: release pole per item, ``(B,)`` or ``(B, 1, 1)`` (:func:`ms_to_pole`).
         backend: :mod:`diffmix.kernels.backend`: the ramp's running minimum and the
             release smoother run on numba, Triton or torch.
+        out: a contiguous ``(B, 1, T)`` tensor (not ``required``) to write the gain into
+            and return: a render (no gradient) on numba then allocates nothing.
 
     Shape:
         ``(B, 1, T)`` -> ``(B, 1, T)``. Differentiable in ``required`` and ``release``.
@@ -120,6 +122,17 @@ def limiter_gain(required: Tensor, lookahead: int, release: Tensor, *,
     """
     b, _, t = required.shape
     kernel = resolve(backend, required, "limiter")
+    graph = torch.is_grad_enabled() and (required.requires_grad or release.requires_grad)
+    if (lookahead and kernel == "numba" and _pk.available(required, backend) and not graph
+            and not torch.compiler.is_compiling()):
+        # A render: the ramp into the output, then the release smoother over it in place.
+        gain = torch.empty_like(required) if out is None else out
+        rows = gain.view(b, t)
+        _pk.ramp_values(required.reshape(b, t), int(lookahead), out=rows)
+        pole = release.detach().reshape(-1).to(rows.dtype).expand(b).contiguous()
+        smooth_forward_numba(rows, torch.zeros_like(pole), pole, torch.zeros(b, dtype=torch.int64),
+                             torch.ones_like(pole), False, out=rows)
+        return gain
     if lookahead and (kernel == "triton" or _pk.available(required, backend)):
         # O(T) running minimum and running sum, instead of pools that cost O(T * L).
         rows = required.reshape(b, t).contiguous()
@@ -134,8 +147,8 @@ def limiter_gain(required: Tensor, lookahead: int, release: Tensor, *,
         held = -F.max_pool1d(-padded, lookahead + 1, stride=1)
         required = F.avg_pool1d(held, lookahead + 1, stride=1)
     zero = torch.zeros((), dtype=required.dtype, device=required.device)
-    out = smooth(required.reshape(b, t), zero, release.reshape(-1), init=1.0, backend=backend)
-    return out.reshape(b, 1, t)
+    gain = smooth(required.reshape(b, t), zero, release.reshape(-1), init=1.0, backend=backend)
+    return gain.reshape(b, 1, t) if out is None else out.copy_(gain.reshape(b, 1, t))
 
 
 
@@ -407,13 +420,15 @@ def drive_renders(
                 if true_peak and exact and strict:  # as limiter() does
                     strict_level = _peaks.strict_envelope(x, sample_rate, meter=False).unsqueeze(1).to(level)
                     level = torch.maximum(level, strict_level)
-                cache.append(level)
-            level = cache[0]
-            # min(target / max(g level, 1e-30), 1) in place: each full-length temporary is
-            # fresh memory, which costs more here than the arithmetic.
-            required = (g * level).clamp_min_(1e-30)
+                # The level, then two buffers every drive reuses for the gain it needs
+                # and the gain: each full-length temporary would be fresh memory, which
+                # costs more here than the arithmetic.
+                cache.extend([level, torch.empty_like(level), torch.empty_like(level)])
+            level, required, gain = cache
+            # min(target / max(g level, 1e-30), 1)
+            torch.mul(level, g, out=required).clamp_min_(1e-30)
             torch.div(target, required, out=required).clamp_max_(1.0)
-            return x * limiter_gain(required, lookahead, release).mul_(g)
+            return x * limiter_gain(required, lookahead, release, out=gain).mul_(g)
 
     def corrected(drives: Tensor) -> Tensor:
         y = smooth(drives)
