@@ -278,9 +278,13 @@ def test_master_in_one_pass_from_the_prediction(corpus: Path, trained: Path, tmp
     target = {"lufs": -14.0, "true_peak_db": -1.0}
     want = predict_values(model, chain_spec(cfg, sr).build(1), [x], None, target)
     got = report["params"]["values"]
+    # The job measures its input on a worker thread while it predicts, and float32 sums on
+    # the CPU may then round differently (seen: 3e-7 dB on an EQ gain): the same prediction
+    # to 1e-6 relative or 1e-5 in the parameter's unit (dB, Hz, ms, ratio).
     for key, value in want.items():
         if key != "limiter.gain_db":
-            assert torch.allclose(torch.tensor(got[key], dtype=torch.float64), value, rtol=1e-6), key
+            fitted = torch.tensor(got[key], dtype=torch.float64)
+            assert torch.allclose(fitted, value, rtol=1e-6, atol=1e-5), key
     bad = run_cli("master", f"input={song}", f"out={tmp_path / 'bad'}", "fit.init=learned",
                   f"model={tmp_path / 'missing.safetensors'}", cwd=tmp_path)
     assert bad.returncode == 2 and "checkpoint not found" in bad.stderr
