@@ -608,7 +608,7 @@ def write_listening_report(
     achieved: Mapping[str, Any] | None = None,
     measures: Mapping[str, Mapping[str, Any]] | None = None,
     params: Mapping[str, Any] | None = None,
-    gain_reduction: tuple[Tensor, Tensor] | None = None,
+    gain_reduction: tuple[Sequence[float], Sequence[float]] | None = None,
     warnings: Sequence[str] = (),
     notes: Sequence[str] = (),
     ready: Mapping[str, PreparedTake] | None = None,
@@ -624,8 +624,8 @@ def write_listening_report(
             ``true_peak_dbtp``, ``lra_lu``), as in the JSON report.
         measures: column name -> :func:`diffmix.jobs._common.summary`-style measurements.
         params: the fitted settings in physical units (a preset's ``params``).
-        gain_reduction: ``(pre_limiter, output)`` audio, ``(1, C, T)`` each, for the
-            limiter's gain-reduction plot.
+        gain_reduction: the limiter's gain-reduction plot, ``(seconds, dB)``: what
+            :func:`gain_reduction_series` draws from the pre-limiter and the output audio.
         warnings: findings in words (the QC findings are added here).
         notes: extra lines shown under the heading.
         ready: takes already prepared (:func:`prepare_take`), by label: a job prepares
@@ -657,7 +657,7 @@ def write_listening_report(
         duration = max(d.seconds for d in drawn.values())
         charts = [_spectrum_chart(drawn, sample_rate), _loudness_chart(drawn, duration)]
         if gain_reduction is not None:
-            t, gr = gain_reduction_series(gain_reduction[0], gain_reduction[1], sample_rate)
+            t, gr = list(gain_reduction[0]), list(gain_reduction[1])
             charts.append(
                 svg_chart(
                     [("gain reduction", t, gr)],

@@ -74,10 +74,15 @@ class FitOptions:
 
 
 def pad_batch(xs: Sequence[Tensor]) -> tuple[Tensor, list[int]]:
-    """Stack ``(1, C, T_i)`` songs into ``(S, C, max T)`` with zeros; returns the lengths."""
+    """Stack ``(1, C, T_i)`` songs into ``(S, C, max T)`` with zeros; returns the lengths.
+    One song is returned as it is (not a copy: callers only read it)."""
     lengths = [int(x.shape[-1]) for x in xs]
-    longest = max(lengths)
-    return torch.cat([torch.nn.functional.pad(x, (0, longest - x.shape[-1])) for x in xs]), lengths
+    if len(xs) == 1:
+        return xs[0], lengths
+    out = xs[0].new_zeros((len(xs), xs[0].shape[1], max(lengths)))
+    for i, x in enumerate(xs):
+        out[i, :, : lengths[i]] = x[0]
+    return out, lengths
 
 
 def song_excerpts(xs: Sequence[Any], length: int, step: int, *, pool: int = 8, seed: int = 0) -> Tensor:

@@ -29,7 +29,7 @@ from diffmix.console import Bus
 from diffmix.errors import UserError
 from diffmix.features import spectral_errors
 from diffmix.io import check_outputs
-from diffmix.listen import Take, job_warnings, prepare_take, write_listening_report
+from diffmix.listen import Take, gain_reduction_series, job_warnings, prepare_take, write_listening_report
 from diffmix.mastering.chain import MATCH, ChainSpec
 from diffmix.mastering.deliver import DeliveryOptions, deliver_chunks
 from diffmix.mastering.fit import (
@@ -266,16 +266,24 @@ def _master(songs: list[Song], sr: int, spec: ChainSpec, fit: FitOptions, option
             if k < passes - 1:
                 y = smooth_render(bus, x, last)
         clock("loudness_solve")
+        del render, y  # this pass's renderer (its pre-limiter signal and buffers) goes first
         render, y, solves = render_and_solve(None if solves[0] is None else last)
     clock("loudness_solve")
     pre = render.pre  # type: ignore[attr-defined]
-    # The plot (spectra, short-term loudness, matplotlib) needs only the rendered master: it
-    # is drawn on the worker while the main thread dithers, writes and measures.
+    del render  # its drive renders' buffers: the pre-limiter signal alone is kept, for the worker
+    # The plot (spectra, short-term loudness, matplotlib) and the page's gain-reduction curve
+    # need only the rendered master: they are drawn on the worker while the main thread
+    # dithers, writes and measures; then the pre-limiter signal is released.
     plots = [
         pool.submit(draw, song.out / f"{song.stem}.png", song.stem, sr, song.audio,
                     y[i : i + 1, :, : lengths[i]], pre[i : i + 1, :, : lengths[i]], song.reference)
         for i, song in enumerate(songs)
     ] if options.plot else []
+    reductions = [
+        pool.submit(gain_reduction_series, pre[i : i + 1, :, : lengths[i]], y[i : i + 1, :, : lengths[i]], sr)
+        for i in range(len(songs))
+    ] if options.report else [None] * len(songs)
+    del pre
     # The master's page drawing (its loudness is filled in once the file is measured).
     drawings = [
         pool.submit(prepare_take, Take("result", y[i : i + 1, :, : lengths[i]].cpu(),
@@ -286,21 +294,21 @@ def _master(songs: list[Song], sr: int, spec: ChainSpec, fit: FitOptions, option
     reports = []
     for i, song in enumerate(songs):
         report = _deliver_song(
-            song, i, y[i : i + 1, :, : lengths[i]], pre[i : i + 1, :, : lengths[i]], sr, goals[i],
-            solves[i], fit_report, bus, spec, options, plots, inputs[i], drawings[i], clock,
+            song, i, y[i : i + 1, :, : lengths[i]], sr, goals[i], solves[i], fit_report, bus, spec,
+            options, plots, inputs[i], drawings[i], reductions[i], clock,
         )
         # timings_s: for the whole group, per stage
         reports.append(finish(report, song.out / f"{song.stem}_report.json", t0, len(songs), clock.spent))
     return reports
 
 
-def _deliver_song(song: Song, i: int, yi: torch.Tensor, pre: torch.Tensor, sr: int, goal: float | None,
+def _deliver_song(song: Song, i: int, yi: torch.Tensor, sr: int, goal: float | None,
                   solve: Any, fit_report: dict[str, Any] | None, bus: Bus, spec: ChainSpec,
                   options: MasterOptions, plots: list, measured: Future, drawing: Future | None,
-                  clock: _Clock) -> dict[str, Any]:
+                  reduction: Future | None, clock: _Clock) -> dict[str, Any]:
     """Deliver song ``i`` of the group (one chunk) and build its report (all but the runtime);
     ``measured``: :func:`_measure_input`'s result for it, ``drawing`` the master's prepared
-    page take, both to come."""
+    page take, ``reduction`` its limiter's gain-reduction curve, all to come."""
     report, path = _deliver(
         song.key, song.out, song.stem, song.target, goal, solve, fit_report, options,
         lambda: iter([yi[0]]), sr, before=lambda: measured.result()["before"],
@@ -333,7 +341,7 @@ def _deliver_song(song: Song, i: int, yi: torch.Tensor, pre: torch.Tensor, sr: i
             drawn = dataclasses.replace(result.drawn, lufs=float(report["after"]["integrated_lufs"]))
             ready["result"] = dataclasses.replace(result, drawn=drawn)
         _listening_report(report, song.out, song.stem, song.target, takes, sr, job="master",
-                          gain_reduction=(pre, yi), ready=ready)
+                          gain_reduction=reduction.result() if reduction is not None else None, ready=ready)
     clock("listening_report")
     return report
 
@@ -363,7 +371,7 @@ def _finish_song(report: dict[str, Any], preset: Bus, out: Path, stem: str, targ
 
 
 def _listening_report(report: dict[str, Any], out: Path, stem: str, target: dict[str, Any], takes: list[Take],
-                      sr: int, *, job: str, gain_reduction: tuple[torch.Tensor, torch.Tensor] | None = None,
+                      sr: int, *, job: str, gain_reduction: tuple[list[float], list[float]] | None = None,
                       notes: Sequence[str] = (), ready: dict[str, Any] | None = None) -> None:
     """Write the HTML listening report of one master (``takes`` at ``sr``) and link it."""
     measures = {"input": report["before"], "result": report["after"],
