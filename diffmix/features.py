@@ -108,8 +108,11 @@ def side_mid_ratio_db_floored(x: Tensor, eps: float = 1e-12) -> Tensor:
     """Overall side-to-mid power ratio in dB, ``(B, 2, T) -> (B,)``, with ``eps`` added to
     both powers so it stays finite (and differentiable) on mono and silence. The meter,
     which reads ``-inf``/``+inf`` there, is :func:`diffmix.functional.analysis.side_mid_ratio_db`."""
-    ms = mid_side(x)
-    power = ms.square().mean(-1)
+    return _floored_ratio_db(mid_side(x).square().mean(-1), eps)
+
+
+def _floored_ratio_db(power: Tensor, eps: float = 1e-12) -> Tensor:
+    """Side over mid power in dB, ``(B, 2) -> (B,)``, ``eps`` added to both."""
     return 10.0 * torch.log10((power[:, 1] + eps) / (power[:, 0] + eps))
 
 
@@ -135,11 +138,18 @@ def _tone(x: Tensor, sample_rate: int, n_fft: int) -> tuple[Tensor, Tensor, Tens
     (a job compares its input and its master with one reference)."""
 
     def make() -> tuple[Tensor, Tensor, Tensor]:
-        xd = x.detach().double()
-        f = FeatureExtractor(sample_rate, n_fft).to(x.device)(xd)
-        return f.tone_mid, f.tone_side, side_mid_ratio_db_floored(xd)
+        # In float64 a block at a time from x's own samples: no full-length float64 copy.
+        xd = x.detach()
+        psd = welch_psd(xd, n_fft, pre=lambda part: mid_side(part.double()))
+        f = FeatureExtractor(sample_rate, n_fft).to(x.device).from_psd(psd)
+        power = torch.zeros(xd.shape[0], 2, dtype=torch.float64, device=x.device)
+        for a in range(0, xd.shape[-1], _BLOCK):
+            power += mid_side(xd[..., a : a + _BLOCK].double()).square().sum(-1)
+        power /= max(xd.shape[-1], 1)
+        return f.tone_mid, f.tone_side, _floored_ratio_db(power)
 
     return _TONES.get(x, (int(sample_rate), int(n_fft)), make)
 
 
 _TONES = SignalMemo(8)
+_BLOCK = 1 << 16  # samples per block of _tone's side/mid power sums

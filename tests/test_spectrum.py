@@ -87,3 +87,24 @@ def test_every_band_set_is_drawn_from_band_centres(sr):
     series = band_centres(3, 1.0, 100000.0)
     for centres in (now, FeatureExtractor(sr, 4096).centres, match_centres(sr)):
         assert all(bool((series == c).any()) for c in centres), "a centre not from band_centres"
+
+
+@pytest.mark.parametrize("seconds", [0.1, 10.0])
+def test_welch_of_a_mapped_signal_is_the_welch_of_the_map(seconds):
+    # ``pre`` (mid/side in float64 here) is applied a group of frames at a time on a long
+    # signal without a gradient: bit for bit the PSD of the mapped signal; and that is
+    # scipy's Welch of the mid and side.
+    from diffmix.functional.gain import mid_side
+
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 2, int(seconds * 44100), generator=g)
+
+    def to_ms(part):
+        return mid_side(part.double())
+
+    with torch.no_grad():
+        got = welch_psd(x, 2048, pre=to_ms)
+        assert torch.equal(got, welch_psd(to_ms(x), 2048)) and got.dtype == torch.float64
+    ms = to_ms(x).numpy()
+    _, want = scipy.signal.welch(ms, 44100, nperseg=2048, noverlap=1024, window="hann", detrend=False)
+    np.testing.assert_allclose(got.numpy(), want * 44100 / 2048, rtol=1e-9)  # power per bin

@@ -186,7 +186,7 @@ def signal_band_levels_db(x: Tensor, sample_rate: int, centres_hz: Tensor, n_fft
 
     def make() -> Tensor:
         with torch.no_grad():
-            return band_levels_db(x.detach().double(), sample_rate, centres_hz, n_fft)
+            return band_levels_db(x.detach(), sample_rate, centres_hz, n_fft, float64=True)
 
     return _LEVELS.get(x, (int(sample_rate), tuple(centres_hz.tolist()), int(n_fft)), make)
 
@@ -194,15 +194,17 @@ def signal_band_levels_db(x: Tensor, sample_rate: int, centres_hz: Tensor, n_fft
 _LEVELS = SignalMemo()
 
 
-def band_levels_db(x: Tensor, sample_rate: int, centres_hz: Tensor, n_fft: int = 8192) -> Tensor:
+def band_levels_db(x: Tensor, sample_rate: int, centres_hz: Tensor, n_fft: int = 8192, *,
+                   float64: bool = False) -> Tensor:
     """Third-octave (or the centres' fraction) powers of mid and side in dB, ``(B, 2, bands)``.
 
     The bands are those of :func:`diffmix.functional.spectrum.band_matrix` with the same
     edges as ``centres_hz``; a band too narrow to hold a bin reads its nearest bins'
-    interpolated level (so every band has a finite reading).
+    interpolated level (so every band has a finite reading). ``float64``: measured in
+    float64 (from ``x``'s own samples a block at a time, without a gradient on the CPU).
     """
     centres_hz = centres_hz.detach().to("cpu", torch.float64)
-    psd = welch_psd(mid_side(x), n_fft)
+    psd = welch_psd(x, n_fft, pre=(lambda part: mid_side(part.double())) if float64 else mid_side)
     fraction = round(0.3 / math.log10(float(centres_hz[1] / centres_hz[0]))) if centres_hz.numel() > 1 else 3
     matrix, found = band_matrix(sample_rate, n_fft, fraction, float(centres_hz[0]) * 0.99,
                                 float(centres_hz[-1]) * 1.01)

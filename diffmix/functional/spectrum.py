@@ -10,6 +10,7 @@ frequency domain without rendering audio.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
@@ -66,33 +67,44 @@ def band_matrix(
 _WELCH_GROUP = 64  # frames per group of the no-gradient Welch average on CPU
 
 
-def welch_psd(x: Tensor, n_fft: int = 8192, hop: int | None = None) -> Tensor:
+def welch_psd(x: Tensor, n_fft: int = 8192, hop: int | None = None, *,
+              pre: Callable[[Tensor], Tensor] | None = None) -> Tensor:
     """Average power per rFFT bin of ``(..., time)`` audio: ``(..., n_fft // 2 + 1)``.
 
     Hann window, 50% overlap by default; a signal shorter than ``n_fft`` is zero-padded.
-    Normalised so a full-scale sine's bins sum to its mean square (0.5).
+    Normalised so a full-scale sine's bins sum to its mean square (0.5). ``pre`` maps the
+    samples to the signal analysed, sample by sample (mid/side in float64, say): without a
+    gradient on the CPU it is applied to a group of frames' samples at a time, so neither
+    its full-length output nor a framed copy ever exists; the same values as ``pre(x)``.
     """
     hop = hop or n_fft // 2
     t = x.shape[-1]
     if t < n_fft:
         x = torch.nn.functional.pad(x, (0, n_fft - t))
         t = n_fft
-    frames = x.unfold(-1, n_fft, hop)
-    window = torch.hann_window(n_fft, periodic=True, dtype=x.dtype, device=x.device)
+    n = (t - n_fft) // hop + 1
+    graph = torch.is_grad_enabled() and x.requires_grad
+    grouped = not graph and n > _WELCH_GROUP and x.device.type == "cpu"
+    if pre is not None and not grouped:
+        x, pre = pre(x), None
+    windows: list[Tensor] = []
 
-    def power_of(f: Tensor) -> Tensor:
-        spec = torch.fft.rfft(f * window, dim=-1)
+    def power_of(j0: int, j1: int) -> Tensor:  # the power of frames j0 .. j1, (..., frames, bins)
+        part = x[..., j0 * hop : (j1 - 1) * hop + n_fft]
+        frames = (part if pre is None else pre(part)).unfold(-1, n_fft, hop)
+        if not windows:
+            windows.append(torch.hann_window(n_fft, periodic=True, dtype=frames.dtype, device=x.device))
+        spec = torch.fft.rfft(frames * windows[0], dim=-1)
         return spec.real.square() + spec.imag.square()
 
-    n = frames.shape[-2]
-    if (torch.is_grad_enabled() and x.requires_grad) or n <= _WELCH_GROUP or x.device.type != "cpu":
-        power = power_of(frames).mean(-2)
+    if not grouped:
+        power = power_of(0, n).mean(-2)
     else:  # no gradient: a group of frames at a time, so no full-length framed copy or spectrum
-        power = power_of(frames[..., :_WELCH_GROUP, :]).sum(-2)
+        power = power_of(0, _WELCH_GROUP).sum(-2)
         for j in range(_WELCH_GROUP, n, _WELCH_GROUP):
-            power += power_of(frames[..., j : j + _WELCH_GROUP, :]).sum(-2)
+            power += power_of(j, min(n, j + _WELCH_GROUP)).sum(-2)
         power = power / n
-    power = power / window.square().sum() / n_fft * 2.0
+    power = power / windows[0].square().sum() / n_fft * 2.0
     power[..., 0] = power[..., 0] / 2.0
     if n_fft % 2 == 0:
         power[..., -1] = power[..., -1] / 2.0
