@@ -18,8 +18,8 @@ Shared machinery:
 
 The click detector (why it leaves drums alone, and its second look in stereo) is
 documented in :func:`detect_clicks`; the click repair (the flagged samples read as signal
-plus a click of EM-fitted variance, a stereo click repaired from the other channel, spans
-grown over missed click edges) in :func:`repair_clicks`.
+plus a click of EM-fitted variance, a stereo click repaired with a joint model of both
+channels, spans grown over missed click edges) in :func:`repair_clicks`.
 
 References:
     S. J. Godsill and P. J. W. Rayner, *Digital Audio Restoration*, Springer 1998,
@@ -293,9 +293,13 @@ def lsar_interpolate(
     near 0 (plain LSAR); a quiet one, or clean samples in the span, keep part of what
     they tell about the signal. Not with ``beyond``.
 
-    Differentiable with respect to ``x``: for a fixed mask, coefficients (and active set,
-    and ``lam``) the result is linear in ``x``. ``coeffs``, ``mask`` and ``innovation``
-    get no gradient.
+    With ``drive`` each error term is ``(a * x)[n] - drive[n]``: a model with a known
+    input, as the joint (ARX) stereo model of :func:`repair_clicks`, whose part from
+    the other channel is the drive.
+
+    Differentiable with respect to ``x`` (and ``drive``): for a fixed mask, coefficients
+    (and active set, and ``lam``) the result is linear in them. ``coeffs``, ``mask`` and
+    ``innovation`` get no gradient.
 
     Args:
         x: audio.
@@ -304,6 +308,7 @@ def lsar_interpolate(
         hop: frame length of ``coeffs`` in samples.
         max_span: segments longer than this are left as they are.
         innovation: ``(B, C, F)``, positive, or ``None`` (the masked samples are missing).
+        drive: ``(B, C, T)`` or ``None`` (a plain AR model).
 
     Shape:
         ``x (B, C, T)``, ``mask (B, C, T)``, ``coeffs (B, C, F, p + 1)`` -> ``(B, C, T)``.
@@ -318,6 +323,8 @@ def lsar_interpolate(
     if innovation is not None and beyond:
         raise ValueError("lsar_interpolate: innovation (a noisy observation) and beyond "
                          "(a clipped one) do not combine")
+    if drive is not None and drive.shape != x.shape:
+        raise ValueError(f"lsar_interpolate: drive shape {tuple(drive.shape)} != audio {tuple(x.shape)}")
     p = coeffs.shape[-1] - 1
     frames = coeffs.shape[-2]
     a_all = coeffs.reshape(b * c, frames, p + 1).detach()
@@ -939,7 +946,9 @@ def repair_clicks(
         Godsill and Rayner (1998), ch. 5 (LSAR) and the Bayesian click model of their
         later chapters (corrupted samples as signal plus Gaussian noise); Dempster,
         Laird and Rubin, "Maximum likelihood from incomplete data via the EM
-        algorithm", J. R. Stat. Soc. B, 1977.
+        algorithm", J. R. Stat. Soc. B, 1977; L. Ljung, *System Identification:
+        Theory for the User*, 2nd ed., 1999, ch. 4 (ARX models and their least-squares
+        fit).
     """
     sr = check_sample_rate(sample_rate, "repair_clicks")
     if mask.shape != x.shape:
