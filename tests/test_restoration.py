@@ -460,6 +460,12 @@ def test_gradcheck_lsar_with_fixed_mask():
     coeffs = torch.from_numpy(a)[None, None, None].expand(1, 2, 2, -1).clone()
     assert torch.autograd.gradcheck(lambda v: lsar_interpolate(v, mask, coeffs, hop=64), (x,))
     assert torch.autograd.gradcheck(lambda v: remove_dc(v, SR)[0], (x,))
+    # with a known input (the joint stereo model's drive): linear in both
+    drive = torch.from_numpy(rng.standard_normal((1, 2, t)))[None][0].requires_grad_()
+    assert torch.autograd.gradcheck(
+        lambda v, d: lsar_interpolate(v, mask, coeffs, hop=64, drive=d), (x, drive))
+    with pytest.raises(ValueError, match="lsar_interpolate: drive shape"):
+        lsar_interpolate(x, mask, coeffs, hop=64, drive=drive[..., :-1])
 
 
 def test_declick_gradient_is_the_fixed_mask_linear_map():

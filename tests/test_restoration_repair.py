@@ -14,7 +14,13 @@ import pytest
 import torch
 from scipy.signal import lfilter
 
-from diffmix.functional.restoration import detect_clicks, lsar_interpolate, repair_clicks, runs
+from diffmix.functional.restoration import (
+    ar_residuals,
+    detect_clicks,
+    lsar_interpolate,
+    repair_clicks,
+    runs,
+)
 
 SR = 44100
 SHARED = Path(os.environ.get("DIFFMIX_SHARED", Path(__file__).resolve().parents[2] / "shared"))
@@ -104,6 +110,58 @@ def test_noisy_lsar_matches_the_dense_em_oracle(case):
     assert np.abs(plain[0, 0].numpy() - expected).max() > 1e-3 * clean.std()
 
 
+@pytest.mark.parametrize("case", range(3))
+def test_lsar_with_a_known_input_matches_dense_least_squares(case):
+    """The ARX error ``(a * x)[n] - drive[n]`` (``drive``: the other channel's part of the
+    joint model): LSAR with ``drive``, plain and noisy, against dense float64 lstsq and
+    EM over every error term; ``ar_residuals`` with ``drive`` against the same rows."""
+    seed = 330 + case
+    print("seed", seed)
+    rng = np.random.default_rng(seed)
+    a = resonant(rng, int(rng.integers(1, 4)), (0.85, 0.98))
+    t = 500
+    clean = ar_process(a, (t,), rng)
+    drive = rng.standard_normal(t) * clean.std()
+    unknown = np.zeros(t, bool)
+    start, length = int(rng.integers(150, 300)), int(rng.integers(2, 40))
+    unknown[start : start + length] = True
+    damaged = clean + unknown * rng.standard_normal(t) * clean.std() * 10 ** (rng.uniform(3, 20) / 20)
+    p = len(a) - 1
+    rows = np.zeros((t + p, t))
+    for n in range(t + p):
+        for k in range(p + 1):
+            if 0 <= n - k < t:
+                rows[n, n - k] = a[k]
+    d_all = np.concatenate([drive, np.zeros(p)])  # no input beyond the signal
+    au, ak = rows[:, unknown], rows[:, ~unknown]
+    target = d_all - ak @ damaged[~unknown]
+    u, *_ = np.linalg.lstsq(au, target, rcond=None)
+    x = torch.from_numpy(damaged)[None, None]
+    m = torch.from_numpy(unknown)[None, None]
+    coeffs = torch.from_numpy(a)[None, None, None].clone()
+    dt = torch.from_numpy(drive)[None, None]
+    got = lsar_interpolate(x, m, coeffs, hop=t, drive=dt)[0, 0].numpy()
+    np.testing.assert_allclose(got[unknown], u, rtol=0, atol=1e-9 * clean.std())
+    np.testing.assert_array_equal(got[~unknown], damaged[~unknown])
+    # noisy: the same EM as the dense oracle, on the shifted target
+    gram, rhs, yu, lam = au.T @ au, au.T @ target, damaged[unknown], 0.0
+    for step in range(5):
+        mat = gram + lam * np.eye(len(yu))
+        v = np.linalg.solve(mat, rhs + lam * yu)
+        if step == 4:
+            break
+        lam = 1.0 / (((yu - v) ** 2) + np.diag(np.linalg.inv(mat))).mean()
+    got = lsar_interpolate(x, m, coeffs, hop=t, drive=dt, em_steps=4,
+                           innovation=torch.ones(1, 1, 1, dtype=torch.float64))[0, 0].numpy()
+    np.testing.assert_allclose(got[unknown], v, rtol=0, atol=1e-9 * clean.std())
+    fwd, _, z = (e[0, 0].numpy() for e in ar_residuals(x, coeffs, t, drive=dt))
+    err = rows @ damaged - d_all
+    np.testing.assert_allclose(fwd, err[:t], rtol=0, atol=1e-9 * clean.std())
+    # interpolation error: the forward error filtered backwards, normalised
+    want = np.array([a @ err[n : n + p + 1] for n in range(t)]) / np.sqrt((a * a).sum())
+    np.testing.assert_allclose(z[: t - p], want[: t - p], rtol=0, atol=1e-9 * clean.std())
+
+
 def test_noisy_lsar_rejects_beyond():
     x = torch.zeros(1, 1, 100)
     with pytest.raises(ValueError, match="lsar_interpolate: innovation"):
@@ -178,6 +236,30 @@ def test_stereo_repair_uses_the_other_channel(seed):
     print({k: round(v, 2) for k, v in g.items()})
     assert g["new"] >= g["mono"] + 6.0
     assert g["new"] >= g["previous"] + 6.0
+
+
+@pytest.mark.parametrize("seed", [630, 631])
+def test_stereo_repair_follows_a_delayed_channel(seed):
+    """One source in both channels, the right one 20 samples (0.45 ms) later, plus an
+    independent part 20 dB down in each (a spaced pair, a Haas widener): the joint model
+    predicts each channel from its own past and the other channel's samples up to
+    ``stereo_taps`` either side, which takes in the delay; four taps do not reach it.
+    Measured over seeds 630-633: 31-44 dB with 48 taps, 18-33 dB with 4, 17-30 dB mono.
+    48 taps must beat both by at least 8 dB."""
+    print("seed", seed)
+    rng = np.random.default_rng(seed)
+    a = resonant(rng, int(rng.integers(2, 7)), (0.85, 0.995))
+    delay = 20
+    mid = ar_process(a, (2 * SR + delay,), rng)
+    side = ar_process(resonant(rng, 3, (0.85, 0.99)), (2, 2 * SR), rng)
+    side *= mid.std() / side.std(-1, keepdims=True) * 0.1
+    clean = np.stack([mid[delay:], mid[:-delay]]) + side
+    clean *= 0.1 / clean.std()
+    g = _gains(clean, *clicks(clean, 10.0, rng), wide={"stereo_taps": 48},
+               short={"stereo_taps": 4}, mono={"stereo_taps": None})
+    print({k: round(v, 2) for k, v in g.items()})
+    assert g["wide"] >= g["short"] + 8.0
+    assert g["wide"] >= g["mono"] + 8.0
 
 
 def test_stereo_repair_keeps_the_mono_model_for_independent_channels():

@@ -18,8 +18,8 @@ Shared machinery:
 
 The click detector (why it leaves drums alone, and its second look in stereo) is
 documented in :func:`detect_clicks`; the click repair (the flagged samples read as signal
-plus a click of EM-fitted variance, a stereo click repaired from the other channel, spans
-grown over missed click edges) in :func:`repair_clicks`.
+plus a click of EM-fitted variance, a stereo click repaired with a joint model of both
+channels, spans grown over missed click edges) in :func:`repair_clicks`.
 
 References:
     S. J. Godsill and P. J. W. Rayner, *Digital Audio Restoration*, Springer 1998,
@@ -52,6 +52,12 @@ _NOISE_MAX = 4.0
 # stereo candidate rule of `detect_clicks`: an attack in both channels of a mix need not
 # line up to the sample.
 _PARTNER_REACH = 64
+# Own-past order of the joint (ARX) stereo repair model of `repair_clicks`.
+_ARX_ORDER = 32
+# Its fit covers this many frames (hops of `repair_clicks`): 4 hops of 40 ms give some
+# 28 samples per coefficient at 48 taps a side.
+_ARX_SPAN = 4
+_ARX_CHUNK = 256  # frames per batch of its normal equations (129 x 129 each at 48 taps)
 
 
 def _rows(x: Tensor, what: str) -> tuple[Tensor, tuple[int, int, int]]:
@@ -157,7 +163,9 @@ def _frames_near(r: Tensor, hop: int, frames: int, reach: int) -> Tensor:
     return torch.unique(torch.stack([rows[ok], f[ok]], -1), dim=0)
 
 
-def ar_residuals(x: Tensor, coeffs: Tensor, hop: int) -> tuple[Tensor, Tensor, Tensor]:
+def ar_residuals(
+    x: Tensor, coeffs: Tensor, hop: int, drive: Tensor | None = None
+) -> tuple[Tensor, Tensor, Tensor]:
     """Forward, backward and interpolation errors of each sample under its frame's AR
     model (zeros beyond the ends). Linear in ``x`` (coefficients fixed).
 
@@ -168,6 +176,9 @@ def ar_residuals(x: Tensor, coeffs: Tensor, hop: int) -> tuple[Tensor, Tensor, T
     impulse in the AR process: a click of height ``A`` on one sample gives
     ``A sqrt(r[0])`` against a background of the innovation's standard deviation, where a
     one-sided error gives ``A`` (``r[0] = sum a_k^2`` is 10 to 1000 for tonal music).
+    With ``drive`` (``(B, C, T)``, a model's known input, as :func:`lsar_interpolate`'s)
+    the forward error is ``sum_k a[k] x[n - k] - drive[n]`` and the interpolation error
+    filters that backwards; the backward error ignores it.
 
     Shape:
         ``x (B, C, T)``, ``coeffs (B, C, F, p + 1)`` -> three ``(B, C, T)`` tensors.
@@ -182,11 +193,17 @@ def ar_residuals(x: Tensor, coeffs: Tensor, hop: int) -> tuple[Tensor, Tensor, T
     sx = torch.fft.rfft(seg, n_fft)
     sa = torch.fft.rfft(a, n_fft)
     power = (sa.real.square() + sa.imag.square()) * a.square().sum(-1, keepdim=True).rsqrt()
-    out = (
+    out = [
         torch.fft.irfft(sx * sa, n_fft)[..., p : p + hop],
         torch.fft.irfft(sx * sa.conj(), n_fft)[..., p : p + hop],  # correlation with a
         torch.fft.irfft(sx * power, n_fft)[..., p : p + hop],
-    )
+    ]
+    if drive is not None:
+        dp = tnf.pad(drive.reshape(b * c, t).to(rows.dtype), (p, frames * hop - t + p))
+        sd = torch.fft.rfft(dp.unfold(-1, hop + 2 * p, hop)[:, :frames], n_fft)
+        out[0] = out[0] - dp[:, p : p + frames * hop].reshape(b * c, frames, hop)
+        norm = a.square().sum(-1, keepdim=True).rsqrt()
+        out[2] = out[2] - torch.fft.irfft(sd * sa.conj(), n_fft)[..., p : p + hop] * norm
     return tuple(e.reshape(b * c, frames * hop)[:, :t].reshape(b, c, t) for e in out)
 
 
@@ -250,6 +267,7 @@ def lsar_interpolate(
     iterations: int = 4,
     innovation: Tensor | None = None,
     em_steps: int = 4,
+    drive: Tensor | None = None,
 ) -> Tensor:
     """Least-squares AR interpolation of the masked samples.
 
@@ -275,9 +293,13 @@ def lsar_interpolate(
     near 0 (plain LSAR); a quiet one, or clean samples in the span, keep part of what
     they tell about the signal. Not with ``beyond``.
 
-    Differentiable with respect to ``x``: for a fixed mask, coefficients (and active set,
-    and ``lam``) the result is linear in ``x``. ``coeffs``, ``mask`` and ``innovation``
-    get no gradient.
+    With ``drive`` each error term is ``(a * x)[n] - drive[n]``: a model with a known
+    input, as the joint (ARX) stereo model of :func:`repair_clicks`, whose part from
+    the other channel is the drive.
+
+    Differentiable with respect to ``x`` (and ``drive``): for a fixed mask, coefficients
+    (and active set, and ``lam``) the result is linear in them. ``coeffs``, ``mask`` and
+    ``innovation`` get no gradient.
 
     Args:
         x: audio.
@@ -286,6 +308,7 @@ def lsar_interpolate(
         hop: frame length of ``coeffs`` in samples.
         max_span: segments longer than this are left as they are.
         innovation: ``(B, C, F)``, positive, or ``None`` (the masked samples are missing).
+        drive: ``(B, C, T)`` or ``None`` (a plain AR model).
 
     Shape:
         ``x (B, C, T)``, ``mask (B, C, T)``, ``coeffs (B, C, F, p + 1)`` -> ``(B, C, T)``.
@@ -300,6 +323,8 @@ def lsar_interpolate(
     if innovation is not None and beyond:
         raise ValueError("lsar_interpolate: innovation (a noisy observation) and beyond "
                          "(a clipped one) do not combine")
+    if drive is not None and drive.shape != x.shape:
+        raise ValueError(f"lsar_interpolate: drive shape {tuple(drive.shape)} != audio {tuple(x.shape)}")
     p = coeffs.shape[-1] - 1
     frames = coeffs.shape[-2]
     a_all = coeffs.reshape(b * c, frames, p + 1).detach()
@@ -314,6 +339,7 @@ def lsar_interpolate(
         return x
     xpad = tnf.pad(rows, (p, max_span + p))
     mpad = tnf.pad(m2, (p, max_span + p))
+    dpad = None if drive is None else tnf.pad(drive.reshape(b * c, t), (p, max_span + p))
     bucket = torch.clamp(torch.ceil(torch.log2(length.double())), min=3).long()
     out_rows, out_cols, out_vals = [], [], []
     for lb_log in torch.unique(bucket).tolist():
@@ -342,6 +368,8 @@ def lsar_interpolate(
             known = xs.clone()
             known[:, p : p + lb] = xs[:, p : p + lb] * (1 - d)
             e0 = known.unfold(-1, p + 1, 1) @ a.flip(-1)[..., None]  # (nb, lb + p, 1)
+            if dpad is not None:  # error term n = start + i is (a * x)[n] - drive[n]
+                e0 = e0 - dpad[row[:, None], idx[:, p:]].to(xs.dtype)[..., None]
             g = tnf.pad(e0[..., 0], (0, p)).unfold(-1, p + 1, 1)[:, :lb] @ a[..., None]
             mat = d[:, :, None] * gram * d[:, None, :] + torch.diag_embed(1 - d)
             chol, _ = torch.linalg.cholesky_ex(mat)
@@ -823,6 +851,7 @@ def declick(
     edge_sigma: float | None = 3.0,
     noisy: bool = True,
     stereo_taps: int | None = 4,
+    repair_stereo_taps: int | None = 48,
     grow: int = 24,
 ) -> tuple[Tensor, Tensor]:
     """Find clicks (:func:`detect_clicks`) and repair them by LSAR interpolation.
@@ -837,9 +866,10 @@ def declick(
     first repair leaves within ``edge_sigma`` innovation standard deviations are kept as
     observed (``None``: keep the whole padded span). With ``noisy`` the span's samples
     are read as signal plus a click of fitted variance rather than as missing, and a
-    stereo click is repaired from the other channel where that predicts better
-    (``stereo_taps``), and spans grow over click edges the detection missed (``grow``):
-    see :func:`repair_clicks`.
+    stereo click is repaired with a joint model of both channels where that predicts
+    better (``repair_stereo_taps``: the other channel's lags either side; ``stereo_taps``
+    is the detection's, see :func:`detect_clicks`), and spans grow over click edges the
+    detection missed (``grow``): see :func:`repair_clicks`.
 
     Differentiable with respect to ``x`` (mask, AR models, filters and click variances
     fixed: the repair is linear). CUDA: yes.
@@ -862,7 +892,7 @@ def declick(
     )
     return repair_clicks(x, mask, sr, coeffs=coeffs, hop=hop, order=repair_order,
                          hop_ms=repair_hop_ms, edge_sigma=edge_sigma, noisy=noisy,
-                         stereo_taps=stereo_taps, grow=grow)
+                         stereo_taps=repair_stereo_taps, grow=grow)
 
 
 def repair_clicks(
@@ -876,7 +906,7 @@ def repair_clicks(
     hop_ms: float = 40.0,
     edge_sigma: float | None = 3.0,
     noisy: bool = True,
-    stereo_taps: int | None = 4,
+    stereo_taps: int | None = 48,
     grow: int = 24,
 ) -> tuple[Tensor, Tensor]:
     """The repair step of :func:`declick` for a given mask.
@@ -894,13 +924,17 @@ def repair_clicks(
        by EM per segment (:func:`lsar_interpolate` with ``innovation``), so a quiet
        click or a clean sample inside the span keeps what it tells; otherwise plain LSAR.
     3. Stereo (``C == 2``, ``stereo_taps`` not ``None``): a click is rarely in both
-       channels at once, and the two channels of a mix share most of their content. Per
-       frame, the two-sided FIR ``h`` (``2 stereo_taps + 1`` taps) that best predicts
-       each channel from the other's repair (step 2) is fitted, and the residual
-       ``x - h * other`` is repaired as in step 2 with AR models fitted on it; the
-       repair is ``h * other`` plus the repaired residual. It replaces step 2 in the
-       frames where the residual's innovation is the smaller (the conditional model
-       predicts better); independent channels keep step 2.
+       channels at once, and the two channels of a mix share most of their content,
+       often a few samples apart (a spaced pair, a delay, a widener). Per frame, a
+       joint (ARX) model predicts each channel from its own past (order 32) and from
+       the other channel's repair (step 2) at lags ``-stereo_taps .. stereo_taps``
+       (:func:`_arx_filters`, fitted on step 2's repair over ``4 hop_ms``), and step 2
+       is run again with it: the flagged samples minimise the joint model's errors
+       (:func:`lsar_interpolate` with the other channel's part as ``drive``), the mask
+       tightened and grown under it. It replaces step 2 where its innovation is the
+       smaller (the conditional model predicts better); independent channels keep
+       step 2. 48 taps (1.1 ms at 44.1 kHz) reach the inter-channel delays of common
+       stereo set-ups, which a short filter misses.
 
     Differentiable w.r.t. ``x`` (linear once mask, models, filters and click variances
     are fixed).
@@ -912,7 +946,9 @@ def repair_clicks(
         Godsill and Rayner (1998), ch. 5 (LSAR) and the Bayesian click model of their
         later chapters (corrupted samples as signal plus Gaussian noise); Dempster,
         Laird and Rubin, "Maximum likelihood from incomplete data via the EM
-        algorithm", J. R. Stat. Soc. B, 1977.
+        algorithm", J. R. Stat. Soc. B, 1977; L. Ljung, *System Identification:
+        Theory for the User*, 2nd ed., 1999, ch. 4 (ARX models and their least-squares
+        fit).
     """
     sr = check_sample_rate(sample_rate, "repair_clicks")
     if mask.shape != x.shape:
@@ -926,54 +962,65 @@ def repair_clicks(
         first = lsar_interpolate(x.detach(), mask, coeffs, hop)
         # Only the frames around the clicks are used by the repair: fit just those.
         rhop = _hop(sr, hop_ms)
-        near = _frames_near(runs(mask), rhop, -(-x.shape[-1] // rhop), order + (stereo_taps or 0))
+        near = _frames_near(runs(mask), rhop, -(-x.shape[-1] // rhop), order)
     y, used, sigma = _repair(x, mask, first, sr, order, rhop, near, edge_sigma, noisy, grow)
     if stereo_taps is None or x.shape[1] != 2:
         return y, used
     with torch.no_grad():
-        h = _cross_filters(y.detach(), y.detach().flip(1), rhop, stereo_taps, near)
-    pred = _fir_frames(y.flip(1), h, rhop)  # from the other channel's repair (linear in x)
-    ys, used_s, sigma_s = _repair(x - pred, mask, (first - pred).detach(), sr, order, rhop, near,
-                                  edge_sigma, noisy, grow)
+        yd = y.detach()
+        coeffs_s, taps = _arx_filters(yd, yd.flip(1), rhop, _ARX_ORDER, stereo_taps, near)
+    drive = _fir_frames(y.flip(1), taps, rhop)  # from the other channel's repair (linear in x)
+    ys, used_s, sigma_s = _repair(x, mask, first, sr, order, rhop, near, edge_sigma, noisy,
+                                  grow, model=(coeffs_s, drive))
     use = (sigma_s < sigma).repeat_interleave(rhop, -1)[..., : x.shape[-1]]
-    # Outside its mask the residual repair returns x exactly, not (x - pred) + pred.
-    return (torch.where(use, torch.where(used_s, ys + pred, x), y),
-            torch.where(use, used_s, used))
+    # Outside its mask each repair returns x exactly.
+    return torch.where(use, ys, y), torch.where(use, used_s, used)
 
 
 def _repair(
     x: Tensor, mask: Tensor, first: Tensor, sr: int, order: int, hop: int, near: Tensor,
     edge_sigma: float | None, noisy: bool, grow: int,
+    model: tuple[Tensor, Tensor] | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Step 2 of :func:`repair_clicks`: ``(repaired, mask used, innovation (B, C, F))``,
-    the last the RMS prediction error of each frame (zero outside ``near``)."""
+    the last the RMS prediction error of each frame (zero outside ``near``). With
+    ``model`` (``(coeffs, drive)``: an ARX model and its known input, step 3) that model
+    is used instead of AR models of order ``order`` fitted on ``first``, and ``first`` is
+    recomputed with it."""
+    drive = None if model is None else model[1]
     with torch.no_grad():
-        coeffs = ar_coefficients(first, sr, order=order, hop=hop, frames=near)
         xd = x.detach()
+        dd = None if drive is None else drive.detach()
+        if model is None:
+            coeffs = ar_coefficients(first, sr, order=order, hop=hop, frames=near)
+        else:
+            coeffs = model[0]
+            first = lsar_interpolate(xd, mask, coeffs, hop, drive=dd)
         last = first
         if edge_sigma is not None:
             # A shorter span is repaired better, which shows more of its ends to agree
             # with the model: tighten, repair, tighten again, until the mask holds
             # (at most `_TIGHTEN` rounds).
-            mask = _tighten(xd, first, mask, coeffs, hop, edge_sigma)
+            mask = _tighten(xd, first, mask, coeffs, hop, edge_sigma, dd)
             for _ in range(_TIGHTEN):
-                last = lsar_interpolate(xd, mask, coeffs, hop)
-                tighter = _tighten(xd, last, mask, coeffs, hop, edge_sigma)
+                last = lsar_interpolate(xd, mask, coeffs, hop, drive=dd)
+                tighter = _tighten(xd, last, mask, coeffs, hop, edge_sigma, dd)
                 if torch.equal(tighter, mask):
                     break
                 mask = tighter
-        last = lsar_interpolate(xd, mask, coeffs, hop)
-        innovation = _innovation(last, mask, coeffs, hop)
+        last = lsar_interpolate(xd, mask, coeffs, hop, drive=dd)
+        innovation = _innovation(last, mask, coeffs, hop, dd)
         # Click edges the detection missed: grow, repair, grow again while the mask
         # changes (at most `_GROW` rounds).
         for _ in range(_GROW if grow else 0):
-            grown = _grow(last, mask, coeffs, hop, innovation, _NOISE_MAX, grow)
+            grown = _grow(last, mask, coeffs, hop, innovation, _NOISE_MAX, grow, dd)
             if torch.equal(grown, mask):
                 break
             mask = grown
-            last = lsar_interpolate(xd, mask, coeffs, hop)
-            innovation = _innovation(last, mask, coeffs, hop)
-    y = lsar_interpolate(x, mask, coeffs, hop, innovation=innovation if noisy else None)
+            last = lsar_interpolate(xd, mask, coeffs, hop, drive=dd)
+            innovation = _innovation(last, mask, coeffs, hop, dd)
+    y = lsar_interpolate(x, mask, coeffs, hop, innovation=innovation if noisy else None,
+                         drive=drive)
     return y, mask, innovation
 
 
@@ -1012,6 +1059,60 @@ def _cross_filters(x: Tensor, ref: Tensor, hop: int, q: int, frames: Tensor) -> 
     return out.reshape(b, c, nf, taps)
 
 
+def _arx_filters(x: Tensor, ref: Tensor, hop: int, p: int, q: int,
+                 frames: Tensor) -> tuple[Tensor, Tensor]:
+    """Per frame, the joint (ARX) predictor of ``x`` from its own ``p`` past samples and
+    the ``2q + 1`` samples of ``ref`` around it: ``x[n] ~ -sum_k a[k] x[n - k] +
+    sum_j h[j] ref[n - j]`` (``k = 1 .. p``, ``j = -q .. q``), least squares over the
+    Hann-windowed ``_ARX_SPAN`` hops centred on the frame (the autocorrelation method,
+    as :func:`ar_coefficients`, with its -60 dB white floor; longer than the AR fit's
+    two hops, since the model has ``p + 2q`` coefficients). The error ``(a * x)[n] -
+    (h * ref)[n]`` is what :func:`lsar_interpolate` minimises with ``drive = h * ref``
+    (:func:`_fir_frames`). Only the ``frames`` (``(K, 2)`` rows ``(batch * C + channel,
+    frame)``) are fitted; zeros elsewhere.
+
+    Shape:
+        ``x, ref (B, C, T)`` -> ``(a (B, C, F, p + 1), h (B, C, F, 2q + 1))``, float64.
+    """
+    b, c, t = x.shape
+    nf = -(-t // hop)
+    span = _ARX_SPAN * hop
+    half = (span - hop) // 2
+    taps = 2 * q + 1
+
+    def windows(v: Tensor, part: Tensor) -> Tensor:
+        vp = tnf.pad(v.reshape(b * c, t), (half, nf * hop - t + span - half))
+        return vp.unfold(-1, span, hop)[:, :nf][part[:, 0], part[:, 1]]
+
+    win = torch.hann_window(span, periodic=False, dtype=x.dtype, device=x.device)
+    n_fft = 1 << math.ceil(math.log2(span + p + taps))
+    dev = x.device
+    i = torch.arange(1, p + 1, device=dev)
+    j = torch.arange(-q, q + 1, device=dev)
+    lags = torch.arange(-q - p, q + 1, device=dev)
+    a = torch.zeros(b * c, nf, p + 1, dtype=torch.float64, device=dev)
+    h = torch.zeros(b * c, nf, taps, dtype=torch.float64, device=dev)
+    # In chunks of frames: the normal matrices, (p + 2q + 1)^2 each, add up at dense clicks.
+    for lo in range(0, len(frames), _ARX_CHUNK):
+        part = frames[lo : lo + _ARX_CHUNK]
+        fx = torch.fft.rfft(windows(x, part) * win, n_fft)
+        fr = torch.fft.rfft(windows(ref, part) * win, n_fft)
+        rxx = torch.fft.irfft(fx.real.square() + fx.imag.square(), n_fft)[..., : p + 1].double()
+        rrr = torch.fft.irfft(fr.real.square() + fr.imag.square(), n_fft)[..., :taps].double()
+        # cross[k] = sum_n x[n] ref[n - k]; sum_n x[n - i] ref[n - j] = cross[j - i]
+        cl = torch.fft.irfft(fx * fr.conj(), n_fft).double()[..., lags % n_fft]  # -q - p .. q
+        top = torch.cat([rxx[..., (i[:, None] - i[None]).abs()],
+                         cl[..., j[None] - i[:, None] + q + p]], -1)
+        bottom = torch.cat([top[..., p:].transpose(-1, -2), rrr[..., (j[:, None] - j[None]).abs()]], -1)
+        floor = torch.cat([rxx[..., :1].expand(-1, p), rrr[..., :1].expand(-1, taps)], -1) * 1e-6 + 1e-20
+        normal = torch.cat([top, bottom], -2) + torch.diag_embed(floor)
+        rhs = torch.cat([rxx[..., 1:], cl[..., j + q + p]], -1)
+        w = torch.linalg.solve(normal, rhs[..., None])[..., 0]
+        a[part[:, 0], part[:, 1]] = torch.cat([torch.ones_like(w[..., :1]), -w[..., :p]], -1)
+        h[part[:, 0], part[:, 1]] = w[..., p:]
+    return a.reshape(b, c, nf, p + 1), h.reshape(b, c, nf, taps)
+
+
 def _fir_frames(ref: Tensor, h: Tensor, hop: int) -> Tensor:
     """``y[n] = sum_k h_f[k] ref[n - k]`` (``k = -q .. q``) with ``f`` the frame of ``n``:
     ``ref (B, C, T)``, ``h (B, C, F, 2q + 1)`` -> ``(B, C, T)``. Linear in ``ref``."""
@@ -1026,13 +1127,15 @@ def _fir_frames(ref: Tensor, h: Tensor, hop: int) -> Tensor:
     return y.reshape(b * c, nf * hop)[:, :t].reshape(b, c, t)
 
 
-def _innovation(x: Tensor, mask: Tensor, coeffs: Tensor, hop: int) -> Tensor:
-    """RMS forward prediction error per frame of ``x`` under its frame's model, over the
-    samples whose error terms no masked sample enters: ``(B, C, F)``."""
+def _innovation(x: Tensor, mask: Tensor, coeffs: Tensor, hop: int,
+                drive: Tensor | None = None) -> Tensor:
+    """RMS forward prediction error per frame of ``x`` under its frame's model (minus
+    ``drive``, as :func:`lsar_interpolate`), over the samples whose error terms no masked
+    sample enters: ``(B, C, F)``."""
     b, c, t = x.shape
     p = coeffs.shape[-1] - 1
     frames = coeffs.shape[-2]
-    fwd = ar_residuals(x, coeffs, hop)[0].reshape(b * c, t)
+    fwd = ar_residuals(x, coeffs, hop, drive)[0].reshape(b * c, t)
     # error terms n .. n + p see sample n: a masked sample spoils the p terms after it
     touched = tnf.max_pool1d(tnf.pad(mask.reshape(b * c, 1, t).to(x.dtype), (p, 0)), p + 1, 1)[:, 0] > 0
     w = (~touched).to(fwd.dtype)
@@ -1043,7 +1146,7 @@ def _innovation(x: Tensor, mask: Tensor, coeffs: Tensor, hop: int) -> Tensor:
 
 
 def _grow(x: Tensor, mask: Tensor, coeffs: Tensor, hop: int, innovation: Tensor,
-          kappa: float, reach: int) -> Tensor:
+          kappa: float, reach: int, drive: Tensor | None = None) -> Tensor:
     """Extend each masked run outwards (at most ``reach`` samples a side) over the samples
     whose interpolation error (:func:`ar_residuals`, the matched filter for an impulse,
     standard deviation ``sigma_e`` on a clean AR signal) in the repaired ``x`` exceeds
@@ -1051,7 +1154,7 @@ def _grow(x: Tensor, mask: Tensor, coeffs: Tensor, hop: int, innovation: Tensor,
     sample reached without crossing ``_GROW_GAP`` quiet samples in a row (a noise burst
     crosses zero): the parts of a click detection missed."""
     b, c, t = x.shape
-    z = ar_residuals(x, coeffs, hop)[2].reshape(b * c, t)
+    z = ar_residuals(x, coeffs, hop, drive)[2].reshape(b * c, t)
     sig = innovation.reshape(b * c, -1).repeat_interleave(hop, -1)[:, :t].to(z.dtype)
     big = (z.abs() > kappa * sig) & (sig > 0)
     r = runs(mask)
@@ -1079,7 +1182,8 @@ def _reach_with_gaps(ok: Tensor, gap: int) -> Tensor:
 
 
 def _tighten(
-    x: Tensor, first: Tensor, mask: Tensor, coeffs: Tensor, hop: int, kappa: float
+    x: Tensor, first: Tensor, mask: Tensor, coeffs: Tensor, hop: int, kappa: float,
+    drive: Tensor | None = None,
 ) -> Tensor:
     """Drop the samples at either end of each masked run that a first repair ``first``
     leaves within ``kappa`` innovation standard deviations of ``x`` (the RMS forward error
@@ -1087,7 +1191,7 @@ def _tighten(
     they are kept as observed rather than interpolated. Interior samples stay masked."""
     b, c, t = x.shape
     r = runs(mask)
-    fwd = ar_residuals(first, coeffs, hop)[0].reshape(b * c, t)
+    fwd = ar_residuals(first, coeffs, hop, drive)[0].reshape(b * c, t)
     ctx = 256
     ar = torch.arange(ctx, device=x.device)
     pre = (r[:, 1:2] - ctx + ar).clamp(0, t - 1)
