@@ -266,22 +266,27 @@ def limiter_correction(
     target = target.detach().reshape(-1, 1).to(torch.float64)
     ceil = ceiling.detach().reshape(-1, 1).to(torch.float64) * (1.0 - 1e-6)
     pole = release.to(torch.float64)
-    level = _peaks.strict_envelope(y, sample_rate, gain=total).to(torch.float64)  # (B, T)
+    level = _peaks.strict_envelope(y, sample_rate, gain=total)  # (B, T) in y's dtype, as metered
     for _ in range(4):
         item_over = level.amax(1, keepdim=True) > ceil
         if not bool(item_over.any()):
             return total
         over = (level > target) & item_over
-        required = torch.where(over, target / level.clamp_min(1e-30), torch.ones_like(level))
-        gain = limiter_gain(required.unsqueeze(1), lookahead, pole, backend=backend).to(total.dtype)
-        total = total * gain
+        # The gain each sample needs: 1 but where it is over, in float64 (so the release
+        # returns to 1.0 exactly); written where needed, not as full-length quotients.
+        required = torch.ones(level.shape, dtype=torch.float64, device=level.device)
+        required[over] = target.expand_as(level)[over] / level[over].to(torch.float64)
+        gain = limiter_gain(required.unsqueeze(1), lookahead, pole, backend=backend)
+        del required
+        gain = gain.to(total.dtype)
+        total.mul_(gain)
         # Re-meter only the stretches whose gain changed, with context for every filter.
         t = y.shape[-1]
         for lo, hi in _spans((gain[:, 0] != 1.0).any(0).cpu().numpy(), _STRICT_REACH):
             a = lo + _STRICT_REACH if lo > 0 else 0  # levels the change can reach, all
             b = hi - _STRICT_REACH if hi < t else t  # computed with full context
             part = _peaks.strict_envelope(y[..., lo:hi], sample_rate, gain=total[..., lo:hi])
-            level[:, a:b] = part[:, a - lo: b - lo].to(torch.float64)
+            level[:, a:b] = part[:, a - lo: b - lo]
     # Residual overs after four passes (pathological input): scale each item down.
     peak = _peaks.strict_true_peak(y * total, sample_rate).amax(1).view(-1, 1, 1)
     return total * torch.minimum(target.view(-1, 1, 1).to(y.dtype) / peak, torch.ones_like(peak))

@@ -261,12 +261,13 @@ def _master(songs: list[Song], sr: int, spec: ChainSpec, fit: FitOptions, option
         # after the last one exactly, solving the loudness again from those drives.
         last = torch.tensor([0.0 if s is None else s.drive_db for s in solves], dtype=torch.float64)
         ref_db = reference_levels(bus, references)
+        del render  # its pre-limiter signal and buffers: each pass renders afresh
         for k in range(passes):
             refine_match(bus, y, lengths, references, ref_db)
+            del y  # measured: the next render may take its memory
             if k < passes - 1:
                 y = smooth_render(bus, x, last)
         clock("loudness_solve")
-        del render, y  # this pass's renderer (its pre-limiter signal and buffers) goes first
         render, y, solves = render_and_solve(None if solves[0] is None else last)
     clock("loudness_solve")
     pre = render.pre  # type: ignore[attr-defined]
