@@ -51,7 +51,7 @@ from diffmix.mastering.loudness import (
 )
 from diffmix.mastering.render import StreamRenderer, render_with_drive, smooth_render
 from diffmix.mastering.report import draw, finish, master_report
-from diffmix.mastering.source import DiskAudio, measure_file
+from diffmix.mastering.source import DiskAudio, measure_file, release_memory
 from diffmix.report import summary as measure
 
 log = logging.getLogger(__name__)
@@ -222,6 +222,7 @@ def _master(songs: list[Song], sr: int, spec: ChainSpec, fit: FitOptions, option
         bus, [s.audio for s in songs], [s.key for s in songs], references if has_ref[0] else None,
         songs[0].target, fit, start=start,
     )
+    release_memory()  # the fit's freed buffers, held by the heap: the renders' peak comes next
     clock("fit")
     x, lengths = pad_batch([s.audio for s in songs])
     goals = loudness_goals([s.target for s in songs], [s.reference for s in songs], sr)
@@ -268,6 +269,7 @@ def _master(songs: list[Song], sr: int, spec: ChainSpec, fit: FitOptions, option
             if k < passes - 1:
                 y = smooth_render(bus, x, last)
         clock("loudness_solve")
+        release_memory()
         render, y, solves = render_and_solve(None if solves[0] is None else last)
     clock("loudness_solve")
     pre = render.pre  # type: ignore[attr-defined]
@@ -285,6 +287,7 @@ def _master(songs: list[Song], sr: int, spec: ChainSpec, fit: FitOptions, option
         for i in range(len(songs))
     ] if options.report else [None] * len(songs)
     del pre
+    release_memory()
     # The master's page drawing (its loudness is filled in once the file is measured).
     drawings = [
         pool.submit(prepare_take, Take("result", y[i : i + 1, :, : lengths[i]].cpu(),
