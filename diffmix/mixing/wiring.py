@@ -903,18 +903,17 @@ def compressor_refine(
         contrib = shares()
         # What each compressor gets (the stages before it do not change here), on the mix's timeline.
         pre_comp = console._place(console.strip(x, until=comp))  # noqa: SLF001
-    after = list(console.strip.effects)
-    after = after[after.index(comp) + 1] if after.index(comp) + 1 < len(after) else None
+        # ... and what it gives now (track k's is read before its own compressor changes).
+        names = list(console.strip.effects)
+        after = names[names.index(comp) + 1] if names.index(comp) + 1 < len(names) else None
+        post_comp = console._place(console.strip(x, until=after))  # noqa: SLF001
     order = np.argsort([-float(contrib[k].square().sum()) for k in range(n)])
     summary = {k: [None] * n for k in (*keys, "fader_db", "error_db")}
     contrib = shares()
     resid = float((ref - contrib.sum(0)).square().sum())
     for k in order.tolist():
         target = ref - contrib.sum(0) + contrib[k]
-        y = pre_comp[k]
-        with torch.no_grad():
-            post = console.strip(x[k : k + 1].expand(n, -1, -1), until=after)[k]
-            post = console._place(post)  # noqa: SLF001
+        y, post = pre_comp[k], post_comp[k]
         # The gain the reference shows on the track against the model's: the compressor's
         # gain now plus what the model's share misses (the master's keyed gain, the placement
         # and the fader are in both, so they cancel).
