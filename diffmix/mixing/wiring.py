@@ -989,8 +989,8 @@ def eq_refine(
     placement, through the master bus keyed by the current mix, is a regressor (as in
     :func:`placement_resolve`; the send returns taken off the reference); the coherent
     solve (:func:`~diffmix.mixing.solvers.solve_tone`) gives the tone left on each output,
-    the EQ is refitted (:func:`~diffmix.mixing.solvers.fit_eq_bands`, started from the
-    EQ as it is) to its own band response plus that tone, the level its fit leaves goes
+    the EQ is refitted (:func:`~diffmix.mixing.solvers.fit_eq_bands`, the EQ as it is among
+    its starts) to its own band response plus that tone, the level its fit leaves goes
     to the input gain ``gain``, and each track's pan, width and fader are re-solved
     (:func:`placement_resolve`, one pass, no sends). The EQ sits before the compressor,
     which passes only part of a change: ``passes`` rounds.
