@@ -25,9 +25,11 @@ from diffmix.functional.loudness import integrated_loudness
 from diffmix.losses import MRSTFTLoss
 from diffmix.mixing.style_master import LIMITER, style_master
 from diffmix.mixing.wiring import (
+    compressor_refine,
     compressor_start,
     console_estimate,
     eq_band_start,
+    eq_refine,
     initialise_console,
     master_compressor_start,
     placement_resolve,
@@ -66,6 +68,12 @@ class MixFitOptions:
             its strip's output (:func:`~diffmix.mixing.wiring.placement_resolve`), then,
             as a stage of its own, the send levels
             (:func:`~diffmix.mixing.wiring.send_resolve`).
+        compressor_refine: with the coherent start, after the placement and sends, re-fit
+            each strip compressor on its track's share of the reference at short frames,
+            then the placement (:func:`~diffmix.mixing.wiring.compressor_refine`); judged.
+        eq_refine: with the coherent start, after the compressor refine, re-measure each
+            strip's tone on its output (dynamics included) and refit its EQ, then the
+            placement (:func:`~diffmix.mixing.wiring.eq_refine`); a judged stage.
         match_loudness: last, move every fader by one amount so the mix's integrated
             loudness is the reference's.
 
@@ -91,6 +99,8 @@ class MixFitOptions:
     eq_bands: bool = True
     compressor_start: bool = True
     placement: bool = True
+    compressor_refine: bool = True
+    eq_refine: bool = True
     match_loudness: bool = True
 
 
@@ -208,6 +218,18 @@ def fit_console(
                     init_report["sends"] = judge.stage(  # type: ignore[union-attr]
                         "sends", lambda: send_resolve(console, audio, reference, sr), stages
                     )
+            if estimate.coherent and options.compressor_refine and estimate.frame_gain is not None:
+                # Each compressor again, on its track's share of the reference at 6 ms
+                # frames, with everything placed (the start read 93 ms frames of the stem).
+                init_report["compressor refine"] = judge.stage(  # type: ignore[union-attr]
+                    "compressor refine", lambda: compressor_refine(console, audio, reference, sr), stages
+                )
+            if estimate.coherent and options.eq_refine:
+                # The tone again, on the strips' outputs with the dynamics as now set: the
+                # closed form read a compressor's moving gain as tone.
+                init_report["eq refine"] = judge.stage(  # type: ignore[union-attr]
+                    "eq refine", lambda: eq_refine(console, audio, reference, sr), stages
+                )
             init_report["seconds"] = round(time.perf_counter() - t_init, 3)
         fit_report: dict[str, Any] | None = None
         if reference is not None and weights and options.steps > 0 and not toward_song:

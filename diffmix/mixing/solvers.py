@@ -555,6 +555,32 @@ def solve_placement(
     return torch.as_tensor(matrix), list(frames[2]), torch.as_tensor(chan), explained
 
 
+def solve_tone(
+    stems: Tensor, reference: Tensor, sample_rate: int, *, mono: list[bool], ridge: float = 0.02
+) -> tuple[Tensor, Tensor, Tensor, float]:
+    """Each stem's tone from an aligned reference, by the coherent solve of
+    :func:`estimate_mix` (a shared tone per band and a broadband placement per stem),
+    without the frame-gain pass: what is left of a strip's tone on its output.
+
+    Args: as :func:`solve_placement`.
+
+    Returns:
+        ``tone_db (N, nb)`` (each stem's response per analysis band relative to its
+        broadband placement, mean power 1 over its energy shares), ``weight (N, nb)``
+        (its K-weighted energy share per band), ``centres_hz (nb,)`` and the share of the
+        reference explained.
+    """
+    t = min(stems.shape[-1], reference.shape[-1])
+    edges = band_edges(sample_rate)
+    _, energy, explained, _, _, tone, _, _ = _solve_stereo(
+        stems[..., :t].detach(), reference[..., :t].detach(), sample_rate, edges, ridge, list(mono), False
+    )
+    centres = np.sqrt(edges[:-1] * edges[1:])
+    share = energy * k_weight_power(centres, sample_rate)[None, :]
+    share = share / np.maximum(share.sum(axis=1, keepdims=True), 1e-30)
+    return torch.as_tensor(tone), torch.as_tensor(share), torch.as_tensor(centres), explained
+
+
 def fit_eq_gains(
     estimate: MixEstimate,
     bands: tuple[str, ...] | list[str],
@@ -634,6 +660,38 @@ def _bell_q_limit() -> float:
     return 1.0 / (2.0 * math.sinh(math.log(2.0) * bw / 2.0))
 
 
+def _band_grid(centres: Tensor, sample_rate: int) -> Tensor:
+    """``EQ_SUBPOINTS`` frequencies spread over each half-octave analysis band around its
+    centre, ``(nb * EQ_SUBPOINTS,)``."""
+    s = (torch.arange(EQ_SUBPOINTS, dtype=torch.float64) + 0.5) / EQ_SUBPOINTS - 0.5
+    grid = (centres.double()[:, None] * 2.0 ** (s[None, :] / BANDS_PER_OCTAVE)).reshape(-1)
+    return grid.clamp(max=0.49 * sample_rate)
+
+
+def _band_response_db(
+    bands: tuple[str, ...] | list[str], freq_hz: Tensor, q: Tensor, gain_db: Tensor, grid: Tensor, nb: int,
+    sample_rate: int,
+) -> Tensor:
+    """An EQ's power response averaged over each analysis band (dB), ``(..., nb)``: what the
+    closed form's tone measures of it."""
+    b, a = eq_coeffs(tuple(bands), freq_hz, q, gain_db, sample_rate)
+    p = sos_response(b, a, grid, sample_rate).abs().square().reshape(*freq_hz.shape[:-1], nb, -1)
+    return 10 * torch.log10(p.mean(-1).clamp_min(1e-12))
+
+
+def eq_band_response_db(
+    bands: tuple[str, ...] | list[str], freq_hz: Tensor, q: Tensor, gain_db: Tensor, centres_hz: Tensor,
+    sample_rate: int,
+) -> Tensor:
+    """``(N, n_eq)`` EQ settings -> ``(N, nb)`` their power responses averaged over each
+    analysis band around ``centres_hz`` (dB, float64): the EQ as the closed form's tone
+    sees it (:func:`fit_eq_bands` fits this)."""
+    f64 = torch.float64
+    grid = _band_grid(centres_hz.double().cpu(), sample_rate)
+    return _band_response_db(bands, freq_hz.to(f64).cpu(), q.to(f64).cpu(), gain_db.to(f64).cpu(), grid,
+                             centres_hz.numel(), sample_rate)
+
+
 def fit_eq_bands(
     estimate: MixEstimate,
     bands: tuple[str, ...] | list[str],
@@ -687,10 +745,7 @@ def fit_eq_bands(
     move_f = torch.tensor([k in MOVABLE for k in kinds])
     move_q = torch.tensor([k == "peak" for k in kinds])
     bells = [j for j, k in enumerate(kinds) if k == "peak"]
-    # Sub-points spread over each half-octave band around its centre.
-    s = (torch.arange(EQ_SUBPOINTS, dtype=torch.float64) + 0.5) / EQ_SUBPOINTS - 0.5
-    grid = (centres[:, None] * 2.0 ** (s[None, :] / BANDS_PER_OCTAVE)).reshape(-1)
-    grid = grid.clamp(max=0.49 * sample_rate)
+    grid = _band_grid(centres, sample_rate)
 
     f0 = torch.as_tensor(freq_hz, dtype=torch.float64).cpu().expand(n, m).clone()
     q0 = torch.as_tensor(q, dtype=torch.float64).cpu().expand(n, m).clone()
@@ -706,9 +761,7 @@ def fit_eq_bands(
 
     def response(theta: Tensor) -> Tensor:  # (..., 3m+1) -> (..., nb) dB
         f, qq, g = theta[..., :m].exp(), theta[..., m : 2 * m].exp(), theta[..., 2 * m : 3 * m]
-        b, a = eq_coeffs(tuple(bands), f, qq, g, sample_rate)
-        p = sos_response(b, a, grid, sample_rate).abs().square().reshape(*theta.shape[:-1], nb, -1)
-        return 10 * torch.log10(p.mean(-1).clamp_min(1e-12)) + theta[..., -1:]
+        return _band_response_db(bands, f, qq, g, grid, nb, sample_rate) + theta[..., -1:]
 
     def residuals(theta: Tensor, resp: Tensor) -> Tensor:  # (N, nb + 2m) weighted
         r = (target - resp) * weight.sqrt()

@@ -25,10 +25,12 @@ from diffmix.mixing.analysis import band_edges, band_frame_powers, frame_energy,
 from diffmix.mixing.solvers import (
     GAIN_DB_RANGE,
     MixEstimate,
+    eq_band_response_db,
     estimate_mix,
     fit_eq_bands,
     fit_eq_gains,
     solve_placement,
+    solve_tone,
 )
 
 if TYPE_CHECKING:
@@ -835,6 +837,232 @@ def placement_resolve(
         **{k.split(".")[-1]: [round(float(v), 3) for v in placed[k].flatten()] for k in placed},
         "fader_change_db": [round(float(v), 2) for v in (new - start).flatten()],
         "send_db": send_db,
+        "seconds": round(time.perf_counter() - t0, 3),
+    }
+
+
+def compressor_refine(
+    console: Console,
+    stems: Tensor,
+    reference: Tensor,
+    sample_rate: int,
+    *,
+    comp: str = "comp",
+    fader: str = "strip.fader.gain_db",
+    max_s: float = 60.0,
+    seconds: float = 6.0,
+    size: int = 1024,
+    hop: int = 256,
+) -> dict[str, object]:
+    """Re-fit each strip's compressor on what the reference shows of its track, frame by
+    short frame, then the placement.
+
+    :func:`compressor_start` reads a track's gain off the closed form's 93 ms frames,
+    against the stem as given: at that resolution a kick compressor's attack (1 ms or
+    30 ms) and its ratio trade, and its tone and placement are not yet known. Here, with
+    everything placed, each track's share of the reference is the reference less every
+    other track's contribution (through the master bus keyed by the current mix, with the
+    send returns), and its gain against the track's compressor input is measured on
+    ``size``-sample frames (hop ``hop``; 23 ms and 6 ms at 44.1 kHz), with the master's
+    gain on the track taken out; the strip's own compressor is then fitted to it
+    (:func:`_search_compressor`) on the track's loudest ``seconds``, the constant going to
+    its fader. Tracks in order of loudness, each with the others as now set; then pan,
+    width and fader once more (:func:`placement_resolve`, one pass, no sends).
+
+    Returns:
+        A summary for the report: per track the threshold, ratio, attack, release, fader
+        change and the fit's rms error (dB), and the placement's summary.
+    """
+    t0 = time.perf_counter()
+    effect = console.strip.effects[comp] if comp in console.strip.effects else None
+    values = console.named_values()
+    if not isinstance(effect, Compressor) or fader not in values or console.groups:
+        return {"method": "none", "reason": "no strip compressor or fader, or subgroups"}
+    n = stems.shape[1]
+    t = min(stems.shape[-1], reference.shape[-1], int(max_s * sample_rate))
+    x = stems[0, ..., :t]
+    ref = reference[0, :, :t].double()
+    window = torch.hann_window(size, dtype=torch.float32).square()
+    keys = ("threshold_db", "ratio", "attack_ms", "release_ms")
+    specs = {k: values[f"strip.{comp}.{k}"].spec for k in keys}
+    knee = values[f"strip.{comp}.knee_db"].exact().double().cpu()
+
+    def frames(sig: Tensor) -> np.ndarray:  # (C, t) -> energy per short frame, channels summed
+        pad = torch.nn.functional.pad(sig.float(), (hop, hop))
+        return _run_frames(pad, 0, (pad.shape[-1] - size) // hop + 1, hop, window)
+
+    def shares() -> Tensor:  # (N + 1, 2, t): each track's contribution, then the send returns'
+        with torch.no_grad():
+            parts = console.strip(x)
+            returns = _send_returns(console, parts)
+            dry = parts * console.direct.to(parts.dtype).view(n, 1, 1)
+            key = dry.sum(0, keepdim=True) + returns
+            return _keyed_master(console, torch.cat([dry, returns]), key).double()
+
+    with torch.no_grad():
+        contrib = shares()
+        # What each compressor gets (the stages before it do not change here), on the mix's timeline.
+        pre_comp = console._place(console.strip(x, until=comp))  # noqa: SLF001
+        # ... and what it gives now (track k's is read before its own compressor changes).
+        names = list(console.strip.effects)
+        after = names[names.index(comp) + 1] if names.index(comp) + 1 < len(names) else None
+        post_comp = console._place(console.strip(x, until=after))  # noqa: SLF001
+    order = np.argsort([-float(contrib[k].square().sum()) for k in range(n)])
+    summary = {k: [None] * n for k in (*keys, "fader_db", "error_db")}
+    contrib = shares()
+    resid = float((ref - contrib.sum(0)).square().sum())
+    for k in order.tolist():
+        target = ref - contrib.sum(0) + contrib[k]
+        y, post = pre_comp[k], post_comp[k]
+        # The gain the reference shows on the track against the model's: the compressor's
+        # gain now plus what the model's share misses (the master's keyed gain, the placement
+        # and the fader are in both, so they cancel).
+        e_out, e_t, e_y = frames(contrib[k]), frames(target), frames(y.double())
+        live = (e_out > 1e-6 * e_out.max(initial=0.0)) & (e_y > 1e-6 * e_y.max(initial=0.0)) & (e_t > 0)
+        if not live.any():
+            continue
+        g_now = 10 * np.log10(np.maximum(frames(post.double()), 1e-30) / np.maximum(e_y, 1e-30))
+        meas = 10 * np.log10(np.maximum(e_t, 1e-30) / np.maximum(e_out, 1e-30)) + g_now
+        a, b = _loudest_run(e_out, live, seconds, sample_rate, hop)
+        y_pad = torch.nn.functional.pad(y.float(), (hop, hop))
+        seg = y_pad[:, a * hop : (b - 1) * hop + size]
+        keep = live[a:b]
+        w = np.sqrt(e_out[a:b]) * keep
+        frames_in = e_y[a:b]
+        top = _top_level_db(frames_in, keep, window)
+        now = {key: values[f"strip.{comp}.{key}"].exact().double().cpu().clone() for key in keys}
+        times = (float(now["attack_ms"].view(-1)[k if now["attack_ms"].numel() == n else 0]),
+                 float(now["release_ms"].view(-1)[k if now["release_ms"].numel() == n else 0]))
+        knee_k = float(knee.view(-1)[k if knee.numel() == n else 0])
+        thr, ratio, att, rel, c, err = _search_compressor(
+            seg, 0, frames_in, meas[a:b], w, top, effect, knee_k, specs, times, sample_rate, hop, window,
+        )
+        update = {}
+        for key, v in zip(keys, (thr, ratio, att, rel), strict=True):
+            shared = now[key].numel() != n  # one value for every track: now one each
+            full = now[key].reshape(-1).expand(n).clone() if shared else now[key].reshape(-1).clone()
+            full[k] = min(max(v, specs[key].min), specs[key].max)
+            update[f"strip.{comp}.{key}"] = full if shared else full.view(now[key].shape)
+        fade = values[fader].exact().double().cpu().clone()
+        spec = values[fader].spec
+        fade.view(-1)[k] = min(max(float(fade.view(-1)[k]) + c, spec.min), spec.max)
+        update[fader] = fade
+        keep_now = {p: values[p].exact().double().cpu().clone() for p in update}
+        console.load_values(update)
+        # Kept only where the mix's waveform error goes down: a quiet track's share carries
+        # the louder ones' errors.
+        new_contrib = shares()
+        new_resid = float((ref - new_contrib.sum(0)).square().sum())
+        if new_resid >= resid:
+            console.load_values(keep_now)
+            continue
+        contrib, resid = new_contrib, new_resid
+        values = console.named_values()
+        found = (thr, ratio, att, rel, c, math.sqrt(err))
+        for key, v in zip((*keys, "fader_db", "error_db"), found, strict=True):
+            summary[key][k] = round(v, 2)
+    placed = placement_resolve(console, stems, reference, sample_rate, fader=fader, max_s=max_s, passes=1,
+                               sends=False)
+    return {"method": "short-frame gains of each track's share of the reference vs its compressor",
+            **summary, "placement": placed, "seconds": round(time.perf_counter() - t0, 3)}
+
+
+def eq_refine(
+    console: Console,
+    stems: Tensor,
+    reference: Tensor,
+    sample_rate: int,
+    *,
+    eq: str = "eq",
+    gain: str = "strip.input.gain_db",
+    fader: str = "strip.fader.gain_db",
+    max_s: float = 60.0,
+    passes: int = 2,
+) -> dict[str, object]:
+    """Re-measure each strip's tone on its output and refit its EQ to it, then the placement.
+
+    The closed form measures a stem's tone against the stem as given, so a compressor's
+    moving gain (on the strip or on the master bus) is read as tone: a kick whose attack
+    is pressed harder than its tail looks duller than its EQ made it, and through a loud
+    stem's tone error its residual leaks into a quiet one alike it (two kick drums). Here,
+    with the dynamics as the earlier stages set them, every strip's output before its
+    placement, through the master bus keyed by the current mix, is a regressor (as in
+    :func:`placement_resolve`; the send returns taken off the reference); the coherent
+    solve (:func:`~diffmix.mixing.solvers.solve_tone`) gives the tone left on each output,
+    the EQ is refitted (:func:`~diffmix.mixing.solvers.fit_eq_bands`, the EQ as it is among
+    its starts) to its own band response plus that tone, the level its fit leaves goes
+    to the input gain ``gain``, and each track's pan, width and fader are re-solved
+    (:func:`placement_resolve`, one pass, no sends). The EQ sits before the compressor,
+    which passes only part of a change: ``passes`` rounds.
+
+    Returns:
+        A summary for the report: per pass the weighted rms tone left (dB, per track), and
+        the last placement's summary.
+    """
+    t0 = time.perf_counter()
+    values = console.named_values()
+    effect = console.strip.effects[eq] if eq in console.strip.effects else None
+    names = list(console.strip.effects)
+    placing = [isinstance(e, (Pan, Width)) for e in console.strip.effects.values()]
+    if not isinstance(effect, ParametricEQ) or gain not in values or not any(placing) or console.groups:
+        return {"method": "none", "reason": f"needs a parametric {eq}, {gain}, a width/pan stage, no groups"}
+    first = names[placing.index(True)]
+    tail = names[placing.index(True):]
+    n = stems.shape[1]
+    t = min(stems.shape[-1], reference.shape[-1], int(max_s * sample_rate))
+    x = stems[..., :t]
+    keys = {k: f"strip.{eq}.{k}" for k in ("freq_hz", "q", "gain_db")}
+    m = len(effect.bands)
+    f_spec, q_spec, g_spec = (values[keys[k]].spec for k in ("freq_hz", "q", "gain_db"))
+    left: list[list[float]] = []
+    placed: dict[str, object] = {}
+    for _ in range(passes):
+        with torch.no_grad():
+            y = console.strip(x[0], until=first)
+            y = y.expand(n, 2, t) if y.shape[1] == 1 else y
+            parts = y
+            for name in tail:
+                parts = console.strip.effects[name](parts)
+            returns = _send_returns(console, parts)
+            key = (parts * console.direct.to(parts.dtype).view(n, 1, 1)).sum(0, keepdim=True) + returns
+            pre = _keyed_master(console, torch.cat([y, returns]), key)
+            z, rest = pre[:n], pre[n]
+            tone, share, centres, _ = solve_tone(
+                z * _strip_scale(console, z), reference[0, :, :t].to(z.dtype) - rest, sample_rate,
+                mono=list(console.mono),
+            )
+        values = console.named_values()
+        now = {}
+        for k, p in keys.items():
+            v = values[p].exact().double().cpu()
+            now[k] = v.expand(n, m) if v.numel() == m else v.reshape(n, m)
+        target = eq_band_response_db(
+            effect.bands, now["freq_hz"], now["q"], now["gain_db"], centres, sample_rate
+        )
+        est = MixEstimate(
+            gain_db=torch.zeros(n, dtype=torch.float64), band_db=torch.zeros_like(target), weight=share,
+            centres_hz=centres, explained=0.0, coherent=True, tone_db=target + tone,
+        )
+        out = fit_eq_bands(
+            est, effect.bands, now["freq_hz"], now["q"], now["gain_db"], sample_rate,
+            freq_range=(f_spec.min, f_spec.max), q_range=(q_spec.min, q_spec.max),
+            limit_db=min(12.0, -g_spec.min, g_spec.max),
+        )
+        update = {}
+        for k, p in keys.items():
+            shape = values[p].exact().shape
+            update[p] = out[k].reshape(shape) if out[k].numel() == values[p].exact().numel() else out[k]
+        lo, hi = GAIN_DB_RANGE
+        g_now = values[gain].exact().double().cpu()
+        update[gain] = (g_now + out["offset_db"].view(g_now.shape)).clamp(lo, hi)
+        console.load_values(update)
+        left.append([round(float(v), 3) for v in (share * tone.square()).sum(1).sqrt()])
+        placed = placement_resolve(console, stems, reference, sample_rate, fader=fader, max_s=max_s, passes=1,
+                                   sends=False)
+    return {
+        "method": "tone on the strips' outputs, EQ refitted to it; placement again",
+        "tone_left_rms_db": left,
+        "placement": placed,
         "seconds": round(time.perf_counter() - t0, 3),
     }
 
