@@ -193,3 +193,21 @@ def test_eq_refine_reads_the_kicks_eq_off_its_compressed_output(seed):
            f"waveform {err_before:.4f} -> {err_after:.4f}, {report['tone_left_rms_db']}")
     assert tone_after <= 0.6 * tone_before, msg
     assert err_after < 0.75 * err_before, msg
+
+
+def test_the_refine_stages_are_opt_in_through_the_mix_config():
+    # Both refines cost an 8-stem fit 2.4x its time (BENCHMARKS.md, Mixing, session 12):
+    # off in the composed default config, on with their overrides.
+    from pathlib import Path
+
+    from hydra import compose, initialize_config_dir
+
+    from diffmix.jobs.mix import fit_options
+
+    configs = str(Path(__file__).resolve().parents[1] / "configs")
+    with initialize_config_dir(configs, version_base="1.3"):
+        default = fit_options(compose("mix", overrides=["stems=s"]))
+        chosen = fit_options(compose("mix", overrides=["stems=s", "fit.compressor_refine=true",
+                                                       "fit.eq_refine=true"]))
+    assert not default.compressor_refine and not default.eq_refine
+    assert chosen.compressor_refine and chosen.eq_refine

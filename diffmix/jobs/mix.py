@@ -74,8 +74,8 @@ def fit_options(cfg: DictConfig) -> MixFitOptions:
         eq_bands=bool(cfg.fit.get("eq_bands", True)),
         compressor_start=bool(cfg.fit.get("compressor_start", True)),
         placement=bool(cfg.fit.get("placement", True)),
-        compressor_refine=bool(cfg.fit.get("compressor_refine", True)),
-        eq_refine=bool(cfg.fit.get("eq_refine", True)),
+        compressor_refine=bool(cfg.fit.get("compressor_refine", False)),
+        eq_refine=bool(cfg.fit.get("eq_refine", False)),
         match_loudness=bool(cfg.fit.get("match_loudness", True)),
     )
 

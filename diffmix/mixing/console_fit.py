@@ -73,7 +73,8 @@ class MixFitOptions:
             then the placement (:func:`~diffmix.mixing.wiring.compressor_refine`); judged.
         eq_refine: with the coherent start, after the compressor refine, re-measure each
             strip's tone on its output (dynamics included) and refit its EQ, then the
-            placement (:func:`~diffmix.mixing.wiring.eq_refine`); a judged stage.
+            placement (:func:`~diffmix.mixing.wiring.eq_refine`); a judged stage. Both
+            refines are off by default: their cost (BENCHMARKS.md, Mixing, session 12).
         match_loudness: last, move every fader by one amount so the mix's integrated
             loudness is the reference's.
 
@@ -99,8 +100,8 @@ class MixFitOptions:
     eq_bands: bool = True
     compressor_start: bool = True
     placement: bool = True
-    compressor_refine: bool = True
-    eq_refine: bool = True
+    compressor_refine: bool = False
+    eq_refine: bool = False
     match_loudness: bool = True
 
 
