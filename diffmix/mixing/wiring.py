@@ -909,7 +909,6 @@ def compressor_refine(
         post_comp = console._place(console.strip(x, until=after))  # noqa: SLF001
     order = np.argsort([-float(contrib[k].square().sum()) for k in range(n)])
     summary = {k: [None] * n for k in (*keys, "fader_db", "error_db")}
-    contrib = shares()
     resid = float((ref - contrib.sum(0)).square().sum())
     for k in order.tolist():
         target = ref - contrib.sum(0) + contrib[k]
