@@ -175,7 +175,10 @@ def master_group(
     # core free, and the torch and numba work on both sides releases the GIL.
     pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="diffmix-worker")
     try:
-        inputs = [pool.submit(_measure_input, s, sr, options.report) for s in songs]
+        # A group's pages (their previews: ~15 MB a song) are prepared song by song at
+        # delivery instead, so a batch never holds all of them.
+        page = options.report and len(songs) == 1
+        inputs = [pool.submit(_measure_input, s, sr, page) for s in songs]
         return _master(songs, sr, spec, fit, options, start, pool, inputs, t0, clock)
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
