@@ -266,7 +266,7 @@ def estimate_mix(
         else:
             matrix = tone = frames = None
     energy = stem_energy * kw  # (N, nb): K-weighted band energy of each stem
-    share = energy / np.maximum(energy.sum(axis=1, keepdims=True), 1e-30)
+    share = _shares(energy)
     total = (w * share).sum(axis=1)
     gain_db = 10 * np.log10(np.maximum(total, 1e-12))
     band_db = 10 * np.log10(np.maximum(w, 1e-12))
@@ -576,9 +576,13 @@ def solve_tone(
         stems[..., :t].detach(), reference[..., :t].detach(), sample_rate, edges, ridge, list(mono), False
     )
     centres = np.sqrt(edges[:-1] * edges[1:])
-    share = energy * k_weight_power(centres, sample_rate)[None, :]
-    share = share / np.maximum(share.sum(axis=1, keepdims=True), 1e-30)
+    share = _shares(energy * k_weight_power(centres, sample_rate)[None, :])
     return torch.as_tensor(tone), torch.as_tensor(share), torch.as_tensor(centres), explained
+
+
+def _shares(energy: np.ndarray) -> np.ndarray:
+    """``(N, nb)`` K-weighted band energies -> each stem's share of its own energy per band."""
+    return energy / np.maximum(energy.sum(axis=1, keepdims=True), 1e-30)
 
 
 def fit_eq_gains(
