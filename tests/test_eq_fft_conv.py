@@ -125,3 +125,24 @@ def test_mid_side_needs_two_channels():
 def test_block_too_short_is_an_error():
     with pytest.raises(ValueError, match=r"fft_convolve: block 64 too short for a 40-tap filter"):
         overlap_save(torch.zeros(1, 1, 100), torch.zeros(1, 1, 40), 64)
+
+
+def test_a_render_leaves_torch_symbolic_shapes_and_sympy_unimported():
+    # torch.broadcast_shapes imports torch.fx's symbolic shapes, and with them sympy, on its
+    # first call: ~0.5 s of a job that otherwise never needs them. The renders must not call it.
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = (
+        "import sys, torch\n"
+        "from diffmix.functional.filters import fft_convolve\n"
+        "fft_convolve(torch.randn(1, 2, 400_000), torch.randn(1, 2, 8000), ms=True)\n"
+        "fft_convolve(torch.randn(1, 2, 400_000), torch.randn(1, 1, 8000))\n"
+        "print(sorted(m for m in ('sympy', 'torch.fx.experimental.symbolic_shapes') if m in sys.modules))\n"
+    )
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"})
+    assert out.stdout.strip() == "[]", out.stdout

@@ -104,3 +104,23 @@ def test_smooth_proxy_tracks_the_limiter_and_the_solve_uses_it(true_peak):
 
     level = meter(y, SR) if true_peak else y.abs().amax(-1)
     assert float(level.amax()) <= 10 ** (-1.0 / 20)
+
+
+def test_a_smooth_render_is_the_limiter_without_its_correction_or_strict_level():
+    # What a match-refine pass measures (pipeline: the first master before the refine
+    # passes): the smooth limiter of the fit, at a fraction of an exact render's cost.
+    from diffmix.functional.limiter import limiter
+    from diffmix.mastering.render import smooth_render
+
+    x = (quiet_song(-20.0, seed=5) * 4).float()
+    lim_opts = {"ceiling_db": -1.0, "release_ms": 80.0, "true_peak": True, "strict": True}
+    chain = Bus(SR, {"limiter": Limiter(SR, **lim_opts)}, items=1)
+    render = render_with_drive(chain, x, exact=False)
+    assert chain.effects["limiter"].exact  # the drive renders took the mode; the chain keeps its own
+    drive = torch.tensor([9.0], dtype=torch.float64)
+    smooth = limiter(x, SR, ceiling_db=-1.0, release_ms=80.0, gain_db=9.0, exact=False)
+    torch.testing.assert_close(render(drive), smooth, rtol=0, atol=1e-5)
+    torch.testing.assert_close(render.proxy(drive), smooth, rtol=0, atol=1e-5)
+    torch.testing.assert_close(smooth_render(chain, x, drive), smooth, rtol=0, atol=1e-5)
+    exact = render_with_drive(chain, x)(drive)
+    assert (render(drive) - exact).abs().max() > 1e-3  # the strict level is held only in the exact one

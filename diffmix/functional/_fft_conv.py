@@ -23,6 +23,7 @@ ever allocated in the backward.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -120,7 +121,7 @@ def _render(x: Tensor, fir: Tensor, block: int, *, ms: bool = False) -> Tensor:
         # M = (L + R) / 2, S = (L - R) / 2 and back L = M + S, R = M - S: the halves go
         # into the responses.
         spec_f = spec_f * 0.5
-    out = torch.empty(torch.broadcast_shapes(x.shape[:-1], fir.shape[:-1]) + (n_time,),
+    out = torch.empty(np.broadcast_shapes(x.shape[:-1], fir.shape[:-1]) + (n_time,),
                       dtype=torch.result_type(x, fir), device=x.device)
     wider = spec_f.shape[0] > x.shape[0]
     group = max(1, _GROUP_SAMPLES // block) if x.device.type == "cpu" else n_blocks

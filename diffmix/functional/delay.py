@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -113,7 +114,7 @@ def fractional_delay_spectrum(samples: Tensor, n_fft: int, *, damp: float = 0.0)
     lag = whole + m
     taps = taps * torch.exp(-damp * lag)
     index = torch.remainder(lag, n_fft).long()
-    shape = (*torch.broadcast_shapes(taps.shape[:-1], index.shape[:-1]), n_fft)
+    shape = (*np.broadcast_shapes(taps.shape[:-1], index.shape[:-1]), n_fft)
     buf = torch.zeros(shape, dtype=samples.dtype, device=samples.device)
     buf = buf.scatter_add(-1, index.expand(*shape[:-1], -1), taps.expand(*shape[:-1], -1))
     return torch.fft.rfft(buf)

@@ -233,7 +233,7 @@ def _master(songs: list[Song], sr: int, spec: ChainSpec, fit: FitOptions, option
     def render_and_solve(start_db: torch.Tensor | None = None, exact: bool = True):  # noqa: ANN202
         """The chain rendered and its drives solved; ``exact=False`` solves on the smooth
         limiter alone where it has one (a render whose tone is measured, not delivered)."""
-        render = render_with_drive(bus, x)
+        render = render_with_drive(bus, x, exact=exact)
         clock("render_chain")
         if any(g is None for g in goals):
             return render, render(torch.zeros(len(songs), dtype=torch.float64)), [None] * len(songs)

@@ -33,15 +33,17 @@ from diffmix.report import PEAK_CONTEXT, ChunkMeter
 _TIME_CONSTANTS = 12.0
 
 
-def render_with_drive(bus: Bus, x: Tensor, limiter: str = LIMITER) -> Callable[[Tensor], Tensor]:
+def render_with_drive(bus: Bus, x: Tensor, limiter: str = LIMITER, *, exact: bool = True) -> Callable[[Tensor], Tensor]:
     """A ``drives (S,) -> output (S, C, T)`` renderer of the in-memory batch ``x``: the
     one-chunk :class:`StreamRenderer`; what precedes the limiter runs once.
 
     The renderer carries ``pre`` (the pre-limiter signal, for the gain-reduction plot and
     the solve's start), ``proxy`` (the smooth limiter's cheap render, or None) and
-    ``drive_range`` (the limiter's drive range, dB).
+    ``drive_range`` (the limiter's drive range, dB). ``exact=False`` renders the limiter
+    in its smooth mode (as :func:`smooth_render`): no metered correction and no strict
+    level, for a render whose tone is measured, not delivered.
     """
-    renderer = StreamRenderer(bus, x, limiter=limiter)
+    renderer = StreamRenderer(bus, x, limiter=limiter, exact=exact)
 
     def render(drives: Tensor) -> Tensor:
         ((_, _, y),) = renderer.limited(drives)
@@ -93,8 +95,10 @@ class StreamRenderer:
 
     def __init__(self, bus: Bus, source: DiskAudio | Tensor, folder: Path | None = None, *,
                  chunk_s: float = 30.0, context_s: float = 2.0, right_s: float = 0.1,
-                 limiter: str = LIMITER) -> None:
+                 limiter: str = LIMITER, exact: bool = True) -> None:
         self.stage = LimiterStage(bus, limiter)
+        if not exact and not isinstance(source, Tensor):
+            raise ValueError("StreamRenderer: a smooth (exact=False) render is for in-memory songs")
         self.src, self.chunk_s, self.passes = source, chunk_s, 0
         self.cache: CacheFile | None = None
         self.proxy: Callable[[Tensor], Tensor] | None = None
@@ -103,7 +107,16 @@ class StreamRenderer:
             self.left = self.right = 0
             with torch.no_grad():  # a render: no graph holding every stage's intermediates
                 self.pre = self.stage.before(source)
-            fast = self.stage.drive_renders(self.pre)
+            if exact:
+                fast = self.stage.drive_renders(self.pre)
+            else:  # the drive renders read the limiter's mode once, when made
+                self.stage.limiter.exact = False
+                try:
+                    fast = self.stage.drive_renders(self.pre)
+                finally:
+                    self.stage.limiter.exact = True
+                if fast is None:
+                    raise ValueError("StreamRenderer: a smooth render needs the stock limiter last")
             self._fast = None if fast is None else fast[1]
             self.proxy = None if fast is None else fast[0]
             return
