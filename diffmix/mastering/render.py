@@ -33,7 +33,8 @@ from diffmix.report import PEAK_CONTEXT, ChunkMeter
 _TIME_CONSTANTS = 12.0
 
 
-def render_with_drive(bus: Bus, x: Tensor, limiter: str = LIMITER, *, exact: bool = True) -> Callable[[Tensor], Tensor]:
+def render_with_drive(bus: Bus, x: Tensor, limiter: str = LIMITER, *,
+                      exact: bool = True) -> Callable[[Tensor], Tensor]:
     """A ``drives (S,) -> output (S, C, T)`` renderer of the in-memory batch ``x``: the
     one-chunk :class:`StreamRenderer`; what precedes the limiter runs once.
 
