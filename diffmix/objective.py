@@ -34,7 +34,7 @@ import torch
 from torch import Tensor, nn
 
 from diffmix.features import FeatureExtractor, crest_factor_db
-from diffmix.functional.loudness import integrated_loudness, short_term_loudness
+from diffmix.functional.loudness import integrated_loudness, loudness_profile
 from diffmix.functional.peaks import true_peak_soft
 from diffmix.losses import MRSTFTLoss, hinge
 
@@ -52,13 +52,14 @@ def _finite_lufs(lufs: Tensor, floor: float = -70.0) -> Tensor:
     return torch.where(torch.isfinite(lufs), lufs, torch.full_like(lufs, floor))
 
 
-def dynamics_profile(x: Tensor, sample_rate: int) -> Tensor:
+def dynamics_profile(x: Tensor, sample_rate: int, measured: tuple[Tensor, Tensor] | None = None) -> Tensor:
     """Short-term loudness quantiles relative to the integrated loudness, ``(B, 4)`` LU.
 
     Windows below -70 LUFS are ignored (their loudness is replaced by the integrated one).
+    ``measured``: ``x``'s :func:`~diffmix.functional.loudness.loudness_profile`, where taken.
     """
-    st = short_term_loudness(x, sample_rate)
-    il = _finite_lufs(integrated_loudness(x, sample_rate)).unsqueeze(-1)
+    il, st = measured if measured is not None else loudness_profile(x, sample_rate)
+    il = _finite_lufs(il).unsqueeze(-1)
     rel = torch.where(st > -70.0, st - il, torch.zeros_like(st))
     q = torch.tensor(QUANTILES, dtype=x.dtype, device=x.device)
     return torch.quantile(rel, q, dim=-1).T
@@ -162,13 +163,16 @@ class Objective(nn.Module):
             if "correlation" in w:
                 terms["correlation"] = (f.correlation - self.ref["correlation"]).square()
         lufs: Tensor | None = None
+        measured: tuple[Tensor, Tensor] | None = None  # integrated and short-term, one K-weighting
+        if set(w) & {"dynamics", "spec_lra"}:
+            measured = loudness_profile(y, self.sample_rate)
         if set(w) & {"loudness", "dynamics", "spec_lufs", "spec_plr"}:
-            lufs = _finite_lufs(integrated_loudness(y, self.sample_rate))
+            lufs = _finite_lufs(integrated_loudness(y, self.sample_rate) if measured is None else measured[0])
         if "loudness" in w:
             assert lufs is not None  # set above for these terms
             terms["loudness"] = (lufs - self.ref["loudness"]).square()
         if "dynamics" in w:
-            prof = dynamics_profile(y, self.sample_rate)
+            prof = dynamics_profile(y, self.sample_rate, measured)
             terms["dynamics"] = (prof - self.ref["dynamics"]).square().mean(-1) + 0.25 * (
                 crest_factor_db(y) - self.ref["crest"]
             ).square()
@@ -186,7 +190,7 @@ class Objective(nn.Module):
             terms["spec_plr"] = hinge(float(self.target["plr"]) - (tp - lufs))
         if "spec_lra" in w:
             lo, hi = (float(v) for v in self.target["lra"])
-            prof = dynamics_profile(y, self.sample_rate)
+            prof = dynamics_profile(y, self.sample_rate, measured)
             lra = prof[:, 3] - prof[:, 0]  # 95th minus 10th percentile, as Tech 3342
             terms["spec_lra"] = hinge(lo - lra) + hinge(lra - hi)
         if "mrstft" in w:

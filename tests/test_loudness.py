@@ -224,6 +224,26 @@ def test_gradcheck_integrated_and_short_term_with_gating():
                                         eps=1e-6, atol=1e-6, rtol=1e-4)
 
 
+@pytest.mark.parametrize("seconds", [2.0, 3.5, 8.0])
+def test_loudness_profile_is_both_meters_from_one_k_weighting(seconds):
+    from diffmix.functional.loudness import loudness_profile
+
+    x = music_like(44100, seconds, 2, seed=11).float()
+    lufs, short = loudness_profile(x, 44100)
+    assert torch.equal(lufs, integrated_loudness(x, 44100))  # the same sums, bit for bit
+    assert torch.equal(short, short_term_loudness(x, 44100))
+    # and the same gradient (the sum of the two meters' adjoint passes, in one)
+    a, b = x.double().requires_grad_(), x.double().requires_grad_()
+    lufs, short = loudness_profile(a, 44100)
+    (lufs.sum() + short.mean()).backward()
+    (integrated_loudness(b, 44100).sum() + short_term_loudness(b, 44100).mean()).backward()
+    torch.testing.assert_close(a.grad, b.grad, rtol=1e-9, atol=1e-15)
+    g = torch.Generator().manual_seed(1)
+    v = (0.3 * torch.randn(1, 2, 9600 * 4, generator=g, dtype=torch.float64)).requires_grad_()
+    assert torch.autograd.gradcheck(lambda u: torch.cat([t.reshape(-1) for t in loudness_profile(u, 8000)]),
+                                    (v,), fast_mode=True, eps=1e-6, atol=1e-6, rtol=1e-4)
+
+
 def test_gradient_matches_the_no_grad_value_and_ignores_gated_blocks():
     x = music_like(44100, 8.0, 2, seed=7)
     plain = integrated_loudness(x, 44100)
