@@ -153,7 +153,8 @@ class Objective(nn.Module):
         if "mrstft" in w and aligned_mags is None and aligned is None:
             raise ValueError("objective: mrstft needs the time-aligned reference excerpt")
         if set(w) & {"tone_mid", "tone_side", "width", "correlation"}:
-            f = self.features(y)
+            # the L/R correlation (three passes over the excerpt) only where it is a term
+            f = self.features.from_psd(self.features.psd(y), y if "correlation" in w else None)
             if "tone_mid" in w:
                 terms["tone_mid"] = (f.tone_mid - self.ref["tone_mid"]).square().mean(-1)
             if "tone_side" in w:

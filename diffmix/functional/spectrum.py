@@ -87,6 +87,8 @@ def welch_psd(x: Tensor, n_fft: int = 8192, hop: int | None = None, *,
     grouped = not graph and n > _WELCH_GROUP and x.device.type == "cpu"
     if pre is not None and not grouped:
         x, pre = pre(x), None
+    if graph and n_fft % hop == 0:
+        return _Welch.apply(x, n_fft, hop)
     windows: list[Tensor] = []
 
     def power_of(j0: int, j1: int) -> Tensor:  # the power of frames j0 .. j1, (..., frames, bins)
@@ -105,6 +107,59 @@ def welch_psd(x: Tensor, n_fft: int = 8192, hop: int | None = None, *,
             power += power_of(j, min(n, j + _WELCH_GROUP)).sum(-2)
         power = power / n
     power = power / windows[0].square().sum() / n_fft * 2.0
+    power[..., 0] = power[..., 0] / 2.0
+    if n_fft % 2 == 0:
+        power[..., -1] = power[..., -1] / 2.0
+    return power
+
+
+class _Welch(torch.autograd.Function):
+    # welch_psd with a hand-written backward: d|X_f[k]|^2 / du_f = 2 Re(X_f[k] e^{2 pi i k m / N})
+    # for the windowed frame u_f, so each frame's gradient is one inverse transform of its own
+    # spectrum times the incoming gradient, windowed and overlap-added. Autograd's generic
+    # path (the complex transform's backward, the squares, the frames' scatter) kept every
+    # frame's spectrum and cost about twice the arithmetic; here the spectra are recomputed
+    # a group of frames at a time.
+    @staticmethod
+    def forward(ctx, x: Tensor, n_fft: int, hop: int) -> Tensor:  # noqa: ANN001
+        ctx.save_for_backward(x)
+        ctx.n_fft, ctx.hop = n_fft, hop
+        window = torch.hann_window(n_fft, periodic=True, dtype=x.dtype, device=x.device)
+        spec = torch.fft.rfft(x.unfold(-1, n_fft, hop) * window, dim=-1)
+        power = (spec.real.square() + spec.imag.square()).mean(-2)
+        return _normalise(power, window, n_fft)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):  # noqa: ANN001, ANN205
+        (x,) = ctx.saved_tensors
+        n_fft, hop = ctx.n_fft, ctx.hop
+        lead, t = x.shape[:-1], x.shape[-1]
+        rows = x.reshape(-1, t)
+        frames = rows.unfold(-1, n_fft, hop)  # (R, n, N), a view
+        n, r = frames.shape[1], n_fft // hop
+        window = torch.hann_window(n_fft, periodic=True, dtype=x.dtype, device=x.device)
+        # The forward's scaling per bin and its mean over frames, with the one-sided sum's
+        # DC and Nyquist terms doubled as irfft expects: grad_u = N irfft(A).
+        coef = _normalise(grad.reshape(-1, grad.shape[-1]).to(x.dtype) / n, window, n_fft) * n_fft
+        coef[..., 0] = coef[..., 0] * 2.0
+        if n_fft % 2 == 0:
+            coef[..., -1] = coef[..., -1] * 2.0
+        segments = rows.new_zeros(rows.shape[0], n - 1 + r, hop)  # the frames' span, hop by hop
+        for j0 in range(0, n, _WELCH_GROUP):
+            j1 = min(n, j0 + _WELCH_GROUP)
+            spec = torch.fft.rfft(frames[:, j0:j1] * window, dim=-1)
+            part = torch.fft.irfft(spec * coef.unsqueeze(1), n=n_fft, dim=-1).mul_(window)
+            part = part.reshape(rows.shape[0], j1 - j0, r, hop)
+            for p in range(r):  # frame f's p-th hop lands on hop f + p
+                segments[:, j0 + p : j1 + p] += part[:, :, p]
+        out = torch.nn.functional.pad(segments.reshape(rows.shape[0], -1), (0, t - (n - 1 + r) * hop))
+        return out.reshape(*lead, t), None, None
+
+
+def _normalise(power: Tensor, window: Tensor, n_fft: int) -> Tensor:
+    """Welch's scaling of a mean periodogram ``(..., bins)``: a full-scale sine's bins sum to
+    its mean square; DC and Nyquist are not doubled (one-sided)."""
+    power = power / window.square().sum() / n_fft * 2.0
     power[..., 0] = power[..., 0] / 2.0
     if n_fft % 2 == 0:
         power[..., -1] = power[..., -1] / 2.0
