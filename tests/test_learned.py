@@ -431,3 +431,20 @@ def test_with_a_match_eq_the_learned_start_keeps_the_eq_and_predicts_the_rest(tr
             assert torch.equal(got[key].exact(), configured[key]), key
         elif key.startswith("comp."):
             assert torch.allclose(got[key].exact(), want[key], rtol=1e-6, atol=1e-5), key
+
+
+@pytest.mark.parametrize(("overrides", "want"), [
+    ([], 8.0),
+    (["fit.init=learned"], 20.0),
+    (["fit.init=learned", "fit.learned.excerpt_s=null"], 8.0),
+    (["fit.init=learned", "fit.learned.excerpt_s=12", "fit.excerpt_s=4"], 12.0),
+])
+def test_a_fit_from_the_prediction_takes_its_own_excerpt_length(overrides: list[str], want: float,
+                                                                 tmp_path: Path) -> None:
+    from hydra import compose, initialize_config_dir
+
+    from diffmix.jobs._mastering import fit_options
+
+    with initialize_config_dir(str(ROOT / "configs"), version_base="1.3"):
+        cfg = compose(config_name="master", overrides=[f"input={tmp_path / 'x.wav'}", *overrides])
+    assert fit_options(cfg).excerpt_s == want
