@@ -3,9 +3,9 @@
 Held-out songs: the shared multitracks' ``mix.flac`` (not in the training corpus). Each mix
 is mastered toward each other one (``target=none``: the reference's loudness, -1 dBTP), by
 five arms: the predictor alone (``fit.init=learned fit.steps=0``), the predictor plus 10
-and plus 30 fit steps, today's default fit (``fit.init=default``: at most 120 steps on the fixed excerpt pool,
-stopping after 24 without a 0.5 % gain)
-and ``matchering.process`` (skipped with a note when matchering isn't importable). Every
+and plus 30 fit steps (on ``fit.learned.excerpt_s`` excerpts), today's default fit
+(``fit.init=default``: at most 120 steps on the fixed excerpt pool, stopping after 24 without
+a 0.5 % gain) and ``matchering.process`` (skipped with a note when matchering isn't importable). Every
 diffmix arm runs the master job in this process (``diffmix.jobs.master.run`` on the
 composed config), so its time is the job's own (load, predict/fit, solve, write; Python
 start-up and imports excluded, one warm-up run first). Metrics on the written files as in
