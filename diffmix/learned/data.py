@@ -218,7 +218,7 @@ def make_examples(
         chain.load_values(values)
         with torch.no_grad():
             ref = chain(a.to(device), until=until)
-            if until is not None and DRIVE in values:  # the drive as a plain gain: a limiter that never limits
+            if until is not None and DRIVE in values:  # the drive as a gain: a limiter that never limits
                 ref = ref * (10.0 ** (values[DRIVE].reshape(batch, -1)[:, :1] / 20.0)).to(ref)[..., None]
         ins = signal_features(b.to(device), sr).cpu().repeat_interleave(per_excerpt, 0)[:batch]
         refs = signal_features(ref, sr).cpu()
