@@ -359,3 +359,92 @@ def test_a_narrow_mix_matched_to_a_wide_reference_gets_its_side_from_the_width()
     pair = chain_spec(cfg, sr).build(2, match=True)
     match_start(pair, [narrow, x], [x, x])  # the default start folds the width too
     assert pair.named_values()["width.width"].exact().reshape(-1).tolist() == [4.0, 1.0]
+
+
+@pytest.mark.parametrize("until", ["limiter", None])
+def test_references_render_as_the_fit_sees_them(until: str | None) -> None:
+    # With until="limiter" the reference is the chain up to the limiter with the drawn drive
+    # as a plain gain: its level moves by the drive exactly and its dynamics not at all (the
+    # compressor alone shapes them, as in the fit's objective). Through the limiter (None),
+    # the drive squashes the peaks: the same draw's crest factor moves (the check can fail).
+    from diffmix.console import Bus
+    from diffmix.effects.dynamics import Compressor, Limiter
+    from diffmix.learned.data import make_examples
+    from diffmix.learned.features import names
+    from diffmix.learned.predict import heads_for
+
+    sr = 44100
+    songs = [torch.from_numpy(music(3.0, seed=SEED + i, level=0.5).T.copy()) for i in range(2)]
+
+    def chain_for(n: int) -> Bus:
+        return Bus(sr, {"comp": Compressor(sr, threshold_db=-6.0, ratio=2.0),
+                        "limiter": Limiter(sr, ceiling_db=-1.0)}, items=n)
+
+    prior = {"limiter.gain_db": [4.0, 16.0]}
+    heads = heads_for(chain_for(1), ["comp.threshold_db", "limiter.gain_db"], prior)
+    feats, targets = make_examples(songs, chain_for, heads, prior, count=4, per_excerpt=4, excerpt_s=1.0,
+                                   input_gain_db=[0.0, 0.0], spec_only=0.0, ceiling_db=-1.0, seed=SEED,
+                                   tag="t", batch=4, until=until)
+    col = {n: i for i, n in enumerate(names(sr))}
+    drive = targets[:, 1]
+    assert torch.all(targets[:, 0] == -6.0) and float(drive.max() - drive.min()) > 4.0, targets
+    lufs = feats[:, col["reference.lufs"]]
+    assert torch.equal(feats[:, col["target_lufs"]], lufs)  # the goal is the reference's loudness
+    crest = feats[:, col["reference.crest_db"]]
+    if until == "limiter":
+        level = (lufs - lufs[0]) - (drive - drive[0])
+        assert float(level.abs().max()) < 0.01, (lufs, drive)
+        for name in ("crest_db", "plr_db", "st_q10", "st_q95"):
+            v = feats[:, col[f"reference.{name}"]]
+            assert float(v.max() - v.min()) < 0.01, (name, v)
+    else:
+        assert float(crest.max() - crest.min()) > 0.5, (crest, drive)
+
+
+def test_with_a_match_eq_the_learned_start_keeps_the_eq_and_predicts_the_rest(trained: Path,
+                                                                               tmp_path: Path) -> None:
+    # With a reference the match EQ sets the tone in closed form; the parametric EQ keeps its
+    # configured start (as in the default start) and the compressor is the model's.
+    from hydra import compose, initialize_config_dir
+
+    from diffmix.jobs._mastering import chain_spec
+    from diffmix.learned.predict import learned_start, predict_values
+    from diffmix.mastering.fit import init_match
+
+    song = torch.from_numpy(music(3.0, seed=11, level=0.1).T.copy())[None]
+    ref = torch.from_numpy(music(3.0, seed=12, level=0.3).T.copy())[None]
+    with initialize_config_dir(str(ROOT / "configs"), version_base="1.3"):
+        cfg = compose(config_name="master", overrides=[f"input={tmp_path / 'x.wav'}"])
+    model = load_checkpoint(trained / "model.safetensors")
+    target = {"lufs": None, "true_peak_db": -1.0}
+    bus = chain_spec(cfg, 44100).build(1, match=True)
+    configured = {k: p.exact().clone() for k, p in bus.named_values().items()}
+    learned_start(model)(bus, [song], [ref], target)
+    probe = chain_spec(cfg, 44100).build(1, match=True)
+    init_match(probe, [song], [ref])
+    want = predict_values(model, probe, [song], [ref], target)
+    got = bus.named_values()
+    moved = [k for k in want if k.startswith("comp.") and not torch.equal(want[k], configured[k])]
+    assert moved, "the model predicts the configured compressor: the check could not fail"
+    for key in want:
+        if key.startswith("eq."):
+            assert torch.equal(got[key].exact(), configured[key]), key
+        elif key.startswith("comp."):
+            assert torch.allclose(got[key].exact(), want[key], rtol=1e-6, atol=1e-5), key
+
+
+@pytest.mark.parametrize(("overrides", "want"), [
+    ([], 8.0),
+    (["fit.init=learned"], 20.0),
+    (["fit.init=learned", "fit.learned.excerpt_s=null"], 8.0),
+    (["fit.init=learned", "fit.learned.excerpt_s=12", "fit.excerpt_s=4"], 12.0),
+])
+def test_a_fit_from_the_prediction_takes_its_own_excerpt_length(overrides: list[str], want: float,
+                                                                 tmp_path: Path) -> None:
+    from hydra import compose, initialize_config_dir
+
+    from diffmix.jobs._mastering import fit_options
+
+    with initialize_config_dir(str(ROOT / "configs"), version_base="1.3"):
+        cfg = compose(config_name="master", overrides=[f"input={tmp_path / 'x.wav'}", *overrides])
+    assert fit_options(cfg).excerpt_s == want

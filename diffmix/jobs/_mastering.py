@@ -32,9 +32,12 @@ def chain_spec(cfg: DictConfig, sample_rate: int) -> ChainSpec:
 def fit_options(cfg: DictConfig) -> FitOptions:
     """``cfg.fit``, ``cfg.loss``, ``cfg.optim``, ``cfg.scheduler`` and ``cfg.amount``."""
     fit = cfg.fit
+    excerpt_s = fit.excerpt_s
+    if fit.get("init", "default") == "learned" and (fit.get("learned") or {}).get("excerpt_s") is not None:
+        excerpt_s = fit.learned.excerpt_s  # a fit from a prediction: longer excerpts (configs/mastering)
     return FitOptions(
         steps=fit.get("steps"),
-        excerpt_s=float(fit.excerpt_s),
+        excerpt_s=float(excerpt_s),
         pool=int(fit.pool),
         patience=int(fit.patience),
         min_delta=float(fit.min_delta),

@@ -174,6 +174,7 @@ def _run(cfg: DictConfig, device: torch.device) -> int:
             ceiling_db=float(cfg.target.true_peak_db),
             seed=int(cfg.seed),
             mel=mel,
+            until=d.get("reference_until"),
         )
         from tqdm import tqdm
 

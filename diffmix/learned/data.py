@@ -172,6 +172,7 @@ def make_examples(
     device: torch.device | str = "cpu",
     progress: Callable[[int], None] | None = None,
     mel: Mapping[str, Any] | None = None,
+    until: str | None = None,
 ) -> tuple[Tensor, Tensor]:
     """``count`` examples: features ``(count, F)`` float64 and targets ``(count, n_out)``
     (physical values in head order). Deterministic in ``(seed, tag)``.
@@ -179,7 +180,13 @@ def make_examples(
     Every ``per_excerpt`` examples share one (song, A, B, level) draw and differ in their
     settings, so the input's features are measured once for them. With ``mel``
     (``{"bands", "frames", "n_fft"}``), each row goes on with the excerpts' log-mel
-    spectrograms (:func:`~diffmix.learned.features.mel_input`), for the CNN. Under ``torchrun`` each
+    spectrograms (:func:`~diffmix.learned.features.mel_input`), for the CNN.
+
+    ``until``: the effect the reference's render stops before (``"limiter"``: as the fit's
+    objective renders, so the drawn compressor alone makes the reference's dynamics, and
+    the drawn settings are where the fit would converge; the drawn drive is then a plain
+    gain, so the reference is as loud as a master). None: the whole chain, the limiter at
+    the drawn drive. Under ``torchrun`` each
     rank draws every ``W``-th batch and the ranks exchange them: every rank returns the
     whole set, equal to one process's.
     """
@@ -210,11 +217,14 @@ def make_examples(
         values = draw_values(heads, prior, batch, gen)
         chain.load_values(values)
         with torch.no_grad():
-            ref = chain(a.to(device))
+            ref = chain(a.to(device), until=until)
+            if until is not None and DRIVE in values:  # the drive as a gain: a limiter that never limits
+                ref = ref * (10.0 ** (values[DRIVE].reshape(batch, -1)[:, :1] / 20.0)).to(ref)[..., None]
         ins = signal_features(b.to(device), sr).cpu().repeat_interleave(per_excerpt, 0)[:batch]
         refs = signal_features(ref, sr).cpu()
+        goal = refs[:, LUFS]
         ceiling = torch.full((batch,), ceiling_db, dtype=torch.float64)
-        f = feature_vector(ins, refs, refs[:, LUFS], ceiling, sr)
+        f = feature_vector(ins, refs, goal, ceiling, sr)
         y = flat(heads, values)
         if mel is not None:
             opts = {k: int(mel[k]) for k in ("bands", "frames", "n_fft")}
@@ -223,7 +233,7 @@ def make_examples(
             f = torch.cat([f, m, mel_input(ref, None, sr, **opts)[:, : n_mel // 2]], -1)
         drop = torch.rand(batch, generator=gen) < spec_only
         if drop.any():
-            f_spec = feature_vector(ins, None, refs[:, LUFS], ceiling, sr)
+            f_spec = feature_vector(ins, None, goal, ceiling, sr)
             if mel is not None:  # the reference's spectrograms are withheld too
                 f_spec = torch.cat([f_spec, f[:, f_spec.shape[1] : f_spec.shape[1] + n_mel // 2],
                                     torch.zeros(batch, n_mel // 2, dtype=f.dtype)], -1)

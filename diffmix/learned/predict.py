@@ -150,9 +150,16 @@ def apply_prediction(
 def learned_start(checkpoint: str | Path | Predictor | None = None):  # noqa: ANN201
     """A fit start (:data:`diffmix.mastering.fit.Start`) from a checkpoint: the match EQ's
     closed-form gains as by default, then the prediction (:func:`apply_prediction`) for
-    what has no closed form (EQ, compressor, limiter drive), then, with a reference, the
-    width in closed form with the match EQ's side gains (:func:`fold_side_into_width`).
-    With ``fit.steps=0`` the master is this start, its drive set by the loudness solve."""
+    what has no closed form (compressor, limiter drive; the EQ where there is no match EQ),
+    then, with a reference, the width in closed form with the match EQ's side gains
+    (:func:`fold_side_into_width`). With ``fit.steps=0`` the master is this start, its
+    drive set by the loudness solve.
+
+    With a match EQ the parametric EQ keeps its configured start, as in the default start:
+    the match EQ's closed form (and its refinement on the whole master) already sets the
+    tone band by band, and a predicted EQ on top of it only adds error the match EQ then
+    has to take out (on the held-out benchmark pairs the start's objective was lower with
+    the EQ flat on 4 of 6, e.g. 0.45 -> 0.24; BENCHMARKS.md, learned settings)."""
     from diffmix.mastering.chain import MATCH
     from diffmix.mastering.fit import fold_side_into_width, init_match
 
@@ -160,10 +167,15 @@ def learned_start(checkpoint: str | Path | Predictor | None = None):  # noqa: AN
               target: Mapping[str, Any]) -> None:
         # As the default start (match_start), with the prediction between the match EQ's
         # closed form and the width's: the width is folded once, from the gains at width 1.
-        if references is not None and MATCH in bus.effects:
+        match = references is not None and MATCH in bus.effects
+        values = bus.named_values()
+        kept = {k: p.exact().clone() for k, p in values.items() if match and k.startswith("eq.")}
+        if match:
             init_match(bus, audios, references)
         apply_prediction(bus, audios, references, target, checkpoint)
-        if references is not None and MATCH in bus.effects and "width" in bus.effects:
+        if kept:
+            bus.load_values(kept)
+        if match and "width" in bus.effects:
             fold_side_into_width(bus, audios, references)
 
     return start
