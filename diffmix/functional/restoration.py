@@ -660,8 +660,7 @@ def _arx_candidates(
     frames = torch.unique(torch.stack([at[quiet, 0], at[quiet, 1] // hop], -1), dim=0)
     if len(frames) == 0:
         return out, out
-    a, h, a0 = _arx_filters(fit_on, fit_on.flip(1), hop, p, q, frames, mono=True)
-    ab, hb = _arx_filters(fit_on, fit_on.flip(1), hop, p, q, frames, backward=True)
+    a, h, a0, ab, hb = _arx_filters(fit_on, fit_on.flip(1), hop, p, q, frames, mono=True, both=True)
     a, h, a0, ab, hb = (v.reshape(b * c, -1, v.shape[-1])[frames[:, 0], frames[:, 1]]
                         for v in (a, h, a0, ab, hb))
     rows = xd.reshape(b * c, t)
@@ -1193,7 +1192,7 @@ def _cross_filters(x: Tensor, ref: Tensor, hop: int, q: int, frames: Tensor) -> 
 
 
 def _arx_filters(x: Tensor, ref: Tensor, hop: int, p: int, q: int,
-                 frames: Tensor, mono: bool = False, backward: bool = False) -> tuple[Tensor, ...]:
+                 frames: Tensor, mono: bool = False, both: bool = False) -> tuple[Tensor, ...]:
     """Per frame, the joint (ARX) predictor of ``x`` from its own ``p`` past samples and
     the ``2q + 1`` samples of ``ref`` around it: ``x[n] ~ -sum_k a[k] x[n - k] +
     sum_j h[j] ref[n - j]`` (``k = 1 .. p``, ``j = -q .. q``), least squares over the
@@ -1205,10 +1204,10 @@ def _arx_filters(x: Tensor, ref: Tensor, hop: int, p: int, q: int,
     frame)``) are fitted; zeros elsewhere.
 
     With ``mono`` also the AR filter of order ``p`` fitted on the same windows (the
-    model the ARX extends), third. With ``backward`` the model predicts ``x`` from its
-    own ``p`` *next* samples instead, ``x[n] ~ -sum_k a[k] x[n + k] + sum_j h[j] ref[n +
-    j]`` (the same fit on the time-reversed signals: their cross-correlation at negated
-    lags).
+    model the ARX extends), next. With ``both`` also the backward model, last, which
+    predicts ``x`` from its own ``p`` *next* samples, ``x[n] ~ -sum_k a[k] x[n + k] +
+    sum_j h[j] ref[n + j]`` (the same fit on the time-reversed signals: the same
+    autocorrelations, the cross-correlation at negated lags).
 
     Shape:
         ``x, ref (B, C, T)`` -> ``(a (B, C, F, p + 1), h (B, C, F, 2q + 1))``, float64.
@@ -1232,6 +1231,7 @@ def _arx_filters(x: Tensor, ref: Tensor, hop: int, p: int, q: int,
     a = torch.zeros(b * c, nf, p + 1, dtype=torch.float64, device=dev)
     h = torch.zeros(b * c, nf, taps, dtype=torch.float64, device=dev)
     a0 = torch.zeros_like(a) if mono else a
+    ab, hb = (torch.zeros_like(a), torch.zeros_like(h)) if both else (a, h)
     # In chunks of frames: the normal matrices, (p + 2q + 1)^2 each, add up at dense clicks.
     for lo in range(0, len(frames), _ARX_CHUNK):
         part = frames[lo : lo + _ARX_CHUNK]
@@ -1240,22 +1240,26 @@ def _arx_filters(x: Tensor, ref: Tensor, hop: int, p: int, q: int,
         rxx = torch.fft.irfft(fx.real.square() + fx.imag.square(), n_fft)[..., : p + 1].double()
         rrr = torch.fft.irfft(fr.real.square() + fr.imag.square(), n_fft)[..., :taps].double()
         # cross[k] = sum_n x[n] ref[n - k]; sum_n x[n - i] ref[n - j] = cross[j - i]
-        cl = torch.fft.irfft(fx * fr.conj(), n_fft).double()[
-            ..., (-lags if backward else lags) % n_fft]  # -q - p .. q
-        top = torch.cat([rxx[..., (i[:, None] - i[None]).abs()],
-                         cl[..., j[None] - i[:, None] + q + p]], -1)
-        bottom = torch.cat([top[..., p:].transpose(-1, -2), rrr[..., (j[:, None] - j[None]).abs()]], -1)
+        cross = torch.fft.irfft(fx * fr.conj(), n_fft).double()
+        own = rxx[..., (i[:, None] - i[None]).abs()]
+        other = rrr[..., (j[:, None] - j[None]).abs()]
         floor = torch.cat([rxx[..., :1].expand(-1, p), rrr[..., :1].expand(-1, taps)], -1) * 1e-6 + 1e-20
-        normal = torch.cat([top, bottom], -2) + torch.diag_embed(floor)
-        rhs = torch.cat([rxx[..., 1:], cl[..., j + q + p]], -1)
-        w = torch.linalg.solve(normal, rhs[..., None])[..., 0]
-        a[part[:, 0], part[:, 1]] = torch.cat([torch.ones_like(w[..., :1]), -w[..., :p]], -1)
-        h[part[:, 0], part[:, 1]] = w[..., p:]
+        for sign, (fa, fh) in ((1, (a, h)), (-1, (ab, hb)))[: 2 if both else 1]:
+            cl = cross[..., (sign * lags) % n_fft]  # lags -q - p .. q (negated: backward)
+            top = torch.cat([own, cl[..., j[None] - i[:, None] + q + p]], -1)
+            bottom = torch.cat([top[..., p:].transpose(-1, -2), other], -1)
+            normal = torch.cat([top, bottom], -2) + torch.diag_embed(floor)
+            rhs = torch.cat([rxx[..., 1:], cl[..., j + q + p]], -1)
+            w = torch.linalg.solve(normal, rhs[..., None])[..., 0]
+            fa[part[:, 0], part[:, 1]] = torch.cat([torch.ones_like(w[..., :1]), -w[..., :p]], -1)
+            fh[part[:, 0], part[:, 1]] = w[..., p:]
         if mono:
             r0 = torch.cat([rxx[..., :1] * (1.0 + 1e-6) + 1e-20, rxx[..., 1:]], -1)
             a0[part[:, 0], part[:, 1]] = levinson(r0)
-    out = (a.reshape(b, c, nf, p + 1), h.reshape(b, c, nf, taps))
-    return (*out, a0.reshape(b, c, nf, p + 1)) if mono else out
+    out = [a.reshape(b, c, nf, p + 1), h.reshape(b, c, nf, taps)]
+    out += [a0.reshape(b, c, nf, p + 1)] if mono else []
+    out += [ab.reshape(b, c, nf, p + 1), hb.reshape(b, c, nf, taps)] if both else []
+    return tuple(out)
 
 
 def _fir_frames(ref: Tensor, h: Tensor, hop: int) -> Tensor:
