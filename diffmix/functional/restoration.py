@@ -611,6 +611,110 @@ def _near_and_alone(cand: Tensor, z_ratio: Tensor, reach: int, z_threshold: floa
     return out
 
 
+def _arx_candidates(
+    xd: Tensor, fit_on: Tensor, other: Tensor, z_ratio: Tensor, sample_rate: int, taps: int,
+    threshold: float, z_threshold: float, z_reach: int, floor: float, width: int,
+) -> tuple[Tensor, Tensor]:
+    """The joint-model (ARX) candidate rule of :func:`detect_clicks`, stereo only.
+
+    Where a sample's interpolation error under the mono model exceeds ``z_threshold``
+    robust scales (``z_ratio``, ``(2B, T)``) while the other channel's stays under
+    ``_NOISE_MAX`` within ``_PARTNER_REACH`` samples, its 40 ms frame is looked at again
+    with the joint model of :func:`repair_clicks` (:func:`_arx_filters`: own past, order
+    ``_ARX_ORDER``, and the other channel at lags ``-taps .. taps``, fitted on
+    ``fit_on``, forwards and backwards). In a mix the other channel predicts the music
+    but not a click in one channel, so the click stands far above the joint model's
+    innovation where it barely clears the mono model's (and a click whitens the model
+    fitted over it less when most of the frame is predicted from the other channel).
+    The errors are those of ``xd`` with ``other`` (the other channel with the clicks
+    found so far interpolated) as the known input.
+
+    A frame is looked at only where the joint model predicts it better than the mono
+    model nested in it (same window, same own order) by more than BIC's price of its
+    ``2 taps + 1`` extra coefficients, ``(2 taps + 1) ln(N) / N`` in ``ln`` of the
+    innovation variance (``N`` the window's effective length; innovation: the median
+    RMS of 32-sample sub-blocks, robust to a click): on independent channels it adds
+    nothing and the mono rules stand. There, where the other channel is quiet as above,
+    the mono rules' tests are made on the joint model's errors instead: the minimum of
+    the forward and backward errors over ``threshold`` times their robust local scale
+    (as :func:`detect_clicks`, ``width`` sub-blocks either side), and the interpolation
+    error (matched filter) over ``z_threshold`` times its own within ``z_reach``
+    samples. Its candidates replace the mono rules' there (the joint model's two
+    one-sided errors localise a click where the mono rules, their model whitened by it,
+    may spread its candidates past a click's length).
+
+    Returns:
+        ``(candidates, where they replace the mono rules' ones)``, each ``(2B, T)`` bool.
+    """
+    b, c, t = xd.shape
+    hop = _hop(sample_rate, 40.0)
+    p, q = _ARX_ORDER, taps
+    out = torch.zeros(b * c, t, dtype=torch.bool, device=xd.device)
+    at = (z_ratio > z_threshold).nonzero()
+    if len(at) == 0:
+        return out, out
+    zr = tnf.pad(z_ratio, (_PARTNER_REACH, _PARTNER_REACH))
+    reach = torch.arange(2 * _PARTNER_REACH + 1, device=xd.device)
+    partner = at[:, 0] + 1 - 2 * (at[:, 0] % 2)
+    quiet = zr[partner[:, None], at[:, 1:2] + reach].amax(-1) < _NOISE_MAX
+    frames = torch.unique(torch.stack([at[quiet, 0], at[quiet, 1] // hop], -1), dim=0)
+    if len(frames) == 0:
+        return out, out
+    a, h, a0, ab, hb = _arx_filters(fit_on, fit_on.flip(1), hop, p, q, frames, mono=True, both=True)
+    a, h, a0, ab, hb = (v.reshape(b * c, -1, v.shape[-1])[frames[:, 0], frames[:, 1]]
+                        for v in (a, h, a0, ab, hb))
+    rows = xd.reshape(b * c, t)
+    ref = other.flip(1).reshape(b * c, t)
+    # Errors over the frame and `width` sub-blocks either side (the local scales' reach),
+    # all under the frame's models: n in [s0, s0 + span), s0 = f hop - wide.
+    wide = width * _SUB
+    span = hop + 2 * wide
+    lead = p + q + wide
+    s0 = frames[:, 1:2] * hop - wide
+    ar_ = torch.arange(span + 3 * p + 2 * q, device=xd.device)
+    xs = tnf.pad(rows, (lead, lead + hop + 2 * p))[frames[:, :1], s0 + lead - p + ar_[: span + 3 * p]]
+    rs = tnf.pad(ref, (lead, lead + hop + 2 * p))[frames[:, :1], s0 + lead - q + ar_[: span + p + 2 * q]]
+    xs, rs = xs.to(torch.float64), rs.to(torch.float64)
+    xw = xs.unfold(-1, p + 1, 1)  # window i: x[s0 - p + i .. s0 + i]
+    rw = rs.unfold(-1, 2 * q + 1, 1)  # window i: ref[s0 - q + i .. s0 + q + i]
+    e = (xw[:, : span + p] @ a.flip(-1)[..., None] - rw[:, : span + p] @ h.flip(-1)[..., None])[..., 0]
+    eb = (xw[:, p : p + span] @ ab[..., None] - rw[:, :span] @ hb[..., None])[..., 0]
+    z = (e.unfold(-1, p + 1, 1)[:, :span] @ a[..., None])[..., 0]
+    z = z * a.square().sum(-1, keepdim=True).rsqrt()
+    e0 = (xw[:, wide : wide + hop] @ a0.flip(-1)[..., None])[..., 0]
+    e = e[:, :span]
+    mid = slice(wide, wide + hop)
+
+    def scale(v: Tensor) -> Tensor:
+        return v[:, : hop // _SUB * _SUB].reshape(len(v), -1, _SUB).square().mean(-1).median(-1).values
+
+    s_arx, s_mono = scale(e[:, mid]), scale(e0)
+    n_eff = 2.0 * _ARX_SPAN * hop / 3.0  # (sum w)^2 / sum w^2 of a Hann window
+    price = (2 * q + 1) * math.log(n_eff) / n_eff
+    better = torch.log(s_mono.clamp(min=1e-30) / s_arx.clamp(min=1e-30)) > price
+    # The mono rules' tests (see `detect_clicks`) on the joint model's errors, with the
+    # same local scales: the larger of the robust RMS before and after each sub-block.
+    k = len(frames)
+    before, after = _local_scale(torch.cat([(e.square() + eb.square()).mul(0.5).sqrt(), z]), width)
+    sc = torch.maximum(before, after).repeat_interleave(_SUB, -1)[:, :span]
+    sc_e, sc_z = sc[:k, mid].clamp(min=floor), sc[k:, mid].clamp(min=1e-30)
+    zpeak = tnf.max_pool1d((z.abs()[:, mid] / sc_z)[:, None], 2 * z_reach + 1, 1, z_reach)[:, 0]
+    stat = torch.minimum(e.abs(), eb.abs())[:, mid] / sc_e
+    hit = (stat > threshold) & (zpeak > z_threshold)
+    # The samples of the frames the joint model predicts better where the other channel
+    # is quiet: there its tests replace the mono ones.
+    pos = frames[:, 1:2] * hop + torch.arange(hop, device=xd.device)
+    prow = frames[:, :1] + 1 - 2 * (frames[:, :1] % 2)
+    near_partner = zr[prow, (pos[:, :1] + torch.arange(hop + 2 * _PARTNER_REACH, device=xd.device)
+                              ).clamp(max=zr.shape[-1] - 1)]
+    quiet = tnf.max_pool1d(near_partner[:, None], 2 * _PARTNER_REACH + 1, 1)[:, 0] < _NOISE_MAX
+    domain = quiet & better[:, None] & (pos < t)
+    out[frames[:, :1].expand(-1, hop)[domain], pos[domain]] = True
+    hits = out.clone()
+    hits[frames[:, :1].expand(-1, hop)[domain], pos[domain]] = hit[domain]
+    return hits, out
+
+
 def _burst_level(rows: Tensor, bursts: Tensor, width: int, span: int) -> Tensor:
     """The robust local level of :func:`detect_clicks` (``_local_scale`` of ``rows`` over
     ``width`` sub-blocks a side, the larger) computed only around each burst, written
@@ -652,6 +756,7 @@ def detect_clicks(
     z_strong: float | None = 16.0,
     threshold_strong: float = 4.0,
     z_reach: int | None = 8,
+    arx_taps: int | None = 48,
 ) -> tuple[Tensor, Tensor, int]:
     """Flag clicks: short bursts that the AR model of their surroundings cannot predict,
     forwards or backwards, and that do not recur period after period.
@@ -715,6 +820,16 @@ def detect_clicks(
       channel predicts of it (the FIR of :func:`repair_clicks`), with AR models and the
       robust level of that residual, fitted with every burst interpolated; in a mix
       whose channels share most of their content a quiet click stands out there.
+    * stereo (``C == 2``, ``arx_taps`` not ``None``), before all this: where the matched
+      filter marks a sample and the other channel shows nothing, its 40 ms frame is
+      judged with the joint (ARX) model of :func:`repair_clicks` (own past and the other
+      channel at lags ``-arx_taps .. arx_taps``) where that predicts the frame better
+      than the mono model by more than BIC's price of its extra coefficients: the
+      candidate tests are made on its errors, and its candidates replace the mono
+      rules' there (:func:`_arx_candidates`; where they join into a burst too long to
+      be a click, the mono rules' stand). A click whitens the model of its own frame;
+      the other channel, which predicts the music and not the click, does not. On
+      independent channels the gate stays shut and the mono rules decide.
 
     The models are fitted on the signal clamped to ``clamp`` times its robust local level;
     with ``passes=2`` they are refitted on the signal with the first pass's clicks
@@ -732,6 +847,8 @@ def detect_clicks(
             channels judged apart).
         z_strong, threshold_strong: the second candidate rule (``None``: off).
         z_reach: the third (stereo) candidate rule's reach in samples (``None``: off).
+        arx_taps: the joint model's lags of the other channel either side (``None``:
+            the mono rules alone).
 
     Returns:
         ``(mask, coeffs, hop)``: ``mask (B, C, T)`` bool (detached), the AR filters
@@ -782,6 +899,21 @@ def detect_clicks(
                 # Stronger evidence from the matched filter buys a laxer localisation test.
                 flags |= (sg > torch.clamp(threshold_strong * scale, min=floor)) & (
                     zg > z_strong * z_scale)
+            if arx_taps is not None and c == 2:
+                # Where the other channel predicts the music, a click in one channel
+                # stands out of the joint model's innovation (see `_arx_candidates`).
+                extra, domain = (tnf.pad(v, (0, nsb * _SUB - t)).reshape(grid) for v in _arx_candidates(
+                    xd, torch.maximum(torch.minimum(fit_on, limit), -limit), fit_on,
+                    z_ratio[:, :t], sr, arx_taps, threshold, z_threshold,
+                    z_reach if z_reach is not None else 0, floor, width))
+                joint = torch.where(domain, extra, flags).reshape(b * c, -1)
+                # Where its candidates join into a burst too long to be a click (a loud
+                # click in the other channel, spread by the cross filter), the mono
+                # rules' candidates stand.
+                long = _segments(runs(joint), merge + 1)
+                long = long[(long[:, 2] - long[:, 1]) > max_len]
+                back = _mask_from_runs(long, joint.shape, merge + 1, x.device).reshape(grid)
+                flags = torch.where(back, flags, joint.reshape(grid))
             # A later pass judges again the bursts an earlier one kept, whatever their
             # candidate statistic now: its models are fitted with them interpolated, which
             # moves a click near the threshold by chance to either side of it; the guards,
@@ -1060,7 +1192,7 @@ def _cross_filters(x: Tensor, ref: Tensor, hop: int, q: int, frames: Tensor) -> 
 
 
 def _arx_filters(x: Tensor, ref: Tensor, hop: int, p: int, q: int,
-                 frames: Tensor) -> tuple[Tensor, Tensor]:
+                 frames: Tensor, mono: bool = False, both: bool = False) -> tuple[Tensor, ...]:
     """Per frame, the joint (ARX) predictor of ``x`` from its own ``p`` past samples and
     the ``2q + 1`` samples of ``ref`` around it: ``x[n] ~ -sum_k a[k] x[n - k] +
     sum_j h[j] ref[n - j]`` (``k = 1 .. p``, ``j = -q .. q``), least squares over the
@@ -1070,6 +1202,12 @@ def _arx_filters(x: Tensor, ref: Tensor, hop: int, p: int, q: int,
     (h * ref)[n]`` is what :func:`lsar_interpolate` minimises with ``drive = h * ref``
     (:func:`_fir_frames`). Only the ``frames`` (``(K, 2)`` rows ``(batch * C + channel,
     frame)``) are fitted; zeros elsewhere.
+
+    With ``mono`` also the AR filter of order ``p`` fitted on the same windows (the
+    model the ARX extends), next. With ``both`` also the backward model, last, which
+    predicts ``x`` from its own ``p`` *next* samples, ``x[n] ~ -sum_k a[k] x[n + k] +
+    sum_j h[j] ref[n + j]`` (the same fit on the time-reversed signals: the same
+    autocorrelations, the cross-correlation at negated lags).
 
     Shape:
         ``x, ref (B, C, T)`` -> ``(a (B, C, F, p + 1), h (B, C, F, 2q + 1))``, float64.
@@ -1092,6 +1230,8 @@ def _arx_filters(x: Tensor, ref: Tensor, hop: int, p: int, q: int,
     lags = torch.arange(-q - p, q + 1, device=dev)
     a = torch.zeros(b * c, nf, p + 1, dtype=torch.float64, device=dev)
     h = torch.zeros(b * c, nf, taps, dtype=torch.float64, device=dev)
+    a0 = torch.zeros_like(a) if mono else a
+    ab, hb = (torch.zeros_like(a), torch.zeros_like(h)) if both else (a, h)
     # In chunks of frames: the normal matrices, (p + 2q + 1)^2 each, add up at dense clicks.
     for lo in range(0, len(frames), _ARX_CHUNK):
         part = frames[lo : lo + _ARX_CHUNK]
@@ -1100,17 +1240,26 @@ def _arx_filters(x: Tensor, ref: Tensor, hop: int, p: int, q: int,
         rxx = torch.fft.irfft(fx.real.square() + fx.imag.square(), n_fft)[..., : p + 1].double()
         rrr = torch.fft.irfft(fr.real.square() + fr.imag.square(), n_fft)[..., :taps].double()
         # cross[k] = sum_n x[n] ref[n - k]; sum_n x[n - i] ref[n - j] = cross[j - i]
-        cl = torch.fft.irfft(fx * fr.conj(), n_fft).double()[..., lags % n_fft]  # -q - p .. q
-        top = torch.cat([rxx[..., (i[:, None] - i[None]).abs()],
-                         cl[..., j[None] - i[:, None] + q + p]], -1)
-        bottom = torch.cat([top[..., p:].transpose(-1, -2), rrr[..., (j[:, None] - j[None]).abs()]], -1)
+        cross = torch.fft.irfft(fx * fr.conj(), n_fft).double()
+        own = rxx[..., (i[:, None] - i[None]).abs()]
+        other = rrr[..., (j[:, None] - j[None]).abs()]
         floor = torch.cat([rxx[..., :1].expand(-1, p), rrr[..., :1].expand(-1, taps)], -1) * 1e-6 + 1e-20
-        normal = torch.cat([top, bottom], -2) + torch.diag_embed(floor)
-        rhs = torch.cat([rxx[..., 1:], cl[..., j + q + p]], -1)
-        w = torch.linalg.solve(normal, rhs[..., None])[..., 0]
-        a[part[:, 0], part[:, 1]] = torch.cat([torch.ones_like(w[..., :1]), -w[..., :p]], -1)
-        h[part[:, 0], part[:, 1]] = w[..., p:]
-    return a.reshape(b, c, nf, p + 1), h.reshape(b, c, nf, taps)
+        for sign, (fa, fh) in ((1, (a, h)), (-1, (ab, hb)))[: 2 if both else 1]:
+            cl = cross[..., (sign * lags) % n_fft]  # lags -q - p .. q (negated: backward)
+            top = torch.cat([own, cl[..., j[None] - i[:, None] + q + p]], -1)
+            bottom = torch.cat([top[..., p:].transpose(-1, -2), other], -1)
+            normal = torch.cat([top, bottom], -2) + torch.diag_embed(floor)
+            rhs = torch.cat([rxx[..., 1:], cl[..., j + q + p]], -1)
+            w = torch.linalg.solve(normal, rhs[..., None])[..., 0]
+            fa[part[:, 0], part[:, 1]] = torch.cat([torch.ones_like(w[..., :1]), -w[..., :p]], -1)
+            fh[part[:, 0], part[:, 1]] = w[..., p:]
+        if mono:
+            r0 = torch.cat([rxx[..., :1] * (1.0 + 1e-6) + 1e-20, rxx[..., 1:]], -1)
+            a0[part[:, 0], part[:, 1]] = levinson(r0)
+    out = [a.reshape(b, c, nf, p + 1), h.reshape(b, c, nf, taps)]
+    out += [a0.reshape(b, c, nf, p + 1)] if mono else []
+    out += [ab.reshape(b, c, nf, p + 1), hb.reshape(b, c, nf, taps)] if both else []
+    return tuple(out)
 
 
 def _fir_frames(ref: Tensor, h: Tensor, hop: int) -> Tensor:
