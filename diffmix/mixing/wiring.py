@@ -431,12 +431,21 @@ def _search_compressor(
 
     frames = len(meas)
     wsum = max(float(w.sum()), 1e-30)
+    options = dict(effect.options)
+    side = None
+    if options.get("detector", "peak") == "peak" and options.get("link", "max") == "max" and seg.shape[0] > 1:
+        # A peak detector linked by the channels' maximum sets one gain for every channel
+        # from max_c |x_c|: the same gain on one channel of sqrt(sum_c x_c^2) has the same
+        # energy per frame, at one channel's cost.
+        side = seg.abs().amax(0, keepdim=True)
+        seg = seg.square().sum(0, keepdim=True).sqrt()
 
     def score(thr: Tensor, ratio: Tensor, att: Tensor, rel: Tensor) -> tuple[int, float, float]:
         thr = thr.clamp(specs["threshold_db"].min, specs["threshold_db"].max)
         y = compressor(
             seg.expand(len(thr), -1, -1), sample_rate, threshold_db=thr.float(), ratio=ratio.float(),
-            knee_db=knee, attack_ms=att.float(), release_ms=rel.float(), **effect.options,
+            knee_db=knee, attack_ms=att.float(), release_ms=rel.float(), **options,
+            sidechain=None if side is None else side.expand(len(thr), -1, -1),
         )
         y = y[..., lead:].square()
         # The window over every channel at once: the frames' energy, channels summed.
@@ -884,8 +893,17 @@ def placement_resolve(
             matrix, one_col, chan, explained = solve_placement(
                 z * _strip_scale(console, z), target, sample_rate, mono=list(console.mono)
             )
+            # A track silent here (e.g. outside an excerpt) shows no placement: it keeps its own.
+            energy = z.double().square().sum((1, 2))
+            silent = (energy <= 1e-9 * energy.max()).cpu()
         placed = stereo_placement(console, matrix, one_col, channel_gram=chan)
         new = placed.pop("gain_db").view_as(start).clamp(spec.min, spec.max)
+        now = console.named_values()
+        new = torch.where(silent.view_as(new), now[fader].exact().double().cpu().view_as(new), new)
+        for k, v in placed.items():
+            old = now[k].exact().double().cpu()
+            if v.numel() == silent.numel() and old.numel() == v.numel():
+                placed[k] = torch.where(silent.view_as(v), old.view_as(v), v)
         console.load_values({fader: new, **{k: v.view(values[k].exact().shape) for k, v in placed.items()}})
         if sends and console.sends:
             with torch.no_grad():
