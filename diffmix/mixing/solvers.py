@@ -767,15 +767,6 @@ def fit_eq_bands(
         f, qq, g = theta[..., :m].exp(), theta[..., m : 2 * m].exp(), theta[..., 2 * m : 3 * m]
         return _band_response_db(bands, f, qq, g, grid, nb, sample_rate) + theta[..., -1:]
 
-    def band_log_power(theta: Tensor, j: int) -> Tensor:  # (N, 3m+1) -> (N, G): band j's ln |H|^2
-        f, qq, g = (theta[:, k * m + j : k * m + j + 1] for k in range(3))
-        b, a = eq_coeffs((bands[j],), f.exp(), qq.exp(), g, sample_rate)
-        return sos_response(b, a, grid, sample_rate).abs().square().clamp_min(1e-300).log()
-
-    def to_db(log_power: Tensor, offset: Tensor) -> Tensor:  # (N, G) ln power -> (N, nb) dB
-        p = log_power.exp().reshape(n, nb, -1).mean(-1)
-        return 10 * torch.log10(p.clamp_min(1e-12)) + offset
-
     def residuals(theta: Tensor, resp: Tensor) -> Tensor:  # (N, nb + 2m) weighted
         r = (target - resp) * weight.sqrt()
         rg = math.sqrt(EQ_GAIN_RIDGE) * theta[:, 2 * m : 3 * m] * move_f
@@ -790,20 +781,10 @@ def fit_eq_bands(
         eye = torch.eye(p, dtype=torch.float64)
         for _ in range(iterations):
             probes = theta.unsqueeze(1) + h * eye * active.unsqueeze(1)  # (N, P, P)
-            # A probe moves one band (or the offset): only that band's response is new.
-            logs = torch.stack([band_log_power(theta, j) for j in range(m)], dim=1)  # (N, m, G)
-            total = logs.sum(1)
-            r0 = residuals(theta, to_db(total, theta[:, -1:]))
-            cols = []
-            for i in range(p):
-                if not bool(active[:, i].any()):
-                    cols.append(r0)  # nothing moves: the residual as it is
-                    continue
-                probe = probes[:, i]
-                j = i % m if i < 3 * m else None
-                moved = total if j is None else total - logs[:, j] + band_log_power(probe, j)
-                cols.append(residuals(probe, to_db(moved, probe[:, -1:])))
-            rp = torch.stack(cols, dim=2)
+            both = torch.cat([theta.unsqueeze(1), probes], dim=1)  # (N, 1+P, P): one design
+            resp = response(both)
+            r0 = residuals(theta, resp[:, 0])
+            rp = torch.stack([residuals(probes[:, i], resp[:, 1 + i]) for i in range(p)], dim=2)
             jac = (r0.unsqueeze(2) - rp) / h  # d(-r)/dtheta = -(rp - r0)/h: J of the model
             jtj = jac.transpose(1, 2) @ jac
             jtr = (jac.transpose(1, 2) @ r0.unsqueeze(-1)).squeeze(-1)
