@@ -196,8 +196,9 @@ def test_eq_refine_reads_the_kicks_eq_off_its_compressed_output(seed):
 
 
 def test_the_refine_stages_are_opt_in_through_the_mix_config():
-    # Both refines cost an 8-stem fit 2.4x its time (BENCHMARKS.md, Mixing, session 12):
-    # off in the composed default config, on with their overrides.
+    # Both refines cost an 8-stem fit about a third more time (BENCHMARKS.md, Mixing,
+    # sessions 12-13): off in the composed default config, on with their overrides; they
+    # fit on the reference's loudest 60 s (refine_s).
     from pathlib import Path
 
     from hydra import compose, initialize_config_dir
@@ -210,4 +211,132 @@ def test_the_refine_stages_are_opt_in_through_the_mix_config():
         chosen = fit_options(compose("mix", overrides=["stems=s", "fit.compressor_refine=true",
                                                        "fit.eq_refine=true"]))
     assert not default.compressor_refine and not default.eq_refine
+    assert default.refine_s == 60.0
     assert chosen.compressor_refine and chosen.eq_refine
+
+
+def _master_console(seed: int) -> Console:
+    """The test console with a master EQ and a biting master compressor, random strips."""
+    rng = np.random.default_rng(seed)
+    strip = {
+        "input": Gain(SR),
+        "eq": ParametricEQ(SR, bands=list(BANDS), freq_hz=list(FREQS)),
+        "comp": Compressor(SR, threshold_db=-10.0, ratio=1.0, attack_ms=10.0, release_ms=120.0),
+        "width": Width(SR),
+        "pan": Pan(SR),
+        "fader": Gain(SR),
+    }
+    master = {
+        "eq": ParametricEQ(SR, bands=["low_shelf", "peak"], freq_hz=[150.0, 2000.0], gain_db=[3.0, -4.0]),
+        "comp": Compressor(SR, threshold_db=-30.0, ratio=4.0, attack_ms=2.0, release_ms=80.0),
+        "gain": Gain(SR, gain_db=2.0),
+    }
+    console = Console(SR, 2, strip=strip, master=master)
+    console.load_values({
+        "strip.comp.threshold_db": torch.tensor(rng.uniform(-30.0, -15.0, 2)),
+        "strip.comp.ratio": torch.tensor(rng.uniform(2.0, 6.0, 2)),
+        "strip.pan.pan": torch.tensor(rng.uniform(-0.8, 0.8, 2)),
+        "strip.width.width": torch.tensor(rng.uniform(0.2, 2.0, 2)),
+        "strip.fader.gain_db": torch.tensor(rng.uniform(-6.0, 6.0, 2)),
+    })
+    return console
+
+
+def test_the_keyed_master_is_each_signal_through_the_master_keyed_by_the_mix():
+    """The master's compressor gain computed once on the key against the oracle: every
+    signal through the master with the key as the compressor's side-chain, one by one;
+    and the tracks' contributions sum to the console's own mix."""
+    from diffmix.mixing.wiring import _keyed_master, _send_returns
+
+    seed = SEEDS[0]
+    print("seed", seed)
+    console = _master_console(seed)
+    stems = _stems(1.5, seed)
+    with torch.no_grad():
+        parts = console.strip(stems[0])
+        key = parts.sum(0, keepdim=True) + _send_returns(console, parts)
+        got = _keyed_master(console, parts, key)
+        for k in range(2):
+            sig = parts[k : k + 1]
+            side = key
+            for effect in console.master.effects.values():
+                sig = effect(sig, sidechain=side) if isinstance(effect, Compressor) else effect(sig)
+                side = effect(side)
+            torch.testing.assert_close(got[k : k + 1], sig, rtol=1e-5, atol=1e-7)
+        torch.testing.assert_close(got.sum(0, keepdim=True), console(stems), rtol=1e-4, atol=1e-6)
+
+
+def test_one_tracks_stages_alone_match_the_strip():
+    """compressor_refine renders one track from its compressor on by the functional core and
+    the channel matrices: the same as that track's row of the whole strip."""
+    from diffmix.mixing.wiring import _track_stages
+
+    seed = SEEDS[1]
+    print("seed", seed)
+    console = _master_console(seed)
+    stems = _stems(1.0, seed)
+    names = list(console.strip.effects)
+    with torch.no_grad():
+        pre = console.strip(stems[0], until="comp")
+        whole = pre
+        for name in names[names.index("comp"):]:
+            whole = console.strip.effects[name](whole)
+        for k in range(2):
+            one = _track_stages(console, names[names.index("comp"):], pre[k : k + 1], k)
+            torch.testing.assert_close(one, whole[k : k + 1], rtol=1e-5, atol=1e-7)
+
+
+def test_the_search_on_one_channel_gives_the_stereo_compressors_frame_energy():
+    """A peak detector linked by the channels' maximum: one channel of sqrt(sum x_c^2) keyed
+    by max |x_c| has the stereo output's energy, sample by sample."""
+    from diffmix.functional.dynamics import compressor
+
+    seed = SEEDS[0]
+    print("seed", seed)
+    x = _stems(1.0, seed)[0, 0] * torch.tensor([[1.0], [0.4]])
+    thr = torch.tensor([-30.0, -20.0, -12.0])
+    kw = dict(ratio=torch.tensor([2.0, 4.0, 8.0]), knee_db=6.0, attack_ms=torch.tensor([1.0, 3.0, 30.0]),
+              release_ms=torch.tensor([30.0, 80.0, 200.0]))
+    stereo = compressor(x.expand(3, -1, -1), SR, threshold_db=thr, **kw).square().sum(1)
+    mono = compressor(x.square().sum(0, keepdim=True).sqrt().expand(3, -1, -1), SR, threshold_db=thr, **kw,
+                      sidechain=x.abs().amax(0, keepdim=True).expand(3, -1, -1)).square()[:, 0]
+    torch.testing.assert_close(mono, stereo, rtol=1e-5, atol=1e-9)
+
+
+def test_a_track_silent_in_the_excerpt_keeps_its_placement():
+    """The refine stages fit on the reference's loudest excerpt; a track silent there shows
+    no pan, width or level, and keeps them (without the guard its fader would go to the
+    floor); the other track is placed."""
+    seed = SEEDS[0]
+    print("seed", seed)
+    stems = _stems(2.0, seed)
+    truth = _console()
+    truth.load_values(_hidden(stems, seed))
+    with torch.no_grad():
+        ref = truth(stems)
+    fitted = _start(stems, ref)
+    before = {k: p.exact().clone() for k, p in fitted.named_values().items()}
+    quiet = stems.clone()
+    quiet[:, 1] = 0.0
+    with torch.no_grad():
+        placement_resolve(fitted, quiet, truth(quiet), SR)
+    after = fitted.named_values()
+    for key in ("strip.pan.pan", "strip.width.width", "strip.fader.gain_db"):
+        assert torch.equal(after[key].exact().flatten()[1], before[key].flatten()[1]), key
+    assert not torch.equal(after["strip.fader.gain_db"].exact().flatten()[0],
+                           before["strip.fader.gain_db"].flatten()[0])
+
+
+def test_the_loudest_window():
+    from diffmix.mixing.analysis import loudest_window
+
+    seed = SEEDS[1]
+    rng = np.random.default_rng(seed)
+    print("seed", seed)
+    x = torch.from_numpy(rng.standard_normal((1, 2, 10 * SR)) * 0.01)
+    at = int(rng.uniform(2.0, 7.0) * SR)
+    x[..., at : at + SR] *= 30.0  # one loud second
+    a, b = loudest_window(x, SR, 2.0)
+    assert b - a == 2 * SR and a <= at and at + SR <= b, (a, b, at)
+    assert loudest_window(x, SR, 0.0) == (0, 10 * SR)
+    assert loudest_window(x, SR, 20.0) == (0, 10 * SR)

@@ -76,6 +76,7 @@ def fit_options(cfg: DictConfig) -> MixFitOptions:
         placement=bool(cfg.fit.get("placement", True)),
         compressor_refine=bool(cfg.fit.get("compressor_refine", False)),
         eq_refine=bool(cfg.fit.get("eq_refine", False)),
+        refine_s=float(cfg.fit.get("refine_s", 60.0) or 0.0),
         match_loudness=bool(cfg.fit.get("match_loudness", True)),
     )
 

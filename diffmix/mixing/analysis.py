@@ -253,3 +253,20 @@ def frame_gains(
         out_g[:, f0 : f0 + count] = g.T.cpu().numpy()
         out_e[:, f0 : f0 + count] = diag.T.cpu().numpy()
     return out_g, out_e
+
+
+def loudest_window(x: Tensor, sample_rate: int, seconds: float, block_s: float = 0.1) -> tuple[int, int]:
+    """The ``seconds``-long run of ``x`` ``(..., T)`` with the most energy (every leading
+    axis summed), on a grid of ``block_s`` blocks: ``(first, end)`` in samples; the whole
+    signal when it is no longer than that (or ``seconds`` is 0)."""
+    t = x.shape[-1]
+    if not 0 < seconds * sample_rate < t:
+        return 0, t
+    length = int(round(seconds * sample_rate))
+    block = max(1, int(round(block_s * sample_rate)))
+    blocks = t // block
+    energy = x[..., : blocks * block].double().square().reshape(-1, blocks, block).sum((0, 2)).cpu().numpy()
+    span = max(1, length // block)
+    run = np.convolve(energy, np.ones(span), mode="valid")
+    first = int(np.argmax(run)) * block
+    return first, min(t, first + length)

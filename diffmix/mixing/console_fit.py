@@ -23,6 +23,7 @@ from diffmix.console import Console
 from diffmix.fit import draw, excerpt_pool, excerpt_starts, fit
 from diffmix.functional.loudness import integrated_loudness
 from diffmix.losses import MRSTFTLoss
+from diffmix.mixing.analysis import loudest_window
 from diffmix.mixing.style_master import LIMITER, style_master
 from diffmix.mixing.wiring import (
     compressor_refine,
@@ -74,7 +75,10 @@ class MixFitOptions:
         eq_refine: with the coherent start, after the compressor refine, re-measure each
             strip's tone on its output (dynamics included) and refit its EQ, then the
             placement (:func:`~diffmix.mixing.wiring.eq_refine`); a judged stage. Both
-            refines are off by default: their cost (BENCHMARKS.md, Mixing, session 12).
+            refines are off by default: their cost (BENCHMARKS.md, Mixing, sessions 12-13).
+        refine_s: both refines fit on the reference's loudest this many seconds
+            (:func:`~diffmix.mixing.analysis.loudest_window`; 0: the whole song); a song
+            no longer than that is fitted whole.
         match_loudness: last, move every fader by one amount so the mix's integrated
             loudness is the reference's.
 
@@ -102,6 +106,7 @@ class MixFitOptions:
     placement: bool = True
     compressor_refine: bool = False
     eq_refine: bool = False
+    refine_s: float = 60.0
     match_loudness: bool = True
 
 
@@ -219,17 +224,21 @@ def fit_console(
                     init_report["sends"] = judge.stage(  # type: ignore[union-attr]
                         "sends", lambda: send_resolve(console, audio, reference, sr), stages
                     )
+            # The refine stages fit on the reference's loudest refine_s seconds (a song no
+            # longer than that whole; judged on the whole song like every stage).
+            a, b = loudest_window(reference[..., : audio.shape[-1]], sr, float(options.refine_s))
+            part, part_ref = audio[..., a:b], reference[..., a:b]
             if estimate.coherent and options.compressor_refine and estimate.frame_gain is not None:
                 # Each compressor again, on its track's share of the reference at 6 ms
                 # frames, with everything placed (the start read 93 ms frames of the stem).
                 init_report["compressor refine"] = judge.stage(  # type: ignore[union-attr]
-                    "compressor refine", lambda: compressor_refine(console, audio, reference, sr), stages
+                    "compressor refine", lambda: compressor_refine(console, part, part_ref, sr), stages
                 )
             if estimate.coherent and options.eq_refine:
                 # The tone again, on the strips' outputs with the dynamics as now set: the
                 # closed form read a compressor's moving gain as tone.
                 init_report["eq refine"] = judge.stage(  # type: ignore[union-attr]
-                    "eq refine", lambda: eq_refine(console, audio, reference, sr), stages
+                    "eq refine", lambda: eq_refine(console, part, part_ref, sr), stages
                 )
             init_report["seconds"] = round(time.perf_counter() - t_init, 3)
         fit_report: dict[str, Any] | None = None

@@ -856,8 +856,9 @@ def fit_eq_bands(
     return {
         # A band that does not move, and a silent stem, keep the values as given (no log/exp
         # round trip).
-        "freq_hz": torch.where(move_f & ~silent[:, None], best[:, :m].exp(), f0),
-        "q": torch.where(move_q & ~silent[:, None], best[:, m : 2 * m].exp(), q0),
+        # exp(log(v)) of a value on its range's edge can land a rounding step outside it.
+        "freq_hz": torch.where(move_f & ~silent[:, None], best[:, :m].exp().clamp(*freq_range), f0),
+        "q": torch.where(move_q & ~silent[:, None], best[:, m : 2 * m].exp().clamp(q_range[0], q_hi), q0),
         "gain_db": torch.where(move_f & ~silent[:, None], best[:, 2 * m : 3 * m], g0),
         "offset_db": best[:, -1],
         "rms_db": rms(best),

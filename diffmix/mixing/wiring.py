@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -430,15 +431,26 @@ def _search_compressor(
 
     frames = len(meas)
     wsum = max(float(w.sum()), 1e-30)
+    options = dict(effect.options)
+    side = None
+    if options.get("detector", "peak") == "peak" and options.get("link", "max") == "max" and seg.shape[0] > 1:
+        # A peak detector linked by the channels' maximum sets one gain for every channel
+        # from max_c |x_c|: the same gain on one channel of sqrt(sum_c x_c^2) has the same
+        # energy per frame, at one channel's cost.
+        side = seg.abs().amax(0, keepdim=True)
+        seg = seg.square().sum(0, keepdim=True).sqrt()
 
     def score(thr: Tensor, ratio: Tensor, att: Tensor, rel: Tensor) -> tuple[int, float, float]:
         thr = thr.clamp(specs["threshold_db"].min, specs["threshold_db"].max)
         y = compressor(
             seg.expand(len(thr), -1, -1), sample_rate, threshold_db=thr.float(), ratio=ratio.float(),
-            knee_db=knee, attack_ms=att.float(), release_ms=rel.float(), **effect.options,
+            knee_db=knee, attack_ms=att.float(), release_ms=rel.float(), **options,
+            sidechain=None if side is None else side.expand(len(thr), -1, -1),
         )
-        y = y[..., lead:].square().sum(1, keepdim=True)
-        out = torch.nn.functional.conv1d(y, window.view(1, 1, -1), stride=hop)[:, 0, :frames]
+        y = y[..., lead:].square()
+        # The window over every channel at once: the frames' energy, channels summed.
+        kernel = window.to(y.dtype).view(1, 1, -1).expand(1, y.shape[1], -1)
+        out = torch.nn.functional.conv1d(y, kernel, stride=hop)[:, 0, :frames]
         cand = 10 * np.log10(np.maximum(out.double().numpy(), 1e-30) / np.maximum(frames_in, 1e-30))
         diff = meas[None, :] - cand
         c = (diff * w).sum(1) / wsum
@@ -679,17 +691,68 @@ def master_compressor_start(
             "seconds": round(time.perf_counter() - t0, 3)}
 
 
-def _keyed_master(console: Console, signals: Tensor, key: Tensor) -> Tensor:
-    """``(B, 2, T)`` signals through the master bus with every compressor keyed by the
-    ``(1, 2, T)`` mix ``key``, on the console's timeline: the master as the linear,
-    time-varying map it is for a given mix (its gain curve set by the whole mix)."""
-    for effect in console.master.effects.values():
+def _master_head(console: Console) -> int:
+    """How many of the master bus's effects come before its first compressor: the stages
+    that treat every signal on its own (the rest depend on the whole mix)."""
+    kinds = [isinstance(e, Compressor) for e in console.master.effects.values()]
+    return kinds.index(True) if any(kinds) else len(kinds)
+
+
+def _keyed_master_map(console: Console, key: Tensor, *, start: int = 0) -> Callable[[Tensor], Tensor]:
+    """The master bus as the linear, time-varying map it is for the ``(1, 2, T)`` mix
+    ``key`` (its gain curves set by the whole mix): a function of ``(B, 2, T)`` signals,
+    on the console's timeline. A compressor's gain depends on its detector input only, so
+    it is computed once, on the key (a unit input), and multiplies every signal given.
+    ``start``: the signals and the key have already been through the master's first
+    ``start`` effects."""
+    steps: list[Tensor | torch.nn.Module] = []
+    for effect in list(console.master.effects.values())[start:]:
         if isinstance(effect, Compressor):
-            signals = effect(signals, sidechain=key.expand_as(signals))
+            gain = effect(torch.ones_like(key), sidechain=key)
+            steps.append(gain)
+            key = key * gain
         else:
-            signals = effect(signals)
-        key = effect(key)
-    return console._place(signals)  # noqa: SLF001 - the console's own timeline shift
+            steps.append(effect)
+            key = effect(key)
+
+    def run(signals: Tensor) -> Tensor:
+        for step in steps:
+            signals = signals * step if isinstance(step, Tensor) else step(signals)
+        return console._place(signals)  # noqa: SLF001 - the console's own timeline shift
+
+    return run
+
+
+def _keyed_master(console: Console, signals: Tensor, key: Tensor, *, start: int = 0) -> Tensor:
+    """``(B, 2, T)`` signals through the master bus with every compressor keyed by the
+    ``(1, 2, T)`` mix ``key`` (:func:`_keyed_master_map`)."""
+    return _keyed_master_map(console, key, start=start)(signals)
+
+
+def _track_stages(console: Console, stages: list[str], x: Tensor, k: int) -> Tensor | None:
+    """Track ``k``'s ``(1, C, T)`` signal ``x`` through the strip's ``stages`` with its own
+    values: a compressor by the functional core on its row of values, the channel
+    matrices (width, pan, fader) as the console folds them. None where a stage is
+    neither, or a value is not one per track (or shared)."""
+    from diffmix.functional.dynamics import compressor
+
+    n = console.tracks
+    for name in stages:
+        effect = console.strip.effects[name]
+        if isinstance(effect, Compressor):
+            values = {}
+            for key, v in effect.values().items():
+                if v.numel() not in (1, n):
+                    return None
+                values[key] = v.reshape(-1)[k if v.numel() == n else 0].reshape(1)
+            x = compressor(x, effect.sample_rate, **values, **effect.options)
+        elif hasattr(effect, "channel_matrix"):
+            probe = x.new_zeros(n, x.shape[1], 1)
+            m = effect.channel_matrix(probe)  # type: ignore[operator]
+            x = torch.bmm(m[k if m.shape[0] == n else 0].unsqueeze(0).to(x.dtype), x)
+        else:
+            return None
+    return x
 
 
 def _send_returns(console: Console, parts: Tensor) -> Tensor:
@@ -752,6 +815,7 @@ def placement_resolve(
     max_s: float = 60.0,
     passes: int = 2,
     sends: bool = True,
+    before: Tensor | None = None,
 ) -> dict[str, object]:
     """Re-solve each track's pan, width and fader, and its send levels, on what its strip
     now makes of its stem.
@@ -778,6 +842,9 @@ def placement_resolve(
         passes: the send returns and the master's key depend on the placement and the
             placement's target on the sends: each pass takes them from the last one's.
         sends: also solve the send levels.
+        before: the strips' outputs before their first width/pan stage ``(N, C, t)``
+            (``t``: the length used) when the caller has them as the console now stands;
+            rendered here otherwise.
 
     Returns:
         A summary for the report: the pans, widths, fader changes, send levels, the share
@@ -803,9 +870,10 @@ def placement_resolve(
     spec = values[fader].spec
     start = values[fader].exact().double().cpu().clone()
     send_db: dict[str, list[float]] = {}
-    with torch.no_grad():
-        before = console.strip(x[0], until=names[first])  # (N, C, T): before the placement
-        y = before.expand(n, 2, t) if before.shape[1] == 1 else before
+    if before is None:
+        with torch.no_grad():
+            before = console.strip(x[0], until=names[first])  # (N, C, T): before the placement
+    y = before.expand(n, 2, t) if before.shape[1] == 1 else before
 
     def tracks() -> Tensor:
         # The strip's tail (width, pan, fader) on its fixed input: the only stages a pass changes.
@@ -825,8 +893,17 @@ def placement_resolve(
             matrix, one_col, chan, explained = solve_placement(
                 z * _strip_scale(console, z), target, sample_rate, mono=list(console.mono)
             )
+            # A track silent here (e.g. outside an excerpt) shows no placement: it keeps its own.
+            energy = z.double().square().sum((1, 2))
+            silent = (energy <= 1e-9 * energy.max()).cpu()
         placed = stereo_placement(console, matrix, one_col, channel_gram=chan)
         new = placed.pop("gain_db").view_as(start).clamp(spec.min, spec.max)
+        now = console.named_values()
+        new = torch.where(silent.view_as(new), now[fader].exact().double().cpu().view_as(new), new)
+        for k, v in placed.items():
+            old = now[k].exact().double().cpu()
+            if v.numel() == silent.numel() and old.numel() == v.numel():
+                placed[k] = torch.where(silent.view_as(v), old.view_as(v), v)
         console.load_values({fader: new, **{k: v.view(values[k].exact().shape) for k, v in placed.items()}})
         if sends and console.sends:
             with torch.no_grad():
@@ -891,32 +968,57 @@ def compressor_refine(
         pad = torch.nn.functional.pad(sig.float(), (hop, hop))
         return _run_frames(pad, 0, (pad.shape[-1] - size) // hop + 1, hop, window)
 
-    def shares() -> Tensor:  # (N + 1, 2, t): each track's contribution, then the send returns'
-        with torch.no_grad():
-            parts = console.strip(x)
-            returns = _send_returns(console, parts)
-            dry = parts * console.direct.to(parts.dtype).view(n, 1, 1)
-            key = dry.sum(0, keepdim=True) + returns
-            return _keyed_master(console, torch.cat([dry, returns]), key).double()
+    names = list(console.strip.effects)
+    rest = names[names.index(comp):]  # the compressor and the stages after it: all this stage changes
+    head = _master_head(console)
+    lead = list(console.master.effects.values())[:head]
+    direct = console.direct.view(n, 1, 1)
+
+    def strip_from(sig: Tensor, stages: list[str]) -> Tensor:
+        for name in stages:
+            sig = console.strip.effects[name](sig)
+        return sig
+
+    def master_lead(sig: Tensor) -> Tensor:  # the master's stages before its first compressor
+        for effect in lead:
+            sig = effect(sig)
+        return sig
+
+    def mix_of(parts: Tensor, rows: list[int]) -> tuple[Tensor, Tensor, Callable[[Tensor], Tensor], Tensor]:
+        """From the strips' outputs ``parts``: the master's lead stages on the dry shares
+        of ``rows`` and on the key (the whole mix with the send returns), the keyed
+        master (:func:`_keyed_master_map`) and the mix it gives ``(1, 2, t)``. The master
+        after its lead is linear for a given key: the mix is the key through it, and a
+        track's contribution its dry share's lead through it."""
+        returns = _send_returns(console, parts)
+        dry = parts * direct.to(parts.dtype)
+        key = dry.sum(0, keepdim=True) + returns
+        fresh = master_lead(torch.cat([dry[rows], key]))
+        keyed = _keyed_master_map(console, fresh[-1:], start=head)
+        return fresh[:-1], fresh[-1:], keyed, keyed(fresh[-1:])
 
     with torch.no_grad():
-        contrib = shares()
-        # What each compressor gets (the stages before it do not change here), on the mix's timeline.
-        pre_comp = console._place(console.strip(x, until=comp))  # noqa: SLF001
-        # ... and what it gives now (track k's is read before its own compressor changes).
-        names = list(console.strip.effects)
-        after = names[names.index(comp) + 1] if names.index(comp) + 1 < len(names) else None
-        post_comp = console._place(console.strip(x, until=after))  # noqa: SLF001
-    order = np.argsort([-float(contrib[k].square().sum()) for k in range(n)])
+        # What each compressor gets (the stages before it do not change here), what it
+        # gives now, and each strip's output: tracks change one at a time, so each is
+        # rendered again on its own (_track_stages) where the strip allows.
+        pre = console.strip(x, until=comp)
+        comped = strip_from(pre, rest[:1])
+        parts = strip_from(comped, rest[1:])
+        lead_dry, _, keyed, mix = mix_of(parts, list(range(n)))
+        energy = keyed(lead_dry).double().square().sum((1, 2))
+    order = np.argsort([-float(v) for v in energy])
     summary = {k: [None] * n for k in (*keys, "fader_db", "error_db")}
-    resid = float((ref - contrib.sum(0)).square().sum())
+    resid = float((ref - mix[0].double()).square().sum())
     for k in order.tolist():
-        target = ref - contrib.sum(0) + contrib[k]
-        y, post = pre_comp[k], post_comp[k]
+        with torch.no_grad():
+            own = keyed(lead_dry[k : k + 1])[0].double()
+            target = ref - mix[0].double() + own
+            # ... on the mix's timeline (track k's output is read before its own compressor changes).
+            y, post = console._place(pre[k : k + 1])[0], console._place(comped[k : k + 1])[0]  # noqa: SLF001
         # The gain the reference shows on the track against the model's: the compressor's
         # gain now plus what the model's share misses (the master's keyed gain, the placement
         # and the fader are in both, so they cancel).
-        e_out, e_t, e_y = frames(contrib[k]), frames(target), frames(y.double())
+        e_out, e_t, e_y = frames(own), frames(target), frames(y.double())
         live = (e_out > 1e-6 * e_out.max(initial=0.0)) & (e_y > 1e-6 * e_y.max(initial=0.0)) & (e_t > 0)
         if not live.any():
             continue
@@ -949,19 +1051,36 @@ def compressor_refine(
         keep_now = {p: values[p].exact().double().cpu().clone() for p in update}
         console.load_values(update)
         # Kept only where the mix's waveform error goes down: a quiet track's share carries
-        # the louder ones' errors.
-        new_contrib = shares()
-        new_resid = float((ref - new_contrib.sum(0)).square().sum())
+        # the louder ones' errors. Only track k's strip changed: it alone is rendered again
+        # from its compressor on, then the sends, the key and the master.
+        with torch.no_grad():
+            comp_k = _track_stages(console, rest[:1], pre[k : k + 1], k)
+            part_k = None if comp_k is None else _track_stages(console, rest[1:], comp_k, k)
+            if comp_k is None or part_k is None:  # a strip the per-track path does not cover
+                comp_k = strip_from(pre, rest[:1])[k : k + 1]
+                part_k = strip_from(comp_k.expand(n, -1, -1), rest[1:])[k : k + 1]
+            old = parts[k].clone()
+            parts[k] = part_k[0]
+            lead_k, _, keyed_k, mix_k = mix_of(parts, [k])
+        new_resid = float((ref - mix_k[0].double()).square().sum())
         if new_resid >= resid:
+            parts[k] = old
             console.load_values(keep_now)
             continue
-        contrib, resid = new_contrib, new_resid
+        comped[k], lead_dry[k] = comp_k[0], lead_k[0]
+        keyed, mix, resid = keyed_k, mix_k, new_resid
         values = console.named_values()
         found = (thr, ratio, att, rel, c, math.sqrt(err))
         for key, v in zip((*keys, "fader_db", "error_db"), found, strict=True):
             summary[key][k] = round(v, 2)
+    placing = [isinstance(console.strip.effects[name], (Pan, Width)) for name in names]
+    first = placing.index(True) if any(placing) else 0
+    before = None
+    if first > names.index(comp):  # the strips before their placement, as now set: from the compressor on
+        with torch.no_grad():
+            before = strip_from(comped, names[names.index(comp) + 1 : first])
     placed = placement_resolve(console, stems, reference, sample_rate, fader=fader, max_s=max_s, passes=1,
-                               sends=False)
+                               sends=False, before=before)
     return {"method": "short-frame gains of each track's share of the reference vs its compressor",
             **summary, "placement": placed, "seconds": round(time.perf_counter() - t0, 3)}
 
@@ -1015,10 +1134,11 @@ def eq_refine(
     f_spec, q_spec, g_spec = (values[keys[k]].spec for k in ("freq_hz", "q", "gain_db"))
     left: list[list[float]] = []
     placed: dict[str, object] = {}
+    with torch.no_grad():
+        before = console.strip(x[0], until=first)  # the strips before their placement
     for _ in range(passes):
         with torch.no_grad():
-            y = console.strip(x[0], until=first)
-            y = y.expand(n, 2, t) if y.shape[1] == 1 else y
+            y = before.expand(n, 2, t) if before.shape[1] == 1 else before
             parts = y
             for name in tail:
                 parts = console.strip.effects[name](parts)
@@ -1056,8 +1176,10 @@ def eq_refine(
         update[gain] = (g_now + out["offset_db"].view(g_now.shape)).clamp(lo, hi)
         console.load_values(update)
         left.append([round(float(v), 3) for v in (share * tone.square()).sum(1).sqrt()])
+        with torch.no_grad():  # with the new EQ: the placement's regressors, and the next pass's
+            before = console.strip(x[0], until=first)
         placed = placement_resolve(console, stems, reference, sample_rate, fader=fader, max_s=max_s, passes=1,
-                                   sends=False)
+                                   sends=False, before=before)
     return {
         "method": "tone on the strips' outputs, EQ refitted to it; placement again",
         "tone_left_rms_db": left,
