@@ -75,7 +75,8 @@ class MixFitOptions:
         eq_refine: with the coherent start, after the compressor refine, re-measure each
             strip's tone on its output (dynamics included) and refit its EQ, then the
             placement (:func:`~diffmix.mixing.wiring.eq_refine`); a judged stage. Both
-            refines are off by default: their cost (BENCHMARKS.md, Mixing, sessions 12-13).
+            refines cost an 8-stem fit about a third more time (BENCHMARKS.md, Mixing,
+            sessions 12-13).
         refine_s: both refines fit on the reference's loudest this many seconds
             (:func:`~diffmix.mixing.analysis.loudest_window`; 0: the whole song); a song
             no longer than that is fitted whole.
@@ -104,8 +105,8 @@ class MixFitOptions:
     eq_bands: bool = True
     compressor_start: bool = True
     placement: bool = True
-    compressor_refine: bool = False
-    eq_refine: bool = False
+    compressor_refine: bool = True
+    eq_refine: bool = True
     refine_s: float = 60.0
     match_loudness: bool = True
 
