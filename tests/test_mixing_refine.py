@@ -56,8 +56,9 @@ def _stems(seconds: float, seed: int) -> torch.Tensor:
     return torch.stack(parts).float().unsqueeze(0)
 
 
-def _console() -> Console:
-    strip = {
+def _strip() -> dict:
+    """The test strip: gain, a fixed-frequency EQ, a neutral compressor, width, pan, fader."""
+    return {
         "input": Gain(SR),
         "eq": ParametricEQ(SR, bands=list(BANDS), freq_hz=list(FREQS)),
         "comp": Compressor(SR, threshold_db=-10.0, ratio=1.0, attack_ms=10.0, release_ms=120.0),
@@ -65,7 +66,10 @@ def _console() -> Console:
         "pan": Pan(SR),
         "fader": Gain(SR),
     }
-    return Console(SR, 2, strip=strip, master={"gain": Gain(SR)})
+
+
+def _console() -> Console:
+    return Console(SR, 2, strip=_strip(), master={"gain": Gain(SR)})
 
 
 def _hidden(stems: torch.Tensor, seed: int, eq: bool = True) -> dict[str, torch.Tensor]:
@@ -218,14 +222,7 @@ def test_the_refine_stages_are_on_in_the_mix_config_and_can_be_turned_off():
 def _master_console(seed: int) -> Console:
     """The test console with a master EQ and a biting master compressor, random strips."""
     rng = np.random.default_rng(seed)
-    strip = {
-        "input": Gain(SR),
-        "eq": ParametricEQ(SR, bands=list(BANDS), freq_hz=list(FREQS)),
-        "comp": Compressor(SR, threshold_db=-10.0, ratio=1.0, attack_ms=10.0, release_ms=120.0),
-        "width": Width(SR),
-        "pan": Pan(SR),
-        "fader": Gain(SR),
-    }
+    strip = _strip()
     master = {
         "eq": ParametricEQ(SR, bands=["low_shelf", "peak"], freq_hz=[150.0, 2000.0], gain_db=[3.0, -4.0]),
         "comp": Compressor(SR, threshold_db=-30.0, ratio=4.0, attack_ms=2.0, release_ms=80.0),
