@@ -65,3 +65,27 @@ def test_spectral_errors_zero_on_self_and_see_differences():
     assert diff["side_mid_ratio_error_db"] == pytest.approx(20 * math.log10(3), abs=1e-6)
     drop = side_mid_ratio_db_floored(narrower.double()) - side_mid_ratio_db_floored(x.double())
     assert float(drop) == pytest.approx(-20 * math.log10(3), abs=1e-6)
+
+
+def test_spectral_errors_side_mid_is_the_audible_bands_not_a_dc_offset():
+    # A DC offset on one channel (a defect some released files carry; the master's
+    # high-pass removes it) puts most of the side's broadband power at 0 Hz. The width a
+    # master is judged on is that of the audible band: the same music with and without
+    # the offset reads the same, and a real change of width still reads in full.
+    from diffmix.features import side_mid_ratio_db_floored, spectral_errors
+
+    seed = int(torch.randint(0, 2**31 - 1, ()).item())
+    print("seed", seed)
+    g = torch.Generator().manual_seed(seed)
+    common = 0.1 * torch.randn(1, 1, 44100, generator=g, dtype=torch.float64)
+    x = common + 0.02 * torch.randn(1, 2, 44100, generator=g, dtype=torch.float64)  # a narrow mix
+    offset = torch.zeros(1, 2, 1, dtype=torch.float64)
+    offset[0, int(torch.randint(0, 2, (), generator=g))] = 0.05 + 0.1 * float(torch.rand((), generator=g))
+    with_dc = x + offset
+    # the broadband ratio sees the offset (the side's power up by several dB) ...
+    assert float(side_mid_ratio_db_floored(with_dc) - side_mid_ratio_db_floored(x)).__abs__() > 1.0
+    # ... the metric does not
+    assert spectral_errors(with_dc, x, 44100)["side_mid_ratio_error_db"] < 0.05
+    narrower = torch.stack([x[:, 0] + 0.5 * x[:, 1], x[:, 1] + 0.5 * x[:, 0]], 1) + offset
+    assert spectral_errors(narrower, x, 44100)["side_mid_ratio_error_db"] == pytest.approx(
+        20 * math.log10(3), abs=0.05)

@@ -20,6 +20,11 @@ CLI (``python -m diffmix.cli master ...`` as a subprocess, so load and write are
     process: to Spotify (median of 3 after a warm-up; goal <= 5 s), and to a reference
     beside matchering on the same pair in the same run (wall time and each child's own
     peak RSS from ``os.wait4``; goal: at most matchering's).
+(d) **Toward released music outside the shared set**, as (b): pairs drawn at random (a
+    printed seed) from mastered tracks that are not the shared multitracks' (Debian's
+    ``warzone2100-music`` and ``singularity-music`` where installed, or
+    ``DIFFMIX_BENCH_MUSIC``), 30 s excerpts, the input turned down 4-12 dB. Skipped, saying
+    so, where there are none.
 """
 
 from __future__ import annotations
@@ -174,30 +179,88 @@ def _reference_pairs(tmp: Path, quick: bool, steps: list[str]) -> str:
     if PAIRS == "cycle" and len(sets) > 2:  # every mix once as input and once as reference
         pairs = [(sets[0], sets[-1])] + [(sets[i + 1], sets[i]) for i in range(len(sets) - 1)]
     pairs = pairs[: 1 if quick else None]
+    return (
+        "### (b) Master to a reference, beside matchering "
+        f"(matchering {__import__('matchering').__version__})\n\n"
+        + _pairs_table([(f"{a.name} -> {b.name}", a / "mix.flac", b / "mix.flac") for a, b in pairs],
+                       tmp / "b", steps)
+    )
+
+
+# (d): released, mastered music outside the shared set, where installed (Debian's
+# warzone2100-music, GPL-2+, and singularity-music, CC BY-SA; `apt-get install` them) or
+# in DIFFMIX_BENCH_MUSIC (a folder of audio files).
+MUSIC = os.environ.get("DIFFMIX_BENCH_MUSIC",
+                       "/usr/share/games/warzone2100/music:/usr/share/games/singularity/music")
+MUSIC_PAIRS = 6
+MUSIC_EXCERPT_S = 30.0
+
+
+def _released_music_pairs(tmp: Path, quick: bool, steps: list[str]) -> str:
+    title = "### (d) Master toward released music outside the shared set, beside matchering"
+    files = sorted(f for folder in MUSIC.split(os.pathsep) if Path(folder).is_dir()
+                   for f in Path(folder).rglob("*") if f.suffix.lower() in (".ogg", ".opus", ".flac", ".wav"))
+    if len(files) < 2 * MUSIC_PAIRS:
+        return (f"{title}\n\nNot run: fewer than {2 * MUSIC_PAIRS} audio files under {MUSIC} "
+                "(DIFFMIX_BENCH_MUSIC).")
+    seed = int(os.environ.get("DIFFMIX_BENCH_MUSIC_SEED", np.random.SeedSequence().entropy % 100000))
+    print(f"mastering (d): seed {seed}", file=sys.stderr)
+    rng = np.random.default_rng(seed)
+    picks = [files[i] for i in rng.choice(len(files), 2 * MUSIC_PAIRS, replace=False)]
+    pairs, cuts = [], []
+    for k in range(1 if quick else MUSIC_PAIRS):
+        paths = []
+        for role, f in (("input", picks[2 * k]), ("reference", picks[2 * k + 1])):
+            x, sr = read(f)
+            x = torch.from_numpy(x if x.shape[0] == 2 else np.repeat(x[:1], 2, 0))
+            if sr != SR:
+                import torchaudio
+
+                x = torchaudio.functional.resample(x, sr, SR)
+            n, want = x.shape[-1], int(MUSIC_EXCERPT_S * SR)
+            x = x[:, max(0, n // 2 - want // 2):][:, :want].numpy()
+            if role == "input":  # an unmastered level: turned down 4-12 dB
+                cut = float(rng.uniform(4.0, 12.0))
+                x, _ = x * 10 ** (-cut / 20), cuts.append(cut)
+            paths.append(write(tmp / f"d{k}_{role}.wav", x, SR, subtype="FLOAT"))
+        pairs.append((f"{picks[2 * k].name} -> {picks[2 * k + 1].name} (input -{cuts[-1]:.1f} dB)", *paths))
+    return (
+        f"{title} (matchering {__import__('matchering').__version__})\n\n"
+        f"Seed {seed} (`DIFFMIX_BENCH_MUSIC_SEED`): {len(pairs)} pairs drawn from {len(files)} files under "
+        f"`{MUSIC}`; each side a {MUSIC_EXCERPT_S:.0f} s excerpt from the middle of its track, resampled to "
+        f"{SR} Hz, the input turned down by a random 4-12 dB. Metrics as in (b).\n\n"
+        + _pairs_table(pairs, tmp / "d", steps)
+    )
+
+
+def _pairs_table(pairs: list[tuple[str, Path, Path]], tmp: Path, steps: list[str]) -> str:
+    """diffmix (the CLI, default config) and matchering on each ``(name, input, reference)``:
+    the table, the means and the verdict of (b) and (d)."""
     rows, wins, total, done = [], {k: 0 for k in ("lufs_err", "over", "mid", "side", "sm")}, 0, 0
     failed: list[str] = []
     sums: dict[str, dict[str, float]] = {"diffmix": {}, "matchering": {}}
-    for k, (a, b) in enumerate(pairs):
-        ref, sr = read(b / "mix.flac")
+    for k, (name, a, b) in enumerate(pairs):
+        ref, sr = read(b)
         ref_m = measure(ref, sr)
         out = tmp / f"pair{k}"
         mg_path = tmp / f"pair{k}_matchering.wav"
-        t_mg = _matchering(a / "mix.flac", b / "mix.flac", mg_path)
+        mg_path.parent.mkdir(parents=True, exist_ok=True)
+        t_mg = _matchering(a, b, mg_path)
         mg = _pair_metrics(read(mg_path)[0], ref, ref_m, sr)
         total += 1
         try:
             t_dm = cli(
                 "master",
-                f"input={a / 'mix.flac'}",
-                f"reference={b / 'mix.flac'}",
+                f"input={a}",
+                f"reference={b}",
                 "target=none",
                 f"out={out}",
                 "plot=false",
                 *steps,
             )
         except RuntimeError as exc:  # diffmix failed on this pair: matchering wins every metric
-            failed.append(f"{a.name} -> {b.name}: {str(exc).splitlines()[-1][:200]}")
-            rows.append([f"{a.name} -> {b.name}", "diffmix", "**failed**"] + ["-"] * 7)
+            failed.append(f"{name}: {str(exc).splitlines()[-1][:200]}")
+            rows.append([name, "diffmix", "**failed**"] + ["-"] * 7)
             rows.append(
                 [
                     "",
@@ -218,13 +281,13 @@ def _reference_pairs(tmp: Path, quick: bool, steps: list[str]) -> str:
         for key in wins:
             # A tie at zero (no overs for either) counts for diffmix: "no worse" there.
             wins[key] += dm[key] < mg[key] or (key == "over" and dm[key] == mg[key] == 0.0)
-        for name, m, t in (("diffmix", dm, t_dm), ("matchering", mg, t_mg)):
+        for engine, m, t in (("diffmix", dm, t_dm), ("matchering", mg, t_mg)):
             for key, v in {**m, "time": t}.items():
-                sums[name][key] = sums[name].get(key, 0.0) + v
+                sums[engine][key] = sums[engine].get(key, 0.0) + v
             rows.append(
                 [
-                    f"{a.name} -> {b.name}" if name == "diffmix" else "",
-                    name,
+                    name if engine == "diffmix" else "",
+                    engine,
                     f"{m['lufs_err']:.2f}",
                     f"{m['tp']:.2f}",
                     f"{m['over']:.2f}",
@@ -251,13 +314,13 @@ def _reference_pairs(tmp: Path, quick: bool, steps: list[str]) -> str:
         []
         if not done
         else [
-            ["mean over pairs diffmix finished", name]
+            ["mean over pairs diffmix finished", engine]
             + [
-                f"{sums[name][k] / done:.2f}"
+                f"{sums[engine][k] / done:.2f}"
                 for k in ("lufs_err", "tp", "over", "over_ref", "mid", "side", "sm")
             ]
-            + [fmt_s(sums[name]["time"] / done)]
-            for name in ("diffmix", "matchering")
+            + [fmt_s(sums[engine]["time"] / done)]
+            for engine in ("diffmix", "matchering")
         ]
     )
     labels = {
@@ -270,9 +333,7 @@ def _reference_pairs(tmp: Path, quick: bool, steps: list[str]) -> str:
     score = ", ".join(f"{labels[k]} {v}/{total}" for k, v in wins.items())
     allwin = all(v == total for v in wins.values())
     return (
-        "### (b) Master to a reference, beside matchering "
-        f"(matchering {__import__('matchering').__version__})\n\n"
-        + table(rows + means, head)
+        table(rows + means, head)
         + ("\n\n**diffmix failed on:** " + "; ".join(failed) if failed else "")
         + f"\n\nPairs where diffmix is better (overs: better or both zero): {score}. "
         f"Bar (better on every metric): {'met' if allwin else '**not met**'}. "
@@ -376,6 +437,7 @@ def run(quick: bool) -> str:
             _loudness_spec(tmp, quick, steps),
             _reference_pairs(tmp, quick, steps),
             _speed(tmp, quick),
+            _released_music_pairs(tmp, quick, steps),
         ]
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
