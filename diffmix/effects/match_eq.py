@@ -125,7 +125,8 @@ class MatchEQ(Effect):
         """
         centres = self.centres_hz
         per_item = cast(BoundedParam, self.params["mid_gain_db"]).anchor.dim() > 1
-        x = x.detach()
+        if x.requires_grad:  # (detached only then: its band levels are memoised per tensor
+            x = x.detach()   # object, and the job's width fold measures the same song again)
         # The reference is analysed once for the closed form and every refine pass.
         ref_db = F.signal_band_levels_db(reference, self.sample_rate, centres)
         mid, side = F.match_gains(

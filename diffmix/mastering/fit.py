@@ -302,7 +302,9 @@ def fold_side_into_width(bus: Bus, audios: Sequence[Any], references: Sequence[T
     hi = float(side_p.spec.max)
     need = []
     for i, (audio, reference) in enumerate(zip(audios, references, strict=True)):
-        x = torch.as_tensor(audio[..., :])
+        # The song itself where it is a tensor: its band levels, measured by the closed form
+        # just before (init_match), are then read from the memo, not measured again.
+        x = audio if isinstance(audio, Tensor) else torch.as_tensor(audio[..., :])
         m, s = match_gains(x, reference.to(x.device), bus.sample_rate, stage.centres_hz,
                            mid_range_db=(-240.0, 240.0), side_range_db=(-240.0, 240.0))
         # Unclipped gains with the mid at its level-keeping offset; the start shifted mid and
