@@ -39,7 +39,7 @@ from diffmix.checks import check_audio
 from diffmix.functional._cache import SignalMemo
 from diffmix.functional.filters import fft_convolve
 from diffmix.functional.gain import mid_side
-from diffmix.functional.spectrum import band_centres, band_matrix, power_db, welch_psd
+from diffmix.functional.spectrum import band_centres, band_matrix, mid_side_psd, power_db, welch_psd
 from diffmix.params import ParamValue, broadcast_param, per_sample
 
 FIR_SECONDS = 0.75  # 32768 taps at 44.1 kHz: ~2.7 Hz of smoothing, finer than the 25 Hz band
@@ -186,7 +186,7 @@ def signal_band_levels_db(x: Tensor, sample_rate: int, centres_hz: Tensor, n_fft
 
     def make() -> Tensor:
         with torch.no_grad():
-            return band_levels_db(x.detach(), sample_rate, centres_hz, n_fft, float64=True)
+            return band_levels_db(x, sample_rate, centres_hz, n_fft, float64=True)
 
     return _LEVELS.get(x, (int(sample_rate), tuple(centres_hz.tolist()), int(n_fft)), make)
 
@@ -204,7 +204,10 @@ def band_levels_db(x: Tensor, sample_rate: int, centres_hz: Tensor, n_fft: int =
     float64 (from ``x``'s own samples a block at a time, without a gradient on the CPU).
     """
     centres_hz = centres_hz.detach().to("cpu", torch.float64)
-    psd = welch_psd(x, n_fft, pre=(lambda part: mid_side(part.double())) if float64 else mid_side)
+    if float64 and not (torch.is_grad_enabled() and x.requires_grad):
+        psd = mid_side_psd(x, n_fft)  # measured once per signal (the report's tone error too)
+    else:
+        psd = welch_psd(x, n_fft, pre=(lambda part: mid_side(part.double())) if float64 else mid_side)
     fraction = round(0.3 / math.log10(float(centres_hz[1] / centres_hz[0]))) if centres_hz.numel() > 1 else 3
     matrix, found = band_matrix(sample_rate, n_fft, fraction, float(centres_hz[0]) * 0.99,
                                 float(centres_hz[-1]) * 1.01)
