@@ -232,6 +232,7 @@ def match_gains(
     side_range_db: tuple[float, float] = (-60.0, 24.0),
     n_fft: int = 8192,
     reference_db: Tensor | None = None,
+    x_db: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Closed-form band gains that move ``x``'s mid and side tone onto ``reference``'s.
 
@@ -249,6 +250,7 @@ def match_gains(
         reference_db: the reference's :func:`band_levels_db` where already measured (a
             fixed reference matched several times is analysed once); ``reference`` is
             then unused.
+        x_db: ``x``'s band levels where already measured (``x`` then only sets the dtype).
 
     Returns:
         ``(mid_gain_db, side_gain_db)``, each ``(B, bands)`` in ``x``'s dtype.
@@ -256,7 +258,9 @@ def match_gains(
     Not differentiable (a closed-form starting point). CUDA: yes.
     """
     centres_hz = centres_hz.detach().to("cpu", torch.float64)
-    lx = signal_band_levels_db(x, sample_rate, centres_hz, n_fft)
+    if x_db is None:
+        x_db = signal_band_levels_db(x, sample_rate, centres_hz, n_fft)
+    lx = x_db.to(x.device, torch.float64)
     if reference_db is None:
         reference_db = signal_band_levels_db(reference, sample_rate, centres_hz, n_fft)
     lr = reference_db.to(x.device, torch.float64)
