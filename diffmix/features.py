@@ -13,7 +13,7 @@ from torch import Tensor
 
 from diffmix.functional._cache import SignalMemo
 from diffmix.functional.gain import mid_side
-from diffmix.functional.spectrum import band_matrix, band_powers, power_db, welch_psd
+from diffmix.functional.spectrum import band_matrix, band_powers, mid_side_psd, power_db, welch_psd
 
 # Width is compared in coarse bands: the ear judges width per region, not per 1/3 octave.
 WIDTH_EDGES_HZ = (20.0, 250.0, 2000.0, 8000.0, 20000.0)
@@ -140,9 +140,7 @@ def _tone(x: Tensor, sample_rate: int, n_fft: int) -> tuple[Tensor, Tensor, Tens
     (a job compares its input and its master with one reference)."""
 
     def make() -> tuple[Tensor, Tensor, Tensor]:
-        # In float64 a block at a time from x's own samples: no full-length float64 copy.
-        xd = x.detach()
-        psd = welch_psd(xd, n_fft, pre=lambda part: mid_side(part.double()))
+        psd = mid_side_psd(x, n_fft)  # shared with the match EQ's band levels of the same signal
         extractor = FeatureExtractor(sample_rate, n_fft).to(x.device)
         f = extractor.from_psd(psd)
         power = psd @ extractor.coarse.sum(0).to(psd.dtype)  # (B, 2): mid and side, 20 Hz - 20 kHz

@@ -448,3 +448,41 @@ def test_a_fit_from_the_prediction_takes_its_own_excerpt_length(overrides: list[
     with initialize_config_dir(str(ROOT / "configs"), version_base="1.3"):
         cfg = compose(config_name="master", overrides=[f"input={tmp_path / 'x.wav'}", *overrides])
     assert fit_options(cfg).excerpt_s == want
+
+
+_PROBE = """
+import json, sys
+import torch.optim
+built = []
+init = torch.optim.Optimizer.__init__
+def record(self, *args, **kwargs):
+    built.append(type(self).__name__)
+    init(self, *args, **kwargs)
+torch.optim.Optimizer.__init__ = record
+from diffmix.cli import main
+code = main(sys.argv[1:])
+print(json.dumps({"code": code, "built": built, "dynamo": "torch._dynamo" in sys.modules}))
+"""
+
+
+@pytest.mark.parametrize("steps", [0, 1])
+def test_a_one_pass_master_builds_no_optimiser_and_imports_no_compiler(trained: Path, tmp_path: Path,
+                                                                      steps: int) -> None:
+    # fit.steps=0: the start (match EQ in closed form, the prediction, the width) and no fit,
+    # so no optimiser is built and torch._dynamo (its import alone costs about a second) is
+    # never loaded; with one step the optimiser is built, which shows the probe sees it.
+    song = write(tmp_path / "mix.wav", music(3.0, seed=11, level=0.1))
+    ref = write(tmp_path / "ref.wav", music(3.0, seed=12, level=0.2))
+    args = ["master", f"input={song}", f"reference={ref}", "target=none", f"out={tmp_path / 'out'}",
+            "fit.init=learned", f"fit.steps={steps}", f"model={trained / 'model.safetensors'}",
+            "progress=false", "report=false"]
+    env = {**os.environ, **ONE_THREAD, "PYTHONPATH": str(ROOT)}
+    r = subprocess.run([sys.executable, "-c", _PROBE, *args], cwd=tmp_path, env=env, capture_output=True,
+                       text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    probe = json.loads(r.stdout.strip().splitlines()[-1])
+    assert probe["code"] == 0
+    if steps == 0:
+        assert probe["built"] == [] and not probe["dynamo"], probe
+    else:
+        assert probe["built"] == ["Adam"], probe  # (torch 2.11's Adam.step imports torch._dynamo)

@@ -71,3 +71,36 @@ def test_a_signal_memo_keys_by_the_tensor_and_its_version_not_by_content():
     x.mul_(2.0)  # in place: a new version, made again
     assert memo.get(x, "k", lambda: make(x)) == 10.0 and len(calls) == 4
     assert len(memo._items) == 2  # bounded
+
+
+def test_the_match_eqs_band_levels_and_the_reports_tone_share_one_analysis_of_a_signal(monkeypatch):
+    # A master job measures its input's (and reference's) float64 mid/side spectrum for the
+    # match EQ's closed form, again for the width fold and again for the report's tone error:
+    # one Welch analysis per signal serves all three, with the values of a fresh one.
+    from diffmix.effects.match_eq import MatchEQ
+    from diffmix.features import spectral_errors
+    from diffmix.functional import spectrum
+    from diffmix.functional.gain import mid_side
+    from diffmix.functional.match_eq import band_levels_db, signal_band_levels_db
+
+    seed = 2026
+    print("seed", seed)
+    g = torch.Generator().manual_seed(seed)
+    # 8 s: past one group of Welch frames
+    x, ref = torch.randn(1, 2, 8 * SR, generator=g), torch.randn(1, 2, 3 * SR, generator=g)
+    centres = MatchEQ(SR).centres_hz
+    fresh = band_levels_db(x.clone(), SR, centres, float64=True)
+    psd = spectrum.welch_psd(x.clone(), 8192, pre=lambda part: mid_side(part.double()))
+    seen: list[torch.Tensor] = []
+    welch = spectrum.welch_psd
+    monkeypatch.setattr(spectrum, "welch_psd", lambda v, *a, **k: seen.append(v) or welch(v, *a, **k))
+    levels = signal_band_levels_db(x, SR, centres)
+    eq = MatchEQ(SR)
+    eq.match(x, ref, refine=0)  # the closed form, as the job's start runs it
+    spectral_errors(x, ref, SR)
+    assert sum(v is x for v in seen) == 1 and sum(v is ref for v in seen) == 1
+    assert torch.equal(levels, fresh)
+    assert torch.equal(spectrum.mid_side_psd(x), psd)
+    x.mul_(0.5)  # changed in place: measured again
+    spectrum.mid_side_psd(x)
+    assert sum(v is x for v in seen) == 2

@@ -39,7 +39,7 @@ from diffmix.checks import check_audio
 from diffmix.functional._cache import SignalMemo
 from diffmix.functional.filters import fft_convolve
 from diffmix.functional.gain import mid_side
-from diffmix.functional.spectrum import band_centres, band_matrix, power_db, welch_psd
+from diffmix.functional.spectrum import band_centres, band_matrix, mid_side_psd, power_db, welch_psd
 from diffmix.params import ParamValue, broadcast_param, per_sample
 
 FIR_SECONDS = 0.75  # 32768 taps at 44.1 kHz: ~2.7 Hz of smoothing, finer than the 25 Hz band
@@ -186,7 +186,7 @@ def signal_band_levels_db(x: Tensor, sample_rate: int, centres_hz: Tensor, n_fft
 
     def make() -> Tensor:
         with torch.no_grad():
-            return band_levels_db(x.detach(), sample_rate, centres_hz, n_fft, float64=True)
+            return band_levels_db(x, sample_rate, centres_hz, n_fft, float64=True)
 
     return _LEVELS.get(x, (int(sample_rate), tuple(centres_hz.tolist()), int(n_fft)), make)
 
@@ -204,7 +204,10 @@ def band_levels_db(x: Tensor, sample_rate: int, centres_hz: Tensor, n_fft: int =
     float64 (from ``x``'s own samples a block at a time, without a gradient on the CPU).
     """
     centres_hz = centres_hz.detach().to("cpu", torch.float64)
-    psd = welch_psd(x, n_fft, pre=(lambda part: mid_side(part.double())) if float64 else mid_side)
+    if float64 and not (torch.is_grad_enabled() and x.requires_grad):
+        psd = mid_side_psd(x, n_fft)  # measured once per signal (the report's tone error too)
+    else:
+        psd = welch_psd(x, n_fft, pre=(lambda part: mid_side(part.double())) if float64 else mid_side)
     fraction = round(0.3 / math.log10(float(centres_hz[1] / centres_hz[0]))) if centres_hz.numel() > 1 else 3
     matrix, found = band_matrix(sample_rate, n_fft, fraction, float(centres_hz[0]) * 0.99,
                                 float(centres_hz[-1]) * 1.01)
@@ -229,6 +232,7 @@ def match_gains(
     side_range_db: tuple[float, float] = (-60.0, 24.0),
     n_fft: int = 8192,
     reference_db: Tensor | None = None,
+    x_db: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Closed-form band gains that move ``x``'s mid and side tone onto ``reference``'s.
 
@@ -246,6 +250,7 @@ def match_gains(
         reference_db: the reference's :func:`band_levels_db` where already measured (a
             fixed reference matched several times is analysed once); ``reference`` is
             then unused.
+        x_db: ``x``'s band levels where already measured (``x`` then only sets the dtype).
 
     Returns:
         ``(mid_gain_db, side_gain_db)``, each ``(B, bands)`` in ``x``'s dtype.
@@ -253,7 +258,9 @@ def match_gains(
     Not differentiable (a closed-form starting point). CUDA: yes.
     """
     centres_hz = centres_hz.detach().to("cpu", torch.float64)
-    lx = signal_band_levels_db(x, sample_rate, centres_hz, n_fft)
+    if x_db is None:
+        x_db = signal_band_levels_db(x, sample_rate, centres_hz, n_fft)
+    lx = x_db.to(x.device, torch.float64)
     if reference_db is None:
         reference_db = signal_band_levels_db(reference, sample_rate, centres_hz, n_fft)
     lr = reference_db.to(x.device, torch.float64)

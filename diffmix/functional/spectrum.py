@@ -15,6 +15,9 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from diffmix.functional._cache import SignalMemo
+from diffmix.functional.gain import mid_side
+
 # The exact centre of the third-octave band nominally called 20 Hz (IEC 61260-1: 19.95 Hz),
 # the lowest band of the analysis spectrum.
 NOMINAL_20_HZ = 1000.0 * 10.0**-1.7
@@ -111,6 +114,23 @@ def welch_psd(x: Tensor, n_fft: int = 8192, hop: int | None = None, *,
     if n_fft % 2 == 0:
         power[..., -1] = power[..., -1] / 2.0
     return power
+
+
+_MID_SIDE_PSD = SignalMemo()
+
+
+def mid_side_psd(x: Tensor, n_fft: int = 8192) -> Tensor:
+    """:func:`welch_psd` of ``x``'s mid and side in float64, ``(B, 2, n_fft // 2 + 1)``,
+    measured from ``x``'s own samples a group of frames at a time and once per signal
+    (:class:`~diffmix.functional._cache.SignalMemo`): a master job's match EQ and its
+    report's tone error analyse the same input and reference. ``x``: ``(B, 2, T)``. Shared
+    result: callers don't modify it. Not differentiable."""
+
+    def make() -> Tensor:
+        with torch.no_grad():
+            return welch_psd(x, n_fft, pre=lambda part: mid_side(part.double()))
+
+    return _MID_SIDE_PSD.get(x, int(n_fft), make)
 
 
 class _Welch(torch.autograd.Function):
