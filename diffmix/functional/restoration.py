@@ -183,6 +183,13 @@ def ar_residuals(
     Shape:
         ``x (B, C, T)``, ``coeffs (B, C, F, p + 1)`` -> three ``(B, C, T)`` tensors.
     """
+    return _residuals(x, coeffs, hop, drive, (0, 1, 2))
+
+
+def _residuals(x: Tensor, coeffs: Tensor, hop: int, drive: Tensor | None,
+               kinds: tuple[int, ...]) -> tuple[Tensor, ...]:
+    """:func:`ar_residuals`' errors of the given ``kinds`` only (0 forward, 1 backward,
+    2 interpolation), in that order: the same values, without the others' transforms."""
     rows, (b, c, t) = _rows(x, "ar_residuals")
     p = coeffs.shape[-1] - 1
     frames = coeffs.shape[-2]
@@ -192,19 +199,25 @@ def ar_residuals(
     n_fft = 1 << math.ceil(math.log2(hop + 3 * p + 1))
     sx = torch.fft.rfft(seg, n_fft)
     sa = torch.fft.rfft(a, n_fft)
-    power = (sa.real.square() + sa.imag.square()) * a.square().sum(-1, keepdim=True).rsqrt()
-    out = [
-        torch.fft.irfft(sx * sa, n_fft)[..., p : p + hop],
-        torch.fft.irfft(sx * sa.conj(), n_fft)[..., p : p + hop],  # correlation with a
-        torch.fft.irfft(sx * power, n_fft)[..., p : p + hop],
-    ]
-    if drive is not None:
-        dp = tnf.pad(drive.reshape(b * c, t).to(rows.dtype), (p, frames * hop - t + p))
-        sd = torch.fft.rfft(dp.unfold(-1, hop + 2 * p, hop)[:, :frames], n_fft)
-        out[0] = out[0] - dp[:, p : p + frames * hop].reshape(b * c, frames, hop)
-        norm = a.square().sum(-1, keepdim=True).rsqrt()
-        out[2] = out[2] - torch.fft.irfft(sd * sa.conj(), n_fft)[..., p : p + hop] * norm
-    return tuple(e.reshape(b * c, frames * hop)[:, :t].reshape(b, c, t) for e in out)
+    out = []
+    dp = None if drive is None else tnf.pad(drive.reshape(b * c, t).to(rows.dtype),
+                                            (p, frames * hop - t + p))
+    for kind in kinds:
+        if kind == 0:
+            e = torch.fft.irfft(sx * sa, n_fft)[..., p : p + hop]
+            if dp is not None:
+                e = e - dp[:, p : p + frames * hop].reshape(b * c, frames, hop)
+        elif kind == 1:
+            e = torch.fft.irfft(sx * sa.conj(), n_fft)[..., p : p + hop]  # correlation with a
+        else:
+            norm = a.square().sum(-1, keepdim=True).rsqrt()
+            power = (sa.real.square() + sa.imag.square()) * norm
+            e = torch.fft.irfft(sx * power, n_fft)[..., p : p + hop]
+            if dp is not None:
+                sd = torch.fft.rfft(dp.unfold(-1, hop + 2 * p, hop)[:, :frames], n_fft)
+                e = e - torch.fft.irfft(sd * sa.conj(), n_fft)[..., p : p + hop] * norm
+        out.append(e.reshape(b * c, frames * hop)[:, :t].reshape(b, c, t))
+    return tuple(out)
 
 
 def runs(mask: Tensor) -> Tensor:
@@ -216,9 +229,9 @@ def runs(mask: Tensor) -> Tensor:
     """
     m = mask.reshape(-1, mask.shape[-1]).to(torch.int8)
     d = torch.diff(tnf.pad(m, (1, 1)), dim=-1)
-    starts = (d == 1).nonzero()
-    ends = (d == -1).nonzero()
-    return torch.stack([starts[:, 0], starts[:, 1], ends[:, 1]], -1)
+    # Starts and ends alternate along each row (and rows come in order): one scan.
+    at = d.nonzero()
+    return torch.stack([at[0::2, 0], at[0::2, 1], at[1::2, 1]], -1)
 
 
 def spans(mask: Tensor) -> list[dict]:
@@ -589,31 +602,48 @@ def _keep_inside(bursts: Tensor, long: Tensor, kept: Tensor, t: int) -> Tensor:
     return out[torch.argsort(out[:, 0] * (t + 1) + out[:, 1])]
 
 
-def _near_and_alone(cand: Tensor, z_ratio: Tensor, reach: int, z_threshold: float) -> Tensor:
+def _partner_peak(z_ratio: Tensor) -> Tensor:
+    """Row ``r`` (``batch * 2 + channel``): the other channel's ``z_ratio`` (``(N, T)``,
+    non-negative) peak within ``_PARTNER_REACH`` samples of each sample. ``(N, T)``."""
+    n, t = z_ratio.shape
+    return _sliding_max(z_ratio, _PARTNER_REACH).reshape(n // 2, 2, t).flip(1).reshape(n, t)
+
+
+def _near_and_alone(cand: Tensor, z_ratio: Tensor, reach: int, z_threshold: float,
+                    partner: Tensor) -> Tensor:
     """The stereo candidate rule of :func:`detect_clicks`: of the samples ``cand``
     (``(N, T)`` bool, rows ``batch * 2 + channel``), those whose row's ``z_ratio``
     (``(N, T)``, interpolation error over its robust scale) exceeds ``z_threshold``
     within ``reach`` samples while the other channel's stays under ``_NOISE_MAX`` within
-    ``_PARTNER_REACH`` samples. ``(N, T)`` bool."""
+    ``_PARTNER_REACH`` samples (``partner``, :func:`_partner_peak`). ``(N, T)`` bool."""
     t = cand.shape[-1]
     at = cand.nonzero()
     out = torch.zeros_like(cand)
     if len(at) == 0:
         return out
-
-    def peak(rows: Tensor, half: int) -> Tensor:
-        pos = (at[:, 1:2] + torch.arange(-half, half + 1, device=cand.device)).clamp(0, t - 1)
-        return z_ratio[rows[:, None], pos].amax(-1)
-
-    partner = at[:, 0] + 1 - 2 * (at[:, 0] % 2)
-    ok = (peak(at[:, 0], reach) > z_threshold) & (peak(partner, _PARTNER_REACH) < _NOISE_MAX)
+    pos = (at[:, 1:2] + torch.arange(-reach, reach + 1, device=cand.device)).clamp(0, t - 1)
+    ok = (z_ratio[at[:, :1], pos].amax(-1) > z_threshold) & (partner[at[:, 0], at[:, 1]] < _NOISE_MAX)
     out[at[ok, 0], at[ok, 1]] = True
     return out
+
+
+def _sliding_max(v: Tensor, half: int) -> Tensor:
+    """``out[..., n] = max(v[..., n - half .. n + half])`` with zeros beyond the ends
+    (``v >= 0``): a doubling table of maxima over powers of two, ``log2(2 half + 1)``
+    passes over the signal whatever ``half``. ``(..., T)`` -> ``(..., T)``."""
+    t = v.shape[-1]
+    w = 2 * half + 1
+    m, size = tnf.pad(v, (half, half)), 1
+    while 2 * size <= w:  # m[i] = max over [i, i + size) of the padded signal
+        m = torch.maximum(m[..., :-size], m[..., size:])
+        size *= 2
+    return torch.maximum(m[..., :t], m[..., w - size : w - size + t])
 
 
 def _arx_candidates(
     xd: Tensor, fit_on: Tensor, other: Tensor, z_ratio: Tensor, sample_rate: int, taps: int,
     threshold: float, z_threshold: float, z_reach: int, floor: float, width: int,
+    partner: Tensor,
 ) -> tuple[Tensor, Tensor]:
     """The joint-model (ARX) candidate rule of :func:`detect_clicks`, stereo only.
 
@@ -653,10 +683,8 @@ def _arx_candidates(
     at = (z_ratio > z_threshold).nonzero()
     if len(at) == 0:
         return out, out
-    zr = tnf.pad(z_ratio, (_PARTNER_REACH, _PARTNER_REACH))
-    reach = torch.arange(2 * _PARTNER_REACH + 1, device=xd.device)
-    partner = at[:, 0] + 1 - 2 * (at[:, 0] % 2)
-    quiet = zr[partner[:, None], at[:, 1:2] + reach].amax(-1) < _NOISE_MAX
+    near = partner[:, :t]
+    quiet = near[at[:, 0], at[:, 1]] < _NOISE_MAX
     frames = torch.unique(torch.stack([at[quiet, 0], at[quiet, 1] // hop], -1), dim=0)
     if len(frames) == 0:
         return out, out
@@ -675,13 +703,21 @@ def _arx_candidates(
     xs = tnf.pad(rows, (lead, lead + hop + 2 * p))[frames[:, :1], s0 + lead - p + ar_[: span + 3 * p]]
     rs = tnf.pad(ref, (lead, lead + hop + 2 * p))[frames[:, :1], s0 + lead - q + ar_[: span + p + 2 * q]]
     xs, rs = xs.to(torch.float64), rs.to(torch.float64)
-    xw = xs.unfold(-1, p + 1, 1)  # window i: x[s0 - p + i .. s0 + i]
-    rw = rs.unfold(-1, 2 * q + 1, 1)  # window i: ref[s0 - q + i .. s0 + q + i]
-    e = (xw[:, : span + p] @ a.flip(-1)[..., None] - rw[:, : span + p] @ h.flip(-1)[..., None])[..., 0]
-    eb = (xw[:, p : p + span] @ ab[..., None] - rw[:, :span] @ hb[..., None])[..., 0]
-    z = (e.unfold(-1, p + 1, 1)[:, :span] @ a[..., None])[..., 0]
+    # xs[m] = x[s0 - p + m], rs[m] = ref[s0 - q + m]; the filters by FFT (linear, no wrap:
+    # every product below reads inside the zero-padded transform), n = s0 + i:
+    # forward e[i] = sum_k a[k] x[n - k] - sum_j h[j] ref[n - j] (i < span + p),
+    # backward eb[i] = sum_k ab[k] x[n + k] - sum_j hb[j] ref[n + j], and the matched
+    # filter z[i] = sum_k a[k] e[i + k] / |a|.
+    n_fft = 1 << math.ceil(math.log2(xs.shape[-1] + p + 1))
+    fxs, frs = torch.fft.rfft(xs, n_fft), torch.fft.rfft(rs, n_fft)
+    fa, fab = torch.fft.rfft(a, n_fft), torch.fft.rfft(ab, n_fft)
+    e = (torch.fft.irfft(fxs * fa, n_fft)[:, p : 2 * p + span]
+         - torch.fft.irfft(frs * torch.fft.rfft(h, n_fft), n_fft)[:, 2 * q : 2 * q + span + p])
+    eb = (torch.fft.irfft(fxs * fab.conj(), n_fft)[:, p : p + span]
+          - torch.fft.irfft(frs * torch.fft.rfft(hb, n_fft).conj(), n_fft)[:, :span])
+    z = torch.fft.irfft(torch.fft.rfft(e, n_fft) * fa.conj(), n_fft)[:, :span]
     z = z * a.square().sum(-1, keepdim=True).rsqrt()
-    e0 = (xw[:, wide : wide + hop] @ a0.flip(-1)[..., None])[..., 0]
+    e0 = torch.fft.irfft(fxs * torch.fft.rfft(a0, n_fft), n_fft)[:, p + wide : p + wide + hop]
     e = e[:, :span]
     mid = slice(wide, wide + hop)
 
@@ -704,10 +740,7 @@ def _arx_candidates(
     # The samples of the frames the joint model predicts better where the other channel
     # is quiet: there its tests replace the mono ones.
     pos = frames[:, 1:2] * hop + torch.arange(hop, device=xd.device)
-    prow = frames[:, :1] + 1 - 2 * (frames[:, :1] % 2)
-    near_partner = zr[prow, (pos[:, :1] + torch.arange(hop + 2 * _PARTNER_REACH, device=xd.device)
-                              ).clamp(max=zr.shape[-1] - 1)]
-    quiet = tnf.max_pool1d(near_partner[:, None], 2 * _PARTNER_REACH + 1, 1)[:, 0] < _NOISE_MAX
+    quiet = near[frames[:, :1], pos.clamp(max=t - 1)] < _NOISE_MAX
     domain = quiet & better[:, None] & (pos < t)
     out[frames[:, :1].expand(-1, hop)[domain], pos[domain]] = True
     hits = out.clone()
@@ -890,11 +923,13 @@ def detect_clicks(
             one_sided = sg > torch.clamp(threshold * scale, min=floor)
             z_ratio = (zg / z_scale.clamp(min=1e-30)).reshape(b * c, nsb * _SUB)
             flags = one_sided & (zg > z_threshold * z_scale)
+            if c == 2 and (z_reach is not None or arx_taps is not None):
+                alone_peak = _partner_peak(z_ratio)
             if z_reach is not None and c == 2:
                 # The two tests on nearby samples, where the other channel shows nothing;
                 # looked at only where the first test holds (few samples).
                 flags |= _near_and_alone(one_sided.reshape(b * c, -1), z_ratio, z_reach,
-                                         z_threshold).reshape(grid)
+                                         z_threshold, alone_peak).reshape(grid)
             if z_strong is not None:
                 # Stronger evidence from the matched filter buys a laxer localisation test.
                 flags |= (sg > torch.clamp(threshold_strong * scale, min=floor)) & (
@@ -905,7 +940,7 @@ def detect_clicks(
                 extra, domain = (tnf.pad(v, (0, nsb * _SUB - t)).reshape(grid) for v in _arx_candidates(
                     xd, torch.maximum(torch.minimum(fit_on, limit), -limit), fit_on,
                     z_ratio[:, :t], sr, arx_taps, threshold, z_threshold,
-                    z_reach if z_reach is not None else 0, floor, width))
+                    z_reach if z_reach is not None else 0, floor, width, alone_peak))
                 joint = torch.where(domain, extra, flags).reshape(b * c, -1)
                 # Where its candidates join into a burst too long to be a click (a loud
                 # click in the other channel, spread by the cross filter), the mono
@@ -1248,9 +1283,10 @@ def _arx_filters(x: Tensor, ref: Tensor, hop: int, p: int, q: int,
             cl = cross[..., (sign * lags) % n_fft]  # lags -q - p .. q (negated: backward)
             top = torch.cat([own, cl[..., j[None] - i[:, None] + q + p]], -1)
             bottom = torch.cat([top[..., p:].transpose(-1, -2), other], -1)
-            normal = torch.cat([top, bottom], -2) + torch.diag_embed(floor)
+            normal = torch.cat([top, bottom], -2)
+            normal.diagonal(dim1=-2, dim2=-1).add_(floor)
             rhs = torch.cat([rxx[..., 1:], cl[..., j + q + p]], -1)
-            w = torch.linalg.solve(normal, rhs[..., None])[..., 0]
+            w = _spd_solve(normal, rhs)
             fa[part[:, 0], part[:, 1]] = torch.cat([torch.ones_like(w[..., :1]), -w[..., :p]], -1)
             fh[part[:, 0], part[:, 1]] = w[..., p:]
         if mono:
@@ -1260,6 +1296,18 @@ def _arx_filters(x: Tensor, ref: Tensor, hop: int, p: int, q: int,
     out += [a0.reshape(b, c, nf, p + 1)] if mono else []
     out += [ab.reshape(b, c, nf, p + 1), hb.reshape(b, c, nf, taps)] if both else []
     return tuple(out)
+
+
+def _spd_solve(mat: Tensor, rhs: Tensor) -> Tensor:
+    """Solve ``mat w = rhs`` for a batch of symmetric positive definite ``(K, n, n)``
+    matrices (``rhs (K, n)``) by Cholesky, half the cost of an LU solve; the matrices
+    whose factorisation fails (not numerically positive definite) fall back to LU."""
+    chol, info = torch.linalg.cholesky_ex(mat)
+    w = torch.cholesky_solve(rhs[..., None], chol)[..., 0]
+    bad = (info != 0).nonzero()[:, 0]
+    if len(bad):
+        w[bad] = torch.linalg.solve(mat[bad], rhs[bad][..., None])[..., 0]
+    return w
 
 
 def _fir_frames(ref: Tensor, h: Tensor, hop: int) -> Tensor:
@@ -1284,7 +1332,7 @@ def _innovation(x: Tensor, mask: Tensor, coeffs: Tensor, hop: int,
     b, c, t = x.shape
     p = coeffs.shape[-1] - 1
     frames = coeffs.shape[-2]
-    fwd = ar_residuals(x, coeffs, hop, drive)[0].reshape(b * c, t)
+    fwd = _residuals(x, coeffs, hop, drive, (0,))[0].reshape(b * c, t)
     # error terms n .. n + p see sample n: a masked sample spoils the p terms after it
     touched = tnf.max_pool1d(tnf.pad(mask.reshape(b * c, 1, t).to(x.dtype), (p, 0)), p + 1, 1)[:, 0] > 0
     w = (~touched).to(fwd.dtype)
@@ -1303,7 +1351,7 @@ def _grow(x: Tensor, mask: Tensor, coeffs: Tensor, hop: int, innovation: Tensor,
     sample reached without crossing ``_GROW_GAP`` quiet samples in a row (a noise burst
     crosses zero): the parts of a click detection missed."""
     b, c, t = x.shape
-    z = ar_residuals(x, coeffs, hop, drive)[2].reshape(b * c, t)
+    z = _residuals(x, coeffs, hop, drive, (2,))[0].reshape(b * c, t)
     sig = innovation.reshape(b * c, -1).repeat_interleave(hop, -1)[:, :t].to(z.dtype)
     big = (z.abs() > kappa * sig) & (sig > 0)
     r = runs(mask)
@@ -1340,7 +1388,7 @@ def _tighten(
     they are kept as observed rather than interpolated. Interior samples stay masked."""
     b, c, t = x.shape
     r = runs(mask)
-    fwd = ar_residuals(first, coeffs, hop, drive)[0].reshape(b * c, t)
+    fwd = _residuals(first, coeffs, hop, drive, (0,))[0].reshape(b * c, t)
     ctx = 256
     ar = torch.arange(ctx, device=x.device)
     pre = (r[:, 1:2] - ctx + ar).clamp(0, t - 1)
