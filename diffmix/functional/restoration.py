@@ -14,7 +14,7 @@ Shared machinery:
   batched over every frame of every channel).
 * :func:`lsar_interpolate`: every run of masked samples (runs closer than the AR order
   merge into one segment) is solved jointly by least squares, batched over segments of
-  similar length (one Cholesky solve per power-of-two length bucket).
+  similar length (one Cholesky solve per half-octave length bucket).
 
 The click detector (why it leaves drums alone, and its second look in stereo) is
 documented in :func:`detect_clicks`; the click repair (the flagged samples read as signal
@@ -160,7 +160,15 @@ def _frames_near(r: Tensor, hop: int, frames: int, reach: int) -> Tensor:
     f = lo[:, None] + steps
     ok = (f <= hi[:, None]) & (f >= 0) & (f < frames)
     rows = r[:, :1].expand(-1, len(steps))
-    return torch.unique(torch.stack([rows[ok], f[ok]], -1), dim=0)
+    return _unique_pairs(rows[ok], f[ok], frames)
+
+
+def _unique_pairs(row: Tensor, frame: Tensor, frames: int) -> Tensor:
+    """The distinct ``(row, frame)`` pairs (``frame < frames``), sorted by row then
+    frame, as ``(K, 2)`` int64: ``torch.unique(..., dim=0)`` on one int64 key, which is
+    far cheaper than unique over rows."""
+    key = torch.unique(row * frames + frame)
+    return torch.stack([torch.div(key, frames, rounding_mode="floor"), key % frames], -1)
 
 
 def ar_residuals(
@@ -353,12 +361,15 @@ def lsar_interpolate(
     xpad = tnf.pad(rows, (p, max_span + p))
     mpad = tnf.pad(m2, (p, max_span + p))
     dpad = None if drive is None else tnf.pad(drive.reshape(b * c, t), (p, max_span + p))
-    bucket = torch.clamp(torch.ceil(torch.log2(length.double())), min=3).long()
+    # Half-octave buckets (2^k and 3 2^(k - 1)): a segment's solve costs its bucket's
+    # length cubed, so a finer grid wastes less on padding (the padded unknowns are
+    # identity rows, decoupled: the bucket changes nothing but rounding).
+    k = torch.ceil(torch.log2(length.double())).long()
+    bucket = torch.where(4 * length <= 3 << k, 3 << (k - 2).clamp(min=0), 1 << k).clamp(min=8)
     out_rows, out_cols, out_vals = [], [], []
-    for lb_log in torch.unique(bucket).tolist():
-        sel = bucket == lb_log
+    for lb in torch.unique(bucket).tolist():
+        sel = bucket == lb
         seg, ls = segs[sel], length[sel]
-        lb = 1 << lb_log
         row, start = seg[:, 0], seg[:, 1]
         pos = torch.arange(lb + 2 * p, device=x.device)
         idx = start[:, None] + pos  # window [start - p, start + lb + p) in padded coords
@@ -369,7 +380,10 @@ def lsar_interpolate(
         a = a_all[row, frame].to(xs.dtype)  # (nb, p + 1)
         # G = A_u^T A_u is Toeplitz in the autocorrelation of the filter (all error rows
         # touching the segment are in the objective).
-        ra = torch.stack([(a[:, : p + 1 - k] * a[:, k:]).sum(-1) for k in range(p + 1)], -1)
+        # The filters by FFT (no wrap: every index read lies inside the transform).
+        n_fft = 1 << math.ceil(math.log2(lb + 3 * p + 1))
+        fa = torch.fft.rfft(a, n_fft)
+        ra = torch.fft.irfft(fa.real.square() + fa.imag.square(), n_fft)[:, : p + 1]
         ra = tnf.pad(ra, (0, 1))
         lag = (pos[:lb, None] - pos[None, :lb]).abs().clamp(max=p + 1)
         gram = ra[:, lag]  # (nb, lb, lb)
@@ -380,11 +394,14 @@ def lsar_interpolate(
             d = unk.to(xs.dtype)
             known = xs.clone()
             known[:, p : p + lb] = xs[:, p : p + lb] * (1 - d)
-            e0 = known.unfold(-1, p + 1, 1) @ a.flip(-1)[..., None]  # (nb, lb + p, 1)
+            # e0[i] = sum_k a[k] known[i + p - k]: error term n = start + i, i < lb + p
+            e0 = torch.fft.irfft(torch.fft.rfft(known, n_fft) * fa, n_fft)[:, p : lb + 2 * p]
             if dpad is not None:  # error term n = start + i is (a * x)[n] - drive[n]
-                e0 = e0 - dpad[row[:, None], idx[:, p:]].to(xs.dtype)[..., None]
-            g = tnf.pad(e0[..., 0], (0, p)).unfold(-1, p + 1, 1)[:, :lb] @ a[..., None]
-            mat = d[:, :, None] * gram * d[:, None, :] + torch.diag_embed(1 - d)
+                e0 = e0 - dpad[row[:, None], idx[:, p:]].to(xs.dtype)
+            # g[i] = sum_k a[k] e0[i + k] (A_u^T e0), i < lb
+            g = torch.fft.irfft(torch.fft.rfft(e0, n_fft) * fa.conj(), n_fft)[:, :lb, None]
+            mat = gram * (d[:, :, None] * d[:, None, :])
+            mat.diagonal(dim1=-2, dim2=-1).add_(1 - d)
             chol, _ = torch.linalg.cholesky_ex(mat)
             u = torch.cholesky_solve(-d[..., None] * g, chol)[..., 0]
             if innovation is not None:
@@ -396,7 +413,9 @@ def lsar_interpolate(
                 lam = torch.zeros_like(d)
                 for step in range(em_steps + 1):
                     if step:
-                        chol, _ = torch.linalg.cholesky_ex(mat + torch.diag_embed(lam))
+                        damped = mat.clone()
+                        damped.diagonal(dim1=-2, dim2=-1).add_(lam)
+                        chol, _ = torch.linalg.cholesky_ex(damped)
                         u = torch.cholesky_solve((-d * g[..., 0] + lam * y)[..., None], chol)[..., 0]
                     if step == em_steps:
                         break
@@ -685,7 +704,7 @@ def _arx_candidates(
         return out, out
     near = partner[:, :t]
     quiet = near[at[:, 0], at[:, 1]] < _NOISE_MAX
-    frames = torch.unique(torch.stack([at[quiet, 0], at[quiet, 1] // hop], -1), dim=0)
+    frames = _unique_pairs(at[quiet, 0], at[quiet, 1] // hop, -(-t // hop))
     if len(frames) == 0:
         return out, out
     a, h, a0, ab, hb = _arx_filters(fit_on, fit_on.flip(1), hop, p, q, frames, mono=True, both=True)
@@ -1276,15 +1295,17 @@ def _arx_filters(x: Tensor, ref: Tensor, hop: int, p: int, q: int,
         rrr = torch.fft.irfft(fr.real.square() + fr.imag.square(), n_fft)[..., :taps].double()
         # cross[k] = sum_n x[n] ref[n - k]; sum_n x[n - i] ref[n - j] = cross[j - i]
         cross = torch.fft.irfft(fx * fr.conj(), n_fft).double()
-        own = rxx[..., (i[:, None] - i[None]).abs()]
-        other = rrr[..., (j[:, None] - j[None]).abs()]
+        # The normal matrix [[own, cross], [cross^T, other]]: the diagonal blocks (with
+        # the floor) are the same forwards and backwards; only the cross blocks change.
+        normal = rxx.new_empty(len(part), p + taps, p + taps)
+        normal[:, :p, :p] = rxx[..., (i[:, None] - i[None]).abs()]
+        normal[:, p:, p:] = rrr[..., (j[:, None] - j[None]).abs()]
         floor = torch.cat([rxx[..., :1].expand(-1, p), rrr[..., :1].expand(-1, taps)], -1) * 1e-6 + 1e-20
+        normal.diagonal(dim1=-2, dim2=-1).add_(floor)
         for sign, (fa, fh) in ((1, (a, h)), (-1, (ab, hb)))[: 2 if both else 1]:
             cl = cross[..., (sign * lags) % n_fft]  # lags -q - p .. q (negated: backward)
-            top = torch.cat([own, cl[..., j[None] - i[:, None] + q + p]], -1)
-            bottom = torch.cat([top[..., p:].transpose(-1, -2), other], -1)
-            normal = torch.cat([top, bottom], -2)
-            normal.diagonal(dim1=-2, dim2=-1).add_(floor)
+            normal[:, :p, p:] = cl[..., j[None] - i[:, None] + q + p]
+            normal[:, p:, :p] = normal[:, :p, p:].transpose(-1, -2)
             rhs = torch.cat([rxx[..., 1:], cl[..., j + q + p]], -1)
             w = _spd_solve(normal, rhs)
             fa[part[:, 0], part[:, 1]] = torch.cat([torch.ones_like(w[..., :1]), -w[..., :p]], -1)
