@@ -483,7 +483,10 @@ def _periodicity(res: Tensor, bursts: Tensor, sample_rate: int) -> Tensor:
     n_fft = 1 << math.ceil(math.log2(2 * lmax + 2 * n))
     dots = torch.fft.irfft(torch.fft.rfft(region, n_fft) * torch.fft.rfft(seg, n_fft).conj(), n_fft)
     dots = dots[:, : 2 * lmax + 1]  # dots[:, j] = <seg, region[j : j + n]>, lag j - lmax
-    e_ref = tnf.avg_pool1d(region[:, None].square(), n, 1)[:, 0, : 2 * lmax + 1] * n
+    # Energy of each n-sample window: a running sum (float64: no cancellation), which
+    # costs the region's length where a pooled window sum costs n times that.
+    cum = tnf.pad(region.double().square().cumsum(-1), (1, 0))
+    e_ref = (cum[:, n : n + 2 * lmax + 1] - cum[:, : 2 * lmax + 1]).to(region.dtype)
     e_seg = seg.square().sum(-1, keepdim=True)
     # A repeat must also match in level, within `_PERIOD_DB` (a decaying pluck's error
     # spikes lose a few dB a period): the correlation <a, b> / (|a| |b|) times
@@ -659,6 +662,63 @@ def _sliding_max(v: Tensor, half: int) -> Tensor:
     return torch.maximum(m[..., :t], m[..., w - size : w - size + t])
 
 
+def _arx_tests(
+    xpad: Tensor, rpad: Tensor, frames: Tensor, a: Tensor, h: Tensor, a0: Tensor, ab: Tensor,
+    hb: Tensor, hop: int, width: int, threshold: float, z_threshold: float, z_reach: int,
+    floor: float,
+) -> tuple[Tensor, Tensor]:
+    """The tests of :func:`_arx_candidates` on the ``frames`` (``(K, 2)``) with their
+    joint models (forward ``a, h``, mono ``a0``, backward ``ab, hb``; rows per frame), the
+    signal and the other channel padded by ``lead = p + q + width _SUB`` samples before:
+    ``(better (K,), hit (K, hop))`` bool."""
+    p, q = a.shape[-1] - 1, h.shape[-1] // 2
+    # Errors over the frame and `width` sub-blocks either side (the local scales' reach),
+    # all under the frame's models: n in [s0, s0 + span), s0 = f hop - wide.
+    wide = width * _SUB
+    span = hop + 2 * wide
+    lead = p + q + wide
+    s0 = frames[:, 1:2] * hop - wide
+    ar_ = torch.arange(span + 3 * p + 2 * q, device=xpad.device)
+    xs = xpad[frames[:, :1], s0 + lead - p + ar_[: span + 3 * p]]
+    rs = rpad[frames[:, :1], s0 + lead - q + ar_[: span + p + 2 * q]]
+    xs, rs = xs.to(torch.float64), rs.to(torch.float64)
+    # xs[m] = x[s0 - p + m], rs[m] = ref[s0 - q + m]; the filters by FFT (linear, no wrap:
+    # every product below reads inside the zero-padded transform), n = s0 + i:
+    # forward e[i] = sum_k a[k] x[n - k] - sum_j h[j] ref[n - j] (i < span + p),
+    # backward eb[i] = sum_k ab[k] x[n + k] - sum_j hb[j] ref[n + j], and the matched
+    # filter z[i] = sum_k a[k] e[i + k] / |a|.
+    n_fft = 1 << math.ceil(math.log2(xs.shape[-1] + p + 1))
+    fxs, frs = torch.fft.rfft(xs, n_fft), torch.fft.rfft(rs, n_fft)
+    fa, fab = torch.fft.rfft(a, n_fft), torch.fft.rfft(ab, n_fft)
+    e = (torch.fft.irfft(fxs * fa, n_fft)[:, p : 2 * p + span]
+         - torch.fft.irfft(frs * torch.fft.rfft(h, n_fft), n_fft)[:, 2 * q : 2 * q + span + p])
+    eb = (torch.fft.irfft(fxs * fab.conj(), n_fft)[:, p : p + span]
+          - torch.fft.irfft(frs * torch.fft.rfft(hb, n_fft).conj(), n_fft)[:, :span])
+    z = torch.fft.irfft(torch.fft.rfft(e, n_fft) * fa.conj(), n_fft)[:, :span]
+    z = z * a.square().sum(-1, keepdim=True).rsqrt()
+    e0 = torch.fft.irfft(fxs * torch.fft.rfft(a0, n_fft), n_fft)[:, p + wide : p + wide + hop]
+    e = e[:, :span]
+    mid = slice(wide, wide + hop)
+
+    def scale(v: Tensor) -> Tensor:
+        return v[:, : hop // _SUB * _SUB].reshape(len(v), -1, _SUB).square().mean(-1).median(-1).values
+
+    s_arx, s_mono = scale(e[:, mid]), scale(e0)
+    n_eff = 2.0 * _ARX_SPAN * hop / 3.0  # (sum w)^2 / sum w^2 of a Hann window
+    price = (2 * q + 1) * math.log(n_eff) / n_eff
+    better = torch.log(s_mono.clamp(min=1e-30) / s_arx.clamp(min=1e-30)) > price
+    # The mono rules' tests (see `detect_clicks`) on the joint model's errors, with the
+    # same local scales: the larger of the robust RMS before and after each sub-block.
+    k = len(frames)
+    before, after = _local_scale(torch.cat([(e.square() + eb.square()).mul(0.5).sqrt(), z]), width)
+    sc = torch.maximum(before, after).repeat_interleave(_SUB, -1)[:, :span]
+    sc_e, sc_z = sc[:k, mid].clamp(min=floor), sc[k:, mid].clamp(min=1e-30)
+    zpeak = tnf.max_pool1d((z.abs()[:, mid] / sc_z)[:, None], 2 * z_reach + 1, 1, z_reach)[:, 0]
+    stat = torch.minimum(e.abs(), eb.abs())[:, mid] / sc_e
+    hit = (stat > threshold) & (zpeak > z_threshold)
+    return better, hit
+
+
 def _arx_candidates(
     xd: Tensor, fit_on: Tensor, other: Tensor, z_ratio: Tensor, sample_rate: int, taps: int,
     threshold: float, z_threshold: float, z_reach: int, floor: float, width: int,
@@ -712,50 +772,15 @@ def _arx_candidates(
                         for v in (a, h, a0, ab, hb))
     rows = xd.reshape(b * c, t)
     ref = other.flip(1).reshape(b * c, t)
-    # Errors over the frame and `width` sub-blocks either side (the local scales' reach),
-    # all under the frame's models: n in [s0, s0 + span), s0 = f hop - wide.
-    wide = width * _SUB
-    span = hop + 2 * wide
-    lead = p + q + wide
-    s0 = frames[:, 1:2] * hop - wide
-    ar_ = torch.arange(span + 3 * p + 2 * q, device=xd.device)
-    xs = tnf.pad(rows, (lead, lead + hop + 2 * p))[frames[:, :1], s0 + lead - p + ar_[: span + 3 * p]]
-    rs = tnf.pad(ref, (lead, lead + hop + 2 * p))[frames[:, :1], s0 + lead - q + ar_[: span + p + 2 * q]]
-    xs, rs = xs.to(torch.float64), rs.to(torch.float64)
-    # xs[m] = x[s0 - p + m], rs[m] = ref[s0 - q + m]; the filters by FFT (linear, no wrap:
-    # every product below reads inside the zero-padded transform), n = s0 + i:
-    # forward e[i] = sum_k a[k] x[n - k] - sum_j h[j] ref[n - j] (i < span + p),
-    # backward eb[i] = sum_k ab[k] x[n + k] - sum_j hb[j] ref[n + j], and the matched
-    # filter z[i] = sum_k a[k] e[i + k] / |a|.
-    n_fft = 1 << math.ceil(math.log2(xs.shape[-1] + p + 1))
-    fxs, frs = torch.fft.rfft(xs, n_fft), torch.fft.rfft(rs, n_fft)
-    fa, fab = torch.fft.rfft(a, n_fft), torch.fft.rfft(ab, n_fft)
-    e = (torch.fft.irfft(fxs * fa, n_fft)[:, p : 2 * p + span]
-         - torch.fft.irfft(frs * torch.fft.rfft(h, n_fft), n_fft)[:, 2 * q : 2 * q + span + p])
-    eb = (torch.fft.irfft(fxs * fab.conj(), n_fft)[:, p : p + span]
-          - torch.fft.irfft(frs * torch.fft.rfft(hb, n_fft).conj(), n_fft)[:, :span])
-    z = torch.fft.irfft(torch.fft.rfft(e, n_fft) * fa.conj(), n_fft)[:, :span]
-    z = z * a.square().sum(-1, keepdim=True).rsqrt()
-    e0 = torch.fft.irfft(fxs * torch.fft.rfft(a0, n_fft), n_fft)[:, p + wide : p + wide + hop]
-    e = e[:, :span]
-    mid = slice(wide, wide + hop)
-
-    def scale(v: Tensor) -> Tensor:
-        return v[:, : hop // _SUB * _SUB].reshape(len(v), -1, _SUB).square().mean(-1).median(-1).values
-
-    s_arx, s_mono = scale(e[:, mid]), scale(e0)
-    n_eff = 2.0 * _ARX_SPAN * hop / 3.0  # (sum w)^2 / sum w^2 of a Hann window
-    price = (2 * q + 1) * math.log(n_eff) / n_eff
-    better = torch.log(s_mono.clamp(min=1e-30) / s_arx.clamp(min=1e-30)) > price
-    # The mono rules' tests (see `detect_clicks`) on the joint model's errors, with the
-    # same local scales: the larger of the robust RMS before and after each sub-block.
-    k = len(frames)
-    before, after = _local_scale(torch.cat([(e.square() + eb.square()).mul(0.5).sqrt(), z]), width)
-    sc = torch.maximum(before, after).repeat_interleave(_SUB, -1)[:, :span]
-    sc_e, sc_z = sc[:k, mid].clamp(min=floor), sc[k:, mid].clamp(min=1e-30)
-    zpeak = tnf.max_pool1d((z.abs()[:, mid] / sc_z)[:, None], 2 * z_reach + 1, 1, z_reach)[:, 0]
-    stat = torch.minimum(e.abs(), eb.abs())[:, mid] / sc_e
-    hit = (stat > threshold) & (zpeak > z_threshold)
+    # In chunks of frames (their spectra are large at dense clicks).
+    lead = p + q + width * _SUB
+    rows, ref = (tnf.pad(v, (lead, lead + hop + 2 * p)) for v in (rows, ref))
+    tests = [_arx_tests(rows, ref, frames[lo : lo + _ARX_CHUNK],
+                        *(v[lo : lo + _ARX_CHUNK] for v in (a, h, a0, ab, hb)),
+                        hop, width, threshold, z_threshold, z_reach, floor)
+             for lo in range(0, len(frames), _ARX_CHUNK)]
+    better = torch.cat([v[0] for v in tests])
+    hit = torch.cat([v[1] for v in tests])
     # The samples of the frames the joint model predicts better where the other channel
     # is quiet: there its tests replace the mono ones.
     pos = frames[:, 1:2] * hop + torch.arange(hop, device=xd.device)
