@@ -15,6 +15,7 @@ from scipy.signal import lfilter
 
 from diffmix.functional.restoration import (
     _band_solve,
+    _lsar_update,
     _sliding_max,
     _unique_pairs,
     lsar_interpolate,
@@ -153,3 +154,41 @@ def test_sliding_max_and_unique_pairs_match_their_plain_forms():
         rebuilt[row_i, s:e] = True
     assert torch.equal(rebuilt, flat)
     assert bool(((r[1:, 0] > r[:-1, 0]) | (r[1:, 1] > r[:-1, 2])).all())  # maximal, ordered
+
+
+@pytest.mark.parametrize("case", range(3))
+def test_lsar_update_equals_the_full_solve(case):
+    # The repair's rounds change a few spans at a time and solve again only the segments
+    # a change reaches: the result must be the full solve's (to rounding: a segment solved
+    # in another batch may round differently). Changes: spans grown, shrunk, dropped,
+    # added, and two segments joined.
+    seed = 4500 + case
+    print("seed", seed)
+    rng = np.random.default_rng(seed)
+    a = resonant(rng, pairs=int(rng.integers(2, 5)))
+    p = len(a) - 1
+    t = 4000
+    x = torch.from_numpy(lfilter([1.0], a, rng.standard_normal((2, t + 2000)))[:, 2000:])[None]
+    coeffs = torch.from_numpy(a)[None, None, None].expand(1, 2, 4, -1).clone()
+    old = torch.zeros(1, 2, t, dtype=torch.bool)
+    for _ in range(30):
+        s0 = int(rng.integers(0, t - 60))
+        old[0, int(rng.integers(0, 2)), s0 : s0 + int(rng.integers(1, 60))] = True
+    new = old.clone()
+    r = runs(old)
+    for row, s0, e0 in r[torch.from_numpy(rng.permutation(len(r))[:8])].tolist():
+        kind = rng.integers(0, 3)
+        if kind == 0:
+            new[0, row, max(s0 - 5, 0) : e0 + 5] = True
+        elif kind == 1:
+            new[0, row, s0 : s0 + (e0 - s0) // 2] = False
+        else:
+            new[0, row, s0:e0] = False
+    new[0, 0, 100 : 100 + p + 3] = True  # joins or adds segments
+    prev = lsar_interpolate(x, old, coeffs, 1000)
+    expected = lsar_interpolate(x, new, coeffs, 1000)
+    got = _lsar_update(x, new, coeffs, 1000, old, prev)
+    assert not torch.equal(old, new)
+    assert float((got - expected).abs().max()) < 1e-9 * float(x.std())
+    assert torch.equal(got[~new], x[~new])  # outside the mask: the input, exactly
+    assert _lsar_update(x, new, coeffs, 1000, new, expected) is expected

@@ -1249,11 +1249,21 @@ def _repair(
     with torch.no_grad():
         xd = x.detach()
         dd = None if drive is None else drive.detach()
+        # The masks below change a few spans at a time: each repair after the first
+        # solves again only the segments a change reaches (`_lsar_update`, exact).
+        solved: list[Tensor] = []
+
+        def solve(m: Tensor) -> Tensor:
+            y = (lsar_interpolate(xd, m, coeffs, hop, drive=dd) if not solved
+                 else _lsar_update(xd, m, coeffs, hop, solved[0], solved[1], dd))
+            solved[:] = [m, y]
+            return y
+
         if model is None:
             coeffs = ar_coefficients(first, sr, order=order, hop=hop, frames=near)
         else:
             coeffs = model[0]
-            first = lsar_interpolate(xd, mask, coeffs, hop, drive=dd)
+            first = solve(mask)
         last = first
         if edge_sigma is not None:
             # A shorter span is repaired better, which shows more of its ends to agree
@@ -1261,12 +1271,12 @@ def _repair(
             # (at most `_TIGHTEN` rounds).
             mask = _tighten(xd, first, mask, coeffs, hop, edge_sigma, dd)
             for _ in range(_TIGHTEN):
-                last = lsar_interpolate(xd, mask, coeffs, hop, drive=dd)
+                last = solve(mask)
                 tighter = _tighten(xd, last, mask, coeffs, hop, edge_sigma, dd)
                 if torch.equal(tighter, mask):
                     break
                 mask = tighter
-        last = lsar_interpolate(xd, mask, coeffs, hop, drive=dd)
+        last = solve(mask)
         innovation = _innovation(last, mask, coeffs, hop, dd)
         # Click edges the detection missed: grow, repair, grow again while the mask
         # changes (at most `_GROW` rounds).
@@ -1275,11 +1285,34 @@ def _repair(
             if torch.equal(grown, mask):
                 break
             mask = grown
-            last = lsar_interpolate(xd, mask, coeffs, hop, drive=dd)
+            last = solve(mask)
             innovation = _innovation(last, mask, coeffs, hop, dd)
     y = lsar_interpolate(x, mask, coeffs, hop, innovation=innovation if noisy else None,
                          drive=drive)
     return y, mask, innovation
+
+
+def _lsar_update(x: Tensor, mask: Tensor, coeffs: Tensor, hop: int, prev_mask: Tensor,
+                 prev: Tensor, drive: Tensor | None = None) -> Tensor:
+    """``lsar_interpolate(x, mask, coeffs, hop, drive=drive)`` given ``prev``, its result
+    for ``prev_mask``: only the segments with a changed sample within ``p`` samples are
+    solved again. The same result (to rounding: a segment solved in another batch may
+    round differently): a segment's solution depends on the samples and the mask from
+    ``p`` before it to ``p`` after it alone, and where those did not change, neither did
+    the segment (its neighbours stay ``p`` or more away). ``(B, C, T)`` each."""
+    b, c, t = x.shape
+    p = coeffs.shape[-1] - 1
+    changed = (mask != prev_mask).reshape(b * c, t)
+    if not bool(changed.any()):
+        return prev
+    segs = _segments(runs(mask.reshape(b * c, 1, t)), p)
+    count = tnf.pad(changed.to(torch.int32).cumsum(-1), (1, 0))
+    lo, hi = (segs[:, 1] - p).clamp(min=0), (segs[:, 2] + p).clamp(max=t)
+    touched = segs[(count[segs[:, 0], hi] - count[segs[:, 0], lo]) > 0]
+    redo = (_mask_from_runs(touched, (b * c, t), 0, x.device) & mask.reshape(b * c, t)).reshape(b, c, t)
+    fresh = lsar_interpolate(x, redo, coeffs, hop, drive=drive)
+    # Samples no longer masked return to x; those solved again take the new solution.
+    return torch.where(redo, fresh, torch.where(changed.reshape(b, c, t), x, prev))
 
 
 def _cross_filters(x: Tensor, ref: Tensor, hop: int, q: int, frames: Tensor) -> Tensor:
