@@ -14,7 +14,8 @@ Shared machinery:
   batched over every frame of every channel).
 * :func:`lsar_interpolate`: every run of masked samples (runs closer than the AR order
   merge into one segment) is solved jointly by least squares, batched over segments of
-  similar length (one Cholesky solve per half-octave length bucket).
+  similar length (one Cholesky solve per half-octave length bucket; a long segment's
+  banded system block by block, :func:`_band_solve`).
 
 The click detector (why it leaves drums alone, and its second look in stereo) is
 documented in :func:`detect_clicks`; the click repair (the flagged samples read as signal
@@ -57,7 +58,7 @@ _ARX_ORDER = 32
 # Its fit covers this many frames (hops of `repair_clicks`): 4 hops of 40 ms give some
 # 28 samples per coefficient at 48 taps a side.
 _ARX_SPAN = 4
-_ARX_CHUNK = 256  # frames per batch of its normal equations (129 x 129 each at 48 taps)
+_ARX_CHUNK = 256  # frames per batch of its normal equations (129 x 129 each at 48 taps) and tests
 
 
 def _rows(x: Tensor, what: str) -> tuple[Tensor, tuple[int, int, int]]:
