@@ -1,0 +1,211 @@
+"""The fast paths of the LSAR repair against dense float64 oracles: the banded
+(block-tridiagonal) solve of long segments, the half-octave buckets and the FFT filters
+of :func:`lsar_interpolate`, plain and constrained beyond the clip level, on random
+segments with a printed seed; and the small helpers the detector's speed rests on."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as tnf
+from scipy.signal import lfilter
+
+from diffmix.functional.restoration import (
+    _band_solve,
+    _lsar_update,
+    _sliding_max,
+    _unique_pairs,
+    lsar_interpolate,
+    runs,
+)
+
+
+def resonant(rng: np.random.Generator, pairs: int) -> np.ndarray:
+    poly = np.array([1.0])
+    for _ in range(pairs):
+        r, th = rng.uniform(0.85, 0.99), rng.uniform(0.05, 2.8)
+        poly = np.convolve(poly, [1.0, -2 * r * math.cos(th), r * r])
+    return poly
+
+
+def numpy_lsar(x: np.ndarray, a: np.ndarray, unknown: np.ndarray) -> np.ndarray:
+    """Dense LSAR oracle: minimise ||A x||^2 over the unknown samples by lstsq, one row of
+    ``A`` per prediction error ``n = p .. T - 1``."""
+    p, t = len(a) - 1, len(x)
+    rows = np.zeros((t - p, t))
+    for i, n in enumerate(range(p, t)):
+        rows[i, n - p : n + 1] = a[::-1]
+    u, *_ = np.linalg.lstsq(rows[:, unknown], -rows[:, ~unknown] @ x[~unknown], rcond=None)
+    out = x.copy()
+    out[unknown] = u
+    return out
+
+
+def random_runs(rng: np.random.Generator, t: int, p: int, lengths: list[int]) -> np.ndarray:
+    """A mask of runs of the given lengths, each at least ``p + 1`` samples from the next
+    and from the signal's ends (so every segment's error terms lie inside the signal)."""
+    mask = np.zeros(t, bool)
+    pos = p + 1 + int(rng.integers(0, 20))
+    for n in lengths:
+        mask[pos : pos + n] = True
+        pos += n + p + 1 + int(rng.integers(0, 40))
+    assert pos < t - p
+    return mask
+
+
+@pytest.mark.parametrize("p", [5, 32, 48, 64])
+def test_band_solve_matches_the_dense_solve(p):
+    seed = 4100 + p
+    print("seed", seed)
+    rng = np.random.default_rng(seed)
+    band = 1 << max(3, math.ceil(math.log2(p)))
+    k, n = 4, band * int(rng.integers(4, 9))
+    a = rng.standard_normal((k, p + 1)) * 0.3
+    a[:, 0] = 1.0
+    ra = np.stack([(a[:, : p + 1 - j] * a[:, j:]).sum(-1) for j in range(p + 1)] + [np.zeros(k)], -1)
+    d = (rng.random((k, n)) < 0.7).astype(np.float64)
+    rhs = rng.standard_normal((k, n))
+    lag = np.minimum(np.abs(np.arange(n)[:, None] - np.arange(n)[None]), p + 1)
+    mat = ra[:, lag] * d[:, :, None] * d[:, None, :] + np.eye(n) * (1 - d)[:, None, :]
+    expected = np.linalg.solve(mat, rhs[..., None])[..., 0]
+    got = _band_solve(torch.from_numpy(ra), torch.from_numpy(d), torch.from_numpy(rhs), band)
+    np.testing.assert_allclose(got.numpy(), expected, rtol=0, atol=1e-10 * np.abs(expected).max())
+
+
+@pytest.mark.parametrize("case", range(3))
+def test_lsar_long_and_short_segments_match_the_dense_oracle(case):
+    # Segments from 1 sample to far beyond the banded solve's threshold (4 blocks), in
+    # every bucket: each must equal the dense least-squares solution.
+    seed = 4200 + case
+    print("seed", seed)
+    rng = np.random.default_rng(seed)
+    a = resonant(rng, pairs=int(rng.integers(2, 5)))
+    p = len(a) - 1
+    lengths = [int(v) for v in rng.integers(1, 400, 6)] + [1, 3, 200]
+    t = sum(lengths) + (len(lengths) + 2) * (p + 41)
+    clean = lfilter([1.0], a, rng.standard_normal(t + 2000))[2000:]
+    mask = random_runs(rng, t, p, lengths)
+    damaged = clean + mask * rng.standard_normal(t) * 10 * clean.std()
+    got = lsar_interpolate(torch.from_numpy(damaged)[None, None], torch.from_numpy(mask)[None, None],
+                           torch.from_numpy(a)[None, None, None].clone(), hop=t)
+    expected = numpy_lsar(damaged, a, mask)
+    np.testing.assert_allclose(got[0, 0].numpy(), expected, rtol=0, atol=1e-8 * clean.std())
+
+
+@pytest.mark.parametrize("case", range(2))
+def test_constrained_lsar_on_long_clipped_runs_matches_the_dense_active_set(case):
+    # The declipping solve (beyond=True) of long runs goes by the banded path: the same
+    # active-set iteration with a dense lstsq at each step is the oracle.
+    seed = 4300 + case
+    print("seed", seed)
+    rng = np.random.default_rng(seed)
+    th = 2 * np.pi / rng.uniform(400, 600)
+    a = np.convolve([1.0, -2 * 0.998 * math.cos(th), 0.998**2], resonant(rng, pairs=1))
+    t = 2500
+    # A narrow-band AR process (a resonance of period some 500 samples): clipped runs of
+    # some 100 samples (the banded path takes segments of 4 blocks of 8 samples and more
+    # at this order), which its own model extrapolates beyond the rail.
+    n = np.arange(t)
+    clean = lfilter([1.0], a, rng.standard_normal(t + 4000))[4000:]
+    clean *= np.minimum(1.0, np.minimum(n, t - 1 - n) / 200.0) / np.abs(clean).max()
+    rail = 0.6
+    clipped = np.clip(clean, -rail, rail)
+    mask = np.abs(clean) > rail
+    r = runs(torch.from_numpy(mask)[None, None])
+    assert int((r[:, 2] - r[:, 1]).max()) >= 64  # long runs
+    iterations = 4
+    got = lsar_interpolate(torch.from_numpy(clipped)[None, None], torch.from_numpy(mask)[None, None],
+                           torch.from_numpy(a)[None, None, None].clone(), hop=t, beyond=True,
+                           iterations=iterations)[0, 0].numpy()
+    unk, sign, level = mask.copy(), np.sign(clipped), np.abs(clipped)
+    for _ in range(iterations):
+        u = numpy_lsar(clipped, a, unk)
+        unk &= ~(sign * u < level)
+    expected = np.where(unk, u, clipped)
+    assert unk.sum() > 0.5 * mask.sum()  # most of the clipped samples rebuilt beyond the rail
+    # A resonance this narrow makes the system ill-conditioned (rounding grows to some
+    # 1e-8 of full scale in either solve): 1e-6 of full scale, where an error of the
+    # solve itself shows at full scale.
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-6)
+    assert np.all(sign[mask] * got[mask] >= level[mask] - 1e-12)  # beyond the rail
+
+
+def test_sliding_max_and_unique_pairs_match_their_plain_forms():
+    seed = 4400
+    print("seed", seed)
+    g = torch.Generator().manual_seed(seed)
+    for half in (0, 1, 5, 64):
+        v = torch.rand(3, 700, generator=g)
+        expected = tnf.max_pool1d(tnf.pad(v, (half, half))[:, None], 2 * half + 1, 1)[:, 0]
+        assert torch.equal(_sliding_max(v, half), expected)
+    row = torch.randint(0, 4, (3000,), generator=g)
+    frame = torch.randint(0, 50, (3000,), generator=g)
+    assert torch.equal(_unique_pairs(row, frame, 50),
+                       torch.unique(torch.stack([row, frame], -1), dim=0))
+    mask = torch.rand(2, 3, 400, generator=g) < 0.4
+    r = runs(mask)
+    flat = mask.reshape(6, 400)
+    rebuilt = torch.zeros_like(flat)
+    for row_i, s, e in r.tolist():
+        assert bool(flat[row_i, s:e].all())
+        rebuilt[row_i, s:e] = True
+    assert torch.equal(rebuilt, flat)
+    assert bool(((r[1:, 0] > r[:-1, 0]) | (r[1:, 1] > r[:-1, 2])).all())  # maximal, ordered
+
+
+@pytest.mark.parametrize("case", range(3))
+def test_lsar_update_equals_the_full_solve(case):
+    # The repair's rounds change a few spans at a time and solve again only the segments
+    # a change reaches: the result must be the full solve's (to rounding: a segment solved
+    # in another batch may round differently). Changes: spans grown, shrunk, dropped,
+    # added, and two segments joined.
+    seed = 4500 + case
+    print("seed", seed)
+    rng = np.random.default_rng(seed)
+    a = resonant(rng, pairs=int(rng.integers(2, 5)))
+    p = len(a) - 1
+    t = 4000
+    x = torch.from_numpy(lfilter([1.0], a, rng.standard_normal((2, t + 2000)))[:, 2000:])[None]
+    coeffs = torch.from_numpy(a)[None, None, None].expand(1, 2, 4, -1).clone()
+    old = torch.zeros(1, 2, t, dtype=torch.bool)
+    for _ in range(30):
+        s0 = int(rng.integers(0, t - 60))
+        old[0, int(rng.integers(0, 2)), s0 : s0 + int(rng.integers(1, 60))] = True
+    new = old.clone()
+    r = runs(old)
+    for row, s0, e0 in r[torch.from_numpy(rng.permutation(len(r))[:8])].tolist():
+        kind = rng.integers(0, 3)
+        if kind == 0:
+            new[0, row, max(s0 - 5, 0) : e0 + 5] = True
+        elif kind == 1:
+            new[0, row, s0 : s0 + (e0 - s0) // 2] = False
+        else:
+            new[0, row, s0:e0] = False
+    new[0, 0, 100 : 100 + p + 3] = True  # joins or adds segments
+    prev = lsar_interpolate(x, old, coeffs, 1000)
+    expected = lsar_interpolate(x, new, coeffs, 1000)
+    got = _lsar_update(x, new, coeffs, 1000, old, prev)
+    assert not torch.equal(old, new)
+    assert float((got - expected).abs().max()) < 1e-9 * float(x.std())
+    assert torch.equal(got[~new], x[~new])  # outside the mask: the input, exactly
+    assert _lsar_update(x, new, coeffs, 1000, new, expected) is expected
+
+
+def test_gradcheck_through_the_banded_solve():
+    # A long segment (6 blocks of 8 at order 4) goes by the banded path; the repair stays
+    # linear in the audio for a fixed mask and model, so its gradient is exact.
+    seed = 4600
+    print("seed", seed)
+    rng = np.random.default_rng(seed)
+    a = resonant(rng, pairs=2)
+    t = 160
+    x = torch.from_numpy(lfilter([1.0], a, rng.standard_normal(t + 500))[500:])[None, None]
+    mask = torch.zeros(1, 1, t, dtype=torch.bool)
+    mask[..., 60:100] = True
+    mask[..., 75:78] = False  # known samples inside the segment
+    coeffs = torch.from_numpy(a)[None, None, None].clone()
+    x.requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda v: lsar_interpolate(v, mask, coeffs, t), (x,))
