@@ -87,6 +87,7 @@ def test_mix_lines_up_with_a_reference_rendered_with_latency(tmp_path, lag):
     assert out.returncode == 0, out.stderr
     report = json.loads((tmp_path / "o" / "mix_report.json").read_text())
     assert report["alignment"]["delay_samples"] == pytest.approx(lag, abs=0.01)
+    assert report["alignment"]["fraction_moved"] == (lag != int(lag))  # a whole-sample lag: not moved
     assert abs(report["alignment"]["offset_samples"] - lag) <= 0.5  # whole samples: the nearest
     assert report["params"]["offset_samples"] == report["alignment"]["offset_samples"]  # render repeats it
     mix, _ = sf.read(str(tmp_path / "o" / "mix.wav"))
