@@ -145,12 +145,19 @@ class Bus(nn.Module):
                 target = start + amount * (now - start)
             param.set(target.clamp(param.spec.min, param.spec.max))
 
-    def forward(self, x: Tensor, until: str | None = None) -> Tensor:
-        """Run the effects in order; with ``until``, stop before the effect of that name."""
+    def forward(self, x: Tensor, until: str | None = None, start: str | None = None) -> Tensor:
+        """Run the effects in order; with ``start``, from the effect of that name on (``x``
+        has been through the ones before it); with ``until``, stop before the effect of
+        that name (``start == until``: none)."""
+        if start is not None and start not in self.effects:
+            raise ValueError(f"Bus: no effect named {start!r}; have {list(self.effects)}")
+        running = start is None
         for name, effect in self.effects.items():
             if name == until:
                 break
-            x = effect(x)
+            running = running or name == start
+            if running:
+                x = effect(x)
         return x
 
     def preset(self) -> dict[str, Any]:

@@ -120,6 +120,26 @@ def test_select_turns_gradients_on_only_for_matching_parameters():
     assert values["strip.pan.pan"].raw.grad is None
 
 
+def test_a_bus_runs_any_range_of_its_effects_as_the_effects_by_hand():
+    # Bus.forward(start=, until=) is how the refine stages render a strip from one stage on
+    # (they had each looped over the effects by hand): the same modules in the same order.
+    console = make_console()
+    console.load_values({"strip.input.gain_db": [1.0, -2.0, 0.5], "strip.pan.pan": [-0.4, 0.1, 0.7],
+                         "strip.width.width": [0.5, 1.5, 1.0], "strip.fader.gain_db": [-3.0, 2.0, 0.0]})
+    bus, names = console.strip, list(console.strip.effects)
+    x = noise(3, 2, 256)
+    for i, start in enumerate([None, *names]):
+        for until in [None, *names]:
+            j = names.index(until) if until is not None else len(names)
+            want = x
+            for name in names[max(0, i - 1) if start is not None else 0 : j]:
+                want = bus.effects[name](want)
+            with torch.no_grad():
+                assert torch.equal(bus(x, until=until, start=start), want.detach()), (start, until)
+    with pytest.raises(ValueError, match="Bus: no effect named 'nope'"):
+        bus(x, start="nope")
+
+
 def test_amount_scales_the_change():
     bus = Bus(SR, {"gain": Gain(SR, gain_db=0.0)}, items=1)
     bus.load_values({"gain.gain_db": [-10.0]})

@@ -140,6 +140,66 @@ def estimate_lag(x: Tensor, reference: Tensor, max_lag: int) -> int:
     """
     if max_lag <= 0:
         return 0
+    return _whole_peak(*_coherence_spectrum(x, reference, max_lag), max_lag)
+
+
+def estimate_delay(x: Tensor, reference: Tensor, max_lag: int) -> float:
+    """Samples by which ``reference`` lags ``x``, to a fraction of a sample (float).
+
+    :func:`estimate_lag`'s whole-sample peak moved to the maximum of the same
+    coherence-weighted cross-correlation between samples: its band-limited interpolation
+    ``r(d) = sum_f w_f Re(C_f e^{j 2 pi f d})`` (``C`` the coherence, ``w`` the rfft
+    bins' weights), maximised by Newton steps from the best of a 0.02-sample grid within
+    one sample of the peak. For a reference that is the stems delayed by ``D`` samples
+    every ``C_f`` is ``|C_f| e^{-j 2 pi f D}`` and ``r`` peaks at ``D`` exactly: a renderer's
+    half-sample latency, which puts the whole-sample peak on either neighbour by a
+    hair, is found as such (and :func:`~diffmix.functional.delay.fractional_shift` aligns
+    the two). Within ~0.01 sample where Hann frames are averaged (signals of two FFT sizes
+    or more); on one zero-padded frame its unwindowed edges pull it by up to ~0.1.
+
+    Args:
+        x: ``(C, T)`` the stems' sum; reference: ``(C', T')``.
+        max_lag: samples (>= 0); the result lies within ``+-(max_lag + 1)``.
+
+    Returns:
+        The delay in samples (negative: the reference leads). Not differentiable.
+    """
+    if max_lag <= 0:
+        return 0.0
+    coherence, size = _coherence_spectrum(x, reference, max_lag)
+    k = _whole_peak(coherence, size, max_lag)
+    weight = torch.full((coherence.shape[-1],), 2.0, dtype=torch.float64, device=coherence.device)
+    weight[0] = 1.0
+    if size % 2 == 0:
+        weight[-1] = 1.0
+    bins = torch.arange(coherence.shape[-1], dtype=torch.float64, device=coherence.device)
+    omega = 2.0 * math.pi * bins / size
+    c = coherence * weight
+
+    def r(d: Tensor) -> Tensor:
+        return (c * torch.polar(torch.ones_like(d * omega), d * omega)).real.sum(-1)
+
+    grid = k + torch.linspace(-1.0, 1.0, 101, dtype=torch.float64, device=coherence.device)
+    d = grid[int(torch.argmax(r(grid.unsqueeze(-1))))]
+    for _ in range(4):  # Newton on r'(d) = 0, kept within the grid's step
+        turn = c * torch.polar(torch.ones_like(omega), d * omega)
+        slope = -(omega * turn.imag).sum()
+        curve = -(omega.square() * turn.real).sum()
+        if float(curve) >= 0.0:
+            break
+        d = d - (slope / curve).clamp(-0.02, 0.02)
+    return float(d)
+
+
+def _whole_peak(coherence: Tensor, size: int, max_lag: int) -> int:
+    xc = torch.fft.irfft(coherence, size)
+    lags = torch.cat([xc[: max_lag + 1], xc[-max_lag:]])
+    k = int(torch.argmax(lags))
+    return k if k <= max_lag else k - (2 * max_lag + 1)
+
+
+def _coherence_spectrum(x: Tensor, reference: Tensor, max_lag: int) -> tuple[Tensor, int]:
+    """The smoothed coherence transform's spectrum of :func:`estimate_lag` and its FFT size."""
     a, b = x.double().mean(0), reference.double().mean(0)
     t = min(a.shape[-1], b.shape[-1])
     a, b = a[:t], b[:t]
@@ -157,11 +217,7 @@ def estimate_lag(x: Tensor, reference: Tensor, max_lag: int) -> int:
     cross = (fa.conj() * fb).sum(0)
     power = (fa.abs().square().sum(0) * fb.abs().square().sum(0)).sqrt()
     live = power > 1e-12 * power.max().clamp_min(1e-300)
-    coherence = torch.where(live, cross / power.clamp_min(1e-300), torch.zeros_like(cross))
-    xc = torch.fft.irfft(coherence, size)
-    lags = torch.cat([xc[: max_lag + 1], xc[-max_lag:]])
-    k = int(torch.argmax(lags))
-    return k if k <= max_lag else k - (2 * max_lag + 1)
+    return torch.where(live, cross / power.clamp_min(1e-300), torch.zeros_like(cross)), size
 
 
 def k_weight_power(freqs_hz: np.ndarray, sample_rate: int) -> np.ndarray:

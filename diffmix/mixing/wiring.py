@@ -877,10 +877,7 @@ def placement_resolve(
 
     def tracks() -> Tensor:
         # The strip's tail (width, pan, fader) on its fixed input: the only stages a pass changes.
-        out = before
-        for name in tail:
-            out = console.strip.effects[name](out)
-        return out
+        return console.strip(before, start=tail[0])
 
     for _ in range(passes):
         with torch.no_grad():
@@ -974,10 +971,10 @@ def compressor_refine(
     lead = list(console.master.effects.values())[:head]
     direct = console.direct.view(n, 1, 1)
 
-    def strip_from(sig: Tensor, stages: list[str]) -> Tensor:
-        for name in stages:
-            sig = console.strip.effects[name](sig)
-        return sig
+    after = rest[1] if len(rest) > 1 else None  # the strip's stage after the compressor
+
+    def from_after(sig: Tensor, until: str | None = None) -> Tensor:  # the stages after it, to ``until``
+        return sig if after is None else console.strip(sig, start=after, until=until)
 
     def master_lead(sig: Tensor) -> Tensor:  # the master's stages before its first compressor
         for effect in lead:
@@ -1002,8 +999,8 @@ def compressor_refine(
         # gives now, and each strip's output: tracks change one at a time, so each is
         # rendered again on its own (_track_stages) where the strip allows.
         pre = console.strip(x, until=comp)
-        comped = strip_from(pre, rest[:1])
-        parts = strip_from(comped, rest[1:])
+        comped = console.strip(pre, start=comp, until=after)
+        parts = from_after(comped)
         lead_dry, _, keyed, mix = mix_of(parts, list(range(n)))
         energy = keyed(lead_dry).double().square().sum((1, 2))
     order = np.argsort([-float(v) for v in energy])
@@ -1057,8 +1054,8 @@ def compressor_refine(
             comp_k = _track_stages(console, rest[:1], pre[k : k + 1], k)
             part_k = None if comp_k is None else _track_stages(console, rest[1:], comp_k, k)
             if comp_k is None or part_k is None:  # a strip the per-track path does not cover
-                comp_k = strip_from(pre, rest[:1])[k : k + 1]
-                part_k = strip_from(comp_k.expand(n, -1, -1), rest[1:])[k : k + 1]
+                comp_k = console.strip(pre, start=comp, until=after)[k : k + 1]
+                part_k = from_after(comp_k.expand(n, -1, -1))[k : k + 1]
             old = parts[k].clone()
             parts[k] = part_k[0]
             lead_k, _, keyed_k, mix_k = mix_of(parts, [k])
@@ -1078,7 +1075,7 @@ def compressor_refine(
     before = None
     if first > names.index(comp):  # the strips before their placement, as now set: from the compressor on
         with torch.no_grad():
-            before = strip_from(comped, names[names.index(comp) + 1 : first])
+            before = from_after(comped, until=names[first])
     placed = placement_resolve(console, stems, reference, sample_rate, fader=fader, max_s=max_s, passes=1,
                                sends=False, before=before)
     return {"method": "short-frame gains of each track's share of the reference vs its compressor",
@@ -1125,7 +1122,6 @@ def eq_refine(
     if not isinstance(effect, ParametricEQ) or gain not in values or not any(placing) or console.groups:
         return {"method": "none", "reason": f"needs a parametric {eq}, {gain}, a width/pan stage, no groups"}
     first = names[placing.index(True)]
-    tail = names[placing.index(True):]
     n = stems.shape[1]
     t = min(stems.shape[-1], reference.shape[-1], int(max_s * sample_rate))
     x = stems[..., :t]
@@ -1139,9 +1135,7 @@ def eq_refine(
     for _ in range(passes):
         with torch.no_grad():
             y = before.expand(n, 2, t) if before.shape[1] == 1 else before
-            parts = y
-            for name in tail:
-                parts = console.strip.effects[name](parts)
+            parts = console.strip(y, start=first)
             returns = _send_returns(console, parts)
             key = (parts * console.direct.to(parts.dtype).view(n, 1, 1)).sum(0, keepdim=True) + returns
             pre = _keyed_master(console, torch.cat([y, returns]), key)
