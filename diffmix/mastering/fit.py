@@ -61,7 +61,7 @@ class FitOptions:
     steps: int = 120
     excerpt_s: float = 8.0
     pool: int = 8
-    patience: int = 16
+    patience: int = 24
     min_delta: float = 0.005
     params: Sequence[str] = ()
     weights: Mapping[str, float] = field(default_factory=dict)
