@@ -12,6 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as tnf
 from scipy.signal import lfilter
+from test_restoration import numpy_lsar  # the dense LSAR oracle
 
 from diffmix.functional.restoration import (
     _band_solve,
@@ -29,19 +30,6 @@ def resonant(rng: np.random.Generator, pairs: int) -> np.ndarray:
         r, th = rng.uniform(0.85, 0.99), rng.uniform(0.05, 2.8)
         poly = np.convolve(poly, [1.0, -2 * r * math.cos(th), r * r])
     return poly
-
-
-def numpy_lsar(x: np.ndarray, a: np.ndarray, unknown: np.ndarray) -> np.ndarray:
-    """Dense LSAR oracle: minimise ||A x||^2 over the unknown samples by lstsq, one row of
-    ``A`` per prediction error ``n = p .. T - 1``."""
-    p, t = len(a) - 1, len(x)
-    rows = np.zeros((t - p, t))
-    for i, n in enumerate(range(p, t)):
-        rows[i, n - p : n + 1] = a[::-1]
-    u, *_ = np.linalg.lstsq(rows[:, unknown], -rows[:, ~unknown] @ x[~unknown], rcond=None)
-    out = x.copy()
-    out[unknown] = u
-    return out
 
 
 def random_runs(rng: np.random.Generator, t: int, p: int, lengths: list[int]) -> np.ndarray:
