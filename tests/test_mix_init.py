@@ -229,9 +229,11 @@ def _analytic(seconds: float, delay: float, seed: int, taper: bool = False) -> t
     return torch.from_numpy(np.stack(out))
 
 
-# one zero-padded frame (its edges, where the two signals do not overlap, weigh as much as
-# the rest); Hann frames averaged (measured within 0.002 samples; one frame within 0.07)
-@pytest.mark.parametrize(("seconds", "tol"), [(0.5, 0.1), (1.5, 0.01)])
+# One zero-padded frame: its edges, where the two signals do not overlap, weigh as much as
+# the rest and pull the peak (0.19 samples at worst in 240 draws of the lags below; a first
+# bound of 0.1 failed in CI at 0.13): only the nearest whole sample, what the console's
+# offset takes, is asserted there. Hann frames averaged: measured within 0.002 samples.
+@pytest.mark.parametrize(("seconds", "tol"), [(0.5, 0.5), (1.5, 0.01)])
 def test_estimate_delay_finds_a_whole_and_a_fractional_lag(seconds, tol):
     # CapDan's producer render lags its stems by 19.5 samples: the whole-sample peak sits on
     # -19 or -20 by a hair (0.4825 vs 0.4790), and which one decided whether the fit's

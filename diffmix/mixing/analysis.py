@@ -155,7 +155,7 @@ def estimate_delay(x: Tensor, reference: Tensor, max_lag: int) -> float:
     half-sample latency, which puts the whole-sample peak on either neighbour by a
     hair, is found as such (and :func:`~diffmix.functional.delay.fractional_shift` aligns
     the two). Within ~0.01 sample where Hann frames are averaged (signals of two FFT sizes
-    or more); on one zero-padded frame its unwindowed edges pull it by up to ~0.1.
+    or more); on one zero-padded frame its unwindowed edges pull it by up to ~0.2.
 
     Args:
         x: ``(C, T)`` the stems' sum; reference: ``(C', T')``.
