@@ -46,11 +46,13 @@ def ar_signal(a: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
     return x[500:]
 
 
-def stable_ar(rng: np.random.Generator, pairs: int) -> np.ndarray:
-    """Prediction-error filter with resonant pole pairs inside the unit circle."""
+def stable_ar(rng: np.random.Generator, pairs: int, *, radius: tuple[float, float] = (0.85, 0.98),
+              angle: tuple[float, float] = (0.05, 2.5)) -> np.ndarray:
+    """Prediction-error filter with resonant pole pairs inside the unit circle (radii and
+    angles drawn uniformly from ``radius`` and ``angle``)."""
     poly = np.array([1.0])
     for _ in range(pairs):
-        r, th = rng.uniform(0.85, 0.98), rng.uniform(0.05, 2.5)
+        r, th = rng.uniform(*radius), rng.uniform(*angle)
         poly = np.convolve(poly, [1.0, -2 * r * math.cos(th), r * r])
     return poly
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as tnf
 from scipy.signal import lfilter
-from test_restoration import numpy_lsar  # the dense LSAR oracle
+from test_restoration import numpy_lsar, stable_ar  # the dense LSAR oracle, AR draws
 
 from diffmix.functional.restoration import (
     _band_solve,
@@ -25,11 +25,8 @@ from diffmix.functional.restoration import (
 
 
 def resonant(rng: np.random.Generator, pairs: int) -> np.ndarray:
-    poly = np.array([1.0])
-    for _ in range(pairs):
-        r, th = rng.uniform(0.85, 0.99), rng.uniform(0.05, 2.8)
-        poly = np.convolve(poly, [1.0, -2 * r * math.cos(th), r * r])
-    return poly
+    """Poles nearer the unit circle than :func:`stable_ar`'s defaults (radius up to 0.99)."""
+    return stable_ar(rng, pairs, radius=(0.85, 0.99), angle=(0.05, 2.8))
 
 
 def random_runs(rng: np.random.Generator, t: int, p: int, lengths: list[int]) -> np.ndarray:
