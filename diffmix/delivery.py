@@ -7,6 +7,7 @@ requantised until it holds; the report says so.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -37,6 +38,10 @@ class DeliveryReport:
     ceiling_dbtp: float | None
     relimited: bool
     relimit_gain_db: float
+    # "metered": the written samples on the strict meter; "bound": the render's strict
+    # reading plus what storing can add (mastering.deliver.deliver_chunks), never below
+    # the written samples' reading
+    true_peak_from: str = "metered"
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -118,6 +123,34 @@ def prepare(
 
 
 _BLOCK = 1 << 16  # samples per block of the dither's draws and prepare's quantisation
+
+
+def quantised_peak_bound(peak: float, sample_rate: int, *, bit_depth: str, dither: bool, gain: float = 1.0,
+                         exact_float32: bool = True) -> float:
+    """An upper bound on the strict true peak (linear) of what :func:`prepare` stores
+    from a render whose own strict reading is ``peak`` (linear; float32 samples when
+    ``exact_float32``), scaled by ``gain``, at the same rate.
+
+    Storing moves each sample by at most ``d``: half a step of rounding plus one of TPDF
+    dither at ``bits`` bits, or float32's rounding of ``gain * peak`` for float files
+    (nothing for float32 samples stored as they are). The strict meter then moves by at
+    most ``gain * d`` plus its float32 rounding (:func:`~diffmix.functional.peaks.strict_sensitivity`),
+    so the stored signal reads at most ``gain * peak * (1 + rounding) + sensitivity * d``
+    (at 24 bits, 4e-5 of the peak plus 1.3e-6 of full scale above the render's reading).
+    Infinite where a sample could reach the clamp at full scale (the bound would not hold).
+    """
+    from diffmix.functional.peaks import strict_sensitivity
+
+    sensitivity, rounding = strict_sensitivity(sample_rate)
+    level = gain * peak
+    if bit_depth == "float":
+        moved = 0.0 if gain == 1.0 and exact_float32 else level * 2.0 ** -24
+    else:
+        step = 2.0 ** (1 - int(bit_depth))
+        moved = (1.5 if dither else 0.5) * step
+        if level + moved >= 1.0 - step:
+            return math.inf
+    return level * (1.0 + rounding) + sensitivity * moved
 
 
 T = TypeVar("T")

@@ -81,10 +81,11 @@ class SequentialMeter:
     once the samples after it have arrived. :meth:`summary` ends the signal (silence after
     it, as before its start) and returns :meth:`ChunkMeter.summary`."""
 
-    def __init__(self, sample_rate: int, channels: int, *, strict: bool = False) -> None:
+    def __init__(self, sample_rate: int, channels: int, *, strict: bool = False,
+                 true_peak: bool = True) -> None:
         from diffmix.functional.loudness import block_samples
 
-        self.meter = ChunkMeter(sample_rate, channels, strict=strict)
+        self.meter = ChunkMeter(sample_rate, channels, strict=strict, true_peak=true_peak)
         self.left = max(ChunkMeter.warmup(sample_rate), STRICT_CONTEXT if strict else 0)
         self.right = STRICT_CONTEXT if strict else PEAK_CONTEXT
         self.hop = block_samples(sample_rate)[0]
@@ -157,11 +158,13 @@ class ChunkMeter:
     (``STRICT_CONTEXT`` each side with ``strict``). Chunks must start on multiples of the
     100 ms gating hop. Loudness is :class:`~diffmix.functional.loudness.GatedMeter`'s;
     ``strict`` meters the true peak on :func:`~diffmix.functional.peaks.strict_envelope`
-    (every usual meter): the delivery ceiling's check.
+    (every usual meter): the delivery ceiling's check. ``true_peak=False`` meters no true
+    peak: the caller knows it and sets ``peak`` (linear) before :meth:`summary`.
     """
 
-    def __init__(self, sample_rate: int, channels: int, *, strict: bool = False) -> None:
-        self.sr, self.channels, self.strict = sample_rate, channels, strict
+    def __init__(self, sample_rate: int, channels: int, *, strict: bool = False,
+                 true_peak: bool = True) -> None:
+        self.sr, self.channels, self.strict, self.true_peak = sample_rate, channels, strict, true_peak
         self.gated = GatedMeter(sample_rate, channels)
         self.peak = 0.0
         self.sample_peak = 0.0
@@ -183,7 +186,7 @@ class ChunkMeter:
             raise ValueError(f"ChunkMeter: need {w} samples before and {PEAK_CONTEXT} after a chunk")
         y = y.detach()
         self.gated.add(y, left, n)
-        if self.strict:
+        if self.true_peak and self.strict:
             q = STRICT_CONTEXT
             if left < q or y.shape[-1] < left + n + q:
                 raise ValueError(f"ChunkMeter: the strict meter needs {q} samples each side of a chunk")
@@ -193,7 +196,7 @@ class ChunkMeter:
             a = 0 if self.samples == 0 else q
             level = strict_envelope(y[..., left - a : left + n + q], self.sr)
             self.peak = max(self.peak, float(level[..., a : a + n].amax()))
-        else:
+        elif self.true_peak:
             self.peak = max(self.peak, _middle_true_peak(y, left, n, self.sr))
         mid = y[0, :, left : left + n]
         # A block at a time on CPU: no full-length copies (the magnitude, float64 rows).

@@ -183,3 +183,34 @@ def test_batch_and_album_compose_the_mastering_group():
     # Every named spec comes through Hydra, none read from disk by the job.
     assert sorted(batch.targets) == sorted(p.stem for p in (ROOT / "configs" / "target").glob("*.yaml"))
     assert batch.fit.steps == 60 and album.match_eq is None and master.match_eq is not None
+
+
+@pytest.mark.parametrize("depth", ["24", "16"])
+def test_the_delivered_true_peak_is_bounded_from_the_render_or_metered(tmp_path, depth):
+    # A 24-bit master's true peak comes from the limiter's own strict reading of the render
+    # plus what dither and rounding can add (no second strict pass over the file); it never
+    # reads below the written file's strict true peak, and the ceiling holds on the file.
+    # At 16 bits the bound is too loose to hold the ceiling at the render's level: the file
+    # is metered, re-limited if dither took it over, and bounded again only after that.
+    from diffmix.functional.peaks import strict_true_peak
+    from diffmix.mastering import ChainSpec, DeliveryOptions, FitOptions, MasterOptions, Song, master_group
+
+    sr = 44100
+    x = torch.from_numpy(music(4.0, sr, seed=7).T.copy()).unsqueeze(0)
+    spec = ChainSpec(sr, {"limiter": {"_target_": "diffmix.effects.dynamics.Limiter", "sample_rate": sr,
+                                      "ceiling_db": -1.0, "strict": True}})
+    # loud enough that the limiter holds peaks at its target all through
+    song = Song("s", x, tmp_path, "s_master", target={"lufs": -8.0, "true_peak_db": -1.0})
+    options = MasterOptions(report=False, delivery=DeliveryOptions(bit_depth=depth))
+    (report,) = master_group([song], sr, spec, FitOptions(steps=0), options)
+    delivery = report["delivery"]
+    if depth == "24":
+        assert delivery["true_peak_from"] == "bound" and not delivery["relimited"]
+    else:
+        assert delivery["true_peak_from"] == "metered" or delivery["relimited"]
+    y, _ = sf.read(str(tmp_path / "s_master.wav"), always_2d=True, dtype="float32")
+    on_file = 20 * math.log10(float(strict_true_peak(torch.from_numpy(y.T.copy()).unsqueeze(0), sr).max()))
+    reported = report["after"]["true_peak_dbtp"]
+    assert delivery["true_peak_dbtp"] == reported <= -1.0 and on_file <= -1.0
+    slack = 1e-9 if delivery["true_peak_from"] == "metered" else 1e-3 if depth == "24" else 5e-3
+    assert on_file <= reported <= on_file + slack

@@ -164,3 +164,31 @@ def test_a_few_blocks_at_a_time_reads_exactly_as_the_whole_signal(monkeypatch):
     assert torch.equal(gained, strict_envelope(x * gain, SR))
     with pytest.raises(ValueError, match="gain must be"):
         strict_envelope(x, SR, gain=gain[:, :, :-1])
+
+
+def test_the_sensitivity_bounds_a_worst_case_change_and_is_tight():
+    # strict_sensitivity: a change of at most d per sample moves the strict level by at
+    # most gain * d (+ float rounding). The worst case, built from the definition: the
+    # signs of the ideal half-sample kernel (an 8x zero-padded inverse transform of an
+    # impulse over one FFT block) laid around one point, so that point's reading is
+    # d * ||kernel||_1. It reads within the bound, and the bound is not loose.
+    from diffmix.functional.peaks import strict_sensitivity
+
+    width = CORE + 2 * OVERLAP
+    spec = np.ones(width // 2 + 1, dtype=complex)
+    spec[-1] *= 0.5
+    up = np.fft.irfft(spec, UP * width) * UP
+    kernels = up.reshape(width, UP).T  # kernels[p, k]: phase p / 8, offset k (circular)
+    p = int(np.abs(kernels).sum(1).argmax())
+    gain, rounding = strict_sensitivity(SR)
+    d = 1e-3
+    block, centre = 2, OVERLAP + CORE // 2  # an output in the middle of block 2's lane
+    lane = d * np.sign(kernels[p][(centre - np.arange(width)) % width])
+    x = np.zeros((2, 5 * CORE))
+    x[0, block * CORE - OVERLAP: block * CORE - OVERLAP + width] = lane
+    level = strict_envelope(torch.from_numpy(x).float().unsqueeze(0), SR)[0].double().numpy()
+    n = block * CORE - OVERLAP + centre  # the sample the point follows
+    worst = max(level[n], level[n + 1])
+    print("ideal kernel L1", np.abs(kernels[p]).sum(), "gain", gain)
+    assert worst <= gain * d + rounding * d
+    assert worst >= 0.99 * gain * d

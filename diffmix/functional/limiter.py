@@ -260,9 +260,21 @@ def limiter_correction(
             re-meters only the blocks a pass changed; Triton and the torch path run four
             full passes without a host synchronisation. The strict stage runs in torch.
     """
+    return strict_correction(y, sample_rate, target, ceiling, lookahead, release, strict=strict,
+                             backend=backend)[0]
+
+
+@torch.no_grad()
+def strict_correction(
+    y: Tensor, sample_rate: int, target: Tensor, ceiling: Tensor, lookahead: int,
+    release: Tensor, *, strict: bool = True, backend: str = "auto",
+) -> tuple[Tensor, Tensor | None]:
+    """:func:`limiter_correction`'s gain, and with ``strict`` the strict true peak of ``y``
+    times it, ``(B,)`` linear as :func:`~diffmix.functional.peaks.strict_envelope` reads
+    it (metered on the way: no extra pass); None without ``strict``."""
     total = _meter_correction(y, sample_rate, target, ceiling, lookahead, release, backend=backend)
     if not strict:  # the project's meter only
-        return total
+        return total, None
     target = target.detach().reshape(-1, 1).to(torch.float64)
     ceil = ceiling.detach().reshape(-1, 1).to(torch.float64) * (1.0 - 1e-6)
     pole = release.to(torch.float64)
@@ -270,7 +282,7 @@ def limiter_correction(
     for _ in range(4):
         item_over = level.amax(1, keepdim=True) > ceil
         if not bool(item_over.any()):
-            return total
+            return total, level.amax(1)
         over = (level > target) & item_over
         # The gain each sample needs: 1 but where it is over, in float64 (so the release
         # returns to 1.0 exactly); written where needed, not as full-length quotients.
@@ -289,7 +301,8 @@ def limiter_correction(
             level[:, a:b] = part[:, a - lo: b - lo]
     # Residual overs after four passes (pathological input): scale each item down.
     peak = _peaks.strict_true_peak(y * total, sample_rate).amax(1).view(-1, 1, 1)
-    return total * torch.minimum(target.view(-1, 1, 1).to(y.dtype) / peak, torch.ones_like(peak))
+    scale = torch.minimum(target.view(-1, 1, 1).to(y.dtype) / peak, torch.ones_like(peak))
+    return total * scale, (peak * scale).view(-1)
 
 
 # Samples of context that make a stretch's strict level exact: the ideal interpolation's FFT
@@ -402,7 +415,9 @@ def drive_renders(
     out the final metered correction, which only ever lowers the level a hair; ``exact`` is
     ``smooth`` times that correction (:func:`limiter_correction`, which meters the very
     output it returns, so the ceiling holds exactly as in :func:`limiter`). ``exact`` equals
-    :func:`limiter` at that ``gain_db`` to float rounding. No gradient.
+    :func:`limiter` at that ``gain_db`` to float rounding. After each call, with
+    ``strict``, ``exact.strict_peak`` holds that output's strict true peak ``(B,)``
+    (linear, metered by the correction; else None). No gradient.
 
     Args:
         x: the limiter's input at 0 dB drive, ``(B, C, T)``.
@@ -437,11 +452,15 @@ def drive_renders(
 
     def corrected(drives: Tensor) -> Tensor:
         y = smooth(drives)
+        corrected.strict_peak = None  # type: ignore[attr-defined]
         if not (true_peak and exact):
             return y  # sample-peak mode: the smooth gain already holds the ceiling
         with torch.no_grad():  # y is this call's own render: corrected in place
-            return y.mul_(limiter_correction(
+            gain, peak = strict_correction(
                 y, sample_rate, target, ceiling.to(x.dtype), lookahead, release.view(-1, 1, 1), strict=strict,
-            ))
+            )
+            corrected.strict_peak = peak  # type: ignore[attr-defined]
+            return y.mul_(gain)
 
+    corrected.strict_peak = None  # type: ignore[attr-defined]
     return smooth, corrected

@@ -591,6 +591,36 @@ def strict_true_peak(x: Tensor, sample_rate: int) -> Tensor:
         return peak.reshape(b, c)
 
 
+@functools.lru_cache(maxsize=8)
+def strict_sensitivity(sample_rate: int) -> tuple[float, float]:
+    """``(gain, rounding)``: how far :func:`strict_envelope` can move when its float32
+    input moves, so that ``level(x + e) <= level(x) + gain * max|e| + rounding * max|x|``
+    at every sample for any ``e``, each side metered as this module meters it.
+
+    ``gain`` is the largest L1 norm of the meter's linear maps: ``|x|`` (1, the upsamplers'
+    phase 0 a hair above), every FIR row (BS.1770 Annex 2, the Kaiser 4x/8x upsamplers,
+    this module's interpolator) and each ideal phase's kernel over an FFT block (its
+    circular sinc, about 9). ``rounding`` bounds float32 arithmetic on both sides: an
+    ``n``-tap row's sum errs by at most ``n`` units in the last place of ``sum |h| |x|``,
+    and the ideal points by :data:`_FFT_ROUNDING` of their block's peak, plus the
+    ``_FFT_ROUNDING`` term each reading adds. What a delivery uses to bound the true peak
+    of a dithered, quantised render from the render's own reading
+    (:func:`diffmix.delivery.quantised_peak_bound`).
+    """
+    taps, phase0 = _strict_rows()
+    f = oversampling_factor(sample_rate)
+    rows = [taps, *([interpolation_filter(f)] if f > 1 else [])]
+    width = _IDEAL_CORE + 2 * _IDEAL_OVERLAP
+    twist = _phase_twists(width, _IDEAL_FACTOR, torch.float64, "cpu")  # a unit impulse's spectrum, twisted
+    twist = twist.clone()
+    twist[:, -1] = twist[:, -1].real
+    ideal = float(torch.fft.irfft(twist, n=width).abs().sum(-1).max())
+    gain = max(1.0, phase0, ideal, *(float(np.abs(r).sum(1).max()) for r in rows))
+    unit = 2.0 ** -24
+    fir = max(r.shape[1] * float(np.abs(r).sum(1).max()) for r in rows) * unit
+    return gain, 2.0 * fir + 3.0 * _FFT_ROUNDING
+
+
 def true_peak_soft(
     x: Tensor, sample_rate: int, *, temperature_db: float = 0.05, factor: int | None = None
 ) -> Tensor:

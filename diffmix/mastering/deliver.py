@@ -5,6 +5,7 @@ crosses it (:func:`diffmix.delivery.relimit`, the one re-limit loop).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +16,15 @@ import soundfile as sf
 from torch import Tensor
 
 from diffmix.checks import all_finite
-from diffmix.delivery import FORMATS, SUBTYPES, DeliveryReport, check_format, prepare, relimit
+from diffmix.delivery import (
+    FORMATS,
+    SUBTYPES,
+    DeliveryReport,
+    check_format,
+    prepare,
+    quantised_peak_bound,
+    relimit,
+)
 from diffmix.errors import UserError
 from diffmix.io import AudioFileError, atomic_path
 from diffmix.report import SequentialMeter
@@ -41,12 +50,15 @@ class DeliveryOptions:
 
 def write_chunks(chunks: Iterable[Tensor], path: Path, sample_rate: int, *, fmt: str, bit_depth: str,
                  dither: bool, seed: int, gain_db: float = 0.0,
-                 target_rate: int | None = None) -> tuple[int, dict[str, Any]]:
+                 target_rate: int | None = None,
+                 true_peak: float | None = None) -> tuple[int, dict[str, Any]]:
     """Write ``(C, n)`` chunks (converted to ``target_rate``, dithered and quantised, as
     :func:`~diffmix.delivery.prepare` does) to ``path``; returns the written rate and the
     written samples' :meth:`~diffmix.report.ChunkMeter.summary` on the strict meter,
     metered as they are written (exactly the file's samples: 16/24-bit steps and float32
-    are what it stores and reads back).
+    are what it stores and reads back). ``true_peak``: the strict true peak the written
+    samples are known not to exceed (linear, :func:`~diffmix.delivery.quantised_peak_bound`);
+    then it is the summary's, and the strict meter does not run.
 
     Chunk ``k`` is dithered with its own generator, seeded by ``seed`` for the first and
     by ``(seed, k)`` after it: reproducible and independent. Rate conversion needs the
@@ -67,7 +79,7 @@ def write_chunks(chunks: Iterable[Tensor], path: Path, sample_rate: int, *, fmt:
             if fh is None:
                 fh = sf.SoundFile(str(path), "w", samplerate=rate, channels=data.shape[1],
                                   format=FORMATS[fmt], subtype=SUBTYPES[bit_depth])
-                meter = SequentialMeter(rate, 2, strict=True)
+                meter = SequentialMeter(rate, 2, strict=True, true_peak=true_peak is None)
             for a in range(0, data.shape[0], _WRITE_FRAMES):  # no interleaved copy of the whole chunk
                 fh.write(data[a : a + _WRITE_FRAMES])
             meter.push(stored if stored.shape[0] == 2 else stored.expand(2, -1))  # type: ignore[union-attr]
@@ -79,20 +91,27 @@ def write_chunks(chunks: Iterable[Tensor], path: Path, sample_rate: int, *, fmt:
             fh.close()
     if meter is None:
         raise ValueError(f"{path}: nothing to write (no samples)")
+    if true_peak is not None:
+        meter.meter.peak = true_peak
     return rate, meter.summary()
 
 
 def deliver_chunks(
     chunks: Callable[[], Iterable[Tensor]], sample_rate: int, path: Path, options: DeliveryOptions, *,
     ceiling: float | None, seed: int, goal: float | None = None, tolerance_lu: float = 0.02,
-    protect: tuple[str | Path, ...] = (),
+    protect: tuple[str | Path, ...] = (), render_peak: float | None = None,
 ) -> tuple[DeliveryReport, dict[str, Any]]:
     """Deliver a master given as ``(C, n)`` chunks (``chunks()`` yields them afresh for
     each attempt; an in-memory master is one chunk) to ``path``.
 
     Each attempt is written beside ``path``, metered in chunks on the strict meter (the
     ceiling holds on every usual meter) and re-limited until it holds ``ceiling``
-    (:func:`~diffmix.delivery.relimit`). The solve met ``goal`` within ``tolerance_lu``;
+    (:func:`~diffmix.delivery.relimit`). ``render_peak``: the chunks' own strict true
+    peak (linear, float32 samples, as the limiter's correction metered them); where the
+    bound it gives the stored samples (:func:`~diffmix.delivery.quantised_peak_bound`)
+    holds ``ceiling``, that bound is the report's true peak and the written samples are
+    not metered again (24-bit and float files; 16-bit steps are too coarse for it). The
+    solve met ``goal`` within ``tolerance_lu``;
     dither and a last re-limit may add a few hundredths, never more, else nothing is
     written and a one-line error says why. Only then does the file replace ``path``.
     Returns the delivery's report and the written samples' measurements
@@ -102,13 +121,21 @@ def deliver_chunks(
     for other in protect:
         if Path(other).exists() and path.exists() and path.samefile(other):
             raise AudioFileError(f"{path}: refusing to overwrite an input file")
-    rate = sample_rate
+    rate, metered = sample_rate, True
     with atomic_path(path) as tmp:
         def attempt(gain_db: float) -> tuple[float, dict[str, Any]]:
-            nonlocal rate
+            nonlocal rate, metered
+            known = None
+            same_rate = not (options.sample_rate and int(options.sample_rate) != sample_rate)
+            if render_peak is not None and same_rate:
+                bound = quantised_peak_bound(render_peak, sample_rate, bit_depth=depth,
+                                             dither=bool(options.dither), gain=10.0 ** (gain_db / 20.0))
+                if ceiling is None or 20.0 * math.log10(max(bound, 1e-300)) <= ceiling:
+                    known = bound
+            metered = known is None
             rate, after = write_chunks(chunks(), tmp, sample_rate, fmt=fmt, bit_depth=depth,
                                        dither=bool(options.dither), seed=seed, gain_db=gain_db,
-                                       target_rate=options.sample_rate)
+                                       target_rate=options.sample_rate, true_peak=known)
             return after["true_peak_dbtp"], after
 
         relimit_db, tp, after = relimit(attempt, ceiling)
@@ -123,5 +150,6 @@ def deliver_chunks(
         path=str(path), format=fmt, bit_depth=depth, sample_rate=rate,
         dithered=bool(options.dither) and depth != "float", true_peak_dbtp=tp, ceiling_dbtp=ceiling,
         relimited=relimit_db < 0, relimit_gain_db=relimit_db,
+        true_peak_from="metered" if metered else "bound",
     )
     return report, after

@@ -276,6 +276,10 @@ def _master(songs: list[Song], sr: int, spec: ChainSpec, fit: FitOptions, option
         render, y, solves = render_and_solve(None if solves[0] is None else last)
     clock("loudness_solve")
     pre = render.pre  # type: ignore[attr-defined]
+    # Each master's strict true peak, as the limiter's correction metered it: delivery
+    # bounds the stored samples' from it instead of metering them again (float32 renders).
+    peaks = render.strict_peak  # type: ignore[attr-defined]
+    peaks = [None] * len(songs) if peaks is None or y.dtype != torch.float32 else peaks.tolist()
     del render  # its drive renders' buffers: the pre-limiter signal alone is kept, for the worker
     # The plot (spectra, short-term loudness, matplotlib) and the page's gain-reduction curve
     # need only the rendered master: they are drawn on the worker while the main thread
@@ -302,7 +306,7 @@ def _master(songs: list[Song], sr: int, spec: ChainSpec, fit: FitOptions, option
     for i, song in enumerate(songs):
         report = _deliver_song(
             song, i, y[i : i + 1, :, : lengths[i]], sr, goals[i], solves[i], fit_report, bus, spec,
-            options, plots, inputs[i], drawings[i], reductions[i], clock,
+            options, plots, inputs[i], drawings[i], reductions[i], clock, peaks[i],
         )
         # timings_s: for the whole group, per stage
         reports.append(finish(report, song.out / f"{song.stem}_report.json", t0, len(songs), clock.spent))
@@ -312,14 +316,15 @@ def _master(songs: list[Song], sr: int, spec: ChainSpec, fit: FitOptions, option
 def _deliver_song(song: Song, i: int, yi: torch.Tensor, sr: int, goal: float | None,
                   solve: Any, fit_report: dict[str, Any] | None, bus: Bus, spec: ChainSpec,
                   options: MasterOptions, plots: list, measured: Future, drawing: Future | None,
-                  reduction: Future | None, clock: _Clock) -> dict[str, Any]:
+                  reduction: Future | None, clock: _Clock, render_peak: float | None) -> dict[str, Any]:
     """Deliver song ``i`` of the group (one chunk) and build its report (all but the runtime);
     ``measured``: :func:`_measure_input`'s result for it, ``drawing`` the master's prepared
-    page take, ``reduction`` its limiter's gain-reduction curve, all to come."""
+    page take, ``reduction`` its limiter's gain-reduction curve, all to come;
+    ``render_peak``: ``yi``'s strict true peak where the render metered it."""
     report, path = _deliver(
         song.key, song.out, song.stem, song.target, goal, solve, fit_report, options,
         lambda: iter([yi[0]]), sr, before=lambda: measured.result()["before"],
-        protect=song.protect,
+        protect=song.protect, render_peak=render_peak,
     )
     clock("deliver")
     inputs = measured.result()
@@ -356,12 +361,12 @@ def _deliver_song(song: Song, i: int, yi: torch.Tensor, sr: int, goal: float | N
 def _deliver(key: str, out: Path, stem: str, target: dict[str, Any], goal: float | None, solve: Any,
              fit_report: dict[str, Any] | None, options: MasterOptions,
              chunks: Callable[[], Iterable[torch.Tensor]], sr: int, *, before: Callable[[], dict[str, Any]],
-             protect: tuple[str, ...]) -> tuple[dict[str, Any], Path]:
+             protect: tuple[str, ...], render_peak: float | None = None) -> tuple[dict[str, Any], Path]:
     """Deliver one master from its chunks and start its report: ``(report, written path)``."""
     path = _delivered_path(out, stem, options)
     delivery, after = deliver_chunks(
         chunks, sr, path, options.delivery, ceiling=target.get("true_peak_db"), seed=int(options.seed),
-        goal=goal, tolerance_lu=float(options.tolerance_lu), protect=protect,
+        goal=goal, tolerance_lu=float(options.tolerance_lu), protect=protect, render_peak=render_peak,
     )
     report = master_report(key, target, goal, before=before(), after=after,
                            solve=vars(solve) if solve else None, delivery=delivery.as_dict(), fit=fit_report)

@@ -40,15 +40,20 @@ def render_with_drive(bus: Bus, x: Tensor, limiter: str = LIMITER, *,
 
     The renderer carries ``pre`` (the pre-limiter signal, for the gain-reduction plot and
     the solve's start), ``proxy`` (the smooth limiter's cheap render, or None) and
-    ``drive_range`` (the limiter's drive range, dB). ``exact=False`` renders the limiter
-    in its smooth mode (as :func:`smooth_render`): no metered correction and no strict
-    level, for a render whose tone is measured, not delivered.
+    ``drive_range`` (the limiter's drive range, dB), and after each call ``strict_peak``:
+    that output's strict true peak per song, ``(S,)`` linear, where the limiter's strict
+    correction metered it (else None). ``exact=False`` renders the limiter in its smooth
+    mode (as :func:`smooth_render`): no metered correction and no strict level, for a
+    render whose tone is measured, not delivered.
     """
     renderer = StreamRenderer(bus, x, limiter=limiter, exact=exact)
 
     def render(drives: Tensor) -> Tensor:
         ((_, _, y),) = renderer.limited(drives)
+        render.strict_peak = getattr(renderer._fast, "strict_peak", None)  # type: ignore[attr-defined]
         return y
+
+    render.strict_peak = None  # type: ignore[attr-defined]
 
     render.pre = renderer.pre  # type: ignore[attr-defined]
     render.proxy = renderer.proxy  # type: ignore[attr-defined]
