@@ -84,7 +84,9 @@ def test_local_exact_correction_holds_the_ceiling_like_the_torch_loop(sample_rat
     target = ceiling * (1 - L._LIMIT_MARGIN)
     lookahead = D._lookahead_samples(5.0, sample_rate, "limiter")
     release = D.ms_to_pole(torch.tensor(30.0).view(1, 1, 1), sample_rate)
-    local = L._exact_correction_local(smooth, sample_rate, target, ceiling, lookahead, release)
+    local, level = L._exact_correction_local(smooth, sample_rate, target, ceiling, lookahead, release)
     assert float(true_peak(smooth * local, sample_rate).max()) <= float(ceiling)
+    # the level it returns is the meter's envelope of its output, as a fresh pass reads it
+    assert torch.equal(level.unsqueeze(1), L.limiter_envelope(smooth * local, sample_rate))
     assert float(local.min()) < 1.0  # the correction acted
     assert float(local.max()) <= 1.0

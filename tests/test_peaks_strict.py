@@ -192,3 +192,22 @@ def test_the_sensitivity_bounds_a_worst_case_change_and_is_tight():
     print("ideal kernel L1", np.abs(kernels[p]).sum(), "gain", gain)
     assert worst <= gain * d + rounding * d
     assert worst >= 0.99 * gain * d
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_the_strict_correction_reports_the_peak_it_leaves(seed):
+    # strict_correction meters its own output on the way (the first stage's meter level
+    # reused, not re-run): the peak it returns is the strict meter's reading of y * gain,
+    # and it holds the ceiling. Items over and under the ceiling, near-Nyquist content.
+    from diffmix.functional import limiter as L
+
+    gen = torch.Generator().manual_seed(seed)
+    y = torch.randn(2, 2, 40000, generator=gen)
+    y[1] = y[1] - torch.roll(y[1], 1, -1)
+    y = (y / y.abs().amax((1, 2), keepdim=True) * torch.tensor([1.2, 0.95]).view(2, 1, 1)).float()
+    ceiling = torch.tensor([0.9, 0.89]).view(2, 1, 1)
+    release = L.ms_to_pole(torch.tensor(80.0).view(1, 1, 1), SR).expand(2, 1, 1)
+    gain, peak = L.strict_correction(y, SR, ceiling * (1 - 1e-4), ceiling, 220, release)
+    read = strict_true_peak(y * gain, SR).amax(1)
+    torch.testing.assert_close(peak, read, rtol=1e-6, atol=0)
+    assert (peak <= ceiling.view(-1)).all() and float(gain.min()) < 1.0

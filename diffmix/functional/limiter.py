@@ -272,13 +272,17 @@ def strict_correction(
     """:func:`limiter_correction`'s gain, and with ``strict`` the strict true peak of ``y``
     times it, ``(B,)`` linear as :func:`~diffmix.functional.peaks.strict_envelope` reads
     it (metered on the way: no extra pass); None without ``strict``."""
-    total = _meter_correction(y, sample_rate, target, ceiling, lookahead, release, backend=backend)
+    total, metered = _meter_correction(y, sample_rate, target, ceiling, lookahead, release, backend=backend)
     if not strict:  # the project's meter only
         return total, None
     target = target.detach().reshape(-1, 1).to(torch.float64)
     ceil = ceiling.detach().reshape(-1, 1).to(torch.float64) * (1.0 - 1e-6)
     pole = release.to(torch.float64)
-    level = _peaks.strict_envelope(y, sample_rate, gain=total)  # (B, T) in y's dtype, as metered
+    # (B, T) in y's dtype, as metered; this module's meter's part is the level the first
+    # stage left, where it has it (the same kernel on the same samples: not run twice)
+    level = _peaks.strict_envelope(y, sample_rate, gain=total, meter=metered is None)
+    if metered is not None:
+        torch.maximum(level, metered.to(level), out=level)
     for _ in range(4):
         item_over = level.amax(1, keepdim=True) > ceil
         if not bool(item_over.any()):
@@ -327,8 +331,10 @@ def _spans(mask: np.ndarray, reach: int) -> list[tuple[int, int]]:
 def _meter_correction(
     y: Tensor, sample_rate: int, target: Tensor, ceiling: Tensor, lookahead: int, release: Tensor,
     *, backend: str = "auto",
-) -> Tensor:
-    """Gain ``(B, 1, T)`` that brings ``y``'s metered true peak under ``ceiling`` (the project's meter)."""
+) -> tuple[Tensor, Tensor | None]:
+    """Gain ``(B, 1, T)`` that brings ``y``'s metered true peak under ``ceiling`` (the
+    project's meter), and where the compiled path metered it, ``y`` times that gain's
+    per-sample level on that meter ``(B, T)`` (:func:`limiter_envelope`'s), else None."""
     target = target.detach()
     if _pk.available(y, backend) and _peaks.oversampling_factor(sample_rate) > 1:
         return _exact_correction_local(y, sample_rate, target, ceiling, lookahead, release)
@@ -348,12 +354,12 @@ def _meter_correction(
         total = torch.where(item_over, total * gain, total)
     # Residual overs after four passes (pathological input): scale those items down.
     peak = _peaks.true_peak(y * total, sample_rate, backend=backend).amax(1).view(-1, 1, 1)
-    return total * torch.where(peak > ceil, target / peak, torch.ones_like(peak))
+    return total * torch.where(peak > ceil, target / peak, torch.ones_like(peak)), None
 
 
 def _exact_correction_local(
     y: Tensor, sample_rate: int, target: Tensor, ceiling: Tensor, lookahead: int, release: Tensor
-) -> Tensor:
+) -> tuple[Tensor, Tensor | None]:
     """:func:`_meter_correction` on CPU, re-metering only where the gain changed.
 
     The envelope is metered once in full with the compiled kernel (no oversampled copy).
@@ -379,7 +385,7 @@ def _exact_correction_local(
     for _ in range(4):
         item_over = level.max(1) > ceil
         if not item_over.any():
-            return torch.from_numpy(total).unsqueeze(1)
+            return torch.from_numpy(total).unsqueeze(1), torch.from_numpy(level)
         over = (level > tgt.astype(yn.dtype)) & item_over[:, None]
         required = np.where(over, tgt / np.maximum(level, 1e-30), 1.0)
         gain64 = limiter_gain(torch.from_numpy(required).unsqueeze(1), lookahead, pole,
@@ -396,10 +402,10 @@ def _exact_correction_local(
         _pk.envelope_numpy(yn * total[:, None, :], taps, level, code, todo.astype(np.uint8), False)
     out = torch.from_numpy(total).unsqueeze(1)
     if (level.max(1) <= ceil).all():
-        return out
+        return out, torch.from_numpy(level)
     # Residual overs after four passes (pathological input): scale each item down.
     peak = true_peak(y * out, sample_rate).amax(1, keepdim=True).unsqueeze(-1)
-    return out * torch.minimum(target.to(y.dtype) / peak, torch.ones_like(peak))
+    return out * torch.minimum(target.to(y.dtype) / peak, torch.ones_like(peak)), None
 
 
 def drive_renders(
