@@ -214,3 +214,30 @@ def test_the_delivered_true_peak_is_bounded_from_the_render_or_metered(tmp_path,
     assert delivery["true_peak_dbtp"] == reported <= -1.0 and on_file <= -1.0
     slack = 1e-9 if delivery["true_peak_from"] == "metered" else 1e-3 if depth == "24" else 5e-3
     assert on_file <= reported <= on_file + slack
+
+
+def test_a_dropped_renderer_frees_its_buffers_without_the_garbage_collector():
+    # The renderer and the limiter's drive renders keep the pre-limiter signal and three
+    # full-length buffers: no reference cycle may keep them alive after the last reference
+    # goes (a function setting an attribute on itself did, ~170 MiB for a 3-minute song).
+    import gc
+    import weakref
+
+    from diffmix.console import Bus
+    from diffmix.effects.dynamics import Limiter
+    from diffmix.effects.gain import Width
+    from diffmix.mastering import render_with_drive
+
+    sr = 44100
+    chain = Bus(sr, {"width": Width(sr), "limiter": Limiter(sr, strict=True)}, items=1)
+    x = 0.3 * torch.randn(1, 2, sr, generator=torch.Generator().manual_seed(1))
+    gc.disable()
+    try:
+        render = render_with_drive(chain, x)
+        y = render(torch.tensor([6.0]))
+        assert render.strict_peak() is not None
+        pre = weakref.ref(render.pre)
+        del render, y
+        assert pre() is None
+    finally:
+        gc.enable()

@@ -421,9 +421,9 @@ def drive_renders(
     out the final metered correction, which only ever lowers the level a hair; ``exact`` is
     ``smooth`` times that correction (:func:`limiter_correction`, which meters the very
     output it returns, so the ceiling holds exactly as in :func:`limiter`). ``exact`` equals
-    :func:`limiter` at that ``gain_db`` to float rounding. After each call, with
-    ``strict``, ``exact.strict_peak`` holds that output's strict true peak ``(B,)``
-    (linear, metered by the correction; else None). No gradient.
+    :func:`limiter` at that ``gain_db`` to float rounding. ``exact.strict_peak()`` gives
+    the last output's strict true peak ``(B,)`` (linear, metered by the correction; None
+    without ``strict``). No gradient.
 
     Args:
         x: the limiter's input at 0 dB drive, ``(B, C, T)``.
@@ -456,17 +456,20 @@ def drive_renders(
             torch.div(target, required, out=required).clamp_max_(1.0)
             return x * limiter_gain(required, lookahead, release, out=gain).mul_(g)
 
+    last_peak: list[Tensor | None] = [None]
+
     def corrected(drives: Tensor) -> Tensor:
         y = smooth(drives)
-        corrected.strict_peak = None  # type: ignore[attr-defined]
+        last_peak[0] = None
         if not (true_peak and exact):
             return y  # sample-peak mode: the smooth gain already holds the ceiling
         with torch.no_grad():  # y is this call's own render: corrected in place
-            gain, peak = strict_correction(
+            gain, last_peak[0] = strict_correction(
                 y, sample_rate, target, ceiling.to(x.dtype), lookahead, release.view(-1, 1, 1), strict=strict,
             )
-            corrected.strict_peak = peak  # type: ignore[attr-defined]
             return y.mul_(gain)
 
-    corrected.strict_peak = None  # type: ignore[attr-defined]
+    # a getter, not an attribute the function sets on itself: that would be a reference
+    # cycle, keeping the input and the buffers alive past the renderer's last use
+    corrected.strict_peak = lambda: last_peak[0]  # type: ignore[attr-defined]
     return smooth, corrected

@@ -278,7 +278,7 @@ def _master(songs: list[Song], sr: int, spec: ChainSpec, fit: FitOptions, option
     pre = render.pre  # type: ignore[attr-defined]
     # Each master's strict true peak, as the limiter's correction metered it: delivery
     # bounds the stored samples' from it instead of metering them again (float32 renders).
-    peaks = render.strict_peak  # type: ignore[attr-defined]
+    peaks = render.strict_peak()  # type: ignore[attr-defined]
     peaks = [None] * len(songs) if peaks is None or y.dtype != torch.float32 else peaks.tolist()
     del render  # its drive renders' buffers: the pre-limiter signal alone is kept, for the worker
     # The plot (spectra, short-term loudness, matplotlib) and the page's gain-reduction curve

@@ -40,8 +40,8 @@ def render_with_drive(bus: Bus, x: Tensor, limiter: str = LIMITER, *,
 
     The renderer carries ``pre`` (the pre-limiter signal, for the gain-reduction plot and
     the solve's start), ``proxy`` (the smooth limiter's cheap render, or None) and
-    ``drive_range`` (the limiter's drive range, dB), and after each call ``strict_peak``:
-    that output's strict true peak per song, ``(S,)`` linear, where the limiter's strict
+    ``drive_range`` (the limiter's drive range, dB), and ``strict_peak()``: the last
+    output's strict true peak per song, ``(S,)`` linear, where the limiter's strict
     correction metered it (else None). ``exact=False`` renders the limiter in its smooth
     mode (as :func:`smooth_render`): no metered correction and no strict level, for a
     render whose tone is measured, not delivered.
@@ -50,10 +50,9 @@ def render_with_drive(bus: Bus, x: Tensor, limiter: str = LIMITER, *,
 
     def render(drives: Tensor) -> Tensor:
         ((_, _, y),) = renderer.limited(drives)
-        render.strict_peak = getattr(renderer._fast, "strict_peak", None)  # type: ignore[attr-defined]
         return y
 
-    render.strict_peak = None  # type: ignore[attr-defined]
+    render.strict_peak = renderer.strict_peak  # type: ignore[attr-defined]
 
     render.pre = renderer.pre  # type: ignore[attr-defined]
     render.proxy = renderer.proxy  # type: ignore[attr-defined]
@@ -146,6 +145,11 @@ class StreamRenderer:
     @property
     def drive_range(self) -> tuple[float, float]:
         return self.stage.drive_range
+
+    def strict_peak(self) -> Tensor | None:
+        """The last in-memory render's strict true peak per song, ``(S,)`` linear, where the
+        limiter's correction metered it; else None."""
+        return getattr(self._fast, "strict_peak", lambda: None)() if self.cache is None else None
 
     def chunks(self) -> Iterator[tuple[int, int]]:
         if self.cache is None:
