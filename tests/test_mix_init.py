@@ -609,3 +609,17 @@ def test_the_gradient_steps_keep_each_track_at_the_level_the_start_measured():
     print(f"free {free:.3f} dB, held {held:.3f} dB", reports["held"]["hold levels"])
     assert held < 0.06
     assert free > 0.3
+
+
+def test_hold_levels_is_on_in_the_mix_config_and_can_be_turned_off():
+    from pathlib import Path
+
+    from hydra import compose, initialize_config_dir
+
+    from diffmix.jobs.mix import fit_options
+
+    configs = str(Path(__file__).resolve().parents[1] / "configs")
+    with initialize_config_dir(configs, version_base="1.3"):
+        default = fit_options(compose("mix", overrides=["stems=s"]))
+        chosen = fit_options(compose("mix", overrides=["stems=s", "fit.hold_levels=false"]))
+    assert default.hold_levels and not chosen.hold_levels
