@@ -518,6 +518,10 @@ def test_polish_levels_leaves_a_strip_without_a_fader_alone():
     summary = polish_levels(console, stems, est, SR, starts=[0], length=SR)
     assert summary["method"] == "none"
     assert all(torch.equal(before[k], p.exact()) for k, p in console.named_values().items())
+    from diffmix.mixing.wiring import hold_levels
+
+    assert hold_levels(console, stems, SR, torch.full((4,), -20.0))["method"] == "none"
+    assert all(torch.equal(before[k], p.exact()) for k, p in console.named_values().items())
 
 
 @pytest.mark.slow

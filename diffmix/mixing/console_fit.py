@@ -307,7 +307,8 @@ def fit_console(
             # The closed-form stages measured each track's level on the whole song; the
             # steps see 1 s excerpts through a console that cannot reproduce every render,
             # and trade a level for a tone there (BENCHMARKS.md, Mixing, session 15).
-            hold = estimate is not None and options.hold_levels
+            hold = (estimate is not None and options.hold_levels
+                    and "strip.fader.gain_db" in console.named_values())
             held = track_loudness(console, audio, sr) if hold else None
             result = fit(
                 params,
