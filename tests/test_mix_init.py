@@ -470,6 +470,44 @@ def test_polish_levels_puts_back_what_the_gradient_steps_traded_away():
     assert len(summary["change_db"]) == 4 and summary["change_db"][2] < -4.0
 
 
+@pytest.mark.parametrize("sends", [False, True])
+def test_hold_levels_puts_each_track_back_and_keeps_the_tone(sends):
+    """What a gradient step may do to a strip (its input gain, EQ and compressor moved): the
+    hold puts each track's loudness alone through the console back where it was, on the
+    fader only, so the new tone and dynamics stay. The master bus here is linear (an EQ),
+    so one step is exact; printed seed, drawn moves."""
+    from diffmix.mixing.wiring import hold_levels, track_loudness
+
+    seed = int(torch.randint(0, 2**31 - 1, ()).item())
+    print(f"seed {seed}")
+    g = torch.Generator().manual_seed(seed)
+    stems = _stems(2.0, seed=seed % 1000).float().unsqueeze(0)
+    console = _console(4, sends=sends)
+    if sends:
+        console.load_values({"sends.reverb.send_db": torch.tensor([-12.0, -70.0, -20.0, -9.0])})
+    with torch.no_grad():
+        want = torch.tensor([_lufs(c.double()) for c in console.solo(stems)])
+        held = track_loudness(console, stems, SR)
+        assert (held - want).abs().max() < 1e-4
+        values = console.named_values()
+        moved = {
+            "strip.input.gain_db": values["strip.input.gain_db"].exact() + 8 * torch.rand(4, generator=g) - 4,
+            "strip.eq.gain_db": values["strip.eq.gain_db"].exact() + 12 * torch.rand(4, 4, generator=g) - 6,
+            "strip.comp.threshold_db": values["strip.comp.threshold_db"].exact()
+            - 10 * torch.rand(4, generator=g),
+        }
+        console.load_values(moved)
+        off = torch.tensor([_lufs(c.double()) for c in console.solo(stems)])
+        summary = hold_levels(console, stems, SR, held)
+        after = torch.tensor([_lufs(c.double()) for c in console.solo(stems)])
+    # The moves change each level by decibels; the hold takes all of it back (a linear
+    # master: the fader's gain passes unchanged; 0.01 dB is float32 rendering).
+    assert (off - want).abs().max() > 0.5, (off - want)
+    assert (after - want).abs().max() < 0.01, (after - want, summary)
+    assert all(torch.equal(console.named_values()[k].exact(), v.double()) for k, v in moved.items())
+    assert len(summary["change_db"]) == 4
+
+
 def test_polish_levels_leaves_a_strip_without_a_fader_alone():
     from diffmix.mixing.wiring import console_estimate, polish_levels
 
@@ -479,6 +517,10 @@ def test_polish_levels_leaves_a_strip_without_a_fader_alone():
     before = {k: p.exact().clone() for k, p in console.named_values().items()}
     summary = polish_levels(console, stems, est, SR, starts=[0], length=SR)
     assert summary["method"] == "none"
+    assert all(torch.equal(before[k], p.exact()) for k, p in console.named_values().items())
+    from diffmix.mixing.wiring import hold_levels
+
+    assert hold_levels(console, stems, SR, torch.full((4,), -20.0))["method"] == "none"
     assert all(torch.equal(before[k], p.exact()) for k, p in console.named_values().items())
 
 
@@ -527,3 +569,61 @@ def test_shared_stems_through_an_independent_hidden_chain_are_resolved(shared_mu
     assert est.coherent and est.explained > 0.95
     assert (est.gain_db.double() - truth).abs().max() < 0.5, (est.gain_db, truth)
     assert float(estimate_mix(st, ref, sr).gain_db[1] - truth[1]) > 1.0
+
+
+@pytest.mark.slow
+def test_the_gradient_steps_keep_each_track_at_the_level_the_start_measured():
+    """Toward a render the console cannot reproduce (a narrow bell between its EQ's
+    frequencies on two stems), 1 s excerpt steps that may move input gains and EQ gains
+    trade levels for tone; with ``hold_levels`` (the default) every track leaves the
+    kept steps at the loudness the closed form left it, and without it they do not."""
+    from diffmix.mixing.console_fit import MixFitOptions, fit_console
+    from diffmix.mixing.wiring import track_loudness
+
+    stems = _stems(3.0, seed=8).float().unsqueeze(0)
+    from diffmix.effects.dynamics import Compressor
+
+    truth = Console(SR, 4, strip={
+        "input": Gain(SR),
+        "eq": ParametricEQ(SR, bands=["peak"], freq_hz=[2200.0], q=[4.0]),
+        "comp": Compressor(SR, threshold_db=-30.0, ratio=3.0),
+        "pan": Pan(SR),
+    }, master={"eq": ParametricEQ(SR, bands=["low_shelf"], freq_hz=[100.0], gain_db=[2.0])})
+    truth.load_values({"strip.input.gain_db": torch.tensor([3.0, -5.0, -2.0, 0.0]),
+                       "strip.eq.gain_db": torch.tensor([[0.0], [12.0], [-12.0], [0.0]])})
+    with torch.no_grad():
+        ref = truth(stems)
+    options = MixFitOptions(
+        weights={"mrstft": 1.0}, params=["strip.input.*", "strip.eq.gain_db"], steps=24, prior=0.0,
+        eq_bands=False, compressor_start=False, placement=False, compressor_refine=False,
+        eq_refine=False, polish=False, match_loudness=False,
+    )
+    levels, reports = {}, {}
+    for name, steps, hold in (("start", 0, True), ("held", 24, True), ("free", 24, False)):
+        console = _console(4)
+        opts = MixFitOptions(**{**vars(options), "steps": steps, "hold_levels": hold})
+        reports[name] = fit_console(console, stems, ref, SR, opts,
+                                    optimizer=lambda p: torch.optim.Adam(p, lr=0.05))
+        levels[name] = track_loudness(console, stems, SR)
+    for name in ("held", "free"):
+        stage = next(s for s in reports[name]["stages"] if s["stage"] == "gradient steps")
+        assert stage["kept"], reports[name]["stages"]
+    free = (levels["free"] - levels["start"]).abs().max()
+    held = (levels["held"] - levels["start"]).abs().max()
+    print(f"free {free:.3f} dB, held {held:.3f} dB", reports["held"]["hold levels"])
+    assert held < 0.06
+    assert free > 0.3
+
+
+def test_hold_levels_is_on_in_the_mix_config_and_can_be_turned_off():
+    from pathlib import Path
+
+    from hydra import compose, initialize_config_dir
+
+    from diffmix.jobs.mix import fit_options
+
+    configs = str(Path(__file__).resolve().parents[1] / "configs")
+    with initialize_config_dir(configs, version_base="1.3"):
+        default = fit_options(compose("mix", overrides=["stems=s"]))
+        chosen = fit_options(compose("mix", overrides=["stems=s", "fit.hold_levels=false"]))
+    assert default.hold_levels and not chosen.hold_levels

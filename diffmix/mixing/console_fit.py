@@ -31,11 +31,13 @@ from diffmix.mixing.wiring import (
     console_estimate,
     eq_band_start,
     eq_refine,
+    hold_levels,
     initialise_console,
     master_compressor_start,
     placement_resolve,
     polish_levels,
     send_resolve,
+    track_loudness,
 )
 from diffmix.objective import REFERENCE_TERMS, Objective
 
@@ -54,6 +56,10 @@ class MixFitOptions:
         coherent: with ``aligned``, the closed form solves on complex spectra.
         polish: with ``aligned``, re-set each fader to the closed form's loudness.
         steps, excerpt_s, excerpts, pool, patience, seed: the gradient stage.
+        hold_levels: after the gradient steps, each track's fader is moved so its loudness
+            (alone through the console, whole song) is what the closed-form stages left
+            (:func:`~diffmix.mixing.wiring.hold_levels`); the steps keep their tone,
+            dynamics and placement. Only after the closed-form start.
         prior, gain_staging: weights of the pull toward the start and of the clip penalty.
         mrstft: keyword arguments of :class:`~diffmix.losses.MRSTFTLoss`.
         aligned: the reference is a mix of these very stems.
@@ -102,6 +108,7 @@ class MixFitOptions:
     gain_staging: float = 0.1
     mrstft: dict[str, Any] = field(default_factory=dict)
     aligned: bool = True
+    hold_levels: bool = True
     eq_bands: bool = True
     compressor_start: bool = True
     placement: bool = True
@@ -297,6 +304,12 @@ def fit_console(
                 return total, terms_out
 
             before_fit = judge.snapshot() if judge is not None else None
+            # The closed-form stages measured each track's level on the whole song; the
+            # steps see 1 s excerpts through a console that cannot reproduce every render,
+            # and trade a level for a tone there (BENCHMARKS.md, Mixing, session 15).
+            hold = (estimate is not None and options.hold_levels
+                    and "strip.fader.gain_db" in console.named_values())
+            held = track_loudness(console, audio, sr) if hold else None
             result = fit(
                 params,
                 closure,
@@ -313,6 +326,8 @@ def fit_console(
                 tag=tag,
             )
             fit_report = {k: v for k, v in vars(result).items() if k != "history"}
+            if held is not None:
+                fit_report["hold levels"] = hold_levels(console, audio, sr, held)
             if judge is not None and before_fit is not None:
                 judge.judge("gradient steps", before_fit, stages)
             if estimate is not None and aligned and options.polish:

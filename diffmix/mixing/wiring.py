@@ -21,6 +21,7 @@ from diffmix.effects.dynamics import Compressor
 from diffmix.effects.eq import ParametricEQ
 from diffmix.effects.gain import Gain, Pan, Width
 from diffmix.functional.gain import db_to_amp, pan_matrix, width_matrix
+from diffmix.functional.loudness import integrated_loudness
 from diffmix.linalg import nnls
 from diffmix.mixing.analysis import band_edges, band_frame_powers, frame_energy, k_weight_power, stft_frames
 from diffmix.mixing.solvers import (
@@ -380,6 +381,61 @@ def polish_levels(
     return {
         "method": "closed-form loudness per track, on the fader",
         "change_db": [round(float(v), 2) for v in change],
+        "seconds": round(time.perf_counter() - t0, 3),
+    }
+
+
+def track_loudness(console: Console, stems: Tensor, sample_rate: int) -> Tensor:
+    """``(N,)`` float64: the integrated loudness (LUFS, BS.1770 gated) of each track alone
+    through the console, master bus included (:meth:`~diffmix.console.Console.solo`), over
+    the whole of ``(1, N, C, T)`` stems in one render (pieces would restart every
+    compressor); -inf for a silent one. Not differentiable."""
+    with torch.no_grad():
+        return integrated_loudness(console.solo(stems).double(), sample_rate).cpu()
+
+
+def hold_levels(
+    console: Console,
+    stems: Tensor,
+    sample_rate: int,
+    want_lufs: Tensor,
+    *,
+    fader: str = "strip.fader.gain_db",
+    limit_db: float = 12.0,
+    tolerance_db: float = 0.05,
+) -> dict[str, object]:
+    """Put each track's loudness back where it was before a stage meant to change something
+    else (the gradient steps: tone, dynamics, placement).
+
+    ``want_lufs`` is :func:`track_loudness` before that stage. Each fader (after the
+    compressor: exactly a gain on the strip) moves by the difference, so the stage keeps its
+    tone, dynamics and placement but not the track's level, which the closed-form stages
+    measured on the whole song. Loudness is homogeneous in the level, so one move is exact
+    through a linear master bus; through a master compressor a second move takes up what
+    the first left past ``tolerance_db``. A track silent on either side keeps its fader.
+
+    Returns:
+        A summary for the report: each fader's change (dB) and the seconds taken.
+    """
+    t0 = time.perf_counter()
+    values = console.named_values()
+    if fader not in values:
+        return {"method": "none", "reason": f"the strip has no {fader}"}
+    param = values[fader]
+    total = torch.zeros(stems.shape[1], dtype=torch.float64)
+    for _ in range(2):
+        have = track_loudness(console, stems, sample_rate)
+        live = torch.isfinite(want_lufs) & torch.isfinite(have)
+        off = torch.where(live, want_lufs - have, torch.zeros_like(have))
+        if float(off.abs().max()) <= tolerance_db:
+            break
+        step = (total + off).clamp(-limit_db, limit_db) - total
+        now = param.exact().double().cpu()
+        console.load_values({fader: (now + step.view_as(now)).clamp(param.spec.min, param.spec.max)})
+        total += step
+    return {
+        "method": "each track's loudness as before, on the fader",
+        "change_db": [round(float(v), 2) for v in total],
         "seconds": round(time.perf_counter() - t0, 3),
     }
 
