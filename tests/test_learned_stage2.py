@@ -158,3 +158,77 @@ def test_a_killed_stage2_run_resumes_to_the_same_weights(
     assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a), f"killed at stage-2 step {killed_at}"
     log_a = (stage2 / "log.jsonl").read_text()
     assert (tmp_path / "log.jsonl").read_text() == log_a  # each step logged once, the same values
+
+
+def test_stage2_as_at_use_is_the_learned_start_of_a_master() -> None:
+    """With a match EQ, what stage 2 trains on (:func:`as_at_use`, :func:`pool_losses`) is
+    the objective of the very start ``fit.init=learned`` gives the master chain (the match EQ's
+    closed form, the EQ at its start, the width folded, the predicted compressor)."""
+    from diffmix.effects.match_eq import MatchEQ
+    from diffmix.learned.features import names
+    from diffmix.learned.model import Predictor
+    from diffmix.learned.predict import heads_for, learned_start
+    from diffmix.learned.stage2 import as_at_use, pool_losses
+    from diffmix.mastering.chain import MATCH
+    from diffmix.objective import Objective
+
+    print(f"seed {SEED}")
+    g = torch.Generator().manual_seed(SEED)
+
+    def effects(match: bool) -> dict:
+        out = {"eq": ParametricEQ(SR, bands=["low_shelf", "peak"], freq_hz=[100.0, 2000.0], stereo="ms"),
+               "comp": Compressor(SR), "width": Width(SR)}
+        return {MATCH: MatchEQ(SR), **out} if match else out
+
+    heads = heads_for(Bus(SR, effects(False)), ["eq.*", "comp.*", "width.*"],
+                      {"eq.gain_db": [-6, 6], "comp.threshold_db": [-40, -4], "comp.ratio": [1, 8],
+                       "comp.attack_ms": [1, 80], "width.width": [0.6, 1.6]})
+    model = Predictor(len(names(SR)), heads, (16,))
+    with torch.no_grad():  # a model that predicts something else than the start, item by item
+        model.net[-1].weight.copy_(torch.randn(model.net[-1].weight.shape, generator=g) * 0.5)
+    model.eval()
+    x = torch.stack([torch.from_numpy(music(3.0, seed=SEED + i, level=0.1 + 0.3 * i).T.copy())
+                     for i in range(2)])
+    ref = torch.stack([torch.from_numpy(music(3.0, seed=SEED + 9 + i, level=0.4).T.copy()) for i in range(2)])
+    ref = ref * torch.tensor([1.0, 0.6]).view(2, 1, 1) + 0.1 * ref.flip(1)  # another width and level
+    weights = {"tone_mid": 1.0, "tone_side": 0.3, "width": 0.5, "dynamics": 0.2}
+    at_use = Bus(SR, effects(True), items=2)
+    set_exact(at_use, False)
+    pool = as_at_use(at_use, x, ref, weights, -1.0)
+    objective = Objective(SR, weights, reference=ref[:1])
+    got = pool_losses(model, Bus(SR, effects(False), items=2), pool, torch.arange(2), objective, ["comp.*"])
+    master = Bus(SR, effects(True), items=2)
+    learned_start(model)(master, [x[:1], x[1:]], [ref[:1], ref[1:]], {"lufs": None, "true_peak_db": -1.0})
+    set_exact(master, False)
+    with torch.no_grad():
+        want = Objective(SR, weights, reference=[ref[:1], ref[1:]])(master(x))[0]
+    assert torch.allclose(got.detach().double(), want.double(), rtol=1e-4), (got, want)
+    # and the compressor the loss sees is the prediction, not the start
+    threshold = master.named_values()["comp.threshold_db"].exact()
+    assert not torch.allclose(threshold, torch.tensor(-12.0).double()), threshold
+
+
+def test_regression_keep_leaves_the_masked_heads_out() -> None:
+    """Stage 2's regression term with ``keep``: a masked entry's target moves nothing, and
+    with every entry kept the loss is stage 1's."""
+    from diffmix.learned.model import Predictor
+    from diffmix.learned.predict import heads_for
+    from diffmix.learned.train import loss_scales, regression_loss
+
+    print(f"seed {SEED}")
+    g = torch.Generator().manual_seed(SEED)
+    prior = {"comp.threshold_db": [-40, -4], "comp.ratio": [1, 8], "width.width": [0.6, 1.6]}
+    heads = heads_for(Bus(SR, {"comp": Compressor(SR), "width": Width(SR)}), ["comp.*", "width.*"], prior)
+    model = Predictor(5, heads, (8,))
+    x = torch.randn(6, 5, generator=g)
+    y = torch.stack([torch.tensor(h.output_range()).double().mean().expand(6) for h in heads], -1)
+    scales = loss_scales(heads, prior)
+    keep = torch.tensor([0.0 if h.key.startswith("comp.") else 1.0 for h in heads])
+    moved = y.clone()
+    moved[:, keep == 0] += 3.0  # other compressor targets
+    moved[:, 1] = moved[:, 1].clamp(1.0, 8.0)
+    a, b = regression_loss(model, x, y, scales, keep)[0], regression_loss(model, x, moved, scales, keep)[0]
+    assert torch.equal(a, b) and float(a.detach()) > 0
+    full = regression_loss(model, x, y, scales)[0]
+    assert torch.allclose(regression_loss(model, x, y, scales, torch.ones(len(heads)))[0], full)
+    assert not torch.allclose(regression_loss(model, x, moved, scales)[0], full)
