@@ -232,3 +232,36 @@ def test_regression_keep_leaves_the_masked_heads_out() -> None:
     full = regression_loss(model, x, y, scales)[0]
     assert torch.allclose(regression_loss(model, x, y, scales, torch.ones(len(heads)))[0], full)
     assert not torch.allclose(regression_loss(model, x, moved, scales)[0], full)
+
+
+def test_stage2_as_at_use_through_the_cli_trains_only_the_named_heads(
+    corpus: Path, trained: Path, tmp_path: Path  # noqa: F811 - fixtures
+) -> None:
+    """``stage2.match_eq`` and ``stage2.trained`` reach the loop: a short run logs its steps
+    and validations and records its options, and with the regression off the heads it
+    doesn't train get no gradient: their rows of the last layer move by AdamW's decay alone
+    (the bare mode would train them all)."""
+    lr, wd, steps = 1e-3, 1e-2, 3
+    args = _after_stage1(trained, corpus, tmp_path)
+    args += [f"stage2.steps={steps}", "stage2.pool=4", "stage2.batch_size=2", "stage2.val_items=2",
+             "stage2.val_every=1", "stage2.regression=0", f"stage2.lr={lr}", f"stage2.weight_decay={wd}",
+             "stage2.trained=[comp.*]",
+             "stage2.match_eq={_target_:diffmix.effects.match_eq.MatchEQ,sample_rate:44100,bands_per_octave:3}"]
+    r = run_cli(*args, cwd=tmp_path, env=ONE_THREAD)
+    assert r.returncode == 0, r.stderr[-2000:]
+    log = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert len([x for x in log if "loss2" in x]) == steps
+    assert len([x for x in log if "val2/loss" in x]) == steps + 1
+    ck = load_checkpoint(tmp_path / "model.safetensors")
+    s2 = ck.info["training"]["stage2"]
+    assert s2["trained"] == ["comp.*"] and s2["match_eq"]["_target_"].endswith("MatchEQ")
+    a, _ = tensorfile.load(trained / "model.safetensors")
+    b, _ = tensorfile.load(tmp_path / "model.safetensors")
+    layers = [k for k in a if k.startswith("net.") and k.endswith(".weight")]
+    last = max(layers, key=lambda k: int(k.split(".")[1]))
+    comp = torch.tensor([h.key.startswith("comp.") for h in ck.heads for _ in range(h.size)])
+    moved = (a[last] - b[last]).abs()
+    decay = steps * lr * wd * float(a[last].abs().max()) * 1.01 + 1e-7
+    assert float(moved[~comp].max()) <= decay, (float(moved[~comp].max()), decay)
+    if ck.info["validation"]["stage2"]["step"] > 0:  # the kept weights are stage 2's
+        assert float(moved[comp].max()) > 10 * decay
