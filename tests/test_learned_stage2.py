@@ -265,3 +265,23 @@ def test_stage2_as_at_use_through_the_cli_trains_only_the_named_heads(
     assert float(moved[~comp].max()) <= decay, (float(moved[~comp].max()), decay)
     if ck.info["validation"]["stage2"]["step"] > 0:  # the kept weights are stage 2's
         assert float(moved[comp].max()) > 10 * decay
+
+
+def test_cross_song_items_take_the_reference_from_another_song() -> None:
+    """``cross_song``: every reference is half A of a song other than its input's, and the
+    inputs are those drawn without it (the other song is drawn after them)."""
+    from diffmix.learned.stage2 import draw_items
+
+    print(f"seed {SEED}")
+    # song k: a steady tone whose level names it (k + 1) / 10, so an excerpt tells its song
+    t = torch.arange(4 * 4410) / 4410.0
+    songs = [((k + 1) / 10 * torch.sin(2 * torch.pi * 50 * t)).expand(2, -1).contiguous() for k in range(4)]
+    opts = dict(seed=SEED, step=0, tag="t", length=4410, input_gain_db=[0.0, 0.0], flatten=[0.0, 0.0],
+                expand=[0.0, 0.0], width=[1.0, 1.0], sample_rate=4410)
+    rows = list(range(24))
+    ins, refs = draw_items(songs, rows, cross_song=True, **opts)
+    same_ins, same_refs = draw_items(songs, rows, **opts)
+    level = lambda x: torch.round(x.abs().amax(-1)[:, 0] * 10)  # noqa: E731
+    assert torch.allclose(ins, same_ins)
+    assert torch.equal(level(same_refs), level(same_ins))  # halves of one song
+    assert bool((level(refs) != level(ins)).all()) and len(set(level(refs).tolist())) > 2

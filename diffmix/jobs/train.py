@@ -117,6 +117,7 @@ def _stage2(cfg, model, make_chain, train_files, val_files, train, prior, out, f
         trained=None if trained is None else [str(t) for t in trained],
         match_chain=match_chain,
         pool=int(s2.get("pool", 256)),
+        cross_song=bool(s2.get("cross_song", False)),
         val_every=int(s2.val_every),
         val_items=int(s2.val_items),
         out=out,

@@ -125,21 +125,30 @@ def draw_items(
     width: Sequence[float],
     sample_rate: int,
     device: torch.device | str = "cpu",
+    cross_song: bool = False,
 ) -> tuple[Tensor, Tensor]:
     """``(inputs, references)``, each ``(len(rows), 2, length)`` on ``device``: item ``i``
-    of ``rows`` drawn from ``(seed, step, tag, i)`` alone (the same item on any rank)."""
+    of ``rows`` drawn from ``(seed, step, tag, i)`` alone (the same item on any rank).
+    ``cross_song``: the reference is half A of another song (as a master toward someone
+    else's record), not of the input's."""
     a_list, b_list, amounts = [], [], []
     for i in rows:
         gen = draw(seed, step, f"{tag}.{i}")
-        s = songs[int(torch.randint(len(songs), (1,), generator=gen))]
+        si = int(torch.randint(len(songs), (1,), generator=gen))
+        s = songs[si]
         half = s.shape[-1] // 2
         a0 = int(torch.randint(half - length + 1, (1,), generator=gen))
         b0 = half + int(torch.randint(s.shape[-1] - half - length + 1, (1,), generator=gen))
         u = torch.rand(4, generator=gen, dtype=torch.float64)
+        r = s
+        if cross_song and len(songs) > 1:  # drawn after the rest: the same input as without
+            j = int(torch.randint(len(songs) - 1, (1,), generator=gen))
+            r = songs[j + (j >= si)]
+            a0 = int(torch.randint(r.shape[-1] // 2 - length + 1, (1,), generator=gen))
         lo, hi = (float(v) for v in input_gain_db)
         ranges = ((lo, hi), flatten, expand, width)
         amounts.append([float(r[0]) + (float(r[1]) - float(r[0])) * u[j] for j, r in enumerate(ranges)])
-        a_list.append(s[:, a0 : a0 + length])
+        a_list.append(r[:, a0 : a0 + length])
         b_list.append(s[:, b0 : b0 + length])
     a, b = torch.stack(a_list).to(device), torch.stack(b_list).to(device)
     k = torch.tensor(amounts, dtype=torch.float64)
@@ -261,6 +270,7 @@ def train_end_to_end(
     trained: Sequence[str] | None = None,
     match_chain: Callable[[int], Bus] | None = None,
     pool: int = 256,
+    cross_song: bool = False,
     val_every: int,
     val_items: int,
     out: Path,
@@ -310,7 +320,7 @@ def train_end_to_end(
         return chains[n]
 
     draw_opts = dict(length=length, input_gain_db=input_gain_db, flatten=flatten, expand=expand,
-                     width=width, sample_rate=sr, seed=seed, device=device)
+                     width=width, sample_rate=sr, seed=seed, device=device, cross_song=cross_song)
 
     pools: dict[str, dict[str, Any]] = {}
     objective: list[Objective] = []
