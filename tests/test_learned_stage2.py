@@ -158,3 +158,130 @@ def test_a_killed_stage2_run_resumes_to_the_same_weights(
     assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a), f"killed at stage-2 step {killed_at}"
     log_a = (stage2 / "log.jsonl").read_text()
     assert (tmp_path / "log.jsonl").read_text() == log_a  # each step logged once, the same values
+
+
+def test_stage2_as_at_use_is_the_learned_start_of_a_master() -> None:
+    """With a match EQ, what stage 2 trains on (:func:`as_at_use`, :func:`pool_losses`) is
+    the objective of the very start ``fit.init=learned`` gives the master chain (the match EQ's
+    closed form, the EQ at its start, the width folded, the predicted compressor)."""
+    from diffmix.effects.match_eq import MatchEQ
+    from diffmix.learned.features import names
+    from diffmix.learned.model import Predictor
+    from diffmix.learned.predict import heads_for, learned_start
+    from diffmix.learned.stage2 import as_at_use, pool_losses
+    from diffmix.mastering.chain import MATCH
+    from diffmix.objective import Objective
+
+    print(f"seed {SEED}")
+    g = torch.Generator().manual_seed(SEED)
+
+    def effects(match: bool) -> dict:
+        out = {"eq": ParametricEQ(SR, bands=["low_shelf", "peak"], freq_hz=[100.0, 2000.0], stereo="ms"),
+               "comp": Compressor(SR), "width": Width(SR)}
+        return {MATCH: MatchEQ(SR), **out} if match else out
+
+    heads = heads_for(Bus(SR, effects(False)), ["eq.*", "comp.*", "width.*"],
+                      {"eq.gain_db": [-6, 6], "comp.threshold_db": [-40, -4], "comp.ratio": [1, 8],
+                       "comp.attack_ms": [1, 80], "width.width": [0.6, 1.6]})
+    model = Predictor(len(names(SR)), heads, (16,))
+    with torch.no_grad():  # a model that predicts something else than the start, item by item
+        model.net[-1].weight.copy_(torch.randn(model.net[-1].weight.shape, generator=g) * 0.5)
+    model.eval()
+    x = torch.stack([torch.from_numpy(music(3.0, seed=SEED + i, level=0.1 + 0.3 * i).T.copy())
+                     for i in range(2)])
+    ref = torch.stack([torch.from_numpy(music(3.0, seed=SEED + 9 + i, level=0.4).T.copy()) for i in range(2)])
+    ref = ref * torch.tensor([1.0, 0.6]).view(2, 1, 1) + 0.1 * ref.flip(1)  # another width and level
+    weights = {"tone_mid": 1.0, "tone_side": 0.3, "width": 0.5, "dynamics": 0.2}
+    at_use = Bus(SR, effects(True), items=2)
+    set_exact(at_use, False)
+    pool = as_at_use(at_use, x, ref, weights, -1.0)
+    objective = Objective(SR, weights, reference=ref[:1])
+    got = pool_losses(model, Bus(SR, effects(False), items=2), pool, torch.arange(2), objective, ["comp.*"])
+    master = Bus(SR, effects(True), items=2)
+    learned_start(model)(master, [x[:1], x[1:]], [ref[:1], ref[1:]], {"lufs": None, "true_peak_db": -1.0})
+    set_exact(master, False)
+    with torch.no_grad():
+        want = Objective(SR, weights, reference=[ref[:1], ref[1:]])(master(x))[0]
+    assert torch.allclose(got.detach().double(), want.double(), rtol=1e-4), (got, want)
+    # and the compressor the loss sees is the prediction, not the start
+    threshold = master.named_values()["comp.threshold_db"].exact()
+    assert not torch.allclose(threshold, torch.tensor(-12.0).double()), threshold
+
+
+def test_regression_keep_leaves_the_masked_heads_out() -> None:
+    """Stage 2's regression term with ``keep``: a masked entry's target moves nothing, and
+    with every entry kept the loss is stage 1's."""
+    from diffmix.learned.model import Predictor
+    from diffmix.learned.predict import heads_for
+    from diffmix.learned.train import loss_scales, regression_loss
+
+    print(f"seed {SEED}")
+    g = torch.Generator().manual_seed(SEED)
+    prior = {"comp.threshold_db": [-40, -4], "comp.ratio": [1, 8], "width.width": [0.6, 1.6]}
+    heads = heads_for(Bus(SR, {"comp": Compressor(SR), "width": Width(SR)}), ["comp.*", "width.*"], prior)
+    model = Predictor(5, heads, (8,))
+    x = torch.randn(6, 5, generator=g)
+    y = torch.stack([torch.tensor(h.output_range()).double().mean().expand(6) for h in heads], -1)
+    scales = loss_scales(heads, prior)
+    keep = torch.tensor([0.0 if h.key.startswith("comp.") else 1.0 for h in heads])
+    moved = y.clone()
+    moved[:, keep == 0] += 3.0  # other compressor targets
+    moved[:, 1] = moved[:, 1].clamp(1.0, 8.0)
+    a, b = regression_loss(model, x, y, scales, keep)[0], regression_loss(model, x, moved, scales, keep)[0]
+    assert torch.equal(a, b) and float(a.detach()) > 0
+    full = regression_loss(model, x, y, scales)[0]
+    assert torch.allclose(regression_loss(model, x, y, scales, torch.ones(len(heads)))[0], full)
+    assert not torch.allclose(regression_loss(model, x, moved, scales)[0], full)
+
+
+def test_stage2_as_at_use_through_the_cli_trains_only_the_named_heads(
+    corpus: Path, trained: Path, tmp_path: Path  # noqa: F811 - fixtures
+) -> None:
+    """``stage2.match_eq`` and ``stage2.trained`` reach the loop: a short run logs its steps
+    and validations and records its options, and with the regression off the heads it
+    doesn't train get no gradient: their rows of the last layer move by AdamW's decay alone
+    (the bare mode would train them all)."""
+    lr, wd, steps = 1e-3, 1e-2, 3
+    args = _after_stage1(trained, corpus, tmp_path)
+    args += [f"stage2.steps={steps}", "stage2.pool=4", "stage2.batch_size=2", "stage2.val_items=2",
+             "stage2.val_every=1", "stage2.regression=0", f"stage2.lr={lr}", f"stage2.weight_decay={wd}",
+             "stage2.trained=[comp.*]",
+             "stage2.match_eq={_target_:diffmix.effects.match_eq.MatchEQ,sample_rate:44100,bands_per_octave:3}"]
+    r = run_cli(*args, cwd=tmp_path, env=ONE_THREAD)
+    assert r.returncode == 0, r.stderr[-2000:]
+    log = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert len([x for x in log if "loss2" in x]) == steps
+    assert len([x for x in log if "val2/loss" in x]) == steps + 1
+    ck = load_checkpoint(tmp_path / "model.safetensors")
+    s2 = ck.info["training"]["stage2"]
+    assert s2["trained"] == ["comp.*"] and s2["match_eq"]["_target_"].endswith("MatchEQ")
+    a, _ = tensorfile.load(trained / "model.safetensors")
+    b, _ = tensorfile.load(tmp_path / "model.safetensors")
+    layers = [k for k in a if k.startswith("net.") and k.endswith(".weight")]
+    last = max(layers, key=lambda k: int(k.split(".")[1]))
+    comp = torch.tensor([h.key.startswith("comp.") for h in ck.heads for _ in range(h.size)])
+    moved = (a[last] - b[last]).abs()
+    decay = steps * lr * wd * float(a[last].abs().max()) * 1.01 + 1e-7
+    assert float(moved[~comp].max()) <= decay, (float(moved[~comp].max()), decay)
+    if ck.info["validation"]["stage2"]["step"] > 0:  # the kept weights are stage 2's
+        assert float(moved[comp].max()) > 10 * decay
+
+
+def test_cross_song_items_take_the_reference_from_another_song() -> None:
+    """``cross_song``: every reference is half A of a song other than its input's, and the
+    inputs are those drawn without it (the other song is drawn after them)."""
+    from diffmix.learned.stage2 import draw_items
+
+    print(f"seed {SEED}")
+    # song k: a steady tone whose level names it (k + 1) / 10, so an excerpt tells its song
+    t = torch.arange(4 * 4410) / 4410.0
+    songs = [((k + 1) / 10 * torch.sin(2 * torch.pi * 50 * t)).expand(2, -1).contiguous() for k in range(4)]
+    opts = dict(seed=SEED, step=0, tag="t", length=4410, input_gain_db=[0.0, 0.0], flatten=[0.0, 0.0],
+                expand=[0.0, 0.0], width=[1.0, 1.0], sample_rate=4410)
+    rows = list(range(24))
+    ins, refs = draw_items(songs, rows, cross_song=True, **opts)
+    same_ins, same_refs = draw_items(songs, rows, **opts)
+    level = lambda x: torch.round(x.abs().amax(-1)[:, 0] * 10)  # noqa: E731
+    assert torch.allclose(ins, same_ins)
+    assert torch.equal(level(same_refs), level(same_ins))  # halves of one song
+    assert bool((level(refs) != level(ins)).all()) and len(set(level(refs).tolist())) > 2

@@ -82,6 +82,15 @@ def _stage2(cfg, model, make_chain, train_files, val_files, train, prior, out, f
     from diffmix.mastering.fit import available_weights
 
     s2, d, sr = cfg.stage2, cfg.data, int(cfg.sample_rate)
+    match_eq, match_chain = s2.get("match_eq"), None
+    if match_eq is not None:  # as the master job builds its chain with a reference
+        from diffmix.mastering.chain import MATCH
+
+        def match_chain(items: int) -> Bus:
+            stage = instantiate(match_eq, _convert_="all", where="stage2.match_eq")
+            effects = instantiate(cfg.chain, _convert_="all", where="chain")
+            return Bus(sr, {MATCH: stage, **effects}, items=items)
+    trained = s2.get("trained")
     weights = available_weights({str(k): float(v) for k, v in cfg.loss.weights.items()},
                                 reference=True, target={})
     if not weights:
@@ -105,6 +114,10 @@ def _stage2(cfg, model, make_chain, train_files, val_files, train, prior, out, f
         ceiling_db=float(cfg.target.true_peak_db),
         regression=(train[0], train[1], scales),
         regression_weight=float(s2.regression),
+        trained=None if trained is None else [str(t) for t in trained],
+        match_chain=match_chain,
+        pool=int(s2.get("pool", 256)),
+        cross_song=bool(s2.get("cross_song", False)),
         val_every=int(s2.val_every),
         val_items=int(s2.val_items),
         out=out,

@@ -11,12 +11,20 @@ the drive later), and the loss is the objective's own terms
 A weighted stage-1 regression loss on the cached examples can stay on, so what stage 2
 never sees (the spec-only inputs, the limiter drive) keeps what stage 1 learned.
 
+With a match EQ (``match_eq``: the master job's node), an item is mastered as the learned
+start of ``diffmix master ... fit.init=learned`` masters it: the match EQ's closed form
+toward the reference, the features measured after it, the EQ at its configured start, the
+width folded in closed form, and the prediction of the heads named ``trained`` (say the
+compressor's). The loss is then the fit's objective where the fit would start, so stage 2
+trains what the start keeps, not settings the start overwrites.
+
 Every item is drawn from ``(seed, step, item)`` alone, so under ``torchrun`` a rank renders
 only its rows and the run is one process's (:mod:`diffmix.learned.dist`).
 """
 
 from __future__ import annotations
 
+import fnmatch
 import math
 import sys
 from collections.abc import Callable, Mapping, Sequence
@@ -36,6 +44,7 @@ from diffmix.learned import dist
 from diffmix.learned.features import LUFS, feature_vector, mel_input, signal_features
 from diffmix.learned.model import Predictor
 from diffmix.learned.train import load_state, open_log, regression_loss, save_state, step_loss
+from diffmix.mastering.chain import MATCH
 from diffmix.objective import Objective
 
 
@@ -116,26 +125,99 @@ def draw_items(
     width: Sequence[float],
     sample_rate: int,
     device: torch.device | str = "cpu",
+    cross_song: bool = False,
 ) -> tuple[Tensor, Tensor]:
     """``(inputs, references)``, each ``(len(rows), 2, length)`` on ``device``: item ``i``
-    of ``rows`` drawn from ``(seed, step, tag, i)`` alone (the same item on any rank)."""
+    of ``rows`` drawn from ``(seed, step, tag, i)`` alone (the same item on any rank).
+    ``cross_song``: the reference is half A of another song (as a master toward someone
+    else's record), not of the input's."""
     a_list, b_list, amounts = [], [], []
     for i in rows:
         gen = draw(seed, step, f"{tag}.{i}")
-        s = songs[int(torch.randint(len(songs), (1,), generator=gen))]
+        si = int(torch.randint(len(songs), (1,), generator=gen))
+        s = songs[si]
         half = s.shape[-1] // 2
         a0 = int(torch.randint(half - length + 1, (1,), generator=gen))
         b0 = half + int(torch.randint(s.shape[-1] - half - length + 1, (1,), generator=gen))
         u = torch.rand(4, generator=gen, dtype=torch.float64)
+        r = s
+        if cross_song and len(songs) > 1:  # drawn after the rest: the same input as without
+            j = int(torch.randint(len(songs) - 1, (1,), generator=gen))
+            r = songs[j + (j >= si)]
+            a0 = int(torch.randint(r.shape[-1] // 2 - length + 1, (1,), generator=gen))
         lo, hi = (float(v) for v in input_gain_db)
         ranges = ((lo, hi), flatten, expand, width)
         amounts.append([float(r[0]) + (float(r[1]) - float(r[0])) * u[j] for j, r in enumerate(ranges)])
-        a_list.append(s[:, a0 : a0 + length])
+        a_list.append(r[:, a0 : a0 + length])
         b_list.append(s[:, b0 : b0 + length])
     a, b = torch.stack(a_list).to(device), torch.stack(b_list).to(device)
     k = torch.tensor(amounts, dtype=torch.float64)
     inputs = pseudo_unmastered(b, sample_rate, flatten=k[:, 1], expand=k[:, 2], width=k[:, 3])
     return inputs * (10.0 ** (k[:, 0] / 20.0)).to(inputs)[:, None, None], a
+
+
+@torch.no_grad()
+def as_at_use(chain: Bus, inputs: Tensor, references: Tensor, weights: Mapping[str, float],
+              ceiling_db: float) -> dict[str, Any]:
+    """Items set up as the learned start sets them up, for :func:`pool_losses`.
+
+    ``chain`` (led by the match EQ, :data:`~diffmix.mastering.chain.MATCH`) gets the match
+    EQ's closed form toward each item's reference and the width folded from its side gains
+    (:func:`~diffmix.mastering.fit.init_match`, :func:`~diffmix.mastering.fit.fold_side_into_width`).
+    Returns ``seen`` ``(B, 2, T)``: the inputs after the match EQ, which the features are
+    measured on, as at use (:func:`~diffmix.learned.predict.predict_values`); ``feats``
+    ``(B, F)``: the model's input; ``width`` ``(B,)``: the folded width; ``ref``: the
+    objective's reference features (:class:`~diffmix.objective.Objective`), per item.
+
+    Not differentiable (closed form, as at use).
+    """
+    from diffmix.mastering.fit import fold_side_into_width, init_match
+
+    audios = [inputs[i : i + 1] for i in range(inputs.shape[0])]
+    refs = [references[i : i + 1] for i in range(references.shape[0])]
+    init_match(chain, audios, refs)
+    if "width" in chain.effects:
+        fold_side_into_width(chain, audios, refs)
+    names = list(chain.effects)
+    seen = chain(inputs, until=names[names.index(MATCH) + 1])
+    sr = chain.sample_rate
+    ins, rf = signal_features(seen, sr).cpu(), signal_features(references, sr).cpu()
+    tp = torch.full((inputs.shape[0],), ceiling_db, dtype=torch.float64)
+    width = chain.named_values()["width.width"].exact().reshape(-1) if "width" in chain.effects else None
+    return {"seen": seen, "feats": feature_vector(ins, rf, rf[:, LUFS], tp, sr), "width": width,
+            "ref": Objective(sr, weights, reference=references).to(inputs.device).ref}
+
+
+def pool_losses(
+    model: Predictor,
+    chain: Bus,
+    pool: Mapping[str, Any],
+    idx: Tensor,
+    objective: Objective,
+    trained: Sequence[str] | None = None,
+) -> Tensor:
+    """``(len(idx),)`` the objective's loss of the pool's items ``idx`` (:func:`as_at_use`)
+    mastered as the learned start masters them: after the match EQ, the EQ at its start,
+    the folded width, and the prediction of the heads matching a glob in ``trained``
+    (None: every head but the EQ's and the width's). ``chain`` is the chain without the
+    match EQ, for ``len(idx)`` items; ``objective`` any with ``weights`` (its reference
+    features are replaced by the items').
+
+    Differentiable in the model's weights (through the chain).
+    """
+    values = model.values(model(pool["feats"][idx].to(model.mean.device)))
+    values = {k: v for k, v in values.items() if not k.startswith(("eq.", "width."))
+              and (trained is None or any(fnmatch.fnmatch(k, pat) for pat in trained))}
+    if pool["width"] is not None:
+        values["width.width"] = pool["width"][idx].reshape(values_shape(chain, "width.width", len(idx)))
+    x = pool["seen"][idx]
+    objective.ref = {k: v[idx.to(v.device)] for k, v in pool["ref"].items()}
+    return objective(render(chain, values, x))[0]
+
+
+def values_shape(chain: Bus, key: str, n: int) -> tuple[int, ...]:
+    """``(n, *shape)`` of one item's value of ``key`` in ``chain``."""
+    return (n, *chain.named_values()[key].exact().shape[1:])
 
 
 def item_losses(
@@ -185,6 +267,10 @@ def train_end_to_end(
     ceiling_db: float,
     regression: tuple[Tensor, Tensor, Tensor] | None,
     regression_weight: float,
+    trained: Sequence[str] | None = None,
+    match_chain: Callable[[int], Bus] | None = None,
+    pool: int = 256,
+    cross_song: bool = False,
     val_every: int,
     val_items: int,
     out: Path,
@@ -205,7 +291,14 @@ def train_end_to_end(
     step. The log's steps continue stage 1's (``first_step`` + step).
 
     ``regression``: ``(features, targets, scales)`` of stage 1's examples; a batch of
-    them adds ``regression_weight`` times the stage-1 loss at each step.
+    them adds ``regression_weight`` times the stage-1 loss at each step, on the heads
+    that ``trained`` (globs; None: every head) leaves out, so what the chain trains isn't
+    pulled back toward stage 1's targets.
+
+    ``match_chain``: the chain led by the match EQ; then every item is mastered as the
+    learned start masters it (:func:`as_at_use`, :func:`pool_losses`), and as that takes
+    closed-form passes per item, a ``pool`` of training items is set up once (drawn from
+    ``(seed, item)``) and each step takes ``batch_size`` of them, drawn from ``(seed, step)``.
     """
     sr = make_chain(1).sample_rate
     shortest = min(int(s.shape[-1]) // 2 for s in (*train_songs, *val_songs))
@@ -227,11 +320,35 @@ def train_end_to_end(
         return chains[n]
 
     draw_opts = dict(length=length, input_gain_db=input_gain_db, flatten=flatten, expand=expand,
-                     width=width, sample_rate=sr, seed=seed, device=device)
+                     width=width, sample_rate=sr, seed=seed, device=device, cross_song=cross_song)
+
+    pools: dict[str, dict[str, Any]] = {}
+    objective: list[Objective] = []
+
+    def setup(songs: Sequence[Tensor], rows: Sequence[int], tag: str) -> dict[str, Any]:
+        parts = []
+        for i in range(0, len(rows), batch_size):
+            chunk = list(rows[i : i + batch_size])
+            ins, refs = draw_items(songs, chunk, step=0, tag=tag, **draw_opts)  # type: ignore[arg-type]
+            bus = match_chain(len(chunk)).to(device)  # type: ignore[misc]
+            set_exact(bus, False)
+            parts.append(as_at_use(bus, ins, refs, weights, ceiling_db))
+            if not objective:
+                objective.append(Objective(sr, weights, reference=refs[:1]).to(device))
+        cat = lambda xs: None if xs[0] is None else torch.cat(xs)  # noqa: E731
+        return {"seen": cat([q["seen"] for q in parts]), "feats": cat([q["feats"] for q in parts]),
+                "width": cat([q["width"] for q in parts]),
+                "ref": {k: torch.cat([q["ref"][k] for q in parts]) for k in parts[0]["ref"]}}
 
     def batch_loss(rows: Tensor, songs: Sequence[Tensor], at: int, tag: str) -> Tensor:
-        ins, refs = draw_items(songs, rows.tolist(), step=at, tag=tag, **draw_opts)  # type: ignore[arg-type]
-        return item_losses(model, chain(len(rows)), ins, refs, weights, ceiling_db)
+        if match_chain is None:
+            ins, refs = draw_items(songs, rows.tolist(), step=at, tag=tag, **draw_opts)  # type: ignore[arg-type]
+            return item_losses(model, chain(len(rows)), ins, refs, weights, ceiling_db)
+        if tag not in pools:  # the validation items are this rank's rows; the training pool is whole
+            pools[tag] = setup(songs, rows.tolist() if tag.endswith(".val") else range(pool), tag)
+        idx = (torch.arange(len(rows)) if tag.endswith(".val")
+               else torch.randperm(pool, generator=draw(seed, at, "stage2.pick"))[:batch_size][rows])
+        return pool_losses(model, chain(len(rows)), pools[tag], idx, objective[0], trained)
 
     def validate() -> float:
         model.eval()
@@ -256,11 +373,14 @@ def train_end_to_end(
             shown = {"loss2": float(dist.total(loss.detach().double()))}
             if regression is not None and regression_weight > 0:
                 x, y, scales = regression
+                keep = None if trained is None else torch.cat([
+                    torch.full((h.size,), not any(fnmatch.fnmatch(h.key, pat) for pat in trained),
+                               dtype=torch.float64) for h in model.heads])
                 idx = torch.randperm(x.shape[0], generator=draw(seed, step, "stage2.regression"))[:batch_size]
 
-                def stage1_loss(r: Tensor, x=x, y=y, scales=scales, idx=idx) -> Tensor:  # noqa: ANN001
+                def stage1_loss(r: Tensor, x=x, y=y, scales=scales, idx=idx, keep=keep) -> Tensor:  # noqa: ANN001
                     return regression_loss(model, x[idx[r]].float().to(device), y[idx[r]].double().to(device),
-                                           scales)[0]
+                                           scales, keep)[0]
 
                 reg = step_loss(stage1_loss, len(idx), params)
                 loss = loss + regression_weight * reg.to(loss)

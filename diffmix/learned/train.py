@@ -46,13 +46,20 @@ def warp_flat(heads: Sequence[Head], y: Tensor) -> Tensor:
     return torch.cat(parts, -1)
 
 
-def regression_loss(model: Predictor, x: Tensor, y: Tensor, scales: Tensor) -> tuple[Tensor, Tensor]:
-    """Mean squared scaled error, and the per-entry absolute warped error ``(n_out,)``."""
+def regression_loss(
+    model: Predictor, x: Tensor, y: Tensor, scales: Tensor, keep: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
+    """Mean squared scaled error, and the per-entry absolute warped error ``(n_out,)``;
+    ``keep`` ``(n_out,)``: a weight per entry (0 leaves it out of the mean)."""
     raw = model(x)
     pred = torch.cat([v.reshape(v.shape[0], -1) for v in model.values(raw).values()], -1)
     scales = scales.to(pred)
     err = (warp_flat(model.heads, pred) - warp_flat(model.heads, y.to(pred))) / scales
-    return err.square().mean(), (err.detach().abs() * scales).mean(0)
+    if keep is None:
+        return err.square().mean(), (err.detach().abs() * scales).mean(0)
+    keep = keep.to(err)
+    loss = (err.square() * keep).sum(-1).mean() / keep.sum().clamp_min(1.0)
+    return loss, (err.detach().abs() * scales).mean(0)
 
 
 def head_errors(heads: Sequence[Head], per_entry: Tensor) -> dict[str, float]:
