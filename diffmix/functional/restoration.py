@@ -58,7 +58,10 @@ _ARX_ORDER = 32
 # Its fit covers this many frames (hops of `repair_clicks`): 4 hops of 40 ms give some
 # 28 samples per coefficient at 48 taps a side.
 _ARX_SPAN = 4
-_ARX_CHUNK = 256  # frames per batch of its normal equations (129 x 129 each at 48 taps) and tests
+# Frames per batch of its normal equations (129 x 129 each at 48 taps) and tests: at 256
+# a batch of normal matrices took 34 MB, fresh pages on every allocation, and the batched
+# Cholesky and solves ran several times slower per matrix than in batches of 32.
+_ARX_CHUNK = 32
 
 
 def _rows(x: Tensor, what: str) -> tuple[Tensor, tuple[int, int, int]]:
@@ -196,37 +199,82 @@ def ar_residuals(
 
 
 def _residuals(x: Tensor, coeffs: Tensor, hop: int, drive: Tensor | None,
-               kinds: tuple[int, ...]) -> tuple[Tensor, ...]:
+               kinds: tuple[int, ...], frames: Tensor | None = None,
+               prev: tuple[Tensor, ...] | None = None) -> tuple[Tensor, ...]:
     """:func:`ar_residuals`' errors of the given ``kinds`` only (0 forward, 1 backward,
-    2 interpolation), in that order: the same values, without the others' transforms."""
+    2 interpolation), in that order: the same values, without the others' transforms.
+    With ``frames`` (``(K, 2)`` rows ``(batch * C + channel, frame)``) only those frames
+    are computed and the rest copied from ``prev`` (the same errors of a signal that
+    differs from ``x`` only where those frames' errors can see it)."""
     rows, (b, c, t) = _rows(x, "ar_residuals")
     p = coeffs.shape[-1] - 1
-    frames = coeffs.shape[-2]
-    a = coeffs.reshape(b * c, frames, p + 1).to(rows.dtype)
-    xp = tnf.pad(rows, (p, frames * hop - t + p))
-    seg = xp.unfold(-1, hop + 2 * p, hop)[:, :frames]  # (N, F, hop + 2p)
+    nf = coeffs.shape[-2]
+    a = coeffs.reshape(b * c, nf, p + 1).to(rows.dtype)
+    xp = tnf.pad(rows, (p, nf * hop - t + p))
+    seg = xp.unfold(-1, hop + 2 * p, hop)[:, :nf]  # (N, F, hop + 2p)
+    dseg = None
+    if drive is not None:
+        dp = tnf.pad(drive.reshape(b * c, t).to(rows.dtype), (p, nf * hop - t + p))
+        dseg = dp.unfold(-1, hop + 2 * p, hop)[:, :nf]
+    if frames is not None:
+        seg, a = seg[frames[:, 0], frames[:, 1]], a[frames[:, 0], frames[:, 1]]
+        dseg = None if dseg is None else dseg[frames[:, 0], frames[:, 1]]
     n_fft = 1 << math.ceil(math.log2(hop + 3 * p + 1))
     sx = torch.fft.rfft(seg, n_fft)
     sa = torch.fft.rfft(a, n_fft)
     out = []
-    dp = None if drive is None else tnf.pad(drive.reshape(b * c, t).to(rows.dtype),
-                                            (p, frames * hop - t + p))
-    for kind in kinds:
+    for i, kind in enumerate(kinds):
         if kind == 0:
             e = torch.fft.irfft(sx * sa, n_fft)[..., p : p + hop]
-            if dp is not None:
-                e = e - dp[:, p : p + frames * hop].reshape(b * c, frames, hop)
+            if dseg is not None:
+                e = e - dseg[..., p : p + hop]
         elif kind == 1:
             e = torch.fft.irfft(sx * sa.conj(), n_fft)[..., p : p + hop]  # correlation with a
         else:
             norm = a.square().sum(-1, keepdim=True).rsqrt()
             power = (sa.real.square() + sa.imag.square()) * norm
             e = torch.fft.irfft(sx * power, n_fft)[..., p : p + hop]
-            if dp is not None:
-                sd = torch.fft.rfft(dp.unfold(-1, hop + 2 * p, hop)[:, :frames], n_fft)
+            if dseg is not None:
+                sd = torch.fft.rfft(dseg, n_fft)
                 e = e - torch.fft.irfft(sd * sa.conj(), n_fft)[..., p : p + hop] * norm
-        out.append(e.reshape(b * c, frames * hop)[:, :t].reshape(b, c, t))
+        if frames is not None:
+            assert prev is not None
+            full = tnf.pad(prev[i].reshape(b * c, t), (0, nf * hop - t)).reshape(b * c, nf, hop)
+            full[frames[:, 0], frames[:, 1]] = e
+            e = full
+        out.append(e.reshape(b * c, nf * hop)[:, :t].reshape(b, c, t))
     return tuple(out)
+
+
+def _errors_cache(coeffs: Tensor, hop: int, drive: Tensor | None):
+    """``errors(x, kind)``: :func:`_residuals`' error of one kind under fixed models,
+    remembering the last signal of each kind: the same signal costs nothing, and one that
+    changed in a few places costs the frames whose errors can see a change (a frame's
+    errors read ``p`` samples beyond it either side). The repair's rounds change a few
+    spans at a time."""
+    memo: dict[int, tuple[Tensor, Tensor]] = {}
+    p = coeffs.shape[-1] - 1
+    nf = coeffs.shape[-2]
+
+    def errors(x: Tensor, kind: int) -> Tensor:
+        hit = memo.get(kind)
+        if hit is not None and hit[0] is x:
+            return hit[1]
+        if hit is None:
+            e = _residuals(x, coeffs, hop, drive, (kind,))[0]
+        else:
+            b, c, t = x.shape
+            changed = tnf.pad((x != hit[0]).reshape(b * c, t), (0, nf * hop - t))
+            near = changed.reshape(b * c, nf, hop).any(-1)
+            reach = -(-p // hop)
+            near = tnf.max_pool1d(near[:, None].to(x.dtype), 2 * reach + 1, 1, reach)[:, 0] > 0
+            frames = near.nonzero()
+            e = hit[1] if len(frames) == 0 else _residuals(
+                x, coeffs, hop, drive, (kind,), frames, (hit[1],))[0]
+        memo[kind] = (x, e)
+        return e
+
+    return errors
 
 
 def runs(mask: Tensor) -> Tensor:
@@ -1266,28 +1314,29 @@ def _repair(
             coeffs = model[0]
             first = solve(mask)
         last = first
+        errors = _errors_cache(coeffs, hop, dd)
         if edge_sigma is not None:
             # A shorter span is repaired better, which shows more of its ends to agree
             # with the model: tighten, repair, tighten again, until the mask holds
             # (at most `_TIGHTEN` rounds).
-            mask = _tighten(xd, first, mask, coeffs, hop, edge_sigma, dd)
+            mask = _tighten(xd, first, mask, coeffs, hop, edge_sigma, dd, errors)
             for _ in range(_TIGHTEN):
                 last = solve(mask)
-                tighter = _tighten(xd, last, mask, coeffs, hop, edge_sigma, dd)
+                tighter = _tighten(xd, last, mask, coeffs, hop, edge_sigma, dd, errors)
                 if torch.equal(tighter, mask):
                     break
                 mask = tighter
         last = solve(mask)
-        innovation = _innovation(last, mask, coeffs, hop, dd)
+        innovation = _innovation(last, mask, coeffs, hop, dd, errors)
         # Click edges the detection missed: grow, repair, grow again while the mask
         # changes (at most `_GROW` rounds).
         for _ in range(_GROW if grow else 0):
-            grown = _grow(last, mask, coeffs, hop, innovation, _NOISE_MAX, grow, dd)
+            grown = _grow(last, mask, coeffs, hop, innovation, _NOISE_MAX, grow, dd, errors)
             if torch.equal(grown, mask):
                 break
             mask = grown
             last = solve(mask)
-            innovation = _innovation(last, mask, coeffs, hop, dd)
+            innovation = _innovation(last, mask, coeffs, hop, dd, errors)
     y = lsar_interpolate(x, mask, coeffs, hop, innovation=innovation if noisy else None,
                          drive=drive)
     return y, mask, innovation
@@ -1430,7 +1479,10 @@ def _spd_solve(mat: Tensor, rhs: Tensor) -> Tensor:
     matrices (``rhs (K, n)``) by Cholesky, half the cost of an LU solve; the matrices
     whose factorisation fails (not numerically positive definite) fall back to LU."""
     chol, info = torch.linalg.cholesky_ex(mat)
-    w = torch.cholesky_solve(rhs[..., None], chol)[..., 0]
+    # Two triangular solves: batched `cholesky_solve` copies the factors first, and cost
+    # more than they do.
+    w = torch.linalg.solve_triangular(chol, rhs[..., None], upper=False)
+    w = torch.linalg.solve_triangular(chol.mT, w, upper=True)[..., 0]
     bad = (info != 0).nonzero()[:, 0]
     if len(bad):
         w[bad] = torch.linalg.solve(mat[bad], rhs[bad][..., None])[..., 0]
@@ -1452,14 +1504,15 @@ def _fir_frames(ref: Tensor, h: Tensor, hop: int) -> Tensor:
 
 
 def _innovation(x: Tensor, mask: Tensor, coeffs: Tensor, hop: int,
-                drive: Tensor | None = None) -> Tensor:
+                drive: Tensor | None = None, errors=None) -> Tensor:
     """RMS forward prediction error per frame of ``x`` under its frame's model (minus
     ``drive``, as :func:`lsar_interpolate`), over the samples whose error terms no masked
-    sample enters: ``(B, C, F)``."""
+    sample enters: ``(B, C, F)``. ``errors``: :func:`_errors_cache` of the same models."""
     b, c, t = x.shape
     p = coeffs.shape[-1] - 1
     frames = coeffs.shape[-2]
-    fwd = _residuals(x, coeffs, hop, drive, (0,))[0].reshape(b * c, t)
+    errors = errors or _errors_cache(coeffs, hop, drive)
+    fwd = errors(x, 0).reshape(b * c, t)
     # error terms n .. n + p see sample n: a masked sample spoils the p terms after it
     touched = tnf.max_pool1d(tnf.pad(mask.reshape(b * c, 1, t).to(x.dtype), (p, 0)), p + 1, 1)[:, 0] > 0
     w = (~touched).to(fwd.dtype)
@@ -1470,15 +1523,17 @@ def _innovation(x: Tensor, mask: Tensor, coeffs: Tensor, hop: int,
 
 
 def _grow(x: Tensor, mask: Tensor, coeffs: Tensor, hop: int, innovation: Tensor,
-          kappa: float, reach: int, drive: Tensor | None = None) -> Tensor:
+          kappa: float, reach: int, drive: Tensor | None = None, errors=None) -> Tensor:
     """Extend each masked run outwards (at most ``reach`` samples a side) over the samples
     whose interpolation error (:func:`ar_residuals`, the matched filter for an impulse,
     standard deviation ``sigma_e`` on a clean AR signal) in the repaired ``x`` exceeds
     ``kappa`` innovation standard deviations of their frame, up to the farthest such
     sample reached without crossing ``_GROW_GAP`` quiet samples in a row (a noise burst
-    crosses zero): the parts of a click detection missed."""
+    crosses zero): the parts of a click detection missed. ``errors``: as
+    :func:`_innovation`."""
     b, c, t = x.shape
-    z = _residuals(x, coeffs, hop, drive, (2,))[0].reshape(b * c, t)
+    errors = errors or _errors_cache(coeffs, hop, drive)
+    z = errors(x, 2).reshape(b * c, t)
     sig = innovation.reshape(b * c, -1).repeat_interleave(hop, -1)[:, :t].to(z.dtype)
     big = (z.abs() > kappa * sig) & (sig > 0)
     r = runs(mask)
@@ -1507,15 +1562,17 @@ def _reach_with_gaps(ok: Tensor, gap: int) -> Tensor:
 
 def _tighten(
     x: Tensor, first: Tensor, mask: Tensor, coeffs: Tensor, hop: int, kappa: float,
-    drive: Tensor | None = None,
+    drive: Tensor | None = None, errors=None,
 ) -> Tensor:
     """Drop the samples at either end of each masked run that a first repair ``first``
     leaves within ``kappa`` innovation standard deviations of ``x`` (the RMS forward error
     of ``first`` over 256 samples either side of the run): they agree with the model, so
-    they are kept as observed rather than interpolated. Interior samples stay masked."""
+    they are kept as observed rather than interpolated. Interior samples stay masked.
+    ``errors``: as :func:`_innovation`."""
     b, c, t = x.shape
     r = runs(mask)
-    fwd = _residuals(first, coeffs, hop, drive, (0,))[0].reshape(b * c, t)
+    errors = errors or _errors_cache(coeffs, hop, drive)
+    fwd = errors(first, 0).reshape(b * c, t)
     ctx = 256
     ar = torch.arange(ctx, device=x.device)
     pre = (r[:, 1:2] - ctx + ar).clamp(0, t - 1)
