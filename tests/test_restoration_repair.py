@@ -642,6 +642,36 @@ def test_arx_fit_matches_least_squares():
         np.testing.assert_allclose(a0[row, f], ea, rtol=1e-3, atol=1e-4)
 
 
+def test_joint_model_look_runs_in_the_last_pass_only(monkeypatch):
+    """The joint-model look (``_arx_candidates``) runs once, in the last pass, on models
+    refitted with the first pass's clicks interpolated; where the first pass keeps
+    nothing (click-free audio) it still runs, on the same models."""
+    from diffmix.functional import restoration
+
+    seed = 95
+    print("seed", seed)
+    rng = np.random.default_rng(seed)
+    src = ar_process(resonant(rng, 3, (0.9, 0.99)), (SR,), rng)
+    x = np.stack([src, np.roll(src, 3) + 0.1 * rng.standard_normal(SR)])
+    x *= 0.1 / x.std()
+    calls = []
+    real = restoration._arx_candidates
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(restoration, "_arx_candidates", counting)
+    mask = detect_clicks(torch.from_numpy(x).float()[None], SR)[0]
+    assert len(calls) == 1 and not bool(mask.any())
+    damaged = x.copy()
+    damaged[0, 20000:20010] += 1.0  # ten times the RMS: the first pass keeps it
+    calls.clear()
+    mask = detect_clicks(torch.from_numpy(damaged).float()[None], SR)[0]
+    assert bool(mask[0, 20000:20010].all())
+    assert len(calls) == 1
+
+
 def _bench_music_draw(seed: int, rate: float, song: str) -> tuple[np.ndarray, np.ndarray] | None:
     """The restore benchmark's music draw (its order: every song at each rate in turn)."""
     import soundfile as sf

@@ -993,8 +993,9 @@ def detect_clicks(
       channel predicts of it (the FIR of :func:`repair_clicks`), with AR models and the
       robust level of that residual, fitted with every burst interpolated; in a mix
       whose channels share most of their content a quiet click stands out there.
-    * stereo (``C == 2``, ``arx_taps`` not ``None``), before all this: where the matched
-      filter marks a sample and the other channel shows nothing, its 40 ms frame is
+    * stereo (``C == 2``, ``arx_taps`` not ``None``), in the last pass, before all
+      this: where the matched filter marks a sample and the other channel shows
+      nothing, its 40 ms frame is
       judged with the joint (ARX) model of :func:`repair_clicks` (own past and the other
       channel at lags ``-arx_taps .. arx_taps``) where that predicts the frame better
       than the mono model by more than BIC's price of its extra coefficients: the
@@ -1041,15 +1042,22 @@ def detect_clicks(
         fit_on, near, coeffs = xd, None, None
         kept = torch.zeros(b * c, t, dtype=torch.bool, device=x.device)
         limit = (clamp * level).reshape(b, c, t) + 1e-9
+        # The joint-model look runs in the last pass only, on models refitted with the
+        # earlier passes' clicks interpolated (it costs more than the rest of a pass at
+        # dense clicks); a first pass that keeps nothing hands on to it unchanged.
+        arx_on = arx_taps is not None and c == 2
         for step in range(passes):
-            # Later passes refit only the frames whose windows the repairs changed.
-            coeffs = ar_coefficients(fit_on, sr, order=order, hop=hop, limit=limit,
-                                     frames=near, into=None if near is None else coeffs)
-            fwd, bwd, z = (e.reshape(b * c, t) for e in ar_residuals(xd, coeffs, hop))
-            stat = torch.minimum(fwd.abs(), bwd.abs())
-            # The local scales of the two-sided error and of the interpolation error, in one go.
-            e_before, e_after = _local_scale(
-                torch.cat([(fwd.square() + bwd.square()).mul(0.5).sqrt(), z]), width)
+            defer = arx_on and step < passes - 1
+            if near is None or len(near):
+                # Later passes refit only the frames whose windows the repairs changed.
+                coeffs = ar_coefficients(fit_on, sr, order=order, hop=hop, limit=limit,
+                                         frames=near, into=None if near is None else coeffs)
+                fwd, bwd, z = (e.reshape(b * c, t) for e in ar_residuals(xd, coeffs, hop))
+                stat = torch.minimum(fwd.abs(), bwd.abs())
+                # The local scales of the two-sided error and of the interpolation error,
+                # in one go.
+                e_before, e_after = _local_scale(
+                    torch.cat([(fwd.square() + bwd.square()).mul(0.5).sqrt(), z]), width)
             scales = torch.maximum(e_before, e_after)[..., None]  # (2N, nsb, 1)
             scale, z_scale = scales[: b * c], scales[b * c :]
             # Candidates: samples that neither direction predicts (the minimum error, which
@@ -1074,7 +1082,7 @@ def detect_clicks(
                 # Stronger evidence from the matched filter buys a laxer localisation test.
                 flags |= (sg > torch.clamp(threshold_strong * scale, min=floor)) & (
                     zg > z_strong * z_scale)
-            if arx_taps is not None and c == 2:
+            if arx_on and not defer:
                 # Where the other channel predicts the music, a click in one channel
                 # stands out of the joint model's innovation (see `_arx_candidates`).
                 extra, domain = (tnf.pad(v, (0, nsb * _SUB - t)).reshape(grid) for v in _arx_candidates(
@@ -1108,6 +1116,9 @@ def detect_clicks(
                 bursts = bursts[_periodicity(fwd, bursts, sr) < periodic]
             mask = _mask_from_runs(bursts, (b * c, t), pad, x.device).reshape(b, c, t)
             if len(bursts) == 0:
+                if defer:  # nothing to refit: the joint look on the same models
+                    near = bursts[:, :2]
+                    continue
                 break
             repaired = lsar_interpolate(xd, mask, coeffs, hop)
             keep = _guards(xd.reshape(b * c, t), repaired.reshape(b * c, t), bursts, level,
@@ -1128,6 +1139,9 @@ def detect_clicks(
             bursts = bursts[keep]
             kept = _mask_from_runs(bursts, (b * c, t), 0, x.device)
             mask = _mask_from_runs(bursts, (b * c, t), pad, x.device).reshape(b, c, t)
+            if len(bursts) == 0 and defer:
+                near = bursts[:, :2]
+                continue
             if len(bursts) == 0 or step == passes - 1:
                 break
             # A loud click whitens the model of its frame (the clamp only limits it), which
