@@ -26,6 +26,10 @@ _ARX_ORDER = 32
 # Its fit covers this many frames (hops of `repair_clicks`): 4 hops of 40 ms give some
 # 28 samples per coefficient at 48 taps a side.
 _ARX_SPAN = 4
+# Clicks a second a channel (the mono rules' bursts in the first pass of `detect_clicks`)
+# beyond which its joint-model look runs in the last pass only. Measured on the bench's
+# mixes: 45-50 at 50 clicks/s, 11-23 at 10/s, up to 18 on the clean mixes (attacks).
+_DENSE = 35.0
 # Frames per batch of its normal equations (129 x 129 each at 48 taps) and tests: at 256
 # a batch of normal matrices took 34 MB, fresh pages on every allocation, and the batched
 # Cholesky and solves ran several times slower per matrix than in batches of 32.

@@ -8,7 +8,7 @@ from torch import Tensor
 
 import diffmix.functional.restoration as _pkg  # names tests patch on the package
 from diffmix.checks import check_sample_rate
-from diffmix.functional.restoration._common import _NOISE_MAX, _SUB, _hop, _rows
+from diffmix.functional.restoration._common import _DENSE, _NOISE_MAX, _SUB, _hop, _rows
 from diffmix.functional.restoration.ar import _frames_near, ar_coefficients, ar_residuals
 from diffmix.functional.restoration.guards import (
     _guards,
@@ -158,12 +158,14 @@ def detect_clicks(
         fit_on, near, coeffs = xd, None, None
         kept = torch.zeros(b * c, t, dtype=torch.bool, device=x.device)
         limit = (clamp * level).reshape(b, c, t) + 1e-9
-        # The joint-model look runs in the last pass only, on models refitted with the
-        # earlier passes' clicks interpolated (it costs more than the rest of a pass at
-        # dense clicks); a first pass that keeps nothing hands on to it unchanged.
+        # At dense clicks (the mono rules' bursts more than `_DENSE` a second a channel
+        # in the first pass) the joint-model look, which then costs more than the rest
+        # of a pass, runs in the last pass only, on models refitted with the earlier
+        # passes' clicks interpolated; a first pass that keeps nothing hands on to it
+        # unchanged. Elsewhere it runs in every pass.
         arx_on = arx_taps is not None and c == 2
+        dense = False
         for step in range(passes):
-            defer = arx_on and step < passes - 1
             if near is None or len(near):
                 # Later passes refit only the frames whose windows the repairs changed.
                 coeffs = ar_coefficients(fit_on, sr, order=order, hop=hop, limit=limit,
@@ -198,6 +200,10 @@ def detect_clicks(
                 # Stronger evidence from the matched filter buys a laxer localisation test.
                 flags |= (sg > torch.clamp(threshold_strong * scale, min=floor)) & (
                     zg > z_strong * z_scale)
+            if arx_on and step == 0 and passes > 1:
+                count = len(_segments(runs(flags.reshape(b * c, -1)[:, :t]), merge + 1))
+                dense = count > _DENSE * b * c * t / sr
+            defer = dense and step < passes - 1
             if arx_on and not defer:
                 # Where the other channel predicts the music, a click in one channel
                 # stands out of the joint model's innovation (see `_arx_candidates`).
