@@ -642,6 +642,41 @@ def test_arx_fit_matches_least_squares():
         np.testing.assert_allclose(a0[row, f], ea, rtol=1e-3, atol=1e-4)
 
 
+def test_joint_model_look_runs_in_the_last_pass_only_at_dense_clicks(monkeypatch):
+    """The joint-model look (``_arx_candidates``) runs in every pass, except at dense
+    clicks (30 a second here), where it runs once, in the last pass, on models refitted
+    with the first pass's clicks interpolated. Click-free audio: one pass, one look."""
+    from diffmix.functional import restoration
+
+    seed = 95
+    print("seed", seed)
+    rng = np.random.default_rng(seed)
+    src = ar_process(resonant(rng, 3, (0.9, 0.99)), (SR,), rng)
+    x = np.stack([src, np.roll(src, 3) + 0.1 * rng.standard_normal(SR)])
+    x *= 0.1 / x.std()
+    calls = []
+    real = restoration._arx_candidates
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(restoration, "_arx_candidates", counting)
+    mask = detect_clicks(torch.from_numpy(x).float()[None], SR)[0]
+    assert len(calls) == 1 and not bool(mask.any())
+    for count, looks in ((1, 2), (120, 1)):  # one click, then 60 a second a channel
+        damaged = x.copy()
+        # Noise bursts at random times (clicks alike and evenly spaced read as periodic).
+        at = np.sort(rng.choice(np.arange(700, SR - 700, 150), count, replace=False))
+        for i, s in enumerate(at):
+            damaged[i % 2, s : s + 10] += rng.standard_normal(10)  # ten times the RMS
+        calls.clear()
+        mask = detect_clicks(torch.from_numpy(damaged).float()[None], SR)[0][0]
+        found = [bool(mask[i % 2, s : s + 10].any()) for i, s in enumerate(at)]
+        assert sum(found) >= 0.9 * len(at)
+        assert len(calls) == looks
+
+
 def _bench_music_draw(seed: int, rate: float, song: str) -> tuple[np.ndarray, np.ndarray] | None:
     """The restore benchmark's music draw (its order: every song at each rate in turn)."""
     import soundfile as sf

@@ -16,7 +16,9 @@ from test_restoration import numpy_lsar, stable_ar  # the dense LSAR oracle, AR 
 
 from diffmix.functional.restoration import (
     _band_solve,
+    _errors_cache,
     _lsar_update,
+    _residuals,
     _sliding_max,
     _unique_pairs,
     lsar_interpolate,
@@ -194,3 +196,32 @@ def test_gradcheck_through_the_banded_solve():
     coeffs = torch.from_numpy(a)[None, None, None].clone()
     x.requires_grad_(True)
     assert torch.autograd.gradcheck(lambda v: lsar_interpolate(v, mask, coeffs, t), (x,))
+
+
+@pytest.mark.parametrize("with_drive", [False, True])
+def test_errors_cache_after_local_changes_equals_the_full_errors(with_drive):
+    """The repair's incremental prediction errors (:func:`_errors_cache`: only the frames
+    whose errors can see a changed sample are computed again) against the full
+    computation, for every kind of error, after changes in a few short spans, some
+    within ``p`` samples of a frame edge (where the neighbouring frame must be redone)."""
+    seed = 4700 + with_drive
+    print("seed", seed)
+    rng = np.random.default_rng(seed)
+    p, hop, t = 16, 100, 2030
+    frames = -(-t // hop)
+    x0 = torch.from_numpy(rng.standard_normal((1, 2, t)))
+    a = torch.from_numpy(rng.standard_normal((1, 2, frames, p + 1)) * 0.2)
+    a[..., 0] = 1.0
+    drive = torch.from_numpy(rng.standard_normal((1, 2, t))) if with_drive else None
+    errors = _errors_cache(a, hop, drive)
+    for kind in (0, 1, 2):
+        errors(x0, kind)
+    x1 = x0.clone()
+    edges = [int(rng.integers(1, frames - 1)) * hop + int(rng.integers(-p, p)) for _ in range(3)]
+    for start in edges + [int(rng.integers(0, t - 5))]:
+        x1[0, int(rng.integers(0, 2)), start : start + 3] += 1.0
+    for kind in (0, 1, 2):
+        expected = _residuals(x1, a, hop, drive, (kind,))[0]
+        got = errors(x1, kind)
+        assert got is errors(x1, kind)  # the same signal again: remembered
+        np.testing.assert_allclose(got.numpy(), expected.numpy(), rtol=0, atol=1e-12)

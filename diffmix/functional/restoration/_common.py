@@ -1,0 +1,46 @@
+"""Shared constants and checks of the restoration package."""
+
+from __future__ import annotations
+
+from torch import Tensor
+
+from diffmix.checks import check_audio
+
+_SUB = 32  # samples per sub-block of the robust local scales
+_PERIOD_DB = 10.0
+_TIGHTEN = 4  # rounds of repair and tightening of the click spans
+_ONSET_S = 0.010  # level mismatch (dB) a periodic repeat may have at no cost
+_GROW = 3  # rounds of growing the click spans over missed edges
+# A click's noise burst crosses zero: some of its samples are as small as the music's own
+# error. Growing a span outwards carries on over up to this many quiet samples in a row.
+_GROW_GAP = 8
+# A Gaussian noise's largest value over a few milliseconds stays under about 3.5 standard
+# deviations: beyond 4, a matched-filter output is taken as a sign of something there.
+_NOISE_MAX = 4.0
+# How far (samples, about 1.5 ms at 44.1 kHz) the other channel must show nothing for the
+# stereo candidate rule of `detect_clicks`: an attack in both channels of a mix need not
+# line up to the sample.
+_PARTNER_REACH = 64
+# Own-past order of the joint (ARX) stereo repair model of `repair_clicks`.
+_ARX_ORDER = 32
+# Its fit covers this many frames (hops of `repair_clicks`): 4 hops of 40 ms give some
+# 28 samples per coefficient at 48 taps a side.
+_ARX_SPAN = 4
+# Clicks a second a channel (the mono rules' bursts in the first pass of `detect_clicks`)
+# beyond which its joint-model look runs in the last pass only. Measured on the bench's
+# mixes: 45-50 at 50 clicks/s, 11-23 at 10/s, up to 18 on the clean mixes (attacks).
+_DENSE = 35.0
+# Frames per batch of its normal equations (129 x 129 each at 48 taps) and tests: at 256
+# a batch of normal matrices took 34 MB, fresh pages on every allocation, and the batched
+# Cholesky and solves ran several times slower per matrix than in batches of 32.
+_ARX_CHUNK = 32
+
+
+def _rows(x: Tensor, what: str) -> tuple[Tensor, tuple[int, int, int]]:
+    check_audio(x, what)
+    b, c, t = x.shape
+    return x.reshape(b * c, t), (b, c, t)
+
+
+def _hop(sample_rate: int, hop_ms: float) -> int:
+    return max(64, int(round(hop_ms * 1e-3 * sample_rate)))

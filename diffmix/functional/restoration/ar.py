@@ -1,0 +1,215 @@
+"""AR models per frame (autocorrelation method, Levinson-Durbin) and their prediction errors."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as tnf
+from torch import Tensor
+
+from diffmix.checks import check_sample_rate
+from diffmix.functional.restoration._common import _rows
+
+
+def levinson(r: Tensor) -> Tensor:
+    """Levinson-Durbin recursion, batched: autocorrelation ``(..., p + 1)`` -> prediction
+    error filter ``a`` ``(..., p + 1)`` with ``a[..., 0] = 1``, such that
+    ``e[n] = sum_k a[k] x[n - k]`` is the forward prediction error.
+
+    The loop runs over the order (``p`` steps), never over frames or samples.
+
+    >>> levinson(torch.tensor([1.0, 0.5, 0.25], dtype=torch.float64)).tolist()
+    [1.0, -0.5, 0.0]
+    """
+    p = r.shape[-1] - 1
+    a = torch.zeros_like(r)
+    a[..., 0] = 1.0
+    err = r[..., 0].clone()
+    for m in range(1, p + 1):
+        acc = (a[..., :m] * r[..., 1 : m + 1].flip(-1)).sum(-1)
+        k = -acc / err
+        prev = a[..., : m + 1].clone()
+        a[..., 1 : m + 1] = prev[..., 1 : m + 1] + k[..., None] * prev[..., :m].flip(-1)
+        err = err * (1.0 - k * k)
+    return a
+
+
+def ar_coefficients(
+    x: Tensor,
+    sample_rate: int,
+    *,
+    order: int = 32,
+    hop: int,
+    limit: Tensor | None = None,
+    frames: Tensor | None = None,
+    into: Tensor | None = None,
+) -> Tensor:
+    """AR prediction-error filters per ``hop``-sample frame (autocorrelation method).
+
+    Frame ``f`` covers samples ``[f hop, (f + 1) hop)``; its model is fitted on the
+    Hann-windowed ``2 hop`` samples centred on it. A -60 dB white floor is added to each
+    autocorrelation (so silence and pure tones give stable, well-conditioned filters).
+    With ``limit`` (``(B, C, T)``, positive) the signal is clamped to ``+-limit`` before
+    fitting, so a loud click does not turn the model of its frame white. With ``frames``
+    (``(K, 2)`` int64 rows ``(batch * C + channel, frame)``) only those frames are fitted
+    and written into a copy of ``into`` (``(B, C, F, order + 1)``; zeros when ``None``):
+    a refit after a few samples changed costs what they touch, not the whole signal. Not
+    differentiable (fitted on ``x.detach()``).
+
+    Shape:
+        ``(B, C, T)`` -> ``(B, C, F, order + 1)`` with ``F = ceil(T / hop)``, float64.
+    """
+    rows, (b, c, t) = _rows(x, "ar_coefficients")
+    check_sample_rate(sample_rate, "ar_coefficients")
+    subset = frames
+    frames = -(-t // hop)
+    half = hop // 2
+    rows = rows.detach()
+    if limit is not None:
+        lim = limit.reshape(b * c, t)
+        rows = torch.maximum(torch.minimum(rows, lim), -lim)
+    xp = tnf.pad(rows, (half, frames * hop - t + 2 * hop - half))
+    seg = xp.unfold(-1, 2 * hop, hop)[:, :frames]  # (N, F, 2 hop)
+    if subset is not None:
+        seg = seg[subset[:, 0], subset[:, 1]]  # (K, 2 hop)
+    win = torch.hann_window(2 * hop, periodic=False, dtype=seg.dtype, device=seg.device)
+    n_fft = 1 << math.ceil(math.log2(2 * hop + order + 1))
+    spec = torch.fft.rfft(seg * win, n_fft)
+    r = torch.fft.irfft(spec.real.square() + spec.imag.square(), n_fft)[..., : order + 1]
+    r = r.to(torch.float64)
+    r0 = r[..., :1]
+    r = torch.cat([r0 * (1.0 + 1e-6) + 1e-20, r[..., 1:]], -1)
+    if subset is None:
+        return levinson(r).reshape(b, c, frames, order + 1)
+    out = (torch.zeros(b * c, frames, order + 1, dtype=torch.float64, device=x.device)
+           if into is None else into.reshape(b * c, frames, order + 1).clone())
+    if len(subset):
+        out[subset[:, 0], subset[:, 1]] = levinson(r)
+    return out.reshape(b, c, frames, order + 1)
+
+
+def _frames_near(r: Tensor, hop: int, frames: int, reach: int) -> Tensor:
+    """``(row, frame)`` pairs (``(K, 2)``, unique) of the frames whose analysis window
+    (two hops centred on the frame) comes within ``reach`` samples of a run ``(row,
+    start, end)``: the frames a change to those samples can alter."""
+    if len(r) == 0:
+        return r[:, :2]
+    half = hop // 2
+    lo = torch.div(r[:, 1] - reach + half - 2 * hop, hop, rounding_mode="floor") + 1
+    hi = torch.div(r[:, 2] + reach + half - 1, hop, rounding_mode="floor")
+    steps = torch.arange(int((hi - lo).max()) + 1, device=r.device)
+    f = lo[:, None] + steps
+    ok = (f <= hi[:, None]) & (f >= 0) & (f < frames)
+    rows = r[:, :1].expand(-1, len(steps))
+    return _unique_pairs(rows[ok], f[ok], frames)
+
+
+def _unique_pairs(row: Tensor, frame: Tensor, frames: int) -> Tensor:
+    """The distinct ``(row, frame)`` pairs (``frame < frames``), sorted by row then
+    frame, as ``(K, 2)`` int64: ``torch.unique(..., dim=0)`` on one int64 key, which is
+    far cheaper than unique over rows."""
+    key = torch.unique(row * frames + frame)
+    return torch.stack([torch.div(key, frames, rounding_mode="floor"), key % frames], -1)
+
+
+def ar_residuals(
+    x: Tensor, coeffs: Tensor, hop: int, drive: Tensor | None = None
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Forward, backward and interpolation errors of each sample under its frame's AR
+    model (zeros beyond the ends). Linear in ``x`` (coefficients fixed).
+
+    ``forward[n] = sum_k a[k] x[n - k]`` and ``backward[n] = sum_k a[k] x[n + k]``;
+    ``interpolation[n] = sum_k r[k] x[n + k] / sqrt(r[0])`` (``k = -p .. p``) with ``r``
+    the autocorrelation of the prediction-error filter ``a``: the forward error filtered
+    backwards by the same filter, normalised. The last is the matched filter for an
+    impulse in the AR process: a click of height ``A`` on one sample gives
+    ``A sqrt(r[0])`` against a background of the innovation's standard deviation, where a
+    one-sided error gives ``A`` (``r[0] = sum a_k^2`` is 10 to 1000 for tonal music).
+    With ``drive`` (``(B, C, T)``, a model's known input, as :func:`lsar_interpolate`'s)
+    the forward error is ``sum_k a[k] x[n - k] - drive[n]`` and the interpolation error
+    filters that backwards; the backward error ignores it.
+
+    Shape:
+        ``x (B, C, T)``, ``coeffs (B, C, F, p + 1)`` -> three ``(B, C, T)`` tensors.
+    """
+    return _residuals(x, coeffs, hop, drive, (0, 1, 2))
+
+
+def _residuals(x: Tensor, coeffs: Tensor, hop: int, drive: Tensor | None,
+               kinds: tuple[int, ...], frames: Tensor | None = None,
+               prev: tuple[Tensor, ...] | None = None) -> tuple[Tensor, ...]:
+    """:func:`ar_residuals`' errors of the given ``kinds`` only (0 forward, 1 backward,
+    2 interpolation), in that order: the same values, without the others' transforms.
+    With ``frames`` (``(K, 2)`` rows ``(batch * C + channel, frame)``) only those frames
+    are computed and the rest copied from ``prev`` (the same errors of a signal that
+    differs from ``x`` only where those frames' errors can see it)."""
+    rows, (b, c, t) = _rows(x, "ar_residuals")
+    p = coeffs.shape[-1] - 1
+    nf = coeffs.shape[-2]
+    a = coeffs.reshape(b * c, nf, p + 1).to(rows.dtype)
+    xp = tnf.pad(rows, (p, nf * hop - t + p))
+    seg = xp.unfold(-1, hop + 2 * p, hop)[:, :nf]  # (N, F, hop + 2p)
+    dseg = None
+    if drive is not None:
+        dp = tnf.pad(drive.reshape(b * c, t).to(rows.dtype), (p, nf * hop - t + p))
+        dseg = dp.unfold(-1, hop + 2 * p, hop)[:, :nf]
+    if frames is not None:
+        seg, a = seg[frames[:, 0], frames[:, 1]], a[frames[:, 0], frames[:, 1]]
+        dseg = None if dseg is None else dseg[frames[:, 0], frames[:, 1]]
+    n_fft = 1 << math.ceil(math.log2(hop + 3 * p + 1))
+    sx = torch.fft.rfft(seg, n_fft)
+    sa = torch.fft.rfft(a, n_fft)
+    out = []
+    for i, kind in enumerate(kinds):
+        if kind == 0:
+            e = torch.fft.irfft(sx * sa, n_fft)[..., p : p + hop]
+            if dseg is not None:
+                e = e - dseg[..., p : p + hop]
+        elif kind == 1:
+            e = torch.fft.irfft(sx * sa.conj(), n_fft)[..., p : p + hop]  # correlation with a
+        else:
+            norm = a.square().sum(-1, keepdim=True).rsqrt()
+            power = (sa.real.square() + sa.imag.square()) * norm
+            e = torch.fft.irfft(sx * power, n_fft)[..., p : p + hop]
+            if dseg is not None:
+                sd = torch.fft.rfft(dseg, n_fft)
+                e = e - torch.fft.irfft(sd * sa.conj(), n_fft)[..., p : p + hop] * norm
+        if frames is not None:
+            assert prev is not None
+            full = tnf.pad(prev[i].reshape(b * c, t), (0, nf * hop - t)).reshape(b * c, nf, hop)
+            full[frames[:, 0], frames[:, 1]] = e
+            e = full
+        out.append(e.reshape(b * c, nf * hop)[:, :t].reshape(b, c, t))
+    return tuple(out)
+
+
+def _errors_cache(coeffs: Tensor, hop: int, drive: Tensor | None):
+    """``errors(x, kind)``: :func:`_residuals`' error of one kind under fixed models,
+    remembering the last signal of each kind: the same signal costs nothing, and one that
+    changed in a few places costs the frames whose errors can see a change (a frame's
+    errors read ``p`` samples beyond it either side). The repair's rounds change a few
+    spans at a time."""
+    memo: dict[int, tuple[Tensor, Tensor]] = {}
+    p = coeffs.shape[-1] - 1
+    nf = coeffs.shape[-2]
+
+    def errors(x: Tensor, kind: int) -> Tensor:
+        hit = memo.get(kind)
+        if hit is not None and hit[0] is x:
+            return hit[1]
+        if hit is None:
+            e = _residuals(x, coeffs, hop, drive, (kind,))[0]
+        else:
+            b, c, t = x.shape
+            changed = tnf.pad((x != hit[0]).reshape(b * c, t), (0, nf * hop - t))
+            near = changed.reshape(b * c, nf, hop).any(-1)
+            reach = -(-p // hop)
+            near = tnf.max_pool1d(near[:, None].to(x.dtype), 2 * reach + 1, 1, reach)[:, 0] > 0
+            frames = near.nonzero()
+            e = hit[1] if len(frames) == 0 else _residuals(
+                x, coeffs, hop, drive, (kind,), frames, (hit[1],))[0]
+        memo[kind] = (x, e)
+        return e
+
+    return errors

@@ -1,0 +1,273 @@
+"""Click detection (:func:`detect_clicks`)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as tnf
+from torch import Tensor
+
+import diffmix.functional.restoration as _pkg  # names tests patch on the package
+from diffmix.checks import check_sample_rate
+from diffmix.functional.restoration._common import _DENSE, _NOISE_MAX, _SUB, _hop, _rows
+from diffmix.functional.restoration.ar import _frames_near, ar_coefficients, ar_residuals
+from diffmix.functional.restoration.guards import (
+    _guards,
+    _local_scale,
+    _near_and_alone,
+    _partner_peak,
+    _periodicity,
+    _stereo_guards,
+)
+from diffmix.functional.restoration.lsar import lsar_interpolate
+from diffmix.functional.restoration.masks import _mask_from_runs, _segments, runs
+
+
+def detect_clicks(
+    x: Tensor,
+    sample_rate: int,
+    *,
+    order: int = 32,
+    hop_ms: float = 20.0,
+    threshold: float = 5.0,
+    z_threshold: float = 8.0,
+    max_click_ms: float = 3.0,
+    merge: int = 24,
+    floor_db: float = -90.0,
+    pad: int = 6,
+    clamp: float = 3.0,
+    periodic: float = 0.6,
+    passes: int = 2,
+    above_db: float | None = 3.0,
+    explain_db: float | None = 10.0,
+    loud_db: float | None = 12.0,
+    onset_db: float | None = 20.0,
+    stereo_taps: int | None = 4,
+    z_strong: float | None = 16.0,
+    threshold_strong: float = 4.0,
+    z_reach: int | None = 8,
+    arx_taps: int | None = 48,
+) -> tuple[Tensor, Tensor, int]:
+    """Flag clicks: short bursts that the AR model of their surroundings cannot predict,
+    forwards or backwards, and that do not recur period after period.
+
+    A sample is a candidate when ``min(|forward error|, |backward error|)`` exceeds
+    ``threshold`` times the larger of two robust local scales of the prediction error
+    (the median sub-block RMS over about 16 ms before it and over 16 ms after it) *and*
+    its interpolation error (:func:`ar_residuals`, the matched filter for a click
+    in an AR process, ``sqrt(sum a_k^2)`` times more sensitive than either one-sided
+    error) exceeds ``z_threshold`` times its own robust local scale, taken the same way.
+    The second test finds quiet clicks in tonal music that the first misses at a high
+    threshold; the first localises the click and spares attacks. The two trade evidence:
+    a sample whose interpolation error exceeds ``z_strong`` scales (twice the test) is a
+    candidate at ``threshold_strong`` (a fifth less) on the first: a loud click in dense,
+    nearly white music (the model predicts a few dB only) stands far out of the matched
+    filter while its one-sided errors, spread over the burst, barely reach the threshold.
+    In stereo (``C == 2``, ``z_reach`` not ``None``) a third rule lets the two tests meet
+    on different samples: a sample is also a candidate when the first test holds on it
+    and the second holds within ``z_reach`` samples of it, where the other channel's
+    interpolation error stays under 4 of its robust scales (noise alone, see the stereo
+    look below) within ``_PARTNER_REACH`` samples. The matched filter is matched to an
+    impulse: over a noise burst its peak falls where the burst's samples add up in its
+    kernel, not on the sample whose one-sided errors peak, and a burst whose own model
+    is whitened by it (the model of its frame is fitted with the burst in it) may pass
+    each test on some sample but both on none. An attack heard in both channels keeps
+    the strict rule. Why this leaves percussion alone:
+
+    * the *minimum* of the forward and backward errors is large only on the damaged
+      samples themselves (a click spoils the forward prediction of the ``p`` samples
+      after it and the backward prediction of the ``p`` before, never both);
+    * the *larger* of the scales before and after means an onset is judged against the
+      error level of the sound it starts: a hi-hat's noise or a snare's rattle is as
+      unpredictable after its first sample as on it;
+    * candidates closer than ``merge`` samples join into bursts, and a burst longer than
+      ``max_click_ms`` is not a click;
+    * a burst whose prediction error repeats one period earlier *and* one period later
+      (1.5-20 ms, normalised correlation above ``periodic``) is the cusp of a buzzy or
+      pulse-like waveform, not a click;
+    * what the repair would remove (the burst minus its LSAR interpolation) must peak at
+      least ``above_db`` over the programme's robust local level (the median RMS of
+      0.7 ms sub-blocks over 8 ms before or after, the larger): a kick's or a slapped
+      string's attack is unpredictable, but no louder than the note it starts;
+    * the repair must explain the burst: the forward prediction error over every term
+      the burst enters (the padded burst and the ``p`` samples after it) must fall by at
+      least ``explain_db`` once the burst is interpolated. A click is added to music
+      that goes on, so without it the error drops to the music's own; an attack starts a
+      sound the model of the samples before it cannot predict, so interpolating the
+      attack leaves most of the error. A burst whose removed part peaks ``loud_db`` or
+      more over the programme's level is kept without this test (it is no attack: far
+      louder than the music around it), so a loud click among others is not lost.
+    * a burst after which the programme is ``onset_db`` louder than before it (10 ms each
+      side, the burst repaired) starts a sound: a kick out of silence, whose body the
+      model of the samples after it predicts well backwards, is no click (unless it is
+      ``loud_db`` over the programme, as above: a loud click where the music starts).
+
+    * stereo (``C == 2``, ``stereo_taps`` not ``None``): a burst vetoed by the last three
+      tests gets a second look when the other channel shows nothing at the same place
+      (its interpolation error under 4 robust scales, where noise over a 3 ms span
+      reaches about 3.5): an attack sounds in both channels of a mix, a click in one.
+      The burst is judged again by the same tests on the channel minus what the other
+      channel predicts of it (the FIR of :func:`repair_clicks`), with AR models and the
+      robust level of that residual, fitted with every burst interpolated; in a mix
+      whose channels share most of their content a quiet click stands out there.
+    * stereo (``C == 2``, ``arx_taps`` not ``None``), in the last pass, before all
+      this: where the matched filter marks a sample and the other channel shows
+      nothing, its 40 ms frame is
+      judged with the joint (ARX) model of :func:`repair_clicks` (own past and the other
+      channel at lags ``-arx_taps .. arx_taps``) where that predicts the frame better
+      than the mono model by more than BIC's price of its extra coefficients: the
+      candidate tests are made on its errors, and its candidates replace the mono
+      rules' there (:func:`_arx_candidates`; where they join into a burst too long to
+      be a click, the mono rules' stand). A click whitens the model of its own frame;
+      the other channel, which predicts the music and not the click, does not. On
+      independent channels the gate stays shut and the mono rules decide.
+
+    The models are fitted on the signal clamped to ``clamp`` times its robust local level;
+    with ``passes=2`` they are refitted on the signal with the first pass's clicks
+    interpolated, and the detection is run again on the original; the bursts the first
+    pass kept are judged again by the guards there whatever their candidate statistic
+    (the refit moves a click near the threshold to either side of it by chance).
+
+    Args:
+        order: AR order. hop_ms: AR frame length (ms; the model is fitted on 2 hops).
+        threshold, z_threshold: detection thresholds in local-scale units. floor_db: errors below this
+            level (dBFS) never count. pad: samples added to each side of a burst (the
+            edges of a burst are often below the threshold). above_db, explain_db,
+            loud_db, onset_db: the last guards (``None`` turns one off).
+        stereo_taps: half-length of the cross-channel FIR of the stereo look (``None``:
+            channels judged apart).
+        z_strong, threshold_strong: the second candidate rule (``None``: off).
+        z_reach: the third (stereo) candidate rule's reach in samples (``None``: off).
+        arx_taps: the joint model's lags of the other channel either side (``None``:
+            the mono rules alone).
+
+    Returns:
+        ``(mask, coeffs, hop)``: ``mask (B, C, T)`` bool (detached), the AR filters
+        ``(B, C, F, order + 1)`` used, and the frame length in samples.
+    """
+    rows, (b, c, t) = _rows(x, "detect_clicks")
+    sr = check_sample_rate(sample_rate, "detect_clicks")
+    hop = _hop(sr, hop_ms)
+    width = max(4, int(round(0.016 * sr / _SUB)))
+    max_len = max(1, int(round(max_click_ms * 1e-3 * sr)))
+    guards = {"above_db": above_db, "explain_db": explain_db, "loud_db": loud_db,
+              "onset_db": onset_db}
+    with torch.no_grad():
+        xd = x.detach()
+        s_before, s_after = _local_scale(rows.detach(), width // 2)
+        level = torch.maximum(s_before, s_after).repeat_interleave(_SUB, -1)[:, :t]
+        fit_on, near, coeffs = xd, None, None
+        kept = torch.zeros(b * c, t, dtype=torch.bool, device=x.device)
+        limit = (clamp * level).reshape(b, c, t) + 1e-9
+        # At dense clicks (the mono rules' bursts more than `_DENSE` a second a channel
+        # in the first pass) the joint-model look, which then costs more than the rest
+        # of a pass, runs in the last pass only, on models refitted with the earlier
+        # passes' clicks interpolated; a first pass that keeps nothing hands on to it
+        # unchanged. Elsewhere it runs in every pass.
+        arx_on = arx_taps is not None and c == 2
+        dense = False
+        for step in range(passes):
+            if near is None or len(near):
+                # Later passes refit only the frames whose windows the repairs changed.
+                coeffs = ar_coefficients(fit_on, sr, order=order, hop=hop, limit=limit,
+                                         frames=near, into=None if near is None else coeffs)
+                fwd, bwd, z = (e.reshape(b * c, t) for e in ar_residuals(xd, coeffs, hop))
+                stat = torch.minimum(fwd.abs(), bwd.abs())
+                # The local scales of the two-sided error and of the interpolation error,
+                # in one go.
+                e_before, e_after = _local_scale(
+                    torch.cat([(fwd.square() + bwd.square()).mul(0.5).sqrt(), z]), width)
+            scales = torch.maximum(e_before, e_after)[..., None]  # (2N, nsb, 1)
+            scale, z_scale = scales[: b * c], scales[b * c :]
+            # Candidates: samples that neither direction predicts (the minimum error, which
+            # localises a click and spares an attack) *and* that the interpolation error,
+            # the matched filter for a click, marks. Compared sub-block by sub-block.
+            nsb = scales.shape[1]
+            grid = (b * c, nsb, _SUB)
+            floor = 10.0 ** (floor_db / 20.0)
+            sg = tnf.pad(stat, (0, nsb * _SUB - t)).reshape(grid)
+            zg = tnf.pad(z.abs(), (0, nsb * _SUB - t)).reshape(grid)
+            one_sided = sg > torch.clamp(threshold * scale, min=floor)
+            z_ratio = (zg / z_scale.clamp(min=1e-30)).reshape(b * c, nsb * _SUB)
+            flags = one_sided & (zg > z_threshold * z_scale)
+            if c == 2 and (z_reach is not None or arx_taps is not None):
+                alone_peak = _partner_peak(z_ratio)
+            if z_reach is not None and c == 2:
+                # The two tests on nearby samples, where the other channel shows nothing;
+                # looked at only where the first test holds (few samples).
+                flags |= _near_and_alone(one_sided.reshape(b * c, -1), z_ratio, z_reach,
+                                         z_threshold, alone_peak).reshape(grid)
+            if z_strong is not None:
+                # Stronger evidence from the matched filter buys a laxer localisation test.
+                flags |= (sg > torch.clamp(threshold_strong * scale, min=floor)) & (
+                    zg > z_strong * z_scale)
+            if arx_on and step == 0 and passes > 1:
+                count = len(_segments(runs(flags.reshape(b * c, -1)[:, :t]), merge + 1))
+                dense = count > _DENSE * b * c * t / sr
+            defer = dense and step < passes - 1
+            if arx_on and not defer:
+                # Where the other channel predicts the music, a click in one channel
+                # stands out of the joint model's innovation (see `_arx_candidates`).
+                extra, domain = (tnf.pad(v, (0, nsb * _SUB - t)).reshape(grid) for v in _pkg._arx_candidates(
+                    xd, torch.maximum(torch.minimum(fit_on, limit), -limit), fit_on,
+                    z_ratio[:, :t], sr, arx_taps, threshold, z_threshold,
+                    z_reach if z_reach is not None else 0, floor, width, alone_peak))
+                joint = torch.where(domain, extra, flags).reshape(b * c, -1)
+                # Where its candidates join into a burst too long to be a click (a loud
+                # click in the other channel, spread by the cross filter), the mono
+                # rules' candidates stand.
+                long = _segments(runs(joint), merge + 1)
+                long = long[(long[:, 2] - long[:, 1]) > max_len]
+                back = _mask_from_runs(long, joint.shape, merge + 1, x.device).reshape(grid)
+                flags = torch.where(back, flags, joint.reshape(grid))
+            # A later pass judges again the bursts an earlier one kept, whatever their
+            # candidate statistic now: its models are fitted with them interpolated, which
+            # moves a click near the threshold by chance to either side of it; the guards,
+            # not the threshold, decide what is a click.
+            flags = flags.reshape(b * c, nsb * _SUB)[:, :t] | kept
+            # Join candidates with at most `merge` samples between them into one burst.
+            bursts = _segments(runs(flags), merge + 1)
+            short = (bursts[:, 2] - bursts[:, 1]) <= max_len
+            if step and not bool(short.all()):
+                # Dense clicks: the candidates between two kept bursts can join them into
+                # one burst too long to be a click. The kept bursts inside stay bursts
+                # (where there are two or more, see `_keep_inside`).
+                bursts = _pkg._keep_inside(bursts[short], bursts[~short], runs(kept), t)
+            else:
+                bursts = bursts[short]
+            if len(bursts) and periodic < 1.0:
+                bursts = bursts[_periodicity(fwd, bursts, sr) < periodic]
+            mask = _mask_from_runs(bursts, (b * c, t), pad, x.device).reshape(b, c, t)
+            if len(bursts) == 0:
+                if defer:  # nothing to refit: the joint look on the same models
+                    near = bursts[:, :2]
+                    continue
+                break
+            repaired = lsar_interpolate(xd, mask, coeffs, hop)
+            keep = _guards(xd.reshape(b * c, t), repaired.reshape(b * c, t), bursts, level,
+                           coeffs.reshape(b * c, -1, order + 1), hop, pad, max_len, sr,
+                           **guards)
+            last = step == passes - 1 or not bool(keep.any())
+            if stereo_taps is not None and c == 2 and last and not bool(keep.all()):
+                # Vetoed bursts the other channel does not share (no candidate-level
+                # interpolation error there): judged again on the cross-channel residual.
+                z_ratio = z.abs() / z_scale[..., 0].repeat_interleave(_SUB, -1)[:, :t]
+                span = max_len + 2 * pad
+                idx = (bursts[:, 1:2] - pad + torch.arange(span, device=x.device)).clamp(0, t - 1)
+                inside = idx < (bursts[:, 2:3] + pad)
+                partner = bursts[:, 0:1] + 1 - 2 * (bursts[:, 0:1] % 2)
+                alone = torch.where(inside, z_ratio[partner, idx], 0.0).amax(-1) < _NOISE_MAX
+                keep |= _stereo_guards(xd, repaired, bursts, ~keep & alone, sr, order, hop, pad,
+                                       max_len, width // 2, stereo_taps, **guards)
+            bursts = bursts[keep]
+            kept = _mask_from_runs(bursts, (b * c, t), 0, x.device)
+            mask = _mask_from_runs(bursts, (b * c, t), pad, x.device).reshape(b, c, t)
+            if len(bursts) == 0 and defer:
+                near = bursts[:, :2]
+                continue
+            if len(bursts) == 0 or step == passes - 1:
+                break
+            # A loud click whitens the model of its frame (the clamp only limits it), which
+            # hides quieter clicks nearby: refit on the signal with them interpolated.
+            fit_on = torch.where(mask, repaired, xd)  # the bursts kept, not those vetoed
+            near = _frames_near(bursts, hop, coeffs.shape[-2], pad)
+    return mask, coeffs, hop

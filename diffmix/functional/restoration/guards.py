@@ -1,0 +1,256 @@
+"""The click detector's tests: robust local scales, periodicity, the last guards and the stereo look."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as tnf
+from torch import Tensor
+
+from diffmix.functional.restoration._common import _NOISE_MAX, _PARTNER_REACH, _PERIOD_DB, _SUB
+from diffmix.functional.restoration.ar import _frames_near, ar_coefficients
+from diffmix.functional.restoration.arx import _cross_filters, _fir_frames
+from diffmix.functional.restoration.lsar import lsar_interpolate
+from diffmix.functional.restoration.masks import _mask_from_runs
+
+
+def _local_scale(v: Tensor, width: int) -> tuple[Tensor, Tensor]:
+    """Robust local RMS of ``v`` (N, T) on a grid of ``_SUB``-sample sub-blocks: the
+    median of the sub-block RMS over the ``width`` (rounded down to a multiple of 4)
+    sub-blocks before and after each one (excluding it). Returns ``(before, after)``, each ``(N, nsb)``."""
+    n, t = v.shape
+    nsb = -(-t // _SUB)
+    ms = tnf.pad(v.square(), (0, nsb * _SUB - t)).reshape(n, nsb, _SUB).mean(-1).sqrt()
+    # Medians on a grid of `stride` sub-blocks (sorting every window costs more than the
+    # rest of the detector), each window shifted to end (start) just before (after) the
+    # first (last) sub-block of its grid cell.
+    # The width is a whole number of cells, so the window after a cell is the window
+    # before the cell `width / stride + 1` cells later: one median per cell serves both.
+    stride = 4
+    width = max(stride, width // stride * stride)
+    cells = -(-nsb // stride)
+    padded = tnf.pad(ms[:, None], (width, width + cells * stride - nsb + stride), mode="replicate")[:, 0]
+    med = padded.unfold(-1, width, stride).median(-1).values
+    later = width // stride + 1
+    before, after = med[:, :cells], med[:, later : later + cells]
+    return (before.repeat_interleave(stride, -1)[:, :nsb],
+            after.repeat_interleave(stride, -1)[:, :nsb])
+
+
+def _periodicity(res: Tensor, bursts: Tensor, sample_rate: int) -> Tensor:
+    """How periodic the prediction error around each burst is: the largest ``L`` in
+    1.5-20 ms of ``min(ncc(+L), ncc(-L))``, the normalised correlation of the 64 error
+    samples centred on the burst with those one lag later and one lag earlier (best of
+    three neighbouring lags each). A waveform with a cusp every period (a buzzy synth, a
+    pulse wave) repeats its error spike on both sides; a click, even among others, does
+    not. A repeat counts only as much as its level matches (more than ``_PERIOD_DB``
+    apart, the correlation is scaled down by the excess): a loud click in a buzzy sound
+    correlates in shape with the sound's cusps but is far above them. 64 samples, not
+    fewer: two independent noise bursts (dense clicks a period apart) correlate by chance
+    with a standard deviation of 1 / sqrt(n), and the best of some 800 lags reached the
+    0.6 threshold with 32. ``(K,)`` in [0, 1]."""
+    half, lmin, lmax = 32, int(0.0015 * sample_rate), int(0.020 * sample_rate)
+    n = 2 * half
+    padded = tnf.pad(res, (lmax + half, lmax + half))
+    centre = (bursts[:, 1] + bursts[:, 2]) // 2  # in padded coordinates: + lmax + half
+    region = padded[bursts[:, 0, None], centre[:, None] + torch.arange(2 * lmax + n, device=res.device)]
+    seg = region[:, lmax : lmax + n]
+    n_fft = 1 << math.ceil(math.log2(2 * lmax + 2 * n))
+    dots = torch.fft.irfft(torch.fft.rfft(region, n_fft) * torch.fft.rfft(seg, n_fft).conj(), n_fft)
+    dots = dots[:, : 2 * lmax + 1]  # dots[:, j] = <seg, region[j : j + n]>, lag j - lmax
+    # Energy of each n-sample window: a running sum (float64: no cancellation), which
+    # costs the region's length where a pooled window sum costs n times that.
+    cum = tnf.pad(region.double().square().cumsum(-1), (1, 0))
+    e_ref = (cum[:, n : n + 2 * lmax + 1] - cum[:, : 2 * lmax + 1]).to(region.dtype)
+    e_seg = seg.square().sum(-1, keepdim=True)
+    # A repeat must also match in level, within `_PERIOD_DB` (a decaying pluck's error
+    # spikes lose a few dB a period): the correlation <a, b> / (|a| |b|) times
+    # min(1, k min(|a|/|b|, |b|/|a|)) with k = 10^(_PERIOD_DB / 20), which is the smaller
+    # of the correlation and k <a, b> / max(|a|^2, |b|^2). A click far louder than the
+    # music's own error spikes a period away is not periodic however their shapes match.
+    ncc = dots / (e_ref * e_seg).sqrt().clamp(min=1e-30)
+    level = dots * (10.0 ** (_PERIOD_DB / 20.0)) / torch.maximum(e_ref, e_seg).clamp(min=1e-30)
+    ncc = torch.minimum(ncc, level).clamp(-1.0, 1.0)
+    ncc = tnf.max_pool1d(ncc[:, None], 3, 1, 1)[:, 0]
+    later, earlier = ncc[:, lmax + lmin :], ncc[:, : lmax - lmin + 1].flip(-1)
+    return torch.minimum(later, earlier).amax(-1).clamp(min=0.0)
+
+
+def _explained(
+    x: Tensor, repaired: Tensor, bursts: Tensor, coeffs: Tensor, hop: int, pad: int, max_len: int
+) -> Tensor:
+    """How much the repair of each burst explains: the energy of the forward prediction
+    error over the padded burst and the ``p`` samples after it (every error term the burst
+    enters), before over after the repair, in dB. ``x``, ``repaired`` ``(N, T)``, ``bursts``
+    ``(K, 3)``, ``coeffs`` ``(N, F, p + 1)`` -> ``(K,)``."""
+    p = coeffs.shape[-1] - 1
+    t = x.shape[-1]
+    width = max_len + 2 * pad + p
+    pos = torch.arange(-p, width, device=x.device)
+    idx = bursts[:, 1:2] - pad + pos  # (K, width + p): p samples of history first
+    ok = (idx >= 0) & (idx < t)
+    idx = idx.clamp(0, t - 1)
+    frame = ((bursts[:, 1] + bursts[:, 2]) // 2 // hop).clamp(max=coeffs.shape[1] - 1)
+    a = coeffs[bursts[:, 0], frame].to(x.dtype)  # (K, p + 1)
+    # error term n counts when it lies in [start - pad, end + pad + p)
+    inside = pos[p:] < (bursts[:, 2:3] - bursts[:, 1:2] + 2 * pad + p)
+    energy = []
+    for sig in (x, repaired):
+        w = torch.where(ok, sig[bursts[:, 0:1], idx], 0.0)
+        e = w.unfold(-1, p + 1, 1) @ a.flip(-1)[..., None]  # (K, width, 1)
+        energy.append(torch.where(inside, e[..., 0].square(), 0.0).sum(-1))
+    return 10.0 * torch.log10(energy[0].clamp(min=1e-30) / energy[1].clamp(min=1e-30))
+
+
+def _guards(
+    x: Tensor, repaired: Tensor, bursts: Tensor, level: Tensor, coeffs: Tensor, hop: int,
+    pad: int, max_len: int, sr: int, *, above_db: float | None, explain_db: float | None,
+    loud_db: float | None, onset_db: float | None,
+) -> Tensor:
+    """The last tests of :func:`detect_clicks` (see there): which ``bursts`` (``(K, 3)``)
+    are clicks, given the rows ``x`` and their repair ``repaired`` ``(N, T)``, the
+    programme's robust local level ``(N, T)`` and the AR models ``(N, F, p + 1)``."""
+    t = x.shape[-1]
+    # What the repair would remove, peak over the programme's robust local level.
+    removed = (x - repaired).abs() / level.clamp(min=1e-9)
+    span = max_len + 2 * pad
+    idx = (bursts[:, 1:2] - pad + torch.arange(span, device=x.device)).clamp(0, t - 1)
+    inside = idx < (bursts[:, 2:3] + pad)
+    peak = torch.where(inside, removed[bursts[:, 0:1], idx], 0.0).amax(-1)
+    keep = torch.ones_like(peak, dtype=torch.bool)
+    # Far above the music around it: no attack, whatever the tests below say.
+    loud = peak >= 10.0 ** (loud_db / 20.0) if loud_db is not None else ~keep
+    if above_db is not None:
+        # It must stand out: an onset the model cannot predict is no louder than
+        # the music it starts.
+        keep &= peak >= 10.0 ** (above_db / 20.0)
+    if explain_db is not None:
+        gain = _explained(x, repaired, bursts, coeffs, hop, pad, max_len)
+        # ...and the repair must explain it, unless it is far above the music.
+        keep &= (gain >= explain_db) | loud
+    if onset_db is not None:
+        # A sound that starts here (its level after the burst far above the level
+        # before it, as a kick out of silence) is an attack, however well the
+        # model of its own body explains it; a click is added to music that goes
+        # on. Levels over 10 ms of the repaired signal either side.
+        near = int(round(0.010 * sr))
+        ar = torch.arange(near, device=x.device)
+        pre = (bursts[:, 1:2] - pad - near + ar).clamp(0, t - 1)
+        post = (bursts[:, 2:3] + pad + ar).clamp(0, t - 1)
+        e_pre = repaired[bursts[:, 0:1], pre].square().mean(-1)
+        e_post = repaired[bursts[:, 0:1], post].square().mean(-1)
+        keep &= (e_post <= e_pre * 10.0 ** (onset_db / 10.0)) | loud
+    return keep
+
+
+def _stereo_guards(
+    x: Tensor, repaired: Tensor, bursts: Tensor, judge: Tensor, sr: int, order: int, hop: int,
+    pad: int, max_len: int, width: int, taps: int, **guards: float | None,
+) -> Tensor:
+    """Second look, in stereo, at the bursts the guards vetoed (``~keep``): an attack
+    sounds in both channels of a mix, a click in one. Each channel minus what the other
+    channel predicts of it (the FIR of :func:`repair_clicks`, fitted on the signal with
+    every burst interpolated) is the part of the music the other channel does not
+    explain; a burst that passes the same guards there, with AR models and the local
+    level of that residual, is a click. An attack heard in both channels cancels; one in
+    a single channel is judged as before. Returns ``(K,)`` bool: rescued bursts."""
+    b, c, t = x.shape
+    vetoed = judge.nonzero()[:, 0]
+    if len(vetoed) == 0:
+        return judge
+    cand = bursts[vetoed]
+    frames = -(-t // hop)
+    near = _frames_near(cand, hop, frames, order + taps + pad)
+    # The signal with every burst interpolated: the filters and models see no burst.
+    clean = repaired
+    other = clean.flip(1)
+    h = _cross_filters(clean, other, hop, taps, near)
+    pred = _fir_frames(other, h, hop)
+    resid = (x - pred).reshape(b * c, t)
+    resid_clean = (clean - pred)
+    coeffs = ar_coefficients(resid_clean, sr, order=order, hop=hop, frames=near)
+    mask = _mask_from_runs(cand, (b * c, t), pad, x.device).reshape(b, c, t)
+    rep = lsar_interpolate(resid.reshape(b, c, t), mask, coeffs, hop).reshape(b * c, t)
+    level = _burst_level(resid, cand, width, max_len + 2 * pad)
+    ok = _guards(resid, rep, cand, level, coeffs.reshape(b * c, frames, order + 1), hop, pad,
+                 max_len, sr, **guards)
+    out = torch.zeros_like(judge)
+    out[vetoed[ok]] = True
+    return out
+
+
+def _keep_inside(bursts: Tensor, long: Tensor, kept: Tensor, t: int) -> Tensor:
+    """``bursts`` (``(K, 3)`` rows ``(row, start, end)``, sorted) and the runs of
+    ``kept`` that lie inside one of the ``long`` runs holding two or more of them, sorted
+    by row then start. Two clicks kept by an earlier pass with candidates between them
+    are dense clicks (the refitted models, sharper, flag more of the error each spreads
+    over the other); one kept burst at the start of a long run of candidates is the start
+    of a sound (as a slapped string's or a woodblock's attack), and goes as before."""
+    if len(kept) == 0 or len(long) == 0:
+        return bursts
+    key = long[:, 0] * (t + 1) + long[:, 1]  # sorted, as the runs are
+    i = torch.searchsorted(key, kept[:, 0] * (t + 1) + kept[:, 1], right=True) - 1
+    inside = (i >= 0) & (long[i.clamp(min=0), 0] == kept[:, 0]) & (
+        long[i.clamp(min=0), 2] >= kept[:, 2])
+    count = torch.zeros(len(long), dtype=torch.long, device=long.device)
+    count.index_add_(0, i[inside], torch.ones_like(i[inside]))
+    inside &= count[i.clamp(min=0)] >= 2
+    out = torch.cat([bursts, kept[inside]])
+    return out[torch.argsort(out[:, 0] * (t + 1) + out[:, 1])]
+
+
+def _partner_peak(z_ratio: Tensor) -> Tensor:
+    """Row ``r`` (``batch * 2 + channel``): the other channel's ``z_ratio`` (``(N, T)``,
+    non-negative) peak within ``_PARTNER_REACH`` samples of each sample. ``(N, T)``."""
+    n, t = z_ratio.shape
+    return _sliding_max(z_ratio, _PARTNER_REACH).reshape(n // 2, 2, t).flip(1).reshape(n, t)
+
+
+def _near_and_alone(cand: Tensor, z_ratio: Tensor, reach: int, z_threshold: float,
+                    partner: Tensor) -> Tensor:
+    """The stereo candidate rule of :func:`detect_clicks`: of the samples ``cand``
+    (``(N, T)`` bool, rows ``batch * 2 + channel``), those whose row's ``z_ratio``
+    (``(N, T)``, interpolation error over its robust scale) exceeds ``z_threshold``
+    within ``reach`` samples while the other channel's stays under ``_NOISE_MAX`` within
+    ``_PARTNER_REACH`` samples (``partner``, :func:`_partner_peak`). ``(N, T)`` bool."""
+    t = cand.shape[-1]
+    at = cand.nonzero()
+    out = torch.zeros_like(cand)
+    if len(at) == 0:
+        return out
+    pos = (at[:, 1:2] + torch.arange(-reach, reach + 1, device=cand.device)).clamp(0, t - 1)
+    ok = (z_ratio[at[:, :1], pos].amax(-1) > z_threshold) & (partner[at[:, 0], at[:, 1]] < _NOISE_MAX)
+    out[at[ok, 0], at[ok, 1]] = True
+    return out
+
+
+def _sliding_max(v: Tensor, half: int) -> Tensor:
+    """``out[..., n] = max(v[..., n - half .. n + half])`` with zeros beyond the ends
+    (``v >= 0``): a doubling table of maxima over powers of two, ``log2(2 half + 1)``
+    passes over the signal whatever ``half``. ``(..., T)`` -> ``(..., T)``."""
+    t = v.shape[-1]
+    w = 2 * half + 1
+    m, size = tnf.pad(v, (half, half)), 1
+    while 2 * size <= w:  # m[i] = max over [i, i + size) of the padded signal
+        m = torch.maximum(m[..., :-size], m[..., size:])
+        size *= 2
+    return torch.maximum(m[..., :t], m[..., w - size : w - size + t])
+
+
+def _burst_level(rows: Tensor, bursts: Tensor, width: int, span: int) -> Tensor:
+    """The robust local level of :func:`detect_clicks` (``_local_scale`` of ``rows`` over
+    ``width`` sub-blocks a side, the larger) computed only around each burst, written
+    into an ``(N, T)`` tensor (ones elsewhere)."""
+    n, t = rows.shape
+    reach = (width + 2) * _SUB
+    start = (bursts[:, 1] - reach) // _SUB * _SUB  # aligned to the sub-block grid
+    length = (span + 2 * reach) // _SUB * _SUB + 2 * _SUB
+    idx = start[:, None] + torch.arange(length, device=rows.device)
+    ok = (idx >= 0) & (idx < t)
+    seg = torch.where(ok, rows[bursts[:, 0:1], idx.clamp(0, t - 1)], 0.0)
+    before, after = _local_scale(seg, width)
+    local = torch.maximum(before, after).repeat_interleave(_SUB, -1)[:, :length]
+    out = torch.ones_like(rows)
+    out[bursts[:, 0:1].expand(-1, length)[ok], idx[ok]] = local[ok]
+    return out

@@ -1,0 +1,56 @@
+"""Runs of flagged samples: masks to ``(row, start, end)`` spans and back."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as tnf
+from torch import Tensor
+
+
+def runs(mask: Tensor) -> Tensor:
+    """Runs of ``True`` along time: ``(K, 3)`` int64 rows ``(row, start, end)`` with
+    ``end`` exclusive and ``row = batch * C + channel``, sorted by row then start.
+
+    >>> runs(torch.tensor([[[False, True, True, False, True]]])).tolist()
+    [[0, 1, 3], [0, 4, 5]]
+    """
+    m = mask.reshape(-1, mask.shape[-1]).to(torch.int8)
+    d = torch.diff(tnf.pad(m, (1, 1)), dim=-1)
+    # Starts and ends alternate along each row (and rows come in order): one scan.
+    at = d.nonzero()
+    return torch.stack([at[0::2, 0], at[0::2, 1], at[1::2, 1]], -1)
+
+
+def spans(mask: Tensor) -> list[dict]:
+    """The runs of a ``(B, C, T)`` mask as dicts ``{"batch", "channel", "start", "end"}``
+    (sample indices, ``end`` exclusive), for reports."""
+    _, c, _ = mask.shape
+    return [
+        {"batch": r // c, "channel": r % c, "start": s, "end": e}
+        for r, s, e in runs(mask).tolist()
+    ]
+
+
+def _mask_from_runs(r: Tensor, shape: tuple[int, int], pad: int, device: torch.device) -> Tensor:
+    """``(N, T)`` bool mask of the runs ``r`` (``(K, 3)`` row, start, end), each widened
+    by ``pad`` samples a side (clipped to the signal). Costs the runs' length, not ``T``."""
+    n, t = shape
+    mask = torch.zeros(n, t, dtype=torch.bool, device=device)
+    if len(r) == 0:
+        return mask
+    width = int((r[:, 2] - r[:, 1]).max()) + 2 * pad
+    idx = r[:, 1:2] - pad + torch.arange(width, device=device)
+    ok = (idx < r[:, 2:3] + pad) & (idx >= 0) & (idx < t)
+    mask[r[:, 0:1].expand(-1, width)[ok], idx[ok]] = True
+    return mask
+
+
+def _segments(r: Tensor, gap: int) -> Tensor:
+    """Merge runs of the same row closer than ``gap`` samples: ``(S, 3)`` (row, start, end)."""
+    if len(r) == 0:
+        return r
+    new = torch.ones(len(r), dtype=torch.bool, device=r.device)
+    new[1:] = (r[1:, 0] != r[:-1, 0]) | (r[1:, 1] - r[:-1, 2] >= gap)
+    first = new.nonzero()[:, 0]
+    last = torch.cat([first[1:] - 1, first.new_tensor([len(r) - 1])])
+    return torch.stack([r[first, 0], r[first, 1], r[last, 2]], -1)
