@@ -381,7 +381,7 @@ def test_grow_crosses_the_quiet_samples_inside_a_noise_burst(monkeypatch):
             given[0, mid : mid + 10] = True
         x = torch.from_numpy(damaged)[None]
         for key in errs:
-            monkeypatch.setattr(restoration, "_GROW_GAP", 1 if key == "consecutive" else gap)
+            monkeypatch.setattr(restoration.repair, "_GROW_GAP", 1 if key == "consecutive" else gap)
             m = truth if key == "true" else given
             y = repair_clicks(x, torch.from_numpy(m)[None], SR)[0]
             errs[key][0] += ((damaged - clean)[truth] ** 2).sum()
@@ -577,7 +577,7 @@ def test_dense_clicks_kept_by_the_first_pass_stay_clicks(monkeypatch):
     found, false = {}, {}
     keep_inside = restoration._keep_inside
     for key in ("kept", "dropped"):
-        monkeypatch.setattr(restoration, "_keep_inside",
+        monkeypatch.setattr(restoration.detect, "_keep_inside",
                             keep_inside if key == "kept" else lambda bursts, *_: bursts)
         mask = detect_clicks(x, SR)[0][0].numpy()
         found[key] = sum(bool(mask[r, s:e].any()) for r, s, e in events)
@@ -661,7 +661,7 @@ def test_joint_model_look_runs_in_the_last_pass_only_at_dense_clicks(monkeypatch
         calls.append(1)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(restoration, "_arx_candidates", counting)
+    monkeypatch.setattr(restoration.detect, "_arx_candidates", counting)
     mask = detect_clicks(torch.from_numpy(x).float()[None], SR)[0]
     assert len(calls) == 1 and not bool(mask.any())
     for count, looks in ((1, 2), (120, 1)):  # one click, then 60 a second a channel

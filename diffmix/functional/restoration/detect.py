@@ -6,12 +6,13 @@ import torch
 import torch.nn.functional as tnf
 from torch import Tensor
 
-import diffmix.functional.restoration as _pkg  # names tests patch on the package
 from diffmix.checks import check_sample_rate
 from diffmix.functional.restoration._common import _DENSE, _NOISE_MAX, _SUB, _hop, _rows
 from diffmix.functional.restoration.ar import _frames_near, ar_coefficients, ar_residuals
+from diffmix.functional.restoration.arx_detect import _arx_candidates
 from diffmix.functional.restoration.guards import (
     _guards,
+    _keep_inside,
     _local_scale,
     _near_and_alone,
     _partner_peak,
@@ -207,7 +208,7 @@ def detect_clicks(
             if arx_on and not defer:
                 # Where the other channel predicts the music, a click in one channel
                 # stands out of the joint model's innovation (see `_arx_candidates`).
-                extra, domain = (tnf.pad(v, (0, nsb * _SUB - t)).reshape(grid) for v in _pkg._arx_candidates(
+                extra, domain = (tnf.pad(v, (0, nsb * _SUB - t)).reshape(grid) for v in _arx_candidates(
                     xd, torch.maximum(torch.minimum(fit_on, limit), -limit), fit_on,
                     z_ratio[:, :t], sr, arx_taps, threshold, z_threshold,
                     z_reach if z_reach is not None else 0, floor, width, alone_peak))
@@ -231,7 +232,7 @@ def detect_clicks(
                 # Dense clicks: the candidates between two kept bursts can join them into
                 # one burst too long to be a click. The kept bursts inside stay bursts
                 # (where there are two or more, see `_keep_inside`).
-                bursts = _pkg._keep_inside(bursts[short], bursts[~short], runs(kept), t)
+                bursts = _keep_inside(bursts[short], bursts[~short], runs(kept), t)
             else:
                 bursts = bursts[short]
             if len(bursts) and periodic < 1.0:

@@ -6,9 +6,8 @@ import torch
 import torch.nn.functional as tnf
 from torch import Tensor
 
-import diffmix.functional.restoration as _pkg  # names tests patch on the package
 from diffmix.checks import check_sample_rate
-from diffmix.functional.restoration._common import _ARX_ORDER, _GROW, _NOISE_MAX, _TIGHTEN, _hop
+from diffmix.functional.restoration._common import _ARX_ORDER, _GROW, _GROW_GAP, _NOISE_MAX, _TIGHTEN, _hop
 from diffmix.functional.restoration.ar import _errors_cache, _frames_near, ar_coefficients
 from diffmix.functional.restoration.arx import _arx_filters, _fir_frames
 from diffmix.functional.restoration.detect import detect_clicks
@@ -260,7 +259,7 @@ def _grow(x: Tensor, mask: Tensor, coeffs: Tensor, hop: int, innovation: Tensor,
     after = (r[:, 2:3] - 1 + ar).clamp(0, t - 1)
     ok_b = big[r[:, 0:1], before] & (r[:, 1:2] - ar >= 0)
     ok_a = big[r[:, 0:1], after] & (r[:, 2:3] - 1 + ar < t)
-    n_b, n_a = (_reach_with_gaps(ok, _pkg._GROW_GAP) for ok in (ok_b, ok_a))
+    n_b, n_a = (_reach_with_gaps(ok, _GROW_GAP) for ok in (ok_b, ok_a))
     new = torch.stack([r[:, 0], r[:, 1] - n_b, r[:, 2] + n_a], -1)
     return _mask_from_runs(new, (b * c, t), 0, x.device).reshape(b, c, t) | mask
 
