@@ -124,9 +124,11 @@ def test_the_stored_true_peak_never_reads_above_its_bound(depth, dither):
     print("seed", seed)
     gen = torch.Generator().manual_seed(seed)
     sr, rose = 44100, 0
-    for k in range(6):
+    # At 16 bits about half the draws read above the render's peak: 24 of them all reading
+    # at or under it has odds of 6e-8.
+    for k in range(24 if depth == "16" else 6):
         # near-Nyquist-rich or dull content, loud or quiet, a few thousand samples
-        x = torch.randn(2, 3000 + 997 * k, generator=gen)
+        x = torch.randn(2, 3000 + 997 * (k % 6), generator=gen)
         if k % 2:
             x = x - torch.roll(x, 1, -1)  # tilted toward Nyquist: inter-sample overs
         x = (float(torch.empty(()).uniform_(0.05, 0.9, generator=gen)) / x.abs().max() * x).float()
