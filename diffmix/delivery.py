@@ -132,8 +132,8 @@ def quantised_peak_bound(peak: float, sample_rate: int, *, bit_depth: str, dithe
     ``exact_float32``), scaled by ``gain``, at the same rate.
 
     Storing moves each sample by at most ``d``: half a step of rounding plus one of TPDF
-    dither at ``bits`` bits, or float32's rounding of ``gain * peak`` for float files
-    (nothing for float32 samples stored as they are). The strict meter then moves by at
+    dither at ``bits`` bits, and float32's rounding of ``gain * peak`` where ``gain`` is not
+    1 (nothing else for float32 samples stored as they are). The strict meter then moves by at
     most ``gain * d`` plus its float32 rounding (:func:`~diffmix.functional.peaks.strict_sensitivity`),
     so the stored signal reads at most ``gain * peak * (1 + rounding) + sensitivity * d``
     (at 24 bits, 4e-5 of the peak plus 1.3e-6 of full scale above the render's reading).
@@ -147,7 +147,8 @@ def quantised_peak_bound(peak: float, sample_rate: int, *, bit_depth: str, dithe
         moved = 0.0 if gain == 1.0 and exact_float32 else level * 2.0 ** -24
     else:
         step = 2.0 ** (1 - int(bit_depth))
-        moved = (1.5 if dither else 0.5) * step
+        # and float32's rounding of the scaled samples before they are quantised
+        moved = (1.5 if dither else 0.5) * step + (0.0 if gain == 1.0 else level * 2.0 ** -24)
         if level + moved >= 1.0 - step:
             return math.inf
     return level * (1.0 + rounding) + sensitivity * moved
