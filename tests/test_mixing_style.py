@@ -198,13 +198,20 @@ def _bass_and_bright(seed: int, seconds: float, swell_db: float) -> torch.Tensor
     return torch.stack([bass, bright, 0.02 * band(300, 2000), 0.02 * band(300, 2000)]).float().unsqueeze(0)
 
 
+# The stems' bright part swells by this much: at 8 dB some draws left the mix within 0.4 LU
+# of the reference's LRA before the ride (CI, seed 91863), so the case tested nothing; at 12
+# the mix reads 1.6-2.7 LU over it on every one of 12 random draws, and no compressor setting
+# comes within half of that.
+SWELL_DB = 12.0
+
+
 @pytest.mark.parametrize("seed", [int(np.random.SeedSequence().entropy % 10**6)])
 def test_ride_stage_lands_the_loudness_range_a_compressor_cannot(seed):
     # The loudness swells with a bright part K-weighting hears, under a steady bass that
     # holds the waveform's level: the ride (after the limiter, solved on the output) lands
     # the reference's LRA at its loudness; a broadband compressor, at any threshold, ratio
     # or timing the dynamics stage tries, cannot (its detector sees the bass).
-    stems = _bass_and_bright(seed, 16.0, 8.0)
+    stems = _bass_and_bright(seed, 16.0, SWELL_DB)
     console = _console()
     with torch.no_grad(), input_checks(False):
         reference = _bass_and_bright(seed + 1, 16.0, 1.0)[0].sum(0, keepdim=True).double()
