@@ -125,11 +125,11 @@ def prepare(
 _BLOCK = 1 << 16  # samples per block of the dither's draws and prepare's quantisation
 
 
-def quantised_peak_bound(peak: float, sample_rate: int, *, bit_depth: str, dither: bool, gain: float = 1.0,
-                         exact_float32: bool = True) -> float:
+def quantised_peak_bound(peak: float, sample_rate: int, *, bit_depth: str, dither: bool,
+                         gain: float = 1.0) -> float:
     """An upper bound on the strict true peak (linear) of what :func:`prepare` stores
-    from a render whose own strict reading is ``peak`` (linear; float32 samples when
-    ``exact_float32``), scaled by ``gain``, at the same rate.
+    from a float32 render whose own strict reading is ``peak`` (linear), scaled by
+    ``gain``, at the same rate.
 
     Storing moves each sample by at most ``d``: half a step of rounding plus one of TPDF
     dither at ``bits`` bits, and float32's rounding of ``gain * peak`` where ``gain`` is not
@@ -144,7 +144,7 @@ def quantised_peak_bound(peak: float, sample_rate: int, *, bit_depth: str, dithe
     sensitivity, rounding = strict_sensitivity(sample_rate)
     level = gain * peak
     if bit_depth == "float":
-        moved = 0.0 if gain == 1.0 and exact_float32 else level * 2.0 ** -24
+        moved = 0.0 if gain == 1.0 else level * 2.0 ** -24
     else:
         step = 2.0 ** (1 - int(bit_depth))
         # and float32's rounding of the scaled samples before they are quantised

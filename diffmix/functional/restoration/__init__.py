@@ -31,7 +31,8 @@ References:
 from __future__ import annotations
 
 # The public API, and the private names that tests reach through the package (a test that
-# patches a name patches it on the module that uses it). Modules: ``ar`` (AR models and their errors), ``masks`` (runs and spans),
+# patches a name patches it on the module that uses it). Modules: ``ar`` (AR models and
+# their errors), ``masks`` (runs and spans),
 # ``lsar`` (the interpolator), ``arx`` (the joint stereo model), ``guards`` and
 # ``arx_detect`` (the detector's tests), ``detect``, ``repair`` (and ``declick``),
 # ``clipping`` (``declip``, ``remove_dc``, ``defects``).
