@@ -4,7 +4,8 @@ shared mixes, repaired by diffmix (``declick``, ``declip``) and by ffmpeg's ``ad
 
 Clicks: bursts of white noise 1-50 samples long (log-uniform), 3-30 dB (uniform) above
 the local RMS (+-10 ms of the clean signal, floored at -60 dBFS), at Poisson times, each
-channel independently, at 0.1 to 50 events per second. Clipping: the clean mix hard
+channel independently, at 0.1 to 50 events per second; and again at 1 and 10 per second
+with every burst in both channels (the second scaled by 0.5-1, either sign). Clipping: the clean mix hard
 clipped at -1, -3 and -6 dB below its peak. False alarms: detections per minute on the
 clean mixes, and (ours only) on the solo stems, a harsher set outside the goal. The seed
 of every draw is printed in the section; the click rows are drawn again for the further
@@ -45,6 +46,11 @@ AR_SEED = 2027
 # next six (music 0.1/s seed 8, 1/s seed 6).
 OTHER_SEEDS = tuple(range(1, 11))
 AR_RATES = (1.0, 10.0)
+# The music rows again with every burst in both channels (``insert_clicks(both=True)``),
+# drawn after the per-channel rows from the same generator; their further draws from
+# seed s + BOTH_SEED_OFFSET, so adding them changed none of the earlier rows' draws.
+BOTH_RATES = (1.0, 10.0)
+BOTH_SEED_OFFSET = 1000
 CLIP_DB = (-1.0, -3.0, -6.0)
 
 
@@ -64,14 +70,19 @@ def stem_files() -> list[Path]:
 
 
 def insert_clicks(
-    clean: np.ndarray, sr: int, rate: float, rng: np.random.Generator
+    clean: np.ndarray, sr: int, rate: float, rng: np.random.Generator, *, both: bool = False
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Add click bursts: returns ``(damaged, mask (C, T) bool, events (K, 3) row/start/end)``."""
+    """Add click bursts: returns ``(damaged, mask (C, T) bool, events (K, 3) row/start/end)``.
+
+    ``both``: every burst lands in every channel at the same samples (as a scratch moves
+    both walls of a groove, or a digital glitch both channels), drawn on the first
+    channel's timeline and level; each further channel gets it times a gain drawn from
+    0.5-1 with a random sign. Otherwise each channel draws its own bursts."""
     c, t = clean.shape
     half = int(0.010 * sr)
     power = np.pad(clean**2, ((0, 0), (1, 0))).cumsum(-1)
     damaged, mask, events = clean.copy(), np.zeros(clean.shape, bool), []
-    for ch in range(c):
+    for ch in range(1 if both else c):
         n = rng.poisson(rate * t / sr)
         starts = np.sort(rng.integers(half, t - half - 50, n))
         for s in starts:
@@ -81,9 +92,14 @@ def insert_clicks(
             amp = local * 10 ** (rng.uniform(3.0, 30.0) / 20)
             burst = rng.standard_normal(length)
             burst *= amp / np.abs(burst).max()
-            damaged[ch, s : s + length] += burst
-            mask[ch, s : s + length] = True
-            events.append((ch, s, s + length))
+            # (no draws for the gains unless asked: the per-channel draws stay as they were)
+            gains = [1.0] + [rng.uniform(0.5, 1.0) * rng.choice([-1.0, 1.0])
+                             for _ in range(c - 1)] if both else [1.0]
+            for k, g in enumerate(gains):
+                row = k if both else ch
+                damaged[row, s : s + length] += g * burst
+                mask[row, s : s + length] = True
+                events.append((row, s, s + length))
     return damaged, mask, np.array(events, dtype=np.int64).reshape(-1, 3)
 
 
@@ -181,17 +197,17 @@ def bound(damaged: np.ndarray, mask: np.ndarray, poly: np.ndarray, innovation: f
 
 
 def _click_row(label: str, songs: list, rate: float, rng: np.random.Generator, tmp: Path,
-               have_ff: bool) -> tuple[list[str], float, list[float], float, float]:
-    """Clicks inserted into every signal, repaired by both: ``(table row, our F1, [our SNR
-    gain, ffmpeg's, the bound's (synthetic AR signals; else nan)], our time, ffmpeg's
-    time)``, scores pooled over the signals."""
+               have_ff: bool, both: bool = False) -> tuple[list[str], float, list[float], float, float]:
+    """Clicks inserted into every signal (``both``: in both channels, :func:`insert_clicks`),
+    repaired by both: ``(table row, our F1, [our SNR gain, ffmpeg's, the bound's (synthetic
+    AR signals; else nan)], our time, ffmpeg's time)``, scores pooled over the signals."""
     from diffmix.functional.restoration import declick, repair_clicks
 
     agg = {"ours": [], "ff": []}
     gains = {"ours": [0.0, 0.0], "ff": [0.0, 0.0], "mask": [0.0, 0.0], "bound": [0.0, 0.0]}
     t_o = t_f = 0.0
     for _, clean, sr, *model in songs:
-        damaged, mask, events = insert_clicks(clean, sr, rate, rng)
+        damaged, mask, events = insert_clicks(clean, sr, rate, rng, both=both)
         if model:
             best = bound(damaged, mask, *model, sr)
             gains["bound"][0] += ((damaged - clean)[mask] ** 2).sum()
@@ -295,6 +311,12 @@ def run(quick: bool) -> str:
             if rate == RATES[-1]:
                 speed.append([f"declick, {rate:g} clicks/s", f"{total_s / t_o:.0f}x",
                               f"{total_s / t_f:.0f}x" if have_ff else "skipped"])
+        for rate in BOTH_RATES:
+            row, f1, gain, _, _ = _click_row(f"{rate:g}/s, both channels", songs, rate, rng, tmp,
+                                             have_ff, both=True)
+            click_rows.append(row)
+            goals["f1"].append(f1)
+            goals["gain"].append(gain)
         # Synthetic AR processes (the model LSAR assumes), drawn from their own seed.
         ar_rng = np.random.default_rng(AR_SEED)
         synthetic = ar_signals(ar_rng, 3 if not quick else 1, 10.0 if not quick else 3.0)
@@ -322,6 +344,10 @@ def run(quick: bool) -> str:
             for rate in RATES:
                 _, f1, gain, _, _ = _click_row("", songs, rate, seed_rng, tmp, have_ff)
                 margins.append((gain[0] - gain[1], f1, math.nan))
+            both_rng = np.random.default_rng(seed + BOTH_SEED_OFFSET)
+            for rate in BOTH_RATES:
+                _, f1, gain, _, _ = _click_row("", songs, rate, both_rng, tmp, have_ff, both=True)
+                margins.append((gain[0] - gain[1], f1, math.nan))
             ar_rng = np.random.default_rng(seed + 1)
             synth = ar_signals(ar_rng, 3, 10.0)
             for rate in AR_RATES:
@@ -329,7 +355,7 @@ def run(quick: bool) -> str:
                 margins.append((gain[0] - gain[1], f1, gain[2] - gain[1]))
             cells = [cell(m, b, f) for m, f, b in margins]
             print(f"seed {seed}: " + ", ".join(cells))
-            seed_rows.append([f"{seed} (music), {seed + 1} (AR)"] + cells)
+            seed_rows.append([f"{seed} (music), {seed + BOTH_SEED_OFFSET} (both), {seed + 1} (AR)"] + cells)
             worst = [min(w, m) for w, (m, _, _) in zip(worst, margins, strict=True)]
             worst_bound = [min(w, b) for w, (_, _, b) in zip(worst_bound, margins, strict=True)]
         clip_rows = []
@@ -362,7 +388,7 @@ def run(quick: bool) -> str:
         return "met" if ok else "**not met**"
 
     f1_ok = sum(f >= 0.95 for f in goals["f1"])
-    n_rows = len(goals["f1"])  # the music rates, then the synthetic AR rates
+    n_rows = len(goals["f1"])  # the music rates, both channels, then the synthetic AR rates
     summary = [
         "**Goals** (issue 22):",
         "",
@@ -408,6 +434,7 @@ def run(quick: bool) -> str:
         "synthetic AR rows also the bound's margin over adeclick):",
         "",
         table(seed_rows, ["seeds", *(f"{r:g}/s" for r in RATES),
+                          *(f"{r:g}/s, both channels" for r in BOTH_RATES),
                           *(f"synthetic AR, {r:g}/s" for r in AR_RATES)]),
         "",
         "**Clipping** (SNR gain over the clipped samples):",
