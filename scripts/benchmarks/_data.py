@@ -25,6 +25,27 @@ SHARED = Path(os.environ.get("DIFFMIX_SHARED", ROOT.parent / "shared")) / "data"
 SR = 44100
 
 
+# Released, mastered music outside the shared set, where installed (Debian's
+# warzone2100-music, GPL-2+, and singularity-music, CC BY-SA; `apt-get install` them) or
+# in DIFFMIX_BENCH_MUSIC (folders of audio files, os.pathsep-separated). Evaluation only.
+MUSIC = os.environ.get("DIFFMIX_BENCH_MUSIC",
+                       "/usr/share/games/warzone2100/music:/usr/share/games/singularity/music")
+
+
+def released_music() -> list[Path]:
+    """Every audio file under :data:`MUSIC`, sorted."""
+    return sorted(f for folder in MUSIC.split(os.pathsep) if Path(folder).is_dir()
+                  for f in Path(folder).rglob("*") if f.suffix.lower() in (".ogg", ".opus", ".flac", ".wav"))
+
+
+def music_seed(part: str) -> int:
+    """The seed of a draw from :func:`released_music`: ``DIFFMIX_BENCH_MUSIC_SEED``, else a
+    fresh one; printed, so a run can be repeated."""
+    seed = int(os.environ.get("DIFFMIX_BENCH_MUSIC_SEED", np.random.SeedSequence().entropy % 100000))
+    print(f"{part}: seed {seed}", file=sys.stderr)
+    return seed
+
+
 def shared_sets() -> list[Path]:
     """Folders of the shared multitracks (each with ``stems/`` and ``mix.flac``)."""
     if not SHARED.is_dir():

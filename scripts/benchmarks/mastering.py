@@ -42,7 +42,20 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchmarks._data import ROOT, SR, cli, loop_to, measure, read, shared_sets, synthetic_song, write
+from benchmarks._data import (
+    MUSIC,
+    ROOT,
+    SR,
+    cli,
+    loop_to,
+    measure,
+    music_seed,
+    read,
+    released_music,
+    shared_sets,
+    synthetic_song,
+    write,
+)
 from benchmarks._timing import fmt_s, table
 from diffmix.features import spectral_errors
 
@@ -187,24 +200,18 @@ def _reference_pairs(tmp: Path, quick: bool, steps: list[str]) -> str:
     )
 
 
-# (d): released, mastered music outside the shared set, where installed (Debian's
-# warzone2100-music, GPL-2+, and singularity-music, CC BY-SA; `apt-get install` them) or
-# in DIFFMIX_BENCH_MUSIC (a folder of audio files).
-MUSIC = os.environ.get("DIFFMIX_BENCH_MUSIC",
-                       "/usr/share/games/warzone2100/music:/usr/share/games/singularity/music")
+# (d): released, mastered music outside the shared set (`_data.released_music`).
 MUSIC_PAIRS = 6
 MUSIC_EXCERPT_S = 30.0
 
 
 def _released_music_pairs(tmp: Path, quick: bool, steps: list[str]) -> str:
     title = "### (d) Master toward released music outside the shared set, beside matchering"
-    files = sorted(f for folder in MUSIC.split(os.pathsep) if Path(folder).is_dir()
-                   for f in Path(folder).rglob("*") if f.suffix.lower() in (".ogg", ".opus", ".flac", ".wav"))
+    files = released_music()
     if len(files) < 2 * MUSIC_PAIRS:
         return (f"{title}\n\nNot run: fewer than {2 * MUSIC_PAIRS} audio files under {MUSIC} "
                 "(DIFFMIX_BENCH_MUSIC).")
-    seed = int(os.environ.get("DIFFMIX_BENCH_MUSIC_SEED", np.random.SeedSequence().entropy % 100000))
-    print(f"mastering (d): seed {seed}", file=sys.stderr)
+    seed = music_seed("mastering (d)")
     rng = np.random.default_rng(seed)
     picks = [files[i] for i in rng.choice(len(files), 2 * MUSIC_PAIRS, replace=False)]
     pairs, cuts = [], []
