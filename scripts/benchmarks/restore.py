@@ -80,8 +80,9 @@ def insert_clicks(
 
     ``both``: every burst lands in every channel at the same samples (as a scratch moves
     both walls of a groove, or a digital glitch both channels), drawn on the first
-    channel's timeline and level; each further channel gets it times a gain drawn from
-    0.5-1 with a random sign. Otherwise each channel draws its own bursts."""
+    channel's timeline: the same shape in each, at a level drawn for each channel as
+    above (3-30 dB over that channel's own local RMS), each further channel with a random
+    sign. Otherwise each channel draws its own bursts."""
     c, t = clean.shape
     half = int(0.010 * sr)
     power = np.pad(clean**2, ((0, 0), (1, 0))).cumsum(-1)
@@ -91,20 +92,25 @@ def insert_clicks(
         starts = np.sort(rng.integers(half, t - half - 50, n))
         for s in starts:
             length = int(np.clip(np.round(np.exp(rng.uniform(0, math.log(50)))), 1, 50))
-            lo, hi = s - half, s + half
-            local = max(math.sqrt((power[ch, hi] - power[ch, lo]) / (hi - lo)), 1e-3)
-            amp = local * 10 ** (rng.uniform(3.0, 30.0) / 20)
+            amp = _click_level(power[ch], s - half, s + half, rng)
             burst = rng.standard_normal(length)
-            burst *= amp / np.abs(burst).max()
-            # (no draws for the gains unless asked: the per-channel draws stay as they were)
-            gains = [1.0] + [rng.uniform(0.5, 1.0) * rng.choice([-1.0, 1.0])
-                             for _ in range(c - 1)] if both else [1.0]
-            for k, g in enumerate(gains):
+            burst /= np.abs(burst).max()
+            # (no draws for the other channels unless asked: the per-channel draws stay as they were)
+            amps = [amp] + [_click_level(power[k], s - half, s + half, rng) * rng.choice([-1.0, 1.0])
+                            for k in range(1, c)] if both else [amp]
+            for k, a in enumerate(amps):
                 row = k if both else ch
-                damaged[row, s : s + length] += g * burst
+                damaged[row, s : s + length] += a * burst
                 mask[row, s : s + length] = True
                 events.append((row, s, s + length))
     return damaged, mask, np.array(events, dtype=np.int64).reshape(-1, 3)
+
+
+def _click_level(power: np.ndarray, lo: int, hi: int, rng: np.random.Generator) -> float:
+    """A click's peak: 3-30 dB (uniform) over the RMS of ``lo .. hi`` (``power``: the
+    channel's cumulative sum of squares), floored at -60 dBFS."""
+    local = max(math.sqrt((power[hi] - power[lo]) / (hi - lo)), 1e-3)
+    return local * 10 ** (rng.uniform(3.0, 30.0) / 20)
 
 
 def spans_of(mask: np.ndarray) -> np.ndarray:
