@@ -17,6 +17,7 @@ from test_restoration import numpy_lsar, stable_ar  # the dense LSAR oracle, AR 
 from diffmix.functional.restoration import (
     _band_solve,
     _errors_cache,
+    _fir_frames,
     _lsar_update,
     _residuals,
     _sliding_max,
@@ -225,3 +226,61 @@ def test_errors_cache_after_local_changes_equals_the_full_errors(with_drive):
         got = errors(x1, kind)
         assert got is errors(x1, kind)  # the same signal again: remembered
         np.testing.assert_allclose(got.numpy(), expected.numpy(), rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("with_drive", [False, True])
+def test_errors_cache_on_fitted_frames_equals_the_full_errors(with_drive):
+    """The repair fits its models on the frames near the clicks only (zeros elsewhere):
+    :func:`_errors_cache` given those frames computes the first errors there alone. The
+    forward and backward errors equal the full computation everywhere (a zero model's
+    are zero); the interpolation error on the fitted frames, and zero elsewhere (where
+    the full one divides 0 by 0). After a local change, the same on the fitted frames."""
+    seed = 4710 + with_drive
+    print("seed", seed)
+    rng = np.random.default_rng(seed)
+    p, hop, t = 16, 100, 2030
+    frames = -(-t // hop)
+    x0 = torch.from_numpy(rng.standard_normal((1, 2, t)))
+    fit = torch.from_numpy(rng.random((2, frames)) < 0.4)
+    fit[0, 0] = fit[1, frames - 1] = True  # the signal's ends too
+    fitted = fit.nonzero()
+    a = torch.from_numpy(rng.standard_normal((1, 2, frames, p + 1)) * 0.2)
+    a[..., 0] = 1.0
+    a[0][~fit] = 0.0
+    on = fit[:, :, None].expand(-1, -1, hop).reshape(2, -1)[:, :t][None]  # (1, 2, t)
+    drive = (torch.from_numpy(rng.standard_normal((1, 2, t))) * on) if with_drive else None
+    errors = _errors_cache(a, hop, drive, fitted)
+    for kind in (0, 1, 2):
+        expected = _residuals(x0, a, hop, drive, (kind,))[0]
+        got = errors(x0, kind)
+        if kind < 2:
+            np.testing.assert_allclose(got.numpy(), expected.numpy(), rtol=0, atol=1e-12)
+        else:
+            np.testing.assert_allclose(got[on].numpy(), expected[on].numpy(), rtol=0, atol=1e-12)
+            assert not bool(got[~on].any())
+    x1 = x0.clone()
+    x1[0, 1, int(fitted[-1, 1]) * hop + 5 : int(fitted[-1, 1]) * hop + 9] += 1.0
+    for kind in (0, 1, 2):
+        expected = _residuals(x1, a, hop, drive, (kind,))[0]
+        np.testing.assert_allclose(errors(x1, kind)[on].numpy(), expected[on].numpy(), rtol=0,
+                                   atol=1e-12)
+
+
+def test_fir_frames_on_some_frames_equals_the_full_filter():
+    """:func:`_fir_frames` on a subset of frames: the full filter's output there, zeros
+    elsewhere; the same as the full filter when the taps are zero outside the subset."""
+    seed = 4720
+    print("seed", seed)
+    rng = np.random.default_rng(seed)
+    q, hop, t = 6, 64, 1000
+    frames = -(-t // hop)
+    ref = torch.from_numpy(rng.standard_normal((1, 2, t)))
+    h = torch.from_numpy(rng.standard_normal((1, 2, frames, 2 * q + 1)))
+    pick = torch.from_numpy(rng.random((2, frames)) < 0.5)
+    on = pick[:, :, None].expand(-1, -1, hop).reshape(2, -1)[:, :t][None]
+    got = _fir_frames(ref, h, hop, pick.nonzero())
+    full = _fir_frames(ref, h, hop)
+    np.testing.assert_allclose(got[on].numpy(), full[on].numpy(), rtol=0, atol=1e-12)
+    assert not bool(got[~on].any())
+    h[0][~pick] = 0.0
+    np.testing.assert_allclose(got.numpy(), _fir_frames(ref, h, hop).numpy(), rtol=0, atol=1e-12)

@@ -51,6 +51,7 @@ from diffmix.functional.restoration.ar import (  # noqa: F401
 )
 from diffmix.functional.restoration.arx import (  # noqa: F401
     _arx_filters,
+    _fir_frames,
 )
 from diffmix.functional.restoration.arx_detect import (  # noqa: F401
     _arx_candidates,

@@ -26,11 +26,12 @@ def levinson(r: Tensor) -> Tensor:
     a = torch.zeros_like(r)
     a[..., 0] = 1.0
     err = r[..., 0].clone()
+    rev = r.flip(-1)  # rev[..., p - m : p] is r[..., 1 : m + 1] reversed
     for m in range(1, p + 1):
-        acc = (a[..., :m] * r[..., 1 : m + 1].flip(-1)).sum(-1)
+        acc = (a[..., :m] * rev[..., p - m : p]).sum(-1)
         k = -acc / err
-        prev = a[..., : m + 1].clone()
-        a[..., 1 : m + 1] = prev[..., 1 : m + 1] + k[..., None] * prev[..., :m].flip(-1)
+        # The right side is a new tensor before it is written: no copy of `a` needed.
+        a[..., 1 : m + 1] = a[..., 1 : m + 1] + k[..., None] * a[..., :m].flip(-1)
         err = err * (1.0 - k * k)
     return a
 
@@ -184,12 +185,15 @@ def _residuals(x: Tensor, coeffs: Tensor, hop: int, drive: Tensor | None,
     return tuple(out)
 
 
-def _errors_cache(coeffs: Tensor, hop: int, drive: Tensor | None):
+def _errors_cache(coeffs: Tensor, hop: int, drive: Tensor | None, fitted: Tensor | None = None):
     """``errors(x, kind)``: :func:`_residuals`' error of one kind under fixed models,
     remembering the last signal of each kind: the same signal costs nothing, and one that
     changed in a few places costs the frames whose errors can see a change (a frame's
     errors read ``p`` samples beyond it either side). The repair's rounds change a few
-    spans at a time."""
+    spans at a time. With ``fitted`` (``(K, 2)`` rows ``(batch * C + channel, frame)``:
+    the frames whose models are not all zeros, and ``drive`` zero outside them) the first
+    errors are computed there only and are zero elsewhere, as a zero model's forward and
+    backward errors are (its interpolation error, 0 / 0, is left zero, not NaN)."""
     memo: dict[int, tuple[Tensor, Tensor]] = {}
     p = coeffs.shape[-1] - 1
     nf = coeffs.shape[-2]
@@ -198,7 +202,9 @@ def _errors_cache(coeffs: Tensor, hop: int, drive: Tensor | None):
         hit = memo.get(kind)
         if hit is not None and hit[0] is x:
             return hit[1]
-        if hit is None:
+        if hit is None and fitted is not None:
+            e = _residuals(x, coeffs, hop, drive, (kind,), fitted, (torch.zeros_like(x),))[0]
+        elif hit is None:
             e = _residuals(x, coeffs, hop, drive, (kind,))[0]
         else:
             b, c, t = x.shape

@@ -136,15 +136,24 @@ def _spd_solve(mat: Tensor, rhs: Tensor) -> Tensor:
     return w
 
 
-def _fir_frames(ref: Tensor, h: Tensor, hop: int) -> Tensor:
+def _fir_frames(ref: Tensor, h: Tensor, hop: int, frames: Tensor | None = None) -> Tensor:
     """``y[n] = sum_k h_f[k] ref[n - k]`` (``k = -q .. q``) with ``f`` the frame of ``n``:
-    ``ref (B, C, T)``, ``h (B, C, F, 2q + 1)`` -> ``(B, C, T)``. Linear in ``ref``."""
+    ``ref (B, C, T)``, ``h (B, C, F, 2q + 1)`` -> ``(B, C, T)``. Linear in ``ref``. With
+    ``frames`` (``(K, 2)`` rows ``(batch * C + channel, frame)``) only those frames are
+    filtered, zeros elsewhere (where ``h`` is zero, as :func:`_cross_filters` leaves it)."""
     b, c, t = ref.shape
     nf, taps = h.shape[-2], h.shape[-1]
     q = taps // 2
     xp = tnf.pad(ref.reshape(b * c, t), (q, nf * hop - t + q))
     seg = xp.unfold(-1, hop + 2 * q, hop)[:, :nf]  # (N, F, hop + 2q)
+    hf = h.reshape(b * c, nf, taps)
+    if frames is not None:
+        seg, hf = seg[frames[:, 0], frames[:, 1]], hf[frames[:, 0], frames[:, 1]]
     n_fft = 1 << math.ceil(math.log2(hop + 4 * q + 1))
-    filt = torch.fft.rfft(h.reshape(b * c, nf, taps).to(ref.dtype), n_fft)
+    filt = torch.fft.rfft(hf.to(ref.dtype), n_fft)
     y = torch.fft.irfft(torch.fft.rfft(seg, n_fft) * filt, n_fft)[..., 2 * q : 2 * q + hop]
+    if frames is not None:
+        full = y.new_zeros(b * c, nf, hop)
+        full[frames[:, 0], frames[:, 1]] = y
+        y = full
     return y.reshape(b * c, nf * hop)[:, :t].reshape(b, c, t)

@@ -8,7 +8,7 @@ from torch import Tensor
 
 from diffmix.checks import check_sample_rate
 from diffmix.functional.restoration._common import _DENSE, _NOISE_MAX, _SUB, _hop, _rows
-from diffmix.functional.restoration.ar import _frames_near, ar_coefficients, ar_residuals
+from diffmix.functional.restoration.ar import _frames_near, _residuals, ar_coefficients, ar_residuals
 from diffmix.functional.restoration.arx_detect import _arx_candidates
 from diffmix.functional.restoration.guards import (
     _guards,
@@ -171,7 +171,12 @@ def detect_clicks(
                 # Later passes refit only the frames whose windows the repairs changed.
                 coeffs = ar_coefficients(fit_on, sr, order=order, hop=hop, limit=limit,
                                          frames=near, into=None if near is None else coeffs)
-                fwd, bwd, z = (e.reshape(b * c, t) for e in ar_residuals(xd, coeffs, hop))
+                if near is None:
+                    fwd, bwd, z = (e.reshape(b * c, t) for e in ar_residuals(xd, coeffs, hop))
+                else:  # the errors of the refitted frames only; the rest are as they were
+                    fwd, bwd, z = (e.reshape(b * c, t) for e in _residuals(
+                        xd, coeffs, hop, None, (0, 1, 2), near,
+                        tuple(v.reshape(b, c, t) for v in (fwd, bwd, z))))
                 stat = torch.minimum(fwd.abs(), bwd.abs())
                 # The local scales of the two-sided error and of the interpolation error,
                 # in one go.

@@ -31,7 +31,8 @@ def _local_scale(v: Tensor, width: int) -> tuple[Tensor, Tensor]:
     width = max(stride, width // stride * stride)
     cells = -(-nsb // stride)
     padded = tnf.pad(ms[:, None], (width, width + cells * stride - nsb + stride), mode="replicate")[:, 0]
-    med = padded.unfold(-1, width, stride).median(-1).values
+    # The lower median, as `median` gives it, by `kthvalue` (a little cheaper).
+    med = padded.unfold(-1, width, stride).kthvalue((width + 1) // 2, -1).values
     later = width // stride + 1
     before, after = med[:, :cells], med[:, later : later + cells]
     return (before.repeat_interleave(stride, -1)[:, :nsb],
@@ -112,12 +113,14 @@ def _guards(
     are clicks, given the rows ``x`` and their repair ``repaired`` ``(N, T)``, the
     programme's robust local level ``(N, T)`` and the AR models ``(N, F, p + 1)``."""
     t = x.shape[-1]
-    # What the repair would remove, peak over the programme's robust local level.
-    removed = (x - repaired).abs() / level.clamp(min=1e-9)
+    # What the repair would remove, peak over the programme's robust local level (read
+    # at the bursts only: the whole signal's ratio costs more than the rest of the tests).
     span = max_len + 2 * pad
     idx = (bursts[:, 1:2] - pad + torch.arange(span, device=x.device)).clamp(0, t - 1)
     inside = idx < (bursts[:, 2:3] + pad)
-    peak = torch.where(inside, removed[bursts[:, 0:1], idx], 0.0).amax(-1)
+    at = (bursts[:, 0:1], idx)
+    removed = (x[at] - repaired[at]).abs() / level[at].clamp(min=1e-9)
+    peak = torch.where(inside, removed, 0.0).amax(-1)
     keep = torch.ones_like(peak, dtype=torch.bool)
     # Far above the music around it: no attack, whatever the tests below say.
     loud = peak >= 10.0 ** (loud_db / 20.0) if loud_db is not None else ~keep
@@ -166,7 +169,7 @@ def _stereo_guards(
     clean = repaired
     other = clean.flip(1)
     h = _cross_filters(clean, other, hop, taps, near)
-    pred = _fir_frames(other, h, hop)
+    pred = _fir_frames(other, h, hop, near)
     resid = (x - pred).reshape(b * c, t)
     resid_clean = (clean - pred)
     coeffs = ar_coefficients(resid_clean, sr, order=order, hop=hop, frames=near)

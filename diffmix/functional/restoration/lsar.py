@@ -93,9 +93,14 @@ def lsar_interpolate(
     length = length[length <= max_span]
     if len(segs) == 0:
         return x
-    xpad = tnf.pad(rows, (p, max_span + p))
-    mpad = tnf.pad(m2, (p, max_span + p))
-    dpad = None if drive is None else tnf.pad(drive.reshape(b * c, t), (p, max_span + p))
+    dflat = None if drive is None else drive.reshape(b * c, t)
+
+    def take(v: Tensor, row: Tensor, idx: Tensor) -> Tensor:
+        # v[row, idx - p], zero (False) outside the signal: the windows of the segments,
+        # read without a padded copy of the whole signal.
+        j = idx - p
+        return torch.where((j >= 0) & (j < t), v[row, j.clamp(0, t - 1)], v.new_zeros(()))
+
     # Half-octave buckets (2^k and 3 2^(k - 1)): a segment's solve costs its bucket's
     # length cubed, so a finer grid wastes less on padding (the padded unknowns are
     # identity rows, decoupled: the bucket changes nothing but rounding).
@@ -108,9 +113,9 @@ def lsar_interpolate(
         row, start = seg[:, 0], seg[:, 1]
         pos = torch.arange(lb + 2 * p, device=x.device)
         idx = start[:, None] + pos  # window [start - p, start + lb + p) in padded coords
-        xs = xpad[row[:, None], idx].to(torch.float64)  # the Gram matrix can be ill-conditioned
+        xs = take(rows, row[:, None], idx).to(torch.float64)  # the Gram matrix can be ill-conditioned
         inside = (pos[None, p : p + lb] - p) < ls[:, None]
-        unknown = mpad[row[:, None], idx][:, p : p + lb] & inside
+        unknown = take(m2, row[:, None], idx[:, p : p + lb]) & inside
         frame = ((start + ls // 2) // hop).clamp(max=frames - 1)
         a = a_all[row, frame].to(xs.dtype)  # (nb, p + 1)
         # G = A_u^T A_u is Toeplitz in the autocorrelation of the filter (all error rows
@@ -136,8 +141,8 @@ def lsar_interpolate(
             known[:, p : p + lb] = xs[:, p : p + lb] * (1 - d)
             # e0[i] = sum_k a[k] known[i + p - k]: error term n = start + i, i < lb + p
             e0 = torch.fft.irfft(torch.fft.rfft(known, n_fft) * fa, n_fft)[:, p : lb + 2 * p]
-            if dpad is not None:  # error term n = start + i is (a * x)[n] - drive[n]
-                e0 = e0 - dpad[row[:, None], idx[:, p:]].to(xs.dtype)
+            if dflat is not None:  # error term n = start + i is (a * x)[n] - drive[n]
+                e0 = e0 - take(dflat, row[:, None], idx[:, p:]).to(xs.dtype)
             # g[i] = sum_k a[k] e0[i + k] (A_u^T e0), i < lb
             g = torch.fft.irfft(torch.fft.rfft(e0, n_fft) * fa.conj(), n_fft)[:, :lb, None]
             if banded:
@@ -232,13 +237,17 @@ def _lsar_update(x: Tensor, mask: Tensor, coeffs: Tensor, hop: int, prev_mask: T
     b, c, t = x.shape
     p = coeffs.shape[-1] - 1
     changed = (mask != prev_mask).reshape(b * c, t)
-    if not bool(changed.any()):
+    at = changed.nonzero()  # row-major: sorted keys row * (t + 1) + sample
+    if len(at) == 0:
         return prev
     segs = _segments(runs(mask.reshape(b * c, 1, t)), p)
-    count = tnf.pad(changed.to(torch.int32).cumsum(-1), (1, 0))
+    key = at[:, 0] * (t + 1) + at[:, 1]
     lo, hi = (segs[:, 1] - p).clamp(min=0), (segs[:, 2] + p).clamp(max=t)
-    touched = segs[(count[segs[:, 0], hi] - count[segs[:, 0], lo]) > 0]
+    base = segs[:, 0] * (t + 1)
+    count = torch.searchsorted(key, base + hi) - torch.searchsorted(key, base + lo)
+    touched = segs[count > 0]
     redo = (_mask_from_runs(touched, (b * c, t), 0, x.device) & mask.reshape(b * c, t)).reshape(b, c, t)
     fresh = lsar_interpolate(x, redo, coeffs, hop, drive=drive)
-    # Samples no longer masked return to x; those solved again take the new solution.
-    return torch.where(redo, fresh, torch.where(changed.reshape(b, c, t), x, prev))
+    # Samples no longer masked return to x; those solved again take the new solution
+    # (`fresh` is x but where it solved).
+    return torch.where(redo | changed.reshape(b, c, t), fresh, prev)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as tnf
 from torch import Tensor
 
 
@@ -14,11 +13,17 @@ def runs(mask: Tensor) -> Tensor:
     >>> runs(torch.tensor([[[False, True, True, False, True]]])).tolist()
     [[0, 1, 3], [0, 4, 5]]
     """
-    m = mask.reshape(-1, mask.shape[-1]).to(torch.int8)
-    d = torch.diff(tnf.pad(m, (1, 1)), dim=-1)
-    # Starts and ends alternate along each row (and rows come in order): one scan.
-    at = d.nonzero()
-    return torch.stack([at[0::2, 0], at[0::2, 1], at[1::2, 1]], -1)
+    # One scan for the flagged samples (few), in row-major order; a run starts where a
+    # sample does not follow the previous one in the same row.
+    at = mask.reshape(-1, mask.shape[-1]).nonzero()
+    if len(at) == 0:
+        return at.new_zeros(0, 3)
+    row, col = at[:, 0], at[:, 1]
+    new = torch.ones(len(at), dtype=torch.bool, device=at.device)
+    new[1:] = (row[1:] != row[:-1]) | (col[1:] != col[:-1] + 1)
+    first = new.nonzero()[:, 0]
+    last = torch.cat([first[1:], first.new_tensor([len(at)])]) - 1
+    return torch.stack([row[first], col[first], col[last] + 1], -1)
 
 
 def spans(mask: Tensor) -> list[dict]:

@@ -154,7 +154,7 @@ def repair_clicks(
     with torch.no_grad():
         yd = y.detach()
         coeffs_s, taps = _arx_filters(yd, yd.flip(1), rhop, _ARX_ORDER, stereo_taps, near)
-    drive = _fir_frames(y.flip(1), taps, rhop)  # from the other channel's repair (linear in x)
+    drive = _fir_frames(y.flip(1), taps, rhop, near)  # from the other channel's repair (linear in x)
     ys, used_s, sigma_s = _repair(x, mask, first, sr, order, rhop, near, edge_sigma, noisy,
                                   grow, model=(coeffs_s, drive))
     use = (sigma_s < sigma).repeat_interleave(rhop, -1)[..., : x.shape[-1]]
@@ -192,7 +192,8 @@ def _repair(
             coeffs = model[0]
             first = solve(mask)
         last = first
-        errors = _errors_cache(coeffs, hop, dd)
+        # The models are fitted on the frames `near` only (zeros elsewhere).
+        errors = _errors_cache(coeffs, hop, dd, near)
         if edge_sigma is not None:
             # A shorter span is repaired better, which shows more of its ends to agree
             # with the model: tighten, repair, tighten again, until the mask holds
@@ -205,7 +206,7 @@ def _repair(
                     break
                 mask = tighter
         last = solve(mask)
-        innovation = _innovation(last, mask, coeffs, hop, dd, errors)
+        innovation = _innovation(last, mask, coeffs, hop, dd, errors, near)
         # Click edges the detection missed: grow, repair, grow again while the mask
         # changes (at most `_GROW` rounds).
         for _ in range(_GROW if grow else 0):
@@ -214,29 +215,39 @@ def _repair(
                 break
             mask = grown
             last = solve(mask)
-            innovation = _innovation(last, mask, coeffs, hop, dd, errors)
+            innovation = _innovation(last, mask, coeffs, hop, dd, errors, near)
     y = lsar_interpolate(x, mask, coeffs, hop, innovation=innovation if noisy else None,
                          drive=drive)
     return y, mask, innovation
 
 
 def _innovation(x: Tensor, mask: Tensor, coeffs: Tensor, hop: int,
-                drive: Tensor | None = None, errors=None) -> Tensor:
+                drive: Tensor | None = None, errors=None, fitted: Tensor | None = None) -> Tensor:
     """RMS forward prediction error per frame of ``x`` under its frame's model (minus
     ``drive``, as :func:`lsar_interpolate`), over the samples whose error terms no masked
-    sample enters: ``(B, C, F)``. ``errors``: :func:`_errors_cache` of the same models."""
+    sample enters: ``(B, C, F)``. ``errors``: :func:`_errors_cache` of the same models;
+    ``fitted``: as there (the frames with a model; zero elsewhere, as their errors are)."""
     b, c, t = x.shape
     p = coeffs.shape[-1] - 1
     frames = coeffs.shape[-2]
     errors = errors or _errors_cache(coeffs, hop, drive)
     fwd = errors(x, 0).reshape(b * c, t)
-    # error terms n .. n + p see sample n: a masked sample spoils the p terms after it
-    touched = tnf.max_pool1d(tnf.pad(mask.reshape(b * c, 1, t).to(x.dtype), (p, 0)), p + 1, 1)[:, 0] > 0
-    w = (~touched).to(fwd.dtype)
     pad = frames * hop - t
-    e2 = tnf.pad(fwd.square() * w, (0, pad)).reshape(b * c, frames, hop).sum(-1)
-    n = tnf.pad(w, (0, pad)).reshape(b * c, frames, hop).sum(-1)
-    return (e2 / n.clamp(min=1)).sqrt().reshape(b, c, frames)
+    # error terms n .. n + p see sample n: a masked sample spoils the p terms after it
+    m = tnf.pad(mask.reshape(b * c, t).to(x.dtype), (p, pad)).unfold(-1, hop + p, hop)
+    e = tnf.pad(fwd, (0, pad)).reshape(b * c, frames, hop)
+    inside = (torch.arange(frames * hop, device=x.device) < t).reshape(frames, hop)
+    if fitted is not None:
+        m, e = m[fitted[:, 0], fitted[:, 1]], e[fitted[:, 0], fitted[:, 1]]
+        inside = inside[fitted[:, 1]]
+    touched = tnf.max_pool1d(m.reshape(-1, 1, hop + p), p + 1, 1)[:, 0] > 0
+    w = ((~touched).reshape(e.shape) & inside).to(fwd.dtype)
+    rms = ((e.square() * w).sum(-1) / w.sum(-1).clamp(min=1)).sqrt()
+    if fitted is None:
+        return rms.reshape(b, c, frames)
+    out = rms.new_zeros(b * c, frames)
+    out[fitted[:, 0], fitted[:, 1]] = rms
+    return out.reshape(b, c, frames)
 
 
 def _grow(x: Tensor, mask: Tensor, coeffs: Tensor, hop: int, innovation: Tensor,
@@ -251,14 +262,18 @@ def _grow(x: Tensor, mask: Tensor, coeffs: Tensor, hop: int, innovation: Tensor,
     b, c, t = x.shape
     errors = errors or _errors_cache(coeffs, hop, drive)
     z = errors(x, 2).reshape(b * c, t)
-    sig = innovation.reshape(b * c, -1).repeat_interleave(hop, -1)[:, :t].to(z.dtype)
-    big = (z.abs() > kappa * sig) & (sig > 0)
+    sig_f = innovation.reshape(b * c, -1).to(z.dtype)
     r = runs(mask)
     ar = torch.arange(1, reach + 1, device=x.device)
     before = (r[:, 1:2] - ar).clamp(0, t - 1)
     after = (r[:, 2:3] - 1 + ar).clamp(0, t - 1)
-    ok_b = big[r[:, 0:1], before] & (r[:, 1:2] - ar >= 0)
-    ok_a = big[r[:, 0:1], after] & (r[:, 2:3] - 1 + ar < t)
+
+    def big(idx: Tensor) -> Tensor:  # read at the runs' edges only
+        sig = sig_f[r[:, 0:1], idx // hop]
+        return (z[r[:, 0:1], idx].abs() > kappa * sig) & (sig > 0)
+
+    ok_b = big(before) & (r[:, 1:2] - ar >= 0)
+    ok_a = big(after) & (r[:, 2:3] - 1 + ar < t)
     n_b, n_a = (_reach_with_gaps(ok, _GROW_GAP) for ok in (ok_b, ok_a))
     new = torch.stack([r[:, 0], r[:, 1] - n_b, r[:, 2] + n_a], -1)
     return _mask_from_runs(new, (b * c, t), 0, x.device).reshape(b, c, t) | mask
@@ -298,7 +313,8 @@ def _tighten(
     width = int((r[:, 2] - r[:, 1]).max())
     idx = (r[:, 1:2] + torch.arange(width, device=x.device)).clamp(max=t - 1)
     valid = idx < r[:, 2:3]
-    resid = (x - first).reshape(b * c, t)[r[:, 0:1], idx].abs()
+    at = (r[:, 0:1], idx)
+    resid = (x.reshape(b * c, t)[at] - first.reshape(b * c, t)[at]).abs()
     above = valid & (resid > kappa * sigma[:, None])  # (K, width)
     has = above.any(-1)
     first_i = above.to(torch.int8).argmax(-1)
