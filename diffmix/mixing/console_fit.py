@@ -178,6 +178,9 @@ def fit_console(
         if reference is not None:
             judge = FullLengthJudge(console, audio, reference, sr, weights, options)
         stages: list[dict[str, Any]] = []
+        # Each track's loudness where the closed-form stages left it, once measured: every
+        # held stage ends there or is reverted to a state that was there.
+        levels: dict[str, Tensor] = {}
         init_report = None
         estimate = None
         # Another song's mix: no waveform in common, so its tone, width, dynamics and level
@@ -244,7 +247,7 @@ def fit_console(
                 init_report["compressor refine"] = judge.stage(  # type: ignore[union-attr]
                     "compressor refine",
                     _holding(lambda: compressor_refine(console, part, part_ref, sr), console, audio, sr,
-                             hold_refines),
+                             hold_refines, levels),
                     stages,
                 )
             if estimate.coherent and options.eq_refine:
@@ -253,7 +256,7 @@ def fit_console(
                 init_report["eq refine"] = judge.stage(  # type: ignore[union-attr]
                     "eq refine",
                     _holding(lambda: eq_refine(console, part, part_ref, sr), console, audio, sr,
-                             hold_refines),
+                             hold_refines, levels),
                     stages,
                 )
             init_report["seconds"] = round(time.perf_counter() - t_init, 3)
@@ -317,7 +320,9 @@ def fit_console(
             # and trade a level for a tone there (BENCHMARKS.md, Mixing, session 15).
             hold = (estimate is not None and options.hold_levels
                     and "strip.fader.gain_db" in console.named_values())
-            held = track_loudness(console, audio, sr) if hold else None
+            if hold and "want" not in levels:
+                levels["want"] = track_loudness(console, audio, sr)
+            held = levels.get("want") if hold else None
             result = fit(
                 params,
                 closure,
@@ -371,18 +376,21 @@ def fit_console(
 
 
 def _holding(
-    run: Callable[[], dict[str, Any]], console: Console, audio: Tensor, sample_rate: int, hold: bool
+    run: Callable[[], dict[str, Any]], console: Console, audio: Tensor, sample_rate: int, hold: bool,
+    levels: dict[str, Tensor],
 ) -> Callable[[], dict[str, Any]]:
     """``run`` (a stage that fits tone or dynamics) followed by
-    :func:`~diffmix.mixing.wiring.hold_levels` to each track's loudness before it, over
-    the whole song, when ``hold``; its report gains ``"hold levels"``."""
+    :func:`~diffmix.mixing.wiring.hold_levels` to each track's loudness over the whole
+    song before it (``levels["want"]``, measured here the first time), when ``hold``; its
+    report gains ``"hold levels"``."""
     if not hold:
         return run
 
     def held() -> dict[str, Any]:
-        want = track_loudness(console, audio, sample_rate)
+        if "want" not in levels:
+            levels["want"] = track_loudness(console, audio, sample_rate)
         report = run()
-        report["hold levels"] = hold_levels(console, audio, sample_rate, want)
+        report["hold levels"] = hold_levels(console, audio, sample_rate, levels["want"])
         return report
 
     return held
