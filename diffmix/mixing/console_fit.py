@@ -56,10 +56,11 @@ class MixFitOptions:
         coherent: with ``aligned``, the closed form solves on complex spectra.
         polish: with ``aligned``, re-set each fader to the closed form's loudness.
         steps, excerpt_s, excerpts, pool, patience, seed: the gradient stage.
-        hold_levels: after the gradient steps, each track's fader is moved so its loudness
-            (alone through the console, whole song) is what the closed-form stages left
-            (:func:`~diffmix.mixing.wiring.hold_levels`); the steps keep their tone,
-            dynamics and placement. Only after the closed-form start.
+        hold_levels: after each refine stage and after the gradient steps, each track's
+            fader is moved so its loudness (alone through the console, whole song) is what
+            it was before that stage (:func:`~diffmix.mixing.wiring.hold_levels`); those
+            stages keep their tone, dynamics and placement, the levels stay the closed-form
+            stages'. Only after the closed-form start.
         prior, gain_staging: weights of the pull toward the start and of the clip penalty.
         mrstft: keyword arguments of :class:`~diffmix.losses.MRSTFTLoss`.
         aligned: the reference is a mix of these very stems.
@@ -177,6 +178,9 @@ def fit_console(
         if reference is not None:
             judge = FullLengthJudge(console, audio, reference, sr, weights, options)
         stages: list[dict[str, Any]] = []
+        # Each track's loudness where the closed-form stages left it, once measured: every
+        # held stage ends there or is reverted to a state that was there.
+        levels: dict[str, Tensor] = {}
         init_report = None
         estimate = None
         # Another song's mix: no waveform in common, so its tone, width, dynamics and level
@@ -236,17 +240,24 @@ def fit_console(
             # longer than that whole; judged on the whole song like every stage).
             a, b = loudest_window(reference[..., : audio.shape[-1]], sr, float(options.refine_s))
             part, part_ref = audio[..., a:b], reference[..., a:b]
+            hold_refines = options.hold_levels and "strip.fader.gain_db" in console.named_values()
             if estimate.coherent and options.compressor_refine and estimate.frame_gain is not None:
                 # Each compressor again, on its track's share of the reference at 6 ms
                 # frames, with everything placed (the start read 93 ms frames of the stem).
                 init_report["compressor refine"] = judge.stage(  # type: ignore[union-attr]
-                    "compressor refine", lambda: compressor_refine(console, part, part_ref, sr), stages
+                    "compressor refine",
+                    _holding(lambda: compressor_refine(console, part, part_ref, sr), console, audio, sr,
+                             hold_refines, levels),
+                    stages,
                 )
             if estimate.coherent and options.eq_refine:
                 # The tone again, on the strips' outputs with the dynamics as now set: the
                 # closed form read a compressor's moving gain as tone.
                 init_report["eq refine"] = judge.stage(  # type: ignore[union-attr]
-                    "eq refine", lambda: eq_refine(console, part, part_ref, sr), stages
+                    "eq refine",
+                    _holding(lambda: eq_refine(console, part, part_ref, sr), console, audio, sr,
+                             hold_refines, levels),
+                    stages,
                 )
             init_report["seconds"] = round(time.perf_counter() - t_init, 3)
         fit_report: dict[str, Any] | None = None
@@ -309,7 +320,9 @@ def fit_console(
             # and trade a level for a tone there (BENCHMARKS.md, Mixing, session 15).
             hold = (estimate is not None and options.hold_levels
                     and "strip.fader.gain_db" in console.named_values())
-            held = track_loudness(console, audio, sr) if hold else None
+            if hold and "want" not in levels:
+                levels["want"] = track_loudness(console, audio, sr)
+            held = levels.get("want") if hold else None
             result = fit(
                 params,
                 closure,
@@ -360,6 +373,27 @@ def fit_console(
         if stages:
             fit_report = {**(fit_report or {}), "stages": stages}
         return fit_report
+
+
+def _holding(
+    run: Callable[[], dict[str, Any]], console: Console, audio: Tensor, sample_rate: int, hold: bool,
+    levels: dict[str, Tensor],
+) -> Callable[[], dict[str, Any]]:
+    """``run`` (a stage that fits tone or dynamics) followed by
+    :func:`~diffmix.mixing.wiring.hold_levels` to each track's loudness over the whole
+    song before it (``levels["want"]``, measured here the first time), when ``hold``; its
+    report gains ``"hold levels"``."""
+    if not hold:
+        return run
+
+    def held() -> dict[str, Any]:
+        if "want" not in levels:
+            levels["want"] = track_loudness(console, audio, sample_rate)
+        report = run()
+        report["hold levels"] = hold_levels(console, audio, sample_rate, levels["want"])
+        return report
+
+    return held
 
 
 class FullLengthJudge:

@@ -995,9 +995,11 @@ def compressor_refine(
     send returns), and its gain against the track's compressor input is measured on
     ``size``-sample frames (hop ``hop``; 23 ms and 6 ms at 44.1 kHz), with the master's
     gain on the track taken out; the strip's own compressor is then fitted to it
-    (:func:`_search_compressor`) on the track's loudest ``seconds``, the constant going to
-    its fader. Tracks in order of loudness, each with the others as now set; then pan,
-    width and fader once more (:func:`placement_resolve`, one pass, no sends).
+    (:func:`_search_compressor`) on the track's loudest ``seconds``, and its fader moves so
+    that the compressor's output keeps its energy (the track's level is the earlier stages'
+    measure; the search's constant would read the other tracks' residual as level). Tracks
+    in order of loudness, each with the others as now set; then pan, width and fader once
+    more (:func:`placement_resolve`, one pass, no sends).
 
     Returns:
         A summary for the report: per track the threshold, ratio, attack, release, fader
@@ -1088,7 +1090,7 @@ def compressor_refine(
         times = (float(now["attack_ms"].view(-1)[k if now["attack_ms"].numel() == n else 0]),
                  float(now["release_ms"].view(-1)[k if now["release_ms"].numel() == n else 0]))
         knee_k = float(knee.view(-1)[k if knee.numel() == n else 0])
-        thr, ratio, att, rel, c, err = _search_compressor(
+        thr, ratio, att, rel, _constant, err = _search_compressor(
             seg, 0, frames_in, meas[a:b], w, top, effect, knee_k, specs, times, sample_rate, hop, window,
         )
         update = {}
@@ -1097,20 +1099,28 @@ def compressor_refine(
             full = now[key].reshape(-1).expand(n).clone() if shared else now[key].reshape(-1).clone()
             full[k] = min(max(v, specs[key].min), specs[key].max)
             update[f"strip.{comp}.{key}"] = full if shared else full.view(now[key].shape)
-        fade = values[fader].exact().double().cpu().clone()
-        spec = values[fader].spec
-        fade.view(-1)[k] = min(max(float(fade.view(-1)[k]) + c, spec.min), spec.max)
-        update[fader] = fade
-        keep_now = {p: values[p].exact().double().cpu().clone() for p in update}
+        keep_now = {p: values[p].exact().double().cpu().clone() for p in (*update, fader)}
         console.load_values(update)
         # Kept only where the mix's waveform error goes down: a quiet track's share carries
         # the louder ones' errors. Only track k's strip changed: it alone is rendered again
         # from its compressor on, then the sends, the key and the master.
         with torch.no_grad():
             comp_k = _track_stages(console, rest[:1], pre[k : k + 1], k)
-            part_k = None if comp_k is None else _track_stages(console, rest[1:], comp_k, k)
-            if comp_k is None or part_k is None:  # a strip the per-track path does not cover
+            if comp_k is None:  # a strip the per-track path does not cover
                 comp_k = console.strip(pre, start=comp, until=after)[k : k + 1]
+            # The track's level stays where the earlier stages measured it (its compressor's
+            # output keeps its energy): the search's constant is the mean of frame
+            # gains read off the reference less the other tracks, so every other track's
+            # residual energy adds to it, and a quiet track's share is mostly that residual
+            # (BENCHMARKS.md, Mixing, session 16). This stage fits the compressor's shape.
+            level = 10 * math.log10(max(float(comped[k].double().square().sum()), 1e-30)
+                                    / max(float(comp_k.double().square().sum()), 1e-30))
+            fade = keep_now[fader].clone()
+            spec = values[fader].spec
+            fade.view(-1)[k] = min(max(float(fade.view(-1)[k]) + level, spec.min), spec.max)
+            console.load_values({fader: fade})
+            part_k = _track_stages(console, rest[1:], comp_k, k)
+            if part_k is None:
                 part_k = from_after(comp_k.expand(n, -1, -1))[k : k + 1]
             old = parts[k].clone()
             parts[k] = part_k[0]
@@ -1123,7 +1133,7 @@ def compressor_refine(
         comped[k], lead_dry[k] = comp_k[0], lead_k[0]
         keyed, mix, resid = keyed_k, mix_k, new_resid
         values = console.named_values()
-        found = (thr, ratio, att, rel, c, math.sqrt(err))
+        found = (thr, ratio, att, rel, level, math.sqrt(err))
         for key, v in zip((*keys, "fader_db", "error_db"), found, strict=True):
             summary[key][k] = round(v, 2)
     placing = [isinstance(console.strip.effects[name], (Pan, Width)) for name in names]
