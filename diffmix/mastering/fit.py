@@ -51,7 +51,8 @@ class FitOptions:
         weights: objective term -> weight (terms with nothing to compare are dropped,
             :func:`available_weights`).
         prior_weight: scales :func:`~diffmix.console.prior` (keeps settings near the start).
-        optimizer: ``params -> torch.optim.Optimizer``; default Adam at lr 0.05.
+        optimizer: ``params -> torch.optim.Optimizer``; default Adam at lr 0.05
+            (:class:`diffmix.optim.Adam`).
         scheduler: ``optimizer -> LR scheduler``, or None.
         seed: excerpt draws when ``pool`` is 0.
         progress: show a progress bar.
@@ -365,7 +366,9 @@ def fit_stage(
         if optimizer is None:
             from functools import partial
 
-            optimizer = partial(torch.optim.Adam, lr=0.05)
+            from diffmix.optim import Adam
+
+            optimizer = partial(Adam, lr=0.05)
         result = fit_chain(
             bus,
             audios,
