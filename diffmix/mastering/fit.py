@@ -27,6 +27,7 @@ from diffmix.console import Bus, prior, select
 from diffmix.effects.dynamics import set_exact
 from diffmix.errors import UserError
 from diffmix.fit import FitResult, draw, excerpt_pool, excerpt_starts, fit
+from diffmix.functional.filters import fixed_input_spectra
 from diffmix.mastering.chain import MATCH
 from diffmix.objective import REFERENCE_TERMS, Objective
 
@@ -157,20 +158,22 @@ def fit_chain(
         return total, logged
 
     try:
-        return fit(
-            chosen,
-            closure,
-            steps=steps,
-            optimizer=optimizer,
-            scheduler=scheduler,
-            patience=patience,
-            min_delta=min_delta,
-            cycle=max(int(pool), 1),
-            progress=progress,
-            checkpoint=checkpoint,
-            log_path=log_path,
-            tag="master:" + "|".join(keys),
-        )
+        # the match EQ's excerpts are fixed: each one's spectrum is taken once, not per step
+        with fixed_input_spectra():
+            return fit(
+                chosen,
+                closure,
+                steps=steps,
+                optimizer=optimizer,
+                scheduler=scheduler,
+                patience=patience,
+                min_delta=min_delta,
+                cycle=max(int(pool), 1),
+                progress=progress,
+                checkpoint=checkpoint,
+                log_path=log_path,
+                tag="master:" + "|".join(keys),
+            )
     finally:
         set_exact(bus, True)
 
