@@ -48,7 +48,7 @@ def test_the_same_values_and_gradients_with_one_transform_per_excerpt(monkeypatc
     assert calls.count(x.shape[-1]) == 2 and len(calls) == 8
     calls.clear()
     _run(x, fir)  # outside the block: transformed again, and nothing is kept
-    assert calls.count(x.shape[-1]) == 1 and filters._INPUTS is None
+    assert calls.count(x.shape[-1]) == 1 and getattr(filters._FIXED, "inputs", None) is None
 
 
 def test_nothing_is_kept_for_an_input_with_a_gradient_or_a_fixed_filter():
@@ -58,4 +58,19 @@ def test_nothing_is_kept_for_an_input_with_a_gradient_or_a_fixed_filter():
         fft_convolve(x, fir.detach(), ms=True)
         with torch.no_grad():
             fft_convolve(x, fir, ms=True)
-        assert filters._INPUTS is not None and len(filters._INPUTS._items) == 0
+        cache = filters._FIXED.inputs
+        assert cache is not None and len(cache._items) == 0
+
+
+def test_another_thread_keeps_nothing():
+    import threading
+
+    x, fir = _case(7)
+    seen: list[object] = []
+    with fixed_input_spectra():
+        worker = threading.Thread(target=lambda: (fft_convolve(x, fir, ms=True),
+                                                  seen.append(getattr(filters._FIXED, "inputs", None))))
+        worker.start()
+        worker.join()
+        assert len(filters._FIXED.inputs._items) == 0
+    assert seen == [None]

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import threading
 from collections.abc import Iterator
 
 import torch
@@ -46,8 +47,9 @@ BAND_TYPES = ("peak", "low_shelf", "high_shelf", "highpass", "lowpass", "notch",
 LR_ORDERS = (2, 4, 8)
 EQ_MODES = ("fft", "exact")
 _FIRS = ValueCache(16, 64 << 20)  # impulse responses of fixed sections (render_fft)
-# Spectra of fixed inputs (fft_convolve), kept only inside fixed_input_spectra().
-_INPUTS: ValueCache | None = None
+# Spectra of fixed inputs (fft_convolve), kept only inside fixed_input_spectra(), per thread
+# (a job measures on a worker thread while the main one fits).
+_FIXED = threading.local()
 
 
 @contextlib.contextmanager
@@ -57,12 +59,12 @@ def fixed_input_spectra(max_bytes: int = 64 << 20) -> Iterator[None]:
     a fit that cycles through a fixed pool of excerpts (:func:`diffmix.mastering.fit.fit_chain`)
     transforms each excerpt once instead of at every step. The same values bit for bit; at
     most ``max_bytes`` of spectra, released when the block ends."""
-    global _INPUTS
-    outer, _INPUTS = _INPUTS, ValueCache(16, max_bytes)
+    outer = getattr(_FIXED, "inputs", None)
+    _FIXED.inputs = ValueCache(16, max_bytes)
     try:
         yield
     finally:
-        _INPUTS = outer
+        _FIXED.inputs = outer
 MAX_ORDER = 8  # highest Butterworth order of a "highpassN"/"lowpassN" band
 
 
@@ -613,7 +615,7 @@ def fft_convolve(x: Tensor, fir: Tensor, *, ms: bool = False) -> Tensor:
         if ms:
             return left_right(fft_convolve(mid_side(x), fir))
         n = next_fast_len(n_time + length - 1)
-        cache = _INPUTS
+        cache = getattr(_FIXED, "inputs", None)
         if cache is not None and fir.requires_grad and not x.requires_grad and torch.is_grad_enabled():
             # a fixed excerpt under a fitted filter: its spectrum is shared, never changed in place
             spec_x = cache.get(constant_key("rfft", x, n), lambda: torch.fft.rfft(x, n=n))
