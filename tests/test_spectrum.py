@@ -135,3 +135,39 @@ def test_welch_of_a_mapped_signal_is_the_welch_of_the_map(seconds):
     ms = to_ms(x).numpy()
     _, want = scipy.signal.welch(ms, 44100, nperseg=2048, noverlap=1024, window="hann", detrend=False)
     np.testing.assert_allclose(got.numpy(), want * 44100 / 2048, rtol=1e-9)  # power per bin
+
+
+
+def _welch_grad_and_transforms(x: torch.Tensor, w: torch.Tensor, monkeypatch) -> tuple[torch.Tensor, int]:  # noqa: ANN001
+    calls: list[int] = []
+    rfft = torch.fft.rfft
+
+    def counted(t, *args, **kwargs):  # noqa: ANN001, ANN202
+        calls.append(1)
+        return rfft(t, *args, **kwargs)
+
+    monkeypatch.setattr(torch.fft, "rfft", counted)
+    a = x.clone().requires_grad_(True)
+    (welch_psd(a, 8192) * w).sum().backward()
+    monkeypatch.setattr(torch.fft, "rfft", rfft)
+    assert a.grad is not None
+    return a.grad, len(calls)
+
+
+@pytest.mark.parametrize("frames", [5, 71])  # one group of the backward's frames, and two
+def test_welch_backward_reuses_the_forwards_spectrum_bit_for_bit(frames, monkeypatch):
+    # Why: the backward transformed every frame again (one batched rfft of a fit step's
+    # excerpt); a small forward spectrum is kept, with the same gradient bit for bit.
+    import diffmix.functional.spectrum as S
+
+    seed = 41
+    print("seed", seed)
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(2, 2, 4096 * (frames + 1), generator=g)
+    w = torch.randn(2, 2, 4097, generator=g)
+    monkeypatch.setattr(S, "_WELCH_KEEP_BYTES", 0)
+    recomputed, n0 = _welch_grad_and_transforms(x, w, monkeypatch)
+    monkeypatch.setattr(S, "_WELCH_KEEP_BYTES", 1 << 30)
+    kept, n1 = _welch_grad_and_transforms(x, w, monkeypatch)
+    assert torch.equal(recomputed, kept)
+    assert n1 == 1 and n0 == 1 + (1 if frames <= 64 else 2)

@@ -28,7 +28,10 @@ References:
 
 from __future__ import annotations
 
+import contextlib
 import math
+import threading
+from collections.abc import Iterator
 
 import torch
 from torch import Tensor
@@ -44,6 +47,24 @@ BAND_TYPES = ("peak", "low_shelf", "high_shelf", "highpass", "lowpass", "notch",
 LR_ORDERS = (2, 4, 8)
 EQ_MODES = ("fft", "exact")
 _FIRS = ValueCache(16, 64 << 20)  # impulse responses of fixed sections (render_fft)
+# Spectra of fixed inputs (fft_convolve), kept only inside fixed_input_spectra(), per thread
+# (a job measures on a worker thread while the main one fits).
+_FIXED = threading.local()
+
+
+@contextlib.contextmanager
+def fixed_input_spectra(max_bytes: int = 64 << 20) -> Iterator[None]:
+    """Inside this block, :func:`fft_convolve` keeps the spectrum of an input that needs no
+    gradient (by its content) while the filter needs one, and reuses it for the same input:
+    a fit that cycles through a fixed pool of excerpts (:func:`diffmix.mastering.fit.fit_chain`)
+    transforms each excerpt once instead of at every step. The same values bit for bit; at
+    most ``max_bytes`` of spectra, released when the block ends."""
+    outer = getattr(_FIXED, "inputs", None)
+    _FIXED.inputs = ValueCache(16, max_bytes)
+    try:
+        yield
+    finally:
+        _FIXED.inputs = outer
 MAX_ORDER = 8  # highest Butterworth order of a "highpassN"/"lowpassN" band
 
 
@@ -594,7 +615,13 @@ def fft_convolve(x: Tensor, fir: Tensor, *, ms: bool = False) -> Tensor:
         if ms:
             return left_right(fft_convolve(mid_side(x), fir))
         n = next_fast_len(n_time + length - 1)
-        spec = _mul(torch.fft.rfft(x, n=n), torch.fft.rfft(fir, n=n))
+        cache = getattr(_FIXED, "inputs", None)
+        if cache is not None and fir.requires_grad and not x.requires_grad and torch.is_grad_enabled():
+            # a fixed excerpt under a fitted filter: its spectrum is shared, never changed in place
+            spec_x = cache.get(constant_key("rfft", x, n), lambda: torch.fft.rfft(x, n=n))
+            spec = spec_x * torch.fft.rfft(fir, n=n)
+        else:
+            spec = _mul(torch.fft.rfft(x, n=n), torch.fft.rfft(fir, n=n))
         return torch.fft.irfft(spec, n=n)[..., :n_time]
     # Overlap-save with a hand-written backward: see :mod:`diffmix.functional._fft_conv`.
     return overlap_save(x, fir, block, ms=ms)

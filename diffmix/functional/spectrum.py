@@ -68,6 +68,7 @@ def band_matrix(
 
 
 _WELCH_GROUP = 64  # frames per group of the no-gradient Welch average on CPU
+_WELCH_KEEP_BYTES = 32 << 20  # the largest forward spectrum the backward reuses
 
 
 def welch_psd(x: Tensor, n_fft: int = 8192, hop: int | None = None, *,
@@ -146,6 +147,9 @@ class _Welch(torch.autograd.Function):
         ctx.n_fft, ctx.hop = n_fft, hop
         window = torch.hann_window(n_fft, periodic=True, dtype=x.dtype, device=x.device)
         spec = torch.fft.rfft(x.unfold(-1, n_fft, hop) * window, dim=-1)
+        # A small one (a fit's excerpt: ~6 MB for 8 s of mid and side) is kept for the
+        # backward, whose per-group transforms of the same frames equal it bit for bit.
+        ctx.spec = spec if spec.numel() * spec.element_size() <= _WELCH_KEEP_BYTES else None
         power = (spec.real.square() + spec.imag.square()).mean(-2)
         return _normalise(power, window, n_fft)
 
@@ -165,9 +169,10 @@ class _Welch(torch.autograd.Function):
         if n_fft % 2 == 0:
             coef[..., -1] = coef[..., -1] * 2.0
         segments = rows.new_zeros(rows.shape[0], n - 1 + r, hop)  # the frames' span, hop by hop
+        kept = None if ctx.spec is None else ctx.spec.reshape(rows.shape[0], n, -1)
         for j0 in range(0, n, _WELCH_GROUP):
             j1 = min(n, j0 + _WELCH_GROUP)
-            spec = torch.fft.rfft(frames[:, j0:j1] * window, dim=-1)
+            spec = torch.fft.rfft(frames[:, j0:j1] * window, dim=-1) if kept is None else kept[:, j0:j1]
             part = torch.fft.irfft(spec * coef.unsqueeze(1), n=n_fft, dim=-1).mul_(window)
             part = part.reshape(rows.shape[0], j1 - j0, r, hop)
             for p in range(r):  # frame f's p-th hop lands on hop f + p

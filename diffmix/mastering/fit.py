@@ -27,6 +27,7 @@ from diffmix.console import Bus, prior, select
 from diffmix.effects.dynamics import set_exact
 from diffmix.errors import UserError
 from diffmix.fit import FitResult, draw, excerpt_pool, excerpt_starts, fit
+from diffmix.functional.filters import fixed_input_spectra
 from diffmix.mastering.chain import MATCH
 from diffmix.objective import REFERENCE_TERMS, Objective
 
@@ -51,7 +52,8 @@ class FitOptions:
         weights: objective term -> weight (terms with nothing to compare are dropped,
             :func:`available_weights`).
         prior_weight: scales :func:`~diffmix.console.prior` (keeps settings near the start).
-        optimizer: ``params -> torch.optim.Optimizer``; default Adam at lr 0.05.
+        optimizer: ``params -> torch.optim.Optimizer``; default Adam at lr 0.05
+            (:class:`diffmix.optim.Adam`).
         scheduler: ``optimizer -> LR scheduler``, or None.
         seed: excerpt draws when ``pool`` is 0.
         progress: show a progress bar.
@@ -156,20 +158,22 @@ def fit_chain(
         return total, logged
 
     try:
-        return fit(
-            chosen,
-            closure,
-            steps=steps,
-            optimizer=optimizer,
-            scheduler=scheduler,
-            patience=patience,
-            min_delta=min_delta,
-            cycle=max(int(pool), 1),
-            progress=progress,
-            checkpoint=checkpoint,
-            log_path=log_path,
-            tag="master:" + "|".join(keys),
-        )
+        # the match EQ's excerpts are fixed: each one's spectrum is taken once, not per step
+        with fixed_input_spectra():
+            return fit(
+                chosen,
+                closure,
+                steps=steps,
+                optimizer=optimizer,
+                scheduler=scheduler,
+                patience=patience,
+                min_delta=min_delta,
+                cycle=max(int(pool), 1),
+                progress=progress,
+                checkpoint=checkpoint,
+                log_path=log_path,
+                tag="master:" + "|".join(keys),
+            )
     finally:
         set_exact(bus, True)
 
@@ -365,7 +369,9 @@ def fit_stage(
         if optimizer is None:
             from functools import partial
 
-            optimizer = partial(torch.optim.Adam, lr=0.05)
+            from diffmix.optim import Adam
+
+            optimizer = partial(Adam, lr=0.05)
         result = fit_chain(
             bus,
             audios,
