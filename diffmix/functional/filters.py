@@ -50,6 +50,7 @@ _FIRS = ValueCache(16, 64 << 20)  # impulse responses of fixed sections (render_
 # Spectra of fixed inputs (fft_convolve), kept only inside fixed_input_spectra(), per thread
 # (a job measures on a worker thread while the main one fits).
 _FIXED = threading.local()
+MAX_ORDER = 8  # highest Butterworth order of a "highpassN"/"lowpassN" band
 
 
 @contextlib.contextmanager
@@ -65,7 +66,6 @@ def fixed_input_spectra(max_bytes: int = 64 << 20) -> Iterator[None]:
         yield
     finally:
         _FIXED.inputs = outer
-MAX_ORDER = 8  # highest Butterworth order of a "highpassN"/"lowpassN" band
 
 
 def _as_tensor(value: ParamValue, like: Tensor | None = None) -> Tensor:
