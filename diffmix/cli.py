@@ -114,7 +114,7 @@ def _check_overrides(name: str, args: list[str]) -> str | None:
         if group is not None:
             choose = f"; choose one of {options}" if options else ""
             return f"{group[0]}={group[1]}: no such option{choose}"
-        return _one_line(exc)
+        return _one_line(str(exc))
     except Exception as exc:  # noqa: BLE001 - Hydra raises several kinds, all user errors here
         text = str(exc)
         if "is not in struct" in text or "Could not override" in text:

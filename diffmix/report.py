@@ -243,7 +243,7 @@ class ChunkMeter:
     def true_peak_dbtp(self) -> float:
         return 20.0 * math.log10(max(self.peak, 1e-12))
 
-    def summary(self) -> dict[str, float]:
+    def summary(self) -> dict[str, Any]:
         """The report's measurements: ``integrated_lufs``, ``lra_lu``, ``true_peak_dbtp``,
         ``sample_peak_dbfs``, ``plr_db``, ``psr_db``, ``max_short_term_lufs``,
         ``dc_offset`` (per channel, linear), ``clipped_samples`` (at or beyond

@@ -299,10 +299,10 @@ def true_peak(
         taps = torch.as_tensor(interpolation_filter(f), dtype=x.dtype, device=x.device)
         return torch.maximum(peak, between(rows, taps)[0].abs().amax(-1).reshape(b, c))
     if torch.is_grad_enabled() and x.requires_grad:
-        between = _phases(rows, f).abs().amax((-1, -2))
+        inter = _phases(rows, f).abs().amax((-1, -2))
     else:
-        between = _between_peak(rows.detach(), f, kernel)
-    return torch.maximum(peak, between.reshape(b, c))
+        inter = _between_peak(rows.detach(), f, kernel)
+    return torch.maximum(peak, inter.reshape(b, c))
 
 
 @functools.lru_cache(maxsize=4)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import time
+from typing import Any
 
 import torch
 from hydra import compose
@@ -66,7 +67,7 @@ def run(cfg: DictConfig) -> int:
     master.run(master_cfg)
     mix_report = json.loads((out / "mix" / "mix_report.json").read_text())
     master_report = json.loads((out / "master" / "mix_master_report.json").read_text())
-    summary = {
+    summary: dict[str, Any] = {
         "job": "demo",
         "stems": names,
         "hidden_settings": hidden,

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -177,7 +178,7 @@ def run(cfg: DictConfig) -> int:
         protect=protect,
     )
     save_preset(console, out / f"{stem}_preset.yaml")
-    report = {
+    report: dict[str, Any] = {
         "job": "mix",
         "stems": stems.names,
         "outputs": {"audio": delivery.path, "preset": str(out / f"{stem}_preset.yaml")},

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 from omegaconf import DictConfig
@@ -62,7 +63,7 @@ def run(cfg: DictConfig) -> int:
         target_rate=cfg.delivery.sample_rate, dither=bool(cfg.delivery.dither),
         seed=int(cfg.seed), protect=protect,
     )
-    report = {
+    report: dict[str, Any] = {
         "job": "render",
         "preset": str(cfg.preset),
         "outputs": {"audio": delivery.path},

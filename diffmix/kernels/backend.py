@@ -103,4 +103,4 @@ def numba_threads() -> None:
     """Give numba's ``prange`` kernels torch's thread count (one threading knob)."""
     import numba
 
-    numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
+    numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))  # type: ignore[attr-defined]

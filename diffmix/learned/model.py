@@ -239,9 +239,9 @@ class MelCNN(Predictor):
             blocks += [nn.Conv2d(c_in, int(c), 3, padding=1), nn.GELU(), nn.MaxPool2d(2, ceil_mode=True)]
             c_in = int(c)
         blocks += [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
-        spec = {"bands": int(mel["bands"]), "frames": int(mel["frames"]), "n_fft": int(mel["n_fft"]),
-                    "seconds": float(mel["seconds"])}
-        extra = MEL_CHANNELS * spec["bands"] * spec["frames"]
+        spec: dict[str, Any] = {"bands": int(mel["bands"]), "frames": int(mel["frames"]),
+                                "n_fft": int(mel["n_fft"]), "seconds": float(mel["seconds"])}
+        extra = MEL_CHANNELS * int(mel["bands"]) * int(mel["frames"])
         super().__init__(n_features, heads, hidden, dropout, mean, std,
                          encoder=nn.Sequential(*blocks), extra_inputs=extra, encoded=c_in)
         self.mel = spec

@@ -168,14 +168,15 @@ def learned_start(checkpoint: str | Path | Predictor | None = None):  # noqa: AN
         # As the default start (match_start), with the prediction between the match EQ's
         # closed form and the width's: the width is folded once, from the gains at width 1.
         match = references is not None and MATCH in bus.effects
+        refs = references or []
         values = bus.named_values()
         kept = {k: p.exact().clone() for k, p in values.items() if match and k.startswith("eq.")}
         if match:
-            init_match(bus, audios, references)
+            init_match(bus, audios, refs)
         apply_prediction(bus, audios, references, target, checkpoint)
         if kept:
             bus.load_values(kept)
         if match and "width" in bus.effects:
-            fold_side_into_width(bus, audios, references)
+            fold_side_into_width(bus, audios, refs)
 
     return start

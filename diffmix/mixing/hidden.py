@@ -90,8 +90,8 @@ def draw_setting(console: Console, stems: Tensor, seed: int) -> dict[str, Tensor
         console.load_values(out)
         with torch.no_grad():
             mix = console(stems)
-        top = 20 * math.log10(max(float(mix.abs().max()), 1e-9))
-        out["master.comp.threshold_db"] = torch.tensor([min(0.0, top - rng.uniform(3.0, 10.0))])
+        mix_top = 20 * math.log10(max(float(mix.abs().max()), 1e-9))
+        out["master.comp.threshold_db"] = torch.tensor([min(0.0, mix_top - rng.uniform(3.0, 10.0))])
         out["master.comp.ratio"] = torch.tensor([_log_uniform(rng, 1.5, 4.0)])
         out["master.comp.attack_ms"] = torch.tensor([_log_uniform(rng, 5.0, 30.0)])
         out["master.comp.release_ms"] = torch.tensor([_log_uniform(rng, 80.0, 300.0)])
