@@ -280,7 +280,7 @@ def _master(songs: list[Song], sr: int, spec: ChainSpec, fit: FitOptions, option
         render, y, solves = render_and_solve(None if solves[0] is None else last, slope=last_slope(history))
     clock("loudness_solve")
     pre = render.pre  # type: ignore[attr-defined]
-    # Each master's strict true peak, as the limiter's correction metered it: delivery
+    # Each master's strict true peak, as the limiter's correction metered (or bounded) it: delivery
     # bounds the stored samples' from it instead of metering them again (float32 renders).
     peaks = render.strict_peak()  # type: ignore[attr-defined]
     peaks = [None] * len(songs) if peaks is None or y.dtype != torch.float32 else peaks.tolist()
