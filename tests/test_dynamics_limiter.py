@@ -178,3 +178,53 @@ def test_the_render_ramp_is_the_ops_ramp_without_the_backwards_indices():
     assert torch.equal(rendered, graphed.detach()) and graphed.requires_grad
     assert into is buffer and torch.equal(into, rendered)
     assert (torch_path - rendered).abs().max() < 1e-12
+
+
+def test_drive_renders_skip_only_what_cannot_change():
+    # The exact drive render skips the correction of an item at rest (its driven level under
+    # the target everywhere) and reuses the gain of a repeated drive: outputs bit for bit
+    # the full path's, and the rest item's strict peak a bound just above its reading.
+    from diffmix.functional import peaks as P
+    from diffmix.functional.dynamics import _DB_PER_NEPER, ms_to_pole
+
+    seed = int(torch.randint(0, 2**31 - 1, ()).item())
+    print(f"seed {seed}")
+    g = torch.Generator().manual_seed(seed)
+    sr = [44100, 48000][int(torch.randint(0, 2, (), generator=g))]
+    n = int(sr * (0.5 + torch.rand((), generator=g)))
+    x = torch.randn(2, 2, n, generator=g) * (0.3 + torch.rand(2, 1, 1, generator=g))
+    x[:, :, : n // 3] *= 0.1  # a quiet part and a loud one
+    ceiling_db = -0.5 - 2.5 * torch.rand(2, generator=g, dtype=torch.float64)
+    release_ms = 20.0 + 200.0 * torch.rand(2, generator=g, dtype=torch.float64)
+    level = torch.maximum(F.limiter_envelope(x, sr)[:, 0], P.strict_envelope(x, sr, meter=False)).amax(-1)
+    ceiling = torch.exp(ceiling_db / _DB_PER_NEPER)
+    target = ceiling * (1.0 - F._LIMIT_MARGIN)
+    limit = 20 * torch.log10(target / level.double())  # the drive where the limiter starts to work
+    at_rest = limit - 0.01 - 6 * torch.rand(2, generator=g, dtype=torch.float64)
+    drives = torch.stack([at_rest[0], limit[1] + 1 + 9 * float(torch.rand((), generator=g))])
+
+    def renders():  # noqa: ANN202
+        return F.drive_renders(x, sr, ceiling_db=ceiling_db, release_ms=release_ms, strict=True)
+
+    smooth, exact = renders()
+    y = smooth(drives)
+    reference, peak = F.strict_correction(
+        y.clone(), sr, target.view(-1, 1, 1).float(), ceiling.view(-1, 1, 1).float(),
+        F._lookahead_samples(5.0, sr, "limiter"), ms_to_pole(release_ms, sr).float().view(-1, 1, 1),
+        strict=True,
+    )
+    reference = y * reference
+    out = exact(drives)  # after smooth at the same drives: its gain, reused
+    assert torch.equal(out, reference)
+    assert torch.equal(renders()[1](drives), reference)  # fresh, each gain computed
+    assert torch.equal(out[:1], smooth(drives[:1].clone().expand(2))[:1])  # at rest: no correction
+    got = exact.strict_peak()
+    assert got[1] == float(peak[1]), (got.tolist(), peak.tolist())  # metered by the correction
+    read = float(P.strict_true_peak(out[:1], sr).amax())
+    assert read <= got[0] <= read * (1 + 1e-4) and got[0] < float(ceiling[0])
+    # both at rest: the correction is skipped for the batch; the bound holds
+    both = torch.stack([at_rest[0], at_rest[1]])
+    out = exact(both)
+    assert torch.equal(out, smooth(both))
+    read = P.strict_true_peak(out, sr).amax(-1).double()
+    assert ((read <= exact.strict_peak()) & (exact.strict_peak() < ceiling)).all()

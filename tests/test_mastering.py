@@ -124,3 +124,29 @@ def test_a_smooth_render_is_the_limiter_without_its_correction_or_strict_level()
     torch.testing.assert_close(smooth_render(chain, x, drive), smooth, rtol=0, atol=1e-5)
     exact = render_with_drive(chain, x)(drive)
     assert (render(drive) - exact).abs().max() > 1e-3  # the strict level is held only in the exact one
+
+
+def test_a_known_slope_starts_the_solve_one_step_closer():
+    # A render whose loudness moves 0.4 LU per dB of drive (a limiter working hard): from
+    # slope 1 the secant needs a step to learn it; given the slope an earlier solve measured
+    # (the reference master's first solve for its last one), the first step lands.
+    from diffmix.mastering.loudness import last_slope
+
+    seed = int(torch.randint(0, 2**31 - 1, ()).item())
+    print(f"seed {seed}")
+    g = torch.Generator().manual_seed(seed)
+    x = quiet_song(-35.0 + 8 * float(torch.rand((), generator=g)), seed=seed % 1000)  # LU under -20
+    rate = 0.2 + 0.7 * float(torch.rand((), generator=g))
+
+    def render(drive: torch.Tensor) -> torch.Tensor:
+        return x * 10 ** (rate * drive.view(-1, 1, 1) / 20)
+
+    target = torch.tensor([-20.0])
+    history: list = []
+    _, (plain,) = solve_loudness(render, [x.shape[-1]], SR, target, start_db=torch.zeros(1), history=history)
+    slope = last_slope(history)
+    assert slope is not None and abs(float(slope[0]) - rate) < 1e-6
+    assert len(history) == plain.iterations and plain.iterations >= 3
+    _, (known,) = solve_loudness(render, [x.shape[-1]], SR, target, start_db=torch.zeros(1), slope=slope)
+    assert known.iterations == 2 and abs(known.achieved_lufs + 20.0) <= 0.02
+    assert last_slope(history[:1]) is None

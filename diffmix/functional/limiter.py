@@ -425,6 +425,12 @@ def drive_renders(
     the last output's strict true peak ``(B,)`` (linear, metered by the correction; None
     without ``strict``). No gradient.
 
+    Repeated work is skipped where the output can't change: a drive equal to the last
+    one reuses its gain (``exact`` after ``smooth`` at the solved drive), and an item
+    whose driven level stays under the limiter's target everywhere (the limiter at rest:
+    its gain is 1) is not metered again: its output reads under the ceiling by
+    construction (:func:`_rest_peak_bound`), which is then its ``strict_peak``.
+
     Args:
         x: the limiter's input at 0 dB drive, ``(B, C, T)``.
         ceiling_db, release_ms: per item, any shape with ``B`` elements.
@@ -437,9 +443,13 @@ def drive_renders(
         release = ms_to_pole(release_ms.detach(), sample_rate).reshape(-1).to(x.dtype)
         release = release.expand(x.shape[0]).contiguous()
     cache: list[Tensor] = []
+    last_drives: list[Tensor | None] = [None]  # the drives the gain buffer holds
+
+    def gains(drives: Tensor) -> Tensor:
+        return torch.pow(10.0, drives.to(x.device, torch.float64) / 20.0).to(x.dtype).view(-1, 1, 1)
 
     def smooth(drives: Tensor) -> Tensor:
-        g = torch.pow(10.0, drives.to(x.device, torch.float64) / 20.0).to(x.dtype).view(-1, 1, 1)
+        g = gains(drives)
         with torch.no_grad():
             if not cache:  # metered on first use: a job without a loudness goal never pays
                 level = limiter_envelope(x, sample_rate, true_peak=true_peak)
@@ -448,13 +458,18 @@ def drive_renders(
                     level = torch.maximum(level, strict_level)
                 # The level, then two buffers every drive reuses for the gain it needs
                 # and the gain: each full-length temporary would be fresh memory, which
-                # costs more here than the arithmetic.
-                cache.extend([level, torch.empty_like(level), torch.empty_like(level)])
-            level, required, gain = cache
-            # min(target / max(g level, 1e-30), 1)
-            torch.mul(level, g, out=required).clamp_min_(1e-30)
-            torch.div(target, required, out=required).clamp_max_(1.0)
-            return x * limiter_gain(required, lookahead, release, out=gain).mul_(g)
+                # costs more here than the arithmetic. Last, each item's peak level.
+                cache.extend([level, torch.empty_like(level), torch.empty_like(level), level.amax((1, 2))])
+            level, required, gain, _ = cache
+            key = drives.detach().to("cpu", torch.float64).reshape(-1)
+            if last_drives[0] is None or not torch.equal(last_drives[0], key):
+                last_drives[0] = None  # the buffer is being rewritten
+                # min(target / max(g level, 1e-30), 1)
+                torch.mul(level, g, out=required).clamp_min_(1e-30)
+                torch.div(target, required, out=required).clamp_max_(1.0)
+                limiter_gain(required, lookahead, release, out=gain).mul_(g)
+                last_drives[0] = key.clone()
+            return x * gain
 
     last_peak: list[Tensor | None] = [None]
 
@@ -464,12 +479,48 @@ def drive_renders(
         if not (true_peak and exact):
             return y  # sample-peak mode: the smooth gain already holds the ceiling
         with torch.no_grad():  # y is this call's own render: corrected in place
-            gain, last_peak[0] = strict_correction(
-                y, sample_rate, target, ceiling.to(x.dtype), lookahead, release.view(-1, 1, 1), strict=strict,
+            g = gains(drives).view(-1)
+            # At rest: every sample's driven level (float, as smooth() computes it) is at
+            # most the target, so the gain is 1 and the output reads under the ceiling.
+            driven = cache[3] * g
+            rest = (driven <= target.view(-1)).cpu()
+            bound = _rest_peak_bound(driven, sample_rate)
+            if bool(rest.all()):
+                last_peak[0] = bound if strict else None
+                return y
+            todo = (~rest).nonzero().view(-1)
+            whole = todo.numel() == y.shape[0]
+            part = y if whole else y[todo]
+            pick = (lambda v: v) if whole else (lambda v: v[todo.to(v.device)])
+            gain, peak = strict_correction(
+                part, sample_rate, pick(target), pick(ceiling.to(x.dtype)), lookahead,
+                pick(release).view(-1, 1, 1), strict=strict,
             )
-            return y.mul_(gain)
+            if whole:
+                last_peak[0] = peak
+                return y.mul_(gain)
+            y[todo] = part.mul_(gain)
+            if strict and peak is not None:
+                last_peak[0] = bound.index_copy(0, todo.to(bound.device), peak.to(bound))
+            return y
 
     # a getter, not an attribute the function sets on itself: that would be a reference
     # cycle, keeping the input and the buffers alive past the renderer's last use
     corrected.strict_peak = lambda: last_peak[0]  # type: ignore[attr-defined]
     return smooth, corrected
+
+
+def _rest_peak_bound(driven: Tensor, sample_rate: int) -> Tensor:
+    """An upper bound ``(B,)`` float64 on the strict true peak of a drive render at rest.
+
+    ``driven`` is ``g`` times each item's peak level on the limiter's meters (its project
+    and strict envelopes of the input, as metered), where the gain is 1 (``driven`` at
+    most the target): the output is ``g x`` but for float32 rounding of the product and
+    the release's last ulps (a few units in the last place of each sample), so its reading
+    is at most ``driven`` times the meter's rounding plus its gain on that error
+    (:func:`~diffmix.functional.peaks.strict_sensitivity`): about 4.4e-5 of ``driven``,
+    well inside the limiter's 1e-4 margin under its ceiling.
+    """
+    sensitivity, rounding = _peaks.strict_sensitivity(sample_rate)
+    moved = 2.0 ** -21  # of the peak: eight float32 ulps per sample, a generous count
+    return driven.detach().to("cpu", torch.float64) * (1.0 + rounding + sensitivity * moved + 2.0 ** -22)

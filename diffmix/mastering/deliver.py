@@ -107,8 +107,8 @@ def deliver_chunks(
     Each attempt is written beside ``path``, metered in chunks on the strict meter (the
     ceiling holds on every usual meter) and re-limited until it holds ``ceiling``
     (:func:`~diffmix.delivery.relimit`). ``render_peak``: the chunks' own strict true
-    peak (linear, float32 samples, as the limiter's correction metered them); where the
-    bound it gives the stored samples (:func:`~diffmix.delivery.quantised_peak_bound`)
+    peak, or a bound on it (linear, float32 samples, as the limiter's correction gives
+    it); where the bound it gives the stored samples (:func:`~diffmix.delivery.quantised_peak_bound`)
     holds ``ceiling``, that bound is the report's true peak and the written samples are
     not metered again (24-bit and float files; 16-bit steps are too coarse for it). The
     solve met ``goal`` within ``tolerance_lu``;

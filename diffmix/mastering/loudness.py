@@ -97,6 +97,8 @@ def solve_loudness(
     start_db: Tensor | None = None,
     proxy: Callable[[Tensor], Tensor] | None = None,
     names: Sequence[str] | None = None,
+    slope: Tensor | None = None,
+    history: list[tuple[Tensor, Tensor]] | None = None,
 ) -> tuple[Tensor, list[LoudnessSolve]]:
     """Find per-song drives (dB) for which ``render(drives)`` ``(S, C, T)`` measures
     ``targets`` (LUFS), each song over its own length in ``lengths``.
@@ -108,7 +110,10 @@ def solve_loudness(
     the exact result is outside the tolerance, which usually means one exact render.
     ``drive_range`` defaults to ``render.drive_range`` (a
     :func:`~diffmix.mastering.render.render_with_drive` renderer's: its limiter's), else
-    :data:`DRIVE_RANGE`.
+    :data:`DRIVE_RANGE`. ``slope`` (LU per dB, one per song) is the first step's slope
+    where the solve has no secant yet (default 1: no limiting), e.g. :func:`last_slope` of
+    an earlier solve's ``history``, to which each measured ``(drives, LUFS)`` pair is
+    appended.
 
     Raises:
         UserError: when a target can't be reached (digital silence, or more loudness than
@@ -126,7 +131,8 @@ def solve_loudness(
         drive_range = getattr(render, "drive_range", DRIVE_RANGE)
     return solve(
         metered(render), targets, tolerance_lu=tolerance_lu, max_iter=max_iter, drive_range=drive_range,
-        start_db=start_db, proxy=None if proxy is None else metered(proxy), names=names,
+        start_db=start_db, proxy=None if proxy is None else metered(proxy), names=names, slope=slope,
+        history=history,
     )
 
 
@@ -140,6 +146,8 @@ def solve(
     start_db: Tensor | None = None,
     proxy: Measure | None = None,
     names: Sequence[str] | None = None,
+    slope: Tensor | None = None,
+    history: list[tuple[Tensor, Tensor]] | None = None,
 ) -> tuple[Any, list[LoudnessSolve]]:
     """The secant solve on any renderer: ``measure(drives (S,) dB) -> (output, LUFS (S,))``
     (see :func:`solvable` for a loudness the solve can step from). Returns the output at
@@ -152,9 +160,10 @@ def solve(
     if proxy is not None:
         # A quarter of the tolerance: the exact correction only ever lowers the level a
         # hair, so the exact render should land inside without another step.
-        drive, _, _, state = _secant(proxy, targets, drive, tolerance_lu / 4, max_iter, (lo, hi))
+        drive, _, _, state = _secant(proxy, targets, drive, tolerance_lu / 4, max_iter, (lo, hi),
+                                     slope=slope, history=history)
     drive, y, lufs, _ = _secant(measure, targets, drive, tolerance_lu, max_iter, (lo, hi), state,
-                                counter=iters)
+                                counter=iters, slope=slope, history=history)
     err = (targets - lufs).abs()
     if (err > tolerance_lu).any():
         i = int((err > tolerance_lu).nonzero()[0])
@@ -178,11 +187,17 @@ def _secant(
     drive_range: tuple[float, float],
     state: tuple[Tensor, Tensor] | None = None,
     counter: Tensor | None = None,
+    slope: Tensor | None = None,
+    history: list[tuple[Tensor, Tensor]] | None = None,
 ) -> tuple[Tensor, Any, Tensor, tuple[Tensor, Tensor]]:
     """Secant steps on ``measure`` from ``drive``; ``state`` is a previous (drive, lufs) pair
-    whose slope seeds the first step. Returns drive, output, loudness and the last pair."""
+    whose slope seeds the first step, else ``slope`` (LU per dB; default 1). Returns drive,
+    output, loudness and the last pair; each measured pair is appended to ``history``."""
     lo, hi = drive_range
+    fallback = torch.ones_like(drive) if slope is None else slope.double().cpu().clamp(0.05, 1.0)
     y, lufs = measure(drive)
+    if history is not None:
+        history.append((drive.clone(), lufs.clone()))
     if counter is not None:
         counter += 1
     prev = state  # the last (drive, lufs) pair, None before the first step
@@ -191,18 +206,36 @@ def _secant(
         open_ = err.abs() > tolerance_lu
         if not open_.any():
             break
-        slope = torch.ones_like(drive)
+        step_slope = fallback
         if prev is not None:
             prev_drive, prev_lufs = prev
             moved = (drive - prev_drive).abs() > 1e-9
             secant = (lufs - prev_lufs) / torch.where(moved, drive - prev_drive, torch.ones_like(drive))
-            slope = torch.where(moved, secant.clamp(0.05, 1.0), slope)
+            step_slope = torch.where(moved, secant.clamp(0.05, 1.0), step_slope)
         prev = (drive.clone(), lufs.clone())
-        drive = torch.where(open_, (drive + err / slope).clamp(lo, hi), drive)
+        drive = torch.where(open_, (drive + err / step_slope).clamp(lo, hi), drive)
         if counter is not None:
             counter += open_.double()
         y, lufs = measure(drive)
+        if history is not None:
+            history.append((drive.clone(), lufs.clone()))
     return drive, y, lufs, (drive.clone(), lufs.clone())
+
+
+def last_slope(history: Sequence[tuple[Tensor, Tensor]]) -> Tensor | None:
+    """Each song's last secant slope (LU per dB, within the solve's 0.05..1) over a solve's
+    ``history`` of measured ``(drives, LUFS)`` pairs; 1 where its drive never moved, None
+    without two pairs."""
+    if len(history) < 2:
+        return None
+    slope = torch.ones_like(history[-1][0])
+    found = torch.zeros_like(slope, dtype=torch.bool)
+    for (d0, l0), (d1, l1) in zip(reversed(history[:-1]), reversed(history[1:]), strict=True):
+        moved = ~found & ((d1 - d0).abs() > 1e-9) & torch.isfinite(l1 - l0)
+        step = (l1 - l0) / torch.where(moved, d1 - d0, torch.ones_like(d1))
+        slope = torch.where(moved, step.clamp(0.05, 1.0), slope)
+        found |= moved
+    return slope
 
 
 def loudness_goals(

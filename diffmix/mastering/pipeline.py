@@ -42,6 +42,7 @@ from diffmix.mastering.fit import (
     refine_match,
 )
 from diffmix.mastering.loudness import (
+    last_slope,
     loudness_goals,
     measure_lufs,
     rough_lufs,
@@ -230,9 +231,11 @@ def _master(songs: list[Song], sr: int, spec: ChainSpec, fit: FitOptions, option
     x, lengths = pad_batch([s.audio for s in songs])
     goals = loudness_goals([s.target for s in songs], [s.reference for s in songs], sr)
 
-    def render_and_solve(start_db: torch.Tensor | None = None, exact: bool = True):  # noqa: ANN202
+    def render_and_solve(start_db: torch.Tensor | None = None, exact: bool = True,  # noqa: ANN202
+                         slope: torch.Tensor | None = None, history: list | None = None):
         """The chain rendered and its drives solved; ``exact=False`` solves on the smooth
-        limiter alone where it has one (a render whose tone is measured, not delivered)."""
+        limiter alone where it has one (a render whose tone is measured, not delivered);
+        ``slope`` and ``history`` as :func:`~diffmix.mastering.loudness.solve_loudness`'s."""
         render = render_with_drive(bus, x, exact=exact)
         clock("render_chain")
         if any(g is None for g in goals):
@@ -250,14 +253,15 @@ def _master(songs: list[Song], sr: int, spec: ChainSpec, fit: FitOptions, option
             render if exact or proxy is None else proxy, lengths, sr, targets,
             tolerance_lu=float(options.tolerance_lu), start_db=start_db, proxy=proxy if exact else None,
             drive_range=render.drive_range,  # type: ignore[attr-defined]
-            names=[str(s.protect[0]) if s.protect else s.key for s in songs],
+            names=[str(s.protect[0]) if s.protect else s.key for s in songs], slope=slope, history=history,
         )
         return render, y, solves
 
     passes = int(options.match_refine) if match else 0
     # With refine passes to come, the first master is only measured for its tone: the smooth
     # limiter's (the exact correction moves a band by < 0.01 dB) at drives solved on it.
-    render, y, solves = render_and_solve(exact=not passes)
+    history: list = []  # the first solve's (drives, LUFS): its slope starts the last one
+    render, y, solves = render_and_solve(exact=not passes, history=history)
     if passes:
         # The fit matched excerpts; the delivered tone is the whole song's. Measure it, fold
         # what is left into the match EQ, and render again: between passes at the solved
@@ -273,10 +277,10 @@ def _master(songs: list[Song], sr: int, spec: ChainSpec, fit: FitOptions, option
                 y = smooth_render(bus, x, last)
         clock("loudness_solve")
         release_memory()
-        render, y, solves = render_and_solve(None if solves[0] is None else last)
+        render, y, solves = render_and_solve(None if solves[0] is None else last, slope=last_slope(history))
     clock("loudness_solve")
     pre = render.pre  # type: ignore[attr-defined]
-    # Each master's strict true peak, as the limiter's correction metered it: delivery
+    # Each master's strict true peak, as the limiter's correction metered (or bounded) it: delivery
     # bounds the stored samples' from it instead of metering them again (float32 renders).
     peaks = render.strict_peak()  # type: ignore[attr-defined]
     peaks = [None] * len(songs) if peaks is None or y.dtype != torch.float32 else peaks.tolist()

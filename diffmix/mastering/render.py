@@ -42,9 +42,10 @@ def render_with_drive(bus: Bus, x: Tensor, limiter: str = LIMITER, *,
     the solve's start), ``proxy`` (the smooth limiter's cheap render, or None) and
     ``drive_range`` (the limiter's drive range, dB), and ``strict_peak()``: the last
     output's strict true peak per song, ``(S,)`` linear, where the limiter's strict
-    correction metered it (else None). ``exact=False`` renders the limiter in its smooth
-    mode (as :func:`smooth_render`): no metered correction and no strict level, for a
-    render whose tone is measured, not delivered.
+    correction metered it (or bounded it, a song the limiter left at rest; else None).
+    ``exact=False`` renders the limiter in its smooth mode (as :func:`smooth_render`): no
+    metered correction and no strict level, for a render whose tone is measured, not
+    delivered.
     """
     renderer = StreamRenderer(bus, x, limiter=limiter, exact=exact)
 
@@ -148,7 +149,7 @@ class StreamRenderer:
 
     def strict_peak(self) -> Tensor | None:
         """The last in-memory render's strict true peak per song, ``(S,)`` linear, where the
-        limiter's correction metered it; else None."""
+        limiter's correction metered (or bounded) it; else None."""
         return getattr(self._fast, "strict_peak", lambda: None)() if self.cache is None else None
 
     def chunks(self) -> Iterator[tuple[int, int]]:
