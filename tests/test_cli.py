@@ -78,3 +78,38 @@ def test_preset_with_a_value_out_of_range_fails_in_one_line(tmp_path):
         f"diffmix render: error: preset {preset}: Pan: pan=3 is outside its range [-1, 1]"
     )
     assert song.read_bytes() == before and not (tmp_path / "o").exists()
+
+
+def test_a_single_run_into_out_gets_the_config_hydras_runner_would_give(tmp_path, monkeypatch):
+    """``out=`` without hydra.* options runs the job on the config composed for the checks
+    (Hydra's runner would compose it twice more); with a hydra.* option Hydra runs it. The
+    job sees the same config either way, without Hydra's node, and logs as under Hydra."""
+    import logging
+
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import OmegaConf
+
+    import diffmix.cli as cli
+    import diffmix.jobs.analyze as job
+
+    wav = tmp_path / "in.wav"
+    sf.write(wav, [[0.1, -0.1]] * 4410, 44100)
+    seen: list[dict] = []
+    under_hydra: list[bool] = []
+
+    def record(cfg) -> int:
+        seen.append(OmegaConf.to_container(cfg))
+        under_hydra.append(HydraConfig.initialized())
+        return 0
+
+    monkeypatch.setattr(job, "run", record)
+    monkeypatch.setattr(HydraConfig.instance(), "cfg", None)  # an earlier in-process run's
+    monkeypatch.setattr(logging.root, "handlers", [])
+    args = ["analyze", f"input={wav}", "seed=3"]
+    assert cli.main([*args, f"out={tmp_path / 'a'}"]) == 0
+    direct_handlers = [type(h).__name__ for h in logging.root.handlers]
+    assert cli.main([*args, f"out={tmp_path / 'b'}", "hydra.job.chdir=false"]) == 0
+    assert under_hydra == [False, True]
+    assert len(seen) == 2 and "hydra" not in seen[0]
+    assert seen[0] == {**seen[1], "out": str(tmp_path / "a")}
+    assert direct_handlers == ["StreamHandler"] and logging.root.level == logging.INFO
