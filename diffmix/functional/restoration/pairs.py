@@ -91,7 +91,7 @@ def _partners(
     for lag in (*range(-_LAGS, 0), *range(1, _LAGS + 1)):
         th = torch.where(inside, removed[other, (idx + lag).clamp(0, t - 1)], 0.0).double()
         shifted.append((mine * th).sum(-1) / (mine.norm(dim=-1) * th.norm(dim=-1)).clamp(min=1e-30))
-    aligned = ncc.abs() >= torch.stack(shifted, -1).abs().amax(-1)
+    aligned = ncc.abs() >= torch.stack(shifted, -1).abs().amax(-1) if shifted else True
     ok = aligned & (bg.abs() < _SAME) & (sig >= min_sigma) & (peak >= 10.0 ** (above_db / 20.0)) & marked & (
         gain >= explain_db)
     return cand[ok], rep
