@@ -20,7 +20,8 @@ from diffmix.functional.restoration.guards import (
     _stereo_guards,
 )
 from diffmix.functional.restoration.lsar import lsar_interpolate
-from diffmix.functional.restoration.masks import _mask_from_runs, _segments, runs
+from diffmix.functional.restoration.masks import _mask_from_runs, _segments, _split_long, runs
+from diffmix.functional.restoration.pairs import _partners
 
 
 def detect_clicks(
@@ -47,6 +48,10 @@ def detect_clicks(
     threshold_strong: float = 4.0,
     z_reach: int | None = 8,
     arx_taps: int | None = 48,
+    pair_sigma: float | None = 3.0,
+    pair_db: float = 0.0,
+    pair_explain_db: float = 6.0,
+    split_db: float | None = 16.0,
 ) -> tuple[Tensor, Tensor, int]:
     """Flag clicks: short bursts that the AR model of their surroundings cannot predict,
     forwards or backwards, and that do not recur period after period.
@@ -81,7 +86,10 @@ def detect_clicks(
       error level of the sound it starts: a hi-hat's noise or a snare's rattle is as
       unpredictable after its first sample as on it;
     * candidates closer than ``merge`` samples join into bursts, and a burst longer than
-      ``max_click_ms`` is not a click;
+      ``max_click_ms`` is not a click, unless merged again at half ``merge`` it breaks
+      into pieces no longer than that, exactly two of them with a candidate ``split_db``
+      or more over the programme's robust local level (two loud clicks a few dozen
+      samples apart, bridged by the error each spreads: :func:`_split_long`);
     * a burst whose prediction error repeats one period earlier *and* one period later
       (1.5-20 ms, normalised correlation above ``periodic``) is the cusp of a buzzy or
       pulse-like waveform, not a click;
@@ -122,6 +130,13 @@ def detect_clicks(
       the other channel, which predicts the music and not the click, does not. On
       independent channels the gate stays shut and the mono rules decide.
 
+    * stereo (``C == 2``, ``pair_sigma`` not ``None``), after all this: a burst kept in
+      one channel brings the same span of the other channel when the removed part there
+      has the same shape at the same samples (a scratch or a glitch in both channels;
+      the second, quieter against its music, may fail the guards): :func:`_partners`,
+      with the correlation's significance ``pair_sigma``, its peak ``pair_db`` over the
+      programme's level and the repair explaining ``pair_explain_db``.
+
     The models are fitted on the signal clamped to ``clamp`` times its robust local level;
     with ``passes=2`` they are refitted on the signal with the first pass's clicks
     interpolated, and the detection is run again on the original; the bursts the first
@@ -140,6 +155,8 @@ def detect_clicks(
         z_reach: the third (stereo) candidate rule's reach in samples (``None``: off).
         arx_taps: the joint model's lags of the other channel either side (``None``:
             the mono rules alone).
+        pair_sigma, pair_db, pair_explain_db: the pair rule (``None``: off).
+        split_db: a loud core of a too-long burst (``None``: never split).
 
     Returns:
         ``(mask, coeffs, hop)``: ``mask (B, C, T)`` bool (detached), the AR filters
@@ -231,8 +248,19 @@ def detect_clicks(
             # not the threshold, decide what is a click.
             flags = flags.reshape(b * c, nsb * _SUB)[:, :t] | kept
             # Join candidates with at most `merge` samples between them into one burst.
-            bursts = _segments(runs(flags), merge + 1)
+            cand_runs = runs(flags)
+            bursts = _segments(cand_runs, merge + 1)
             short = (bursts[:, 2] - bursts[:, 1]) <= max_len
+            if split_db is not None and not bool(short.all()):
+                # Two loud clicks a few dozen samples apart, bridged into one burst too
+                # long to be a click by the error each spreads: judged apart.
+                loud = (rows.detach().abs() > 10.0 ** (split_db / 20.0) * level) & flags
+                pieces, split = _split_long(bursts[~short], cand_runs, merge // 2 + 1, max_len,
+                                            loud)
+                if len(pieces):
+                    bursts = torch.cat([bursts[short], pieces, bursts[~short][~split]])
+                    bursts = bursts[torch.argsort(bursts[:, 0] * (t + 1) + bursts[:, 1])]
+                    short = (bursts[:, 2] - bursts[:, 1]) <= max_len
             if step and not bool(short.all()):
                 # Dense clicks: the candidates between two kept bursts can join them into
                 # one burst too long to be a click. The kept bursts inside stay bursts
@@ -265,6 +293,17 @@ def detect_clicks(
                 keep |= _stereo_guards(xd, repaired, bursts, ~keep & alone, sr, order, hop, pad,
                                        max_len, width // 2, stereo_taps, **guards)
             bursts = bursts[keep]
+            if pair_sigma is not None and c == 2:
+                # The same burst at the same samples in the other channel (a scratch, a
+                # glitch in both), which its guards may veto: see `_partners`.
+                zr = z.abs() / z_scale[..., 0].repeat_interleave(_SUB, -1)[:, :t].clamp(min=1e-30)
+                more, rep = _partners(xd, bursts, coeffs, hop, level, zr, fwd, pad, max_len,
+                                      pair_sigma, pair_db, pair_explain_db)
+                if len(more):
+                    bursts = torch.cat([bursts, more])
+                    bursts = bursts[torch.argsort(bursts[:, 0] * (t + 1) + bursts[:, 1])]
+                    repaired = torch.where(_mask_from_runs(more, (b * c, t), pad, x.device)
+                                           .reshape(b, c, t), rep.reshape(b, c, t), repaired)
             kept = _mask_from_runs(bursts, (b * c, t), 0, x.device)
             mask = _mask_from_runs(bursts, (b * c, t), pad, x.device).reshape(b, c, t)
             if len(bursts) == 0 and defer:

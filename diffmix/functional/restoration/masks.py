@@ -59,3 +59,35 @@ def _segments(r: Tensor, gap: int) -> Tensor:
     first = new.nonzero()[:, 0]
     last = torch.cat([first[1:] - 1, first.new_tensor([len(r) - 1])])
     return torch.stack([r[first, 0], r[first, 1], r[last, 2]], -1)
+
+
+def _split_long(long: Tensor, r: Tensor, gap: int, max_len: int, loud: Tensor) -> tuple[Tensor, Tensor]:
+    """Split bursts too long to be a click that hold two or more loud clicks: the runs
+    ``r`` (``(K, 3)``, sorted) inside each of the ``long`` bursts (``(L, 3)``, sorted,
+    the runs merged at a gap larger than ``gap``) merged again at ``gap``; a long burst
+    is split when every piece is then at most ``max_len`` samples, two pieces (no more)
+    hold a ``loud`` sample (``(N, T)`` bool), and the burst spans at most two clicks and
+    a gap (``2 max_len + gap``). Two loud clicks a few dozen samples apart bridge into
+    one burst through the error each spreads after it; an attack's long run of
+    candidates does not break into short loud pieces, nor a rattle (a woodblock's) into
+    exactly two. Returns ``(pieces (J, 3),
+    which long bursts were split (L,) bool)``."""
+    split = torch.zeros(len(long), dtype=torch.bool, device=long.device)
+    if len(long) == 0 or len(r) == 0:
+        return long[:0], split
+    t = loud.shape[-1]
+    key = long[:, 0] * (t + 1) + long[:, 1]
+    i = torch.searchsorted(key, r[:, 0] * (t + 1) + r[:, 1], right=True) - 1
+    j = i.clamp(min=0)
+    inside = (i >= 0) & (long[j, 0] == r[:, 0]) & (long[j, 2] >= r[:, 2])
+    pieces = _segments(r[inside], gap)
+    owner = torch.searchsorted(key, pieces[:, 0] * (t + 1) + pieces[:, 1], right=True) - 1
+    length = pieces[:, 2] - pieces[:, 1]
+    idx = pieces[:, 1:2] + torch.arange(max_len, device=long.device)
+    hot = (loud[pieces[:, 0:1], idx.clamp(max=t - 1)] & (idx < pieces[:, 2:3])).any(-1)
+    too_long = torch.zeros(len(long), dtype=torch.long, device=long.device)
+    too_long.index_add_(0, owner, (length > max_len).long())
+    count = torch.zeros(len(long), dtype=torch.long, device=long.device)
+    count.index_add_(0, owner, hot.long())
+    split = (too_long == 0) & (count == 2) & (long[:, 2] - long[:, 1] <= 2 * max_len + gap)
+    return pieces[split[owner]], split
