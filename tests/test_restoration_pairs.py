@@ -67,19 +67,24 @@ def found(mask: np.ndarray, truth: np.ndarray) -> tuple[list[int], int]:
 
 def test_pair_rule_finds_the_quieter_channel_of_a_click_in_both():
     """A burst in both channels at the same samples, loud in one and 3-9 dB over the music
-    in the other, where the guards veto it alone: with the pair rule the quiet copies are
-    found (measured: 18 of 20 on seeds 1 and 2 against 4 and 12 without), nothing off a
-    burst either way. Random seed, printed."""
-    seed = int(np.random.default_rng().integers(1 << 31))
-    print("seed", seed)
-    damaged, truth = stereo_with_clicks(seed)
-    x = torch.from_numpy(damaged).float()[None]
-    on, false_on = found(detect_clicks(x, SR)[0][0].numpy(), truth)
-    off, false_off = found(detect_clicks(x, SR, pair_sigma=None)[0][0].numpy(), truth)
-    print(on, off, false_on, false_off)
-    assert on[0] == off[0] == 20  # the loud copies: found by the guards alone
-    assert on[1] >= 16 and on[1] >= off[1] + 2
-    assert false_on == false_off == 0
+    in the other, where the guards veto it alone: the pair rule only adds the quiet copies
+    (never loses a burst, nothing off a burst either way), and over six signals it finds
+    most of them where the guards alone find few (measured over 16 random seeds: 10-20 of
+    20 per signal, mean 18, against 0-20, mean 6; one signal's copies are all found
+    either way, so no single signal need gain). Random seeds, printed."""
+    seeds = np.random.default_rng().integers(1 << 31, size=6).tolist()
+    print("seeds", seeds)
+    quiet_on = quiet_off = 0
+    for seed in seeds:
+        damaged, truth = stereo_with_clicks(seed)
+        x = torch.from_numpy(damaged).float()[None]
+        on, false_on = found(detect_clicks(x, SR)[0][0].numpy(), truth)
+        off, false_off = found(detect_clicks(x, SR, pair_sigma=None)[0][0].numpy(), truth)
+        print(seed, on, off, false_on, false_off)
+        assert on[0] == off[0] == 20  # the loud copies: found by the guards alone
+        assert on[1] >= off[1] and false_on == false_off == 0
+        quiet_on, quiet_off = quiet_on + on[1], quiet_off + off[1]
+    assert quiet_on >= 0.6 * 20 * len(seeds) and quiet_on - quiet_off >= 0.25 * 20 * len(seeds)
 
 
 @pytest.mark.parametrize("case", ["one channel", "shifted"])
