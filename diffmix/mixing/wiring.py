@@ -965,7 +965,8 @@ def placement_resolve(
                 z * _strip_scale(console, z), target, sample_rate, mono=list(console.mono)
             )
             # A track silent here (e.g. outside an excerpt) shows no placement: it keeps its own.
-            energy = z.double().square().sum((1, 2))
+            # Only compared with a threshold: a norm, not a float64 copy of every track.
+            energy = torch.linalg.vector_norm(z, dim=(1, 2), dtype=torch.float64).square()
             silent = (energy <= 1e-9 * energy.max()).cpu()
         placed = stereo_placement(console, matrix, one_col, channel_gram=chan)
         new = placed.pop("gain_db").view_as(start).clamp(spec.min, spec.max)
