@@ -17,10 +17,12 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import cast
 
 import torch
 from torch import Tensor, nn
 
+from diffmix.effects.base import Effect
 from diffmix.effects.dynamics import Compressor
 from diffmix.effects.eq import HighPass, LowPass, ParametricEQ
 from diffmix.effects.gain import Gain
@@ -88,7 +90,7 @@ class PrefixMemo:
             if not keeping:
                 y = effect(y)
                 continue
-            values = {k: v.detach() for k, v in effect.values().items()}
+            values = {k: v.detach() for k, v in cast(Effect, effect).values().items()}
             if i < len(entry.steps):
                 was, out, version = entry.steps[i]
                 if out._version == version and _equal(was, values):
