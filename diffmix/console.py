@@ -97,6 +97,8 @@ class Bus(nn.Module):
         if int(items) < 1:
             raise ValueError(f"Bus: items must be >= 1, got {items}")
         self.items = int(items)
+        # A diffmix.bus_memo.PrefixMemo while a fit keeps this bus's renders, else None.
+        self._memo: Any = None
         self.effects = nn.ModuleDict(dict(effects))
         self._templates = {
             name: effect.preset() for name, effect in self.effects.items()  # type: ignore[operator]
@@ -152,12 +154,18 @@ class Bus(nn.Module):
         if start is not None and start not in self.effects:
             raise ValueError(f"Bus: no effect named {start!r}; have {list(self.effects)}")
         running = start is None
+        chosen = []
         for name, effect in self.effects.items():
             if name == until:
                 break
             running = running or name == start
             if running:
-                x = effect(x)
+                chosen.append(effect)
+        memo = self._memo
+        if memo is not None and start is None and not torch.is_grad_enabled():
+            return memo.run(chosen, x)  # diffmix.bus_memo: the same values, kept renders
+        for effect in chosen:
+            x = effect(x)
         return x
 
     def preset(self) -> dict[str, Any]:

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from diffmix.bus_memo import remember_prefixes
 from diffmix.checks import check_audio, check_multitrack, input_checks
 from diffmix.console import Console
 from diffmix.fit import draw, excerpt_pool, excerpt_starts, fit
@@ -162,7 +163,12 @@ def fit_console(
     if reference is not None:
         check_audio(reference, "fit_console", name="reference")
     # Checked once here: the per-effect NaN/Inf scans (a host sync each) stay off inside.
-    with input_checks(False):
+    # The stages and the judge render the strips on the whole song again and again, mostly
+    # with the input gain, high-pass and EQ unchanged: those renders are kept
+    # (diffmix.bus_memo; without a gradient, the same values give the same tensor), and so
+    # are the master bus's lead stages on them (wiring's solves run those on each strip).
+    with (input_checks(False), remember_prefixes(console.strip),
+          remember_prefixes(console.master, inputs=1, of=console.strip)):
         sr = sample_rate
         console.load_values({"strip.input.gain_db": equal_loudness_gains(audio, sr).cpu()})
         mono_ref = reference is not None and bool(torch.equal(reference[:, 0], reference[:, 1]))

@@ -448,8 +448,9 @@ def _solve_stereo(
     # A stem whose channels are (nearly) the same signal cannot show how its two channels
     # were placed, only their sum: it is one regressor, as a mono stem is (two nearly
     # collinear ones would trade huge opposite gains on noise).
-    side = (stems[:, 0] - stems[:, 1]).double().square().sum(-1)
-    mid = (stems[:, 0] + stems[:, 1]).double().square().sum(-1)
+    # (norms: only compared, so no float64 copy of every stem)
+    side = torch.linalg.vector_norm(stems[:, 0] - stems[:, 1], dim=-1, dtype=torch.float64).square()
+    mid = torch.linalg.vector_norm(stems[:, 0] + stems[:, 1], dim=-1, dtype=torch.float64).square()
     mono = [bool(m) or bool(sd <= MONO_SIDE * md) for m, sd, md in zip(mono, side, mid, strict=True)]
     cols = [(k, d) for k in range(n) for d in ((0,) if mono[k] else (0, 1))]
     regs = torch.stack([stems[k, d] for k, d in cols])
@@ -767,11 +768,15 @@ def fit_eq_bands(
         f, qq, g = theta[..., :m].exp(), theta[..., m : 2 * m].exp(), theta[..., 2 * m : 3 * m]
         return _band_response_db(bands, f, qq, g, grid, nb, sample_rate) + theta[..., -1:]
 
-    def residuals(theta: Tensor, resp: Tensor) -> Tensor:  # (N, nb + 2m) weighted
-        r = (target - resp) * weight.sqrt()
-        rg = math.sqrt(EQ_GAIN_RIDGE) * theta[:, 2 * m : 3 * m] * move_f
-        rq = math.sqrt(EQ_LOGQ_RIDGE) * (theta[:, m : 2 * m] - logq_prior) * move_q
-        return torch.cat([r, -rg, -rq], dim=1)
+    def residuals(theta: Tensor, resp: Tensor) -> Tensor:  # (N, [P,] nb + 2m) weighted
+        # With a probe axis (theta (N, P, 3m+1), resp (N, P, nb)): every probe at once, the
+        # same elementwise values as one at a time.
+        lead = (slice(None),) * (theta.ndim - 1)
+        per = (slice(None),) + (None,) * (theta.ndim - 2)
+        r = (target[per] - resp) * weight.sqrt()[per]
+        rg = math.sqrt(EQ_GAIN_RIDGE) * theta[(*lead, slice(2 * m, 3 * m))] * move_f
+        rq = math.sqrt(EQ_LOGQ_RIDGE) * (theta[(*lead, slice(m, 2 * m))] - logq_prior[per]) * move_q
+        return torch.cat([r, -rg, -rq], dim=-1)
 
     def refine(theta: Tensor, active: Tensor) -> Tensor:
         """Levenberg-Marquardt on the ``active`` ``(N, P)`` parameters, bounded."""
@@ -784,7 +789,7 @@ def fit_eq_bands(
             both = torch.cat([theta.unsqueeze(1), probes], dim=1)  # (N, 1+P, P): one design
             resp = response(both)
             r0 = residuals(theta, resp[:, 0])
-            rp = torch.stack([residuals(probes[:, i], resp[:, 1 + i]) for i in range(p)], dim=2)
+            rp = residuals(probes, resp[:, 1:]).transpose(1, 2).contiguous()  # (N, nb + 2m, P)
             jac = (r0.unsqueeze(2) - rp) / h  # d(-r)/dtheta = -(rp - r0)/h: J of the model
             jtj = jac.transpose(1, 2) @ jac
             jtr = (jac.transpose(1, 2) @ r0.unsqueeze(-1)).squeeze(-1)

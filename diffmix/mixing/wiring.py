@@ -785,6 +785,24 @@ def _keyed_master(console: Console, signals: Tensor, key: Tensor, *, start: int 
     return _keyed_master_map(console, key, start=start)(signals)
 
 
+def _keyed_master_fixed(console: Console, fixed: Tensor, others: Tensor, key: Tensor) -> Tensor:
+    """``_keyed_master(console, cat([fixed, others]), key)`` with the master's lead stages
+    (before its first compressor) run on ``fixed``, ``others`` and ``key`` apart, through
+    the master bus: while a fit keeps the master's renders of the strips' outputs
+    (:mod:`diffmix.bus_memo`), ``fixed`` (those outputs, unchanged) is rendered once. The
+    same values: those stages treat each signal on its own."""
+    head = _master_head(console)
+    names = list(console.master.effects)
+    if head == 0:
+        return _keyed_master(console, torch.cat([fixed, others]), key)
+    until = names[head] if head < len(names) else None
+
+    def lead(sig: Tensor) -> Tensor:
+        return console.master(sig, until=until)
+
+    return _keyed_master(console, torch.cat([lead(fixed), lead(others)]), lead(key), start=head)
+
+
 def _track_stages(console: Console, stages: list[str], x: Tensor, k: int) -> Tensor | None:
     """Track ``k``'s ``(1, C, T)`` signal ``x`` through the strip's ``stages`` with its own
     values: a compressor by the functional core on its row of values, the channel
@@ -940,14 +958,15 @@ def placement_resolve(
             parts = tracks()
             returns = _send_returns(console, parts)
             key = (parts * console.direct.to(parts.dtype).view(n, 1, 1)).sum(0, keepdim=True) + returns
-            pre = _keyed_master(console, torch.cat([y, returns]), key)
+            pre = _keyed_master_fixed(console, y, returns, key)
             z, rest = pre[:n], pre[n]
             target = reference[0, :, :t].to(z.dtype) - rest
             matrix, one_col, chan, explained = solve_placement(
                 z * _strip_scale(console, z), target, sample_rate, mono=list(console.mono)
             )
             # A track silent here (e.g. outside an excerpt) shows no placement: it keeps its own.
-            energy = z.double().square().sum((1, 2))
+            # Only compared with a threshold: a norm, not a float64 copy of every track.
+            energy = torch.linalg.vector_norm(z, dim=(1, 2), dtype=torch.float64).square()
             silent = (energy <= 1e-9 * energy.max()).cpu()
         placed = stereo_placement(console, matrix, one_col, channel_gram=chan)
         new = placed.pop("gain_db").view_as(start).clamp(spec.min, spec.max)
@@ -1204,7 +1223,7 @@ def eq_refine(
             parts = console.strip(y, start=first)
             returns = _send_returns(console, parts)
             key = (parts * console.direct.to(parts.dtype).view(n, 1, 1)).sum(0, keepdim=True) + returns
-            pre = _keyed_master(console, torch.cat([y, returns]), key)
+            pre = _keyed_master_fixed(console, y, returns, key)
             z, rest = pre[:n], pre[n]
             tone, share, centres, _ = solve_tone(
                 z * _strip_scale(console, z), reference[0, :, :t].to(z.dtype) - rest, sample_rate,
