@@ -5,8 +5,6 @@ without it on signals with a known mask."""
 from __future__ import annotations
 
 import math
-import os
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,7 +15,6 @@ from diffmix.functional.restoration import detect_clicks, runs
 from diffmix.functional.restoration.masks import _split_long
 
 SR = 44100
-SHARED = Path(os.environ.get("DIFFMIX_SHARED", Path(__file__).resolve().parents[2] / "shared"))
 
 
 def ar_unit(rng: np.random.Generator, n: int) -> np.ndarray:
@@ -131,23 +128,9 @@ def test_two_loud_clicks_bridged_into_one_burst_are_found(monkeypatch):
     two loud clicks (49 and 41 samples, +29 and +23 dB) 48 samples apart, whose errors
     bridge them into one 138-sample burst, over ``max_click_ms``: dropped as no click
     (79 % of the row's residual error), found once split."""
-    import soundfile as sf
+    from test_restoration_repair import bench_music_draw
 
-    songs = sorted((SHARED / "data" / "multitrack").glob("*/mix.flac"))
-    if len(songs) != 3:
-        pytest.skip("shared multitracks absent")
-    from test_restoration_repair import bench_clicks
-
-    mixes = {p.parent.name: np.ascontiguousarray(sf.read(str(p), dtype="float64", always_2d=True)[0].T)
-             for p in songs}
-    seed = 5
-    print("seed", seed)
-    rng = np.random.default_rng(seed)
-    draws = {}
-    for rate in (0.1, 1.0, 10.0, 50.0):  # the benchmark's order
-        for name, clean in mixes.items():
-            draws[rate, name] = bench_clicks(clean, rate, rng)
-    damaged, truth = draws[50.0, "CapDan-ReggaeTry"]
+    damaged, truth = bench_music_draw(5, 50.0, "CapDan-ReggaeTry")
     assert truth[0, 44956:45005].all() and truth[0, 45053:45094].all()
     x = torch.from_numpy(damaged.astype(np.float32))[None]
     for key in ("split", "whole"):

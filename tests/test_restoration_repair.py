@@ -547,6 +547,25 @@ def test_stereo_rule_lets_the_two_tests_meet_on_nearby_samples():
     assert found["on"] >= found["off"] + 3
 
 
+def bench_music_draw(seed: int, rate: float, song: str) -> tuple[np.ndarray, np.ndarray]:
+    """The restore benchmark's music draw of ``seed`` (printed) for ``song`` at ``rate``
+    clicks per second: ``(damaged, truth)``; skips where the shared multitracks are absent."""
+    import soundfile as sf
+
+    songs = sorted((SHARED / "data" / "multitrack").glob("*/mix.flac"))
+    if len(songs) != 3:
+        pytest.skip("shared multitracks absent")
+    mixes = {p.parent.name: np.ascontiguousarray(sf.read(str(p), dtype="float64", always_2d=True)[0].T)
+             for p in songs}
+    print("seed", seed)
+    rng = np.random.default_rng(seed)
+    draws = {}
+    for r in (0.1, 1.0, 10.0, 50.0):  # the benchmark's order
+        for name, clean in mixes.items():
+            draws[r, name] = bench_clicks(clean, r, rng)
+    return draws[rate, song]
+
+
 def test_dense_clicks_kept_by_the_first_pass_stay_clicks(monkeypatch):
     """At 50 clicks/s two loud clicks a few dozen samples apart are both kept by the first
     pass; the second pass's models, fitted with them interpolated, are sharper and flag
@@ -555,23 +574,9 @@ def test_dense_clicks_kept_by_the_first_pass_stay_clicks(monkeypatch):
     energy: the 50/s row of seed 2 was +0.7 dB over adeclick, +5.5 with them kept). The
     benchmark's music draw, seed 2 (printed), 50 clicks/s, the reggae mix: more clicks
     found with the kept bursts kept, nothing more flagged off a click."""
-    import soundfile as sf
-
     from diffmix.functional import restoration
 
-    songs = sorted((SHARED / "data" / "multitrack").glob("*/mix.flac"))
-    if len(songs) != 3:
-        pytest.skip("shared multitracks absent")
-    mixes = {p.parent.name: np.ascontiguousarray(sf.read(str(p), dtype="float64", always_2d=True)[0].T)
-             for p in songs}
-    seed = 2
-    print("seed", seed)
-    rng = np.random.default_rng(seed)
-    draws = {}
-    for rate in (0.1, 1.0, 10.0, 50.0):  # the benchmark's order
-        for name, clean in mixes.items():
-            draws[rate, name] = bench_clicks(clean, rate, rng)
-    damaged, truth = draws[50.0, "CapDan-ReggaeTry"]
+    damaged, truth = bench_music_draw(2, 50.0, "CapDan-ReggaeTry")
     x = torch.from_numpy(damaged.astype(np.float32))[None]
     events = runs(torch.from_numpy(truth)[None]).tolist()
     found, false = {}, {}
