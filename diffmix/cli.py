@@ -128,7 +128,7 @@ def _compose(name: str, args: list[str]) -> tuple[DictConfig | None, str | None]
             if key is not None:
                 return None, f"unknown option {key} (see `diffmix {name} --help`; +{key}=... adds a new key)"
         return None, _one_line(text)
-    missing = [k for k in cfg if k != "hydra" and OmegaConf.is_missing(cfg, k)]
+    missing = [str(k) for k in cfg if k != "hydra" and OmegaConf.is_missing(cfg, str(k))]
     if missing:
         return None, f"missing required option(s) {missing}: pass " + " ".join(f"{k}=..." for k in missing)
     return cfg, None
@@ -147,7 +147,7 @@ def _job_config(cfg: DictConfig) -> DictConfig:
         handlers.pop("file", None)
         root = logging_cfg.get("root") or {}
         root["handlers"] = [h for h in root.get("handlers", []) if h in handlers]
-        logging.config.dictConfig(logging_cfg)
+        logging.config.dictConfig({str(k): v for k, v in logging_cfg.items()})
     with open_dict(cfg):
         del cfg["hydra"]
     return cfg
