@@ -97,6 +97,17 @@ def _hidden(stems: torch.Tensor, seed: int, eq: bool = True) -> dict[str, torch.
     }
 
 
+def _render_hidden(stems: torch.Tensor, seed: int, eq: bool = True
+                   ) -> tuple[Console, dict[str, torch.Tensor], torch.Tensor]:
+    """The console set to :func:`_hidden`'s setting, that setting, and its render of ``stems``."""
+    truth = _console()
+    hidden = _hidden(stems, seed, eq=eq)
+    truth.load_values(hidden)
+    with torch.no_grad():
+        ref = truth(stems)
+    return truth, hidden, ref
+
+
 def _error(console: Console, stems: torch.Tensor, ref: torch.Tensor) -> float:
     """The waveform error relative to the reference's energy."""
     with torch.no_grad():
@@ -139,11 +150,7 @@ def test_compressor_refine_finds_a_heavy_kick_compressor_from_none(seed):
     of the compression as tone stays (the ``eq refine`` stage's part): measured 0.048 ->
     0.044 and 0.022 -> 0.020 on the two seeds."""
     stems = _stems(4.0, seed)
-    truth = _console()
-    hidden = _hidden(stems, seed, eq=False)
-    truth.load_values(hidden)
-    with torch.no_grad():
-        ref = truth(stems)
+    _, hidden, ref = _render_hidden(stems, seed, eq=False)
     fitted = _start(stems, ref, compressors=False)
     before = _error(fitted, stems, ref)
     with torch.no_grad():
@@ -159,10 +166,8 @@ def test_compressor_refine_keeps_an_uncompressed_track_and_never_raises_the_erro
     may not rise (each track's change is kept only where the waveform error falls)."""
     seed = SEEDS[0]
     stems = _stems(3.0, seed)
-    truth = _console()
-    truth.load_values(_hidden(stems, seed))
+    truth, _, ref = _render_hidden(stems, seed)
     with torch.no_grad():
-        ref = truth(stems)
         fitted = _console()
         fitted.load_values({k: p.exact() for k, p in truth.named_values().items()})
         before = _error(fitted, stems, ref)
@@ -179,11 +184,7 @@ def test_eq_refine_reads_the_kicks_eq_off_its_compressed_output(seed):
     output brings the kick's EQ to the hidden one (measured 1.60 -> 0.77 and 1.93 -> 0.98 dB
     at worst over its bands) and the waveform error falls (0.027 -> 0.016, 0.024 -> 0.015)."""
     stems = _stems(4.0, seed)
-    truth = _console()
-    hidden = _hidden(stems, seed)
-    truth.load_values(hidden)
-    with torch.no_grad():
-        ref = truth(stems)
+    truth, hidden, ref = _render_hidden(stems, seed)
     fitted = _start(stems, ref)
     comp = {k: v for k, v in hidden.items() if k.startswith("strip.comp")}
     fitted.load_values(comp)  # the dynamics right, the EQ as the start left it
@@ -307,10 +308,7 @@ def test_a_track_silent_in_the_excerpt_keeps_its_placement():
     seed = SEEDS[0]
     print("seed", seed)
     stems = _stems(2.0, seed)
-    truth = _console()
-    truth.load_values(_hidden(stems, seed))
-    with torch.no_grad():
-        ref = truth(stems)
+    truth, _, ref = _render_hidden(stems, seed)
     fitted = _start(stems, ref)
     before = {k: p.exact().clone() for k, p in fitted.named_values().items()}
     quiet = stems.clone()
@@ -350,10 +348,7 @@ def test_compressor_refine_changes_a_tracks_shape_not_its_level(seed, monkeypatc
     import diffmix.mixing.wiring as wiring
 
     stems = _stems(4.0, seed)
-    truth = _console()
-    truth.load_values(_hidden(stems, seed, eq=False))
-    with torch.no_grad():
-        ref = truth(stems)
+    _, _, ref = _render_hidden(stems, seed, eq=False)
     fitted = _start(stems, ref, compressors=False)
     monkeypatch.setattr(wiring, "placement_resolve", lambda *a, **k: {})
 
@@ -382,11 +377,7 @@ def test_the_refines_leave_every_tracks_loudness_where_they_found_it(monkeypatch
     rng = np.random.default_rng(seed)
     print(f"seed {seed}")
     stems = _stems(3.0, seed)
-    truth = _console()
-    hidden = _hidden(stems, seed, eq=False)
-    truth.load_values(hidden)
-    with torch.no_grad():
-        ref = truth(stems)
+    _, hidden, ref = _render_hidden(stems, seed, eq=False)
     push = torch.tensor(rng.choice([-1.0, 1.0], 2) * rng.uniform(2.0, 4.0, 2))
     seen: dict[str, torch.Tensor] = {}
 

@@ -66,7 +66,7 @@ def _partners(
     other = cand[:, 0:1] + 1 - 2 * (cand[:, 0:1] % 2)  # the kept burst's row
     mine = torch.where(inside, removed[cand[:, 0:1], idx], 0.0).double()
     theirs = torch.where(inside, removed[other, idx], 0.0).double()
-    ncc = (mine * theirs).sum(-1) / (mine.norm(dim=-1) * theirs.norm(dim=-1)).clamp(min=1e-30)
+    ncc = _ncc(mine, theirs)
     peak = (mine.abs() / level[cand[:, 0:1], idx].double().clamp(min=1e-9)).amax(-1)
     # The matched filter marks something there (as `detect_clicks`' stereo look: noise
     # alone stays under `_NOISE_MAX` robust scales over a few milliseconds).
@@ -79,7 +79,7 @@ def _partners(
     ar = torch.arange(ctx, device=x.device)
     around = torch.cat([(cand[:, 1:2] - pad - ctx + ar), (cand[:, 2:3] + pad + ar)], -1).clamp(0, t - 1)
     f1, f2 = fwd[cand[:, 0:1], around].double(), fwd[other, around].double()
-    bg = (f1 * f2).sum(-1) / (f1.norm(dim=-1) * f2.norm(dim=-1)).clamp(min=1e-30)
+    bg = _ncc(f1, f2)
     # The correlation's significance (Fisher's z: atanh(ncc) sqrt(n - 3) is about a
     # standard normal for n independent samples of unrelated signals): a short span
     # correlates by chance more often than a long one.
@@ -90,8 +90,13 @@ def _partners(
     shifted = []
     for lag in (*range(-_LAGS, 0), *range(1, _LAGS + 1)):
         th = torch.where(inside, removed[other, (idx + lag).clamp(0, t - 1)], 0.0).double()
-        shifted.append((mine * th).sum(-1) / (mine.norm(dim=-1) * th.norm(dim=-1)).clamp(min=1e-30))
-    aligned = ncc.abs() >= torch.stack(shifted, -1).abs().amax(-1) if shifted else True
+        shifted.append(_ncc(mine, th))
+    aligned = ncc.abs() >= torch.stack(shifted, -1).abs().amax(-1)
     ok = aligned & (bg.abs() < _SAME) & (sig >= min_sigma) & (peak >= 10.0 ** (above_db / 20.0)) & marked & (
         gain >= explain_db)
     return cand[ok], rep
+
+
+def _ncc(a: Tensor, b: Tensor) -> Tensor:
+    """Normalised correlation of the rows of ``a`` and ``b`` (``(K, N)`` -> ``(K,)``)."""
+    return (a * b).sum(-1) / (a.norm(dim=-1) * b.norm(dim=-1)).clamp(min=1e-30)
