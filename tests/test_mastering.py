@@ -150,3 +150,24 @@ def test_a_known_slope_starts_the_solve_one_step_closer():
     _, (known,) = solve_loudness(render, [x.shape[-1]], SR, target, start_db=torch.zeros(1), slope=slope)
     assert known.iterations == 2 and abs(known.achieved_lufs + 20.0) <= 0.02
     assert last_slope(history[:1]) is None
+
+
+def test_the_solve_never_holds_two_renders_at_once():
+    # Each render of a 3-minute master is ~60 MB: the secant must drop the last output
+    # before it renders the next (this held the reference master's peak memory).
+    import weakref
+
+    x = quiet_song(-30.0, seed=3)
+    alive: list[weakref.ref] = []
+    overlaps: list[int] = []
+
+    def render(drive: torch.Tensor) -> torch.Tensor:
+        overlaps.append(sum(r() is not None for r in alive))
+        y = x * 10 ** (0.5 * drive.view(-1, 1, 1) / 20)  # 0.5 LU per dB: several steps
+        alive.append(weakref.ref(y))
+        return y
+
+    y, (solved,) = solve_loudness(render, [x.shape[-1]], SR, torch.tensor([-20.0]), start_db=torch.zeros(1))
+    assert solved.iterations >= 3 and abs(solved.achieved_lufs + 20.0) <= 0.02
+    assert overlaps == [0] * len(overlaps), overlaps
+    assert alive[-1]() is y

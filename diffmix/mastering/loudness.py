@@ -216,6 +216,7 @@ def _secant(
         drive = torch.where(open_, (drive + err / step_slope).clamp(lo, hi), drive)
         if counter is not None:
             counter += open_.double()
+        y = None  # the last output, replaced next: never two full-length renders alive at once
         y, lufs = measure(drive)
         if history is not None:
             history.append((drive.clone(), lufs.clone()))
