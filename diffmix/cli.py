@@ -29,20 +29,24 @@ def config_dir() -> Path:
     return Path(env) if env else Path(__file__).resolve().parents[1] / "configs"
 
 
-def jobs() -> dict[str, str]:
-    """Job name -> one-line help, for every module in :mod:`diffmix.jobs`."""
+def job_names() -> list[str]:
+    """The jobs: every public module of :mod:`diffmix.jobs`, sorted."""
     import diffmix.jobs as pkg
 
+    return sorted(info.name for info in pkgutil.iter_modules(pkg.__path__) if not info.name.startswith("_"))
+
+
+def jobs() -> dict[str, str]:
+    """Job name -> one-line help, for every module in :mod:`diffmix.jobs` (each module's
+    source parsed for its docstring: for the usage text, not for a run)."""
     found = {}
-    for info in pkgutil.iter_modules(pkg.__path__):
-        if info.name.startswith("_"):
-            continue
-        spec = importlib.util.find_spec(f"diffmix.jobs.{info.name}")
+    for name in job_names():
+        spec = importlib.util.find_spec(f"diffmix.jobs.{name}")
         doc = ""
         if spec is not None and spec.origin:
             doc = _first_docstring_line(Path(spec.origin))
-        found[info.name] = doc
-    return dict(sorted(found.items()))
+        found[name] = doc
+    return found
 
 
 def _first_docstring_line(path: Path) -> str:
@@ -229,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
         print(usage())
         return 0 if args else EXIT_USER_ERROR
     name, rest = args[0], args[1:]
-    known = jobs()
+    known = job_names()  # not jobs(), which parses every job module's source for its help
     if name not in known:
         return _fail(name, f"unknown job; choose one of {sorted(known)}")
     module = importlib.import_module(f"diffmix.jobs.{name}")

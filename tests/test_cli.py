@@ -50,6 +50,22 @@ def test_demo_mixes_then_masters(tmp_path):
     assert len(list((tmp_path / "o" / "stems").iterdir())) == 8
 
 
+def test_a_run_finds_its_job_without_reading_the_jobs_help(monkeypatch, capsys):
+    # Only the usage text parses each job module's source for its docstring.
+    import diffmix.cli as cli
+
+    assert cli.job_names() == list(cli.jobs())
+
+    def no_parse(path):  # noqa: ANN001, ANN202
+        raise AssertionError(f"{path} parsed on the run path")
+
+    monkeypatch.setattr(cli, "_first_docstring_line", no_parse)
+    assert cli.main(["nope"]) == cli.EXIT_USER_ERROR
+    assert "unknown job; choose one of ['album', " in capsys.readouterr().err
+    assert cli.main(["demo", "--help"]) == 0  # a known job: imported and composed, no parsing
+    assert "sample_rate: 44100" in capsys.readouterr().out
+
+
 def test_unknown_job_and_bad_values_fail_in_one_line(tmp_path):
     out = diffmix("nope", cwd=tmp_path)
     assert out.returncode == 2 and out.stderr.strip().startswith("diffmix nope: error: unknown job")
