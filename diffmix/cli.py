@@ -7,6 +7,7 @@ Jobs are discovered from :mod:`diffmix.jobs`; each takes Hydra overrides and ``-
 
 from __future__ import annotations
 
+import gc
 import importlib
 import os
 import pkgutil
@@ -228,7 +229,26 @@ def _remove_bookkeeping_only_run_dir() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = list(sys.argv[1:] if argv is None else argv)
+    """Run ``diffmix <job> ...`` (``argv``, default the command line); the exit code.
+
+    As the process's own command (no ``argv``), what is already imported is set aside from
+    the cyclic garbage collector (:func:`gc.freeze`) here, again once the job's config is
+    composed and before returning: its full passes, as the imports grow the heap, during the
+    job and at interpreter shutdown, would otherwise walk every object of torch, Hydra and
+    the other imports again. Only objects created after a freeze are collected: the job's
+    own garbage as before; a command's process loses nothing it would free.
+    """
+    if argv is None:
+        gc.freeze()
+        try:
+            return _main(sys.argv[1:], freeze=True)
+        finally:
+            gc.freeze()
+    return _main(list(argv))
+
+
+def _main(argv: list[str], *, freeze: bool = False) -> int:
+    args = list(argv)
     if not args or args[0] in ("-h", "--help"):
         print(usage())
         return 0 if args else EXIT_USER_ERROR
@@ -275,6 +295,8 @@ def main(argv: list[str] | None = None) -> int:
     def _task_body(cfg: DictConfig) -> None:
         existed = out is not None and out.exists()
         before = _files(out)
+        if freeze:
+            gc.freeze()
         try:
             status["code"] = max(status["code"], int(module.run(cfg) or 0))
         except (ValueError, AudioFileError, FileNotFoundError, OSError, sf.LibsndfileError,

@@ -66,6 +66,24 @@ def test_a_run_finds_its_job_without_reading_the_jobs_help(monkeypatch, capsys):
     assert "sample_rate: 44100" in capsys.readouterr().out
 
 
+def test_only_the_command_sets_its_imports_aside_from_the_garbage_collector(tmp_path):
+    # main() as the process's command freezes what is imported (gc.freeze), so the
+    # collector's full passes skip it; called from Python with argv it leaves gc alone.
+    import gc
+
+    import diffmix.cli as cli
+
+    before = gc.get_freeze_count()
+    assert cli.main(["nope"]) == cli.EXIT_USER_ERROR and gc.get_freeze_count() == before
+    code = ("import gc, sys\nfrom diffmix import cli\nsys.argv = ['diffmix', 'nope']\n"
+            "n = gc.get_freeze_count()\ncode = cli.main()\nprint(n, gc.get_freeze_count(), code)")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
+                         timeout=300)
+    n0, n1, rc = (int(v) for v in out.stdout.split())
+    assert n0 == 0 and n1 > 10_000 and rc == cli.EXIT_USER_ERROR, out.stderr
+
+
 def test_unknown_job_and_bad_values_fail_in_one_line(tmp_path):
     out = diffmix("nope", cwd=tmp_path)
     assert out.returncode == 2 and out.stderr.strip().startswith("diffmix nope: error: unknown job")
