@@ -237,14 +237,39 @@ def main(argv: list[str] | None = None) -> int:
     job and at interpreter shutdown, would otherwise walk every object of torch, Hydra and
     the other imports again. Only objects created after a freeze are collected: the job's
     own garbage as before; a command's process loses nothing it would free.
+
+    The command's process then ends at once (:func:`_end_process`): the interpreter's
+    teardown would only free, object by object, what the operating system takes back.
     """
     if argv is None:
         gc.freeze()
         try:
-            return _main(sys.argv[1:], freeze=True)
+            code = _main(sys.argv[1:], freeze=True)
         finally:
             gc.freeze()
+        _end_process(code)
+        return code
     return _main(list(argv))
+
+
+def _end_process(code: int) -> None:
+    """End the process with ``code`` now, as the interpreter would but without its
+    teardown: exit handlers run (logging's, temporary files' finalizers) and the standard
+    streams are flushed; the modules and their objects are left to the operating system.
+    Returns instead (the interpreter then ends it as usual) while another Python thread runs
+    and in a distributed run (``WORLD_SIZE`` > 1: its process group's teardown is left as is)."""
+    import atexit
+    import threading
+
+    if threading.active_count() > 1 or int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        return
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed or broken stream: nothing more to write
+            pass
+    os._exit(code)
 
 
 def _main(argv: list[str], *, freeze: bool = False) -> int:
