@@ -7,6 +7,7 @@ Jobs are discovered from :mod:`diffmix.jobs`; each takes Hydra overrides and ``-
 
 from __future__ import annotations
 
+import gc
 import importlib
 import os
 import pkgutil
@@ -29,20 +30,24 @@ def config_dir() -> Path:
     return Path(env) if env else Path(__file__).resolve().parents[1] / "configs"
 
 
-def jobs() -> dict[str, str]:
-    """Job name -> one-line help, for every module in :mod:`diffmix.jobs`."""
+def job_names() -> list[str]:
+    """The jobs: every public module of :mod:`diffmix.jobs`, sorted."""
     import diffmix.jobs as pkg
 
+    return sorted(info.name for info in pkgutil.iter_modules(pkg.__path__) if not info.name.startswith("_"))
+
+
+def jobs() -> dict[str, str]:
+    """Job name -> one-line help, for every module in :mod:`diffmix.jobs` (each module's
+    source parsed for its docstring: for the usage text, not for a run)."""
     found = {}
-    for info in pkgutil.iter_modules(pkg.__path__):
-        if info.name.startswith("_"):
-            continue
-        spec = importlib.util.find_spec(f"diffmix.jobs.{info.name}")
+    for name in job_names():
+        spec = importlib.util.find_spec(f"diffmix.jobs.{name}")
         doc = ""
         if spec is not None and spec.origin:
             doc = _first_docstring_line(Path(spec.origin))
-        found[info.name] = doc
-    return dict(sorted(found.items()))
+        found[name] = doc
+    return found
 
 
 def _first_docstring_line(path: Path) -> str:
@@ -224,12 +229,56 @@ def _remove_bookkeeping_only_run_dir() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = list(sys.argv[1:] if argv is None else argv)
+    """Run ``diffmix <job> ...`` (``argv``, default the command line); the exit code.
+
+    As the process's own command (no ``argv``), what is already imported is set aside from
+    the cyclic garbage collector (:func:`gc.freeze`) here, again once the job's config is
+    composed and before returning: its full passes, as the imports grow the heap, during the
+    job and at interpreter shutdown, would otherwise walk every object of torch, Hydra and
+    the other imports again. Only objects created after a freeze are collected: the job's
+    own garbage as before; a command's process loses nothing it would free.
+
+    The command's process then ends at once (:func:`_end_process`): the interpreter's
+    teardown would only free, object by object, what the operating system takes back.
+    """
+    if argv is None:
+        gc.freeze()
+        try:
+            code = _main(sys.argv[1:], freeze=True)
+        finally:
+            gc.freeze()
+        _end_process(code)
+        return code
+    return _main(list(argv))
+
+
+def _end_process(code: int) -> None:
+    """End the process with ``code`` now, as the interpreter would but without its
+    teardown: exit handlers run (logging's, temporary files' finalizers) and the standard
+    streams are flushed; the modules and their objects are left to the operating system.
+    Returns instead (the interpreter then ends it as usual) while another Python thread runs
+    and in a distributed run (``WORLD_SIZE`` > 1: its process group's teardown is left as is)."""
+    import atexit
+    import threading
+
+    if threading.active_count() > 1 or int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        return
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed or broken stream: nothing more to write
+            pass
+    os._exit(code)
+
+
+def _main(argv: list[str], *, freeze: bool = False) -> int:
+    args = list(argv)
     if not args or args[0] in ("-h", "--help"):
         print(usage())
         return 0 if args else EXIT_USER_ERROR
     name, rest = args[0], args[1:]
-    known = jobs()
+    known = job_names()  # not jobs(), which parses every job module's source for its help
     if name not in known:
         return _fail(name, f"unknown job; choose one of {sorted(known)}")
     module = importlib.import_module(f"diffmix.jobs.{name}")
@@ -271,6 +320,8 @@ def main(argv: list[str] | None = None) -> int:
     def _task_body(cfg: DictConfig) -> None:
         existed = out is not None and out.exists()
         before = _files(out)
+        if freeze:
+            gc.freeze()
         try:
             status["code"] = max(status["code"], int(module.run(cfg) or 0))
         except (ValueError, AudioFileError, FileNotFoundError, OSError, sf.LibsndfileError,

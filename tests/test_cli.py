@@ -50,6 +50,61 @@ def test_demo_mixes_then_masters(tmp_path):
     assert len(list((tmp_path / "o" / "stems").iterdir())) == 8
 
 
+def test_a_run_finds_its_job_without_reading_the_jobs_help(monkeypatch, capsys):
+    # Only the usage text parses each job module's source for its docstring.
+    import diffmix.cli as cli
+
+    assert cli.job_names() == list(cli.jobs())
+
+    def no_parse(path):  # noqa: ANN001, ANN202
+        raise AssertionError(f"{path} parsed on the run path")
+
+    monkeypatch.setattr(cli, "_first_docstring_line", no_parse)
+    assert cli.main(["nope"]) == cli.EXIT_USER_ERROR
+    assert "unknown job; choose one of ['album', " in capsys.readouterr().err
+    assert cli.main(["demo", "--help"]) == 0  # a known job: imported and composed, no parsing
+    assert "sample_rate: 44100" in capsys.readouterr().out
+
+
+def test_only_the_command_sets_its_imports_aside_from_the_garbage_collector(tmp_path):
+    # main() as the process's command freezes what is imported (gc.freeze), so the
+    # collector's full passes skip it; called from Python with argv it leaves gc alone.
+    import gc
+
+    import diffmix.cli as cli
+
+    before = gc.get_freeze_count()
+    assert cli.main(["nope"]) == cli.EXIT_USER_ERROR and gc.get_freeze_count() == before
+    code = ("import atexit, gc, sys\nfrom diffmix import cli\nsys.argv = ['diffmix', 'nope']\n"
+            "n = gc.get_freeze_count()\natexit.register(lambda: print(n, gc.get_freeze_count()))\ncli.main()")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
+                         timeout=300)
+    n0, n1 = (int(v) for v in out.stdout.split())
+    assert n0 == 0 and n1 > 10_000 and out.returncode == cli.EXIT_USER_ERROR, out.stderr
+
+
+def test_the_command_ends_its_process_after_the_exit_handlers_and_flushed_output(tmp_path):
+    # main() as the process's command ends it without the interpreter's teardown: exit
+    # handlers still run, buffered output still arrives, the code is the job's; while
+    # another Python thread runs it returns and the interpreter ends as usual.
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    code = (
+        "import atexit, sys, threading, time\nfrom diffmix import cli\n"
+        "atexit.register(lambda: print('handler', flush=True))\n"
+        "sys.stdout.write('buffered ')\n"
+        "if sys.argv[1] == 'thread':\n    threading.Thread(target=time.sleep, args=(1.0,)).start()\n"
+        "sys.argv = ['diffmix', 'nope']\nrc = cli.main()\nprint('returned', rc)\n"
+    )
+    ended = subprocess.run([sys.executable, "-c", code, "alone"], cwd=tmp_path, env=env, capture_output=True,
+                           text=True, timeout=300)
+    assert ended.returncode == 2 and ended.stdout == "buffered handler\n", (ended.stdout, ended.stderr)
+    assert "diffmix nope: error: unknown job" in ended.stderr
+    waited = subprocess.run([sys.executable, "-c", code, "thread"], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert waited.returncode == 0 and waited.stdout == "buffered returned 2\nhandler\n", waited.stdout
+
+
 def test_unknown_job_and_bad_values_fail_in_one_line(tmp_path):
     out = diffmix("nope", cwd=tmp_path)
     assert out.returncode == 2 and out.stderr.strip().startswith("diffmix nope: error: unknown job")

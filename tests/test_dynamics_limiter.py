@@ -228,3 +228,55 @@ def test_drive_renders_skip_only_what_cannot_change():
     assert torch.equal(out, smooth(both))
     read = P.strict_true_peak(out, sr).amax(-1).double()
     assert ((read <= exact.strict_peak()) & (exact.strict_peak() < ceiling)).all()
+
+
+def test_drive_renders_read_the_same_with_the_strict_levels_floor():
+    # The drive renders meter the pre-limiter strict level exact only from a floor under
+    # where the first drive limits (and the correction its output's from under the target):
+    # every render, later drives within and beyond the floor's headroom included, and every
+    # strict peak must be bit for bit those of the level metered exact everywhere. Also with
+    # the worst level the floor's contract allows (exact from the floor up, 0 under it): what
+    # the renders read must not depend on the levels under the floor.
+    from diffmix.functional import peaks as P
+
+    seed = int(np.random.SeedSequence().entropy % 10**6)
+    print(f"seed {seed}")
+    g = torch.Generator().manual_seed(seed)
+    n = int(SR * (1.6 + torch.rand((), generator=g)))  # over two of the strict meter's FFT blocks
+    x = torch.randn(2, 2, n, generator=g)
+    x[:, 1] -= torch.roll(x[:, 1], 1, -1)  # content near Nyquist, where the FIR rows read high
+    x *= 10 ** (-1.5 * torch.rand(2, 1, -(-n // 256), generator=g)).repeat_interleave(256, -1)[..., :n]
+    x /= x.abs().amax((1, 2), keepdim=True)
+    ceiling_db = torch.tensor([-1.0, -2.0], dtype=torch.float64)
+    release_ms = torch.tensor([80.0, 150.0], dtype=torch.float64)
+    # the first drive: item 0 at rest (its peak exact all the same), item 1 limited
+    first = torch.tensor([-12.0, 2.0], dtype=torch.float64)
+    first += 6.0 * torch.rand(2, generator=g, dtype=torch.float64)
+    # the 4th drive is past the floor's headroom
+    steps = [first, first + 0.3, first - 2.0, first + 0.8, first + 4.0, first - 20.0]
+    real = P.strict_envelope
+    calls = {"floored": 0, "exact": 0}
+
+    def exact_everywhere(*args, floor=None, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+        return real(*args, **kwargs)
+
+    def worst_allowed(*args, floor=None, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+        level = real(*args, **kwargs)
+        calls["floored" if floor is not None else "exact"] += 1
+        return level if floor is None else torch.where(level.double() >= floor[:, None], level, 0.0)
+
+    def run(envelope) -> list:  # noqa: ANN001
+        out = []
+        with pytest.MonkeyPatch.context() as mp:
+            if envelope is not None:
+                mp.setattr(P, "strict_envelope", envelope)
+            smooth, exact = F.drive_renders(x, SR, ceiling_db=ceiling_db, release_ms=release_ms, strict=True)
+            for d in steps:
+                out += [smooth(d).clone(), exact(d).clone(), exact.strict_peak().clone()]
+        return out
+
+    want = run(exact_everywhere)
+    for envelope in (None, worst_allowed):
+        for k, (a, b) in enumerate(zip(run(envelope), want, strict=True)):
+            assert torch.equal(a, b), (k, (a - b).abs().max())
+    assert calls["floored"] >= 2 and calls["exact"] >= 1  # both floors used; one drive went past the headroom

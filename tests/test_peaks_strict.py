@@ -211,3 +211,84 @@ def test_the_strict_correction_reports_the_peak_it_leaves(seed):
     read = strict_true_peak(y * gain, SR).amax(1)
     torch.testing.assert_close(peak, read, rtol=1e-6, atol=0)
     assert (peak <= ceiling.view(-1)).all() and float(gain.min()) < 1.0
+
+
+def _burst_signal(seed: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two stereo items over 3+ FFT blocks: noise whose level jumps over 40 dB from one
+    256-sample stretch to the next, with clicks and near-Nyquist content (so some blocks'
+    FIR points stay under a floor and some don't), and a gain that moves per sample."""
+    g = torch.Generator().manual_seed(seed)
+    n = 3 * CORE + int(torch.randint(1, 5000, (1,), generator=g))
+    x = torch.randn(2, 2, n, generator=g, dtype=torch.float64)
+    x[:, 1] -= torch.roll(x[:, 1], 1, -1)  # one channel dense near Nyquist
+    steps = 10 ** (-2 * torch.rand(2, 1, -(-n // 256), generator=g, dtype=torch.float64))
+    x *= steps.repeat_interleave(256, -1)[..., :n]
+    x[..., torch.randint(0, n, (30,), generator=g)] *= 20.0
+    x = x / x.abs().amax((1, 2), keepdim=True) * (0.5 + torch.rand(2, 1, 1, generator=g, dtype=torch.float64))
+    gain = 0.6 + 0.4 * torch.rand(2, 1, n, generator=g, dtype=torch.float64)
+    return x.to(dtype), gain.to(dtype)
+
+
+@pytest.mark.parametrize("seed", [int(np.random.SeedSequence().entropy % 10**6), 7])
+def test_a_floor_leaves_exact_every_level_that_reaches_it(seed):
+    # strict_envelope(floor=): the FIR rows skip the blocks their L1 bound keeps under the
+    # floor. Checked against the full computation on both dtypes, with and without a gain:
+    # bit for bit wherever the exact level reaches the floor, never above it below, and the
+    # peak exact; at a floor under every sample nothing is skipped.
+    print(f"seed {seed}")
+    g = torch.Generator().manual_seed(seed)
+    skipped = 0
+    for dtype in (torch.float32, torch.float64):
+        x, gain = _burst_signal(seed, dtype)
+        for gn in (None, gain):
+            exact = strict_envelope(x, SR, gain=gn, meter=gn is None)
+            top = exact.amax(1).double()
+            for scale in torch.rand(3, generator=g, dtype=torch.float64):  # floors from -40 dB to the peak
+                floor = top * 10 ** (-2 * scale)
+                got = strict_envelope(x, SR, gain=gn, meter=gn is None, floor=floor)
+                reach = exact.double() >= floor[:, None]
+                assert torch.equal(got[reach], exact[reach]), (dtype, float(scale))
+                assert (got <= exact).all(), (dtype, float(scale))
+                assert torch.equal(got.amax(1), exact.amax(1))
+                skipped += int((got != exact).sum())
+            assert torch.equal(strict_envelope(x, SR, gain=gn, meter=gn is None, floor=torch.zeros(2)), exact)
+    print("levels left under their floor:", skipped)
+    assert skipped > 0  # the shortcut ran
+    with pytest.raises(ValueError, match="floor must have"):
+        strict_envelope(x, SR, floor=torch.ones(3))
+
+
+@pytest.mark.parametrize("seed", [int(np.random.SeedSequence().entropy % 10**6), 8])
+def test_the_skipped_fir_blocks_stay_under_the_floor_and_the_bound_is_reached(seed):
+    # _fir_todo's bound (the largest row's L1 norm times the largest |x| within reach of a
+    # block) against the rows' full envelope: every block it leaves out reads under the
+    # floor. That row's worst case (the signs of its taps times one level, planted astride
+    # block edges) reaches the bound, and a floor just under it must keep its block: a
+    # smaller norm would leave it out.
+    from diffmix.functional.peaks import _fir_envelope, _fir_todo
+
+    print(f"seed {seed}")
+    g = np.random.default_rng(seed)
+    for dtype in (torch.float32, torch.float64):
+        x, _ = _burst_signal(seed, dtype)
+        for rows in (_strict_rows()[0], interpolation_filter(4)):
+            half = rows.shape[1] // 2
+            worst = rows[np.abs(rows).sum(1).argmax()]
+            l1 = float(np.abs(worst.astype(np.float32 if dtype == torch.float32 else np.float64)).sum())
+            xs = x.clone()
+            planted = []
+            for _ in range(4):
+                item, m = int(g.integers(0, 2)), int(g.integers(2, xs.shape[-1] // 256 - 2)) * 256
+                m += int(g.integers(-half, half))
+                level = float(g.uniform(0.05, 0.5))
+                xs[item, :, m - half + 1: m + half + 1] = torch.from_numpy(level * np.sign(worst)).to(dtype)
+                planted.append((item, m, level))
+            fir = _fir_envelope(xs, rows).double()
+            blocks = torch.nn.functional.pad(fir, (0, -fir.shape[-1] % 256)).view(2, -1, 256).amax(-1)
+            for item, m, level in planted:
+                assert float(fir[item, m: m + 2].max()) >= (1 - 1e-6) * l1 * level  # the bound, reached
+            floors = [blocks.amax(1) * g.uniform(0.02, 1.0)]
+            floors += [torch.full((2,), (1 - 1e-4) * l1 * lv, dtype=torch.float64) for _, _, lv in planted]
+            for floor in floors:
+                todo = torch.from_numpy(_fir_todo(xs, rows, floor).astype(bool))
+                assert (blocks[~todo] < floor[:, None].expand_as(blocks)[~todo]).all(), (dtype, rows.shape)

@@ -279,14 +279,29 @@ def strict_correction(
     ceil = ceiling.detach().reshape(-1, 1).to(torch.float64) * (1.0 - 1e-6)
     pole = release.to(torch.float64)
     # (B, T) in y's dtype, as metered; this module's meter's part is the level the first
-    # stage left, where it has it (the same kernel on the same samples: not run twice)
-    level = _peaks.strict_envelope(y, sample_rate, gain=total, meter=metered is None)
+    # stage left, where it has it (the same kernel on the same samples: not run twice).
+    # Below the floor the level need not be exact: only what reaches the target (never above
+    # the ceiling) and the peak are read, and the peak is at least the first stage's.
+    floor = None
+    if metered is not None:
+        floor = torch.minimum(target.reshape(-1), metered.amax(1).to(torch.float64)) * (1.0 - 1e-3)
+    level = _peaks.strict_envelope(y, sample_rate, gain=total, meter=metered is None, floor=floor)
     if metered is not None:
         torch.maximum(level, metered.to(level), out=level)
+
+    def exact_peak() -> Tensor:  # the level's peak per item, exact (its floor reached, else metered again)
+        top = level.amax(1)
+        low = torch.zeros_like(top, dtype=torch.bool) if floor is None else top.to(torch.float64) < floor
+        if bool(low.any()):
+            idx = low.nonzero().view(-1)
+            again = _peaks.strict_envelope(y[idx], sample_rate, gain=total[idx]).amax(1)
+            top[idx] = torch.maximum(again, top[idx])
+        return top
+
     for _ in range(4):
         item_over = level.amax(1, keepdim=True) > ceil
         if not bool(item_over.any()):
-            return total, level.amax(1)
+            return total, exact_peak()
         over = (level > target) & item_over
         # The gain each sample needs: 1 but where it is over, in float64 (so the release
         # returns to 1.0 exactly); written where needed, not as full-length quotients.
@@ -429,7 +444,10 @@ def drive_renders(
     one reuses its gain (``exact`` after ``smooth`` at the solved drive), and an item
     whose driven level stays under the limiter's target everywhere (the limiter at rest:
     its gain is 1) is not metered again: its output reads under the ceiling by
-    construction (:func:`_rest_peak_bound`), which is then its ``strict_peak``.
+    construction (:func:`_rest_peak_bound`), which is then its ``strict_peak``. The input's
+    strict level is metered exact only where a drive up to ``_FLOOR_HEADROOM_DB`` above the
+    first can limit it and at its peak (:func:`~diffmix.functional.peaks.strict_envelope`'s
+    ``floor``); a drive past that meters it again in full. The renders read the same.
 
     Args:
         x: the limiter's input at 0 dB drive, ``(B, C, T)``.
@@ -444,9 +462,16 @@ def drive_renders(
         release = release.expand(x.shape[0]).contiguous()
     cache: list[Tensor] = []
     last_drives: list[Tensor | None] = [None]  # the drives the gain buffer holds
+    # The strict level is exact where it reaches this floor (B,) (linear, at 0 dB drive), at
+    # most exact below it (peaks.strict_envelope): a drive whose gain keeps every level under
+    # it at 1 reads only exact levels. None: exact everywhere.
+    floors: list[Tensor | None] = [None]
 
     def gains(drives: Tensor) -> Tensor:
         return torch.pow(10.0, drives.to(x.device, torch.float64) / 20.0).to(x.dtype).view(-1, 1, 1)
+
+    def strict_level(floor: Tensor | None) -> Tensor:
+        return _peaks.strict_envelope(x, sample_rate, meter=False, floor=floor).unsqueeze(1)
 
     def smooth(drives: Tensor) -> Tensor:
         g = gains(drives)
@@ -454,12 +479,22 @@ def drive_renders(
             if not cache:  # metered on first use: a job without a loudness goal never pays
                 level = limiter_envelope(x, sample_rate, true_peak=true_peak)
                 if true_peak and exact and strict:  # as limiter() does
-                    strict_level = _peaks.strict_envelope(x, sample_rate, meter=False).unsqueeze(1).to(level)
-                    level = torch.maximum(level, strict_level)
+                    # Exact from _FLOOR_HEADROOM_DB under where this drive starts to limit,
+                    # and at the peak of the project meter's level (so the peak is exact).
+                    headroom = 10.0 ** (_FLOOR_HEADROOM_DB / 20.0)
+                    where = target.view(-1).double() / (g.view(-1).double() * headroom)
+                    floors[0] = torch.minimum(where.cpu(), level.amax((1, 2)).double().cpu())
+                    level = torch.maximum(level, strict_level(floors[0]).to(level))
                 # The level, then two buffers every drive reuses for the gain it needs
                 # and the gain: each full-length temporary would be fresh memory, which
                 # costs more here than the arithmetic. Last, each item's peak level.
                 cache.extend([level, torch.empty_like(level), torch.empty_like(level), level.amax((1, 2))])
+            floor = floors[0]
+            if floor is not None and bool(
+                (floor * g.view(-1).double().cpu() * (1.0 + 1e-6) > target.view(-1).double().cpu()).any()
+            ):  # a drive that limits some level under the floor: the strict level exact everywhere
+                torch.maximum(cache[0], strict_level(None).to(cache[0]), out=cache[0])
+                floors[0] = None
             level, required, gain, _ = cache
             key = drives.detach().to("cpu", torch.float64).reshape(-1)
             if last_drives[0] is None or not torch.equal(last_drives[0], key):
@@ -508,6 +543,12 @@ def drive_renders(
     # cycle, keeping the input and the buffers alive past the renderer's last use
     corrected.strict_peak = lambda: last_peak[0]  # type: ignore[attr-defined]
     return smooth, corrected
+
+
+# How far above the first drive the pre-limiter strict level stays exact enough for every
+# later drive of a solve (which moves by hundredths to tenths of a dB); a drive beyond it
+# meters the whole level again.
+_FLOOR_HEADROOM_DB = 1.0
 
 
 def _rest_peak_bound(driven: Tensor, sample_rate: int) -> Tensor:

@@ -413,7 +413,8 @@ def _phase_twists(width: int, factor: int, dtype: torch.dtype, device: str) -> T
     return twist.to(device, torch.complex64 if dtype == torch.float32 else torch.complex128)
 
 
-def strict_envelope(x: Tensor, sample_rate: int, *, meter: bool = True, gain: Tensor | None = None) -> Tensor:
+def strict_envelope(x: Tensor, sample_rate: int, *, meter: bool = True, gain: Tensor | None = None,
+                    floor: Tensor | None = None) -> Tensor:
     """Per-sample level that no usual true-peak meter exceeds, channels linked.
 
     ``level[b, n]`` is the largest of ``|x[n]|`` and, on both sides of sample ``n``, the
@@ -425,6 +426,13 @@ def strict_envelope(x: Tensor, sample_rate: int, *, meter: bool = True, gain: Te
     meter, for a caller that takes the maximum with its envelope anyway (the limiter's).
     ``gain`` ``(B, 1, T)`` meters ``x * gain`` without a full-length copy of it.
 
+    ``floor`` ``(B,)`` (linear) is for a caller that only asks which samples reach a level:
+    the level is then exact wherever it reaches ``floor``, and elsewhere at most the exact
+    one (so ``max(level, floor)`` is exactly ``max(exact, floor)``, and so are a comparison
+    with any level at or above ``floor`` and the peak, where that reaches it). On CPU the FIR
+    rows skip the 256-sample blocks whose samples, times the largest row's L1 norm, stay
+    under it (:func:`_fir_todo`).
+
     Shape:
         ``(B, C, T)`` -> ``(B, T)`` linear. Not differentiable (a max); CPU and CUDA.
     """
@@ -432,6 +440,10 @@ def strict_envelope(x: Tensor, sample_rate: int, *, meter: bool = True, gain: Te
     b, c, t = x.shape
     if gain is not None and gain.shape != (b, 1, t):
         raise ValueError(f"strict_envelope: gain must be (B, 1, T) = {(b, 1, t)}, got {tuple(gain.shape)}")
+    if floor is not None:
+        floor = floor.detach().reshape(-1).to("cpu", torch.float64)
+        if floor.shape != (b,):
+            raise ValueError(f"strict_envelope: floor must have B = {b} elements, got {floor.numel()}")
     with torch.no_grad():
         x = x.detach()
         x = x if x.dtype in (torch.float32, torch.float64) else x.float()
@@ -486,9 +498,39 @@ def strict_envelope(x: Tensor, sample_rate: int, *, meter: bool = True, gain: Te
                 last_mag = mag[:, -1]
                 torch.maximum(out, phase0 * torch.maximum(mag, mag_before), out=out)
                 for rows_taps in firs:
-                    torch.maximum(out, _fir_envelope(part, rows_taps)[:, lo - a : hi - a], out=out)
+                    todo = None if floor is None else _fir_todo(part, rows_taps, floor)
+                    torch.maximum(out, _fir_envelope(part, rows_taps, todo)[:, lo - a : hi - a], out=out)
                 level[:, lo:hi] = out
         return level
+
+
+def _fir_todo(x: Tensor, taps: np.ndarray, floor: Tensor) -> np.ndarray | None:
+    """Which 256-sample blocks of ``x`` ``(B, C, T)`` (on :func:`_fir_envelope`'s compiled
+    grid) can hold a point of ``taps``' rows at or above ``floor`` ``(B,)``: ``(B, blocks)``
+    uint8, or None where the compiled kernel does not serve ``x`` (then every block is done).
+
+    A point of a block (the samples ``n`` of the block and the points on either side) reads
+    ``x[m - half + 1 .. m + half]`` for ``m`` from one before the block to its last sample,
+    so it is at most the largest row's L1 norm times the largest ``|x|`` within ``half``
+    samples of the block; the compiled sums (float32: at most ~25 roundings of a sum of
+    ``|h| |x|`` terms) are covered by a relative margin of 1e-5.
+    """
+    from diffmix.kernels.backend import use_numba
+
+    if x.device.type != "cpu" or not use_numba(x, "strict_envelope"):
+        return None
+    b, _, t = x.shape
+    half = taps.shape[1] // 2
+    l1 = float(np.abs(np.asarray(taps, dtype=np.float32 if x.dtype == torch.float32 else np.float64)
+                      .astype(np.float64)).sum(1).max()) * (1.0 + 1e-5)
+    n_blocks = -(-t // _BLOCK)
+    mag = torch.nn.functional.pad(x.abs().amax(1), (0, n_blocks * _BLOCK - t))
+    blocks = mag.view(b, n_blocks, _BLOCK)
+    reach = blocks.amax(-1)
+    # the half samples either side of each block
+    torch.maximum(reach[:, 1:], blocks[:, :-1, _BLOCK - half:].amax(-1), out=reach[:, 1:])
+    torch.maximum(reach[:, :-1], blocks[:, 1:, :half].amax(-1), out=reach[:, :-1])
+    return (reach.to(torch.float64) * l1 >= floor[:, None]).to(torch.uint8).numpy()
 
 
 # Ideal-interpolation blocks per part of the strict envelope on CPU (8 x 32768 samples).
@@ -529,10 +571,11 @@ def _strict_rows_all() -> np.ndarray:
     return np.concatenate([_annex2_rows(), _kaiser_resampler(4), _kaiser_resampler(8)])
 
 
-def _fir_envelope(x: Tensor, taps: np.ndarray) -> Tensor:
+def _fir_envelope(x: Tensor, taps: np.ndarray, todo: np.ndarray | None = None) -> Tensor:
     """``(B, C, T) -> (B, T)``: per sample, the largest of ``|x[n]|`` and the points of every
     row of ``taps`` (over ``x[m - half + 1 .. m + half]``) between ``n - 1`` and ``n + 1``,
-    channels linked. The limiter's compiled kernel on CPU, ``conv1d`` elsewhere."""
+    channels linked. The limiter's compiled kernel on CPU, ``conv1d`` elsewhere. ``todo``
+    ``(B, blocks)`` (CPU, :func:`_fir_todo`): only those 256-sample blocks; 0 in the others."""
     b, c, t = x.shape
     from diffmix.kernels.backend import use_numba
 
@@ -540,7 +583,9 @@ def _fir_envelope(x: Tensor, taps: np.ndarray) -> Tensor:
         from diffmix.functional._peak_kernels import envelope_numpy
 
         xn = np.ascontiguousarray(x.numpy())
-        level, _ = envelope_numpy(xn, np.ascontiguousarray(taps, dtype=xn.dtype), want_code=False)
+        level = None if todo is None else np.zeros((b, t), dtype=xn.dtype)
+        level, _ = envelope_numpy(xn, np.ascontiguousarray(taps, dtype=xn.dtype), level=level,
+                                  todo=todo, want_code=False)
         return torch.from_numpy(level)
     half = taps.shape[1] // 2
     rows = x.reshape(b * c, 1, t)
