@@ -42,8 +42,10 @@ def coincident_interpolate(
 
     Runs of either channel closer than ``p`` samples form one group, solved with the
     models of the frame holding its centre; only groups with a sample masked in both
-    channels are solved (longer than ``max_span``: left). ``out`` (default ``x``) gives
-    every other sample. ``drive``: each channel's model has a known input, as in
+    channels are solved (longer than ``max_span``: left), and in such a group a sample
+    masked in either channel is read as damaged in both (one event: the per-channel
+    detections find its edges a few samples apart). ``out`` (default ``x``) gives every
+    other sample. ``drive``: each channel's model has a known input, as in
     :func:`lsar_interpolate` (the joint stereo model of :func:`repair_clicks`, driven by
     the other channel's first repair).
 
@@ -99,6 +101,10 @@ def coincident_interpolate(
         xs = take(rows, row[..., None], idx[:, None]).to(torch.float64)  # (nb, 2, lb + 2p)
         inside = (pos[:lb] < ls[:, None])[:, None]
         d = (take(m2, row[..., None], idx[:, None, p : p + lb]) & inside).to(xs.dtype)
+        # The click is one event in both channels: a sample flagged in either is read
+        # as damaged in both (each channel's detection finds the edges against its own
+        # music, so the two spans differ by a few samples).
+        d = (d[:, :1] + d[:, 1:]).clamp(max=1).expand(-1, 2, -1).contiguous()
         frame = ((start + ls // 2) // hop).clamp(max=frames - 1)
         a = a_all[row, frame[:, None]].to(xs.dtype)  # (nb, 2, p + 1)
         s2 = s_all[row, frame[:, None]].to(xs.dtype).square().clamp(min=1e-30)  # (nb, 2)
