@@ -20,7 +20,9 @@ Shared machinery:
 The click detector (why it leaves drums alone, and its second look in stereo) is
 documented in :func:`detect_clicks`; the click repair (the flagged samples read as signal
 plus a click of EM-fitted variance, a stereo click repaired with a joint model of both
-channels, spans grown over missed click edges) in :func:`repair_clicks`.
+channels, a click in both channels with a correlated click model
+(:func:`coincident_interpolate`), spans grown over missed click edges) in
+:func:`repair_clicks`.
 
 References:
     S. J. Godsill and P. J. W. Rayner, *Digital Audio Restoration*, Springer 1998,

@@ -56,6 +56,14 @@ def coincident_interpolate(
         ``x, mask, out, drive (B, 2, T)``, ``coeffs (B, 2, F, p + 1)``, ``innovation (B, 2, F)``
         -> ``(B, 2, T)``.
 
+    >>> from diffmix.functional.restoration import ar_coefficients
+    >>> x = torch.randn(1, 2, 4096, dtype=torch.float64) * 0.1
+    >>> mask = torch.zeros(1, 2, 4096, dtype=torch.bool)
+    >>> mask[..., 2000:2010] = True
+    >>> coeffs = ar_coefficients(x, 44100, order=8, hop=1024)
+    >>> coincident_interpolate(x, mask, coeffs, 1024, torch.full((1, 2, 4), 0.1)).shape
+    torch.Size([1, 2, 4096])
+
     References:
         Godsill and Rayner (1998), ch. 5 (LSAR) and ch. 9 (the click as additive noise);
         Dempster, Laird and Rubin (1977), EM.
