@@ -20,7 +20,9 @@ Shared machinery:
 The click detector (why it leaves drums alone, and its second look in stereo) is
 documented in :func:`detect_clicks`; the click repair (the flagged samples read as signal
 plus a click of EM-fitted variance, a stereo click repaired with a joint model of both
-channels, spans grown over missed click edges) in :func:`repair_clicks`.
+channels, a click in both channels with a correlated click model
+(:func:`coincident_interpolate`), spans grown over missed click edges) in
+:func:`repair_clicks`.
 
 References:
     S. J. Godsill and P. J. W. Rayner, *Digital Audio Restoration*, Springer 1998,
@@ -32,7 +34,7 @@ from __future__ import annotations
 
 # The public API, and the private names that tests reach through the package (a test that
 # patches a name patches it on the module that uses it). Modules: ``ar`` (AR models and
-# their errors), ``masks`` (runs and spans),
+# their errors), ``masks`` (runs and spans), ``coincident`` (clicks in both channels),
 # ``lsar`` (the interpolator), ``arx`` (the joint stereo model), ``guards`` and
 # ``arx_detect`` (the detector's tests), ``detect``, ``repair`` (and ``declick``),
 # ``clipping`` (``declip``, ``remove_dc``, ``defects``).
@@ -62,6 +64,9 @@ from diffmix.functional.restoration.clipping import (  # noqa: F401
     detect_clipping,
     remove_dc,
 )
+from diffmix.functional.restoration.coincident import (  # noqa: F401
+    coincident_interpolate,
+)
 from diffmix.functional.restoration.detect import (  # noqa: F401
     detect_clicks,
 )
@@ -87,6 +92,7 @@ from diffmix.functional.restoration.repair import (  # noqa: F401
 __all__ = [
     "ar_coefficients",
     "ar_residuals",
+    "coincident_interpolate",
     "declick",
     "declip",
     "defects",

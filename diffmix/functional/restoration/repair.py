@@ -10,6 +10,7 @@ from diffmix.checks import check_sample_rate
 from diffmix.functional.restoration._common import _ARX_ORDER, _GROW, _GROW_GAP, _NOISE_MAX, _TIGHTEN, _hop
 from diffmix.functional.restoration.ar import _errors_cache, _frames_near, ar_coefficients
 from diffmix.functional.restoration.arx import _arx_filters, _fir_frames
+from diffmix.functional.restoration.coincident import coincident_interpolate
 from diffmix.functional.restoration.detect import detect_clicks
 from diffmix.functional.restoration.lsar import _lsar_update, lsar_interpolate
 from diffmix.functional.restoration.masks import _mask_from_runs, runs
@@ -93,6 +94,7 @@ def repair_clicks(
     noisy: bool = True,
     stereo_taps: int | None = 48,
     grow: int = 24,
+    coincident: bool = True,
 ) -> tuple[Tensor, Tensor]:
     """The repair step of :func:`declick` for a given mask.
 
@@ -121,6 +123,11 @@ def repair_clicks(
        step 2. 48 taps (1.1 ms at 44.1 kHz) reach the inter-channel delays of common
        stereo set-ups, which a short filter misses.
 
+       With ``coincident`` (and ``noisy``), step 2's spans masked in both channels at
+       once are solved jointly, the two channels' clicks modelled as correlated
+       (:func:`coincident_interpolate`): a scratch or a glitch puts the same burst in
+       both, and then one mix of the channels is (nearly) click-free.
+
     Differentiable w.r.t. ``x`` (linear once mask, models, filters and click variances
     are fixed).
 
@@ -148,7 +155,8 @@ def repair_clicks(
         # Only the frames around the clicks are used by the repair: fit just those.
         rhop = _hop(sr, hop_ms)
         near = _frames_near(runs(mask), rhop, -(-x.shape[-1] // rhop), order)
-    y, used, sigma = _repair(x, mask, first, sr, order, rhop, near, edge_sigma, noisy, grow)
+    y, used, sigma = _repair(x, mask, first, sr, order, rhop, near, edge_sigma, noisy, grow,
+                             coincident=coincident)
     if stereo_taps is None or x.shape[1] != 2:
         return y, used
     with torch.no_grad():
@@ -156,7 +164,7 @@ def repair_clicks(
         coeffs_s, taps = _arx_filters(yd, yd.flip(1), rhop, _ARX_ORDER, stereo_taps, near)
     drive = _fir_frames(y.flip(1), taps, rhop, near)  # from the other channel's repair (linear in x)
     ys, used_s, sigma_s = _repair(x, mask, first, sr, order, rhop, near, edge_sigma, noisy,
-                                  grow, model=(coeffs_s, drive))
+                                  grow, model=(coeffs_s, drive), coincident=coincident)
     use = (sigma_s < sigma).repeat_interleave(rhop, -1)[..., : x.shape[-1]]
     # Outside its mask each repair returns x exactly.
     return torch.where(use, ys, y), torch.where(use, used_s, used)
@@ -165,7 +173,7 @@ def repair_clicks(
 def _repair(
     x: Tensor, mask: Tensor, first: Tensor, sr: int, order: int, hop: int, near: Tensor,
     edge_sigma: float | None, noisy: bool, grow: int,
-    model: tuple[Tensor, Tensor] | None = None,
+    model: tuple[Tensor, Tensor] | None = None, coincident: bool = False,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Step 2 of :func:`repair_clicks`: ``(repaired, mask used, innovation (B, C, F))``,
     the last the RMS prediction error of each frame (zero outside ``near``). With
@@ -218,6 +226,8 @@ def _repair(
             innovation = _innovation(last, mask, coeffs, hop, dd, errors, near)
     y = lsar_interpolate(x, mask, coeffs, hop, innovation=innovation if noisy else None,
                          drive=drive)
+    if noisy and coincident and x.shape[1] == 2:
+        y = coincident_interpolate(x, mask, coeffs, hop, innovation, out=y, drive=drive)
     return y, mask, innovation
 
 
