@@ -29,8 +29,7 @@ def coincident_interpolate(
     A scratch or a digital glitch puts one burst in both channels, at levels and signs
     that differ: ``d_R ~ r d_L``. Where both channels are masked at sample ``n`` the
     click ``(d_L[n], d_R[n])`` is zero-mean Gaussian with a 2x2 covariance ``S`` (white
-    in time); where one channel alone is masked, that channel's click has its own
-    variance, as in :func:`lsar_interpolate`. The posterior mean minimises
+    in time). The posterior mean minimises
     ``sum_c ||A_c x_c||^2 / sigma_e,c^2 + sum_n (y_n - x_n)^T S^-1 (y_n - x_n)`` over the
     masked samples of both channels jointly. ``S`` is fitted by EM per group of spans
     (``em_steps`` rounds from plain LSAR): the mean over the samples masked in both of
@@ -136,8 +135,7 @@ def coincident_interpolate(
             prior[:, i * lb : (i + 1) * lb, i * lb : (i + 1) * lb] = blk
         rhs0 = (-d * g / s2[..., None]).reshape(len(grp), 2 * lb)
         y = xs[..., p : p + lb]
-        dual = d[:, 0] * d[:, 1]  # (nb, lb)
-        alone = d * (1 - dual[:, None])  # (nb, 2, lb)
+        dual = d[:, 0]  # (nb, lb): every damaged sample is damaged in both channels
         yd = y.detach()
         prec = None
         diag = torch.arange(lb, device=x.device)
@@ -145,9 +143,8 @@ def coincident_interpolate(
             mat = prior.clone()
             rhs = rhs0
             if prec is not None:
-                w11, w12, w22, v1, v2 = prec
-                dl = torch.cat([dual * w11[:, None] + alone[:, 0] * v1[:, None],
-                                dual * w22[:, None] + alone[:, 1] * v2[:, None]], -1)
+                w11, w12, w22 = prec
+                dl = torch.cat([dual * w11[:, None], dual * w22[:, None]], -1)
                 mat.diagonal(dim1=-2, dim2=-1).add_(dl)
                 off = dual * w12[:, None]
                 mat[:, diag, lb + diag] += off
@@ -169,11 +166,7 @@ def coincident_interpolate(
                 s22 = ((r[:, 1].square() + c22) * dual).sum(-1) / nd
                 s12 = ((r[:, 0] * r[:, 1] + c12) * dual).sum(-1) / nd
                 det = (s11 * s22 - s12.square()).clamp(min=1e-300)
-                # A channel's samples masked alone: its own click variance over all its
-                # masked samples (as the per-channel EM).
-                v = ((r.square() + torch.stack([c11, c22], 1)) * d).sum(-1) / d.sum(-1).clamp(min=1)
-                prec = (s22 / det, -s12 / det, s11 / det,
-                        1 / v[:, 0].clamp(min=1e-300), 1 / v[:, 1].clamp(min=1e-300))
+                prec = (s22 / det, -s12 / det, s11 / det)
         keep = d > 0
         cols = (start[:, None] + pos[None, :lb])[:, None].expand(-1, 2, -1)
         out_r.append(row[..., None].expand(-1, -1, lb)[keep])
