@@ -475,7 +475,10 @@ def _solve_stereo(
     block of ``A_b`` is ``e_b M``: ``M`` is the leading eigenvector of
     ``Re(sum_b s_b a_b a_b^H)`` over the bands' vectorised blocks ``a_b`` (weighted by the
     stem's K-weighted energy share ``s_b``), and ``e_b = M . a_b``. Each band is pulled
-    (ridge) toward the broadband real solve.
+    (ridge) toward the broadband real solve. That start is then refined by
+    :func:`_shared_tone_fit` as a weighted least squares, each band counted by the inverse
+    of what is left unexplained in it (:func:`_band_noise`): a quiet stem nearly collinear
+    with a loud one in some bands is placed from the others.
 
     Returns:
         Power gains per band ``(N, nb)`` (the stem's contribution over its own energy, both
