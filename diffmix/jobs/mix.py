@@ -78,6 +78,7 @@ def fit_options(cfg: DictConfig) -> MixFitOptions:
         pool=int(cfg.fit.get("pool", 0) or 0),
         patience=int(cfg.fit.patience),
         hold_levels=bool(cfg.fit.get("hold_levels", True)),
+        hold_placement=bool(cfg.fit.get("hold_placement", True)),
         seed=int(cfg.seed),
         prior=float(cfg.loss.get("prior", 0.0)),
         gain_staging=float(cfg.loss.get("gain_staging", 0.0)),

@@ -21,6 +21,7 @@ from torch import Tensor
 from diffmix.bus_memo import remember_prefixes
 from diffmix.checks import check_audio, check_multitrack, input_checks
 from diffmix.console import Console
+from diffmix.effects.gain import Pan, Width
 from diffmix.fit import draw, excerpt_pool, excerpt_starts, fit
 from diffmix.functional.loudness import integrated_loudness
 from diffmix.losses import MRSTFTLoss
@@ -62,6 +63,11 @@ class MixFitOptions:
             it was before that stage (:func:`~diffmix.mixing.wiring.hold_levels`); those
             stages keep their tone, dynamics and placement, the levels stay the closed-form
             stages'. Only after the closed-form start.
+        hold_placement: after the coherent start, the gradient steps leave every pan and
+            width where the closed-form stages put them: those measured each placement on
+            the whole song, each band counted by how well the data show it, while Adam moves
+            a parameter about ``lr`` a step however weakly the excerpts' loss determines it
+            (a quiet track alike a loud one: BENCHMARKS.md, Mixing, session 18).
         prior, gain_staging: weights of the pull toward the start and of the clip penalty.
         mrstft: keyword arguments of :class:`~diffmix.losses.MRSTFTLoss`.
         aligned: the reference is a mix of these very stems.
@@ -111,6 +117,7 @@ class MixFitOptions:
     mrstft: dict[str, Any] = field(default_factory=dict)
     aligned: bool = True
     hold_levels: bool = True
+    hold_placement: bool = True
     eq_bands: bool = True
     compressor_start: bool = True
     placement: bool = True
@@ -293,6 +300,8 @@ def fit_console(
                 cached.append((obj, obj.mrstft_reference(piece) if mrstft else None))
             objective = None if pool else objective_for(None)
             params = console.select(list(options.params))
+            if options.hold_placement and estimate is not None and estimate.coherent:
+                params = _without_placement(console, params)
             prior_w = float(options.prior)
             initial = {k: p.exact().to(audio.device) for k, p in console.named_values().items()}
             per_step = int(options.excerpts)
@@ -379,6 +388,18 @@ def fit_console(
         if stages:
             fit_report = {**(fit_report or {}), "stages": stages}
         return fit_report
+
+
+def _without_placement(console: Console, params: list[torch.nn.Parameter]) -> list[torch.nn.Parameter]:
+    """``params`` less the strip's pan and width values, their gradients turned off."""
+    names = {name for name, e in console.strip.effects.items() if isinstance(e, (Pan, Width))}
+    held = []
+    for key, value in console.named_values().items():
+        parts = key.split(".")
+        if len(parts) == 3 and parts[0] == "strip" and parts[1] in names:
+            value.raw.requires_grad_(False)
+            held.append(value.raw)
+    return [p for p in params if not any(p is h for h in held)]
 
 
 def _holding(

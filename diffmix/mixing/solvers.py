@@ -69,6 +69,7 @@ from diffmix.mixing.analysis import (
     estimate_lag,
     frame_gains,
     k_weight_power,
+    stft_frames,
 )
 
 GAIN_DB_RANGE = (-60.0, 24.0)
@@ -85,6 +86,11 @@ INCOHERENT_RATIO = 2.0
 MONO_SIDE = 1e-4
 # Pull of each stem's placement toward its neutral one, relative to the data's own weight.
 PLACE_RIDGE = 5e-3
+# The least residual a band's data are taken to carry, relative to its power (-60 dB): the
+# weighted placement solve counts a band by the inverse of its residual.
+NOISE_FLOOR = 1e-6
+# How often the weighted solve's band weights are taken again from its own residual.
+REWEIGHTS = 2
 # The most a stem's tone may lift one band above its typical level (dB): what a strip's EQ
 # can give (bands of +-12 dB overlapping). In a band where a stem has next to no energy an
 # unbounded complex gain takes up whatever residual of the other stems it correlates with
@@ -351,6 +357,7 @@ def _shared_tone_fit(
     shares: np.ndarray,
     ridge: float,
     iterations: int = 12,
+    noise: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Least squares of ``R_c ~= sum_k e_k(b) sum_d M_k[c, d] X_kd`` by alternating solves.
 
@@ -366,6 +373,12 @@ def _shared_tone_fit(
         owner: ``(M,)`` the stem of each regressor; ``e`` ``(nb, N)`` and ``m_lr`` ``(M, 2)``
             (``m_lr[j, c] = M_owner(j)[c, d_j]``) the start; ``shares`` ``(N, nb)`` the stems'
             K-weighted energy shares per band.
+        noise: ``(nb,)`` the variance per STFT bin and frame of what a fit leaves unexplained
+            in each band (:func:`_band_noise`); each band then counts by the inverse of it
+            (weighted least squares), so a placement is read where the data show it (the
+            bands where a quiet stem is not collinear with a loud one) and not where the
+            console's unexplained part swamps it. Both mix channels alike: a stem's balance
+            is one ratio over the same bands. None: every bin alike.
 
     Returns:
         ``e`` normalised to mean power 1 over ``shares`` and ``m_lr`` carrying the level.
@@ -375,6 +388,9 @@ def _shared_tone_fit(
     one = np.zeros((m, n))
     one[np.arange(m), owner] = 1.0
     e, m_lr = e.copy(), m_lr.copy()
+    # Scale-free: every ridge below is relative to the weighted data's own diagonal.
+    wt = np.ones(nb) if noise is None else 1.0 / noise
+    wt = wt / max(float(wt.max()), 1e-300)
     for _ in range(iterations):
         for b in range(nb):
             p = [one * m_lr[:, c : c + 1] for c in range(2)]  # (M, N) per output channel
@@ -390,8 +406,8 @@ def _shared_tone_fit(
             e[b, live] = np.linalg.solve(g + (ridge + 1e-9) * np.eye(int(live.sum())), h) / dl
         e = _bound_tone(e, shares.T)
         ee = e[:, owner]  # (nb, M)
-        gb = np.real(np.einsum("bi,bij,bj->ij", ee.conj(), gram, ee))
-        hb = np.real(np.einsum("bj,bjc->jc", ee.conj(), cross))
+        gb = np.real(np.einsum("b,bi,bij,bj->ij", wt, ee.conj(), gram, ee))
+        hb = np.real(np.einsum("b,bj,bjc->jc", wt, ee.conj(), cross))
         dn = np.sqrt(np.maximum(np.diag(gb), 1e-300))
         # Pulled (PLACE_RIDGE, relative) toward the stem's neutral placement (its own
         # channels, centred, at its mean level): a direction the data barely show (the
@@ -409,6 +425,32 @@ def _shared_tone_fit(
         e = e / level[None, :]
         m_lr = m_lr * level[owner, None]
     return e, m_lr
+
+
+def _residual(amp: np.ndarray, gram: np.ndarray, cross: np.ndarray, ref_power: np.ndarray) -> np.ndarray:
+    """``(nb,)`` the reference's power per band (both channels) that ``amp`` ``(nb, M, 2)``
+    leaves unexplained: ``|R - sum a X|^2 = |R|^2 - 2 Re(a^H h) + a^H G a`` per channel."""
+    fitted = np.real(np.einsum("bic,bij,bjc->b", amp.conj(), gram, amp))
+    return ref_power.sum(1) - 2 * np.real(np.einsum("bjc,bjc->b", amp.conj(), cross)) + fitted
+
+
+def _band_noise(
+    resid: np.ndarray, ref_power: np.ndarray, t: int, sample_rate: int, edges: np.ndarray
+) -> np.ndarray:
+    """``(nb,)`` the variance per STFT bin and frame of a fit's residual ``resid`` ``(nb,)``
+    (both mix channels: what the strips' model, a shared tone and a placement per stem,
+    cannot reproduce), on the grid of
+    :func:`~diffmix.mixing.analysis.coherent_band_stats` for ``t`` samples; ``ref_power``
+    ``(nb,)``. Held to at least :data:`NOISE_FLOOR` of the band's power (a band explained
+    to rounding is not infinitely sure) and of the reference's mean power per bin."""
+    size, _, _ = stft_frames(t)
+    freqs = np.fft.rfftfreq(size, 1.0 / sample_rate)
+    bins = ((freqs[:, None] >= edges[None, :-1]) & (freqs[:, None] < edges[None, 1:])).sum(0)
+    # The floor: NOISE_FLOOR of the band's power, and of the reference's mean power per bin
+    # (float32 spectra: a band next to empty holds rounding and window leakage, not data).
+    mean = float(ref_power.sum()) / max(int(bins.sum()), 1)
+    noise = np.maximum(np.maximum(resid, NOISE_FLOOR * ref_power) / np.maximum(bins, 1), NOISE_FLOOR * mean)
+    return noise if mean > 0 else np.ones_like(noise)
 
 
 def _solve_stereo(
@@ -433,7 +475,10 @@ def _solve_stereo(
     block of ``A_b`` is ``e_b M``: ``M`` is the leading eigenvector of
     ``Re(sum_b s_b a_b a_b^H)`` over the bands' vectorised blocks ``a_b`` (weighted by the
     stem's K-weighted energy share ``s_b``), and ``e_b = M . a_b``. Each band is pulled
-    (ridge) toward the broadband real solve.
+    (ridge) toward the broadband real solve. That start is then refined by
+    :func:`_shared_tone_fit` as a weighted least squares, each band counted by the inverse
+    of what is left unexplained in it (:func:`_band_noise`): a quiet stem nearly collinear
+    with a loud one in some bands is placed from the others.
 
     Returns:
         Power gains per band ``(N, nb)`` (the stem's contribution over its own energy, both
@@ -480,6 +525,7 @@ def _solve_stereo(
             # |R - sum a X|^2 = |R|^2 - 2 Re(a^H h) + a^H G a
             resid[b] += pr[b, c] - 2 * np.real(np.vdot(a, cross[b, :, c])) + np.real(a.conj() @ gram[b] @ a)
     explained = float(1.0 - np.maximum(resid, 0.0).sum() / max(pr.sum(), 1e-30))
+    noise = _band_noise(resid, pr.sum(1), regs.shape[-1], sample_rate, edges)
     owner = np.array([k for k, _ in cols])
     energy = np.zeros((n, nb))
     shares = np.zeros((n, nb))
@@ -499,15 +545,19 @@ def _solve_stereo(
         v = v * (1.0 if v.sum() >= 0 else -1.0)
         e[:, k] = vec @ v
         m_init[idx] = v.reshape(2, len(idx)).T
-    m_lr = _shared_tone_fit(gram, cross, owner, e, m_init, shares, ridge)
-    e, m_lr = m_lr
+    # Each band counted by the inverse of what the fit cannot explain there (weighted least
+    # squares): first what the free per-band solve leaves (a loud stem's misfit no strip
+    # reproduces, a compressor's moving gain, is large where it sounds, and a quiet stem
+    # alike it there is then placed from the bands where it is not), then what the shared
+    # tone and placement leave (also a stem's content in a band at another placement than
+    # its own), re-estimated REWEIGHTS times.
+    e, m_lr = _shared_tone_fit(gram, cross, owner, e, m_init, shares, ridge, noise=noise)
+    for _ in range(REWEIGHTS):
+        resid = _residual(e[:, owner, None] * m_lr[None, :, :], gram, cross, pr)
+        noise = _band_noise(resid, pr.sum(1), regs.shape[-1], sample_rate, edges)
+        e, m_lr = _shared_tone_fit(gram, cross, owner, e, m_lr, shares, ridge, noise=noise)
     amp = e[:, owner, None] * m_lr[None, :, :]  # (nb, M, 2)
-    resid = np.zeros(nb)
-    for b in range(nb):
-        for c in range(2):
-            a = amp[b, :, c]
-            # |R - sum a X|^2 = |R|^2 - 2 Re(a^H h) + a^H G a
-            resid[b] += pr[b, c] - 2 * np.real(np.vdot(a, cross[b, :, c])) + np.real(a.conj() @ gram[b] @ a)
+    resid = _residual(amp, gram, cross, pr)
     explained = float(1.0 - np.maximum(resid, 0.0).sum() / max(pr.sum(), 1e-30))
     power = np.zeros((n, nb))
     matrix = np.zeros((n, 2, 2))
