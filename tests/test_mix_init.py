@@ -647,6 +647,7 @@ def test_the_gradient_steps_leave_the_placement_where_the_start_measured_it():
         reports[name] = fit_console(console, stems, ref, SR, opts,
                                     optimizer=lambda p: torch.optim.Adam(p, lr=0.05))
         pans[name] = console.named_values()["strip.pan.pan"].exact().flatten()
+        assert console.named_values()["strip.pan.pan"].raw.requires_grad  # the console's own again
     for name in ("held", "free"):
         stage = next(s for s in reports[name]["stages"] if s["stage"] == "gradient steps")
         assert stage["kept"], reports[name]["stages"]

@@ -300,8 +300,9 @@ def fit_console(
                 cached.append((obj, obj.mrstft_reference(piece) if mrstft else None))
             objective = None if pool else objective_for(None)
             params = console.select(list(options.params))
+            frozen: list[Tensor] = []
             if options.hold_placement and estimate is not None and estimate.coherent:
-                params = _without_placement(console, params)
+                params, frozen = _without_placement(console, params)
             prior_w = float(options.prior)
             initial = {k: p.exact().to(audio.device) for k, p in console.named_values().items()}
             per_step = int(options.excerpts)
@@ -338,21 +339,25 @@ def fit_console(
             if hold and "want" not in levels:
                 levels["want"] = track_loudness(console, audio, sr)
             held = levels.get("want") if hold else None
-            result = fit(
-                params,
-                closure,
-                steps=int(options.steps),
-                optimizer=optimizer,
-                scheduler=scheduler,
-                patience=int(options.patience),
-                # With a fixed pool each step scores another excerpt: progress is judged on the
-                # mean over whole passes through the pool.
-                cycle=max(1, len(excerpts)),
-                checkpoint=checkpoint,
-                progress=progress,
-                log_path=log_path,
-                tag=tag,
-            )
+            try:
+                result = fit(
+                    params,
+                    closure,
+                    steps=int(options.steps),
+                    optimizer=optimizer,
+                    scheduler=scheduler,
+                    patience=int(options.patience),
+                    # With a fixed pool each step scores another excerpt: progress is judged on
+                    # the mean over whole passes through the pool.
+                    cycle=max(1, len(excerpts)),
+                    checkpoint=checkpoint,
+                    progress=progress,
+                    log_path=log_path,
+                    tag=tag,
+                )
+            finally:  # the held values are the console's again once the steps are done
+                for raw in frozen:
+                    raw.requires_grad_(True)
             fit_report = {k: v for k, v in vars(result).items() if k != "history"}
             if held is not None:
                 fit_report["hold levels"] = hold_levels(console, audio, sr, held)
@@ -390,16 +395,21 @@ def fit_console(
         return fit_report
 
 
-def _without_placement(console: Console, params: list[torch.nn.Parameter]) -> list[torch.nn.Parameter]:
-    """``params`` less the strip's pan and width values, their gradients turned off."""
+def _without_placement(
+    console: Console, params: list[torch.nn.Parameter]
+) -> tuple[list[torch.nn.Parameter], list[Tensor]]:
+    """``params`` less the strip's pan and width values, and those values, their gradients
+    turned off for the steps (the caller turns them on again)."""
     names = {name for name, e in console.strip.effects.items() if isinstance(e, (Pan, Width))}
     held = []
     for key, value in console.named_values().items():
         parts = key.split(".")
         if len(parts) == 3 and parts[0] == "strip" and parts[1] in names:
-            value.raw.requires_grad_(False)
             held.append(value.raw)
-    return [p for p in params if not any(p is h for h in held)]
+    frozen = [raw for raw in held if raw.requires_grad]
+    for raw in frozen:
+        raw.requires_grad_(False)
+    return [p for p in params if not any(p is h for h in held)], frozen
 
 
 def _holding(
