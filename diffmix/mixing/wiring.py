@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -69,7 +69,7 @@ def console_estimate(
 
 
 def _placement_matrices(
-    stages: list[tuple[str, object]], pan: Tensor, width: Tensor, mono: bool
+    stages: Sequence[tuple[str, object]], pan: Tensor, width: Tensor, mono: bool
 ) -> Tensor:
     """The strip's pan and width stages (in strip order) as one ``(P, W, 2, 2)`` matrix per
     pair ``(pan[i], width[j])`` of the two axes; a mono item is two equal channels panned by
@@ -640,7 +640,9 @@ def compressor_start(
     knee = values[f"strip.{comp}.knee_db"].exact().double().cpu()
     specs = {k: values[f"strip.{comp}.{k}"].spec for k in now}
     fade = values[fader].exact().double().cpu().clone()
-    summary = {k: [] for k in ("threshold_db", "ratio", "attack_ms", "release_ms", "fader_db", "error_db")}
+    summary: dict[str, list[float | None]] = {
+        k: [] for k in ("threshold_db", "ratio", "attack_ms", "release_ms", "fader_db", "error_db")
+    }
     warm = int(warm_s * sample_rate)
     for k in range(n):
         e = e_fit[k]
@@ -1081,7 +1083,7 @@ def compressor_refine(
         lead_dry, _, keyed, mix = mix_of(parts, list(range(n)))
         energy = keyed(lead_dry).double().square().sum((1, 2))
     order = np.argsort([-float(v) for v in energy])
-    summary = {k: [None] * n for k in (*keys, "fader_db", "error_db")}
+    summary: dict[str, list[float | None]] = {k: [None] * n for k in (*keys, "fader_db", "error_db")}
     resid = float((ref - mix[0].double()).square().sum())
     for k in order.tolist():
         with torch.no_grad():
