@@ -228,6 +228,27 @@ def _near_and_alone(cand: Tensor, z_ratio: Tensor, reach: int, z_threshold: floa
     return out
 
 
+def _near_both(cand: Tensor, z_ratio: Tensor, reach: int, z_threshold: float, tol: int) -> Tensor:
+    """The joint stereo candidate rule of :func:`detect_clicks`: of the samples ``cand``
+    (``(N, T)`` bool, rows ``batch * 2 + channel``: the one-sided test holds), those whose
+    row's ``z_ratio`` exceeds ``z_threshold`` within ``reach`` samples *and* where the
+    other channel has such a sample within ``tol`` samples. ``(N, T)`` bool."""
+    n, t = cand.shape
+    at = cand.nonzero()
+    out = torch.zeros_like(cand)
+    if len(at) == 0:
+        return out
+    pos = (at[:, 1:2] + torch.arange(-reach, reach + 1, device=cand.device)).clamp(0, t - 1)
+    at = at[z_ratio[at[:, :1], pos].amax(-1) > z_threshold]
+    near = torch.zeros_like(cand)
+    near[at[:, 0], at[:, 1]] = True
+    partner = at[:, :1] + 1 - 2 * (at[:, :1] % 2)
+    pos = (at[:, 1:2] + torch.arange(-tol, tol + 1, device=cand.device)).clamp(0, t - 1)
+    ok = near[partner, pos].any(-1)
+    out[at[ok, 0], at[ok, 1]] = True
+    return out
+
+
 def _sliding_max(v: Tensor, half: int) -> Tensor:
     """``out[..., n] = max(v[..., n - half .. n + half])`` with zeros beyond the ends
     (``v >= 0``): a doubling table of maxima over powers of two, ``log2(2 half + 1)``
