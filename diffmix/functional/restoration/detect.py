@@ -14,6 +14,7 @@ from diffmix.functional.restoration.guards import (
     _guards,
     _keep_inside,
     _local_scale,
+    _near,
     _near_and_alone,
     _near_both,
     _partner_peak,
@@ -239,11 +240,13 @@ def detect_clicks(
             flags = one_sided & (zg > z_threshold * z_scale)
             if c == 2 and (z_reach is not None or arx_taps is not None):
                 alone_peak = _partner_peak(z_ratio)
+            if c == 2 and (z_reach is not None or joint_reach is not None):
+                # The two tests on nearby samples (the stereo rules below).
+                near_at = _near(one_sided.reshape(b * c, -1), z_ratio,
+                                z_reach if z_reach is not None else 0, z_threshold)
             if z_reach is not None and c == 2:
-                # The two tests on nearby samples, where the other channel shows nothing;
-                # looked at only where the first test holds (few samples).
-                flags |= _near_and_alone(one_sided.reshape(b * c, -1), z_ratio, z_reach,
-                                         z_threshold, alone_peak).reshape(grid)
+                # ...where the other channel shows nothing.
+                flags |= _near_and_alone(near_at, alone_peak).reshape(grid)
             if z_strong is not None:
                 # Stronger evidence from the matched filter buys a laxer localisation test.
                 flags |= (sg > torch.clamp(threshold_strong * scale, min=floor)) & (
@@ -276,9 +279,9 @@ def detect_clicks(
             if joint_reach is not None and c == 2:
                 # One click at the same samples of both channels: the two tests on nearby
                 # samples in each channel, at the same place in both (see `_near_both`).
-                both = _near_both(one_sided.reshape(b * c, -1), z_ratio,
-                                  z_reach if z_reach is not None else 0, z_threshold,
-                                  joint_reach)[:, :t] & ~flags
+                both = _near_both(near_at, (b * c, nsb * _SUB), joint_reach)
+                both = both[both[:, 1] < t]
+                both = both[~flags[both[:, 0], both[:, 1]]]
             # Join candidates with at most `merge` samples between them into one burst.
             cand_runs = runs(flags)
             bursts = _segments(cand_runs, merge + 1)
@@ -301,10 +304,10 @@ def detect_clicks(
             else:
                 bursts = bursts[short]
             fresh = torch.zeros(len(bursts), dtype=torch.bool, device=x.device)
-            if both is not None and bool(both.any()):
+            if both is not None and len(both):
                 # Its bursts stand apart: only where no other rule has a candidate within
                 # `merge` samples, so every other burst is as the other rules make it.
-                extra = _segments(runs(both), merge + 1)
+                extra = _segments(torch.cat([both, both[:, 1:] + 1], -1), merge + 1)
                 extra = _apart(extra[(extra[:, 2] - extra[:, 1]) <= max_len], flags, merge)
                 if len(extra):
                     bursts = torch.cat([bursts, extra])
