@@ -14,14 +14,22 @@ from diffmix.functional.restoration.guards import (
     _guards,
     _keep_inside,
     _local_scale,
+    _near,
     _near_and_alone,
+    _near_both,
     _partner_peak,
     _periodicity,
     _stereo_guards,
 )
 from diffmix.functional.restoration.lsar import lsar_interpolate
-from diffmix.functional.restoration.masks import _mask_from_runs, _segments, _split_long, runs
-from diffmix.functional.restoration.pairs import _partners
+from diffmix.functional.restoration.masks import (
+    _apart,
+    _mask_from_runs,
+    _segments,
+    _split_long,
+    runs,
+)
+from diffmix.functional.restoration.pairs import _coincident, _partners
 
 
 def detect_clicks(
@@ -52,6 +60,8 @@ def detect_clicks(
     pair_db: float = 0.0,
     pair_explain_db: float = 6.0,
     split_db: float | None = 16.0,
+    joint_reach: int | None = 2,
+    joint_sigma: float = 3.0,
 ) -> tuple[Tensor, Tensor, int]:
     """Flag clicks: short bursts that the AR model of their surroundings cannot predict,
     forwards or backwards, and that do not recur period after period.
@@ -130,6 +140,20 @@ def detect_clicks(
       the other channel, which predicts the music and not the click, does not. On
       independent channels the gate stays shut and the mono rules decide.
 
+    * stereo (``C == 2``, ``joint_reach`` not ``None``): one click at the same samples of
+      both channels (a scratch, a glitch) is one event, and the two channels' evidence
+      is read together. A sample is also a candidate when the first test holds on it and
+      the second within ``z_reach`` samples (the third rule's pair of tests) *and* the
+      same holds in the other channel within ``joint_reach`` samples: the third rule
+      asks the other channel to show nothing, which a click in both never does, while
+      each channel's model, whitened by the click, may put the two tests' peaks a sample
+      or two apart in both. These candidates make bursts only where no other rule has a
+      candidate within ``merge`` samples (every other burst is as the other rules make
+      it), which then pass the guards as any burst and stand only where the removed
+      part has the same shape at the same samples in the other channel
+      (:func:`_coincident`, significant at ``joint_sigma``): an onset that reaches two
+      microphones at different times does not.
+
     * stereo (``C == 2``, ``pair_sigma`` not ``None``), after all this: a burst kept in
       one channel brings the same span of the other channel when the removed part there
       has the same shape at the same samples (a scratch or a glitch in both channels;
@@ -157,6 +181,8 @@ def detect_clicks(
             the mono rules alone).
         pair_sigma, pair_db, pair_explain_db: the pair rule (``None``: off).
         split_db: a loud core of a too-long burst (``None``: never split).
+        joint_reach, joint_sigma: the joint stereo rule's tolerance in samples between
+            the channels and the significance of its shape test (``None``: off).
 
     Returns:
         ``(mask, coeffs, hop)``: ``mask (B, C, T)`` bool (detached), the AR filters
@@ -214,11 +240,13 @@ def detect_clicks(
             flags = one_sided & (zg > z_threshold * z_scale)
             if c == 2 and (z_reach is not None or arx_taps is not None):
                 alone_peak = _partner_peak(z_ratio)
+            if c == 2 and (z_reach is not None or joint_reach is not None):
+                # The two tests on nearby samples (the stereo rules below).
+                near_at = _near(one_sided.reshape(b * c, -1), z_ratio,
+                                z_reach if z_reach is not None else 0, z_threshold)
             if z_reach is not None and c == 2:
-                # The two tests on nearby samples, where the other channel shows nothing;
-                # looked at only where the first test holds (few samples).
-                flags |= _near_and_alone(one_sided.reshape(b * c, -1), z_ratio, z_reach,
-                                         z_threshold, alone_peak).reshape(grid)
+                # ...where the other channel shows nothing.
+                flags |= _near_and_alone(near_at, alone_peak).reshape(grid)
             if z_strong is not None:
                 # Stronger evidence from the matched filter buys a laxer localisation test.
                 flags |= (sg > torch.clamp(threshold_strong * scale, min=floor)) & (
@@ -247,6 +275,13 @@ def detect_clicks(
             # moves a click near the threshold by chance to either side of it; the guards,
             # not the threshold, decide what is a click.
             flags = flags.reshape(b * c, nsb * _SUB)[:, :t] | kept
+            both = None
+            if joint_reach is not None and c == 2:
+                # One click at the same samples of both channels: the two tests on nearby
+                # samples in each channel, at the same place in both (see `_near_both`).
+                both = _near_both(near_at, (b * c, nsb * _SUB), joint_reach)
+                both = both[both[:, 1] < t]
+                both = both[~flags[both[:, 0], both[:, 1]]]
             # Join candidates with at most `merge` samples between them into one burst.
             cand_runs = runs(flags)
             bursts = _segments(cand_runs, merge + 1)
@@ -268,8 +303,20 @@ def detect_clicks(
                 bursts = _keep_inside(bursts[short], bursts[~short], runs(kept), t)
             else:
                 bursts = bursts[short]
+            fresh = torch.zeros(len(bursts), dtype=torch.bool, device=x.device)
+            if both is not None and len(both):
+                # Its bursts stand apart: only where no other rule has a candidate within
+                # `merge` samples, so every other burst is as the other rules make it.
+                extra = _segments(torch.cat([both, both[:, 1:] + 1], -1), merge + 1)
+                extra = _apart(extra[(extra[:, 2] - extra[:, 1]) <= max_len], flags, merge)
+                if len(extra):
+                    bursts = torch.cat([bursts, extra])
+                    fresh = torch.cat([fresh, torch.ones(len(extra), dtype=torch.bool, device=x.device)])
+                    by = torch.argsort(bursts[:, 0] * (t + 1) + bursts[:, 1])
+                    bursts, fresh = bursts[by], fresh[by]
             if len(bursts) and periodic < 1.0:
-                bursts = bursts[_periodicity(fwd, bursts, sr) < periodic]
+                periodic_ok = _periodicity(fwd, bursts, sr) < periodic
+                bursts, fresh = bursts[periodic_ok], fresh[periodic_ok]
             mask = _mask_from_runs(bursts, (b * c, t), pad, x.device).reshape(b, c, t)
             if len(bursts) == 0:
                 if defer:  # nothing to refit: the joint look on the same models
@@ -292,6 +339,13 @@ def detect_clicks(
                 alone = torch.where(inside, z_ratio[partner, idx], 0.0).amax(-1) < _NOISE_MAX
                 keep |= _stereo_guards(xd, repaired, bursts, ~keep & alone, sr, order, hop, pad,
                                        max_len, width // 2, stereo_taps, **guards)
+            if bool((keep & fresh).any()):
+                # ...and stand only where the two channels' removed parts have the same
+                # shape at the same samples (an onset heard in both channels may reach
+                # them at different times).
+                judge = (keep & fresh).nonzero()[:, 0]
+                keep[judge] = _coincident(xd.reshape(b * c, t), repaired.reshape(b * c, t),
+                                          bursts[judge], fwd, pad, joint_sigma)
             bursts = bursts[keep]
             if pair_sigma is not None and c == 2:
                 # The same burst at the same samples in the other channel (a scratch, a

@@ -210,22 +210,44 @@ def _partner_peak(z_ratio: Tensor) -> Tensor:
     return _sliding_max(z_ratio, _PARTNER_REACH).reshape(n // 2, 2, t).flip(1).reshape(n, t)
 
 
-def _near_and_alone(cand: Tensor, z_ratio: Tensor, reach: int, z_threshold: float,
-                    partner: Tensor) -> Tensor:
-    """The stereo candidate rule of :func:`detect_clicks`: of the samples ``cand``
-    (``(N, T)`` bool, rows ``batch * 2 + channel``), those whose row's ``z_ratio``
-    (``(N, T)``, interpolation error over its robust scale) exceeds ``z_threshold``
-    within ``reach`` samples while the other channel's stays under ``_NOISE_MAX`` within
-    ``_PARTNER_REACH`` samples (``partner``, :func:`_partner_peak`). ``(N, T)`` bool."""
+def _near(cand: Tensor, z_ratio: Tensor, reach: int, z_threshold: float) -> Tensor:
+    """The samples ``cand`` (``(N, T)`` bool: the one-sided test holds) whose row's
+    ``z_ratio`` (``(N, T)``, interpolation error over its robust scale) exceeds
+    ``z_threshold`` within ``reach`` samples: ``(K, 2)`` rows ``(row, sample)``, sorted.
+    Looked at only where the first test holds (few samples)."""
     t = cand.shape[-1]
     at = cand.nonzero()
-    out = torch.zeros_like(cand)
     if len(at) == 0:
-        return out
+        return at
     pos = (at[:, 1:2] + torch.arange(-reach, reach + 1, device=cand.device)).clamp(0, t - 1)
-    ok = (z_ratio[at[:, :1], pos].amax(-1) > z_threshold) & (partner[at[:, 0], at[:, 1]] < _NOISE_MAX)
-    out[at[ok, 0], at[ok, 1]] = True
+    return at[z_ratio[at[:, :1], pos].amax(-1) > z_threshold]
+
+
+def _near_and_alone(near: Tensor, partner: Tensor) -> Tensor:
+    """The stereo candidate rule of :func:`detect_clicks`: of the samples ``near``
+    (:func:`_near`, rows ``batch * 2 + channel``), those where the other channel's
+    ``z_ratio`` stays under ``_NOISE_MAX`` within ``_PARTNER_REACH`` samples
+    (``partner``, ``(N, T)``: :func:`_partner_peak`). ``(N, T)`` bool."""
+    out = torch.zeros(partner.shape, dtype=torch.bool, device=partner.device)
+    ok = near[partner[near[:, 0], near[:, 1]] < _NOISE_MAX]
+    out[ok[:, 0], ok[:, 1]] = True
     return out
+
+
+def _near_both(near: Tensor, shape: tuple[int, int], tol: int) -> Tensor:
+    """The joint stereo candidate rule of :func:`detect_clicks`: of the samples ``near``
+    (:func:`_near`: the one-sided test holds and the matched filter within reach; rows
+    ``batch * 2 + channel`` of an ``(N, T)`` grid ``shape``), those where the other
+    channel has such a sample within ``tol`` samples. ``(K, 2)`` rows ``(row, sample)``,
+    sorted."""
+    if len(near) == 0:
+        return near
+    t = shape[-1]
+    marks = torch.zeros(shape, dtype=torch.bool, device=near.device)
+    marks[near[:, 0], near[:, 1]] = True
+    partner = near[:, :1] + 1 - 2 * (near[:, :1] % 2)
+    pos = (near[:, 1:2] + torch.arange(-tol, tol + 1, device=near.device)).clamp(0, t - 1)
+    return near[marks[partner, pos].any(-1)]
 
 
 def _sliding_max(v: Tensor, half: int) -> Tensor:

@@ -91,3 +91,15 @@ def _split_long(long: Tensor, r: Tensor, gap: int, max_len: int, loud: Tensor) -
     count.index_add_(0, owner, hot.long())
     split = (too_long == 0) & (count == 2) & (long[:, 2] - long[:, 1] <= 2 * max_len + gap)
     return pieces[split[owner]], split
+
+
+def _apart(r: Tensor, flags: Tensor, gap: int) -> Tensor:
+    """The runs ``r`` (``(K, 3)``) with no ``flags`` sample (``(N, T)`` bool) within
+    ``gap`` samples of them."""
+    if len(r) == 0:
+        return r
+    t = flags.shape[-1]
+    idx = r[:, 1:2] - gap + torch.arange(int((r[:, 2] - r[:, 1]).max()) + 2 * gap, device=r.device)
+    ok = (idx >= 0) & (idx < r[:, 2:3] + gap)
+    return r[~(flags[r[:, 0:1], idx.clamp(0, t - 1)] & ok).any(-1)]
+

@@ -65,8 +65,6 @@ def _partners(
     removed = rows - rep
     other = cand[:, 0:1] + 1 - 2 * (cand[:, 0:1] % 2)  # the kept burst's row
     mine = torch.where(inside, removed[cand[:, 0:1], idx], 0.0).double()
-    theirs = torch.where(inside, removed[other, idx], 0.0).double()
-    ncc = _ncc(mine, theirs)
     peak = (mine.abs() / level[cand[:, 0:1], idx].double().clamp(min=1e-9)).amax(-1)
     # The matched filter marks something there (as `detect_clicks`' stereo look: noise
     # alone stays under `_NOISE_MAX` robust scales over a few milliseconds).
@@ -74,29 +72,67 @@ def _partners(
     # The repair explains it in part (the forward error it enters falls).
     gain = _explained(rows, rep, cand, coeffs.reshape(b * c, -1, coeffs.shape[-1]), hop, pad,
                       max_len)
-    # How alike the two channels' prediction errors are around the burst.
-    ctx = 256
-    ar = torch.arange(ctx, device=x.device)
-    around = torch.cat([(cand[:, 1:2] - pad - ctx + ar), (cand[:, 2:3] + pad + ar)], -1).clamp(0, t - 1)
-    f1, f2 = fwd[cand[:, 0:1], around].double(), fwd[other, around].double()
-    bg = _ncc(f1, f2)
-    # The correlation's significance (Fisher's z: atanh(ncc) sqrt(n - 3) is about a
-    # standard normal for n independent samples of unrelated signals): a short span
-    # correlates by chance more often than a long one.
-    n = inside.sum(-1).double()
-    sig = torch.atanh(ncc.abs().clamp(max=1 - 1e-12)) * (n - 3).clamp(min=1).sqrt()
-    # A click lands on the same samples in both channels; a sound reaches two
-    # microphones at different times: the shapes must match best without a shift.
-    shifted = []
-    for lag in (*range(-_LAGS, 0), *range(1, _LAGS + 1)):
-        th = torch.where(inside, removed[other, (idx + lag).clamp(0, t - 1)], 0.0).double()
-        shifted.append(_ncc(mine, th))
-    aligned = ncc.abs() >= torch.stack(shifted, -1).abs().amax(-1)
+    aligned, bg, sig = _alike(removed, fwd, cand[:, 0:1], other, idx, inside,
+                              cand[:, 1:2] - pad, cand[:, 2:3] + pad)
     ok = aligned & (bg.abs() < _SAME) & (sig >= min_sigma) & (peak >= 10.0 ** (above_db / 20.0)) & marked & (
         gain >= explain_db)
     return cand[ok], rep
 
 
+def _alike(removed: Tensor, fwd: Tensor, row: Tensor, other: Tensor, idx: Tensor,
+           inside: Tensor, start: Tensor, end: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """How alike the removed parts ``removed`` (``(N, T)``: a row minus its repair) of the
+    rows ``row`` and ``other`` (``(K, 1)`` each) are at the samples ``idx`` (``(K, S)``,
+    where ``inside``): ``(aligned, bg, sig)``, each ``(K,)``. ``aligned``: their
+    normalised correlation at the same samples is larger in size than at any shift of
+    1-``_LAGS`` samples (a click lands on the same samples in both channels; a sound
+    reaches two microphones at different times); ``bg``: the correlation of the two
+    rows' forward errors ``fwd`` over 256 samples either side of the span ``start ..
+    end`` (``(K, 1)`` each); ``sig``: the correlation's significance in standard deviations
+    (Fisher's z: ``atanh(ncc) sqrt(n - 3)`` is about a standard normal for ``n``
+    independent samples of unrelated signals, so a short span needs more)."""
+    t = removed.shape[-1]
+    mine = torch.where(inside, removed[row, idx], 0.0).double()
+    theirs = torch.where(inside, removed[other, idx], 0.0).double()
+    ncc = _ncc(mine, theirs)
+    ctx = 256
+    ar = torch.arange(ctx, device=removed.device)
+    around = torch.cat([start - ctx + ar, end + ar], -1).clamp(0, t - 1)
+    bg = _ncc(fwd[row, around].double(), fwd[other, around].double())
+    n = inside.sum(-1).double()
+    sig = torch.atanh(ncc.abs().clamp(max=1 - 1e-12)) * (n - 3).clamp(min=1).sqrt()
+    shifted = []
+    for lag in (*range(-_LAGS, 0), *range(1, _LAGS + 1)):
+        th = torch.where(inside, removed[other, (idx + lag).clamp(0, t - 1)], 0.0).double()
+        shifted.append(_ncc(mine, th))
+    aligned = ncc.abs() >= torch.stack(shifted, -1).abs().amax(-1)
+    return aligned, bg, sig
+
+
 def _ncc(a: Tensor, b: Tensor) -> Tensor:
     """Normalised correlation of the rows of ``a`` and ``b`` (``(K, N)`` -> ``(K,)``)."""
     return (a * b).sum(-1) / (a.norm(dim=-1) * b.norm(dim=-1)).clamp(min=1e-30)
+
+
+def _coincident(x: Tensor, repaired: Tensor, bursts: Tensor, fwd: Tensor, pad: int,
+                min_sigma: float) -> Tensor:
+    """Which ``bursts`` (``(K, 3)`` rows ``(batch * 2 + channel, start, end)``) raised
+    by :func:`detect_clicks`' joint rule alone, and kept by the guards, are one click at
+    the same samples of both channels: the removed part (``x`` minus ``repaired``,
+    ``(2B, T)`` each, every burst interpolated) over the padded burst has the same shape
+    in the other channel at the same samples (:func:`_alike`: significant at
+    ``min_sigma``, best without a shift). Unlike the pair rule this does not ask the
+    channels' errors around it to differ (the guards have passed in this channel: this
+    only checks that the other channel's candidate is the same event); ``fwd``
+    (``(2B, T)``) is read by :func:`_alike` only. ``(K,)`` bool."""
+    if len(bursts) == 0:
+        return torch.zeros(0, dtype=torch.bool, device=x.device)
+    t = x.shape[-1]
+    span = int((bursts[:, 2] - bursts[:, 1]).max()) + 2 * pad
+    idx = (bursts[:, 1:2] - pad + torch.arange(span, device=x.device)).clamp(0, t - 1)
+    inside = idx < (bursts[:, 2:3] + pad)
+    other = bursts[:, 0:1] + 1 - 2 * (bursts[:, 0:1] % 2)
+    aligned, bg, sig = _alike(x - repaired, fwd, bursts[:, 0:1], other, idx, inside,
+                              bursts[:, 1:2] - pad, bursts[:, 2:3] + pad)
+    return aligned & (sig >= min_sigma)
+
