@@ -301,14 +301,18 @@ def test_drive_renders_level_in_one_strict_pass_reads_as_two_passes():
     first += 6.0 * torch.rand(2, generator=g, dtype=torch.float64)  # item 0 at rest, item 1 limited
     steps = [first, first + 0.3, first + 4.0, first - 20.0]
 
-    def run(fused: bool) -> list:
+    def run(fused: bool, corrected: bool) -> list:
         out = []
         with pytest.MonkeyPatch.context() as mp:
             mp.setattr(F, "_FUSED_LEVEL", fused)
-            smooth, exact = F.drive_renders(x, SR, ceiling_db=ceiling_db, release_ms=release_ms, strict=True)
+            smooth, exact = F.drive_renders(x, SR, ceiling_db=ceiling_db, release_ms=release_ms, strict=True,
+                                            exact=corrected)
             for d in steps:
-                out += [smooth(d).clone(), exact(d).clone(), exact.strict_peak().clone()]
+                out += [smooth(d).clone(), exact(d).clone()]
+                out += [exact.strict_peak().clone()] if corrected else []
         return out
 
-    for k, (a, b) in enumerate(zip(run(True), run(False), strict=True)):
-        assert torch.equal(a, b), (k, (a - b).abs().max())
+    # and the smooth renders (exact=False): the project meter's rows alone, under the floor
+    for corrected in (True, False):
+        for k, (a, b) in enumerate(zip(run(True, corrected), run(False, corrected), strict=True)):
+            assert torch.equal(a, b), (corrected, k, (a - b).abs().max())

@@ -475,7 +475,17 @@ def drive_renders(
     # pass whose rows skip what can't limit; elsewhere the limiter's own envelope runs first.
     fused = _FUSED_LEVEL and true_peak and exact and strict and x.device.type == "cpu" and _pk.available(x)
 
+    # Smooth (no correction, so no peak read from the level): the project meter's level
+    # exact only from the floor up on CPU, its rows skipping the 256-sample blocks whose L1
+    # bound stays under it (as the strict meter's floor does).
+    floored = true_peak and not exact and x.device.type == "cpu" and _pk.available(x) and _FUSED_LEVEL
+
     def strict_level(floor: Tensor | None) -> Tensor:
+        if floored:  # the project meter alone
+            taps = _peaks.interpolation_filter(_peaks.oversampling_factor(sample_rate))
+            bound = None if floor is None else _peaks._fir_bounds(x, taps)
+            todo = None if bound is None else (bound >= floor[:, None]).to(torch.uint8).numpy()
+            return _peaks._fir_envelope(x, taps, todo).unsqueeze(1)
         return _peaks.strict_envelope(x, sample_rate, meter=fused, floor=floor).unsqueeze(1)
 
     def smooth(drives: Tensor) -> Tensor:
@@ -495,6 +505,10 @@ def drive_renders(
                         level = limiter_envelope(x, sample_rate, true_peak=true_peak)
                         floors[0] = torch.minimum(where.cpu(), level.amax((1, 2)).double().cpu())
                         level = torch.maximum(level, strict_level(floors[0]).to(level))
+                elif floored and _peaks.oversampling_factor(sample_rate) > 1:
+                    headroom = 10.0 ** (_FLOOR_HEADROOM_DB / 20.0)
+                    floors[0] = (target.view(-1).double() / (g.view(-1).double() * headroom)).cpu()
+                    level = strict_level(floors[0]).to(x.dtype)
                 else:
                     level = limiter_envelope(x, sample_rate, true_peak=true_peak)
                 # The level, then two buffers every drive reuses for the gain it needs

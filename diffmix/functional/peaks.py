@@ -402,7 +402,7 @@ def _ideal_blocks(lanes: Tensor, out: Tensor, factor: int, overlap: int, core: i
     nyquist = twist[:, -1].real
     for i in range(0, lanes.shape[0], 2):
         spec = torch.fft.rfft(lanes[i: i + 2])  # (b, width // 2 + 1)
-        if room is not None:
+        if room is not None and bool((room[i: i + 2] > 0).all()):
             if bool((_ideal_error_bound(spec, lanes[i: i + 2], factor) < room[i: i + 2]).all()):
                 out[i: i + 2] = 0.0
                 continue
