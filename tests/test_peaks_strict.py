@@ -414,3 +414,20 @@ def test_a_floor_skips_ideal_blocks_and_leaves_every_level_that_reaches_it(seed,
                 assert torch.equal(got.amax(1), exact.amax(1))
     print(f"ideal lanes skipped: {skipped[0]} of {skipped[1]}")
     assert skipped[0] > 0
+
+
+@pytest.mark.parametrize("seed", [int(np.random.SeedSequence().entropy % 10**6), 41])
+def test_fir_bounds_in_parts_read_as_the_whole(seed, monkeypatch):
+    # A long signal's FIR bounds are taken in parts with a block of context each side: the
+    # same values as over the whole, at any part length and signal length.
+    from diffmix.functional import peaks
+
+    print(f"seed {seed}")
+    g = torch.Generator().manual_seed(seed)
+    n = int(torch.randint(5000, 20000, (1,), generator=g))
+    x = torch.randn(2, 2, n, generator=g) * torch.rand(2, 1, n, generator=g) ** 4
+    for rows in (_strict_rows()[0], interpolation_filter(4)):
+        monkeypatch.setattr(peaks, "_BOUND_PART", 1 << 40)
+        whole = peaks._fir_bounds(x, rows)
+        monkeypatch.setattr(peaks, "_BOUND_PART", 256 * int(torch.randint(2, 12, (1,), generator=g)))
+        assert torch.equal(peaks._fir_bounds(x, rows), whole)

@@ -532,15 +532,15 @@ def strict_envelope(x: Tensor, sample_rate: int, *, meter: bool = True, gain: Te
             lo, hi = j0 * core, min(t, j1 * core)
             a, z = max(0, lo - reach), min(t, hi + reach)
             part = source(a, z)
-            mid = part[..., lo - a : hi - a]
-            out = mid.abs().amax(1)
+            mags = part.abs().amax(1)  # (B, z - a): for the level and the FIR rows' bounds
+            out = mags[:, lo - a : hi - a]
             # The Kaiser phase 0 on both sides of sample n: the samples n - 1 and n times a gain.
             mag_before = torch.cat([last_mag[0][:, None], out[:, :-1]], 1)
             last_mag[0] = out[:, -1]
             out = torch.maximum(out, phase0 * torch.maximum(out, mag_before))
             room = None
             for rows_taps in firs:
-                bound = None if floor is None else _fir_bounds(part, rows_taps)
+                bound = None if floor is None else _fir_bounds(part, rows_taps, mags)
                 # With ideal blocks to skip, the Kaiser rows run wherever their bound comes
                 # near the floor: their level leaves the ideal points more room than the bound.
                 under = floor * (1.0 - _IDEAL_ROOM) if skip and rows_taps is taps else floor
@@ -589,7 +589,7 @@ def _fir_todo(x: Tensor, taps: np.ndarray, floor: Tensor) -> np.ndarray | None:
     return None if bound is None else (bound >= floor[:, None]).to(torch.uint8).numpy()
 
 
-def _fir_bounds(x: Tensor, taps: np.ndarray) -> Tensor | None:
+def _fir_bounds(x: Tensor, taps: np.ndarray, mag: Tensor | None = None) -> Tensor | None:
     """An upper bound on every point of ``taps``' rows in each 256-sample block of ``x``
     ``(B, C, T)`` (on :func:`_fir_envelope`'s compiled grid), ``(B, blocks)`` float64, or
     None where the compiled kernel does not serve ``x`` (then every block is done).
@@ -598,7 +598,8 @@ def _fir_bounds(x: Tensor, taps: np.ndarray) -> Tensor | None:
     ``x[m - half + 1 .. m + half]`` for ``m`` from one before the block to its last sample,
     so it is at most the largest row's L1 norm times the largest ``|x|`` within ``half``
     samples of the block; the compiled sums (float32: at most ~25 roundings of a sum of
-    ``|h| |x|`` terms) are covered by a relative margin of 1e-5.
+    ``|h| |x|`` terms) are covered by a relative margin of 1e-5. ``mag``: ``|x|``'s largest
+    channel per sample ``(B, T)``, where the caller has it.
     """
     from diffmix.kernels.backend import use_numba
 
@@ -606,10 +607,20 @@ def _fir_bounds(x: Tensor, taps: np.ndarray) -> Tensor | None:
         return None
     b, _, t = x.shape
     half = taps.shape[1] // 2
+    if t > _BOUND_PART + 2 * _BLOCK and half <= _BLOCK:  # in parts (a block of context each side): no
+        parts = []  # full-length temporaries, which cost more in fresh pages than in arithmetic
+        for lo in range(0, t, _BOUND_PART):
+            hi, a = min(t, lo + _BOUND_PART), max(0, lo - _BLOCK)
+            first = (lo - a) // _BLOCK
+            z = min(t, hi + _BLOCK)
+            bound = _fir_bounds(x[..., a:z], taps, None if mag is None else mag[:, a:z])
+            assert bound is not None
+            parts.append(bound[:, first: first + -(-(hi - lo) // _BLOCK)])
+        return torch.cat(parts, 1)
     l1 = float(np.abs(np.asarray(taps, dtype=np.float32 if x.dtype == torch.float32 else np.float64)
                       .astype(np.float64)).sum(1).max()) * (1.0 + 1e-5)
     n_blocks = -(-t // _BLOCK)
-    mag = torch.nn.functional.pad(x.abs().amax(1), (0, n_blocks * _BLOCK - t))
+    mag = torch.nn.functional.pad(x.abs().amax(1) if mag is None else mag, (0, n_blocks * _BLOCK - t))
     blocks = mag.view(b, n_blocks, _BLOCK)
     reach = blocks.amax(-1)
     # the half samples either side of each block
@@ -622,6 +633,9 @@ def _fir_bounds(x: Tensor, taps: np.ndarray) -> Tensor | None:
 # under it, so that each skipped ideal block's room is more than its points' error bound
 # (a few % of the block's peak on music).
 _IDEAL_ROOM = 0.1
+
+# Samples per part of _fir_bounds over a long signal (a multiple of its 256-sample blocks).
+_BOUND_PART = 1 << 20
 
 # Ideal-interpolation blocks per part of the strict envelope on CPU (8 x 32768 samples).
 _STRICT_PART_BLOCKS = 8
