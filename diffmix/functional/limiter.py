@@ -571,8 +571,9 @@ def drive_renders(
     return smooth, corrected
 
 
-# Whether the drive renders' strict level on CPU meters the project's rows in the strict
-# meter's pass (under its floor) rather than in a whole pass of their own: the same renders.
+# Whether the drive renders on CPU meter the project's rows under the level's floor (in the
+# strict meter's pass, or alone in smooth mode) rather than in a whole pass of their own
+# first: the same renders either way (a switch for the test that compares them).
 _FUSED_LEVEL = True
 
 # How far above the first drive the pre-limiter strict level stays exact enough for every
