@@ -280,3 +280,39 @@ def test_drive_renders_read_the_same_with_the_strict_levels_floor():
         for k, (a, b) in enumerate(zip(run(envelope), want, strict=True)):
             assert torch.equal(a, b), (k, (a - b).abs().max())
     assert calls["floored"] >= 2 and calls["exact"] >= 1  # both floors used; one drive went past the headroom
+
+
+def test_drive_renders_level_in_one_strict_pass_reads_as_two_passes():
+    # On CPU the drive renders meter the project's rows in the strict meter's pass under its
+    # floor (from the samples' peak) instead of in a whole pass of their own first: every
+    # render and strict peak, at drives at rest, limiting and past the floor's headroom, bit
+    # for bit the two passes'.
+    seed = int(np.random.SeedSequence().entropy % 10**6)
+    print(f"seed {seed}")
+    g = torch.Generator().manual_seed(seed)
+    n = int(SR * (0.8 + 1.5 * torch.rand((), generator=g)))
+    x = torch.randn(2, 2, n, generator=g)
+    x[:, 1] -= torch.roll(x[:, 1], 1, -1)  # content near Nyquist, where the meters differ
+    x *= 10 ** (-1.5 * torch.rand(2, 1, -(-n // 256), generator=g)).repeat_interleave(256, -1)[..., :n]
+    x /= x.abs().amax((1, 2), keepdim=True)
+    ceiling_db = -0.5 - 2.5 * torch.rand(2, generator=g, dtype=torch.float64)
+    release_ms = 20.0 + 200.0 * torch.rand(2, generator=g, dtype=torch.float64)
+    first = torch.tensor([-12.0, 2.0], dtype=torch.float64)
+    first += 6.0 * torch.rand(2, generator=g, dtype=torch.float64)  # item 0 at rest, item 1 limited
+    steps = [first, first + 0.3, first + 4.0, first - 20.0]
+
+    def run(fused: bool, corrected: bool) -> list:
+        out = []
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(F, "_FUSED_LEVEL", fused)
+            smooth, exact = F.drive_renders(x, SR, ceiling_db=ceiling_db, release_ms=release_ms, strict=True,
+                                            exact=corrected)
+            for d in steps:
+                out += [smooth(d).clone(), exact(d).clone()]
+                out += [exact.strict_peak().clone()] if corrected else []
+        return out
+
+    # and the smooth renders (exact=False): the project meter's rows alone, under the floor
+    for corrected in (True, False):
+        for k, (a, b) in enumerate(zip(run(True, corrected), run(False, corrected), strict=True)):
+            assert torch.equal(a, b), (corrected, k, (a - b).abs().max())

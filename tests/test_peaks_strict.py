@@ -277,8 +277,9 @@ def test_the_skipped_fir_blocks_stay_under_the_floor_and_the_bound_is_reached(se
             l1 = float(np.abs(worst.astype(np.float32 if dtype == torch.float32 else np.float64)).sum())
             xs = x.clone()
             planted = []
-            for _ in range(4):
-                item, m = int(g.integers(0, 2)), int(g.integers(2, xs.shape[-1] // 256 - 2)) * 256
+            # in distinct blocks: a plant written over another one's samples would not reach it
+            for at in g.choice(np.arange(2, xs.shape[-1] // 256 - 2), 4, replace=False):
+                item, m = int(g.integers(0, 2)), int(at) * 256
                 m += int(g.integers(-half, half))
                 level = float(g.uniform(0.05, 0.5))
                 xs[item, :, m - half + 1: m + half + 1] = torch.from_numpy(level * np.sign(worst)).to(dtype)
@@ -292,3 +293,141 @@ def test_the_skipped_fir_blocks_stay_under_the_floor_and_the_bound_is_reached(se
             for floor in floors:
                 todo = torch.from_numpy(_fir_todo(xs, rows, floor).astype(bool))
                 assert (blocks[~todo] < floor[:, None].expand_as(blocks)[~todo]).all(), (dtype, rows.shape)
+
+
+def _lanes(x: np.ndarray) -> tuple[np.ndarray, torch.Tensor]:
+    """``(T,)`` -> the meter's FFT lanes ``(blocks, width)`` float32, and their core offsets."""
+    t = len(x)
+    core = min(CORE, t + t % 2)
+    n_blocks = -(-t // core)
+    padded = np.pad(x, (OVERLAP, n_blocks * core - t + OVERLAP))
+    width = core + 2 * OVERLAP
+    return np.arange(n_blocks) * core, torch.from_numpy(
+        np.stack([padded[i * core: i * core + width] for i in range(n_blocks)])).float()
+
+
+def _adversarial(seed: int, n: int) -> np.ndarray:
+    """A signal whose every sample pushes one ideal point away from its Kaiser 8x point:
+    ``0.5 sign(a[m])`` with ``a`` the difference of their weights on ``x[m]`` (the worst
+    case of :func:`~diffmix.functional.peaks._ideal_error_bound`, up to its margin)."""
+    from diffmix.functional.peaks import _phase_twists
+
+    g = np.random.default_rng(seed)
+    width = CORE + 2 * OVERLAP
+    p, m0 = int(g.integers(1, UP)), int(g.integers(100, CORE - 100))
+    kernel = torch.fft.irfft(_phase_twists(width, UP, torch.float64, "cpu")[p - 1], n=width).numpy()
+    a = kernel[(OVERLAP + m0 - np.arange(width)) % width]  # weight of lane sample m on the point
+    rows = _kaiser_resampler(UP)
+    a[OVERLAP + m0 - 9: OVERLAP + m0 + 11] -= rows[p]
+    x = np.zeros(n)
+    x[: width - OVERLAP] = 0.5 * np.sign(a[OVERLAP:])
+    return x
+
+
+@pytest.mark.parametrize("seed", [int(np.random.SeedSequence().entropy % 10**6), 23])
+def test_ideal_points_stay_within_the_error_bound_of_the_kaiser_points(seed):
+    # The bound that lets the strict meter skip an FFT block: every ideal 8x point (the
+    # exhaustive float64 definition) is at most the Kaiser 8x rows' point at the same place
+    # plus _ideal_error_bound of its block, on every signal of the suite and on the
+    # adversarial one (each sample's sign chosen against the bound), which comes near it.
+    from diffmix.functional.peaks import _ideal_error_bound
+
+    print(f"seed {seed}")
+    signals = {k: v for k, v in _signals(seed).items() if v.shape[-1] > 1}
+    n = 2 * CORE + 1234
+    signals["adversarial"] = np.stack([_adversarial(seed, n), _adversarial(seed + 1, n)])
+    g = np.random.default_rng(seed)
+    spec = np.fft.rfft(g.standard_normal((2, n)))
+    spec /= 1 + np.fft.rfftfreq(n, 1 / SR) / 200.0  # a music-like 1/f fall
+    signals["pink"] = 0.2 * np.fft.irfft(spec, n) / np.abs(np.fft.irfft(spec, n)).max()
+    kaiser = _kaiser_resampler(UP)[1:]
+    widest = 0.0  # the bound on the music-like signal, of its block's peak
+    for name, x in signals.items():
+        for row in x:
+            # (the ideal points from each sample m up to m + 1: |x[m]| on both sides)
+            ideal, fir = _ideal_points(row), np.maximum(_fir_points(row, kaiser), np.abs(row))
+            starts, lanes = _lanes(row)
+            bound = _ideal_error_bound(torch.fft.rfft(lanes), lanes, UP).numpy()
+            core = min(CORE, len(row) + len(row) % 2)
+            reached = []
+            for s, e, peak in zip(starts, bound, lanes.abs().amax(1).double().numpy(), strict=True):
+                worst = float((ideal[s: s + core] - fir[s: s + core]).max())
+                assert worst <= e, (name, s, worst, e)
+                reached.append(worst / e if e > 0 else 0.0)
+                widest = max(widest, e / peak) if name == "pink" else widest
+            if name == "adversarial":  # its first block holds the point it was built against
+                print(f"adversarial: reached {reached[0]:.3f} of the bound")
+                assert reached[0] > 0.5  # the bound is the worst case, not far above it
+    print(f"pink: the bound at most {widest:.3f} of its block's peak")
+
+
+def _stepped_signal(seed: int) -> torch.Tensor:
+    """Two stereo items over 6+ FFT blocks, each block at its own level (0 to -30 dB),
+    music-like (a 1/f spectrum) or dense near Nyquist, with a few clicks: some blocks' ideal
+    points stay far under a floor and some don't."""
+    g = torch.Generator().manual_seed(seed)
+    n = 6 * CORE + int(torch.randint(1, 9000, (1,), generator=g))
+    spec = torch.fft.rfft(torch.randn(2, 2, n, generator=g, dtype=torch.float64))
+    freq = torch.fft.rfftfreq(n, 1 / SR, dtype=torch.float64)
+    x = torch.fft.irfft(spec / (1 + freq / 300.0), n)
+    x[1, 1] = torch.fft.irfft(spec[1, 1] * (freq > 16000), n)  # one channel near Nyquist
+    steps = 10 ** (-1.5 * torch.rand(2, 1, -(-n // CORE), generator=g, dtype=torch.float64))
+    x = x * steps.repeat_interleave(CORE, -1)[..., :n]
+    x[..., torch.randint(0, n, (6,), generator=g)] *= 8.0
+    scale = 0.3 + torch.rand(2, 1, 1, generator=g, dtype=torch.float64)
+    return x / x.abs().amax((1, 2), keepdim=True) * scale
+
+
+@pytest.mark.parametrize("seed", [int(np.random.SeedSequence().entropy % 10**6), 31])
+def test_a_floor_skips_ideal_blocks_and_leaves_every_level_that_reaches_it(seed, monkeypatch):
+    # strict_envelope(floor=) skips the ideal interpolation of FFT blocks whose points can't
+    # reach the floor: bit for bit wherever the exact level reaches it, never above it
+    # below, the peak exact, on both dtypes, with and without a gain; and blocks were
+    # skipped (counted at the transforms).
+    from diffmix.functional import peaks
+
+    print(f"seed {seed}")
+    g = torch.Generator().manual_seed(seed)
+    real = peaks._ideal_blocks
+    skipped = [0, 0]
+
+    def spy(lanes, out, factor, overlap, core, room=None):  # noqa: ANN001, ANN202
+        real(lanes, out, factor, overlap, core, room)
+        if room is not None:
+            skipped[0] += int((out.amax(1) == 0).sum())
+            skipped[1] += lanes.shape[0]
+
+    monkeypatch.setattr(peaks, "_ideal_blocks", spy)
+    for dtype in (torch.float32, torch.float64):
+        x = _stepped_signal(seed).to(dtype)
+        gain = (0.7 + 0.3 * torch.rand(2, 1, x.shape[-1] // 4096 + 1, generator=g, dtype=torch.float64))
+        gain = gain.repeat_interleave(4096, -1)[..., : x.shape[-1]].to(dtype)
+        for gn in (None, gain):
+            exact = strict_envelope(x, SR, gain=gn, meter=gn is None)
+            top = exact.amax(1).double()
+            for scale in torch.rand(4, generator=g, dtype=torch.float64):  # floors from -30 dB to the peak
+                floor = top * 10 ** (-1.5 * scale)
+                got = strict_envelope(x, SR, gain=gn, meter=gn is None, floor=floor)
+                reach = exact.double() >= floor[:, None]
+                assert torch.equal(got[reach], exact[reach]), (dtype, float(scale))
+                assert (got <= exact).all(), (dtype, float(scale))
+                assert torch.equal(got.amax(1), exact.amax(1))
+    print(f"ideal lanes skipped: {skipped[0]} of {skipped[1]}")
+    assert skipped[0] > 0
+
+
+@pytest.mark.parametrize("seed", [int(np.random.SeedSequence().entropy % 10**6), 41])
+def test_fir_bounds_in_parts_read_as_the_whole(seed, monkeypatch):
+    # A long signal's FIR bounds are taken in parts with a block of context each side: the
+    # same values as over the whole, at any part length and signal length.
+    from diffmix.functional import peaks
+
+    print(f"seed {seed}")
+    g = torch.Generator().manual_seed(seed)
+    n = int(torch.randint(5000, 20000, (1,), generator=g))
+    x = torch.randn(2, 2, n, generator=g) * torch.rand(2, 1, n, generator=g) ** 4
+    for rows in (_strict_rows()[0], interpolation_filter(4)):
+        monkeypatch.setattr(peaks, "_BOUND_PART", 1 << 40)
+        whole = peaks._fir_bounds(x, rows)
+        monkeypatch.setattr(peaks, "_BOUND_PART", 256 * int(torch.randint(2, 12, (1,), generator=g)))
+        assert torch.equal(peaks._fir_bounds(x, rows), whole)

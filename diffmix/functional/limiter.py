@@ -470,21 +470,47 @@ def drive_renders(
     def gains(drives: Tensor) -> Tensor:
         return torch.pow(10.0, drives.to(x.device, torch.float64) / 20.0).to(x.dtype).view(-1, 1, 1)
 
+    # On CPU the strict meter's pass meters the project's rows too, under the same floor
+    # (the compiled kernel either way: the same level where it counts), so the level is one
+    # pass whose rows skip what can't limit; elsewhere the limiter's own envelope runs first.
+    fused = _FUSED_LEVEL and true_peak and exact and strict and x.device.type == "cpu" and _pk.available(x)
+
+    # Smooth (no correction, so no peak read from the level): the project meter's level
+    # exact only from the floor up on CPU, its rows skipping the 256-sample blocks whose L1
+    # bound stays under it (as the strict meter's floor does).
+    floored = true_peak and not exact and x.device.type == "cpu" and _pk.available(x) and _FUSED_LEVEL
+
     def strict_level(floor: Tensor | None) -> Tensor:
-        return _peaks.strict_envelope(x, sample_rate, meter=False, floor=floor).unsqueeze(1)
+        if floored:  # the project meter alone
+            taps = _peaks.interpolation_filter(_peaks.oversampling_factor(sample_rate))
+            bound = None if floor is None else _peaks._fir_bounds(x, taps)
+            todo = None if bound is None else (bound >= floor[:, None]).to(torch.uint8).numpy()
+            return _peaks._fir_envelope(x, taps, todo).unsqueeze(1)
+        return _peaks.strict_envelope(x, sample_rate, meter=fused, floor=floor).unsqueeze(1)
 
     def smooth(drives: Tensor) -> Tensor:
         g = gains(drives)
         with torch.no_grad():
             if not cache:  # metered on first use: a job without a loudness goal never pays
-                level = limiter_envelope(x, sample_rate, true_peak=true_peak)
                 if true_peak and exact and strict:  # as limiter() does
                     # Exact from _FLOOR_HEADROOM_DB under where this drive starts to limit,
-                    # and at the peak of the project meter's level (so the peak is exact).
+                    # and at the peak (the floor at most the samples' peak, which the level's
+                    # peak is not under, so the peak is exact).
                     headroom = 10.0 ** (_FLOOR_HEADROOM_DB / 20.0)
                     where = target.view(-1).double() / (g.view(-1).double() * headroom)
-                    floors[0] = torch.minimum(where.cpu(), level.amax((1, 2)).double().cpu())
-                    level = torch.maximum(level, strict_level(floors[0]).to(level))
+                    if fused:
+                        floors[0] = torch.minimum(where.cpu(), x.abs().amax((1, 2)).double().cpu())
+                        level = strict_level(floors[0]).to(x.dtype)
+                    else:
+                        level = limiter_envelope(x, sample_rate, true_peak=true_peak)
+                        floors[0] = torch.minimum(where.cpu(), level.amax((1, 2)).double().cpu())
+                        level = torch.maximum(level, strict_level(floors[0]).to(level))
+                elif floored and _peaks.oversampling_factor(sample_rate) > 1:
+                    headroom = 10.0 ** (_FLOOR_HEADROOM_DB / 20.0)
+                    floors[0] = (target.view(-1).double() / (g.view(-1).double() * headroom)).cpu()
+                    level = strict_level(floors[0]).to(x.dtype)
+                else:
+                    level = limiter_envelope(x, sample_rate, true_peak=true_peak)
                 # The level, then two buffers every drive reuses for the gain it needs
                 # and the gain: each full-length temporary would be fresh memory, which
                 # costs more here than the arithmetic. Last, each item's peak level.
@@ -544,6 +570,11 @@ def drive_renders(
     corrected.strict_peak = lambda: last_peak[0]  # type: ignore[attr-defined]
     return smooth, corrected
 
+
+# Whether the drive renders on CPU meter the project's rows under the level's floor (in the
+# strict meter's pass, or alone in smooth mode) rather than in a whole pass of their own
+# first: the same renders either way (a switch for the test that compares them).
+_FUSED_LEVEL = True
 
 # How far above the first drive the pre-limiter strict level stays exact enough for every
 # later drive of a solve (which moves by hundredths to tenths of a dB); a drive beyond it

@@ -19,7 +19,7 @@ import contextlib
 import functools
 import math
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from types import ModuleType
 
 import numpy as np
@@ -345,11 +345,12 @@ def _ideal_grid(t: int) -> tuple[int, int, int]:
 
 
 def _ideal_part(source: Callable[[int, int], Tensor], t: int, j0: int, j1: int,
-                factor: int = _IDEAL_FACTOR) -> Tensor:
+                factor: int = _IDEAL_FACTOR, room: Tensor | None = None) -> Tensor:
     """``(N, hi - lo)`` float32: :func:`_ideal_between` over the samples ``lo = j0 core ..
     hi = min(t, j1 core)`` of blocks ``j0 .. j1`` of the grid (:func:`_ideal_grid`), from
     ``source(a, z)``, the signal's samples ``a .. z`` ``(N, z - a)``. Blocks are transformed
-    on their own, so a part reads exactly as the same samples of the whole signal."""
+    on their own, so a part reads exactly as the same samples of the whole signal.
+    ``room`` ``(N, j1 - j0)``: see :func:`_ideal_blocks` (skipped blocks read 0)."""
     core, overlap, _ = _ideal_grid(t)
     lo, hi = j0 * core, min(t, j1 * core)
     a, z = max(0, lo - overlap), min(t, j1 * core + overlap)
@@ -359,7 +360,7 @@ def _ideal_part(source: Callable[[int, int], Tensor], t: int, j0: int, j1: int,
     padded = torch.nn.functional.pad(part, (overlap - (lo - a), j1 * core + overlap - z))
     lanes = padded.unfold(1, width, core).reshape(n * (j1 - j0), width)
     out = torch.empty(n * (j1 - j0), core, dtype=part.dtype, device=part.device)
-    _ideal_blocks(lanes, out, factor, overlap, core)
+    _ideal_blocks(lanes, out, factor, overlap, core, None if room is None else room.reshape(-1))
     return out.reshape(n, (j1 - j0) * core)[:, : hi - lo]
 
 
@@ -379,7 +380,8 @@ def _one_thread(device: torch.device) -> Iterator[None]:
         torch.set_num_threads(saved)
 
 
-def _ideal_blocks(lanes: Tensor, out: Tensor, factor: int, overlap: int, core: int) -> None:
+def _ideal_blocks(lanes: Tensor, out: Tensor, factor: int, overlap: int, core: int,
+                  room: Tensor | None = None) -> None:
     """Fill ``out`` ``(blocks, core)`` from ``lanes`` ``(blocks, core + 2 overlap)``, 2 at a time.
 
     The zero-padded ``factor * width``-point inverse transform, phase by phase: the points
@@ -388,18 +390,65 @@ def _ideal_blocks(lanes: Tensor, out: Tensor, factor: int, overlap: int, core: i
     ``X[width / 2] cos(pi p / factor)``). The same trigonometric polynomial at the same
     points, to rounding, but transforms that stay in cache: 4-5x faster than one long
     transform. Phase 0 is the sample itself (the caller's level includes it).
+
+    ``room`` ``(blocks,)`` float64 (CPU): how far each lane's Kaiser 8x points (the strict
+    meter's FIR rows, at most the caller's level there) stay under the caller's floor. A
+    pair of lanes whose ideal points can't make up that room (:func:`_ideal_error_bound`)
+    skips its inverse transforms and reads 0: under the floor, at most the exact level.
+    Pairs are kept as they are, so the lanes computed read bit for bit as without ``room``.
     """
     width = lanes.shape[1]
     twist = _phase_twists(width, factor, lanes.dtype, str(lanes.device))  # (factor - 1, width // 2 + 1)
     nyquist = twist[:, -1].real
     for i in range(0, lanes.shape[0], 2):
         spec = torch.fft.rfft(lanes[i: i + 2])  # (b, width // 2 + 1)
+        if room is not None and bool((room[i: i + 2] > 0).all()):
+            if bool((_ideal_error_bound(spec, lanes[i: i + 2], factor) < room[i: i + 2]).all()):
+                out[i: i + 2] = 0.0
+                continue
         z = spec[:, None, :] * twist
         z[..., -1] = spec[:, None, -1].real * nyquist
         phases = torch.fft.irfft(z, n=width)[..., overlap: overlap + core]
         torch.amax(phases.abs_(), dim=1, out=out[i: i + 2])
         # Never read low for the transforms' float32 rounding: add a bound on it.
         out[i: i + 2] += _FFT_ROUNDING * lanes[i: i + 2].abs().amax(1, keepdim=True)
+
+
+def _ideal_error_bound(spec: Tensor, lanes: Tensor, factor: int) -> Tensor:
+    """``(b,)`` float64: how far above the strict meter's Kaiser 8x points (over the same
+    samples) any ideal point of each lane's core can read, rounding included.
+
+    Both are linear in the lane: per frequency bin the ideal point ``p / factor`` after
+    sample ``m`` is ``X_k exp(i w_k (m + p / factor)) / W`` and the Kaiser row's is
+    ``X_k H_p(w_k) exp(i w_k m) / W``, so their difference is at most ``sum_k |X_k|
+    max_p |exp(i w_k p / factor) - H_p(w_k)| / W`` (both halves of the spectrum; at the split
+    Nyquist bin ``|cos(pi p / factor)| + |H_p(pi)|``). The rows err by ~0.2 % in the
+    passband and more near Nyquist, so on music this is a few % of the lane's peak. The
+    margin of 1e-4 of the lane's peak covers the float32 spectrum, transforms (at most
+    1.2e-6 measured) and FIR sums (~20 units in the last place of ``sum |h| |x|``), and
+    the :data:`_FFT_ROUNDING` added to each point.
+    """
+    weights = _ideal_error_weights(lanes.shape[1], factor)
+    peak = lanes.abs().amax(1).to(torch.float64)
+    return (spec.abs().to(torch.float64) @ weights) * (1.0 + 1e-3) + 1e-4 * peak
+
+
+@functools.lru_cache(maxsize=4)
+def _ideal_error_weights(width: int, factor: int) -> Tensor:
+    """``(width // 2 + 1,)`` float64: :func:`_ideal_error_bound`'s weight of each bin."""
+    rows = _kaiser_resampler(factor)  # (factor, 2 zeros) over x[m - zeros + 1 .. m + zeros]
+    zeros = rows.shape[1] // 2
+    k = np.arange(width // 2 + 1)
+    w = 2 * np.pi * k / width
+    j = np.arange(-zeros + 1, zeros + 1)
+    worst = np.zeros(k.shape)
+    for p in range(1, factor):
+        h = (rows[p][None, :] * np.exp(1j * w[:, None] * j[None, :])).sum(1)
+        err = np.abs(np.exp(1j * w * p / factor) - h)
+        err[-1] = abs(math.cos(math.pi * p / factor)) + abs(h[-1])  # the split Nyquist bin
+        worst = np.maximum(worst, err)
+    both = np.where((k == 0) | (k == width // 2), 1.0, 2.0)  # a real lane's two halves
+    return torch.from_numpy(worst * both / width)
 
 
 @functools.lru_cache(maxsize=8)
@@ -431,7 +480,9 @@ def strict_envelope(x: Tensor, sample_rate: int, *, meter: bool = True, gain: Te
     one (so ``max(level, floor)`` is exactly ``max(exact, floor)``, and so are a comparison
     with any level at or above ``floor`` and the peak, where that reaches it). On CPU the FIR
     rows skip the 256-sample blocks whose samples, times the largest row's L1 norm, stay
-    under it (:func:`_fir_todo`).
+    under it (:func:`_fir_todo`), and the ideal interpolation skips the FFT blocks whose
+    Kaiser 8x points stay further under it than any ideal point can read above them
+    (:func:`_ideal_error_bound`: a few % of the block's peak on music).
 
     Shape:
         ``(B, C, T)`` -> ``(B, T)`` linear. Not differentiable (a max); CPU and CUDA.
@@ -463,57 +514,92 @@ def strict_envelope(x: Tensor, sample_rate: int, *, meter: bool = True, gain: Te
         # step cost more in page faults than in arithmetic. Each part reads as the whole would.
         step = _STRICT_PART_BLOCKS if x.device.type == "cpu" else blocks
         last = x.new_zeros(b * c)  # the ideal level between the sample before a part and its first
-        last_mag = x.new_zeros(b)  # |x| at the sample before a part, channels linked
+        last_mag = [x.new_zeros(b)]  # |x| at the sample before a part, channels linked
+        # Below a floor on CPU, each block's ideal points are skipped where the FIR rows'
+        # level (or their bound, where the rows were skipped too) leaves more room under the
+        # floor than the ideal points can make up (_ideal_blocks); a test on the host.
+        skip = floor is not None and x.device.type == "cpu"
 
-        def ideal(j0: int) -> Tensor:
+        def ideal(j0: int, room: Tensor | None) -> Tensor:
             j1 = min(blocks, j0 + step)
-            return _ideal_part(lambda a, z: source(a, z).reshape(b * c, z - a), t, j0, j1).to(x.dtype)
+            return _ideal_part(lambda a, z: source(a, z).reshape(b * c, z - a), t, j0, j1,
+                               room=room).to(x.dtype)
+
+        def rows(j0: int) -> tuple[Tensor, Tensor | None]:
+            """Part ``j0``'s level but for its ideal points, ``(B, hi - lo)``, and each lane's
+            room for them under the floor, ``(B C, blocks)`` (None: no skipping)."""
+            j1 = min(blocks, j0 + step)
+            lo, hi = j0 * core, min(t, j1 * core)
+            a, z = max(0, lo - reach), min(t, hi + reach)
+            part = source(a, z)
+            mags = part.abs().amax(1)  # (B, z - a): for the level and the FIR rows' bounds
+            out = mags[:, lo - a : hi - a]
+            # The Kaiser phase 0 on both sides of sample n: the samples n - 1 and n times a gain.
+            mag_before = torch.cat([last_mag[0][:, None], out[:, :-1]], 1)
+            last_mag[0] = out[:, -1]
+            out = torch.maximum(out, phase0 * torch.maximum(out, mag_before))
+            room = None
+            for rows_taps in firs:
+                bound = None if floor is None else _fir_bounds(part, rows_taps, mags)
+                # With ideal blocks to skip, the Kaiser rows run wherever their bound comes
+                # near the floor: their level leaves the ideal points more room than the bound.
+                under = floor * (1.0 - _IDEAL_ROOM) if skip and rows_taps is taps else floor
+                todo = None if bound is None else (bound >= under[:, None]).to(torch.uint8).numpy()
+                fir = _fir_envelope(part, rows_taps, todo)[:, lo - a : hi - a]
+                torch.maximum(out, fir, out=out)
+                if skip and rows_taps is taps:  # the Kaiser 8x rows, and where skipped their bound
+                    if bound is not None:
+                        held = torch.from_numpy(todo).bool().repeat_interleave(_BLOCK, 1)[:, lo - a : hi - a]
+                        fir = torch.where(held, fir.to(torch.float64),
+                                          bound.repeat_interleave(_BLOCK, 1)[:, lo - a : hi - a])
+                    top = torch.nn.functional.pad(fir.to(torch.float64), (0, (j1 - j0) * core - (hi - lo)))
+                    top = top.view(b, j1 - j0, core).amax(-1)
+                    room = (floor[:, None] - top)[:, None, :].expand(b, c, j1 - j0).reshape(b * c, j1 - j0)
+            return out, room
 
         starts = list(range(0, blocks, step))
-        # On CPU the next part's transforms run on a second thread while this one's FIR rows
-        # and maxima run (torch releases the GIL; each side on one torch thread).
+        # On CPU a part's ideal transforms run on a second thread while the next part's FIR
+        # rows and maxima run (torch releases the GIL; each side on one torch thread).
         pool = ThreadPoolExecutor(max_workers=1) if x.device.type == "cpu" and len(starts) > 1 else None
         with _one_thread(x.device), contextlib.ExitStack() as stack:
             if pool is not None:
                 stack.callback(pool.shutdown, cancel_futures=True)
-            ahead = pool.submit(ideal, starts[0]) if pool is not None else None
-            for k, j0 in enumerate(starts):
-                j1 = min(blocks, j0 + step)
-                lo, hi = j0 * core, min(t, j1 * core)
-                if ahead is not None:
-                    between = ahead.result()
-                    ahead = pool.submit(ideal, starts[k + 1]) if pool and k + 1 < len(starts) else None
-                else:
-                    between = ideal(j0)
-                before = torch.cat([last[:, None], between[:, :-1]], 1)
-                last = between[:, -1]
-                a, z = max(0, lo - reach), min(t, hi + reach)
-                part = source(a, z)
-                mid = part[..., lo - a : hi - a]
-                peak = torch.maximum(between, before).view(b, c, hi - lo)
-                out = torch.maximum(mid.abs(), peak).amax(1)
-                # The Kaiser phase 0 on both sides of sample n: the samples n - 1 and n times a gain.
-                mag = mid.abs().amax(1)
-                mag_before = torch.cat([last_mag[:, None], mag[:, :-1]], 1)
-                last_mag = mag[:, -1]
-                torch.maximum(out, phase0 * torch.maximum(mag, mag_before), out=out)
-                for rows_taps in firs:
-                    todo = None if floor is None else _fir_todo(part, rows_taps, floor)
-                    torch.maximum(out, _fir_envelope(part, rows_taps, todo)[:, lo - a : hi - a], out=out)
-                level[:, lo:hi] = out
+            pending: list = []  # the last part's (j0, level so far, ideal points to come)
+            for j0 in [*starts, None]:
+                if j0 is not None:
+                    out, room = rows(j0)
+                    ahead = pool.submit(ideal, j0, room) if pool is not None else None
+                if pending:
+                    p0, p_out, p_ahead = pending.pop()
+                    lo, hi = p0 * core, min(t, min(blocks, p0 + step) * core)
+                    between = p_ahead.result() if isinstance(p_ahead, Future) else p_ahead
+                    before = torch.cat([last[:, None], between[:, :-1]], 1)
+                    last = between[:, -1]
+                    peak = torch.maximum(between, before).view(b, c, hi - lo).amax(1)
+                    level[:, lo:hi] = torch.maximum(p_out, peak)
+                if j0 is not None:
+                    pending.append((j0, out, ahead if ahead is not None else ideal(j0, room)))
         return level
 
 
 def _fir_todo(x: Tensor, taps: np.ndarray, floor: Tensor) -> np.ndarray | None:
-    """Which 256-sample blocks of ``x`` ``(B, C, T)`` (on :func:`_fir_envelope`'s compiled
-    grid) can hold a point of ``taps``' rows at or above ``floor`` ``(B,)``: ``(B, blocks)``
-    uint8, or None where the compiled kernel does not serve ``x`` (then every block is done).
+    """Which 256-sample blocks of ``x`` need ``taps``' rows to meet ``floor``:
+    :func:`_fir_bounds` at or above it, ``(B, blocks)`` uint8; None where it has none."""
+    bound = _fir_bounds(x, taps)
+    return None if bound is None else (bound >= floor[:, None]).to(torch.uint8).numpy()
+
+
+def _fir_bounds(x: Tensor, taps: np.ndarray, mag: Tensor | None = None) -> Tensor | None:
+    """An upper bound on every point of ``taps``' rows in each 256-sample block of ``x``
+    ``(B, C, T)`` (on :func:`_fir_envelope`'s compiled grid), ``(B, blocks)`` float64, or
+    None where the compiled kernel does not serve ``x`` (then every block is done).
 
     A point of a block (the samples ``n`` of the block and the points on either side) reads
     ``x[m - half + 1 .. m + half]`` for ``m`` from one before the block to its last sample,
     so it is at most the largest row's L1 norm times the largest ``|x|`` within ``half``
     samples of the block; the compiled sums (float32: at most ~25 roundings of a sum of
-    ``|h| |x|`` terms) are covered by a relative margin of 1e-5.
+    ``|h| |x|`` terms) are covered by a relative margin of 1e-5. ``mag``: ``|x|``'s largest
+    channel per sample ``(B, T)``, where the caller has it.
     """
     from diffmix.kernels.backend import use_numba
 
@@ -521,17 +607,35 @@ def _fir_todo(x: Tensor, taps: np.ndarray, floor: Tensor) -> np.ndarray | None:
         return None
     b, _, t = x.shape
     half = taps.shape[1] // 2
+    if t > _BOUND_PART + 2 * _BLOCK and half <= _BLOCK:  # in parts (a block of context each side): no
+        parts = []  # full-length temporaries, which cost more in fresh pages than in arithmetic
+        for lo in range(0, t, _BOUND_PART):
+            hi, a = min(t, lo + _BOUND_PART), max(0, lo - _BLOCK)
+            first = (lo - a) // _BLOCK
+            z = min(t, hi + _BLOCK)
+            bound = _fir_bounds(x[..., a:z], taps, None if mag is None else mag[:, a:z])
+            assert bound is not None
+            parts.append(bound[:, first: first + -(-(hi - lo) // _BLOCK)])
+        return torch.cat(parts, 1)
     l1 = float(np.abs(np.asarray(taps, dtype=np.float32 if x.dtype == torch.float32 else np.float64)
                       .astype(np.float64)).sum(1).max()) * (1.0 + 1e-5)
     n_blocks = -(-t // _BLOCK)
-    mag = torch.nn.functional.pad(x.abs().amax(1), (0, n_blocks * _BLOCK - t))
+    mag = torch.nn.functional.pad(x.abs().amax(1) if mag is None else mag, (0, n_blocks * _BLOCK - t))
     blocks = mag.view(b, n_blocks, _BLOCK)
     reach = blocks.amax(-1)
     # the half samples either side of each block
     torch.maximum(reach[:, 1:], blocks[:, :-1, _BLOCK - half:].amax(-1), out=reach[:, 1:])
     torch.maximum(reach[:, :-1], blocks[:, 1:, :half].amax(-1), out=reach[:, :-1])
-    return (reach.to(torch.float64) * l1 >= floor[:, None]).to(torch.uint8).numpy()
+    return reach.to(torch.float64) * l1
 
+
+# Below a floor, the strict FIR rows also run where their L1 bound is within this fraction
+# under it, so that each skipped ideal block's room is more than its points' error bound
+# (a few % of the block's peak on music).
+_IDEAL_ROOM = 0.1
+
+# Samples per part of _fir_bounds over a long signal (a multiple of its 256-sample blocks).
+_BOUND_PART = 1 << 20
 
 # Ideal-interpolation blocks per part of the strict envelope on CPU (8 x 32768 samples).
 _STRICT_PART_BLOCKS = 8
