@@ -20,6 +20,7 @@ from diffmix.functional.restoration.guards import (
     _partner_peak,
     _periodicity,
     _stereo_guards,
+    _trim_quiet_ends,
 )
 from diffmix.functional.restoration.lsar import lsar_interpolate
 from diffmix.functional.restoration.masks import (
@@ -153,6 +154,13 @@ def detect_clicks(
       part has the same shape at the same samples in the other channel
       (:func:`_coincident`, significant at ``joint_sigma``): an onset that reaches two
       microphones at different times does not.
+
+    * in the last pass a kept burst is trimmed to its pieces (candidates at most ``pad``
+      samples apart) that hold a sample the repair removes ``above_db`` over the
+      programme's level: the music beside a loud click may have unpredictable edges of
+      its own, candidates no louder than the music, which ``merge`` joins to the click's
+      burst; interpolated, they lengthen the gap its repair must bridge
+      (:func:`_trim_quiet_ends`).
 
     * stereo (``C == 2``, ``pair_sigma`` not ``None``), after all this: a burst kept in
       one channel brings the same span of the other channel when the removed part there
@@ -347,6 +355,13 @@ def detect_clicks(
                 keep[judge] = _coincident(xd.reshape(b * c, t), repaired.reshape(b * c, t),
                                           bursts[judge], fwd, pad, joint_sigma)
             bursts = bursts[keep]
+            if above_db is not None and step == passes - 1:
+                # Candidates from the music beside a click, merged into its burst, leave
+                # the mask that is repaired (`_trim_quiet_ends`). Earlier passes keep the
+                # whole burst: it is interpolated only to refit the models, and judged
+                # again here.
+                bursts = _trim_quiet_ends(xd.reshape(b * c, t), repaired.reshape(b * c, t),
+                                          bursts, flags, level, above_db, pad)
             if pair_sigma is not None and c == 2:
                 # The same burst at the same samples in the other channel (a scratch, a
                 # glitch in both), which its guards may veto: see `_partners`.

@@ -279,3 +279,42 @@ def _burst_level(rows: Tensor, bursts: Tensor, width: int, span: int) -> Tensor:
     out = torch.ones_like(rows)
     out[bursts[:, 0:1].expand(-1, length)[ok], idx[ok]] = local[ok]
     return out
+
+
+def _trim_quiet_ends(
+    x: Tensor, repaired: Tensor, bursts: Tensor, flags: Tensor, level: Tensor, above_db: float,
+    pad: int,
+) -> Tensor:
+    """Trim each burst (``(K, 3)``) to its pieces (its candidates, ``flags (N, T)``, with
+    at most ``pad`` samples between them) that hold a sample the repair ``repaired``
+    removes at least ``above_db`` over the programme's ``level`` (the ``above_db`` guard
+    of :func:`_guards`, read per piece). Candidates merged in from the music beside a
+    click (edges of its own that the model cannot predict either), more than ``pad``
+    samples from it, are no louder than the music, and each one interpolated lengthens
+    the gap the click's repair must bridge; a click's own quiet parts lie within ``pad``
+    samples of its loud ones. A burst with no loud piece is left as it is. ``(K, 3)``."""
+    if len(bursts) == 0:
+        return bursts
+    t = x.shape[-1]
+    width = int((bursts[:, 2] - bursts[:, 1]).max())
+    idx = (bursts[:, 1:2] + torch.arange(width, device=x.device)).clamp(max=t - 1)
+    at = (bursts[:, 0:1], idx)
+    cand = flags[at] & (idx < bursts[:, 2:3])
+    loud = cand & ((x[at] - repaired[at]).abs() >= 10.0 ** (above_db / 20.0) * level[at])
+    # Pieces: candidates with at most `pad` samples between them (the padding reaches
+    # that far past a click's candidates anyway); a piece is loud if any sample is.
+    pos = torch.arange(width, device=x.device)
+    prev = torch.where(cand, pos, -1).cummax(-1).values
+    nxt = torch.where(cand, pos, width).flip(-1).cummin(-1).values.flip(-1)
+    cand = cand | ((prev >= 0) & (nxt < width) & (nxt - prev - 1 <= pad))
+    start = cand.clone()
+    start[:, 1:] &= ~cand[:, :-1]
+    rid = torch.where(cand, start.long().cumsum(-1), 0)
+    has = torch.zeros(len(bursts), width + 1, dtype=torch.long, device=x.device)
+    has.scatter_reduce_(1, rid, loud.long(), "amax")
+    keep = has.gather(1, rid).bool() & cand
+    any_ = keep.any(-1)
+    first = keep.to(torch.int8).argmax(-1)
+    last = width - 1 - keep.flip(-1).to(torch.int8).argmax(-1)
+    new = torch.stack([bursts[:, 0], bursts[:, 1] + first, bursts[:, 1] + last + 1], -1)
+    return torch.where(any_[:, None], new, bursts)
