@@ -213,6 +213,15 @@ def test_the_strict_correction_reports_the_peak_it_leaves(seed):
     assert (peak <= ceiling.view(-1)).all() and float(gain.min()) < 1.0
 
 
+def _assert_floor_contract(got: torch.Tensor, exact: torch.Tensor, floor: torch.Tensor, case: object) -> None:
+    """A level metered under ``floor`` (``(C,)``): exact wherever the exact level reaches the
+    floor, never above it elsewhere, and its peak exact."""
+    reach = exact.double() >= floor[:, None]
+    assert torch.equal(got[reach], exact[reach]), case
+    assert (got <= exact).all(), case
+    assert torch.equal(got.amax(1), exact.amax(1)), case
+
+
 def _burst_signal(seed: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
     """Two stereo items over 3+ FFT blocks: noise whose level jumps over 40 dB from one
     256-sample stretch to the next, with clicks and near-Nyquist content (so some blocks'
@@ -246,10 +255,7 @@ def test_a_floor_leaves_exact_every_level_that_reaches_it(seed):
             for scale in torch.rand(3, generator=g, dtype=torch.float64):  # floors from -40 dB to the peak
                 floor = top * 10 ** (-2 * scale)
                 got = strict_envelope(x, SR, gain=gn, meter=gn is None, floor=floor)
-                reach = exact.double() >= floor[:, None]
-                assert torch.equal(got[reach], exact[reach]), (dtype, float(scale))
-                assert (got <= exact).all(), (dtype, float(scale))
-                assert torch.equal(got.amax(1), exact.amax(1))
+                _assert_floor_contract(got, exact, floor, (dtype, float(scale)))
                 skipped += int((got != exact).sum())
             assert torch.equal(strict_envelope(x, SR, gain=gn, meter=gn is None, floor=torch.zeros(2)), exact)
     print("levels left under their floor:", skipped)
@@ -408,10 +414,7 @@ def test_a_floor_skips_ideal_blocks_and_leaves_every_level_that_reaches_it(seed,
             for scale in torch.rand(4, generator=g, dtype=torch.float64):  # floors from -30 dB to the peak
                 floor = top * 10 ** (-1.5 * scale)
                 got = strict_envelope(x, SR, gain=gn, meter=gn is None, floor=floor)
-                reach = exact.double() >= floor[:, None]
-                assert torch.equal(got[reach], exact[reach]), (dtype, float(scale))
-                assert (got <= exact).all(), (dtype, float(scale))
-                assert torch.equal(got.amax(1), exact.amax(1))
+                _assert_floor_contract(got, exact, floor, (dtype, float(scale)))
     print(f"ideal lanes skipped: {skipped[0]} of {skipped[1]}")
     assert skipped[0] > 0
 
