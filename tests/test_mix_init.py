@@ -572,12 +572,31 @@ def test_shared_stems_through_an_independent_hidden_chain_are_resolved(shared_mu
 
 
 @pytest.mark.slow
+def _held_and_free(stems, ref, options, hold, read):  # noqa: ANN001, ANN202
+    """Fit a fresh 4-track console three ways: the closed form alone (``start``), then 24
+    steps with the option ``hold`` on (``held``) and off (``free``); ``read(console)`` after
+    each. Both arms' gradient steps must be kept by the judge. Returns (readings, reports)."""
+    from diffmix.mixing.console_fit import MixFitOptions, fit_console
+
+    readings, reports = {}, {}
+    for name, steps, on in (("start", 0, True), ("held", 24, True), ("free", 24, False)):
+        console = _console(4)
+        opts = MixFitOptions(**{**vars(options), "steps": steps, hold: on})
+        reports[name] = fit_console(console, stems, ref, SR, opts,
+                                    optimizer=lambda p: torch.optim.Adam(p, lr=0.05))
+        readings[name] = read(console)
+    for name in ("held", "free"):
+        stage = next(s for s in reports[name]["stages"] if s["stage"] == "gradient steps")
+        assert stage["kept"], reports[name]["stages"]
+    return readings, reports
+
+
 def test_the_gradient_steps_keep_each_track_at_the_level_the_start_measured():
     """Toward a render the console cannot reproduce (a narrow bell between its EQ's
     frequencies on two stems), 1 s excerpt steps that may move input gains and EQ gains
     trade levels for tone; with ``hold_levels`` (the default) every track leaves the
     kept steps at the loudness the closed form left it, and without it they do not."""
-    from diffmix.mixing.console_fit import MixFitOptions, fit_console
+    from diffmix.mixing.console_fit import MixFitOptions
     from diffmix.mixing.wiring import track_loudness
 
     stems = _stems(3.0, seed=8).float().unsqueeze(0)
@@ -598,16 +617,8 @@ def test_the_gradient_steps_keep_each_track_at_the_level_the_start_measured():
         eq_bands=False, compressor_start=False, placement=False, compressor_refine=False,
         eq_refine=False, polish=False, match_loudness=False,
     )
-    levels, reports = {}, {}
-    for name, steps, hold in (("start", 0, True), ("held", 24, True), ("free", 24, False)):
-        console = _console(4)
-        opts = MixFitOptions(**{**vars(options), "steps": steps, "hold_levels": hold})
-        reports[name] = fit_console(console, stems, ref, SR, opts,
-                                    optimizer=lambda p: torch.optim.Adam(p, lr=0.05))
-        levels[name] = track_loudness(console, stems, SR)
-    for name in ("held", "free"):
-        stage = next(s for s in reports[name]["stages"] if s["stage"] == "gradient steps")
-        assert stage["kept"], reports[name]["stages"]
+    levels, reports = _held_and_free(stems, ref, options, "hold_levels",
+                                     lambda console: track_loudness(console, stems, SR))
     free = (levels["free"] - levels["start"]).abs().max()
     held = (levels["held"] - levels["start"]).abs().max()
     print(f"free {free:.3f} dB, held {held:.3f} dB", reports["held"]["hold levels"])
@@ -621,7 +632,7 @@ def test_the_gradient_steps_leave_the_placement_where_the_start_measured_it():
     them where the closed form put them with ``hold_placement`` (the default), exactly,
     and move them without it (both arms' steps kept by the judge)."""
     from diffmix.effects.dynamics import Compressor
-    from diffmix.mixing.console_fit import MixFitOptions, fit_console
+    from diffmix.mixing.console_fit import MixFitOptions
 
     stems = _stems(3.0, seed=8).float().unsqueeze(0)
     truth = Console(SR, 4, strip={
@@ -640,17 +651,12 @@ def test_the_gradient_steps_leave_the_placement_where_the_start_measured_it():
         prior=0.0, eq_bands=False, compressor_start=False, placement=False, compressor_refine=False,
         eq_refine=False, polish=False, match_loudness=False,
     )
-    pans, reports = {}, {}
-    for name, steps, hold in (("start", 0, True), ("held", 24, True), ("free", 24, False)):
-        console = _console(4)
-        opts = MixFitOptions(**{**vars(options), "steps": steps, "hold_placement": hold})
-        reports[name] = fit_console(console, stems, ref, SR, opts,
-                                    optimizer=lambda p: torch.optim.Adam(p, lr=0.05))
-        pans[name] = console.named_values()["strip.pan.pan"].exact().flatten()
+
+    def pan(console):  # noqa: ANN001, ANN202
         assert console.named_values()["strip.pan.pan"].raw.requires_grad  # the console's own again
-    for name in ("held", "free"):
-        stage = next(s for s in reports[name]["stages"] if s["stage"] == "gradient steps")
-        assert stage["kept"], reports[name]["stages"]
+        return console.named_values()["strip.pan.pan"].exact().flatten()
+
+    pans, _ = _held_and_free(stems, ref, options, "hold_placement", pan)
     print("start", pans["start"], "held", pans["held"], "free", pans["free"])
     assert torch.equal(pans["held"], pans["start"])
     assert (pans["free"] - pans["start"]).abs().max() > 0.005

@@ -191,6 +191,19 @@ def test_hidden_setting_is_seeded_realisable_and_its_contributions_sum_to_the_mi
     assert np.isfinite(float(integrated_loudness(mix.unsqueeze(0).double(), SR)[0]))
 
 
+def _band(x: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
+    """``x`` (``(..., n)``) kept from ``lo`` to ``hi`` Hz by an ideal FFT mask."""
+    n = x.shape[-1]
+    f = torch.fft.rfftfreq(n, 1 / SR, dtype=torch.float64)
+    return torch.fft.irfft(torch.fft.rfft(x) * ((f >= lo) & (f < hi)), n)
+
+
+def _balance_error_db(matrix: torch.Tensor, truth: torch.Tensor) -> float:
+    """A one-column placement ``matrix`` ``(2, 2)``'s left/right balance minus the truth's
+    (``(2,)`` channel gains), dB."""
+    return 20 * math.log10(float(matrix[0, 0] / matrix[1, 0]) / float(truth[0] / truth[1]))
+
+
 @pytest.mark.parametrize("bounded,weighted", [(True, True), (True, False), (False, False)])
 def test_a_quiet_hard_panned_stem_keeps_its_balance_where_it_has_no_energy(bounded, weighted, monkeypatch):
     """A stem narrowed to mono and panned hard right, 60 dB down outside its band, beside a
@@ -212,20 +225,16 @@ def test_a_quiet_hard_panned_stem_keeps_its_balance_where_it_has_no_energy(bound
     print(f"seed {seed}")
     g = torch.Generator().manual_seed(seed)
     n = 3 * SR
-    f = torch.fft.rfftfreq(n, 1 / SR, dtype=torch.float64)
 
-    def band(x: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
-        return torch.fft.irfft(torch.fft.rfft(x) * ((f >= lo) & (f < hi)), n)
-
-    wide = band(torch.randn(2, n, generator=g, dtype=torch.float64), 30, 16000)
+    wide = _band(torch.randn(2, n, generator=g, dtype=torch.float64), 30, 16000)
     src = torch.randn(n, generator=g, dtype=torch.float64)
-    quiet = band(src, 1500, 8000) + 1e-3 * band(src, 100, 1000)
+    quiet = _band(src, 1500, 8000) + 1e-3 * _band(src, 100, 1000)
     stems = torch.stack([wide, torch.stack([quiet, quiet])])
     truth = torch.tensor([0.125, 1.4], dtype=torch.float64)  # 21 dB right
-    ref = wide + truth.view(2, 1) * quiet + 10.0 * band(src, 100, 1000)
+    ref = wide + truth.view(2, 1) * quiet + 10.0 * _band(src, 100, 1000)
     matrix, one_column, _, _ = solve_placement(stems.float(), ref.float(), SR, mono=[False, False])
     assert one_column == [False, True]
-    err_db = 20 * math.log10(float(matrix[1, 0, 0] / matrix[1, 1, 0]) / float(truth[0] / truth[1]))
+    err_db = _balance_error_db(matrix[1], truth)
     if bounded:
         assert abs(err_db) < 0.75, (seed, err_db)
     else:
@@ -252,18 +261,14 @@ def test_a_quiet_stem_collinear_with_a_loud_one_takes_its_balance_where_it_is_no
     g = torch.Generator().manual_seed(seed)
     n = 4 * SR
     t = torch.arange(n, dtype=torch.float64) / SR
-    f = torch.fft.rfftfreq(n, 1 / SR, dtype=torch.float64)
-
-    def band(x: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
-        return torch.fft.irfft(torch.fft.rfft(x) * ((f >= lo) & (f < hi)), n)
 
     def noise() -> torch.Tensor:
         return torch.randn(n, generator=g, dtype=torch.float64)
 
     beat = torch.exp(-((t * 2) % 1.0) * 8)  # a hit every 0.5 s
     body, own, click = noise(), noise(), noise()
-    loud = band(beat * body, 40, 200)
-    quiet = band(beat * (0.995 * body + 0.1 * own), 40, 200) + 0.1 * band(beat * click, 1000, 4000)
+    loud = _band(beat * body, 40, 200)
+    quiet = _band(beat * (0.995 * body + 0.1 * own), 40, 200) + 0.1 * _band(beat * click, 1000, 4000)
     rate = float(torch.empty(1).uniform_(0.3, 2.0, generator=g))
     moving = 1 + 0.3 * torch.sin(2 * math.pi * rate * t)
     truth = 0.03 * torch.tensor([0.12, 0.99], dtype=torch.float64)
@@ -271,7 +276,7 @@ def test_a_quiet_stem_collinear_with_a_loud_one_takes_its_balance_where_it_is_no
     stems = torch.stack([loud.expand(2, n), quiet.expand(2, n)])
     matrix, one_column, _, _ = solve_placement(stems.float(), ref.float(), SR, mono=[False, False])
     assert one_column == [True, True]
-    err_db = 20 * math.log10(float(matrix[1, 0, 0] / matrix[1, 1, 0]) / float(truth[0] / truth[1]))
+    err_db = _balance_error_db(matrix[1], truth)
     if weighted:
         assert abs(err_db) < 0.75, (seed, err_db)
     else:

@@ -213,13 +213,25 @@ def test_the_strict_correction_reports_the_peak_it_leaves(seed):
     assert (peak <= ceiling.view(-1)).all() and float(gain.min()) < 1.0
 
 
-def _assert_floor_contract(got: torch.Tensor, exact: torch.Tensor, floor: torch.Tensor, case: object) -> None:
-    """A level metered under ``floor`` (``(C,)``): exact wherever the exact level reaches the
-    floor, never above it elsewhere, and its peak exact."""
-    reach = exact.double() >= floor[:, None]
-    assert torch.equal(got[reach], exact[reach]), case
-    assert (got <= exact).all(), case
-    assert torch.equal(got.amax(1), exact.amax(1)), case
+def _floors_hold(x: torch.Tensor, gain: torch.Tensor | None, g: torch.Generator, *, count: int,
+                 decades: float) -> tuple[torch.Tensor, int]:
+    """The strict level of ``x`` under ``count`` random floors from ``decades`` decades under
+    its peak up to the peak: exact wherever the exact level reaches the floor, never above
+    it elsewhere, and its peak exact. Returns the exact level and how many points were left
+    under their floor."""
+    exact = strict_envelope(x, SR, gain=gain, meter=gain is None)
+    top = exact.amax(1).double()
+    left = 0
+    for scale in torch.rand(count, generator=g, dtype=torch.float64):
+        floor = top * 10 ** (-decades * scale)
+        got = strict_envelope(x, SR, gain=gain, meter=gain is None, floor=floor)
+        reach = exact.double() >= floor[:, None]
+        case = (x.dtype, gain is None, float(scale))
+        assert torch.equal(got[reach], exact[reach]), case
+        assert (got <= exact).all(), case
+        assert torch.equal(got.amax(1), exact.amax(1)), case
+        left += int((got != exact).sum())
+    return exact, left
 
 
 def _burst_signal(seed: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
@@ -250,13 +262,8 @@ def test_a_floor_leaves_exact_every_level_that_reaches_it(seed):
     for dtype in (torch.float32, torch.float64):
         x, gain = _burst_signal(seed, dtype)
         for gn in (None, gain):
-            exact = strict_envelope(x, SR, gain=gn, meter=gn is None)
-            top = exact.amax(1).double()
-            for scale in torch.rand(3, generator=g, dtype=torch.float64):  # floors from -40 dB to the peak
-                floor = top * 10 ** (-2 * scale)
-                got = strict_envelope(x, SR, gain=gn, meter=gn is None, floor=floor)
-                _assert_floor_contract(got, exact, floor, (dtype, float(scale)))
-                skipped += int((got != exact).sum())
+            exact, left = _floors_hold(x, gn, g, count=3, decades=2.0)  # floors from -40 dB to the peak
+            skipped += left
             assert torch.equal(strict_envelope(x, SR, gain=gn, meter=gn is None, floor=torch.zeros(2)), exact)
     print("levels left under their floor:", skipped)
     assert skipped > 0  # the shortcut ran
@@ -409,12 +416,7 @@ def test_a_floor_skips_ideal_blocks_and_leaves_every_level_that_reaches_it(seed,
         gain = (0.7 + 0.3 * torch.rand(2, 1, x.shape[-1] // 4096 + 1, generator=g, dtype=torch.float64))
         gain = gain.repeat_interleave(4096, -1)[..., : x.shape[-1]].to(dtype)
         for gn in (None, gain):
-            exact = strict_envelope(x, SR, gain=gn, meter=gn is None)
-            top = exact.amax(1).double()
-            for scale in torch.rand(4, generator=g, dtype=torch.float64):  # floors from -30 dB to the peak
-                floor = top * 10 ** (-1.5 * scale)
-                got = strict_envelope(x, SR, gain=gn, meter=gn is None, floor=floor)
-                _assert_floor_contract(got, exact, floor, (dtype, float(scale)))
+            _floors_hold(x, gn, g, count=4, decades=1.5)  # floors from -30 dB to the peak
     print(f"ideal lanes skipped: {skipped[0]} of {skipped[1]}")
     assert skipped[0] > 0
 

@@ -483,8 +483,7 @@ def drive_renders(
     def strict_level(floor: Tensor | None) -> Tensor:
         if floored:  # the project meter alone
             taps = _peaks.interpolation_filter(_peaks.oversampling_factor(sample_rate))
-            bound = None if floor is None else _peaks._fir_bounds(x, taps)
-            todo = None if bound is None else (bound >= floor[:, None]).to(torch.uint8).numpy()
+            todo = None if floor is None else _peaks._fir_todo(x, taps, floor)
             return _peaks._fir_envelope(x, taps, todo).unsqueeze(1)
         return _peaks.strict_envelope(x, sample_rate, meter=fused, floor=floor).unsqueeze(1)
 

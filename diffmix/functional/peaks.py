@@ -564,21 +564,21 @@ def strict_envelope(x: Tensor, sample_rate: int, *, meter: bool = True, gain: Te
         with _one_thread(x.device), contextlib.ExitStack() as stack:
             if pool is not None:
                 stack.callback(pool.shutdown, cancel_futures=True)
-            pending: list = []  # the last part's (j0, level so far, ideal points to come)
+            # The last part's (j0, level so far, ideal points to come).
+            pending: tuple[int, Tensor, Future | Tensor] | None = None
             for j0 in [*starts, None]:
                 if j0 is not None:
                     out, room = rows(j0)
                     ahead = pool.submit(ideal, j0, room) if pool is not None else None
-                if pending:
-                    p0, p_out, p_ahead = pending.pop()
+                if pending is not None:
+                    p0, p_out, p_ahead = pending
                     lo, hi = p0 * core, min(t, min(blocks, p0 + step) * core)
                     between = p_ahead.result() if isinstance(p_ahead, Future) else p_ahead
                     before = torch.cat([last[:, None], between[:, :-1]], 1)
                     last = between[:, -1]
                     peak = torch.maximum(between, before).view(b, c, hi - lo).amax(1)
                     level[:, lo:hi] = torch.maximum(p_out, peak)
-                if j0 is not None:
-                    pending.append((j0, out, ahead if ahead is not None else ideal(j0, room)))
+                pending = None if j0 is None else (j0, out, ahead if ahead is not None else ideal(j0, room))
         return level
 
 
