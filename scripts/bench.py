@@ -24,9 +24,7 @@ import sys
 import time
 from pathlib import Path
 
-# As `import diffmix` does, but before any workload imports torch: torch's CPU allocator
-# backs large buffers with transparent huge pages. It applies to every peer in the process.
-os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
+# As `import diffmix` does, but before any workload imports torch: every peer alike.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as diffmix does (its __init__): every peer alike
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
