@@ -31,6 +31,14 @@ def test_help_lists_jobs(tmp_path):
     assert "demo" in out.stdout and "usage: diffmix <job>" in out.stdout
 
 
+def test_python_dash_m_diffmix_is_the_command(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    out = subprocess.run([sys.executable, "-m", "diffmix", "demo", "--help"], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert "sample_rate: 44100" in out.stdout
+
+
 def test_job_help_shows_defaults(tmp_path):
     out = diffmix("demo", "--help", cwd=tmp_path)
     assert out.returncode == 0 and "sample_rate: 44100" in out.stdout
