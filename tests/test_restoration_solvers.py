@@ -22,9 +22,12 @@ from diffmix.functional.restoration import (
     _residuals,
     _sliding_max,
     _unique_pairs,
+    ar_coefficients,
     lsar_interpolate,
     runs,
 )
+from diffmix.functional.restoration.masks import _flagged
+from diffmix.functional.restoration.repair import _innovation
 
 
 def resonant(rng: np.random.Generator, pairs: int) -> np.ndarray:
@@ -284,3 +287,64 @@ def test_fir_frames_on_some_frames_equals_the_full_filter():
     assert not bool(got[~on].any())
     h[0][~pick] = 0.0
     np.testing.assert_allclose(got.numpy(), _fir_frames(ref, h, hop).numpy(), rtol=0, atol=1e-12)
+
+
+def test_flagged_equals_nonzero():
+    """:func:`_flagged` (the scan by 64-bit words under :func:`runs`) against ``nonzero``
+    on masks of every length modulo 8, sparse to full, and on views that start mid-word."""
+    seed = 4800
+    print("seed", seed)
+    g = torch.Generator().manual_seed(seed)
+    for t in (1, 5, 8, 13, 64, 1001):
+        for density in (0.0, 0.002, 0.3, 1.0):
+            mask = torch.rand(3, t + 3, generator=g) < density
+            for m in (mask[:, :t], mask[:, 3:], mask[1:, 1 : t + 1], mask[:, :t].contiguous()):
+                assert torch.equal(_flagged(m), m.nonzero()), (t, density)
+
+
+def test_lsar_update_where_a_segment_grows_too_long_to_solve():
+    """A segment grown past ``lsar_interpolate``'s ``max_span`` (4096) is left as the
+    input by the full solve: the update must return the input there too, not the
+    earlier solution of its shorter self."""
+    seed = 4810
+    print("seed", seed)
+    rng = np.random.default_rng(seed)
+    a = resonant(rng, pairs=2)
+    t = 7000
+    x = torch.from_numpy(lfilter([1.0], a, rng.standard_normal((2, t + 2000)))[:, 2000:])[None]
+    coeffs = torch.from_numpy(a)[None, None, None].expand(1, 2, 7, -1).clone()
+    old = torch.zeros(1, 2, t, dtype=torch.bool)
+    old[0, 0, 1000:1040] = True
+    old[0, 1, 3000:3010] = True
+    new = old.clone()
+    new[0, 0, 1000:5500] = True  # 4500 samples: too long to solve
+    prev = lsar_interpolate(x, old, coeffs, 1000)
+    expected = lsar_interpolate(x, new, coeffs, 1000)
+    got = _lsar_update(x, new, coeffs, 1000, old, prev)
+    assert torch.equal(expected[0, 0], x[0, 0])
+    assert torch.equal(got, expected)
+
+
+@pytest.mark.parametrize("with_limit", [False, True])
+def test_ar_fit_and_innovation_on_some_frames_equal_the_full_ones(with_limit):
+    """:func:`ar_coefficients` on a subset of frames (read in place, clamped to ``limit``)
+    equals the full fit there, at the signal's ends too; :func:`_innovation` on the
+    fitted frames equals the full computation there."""
+    seed = 4820 + with_limit
+    print("seed", seed)
+    rng = np.random.default_rng(seed)
+    hop, t, order = 100, 2030, 8
+    frames = -(-t // hop)
+    x = torch.from_numpy(rng.standard_normal((1, 2, t)))
+    limit = torch.from_numpy(rng.uniform(0.5, 2.0, (1, 2, t))) if with_limit else None
+    fit = torch.from_numpy(rng.random((2, frames)) < 0.4)
+    fit[0, 0] = fit[1, frames - 1] = True
+    fitted = fit.nonzero()
+    full = ar_coefficients(x, 44100, order=order, hop=hop, limit=limit)
+    part = ar_coefficients(x, 44100, order=order, hop=hop, limit=limit, frames=fitted)
+    np.testing.assert_allclose(part[0][fit].numpy(), full[0][fit].numpy(), rtol=0, atol=1e-12)
+    assert not bool(part[0][~fit].any())
+    mask = torch.from_numpy(rng.random((1, 2, t)) < 0.01)
+    want = _innovation(x, mask, full, hop)
+    got = _innovation(x, mask, full, hop, fitted=fitted)
+    np.testing.assert_allclose(got[0][fit].numpy(), want[0][fit].numpy(), rtol=0, atol=1e-12)

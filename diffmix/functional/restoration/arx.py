@@ -75,8 +75,10 @@ def _arx_filters(x: Tensor, ref: Tensor, hop: int, p: int, q: int,
     taps = 2 * q + 1
 
     def windows(v: Tensor, part: Tensor) -> Tensor:
-        vp = tnf.pad(v.reshape(b * c, t), (half, nf * hop - t + span - half))
-        return vp.unfold(-1, span, hop)[:, :nf][part[:, 0], part[:, 1]]
+        # the frames' windows, read in place (zeros outside the signal)
+        idx = part[:, 1:2] * hop - half + torch.arange(span, device=v.device)
+        ok = (idx >= 0) & (idx < t)
+        return torch.where(ok, v.reshape(b * c, t)[part[:, :1], idx.clamp(0, t - 1)], v.new_zeros(()))
 
     win = torch.hann_window(span, periodic=False, dtype=x.dtype, device=x.device)
     n_fft = 1 << math.ceil(math.log2(span + p + taps))

@@ -244,12 +244,16 @@ def _innovation(x: Tensor, mask: Tensor, coeffs: Tensor, hop: int,
     fwd = errors(x, 0).reshape(b * c, t)
     pad = frames * hop - t
     # error terms n .. n + p see sample n: a masked sample spoils the p terms after it
-    m = tnf.pad(mask.reshape(b * c, t).to(x.dtype), (p, pad)).unfold(-1, hop + p, hop)
-    e = tnf.pad(fwd, (0, pad)).reshape(b * c, frames, hop)
-    inside = (torch.arange(frames * hop, device=x.device) < t).reshape(frames, hop)
-    if fitted is not None:
-        m, e = m[fitted[:, 0], fitted[:, 1]], e[fitted[:, 0], fitted[:, 1]]
-        inside = inside[fitted[:, 1]]
+    if fitted is None:
+        m = tnf.pad(mask.reshape(b * c, t).to(x.dtype), (p, pad)).unfold(-1, hop + p, hop)
+        e = tnf.pad(fwd, (0, pad)).reshape(b * c, frames, hop)
+        inside = (torch.arange(frames * hop, device=x.device) < t).reshape(frames, hop)
+    else:  # the fitted frames' samples only, read in place
+        idx = fitted[:, 1:2] * hop - p + torch.arange(hop + p, device=x.device)
+        ok = (idx >= 0) & (idx < t)
+        m = (mask.reshape(b * c, t)[fitted[:, :1], idx.clamp(0, t - 1)] & ok).to(x.dtype)
+        inside = ok[:, p:]
+        e = torch.where(inside, fwd[fitted[:, :1], idx[:, p:].clamp(max=t - 1)], fwd.new_zeros(()))
     touched = tnf.max_pool1d(m.reshape(-1, 1, hop + p), p + 1, 1)[:, 0] > 0
     w = ((~touched).reshape(e.shape) & inside).to(fwd.dtype)
     rms = ((e.square() * w).sum(-1) / w.sum(-1).clamp(min=1)).sqrt()
