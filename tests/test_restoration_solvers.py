@@ -26,6 +26,7 @@ from diffmix.functional.restoration import (
     lsar_interpolate,
     runs,
 )
+from diffmix.functional.restoration._common import _frame_windows
 from diffmix.functional.restoration.masks import _flagged
 from diffmix.functional.restoration.repair import _innovation
 
@@ -348,3 +349,24 @@ def test_ar_fit_and_innovation_on_some_frames_equal_the_full_ones(with_limit):
     want = _innovation(x, mask, full, hop)
     got = _innovation(x, mask, full, hop, fitted=fitted)
     np.testing.assert_allclose(got[0][fit].numpy(), want[0][fit].numpy(), rtol=0, atol=1e-12)
+
+
+def test_frame_windows_equal_the_padded_unfold():
+    """:func:`_frame_windows` (strided reads inside, indexed at the ends) against the
+    windows of a zero-padded copy, for frames at both ends and inside, in any order."""
+    seed = 4830
+    print("seed", seed)
+    g = torch.Generator().manual_seed(seed)
+    for t, hop, lead, width in ((1000, 100, 16, 132), (1000, 100, 50, 200), (950, 64, 0, 64),
+                                (300, 100, 150, 400)):
+        rows = torch.randn(3, t, generator=g)
+        nf = -(-t // hop)
+        padded = tnf.pad(rows, (lead, nf * hop + width))
+        frames = torch.stack([torch.randint(0, 3, (40,), generator=g),
+                              torch.randint(0, nf, (40,), generator=g)], -1)
+        frames[:2, 1] = torch.tensor([0, nf - 1])
+        want = padded.unfold(-1, width, hop)[:, :nf][frames[:, 0], frames[:, 1]]
+        assert torch.equal(_frame_windows(rows, frames, hop, lead, width), want)
+        inner = frames[(frames[:, 1] > 2) & (frames[:, 1] < nf - 4)]
+        assert torch.equal(_frame_windows(rows, inner, hop, lead, width),
+                           padded.unfold(-1, width, hop)[:, :nf][inner[:, 0], inner[:, 1]])

@@ -9,7 +9,7 @@ import torch.nn.functional as tnf
 from torch import Tensor
 
 from diffmix.checks import check_sample_rate
-from diffmix.functional.restoration._common import _rows
+from diffmix.functional.restoration._common import _frame_windows, _rows
 from diffmix.functional.restoration.masks import _flagged
 
 
@@ -74,14 +74,11 @@ def ar_coefficients(
             rows = torch.maximum(torch.minimum(rows, lim), -lim)
         xp = tnf.pad(rows, (half, frames * hop - t + 2 * hop - half))
         seg = xp.unfold(-1, 2 * hop, hop)[:, :frames]  # (N, F, 2 hop)
-    else:  # the frames' windows only, zero outside the signal
-        idx = subset[:, 1:2] * hop - half + torch.arange(2 * hop, device=x.device)
-        ok = (idx >= 0) & (idx < t)
-        at = (subset[:, :1], idx.clamp(0, t - 1))
-        seg = rows[at]
+    else:  # the frames' windows only, zero outside the signal (clamped as the whole)
+        seg = _frame_windows(rows, subset, hop, half, 2 * hop)  # (K, 2 hop)
         if lim is not None:
-            seg = torch.maximum(torch.minimum(seg, lim[at]), -lim[at])
-        seg = torch.where(ok, seg, seg.new_zeros(()))  # (K, 2 hop)
+            lw = _frame_windows(lim, subset, hop, half, 2 * hop)
+            seg = torch.maximum(torch.minimum(seg, lw), -lw)
     win = torch.hann_window(2 * hop, periodic=False, dtype=seg.dtype, device=seg.device)
     n_fft = 1 << math.ceil(math.log2(2 * hop + order + 1))
     spec = torch.fft.rfft(seg * win, n_fft)
@@ -166,14 +163,8 @@ def _residuals(x: Tensor, coeffs: Tensor, hop: int, drive: Tensor | None,
             -1, hop + 2 * p, hop)[:, :nf]
     else:  # the frames' windows only, zero outside the signal (no padded copy of it)
         a = a[frames[:, 0], frames[:, 1]]
-        idx = frames[:, 1:2] * hop - p + torch.arange(hop + 2 * p, device=x.device)
-        inside = (idx >= 0) & (idx < t)
-
-        def window(v: Tensor) -> Tensor:
-            return torch.where(inside, v[frames[:, :1], idx.clamp(0, t - 1)], v.new_zeros(()))
-
-        seg = window(rows)
-        dseg = None if drows is None else window(drows)
+        seg = _frame_windows(rows, frames, hop, p, hop + 2 * p)
+        dseg = None if drows is None else _frame_windows(drows, frames, hop, p, hop + 2 * p)
     n_fft = 1 << math.ceil(math.log2(hop + 3 * p + 1))
     sx = torch.fft.rfft(seg, n_fft)
     sa = torch.fft.rfft(a, n_fft)

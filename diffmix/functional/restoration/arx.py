@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as tnf
 from torch import Tensor
 
-from diffmix.functional.restoration._common import _ARX_CHUNK, _ARX_SPAN
+from diffmix.functional.restoration._common import _ARX_CHUNK, _ARX_SPAN, _frame_windows
 from diffmix.functional.restoration.ar import levinson
 
 
@@ -75,10 +75,7 @@ def _arx_filters(x: Tensor, ref: Tensor, hop: int, p: int, q: int,
     taps = 2 * q + 1
 
     def windows(v: Tensor, part: Tensor) -> Tensor:
-        # the frames' windows, read in place (zeros outside the signal)
-        idx = part[:, 1:2] * hop - half + torch.arange(span, device=v.device)
-        ok = (idx >= 0) & (idx < t)
-        return torch.where(ok, v.reshape(b * c, t)[part[:, :1], idx.clamp(0, t - 1)], v.new_zeros(()))
+        return _frame_windows(v.reshape(b * c, t), part, hop, half, span)
 
     win = torch.hann_window(span, periodic=False, dtype=x.dtype, device=x.device)
     n_fft = 1 << math.ceil(math.log2(span + p + taps))

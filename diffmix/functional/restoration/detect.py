@@ -217,6 +217,7 @@ def detect_clicks(
         # unchanged. Elsewhere it runs in every pass.
         arx_on = arx_taps is not None and c == 2
         dense = False
+        arx_memo: dict = {}  # the joint-model tests of frames a later pass does not change
         for step in range(passes):
             if near is None or len(near):
                 # Later passes refit only the frames whose windows the repairs changed.
@@ -269,7 +270,7 @@ def detect_clicks(
                 extra, domain = (tnf.pad(v, (0, nsb * _SUB - t)).reshape(grid) for v in _arx_candidates(
                     xd, torch.maximum(torch.minimum(fit_on, limit), -limit), fit_on,
                     z_ratio[:, :t], sr, arx_taps, threshold, z_threshold,
-                    z_reach if z_reach is not None else 0, floor, width, alone_peak))
+                    z_reach if z_reach is not None else 0, floor, width, alone_peak, arx_memo))
                 joint = torch.where(domain, extra, flags).reshape(b * c, -1)
                 # Where its candidates join into a burst too long to be a click (a loud
                 # click in the other channel, spread by the cross filter), the mono

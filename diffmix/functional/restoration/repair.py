@@ -7,7 +7,15 @@ import torch.nn.functional as tnf
 from torch import Tensor
 
 from diffmix.checks import check_sample_rate
-from diffmix.functional.restoration._common import _ARX_ORDER, _GROW, _GROW_GAP, _NOISE_MAX, _TIGHTEN, _hop
+from diffmix.functional.restoration._common import (
+    _ARX_ORDER,
+    _GROW,
+    _GROW_GAP,
+    _NOISE_MAX,
+    _TIGHTEN,
+    _frame_windows,
+    _hop,
+)
 from diffmix.functional.restoration.ar import _errors_cache, _frames_near, ar_coefficients
 from diffmix.functional.restoration.arx import _arx_filters, _fir_frames
 from diffmix.functional.restoration.coincident import coincident_interpolate
@@ -249,11 +257,9 @@ def _innovation(x: Tensor, mask: Tensor, coeffs: Tensor, hop: int,
         e = tnf.pad(fwd, (0, pad)).reshape(b * c, frames, hop)
         inside = (torch.arange(frames * hop, device=x.device) < t).reshape(frames, hop)
     else:  # the fitted frames' samples only, read in place
-        idx = fitted[:, 1:2] * hop - p + torch.arange(hop + p, device=x.device)
-        ok = (idx >= 0) & (idx < t)
-        m = (mask.reshape(b * c, t)[fitted[:, :1], idx.clamp(0, t - 1)] & ok).to(x.dtype)
-        inside = ok[:, p:]
-        e = torch.where(inside, fwd[fitted[:, :1], idx[:, p:].clamp(max=t - 1)], fwd.new_zeros(()))
+        m = _frame_windows(mask.reshape(b * c, t), fitted, hop, p, hop + p).to(x.dtype)
+        e = _frame_windows(fwd, fitted, hop, 0, hop)
+        inside = (fitted[:, 1:2] * hop + torch.arange(hop, device=x.device)) < t
     touched = tnf.max_pool1d(m.reshape(-1, 1, hop + p), p + 1, 1)[:, 0] > 0
     w = ((~touched).reshape(e.shape) & inside).to(fwd.dtype)
     rms = ((e.square() * w).sum(-1) / w.sum(-1).clamp(min=1)).sqrt()
