@@ -15,6 +15,7 @@ from scipy.signal import lfilter
 from test_restoration import numpy_lsar, stable_ar  # the dense LSAR oracle, AR draws
 
 from diffmix.functional.restoration import (
+    _arx_candidates,
     _band_solve,
     _errors_cache,
     _fir_frames,
@@ -27,6 +28,7 @@ from diffmix.functional.restoration import (
     runs,
 )
 from diffmix.functional.restoration._common import _frame_windows
+from diffmix.functional.restoration.guards import _partner_peak
 from diffmix.functional.restoration.masks import _flagged
 from diffmix.functional.restoration.repair import _innovation
 
@@ -370,3 +372,31 @@ def test_frame_windows_equal_the_padded_unfold():
         inner = frames[(frames[:, 1] > 2) & (frames[:, 1] < nf - 4)]
         assert torch.equal(_frame_windows(rows, inner, hop, lead, width),
                            padded.unfold(-1, width, hop)[:, :nf][inner[:, 0], inner[:, 1]])
+
+
+def test_arx_candidates_with_the_memo_of_an_earlier_pass_equal_a_fresh_look():
+    """The detector's second pass reuses the joint-model tests of the frames whose
+    windows see no changed sample of ``other`` (:func:`_arx_candidates` with ``memo``):
+    after changes in one channel, some near frame edges, the same candidates as a fresh
+    call."""
+    seed = 4840
+    print("seed", seed)
+    rng = np.random.default_rng(seed)
+    t, hop = 44100, 1764
+    a = resonant(rng, pairs=3)
+    common = lfilter([1.0], a, rng.standard_normal(t + 1000))[1000:]
+    x = np.stack([common, np.roll(common, 7)]) + 0.05 * rng.standard_normal((2, t))
+    x = torch.from_numpy(0.1 * x / x.std()).float()[None]
+    z = torch.from_numpy(rng.exponential(1.0, (2, t))).float()
+    z[0, rng.integers(0, t, 40)] = 20.0  # candidate samples in frames of channel 0
+    z[1, rng.integers(0, t, 40)] = 20.0
+    args = (44100, 48, 5.0, 8.0, 8, 10.0 ** (-90 / 20), 22, _partner_peak(z))
+    memo: dict = {}
+    _arx_candidates(x, x, x, z, *args, memo=memo)
+    other = x.clone()
+    for ch, start in ((0, 5 * hop - 3), (1, 11 * hop + 900), (0, 20 * hop + 1760)):
+        other[0, ch, start : start + 300] = torch.from_numpy(rng.standard_normal(300)).float()
+    want = _arx_candidates(x, other, other, z, *args)
+    got = _arx_candidates(x, other, other, z, *args, memo=memo)
+    assert bool(want[1].any())
+    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
