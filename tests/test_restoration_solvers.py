@@ -28,7 +28,7 @@ from diffmix.functional.restoration import (
     runs,
 )
 from diffmix.functional.restoration._common import _frame_windows
-from diffmix.functional.restoration.guards import _partner_peak
+from diffmix.functional.restoration.guards import _local_scale, _partner_peak
 from diffmix.functional.restoration.masks import _flagged
 from diffmix.functional.restoration.repair import _innovation
 
@@ -400,3 +400,17 @@ def test_arx_candidates_with_the_memo_of_an_earlier_pass_equal_a_fresh_look():
     got = _arx_candidates(x, other, other, z, *args, memo=memo)
     assert bool(want[1].any())
     assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+
+
+def test_local_scale_of_a_partial_last_sub_block_equals_the_zero_padded_signal():
+    """:func:`_local_scale` reads the whole sub-blocks in place and pads only the last,
+    partial one: the same scales as on the signal zero-padded to whole sub-blocks."""
+    seed = 4850
+    print("seed", seed)
+    g = torch.Generator().manual_seed(seed)
+    for t in (32 * 40, 32 * 40 + 1, 32 * 57 + 31, 100):
+        v = torch.randn(3, t, generator=g) * torch.rand(3, 1, generator=g)
+        padded = tnf.pad(v, (0, -t % 32))
+        for width in (4, 11, 22):
+            got, want = _local_scale(v, width), _local_scale(padded, width)
+            assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1]), (t, width)

@@ -232,8 +232,11 @@ def detect_clicks(
                 stat = torch.minimum(fwd.abs(), bwd.abs())
                 # The local scales of the two-sided error and of the interpolation error,
                 # in one go.
-                e_before, e_after = _local_scale(
-                    torch.cat([(fwd.square() + bwd.square()).mul(0.5).sqrt(), z]), width)
+                # (built in one buffer: fresh memory costs more than the arithmetic)
+                two = torch.empty(2 * b * c, t, dtype=fwd.dtype, device=x.device)
+                torch.mul(fwd, fwd, out=two[: b * c]).add_(bwd.square()).mul_(0.5).sqrt_()
+                two[b * c :].copy_(z)
+                e_before, e_after = _local_scale(two, width)
             scales = torch.maximum(e_before, e_after)[..., None]  # (2N, nsb, 1)
             scale, z_scale = scales[: b * c], scales[b * c :]
             # Candidates: samples that neither direction predicts (the minimum error, which
