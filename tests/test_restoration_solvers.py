@@ -15,6 +15,7 @@ from scipy.signal import lfilter
 from test_restoration import numpy_lsar, stable_ar  # the dense LSAR oracle, AR draws
 
 from diffmix.functional.restoration import (
+    _arx_candidates,
     _band_solve,
     _errors_cache,
     _fir_frames,
@@ -22,9 +23,14 @@ from diffmix.functional.restoration import (
     _residuals,
     _sliding_max,
     _unique_pairs,
+    ar_coefficients,
     lsar_interpolate,
     runs,
 )
+from diffmix.functional.restoration._common import _frame_windows
+from diffmix.functional.restoration.guards import _local_scale, _partner_peak
+from diffmix.functional.restoration.masks import _flagged
+from diffmix.functional.restoration.repair import _innovation
 
 
 def resonant(rng: np.random.Generator, pairs: int) -> np.ndarray:
@@ -284,3 +290,127 @@ def test_fir_frames_on_some_frames_equals_the_full_filter():
     assert not bool(got[~on].any())
     h[0][~pick] = 0.0
     np.testing.assert_allclose(got.numpy(), _fir_frames(ref, h, hop).numpy(), rtol=0, atol=1e-12)
+
+
+def test_flagged_equals_nonzero():
+    """:func:`_flagged` (the scan by 64-bit words under :func:`runs`) against ``nonzero``
+    on masks of every length modulo 8, sparse to full, and on views that start mid-word."""
+    seed = 4800
+    print("seed", seed)
+    g = torch.Generator().manual_seed(seed)
+    for t in (1, 5, 8, 13, 64, 1001):
+        for density in (0.0, 0.002, 0.3, 1.0):
+            mask = torch.rand(3, t + 3, generator=g) < density
+            for m in (mask[:, :t], mask[:, 3:], mask[1:, 1 : t + 1], mask[:, :t].contiguous()):
+                assert torch.equal(_flagged(m), m.nonzero()), (t, density)
+
+
+def test_lsar_update_where_a_segment_grows_too_long_to_solve():
+    """A segment grown past ``lsar_interpolate``'s ``max_span`` (4096) is left as the
+    input by the full solve: the update must return the input there too, not the
+    earlier solution of its shorter self."""
+    seed = 4810
+    print("seed", seed)
+    rng = np.random.default_rng(seed)
+    a = resonant(rng, pairs=2)
+    t = 7000
+    x = torch.from_numpy(lfilter([1.0], a, rng.standard_normal((2, t + 2000)))[:, 2000:])[None]
+    coeffs = torch.from_numpy(a)[None, None, None].expand(1, 2, 7, -1).clone()
+    old = torch.zeros(1, 2, t, dtype=torch.bool)
+    old[0, 0, 1000:1040] = True
+    old[0, 1, 3000:3010] = True
+    new = old.clone()
+    new[0, 0, 1000:5500] = True  # 4500 samples: too long to solve
+    prev = lsar_interpolate(x, old, coeffs, 1000)
+    expected = lsar_interpolate(x, new, coeffs, 1000)
+    got = _lsar_update(x, new, coeffs, 1000, old, prev)
+    assert torch.equal(expected[0, 0], x[0, 0])
+    assert torch.equal(got, expected)
+
+
+@pytest.mark.parametrize("with_limit", [False, True])
+def test_ar_fit_and_innovation_on_some_frames_equal_the_full_ones(with_limit):
+    """:func:`ar_coefficients` on a subset of frames (read in place, clamped to ``limit``)
+    equals the full fit there, at the signal's ends too; :func:`_innovation` on the
+    fitted frames equals the full computation there."""
+    seed = 4820 + with_limit
+    print("seed", seed)
+    rng = np.random.default_rng(seed)
+    hop, t, order = 100, 2030, 8
+    frames = -(-t // hop)
+    x = torch.from_numpy(rng.standard_normal((1, 2, t)))
+    limit = torch.from_numpy(rng.uniform(0.5, 2.0, (1, 2, t))) if with_limit else None
+    fit = torch.from_numpy(rng.random((2, frames)) < 0.4)
+    fit[0, 0] = fit[1, frames - 1] = True
+    fitted = fit.nonzero()
+    full = ar_coefficients(x, 44100, order=order, hop=hop, limit=limit)
+    part = ar_coefficients(x, 44100, order=order, hop=hop, limit=limit, frames=fitted)
+    np.testing.assert_allclose(part[0][fit].numpy(), full[0][fit].numpy(), rtol=0, atol=1e-12)
+    assert not bool(part[0][~fit].any())
+    mask = torch.from_numpy(rng.random((1, 2, t)) < 0.01)
+    want = _innovation(x, mask, full, hop)
+    got = _innovation(x, mask, full, hop, fitted=fitted)
+    np.testing.assert_allclose(got[0][fit].numpy(), want[0][fit].numpy(), rtol=0, atol=1e-12)
+
+
+def test_frame_windows_equal_the_padded_unfold():
+    """:func:`_frame_windows` (strided reads inside, indexed at the ends) against the
+    windows of a zero-padded copy, for frames at both ends and inside, in any order."""
+    seed = 4830
+    print("seed", seed)
+    g = torch.Generator().manual_seed(seed)
+    for t, hop, lead, width in ((1000, 100, 16, 132), (1000, 100, 50, 200), (950, 64, 0, 64),
+                                (300, 100, 150, 400)):
+        rows = torch.randn(3, t, generator=g)
+        nf = -(-t // hop)
+        padded = tnf.pad(rows, (lead, nf * hop + width))
+        frames = torch.stack([torch.randint(0, 3, (40,), generator=g),
+                              torch.randint(0, nf, (40,), generator=g)], -1)
+        frames[:2, 1] = torch.tensor([0, nf - 1])
+        want = padded.unfold(-1, width, hop)[:, :nf][frames[:, 0], frames[:, 1]]
+        assert torch.equal(_frame_windows(rows, frames, hop, lead, width), want)
+        inner = frames[(frames[:, 1] > 2) & (frames[:, 1] < nf - 4)]
+        assert torch.equal(_frame_windows(rows, inner, hop, lead, width),
+                           padded.unfold(-1, width, hop)[:, :nf][inner[:, 0], inner[:, 1]])
+
+
+def test_arx_candidates_with_the_memo_of_an_earlier_pass_equal_a_fresh_look():
+    """The detector's second pass reuses the joint-model tests of the frames whose
+    windows see no changed sample of ``other`` (:func:`_arx_candidates` with ``memo``):
+    after changes in one channel, some near frame edges, the same candidates as a fresh
+    call."""
+    seed = 4840
+    print("seed", seed)
+    rng = np.random.default_rng(seed)
+    t, hop = 44100, 1764
+    a = resonant(rng, pairs=3)
+    common = lfilter([1.0], a, rng.standard_normal(t + 1000))[1000:]
+    x = np.stack([common, np.roll(common, 7)]) + 0.05 * rng.standard_normal((2, t))
+    x = torch.from_numpy(0.1 * x / x.std()).float()[None]
+    z = torch.from_numpy(rng.exponential(1.0, (2, t))).float()
+    z[0, rng.integers(0, t, 40)] = 20.0  # candidate samples in frames of channel 0
+    z[1, rng.integers(0, t, 40)] = 20.0
+    args = (44100, 48, 5.0, 8.0, 8, 10.0 ** (-90 / 20), 22, _partner_peak(z))
+    memo: dict = {}
+    _arx_candidates(x, x, x, z, *args, memo=memo)
+    other = x.clone()
+    for ch, start in ((0, 5 * hop - 3), (1, 11 * hop + 900), (0, 20 * hop + 1760)):
+        other[0, ch, start : start + 300] = torch.from_numpy(rng.standard_normal(300)).float()
+    want = _arx_candidates(x, other, other, z, *args)
+    got = _arx_candidates(x, other, other, z, *args, memo=memo)
+    assert bool(want[1].any())
+    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+
+
+def test_local_scale_of_a_partial_last_sub_block_equals_the_zero_padded_signal():
+    """:func:`_local_scale` reads the whole sub-blocks in place and pads only the last,
+    partial one: the same scales as on the signal zero-padded to whole sub-blocks."""
+    seed = 4850
+    print("seed", seed)
+    g = torch.Generator().manual_seed(seed)
+    for t in (32 * 40, 32 * 40 + 1, 32 * 57 + 31, 100):
+        v = torch.randn(3, t, generator=g) * torch.rand(3, 1, generator=g)
+        padded = tnf.pad(v, (0, -t % 32))
+        for width in (4, 11, 22):
+            got, want = _local_scale(v, width), _local_scale(padded, width)
+            assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1]), (t, width)

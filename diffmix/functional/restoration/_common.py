@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
 from diffmix.checks import check_audio
@@ -44,3 +45,29 @@ def _rows(x: Tensor, what: str) -> tuple[Tensor, tuple[int, int, int]]:
 
 def _hop(sample_rate: int, hop_ms: float) -> int:
     return max(64, int(round(hop_ms * 1e-3 * sample_rate)))
+
+
+def _frame_windows(rows: Tensor, frames: Tensor, hop: int, lead: int, width: int) -> Tensor:
+    """``rows[r, f hop - lead : f hop - lead + width]`` for each ``(r, f)`` of ``frames``
+    (``(K, 2)``), zero (``False``) outside the signal: ``(K, width)``. The windows inside
+    the signal are read through a strided view (one copy, no index arrays), the few at
+    its ends by index: a subset of frames costs its windows, not a padded copy of
+    ``rows`` (``(N, T)``)."""
+    n, t = rows.shape
+    rows = rows.contiguous()
+    f0 = -(-lead // hop)  # the first frame whose window starts inside
+    f1 = (t - width + lead) // hop  # the last whose window ends inside
+    inner = (frames[:, 1] >= f0) & (frames[:, 1] <= f1)
+    view = None
+    if f1 >= f0:
+        view = rows.as_strided((n, f1 - f0 + 1, width), (t, hop, 1), rows.storage_offset() + f0 * hop - lead)
+        if bool(inner.all()):
+            return view[frames[:, 0], frames[:, 1] - f0]
+    out = rows.new_zeros(len(frames), width)
+    if view is not None:
+        out[inner] = view[frames[inner, 0], frames[inner, 1] - f0]
+    edge = frames[~inner]
+    idx = edge[:, 1:2] * hop - lead + torch.arange(width, device=rows.device)
+    ok = (idx >= 0) & (idx < t)
+    out[~inner] = torch.where(ok, rows[edge[:, :1], idx.clamp(0, t - 1)], rows.new_zeros(()))
+    return out

@@ -9,7 +9,8 @@ import torch.nn.functional as tnf
 from torch import Tensor
 
 from diffmix.checks import check_sample_rate
-from diffmix.functional.restoration._common import _rows
+from diffmix.functional.restoration._common import _frame_windows, _rows
+from diffmix.functional.restoration.masks import _flagged
 
 
 def levinson(r: Tensor) -> Tensor:
@@ -67,13 +68,17 @@ def ar_coefficients(
     frames = -(-t // hop)
     half = hop // 2
     rows = rows.detach()
-    if limit is not None:
-        lim = limit.reshape(b * c, t)
-        rows = torch.maximum(torch.minimum(rows, lim), -lim)
-    xp = tnf.pad(rows, (half, frames * hop - t + 2 * hop - half))
-    seg = xp.unfold(-1, 2 * hop, hop)[:, :frames]  # (N, F, 2 hop)
-    if subset is not None:
-        seg = seg[subset[:, 0], subset[:, 1]]  # (K, 2 hop)
+    lim = None if limit is None else limit.reshape(b * c, t)
+    if subset is None:
+        if lim is not None:
+            rows = torch.maximum(torch.minimum(rows, lim), -lim)
+        xp = tnf.pad(rows, (half, frames * hop - t + 2 * hop - half))
+        seg = xp.unfold(-1, 2 * hop, hop)[:, :frames]  # (N, F, 2 hop)
+    else:  # the frames' windows only, zero outside the signal (clamped as the whole)
+        seg = _frame_windows(rows, subset, hop, half, 2 * hop)  # (K, 2 hop)
+        if lim is not None:
+            lw = _frame_windows(lim, subset, hop, half, 2 * hop)
+            seg = torch.maximum(torch.minimum(seg, lw), -lw)
     win = torch.hann_window(2 * hop, periodic=False, dtype=seg.dtype, device=seg.device)
     n_fft = 1 << math.ceil(math.log2(2 * hop + order + 1))
     spec = torch.fft.rfft(seg * win, n_fft)
@@ -134,6 +139,7 @@ def ar_residuals(
     Shape:
         ``x (B, C, T)``, ``coeffs (B, C, F, p + 1)`` -> three ``(B, C, T)`` tensors.
     """
+    _rows(x, "ar_residuals")
     return _residuals(x, coeffs, hop, drive, (0, 1, 2))
 
 
@@ -145,19 +151,20 @@ def _residuals(x: Tensor, coeffs: Tensor, hop: int, drive: Tensor | None,
     With ``frames`` (``(K, 2)`` rows ``(batch * C + channel, frame)``) only those frames
     are computed and the rest copied from ``prev`` (the same errors of a signal that
     differs from ``x`` only where those frames' errors can see it)."""
-    rows, (b, c, t) = _rows(x, "ar_residuals")
+    b, c, t = x.shape
+    rows = x.reshape(b * c, t)
     p = coeffs.shape[-1] - 1
     nf = coeffs.shape[-2]
     a = coeffs.reshape(b * c, nf, p + 1).to(rows.dtype)
-    xp = tnf.pad(rows, (p, nf * hop - t + p))
-    seg = xp.unfold(-1, hop + 2 * p, hop)[:, :nf]  # (N, F, hop + 2p)
-    dseg = None
-    if drive is not None:
-        dp = tnf.pad(drive.reshape(b * c, t).to(rows.dtype), (p, nf * hop - t + p))
-        dseg = dp.unfold(-1, hop + 2 * p, hop)[:, :nf]
-    if frames is not None:
-        seg, a = seg[frames[:, 0], frames[:, 1]], a[frames[:, 0], frames[:, 1]]
-        dseg = None if dseg is None else dseg[frames[:, 0], frames[:, 1]]
+    drows = None if drive is None else drive.reshape(b * c, t).to(rows.dtype)
+    if frames is None:
+        seg = tnf.pad(rows, (p, nf * hop - t + p)).unfold(-1, hop + 2 * p, hop)[:, :nf]  # (N, F, hop + 2p)
+        dseg = None if drows is None else tnf.pad(drows, (p, nf * hop - t + p)).unfold(
+            -1, hop + 2 * p, hop)[:, :nf]
+    else:  # the frames' windows only, zero outside the signal (no padded copy of it)
+        a = a[frames[:, 0], frames[:, 1]]
+        seg = _frame_windows(rows, frames, hop, p, hop + 2 * p)
+        dseg = None if drows is None else _frame_windows(drows, frames, hop, p, hop + 2 * p)
     n_fft = 1 << math.ceil(math.log2(hop + 3 * p + 1))
     sx = torch.fft.rfft(seg, n_fft)
     sa = torch.fft.rfft(a, n_fft)
@@ -208,11 +215,10 @@ def _errors_cache(coeffs: Tensor, hop: int, drive: Tensor | None, fitted: Tensor
             e = _residuals(x, coeffs, hop, drive, (kind,))[0]
         else:
             b, c, t = x.shape
-            changed = tnf.pad((x != hit[0]).reshape(b * c, t), (0, nf * hop - t))
-            near = changed.reshape(b * c, nf, hop).any(-1)
+            at = _flagged((x != hit[0]).reshape(b * c, t))
             reach = -(-p // hop)
-            near = tnf.max_pool1d(near[:, None].to(x.dtype), 2 * reach + 1, 1, reach)[:, 0] > 0
-            frames = near.nonzero()
+            f = (at[:, 1:2] // hop + torch.arange(-reach, reach + 1, device=x.device)).clamp(0, nf - 1)
+            frames = _unique_pairs(at[:, :1].expand_as(f).reshape(-1), f.reshape(-1), nf)
             e = hit[1] if len(frames) == 0 else _residuals(
                 x, coeffs, hop, drive, (kind,), frames, (hit[1],))[0]
         memo[kind] = (x, e)

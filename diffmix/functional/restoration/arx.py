@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as tnf
 from torch import Tensor
 
-from diffmix.functional.restoration._common import _ARX_CHUNK, _ARX_SPAN
+from diffmix.functional.restoration._common import _ARX_CHUNK, _ARX_SPAN, _frame_windows
 from diffmix.functional.restoration.ar import levinson
 
 
@@ -75,8 +75,7 @@ def _arx_filters(x: Tensor, ref: Tensor, hop: int, p: int, q: int,
     taps = 2 * q + 1
 
     def windows(v: Tensor, part: Tensor) -> Tensor:
-        vp = tnf.pad(v.reshape(b * c, t), (half, nf * hop - t + span - half))
-        return vp.unfold(-1, span, hop)[:, :nf][part[:, 0], part[:, 1]]
+        return _frame_windows(v.reshape(b * c, t), part, hop, half, span)
 
     win = torch.hann_window(span, periodic=False, dtype=x.dtype, device=x.device)
     n_fft = 1 << math.ceil(math.log2(span + p + taps))

@@ -12,6 +12,7 @@ from diffmix.functional.restoration._common import _ARX_CHUNK, _ARX_ORDER, _ARX_
 from diffmix.functional.restoration.ar import _unique_pairs
 from diffmix.functional.restoration.arx import _arx_filters
 from diffmix.functional.restoration.guards import _local_scale
+from diffmix.functional.restoration.masks import _flagged
 
 
 def _arx_tests(
@@ -74,7 +75,7 @@ def _arx_tests(
 def _arx_candidates(
     xd: Tensor, fit_on: Tensor, other: Tensor, z_ratio: Tensor, sample_rate: int, taps: int,
     threshold: float, z_threshold: float, z_reach: int, floor: float, width: int,
-    partner: Tensor,
+    partner: Tensor, memo: dict | None = None,
 ) -> tuple[Tensor, Tensor]:
     """The joint-model (ARX) candidate rule of :func:`detect_clicks`, stereo only.
 
@@ -104,6 +105,11 @@ def _arx_candidates(
     one-sided errors localise a click where the mono rules, their model whitened by it,
     may spread its candidates past a click's length).
 
+    ``memo`` (a dict, empty at first): an earlier call's frame tests, reused on a later
+    call (the detector's next pass, on the same ``xd``) for the frames whose fits and
+    tests read no sample of ``other`` that changed since (``fit_on`` must be ``other``
+    clamped, as the detector passes them).
+
     Returns:
         ``(candidates, where they replace the mono rules' ones)``, each ``(2B, T)`` bool.
     """
@@ -119,20 +125,48 @@ def _arx_candidates(
     frames = _unique_pairs(at[quiet, 0], at[quiet, 1] // hop, -(-t // hop))
     if len(frames) == 0:
         return out, out
-    a, h, a0, ab, hb = _arx_filters(fit_on, fit_on.flip(1), hop, p, q, frames, mono=True, both=True)
-    a, h, a0, ab, hb = (v.reshape(b * c, -1, v.shape[-1])[frames[:, 0], frames[:, 1]]
-                        for v in (a, h, a0, ab, hb))
-    rows = xd.reshape(b * c, t)
-    ref = other.flip(1).reshape(b * c, t)
-    # In chunks of frames (their spectra are large at dense clicks).
+    nf = -(-t // hop)
     lead = p + q + width * _SUB
-    rows, ref = (tnf.pad(v, (lead, lead + hop + 2 * p)) for v in (rows, ref))
-    tests = [_arx_tests(rows, ref, frames[lo : lo + _ARX_CHUNK],
-                        *(v[lo : lo + _ARX_CHUNK] for v in (a, h, a0, ab, hb)),
-                        hop, width, threshold, z_threshold, z_reach, floor)
-             for lo in range(0, len(frames), _ARX_CHUNK)]
-    better = torch.cat([v[0] for v in tests])
-    hit = torch.cat([v[1] for v in tests])
+    todo, reuse, old = frames, None, None
+    if memo:
+        # Frames whose fit windows (both channels, `_ARX_SPAN` hops) and tests (the other
+        # channel, `lead` either side) see no changed sample of `other` keep their tests.
+        span = _ARX_SPAN * hop
+        before, after = max((span - hop) // 2, lead), max(span - (span - hop) // 2, hop + lead + p)
+        at = _flagged((other != memo["other"]).reshape(b * c, t))
+        f = torch.div(at[:, 1:2] - after + torch.arange(-1, (before + after) // hop + 2,
+                                                        device=xd.device) * hop, hop,
+                      rounding_mode="floor").clamp(0, nf - 1)
+        rows_at = torch.cat([at[:, :1], at[:, :1] + 1 - 2 * (at[:, :1] % 2)]).expand(-1, f.shape[1])
+        stale = _unique_pairs(rows_at.reshape(-1), f.repeat(2, 1).reshape(-1), nf)
+        key, okey = frames[:, 0] * nf + frames[:, 1], memo["frames"][:, 0] * nf + memo["frames"][:, 1]
+        old = torch.searchsorted(okey, key).clamp(max=max(len(okey) - 1, 0))
+        reuse = (okey[old] == key) & ~torch.isin(key, stale[:, 0] * nf + stale[:, 1]) if len(okey) else (
+            torch.zeros(len(key), dtype=torch.bool, device=xd.device))
+        todo = frames[~reuse]
+    better = torch.zeros(len(todo), dtype=torch.bool, device=xd.device)
+    hit = torch.zeros(len(todo), hop, dtype=torch.bool, device=xd.device)
+    if len(todo):
+        a, h, a0, ab, hb = _arx_filters(fit_on, fit_on.flip(1), hop, p, q, todo, mono=True, both=True)
+        a, h, a0, ab, hb = (v.reshape(b * c, -1, v.shape[-1])[todo[:, 0], todo[:, 1]]
+                            for v in (a, h, a0, ab, hb))
+        rows = xd.reshape(b * c, t)
+        ref = other.flip(1).reshape(b * c, t)
+        # In chunks of frames (their spectra are large at dense clicks).
+        rows, ref = (tnf.pad(v, (lead, lead + hop + 2 * p)) for v in (rows, ref))
+        tests = [_arx_tests(rows, ref, todo[lo : lo + _ARX_CHUNK],
+                            *(v[lo : lo + _ARX_CHUNK] for v in (a, h, a0, ab, hb)),
+                            hop, width, threshold, z_threshold, z_reach, floor)
+                 for lo in range(0, len(todo), _ARX_CHUNK)]
+        better = torch.cat([v[0] for v in tests])
+        hit = torch.cat([v[1] for v in tests])
+    if reuse is not None:
+        both_b = memo["better"][old].clone()
+        both_h = memo["hit"][old].clone()
+        both_b[~reuse], both_h[~reuse] = better, hit
+        better, hit = both_b, both_h
+    if memo is not None:
+        memo.update(other=other, frames=frames, better=better, hit=hit)
     # The samples of the frames the joint model predicts better where the other channel
     # is quiet: there its tests replace the mono ones.
     pos = frames[:, 1:2] * hop + torch.arange(hop, device=xd.device)

@@ -217,6 +217,7 @@ def detect_clicks(
         # unchanged. Elsewhere it runs in every pass.
         arx_on = arx_taps is not None and c == 2
         dense = False
+        arx_memo: dict = {}  # the joint-model tests of frames a later pass does not change
         for step in range(passes):
             if near is None or len(near):
                 # Later passes refit only the frames whose windows the repairs changed.
@@ -231,8 +232,11 @@ def detect_clicks(
                 stat = torch.minimum(fwd.abs(), bwd.abs())
                 # The local scales of the two-sided error and of the interpolation error,
                 # in one go.
-                e_before, e_after = _local_scale(
-                    torch.cat([(fwd.square() + bwd.square()).mul(0.5).sqrt(), z]), width)
+                # (built in one buffer: fresh memory costs more than the arithmetic)
+                two = torch.empty(2 * b * c, t, dtype=fwd.dtype, device=x.device)
+                torch.mul(fwd, fwd, out=two[: b * c]).add_(bwd.square()).mul_(0.5).sqrt_()
+                two[b * c :].copy_(z)
+                e_before, e_after = _local_scale(two, width)
             scales = torch.maximum(e_before, e_after)[..., None]  # (2N, nsb, 1)
             scale, z_scale = scales[: b * c], scales[b * c :]
             # Candidates: samples that neither direction predicts (the minimum error, which
@@ -269,7 +273,7 @@ def detect_clicks(
                 extra, domain = (tnf.pad(v, (0, nsb * _SUB - t)).reshape(grid) for v in _arx_candidates(
                     xd, torch.maximum(torch.minimum(fit_on, limit), -limit), fit_on,
                     z_ratio[:, :t], sr, arx_taps, threshold, z_threshold,
-                    z_reach if z_reach is not None else 0, floor, width, alone_peak))
+                    z_reach if z_reach is not None else 0, floor, width, alone_peak, arx_memo))
                 joint = torch.where(domain, extra, flags).reshape(b * c, -1)
                 # Where its candidates join into a burst too long to be a click (a loud
                 # click in the other channel, spread by the cross filter), the mono

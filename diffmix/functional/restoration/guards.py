@@ -21,7 +21,13 @@ def _local_scale(v: Tensor, width: int) -> tuple[Tensor, Tensor]:
     sub-blocks before and after each one (excluding it). Returns ``(before, after)``, each ``(N, nsb)``."""
     n, t = v.shape
     nsb = -(-t // _SUB)
-    ms = tnf.pad(v.square(), (0, nsb * _SUB - t)).reshape(n, nsb, _SUB).mean(-1).sqrt()
+    # The whole sub-blocks read in place; only the last, partial one is padded.
+    sq = v.square()
+    whole = t // _SUB * _SUB
+    ms = sq[:, :whole].reshape(n, -1, _SUB).mean(-1)
+    if whole < t:
+        ms = torch.cat([ms, tnf.pad(sq[:, whole:], (0, nsb * _SUB - t)).mean(-1, keepdim=True)], -1)
+    ms = ms.sqrt()
     # Medians on a grid of `stride` sub-blocks (sorting every window costs more than the
     # rest of the detector), each window shifted to end (start) just before (after) the
     # first (last) sub-block of its grid cell.

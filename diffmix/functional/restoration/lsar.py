@@ -9,7 +9,7 @@ import torch.nn.functional as tnf
 from torch import Tensor
 
 from diffmix.functional.restoration._common import _rows
-from diffmix.functional.restoration.masks import _mask_from_runs, _segments, runs
+from diffmix.functional.restoration.masks import _flagged, _segments, runs
 
 
 def lsar_interpolate(
@@ -82,18 +82,32 @@ def lsar_interpolate(
     if drive is not None and drive.shape != x.shape:
         raise ValueError(f"lsar_interpolate: drive shape {tuple(drive.shape)} != audio {tuple(x.shape)}")
     p = coeffs.shape[-1] - 1
-    frames = coeffs.shape[-2]
-    a_all = coeffs.reshape(b * c, frames, p + 1).detach()
     m2 = mask.reshape(b * c, t).to(x.device)
     segs = _segments(runs(m2[:, None]), p)
+    segs = segs[(segs[:, 2] - segs[:, 1]) <= max_span]
     if len(segs) == 0:
         return x
+    at, vals = _lsar_solve(rows, m2, segs, coeffs, hop, beyond=beyond, iterations=iterations,
+                           innovation=innovation, em_steps=em_steps, drive=drive)
+    return rows.index_put(at, vals).reshape(b, c, t)
+
+
+def _lsar_solve(
+    rows: Tensor, m2: Tensor, segs: Tensor, coeffs: Tensor, hop: int, *, beyond: bool = False,
+    iterations: int = 4, innovation: Tensor | None = None, em_steps: int = 4,
+    drive: Tensor | None = None,
+) -> tuple[tuple[Tensor, Tensor], Tensor]:
+    """The solves of :func:`lsar_interpolate` (arguments as there; ``rows``, ``m2``
+    ``(N, T)``) for the segments ``segs`` (``(S, 3)`` row, start, end: the mask's runs
+    merged at gap ``p``, none empty): ``((row, sample) indices, values)`` of the masked
+    samples inside them, ``values`` in ``rows``' dtype."""
+    n, t = rows.shape
+    p = coeffs.shape[-1] - 1
+    frames = coeffs.shape[-2]
+    a_all = coeffs.reshape(n, frames, p + 1).detach()
     length = segs[:, 2] - segs[:, 1]
-    segs = segs[length <= max_span]
-    length = length[length <= max_span]
-    if len(segs) == 0:
-        return x
-    dflat = None if drive is None else drive.reshape(b * c, t)
+    x = rows
+    dflat = None if drive is None else drive.reshape(n, t)
 
     def take(v: Tensor, row: Tensor, idx: Tensor) -> Tensor:
         # v[row, idx - p], zero (False) outside the signal: the windows of the segments,
@@ -156,7 +170,7 @@ def lsar_interpolate(
                 # EM for the click variance: start from plain LSAR (lam = 0), then solve
                 # with lam = sigma_e^2 / sigma_n^2 and re-estimate sigma_n^2. lam is
                 # detached, so the last solve is linear in x.
-                s2 = innovation.reshape(b * c, frames)[row, frame].detach().to(xs.dtype).square()
+                s2 = innovation.reshape(n, frames)[row, frame].detach().to(xs.dtype).square()
                 y = xs[:, p : p + lb]
                 lam = torch.zeros_like(d)
                 for step in range(em_steps + 1):
@@ -183,8 +197,7 @@ def lsar_interpolate(
         out_cols.append(c_idx)
         out_vals.append(vals[keep])
     r_cat, c_cat, v_cat = torch.cat(out_rows), torch.cat(out_cols), torch.cat(out_vals)
-    y = rows.index_put((r_cat, c_cat), v_cat.to(rows.dtype))
-    return y.reshape(b, c, t)
+    return (r_cat, c_cat), v_cat.to(rows.dtype)
 
 
 def _band_solve(ra: Tensor, d: Tensor, rhs: Tensor, band: int) -> Tensor:
@@ -236,8 +249,8 @@ def _lsar_update(x: Tensor, mask: Tensor, coeffs: Tensor, hop: int, prev_mask: T
     the segment (its neighbours stay ``p`` or more away). ``(B, C, T)`` each."""
     b, c, t = x.shape
     p = coeffs.shape[-1] - 1
-    changed = (mask != prev_mask).reshape(b * c, t)
-    at = changed.nonzero()  # row-major: sorted keys row * (t + 1) + sample
+    m2 = mask.reshape(b * c, t)
+    at = _flagged(m2 != prev_mask.reshape(b * c, t))  # row-major: sorted keys row * (t + 1) + sample
     if len(at) == 0:
         return prev
     segs = _segments(runs(mask.reshape(b * c, 1, t)), p)
@@ -246,8 +259,20 @@ def _lsar_update(x: Tensor, mask: Tensor, coeffs: Tensor, hop: int, prev_mask: T
     base = segs[:, 0] * (t + 1)
     count = torch.searchsorted(key, base + hi) - torch.searchsorted(key, base + lo)
     touched = segs[count > 0]
-    redo = (_mask_from_runs(touched, (b * c, t), 0, x.device) & mask.reshape(b * c, t)).reshape(b, c, t)
-    fresh = lsar_interpolate(x, redo, coeffs, hop, drive=drive)
-    # Samples no longer masked return to x; those solved again take the new solution
-    # (`fresh` is x but where it solved).
-    return torch.where(redo | changed.reshape(b, c, t), fresh, prev)
+    # Samples no longer masked return to x, and so do the segments too long to solve
+    # (`lsar_interpolate`'s `max_span`); those solved again take the new solution.
+    rows = x.reshape(b * c, t)
+    short = (touched[:, 2] - touched[:, 1]) <= 4096
+    long = touched[~short]
+    if len(long):
+        size = long[:, 2] - long[:, 1]
+        pos = torch.arange(int(size.sum()), device=x.device) - torch.repeat_interleave(
+            size.cumsum(0) - size - long[:, 1], size)
+        at = torch.cat([at, torch.stack([torch.repeat_interleave(long[:, 0], size), pos], -1)])
+    touched = touched[short]
+    y = prev.reshape(b * c, t).index_put((at[:, 0], at[:, 1]), rows[at[:, 0], at[:, 1]])
+    if len(touched):
+        idx, vals = _lsar_solve(rows, m2, touched, coeffs, hop,
+                                drive=None if drive is None else drive.reshape(b * c, t))
+        y = y.index_put_(idx, vals)
+    return y.reshape(b, c, t)

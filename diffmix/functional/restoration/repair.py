@@ -7,7 +7,15 @@ import torch.nn.functional as tnf
 from torch import Tensor
 
 from diffmix.checks import check_sample_rate
-from diffmix.functional.restoration._common import _ARX_ORDER, _GROW, _GROW_GAP, _NOISE_MAX, _TIGHTEN, _hop
+from diffmix.functional.restoration._common import (
+    _ARX_ORDER,
+    _GROW,
+    _GROW_GAP,
+    _NOISE_MAX,
+    _TIGHTEN,
+    _frame_windows,
+    _hop,
+)
 from diffmix.functional.restoration.ar import _errors_cache, _frames_near, ar_coefficients
 from diffmix.functional.restoration.arx import _arx_filters, _fir_frames
 from diffmix.functional.restoration.coincident import coincident_interpolate
@@ -244,12 +252,14 @@ def _innovation(x: Tensor, mask: Tensor, coeffs: Tensor, hop: int,
     fwd = errors(x, 0).reshape(b * c, t)
     pad = frames * hop - t
     # error terms n .. n + p see sample n: a masked sample spoils the p terms after it
-    m = tnf.pad(mask.reshape(b * c, t).to(x.dtype), (p, pad)).unfold(-1, hop + p, hop)
-    e = tnf.pad(fwd, (0, pad)).reshape(b * c, frames, hop)
-    inside = (torch.arange(frames * hop, device=x.device) < t).reshape(frames, hop)
-    if fitted is not None:
-        m, e = m[fitted[:, 0], fitted[:, 1]], e[fitted[:, 0], fitted[:, 1]]
-        inside = inside[fitted[:, 1]]
+    if fitted is None:
+        m = tnf.pad(mask.reshape(b * c, t).to(x.dtype), (p, pad)).unfold(-1, hop + p, hop)
+        e = tnf.pad(fwd, (0, pad)).reshape(b * c, frames, hop)
+        inside = (torch.arange(frames * hop, device=x.device) < t).reshape(frames, hop)
+    else:  # the fitted frames' samples only, read in place
+        m = _frame_windows(mask.reshape(b * c, t), fitted, hop, p, hop + p).to(x.dtype)
+        e = _frame_windows(fwd, fitted, hop, 0, hop)
+        inside = (fitted[:, 1:2] * hop + torch.arange(hop, device=x.device)) < t
     touched = tnf.max_pool1d(m.reshape(-1, 1, hop + p), p + 1, 1)[:, 0] > 0
     w = ((~touched).reshape(e.shape) & inside).to(fwd.dtype)
     rms = ((e.square() * w).sum(-1) / w.sum(-1).clamp(min=1)).sqrt()
