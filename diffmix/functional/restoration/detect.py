@@ -11,6 +11,7 @@ from diffmix.functional.restoration._common import _DENSE, _NOISE_MAX, _SUB, _ho
 from diffmix.functional.restoration.ar import _frames_near, _residuals, ar_coefficients, ar_residuals
 from diffmix.functional.restoration.arx_detect import _arx_candidates
 from diffmix.functional.restoration.guards import (
+    _bracketed,
     _guards,
     _keep_inside,
     _local_scale,
@@ -248,12 +249,9 @@ def detect_clicks(
             flags = one_sided & (zg > z_threshold * z_scale)
             if c == 2 and (z_reach is not None or arx_taps is not None):
                 alone_peak = _partner_peak(z_ratio)
-            if c == 2 and (z_reach is not None or joint_reach is not None):
-                # The two tests on nearby samples (the stereo rules below).
-                near_at = _near(one_sided.reshape(b * c, -1), z_ratio,
-                                z_reach if z_reach is not None else 0, z_threshold)
             if z_reach is not None and c == 2:
-                # ...where the other channel shows nothing.
+                # The two tests on nearby samples, where the other channel shows nothing.
+                near_at = _near(one_sided.reshape(b * c, -1), z_ratio, z_reach, z_threshold)
                 flags |= _near_and_alone(near_at, alone_peak).reshape(grid)
             if z_strong is not None:
                 # Stronger evidence from the matched filter buys a laxer localisation test.
@@ -285,9 +283,16 @@ def detect_clicks(
             flags = flags.reshape(b * c, nsb * _SUB)[:, :t] | kept
             both = None
             if joint_reach is not None and c == 2:
-                # One click at the same samples of both channels: the two tests on nearby
-                # samples in each channel, at the same place in both (see `_near_both`).
-                both = _near_both(near_at, (b * c, nsb * _SUB), joint_reach)
+                # One click at the same samples of both channels: in each channel the
+                # one-sided test's two halves and the matched filter on nearby samples (a
+                # forward break, a backward break no earlier, see `_bracketed`), at the
+                # same place in both (see `_near_both`).
+                floor_at = torch.clamp(threshold * scale, min=floor)
+                breaks = [(tnf.pad(e.abs(), (0, nsb * _SUB - t)).reshape(grid) > floor_at)
+                          .reshape(b * c, -1) for e in (fwd, bwd)]
+                reach = z_reach if z_reach is not None else 0
+                both = _near_both(_near(_bracketed(*breaks, reach), z_ratio, reach, z_threshold),
+                                  (b * c, nsb * _SUB), joint_reach)
                 both = both[both[:, 1] < t]
                 both = both[~flags[both[:, 0], both[:, 1]]]
             # Join candidates with at most `merge` samples between them into one burst.
