@@ -144,12 +144,18 @@ def detect_clicks(
 
     * stereo (``C == 2``, ``joint_reach`` not ``None``): one click at the same samples of
       both channels (a scratch, a glitch) is one event, and the two channels' evidence
-      is read together. A sample is also a candidate when the first test holds on it and
-      the second within ``z_reach`` samples (the third rule's pair of tests) *and* the
-      same holds in the other channel within ``joint_reach`` samples: the third rule
-      asks the other channel to show nothing, which a click in both never does, while
-      each channel's model, whitened by the click, may put the two tests' peaks a sample
-      or two apart in both. These candidates make bursts only where no other rule has a
+      is read together. A sample is also a candidate when the first test's two halves
+      and the second test hold on nearby samples (a forward error over the threshold at
+      most ``z_reach`` samples before it, a backward one at most ``z_reach`` after, the
+      matched filter within ``z_reach``: :func:`_bracketed`) *and* the same holds in the
+      other channel within ``joint_reach`` samples: the third rule asks the other channel
+      to show nothing, which a click in both never does, while each channel's model,
+      whitened by the click, may put the tests' peaks some samples apart in both. Inside
+      a burst each direction predicts the click partly from itself: the forward error
+      breaks the threshold early in it (its past is clean), the backward one late, and
+      a burst of several samples in dense music may pass both on no one sample. An
+      attack breaks them the other way round (backwards before its onset, forwards from
+      it on). These candidates make bursts only where no other rule has a
       candidate within ``merge`` samples (every other burst is as the other rules make
       it), which then pass the guards as any burst and stand only where the removed
       part has the same shape at the same samples in the other channel
