@@ -29,6 +29,7 @@ from diffmix.functional.restoration.masks import (
     _mask_from_runs,
     _segments,
     _split_long,
+    _touch,
     runs,
 )
 from diffmix.functional.restoration.pairs import _coincident, _partners
@@ -365,6 +366,12 @@ def detect_clicks(
                 judge = (keep & fresh).nonzero()[:, 0]
                 keep[judge] = _coincident(xd.reshape(b * c, t), repaired.reshape(b * c, t),
                                           bursts[judge], fwd, pad, joint_sigma)
+                # One event in both channels: it stands in both or in neither.
+                judge = (keep & fresh).nonzero()[:, 0]
+                other = bursts[judge].clone()
+                other[:, 0] += 1 - 2 * (other[:, 0] % 2)
+                keep[judge] = _touch(other, _mask_from_runs(bursts[keep & fresh], (b * c, t), 0,
+                                                            x.device), joint_reach)
             bursts = bursts[keep]
             if above_db is not None and step == passes - 1:
                 # Candidates from the music beside a click, merged into its burst, leave
