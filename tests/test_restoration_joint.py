@@ -15,6 +15,7 @@ import torch
 
 from diffmix.functional.restoration import detect_clicks, runs
 from diffmix.functional.restoration.guards import _bracketed, _near, _near_both
+from diffmix.functional.restoration.pairs import _in_both
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 from benchmarks.restore import BOTH_SEED_OFFSET, insert_clicks  # noqa: E402
@@ -76,6 +77,29 @@ def test_bracketed_marks_the_samples_between_a_forward_and_a_later_backward_brea
         assert got == list(range(max(m1, m2 - reach), min(m2, m1 + reach) + 1))
         assert _bracketed(bwd, fwd, reach).any() == (m1 == m2)  # reversed: only on one sample
     assert torch.equal(_bracketed(fwd, bwd, 0), fwd & bwd)
+
+
+def test_a_joint_burst_stands_in_both_channels_or_in_neither():
+    """The joint rule's bursts: one kept where the other channel has a kept burst within
+    ``tol`` samples, dropped where the other channel's is vetoed, absent or farther off;
+    a vetoed one stays vetoed. Random spans (seed printed)."""
+    seed = int(np.random.default_rng().integers(1 << 31))
+    print("seed", seed)
+    rng = np.random.default_rng(seed)
+    t, tol = 5000, 2
+    for _ in range(50):
+        row = int(rng.integers(0, 4))
+        s = int(rng.integers(10, t - 100))
+        e = s + int(rng.integers(1, 40))
+        gap = int(rng.integers(0, 2 * tol + 2))  # the other channel's burst starts after e
+        partner = row + 1 - 2 * (row % 2)
+        bursts = torch.tensor([[row, s, e], [partner, e + gap, e + gap + 5]])
+        mine, theirs = (bool(v) for v in rng.integers(0, 2, 2))
+        got = _in_both(bursts, torch.tensor([mine, theirs]), t, tol).tolist()
+        near = gap < tol  # `e` is exclusive: `gap` samples between the two bursts
+        assert got == [mine and theirs and near, theirs and mine and near]
+    assert _in_both(torch.zeros(0, 3, dtype=torch.long), torch.zeros(0, dtype=torch.bool), t,
+                    tol).tolist() == []
 
 
 def bench_both_draw(seed: int, rate: float, song: str, shared: Path) -> tuple[np.ndarray, np.ndarray]:

@@ -29,10 +29,9 @@ from diffmix.functional.restoration.masks import (
     _mask_from_runs,
     _segments,
     _split_long,
-    _touch,
     runs,
 )
-from diffmix.functional.restoration.pairs import _coincident, _partners
+from diffmix.functional.restoration.pairs import _coincident, _in_both, _partners
 
 
 def detect_clicks(
@@ -367,11 +366,7 @@ def detect_clicks(
                 keep[judge] = _coincident(xd.reshape(b * c, t), repaired.reshape(b * c, t),
                                           bursts[judge], fwd, pad, joint_sigma)
                 # One event in both channels: it stands in both or in neither.
-                judge = (keep & fresh).nonzero()[:, 0]
-                other = bursts[judge].clone()
-                other[:, 0] += 1 - 2 * (other[:, 0] % 2)
-                keep[judge] = _touch(other, _mask_from_runs(bursts[keep & fresh], (b * c, t), 0,
-                                                            x.device), joint_reach)
+                keep[fresh] = _in_both(bursts[fresh], keep[fresh], t, joint_reach)
             bursts = bursts[keep]
             if above_db is not None and step == passes - 1:
                 # Candidates from the music beside a click, merged into its burst, leave
