@@ -160,7 +160,8 @@ def detect_clicks(
       it), which then pass the guards as any burst and stand only where the removed
       part has the same shape at the same samples in the other channel
       (:func:`_coincident`, significant at ``joint_sigma``): an onset that reaches two
-      microphones at different times does not.
+      microphones at different times does not; and, one event, in both channels or in
+      neither (:func:`_in_both`).
 
     * in the last pass a kept burst is trimmed to its pieces (candidates at most ``pad``
       samples apart) that hold a sample the repair removes ``above_db`` over the
