@@ -11,6 +11,7 @@ from diffmix.functional.restoration._common import _DENSE, _NOISE_MAX, _SUB, _ho
 from diffmix.functional.restoration.ar import _frames_near, _residuals, ar_coefficients, ar_residuals
 from diffmix.functional.restoration.arx_detect import _arx_candidates
 from diffmix.functional.restoration.guards import (
+    _bracketed,
     _guards,
     _keep_inside,
     _local_scale,
@@ -30,7 +31,7 @@ from diffmix.functional.restoration.masks import (
     _split_long,
     runs,
 )
-from diffmix.functional.restoration.pairs import _coincident, _partners
+from diffmix.functional.restoration.pairs import _coincident, _in_both, _partners
 
 
 def detect_clicks(
@@ -143,17 +144,24 @@ def detect_clicks(
 
     * stereo (``C == 2``, ``joint_reach`` not ``None``): one click at the same samples of
       both channels (a scratch, a glitch) is one event, and the two channels' evidence
-      is read together. A sample is also a candidate when the first test holds on it and
-      the second within ``z_reach`` samples (the third rule's pair of tests) *and* the
-      same holds in the other channel within ``joint_reach`` samples: the third rule
-      asks the other channel to show nothing, which a click in both never does, while
-      each channel's model, whitened by the click, may put the two tests' peaks a sample
-      or two apart in both. These candidates make bursts only where no other rule has a
+      is read together. A sample is also a candidate when the first test's two halves
+      and the second test hold on nearby samples (a forward error over the threshold at
+      most ``z_reach`` samples before it, a backward one at most ``z_reach`` after, the
+      matched filter within ``z_reach``: :func:`_bracketed`) *and* the same holds in the
+      other channel within ``joint_reach`` samples: the third rule asks the other channel
+      to show nothing, which a click in both never does, while each channel's model,
+      whitened by the click, may put the tests' peaks some samples apart in both. Inside
+      a burst each direction predicts the click partly from itself: the forward error
+      breaks the threshold early in it (its past is clean), the backward one late, and
+      a burst of several samples in dense music may pass both on no one sample. An
+      attack breaks them the other way round (backwards before its onset, forwards from
+      it on). These candidates make bursts only where no other rule has a
       candidate within ``merge`` samples (every other burst is as the other rules make
       it), which then pass the guards as any burst and stand only where the removed
       part has the same shape at the same samples in the other channel
       (:func:`_coincident`, significant at ``joint_sigma``): an onset that reaches two
-      microphones at different times does not.
+      microphones at different times does not; and, one event, in both channels or in
+      neither (:func:`_in_both`).
 
     * in the last pass a kept burst is trimmed to its pieces (candidates at most ``pad``
       samples apart) that hold a sample the repair removes ``above_db`` over the
@@ -252,12 +260,9 @@ def detect_clicks(
             flags = one_sided & (zg > z_threshold * z_scale)
             if c == 2 and (z_reach is not None or arx_taps is not None):
                 alone_peak = _partner_peak(z_ratio)
-            if c == 2 and (z_reach is not None or joint_reach is not None):
-                # The two tests on nearby samples (the stereo rules below).
-                near_at = _near(one_sided.reshape(b * c, -1), z_ratio,
-                                z_reach if z_reach is not None else 0, z_threshold)
             if z_reach is not None and c == 2:
-                # ...where the other channel shows nothing.
+                # The two tests on nearby samples, where the other channel shows nothing.
+                near_at = _near(one_sided.reshape(b * c, -1), z_ratio, z_reach, z_threshold)
                 flags |= _near_and_alone(near_at, alone_peak).reshape(grid)
             if z_strong is not None:
                 # Stronger evidence from the matched filter buys a laxer localisation test.
@@ -289,9 +294,16 @@ def detect_clicks(
             flags = flags.reshape(b * c, nsb * _SUB)[:, :t] | kept
             both = None
             if joint_reach is not None and c == 2:
-                # One click at the same samples of both channels: the two tests on nearby
-                # samples in each channel, at the same place in both (see `_near_both`).
-                both = _near_both(near_at, (b * c, nsb * _SUB), joint_reach)
+                # One click at the same samples of both channels: in each channel the
+                # one-sided test's two halves and the matched filter on nearby samples (a
+                # forward break, a backward break no earlier, see `_bracketed`), at the
+                # same place in both (see `_near_both`).
+                floor_at = torch.clamp(threshold * scale, min=floor)
+                breaks = [(tnf.pad(e.abs(), (0, nsb * _SUB - t)).reshape(grid) > floor_at)
+                          .reshape(b * c, -1) for e in (fwd, bwd)]
+                reach = z_reach if z_reach is not None else 0
+                both = _near_both(_near(_bracketed(*breaks, reach), z_ratio, reach, z_threshold),
+                                  (b * c, nsb * _SUB), joint_reach)
                 both = both[both[:, 1] < t]
                 both = both[~flags[both[:, 0], both[:, 1]]]
             # Join candidates with at most `merge` samples between them into one burst.
@@ -358,6 +370,8 @@ def detect_clicks(
                 judge = (keep & fresh).nonzero()[:, 0]
                 keep[judge] = _coincident(xd.reshape(b * c, t), repaired.reshape(b * c, t),
                                           bursts[judge], fwd, pad, joint_sigma)
+                # One event in both channels: it stands in both or in neither.
+                keep[fresh] = _in_both(bursts[fresh], keep[fresh], t, joint_reach)
             bursts = bursts[keep]
             if above_db is not None and step == passes - 1:
                 # Candidates from the music beside a click, merged into its burst, leave

@@ -240,6 +240,24 @@ def _near_and_alone(near: Tensor, partner: Tensor) -> Tensor:
     return out
 
 
+def _bracketed(fwd_hit: Tensor, bwd_hit: Tensor, reach: int) -> Tensor:
+    """The one-sided test of :func:`detect_clicks` stretched over a burst: the samples
+    ``n`` with a forward break (``fwd_hit``, ``(N, T)`` bool) at most ``reach`` samples
+    before or on them and a backward break (``bwd_hit``) on or at most ``reach`` after.
+    A burst ``s .. e`` spoils the forward prediction from ``s`` on (its first sample has
+    a clean past) and the backward one up to ``e`` (its last has a clean future), but
+    inside it each direction predicts the burst partly from itself, so the two breaks need
+    not fall on one sample; with ``reach`` 0 this is the per-sample test. An attack
+    breaks them the other way round (backwards before its onset, forwards from it on).
+    ``(N, T)`` bool."""
+    if reach == 0:
+        return fwd_hit & bwd_hit
+    def seen(v: Tensor) -> Tensor:  # a hit within the last `reach` samples or on n
+        cs = tnf.pad(v.long().cumsum(-1), (reach + 1, 0))
+        return (cs[:, reach + 1 :] - cs[:, : -reach - 1]) > 0
+    return seen(fwd_hit) & seen(bwd_hit.flip(-1)).flip(-1)
+
+
 def _near_both(near: Tensor, shape: tuple[int, int], tol: int) -> Tensor:
     """The joint stereo candidate rule of :func:`detect_clicks`: of the samples ``near``
     (:func:`_near`: the one-sided test holds and the matched filter within reach; rows

@@ -111,10 +111,15 @@ def _split_long(long: Tensor, r: Tensor, gap: int, max_len: int, loud: Tensor) -
 def _apart(r: Tensor, flags: Tensor, gap: int) -> Tensor:
     """The runs ``r`` (``(K, 3)``) with no ``flags`` sample (``(N, T)`` bool) within
     ``gap`` samples of them."""
+    return r[~_touch(r, flags, gap)]
+
+
+def _touch(r: Tensor, flags: Tensor, gap: int) -> Tensor:
+    """Which runs ``r`` (``(K, 3)``) have a ``flags`` sample (``(N, T)`` bool) within
+    ``gap`` samples of them: ``(K,)`` bool."""
     if len(r) == 0:
-        return r
+        return torch.zeros(0, dtype=torch.bool, device=r.device)
     t = flags.shape[-1]
     idx = r[:, 1:2] - gap + torch.arange(int((r[:, 2] - r[:, 1]).max()) + 2 * gap, device=r.device)
     ok = (idx >= 0) & (idx < r[:, 2:3] + gap)
-    return r[~(flags[r[:, 0:1], idx.clamp(0, t - 1)] & ok).any(-1)]
-
+    return (flags[r[:, 0:1], idx.clamp(0, t - 1)] & ok).any(-1)

@@ -9,7 +9,7 @@ from torch import Tensor
 from diffmix.functional.restoration._common import _NOISE_MAX
 from diffmix.functional.restoration.guards import _explained
 from diffmix.functional.restoration.lsar import lsar_interpolate
-from diffmix.functional.restoration.masks import _mask_from_runs
+from diffmix.functional.restoration.masks import _mask_from_runs, _touch
 
 # Where the two channels' prediction errors around a burst correlate this much or more
 # (near-mono material), a burst of the same shape in both is no evidence of a click: a
@@ -136,3 +136,16 @@ def _coincident(x: Tensor, repaired: Tensor, bursts: Tensor, fwd: Tensor, pad: i
                               bursts[:, 1:2] - pad, bursts[:, 2:3] + pad)
     return aligned & (sig >= min_sigma)
 
+
+def _in_both(bursts: Tensor, keep: Tensor, t: int, tol: int) -> Tensor:
+    """Of the ``bursts`` (``(K, 3)`` rows ``(batch * 2 + channel, start, end)``, signals
+    ``t`` samples long), those ``keep`` (``(K,)`` bool) where a kept burst of the other
+    channel lies within ``tol`` samples: :func:`detect_clicks`' joint rule takes one
+    click at the same samples of both channels as one event, which stands in both or in
+    neither. ``(K,)`` bool."""
+    if len(bursts) == 0:
+        return keep
+    n = int(bursts[:, 0].max()) // 2 * 2 + 2
+    other = bursts.clone()
+    other[:, 0] += 1 - 2 * (other[:, 0] % 2)
+    return keep & _touch(other, _mask_from_runs(bursts[keep], (n, t), 0, bursts.device), tol)
