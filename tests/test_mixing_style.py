@@ -292,6 +292,7 @@ def test_style_master_halves_every_distance_toward_a_differently_processed_song(
                                       "tone refine", "loudness range trim"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("seed", [int(np.random.SeedSequence().entropy % 10**6)])
 def test_style_master_lands_the_loudness_range_under_a_judge_that_weighs_it_lightly(seed):
     # The fit's objective weighs the loudness range and crest at 0.01 against the tone, so

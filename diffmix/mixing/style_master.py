@@ -407,10 +407,10 @@ def lra_trim_stage(console: Console, pre: Tensor, reference: Tensor, sample_rate
     its ``range_scale`` solved by bracketed secant steps (Illinois) on the output's LRA
     (each try re-levels the limiter, :func:`level_stage`; nothing after moves it), to
     within a quarter of how far the master's input (the equal-loudness sum) sits from the
-    reference, 0.001-0.01 LU. Where the ride cannot reach it (a range that moves inside
-    the 3 s windows), the dynamics stage's compressor/expander search and the tone
-    refine run again first (:func:`dynamics_stage`, :func:`range_stage`,
-    :func:`refine_stage`), then the ride.
+    reference, 0.001-0.01 LU. Where the ride cannot bring it within its bar (half that
+    distance; a range that moves inside the 3 s windows), the dynamics stage's
+    compressor/expander search and the tone refine run again first
+    (:func:`dynamics_stage`, :func:`range_stage`, :func:`refine_stage`), then the ride.
 
     A candidate replaces the stage's input only where it brings the LRA nearer and
     leaves every other feature distance (:func:`~diffmix.mixing.style.style_distances`)
@@ -493,7 +493,9 @@ def lra_trim_stage(console: Console, pre: Tensor, reference: Tensor, sample_rate
     candidates = []
     tried = land()
     candidates.append(("ride", _snapshot(console), _distances(console, pre, reference, sample_rate), tried))
-    if candidates[-1][2]["lra"] > tolerance or not held(candidates[-1][2]):
+    # The dynamics again (a grid search, the stage's dearest part) only where the ride
+    # cannot bring the LRA within its bar.
+    if candidates[-1][2]["lra"] > bars["lra"] or not held(candidates[-1][2]):
         console.load_values(start)
         # The dynamics searched with the ride neutral, so it can then go either way.
         ride.load_values({"range_scale": torch.ones(1, dtype=torch.float64)})
