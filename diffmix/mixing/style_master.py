@@ -430,7 +430,8 @@ def lra_trim_stage(console: Console, pre: Tensor, reference: Tensor, sample_rate
     was = _distances(console, pre, reference, sample_rate)
     out: dict[str, Any] = {
         "method": "the output's LRA by the ride's range scale (Illinois steps), the dynamics again "
-                  "first where the ride cannot reach it; kept only with every other feature held",
+                  "first where the ride cannot bring it within its bar; kept only with every other feature "
+                  "within its bar or no further than it was",
         "lra_goal": round(goal, 3), "tolerance_lu": round(tolerance, 4),
         "lra_before": round(was["lra"], 4)}
     if was["lra"] <= tolerance:
