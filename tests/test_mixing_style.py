@@ -25,6 +25,7 @@ from diffmix.mixing.style import style_distances
 from diffmix.mixing.style_master import (
     _run,
     dynamics_stage,
+    equal_loudness_sum,
     level_stage,
     master_input,
     ride_stage,
@@ -298,8 +299,8 @@ def test_style_master_lands_the_loudness_range_under_a_judge_that_weighs_it_ligh
     # The fit's objective weighs the loudness range and crest at 0.01 against the tone, so
     # its judge keeps a tone stage that moves the LRA and reverts a dynamics stage that
     # costs a little tone (bench (d), synthetic 24563 and 24564): the last stage lands the
-    # LRA on the reference's anyway, holding every other distance to half the master
-    # input's (or where it was).
+    # LRA on the reference's anyway, holding every other distance to half the stems'
+    # equal-loudness sum's (or where it was).
     g = torch.Generator().manual_seed(seed)
     print("seed", seed)
     stems = _stems(seed, seconds=16.0)
@@ -323,7 +324,7 @@ def test_style_master_lands_the_loudness_range_under_a_judge_that_weighs_it_ligh
 
     with torch.no_grad(), input_checks(False):
         reference = ref_console(_stems(seed + 1, seconds=16.0)).double()
-        start = style_distances(master_input(console, stems).double(), reference, SR)
+        start = style_distances(equal_loudness_sum(stems, SR), reference, SR)
         report = style_master(console, stems, reference, SR, judge)
         end = style_distances(console(stems).double(), reference, SR)
     trim = report["lra trim"]

@@ -397,8 +397,18 @@ def _snapshot(console: Console) -> dict[str, Tensor]:
 
 
 @torch.no_grad()
+def equal_loudness_sum(audio: Tensor, sample_rate: int) -> Tensor:
+    """The stems ``(1, N, C, T)`` each at -30 LUFS, summed: ``(1, C, T)``, the mix this
+    mode starts from and is measured against (its feature distances, halved, are the bars)."""
+    from diffmix.mixing.console_fit import equal_loudness_gains
+
+    gains = equal_loudness_gains(audio, sample_rate).to(audio.device, torch.float64)
+    return (audio[0].double() * 10 ** (gains.view(-1, 1, 1) / 20)).sum(0, keepdim=True)
+
+
+@torch.no_grad()
 def lra_trim_stage(console: Console, pre: Tensor, reference: Tensor, sample_rate: int, *,
-                   evals: int = 8) -> dict[str, Any]:
+                   base: Tensor | None = None, evals: int = 8) -> dict[str, Any]:
     """The last stage: the output's loudness range put on the reference's, the other
     features held to their bars.
 
@@ -406,15 +416,16 @@ def lra_trim_stage(console: Console, pre: Tensor, reference: Tensor, sample_rate
     limiter re-levelled after a tone refine), so it is landed last, by the ride alone:
     its ``range_scale`` solved by bracketed secant steps (Illinois) on the output's LRA
     (each try re-levels the limiter, :func:`level_stage`; nothing after moves it), to
-    within a quarter of how far the master's input (the equal-loudness sum) sits from the
-    reference, 0.001-0.01 LU. Where the ride cannot bring it within its bar (half that
-    distance; a range that moves inside the 3 s windows), the dynamics stage's
-    compressor/expander search and the tone refine run again first
+    within a quarter of how far ``base`` (the stems' equal-loudness sum,
+    :func:`equal_loudness_sum`; default ``pre``) sits from the reference, 0.001-0.01 LU.
+    Where the ride cannot bring it within its bar (half that distance; a range that moves
+    inside the 3 s windows), the dynamics stage's compressor/expander search and the tone
+    refine run again first
     (:func:`dynamics_stage`, :func:`range_stage`, :func:`refine_stage`), then the ride.
 
     A candidate replaces the stage's input only where it brings the LRA nearer and
     leaves every other feature distance (:func:`~diffmix.mixing.style.style_distances`)
-    within its bar, half the master input's, or no further than it was: the feature bar
+    within its bar, half ``base``'s, or no further than it was: the feature bar
     judges this stage, not the fit's objective (which weighs the dynamics lightly and
     would trade the range for a hundredth of a dB of tone).
     """
@@ -423,7 +434,8 @@ def lra_trim_stage(console: Console, pre: Tensor, reference: Tensor, sample_rate
     if not isinstance(ride, LoudnessRide):
         return {"method": "none", "reason": f"the master bus has no LoudnessRide {RIDE!r}"}
     goal = float(loudness_range(reference.double(), sample_rate)[0])
-    bars = {k: 0.5 * v for k, v in _distances_of(pre, reference, sample_rate).items()}
+    bars = {k: 0.5 * v for k, v in _distances_of(pre if base is None else base, reference,
+                                                  sample_rate).items()}
     tolerance = min(0.01, max(0.001, 0.5 * bars["lra"]))
     spec = _param(ride, "range_scale").spec
     start = _snapshot(console)
@@ -674,6 +686,8 @@ def style_master(console: Console, audio: Tensor, reference: Tensor, sample_rate
     out["refine"] = stage("tone refine", then(refine, level))
     # Judged by the feature bars inside (the objective would trade the range for tone).
     out["lra trim"] = stage("loudness range trim",
-                            lambda: lra_trim_stage(console, pre, ref, sample_rate), required=True)
+                            lambda: lra_trim_stage(console, pre, ref, sample_rate,
+                                                   base=equal_loudness_sum(audio, sample_rate)),
+                            required=True)
     out["seconds"] = round(time.perf_counter() - t0, 3)
     return out
