@@ -506,9 +506,10 @@ def lra_trim_stage(console: Console, pre: Tensor, reference: Tensor, sample_rate
     candidates = []
     tried = land()
     candidates.append(("ride", _snapshot(console), _distances(console, pre, reference, sample_rate), tried))
-    # The dynamics again (a grid search, the stage's dearest part) only where the ride
-    # cannot bring the LRA within its bar.
-    if candidates[-1][2]["lra"] > bars["lra"] or not held(candidates[-1][2]):
+    # The dynamics again (a grid search, the stage's dearest part) only where the LRA is
+    # over its bar and the ride cannot bring it within (holding the rest).
+    ride_d = candidates[-1][2]
+    if was["lra"] > bars["lra"] and not (held(ride_d) and ride_d["lra"] <= bars["lra"]):
         console.load_values(start)
         # The dynamics searched with the ride neutral, so it can then go either way.
         ride.load_values({"range_scale": torch.ones(1, dtype=torch.float64)})
