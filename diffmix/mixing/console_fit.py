@@ -204,7 +204,8 @@ def fit_console(
         if reference is not None and options.init == "nnls" and not aligned:
             init_report = style_master(
                 console, audio, reference, sr,
-                lambda name, run: judge.stage(name, run, stages),  # type: ignore[union-attr]
+                lambda name, run, required=False: judge.stage(  # type: ignore[union-attr]
+                    name, run, stages, required=required),
             )
         elif reference is not None and options.init == "nnls":
             # The first stage: gains, pan, width and coarse tone in closed form

@@ -27,9 +27,14 @@ input is rendered once. The master bus for this mode (``configs/mix.yaml``,
   sets the peak, so the crest factor follows (secant steps on the ceiling).
 - **tone refine** (:func:`refine_stage`): what the dynamics left of the tone, measured
   on the final output, folded into the match EQ.
+- **loudness range trim** (:func:`lra_trim_stage`), last: the output's LRA landed on the
+  reference's by the ride (the dynamics again first where the ride cannot reach it),
+  every other feature held within its bar.
 
 Each stage is run through the caller's judge (the fit's objective on the full length),
-which keeps it only where it lowers the score.
+which keeps it only where it lowers the score; the trim is judged by the feature bars
+instead (half the master input's distances), so the objective's light dynamics weight
+cannot trade the loudness range away.
 """
 
 from __future__ import annotations
@@ -58,7 +63,8 @@ if TYPE_CHECKING:
 WIDTH, MATCH, COMP, EXPANDER, RIDE, LIMITER = "width", "match", "comp", "expander", "ride", "limiter"
 # The master effects this mode adds around the console's own: before them, and after them.
 BEFORE, AFTER = (WIDTH, MATCH), (EXPANDER, LIMITER, RIDE)
-Stage = Callable[[str, Callable[[], dict[str, Any]]], dict[str, Any]]
+# stage(name, run, required=False): run it and judge it (kept whatever the score if required).
+Stage = Callable[..., dict[str, Any]]
 
 
 @torch.no_grad()
@@ -376,6 +382,160 @@ def ride_stage(console: Console, pre: Tensor, reference: Tensor, sample_rate: in
             "seconds": round(time.perf_counter() - t0, 3)}
 
 
+def _distances_of(y: Tensor, reference: Tensor, sample_rate: int) -> dict[str, float]:
+    from diffmix.mixing.style import style_distances
+
+    return style_distances(y.double(), reference, sample_rate)
+
+
+def _distances(console: Console, pre: Tensor, reference: Tensor, sample_rate: int) -> dict[str, float]:
+    return _distances_of(_run(console, pre), reference, sample_rate)
+
+
+def _snapshot(console: Console) -> dict[str, Tensor]:
+    return {k: p.exact().detach().clone() for k, p in console.named_values().items()}
+
+
+@torch.no_grad()
+def equal_loudness_sum(audio: Tensor, sample_rate: int) -> Tensor:
+    """The stems ``(1, N, C, T)`` each at -30 LUFS, summed: ``(1, C, T)``, the mix this
+    mode starts from and is measured against (its feature distances, halved, are the bars)."""
+    from diffmix.mixing.console_fit import equal_loudness_gains
+
+    gains = equal_loudness_gains(audio, sample_rate).to(audio.device, torch.float64)
+    return (audio[0].double() * 10 ** (gains.view(-1, 1, 1) / 20)).sum(0, keepdim=True)
+
+
+@torch.no_grad()
+def lra_trim_stage(console: Console, pre: Tensor, reference: Tensor, sample_rate: int, *,
+                   base: Tensor | None = None, evals: int = 8) -> dict[str, Any]:
+    """The last stage: the output's loudness range put on the reference's, the other
+    features held to their bars.
+
+    Every earlier stage moves the LRA of the output (a match EQ's low boost, the
+    limiter re-levelled after a tone refine), so it is landed last, by the ride alone:
+    its ``range_scale`` solved by bracketed secant steps (Illinois) on the output's LRA
+    (each try re-levels the limiter, :func:`level_stage`; nothing after moves it), to
+    within a quarter of how far ``base`` (the stems' equal-loudness sum,
+    :func:`equal_loudness_sum`; default ``pre``) sits from the reference, 0.001-0.01 LU.
+    Where the ride cannot bring it within its bar (half that distance; a range that moves
+    inside the 3 s windows), the dynamics stage's compressor/expander search and the tone
+    refine run again first
+    (:func:`dynamics_stage`, :func:`range_stage`, :func:`refine_stage`), then the ride.
+
+    A candidate replaces the stage's input only where it brings the LRA nearer and
+    leaves every other feature distance (:func:`~diffmix.mixing.style.style_distances`)
+    within its bar, half ``base``'s, or no further than it was: the feature bar
+    judges this stage, not the fit's objective (which weighs the dynamics lightly and
+    would trade the range for a hundredth of a dB of tone).
+    """
+    t0 = time.perf_counter()
+    ride = console.master.effects[RIDE] if RIDE in console.master.effects else None
+    if not isinstance(ride, LoudnessRide):
+        return {"method": "none", "reason": f"the master bus has no LoudnessRide {RIDE!r}"}
+    goal = float(loudness_range(reference.double(), sample_rate)[0])
+    bars = {k: 0.5 * v for k, v in _distances_of(pre if base is None else base, reference,
+                                                  sample_rate).items()}
+    tolerance = min(0.01, max(0.001, 0.5 * bars["lra"]))
+    spec = _param(ride, "range_scale").spec
+    start = _snapshot(console)
+    was = _distances(console, pre, reference, sample_rate)
+    out: dict[str, Any] = {
+        "method": "the output's LRA by the ride's range scale (Illinois steps), the dynamics again "
+                  "first where the ride cannot bring it within its bar; kept only with every other feature "
+                  "within its bar or no further than it was",
+        "lra_goal": round(goal, 3), "tolerance_lu": round(tolerance, 4),
+        "lra_before": round(was["lra"], 4)}
+    if was["lra"] <= tolerance:
+        out.update(applied=False, reason="already within the tolerance",
+                   seconds=round(time.perf_counter() - t0, 3))
+        return out
+
+    def over(d: dict[str, float]) -> list[str]:
+        return [k for k in d if k != "lra" and d[k] > max(bars[k], was[k]) + 1e-9]
+
+    def held(d: dict[str, float]) -> bool:
+        return not over(d)
+
+    def land() -> list[tuple[float, float]]:
+        def lra(scale: float) -> float:
+            ride.load_values({"range_scale": torch.tensor([scale], dtype=torch.float64)})
+            level_stage(console, pre, reference, sample_rate)
+            return float(loudness_range(_run(console, pre).double(), sample_rate)[0]) - goal
+
+        def clip(v: float) -> float:
+            return min(spec.max, max(spec.min, v))
+
+        s0 = float(ride.p("range_scale").detach().flatten()[0])
+        tried = [(s0, lra(s0))]
+        into = float(loudness_range(_run(console, pre, until=RIDE).double(), sample_rate)[0])
+        # The open-loop slope (the output's LRA about range_scale times the ride's input's)
+        # overstates the closed loop's, so the first step falls short of the goal.
+        s1 = clip(s0 - tried[0][1] / max(into, 0.05))
+        if s1 != s0:
+            tried.append((s1, lra(s1)))
+        side = 0  # Illinois: which end was kept twice in a row
+        while len(tried) < evals and abs(min(tried, key=lambda t: abs(t[1]))[1]) > tolerance:
+            low = [t for t in tried if t[1] < 0]
+            high = [t for t in tried if t[1] > 0]
+            if low and high:  # a bracket: regula falsi between its nearest ends
+                a = max(low, key=lambda t: t[1])
+                b = min(high, key=lambda t: t[1])
+                fa, fb = a[1], b[1]
+                if side < 0:
+                    fa *= 0.5
+                elif side > 0:
+                    fb *= 0.5
+                s = a[0] - fa * (b[0] - a[0]) / (fb - fa)
+            else:  # a secant on the last two, at most 1 in range_scale
+                (sa, ea), (sb, eb) = tried[-2:] if len(tried) > 1 else (tried[0], tried[0])
+                if sa == sb or abs(eb - ea) < 1e-6:
+                    break
+                s = sb - eb * (sb - sa) / (eb - ea)
+                s = max(sb - 1.0, min(sb + 1.0, s))
+            s = clip(s)
+            if any(abs(s - t[0]) < 1e-6 for t in tried):
+                break
+            tried.append((s, lra(s)))
+            side = -1 if tried[-1][1] > 0 else 1
+        best = min(tried, key=lambda t: abs(t[1]))
+        if best[0] != tried[-1][0]:
+            lra(best[0])
+        return tried
+
+    candidates = []
+    tried = land()
+    candidates.append(("ride", _snapshot(console), _distances(console, pre, reference, sample_rate), tried))
+    # The dynamics again (a grid search, the stage's dearest part) only where the LRA is
+    # over its bar and the ride cannot bring it within (holding the rest).
+    ride_d = candidates[-1][2]
+    if was["lra"] > bars["lra"] and not (held(ride_d) and ride_d["lra"] <= bars["lra"]):
+        console.load_values(start)
+        # The dynamics searched with the ride neutral, so it can then go either way.
+        ride.load_values({"range_scale": torch.ones(1, dtype=torch.float64)})
+        dynamics_stage(console, pre, reference, sample_rate)
+        range_stage(console, pre, reference, sample_rate)
+        refine_stage(console, pre, reference, sample_rate)
+        tried = land()
+        candidates.append(("dynamics, ride", _snapshot(console), _distances(console, pre, reference,
+                                                                            sample_rate), tried))
+    fit = [c for c in candidates if held(c[2]) and c[2]["lra"] < was["lra"]]
+    out["candidates"] = [{"name": name, "lra": round(d["lra"], 4), "over_bar": over(d),
+                          "tried": [[round(s, 4), round(e, 4)] for s, e in tr]}
+                         for name, _, d, tr in candidates]
+    out["bars"] = {k: round(v, 4) for k, v in bars.items()}
+    out["distances_before"] = {k: round(v, 4) for k, v in was.items()}
+    if fit:
+        name, values, d, _ = min(fit, key=lambda c: c[2]["lra"])
+        console.load_values(values)
+        out.update(applied=name, lra_after=round(d["lra"], 4))
+    else:
+        console.load_values(start)
+        out.update(applied=False)
+    out["seconds"] = round(time.perf_counter() - t0, 3)
+    return out
+
+
 @torch.no_grad()
 def level_stage(
     console: Console, pre: Tensor, reference: Tensor, sample_rate: int, *, iterations: int = 4,
@@ -481,7 +641,9 @@ def style_master(console: Console, audio: Tensor, reference: Tensor, sample_rate
     range (:func:`range_stage`) and folds what it moved in the tone back into the match EQ
     (:func:`refine_stage`) before it is judged. The loudness ride then takes the output's
     LRA the rest of the way (:func:`ride_stage`; a broadband gain on the K-weighted
-    short-term loudness, which a compressor's level detector does not see).
+    short-term loudness, which a compressor's level detector does not see). Last, the
+    trim (:func:`lra_trim_stage`, ``required``: it keeps or reverts itself by the feature
+    bars) lands the LRA that the tone refine's re-levelling moved.
 
     ``audio``: the stems ``(1, N, C, T)``; ``reference``: ``(1, 2, T')``.
     """
@@ -523,5 +685,10 @@ def style_master(console: Console, audio: Tensor, reference: Tensor, sample_rate
     out["dynamics"] = stage("dynamics", then(dynamics, loudness_range_loop, refine, level))
     out["ride"] = stage("loudness ride", then(ride, refine, level))
     out["refine"] = stage("tone refine", then(refine, level))
+    # Judged by the feature bars inside (the objective would trade the range for tone).
+    out["lra trim"] = stage("loudness range trim",
+                            lambda: lra_trim_stage(console, pre, ref, sample_rate,
+                                                   base=equal_loudness_sum(audio, sample_rate)),
+                            required=True)
     out["seconds"] = round(time.perf_counter() - t0, 3)
     return out
