@@ -7,10 +7,12 @@ Every effect is a pure function in :mod:`diffmix.functional` plus a thin ``nn.Mo
 
 import os
 
-# torch's CPU allocator is left on its default (no transparent huge pages,
-# THP_MEM_ALLOC_ENABLE unset): on virtual machines that hand free memory back to the host
-# (free page reporting), each fresh huge page is a fault on the host, and a 3-minute master
-# ran 1.5-2 s slower with them (README, "Tests and benchmarks").
+# Read at torch's first CPU allocation: its allocator then backs buffers of 2 MB and more with
+# transparent huge pages. A loop that frees and reallocates its buffers (a fit; the console
+# and compressor benchmarks, ~3x) gains; the CLI's mastering jobs, which touch each
+# full-length buffer once, turn them off (diffmix.cli). A value the user set is kept.
+_HUGE_PAGES_FROM_USER = "THP_MEM_ALLOC_ENABLE" in os.environ
+os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
 # torch and numba each load their own OpenMP runtime, whose idle threads spin between
 # parallel regions by default; the fit and the limiter alternate the two, so each pool's
 # spinning threads stole the cores the other was computing on. Read when each runtime

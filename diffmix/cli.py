@@ -252,6 +252,22 @@ def main(argv: list[str] | None = None) -> int:
     return _main(list(argv))
 
 
+# Jobs that touch each full-length buffer once (a master renders, solves, meters and
+# delivers the whole song a few times): transparent huge pages cost them time where free
+# memory goes back to a VM's host (each fresh huge page a fault there; BENCHMARKS.md,
+# profile notes, session 20).
+ONE_PASS_JOBS = frozenset({"master", "batch", "album"})
+
+
+def _allocator_for(job: str) -> None:
+    """Turn torch's huge-page backing off for a :data:`ONE_PASS_JOBS` job, unless the user
+    set ``THP_MEM_ALLOC_ENABLE``; call before torch's first CPU tensor (read once, then)."""
+    import diffmix
+
+    if job in ONE_PASS_JOBS and not diffmix._HUGE_PAGES_FROM_USER:  # noqa: SLF001
+        os.environ["THP_MEM_ALLOC_ENABLE"] = "0"
+
+
 def _end_process(code: int) -> None:
     """End the process with ``code`` now, as the interpreter would but without its
     teardown: exit handlers run (logging's, temporary files' finalizers) and the standard
@@ -281,6 +297,8 @@ def _main(argv: list[str], *, freeze: bool = False) -> int:
     known = job_names()  # not jobs(), which parses every job module's source for its help
     if name not in known:
         return _fail(name, f"unknown job; choose one of {sorted(known)}")
+    if freeze:  # the process's own command: before the job's imports make torch's first tensor
+        _allocator_for(name)
     module = importlib.import_module(f"diffmix.jobs.{name}")
     if "--help" in rest or "-h" in rest:
         print(job_help(name, module))

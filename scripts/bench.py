@@ -24,7 +24,10 @@ import sys
 import time
 from pathlib import Path
 
-# As `import diffmix` does, but before any workload imports torch: every peer alike.
+# As `import diffmix` does, but before any workload imports torch: torch's CPU allocator
+# backs large buffers with transparent huge pages. It applies to every peer in the process
+# (the CLI's mastering jobs, run as children, turn it off as they do for a user).
+os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as diffmix does (its __init__): every peer alike
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))

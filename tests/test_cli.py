@@ -176,3 +176,38 @@ def test_a_single_run_into_out_gets_the_config_hydras_runner_would_give(tmp_path
     assert len(seen) == 2 and "hydra" not in seen[0]
     assert seen[0] == {**seen[1], "out": str(tmp_path / "a")}
     assert direct_handlers == ["StreamHandler"] and logging.root.level == logging.INFO
+
+
+_HUGE_PAGES_PROBE = """
+import importlib, sys
+import diffmix.cli as cli
+job = sys.argv[1]
+cli.job_names()
+cli._allocator_for(job)  # as the command's own process does, before the job's imports
+importlib.import_module(f"diffmix.jobs.{job}")
+import torch
+a = torch.empty(16 << 20)
+a.fill_(1.0)
+rollup = open("/proc/self/smaps_rollup").read().splitlines()
+print(next(int(line.split()[1]) for line in rollup if line.startswith("AnonHugePages")))
+"""
+
+
+def _huge_kb(job: str, **env: str) -> int:
+    clean = {k: v for k, v in os.environ.items() if k != "THP_MEM_ALLOC_ENABLE"}
+    out = subprocess.run([sys.executable, "-c", _HUGE_PAGES_PROBE, job],
+                         env={**clean, **env, "PYTHONPATH": str(ROOT)},
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    return int(out.stdout.split()[-1])
+
+
+def test_mastering_jobs_turn_huge_pages_off_unless_the_user_set_them():
+    import pytest
+
+    mode = Path("/sys/kernel/mm/transparent_hugepage/enabled")
+    if not Path("/proc/self/smaps_rollup").exists() or not mode.exists() or "[never]" in mode.read_text():
+        pytest.skip("no transparent huge pages on this kernel")
+    assert _huge_kb("master") == 0  # a 64 MB tensor, touched: no huge page behind it
+    assert _huge_kb("mix") > 0  # import diffmix's default (a fit's loop)
+    assert _huge_kb("master", THP_MEM_ALLOC_ENABLE="1") > 0  # the user's choice is kept
