@@ -10,9 +10,13 @@ import os
 # Read at torch's first CPU allocation: its allocator then backs buffers of 2 MB and more with
 # transparent huge pages. A loop that frees and reallocates its buffers (a fit; the console
 # and compressor benchmarks, ~3x) gains; the CLI's mastering jobs, which touch each
-# full-length buffer once, turn them off (diffmix.cli). A value the user set is kept.
-_HUGE_PAGES_FROM_USER = "THP_MEM_ALLOC_ENABLE" in os.environ
-os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
+# full-length buffer once, turn them off (diffmix.cli). A value the user set is kept; the
+# default is marked as diffmix's, so a child process (a CLI job run from a program that
+# imported diffmix) does not take it for the user's.
+_thp = os.environ.get("THP_MEM_ALLOC_ENABLE")
+_HUGE_PAGES_FROM_USER = _thp is not None and _thp != os.environ.get("DIFFMIX_THP_DEFAULT")
+if _thp is None:
+    os.environ["THP_MEM_ALLOC_ENABLE"] = os.environ["DIFFMIX_THP_DEFAULT"] = "1"
 # torch and numba each load their own OpenMP runtime, whose idle threads spin between
 # parallel regions by default; the fit and the limiter alternate the two, so each pool's
 # spinning threads stole the cores the other was computing on. Read when each runtime

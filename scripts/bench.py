@@ -24,11 +24,11 @@ import sys
 import time
 from pathlib import Path
 
-# As `import diffmix` does, but before any workload imports torch: torch's CPU allocator
-# backs large buffers with transparent huge pages. It applies to every peer in the process
-# (the CLI's mastering jobs, run as children, turn it off as they do for a user).
-os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as diffmix does (its __init__): every peer alike
+# diffmix's allocator and OpenMP defaults (its __init__: huge pages, passive OpenMP waits),
+# set before any workload imports torch, so every peer in the process runs under them; the
+# CLI's mastering jobs, run as children, turn huge pages off as they do for a user.
+import diffmix  # noqa: E402, F401
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
 OUT = ROOT / "BENCHMARKS.md"

@@ -194,7 +194,7 @@ print(next(int(line.split()[1]) for line in rollup if line.startswith("AnonHugeP
 
 
 def _huge_kb(job: str, **env: str) -> int:
-    clean = {k: v for k, v in os.environ.items() if k != "THP_MEM_ALLOC_ENABLE"}
+    clean = {k: v for k, v in os.environ.items() if k not in ("THP_MEM_ALLOC_ENABLE", "DIFFMIX_THP_DEFAULT")}
     out = subprocess.run([sys.executable, "-c", _HUGE_PAGES_PROBE, job],
                          env={**clean, **env, "PYTHONPATH": str(ROOT)},
                          capture_output=True, text=True, timeout=300)
@@ -211,3 +211,5 @@ def test_mastering_jobs_turn_huge_pages_off_unless_the_user_set_them():
     assert _huge_kb("master") == 0  # a 64 MB tensor, touched: no huge page behind it
     assert _huge_kb("mix") > 0  # import diffmix's default (a fit's loop)
     assert _huge_kb("master", THP_MEM_ALLOC_ENABLE="1") > 0  # the user's choice is kept
+    # run from a program that imported diffmix: its default is not taken for the user's
+    assert _huge_kb("master", THP_MEM_ALLOC_ENABLE="1", DIFFMIX_THP_DEFAULT="1") == 0
