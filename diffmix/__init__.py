@@ -17,6 +17,7 @@ _thp = os.environ.get("THP_MEM_ALLOC_ENABLE")
 _HUGE_PAGES_FROM_USER = _thp is not None and _thp != os.environ.get("DIFFMIX_THP_DEFAULT")
 if _thp is None:
     os.environ["THP_MEM_ALLOC_ENABLE"] = os.environ["DIFFMIX_THP_DEFAULT"] = "1"
+del _thp
 # torch and numba each load their own OpenMP runtime, whose idle threads spin between
 # parallel regions by default; the fit and the limiter alternate the two, so each pool's
 # spinning threads stole the cores the other was computing on. Read when each runtime

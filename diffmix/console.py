@@ -303,6 +303,10 @@ class Console(nn.Module):
                 out[f"sends.{name}.{path.replace('params.', '')}"] = p
         return out
 
+    def snapshot(self) -> dict[str, Tensor]:
+        """A detached copy of every value (physical units), for :meth:`load_values` to put back."""
+        return {k: p.exact().detach().clone() for k, p in self.named_values().items()}
+
     def load_values(self, values: Mapping[str, Any]) -> None:
         params = self.named_values()
         unknown = sorted(set(values) - set(params))

@@ -253,6 +253,23 @@ def _processed_song(g: torch.Generator) -> Console:
     return ref_console
 
 
+def _judge(console, score, stages):  # noqa: ANN001, ANN202
+    """A stage judge as the fit's: keep a stage only where it lowers ``score()`` (or is
+    ``required``), else put the console back; each stage's (name, before, after) logged."""
+
+    def judge(name, run, required=False):  # noqa: ANN001, ANN202
+        before = console.snapshot()
+        was = score()
+        report = run()
+        got = score()
+        if got >= was and not required:
+            console.load_values(before)
+        stages.append((name, round(was, 3), round(got, 3)))
+        return report
+
+    return judge
+
+
 @pytest.mark.parametrize("seed", [int(np.random.SeedSequence().entropy % 10**6)])
 def test_style_master_halves_every_distance_toward_a_differently_processed_song(seed):
     # A random synthetic multitrack toward another, processed through a random M/S EQ, a
@@ -265,18 +282,11 @@ def test_style_master_halves_every_distance_toward_a_differently_processed_song(
     console = _console()
     stages = []
 
-    def judge(name, run, required=False):  # noqa: ANN001, ANN202
-        before = {k: p.exact().clone() for k, p in console.named_values().items()}
+    def score() -> float:
         with torch.no_grad():
-            was = sum(style_distances(console(stems).double(), reference, SR).values())
-        report = run()
-        with torch.no_grad():
-            got = sum(style_distances(console(stems).double(), reference, SR).values())
-        if got >= was and not required:
-            console.load_values(before)
-        stages.append((name, round(was, 3), round(got, 3)))
-        return report
+            return sum(style_distances(console(stems).double(), reference, SR).values())
 
+    judge = _judge(console, score, stages)
     with torch.no_grad(), input_checks(False):
         reference = ref_console(_stems(seed + 1, seconds=6.0)).double()
         start = style_distances(console(stems).double(), reference, SR)
@@ -312,16 +322,7 @@ def test_style_master_lands_the_loudness_range_under_a_judge_that_weighs_it_ligh
         d = style_distances(console(stems).double(), reference, SR)
         return sum(v * (0.01 if k in ("lra", "crest") else 1.0) for k, v in d.items())
 
-    def judge(name, run, required=False):  # noqa: ANN001, ANN202
-        before = {k: p.exact().clone() for k, p in console.named_values().items()}
-        was = score()
-        report = run()
-        got = score()
-        if got >= was and not required:
-            console.load_values(before)
-        stages.append(name)
-        return report
-
+    judge = _judge(console, score, stages)
     with torch.no_grad(), input_checks(False):
         reference = ref_console(_stems(seed + 1, seconds=16.0)).double()
         start = style_distances(equal_loudness_sum(stems, SR), reference, SR)
@@ -329,7 +330,7 @@ def test_style_master_lands_the_loudness_range_under_a_judge_that_weighs_it_ligh
         end = style_distances(console(stems).double(), reference, SR)
     trim = report["lra trim"]
     print(report, start, end)
-    assert stages[-1] == "loudness range trim"
+    assert stages[-1][0] == "loudness range trim"
     # The tolerance: a quarter of the master input's distance, 0.001-0.01 LU.
     assert trim["tolerance_lu"] == pytest.approx(min(0.01, max(0.001, 0.25 * start["lra"])), abs=1e-4)
     assert end["lra"] <= trim["tolerance_lu"] + 1e-6, trim

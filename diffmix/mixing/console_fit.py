@@ -331,7 +331,7 @@ def fit_console(
                     terms_out["prior"] = float(prior.detach())
                 return total, terms_out
 
-            before_fit = judge.snapshot() if judge is not None else None
+            before_fit = judge.console.snapshot() if judge is not None else None
             # The closed-form stages measured each track's level on the whole song; the
             # steps see 1 s excerpts through a console that cannot reproduce every render,
             # and trade a level for a tone there (BENCHMARKS.md, Mixing, session 15).
@@ -476,9 +476,6 @@ class FullLengthJudge:
                 total += self.mrstft_w * float(self.mrstft.distance(y, self.ref_mags).mean())
         return total
 
-    def snapshot(self) -> dict[str, Tensor]:
-        return {k: p.exact().detach().clone() for k, p in self.console.named_values().items()}
-
     def judge(
         self, name: str, before: dict[str, Tensor], stages: list[dict[str, Any]], required: bool = False
     ) -> bool:
@@ -494,7 +491,7 @@ class FullLengthJudge:
         return kept
 
     def _score_of(self, values: dict[str, Tensor]) -> float:
-        current = self.snapshot()
+        current = self.console.snapshot()
         self.console.load_values(values)
         s = self.score()
         self.console.load_values(current)
@@ -509,7 +506,7 @@ class FullLengthJudge:
     ) -> dict[str, Any]:
         """Run one stage and keep it only if the full-length score went down (or it is
         ``required``)."""
-        before = self.snapshot()
+        before = self.console.snapshot()
         if self.score_now is None:
             self.score_now = self.score()
         report = run()

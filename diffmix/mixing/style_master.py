@@ -392,10 +392,6 @@ def _distances(console: Console, pre: Tensor, reference: Tensor, sample_rate: in
     return _distances_of(_run(console, pre), reference, sample_rate)
 
 
-def _snapshot(console: Console) -> dict[str, Tensor]:
-    return {k: p.exact().detach().clone() for k, p in console.named_values().items()}
-
-
 @torch.no_grad()
 def equal_loudness_sum(audio: Tensor, sample_rate: int) -> Tensor:
     """The stems ``(1, N, C, T)`` each at -30 LUFS, summed: ``(1, C, T)``, the mix this
@@ -438,7 +434,7 @@ def lra_trim_stage(console: Console, pre: Tensor, reference: Tensor, sample_rate
                                                   sample_rate).items()}
     tolerance = min(0.01, max(0.001, 0.5 * bars["lra"]))
     spec = _param(ride, "range_scale").spec
-    start = _snapshot(console)
+    start = console.snapshot()
     was = _distances(console, pre, reference, sample_rate)
     out: dict[str, Any] = {
         "method": "the output's LRA by the ride's range scale (Illinois steps), the dynamics again "
@@ -505,7 +501,7 @@ def lra_trim_stage(console: Console, pre: Tensor, reference: Tensor, sample_rate
 
     candidates = []
     tried = land()
-    candidates.append(("ride", _snapshot(console), _distances(console, pre, reference, sample_rate), tried))
+    candidates.append(("ride", console.snapshot(), _distances(console, pre, reference, sample_rate), tried))
     # The dynamics again (a grid search, the stage's dearest part) only where the LRA is
     # over its bar and the ride cannot bring it within (holding the rest).
     ride_d = candidates[-1][2]
@@ -517,7 +513,7 @@ def lra_trim_stage(console: Console, pre: Tensor, reference: Tensor, sample_rate
         range_stage(console, pre, reference, sample_rate)
         refine_stage(console, pre, reference, sample_rate)
         tried = land()
-        candidates.append(("dynamics, ride", _snapshot(console), _distances(console, pre, reference,
+        candidates.append(("dynamics, ride", console.snapshot(), _distances(console, pre, reference,
                                                                             sample_rate), tried))
     fit = [c for c in candidates if held(c[2]) and c[2]["lra"] < was["lra"]]
     out["candidates"] = [{"name": name, "lra": round(d["lra"], 4), "over_bar": over(d),
