@@ -47,6 +47,37 @@ def frames(x: Tensor, length: int, block: int) -> tuple[Tensor, int]:
     return out, out.shape[-2]
 
 
+class _RealFFT(torch.autograd.Function):
+    # rfft(x, n)'s adjoint: dL/dx[t] = Re sum_k G[k] e^{2 pi i k t / n} over the kept bins,
+    # which is n * irfft(Z) with Z = G but halved off DC and Nyquist (irfft counts those
+    # once and every other bin twice). Autograd's own backward zero-fills the spectrum to n
+    # bins and takes a complex transform: twice the arithmetic and a full-size copy.
+    @staticmethod
+    def forward(ctx, x: Tensor, n: int) -> Tensor:  # noqa: ANN001
+        ctx.meta = (x.shape[-1], n)
+        return torch.fft.rfft(x, n=n)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):  # noqa: ANN001, ANN205
+        length, n = ctx.meta
+        z = grad.mul(0.5)
+        z[..., 0] = grad[..., 0]
+        if n % 2 == 0:
+            z[..., -1] = grad[..., -1]
+        g = torch.fft.irfft(z, n=n, norm="forward")  # the unscaled sum
+        g = g[..., :length] if length <= n else torch.nn.functional.pad(g, (0, length - n))
+        return g, None
+
+
+def real_fft(x: Tensor, n: int) -> Tensor:
+    """``torch.fft.rfft(x, n=n)`` over the last dimension, with a backward of one inverse
+    real transform (autograd's takes a complex one of twice the size). Differentiable in
+    ``x``; CPU and CUDA."""
+    if torch.is_grad_enabled() and x.requires_grad:
+        return _RealFFT.apply(x, n)
+    return torch.fft.rfft(x, n=n)
+
+
 class _OverlapSave(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, fir: Tensor, block: int) -> Tensor:  # noqa: ANN001

@@ -39,7 +39,7 @@ from torchaudio.functional import lfilter
 
 from diffmix.checks import check_choice
 from diffmix.functional._cache import ValueCache, constant_key
-from diffmix.functional._fft_conv import overlap_save
+from diffmix.functional._fft_conv import overlap_save, real_fft
 from diffmix.functional.gain import left_right, mid_side
 from diffmix.params import ParamValue, broadcast_param
 
@@ -447,7 +447,7 @@ def sos_filter_fft(x: Tensor, b: Tensor, a: Tensor, *, tail: int) -> Tensor:
         raise ValueError(f"sos_filter_fft: tail must be >= 0, got {tail}")
     n_time = x.shape[-1]
     n = next_fast_len(n_time + tail)
-    spec = torch.fft.rfft(x, n=n)
+    spec = real_fft(x, n)
     h = sos_response_on_grid(b.to(x.dtype), a.to(x.dtype), n)
     return torch.fft.irfft(spec * h, n=n)[..., :n_time]
 
@@ -619,9 +619,9 @@ def fft_convolve(x: Tensor, fir: Tensor, *, ms: bool = False) -> Tensor:
         if cache is not None and fir.requires_grad and not x.requires_grad and torch.is_grad_enabled():
             # a fixed excerpt under a fitted filter: its spectrum is shared, never changed in place
             spec_x = cache.get(constant_key("rfft", x, n), lambda: torch.fft.rfft(x, n=n))
-            spec = spec_x * torch.fft.rfft(fir, n=n)
+            spec = spec_x * real_fft(fir, n)
         else:
-            spec = _mul(torch.fft.rfft(x, n=n), torch.fft.rfft(fir, n=n))
+            spec = _mul(real_fft(x, n), real_fft(fir, n))
         return torch.fft.irfft(spec, n=n)[..., :n_time]
     # Overlap-save with a hand-written backward: see :mod:`diffmix.functional._fft_conv`.
     return overlap_save(x, fir, block, ms=ms)
