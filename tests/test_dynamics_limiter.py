@@ -316,3 +316,19 @@ def test_drive_renders_level_in_one_strict_pass_reads_as_two_passes():
     for corrected in (True, False):
         for k, (a, b) in enumerate(zip(run(True, corrected), run(False, corrected), strict=True)):
             assert torch.equal(a, b), (corrected, k, (a - b).abs().max())
+
+
+@pytest.mark.parametrize("options", [{}, {"strict": True}, {"true_peak": False}, {"exact": False}])
+def test_a_render_in_place_reads_as_the_differentiable_path(options):
+    """Without a graph the limiter computes its gain and output in place on its own
+    temporaries: the same values as with one (where the input needs a gradient), and the
+    input left as it was."""
+    g = torch.Generator().manual_seed(7)
+    x = 0.5 * torch.randn(2, 2, 9000, generator=g)
+    kept = x.clone()
+    with torch.no_grad():
+        rendered = F.limiter(x, 44100, gain_db=torch.tensor([6.0, 2.0]), ceiling_db=-1.0, **options)
+    assert torch.equal(x, kept)
+    graphed = F.limiter(x.clone().requires_grad_(), 44100, gain_db=torch.tensor([6.0, 2.0]),
+                        ceiling_db=-1.0, **options)
+    assert torch.equal(rendered, graphed.detach())
