@@ -75,6 +75,9 @@ def _middle_true_peak(y: Tensor, left: int, n: int, sample_rate: int) -> float:
     return float(over[..., p * f : (p + n) * f].abs().amax())
 
 
+_PUSH_FRAMES = 1 << 20  # SequentialMeter's pieces, frames (~24 s at 44.1 kHz)
+
+
 class SequentialMeter:
     """A :class:`ChunkMeter` fed consecutive ``(C, n)`` pieces of a signal with no context
     (as they are written, say): it keeps the context each piece needs and meters a stretch
@@ -93,6 +96,12 @@ class SequentialMeter:
 
     def push(self, x: Tensor) -> None:
         x = x.detach()
+        # A piece at a time: each joins the kept context by a copy, never the whole signal
+        # (an in-memory master is one chunk); the readings agree to float rounding.
+        for a in range(0, x.shape[-1], _PUSH_FRAMES):
+            self._push(x[:, a : a + _PUSH_FRAMES])
+
+    def _push(self, x: Tensor) -> None:
         if self.buf is None:
             self.buf = x.new_zeros((x.shape[0], self.left))
         self.buf = torch.cat([self.buf, x], -1)

@@ -122,11 +122,16 @@ def test_stream_auto_switches_on_duration(song):
         wants_streaming(_cfg(f"input={song}", "stream=maybe"))
 
 
+@pytest.mark.parametrize("piece", [None, 5000])
 @pytest.mark.parametrize("strict", [False, True])
-def test_sequential_meter_equals_the_whole_signal_meter(strict):
+def test_sequential_meter_equals_the_whole_signal_meter(strict, piece, monkeypatch):
     """Pieces of any length, pushed with no context (as delivery writes them), meter as the
-    whole signal does."""
+    whole signal does; so do pushes the meter itself takes ``piece`` frames at a time."""
+    from diffmix import report
     from diffmix.report import PEAK_CONTEXT, STRICT_CONTEXT, ChunkMeter, SequentialMeter
+
+    if piece is not None:
+        monkeypatch.setattr(report, "_PUSH_FRAMES", piece)
 
     seed = int(np.random.SeedSequence().entropy % 2**32)
     print("seed", seed)
