@@ -2,10 +2,11 @@
 
 A setting spans what mixing engineers do, and every part of it is realisable by the
 default console (so a perfect fit exists): per track a gain, a width (some stems narrowed
-to mono), a pan, an EQ with one to three bands at random frequencies, gains and Qs, a
-compressor on a random subset (ratio 1.5-8, attack 1-50 ms, release 30-500 ms), a reverb
-send on some; on the master bus a compressor. :func:`contributions` measures what each
-track adds to the mix, with the master's dynamics keyed by the whole mix.
+to mono), a pan anywhere from hard left to hard right, an EQ with one to three bands at
+random frequencies, gains and Qs, a compressor on a random subset (ratio 1.5-8, attack
+1-50 ms, release 30-500 ms), a reverb send on some; on the master bus a compressor.
+:func:`contributions` measures what each track adds to the mix, with the master's
+dynamics keyed by the whole mix.
 """
 
 from __future__ import annotations
@@ -58,7 +59,7 @@ def draw_setting(console: Console, stems: Tensor, seed: int) -> dict[str, Tensor
         narrow = rng.random(n) < 0.3
         out["strip.width.width"] = torch.as_tensor(np.where(narrow, 0.0, rng.uniform(0.3, 1.8, n)))
     if "strip.pan.pan" in values:
-        out["strip.pan.pan"] = torch.as_tensor(rng.uniform(-0.9, 0.9, n))
+        out["strip.pan.pan"] = torch.as_tensor(rng.uniform(-1.0, 1.0, n))
     eq = console.strip.effects["eq"] if "eq" in console.strip.effects else None
     if isinstance(eq, ParametricEQ):
         bands = list(eq.bands)

@@ -317,7 +317,7 @@ def _hidden_console(tmp: Path, quick: bool, extra: list[str]) -> str:
             f"{seeds.stop - 1} (base seed drawn for this run: DIFFMIX_BENCH_MIX_SEED={BASE_SEED})"
             " on every shared song and on synthetic multitracks (5 stems, 12 s: four mono, "
             "one wide pad): per track a gain (+-9 dB around equal loudness), width (30 % narrowed to mono), "
-            "pan (+-0.9), 1-3 EQ bands at random frequencies, gains (+-6 dB) and Qs, a compressor on about "
+            "pan (-1..1), 1-3 EQ bands at random frequencies, gains (+-6 dB) and Qs, a compressor on about "
             "half (ratio 1.5-8, attack 1-50 ms, release 30-500 ms, threshold 3-20 dB under the stem's peak), "
             "a reverb send on about 30 %; a master compressor. A track's error is the integrated loudness of "
             "its contribution to the fitted mix minus that to the reference (`contributions`: strip, sends, "
