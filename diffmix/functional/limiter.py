@@ -301,16 +301,17 @@ def strict_correction(
         # holds for y: blocks whose rows reach a sample the first stage's gain changed
         # are run.
         floor = _floor_of(target.reshape(-1))
-        moved = torch.nn.functional.pad(total[:, 0] != 1.0, (0, -(-y.shape[-1] // _pk.BLOCK) * _pk.BLOCK
-                                                             - y.shape[-1]))
-        moved = moved.view(y.shape[0], -1, _pk.BLOCK).any(-1)
-        moved[:, 1:] |= moved[:, :-1].clone()
-        moved[:, :-1] |= moved[:, 1:].clone()
-        rows_bound = torch.where(moved.to(bound.device), torch.full_like(bound, math.inf), bound)
+        rows_bound = bound
+        if not _ones(total):
+            moved = F.pad(total[:, 0] != 1.0, (0, -y.shape[-1] % _pk.BLOCK))
+            moved = moved.view(y.shape[0], -1, _pk.BLOCK).any(-1)
+            moved[:, 1:] |= moved[:, :-1].clone()
+            moved[:, :-1] |= moved[:, 1:].clone()
+            rows_bound = torch.where(moved.to(bound.device), torch.full_like(bound, math.inf), bound)
     elif metered is not None:
         floor = torch.minimum(target.reshape(-1), metered.amax(1).to(torch.float64)) * (1.0 - 1e-3)
-    level = _peaks.strict_envelope(y, sample_rate, gain=total, meter=metered is None, floor=floor,
-                                   bound=rows_bound)
+    level = _peaks.strict_envelope(y, sample_rate, gain=None if _ones(total) else total,
+                                   meter=metered is None, floor=floor, bound=rows_bound)
     if metered is not None:
         torch.maximum(level, metered.to(level), out=level)
 
@@ -319,7 +320,8 @@ def strict_correction(
         low = torch.zeros_like(top, dtype=torch.bool) if floor is None else top.to(torch.float64) < floor
         if bool(low.any()):
             idx = low.nonzero().view(-1)
-            again = _peaks.strict_envelope(y[idx], sample_rate, gain=total[idx]).amax(1)
+            gain = None if _ones(total) else total[idx]
+            again = _peaks.strict_envelope(y[idx], sample_rate, gain=gain).amax(1)
             top[idx] = torch.maximum(again, top[idx])
         return top
 
@@ -335,7 +337,7 @@ def strict_correction(
         gain = limiter_gain(required.unsqueeze(1), lookahead, pole, backend=backend)
         del required
         gain = gain.to(total.dtype)
-        total.mul_(gain)
+        total = gain if _ones(total) else total.mul_(gain)  # 1 times the gain, exactly
         # Re-meter only the stretches whose gain changed, with context for every filter.
         t = y.shape[-1]
         for lo, hi in _spans((gain[:, 0] != 1.0).any(0).cpu().numpy(), _STRICT_REACH):
@@ -347,6 +349,11 @@ def strict_correction(
     peak = _peaks.strict_true_peak(y * total, sample_rate).amax(1).view(-1, 1, 1)
     scale = torch.minimum(target.view(-1, 1, 1).to(y.dtype) / peak, torch.ones_like(peak))
     return total * scale, (peak * scale).view(-1)
+
+
+def _ones(gain: Tensor) -> bool:
+    """Whether ``gain`` is the correction's gain of ones as a view (nothing was corrected)."""
+    return gain.stride(-1) == 0
 
 
 def _floor_of(target: Tensor) -> Tensor:
@@ -486,19 +493,27 @@ def _exact_correction_local(
     tgt = np.broadcast_to(target.reshape(-1, 1).to(torch.float64).numpy(), (b, 1))
     # A few ulps of headroom, so the kernel and the meter can never disagree across it.
     ceil = np.broadcast_to(ceiling.reshape(-1).to(y.dtype).numpy() * (1.0 - 1e-6), (b,))
-    total = np.ones((b, t), dtype=yn.dtype)
+    # The gain, written from the first pass that changes it: a render the meter already
+    # reads under the ceiling gets ones as a view (a full-length buffer's fresh pages cost
+    # more than the pass that fills it).
+    total = None
     pole = release.to(torch.float64)
     n_blocks = -(-t // _pk.BLOCK)
     for _ in range(4):
         item_over = level.max(1) > ceil
         if not item_over.any():
-            return torch.from_numpy(total).unsqueeze(1), torch.from_numpy(level)
+            out = torch.ones((b, 1, 1), dtype=y.dtype).expand(b, 1, t) if total is None else \
+                torch.from_numpy(total).unsqueeze(1)
+            return out, torch.from_numpy(level)
         over = (level > tgt.astype(yn.dtype)) & item_over[:, None]
         required = np.where(over, tgt / np.maximum(level, 1e-30), 1.0)
         gain64 = limiter_gain(torch.from_numpy(required).unsqueeze(1), lookahead, pole,
                               backend="numba")
         gain = gain64[:, 0].numpy().astype(yn.dtype)
-        total *= gain
+        if total is None:
+            total = gain  # 1 times the gain, exactly
+        else:
+            total *= gain
         # Blocks whose samples, or whose neighbours' within the 24-tap reach, changed.
         per_block = np.zeros((b, n_blocks * _pk.BLOCK), dtype=bool)
         per_block[:, :t] = gain != 1.0
@@ -664,8 +679,8 @@ def drive_renders(
             )
             if whole:
                 last_peak[0] = peak
-                return y.mul_(gain)
-            y[todo] = part.mul_(gain)
+                return y if _ones(gain) else y.mul_(gain)
+            y[todo] = part if _ones(gain) else part.mul_(gain)
             if strict and peak is not None:
                 last_peak[0] = bound.index_copy(0, todo.to(bound.device), peak.to(bound))
             return y

@@ -18,7 +18,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from types import ModuleType
 
@@ -442,22 +442,38 @@ def _ideal_error_bound(spec: Tensor, lanes: Tensor, factor: int, weights: Tensor
     return (spec.abs().to(torch.float64) @ weights) * (1.0 + 1e-3) + 1e-4 * peak
 
 
+def _row_errors(rows: np.ndarray, positions: Sequence[float], width: int) -> np.ndarray:
+    """``(width // 2 + 1,)``: per bin ``w_k = 2 pi k / width``, the largest ``|exp(i w_k d) -
+    H(w_k)|`` over FIR ``rows`` ``(R, 2 half)`` (over ``x[m - half + 1 .. m + half]``), each
+    against the ideal point at its position ``d``; at the split Nyquist bin ``|cos(pi d)| +
+    |H(pi)|``. Each response is one transform of the row's taps laid on the ``width``-point
+    circle (``H(w) = sum_j h_j exp(i w j)``, the conjugate of their DFT)."""
+    half = rows.shape[1] // 2
+    at = np.arange(-half + 1, half + 1) % width
+    w = 2 * np.pi * np.arange(width // 2 + 1) / width
+    worst = np.zeros(width // 2 + 1)
+    for row, d in zip(rows, positions, strict=True):
+        laid = np.zeros(width)
+        laid[at] = row
+        h = np.conj(np.fft.rfft(laid))
+        err = np.abs(np.exp(1j * w * d) - h)
+        err[-1] = abs(math.cos(math.pi * d)) + abs(h[-1])  # the split Nyquist bin
+        worst = np.maximum(worst, err)
+    return worst
+
+
+def _both_halves(width: int) -> np.ndarray:
+    """A real lane's spectrum counts each bin twice but DC and Nyquist; over ``width``."""
+    k = np.arange(width // 2 + 1)
+    return np.where((k == 0) | (k == width // 2), 1.0, 2.0) / width
+
+
 @functools.lru_cache(maxsize=4)
 def _ideal_error_weights(width: int, factor: int) -> Tensor:
     """``(width // 2 + 1,)`` float64: :func:`_ideal_error_bound`'s weight of each bin."""
     rows = _kaiser_resampler(factor)  # (factor, 2 zeros) over x[m - zeros + 1 .. m + zeros]
-    zeros = rows.shape[1] // 2
-    k = np.arange(width // 2 + 1)
-    w = 2 * np.pi * k / width
-    j = np.arange(-zeros + 1, zeros + 1)
-    worst = np.zeros(k.shape)
-    for p in range(1, factor):
-        h = (rows[p][None, :] * np.exp(1j * w[:, None] * j[None, :])).sum(1)
-        err = np.abs(np.exp(1j * w * p / factor) - h)
-        err[-1] = abs(math.cos(math.pi * p / factor)) + abs(h[-1])  # the split Nyquist bin
-        worst = np.maximum(worst, err)
-    both = np.where((k == 0) | (k == width // 2), 1.0, 2.0)  # a real lane's two halves
-    return torch.from_numpy(worst * both / width)
+    worst = _row_errors(rows[1:], [p / factor for p in range(1, factor)], width)
+    return torch.from_numpy(worst * _both_halves(width))
 
 
 @functools.lru_cache(maxsize=4)
@@ -466,19 +482,11 @@ def _fir_error_weights(width: int, meter_factor: int) -> Tensor:
     strict level (:func:`_strict_ideal_first`): the Kaiser 8x in-between rows and this
     module's meter at ``meter_factor`` (its phase ``p`` against the ideal point ``p /
     meter_factor``, one of the ideal's eighths), whichever errs more in each bin."""
-    worst = _ideal_error_weights(width, _IDEAL_FACTOR).clone()
+    worst = _ideal_error_weights(width, _IDEAL_FACTOR)
     if meter_factor > 1:
         rows = interpolation_filter(meter_factor)  # over x[m - 39 .. m + 40]
-        half = rows.shape[1] // 2
-        k = np.arange(width // 2 + 1)
-        w = 2 * np.pi * k / width
-        j = np.arange(-half + 1, half + 1)
-        both = np.where((k == 0) | (k == width // 2), 1.0, 2.0)
-        for p in range(1, meter_factor):
-            h = (rows[p - 1][None, :] * np.exp(1j * w[:, None] * j[None, :])).sum(1)
-            err = np.abs(np.exp(1j * w * p / meter_factor) - h)
-            err[-1] = abs(math.cos(math.pi * p / meter_factor)) + abs(h[-1])
-            worst = torch.maximum(worst, torch.from_numpy(err * both / width))
+        meter = _row_errors(rows, [p / meter_factor for p in range(1, meter_factor)], width)
+        worst = torch.maximum(worst, torch.from_numpy(meter * _both_halves(width)))
     return worst
 
 
@@ -651,8 +659,7 @@ def _strict_ideal_first(source: Callable[[int, int], Tensor], b: int, c: int, t:
     against the ideal by up to 2 % in the passband, run where their own L1 bound reaches
     the floor (:func:`_fir_bounds`). So the level is exact wherever it reaches the floor
     and at most exact elsewhere, as :func:`strict_envelope` promises. Parts of a few FFT
-    blocks: a part's ideal points are computed on a second thread while the last part's
-    rows run.
+    blocks, whose ideal points are computed on two worker threads ahead of the rows.
     """
     rows8 = _kaiser_resampler(_IDEAL_FACTOR)[1:]  # the Kaiser 8x in-between rows, over x[m - 9 .. m + 10]
     annex = _annex2_rows()
@@ -675,12 +682,14 @@ def _strict_ideal_first(source: Callable[[int, int], Tensor], b: int, c: int, t:
     last_err = torch.zeros(b, dtype=torch.float64)  # that point's FFT block's error bound, channels linked
     last_mag = torch.zeros(b, dtype=dtype)
     starts = list(range(0, blocks, step))
-    with _one_thread(torch.device("cpu")), ThreadPoolExecutor(max_workers=1) as pool:
-        ahead = pool.submit(ideal, starts[0])
+    # Two parts' ideal points at a time (each torch thread on its own core: the rows left
+    # are a few % of the work), in order.
+    with _one_thread(torch.device("cpu")), ThreadPoolExecutor(max_workers=2) as pool:
+        ahead = [pool.submit(ideal, j) for j in starts[:2]]
         for i, j0 in enumerate(starts):
-            between, errors = ahead.result()
-            if i + 1 < len(starts):
-                ahead = pool.submit(ideal, starts[i + 1])
+            between, errors = ahead.pop(0).result()
+            if i + 2 < len(starts):
+                ahead.append(pool.submit(ideal, starts[i + 2]))
             j1 = min(blocks, j0 + step)
             lo, hi = j0 * core, min(t, j1 * core)
             before = torch.cat([last[:, None], between[:, :-1]], 1)
