@@ -421,3 +421,34 @@ def test_strict_correction_with_a_bound_reads_as_without():
         assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1]), db
     print(f"project meter blocks run: {runs[0]} of {runs[1]}")
     assert 0 < runs[0] < runs[1]
+
+
+def test_a_limiting_drive_render_takes_both_shortcuts(monkeypatch):
+    # The exact drive render of a limiting drive meters its pre-limiter level ideal points
+    # first under the floor, and hands its correction the bound from that level (the two
+    # shortcuts of the loudness solve); at rest the level keeps the FIR-first order.
+    from diffmix.functional import peaks as P
+
+    g = torch.Generator().manual_seed(5)
+    x = _bursty(g, int(SR * 0.8))
+    envelope, correction = P.strict_envelope, F.strict_correction
+    seen: dict[str, list] = {"level": [], "bound": []}
+
+    def spy_envelope(*args, floor=None, ideal_first=False, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+        if floor is not None and kwargs.get("gain") is None and args[0] is x:
+            seen["level"].append(ideal_first)
+        return envelope(*args, floor=floor, ideal_first=ideal_first, **kwargs)
+
+    def spy_correction(*args, bound=None, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+        seen["bound"].append(bound is not None)
+        return correction(*args, bound=bound, **kwargs)
+
+    monkeypatch.setattr(P, "strict_envelope", spy_envelope)
+    monkeypatch.setattr(F, "strict_correction", spy_correction)
+    ceiling_db, release_ms = torch.tensor([-1.0, -1.0], dtype=torch.float64), torch.tensor([100.0, 100.0])
+    for drive, limits in ((6.0, True), (-20.0, False)):
+        smooth, exact = F.drive_renders(x, SR, ceiling_db=ceiling_db, release_ms=release_ms, strict=True)
+        exact(torch.full((2,), drive, dtype=torch.float64))
+        assert seen["level"] == [limits], (drive, seen)
+        assert seen["bound"] == ([True] if limits else []), (drive, seen)
+        seen = {"level": [], "bound": []}
