@@ -9,6 +9,7 @@ import math
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F_
 from scipy.signal import resample_poly
 
 from diffmix.effects.dynamics import Limiter
@@ -332,3 +333,122 @@ def test_a_render_in_place_reads_as_the_differentiable_path(options):
     graphed = F.limiter(x.clone().requires_grad_(), 44100, gain_db=torch.tensor([6.0, 2.0]),
                         ceiling_db=-1.0, **options)
     assert torch.equal(rendered, graphed.detach())
+
+
+def _bursty(g: torch.Generator, n: int) -> torch.Tensor:
+    """Two stereo items: noise with content near Nyquist, its level stepping over 30 dB from
+    one 256-sample stretch to the next, peak 1."""
+    x = torch.randn(2, 2, n, generator=g)
+    x[:, 1] -= torch.roll(x[:, 1], 1, -1)  # content near Nyquist, where the rows read high
+    x *= 10 ** (-1.5 * torch.rand(2, 1, -(-n // 256), generator=g)).repeat_interleave(256, -1)[..., :n]
+    return x / x.abs().amax((1, 2), keepdim=True)
+
+
+def test_driven_bound_holds_over_every_meter_row():
+    # _driven_bound (what lets the exact drive render's meters skip blocks): every point of
+    # the project meter's and the strict meter's FIR rows over x * gain, per 256-sample
+    # block, is at most the bound; for the limiter's own gain and for a gain that jumps
+    # anywhere, from the exact level and from the worst level a floor allows (0 under it).
+    # And it is tight where the gain is smooth: some limited blocks are ruled out.
+    from diffmix.functional import peaks as P
+    from diffmix.functional.dynamics import ms_to_pole
+
+    seed = int(np.random.SeedSequence().entropy % 10**6)
+    print(f"seed {seed}")
+    g = torch.Generator().manual_seed(seed)
+    sr = [44100, 48000, 96000][int(torch.randint(0, 3, (), generator=g))]
+    n = int(sr * (0.3 + torch.rand((), generator=g)))
+    x = _bursty(g, n)
+    level = torch.maximum(F.limiter_envelope(x, sr), P.strict_envelope(x, sr, meter=False).unsqueeze(1))
+    drive = 10 ** ((3.0 + 9.0 * torch.rand(2, 1, 1, generator=g)) / 20)
+    target = torch.full((2, 1, 1), 0.89)
+    required = (target / (drive * level)).clamp_max(1.0)
+    release = ms_to_pole(torch.tensor([50.0, 200.0]), sr)
+    limited = F.limiter_gain(required, F._lookahead_samples(5.0, sr, "limiter"), release) * drive
+    jumpy = drive * (0.2 + 0.8 * torch.rand(2, 1, n, generator=g))
+    rows = [P._strict_rows()[0], *([P.interpolation_filter(P.oversampling_factor(sr))]
+                                   if P.oversampling_factor(sr) > 1 else [])]
+    skipped = 0
+    for gain in (limited, jumpy):
+        y = x * gain
+        points = torch.stack([P._fir_envelope(y, r) for r in rows]).amax(0)  # (B, T), both sides
+        blocks = F_.pad(points, (0, -n % 256)).view(2, -1, 256).amax(-1).double()
+        for floor in (None, 0.3 + 0.5 * torch.rand(2, generator=g, dtype=torch.float64)):
+            seen = level if floor is None else torch.where(level.double() >= floor.view(-1, 1, 1), level, 0.0)
+            bound = F._driven_bound(x, seen, floor, gain, sr)
+            assert (blocks <= bound).all(), (sr, floor, float((blocks - bound).max()))
+            if gain is limited:
+                skipped += int((bound < F._floor_of(target.view(-1))[:, None]).sum())
+    print("limited blocks ruled out:", skipped)
+    assert skipped > 0
+
+
+def test_strict_correction_with_a_bound_reads_as_without():
+    # The exact drive render hands the correction _driven_bound: its meters skip the blocks
+    # that can't reach the floor. Gain and strict peak bit for bit as without, on renders
+    # that limit lightly and hard (the correction's passes then run), and blocks skipped.
+    from diffmix.functional import peaks as P
+    from diffmix.functional.dynamics import ms_to_pole
+
+    seed = int(np.random.SeedSequence().entropy % 10**6)
+    print(f"seed {seed}")
+    g = torch.Generator().manual_seed(seed)
+    n = int(SR * (1.6 + torch.rand((), generator=g)))  # over two of the strict meter's FFT blocks
+    x = _bursty(g, n)
+    level = torch.maximum(F.limiter_envelope(x, SR), P.strict_envelope(x, SR, meter=False).unsqueeze(1))
+    ceiling = torch.tensor([0.89, 0.79]).view(-1, 1, 1)
+    target = ceiling * (1.0 - F._LIMIT_MARGIN)
+    look = F._lookahead_samples(5.0, SR, "limiter")
+    release = ms_to_pole(torch.tensor([80.0, 150.0]), SR).view(-1, 1, 1)
+    real = _pk.envelope_numpy
+    runs = [0, 0]
+
+    def spy(x, taps, level=None, code=None, todo=None, want_code=True):  # noqa: ANN001, ANN202
+        if todo is not None:
+            runs[0] += int(todo.sum())
+            runs[1] += todo.size
+        return real(x, taps, level, code, todo, want_code)
+
+    for db in (0.5 + torch.rand(2, generator=g), 6.0 + 6.0 * torch.rand(2, generator=g)):
+        drive = 10 ** (db.view(-1, 1, 1) / 20)
+        gain = F.limiter_gain((target / (drive * level)).clamp_max(1.0), look, release.view(-1)) * drive
+        y = x * gain
+        want = F.strict_correction(y.clone(), SR, target, ceiling, look, release)
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(_pk, "envelope_numpy", spy)
+            got = F.strict_correction(y.clone(), SR, target, ceiling, look, release,
+                                      bound=F._driven_bound(x, level, None, gain, SR))
+        assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1]), db
+    print(f"project meter blocks run: {runs[0]} of {runs[1]}")
+    assert 0 < runs[0] < runs[1]
+
+
+def test_a_limiting_drive_render_takes_both_shortcuts(monkeypatch):
+    # The exact drive render of a limiting drive meters its pre-limiter level ideal points
+    # first under the floor, and hands its correction the bound from that level (the two
+    # shortcuts of the loudness solve); at rest the level keeps the FIR-first order.
+    from diffmix.functional import peaks as P
+
+    g = torch.Generator().manual_seed(5)
+    x = _bursty(g, int(SR * 0.8))
+    envelope, correction = P.strict_envelope, F.strict_correction
+    seen: dict[str, list] = {"level": [], "bound": []}
+
+    def spy_envelope(*args, floor=None, ideal_first=False, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+        if floor is not None and kwargs.get("gain") is None and args[0] is x:
+            seen["level"].append(ideal_first)
+        return envelope(*args, floor=floor, ideal_first=ideal_first, **kwargs)
+
+    def spy_correction(*args, bound=None, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+        seen["bound"].append(bound is not None)
+        return correction(*args, bound=bound, **kwargs)
+
+    monkeypatch.setattr(P, "strict_envelope", spy_envelope)
+    monkeypatch.setattr(F, "strict_correction", spy_correction)
+    ceiling_db, release_ms = torch.tensor([-1.0, -1.0], dtype=torch.float64), torch.tensor([100.0, 100.0])
+    for drive, limits in ((6.0, True), (-20.0, False)):
+        smooth, exact = F.drive_renders(x, SR, ceiling_db=ceiling_db, release_ms=release_ms, strict=True)
+        exact(torch.full((2,), drive, dtype=torch.float64))
+        assert seen["level"] == [limits], (drive, seen)
+        assert seen["bound"] == ([True] if limits else []), (drive, seen)
+        seen = {"level": [], "bound": []}

@@ -214,7 +214,7 @@ def test_the_strict_correction_reports_the_peak_it_leaves(seed):
 
 
 def _floors_hold(x: torch.Tensor, gain: torch.Tensor | None, g: torch.Generator, *, count: int,
-                 decades: float) -> tuple[torch.Tensor, int]:
+                 decades: float, **options: bool) -> tuple[torch.Tensor, int]:
     """The strict level of ``x`` under ``count`` random floors from ``decades`` decades under
     its peak up to the peak: exact wherever the exact level reaches the floor, never above
     it elsewhere, and its peak exact. Returns the exact level and how many points were left
@@ -224,7 +224,7 @@ def _floors_hold(x: torch.Tensor, gain: torch.Tensor | None, g: torch.Generator,
     left = 0
     for scale in torch.rand(count, generator=g, dtype=torch.float64):
         floor = top * 10 ** (-decades * scale)
-        got = strict_envelope(x, SR, gain=gain, meter=gain is None, floor=floor)
+        got = strict_envelope(x, SR, gain=gain, meter=gain is None, floor=floor, **options)
         reach = exact.double() >= floor[:, None]
         case = (x.dtype, gain is None, float(scale))
         assert torch.equal(got[reach], exact[reach]), case
@@ -404,8 +404,8 @@ def test_a_floor_skips_ideal_blocks_and_leaves_every_level_that_reaches_it(seed,
     real = peaks._ideal_blocks
     skipped = [0, 0]
 
-    def spy(lanes, out, factor, overlap, core, room=None):  # noqa: ANN001, ANN202
-        real(lanes, out, factor, overlap, core, room)
+    def spy(lanes, out, factor, overlap, core, room=None, errors=None):  # noqa: ANN001, ANN202
+        real(lanes, out, factor, overlap, core, room, errors)
         if room is not None:
             skipped[0] += int((out.amax(1) == 0).sum())
             skipped[1] += lanes.shape[0]
@@ -436,3 +436,65 @@ def test_fir_bounds_in_parts_read_as_the_whole(seed, monkeypatch):
         whole = peaks._fir_bounds(x, rows)
         monkeypatch.setattr(peaks, "_BOUND_PART", 256 * int(torch.randint(2, 12, (1,), generator=g)))
         assert torch.equal(peaks._fir_bounds(x, rows), whole)
+
+
+@pytest.mark.parametrize("seed", [int(np.random.SeedSequence().entropy % 10**6), 29])
+def test_fir_points_stay_within_the_error_bound_above_the_ideal_points(seed):
+    # The bound that lets a floored level skip the Kaiser 8x rows and the meter's own rows
+    # (ideal_first): each of their points is at most the ideal points around it plus
+    # _ideal_error_bound under _fir_error_weights, on every signal of the suite and a
+    # music-like one; the meter's rows at 4x (below 96 kHz) and 2x (below 192 kHz).
+    from diffmix.functional.peaks import _fir_error_weights, _ideal_error_bound
+
+    print(f"seed {seed}")
+    signals = {k: v for k, v in _signals(seed).items() if v.shape[-1] > 1}
+    n = 2 * CORE + 1234
+    signals["adversarial"] = np.stack([_adversarial(seed, n), _adversarial(seed + 1, n)])
+    g = np.random.default_rng(seed)
+    spec = np.fft.rfft(g.standard_normal((2, n)))
+    spec /= 1 + np.fft.rfftfreq(n, 1 / SR) / 200.0
+    signals["pink"] = 0.2 * np.fft.irfft(spec, n) / np.abs(np.fft.irfft(spec, n)).max()
+    for factor in (4, 2):
+        # the Kaiser rows (over x[m - 9 .. m + 10]) padded to the meter's (x[m - 39 .. m + 40])
+        kaiser = np.pad(_kaiser_resampler(UP)[1:], ((0, 0), (30, 30)))
+        rows = np.concatenate([kaiser, interpolation_filter(factor)])
+        for name, x in signals.items():
+            for row in x:
+                ideal, fir = _ideal_points(row), _fir_points(row, rows)
+                starts, lanes = _lanes(row)
+                weights = _fir_error_weights(lanes.shape[1], factor)
+                bound = _ideal_error_bound(torch.fft.rfft(lanes), lanes, UP, weights).numpy()
+                core = min(CORE, len(row) + len(row) % 2)
+                for s, e in zip(starts, bound, strict=True):
+                    worst = float((fir[s: s + core] - ideal[s: s + core]).max())
+                    assert worst <= e, (factor, name, s, worst, e)
+
+
+@pytest.mark.parametrize("seed", [int(np.random.SeedSequence().entropy % 10**6), 37])
+def test_ideal_first_leaves_every_level_that_reaches_the_floor(seed, monkeypatch):
+    # strict_envelope(floor=, ideal_first=True) computes every ideal point, then runs the
+    # Kaiser and meter rows only in blocks where those points plus their bound reach the
+    # floor: bit for bit wherever the exact level reaches it, never above it below, the
+    # peak exact, on both dtypes, with and without a gain and the meter; and rows were
+    # skipped (counted at the kernel).
+    from diffmix.functional import peaks
+
+    print(f"seed {seed}")
+    g = torch.Generator().manual_seed(seed)
+    real = peaks._fir_envelope
+    counts = [0, 0]
+
+    def spy(x, taps, todo=None):  # noqa: ANN001, ANN202
+        if todo is not None and taps.shape[0] == 7:  # the Kaiser 8x rows
+            counts[0] += int(todo.sum())
+            counts[1] += todo.size
+        return real(x, taps, todo)
+
+    monkeypatch.setattr(peaks, "_fir_envelope", spy)
+    for dtype in (torch.float32, torch.float64):
+        x, gain = _burst_signal(seed, dtype)
+        for gn in (None, gain):
+            _floors_hold(x, gn, g, count=3, decades=1.5, ideal_first=True)
+        _floors_hold(_stepped_signal(seed).to(dtype), None, g, count=3, decades=1.5, ideal_first=True)
+    print(f"Kaiser row blocks run: {counts[0]} of {counts[1]}")
+    assert 0 < counts[0] < counts[1]

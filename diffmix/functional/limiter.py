@@ -13,7 +13,8 @@ References:
 
 from __future__ import annotations
 
-import math  # noqa: F401  (doctest namespace)
+import math
+from collections.abc import Callable
 from typing import cast
 
 import numpy as np
@@ -274,12 +275,16 @@ def limiter_correction(
 @torch.no_grad()
 def strict_correction(
     y: Tensor, sample_rate: int, target: Tensor, ceiling: Tensor, lookahead: int,
-    release: Tensor, *, strict: bool = True, backend: str = "auto",
+    release: Tensor, *, strict: bool = True, backend: str = "auto", bound: Tensor | None = None,
 ) -> tuple[Tensor, Tensor | None]:
     """:func:`limiter_correction`'s gain, and with ``strict`` the strict true peak of ``y``
     times it, ``(B,)`` linear as :func:`~diffmix.functional.peaks.strict_envelope` reads
-    it (metered on the way: no extra pass); None without ``strict``."""
-    total, metered = _meter_correction(y, sample_rate, target, ceiling, lookahead, release, backend=backend)
+    it (metered on the way: no extra pass); None without ``strict``. ``bound`` ``(B,
+    blocks)`` (:func:`_driven_bound`): an upper bound on every point of every meter row in
+    each 256-sample block of ``y``, with which both meters skip the blocks it keeps under
+    :func:`_floor_of` the target (the same gain and peak)."""
+    total, metered = _meter_correction(y, sample_rate, target, ceiling, lookahead, release, backend=backend,
+                                       bound=bound)
     if not strict:  # the project's meter only
         return total, None
     target = target.detach().reshape(-1, 1).to(torch.float64)
@@ -289,10 +294,24 @@ def strict_correction(
     # stage left, where it has it (the same kernel on the same samples: not run twice).
     # Below the floor the level need not be exact: only what reaches the target (never above
     # the ceiling) and the peak are read, and the peak is at least the first stage's.
-    floor = None
-    if metered is not None:
+    floor = rows_bound = None
+    if metered is not None and bound is not None:
+        # Both levels exact from this floor up (the project meter's from its first pass);
+        # an item whose peak stays under it is metered again in full (exact_peak). The bound
+        # holds for y: blocks whose rows reach a sample the first stage's gain changed
+        # are run.
+        floor = _floor_of(target.reshape(-1))
+        rows_bound = bound
+        if not _ones(total):
+            moved = F.pad(total[:, 0] != 1.0, (0, -y.shape[-1] % _pk.BLOCK))
+            moved = moved.view(y.shape[0], -1, _pk.BLOCK).any(-1)
+            moved[:, 1:] |= moved[:, :-1].clone()
+            moved[:, :-1] |= moved[:, 1:].clone()
+            rows_bound = torch.where(moved.to(bound.device), torch.full_like(bound, math.inf), bound)
+    elif metered is not None:
         floor = torch.minimum(target.reshape(-1), metered.amax(1).to(torch.float64)) * (1.0 - 1e-3)
-    level = _peaks.strict_envelope(y, sample_rate, gain=total, meter=metered is None, floor=floor)
+    level = _peaks.strict_envelope(y, sample_rate, gain=None if _ones(total) else total,
+                                   meter=metered is None, floor=floor, bound=rows_bound)
     if metered is not None:
         torch.maximum(level, metered.to(level), out=level)
 
@@ -301,7 +320,8 @@ def strict_correction(
         low = torch.zeros_like(top, dtype=torch.bool) if floor is None else top.to(torch.float64) < floor
         if bool(low.any()):
             idx = low.nonzero().view(-1)
-            again = _peaks.strict_envelope(y[idx], sample_rate, gain=total[idx]).amax(1)
+            gain = None if _ones(total) else total[idx]
+            again = _peaks.strict_envelope(y[idx], sample_rate, gain=gain).amax(1)
             top[idx] = torch.maximum(again, top[idx])
         return top
 
@@ -317,7 +337,7 @@ def strict_correction(
         gain = limiter_gain(required.unsqueeze(1), lookahead, pole, backend=backend)
         del required
         gain = gain.to(total.dtype)
-        total.mul_(gain)
+        total = gain if _ones(total) else total.mul_(gain)  # 1 times the gain, exactly
         # Re-meter only the stretches whose gain changed, with context for every filter.
         t = y.shape[-1]
         for lo, hi in _spans((gain[:, 0] != 1.0).any(0).cpu().numpy(), _STRICT_REACH):
@@ -329,6 +349,66 @@ def strict_correction(
     peak = _peaks.strict_true_peak(y * total, sample_rate).amax(1).view(-1, 1, 1)
     scale = torch.minimum(target.view(-1, 1, 1).to(y.dtype) / peak, torch.ones_like(peak))
     return total * scale, (peak * scale).view(-1)
+
+
+def _ones(gain: Tensor) -> bool:
+    """Whether ``gain`` is the correction's gain of ones as a view (nothing was corrected)."""
+    return gain.stride(-1) == 0
+
+
+def _floor_of(target: Tensor) -> Tensor:
+    """The level (linear, float64, target's shape) from which a correction's meters read
+    exact: a hair (0.009 dB) under the target it pulls overs down to."""
+    return target.detach().to("cpu", torch.float64) * (1.0 - 1e-3)
+
+
+def _driven_bound(x: Tensor, level: Tensor, floor: Tensor | None, gain: Tensor, sample_rate: int) -> Tensor:
+    """An upper bound ``(B, blocks)`` float64 on every point, in each 256-sample block, of
+    the project's meter and the strict meter's FIR rows over ``x * gain`` (a drive render).
+
+    ``level`` ``(B, 1, T)`` is ``x``'s limiter level (:func:`limiter_envelope` and
+    :func:`~diffmix.functional.peaks.strict_envelope`), exact from ``floor`` ``(B,)`` up
+    and at most exact below (None: exact). Each row is linear: its point over ``g x``
+    next to sample ``n`` is ``g[n]`` times the row's point over ``x``, at most ``g[n]
+    max(level[n], floor)``, plus the row over ``(g - g[n]) x``, at most the gain's spread
+    within the row's reach times the row's L1 norm times ``|x|`` there. Per block: the
+    first term's block maximum, plus the spread of ``gain`` and the largest ``|x|`` over
+    the block and its neighbours (reach 40 < 256) times the largest L1 norm. A margin of
+    1e-5 of ``L1 max g |x|`` covers float32 rounding of the render, the level and the
+    meters' sums (each well under 1e-6 of it).
+    """
+    b, _, t = x.shape
+    n_blocks = -(-t // _pk.BLOCK)
+    f = _peaks.oversampling_factor(sample_rate)
+    rows = [_peaks._strict_rows()[0], *([_peaks.interpolation_filter(f)] if f > 1 else [])]
+    l1 = max(float(np.abs(r).sum(1).max()) for r in rows) * (1.0 + 1e-6)
+    up = level if floor is None else torch.maximum(level, floor.to(level).view(-1, 1, 1))
+    top = torch.empty(b, n_blocks, dtype=torch.float64)
+    g_hi = torch.empty_like(top)
+    g_lo = torch.empty_like(top)
+    mag = torch.empty_like(top)
+    span = _pk.BLOCK * 4096  # in parts: no full-length temporary
+
+    def blocks(v: Tensor, value: float) -> Tensor:  # (B, n) -> (B, blocks, 256), padded with value
+        return F.pad(v, (0, -v.shape[-1] % _pk.BLOCK), value=value).view(b, -1, _pk.BLOCK)
+
+    for lo in range(0, t, span):
+        hi = min(t, lo + span)
+        k0, k1 = lo // _pk.BLOCK, -(-hi // _pk.BLOCK)
+        g = gain[:, 0, lo:hi]
+        top[:, k0:k1] = blocks(g * up[:, 0, lo:hi], 0.0).amax(-1)
+        g_hi[:, k0:k1] = blocks(g, 0.0).amax(-1)
+        g_lo[:, k0:k1] = blocks(g, math.inf).amin(-1)
+        mag[:, k0:k1] = blocks(x[:, :, lo:hi].abs().amax(1), 0.0).amax(-1)
+
+    def widen(v: Tensor, op: Callable[[Tensor, Tensor], Tensor]) -> Tensor:  # over the neighbours too
+        w = v.clone()
+        w[:, 1:] = op(w[:, 1:], v[:, :-1])
+        w[:, :-1] = op(w[:, :-1], v[:, 1:])
+        return w
+
+    g_hi, g_lo, mag = widen(g_hi, torch.maximum), widen(g_lo, torch.minimum), widen(mag, torch.maximum)
+    return top * (1.0 + 1e-6) + ((g_hi - g_lo) + 1e-5 * g_hi) * l1 * mag
 
 
 # Samples of context that make a stretch's strict level exact: the ideal interpolation's FFT
@@ -352,14 +432,15 @@ def _spans(mask: np.ndarray, reach: int) -> list[tuple[int, int]]:
 @torch.no_grad()
 def _meter_correction(
     y: Tensor, sample_rate: int, target: Tensor, ceiling: Tensor, lookahead: int, release: Tensor,
-    *, backend: str = "auto",
+    *, backend: str = "auto", bound: Tensor | None = None,
 ) -> tuple[Tensor, Tensor | None]:
     """Gain ``(B, 1, T)`` that brings ``y``'s metered true peak under ``ceiling`` (the
     project's meter), and where the compiled path metered it, ``y`` times that gain's
-    per-sample level on that meter ``(B, T)`` (:func:`limiter_envelope`'s), else None."""
+    per-sample level on that meter ``(B, T)`` (:func:`limiter_envelope`'s; with ``bound``,
+    exact from :func:`_floor_of` the target up), else None."""
     target = target.detach()
     if _pk.available(y, backend) and _peaks.oversampling_factor(sample_rate) > 1:
-        return _exact_correction_local(y, sample_rate, target, ceiling, lookahead, release)
+        return _exact_correction_local(y, sample_rate, target, ceiling, lookahead, release, bound)
     # Triton (CUDA, or the interpreter) and the torch path: a fixed four passes with no
     # host synchronisation. Each pass pulls every level above ``target`` of each item that
     # still reads over the ceiling down to it (an item under the ceiling asks for 1.0, so
@@ -380,7 +461,8 @@ def _meter_correction(
 
 
 def _exact_correction_local(
-    y: Tensor, sample_rate: int, target: Tensor, ceiling: Tensor, lookahead: int, release: Tensor
+    y: Tensor, sample_rate: int, target: Tensor, ceiling: Tensor, lookahead: int, release: Tensor,
+    bound: Tensor | None = None,
 ) -> tuple[Tensor, Tensor | None]:
     """:func:`_meter_correction` on CPU, re-metering only where the gain changed.
 
@@ -393,27 +475,45 @@ def _exact_correction_local(
     dtype instead of stalling an ulp short; only the 256-sample blocks whose 48-tap
     neighbourhood saw a changed sample are re-metered. Every other block's level is
     bit-identical to a full re-meter, so nothing is traded for the speed.
+
+    ``bound`` ``(B, blocks)`` float64 (:func:`_driven_bound`): an upper bound on every point
+    of each 256-sample block of ``y``; the first metering then skips the blocks it keeps
+    under :func:`_floor_of` the target (the level there reads 0), so the level returned is
+    exact wherever it reaches that floor and at most exact elsewhere.
     """
     b, _, t = y.shape
     yn = y.contiguous().numpy()
     taps = _pk._taps(sample_rate, y.dtype)
-    level, code = _pk.envelope_numpy(yn, taps, want_code=False)
+    if bound is None:
+        level, code = _pk.envelope_numpy(yn, taps, want_code=False)
+    else:
+        todo = (bound >= _floor_of(target).reshape(-1, 1)).to(torch.uint8).numpy()
+        level = np.zeros((b, t), dtype=yn.dtype)  # read 0 where skipped
+        level, code = _pk.envelope_numpy(yn, taps, level, todo=todo, want_code=False)
     tgt = np.broadcast_to(target.reshape(-1, 1).to(torch.float64).numpy(), (b, 1))
     # A few ulps of headroom, so the kernel and the meter can never disagree across it.
     ceil = np.broadcast_to(ceiling.reshape(-1).to(y.dtype).numpy() * (1.0 - 1e-6), (b,))
-    total = np.ones((b, t), dtype=yn.dtype)
+    # The gain, written from the first pass that changes it: a render the meter already
+    # reads under the ceiling gets ones as a view (a full-length buffer's fresh pages cost
+    # more than the pass that fills it).
+    total = None
     pole = release.to(torch.float64)
     n_blocks = -(-t // _pk.BLOCK)
     for _ in range(4):
         item_over = level.max(1) > ceil
         if not item_over.any():
-            return torch.from_numpy(total).unsqueeze(1), torch.from_numpy(level)
+            out = torch.ones((b, 1, 1), dtype=y.dtype).expand(b, 1, t) if total is None else \
+                torch.from_numpy(total).unsqueeze(1)
+            return out, torch.from_numpy(level)
         over = (level > tgt.astype(yn.dtype)) & item_over[:, None]
         required = np.where(over, tgt / np.maximum(level, 1e-30), 1.0)
         gain64 = limiter_gain(torch.from_numpy(required).unsqueeze(1), lookahead, pole,
                               backend="numba")
         gain = gain64[:, 0].numpy().astype(yn.dtype)
-        total *= gain
+        if total is None:
+            total = gain  # 1 times the gain, exactly
+        else:
+            total *= gain
         # Blocks whose samples, or whose neighbours' within the 24-tap reach, changed.
         per_block = np.zeros((b, n_blocks * _pk.BLOCK), dtype=bool)
         per_block[:, :t] = gain != 1.0
@@ -487,12 +587,16 @@ def drive_renders(
     # bound stays under it (as the strict meter's floor does).
     floored = true_peak and not exact and x.device.type == "cpu" and _pk.available(x) and _FUSED_LEVEL
 
-    def strict_level(floor: Tensor | None) -> Tensor:
+    def strict_level(floor: Tensor | None, limits: bool = False) -> Tensor:
         if floored:  # the project meter alone
             taps = _peaks.interpolation_filter(_peaks.oversampling_factor(sample_rate))
             todo = None if floor is None else _peaks._fir_todo(x, taps, floor)
             return _peaks._fir_envelope(x, taps, todo).unsqueeze(1)
-        return _peaks.strict_envelope(x, sample_rate, meter=fused, floor=floor).unsqueeze(1)
+        # ``limits``: the floor is under each item's samples' peak (the drive limits). Then a
+        # few % of blocks reach it and the ideal points, computed first, rule out the FIR
+        # rows elsewhere; at a floor at the peak the FIR rows first rule out more.
+        level = _peaks.strict_envelope(x, sample_rate, meter=fused, floor=floor, ideal_first=limits)
+        return level.unsqueeze(1)
 
     def smooth(drives: Tensor) -> Tensor:
         g = gains(drives)
@@ -505,12 +609,15 @@ def drive_renders(
                     headroom = 10.0 ** (_FLOOR_HEADROOM_DB / 20.0)
                     where = target.view(-1).double() / (g.view(-1).double() * headroom)
                     if fused:
-                        floors[0] = torch.minimum(where.cpu(), x.abs().amax((1, 2)).double().cpu())
-                        level = strict_level(floors[0]).to(x.dtype)
+                        peak = x.abs().amax((1, 2)).double().cpu()
+                        floors[0] = torch.minimum(where.cpu(), peak)
+                        level = strict_level(floors[0], bool((where.cpu() < peak).all())).to(x.dtype)
                     else:
                         level = limiter_envelope(x, sample_rate, true_peak=true_peak)
-                        floors[0] = torch.minimum(where.cpu(), level.amax((1, 2)).double().cpu())
-                        level = torch.maximum(level, strict_level(floors[0]).to(level))
+                        peak = level.amax((1, 2)).double().cpu()
+                        floors[0] = torch.minimum(where.cpu(), peak)
+                        limits = bool((where.cpu() < peak).all())
+                        level = torch.maximum(level, strict_level(floors[0], limits).to(level))
                 elif floored and _peaks.oversampling_factor(sample_rate) > 1:
                     headroom = 10.0 ** (_FLOOR_HEADROOM_DB / 20.0)
                     floors[0] = (target.view(-1).double() / (g.view(-1).double() * headroom)).cpu()
@@ -559,14 +666,21 @@ def drive_renders(
             whole = todo.numel() == y.shape[0]
             part = y if whole else y[todo]
             pick = (lambda v: v) if whole else (lambda v: v[todo.to(v.device)])
+            # Where this render's own level bounds the meters' points (the compiled path), they
+            # skip the blocks that can't reach the correction's floor.
+            rows_bound = None
+            if _pk.available(x) and _peaks.oversampling_factor(sample_rate) > 1:
+                floor = floors[0]
+                rows_bound = _driven_bound(pick(x), pick(cache[0]), None if floor is None else pick(floor),
+                                           pick(cache[2]), sample_rate)
             gain, peak = strict_correction(
                 part, sample_rate, pick(target), pick(ceiling.to(x.dtype)), lookahead,
-                pick(release).view(-1, 1, 1), strict=strict,
+                pick(release).view(-1, 1, 1), strict=strict, bound=rows_bound,
             )
             if whole:
                 last_peak[0] = peak
-                return y.mul_(gain)
-            y[todo] = part.mul_(gain)
+                return y if _ones(gain) else y.mul_(gain)
+            y[todo] = part if _ones(gain) else part.mul_(gain)
             if strict and peak is not None:
                 last_peak[0] = bound.index_copy(0, todo.to(bound.device), peak.to(bound))
             return y

@@ -18,7 +18,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from types import ModuleType
 
@@ -345,12 +345,15 @@ def _ideal_grid(t: int) -> tuple[int, int, int]:
 
 
 def _ideal_part(source: Callable[[int, int], Tensor], t: int, j0: int, j1: int,
-                factor: int = _IDEAL_FACTOR, room: Tensor | None = None) -> Tensor:
+                factor: int = _IDEAL_FACTOR, room: Tensor | None = None,
+                errors: tuple[Tensor, Tensor] | None = None) -> Tensor:
     """``(N, hi - lo)`` float32: :func:`_ideal_between` over the samples ``lo = j0 core ..
     hi = min(t, j1 core)`` of blocks ``j0 .. j1`` of the grid (:func:`_ideal_grid`), from
     ``source(a, z)``, the signal's samples ``a .. z`` ``(N, z - a)``. Blocks are transformed
     on their own, so a part reads exactly as the same samples of the whole signal.
-    ``room`` ``(N, j1 - j0)``: see :func:`_ideal_blocks` (skipped blocks read 0)."""
+    ``room`` ``(N, j1 - j0)``: see :func:`_ideal_blocks` (skipped blocks read 0);
+    ``errors`` ``(out (N, j1 - j0) float64, weights)``: each block's
+    :func:`_ideal_error_bound` under ``weights``, written into ``out``."""
     core, overlap, _ = _ideal_grid(t)
     lo, hi = j0 * core, min(t, j1 * core)
     a, z = max(0, lo - overlap), min(t, j1 * core + overlap)
@@ -360,7 +363,8 @@ def _ideal_part(source: Callable[[int, int], Tensor], t: int, j0: int, j1: int,
     padded = torch.nn.functional.pad(part, (overlap - (lo - a), j1 * core + overlap - z))
     lanes = padded.unfold(1, width, core).reshape(n * (j1 - j0), width)
     out = torch.empty(n * (j1 - j0), core, dtype=part.dtype, device=part.device)
-    _ideal_blocks(lanes, out, factor, overlap, core, None if room is None else room.reshape(-1))
+    _ideal_blocks(lanes, out, factor, overlap, core, None if room is None else room.reshape(-1),
+                  None if errors is None else (errors[0].view(-1), errors[1]))
     return out.reshape(n, (j1 - j0) * core)[:, : hi - lo]
 
 
@@ -381,7 +385,7 @@ def _one_thread(device: torch.device) -> Iterator[None]:
 
 
 def _ideal_blocks(lanes: Tensor, out: Tensor, factor: int, overlap: int, core: int,
-                  room: Tensor | None = None) -> None:
+                  room: Tensor | None = None, errors: tuple[Tensor, Tensor] | None = None) -> None:
     """Fill ``out`` ``(blocks, core)`` from ``lanes`` ``(blocks, core + 2 overlap)``, 2 at a time.
 
     The zero-padded ``factor * width``-point inverse transform, phase by phase: the points
@@ -396,12 +400,16 @@ def _ideal_blocks(lanes: Tensor, out: Tensor, factor: int, overlap: int, core: i
     pair of lanes whose ideal points can't make up that room (:func:`_ideal_error_bound`)
     skips its inverse transforms and reads 0: under the floor, at most the exact level.
     Pairs are kept as they are, so the lanes computed read bit for bit as without ``room``.
+    ``errors`` ``(out (blocks,) float64, weights)``: each lane's :func:`_ideal_error_bound`
+    under ``weights``, from the spectrum the transforms use anyway.
     """
     width = lanes.shape[1]
     twist = _phase_twists(width, factor, lanes.dtype, str(lanes.device))  # (factor - 1, width // 2 + 1)
     nyquist = twist[:, -1].real
     for i in range(0, lanes.shape[0], 2):
         spec = torch.fft.rfft(lanes[i: i + 2])  # (b, width // 2 + 1)
+        if errors is not None:
+            errors[0][i: i + 2] = _ideal_error_bound(spec, lanes[i: i + 2], factor, errors[1])
         if room is not None and bool((room[i: i + 2] > 0).all()):
             if bool((_ideal_error_bound(spec, lanes[i: i + 2], factor) < room[i: i + 2]).all()):
                 out[i: i + 2] = 0.0
@@ -414,7 +422,7 @@ def _ideal_blocks(lanes: Tensor, out: Tensor, factor: int, overlap: int, core: i
         out[i: i + 2] += _FFT_ROUNDING * lanes[i: i + 2].abs().amax(1, keepdim=True)
 
 
-def _ideal_error_bound(spec: Tensor, lanes: Tensor, factor: int) -> Tensor:
+def _ideal_error_bound(spec: Tensor, lanes: Tensor, factor: int, weights: Tensor | None = None) -> Tensor:
     """``(b,)`` float64: how far above the strict meter's Kaiser 8x points (over the same
     samples) any ideal point of each lane's core can read, rounding included.
 
@@ -426,29 +434,60 @@ def _ideal_error_bound(spec: Tensor, lanes: Tensor, factor: int) -> Tensor:
     passband and more near Nyquist, so on music this is a few % of the lane's peak. The
     margin of 1e-4 of the lane's peak covers the float32 spectrum, transforms (at most
     1.2e-6 measured) and FIR sums (~20 units in the last place of ``sum |h| |x|``), and
-    the :data:`_FFT_ROUNDING` added to each point.
+    the :data:`_FFT_ROUNDING` added to each point (and ~80 taps' sums, :func:`_fir_error_weights`).
+    ``weights``: per bin, :func:`_ideal_error_weights`'s (the default) or another row set's.
     """
-    weights = _ideal_error_weights(lanes.shape[1], factor)
+    weights = _ideal_error_weights(lanes.shape[1], factor) if weights is None else weights
     peak = lanes.abs().amax(1).to(torch.float64)
     return (spec.abs().to(torch.float64) @ weights) * (1.0 + 1e-3) + 1e-4 * peak
+
+
+def _row_errors(rows: np.ndarray, positions: Sequence[float], width: int) -> np.ndarray:
+    """``(width // 2 + 1,)``: per bin ``w_k = 2 pi k / width``, the largest ``|exp(i w_k d) -
+    H(w_k)|`` over FIR ``rows`` ``(R, 2 half)`` (over ``x[m - half + 1 .. m + half]``), each
+    against the ideal point at its position ``d``; at the split Nyquist bin ``|cos(pi d)| +
+    |H(pi)|``. Each response is one transform of the row's taps laid on the ``width``-point
+    circle (``H(w) = sum_j h_j exp(i w j)``, the conjugate of their DFT)."""
+    half = rows.shape[1] // 2
+    at = np.arange(-half + 1, half + 1) % width
+    w = 2 * np.pi * np.arange(width // 2 + 1) / width
+    worst = np.zeros(width // 2 + 1)
+    for row, d in zip(rows, positions, strict=True):
+        laid = np.zeros(width)
+        laid[at] = row
+        h = np.conj(np.fft.rfft(laid))
+        err = np.abs(np.exp(1j * w * d) - h)
+        err[-1] = abs(math.cos(math.pi * d)) + abs(h[-1])  # the split Nyquist bin
+        worst = np.maximum(worst, err)
+    return worst
+
+
+def _both_halves(width: int) -> np.ndarray:
+    """A real lane's spectrum counts each bin twice but DC and Nyquist; over ``width``."""
+    k = np.arange(width // 2 + 1)
+    return np.where((k == 0) | (k == width // 2), 1.0, 2.0) / width
 
 
 @functools.lru_cache(maxsize=4)
 def _ideal_error_weights(width: int, factor: int) -> Tensor:
     """``(width // 2 + 1,)`` float64: :func:`_ideal_error_bound`'s weight of each bin."""
     rows = _kaiser_resampler(factor)  # (factor, 2 zeros) over x[m - zeros + 1 .. m + zeros]
-    zeros = rows.shape[1] // 2
-    k = np.arange(width // 2 + 1)
-    w = 2 * np.pi * k / width
-    j = np.arange(-zeros + 1, zeros + 1)
-    worst = np.zeros(k.shape)
-    for p in range(1, factor):
-        h = (rows[p][None, :] * np.exp(1j * w[:, None] * j[None, :])).sum(1)
-        err = np.abs(np.exp(1j * w * p / factor) - h)
-        err[-1] = abs(math.cos(math.pi * p / factor)) + abs(h[-1])  # the split Nyquist bin
-        worst = np.maximum(worst, err)
-    both = np.where((k == 0) | (k == width // 2), 1.0, 2.0)  # a real lane's two halves
-    return torch.from_numpy(worst * both / width)
+    worst = _row_errors(rows[1:], [p / factor for p in range(1, factor)], width)
+    return torch.from_numpy(worst * _both_halves(width))
+
+
+@functools.lru_cache(maxsize=4)
+def _fir_error_weights(width: int, meter_factor: int) -> Tensor:
+    """As :func:`_ideal_error_weights`, for the rows the ideal points bound on a floored CPU
+    strict level (:func:`_strict_ideal_first`): the Kaiser 8x in-between rows and this
+    module's meter at ``meter_factor`` (its phase ``p`` against the ideal point ``p /
+    meter_factor``, one of the ideal's eighths), whichever errs more in each bin."""
+    worst = _ideal_error_weights(width, _IDEAL_FACTOR)
+    if meter_factor > 1:
+        rows = interpolation_filter(meter_factor)  # over x[m - 39 .. m + 40]
+        meter = _row_errors(rows, [p / meter_factor for p in range(1, meter_factor)], width)
+        worst = torch.maximum(worst, torch.from_numpy(meter * _both_halves(width)))
+    return worst
 
 
 @functools.lru_cache(maxsize=8)
@@ -463,7 +502,8 @@ def _phase_twists(width: int, factor: int, dtype: torch.dtype, device: str) -> T
 
 
 def strict_envelope(x: Tensor, sample_rate: int, *, meter: bool = True, gain: Tensor | None = None,
-                    floor: Tensor | None = None) -> Tensor:
+                    floor: Tensor | None = None, ideal_first: bool = False,
+                    bound: Tensor | None = None) -> Tensor:
     """Per-sample level that no usual true-peak meter exceeds, channels linked.
 
     ``level[b, n]`` is the largest of ``|x[n]|`` and, on both sides of sample ``n``, the
@@ -483,6 +523,13 @@ def strict_envelope(x: Tensor, sample_rate: int, *, meter: bool = True, gain: Te
     under it (:func:`_fir_todo`), and the ideal interpolation skips the FFT blocks whose
     Kaiser 8x points stay further under it than any ideal point can read above them
     (:func:`_ideal_error_bound`: a few % of the block's peak on music).
+    ``ideal_first`` (with ``floor``, on CPU) turns that round: every ideal point is computed
+    first, and the costlier FIR rows run only in the blocks where those points leave them
+    room to reach the floor (:func:`_strict_ideal_first`); the same level where it counts.
+    What a floor far under the peak wants (a limiter's level: a few % of blocks reach it).
+    ``bound`` ``(B, blocks)`` float64 (with ``floor``, on CPU): the caller's upper bound on
+    every FIR point of each 256-sample block of the metered signal (a limiter knows one for
+    its output), used where it is tighter than the rows' own.
 
     Shape:
         ``(B, C, T)`` -> ``(B, T)`` linear. Not differentiable (a max); CPU and CUDA.
@@ -495,6 +542,10 @@ def strict_envelope(x: Tensor, sample_rate: int, *, meter: bool = True, gain: Te
         floor = floor.detach().reshape(-1).to("cpu", torch.float64)
         if floor.shape != (b,):
             raise ValueError(f"strict_envelope: floor must have B = {b} elements, got {floor.numel()}")
+    known = None if bound is None or floor is None else bound.detach().to("cpu", torch.float64)
+    if known is not None and known.shape != (b, -(-t // _BLOCK)):
+        raise ValueError(f"strict_envelope: bound must be (B, blocks) = {(b, -(-t // _BLOCK))}, "
+                         f"got {tuple(known.shape)}")
     with torch.no_grad():
         x = x.detach()
         x = x if x.dtype in (torch.float32, torch.float64) else x.float()
@@ -504,6 +555,8 @@ def strict_envelope(x: Tensor, sample_rate: int, *, meter: bool = True, gain: Te
 
         taps, phase0 = _strict_rows()
         f = oversampling_factor(sample_rate)
+        if ideal_first and floor is not None and x.device.type == "cpu" and _compiled(x):
+            return _strict_ideal_first(source, b, c, t, x.dtype, f if meter else 1, phase0, floor)
         firs = [taps, *([interpolation_filter(f)] if f > 1 and meter else [])]
         # Context that makes each FIR point exact, on the compiled kernel's block grid (its
         # vectorised sums group by blocks from the first sample: a part reads as the whole).
@@ -541,6 +594,8 @@ def strict_envelope(x: Tensor, sample_rate: int, *, meter: bool = True, gain: Te
             room = None
             for rows_taps in firs:
                 bound = None if floor is None else _fir_bounds(part, rows_taps, mags)
+                if bound is not None and known is not None:  # parts start on the block grid
+                    bound = torch.minimum(bound, known[:, a // _BLOCK: a // _BLOCK + bound.shape[1]])
                 # With ideal blocks to skip, the Kaiser rows run wherever their bound comes
                 # near the floor: their level leaves the ideal points more room than the bound.
                 under = floor * (1.0 - _IDEAL_ROOM) if skip and rows_taps is taps else floor
@@ -580,6 +635,101 @@ def strict_envelope(x: Tensor, sample_rate: int, *, meter: bool = True, gain: Te
                     level[:, lo:hi] = torch.maximum(p_out, peak)
                 pending = None if j0 is None else (j0, out, ahead if ahead is not None else ideal(j0, room))
         return level
+
+
+def _compiled(x: Tensor) -> bool:
+    """Whether :func:`_fir_envelope` runs the compiled kernel (and :func:`_fir_bounds` has a
+    bound) for ``x``."""
+    from diffmix.kernels.backend import use_numba
+
+    return x.device.type == "cpu" and use_numba(x, "strict_envelope")
+
+
+def _strict_ideal_first(source: Callable[[int, int], Tensor], b: int, c: int, t: int, dtype: torch.dtype,
+                        meter_factor: int, phase0: float, floor: Tensor) -> Tensor:
+    """:func:`strict_envelope` ``(B, T)`` of ``source(a, z)`` (its samples ``a .. z``,
+    ``(B, C, z - a)``) under ``floor`` ``(B,)``, ideal points first (CPU, compiled kernel).
+
+    Every ideal point is computed (:func:`_ideal_part`), with each FFT block's bound on how
+    far any Kaiser 8x point, or any point of this module's meter at ``meter_factor`` (1:
+    not metered), can read above the ideal point at its position (:func:`_ideal_error_bound`
+    under :func:`_fir_error_weights`). Those rows then run only in the 256-sample blocks
+    where the ideal points on either side of some sample, plus that bound, reach the
+    floor: elsewhere every point of theirs stays under it. Annex 2's rows, which err
+    against the ideal by up to 2 % in the passband, run where their own L1 bound reaches
+    the floor (:func:`_fir_bounds`). So the level is exact wherever it reaches the floor
+    and at most exact elsewhere, as :func:`strict_envelope` promises. Parts of a few FFT
+    blocks, whose ideal points are computed on two worker threads ahead of the rows.
+    """
+    rows8 = _kaiser_resampler(_IDEAL_FACTOR)[1:]  # the Kaiser 8x in-between rows, over x[m - 9 .. m + 10]
+    annex = _annex2_rows()
+    bounded = [rows8, *([interpolation_filter(meter_factor)] if meter_factor > 1 else [])]
+    reach = -(-max(r.shape[1] for r in (annex, *bounded)) // _BLOCK) * _BLOCK
+    core, overlap, blocks = _ideal_grid(t)
+    weights = _fir_error_weights(core + 2 * overlap, meter_factor)
+    per_lane = core // _BLOCK if core % _BLOCK == 0 else None  # 256-blocks per FFT block
+    step = _STRICT_PART_BLOCKS
+    level = torch.empty(b, t, dtype=dtype)
+
+    def ideal(j0: int) -> tuple[Tensor, Tensor]:
+        j1 = min(blocks, j0 + step)
+        errors = torch.empty(b * c, j1 - j0, dtype=torch.float64)
+        between = _ideal_part(lambda a, z: source(a, z).reshape(b * c, z - a), t, j0, j1,
+                              errors=(errors, weights))
+        return between.to(dtype), errors
+
+    last = torch.zeros(b * c, dtype=dtype)  # the ideal level between a part's first sample and the one before
+    last_err = torch.zeros(b, dtype=torch.float64)  # that point's FFT block's error bound, channels linked
+    last_mag = torch.zeros(b, dtype=dtype)
+    starts = list(range(0, blocks, step))
+    # Two parts' ideal points at a time (each torch thread on its own core: the rows left
+    # are a few % of the work), in order.
+    with _one_thread(torch.device("cpu")), ThreadPoolExecutor(max_workers=2) as pool:
+        ahead = [pool.submit(ideal, j) for j in starts[:2]]
+        for i, j0 in enumerate(starts):
+            between, errors = ahead.pop(0).result()
+            if i + 2 < len(starts):
+                ahead.append(pool.submit(ideal, starts[i + 2]))
+            j1 = min(blocks, j0 + step)
+            lo, hi = j0 * core, min(t, j1 * core)
+            before = torch.cat([last[:, None], between[:, :-1]], 1)
+            last = between[:, -1]
+            near = torch.maximum(between, before).view(b, c, hi - lo).amax(1)  # (B, n)
+            # Each 256-block's bound on the bounded rows' points: the ideal points on either
+            # side of its samples plus their FFT blocks' error bounds (the point before a
+            # part's first sample lies in the block before).
+            n_blk = -(-(hi - lo) // _BLOCK)
+            top = torch.nn.functional.pad(near, (0, n_blk * _BLOCK - (hi - lo)))
+            top = top.view(b, n_blk, _BLOCK).amax(-1)
+            err = errors.view(b, c, j1 - j0).amax(1)  # (B, j1 - j0)
+            if per_lane is None:  # one FFT block shorter than 256 samples: the whole signal
+                err_blk = err.amax(1, keepdim=True).expand(b, n_blk)
+            else:
+                err_blk = err.repeat_interleave(per_lane, 1)[:, :n_blk].clone()
+                err_blk[:, ::per_lane] = torch.maximum(err_blk[:, ::per_lane], torch.cat(
+                    [last_err[:, None], err[:, :-1]], 1)[:, : err_blk[:, ::per_lane].shape[1]])
+            last_err = err[:, -1]
+            need = top.to(torch.float64) + err_blk >= floor[:, None]  # (B, n_blk)
+            a, z = max(0, lo - reach), min(t, hi + reach)
+            part = source(a, z)
+            mags = part.abs().amax(1)
+            out = mags[:, lo - a : hi - a]
+            mag_before = torch.cat([last_mag[:, None], out[:, :-1]], 1)
+            last_mag = out[:, -1]
+            out = torch.maximum(out, phase0 * torch.maximum(out, mag_before))
+            torch.maximum(out, near, out=out)
+            bound = _fir_bounds(part, annex, mags)
+            assert bound is not None  # the compiled kernel serves the source (checked by the caller)
+            todo = (bound >= floor[:, None]).to(torch.uint8).numpy()
+            torch.maximum(out, _fir_envelope(part, annex, todo)[:, lo - a : hi - a], out=out)
+            if bool(need.any()):
+                todo = np.zeros((b, -(-(z - a) // _BLOCK)), dtype=np.uint8)
+                first = (lo - a) // _BLOCK
+                todo[:, first : first + n_blk] = need.numpy()
+                for rows_taps in bounded:
+                    torch.maximum(out, _fir_envelope(part, rows_taps, todo)[:, lo - a : hi - a], out=out)
+            level[:, lo:hi] = out
+    return level
 
 
 def _fir_todo(x: Tensor, taps: np.ndarray, floor: Tensor) -> np.ndarray | None:
