@@ -28,7 +28,7 @@ from diffmix.functional.restoration import (
     runs,
 )
 from diffmix.functional.restoration._common import _frame_windows
-from diffmix.functional.restoration.guards import _local_scale, _partner_peak
+from diffmix.functional.restoration.guards import _bracketed, _local_scale, _partner_peak
 from diffmix.functional.restoration.masks import _flagged
 from diffmix.functional.restoration.repair import _innovation
 
@@ -414,3 +414,25 @@ def test_local_scale_of_a_partial_last_sub_block_equals_the_zero_padded_signal()
         for width in (4, 11, 22):
             got, want = _local_scale(v, width), _local_scale(padded, width)
             assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1]), (t, width)
+
+
+@pytest.mark.parametrize("density", [0.0, 0.001, 0.02, 0.3])
+def test_bracketed_equals_the_running_count(density):
+    """The joint rule's stretched one-sided test (:func:`_bracketed`), built from the few
+    breaks, against the running count over the whole signal it replaced: a forward break
+    at most ``reach`` samples before or on ``n`` and a backward one on or at most
+    ``reach`` after, on random sparse and dense breaks, at the signal's ends too."""
+    seed = 5300 + int(density * 1000)
+    print("seed", seed)
+    rng = np.random.default_rng(seed)
+    for reach in (0, 1, 8):
+        fwd = torch.from_numpy(rng.random((4, 997)) < density)
+        bwd = torch.from_numpy(rng.random((4, 997)) < density)
+        fwd[0, 0] = fwd[1, -1] = bwd[2, 0] = bwd[3, -1] = True
+
+        def seen(v: torch.Tensor, reach: int = reach) -> torch.Tensor:
+            cs = tnf.pad(v.long().cumsum(-1), (reach + 1, 0))
+            return (cs[:, reach + 1 :] - cs[:, : -reach - 1]) > 0
+
+        expected = seen(fwd) & seen(bwd.flip(-1)).flip(-1)
+        assert torch.equal(_bracketed(fwd, bwd, reach), expected)

@@ -12,7 +12,7 @@ from diffmix.functional.restoration._common import _NOISE_MAX, _PARTNER_REACH, _
 from diffmix.functional.restoration.ar import _frames_near, ar_coefficients
 from diffmix.functional.restoration.arx import _cross_filters, _fir_frames
 from diffmix.functional.restoration.lsar import lsar_interpolate
-from diffmix.functional.restoration.masks import _mask_from_runs
+from diffmix.functional.restoration.masks import _flagged, _mask_from_runs
 
 
 def _local_scale(v: Tensor, width: int) -> tuple[Tensor, Tensor]:
@@ -222,7 +222,7 @@ def _near(cand: Tensor, z_ratio: Tensor, reach: int, z_threshold: float) -> Tens
     ``z_threshold`` within ``reach`` samples: ``(K, 2)`` rows ``(row, sample)``, sorted.
     Looked at only where the first test holds (few samples)."""
     t = cand.shape[-1]
-    at = cand.nonzero()
+    at = _flagged(cand)  # as `nonzero`, row-major; a scan of 8 samples a word
     if len(at) == 0:
         return at
     pos = (at[:, 1:2] + torch.arange(-reach, reach + 1, device=cand.device)).clamp(0, t - 1)
@@ -252,10 +252,23 @@ def _bracketed(fwd_hit: Tensor, bwd_hit: Tensor, reach: int) -> Tensor:
     ``(N, T)`` bool."""
     if reach == 0:
         return fwd_hit & bwd_hit
-    def seen(v: Tensor) -> Tensor:  # a hit within the last `reach` samples or on n
-        cs = tnf.pad(v.long().cumsum(-1), (reach + 1, 0))
-        return (cs[:, reach + 1 :] - cs[:, : -reach - 1]) > 0
-    return seen(fwd_hit) & seen(bwd_hit.flip(-1)).flip(-1)
+    # The breaks are few: each marks the `reach + 1` samples it covers (a running count
+    # over the whole signal cost more than the rest of the rule).
+    return _spread(fwd_hit, 0, reach) & _spread(bwd_hit, -reach, 0)
+
+
+def _spread(hit: Tensor, lo: int, hi: int) -> Tensor:
+    """``(N, T)`` bool: the samples ``n`` with a ``hit`` (``(N, T)`` bool, sparse) at
+    ``n - hi .. n - lo``, i.e. each hit at ``j`` marks ``j + lo .. j + hi`` (inside the
+    signal). Costs the hits, not ``T``."""
+    t = hit.shape[-1]
+    out = torch.zeros_like(hit)
+    at = _flagged(hit)
+    if len(at):
+        pos = at[:, 1:2] + torch.arange(lo, hi + 1, device=hit.device)
+        ok = (pos >= 0) & (pos < t)
+        out[at[:, :1].expand_as(pos)[ok], pos[ok]] = True
+    return out
 
 
 def _near_both(near: Tensor, shape: tuple[int, int], tol: int) -> Tensor:
