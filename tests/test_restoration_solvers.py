@@ -25,11 +25,12 @@ from diffmix.functional.restoration import (
     _unique_pairs,
     ar_coefficients,
     lsar_interpolate,
+    repair_clicks,
     runs,
 )
 from diffmix.functional.restoration._common import _frame_windows
 from diffmix.functional.restoration.guards import _bracketed, _local_scale, _partner_peak
-from diffmix.functional.restoration.masks import _flagged
+from diffmix.functional.restoration.masks import _changed, _flagged, _mask_from_runs, _positions, _union
 from diffmix.functional.restoration.repair import _innovation
 
 
@@ -436,3 +437,74 @@ def test_bracketed_equals_the_running_count(density):
 
         expected = seen(fwd) & seen(bwd.flip(-1)).flip(-1)
         assert torch.equal(_bracketed(fwd, bwd, reach), expected)
+
+
+def test_run_lists_equal_their_masks():
+    """The repair carries its masks as runs: :func:`_union` of overlapping, touching and
+    unsorted runs equals :func:`runs` of their mask, :func:`_changed` of two run lists the
+    samples where the masks differ, and :func:`_positions` the mask's samples."""
+    seed = 5400
+    print("seed", seed)
+    rng = np.random.default_rng(seed)
+    n, t = 3, 500
+    for _ in range(20):
+        k = int(rng.integers(0, 30))
+        start = rng.integers(0, t - 1, k)
+        r = torch.from_numpy(np.stack([rng.integers(0, n, k), start,
+                                       np.minimum(start + rng.integers(1, 40, k), t)], -1))
+        mask = _mask_from_runs(r, (n, t), 0, torch.device("cpu"))
+        canon = _union(r, t)
+        assert torch.equal(canon, runs(mask[:, None]))
+        assert torch.equal(_positions(canon), _flagged(mask))
+        keep = torch.from_numpy(rng.random((n, t)) < 0.7)
+        other = torch.from_numpy(rng.random((n, t)) < 0.05) | (mask & keep)
+        assert torch.equal(_changed(canon, runs(other[:, None]), t), _flagged(mask != other))
+
+
+@pytest.mark.parametrize("with_drive", [False, True])
+def test_errors_cache_with_noted_supports_equals_the_full_errors(with_drive):
+    """Signals noted as equal to a base outside some samples (the repair's: each equals
+    the input outside its mask) are compared at those samples only: the errors equal the
+    full computation after each change, and the errors of an unchanged signal stay."""
+    seed = 5500 + with_drive
+    print("seed", seed)
+    rng = np.random.default_rng(seed)
+    p, hop, t = 16, 100, 2030
+    frames = -(-t // hop)
+    base = torch.from_numpy(rng.standard_normal((1, 2, t)))
+    a = torch.from_numpy(rng.standard_normal((1, 2, frames, p + 1)) * 0.2)
+    a[..., 0] = 1.0
+    fitted = torch.stack(torch.meshgrid(torch.arange(2), torch.arange(frames), indexing="ij"), -1)
+    fitted = fitted.reshape(-1, 2)
+    drive = torch.from_numpy(rng.standard_normal((1, 2, t))) if with_drive else None
+    errors = _errors_cache(a, hop, drive, fitted)
+    for _ in range(6):
+        x = base.clone()
+        mask = torch.from_numpy(rng.random((1, 2, t)) < 0.01)
+        x[mask] += torch.from_numpy(rng.standard_normal(int(mask.sum())))
+        errors.note(x, _flagged(mask.reshape(2, t)))
+        for kind in (0, 1, 2):
+            expected = _residuals(x, a, hop, drive, (kind,))[0]
+            np.testing.assert_allclose(errors(x, kind).numpy(), expected.numpy(), rtol=0, atol=1e-12)
+
+
+def test_repair_of_a_click_at_the_signals_end():
+    """A click in the last samples: the tightened run may reach past the signal's end
+    (its ends are read clamped there), and the repair's runs are clipped as its masks
+    are. The repair changes only the samples of the mask it used."""
+    seed = 5600
+    print("seed", seed)
+    rng = np.random.default_rng(seed)
+    t = 8000
+    x = torch.from_numpy(lfilter([1.0], resonant(rng, 3), rng.standard_normal((1, 2, t)))).float()
+    x = x / x.abs().max()
+    mask = torch.zeros(1, 2, t, dtype=torch.bool)
+    mask[0, 1, t - 30 :] = True  # one channel (a click in both is repaired as one event)
+    x[0, 1, t - 20 :] += 3.0 * torch.from_numpy(rng.standard_normal(20)).float()
+    # a longer click before it: the runs' ends are read over the longest run's width
+    # (in the last row, where a run past the end has no next row to run into)
+    mask[0, 1, 3000:3080] = True
+    x[0, 1, 3000:3080] += 3.0 * torch.from_numpy(rng.standard_normal(80)).float()
+    y, used = repair_clicks(x, mask, 44100)
+    assert bool(used[0, 1, -1]) and bool(torch.isfinite(y).all())
+    assert torch.equal(y[~used], x[~used])
