@@ -16,6 +16,7 @@ from test_restoration import numpy_lsar, stable_ar  # the dense LSAR oracle, AR 
 
 from diffmix.functional.restoration import (
     _arx_candidates,
+    _arx_filters,
     _band_solve,
     _errors_cache,
     _fir_frames,
@@ -508,3 +509,22 @@ def test_repair_of_a_click_at_the_signals_end():
     y, used = repair_clicks(x, mask, 44100)
     assert bool(used[0, 1, -1]) and bool(torch.isfinite(y).all())
     assert torch.equal(y[~used], x[~used])
+
+
+def test_arx_filters_reading_the_other_channel_and_the_limit_in_place():
+    """The joint fits with ``ref=None`` (the other channel read by row) and ``limit``
+    (each window clamped) equal the fits on the flipped and clamped copies of the whole
+    signal, frames at the signal's ends included."""
+    seed = 5700
+    print("seed", seed)
+    rng = np.random.default_rng(seed)
+    hop, p, q, t = 400, 8, 6, 9000
+    x = torch.from_numpy(rng.standard_normal((2, 2, t))).float()
+    limit = torch.from_numpy(rng.uniform(0.5, 2.0, (2, 2, t))).float()
+    frames = _unique_pairs(torch.from_numpy(rng.integers(0, 4, 12)),
+                           torch.from_numpy(rng.integers(0, -(-t // hop), 12)), -(-t // hop))
+    frames = torch.cat([frames, torch.tensor([[0, 0], [3, -(-t // hop) - 1]])])
+    clamped = torch.maximum(torch.minimum(x, limit), -limit)
+    want = _arx_filters(clamped, clamped.flip(1), hop, p, q, frames, mono=True, both=True)
+    got = _arx_filters(x, None, hop, p, q, frames, mono=True, both=True, limit=limit)
+    assert all(torch.equal(a, b) for a, b in zip(got, want, strict=True))

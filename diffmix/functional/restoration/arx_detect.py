@@ -140,9 +140,13 @@ def _arx_candidates(
         span = _ARX_SPAN * hop
         before, after = max((span - hop) // 2, lead), max(span - (span - hop) // 2, hop + lead + p)
         at = _flagged((other != memo["other"]).reshape(b * c, t))
-        f = torch.div(at[:, 1:2] - after + torch.arange(-1, (before + after) // hop + 2,
-                                                        device=xd.device) * hop, hop,
-                      rounding_mode="floor").clamp(0, nf - 1)
+        # Frame f reads samples f hop - before .. f hop + after - 1: a change at s makes
+        # stale the frames with s - after < f hop <= s + before, no more (a wider margin
+        # refits frames whose inputs are the same, to the same tests).
+        lo = torch.div(at[:, 1:2] - after, hop, rounding_mode="floor") + 1
+        hi = torch.div(at[:, 1:2] + before, hop, rounding_mode="floor")
+        f = lo + torch.arange((before + after) // hop + 1, device=xd.device)
+        f = torch.where(f <= hi, f, lo).clamp(0, nf - 1)
         rows_at = torch.cat([at[:, :1], at[:, :1] + 1 - 2 * (at[:, :1] % 2)]).expand(-1, f.shape[1])
         stale = _unique_pairs(rows_at.reshape(-1), f.repeat(2, 1).reshape(-1), nf)
         key, okey = frames[:, 0] * nf + frames[:, 1], memo["frames"][:, 0] * nf + memo["frames"][:, 1]

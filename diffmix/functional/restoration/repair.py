@@ -169,7 +169,7 @@ def repair_clicks(
         return y, used
     with torch.no_grad():
         yd = y.detach()
-        coeffs_s, taps = _arx_filters(yd, yd.flip(1), rhop, _ARX_ORDER, stereo_taps, near)
+        coeffs_s, taps = _arx_filters(yd, None, rhop, _ARX_ORDER, stereo_taps, near)  # (None: yd.flip(1))
     drive = _fir_frames(y.flip(1), taps, rhop, near)  # from the other channel's repair (linear in x)
     ys, used_s, sigma_s = _repair(x, mask, first, sr, order, rhop, near, edge_sigma, noisy,
                                   grow, model=(coeffs_s, drive), coincident=coincident)
