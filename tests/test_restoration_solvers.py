@@ -30,7 +30,7 @@ from diffmix.functional.restoration import (
     runs,
 )
 from diffmix.functional.restoration._common import _frame_windows
-from diffmix.functional.restoration.guards import _bracketed, _local_scale, _partner_peak
+from diffmix.functional.restoration.guards import _bracketed, _local_scale, _partner_peak, _periodicity
 from diffmix.functional.restoration.masks import _changed, _flagged, _mask_from_runs, _positions, _union
 from diffmix.functional.restoration.repair import _innovation
 
@@ -528,3 +528,20 @@ def test_arx_filters_reading_the_other_channel_and_the_limit_in_place():
     want = _arx_filters(clamped, clamped.flip(1), hop, p, q, frames, mono=True, both=True)
     got = _arx_filters(x, None, hop, p, q, frames, mono=True, both=True, limit=limit)
     assert all(torch.equal(a, b) for a, b in zip(got, want, strict=True))
+
+
+def test_periodicity_reads_the_regions_as_the_padded_signal():
+    """:func:`_periodicity` reads each burst's region in place, zero outside the signal:
+    the same scores as on the signal with zeros added either side (where every region
+    lies inside), bursts at both ends included."""
+    seed = 5800
+    print("seed", seed)
+    rng = np.random.default_rng(seed)
+    sr, t, extra = 44100, 6000, 1000
+    res = torch.from_numpy(rng.standard_normal((2, t))).float()
+    starts = torch.from_numpy(np.r_[0, 3, rng.integers(0, t - 40, 10), t - 5])
+    ends = (starts + torch.from_numpy(rng.integers(1, 40, len(starts)))).clamp(max=t)
+    bursts = torch.stack([torch.from_numpy(rng.integers(0, 2, len(starts))), starts, ends], -1)
+    shifted = bursts + torch.tensor([0, extra, extra])
+    want = _periodicity(tnf.pad(res, (extra, extra)), shifted, sr)
+    assert torch.equal(_periodicity(res, bursts, sr), want)

@@ -59,9 +59,12 @@ def _periodicity(res: Tensor, bursts: Tensor, sample_rate: int) -> Tensor:
     0.6 threshold with 32. ``(K,)`` in [0, 1]."""
     half, lmin, lmax = 32, int(0.0015 * sample_rate), int(0.020 * sample_rate)
     n = 2 * half
-    padded = tnf.pad(res, (lmax + half, lmax + half))
-    centre = (bursts[:, 1] + bursts[:, 2]) // 2  # in padded coordinates: + lmax + half
-    region = padded[bursts[:, 0, None], centre[:, None] + torch.arange(2 * lmax + n, device=res.device)]
+    t = res.shape[-1]
+    centre = (bursts[:, 1] + bursts[:, 2]) // 2
+    # The bursts' regions, zero outside the signal (read in place: no padded copy of it).
+    idx = centre[:, None] - lmax - half + torch.arange(2 * lmax + n, device=res.device)
+    region = torch.where((idx >= 0) & (idx < t), res[bursts[:, 0, None], idx.clamp(0, t - 1)],
+                         res.new_zeros(()))
     seg = region[:, lmax : lmax + n]
     n_fft = 1 << math.ceil(math.log2(2 * lmax + 2 * n))
     dots = torch.fft.irfft(torch.fft.rfft(region, n_fft) * torch.fft.rfft(seg, n_fft).conj(), n_fft)
