@@ -16,6 +16,7 @@ from test_restoration import numpy_lsar, stable_ar  # the dense LSAR oracle, AR 
 
 from diffmix.functional.restoration import (
     _arx_candidates,
+    _arx_filters,
     _band_solve,
     _errors_cache,
     _fir_frames,
@@ -25,11 +26,12 @@ from diffmix.functional.restoration import (
     _unique_pairs,
     ar_coefficients,
     lsar_interpolate,
+    repair_clicks,
     runs,
 )
 from diffmix.functional.restoration._common import _frame_windows
-from diffmix.functional.restoration.guards import _local_scale, _partner_peak
-from diffmix.functional.restoration.masks import _flagged
+from diffmix.functional.restoration.guards import _bracketed, _local_scale, _partner_peak, _periodicity
+from diffmix.functional.restoration.masks import _changed, _flagged, _mask_from_runs, _positions, _union
 from diffmix.functional.restoration.repair import _innovation
 
 
@@ -414,3 +416,132 @@ def test_local_scale_of_a_partial_last_sub_block_equals_the_zero_padded_signal()
         for width in (4, 11, 22):
             got, want = _local_scale(v, width), _local_scale(padded, width)
             assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1]), (t, width)
+
+
+@pytest.mark.parametrize("density", [0.0, 0.001, 0.02, 0.3])
+def test_bracketed_equals_the_running_count(density):
+    """The joint rule's stretched one-sided test (:func:`_bracketed`), built from the few
+    breaks, against the running count over the whole signal it replaced: a forward break
+    at most ``reach`` samples before or on ``n`` and a backward one on or at most
+    ``reach`` after, on random sparse and dense breaks, at the signal's ends too."""
+    seed = 5300 + int(density * 1000)
+    print("seed", seed)
+    rng = np.random.default_rng(seed)
+    for reach in (0, 1, 8):
+        fwd = torch.from_numpy(rng.random((4, 997)) < density)
+        bwd = torch.from_numpy(rng.random((4, 997)) < density)
+        fwd[0, 0] = fwd[1, -1] = bwd[2, 0] = bwd[3, -1] = True
+
+        def seen(v: torch.Tensor, reach: int = reach) -> torch.Tensor:
+            cs = tnf.pad(v.long().cumsum(-1), (reach + 1, 0))
+            return (cs[:, reach + 1 :] - cs[:, : -reach - 1]) > 0
+
+        expected = seen(fwd) & seen(bwd.flip(-1)).flip(-1)
+        assert torch.equal(_bracketed(fwd, bwd, reach), expected)
+
+
+def test_run_lists_equal_their_masks():
+    """The repair carries its masks as runs: :func:`_union` of overlapping, touching and
+    unsorted runs equals :func:`runs` of their mask, :func:`_changed` of two run lists the
+    samples where the masks differ, and :func:`_positions` the mask's samples."""
+    seed = 5400
+    print("seed", seed)
+    rng = np.random.default_rng(seed)
+    n, t = 3, 500
+    for _ in range(20):
+        k = int(rng.integers(0, 30))
+        start = rng.integers(0, t - 1, k)
+        r = torch.from_numpy(np.stack([rng.integers(0, n, k), start,
+                                       np.minimum(start + rng.integers(1, 40, k), t)], -1))
+        mask = _mask_from_runs(r, (n, t), 0, torch.device("cpu"))
+        canon = _union(r, t)
+        assert torch.equal(canon, runs(mask[:, None]))
+        assert torch.equal(_positions(canon), _flagged(mask))
+        keep = torch.from_numpy(rng.random((n, t)) < 0.7)
+        other = torch.from_numpy(rng.random((n, t)) < 0.05) | (mask & keep)
+        assert torch.equal(_changed(canon, runs(other[:, None]), t), _flagged(mask != other))
+
+
+@pytest.mark.parametrize("with_drive", [False, True])
+def test_errors_cache_with_noted_supports_equals_the_full_errors(with_drive):
+    """Signals noted as equal to a base outside some samples (the repair's: each equals
+    the input outside its mask) are compared at those samples only: the errors equal the
+    full computation after each change, and the errors of an unchanged signal stay."""
+    seed = 5500 + with_drive
+    print("seed", seed)
+    rng = np.random.default_rng(seed)
+    p, hop, t = 16, 100, 2030
+    frames = -(-t // hop)
+    base = torch.from_numpy(rng.standard_normal((1, 2, t)))
+    a = torch.from_numpy(rng.standard_normal((1, 2, frames, p + 1)) * 0.2)
+    a[..., 0] = 1.0
+    fitted = torch.stack(torch.meshgrid(torch.arange(2), torch.arange(frames), indexing="ij"), -1)
+    fitted = fitted.reshape(-1, 2)
+    drive = torch.from_numpy(rng.standard_normal((1, 2, t))) if with_drive else None
+    errors = _errors_cache(a, hop, drive, fitted)
+    for _ in range(6):
+        x = base.clone()
+        mask = torch.from_numpy(rng.random((1, 2, t)) < 0.01)
+        x[mask] += torch.from_numpy(rng.standard_normal(int(mask.sum())))
+        errors.note(x, _flagged(mask.reshape(2, t)))
+        for kind in (0, 1, 2):
+            expected = _residuals(x, a, hop, drive, (kind,))[0]
+            np.testing.assert_allclose(errors(x, kind).numpy(), expected.numpy(), rtol=0, atol=1e-12)
+
+
+def test_repair_of_a_click_at_the_signals_end():
+    """A click in the last samples: the tightened run may reach past the signal's end
+    (its ends are read clamped there), and the repair's runs are clipped as its masks
+    are. The repair changes only the samples of the mask it used."""
+    seed = 5600
+    print("seed", seed)
+    rng = np.random.default_rng(seed)
+    t = 8000
+    x = torch.from_numpy(lfilter([1.0], resonant(rng, 3), rng.standard_normal((1, 2, t)))).float()
+    x = x / x.abs().max()
+    mask = torch.zeros(1, 2, t, dtype=torch.bool)
+    mask[0, 1, t - 30 :] = True  # one channel (a click in both is repaired as one event)
+    x[0, 1, t - 20 :] += 3.0 * torch.from_numpy(rng.standard_normal(20)).float()
+    # a longer click before it: the runs' ends are read over the longest run's width
+    # (in the last row, where a run past the end has no next row to run into)
+    mask[0, 1, 3000:3080] = True
+    x[0, 1, 3000:3080] += 3.0 * torch.from_numpy(rng.standard_normal(80)).float()
+    y, used = repair_clicks(x, mask, 44100)
+    assert bool(used[0, 1, -1]) and bool(torch.isfinite(y).all())
+    assert torch.equal(y[~used], x[~used])
+
+
+def test_arx_filters_reading_the_other_channel_and_the_limit_in_place():
+    """The joint fits with ``ref=None`` (the other channel read by row) and ``limit``
+    (each window clamped) equal the fits on the flipped and clamped copies of the whole
+    signal, frames at the signal's ends included."""
+    seed = 5700
+    print("seed", seed)
+    rng = np.random.default_rng(seed)
+    hop, p, q, t = 400, 8, 6, 9000
+    x = torch.from_numpy(rng.standard_normal((2, 2, t))).float()
+    limit = torch.from_numpy(rng.uniform(0.5, 2.0, (2, 2, t))).float()
+    frames = _unique_pairs(torch.from_numpy(rng.integers(0, 4, 12)),
+                           torch.from_numpy(rng.integers(0, -(-t // hop), 12)), -(-t // hop))
+    frames = torch.cat([frames, torch.tensor([[0, 0], [3, -(-t // hop) - 1]])])
+    clamped = torch.maximum(torch.minimum(x, limit), -limit)
+    want = _arx_filters(clamped, clamped.flip(1), hop, p, q, frames, mono=True, both=True)
+    got = _arx_filters(x, None, hop, p, q, frames, mono=True, both=True, limit=limit)
+    assert all(torch.equal(a, b) for a, b in zip(got, want, strict=True))
+
+
+def test_periodicity_reads_the_regions_as_the_padded_signal():
+    """:func:`_periodicity` reads each burst's region in place, zero outside the signal:
+    the same scores as on the signal with zeros added either side (where every region
+    lies inside), bursts at both ends included."""
+    seed = 5800
+    print("seed", seed)
+    rng = np.random.default_rng(seed)
+    sr, t, extra = 44100, 6000, 1000
+    res = torch.from_numpy(rng.standard_normal((2, t))).float()
+    starts = torch.from_numpy(np.r_[0, 3, rng.integers(0, t - 40, 10), t - 5])
+    ends = (starts + torch.from_numpy(rng.integers(1, 40, len(starts)))).clamp(max=t)
+    bursts = torch.stack([torch.from_numpy(rng.integers(0, 2, len(starts))), starts, ends], -1)
+    shifted = bursts + torch.tensor([0, extra, extra])
+    want = _periodicity(tnf.pad(res, (extra, extra)), shifted, sr)
+    assert torch.equal(_periodicity(res, bursts, sr), want)

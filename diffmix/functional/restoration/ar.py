@@ -145,12 +145,17 @@ def ar_residuals(
 
 def _residuals(x: Tensor, coeffs: Tensor, hop: int, drive: Tensor | None,
                kinds: tuple[int, ...], frames: Tensor | None = None,
-               prev: tuple[Tensor, ...] | None = None) -> tuple[Tensor, ...]:
+               prev: tuple[Tensor, ...] | None = None, inplace: bool = False,
+               buffers: bool = False) -> tuple[Tensor, ...]:
     """:func:`ar_residuals`' errors of the given ``kinds`` only (0 forward, 1 backward,
     2 interpolation), in that order: the same values, without the others' transforms.
     With ``frames`` (``(K, 2)`` rows ``(batch * C + channel, frame)``) only those frames
     are computed and the rest copied from ``prev`` (the same errors of a signal that
-    differs from ``x`` only where those frames' errors can see it)."""
+    differs from ``x`` only where those frames' errors can see it). With ``inplace`` each
+    ``prev`` is a frame buffer ``(B * C, F, hop)``, written in place, and the error
+    returned is a view of it (no copy of the whole signal). With ``buffers`` the frame
+    buffers themselves are returned (``(B * C, F, hop)``, contiguous; the errors are
+    their first ``T`` samples a row), for a later ``inplace`` update."""
     b, c, t = x.shape
     rows = x.reshape(b * c, t)
     p = coeffs.shape[-1] - 1
@@ -185,10 +190,11 @@ def _residuals(x: Tensor, coeffs: Tensor, hop: int, drive: Tensor | None,
                 e = e - torch.fft.irfft(sd * sa.conj(), n_fft)[..., p : p + hop] * norm
         if frames is not None:
             assert prev is not None
-            full = tnf.pad(prev[i].reshape(b * c, t), (0, nf * hop - t)).reshape(b * c, nf, hop)
+            full = prev[i] if inplace else tnf.pad(prev[i].reshape(b * c, t), (0, nf * hop - t)).reshape(
+                b * c, nf, hop)
             full[frames[:, 0], frames[:, 1]] = e
             e = full
-        out.append(e.reshape(b * c, nf * hop)[:, :t].reshape(b, c, t))
+        out.append(e.contiguous() if buffers else e.reshape(b * c, nf * hop)[:, :t].reshape(b, c, t))
     return tuple(out)
 
 
@@ -200,28 +206,67 @@ def _errors_cache(coeffs: Tensor, hop: int, drive: Tensor | None, fitted: Tensor
     spans at a time. With ``fitted`` (``(K, 2)`` rows ``(batch * C + channel, frame)``:
     the frames whose models are not all zeros, and ``drive`` zero outside them) the first
     errors are computed there only and are zero elsewhere, as a zero model's forward and
-    backward errors are (its interpolation error, 0 / 0, is left zero, not NaN)."""
-    memo: dict[int, tuple[Tensor, Tensor]] = {}
-    p = coeffs.shape[-1] - 1
-    nf = coeffs.shape[-2]
+    backward errors are (its interpolation error, 0 / 0, is left zero, not NaN); the
+    errors are then kept in one buffer per kind, updated in place: an error returned is
+    valid until the next call of its kind.
 
-    def errors(x: Tensor, kind: int) -> Tensor:
-        hit = memo.get(kind)
+    ``errors.note(x, where)``: ``x`` equals a common base signal outside the samples
+    ``where`` (``(K, 2)`` ``(row, sample)``). Between two noted signals the changes are
+    then looked for at those samples only, not over the whole signal."""
+    return _Errors(coeffs, hop, drive, fitted)
+
+
+class _Errors:
+    """The cache of :func:`_errors_cache`."""
+
+    def __init__(self, coeffs: Tensor, hop: int, drive: Tensor | None, fitted: Tensor | None):
+        self.coeffs, self.hop, self.drive, self.fitted = coeffs, hop, drive, fitted
+        self.memo: dict[int, tuple[Tensor, Tensor, Tensor | None]] = {}
+        self.notes: dict[int, tuple[Tensor, Tensor]] = {}
+
+    def note(self, x: Tensor, where: Tensor) -> None:
+        # Only the signals still remembered, and this one, keep their notes.
+        keep = {id(m[0]) for m in self.memo.values()}
+        self.notes = {k: v for k, v in self.notes.items() if k in keep}
+        self.notes[id(x)] = (x, where)
+
+    def _where(self, x: Tensor) -> Tensor | None:
+        hit = self.notes.get(id(x))
+        return hit[1] if hit is not None and hit[0] is x else None
+
+    def __call__(self, x: Tensor, kind: int) -> Tensor:
+        coeffs, hop, drive, fitted = self.coeffs, self.hop, self.drive, self.fitted
+        p = coeffs.shape[-1] - 1
+        nf = coeffs.shape[-2]
+        hit = self.memo.get(kind)
         if hit is not None and hit[0] is x:
             return hit[1]
+        b, c, t = x.shape
+        buf = None if hit is None else hit[2]
         if hit is None and fitted is not None:
-            e = _residuals(x, coeffs, hop, drive, (kind,), fitted, (torch.zeros_like(x),))[0]
+            buf = x.new_zeros(b * c, nf, hop)
+            e = _residuals(x, coeffs, hop, drive, (kind,), fitted, (buf,), inplace=True)[0]
         elif hit is None:
             e = _residuals(x, coeffs, hop, drive, (kind,))[0]
         else:
-            b, c, t = x.shape
-            at = _flagged((x != hit[0]).reshape(b * c, t))
+            new, old = self._where(x), self._where(hit[0])
+            if new is not None and old is not None:
+                # Both equal the base outside their notes: they differ only there.
+                key = torch.cat([new, old])
+                key = torch.unique(key[:, 0] * t + key[:, 1])
+                diff = x.reshape(-1)[key] != hit[0].reshape(-1)[key]
+                key = key[diff]
+                at = torch.stack([torch.div(key, t, rounding_mode="floor"), key % t], -1)
+            else:
+                at = _flagged((x != hit[0]).reshape(b * c, t))
             reach = -(-p // hop)
             f = (at[:, 1:2] // hop + torch.arange(-reach, reach + 1, device=x.device)).clamp(0, nf - 1)
             frames = _unique_pairs(at[:, :1].expand_as(f).reshape(-1), f.reshape(-1), nf)
-            e = hit[1] if len(frames) == 0 else _residuals(
-                x, coeffs, hop, drive, (kind,), frames, (hit[1],))[0]
-        memo[kind] = (x, e)
+            if len(frames) == 0:
+                e = hit[1]
+            elif buf is not None:
+                e = _residuals(x, coeffs, hop, drive, (kind,), frames, (buf,), inplace=True)[0]
+            else:
+                e = _residuals(x, coeffs, hop, drive, (kind,), frames, (hit[1],))[0]
+        self.memo[kind] = (x, e, buf)
         return e
-
-    return errors

@@ -47,8 +47,9 @@ def _cross_filters(x: Tensor, ref: Tensor, hop: int, q: int, frames: Tensor) -> 
     return out.reshape(b, c, nf, taps)
 
 
-def _arx_filters(x: Tensor, ref: Tensor, hop: int, p: int, q: int,
-                 frames: Tensor, mono: bool = False, both: bool = False) -> tuple[Tensor, ...]:
+def _arx_filters(x: Tensor, ref: Tensor | None, hop: int, p: int, q: int,
+                 frames: Tensor, mono: bool = False, both: bool = False,
+                 limit: Tensor | None = None) -> tuple[Tensor, ...]:
     """Per frame, the joint (ARX) predictor of ``x`` from its own ``p`` past samples and
     the ``2q + 1`` samples of ``ref`` around it: ``x[n] ~ -sum_k a[k] x[n - k] +
     sum_j h[j] ref[n - j]`` (``k = 1 .. p``, ``j = -q .. q``), least squares over the
@@ -65,6 +66,11 @@ def _arx_filters(x: Tensor, ref: Tensor, hop: int, p: int, q: int,
     sum_j h[j] ref[n + j]`` (the same fit on the time-reversed signals: the same
     autocorrelations, the cross-correlation at negated lags).
 
+    ``ref`` ``None``: the other channel of ``x`` (stereo; read in place, as
+    ``x.flip(1)``). ``limit`` (``(B, C, T)``, positive): both signals clamped to
+    ``+-limit`` (the other channel to its own), as ``torch.clamp`` of the whole would,
+    read at the frames' windows only.
+
     Shape:
         ``x, ref (B, C, T)`` -> ``(a (B, C, F, p + 1), h (B, C, F, 2q + 1))``, float64.
     """
@@ -74,8 +80,14 @@ def _arx_filters(x: Tensor, ref: Tensor, hop: int, p: int, q: int,
     half = (span - hop) // 2
     taps = 2 * q + 1
 
-    def windows(v: Tensor, part: Tensor) -> Tensor:
-        return _frame_windows(v.reshape(b * c, t), part, hop, half, span)
+    def windows(v: Tensor | None, part: Tensor) -> Tensor:
+        if v is None:  # the other channel of x: its row, as x.flip(1) holds it
+            v, part = x, torch.stack([part[:, 0] + 1 - 2 * (part[:, 0] % 2), part[:, 1]], -1)
+        out = _frame_windows(v.reshape(b * c, t), part, hop, half, span)
+        if limit is not None:
+            lw = _frame_windows(limit.reshape(b * c, t), part, hop, half, span)
+            out = torch.maximum(torch.minimum(out, lw), -lw)
+        return out
 
     win = torch.hann_window(span, periodic=False, dtype=x.dtype, device=x.device)
     n_fft = 1 << math.ceil(math.log2(span + p + taps))

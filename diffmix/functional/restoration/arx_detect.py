@@ -16,24 +16,29 @@ from diffmix.functional.restoration.masks import _flagged
 
 
 def _arx_tests(
-    xpad: Tensor, rpad: Tensor, frames: Tensor, a: Tensor, h: Tensor, a0: Tensor, ab: Tensor,
+    rows: Tensor, other: Tensor, frames: Tensor, a: Tensor, h: Tensor, a0: Tensor, ab: Tensor,
     hb: Tensor, hop: int, width: int, threshold: float, z_threshold: float, z_reach: int,
     floor: float,
 ) -> tuple[Tensor, Tensor]:
     """The tests of :func:`_arx_candidates` on the ``frames`` (``(K, 2)``) with their
     joint models (forward ``a, h``, mono ``a0``, backward ``ab, hb``; rows per frame), the
-    signal and the other channel padded by ``lead = p + q + width _SUB`` samples before:
-    ``(better (K,), hit (K, hop))`` bool."""
+    signal ``rows`` and ``other`` (``(2B, T)``; its partner row is the known input), read
+    at the frames' windows (zero outside the signal): ``(better (K,), hit (K, hop))`` bool."""
     p, q = a.shape[-1] - 1, h.shape[-1] // 2
     # Errors over the frame and `width` sub-blocks either side (the local scales' reach),
     # all under the frame's models: n in [s0, s0 + span), s0 = f hop - wide.
     wide = width * _SUB
     span = hop + 2 * wide
-    lead = p + q + wide
     s0 = frames[:, 1:2] * hop - wide
-    ar_ = torch.arange(span + 3 * p + 2 * q, device=xpad.device)
-    xs = xpad[frames[:, :1], s0 + lead - p + ar_[: span + 3 * p]]
-    rs = rpad[frames[:, :1], s0 + lead - q + ar_[: span + p + 2 * q]]
+    t = rows.shape[-1]
+    ar_ = torch.arange(span + 3 * p + 2 * q, device=rows.device)
+
+    def take(v: Tensor, row: Tensor, idx: Tensor) -> Tensor:  # zero outside the signal
+        return torch.where((idx >= 0) & (idx < t), v[row, idx.clamp(0, t - 1)], v.new_zeros(()))
+
+    partner = frames[:, :1] + 1 - 2 * (frames[:, :1] % 2)
+    xs = take(rows, frames[:, :1], s0 - p + ar_[: span + 3 * p])
+    rs = take(other, partner, s0 - q + ar_[: span + p + 2 * q])
     xs, rs = xs.to(torch.float64), rs.to(torch.float64)
     # xs[m] = x[s0 - p + m], rs[m] = ref[s0 - q + m]; the filters by FFT (linear, no wrap:
     # every product below reads inside the zero-padded transform), n = s0 + i:
@@ -75,7 +80,7 @@ def _arx_tests(
 def _arx_candidates(
     xd: Tensor, fit_on: Tensor, other: Tensor, z_ratio: Tensor, sample_rate: int, taps: int,
     threshold: float, z_threshold: float, z_reach: int, floor: float, width: int,
-    partner: Tensor, memo: dict | None = None,
+    partner: Tensor, memo: dict | None = None, limit: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """The joint-model (ARX) candidate rule of :func:`detect_clicks`, stereo only.
 
@@ -107,8 +112,9 @@ def _arx_candidates(
 
     ``memo`` (a dict, empty at first): an earlier call's frame tests, reused on a later
     call (the detector's next pass, on the same ``xd``) for the frames whose fits and
-    tests read no sample of ``other`` that changed since (``fit_on`` must be ``other``
-    clamped, as the detector passes them).
+    tests read no sample of ``other`` that changed since (``fit_on`` must be ``other``,
+    as the detector passes them, clamped to ``limit``). ``limit`` (``(B, 2, T)``): the
+    fits read ``fit_on`` clamped to ``+-limit`` (at their windows only).
 
     Returns:
         ``(candidates, where they replace the mono rules' ones)``, each ``(2B, T)`` bool.
@@ -117,7 +123,7 @@ def _arx_candidates(
     hop = _hop(sample_rate, 40.0)
     p, q = _ARX_ORDER, taps
     out = torch.zeros(b * c, t, dtype=torch.bool, device=xd.device)
-    at = (z_ratio > z_threshold).nonzero()
+    at = _flagged(z_ratio > z_threshold)
     if len(at) == 0:
         return out, out
     near = partner[:, :t]
@@ -134,9 +140,13 @@ def _arx_candidates(
         span = _ARX_SPAN * hop
         before, after = max((span - hop) // 2, lead), max(span - (span - hop) // 2, hop + lead + p)
         at = _flagged((other != memo["other"]).reshape(b * c, t))
-        f = torch.div(at[:, 1:2] - after + torch.arange(-1, (before + after) // hop + 2,
-                                                        device=xd.device) * hop, hop,
-                      rounding_mode="floor").clamp(0, nf - 1)
+        # Frame f reads samples f hop - before .. f hop + after - 1: a change at s makes
+        # stale the frames with s - after < f hop <= s + before, no more (a wider margin
+        # refits frames whose inputs are the same, to the same tests).
+        lo = torch.div(at[:, 1:2] - after, hop, rounding_mode="floor") + 1
+        hi = torch.div(at[:, 1:2] + before, hop, rounding_mode="floor")
+        f = lo + torch.arange((before + after) // hop + 1, device=xd.device)
+        f = torch.where(f <= hi, f, lo).clamp(0, nf - 1)
         rows_at = torch.cat([at[:, :1], at[:, :1] + 1 - 2 * (at[:, :1] % 2)]).expand(-1, f.shape[1])
         stale = _unique_pairs(rows_at.reshape(-1), f.repeat(2, 1).reshape(-1), nf)
         key, okey = frames[:, 0] * nf + frames[:, 1], memo["frames"][:, 0] * nf + memo["frames"][:, 1]
@@ -147,13 +157,13 @@ def _arx_candidates(
     better = torch.zeros(len(todo), dtype=torch.bool, device=xd.device)
     hit = torch.zeros(len(todo), hop, dtype=torch.bool, device=xd.device)
     if len(todo):
-        a, h, a0, ab, hb = _arx_filters(fit_on, fit_on.flip(1), hop, p, q, todo, mono=True, both=True)
+        a, h, a0, ab, hb = _arx_filters(fit_on, None, hop, p, q, todo, mono=True, both=True,
+                                        limit=limit)
         a, h, a0, ab, hb = (v.reshape(b * c, -1, v.shape[-1])[todo[:, 0], todo[:, 1]]
                             for v in (a, h, a0, ab, hb))
         rows = xd.reshape(b * c, t)
-        ref = other.flip(1).reshape(b * c, t)
+        ref = other.reshape(b * c, t)
         # In chunks of frames (their spectra are large at dense clicks).
-        rows, ref = (tnf.pad(v, (lead, lead + hop + 2 * p)) for v in (rows, ref))
         tests = [_arx_tests(rows, ref, todo[lo : lo + _ARX_CHUNK],
                             *(v[lo : lo + _ARX_CHUNK] for v in (a, h, a0, ab, hb)),
                             hop, width, threshold, z_threshold, z_reach, floor)

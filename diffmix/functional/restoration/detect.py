@@ -8,7 +8,7 @@ from torch import Tensor
 
 from diffmix.checks import check_sample_rate
 from diffmix.functional.restoration._common import _DENSE, _NOISE_MAX, _SUB, _hop, _rows
-from diffmix.functional.restoration.ar import _frames_near, _residuals, ar_coefficients, ar_residuals
+from diffmix.functional.restoration.ar import _frames_near, _residuals, ar_coefficients
 from diffmix.functional.restoration.arx_detect import _arx_candidates
 from diffmix.functional.restoration.guards import (
     _bracketed,
@@ -231,12 +231,13 @@ def detect_clicks(
                 # Later passes refit only the frames whose windows the repairs changed.
                 coeffs = ar_coefficients(fit_on, sr, order=order, hop=hop, limit=limit,
                                          frames=near, into=None if near is None else coeffs)
+                # (`ar_residuals`' errors, kept in frame buffers: a later pass writes the
+                # refitted frames in place, no copy of the rest)
                 if near is None:
-                    fwd, bwd, z = (e.reshape(b * c, t) for e in ar_residuals(xd, coeffs, hop))
+                    bufs = _residuals(xd, coeffs, hop, None, (0, 1, 2), buffers=True)
                 else:  # the errors of the refitted frames only; the rest are as they were
-                    fwd, bwd, z = (e.reshape(b * c, t) for e in _residuals(
-                        xd, coeffs, hop, None, (0, 1, 2), near,
-                        tuple(v.reshape(b, c, t) for v in (fwd, bwd, z))))
+                    _residuals(xd, coeffs, hop, None, (0, 1, 2), near, bufs, inplace=True)
+                fwd, bwd, z = (v.reshape(b * c, -1)[:, :t] for v in bufs)
                 stat = torch.minimum(fwd.abs(), bwd.abs())
                 # The local scales of the two-sided error and of the interpolation error,
                 # in one go.
@@ -276,9 +277,9 @@ def detect_clicks(
                 # Where the other channel predicts the music, a click in one channel
                 # stands out of the joint model's innovation (see `_arx_candidates`).
                 extra, domain = (tnf.pad(v, (0, nsb * _SUB - t)).reshape(grid) for v in _arx_candidates(
-                    xd, torch.maximum(torch.minimum(fit_on, limit), -limit), fit_on,
-                    z_ratio[:, :t], sr, arx_taps, threshold, z_threshold,
-                    z_reach if z_reach is not None else 0, floor, width, alone_peak, arx_memo))
+                    xd, fit_on, fit_on, z_ratio[:, :t], sr, arx_taps, threshold, z_threshold,
+                    z_reach if z_reach is not None else 0, floor, width, alone_peak, arx_memo,
+                    limit=limit))
                 joint = torch.where(domain, extra, flags).reshape(b * c, -1)
                 # Where its candidates join into a burst too long to be a click (a loud
                 # click in the other channel, spread by the cross filter), the mono

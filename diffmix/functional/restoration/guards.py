@@ -12,7 +12,7 @@ from diffmix.functional.restoration._common import _NOISE_MAX, _PARTNER_REACH, _
 from diffmix.functional.restoration.ar import _frames_near, ar_coefficients
 from diffmix.functional.restoration.arx import _cross_filters, _fir_frames
 from diffmix.functional.restoration.lsar import lsar_interpolate
-from diffmix.functional.restoration.masks import _mask_from_runs
+from diffmix.functional.restoration.masks import _flagged, _mask_from_runs
 
 
 def _local_scale(v: Tensor, width: int) -> tuple[Tensor, Tensor]:
@@ -59,9 +59,12 @@ def _periodicity(res: Tensor, bursts: Tensor, sample_rate: int) -> Tensor:
     0.6 threshold with 32. ``(K,)`` in [0, 1]."""
     half, lmin, lmax = 32, int(0.0015 * sample_rate), int(0.020 * sample_rate)
     n = 2 * half
-    padded = tnf.pad(res, (lmax + half, lmax + half))
-    centre = (bursts[:, 1] + bursts[:, 2]) // 2  # in padded coordinates: + lmax + half
-    region = padded[bursts[:, 0, None], centre[:, None] + torch.arange(2 * lmax + n, device=res.device)]
+    t = res.shape[-1]
+    centre = (bursts[:, 1] + bursts[:, 2]) // 2
+    # The bursts' regions, zero outside the signal (read in place: no padded copy of it).
+    idx = centre[:, None] - lmax - half + torch.arange(2 * lmax + n, device=res.device)
+    region = torch.where((idx >= 0) & (idx < t), res[bursts[:, 0, None], idx.clamp(0, t - 1)],
+                         res.new_zeros(()))
     seg = region[:, lmax : lmax + n]
     n_fft = 1 << math.ceil(math.log2(2 * lmax + 2 * n))
     dots = torch.fft.irfft(torch.fft.rfft(region, n_fft) * torch.fft.rfft(seg, n_fft).conj(), n_fft)
@@ -222,7 +225,7 @@ def _near(cand: Tensor, z_ratio: Tensor, reach: int, z_threshold: float) -> Tens
     ``z_threshold`` within ``reach`` samples: ``(K, 2)`` rows ``(row, sample)``, sorted.
     Looked at only where the first test holds (few samples)."""
     t = cand.shape[-1]
-    at = cand.nonzero()
+    at = _flagged(cand)  # as `nonzero`, row-major; a scan of 8 samples a word
     if len(at) == 0:
         return at
     pos = (at[:, 1:2] + torch.arange(-reach, reach + 1, device=cand.device)).clamp(0, t - 1)
@@ -252,10 +255,23 @@ def _bracketed(fwd_hit: Tensor, bwd_hit: Tensor, reach: int) -> Tensor:
     ``(N, T)`` bool."""
     if reach == 0:
         return fwd_hit & bwd_hit
-    def seen(v: Tensor) -> Tensor:  # a hit within the last `reach` samples or on n
-        cs = tnf.pad(v.long().cumsum(-1), (reach + 1, 0))
-        return (cs[:, reach + 1 :] - cs[:, : -reach - 1]) > 0
-    return seen(fwd_hit) & seen(bwd_hit.flip(-1)).flip(-1)
+    # The breaks are few: each marks the `reach + 1` samples it covers (a running count
+    # over the whole signal cost more than the rest of the rule).
+    return _spread(fwd_hit, 0, reach) & _spread(bwd_hit, -reach, 0)
+
+
+def _spread(hit: Tensor, lo: int, hi: int) -> Tensor:
+    """``(N, T)`` bool: the samples ``n`` with a ``hit`` (``(N, T)`` bool, sparse) at
+    ``n - hi .. n - lo``, i.e. each hit at ``j`` marks ``j + lo .. j + hi`` (inside the
+    signal). Costs the hits, not ``T``."""
+    t = hit.shape[-1]
+    out = torch.zeros_like(hit)
+    at = _flagged(hit)
+    if len(at):
+        pos = at[:, 1:2] + torch.arange(lo, hi + 1, device=hit.device)
+        ok = (pos >= 0) & (pos < t)
+        out[at[:, :1].expand_as(pos)[ok], pos[ok]] = True
+    return out
 
 
 def _near_both(near: Tensor, shape: tuple[int, int], tol: int) -> Tensor:

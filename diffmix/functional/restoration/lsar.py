@@ -9,7 +9,7 @@ import torch.nn.functional as tnf
 from torch import Tensor
 
 from diffmix.functional.restoration._common import _rows
-from diffmix.functional.restoration.masks import _flagged, _segments, runs
+from diffmix.functional.restoration.masks import _changed, _flagged, _segments, runs
 
 
 def lsar_interpolate(
@@ -240,20 +240,28 @@ def _band_solve(ra: Tensor, d: Tensor, rhs: Tensor, band: int) -> Tensor:
 
 
 def _lsar_update(x: Tensor, mask: Tensor, coeffs: Tensor, hop: int, prev_mask: Tensor,
-                 prev: Tensor, drive: Tensor | None = None) -> Tensor:
+                 prev: Tensor, drive: Tensor | None = None,
+                 mask_runs: tuple[Tensor, Tensor] | None = None) -> Tensor:
     """``lsar_interpolate(x, mask, coeffs, hop, drive=drive)`` given ``prev``, its result
     for ``prev_mask``: only the segments with a changed sample within ``p`` samples are
     solved again. The same result (to rounding: a segment solved in another batch may
     round differently): a segment's solution depends on the samples and the mask from
     ``p`` before it to ``p`` after it alone, and where those did not change, neither did
-    the segment (its neighbours stay ``p`` or more away). ``(B, C, T)`` each."""
+    the segment (its neighbours stay ``p`` or more away). ``(B, C, T)`` each.
+    ``mask_runs``: :func:`runs` of ``mask`` and of ``prev_mask``, where the caller has
+    them: the changes are then found from the runs, without a pass over the masks."""
     b, c, t = x.shape
     p = coeffs.shape[-1] - 1
     m2 = mask.reshape(b * c, t)
-    at = _flagged(m2 != prev_mask.reshape(b * c, t))  # row-major: sorted keys row * (t + 1) + sample
+    if mask_runs is None:
+        at = _flagged(m2 != prev_mask.reshape(b * c, t))  # row-major: sorted keys row * (t + 1) + sample
+        new_runs = None
+    else:
+        new_runs = mask_runs[0]
+        at = _changed(new_runs, mask_runs[1], t)
     if len(at) == 0:
         return prev
-    segs = _segments(runs(mask.reshape(b * c, 1, t)), p)
+    segs = _segments(runs(mask.reshape(b * c, 1, t)) if new_runs is None else new_runs, p)
     key = at[:, 0] * (t + 1) + at[:, 1]
     lo, hi = (segs[:, 1] - p).clamp(min=0), (segs[:, 2] + p).clamp(max=t)
     base = segs[:, 0] * (t + 1)

@@ -65,6 +65,42 @@ def _mask_from_runs(r: Tensor, shape: tuple[int, int], pad: int, device: torch.d
     return mask
 
 
+def _positions(r: Tensor) -> Tensor:
+    """The samples of the runs ``r`` (``(K, 3)`` row, start, end): ``(S, 2)`` int64
+    ``(row, sample)``, run by run. Costs the runs' length, not ``T``."""
+    size = r[:, 2] - r[:, 1]
+    pos = torch.arange(int(size.sum()), device=r.device) - torch.repeat_interleave(
+        size.cumsum(0) - size - r[:, 1], size)
+    return torch.stack([torch.repeat_interleave(r[:, 0], size), pos], -1)
+
+
+def _union(r: Tensor, t: int) -> Tensor:
+    """The runs of the union of the runs ``r`` (``(K, 3)``, in any order, which may
+    overlap or touch) in a signal of ``t`` samples: as :func:`runs` of their mask
+    (sorted, disjoint, maximal), without the mask."""
+    if len(r) == 0:
+        return r
+    r = r[torch.argsort(r[:, 0] * (t + 1) + r[:, 1])]
+    start = r[:, 0] * (t + 1) + r[:, 1]
+    # The farthest end so far; a row's keys all lie below the next row's.
+    reach = (r[:, 0] * (t + 1) + r[:, 2]).cummax(0).values
+    new = torch.ones(len(r), dtype=torch.bool, device=r.device)
+    new[1:] = start[1:] > reach[:-1]
+    first = new.nonzero()[:, 0]
+    last = torch.cat([first[1:] - 1, first.new_tensor([len(r) - 1])])
+    return torch.stack([r[first, 0], r[first, 1], reach[last] - r[first, 0] * (t + 1)], -1)
+
+
+def _changed(r: Tensor, old: Tensor, t: int) -> Tensor:
+    """The samples inside exactly one of the canonical run lists ``r`` and ``old``
+    (:func:`runs` of two masks of ``t`` samples a row): ``(K, 2)`` ``(row, sample)``,
+    row-major, as ``_flagged(mask != old_mask)``."""
+    key = torch.cat([_positions(r), _positions(old)])
+    key, count = torch.unique(key[:, 0] * t + key[:, 1], return_counts=True)
+    key = key[count == 1]
+    return torch.stack([torch.div(key, t, rounding_mode="floor"), key % t], -1)
+
+
 def _segments(r: Tensor, gap: int) -> Tensor:
     """Merge runs of the same row closer than ``gap`` samples: ``(S, 3)`` (row, start, end)."""
     if len(r) == 0:

@@ -21,7 +21,7 @@ from diffmix.functional.restoration.arx import _arx_filters, _fir_frames
 from diffmix.functional.restoration.coincident import coincident_interpolate
 from diffmix.functional.restoration.detect import detect_clicks
 from diffmix.functional.restoration.lsar import _lsar_update, lsar_interpolate
-from diffmix.functional.restoration.masks import _mask_from_runs, runs
+from diffmix.functional.restoration.masks import _mask_from_runs, _positions, _union, runs
 
 
 def declick(
@@ -169,7 +169,7 @@ def repair_clicks(
         return y, used
     with torch.no_grad():
         yd = y.detach()
-        coeffs_s, taps = _arx_filters(yd, yd.flip(1), rhop, _ARX_ORDER, stereo_taps, near)
+        coeffs_s, taps = _arx_filters(yd, None, rhop, _ARX_ORDER, stereo_taps, near)  # (None: yd.flip(1))
     drive = _fir_frames(y.flip(1), taps, rhop, near)  # from the other channel's repair (linear in x)
     ys, used_s, sigma_s = _repair(x, mask, first, sr, order, rhop, near, edge_sigma, noisy,
                                   grow, model=(coeffs_s, drive), coincident=coincident)
@@ -193,44 +193,57 @@ def _repair(
         xd = x.detach()
         dd = None if drive is None else drive.detach()
         # The masks below change a few spans at a time: each repair after the first
-        # solves again only the segments a change reaches (`_lsar_update`, exact).
+        # solves again only the segments a change reaches (`_lsar_update`, exact). They
+        # are carried as runs (`r`), each mask built from its runs once: the changes
+        # between two masks, and between two repairs (each equals `xd` outside its
+        # mask), are found from the runs, not by a pass over the whole signal.
+        b, c, t = x.shape
         solved: list[Tensor] = []
+        errors = None
 
-        def solve(m: Tensor) -> Tensor:
+        def solve(m: Tensor, r: Tensor) -> Tensor:
             y = (lsar_interpolate(xd, m, coeffs, hop, drive=dd) if not solved
-                 else _lsar_update(xd, m, coeffs, hop, solved[0], solved[1], dd))
-            solved[:] = [m, y]
+                 else _lsar_update(xd, m, coeffs, hop, solved[0], solved[2], dd, (r, solved[1])))
+            solved[:] = [m, r, y]
+            if errors is not None:
+                errors.note(y, _positions(r))
             return y
 
+        def mask_of(r: Tensor) -> Tensor:
+            return _mask_from_runs(r, (b * c, t), 0, x.device).reshape(b, c, t)
+
+        r = runs(mask)
         if model is None:
             coeffs = ar_coefficients(first, sr, order=order, hop=hop, frames=near)
         else:
             coeffs = model[0]
-            first = solve(mask)
+            first = solve(mask, r)
         last = first
         # The models are fitted on the frames `near` only (zeros elsewhere).
         errors = _errors_cache(coeffs, hop, dd, near)
+        errors.note(first, _positions(r))  # `first` is `xd` outside the mask
         if edge_sigma is not None:
             # A shorter span is repaired better, which shows more of its ends to agree
             # with the model: tighten, repair, tighten again, until the mask holds
             # (at most `_TIGHTEN` rounds).
-            mask = _tighten(xd, first, mask, coeffs, hop, edge_sigma, dd, errors)
+            r = _tighten(xd, first, r, coeffs, hop, edge_sigma, dd, errors)
+            mask = mask_of(r)
             for _ in range(_TIGHTEN):
-                last = solve(mask)
-                tighter = _tighten(xd, last, mask, coeffs, hop, edge_sigma, dd, errors)
-                if torch.equal(tighter, mask):
+                last = solve(mask, r)
+                tighter = _tighten(xd, last, r, coeffs, hop, edge_sigma, dd, errors)
+                if torch.equal(tighter, r):
                     break
-                mask = tighter
-        last = solve(mask)
+                r, mask = tighter, mask_of(tighter)
+        last = solve(mask, r)
         innovation = _innovation(last, mask, coeffs, hop, dd, errors, near)
         # Click edges the detection missed: grow, repair, grow again while the mask
         # changes (at most `_GROW` rounds).
         for _ in range(_GROW if grow else 0):
-            grown = _grow(last, mask, coeffs, hop, innovation, _NOISE_MAX, grow, dd, errors)
-            if torch.equal(grown, mask):
+            grown = _grow(last, r, coeffs, hop, innovation, _NOISE_MAX, grow, dd, errors)
+            if torch.equal(grown, r):
                 break
-            mask = grown
-            last = solve(mask)
+            r, mask = grown, mask_of(grown)
+            last = solve(mask, r)
             innovation = _innovation(last, mask, coeffs, hop, dd, errors, near)
     y = lsar_interpolate(x, mask, coeffs, hop, innovation=innovation if noisy else None,
                          drive=drive)
@@ -270,20 +283,20 @@ def _innovation(x: Tensor, mask: Tensor, coeffs: Tensor, hop: int,
     return out.reshape(b, c, frames)
 
 
-def _grow(x: Tensor, mask: Tensor, coeffs: Tensor, hop: int, innovation: Tensor,
+def _grow(x: Tensor, r: Tensor, coeffs: Tensor, hop: int, innovation: Tensor,
           kappa: float, reach: int, drive: Tensor | None = None, errors=None) -> Tensor:
-    """Extend each masked run outwards (at most ``reach`` samples a side) over the samples
-    whose interpolation error (:func:`ar_residuals`, the matched filter for an impulse,
-    standard deviation ``sigma_e`` on a clean AR signal) in the repaired ``x`` exceeds
-    ``kappa`` innovation standard deviations of their frame, up to the farthest such
+    """Extend each masked run (``r``: :func:`runs` of the mask) outwards (at most
+    ``reach`` samples a side) over the samples whose interpolation error
+    (:func:`ar_residuals`, the matched filter for an impulse, standard deviation
+    ``sigma_e`` on a clean AR signal) in the repaired ``x`` exceeds ``kappa``
+    innovation standard deviations of their frame, up to the farthest such
     sample reached without crossing ``_GROW_GAP`` quiet samples in a row (a noise burst
     crosses zero): the parts of a click detection missed. ``errors``: as
-    :func:`_innovation`."""
+    :func:`_innovation`. Returns the runs of the grown mask (as :func:`runs`)."""
     b, c, t = x.shape
     errors = errors or _errors_cache(coeffs, hop, drive)
     z = errors(x, 2).reshape(b * c, t)
     sig_f = innovation.reshape(b * c, -1).to(z.dtype)
-    r = runs(mask)
     ar = torch.arange(1, reach + 1, device=x.device)
     before = (r[:, 1:2] - ar).clamp(0, t - 1)
     after = (r[:, 2:3] - 1 + ar).clamp(0, t - 1)
@@ -296,7 +309,7 @@ def _grow(x: Tensor, mask: Tensor, coeffs: Tensor, hop: int, innovation: Tensor,
     ok_a = big(after) & (r[:, 2:3] - 1 + ar < t)
     n_b, n_a = (_reach_with_gaps(ok, _GROW_GAP) for ok in (ok_b, ok_a))
     new = torch.stack([r[:, 0], r[:, 1] - n_b, r[:, 2] + n_a], -1)
-    return _mask_from_runs(new, (b * c, t), 0, x.device).reshape(b, c, t) | mask
+    return _union(new, t)  # each grown run holds its run: the union is the grown mask
 
 
 def _reach_with_gaps(ok: Tensor, gap: int) -> Tensor:
@@ -313,16 +326,16 @@ def _reach_with_gaps(ok: Tensor, gap: int) -> Tensor:
 
 
 def _tighten(
-    x: Tensor, first: Tensor, mask: Tensor, coeffs: Tensor, hop: int, kappa: float,
+    x: Tensor, first: Tensor, r: Tensor, coeffs: Tensor, hop: int, kappa: float,
     drive: Tensor | None = None, errors=None,
 ) -> Tensor:
     """Drop the samples at either end of each masked run that a first repair ``first``
     leaves within ``kappa`` innovation standard deviations of ``x`` (the RMS forward error
     of ``first`` over 256 samples either side of the run): they agree with the model, so
     they are kept as observed rather than interpolated. Interior samples stay masked.
-    ``errors``: as :func:`_innovation`."""
+    ``r``: :func:`runs` of the mask; returns those of the tightened one (a run's ends
+    move in: the runs stay apart). ``errors``: as :func:`_innovation`."""
     b, c, t = x.shape
-    r = runs(mask)
     errors = errors or _errors_cache(coeffs, hop, drive)
     fwd = errors(first, 0).reshape(b * c, t)
     ctx = 256
@@ -339,6 +352,6 @@ def _tighten(
     has = above.any(-1)
     first_i = above.to(torch.int8).argmax(-1)
     last_i = width - 1 - above.flip(-1).to(torch.int8).argmax(-1)
-    new = torch.stack([r[:, 0], r[:, 1] + first_i, r[:, 1] + last_i + 1], -1)
-    new = torch.where(has[:, None], new, r)
-    return _mask_from_runs(new, (b * c, t), 0, x.device).reshape(b, c, t)
+    # (`idx` repeats the last sample past the signal's end: the end is clipped there)
+    new = torch.stack([r[:, 0], r[:, 1] + first_i, (r[:, 1] + last_i + 1).clamp(max=t)], -1)
+    return torch.where(has[:, None], new, r)
