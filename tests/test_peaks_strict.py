@@ -337,6 +337,19 @@ def _adversarial(seed: int, n: int) -> np.ndarray:
     return x
 
 
+def _bound_signals(seed: int) -> dict[str, np.ndarray]:
+    """The suite's signals, the adversarial one (each sample's sign chosen against the
+    bound) and a music-like one (a 1/f fall), ``(2, n)`` each."""
+    signals = {k: v for k, v in _signals(seed).items() if v.shape[-1] > 1}
+    n = 2 * CORE + 1234
+    signals["adversarial"] = np.stack([_adversarial(seed, n), _adversarial(seed + 1, n)])
+    g = np.random.default_rng(seed)
+    spec = np.fft.rfft(g.standard_normal((2, n)))
+    spec /= 1 + np.fft.rfftfreq(n, 1 / SR) / 200.0
+    signals["pink"] = 0.2 * np.fft.irfft(spec, n) / np.abs(np.fft.irfft(spec, n)).max()
+    return signals
+
+
 @pytest.mark.parametrize("seed", [int(np.random.SeedSequence().entropy % 10**6), 23])
 def test_ideal_points_stay_within_the_error_bound_of_the_kaiser_points(seed):
     # The bound that lets the strict meter skip an FFT block: every ideal 8x point (the
@@ -346,13 +359,7 @@ def test_ideal_points_stay_within_the_error_bound_of_the_kaiser_points(seed):
     from diffmix.functional.peaks import _ideal_error_bound
 
     print(f"seed {seed}")
-    signals = {k: v for k, v in _signals(seed).items() if v.shape[-1] > 1}
-    n = 2 * CORE + 1234
-    signals["adversarial"] = np.stack([_adversarial(seed, n), _adversarial(seed + 1, n)])
-    g = np.random.default_rng(seed)
-    spec = np.fft.rfft(g.standard_normal((2, n)))
-    spec /= 1 + np.fft.rfftfreq(n, 1 / SR) / 200.0  # a music-like 1/f fall
-    signals["pink"] = 0.2 * np.fft.irfft(spec, n) / np.abs(np.fft.irfft(spec, n)).max()
+    signals = _bound_signals(seed)
     kaiser = _kaiser_resampler(UP)[1:]
     widest = 0.0  # the bound on the music-like signal, of its block's peak
     for name, x in signals.items():
@@ -447,13 +454,7 @@ def test_fir_points_stay_within_the_error_bound_above_the_ideal_points(seed):
     from diffmix.functional.peaks import _fir_error_weights, _ideal_error_bound
 
     print(f"seed {seed}")
-    signals = {k: v for k, v in _signals(seed).items() if v.shape[-1] > 1}
-    n = 2 * CORE + 1234
-    signals["adversarial"] = np.stack([_adversarial(seed, n), _adversarial(seed + 1, n)])
-    g = np.random.default_rng(seed)
-    spec = np.fft.rfft(g.standard_normal((2, n)))
-    spec /= 1 + np.fft.rfftfreq(n, 1 / SR) / 200.0
-    signals["pink"] = 0.2 * np.fft.irfft(spec, n) / np.abs(np.fft.irfft(spec, n)).max()
+    signals = _bound_signals(seed)
     for factor in (4, 2):
         # the Kaiser rows (over x[m - 9 .. m + 10]) padded to the meter's (x[m - 39 .. m + 40])
         kaiser = np.pad(_kaiser_resampler(UP)[1:], ((0, 0), (30, 30)))

@@ -349,17 +349,35 @@ def _pairs_table(pairs: list[tuple[str, Path, Path]], tmp: Path, steps: list[str
     )
 
 
+# A child's peak RSS, read by the child itself at exit: ``ru_maxrss`` from wait4 is no use
+# here, as Linux folds the parent's high-water mark into a child's at exec (this process
+# holds torch and the parts above, ~1.2 GB, and read so for every child, matchering too).
+_HWM_HOOK = (
+    "import atexit, os\n"
+    "def _hwm():\n"
+    "    with open('/proc/self/status') as f, open(os.environ['DIFFMIX_BENCH_HWM'], 'w') as out:\n"
+    "        out.write(next(line.split()[1] for line in f if line.startswith('VmHWM:')))\n"
+    "atexit.register(_hwm)\n"
+)
+
+
 def _child(argv: list[str]) -> tuple[float, int]:
-    """Run ``argv`` from this checkout; (wall seconds, the child's own peak RSS in bytes)."""
-    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - t0
-    err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise RuntimeError(f"{argv[2:5]} failed: {err[-1500:]}")
-    return wall, usage.ru_maxrss * 1024
+    """Run ``argv`` (a Python child) from this checkout; (wall seconds, the child's own
+    peak RSS in bytes: its ``VmHWM`` at exit, written by a ``sitecustomize`` hook)."""
+    with tempfile.TemporaryDirectory() as hook:
+        (Path(hook) / "sitecustomize.py").write_text(_HWM_HOOK)
+        hwm = Path(hook) / "hwm"
+        env = dict(os.environ, DIFFMIX_BENCH_HWM=str(hwm),
+                   PYTHONPATH=os.pathsep.join([hook, str(ROOT), os.environ.get("PYTHONPATH", "")]))
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        _, err = proc.communicate()
+        wall = time.perf_counter() - t0
+        if proc.returncode != 0:
+            raise RuntimeError(f"{argv[2:5]} failed: {err.decode(errors='replace')[-1500:]}")
+        if not hwm.exists():
+            raise RuntimeError(f"{argv[2:5]}: the child wrote no peak RSS (its exit hooks did not run)")
+        return wall, int(hwm.read_text()) * 1024
 
 
 def _master_cli(*overrides: str) -> list[str]:
