@@ -8,7 +8,8 @@ does that differentiably:
    centres, the same bands :mod:`diffmix.features` measures); between centres the curve
    moves from one gain to the next along a smoothstep in log-frequency (so it is flat at
    every centre: a band's gain reads exactly there); it is flat beyond the last centre
-   and falls back to 0 dB over the octave under the first (no subsonic boost). The
+   and falls back to 0 dB over the octave under the first band's lower edge (no subsonic
+   boost). The
    curve is a fixed ``(bins, bands)`` interpolation matrix times the gains, so it is
    linear (and cheap) in the parameters.
 2. **FIR.** The curve sampled on an ``n_fir``-point grid is the magnitude of a zero-phase
@@ -68,7 +69,8 @@ def match_centres(
 @lru_cache(maxsize=32)
 def _interp(centres: tuple[float, ...], sample_rate: int, n_fft: int) -> Tensor:
     """``(n_fft // 2 + 1, bands)``: each bin's weights on the band gains (rows sum to 1 from
-    the first centre up; under it the first band's weight falls to 0 over an octave)."""
+    the first band's lower edge up; under it the first band's weight falls to 0 over an
+    octave)."""
     freqs = torch.arange(n_fft // 2 + 1, dtype=torch.float64) * sample_rate / n_fft
     logf = torch.log2(freqs.clamp_min(1e-3))
     logc = torch.log2(torch.tensor(centres, dtype=torch.float64))
@@ -85,11 +87,13 @@ def _interp(centres: tuple[float, ...], sample_rate: int, n_fft: int) -> Tensor:
     rows = torch.arange(freqs.numel())
     w[rows, lo] = 1.0 - frac
     w[rows, hi] += frac
-    # Under the first centre the curve returns to 0 dB over an octave (a smoothstep down
-    # to half that frequency): no band boosts the subsonic rumble and DC that no loudness
-    # meter hears but every peak meter does.
-    under = ((logf - logc[0] + 1.0).clamp(0.0, 1.0) * (logf < logc[0])).double()
-    w[logf < logc[0], 0] = (under * under * (3.0 - 2.0 * under))[logf < logc[0]]
+    # Under the first band's lower edge the curve returns to 0 dB over an octave (a
+    # smoothstep down to half that frequency): no band boosts the subsonic rumble and DC
+    # that no loudness meter hears but every peak meter does.
+    edge = logc[0] - 0.5 / (logc.numel() - 1) * (logc[-1] - logc[0])  # the first band's lower edge
+    below = logf < edge
+    under = (logf - edge + 1.0).clamp(0.0, 1.0)
+    w[below, 0] = (under * under * (3.0 - 2.0 * under))[below]
     return w
 
 
