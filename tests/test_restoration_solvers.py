@@ -30,7 +30,13 @@ from diffmix.functional.restoration import (
     runs,
 )
 from diffmix.functional.restoration._common import _frame_windows
-from diffmix.functional.restoration.guards import _bracketed, _local_scale, _partner_peak, _periodicity
+from diffmix.functional.restoration.guards import (
+    _bracketed,
+    _burst_level,
+    _local_scale,
+    _partner_peak,
+    _periodicity,
+)
 from diffmix.functional.restoration.masks import _changed, _flagged, _mask_from_runs, _positions, _union
 from diffmix.functional.restoration.repair import _innovation
 
@@ -545,3 +551,32 @@ def test_periodicity_reads_the_regions_as_the_padded_signal():
     shifted = bursts + torch.tensor([0, extra, extra])
     want = _periodicity(tnf.pad(res, (extra, extra)), shifted, sr)
     assert torch.equal(_periodicity(res, bursts, sr), want)
+
+
+def test_burst_level_is_the_larger_where_windows_overlap_whatever_the_order():
+    """:func:`_burst_level` around bursts whose windows overlap (each median grid starts at
+    its own window, so the two disagree there): every sample a window covers holds the
+    largest of the levels the windows give it, the same in any order of the bursts and on
+    any number of threads (a write order let the schedule choose: the detector gave two
+    different masks on one signal in six runs), ones elsewhere. Random bursts (seed
+    printed)."""
+    seed = int(np.random.default_rng().integers(1 << 31))
+    print("seed", seed)
+    rng = np.random.default_rng(seed)
+    n, t, width, span = 2, 20000, 12, 200
+    rows = torch.from_numpy(rng.standard_normal((n, t)) * rng.uniform(0.1, 2.0, (n, 1))).float()
+    starts = torch.from_numpy(rng.integers(0, t - span, 30))
+    bursts = torch.stack([torch.from_numpy(rng.integers(0, n, 30)), starts,
+                          starts + torch.from_numpy(rng.integers(1, span, 30))], -1)
+    one_by_one = [_burst_level(rows, bursts[k : k + 1], width, span) for k in range(len(bursts))]
+    covered = torch.stack([lv != 1.0 for lv in one_by_one]).any(0)
+    want = torch.where(covered, torch.stack(one_by_one).where(
+        torch.stack([lv != 1.0 for lv in one_by_one]), -math.inf).amax(0), 1.0)
+    threads = torch.get_num_threads()
+    try:
+        for k in (1, 2):
+            torch.set_num_threads(k)
+            for order in (torch.arange(len(bursts)), torch.from_numpy(rng.permutation(len(bursts)))):
+                assert torch.equal(_burst_level(rows, bursts[order], width, span), want)
+    finally:
+        torch.set_num_threads(threads)

@@ -306,7 +306,9 @@ def _sliding_max(v: Tensor, half: int) -> Tensor:
 def _burst_level(rows: Tensor, bursts: Tensor, width: int, span: int) -> Tensor:
     """The robust local level of :func:`detect_clicks` (``_local_scale`` of ``rows`` over
     ``width`` sub-blocks a side, the larger) computed only around each burst, written
-    into an ``(N, T)`` tensor (ones elsewhere)."""
+    into an ``(N, T)`` tensor (ones elsewhere). Where two bursts' windows overlap, their
+    levels differ (each median grid starts at its own window, and its ends are padded), and
+    the larger stands: a write order would let the thread schedule choose."""
     n, t = rows.shape
     reach = (width + 2) * _SUB
     start = (bursts[:, 1] - reach) // _SUB * _SUB  # aligned to the sub-block grid
@@ -316,9 +318,9 @@ def _burst_level(rows: Tensor, bursts: Tensor, width: int, span: int) -> Tensor:
     seg = torch.where(ok, rows[bursts[:, 0:1], idx.clamp(0, t - 1)], 0.0)
     before, after = _local_scale(seg, width)
     local = torch.maximum(before, after).repeat_interleave(_SUB, -1)[:, :length]
-    out = torch.ones_like(rows)
-    out[bursts[:, 0:1].expand(-1, length)[ok], idx[ok]] = local[ok]
-    return out
+    flat = (bursts[:, 0:1] * t + idx)[ok]
+    return rows.new_ones(n * t).scatter_reduce_(
+        0, flat, local[ok], reduce="amax", include_self=False).view(n, t)
 
 
 def _trim_quiet_ends(
