@@ -157,8 +157,9 @@ def detect_clicks(
       attack breaks them the other way round (backwards before its onset, forwards from
       it on). These candidates make bursts only where no other rule has a
       candidate within ``merge`` samples (every other burst is as the other rules make
-      it), which then pass the guards as any burst and stand only where the removed
-      part has the same shape at the same samples in the other channel
+      it), which then pass the guards as any burst (repaired and judged apart from the
+      other rules' bursts, whose verdicts a shared repair would change) and stand only
+      where the removed part has the same shape at the same samples in the other channel
       (:func:`_coincident`, significant at ``joint_sigma``): an onset that reaches two
       microphones at different times does not; and, one event, in both channels or in
       neither (:func:`_in_both`).
@@ -348,10 +349,28 @@ def detect_clicks(
                     near = bursts[:, :2]
                     continue
                 break
-            repaired = lsar_interpolate(xd, mask, coeffs, hop)
-            keep = _guards(xd.reshape(b * c, t), repaired.reshape(b * c, t), bursts, level,
-                           coeffs.reshape(b * c, -1, order + 1), hop, pad, max_len, sr,
-                           **guards)
+            def judge(rep: Tensor, which: Tensor, models: Tensor = coeffs) -> Tensor:
+                return _guards(xd.reshape(b * c, t), rep.reshape(b * c, t), which, level,
+                               models.reshape(b * c, -1, order + 1), hop, pad, max_len, sr,
+                               **guards)
+
+            if bool(fresh.any()):
+                # The joint rule's bursts are repaired and judged apart from the others':
+                # interpolated together, a gap within the AR order of another is one
+                # segment with it, and the guards would read the other rules' burst through
+                # a repair its neighbour changed (every other burst is as the other rules
+                # make it).
+                own = _mask_from_runs(bursts[fresh], (b * c, t), pad, x.device).reshape(b, c, t)
+                rest = _mask_from_runs(bursts[~fresh], (b * c, t), pad, x.device).reshape(b, c, t)
+                rep_own = lsar_interpolate(xd, own, coeffs, hop)
+                rep_rest = lsar_interpolate(xd, rest, coeffs, hop)
+                keep = torch.zeros(len(bursts), dtype=torch.bool, device=x.device)
+                keep[fresh] = judge(rep_own, bursts[fresh])
+                keep[~fresh] = judge(rep_rest, bursts[~fresh])
+                repaired = torch.where(own, rep_own, rep_rest)
+            else:
+                repaired = lsar_interpolate(xd, mask, coeffs, hop)
+                keep = judge(repaired, bursts)
             last = step == passes - 1 or not bool(keep.any())
             if stereo_taps is not None and c == 2 and last and not bool(keep.all()):
                 # Vetoed bursts the other channel does not share (no candidate-level
