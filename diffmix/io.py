@@ -41,16 +41,38 @@ def read_audio(path: str | Path, *, allow_silence: bool = True) -> tuple[Tensor,
         raise AudioFileError(f"{p}: is a directory, not an audio file")
     _check_not_truncated(p)
     try:
-        data, sr = sf.read(str(p), dtype="float32", always_2d=True)
+        data, sr = _read_planar(p)
     except (sf.LibsndfileError, RuntimeError, TypeError) as exc:
         raise AudioFileError(f"{p}: cannot read audio ({_reason(exc)})") from exc
-    if data.shape[0] == 0:
+    if data.shape[-1] == 0:
         raise AudioFileError(f"{p}: file is empty (0 samples)")
     if not all_finite(data):
         raise AudioFileError(f"{p}: audio contains NaN or Inf")
-    if not allow_silence and not np.any(data):
+    if not allow_silence and not bool(data.any()):
         raise AudioFileError(f"{p}: audio is digital silence")
-    return torch.from_numpy(np.ascontiguousarray(data.T)), int(sr)
+    return data, int(sr)
+
+
+_READ_FRAMES = 1 << 16  # frames decoded at a time by read_audio
+
+
+def _read_planar(p: Path) -> tuple[Tensor, int]:
+    """The file's samples as float32 ``(channels, time)``, decoded a block at a time into
+    one small interleaved buffer and copied into place: no full-length interleaved copy
+    (and no fresh pages for it; numpy asks for huge pages on large arrays, a fault on the
+    host each on some VMs)."""
+    with sf.SoundFile(str(p)) as f:
+        frames, channels = int(f.frames), int(f.channels)
+        out = torch.empty(channels, frames, dtype=torch.float32)
+        buf = np.empty((max(1, min(_READ_FRAMES, frames)), channels), dtype=np.float32)
+        pos = 0
+        while pos < frames:
+            got = f.read(min(len(buf), frames - pos), dtype="float32", always_2d=True, out=buf)
+            if len(got) == 0:
+                break
+            out[:, pos : pos + len(got)] = torch.from_numpy(got.T)
+            pos += len(got)
+        return (out if pos == frames else out[:, :pos].contiguous()), int(f.samplerate)
 
 
 def _check_not_truncated(p: Path) -> None:

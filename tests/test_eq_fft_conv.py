@@ -71,6 +71,53 @@ def test_render_without_gradient_is_the_same_values_a_group_at_a_time(
     assert (y.double() - want).abs().max() <= (1e-13 if dtype == torch.float64 else 1e-5) * want.abs().max()
 
 
+@pytest.mark.parametrize("skip", [0, 1, 300, 449, 1500])  # inside block 0, one hop, several blocks
+@pytest.mark.parametrize("ms", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_render_skip_is_the_padded_render_cut(skip, ms, dtype, monkeypatch):
+    # Why: the match EQ's zero-phase FIR padded the whole song with half a filter of zeros
+    # (a full-length copy) and cut the delay off the result; ``skip`` takes the same samples
+    # of the same block transforms, bit for bit, without the copy. A filter of another dtype
+    # (products made fresh, not in buffers) too; the float64 oracle pads and cuts.
+    import diffmix.functional._fft_conv as fft_conv
+
+    monkeypatch.setattr(fft_conv, "_GROUP_SAMPLES", 4 * 512)
+    g = torch.Generator().manual_seed(skip)
+    n_time, length, block = 20_011, 64, 512
+    x = torch.randn(2, 2, n_time, dtype=dtype, generator=g)
+    for fir in (torch.randn(2, 2, length, dtype=dtype, generator=g),
+                torch.randn(1, 2, length, dtype=torch.float64, generator=g)):
+        with torch.no_grad():
+            got = overlap_save(x, fir, block, ms=ms, skip=skip)
+            want = overlap_save(torch.nn.functional.pad(x, (0, skip)), fir, block, ms=ms)[..., skip:]
+        assert got.shape == (2, 2, n_time) and torch.equal(got, want)
+        graph = overlap_save(x, fir.clone().requires_grad_(), block, ms=ms, skip=skip)
+        atol = 1e-13 if dtype == torch.float64 else 1e-5
+        torch.testing.assert_close(graph.detach(), got, rtol=0, atol=atol)
+    padded = torch.nn.functional.pad(x.double(), (0, skip))
+    if ms:
+        mid, side = (padded[:, 0] + padded[:, 1]) / 2, (padded[:, 0] - padded[:, 1]) / 2
+        m, s = _reference(mid, fir[:, 0]), _reference(side, fir[:, 1])
+        oracle = torch.stack([m + s, m - s], 1)[..., skip:]
+    else:
+        oracle = _reference(padded, fir)[..., skip:]
+    tol = 1e-13 if dtype == torch.float64 else 1e-5
+    assert (got.double() - oracle).abs().max() <= tol * oracle.abs().max()
+
+
+@pytest.mark.parametrize("grad", [False, True])
+@pytest.mark.parametrize("n_time", [3000, 70_000])  # one transform, and overlap-save blocks
+def test_fft_convolve_skip_is_padding_and_cutting(grad, n_time):
+    g = torch.Generator().manual_seed(n_time)
+    x = torch.randn(1, 2, n_time, dtype=torch.float64, generator=g)
+    fir = torch.randn(1, 2, 2187, dtype=torch.float64, generator=g).requires_grad_(grad)
+    with torch.set_grad_enabled(grad):
+        got = fft_convolve(x, fir, ms=True, skip=1093)
+        want = fft_convolve(torch.nn.functional.pad(x, (0, 1093)), fir, ms=True)[..., 1093:]
+    assert got.shape == x.shape
+    assert torch.equal(got, want) if not grad else (got - want).abs().max() <= 1e-13 * want.abs().max()
+
+
 @pytest.mark.parametrize("length, n", [(7, 16), (7, 15), (16, 16), (9, 4), (1, 2)])
 def test_real_fft_backward_is_autograds(length, n):
     """The one-inverse-transform adjoint against gradcheck's finite differences and

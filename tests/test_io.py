@@ -18,6 +18,32 @@ def test_round_trip_float(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["a.wav"]
 
 
+@pytest.mark.parametrize("fmt, subtype", [("wav", "PCM_16"), ("wav", "PCM_24"), ("flac", "PCM_24"),
+                                           ("wav", "FLOAT")])
+@pytest.mark.parametrize("channels", [1, 2, 3])
+def test_read_in_blocks_is_soundfiles_read(tmp_path, monkeypatch, fmt, subtype, channels):
+    # Why: read_audio decodes a block at a time into (channels, time) (no full-length
+    # interleaved copy); the samples are soundfile's own, bit for bit: several blocks, a
+    # ragged last one, and a file shorter than one block.
+    import diffmix.io as io
+
+    monkeypatch.setattr(io, "_READ_FRAMES", 1000)
+    seed = channels * 10 + len(subtype)
+    print("seed", seed)
+    rng = np.random.default_rng(seed)
+    for n in (4321, 999, 1):
+        path = tmp_path / f"a{n}.{fmt}"
+        sf.write(str(path), rng.uniform(-0.9, 0.9, (n, channels)).astype(np.float32), 48000, subtype=subtype)
+        want, sr_want = sf.read(str(path), dtype="float32", always_2d=True)
+        got, sr = read_audio(path)
+        assert sr == sr_want == 48000 and got.dtype == torch.float32 and got.is_contiguous()
+        assert torch.equal(got, torch.from_numpy(np.ascontiguousarray(want.T)))
+    silent = tmp_path / f"silent.{fmt}"
+    sf.write(str(silent), np.zeros((2500, channels), dtype=np.float32), 48000, subtype=subtype)
+    with pytest.raises(AudioFileError, match="audio is digital silence"):
+        read_audio(silent, allow_silence=False)
+
+
 def test_errors_name_the_file_and_problem(tmp_path):
     with pytest.raises(AudioFileError, match="nope.wav: file not found"):
         read_audio(tmp_path / "nope.wav")

@@ -241,3 +241,34 @@ def test_a_dropped_renderer_frees_its_buffers_without_the_garbage_collector():
         assert pre() is None
     finally:
         gc.enable()
+
+
+def test_each_songs_tone_error_after_is_its_own_delivered_masters(tmp_path):
+    # Why: the master's tone error against its reference is measured on the worker while
+    # the main thread delivers; in a group each report must read its own song against its
+    # own reference. Float, undithered files hold the render's samples, so the error
+    # measured afresh from each file is the report's, to float rounding.
+    from diffmix.features import spectral_errors
+    from diffmix.mastering import ChainSpec, DeliveryOptions, FitOptions, MasterOptions, Song, master_group
+
+    sr = 44100
+    spec = ChainSpec(
+        sr,
+        {"limiter": {"_target_": "diffmix.effects.dynamics.Limiter", "sample_rate": sr, "ceiling_db": -1.0}},
+        match_eq={"_target_": "diffmix.effects.match_eq.MatchEQ", "sample_rate": sr},
+    )
+    songs, refs = [], []
+    for k, (seconds, level) in enumerate([(3.0, 0.3), (4.0, 0.6)]):
+        x = torch.from_numpy(music(seconds, sr, seed=11 + k).T.copy()).unsqueeze(0)
+        ref = torch.from_numpy(music(3.5, sr, seed=21 + k, level=level).T.copy()).unsqueeze(0)
+        refs.append(ref)
+        songs.append(Song(f"s{k}", x, tmp_path, f"s{k}_master", reference=ref, target={"true_peak_db": -1.0}))
+    options = MasterOptions(report=False, delivery=DeliveryOptions(bit_depth="float", dither=False))
+    reports = master_group(songs, sr, spec, FitOptions(steps=0), options)
+    errors = []
+    for k, report in enumerate(reports):
+        y, _ = sf.read(str(tmp_path / f"s{k}_master.wav"), always_2d=True, dtype="float32")
+        fresh = spectral_errors(torch.from_numpy(y.T.copy()).unsqueeze(0), refs[k], sr)
+        assert report["spectral_error"]["after"] == pytest.approx(fresh, abs=1e-6)
+        errors.append(fresh)
+    assert errors[0] != pytest.approx(errors[1], abs=1e-3)  # the two are told apart

@@ -137,6 +137,28 @@ def test_welch_of_a_mapped_signal_is_the_welch_of_the_map(seconds):
     np.testing.assert_allclose(got.numpy(), want * 44100 / 2048, rtol=1e-9)  # power per bin
 
 
+@pytest.mark.filterwarnings("error")  # an out= buffer of the wrong shape warns as it is resized
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("groups", [1, 3])
+@pytest.mark.parametrize("extra", [0, 1, 7])  # whole groups, then a shorter last group
+def test_welch_no_gradient_groups_equal_one_pass(dtype, groups, extra):
+    # Why: the no-gradient average runs a group of frames at a time through buffers made
+    # once (fresh ones per group took fresh pages); the shorter last group gets its own.
+    # Against the same frames in one pass (the graph path's arithmetic).
+    import diffmix.functional.spectrum as S
+
+    seed = 7 + groups + extra
+    print("seed", seed)
+    n_fft, hop = 256, 128
+    frames = groups * S._PSD_GROUP + extra
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(2, 2, (frames - 1) * hop + n_fft, generator=g, dtype=dtype)
+    with torch.no_grad():
+        got = welch_psd(x, n_fft, pre=lambda part: part * 2.0)
+    want = welch_psd((x * 2.0).requires_grad_(), n_fft).detach()
+    rtol = 1e-5 if dtype == torch.float32 else 1e-12
+    torch.testing.assert_close(got, want, rtol=rtol, atol=0.0)
+
 
 def _welch_grad_and_transforms(x: torch.Tensor, w: torch.Tensor, monkeypatch) -> tuple[torch.Tensor, int]:  # noqa: ANN001
     calls: list[int] = []

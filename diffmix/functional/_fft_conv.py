@@ -117,18 +117,22 @@ class _OverlapSave(torch.autograd.Function):
         return grad_x, grad_fir, None
 
 
-def overlap_save(x: Tensor, fir: Tensor, block: int, *, ms: bool = False) -> Tensor:
+def overlap_save(x: Tensor, fir: Tensor, block: int, *, ms: bool = False, skip: int = 0) -> Tensor:
     """Causal convolution of ``x`` ``(B, C, T)`` with ``fir`` ``(B|1, C|1, L)`` by
     overlap-save with ``block``-point transforms, cut to ``T`` (module docstring).
     ``ms``: ``x`` and the output are left/right, ``fir``'s two channels filter mid and
-    side (:func:`~diffmix.functional.gain.mid_side`). Differentiable in both; CPU and CUDA."""
+    side (:func:`~diffmix.functional.gain.mid_side`). ``skip``: the convolution's samples
+    ``skip .. skip + T`` of ``x`` followed by zeros instead (see :func:`_render`).
+    Differentiable in both; CPU and CUDA."""
     if fir.shape[-1] > block // 2:
         raise ValueError(f"fft_convolve: block {block} too short for a {fir.shape[-1]}-tap filter")
     if torch.is_grad_enabled() and (x.requires_grad or fir.requires_grad):
+        if skip:
+            return overlap_save(torch.nn.functional.pad(x, (0, skip)), fir, block, ms=ms)[..., skip:]
         if ms:
             return left_right(_OverlapSave.apply(mid_side(x), fir, block))
         return _OverlapSave.apply(x, fir, block)
-    return _render(x, fir, block, ms=ms)
+    return _render(x, fir, block, ms=ms, skip=skip)
 
 
 # Samples per channel transformed together by the no-gradient render (CPU): its buffers stay
@@ -136,15 +140,21 @@ def overlap_save(x: Tensor, fir: Tensor, block: int, *, ms: bool = False) -> Ten
 _GROUP_SAMPLES = 1 << 19
 
 
-def _render(x: Tensor, fir: Tensor, block: int, *, ms: bool = False) -> Tensor:
+def _render(x: Tensor, fir: Tensor, block: int, *, ms: bool = False, skip: int = 0) -> Tensor:
     """:func:`overlap_save` with no gradient: a few blocks at a time, written into the
-    output, so no full-length frames, spectra or product exist (on CPU; one group on CUDA).
-    The same transforms block for block as the autograd path, so the same values; with
-    ``ms`` the mid/side sums are taken on each block's spectrum (the transform is linear),
-    so no mid/side copy of the signal exists either."""
+    output, so no full-length frames, spectra or product exist (on CPU; one group on CUDA);
+    each group's spectra and blocks go through buffers made once (fresh ones per group took
+    fresh pages). The same transforms block for block as the autograd path, so the same
+    values; with ``ms`` the mid/side sums are taken on each block's spectrum (the transform
+    is linear), so no mid/side copy of the signal exists either.
+
+    ``skip``: the result is the convolution's samples ``skip .. skip + T`` of ``x`` followed
+    by zeros (a zero-phase filter's delay taken out), the same values as padding ``x`` with
+    ``skip`` zeros and cutting the first ``skip`` samples, without that padded copy."""
     n_time, length = x.shape[-1], fir.shape[-1]
     hop = block - length + 1
-    n_blocks = -(-n_time // hop)
+    total = n_time + skip  # the convolution's samples, up to the last one kept
+    n_blocks = -(-total // hop)
     spec_f = torch.fft.rfft(fir, n=block).unsqueeze(-2)
     if ms:
         if x.shape[1] != 2 or fir.shape[1] not in (1, 2):
@@ -154,24 +164,49 @@ def _render(x: Tensor, fir: Tensor, block: int, *, ms: bool = False) -> Tensor:
         spec_f = spec_f * 0.5
     out = torch.empty(np.broadcast_shapes(x.shape[:-1], fir.shape[:-1]) + (n_time,),
                       dtype=torch.result_type(x, fir), device=x.device)
-    wider = spec_f.shape[0] > x.shape[0]
+    # A filter per item over one signal (the product is the larger), or a filter of another
+    # dtype (the product is promoted): fresh products; else the products are made in place.
+    buffered = spec_f.shape[0] <= x.shape[0] and fir.dtype == x.dtype
     group = max(1, _GROUP_SAMPLES // block) if x.device.type == "cpu" else n_blocks
-    for j0 in range(0, n_blocks, group):
+    bufs: list[Tensor] = []
+    for j0 in range(skip // hop, n_blocks, group):
         j1 = min(n_blocks, j0 + group)
-        lo, hi = j0 * hop, min(n_time, j1 * hop)  # the outputs of blocks j0 .. j1
-        a = lo - (length - 1)  # block j0's first input sample
+        lo, hi = max(skip, j0 * hop), min(total, j1 * hop)  # the kept outputs of blocks j0 .. j1
+        a = j0 * hop - (length - 1)  # block j0's first input sample
         part = x[..., max(a, 0) : min(n_time, j1 * hop)]
-        right = (j1 - j0) * hop + length - 1 - part.shape[-1] - max(0, -a)  # zeros past the end
-        part = torch.nn.functional.pad(part, (max(0, -a), right))
-        spec = torch.fft.rfft(part.unfold(-1, block, hop), n=block)
-        if ms:
-            mid = (spec[:, 0] + spec[:, 1]) * spec_f[:, 0]
-            side = (spec[:, 0] - spec[:, 1]) * spec_f[:, -1]
-            spec = torch.stack([mid + side, mid.sub_(side)], 1)
-        elif wider:  # a filter per item over one signal: the product is the larger
-            spec = spec * spec_f
+        left = max(0, -a)
+        right = (j1 - j0) * hop + length - 1 - part.shape[-1] - left  # zeros past the end
+        if left or right:
+            part = torch.nn.functional.pad(part, (left, right))
+        frames = part.unfold(-1, block, hop)
+        if not buffered:  # as the buffers below, each product fresh
+            spec = torch.fft.rfft(frames, n=block)
+            if ms:
+                mid = (spec[:, 0] + spec[:, 1]) * spec_f[:, 0]
+                side = (spec[:, 0] - spec[:, 1]) * spec_f[:, -1]
+                spec = torch.stack([mid + side, mid.sub_(side)], 1)
+            else:
+                spec = spec * spec_f
+            y = torch.fft.irfft(spec, n=block)
         else:
-            spec.mul_(spec_f)
-        y = torch.fft.irfft(spec, n=block)[..., length - 1 :]
-        out[..., lo:hi] = y.reshape(*y.shape[:-2], -1)[..., : hi - lo]
+            if not bufs or bufs[0].shape[:-1] != frames.shape[:-1]:  # the first group, a shorter last one
+                spec = torch.empty(frames.shape[:-1] + (block // 2 + 1,), dtype=spec_f.dtype, device=x.device)
+                bufs = [spec, torch.empty_like(spec[:, 0]), torch.empty_like(spec[:, 0]),
+                        torch.empty(frames.shape[:-1] + (block,), dtype=out.dtype, device=x.device)]
+            spec, mid, side, y = bufs
+            torch.fft.rfft(frames, n=block, out=spec)
+            if ms:
+                torch.add(spec[:, 0], spec[:, 1], out=mid).mul_(spec_f[:, 0])
+                torch.sub(spec[:, 0], spec[:, 1], out=side).mul_(spec_f[:, -1])
+                torch.add(mid, side, out=spec[:, 0])
+                torch.sub(mid, side, out=spec[:, 1])
+            else:
+                spec.mul_(spec_f)
+            torch.fft.irfft(spec, n=block, out=y)
+        kept = y[..., length - 1 :]  # (..., j1 - j0, hop): outputs j0 hop .. j1 hop
+        if lo == j0 * hop and hi == j1 * hop:  # whole blocks: copied straight into place
+            out[..., lo - skip : hi - skip].unflatten(-1, kept.shape[-2:]).copy_(kept)
+        else:
+            flat = kept.reshape(*kept.shape[:-2], -1)
+            out[..., lo - skip : hi - skip] = flat[..., lo - j0 * hop : hi - j0 * hop]
     return out

@@ -587,7 +587,7 @@ def render_fft(x: Tensor, b: Tensor, a: Tensor, tail: int, mix: Tensor | None = 
     return fft_convolve(x, fir.to(x.dtype), ms=ms)
 
 
-def fft_convolve(x: Tensor, fir: Tensor, *, ms: bool = False) -> Tensor:
+def fft_convolve(x: Tensor, fir: Tensor, *, ms: bool = False, skip: int = 0) -> Tensor:
     """Causal linear convolution ``y[t] = sum_m fir[m] x[t - m]``, cut to ``x``'s length.
 
     Signals much longer than the filter are cut into overlapping blocks (overlap-save)
@@ -601,6 +601,10 @@ def fft_convolve(x: Tensor, fir: Tensor, *, ms: bool = False) -> Tensor:
         ms: ``x`` and the result are left/right and ``fir``'s two channels filter its mid
             and side (:func:`~diffmix.functional.gain.mid_side`): without a gradient, on a
             long signal, the mid/side sums are taken block by block (no full-length copies).
+        skip: samples of delay taken out: the result is the convolution's samples ``skip
+            .. skip + T`` of ``x`` followed by ``skip`` zeros (a zero-phase FIR's causal
+            taps), as padding ``x`` and cutting would give, without the padded copy on a
+            long signal rendered without a gradient.
 
     Shape:
         ``(B, C, T)``.
@@ -611,6 +615,8 @@ def fft_convolve(x: Tensor, fir: Tensor, *, ms: bool = False) -> Tensor:
     n_time, length = x.shape[-1], fir.shape[-1]
     ms = ms and fir.shape[1] != 1  # one response for mid and side is the same on left and right
     block = 1 << (max(8 * length, 1 << 15) - 1).bit_length()  # powers of 2: fastest on CPU and GPU
+    if skip and n_time + skip + length - 1 <= 2 * block:
+        return fft_convolve(torch.nn.functional.pad(x, (0, skip)), fir, ms=ms)[..., skip:]
     if n_time + length - 1 <= 2 * block:
         if ms:
             return left_right(fft_convolve(mid_side(x), fir))
@@ -624,7 +630,7 @@ def fft_convolve(x: Tensor, fir: Tensor, *, ms: bool = False) -> Tensor:
             spec = _mul(real_fft(x, n), real_fft(fir, n))
         return torch.fft.irfft(spec, n=n)[..., :n_time]
     # Overlap-save with a hand-written backward: see :mod:`diffmix.functional._fft_conv`.
-    return overlap_save(x, fir, block, ms=ms)
+    return overlap_save(x, fir, block, ms=ms, skip=skip)
 
 
 def _mul(spec: Tensor, response: Tensor) -> Tensor:

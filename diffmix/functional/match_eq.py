@@ -179,9 +179,7 @@ def match_eq(
     # Zero-phase taps reach half the FIR both ways: the causal filter (the taps rolled by
     # half) over the signal and half a filter of zeros, read half a filter later. Long
     # signals take overlap-save blocks (fft_convolve), not one transform of the whole song.
-    padded = torch.nn.functional.pad(x, (0, half))
-    wet = fft_convolve(padded, torch.roll(h, half, dims=-1).to(x.dtype), ms=True)[..., half:]
-    del padded
+    wet = fft_convolve(x, torch.roll(h, half, dims=-1).to(x.dtype), ms=True, skip=half)
     m = per_sample(mix, x, name="mix", effect="match_eq")
     if torch.is_grad_enabled() and (wet.requires_grad or x.requires_grad or m.requires_grad):
         return x + m * (wet - x)

@@ -299,6 +299,13 @@ def _master(songs: list[Song], sr: int, spec: ChainSpec, fit: FitOptions, option
     ] if options.report else [None] * len(songs)
     del pre
     release_memory()
+    # The master's tone error against its reference, measured on the worker while the main
+    # thread delivers (the report's ``spectral_error.after``).
+    errors = [
+        pool.submit(spectral_errors, y[i : i + 1, :, : lengths[i]].cpu(), song.reference.cpu(), sr)
+        if song.reference is not None else None
+        for i, song in enumerate(songs)
+    ]
     # The master's page drawing (its loudness is filled in once the file is measured).
     drawings = [
         pool.submit(prepare_take, Take("result", y[i : i + 1, :, : lengths[i]].cpu(),
@@ -310,7 +317,7 @@ def _master(songs: list[Song], sr: int, spec: ChainSpec, fit: FitOptions, option
     for i, song in enumerate(songs):
         report = _deliver_song(
             song, i, y[i : i + 1, :, : lengths[i]], sr, goals[i], solves[i], fit_report, bus, spec,
-            options, plots, inputs[i], drawings[i], reductions[i], clock, peaks[i],
+            options, plots, inputs[i], drawings[i], reductions[i], clock, peaks[i], errors[i],
         )
         # timings_s: for the whole group, per stage
         reports.append(finish(report, song.out / f"{song.stem}_report.json", t0, len(songs), clock.spent))
@@ -320,10 +327,12 @@ def _master(songs: list[Song], sr: int, spec: ChainSpec, fit: FitOptions, option
 def _deliver_song(song: Song, i: int, yi: torch.Tensor, sr: int, goal: float | None,
                   solve: Any, fit_report: dict[str, Any] | None, bus: Bus, spec: ChainSpec,
                   options: MasterOptions, plots: list, measured: Future, drawing: Future | None,
-                  reduction: Future | None, clock: _Clock, render_peak: float | None) -> dict[str, Any]:
+                  reduction: Future | None, clock: _Clock, render_peak: float | None,
+                  error: Future | None) -> dict[str, Any]:
     """Deliver song ``i`` of the group (one chunk) and build its report (all but the runtime);
     ``measured``: :func:`_measure_input`'s result for it, ``drawing`` the master's prepared
-    page take, ``reduction`` its limiter's gain-reduction curve, all to come;
+    page take, ``reduction`` its limiter's gain-reduction curve, ``error`` its tone error
+    against the reference (None without one), all to come;
     ``render_peak``: ``yi``'s strict true peak where the render metered it."""
     report, path = _deliver(
         song.key, song.out, song.stem, song.target, goal, solve, fit_report, options,
@@ -334,11 +343,11 @@ def _deliver_song(song: Song, i: int, yi: torch.Tensor, sr: int, goal: float | N
     inputs = measured.result()
     if song.polish is not None:
         report["polish"] = song.polish
-    if song.reference is not None:
+    if song.reference is not None and error is not None:
         report["reference"] = inputs["reference"]
         report["spectral_error"] = {
             "before": inputs["error_before"],
-            "after": spectral_errors(yi.cpu(), song.reference.cpu(), sr),
+            "after": error.result(),
         }
     preset = spec.build(1, match=MATCH in bus.effects)
     preset.load_values({k: v.exact()[i : i + 1] for k, v in bus.named_values().items()})
