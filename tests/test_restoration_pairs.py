@@ -62,14 +62,25 @@ def found(mask: np.ndarray, truth: np.ndarray) -> tuple[list[int], int]:
     return per, false
 
 
-def test_pair_rule_finds_the_quieter_channel_of_a_click_in_both():
+# Seed 1472366541 (one of ~360 drawn at random): the detector marks one span off a burst,
+# with the pair rule and without it alike (the guards' false alarm on the music, not the
+# pair rule's); 19 of the 20 quiet copies found, 5 without the rule.
+_GUARDS_FALSE_ALARM = 1472366541
+
+
+@pytest.mark.parametrize("seeds", [
+    pytest.param(tuple(range(6)), id="seeds-0-5"),
+    pytest.param((_GUARDS_FALSE_ALARM,), id=f"seed-{_GUARDS_FALSE_ALARM}", marks=pytest.mark.xfail(
+        strict=True, reason="the guards alone mark a span off a burst")),
+])
+def test_pair_rule_finds_the_quieter_channel_of_a_click_in_both(seeds):
     """A burst in both channels at the same samples, loud in one and 3-9 dB over the music
     in the other, where the guards veto it alone: the pair rule only adds the quiet copies
     (never loses a burst, nothing off a burst either way), and over six signals it finds
-    most of them where the guards alone find few (measured over 16 random seeds: 10-20 of
-    20 per signal, mean 18, against 0-20, mean 6; one signal's copies are all found
-    either way, so no single signal need gain). Random seeds, printed."""
-    seeds = np.random.default_rng().integers(1 << 31, size=6).tolist()
+    most of them where the guards alone find few (seeds 0-59, each alone: 10-20 of 20 per
+    signal, mean 17.9, against mean 6.6; one signal's copies can all be found either way,
+    so no single signal need gain). Fixed seeds: the rule is a detector, not a guarantee
+    (``_GUARDS_FALSE_ALARM``, held as a strict expected failure so that a fix shows)."""
     print("seeds", seeds)
     quiet_on = quiet_off = 0
     for seed in seeds:
