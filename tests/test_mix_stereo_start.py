@@ -241,8 +241,23 @@ def test_a_quiet_hard_panned_stem_keeps_its_balance_where_it_has_no_energy(bound
         assert err_db > 3.0, (seed, err_db)
 
 
-@pytest.mark.parametrize("weighted", [True, False])
-def test_a_quiet_stem_collinear_with_a_loud_one_takes_its_balance_where_it_is_not(weighted, monkeypatch):
+# Seeds 0-199 checked one by one: the weights land the balance within 0.75 dB on all of
+# them, but a random draw met seed 6355 at 0.88 dB; without the weights it is over 6 dB off
+# on all but 7, 12, 29, 72, 129 and 174 (0.4-5.0 dB: the body's pull is what the draw makes
+# it). The fit is a least-squares estimate, not a guarantee either way.
+_OFF_WEIGHTED, _NEAR_UNWEIGHTED = (6355,), (7, 12)
+
+
+@pytest.mark.parametrize("weighted, seeds", [
+    pytest.param(True, tuple(range(20)), id="weighted-seeds-0-19"),
+    pytest.param(False, tuple(s for s in range(20) if s not in _NEAR_UNWEIGHTED), id="plain-seeds-0-19"),
+    *(pytest.param(True, (s,), id=f"weighted-seed-{s}", marks=pytest.mark.xfail(
+        strict=True, reason="the weighted balance lands over 0.75 dB off")) for s in _OFF_WEIGHTED),
+    *(pytest.param(False, (s,), id=f"plain-seed-{s}", marks=pytest.mark.xfail(
+        strict=True, reason="the unweighted balance lands under 6 dB off")) for s in _NEAR_UNWEIGHTED),
+])
+def test_a_quiet_stem_collinear_with_a_loud_one_takes_its_balance_where_it_is_not(weighted, seeds,
+                                                                                  monkeypatch):
     """A quiet kick panned hard right (18 dB of balance, 30 dB under a loud centred kick)
     whose body (40-200 Hz) is nearly the loud kick's, with a click of its own (1-4 kHz);
     the loud kick reaches the mix through a moving gain no strip reproduces (a compressor's),
@@ -250,34 +265,32 @@ def test_a_quiet_stem_collinear_with_a_loud_one_takes_its_balance_where_it_is_no
     the inverse of what no regressor explains there, the quiet kick's balance comes from
     its click, within 0.75 dB. Matters: every bin alike, its body (most of its energy, and
     collinear) takes up the loud kick's centred misfit, several dB toward the centre.
-    (Shovon-ProgressiveHousePluckDemo, hidden seed 62767: 03-kick01 came out +5.3 dB.)"""
+    (Shovon-ProgressiveHousePluckDemo, hidden seed 62767: 03-kick01 came out +5.3 dB.)
+    Fixed seeds (``_OFF_WEIGHTED``, ``_NEAR_UNWEIGHTED``: strict expected failures)."""
     from diffmix.mixing import solvers
     from diffmix.mixing.solvers import solve_placement
 
     if not weighted:
         monkeypatch.setattr(solvers, "_band_noise", lambda *args: None)
-    seed = int(np.random.SeedSequence().entropy % 10_000)
-    print(f"seed {seed}")
-    g = torch.Generator().manual_seed(seed)
-    n = 4 * SR
-    t = torch.arange(n, dtype=torch.float64) / SR
+    for seed in seeds:
+        print(f"seed {seed}")
+        g = torch.Generator().manual_seed(seed)
+        n = 4 * SR
+        t = torch.arange(n, dtype=torch.float64) / SR
 
-    def noise() -> torch.Tensor:
-        return torch.randn(n, generator=g, dtype=torch.float64)
-
-    beat = torch.exp(-((t * 2) % 1.0) * 8)  # a hit every 0.5 s
-    body, own, click = noise(), noise(), noise()
-    loud = _band(beat * body, 40, 200)
-    quiet = _band(beat * (0.995 * body + 0.1 * own), 40, 200) + 0.1 * _band(beat * click, 1000, 4000)
-    rate = float(torch.empty(1).uniform_(0.3, 2.0, generator=g))
-    moving = 1 + 0.3 * torch.sin(2 * math.pi * rate * t)
-    truth = 0.03 * torch.tensor([0.12, 0.99], dtype=torch.float64)
-    ref = (moving * loud).expand(2, n) + truth.view(2, 1) * quiet
-    stems = torch.stack([loud.expand(2, n), quiet.expand(2, n)])
-    matrix, one_column, _, _ = solve_placement(stems.float(), ref.float(), SR, mono=[False, False])
-    assert one_column == [True, True]
-    err_db = _balance_error_db(matrix[1], truth)
-    if weighted:
-        assert abs(err_db) < 0.75, (seed, err_db)
-    else:
-        assert err_db > 6.0, (seed, err_db)
+        beat = torch.exp(-((t * 2) % 1.0) * 8)  # a hit every 0.5 s
+        body, own, click = (torch.randn(n, generator=g, dtype=torch.float64) for _ in range(3))
+        loud = _band(beat * body, 40, 200)
+        quiet = _band(beat * (0.995 * body + 0.1 * own), 40, 200) + 0.1 * _band(beat * click, 1000, 4000)
+        rate = float(torch.empty(1).uniform_(0.3, 2.0, generator=g))
+        moving = 1 + 0.3 * torch.sin(2 * math.pi * rate * t)
+        truth = 0.03 * torch.tensor([0.12, 0.99], dtype=torch.float64)
+        ref = (moving * loud).expand(2, n) + truth.view(2, 1) * quiet
+        stems = torch.stack([loud.expand(2, n), quiet.expand(2, n)])
+        matrix, one_column, _, _ = solve_placement(stems.float(), ref.float(), SR, mono=[False, False])
+        assert one_column == [True, True]
+        err_db = _balance_error_db(matrix[1], truth)
+        if weighted:
+            assert abs(err_db) < 0.75, (seed, err_db)
+        else:
+            assert err_db > 6.0, (seed, err_db)

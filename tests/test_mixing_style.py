@@ -333,12 +333,19 @@ def test_style_master_lands_the_loudness_range_under_a_judge_that_weighs_it_ligh
     assert stages[-1][0] == "loudness range trim"
     # The tolerance: a quarter of the master input's distance, 0.001-0.01 LU.
     assert trim["tolerance_lu"] == pytest.approx(min(0.01, max(0.001, 0.25 * start["lra"])), abs=1e-4)
-    # Never further from the reference's LRA than before it; landed wherever a candidate's
-    # tries bracketed the goal (some references' LRA lies outside what the ride can reach:
-    # its LRA is not monotone in range_scale over the whole range).
-    assert end["lra"] <= trim["lra_before"] + 1e-6, trim
-    if any(min(e for _, e in c["tried"]) < 0 < max(e for _, e in c["tried"]) for c in trim["candidates"]):
-        assert end["lra"] <= trim["tolerance_lu"] + 1e-6, trim
+    # Never further from the reference's LRA than before it; landed wherever a candidate
+    # the trim may keep (every other feature within its bar) bracketed the goal with its
+    # tries (some references' LRA lies outside what the ride can reach: its LRA is not
+    # monotone in range_scale over the whole range). A candidate over a bar is not kept,
+    # landed or not (seed 744389: the ride landed the LRA but took the crest over its bar).
+    # The report rounds both bounds to 4 decimals, so each may read up to half a unit under
+    # the value the trim used (seed 744389 kept nothing: its LRA distance 0.14862 as before,
+    # reported 0.1486).
+    rounded = 0.5e-4
+    assert end["lra"] <= trim["lra_before"] + rounded + 1e-6, trim
+    if any(min(e for _, e in c["tried"]) < 0 < max(e for _, e in c["tried"])
+           for c in trim["candidates"] if not c["over_bar"]):
+        assert end["lra"] <= trim["tolerance_lu"] + rounded + 1e-6, trim
     for k in ("tone_mid", "tone_side", "width", "loudness"):
         assert end[k] <= 0.5 * start[k] + 0.02, (k, start, end)
 

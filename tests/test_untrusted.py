@@ -124,10 +124,10 @@ def test_yaml_bomb_is_refused_at_once(tmp_path):
         lines.append(f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 10) + "]")
     bomb = tmp_path / "bomb.yaml"
     bomb.write_text("\n".join(lines) + "\n")
-    t0 = time.perf_counter()
+    t0 = time.thread_time()  # this thread's CPU time: a loaded machine's wall time is no measure
     with pytest.raises(ConfigError, match=r"bomb.yaml: YAML aliases \(\*a0\) are not allowed"):
         load_preset(bomb)
-    assert time.perf_counter() - t0 < 1.0
+    assert time.thread_time() - t0 < 1.0
 
 
 def test_deep_nesting_and_size_are_capped(tmp_path):
