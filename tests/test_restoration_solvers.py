@@ -568,10 +568,10 @@ def test_burst_level_is_the_larger_where_windows_overlap_whatever_the_order():
     starts = torch.from_numpy(rng.integers(0, t - span, 30))
     bursts = torch.stack([torch.from_numpy(rng.integers(0, n, 30)), starts,
                           starts + torch.from_numpy(rng.integers(1, span, 30))], -1)
-    one_by_one = [_burst_level(rows, bursts[k : k + 1], width, span) for k in range(len(bursts))]
-    covered = torch.stack([lv != 1.0 for lv in one_by_one]).any(0)
-    want = torch.where(covered, torch.stack(one_by_one).where(
-        torch.stack([lv != 1.0 for lv in one_by_one]), -math.inf).amax(0), 1.0)
+    levels = torch.stack([_burst_level(rows, bursts[k : k + 1], width, span)
+                          for k in range(len(bursts))])
+    covered = levels != 1.0  # each burst's own window
+    want = torch.where(covered.any(0), levels.where(covered, -math.inf).amax(0), 1.0)
     threads = torch.get_num_threads()
     try:
         for k in (1, 2):
