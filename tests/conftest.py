@@ -18,6 +18,12 @@ SHARED = Path(os.environ.get("DIFFMIX_SHARED", _ROOT.parent / "shared")) / "data
 torch.set_num_threads(max(1, torch.get_num_threads()))
 
 
+def pytest_report_header(config) -> str:  # noqa: ANN001
+    from tests.seeds import salt
+
+    return f"diffmix test seeds: salt {salt()} (tests/seeds.py; DIFFMIX_TEST_SEED=fresh draws anew)"
+
+
 def pytest_collection_modifyitems(config, items):  # noqa: ANN001
     if torch.cuda.is_available():
         return

@@ -16,6 +16,7 @@ from diffmix.effects.dynamics import Limiter
 from diffmix.functional import _peak_kernels as _pk
 from diffmix.functional import limiter as F
 from diffmix.kernels import ops
+from tests.seeds import drawn_seed
 
 SR = 44100
 pytestmark = pytest.mark.usefixtures("_single_thread")
@@ -240,7 +241,7 @@ def test_drive_renders_read_the_same_with_the_strict_levels_floor():
     # the renders read must not depend on the levels under the floor.
     from diffmix.functional import peaks as P
 
-    seed = int(np.random.SeedSequence().entropy % 10**6)
+    seed = drawn_seed(10**6)
     print(f"seed {seed}")
     g = torch.Generator().manual_seed(seed)
     n = int(SR * (1.6 + torch.rand((), generator=g)))  # over two of the strict meter's FFT blocks
@@ -288,7 +289,7 @@ def test_drive_renders_level_in_one_strict_pass_reads_as_two_passes():
     # floor (from the samples' peak) instead of in a whole pass of their own first: every
     # render and strict peak, at drives at rest, limiting and past the floor's headroom, bit
     # for bit the two passes'.
-    seed = int(np.random.SeedSequence().entropy % 10**6)
+    seed = drawn_seed(10**6)
     print(f"seed {seed}")
     g = torch.Generator().manual_seed(seed)
     n = int(SR * (0.8 + 1.5 * torch.rand((), generator=g)))
@@ -353,7 +354,7 @@ def test_driven_bound_holds_over_every_meter_row():
     from diffmix.functional import peaks as P
     from diffmix.functional.dynamics import ms_to_pole
 
-    seed = int(np.random.SeedSequence().entropy % 10**6)
+    seed = drawn_seed(10**6)
     print(f"seed {seed}")
     g = torch.Generator().manual_seed(seed)
     sr = [44100, 48000, 96000][int(torch.randint(0, 3, (), generator=g))]
@@ -390,7 +391,7 @@ def test_strict_correction_with_a_bound_reads_as_without():
     from diffmix.functional import peaks as P
     from diffmix.functional.dynamics import ms_to_pole
 
-    seed = int(np.random.SeedSequence().entropy % 10**6)
+    seed = drawn_seed(10**6)
     print(f"seed {seed}")
     g = torch.Generator().manual_seed(seed)
     n = int(SR * (1.6 + torch.rand((), generator=g)))  # over two of the strict meter's FFT blocks

@@ -6,12 +6,13 @@ import numpy as np
 import pytest
 
 from diffmix.linalg import nnls
+from tests.seeds import drawn_seed
 
 scipy_optimize = pytest.importorskip("scipy.optimize")
 
 
 def test_nnls_matches_scipy_on_random_problems():
-    seed = int(np.random.SeedSequence().entropy % 2**32)
+    seed = drawn_seed(2**32)
     print(f"nnls seed {seed}")
     rng = np.random.default_rng(seed)
     for _ in range(500):

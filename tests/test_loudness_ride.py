@@ -14,10 +14,11 @@ import torch
 from diffmix.effects.dynamics import LoudnessRide
 from diffmix.functional.loudness import loudness_range
 from diffmix.functional.loudness_ride import loudness_ride, ride_gain_db
+from tests.seeds import drawn_seed
 
 
 def _seed() -> int:
-    seed = int(np.random.SeedSequence().entropy % 10**6)
+    seed = drawn_seed(10**6)
     print("seed", seed)
     return seed
 

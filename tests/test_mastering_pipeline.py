@@ -6,7 +6,6 @@ from __future__ import annotations
 import ast
 import json
 import math
-import random
 
 import numpy as np
 import pytest
@@ -16,6 +15,7 @@ from hydra import compose, initialize_config_dir
 from jobs_helpers import ROOT, music, write
 
 from diffmix.functional.loudness import GatedMeter, integrated_loudness, loudness_range
+from tests.seeds import drawn_seed
 
 PACKAGE = ROOT / "diffmix"
 
@@ -68,7 +68,7 @@ def test_the_rule_sees_a_climb():
     assert "DictConfig" in ast.unparse(fn.args.args[0].annotation)
 
 
-@pytest.mark.parametrize("seed", [random.randrange(1 << 16)])
+@pytest.mark.parametrize("seed", [drawn_seed(1 << 16)])
 @pytest.mark.parametrize("sr", [44100, 48000])
 def test_gated_meter_over_chunks_equals_the_whole_signal_meters(seed, sr):
     print("seed", seed)

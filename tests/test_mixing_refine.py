@@ -29,6 +29,7 @@ from diffmix.mixing.wiring import (
     initialise_console,
     placement_resolve,
 )
+from tests.seeds import drawn_seed
 
 SR = 44100
 BANDS = ("low_shelf", "peak", "peak", "peak", "high_shelf")
@@ -373,7 +374,7 @@ def test_the_refines_leave_every_tracks_loudness_where_they_found_it(monkeypatch
     from diffmix.mixing.console_fit import MixFitOptions, fit_console
     from diffmix.mixing.wiring import track_loudness
 
-    seed = int(np.random.SeedSequence().entropy % 10000)
+    seed = drawn_seed(10000)
     rng = np.random.default_rng(seed)
     print(f"seed {seed}")
     stems = _stems(3.0, seed)

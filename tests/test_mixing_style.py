@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import math
 
-import numpy as np
 import pytest
 import soundfile as sf
 import torch
@@ -23,6 +22,7 @@ from diffmix.functional.loudness import integrated_loudness, loudness_range
 from diffmix.functional.match_eq import band_levels_db
 from diffmix.mixing.style import style_distances
 from diffmix.mixing.style_master import (
+    _distances,
     _run,
     dynamics_stage,
     equal_loudness_sum,
@@ -33,6 +33,7 @@ from diffmix.mixing.style_master import (
     tone_width_stage,
 )
 from tests.jobs_helpers import ROOT, run_cli
+from tests.seeds import drawn_seed
 
 SR = 44100
 
@@ -206,7 +207,7 @@ def _bass_and_bright(seed: int, seconds: float, swell_db: float) -> torch.Tensor
 SWELL_DB = 12.0
 
 
-@pytest.mark.parametrize("seed", [int(np.random.SeedSequence().entropy % 10**6)])
+@pytest.mark.parametrize("seed", [drawn_seed(10**6)])
 def test_ride_stage_lands_the_loudness_range_a_compressor_cannot(seed):
     # The loudness swells with a bright part K-weighting hears, under a steady bass that
     # holds the waveform's level: the ride (after the limiter, solved on the output) lands
@@ -270,7 +271,7 @@ def _judge(console, score, stages):  # noqa: ANN001, ANN202
     return judge
 
 
-@pytest.mark.parametrize("seed", [int(np.random.SeedSequence().entropy % 10**6)])
+@pytest.mark.parametrize("seed", [drawn_seed(10**6)])
 def test_style_master_halves_every_distance_toward_a_differently_processed_song(seed):
     # A random synthetic multitrack toward another, processed through a random M/S EQ, a
     # random width and a compressor or an expander, each stage judged (here: by the sum of
@@ -304,7 +305,7 @@ def test_style_master_halves_every_distance_toward_a_differently_processed_song(
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("seed", [int(np.random.SeedSequence().entropy % 10**6)])
+@pytest.mark.parametrize("seed", [drawn_seed(10**6)])
 def test_style_master_lands_the_loudness_range_under_a_judge_that_weighs_it_lightly(seed):
     # The fit's objective weighs the loudness range and crest at 0.01 against the tone, so
     # its judge keeps a tone stage that moves the LRA and reverts a dynamics stage that
@@ -327,9 +328,14 @@ def test_style_master_lands_the_loudness_range_under_a_judge_that_weighs_it_ligh
         reference = ref_console(_stems(seed + 1, seconds=16.0)).double()
         start = style_distances(equal_loudness_sum(stems, SR), reference, SR)
         report = style_master(console, stems, reference, SR, judge)
-        end = style_distances(console(stems).double(), reference, SR)
+        # The stages judge the master bus in float64 on the master input; the console's
+        # float32 render reads the same within float32 rounding (seed 917900: LRA
+        # distance 0.00855 one way, 0.00858 the other).
+        end = _distances(console, master_input(console, stems).double(), reference, SR)
+        rendered = style_distances(console(stems).double(), reference, SR)
     trim = report["lra trim"]
-    print(report, start, end)
+    print(report, start, end, rendered)
+    assert rendered == pytest.approx(end, abs=5e-3)
     assert stages[-1][0] == "loudness range trim"
     # The tolerance: a quarter of the master input's distance, 0.001-0.01 LU.
     assert trim["tolerance_lu"] == pytest.approx(min(0.01, max(0.001, 0.25 * start["lra"])), abs=1e-4)
@@ -344,7 +350,7 @@ def test_style_master_lands_the_loudness_range_under_a_judge_that_weighs_it_ligh
     rounded = 0.5e-4
     assert end["lra"] <= trim["lra_before"] + rounded + 1e-6, trim
     if any(min(e for _, e in c["tried"]) < 0 < max(e for _, e in c["tried"])
-           for c in trim["candidates"] if not c["over_bar"]):
+           for c in trim.get("candidates", []) if not c["over_bar"]):
         assert end["lra"] <= trim["tolerance_lu"] + rounded + 1e-6, trim
     for k in ("tone_mid", "tone_side", "width", "loudness"):
         assert end[k] <= 0.5 * start[k] + 0.02, (k, start, end)

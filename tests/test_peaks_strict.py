@@ -20,6 +20,7 @@ from diffmix.functional.peaks import (
     strict_envelope,
     strict_true_peak,
 )
+from tests.seeds import drawn_seed
 
 SR = 44100
 CORE, OVERLAP, UP = 1 << 15, 1 << 11, 8  # the meter's FFT blocks (a definition, not a knob)
@@ -250,7 +251,7 @@ def _burst_signal(seed: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Te
     return x.to(dtype), gain.to(dtype)
 
 
-@pytest.mark.parametrize("seed", [int(np.random.SeedSequence().entropy % 10**6), 7])
+@pytest.mark.parametrize("seed", [drawn_seed(10**6), 7])
 def test_a_floor_leaves_exact_every_level_that_reaches_it(seed):
     # strict_envelope(floor=): the FIR rows skip the blocks their L1 bound keeps under the
     # floor. Checked against the full computation on both dtypes, with and without a gain:
@@ -271,7 +272,7 @@ def test_a_floor_leaves_exact_every_level_that_reaches_it(seed):
         strict_envelope(x, SR, floor=torch.ones(3))
 
 
-@pytest.mark.parametrize("seed", [int(np.random.SeedSequence().entropy % 10**6), 8])
+@pytest.mark.parametrize("seed", [drawn_seed(10**6), 8])
 def test_the_skipped_fir_blocks_stay_under_the_floor_and_the_bound_is_reached(seed):
     # _fir_todo's bound (the largest row's L1 norm times the largest |x| within reach of a
     # block) against the rows' full envelope: every block it leaves out reads under the
@@ -350,7 +351,7 @@ def _bound_signals(seed: int) -> dict[str, np.ndarray]:
     return signals
 
 
-@pytest.mark.parametrize("seed", [int(np.random.SeedSequence().entropy % 10**6), 23])
+@pytest.mark.parametrize("seed", [drawn_seed(10**6), 23])
 def test_ideal_points_stay_within_the_error_bound_of_the_kaiser_points(seed):
     # The bound that lets the strict meter skip an FFT block: every ideal 8x point (the
     # exhaustive float64 definition) is at most the Kaiser 8x rows' point at the same place
@@ -398,7 +399,7 @@ def _stepped_signal(seed: int) -> torch.Tensor:
     return x / x.abs().amax((1, 2), keepdim=True) * scale
 
 
-@pytest.mark.parametrize("seed", [int(np.random.SeedSequence().entropy % 10**6), 31])
+@pytest.mark.parametrize("seed", [drawn_seed(10**6), 31])
 def test_a_floor_skips_ideal_blocks_and_leaves_every_level_that_reaches_it(seed, monkeypatch):
     # strict_envelope(floor=) skips the ideal interpolation of FFT blocks whose points can't
     # reach the floor: bit for bit wherever the exact level reaches it, never above it
@@ -428,7 +429,7 @@ def test_a_floor_skips_ideal_blocks_and_leaves_every_level_that_reaches_it(seed,
     assert skipped[0] > 0
 
 
-@pytest.mark.parametrize("seed", [int(np.random.SeedSequence().entropy % 10**6), 41])
+@pytest.mark.parametrize("seed", [drawn_seed(10**6), 41])
 def test_fir_bounds_in_parts_read_as_the_whole(seed, monkeypatch):
     # A long signal's FIR bounds are taken in parts with a block of context each side: the
     # same values as over the whole, at any part length and signal length.
@@ -445,7 +446,7 @@ def test_fir_bounds_in_parts_read_as_the_whole(seed, monkeypatch):
         assert torch.equal(peaks._fir_bounds(x, rows), whole)
 
 
-@pytest.mark.parametrize("seed", [int(np.random.SeedSequence().entropy % 10**6), 29])
+@pytest.mark.parametrize("seed", [drawn_seed(10**6), 29])
 def test_fir_points_stay_within_the_error_bound_above_the_ideal_points(seed):
     # The bound that lets a floored level skip the Kaiser 8x rows and the meter's own rows
     # (ideal_first): each of their points is at most the ideal points around it plus
@@ -471,7 +472,7 @@ def test_fir_points_stay_within_the_error_bound_above_the_ideal_points(seed):
                     assert worst <= e, (factor, name, s, worst, e)
 
 
-@pytest.mark.parametrize("seed", [int(np.random.SeedSequence().entropy % 10**6), 37])
+@pytest.mark.parametrize("seed", [drawn_seed(10**6), 37])
 def test_ideal_first_leaves_every_level_that_reaches_the_floor(seed, monkeypatch):
     # strict_envelope(floor=, ideal_first=True) computes every ideal point, then runs the
     # Kaiser and meter rows only in blocks where those points plus their bound reach the

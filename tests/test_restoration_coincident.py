@@ -11,6 +11,7 @@ import torch
 from scipy.signal import lfilter
 
 from diffmix.functional.restoration import coincident_interpolate, lsar_interpolate, repair_clicks, runs
+from tests.seeds import drawn_seed
 
 HOP = 1024
 
@@ -70,7 +71,7 @@ def test_rank_one_click_repaired_better_jointly():
     # that the click is one shape in both channels (up to its EM-fitted covariance), so
     # it cannot be worse on average, and for a rank-one click one mix of the channels is
     # click-free: half the unknowns. Pooled over 12 draws it must gain 3 dB or more.
-    base = int(np.random.SeedSequence().entropy % 100000)
+    base = drawn_seed(100000)
     print("seeds from", base)
     per, joint = gains(range(base, base + 12), related=True)
     print(f"per channel {per:+.2f} dB, joint {joint:+.2f} dB")
@@ -80,7 +81,7 @@ def test_rank_one_click_repaired_better_jointly():
 def test_unrelated_clicks_keep_the_per_channel_repair():
     # Independent clicks at the same samples: the fitted click covariance is near
     # diagonal and the joint repair is the per-channel one, up to the estimate's noise.
-    base = int(np.random.SeedSequence().entropy % 100000)
+    base = drawn_seed(100000)
     print("seeds from", base)
     per, joint = gains(range(base, base + 12), related=False)
     print(f"per channel {per:+.2f} dB, joint {joint:+.2f} dB")
@@ -118,7 +119,7 @@ def test_repair_clicks_uses_the_joint_repair():
     # repair_clicks fits its own models (and its joint stereo model may replace the AR
     # one frame by frame): the joint click model must reach its output there too. Pooled
     # over 4 draws of 1 s, a rank-one click is repaired better with it than without.
-    base = int(np.random.SeedSequence().entropy % 100000)
+    base = drawn_seed(100000)
     print("seeds from", base)
     err = np.zeros(3)
     for seed in range(base, base + 4):
@@ -138,7 +139,7 @@ def test_a_span_flagged_in_either_channel_is_repaired_in_both():
     # channel's spans here miss 0-3 samples at either end. Within a group the joint
     # repair reads a sample flagged in either channel as damaged in both, so it repairs
     # the whole click in both channels, as with the true mask.
-    seed = int(np.random.SeedSequence().entropy % 100000)
+    seed = drawn_seed(100000)
     print("seed", seed)
     rng = np.random.default_rng(seed)
     x, y, m, c, s = damage(seed, related=True)

@@ -18,6 +18,7 @@ from diffmix.jobs import master
 from diffmix.jobs._mastering import wants_streaming
 from diffmix.mastering.source import DiskAudio, measure_file
 from diffmix.report import ChunkMeter
+from tests.seeds import drawn_seed
 
 SR = 48000
 SECONDS = 40.0
@@ -134,7 +135,7 @@ _STRICT_OFF = (4, 109974127)
 
 
 def _fresh_seed() -> int:
-    return int(np.random.SeedSequence().entropy % 2**32)
+    return drawn_seed(2**32)
 
 
 @pytest.mark.parametrize("strict, piece, seed", [
