@@ -87,8 +87,9 @@ def correlation(x: Tensor, eps: float = 1e-12) -> Tensor:
     Silence gives 1 (nothing decorrelated), not NaN.
     """
     left, right = x[:, 0], x[:, 1]
-    num = (left * right).mean(-1)
-    energy = left.square().mean(-1) * right.square().mean(-1)
+    n = x.shape[-1]  # inner products: no full-length temporaries
+    num = torch.linalg.vecdot(left, right) / n
+    energy = (torch.linalg.vecdot(left, left) / n) * (torch.linalg.vecdot(right, right) / n)
     den = torch.sqrt(energy.clamp_min(eps * eps))  # clamped first: sqrt'(0) is infinite
     return torch.where(energy > eps * eps, num / den, torch.ones_like(num))
 
@@ -98,9 +99,9 @@ def crest_factor_db(x: Tensor, eps: float = 1e-12) -> Tensor:
 
     Differentiable (the peak's gradient goes to the loudest sample); 0 dB for silence.
     """
-    flat = x.flatten(1)
-    rms = flat.square().mean(-1).clamp_min(eps * eps).sqrt()
-    peak = flat.abs().amax(-1).clamp_min(eps)
+    flat = x.flatten(1)  # an inner product and two extremes: no full-length temporaries
+    rms = (torch.linalg.vecdot(flat, flat) / flat.shape[-1]).clamp_min(eps * eps).sqrt()
+    peak = torch.maximum(flat.amax(-1), -flat.amin(-1)).clamp_min(eps)
     return 20.0 * torch.log10(peak / rms)
 
 

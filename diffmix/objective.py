@@ -36,6 +36,7 @@ from torch import Tensor, nn
 from diffmix.features import FeatureExtractor, crest_factor_db
 from diffmix.functional.loudness import integrated_loudness, loudness_profile
 from diffmix.functional.peaks import true_peak_soft
+from diffmix.functional.spectrum import mid_side_psd
 from diffmix.losses import MRSTFTLoss, hinge
 
 TERMS = (
@@ -126,16 +127,20 @@ class Objective(nn.Module):
             self.ref = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
 
     def _reference_features(self, ref: Tensor) -> dict[str, Tensor]:
-        f = self.features(ref)
+        # The reference's mid/side spectrum in float64, measured once per signal (a master
+        # job's match EQ has analysed it already), and one K-weighting for its loudness terms.
+        psd = mid_side_psd(ref, self.features.n_fft) if ref.shape[1] == 2 else self.features.psd(ref)
+        f = self.features.from_psd(psd.to(ref.dtype), ref)
         out = {
             "tone_mid": f.tone_mid, "tone_side": f.tone_side, "width": f.width_db,
             "correlation": f.correlation,
         }
         if {"loudness", "dynamics"} & set(self.weights):
-            out["loudness"] = _finite_lufs(integrated_loudness(ref, self.sample_rate))
-        if "dynamics" in self.weights:
-            out["dynamics"] = dynamics_profile(ref, self.sample_rate)
-            out["crest"] = crest_factor_db(ref)
+            measured = loudness_profile(ref, self.sample_rate)
+            out["loudness"] = _finite_lufs(measured[0])
+            if "dynamics" in self.weights:
+                out["dynamics"] = dynamics_profile(ref, self.sample_rate, measured)
+                out["crest"] = crest_factor_db(ref)
         return out
 
     def _mrstft_view(self, x: Tensor) -> Tensor:

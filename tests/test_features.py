@@ -24,6 +24,24 @@ def test_crest_factor_of_a_sine_is_3db():
     assert float(crest_factor_db(sine)) == pytest.approx(10 * math.log10(2), abs=0.05)
 
 
+def test_correlation_and_crest_factor_against_float64_loops_and_gradcheck():
+    # The oracle: per-item sums in a Python loop over float64 values; then gradcheck in
+    # float64 (the crest factor's peak is a single sample, away from ties).
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(3, 2, 300, generator=g, dtype=torch.float64)
+    for b in range(3):
+        left, right = x[b, 0].tolist(), x[b, 1].tolist()
+        num = sum(a * c for a, c in zip(left, right, strict=True)) / 300
+        den = math.sqrt(sum(a * a for a in left) / 300 * sum(c * c for c in right) / 300)
+        assert float(correlation(x)[b]) == pytest.approx(num / den, rel=1e-12)
+        flat = x[b].flatten().tolist()
+        want = 20 * math.log10(max(abs(v) for v in flat) / math.sqrt(sum(v * v for v in flat) / len(flat)))
+        assert float(crest_factor_db(x)[b]) == pytest.approx(want, rel=1e-12)
+    short = x[..., :40].clone().requires_grad_(True)
+    assert torch.autograd.gradcheck(correlation, (short,))
+    assert torch.autograd.gradcheck(crest_factor_db, (short,))
+
+
 def test_width_of_independent_noise_is_zero_db_and_mono_is_very_negative():
     fx = FeatureExtractor(44100, 4096)
     wide = fx(noise(1, 2, 44100 * 2))

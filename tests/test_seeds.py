@@ -17,8 +17,9 @@ def test_each_call_draws_its_own_seed_and_a_fresh_process_draws_the_same():
     here = _draw()
     assert len(set(here)) == 3, here
     # Another process on the same tree, under the same test name, draws the same seeds.
-    code = ("import os; os.environ['PYTEST_CURRENT_TEST'] = %r\n"
-            "from tests.test_seeds import _draw; print(_draw())") % os.environ["PYTEST_CURRENT_TEST"]
+    test = os.environ["PYTEST_CURRENT_TEST"]
+    code = (f"import os; os.environ['PYTEST_CURRENT_TEST'] = {test!r}\n"
+            "from tests.test_seeds import _draw; print(_draw())")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
                          env={**os.environ, "DIFFMIX_TEST_SEED": os.environ.get("DIFFMIX_TEST_SEED", "")},
                          check=True).stdout

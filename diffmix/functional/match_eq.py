@@ -125,6 +125,92 @@ def design_fir(gain_db: Tensor, centres_hz: Tensor, sample_rate: int, n_fir: int
     return h * torch.fft.ifftshift(window)  # the window's peak on lag 0
 
 
+def response(gain_db: Tensor, centres_hz: Tensor, sample_rate: int, n_fir: int, n_fft: int) -> Tensor:
+    """The amplitude response of the FIR :func:`match_eq` applies for band gains
+    ``(..., bands)``, on the ``n_fft``-point rFFT grid: ``(..., n_fft // 2 + 1)``, real (the
+    taps are zero-phase). Its square times a signal's power spectrum is the rendered
+    signal's (the FIR is linear and time-invariant), up to the spectral estimate's own
+    smoothing where the response moves within it. Not differentiable."""
+    h = design_fir(gain_db.detach(), centres_hz, sample_rate, n_fir)
+    if n_fir >= n_fft:
+        if n_fir % n_fft:
+            raise ValueError(f"match_eq.response: n_fir {n_fir} is not a multiple of n_fft {n_fft}")
+        return torch.fft.rfft(h)[..., :: n_fir // n_fft].real
+    half = n_fir // 2  # zero-phase taps: lags 0 .. half-1 first, the negative lags last
+    pad = h.new_zeros((*h.shape[:-1], n_fft - n_fir))
+    return torch.fft.rfft(torch.cat([h[..., :half], pad, h[..., half:]], -1)).real
+
+
+def _decimate(x: Tensor, factor: int) -> Tensor:
+    """``x`` ``(B, C, T)`` low-passed (a Blackman-windowed sinc, linear phase, cut at 0.8 of
+    the new Nyquist) and kept every ``factor``-th sample: ``(B, C, ceil(T / factor))``."""
+    half = 24 * factor
+    n = torch.arange(-half, half + 1, dtype=torch.float64)
+    cut = 0.8 / factor  # of the old Nyquist
+    window = torch.blackman_window(2 * half + 1, periodic=False, dtype=torch.float64)
+    taps = cut * torch.sinc(cut * n) * window
+    fir = (taps / taps.sum()).to(x.dtype).view(1, 1, -1)
+    return fft_convolve(x, fir, skip=half)[..., ::factor]
+
+
+class FilteredBandLevels:
+    """The :func:`band_levels_db` (float64) of :func:`match_eq` applied to ``x`` ``(B, 2, T)``
+    for band gains ``(B, 2, bands)`` (mid, side) and ``mix`` ``(B,)``, at a fraction of a
+    full render's cost: ``levels(gains, mix)`` -> ``(B, 2, bands)``. Not differentiable.
+
+    Bands up to a quarter of the rate over ``factor`` (2 kHz at 44.1 kHz): the match EQ
+    rendered on ``x`` decimated by ``factor`` (4, or 2, when it divides the rate, the FIR
+    and ``n_fft``), the same curve in Hz, measured by Welch at ``n_fft / factor`` (the same
+    bins and window in Hz); the output's levels are ``x``'s plus the change the render
+    makes to the decimated signal's (the low-pass cancels). Where bands are a bin or two
+    wide and the response moves between them (the lowest), only a render measures what
+    Welch's window mixes. Bands above: the FIR is linear and time-invariant, so the output's
+    spectrum is ``x``'s times the blend's squared response (:func:`response`); there bands
+    span many bins and the response moves slowly across Welch's window.
+    """
+
+    def __init__(self, x: Tensor, sample_rate: int, centres_hz: Tensor, n_fir: int,
+                 n_fft: int = 8192) -> None:
+        self.sample_rate, self.n_fir, self.n_fft = int(sample_rate), int(n_fir), int(n_fft)
+        self.centres = centres_hz.detach().to("cpu", torch.float64)
+        self.factor = next((f for f in (4, 2) if not (sample_rate % f or n_fir % f or n_fft % f)), 1)
+        step = float(self.centres[1] / self.centres[0]) if self.centres.numel() > 1 else 2 ** (1 / 3)
+        self.low = self.centres * math.sqrt(step) < 0.25 * self.sample_rate / self.factor
+        self.x = x.detach()
+        self.psd = mid_side_psd(self.x, self.n_fft)
+        self.before = signal_band_levels_db(self.x, self.sample_rate, self.centres, self.n_fft)
+        self.high_before = psd_band_levels_db(self.psd, self.sample_rate, self.centres, self.n_fft)
+        if self.factor > 1 and bool(self.low.any()):
+            self.small = _decimate(self.x, self.factor)
+            self.low_before = self._low_levels(self.small)
+
+    def _low_levels(self, y: Tensor) -> Tensor:
+        return band_levels_db(y, self.sample_rate // self.factor, self.centres[self.low],
+                              self.n_fft // self.factor, float64=True)
+
+    def _render(self, x: Tensor, sample_rate: int, gain_db: Tensor, mix: Tensor, n_fir: int) -> Tensor:
+        g, m = gain_db.to(x.dtype), mix.to(x.dtype)
+        return match_eq(x, sample_rate, mid_gain_db=g[:, 0], side_gain_db=g[:, 1], mix=m,
+                        centres_hz=self.centres, n_fir=n_fir)
+
+    @torch.no_grad()
+    def __call__(self, gain_db: Tensor, mix: Tensor) -> Tensor:
+        gain_db = gain_db.detach().to(self.psd.device, torch.float64)
+        mix = mix.detach().to(self.psd.device, torch.float64).reshape(-1)
+        if self.factor == 1:  # no decimation divides the rate: the render itself
+            y = self._render(self.x, self.sample_rate, gain_db, mix, self.n_fir)
+            return band_levels_db(y, self.sample_rate, self.centres, self.n_fft, float64=True)
+        h = response(gain_db, self.centres, self.sample_rate, self.n_fir, self.n_fft)
+        blend = (1.0 + mix.view(-1, 1, 1) * (h - 1.0)).square()
+        after = psd_band_levels_db(self.psd * blend, self.sample_rate, self.centres, self.n_fft)
+        change = after - self.high_before
+        if bool(self.low.any()):
+            f = self.factor
+            y = self._render(self.small, self.sample_rate // f, gain_db, mix, self.n_fir // f)
+            change[..., self.low] = self._low_levels(y) - self.low_before
+        return self.before + change
+
+
 def match_eq(
     x: Tensor,
     sample_rate: int,
@@ -211,11 +297,17 @@ def band_levels_db(x: Tensor, sample_rate: int, centres_hz: Tensor, n_fft: int =
     interpolated level (so every band has a finite reading). ``float64``: measured in
     float64 (from ``x``'s own samples a block at a time, without a gradient on the CPU).
     """
-    centres_hz = centres_hz.detach().to("cpu", torch.float64)
     if float64 and not (torch.is_grad_enabled() and x.requires_grad):
         psd = mid_side_psd(x, n_fft)  # measured once per signal (the report's tone error too)
     else:
         psd = welch_psd(x, n_fft, pre=(lambda part: mid_side(part.double())) if float64 else mid_side)
+    return psd_band_levels_db(psd, sample_rate, centres_hz, n_fft)
+
+
+def psd_band_levels_db(psd: Tensor, sample_rate: int, centres_hz: Tensor, n_fft: int = 8192) -> Tensor:
+    """:func:`band_levels_db` from a power spectrum ``(..., n_fft // 2 + 1)`` already taken:
+    ``(..., bands)``."""
+    centres_hz = centres_hz.detach().to("cpu", torch.float64)
     fraction = round(0.3 / math.log10(float(centres_hz[1] / centres_hz[0]))) if centres_hz.numel() > 1 else 3
     matrix, found = band_matrix(sample_rate, n_fft, fraction, float(centres_hz[0]) * 0.99,
                                 float(centres_hz[-1]) * 1.01)
