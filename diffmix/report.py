@@ -132,8 +132,11 @@ def summary(x: torch.Tensor, sample_rate: int, chunk_s: float = 30.0) -> dict:
     x = x.detach()
 
     def read(a: int, z: int) -> Tensor:  # samples a .. z, zeros outside the signal
-        part = x[..., max(a, 0) : min(z, t)].to("cpu", torch.float64)
-        return torch.nn.functional.pad(part, (max(0, -a), max(0, z - t)))
+        out = x.new_zeros((*x.shape[:-1], z - a), dtype=torch.float64, device="cpu")
+        lo, hi = max(a, 0), min(z, t)
+        if hi > lo:  # one float64 copy of the chunk, written in place (no padded second copy)
+            out[..., lo - a : hi - a].copy_(x[..., lo:hi])
+        return out
 
     with torch.no_grad():
         return meter_chunks(read, t, sample_rate, x.shape[1], chunk_s=chunk_s)
