@@ -112,6 +112,21 @@ def side_mid_ratio_db_floored(x: Tensor, eps: float = 1e-12) -> Tensor:
     return _floored_ratio_db(mid_side(x).square().mean(-1), eps)
 
 
+def audible_mask(sample_rate: int, n_fft: int) -> Tensor:
+    """``(n_fft // 2 + 1,)`` float64 0/1: the rFFT bins from :data:`WIDTH_EDGES_HZ`'s first
+    edge to its last (20 Hz to 20 kHz), where a side/mid ratio counts."""
+    freqs = torch.arange(n_fft // 2 + 1, dtype=torch.float64) * sample_rate / n_fft
+    return ((freqs >= WIDTH_EDGES_HZ[0]) & (freqs < WIDTH_EDGES_HZ[-1])).to(torch.float64)
+
+
+def audible_side_mid_db(psd: Tensor, sample_rate: int, n_fft: int) -> Tensor:
+    """Side over mid power over the audible band (:func:`audible_mask`) in dB, from mid and
+    side power spectra ``(B, 2, n_fft // 2 + 1)``: ``(B,)``, floored as
+    :func:`side_mid_ratio_db_floored`. What :func:`spectral_errors` compares."""
+    power = psd @ audible_mask(sample_rate, n_fft).to(psd.device, psd.dtype)
+    return _floored_ratio_db(power)
+
+
 def _floored_ratio_db(power: Tensor, eps: float = 1e-12) -> Tensor:
     """Side over mid power in dB, ``(B, 2) -> (B,)``, ``eps`` added to both."""
     return 10.0 * torch.log10((power[:, 1] + eps) / (power[:, 0] + eps))
@@ -142,10 +157,8 @@ def _tone(x: Tensor, sample_rate: int, n_fft: int) -> tuple[Tensor, Tensor, Tens
 
     def make() -> tuple[Tensor, Tensor, Tensor]:
         psd = mid_side_psd(x, n_fft)  # shared with the match EQ's band levels of the same signal
-        extractor = FeatureExtractor(sample_rate, n_fft).to(x.device)
-        f = extractor.from_psd(psd)
-        power = psd @ extractor.coarse.sum(0).to(psd.dtype)  # (B, 2): mid and side, 20 Hz - 20 kHz
-        return f.tone_mid, f.tone_side, _floored_ratio_db(power)
+        f = FeatureExtractor(sample_rate, n_fft).to(x.device).from_psd(psd)
+        return f.tone_mid, f.tone_side, audible_side_mid_db(psd, sample_rate, n_fft)
 
     return _TONES.get(x, (int(sample_rate), int(n_fft)), make)
 

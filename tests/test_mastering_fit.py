@@ -12,6 +12,7 @@ from jobs_helpers import music
 
 from diffmix.fit import excerpt_pool
 from diffmix.mastering import ChainSpec, FitOptions, fit_stage, song_excerpts
+from tests.seeds import drawn_seed
 
 SR = 44100
 
@@ -96,3 +97,39 @@ def test_the_refine_passes_smooth_render_has_the_exact_renders_tone():
     centres = torch.tensor([100.0 * 2 ** (k / 3) for k in range(21)])
     mid, side = match_gains(exact, smooth, SR, centres)
     assert mid.abs().max() < 0.01 and side.abs().max() < 0.01
+
+
+@pytest.mark.parametrize("seed", [0, drawn_seed(10**6)])
+def test_side_trim_lands_the_audible_side_mid_ratio_of_an_eq_change(seed):
+    # Oracle: the match EQ is LTI, so a signal rendered at gains ``new`` with every side gain
+    # moved by side_trim_db's offset reads the target side/mid over 20 Hz-20 kHz, up to the
+    # Welch estimate's smoothing where the response moves within a bin. Random tone, width,
+    # gain changes (a refine fold's: +-3 dB per band) and target (+-6 dB around the input's).
+    from diffmix.effects.match_eq import N_FFT
+    from diffmix.features import audible_side_mid_db
+    from diffmix.functional.match_eq import fir_length, match_centres, match_eq
+    from diffmix.functional.spectrum import mid_side_psd
+    from diffmix.mastering.fit import side_trim_db
+    from tests.test_match_eq import coloured
+
+    print("seed", seed)
+    g = torch.Generator().manual_seed(seed)
+    sr = 44100
+    x = coloured(seed, tilt=float(torch.empty(1).uniform_(-5, 1, generator=g)),
+                 width=float(torch.empty(1).uniform_(0.05, 0.8, generator=g)))
+    c = match_centres(sr)
+    old = {k: torch.empty(c.numel(), dtype=torch.float64).uniform_(-6, 6, generator=g)
+           for k in ("mid_gain_db", "side_gain_db")}
+    new = {k: v + torch.empty_like(v).uniform_(-3, 3, generator=g) for k, v in old.items()}  # a fold
+
+    def ratio(gains: dict, side_offset: float = 0.0) -> float:
+        y = match_eq(x, sr, mid_gain_db=gains["mid_gain_db"],
+                     side_gain_db=gains["side_gain_db"] + side_offset)
+        return float(audible_side_mid_db(mid_side_psd(y.detach().contiguous(), N_FFT), sr, N_FFT)[0])
+
+    target = ratio(old) + float(torch.empty(1).uniform_(-6, 6, generator=g))
+    psd = mid_side_psd(match_eq(x, sr, **old).detach().contiguous(), N_FFT)[0]
+    offset = side_trim_db(psd, old, new, c, sr, fir_length(sr), N_FFT, target)
+    print("target", target, "untrimmed", ratio(new), "offset", offset, "trimmed", ratio(new, offset))
+    assert abs(ratio(new, offset) - target) < 0.1
+    assert abs(ratio(new) - target) > 0.1 or abs(offset) < 0.1  # the offset did the work

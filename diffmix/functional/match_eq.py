@@ -97,6 +97,13 @@ def _interp(centres: tuple[float, ...], sample_rate: int, n_fft: int) -> Tensor:
     return w
 
 
+def interpolation(centres_hz: Tensor, sample_rate: int, n_fft: int) -> Tensor:
+    """``(n_fft // 2 + 1, bands)`` float64: each bin's weights on the band gains, the
+    designed curve being ``gain_db @ interpolation(...).T`` (rows sum to 1 from the first
+    band's lower edge up and fall to 0 over the octave under it)."""
+    return _interp(tuple(float(c) for c in centres_hz.tolist()), int(sample_rate), int(n_fft))
+
+
 def design_curve_db(gain_db: Tensor, centres_hz: Tensor, sample_rate: int, n_fft: int) -> Tensor:
     """The designed response in dB on the ``n_fft``-point rFFT grid, ``(..., n_fft // 2 + 1)``.
 
@@ -108,7 +115,7 @@ def design_curve_db(gain_db: Tensor, centres_hz: Tensor, sample_rate: int, n_fft
     >>> round(float(curve[1000]), 6), round(float(curve[100]), 6)
     (6.0, 0.0)
     """
-    w = _interp(tuple(float(c) for c in centres_hz.tolist()), int(sample_rate), int(n_fft))
+    w = interpolation(centres_hz, sample_rate, n_fft)
     return gain_db @ w.to(gain_db.device, gain_db.dtype).T
 
 

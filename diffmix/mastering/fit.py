@@ -232,21 +232,41 @@ def reference_levels(bus: Bus, references: Sequence[Tensor]) -> list[Tensor]:
 
 @torch.no_grad()
 def refine_match(bus: Bus, y: Tensor, lengths: Sequence[int], references: Sequence[Tensor],
-                 reference_db: Sequence[Tensor] | None = None) -> None:
+                 reference_db: Sequence[Tensor] | None = None,
+                 side_mid_db: Sequence[float] | None = None,
+                 predicted_db: Sequence[float] | None = None) -> list[float] | None:
     """Add to each song's match-EQ gains what its rendered master ``y`` still misses;
-    ``reference_db``: :func:`reference_levels`, where already measured."""
-    from diffmix.effects.match_eq import MatchEQ
-    from diffmix.functional.match_eq import band_levels_db, match_gains
+    ``reference_db``: :func:`reference_levels`, where already measured.
+
+    With ``side_mid_db`` (each reference's side/mid ratio over the audible band, dB:
+    :func:`~diffmix.features.audible_side_mid_db`) the side gains then move together by
+    the one offset that puts the master's ratio there, predicted from ``y``'s spectrum
+    and the change of the EQ's response (:func:`side_trim_db`): the width lands on the
+    reference's whatever the tone fold did to the balance of the loudest bands (a chain
+    that gives a boosted bass band back only in part, a reference whose tone no smooth
+    curve reaches). The chain after the EQ moves the ratio too (a limiter ducking on the
+    mid's bass peaks widens the master), so with ``predicted_db``, the ratio each song's
+    last pass aimed at (what that pass returned), a pass aims past the reference by what
+    ``y`` reads over that aim. Returns each song's aim (with ``side_mid_db``), else None."""
+    from diffmix.effects.match_eq import N_FFT, MatchEQ
+    from diffmix.features import audible_side_mid_db
+    from diffmix.functional.gain import mid_side
+    from diffmix.functional.match_eq import match_gains, psd_band_levels_db
+    from diffmix.functional.spectrum import welch_psd
 
     stage = cast(MatchEQ, bus.effects[MATCH])
     params = bus.named_values()
     keys = ("mid_gain_db", "side_gain_db")
     rows = {k: params[f"{MATCH}.{k}"].exact().clone() for k in keys}
+    lo = {k: params[f"{MATCH}.{k}"].spec.min for k in keys}
+    hi = {k: params[f"{MATCH}.{k}"].spec.max for k in keys}
     wide = (-120.0, 120.0)  # a correction; the sum is clipped to the parameters' ranges
+    aims: list[float] = []
     for i, (n, reference) in enumerate(zip(lengths, references, strict=True)):
         yi = y[i : i + 1, :, :n]
-        # The master's levels in float32, as MatchEQ.match measures its renders (within 1e-5
-        # dB of float64 on real masters), at about a fifth of the full-length analysis' cost.
+        # The master's spectrum in float32, as MatchEQ.match measures its renders (levels within
+        # 1e-5 dB of float64 on real masters), at about a fifth of the full-length analysis' cost.
+        psd = welch_psd(yi, N_FFT, pre=mid_side)
         dm, ds = match_gains(
             yi,
             reference.to(y.device),
@@ -255,16 +275,56 @@ def refine_match(bus: Bus, y: Tensor, lengths: Sequence[int], references: Sequen
             mid_range_db=wide,
             side_range_db=wide,
             reference_db=None if reference_db is None else reference_db[i],
-            x_db=band_levels_db(yi, stage.sample_rate, stage.centres_hz),
+            x_db=psd_band_levels_db(psd, stage.sample_rate, stage.centres_hz, N_FFT),
         )
-        rows["mid_gain_db"][i] += dm[0].double().cpu()
-        rows["side_gain_db"][i] += ds[0].double().cpu()
-    bus.load_values(
-        {
-            f"{MATCH}.{k}": v.clamp(params[f"{MATCH}.{k}"].spec.min, params[f"{MATCH}.{k}"].spec.max)
-            for k, v in rows.items()
-        }
-    )
+        old = {k: rows[k][i].double().cpu() for k in keys}
+        new = {k: (old[k] + d[0].double().cpu()).clamp(lo[k], hi[k])
+               for k, d in zip(keys, (dm, ds), strict=True)}
+        if side_mid_db is not None:
+            target = side_mid_db[i]
+            if predicted_db is not None:  # what the chain after the EQ did to the last pass's aim
+                target -= float(audible_side_mid_db(psd, stage.sample_rate, N_FFT)[0]) - predicted_db[i]
+            new["side_gain_db"] = (new["side_gain_db"] + side_trim_db(
+                psd[0].double().cpu(), old, new, stage.centres_hz, stage.sample_rate, stage.n_fir, N_FFT,
+                target,
+            )).clamp(lo["side_gain_db"], hi["side_gain_db"])
+            aims.append(target)
+        for k in keys:
+            rows[k][i] = new[k].to(rows[k])
+    bus.load_values({f"{MATCH}.{k}": v for k, v in rows.items()})
+    return aims if side_mid_db is not None else None
+
+
+def side_trim_db(psd: Tensor, old: Mapping[str, Tensor], new: Mapping[str, Tensor], centres_hz: Tensor,
+                 sample_rate: int, n_fir: int, n_fft: int, target_db: float, iterations: int = 4) -> float:
+    """The offset (dB) on every side gain of a match EQ that moves from gains ``old`` to
+    ``new`` (``{"mid_gain_db", "side_gain_db"}``, ``(bands,)``) for which a signal with mid
+    and side spectra ``psd`` ``(2, bins)`` (rendered at ``old``) reads ``target_db`` of
+    side/mid over the audible band. Each bin's power moves by the change of the FIR's power
+    response there (:func:`~diffmix.functional.match_eq.response`, ``n_fir`` taps); an
+    offset moves the side curve by the interpolation's row sum (1 from the first band's
+    lower edge up, its taper below), so the ratio is monotone in it and a few Newton steps
+    solve it. Float64; exact for the EQ alone up to the spectral estimate's smoothing."""
+    from diffmix.features import audible_mask
+    from diffmix.functional.match_eq import interpolation, response
+
+    mask = audible_mask(sample_rate, n_fft)
+
+    def power(g: Tensor) -> Tensor:  # the FIR's power response on the spectrum's grid
+        return response(g, centres_hz, sample_rate, n_fir, n_fft).square().clamp_min(1e-30)
+
+    moved = {k: power(new[k]) / power(old[k]) for k in new}
+    mid = (psd[0] * moved["mid_gain_db"] * mask).sum()
+    side = psd[1] * moved["side_gain_db"] * mask
+    reach = interpolation(centres_hz, sample_rate, n_fft).sum(1)  # (bins,)
+    if not (mid > 0 and side.sum() > 0):
+        return 0.0  # silence or mono: no ratio to set
+    offset = torch.zeros((), dtype=torch.float64)
+    for _ in range(iterations):
+        p = side * torch.pow(10.0, offset * reach / 10.0)
+        miss = target_db - 10.0 * torch.log10(p.sum() / mid)
+        offset = offset + miss / ((p * reach).sum() / p.sum()).clamp_min(0.05)
+    return float(offset)
 
 
 @torch.no_grad()

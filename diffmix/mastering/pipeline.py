@@ -26,8 +26,10 @@ import torch
 from diffmix.checks import MAX_SAMPLE_RATE
 from diffmix.config import save_preset
 from diffmix.console import Bus
+from diffmix.effects.match_eq import N_FFT
 from diffmix.errors import UserError
-from diffmix.features import spectral_errors
+from diffmix.features import audible_side_mid_db, spectral_errors
+from diffmix.functional.spectrum import mid_side_psd
 from diffmix.io import check_outputs
 from diffmix.listen import Take, gain_reduction_series, job_warnings, prepare_take, write_listening_report
 from diffmix.mastering.chain import MATCH, ChainSpec
@@ -269,9 +271,13 @@ def _master(songs: list[Song], sr: int, spec: ChainSpec, fit: FitOptions, option
         # after the last one exactly, solving the loudness again from those drives.
         last = torch.tensor([0.0 if s is None else s.drive_db for s in solves], dtype=torch.float64)
         ref_db = reference_levels(bus, references)
+        # With width matched, each pass also lands the side/mid on the reference's.
+        ratios = (None if not fit.weights.get("width") else
+                  [float(audible_side_mid_db(mid_side_psd(r, N_FFT), sr, N_FFT)[0]) for r in references])
         del render  # its pre-limiter signal and buffers: each pass renders afresh
+        aims = None  # the side/mid each pass aimed at: the next pass reads the chain's bias off it
         for k in range(passes):
-            refine_match(bus, y, lengths, references, ref_db)
+            aims = refine_match(bus, y, lengths, references, ref_db, ratios, aims)
             del y  # measured: the next render may take its memory
             if k < passes - 1:
                 y = smooth_render(bus, x, last)
