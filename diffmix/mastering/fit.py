@@ -295,6 +295,42 @@ def refine_match(bus: Bus, y: Tensor, lengths: Sequence[int], references: Sequen
     return aims if side_mid_db is not None else None
 
 
+# How far a delivered master's side/mid (audible band, dB) may sit from its reference's
+# before the side gains are trimmed once more and the master rendered again.
+SIDE_MID_TOLERANCE_DB = 0.05
+
+
+@torch.no_grad()
+def trim_side(bus: Bus, y: Tensor, lengths: Sequence[int], side_mid_db: Sequence[float],
+              tolerance_db: float = SIDE_MID_TOLERANCE_DB) -> bool:
+    """Move the match-EQ side gains of each song whose rendered master ``y`` misses its
+    reference's side/mid over the audible band (``side_mid_db``, dB) by more than
+    ``tolerance_db`` by the one offset that puts it there (:func:`side_trim_db`, with the
+    chain after the EQ as ``y`` shows it). Whether any song moved (then render again)."""
+    from diffmix.effects.match_eq import N_FFT, MatchEQ
+    from diffmix.features import audible_side_mid_db
+    from diffmix.functional.gain import mid_side
+    from diffmix.functional.spectrum import welch_psd
+
+    stage = cast(MatchEQ, bus.effects[MATCH])
+    params = bus.named_values()
+    mid, side = (params[f"{MATCH}.{k}"] for k in ("mid_gain_db", "side_gain_db"))
+    rows = side.exact().clone()
+    moved = False
+    for i, n in enumerate(lengths):
+        psd = welch_psd(y[i : i + 1, :, :n], N_FFT, pre=mid_side)
+        if abs(float(audible_side_mid_db(psd, stage.sample_rate, N_FFT)[0]) - side_mid_db[i]) <= tolerance_db:
+            continue
+        gains = {"mid_gain_db": mid.exact()[i].double().cpu(), "side_gain_db": rows[i].double().cpu()}
+        offset = side_trim_db(psd[0].double().cpu(), gains, gains, stage.centres_hz, stage.sample_rate,
+                              stage.n_fir, N_FFT, side_mid_db[i])
+        rows[i] = (rows[i] + offset).clamp(side.spec.min, side.spec.max)
+        moved = True
+    if moved:
+        bus.load_values({f"{MATCH}.side_gain_db": rows})
+    return moved
+
+
 def side_trim_db(psd: Tensor, old: Mapping[str, Tensor], new: Mapping[str, Tensor], centres_hz: Tensor,
                  sample_rate: int, n_fir: int, n_fft: int, target_db: float, iterations: int = 4) -> float:
     """The offset (dB) on every side gain of a match EQ that moves from gains ``old`` to

@@ -42,6 +42,7 @@ from diffmix.mastering.fit import (
     pad_batch,
     reference_levels,
     refine_match,
+    trim_side,
 )
 from diffmix.mastering.loudness import (
     last_slope,
@@ -213,6 +214,12 @@ def _delivered_path(out: Path, stem: str, options: MasterOptions) -> Path:
     return out / f"{stem}.{options.delivery.checked()[0]}"
 
 
+# At most this many closed-loop side trims after the last refine pass (each a render and a
+# loudness solve, only for a master whose side/mid misses its reference's by more than
+# :data:`~diffmix.mastering.fit.SIDE_MID_TOLERANCE_DB`).
+SIDE_TRIMS = 2
+
+
 def _master(songs: list[Song], sr: int, spec: ChainSpec, fit: FitOptions, options: MasterOptions,
             start: Start, pool: ThreadPoolExecutor, inputs: list[Future], t0: float,
             clock: _Clock) -> list[dict[str, Any]]:
@@ -284,6 +291,17 @@ def _master(songs: list[Song], sr: int, spec: ChainSpec, fit: FitOptions, option
         clock("loudness_solve")
         release_memory()
         render, y, solves = render_and_solve(None if solves[0] is None else last, slope=last_slope(history))
+        widths = ratios or []  # each reference's side/mid, where width is matched
+        for _ in range(SIDE_TRIMS if widths else 0):
+            if not trim_side(bus, y, lengths, widths):
+                break
+            # The chain after the EQ (a limiter ducking on the mid's bass) moved the width past
+            # the last pass's aim: trimmed as this master shows it, rendered and solved again.
+            last = torch.tensor([0.0 if s is None else s.drive_db for s in solves], dtype=torch.float64)
+            del render, y
+            release_memory()
+            render, y, solves = render_and_solve(None if solves[0] is None else last,
+                                                 slope=last_slope(history))
     clock("loudness_solve")
     pre = render.pre  # type: ignore[attr-defined]
     # Each master's strict true peak, as the limiter's correction metered (or bounded) it: delivery
