@@ -171,3 +171,10 @@ def test_trim_side_puts_a_rendered_masters_side_mid_on_the_target(seed):
     y, now = ratio()
     assert not trim_side(bus, y, [y.shape[-1]], [now + 0.5 * SIDE_MID_TOLERANCE_DB])
     assert all(torch.equal(v.exact(), before[k]) for k, v in bus.named_values().items())
+    # Toward a mono reference the side gains go to the floor of their range once; after that
+    # nothing can move, so no further render is asked for. A mono master asks for none.
+    assert trim_side(bus, y, [y.shape[-1]], [-200.0])
+    y, _ = ratio()
+    assert not trim_side(bus, y, [y.shape[-1]], [-200.0])
+    mono = x.mean(1, keepdim=True).expand(-1, 2, -1).contiguous()
+    assert not trim_side(bus, mono, [mono.shape[-1]], [target])

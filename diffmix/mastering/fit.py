@@ -306,7 +306,8 @@ def trim_side(bus: Bus, y: Tensor, lengths: Sequence[int], side_mid_db: Sequence
     """Move the match-EQ side gains of each song whose rendered master ``y`` misses its
     reference's side/mid over the audible band (``side_mid_db``, dB) by more than
     ``tolerance_db`` by the one offset that puts it there (:func:`side_trim_db`, with the
-    chain after the EQ as ``y`` shows it). Whether any song moved (then render again)."""
+    chain after the EQ as ``y`` shows it). Whether any song moved (then render again): not
+    one whose side gains already sit at their range's end that way, nor a mono master."""
     from diffmix.effects.match_eq import N_FFT, MatchEQ
     from diffmix.features import audible_side_mid_db
     from diffmix.functional.gain import mid_side
@@ -324,8 +325,9 @@ def trim_side(bus: Bus, y: Tensor, lengths: Sequence[int], side_mid_db: Sequence
         gains = {"mid_gain_db": mid.exact()[i].double().cpu(), "side_gain_db": rows[i].double().cpu()}
         offset = side_trim_db(psd[0].double().cpu(), gains, gains, stage.centres_hz, stage.sample_rate,
                               stage.n_fir, N_FFT, side_mid_db[i])
-        rows[i] = (rows[i] + offset).clamp(side.spec.min, side.spec.max)
-        moved = True
+        trimmed = (rows[i] + offset).clamp(side.spec.min, side.spec.max)
+        if (trimmed - rows[i]).abs().max() > 1e-3:  # at a range's end (a mono reference), or mono: none
+            rows[i], moved = trimmed, True
     if moved:
         bus.load_values({f"{MATCH}.side_gain_db": rows})
     return moved
