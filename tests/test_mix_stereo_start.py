@@ -137,6 +137,30 @@ def test_compressor_start_finds_compression_where_the_mix_shows_it():
     assert after < 0.5 * before, (before, after)
 
 
+def test_compressor_start_keeps_the_fader_in_its_range():
+    # A compressor found with much gain reduction hands the fader its level back; where that
+    # passes the fader's range (a stem far under its level in the mix, an unseen LMMS song
+    # toward its producer's render: +33 dB), the fader stands at the range's end instead of
+    # the job failing on an out-of-range value.
+    stems = _stems(4.0, seed=2) * 2
+    truth = _console()
+    truth.load_values({"strip.comp.threshold_db": torch.tensor([-30.0, -10.0, -28.0, -10.0]),
+                       "strip.comp.ratio": torch.tensor([6.0, 1.0, 4.0, 1.0])})
+    with torch.no_grad():
+        ref = truth(stems)
+        fitted = _console()
+        est = console_estimate(fitted, stems, ref, SR, coherent=True)
+        initialise_console(fitted, stems, ref, SR, estimate=est)
+        spec = fitted.named_values()["strip.fader.gain_db"].spec
+        fitted.load_values({"strip.fader.gain_db": torch.full((4,), spec.max - 0.5, dtype=torch.float64)})
+        summary = compressor_start(fitted, stems, est, SR)
+    wanted = [spec.max - 0.5 + (c or 0.0) for c in summary["fader_db"]]
+    assert max(wanted) > spec.max, summary  # the case: the change alone passes the range
+    fader = fitted.named_values()["strip.fader.gain_db"].exact()
+    assert float(fader.max()) == pytest.approx(spec.max), fader
+    assert bool((fader >= spec.min).all()), fader
+
+
 def test_judge_keeps_a_stage_that_helps_and_reverts_one_that_hurts():
     stems = _stems(2.0, seed=3)
     truth = _console(comp=False)

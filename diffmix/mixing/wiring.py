@@ -671,6 +671,9 @@ def compressor_start(
         for key, v in (("threshold_db", thr), ("ratio", ratio), ("attack_ms", att), ("release_ms", rel),
                        ("fader_db", c), ("error_db", math.sqrt(err))):
             summary[key].append(round(v, 2))
+    # The fader takes each compressor's level change, within its range (a start past it
+    # stands at the end; the stage is judged on the whole mix like every other).
+    fade = fade.clamp(values[fader].spec.min, values[fader].spec.max)
     console.load_values({f"strip.{comp}.{k}": v for k, v in now.items()} | {fader: fade})
     return {"method": "frame gains (the master's taken out) vs the strip's compressor", **summary,
             "seconds": round(time.perf_counter() - t0, 3)}
