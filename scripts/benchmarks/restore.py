@@ -377,7 +377,7 @@ def _held_out(folder: Path) -> tuple[list[str], str] | None:
     listed = ", ".join(f"{name} {rate:.2f}" for rate, name in sorted(per_file, reverse=True))
     note = (f"Held-out songs (`DIFFMIX_BENCH_RESTORE_MIXES={folder.name}`, {seconds / 60:.1f} minutes): "
             f"{sum(r <= 1.0 for r in rates)} of {len(rates)} files at or under 1 detection a minute, "
-            f"median {rates[len(rates) // 2]:.2f}; per file, a minute: {listed}.")
+            f"median {float(np.median(rates)):.2f}; per file, a minute: {listed}.")
     return row, note
 
 
