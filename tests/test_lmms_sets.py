@@ -21,6 +21,7 @@ _loader.exec_module(lmms_sets)
 
 def test_window_holds_the_most_sounding_tracks():
     seed = drawn_seed(10**6)
+    print(f"seed {seed}")
     rng = np.random.default_rng(seed)
     sr, seconds, length = 1000, 60, 10_000
     n = seconds * sr
