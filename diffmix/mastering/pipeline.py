@@ -214,6 +214,11 @@ def _delivered_path(out: Path, stem: str, options: MasterOptions) -> Path:
     return out / f"{stem}.{options.delivery.checked()[0]}"
 
 
+def _drives(solves: Sequence[Any]) -> torch.Tensor:
+    """Each song's solved limiter drive, dB (0 where no loudness was solved), float64."""
+    return torch.tensor([0.0 if s is None else s.drive_db for s in solves], dtype=torch.float64)
+
+
 # At most this many closed-loop side trims after the last refine pass (each a render and a
 # loudness solve, only for a master whose side/mid misses its reference's by more than
 # :data:`~diffmix.mastering.fit.SIDE_MID_TOLERANCE_DB`).
@@ -276,7 +281,7 @@ def _master(songs: list[Song], sr: int, spec: ChainSpec, fit: FitOptions, option
         # what is left into the match EQ, and render again: between passes at the solved
         # drives through the smooth limiter (the tone is the same; the drives barely move),
         # after the last one exactly, solving the loudness again from those drives.
-        last = torch.tensor([0.0 if s is None else s.drive_db for s in solves], dtype=torch.float64)
+        last = _drives(solves)
         ref_db = reference_levels(bus, references)
         # With width matched, each pass also lands the side/mid on the reference's.
         ratios = (None if not fit.weights.get("width") else
@@ -297,7 +302,7 @@ def _master(songs: list[Song], sr: int, spec: ChainSpec, fit: FitOptions, option
                 break
             # The chain after the EQ (a limiter ducking on the mid's bass) moved the width past
             # the last pass's aim: trimmed as this master shows it, rendered and solved again.
-            last = torch.tensor([0.0 if s is None else s.drive_db for s in solves], dtype=torch.float64)
+            last = _drives(solves)
             del render, y
             release_memory()
             render, y, solves = render_and_solve(None if solves[0] is None else last,

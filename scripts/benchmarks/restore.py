@@ -373,7 +373,7 @@ def _held_out(folder: Path) -> tuple[list[str], str] | None:
     row = [f"none (held-out click-free songs, {len(files)} files, up to {HELDOUT_S:.0f} s each; "
            "outside the goal's shared mixes): detections per minute", f"{60 * found / seconds:.2f}",
            "not run", "-", "-", "-", "-"]
-    rates = sorted(r for r, _ in per_file)
+    rates = [r for r, _ in per_file]
     listed = ", ".join(f"{name} {rate:.2f}" for rate, name in sorted(per_file, reverse=True))
     note = (f"Held-out songs (`DIFFMIX_BENCH_RESTORE_MIXES={folder.name}`, {seconds / 60:.1f} minutes): "
             f"{sum(r <= 1.0 for r in rates)} of {len(rates)} files at or under 1 detection a minute, "
