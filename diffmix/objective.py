@@ -44,9 +44,6 @@ TERMS = (
     "spec_lufs", "spec_true_peak", "spec_lra", "spec_plr", "gain_staging",
 )
 REFERENCE_TERMS = ("tone_mid", "tone_side", "width", "correlation", "loudness", "dynamics")
-# The reference features an excerpt may shift by its own deviation from its song's
-# (:meth:`Objective.tone_features`, ``forward(shift=)``).
-SHIFTABLE = ("tone_mid", "tone_side", "width")
 TARGET_TERMS = ("spec_lufs", "spec_true_peak", "spec_lra", "spec_plr")
 QUANTILES = (0.1, 0.5, 0.9, 0.95)
 
@@ -86,9 +83,7 @@ class Objective(nn.Module):
     Shape:
         ``y``: ``(B, 2, T)``; ``aligned``: the time-aligned reference excerpt, or
         ``aligned_mags``: its :meth:`mrstft_reference` (computed once for many calls);
-        ``shift``: per item, what to add to the reference's :data:`SHIFTABLE` features
-        (``{term: (B, ...)}``, as :meth:`tone_features` gives them); returns
-        ``((B,), {term: (B,)})``.
+        returns ``((B,), {term: (B,)})``.
     """
 
     def __init__(
@@ -148,17 +143,6 @@ class Objective(nn.Module):
                 out["crest"] = crest_factor_db(ref)
         return out
 
-    @torch.no_grad()
-    def tone_features(self, psd: Tensor) -> dict[str, Tensor]:
-        """The features that the :data:`SHIFTABLE` terms in the weights compare, from a
-        signal's ``self.features.psd(x)``: ``{term: (B, bands)}``, no gradient (what an
-        excerpt's ``shift`` is made of); empty without such terms."""
-        terms = [k for k in SHIFTABLE if k in self.weights]
-        if not terms:
-            return {}
-        f = self.features.from_psd(psd)
-        return {k: getattr(f, "width_db" if k == "width" else k) for k in terms}
-
     def _mrstft_view(self, x: Tensor) -> Tensor:
         return x.mean(1, keepdim=True) if self.mono else x
 
@@ -168,29 +152,22 @@ class Objective(nn.Module):
         return self.mrstft.reference(self._mrstft_view(aligned))
 
     def forward(self, y: Tensor, aligned: Tensor | None = None, *,
-                aligned_mags: Sequence[Tensor] | None = None,
-                shift: Mapping[str, Tensor] | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+                aligned_mags: Sequence[Tensor] | None = None) -> tuple[Tensor, dict[str, Tensor]]:
         terms: dict[str, Tensor] = {}
         w = self.weights
-        ref = self.ref
-        if shift:
-            unknown = sorted(set(shift) - set(SHIFTABLE))
-            if unknown:
-                raise ValueError(f"objective: can't shift {unknown}; only {list(SHIFTABLE)}")
-            ref = {**ref, **{k: ref[k] + v.to(ref[k]) for k, v in shift.items() if k in ref}}
         if "mrstft" in w and aligned_mags is None and aligned is None:
             raise ValueError("objective: mrstft needs the time-aligned reference excerpt")
         if set(w) & {"tone_mid", "tone_side", "width", "correlation"}:
             # the L/R correlation (three passes over the excerpt) only where it is a term
             f = self.features.from_psd(self.features.psd(y), y if "correlation" in w else None)
             if "tone_mid" in w:
-                terms["tone_mid"] = (f.tone_mid - ref["tone_mid"]).square().mean(-1)
+                terms["tone_mid"] = (f.tone_mid - self.ref["tone_mid"]).square().mean(-1)
             if "tone_side" in w:
-                terms["tone_side"] = (f.tone_side - ref["tone_side"]).square().mean(-1)
+                terms["tone_side"] = (f.tone_side - self.ref["tone_side"]).square().mean(-1)
             if "width" in w:
-                terms["width"] = (f.width_db - ref["width"]).square().mean(-1)
+                terms["width"] = (f.width_db - self.ref["width"]).square().mean(-1)
             if "correlation" in w:
-                terms["correlation"] = (f.correlation - ref["correlation"]).square()
+                terms["correlation"] = (f.correlation - self.ref["correlation"]).square()
         lufs: Tensor | None = None
         measured: tuple[Tensor, Tensor] | None = None  # integrated and short-term, one K-weighting
         if set(w) & {"dynamics", "spec_lra"}:
@@ -199,11 +176,11 @@ class Objective(nn.Module):
             lufs = _finite_lufs(integrated_loudness(y, self.sample_rate) if measured is None else measured[0])
         if "loudness" in w:
             assert lufs is not None  # set above for these terms
-            terms["loudness"] = (lufs - ref["loudness"]).square()
+            terms["loudness"] = (lufs - self.ref["loudness"]).square()
         if "dynamics" in w:
             prof = dynamics_profile(y, self.sample_rate, measured)
-            terms["dynamics"] = (prof - ref["dynamics"]).square().mean(-1) + 0.25 * (
-                crest_factor_db(y) - ref["crest"]
+            terms["dynamics"] = (prof - self.ref["dynamics"]).square().mean(-1) + 0.25 * (
+                crest_factor_db(y) - self.ref["crest"]
             ).square()
         if "spec_lufs" in w:
             assert lufs is not None

@@ -6,8 +6,7 @@ every song from a fixed pool spread evenly over it (:func:`~diffmix.fit.excerpt_
 in turn, and the plateau is judged on the mean loss over one pass through the pool: what
 the fit sees, and so when it stops, depends on the audio alone, never on a file's name.
 Every song's loss is its own, so a song's result is the same in a batch as alone (up to
-floating-point summation order). Each excerpt is held to the reference's tone and width
-as that excerpt would show them (:func:`excerpt_shifts`). The limiter runs in its smooth
+floating-point summation order). The limiter runs in its smooth
 mode; its drive is set afterwards by the loudness solve (:mod:`diffmix.mastering.loudness`).
 
 Where the fit starts is one argument of :func:`fit_stage` (``start``): by default the
@@ -109,41 +108,6 @@ def song_excerpts(xs: Sequence[Any], length: int, step: int, *, pool: int = 8, s
     return torch.cat(out)
 
 
-@torch.no_grad()
-def excerpt_shifts(objective: Objective, xs: Sequence[Any], length: int, *, pool: int = 8,
-                   seed: int = 0) -> Callable[[int], dict[str, Tensor]]:
-    """``step -> shift`` for ``objective(y, shift=...)``: each song's step excerpt
-    (:func:`song_excerpts`) less its song, in the features the tone and width terms compare
-    (:meth:`~diffmix.objective.Objective.tone_features`), ``{term: (S, bands)}``.
-
-    The reference's tone is a song's; an excerpt's own tone differs from its song's by
-    what plays in it (a breakdown without bass, a mono intro). Shifted by that, each
-    step's target is the reference's tone *as this excerpt would show it*: a chain that
-    moves the song's tone onto the reference's (the match EQ's closed form does) meets
-    every excerpt's target, and the fit no longer chases the excerpts' differences from
-    their song, nor the bias of averaging their dB (a mean of logarithms). A song's own
-    features are those of its pool's summed spectrum (the pool of ``pool`` excerpts, or
-    of 8 where steps draw random ones): the song as the fit sees it, which needs no
-    whole-song pass (a streamed song is read in excerpts only).
-    """
-    n = pool if pool > 0 else 8
-    psds = [objective.features.psd(song_excerpts(xs, length, k, pool=n)) for k in range(n)]
-    song = objective.tone_features(torch.stack(psds).mean(0))
-    if not song:
-        return lambda step: {}
-    own = [objective.tone_features(p) for p in psds] if pool > 0 else None
-
-    def shift(step: int) -> dict[str, Tensor]:
-        if own is not None:
-            f = own[step % n]
-        else:
-            batch = song_excerpts(xs, length, step, pool=0, seed=seed)
-            f = objective.tone_features(objective.features.psd(batch))
-        return {k: f[k] - song[k] for k in song}
-
-    return shift
-
-
 def fit_chain(
     bus: Bus,
     xs: Sequence[Any],
@@ -170,9 +134,6 @@ def fit_chain(
     where they started: the matching terms are level-free, so without it nothing stops a
     compressor running to its extremes while the tone still matches.
 
-    Each step's tone and width targets are shifted by its excerpts' own deviation from
-    their songs (:func:`excerpt_shifts`).
-
     The loss is the *sum* over songs, so each song's gradient is its own. The fit renders
     the chain up to the limiter only: the limiter's drive is set afterwards by the loudness
     solve, and at the fit's 0 dB drive it would cost time and change nothing the terms see.
@@ -183,11 +144,10 @@ def fit_chain(
     length = int(round(excerpt_s * bus.sample_rate))
     set_exact(bus, False)
     initial = {k: p.exact() for k, p in bus.named_values().items()}
-    shifts = excerpt_shifts(objective, xs, length, pool=pool, seed=seed)
 
     def closure(step: int):  # noqa: ANN202
         batch = song_excerpts(xs, length, step, pool=pool, seed=seed)
-        loss, terms = objective(bus(batch, until="limiter"), shift=shifts(step))
+        loss, terms = objective(bus(batch, until="limiter"))
         total = loss.sum()
         logged = {k: float(v.detach().mean()) for k, v in terms.items()}
         if prior_weight:
