@@ -171,3 +171,30 @@ def test_the_solve_never_holds_two_renders_at_once():
     assert solved.iterations >= 3 and abs(solved.achieved_lufs + 20.0) <= 0.02
     assert overlaps == [0] * len(overlaps), overlaps
     assert alive[-1]() is y
+
+
+@pytest.mark.parametrize(("level_db", "target", "words"), [
+    (-90.0, -14.0, r"largest drive, \+48 dB, it reads -\d+\.\d\d LUFS; the input is too quiet "
+                   r".* raise its level by at least \d+\.\d dB"),
+    (-3.0, -40.0, r"smallest drive, -24 dB, .* too loud .* lower its level by at least \d+\.\d dB"),
+])
+def test_a_target_out_of_the_drive_range_names_the_range_and_the_level_to_fix(level_db, target, words):
+    # A -90 dBFS song needs more than the limiter's +48 dB of drive to reach -14 LUFS: the
+    # ceiling has nothing to do with it, and the message says what does, and by how much.
+    x = quiet_song(level_db, seed=2)
+
+    def render(drive: torch.Tensor) -> torch.Tensor:
+        return x * 10 ** (drive.view(-1, 1, 1) / 20)
+
+    with pytest.raises(UserError, match=words) as caught:
+        solve_loudness(render, [x.shape[-1]], SR, torch.tensor([target]), drive_range=(-24.0, 48.0),
+                       names=["song.wav"])
+    assert "under the ceiling" not in str(caught.value) and "(song.wav)" in str(caught.value)
+    gap = float(str(caught.value).rsplit("at least ", 1)[1].split()[0])
+    # Moved by that much, the input reaches the target at that end of the range.
+    moved = x * 10 ** ((gap if target > -20 else -gap) / 20)
+    end = torch.tensor([48.0 if target > -20 else -24.0], dtype=torch.float64)
+    _, (solve,) = solve_loudness(lambda d: moved * 10 ** (d.view(-1, 1, 1) / 20), [x.shape[-1]], SR,
+                                 torch.tensor([target]), drive_range=(-24.0, 48.0), start_db=end,
+                                 tolerance_lu=0.1)
+    assert abs(solve.achieved_lufs - target) <= 0.1

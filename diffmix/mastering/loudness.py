@@ -168,14 +168,32 @@ def solve(
     if (err > tolerance_lu).any():
         i = int((err > tolerance_lu).nonzero()[0])
         raise UserError(
-            f"cannot reach {float(targets[i]):g} LUFS under the ceiling ({_song(i, names)}): the closest "
-            f"was {float(lufs[i]):.2f} LUFS at {float(drive[i]):+.1f} dB drive"
+            _unreachable(float(targets[i]), float(lufs[i]), float(drive[i]), (lo, hi), _song(i, names))
         )
     solves = [
         LoudnessSolve(float(d), float(v), float(t), int(k))
         for d, v, t, k in zip(drive, lufs, targets, iters, strict=True)
     ]
     return y, solves
+
+
+def _unreachable(target: float, lufs: float, drive: float, drive_range: tuple[float, float],
+                 name: str) -> str:
+    """Why the solve stopped short of ``target``: at an end of the drive's range (the input
+    too quiet or too loud for it: loudness moves with the drive dB for dB until the limiter
+    works, so the gap is the least the input must move), else the ceiling."""
+    lo, hi = drive_range
+    gap = target - lufs
+    if gap > 0 and drive >= hi - 1e-6:
+        return (f"cannot reach {target:g} LUFS ({name}): at the limiter's largest drive, {hi:+g} dB, it "
+                f"reads {lufs:.2f} LUFS; the input is too quiet for the drive range: raise its level by "
+                f"at least {gap:.1f} dB")
+    if gap < 0 and drive <= lo + 1e-6:
+        return (f"cannot reach {target:g} LUFS ({name}): at the limiter's smallest drive, {lo:+g} dB, it "
+                f"reads {lufs:.2f} LUFS; the input is too loud for the drive range: lower its level by "
+                f"at least {-gap:.1f} dB")
+    return (f"cannot reach {target:g} LUFS under the ceiling ({name}): the closest was {lufs:.2f} LUFS "
+            f"at {drive:+.1f} dB drive")
 
 
 def _secant(
