@@ -66,6 +66,13 @@ def dynamics_profile(x: Tensor, sample_rate: int, measured: tuple[Tensor, Tensor
     return torch.quantile(rel, q, dim=-1).T
 
 
+def _heard_mean(errors: Tensor, heard: Tensor) -> Tensor:
+    """The mean of ``errors`` ``(B, bands)`` over each item's ``heard`` bands (0 with none);
+    no host sync (with every band heard, the plain mean's value)."""
+    kept = torch.where(heard, errors, torch.zeros_like(errors))
+    return kept.sum(-1) / heard.sum(-1).clamp_min(1).to(errors.dtype)
+
+
 class Objective(nn.Module):
     """Weighted sum of the terms above.
 
@@ -162,10 +169,13 @@ class Objective(nn.Module):
             f = self.features.from_psd(self.features.psd(y), y if "correlation" in w else None)
             if "tone_mid" in w:
                 terms["tone_mid"] = (f.tone_mid - self.ref["tone_mid"]).square().mean(-1)
+            # The side terms over the bands where the output has a side: a mono output's side
+            # reads the dB floor, which its level-normalised shape would have the fit chase by
+            # turning the mid down (no stage of a chain makes a side from none).
             if "tone_side" in w:
-                terms["tone_side"] = (f.tone_side - self.ref["tone_side"]).square().mean(-1)
+                terms["tone_side"] = _heard_mean((f.tone_side - self.ref["tone_side"]).square(), f.side_heard)
             if "width" in w:
-                terms["width"] = (f.width_db - self.ref["width"]).square().mean(-1)
+                terms["width"] = _heard_mean((f.width_db - self.ref["width"]).square(), f.width_heard)
             if "correlation" in w:
                 terms["correlation"] = (f.correlation - self.ref["correlation"]).square()
         lufs: Tensor | None = None

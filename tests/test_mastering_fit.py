@@ -178,3 +178,26 @@ def test_trim_side_puts_a_rendered_masters_side_mid_on_the_target(seed):
     assert not trim_side(bus, y, [y.shape[-1]], [-200.0])
     mono = x.mean(1, keepdim=True).expand(-1, 2, -1).contiguous()
     assert not trim_side(bus, mono, [mono.shape[-1]], [target])
+
+
+def test_a_mono_song_toward_a_stereo_reference_keeps_its_level():
+    # Regression (session 26): `diffmix master` of a mono mix toward a stereo reference failed
+    # ("at the limiter's largest drive ... too quiet"): the side terms, comparing a side that
+    # is not there, pulled every EQ band down. Fitted on the EQ gains alone, the mid's shape is
+    # all there is to match, and its level stays where it was.
+    seed = drawn_seed(10**6)
+    print("seed", seed)
+    song = _song(3.0, seed)
+    mono = song.mean(1, keepdim=True).expand(-1, 2, -1).contiguous()
+    spec = ChainSpec(SR, {
+        "eq": {"_target_": "diffmix.effects.eq.ParametricEQ", "sample_rate": SR,
+               "bands": ["low_shelf", "peak", "high_shelf"], "freq_hz": [150.0, 1000.0, 6000.0]},
+        "limiter": {"_target_": "diffmix.effects.dynamics.Limiter", "sample_rate": SR, "ceiling_db": -1.0},
+    })
+    bus = spec.build(1)
+    fit = FitOptions(steps=60, excerpt_s=1.0, params=["eq.gain_db"],
+                     weights={"tone_mid": 1.0, "tone_side": 0.3, "width": 0.5}, progress=False,
+                     optimizer=partial(torch.optim.Adam, lr=0.2))
+    fit_stage(bus, [mono], ["mono"], [_song(3.0, seed + 1)], {}, fit)
+    gains = bus.named_values()["eq.gain_db"].exact()
+    assert float(gains.mean()) > -2.0, gains

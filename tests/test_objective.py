@@ -112,3 +112,26 @@ def test_mrstft_on_precomputed_magnitudes_and_mono():
     m, _ = mono(y, ref)
     assert torch.allclose(m, mono.mrstft(y.mean(1, keepdim=True), ref.mean(1, keepdim=True)))
     assert not torch.allclose(m, direct)  # the mean is another comparison
+
+
+def test_a_mono_output_has_no_side_to_compare_and_a_stereo_one_is_compared_as_before():
+    # A mono output's side is the dB floor in every band; compared with a stereo reference's,
+    # its level-normalised shape only says "turn the mid down" (the master of a mono mix
+    # toward a stereo reference fitted its level 24 dB away). Bands with no side say nothing.
+    ref = music_like(seed=3)
+    obj = Objective(SR, {"tone_mid": 1.0, "tone_side": 1.0, "width": 1.0}, reference=ref, n_fft=2048)
+    gain = torch.tensor(1.0, dtype=torch.float64, requires_grad=True)
+    mono = music_like(seed=4)[:, :1].expand(-1, 2, -1) * gain
+    _, terms = obj(mono)
+    assert float(terms["tone_side"]) == 0.0 and float(terms["width"]) == 0.0
+    (terms["tone_side"] + terms["width"]).backward()
+    assert gain.grad is None or float(gain.grad) == 0.0
+    # A stereo output: every band heard, the plain mean over bands, as before.
+    y = set_width(music_like(seed=5), SR, width=0.5)
+    _, terms = obj(y)
+    f = obj.features(y)
+    assert bool(f.side_heard.all()) and bool(f.width_heard.all())
+    torch.testing.assert_close(terms["tone_side"], (f.tone_side - obj.ref["tone_side"]).square().mean(-1),
+                               rtol=0, atol=0)
+    torch.testing.assert_close(terms["width"], (f.width_db - obj.ref["width"]).square().mean(-1),
+                               rtol=0, atol=0)

@@ -68,7 +68,8 @@ def run(cfg: DictConfig) -> int:
     songs = [
         Song(key=p.stem, audio=x.to(device), out=out / "tracks", stem=f"{i:02d}-{p.stem}",
              reference=reference.to(device), target={**target, "lufs": goal},
-             protect=tuple(str(q) for q in paths))
+             # its own file first: messages name a song by it (every input stays protected)
+             protect=(str(p), *(str(q) for q in paths if q != p)))
         for i, (p, x) in enumerate(zip(paths, tracks, strict=True), 1)
     ]
     reports = master_group(songs, sr, chain_spec(cfg, sr), fit_options(cfg), master_options(cfg),

@@ -111,7 +111,8 @@ class _Clock:
 
 @dataclass
 class Song:
-    """One song to master: ``audio`` and ``reference`` are ``(1, 2, T)``."""
+    """One song to master: ``audio`` and ``reference`` are ``(1, 2, T)``; ``protect``: files
+    no output may overwrite, the song's own input first (messages name the song by it)."""
 
     key: str
     audio: torch.Tensor
