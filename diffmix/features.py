@@ -17,7 +17,8 @@ from diffmix.functional.spectrum import band_matrix, band_powers, mid_side_psd, 
 
 # Width is compared in coarse bands: the ear judges width per region, not per 1/3 octave.
 WIDTH_EDGES_HZ = (20.0, 250.0, 2000.0, 8000.0, 20000.0)
-# A band's side this far under its mid (dB) is no side at all (a mono signal reads 0).
+# A band's side this far under its mid (or its mid under its side), dB, is none at all
+# (a mono signal's side reads 0, an antiphase signal's mid 0).
 SIDE_FLOOR_DB = -120.0
 
 
@@ -30,10 +31,12 @@ class SpectralFeatures:
         tone_mid, tone_side: the same minus their power-weighted mean: spectral *shape*.
         width_db: side-to-mid power ratio per coarse band, ``(B, 4)`` in dB.
         correlation: inter-channel correlation over the whole signal, ``(B,)``.
-        side_heard, width_heard: per third-octave and per coarse band, ``(B, bands)`` and
-            ``(B, 4)`` bool: whether the side is there at all (within
-            :data:`SIDE_FLOOR_DB` of the mid). Where it is not (a mono signal), its dB is
-            the floor, and a side term there compares nothing.
+        mid_heard, side_heard, width_heard: per third-octave band ``(B, bands)`` and per
+            coarse band ``(B, 4)``, bool: whether the mid is there at all (within
+            :data:`SIDE_FLOOR_DB` of the side), whether mid and side both are, and both in
+            the coarse band. Where one is not (a mono signal has no side, one channel's
+            polarity flipped no mid), its dB is the floor, and a term comparing it, or
+            normalised by it, compares nothing.
     """
 
     mid_db: Tensor
@@ -42,6 +45,7 @@ class SpectralFeatures:
     tone_side: Tensor
     width_db: Tensor
     correlation: Tensor
+    mid_heard: Tensor
     side_heard: Tensor
     width_heard: Tensor
 
@@ -85,10 +89,11 @@ class FeatureExtractor(torch.nn.Module):
         corr = correlation(x) if x is not None else torch.full_like(level[:, 0], float("nan"))
         floor = 10.0 ** (SIDE_FLOOR_DB / 10.0)
         with torch.no_grad():
-            side_heard = bands[:, 1] > floor * bands[:, 0]
-            width_heard = coarse[:, 1] > floor * coarse[:, 0]
+            mid_heard = bands[:, 0] > floor * bands[:, 1]
+            side_heard = (bands[:, 1] > floor * bands[:, 0]) & mid_heard
+            width_heard = (coarse[:, 1] > floor * coarse[:, 0]) & (coarse[:, 0] > floor * coarse[:, 1])
         return SpectralFeatures(mid_db, side_db, mid_db - level, side_db - level, width_db, corr,
-                                side_heard, width_heard)
+                                mid_heard, side_heard, width_heard)
 
     def forward(self, x: Tensor) -> SpectralFeatures:
         return self.from_psd(self.psd(x), x)

@@ -167,11 +167,12 @@ class Objective(nn.Module):
         if set(w) & {"tone_mid", "tone_side", "width", "correlation"}:
             # the L/R correlation (three passes over the excerpt) only where it is a term
             f = self.features.from_psd(self.features.psd(y), y if "correlation" in w else None)
+            # Each term over the bands where the output has what it compares: a mono output's
+            # side reads the dB floor, which its level-normalised shape would have the fit
+            # chase by turning the mid down (an antiphase output's mid likewise the side),
+            # and no stage of a chain makes a side, or a mid, from none.
             if "tone_mid" in w:
-                terms["tone_mid"] = (f.tone_mid - self.ref["tone_mid"]).square().mean(-1)
-            # The side terms over the bands where the output has a side: a mono output's side
-            # reads the dB floor, which its level-normalised shape would have the fit chase by
-            # turning the mid down (no stage of a chain makes a side from none).
+                terms["tone_mid"] = _heard_mean((f.tone_mid - self.ref["tone_mid"]).square(), f.mid_heard)
             if "tone_side" in w:
                 terms["tone_side"] = _heard_mean((f.tone_side - self.ref["tone_side"]).square(), f.side_heard)
             if "width" in w:

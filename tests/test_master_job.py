@@ -129,6 +129,30 @@ def test_mono_and_48k_reference_is_handled(tmp_path):
     assert (info.frames, info.channels, info.samplerate) == (3 * 44100, 2, 44100)
 
 
+def test_a_mono_mix_masters_toward_a_stereo_reference_and_an_antiphase_one_is_refused(tmp_path):
+    # Regression (session 26): a mono mix toward a stereo reference failed ("at the limiter's
+    # largest drive ... too quiet"): the side terms chased a side that is not there by turning
+    # the EQ down. It now masters at the reference's loudness with its EQ where it was.
+    mono = music(3.0)[:, :1]
+    src = write(tmp_path / "mono.wav", np.repeat(mono, 2, axis=1))
+    ref = write(tmp_path / "ref.wav", music(3.0, seed=3))
+    args = ("target=none", "fit.steps=120", "fit.patience=1000", "fit.excerpt_s=1.5", "progress=false",
+            "plot=false", "report=false")
+    out = run_cli("master", f"input={src}", f"reference={ref}", f"out={tmp_path / 'o'}", *args, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    report = json.loads((tmp_path / "o" / "mono_master_report.json").read_text())
+    assert abs(report["achieved"]["lufs"] - report["reference"]["integrated_lufs"]) <= 0.1
+    assert np.mean(report["params"]["values"]["eq.gain_db"]) > -3.0
+    # One channel's polarity flipped: no mid for any chain to shape; refused in one line.
+    flipped = write(tmp_path / "flipped.wav", np.concatenate([mono, -mono], axis=1))
+    out = run_cli("master", f"input={flipped}", f"reference={ref}", f"out={tmp_path / 'f'}", *args,
+                  cwd=tmp_path)
+    assert out.returncode == 2
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and "flipped.wav: its channels cancel" in lines[0]
+    assert not (tmp_path / "f").exists() or files(tmp_path / "f") == []
+
+
 @pytest.mark.parametrize(
     "make, message",
     [

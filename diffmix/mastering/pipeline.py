@@ -28,7 +28,7 @@ from diffmix.config import save_preset
 from diffmix.console import Bus
 from diffmix.effects.match_eq import N_FFT
 from diffmix.errors import UserError
-from diffmix.features import audible_side_mid_db, spectral_errors
+from diffmix.features import SIDE_FLOOR_DB, audible_side_mid_db, spectral_errors
 from diffmix.functional.spectrum import mid_side_psd
 from diffmix.io import check_outputs
 from diffmix.listen import Take, gain_reduction_series, job_warnings, prepare_take, write_listening_report
@@ -135,6 +135,21 @@ def polish_auto(audio: torch.Tensor, sample_rate: int) -> tuple[torch.Tensor, di
     return out, report
 
 
+def _check_has_mid(song: Song) -> None:
+    """Refuse a reference match for a song with no mid at all (its channels cancel: one
+    polarity inverted). Every stage is linear in mid and side, so none can make a mid, and
+    a match that sets the side against the reference's mid would cut the whole song (the
+    side) to nothing; mastered to a spec alone, it is only made loud."""
+    psd = mid_side_psd(song.audio, N_FFT)  # measured once per signal: the match EQ reads it too
+    mid, side = (float(v) for v in psd[0].sum(-1))
+    if side > 0 and mid <= 10.0 ** (SIDE_FLOOR_DB / 10.0) * side:
+        raise UserError(
+            f"{song.protect[0] if song.protect else song.key}: its channels cancel (no mid: one channel's "
+            "polarity is inverted), so no chain can match a reference's tone or width to it; flip "
+            "one channel's polarity first"
+        )
+
+
 def _save_preset(bus: Bus, path: Path) -> dict[str, Any]:
     save_preset(bus, path)
     return bus.preset()
@@ -174,6 +189,9 @@ def master_group(
     if options.polish == "auto":
         for s in songs:
             s.audio, s.polish = polish_auto(s.audio, sr)
+    for s in songs:
+        if s.reference is not None:
+            _check_has_mid(s)
     # What depends on the inputs alone (their report measurements, their drawing on the
     # listening page and its preview) is measured on a worker thread while the main one
     # fits and renders, and the plot drawn there after it: the chain's recursions leave a
