@@ -829,6 +829,7 @@ def job_warnings(
         true_peak_dbtp=_number(measures.get("true_peak_dbtp")),
         dc_offset=dc,
         clipped_samples=clipped,
+        side_mid_db=_number(measures.get("side_mid_db")),
         target_lufs=None if not target else target.get("lufs"),
         target_name=target_name,
         ceiling_dbtp=None if not target else target.get("true_peak_db"),

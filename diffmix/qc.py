@@ -27,6 +27,7 @@ def findings(
     clipped_samples: int | None = None,
     clipped_runs: int | None = None,
     clicks_per_minute: float | None = None,
+    side_mid_db: float | None = None,
     target_lufs: float | None = None,
     target_name: str | None = None,
     ceiling_dbtp: float | None = None,
@@ -39,6 +40,9 @@ def findings(
         dc_offset: per channel, the mean sample value (linear, full scale 1).
         clipped_samples: samples at full scale; ``clipped_runs``: runs of them.
         clicks_per_minute: from the click detector, when it ran.
+        side_mid_db: side power over mid power (dB), for stereo: over 0 dB, more of the
+            sound is out of phase than in (the correlation is negative), and a mono
+            fold-down, which keeps the mid alone, loses more than 3 dB of it.
         target_lufs, target_name: the loudness a delivery should meet (name for the text).
         ceiling_dbtp: the spec's ceiling; default -1 dBTP.
 
@@ -77,6 +81,19 @@ def findings(
             f"{clicks_per_minute:.1f} clicks per minute were detected: `diffmix repair clicks=true` "
             "removes them."
         )
+    if side_mid_db is not None and side_mid_db > 0.0:
+        if math.isinf(side_mid_db):
+            out.append(
+                "The channels cancel: the side carries everything and the mid nothing (one channel's "
+                "polarity is inverted?), so a mono fold-down (phones, many speakers) is silent."
+            )
+        else:
+            loss = 10.0 * math.log10(1.0 + 10.0 ** (side_mid_db / 10.0))
+            out.append(
+                f"The side is {side_mid_db:+.1f} dB over the mid: more of the sound is out of phase than "
+                f"in, so a mono fold-down (phones, many speakers) loses {loss:.1f} dB and the out-of-phase "
+                "parts cancel; check for a channel with inverted polarity or an over-widened part."
+            )
     if target_lufs is not None and lufs is not None and math.isfinite(lufs):
         off = lufs - float(target_lufs)
         if abs(off) > LOUDNESS_TOLERANCE_LU:

@@ -106,6 +106,23 @@ def test_qc_findings_name_each_problem_and_only_real_ones():
     assert far == [far[0]] and "3.2 LU under spotify's -14.0 LUFS" in far[0]
     assert findings(lufs=-14.8, target_lufs=-14.0) == []
     assert "digital silence" in findings(lufs=-math.inf, true_peak_dbtp=-math.inf)[0]
+    assert findings(side_mid_db=-8.0) == [] and findings(side_mid_db=0.0) == []
+    assert "The channels cancel" in findings(side_mid_db=math.inf)[0]
+
+
+def test_an_out_of_phase_finding_states_what_a_mono_fold_down_loses():
+    # Physical check: stereo whose side is 3 dB over its mid; the mono fold-down, (L+R)/2 on
+    # both speakers, keeps the mid alone, and its power against the stereo's is the loss the
+    # finding states.
+    g = torch.Generator().manual_seed(0)
+    mid, side = torch.randn(2, 200_000, generator=g, dtype=torch.float64)
+    side = side * (10 ** (3.0 / 20) * mid.norm() / side.norm())
+    left, right = (mid + side) / math.sqrt(2), (mid - side) / math.sqrt(2)
+    ratio = 10 * math.log10(float(side.square().sum() / mid.square().sum()))
+    fold = (left + right) / 2
+    loss = 10 * math.log10(float((left.square().sum() + right.square().sum()) / (2 * fold.square().sum())))
+    (text,) = findings(side_mid_db=ratio)
+    assert f"{ratio:+.1f} dB over the mid" in text and f"loses {loss:.1f} dB" in text
 
 
 def test_page_is_self_contained_and_loudness_matched(tmp_path):

@@ -134,6 +134,7 @@ def analysis_findings(report: dict, target: dict | None = None) -> list[str]:
         clipped_samples=int(report["clipped_samples"]),
         clipped_runs=(report.get("defects") or {}).get("clipped_runs_count"),
         clicks_per_minute=(report.get("defects") or {}).get("clicks_per_minute"),
+        side_mid_db=_floats([report["stereo"]["side_mid_db"]])[0] if report.get("stereo") else None,
         target_lufs=spec.get("lufs"),
         target_name=spec.get("name"),
         ceiling_dbtp=spec.get("true_peak_db"),
