@@ -153,6 +153,19 @@ def test_a_mono_mix_masters_toward_a_stereo_reference_and_an_antiphase_one_is_re
     assert not (tmp_path / "f").exists() or files(tmp_path / "f") == []
 
 
+@pytest.mark.parametrize("stream", ["false", "true"])
+def test_a_mix_too_quiet_for_the_drive_range_is_named_with_the_level_to_add(tmp_path, stream):
+    # A mix at about -100 LUFS needs more than the limiter's +48 dB of drive to reach -14:
+    # in memory and streamed alike, one line naming the file, the range and what to add.
+    src = write(tmp_path / "quiet.wav", music(3.0) * 10 ** (-80 / 20))
+    out = run_cli("master", f"input={src}", "target=spotify", f"stream={stream}", f"out={tmp_path / 'o'}",
+                  "progress=false", cwd=tmp_path)
+    assert out.returncode == 2
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"({src}): at the limiter's largest drive, +48 dB" in lines[0], lines
+    assert "raise its level by at least" in lines[0]
+
+
 @pytest.mark.parametrize(
     "make, message",
     [

@@ -305,7 +305,7 @@ def test_style_master_halves_every_distance_toward_a_differently_processed_song(
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("seed", [drawn_seed(10**6)])
+@pytest.mark.parametrize("seed", [852166, drawn_seed(10**6)])
 def test_style_master_lands_the_loudness_range_under_a_judge_that_weighs_it_lightly(seed):
     # The fit's objective weighs the loudness range and crest at 0.01 against the tone, so
     # its judge keeps a tone stage that moves the LRA and reverts a dynamics stage that
@@ -344,6 +344,9 @@ def test_style_master_lands_the_loudness_range_under_a_judge_that_weighs_it_ligh
     # tries (some references' LRA lies outside what the ride can reach: its LRA is not
     # monotone in range_scale over the whole range). A candidate over a bar is not kept,
     # landed or not (seed 744389: the ride landed the LRA but took the crest over its bar).
+    # Seed 852166: the LRA is not monotone in range_scale, and the regula falsi took its ends
+    # as the tries nearest the goal in error, which bracketed nothing; it stopped 0.024 LU off
+    # with a bracket 0.045 wide in hand. The ends are now the narrowest bracket.
     # The report rounds both bounds to 4 decimals, so each may read up to half a unit under
     # the value the trim used (seed 744389 kept nothing: its LRA distance 0.14862 as before,
     # reported 0.1486).

@@ -498,11 +498,11 @@ def master_file(
             def metered(drives: torch.Tensor) -> tuple[None, torch.Tensor]:
                 meter = renderer.meter(float(drives[0]))
                 lufs = torch.tensor([meter.integrated_lufs()], dtype=torch.float64)
-                return None, solvable(lufs, lambda: torch.tensor([meter.rough_lufs()]), [stem])
+                return None, solvable(lufs, lambda: torch.tensor([meter.rough_lufs()]), [str(input)])
 
             _, (solved,) = solve(
                 metered, torch.tensor([goal], dtype=torch.float64), tolerance_lu=float(options.tolerance_lu),
-                drive_range=renderer.drive_range, names=[stem],
+                drive_range=renderer.drive_range, names=[str(input)],  # named as in memory: by its file
             )
             drive = solved.drive_db
         report, path = _deliver(

@@ -472,11 +472,16 @@ def lra_trim_stage(console: Console, pre: Tensor, reference: Tensor, sample_rate
             tried.append((s1, lra(s1)))
         side = 0  # Illinois: which end was kept twice in a row
         while len(tried) < evals and abs(min(tried, key=lambda t: abs(t[1]))[1]) > tolerance:
-            low = [t for t in tried if t[1] < 0]
-            high = [t for t in tried if t[1] > 0]
-            if low and high:  # a bracket: regula falsi between its nearest ends
-                a = max(low, key=lambda t: t[1])
-                b = min(high, key=lambda t: t[1])
+            # A bracket: two tries next to each other in range_scale whose errors differ in
+            # sign; the narrowest. (Not the low and high tries nearest the goal in error: the
+            # LRA is not monotone in range_scale, and those two may bracket nothing, so the
+            # next step lands on a try already made.)
+            order = sorted(tried)
+            brackets = [(p, q) for p, q in zip(order, order[1:], strict=False) if p[1] * q[1] < 0]
+            if brackets:  # regula falsi between its ends
+                a, b = min(brackets, key=lambda pq: pq[1][0] - pq[0][0])
+                if a[1] > 0:
+                    a, b = b, a
                 fa, fb = a[1], b[1]
                 if side < 0:
                     fa *= 0.5
