@@ -42,6 +42,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
+from itertools import pairwise
 from typing import TYPE_CHECKING, Any, cast
 
 import torch
@@ -476,8 +477,7 @@ def lra_trim_stage(console: Console, pre: Tensor, reference: Tensor, sample_rate
             # sign; the narrowest. (Not the low and high tries nearest the goal in error: the
             # LRA is not monotone in range_scale, and those two may bracket nothing, so the
             # next step lands on a try already made.)
-            order = sorted(tried)
-            brackets = [(p, q) for p, q in zip(order, order[1:], strict=False) if p[1] * q[1] < 0]
+            brackets = [(p, q) for p, q in pairwise(sorted(tried)) if p[1] * q[1] < 0]
             if brackets:  # regula falsi between its ends
                 a, b = min(brackets, key=lambda pq: pq[1][0] - pq[0][0])
                 if a[1] > 0:
