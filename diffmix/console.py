@@ -22,7 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from diffmix.checks import check_audio, check_multitrack, check_sample_rate
-from diffmix.effects.base import _plain
+from diffmix.effects.base import _plain, run_effects
 from diffmix.functional.gain import apply_matrix, db_to_amp
 from diffmix.params import BoundedParam, ParamSpec
 
@@ -147,10 +147,13 @@ class Bus(nn.Module):
                 target = start + amount * (now - start)
             param.set(target.clamp(param.spec.min, param.spec.max))
 
-    def forward(self, x: Tensor, until: str | None = None, start: str | None = None) -> Tensor:
+    def forward(self, x: Tensor, until: str | None = None, start: str | None = None, *,
+                fuse: bool = False) -> Tensor:
         """Run the effects in order; with ``start``, from the effect of that name on (``x``
         has been through the ones before it); with ``until``, stop before the effect of
-        that name (``start == until``: none)."""
+        that name (``start == until``: none). ``fuse``: each run of adjacent linear effects
+        as one filter (:func:`~diffmix.effects.base.run_effects`; the mastering chain's
+        fit and renders), not while the bus keeps its renders (:mod:`diffmix.bus_memo`)."""
         if start is not None and start not in self.effects:
             raise ValueError(f"Bus: no effect named {start!r}; have {list(self.effects)}")
         running = start is None
@@ -162,6 +165,10 @@ class Bus(nn.Module):
             if running:
                 chosen.append(effect)
         memo = self._memo
+        if fuse:
+            if memo is not None:
+                raise ValueError("Bus: fuse=True while the bus keeps its renders (each effect's output)")
+            return run_effects(chosen, x)
         if memo is not None and start is None and not torch.is_grad_enabled():
             return memo.run(chosen, x)  # diffmix.bus_memo: the same values, kept renders
         for effect in chosen:

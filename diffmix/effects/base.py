@@ -9,13 +9,16 @@ constructor's arguments, in physical units, so a preset *is* a config.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from typing import Any, ClassVar, cast
+from typing import TYPE_CHECKING, Any, ClassVar, cast
 
 import torch
 from torch import Tensor, nn
 
 from diffmix.checks import check_audio, check_sample_rate
 from diffmix.params import BoundedParam, ParamSpec, ParamValue
+
+if TYPE_CHECKING:
+    from diffmix.functional.filters import LinearFilter
 
 
 class Effect(nn.Module):
@@ -80,6 +83,13 @@ class Effect(nn.Module):
     def check(self, x: Tensor) -> None:
         check_audio(x, self.name, channels=self.channels)
 
+    def linear(self, x: Tensor) -> LinearFilter | None:
+        """This effect on audio shaped like ``x`` as the
+        :class:`~diffmix.functional.filters.LinearFilter` its ``forward`` applies (``x``
+        checked as ``forward`` checks it), where it is one; else None (the default). A run
+        of such effects can render as one filter (:func:`run_effects`)."""
+        return None
+
     def preset(self) -> dict[str, Any]:
         """Constructor arguments in physical units, as a Hydra node with ``_target_``."""
         cls = type(self)
@@ -102,6 +112,28 @@ class Effect(nn.Module):
 
     def extra_repr(self) -> str:
         return f"sample_rate={self.sample_rate}"
+
+
+def run_effects(effects: Iterable[nn.Module], x: Tensor) -> Tensor:
+    """``x`` through ``effects`` in order, each run of adjacent linear effects
+    (:meth:`Effect.linear`) as one filter: one FFT convolution instead of one per effect
+    (:meth:`~diffmix.functional.filters.LinearFilter.then`, which says where the result
+    differs from the effects in turn: float rounding, and a zero-phase filter's ringing
+    before the first sample, which the later filters of its run now hear). A run of one is
+    the effect's own ``forward``. Differentiable as the effects are."""
+    run: LinearFilter | None = None
+    for effect in effects:
+        lin = effect.linear(x) if isinstance(effect, Effect) else None
+        joined = None if lin is None or run is None else run.then(lin)
+        if joined is not None:
+            run = joined
+            continue
+        if run is not None:
+            x = run(x)
+        run = lin
+        if lin is None:
+            x = effect(x)
+    return x if run is None else run(x)
 
 
 def _plain(value: Any) -> Any:

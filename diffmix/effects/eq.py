@@ -158,19 +158,25 @@ class ParametricEQ(Effect):
             return None  # reading the poles is cheap on the CPU (no graph to keep whole)
         return self._range_tail
 
+    def linear(self, x: Tensor) -> F.LinearFilter | None:
+        """The FFT mode's filter (:func:`~diffmix.functional.eq.parametric_eq_filter`); the
+        exact recursion is none."""
+        if self.mode != "fft":
+            return None
+        self.check(x)
+        return E.parametric_eq_filter(
+            x, self.sample_rate, bands=self.bands, freq_hz=self.p("freq_hz"), q=self.p("q"),
+            gain_db=self.p("gain_db"), mix=self.p("mix"), stereo=self.stereo, tail=self.tail(x),
+        )
+
     def forward(self, x: Tensor) -> Tensor:
+        lin = self.linear(x)
+        if lin is not None:
+            return lin(x)
         self.check(x)
         return E.parametric_eq(
-            x,
-            self.sample_rate,
-            bands=self.bands,
-            freq_hz=self.p("freq_hz"),
-            q=self.p("q"),
-            gain_db=self.p("gain_db"),
-            mix=self.p("mix"),
-            mode=self.mode,
-            stereo=self.stereo,
-            tail=self.tail(x) if self.mode == "fft" else None,
+            x, self.sample_rate, bands=self.bands, freq_hz=self.p("freq_hz"), q=self.p("q"),
+            gain_db=self.p("gain_db"), mix=self.p("mix"), mode=self.mode, stereo=self.stereo,
         )
 
     def extra_repr(self) -> str:

@@ -9,6 +9,7 @@ from torch import Tensor
 
 from diffmix.effects.base import Effect
 from diffmix.functional import match_eq as F
+from diffmix.functional.filters import LinearFilter
 from diffmix.params import BoundedParam, ParamSpec, ParamValue
 
 GAIN_MAX_DB = 24.0
@@ -162,9 +163,10 @@ class MatchEQ(Effect):
             side = (side + ds).clamp(SIDE_MIN_DB, GAIN_MAX_DB)
         return self.p("mid_gain_db").detach(), self.p("side_gain_db").detach()
 
-    def forward(self, x: Tensor) -> Tensor:
+    def linear(self, x: Tensor) -> LinearFilter:
+        """Its zero-phase FIR (:func:`~diffmix.functional.match_eq.match_eq_filter`)."""
         self.check(x)
-        return F.match_eq(
+        return F.match_eq_filter(
             x,
             self.sample_rate,
             mid_gain_db=self.p("mid_gain_db"),
@@ -173,6 +175,9 @@ class MatchEQ(Effect):
             centres_hz=self.centres_hz,
             n_fir=self.n_fir,
         )
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.linear(x)(x)
 
     def extra_repr(self) -> str:
         return f"sample_rate={self.sample_rate}, bands={self.num_bands}, n_fir={self.n_fir}"

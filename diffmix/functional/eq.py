@@ -15,10 +15,11 @@ from diffmix.functional.filters import (
     BAND_TYPES,
     EQ_MODES,
     MAX_ORDER,
+    LinearFilter,
     biquad_coeffs,
     butterworth_coeffs,
     iir_tail,
-    render_fft,
+    sections_filter,
     sos_filter,
 )
 from diffmix.functional.gain import left_right, mid_side
@@ -133,7 +134,7 @@ def parametric_eq(
         mode: ``"fft"`` (default; frequency sampling, fast) or ``"exact"`` (the recursion).
         stereo: ``"lr"`` (default) filters left and right; ``"ms"`` filters mid and side
             (channel 0 of per-channel values is M, channel 1 is S) and returns left/right.
-        mix: dry/wet, 0 to 1 (default 1). Float, ``(B,)`` or ``(B, C)``.
+        mix: dry/wet, 0 to 1 (default 1). Float, ``(B,)`` or ``(B, C)`` (M and S in ``"ms"``).
         tail: FFT mode only: samples the impulse response is allowed to ring. ``None``
             derives it from the poles with :func:`iir_tail` (a host sync); modules pass a
             bound computed from their parameter ranges instead.
@@ -166,6 +167,43 @@ def parametric_eq(
     torch.Size([2, 2, 4410])
     """
     check_choice(mode, EQ_MODES, "parametric_eq", "mode")
+    if mode == "fft":
+        return parametric_eq_filter(x, sample_rate, bands=bands, freq_hz=freq_hz, q=q, gain_db=gain_db,
+                                    stereo=stereo, mix=mix, tail=tail)(x)
+    b, a, m = _design(x, sample_rate, bands, freq_hz, q, gain_db, stereo, mix)
+    inp = mid_side(x) if stereo == "ms" else x
+    wet = sos_filter(inp.double(), b, a).to(x.dtype)
+    out = inp + m.unsqueeze(-1) * (wet - inp)  # in "ms" a mix per channel is M's and S's
+    return left_right(out) if stereo == "ms" else out
+
+
+def parametric_eq_filter(
+    x: Tensor,
+    sample_rate: int,
+    *,
+    bands: list[str] | tuple[str, ...],
+    freq_hz: ParamValue,
+    q: ParamValue,
+    gain_db: ParamValue,
+    stereo: str = "lr",
+    mix: ParamValue = 1.0,
+    tail: int | None = None,
+) -> LinearFilter:
+    """:func:`parametric_eq`'s FFT mode as the :class:`~diffmix.functional.filters.LinearFilter`
+    it applies to audio shaped like ``x`` ``(B, C, T)`` (read for its shape, device and dtype
+    only); arguments as :func:`parametric_eq`'s. Dry/wet is linear, so it folds into the
+    impulse response, ``(1 - mix) delta + mix h``. Differentiable in ``freq_hz``, ``q``,
+    ``gain_db`` and ``mix``."""
+    b, a, m = _design(x, sample_rate, bands, freq_hz, q, gain_db, stereo, mix)
+    if tail is None:
+        tail = iir_tail(a)
+    return sections_filter(b, a, tail, mix=m, ms=stereo == "ms")
+
+
+def _design(x: Tensor, sample_rate: int, bands: list[str] | tuple[str, ...], freq_hz: ParamValue,
+            q: ParamValue, gain_db: ParamValue, stereo: str,
+            mix: ParamValue) -> tuple[Tensor, Tensor, Tensor]:
+    """The checked bands' sections ``b, a`` ``(B|1, C|1, S, 3)`` (float64) and ``mix`` ``(B|1, C|1)``."""
     check_choice(stereo, STEREO_MODES, "parametric_eq", "stereo mode")
     bands = list(bands)
     for band in bands:
@@ -179,22 +217,4 @@ def parametric_eq(
     qq = _band_param(q, x, n, "q").double()
     g = _band_param(gain_db, x, n, "gain_db").double()
     b, a = eq_coeffs(bands, f, qq, g, sample_rate)  # (B|1, C|1, S, 3), float64
-
-    m = broadcast_param(mix, x, name="mix", effect="parametric_eq")
-    if mode == "exact":
-        inp = mid_side(x) if stereo == "ms" else x
-        wet = sos_filter(inp.double(), b, a).to(x.dtype)
-        if stereo == "ms":
-            wet = left_right(wet)
-        m = m.unsqueeze(-1)
-        return x + m * (wet - x)
-    if tail is None:
-        tail = iir_tail(a)
-    if stereo == "ms":
-        wet = render_fft(x, b, a, tail, ms=True)
-        m = m.unsqueeze(-1)
-        if torch.is_grad_enabled() and (wet.requires_grad or x.requires_grad or m.requires_grad):
-            return x + m * (wet - x)
-        return wet.sub_(x).mul_(m).add_(x)  # a render: the same sums, no full-length temporaries
-    # Dry/wet is linear, so it folds into the impulse response: (1 - m) delta + m h.
-    return render_fft(x, b, a, tail, mix=m)
+    return b, a, broadcast_param(mix, x, name="mix", effect="parametric_eq")

@@ -32,6 +32,7 @@ import contextlib
 import math
 import threading
 from collections.abc import Iterator
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
@@ -568,13 +569,62 @@ def fir_from_sections(b: Tensor, a: Tensor, length: int) -> Tensor:
     return torch.fft.irfft(sos_response_on_grid(b, a, length), n=length)
 
 
-def render_fft(x: Tensor, b: Tensor, a: Tensor, tail: int, mix: Tensor | None = None, *,
-               ms: bool = False) -> Tensor:
-    """Second-order sections ``(B|1, C|1, S, 3)`` applied to ``x`` ``(B, C, T)`` as an FIR:
-    their impulse response, frequency-sampled on a grid of at least ``tail`` points, then
-    :func:`fft_convolve` (``ms``: the sections' two channels filter mid and side of a
-    left/right ``x``). ``mix`` ``(B|1, C|1)`` folds dry/wet into the response.
-    Differentiable in ``x``, ``b``, ``a`` and ``mix``; CPU and CUDA."""
+class LinearFilter(NamedTuple):
+    """A linear, time-invariant stage as the FIR it applies: ``self(x)`` is
+    ``fft_convolve(x, fir, ms=ms, skip=skip)``.
+
+    Args:
+        fir: ``(B|1, C|1, L)`` impulse response (any float dtype; the render casts it to
+            the audio's).
+        skip: samples of delay taken out (a zero-phase FIR's causal taps, see
+            :func:`fft_convolve`).
+        ms: ``fir``'s two channels filter mid and side of a left/right signal.
+
+    Differentiable in ``fir`` and the audio; CPU and CUDA.
+    """
+
+    fir: Tensor
+    skip: int = 0
+    ms: bool = False
+
+    def __call__(self, x: Tensor) -> Tensor:
+        return fft_convolve(x, self.fir.to(x.dtype), ms=self.ms, skip=self.skip)
+
+    @property
+    def basis(self) -> str | None:
+        """``"ms"`` or ``"lr"``: the channels its two responses filter; None for one response
+        (the same on left and right as on mid and side)."""
+        if self.fir.shape[1] == 1:
+            return None
+        return "ms" if self.ms else "lr"
+
+    def then(self, other: LinearFilter) -> LinearFilter | None:
+        """This filter followed by ``other`` as one: their impulse responses convolved (in
+        float64, the longer dtype of the two kept), the delays added. None where the two
+        filter different channel pairs (mid/side against left/right).
+
+        On a whole signal the one filter equals the two in turn but for float rounding and
+        one thing: a zero-phase ``self`` rings before the signal's first sample, and the two
+        in turn cut that ringing off before ``other`` hears it, where the one filter (an LTI
+        system on the zero-extended signal) lets it through; it reaches the output's first
+        ``len(other.fir)`` samples only."""
+        if None not in (self.basis, other.basis) and self.basis != other.basis:
+            return None
+        a, b = self.fir, other.fir
+        n = a.shape[-1] + b.shape[-1] - 1
+        size = next_fast_len(n)
+        wide = torch.promote_types(torch.promote_types(a.dtype, b.dtype), torch.float64)
+        spec = torch.fft.rfft(a.to(wide), n=size) * torch.fft.rfft(b.to(wide), n=size)
+        fir = torch.fft.irfft(spec, n=size)[..., :n]
+        return LinearFilter(fir, self.skip + other.skip, "ms" in (self.basis, other.basis))
+
+
+def sections_filter(b: Tensor, a: Tensor, tail: int, mix: Tensor | None = None, *,
+                    ms: bool = False) -> LinearFilter:
+    """Second-order sections ``(B|1, C|1, S, 3)`` as a :class:`LinearFilter`: their impulse
+    response, frequency-sampled on a grid of at least ``tail`` points (float64); ``ms``: the
+    sections' two channels filter mid and side. ``mix`` ``(B|1, C|1)`` folds dry/wet into
+    the response. Differentiable in ``b``, ``a`` and ``mix``; CPU and CUDA."""
     if tail < 1:
         raise ValueError(f"parametric_eq: tail must be >= 1 sample, got {tail}")
     length = next_fast_len(max(tail, 16))
@@ -584,7 +634,16 @@ def render_fft(x: Tensor, b: Tensor, a: Tensor, tail: int, mix: Tensor | None = 
     if mix is not None:
         fir = mix.to(fir.dtype).unsqueeze(-1) * fir
         fir = torch.cat([fir[..., :1] + (1.0 - mix.to(fir.dtype).unsqueeze(-1)), fir[..., 1:]], dim=-1)
-    return fft_convolve(x, fir.to(x.dtype), ms=ms)
+    return LinearFilter(fir, ms=ms)
+
+
+def render_fft(x: Tensor, b: Tensor, a: Tensor, tail: int, mix: Tensor | None = None, *,
+               ms: bool = False) -> Tensor:
+    """Second-order sections ``(B|1, C|1, S, 3)`` applied to ``x`` ``(B, C, T)`` as an FIR
+    (:func:`sections_filter`, then :func:`fft_convolve`; ``ms``: the sections' two channels
+    filter mid and side of a left/right ``x``). ``mix`` ``(B|1, C|1)`` folds dry/wet into
+    the response. Differentiable in ``x``, ``b``, ``a`` and ``mix``; CPU and CUDA."""
+    return sections_filter(b, a, tail, mix, ms=ms)(x)
 
 
 def fft_convolve(x: Tensor, fir: Tensor, *, ms: bool = False, skip: int = 0) -> Tensor:

@@ -38,7 +38,7 @@ from torch import Tensor
 
 from diffmix.checks import check_audio
 from diffmix.functional._cache import SignalMemo
-from diffmix.functional.filters import fft_convolve
+from diffmix.functional.filters import LinearFilter, fft_convolve
 from diffmix.functional.gain import mid_side
 from diffmix.functional.spectrum import band_centres, band_matrix, mid_side_psd, power_db, welch_psd
 from diffmix.params import ParamValue, broadcast_param, per_sample
@@ -238,7 +238,7 @@ def match_eq(
         sample_rate: Hz.
         mid_gain_db: band gains for the mid in dB, ``(bands,)`` or ``(B, bands)``.
         side_gain_db: band gains for the side in dB, same shapes.
-        mix: dry/wet, 0 to 1; float, ``(B,)`` or ``(B, C)``. Default 1.
+        mix: dry/wet, 0 to 1; float, ``(B,)`` or ``(B, C)`` (M and S). Default 1.
         centres_hz: band centres in Hz; default :func:`match_centres` (third octaves).
         n_fir: FIR length in taps (even); default :func:`fir_length`.
 
@@ -257,6 +257,25 @@ def match_eq(
     torch.Size([2, 2, 4000])
     """
     check_audio(x, "match_eq", channels=(2,))
+    return match_eq_filter(x, sample_rate, mid_gain_db=mid_gain_db, side_gain_db=side_gain_db, mix=mix,
+                           centres_hz=centres_hz, n_fir=n_fir)(x)
+
+
+def match_eq_filter(
+    x: Tensor,
+    sample_rate: int,
+    *,
+    mid_gain_db: ParamValue,
+    side_gain_db: ParamValue,
+    mix: ParamValue = 1.0,
+    centres_hz: Tensor | None = None,
+    n_fir: int | None = None,
+) -> LinearFilter:
+    """:func:`match_eq` as the :class:`~diffmix.functional.filters.LinearFilter` it applies to
+    audio shaped like ``x`` ``(B, 2, T)`` (read for its shape, device and dtype only);
+    arguments as :func:`match_eq`'s (a ``mix`` per channel is M's and S's). Dry/wet folds
+    into the response, ``(1 - mix) delta + mix h``; the causal taps (``h`` rolled by half the
+    FIR) with that half taken out as ``skip``. Differentiable in the gains and ``mix``."""
     centres = match_centres(sample_rate) if centres_hz is None else centres_hz
     n_fir = fir_length(sample_rate) if n_fir is None else int(n_fir)
     if n_fir < 2 or n_fir % 2:
@@ -270,16 +289,13 @@ def match_eq(
             f"{mid.shape[-1]} and {side.shape[-1]}"
         )
     gains = torch.cat(torch.broadcast_tensors(mid, side), dim=1)  # (B|1, 2, bands)
-    h = design_fir(gains, centres, sample_rate, n_fir)  # (B|1, 2, n_fir)
-    half = n_fir // 2
+    h = design_fir(gains, centres, sample_rate, n_fir)  # (B|1, 2, n_fir), lag 0 first
+    m = per_sample(mix, x, name="mix", effect="match_eq").to(h.dtype)  # (B|1, C|1, 1)
+    h = torch.cat([m * h[..., :1] + (1.0 - m), m * h[..., 1:]], dim=-1)
     # Zero-phase taps reach half the FIR both ways: the causal filter (the taps rolled by
     # half) over the signal and half a filter of zeros, read half a filter later. Long
     # signals take overlap-save blocks (fft_convolve), not one transform of the whole song.
-    wet = fft_convolve(x, torch.roll(h, half, dims=-1).to(x.dtype), ms=True, skip=half)
-    m = per_sample(mix, x, name="mix", effect="match_eq")
-    if torch.is_grad_enabled() and (wet.requires_grad or x.requires_grad or m.requires_grad):
-        return x + m * (wet - x)
-    return wet.sub_(x).mul_(m).add_(x)  # a render: the same sums, no full-length temporaries
+    return LinearFilter(torch.roll(h, n_fir // 2, dims=-1), skip=n_fir // 2, ms=True)
 
 
 def signal_band_levels_db(x: Tensor, sample_rate: int, centres_hz: Tensor, n_fft: int = 8192) -> Tensor:

@@ -19,6 +19,7 @@ from torch import Tensor
 
 from diffmix.config import instantiate
 from diffmix.console import Bus
+from diffmix.effects.base import run_effects
 from diffmix.effects.dynamics import Limiter, set_exact
 
 Render = Callable[[Tensor], Tensor]  # drives (S,) dB -> output (S, C, T)
@@ -88,10 +89,9 @@ class LimiterStage:
 
     @torch.no_grad()
     def before(self, x: Tensor) -> Tensor:
-        """The effects before the limiter."""
-        for effect in self.pre:
-            x = effect(x)
-        return x
+        """The effects before the limiter, adjacent linear ones as one filter (as the fit
+        renders them: :func:`~diffmix.effects.base.run_effects`)."""
+        return run_effects(self.pre, x)
 
     @torch.no_grad()
     def after(self, pre: Tensor) -> Tensor:

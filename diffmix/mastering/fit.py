@@ -147,7 +147,7 @@ def fit_chain(
 
     def closure(step: int):  # noqa: ANN202
         batch = song_excerpts(xs, length, step, pool=pool, seed=seed)
-        loss, terms = objective(bus(batch, until="limiter"))
+        loss, terms = objective(bus(batch, until="limiter", fuse=True))
         total = loss.sum()
         logged = {k: float(v.detach().mean()) for k, v in terms.items()}
         if prior_weight:

@@ -87,7 +87,7 @@ def _objective(inp: Path, ref: Path, report: dict) -> tuple[float, dict[str, flo
     r, _ = load_mix(ref, sr)
     set_exact(chain, False)
     with torch.no_grad():
-        loss, terms = Objective(sr, WEIGHTS, reference=r)(chain(x, until="limiter"))
+        loss, terms = Objective(sr, WEIGHTS, reference=r)(chain(x, until="limiter", fuse=True))
     return float(loss[0]), {k: WEIGHTS[k] * float(v[0]) for k, v in terms.items()}
 
 
