@@ -40,6 +40,16 @@ def test_correlation_and_crest_factor_against_float64_loops_and_gradcheck():
     short = x[..., :40].clone().requires_grad_(True)
     assert torch.autograd.gradcheck(correlation, (short,))
     assert torch.autograd.gradcheck(crest_factor_db, (short,))
+    assert torch.autograd.gradcheck(crest_factor_db, (-short,))  # the peak a negative sample
+    # the values with and without a gradient are one computation
+    assert torch.equal(crest_factor_db(short).detach(), crest_factor_db(short.detach()))
+
+
+def test_crest_factor_of_silence_is_0db_with_no_gradient():
+    for z in (torch.zeros(2, 2, 100, requires_grad=True), torch.full((1, 2, 50), 1e-14, requires_grad=True)):
+        c = crest_factor_db(z)
+        c.sum().backward()
+        assert torch.equal(c.detach(), torch.zeros(z.shape[0])) and torch.equal(z.grad, torch.zeros_like(z))
 
 
 def test_width_of_independent_noise_is_zero_db_and_mono_is_very_negative():
