@@ -178,11 +178,13 @@ def _arx_candidates(
     if memo is not None:
         memo.update(other=other, frames=frames, better=better, hit=hit)
     # The samples of the frames the joint model predicts better where the other channel
-    # is quiet: there its tests replace the mono ones.
+    # is quiet: there its tests replace the mono ones. Written frame by frame into
+    # ``(2B, F, hop)`` grids (a frame's samples are one row of it), not sample by sample.
     pos = frames[:, 1:2] * hop + torch.arange(hop, device=xd.device)
     quiet = near[frames[:, :1], pos.clamp(max=t - 1)] < _NOISE_MAX
     domain = quiet & better[:, None] & (pos < t)
-    out[frames[:, :1].expand(-1, hop)[domain], pos[domain]] = True
-    hits = out.clone()
-    hits[frames[:, :1].expand(-1, hop)[domain], pos[domain]] = hit[domain]
+    grids = torch.zeros(2, b * c, nf, hop, dtype=torch.bool, device=xd.device)
+    grids[0, frames[:, 0], frames[:, 1]] = hit & domain
+    grids[1, frames[:, 0], frames[:, 1]] = domain
+    hits, out = grids.reshape(2, b * c, nf * hop)[:, :, :t]
     return hits, out
