@@ -62,8 +62,18 @@ def ar_coefficients(
     Shape:
         ``(B, C, T)`` -> ``(B, C, F, order + 1)`` with ``F = ceil(T / hop)``, float64.
     """
-    rows, (b, c, t) = _rows(x, "ar_coefficients")
+    _rows(x, "ar_coefficients")
     check_sample_rate(sample_rate, "ar_coefficients")
+    return _ar_fit(x, order, hop, limit, frames, into)
+
+
+def _ar_fit(x: Tensor, order: int, hop: int, limit: Tensor | None = None,
+            frames: Tensor | None = None, into: Tensor | None = None) -> Tensor:
+    """:func:`ar_coefficients` without its checks (no scan of ``x`` for non-finite
+    samples), for this package's callers, which pass audio checked on the way in (or a
+    repair of it). Arguments and shapes as there."""
+    b, c, t = x.shape
+    rows = x.reshape(b * c, t)
     subset = frames
     frames = -(-t // hop)
     half = hop // 2

@@ -8,7 +8,7 @@ from torch import Tensor
 
 from diffmix.checks import check_sample_rate
 from diffmix.functional.restoration._common import _DENSE, _NOISE_MAX, _SUB, _hop, _rows
-from diffmix.functional.restoration.ar import _frames_near, _residuals, ar_coefficients
+from diffmix.functional.restoration.ar import _ar_fit, _frames_near, _residuals
 from diffmix.functional.restoration.arx_detect import _arx_candidates
 from diffmix.functional.restoration.guards import (
     _bracketed,
@@ -23,7 +23,7 @@ from diffmix.functional.restoration.guards import (
     _stereo_guards,
     _trim_quiet_ends,
 )
-from diffmix.functional.restoration.lsar import lsar_interpolate
+from diffmix.functional.restoration.lsar import _lsar
 from diffmix.functional.restoration.masks import (
     _apart,
     _mask_from_runs,
@@ -230,8 +230,8 @@ def detect_clicks(
         for step in range(passes):
             if near is None or len(near):
                 # Later passes refit only the frames whose windows the repairs changed.
-                coeffs = ar_coefficients(fit_on, sr, order=order, hop=hop, limit=limit,
-                                         frames=near, into=None if near is None else coeffs)
+                coeffs = _ar_fit(fit_on, order, hop, limit=limit, frames=near,
+                                 into=None if near is None else coeffs)
                 # (`ar_residuals`' errors, kept in frame buffers: a later pass writes the
                 # refitted frames in place, no copy of the rest)
                 if near is None:
@@ -362,14 +362,14 @@ def detect_clicks(
                 # make it).
                 own = _mask_from_runs(bursts[fresh], (b * c, t), pad, x.device).reshape(b, c, t)
                 rest = _mask_from_runs(bursts[~fresh], (b * c, t), pad, x.device).reshape(b, c, t)
-                rep_own = lsar_interpolate(xd, own, coeffs, hop)
-                rep_rest = lsar_interpolate(xd, rest, coeffs, hop)
+                rep_own = _lsar(xd, own, coeffs, hop)
+                rep_rest = _lsar(xd, rest, coeffs, hop)
                 keep = torch.zeros(len(bursts), dtype=torch.bool, device=x.device)
                 keep[fresh] = judge(rep_own, bursts[fresh])
                 keep[~fresh] = judge(rep_rest, bursts[~fresh])
                 repaired = torch.where(own, rep_own, rep_rest)
             else:
-                repaired = lsar_interpolate(xd, mask, coeffs, hop)
+                repaired = _lsar(xd, mask, coeffs, hop)
                 keep = judge(repaired, bursts)
             last = step == passes - 1 or not bool(keep.any())
             if stereo_taps is not None and c == 2 and last and not bool(keep.all()):

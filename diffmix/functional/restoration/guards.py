@@ -9,9 +9,9 @@ import torch.nn.functional as tnf
 from torch import Tensor
 
 from diffmix.functional.restoration._common import _NOISE_MAX, _PARTNER_REACH, _PERIOD_DB, _SUB
-from diffmix.functional.restoration.ar import _frames_near, ar_coefficients
+from diffmix.functional.restoration.ar import _ar_fit, _frames_near
 from diffmix.functional.restoration.arx import _cross_filters, _fir_frames
-from diffmix.functional.restoration.lsar import lsar_interpolate
+from diffmix.functional.restoration.lsar import _lsar
 from diffmix.functional.restoration.masks import _flagged, _mask_from_runs
 
 
@@ -181,9 +181,9 @@ def _stereo_guards(
     pred = _fir_frames(other, h, hop, near)
     resid = (x - pred).reshape(b * c, t)
     resid_clean = (clean - pred)
-    coeffs = ar_coefficients(resid_clean, sr, order=order, hop=hop, frames=near)
+    coeffs = _ar_fit(resid_clean, order, hop, frames=near)
     mask = _mask_from_runs(cand, (b * c, t), pad, x.device).reshape(b, c, t)
-    rep = lsar_interpolate(resid.reshape(b, c, t), mask, coeffs, hop).reshape(b * c, t)
+    rep = _lsar(resid.reshape(b, c, t), mask, coeffs, hop).reshape(b * c, t)
     level = _burst_level(resid, cand, width, max_len + 2 * pad)
     ok = _guards(resid, rep, cand, level, coeffs.reshape(b * c, frames, order + 1), hop, pad,
                  max_len, sr, **guards)

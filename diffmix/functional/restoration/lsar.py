@@ -73,7 +73,20 @@ def lsar_interpolate(
         Godsill and Rayner (1998), section 5.2.2, the LSAR interpolator; the click as
         additive noise on the observed samples, their Bayesian treatment (ch. 9).
     """
-    rows, (b, c, t) = _rows(x, "lsar_interpolate")
+    _rows(x, "lsar_interpolate")
+    return _lsar(x, mask, coeffs, hop, max_span=max_span, beyond=beyond, iterations=iterations,
+                 innovation=innovation, em_steps=em_steps, drive=drive)
+
+
+def _lsar(
+    x: Tensor, mask: Tensor, coeffs: Tensor, hop: int, *, max_span: int = 4096,
+    beyond: bool = False, iterations: int = 4, innovation: Tensor | None = None,
+    em_steps: int = 4, drive: Tensor | None = None,
+) -> Tensor:
+    """:func:`lsar_interpolate` without its scan of ``x`` for non-finite samples, for this
+    package's callers, which pass audio checked on the way in (or a repair of it)."""
+    b, c, t = x.shape
+    rows = x.reshape(b * c, t)
     if mask.shape != x.shape:
         raise ValueError(f"lsar_interpolate: mask shape {tuple(mask.shape)} != audio {tuple(x.shape)}")
     if innovation is not None and beyond:
