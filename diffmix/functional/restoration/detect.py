@@ -8,9 +8,10 @@ from torch import Tensor
 
 from diffmix.checks import check_sample_rate
 from diffmix.functional.restoration._common import _DENSE, _NOISE_MAX, _SUB, _hop, _rows
-from diffmix.functional.restoration.ar import _ar_fit, _frames_near, _residuals
+from diffmix.functional.restoration.ar import _ar_fit, _frames_near, _residuals, _unique_pairs
 from diffmix.functional.restoration.arx_detect import _arx_candidates
 from diffmix.functional.restoration.guards import (
+    _block_rms,
     _bracketed,
     _guards,
     _keep_inside,
@@ -20,6 +21,7 @@ from diffmix.functional.restoration.guards import (
     _near_both,
     _partner_peak,
     _periodicity,
+    _scales_of,
     _stereo_guards,
     _trim_quiet_ends,
 )
@@ -241,12 +243,20 @@ def detect_clicks(
                 fwd, bwd, z = (v.reshape(b * c, -1)[:, :t] for v in bufs)
                 stat = torch.minimum(fwd.abs(), bwd.abs())
                 # The local scales of the two-sided error and of the interpolation error,
-                # in one go.
-                # (built in one buffer: fresh memory costs more than the arithmetic)
-                two = torch.empty(2 * b * c, t, dtype=fwd.dtype, device=x.device)
-                torch.mul(fwd, fwd, out=two[: b * c]).add_(bwd.square()).mul_(0.5).sqrt_()
-                two[b * c :].copy_(z)
-                e_before, e_after = _local_scale(two, width)
+                # in one go, from their sub-block RMS (rows: the two-sided error's, then
+                # the interpolation error's).
+                if near is None:
+                    # (built in one buffer: fresh memory costs more than the arithmetic)
+                    two = torch.empty(2 * b * c, t, dtype=fwd.dtype, device=x.device)
+                    torch.mul(fwd, fwd, out=two[: b * c]).add_(bwd.square()).mul_(0.5).sqrt_()
+                    two[b * c :].copy_(z)
+                    rms, scale_memo = _block_rms(two), None
+                else:  # only the sub-blocks of the refitted frames changed
+                    blocks = _blocks_of(near, hop, t)
+                    rms = rms.clone()
+                    rms[torch.cat([blocks[:, 0], blocks[:, 0] + b * c]), blocks[:, 1].repeat(2)] = (
+                        _two_rms_at(fwd, bwd, z, blocks))
+                e_before, e_after, scale_memo = _scales_of(rms, width, scale_memo)
             scales = torch.maximum(e_before, e_after)[..., None]  # (2N, nsb, 1)
             scale, z_scale = scales[: b * c], scales[b * c :]
             # Candidates: samples that neither direction predicts (the minimum error, which
@@ -423,3 +433,28 @@ def detect_clicks(
             fit_on = torch.where(mask, repaired, xd)  # the bursts kept, not those vetoed
             near = _frames_near(bursts, hop, coeffs.shape[-2], pad)
     return mask, coeffs, hop
+
+
+def _blocks_of(frames: Tensor, hop: int, t: int) -> Tensor:
+    """The ``_SUB``-sample sub-blocks that the ``frames`` (``(K, 2)`` rows ``(row,
+    frame)``, ``hop`` samples each, signals ``t`` long) overlap: ``(J, 2)`` rows ``(row,
+    sub-block)``, unique, sorted."""
+    first = frames[:, 1] * hop // _SUB
+    last = (((frames[:, 1] + 1) * hop).clamp(max=t) - 1) // _SUB
+    sb = first[:, None] + torch.arange(hop // _SUB + 2, device=frames.device)
+    ok = sb <= last[:, None]
+    return _unique_pairs(frames[:, :1].expand_as(sb)[ok], sb[ok], -(-t // _SUB))
+
+
+def _two_rms_at(fwd: Tensor, bwd: Tensor, z: Tensor, blocks: Tensor) -> Tensor:
+    """The sub-block RMS of :func:`detect_clicks`' two-sided error ``sqrt((fwd^2 +
+    bwd^2) / 2)`` and of its interpolation error ``z`` (``(N, T)`` each) at the
+    ``blocks`` (``(K, 2)`` rows ``(row, sub-block)``) only: ``(2K,)``, the two-sided
+    error's first, the same values as the whole signal's (the last sub-block
+    zero-padded)."""
+    t = fwd.shape[-1]
+    idx = blocks[:, 1:2] * _SUB + torch.arange(_SUB, device=fwd.device)
+    at = (blocks[:, :1], idx.clamp(max=t - 1))
+    e = torch.mul(fwd[at], fwd[at]).add_(bwd[at].square()).mul_(0.5).sqrt_()
+    v = torch.where((idx < t).repeat(2, 1), torch.cat([e, z[at]]), e.new_zeros(()))
+    return v.square().mean(-1).sqrt()
