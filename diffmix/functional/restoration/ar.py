@@ -26,14 +26,18 @@ def levinson(r: Tensor) -> Tensor:
     p = r.shape[-1] - 1
     a = torch.zeros_like(r)
     a[..., 0] = 1.0
-    err = r[..., 0].clone()
+    # The error kept negated and with a trailing axis: k = acc / -err in one division,
+    # and k broadcasts against `a` as it is (a sign flip is exact: the same values as
+    # -acc / err). A few torch calls fewer a step: the loop runs p steps on small
+    # batches, where each call's overhead is most of its cost.
+    neg_err = -r[..., :1]
     rev = r.flip(-1)  # rev[..., p - m : p] is r[..., 1 : m + 1] reversed
     for m in range(1, p + 1):
-        acc = (a[..., :m] * rev[..., p - m : p]).sum(-1)
-        k = -acc / err
-        # The right side is a new tensor before it is written: no copy of `a` needed.
-        a[..., 1 : m + 1] = a[..., 1 : m + 1] + k[..., None] * a[..., :m].flip(-1)
-        err = err * (1.0 - k * k)
+        head = a[..., :m]
+        k = (head * rev[..., p - m : p]).sum(-1, keepdim=True) / neg_err
+        # The right side is a new tensor before it is added: no copy of `a` needed.
+        a[..., 1 : m + 1].add_(k * head.flip(-1))
+        neg_err = neg_err * (1.0 - k * k)
     return a
 
 
