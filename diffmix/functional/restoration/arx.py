@@ -99,6 +99,7 @@ def _arx_filters(x: Tensor, ref: Tensor | None, hop: int, p: int, q: int,
     h = torch.zeros(b * c, nf, taps, dtype=torch.float64, device=dev)
     a0 = torch.zeros_like(a) if mono else a
     ab, hb = (torch.zeros_like(a), torch.zeros_like(h)) if both else (a, h)
+    r0 = []  # the mono fits' autocorrelations, chunk by chunk (one Levinson run for all)
     # In chunks of frames: the normal matrices, (p + 2q + 1)^2 each, add up at dense clicks.
     for lo in range(0, len(frames), _ARX_CHUNK):
         part = frames[lo : lo + _ARX_CHUNK]
@@ -124,8 +125,9 @@ def _arx_filters(x: Tensor, ref: Tensor | None, hop: int, p: int, q: int,
             fa[part[:, 0], part[:, 1]] = torch.cat([torch.ones_like(w[..., :1]), -w[..., :p]], -1)
             fh[part[:, 0], part[:, 1]] = w[..., p:]
         if mono:
-            r0 = torch.cat([rxx[..., :1] * (1.0 + 1e-6) + 1e-20, rxx[..., 1:]], -1)
-            a0[part[:, 0], part[:, 1]] = levinson(r0)
+            r0.append(torch.cat([rxx[..., :1] * (1.0 + 1e-6) + 1e-20, rxx[..., 1:]], -1))
+    if mono and len(frames):
+        a0[frames[:, 0], frames[:, 1]] = levinson(torch.cat(r0))
     out = [a.reshape(b, c, nf, p + 1), h.reshape(b, c, nf, taps)]
     out += [a0.reshape(b, c, nf, p + 1)] if mono else []
     out += [ab.reshape(b, c, nf, p + 1), hb.reshape(b, c, nf, taps)] if both else []
