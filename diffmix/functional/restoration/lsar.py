@@ -159,13 +159,14 @@ def _lsar_solve(
         if not banded:
             lag = (pos[:lb, None] - pos[None, :lb]).abs().clamp(max=p + 1)
             gram = ra[:, lag]  # (nb, lb, lb)
-        sign = torch.sign(xs[:, p : p + lb]).detach()
-        level = xs[:, p : p + lb].detach().abs()
+        mid = xs[:, p : p + lb]  # the segment's own samples
+        if beyond:
+            sign, level = torch.sign(mid).detach(), mid.detach().abs()
         unk = unknown
         for _ in range(iterations if beyond else 1):
             d = unk.to(xs.dtype)
             known = xs.clone()
-            known[:, p : p + lb] = xs[:, p : p + lb] * (1 - d)
+            known[:, p : p + lb] = mid * (1 - d)
             # e0[i] = sum_k a[k] known[i + p - k]: error term n = start + i, i < lb + p
             e0 = torch.fft.irfft(torch.fft.rfft(known, n_fft) * fa, n_fft)[:, p : lb + 2 * p]
             if dflat is not None:  # error term n = start + i is (a * x)[n] - drive[n]
@@ -184,7 +185,7 @@ def _lsar_solve(
                 # with lam = sigma_e^2 / sigma_n^2 and re-estimate sigma_n^2. lam is
                 # detached, so the last solve is linear in x.
                 s2 = innovation.reshape(n, frames)[row, frame].detach().to(xs.dtype).square()
-                y = xs[:, p : p + lb]
+                y = mid
                 lam = torch.zeros_like(d)
                 for step in range(em_steps + 1):
                     if step:
@@ -202,7 +203,7 @@ def _lsar_solve(
                 break
             bad = unk & (sign * u.detach() < level)
             unk = unk & ~bad
-        vals = torch.where(unk, u, xs[:, p : p + lb])
+        vals = torch.where(unk, u, mid)
         keep = unknown
         r_idx = row[:, None].expand(-1, lb)[keep]
         c_idx = (start[:, None] + pos[None, :lb])[keep]
