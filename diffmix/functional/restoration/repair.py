@@ -272,7 +272,10 @@ def _innovation(x: Tensor, mask: Tensor, coeffs: Tensor, hop: int,
         m = _frame_windows(mask.reshape(b * c, t), fitted, hop, p, hop + p).to(x.dtype)
         e = _frame_windows(fwd, fitted, hop, 0, hop)
         inside = (fitted[:, 1:2] * hop + torch.arange(hop, device=x.device)) < t
-    touched = tnf.max_pool1d(m.reshape(-1, 1, hop + p), p + 1, 1)[:, 0] > 0
+    # Any masked sample among the p + 1 a term reads: a running count of the 0/1 mask
+    # (exact), where a sliding max over p + 1 samples cost p + 1 reads a term.
+    count = tnf.pad(m.reshape(-1, hop + p).cumsum(-1), (1, 0))
+    touched = (count[:, p + 1 :] - count[:, :hop]) > 0
     w = ((~touched).reshape(e.shape) & inside).to(fwd.dtype)
     rms = ((e.square() * w).sum(-1) / w.sum(-1).clamp(min=1)).sqrt()
     if fitted is None:
