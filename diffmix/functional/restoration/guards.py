@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as tnf
 from torch import Tensor
@@ -54,8 +55,8 @@ def _scales_of(ms: Tensor, width: int, memo: tuple[Tensor, Tensor] | None = None
     padded = tnf.pad(ms[:, None], (width, width + cells * stride - nsb + stride), mode="replicate")[:, 0]
     windows = padded.unfold(-1, width, stride)
     if memo is None:
-        # The lower median, as `median` gives it, by `kthvalue` (a little cheaper).
-        med = windows.kthvalue((width + 1) // 2, -1).values
+        # The lower median, as `median` gives it.
+        med = _kth_smallest(windows, (width + 1) // 2)
     else:
         at = _flagged(padded != memo[0])  # (row, padded position) of each change
         # window j reads positions stride j .. stride j + width - 1
@@ -64,11 +65,21 @@ def _scales_of(ms: Tensor, width: int, memo: tuple[Tensor, Tensor] | None = None
         j = _unique_pairs(at[:, :1].expand_as(j).reshape(-1),
                           j.reshape(-1).clamp(0, windows.shape[1] - 1), windows.shape[1])
         med = memo[1].clone()
-        med[j[:, 0], j[:, 1]] = windows[j[:, 0], j[:, 1]].kthvalue((width + 1) // 2, -1).values
+        med[j[:, 0], j[:, 1]] = _kth_smallest(windows[j[:, 0], j[:, 1]], (width + 1) // 2)
     later = width // stride + 1
     before, after = med[:, :cells], med[:, later : later + cells]
     return (before.repeat_interleave(stride, -1)[:, :nsb],
             after.repeat_interleave(stride, -1)[:, :nsb], (padded, med))
+
+
+def _kth_smallest(v: Tensor, k: int) -> Tensor:
+    """The ``k``-th smallest (from 1) of ``v`` (``(..., n)``) along its last axis, as
+    ``v.kthvalue(k, -1).values`` (an order statistic: the same value whichever way it
+    is found). On the CPU by numpy's introselect, several times faster than
+    ``kthvalue`` over the detector's many short windows. ``(...,)``."""
+    if v.device.type != "cpu":
+        return v.kthvalue(k, -1).values
+    return torch.from_numpy(np.partition(v.detach().numpy(), k - 1, axis=-1)[..., k - 1])
 
 
 def _periodicity(res: Tensor, bursts: Tensor, sample_rate: int) -> Tensor:
