@@ -241,7 +241,9 @@ def detect_clicks(
                 else:  # the errors of the refitted frames only; the rest are as they were
                     _residuals(xd, coeffs, hop, None, (0, 1, 2), near, bufs, inplace=True)
                 fwd, bwd, z = (v.reshape(b * c, -1)[:, :t] for v in bufs)
-                stat = torch.minimum(fwd.abs(), bwd.abs())
+                # (the magnitudes kept: the joint rule reads them again)
+                f_abs, b_abs, z_abs = fwd.abs(), bwd.abs(), z.abs()
+                stat = torch.minimum(f_abs, b_abs)
                 # The local scales of the two-sided error and of the interpolation error,
                 # in one go, from their sub-block RMS (rows: the two-sided error's, then
                 # the interpolation error's).
@@ -266,7 +268,7 @@ def detect_clicks(
             grid = (b * c, nsb, _SUB)
             floor = 10.0 ** (floor_db / 20.0)
             sg = tnf.pad(stat, (0, nsb * _SUB - t)).reshape(grid)
-            zg = tnf.pad(z.abs(), (0, nsb * _SUB - t)).reshape(grid)
+            zg = tnf.pad(z_abs, (0, nsb * _SUB - t)).reshape(grid)
             one_sided = sg > torch.clamp(threshold * scale, min=floor)
             z_ratio = (zg / z_scale.clamp(min=1e-30)).reshape(b * c, nsb * _SUB)
             flags = one_sided & (zg > z_threshold * z_scale)
@@ -311,8 +313,8 @@ def detect_clicks(
                 # forward break, a backward break no earlier, see `_bracketed`), at the
                 # same place in both (see `_near_both`).
                 floor_at = torch.clamp(threshold * scale, min=floor)
-                breaks = [(tnf.pad(e.abs(), (0, nsb * _SUB - t)).reshape(grid) > floor_at)
-                          .reshape(b * c, -1) for e in (fwd, bwd)]
+                breaks = [(tnf.pad(e, (0, nsb * _SUB - t)).reshape(grid) > floor_at)
+                          .reshape(b * c, -1) for e in (f_abs, b_abs)]
                 reach = z_reach if z_reach is not None else 0
                 both = _near_both(_near(_bracketed(*breaks, reach), z_ratio, reach, z_threshold),
                                   (b * c, nsb * _SUB), joint_reach)
@@ -385,12 +387,14 @@ def detect_clicks(
             if stereo_taps is not None and c == 2 and last and not bool(keep.all()):
                 # Vetoed bursts the other channel does not share (no candidate-level
                 # interpolation error there): judged again on the cross-channel residual.
-                z_ratio = z.abs() / z_scale[..., 0].repeat_interleave(_SUB, -1)[:, :t]
+                # (the other channel's interpolation error over its scale, read at the
+                # bursts only)
                 span = max_len + 2 * pad
                 idx = (bursts[:, 1:2] - pad + torch.arange(span, device=x.device)).clamp(0, t - 1)
                 inside = idx < (bursts[:, 2:3] + pad)
                 partner = bursts[:, 0:1] + 1 - 2 * (bursts[:, 0:1] % 2)
-                alone = torch.where(inside, z_ratio[partner, idx], 0.0).amax(-1) < _NOISE_MAX
+                there = z_abs[partner, idx] / z_scale[partner, idx // _SUB, 0]
+                alone = torch.where(inside, there, 0.0).amax(-1) < _NOISE_MAX
                 keep |= _stereo_guards(xd, repaired, bursts, ~keep & alone, sr, order, hop, pad,
                                        max_len, width // 2, stereo_taps, **guards)
             if bool((keep & fresh).any()):
@@ -413,7 +417,7 @@ def detect_clicks(
             if pair_sigma is not None and c == 2:
                 # The same burst at the same samples in the other channel (a scratch, a
                 # glitch in both), which its guards may veto: see `_partners`.
-                zr = z.abs() / z_scale[..., 0].repeat_interleave(_SUB, -1)[:, :t].clamp(min=1e-30)
+                zr = z_ratio[:, :t]  # |z| over its scale (clamped), as above
                 more, rep = _partners(xd, bursts, coeffs, hop, level, zr, fwd, pad, max_len,
                                       pair_sigma, pair_db, pair_explain_db)
                 if len(more):
