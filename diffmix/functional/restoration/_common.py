@@ -54,18 +54,23 @@ def _frame_windows(rows: Tensor, frames: Tensor, hop: int, lead: int, width: int
     its ends by index: a subset of frames costs its windows, not a padded copy of
     ``rows`` (``(N, T)``)."""
     n, t = rows.shape
-    rows = rows.contiguous()
+    flat = rows.contiguous().reshape(-1)
     f0 = -(-lead // hop)  # the first frame whose window starts inside
     f1 = (t - width + lead) // hop  # the last whose window ends inside
     inner = (frames[:, 1] >= f0) & (frames[:, 1] <= f1)
     view = None
     if f1 >= f0:
-        view = rows.as_strided((n, f1 - f0 + 1, width), (t, hop, 1), rows.storage_offset() + f0 * hop - lead)
+        # Row i of `view` holds the `width` samples from flat sample i on: a window is
+        # one row, picked by `index_select` (a row copy each, several times cheaper than
+        # advanced indexing of a (row, frame) view).
+        view = flat.as_strided((n * t - width + 1, width), (1, 1))
+        starts = frames[:, 0] * t + frames[:, 1] * hop - lead
         if bool(inner.all()):
-            return view[frames[:, 0], frames[:, 1] - f0]
+            return view.index_select(0, starts)
+    rows = flat.reshape(n, t)
     out = rows.new_zeros(len(frames), width)
     if view is not None:
-        out[inner] = view[frames[inner, 0], frames[inner, 1] - f0]
+        out[inner] = view.index_select(0, starts[inner])
     edge = frames[~inner]
     idx = edge[:, 1:2] * hop - lead + torch.arange(width, device=rows.device)
     ok = (idx >= 0) & (idx < t)
