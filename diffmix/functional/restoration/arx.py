@@ -92,7 +92,6 @@ def _arx_filters(x: Tensor, ref: Tensor | None, hop: int, p: int, q: int,
     win = torch.hann_window(span, periodic=False, dtype=x.dtype, device=x.device)
     n_fft = 1 << math.ceil(math.log2(span + p + taps))
     dev = x.device
-    i = torch.arange(1, p + 1, device=dev)
     j = torch.arange(-q, q + 1, device=dev)
     lags = torch.arange(-q - p, q + 1, device=dev)
     a = torch.zeros(b * c, nf, p + 1, dtype=torch.float64, device=dev)
@@ -112,13 +111,15 @@ def _arx_filters(x: Tensor, ref: Tensor | None, hop: int, p: int, q: int,
         # The normal matrix [[own, cross], [cross^T, other]]: the diagonal blocks (with
         # the floor) are the same forwards and backwards; only the cross blocks change.
         normal = rxx.new_empty(len(part), p + taps, p + taps)
-        normal[:, :p, :p] = rxx[..., (i[:, None] - i[None]).abs()]
-        normal[:, p:, p:] = rrr[..., (j[:, None] - j[None]).abs()]
+        normal[:, :p, :p] = _toeplitz(rxx, p)
+        normal[:, p:, p:] = _toeplitz(rrr, taps)
         floor = torch.cat([rxx[..., :1].expand(-1, p), rrr[..., :1].expand(-1, taps)], -1) * 1e-6 + 1e-20
         normal.diagonal(dim1=-2, dim2=-1).add_(floor)
         for sign, (fa, fh) in ((1, (a, h)), (-1, (ab, hb)))[: 2 if both else 1]:
             cl = cross[..., (sign * lags) % n_fft]  # lags -q - p .. q (negated: backward)
-            normal[:, :p, p:] = cl[..., j[None] - i[:, None] + q + p]
+            # [i - 1, j + q] = cl[j - i + q + p] (i = 1 .. p, j = -q .. q): row i - 1 of
+            # the strided rows cl[m ..] read from m = p - i, so the rows reversed
+            normal[:, :p, p:] = cl.as_strided((len(cl), p, taps), (cl.stride(0), 1, 1)).flip(-2)
             normal[:, p:, :p] = normal[:, :p, p:].transpose(-1, -2)
             rhs = torch.cat([rxx[..., 1:], cl[..., j + q + p]], -1)
             w = _spd_solve(normal, rhs)
@@ -132,6 +133,15 @@ def _arx_filters(x: Tensor, ref: Tensor | None, hop: int, p: int, q: int,
     out += [a0.reshape(b, c, nf, p + 1)] if mono else []
     out += [ab.reshape(b, c, nf, p + 1), hb.reshape(b, c, nf, taps)] if both else []
     return tuple(out)
+
+
+def _toeplitz(first: Tensor, n: int) -> Tensor:
+    """The symmetric Toeplitz matrices ``T[a, b] = first[..., |a - b|]`` (``a, b < n``)
+    of the rows of ``first`` (``(K, >= n)``): ``(K, n, n)``, read through a strided view
+    (the rows of a Hankel view of the mirrored first row, reversed), a copy rather than
+    an index array's gather."""
+    v = torch.cat([first[..., 1:n].flip(-1), first[..., :n]], -1)  # v[m] = first[|m - n + 1|]
+    return v.as_strided((len(v), n, n), (v.stride(0), 1, 1)).flip(-2)
 
 
 def _spd_solve(mat: Tensor, rhs: Tensor) -> Tensor:
