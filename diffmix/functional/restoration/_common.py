@@ -76,3 +76,12 @@ def _frame_windows(rows: Tensor, frames: Tensor, hop: int, lead: int, width: int
     ok = (idx >= 0) & (idx < t)
     out[~inner] = torch.where(ok, rows[edge[:, :1], idx.clamp(0, t - 1)], rows.new_zeros(()))
     return out
+
+
+def _toeplitz(first: Tensor, n: int) -> Tensor:
+    """The symmetric Toeplitz matrices ``T[a, b] = first[..., |a - b|]`` (``a, b < n``)
+    of the rows of ``first`` (``(K, >= n)``): ``(K, n, n)``, read through a strided view
+    (the rows of a Hankel view of the mirrored first row, reversed), a copy rather than
+    an index array's gather."""
+    v = torch.cat([first[..., 1:n].flip(-1), first[..., :n]], -1)  # v[m] = first[|m - n + 1|]
+    return v.as_strided((len(v), n, n), (v.stride(0), 1, 1)).flip(-2)

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as tnf
 from torch import Tensor
 
-from diffmix.functional.restoration._common import _ARX_CHUNK, _ARX_SPAN, _frame_windows
+from diffmix.functional.restoration._common import _ARX_CHUNK, _ARX_SPAN, _frame_windows, _toeplitz
 from diffmix.functional.restoration.ar import levinson
 
 
@@ -133,15 +133,6 @@ def _arx_filters(x: Tensor, ref: Tensor | None, hop: int, p: int, q: int,
     out += [a0.reshape(b, c, nf, p + 1)] if mono else []
     out += [ab.reshape(b, c, nf, p + 1), hb.reshape(b, c, nf, taps)] if both else []
     return tuple(out)
-
-
-def _toeplitz(first: Tensor, n: int) -> Tensor:
-    """The symmetric Toeplitz matrices ``T[a, b] = first[..., |a - b|]`` (``a, b < n``)
-    of the rows of ``first`` (``(K, >= n)``): ``(K, n, n)``, read through a strided view
-    (the rows of a Hankel view of the mirrored first row, reversed), a copy rather than
-    an index array's gather."""
-    v = torch.cat([first[..., 1:n].flip(-1), first[..., :n]], -1)  # v[m] = first[|m - n + 1|]
-    return v.as_strided((len(v), n, n), (v.stride(0), 1, 1)).flip(-2)
 
 
 def _spd_solve(mat: Tensor, rhs: Tensor) -> Tensor:

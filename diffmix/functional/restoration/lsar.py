@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as tnf
 from torch import Tensor
 
-from diffmix.functional.restoration._common import _rows
+from diffmix.functional.restoration._common import _rows, _toeplitz
 from diffmix.functional.restoration.masks import _changed, _flagged, _segments, runs
 
 
@@ -156,9 +156,8 @@ def _lsar_solve(
         # (blocks of `band` >= p samples, block-tridiagonal, see `_band_solve`).
         band = 1 << max(3, math.ceil(math.log2(p)))
         banded = innovation is None and lb >= 4 * band and lb % band == 0
-        if not banded:
-            lag = (pos[:lb, None] - pos[None, :lb]).abs().clamp(max=p + 1)
-            gram = ra[:, lag]  # (nb, lb, lb)
+        if not banded:  # Toeplitz in `ra`, zero from lag p + 1 on: (nb, lb, lb)
+            gram = _toeplitz(tnf.pad(ra, (0, max(0, lb - p - 2))), lb)
         mid = xs[:, p : p + lb]  # the segment's own samples
         if beyond:
             sign, level = torch.sign(mid).detach(), mid.detach().abs()
