@@ -54,20 +54,21 @@ def _frame_windows(rows: Tensor, frames: Tensor, hop: int, lead: int, width: int
     its ends by index: a subset of frames costs its windows, not a padded copy of
     ``rows`` (``(N, T)``)."""
     n, t = rows.shape
-    flat = rows.contiguous().reshape(-1)
+    if rows.stride(-1) != 1:
+        rows = rows.contiguous()
+    step = rows.stride(0) if n > 1 else t  # rows read in place (a slice of a longer buffer too)
     f0 = -(-lead // hop)  # the first frame whose window starts inside
     f1 = (t - width + lead) // hop  # the last whose window ends inside
     inner = (frames[:, 1] >= f0) & (frames[:, 1] <= f1)
     view = None
     if f1 >= f0:
-        # Row i of `view` holds the `width` samples from flat sample i on: a window is
+        # Row i of `view` holds the `width` samples from storage sample i on: a window is
         # one row, picked by `index_select` (a row copy each, several times cheaper than
         # advanced indexing of a (row, frame) view).
-        view = flat.as_strided((n * t - width + 1, width), (1, 1))
-        starts = frames[:, 0] * t + frames[:, 1] * hop - lead
+        view = rows.as_strided(((n - 1) * step + t - width + 1, width), (1, 1))
+        starts = frames[:, 0] * step + frames[:, 1] * hop - lead
         if bool(inner.all()):
             return view.index_select(0, starts)
-    rows = flat.reshape(n, t)
     out = rows.new_zeros(len(frames), width)
     if view is not None:
         out[inner] = view.index_select(0, starts[inner])
