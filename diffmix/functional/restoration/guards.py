@@ -9,7 +9,13 @@ import torch
 import torch.nn.functional as tnf
 from torch import Tensor
 
-from diffmix.functional.restoration._common import _NOISE_MAX, _PARTNER_REACH, _PERIOD_DB, _SUB
+from diffmix.functional.restoration._common import (
+    _NOISE_MAX,
+    _PARTNER_REACH,
+    _PERIOD_DB,
+    _SUB,
+    _frame_windows,
+)
 from diffmix.functional.restoration.ar import _ar_fit, _frames_near, _unique_pairs
 from diffmix.functional.restoration.arx import _cross_filters, _fir_frames
 from diffmix.functional.restoration.lsar import _lsar
@@ -96,12 +102,9 @@ def _periodicity(res: Tensor, bursts: Tensor, sample_rate: int) -> Tensor:
     0.6 threshold with 32. ``(K,)`` in [0, 1]."""
     half, lmin, lmax = 32, int(0.0015 * sample_rate), int(0.020 * sample_rate)
     n = 2 * half
-    t = res.shape[-1]
     centre = (bursts[:, 1] + bursts[:, 2]) // 2
     # The bursts' regions, zero outside the signal (read in place: no padded copy of it).
-    idx = centre[:, None] - lmax - half + torch.arange(2 * lmax + n, device=res.device)
-    region = torch.where((idx >= 0) & (idx < t), res[bursts[:, 0, None], idx.clamp(0, t - 1)],
-                         res.new_zeros(()))
+    region = _frame_windows(res, torch.stack([bursts[:, 0], centre], -1), 1, lmax + half, 2 * lmax + n)
     seg = region[:, lmax : lmax + n]
     n_fft = 1 << math.ceil(math.log2(2 * lmax + 2 * n))
     dots = torch.fft.irfft(torch.fft.rfft(region, n_fft) * torch.fft.rfft(seg, n_fft).conj(), n_fft)
