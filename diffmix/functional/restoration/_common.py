@@ -54,20 +54,35 @@ def _frame_windows(rows: Tensor, frames: Tensor, hop: int, lead: int, width: int
     its ends by index: a subset of frames costs its windows, not a padded copy of
     ``rows`` (``(N, T)``)."""
     n, t = rows.shape
-    rows = rows.contiguous()
+    if rows.stride(-1) != 1:
+        rows = rows.contiguous()
+    step = rows.stride(0) if n > 1 else t  # rows read in place (a slice of a longer buffer too)
     f0 = -(-lead // hop)  # the first frame whose window starts inside
     f1 = (t - width + lead) // hop  # the last whose window ends inside
     inner = (frames[:, 1] >= f0) & (frames[:, 1] <= f1)
     view = None
     if f1 >= f0:
-        view = rows.as_strided((n, f1 - f0 + 1, width), (t, hop, 1), rows.storage_offset() + f0 * hop - lead)
+        # Row i of `view` holds the `width` samples from storage sample i on: a window is
+        # one row, picked by `index_select` (a row copy each, several times cheaper than
+        # advanced indexing of a (row, frame) view).
+        view = rows.as_strided(((n - 1) * step + t - width + 1, width), (1, 1))
+        starts = frames[:, 0] * step + frames[:, 1] * hop - lead
         if bool(inner.all()):
-            return view[frames[:, 0], frames[:, 1] - f0]
+            return view.index_select(0, starts)
     out = rows.new_zeros(len(frames), width)
     if view is not None:
-        out[inner] = view[frames[inner, 0], frames[inner, 1] - f0]
+        out[inner] = view.index_select(0, starts[inner])
     edge = frames[~inner]
     idx = edge[:, 1:2] * hop - lead + torch.arange(width, device=rows.device)
     ok = (idx >= 0) & (idx < t)
     out[~inner] = torch.where(ok, rows[edge[:, :1], idx.clamp(0, t - 1)], rows.new_zeros(()))
     return out
+
+
+def _toeplitz(first: Tensor, n: int) -> Tensor:
+    """The symmetric Toeplitz matrices ``T[a, b] = first[..., |a - b|]`` (``a, b < n``)
+    of the rows of ``first`` (``(K, >= n)``): ``(K, n, n)``, read through a strided view
+    (the rows of a Hankel view of the mirrored first row, reversed), a copy rather than
+    an index array's gather."""
+    v = torch.cat([first[..., 1:n].flip(-1), first[..., :n]], -1)  # v[m] = first[|m - n + 1|]
+    return v.as_strided((len(v), n, n), (v.stride(0), 1, 1)).flip(-2)

@@ -26,14 +26,18 @@ def levinson(r: Tensor) -> Tensor:
     p = r.shape[-1] - 1
     a = torch.zeros_like(r)
     a[..., 0] = 1.0
-    err = r[..., 0].clone()
+    # The error kept negated and with a trailing axis: k = acc / -err in one division,
+    # and k broadcasts against `a` as it is (a sign flip is exact: the same values as
+    # -acc / err). A few torch calls fewer a step: the loop runs p steps on small
+    # batches, where each call's overhead is most of its cost.
+    neg_err = -r[..., :1]
     rev = r.flip(-1)  # rev[..., p - m : p] is r[..., 1 : m + 1] reversed
     for m in range(1, p + 1):
-        acc = (a[..., :m] * rev[..., p - m : p]).sum(-1)
-        k = -acc / err
-        # The right side is a new tensor before it is written: no copy of `a` needed.
-        a[..., 1 : m + 1] = a[..., 1 : m + 1] + k[..., None] * a[..., :m].flip(-1)
-        err = err * (1.0 - k * k)
+        head = a[..., :m]
+        k = (head * rev[..., p - m : p]).sum(-1, keepdim=True) / neg_err
+        # The right side is a new tensor before it is added: no copy of `a` needed.
+        a[..., 1 : m + 1].add_(k * head.flip(-1))
+        neg_err = neg_err * (1.0 - k * k)
     return a
 
 
@@ -62,8 +66,18 @@ def ar_coefficients(
     Shape:
         ``(B, C, T)`` -> ``(B, C, F, order + 1)`` with ``F = ceil(T / hop)``, float64.
     """
-    rows, (b, c, t) = _rows(x, "ar_coefficients")
+    _rows(x, "ar_coefficients")
     check_sample_rate(sample_rate, "ar_coefficients")
+    return _ar_fit(x, order, hop, limit, frames, into)
+
+
+def _ar_fit(x: Tensor, order: int, hop: int, limit: Tensor | None = None,
+            frames: Tensor | None = None, into: Tensor | None = None) -> Tensor:
+    """:func:`ar_coefficients` without its checks (no scan of ``x`` for non-finite
+    samples), for this package's callers, which pass audio checked on the way in (or a
+    repair of it). Arguments and shapes as there."""
+    b, c, t = x.shape
+    rows = x.reshape(b * c, t)
     subset = frames
     frames = -(-t // hop)
     half = hop // 2

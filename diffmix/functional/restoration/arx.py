@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as tnf
 from torch import Tensor
 
-from diffmix.functional.restoration._common import _ARX_CHUNK, _ARX_SPAN, _frame_windows
+from diffmix.functional.restoration._common import _ARX_CHUNK, _ARX_SPAN, _frame_windows, _toeplitz
 from diffmix.functional.restoration.ar import levinson
 
 
@@ -92,13 +92,13 @@ def _arx_filters(x: Tensor, ref: Tensor | None, hop: int, p: int, q: int,
     win = torch.hann_window(span, periodic=False, dtype=x.dtype, device=x.device)
     n_fft = 1 << math.ceil(math.log2(span + p + taps))
     dev = x.device
-    i = torch.arange(1, p + 1, device=dev)
     j = torch.arange(-q, q + 1, device=dev)
     lags = torch.arange(-q - p, q + 1, device=dev)
     a = torch.zeros(b * c, nf, p + 1, dtype=torch.float64, device=dev)
     h = torch.zeros(b * c, nf, taps, dtype=torch.float64, device=dev)
     a0 = torch.zeros_like(a) if mono else a
     ab, hb = (torch.zeros_like(a), torch.zeros_like(h)) if both else (a, h)
+    r0 = []  # the mono fits' autocorrelations, chunk by chunk (one Levinson run for all)
     # In chunks of frames: the normal matrices, (p + 2q + 1)^2 each, add up at dense clicks.
     for lo in range(0, len(frames), _ARX_CHUNK):
         part = frames[lo : lo + _ARX_CHUNK]
@@ -111,21 +111,24 @@ def _arx_filters(x: Tensor, ref: Tensor | None, hop: int, p: int, q: int,
         # The normal matrix [[own, cross], [cross^T, other]]: the diagonal blocks (with
         # the floor) are the same forwards and backwards; only the cross blocks change.
         normal = rxx.new_empty(len(part), p + taps, p + taps)
-        normal[:, :p, :p] = rxx[..., (i[:, None] - i[None]).abs()]
-        normal[:, p:, p:] = rrr[..., (j[:, None] - j[None]).abs()]
+        normal[:, :p, :p] = _toeplitz(rxx, p)
+        normal[:, p:, p:] = _toeplitz(rrr, taps)
         floor = torch.cat([rxx[..., :1].expand(-1, p), rrr[..., :1].expand(-1, taps)], -1) * 1e-6 + 1e-20
         normal.diagonal(dim1=-2, dim2=-1).add_(floor)
         for sign, (fa, fh) in ((1, (a, h)), (-1, (ab, hb)))[: 2 if both else 1]:
             cl = cross[..., (sign * lags) % n_fft]  # lags -q - p .. q (negated: backward)
-            normal[:, :p, p:] = cl[..., j[None] - i[:, None] + q + p]
+            # [i - 1, j + q] = cl[j - i + q + p] (i = 1 .. p, j = -q .. q): row i - 1 of
+            # the strided rows cl[m ..] read from m = p - i, so the rows reversed
+            normal[:, :p, p:] = cl.as_strided((len(cl), p, taps), (cl.stride(0), 1, 1)).flip(-2)
             normal[:, p:, :p] = normal[:, :p, p:].transpose(-1, -2)
             rhs = torch.cat([rxx[..., 1:], cl[..., j + q + p]], -1)
             w = _spd_solve(normal, rhs)
             fa[part[:, 0], part[:, 1]] = torch.cat([torch.ones_like(w[..., :1]), -w[..., :p]], -1)
             fh[part[:, 0], part[:, 1]] = w[..., p:]
         if mono:
-            r0 = torch.cat([rxx[..., :1] * (1.0 + 1e-6) + 1e-20, rxx[..., 1:]], -1)
-            a0[part[:, 0], part[:, 1]] = levinson(r0)
+            r0.append(torch.cat([rxx[..., :1] * (1.0 + 1e-6) + 1e-20, rxx[..., 1:]], -1))
+    if mono and len(frames):
+        a0[frames[:, 0], frames[:, 1]] = levinson(torch.cat(r0))
     out = [a.reshape(b, c, nf, p + 1), h.reshape(b, c, nf, taps)]
     out += [a0.reshape(b, c, nf, p + 1)] if mono else []
     out += [ab.reshape(b, c, nf, p + 1), hb.reshape(b, c, nf, taps)] if both else []

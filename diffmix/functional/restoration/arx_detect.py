@@ -8,7 +8,15 @@ import torch
 import torch.nn.functional as tnf
 from torch import Tensor
 
-from diffmix.functional.restoration._common import _ARX_CHUNK, _ARX_ORDER, _ARX_SPAN, _NOISE_MAX, _SUB, _hop
+from diffmix.functional.restoration._common import (
+    _ARX_CHUNK,
+    _ARX_ORDER,
+    _ARX_SPAN,
+    _NOISE_MAX,
+    _SUB,
+    _frame_windows,
+    _hop,
+)
 from diffmix.functional.restoration.ar import _unique_pairs
 from diffmix.functional.restoration.arx import _arx_filters
 from diffmix.functional.restoration.guards import _local_scale
@@ -29,17 +37,10 @@ def _arx_tests(
     # all under the frame's models: n in [s0, s0 + span), s0 = f hop - wide.
     wide = width * _SUB
     span = hop + 2 * wide
-    s0 = frames[:, 1:2] * hop - wide
-    t = rows.shape[-1]
-    ar_ = torch.arange(span + 3 * p + 2 * q, device=rows.device)
-
-    def take(v: Tensor, row: Tensor, idx: Tensor) -> Tensor:  # zero outside the signal
-        return torch.where((idx >= 0) & (idx < t), v[row, idx.clamp(0, t - 1)], v.new_zeros(()))
-
-    partner = frames[:, :1] + 1 - 2 * (frames[:, :1] % 2)
-    xs = take(rows, frames[:, :1], s0 - p + ar_[: span + 3 * p])
-    rs = take(other, partner, s0 - q + ar_[: span + p + 2 * q])
-    xs, rs = xs.to(torch.float64), rs.to(torch.float64)
+    # (read as frame windows: a strided view of the rows, zero outside the signal)
+    partner = torch.stack([frames[:, 0] + 1 - 2 * (frames[:, 0] % 2), frames[:, 1]], -1)
+    xs = _frame_windows(rows, frames, hop, wide + p, span + 3 * p).to(torch.float64)
+    rs = _frame_windows(other, partner, hop, wide + q, span + p + 2 * q).to(torch.float64)
     # xs[m] = x[s0 - p + m], rs[m] = ref[s0 - q + m]; the filters by FFT (linear, no wrap:
     # every product below reads inside the zero-padded transform), n = s0 + i:
     # forward e[i] = sum_k a[k] x[n - k] - sum_j h[j] ref[n - j] (i < span + p),
@@ -178,11 +179,13 @@ def _arx_candidates(
     if memo is not None:
         memo.update(other=other, frames=frames, better=better, hit=hit)
     # The samples of the frames the joint model predicts better where the other channel
-    # is quiet: there its tests replace the mono ones.
+    # is quiet: there its tests replace the mono ones. Written frame by frame into
+    # ``(2B, F, hop)`` grids (a frame's samples are one row of it), not sample by sample.
     pos = frames[:, 1:2] * hop + torch.arange(hop, device=xd.device)
     quiet = near[frames[:, :1], pos.clamp(max=t - 1)] < _NOISE_MAX
     domain = quiet & better[:, None] & (pos < t)
-    out[frames[:, :1].expand(-1, hop)[domain], pos[domain]] = True
-    hits = out.clone()
-    hits[frames[:, :1].expand(-1, hop)[domain], pos[domain]] = hit[domain]
+    grids = torch.zeros(2, b * c, nf, hop, dtype=torch.bool, device=xd.device)
+    grids[0, frames[:, 0], frames[:, 1]] = hit & domain
+    grids[1, frames[:, 0], frames[:, 1]] = domain
+    hits, out = grids.reshape(2, b * c, nf * hop)[:, :, :t]
     return hits, out

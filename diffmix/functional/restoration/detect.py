@@ -8,9 +8,10 @@ from torch import Tensor
 
 from diffmix.checks import check_sample_rate
 from diffmix.functional.restoration._common import _DENSE, _NOISE_MAX, _SUB, _hop, _rows
-from diffmix.functional.restoration.ar import _frames_near, _residuals, ar_coefficients
+from diffmix.functional.restoration.ar import _ar_fit, _frames_near, _residuals, _unique_pairs
 from diffmix.functional.restoration.arx_detect import _arx_candidates
 from diffmix.functional.restoration.guards import (
+    _block_rms,
     _bracketed,
     _guards,
     _keep_inside,
@@ -20,10 +21,11 @@ from diffmix.functional.restoration.guards import (
     _near_both,
     _partner_peak,
     _periodicity,
+    _scales_of,
     _stereo_guards,
     _trim_quiet_ends,
 )
-from diffmix.functional.restoration.lsar import lsar_interpolate
+from diffmix.functional.restoration.lsar import _lsar
 from diffmix.functional.restoration.masks import (
     _apart,
     _mask_from_runs,
@@ -230,8 +232,8 @@ def detect_clicks(
         for step in range(passes):
             if near is None or len(near):
                 # Later passes refit only the frames whose windows the repairs changed.
-                coeffs = ar_coefficients(fit_on, sr, order=order, hop=hop, limit=limit,
-                                         frames=near, into=None if near is None else coeffs)
+                coeffs = _ar_fit(fit_on, order, hop, limit=limit, frames=near,
+                                 into=None if near is None else coeffs)
                 # (`ar_residuals`' errors, kept in frame buffers: a later pass writes the
                 # refitted frames in place, no copy of the rest)
                 if near is None:
@@ -239,14 +241,24 @@ def detect_clicks(
                 else:  # the errors of the refitted frames only; the rest are as they were
                     _residuals(xd, coeffs, hop, None, (0, 1, 2), near, bufs, inplace=True)
                 fwd, bwd, z = (v.reshape(b * c, -1)[:, :t] for v in bufs)
-                stat = torch.minimum(fwd.abs(), bwd.abs())
+                # (the magnitudes kept: the joint rule reads them again)
+                f_abs, b_abs, z_abs = fwd.abs(), bwd.abs(), z.abs()
+                stat = torch.minimum(f_abs, b_abs)
                 # The local scales of the two-sided error and of the interpolation error,
-                # in one go.
-                # (built in one buffer: fresh memory costs more than the arithmetic)
-                two = torch.empty(2 * b * c, t, dtype=fwd.dtype, device=x.device)
-                torch.mul(fwd, fwd, out=two[: b * c]).add_(bwd.square()).mul_(0.5).sqrt_()
-                two[b * c :].copy_(z)
-                e_before, e_after = _local_scale(two, width)
+                # in one go, from their sub-block RMS (rows: the two-sided error's, then
+                # the interpolation error's).
+                if near is None:
+                    # (built in one buffer: fresh memory costs more than the arithmetic)
+                    two = torch.empty(2 * b * c, t, dtype=fwd.dtype, device=x.device)
+                    torch.mul(fwd, fwd, out=two[: b * c]).add_(bwd.square()).mul_(0.5).sqrt_()
+                    two[b * c :].copy_(z)
+                    rms, scale_memo = _block_rms(two), None
+                else:  # only the sub-blocks of the refitted frames changed
+                    blocks = _blocks_of(near, hop, t)
+                    rms = rms.clone()
+                    rms[torch.cat([blocks[:, 0], blocks[:, 0] + b * c]), blocks[:, 1].repeat(2)] = (
+                        _two_rms_at(fwd, bwd, z, blocks))
+                e_before, e_after, scale_memo = _scales_of(rms, width, scale_memo)
             scales = torch.maximum(e_before, e_after)[..., None]  # (2N, nsb, 1)
             scale, z_scale = scales[: b * c], scales[b * c :]
             # Candidates: samples that neither direction predicts (the minimum error, which
@@ -256,7 +268,7 @@ def detect_clicks(
             grid = (b * c, nsb, _SUB)
             floor = 10.0 ** (floor_db / 20.0)
             sg = tnf.pad(stat, (0, nsb * _SUB - t)).reshape(grid)
-            zg = tnf.pad(z.abs(), (0, nsb * _SUB - t)).reshape(grid)
+            zg = tnf.pad(z_abs, (0, nsb * _SUB - t)).reshape(grid)
             one_sided = sg > torch.clamp(threshold * scale, min=floor)
             z_ratio = (zg / z_scale.clamp(min=1e-30)).reshape(b * c, nsb * _SUB)
             flags = one_sided & (zg > z_threshold * z_scale)
@@ -301,8 +313,8 @@ def detect_clicks(
                 # forward break, a backward break no earlier, see `_bracketed`), at the
                 # same place in both (see `_near_both`).
                 floor_at = torch.clamp(threshold * scale, min=floor)
-                breaks = [(tnf.pad(e.abs(), (0, nsb * _SUB - t)).reshape(grid) > floor_at)
-                          .reshape(b * c, -1) for e in (fwd, bwd)]
+                breaks = [(tnf.pad(e, (0, nsb * _SUB - t)).reshape(grid) > floor_at)
+                          .reshape(b * c, -1) for e in (f_abs, b_abs)]
                 reach = z_reach if z_reach is not None else 0
                 both = _near_both(_near(_bracketed(*breaks, reach), z_ratio, reach, z_threshold),
                                   (b * c, nsb * _SUB), joint_reach)
@@ -362,25 +374,27 @@ def detect_clicks(
                 # make it).
                 own = _mask_from_runs(bursts[fresh], (b * c, t), pad, x.device).reshape(b, c, t)
                 rest = _mask_from_runs(bursts[~fresh], (b * c, t), pad, x.device).reshape(b, c, t)
-                rep_own = lsar_interpolate(xd, own, coeffs, hop)
-                rep_rest = lsar_interpolate(xd, rest, coeffs, hop)
+                rep_own = _lsar(xd, own, coeffs, hop)
+                rep_rest = _lsar(xd, rest, coeffs, hop)
                 keep = torch.zeros(len(bursts), dtype=torch.bool, device=x.device)
                 keep[fresh] = judge(rep_own, bursts[fresh])
                 keep[~fresh] = judge(rep_rest, bursts[~fresh])
                 repaired = torch.where(own, rep_own, rep_rest)
             else:
-                repaired = lsar_interpolate(xd, mask, coeffs, hop)
+                repaired = _lsar(xd, mask, coeffs, hop)
                 keep = judge(repaired, bursts)
             last = step == passes - 1 or not bool(keep.any())
             if stereo_taps is not None and c == 2 and last and not bool(keep.all()):
                 # Vetoed bursts the other channel does not share (no candidate-level
                 # interpolation error there): judged again on the cross-channel residual.
-                z_ratio = z.abs() / z_scale[..., 0].repeat_interleave(_SUB, -1)[:, :t]
+                # (the other channel's interpolation error over its scale, read at the
+                # bursts only)
                 span = max_len + 2 * pad
                 idx = (bursts[:, 1:2] - pad + torch.arange(span, device=x.device)).clamp(0, t - 1)
                 inside = idx < (bursts[:, 2:3] + pad)
                 partner = bursts[:, 0:1] + 1 - 2 * (bursts[:, 0:1] % 2)
-                alone = torch.where(inside, z_ratio[partner, idx], 0.0).amax(-1) < _NOISE_MAX
+                there = z_abs[partner, idx] / z_scale[partner, idx // _SUB, 0]
+                alone = torch.where(inside, there, 0.0).amax(-1) < _NOISE_MAX
                 keep |= _stereo_guards(xd, repaired, bursts, ~keep & alone, sr, order, hop, pad,
                                        max_len, width // 2, stereo_taps, **guards)
             if bool((keep & fresh).any()):
@@ -403,7 +417,7 @@ def detect_clicks(
             if pair_sigma is not None and c == 2:
                 # The same burst at the same samples in the other channel (a scratch, a
                 # glitch in both), which its guards may veto: see `_partners`.
-                zr = z.abs() / z_scale[..., 0].repeat_interleave(_SUB, -1)[:, :t].clamp(min=1e-30)
+                zr = z_ratio[:, :t]  # |z| over its scale (clamped), as above
                 more, rep = _partners(xd, bursts, coeffs, hop, level, zr, fwd, pad, max_len,
                                       pair_sigma, pair_db, pair_explain_db)
                 if len(more):
@@ -423,3 +437,28 @@ def detect_clicks(
             fit_on = torch.where(mask, repaired, xd)  # the bursts kept, not those vetoed
             near = _frames_near(bursts, hop, coeffs.shape[-2], pad)
     return mask, coeffs, hop
+
+
+def _blocks_of(frames: Tensor, hop: int, t: int) -> Tensor:
+    """The ``_SUB``-sample sub-blocks that the ``frames`` (``(K, 2)`` rows ``(row,
+    frame)``, ``hop`` samples each, signals ``t`` long) overlap: ``(J, 2)`` rows ``(row,
+    sub-block)``, unique, sorted."""
+    first = frames[:, 1] * hop // _SUB
+    last = (((frames[:, 1] + 1) * hop).clamp(max=t) - 1) // _SUB
+    sb = first[:, None] + torch.arange(hop // _SUB + 2, device=frames.device)
+    ok = sb <= last[:, None]
+    return _unique_pairs(frames[:, :1].expand_as(sb)[ok], sb[ok], -(-t // _SUB))
+
+
+def _two_rms_at(fwd: Tensor, bwd: Tensor, z: Tensor, blocks: Tensor) -> Tensor:
+    """The sub-block RMS of :func:`detect_clicks`' two-sided error ``sqrt((fwd^2 +
+    bwd^2) / 2)`` and of its interpolation error ``z`` (``(N, T)`` each) at the
+    ``blocks`` (``(K, 2)`` rows ``(row, sub-block)``) only: ``(2K,)``, the two-sided
+    error's first, the same values as the whole signal's (the last sub-block
+    zero-padded)."""
+    t = fwd.shape[-1]
+    idx = blocks[:, 1:2] * _SUB + torch.arange(_SUB, device=fwd.device)
+    at = (blocks[:, :1], idx.clamp(max=t - 1))
+    e = torch.mul(fwd[at], fwd[at]).add_(bwd[at].square()).mul_(0.5).sqrt_()
+    v = torch.where((idx < t).repeat(2, 1), torch.cat([e, z[at]]), e.new_zeros(()))
+    return v.square().mean(-1).sqrt()

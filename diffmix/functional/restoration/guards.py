@@ -4,14 +4,21 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as tnf
 from torch import Tensor
 
-from diffmix.functional.restoration._common import _NOISE_MAX, _PARTNER_REACH, _PERIOD_DB, _SUB
-from diffmix.functional.restoration.ar import _frames_near, ar_coefficients
+from diffmix.functional.restoration._common import (
+    _NOISE_MAX,
+    _PARTNER_REACH,
+    _PERIOD_DB,
+    _SUB,
+    _frame_windows,
+)
+from diffmix.functional.restoration.ar import _ar_fit, _frames_near, _unique_pairs
 from diffmix.functional.restoration.arx import _cross_filters, _fir_frames
-from diffmix.functional.restoration.lsar import lsar_interpolate
+from diffmix.functional.restoration.lsar import _lsar
 from diffmix.functional.restoration.masks import _flagged, _mask_from_runs
 
 
@@ -19,6 +26,12 @@ def _local_scale(v: Tensor, width: int) -> tuple[Tensor, Tensor]:
     """Robust local RMS of ``v`` (N, T) on a grid of ``_SUB``-sample sub-blocks: the
     median of the sub-block RMS over the ``width`` (rounded down to a multiple of 4)
     sub-blocks before and after each one (excluding it). Returns ``(before, after)``, each ``(N, nsb)``."""
+    return _scales_of(_block_rms(v), width)[:2]
+
+
+def _block_rms(v: Tensor) -> Tensor:
+    """RMS of each ``_SUB``-sample sub-block of ``v`` (N, T), the last one zero-padded:
+    ``(N, nsb)``."""
     n, t = v.shape
     nsb = -(-t // _SUB)
     # The whole sub-blocks read in place; only the last, partial one is padded.
@@ -27,7 +40,16 @@ def _local_scale(v: Tensor, width: int) -> tuple[Tensor, Tensor]:
     ms = sq[:, :whole].reshape(n, -1, _SUB).mean(-1)
     if whole < t:
         ms = torch.cat([ms, tnf.pad(sq[:, whole:], (0, nsb * _SUB - t)).mean(-1, keepdim=True)], -1)
-    ms = ms.sqrt()
+    return ms.sqrt()
+
+
+def _scales_of(ms: Tensor, width: int, memo: tuple[Tensor, Tensor] | None = None
+               ) -> tuple[Tensor, Tensor, tuple[Tensor, Tensor]]:
+    """:func:`_local_scale` from the sub-block RMS ``ms`` (N, nsb): ``(before, after,
+    memo)``. ``memo``, from an earlier call with the same shape and ``width``: only the
+    medians of the windows that see a changed sub-block are taken again (a refit changes
+    a few frames; the medians, exact order statistics, come out the same)."""
+    n, nsb = ms.shape
     # Medians on a grid of `stride` sub-blocks (sorting every window costs more than the
     # rest of the detector), each window shifted to end (start) just before (after) the
     # first (last) sub-block of its grid cell.
@@ -37,12 +59,33 @@ def _local_scale(v: Tensor, width: int) -> tuple[Tensor, Tensor]:
     width = max(stride, width // stride * stride)
     cells = -(-nsb // stride)
     padded = tnf.pad(ms[:, None], (width, width + cells * stride - nsb + stride), mode="replicate")[:, 0]
-    # The lower median, as `median` gives it, by `kthvalue` (a little cheaper).
-    med = padded.unfold(-1, width, stride).kthvalue((width + 1) // 2, -1).values
+    windows = padded.unfold(-1, width, stride)
+    if memo is None:
+        # The lower median, as `median` gives it.
+        med = _kth_smallest(windows, (width + 1) // 2)
+    else:
+        at = _flagged(padded != memo[0])  # (row, padded position) of each change
+        # window j reads positions stride j .. stride j + width - 1
+        j = (torch.div(at[:, 1:2], stride, rounding_mode="floor")
+             - torch.arange(width // stride, device=ms.device))
+        j = _unique_pairs(at[:, :1].expand_as(j).reshape(-1),
+                          j.reshape(-1).clamp(0, windows.shape[1] - 1), windows.shape[1])
+        med = memo[1].clone()
+        med[j[:, 0], j[:, 1]] = _kth_smallest(windows[j[:, 0], j[:, 1]], (width + 1) // 2)
     later = width // stride + 1
     before, after = med[:, :cells], med[:, later : later + cells]
     return (before.repeat_interleave(stride, -1)[:, :nsb],
-            after.repeat_interleave(stride, -1)[:, :nsb])
+            after.repeat_interleave(stride, -1)[:, :nsb], (padded, med))
+
+
+def _kth_smallest(v: Tensor, k: int) -> Tensor:
+    """The ``k``-th smallest (from 1) of ``v`` (``(..., n)``) along its last axis, as
+    ``v.kthvalue(k, -1).values`` (an order statistic: the same value whichever way it
+    is found). On the CPU by numpy's introselect, several times faster than
+    ``kthvalue`` over the detector's many short windows. ``(...,)``."""
+    if v.device.type != "cpu":
+        return v.kthvalue(k, -1).values
+    return torch.from_numpy(np.partition(v.detach().numpy(), k - 1, axis=-1)[..., k - 1])
 
 
 def _periodicity(res: Tensor, bursts: Tensor, sample_rate: int) -> Tensor:
@@ -59,12 +102,9 @@ def _periodicity(res: Tensor, bursts: Tensor, sample_rate: int) -> Tensor:
     0.6 threshold with 32. ``(K,)`` in [0, 1]."""
     half, lmin, lmax = 32, int(0.0015 * sample_rate), int(0.020 * sample_rate)
     n = 2 * half
-    t = res.shape[-1]
     centre = (bursts[:, 1] + bursts[:, 2]) // 2
     # The bursts' regions, zero outside the signal (read in place: no padded copy of it).
-    idx = centre[:, None] - lmax - half + torch.arange(2 * lmax + n, device=res.device)
-    region = torch.where((idx >= 0) & (idx < t), res[bursts[:, 0, None], idx.clamp(0, t - 1)],
-                         res.new_zeros(()))
+    region = _frame_windows(res, torch.stack([bursts[:, 0], centre], -1), 1, lmax + half, 2 * lmax + n)
     seg = region[:, lmax : lmax + n]
     n_fft = 1 << math.ceil(math.log2(2 * lmax + 2 * n))
     dots = torch.fft.irfft(torch.fft.rfft(region, n_fft) * torch.fft.rfft(seg, n_fft).conj(), n_fft)
@@ -181,9 +221,9 @@ def _stereo_guards(
     pred = _fir_frames(other, h, hop, near)
     resid = (x - pred).reshape(b * c, t)
     resid_clean = (clean - pred)
-    coeffs = ar_coefficients(resid_clean, sr, order=order, hop=hop, frames=near)
+    coeffs = _ar_fit(resid_clean, order, hop, frames=near)
     mask = _mask_from_runs(cand, (b * c, t), pad, x.device).reshape(b, c, t)
-    rep = lsar_interpolate(resid.reshape(b, c, t), mask, coeffs, hop).reshape(b * c, t)
+    rep = _lsar(resid.reshape(b, c, t), mask, coeffs, hop).reshape(b * c, t)
     level = _burst_level(resid, cand, width, max_len + 2 * pad)
     ok = _guards(resid, rep, cand, level, coeffs.reshape(b * c, frames, order + 1), hop, pad,
                  max_len, sr, **guards)

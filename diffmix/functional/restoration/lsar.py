@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as tnf
 from torch import Tensor
 
-from diffmix.functional.restoration._common import _rows
+from diffmix.functional.restoration._common import _rows, _toeplitz
 from diffmix.functional.restoration.masks import _changed, _flagged, _segments, runs
 
 
@@ -73,7 +73,20 @@ def lsar_interpolate(
         Godsill and Rayner (1998), section 5.2.2, the LSAR interpolator; the click as
         additive noise on the observed samples, their Bayesian treatment (ch. 9).
     """
-    rows, (b, c, t) = _rows(x, "lsar_interpolate")
+    _rows(x, "lsar_interpolate")
+    return _lsar(x, mask, coeffs, hop, max_span=max_span, beyond=beyond, iterations=iterations,
+                 innovation=innovation, em_steps=em_steps, drive=drive)
+
+
+def _lsar(
+    x: Tensor, mask: Tensor, coeffs: Tensor, hop: int, *, max_span: int = 4096,
+    beyond: bool = False, iterations: int = 4, innovation: Tensor | None = None,
+    em_steps: int = 4, drive: Tensor | None = None,
+) -> Tensor:
+    """:func:`lsar_interpolate` without its scan of ``x`` for non-finite samples, for this
+    package's callers, which pass audio checked on the way in (or a repair of it)."""
+    b, c, t = x.shape
+    rows = x.reshape(b * c, t)
     if mask.shape != x.shape:
         raise ValueError(f"lsar_interpolate: mask shape {tuple(mask.shape)} != audio {tuple(x.shape)}")
     if innovation is not None and beyond:
@@ -143,16 +156,16 @@ def _lsar_solve(
         # (blocks of `band` >= p samples, block-tridiagonal, see `_band_solve`).
         band = 1 << max(3, math.ceil(math.log2(p)))
         banded = innovation is None and lb >= 4 * band and lb % band == 0
-        if not banded:
-            lag = (pos[:lb, None] - pos[None, :lb]).abs().clamp(max=p + 1)
-            gram = ra[:, lag]  # (nb, lb, lb)
-        sign = torch.sign(xs[:, p : p + lb]).detach()
-        level = xs[:, p : p + lb].detach().abs()
+        if not banded:  # Toeplitz in `ra`, zero from lag p + 1 on: (nb, lb, lb)
+            gram = _toeplitz(tnf.pad(ra, (0, max(0, lb - p - 2))), lb)
+        mid = xs[:, p : p + lb]  # the segment's own samples
+        if beyond:
+            sign, level = torch.sign(mid).detach(), mid.detach().abs()
         unk = unknown
         for _ in range(iterations if beyond else 1):
             d = unk.to(xs.dtype)
             known = xs.clone()
-            known[:, p : p + lb] = xs[:, p : p + lb] * (1 - d)
+            known[:, p : p + lb] = mid * (1 - d)
             # e0[i] = sum_k a[k] known[i + p - k]: error term n = start + i, i < lb + p
             e0 = torch.fft.irfft(torch.fft.rfft(known, n_fft) * fa, n_fft)[:, p : lb + 2 * p]
             if dflat is not None:  # error term n = start + i is (a * x)[n] - drive[n]
@@ -171,7 +184,7 @@ def _lsar_solve(
                 # with lam = sigma_e^2 / sigma_n^2 and re-estimate sigma_n^2. lam is
                 # detached, so the last solve is linear in x.
                 s2 = innovation.reshape(n, frames)[row, frame].detach().to(xs.dtype).square()
-                y = xs[:, p : p + lb]
+                y = mid
                 lam = torch.zeros_like(d)
                 for step in range(em_steps + 1):
                     if step:
@@ -189,7 +202,7 @@ def _lsar_solve(
                 break
             bad = unk & (sign * u.detach() < level)
             unk = unk & ~bad
-        vals = torch.where(unk, u, xs[:, p : p + lb])
+        vals = torch.where(unk, u, mid)
         keep = unknown
         r_idx = row[:, None].expand(-1, lb)[keep]
         c_idx = (start[:, None] + pos[None, :lb])[keep]

@@ -8,7 +8,7 @@ from torch import Tensor
 
 from diffmix.functional.restoration._common import _NOISE_MAX
 from diffmix.functional.restoration.guards import _explained
-from diffmix.functional.restoration.lsar import lsar_interpolate
+from diffmix.functional.restoration.lsar import _lsar
 from diffmix.functional.restoration.masks import _mask_from_runs, _touch
 
 # Where the two channels' prediction errors around a burst correlate this much or more
@@ -60,7 +60,7 @@ def _partners(
     if len(cand) == 0:
         return cand, None
     mask = own | _mask_from_runs(cand, (b * c, t), pad, x.device)
-    rep = lsar_interpolate(x, mask.reshape(b, c, t), coeffs, hop).reshape(b * c, t)
+    rep = _lsar(x, mask.reshape(b, c, t), coeffs, hop).reshape(b * c, t)
     rows = x.reshape(b * c, t)
     removed = rows - rep
     other = cand[:, 0:1] + 1 - 2 * (cand[:, 0:1] % 2)  # the kept burst's row

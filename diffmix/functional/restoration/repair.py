@@ -16,11 +16,11 @@ from diffmix.functional.restoration._common import (
     _frame_windows,
     _hop,
 )
-from diffmix.functional.restoration.ar import _errors_cache, _frames_near, ar_coefficients
+from diffmix.functional.restoration.ar import _ar_fit, _errors_cache, _frames_near, ar_coefficients
 from diffmix.functional.restoration.arx import _arx_filters, _fir_frames
 from diffmix.functional.restoration.coincident import coincident_interpolate
 from diffmix.functional.restoration.detect import detect_clicks
-from diffmix.functional.restoration.lsar import _lsar_update, lsar_interpolate
+from diffmix.functional.restoration.lsar import _lsar, _lsar_update, lsar_interpolate
 from diffmix.functional.restoration.masks import _mask_from_runs, _positions, _union, runs
 
 
@@ -202,7 +202,7 @@ def _repair(
         errors = None
 
         def solve(m: Tensor, r: Tensor) -> Tensor:
-            y = (lsar_interpolate(xd, m, coeffs, hop, drive=dd) if not solved
+            y = (_lsar(xd, m, coeffs, hop, drive=dd) if not solved
                  else _lsar_update(xd, m, coeffs, hop, solved[0], solved[2], dd, (r, solved[1])))
             solved[:] = [m, r, y]
             if errors is not None:
@@ -214,7 +214,7 @@ def _repair(
 
         r = runs(mask)
         if model is None:
-            coeffs = ar_coefficients(first, sr, order=order, hop=hop, frames=near)
+            coeffs = _ar_fit(first, order, hop, frames=near)
         else:
             coeffs = model[0]
             first = solve(mask, r)
@@ -245,8 +245,7 @@ def _repair(
             r, mask = grown, mask_of(grown)
             last = solve(mask, r)
             innovation = _innovation(last, mask, coeffs, hop, dd, errors, near)
-    y = lsar_interpolate(x, mask, coeffs, hop, innovation=innovation if noisy else None,
-                         drive=drive)
+    y = _lsar(x, mask, coeffs, hop, innovation=innovation if noisy else None, drive=drive)
     if noisy and coincident and x.shape[1] == 2:
         y = coincident_interpolate(x, mask, coeffs, hop, innovation, out=y, drive=drive)
     return y, mask, innovation
@@ -273,7 +272,10 @@ def _innovation(x: Tensor, mask: Tensor, coeffs: Tensor, hop: int,
         m = _frame_windows(mask.reshape(b * c, t), fitted, hop, p, hop + p).to(x.dtype)
         e = _frame_windows(fwd, fitted, hop, 0, hop)
         inside = (fitted[:, 1:2] * hop + torch.arange(hop, device=x.device)) < t
-    touched = tnf.max_pool1d(m.reshape(-1, 1, hop + p), p + 1, 1)[:, 0] > 0
+    # Any masked sample among the p + 1 a term reads: a running count of the 0/1 mask
+    # (exact), where a sliding max over p + 1 samples cost p + 1 reads a term.
+    count = tnf.pad(m.reshape(-1, hop + p).cumsum(-1), (1, 0))
+    touched = (count[:, p + 1 :] - count[:, :hop]) > 0
     w = ((~touched).reshape(e.shape) & inside).to(fwd.dtype)
     rms = ((e.square() * w).sum(-1) / w.sum(-1).clamp(min=1)).sqrt()
     if fitted is None:
