@@ -600,8 +600,8 @@ class LinearFilter(NamedTuple):
 
     def then(self, other: LinearFilter) -> LinearFilter | None:
         """This filter followed by ``other`` as one: their impulse responses convolved (in
-        float64, the longer dtype of the two kept), the delays added. None where the two
-        filter different channel pairs (mid/side against left/right).
+        float64 at least), the delays added. None where the two filter different channel
+        pairs (mid/side against left/right).
 
         On a whole signal the one filter equals the two in turn but for float rounding and
         one thing: a zero-phase ``self`` rings before the signal's first sample, and the two
