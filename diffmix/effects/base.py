@@ -116,11 +116,10 @@ class Effect(nn.Module):
 
 def run_effects(effects: Iterable[nn.Module], x: Tensor) -> Tensor:
     """``x`` through ``effects`` in order, each run of adjacent linear effects
-    (:meth:`Effect.linear`) as one filter: one FFT convolution instead of one per effect
-    (:meth:`~diffmix.functional.filters.LinearFilter.then`, which says where the result
-    differs from the effects in turn: float rounding, and a zero-phase filter's ringing
-    before the first sample, which the later filters of its run now hear). A run of one is
-    the effect's own ``forward``. Differentiable as the effects are."""
+    (:meth:`Effect.linear`) as one filter: one FFT convolution over the signal instead of
+    one per effect (:meth:`~diffmix.functional.filters.LinearFilter.then`), the same as the
+    effects in turn but for float rounding. A run of one is the effect's own ``forward``.
+    Differentiable as the effects are."""
     run: LinearFilter | None = None
     for effect in effects:
         lin = effect.linear(x) if isinstance(effect, Effect) else None

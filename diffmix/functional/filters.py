@@ -571,7 +571,8 @@ def fir_from_sections(b: Tensor, a: Tensor, length: int) -> Tensor:
 
 class LinearFilter(NamedTuple):
     """A linear, time-invariant stage as the FIR it applies: ``self(x)`` is
-    ``fft_convolve(x, fir, ms=ms, skip=skip)``.
+    ``fft_convolve(x, fir, ms=ms, skip=skip)``; a joined one (:meth:`then`) equals its
+    ``parts`` applied in turn.
 
     Args:
         fir: ``(B|1, C|1, L)`` impulse response (any float dtype; the render casts it to
@@ -579,6 +580,7 @@ class LinearFilter(NamedTuple):
         skip: samples of delay taken out (a zero-phase FIR's causal taps, see
             :func:`fft_convolve`).
         ms: ``fir``'s two channels filter mid and side of a left/right signal.
+        parts: the filters joined into this one, in order (empty: none).
 
     Differentiable in ``fir`` and the audio; CPU and CUDA.
     """
@@ -586,9 +588,26 @@ class LinearFilter(NamedTuple):
     fir: Tensor
     skip: int = 0
     ms: bool = False
+    parts: tuple[LinearFilter, ...] = ()
 
     def __call__(self, x: Tensor) -> Tensor:
-        return fft_convolve(x, self.fir.to(x.dtype), ms=self.ms, skip=self.skip)
+        y = fft_convolve(x, self.fir.to(x.dtype), ms=self.ms, skip=self.skip)
+        if not any(p.skip for p in self.parts[:-1]):
+            return y  # causal parts before the last: the one filter is the parts in turn
+        # A zero-phase part rings before the signal's first sample; in turn, each part starts
+        # on its input's first sample, so what follows never hears that ringing. The one
+        # filter would let it through to the output's first samples (as far as the later
+        # parts reach): those are the parts run in turn over the signal's head.
+        reach = sum(p.fir.shape[-1] for p in self.parts[1:])
+        head = x[..., : reach + sum(p.skip for p in self.parts)]
+        for p in self.parts:
+            head = p(head)
+        if head.shape[-1] <= reach:
+            return head  # a signal this short is all head
+        if torch.is_grad_enabled() and (y.requires_grad or head.requires_grad):
+            return torch.cat([head[..., :reach], y[..., reach:]], -1)
+        y[..., :reach] = head[..., :reach]  # a render: no full-length copy
+        return y
 
     @property
     def basis(self) -> str | None:
@@ -600,14 +619,9 @@ class LinearFilter(NamedTuple):
 
     def then(self, other: LinearFilter) -> LinearFilter | None:
         """This filter followed by ``other`` as one: their impulse responses convolved (in
-        float64 at least), the delays added. None where the two filter different channel
-        pairs (mid/side against left/right).
-
-        On a whole signal the one filter equals the two in turn but for float rounding and
-        one thing: a zero-phase ``self`` rings before the signal's first sample, and the two
-        in turn cut that ringing off before ``other`` hears it, where the one filter (an LTI
-        system on the zero-extended signal) lets it through; it reaches the output's first
-        ``len(other.fir)`` samples only."""
+        float64 at least), the delays added; applied, the same as the two in turn but for
+        float rounding. None where the two filter different channel pairs (mid/side against
+        left/right)."""
         if None not in (self.basis, other.basis) and self.basis != other.basis:
             return None
         a, b = self.fir, other.fir
@@ -616,7 +630,8 @@ class LinearFilter(NamedTuple):
         wide = torch.promote_types(torch.promote_types(a.dtype, b.dtype), torch.float64)
         spec = torch.fft.rfft(a.to(wide), n=size) * torch.fft.rfft(b.to(wide), n=size)
         fir = torch.fft.irfft(spec, n=size)[..., :n]
-        return LinearFilter(fir, self.skip + other.skip, "ms" in (self.basis, other.basis))
+        parts = (*(self.parts or (self,)), *(other.parts or (other,)))
+        return LinearFilter(fir, self.skip + other.skip, "ms" in (self.basis, other.basis), parts)
 
 
 def sections_filter(b: Tensor, a: Tensor, tail: int, mix: Tensor | None = None, *,
