@@ -52,7 +52,8 @@ def test_a_run_is_the_effects_in_turn(length):
     assert float((one - turn).abs().max()) < 1e-12 * scale
     assert float((whole - turn).abs().max()) > 1e-6 * scale  # the head's fix is not idle
     x.requires_grad_(True)
-    assert float((run_effects([match, eq], x).detach() - turn).abs().max()) < 1e-12 * scale  # with a graph too
+    with_graph = run_effects([match, eq], x).detach()
+    assert float((with_graph - turn).abs().max()) < 1e-12 * scale
 
 
 def test_the_joined_filter_is_numpy_convolution_of_both_responses():

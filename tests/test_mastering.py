@@ -198,3 +198,14 @@ def test_a_target_out_of_the_drive_range_names_the_range_and_the_level_to_fix(le
                                  torch.tensor([target]), drive_range=(-24.0, 48.0), start_db=end,
                                  tolerance_lu=0.1)
     assert abs(solve.achieved_lufs - target) <= 0.1
+
+
+def test_a_target_over_what_the_ceiling_allows_says_what_to_ask_instead():
+    # Short of the target inside the drive range (the limiter's loudness flattens under the
+    # ceiling: a released reference at -9.17 LUFS, an input that read -9.27 at +37.5 dB of
+    # drive): the one line says what to ask for instead.
+    from diffmix.mastering.loudness import _unreachable
+
+    message = _unreachable(-9.1658, -9.27, 37.5, (-24.0, 48.0), "song.wav")
+    assert message.startswith("cannot reach -9.1658 LUFS under the ceiling (song.wav): the closest was -9.27")
+    assert "target.lufs" in message and "target.true_peak_db" in message and "\n" not in message

@@ -193,7 +193,8 @@ def _unreachable(target: float, lufs: float, drive: float, drive_range: tuple[fl
                 f"reads {lufs:.2f} LUFS; the input is too loud for the drive range: lower its level by "
                 f"at least {-gap:.1f} dB")
     return (f"cannot reach {target:g} LUFS under the ceiling ({name}): the closest was {lufs:.2f} LUFS "
-            f"at {drive:+.1f} dB drive")
+            f"at {drive:+.1f} dB drive; ask for less loudness (target.lufs) or a higher ceiling "
+            "(target.true_peak_db)")
 
 
 def _secant(
