@@ -591,19 +591,21 @@ class LinearFilter(NamedTuple):
     parts: tuple[LinearFilter, ...] = ()
 
     def __call__(self, x: Tensor) -> Tensor:
-        y = fft_convolve(x, self.fir.to(x.dtype), ms=self.ms, skip=self.skip)
         if not any(p.skip for p in self.parts[:-1]):
-            return y  # causal parts before the last: the one filter is the parts in turn
+            # causal parts before the last: the one filter is the parts in turn
+            return fft_convolve(x, self.fir.to(x.dtype), ms=self.ms, skip=self.skip)
         # A zero-phase part rings before the signal's first sample; in turn, each part starts
         # on its input's first sample, so what follows never hears that ringing. The one
         # filter would let it through to the output's first samples (as far as the later
         # parts reach): those are the parts run in turn over the signal's head.
         reach = sum(p.fir.shape[-1] for p in self.parts[1:])
-        head = x[..., : reach + sum(p.skip for p in self.parts)]
+        whole = reach + sum(p.skip for p in self.parts)  # the head's outputs before `reach` are exact
+        head = x[..., :whole]
         for p in self.parts:
             head = p(head)
-        if head.shape[-1] <= reach:
-            return head  # a signal this short is all head
+        if x.shape[-1] <= whole:
+            return head  # a signal this short is all head: the parts in turn
+        y = fft_convolve(x, self.fir.to(x.dtype), ms=self.ms, skip=self.skip)
         if torch.is_grad_enabled() and (y.requires_grad or head.requires_grad):
             return torch.cat([head[..., :reach], y[..., reach:]], -1)
         y[..., :reach] = head[..., :reach]  # a render: no full-length copy
