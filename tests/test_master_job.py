@@ -166,6 +166,41 @@ def test_a_mix_too_quiet_for_the_drive_range_is_named_with_the_level_to_add(tmp_
     assert "raise its level by at least" in lines[0]
 
 
+@pytest.mark.parametrize("stream", ["false", "true"])
+def test_a_reference_louder_than_the_ceiling_allows_is_matched_in_density_and_a_spec_fails(tmp_path, stream):
+    # The reference peaks at -1 dBTP; under a -12 dBTP ceiling its loudness would need a
+    # peak-to-loudness ratio 11 dB under its own, past what any limiter makes. Matched to
+    # the reference, the master takes the reference's PLR under the ceiling instead, says
+    # so and delivers; the same loudness asked for as a spec fails in one line.
+    src = write(tmp_path / "song.wav", music(4.0, seed=1))
+    raw = music(4.0, seed=2, level=0.4)
+    peak = float(true_peak(torch.from_numpy(raw.T.copy())[None], 44100).amax())
+    ref = write(tmp_path / "ref.wav", raw * (10 ** (-1.0 / 20) / peak))
+    args = [f"input={src}", f"reference={ref}", "target=none", "target.true_peak_db=-12", "fit.steps=2",
+            "fit.excerpt_s=2.0", "progress=false", "plot=false", f"stream={stream}"]
+    out = run_cli("master", *args, f"out={tmp_path / 'o'}", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "out of reach under the -12 dBTP ceiling" in out.stdout + out.stderr
+    report = json.loads((tmp_path / "o" / "song_master_report.json").read_text())
+    reference = report.get("reference")
+    x, _ = sf.read(str(ref), always_2d=True, dtype="float64")
+    lufs = float(integrated_loudness(torch.from_numpy(x.T.copy())[None], 44100)[0])
+    tp = 20 * np.log10(float(true_peak(torch.from_numpy(x.T.copy())[None], 44100).amax()))
+    assert tp == pytest.approx(-1.0, abs=1e-3)
+    goal = -12.0 - (tp - lufs)
+    assert report["loudness_solve"]["target_lufs"] == pytest.approx(goal, abs=1e-6)
+    assert "peak-to-loudness ratio" in report["loudness_solve"]["fallback"]
+    assert report["achieved"]["lufs"] == pytest.approx(goal, abs=0.05)
+    assert report["achieved"]["true_peak_dbtp"] <= -12.0 and report["achieved"]["under_ceiling"]
+    assert abs(report["achieved"]["lufs_error_lu"]) <= 0.05
+    assert reference is None or reference["integrated_lufs"] == pytest.approx(lufs, abs=0.01)
+    spec = run_cli("master", *args, f"target.lufs={lufs:.3f}", f"out={tmp_path / 's'}", cwd=tmp_path)
+    assert spec.returncode == 2
+    lines = spec.stderr.strip().splitlines()
+    assert len(lines) == 1 and "under the ceiling (" in lines[0] and "target.true_peak_db" in lines[0], lines
+    assert not (tmp_path / "s").exists() or files(tmp_path / "s") == []
+
+
 @pytest.mark.parametrize(
     "make, message",
     [

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -11,6 +12,7 @@ from diffmix.console import Bus
 from diffmix.effects.dynamics import Limiter
 from diffmix.errors import UserError
 from diffmix.mastering import render_with_drive, rough_lufs, solve_loudness
+from tests.seeds import drawn_seed
 
 SR = 44100
 
@@ -209,3 +211,71 @@ def test_a_target_over_what_the_ceiling_allows_says_what_to_ask_instead():
     message = _unreachable(-9.1658, -9.27, 37.5, (-24.0, 48.0), "song.wav")
     assert message.startswith("cannot reach -9.1658 LUFS under the ceiling (song.wav): the closest was -9.27")
     assert "target.lufs" in message and "target.true_peak_db" in message and "\n" not in message
+
+
+def _flattening(plateau: float, knee: float) -> Callable[[torch.Tensor], tuple[None, torch.Tensor]]:
+    """A limiter's loudness against its drive (dB): dB for dB under ``knee``, flattening to
+    ``plateau`` LUFS over it (the ceiling holding the peaks), as a solve's ``measure``."""
+
+    def measure(drives: torch.Tensor) -> tuple[None, torch.Tensor]:
+        d = drives.double()
+        return None, plateau - 3.0 * torch.nn.functional.softplus(-(d - knee) / 3.0)
+
+    return measure
+
+
+def test_a_reference_loudness_over_the_ceiling_falls_back_to_the_goal_given_and_stops_early():
+    # Random flattening curves, each with a target just over its plateau (out of reach under
+    # the ceiling) and a lower fallback: the solve lands on the fallback within the
+    # tolerance, says why, and gives up on the first target as soon as the loudness stops
+    # moving (a step of a dB that gains under a quarter of the tolerance), not after every
+    # iteration; without a fallback it fails in one line as before.
+    seed = drawn_seed(2**31)
+    print("seed", seed)
+    rng = torch.Generator().manual_seed(seed)
+    for _ in range(16):
+        u = torch.rand(4, generator=rng, dtype=torch.float64).tolist()
+        plateau = -6.0 - 8.0 * u[0]
+        _falls_back(plateau, 30.0 * u[1], plateau + 0.05 + 3.0 * u[2], plateau - 0.5 - 6.0 * u[3])
+
+
+def _falls_back(plateau: float, knee: float, target: float, lower: float) -> None:
+    from diffmix.mastering.loudness import solve
+
+    calls: list[float] = []
+    curve = _flattening(plateau, knee)
+
+    def measure(d: torch.Tensor) -> tuple[None, torch.Tensor]:
+        calls.append(float(d[0]))
+        return curve(d)
+
+    case = (plateau, knee, target, lower)
+    with pytest.raises(UserError) as caught:
+        solve(measure, torch.tensor([target]), drive_range=(-24.0, 48.0), names=["song.wav"])
+    assert "under the ceiling (song.wav)" in str(caught.value)
+    assert len(calls) < 13, (case, calls)  # stopped on the flat, not run out
+    asked: list[int] = []
+    calls.clear()
+    _, (solved,) = solve(measure, torch.tensor([target]), drive_range=(-24.0, 48.0),
+                         fallback=lambda i: asked.append(i) or (lower, "why"))
+    assert asked == [0] and solved.fallback == "why" and solved.target_lufs == lower
+    assert abs(solved.achieved_lufs - lower) <= 0.02, (case, calls)
+    drive = torch.tensor([solved.drive_db], dtype=torch.float64)
+    assert abs(float(curve(drive)[1][0]) - solved.achieved_lufs) < 1e-12
+    # A fallback no lower than the target is no way out.
+    with pytest.raises(UserError, match="under the ceiling"):
+        solve(measure, torch.tensor([target]), drive_range=(-24.0, 48.0), fallback=lambda i: (target, "why"))
+
+
+def test_a_fallback_is_asked_only_where_the_ceiling_is_what_stops_the_solve():
+    # Short of the target at the end of the drive's range (the input too quiet): the level to
+    # add is the answer, not a lower goal; and a reachable target never asks.
+    from diffmix.mastering.loudness import solve
+
+    asked: list[int] = []
+    with pytest.raises(UserError, match="at the limiter's largest drive"):
+        solve(_flattening(-6.0, 30.0), torch.tensor([-20.0]), drive_range=(-24.0, 0.0),
+              fallback=lambda i: asked.append(i) or (-40.0, "why"))
+    _, (solved,) = solve(_flattening(-6.0, 10.0), torch.tensor([-14.0]), drive_range=(-24.0, 48.0),
+                         fallback=lambda i: asked.append(i) or (-40.0, "why"))
+    assert asked == [] and solved.fallback is None and abs(solved.achieved_lufs + 14.0) <= 0.02

@@ -26,6 +26,9 @@ DRIVE_RANGE = (_GAIN.min, _GAIN.max)  # the stock limiter's drive range, dB (-24
 
 # A render at some drives: (its output, each song's loudness in LUFS, (S,) float64 on the CPU).
 Measure = Callable[[Tensor], "tuple[Any, Tensor]"]
+# Song index -> a lower target (LUFS) and why, for a song whose target the ceiling puts
+# out of reach, or None (the solve then fails): :func:`reference_fallback`.
+Fallback = Callable[[int], "tuple[float, str] | None"]
 
 
 @dataclass
@@ -36,6 +39,9 @@ class LoudnessSolve:
     achieved_lufs: float
     target_lufs: float
     iterations: int
+    # Why the target is not the goal asked for (a reference's loudness out of reach under
+    # the ceiling: see :func:`reference_fallback`); None when it is.
+    fallback: str | None = None
 
 
 def measure_lufs(y: Tensor, lengths: Sequence[int], sample_rate: int) -> Tensor:
@@ -99,6 +105,7 @@ def solve_loudness(
     names: Sequence[str] | None = None,
     slope: Tensor | None = None,
     history: list[tuple[Tensor, Tensor]] | None = None,
+    fallback: Fallback | None = None,
 ) -> tuple[Tensor, list[LoudnessSolve]]:
     """Find per-song drives (dB) for which ``render(drives)`` ``(S, C, T)`` measures
     ``targets`` (LUFS), each song over its own length in ``lengths``.
@@ -113,11 +120,13 @@ def solve_loudness(
     :data:`DRIVE_RANGE`. ``slope`` (LU per dB, one per song) is the first step's slope
     where the solve has no secant yet (default 1: no limiting), e.g. :func:`last_slope` of
     an earlier solve's ``history``, to which each measured ``(drives, LUFS)`` pair is
-    appended.
+    appended. ``fallback`` gives a lower target for a song whose target the ceiling puts
+    out of reach (:data:`Fallback`); the solve then goes on toward it.
 
     Raises:
         UserError: when a target can't be reached (digital silence, or more loudness than
-            the ceiling allows), naming the song by ``names[i]`` (else its index).
+            the ceiling allows, with no fallback or the fallback out of reach too), naming
+            the song by ``names[i]`` (else its index).
     """
 
     def metered(fn: Callable[[Tensor], Tensor]) -> Measure:
@@ -132,7 +141,7 @@ def solve_loudness(
     return solve(
         metered(render), targets, tolerance_lu=tolerance_lu, max_iter=max_iter, drive_range=drive_range,
         start_db=start_db, proxy=None if proxy is None else metered(proxy), names=names, slope=slope,
-        history=history,
+        history=history, fallback=fallback,
     )
 
 
@@ -148,6 +157,7 @@ def solve(
     names: Sequence[str] | None = None,
     slope: Tensor | None = None,
     history: list[tuple[Tensor, Tensor]] | None = None,
+    fallback: Fallback | None = None,
 ) -> tuple[Any, list[LoudnessSolve]]:
     """The secant solve on any renderer: ``measure(drives (S,) dB) -> (output, LUFS (S,))``
     (see :func:`solvable` for a loudness the solve can step from). Returns the output at
@@ -162,33 +172,70 @@ def solve(
         # hair, so the exact render should land inside without another step.
         drive, _, _, state = _secant(proxy, targets, drive, tolerance_lu / 4, max_iter, (lo, hi),
                                      slope=slope, history=history)
+    seen = history if history is not None else []  # every measured pair, for a fallback's bracket
     drive, y, lufs, _ = _secant(measure, targets, drive, tolerance_lu, max_iter, (lo, hi), state,
-                                counter=iters, slope=slope, history=history)
+                                counter=iters, slope=slope, history=seen)
     err = (targets - lufs).abs()
+    why: list[str | None] = [None] * len(targets)
+    slopes = last_slope(seen)
+    slopes = torch.ones_like(targets) if slopes is None else slopes
+    if fallback is not None:
+        for i in (err > tolerance_lu).nonzero().view(-1).tolist():
+            reason = _reason(float(targets[i]), float(lufs[i]), float(drive[i]), (lo, hi), float(slopes[i]))
+            if reason != "ceiling":
+                continue
+            lower = fallback(i)
+            if lower is not None and lower[0] < float(targets[i]) - tolerance_lu:
+                targets[i], why[i] = lower
+        if any(w is not None for w in why):
+            # From the measured pair nearest the new target, dB for dB, inside the bracket.
+            near = torch.stack([(v - targets).abs() for _, v in seen]).argmin(0)
+            d0 = torch.stack([d for d, _ in seen]).gather(0, near[None])[0]
+            v0 = torch.stack([v for _, v in seen]).gather(0, near[None])[0]
+            moved = torch.tensor([w is not None for w in why])
+            drive = torch.where(moved, (d0 + targets - v0).clamp(lo, hi), drive)
+            y = None  # replaced next: never two full-length renders alive at once
+            drive, y, lufs, _ = _secant(measure, targets, drive, tolerance_lu, max_iter, (lo, hi),
+                                        counter=iters, history=seen, bracket=True)
+            err = (targets - lufs).abs()
     if (err > tolerance_lu).any():
         i = int((err > tolerance_lu).nonzero()[0])
-        raise UserError(
-            _unreachable(float(targets[i]), float(lufs[i]), float(drive[i]), (lo, hi), _song(i, names))
-        )
+        slopes = last_slope(seen)
+        raise UserError(_unreachable(float(targets[i]), float(lufs[i]), float(drive[i]), (lo, hi),
+                                     _song(i, names), 1.0 if slopes is None else float(slopes[i])))
     solves = [
-        LoudnessSolve(float(d), float(v), float(t), int(k))
-        for d, v, t, k in zip(drive, lufs, targets, iters, strict=True)
+        LoudnessSolve(float(d), float(v), float(t), int(k), w)
+        for d, v, t, k, w in zip(drive, lufs, targets, iters, why, strict=True)
     ]
     return y, solves
 
 
+def _reason(target: float, lufs: float, drive: float, drive_range: tuple[float, float],
+            slope: float = 1.0) -> str:
+    """Why the solve stopped short of ``target``: ``"quiet"`` or ``"loud"`` at an end of
+    the drive's range, else ``"ceiling"``; also the ceiling at the top of the range where
+    the loudness had flattened there (its last secant ``slope`` under 0.5 LU per dB)."""
+    lo, hi = drive_range
+    if target > lufs and drive >= hi - 1e-6 and slope >= 0.5:
+        return "quiet"
+    if target < lufs and drive <= lo + 1e-6:
+        return "loud"
+    return "ceiling"
+
+
 def _unreachable(target: float, lufs: float, drive: float, drive_range: tuple[float, float],
-                 name: str) -> str:
+                 name: str, slope: float = 1.0) -> str:
     """Why the solve stopped short of ``target``: at an end of the drive's range (the input
     too quiet or too loud for it: loudness moves with the drive dB for dB until the limiter
     works, so the gap is the least the input must move), else the ceiling."""
     lo, hi = drive_range
     gap = target - lufs
-    if gap > 0 and drive >= hi - 1e-6:
+    reason = _reason(target, lufs, drive, drive_range, slope)
+    if reason == "quiet":
         return (f"cannot reach {target:g} LUFS ({name}): at the limiter's largest drive, {hi:+g} dB, it "
                 f"reads {lufs:.2f} LUFS; the input is too quiet for the drive range: raise its level by "
                 f"at least {gap:.1f} dB")
-    if gap < 0 and drive <= lo + 1e-6:
+    if reason == "loud":
         return (f"cannot reach {target:g} LUFS ({name}): at the limiter's smallest drive, {lo:+g} dB, it "
                 f"reads {lufs:.2f} LUFS; the input is too loud for the drive range: lower its level by "
                 f"at least {-gap:.1f} dB")
@@ -208,21 +255,43 @@ def _secant(
     counter: Tensor | None = None,
     slope: Tensor | None = None,
     history: list[tuple[Tensor, Tensor]] | None = None,
+    bracket: bool = False,
 ) -> tuple[Tensor, Any, Tensor, tuple[Tensor, Tensor]]:
     """Secant steps on ``measure`` from ``drive``; ``state`` is a previous (drive, lufs) pair
     whose slope seeds the first step, else ``slope`` (LU per dB; default 1). Returns drive,
-    output, loudness and the last pair; each measured pair is appended to ``history``."""
+    output, loudness and the last pair; each measured pair is appended to ``history``.
+    ``bracket``: every step stays between the highest drive measured under the target and
+    the lowest measured over it (``history``'s pairs among them; loudness rises with the
+    drive), halving that interval where a secant step would leave it: for a solve that
+    starts where the limiter flattens the curve, on which clamped secant steps swing."""
     lo, hi = drive_range
     fallback = torch.ones_like(drive) if slope is None else slope.double().cpu().clamp(0.05, 1.0)
+    low, high = torch.full_like(drive, lo), torch.full_like(drive, hi)  # the bracket
+
+    def narrow(d: Tensor, v: Tensor) -> None:
+        low.copy_(torch.where(v < targets, torch.maximum(low, d), low))
+        high.copy_(torch.where(v > targets, torch.minimum(high, d), high))
+
+    for d, v in (history or []) if bracket else []:
+        narrow(d, v)
     y, lufs = measure(drive)
     if history is not None:
         history.append((drive.clone(), lufs.clone()))
+    if bracket:
+        narrow(drive, lufs)
     if counter is not None:
         counter += 1
     prev = state  # the last (drive, lufs) pair, None before the first step
+    # Songs whose loudness stopped moving: a step of a dB or more, or one held at an end of
+    # the range, that moved it by under a quarter of the tolerance (the limiter holds the
+    # ceiling and more drive only flattens it, or the range allows no more).
+    stalled = torch.zeros_like(targets, dtype=torch.bool)
     for _ in range(max_iter):
         err = targets - lufs
-        open_ = err.abs() > tolerance_lu
+        if prev is not None:
+            big = ((drive - prev[0]).abs() >= 1.0) | (drive <= lo) | (drive >= hi)
+            stalled |= ((lufs - prev[1]).abs() < tolerance_lu / 4) & big
+        open_ = (err.abs() > tolerance_lu) & ~stalled
         if not open_.any():
             break
         step_slope = fallback
@@ -232,13 +301,18 @@ def _secant(
             secant = (lufs - prev_lufs) / torch.where(moved, drive - prev_drive, torch.ones_like(drive))
             step_slope = torch.where(moved, secant.clamp(0.05, 1.0), step_slope)
         prev = (drive.clone(), lufs.clone())
-        drive = torch.where(open_, (drive + err / step_slope).clamp(lo, hi), drive)
+        step = (drive + err / step_slope).clamp(lo, hi)
+        if bracket:
+            step = torch.where((step > low) & (step < high), step, (low + high) / 2)
+        drive = torch.where(open_, step, drive)
         if counter is not None:
             counter += open_.double()
         y = None  # the last output, replaced next: never two full-length renders alive at once
         y, lufs = measure(drive)
         if history is not None:
             history.append((drive.clone(), lufs.clone()))
+        if bracket:
+            narrow(drive, lufs)
     return drive, y, lufs, (drive.clone(), lufs.clone())
 
 
@@ -256,6 +330,29 @@ def last_slope(history: Sequence[tuple[Tensor, Tensor]]) -> Tensor | None:
         slope = torch.where(moved, step.clamp(0.05, 1.0), slope)
         found |= moved
     return slope
+
+
+def reference_fallback(target: Mapping, reference: Tensor | None, sample_rate: int,
+                       goal: float) -> tuple[float, str] | None:
+    """The lower goal for a master whose loudness ``goal`` is its reference's (no
+    ``target.lufs``) and out of reach under the ceiling (``target.true_peak_db``): the
+    reference's peak-to-loudness ratio (BS.1770 true peak less ``goal``) under the
+    ceiling, as dense as the reference with its peaks at the ceiling. ``(LUFS, why)``;
+    None for a spec's goal, without a ceiling, or where that is not lower than ``goal``."""
+    from diffmix.functional.peaks import true_peak
+
+    ceiling = target.get("true_peak_db")
+    if target.get("lufs") is not None or reference is None or ceiling is None:
+        return None
+    peak_db = 20.0 * math.log10(max(float(true_peak(reference, sample_rate).amax()), 1e-12))
+    plr = peak_db - goal
+    lower = float(ceiling) - plr
+    if not lower < goal:
+        return None
+    why = (f"the reference's {goal:.2f} LUFS is out of reach under the {float(ceiling):g} dBTP ceiling "
+           f"(the reference peaks at {peak_db:+.2f} dBTP); aimed instead at its peak-to-loudness ratio, "
+           f"{plr:.2f} dB, under the ceiling: {lower:.2f} LUFS")
+    return lower, why
 
 
 def loudness_goals(

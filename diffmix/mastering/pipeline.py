@@ -48,6 +48,7 @@ from diffmix.mastering.loudness import (
     last_slope,
     loudness_goals,
     measure_lufs,
+    reference_fallback,
     rough_lufs,
     solvable,
     solve,
@@ -263,6 +264,14 @@ def _master(songs: list[Song], sr: int, spec: ChainSpec, fit: FitOptions, option
     clock("fit")
     x, lengths = pad_batch([s.audio for s in songs])
     goals = loudness_goals([s.target for s in songs], [s.reference for s in songs], sr)
+    # Why a song's goal moved (a reference's loudness out of reach under the ceiling: the
+    # first solve that finds it so aims lower, and every later one starts from there).
+    moved: list[str | None] = [None] * len(songs)
+    names = [str(s.protect[0]) if s.protect else s.key for s in songs]  # as messages name them
+
+    def fallback(i: int) -> tuple[float, str] | None:
+        goal = goals[i]
+        return None if goal is None else reference_fallback(songs[i].target, songs[i].reference, sr, goal)
 
     def render_and_solve(start_db: torch.Tensor | None = None, exact: bool = True,  # noqa: ANN202
                          slope: torch.Tensor | None = None, history: list | None = None):
@@ -286,8 +295,14 @@ def _master(songs: list[Song], sr: int, spec: ChainSpec, fit: FitOptions, option
             render if exact or proxy is None else proxy, lengths, sr, targets,
             tolerance_lu=float(options.tolerance_lu), start_db=start_db, proxy=proxy if exact else None,
             drive_range=render.drive_range,  # type: ignore[attr-defined]
-            names=[str(s.protect[0]) if s.protect else s.key for s in songs], slope=slope, history=history,
+            names=names, slope=slope, history=history, fallback=fallback,
         )
+        for i, solved in enumerate(solves):
+            if solved.fallback is not None:
+                log.warning("%s: %s", names[i], solved.fallback)
+                goals[i], moved[i] = solved.target_lufs, solved.fallback
+            elif moved[i] is not None:
+                solves[i] = dataclasses.replace(solved, fallback=moved[i])
         return render, y, solves
 
     passes = int(options.match_refine) if match else 0
@@ -503,8 +518,12 @@ def master_file(
             _, (solved,) = solve(
                 metered, torch.tensor([goal], dtype=torch.float64), tolerance_lu=float(options.tolerance_lu),
                 drive_range=renderer.drive_range, names=[str(input)],  # named as in memory: by its file
+                fallback=lambda _: reference_fallback(target, reference, sr, goal),
             )
             drive = solved.drive_db
+            if solved.fallback is not None:
+                log.warning("%s: %s", input, solved.fallback)
+                goal = solved.target_lufs
         report, path = _deliver(
             stem, out, stem, target, goal, solved, fit_report, options, lambda: renderer.middles(drive), sr,
             before=lambda: measure_file(input, chunk_s=chunk_s), protect=protect,
