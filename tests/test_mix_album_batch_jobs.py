@@ -11,7 +11,10 @@ import sys
 import numpy as np
 import pytest
 import soundfile as sf
+import torch
 from jobs_helpers import ROOT, files, music, run_cli, write
+
+from diffmix.report import peak_dbtp
 
 pytestmark = pytest.mark.slow
 
@@ -57,6 +60,10 @@ def test_mix_fits_toward_a_reference_and_writes_everything(tmp_path):
     assert init["spectra"] == "complex" and init["incoherent"] == []
     polish = report["fit"]["polish"]
     assert len(polish["change_db"]) == 3 and all(abs(v) <= 12.0 for v in polish["change_db"])
+    # The written mix's true peak, on the strict meter (no ceiling: reported, not enforced).
+    written, _ = sf.read(str(tmp_path / "o" / "mix.wav"), always_2d=True, dtype="float32")
+    assert report["delivery"]["true_peak_dbtp"] == pytest.approx(
+        peak_dbtp(torch.from_numpy(written.T.copy())[None], 44100), abs=1e-6)
 
     out = run_cli(
         "render",
@@ -68,8 +75,11 @@ def test_mix_fits_toward_a_reference_and_writes_everything(tmp_path):
         cwd=tmp_path,
     )
     assert out.returncode == 0, out.stderr
-    rendered, _ = sf.read(str(tmp_path / "r" / "stems_render.wav"))
+    rendered, _ = sf.read(str(tmp_path / "r" / "stems_render.wav"), dtype="float32")
     assert rendered.shape == (3 * 44100, 2)
+    rendered_report = json.loads((tmp_path / "r" / "stems_render_report.json").read_text())
+    assert rendered_report["delivery"]["true_peak_dbtp"] == pytest.approx(
+        peak_dbtp(torch.from_numpy(rendered.T.copy())[None], 44100), abs=1e-6)
 
 
 @pytest.mark.parametrize("lag", [12, -9, -6.5])

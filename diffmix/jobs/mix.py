@@ -42,7 +42,7 @@ from diffmix.features import spectral_errors
 from diffmix.functional.delay import fractional_shift
 from diffmix.functional.loudness import integrated_loudness
 from diffmix.inputs import load_mix, load_stems
-from diffmix.jobs._common import listening_report, output_dir, pick_device, to_dict
+from diffmix.jobs._common import listening_report, output_dir, peak_dbtp, pick_device, to_dict
 from diffmix.jobs._common import summary as measure
 from diffmix.listen import Take, job_warnings
 from diffmix.mastering import set_exact
@@ -175,6 +175,7 @@ def run(cfg: DictConfig) -> int:
         bit_depth=depth,
         target_rate=cfg.delivery.sample_rate,
         dither=bool(cfg.delivery.dither),
+        true_peak_db=peak_dbtp,  # no ceiling: the written mix's true peak, for the report
         seed=int(cfg.seed),
         protect=protect,
     )

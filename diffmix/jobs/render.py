@@ -20,7 +20,7 @@ from diffmix.delivery import check_format, deliver
 from diffmix.errors import UserError
 from diffmix.inputs import load_mix, load_stems
 from diffmix.io import check_outputs
-from diffmix.jobs._common import listening_report, output_dir, pick_device, summary
+from diffmix.jobs._common import listening_report, output_dir, peak_dbtp, pick_device, summary
 from diffmix.listen import Take, job_warnings
 from diffmix.mastering import set_exact
 from diffmix.report import write_json
@@ -61,7 +61,7 @@ def run(cfg: DictConfig) -> int:
     delivery = deliver(
         y[0], sr, out / f"{stem}.{fmt}", fmt=fmt, bit_depth=depth,
         target_rate=cfg.delivery.sample_rate, dither=bool(cfg.delivery.dither),
-        seed=int(cfg.seed), protect=protect,
+        true_peak_db=peak_dbtp, seed=int(cfg.seed), protect=protect,  # no ceiling: reported only
     )
     report: dict[str, Any] = {
         "job": "render",
