@@ -190,6 +190,7 @@ def test_a_reference_louder_than_the_ceiling_allows_is_matched_in_density_and_a_
     goal = -12.0 - (tp - lufs)
     assert report["loudness_solve"]["target_lufs"] == pytest.approx(goal, abs=1e-6)
     assert "peak-to-loudness ratio" in report["loudness_solve"]["fallback"]
+    assert report["qc"][0] == f"Loudness: {report['loudness_solve']['fallback']}."
     assert report["achieved"]["lufs"] == pytest.approx(goal, abs=0.05)
     assert report["achieved"]["true_peak_dbtp"] <= -12.0 and report["achieved"]["under_ceiling"]
     assert abs(report["achieved"]["lufs_error_lu"]) <= 0.05

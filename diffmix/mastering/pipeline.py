@@ -456,6 +456,9 @@ def _finish_song(report: dict[str, Any], preset: Bus, out: Path, stem: str, targ
     report["outputs"]["preset"] = str(preset_path)
     report["qc"] = job_warnings(report["after"], Path(report["outputs"]["audio"]),
                                 int(report["delivery"]["sample_rate"]), target, target.get("name"))
+    fallback = (report.get("loudness_solve") or {}).get("fallback")
+    if fallback:  # the loudness aimed at is not the reference's: said first, on the page too
+        report["qc"].insert(0, f"Loudness: {fallback}.")
 
 
 def _listening_report(report: dict[str, Any], out: Path, stem: str, target: dict[str, Any], takes: list[Take],
