@@ -13,6 +13,7 @@ from diffmix.functional.restoration.arx_detect import _arx_candidates
 from diffmix.functional.restoration.guards import (
     _block_rms,
     _bracketed,
+    _grown,
     _guards,
     _keep_inside,
     _local_scale,
@@ -22,6 +23,7 @@ from diffmix.functional.restoration.guards import (
     _partner_peak,
     _periodicity,
     _scales_of,
+    _shared_guards,
     _stereo_guards,
     _trim_quiet_ends,
 )
@@ -132,6 +134,19 @@ def detect_clicks(
       channel predicts of it (the FIR of :func:`repair_clicks`), with AR models and the
       robust level of that residual, fitted with every burst interpolated; in a mix
       whose channels share most of their content a quiet click stands out there.
+    * stereo (``C == 2``, ``stereo_taps`` not ``None``): a vetoed burst the other
+      channel shares (a click in both channels, or a sound in both) gets a second look
+      too (:func:`_shared_guards`): a click's amplitude and sign in each channel have
+      nothing to do with how the music is spread over the two, so in near-mono music the
+      channel minus the other times their relation (a total-least-squares gain per frame,
+      fitted on the whole signal and on its AR prediction error) keeps the click and
+      cancels the music, and a sound spread as the music is. The burst, stretched over
+      the joint rule's candidates beside it (see below; no longer than ``max_click_ms``,
+      alone or joined with its neighbours), passes when it stands out ``above_db`` of its
+      own channel, passes the guards on both residuals (all but ``loud_db``: the
+      residual's level says how well the channels cancel, not how loud the music is) and
+      stands out of each residual ``above_db`` more than out of its channel; it stands in
+      both channels or in neither.
     * stereo (``C == 2``, ``arx_taps`` not ``None``), in the last pass, before all
       this: where the matched filter marks a sample and the other channel shows
       nothing, its 40 ms frame is
@@ -397,6 +412,35 @@ def detect_clicks(
                 alone = torch.where(inside, there, 0.0).amax(-1) < _NOISE_MAX
                 keep |= _stereo_guards(xd, repaired, bursts, ~keep & alone, sr, order, hop, pad,
                                        max_len, width // 2, stereo_taps, **guards)
+                shared = ~keep & ~alone
+                if bool(shared.any()):
+                    # Vetoed bursts the other channel shares: one click in both channels,
+                    # judged again on the channel minus the other times the music's
+                    # relation between them (see `_shared_guards`), over the span the
+                    # joint rule's candidates beside it give (the mono rules may flag a
+                    # click's first sample only, and a span too short to hold it repairs
+                    # it in part), and kept in both channels or in neither.
+                    assert coeffs is not None  # (fitted in the first pass)
+                    spans = _grown(bursts, shared, both, merge + 1, max_len, t)
+                    # Spans that join (at most `merge` samples apart) into a run too long
+                    # to be a click are none: the onset of a sound, in pieces.
+                    joined = _segments(runs(_mask_from_runs(spans[shared], (b * c, t), 0,
+                                                            x.device)), merge + 1)
+                    joined = joined[(joined[:, 2] - joined[:, 1]) > max_len]
+                    if len(joined):
+                        within = _mask_from_runs(joined, (b * c, t), 0, x.device)
+                        shared &= ~within[spans[:, 0], spans[:, 1]]
+                    ok = _shared_guards(xd, repaired, spans, shared, level, coeffs, sr, order,
+                                        hop, pad, max_len, width // 2, stereo_taps, **guards)
+                    ok[shared] = _in_both(spans[shared], ok[shared], t,
+                                          joint_reach if joint_reach is not None else 0)
+                    grown = ok & (spans != bursts).any(-1)
+                    if bool(grown.any()):
+                        at = _mask_from_runs(spans[grown], (b * c, t), pad, x.device).reshape(b, c, t)
+                        repaired = torch.where(at, _lsar(xd, at, coeffs, hop), repaired)
+                        flags = flags | _mask_from_runs(spans[grown], (b * c, t), 0, x.device)
+                        bursts = torch.where(grown[:, None], spans, bursts)
+                    keep |= ok
             if bool((keep & fresh).any()):
                 # ...and stand only where the two channels' removed parts have the same
                 # shape at the same samples (an onset heard in both channels may reach

@@ -16,7 +16,7 @@ from diffmix.functional.restoration._common import (
     _SUB,
     _frame_windows,
 )
-from diffmix.functional.restoration.ar import _ar_fit, _frames_near, _unique_pairs
+from diffmix.functional.restoration.ar import _ar_fit, _frames_near, _residuals, _unique_pairs
 from diffmix.functional.restoration.arx import _cross_filters, _fir_frames
 from diffmix.functional.restoration.lsar import _lsar
 from diffmix.functional.restoration.masks import _flagged, _mask_from_runs
@@ -153,6 +153,21 @@ def _explained(
     return 10.0 * torch.log10(energy[0].clamp(min=1e-30) / energy[1].clamp(min=1e-30))
 
 
+def _removed_peak(x: Tensor, repaired: Tensor, bursts: Tensor, level: Tensor, pad: int,
+                  max_len: int) -> Tensor:
+    """What the repair would remove (``x`` minus ``repaired``, ``(N, T)`` each) over each
+    padded burst of ``bursts`` (``(K, 3)``), its peak over the programme's robust local
+    ``level`` (``(N, T)``), read at the bursts only (the whole signal's ratio costs more
+    than the rest of the tests). ``(K,)``."""
+    t = x.shape[-1]
+    span = max_len + 2 * pad
+    idx = (bursts[:, 1:2] - pad + torch.arange(span, device=x.device)).clamp(0, t - 1)
+    inside = idx < (bursts[:, 2:3] + pad)
+    at = (bursts[:, 0:1], idx)
+    removed = (x[at] - repaired[at]).abs() / level[at].clamp(min=1e-9)
+    return torch.where(inside, removed, 0.0).amax(-1)
+
+
 def _guards(
     x: Tensor, repaired: Tensor, bursts: Tensor, level: Tensor, coeffs: Tensor, hop: int,
     pad: int, max_len: int, sr: int, *, above_db: float | None, explain_db: float | None,
@@ -162,14 +177,7 @@ def _guards(
     are clicks, given the rows ``x`` and their repair ``repaired`` ``(N, T)``, the
     programme's robust local level ``(N, T)`` and the AR models ``(N, F, p + 1)``."""
     t = x.shape[-1]
-    # What the repair would remove, peak over the programme's robust local level (read
-    # at the bursts only: the whole signal's ratio costs more than the rest of the tests).
-    span = max_len + 2 * pad
-    idx = (bursts[:, 1:2] - pad + torch.arange(span, device=x.device)).clamp(0, t - 1)
-    inside = idx < (bursts[:, 2:3] + pad)
-    at = (bursts[:, 0:1], idx)
-    removed = (x[at] - repaired[at]).abs() / level[at].clamp(min=1e-9)
-    peak = torch.where(inside, removed, 0.0).amax(-1)
+    peak = _removed_peak(x, repaired, bursts, level, pad, max_len)
     keep = torch.ones_like(peak, dtype=torch.bool)
     # Far above the music around it: no attack, whatever the tests below say.
     loud = peak >= 10.0 ** (loud_db / 20.0) if loud_db is not None else ~keep
@@ -229,6 +237,155 @@ def _stereo_guards(
                  max_len, sr, **guards)
     out = torch.zeros_like(judge)
     out[vetoed[ok]] = True
+    return out
+
+
+def _tls_gains(x: Tensor, ref: Tensor, hop: int, frames: Tensor | None = None) -> Tensor:
+    """Per frame, the gain ``g`` of the total-least-squares line ``x = g ref`` over the
+    Hann-windowed two hops centred on the frame (the windows of :func:`_cross_filters`):
+    the principal axis of the two signals' covariance. Least squares, which takes ``ref``
+    as exact, shrinks the gain by the share of ``ref`` that ``x`` does not share (noise,
+    the side of a near-mono mix), and every sound common to both channels then leaks
+    into ``x - g ref`` in proportion; the principal axis does not. Zero where the line
+    does not lower the energy of ``x`` (channels that share little: the other channel
+    explains nothing; :func:`_shared_guards` does not look there). With ``frames``
+    (``(K, 2)`` rows ``(batch * C + channel, frame)``) those only, zero elsewhere.
+    ``x, ref (B, C, T)`` -> ``(B * C, F)``."""
+    b, c, t = x.shape
+    nf = -(-t // hop)
+    half = hop // 2
+    win = torch.hann_window(2 * hop, periodic=False, dtype=x.dtype, device=x.device)
+
+    def windows(v: Tensor) -> Tensor:
+        vp = tnf.pad(v.reshape(b * c, t), (half, nf * hop - t + 2 * hop - half))
+        w = vp.unfold(-1, 2 * hop, hop)[:, :nf]
+        return (w if frames is None else w[frames[:, 0], frames[:, 1]]) * win
+
+    wx, wr = windows(x), windows(ref)
+    sxx, srr, sxr = ((u * v).sum(-1).double() for u, v in ((wx, wx), (wr, wr), (wx, wr)))
+    tiny = torch.where(sxr < 0, -1e-30, 1e-30).to(sxr.dtype)
+    g = (sxx - srr + ((sxx - srr).square() + 4.0 * sxr.square()).sqrt()) / (
+        2.0 * torch.where(sxr.abs() > 1e-30, sxr, tiny))
+    lowers = sxx - 2.0 * g * sxr + g.square() * srr < sxx
+    g = torch.where(lowers, g, 0.0).to(x.dtype)
+    if frames is None:
+        return g
+    out = x.new_zeros(b * c, nf)
+    out[frames[:, 0], frames[:, 1]] = g
+    return out
+
+
+def _widen(frames: Tensor, k: int, nf: int) -> Tensor:
+    """``frames`` (``(K, 2)`` rows ``(row, frame)``) and the ``k`` frames either side of
+    each (of ``nf``): ``(J, 2)``, unique, sorted."""
+    f = (frames[:, 1:2] + torch.arange(-k, k + 1, device=frames.device)).clamp(0, nf - 1)
+    return _unique_pairs(frames[:, :1].expand_as(f).reshape(-1), f.reshape(-1), nf)
+
+
+def _shared_guards(
+    x: Tensor, repaired: Tensor, bursts: Tensor, judge: Tensor, level: Tensor, coeffs: Tensor,
+    sr: int, order: int, hop: int, pad: int, max_len: int, width: int, reach: int, *,
+    above_db: float | None, explain_db: float | None, loud_db: float | None,
+    onset_db: float | None,
+) -> Tensor:
+    """Second look, in stereo, at the bursts the guards vetoed that the other channel
+    shares (``judge``, ``(K,)`` bool of ``bursts`` ``(K, 3)``): one click in both channels.
+    Its amplitude and sign in each channel have nothing to do with how the music is spread
+    over the two, so where the music is near-mono the channel minus the other channel
+    times their relation (:func:`_tls_gains`, fitted on ``repaired``, the signal with every
+    burst interpolated, whole and at its AR prediction error, and applied to ``x`` as it
+    is, the other channel's burst in it)
+    keeps the click and loses most of the music; a sound in both channels, spread as the
+    music is, cancels with it. There the burst is judged by the guards of
+    :func:`_guards` with AR models and the robust level of that residual (fitted on
+    ``repaired``'s), but for ``loud_db`` (the residual's level measures how well the two
+    channels cancel, not how loud the music is), and
+
+    * it must stand out of its own channel: what the repair of the channel (models
+      ``coeffs``, ``(B, C, F, p + 1)``) removes peaks ``above_db`` over the programme's
+      ``level`` (``(B * C, T)``), as the guards ask of every click;
+    * the other channel must explain less of it than of the music: its peak over the
+      residual's level exceeds that over the programme's by ``above_db`` more (a sound
+      spread as the music is, and left over by an imperfect relation, stands out of the
+      residual no more than out of the channel).
+
+    ``reach``: as :func:`_stereo_guards`' ``taps``, the margin of frames refitted. Returns
+    ``(K,)`` bool: rescued bursts. Off where ``above_db`` is ``None``."""
+    b, c, t = x.shape
+    out = torch.zeros_like(judge)
+    vetoed = judge.nonzero()[:, 0]
+    if len(vetoed) == 0 or above_db is None:
+        return out
+    cand = bursts[vetoed]
+    frames = -(-t // hop)
+    near = _frames_near(cand, hop, frames, order + reach + pad)
+    mask = _mask_from_runs(cand, (b * c, t), pad, x.device).reshape(b, c, t)
+    rows = x.reshape(b * c, t)
+    mono = _lsar(x, mask, coeffs, hop).reshape(b * c, t)
+    own = _removed_peak(rows, mono, cand, level, pad, max_len)
+    step = 10.0 ** (above_db / 20.0)
+    ok = own >= step
+    # The relation weighed two ways: over the whole band (by energy: the bass weighs
+    # most) and at the AR models' prediction error (the innovation, where a click and an
+    # attack lie). A click's relation is
+    # the music's in neither; a sound of the music left over by one imperfect estimate is
+    # cancelled by the other. The burst must stand out of both residuals.
+    # (fitted on the signal with every burst interpolated, these over their spans here)
+    clean = torch.where(mask, mono.reshape(b, c, t), repaired)
+    # (the relation on the frames whose residual the tests read, two either side of
+    # `near`, each from the windows of its neighbours: the whitened signal three
+    # either side)
+    around = _widen(near, 2, frames)
+    wide = _widen(near, 3, frames)
+    white = _ar_fit(clean, order, hop, frames=wide)
+    pairs = [(clean, clean.flip(1)),
+             tuple(_residuals(v, white, hop, None, (0,), wide,
+                              (x.new_zeros(b * c, frames, hop),), inplace=True)[0]
+                   for v in (clean, clean.flip(1)))]
+    for fit_x, fit_ref in pairs:
+        gain = _tls_gains(fit_x, fit_ref, hop, around).repeat_interleave(hop, -1)[:, :t]
+        # Where the other channel shares nothing with this one (see `_tls_gains`) the
+        # music is no near-mono mix: no second look there.
+        idx = (cand[:, 1:2] - pad + torch.arange(max_len + 2 * pad, device=x.device)).clamp(0, t - 1)
+        inside = idx < (cand[:, 2:3] + pad)
+        ok &= ~(inside & (gain[cand[:, 0:1], idx] == 0.0)).any(-1)
+        gain = gain.reshape(b, c, t)
+        resid = x - gain * x.flip(1)
+        rc = _ar_fit(clean - gain * clean.flip(1), order, hop, frames=near)
+        rep = _lsar(resid, mask, rc, hop).reshape(b * c, t)
+        resid = resid.reshape(b * c, t)
+        rl = _burst_level(resid, cand, width, max_len + 2 * pad)
+        rc = rc.reshape(b * c, frames, order + 1)
+        ok &= _guards(resid, rep, cand, rl, rc, hop, pad, max_len, sr, above_db=above_db,
+                      explain_db=explain_db, loud_db=None, onset_db=onset_db)
+        ok &= _removed_peak(resid, rep, cand, rl, pad, max_len) >= own * step
+    out[vetoed[ok]] = True
+    return out
+
+
+def _grown(bursts: Tensor, which: Tensor, extra: Tensor | None, reach: int, max_len: int,
+           t: int) -> Tensor:
+    """``bursts`` (``(K, 3)``), each of ``which`` (``(K,)`` bool) stretched over the
+    samples ``extra`` (``(J, 2)`` rows ``(row, sample)``, sorted) of its row that lie
+    less than ``reach`` samples from it, where the result is no longer than ``max_len``;
+    the rest as they are. ``(K, 3)``."""
+    out = bursts.clone()
+    if extra is None or len(extra) == 0 or not bool(which.any()):
+        return out
+    w = t + 2 * reach + 2
+    key = extra[:, 0] * w + extra[:, 1] + reach + 1
+    sel = which.nonzero()[:, 0]
+    bb = bursts[sel]
+    lo = torch.searchsorted(key, bb[:, 0] * w + bb[:, 1] + 1)
+    hi = torch.searchsorted(key, bb[:, 0] * w + bb[:, 2] + 2 * reach + 1)
+    has = hi > lo
+    first = extra[lo.clamp(max=len(extra) - 1), 1]
+    last = extra[(hi - 1).clamp(min=0), 1] + 1
+    start = torch.where(has, torch.minimum(bb[:, 1], first), bb[:, 1])
+    end = torch.where(has, torch.maximum(bb[:, 2], last), bb[:, 2])
+    fits = (end - start) <= max_len
+    out[sel, 1] = torch.where(fits, start, bb[:, 1])
+    out[sel, 2] = torch.where(fits, end, bb[:, 2])
     return out
 
 
