@@ -513,6 +513,8 @@ def master_file(
     try:
         solved, drive = None, 0.0
         if goal is not None:
+            aim = goal  # the goal asked for (the solve may move ``goal`` to a fallback)
+
             def metered(drives: torch.Tensor) -> tuple[None, torch.Tensor]:
                 meter = renderer.meter(float(drives[0]))
                 lufs = torch.tensor([meter.integrated_lufs()], dtype=torch.float64)
@@ -521,7 +523,7 @@ def master_file(
             _, (solved,) = solve(
                 metered, torch.tensor([goal], dtype=torch.float64), tolerance_lu=float(options.tolerance_lu),
                 drive_range=renderer.drive_range, names=[str(input)],  # named as in memory: by its file
-                fallback=lambda _: reference_fallback(target, reference, sr, goal),
+                fallback=lambda _: reference_fallback(target, reference, sr, aim),
             )
             drive = solved.drive_db
             if solved.fallback is not None:
