@@ -649,9 +649,16 @@ def sections_filter(b: Tensor, a: Tensor, tail: int, mix: Tensor | None = None, 
     # steps) give the same response: designed once, not at every render.
     fir = _FIRS.get(constant_key("fir", b, a, length), lambda: fir_from_sections(b, a, length))
     if mix is not None:
-        fir = mix.to(fir.dtype).unsqueeze(-1) * fir
-        fir = torch.cat([fir[..., :1] + (1.0 - mix.to(fir.dtype).unsqueeze(-1)), fir[..., 1:]], dim=-1)
+        fir = fold_mix(fir, mix.unsqueeze(-1))
     return LinearFilter(fir, ms=ms)
+
+
+def fold_mix(fir: Tensor, mix: Tensor) -> Tensor:
+    """Dry/wet folded into an impulse response ``fir`` ``(..., L)`` (lag 0 first):
+    ``(1 - mix) delta + mix fir``, ``mix`` broadcast against ``fir[..., :1]``.
+    Differentiable in both."""
+    mix = mix.to(fir.dtype)
+    return torch.cat([mix * fir[..., :1] + (1.0 - mix), mix * fir[..., 1:]], dim=-1)
 
 
 def render_fft(x: Tensor, b: Tensor, a: Tensor, tail: int, mix: Tensor | None = None, *,

@@ -38,7 +38,7 @@ from torch import Tensor
 
 from diffmix.checks import check_audio
 from diffmix.functional._cache import SignalMemo
-from diffmix.functional.filters import LinearFilter, fft_convolve
+from diffmix.functional.filters import LinearFilter, fft_convolve, fold_mix
 from diffmix.functional.gain import mid_side
 from diffmix.functional.spectrum import band_centres, band_matrix, mid_side_psd, power_db, welch_psd
 from diffmix.params import ParamValue, broadcast_param, per_sample
@@ -290,8 +290,7 @@ def match_eq_filter(
         )
     gains = torch.cat(torch.broadcast_tensors(mid, side), dim=1)  # (B|1, 2, bands)
     h = design_fir(gains, centres, sample_rate, n_fir)  # (B|1, 2, n_fir), lag 0 first
-    m = per_sample(mix, x, name="mix", effect="match_eq").to(h.dtype)  # (B|1, C|1, 1)
-    h = torch.cat([m * h[..., :1] + (1.0 - m), m * h[..., 1:]], dim=-1)
+    h = fold_mix(h, per_sample(mix, x, name="mix", effect="match_eq"))  # mix (B|1, C|1, 1)
     # Zero-phase taps reach half the FIR both ways: the causal filter (the taps rolled by
     # half) over the signal and half a filter of zeros, read half a filter later. Long
     # signals take overlap-save blocks (fft_convolve), not one transform of the whole song.

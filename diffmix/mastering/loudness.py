@@ -177,11 +177,9 @@ def solve(
                                 counter=iters, slope=slope, history=seen)
     err = (targets - lufs).abs()
     why: list[str | None] = [None] * len(targets)
-    slopes = last_slope(seen)
-    slopes = torch.ones_like(targets) if slopes is None else slopes
     if fallback is not None:
         for i in (err > tolerance_lu).nonzero().view(-1).tolist():
-            reason = _reason(float(targets[i]), float(lufs[i]), float(drive[i]), (lo, hi), float(slopes[i]))
+            reason = _reason(float(targets[i]), float(lufs[i]), float(drive[i]), (lo, hi), _slope_of(seen, i))
             if reason != "ceiling":
                 continue
             lower = fallback(i)
@@ -200,14 +198,19 @@ def solve(
             err = (targets - lufs).abs()
     if (err > tolerance_lu).any():
         i = int((err > tolerance_lu).nonzero()[0])
-        slopes = last_slope(seen)
         raise UserError(_unreachable(float(targets[i]), float(lufs[i]), float(drive[i]), (lo, hi),
-                                     _song(i, names), 1.0 if slopes is None else float(slopes[i])))
+                                     _song(i, names), _slope_of(seen, i)))
     solves = [
         LoudnessSolve(float(d), float(v), float(t), int(k), w)
         for d, v, t, k, w in zip(drive, lufs, targets, iters, why, strict=True)
     ]
     return y, solves
+
+
+def _slope_of(history: Sequence[tuple[Tensor, Tensor]], i: int) -> float:
+    """Song ``i``'s last secant slope over ``history`` (:func:`last_slope`; 1 without one)."""
+    slopes = last_slope(history)
+    return 1.0 if slopes is None else float(slopes[i])
 
 
 def _reason(target: float, lufs: float, drive: float, drive_range: tuple[float, float],

@@ -153,16 +153,21 @@ def _explained(
     return 10.0 * torch.log10(energy[0].clamp(min=1e-30) / energy[1].clamp(min=1e-30))
 
 
+def _padded(bursts: Tensor, pad: int, max_len: int, t: int) -> tuple[Tensor, Tensor]:
+    """The samples of each padded burst of ``bursts`` (``(K, 3)``) on a fixed grid of
+    ``max_len + 2 pad``: their indices (clamped into ``0 .. t - 1``) and which of them lie
+    inside it, ``(K, max_len + 2 pad)`` each."""
+    idx = (bursts[:, 1:2] - pad + torch.arange(max_len + 2 * pad, device=bursts.device)).clamp(0, t - 1)
+    return idx, idx < (bursts[:, 2:3] + pad)
+
+
 def _removed_peak(x: Tensor, repaired: Tensor, bursts: Tensor, level: Tensor, pad: int,
                   max_len: int) -> Tensor:
     """What the repair would remove (``x`` minus ``repaired``, ``(N, T)`` each) over each
     padded burst of ``bursts`` (``(K, 3)``), its peak over the programme's robust local
     ``level`` (``(N, T)``), read at the bursts only (the whole signal's ratio costs more
     than the rest of the tests). ``(K,)``."""
-    t = x.shape[-1]
-    span = max_len + 2 * pad
-    idx = (bursts[:, 1:2] - pad + torch.arange(span, device=x.device)).clamp(0, t - 1)
-    inside = idx < (bursts[:, 2:3] + pad)
+    idx, inside = _padded(bursts, pad, max_len, x.shape[-1])
     at = (bursts[:, 0:1], idx)
     removed = (x[at] - repaired[at]).abs() / level[at].clamp(min=1e-9)
     return torch.where(inside, removed, 0.0).amax(-1)
@@ -342,12 +347,11 @@ def _shared_guards(
              tuple(_residuals(v, white, hop, None, (0,), wide,
                               (x.new_zeros(b * c, frames, hop),), inplace=True)[0]
                    for v in (clean, clean.flip(1)))]
+    idx, inside = _padded(cand, pad, max_len, t)
     for fit_x, fit_ref in pairs:
         gain = _tls_gains(fit_x, fit_ref, hop, around).repeat_interleave(hop, -1)[:, :t]
         # Where the other channel shares nothing with this one (see `_tls_gains`) the
         # music is no near-mono mix: no second look there.
-        idx = (cand[:, 1:2] - pad + torch.arange(max_len + 2 * pad, device=x.device)).clamp(0, t - 1)
-        inside = idx < (cand[:, 2:3] + pad)
         ok &= ~(inside & (gain[cand[:, 0:1], idx] == 0.0)).any(-1)
         gain = gain.reshape(b, c, t)
         resid = x - gain * x.flip(1)
