@@ -8,9 +8,9 @@ from torch import Tensor
 from diffmix.checks import check_audio, check_sample_rate
 from diffmix.functional.restoration._common import _hop, _rows
 from diffmix.functional.restoration.ar import ar_coefficients
-from diffmix.functional.restoration.detect import detect_clicks
 from diffmix.functional.restoration.lsar import lsar_interpolate
 from diffmix.functional.restoration.masks import spans
+from diffmix.functional.restoration.repair import declick
 
 
 def detect_clipping(
@@ -93,8 +93,13 @@ def remove_dc(x: Tensor, sample_rate: int) -> tuple[Tensor, Tensor]:
 
 
 def defects(x: Tensor, sample_rate: int, *, max_listed: int = 1000) -> list[dict]:
-    """Clicks and clipped runs per batch item, for reports: what :func:`declick` and
-    :func:`declip` would repair.
+    """Clicks and clipped runs per batch item, for reports: what the repair job
+    (:func:`diffmix.polish.polish`) repairs, found in its order: each channel's mean
+    removed (:func:`remove_dc`), clipped runs found and rebuilt (:func:`declip`), then
+    clicks found and repaired on that (:func:`declick`: its spans are the detected ones
+    grown over missed edges and trimmed of kept ones). A DC offset or a clipped peak
+    moves the click detector's borderline decisions, so a report that detected on the
+    raw signal would list clicks the repair does not find.
 
     Returns, per item: ``{"clicks_per_minute", "clicks": [...], "clipped_runs": [...],
     "clipped_runs_count", "clicks_count"}``, each listed span ``{"channel", "time_s",
@@ -102,8 +107,8 @@ def defects(x: Tensor, sample_rate: int, *, max_listed: int = 1000) -> list[dict
     """
     sr = check_sample_rate(sample_rate, "defects")
     b, c, t = x.shape
-    clicks, _, _ = detect_clicks(x, sr)
-    clipped = detect_clipping(x, sr)
+    declipped, clipped = declip(remove_dc(x, sr)[0], sr)
+    clicks = declick(declipped, sr)[1]
     out = []
     minutes = t / sr / 60.0
     for i in range(b):
