@@ -35,7 +35,8 @@ def findings(
     """Each problem found, as one sentence that says what and why; ``[]`` when all is well.
 
     Args:
-        lufs: integrated loudness (LUFS); ``-inf`` is digital silence.
+        lufs: integrated loudness (LUFS); ``-inf`` where every block is under the gate
+            (digital silence where ``true_peak_dbtp`` is ``-inf`` or not given).
         true_peak_dbtp: the highest true peak (dBTP).
         dc_offset: per channel, the mean sample value (linear, full scale 1).
         clipped_samples: samples at full scale; ``clipped_runs``: runs of them.
@@ -53,7 +54,14 @@ def findings(
     """
     out: list[str] = []
     if lufs is not None and math.isinf(lufs) and lufs < 0:
-        out.append("The audio is digital silence: there is nothing to hear or measure.")
+        if true_peak_dbtp is not None and math.isfinite(true_peak_dbtp):  # sound, all of it under the gate
+            out.append(
+                "Every 400 ms block is under BS.1770's -70 LUFS gate "
+                f"(true peak {true_peak_dbtp:+.1f} dBTP): the audio is too quiet to have a loudness; "
+                "turn it up before mastering."
+            )
+        else:
+            out.append("The audio is digital silence: there is nothing to hear or measure.")
         return out
     ceiling = DEFAULT_CEILING_DBTP if ceiling_dbtp is None else float(ceiling_dbtp)
     if true_peak_dbtp is not None and math.isfinite(true_peak_dbtp) and true_peak_dbtp > ceiling + 1e-6:

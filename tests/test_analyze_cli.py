@@ -68,6 +68,15 @@ def test_silence_and_mono_and_short_files(tmp_path):
     analyze.run(compose_cfg(input=str(silent), json=str(tmp_path / "s.json"), table=False))
     report = json.loads((tmp_path / "s.json").read_text())
     assert report["silent"] is True and report["integrated_lufs"] == "-inf"
+    assert report["findings"] == ["The audio is digital silence: there is nothing to hear or measure."]
+    quiet = tmp_path / "quiet.wav"  # sound, but every block under the -70 LUFS gate: not silence
+    sf.write(str(quiet), 10 ** (-75 / 20) * np.sin(np.arange(48000) * 0.1)[:, None].repeat(2, 1), 48000,
+             subtype="FLOAT")
+    analyze.run(compose_cfg(input=str(quiet), json=str(tmp_path / "q.json"), table=False))
+    report = json.loads((tmp_path / "q.json").read_text())
+    assert report["silent"] is False and report["integrated_lufs"] == "-inf"
+    assert len(report["findings"]) == 1 and "under BS.1770's -70 LUFS gate (true peak -75.0 dBTP)" in (
+        report["findings"][0])
     mono = write_tone(tmp_path / "mono.flac", sr=44100, seconds=0.25, channels=1)
     analyze.run(compose_cfg(input=str(mono), json=str(tmp_path / "m.json"), table=False))
     report = json.loads((tmp_path / "m.json").read_text())

@@ -106,6 +106,9 @@ def test_qc_findings_name_each_problem_and_only_real_ones():
     assert far == [far[0]] and "3.2 LU under spotify's -14.0 LUFS" in far[0]
     assert findings(lufs=-14.8, target_lufs=-14.0) == []
     assert "digital silence" in findings(lufs=-math.inf, true_peak_dbtp=-math.inf)[0]
+    quiet = findings(lufs=-math.inf, true_peak_dbtp=-60.1)  # sound, every block under the gate
+    assert quiet == [quiet[0]] and "under BS.1770's -70 LUFS gate (true peak -60.1 dBTP)" in quiet[0]
+    assert "digital silence" not in quiet[0]
     assert findings(side_mid_db=-8.0) == [] and findings(side_mid_db=0.0) == []
     assert "The channels cancel" in findings(side_mid_db=math.inf)[0]
 
