@@ -62,6 +62,19 @@ def test_repair_writes_audio_report_and_exact_difference(tmp_path):
         assert np.abs(removed[s : s + 4, ch]).max() > 0.3  # the click is what was removed
 
 
+def test_a_sound_shorter_than_a_loudness_block_is_repaired(tmp_path):
+    # 0.3 s (a one-shot sample): under one 400 ms gating block, metered as one block.
+    clip = music(0.3, seed=3).astype(np.float32)
+    clip[5000:5003, 0] += 0.7
+    src = write(tmp_path / "in" / "hit.wav", clip)
+    out = tmp_path / "out"
+    res = run_cli("repair", f"input={src}", f"out={out}", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    report = json.loads((out / "hit_repaired_report.json").read_text())
+    assert report["repairs"]["clicks"]["count"] == 1
+    assert "LUFS" in (out / "hit_repaired_report.html").read_text()  # its page metered it
+
+
 def test_stages_can_be_turned_off(tmp_path):
     src, _ = _damaged(tmp_path)
     out = tmp_path / "out"

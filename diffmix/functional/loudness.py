@@ -709,37 +709,30 @@ class GatedMeter:
         e = _unit_energies(y.detach()[..., left - w :], self.sr)
         self.energies.append(e[..., w // self.unit : (w + n) // self.unit].cpu())
 
-    def _powers(self, window: int) -> Tensor | None:
+    def _powers(self, window: int, step_units: int) -> Tensor:
+        """``(1, N)`` window powers; one window over everything when shorter than one, as
+        the whole-signal meters read a short signal (:func:`_window_power`)."""
         energy = torch.cat(self.energies, -1).to(torch.float64)
         per = window // self.unit
         if energy.shape[-1] < per:
-            return None
-        hop = block_samples(self.sr)[0]
-        return _energy_windows(energy, window, per, hop // self.unit, self.weights)
+            mean = energy.sum(-1) / max(energy.shape[-1] * self.unit, 1)
+            return (mean * self.weights).sum(-1, keepdim=True)
+        return _energy_windows(energy, window, per, step_units, self.weights)
 
     def integrated_lufs(self) -> float:
-        """BS.1770 gated loudness over every 400 ms block of every chunk (global gating).
-
-        Raises ValueError on less than one block."""
-        power = self._powers(block_samples(self.sr)[1])
-        if power is None:
-            raise ValueError("GatedMeter: audio shorter than one 400 ms gating block")
+        """BS.1770 gated loudness over every 400 ms block of every chunk (global gating);
+        under one block, the loudness of everything as one block, as
+        :func:`integrated_loudness` reads a short signal."""
+        power = self._powers(block_samples(self.sr)[1], block_samples(self.sr)[0] // self.unit)
         return float(_gated_loudness(power, ABSOLUTE_GATE_LUFS, RELATIVE_GATE_LU)[0])
 
     def loudness_range(self) -> float:
         """EBU Tech 3342 loudness range (LU); ``0.0`` under one 3 s window, as
         :func:`loudness_range` reads a signal with a single short-term value."""
-        power = self._powers(block_samples(self.sr)[2])
-        return 0.0 if power is None else float(_range_of(power)[0])
+        hop, _, window = block_samples(self.sr)
+        return float(_range_of(self._powers(window, hop // self.unit))[0])
 
     def max_short_term_lufs(self) -> float:
         """The highest short-term loudness (3 s windows every meter unit, as
         :func:`short_term_loudness`); one window over everything when shorter."""
-        window = block_samples(self.sr)[2]
-        energy = torch.cat(self.energies, -1).to(torch.float64)
-        per = window // self.unit
-        if energy.shape[-1] < per:
-            power = (energy.sum(-1) / max(energy.shape[-1] * self.unit, 1) * self.weights).sum(-1)
-        else:
-            power = _energy_windows(energy, window, per, 1, self.weights)
-        return float(_to_lufs(power.amax()))
+        return float(_to_lufs(self._powers(block_samples(self.sr)[2], 1).amax()))
