@@ -202,6 +202,33 @@ def test_a_reference_louder_than_the_ceiling_allows_is_matched_in_density_and_a_
     assert not (tmp_path / "s").exists() or files(tmp_path / "s") == []
 
 
+@pytest.mark.parametrize("stream", ["false", "true"])
+def test_a_reference_denser_than_the_master_can_be_made_is_met_where_the_limiter_takes_its_share(
+        tmp_path, stream):
+    # A hard-clipped reference: its peaks sit under the -1 dBTP ceiling, so its
+    # peak-to-loudness ratio under the ceiling asks for no less loudness, and its loudness
+    # is past what the limiter reaches on this input. The master aims where the limiter
+    # takes LIMITED_LU of the loudness (its linear loudness read at the drive range's
+    # bottom), says so, and delivers under the ceiling.
+    from diffmix.mastering.loudness import LIMITED_LU
+
+    src = write(tmp_path / "song.wav", music(4.0, seed=1))
+    ref = write(tmp_path / "ref.wav", np.clip(music(4.0, seed=2, level=8.0), -0.45, 0.45))
+    args = [f"input={src}", f"reference={ref}", "target=none", "fit.steps=2", "fit.excerpt_s=2.0",
+            "progress=false", "plot=false", f"stream={stream}"]
+    out = run_cli("master", *args, f"out={tmp_path / 'o'}", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    report = json.loads((tmp_path / "o" / "song_master_report.json").read_text())
+    why = report["loudness_solve"]["fallback"]
+    assert "out of reach under the -1 dBTP ceiling" in why and f"the limiter takes {LIMITED_LU:g} LU" in why
+    assert report["qc"][0] == f"Loudness: {why}."
+    x, _ = sf.read(str(ref), always_2d=True, dtype="float64")
+    lufs = float(integrated_loudness(torch.from_numpy(x.T.copy())[None], 44100)[0])
+    goal = report["loudness_solve"]["target_lufs"]
+    assert goal < lufs - 1.0 and report["achieved"]["lufs"] == pytest.approx(goal, abs=0.05)
+    assert report["achieved"]["true_peak_dbtp"] <= -1.0 and report["achieved"]["under_ceiling"]
+
+
 @pytest.mark.parametrize(
     "make, message",
     [

@@ -257,14 +257,67 @@ def _falls_back(plateau: float, knee: float, target: float, lower: float) -> Non
     asked: list[int] = []
     calls.clear()
     _, (solved,) = solve(measure, torch.tensor([target]), drive_range=(-24.0, 48.0),
-                         fallback=lambda i: asked.append(i) or (lower, "why"))
+                         fallback=lambda i, limited: asked.append(i) or (lower, "why"))
     assert asked == [0] and solved.fallback == "why" and solved.target_lufs == lower
     assert abs(solved.achieved_lufs - lower) <= 0.02, (case, calls)
     drive = torch.tensor([solved.drive_db], dtype=torch.float64)
     assert abs(float(curve(drive)[1][0]) - solved.achieved_lufs) < 1e-12
     # A fallback no lower than the target is no way out.
     with pytest.raises(UserError, match="under the ceiling"):
-        solve(measure, torch.tensor([target]), drive_range=(-24.0, 48.0), fallback=lambda i: (target, "why"))
+        solve(measure, torch.tensor([target]), drive_range=(-24.0, 48.0),
+              fallback=lambda i, limited: (target, "why") if limited is None else None)
+
+
+def test_with_no_lower_goal_within_reach_the_solve_lands_where_the_limiter_takes_its_share():
+    # Random flattening curves L(d) = plateau - 3 softplus(-(d - knee) / 3): dB for dB (the
+    # linear loudness plateau - knee + d) far under the knee. A reference denser than the
+    # master can be made has no lower goal, or one out of reach too: the solve lands where
+    # the loudness reads LIMITED_LU under the linear loudness, in closed form at drive
+    # knee - 3v, loudness plateau - 3 softplus(v), with softplus(v) - v = LIMITED_LU / 3; it
+    # says why, and a goal that must stand (a spec's) fails after the renders it took
+    # without a fallback.
+    from diffmix.mastering.loudness import LIMITED_LU, solve
+
+    seed = drawn_seed(2**31)
+    print("seed", seed)
+    rng = torch.Generator().manual_seed(seed)
+    v = -math.log(math.exp(LIMITED_LU / 3.0) - 1.0)  # softplus(v) - v = LIMITED_LU / 3
+    for _ in range(12):
+        u = torch.rand(3, generator=rng, dtype=torch.float64).tolist()
+        plateau, knee = -6.0 - 8.0 * u[0], 30.0 * u[1]
+        target = plateau + 0.05 + 3.0 * u[2]
+        expected = plateau - 3.0 * math.log1p(math.exp(v))
+        case = (plateau, knee, target)
+        for first in (None, plateau + 0.02):  # no lower goal; one just out of reach
+            asked: list[float | None] = []
+
+            def fallback(i: int, limited: float | None, first=first, asked=asked):  # noqa: ANN202
+                asked.append(limited)
+                if limited is None:
+                    return None if first is None else (first, "first")
+                return (limited, "limited")
+
+            _, (solved,) = solve(_flattening(plateau, knee), torch.tensor([target]),
+                                 drive_range=(-24.0, 48.0), fallback=fallback)
+            assert asked[0] is None and asked[-2] == -math.inf and asked[-1] == solved.target_lufs, case
+            assert solved.fallback == "limited", (case, solved)
+            assert abs(solved.achieved_lufs - expected) <= 0.03, (case, solved)
+            assert abs(solved.drive_db - (knee - 3.0 * v)) <= 0.1, (case, solved)
+        calls: list[float] = []
+        curve = _flattening(plateau, knee)
+
+        def measure(d: torch.Tensor, calls=calls, curve=curve) -> tuple[None, torch.Tensor]:
+            calls.append(float(d[0]))
+            return curve(d)
+
+        with pytest.raises(UserError, match="under the ceiling"):
+            solve(measure, torch.tensor([target]), drive_range=(-24.0, 48.0))
+        unasked = len(calls)
+        calls.clear()
+        with pytest.raises(UserError, match="under the ceiling"):
+            solve(measure, torch.tensor([target]), drive_range=(-24.0, 48.0),
+                  fallback=lambda i, limited: None)
+        assert len(calls) == unasked  # the same renders as with no fallback at all
 
 
 def test_a_fallback_is_asked_only_where_the_ceiling_is_what_stops_the_solve():
@@ -275,7 +328,7 @@ def test_a_fallback_is_asked_only_where_the_ceiling_is_what_stops_the_solve():
     asked: list[int] = []
     with pytest.raises(UserError, match="at the limiter's largest drive"):
         solve(_flattening(-6.0, 30.0), torch.tensor([-20.0]), drive_range=(-24.0, 0.0),
-              fallback=lambda i: asked.append(i) or (-40.0, "why"))
+              fallback=lambda i, limited: asked.append(i) or (-40.0, "why"))
     _, (solved,) = solve(_flattening(-6.0, 10.0), torch.tensor([-14.0]), drive_range=(-24.0, 48.0),
-                         fallback=lambda i: asked.append(i) or (-40.0, "why"))
+                         fallback=lambda i, limited: asked.append(i) or (-40.0, "why"))
     assert asked == [] and solved.fallback is None and abs(solved.achieved_lufs + 14.0) <= 0.02

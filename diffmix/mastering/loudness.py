@@ -26,9 +26,15 @@ DRIVE_RANGE = (_GAIN.min, _GAIN.max)  # the stock limiter's drive range, dB (-24
 
 # A render at some drives: (its output, each song's loudness in LUFS, (S,) float64 on the CPU).
 Measure = Callable[[Tensor], "tuple[Any, Tensor]"]
-# Song index -> a lower target (LUFS) and why, for a song whose target the ceiling puts
-# out of reach, or None (the solve then fails): :func:`reference_fallback`.
-Fallback = Callable[[int], "tuple[float, str] | None"]
+# (song index, limited) -> a lower target (LUFS) and why, for a song whose target the
+# ceiling puts out of reach, or None (the solve then fails): :func:`reference_fallback`.
+# Asked first with ``limited`` None; where that answer is none or out of reach too, asked
+# with -inf (None: no limited loudness will do, and the solve fails), then with the
+# loudness at which the limiter takes LIMITED_LU, which the solve measures.
+Fallback = Callable[[int, "float | None"], "tuple[float, str] | None"]
+# How much loudness a fallback's master may give to the limiter: past this, each dB of
+# drive adds about half a dB of loudness or less (the limiter takes the rest).
+LIMITED_LU = 2.0
 
 
 @dataclass
@@ -121,7 +127,9 @@ def solve_loudness(
     where the solve has no secant yet (default 1: no limiting), e.g. :func:`last_slope` of
     an earlier solve's ``history``, to which each measured ``(drives, LUFS)`` pair is
     appended. ``fallback`` gives a lower target for a song whose target the ceiling puts
-    out of reach (:data:`Fallback`); the solve then goes on toward it.
+    out of reach (:data:`Fallback`); the solve then goes on toward it, and where that is out
+    of reach too, asks again with the loudness at which the limiter takes
+    :data:`LIMITED_LU` (:func:`_limited`).
 
     Raises:
         UserError: when a target can't be reached (digital silence, or more loudness than
@@ -178,11 +186,15 @@ def solve(
     err = (targets - lufs).abs()
     why: list[str | None] = [None] * len(targets)
     if fallback is not None:
-        for i in (err > tolerance_lu).nonzero().view(-1).tolist():
-            reason = _reason(float(targets[i]), float(lufs[i]), float(drive[i]), (lo, hi), _slope_of(seen, i))
-            if reason != "ceiling":
+
+        def ceiling_bound(i: int) -> bool:  # short of its target, and the ceiling is why
+            return bool(err[i] > tolerance_lu) and _reason(
+                float(targets[i]), float(lufs[i]), float(drive[i]), (lo, hi), _slope_of(seen, i)) == "ceiling"
+
+        for i in range(len(targets)):
+            if not ceiling_bound(i):
                 continue
-            lower = fallback(i)
+            lower = fallback(i, None)
             if lower is not None and lower[0] < float(targets[i]) - tolerance_lu:
                 targets[i], why[i] = lower
         if any(w is not None for w in why):
@@ -196,6 +208,20 @@ def solve(
             drive, y, lufs, _ = _secant(measure, targets, drive, tolerance_lu, max_iter, (lo, hi),
                                         counter=iters, history=seen, bracket=True)
             err = (targets - lufs).abs()
+        # Still short (no lower goal, or that one out of reach too), where the fallback would
+        # take the limited loudness at all (asked with -inf: nothing is measured for a song
+        # whose goal must stand, as a spec's).
+        still = torch.tensor([ceiling_bound(i) and fallback(i, -math.inf) is not None
+                              for i in range(len(targets))])
+        if still.any():
+            y = None
+            drive, y, limited = _limited(measure, drive, lufs, still, tolerance_lu, max_iter, (lo, hi), iters)
+            for i in still.nonzero().view(-1).tolist():
+                lower = fallback(i, float(limited[i]))
+                if lower is not None and lower[0] < float(targets[i]) - tolerance_lu:
+                    targets[i], why[i] = lower
+            lufs = torch.where(still, limited, lufs)
+            err = (targets - lufs).abs()
     if (err > tolerance_lu).any():
         i = int((err > tolerance_lu).nonzero()[0])
         raise UserError(_unreachable(float(targets[i]), float(lufs[i]), float(drive[i]), (lo, hi),
@@ -205,6 +231,29 @@ def solve(
         for d, v, t, k, w in zip(drive, lufs, targets, iters, why, strict=True)
     ]
     return y, solves
+
+
+def _limited(measure: Measure, drive: Tensor, lufs: Tensor, which: Tensor, tolerance_lu: float,
+             max_iter: int, drive_range: tuple[float, float], counter: Tensor) -> tuple[Tensor, Any, Tensor]:
+    """For the songs in ``which``, the drive at which the limiter takes :data:`LIMITED_LU`
+    of loudness: the loudness then reads that much under the drive plus the song's linear
+    loudness (its loudness less its drive at the range's bottom, where no song reaches the
+    ceiling). Loudness less drive falls as the limiter works harder, so the secant solves
+    it as it solves the loudness. The other songs stay at ``drive`` (reading ``lufs``).
+    Returns the drives, the output there and the loudness."""
+    lo, hi = drive_range
+    probe = torch.where(which, torch.full_like(drive, lo), drive)
+    _, quiet = measure(probe)
+    counter += which.double()
+    aim = torch.where(which, LIMITED_LU - (quiet - lo), drive - lufs)  # drive less loudness
+
+    def taken(drives: Tensor) -> tuple[Any, Tensor]:
+        y, v = measure(drives)
+        return y, drives - v
+
+    start = torch.where(which, drive - LIMITED_LU, drive)
+    drive, y, gap, _ = _secant(taken, aim, start, tolerance_lu, max_iter, drive_range, counter=counter)
+    return drive, y, drive - gap
 
 
 def _slope_of(history: Sequence[tuple[Tensor, Tensor]], i: int) -> float:
@@ -336,12 +385,15 @@ def last_slope(history: Sequence[tuple[Tensor, Tensor]]) -> Tensor | None:
 
 
 def reference_fallback(target: Mapping, reference: Tensor | None, sample_rate: int,
-                       goal: float) -> tuple[float, str] | None:
+                       goal: float, limited: float | None = None) -> tuple[float, str] | None:
     """The lower goal for a master whose loudness ``goal`` is its reference's (no
     ``target.lufs``) and out of reach under the ceiling (``target.true_peak_db``): the
     reference's peak-to-loudness ratio (BS.1770 true peak less ``goal``) under the
-    ceiling, as dense as the reference with its peaks at the ceiling. ``(LUFS, why)``;
-    None for a spec's goal, without a ceiling, or where that is not lower than ``goal``."""
+    ceiling, as dense as the reference with its peaks at the ceiling; where that is no
+    lower (a reference whose peaks sit under the ceiling: denser than the master can be
+    made) or out of reach too, ``limited``, the loudness at which the limiter takes
+    :data:`LIMITED_LU`. ``(LUFS, why)``; None for a spec's goal, without a ceiling, or
+    where neither is lower than ``goal``."""
     from diffmix.functional.peaks import true_peak
 
     ceiling = target.get("true_peak_db")
@@ -350,12 +402,18 @@ def reference_fallback(target: Mapping, reference: Tensor | None, sample_rate: i
     peak_db = 20.0 * math.log10(max(float(true_peak(reference, sample_rate).amax()), 1e-12))
     plr = peak_db - goal
     lower = float(ceiling) - plr
-    if not lower < goal:
+    out = (f"the reference's {goal:.2f} LUFS is out of reach under the {float(ceiling):g} dBTP ceiling "
+           f"(the reference peaks at {peak_db:+.2f} dBTP)")
+    if limited is None:
+        if not lower < goal:
+            return None
+        return lower, (f"{out}; aimed instead at its peak-to-loudness ratio, {plr:.2f} dB, under the "
+                       f"ceiling: {lower:.2f} LUFS")
+    if not limited < goal:
         return None
-    why = (f"the reference's {goal:.2f} LUFS is out of reach under the {float(ceiling):g} dBTP ceiling "
-           f"(the reference peaks at {peak_db:+.2f} dBTP); aimed instead at its peak-to-loudness ratio, "
-           f"{plr:.2f} dB, under the ceiling: {lower:.2f} LUFS")
-    return lower, why
+    return limited, (f"{out}, and so is its peak-to-loudness ratio, {plr:.2f} dB, under the ceiling "
+                     f"({lower:.2f} LUFS); aimed instead at the loudness at which the limiter takes "
+                     f"{LIMITED_LU:g} LU: {limited:.2f} LUFS")
 
 
 def loudness_goals(

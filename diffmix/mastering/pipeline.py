@@ -269,9 +269,10 @@ def _master(songs: list[Song], sr: int, spec: ChainSpec, fit: FitOptions, option
     moved: list[str | None] = [None] * len(songs)
     names = [str(s.protect[0]) if s.protect else s.key for s in songs]  # as messages name them
 
-    def fallback(i: int) -> tuple[float, str] | None:
+    def fallback(i: int, limited: float | None) -> tuple[float, str] | None:
         goal = goals[i]
-        return None if goal is None else reference_fallback(songs[i].target, songs[i].reference, sr, goal)
+        return None if goal is None else reference_fallback(songs[i].target, songs[i].reference, sr, goal,
+                                                            limited)
 
     def render_and_solve(start_db: torch.Tensor | None = None, exact: bool = True,  # noqa: ANN202
                          slope: torch.Tensor | None = None, history: list | None = None):
@@ -523,7 +524,7 @@ def master_file(
             _, (solved,) = solve(
                 metered, torch.tensor([goal], dtype=torch.float64), tolerance_lu=float(options.tolerance_lu),
                 drive_range=renderer.drive_range, names=[str(input)],  # named as in memory: by its file
-                fallback=lambda _: reference_fallback(target, reference, sr, aim),
+                fallback=lambda _, limited: reference_fallback(target, reference, sr, aim, limited),
             )
             drive = solved.drive_db
             if solved.fallback is not None:
