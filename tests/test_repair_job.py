@@ -163,3 +163,11 @@ def test_master_polish_auto_repairs_and_reports(tmp_path):
     assert polished["clipping"]["count"] == 0
     bad = run_cli("master", f"input={src}", f"out={tmp_path / 'b'}", "polish=maybe", cwd=tmp_path)
     assert bad.returncode == 2 and "polish must be auto or off" in bad.stderr
+    # A constant (a DC offset and nothing else) is no sound once polish centres it: named so,
+    # in one line, not as "digital silence"; the input file itself is.
+    const = write(tmp_path / "in" / "dc.wav", np.full((SR, 2), 0.1, np.float32))
+    none = run_cli("master", f"input={const}", f"out={tmp_path / 'c'}", "polish=auto", cwd=tmp_path)
+    lines = none.stderr.strip().splitlines()
+    assert none.returncode == 2 and len(lines) == 1, none.stderr
+    assert "dc.wav: nothing is left once polish removes its DC offset" in lines[0]
+    assert not (tmp_path / "c").exists() or files(tmp_path / "c") == []

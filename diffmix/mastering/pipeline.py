@@ -189,7 +189,13 @@ def master_group(
             f".{fmt}", "_preset.yaml", "_report.json", "_report.html", ".png")), song.protect)
     if options.polish == "auto":
         for s in songs:
+            peak = float(s.audio.abs().amax())
             s.audio, s.polish = polish_auto(s.audio, sr)
+            # A constant: its DC offset was all there was (what is left is rounding, -120 dB down).
+            if peak > 0 and float(s.audio.abs().amax()) <= 1e-6 * peak:
+                name = s.protect[0] if s.protect else s.key
+                raise UserError(f"{name}: nothing is left once polish removes its DC offset (the input "
+                                "is a constant): there is no sound to master")
     for s in songs:
         if s.reference is not None:
             _check_has_mid(s)
