@@ -196,6 +196,11 @@ def test_cli_bad_input_cases_end_in_one_line_with_exit_2(tmp_path):
     song = tone(tmp_path / "song.wav")
     tone(tmp_path / "low.wav", sr=8000)
     sf.write(str(tmp_path / "silent.wav"), np.zeros((3 * SR, 2)), SR)
+    quiet = 10 ** (-75 / 20) * np.sin(np.arange(3 * SR) * 0.05)  # sound, every block under the gate
+    sf.write(str(tmp_path / "quiet.wav"), np.stack([quiet, quiet], 1), SR, subtype="FLOAT")
+    (tmp_path / "hush").mkdir()
+    for k in range(2):
+        sf.write(str(tmp_path / "hush" / f"s{k}.wav"), np.zeros((3 * SR, 2)), SR)
     cut = tmp_path / "cut.wav"
     cut.write_bytes(song.read_bytes()[: song.stat().st_size // 2])
     (tmp_path / "a_file").write_text("not a folder")
@@ -243,6 +248,13 @@ def test_cli_bad_input_cases_end_in_one_line_with_exit_2(tmp_path):
         "silent": ([*master, "input=silent.wav", "out=o"],
                    "silent.wav is silent (digital silence): no gain can reach a loudness target"),
         "truncated": ([*master, "input=cut.wav", "out=o"], "cut.wav: truncated: its header declares"),
+        "quiet reference": ([*master, "input=song.wav", "reference=quiet.wav", "target=none", "out=o"],
+                            "reference is too quiet to measure: every 400 ms block is under BS.1770's "
+                            "-70 LUFS gate, so its loudness can't be matched; raise its level"),
+        "silent stems": (["mix", "stems=hush", "reference=song.wav", "progress=false", "out=o"],
+                             "stems: every stem is digital silence: there is nothing to mix"),
+        "quiet mix reference": (["mix", "stems=ünï", "reference=quiet.wav", "progress=false", "out=o"],
+                                "reference is too quiet to measure"),
         "render over its preset": (["render", "preset=x_report.json", "input=song.wav",
                                     "output_name=x", "out=."],
                                    "x_report.json: refusing to overwrite an input (x_report.json)"),

@@ -46,6 +46,7 @@ from diffmix.jobs._common import listening_report, output_dir, peak_dbtp, pick_d
 from diffmix.jobs._common import summary as measure
 from diffmix.listen import Take, job_warnings
 from diffmix.mastering import set_exact
+from diffmix.mastering.loudness import unmeasurable_reference
 from diffmix.mixing.analysis import estimate_delay
 from diffmix.mixing.console_fit import MixFitOptions, equal_loudness_gains, fit_console
 from diffmix.report import write_json
@@ -120,6 +121,8 @@ def run(cfg: DictConfig) -> int:
     device = pick_device(str(cfg.device))
     stems = load_stems(cfg.stems, resample_mismatched=bool(cfg.resample))
     sr = stems.sample_rate
+    if not bool(stems.audio.any()):
+        raise UserError("stems: every stem is digital silence: there is nothing to mix")
     if stems.audio.shape[-1] < MIN_SECONDS * sr:
         raise UserError(
             f"stems are too short to fit ({stems.audio.shape[-1] / sr:.2f} s; need {MIN_SECONDS:g} s)"
@@ -129,7 +132,7 @@ def run(cfg: DictConfig) -> int:
     if cfg.get("reference"):
         reference, _ = load_mix(cfg.reference, sr, what="reference")
         if not torch.isfinite(integrated_loudness(reference, sr)).all():
-            raise UserError("reference is silent: there is nothing to match")
+            raise UserError(unmeasurable_reference(reference, "there is nothing to match"))
     align_ms = float(cfg.get("align_ms") or 0.0)
     if not 0.0 <= align_ms <= 1000.0:
         raise UserError(f"align_ms must be between 0 and 1000 ms, got {align_ms:g}")

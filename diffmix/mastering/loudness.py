@@ -416,6 +416,15 @@ def reference_fallback(target: Mapping, reference: Tensor | None, sample_rate: i
                      f"{LIMITED_LU:g} LU: {limited:.2f} LUFS")
 
 
+def unmeasurable_reference(reference: Tensor, consequence: str) -> str:
+    """Why a reference has no integrated loudness, for an error message: digital silence,
+    or sound whose every 400 ms block is under BS.1770's -70 LUFS gate."""
+    if not bool(reference.any()):
+        return f"reference is silent: {consequence}"
+    return (f"reference is too quiet to measure: every 400 ms block is under BS.1770's -70 LUFS gate, "
+            f"so {consequence}; raise its level")
+
+
 def loudness_goals(
     targets: Sequence[Mapping], references: Sequence[Tensor | None], sample_rate: int
 ) -> list[float | None]:
@@ -427,7 +436,7 @@ def loudness_goals(
         elif ref is not None:
             value = float(integrated_loudness(ref, sample_rate)[0])
             if not math.isfinite(value):
-                raise UserError("reference is silent: its loudness can't be matched")
+                raise UserError(unmeasurable_reference(ref, "its loudness can't be matched"))
             goals.append(value)
         else:
             goals.append(None)
