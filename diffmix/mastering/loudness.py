@@ -187,12 +187,14 @@ def solve(
     why: list[str | None] = [None] * len(targets)
     if fallback is not None:
 
-        def ceiling_bound(i: int) -> bool:  # short of its target, and the ceiling is why
-            return bool(err[i] > tolerance_lu) and _reason(
-                float(targets[i]), float(lufs[i]), float(drive[i]), (lo, hi), _slope_of(seen, i)) == "ceiling"
+        def ceiling_bound() -> list[bool]:  # each song: short of its target, and the ceiling is why
+            slopes = last_slope(seen)
+            return [bool(err[i] > tolerance_lu) and _reason(
+                float(targets[i]), float(lufs[i]), float(drive[i]), (lo, hi),
+                1.0 if slopes is None else float(slopes[i])) == "ceiling" for i in range(len(targets))]
 
-        for i in range(len(targets)):
-            if not ceiling_bound(i):
+        for i, bound in enumerate(ceiling_bound()):
+            if not bound:
                 continue
             lower = fallback(i, None)
             if lower is not None and lower[0] < float(targets[i]) - tolerance_lu:
@@ -211,8 +213,8 @@ def solve(
         # Still short (no lower goal, or that one out of reach too), where the fallback would
         # take the limited loudness at all (asked with -inf: nothing is measured for a song
         # whose goal must stand, as a spec's).
-        still = torch.tensor([ceiling_bound(i) and fallback(i, -math.inf) is not None
-                              for i in range(len(targets))])
+        still = torch.tensor([bound and fallback(i, -math.inf) is not None
+                              for i, bound in enumerate(ceiling_bound())])
         if still.any():
             y = None
             drive, y, limited = _limited(measure, drive, lufs, still, tolerance_lu, max_iter, (lo, hi), iters)

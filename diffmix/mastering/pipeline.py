@@ -124,6 +124,11 @@ class Song:
     protect: tuple[str, ...] = ()
     polish: dict[str, Any] | None = None  # what the polish stage repaired (None: stage off)
 
+    @property
+    def name(self) -> str:
+        """How messages name the song: its input file, else its key."""
+        return str(self.protect[0]) if self.protect else self.key
+
 
 def polish_auto(audio: torch.Tensor, sample_rate: int) -> tuple[torch.Tensor, dict[str, Any]]:
     """The ``polish=auto`` stage before the chain: repair the clipped runs and clicks that
@@ -145,7 +150,7 @@ def _check_has_mid(song: Song) -> None:
     mid, side = (float(v) for v in psd[0].sum(-1))
     if side > 0 and mid <= 10.0 ** (SIDE_FLOOR_DB / 10.0) * side:
         raise UserError(
-            f"{song.protect[0] if song.protect else song.key}: its channels cancel (no mid: one channel's "
+            f"{song.name}: its channels cancel (no mid: one channel's "
             "polarity is inverted), so no chain can match a reference's tone or width to it; flip "
             "one channel's polarity first"
         )
@@ -176,7 +181,7 @@ def master_group(
             )
     if sr < MIN_JOB_RATE:
         raise UserError(
-            f"{songs[0].protect[0] if songs[0].protect else songs[0].key}: {sr} Hz is below "
+            f"{songs[0].name}: {sr} Hz is below "
             f"the {MIN_JOB_RATE} Hz the mastering chain is designed for (supported: "
             f"{MIN_JOB_RATE} to {MAX_SAMPLE_RATE} Hz); pass delivery.sample_rate=44100 to "
             "master it at 44.1 kHz"
@@ -193,8 +198,7 @@ def master_group(
             s.audio, s.polish = polish_auto(s.audio, sr)
             # A constant: its DC offset was all there was (what is left is rounding, -120 dB down).
             if peak > 0 and float(s.audio.abs().amax()) <= 1e-6 * peak:
-                name = s.protect[0] if s.protect else s.key
-                raise UserError(f"{name}: nothing is left once polish removes its DC offset (the input "
+                raise UserError(f"{s.name}: nothing is left once polish removes its DC offset (the input "
                                 "is a constant): there is no sound to master")
     for s in songs:
         if s.reference is not None:
@@ -273,7 +277,7 @@ def _master(songs: list[Song], sr: int, spec: ChainSpec, fit: FitOptions, option
     # Why a song's goal moved (a reference's loudness out of reach under the ceiling: the
     # first solve that finds it so aims lower, and every later one starts from there).
     moved: list[str | None] = [None] * len(songs)
-    names = [str(s.protect[0]) if s.protect else s.key for s in songs]  # as messages name them
+    names = [s.name for s in songs]
 
     def fallback(i: int, limited: float | None) -> tuple[float, str] | None:
         goal = goals[i]
