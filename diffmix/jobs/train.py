@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import time
 from pathlib import Path
@@ -31,13 +32,14 @@ from diffmix.errors import UserError
 from diffmix.jobs._common import pick_device
 from diffmix.learned import dist, tensorfile
 from diffmix.learned.checkpoint import chain_effects, save_checkpoint
-from diffmix.learned.data import list_corpus, load_songs, make_examples, split
+from diffmix.learned.data import list_corpus, load_songs, make_examples, split, usable
 from diffmix.learned.features import FEATURE_VERSION, names
 from diffmix.learned.model import KINDS, build
 from diffmix.learned.predict import heads_for
 from diffmix.learned.stage2 import train_end_to_end
 from diffmix.learned.train import loss_scales, train_regression
 
+log = logging.getLogger("diffmix")
 
 def _chain_maker(cfg: DictConfig, sample_rate: int):  # noqa: ANN202
     OmegaConf.update(cfg, "sample_rate", sample_rate, force_add=True)
@@ -77,7 +79,7 @@ def _dataset(path: Path, fingerprint: str, make):  # noqa: ANN001, ANN202
     return train, val
 
 
-def _stage2(cfg, model, make_chain, train_files, val_files, train, prior, out, files, device):  # noqa: ANN001, ANN202, PLR0913
+def _stage2(cfg, model, make_chain, train_songs, val_songs, train, prior, out, files, device):  # noqa: ANN001, ANN202, PLR0913
     """Stage 2 from ``cfg.stage2`` and ``cfg.loss`` (:mod:`diffmix.learned.stage2`)."""
     from diffmix.mastering.fit import available_weights
 
@@ -98,8 +100,8 @@ def _stage2(cfg, model, make_chain, train_files, val_files, train, prior, out, f
     scales = loss_scales(model.heads, prior)
     return train_end_to_end(
         model,
-        load_songs(train_files, sr, float(d.max_song_s)),
-        load_songs(val_files, sr, float(d.max_song_s)),
+        train_songs,
+        val_songs,
         make_chain,
         weights=weights,
         steps=int(s2.steps),
@@ -164,7 +166,20 @@ def _run(cfg: DictConfig, device: torch.device) -> int:
     unknown = sorted(set(prior) - {h.key for h in heads})
     if unknown:
         raise UserError(f"prior names {unknown}, which are not predicted (params: {[h.key for h in heads]})")
-    files = list_corpus(str(cfg.corpus), cfg.get("source"), cfg.get("licence"))
+    d, s2 = cfg.data, cfg.stage2
+    listed = list_corpus(str(cfg.corpus), cfg.get("source"), cfg.get("licence"))
+    # Every song is read once, here: those no example can be drawn from are left out (and
+    # named) before the split, so neither side holds one.
+    excerpt_s = max(float(d.excerpt_s), float(s2.excerpt_s) if int(s2.steps) > 0 else 0.0)
+    files, songs, skipped = usable(listed, load_songs(listed, sr, float(d.max_song_s)), sr, 2.0 * excerpt_s)
+    for s in skipped:
+        log.warning("corpus: leaving out %s: %s", s["file"], s["reason"])
+    if len(files) < 2:
+        left = "; ".join(f"{s['file']}: {s['reason']}" for s in skipped[:3])
+        left += f"; {len(skipped) - 3} more, named above" if len(skipped) > 3 else ""
+        raise UserError(f"corpus: {len(files)} of {len(listed)} songs can be trained on; need at least 2"
+                        + (f" (left out: {left})" if left else ""))
+    song_of = {f.path: x for f, x in zip(files, songs, strict=True)}
     train_files, val_files = split(files, float(cfg.val_fraction), int(cfg.seed))
     # The examples depend on the data options only (a new model width reuses them); a
     # resumable state on everything that shapes the weights.
@@ -175,7 +190,6 @@ def _run(cfg: DictConfig, device: torch.device) -> int:
         for stale in ("state.safetensors", "state2.safetensors", "dataset.safetensors", "log.jsonl"):
             (out / stale).unlink(missing_ok=True)
     dist.barrier()  # every rank sees the run folder as rank 0 left it
-    d = cfg.data
 
     def make():  # noqa: ANN202
         common = dict(
@@ -196,12 +210,12 @@ def _run(cfg: DictConfig, device: torch.device) -> int:
             ("train", train_files, int(d.examples)),
             ("val", val_files, int(d.val_examples)),
         ):
-            songs = load_songs(fs, sr, float(d.max_song_s))
             shown = bool(cfg.progress) and rank == 0
             with tqdm(total=count, desc=f"examples ({what})", disable=not shown, leave=False) as bar:
                 sets.append(
                     make_examples(
-                        songs, make_chain, heads, prior, count=count, tag=what, progress=bar.update, **common
+                        [song_of[f.path] for f in fs], make_chain, heads, prior, count=count, tag=what,
+                        progress=bar.update, **common
                     )
                 )
         return sets
@@ -228,10 +242,10 @@ def _run(cfg: DictConfig, device: torch.device) -> int:
         checkpoint_every=int(cfg.checkpoint_every),
         progress=bool(cfg.progress),
     )
-    s2 = cfg.stage2
     if int(s2.steps) > 0:
-        metrics = {**metrics, "stage2": _stage2(cfg, model, make_chain, train_files, val_files, train, prior,
-                                                 out, files, device)}
+        songs_of = ([song_of[f.path] for f in fs] for fs in (train_files, val_files))
+        metrics = {**metrics, "stage2": _stage2(cfg, model, make_chain, *songs_of, train, prior, out, files,
+                                                 device)}
     spec = Path(str(cfg.corpus))
     root = spec if spec.is_dir() else spec.parent if spec.is_file() else None
     corpus = [{**f.as_dict(root), "split": "train"} for f in train_files]
@@ -246,7 +260,7 @@ def _run(cfg: DictConfig, device: torch.device) -> int:
             "normalisation": "tensors mean and std (train-split statistics)",
         },
         "effects": chain_effects(make_chain(1), heads),
-        "corpus": {"spec": Path(str(cfg.corpus)).name, "files": corpus},
+        "corpus": {"spec": Path(str(cfg.corpus)).name, "files": corpus, "left_out": skipped},
         "training": {
             "seed": int(cfg.seed),
             "processes": world,

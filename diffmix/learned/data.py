@@ -128,6 +128,41 @@ def load_songs(files: Sequence[SongFile], sample_rate: int, max_s: float) -> lis
     return out
 
 
+def usable(files: Sequence[SongFile], songs: Sequence[Tensor], sample_rate: int,
+           min_s: float) -> tuple[list[SongFile], list[Tensor], list[dict[str, str]]]:
+    """The songs examples can be drawn from, and why each other one can't.
+
+    A song must be at least ``min_s`` seconds long (two halves of an excerpt: a shorter one
+    would cut every excerpt of its batch to its own length) and each half must have a
+    measurable loudness (not silence, nor every 400 ms block under BS.1770's -70 LUFS
+    gate: a silent reference has no setting to learn). ``songs``: ``(2, T)`` each, as
+    :func:`load_songs` gives them. Returns the kept files and songs, and one
+    ``{"file", "sha256", "reason"}`` per song left out, in corpus order.
+    """
+    from diffmix.functional.loudness import integrated_loudness
+
+    kept: list[SongFile] = []
+    kept_songs: list[Tensor] = []
+    skipped: list[dict[str, str]] = []
+    for f, s in zip(files, songs, strict=True):
+        seconds = s.shape[-1] / sample_rate
+        reason = None
+        if seconds < min_s:
+            reason = f"{seconds:.2f} s long; an example needs {min_s:g} s (two halves of an excerpt: data.excerpt_s)"
+        else:
+            half = s.shape[-1] // 2
+            for which, part in (("first", s[:, :half]), ("second", s[:, half:])):
+                if not bool(torch.isfinite(integrated_loudness(part[None].double(), sample_rate)).all()):
+                    reason = f"its {which} half is silent or under BS.1770's -70 LUFS gate"
+                    break
+        if reason is None:
+            kept.append(f)
+            kept_songs.append(s)
+        else:
+            skipped.append({"file": f.path.name, "sha256": f.sha256, "reason": reason})
+    return kept, kept_songs, skipped
+
+
 def draw_values(
     heads: Sequence[Head], prior: Mapping[str, Sequence[float]], n: int, gen: torch.Generator
 ) -> dict[str, Tensor]:
