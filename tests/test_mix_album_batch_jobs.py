@@ -243,6 +243,26 @@ def test_batch_item_equals_the_item_alone(tmp_path):
         assert np.abs(x - y).max() <= 1e-4
 
 
+def test_batch_items_keep_their_own_rate_whatever_their_group(tmp_path):
+    # A 44.1 kHz and a 48 kHz mix in one group: each delivered at its own rate, as `master`
+    # would (the group used to be mastered at its first item's rate), unless
+    # delivery.sample_rate names one for all.
+    write(tmp_path / "a.wav", music(2.0, seed=1))
+    write(tmp_path / "b.wav", music(2.0, sr=48000, seed=2), sr=48000)
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("id,input\na,a.wav\nb,b.wav\n")
+    common = ["fit.steps=2", "fit.excerpt_s=1.0", "progress=false", "group_size=2"]
+    for out, extra, want in (("own", [], {"a": 44100, "b": 48000}),
+                             ("set", ["delivery.sample_rate=48000"], {"a": 48000, "b": 48000})):
+        r = run_cli("batch", f"manifest={manifest}", f"out={tmp_path / out}", *common, *extra, cwd=tmp_path)
+        assert r.returncode == 0, r.stderr[-2000:]
+        rows = [json.loads(x) for x in (tmp_path / out / "results.jsonl").read_text().splitlines()]
+        assert [row["id"] for row in rows] == ["a", "b"]
+        for row in rows:
+            assert sf.info(row["outputs"]["audio"]).samplerate == want[row["id"]], (out, row)
+            assert abs(row["achieved"]["lufs"] + 14.0) <= 0.1
+
+
 def test_torchrun_two_processes_equal_one(tmp_path):
     manifest = _manifest(tmp_path, ["a", "bb", "ccc"])
     common = [

@@ -103,13 +103,15 @@ def run(cfg: DictConfig) -> int:
             raise
 
     def master_items(group: list[Item]):  # noqa: ANN202
-        # Master at the delivery rate (see the master job), else at the first item's.
-        songs, rate = [], int(cfg.delivery.sample_rate) if cfg.delivery.get("sample_rate") else None
+        # Master at the delivery rate (see the master job), else each item at its own: the
+        # group is mastered in parts of one rate, so an item's rate never depends on its group.
+        songs, rates = [], []
+        rate = int(cfg.delivery.sample_rate) if cfg.delivery.get("sample_rate") else None
         for item in group:
             # Redoing an item: drop what a killed earlier attempt left half-written.
             clean_partials(out / "items" / item.id, recursive=True, within=out)
             x, sr = load_mix(item.input, rate, what=item.id)
-            rate = rate or sr
+            rates.append(sr)
             ref = None
             if item.extra.get("reference"):
                 ref, _ = load_mix(item.extra["reference"], sr, what=f"{item.id} reference")
@@ -125,11 +127,10 @@ def run(cfg: DictConfig) -> int:
                     protect=tuple(str(p) for p in (item.input, item.extra.get("reference")) if p),
                 )
             )
-        kinds = {s.reference is not None for s in songs}
-        groups = [[s for s in songs if (s.reference is not None) == k] for k in kinds]
-        for part in groups:
-            assert rate is not None  # a non-empty group: its first item set the rate
-            reports = master_group(part, rate, chain_spec(cfg, rate), fit_options(cfg),
+        kinds = [(r, s.reference is not None) for r, s in zip(rates, songs, strict=True)]
+        for sr, with_ref in sorted(set(kinds)):
+            part = [s for s, kind in zip(songs, kinds, strict=True) if kind == (sr, with_ref)]
+            reports = master_group(part, sr, chain_spec(cfg, sr), fit_options(cfg),
                                    master_options(cfg), start=fit_start(cfg))
             for song, report in zip(part, reports, strict=True):
                 yield {
