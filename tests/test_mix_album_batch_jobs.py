@@ -136,6 +136,7 @@ def test_album_is_consistent_and_has_a_cue_sheet(tmp_path):
     d = tmp_path / "tracks"
     write(d / "a.wav", music(3.0, seed=1, level=0.1))
     write(d / "b.wav", music(3.0, seed=2, level=0.5))
+    write(d / "outtake.wav", music(3.0, seed=3, level=0.3))  # not in the order: left out, and said
     out = run_cli(
         "album",
         f"inputs={d}",
@@ -148,6 +149,7 @@ def test_album_is_consistent_and_has_a_cue_sheet(tmp_path):
         cwd=tmp_path,
     )
     assert out.returncode == 0, out.stderr
+    assert "album: order leaves out ['outtake']" in out.stdout + out.stderr
     report = json.loads((tmp_path / "o" / "album_report.json").read_text())
     assert report["loudness_spread_lu"] < 0.1
     assert [t["title"] for t in report["tracks"]] == ["b", "a"]

@@ -10,6 +10,7 @@ file, a cue sheet and a JSON report.
 
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 
@@ -27,6 +28,8 @@ from diffmix.jobs._mastering import chain_spec, fit_options, fit_start, master_o
 from diffmix.listen import Take, job_warnings
 from diffmix.mastering import Song, master_group
 from diffmix.report import write_json
+
+log = logging.getLogger("diffmix")
 
 
 def album_reference(tracks: list[torch.Tensor], sr: int, lufs: float) -> torch.Tensor:
@@ -51,6 +54,9 @@ def run(cfg: DictConfig) -> int:
         missing = [s for s in cfg.order if s not in by_stem]
         if missing:
             raise UserError(f"album: order names unknown track(s) {missing}; have {sorted(by_stem)}")
+        left = sorted(set(by_stem) - set(cfg.order))
+        if left:
+            log.warning("album: order leaves out %s: the album has %d track(s)", left, len(cfg.order))
         paths = [by_stem[s] for s in cfg.order]
     if len(paths) < 2:
         raise UserError("album: needs at least two tracks")
