@@ -148,7 +148,8 @@ def usable(files: Sequence[SongFile], songs: Sequence[Tensor], sample_rate: int,
         seconds = s.shape[-1] / sample_rate
         reason = None
         if seconds < min_s:
-            reason = f"{seconds:.2f} s long; an example needs {min_s:g} s (two halves of an excerpt: data.excerpt_s)"
+            reason = (f"{seconds:.2f} s long; an example needs {min_s:g} s (two halves of an excerpt: "
+                      "data.excerpt_s)")
         else:
             half = s.shape[-1] // 2
             for which, part in (("first", s[:, :half]), ("second", s[:, half:])):
