@@ -89,8 +89,8 @@ def test_the_match_eqs_band_levels_and_the_reports_tone_share_one_analysis_of_a_
     # 8 s: past one group of Welch frames
     x, ref = torch.randn(1, 2, 8 * SR, generator=g), torch.randn(1, 2, 3 * SR, generator=g)
     centres = MatchEQ(SR).centres_hz
-    fresh = band_levels_db(x.clone(), SR, centres, float64=True)
-    psd = spectrum.welch_psd(x.clone(), 8192, pre=lambda part: mid_side(part.double()))
+    fresh = band_levels_db(x.clone(), SR, centres, shared=True)
+    psd = spectrum.welch_psd(x.clone(), 8192, pre=mid_side).double()
     seen: list[torch.Tensor] = []
     welch = spectrum.welch_psd
     monkeypatch.setattr(spectrum, "welch_psd", lambda v, *a, **k: seen.append(v) or welch(v, *a, **k))

@@ -165,9 +165,10 @@ def _decimate(x: Tensor, factor: int) -> Tensor:
 
 
 class FilteredBandLevels:
-    """The :func:`band_levels_db` (float64) of :func:`match_eq` applied to ``x`` ``(B, 2, T)``
-    for band gains ``(B, 2, bands)`` (mid, side) and ``mix`` ``(B,)``, at a fraction of a
-    full render's cost: ``levels(gains, mix)`` -> ``(B, 2, bands)``. Not differentiable.
+    """The :func:`band_levels_db` (``shared``: float64 powers) of :func:`match_eq` applied to
+    ``x`` ``(B, 2, T)`` for band gains ``(B, 2, bands)`` (mid, side) and ``mix`` ``(B,)``, at a
+    fraction of a full render's cost: ``levels(gains, mix)`` -> ``(B, 2, bands)``. Not
+    differentiable.
 
     Bands up to a quarter of the rate over ``factor`` (2 kHz at 44.1 kHz): the match EQ
     rendered on ``x`` decimated by ``factor`` (4, or 2, when it divides the rate, the FIR
@@ -197,7 +198,7 @@ class FilteredBandLevels:
 
     def _low_levels(self, y: Tensor) -> Tensor:
         return band_levels_db(y, self.sample_rate // self.factor, self.centres[self.low],
-                              self.n_fft // self.factor, float64=True)
+                              self.n_fft // self.factor, shared=True)
 
     def _render(self, x: Tensor, sample_rate: int, gain_db: Tensor, mix: Tensor, n_fir: int) -> Tensor:
         g, m = gain_db.to(x.dtype), mix.to(x.dtype)
@@ -210,7 +211,7 @@ class FilteredBandLevels:
         mix = mix.detach().to(self.psd.device, torch.float64).reshape(-1)
         if self.factor == 1:  # no decimation divides the rate: the render itself
             y = self._render(self.x, self.sample_rate, gain_db, mix, self.n_fir)
-            return band_levels_db(y, self.sample_rate, self.centres, self.n_fft, float64=True)
+            return band_levels_db(y, self.sample_rate, self.centres, self.n_fft, shared=True)
         h = response(gain_db, self.centres, self.sample_rate, self.n_fir, self.n_fft)
         blend = (1.0 + mix.view(-1, 1, 1) * (h - 1.0)).square()
         levels = psd_band_levels_db(self.psd * blend, self.sample_rate, self.centres, self.n_fft)
@@ -298,14 +299,15 @@ def match_eq_filter(
 
 
 def signal_band_levels_db(x: Tensor, sample_rate: int, centres_hz: Tensor, n_fft: int = 8192) -> Tensor:
-    """:func:`band_levels_db` of ``x`` in float64, measured once per signal
+    """:func:`band_levels_db` of ``x`` (float64, from :func:`~diffmix.functional.spectrum.
+    mid_side_psd`), measured once per signal
     (:class:`~diffmix.functional._cache.SignalMemo`): a job that matches one input to one
     reference analyses each several times (the closed form, the width, the refine passes).
     Not differentiable."""
 
     def make() -> Tensor:
         with torch.no_grad():
-            return band_levels_db(x, sample_rate, centres_hz, n_fft, float64=True)
+            return band_levels_db(x, sample_rate, centres_hz, n_fft, shared=True)
 
     return _LEVELS.get(x, (int(sample_rate), tuple(centres_hz.tolist()), int(n_fft)), make)
 
@@ -314,18 +316,19 @@ _LEVELS = SignalMemo()
 
 
 def band_levels_db(x: Tensor, sample_rate: int, centres_hz: Tensor, n_fft: int = 8192, *,
-                   float64: bool = False) -> Tensor:
+                   shared: bool = False) -> Tensor:
     """Third-octave (or the centres' fraction) powers of mid and side in dB, ``(B, 2, bands)``.
 
     The bands are those of :func:`diffmix.functional.spectrum.band_matrix` with the same
     edges as ``centres_hz``; a band too narrow to hold a bin reads its nearest bins'
-    interpolated level (so every band has a finite reading). ``float64``: measured in
-    float64 (from ``x``'s own samples a block at a time, without a gradient on the CPU).
+    interpolated level (so every band has a finite reading). ``shared``: from the
+    signal's one analysis (:func:`~diffmix.functional.spectrum.mid_side_psd`: float64
+    powers, measured once per signal; not differentiable), not a fresh one in ``x``'s dtype.
     """
-    if float64 and not (torch.is_grad_enabled() and x.requires_grad):
+    if shared and not (torch.is_grad_enabled() and x.requires_grad):
         psd = mid_side_psd(x, n_fft)  # measured once per signal (the report's tone error too)
     else:
-        psd = welch_psd(x, n_fft, pre=(lambda part: mid_side(part.double())) if float64 else mid_side)
+        psd = welch_psd(x, n_fft, pre=mid_side)
     return psd_band_levels_db(psd, sample_rate, centres_hz, n_fft)
 
 

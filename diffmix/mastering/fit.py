@@ -264,8 +264,8 @@ def refine_match(bus: Bus, y: Tensor, lengths: Sequence[int], references: Sequen
     aims: list[float] = []
     for i, (n, reference) in enumerate(zip(lengths, references, strict=True)):
         yi = y[i : i + 1, :, :n]
-        # The master's spectrum in float32, as MatchEQ.match measures its renders (levels within
-        # 1e-5 dB of float64 on real masters), at about a fifth of the full-length analysis' cost.
+        # The master's spectrum in its own float32, as every analysis of a song is taken
+        # (levels within 1e-5 dB of a float64 analysis); a fresh one, as each pass renders anew.
         psd = welch_psd(yi, N_FFT, pre=mid_side)
         dm, ds = match_gains(
             yi,
