@@ -51,6 +51,7 @@ def test_repair_writes_audio_report_and_exact_difference(tmp_path):
         assert any(sp["channel"] == ch and s - 8 <= sp["start"] <= s and s + 4 <= sp["end"] <= s + 12
                    for sp in spans)
     assert len(spans) == len(clicks)
+    assert re.search(r"DC offset removed \(up to -\d+\.\d dBFS\)", res.stdout), res.stdout
     for sp in spans:
         assert sp["time_s"] == round(sp["start"] / SR, 6) and sp["samples"] == sp["end"] - sp["start"]
     assert report["repairs"]["dc"]["offset_per_channel"][0] == pytest.approx(0.01, abs=2e-3)
@@ -86,6 +87,10 @@ def test_stages_can_be_turned_off(tmp_path):
     outp, _ = sf.read(str(out / "song_repaired.wav"), dtype="float64")
     assert np.array_equal(inp, outp)
     assert json.loads((out / "song_repaired_report.json").read_text())["repairs"] == {}
+    assert "(nothing: every stage is off" in res.stdout  # not "dc only", as it once said
+    # DC off, clicks and clipping on: the summary names what ran, no DC removal.
+    res = run_cli("repair", f"input={src}", f"out={tmp_path / 'out2'}", "dc=false", cwd=tmp_path)
+    assert res.returncode == 0 and "clipping 0, clicks " in res.stdout and "DC" not in res.stdout, res.stdout
 
 
 BAD = ["missing", "corrupt", "nan", "inf", "empty", "directory", "flag", "difference_flag",

@@ -9,6 +9,7 @@ Writes ``<name>.wav`` (32-bit float: repaired peaks may rise above the clip leve
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -76,17 +77,24 @@ def run(cfg: DictConfig) -> int:
         takes=[Take("input", audio.float()), Take("result", y[0].cpu(), Path(audio_path))],
         measures={"input": summary(audio[None].double(), sr), "result": after},
         warnings=report["qc"],
-        notes=["Repaired: " + (", ".join(f"{k} {v['count']}" for k, v in found.items() if "count" in v)
-                               or "DC only")],
+        notes=["Repaired: " + _done(found)],
     )
     if page:
         outputs["listening_report"] = page
     report["runtime_s"] = round(time.perf_counter() - t0, 3)
     report_path = write_report(out, stem, report)
-    counts = ", ".join(f"{k} {v['count']}" for k, v in found.items() if "count" in v)
-    print(f"repair: {audio_path}  ({counts or 'dc only'}; report {report_path}, "
-          f"{report['runtime_s']:.1f} s)")
+    print(f"repair: {audio_path}  ({_done(found)}; report {report_path}, {report['runtime_s']:.1f} s)")
     return 0
+
+
+def _done(found: dict[str, Any]) -> str:
+    """What the stages that ran did, in a few words: each count, and the DC offset removed."""
+    said = [f"{k} {v['count']}" for k, v in found.items() if "count" in v]
+    if "dc" in found:
+        worst = max(abs(v) for v in found["dc"]["offset_per_channel"])
+        said.append(f"DC offset removed (up to {20 * math.log10(worst):.1f} dBFS)" if worst > 0
+                    else "no DC offset")
+    return ", ".join(said) or "nothing: every stage is off, the output is the input"
 
 
 def write_report(out: Path, stem: str, report: dict[str, Any]) -> Path:
