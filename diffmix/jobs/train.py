@@ -243,9 +243,9 @@ def _run(cfg: DictConfig, device: torch.device) -> int:
         progress=bool(cfg.progress),
     )
     if int(s2.steps) > 0:
-        songs_of = ([song_of[f.path] for f in fs] for fs in (train_files, val_files))
-        metrics = {**metrics, "stage2": _stage2(cfg, model, make_chain, *songs_of, train, prior, out, files,
-                                                 device)}
+        train_songs, val_songs = ([song_of[f.path] for f in fs] for fs in (train_files, val_files))
+        metrics = {**metrics, "stage2": _stage2(cfg, model, make_chain, train_songs, val_songs, train, prior,
+                                                 out, files, device)}
     spec = Path(str(cfg.corpus))
     root = spec if spec.is_dir() else spec.parent if spec.is_file() else None
     corpus = [{**f.as_dict(root), "split": "train"} for f in train_files]
