@@ -28,6 +28,7 @@ from torch import Tensor
 from diffmix.console import Bus
 from diffmix.errors import UserError
 from diffmix.fit import draw
+from diffmix.functional.loudness import integrated_loudness
 from diffmix.inputs import load_mix
 from diffmix.learned import dist
 from diffmix.learned.checkpoint import file_sha256
@@ -139,8 +140,6 @@ def usable(files: Sequence[SongFile], songs: Sequence[Tensor], sample_rate: int,
     :func:`load_songs` gives them. Returns the kept files and songs, and one
     ``{"file", "sha256", "reason"}`` per song left out, in corpus order.
     """
-    from diffmix.functional.loudness import integrated_loudness
-
     kept: list[SongFile] = []
     kept_songs: list[Tensor] = []
     skipped: list[dict[str, str]] = []
