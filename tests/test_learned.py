@@ -231,9 +231,10 @@ def test_train_loss_falls(trained: Path) -> None:
 
 
 def test_songs_no_example_can_come_from_are_left_out_and_named(corpus: Path, tmp_path: Path) -> None:
-    # A silent file, one under the -70 LUFS gate and one shorter than two excerpts (1.5 s
-    # each in TINY): each would give examples with nothing to learn (or cut its batch's
-    # excerpts to its own length). They are left out before the split, each named once.
+    # A silent file, one under the -70 LUFS gate, one shorter than two excerpts (1.5 s
+    # each in TINY) and one no decoder reads: each would give examples with nothing to learn
+    # (or cut its batch's excerpts to its own length, or end the run over one file of a
+    # catalogue). They are left out before the split, each named once.
     folder = tmp_path / "corpus"
     folder.mkdir()
     for i in range(3):
@@ -241,23 +242,26 @@ def test_songs_no_example_can_come_from_are_left_out_and_named(corpus: Path, tmp
     write(folder / "silence.wav", np.zeros((4 * 44100, 2)))
     write(folder / "gated.wav", music(4.0, seed=7, level=10 ** (-75 / 20)))
     write(folder / "short.wav", music(2.5, seed=8, level=0.2))
+    (folder / "broken.wav").write_bytes(b"RIFF\x10\x00\x00\x00WAVEnot audio at all")
     out = tmp_path / "out"
     few = [a for a in TINY if not a.startswith("stage1.epochs")] + ["stage1.epochs=2"]
     r = run_cli("train", f"corpus={folder}", f"out={out}", *few, cwd=tmp_path, env=ONE_THREAD)
     assert r.returncode == 0, r.stderr[-2000:]
     for name, why in (("silence.wav", "silent or under"), ("gated.wav", "silent or under"),
-                      ("short.wav", "2.50 s long; an example needs 3 s")):
+                      ("short.wav", "2.50 s long; an example needs 3 s"),
+                      ("broken.wav", "unreadable: cannot read audio")):
         said = r.stdout + r.stderr  # the log's console handler
         assert said.count(f"leaving out {name}: ") == 1 and why in said, said[-2000:]
     info = load_checkpoint(out / "model.safetensors").info["corpus"]
     assert sorted(f["file"] for f in info["files"]) == ["song0.wav", "song1.wav", "song2.wav"]
-    assert sorted(f["file"] for f in info["left_out"]) == ["gated.wav", "short.wav", "silence.wav"]
+    left = sorted(f["file"] for f in info["left_out"])
+    assert left == ["broken.wav", "gated.wav", "short.wav", "silence.wav"]
     # With fewer than two songs left, one line says how many and why.
     for name in ("song1.wav", "song2.wav"):
         (folder / name).unlink()
     r = run_cli("train", f"corpus={folder}", f"out={tmp_path / 'out2'}", *few, cwd=tmp_path, env=ONE_THREAD)
     last = r.stderr.strip().splitlines()[-1]
-    assert r.returncode == 2 and "corpus: 1 of 4 songs can be trained on; need at least 2" in last, last
+    assert r.returncode == 2 and "corpus: 1 of 5 songs can be trained on; need at least 2" in last, last
     assert not (tmp_path / "out2").exists()
 
 

@@ -30,6 +30,7 @@ from diffmix.errors import UserError
 from diffmix.fit import draw
 from diffmix.functional.loudness import integrated_loudness
 from diffmix.inputs import load_mix
+from diffmix.io import AudioFileError
 from diffmix.learned import dist
 from diffmix.learned.checkpoint import file_sha256
 from diffmix.learned.features import LUFS, feature_vector, mel_input, names, signal_features
@@ -117,11 +118,17 @@ def split(files: Sequence[SongFile], val_fraction: float, seed: int) -> tuple[li
     return sorted(order[n_val:], key=lambda f: str(f.path)), sorted(order[:n_val], key=lambda f: str(f.path))
 
 
-def load_songs(files: Sequence[SongFile], sample_rate: int, max_s: float) -> list[Tensor]:
-    """Each file as ``(2, T)`` float32 at ``sample_rate``, at most ``max_s`` from its middle."""
-    out = []
+def load_songs(files: Sequence[SongFile], sample_rate: int, max_s: float) -> list[Tensor | str]:
+    """Each file as ``(2, T)`` float32 at ``sample_rate``, at most ``max_s`` from its middle;
+    for a file that can't be used as audio (undecodable, truncated, more than two channels),
+    the one-line reason instead, so one bad file in a catalogue leaves out that file alone."""
+    out: list[Tensor | str] = []
     for f in files:
-        x, _ = load_mix(f.path, sample_rate, what="corpus file")
+        try:
+            x, _ = load_mix(f.path, sample_rate, what="corpus file")
+        except AudioFileError as exc:
+            out.append(str(exc).removeprefix(f"{f.path}: "))
+            continue
         n, want = x.shape[-1], int(max_s * sample_rate)
         if n > want:
             x = x[..., (n - want) // 2 : (n - want) // 2 + want]
@@ -129,21 +136,24 @@ def load_songs(files: Sequence[SongFile], sample_rate: int, max_s: float) -> lis
     return out
 
 
-def usable(files: Sequence[SongFile], songs: Sequence[Tensor], sample_rate: int,
+def usable(files: Sequence[SongFile], songs: Sequence[Tensor | str], sample_rate: int,
            min_s: float) -> tuple[list[SongFile], list[Tensor], list[dict[str, str]]]:
     """The songs examples can be drawn from, and why each other one can't.
 
-    A song must be at least ``min_s`` seconds long (two halves of an excerpt: a shorter one
-    would cut every excerpt of its batch to its own length) and each half must have a
-    measurable loudness (not silence, nor every 400 ms block under BS.1770's -70 LUFS
-    gate: a silent reference has no setting to learn). ``songs``: ``(2, T)`` each, as
-    :func:`load_songs` gives them. Returns the kept files and songs, and one
-    ``{"file", "sha256", "reason"}`` per song left out, in corpus order.
+    A song must be readable, at least ``min_s`` seconds long (two halves of an excerpt: a
+    shorter one would cut every excerpt of its batch to its own length) and each half must
+    have a measurable loudness (not silence, nor every 400 ms block under BS.1770's -70 LUFS
+    gate: a silent reference has no setting to learn). ``songs``: ``(2, T)`` each or why the
+    file can't be read, as :func:`load_songs` gives them. Returns the kept files and songs,
+    and one ``{"file", "sha256", "reason"}`` per song left out, in corpus order.
     """
     kept: list[SongFile] = []
     kept_songs: list[Tensor] = []
     skipped: list[dict[str, str]] = []
     for f, s in zip(files, songs, strict=True):
+        if isinstance(s, str):
+            skipped.append({"file": f.path.name, "sha256": f.sha256, "reason": f"unreadable: {s}"})
+            continue
         seconds = s.shape[-1] / sample_rate
         reason = None
         if seconds < min_s:
