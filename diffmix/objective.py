@@ -60,9 +60,16 @@ def dynamics_profile(x: Tensor, sample_rate: int, measured: tuple[Tensor, Tensor
     ``measured``: ``x``'s :func:`~diffmix.functional.loudness.loudness_profile`, where taken.
     """
     il, st = measured if measured is not None else loudness_profile(x, sample_rate)
-    il = _finite_lufs(il).unsqueeze(-1)
-    rel = torch.where(st > -70.0, st - il, torch.zeros_like(st))
-    q = torch.tensor(QUANTILES, dtype=x.dtype, device=x.device)
+    return profile_about(il, st)
+
+
+def profile_about(lufs: Tensor, short: Tensor) -> Tensor:
+    """Quantiles :data:`QUANTILES` of short-term loudness ``(B, N)`` relative to the
+    integrated ``lufs`` ``(B,)``, ``(B, 4)`` LU; windows below -70 LUFS read as the
+    integrated. Differentiable."""
+    il = _finite_lufs(lufs).unsqueeze(-1)
+    rel = torch.where(short > -70.0, short - il, torch.zeros_like(short))
+    q = torch.tensor(QUANTILES, dtype=short.dtype, device=short.device)
     return torch.quantile(rel, q, dim=-1).T
 
 

@@ -67,6 +67,10 @@ def test_master_to_a_reference_writes_preset_report_and_plot(tmp_path):
     assert out.returncode == 0, out.stderr
     report = json.loads((tmp_path / "o" / "song_master_report.json").read_text())
     assert report["fit"]["steps"] == 4
+    # Then the compressor was set on the whole song, kept only where it lowered the term.
+    whole = report["fit"]["song_dynamics"]["songs"]["song_master"]
+    assert whole["term_after"] <= whole["term_before"]
+    assert whole["kept"] == (whole["term_after"] < whole["term_before"])
     assert set(report["spectral_error"]["after"]) == {
         "tone_mid_rms_db",
         "tone_side_rms_db",

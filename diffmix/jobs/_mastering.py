@@ -49,6 +49,7 @@ def fit_options(cfg: DictConfig) -> FitOptions:
         seed=int(cfg.seed),
         progress=bool(cfg.progress),
         amount={str(k): float(v) for k, v in (cfg.get("amount") or {}).items()},
+        song_dynamics=bool(fit.get("song_dynamics", True)),
     )
 
 

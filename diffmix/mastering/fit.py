@@ -15,6 +15,7 @@ match EQ's closed-form gains (:func:`match_start`).
 
 from __future__ import annotations
 
+import fnmatch
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -29,6 +30,7 @@ from diffmix.errors import UserError
 from diffmix.fit import FitResult, draw, excerpt_pool, excerpt_starts, fit
 from diffmix.functional.filters import fixed_input_spectra
 from diffmix.mastering.chain import MATCH
+from diffmix.mastering.song_dynamics import COMP, fit_song_dynamics
 from diffmix.objective import REFERENCE_TERMS, Objective
 
 # Where a fit starts: sets the chain's values from (bus, audios, references or None, target).
@@ -58,12 +60,14 @@ class FitOptions:
         seed: excerpt draws when ``pool`` is 0.
         progress: show a progress bar.
         amount: stage -> 0..1, how much of its fitted change to keep.
+        song_dynamics: with a reference, the dynamics term and steps to run, after the
+            steps set the compressor on each whole song (:mod:`diffmix.mastering.song_dynamics`).
     """
 
     steps: int = 120
     excerpt_s: float = 8.0
     pool: int = 8
-    patience: int = 24
+    patience: int = 16
     min_delta: float = 0.005
     params: Sequence[str] = ()
     weights: Mapping[str, float] = field(default_factory=dict)
@@ -73,6 +77,7 @@ class FitOptions:
     seed: int = 0
     progress: bool = True
     amount: Mapping[str, float] = field(default_factory=dict)
+    song_dynamics: bool = True
 
 
 def pad_batch(xs: Sequence[Tensor]) -> tuple[Tensor, list[int]]:
@@ -262,6 +267,7 @@ def refine_match(bus: Bus, y: Tensor, lengths: Sequence[int], references: Sequen
     hi = {k: params[f"{MATCH}.{k}"].spec.max for k in keys}
     wide = (-120.0, 120.0)  # a correction; the sum is clipped to the parameters' ranges
     aims: list[float] = []
+    shifts: list[float] = []
     for i, (n, reference) in enumerate(zip(lengths, references, strict=True)):
         yi = y[i : i + 1, :, :n]
         # The master's spectrum in its own float32, as every analysis of a song is taken
@@ -278,8 +284,16 @@ def refine_match(bus: Bus, y: Tensor, lengths: Sequence[int], references: Sequen
             x_db=psd_band_levels_db(psd, stage.sample_rate, stage.centres_hz, N_FFT),
         )
         old = {k: rows[k][i].double().cpu() for k in keys}
-        new = {k: (old[k] + d[0].double().cpu()).clamp(lo[k], hi[k])
-               for k, d in zip(keys, (dm, ds), strict=True)}
+        new = {k: old[k] + d[0].double().cpu() for k, d in zip(keys, (dm, ds), strict=True)}
+        # Where a band would leave its range (a side far under the reference's at the
+        # spectrum's ends), every gain moves together as far as keeps them all inside: the
+        # tone is level-free. The compressor's threshold moves with them and its makeup
+        # back, so what reaches the limiter differs only in that band.
+        below = max(float((lo[k] - new[k]).max()) for k in keys)
+        above = min(float((hi[k] - new[k]).min()) for k in keys)
+        shift = min(max(0.0, below), above) if below <= above else 0.0
+        new = {k: (v + shift).clamp(lo[k], hi[k]) for k, v in new.items()}
+        shifts.append(shift)
         if side_mid_db is not None:
             target = side_mid_db[i]
             if predicted_db is not None:  # what the chain after the EQ did to the last pass's aim
@@ -292,6 +306,16 @@ def refine_match(bus: Bus, y: Tensor, lengths: Sequence[int], references: Sequen
         for k in keys:
             rows[k][i] = new[k].to(rows[k])
     bus.load_values({f"{MATCH}.{k}": v for k, v in rows.items()})
+    if any(shifts):
+        # The compressor works as before on the shifted signal and gives the level back.
+        for name, sign in (("threshold_db", 1.0), ("makeup_db", -1.0)):
+            if f"{COMP}.{name}" not in params:
+                continue
+            param = params[f"{COMP}.{name}"]
+            now = param.exact()
+            moved = now.reshape(-1) + sign * torch.tensor(shifts, dtype=now.dtype)[: now.numel()]
+            moved = moved.reshape(now.shape).clamp(param.spec.min, param.spec.max)
+            bus.load_values({f"{COMP}.{name}": moved})
     return aims if side_mid_db is not None else None
 
 
@@ -457,8 +481,9 @@ def fit_stage(
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
         raise UserError(f"fit.steps must be a whole number >= 0 (0: no fit), got {steps!r}")
     weights = available_weights(options.weights, reference=references is not None, target=target)
-    fit_report = None
+    fit_report: dict[str, Any] | None = None
     start(bus, audios, references, target)
+    initial = {k: p.exact() for k, p in bus.named_values().items()}
     if weights and steps > 0:
         sr = bus.sample_rate
         device = next(bus.parameters()).device
@@ -488,6 +513,14 @@ def fit_stage(
             progress=bool(options.progress),
         )
         fit_report = {k: v for k, v in vars(result).items() if k != "history"}
+    if options.song_dynamics and steps > 0 and references is not None and weights.get("dynamics"):
+        # The steps' excerpts misjudge the song's loudness spread: the compressor is set on
+        # each whole song, from where the steps left it.
+        fitted = [k for k, p in bus.named_values().items()
+                  if p.spec.differentiable and any(fnmatch.fnmatch(k, g) for g in options.params)]
+        song = fit_song_dynamics(bus, audios, references, keys, fitted=fitted, initial=initial,
+                                 prior_weight=float(options.prior_weight), weight=weights["dynamics"])
+        fit_report = {**(fit_report or {}), "song_dynamics": song}
     for stage, amount in options.amount.items():
         if stage in bus.effects:
             bus.set_amount(stage, float(amount))
