@@ -10,7 +10,9 @@ floating-point summation order). The limiter runs in its smooth
 mode; its drive is set afterwards by the loudness solve (:mod:`diffmix.mastering.loudness`).
 
 Where the fit starts is one argument of :func:`fit_stage` (``start``): by default the
-match EQ's closed-form gains (:func:`match_start`).
+match EQ's closed-form gains (:func:`match_start`). After the steps, with a reference, the
+compressor is set on each whole song (:mod:`diffmix.mastering.song_dynamics`): an excerpt's
+loudness spread is not its song's.
 """
 
 from __future__ import annotations
