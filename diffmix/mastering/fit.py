@@ -520,8 +520,12 @@ def fit_stage(
         # each whole song, from where the steps left it.
         fitted = [k for k, p in bus.named_values().items()
                   if p.spec.differentiable and any(fnmatch.fnmatch(k, g) for g in options.params)]
+        ref = objective.ref  # the references' dynamics, as the steps compared them
+        targets = [(ref["dynamics"][i : i + 1].double().cpu(), ref["crest"][i : i + 1].double().cpu())
+                   for i in range(len(keys))]
         song = fit_song_dynamics(bus, audios, references, keys, fitted=fitted, initial=initial,
-                                 prior_weight=float(options.prior_weight), weight=weights["dynamics"])
+                                 prior_weight=float(options.prior_weight), weight=weights["dynamics"],
+                                 targets=targets)
         fit_report = {**(fit_report or {}), "song_dynamics": song}
     for stage, amount in options.amount.items():
         if stage in bus.effects:

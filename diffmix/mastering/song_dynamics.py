@@ -226,6 +226,7 @@ def fit_song_dynamics(
     initial: Mapping[str, Tensor],
     prior_weight: float,
     weight: float,
+    targets: Sequence[tuple[Tensor, Tensor]] | None = None,
 ) -> dict[str, Any]:
     """Set each song's compressor on its whole song (see the module notes).
 
@@ -238,6 +239,8 @@ def fit_song_dynamics(
         prior_weight: the fit's prior scale; a key weighs ``1 / len(fitted)`` of it, as in
             the steps' :func:`~diffmix.console.prior`.
         weight: the objective's dynamics weight.
+        targets: each reference's :func:`reference_dynamics`, where the fit's objective has
+            measured them (else measured here).
 
     Returns:
         ``{"seconds", "songs": {key: {"term_before", "term_after", "kept"}}}`` (terms
@@ -280,7 +283,7 @@ def fit_song_dynamics(
     for i, (reference, key) in enumerate(zip(references, keys, strict=True)):
         fine = fines[i]
         models = (fine.coarser(coarse_hop // fine_hop), fine.coarser(mid_hop // fine_hop), fine)
-        target = reference_dynamics(reference.cpu(), sr)
+        target = reference_dynamics(reference.cpu(), sr) if targets is None else targets[i]
         mine = {k: _item(v, i) for k, v in values.items()}
         anchor = {k: _item(initial[f"{COMP}.{k}"], i) for k in names}
         result = _fit_one(models, mine, names, anchor, target, comp, prior_weight / len(fitted), weight)
