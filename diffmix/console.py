@@ -35,16 +35,30 @@ def bounded_params(module: nn.Module) -> dict[str, BoundedParam]:
     return {n: m for n, m in module.named_modules() if isinstance(m, BoundedParam)}
 
 
+def matching(params: Mapping[str, BoundedParam], patterns: Sequence[str]) -> list[str]:
+    """The keys of the differentiable parameters matching any glob pattern, in order."""
+    return [key for key, param in params.items()
+            if param.spec.differentiable and any(fnmatch.fnmatch(key, p) for p in patterns)]
+
+
 def select(params: Mapping[str, BoundedParam], patterns: Sequence[str]) -> list[nn.Parameter]:
     """Turn gradients on for parameters whose key matches any glob pattern, off for the
     rest; returns the raw tensors to hand to an optimiser."""
+    on = set(matching(params, patterns))
     chosen = []
     for key, param in params.items():
-        on = param.spec.differentiable and any(fnmatch.fnmatch(key, p) for p in patterns)
-        param.raw.requires_grad_(on)
-        if on:
+        param.raw.requires_grad_(key in on)
+        if key in on:
             chosen.append(param.raw)
     return chosen
+
+
+def range_change(spec: ParamSpec, now: Tensor, start: Tensor) -> Tensor:
+    """The change ``now - start`` as a fraction of the parameter's range (log-scaled
+    parameters in the log domain): what :func:`prior` squares. Differentiable in ``now``."""
+    if spec.scale == "log":
+        return (torch.log(now) - torch.log(start)) / (math.log(spec.max) - math.log(spec.min))
+    return (now - start) / (spec.max - spec.min)
 
 
 def prior(params: Mapping[str, BoundedParam], initial: Mapping[str, Tensor]) -> Tensor:
@@ -56,12 +70,8 @@ def prior(params: Mapping[str, BoundedParam], initial: Mapping[str, Tensor]) -> 
     for key, param in params.items():
         if not param.raw.requires_grad or key not in initial:
             continue
-        spec, now = param.spec, param()
-        start = initial[key].to(now.dtype).to(now.device)
-        if spec.scale == "log":
-            delta = (torch.log(now) - torch.log(start)) / (math.log(spec.max) - math.log(spec.min))
-        else:
-            delta = (now - start) / (spec.max - spec.min)
+        now = param()
+        delta = range_change(param.spec, now, initial[key].to(now.dtype).to(now.device))
         terms.append(delta.square().mean())
     if not terms:
         return torch.zeros(())

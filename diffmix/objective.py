@@ -63,6 +63,19 @@ def dynamics_profile(x: Tensor, sample_rate: int, measured: tuple[Tensor, Tensor
     return profile_about(il, st)
 
 
+def dynamics_features(x: Tensor, sample_rate: int,
+                      measured: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor]:
+    """What the ``dynamics`` term compares: ``(`` :func:`dynamics_profile` ``(B, 4)``,
+    crest factor ``(B,)`` dB ``)``."""
+    return dynamics_profile(x, sample_rate, measured), crest_factor_db(x)
+
+
+def dynamics_distance(profile: Tensor, crest: Tensor, reference: tuple[Tensor, Tensor]) -> Tensor:
+    """The ``dynamics`` term, ``(B,)``: mean squared profile difference (LU²) plus a quarter
+    of the squared crest factor difference (dB²), against ``reference`` ``(profile, crest)``."""
+    return (profile - reference[0]).square().mean(-1) + 0.25 * (crest - reference[1]).square()
+
+
 def profile_about(lufs: Tensor, short: Tensor) -> Tensor:
     """Quantiles :data:`QUANTILES` of short-term loudness ``(B, N)`` relative to the
     integrated ``lufs`` ``(B,)``, ``(B, 4)`` LU; windows below -70 LUFS read as the
@@ -153,8 +166,7 @@ class Objective(nn.Module):
             measured = loudness_profile(ref, self.sample_rate)
             out["loudness"] = _finite_lufs(measured[0])
             if "dynamics" in self.weights:
-                out["dynamics"] = dynamics_profile(ref, self.sample_rate, measured)
-                out["crest"] = crest_factor_db(ref)
+                out["dynamics"], out["crest"] = dynamics_features(ref, self.sample_rate, measured)
         return out
 
     def _mrstft_view(self, x: Tensor) -> Tensor:
@@ -196,10 +208,8 @@ class Objective(nn.Module):
             assert lufs is not None  # set above for these terms
             terms["loudness"] = (lufs - self.ref["loudness"]).square()
         if "dynamics" in w:
-            prof = dynamics_profile(y, self.sample_rate, measured)
-            terms["dynamics"] = (prof - self.ref["dynamics"]).square().mean(-1) + 0.25 * (
-                crest_factor_db(y) - self.ref["crest"]
-            ).square()
+            terms["dynamics"] = dynamics_distance(*dynamics_features(y, self.sample_rate, measured),
+                                                  (self.ref["dynamics"], self.ref["crest"]))
         if "spec_lufs" in w:
             assert lufs is not None
             terms["spec_lufs"] = (lufs - float(self.target["lufs"])).square()

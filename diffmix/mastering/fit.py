@@ -17,7 +17,6 @@ loudness spread is not its song's.
 
 from __future__ import annotations
 
-import fnmatch
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -26,7 +25,7 @@ from typing import Any, cast
 import torch
 from torch import Tensor
 
-from diffmix.console import Bus, prior, select
+from diffmix.console import Bus, matching, prior, select
 from diffmix.effects.dynamics import set_exact
 from diffmix.errors import UserError
 from diffmix.fit import FitResult, draw, excerpt_pool, excerpt_starts, fit
@@ -518,8 +517,7 @@ def fit_stage(
     if options.song_dynamics and steps > 0 and references is not None and weights.get("dynamics"):
         # The steps' excerpts misjudge the song's loudness spread: the compressor is set on
         # each whole song, from where the steps left it.
-        fitted = [k for k, p in bus.named_values().items()
-                  if p.spec.differentiable and any(fnmatch.fnmatch(k, g) for g in options.params)]
+        fitted = matching(bus.named_values(), options.params)
         ref = objective.ref  # the references' dynamics, as the steps compared them
         targets = [(ref["dynamics"][i : i + 1].double().cpu(), ref["crest"][i : i + 1].double().cpu())
                    for i in range(len(keys))]

@@ -5,8 +5,8 @@ The fit's steps see excerpts, and an excerpt's short-term loudness spread is not
 compressor is feed-forward, peak-detecting and stereo-linked: its output is ``g(t) p(t)``,
 one gain for both channels, and a channel matrix after it (the width) commutes with that
 gain. :class:`SongModel` keeps, per hop of a few samples, what the dynamics terms need of
-the compressor's input ``p``: the linked detector's peak, and the K-weighted energy per
-channel, the energy and the peak of what reaches the limiter at unit gain. The gain is the
+the compressor's input ``p``: the linked detector's peak, and the K-weighted energy, the
+energy and the peak of what reaches the limiter at unit gain. The gain is the
 compressor's own kernel run at the hop rate on the detector's peaks; the terms (short-term
 loudness quantiles about the integrated loudness, crest factor) follow from ``g²`` times
 those sums, for a whole song in milliseconds. :func:`fit_song_dynamics` searches thresholds
@@ -27,9 +27,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from diffmix.console import Bus
+from diffmix.console import Bus, range_change
 from diffmix.effects.dynamics import Compressor
-from diffmix.features import crest_factor_db
 from diffmix.functional.dynamics import compressor
 from diffmix.functional.loudness import (
     ABSOLUTE_GATE_LUFS,
@@ -39,16 +38,15 @@ from diffmix.functional.loudness import (
     _kfilter_numpy,
     _to_lufs,
     block_samples,
-    loudness_profile,
     meter_unit,
 )
 from diffmix.mastering.source import release_memory
-from diffmix.objective import dynamics_profile, profile_about
+from diffmix.objective import dynamics_distance, dynamics_features, profile_about
 from diffmix.optim import Adam
 from diffmix.params import BoundedParam
 
-# Hop lengths (ms) of the three models: the grid's, the gradient steps', the judge's. At
-# 0.16 ms the crest factor holds within ~0.6 dB of a full render for attacks down to 0.2 ms.
+# Hop lengths (ms) of the three models: the grid's, the gradient steps', the judge's (the
+# finest resolves an attack inside a hop; accuracy: BENCHMARKS.md, profile notes, session 31).
 HOPS_MS = (1.0, 0.5, 0.16)
 THRESHOLDS_DB = (-6.0, -12.0, -18.0, -24.0, -30.0, -36.0, -42.0, -48.0)
 RATIOS = (1.25, 1.6, 2.2, 3.2, 5.0)
@@ -123,8 +121,8 @@ class SongModel:
 
         if link == "max":
             detector = torch.stack([hop_max(r.abs()) for r in rows]).amax(0)
-        else:  # the channels' mean power, its peak per hop
-            detector = (torch.stack([hop_max(r.square()) for r in rows]).mean(0)).sqrt()
+        else:  # the channels' mean power per sample, its peak per hop
+            detector = hop_max(rows.square().mean(0)).sqrt()
         k_own = [k_energy(r) for r in rows]
         own = [hop_energy(r) for r in rows]
         k_total = torch.zeros(n, dtype=torch.float64)
@@ -188,15 +186,8 @@ class SongModel:
         return profile, 20.0 * torch.log10(peak.clamp_min(1e-12) / rms.clamp_min(1e-12))
 
 
-def reference_dynamics(reference: Tensor, sample_rate: int) -> tuple[Tensor, Tensor]:
-    """A reference's ``(profile (1, 4), crest (1,))``, as the objective measures it."""
-    measured = loudness_profile(reference, sample_rate)
-    return dynamics_profile(reference, sample_rate, measured).double(), crest_factor_db(reference).double()
-
-
 def _term(model: SongModel, values: Mapping[str, Tensor], target: tuple[Tensor, Tensor]) -> Tensor:
-    profile, crest = model.terms(values)
-    return (profile - target[0]).square().mean(-1) + 0.25 * (crest - target[1]).square()  # the objective's
+    return dynamics_distance(*model.terms(values), target)  # the objective's
 
 
 def not_applicable(bus: Bus) -> str | None:
@@ -239,8 +230,8 @@ def fit_song_dynamics(
         prior_weight: the fit's prior scale; a key weighs ``1 / len(fitted)`` of it, as in
             the steps' :func:`~diffmix.console.prior`.
         weight: the objective's dynamics weight.
-        targets: each reference's :func:`reference_dynamics`, where the fit's objective has
-            measured them (else measured here).
+        targets: each reference's :func:`~diffmix.objective.dynamics_features` (float64, on
+            the CPU), where the fit's objective has measured them (else measured here).
 
     Returns:
         ``{"seconds", "songs": {key: {"term_before", "term_after", "kept"}}}`` (terms
@@ -283,7 +274,11 @@ def fit_song_dynamics(
     for i, (reference, key) in enumerate(zip(references, keys, strict=True)):
         fine = fines[i]
         models = (fine.coarser(coarse_hop // fine_hop), fine.coarser(mid_hop // fine_hop), fine)
-        target = reference_dynamics(reference.cpu(), sr) if targets is None else targets[i]
+        if targets is None:
+            profile, crest = dynamics_features(reference.cpu(), sr)
+            target = (profile.double(), crest.double())
+        else:
+            target = targets[i]
         mine = {k: _item(v, i) for k, v in values.items()}
         anchor = {k: _item(initial[f"{COMP}.{k}"], i) for k in names}
         result = _fit_one(models, mine, names, anchor, target, comp, prior_weight / len(fitted), weight)
@@ -320,16 +315,9 @@ def _fit_one(models: tuple[SongModel, SongModel, SongModel], start: Mapping[str,
     coarse, middle, fine = models
     specs = {k: _bounded(template, k).spec for k in names}
 
-    def prior(vals: Mapping[str, Tensor]) -> Tensor:
-        total = torch.zeros((), dtype=torch.float64)
-        for k in names:
-            spec, now, was = specs[k], vals[k].double(), anchor[k]
-            if spec.scale == "log":
-                d = (torch.log(now) - torch.log(was)) / (math.log(spec.max) - math.log(spec.min))
-            else:
-                d = (now - was) / (spec.max - spec.min)
-            total = total + d.square().sum()
-        return prior_scale * total
+    def prior(vals: Mapping[str, Tensor]) -> Tensor:  # the steps' prior over these keys
+        changes = torch.cat([range_change(specs[k], vals[k].double(), anchor[k]).reshape(-1) for k in names])
+        return prior_scale * changes.square().sum()
 
     def loss(model: SongModel, vals: Mapping[str, Tensor]) -> Tensor:
         return weight * _term(model, vals, target).sum() + prior(vals)
