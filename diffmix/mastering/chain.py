@@ -10,17 +10,19 @@ thing) whose last effect is the true-peak :class:`~diffmix.effects.dynamics.Limi
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor
 
 from diffmix.config import instantiate
 from diffmix.console import Bus
-from diffmix.effects.base import run_effects
+from diffmix.effects.base import Effect, run_effects
 from diffmix.effects.dynamics import Limiter, set_exact
+from diffmix.params import BoundedParam
 
 Render = Callable[[Tensor], Tensor]  # drives (S,) dB -> output (S, C, T)
 MATCH = "match"  # the chain's reference-matching EQ stage (absent without a reference)
@@ -73,15 +75,24 @@ class LimiterStage:
             raise ValueError(f"master chain needs an effect named {limiter!r}; it has {names}")
         idx = names.index(limiter)
         set_exact(bus, True)
-        self.pre = [bus.effects[n] for n in names[:idx]]
-        self.limiter = bus.effects[limiter]
-        self.post = [bus.effects[n] for n in names[idx + 1 :]]
+        self.pre = [cast(Effect, bus.effects[n]) for n in names[:idx]]
+        self.limiter = cast(Effect, bus.effects[limiter])
+        self.post = [cast(Effect, bus.effects[n]) for n in names[idx + 1 :]]
 
     @property
     def drive_range(self) -> tuple[float, float]:
         """The limiter's ``gain_db`` range, dB: where the loudness solve may set the drive."""
-        spec = self.limiter.params["gain_db"].spec
+        spec = cast(BoundedParam, self.limiter.params["gain_db"]).spec
         return float(spec.min), float(spec.max)
+
+    @contextmanager
+    def smooth(self) -> Iterator[None]:
+        """The stock limiter in its smooth mode (no metered correction) inside the block."""
+        set_exact(self.limiter, False)
+        try:
+            yield
+        finally:
+            set_exact(self.limiter, True)
 
     def set_drive(self, drives: Tensor) -> None:
         """Set the limiter's drive, one value per song (dB); the preset keeps it."""
@@ -108,4 +119,4 @@ class LimiterStage:
         stock one or effects follow it."""
         if type(self.limiter) is not Limiter or self.post:
             return None
-        return self.limiter.drive_renders(pre)
+        return cast(Limiter, self.limiter).drive_renders(pre)

@@ -422,16 +422,16 @@ def fold_side_into_width(bus: Bus, audios: Sequence[Any], references: Sequence[T
     so nothing else in the chain changes side/mid. One row per song. Call it once, on the
     closed-form gains of :func:`init_match` (they are the side's need at width 1).
     """
-    from diffmix.effects.match_eq import SIDE_MIN_DB
+    from diffmix.effects.match_eq import SIDE_MIN_DB, MatchEQ
     from diffmix.functional.match_eq import match_gains
 
     params = bus.named_values()
     side_p, width_p = params[f"{MATCH}.side_gain_db"], params["width.width"]
-    stage = bus.effects[MATCH]
+    stage = cast(MatchEQ, bus.effects[MATCH])
     mid = params[f"{MATCH}.mid_gain_db"].exact()  # (S, bands): the refined closed-form gains
     side = side_p.exact().clone()
     hi = float(side_p.spec.max)
-    need = []
+    rows = []
     for i, (audio, reference) in enumerate(zip(audios, references, strict=True)):
         # The song itself where it is a tensor: its band levels, measured by the closed form
         # just before (init_match), are then read from the memo, not measured again.
@@ -441,8 +441,8 @@ def fold_side_into_width(bus: Bus, audios: Sequence[Any], references: Sequence[T
         # Unclipped gains with the mid at its level-keeping offset; the start shifted mid and
         # side together to fit their ranges (match_gains): the side needed beside that mid.
         shift = (m[0].double().cpu() - mid[i]).median()
-        need.append(torch.where(side[i] >= hi - 1e-6, s[0].double().cpu() - shift, side[i]))
-    need = torch.stack(need)
+        rows.append(torch.where(side[i] >= hi - 1e-6, s[0].double().cpu() - shift, side[i]))
+    need = torch.stack(rows)
     shift = side_width_db(need, max(SIDE_MIN_DB, float(side_p.spec.min)), hi, float(width_p.spec.max))
     bus.load_values({
         f"{MATCH}.side_gain_db": (need - shift.unsqueeze(-1)).clamp(float(side_p.spec.min), hi),

@@ -68,11 +68,8 @@ def smooth_render(bus: Bus, x: Tensor, drives: Tensor, limiter: str = LIMITER) -
     hair): the tone a match-refine pass measures, at a fraction of an exact render's cost."""
     stage = LimiterStage(bus, limiter)
     stage.set_drive(drives)
-    stage.limiter.exact = False
-    try:
+    with stage.smooth():
         return stage.after(stage.before(x))
-    finally:
-        stage.limiter.exact = True
 
 
 def context_samples(bus: Bus, sample_rate: int, context_s: float) -> int:
@@ -116,11 +113,8 @@ class StreamRenderer:
             if exact:
                 fast = self.stage.drive_renders(self.pre)
             else:  # the drive renders read the limiter's mode once, when made
-                self.stage.limiter.exact = False
-                try:
+                with self.stage.smooth():
                     fast = self.stage.drive_renders(self.pre)
-                finally:
-                    self.stage.limiter.exact = True
                 if fast is None:
                     raise ValueError("StreamRenderer: a smooth render needs the stock limiter last")
             self._fast = None if fast is None else fast[1]

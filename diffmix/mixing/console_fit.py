@@ -402,7 +402,7 @@ def _without_placement(
     """``params`` less the strip's pan and width values, and those values, their gradients
     turned off for the steps (the caller turns them on again)."""
     names = {name for name, e in console.strip.effects.items() if isinstance(e, (Pan, Width))}
-    held = []
+    held: list[Tensor] = []
     for key, value in console.named_values().items():
         parts = key.split(".")
         if len(parts) == 3 and parts[0] == "strip" and parts[1] in names:

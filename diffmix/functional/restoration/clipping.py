@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor
 
@@ -112,7 +114,7 @@ def defects(x: Tensor, sample_rate: int, *, max_listed: int = 1000) -> list[dict
     out = []
     minutes = t / sr / 60.0
     for i in range(b):
-        items = {}
+        items: dict[str, Any] = {}
         for key, mask in (("clicks", clicks[i : i + 1]), ("clipped_runs", clipped[i : i + 1])):
             found = sorted(spans(mask), key=lambda s: (s["start"], s["channel"]))
             items[key] = [
