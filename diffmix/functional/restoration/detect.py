@@ -133,7 +133,11 @@ def detect_clicks(
       The burst is judged again by the same tests on the channel minus what the other
       channel predicts of it (the FIR of :func:`repair_clicks`), with AR models and the
       robust level of that residual, fitted with every burst interpolated; in a mix
-      whose channels share most of their content a quiet click stands out there.
+      whose channels share most of their content a quiet click stands out there. Not
+      where a sound starts in both channels (the ``onset_db`` test on each channel's
+      own programme) and the burst's samples follow the other channel's (normalised
+      correlation 0.9 or more): a kick out of silence, a little different in each
+      channel, leaves a burst in the residual, whose level before it is the silence.
     * stereo (``C == 2``, ``stereo_taps`` not ``None``): a vetoed burst the other
       channel shares (a click in both channels, or a sound in both) gets a second look
       too (:func:`_shared_guards`): a click's amplitude and sign in each channel have

@@ -181,7 +181,6 @@ def _guards(
     """The last tests of :func:`detect_clicks` (see there): which ``bursts`` (``(K, 3)``)
     are clicks, given the rows ``x`` and their repair ``repaired`` ``(N, T)``, the
     programme's robust local level ``(N, T)`` and the AR models ``(N, F, p + 1)``."""
-    t = x.shape[-1]
     peak = _removed_peak(x, repaired, bursts, level, pad, max_len)
     keep = torch.ones_like(peak, dtype=torch.bool)
     # Far above the music around it: no attack, whatever the tests below say.
@@ -198,15 +197,28 @@ def _guards(
         # A sound that starts here (its level after the burst far above the level
         # before it, as a kick out of silence) is an attack, however well the
         # model of its own body explains it; a click is added to music that goes
-        # on. Levels over 10 ms of the repaired signal either side.
-        near = int(round(0.010 * sr))
-        ar = torch.arange(near, device=x.device)
-        pre = (bursts[:, 1:2] - pad - near + ar).clamp(0, t - 1)
-        post = (bursts[:, 2:3] + pad + ar).clamp(0, t - 1)
-        e_pre = repaired[bursts[:, 0:1], pre].square().mean(-1)
-        e_post = repaired[bursts[:, 0:1], post].square().mean(-1)
-        keep &= (e_post <= e_pre * 10.0 ** (onset_db / 10.0)) | loud
+        # on.
+        keep &= ~_starts(repaired, bursts, pad, sr, onset_db) | loud
     return keep
+
+
+# A burst whose samples correlate with the other channel's at least this much (normalised,
+# either sign) is the sound both channels carry, not a click on one of them.
+FOLLOWS = 0.9
+
+
+def _starts(rows: Tensor, bursts: Tensor, pad: int, sr: int, onset_db: float) -> Tensor:
+    """Whether a sound starts at each of ``bursts`` (``(K, 3)``) in ``rows`` ``(N, T)``:
+    the level over the 10 ms after the padded burst is ``onset_db`` over the level over
+    the 10 ms before it. ``(K,)`` bool."""
+    t = rows.shape[-1]
+    near = int(round(0.010 * sr))
+    ar = torch.arange(near, device=rows.device)
+    pre = (bursts[:, 1:2] - pad - near + ar).clamp(0, t - 1)
+    post = (bursts[:, 2:3] + pad + ar).clamp(0, t - 1)
+    e_pre = rows[bursts[:, 0:1], pre].square().mean(-1)
+    e_post = rows[bursts[:, 0:1], post].square().mean(-1)
+    return e_post > e_pre * 10.0 ** (onset_db / 10.0)
 
 
 def _stereo_guards(
@@ -240,6 +252,23 @@ def _stereo_guards(
     level = _burst_level(resid, cand, width, max_len + 2 * pad)
     ok = _guards(resid, rep, cand, level, coeffs.reshape(b * c, frames, order + 1), hop, pad,
                  max_len, sr, **guards)
+    onset_db = guards.get("onset_db")
+    if onset_db is not None:
+        # The residual's level says how well the channels cancel, not whether a sound
+        # starts: where one starts in both channels at once (a kick out of silence,
+        # slightly different in each) and the burst is that sound (its samples follow
+        # the other channel's there), it is the attack, whatever its residual reads. A
+        # click on it is not: one 3 dB or more over the music around it holds the
+        # correlation of the two channels' samples under about 0.6.
+        rows, db = clean.reshape(b * c, t), float(onset_db)
+        partner = cand.clone()
+        partner[:, 0] = cand[:, 0] - cand[:, 0] % c + (c - 1 - cand[:, 0] % c)  # the other channel's row
+        idx, inside = _padded(cand, pad, max_len, t)
+        flat = x.reshape(b * c, t)
+        u = torch.where(inside, flat[cand[:, 0:1], idx], 0.0).double()
+        v = torch.where(inside, flat[partner[:, 0:1], idx], 0.0).double()
+        follows = (u * v).sum(-1).abs() >= FOLLOWS * (u.square().sum(-1) * v.square().sum(-1)).sqrt()
+        ok &= ~(_starts(rows, cand, pad, sr, db) & _starts(rows, partner, pad, sr, db) & follows)
     out = torch.zeros_like(judge)
     out[vetoed[ok]] = True
     return out
