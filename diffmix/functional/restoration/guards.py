@@ -258,11 +258,11 @@ def _stereo_guards(
         # starts: where one starts in both channels at once (a kick out of silence,
         # slightly different in each) and the burst is that sound (its samples follow
         # the other channel's there), it is the attack, whatever its residual reads. A
-        # click on it is not: one 3 dB or more over the music around it holds the
-        # correlation of the two channels' samples under about 0.6.
+        # click on it is not: where the channels carry the sound alike, a click with a
+        # quarter of the sound's energy over the burst, or more, reads under 1 / sqrt(1.25).
         rows, db = clean.reshape(b * c, t), float(onset_db)
         partner = cand.clone()
-        partner[:, 0] = cand[:, 0] - cand[:, 0] % c + (c - 1 - cand[:, 0] % c)  # the other channel's row
+        partner[:, 0] = cand[:, 0] + 1 - 2 * (cand[:, 0] % 2)  # the other channel's row
         idx, inside = _padded(cand, pad, max_len, t)
         flat = x.reshape(b * c, t)
         u = torch.where(inside, flat[cand[:, 0:1], idx], 0.0).double()
