@@ -13,9 +13,10 @@ import pytest
 import soundfile as sf
 import torch
 
-from diffmix.functional.restoration import detect_clicks, runs
+from diffmix.functional.restoration import declick, detect_clicks, runs
 from diffmix.functional.restoration.guards import _bracketed, _near, _near_both
 from diffmix.functional.restoration.pairs import _in_both
+from tests.seeds import drawn_seed
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 from benchmarks.restore import BOTH_SEED_OFFSET, insert_clicks  # noqa: E402
@@ -293,3 +294,73 @@ def test_a_click_both_channels_share_in_near_mono_music_is_judged_on_their_diffe
         print(look, covered, mask[:, lo - 8 : hi + 8].sum(-1).tolist(), off)
         assert covered == ([True, True] if look else [False, False])
         assert off == []
+
+
+@pytest.mark.parametrize("both", [False, True], ids=["one-channel", "both-channels"])
+def test_the_stereo_looks_decide_on_their_excerpt_as_on_the_whole_signal(
+        shared_multitrack, monkeypatch, both):
+    """The stereo looks (:func:`~diffmix.functional.restoration.guards._stereo_guards`,
+    ``_shared_guards``) run on the frames around their bursts only
+    (:func:`~diffmix.functional.restoration.guards._excerpt`): on a shared mix with
+    clicks drawn at random (10 a second, printed seed), in one channel or in both, the
+    repair and its mask are the same, bit for bit, as with the looks given the whole
+    signal, where the excerpts hold a part of it only."""
+    import diffmix.functional.restoration.guards as guards
+
+    seed = drawn_seed(2**31)
+    rng = np.random.default_rng(seed)
+    song = sorted(shared_multitrack.glob("*/mix.flac"))[seed % 3]
+    print("seed", seed, song.parent.name)
+    clean = np.ascontiguousarray(sf.read(str(song), dtype="float64", always_2d=True)[0].T)
+    start = int(rng.integers(0, clean.shape[1] - 8 * SR))
+    damaged, _, _ = insert_clicks(clean[:, start : start + 8 * SR], SR, 10.0, rng, both=both)
+    x = torch.from_numpy(damaged.astype(np.float32))[None]
+    cut = guards._excerpt
+    shares = []
+
+    def excerpt(bursts, hop, t, near):
+        out = cut(bursts, hop, t, near)
+        shares.append(len(out[1]) / t)
+        return out
+
+    def whole(bursts, hop, t, near):
+        return (torch.arange(-(-t // hop)), torch.arange(t), bursts,
+                torch.zeros(len(bursts), dtype=torch.long))
+
+    monkeypatch.setattr(guards, "_excerpt", excerpt)
+    y, mask = declick(x, SR)
+    monkeypatch.setattr(guards, "_excerpt", whole)
+    y_whole, mask_whole = declick(x, SR)
+    print("excerpts (share of the signal)", [round(s, 2) for s in shares], int(mask.sum()))
+    assert shares and min(shares) < 1.0
+    assert torch.equal(mask, mask_whole)
+    assert torch.equal(y, y_whole)
+
+
+def test_the_burst_level_on_an_excerpt_is_the_whole_signals():
+    """:func:`~diffmix.functional.restoration.guards._burst_level` on an excerpt
+    (:func:`~diffmix.functional.restoration.guards._excerpt`, frames of 882 samples, no
+    multiple of the 32-sample sub-blocks) with each burst's shift reads, over every burst,
+    exactly the level it reads on the whole signal: its sub-blocks lie on the signal's
+    grid. Without the shift they do not (random signal and bursts, printed seed)."""
+    from diffmix.functional.restoration.guards import _burst_level, _excerpt
+
+    seed = drawn_seed(2**31)
+    print("seed", seed)
+    gen = torch.Generator().manual_seed(seed)
+    rows = torch.randn(2, 200_000, generator=gen) * torch.linspace(0.1, 2.0, 200_000)
+    starts = torch.randint(0, 199_900, (12,), generator=gen).sort().values
+    bursts = torch.stack([torch.randint(0, 2, (12,), generator=gen), starts,
+                          starts + torch.randint(1, 60, (12,), generator=gen)], -1)
+    _, at, moved, shift = _excerpt(bursts, 882, rows.shape[1], 42)
+    width, span = 11, 144
+    whole = _burst_level(rows, bursts, width, span)
+    part = rows[:, at]
+    here = _burst_level(part, moved, width, span, shift)
+    unshifted = _burst_level(part, moved, width, span)
+    same, moved_away = [], []
+    for (r, s, e), (_, s2, e2) in zip(bursts.tolist(), moved.tolist(), strict=True):
+        same.append(torch.equal(here[r, s2:e2], whole[r, s:e]))
+        moved_away.append(not torch.equal(unshifted[r, s2:e2], whole[r, s:e]))
+    print(len(at), same, moved_away)
+    assert len(at) < rows.shape[1] and all(same) and any(moved_away)

@@ -221,6 +221,35 @@ def _starts(rows: Tensor, bursts: Tensor, pad: int, sr: int, onset_db: float) ->
     return e_post > e_pre * 10.0 ** (onset_db / 10.0)
 
 
+def _excerpt(bursts: Tensor, hop: int, t: int, near: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Where the stereo looks read: the frames (hops of a signal of ``t`` samples) around
+    each burst's own, sorted (``(F',)``), their samples in order (``(T',)``: index a signal
+    with them for its excerpt, the last frame partial where the signal's is), ``bursts``
+    (``(K, 3)``) in the excerpt's samples, and each burst's shift (``(K,)``: its start in
+    the signal less its start in the excerpt, for grids anchored to the signal). The looks
+    fit models on the frames whose windows come within ``near`` samples of a burst
+    (:func:`_frames_near`: at most ``1 + ceil(near / hop)`` frames beyond its own), and
+    three either side of those (the whitening of :func:`_shared_guards`), each on two hops
+    centred on the frame (half a hop further, past the ``p`` samples of history of each
+    error). The frames are cut whole and kept in order, so on the excerpt the looks give
+    what they give on the whole signal."""
+    reach = 5 + -(-near // hop)
+    nf = -(-t // hop)
+    steps = torch.arange(-reach, reach + 1, device=bursts.device)
+    first, last = bursts[:, 1] // hop, (bursts[:, 2] - 1) // hop
+    span = int((last - first).max()) if len(bursts) else 0
+    f = (first[:, None] + torch.arange(span + 1, device=bursts.device)).clamp(max=last[:, None])
+    need = torch.unique((f[..., None] + steps).clamp(0, nf - 1))
+    samples = (need[:, None] * hop + torch.arange(hop, device=bursts.device)).reshape(-1)
+    samples = samples[samples < t]
+    at = torch.full((nf,), -1, dtype=torch.long, device=bursts.device)
+    at[need] = torch.arange(len(need), device=bursts.device)
+    moved = bursts.clone()
+    moved[:, 1] = at[first] * hop + bursts[:, 1] % hop
+    moved[:, 2] = moved[:, 1] + (bursts[:, 2] - bursts[:, 1])
+    return need, samples, moved, bursts[:, 1] - moved[:, 1]
+
+
 def _stereo_guards(
     x: Tensor, repaired: Tensor, bursts: Tensor, judge: Tensor, sr: int, order: int, hop: int,
     pad: int, max_len: int, width: int, taps: int, **guards: float | None,
@@ -236,7 +265,9 @@ def _stereo_guards(
     vetoed = judge.nonzero()[:, 0]
     if len(vetoed) == 0:
         return judge
-    cand = bursts[vetoed]
+    # (on the frames it reads only: see `_excerpt`)
+    _, at, cand, shift = _excerpt(bursts[vetoed], hop, t, order + taps + pad)
+    x, repaired, t = x[..., at], repaired[..., at], len(at)
     frames = -(-t // hop)
     near = _frames_near(cand, hop, frames, order + taps + pad)
     # The signal with every burst interpolated: the filters and models see no burst.
@@ -249,7 +280,7 @@ def _stereo_guards(
     coeffs = _ar_fit(resid_clean, order, hop, frames=near)
     mask = _mask_from_runs(cand, (b * c, t), pad, x.device).reshape(b, c, t)
     rep = _lsar(resid.reshape(b, c, t), mask, coeffs, hop).reshape(b * c, t)
-    level = _burst_level(resid, cand, width, max_len + 2 * pad)
+    level = _burst_level(resid, cand, width, max_len + 2 * pad, shift)
     ok = _guards(resid, rep, cand, level, coeffs.reshape(b * c, frames, order + 1), hop, pad,
                  max_len, sr, **guards)
     onset_db = guards.get("onset_db")
@@ -350,7 +381,10 @@ def _shared_guards(
     vetoed = judge.nonzero()[:, 0]
     if len(vetoed) == 0 or above_db is None:
         return out
-    cand = bursts[vetoed]
+    # (on the frames it reads only: see `_excerpt`)
+    need, at, cand, shift = _excerpt(bursts[vetoed], hop, t, order + reach + pad)
+    x, repaired, level, coeffs = x[..., at], repaired[..., at], level[:, at], coeffs[:, :, need]
+    t = len(at)
     frames = -(-t // hop)
     near = _frames_near(cand, hop, frames, order + reach + pad)
     mask = _mask_from_runs(cand, (b * c, t), pad, x.device).reshape(b, c, t)
@@ -387,7 +421,7 @@ def _shared_guards(
         rc = _ar_fit(clean - gain * clean.flip(1), order, hop, frames=near)
         rep = _lsar(resid, mask, rc, hop).reshape(b * c, t)
         resid = resid.reshape(b * c, t)
-        rl = _burst_level(resid, cand, width, max_len + 2 * pad)
+        rl = _burst_level(resid, cand, width, max_len + 2 * pad, shift)
         rc = rc.reshape(b * c, frames, order + 1)
         ok &= _guards(resid, rep, cand, rl, rc, hop, pad, max_len, sr, above_db=above_db,
                       explain_db=explain_db, loud_db=None, onset_db=onset_db)
@@ -533,15 +567,19 @@ def _sliding_max(v: Tensor, half: int) -> Tensor:
     return torch.maximum(m[..., :t], m[..., w - size : w - size + t])
 
 
-def _burst_level(rows: Tensor, bursts: Tensor, width: int, span: int) -> Tensor:
+def _burst_level(rows: Tensor, bursts: Tensor, width: int, span: int, shift: Tensor | None = None
+                 ) -> Tensor:
     """The robust local level of :func:`detect_clicks` (``_local_scale`` of ``rows`` over
     ``width`` sub-blocks a side, the larger) computed only around each burst, written
     into an ``(N, T)`` tensor (ones elsewhere). Where two bursts' windows overlap, their
     levels differ (each median grid starts at its own window, and its ends are padded), and
-    the larger stands: a write order would let the thread schedule choose."""
+    the larger stands: a write order would let the thread schedule choose. ``shift``
+    (``(K,)``): where ``rows`` is an excerpt (:func:`_excerpt`), each burst's start in the
+    whole signal less its start here; the sub-blocks lie on the whole signal's grid."""
     n, t = rows.shape
     reach = (width + 2) * _SUB
-    start = (bursts[:, 1] - reach) // _SUB * _SUB  # aligned to the sub-block grid
+    at = bursts[:, 1] if shift is None else bursts[:, 1] + shift
+    start = (at - reach) // _SUB * _SUB - (at - bursts[:, 1])  # on the sub-block grid
     length = (span + 2 * reach) // _SUB * _SUB + 2 * _SUB
     idx = start[:, None] + torch.arange(length, device=rows.device)
     ok = (idx >= 0) & (idx < t)
