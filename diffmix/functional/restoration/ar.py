@@ -85,7 +85,7 @@ def _ar_fit(x: Tensor, order: int, hop: int, limit: Tensor | None = None,
     lim = None if limit is None else limit.reshape(b * c, t)
     if subset is None:
         if lim is not None:
-            rows = torch.maximum(torch.minimum(rows, lim), -lim)
+            rows = torch.clamp(rows, -lim, lim)  # (lim > 0: the same as min, then max)
         xp = tnf.pad(rows, (half, frames * hop - t + 2 * hop - half))
         seg = xp.unfold(-1, 2 * hop, hop)[:, :frames]  # (N, F, 2 hop)
     else:  # the frames' windows only, zero outside the signal (clamped as the whole)

@@ -236,10 +236,11 @@ def detect_clicks(
     with torch.no_grad():
         xd = x.detach()
         s_before, s_after = _local_scale(rows.detach(), width // 2)
-        level = torch.maximum(s_before, s_after).repeat_interleave(_SUB, -1)[:, :t]
+        by_block = torch.maximum(s_before, s_after)
+        level = by_block.repeat_interleave(_SUB, -1)[:, :t]
         fit_on, near, coeffs = xd, None, None
         kept = torch.zeros(b * c, t, dtype=torch.bool, device=x.device)
-        limit = (clamp * level).reshape(b, c, t) + 1e-9
+        limit = (clamp * by_block + 1e-9).repeat_interleave(_SUB, -1).reshape(b, c, -1)[..., :t]
         # At dense clicks (the mono rules' bursts more than `_DENSE` a second a channel
         # in the first pass) the joint-model look, which then costs more than the rest
         # of a pass, runs in the last pass only, on models refitted with the earlier
@@ -261,8 +262,15 @@ def detect_clicks(
                     _residuals(xd, coeffs, hop, None, (0, 1, 2), near, bufs, inplace=True)
                 fwd, bwd, z = (v.reshape(b * c, -1)[:, :t] for v in bufs)
                 # (the magnitudes kept: the joint rule reads them again)
-                f_abs, b_abs, z_abs = fwd.abs(), bwd.abs(), z.abs()
-                stat = torch.minimum(f_abs, b_abs)
+                # (in one buffer, each row padded to whole sub-blocks with zeros: the
+                # tests below read them by sub-block, with no padded copies)
+                mags = fwd.new_empty(4, b * c, -(-t // _SUB) * _SUB)
+                mags[..., t:] = 0.0
+                f_abs, b_abs, z_abs, stat = mags[..., :t]
+                torch.abs(fwd, out=f_abs)
+                torch.abs(bwd, out=b_abs)
+                torch.abs(z, out=z_abs)
+                torch.minimum(f_abs, b_abs, out=stat)
                 # The local scales of the two-sided error and of the interpolation error,
                 # in one go, from their sub-block RMS (rows: the two-sided error's, then
                 # the interpolation error's).
@@ -286,8 +294,7 @@ def detect_clicks(
             nsb = scales.shape[1]
             grid = (b * c, nsb, _SUB)
             floor = 10.0 ** (floor_db / 20.0)
-            sg = tnf.pad(stat, (0, nsb * _SUB - t)).reshape(grid)
-            zg = tnf.pad(z_abs, (0, nsb * _SUB - t)).reshape(grid)
+            f_grid, b_grid, zg, sg = mags.reshape((4,) + grid)
             one_sided = sg > torch.clamp(threshold * scale, min=floor)
             z_ratio = (zg / z_scale.clamp(min=1e-30)).reshape(b * c, nsb * _SUB)
             flags = one_sided & (zg > z_threshold * z_scale)
@@ -332,8 +339,7 @@ def detect_clicks(
                 # forward break, a backward break no earlier, see `_bracketed`), at the
                 # same place in both (see `_near_both`).
                 floor_at = torch.clamp(threshold * scale, min=floor)
-                breaks = [(tnf.pad(e, (0, nsb * _SUB - t)).reshape(grid) > floor_at)
-                          .reshape(b * c, -1) for e in (f_abs, b_abs)]
+                breaks = [(e > floor_at).reshape(b * c, -1) for e in (f_grid, b_grid)]
                 reach = z_reach if z_reach is not None else 0
                 both = _near_both(_near(_bracketed(*breaks, reach), z_ratio, reach, z_threshold),
                                   (b * c, nsb * _SUB), joint_reach)

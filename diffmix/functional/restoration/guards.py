@@ -322,9 +322,10 @@ def _tls_gains(x: Tensor, ref: Tensor, hop: int, frames: Tensor | None = None) -
     win = torch.hann_window(2 * hop, periodic=False, dtype=x.dtype, device=x.device)
 
     def windows(v: Tensor) -> Tensor:
+        if frames is not None:  # (theirs only: no padded copy of the signal)
+            return _frame_windows(v.reshape(b * c, t), frames, hop, half, 2 * hop) * win
         vp = tnf.pad(v.reshape(b * c, t), (half, nf * hop - t + 2 * hop - half))
-        w = vp.unfold(-1, 2 * hop, hop)[:, :nf]
-        return (w if frames is None else w[frames[:, 0], frames[:, 1]]) * win
+        return vp.unfold(-1, 2 * hop, hop)[:, :nf] * win
 
     wx, wr = windows(x), windows(ref)
     sxx, srr, sxr = ((u * v).sum(-1).double() for u, v in ((wx, wx), (wr, wr), (wx, wr)))
